@@ -1,0 +1,39 @@
+"""Forecasters: pluggable models behind one small contract.
+
+Built-in names resolve lazily through :data:`registry` (importing
+``forecasters`` imports neither torch nor prophet); third-party forecasters
+register under the ``forescale.forecasters`` entry-point group.
+"""
+
+from engine.errors import PluginError
+from engine.registry import Registry
+
+from .base import BaseForecaster, Forecaster, ForecasterParams
+
+registry = Registry("forecaster", "forescale.forecasters")
+registry.add("persistence", "forecasters.naive:Persistence")
+registry.add("seasonal_naive", "forecasters.naive:SeasonalNaive")
+registry.add("seasonal_persistence", "forecasters.naive:SeasonalPersistence")
+registry.add("holt_winters", "forecasters.holt_winters:HoltWinters", packages=("statsmodels",))
+registry.add("prophet", "forecasters.prophet_model:ProphetForecaster", extra="prophet",
+             packages=("prophet",))
+registry.add("lstm", "forecasters.lstm:LSTMForecaster", extra="lstm", packages=("torch",))
+registry.add("auto", "forecasters.auto:AutoForecaster")
+
+
+def _check(name: str, obj: object) -> None:
+    for attr in ("fit", "update", "predict", "save", "Params"):
+        if not hasattr(obj, attr):
+            raise PluginError(f"forecaster {name!r} ({obj!r}) lacks {attr!r}")
+
+
+registry.add_validator(_check)
+
+
+def create(name: str, params: dict | None = None) -> Forecaster:
+    """Build a forecaster by registry name with its parameters."""
+    cls = registry.get(name)
+    return cls(params or {})
+
+
+__all__ = ["BaseForecaster", "Forecaster", "ForecasterParams", "create", "registry"]

@@ -1,0 +1,217 @@
+"""Cheap forecasters for cold start and short horizons.
+
+- ``persistence``: the last observed value (the "naive" bar at short horizons).
+- ``seasonal_naive``: the value one season ago (daily or weekly season).
+- ``seasonal_persistence``: the last value plus the change seen at the same
+  time one season ago — persistence adjusted by the recent same-time-of-day
+  change (REFERENCE.md section 4, item 4: it beat pure seasonal naive at a
+  10-minute lead time).
+
+Each derives its quantiles from its own recent residuals at the same horizon
+(empirical quantiles of ``actual - forecast`` over ``residual_window``), so
+the band widens where the model has been wrong.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Literal, Sequence
+
+import numpy as np
+
+from engine.types import Series
+
+from .base import BaseForecaster, ForecasterParams, last_valid_index, residual_quantiles
+
+
+def _lag(y: np.ndarray, k: int) -> np.ndarray:
+    """y shifted forward by k: out[t] = y[t-k] (NaN where t < k)."""
+    out = np.full_like(y, np.nan)
+    if k < y.size:
+        out[k:] = y[: y.size - k]
+    return out
+
+
+class _ResidualBand:
+    """Residual quantiles per horizon, cached until new data arrives."""
+
+    def __init__(self) -> None:
+        self._key: tuple[int, int] | None = None
+        self._cache: dict[tuple[int, float], float] = {}
+
+    def get(self, key: tuple[int, int], a: int, q: float, compute) -> float:
+        if key != self._key:
+            self._key, self._cache = key, {}
+        k = (a, q)
+        if k not in self._cache:
+            self._cache.update({(a, lv): v for lv, v in compute(a).items()})
+        return self._cache[k]
+
+
+class _NaiveBase(BaseForecaster):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._band = _ResidualBand()
+
+    def _fit(self, history: Series) -> None:
+        pass
+
+    def _window(self) -> int:
+        assert self.step
+        return max(12, int(self.params.residual_window.total_seconds() // self.step))
+
+    def _point_for(self, y: np.ndarray, a: int) -> float:
+        raise NotImplementedError
+
+    def _insample(self, y: np.ndarray, a: int) -> np.ndarray:
+        """Forecast made a steps earlier for every index (NaN where unknown)."""
+        raise NotImplementedError
+
+    def _predict(self, ahead: np.ndarray, quantiles: Sequence[float]):
+        assert self._history is not None
+        y = self._history.values
+        w = self._window()
+        key = (int(self._history.timestamps[-1]), len(y))
+        point = np.array([self._point_for(y, int(a)) for a in ahead])
+
+        def compute(a: int) -> dict[float, float]:
+            seg = y[-(w + a + self._lookback(a)):]
+            resid = seg - self._insample(seg, a)
+            return residual_quantiles(resid[-w:], quantiles)
+
+        qs = {
+            q: point + np.array([self._band.get(key, int(a), q, compute) for a in ahead])
+            for q in quantiles
+        }
+        return point, qs
+
+    def _lookback(self, a: int) -> int:
+        return 0
+
+
+class PersistenceParams(ForecasterParams):
+    residual_window: timedelta = timedelta(days=7)
+
+
+class Persistence(_NaiveBase):
+    """The last observed value, flat over the horizon."""
+
+    name = "persistence"
+    Params = PersistenceParams
+
+    @property
+    def min_history(self) -> int:
+        return 2
+
+    def _point_for(self, y: np.ndarray, a: int) -> float:
+        return float(y[last_valid_index(y)])
+
+    def _insample(self, y: np.ndarray, a: int) -> np.ndarray:
+        return _lag(y, a)
+
+
+class SeasonalNaiveParams(ForecasterParams):
+    #: ``daily``, ``weekly``, or ``auto``: weekly when two weeks of history
+    #: show a lower in-sample error for it, else daily.
+    season: Literal["daily", "weekly", "auto"] = "daily"
+    residual_window: timedelta = timedelta(days=7)
+
+
+_SEASONS = {"daily": timedelta(days=1), "weekly": timedelta(days=7)}
+
+
+class SeasonalNaive(_NaiveBase):
+    """The value at the same time one season ago."""
+
+    name = "seasonal_naive"
+    Params = SeasonalNaiveParams
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.season: timedelta = _SEASONS.get(self.params.season, timedelta(days=1))
+
+    @property
+    def min_history(self) -> int:
+        # one full season plus a little to measure residuals; assumes the
+        # step is at most an hour (the engine checks the real span)
+        return 24
+
+    def _fit(self, history: Series) -> None:
+        from engine.errors import InsufficientHistory
+
+        span = history.timestamps[-1] - history.timestamps[0]
+        if self.params.season == "auto":
+            self.season = _SEASONS["daily"]
+            if span >= 2 * _SEASONS["weekly"].total_seconds():
+                y = history.values
+                errs = {
+                    k: np.nanmean(np.abs(y - _lag(y, self.season_steps(v))))
+                    for k, v in _SEASONS.items()
+                }
+                self.season = _SEASONS[min(errs, key=errs.get)]
+        if span < self.season.total_seconds():
+            raise InsufficientHistory(
+                int(span // self.step) + 1 if self.step else 0,
+                self.season_steps(self.season) + 1,
+                f"{self.name} ({self.params.season} season)",
+            )
+
+    def _point_for(self, y: np.ndarray, a: int) -> float:
+        s = self.season_steps(self.season)
+        n = y.size
+        back = s * -(-a // s)  # whole seasons back, enough to be in the past
+        for extra in (0, s):
+            i = n - 1 + a - back - extra
+            if 0 <= i < n and not np.isnan(y[i]):
+                return float(y[i])
+        return float(y[last_valid_index(y)])
+
+    def _insample(self, y: np.ndarray, a: int) -> np.ndarray:
+        s = self.season_steps(self.season)
+        return _lag(y, s * -(-a // s))
+
+    def _lookback(self, a: int) -> int:
+        s = self.season_steps(self.season)
+        return s * -(-a // s)
+
+
+class SeasonalPersistenceParams(ForecasterParams):
+    season: Literal["daily", "weekly"] = "daily"
+    residual_window: timedelta = timedelta(days=7)
+
+
+class SeasonalPersistence(_NaiveBase):
+    """``y[t] + (y[t+a-s] - y[t-s])``: persistence plus last season's change
+    over the same ``a`` steps. Falls back to persistence where the season
+    ago is missing."""
+
+    name = "seasonal_persistence"
+    Params = SeasonalPersistenceParams
+
+    @property
+    def min_history(self) -> int:
+        return 24
+
+    @property
+    def _s(self) -> int:
+        return self.season_steps(_SEASONS[self.params.season])
+
+    def _point_for(self, y: np.ndarray, a: int) -> float:
+        i = last_valid_index(y)
+        s = self._s
+        last = float(y[i])
+        j0, j1 = i - s, i - s + a
+        if a < s and j0 >= 0 and j1 < y.size and not (np.isnan(y[j0]) or np.isnan(y[j1])):
+            return max(0.0, last + float(y[j1] - y[j0]))
+        return last
+
+    def _insample(self, y: np.ndarray, a: int) -> np.ndarray:
+        s = self._s
+        base = _lag(y, a)
+        if a >= s:
+            return base
+        change = _lag(y, s - a) - _lag(y, s)
+        return np.where(np.isnan(change), base, base + change)
+
+    def _lookback(self, a: int) -> int:
+        return self._s
