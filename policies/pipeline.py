@@ -1,0 +1,185 @@
+"""``decide``: the policy as one pure function.
+
+The steps run in this order (the one place it is written down):
+
+ 1. ``data``          check the inputs. No forecast, a forecast that does not
+                      reach the lead-time window, a missing or stale
+                      observation -> *fallback*: size reactively and never
+                      scale down (recorded with the reason).
+ 2. ``forecast``      max of the chosen quantile over the window
+                      ``[now + lead_time, now + lead_time + hold]``.
+ 3. ``margin``        fixed fraction / forecast quantile / conformal headroom,
+                      then the headroom cap.
+ 4. ``smoothing``     EWMA or moving window of the demand (if configured so).
+ 5. ``capacity``      demand -> replicas (or ladder rung).
+ 6. ``reactive``      never below the HPA rule on the current observation.
+ 7. ``smoothing``     of the recommendation (if configured so).
+    -> the *recommendation*, recorded for stabilization windows.
+ 8. ``stabilization`` HPA up/down windows over recent recommendations.
+ 9. ``scale_in``      scale-in disabled -> hold.
+10. ``partial_data``  fallback -> never below current.
+11. ``rate_limit``    HPA Pods/Percent policies with selectPolicy.
+12. ``cooldown``      wall-clock cooldowns (block scale-down only).
+13. ``bounds``        clamp to [min, max]: last, so configured bounds always win.
+
+``decide`` reads no clock, does no I/O, imports no SDK. What must be
+remembered (the recommendation, smoothing memory) leaves in the Decision;
+the engine derives the next state with ``ScalingState.after``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from engine.types import Decision, Forecast, ScalingState, Step
+
+from . import steps as S
+from .config import PolicyConfig
+
+
+def decide(forecast: Forecast | None, state: ScalingState, config: PolicyConfig, now: datetime,
+           *, target: str = "", forecast_error: str | None = None) -> Decision:
+    """Turn a forecast into a capacity decision. ``forecast_error`` says why
+    there is no forecast (recorded in the fallback step)."""
+    out: list[Step] = []
+    current = state.current
+    lead_time = config.lead_time
+    if config.learn_lead_time and state.learned_lead_time is not None:
+        lead_time = max(lead_time, state.learned_lead_time)
+
+    # 1. data -----------------------------------------------------------------
+    obs = state.observation
+    fallback_reasons: list[tuple[str, str]] = []
+    if obs is None:
+        fallback_reasons.append(("MissingObservation", "no current observation of the metric"))
+    elif now - obs.at > config.max_staleness:
+        fallback_reasons.append(
+            ("StaleObservation", f"latest observation is {now - obs.at} old (max {config.max_staleness})"))
+    window = None
+    if config.kind == "predictive":
+        if forecast is None:
+            fallback_reasons.append(("NoForecast", forecast_error or "no forecast available"))
+        else:
+            window = S.window_demand(forecast, now, lead_time, config.hold, config.margin.quantile)
+            if window is None:
+                fallback_reasons.append(
+                    ("ForecastTooShort", f"forecast ends before now + lead time ({lead_time})"))
+    fallback = bool(fallback_reasons)
+    if fallback:
+        code = fallback_reasons[0][0]
+        out.append(Step("data", current, code,
+                        "fallback to reactive, no scale-down: " + "; ".join(m for _, m in fallback_reasons),
+                        changed=True))
+    else:
+        out.append(Step("data", current, "DataOK",
+                        "reactive policy" if config.kind == "reactive" else "forecast and observation usable"))
+
+    memory = tuple(state.smoothed)
+    forecast_demand: float | None = None
+    value: float
+    # 2-5. forecast -> demand -> capacity ------------------------------------------
+    if window is not None and not fallback:
+        upper, point = window
+        out.append(Step("forecast", upper, "ForecastWindowMax",
+                        f"max over [now+{lead_time}, now+{lead_time + config.hold}]: "
+                        f"upper {upper:.4g}, point {point:.4g}"))
+        m = S.margin_step(upper, point, config.margin, state.headroom)
+        out.append(m)
+        demand = m.value
+        if config.smoothing.applies_to == "forecast":
+            st, memory = S.smoothing_step(demand, memory, config.smoothing, "smoothing")
+            out.append(st)
+            demand = st.value
+        forecast_demand = demand
+        cap = S.capacity_step(demand, config)
+        out.append(cap)
+        value = cap.value
+    else:
+        value = 0 if config.kind == "reactive" or fallback else current
+
+    # 6. reactive override -----------------------------------------------------
+    if (config.reactive.enabled or config.kind == "reactive" or fallback) and obs is not None \
+            and not any(c == "StaleObservation" for c, _ in fallback_reasons):
+        u = config.reactive.target_utilization or config.target_utilization
+        hpa, why = S.hpa_desired(obs.value, state.serving, current, config, u, config.reactive.tolerance)
+        if hpa > value:
+            out.append(Step("reactive", hpa, "ReactiveOverride",
+                            f"HPA rule on observation {obs.value:.4g}: {hpa} ({why})", changed=True))
+            value = hpa
+        else:
+            out.append(Step("reactive", value, "ReactiveBelow",
+                            f"HPA rule on observation {obs.value:.4g}: {hpa} ({why})"))
+    elif fallback:
+        out.append(Step("reactive", current, "NoObservation",
+                        "no usable observation: holding current capacity", changed=value != current))
+        value = current
+
+    # 7. recommendation smoothing ------------------------------------------------
+    if config.smoothing.applies_to == "recommendation" and config.smoothing.kind != "none" and not fallback:
+        st, memory = S.smoothing_step(float(value), memory, config.smoothing, "smoothing")
+        rounded = int(-(-st.value // 1))
+        out.append(Step(st.name, rounded, st.reason, st.message, st.changed))
+        value = rounded
+    recommendation = int(value)
+
+    # 8. stabilization -----------------------------------------------------------
+    st = S.stabilize(recommendation, current, now, state.recommendations,
+                     config.stabilization.scale_up, config.stabilization.scale_down)
+    out.append(st)
+    value = int(st.value)
+
+    # 9. scale-in disabled ---------------------------------------------------------
+    if not config.scale_in and value < current:
+        out.append(Step("scale_in", current, "ScaleInDisabled",
+                        f"scale-in disabled: holding {current} instead of {value}", changed=True))
+        value = current
+
+    # 10. partial data -------------------------------------------------------------
+    if fallback and value < current:
+        out.append(Step("partial_data", current, "NoScaleDownOnPartialData",
+                        f"fallback: holding {current} instead of {value}", changed=True))
+        value = current
+
+    # 11. rate limits ---------------------------------------------------------------
+    rl = S.rate_limit_step(value, current, state.events, now, config.scale_up, config.scale_down)
+    out.append(rl)
+    value = int(rl.value)
+
+    # 12. cooldowns ------------------------------------------------------------------
+    last_up, last_down = state.last_event("up"), state.last_event("down")
+    cd = S.cooldown_step(value, current, now, last_up and last_up.at, last_down and last_down.at,
+                         config.cooldown.after_scale_up, config.cooldown.after_scale_down)
+    out.append(cd)
+    value = int(cd.value)
+
+    # 13. bounds ---------------------------------------------------------------------
+    lo, hi = config.bounds
+    b = S.bounds_step(value, lo, hi)
+    out.append(b)
+    desired = int(b.value)
+
+    return Decision(
+        target=target,
+        at=now,
+        current=current,
+        desired=desired,
+        recommendation=recommendation,
+        steps=tuple(out),
+        fallback=fallback,
+        smoothed=memory,
+        model=forecast.model if forecast is not None else "",
+        model_version=forecast.model_version if forecast is not None else "",
+        capacity_label=config.label(desired),
+        forecast_demand=forecast_demand,
+        extra={"lead_time_s": lead_time.total_seconds()},
+    )
+
+
+def history_to_keep(config: PolicyConfig) -> timedelta:
+    """How much recommendation / event history the state must keep for this
+    config's windows and periods."""
+    spans = [config.stabilization.scale_up, config.stabilization.scale_down,
+             config.cooldown.after_scale_up, config.cooldown.after_scale_down, timedelta(minutes=5)]
+    for rl in (config.scale_up, config.scale_down):
+        spans.extend(p.period for p in rl.policies)
+    return max(spans)
