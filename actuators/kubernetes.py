@@ -398,7 +398,8 @@ class _KubeActuator:
 
     name: ClassVar[str]
     config: KubernetesConnection
-    _needs: ClassVar[str]
+    #: every permission the actuator needs, quoted in 401/403 errors
+    _needs: str
 
     def __init__(self, config: KubernetesConnection, *, target: str, ladder: Sequence[str] | None = None,
                  sleep: Sleep = time.sleep, monotonic: Monotonic = time.monotonic,
@@ -580,7 +581,7 @@ class ScaleSubresourceActuator(_KubeActuator):
         scale = self._retrying(self._get_scale)
         spec = _int((scale.get("spec") or {}).get("replicas"))
         observed = _int((scale.get("status") or {}).get("replicas"))
-        cur = observed if current is None else current
+        cur = _int((scale.get(self.config.read) or {}).get("replicas")) if current is None else current
         hpas = self.competing_hpas()
         summary = (f"kubernetes: set {self._label} spec.replicas {spec} -> {desired} "
                    f"(PUT {self.resource.api_version} {self.resource.plural}/{self.config.name}/scale)")
