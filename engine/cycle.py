@@ -1,0 +1,325 @@
+"""One decision cycle for one target.
+
+:class:`TargetRunner` is the part shared by the live loop and the backtest:
+keep the forecaster fitted (refit on schedule, ``update`` every cycle),
+forecast, feed back observed values, and call the pure policy. Everything
+that touches the outside world (metric source, store, actuator) lives in
+:class:`LiveTarget`, which wraps a runner.
+
+Order of one live cycle (``LiveTarget.run(now)``, ``now`` read once by the
+caller):
+
+1. apply any approved plan (approve mode);
+2. fetch what is new from the metric source (a failure keeps the cached
+   history: the observation goes stale and the policy falls back, never
+   scaling down);
+3. fill in actual values next to earlier forecasts;
+4. read the capacity in service from the actuator (reconcile);
+5. runner: fit/update, forecast, decide;
+6. record the forecast, and the decision with the state after it, in one
+   transaction; then act according to the mode:
+   ``observe`` logs only; ``dry-run`` logs what it would do (with the
+   actuator's ``describe``); ``approve`` stores a plan; ``auto`` records an
+   *intent*, applies, and records the outcome (so a crash in between is
+   visible and reconciled on restart, never applied twice).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+
+from forecasters import Forecaster, create as create_forecaster
+from policies import decide, history_to_keep
+
+from .config import TargetConfig
+from .errors import (
+    ActuatorError, ForecastError, MetricSourceError, PlanError, StateError,
+)
+from .feedback import Feedback, MemoryFeedback, StoreFeedback
+from .types import Decision, Forecast, Observation, Plan, PlanStatus, ScalingState, Series
+from .units import to_epoch
+
+log = logging.getLogger("forescale.cycle")
+
+
+@dataclass
+class CycleOutcome:
+    decision: Decision
+    forecast: Forecast | None
+    forecast_error: str | None
+    state: ScalingState  # the state decide() saw (observation, headroom filled in)
+
+
+class TargetRunner:
+    """Forecaster upkeep + forecast + decide, for one target."""
+
+    def __init__(self, target: TargetConfig, *, forecaster: Forecaster | None = None,
+                 feedback: Feedback | None = None) -> None:
+        self.target = target
+        self.policy = target.policy
+        if forecaster is None and target.policy.kind == "predictive":
+            forecaster = create_forecaster(target.forecaster.name, target.forecaster.params)
+        self.forecaster = forecaster
+        self.last_fit: datetime | None = None
+        self.interval_s = int(target.interval.total_seconds())
+        lead = self.policy.lead_time
+        self.horizons_s = (int(lead.total_seconds()), int((lead + self.policy.hold).total_seconds()))
+        self.feedback: Feedback = feedback or MemoryFeedback(self.horizons_s)
+        self.keep = history_to_keep(self.policy)
+
+    def _maintain(self, history: Series, now: datetime) -> None:
+        assert self.forecaster is not None
+        fc = self.target.forecaster
+        due = self.last_fit is None or now - self.last_fit >= fc.refit_every
+        if due:
+            window = history.since(to_epoch(now - fc.history))
+            self.forecaster.fit(window)
+            self.last_fit = now
+        else:
+            self.forecaster.update(history)
+
+    def forecast(self, history: Series, now: datetime) -> tuple[Forecast | None, str | None]:
+        """Fit or update, then predict. Never raises: a failure becomes the
+        reason the policy falls back."""
+        if self.forecaster is None:
+            return None, None
+        try:
+            if history.n_valid == 0:
+                raise ForecastError("no valid observations in the history")
+            self._maintain(history, now)
+            fc = self.forecaster.predict(now, self.target.horizon_steps, self.target.forecaster.quantiles)
+            return fc, None
+        except ForecastError as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a model bug must not stop the loop
+            log.warning("forecaster %s failed: %s", self.target.forecaster.name,
+                        "".join(traceback.format_exception_only(exc)).strip())
+            self.last_fit = None  # refit next cycle
+            return None, f"{type(exc).__name__}: {exc}"
+
+    def step(self, history: Series, state: ScalingState, now: datetime) -> CycleOutcome:
+        """One decision from a regular history (samples up to ``now``)."""
+        last = history.last_valid()
+        obs = Observation(last[1], last[0]) if last is not None else None
+        headroom = state.headroom
+        if self.policy.margin.conformal:
+            m = self.policy.margin
+            headroom = self.feedback.headroom(self.target.name, now, self.horizons_s, m.conformal_target,
+                                              m.conformal_window, m.conformal_min_samples)
+        seen = replace(state, observation=obs, headroom=headroom, history_points=history.n_valid)
+        forecast, error = self.forecast(history, now)
+        decision = decide(forecast, seen, self.policy, now, target=self.target.name, forecast_error=error)
+        if forecast is not None:
+            self.feedback.record(self.target.name, forecast)
+        return CycleOutcome(decision, forecast, error, seen)
+
+
+@dataclass
+class CycleResult:
+    """What one live cycle did, for logs, metrics and the CLI."""
+
+    target: str
+    now: datetime
+    decision: Decision | None = None
+    forecast: Forecast | None = None
+    status: str = ""  # observed | dry-run | planned | applied | failed | hold | error
+    plan: Plan | None = None
+    fetch_error: str | None = None
+    actuation_error: str | None = None
+    error: str | None = None
+    duration_s: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.fetch_error is None and self.actuation_error is None
+
+
+class LiveTarget:
+    """A target in the live loop: source, store, actuator around a runner."""
+
+    def __init__(self, target: TargetConfig, *, source: Any, store: Any, actuator: Any,
+                 forecaster: Forecaster | None = None) -> None:
+        self.target = target
+        self.source = source
+        self.store = store
+        self.actuator = actuator
+        self.runner = TargetRunner(target, forecaster=forecaster, feedback=StoreFeedback(store))
+        self.history: Series | None = None
+
+    # ---------------------------------------------------------------- history
+    def _history_window(self) -> timedelta:
+        return self.target.forecaster.history + self.target.interval
+
+    def refresh_history(self, now: datetime) -> str | None:
+        """Fetch what is new; return an error string on failure (the cached
+        history stays)."""
+        name = self.target.name
+        if self.history is None:
+            cached = self.store.cached_samples(name, since=now - self._history_window())
+            self.history = cached if len(cached) else None
+        since = None
+        if self.history is not None and len(self.history):
+            since = self.history.end
+        else:
+            since = now - self._history_window()
+        try:
+            new = self.source.fetch(since, now)
+        except MetricSourceError as exc:
+            return f"metric source: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a broken source must not kill the loop
+            return f"metric source: {type(exc).__name__}: {exc}"
+        if len(new):
+            self.store.cache_samples(name, new)
+            self.history = new if self.history is None else Series.concat(self.history, new)
+            self.runner.feedback.observe(name, new.regular(self.target.interval))
+        if self.history is not None:
+            self.history = self.history.since(to_epoch(now - self._history_window()))
+        return None
+
+    # ------------------------------------------------------------------ state
+    def load_state(self, observed: int | None) -> ScalingState:
+        state = self.store.load_state(self.target.name)
+        if state is None:
+            lo, _ = self.target.policy.bounds
+            start = observed if observed is not None else lo
+            state = ScalingState(current=start)
+        if observed is not None:
+            state = replace(state, in_service=observed)
+        delays = self.store.actuation_delays(self.target.name)
+        if delays:
+            state = replace(state, learned_lead_time=timedelta(seconds=float(np.percentile(delays, 90))))
+        return state
+
+    def read_capacity(self) -> tuple[int | None, str | None]:
+        try:
+            return int(self.actuator.read()), None
+        except LookupError:
+            return None, None  # dry-run actuator before its first capacity
+        except ActuatorError as exc:
+            return None, f"actuator read: {exc}"
+        except Exception as exc:  # noqa: BLE001
+            return None, f"actuator read: {type(exc).__name__}: {exc}"
+
+    # ------------------------------------------------------------------- cycle
+    def run(self, now: datetime) -> CycleResult:
+        t0 = time.perf_counter()
+        res = CycleResult(self.target.name, now)
+        try:
+            self._run(now, res)
+        except StateError as exc:
+            res.error = f"state: {exc}"
+            res.status = "error"
+        res.duration_s = time.perf_counter() - t0
+        return res
+
+    def _run(self, now: datetime, res: CycleResult) -> None:
+        name, mode = self.target.name, self.target.mode
+        if mode == "approve":
+            from .plans import apply_approved, expire_plans
+
+            expire_plans(self.store, name, now)
+            apply_approved(self.store, self.actuator, name, now)
+        res.fetch_error = self.refresh_history(now)
+        observed, read_error = self.read_capacity()
+        if read_error:
+            res.actuation_error = read_error
+        state = self.load_state(observed)
+        if self.actuator.__class__.__name__ == "DryRunActuator" and observed is None:
+            self.actuator.capacity = state.current
+        history = self.history.regular(self.target.interval) if self.history is not None else Series(
+            np.array([], dtype=np.int64), np.array([], dtype=np.float64), name)
+        out = self.runner.step(history, state, now)
+        d = out.decision
+        res.decision, res.forecast = d, out.forecast
+        if out.forecast is not None:
+            self.store.record_forecast(name, out.forecast)
+        keep = self.runner.keep
+        if mode == "observe" or d.desired == d.current:
+            status = "observed" if mode == "observe" else "hold"
+            self.store.record_decision(d, mode, status, now, state=out.state.after(d, keep=keep, applied=False))
+            res.status = status
+            return
+        if mode == "dry-run":
+            desc = self._describe(d)
+            self.store.record_decision(d, mode, "dry-run", now,
+                                       state=out.state.after(d, keep=keep, applied=False),
+                                       outcome={"would": desc})
+            res.status, res.details["plan"] = "dry-run", desc
+            return
+        if mode == "approve":
+            from .plans import create_plan
+
+            plan = create_plan(self.store, self.target, d, observed if observed is not None else d.current,
+                               self._describe(d).get("summary", ""), now)
+            self.store.record_decision(d, mode, "planned", now,
+                                       state=out.state.after(d, keep=keep, applied=False),
+                                       outcome={"plan_id": plan.id})
+            res.status, res.plan = "planned", plan
+            return
+        # auto: record the intent, act, record the outcome
+        self.store.record_decision(d, mode, "intent", now, state=out.state.after(d, keep=keep, applied=False))
+        self._apply(d, now, res, state_before=out.state)
+
+    def _describe(self, d: Decision) -> dict[str, Any]:
+        try:
+            return self.actuator.describe(d.desired, d.current).to_dict()
+        except Exception as exc:  # noqa: BLE001
+            return {"summary": f"set capacity {d.current} -> {d.desired}", "describe_error": str(exc)}
+
+    def _apply(self, d: Decision, now: datetime, res: CycleResult, state_before: ScalingState) -> None:
+        keep = self.runner.keep
+        try:
+            result = self.actuator.apply(d.desired, decision_id=d.id)
+        except ActuatorError as exc:
+            res.actuation_error = f"{type(exc).__name__}: {exc}"
+            res.status = "failed"
+            self.store.set_decision_status(d.id, "failed", now, outcome={
+                "error": str(exc), "error_type": type(exc).__name__, "request_ids": list(exc.request_ids)})
+            return
+        except Exception as exc:  # noqa: BLE001 - an actuator bug must not stop the loop
+            res.actuation_error = f"{type(exc).__name__}: {exc}"
+            res.status = "failed"
+            self.store.set_decision_status(d.id, "failed", now, outcome={
+                "error": str(exc), "error_type": type(exc).__name__})
+            return
+        self.store.record_actuation(self.target.name, d.id, now, result)
+        self.store.record_decision(d, self.target.mode, "applied" if result.verified else "unverified", now,
+                                   state=state_before.after(d, keep=keep, applied=True),
+                                   outcome=result.to_dict())
+        res.status = "applied" if result.verified else "unverified"
+        res.details["result"] = result.to_dict()
+
+    def reconcile(self, now: datetime) -> list[str]:
+        """On start: settle decisions left as an *intent* by a crash. If the
+        platform already shows the intended capacity, it is marked applied;
+        otherwise it is marked abandoned — the next cycle decides afresh from
+        the observed capacity (set-to-N is idempotent, so nothing is applied
+        twice and nothing is lost from the log)."""
+        notes = []
+        observed, err = self.read_capacity()
+        for rec in self.store.unfinished_intents(self.target.name):
+            if observed is not None and observed == rec["desired"]:
+                self.store.set_decision_status(rec["id"], "applied", now,
+                                               outcome={"reconciled": True, "observed": observed})
+                state = self.store.load_state(self.target.name)
+                if state is not None and state.current != observed:
+                    from .types import ScaleEvent
+                    from .units import parse_time
+
+                    ev = ScaleEvent(parse_time(rec["at"]), state.current, observed)
+                    self.store.save_state(self.target.name, replace(
+                        state, current=observed, events=state.events + (ev,)), now)
+                notes.append(f"{rec['id']}: applied before the restart (observed {observed})")
+            else:
+                self.store.set_decision_status(rec["id"], "abandoned", now, outcome={
+                    "reconciled": True, "observed": observed, "read_error": err})
+                notes.append(f"{rec['id']}: not applied before the restart (observed {observed}); abandoned")
+        return notes
