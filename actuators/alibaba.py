@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, ClassVar, Literal, Sequence
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from engine.errors import (
     ActuatorError,
@@ -62,6 +62,7 @@ from engine.errors import (
     TransientActuatorError,
 )
 from engine.types import ActionPlan, ActuationResult
+from engine.units import parse_duration
 
 from .base import ActuatorConfig, Monotonic, Sleep, require_non_negative, retrying, wait_until
 
@@ -100,6 +101,15 @@ class EcsConnectionConfig(ActuatorConfig):
     credential_source: Literal["auto", "environment", "default-chain"] = "auto"
     connect_timeout: timedelta = timedelta(seconds=5)
     read_timeout: timedelta = timedelta(seconds=10)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _durations(cls, value: Any, info: ValidationInfo) -> Any:
+        """Durations as written in a config file: ``30s``, ``15m``, ``1h``."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and field.annotation is timedelta and isinstance(value, (str, int, float)):
+            return parse_duration(value)
+        return value
 
 
 class EcsInstanceSpecConfig(EcsConnectionConfig):

@@ -623,3 +623,14 @@ def test_fake_records_instance_ids_as_json(fake, clock):
     inst = fake.add_instance(LADDER[0], zone_id=ZONE)
     spec_actuator(fake, clock, inst.instance_id).read()
     assert json.loads(fake.calls[0].params["InstanceIds"]) == [inst.instance_id]
+
+
+def test_config_durations_accept_the_config_file_spelling():
+    config = EcsInstanceSpecConfig(region_id=REGION, instance_id="i-1", verify_timeout="15m",
+                                   poll_interval="10s", read_timeout=30)
+    assert config.verify_timeout == timedelta(minutes=15)
+    assert config.poll_interval == timedelta(seconds=10)
+    assert config.read_timeout == timedelta(seconds=30)
+    with pytest.raises(ValueError, match="poll_interval"):
+        EcsInstanceGroupConfig(region_id=REGION, tag_key="k", tag_value="v",
+                               launch_template_id="lt-1", poll_interval="soon")
