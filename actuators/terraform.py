@@ -1,0 +1,877 @@
+"""The ``terraform`` actuator: capacity as one variable of a Terraform workspace.
+
+Capacity lives in one input variable of a root module (``desired_capacity``
+of an autoscaling group, ``instance_type`` of a server). Setting it to N:
+
+1. writes the variable into the forescale-owned ``forescale.auto.tfvars.json``
+   in the workspace (atomically: temp file + rename), so a person who runs
+   ``terraform plan`` by hand sees forescale's value instead of reverting it;
+2. ``terraform plan -detailed-exitcode -out=<planfile>``; exit code 0 means
+   nothing to change, and nothing is applied (idempotency);
+3. refuses drift: it plans again with the *current* capacity. Whatever that
+   plan would change is not driven by the capacity variable (someone edited
+   the configuration, another tfvars file, or the real infrastructure) and is
+   not forescale's to apply. The addresses are named in a
+   :class:`PermanentActuatorError` unless ``allow_drift`` is set. Comparing
+   against a plan with the unchanged value catches drift through locals,
+   modules and functions, which the reference lists in ``show -json``'s
+   ``configuration`` section cannot follow;
+4. ``terraform apply <planfile>``: exactly the plan that was checked;
+5. reads the capacity back (``terraform output -json <output>`` from the
+   state, else the tfvars file).
+
+If any step fails the tfvars file is put back as it was, so it always holds
+the value of the last successful apply. Runs are serialized by Terraform's own
+state lock (``-lock-timeout``); failing to get the lock, or a saved plan gone
+stale because another run wrote the state, is a TransientActuatorError and the
+whole plan-check-apply sequence is retried with :func:`actuators.base.retrying`.
+Anything else Terraform reports (syntax errors, a value the variable's type
+rejects) is a PermanentActuatorError carrying Terraform's error text; a value
+refused by a ``validation`` rule of the capacity variable is LimitExceeded.
+
+Plans and applies run with ``-json``, so errors are read from Terraform's
+structured diagnostics rather than from its prose. Terraform's stdout is never
+logged (it can hold values of the infrastructure); the human-readable plan,
+in which Terraform masks sensitive values, is returned by :meth:`describe`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Mapping, Sequence
+
+from pydantic import field_validator, model_validator
+
+from engine.errors import (
+    ConfigError,
+    LimitExceeded,
+    PermanentActuatorError,
+    TransientActuatorError,
+)
+from engine.types import ActionPlan, ActuationResult
+from engine.units import parse_duration
+
+from .base import ActuatorConfig, Monotonic, Sleep, require_non_negative, retrying
+
+logger = logging.getLogger(__name__)
+
+#: the file forescale owns in the workspace; Terraform loads ``*.auto.tfvars.json``
+#: automatically (https://developer.hashicorp.com/terraform/language/values/variables)
+TFVARS_FILE = "forescale.auto.tfvars.json"
+
+#: the oldest Terraform whose ``plan -json`` and ``show -json`` carry what we read
+#: (machine-readable UI since 0.15.3, output_changes in show -json since 0.14)
+MIN_TERRAFORM = (1, 0)
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+_MAX_ERROR_TEXT = 2000
+_NOT_CHANGES = {"no-op", "read"}
+
+
+class TerraformConfig(ActuatorConfig):
+    type: str = "terraform"
+    #: the root module directory (holds the ``.tf`` files and, for the local
+    #: backend, ``terraform.tfstate``)
+    workspace: Path
+    #: the input variable that holds the capacity, e.g. ``desired_capacity``
+    variable: str
+    #: ``number``: the variable gets the capacity integer; ``ladder``: the
+    #: capacity indexes the target's instance-type ladder and the variable
+    #: gets that name (``t3.large``)
+    value_kind: Literal["number", "ladder"] = "number"
+    #: the terraform executable: a name looked up on PATH, or a path
+    binary: str = "terraform"
+    #: apply a plan that also changes things the capacity variable does not drive
+    allow_drift: bool = False
+    #: how long each plan/apply waits for the state lock (``-lock-timeout``);
+    #: Terraform's own default is 0s, which fails at once when a person's
+    #: apply is running
+    lock_timeout: timedelta = timedelta(seconds=30)
+    #: how read() learns the current capacity: ``output`` (a root output in
+    #: the state, falling back to the tfvars file) or ``tfvars`` (only the file)
+    read_from: Literal["output", "tfvars"] = "output"
+    #: the root output that reports the capacity (default: same name as
+    #: ``variable``)
+    output: str | None = None
+    #: run ``terraform init -input=false`` when ``.terraform`` is missing
+    init: bool = True
+    #: limit for init, plan, show and output; ``verify_timeout`` limits apply
+    #: (the apply returns when the change is in service)
+    plan_timeout: timedelta = timedelta(minutes=10)
+    #: after a timeout terraform gets SIGINT, which makes it stop, write the
+    #: state and release the lock; this long later it is killed
+    interrupt_grace: timedelta = timedelta(seconds=30)
+
+    @field_validator("lock_timeout", "plan_timeout", "interrupt_grace", "verify_timeout",
+                     "poll_interval", "retry_max_wait", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> timedelta:
+        return parse_duration(value)
+
+    @field_validator("variable", "output")
+    @classmethod
+    def _identifier(cls, value: str | None) -> str | None:
+        if value is not None and not _IDENT.match(value):
+            raise ValueError(f"{value!r} is not a Terraform identifier (letters, digits, _ and -)")
+        return value
+
+    @field_validator("binary")
+    @classmethod
+    def _non_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name the terraform executable")
+        return value
+
+    @model_validator(mode="after")
+    def _positive_timeouts(self) -> "TerraformConfig":
+        for name in ("plan_timeout", "verify_timeout"):
+            if getattr(self, name) <= timedelta(0):
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        return self
+
+    @property
+    def output_name(self) -> str:
+        return self.output or self.variable
+
+
+@dataclass(frozen=True)
+class Change:
+    """One address a plan changes and how (Terraform's action list)."""
+
+    address: str
+    actions: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"address": self.address, "actions": list(self.actions)}
+
+    def __str__(self) -> str:
+        return f"{self.address} ({'+'.join(self.actions)})"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A saved plan and what ``show -json`` says about it."""
+
+    path: Path
+    has_changes: bool
+    document: Mapping[str, Any]
+
+    @property
+    def changes(self) -> list[Change]:
+        return plan_changes(self.document)
+
+
+@dataclass(frozen=True)
+class _Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+_MISSING = object()
+
+
+class TerraformActuator:
+    """Sets one variable of a Terraform workspace; see the module docstring."""
+
+    name: ClassVar[str] = "terraform"
+    Config = TerraformConfig
+
+    def __init__(
+        self,
+        config: TerraformConfig,
+        *,
+        target: str,
+        ladder: Sequence[str] | None = None,
+        sleep: Sleep = time.sleep,
+        monotonic: Monotonic = time.monotonic,
+        environ: Mapping[str, str] | None = None,
+        **injected_clients: Any,
+    ) -> None:
+        if injected_clients:
+            raise TypeError(
+                f"TerraformActuator takes no clients; got {', '.join(sorted(injected_clients))}"
+            )
+        self.config = config
+        self.target = target
+        self.ladder = tuple(ladder or ())
+        if config.value_kind == "ladder":
+            if not self.ladder:
+                raise ConfigError("value_kind is 'ladder' but the target has no ladder of "
+                                  "instance types", path="ladder")
+            dupes = sorted({x for x in self.ladder if self.ladder.count(x) > 1})
+            if dupes:
+                raise ConfigError(f"ladder names {', '.join(dupes)} more than once", path="ladder")
+        self._sleep = sleep
+        self._monotonic = monotonic
+        self.workspace = Path(config.workspace).expanduser().absolute()
+        # Terraform in automation: no prompts, no "run terraform apply next"
+        # hints, no call home to checkpoint.hashicorp.com for version news.
+        base = dict(os.environ if environ is None else environ)
+        base.update({"TF_IN_AUTOMATION": "1", "TF_INPUT": "0", "CHECKPOINT_DISABLE": "1"})
+        self._env = base
+        self._initialized = False
+
+    # ------------------------------------------------------------------ protocol
+    def validate(self) -> None:
+        """The binary runs and is recent enough, the workspace parses, declares
+        the variable (and the output read() uses), and the current capacity
+        can be read."""
+        self._check_workspace()
+        version = self._version()
+        if version < MIN_TERRAFORM:
+            raise PermanentActuatorError(
+                f"terraform {'.'.join(map(str, version))} at {self._binary()} is too old; "
+                f"forescale needs {'.'.join(map(str, MIN_TERRAFORM))} or newer"
+            )
+        self._ensure_init()
+        current = self.read()
+        with tempfile.TemporaryDirectory(prefix="forescale-tf-") as tmp:
+            # -lock=false -refresh=false: a startup check reads the
+            # configuration only and must not queue behind a running apply.
+            plan = self._plan(Path(tmp), self._to_value(current), check_only=True)
+        config = plan.document.get("configuration", {}).get("root_module", {})
+        declared = sorted(config.get("variables", {}) or {})
+        if self.config.variable not in declared:
+            raise PermanentActuatorError(
+                f"terraform workspace {self.workspace} declares no variable "
+                f"{self.config.variable!r} (it declares: {', '.join(declared) or 'none'})"
+            )
+        if self.config.read_from == "output":
+            outputs = sorted(config.get("outputs", {}) or {})
+            if self.config.output_name not in outputs:
+                raise PermanentActuatorError(
+                    f"terraform workspace {self.workspace} declares no output "
+                    f"{self.config.output_name!r} to read the capacity from "
+                    f"(it declares: {', '.join(outputs) or 'none'}); set output: or read_from: tfvars"
+                )
+
+    def read(self) -> int:
+        return retrying(self._read_once, attempts=self.config.retry_attempts,
+                        max_wait=self.config.retry_max_wait.total_seconds(), sleep=self._sleep)
+
+    def describe(self, desired: int, current: int | None = None) -> ActionPlan:
+        """Plan ``desired`` with ``-var-file`` (which outranks the tfvars file),
+        so nothing in the workspace or the state changes."""
+        require_non_negative(desired)
+        value = self._to_value(desired)
+
+        def once() -> tuple[_Plan, str, list[Change], int | None]:
+            self._check_workspace()
+            self._ensure_init()
+            with tempfile.TemporaryDirectory(prefix="forescale-tf-") as tmp:
+                plan = self._plan(Path(tmp), value)
+                now = current if current is not None else \
+                    self._capacity_in(plan.document, self._read_tfvars())
+                text = redact_sensitive(self._show_text(plan.path), plan.document)
+                # with the current capacity unknown there is no baseline to
+                # tell drift by; apply would refuse, and says so itself
+                drift = [] if now is None else self._drift(Path(tmp), plan, desired, now)
+                return plan, text, drift, now
+
+        plan, text, drift, observed = retrying(
+            once, attempts=self.config.retry_attempts,
+            max_wait=self.config.retry_max_wait.total_seconds(), sleep=self._sleep)
+        from_value = None if observed is None else self._to_value_or_none(observed)
+        changes = plan.changes
+        counts = count_actions(changes)
+        head = (f"terraform {self.workspace.name}: var.{self.config.variable} "
+                f"{_show(from_value)} -> {_show(value)}")
+        if not changes:
+            summary = f"{head}: no changes"
+        else:
+            summary = (f"{head}: {counts['add']} to add, {counts['change']} to change, "
+                       f"{counts['destroy']} to destroy")
+        if drift:
+            summary += ("; apply would be refused, changes not driven by "
+                        f"var.{self.config.variable}: {', '.join(map(str, drift))}")
+        return ActionPlan(
+            actuator=self.name,
+            target=self.target,
+            from_capacity=observed,
+            to_capacity=desired,
+            summary=summary,
+            details={
+                "plan_text": text,
+                "workspace": str(self.workspace),
+                "variable": self.config.variable,
+                "value": value,
+                "from_value": from_value,
+                "changes": [c.to_dict() for c in changes],
+                "counts": counts,
+                "drift": [c.to_dict() for c in drift],
+                "terraform_version": plan.document.get("terraform_version"),
+            },
+        )
+
+    def apply(self, desired: int, *, decision_id: str) -> ActuationResult:
+        require_non_negative(desired)
+        value = self._to_value(desired)
+        started = self._monotonic()
+        outcome = retrying(lambda: self._apply_once(desired, value),
+                           attempts=self.config.retry_attempts,
+                           max_wait=self.config.retry_max_wait.total_seconds(),
+                           sleep=self._sleep)
+        # Terraform's apply is synchronous: when it returns, the state holds
+        # the new value, so one read-back verifies (there is nothing to poll).
+        observed = self.read()
+        elapsed = timedelta(seconds=max(0.0, self._monotonic() - started))
+        verified = observed == desired
+        if not verified:
+            logger.warning("terraform %s: applied var.%s=%s but read back capacity %d, not %d",
+                           self.workspace, self.config.variable, _show(value), observed, desired)
+        return ActuationResult(
+            requested=desired,
+            observed=observed,
+            verified=verified,
+            elapsed=elapsed,
+            request_ids=outcome["request_ids"],
+            details={
+                "decision_id": decision_id,
+                "workspace": str(self.workspace),
+                "variable": self.config.variable,
+                "value": value,
+                "applied": outcome["applied"],
+                "changes": [c.to_dict() for c in outcome["changes"]],
+            },
+        )
+
+    # ------------------------------------------------------------------ apply
+    def _apply_once(self, desired: int, value: Any) -> dict[str, Any]:
+        self._check_workspace()
+        self._ensure_init()
+        tfvars_before = self._read_tfvars()
+        previous = self._write_tfvars(value)
+        try:
+            with tempfile.TemporaryDirectory(prefix="forescale-tf-") as tmp:
+                plan = self._plan(Path(tmp), None)
+                self._check_value_took(plan, desired)
+                if not plan.has_changes:
+                    logger.info("terraform %s: var.%s=%s, no changes to apply",
+                                self.workspace, self.config.variable, _show(value))
+                    return {"applied": False, "changes": [], "request_ids": ()}
+                current = None if self.config.allow_drift else \
+                    self._capacity_in(plan.document, tfvars_before)
+                drift = self._drift(Path(tmp), plan, desired, current)
+                if drift:
+                    raise PermanentActuatorError(
+                        f"terraform workspace {self.workspace} has changes not driven by "
+                        f"var.{self.config.variable}: {', '.join(map(str, drift))}; refusing to "
+                        "apply them with the capacity change (apply or revert them yourself, "
+                        "or set allow_drift: true)"
+                    )
+                changes = plan.changes
+                digest = hashlib.sha256(plan.path.read_bytes()).hexdigest()[:16]
+                logger.info("terraform %s: applying var.%s=%s (plan %s): %s",
+                            self.workspace, self.config.variable, _show(value), digest,
+                            ", ".join(map(str, changes)))
+                self._apply_plan(plan.path)
+                return {"applied": True, "changes": changes,
+                        "request_ids": (f"terraform-plan:sha256:{digest}",)}
+        except BaseException:
+            self._restore_tfvars(previous)
+            raise
+
+    def _drift(self, tmp: Path, plan: _Plan, desired: int, current: int | None) -> list[Change]:
+        """Changes of ``plan`` that are not caused by moving the capacity from
+        ``current`` to ``desired``: everything a plan with the value left at
+        ``current`` would still change. Empty when drift is allowed."""
+        if self.config.allow_drift or not plan.has_changes:
+            return []
+        if current == desired:
+            return plan.changes
+        if current is None:
+            raise PermanentActuatorError(
+                f"cannot tell drift from the capacity change in {self.workspace}: the current "
+                f"capacity is unknown; apply the workspace once with var.{self.config.variable} "
+                "set, or set allow_drift: true"
+            )
+        baseline = self._plan(tmp, self._to_value(current), name="baseline")
+        return baseline.changes if baseline.has_changes else []
+
+    def _check_value_took(self, plan: _Plan, desired: int) -> None:
+        """Another ``*.auto.tfvars`` file sorting after ours, or ``-var`` in
+        TF_CLI_ARGS, would override forescale's value without a word."""
+        variables = plan.document.get("variables") or {}
+        if self.config.variable not in variables:
+            raise PermanentActuatorError(
+                f"terraform workspace {self.workspace} declares no variable "
+                f"{self.config.variable!r} (it declares: {', '.join(sorted(variables)) or 'none'})"
+            )
+        planned = (variables[self.config.variable] or {}).get("value")
+        if planned is None or self._to_capacity_or_none(planned) != desired:
+            raise PermanentActuatorError(
+                f"terraform plan in {self.workspace} used var.{self.config.variable} = "
+                f"{_show(planned)}, not forescale's {_show(self._to_value(desired))}: another "
+                f"variable file that takes precedence over {TFVARS_FILE} sets it"
+            )
+
+    # ------------------------------------------------------------------ reading
+    def _read_once(self) -> int:
+        self._check_workspace()
+        self._ensure_init()
+        value = _MISSING
+        if self.config.read_from == "output":
+            value = self._output_value(self.config.output_name)
+        capacity = self._capacity_from(value, self._read_tfvars())
+        if capacity is not None:
+            return capacity
+        where = (f"output {self.config.output_name!r} is not in the state and "
+                 if self.config.read_from == "output" else "")
+        raise PermanentActuatorError(
+            f"cannot read the current capacity of terraform workspace {self.workspace}: "
+            f"{where}{TFVARS_FILE} does not set {self.config.variable!r}; apply the workspace "
+            "once with the starting value"
+        )
+
+    def _capacity_from(self, output_value: Any, tfvars: Mapping[str, Any]) -> int | None:
+        """read()'s rule: the output when it is in the state, else the tfvars
+        file; None when neither says."""
+        if output_value is not _MISSING:
+            return self._to_capacity(output_value, f"output {self.config.output_name!r}")
+        if self.config.variable in tfvars:
+            return self._to_capacity(tfvars[self.config.variable],
+                                     f"{TFVARS_FILE} variable {self.config.variable!r}")
+        return None
+
+    def _capacity_in(self, document: Mapping[str, Any], tfvars: Mapping[str, Any]) -> int | None:
+        """The current capacity by read()'s rule, taken from a plan's prior
+        state (refreshed by that plan) instead of one more ``terraform output``."""
+        value = _MISSING
+        if self.config.read_from == "output":
+            outputs = ((document.get("prior_state") or {}).get("values") or {}).get("outputs") or {}
+            if self.config.output_name in outputs:
+                value = outputs[self.config.output_name].get("value")
+        return self._capacity_from(value, tfvars)
+
+    def _output_value(self, name: str) -> Any:
+        run = self._run(["output", "-no-color", "-json", name],
+                        timeout=self.config.plan_timeout, what="output")
+        if run.returncode != 0:
+            if f'Output "{name}" not found' in run.stderr:
+                return _MISSING
+            raise self._error("output", run)
+        try:
+            return json.loads(run.stdout)
+        except json.JSONDecodeError as exc:
+            raise PermanentActuatorError(
+                f"terraform output {name!r} in {self.workspace} is not JSON: {exc}") from exc
+
+    def _to_capacity(self, value: Any, source: str) -> int:
+        if self.config.value_kind == "ladder":
+            if isinstance(value, str) and value in self.ladder:
+                return self.ladder.index(value)
+            raise PermanentActuatorError(
+                f"terraform {source} is {_show(value)}, which is not in the ladder "
+                f"({', '.join(self.ladder)})"
+            )
+        number: float | None = None
+        if isinstance(value, bool):
+            number = None
+        elif isinstance(value, (int, float)):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                number = None
+        if number is None or not math.isfinite(number) or number != int(number) or number < 0:
+            raise PermanentActuatorError(
+                f"terraform {source} is {_show(value)}, not a whole number >= 0")
+        return int(number)
+
+    def _to_capacity_or_none(self, value: Any) -> int | None:
+        try:
+            return self._to_capacity(value, "value")
+        except PermanentActuatorError:
+            return None
+
+    def _to_value(self, capacity: int) -> Any:
+        if self.config.value_kind == "number":
+            return int(capacity)
+        if not 0 <= capacity < len(self.ladder):
+            raise LimitExceeded(
+                f"capacity {capacity} is outside the ladder of {self.target or 'the target'} "
+                f"(0..{len(self.ladder) - 1}: {', '.join(self.ladder)})"
+            )
+        return self.ladder[capacity]
+
+    def _to_value_or_none(self, capacity: int) -> Any:
+        try:
+            return self._to_value(capacity)
+        except LimitExceeded:
+            return None
+
+    # ------------------------------------------------------------------ tfvars file
+    @property
+    def tfvars_path(self) -> Path:
+        return self.workspace / TFVARS_FILE
+
+    def _read_tfvars(self) -> dict[str, Any]:
+        try:
+            raw = self.tfvars_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise PermanentActuatorError(f"{self.tfvars_path} is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise PermanentActuatorError(f"{self.tfvars_path} must hold a JSON object")
+        return data
+
+    def _write_tfvars(self, value: Any) -> bytes | None:
+        """Set our variable in the tfvars file (other keys kept); return the
+        previous content (None: there was no file) for :meth:`_restore_tfvars`."""
+        try:
+            previous: bytes | None = self.tfvars_path.read_bytes()
+        except FileNotFoundError:
+            previous = None
+        data = self._read_tfvars()
+        data[self.config.variable] = value
+        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+        self._atomic_write(text.encode("utf-8"))
+        return previous
+
+    def _restore_tfvars(self, previous: bytes | None) -> None:
+        try:
+            if previous is None:
+                self.tfvars_path.unlink(missing_ok=True)
+            else:
+                self._atomic_write(previous)
+        except OSError as exc:  # the original error matters more; say what is left
+            logger.error("could not restore %s after a failed apply: %s", self.tfvars_path, exc)
+
+    def _atomic_write(self, content: bytes) -> None:
+        # The temp name must not end in .tf/.tfvars: terraform would load it.
+        fd, tmp = tempfile.mkstemp(dir=self.workspace, prefix=".forescale-tfvars-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(content)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.tfvars_path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        try:
+            dir_fd = os.open(self.workspace, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(dir_fd)
+        except OSError:
+            pass
+        finally:
+            os.close(dir_fd)
+
+    # ------------------------------------------------------------------ terraform
+    def _check_workspace(self) -> None:
+        if not self.workspace.is_dir():
+            raise PermanentActuatorError(
+                f"terraform workspace {self.workspace} does not exist or is not a directory")
+        if not any(self.workspace.glob("*.tf")) and not any(self.workspace.glob("*.tf.json")):
+            raise PermanentActuatorError(
+                f"terraform workspace {self.workspace} has no .tf or .tf.json files")
+
+    def _ensure_init(self) -> None:
+        if not self.config.init or self._initialized:
+            return
+        if not (self.workspace / ".terraform").is_dir():
+            # A workspace with only built-in providers and the local backend
+            # creates no .terraform, so remember that init ran in this process.
+            run = self._run(["init", "-input=false", "-no-color"],
+                            timeout=self.config.plan_timeout, what="init")
+            if run.returncode != 0:
+                raise self._error("init", run)
+        self._initialized = True
+
+    def _plan(self, tmp: Path, value: Any, *, name: str = "capacity",
+              check_only: bool = False) -> _Plan:
+        """Plan into ``tmp``. ``value`` None: the workspace's own variables
+        (our tfvars file included); else the variable is set with a
+        ``-var-file``, which outranks every ``*.auto.tfvars`` file."""
+        planfile = tmp / f"{name}.tfplan"
+        args = ["plan", "-input=false", "-no-color", "-json", "-detailed-exitcode",
+                f"-out={planfile}"]
+        if check_only:
+            args += ["-lock=false", "-refresh=false"]
+        else:
+            args.append(f"-lock-timeout={_go_duration(self.config.lock_timeout)}")
+        if value is not None:
+            var_file = tmp / f"{name}.tfvars.json"
+            var_file.write_text(json.dumps({self.config.variable: value}), encoding="utf-8")
+            args.append(f"-var-file={var_file}")
+        run = self._run(args, timeout=self.config.plan_timeout, what="plan")
+        if run.returncode not in (0, 2):
+            raise self._error("plan", run)
+        return _Plan(planfile, run.returncode == 2, self._show_json(planfile))
+
+    def _show_json(self, planfile: Path) -> dict[str, Any]:
+        run = self._run(["show", "-no-color", "-json", str(planfile)],
+                        timeout=self.config.plan_timeout, what="show")
+        if run.returncode != 0:
+            raise self._error("show", run)
+        try:
+            return json.loads(run.stdout)
+        except json.JSONDecodeError as exc:
+            raise PermanentActuatorError(f"terraform show -json printed no JSON: {exc}") from exc
+
+    def _show_text(self, planfile: Path) -> str:
+        run = self._run(["show", "-no-color", str(planfile)],
+                        timeout=self.config.plan_timeout, what="show")
+        if run.returncode != 0:
+            raise self._error("show", run)
+        return run.stdout.strip()
+
+    def _apply_plan(self, planfile: Path) -> None:
+        run = self._run(["apply", "-input=false", "-no-color", "-json",
+                         f"-lock-timeout={_go_duration(self.config.lock_timeout)}", str(planfile)],
+                        timeout=self.config.verify_timeout, what="apply")
+        if run.returncode != 0:
+            raise self._error("apply", run)
+
+    def _version(self) -> tuple[int, ...]:
+        run = self._run(["version", "-json"], timeout=self.config.plan_timeout, what="version")
+        if run.returncode != 0:
+            raise self._error("version", run)
+        try:
+            text = json.loads(run.stdout)["terraform_version"]
+            return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise PermanentActuatorError(
+                f"{self._binary()} version -json printed no terraform_version; is it terraform?"
+            ) from exc
+
+    def _binary(self) -> str:
+        binary = self.config.binary
+        found = shutil.which(binary)
+        if found is None:
+            where = "does not exist or is not executable" if os.sep in binary else "is not on PATH"
+            raise PermanentActuatorError(
+                f"terraform binary {binary!r} {where}; install Terraform or set binary: "
+                "to its path")
+        return found
+
+    def _run(self, args: list[str], *, timeout: timedelta, what: str) -> _Run:
+        argv = [self._binary(), *args]
+        # argv holds paths and flags only: values travel in files, never on
+        # the command line, so logging it leaks nothing.
+        logger.debug("terraform %s: running %s", self.workspace, " ".join(argv[1:]))
+        try:
+            proc = subprocess.Popen(argv, cwd=self.workspace, env=self._env,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, encoding="utf-8",
+                                    errors="replace")
+        except OSError as exc:
+            raise PermanentActuatorError(f"cannot run {argv[0]}: {exc}") from exc
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout.total_seconds())
+        except subprocess.TimeoutExpired:
+            self._interrupt(proc)
+            raise TransientActuatorError(
+                f"terraform {what} in {self.workspace} did not finish within "
+                f"{timeout.total_seconds():g}s and was interrupted") from None
+        except BaseException:
+            self._interrupt(proc)
+            raise
+        return _Run(proc.returncode, stdout, stderr)
+
+    def _interrupt(self, proc: subprocess.Popen) -> None:
+        """SIGINT first: Terraform then stops cleanly, persists what it
+        changed and releases the state lock. Kill only if it will not."""
+        if proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=self.config.interrupt_grace.total_seconds())
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+    def _error(self, what: str, run: _Run) -> Exception:
+        diagnostics = _error_diagnostics(run.stdout)
+        if diagnostics:
+            text = "; ".join(_diagnostic_text(d) for d in diagnostics)
+            summaries = {d.get("summary", "") for d in diagnostics}
+        else:
+            text = _stderr_errors(run.stderr) or f"exit status {run.returncode}"
+            summaries = {text.splitlines()[0]} if text else set()
+        text = _clip(text)
+        message = f"terraform {what} in {self.workspace} failed: {text}"
+        lock_ids = tuple(f"terraform-lock:{m}" for m in re.findall(r"ID:\s+(\S+)", text))
+        if any("Error acquiring the state lock" in s for s in summaries) or \
+                "Error acquiring the state lock" in text:
+            return TransientActuatorError(message, request_ids=lock_ids)
+        if "Saved plan is stale" in summaries:
+            return TransientActuatorError(message)
+        if self._is_validation_of_our_variable(diagnostics):
+            return LimitExceeded(message)
+        return PermanentActuatorError(message)
+
+    def _is_validation_of_our_variable(self, diagnostics: list[dict[str, Any]]) -> bool:
+        ours = f"var.{self.config.variable}"
+        for d in diagnostics:
+            if d.get("summary") != "Invalid value for variable":
+                continue
+            values = (d.get("snippet") or {}).get("values") or []
+            if any(v.get("traversal") == ours for v in values) or ours in d.get("detail", ""):
+                return True
+        return False
+
+
+# ---------------------------------------------------------------------- plan JSON
+def plan_changes(document: Mapping[str, Any]) -> list[Change]:
+    """Every resource and root output a ``show -json`` plan changes. No-ops and
+    data-source reads are not changes; an import or a ``removed`` block is."""
+    changes: list[Change] = []
+    for rc in document.get("resource_changes") or []:
+        change = rc.get("change") or {}
+        actions = tuple(change.get("actions") or ())
+        if change.get("importing"):
+            actions = tuple(a for a in actions if a != "no-op") + ("import",)
+        if actions and not set(actions) <= _NOT_CHANGES:
+            changes.append(Change(rc.get("address", "?"), actions))
+    for name, oc in sorted((document.get("output_changes") or {}).items()):
+        actions = tuple(oc.get("actions") or ())
+        if actions and not set(actions) <= _NOT_CHANGES:
+            changes.append(Change(f"output.{name}", actions))
+    return changes
+
+
+def count_actions(changes: Sequence[Change]) -> dict[str, int]:
+    """Terraform's own "N to add, N to change, N to destroy" over resources
+    (a replacement counts as one add and one destroy; outputs are not counted)."""
+    counts = {"add": 0, "change": 0, "destroy": 0}
+    for c in changes:
+        if c.address.startswith("output."):
+            continue
+        counts["add"] += "create" in c.actions
+        counts["change"] += "update" in c.actions
+        counts["destroy"] += "delete" in c.actions
+    return counts
+
+
+def redact_sensitive(text: str, document: Mapping[str, Any]) -> str:
+    """``text`` with every string the plan ``document`` marks sensitive
+    replaced by ``(sensitive value)``: values of root variables declared
+    ``sensitive``, and attribute and output values under a sensitive mark
+    before or after the change.
+
+    Terraform masks those values where it still knows the mark, but prints
+    them in clear where a value reached an attribute that lost it (e.g.
+    ``terraform_data``'s ``output`` in the prior state shows its sensitive
+    ``input``). The plan text goes to approvers and the audit record, so
+    forescale masks every occurrence. Strings shorter than 4 characters are
+    left alone: masking them would garble the plan and hide nothing.
+    """
+    secrets: set[str] = set()
+    declared = ((document.get("configuration") or {}).get("root_module") or {}).get("variables") or {}
+    values = document.get("variables") or {}
+    for name, declaration in declared.items():
+        if (declaration or {}).get("sensitive"):
+            _strings((values.get(name) or {}).get("value"), secrets)
+    changes = [rc.get("change") or {} for rc in document.get("resource_changes") or []]
+    changes += list((document.get("output_changes") or {}).values())
+    for change in changes:
+        for side in ("before", "after"):
+            _marked(change.get(side), change.get(f"{side}_sensitive"), secrets)
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) < 4:
+            continue
+        text = text.replace(json.dumps(secret)[1:-1], "(sensitive value)")
+        text = text.replace(secret, "(sensitive value)")
+    return text
+
+
+def _marked(value: Any, mark: Any, into: set[str]) -> None:
+    """Collect the strings of ``value`` under ``mark`` (Terraform's
+    ``*_sensitive`` shape: ``true`` marks a whole subtree, objects and lists
+    mirror the value)."""
+    if mark is True:
+        _strings(value, into)
+    elif isinstance(mark, Mapping) and isinstance(value, Mapping):
+        for key, sub in mark.items():
+            if key in value:
+                _marked(value[key], sub, into)
+    elif isinstance(mark, list) and isinstance(value, list):
+        for item, sub in zip(value, mark):
+            _marked(item, sub, into)
+
+
+def _strings(value: Any, into: set[str]) -> None:
+    if isinstance(value, str):
+        into.add(value)
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            _strings(v, into)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _strings(v, into)
+
+
+# ---------------------------------------------------------------------- helpers
+def _error_diagnostics(stdout: str) -> list[dict[str, Any]]:
+    found = []
+    for line in stdout.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            msg = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        diag = msg.get("diagnostic") if isinstance(msg, dict) else None
+        if isinstance(diag, dict) and diag.get("severity") == "error":
+            found.append(diag)
+    return found
+
+
+def _diagnostic_text(diag: Mapping[str, Any]) -> str:
+    # summary, detail and where; never the snippet's values (they can show
+    # other variables' values).
+    text = diag.get("summary", "error")
+    detail = (diag.get("detail") or "").strip()
+    if detail:
+        text += f": {detail}"
+    rng = diag.get("range") or {}
+    if rng.get("filename"):
+        text += f" (at {rng['filename']}:{(rng.get('start') or {}).get('line', '?')})"
+    return text
+
+
+def _stderr_errors(stderr: str) -> str:
+    """The ``Error:`` blocks of Terraform's plain-text stderr (warnings, such
+    as a missing CLI config file, are left out)."""
+    lines = [re.sub(r"^[│╷╵]\s?", "", ln) for ln in stderr.splitlines()]
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("Error:")), None)
+    if start is None:
+        return stderr.strip()
+    kept = [ln for ln in lines[start:] if ln.strip()]
+    return "\n".join(kept).removeprefix("Error: ").strip()
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_ERROR_TEXT else text[:_MAX_ERROR_TEXT] + " ..."
+
+
+def _go_duration(td: timedelta) -> str:
+    return f"{max(0, round(td.total_seconds() * 1000))}ms"
+
+
+def _show(value: Any) -> str:
+    return "unknown" if value is None else json.dumps(value)
