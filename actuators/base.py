@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from engine.errors import PermanentActuatorError, TransientActuatorError
 from engine.types import ActionPlan, ActuationResult
+from policies.config import Duration
 
 Sleep = Callable[[float], None]
 Monotonic = Callable[[], float]
@@ -31,12 +32,12 @@ class ActuatorConfig(BaseModel):
 
     type: str
     #: how long ``apply`` waits for the new capacity to be observed in service
-    verify_timeout: timedelta = timedelta(minutes=10)
+    verify_timeout: Duration = timedelta(minutes=10)
     #: how often it polls while waiting
-    poll_interval: timedelta = timedelta(seconds=5)
+    poll_interval: Duration = timedelta(seconds=5)
     #: retry bounds for transient errors
     retry_attempts: int = 5
-    retry_max_wait: timedelta = timedelta(seconds=60)
+    retry_max_wait: Duration = timedelta(seconds=60)
 
 
 @runtime_checkable

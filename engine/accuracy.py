@@ -1,0 +1,77 @@
+"""``forescale accuracy``: rolling accuracy per target and horizon from the
+predicted-versus-actual records, and a plot of the band against actuals."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+
+from .feedback import accuracy, seasonal_naive_scale
+from .units import from_epoch
+
+
+def accuracy_table(store: Any, target: str | None, *, window: timedelta = timedelta(days=7),
+                   upper_level: float = 0.9) -> list[dict[str, Any]]:
+    targets = [target] if target else [r[0] for r in store.db.execute(
+        "SELECT DISTINCT target FROM forecasts ORDER BY target")]
+    out = []
+    for t in targets:
+        last = store.db.execute("SELECT MAX(ts) FROM forecasts WHERE target=? AND actual IS NOT NULL",
+                                (t,)).fetchone()[0]
+        if last is None:
+            continue
+        since = from_epoch(last) - window
+        rows = store.forecast_records(t, since=since)
+        samples = store.cached_samples(t, since=since - timedelta(days=1))
+        scale = seasonal_naive_scale(samples.regular(timedelta(seconds=_step(rows)))) if len(samples) > 2 else None
+        by_h: dict[int, list] = {}
+        for r in rows:
+            by_h.setdefault(r["horizon_s"], []).append(r)
+        for h, rs in sorted(by_h.items()):
+            a = np.array([r["actual"] for r in rs], dtype=float)
+            p = np.array([r["point"] for r in rs], dtype=float)
+            up = np.array([_upper(r["quantiles"], upper_level, r["point"]) for r in rs], dtype=float)
+            acc = accuracy(a, p, up, scale)
+            out.append({"target": t, "horizon": f"{h // 60}m", "horizon_s": h, **acc})
+    return out
+
+
+def _step(rows: list) -> int:
+    hs = sorted({r["horizon_s"] for r in rows})
+    return hs[0] if hs and hs[0] > 0 else 300
+
+
+def _upper(qjson: str, level: float, point: float) -> float:
+    import json
+
+    q = json.loads(qjson)
+    return float(q.get(str(level), max(q.values(), default=point)))
+
+
+def plot_accuracy(store: Any, target: str | None, path: str, *, window: timedelta = timedelta(days=2)) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = [target] if target else [r[0] for r in store.db.execute("SELECT DISTINCT target FROM forecasts")]
+    fig, axes = plt.subplots(len(targets) or 1, 1, figsize=(12, 3.5 * max(1, len(targets))), squeeze=False)
+    for ax, t in zip(axes[:, 0], targets):
+        h = store.db.execute("SELECT MIN(horizon_s) FROM forecasts WHERE target=?", (t,)).fetchone()[0]
+        rows = store.forecast_records(t, horizon_s=h, with_actual=False)
+        if not rows:
+            continue
+        end = rows[-1]["ts"]
+        rows = [r for r in rows if r["ts"] >= end - window.total_seconds()]
+        x = np.array([r["ts"] for r in rows]).astype("datetime64[s]")
+        ax.fill_between(x, [r["point"] for r in rows], [_upper(r["quantiles"], 0.9, r["point"]) for r in rows],
+                        alpha=0.3, label=f"forecast point..q0.9 ({h // 60} min ahead)")
+        ax.plot(x, [np.nan if r["actual"] is None else r["actual"] for r in rows], color="black", lw=1,
+                label="actual")
+        ax.set_title(t)
+        ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,41 @@
+"""Wiring: turn a validated config into live targets (source, actuator,
+store). Kept apart from the cycle so tests can build targets by hand."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from actuators import registry as actuators
+
+from .config import Config, TargetConfig
+from .cycle import LiveTarget
+from .sources import registry as sources
+from .store import Store
+
+
+def build_source(target: TargetConfig, config: Config) -> Any:
+    cls = sources.get(target.source.type)
+    kwargs: dict[str, Any] = {}
+    if "base_dir" in inspect.signature(cls).parameters:
+        kwargs["base_dir"] = config.base_dir
+    return cls(target.source_config, **kwargs)
+
+
+def build_actuator(target: TargetConfig, **injected: Any) -> Any:
+    cls = actuators.get(target.actuator.type)
+    kwargs: dict[str, Any] = {"target": target.name}
+    params = inspect.signature(cls).parameters
+    if "ladder" in params and target.policy.ladder is not None:
+        kwargs["ladder"] = [r.name for r in target.policy.ladder]
+    kwargs.update(injected)
+    return cls(target.actuator_config, **kwargs)
+
+
+def build_targets(config: Config, store: Store, names: list[str] | None = None) -> list[LiveTarget]:
+    out = []
+    for t in config.targets:
+        if names and t.name not in names:
+            continue
+        out.append(LiveTarget(t, source=build_source(t, config), store=store, actuator=build_actuator(t)))
+    return out

@@ -1,0 +1,379 @@
+"""The ``forescale`` command line.
+
+Every error forescale raises on purpose is printed as one line naming the
+problem (exit status 2); tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import ForescaleError
+from .units import isoformat, parse_duration
+
+DEMO_TRACE = Path(__file__).parent / "data" / "demo_rds_cpu.csv"
+
+
+# ------------------------------------------------------------------ helpers
+def _store(args: argparse.Namespace):
+    from .store import Store
+
+    if getattr(args, "config", None):
+        from .config import load_config
+
+        return Store(load_config(args.config).state_path)
+    path = Path(args.state)
+    if not path.exists():
+        raise ForescaleError(f"no state file at {path} (give --state or --config)")
+    return Store(path)
+
+
+def _print_decision(rec: dict[str, Any], verbose: bool = True) -> None:
+    arrow = {"scale_up": "↑", "scale_down": "↓", "hold": "="}.get(rec["action"], "?")
+    label = f" [{rec['capacity_label']}]" if rec.get("capacity_label") else ""
+    head = (f"{rec['at']}  {rec['target']:<14} {arrow} {rec['current']:>3} -> {rec['desired']:<3}{label}"
+            f"  {rec.get('status', ''):<9} {'FALLBACK ' if rec['fallback'] else ''}"
+            f"{', '.join(s['reason'] for s in rec['steps'] if s['changed'])}")
+    print(head)
+    if verbose:
+        for s in rec["steps"]:
+            mark = "*" if s["changed"] else " "
+            print(f"      {mark} {s['name']:<14} {s['reason']:<26} {s['message']}")
+
+
+def _logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        from .logs import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("cmdstanpy", "prophet", "urllib3", "botocore", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# ------------------------------------------------------------------ commands
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from .backtest import DEFAULT_POLICY, Scenario, plot, run_backtest, write_json
+    from .config import ForecasterConfig, load_config
+    from .sources.csv import read_csv
+
+    series = read_csv(args.trace)
+    policy, fcfg = DEFAULT_POLICY, None
+    scenario = Scenario()
+    if args.config:
+        cfg = load_config(args.config)
+        t = cfg.target(args.target) if args.target else cfg.targets[0]
+        policy = t.policy.model_dump(exclude={"capacity_per_replica", "min_replicas", "max_replicas",
+                                              "lead_time", "hold"})
+        fcfg = t.forecaster
+        scenario = Scenario(interval=t.interval, lead_time=t.policy.lead_time,
+                            capacity_per_replica=t.policy.capacity_per_replica,
+                            target_utilization=t.policy.target_utilization if t.policy.kind == "reactive"
+                            else Scenario().target_utilization,
+                            min_replicas=t.policy.bounds[0], max_replicas=t.policy.bounds[1])
+    if args.forecaster:
+        from .backtest import DEFAULT_FORECASTER
+
+        base = fcfg or DEFAULT_FORECASTER
+        fcfg = ForecasterConfig(**{**base.model_dump(), "name": args.forecaster,
+                                   "params": {} if args.forecaster != base.name else base.params})
+    result = run_backtest(series, scenario=scenario, policy=policy, forecaster=fcfg, trace=str(args.trace))
+    print(result.table())
+    if args.json:
+        write_json(result, args.json)
+        print(f"metrics written to {args.json}")
+    if args.plot:
+        plot(result, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(out=Path(args.out), days=args.days, verbose=not args.quiet, trace=Path(args.trace))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    cfg = load_config(args.config)
+    for t in cfg.targets:
+        lo, hi = t.policy.bounds
+        print(f"{t.name}: mode {t.mode}, every {t.interval}, source {t.source.type}, forecaster "
+              f"{t.forecaster.name}, actuator {t.actuator.type}, capacity [{lo}, {hi}]")
+    print(f"{args.config}: valid ({len(cfg.targets)} target(s)); state file {cfg.state_path}")
+    return 0
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    from .build import build_targets
+    from .clock import SystemClock
+    from .config import load_config
+    from .store import Store
+
+    cfg = load_config(args.config)
+    if args.target:
+        cfg.target(args.target)
+    clock = SystemClock()
+    rc = 0
+    with Store(cfg.state_path) as store:
+        store.lock()
+        for lt in build_targets(cfg, store, [args.target] if args.target else None):
+            now = clock.now()
+            for note in lt.reconcile(now):
+                print(f"reconcile {lt.target.name}: {note}")
+            res = lt.run(now)
+            if res.decision is not None:
+                rec = res.decision.to_dict()
+                rec["status"] = res.status
+                _print_decision(rec, verbose=args.verbose)
+            for what in ("fetch_error", "actuation_error", "error"):
+                if getattr(res, what):
+                    print(f"  {what.replace('_', ' ')}: {getattr(res, what)}")
+                    rc = 1
+            if res.plan is not None:
+                print(f"  plan {res.plan.id} waits for approval: forescale approve {res.plan.id}")
+    return rc
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .daemon import Daemon
+
+    cfg = load_config(args.config)
+    _logging(args.log_level, cfg.log_format)
+    metrics = None
+    try:
+        from .metrics import EngineMetrics
+    except ImportError:  # pragma: no cover - metrics module is part of the package
+        EngineMetrics = None  # type: ignore[assignment]
+    daemon = Daemon(args.config)
+    if EngineMetrics is not None:
+        metrics = EngineMetrics()
+        daemon.metrics = metrics
+        if cfg.server.enabled:
+            host, _, port = cfg.server.listen.rpartition(":")
+            metrics.serve(host or "127.0.0.1", int(port), ready=daemon.ready)
+    daemon.install_signals()
+    logging.getLogger("forescale").info("forescale running %d target(s), state %s",
+                                        len(cfg.targets), cfg.state_path)
+    daemon.run()
+    return 0
+
+
+def cmd_decisions(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        recs = store.decisions(args.target, limit=args.limit)
+    if args.json:
+        print(json.dumps(recs, indent=2, default=str))
+        return 0
+    if not recs:
+        print("no decisions logged yet")
+    for rec in reversed(recs):
+        _print_decision(rec, verbose=args.verbose)
+    return 0
+
+
+def cmd_plans(args: argparse.Namespace) -> int:
+    from .plans import expire_plans
+    from .clock import SystemClock
+    from .types import PlanStatus
+
+    with _store(args) as store:
+        expire_plans(store, args.target, SystemClock().now())
+        plans = store.plans(args.target, None if args.all else PlanStatus.PENDING)
+        if args.all is False:
+            plans += store.plans(args.target, PlanStatus.APPROVED)
+    if args.json:
+        print(json.dumps([p.to_dict() for p in plans], indent=2))
+        return 0
+    if not plans:
+        print("no plans waiting" if not args.all else "no plans")
+    for p in plans:
+        print(f"{p.id}  {p.target:<14} {p.from_capacity} -> {p.to_capacity}  {p.status.value:<9} "
+              f"made {isoformat(p.created_at)} expires {isoformat(p.expires_at)}  {p.description}")
+    return 0
+
+
+def _actor(args: argparse.Namespace) -> str:
+    return args.actor or os.environ.get("FORESCALE_ACTOR") or getpass.getuser()
+
+
+def _actuator_for_plan(args: argparse.Namespace, store, plan_id: str):
+    from .build import build_actuator
+    from .config import load_config
+
+    if not args.config:
+        raise ForescaleError("applying a plan needs --config (to reach the target's actuator)")
+    cfg = load_config(args.config)
+    plan = store.plan(plan_id)
+    return build_actuator(cfg.target(plan.target))
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from .clock import SystemClock
+    from .plans import apply_plan, approve
+
+    with _store(args) as store:
+        now = SystemClock().now()
+        p = approve(store, args.id, now, _actor(args), args.note or "")
+        print(f"plan {p.id} approved by {p.actor}: {p.target} {p.from_capacity} -> {p.to_capacity}")
+        if args.apply:
+            act = _actuator_for_plan(args, store, args.id)
+            p = apply_plan(store, act, args.id, now)
+            print(f"plan {p.id} applied")
+        else:
+            print("the daemon applies it at the target's next cycle (or run: forescale apply ID --config FILE)")
+    return 0
+
+
+def cmd_reject(args: argparse.Namespace) -> int:
+    from .clock import SystemClock
+    from .plans import reject
+
+    with _store(args) as store:
+        p = reject(store, args.id, SystemClock().now(), _actor(args), args.note or "")
+    print(f"plan {p.id} rejected by {p.actor}")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from .clock import SystemClock
+    from .plans import apply_plan
+
+    with _store(args) as store:
+        act = _actuator_for_plan(args, store, args.id)
+        p = apply_plan(store, act, args.id, SystemClock().now())
+    print(f"plan {p.id} applied: {p.target} -> {p.to_capacity}")
+    return 0
+
+
+def cmd_accuracy(args: argparse.Namespace) -> int:
+    from .accuracy import accuracy_table, plot_accuracy
+
+    with _store(args) as store:
+        rows = accuracy_table(store, args.target, window=parse_duration(args.window))
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            if not rows:
+                print("no forecasts with observed values yet")
+            hdr = f"{'target':<14}{'horizon':>9}{'n':>7}{'mae':>11}{'mape%':>9}{'mase':>8}{'bias':>11}{'coverage':>10}"
+            print(hdr)
+            for r in rows:
+                print(f"{r['target']:<14}{r['horizon']:>9}{int(r['n']):>7}{r.get('mae', float('nan')):>11.4g}"
+                      f"{r.get('mape', float('nan')):>9.2f}{r.get('mase', float('nan')):>8.3f}"
+                      f"{r.get('bias', float('nan')):>11.4g}{r.get('coverage', float('nan')):>10.3f}")
+        if args.plot:
+            plot_accuracy(store, args.target, args.plot, window=parse_duration(args.window))
+            print(f"plot written to {args.plot}")
+    return 0
+
+
+# -------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="forescale", description="Predictive autoscaling decision engine.")
+    p.add_argument("--version", action="version", version="forescale 0.1.0")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="replay a bundled real trace through the full loop (no cloud, no Prometheus)")
+    d.add_argument("--out", default="forescale-demo", help="folder for the state file, decision log and plot")
+    d.add_argument("--days", type=float, default=5.0, help="days of the trace to replay live (after warm-up)")
+    d.add_argument("--trace", default=str(DEMO_TRACE), help=argparse.SUPPRESS)
+    d.add_argument("--quiet", action="store_true", help="print only the summary")
+    d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("backtest", help="compare oracle, reactive and predictive on a trace")
+    b.add_argument("trace", help="CSV with timestamp,value")
+    b.add_argument("--forecaster", help="forecaster name (default: the policy's)")
+    b.add_argument("--config", help="take the policy and forecaster from this config")
+    b.add_argument("--target", help="which target of --config")
+    b.add_argument("--json", help="write the metrics as JSON here")
+    b.add_argument("--plot", help="write a PNG here")
+    b.set_defaults(func=cmd_backtest)
+
+    v = sub.add_parser("validate", help="check a config file")
+    v.add_argument("--config", required=True)
+    v.set_defaults(func=cmd_validate)
+
+    r = sub.add_parser("run", help="the daemon: every target's cycle on its interval")
+    r.add_argument("--config", required=True)
+    r.add_argument("--log-level", default="INFO")
+    r.set_defaults(func=cmd_run)
+
+    o = sub.add_parser("once", help="one cycle of every (or one) target, then exit (cron, debugging)")
+    o.add_argument("--config", required=True)
+    o.add_argument("--target")
+    o.add_argument("-v", "--verbose", action="store_true", help="print every policy step")
+    o.set_defaults(func=cmd_once)
+
+    def state_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", help="config file (its state file is used)")
+        sp.add_argument("--state", default="forescale.db", help="state file (default: forescale.db)")
+        sp.add_argument("--target")
+
+    dl = sub.add_parser("decisions", help="list logged decisions with their steps and reasons")
+    state_args(dl)
+    dl.add_argument("--json", action="store_true")
+    dl.add_argument("--limit", type=int, default=50)
+    dl.add_argument("-q", "--quiet", dest="verbose", action="store_false", help="one line per decision")
+    dl.set_defaults(func=cmd_decisions)
+
+    pl = sub.add_parser("plans", help="plans waiting for approval")
+    state_args(pl)
+    pl.add_argument("--all", action="store_true", help="all plans, whatever their state")
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(func=cmd_plans)
+
+    for name, fn, hlp in (("approve", cmd_approve, "approve a plan"), ("reject", cmd_reject, "reject a plan"),
+                          ("apply", cmd_apply, "apply an approved plan now")):
+        sp = sub.add_parser(name, help=hlp)
+        sp.add_argument("id")
+        state_args(sp)
+        if name != "apply":
+            sp.add_argument("--actor", help="who (default: $FORESCALE_ACTOR or the login name)")
+            sp.add_argument("--note")
+        if name == "approve":
+            sp.add_argument("--apply", action="store_true", help="apply right away (needs --config)")
+        sp.set_defaults(func=fn)
+
+    a = sub.add_parser("accuracy", help="rolling forecast accuracy per target and horizon")
+    state_args(a)
+    a.add_argument("--window", default="7d")
+    a.add_argument("--json", action="store_true")
+    a.add_argument("--plot", help="draw predicted band vs actual to this PNG")
+    a.set_defaults(func=cmd_accuracy)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command not in ("run",):
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        for noisy in ("cmdstanpy", "prophet"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except ForescaleError as exc:
+        print(f"forescale: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
