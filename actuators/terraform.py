@@ -199,8 +199,13 @@ class TerraformActuator:
         sleep: Sleep = time.sleep,
         monotonic: Monotonic = time.monotonic,
         environ: Mapping[str, str] | None = None,
+        base_dir: Path | None = None,
         **injected_clients: Any,
     ) -> None:
+        """``environ``: the environment terraform runs with (default: this
+        process's), e.g. the backend's credentials. ``base_dir``: what a
+        relative ``workspace`` is relative to (the config file's directory;
+        default: the working directory)."""
         if injected_clients:
             raise TypeError(
                 f"TerraformActuator takes no clients; got {', '.join(sorted(injected_clients))}"
@@ -217,7 +222,10 @@ class TerraformActuator:
                 raise ConfigError(f"ladder names {', '.join(dupes)} more than once", path="ladder")
         self._sleep = sleep
         self._monotonic = monotonic
-        self.workspace = Path(config.workspace).expanduser().absolute()
+        workspace = Path(config.workspace).expanduser()
+        if not workspace.is_absolute() and base_dir is not None:
+            workspace = Path(base_dir) / workspace
+        self.workspace = workspace.absolute()
         # Terraform in automation: no prompts, no "run terraform apply next"
         # hints, no call home to checkpoint.hashicorp.com for version news.
         base = dict(os.environ if environ is None else environ)
