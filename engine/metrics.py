@@ -27,6 +27,8 @@ Metrics (every one labelled by ``target``):
 ``forescale_actuation_errors_total``        counter    actuator failures
 ``forescale_forecast_failures_total``       counter    forecasts that could not be made
 ``forescale_last_success_timestamp_seconds`` gauge     end of the last successful cycle
+``forescale_cycle_interval_seconds``       gauge      the target's configured cycle interval (for
+                                                       "no successful cycle for N intervals")
 ``forescale_mode``                          gauge      1 for the target's current ``mode``, 0 for
                                                        the others
 ``forescale_plans_pending``                 gauge      plans waiting for approval
@@ -128,6 +130,8 @@ class EngineMetrics:
                                          ["target"], registry=r)
         self.last_success = Gauge("forescale_last_success_timestamp_seconds",
                                   "Unix time the last successful cycle ended", ["target"], registry=r)
+        self.interval = Gauge("forescale_cycle_interval_seconds", "Configured cycle interval",
+                              ["target"], registry=r)
         self.mode = Gauge("forescale_mode", "1 for the target's current mode", ["target", "mode"], registry=r)
         self.plans_pending = Gauge("forescale_plans_pending", "Plans waiting for approval", ["target"], registry=r)
         self._lock = threading.Lock()
@@ -136,9 +140,10 @@ class EngineMetrics:
         self._targets: set[str] = set()
 
     # -------------------------------------------------------------- recording
-    def register_target(self, target: str, mode: str | None = None) -> None:
+    def register_target(self, target: str, mode: str | None = None, interval: timedelta | None = None) -> None:
         """Create the target's counters at zero (so alerts on ``increase()``
-        see the first error) and record its mode."""
+        see the first error) and record its mode and cycle interval (call
+        again on a config reload)."""
         with self._lock:
             self._targets.add(target)
         for c in (self.fetch_errors, self.actuation_errors, self.forecast_failures):
@@ -147,6 +152,8 @@ class EngineMetrics:
         self.plans_pending.labels(target=target).set(0)
         if mode is not None:
             self.set_mode(target, mode)
+        if interval is not None:
+            self.interval.labels(target=target).set(interval.total_seconds())
 
     def set_mode(self, target: str, mode: str) -> None:
         if mode not in MODES:

@@ -59,7 +59,7 @@ def served():
 
 def test_a_cycle_is_scraped_with_forecast_capacities_and_decision(served):
     m, server = served
-    m.register_target("web", "auto")
+    m.register_target("web", "auto", interval=timedelta(minutes=5))
     m.observe_cycle("web", decision(), forecast(), duration_s=0.42, ok=True, now=NOW)
     s = scrape(server.url)
     assert val(s, "forescale_forecast", target="web", horizon="300", quantile="point") == 10.0
@@ -74,6 +74,7 @@ def test_a_cycle_is_scraped_with_forecast_capacities_and_decision(served):
     assert val(s, "forescale_cycle_duration_seconds_sum", target="web") == pytest.approx(0.42)
     assert val(s, "forescale_cycle_duration_seconds_bucket", target="web", le="0.5") == 1
     assert val(s, "forescale_cycle_duration_seconds_bucket", target="web", le="0.25") == 0
+    assert val(s, "forescale_cycle_interval_seconds", target="web") == 300
     assert val(s, "forescale_mode", target="web", mode="auto") == 1
     assert val(s, "forescale_mode", target="web", mode="dry-run") == 0
 
