@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -15,6 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from engine.metrics import EngineMetrics, decision_reason, not_ready
 from engine.types import Decision, Forecast, Step
+from tests.prom_support import prometheus
+
+__all__ = ["prometheus"]  # the session fixture, imported for pytest
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 T0 = int(NOW.timestamp())
@@ -251,3 +256,62 @@ def test_readyz_body_is_json(served):
     r = HTTP.get(f"{server.url}/readyz")
     assert r.headers["content-type"] == "application/json"
     assert json.loads(r.text)["targets"] == ["web"]
+
+
+# --------------------------------------------------------------- grafana dashboard
+DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "forescale-dashboard.json"
+#: what Grafana substitutes before sending a query, for checking the PromQL
+GRAFANA_VARS = {"${actual_query}": "vector(1)", "${horizon}": "300", "$horizon": "300", "$target": "web",
+                "$__rate_interval": "5m"}
+
+
+def exported_names() -> set[str]:
+    m = EngineMetrics()
+    m.register_target("t", "auto", interval=timedelta(minutes=1))
+    names = set()
+    for fam in m.registry.collect():
+        names.add(fam.name)
+        names |= {s.name for s in fam.samples}
+        if fam.type == "counter":
+            names.add(fam.name + "_total")
+    return names
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    dash = json.loads(DASHBOARD.read_text())
+    return [(p["title"], t["expr"]) for p in dash["panels"] if p["type"] != "row" for t in p["targets"]]
+
+
+def test_dashboard_panels_use_only_metrics_the_engine_exports():
+    dash = json.loads(DASHBOARD.read_text())
+    assert dash["schemaVersion"] >= 39
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["DS_PROMETHEUS"]["type"] == "datasource"
+    assert {"target", "horizon", "actual_query"} <= set(variables)
+    panels = [p for p in dash["panels"] if p["type"] != "row"]
+    titles = {p["title"] for p in panels}
+    assert {"Predicted vs actual", "Capacity", "Decisions by action and reason", "Forecast error",
+            "Cycle duration", "Errors"} <= titles
+    exported = exported_names()
+    for p in panels:
+        assert p["datasource"]["uid"] == "${DS_PROMETHEUS}", p["title"]
+        assert p["targets"], p["title"]
+        for t in p["targets"]:
+            names = set(re.findall(r"\bforescale_[a-z_]+", t["expr"]))
+            assert names <= exported, (p["title"], names - exported)
+            assert names or "${actual_query}" in t["expr"], p["title"]
+    assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
+    predicted = next(p for p in panels if p["title"] == "Predicted vs actual")
+    assert predicted["targets"][0]["expr"] == "${actual_query}"
+
+
+@pytest.mark.prometheus
+def test_dashboard_queries_are_valid_promql(prometheus):
+    # Prometheus itself parses every panel's query (variables substituted
+    # the way Grafana would); a syntax error is a 400 bad_data
+    with httpx.Client(timeout=10.0) as client:
+        for title, expr in dashboard_exprs():
+            for var, value in GRAFANA_VARS.items():
+                expr = expr.replace(var, value)
+            r = client.get(f"{prometheus.url}/api/v1/query", params={"query": expr})
+            assert r.status_code == 200, (title, expr, r.text)
