@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, ClassVar, Literal, Mapping, Sequence
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from engine.errors import (
     ActuatorError,
@@ -48,6 +48,7 @@ from engine.errors import (
     TransientActuatorError,
 )
 from engine.types import ActionPlan, ActuationResult
+from engine.units import parse_duration
 
 from .base import ActuatorConfig, Monotonic, Sleep, require_non_negative, retrying, wait_until
 
@@ -131,6 +132,15 @@ class AwsConfig(ActuatorConfig):
     endpoint_url: str | None = Field(default=None, pattern=r"^https?://")
     #: a named profile of the shared config files; ``None``: the default chain
     profile: str | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _durations(cls, value: Any, info: ValidationInfo) -> Any:
+        """Durations as written in a config file: ``30s``, ``15m``, ``1h``."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and field.annotation is timedelta and isinstance(value, (str, int, float)):
+            return parse_duration(value)
+        return value
 
 
 class AutoScalingGroupConfig(AwsConfig):
@@ -219,12 +229,6 @@ class _AwsActuator:
 
     def __init__(self, config: AwsConfig, *, target: str, sleep: Sleep, monotonic: Monotonic,
                  clients: Mapping[str, Any]) -> None:
-        unknown = set(clients) - set(self._services)
-        if unknown:
-            raise ConfigError(
-                f"unknown injected client(s) {', '.join(sorted(unknown))}; "
-                f"the {self.name} actuator takes {', '.join(self._services)}"
-            )
         self.config = config
         self.target = target
         self._sleep = sleep

@@ -531,6 +531,65 @@ def test_bad_instance_id_names_the_field():
 
 
 # ---------------------------------------------------------------------------- wiring
+def test_config_file_targets_build_working_actuators(moto, proxy, clock, gname):
+    """The YAML shapes of docs/actuators/aws.md, through the real loader."""
+    import yaml
+
+    from engine.build import build_actuator
+    from engine.config import parse_config
+
+    make_group(moto.url, gname, desired=3)
+    iid = make_instance(moto.url, "t3.medium")
+    doc = yaml.safe_load(f"""
+targets:
+  - name: {gname}
+    source: {{type: csv, path: load.csv}}
+    policy: {{capacity_per_replica: 100}}
+    actuator:
+      type: aws-asg
+      region: {REGION}
+      endpoint_url: {proxy.url}
+      mode: min-floor
+      base_min_size: 1
+      verify_timeout: 15m
+      poll_interval: 10s
+  - name: db
+    source: {{type: csv, path: load.csv}}
+    policy:
+      ladder:
+        - {{name: t3.small, capacity: 100}}
+        - {{name: t3.medium, capacity: 200}}
+        - {{name: t3.large, capacity: 400}}
+    actuator:
+      type: aws-ec2
+      region: {REGION}
+      endpoint_url: {proxy.url}
+      instance_id: {iid}
+      downtime_estimate: 3m
+""")
+    web, db = parse_config(doc).targets
+    group = build_actuator(web, sleep=clock.sleep, monotonic=clock.monotonic)
+    assert group.config.verify_timeout == timedelta(minutes=15)
+    assert group.config.poll_interval == timedelta(seconds=10)
+    group.validate()
+    assert group.read() == 1  # min-floor reads MinSize
+    resize = build_actuator(db, sleep=clock.sleep, monotonic=clock.monotonic)
+    assert resize.ladder == ("t3.small", "t3.medium", "t3.large")
+    assert resize.describe(2).downtime == timedelta(minutes=3)
+    resize.validate()
+    assert resize.read() == 1
+
+
+def test_a_bad_actuator_field_is_reported_with_its_path():
+    from engine.config import parse_config
+
+    doc = {"targets": [{"name": "web", "source": {"type": "csv", "path": "x.csv"},
+                        "policy": {"capacity_per_replica": 100},
+                        "actuator": {"type": "aws-asg", "region": REGION, "mode": "min-floor"}}]}
+    with pytest.raises(ConfigError, match=r"targets\[0\]\.actuator.*base_min_size is required"):
+        parse_config(doc)
+
+
 def test_registry_resolves_both_names():
     assert registry.get("aws-asg") is AutoScalingGroupActuator
     assert registry.get("aws-ec2") is EC2InstanceTypeActuator
