@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS forecasts (
     PRIMARY KEY (target, made_at, ts)
 );
 CREATE INDEX IF NOT EXISTS forecasts_pending ON forecasts(target, ts) WHERE actual IS NULL;
+CREATE INDEX IF NOT EXISTS forecasts_target_ts ON forecasts(target, ts, horizon_s);
 CREATE TABLE IF NOT EXISTS plans (
     id TEXT PRIMARY KEY,
     target TEXT NOT NULL,
@@ -353,13 +354,19 @@ class Store:
             return cur.rowcount
 
     def forecast_records(self, target: str, *, since: datetime | None = None,
-                         horizon_s: int | None = None, with_actual: bool = True) -> list[sqlite3.Row]:
+                         horizon_s: int | tuple[int, int] | None = None,
+                         with_actual: bool = True) -> list[sqlite3.Row]:
+        """Forecast points of ``target`` (oldest first); ``horizon_s`` is
+        one horizon or an inclusive (low, high) range."""
         q = "SELECT * FROM forecasts WHERE target=?"
         args: list[Any] = [target]
         if since is not None:
             q += " AND ts>=?"
             args.append(to_epoch(since))
-        if horizon_s is not None:
+        if isinstance(horizon_s, tuple):
+            q += " AND horizon_s BETWEEN ? AND ?"
+            args.extend(horizon_s)
+        elif horizon_s is not None:
             q += " AND horizon_s=?"
             args.append(horizon_s)
         if with_actual:
