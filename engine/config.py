@@ -199,7 +199,7 @@ def parse_config(data: Any, *, base_dir: Path | None = None, source: str = "<con
         # pydantic also reports "too short" for a list whose items all failed
         if any(ln.startswith("targets[") for ln in lines):
             lines = [ln for ln in lines if not ln.startswith("targets: Tuple should have at least")]
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+        raise ConfigError(_join(lines)) from None
     errors: list[str] = []
     for i, t in enumerate(cfg.targets):
         p = f"targets[{i}]"
@@ -213,8 +213,15 @@ def parse_config(data: Any, *, base_dir: Path | None = None, source: str = "<con
         except ValidationError as exc:
             errors.extend(format_validation_error(exc, f"{p}.forecaster.params"))
     if errors:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+        raise ConfigError(_join(errors))
     return cfg
+
+
+def _join(lines: list[str]) -> str:
+    """One line for one problem; a list for several."""
+    if len(lines) == 1:
+        return f"invalid configuration: {lines[0]}"
+    return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
 def load_config(path: str | Path) -> Config:
