@@ -285,7 +285,7 @@ class _AwsActuator:
 
         try:
             credentials = self._boto_session().get_credentials()
-        except (bx.PartialCredentialsError, bx.CredentialRetrievalError) as exc:
+        except bx.BotoCoreError as exc:  # partial keys, a failing credential_process, SSO expiry
             raise map_aws_error(exc, "resolving credentials") from exc  # type: ignore[misc]
         if credentials is None:
             raise PermanentActuatorError(NO_CREDENTIALS)
@@ -752,8 +752,8 @@ class EC2InstanceTypeActuator(_AwsActuator):
 
         done, inst, elapsed = self._wait(check)
         if not done:
-            hint = ("; forescale cannot change its type until it stops, and it is left as is"
-                    if wanted == "stopped" else "")
+            hint = ("; its type was not changed and forescale will not start it: check it, "
+                    "and start it by hand once it has stopped" if wanted == "stopped" else "")
             raise PermanentActuatorError(
                 f"instance {inst.id} ({expected_type}) is {inst.state}, not {wanted}, "
                 f"{elapsed:.0f} s after asking{hint}",

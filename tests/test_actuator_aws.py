@@ -458,6 +458,29 @@ def test_resize_waits_for_status_checks(moto, proxy, clock):
     assert proxy.count("DescribeInstanceStatus") == 3
 
 
+def test_an_instance_that_does_not_stop_is_left_unchanged(moto, proxy, clock):
+    iid = make_instance(moto.url, "t3.small")
+    stuck = lambda body: body.replace(b"<name>stopped</name>", b"<name>stopping</name>")  # noqa: E731
+    proxy.rewrite("DescribeInstances", stuck, times=1000)
+    a = ec2(clock, proxy.url, iid, verify_timeout=timedelta(minutes=2), poll_interval=timedelta(seconds=30))
+    with pytest.raises(PermanentActuatorError, match="is stopping, not stopped, 120 s after") as err:
+        a.apply(2, decision_id="d1")
+    assert "start it by hand" in str(err.value)
+    assert proxy.count("ModifyInstanceAttribute") == 0 and proxy.count("StartInstances") == 0
+    assert describe_instance(moto.url, iid)["InstanceType"] == "t3.small"
+
+
+def test_failing_status_checks_leave_the_resize_unverified(moto, proxy, clock):
+    iid = make_instance(moto.url, "t3.small")
+    impaired = lambda body: body.replace(b"<status>ok</status>", b"<status>impaired</status>")  # noqa: E731
+    proxy.rewrite("DescribeInstanceStatus", impaired, times=1000)
+    a = ec2(clock, proxy.url, iid, verify_timeout=timedelta(minutes=1), poll_interval=timedelta(seconds=20))
+    result = a.apply(2, decision_id="d1")
+    assert result.verified is False and result.details["status_checks_ok"] is False
+    assert result.observed == 2  # the type did change
+    assert describe_instance(moto.url, iid)["State"]["Name"] == "running"
+
+
 def test_read_of_a_type_outside_the_ladder_names_it(moto, proxy, clock):
     iid = make_instance(moto.url, "m5.xlarge")
     with pytest.raises(PermanentActuatorError, match=r"is m5\.xlarge, which is not in the ladder"):
