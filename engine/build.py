@@ -17,8 +17,11 @@ from .store import Store
 def build_source(target: TargetConfig, config: Config) -> Any:
     cls = sources.get(target.source.type)
     kwargs: dict[str, Any] = {}
-    if "base_dir" in inspect.signature(cls).parameters:
+    params = inspect.signature(cls).parameters
+    if "base_dir" in params:
         kwargs["base_dir"] = config.base_dir
+    if "interval" in params:  # sources that sample on a step default it to the cycle interval
+        kwargs["interval"] = target.interval
     return cls(target.source_config, **kwargs)
 
 
