@@ -16,7 +16,7 @@ from engine.sources import registry
 from engine.sources.prometheus import PrometheusConfig, PrometheusSource
 from engine.units import from_epoch
 from tests.prom_support import (GAP_FROM, GAP_TO, NAN_AT, STEP, TRACE_A, TRACE_B, Backfilled, FakePrometheus,
-                                Reply, free_port, matrix, own_prometheus, prometheus)
+                                Reply, free_port, matrix, own_prometheus, prometheus, self_signed)
 
 __all__ = ["prometheus", "own_prometheus"]  # fixtures, imported for pytest
 
@@ -43,8 +43,12 @@ class Sleeps(list):
         self.append(seconds)
 
 
-def source(url: str, query: str, **kw) -> tuple[PrometheusSource, CountingTransport, Sleeps]:
-    transport, sleeps = CountingTransport(), Sleeps()
+def source(url: str, query: str, *, counting: bool = True,
+           **kw) -> tuple[PrometheusSource, CountingTransport | None, Sleeps]:
+    """A source with sleeps recorded and (``counting``) every request's form
+    recorded by a real HTTP transport. TLS tests pass ``counting=False``: a
+    transport given to httpx replaces the client's own TLS settings."""
+    transport, sleeps = (CountingTransport() if counting else None), Sleeps()
     extra = {k: kw.pop(k) for k in ("base_dir", "interval") if k in kw}
     cfg = PrometheusConfig(url=url, query=query, **kw)
     return PrometheusSource(cfg, sleep=sleeps, transport=transport, **extra), transport, sleeps
@@ -287,6 +291,27 @@ def test_refused_credentials_are_a_config_error_without_the_secret():
         with pytest.raises(ConfigError) as ei:
             src.fetch(NOW - timedelta(minutes=2), NOW)
     assert "HTTP 401" in str(ei.value) and SECRET not in str(ei.value) and sleeps == []
+
+
+def test_tls_with_a_custom_ca(tmp_path):
+    cert, server_ctx = self_signed(tmp_path)
+    with FakePrometheus(Reply(200, OK), tls=server_ctx) as fake:
+        assert fake.url.startswith("https://")
+        trusted, _, _ = source(fake.url, "up", step="1m", ca_file=cert, counting=False)
+        assert trusted.fetch(NOW - timedelta(minutes=2), NOW).values.tolist() == [3.0, 4.0]
+        relative, _, _ = source(fake.url, "up", step="1m", ca_file="cert.pem", base_dir=tmp_path,
+                                counting=False)
+        assert len(relative.fetch(NOW - timedelta(minutes=2), NOW)) == 2
+        skip, _, _ = source(fake.url, "up", step="1m", insecure_skip_verify=True, counting=False)
+        assert len(skip.fetch(NOW - timedelta(minutes=2), NOW)) == 2
+        untrusted, _, _ = source(fake.url, "up", step="1m", retry_attempts=1, counting=False)
+        with pytest.raises(MetricSourceError, match="CERTIFICATE_VERIFY_FAILED"):
+            untrusted.fetch(NOW - timedelta(minutes=2), NOW)
+
+
+def test_missing_ca_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="ca_file"):
+        source("https://127.0.0.1:1", "up", ca_file=tmp_path / "nope.pem")
 
 
 @pytest.mark.parametrize("fields, needle", [

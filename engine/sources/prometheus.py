@@ -218,7 +218,13 @@ def _sample_value(raw: Any) -> float:
 
 class PrometheusSource:
     """Reads one PromQL expression from a Prometheus server (see the module
-    docstring for the handling of every kind of answer and failure)."""
+    docstring for the handling of every kind of answer and failure).
+
+    ``interval`` is the target's cycle interval, the step when the config
+    sets none. ``sleep`` is what the retry backoff waits with (tests inject
+    a recorder). ``transport`` replaces httpx's HTTP transport (tests only:
+    a transport brings its own TLS settings, so ``ca_file`` and
+    ``insecure_skip_verify`` no longer apply)."""
 
     Config = PrometheusConfig
 
