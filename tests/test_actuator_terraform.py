@@ -81,8 +81,26 @@ def copy_workspace(tmp_path: Path, name: str, source: Path = FIXTURES) -> Path:
     return ws
 
 
+#: applied states by (workspace name, values): each starting point is applied
+#: by terraform once per module and copied into later tests' workspaces
+_APPLIED: dict[tuple[str, str], Path] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _applied_states(tmp_path_factory):
+    _APPLIED.clear()
+    _APPLIED[("", "")] = tmp_path_factory.mktemp("applied-states")
+    yield
+    _APPLIED.clear()
+
+
 def bootstrap(ws: Path, env: dict[str, str] | None = None, **values: Any) -> None:
-    """Apply the workspace once with ``values``, outside forescale (no tfvars file)."""
+    """Apply the workspace once with ``values``, outside forescale (no tfvars
+    file), as the operator does before handing it over."""
+    key = (ws.name, json.dumps(values, sort_keys=True))
+    if env is None and key in _APPLIED:
+        shutil.copytree(_APPLIED[key], ws, dirs_exist_ok=True)
+        return
     var_file = ws.parent / f"{ws.name}-bootstrap.tfvars.json"
     var_file.write_text(json.dumps(values))
     steps = [("apply", "-auto-approve", "-input=false", "-no-color", f"-var-file={var_file}")]
@@ -91,6 +109,13 @@ def bootstrap(ws: Path, env: dict[str, str] | None = None, **values: Any) -> Non
     for args in steps:
         done = tf(ws, *args, env=env)
         assert done.returncode == 0, done.stdout + done.stderr
+    if env is None and ("", "") in _APPLIED:
+        saved = _APPLIED[("", "")] / f"{ws.name}-{len(_APPLIED)}"
+        saved.mkdir()
+        shutil.copy2(ws / "terraform.tfstate", saved)
+        if (ws / ".terraform").is_dir():
+            shutil.copytree(ws / ".terraform", saved / ".terraform")
+        _APPLIED[key] = saved
 
 
 def state(ws: Path) -> dict[str, Any]:
@@ -578,3 +603,51 @@ def test_redact_sensitive_masks_marked_values_wherever_they_appear():
     assert redact_sensitive(text, document) == (
         'output = "(sensitive value)" -> "(sensitive value)"; password = "(sensitive value)"; '
         'tag = "(sensitive value)"; name = "web"; capacity = 3; short = "abc"')
+
+
+def test_built_from_a_config_file_with_a_ladder(tmp_path):
+    import yaml
+
+    from engine.build import build_actuator
+    from engine.config import parse_config
+
+    ws = copy_workspace(tmp_path, "ladder")
+    bootstrap(ws, instance_type="t3.medium")
+    doc = yaml.safe_load(f"""
+targets:
+  - name: db
+    source: {{type: csv, path: load.csv}}
+    policy:
+      ladder:
+        - {{name: t3.small, capacity: 100}}
+        - {{name: t3.medium, capacity: 200}}
+        - {{name: t3.large, capacity: 400}}
+    actuator:
+      type: terraform
+      workspace: {ws}
+      variable: instance_type
+      value_kind: ladder
+      binary: {TERRAFORM}
+      lock_timeout: 5s
+      plan_timeout: 2m
+""")
+    (target,) = parse_config(doc).targets
+    actuator = build_actuator(target, sleep=lambda s: None)
+    assert isinstance(actuator, TerraformActuator)
+    assert actuator.ladder == ("t3.small", "t3.medium", "t3.large")
+    assert actuator.config.lock_timeout == timedelta(seconds=5)
+    actuator.validate()
+    assert actuator.read() == 1
+    assert actuator.apply(2, decision_id="d1").observed == 2
+    assert output(ws, "instance_type") == "t3.large"
+
+
+def test_a_bad_actuator_field_is_reported_with_its_path():
+    from engine.config import parse_config
+
+    doc = {"targets": [{"name": "web", "source": {"type": "csv", "path": "x.csv"},
+                        "policy": {"capacity_per_replica": 100},
+                        "actuator": {"type": "terraform", "workspace": "infra/web",
+                                     "variable": "desired_capacity", "read_from": "state"}}]}
+    with pytest.raises(ConfigError, match=r"targets\[0\]\.actuator.*read_from"):
+        parse_config(doc)
