@@ -331,3 +331,19 @@ def test_config_errors_name_the_field(fields, needle):
         PrometheusConfig(**{**base, **fields})
     assert needle in str(ei.value)
     assert "pw@" not in str(ei.value).split("input_value")[0]
+
+
+def test_config_file_errors_name_the_source_fields_without_secrets():
+    from engine.config import parse_config
+    policy = {"capacity_per_replica": 10}
+    good = {"targets": [{"name": "web", "policy": policy, "source": {
+        "type": "prometheus", "url": "http://prom:9090", "query": "up", "step": "5m", "bearer_token": SECRET}}]}
+    cfg = parse_config(good).targets[0].source_config
+    assert isinstance(cfg, PrometheusConfig) and cfg.step == timedelta(minutes=5)
+    bad = {"targets": [{"name": "web", "policy": policy, "source": {
+        "type": "prometheus", "url": "http://u:hunter2@prom:9090", "query": "up", "aggregate": "median"}}]}
+    with pytest.raises(ConfigError) as ei:
+        parse_config(bad)
+    msg = str(ei.value)
+    assert "targets[0].source.url" in msg and "targets[0].source.aggregate" in msg
+    assert "hunter2" not in msg
