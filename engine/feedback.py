@@ -13,6 +13,7 @@ backtest, :class:`StoreFeedback` over the SQLite store for the live loop.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -32,15 +33,19 @@ def conformal_headroom(actual: np.ndarray, point: np.ndarray, target_rate: float
     ``min_samples`` pairs.
     """
     ok = np.isfinite(actual) & np.isfinite(point)
-    a, p = actual[ok], point[ok]
-    if a.size < min_samples:
+    a, p = (actual, point) if ok.all() else (actual[ok], point[ok])
+    if a.size < min_samples or a.size == 0:
         return None
-    floor = max(1e-9, 0.05 * float(np.mean(np.abs(a))))
+    floor = max(1e-9, 0.05 * float(np.abs(a).mean()))
     rel = (a - p) / np.maximum(p, floor)
     # the finite-sample conformal level: ceil((n+1)(1-alpha))/n
     n = rel.size
-    level = min(1.0, np.ceil((n + 1) * (1 - target_rate)) / n)
-    return float(np.quantile(rel, level, method="higher"))
+    level = min(1.0, math.ceil((n + 1) * (1 - target_rate)) / n)
+    # == np.quantile(rel, level, method="higher"), whose virtual index is
+    # written the same way, without its per-call overhead (this runs every
+    # cycle of a backtest: np.quantile was a sixth of the run time)
+    i = min(max(math.ceil(n * level + (1 + level * (1 - 1 - 1)) - 1), 0), n - 1)
+    return float(np.partition(rel, i)[i])
 
 
 def accuracy(actual: np.ndarray, point: np.ndarray, upper: np.ndarray | None = None,
@@ -148,9 +153,8 @@ class StoreFeedback:
 
     def headroom(self, target: str, now: datetime, horizons_s: tuple[int, int], target_rate: float,
                  window: timedelta, min_samples: int) -> float | None:
-        rows = self.store.forecast_records(target, since=now - window)
-        lo, hi = horizons_s
-        pairs = [(r["actual"], r["point"]) for r in rows if lo <= r["horizon_s"] <= hi]
+        rows = self.store.forecast_records(target, since=now - window, horizon_s=horizons_s)
+        pairs = [(r["actual"], r["point"]) for r in rows]
         if not pairs:
             return None
         arr = np.array(pairs, dtype=float)
