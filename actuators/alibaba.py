@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, ClassVar, Literal, Sequence
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field
 
 from engine.errors import (
     ActuatorError,
@@ -62,7 +62,7 @@ from engine.errors import (
     TransientActuatorError,
 )
 from engine.types import ActionPlan, ActuationResult
-from engine.units import parse_duration
+from policies.config import Duration
 
 from .base import ActuatorConfig, Monotonic, Sleep, require_non_negative, retrying, wait_until
 
@@ -99,17 +99,9 @@ class EcsConnectionConfig(ActuatorConfig):
     #: ``alibabacloud_credentials``; ``environment``: only the variables;
     #: ``default-chain``: only the chain
     credential_source: Literal["auto", "environment", "default-chain"] = "auto"
-    connect_timeout: timedelta = timedelta(seconds=5)
-    read_timeout: timedelta = timedelta(seconds=10)
+    connect_timeout: Duration = timedelta(seconds=5)
+    read_timeout: Duration = timedelta(seconds=10)
 
-    @field_validator("*", mode="before")
-    @classmethod
-    def _durations(cls, value: Any, info: ValidationInfo) -> Any:
-        """Durations as written in a config file: ``30s``, ``15m``, ``1h``."""
-        field = cls.model_fields.get(info.field_name or "")
-        if field is not None and field.annotation is timedelta and isinstance(value, (str, int, float)):
-            return parse_duration(value)
-        return value
 
 
 class EcsInstanceSpecConfig(EcsConnectionConfig):
@@ -125,9 +117,9 @@ class EcsInstanceSpecConfig(EcsConnectionConfig):
     #: downtime reported by describe() for a stop/modify/start of a running
     #: pay-as-you-go instance; a rough figure (a clean stop plus a start take
     #: on the order of a minute each), replace it with what you measure
-    stop_start_downtime: timedelta = timedelta(minutes=2)
+    stop_start_downtime: Duration = timedelta(minutes=2)
     #: downtime reported for the reboot that applies a subscription change
-    reboot_downtime: timedelta = timedelta(minutes=1)
+    reboot_downtime: Duration = timedelta(minutes=1)
 
 
 class EcsInstanceGroupConfig(EcsConnectionConfig):

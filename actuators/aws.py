@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, ClassVar, Literal, Mapping, Sequence
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from engine.errors import (
     ActuatorError,
@@ -48,7 +48,7 @@ from engine.errors import (
     TransientActuatorError,
 )
 from engine.types import ActionPlan, ActuationResult
-from engine.units import parse_duration
+from policies.config import Duration
 
 from .base import ActuatorConfig, Monotonic, Sleep, require_non_negative, retrying, wait_until
 
@@ -133,14 +133,6 @@ class AwsConfig(ActuatorConfig):
     #: a named profile of the shared config files; ``None``: the default chain
     profile: str | None = None
 
-    @field_validator("*", mode="before")
-    @classmethod
-    def _durations(cls, value: Any, info: ValidationInfo) -> Any:
-        """Durations as written in a config file: ``30s``, ``15m``, ``1h``."""
-        field = cls.model_fields.get(info.field_name or "")
-        if field is not None and field.annotation is timedelta and isinstance(value, (str, int, float)):
-            return parse_duration(value)
-        return value
 
 
 class AutoScalingGroupConfig(AwsConfig):
@@ -187,7 +179,7 @@ class EC2InstanceTypeConfig(AwsConfig):
     #: stated in describe() so approvers see the cost of a resize: a stop
     #: and start of an EBS-backed instance usually takes one to three
     #: minutes, status checks a few more; five minutes is a cautious default.
-    downtime_estimate: timedelta = timedelta(minutes=5)
+    downtime_estimate: Duration = timedelta(minutes=5)
     #: after start, also wait for the instance and system status checks
     wait_for_status_checks: bool = True
 

@@ -62,7 +62,7 @@ from engine.errors import (
     TransientActuatorError,
 )
 from engine.types import ActionPlan, ActuationResult
-from engine.units import parse_duration
+from policies.config import Duration
 
 from .base import ActuatorConfig, Monotonic, Sleep, require_non_negative, retrying
 
@@ -99,7 +99,7 @@ class TerraformConfig(ActuatorConfig):
     #: how long each plan/apply waits for the state lock (``-lock-timeout``);
     #: Terraform's own default is 0s, which fails at once when a person's
     #: apply is running
-    lock_timeout: timedelta = timedelta(seconds=30)
+    lock_timeout: Duration = timedelta(seconds=30)
     #: how read() learns the current capacity: ``output`` (a root output in
     #: the state, falling back to the tfvars file) or ``tfvars`` (only the file)
     read_from: Literal["output", "tfvars"] = "output"
@@ -110,16 +110,11 @@ class TerraformConfig(ActuatorConfig):
     init: bool = True
     #: limit for init, plan, show and output; ``verify_timeout`` limits apply
     #: (the apply returns when the change is in service)
-    plan_timeout: timedelta = timedelta(minutes=10)
+    plan_timeout: Duration = timedelta(minutes=10)
     #: after a timeout terraform gets SIGINT, which makes it stop, write the
     #: state and release the lock; this long later it is killed
-    interrupt_grace: timedelta = timedelta(seconds=30)
+    interrupt_grace: Duration = timedelta(seconds=30)
 
-    @field_validator("lock_timeout", "plan_timeout", "interrupt_grace", "verify_timeout",
-                     "poll_interval", "retry_max_wait", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> timedelta:
-        return parse_duration(value)
 
     @field_validator("variable", "output")
     @classmethod

@@ -25,10 +25,12 @@ def build_source(target: TargetConfig, config: Config) -> Any:
     return cls(target.source_config, **kwargs)
 
 
-def build_actuator(target: TargetConfig, **injected: Any) -> Any:
+def build_actuator(target: TargetConfig, config: Config | None = None, **injected: Any) -> Any:
     cls = actuators.get(target.actuator.type)
     kwargs: dict[str, Any] = {"target": target.name}
     params = inspect.signature(cls).parameters
+    if "base_dir" in params and config is not None and config.base_dir is not None:
+        kwargs["base_dir"] = config.base_dir  # relative paths resolve next to the config file
     if "ladder" in params and target.policy.ladder is not None:
         kwargs["ladder"] = [r.name for r in target.policy.ladder]
     kwargs.update(injected)
@@ -40,5 +42,5 @@ def build_targets(config: Config, store: Store, names: list[str] | None = None) 
     for t in config.targets:
         if names and t.name not in names:
             continue
-        out.append(LiveTarget(t, source=build_source(t, config), store=store, actuator=build_actuator(t)))
+        out.append(LiveTarget(t, source=build_source(t, config), store=store, actuator=build_actuator(t, config)))
     return out
