@@ -133,10 +133,9 @@ def cmd_once(args: argparse.Namespace) -> int:
     with Store(cfg.state_path) as store:
         store.lock()
         for lt in build_targets(cfg, store, [args.target] if args.target else None):
-            now = clock.now()
-            for note in lt.reconcile(now):
+            res = lt.run(clock.now())
+            for note in res.details.get("reconciled", []):
                 print(f"reconcile {lt.target.name}: {note}")
-            res = lt.run(now)
             if res.decision is not None:
                 rec = res.decision.to_dict()
                 rec["status"] = res.status
@@ -153,25 +152,33 @@ def cmd_once(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .daemon import Daemon
+    from .metrics import EngineMetrics
 
     cfg = load_config(args.config)
     _logging(args.log_level, cfg.log_format)
-    metrics = None
+    metrics = EngineMetrics()
+    daemon = Daemon(args.config, metrics=metrics)  # takes the state lock (one daemon per state file)
+    server = None
     try:
-        from .metrics import EngineMetrics
-    except ImportError:  # pragma: no cover - metrics module is part of the package
-        EngineMetrics = None  # type: ignore[assignment]
-    daemon = Daemon(args.config)
-    if EngineMetrics is not None:
-        metrics = EngineMetrics()
-        daemon.metrics = metrics
         if cfg.server.enabled:
             host, _, port = cfg.server.listen.rpartition(":")
-            metrics.serve(host or "127.0.0.1", int(port), ready=daemon.ready)
-    daemon.install_signals()
-    logging.getLogger("forescale").info("forescale running %d target(s), state %s",
-                                        len(cfg.targets), cfg.state_path)
-    daemon.run()
+            try:
+                server = metrics.serve(host or "127.0.0.1", int(port), readiness=daemon.ready)
+            except OSError as exc:
+                raise ForescaleError(f"server.listen {cfg.server.listen}: cannot listen: {exc.strerror}") from None
+        daemon.install_signals()
+    except BaseException:
+        daemon.shutdown(0)
+        raise
+    logging.getLogger("forescale").info(
+        "forescale running %d target(s), state %s%s", len(cfg.targets), cfg.state_path,
+        f", metrics on http://{cfg.server.listen}/metrics" if server is not None else "")
+    try:
+        daemon.run(tick=args.tick)  # returns after SIGTERM/SIGINT, running cycles finished or abandoned
+    finally:
+        if server is not None:
+            server.close()
+    logging.getLogger("forescale").info("forescale stopped")
     return 0
 
 
@@ -221,7 +228,7 @@ def _actuator_for_plan(args: argparse.Namespace, store, plan_id: str):
         raise ForescaleError("applying a plan needs --config (to reach the target's actuator)")
     cfg = load_config(args.config)
     plan = store.plan(plan_id)
-    return build_actuator(cfg.target(plan.target))
+    return build_actuator(cfg.target(plan.target), cfg)
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
@@ -313,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="the daemon: every target's cycle on its interval")
     r.add_argument("--config", required=True)
     r.add_argument("--log-level", default="INFO")
+    r.add_argument("--tick", type=float, default=0.5, help=argparse.SUPPRESS)
     r.set_defaults(func=cmd_run)
 
     o = sub.add_parser("once", help="one cycle of every (or one) target, then exit (cron, debugging)")

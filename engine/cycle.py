@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from actuators.dryrun import DryRunActuator
 from forecasters import Forecaster, create as create_forecaster
 from policies import decide, history_to_keep
 
@@ -43,8 +44,8 @@ from .errors import (
     ActuatorError, ForecastError, MetricSourceError, PlanError, StateError,
 )
 from .feedback import Feedback, MemoryFeedback, StoreFeedback
-from .types import Decision, Forecast, Observation, Plan, PlanStatus, ScalingState, Series
-from .units import to_epoch
+from .types import Decision, Forecast, Observation, Plan, PlanStatus, ScaleEvent, ScalingState, Series
+from .units import isoformat, parse_time, to_epoch
 
 log = logging.getLogger("forescale.cycle")
 
@@ -143,7 +144,10 @@ class CycleResult:
 
 
 class LiveTarget:
-    """A target in the live loop: source, store, actuator around a runner."""
+    """A target in the live loop: source, store, actuator around a runner.
+
+    Not thread-safe: the daemon runs at most one cycle of a target at a time.
+    """
 
     def __init__(self, target: TargetConfig, *, source: Any, store: Any, actuator: Any,
                  forecaster: Forecaster | None = None) -> None:
@@ -153,6 +157,10 @@ class LiveTarget:
         self.actuator = actuator
         self.runner = TargetRunner(target, forecaster=forecaster, feedback=StoreFeedback(store))
         self.history: Series | None = None
+        #: settle intents left by a crash before the first cycle, and again
+        #: after a cycle that could not write its outcome to the store
+        self.needs_reconcile = True
+        self._last_now: datetime | None = None
 
     # ---------------------------------------------------------------- history
     def _history_window(self) -> timedelta:
@@ -160,7 +168,9 @@ class LiveTarget:
 
     def refresh_history(self, now: datetime) -> str | None:
         """Fetch what is new; return an error string on failure (the cached
-        history stays)."""
+        history stays). A source that answers but has had nothing new for
+        longer than ``policy.max_staleness`` is reported too: the data is
+        missing even though nothing raised."""
         name = self.target.name
         if self.history is None:
             cached = self.store.cached_samples(name, since=now - self._history_window())
@@ -172,16 +182,25 @@ class LiveTarget:
             since = now - self._history_window()
         try:
             new = self.source.fetch(since, now)
+            if not isinstance(new, Series):
+                raise MetricSourceError(f"returned {type(new).__name__}, not a Series")
         except MetricSourceError as exc:
             return f"metric source: {exc}"
         except Exception as exc:  # noqa: BLE001 - a broken source must not kill the loop
             return f"metric source: {type(exc).__name__}: {exc}"
+        new = new.until(now)  # never let a sample from the future in
         if len(new):
             self.store.cache_samples(name, new)
             self.history = new if self.history is None else Series.concat(self.history, new)
             self.runner.feedback.observe(name, new.regular(self.target.interval))
         if self.history is not None:
             self.history = self.history.since(to_epoch(now - self._history_window()))
+        last = self.history.last_valid() if self.history is not None else None
+        if last is None:
+            return "metric source: no samples in the history window"
+        if now - last[0] > self.target.policy.max_staleness:
+            return (f"metric source: no new samples since {last[0]:%Y-%m-%d %H:%M:%S}Z "
+                    f"({now - last[0]} ago, max_staleness {self.target.policy.max_staleness})")
         return None
 
     # ------------------------------------------------------------------ state
@@ -208,8 +227,20 @@ class LiveTarget:
         except Exception as exc:  # noqa: BLE001
             return None, f"actuator read: {type(exc).__name__}: {exc}"
 
+    def _last_cycle_at(self) -> datetime | None:
+        if self._last_now is None:
+            recs = self.store.decisions(self.target.name, limit=1)
+            if recs:
+                self._last_now = parse_time(recs[0]["at"])
+        return self._last_now
+
     # ------------------------------------------------------------------- cycle
     def run(self, now: datetime) -> CycleResult:
+        """One cycle at ``now``. Never raises a ForescaleError or a bug in a
+        plugin: the problem is returned in the result (``error``,
+        ``fetch_error``, ``actuation_error``). A BaseException (SystemExit,
+        KeyboardInterrupt) passes through; the intent recorded before acting
+        lets the next start reconcile it."""
         t0 = time.perf_counter()
         res = CycleResult(self.target.name, now)
         try:
@@ -217,30 +248,60 @@ class LiveTarget:
         except StateError as exc:
             res.error = f"state: {exc}"
             res.status = "error"
+            self.needs_reconcile = True  # an outcome may not have been written
+        except Exception as exc:  # noqa: BLE001 - one bad cycle must not end the target's loop
+            log.exception("target %s: cycle failed", self.target.name, extra={"target": self.target.name})
+            res.error = f"{type(exc).__name__}: {exc}"
+            res.status = "error"
+            self.needs_reconcile = True
         res.duration_s = time.perf_counter() - t0
         return res
 
     def _run(self, now: datetime, res: CycleResult) -> None:
         name, mode = self.target.name, self.target.mode
+        last = self._last_cycle_at()
+        if last is not None and now <= last:
+            # Decision ids are "target@time": deciding now would overwrite the
+            # audit record of an earlier cycle, and every window (cooldown,
+            # stabilization) would be measured backwards. Nothing is decided
+            # or changed until the clock passes the last cycle again.
+            res.status = "error"
+            res.error = (f"clock: now {isoformat(now)} is not after the last cycle at {isoformat(last)} "
+                         "(the clock moved backwards?); nothing decided until it passes that time")
+            return
+        if self.needs_reconcile:
+            notes = self.reconcile(now)
+            self.needs_reconcile = False
+            if notes:
+                res.details["reconciled"] = notes
         if mode == "approve":
             from .plans import apply_approved, expire_plans
 
-            expire_plans(self.store, name, now)
-            apply_approved(self.store, self.actuator, name, now)
+            expired = expire_plans(self.store, name, now)
+            if expired:
+                res.details["plans_expired"] = [p.id for p in expired]
+            applied = apply_approved(self.store, self.actuator, name, now)
+            if applied:
+                res.details["plans_applied"] = applied
+                failed = [f"plan {pid}: {why}" for pid, why in applied if why != "applied"]
+                if failed:
+                    res.actuation_error = "; ".join(failed)
         res.fetch_error = self.refresh_history(now)
         observed, read_error = self.read_capacity()
         if read_error:
-            res.actuation_error = read_error
+            res.actuation_error = read_error if res.actuation_error is None else \
+                f"{res.actuation_error}; {read_error}"
         state = self.load_state(observed)
-        if self.actuator.__class__.__name__ == "DryRunActuator" and observed is None:
+        if isinstance(self.actuator, DryRunActuator) and observed is None:
             self.actuator.capacity = state.current
         history = self.history.regular(self.target.interval) if self.history is not None else Series(
             np.array([], dtype=np.int64), np.array([], dtype=np.float64), name)
         out = self.runner.step(history, state, now)
         d = out.decision
         res.decision, res.forecast = d, out.forecast
-        if out.forecast is not None:
-            self.store.record_forecast(name, out.forecast)
+        if out.forecast_error:
+            res.details["forecast_error"] = out.forecast_error
+        self._last_now = now
         keep = self.runner.keep
         if mode == "observe" or d.desired == d.current:
             status = "observed" if mode == "observe" else "hold"
@@ -257,14 +318,31 @@ class LiveTarget:
         if mode == "approve":
             from .plans import create_plan
 
-            plan = create_plan(self.store, self.target, d, observed if observed is not None else d.current,
-                               self._describe(d).get("summary", ""), now)
+            if observed is None:
+                # a plan must carry the capacity seen when it was made (the
+                # stale-plan check compares against it); without a reading
+                # there is nothing safe to plan
+                self.store.record_decision(d, mode, "skipped", now,
+                                           state=out.state.after(d, keep=keep, applied=False),
+                                           outcome={"error": read_error or "capacity could not be read"})
+                res.status = "skipped"
+                return
+            plan = create_plan(self.store, self.target, d, observed, self._describe(d).get("summary", ""), now)
             self.store.record_decision(d, mode, "planned", now,
                                        state=out.state.after(d, keep=keep, applied=False),
                                        outcome={"plan_id": plan.id})
             res.status, res.plan = "planned", plan
             return
-        # auto: record the intent, act, record the outcome
+        # auto: record the intent (with the state as if not applied), act,
+        # record the outcome
+        if read_error:
+            # the platform could not be read: acting blind could undo a change
+            # made by someone else; hold until it can be read again
+            self.store.record_decision(d, mode, "skipped", now,
+                                       state=out.state.after(d, keep=keep, applied=False),
+                                       outcome={"error": read_error})
+            res.status = "skipped"
+            return
         self.store.record_decision(d, mode, "intent", now, state=out.state.after(d, keep=keep, applied=False))
         self._apply(d, now, res, state_before=out.state)
 
@@ -291,35 +369,58 @@ class LiveTarget:
                 "error": str(exc), "error_type": type(exc).__name__})
             return
         self.store.record_actuation(self.target.name, d.id, now, result)
-        self.store.record_decision(d, self.target.mode, "applied" if result.verified else "unverified", now,
+        status = "applied" if result.verified else "unverified"
+        self.store.record_decision(d, self.target.mode, status, now,
                                    state=state_before.after(d, keep=keep, applied=True),
                                    outcome=result.to_dict())
-        res.status = "applied" if result.verified else "unverified"
+        res.status = status
         res.details["result"] = result.to_dict()
+        if not result.verified:
+            res.actuation_error = (f"set to {result.requested} but {result.observed} observed in service "
+                                   "when verification timed out")
 
     def reconcile(self, now: datetime) -> list[str]:
-        """On start: settle decisions left as an *intent* by a crash. If the
-        platform already shows the intended capacity, it is marked applied;
-        otherwise it is marked abandoned — the next cycle decides afresh from
-        the observed capacity (set-to-N is idempotent, so nothing is applied
-        twice and nothing is lost from the log)."""
-        notes = []
+        """Settle decisions left as an *intent* by a crash (or by a cycle that
+        could not write its outcome). If the platform already shows the
+        intended capacity, the decision is marked applied (and the state takes
+        the change as a scale event, so cooldowns count from it); otherwise it
+        is marked abandoned and the next cycle decides afresh from the observed
+        capacity. Set-to-N is idempotent, so nothing is applied twice and
+        nothing disappears from the log. An approved plan whose decision is
+        settled as applied becomes ``applied`` too (else it stays approved and
+        the stale-plan check guards its next apply)."""
+        notes: list[str] = []
+        intents = self.store.unfinished_intents(self.target.name)
+        if not intents:
+            return notes
         observed, err = self.read_capacity()
-        for rec in self.store.unfinished_intents(self.target.name):
+        if observed is None and err is not None:
+            # cannot tell whether it happened: leave the intents for the next
+            # cycle, which reconciles again
+            self.needs_reconcile = True
+            return [f"{len(intents)} unfinished intent(s) left for later: {err}"]
+        for rec in intents:
             if observed is not None and observed == rec["desired"]:
                 self.store.set_decision_status(rec["id"], "applied", now,
                                                outcome={"reconciled": True, "observed": observed})
                 state = self.store.load_state(self.target.name)
                 if state is not None and state.current != observed:
-                    from .types import ScaleEvent
-                    from .units import parse_time
-
                     ev = ScaleEvent(parse_time(rec["at"]), state.current, observed)
                     self.store.save_state(self.target.name, replace(
                         state, current=observed, events=state.events + (ev,)), now)
+                self._settle_plan(rec["id"], now, applied=True)
                 notes.append(f"{rec['id']}: applied before the restart (observed {observed})")
             else:
                 self.store.set_decision_status(rec["id"], "abandoned", now, outcome={
-                    "reconciled": True, "observed": observed, "read_error": err})
+                    "reconciled": True, "observed": observed})
+                self._settle_plan(rec["id"], now, applied=False)
                 notes.append(f"{rec['id']}: not applied before the restart (observed {observed}); abandoned")
+        for note in notes:
+            log.warning("target %s reconcile: %s", self.target.name, note, extra={"target": self.target.name})
         return notes
+
+    def _settle_plan(self, decision_id: str, now: datetime, *, applied: bool) -> None:
+        for p in self.store.plans(self.target.name, PlanStatus.APPROVED):
+            if p.decision_id == decision_id and applied:
+                self.store.transition_plan(p.id, PlanStatus.APPLIED, now, note="reconciled after a restart",
+                                           allowed_from=(PlanStatus.APPROVED,))

@@ -1,15 +1,27 @@
 """The unattended loop: each target's cycle on its own interval.
 
-- Targets are independent: each runs in its own thread with its own store
-  connection, so one target's failure or slowness never blocks another.
-- Each cycle starts on the interval grid plus a random jitter; a cycle that
-  outlives its ``timeout`` is abandoned (recorded, error metric) and the
-  target skips its next starts until the stuck call returns.
-- SIGTERM/SIGINT: stop starting cycles, let running ones finish within a
-  grace period, then exit. SIGHUP (or a change of the config file's mtime):
-  reload; the new file is validated first and replaces the running config
-  only if valid (mode changes need no restart).
-- One daemon per state file (``Store.lock``).
+- Targets are independent: each cycle runs in its own thread, with the
+  target's own store connection, source and actuator, so one target's failure
+  or slowness never blocks another. At most one cycle of a target runs at a
+  time.
+- Each cycle starts on the target's interval grid plus a random jitter
+  (``jitter``), so many targets do not hit one metric backend at once.
+- A cycle that outlives its ``timeout`` is *abandoned*: reported at once as
+  an error (log line, ``on_result`` callback, metrics), and the target starts
+  no new cycle until the stuck call returns (a thread cannot be killed
+  safely; starting another cycle beside it could act twice). Whatever the
+  late cycle finally does is still recorded in the store.
+- SIGTERM/SIGINT: stop starting cycles, give running ones ``grace`` seconds
+  to finish, then exit. A cycle still running then is abandoned with the
+  process; if it was acting, its intent is in the store and the next start
+  reconciles it (:meth:`engine.cycle.LiveTarget.reconcile`).
+- SIGHUP, or a change of the config file's modification time: reload. The
+  new file is validated first and replaces the running config only if valid;
+  a mode change takes effect at the target's next cycle, without a restart.
+- One daemon per state file (:meth:`engine.store.Store.lock`).
+
+The scheduler reads ``monotonic`` for timing and the injected ``clock`` once
+per cycle for ``now``; tests drive both by hand (:meth:`Daemon.tick`).
 """
 
 from __future__ import annotations
@@ -19,117 +31,236 @@ import random
 import signal
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from .build import build_actuator, build_source
+from .build import build_actuator as default_build_actuator, build_source as default_build_source
 from .clock import Clock, SystemClock
 from .config import Config, TargetConfig, load_config
 from .cycle import CycleResult, LiveTarget
-from .errors import ConfigError, ForescaleError
+from .errors import ConfigError
 from .store import Store
 
 log = logging.getLogger("forescale.daemon")
 
+Monotonic = Callable[[], float]
+
 
 class TargetWorker:
-    """Runs one target's cycles on its schedule, in its own thread."""
+    """One target's schedule and its (at most one) running cycle."""
 
     def __init__(self, daemon: "Daemon", target: TargetConfig) -> None:
         self.daemon = daemon
         self.target = target
         self.store = Store(daemon.config.state_path)
         self.live = self._build(target)
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"cycle-{target.name}")
-        self.running: Future | None = None
-        self.next_due: float | None = None
+        self.thread: threading.Thread | None = None
+        self.started: float | None = None  # monotonic start of the running cycle
+        self.abandoned = False  # the running cycle passed its timeout
+        self.retired = False  # removed by a reload: close when the cycle ends
+        self.base_due: float | None = None  # next start on the interval grid (monotonic)
+        self.next_due: float | None = None  # base_due plus this start's jitter
         self.last_success: datetime | None = None
         self.last_result: CycleResult | None = None
-        self.reconciled = False
 
     def _build(self, target: TargetConfig) -> LiveTarget:
-        return LiveTarget(target, source=build_source(target, self.daemon.config), store=self.store,
-                          actuator=build_actuator(target))
+        d = self.daemon
+        return LiveTarget(target, source=d.build_source(target, d.config), store=self.store,
+                          actuator=d.build_actuator(target))
+
+    @property
+    def busy(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
 
     def reconfigure(self, target: TargetConfig) -> None:
+        """Take a new config for this target; used from its next cycle on."""
         if target == self.target:
             return
         old = self.live
-        self.target = target
-        self.live = self._build(target)
-        # keep the fitted model and history when only mode/policy changed
+        live = self._build(target)
+        # keep the fitted model and the history when neither the forecaster
+        # nor the interval changed (a mode or policy change needs no refit)
         if old.target.forecaster == target.forecaster and old.target.interval == target.interval:
-            self.live.runner.forecaster = old.runner.forecaster
-            self.live.runner.last_fit = old.runner.last_fit
-            self.live.history = old.history
-        log.info("target %s reconfigured (mode %s)", target.name, target.mode)
+            live.runner.forecaster = old.runner.forecaster
+            live.runner.last_fit = old.runner.last_fit
+            live.history = old.history
+        live.needs_reconcile = old.needs_reconcile
+        if target.interval != self.target.interval:
+            self.base_due = self.next_due = None  # start on the new grid
+        if target.mode != self.target.mode:
+            log.info("target %s: mode %s -> %s", target.name, self.target.mode, target.mode,
+                     extra={"target": target.name, "mode": target.mode})
+        self.target, self.live = target, live
 
-    def tick(self, now_mono: float) -> None:
+    # ------------------------------------------------------------- schedule
+    def tick(self, mono: float) -> None:
         interval = self.target.interval.total_seconds()
-        if self.next_due is None:
-            self.next_due = now_mono
-        if now_mono < self.next_due:
+        if self.busy:
+            assert self.started is not None
+            timeout = self.target.timeout.total_seconds()
+            if not self.abandoned and mono - self.started > timeout:
+                self.abandoned = True
+                self.daemon.cycle_timed_out(self, mono - self.started)
+            if self.next_due is not None and mono >= self.next_due:
+                log.warning("target %s: previous cycle still running; skipping this start", self.target.name,
+                            extra={"target": self.target.name})
+                self._schedule_next(mono, interval)
             return
-        if self.running is not None and not self.running.done():
-            log.warning("target %s: previous cycle still running; skipping this start", self.target.name)
-        else:
-            self.running = self.pool.submit(self._cycle)
-        jitter = random.uniform(0, self.target.jitter.total_seconds()) if self.target.jitter.total_seconds() else 0
-        self.next_due = max(self.next_due + interval, now_mono) + jitter
+        if self.next_due is None:
+            self.base_due = mono
+            self.next_due = mono + self.daemon.jitter(self.target)
+        if mono < self.next_due:
+            return
+        self.start(mono)
+        self._schedule_next(mono, interval)
 
-    def _cycle(self) -> CycleResult | None:
-        now = self.daemon.clock.now()  # read once per cycle
-        if not self.reconciled:
-            for note in self.live.reconcile(now):
-                log.warning("target %s reconcile: %s", self.target.name, note)
-            self.reconciled = True
-        res = self.live.run(now)
-        self.last_result = res
-        if res.ok:
-            self.last_success = now
-        self.daemon.on_result(res)
-        return res
+    def _schedule_next(self, mono: float, interval: float) -> None:
+        assert self.base_due is not None
+        self.base_due += interval
+        if self.base_due <= mono:  # fell behind (stuck cycle, suspended host): skip missed starts
+            missed = int((mono - self.base_due) // interval) + 1
+            self.base_due += missed * interval
+        self.next_due = self.base_due + self.daemon.jitter(self.target)
+
+    def start(self, mono: float) -> None:
+        self.started, self.abandoned = mono, False
+        self.thread = threading.Thread(target=self._cycle, args=(self.live,), daemon=True,
+                                       name=f"cycle-{self.target.name}")
+        self.thread.start()
+
+    def _cycle(self, live: LiveTarget) -> None:
+        try:
+            now = self.daemon.clock.now()  # read once per cycle
+            res = live.run(now)
+            if self.abandoned:
+                res.details["abandoned"] = True
+                log.warning("target %s: abandoned cycle finished after all (status %s)", self.target.name,
+                            res.status, extra={"target": self.target.name})
+            self.last_result = res
+            if res.ok:
+                self.last_success = now
+            self.daemon.on_result(res)
+        except Exception:  # noqa: BLE001 - never let a cycle thread die silently
+            log.exception("target %s: cycle crashed", self.target.name, extra={"target": self.target.name})
+        finally:
+            if self.retired:
+                self.store.close()
 
     def wait(self, timeout: float) -> bool:
-        if self.running is None:
-            return True
-        try:
-            self.running.result(timeout=timeout)
-            return True
-        except Exception:  # noqa: BLE001
-            return self.running.done()
+        """Wait up to ``timeout`` s for the running cycle; True if none runs."""
+        if self.thread is not None:
+            self.thread.join(max(0.0, timeout))
+        return not self.busy
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self.store.close()
+        self.retired = True
+        if not self.busy:
+            self.store.close()
 
 
 class Daemon:
+    """Every target's cycle on its interval (see the module doc).
+
+    ``build_source`` / ``build_actuator`` default to the registry-driven
+    builders; tests pass their own to inject faults. ``metrics`` is an
+    :class:`engine.metrics.EngineMetrics` (or None); ``on_result`` is called
+    with every :class:`CycleResult`, including the error results of
+    timed-out cycles.
+    """
+
     def __init__(self, config_path: str | Path, *, clock: Clock | None = None,
-                 on_result: Callable[[CycleResult], None] | None = None, metrics: Any = None) -> None:
+                 on_result: Callable[[CycleResult], None] | None = None, metrics: Any = None,
+                 build_source: Callable[[TargetConfig, Config], Any] = default_build_source,
+                 build_actuator: Callable[[TargetConfig], Any] = default_build_actuator,
+                 monotonic: Monotonic = time.monotonic, rng: random.Random | None = None) -> None:
         self.config_path = Path(config_path)
         self.config: Config = load_config(self.config_path)
         self.clock = clock or SystemClock()
         self.metrics = metrics
+        self.build_source = build_source
+        self.build_actuator = build_actuator
+        self.monotonic = monotonic
+        self.rng = rng or random.Random()
         self._on_result = on_result
         self.stop_event = threading.Event()
         self.reload_event = threading.Event()
+        #: errors per target and kind (fetch, actuation, forecast, state, timeout, ...)
+        self.errors: dict[str, dict[str, int]] = {}
+        self._lock = threading.Lock()
         self.lock_store = Store(self.config.state_path)
-        self.lock_store.lock()
-        self.workers: dict[str, TargetWorker] = {t.name: TargetWorker(self, t) for t in self.config.targets}
-        self._mtime = self.config_path.stat().st_mtime
+        try:
+            self.lock_store.lock()
+            self._mtime = self.config_path.stat().st_mtime
+            self.workers: dict[str, TargetWorker] = {}
+            for t in self.config.targets:
+                self.workers[t.name] = TargetWorker(self, t)
+                self._register(t)
+        except BaseException:
+            for w in getattr(self, "workers", {}).values():
+                w.close()
+            self.lock_store.close()
+            raise
 
     # -------------------------------------------------------------- callbacks
-    def on_result(self, res: CycleResult) -> None:
+    def jitter(self, target: TargetConfig) -> float:
+        j = target.jitter.total_seconds()
+        return self.rng.uniform(0.0, j) if j > 0 else 0.0
+
+    def _register(self, t: TargetConfig) -> None:
         if self.metrics is not None:
             try:
-                self.metrics.record(res)
+                self.metrics.register_target(t.name, mode=t.mode, interval=t.interval)
             except Exception:  # noqa: BLE001
+                log.exception("metrics registration failed for %s", t.name)
+
+    def _count(self, target: str, kind: str) -> None:
+        with self._lock:
+            per = self.errors.setdefault(target, {})
+            per[kind] = per.get(kind, 0) + 1
+
+    def on_result(self, res: CycleResult) -> None:
+        """Log, count and export one cycle's result."""
+        extra = {"target": res.target, "decision_id": res.decision.id if res.decision else None,
+                 "status": res.status}
+        for kind, msg in (("fetch", res.fetch_error), ("actuation", res.actuation_error),
+                          ("forecast", res.details.get("forecast_error")), ("cycle", res.error)):
+            if msg:
+                self._count(res.target, kind)
+                log.log(logging.INFO if kind == "forecast" else logging.ERROR, "target %s: %s error: %s",
+                        res.target, kind, msg, extra=extra)
+        if res.decision is not None:
+            d = res.decision
+            log.info("target %s: %s %d -> %d (%s)%s", res.target, res.status, d.current, d.desired,
+                     ", ".join(d.reasons) or "Unchanged", " FALLBACK" if d.fallback else "", extra=extra)
+        m = self.metrics
+        if m is not None:
+            try:
+                m.observe_cycle(res.target, res.decision, res.forecast, res.duration_s, res.ok, res.now)
+                if res.fetch_error:
+                    m.fetch_error(res.target)
+                if res.actuation_error:
+                    m.actuation_error(res.target)
+                if res.details.get("forecast_error"):
+                    m.forecast_failure(res.target)
+                w = self.workers.get(res.target)
+                if w is not None and w.target.mode == "approve":
+                    from .types import PlanStatus
+
+                    m.set_plans_pending(res.target, len(w.store.plans(res.target, PlanStatus.PENDING)))
+            except Exception:  # noqa: BLE001 - metrics must never break the loop
                 log.exception("metrics update failed")
         if self._on_result is not None:
             self._on_result(res)
+
+    def cycle_timed_out(self, worker: TargetWorker, elapsed: float) -> None:
+        t = worker.target
+        res = CycleResult(t.name, self.clock.now(), status="error", duration_s=elapsed,
+                          error=f"cycle timed out: running {elapsed:.1f}s, timeout {t.timeout}; abandoned "
+                                "(no new cycle starts until it returns)")
+        res.details["timeout"] = True
+        self._count(t.name, "timeout")
+        self.on_result(res)
 
     # ----------------------------------------------------------------- reload
     def reload(self) -> bool:
@@ -141,12 +272,21 @@ class Daemon:
             log.error("config reload rejected, keeping the running config: %s", exc)
             return False
         if new.state_path != self.config.state_path:
-            log.error("config reload rejected: the state file cannot change while running")
+            log.error("config reload rejected: the state file cannot change while running (%s -> %s)",
+                      self.config.state_path, new.state_path)
+            return False
+        try:
+            fresh = {t.name: t for t in new.targets}
+            for t in new.targets:  # build new plugins first: a failure leaves everything as it was
+                if t.name not in self.workers:
+                    self.build_source(t, new)
+                    self.build_actuator(t)
+        except Exception as exc:  # noqa: BLE001
+            log.error("config reload rejected, keeping the running config: %s", exc)
             return False
         self.config = new
-        names = {t.name for t in new.targets}
         for name in list(self.workers):
-            if name not in names:
+            if name not in fresh:
                 self.workers.pop(name).close()
                 log.info("target %s removed", name)
         for t in new.targets:
@@ -155,6 +295,8 @@ class Daemon:
             else:
                 self.workers[t.name] = TargetWorker(self, t)
                 log.info("target %s added", t.name)
+            self._register(t)
+        log.info("config reloaded from %s", self.config_path)
         return True
 
     def _check_file(self) -> None:
@@ -172,26 +314,42 @@ class Daemon:
         signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGHUP, lambda *_: self.reload_event.set())
 
-    def ready(self) -> dict[str, bool]:
-        """Per target: a successful cycle within the last three intervals."""
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def ready(self) -> dict[str, str | None]:
+        """Per target: ``None`` if a cycle succeeded within the last three
+        intervals, else why not (the ``/readyz`` answer)."""
         now = self.clock.now()
-        return {n: w.last_success is not None and (now - w.last_success) <= 3 * w.target.interval
-                for n, w in self.workers.items()}
+        out: dict[str, str | None] = {}
+        for n, w in list(self.workers.items()):
+            if w.last_success is None:
+                out[n] = "no successful cycle yet"
+            elif now - w.last_success > 3 * w.target.interval:
+                out[n] = f"last successful cycle at {w.last_success:%Y-%m-%d %H:%M:%S}Z"
+            else:
+                out[n] = None
+        return out
+
+    def tick(self) -> None:
+        """One scheduler pass: reload if asked, start what is due, flag what
+        is stuck."""
+        self._check_file()
+        if self.reload_event.is_set():
+            self.reload_event.clear()
+            self.reload()
+        mono = self.monotonic()
+        for w in list(self.workers.values()):
+            try:
+                w.tick(mono)
+            except Exception:  # noqa: BLE001 - never let one target stop the loop
+                log.exception("target %s: scheduling failed", w.target.name)
 
     def run(self, *, tick: float = 0.5, max_ticks: int | None = None, grace: float = 30.0) -> None:
         ticks = 0
         try:
             while not self.stop_event.is_set():
-                self._check_file()
-                if self.reload_event.is_set():
-                    self.reload_event.clear()
-                    self.reload()
-                mono = time.monotonic()
-                for w in list(self.workers.values()):
-                    try:
-                        w.tick(mono)
-                    except ForescaleError as exc:  # never let one target stop the loop
-                        log.error("target %s: %s", w.target.name, exc)
+                self.tick()
                 ticks += 1
                 if max_ticks is not None and ticks >= max_ticks:
                     break
@@ -200,10 +358,14 @@ class Daemon:
             self.shutdown(grace)
 
     def shutdown(self, grace: float = 30.0) -> None:
+        """Let running cycles finish within ``grace`` seconds, then close."""
         deadline = time.monotonic() + grace
-        for w in self.workers.values():
-            left = max(0.0, deadline - time.monotonic())
-            if not w.wait(left):
-                log.warning("target %s: abandoning a cycle still running at shutdown", w.target.name)
+        for w in list(self.workers.values()):
+            if not w.wait(deadline - time.monotonic()):
+                log.warning("target %s: abandoning a cycle still running at shutdown", w.target.name,
+                            extra={"target": w.target.name})
             w.close()
         self.lock_store.close()
+
+
+__all__ = ["Daemon", "TargetWorker"]
