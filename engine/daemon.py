@@ -224,7 +224,8 @@ class Daemon:
         extra = {"target": res.target, "decision_id": res.decision.id if res.decision else None,
                  "status": res.status}
         for kind, msg in (("fetch", res.fetch_error), ("actuation", res.actuation_error),
-                          ("forecast", res.details.get("forecast_error")), ("cycle", res.error)):
+                          ("forecast", res.details.get("forecast_error")),
+                          ("timeout" if res.details.get("timeout") else "cycle", res.error)):
             if msg:
                 self._count(res.target, kind)
                 log.log(logging.INFO if kind == "forecast" else logging.ERROR, "target %s: %s error: %s",
@@ -259,7 +260,6 @@ class Daemon:
                           error=f"cycle timed out: running {elapsed:.1f}s, timeout {t.timeout}; abandoned "
                                 "(no new cycle starts until it returns)")
         res.details["timeout"] = True
-        self._count(t.name, "timeout")
         self.on_result(res)
 
     # ----------------------------------------------------------------- reload

@@ -1,0 +1,266 @@
+"""The daemon: independent targets, per-cycle timeout, jitter, config reload
+(mode change without restart, invalid file rejected), graceful SIGTERM and
+one daemon per state file — the last two against a real ``forescale run``
+subprocess."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engine.build import build_source
+from engine.clock import ManualClock
+from engine.daemon import Daemon
+from engine.errors import StateLocked
+from engine.metrics import EngineMetrics
+
+from .live_support import STEP, T0, FlakySource, Platform, target_dict, write_config, write_trace
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = T0 + 20 * STEP
+
+
+class FakeMono:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def trace(tmp_path):
+    return write_trace(tmp_path / "load.csv", [100.0] * 60)
+
+
+def make_daemon(cfg: Path, *, sources=None, platforms=None, **kw):
+    sources = {} if sources is None else sources
+    platforms = {} if platforms is None else platforms
+
+    def bsource(t, config):
+        if t.name not in sources:
+            sources[t.name] = FlakySource(build_source(t, config))
+        return sources[t.name]
+
+    def bactuator(t):
+        return platforms.setdefault(t.name, Platform(capacity=5))
+
+    results = []
+    d = Daemon(cfg, clock=kw.pop("clock", ManualClock(NOW)), build_source=bsource, build_actuator=bactuator,
+               on_result=results.append, **kw)
+    return d, sources, platforms, results
+
+
+def settle(daemon: Daemon, *names: str) -> None:
+    for n in names or list(daemon.workers):
+        assert daemon.workers[n].wait(5), f"cycle of {n} did not finish"
+
+
+def test_a_hanging_target_never_blocks_another_and_is_abandoned_at_its_timeout(tmp_path, trace):
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("slow", trace, timeout="60s"),
+                                             target_dict("fast", trace)])
+    mono, clock, metrics = FakeMono(), ManualClock(NOW), EngineMetrics()
+    d, sources, platforms, results = make_daemon(cfg, monotonic=mono, clock=clock, metrics=metrics)
+    sources_slow = d.workers["slow"].live.source
+    sources_slow.mode = "slow"
+    try:
+        d.tick()
+        assert sources_slow.entered.wait(5)
+        settle(d, "fast")
+        assert platforms["fast"].capacity == 20  # fast acted while slow hangs
+        for k in range(1, 4):  # three more intervals: fast keeps cycling, slow is stuck
+            mono.t += 300
+            clock.advance(STEP)
+            d.tick()
+            settle(d, "fast")
+        fast = [r for r in results if r.target == "fast"]
+        assert len(fast) == 4 and all(r.ok for r in fast)
+        timeouts = [r for r in results if r.target == "slow"]
+        assert len(timeouts) == 1 and "cycle timed out" in timeouts[0].error and timeouts[0].details["timeout"]
+        assert d.errors["slow"] == {"timeout": 1}
+        assert sources_slow.calls == 1  # no new start while the stuck cycle runs
+        assert metrics.registry.get_sample_value("forescale_last_success_timestamp_seconds",
+                                                 {"target": "slow"}) is None
+        assert d.ready()["slow"] == "no successful cycle yet" and d.ready()["fast"] is None
+        # the fault clears: the stuck call returns, the target resumes by itself
+        sources_slow.mode = "ok"
+        sources_slow.release.set()
+        settle(d, "slow")
+        late = [r for r in results if r.target == "slow"][-1]
+        assert late.details.get("abandoned") and "read timed out" in late.fetch_error
+        mono.t += 300
+        clock.advance(STEP)
+        d.tick()
+        settle(d)
+        last = [r for r in results if r.target == "slow"][-1]
+        assert last.ok and last.status in ("applied", "hold") and platforms["slow"].capacity == 20
+    finally:
+        sources_slow.release.set()
+        d.shutdown(5)
+
+
+def test_a_target_whose_source_raises_does_not_affect_the_other(tmp_path, trace):
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("bad", trace), target_dict("good", trace)])
+    mono, metrics = FakeMono(), EngineMetrics()
+    d, sources, platforms, results = make_daemon(cfg, monotonic=mono, metrics=metrics)
+    d.workers["bad"].live.source.mode = "bug"
+    d.tick()
+    settle(d)
+    d.shutdown(1)
+    by = {r.target: r for r in results}
+    assert by["good"].ok and platforms["good"].capacity == 20
+    assert "ZeroDivisionError" in by["bad"].fetch_error
+    # no data: never a scale-down, a reason in the log, an error metric
+    assert by["bad"].decision.fallback and by["bad"].decision.desired >= 5
+    assert metrics.registry.get_sample_value("forescale_fetch_errors_total", {"target": "bad"}) == 1
+    assert metrics.registry.get_sample_value("forescale_fetch_errors_total", {"target": "good"}) == 0
+
+
+def test_starts_follow_the_interval_grid_plus_jitter(tmp_path, trace):
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, jitter="30s")])
+    mono = FakeMono()
+    d, *_ = make_daemon(cfg, monotonic=mono, rng=random.Random(7))
+    w = d.workers["web"]
+    offsets, starts = [], 0
+    try:
+        for _ in range(5 * 300 // 5 + 1):  # five intervals in 5 s ticks
+            before = w.thread
+            d.tick()
+            if w.thread is not before:
+                starts += 1
+                offsets.append((mono.t - 1000.0) % 300)
+                settle(d)
+            mono.t += 5
+    finally:
+        d.shutdown(1)
+    assert starts >= 5
+    assert all(0 <= o <= 35 for o in offsets[1:]), offsets  # grid + jitter (+ one 5 s tick)
+    assert len({round(o) for o in offsets[1:]}) > 1  # the jitter varies
+
+
+def test_mode_change_by_editing_the_file_needs_no_restart_and_a_bad_file_is_rejected(tmp_path, trace, caplog):
+    path = tmp_path / "c.yaml"
+    write_config(path, [target_dict("web", trace, mode="observe")])
+    mono, clock = FakeMono(), ManualClock(NOW)
+    d, sources, platforms, results = make_daemon(path, monotonic=mono, clock=clock)
+    try:
+        d.tick()
+        settle(d)
+        assert results[-1].status == "observed" and platforms["web"].applies == []
+        # an invalid edit: rejected, the running config stays
+        doc = yaml.safe_load(path.read_text())
+        doc["targets"][0]["mode"] = "yolo"
+        path.write_text(yaml.safe_dump(doc))
+        os.utime(path, (time.time() + 5, time.time() + 5))
+        mono.t += 300
+        clock.advance(STEP)
+        d.tick()
+        settle(d)
+        assert d.config.targets[0].mode == "observe"
+        assert "config reload rejected" in caplog.text and "targets[0].mode" in caplog.text
+        assert results[-1].status == "observed"
+        # a valid edit: auto from the next cycle on
+        doc["targets"][0]["mode"] = "auto"
+        path.write_text(yaml.safe_dump(doc))
+        os.utime(path, (time.time() + 10, time.time() + 10))
+        mono.t += 300
+        clock.advance(STEP)
+        d.tick()
+        settle(d)
+        assert d.workers["web"].target.mode == "auto"
+        assert results[-1].status == "applied" and platforms["web"].capacity == 20
+    finally:
+        d.shutdown(1)
+
+
+def test_sighup_asks_for_a_reload(tmp_path, trace):
+    path = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe")])
+    d, *_ = make_daemon(path, monotonic=FakeMono())
+    old = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
+    try:
+        d.install_signals()
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert d.reload_event.wait(2)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert d.stop_event.wait(2)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        d.shutdown(1)
+
+
+def test_a_second_daemon_on_the_same_state_file_is_refused(tmp_path, trace):
+    path = write_config(tmp_path / "c.yaml", [target_dict("web", trace)])
+    d, *_ = make_daemon(path)
+    try:
+        with pytest.raises(StateLocked, match="one daemon per state file"):
+            make_daemon(path)
+    finally:
+        d.shutdown(1)
+    make_daemon(path)[0].shutdown(1)  # released on shutdown
+
+
+# ----------------------------------------------------------- real processes
+def _live_config(tmp_path: Path) -> Path:
+    now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    start = now - 40 * STEP
+    write_trace(tmp_path / "live.csv", [100.0] * 60, start=start)  # runs 20 steps into the future
+    return write_config(tmp_path / "live.yaml", [target_dict("web", tmp_path / "live.csv")])
+
+
+def _forescale(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "engine.cli", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_decision(db: Path, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if db.exists():
+            try:
+                with sqlite3.connect(db) as c:
+                    if c.execute("SELECT COUNT(*) FROM decisions WHERE status='applied'").fetchone()[0]:
+                        return
+            except sqlite3.OperationalError:
+                pass
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"no decision within {timeout}s: {proc.communicate()}")
+
+
+def test_forescale_run_exits_cleanly_on_sigterm_and_refuses_a_second_instance(tmp_path):
+    cfg = _live_config(tmp_path)
+    db = tmp_path / "state.db"
+    first = _forescale("run", "--config", str(cfg), "--tick", "0.05")
+    try:
+        _wait_for_decision(db, first)
+        second = _forescale("run", "--config", str(cfg))
+        out, err = second.communicate(timeout=30)
+        assert second.returncode == 2
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("forescale: error:") and "holds the lock" in lines[0]
+        t0 = time.monotonic()
+        first.send_signal(signal.SIGTERM)
+        out, err = first.communicate(timeout=10)
+        assert first.returncode == 0, err
+        assert time.monotonic() - t0 < 5
+        assert "forescale stopped" in err
+    finally:
+        if first.poll() is None:
+            first.kill()
+    with sqlite3.connect(db) as c:
+        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        statuses = [r[0] for r in c.execute("SELECT status FROM decisions")]
+    assert "intent" not in statuses and "applied" in statuses
