@@ -45,7 +45,7 @@ from .errors import (
 )
 from .feedback import Feedback, MemoryFeedback, StoreFeedback
 from .types import Decision, Forecast, Observation, Plan, PlanStatus, ScaleEvent, ScalingState, Series
-from .units import isoformat, parse_time, to_epoch
+from .units import from_epoch, isoformat, parse_time, to_epoch
 
 log = logging.getLogger("forescale.cycle")
 
@@ -107,8 +107,12 @@ class TargetRunner:
 
     def step(self, history: Series, state: ScalingState, now: datetime) -> CycleOutcome:
         """One decision from a regular history (samples up to ``now``)."""
-        last = history.last_valid()
-        obs = Observation(last[1], last[0]) if last is not None else None
+        v = history.values
+        if v.size and v[-1] == v[-1]:  # the usual case, without scanning the history
+            obs: Observation | None = Observation(float(v[-1]), from_epoch(history.timestamps[-1]))
+        else:
+            last = history.last_valid()
+            obs = Observation(last[1], last[0]) if last is not None else None
         headroom = state.headroom
         if self.policy.margin.conformal:
             m = self.policy.margin
