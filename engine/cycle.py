@@ -160,6 +160,7 @@ class LiveTarget:
         self.store = store
         self.actuator = actuator
         self.runner = TargetRunner(target, forecaster=forecaster, feedback=StoreFeedback(store))
+        self.policy = target.policy
         self.history: Series | None = None
         #: settle intents left by a crash before the first cycle, and again
         #: after a cycle that could not write its outcome to the store
@@ -300,10 +301,13 @@ class LiveTarget:
             self.actuator.capacity = state.current
         history = self.history.regular(self.target.interval) if self.history is not None else Series(
             np.array([], dtype=np.int64), np.array([], dtype=np.float64), name)
-        out = self.runner.step(history, state, now)
+        if res.fetch_error:
+            out = self._without_fresh_data(history, state, now, res.fetch_error)
+        else:
+            out = self.runner.step(history, state, now)
         d = out.decision
         res.decision, res.forecast = d, out.forecast
-        if out.forecast_error:
+        if out.forecast_error and not res.fetch_error:
             res.details["forecast_error"] = out.forecast_error
         self._last_now = now
         keep = self.runner.keep
@@ -349,6 +353,22 @@ class LiveTarget:
             return
         self.store.record_decision(d, mode, "intent", now, state=out.state.after(d, keep=keep, applied=False))
         self._apply(d, now, res, state_before=out.state)
+
+    def _without_fresh_data(self, history: Series, state: ScalingState, now: datetime,
+                            why: str) -> CycleOutcome:
+        """The decision when this cycle's fetch failed: no forecast (the
+        cached history may be missing what just happened), so the policy
+        falls back to reactive on the last observation and never scales
+        down; ``why`` is the reason recorded in the data step."""
+        v = history.values
+        if v.size and v[-1] == v[-1]:  # the usual case, without scanning the history
+            obs: Observation | None = Observation(float(v[-1]), from_epoch(history.timestamps[-1]))
+        else:
+            last = history.last_valid()
+            obs = Observation(last[1], last[0]) if last is not None else None
+        seen = replace(state, observation=obs, history_points=history.n_valid)
+        d = decide(None, seen, self.policy, now, target=self.target.name, forecast_error=why)
+        return CycleOutcome(d, None, why, seen)
 
     def _describe(self, d: Decision) -> dict[str, Any]:
         try:

@@ -80,6 +80,7 @@ class Platform:
         self.set_first = set_first
         self.applies: list[tuple[str, int]] = []
         self.read_error: Exception | None = None
+        self.result_details: dict[str, Any] = {}
 
     def validate(self) -> None:
         return None
@@ -102,7 +103,8 @@ class Platform:
         if self.on_apply is not None:
             self.on_apply(desired, self)
         self.capacity = desired
-        return ActuationResult(desired, desired, True, self.delay, (f"req-{len(self.applies)}",))
+        return ActuationResult(desired, desired, True, self.delay, (f"req-{len(self.applies)}",),
+                               details=self.result_details)
 
 
 class FlakySource:
