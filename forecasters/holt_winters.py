@@ -167,6 +167,8 @@ class HoltWinters(BaseForecaster):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.coef: tuple[float, float, float, float] | None = None  # alpha, beta, gamma, phi
+        #: level, trend and the m seasonal states before the first fitted sample
+        self.initial_states: tuple[float, float, np.ndarray] | None = None
         self._m = 0
         # the state path over the kept window: observations, level and trend
         # after each, and seasonal states shifted by m (s[i] is for y[i - m])
@@ -200,15 +202,20 @@ class HoltWinters(BaseForecaster):
             raise InsufficientHistory(0, 2 * m, f"{self.name} (two seasons in the fit window)")
         y = y[ok[0]:]
         span = int(ok[-1] - ok[0]) + 1
-        if span < 2 * m or ok.size < m:
+        if span < 2 * m:
             raise InsufficientHistory(
                 int(ok.size), 2 * m, f"{self.name} (two seasons of {self.params.season})"
+            )
+        if ok.size < m:
+            raise InsufficientHistory(
+                int(ok.size), m, f"{self.name} (valid samples in the fit window)"
             )
         observed = y[: span]
         filled = _interpolate(observed)
         coef, level0, trend0, seasons0 = self._estimate(filled, m)
         lvl, trd, s = run_recursion(y, coef, level0, trend0, seasons0)
         self.coef, self._m = coef, m
+        self.initial_states = (level0, trend0, seasons0)
         self._y, self._lvl, self._trd, self._s = y.copy(), lvl, trd, s
         self._last_ts = int(history.timestamps[-1])
         self._band_key = None
