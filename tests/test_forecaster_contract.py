@@ -14,7 +14,6 @@ series); tests that change a model work on a deep copy.
 from __future__ import annotations
 
 import copy
-from datetime import timedelta
 from functools import lru_cache
 
 import numpy as np
@@ -34,6 +33,8 @@ NOISE = 3.0
 FAST_PARAMS: dict[str, dict] = {
     "holt_winters": {"initialization": "heuristic"},
     "prophet": {"uncertainty_samples": 100},
+    "lstm": {"lookback": 24, "hidden_size": 16, "epochs": 6, "batch_size": 128, "max_train_steps": 1440},
+    "auto": {"candidates": [{"name": "holt_winters", "params": {"initialization": "heuristic"}}, {"name": "persistence"}]},
 }
 
 #: MASE at 3 steps (15 min) on the synthetic daily series, relative to the
