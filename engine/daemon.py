@@ -245,7 +245,8 @@ class Daemon:
                 if res.details.get("forecast_error"):
                     m.forecast_failure(res.target)
                 w = self.workers.get(res.target)
-                if w is not None and w.target.mode == "approve":
+                # (not for a timeout report: the stuck cycle still uses that connection)
+                if w is not None and w.target.mode == "approve" and not res.details.get("timeout"):
                     from .types import PlanStatus
 
                     m.set_plans_pending(res.target, len(w.store.plans(res.target, PlanStatus.PENDING)))
@@ -275,14 +276,17 @@ class Daemon:
             log.error("config reload rejected: the state file cannot change while running (%s -> %s)",
                       self.config.state_path, new.state_path)
             return False
+        fresh = {t.name: t for t in new.targets}
         try:
-            fresh = {t.name: t for t in new.targets}
-            for t in new.targets:  # build new plugins first: a failure leaves everything as it was
-                if t.name not in self.workers:
+            # build the plugins of every new or changed target first: a
+            # failure (say, a missing SDK) leaves everything as it was
+            for t in new.targets:
+                w = self.workers.get(t.name)
+                if w is None or w.target != t:
                     self.build_source(t, new)
                     self.build_actuator(t)
         except Exception as exc:  # noqa: BLE001
-            log.error("config reload rejected, keeping the running config: %s", exc)
+            log.error("config reload rejected, keeping the running config: %s: %s", type(exc).__name__, exc)
             return False
         self.config = new
         for name in list(self.workers):
@@ -290,12 +294,15 @@ class Daemon:
                 self.workers.pop(name).close()
                 log.info("target %s removed", name)
         for t in new.targets:
-            if t.name in self.workers:
-                self.workers[t.name].reconfigure(t)
-            else:
-                self.workers[t.name] = TargetWorker(self, t)
-                log.info("target %s added", t.name)
-            self._register(t)
+            try:
+                if t.name in self.workers:
+                    self.workers[t.name].reconfigure(t)
+                else:
+                    self.workers[t.name] = TargetWorker(self, t)
+                    log.info("target %s added", t.name)
+                self._register(t)
+            except Exception:  # noqa: BLE001 - one target's trouble must not stop the others
+                log.exception("target %s: could not apply the reloaded config", t.name)
         log.info("config reloaded from %s", self.config_path)
         return True
 
@@ -337,7 +344,10 @@ class Daemon:
         self._check_file()
         if self.reload_event.is_set():
             self.reload_event.clear()
-            self.reload()
+            try:
+                self.reload()
+            except Exception:  # noqa: BLE001 - a failed reload must not stop the daemon
+                log.exception("config reload failed, keeping the running config")
         mono = self.monotonic()
         for w in list(self.workers.values()):
             try:

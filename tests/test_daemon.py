@@ -382,3 +382,57 @@ def test_the_examples_cover_each_kind_of_target():
     assert ("csv", "dry-run") in kinds and ("prometheus", "kubernetes") in kinds
     assert ("prometheus", "aws-asg") in kinds and ("prometheus", "alibaba-ecs") in kinds
     assert any(m == "approve" for *_, m in seen)
+
+
+def test_json_log_lines_carry_the_target_and_decision_id(tmp_path, trace):
+    import io
+    import json
+    import logging
+
+    from engine.logs import JsonFormatter
+
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("forescale")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace)])
+        d, sources, platforms, results = make_daemon(cfg, monotonic=FakeMono())
+        d.workers["web"].live.source.mode = "down"
+        d.tick()
+        settle(d)
+        d.shutdown(1)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    lines = [json.loads(x) for x in buf.getvalue().splitlines()]
+    about = [x for x in lines if x["logger"] == "forescale.daemon" and "web" in x["msg"]]
+    assert about and all(x["target"] == "web" for x in about)
+    err = [x for x in about if x["level"] == "error"]
+    assert err and "connection refused" in err[0]["msg"]
+    assert err[0]["decision_id"] == results[0].decision.id
+
+
+def test_a_reload_whose_plugins_cannot_be_built_is_rejected(tmp_path, trace):
+    from engine.errors import PluginError
+
+    path = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe")])
+
+    def bactuator(t):
+        if t.name == "boom":
+            raise PluginError("actuator 'aws-asg' needs the aws extra: pip install 'forescale[aws]'")
+        return Platform(capacity=5)
+
+    d = Daemon(path, clock=ManualClock(NOW), monotonic=FakeMono(),
+               build_source=lambda t, c: build_source(t, c), build_actuator=bactuator)
+    try:
+        write_config(path, [target_dict("web", trace, mode="auto"), target_dict("boom", trace)])
+        assert d.reload() is False
+        assert list(d.workers) == ["web"] and d.workers["web"].target.mode == "observe"
+        write_config(path, [target_dict("web", trace, mode="auto")])
+        assert d.reload() is True and d.workers["web"].target.mode == "auto"
+    finally:
+        d.shutdown(1)
