@@ -3,8 +3,8 @@
 The steps run in this order (the one place it is written down):
 
  1. ``data``          check the inputs. No forecast, a forecast that does not
-                      reach the lead-time window, a missing or stale
-                      observation -> *fallback*: size reactively and never
+                      reach the lead-time window or is not finite there, a
+                      missing or stale observation -> *fallback*: size reactively and never
                       scale down (recorded with the reason).
  2. ``forecast``      max of the chosen quantile over the window
                       ``[now + lead_time, now + lead_time + hold]``.
@@ -29,6 +29,7 @@ the engine derives the next state with ``ScalingState.after``.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 
 from engine.types import Decision, Forecast, ScalingState, Step
@@ -64,6 +65,12 @@ def decide(forecast: Forecast | None, state: ScalingState, config: PolicyConfig,
             if window is None:
                 fallback_reasons.append(
                     ("ForecastTooShort", f"forecast ends before now + lead time ({lead_time})"))
+            elif not (math.isfinite(window[0]) and math.isfinite(window[1])):
+                # a forecaster fed a gap may return NaN/inf: no size can come from it
+                fallback_reasons.append(
+                    ("ForecastNotFinite", f"forecast over [now+{lead_time}, now+{lead_time + config.hold}] "
+                                          f"is not finite (upper {window[0]}, point {window[1]})"))
+                window = None
     fallback = bool(fallback_reasons)
     if fallback:
         code = fallback_reasons[0][0]
