@@ -4,7 +4,7 @@ The steps run in this order (the one place it is written down):
 
  1. ``data``          check the inputs. No forecast, a forecast that does not
                       reach the lead-time window or is not finite there, a
-                      missing or stale observation -> *fallback*: size reactively and never
+                      missing, non-finite or stale observation -> *fallback*: size reactively and never
                       scale down (recorded with the reason).
  2. ``forecast``      max of the chosen quantile over the window
                       ``[now + lead_time, now + lead_time + hold]``.
@@ -53,6 +53,9 @@ def decide(forecast: Forecast | None, state: ScalingState, config: PolicyConfig,
     fallback_reasons: list[tuple[str, str]] = []
     if obs is None:
         fallback_reasons.append(("MissingObservation", "no current observation of the metric"))
+    elif not math.isfinite(obs.value):
+        fallback_reasons.append(("InvalidObservation", f"latest observation is {obs.value}, not a usable number"))
+        obs = None  # unusable: treated as missing from here on
     elif now - obs.at > config.max_staleness:
         fallback_reasons.append(
             ("StaleObservation", f"latest observation is {now - obs.at} old (max {config.max_staleness})"))
