@@ -356,3 +356,137 @@ def test_killed_process_mid_apply_is_reconciled_on_restart(tmp_path):
         res = build_live(cfg, store, platform).run(HIGH + timedelta(seconds=20))
         assert res.details["reconciled"][0].endswith("applied before the restart (observed 20)")
         assert res.status == "hold" and platform.applies == []
+
+
+# --------------------------------------- a Prometheus-like endpoint on loopback
+class FakePrometheus:
+    """``/api/v1/query_range`` over HTTP on 127.0.0.1, answering like
+    Prometheus from ``VALUES`` (one series, 5-minute grid from T0), or
+    failing as ``mode`` says: ``down`` (connection dropped), ``503``,
+    ``slow`` (answers after 2 s), ``garbage`` (an HTML page), ``empty``."""
+
+    def __init__(self) -> None:
+        import json
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import parse_qs, urlparse
+
+        from engine.units import to_epoch
+
+        fake = self
+        self.mode = "ok"
+        self.requests = 0
+        t0 = to_epoch(T0)
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, code, body, ctype="application/json"):
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):  # Prometheus takes query_range as a form POST too
+                n = int(self.headers.get("Content-Length", 0))
+                self.do_GET(self.rfile.read(n).decode())
+
+            def do_GET(self, form: str = ""):
+                fake.requests += 1
+                q = {k: v[0] for k, v in parse_qs(urlparse(self.path).query + "&" + form).items()}
+                if fake.mode == "down":
+                    self.connection.close()
+                    return
+                if fake.mode == "503":
+                    return self._send(503, b"service unavailable", "text/plain")
+                if fake.mode == "slow":
+                    import time
+
+                    time.sleep(2)
+                if fake.mode == "garbage":
+                    return self._send(200, b"<html><body>502 Bad Gateway</body></html>", "text/html")
+                start, end, step = int(float(q["start"])), int(float(q["end"])), int(q["step"])
+                values = [] if fake.mode == "empty" else [
+                    [t, str(VALUES[(t - t0) // 300])] for t in range(start, end + 1, step)
+                    if 0 <= (t - t0) // 300 < len(VALUES)]
+                result = [{"metric": {"job": "web"}, "values": values}] if values else []
+                body = {"status": "success", "data": {"resultType": "matrix", "result": result}}
+                self._send(200, json.dumps(body).encode())
+
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request, client_address):
+                pass  # the dropped connections of "down" are on purpose
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def prom(tmp_path):
+    fake = FakePrometheus()
+    source = {"type": "prometheus", "url": fake.url, "query": "sum(rate(http_requests_total[5m]))",
+              "step": "5m", "timeout": "1s", "retry_attempts": 2, "max_backoff": "1s"}
+    target = target_dict("web", tmp_path / "unused.csv")
+    target["source"] = source
+    cfg = write_config(tmp_path / "c.yaml", [target])
+    yield fake, cfg, tmp_path
+    fake.close()
+
+
+def test_prometheus_faults_through_the_daemon(prom):
+    """Down at start, then up; down, slow, garbage and empty mid-run; each
+    time: fetch error counted, no scale-down, a reason in the decision log,
+    and recovery at the next cycle."""
+    fake, cfg, tmp = prom
+    platform = Platform(capacity=5)
+    clock, mono, metrics, results = ManualClock(HIGH - 2 * STEP), [1000.0], EngineMetrics(), []
+    d = Daemon(cfg, clock=clock, monotonic=lambda: mono[0], metrics=metrics,
+               build_actuator=lambda t: platform, on_result=results.append)
+    d.workers["web"].live.source._sleep = lambda s: None  # no real backoff waits
+
+    def cycle():
+        d.tick()
+        assert d.workers["web"].wait(10)
+        mono[0] += 300
+        clock.advance(STEP)
+        return results[-1]
+
+    def errors():
+        return metrics.registry.get_sample_value("forescale_fetch_errors_total", {"target": "web"})
+
+    try:
+        fake.mode = "down"
+        res = cycle()
+        assert "prometheus" in res.fetch_error and res.decision.desired == 5 and errors() == 1
+        assert d.workers["web"].store.decision(res.decision.id)["steps"][0]["reason"] == "MissingObservation"
+        fake.mode = "ok"
+        res = cycle()
+        assert res.ok and platform.capacity == 20
+        cycle()  # HIGH: the last high sample
+        n = 1
+        for mode, words in (("503", "503"), ("slow", "timed out"), ("garbage", "not a Prometheus API answer"), ("down", "")):
+            fake.mode = mode
+            res = cycle()  # the demand has fallen to 20 (4 replicas) meanwhile
+            n += 1
+            assert res.fetch_error and words.lower() in res.fetch_error.lower(), (mode, res.fetch_error)
+            assert res.decision.fallback and res.decision.desired == 20 and errors() == n
+            step = d.workers["web"].store.decision(res.decision.id)["steps"][0]
+            assert step["reason"] in ("NoForecast", "StaleObservation") and "fallback" in step["message"]
+        fake.mode = "empty"
+        res = cycle()  # answers, but nothing new: stale after max_staleness (15 m)
+        assert res.fetch_error and "no new samples" in res.fetch_error and res.decision.desired == 20
+        assert platform.capacity == 20
+        fake.mode = "ok"
+        res = cycle()
+        assert res.ok and not res.decision.fallback and platform.capacity == 4
+    finally:
+        d.shutdown(2)
