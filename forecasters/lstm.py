@@ -1,0 +1,1019 @@
+"""A recurrent (LSTM or GRU) quantile forecaster, per target or global.
+
+What the network sees, for a forecast made after history index ``o``
+(the last observation, the "origin"):
+
+- a lookback window of ``lookback`` steps ending at ``o``, one row per step:
+  the value scaled by the series' robust scaler (``(y - median) / IQR``), the
+  value relative to the origin (``(y - y[o]) / IQR``), a missing-sample flag,
+  time of day and day of week as sin/cos pairs, and, per configured
+  covariate, its own scaled value and missing flag;
+- for every horizon step ``h``: the calendar encoding of the target time and
+  the value one day before the target time relative to the origin (with a
+  missing flag), when that lies in the history (``seasonal_lag``);
+- the origin's scaled level and the value one day before the origin.
+
+It predicts the whole horizon at once (direct multi-horizon), as offsets from
+the origin's value in scaled units, for every trained quantile level. The
+median is a free output; the levels above it add cumulative softplus
+increments and the levels below subtract them, so the quantiles never cross.
+Training minimises the pinball (quantile) loss, masked where a target is
+missing.
+
+Gaps are imputed by carrying the last observation forward *and* flagged in the
+missing-sample channel, so the model knows which inputs are real; missing
+targets are masked out of the loss. Nothing after the origin is ever read: the
+validation split is time-ordered (training windows end ``horizon`` steps
+before the first validation origin), the scaler is fitted on the data given to
+``fit`` only, and ``predict`` reads only ``self._history``.
+
+After training, a conformal correction (Romano et al., "Conformalized
+Quantile Regression", NeurIPS 2019) shifts each level at each horizon step by
+the empirical quantile of its residuals on the validation windows, so the 0.9
+level covers about 90 % of unseen outcomes rather than the (over-confident)
+training share.
+
+Global mode: :class:`GlobalLSTM` trains one network across many series (each
+with its own scaler) and forecasts any number of them in one batched call
+(:meth:`GlobalLSTM.predict_many`). A per-target :class:`LSTMForecaster` can
+start from a global model (``init_from=``): the cold-start path for a new
+target with little history.
+
+torch is imported lazily, inside functions: importing ``forecasters`` (or this
+module) does not import it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
+from pydantic import Field, field_validator, model_validator
+
+from engine.errors import ForecastError, InsufficientHistory
+from engine.types import Forecast, Series
+from engine.units import to_epoch
+
+from .base import BaseForecaster, ForecasterParams
+
+CHECKPOINT_FORMAT = "forescale.lstm/1"
+_DAY = 86400
+#: the absolute level (in IQRs from the training median) is clipped so a level
+#: shift after training (common: deploys, migrations) cannot push the
+#: network far outside what it was trained on
+_LEVEL_CLIP = 3.0
+_ARCH_FIELDS = ("lookback", "horizon", "hidden_size", "num_layers", "cell", "quantiles",
+                "seasonal_lag", "covariates")
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - exercised only without torch
+        raise ForecastError(
+            "the lstm forecaster needs PyTorch: pip install 'forescale[lstm]' (or torch)"
+        ) from exc
+    return torch
+
+
+# ---------------------------------------------------------------------------- params
+class LSTMParams(ForecasterParams):
+    """Architecture and training settings. ``lookback`` and ``horizon`` are
+    in steps of the series (5-minute data: 48 = 4 hours, 12 = 1 hour)."""
+
+    lookback: int = Field(48, ge=4)
+    horizon: int = Field(12, ge=1)
+    hidden_size: int = Field(32, ge=1)
+    num_layers: int = Field(1, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    cell: Literal["lstm", "gru"] = "lstm"
+    #: trained quantile levels; must include 0.5 (the point forecast)
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+    #: feed the value one day before each target time (a strong signal for
+    #: daily-cyclic load, read from the history, never from the future)
+    seasonal_lag: bool = True
+    #: names of extra metrics passed to ``fit(..., covariates=...)``
+    covariates: tuple[str, ...] = ()
+    epochs: int = Field(30, ge=0)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    #: early stopping: epochs without a better validation loss
+    patience: int = Field(4, ge=1)
+    #: share of the (time-ordered) training windows kept for validation
+    val_fraction: float = Field(0.15, gt=0.0, lt=0.9)
+    min_train_windows: int = Field(64, ge=1)
+    #: train on at most this many of the most recent steps (bounds time and
+    #: memory; 8064 = 28 days of 5-minute data)
+    max_train_steps: int = Field(8064, ge=16)
+    #: conformal correction of each level on the validation windows
+    calibrate: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    #: epochs of fine-tuning when starting from another model (``init_from``);
+    #: 0 uses the source model as it is
+    finetune_epochs: int = Field(3, ge=0)
+
+    @field_validator("quantiles")
+    @classmethod
+    def _levels(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        levels = tuple(sorted({float(q) for q in v}))
+        for q in levels:
+            if not 0.0 < q < 1.0:
+                raise ValueError(f"quantile {q} is not in (0, 1)")
+        if 0.5 not in levels:
+            raise ValueError(f"quantiles must include 0.5 (the point forecast), got {list(levels)}")
+        return levels
+
+    @model_validator(mode="after")
+    def _covariate_names(self) -> "LSTMParams":
+        if len(set(self.covariates)) != len(self.covariates):
+            raise ValueError(f"covariates: duplicate names in {list(self.covariates)}")
+        return self
+
+
+# ---------------------------------------------------------------------------- scaling
+@dataclass(frozen=True)
+class RobustScaler:
+    """``(x - median) / scale`` with ``scale`` the interquartile range, or a
+    fallback for flat data (MAD, then 10 % of the level, then 1)."""
+
+    median: float
+    scale: float
+
+    @classmethod
+    def fit(cls, values: np.ndarray) -> "RobustScaler":
+        v = values[np.isfinite(values)]
+        if v.size == 0:
+            raise InsufficientHistory(0, 1, "lstm scaler")
+        q25, med, q75 = np.percentile(v, [25, 50, 75])
+        scale = float(q75 - q25)
+        if not scale > 1e-12:
+            scale = float(np.median(np.abs(v - med))) * 1.4826
+        if not scale > 1e-12:
+            scale = abs(float(med)) * 0.1
+        if not scale > 1e-12:
+            scale = 1.0
+        return cls(float(med), scale)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"median": self.median, "scale": self.scale}
+
+
+# ---------------------------------------------------------------------------- features
+def _ffill(y: np.ndarray) -> np.ndarray:
+    """Carry the last observation forward (leading NaN stay NaN)."""
+    idx = np.where(np.isnan(y), 0, np.arange(y.size))
+    np.maximum.accumulate(idx, out=idx)
+    out = y[idx]
+    if y.size and np.isnan(y[0]):
+        first = np.flatnonzero(~np.isnan(y))
+        if first.size:
+            out[: first[0]] = np.nan
+    return out
+
+
+def _calendar(ts: np.ndarray) -> np.ndarray:
+    """(..., 4): sin/cos of time of day and of day of week (Monday = 0)."""
+    ts = np.asarray(ts, dtype=np.int64)
+    tod = (ts % _DAY) / _DAY * 2 * np.pi
+    dow = (((ts // _DAY) + 3) % 7 + (ts % _DAY) / _DAY) / 7 * 2 * np.pi
+    return np.stack([np.sin(tod), np.cos(tod), np.sin(dow), np.cos(dow)], axis=-1)
+
+
+def _season_steps(step: int) -> int:
+    return max(1, int(round(_DAY / step)))
+
+
+def n_input_features(cfg: LSTMParams) -> int:
+    return 7 + 2 * len(cfg.covariates)
+
+
+def n_head_features(cfg: LSTMParams) -> int:
+    return cfg.horizon * 6 + 3
+
+
+def build_features(
+    y: np.ndarray,
+    ts: np.ndarray,
+    origins: np.ndarray,
+    scaler: RobustScaler,
+    step: int,
+    cfg: LSTMParams,
+    covs: Sequence[tuple[np.ndarray, RobustScaler]] = (),
+    *,
+    with_targets: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """Model inputs for the windows ending at each index in ``origins``.
+
+    Returns ``(seq, head, targets, base)``: ``seq`` (B, lookback, F) float32,
+    ``head`` (B, n_head) float32, ``targets`` (B, horizon) in scaled offsets
+    from the origin (NaN where missing; only with ``with_targets``), and
+    ``base`` (B,) the origin's value (last observation carried forward).
+    Reads only indices ``<= origin`` for inputs.
+    """
+    L, H = cfg.lookback, cfg.horizon
+    origins = np.asarray(origins, dtype=np.int64)
+    yf = _ffill(y)
+    miss = np.isnan(y).astype(np.float32)
+    s, m = scaler.scale, scaler.median
+    base = yf[origins]
+    base = np.where(np.isnan(base), m, base)  # no valid value yet: the median
+
+    win = origins[:, None] + np.arange(-L + 1, 1)[None, :]  # (B, L)
+    valid = win >= 0
+    wi = np.clip(win, 0, None)
+    lvl = (yf[wi] - m) / s
+    rel = (yf[wi] - base[:, None]) / s
+    mis = np.where(valid, miss[wi], 1.0)
+    lvl = np.where(valid & np.isfinite(lvl), lvl, 0.0)
+    rel = np.where(valid & np.isfinite(rel), rel, 0.0)
+    # calendar from the origin's timestamp back, on the regular grid
+    wts = ts[origins][:, None] + step * np.arange(-L + 1, 1)[None, :]
+    parts = [np.clip(lvl, -_LEVEL_CLIP, _LEVEL_CLIP)[..., None], rel[..., None], mis[..., None],
+             _calendar(wts)]
+    for cv, csc in covs:
+        cf = _ffill(cv)
+        cl = (cf[wi] - csc.median) / csc.scale
+        cm = np.where(valid, np.isnan(cv).astype(np.float32)[wi], 1.0)
+        parts += [np.where(valid & np.isfinite(cl), cl, 0.0)[..., None], cm[..., None]]
+    seq = np.concatenate(parts, axis=-1).astype(np.float32)
+
+    hs = np.arange(1, H + 1)
+    tts = ts[origins][:, None] + step * hs[None, :]  # (B, H)
+    cal = _calendar(tts)  # (B, H, 4)
+    S = _season_steps(step)
+    if cfg.seasonal_lag:
+        j = origins[:, None] + hs[None, :] - S  # one day before each target
+        jok = (j >= 0) & (hs[None, :] <= S)
+        yj = y[np.clip(j, 0, None)]
+        lag = (yj - base[:, None]) / s
+        lag_ok = jok & np.isfinite(lag)
+        j0 = origins - S
+        y0 = y[np.clip(j0, 0, None)]
+        d0 = (y0 - base) / s
+        d0_ok = (j0 >= 0) & np.isfinite(d0)
+    else:
+        lag_ok = np.zeros((origins.size, H), dtype=bool)
+        lag = np.zeros((origins.size, H))
+        d0_ok = np.zeros(origins.size, dtype=bool)
+        d0 = np.zeros(origins.size)
+    hz = np.concatenate(
+        [cal, np.where(lag_ok, lag, 0.0)[..., None], (~lag_ok).astype(np.float64)[..., None]],
+        axis=-1,
+    ).reshape(origins.size, H * 6)
+    head = np.concatenate(
+        [hz, np.clip((base - m) / s, -_LEVEL_CLIP, _LEVEL_CLIP)[:, None], np.where(d0_ok, d0, 0.0)[:, None],
+         (~d0_ok)[:, None]],
+        axis=-1,
+    ).astype(np.float32)
+
+    targets = None
+    if with_targets:
+        t = origins[:, None] + hs[None, :]
+        tok = t < y.size
+        yt = y[np.clip(t, 0, y.size - 1)]
+        targets = np.where(tok, (yt - base[:, None]) / s, np.nan).astype(np.float32)
+    return seq, head, targets, base
+
+
+def training_origins(y: np.ndarray, cfg: LSTMParams, *, need_targets: bool = True) -> np.ndarray:
+    """Origins with a full lookback, at least half of it observed, and (when
+    ``need_targets``) at least one observed target within the horizon."""
+    L, H = cfg.lookback, cfg.horizon
+    n = y.size
+    last = n - 1 - (1 if need_targets else 0)
+    if last < L - 1:
+        return np.zeros(0, dtype=np.int64)
+    ok = (~np.isnan(y)).astype(np.int64)
+    c = np.concatenate([[0], np.cumsum(ok)])
+    o = np.arange(L - 1, last + 1)
+    enough = (c[o + 1] - c[o + 1 - L]) * 2 >= L
+    if need_targets:
+        hi = np.minimum(o + H, n - 1)
+        enough &= (c[hi + 1] - c[o + 1]) > 0
+    return o[enough]
+
+
+# ---------------------------------------------------------------------------- network
+def _build_net(cfg: LSTMParams):
+    torch = _torch()
+    nn = torch.nn
+
+    class QuantileRNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            rnn = nn.LSTM if cfg.cell == "lstm" else nn.GRU
+            self.rnn = rnn(n_input_features(cfg), cfg.hidden_size, num_layers=cfg.num_layers,
+                           dropout=cfg.dropout if cfg.num_layers > 1 else 0.0, batch_first=True)
+            width = 2 * cfg.hidden_size + cfg.horizon
+            self.head = nn.Sequential(
+                nn.Linear(cfg.hidden_size + n_head_features(cfg), width),
+                nn.ReLU(),
+                nn.Dropout(cfg.dropout),
+                nn.Linear(width, cfg.horizon * len(cfg.quantiles)),
+            )
+            # zero-initialised output: an untrained network forecasts
+            # persistence (offset 0 from the origin) and learns corrections
+            # from there, so few epochs never do worse than a wild guess
+            nn.init.zeros_(self.head[-1].weight)
+            nn.init.zeros_(self.head[-1].bias)
+            self.m = cfg.quantiles.index(0.5)
+            self.h = cfg.horizon
+            self.q = len(cfg.quantiles)
+
+        def forward(self, seq, head):
+            out, _ = self.rnn(seq)
+            z = torch.cat([out[:, -1, :], head], dim=-1)
+            raw = self.head(z).float().view(-1, self.h, self.q)
+            mid = raw[..., self.m: self.m + 1]
+            parts = [mid]
+            if self.m + 1 < self.q:  # levels above the median
+                parts.append(mid + torch.cumsum(nn.functional.softplus(raw[..., self.m + 1:]), -1))
+            if self.m > 0:  # levels below, built outwards from the median
+                down = mid - torch.cumsum(nn.functional.softplus(raw[..., : self.m].flip(-1)), -1)
+                parts.insert(0, down.flip(-1))
+            return torch.cat(parts, dim=-1)  # (B, H, Q), non-decreasing in Q
+
+    return QuantileRNN()
+
+
+def _resolve_device(name: str):
+    torch = _torch()
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ForecastError("lstm: device 'cuda' requested but no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _amp_dtype(device):
+    """Mixed precision on CUDA only (bf16 where supported, else fp16)."""
+    torch = _torch()
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _pinball(pred, target, levels):
+    torch = _torch()
+    t = target.unsqueeze(-1)
+    mask = torch.isfinite(t)
+    diff = torch.where(mask, t, pred) - pred
+    loss = torch.maximum(levels * diff, (levels - 1) * diff)
+    n = mask.sum().clamp(min=1) * 1.0
+    return (loss * mask).sum() / (n)
+
+
+class _Deterministic:
+    """Seeded, deterministic torch for the duration of a fit; restores the
+    process-wide switch afterwards (other code in the process may rely on it)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def __enter__(self):
+        torch = _torch()
+        self._prev = torch.are_deterministic_algorithms_enabled()
+        self._prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+        torch.manual_seed(self.seed)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        return self
+
+    def __exit__(self, *exc):
+        _torch().use_deterministic_algorithms(self._prev, warn_only=self._prev_warn)
+
+
+@dataclass
+class _Data:
+    seq: np.ndarray
+    head: np.ndarray
+    target: np.ndarray
+
+
+def _train(net, cfg: LSTMParams, train: _Data, val: _Data, device, epochs: int) -> dict[str, Any]:
+    """Adam on the pinball loss with early stopping on ``val``; keeps the
+    best weights. Returns training metrics."""
+    torch = _torch()
+    net.to(device)
+    amp = _amp_dtype(device)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    levels = torch.tensor(cfg.quantiles, dtype=torch.float32, device=device)
+    tr = [torch.from_numpy(a).to(device) for a in (train.seq, train.head, train.target)]
+    va = [torch.from_numpy(a).to(device) for a in (val.seq, val.head, val.target)]
+    rng = np.random.default_rng(cfg.seed)
+    n = tr[0].shape[0]
+    best = math.inf
+    best_state = copy.deepcopy(net.state_dict())
+    best_epoch, bad, ran = 0, 0, 0
+    train_loss = math.nan
+    for epoch in range(1, epochs + 1):
+        ran = epoch
+        net.train()
+        perm = torch.from_numpy(rng.permutation(n)).to(device)
+        total, count = 0.0, 0
+        for i in range(0, n, cfg.batch_size):
+            idx = perm[i: i + cfg.batch_size]
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                pred = net(tr[0][idx], tr[1][idx])
+            loss = _pinball(pred.float(), tr[2][idx], levels)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+                opt.step()
+            total += float(loss.detach()) * idx.numel()
+            count += idx.numel()
+        train_loss = total / max(count, 1)
+        vl = _evaluate(net, va, levels, device, amp, cfg.batch_size * 8)
+        if vl < best - 1e-6:
+            best, best_epoch, bad = vl, epoch, 0
+            best_state = copy.deepcopy(net.state_dict())
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                break
+    if epochs == 0:
+        best = _evaluate(net, va, levels, device, amp, cfg.batch_size * 8)
+    net.load_state_dict(best_state)
+    net.eval()
+    return {"val_loss": float(best), "train_loss": float(train_loss), "best_epoch": best_epoch,
+            "epochs_run": ran, "train_windows": int(n), "val_windows": int(va[0].shape[0])}
+
+
+def _evaluate(net, data, levels, device, amp, batch: int) -> float:
+    torch = _torch()
+    if data[0].shape[0] == 0:
+        return math.nan
+    net.eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for i in range(0, data[0].shape[0], batch):
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                pred = net(data[0][i: i + batch], data[1][i: i + batch])
+            m = torch.isfinite(data[2][i: i + batch]).sum().item() * len(levels)
+            total += float(_pinball(pred.float(), data[2][i: i + batch], levels)) * m
+            count += m
+    return total / max(count, 1)
+
+
+def _infer(net, seq: np.ndarray, head: np.ndarray, device, batch: int = 4096) -> np.ndarray:
+    """(B, H, Q) scaled offsets."""
+    torch = _torch()
+    amp = _amp_dtype(device)
+    net.eval()
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, seq.shape[0], batch):
+            s = torch.from_numpy(seq[i: i + batch]).to(device)
+            h = torch.from_numpy(head[i: i + batch]).to(device)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                out = net(s, h)
+            outs.append(out.float().cpu().numpy())
+    return np.concatenate(outs, axis=0) if outs else np.zeros((0, 0, 0), dtype=np.float32)
+
+
+def _conformal(pred: np.ndarray, target: np.ndarray, levels: Sequence[float]) -> np.ndarray:
+    """(H, Q) offsets: the level-q empirical quantile (finite-sample
+    corrected, CQR) of ``target - pred`` per horizon step; 0 without data."""
+    H, Q = pred.shape[1], pred.shape[2]
+    off = np.zeros((H, Q))
+    for h in range(H):
+        ok = np.isfinite(target[:, h])
+        n = int(ok.sum())
+        if n < 20:
+            continue
+        res = target[ok, h][:, None] - pred[ok, h, :]
+        for k, q in enumerate(levels):
+            level = min(1.0, q * (n + 1) / n) if q > 0.5 else max(0.0, (q * (n + 1) - 1) / n)
+            off[h, k] = float(np.quantile(res[:, k], level))
+    return off
+
+
+def _apply_offsets(out: np.ndarray, offsets: np.ndarray | None) -> np.ndarray:
+    if offsets is not None:
+        out = out + offsets[None, :, :]
+    return np.maximum.accumulate(out, axis=-1)  # conformal shifts may cross: re-sort
+
+
+def _levels_at(out_hq: np.ndarray, trained: Sequence[float], wanted: Sequence[float]) -> dict[float, np.ndarray]:
+    """Requested levels from the trained ones by linear interpolation across
+    levels; outside the trained range, the outermost level (no extrapolation)."""
+    tr = np.asarray(trained)
+    res = {}
+    for q in wanted:
+        if q <= tr[0]:
+            res[float(q)] = out_hq[..., 0]
+        elif q >= tr[-1]:
+            res[float(q)] = out_hq[..., -1]
+        else:
+            k = int(np.searchsorted(tr, q, side="right")) - 1
+            if tr[k] == q:
+                res[float(q)] = out_hq[..., k]
+            else:
+                w = (q - tr[k]) / (tr[k + 1] - tr[k])
+                res[float(q)] = out_hq[..., k] * (1 - w) + out_hq[..., k + 1] * w
+    return res
+
+
+def _digest(parts: Mapping[str, Any], state_dict) -> str:
+    h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
+    for k in sorted(state_dict):
+        h.update(k.encode())
+        h.update(state_dict[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def _split(origins: np.ndarray, cfg: LSTMParams) -> tuple[np.ndarray, np.ndarray]:
+    """Time-ordered split: the last ``val_fraction`` of origins validate;
+    training origins end ``horizon`` steps before the first validation
+    origin, so no training target lies in the validation period."""
+    if origins.size == 0:
+        return origins, origins
+    n_val = max(1, int(round(origins.size * cfg.val_fraction)))
+    cut = origins[-n_val]
+    return origins[origins < cut - cfg.horizon], origins[origins >= cut]
+
+
+def _read_checkpoint(path: str | Path) -> dict[str, Any]:
+    torch = _torch()
+    try:
+        ck = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ForecastError(f"{path}: not a readable lstm checkpoint ({exc})") from exc
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise ForecastError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
+    return ck
+
+
+def _grid_ahead(name: str, last: int, start: datetime, step: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    t0 = to_epoch(start)
+    if last > t0:
+        raise ForecastError(f"{name}: history ends after the forecast start ({last} > {t0}): look-ahead")
+    ts = (t0 // step) * step + step * np.arange(1, horizon + 1, dtype=np.int64)
+    return ts, ((ts - last) // step).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------- per target
+class LSTMForecaster(BaseForecaster):
+    """One network per target. ``fit(history, covariates=None)``: the engine
+    passes the extra metrics named in ``params.covariates`` as a mapping of
+    name to Series (resampled to the target's grid, NaN for gaps); ``update``
+    takes them the same way. ``init_from`` (a checkpoint path or a fitted
+    :class:`GlobalLSTM`) starts from that model's weights and architecture."""
+
+    name = "lstm"
+    Params = LSTMParams
+
+    def __init__(self, params: LSTMParams | Mapping[str, Any] | None = None, *,
+                 init_from: "str | Path | GlobalLSTM | LSTMForecaster | None" = None, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        self._source: dict[str, Any] | None = None
+        if init_from is not None:
+            self._source = _source_from(init_from)
+            arch = LSTMParams.model_validate_json(self._source["params"])
+            if arch.covariates:
+                raise ForecastError("lstm: init_from a model with covariates is not supported")
+            if self.params.covariates:
+                raise ForecastError("lstm: init_from cannot be combined with covariates "
+                                    f"{list(self.params.covariates)}")
+            self.params = self.params.model_copy(update={k: getattr(arch, k) for k in _ARCH_FIELDS})
+        self._net = None
+        self._scaler: RobustScaler | None = None
+        self._cov_scalers: dict[str, RobustScaler] = {}
+        self._cov_history: dict[str, Series] = {}
+        self._offsets: np.ndarray | None = None
+        self.metrics: dict[str, Any] = {}
+        self._digest: str | None = None
+        self._window: tuple[int, int] | None = None
+        self._device = None
+
+    # -------------------------------------------------------------- contract
+    @property
+    def min_history(self) -> int:
+        p = self.params
+        if self._source is not None:
+            return p.lookback  # one input window; the source model does the rest
+        return p.lookback + p.horizon + p.min_train_windows
+
+    @property
+    def version(self) -> str:
+        if self._digest is None:
+            return f"{self.name}:unfitted"
+        return f"{self.name}:{self._digest}"
+
+    def fit(self, history: Series, covariates: Mapping[str, Series] | None = None) -> None:
+        self._cov_history = self._check_covariates(covariates, "fit")
+        super().fit(history)
+
+    def update(self, history: Series, covariates: Mapping[str, Series] | None = None) -> None:
+        if covariates:
+            new = self._check_covariates(covariates, "update")
+            self._cov_history = {k: Series.concat(self._cov_history[k], v) if k in self._cov_history
+                                 else v for k, v in new.items()}
+        super().update(history)
+
+    def _check_covariates(self, covariates: Mapping[str, Series] | None, verb: str) -> dict[str, Series]:
+        want = list(self.params.covariates)
+        got = dict(covariates or {})
+        missing = [k for k in want if k not in got]
+        extra = [k for k in got if k not in want]
+        if missing and (verb == "fit" or len(missing) < len(want)):
+            raise ForecastError(f"lstm: {verb}() is missing covariates {missing} named in params.covariates")
+        if extra:
+            raise ForecastError(f"lstm: covariates {extra} are not in params.covariates {want}")
+        return got
+
+    def _aligned_covs(self, ts: np.ndarray) -> list[np.ndarray]:
+        out = []
+        for k in self.params.covariates:
+            c = self._cov_history[k]
+            arr = np.full(ts.size, np.nan)
+            i = np.searchsorted(c.timestamps, ts)
+            ok = i < len(c)
+            ok[ok] = c.timestamps[i[ok]] == ts[ok]
+            arr[ok] = c.values[i[ok]]
+            out.append(arr)
+        return out
+
+    def _fit(self, history: Series) -> None:
+        _torch()  # fail early with the install hint
+        p = self.params
+        assert self.step is not None
+        h = history.tail(p.max_train_steps)
+        y, ts = h.values, h.timestamps
+        self._scaler = RobustScaler.fit(y)
+        covs = self._aligned_covs(ts)
+        self._cov_scalers = {k: RobustScaler.fit(c) if np.isfinite(c).any() else RobustScaler(0.0, 1.0)
+                             for k, c in zip(p.covariates, covs)}
+        cov_pairs = [(c, self._cov_scalers[k]) for k, c in zip(p.covariates, covs)]
+        device = _resolve_device(p.device)
+        origins = training_origins(y, p)
+        with _Deterministic(p.seed):
+            net = _build_net(p)
+            if self._source is not None:
+                net.load_state_dict(self._source["state_dict"])
+            tr_o, va_o = _split(origins, p)
+            epochs = p.finetune_epochs if self._source is not None else p.epochs
+            if self._source is None and tr_o.size < p.min_train_windows:
+                raise InsufficientHistory(int(tr_o.size), p.min_train_windows,
+                                          "lstm (training windows after the validation split)")
+            if tr_o.size == 0 or va_o.size == 0 or epochs == 0:
+                net.to(device).eval()
+                self._offsets = (np.asarray(self._source["offsets"]) if self._source is not None
+                                 and self._source.get("offsets") is not None else None)
+                self.metrics = {"finetuned": False, "train_windows": int(tr_o.size),
+                                "source": self._source["version"] if self._source else None}
+            else:
+                tr = _Data(*build_features(y, ts, tr_o, self._scaler, self.step, p, cov_pairs,
+                                           with_targets=True)[:3])
+                va = _Data(*build_features(y, ts, va_o, self._scaler, self.step, p, cov_pairs,
+                                           with_targets=True)[:3])
+                self.metrics = _train(net, p, tr, va, device, epochs)
+                self.metrics["finetuned"] = self._source is not None
+                if self._source is not None:
+                    self.metrics["source"] = self._source["version"]
+                self._offsets = None
+                if p.calibrate:
+                    self._offsets = _conformal(_infer(net, va.seq, va.head, device), va.target, p.quantiles)
+        self._net = net
+        self._device = device
+        self._window = (int(ts[0]), int(ts[-1]))
+        self._digest = _digest(self._checkpoint_meta(), net.state_dict())
+
+    def _predict(self, ahead: np.ndarray, quantiles: Sequence[float]):
+        p = self.params
+        assert self._history is not None and self.step is not None and self._scaler is not None
+        if int(ahead.max()) > p.horizon:
+            raise ForecastError(
+                f"lstm: trained for a horizon of {p.horizon} steps, asked for {int(ahead.max())} "
+                "(the history is stale or the policy's horizon is longer than params.horizon)"
+            )
+        need = max(p.lookback, _season_steps(self.step) + 1 if p.seasonal_lag else 0)
+        h = self._history.tail(need)
+        covs = [(c, self._cov_scalers[k]) for k, c in zip(p.covariates, self._aligned_covs(h.timestamps))]
+        seq, head, _, base = build_features(h.values, h.timestamps, np.array([len(h) - 1]),
+                                            self._scaler, self.step, p, covs)
+        out = _apply_offsets(_infer(self._net, seq, head, self._device), self._offsets)[0]  # (H, Q)
+        vals = base[0] + out * self._scaler.scale
+        sel = vals[ahead - 1]
+        levels = _levels_at(sel, p.quantiles, list(quantiles) + [0.5])
+        return levels[0.5], {q: levels[q] for q in quantiles}
+
+    # ----------------------------------------------------------- checkpoints
+    def _checkpoint_meta(self) -> dict[str, Any]:
+        assert self._scaler is not None and self._window is not None
+        return {
+            "params": self.params.model_dump_json(),
+            "step": self.step,
+            "scaler": self._scaler.to_dict(),
+            "cov_scalers": {k: v.to_dict() for k, v in self._cov_scalers.items()},
+            "window": {"first": self._window[0], "last": self._window[1]},
+            "metrics": self.metrics,
+            "offsets": None if self._offsets is None else self._offsets.tolist(),
+        }
+
+    def _checkpoint(self) -> dict[str, Any]:
+        if self._net is None or self._history is None:
+            raise ForecastError("lstm: save() before fit()")
+        need = max(self.params.lookback, _season_steps(self.step) + 1 if self.params.seasonal_lag else 0)
+        tail = self._history.tail(need)
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "kind": "single",
+            **self._checkpoint_meta(),
+            "digest": self._digest,
+            "fit_count": self._fit_count,
+            "state_dict": {k: v.detach().cpu() for k, v in self._net.state_dict().items()},
+            "history": {"timestamps": tail.timestamps.tolist(), "values": tail.values.tolist(),
+                        "name": tail.name},
+            "cov_history": {k: {"timestamps": v.tail(need).timestamps.tolist(),
+                                "values": v.tail(need).values.tolist()}
+                            for k, v in self._cov_history.items()},
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write a checkpoint: params, step, scaler, training window, metrics,
+        conformal offsets, the weights, and the recent history the next
+        forecast needs (so a restarted daemon forecasts before its next fit).
+        The file is a torch checkpoint readable with ``weights_only=True``."""
+        Path(path).write_bytes(_dump(self._checkpoint()))
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> "LSTMForecaster":
+        """Rebuild a fitted forecaster from :meth:`save` without retraining."""
+        ck = _read_checkpoint(path)
+        if ck.get("kind") != "single":
+            raise ForecastError(f"{path} holds a global lstm model; use GlobalLSTM.load")
+        params = LSTMParams.model_validate_json(ck["params"])
+        if device is not None:
+            params = params.model_copy(update={"device": device})
+        self = cls(params)
+        self._restore(ck, params)
+        return self
+
+    def _restore(self, ck: dict[str, Any], params: LSTMParams) -> None:
+        self.step = int(ck["step"])
+        self._scaler = RobustScaler(**ck["scaler"])
+        self._cov_scalers = {k: RobustScaler(**v) for k, v in ck["cov_scalers"].items()}
+        self._window = (int(ck["window"]["first"]), int(ck["window"]["last"]))
+        self.metrics = dict(ck["metrics"])
+        self._offsets = None if ck["offsets"] is None else np.asarray(ck["offsets"])
+        net = _build_net(params)
+        net.load_state_dict(ck["state_dict"])
+        self._device = _resolve_device(params.device)
+        self._net = net.to(self._device).eval()
+        hist = ck["history"]
+        self._history = Series(np.asarray(hist["timestamps"], dtype=np.int64),
+                               np.asarray(hist["values"], dtype=np.float64), hist["name"])
+        self._cov_history = {k: Series(np.asarray(v["timestamps"], dtype=np.int64),
+                                       np.asarray(v["values"], dtype=np.float64), k)
+                             for k, v in ck["cov_history"].items()}
+        self._fitted_at_end = self._window[1]
+        self._fit_count = int(ck["fit_count"])
+        self._digest = ck["digest"]
+
+    # pickle / copy.deepcopy go through the checkpoint (the network class is
+    # built at run time and cannot be pickled by reference); the full history
+    # and covariates travel alongside it
+    def __getstate__(self) -> dict[str, Any]:
+        if self._net is None:
+            state = dict(self.__dict__)
+            state["_device"] = None
+            return state
+        return {"_ckpt": _dump(self._checkpoint()), "_full_history": self._history,
+                "_full_covs": self._cov_history, "_source": self._source}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "_ckpt" not in state:
+            self.__dict__.update(state)
+            return
+        torch = _torch()
+        ck = torch.load(io.BytesIO(state["_ckpt"]), map_location="cpu", weights_only=True)
+        params = LSTMParams.model_validate_json(ck["params"])
+        BaseForecaster.__init__(self, params)
+        self._source = state["_source"]
+        self._restore(ck, params)
+        self._history = state["_full_history"]
+        self._cov_history = state["_full_covs"]
+
+
+def _dump(ck: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    _torch().save(ck, buf)
+    return buf.getvalue()
+
+
+def _source_from(init_from: Any) -> dict[str, Any]:
+    """Weights, architecture and conformal offsets of a model to start from."""
+    if isinstance(init_from, (GlobalLSTM, LSTMForecaster)):
+        if init_from._net is None:
+            raise ForecastError("lstm: init_from model is not fitted")
+        return {"params": init_from.params.model_dump_json(),
+                "state_dict": {k: v.detach().cpu().clone() for k, v in init_from._net.state_dict().items()},
+                "offsets": None if init_from._offsets is None else init_from._offsets.tolist(),
+                "version": init_from.version}
+    ck = _read_checkpoint(init_from)
+    return {"params": ck["params"], "state_dict": ck["state_dict"], "offsets": ck["offsets"],
+            "version": f"lstm:{ck['digest']}"}
+
+
+# ---------------------------------------------------------------------------- global
+class GlobalLSTM:
+    """One network trained across many series (each scaled by its own robust
+    scaler), forecasting any number of series in one batched call.
+
+    >>> g = GlobalLSTM({"epochs": 20}).fit({"web": s1, "api": s2})
+    >>> fcs = g.predict_many({"web": s1_now, "api": s2_now, "new": s3}, now, 12, (0.5, 0.9))
+
+    A series the model was not trained on is scaled by a scaler fitted on
+    the history passed to ``predict_many`` (its last ``max_train_steps``).
+    Covariates are not supported in global mode.
+    """
+
+    name = "lstm-global"
+    Params = LSTMParams
+
+    def __init__(self, params: LSTMParams | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        if params is None or isinstance(params, Mapping):
+            params = LSTMParams(**{**dict(params or {}), **kwargs})
+        if params.covariates:
+            raise ForecastError("lstm global mode does not take covariates "
+                                f"(params.covariates = {list(params.covariates)})")
+        self.params = params
+        self.scalers: dict[str, RobustScaler] = {}
+        self.windows: dict[str, tuple[int, int]] = {}
+        self.metrics: dict[str, Any] = {}
+        self._net = None
+        self._offsets: np.ndarray | None = None
+        self._digest: str | None = None
+        self._device = None
+
+    @property
+    def version(self) -> str:
+        return f"{self.name}:{self._digest}" if self._digest else f"{self.name}:unfitted"
+
+    @property
+    def fitted(self) -> bool:
+        return self._net is not None
+
+    def fit(self, series: Mapping[str, Series] | Sequence[Series]) -> "GlobalLSTM":
+        p = self.params
+        named = _named(series)
+        seqs, heads, tgts, vseqs, vheads, vtgts = [], [], [], [], [], []
+        skipped: dict[str, str] = {}
+        for key, s in named.items():
+            s = s.tail(p.max_train_steps)
+            step = _step_of(s)
+            o = training_origins(s.values, p) if step else np.zeros(0, dtype=np.int64)
+            tr_o, va_o = _split(o, p)
+            if tr_o.size == 0 or va_o.size == 0:
+                skipped[key] = f"too short ({s.n_valid} valid samples)"
+                continue
+            sc = RobustScaler.fit(s.values)
+            self.scalers[key] = sc
+            self.windows[key] = (int(s.timestamps[0]), int(s.timestamps[-1]))
+            for orig, dst in ((tr_o, (seqs, heads, tgts)), (va_o, (vseqs, vheads, vtgts))):
+                a, b, c, _ = build_features(s.values, s.timestamps, orig, sc, step, p, with_targets=True)
+                dst[0].append(a), dst[1].append(b), dst[2].append(c)
+        if not seqs or sum(len(x) for x in seqs) < p.min_train_windows:
+            raise InsufficientHistory(sum(len(x) for x in seqs), p.min_train_windows,
+                                      "lstm global model (training windows)")
+        tr = _Data(np.concatenate(seqs), np.concatenate(heads), np.concatenate(tgts))
+        va = _Data(np.concatenate(vseqs), np.concatenate(vheads), np.concatenate(vtgts))
+        del seqs, heads, tgts
+        device = _resolve_device(p.device)
+        with _Deterministic(p.seed):
+            net = _build_net(p)
+            self.metrics = _train(net, p, tr, va, device, p.epochs)
+            self.metrics.update(series=len(self.scalers), skipped=skipped)
+            self._offsets = (_conformal(_infer(net, va.seq, va.head, device), va.target, p.quantiles)
+                             if p.calibrate else None)
+        self._net, self._device = net, device
+        self._digest = _digest(self._meta(), net.state_dict())
+        return self
+
+    def _meta(self) -> dict[str, Any]:
+        return {"params": self.params.model_dump_json(),
+                "scalers": {k: v.to_dict() for k, v in self.scalers.items()},
+                "windows": {k: list(v) for k, v in self.windows.items()},
+                "metrics": self.metrics,
+                "offsets": None if self._offsets is None else self._offsets.tolist()}
+
+    def predict_many(self, histories: Mapping[str, Series], start: datetime, horizon: int,
+                     quantiles: Sequence[float] = (0.5, 0.9), *,
+                     errors: dict[str, str] | None = None) -> dict[str, Forecast]:
+        """Forecast every series in ``histories`` at ``start`` with one
+        batched forward pass. A series that cannot be forecast (too short,
+        stale beyond the horizon) raises, unless ``errors`` is given: then it
+        is left out of the result and its reason recorded there."""
+        if self._net is None:
+            raise ForecastError("lstm global: predict_many() before fit()")
+        p = self.params
+        if horizon < 1:
+            raise ForecastError(f"lstm global: horizon must be >= 1, got {horizon}")
+        levels = sorted({float(q) for q in quantiles})
+        for q in levels:
+            if not 0.0 < q < 1.0:
+                raise ForecastError(f"lstm global: quantile {q} is not in (0, 1)")
+        rows: list[tuple[str, np.ndarray, np.ndarray, float, float]] = []
+        seqs, heads = [], []
+        for key, s in histories.items():
+            try:
+                step = _step_of(s)
+                if step is None or s.n_valid < 1 or len(s) < 2:
+                    raise InsufficientHistory(s.n_valid, p.lookback, f"lstm global ({key})")
+                ts, ahead = _grid_ahead(f"lstm global ({key})", int(s.timestamps[-1]), start, step, horizon)
+                if int(ahead.max()) > p.horizon:
+                    raise ForecastError(f"lstm global ({key}): trained for {p.horizon} steps ahead, "
+                                        f"asked for {int(ahead.max())}")
+                sc = self.scalers.get(key) or RobustScaler.fit(s.values[-p.max_train_steps:])
+                need = max(p.lookback, _season_steps(step) + 1 if p.seasonal_lag else 0)
+                h = s.tail(need)
+                a, b, _, base = build_features(h.values, h.timestamps, np.array([len(h) - 1]), sc, step, p)
+            except ForecastError as exc:
+                if errors is None:
+                    raise
+                errors[key] = str(exc)
+                continue
+            seqs.append(a), heads.append(b)
+            rows.append((key, ts, ahead, float(base[0]), sc.scale))
+        if not rows:
+            return {}
+        out = _apply_offsets(_infer(self._net, np.concatenate(seqs), np.concatenate(heads), self._device),
+                             self._offsets)
+        result: dict[str, Forecast] = {}
+        version = self.version
+        for i, (key, ts, ahead, base, scale) in enumerate(rows):
+            vals = np.maximum(base + out[i, ahead - 1, :] * scale, 0.0)
+            lv = _levels_at(vals, p.quantiles, levels + [0.5])
+            result[key] = Forecast(made_at=start, timestamps=ts, point=lv[0.5],
+                                   quantiles={q: lv[q] for q in levels}, model=self.name,
+                                   model_version=version)
+        return result
+
+    def save(self, path: str | Path) -> None:
+        if self._net is None:
+            raise ForecastError("lstm global: save() before fit()")
+        ck = {"format": CHECKPOINT_FORMAT, "kind": "global", **self._meta(), "digest": self._digest,
+              "state_dict": {k: v.detach().cpu() for k, v in self._net.state_dict().items()}}
+        Path(path).write_bytes(_dump(ck))
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> "GlobalLSTM":
+        ck = _read_checkpoint(path)
+        if ck.get("kind") != "global":
+            raise ForecastError(f"{path} holds a per-target lstm model; use LSTMForecaster.load")
+        params = LSTMParams.model_validate_json(ck["params"])
+        if device is not None:
+            params = params.model_copy(update={"device": device})
+        self = cls(params)
+        self.scalers = {k: RobustScaler(**v) for k, v in ck["scalers"].items()}
+        self.windows = {k: (int(v[0]), int(v[1])) for k, v in ck["windows"].items()}
+        self.metrics = dict(ck["metrics"])
+        self._offsets = None if ck["offsets"] is None else np.asarray(ck["offsets"])
+        net = _build_net(params)
+        net.load_state_dict(ck["state_dict"])
+        self._device = _resolve_device(params.device)
+        self._net = net.to(self._device).eval()
+        self._digest = ck["digest"]
+        return self
+
+
+def _named(series: Mapping[str, Series] | Sequence[Series]) -> dict[str, Series]:
+    if isinstance(series, Mapping):
+        return dict(series)
+    out: dict[str, Series] = {}
+    for i, s in enumerate(series):
+        key = s.name or f"series{i}"
+        if key in out:
+            key = f"{key}#{i}"
+        out[key] = s
+    return out
+
+
+def _step_of(s: Series) -> int | None:
+    st = s.step()
+    if st is None or st.total_seconds() <= 0:
+        return None
+    return int(round(st.total_seconds()))
+
+
+__all__ = ["GlobalLSTM", "LSTMForecaster", "LSTMParams", "RobustScaler", "build_features"]
