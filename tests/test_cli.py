@@ -93,14 +93,17 @@ def test_missing_file_is_one_clear_line(tmp_path):
 
 
 def test_once_runs_a_cycle_and_logs_it(tmp_path):
+    import time
+
     trace = tmp_path / "t.csv"
-    rows = "".join(f"{1_700_000_000 + 300 * i},{10 + (i % 12)}\n" for i in range(400))
+    end = int(time.time()) // 300 * 300  # a trace that ends now, as a live source would
+    rows = "".join(f"{end - 300 * (399 - i)},{10 + (i % 12)}\n" for i in range(400))
     trace.write_text("timestamp,value\n" + rows)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"state: {tmp_path / 's.db'}\n"
                    "targets:\n  - name: web\n    mode: dry-run\n"
                    f"    source: {{type: csv, path: {trace}}}\n"
-                   "    policy: {capacity_per_replica: 2, max_staleness: 100000d}\n")
+                   "    policy: {capacity_per_replica: 2}\n")
     r = forescale("once", "--config", str(cfg), "-v")
     assert r.returncode == 0, r.stderr + r.stdout
     assert "web" in r.stdout and "bounds" in r.stdout
