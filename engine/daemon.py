@@ -67,7 +67,7 @@ class TargetWorker:
     def _build(self, target: TargetConfig) -> LiveTarget:
         d = self.daemon
         return LiveTarget(target, source=d.build_source(target, d.config), store=self.store,
-                          actuator=d.build_actuator(target))
+                          actuator=d.build_actuator(target, d.config))
 
     @property
     def busy(self) -> bool:
@@ -172,7 +172,7 @@ class Daemon:
     def __init__(self, config_path: str | Path, *, clock: Clock | None = None,
                  on_result: Callable[[CycleResult], None] | None = None, metrics: Any = None,
                  build_source: Callable[[TargetConfig, Config], Any] = default_build_source,
-                 build_actuator: Callable[[TargetConfig], Any] = default_build_actuator,
+                 build_actuator: Callable[[TargetConfig, Config], Any] = default_build_actuator,
                  monotonic: Monotonic = time.monotonic, rng: random.Random | None = None) -> None:
         self.config_path = Path(config_path)
         self.config: Config = load_config(self.config_path)
@@ -284,7 +284,7 @@ class Daemon:
                 w = self.workers.get(t.name)
                 if w is None or w.target != t:
                     self.build_source(t, new)
-                    self.build_actuator(t)
+                    self.build_actuator(t, new)
         except Exception as exc:  # noqa: BLE001
             log.error("config reload rejected, keeping the running config: %s: %s", type(exc).__name__, exc)
             return False
