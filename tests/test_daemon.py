@@ -52,7 +52,7 @@ def make_daemon(cfg: Path, *, sources=None, platforms=None, **kw):
             sources[t.name] = FlakySource(build_source(t, config))
         return sources[t.name]
 
-    def bactuator(t):
+    def bactuator(t, c=None):
         return platforms.setdefault(t.name, Platform(capacity=5))
 
     results = []
@@ -421,7 +421,7 @@ def test_a_reload_whose_plugins_cannot_be_built_is_rejected(tmp_path, trace):
 
     path = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe")])
 
-    def bactuator(t):
+    def bactuator(t, c=None):
         if t.name == "boom":
             raise PluginError("actuator 'aws-asg' needs the aws extra: pip install 'forescale[aws]'")
         return Platform(capacity=5)

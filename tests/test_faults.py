@@ -252,7 +252,7 @@ def test_a_hanging_actuator_is_abandoned_by_the_daemon_and_its_outcome_kept(tmp_
     mono = [1000.0]
     results, metrics = [], EngineMetrics()
     d = Daemon(cfg, clock=ManualClock(HIGH), monotonic=lambda: mono[0], metrics=metrics,
-               build_actuator=lambda t: platform, on_result=results.append)
+               build_actuator=lambda t, c: platform, on_result=results.append)
     try:
         d.tick()
         assert entered.wait(5)
@@ -450,7 +450,7 @@ def test_prometheus_faults_through_the_daemon(prom):
     platform = Platform(capacity=5)
     clock, mono, metrics, results = ManualClock(HIGH - 2 * STEP), [1000.0], EngineMetrics(), []
     d = Daemon(cfg, clock=clock, monotonic=lambda: mono[0], metrics=metrics,
-               build_actuator=lambda t: platform, on_result=results.append)
+               build_actuator=lambda t, c: platform, on_result=results.append)
     d.workers["web"].live.source._sleep = lambda s: None  # no real backoff waits
 
     def cycle():
