@@ -193,7 +193,11 @@ def parse_config(data: Any, *, base_dir: Path | None = None, source: str = "<con
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the file must hold a mapping with a 'targets' list")
     try:
-        cfg = Config(**data, base_dir=base_dir)
+        # model_validate, not Config(**data): a non-string key or a stray
+        # base_dir in the file must be a validation error, not a TypeError
+        if "base_dir" in data:  # set from the file's location, never by the file
+            raise ConfigError("invalid configuration:\n  base_dir: unknown field (check the spelling)")
+        cfg = Config.model_validate({**data, "base_dir": base_dir})
     except ValidationError as exc:
         lines = format_validation_error(exc)
         # pydantic also reports "too short" for a list whose items all failed
