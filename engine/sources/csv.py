@@ -53,6 +53,21 @@ def _parse_timestamp(cell: str) -> int:
         raise ValueError(f"unparsable timestamp {c!r}") from exc
 
 
+def _undecodable_line(source: str | Path | io.TextIOBase, label: str) -> str:
+    """``file:line`` of the first byte that is not UTF-8 (the decoder reads
+    ahead in chunks, so the reader's own line count may be short of it)."""
+    if not isinstance(source, (str, Path)):
+        return label
+    try:
+        Path(source).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        return f"{label}:{line}"
+    except OSError:
+        pass
+    return label
+
+
 def read_csv(source: str | Path | io.TextIOBase, *, timestamp_column: str = "timestamp",
              value_column: str = "value", name: str | None = None) -> Series:
     """Read a ``timestamp,value`` CSV into a :class:`Series` (see module doc)."""
@@ -61,44 +76,47 @@ def read_csv(source: str | Path | io.TextIOBase, *, timestamp_column: str = "tim
         fh = open(source, newline="", encoding="utf-8") if isinstance(source, (str, Path)) else source
     except OSError as exc:
         raise DataError(f"cannot open: {exc.strerror}", label) from exc
-    with fh:
-        reader = csv.reader(fh)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise DataError("empty file (expected a header 'timestamp,value')", label) from None
-        header = [h.strip().lstrip("\ufeff") for h in header]
-        try:
-            ti, vi = header.index(timestamp_column), header.index(value_column)
-        except ValueError:
-            raise DataError(
-                f"header {header} lacks the columns {timestamp_column!r} and {value_column!r}",
-                f"{label}:1") from None
-        ts: list[int] = []
-        vs: list[float] = []
-        for lineno, row in enumerate(reader, start=2):
-            if not row or all(not c.strip() for c in row):
-                continue
-            if len(row) <= max(ti, vi):
-                raise DataError(f"expected {len(header)} columns, got {len(row)}: {row}", f"{label}:{lineno}")
+    ts: list[int] = []
+    vs: list[float] = []
+    try:
+        with fh:
+            reader = csv.reader(fh)
             try:
-                t = _parse_timestamp(row[ti])
-            except ValueError as exc:
-                raise DataError(str(exc), f"{label}:{lineno}") from None
-            cell = row[vi].strip()
-            if cell == "" or cell.lower() in ("nan", "null", "none"):
-                v = float("nan")
-            else:
+                header = next(reader)
+            except StopIteration:
+                raise DataError("empty file (expected a header 'timestamp,value')", label) from None
+            header = [h.strip().lstrip("\ufeff") for h in header]
+            try:
+                ti, vi = header.index(timestamp_column), header.index(value_column)
+            except ValueError:
+                raise DataError(
+                    f"header {header} lacks the columns {timestamp_column!r} and {value_column!r}",
+                    f"{label}:1") from None
+            for lineno, row in enumerate(reader, start=2):
+                if not row or all(not c.strip() for c in row):
+                    continue
+                if len(row) <= max(ti, vi):
+                    raise DataError(f"expected {len(header)} columns, got {len(row)}: {row}", f"{label}:{lineno}")
                 try:
-                    v = float(cell)
-                except ValueError:
-                    raise DataError(f"value {cell!r} is not a number", f"{label}:{lineno}") from None
-                if np.isinf(v):
-                    raise DataError(f"value {cell!r} is infinite", f"{label}:{lineno}")
-                if v < 0:
-                    raise DataError(f"value {cell} is negative (demand cannot be)", f"{label}:{lineno}")
-            ts.append(t)
-            vs.append(v)
+                    t = _parse_timestamp(row[ti])
+                except ValueError as exc:
+                    raise DataError(str(exc), f"{label}:{lineno}") from None
+                cell = row[vi].strip()
+                if cell == "" or cell.lower() in ("nan", "null", "none"):
+                    v = float("nan")
+                else:
+                    try:
+                        v = float(cell)
+                    except ValueError:
+                        raise DataError(f"value {cell!r} is not a number", f"{label}:{lineno}") from None
+                    if np.isinf(v):
+                        raise DataError(f"value {cell!r} is infinite", f"{label}:{lineno}")
+                    if v < 0:
+                        raise DataError(f"value {cell} is negative (demand cannot be)", f"{label}:{lineno}")
+                ts.append(t)
+                vs.append(v)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text ({exc.reason})", _undecodable_line(source, label)) from None
     if not ts:
         raise DataError("no data rows", label)
     t_arr = np.asarray(ts, dtype=np.int64)
