@@ -16,7 +16,6 @@ import pytest
 
 from engine.types import Action, Decision, Forecast, Observation, ScaleEvent, ScalingState
 from policies import PolicyConfig, decide
-from policies.config import Rung
 
 NOW = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
 T0 = int(NOW.timestamp())
