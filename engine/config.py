@@ -29,6 +29,24 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class QualityGate(_Model):
+    """Stop trusting a forecaster whose live error is too high.
+
+    The engine runs the ``fallbacks`` beside the configured model (in shadow:
+    forecasts logged in memory, never acted on), measures each one's live
+    MASE at the policy's lead time over ``window`` (mean absolute error of
+    the point forecast / the in-sample MAE of the one-day seasonal naive),
+    and while the configured model's error exceeds ``bound`` uses the first
+    fallback within it — or none (reactive) if none is. Each decision records
+    the gate's choice, the errors and the reason.
+    """
+
+    bound: float = Field(gt=0.0)
+    fallbacks: tuple[str, ...] = ("persistence",)
+    window: Duration = timedelta(days=1)
+    min_samples: int = Field(24, ge=1)
+
+
 class ForecasterConfig(_Model):
     name: str = "seasonal_persistence"
     params: dict[str, Any] = Field(default_factory=dict)
@@ -40,6 +58,8 @@ class ForecasterConfig(_Model):
     quantiles: tuple[float, ...] = (0.5, 0.9)
     #: forecast steps beyond lead_time + hold (extra points for dashboards)
     extra_horizon: Duration = timedelta(0)
+    #: switch model (or to reactive) when the live error exceeds a bound
+    quality_gate: QualityGate | None = None
 
     @field_validator("quantiles")
     @classmethod
@@ -216,6 +236,12 @@ def parse_config(data: Any, *, base_dir: Path | None = None, source: str = "<con
             errors.append(f"{p}.forecaster.name: {exc}")
         except ValidationError as exc:
             errors.extend(format_validation_error(exc, f"{p}.forecaster.params"))
+        if t.forecaster.quality_gate is not None:
+            for j, name in enumerate(t.forecaster.quality_gate.fallbacks):
+                try:
+                    forecasters.get(name)
+                except PluginError as exc:
+                    errors.append(f"{p}.forecaster.quality_gate.fallbacks[{j}]: {exc}")
     if errors:
         raise ConfigError(_join(errors))
     return cfg

@@ -37,13 +37,14 @@ import numpy as np
 
 from actuators.dryrun import DryRunActuator
 from forecasters import Forecaster, create as create_forecaster
+from forecasters.quality import gate, live_mase
 from policies import decide, history_to_keep
 
 from .config import TargetConfig
 from .errors import (
-    ActuatorError, ForecastError, MetricSourceError, PlanError, StateError,
+    ActuatorError, ForecastError, MetricSourceError, StateError,
 )
-from .feedback import Feedback, MemoryFeedback, StoreFeedback
+from .feedback import Feedback, MemoryFeedback, StoreFeedback, seasonal_naive_scale
 from .types import Decision, Forecast, Observation, Plan, PlanStatus, ScaleEvent, ScalingState, Series
 from .units import from_epoch, isoformat, parse_time, to_epoch
 
@@ -58,6 +59,18 @@ class CycleOutcome:
     state: ScalingState  # the state decide() saw (observation, headroom filled in)
 
 
+class _Slot:
+    """One forecaster the runner keeps fitted: the configured model, or a
+    quality-gate fallback running in shadow. ``tracker`` holds its own
+    predicted-vs-actual pairs at the policy's lead time (its live error)."""
+
+    def __init__(self, name: str, forecaster: Forecaster | None, horizons_s: tuple[int, int]) -> None:
+        self.name = name
+        self.forecaster = forecaster
+        self.last_fit: datetime | None = None
+        self.tracker = MemoryFeedback(horizons_s)
+
+
 class TargetRunner:
     """Forecaster upkeep + forecast + decide, for one target."""
 
@@ -67,43 +80,101 @@ class TargetRunner:
         self.policy = target.policy
         if forecaster is None and target.policy.kind == "predictive":
             forecaster = create_forecaster(target.forecaster.name, target.forecaster.params)
-        self.forecaster = forecaster
-        self.last_fit: datetime | None = None
         self.interval_s = int(target.interval.total_seconds())
         lead = self.policy.lead_time
         self.horizons_s = (int(lead.total_seconds()), int((lead + self.policy.hold).total_seconds()))
+        self.primary = _Slot(target.forecaster.name, forecaster, self.horizons_s)
+        self.shadows: list[_Slot] = []
+        gate_cfg = target.forecaster.quality_gate
+        if gate_cfg is not None and forecaster is not None:
+            self.shadows = [_Slot(n, create_forecaster(n), self.horizons_s)
+                            for n in gate_cfg.fallbacks if n != target.forecaster.name]
         self.feedback: Feedback = feedback or MemoryFeedback(self.horizons_s)
         self.keep = history_to_keep(self.policy)
+        self._observed_until: int | None = None
+        self._scale: float | None = None  # MASE denominator, refreshed at each refit
 
-    def _maintain(self, history: Series, now: datetime) -> None:
-        assert self.forecaster is not None
+    # the configured model (the daemon carries it across config reloads)
+    @property
+    def forecaster(self) -> Forecaster | None:
+        return self.primary.forecaster
+
+    @forecaster.setter
+    def forecaster(self, value: Forecaster | None) -> None:
+        self.primary.forecaster = value
+
+    @property
+    def last_fit(self) -> datetime | None:
+        return self.primary.last_fit
+
+    @last_fit.setter
+    def last_fit(self, value: datetime | None) -> None:
+        self.primary.last_fit = value
+
+    def _maintain(self, slot: _Slot, history: Series, now: datetime) -> None:
+        assert slot.forecaster is not None
         fc = self.target.forecaster
-        due = self.last_fit is None or now - self.last_fit >= fc.refit_every
+        due = slot.last_fit is None or now - slot.last_fit >= fc.refit_every
         if due:
             window = history.since(to_epoch(now - fc.history))
-            self.forecaster.fit(window)
-            self.last_fit = now
+            slot.forecaster.fit(window)
+            slot.last_fit = now
+            if slot is self.primary:
+                self._scale = seasonal_naive_scale(window)
         else:
-            self.forecaster.update(history)
+            slot.forecaster.update(history)
 
-    def forecast(self, history: Series, now: datetime) -> tuple[Forecast | None, str | None]:
+    def forecast(self, history: Series, now: datetime, slot: _Slot | None = None) -> tuple[Forecast | None, str | None]:
         """Fit or update, then predict. Never raises: a failure becomes the
         reason the policy falls back."""
-        if self.forecaster is None:
+        slot = slot or self.primary
+        if slot.forecaster is None:
             return None, None
         try:
             if history.n_valid == 0:
                 raise ForecastError("no valid observations in the history")
-            self._maintain(history, now)
-            fc = self.forecaster.predict(now, self.target.horizon_steps, self.target.forecaster.quantiles)
+            self._maintain(slot, history, now)
+            fc = slot.forecaster.predict(now, self.target.horizon_steps, self.target.forecaster.quantiles)
             return fc, None
         except ForecastError as exc:
             return None, f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # a model bug must not stop the loop
-            log.warning("forecaster %s failed: %s", self.target.forecaster.name,
+            log.warning("forecaster %s failed: %s", slot.name,
                         "".join(traceback.format_exception_only(exc)).strip())
-            self.last_fit = None  # refit next cycle
+            slot.last_fit = None  # refit next cycle
             return None, f"{type(exc).__name__}: {exc}"
+
+    def _live_error(self, slot: _Slot, now: datetime) -> float | None:
+        gate_cfg = self.target.forecaster.quality_gate
+        assert gate_cfg is not None
+        a, p = slot.tracker.pairs(to_epoch(now - gate_cfg.window))
+        if a.size < gate_cfg.min_samples or not self._scale:
+            return None
+        return live_mase(p, a, self._scale)
+
+    def _gate(self, history: Series, now: datetime) -> tuple[Forecast | None, str | None, dict[str, Any]]:
+        """Forecast with every slot and let the quality gate pick one."""
+        gate_cfg = self.target.forecaster.quality_gate
+        assert gate_cfg is not None
+        new = history if self._observed_until is None else history.since(self._observed_until)
+        if len(new):
+            for slot in (self.primary, *self.shadows):
+                slot.tracker.observe(self.target.name, new)
+            self._observed_until = int(history.timestamps[-1])
+        results = {slot.name: self.forecast(history, now, slot) for slot in (self.primary, *self.shadows)}
+        for slot in (self.primary, *self.shadows):
+            fc = results[slot.name][0]
+            if fc is not None:
+                slot.tracker.record(self.target.name, fc)
+        errors = {slot.name: self._live_error(slot, now) for slot in (self.primary, *self.shadows)}
+        order = [self.primary.name] + [s.name for s in self.shadows]
+        choice, reason = gate(errors, gate_cfg.bound, order)
+        info = {"choice": choice, "reason": reason.code, "message": reason.message,
+                "live_mase": {k: None if v is None else round(v, 4) for k, v in errors.items()},
+                "bound": gate_cfg.bound}
+        if choice is None:
+            return None, f"quality gate: {reason.message}", info
+        return (*results[choice], info)
 
     def step(self, history: Series, state: ScalingState, now: datetime) -> CycleOutcome:
         """One decision from a regular history (samples up to ``now``)."""
@@ -119,8 +190,18 @@ class TargetRunner:
             headroom = self.feedback.headroom(self.target.name, now, self.horizons_s, m.conformal_target,
                                               m.conformal_window, m.conformal_min_samples)
         seen = replace(state, observation=obs, headroom=headroom, history_points=history.n_valid)
-        forecast, error = self.forecast(history, now)
+        extra: dict[str, Any] = {}
+        if self.target.forecaster.quality_gate is not None and self.primary.forecaster is not None:
+            forecast, error, extra["quality_gate"] = self._gate(history, now)
+        else:
+            forecast, error = self.forecast(history, now)
         decision = decide(forecast, seen, self.policy, now, target=self.target.name, forecast_error=error)
+        chosen = self.primary.forecaster
+        selection = getattr(chosen, "selection", None)
+        if isinstance(selection, dict) and selection:
+            extra["selection"] = selection  # the auto forecaster's choice and scores
+        if extra:
+            decision = replace(decision, extra={**decision.extra, **extra})
         if forecast is not None:
             self.feedback.record(self.target.name, forecast)
         return CycleOutcome(decision, forecast, error, seen)

@@ -14,7 +14,6 @@ backtest, :class:`StoreFeedback` over the SQLite store for the live loop.
 from __future__ import annotations
 
 import math
-from collections import deque
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -129,6 +128,11 @@ class MemoryFeedback:
             if pts is not None and v == v:
                 for p in pts:
                     self._append(ts, v, p)
+
+    def pairs(self, since: int) -> tuple[np.ndarray, np.ndarray]:
+        """(actual, point) of the pairs whose time is at or after ``since``."""
+        i = int(np.searchsorted(self._ts[: self.n], since, side="left"))
+        return self._a[i: self.n], self._p[i: self.n]
 
     def headroom(self, target: str, now: datetime, horizons_s: tuple[int, int], target_rate: float,
                  window: timedelta, min_samples: int) -> float | None:
