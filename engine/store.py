@@ -179,9 +179,18 @@ class Store:
                             db.execute(stmt)
                     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
+            self._close_quietly()
             raise StateError(f"cannot open the state file {self.path}: {exc}") from exc
+        except StateError:
+            self._close_quietly()
+            raise
 
     # ----------------------------------------------------------------- plumbing
+    def _close_quietly(self) -> None:
+        db = getattr(self, "db", None)
+        if db is not None:
+            db.close()
+
     def close(self) -> None:
         self.unlock()
         self.db.close()
