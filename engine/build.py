@@ -14,15 +14,22 @@ from .sources import registry as sources
 from .store import Store
 
 
-def build_source(target: TargetConfig, config: Config) -> Any:
-    cls = sources.get(target.source.type)
+def build_source(target: TargetConfig, config: Config, covariate: str | None = None) -> Any:
+    """The target's metric source, or (``covariate``) one of its extra metrics."""
+    section = target.source if covariate is None else target.covariates[covariate]
+    typed = target.source_config if covariate is None else target.covariate_configs[covariate]
+    cls = sources.get(section.type)
     kwargs: dict[str, Any] = {}
     params = inspect.signature(cls).parameters
     if "base_dir" in params:
         kwargs["base_dir"] = config.base_dir
     if "interval" in params:  # sources that sample on a step default it to the cycle interval
         kwargs["interval"] = target.interval
-    return cls(target.source_config, **kwargs)
+    return cls(typed, **kwargs)
+
+
+def build_covariates(target: TargetConfig, config: Config) -> dict[str, Any]:
+    return {name: build_source(target, config, name) for name in target.covariates}
 
 
 def build_actuator(target: TargetConfig, config: Config | None = None, **injected: Any) -> Any:
@@ -42,5 +49,6 @@ def build_targets(config: Config, store: Store, names: list[str] | None = None) 
     for t in config.targets:
         if names and t.name not in names:
             continue
-        out.append(LiveTarget(t, source=build_source(t, config), store=store, actuator=build_actuator(t, config)))
+        out.append(LiveTarget(t, source=build_source(t, config), store=store, actuator=build_actuator(t, config),
+                              covariates=build_covariates(t, config)))
     return out

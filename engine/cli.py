@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import sys
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Sequence
 

@@ -86,6 +86,9 @@ class TargetConfig(_Model):
     interval: Duration = timedelta(minutes=5)
     mode: Mode = "dry-run"
     source: PluginSection
+    #: extra metrics for forecasters that take them (the LSTM's
+    #: ``params.covariates``), each a metric source like ``source``
+    covariates: dict[str, PluginSection] = Field(default_factory=dict)
     forecaster: ForecasterConfig = ForecasterConfig()
     policy: PolicyConfig
     actuator: PluginSection = PluginSection(type="dry-run")
@@ -106,6 +109,7 @@ class TargetConfig(_Model):
     # the typed plugin configs, filled in by load_config
     _source: Any = None
     _actuator: Any = None
+    _covariates: Any = None
 
     @property
     def source_config(self) -> Any:
@@ -114,6 +118,10 @@ class TargetConfig(_Model):
     @property
     def actuator_config(self) -> Any:
         return self._actuator
+
+    @property
+    def covariate_configs(self) -> dict[str, Any]:
+        return dict(self._covariates or {})
 
     @property
     def horizon_steps(self) -> int:
@@ -229,6 +237,9 @@ def parse_config(data: Any, *, base_dir: Path | None = None, source: str = "<con
         p = f"targets[{i}]"
         object.__setattr__(t, "_source", _plugin_config(sources, t.source, f"{p}.source", errors))
         object.__setattr__(t, "_actuator", _plugin_config(actuators, t.actuator, f"{p}.actuator", errors))
+        object.__setattr__(t, "_covariates", {
+            name: _plugin_config(sources, sec, f"{p}.covariates.{name}", errors)
+            for name, sec in t.covariates.items()})
         try:
             fcls = forecasters.get(t.forecaster.name)
             fcls.Params(**t.forecaster.params)

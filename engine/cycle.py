@@ -26,6 +26,7 @@ caller):
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 import traceback
@@ -57,6 +58,13 @@ class CycleOutcome:
     forecast: Forecast | None
     forecast_error: str | None
     state: ScalingState  # the state decide() saw (observation, headroom filled in)
+
+
+def _takes_covariates(forecaster: Any) -> bool:
+    try:
+        return "covariates" in inspect.signature(forecaster.fit).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class _Slot:
@@ -111,20 +119,28 @@ class TargetRunner:
     def last_fit(self, value: datetime | None) -> None:
         self.primary.last_fit = value
 
-    def _maintain(self, slot: _Slot, history: Series, now: datetime) -> None:
+    def _maintain(self, slot: _Slot, history: Series, now: datetime,
+                  covariates: dict[str, Series] | None = None) -> None:
         assert slot.forecaster is not None
         fc = self.target.forecaster
         due = slot.last_fit is None or now - slot.last_fit >= fc.refit_every
+        kw: dict[str, Any] = {}
+        if covariates and _takes_covariates(slot.forecaster):
+            kw["covariates"] = covariates
         if due:
-            window = history.since(to_epoch(now - fc.history))
-            slot.forecaster.fit(window)
+            start = to_epoch(now - fc.history)
+            window = history.since(start)
+            if "covariates" in kw:
+                kw["covariates"] = {k: v.since(start) for k, v in covariates.items()}  # type: ignore[union-attr]
+            slot.forecaster.fit(window, **kw)
             slot.last_fit = now
             if slot is self.primary:
                 self._scale = seasonal_naive_scale(window)
         else:
-            slot.forecaster.update(history)
+            slot.forecaster.update(history, **kw)
 
-    def forecast(self, history: Series, now: datetime, slot: _Slot | None = None) -> tuple[Forecast | None, str | None]:
+    def forecast(self, history: Series, now: datetime, slot: _Slot | None = None,
+                 covariates: dict[str, Series] | None = None) -> tuple[Forecast | None, str | None]:
         """Fit or update, then predict. Never raises: a failure becomes the
         reason the policy falls back."""
         slot = slot or self.primary
@@ -133,7 +149,7 @@ class TargetRunner:
         try:
             if history.n_valid == 0:
                 raise ForecastError("no valid observations in the history")
-            self._maintain(slot, history, now)
+            self._maintain(slot, history, now, covariates)
             fc = slot.forecaster.predict(now, self.target.horizon_steps, self.target.forecaster.quantiles)
             return fc, None
         except ForecastError as exc:
@@ -152,7 +168,8 @@ class TargetRunner:
             return None
         return live_mase(p, a, self._scale)
 
-    def _gate(self, history: Series, now: datetime) -> tuple[Forecast | None, str | None, dict[str, Any]]:
+    def _gate(self, history: Series, now: datetime,
+              covariates: dict[str, Series] | None = None) -> tuple[Forecast | None, str | None, dict[str, Any]]:
         """Forecast with every slot and let the quality gate pick one."""
         gate_cfg = self.target.forecaster.quality_gate
         assert gate_cfg is not None
@@ -161,7 +178,8 @@ class TargetRunner:
             for slot in (self.primary, *self.shadows):
                 slot.tracker.observe(self.target.name, new)
             self._observed_until = int(history.timestamps[-1])
-        results = {slot.name: self.forecast(history, now, slot) for slot in (self.primary, *self.shadows)}
+        results = {slot.name: self.forecast(history, now, slot, covariates)
+                   for slot in (self.primary, *self.shadows)}
         for slot in (self.primary, *self.shadows):
             fc = results[slot.name][0]
             if fc is not None:
@@ -176,8 +194,11 @@ class TargetRunner:
             return None, f"quality gate: {reason.message}", info
         return (*results[choice], info)
 
-    def step(self, history: Series, state: ScalingState, now: datetime) -> CycleOutcome:
-        """One decision from a regular history (samples up to ``now``)."""
+    def step(self, history: Series, state: ScalingState, now: datetime,
+             covariates: dict[str, Series] | None = None) -> CycleOutcome:
+        """One decision from a regular history (samples up to ``now``);
+        ``covariates``: extra metrics on the same grid, for forecasters that
+        take them."""
         v = history.values
         if v.size and v[-1] == v[-1]:  # the usual case, without scanning the history
             obs: Observation | None = Observation(float(v[-1]), from_epoch(history.timestamps[-1]))
@@ -192,9 +213,9 @@ class TargetRunner:
         seen = replace(state, observation=obs, headroom=headroom, history_points=history.n_valid)
         extra: dict[str, Any] = {}
         if self.target.forecaster.quality_gate is not None and self.primary.forecaster is not None:
-            forecast, error, extra["quality_gate"] = self._gate(history, now)
+            forecast, error, extra["quality_gate"] = self._gate(history, now, covariates)
         else:
-            forecast, error = self.forecast(history, now)
+            forecast, error = self.forecast(history, now, covariates=covariates)
         decision = decide(forecast, seen, self.policy, now, target=self.target.name, forecast_error=error)
         chosen = self.primary.forecaster
         selection = getattr(chosen, "selection", None)
@@ -235,9 +256,12 @@ class LiveTarget:
     """
 
     def __init__(self, target: TargetConfig, *, source: Any, store: Any, actuator: Any,
-                 forecaster: Forecaster | None = None) -> None:
+                 forecaster: Forecaster | None = None, covariates: dict[str, Any] | None = None) -> None:
         self.target = target
         self.source = source
+        #: extra metric sources by name, and what has been fetched from each
+        self.covariate_sources: dict[str, Any] = dict(covariates or {})
+        self.covariate_history: dict[str, Series] = {}
         self.store = store
         self.actuator = actuator
         self.runner = TargetRunner(target, forecaster=forecaster, feedback=StoreFeedback(store))
@@ -288,6 +312,28 @@ class LiveTarget:
             return (f"metric source: no new samples since {last[0]:%Y-%m-%d %H:%M:%S}Z "
                     f"({now - last[0]} ago, max_staleness {self.target.policy.max_staleness})")
         return None
+
+    def refresh_covariates(self, now: datetime) -> dict[str, str]:
+        """Fetch what is new of each extra metric. A failure is reported but
+        not fatal: the forecaster sees a gap (NaN) there."""
+        errors: dict[str, str] = {}
+        window_start = now - self._history_window()
+        for name, src in self.covariate_sources.items():
+            have = self.covariate_history.get(name)
+            since = have.end if have is not None and len(have) else window_start
+            try:
+                new = src.fetch(since, now).until(now)
+            except Exception as exc:  # noqa: BLE001 - an extra metric must not stop the cycle
+                errors[name] = f"{type(exc).__name__}: {exc}"
+                continue
+            merged = new if have is None else Series.concat(have, new)
+            self.covariate_history[name] = merged.since(to_epoch(window_start))
+        return errors
+
+    def covariates_on_grid(self) -> dict[str, Series] | None:
+        if not self.covariate_sources:
+            return None
+        return {n: s.regular(self.target.interval) for n, s in self.covariate_history.items() if len(s)}
 
     # ------------------------------------------------------------------ state
     def load_state(self, observed: int | None) -> ScalingState:
@@ -385,7 +431,11 @@ class LiveTarget:
         if res.fetch_error:
             out = self._without_fresh_data(history, state, now, res.fetch_error)
         else:
-            out = self.runner.step(history, state, now)
+            if self.covariate_sources:
+                cov_errors = self.refresh_covariates(now)
+                if cov_errors:
+                    res.details["covariate_errors"] = cov_errors
+            out = self.runner.step(history, state, now, self.covariates_on_grid())
         d = out.decision
         res.decision, res.forecast = d, out.forecast
         if out.forecast_error and not res.fetch_error:

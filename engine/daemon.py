@@ -67,7 +67,8 @@ class TargetWorker:
     def _build(self, target: TargetConfig) -> LiveTarget:
         d = self.daemon
         return LiveTarget(target, source=d.build_source(target, d.config), store=self.store,
-                          actuator=d.build_actuator(target, d.config))
+                          actuator=d.build_actuator(target, d.config),
+                          covariates={n: d.build_source(target, d.config, n) for n in target.covariates})
 
     @property
     def busy(self) -> bool:
