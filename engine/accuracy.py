@@ -75,3 +75,23 @@ def plot_accuracy(store: Any, target: str | None, path: str, *, window: timedelt
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def live_accuracy(store: Any, target: Any, now: Any, *, window: timedelta = timedelta(days=1),
+                  upper_level: float = 0.9) -> dict[str, float | None]:
+    """Rolling accuracy at the policy's lead time for the metrics endpoint:
+    ``mae``, ``mape``, ``mase``, ``bias``, ``coverage`` (``None`` where not
+    computable yet)."""
+    lead = target.policy.lead_time
+    lo, hi = int(lead.total_seconds()), int((lead + target.policy.hold).total_seconds())
+    rows = store.forecast_records(target.name, since=now - window, horizon_s=(lo, hi))
+    if not rows:
+        return {}
+    a = np.array([r["actual"] for r in rows], dtype=float)
+    p = np.array([r["point"] for r in rows], dtype=float)
+    up = np.array([_upper(r["quantiles"], upper_level, r["point"]) for r in rows], dtype=float)
+    samples = store.cached_samples(target.name, since=now - window - timedelta(days=1))
+    scale = seasonal_naive_scale(samples.regular(target.interval)) if len(samples) > 2 else None
+    acc = accuracy(a, p, up, scale)
+    return {k: (None if k not in acc or acc[k] != acc[k] else acc[k])
+            for k in ("mae", "mape", "mase", "bias", "coverage")}

@@ -251,6 +251,12 @@ class Daemon:
                     from .types import PlanStatus
 
                     m.set_plans_pending(res.target, len(w.store.plans(res.target, PlanStatus.PENDING)))
+                if w is not None and res.forecast is not None and not res.details.get("timeout"):
+                    from .accuracy import live_accuracy
+
+                    acc = live_accuracy(w.store, w.target, res.now)
+                    if acc:
+                        m.set_accuracy(res.target, acc)
             except Exception:  # noqa: BLE001 - metrics must never break the loop
                 log.exception("metrics update failed")
         if self._on_result is not None:

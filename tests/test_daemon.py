@@ -436,3 +436,28 @@ def test_a_reload_whose_plugins_cannot_be_built_is_rejected(tmp_path, trace):
         assert d.reload() is True and d.workers["web"].target.mode == "auto"
     finally:
         d.shutdown(1)
+
+
+def test_forecast_error_and_coverage_reach_the_metrics_endpoint(tmp_path):
+    # a ramp: persistence lags it by exactly the lead time, so the error is known
+    values = [100.0 + 2 * i for i in range(60)]
+    trace = write_trace(tmp_path / "ramp.csv", values)
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe")])
+    mono, clock, metrics = FakeMono(), ManualClock(NOW), EngineMetrics()
+    d, sources, platforms, results = make_daemon(cfg, monotonic=mono, clock=clock, metrics=metrics)
+    try:
+        for _ in range(8):
+            d.tick()
+            settle(d)
+            mono.t += 300
+            clock.advance(STEP)
+        mae = metrics.registry.get_sample_value("forescale_forecast_error", {"target": "web", "metric": "mae"})
+        bias = metrics.registry.get_sample_value("forescale_forecast_error", {"target": "web", "metric": "bias"})
+        cov = metrics.registry.get_sample_value("forescale_forecast_coverage", {"target": "web"})
+        # lead 5 min + hold 5 min: persistence on a +2/step ramp is 2 (one
+        # step ahead) or 4 (two steps ahead) below the actual
+        assert mae is not None and 2.0 < mae < 4.0
+        assert bias is not None and bias == pytest.approx(-mae)
+        assert cov is not None and 0.0 <= cov <= 1.0
+    finally:
+        d.shutdown(5)
