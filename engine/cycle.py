@@ -26,12 +26,16 @@ caller):
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import logging
+import os
 import time
 import traceback
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -138,6 +142,8 @@ class TargetRunner:
                 self._scale = seasonal_naive_scale(window)
         else:
             slot.forecaster.update(history, **kw)
+            if slot is self.primary and self._scale is None:  # e.g. a model restored from a checkpoint
+                self._scale = seasonal_naive_scale(history.since(to_epoch(now - fc.history)))
 
     def forecast(self, history: Series, now: datetime, slot: _Slot | None = None,
                  covariates: dict[str, Series] | None = None) -> tuple[Forecast | None, str | None]:
@@ -262,6 +268,8 @@ class LiveTarget:
         #: extra metric sources by name, and what has been fetched from each
         self.covariate_sources: dict[str, Any] = dict(covariates or {})
         self.covariate_history: dict[str, Series] = {}
+        self._saved_fit: datetime | None = None
+        self._model_restored = False
         self.store = store
         self.actuator = actuator
         self.runner = TargetRunner(target, forecaster=forecaster, feedback=StoreFeedback(store))
@@ -312,6 +320,61 @@ class LiveTarget:
             return (f"metric source: no new samples since {last[0]:%Y-%m-%d %H:%M:%S}Z "
                     f"({now - last[0]} ago, max_staleness {self.target.policy.max_staleness})")
         return None
+
+    # ------------------------------------------------------------ checkpoints
+    def _model_paths(self) -> tuple[Path, Path] | None:
+        path = getattr(self.store, "path", ":memory:")
+        if not path or path == ":memory:":
+            return None
+        folder = Path(path).parent / (Path(path).name + ".models")
+        return folder / f"{self.target.name}.model", folder / f"{self.target.name}.json"
+
+    def _model_key(self) -> str:
+        """What the saved model must match to be reused: the forecaster
+        section of the config and the interval."""
+        return hashlib.sha256(
+            (self.target.forecaster.model_dump_json() + str(self.target.interval)).encode()).hexdigest()[:16]
+
+    def restore_model(self) -> str | None:
+        """Load the checkpoint of the configured model saved by an earlier
+        run (so a restart does not retrain the LSTM). Returns a note."""
+        paths = self._model_paths()
+        if paths is None or self.runner.forecaster is None or not paths[1].exists():
+            return None
+        model_path, meta_path = paths
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("key") != self._model_key():
+                return "saved model ignored: the forecaster config changed since it was saved"
+            cls = type(self.runner.forecaster)
+            self.runner.forecaster = cls.load(model_path)
+            self.runner.last_fit = from_epoch(meta["last_fit"])
+            self._saved_fit = self.runner.last_fit
+            return f"model {meta.get('version')} restored (fitted {isoformat(self.runner.last_fit)})"
+        except Exception as exc:  # noqa: BLE001 - a bad checkpoint means: fit again
+            log.warning("target %s: saved model not usable, refitting: %s", self.target.name, exc)
+            return f"saved model not usable ({type(exc).__name__}: {exc}); refitting"
+
+    def save_model(self) -> None:
+        """Checkpoint the configured model after each refit (atomically)."""
+        paths = self._model_paths()
+        f, fitted = self.runner.forecaster, self.runner.last_fit
+        if paths is None or f is None or fitted is None or fitted == self._saved_fit:
+            return
+        model_path, meta_path = paths
+        try:
+            model_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = model_path.with_name(model_path.name + ".tmp")
+            f.save(tmp)
+            os.replace(tmp, model_path)
+            meta = {"key": self._model_key(), "name": self.target.forecaster.name,
+                    "version": getattr(f, "version", ""), "last_fit": to_epoch(fitted)}
+            tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
+            tmp_meta.write_text(json.dumps(meta))
+            os.replace(tmp_meta, meta_path)
+            self._saved_fit = fitted
+        except Exception as exc:  # noqa: BLE001 - a failed checkpoint costs a refit, nothing more
+            log.warning("target %s: could not save the model: %s", self.target.name, exc)
 
     def refresh_covariates(self, now: datetime) -> dict[str, str]:
         """Fetch what is new of each extra metric. A failure is reported but
@@ -435,7 +498,13 @@ class LiveTarget:
                 cov_errors = self.refresh_covariates(now)
                 if cov_errors:
                     res.details["covariate_errors"] = cov_errors
+            if not self._model_restored:
+                self._model_restored = True
+                note = self.restore_model()
+                if note:
+                    res.details["model"] = note
             out = self.runner.step(history, state, now, self.covariates_on_grid())
+            self.save_model()
         d = out.decision
         res.decision, res.forecast = d, out.forecast
         if out.forecast_error and not res.fetch_error:
