@@ -195,18 +195,6 @@ def reactive_policy(scenario: Scenario) -> dict[str, Any]:
     }
 
 
-def _view(timestamps: np.ndarray, values: np.ndarray, name: str) -> Series:
-    """A prefix or slice of an already validated regular series, without
-    re-validating it: the slice of a strictly increasing array is strictly
-    increasing, and re-checking the whole prefix every cycle made the replay
-    quadratic in the trace length."""
-    view = object.__new__(Series)
-    object.__setattr__(view, "timestamps", timestamps)
-    object.__setattr__(view, "values", values)
-    object.__setattr__(view, "name", name)
-    return view
-
-
 def simulate(runner: TargetRunner, series: Series, initial: int, k: int,
              progress: Callable[[int, int, Any], None] | None = None) -> PolicyRun:
     """Step ``runner`` through every interval of a regular ``series``."""
@@ -228,11 +216,11 @@ def simulate(runner: TargetRunner, series: Series, initial: int, k: int,
         if math.isnan(d[t]):  # a gap: hold, do not decide
             decided[t] = state.current
             continue
-        runner.feedback.observe(name, _view(ts[t:t + 1], d[t:t + 1], sname))
+        runner.feedback.observe(name, Series.view(ts[t:t + 1], d[t:t + 1], sname))
         now = from_epoch(ts[t])
         state = ScalingState(current=state.current, in_service=serving, recommendations=state.recommendations,
                              events=state.events, smoothed=state.smoothed)
-        out = runner.step(_view(ts[: t + 1], d[: t + 1], sname), state, now)
+        out = runner.step(Series.view(ts[: t + 1], d[: t + 1], sname), state, now)
         dec = out.decision
         fallbacks += dec.fallback
         state = out.state.after(dec, keep=runner.keep, applied=True)

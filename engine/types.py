@@ -48,6 +48,17 @@ class Series:
         object.__setattr__(self, "timestamps", ts)
         object.__setattr__(self, "values", vs)
 
+    @classmethod
+    def view(cls, timestamps: np.ndarray, values: np.ndarray, name: str = "") -> "Series":
+        """A slice of an already validated series, without validating again:
+        a slice of a strictly increasing array is strictly increasing, and
+        re-checking a growing prefix every cycle made replays quadratic."""
+        out = object.__new__(cls)
+        object.__setattr__(out, "timestamps", timestamps)
+        object.__setattr__(out, "values", values)
+        object.__setattr__(out, "name", name)
+        return out
+
     def __len__(self) -> int:
         return int(self.timestamps.size)
 
@@ -73,19 +84,21 @@ class Series:
         """Samples at or before ``t`` (a view, no copy)."""
         e = t if isinstance(t, (int, np.integer)) else to_epoch(t)
         i = int(np.searchsorted(self.timestamps, e, side="right"))
-        return Series(self.timestamps[:i], self.values[:i], self.name)
+        return Series.view(self.timestamps[:i], self.values[:i], self.name)
 
     def since(self, t: datetime | int) -> "Series":
         """Samples strictly after ``t``."""
         e = t if isinstance(t, (int, np.integer)) else to_epoch(t)
         i = int(np.searchsorted(self.timestamps, e, side="right"))
-        return Series(self.timestamps[i:], self.values[i:], self.name)
+        return Series.view(self.timestamps[i:], self.values[i:], self.name)
 
     def tail(self, n: int) -> "Series":
-        return Series(self.timestamps[-n:], self.values[-n:], self.name) if n else self[0:0]
+        return Series.view(self.timestamps[-n:], self.values[-n:], self.name) if n else self[0:0]
 
     def __getitem__(self, s: slice) -> "Series":
-        return Series(self.timestamps[s], self.values[s], self.name)
+        if not isinstance(s, slice) or (s.step not in (None, 1)):
+            raise TypeError("a Series slices only with a contiguous slice")
+        return Series.view(self.timestamps[s], self.values[s], self.name)
 
     def last_valid(self) -> tuple[datetime, float] | None:
         ok = np.flatnonzero(~np.isnan(self.values))
