@@ -10,7 +10,9 @@ account and no Prometheus.
 
 from __future__ import annotations
 
+import math
 import shutil
+from collections import Counter
 import sys
 import time
 from datetime import timedelta
@@ -28,7 +30,42 @@ from .store import Store
 from .units import isoformat
 
 
-def _write_config(out: Path, trace: Path, cpr: float, scenario: Scenario) -> Path:
+class _Hour:
+    """One printed line per simulated hour: where capacity went and why."""
+
+    def __init__(self, start, capacity: int) -> None:
+        self.start = start
+        self.first = capacity
+        self.last = capacity
+        self.changes = 0
+        self.demand: list[float] = []
+        self.forecast: list[float] = []
+        self.reasons: Counter[str] = Counter()
+
+    def add(self, d) -> None:
+        self.last = d.desired
+        if d.desired != d.current:
+            self.changes += 1
+            self.reasons.update(s.reason for s in d.steps if s.changed and s.name not in ("capacity", "margin"))
+            m = d.step("margin")
+            if m is not None:
+                self.reasons[m.reason] += 1
+        r = d.step("reactive")
+        obs = r.message.split("observation ", 1)[1].split(":", 1)[0] if r and "observation " in r.message else None
+        if obs:
+            self.demand.append(float(obs))
+        if d.forecast_demand is not None:
+            self.forecast.append(d.forecast_demand)
+
+    def line(self) -> str:
+        dem = f"{min(self.demand):5.1f}-{max(self.demand):5.1f}" if self.demand else "     -     "
+        fc = f"{min(self.forecast):5.1f}-{max(self.forecast):5.1f}" if self.forecast else "     -     "
+        why = ", ".join(f"{k} x{v}" for k, v in self.reasons.most_common(3))
+        return (f"  {self.start:%Y-%m-%d %H:00}   {self.first:>3} -> {self.last:<3}   {dem}   {fc}   "
+                f"{self.changes:>5}    {why}")
+
+
+def _write_config(out: Path, trace: Path, cpr: float, scenario: Scenario, initial: int) -> Path:
     policy = {**DEFAULT_POLICY, "capacity_per_replica": round(cpr, 6), "min_replicas": scenario.min_replicas,
               "max_replicas": scenario.max_replicas, "lead_time": "10m", "hold": "5m", "max_staleness": "15m"}
     cfg = {
@@ -40,7 +77,7 @@ def _write_config(out: Path, trace: Path, cpr: float, scenario: Scenario) -> Pat
             "source": {"type": "replay", "path": str(trace.resolve())},
             "forecaster": {"name": DEFAULT_FORECASTER.name, "refit_every": "1d", "history": "14d"},
             "policy": policy,
-            "actuator": {"type": "dry-run"},
+            "actuator": {"type": "dry-run", "initial_capacity": initial},
         }],
     }
     path = out / "demo.yaml"
@@ -59,11 +96,15 @@ def run_demo(out: Path, days: float = 5.0, verbose: bool = True, trace: Path | N
     scenario = Scenario()
     valid = series.values[~np.isnan(series.values)]
     cpr = float(np.quantile(valid, 0.99)) / (20 * scenario.target_utilization)
-    cfg_path = _write_config(out, trace, cpr, scenario)
-    cfg = load_config(cfg_path)
     span = timedelta(seconds=int(series.timestamps[-1] - series.timestamps[0]))
     live = min(timedelta(days=days), span - scenario.warmup)
     start = series.end - live
+    first = series.until(start).last_valid()
+    # start where a well-run system would be: the capacity the load at the
+    # start of the replay needs at the policy's utilization
+    initial = max(1, math.ceil((first[1] if first else 0.0) / (cpr * DEFAULT_POLICY["target_utilization"])))
+    cfg_path = _write_config(out, trace, cpr, scenario, initial)
+    cfg = load_config(cfg_path)
     print(f"forescale demo: replaying {trace.name} ({span.days} days of real RDS CPU, 5-minute samples)")
     print(f"  live loop over the last {live.days} d {live.seconds // 3600} h on a simulated clock: "
           f"forecaster {DEFAULT_FORECASTER.name}, dry-run actuator, state {cfg.state_path}")
@@ -73,11 +114,13 @@ def run_demo(out: Path, days: float = 5.0, verbose: bool = True, trace: Path | N
     clock = ManualClock(start)
     t0 = time.perf_counter()
     n = changes = fallbacks = 0
+    if verbose:
+        print("  hour (UTC)          capacity      demand        forecast@10m   changes  reasons")
     with Store(cfg.state_path) as store:
         store.lock()
         (target,) = build_targets(cfg, store)
         cycles = int(live / cfg.targets[0].interval)
-        last_day = None
+        hour: _Hour | None = None
         for i in range(cycles + 1):
             now = clock.now()
             res = target.run(now)
@@ -85,22 +128,25 @@ def run_demo(out: Path, days: float = 5.0, verbose: bool = True, trace: Path | N
             d = res.decision
             if d is not None:
                 fallbacks += d.fallback
-                if d.desired != d.current:
-                    changes += 1
-                    if verbose:
-                        reasons = ", ".join(s.reason for s in d.steps if s.changed and s.name != "capacity")
-                        obs = d.step("reactive")
-                        fc = f"forecast {d.forecast_demand:6.2f}" if d.forecast_demand is not None else "no forecast   "
-                        print(f"  {isoformat(now)}  {d.current:>2} -> {d.desired:<2} {fc}  "
-                              f"{'FALLBACK ' if d.fallback else ''}{reasons}")
-                        del obs
-            day = now.date()
-            if day != last_day:
-                last_day = day
-                if not verbose:
-                    pct = 100 * i / max(1, cycles)
-                    print(f"\r  replaying... {pct:5.1f} %  ({isoformat(now)})", end="", file=sys.stderr)
+                changes += d.desired != d.current
+                key = now.replace(minute=0, second=0)
+                if hour is None or hour.start != key:
+                    if hour is not None and verbose:
+                        print(hour.line())
+                    hour = _Hour(key, d.current)
+                hour.add(d)
+                r = d.step("reactive")
+                if verbose and d.desired != d.current and (d.fallback or (r is not None and r.changed)):
+                    # the safety nets, printed as they happen
+                    why = "; ".join(f"{s.reason}: {s.message}" for s in d.steps if s.changed
+                                    and s.name in ("data", "reactive", "partial_data"))
+                    print(f"    {isoformat(now)}  {d.current} -> {d.desired}  {why}")
+            if not verbose and i % 288 == 0:
+                print(f"\r  replaying... {100 * i / max(1, cycles):5.1f} %  ({isoformat(now)})", end="",
+                      file=sys.stderr)
             clock.advance(cfg.targets[0].interval)
+        if hour is not None and verbose:
+            print(hour.line())
         if not verbose:
             print(file=sys.stderr)
         applied = len(store.decisions("rds-demo", limit=100000, status="applied"))
@@ -114,7 +160,7 @@ def run_demo(out: Path, days: float = 5.0, verbose: bool = True, trace: Path | N
     result = run_backtest(series, scenario=scenario, trace=trace.name)
     print(result.table())
     write_json(result, out / "backtest.json")
-    plot(result, out / "backtest.png")
+    plot(result, out / "backtest.png", last=live)
     print()
     print(f"wrote {out / 'backtest.json'} and {out / 'backtest.png'}")
     return 0
