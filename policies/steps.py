@@ -21,21 +21,25 @@ from .config import Margin, PolicyConfig, RateLimit, Smoothing
 
 # ----------------------------------------------------------------- capacity model
 def replicas_for(demand: float, config: PolicyConfig) -> int:
-    """Demand -> capacity units at the target utilization.
+    """Demand -> capacity units at the target utilization (see :func:`units_for`)."""
+    return units_for(demand, config, config.target_utilization)
 
-    Horizontal: ``ceil(demand / (capacity_per_replica * u))``. Vertical: the
-    index of the smallest rung whose ``capacity * u`` covers the demand (the
+
+def units_for(load: float, config: PolicyConfig, u: float) -> int:
+    """Capacity units that carry ``load`` at utilization ``u``.
+
+    Horizontal: ``ceil(load / (capacity_per_replica * u))``. Vertical: the
+    index of the smallest rung whose ``capacity * u`` covers the load (the
     top rung if none does).
     """
-    u = config.target_utilization
     if config.ladder is not None:
         for i, rung in enumerate(config.ladder):
-            if rung.capacity * u >= demand - 1e-9:
+            if rung.capacity * u >= load - 1e-9:
                 return i
         return len(config.ladder) - 1
     assert config.capacity_per_replica is not None
     # tiny epsilon so 7.0000000001 does not become 8 through float noise
-    return max(0, math.ceil(demand / (config.capacity_per_replica * u) - 1e-9))
+    return max(0, math.ceil(load / (config.capacity_per_replica * u) - 1e-9))
 
 
 def capacity_of(units: int, config: PolicyConfig) -> float:
@@ -144,21 +148,11 @@ def hpa_desired(observed: float, serving: int, current: int, config: PolicyConfi
     """
     cap = capacity_of(serving, config) * target_utilization
     if serving <= 0 and config.ladder is None or cap <= 0:
-        return _size(observed, config, target_utilization), "from zero capacity"
+        return units_for(observed, config, target_utilization), "from zero capacity"
     ratio = observed / cap
     if abs(1.0 - ratio) <= tolerance:
         return current, f"utilization ratio {ratio:.3f} within tolerance {tolerance:g}"
-    return _size(observed, config, target_utilization), f"utilization ratio {ratio:.3f}"
-
-
-def _size(observed: float, config: PolicyConfig, u: float) -> int:
-    if config.ladder is not None:
-        for i, rung in enumerate(config.ladder):
-            if rung.capacity * u >= observed - 1e-9:
-                return i
-        return len(config.ladder) - 1
-    assert config.capacity_per_replica is not None
-    return max(0, math.ceil(observed / (config.capacity_per_replica * u) - 1e-9))
+    return units_for(observed, config, target_utilization), f"utilization ratio {ratio:.3f}"
 
 
 # ------------------------------------------------------------------- stabilization
