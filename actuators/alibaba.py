@@ -64,7 +64,7 @@ from engine.errors import (
 from engine.types import ActionPlan, ActuationResult
 from policies.config import Duration
 
-from .base import ActuatorConfig, Monotonic, Sleep, require_non_negative, retrying, wait_until
+from .base import ActuatorConfig, Monotonic, Sleep, require_non_negative
 
 log = logging.getLogger(__name__)
 
@@ -347,21 +347,10 @@ class _EcsBase:
                 request_ids.append(body.request_id)
             return body
 
-        return retrying(
-            once,
-            attempts=self.config.retry_attempts,
-            max_wait=self.config.retry_max_wait.total_seconds(),
-            sleep=self.sleep,
-        )
+        return self.config.retry(once, sleep=self.sleep)
 
     def _wait(self, check: Callable[[], tuple[bool, Any]]) -> tuple[bool, Any, float]:
-        return wait_until(
-            check,
-            timeout=self.config.verify_timeout.total_seconds(),
-            interval=self.config.poll_interval.total_seconds(),
-            sleep=self.sleep,
-            monotonic=self.monotonic,
-        )
+        return self.config.poll(check, sleep=self.sleep, monotonic=self.monotonic)
 
 
 # ----------------------------------------------------------------- vertical

@@ -50,7 +50,7 @@ from engine.errors import (
 from engine.types import ActionPlan, ActuationResult
 from policies.config import Duration
 
-from .base import ActuatorConfig, Monotonic, Sleep, require_non_negative, retrying, wait_until
+from .base import ActuatorConfig, Monotonic, Sleep, require_non_negative, retrying
 
 log = logging.getLogger(__name__)
 
@@ -304,21 +304,10 @@ class _AwsActuator:
                 request_ids.append(rid)
             return response
 
-        return retrying(
-            once,
-            attempts=self.config.retry_attempts,
-            max_wait=self.config.retry_max_wait.total_seconds(),
-            sleep=self._sleep,
-        )
+        return self.config.retry(once, sleep=self._sleep)
 
     def _wait(self, check: Callable[[], tuple[bool, Any]]) -> tuple[bool, Any, float]:
-        return wait_until(
-            check,
-            timeout=self.config.verify_timeout.total_seconds(),
-            interval=self.config.poll_interval.total_seconds(),
-            sleep=self._sleep,
-            monotonic=self._monotonic,
-        )
+        return self.config.poll(check, sleep=self._sleep, monotonic=self._monotonic)
 
 
 def _with_ids(exc: ActuatorError, message: str, ids: Sequence[str]) -> ActuatorError:

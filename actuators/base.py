@@ -39,6 +39,17 @@ class ActuatorConfig(BaseModel):
     retry_attempts: int = 5
     retry_max_wait: Duration = timedelta(seconds=60)
 
+    def retry(self, fn: Callable[[], Any], *, sleep: Sleep = time.sleep) -> Any:
+        """:func:`retrying` within this config's bounds."""
+        return retrying(fn, attempts=self.retry_attempts, max_wait=self.retry_max_wait.total_seconds(),
+                        sleep=sleep)
+
+    def poll(self, check: Callable[[], tuple[bool, Any]], *, sleep: Sleep = time.sleep,
+             monotonic: Monotonic = time.monotonic) -> tuple[bool, Any, float]:
+        """:func:`wait_until` for ``verify_timeout``, every ``poll_interval``."""
+        return wait_until(check, timeout=self.verify_timeout.total_seconds(),
+                          interval=self.poll_interval.total_seconds(), sleep=sleep, monotonic=monotonic)
+
 
 @runtime_checkable
 class Actuator(Protocol):
