@@ -49,6 +49,7 @@ from .config import TargetConfig
 from .errors import (
     ActuatorError, ForecastError, MetricSourceError, StateError,
 )
+from .logs import log_context, set_log_fields
 from .feedback import Feedback, MemoryFeedback, StoreFeedback, seasonal_naive_scale
 from .types import Decision, Forecast, Observation, Plan, PlanStatus, ScaleEvent, ScalingState, Series
 from .units import from_epoch, isoformat, parse_time, to_epoch
@@ -439,7 +440,8 @@ class LiveTarget:
         t0 = time.perf_counter()
         res = CycleResult(self.target.name, now)
         try:
-            self._run(now, res)
+            with log_context(target=self.target.name, mode=self.target.mode):
+                self._run(now, res)
         except StateError as exc:
             res.error = f"state: {exc}"
             res.status = "error"
@@ -506,6 +508,7 @@ class LiveTarget:
             out = self.runner.step(history, state, now, self.covariates_on_grid())
             self.save_model()
         d = out.decision
+        set_log_fields(decision_id=d.id)
         res.decision, res.forecast = d, out.forecast
         if out.forecast_error and not res.fetch_error:
             res.details["forecast_error"] = out.forecast_error
