@@ -489,6 +489,14 @@ class LiveTarget:
             res.actuation_error = read_error if res.actuation_error is None else \
                 f"{res.actuation_error}; {read_error}"
         state = self.load_state(observed)
+        if observed is not None and observed != state.current:
+            # someone (a person, another autoscaler) changed the capacity, or
+            # an earlier action never took: decide from what is there, as the
+            # HPA does from spec.replicas; such a change is no scale event of
+            # ours, so it counts toward no rate limit or cooldown
+            res.details["external_change"] = (f"observed capacity {observed}, last set by forescale to "
+                                              f"{state.current}; deciding from the observed value")
+            state = replace(state, current=observed)
         if isinstance(self.actuator, DryRunActuator) and observed is None:
             self.actuator.capacity = state.current
         history = self.history.regular(self.target.interval) if self.history is not None else Series(

@@ -130,3 +130,17 @@ def test_a_second_cycle_at_the_same_time_does_not_overwrite_the_first(setup):
     res = live.run(NOW)
     assert res.status == "error" and "not after the last cycle" in res.error
     assert [r["status"] for r in store.decisions("web")] == ["applied"]
+
+
+def test_a_capacity_changed_outside_forescale_is_decided_from_and_corrected(setup):
+    live, store, platform = setup("auto")
+    first = live.run(NOW)
+    assert first.status == "applied" and platform.capacity == 20
+    platform.capacity = 3  # someone scaled it down by hand
+    res = live.run(NOW + STEP)
+    assert "observed capacity 3" in res.details["external_change"]
+    assert (res.decision.current, res.decision.desired) == (3, 20)
+    assert res.status == "applied" and platform.capacity == 20
+    # the change by hand is no scale event of ours (rate limits, cooldowns)
+    events = [(e.from_capacity, e.to_capacity) for e in store.load_state("web").events]
+    assert events[-1] == (3, 20) and (20, 3) not in events
