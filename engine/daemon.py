@@ -86,6 +86,9 @@ class TargetWorker:
             live.runner.forecaster = old.runner.forecaster
             live.runner.last_fit = old.runner.last_fit
             live.history = old.history
+            live.covariate_history = old.covariate_history
+            # the model in memory is the newest: no checkpoint to restore
+            live._model_restored, live._saved_fit = True, old._saved_fit
         live.needs_reconcile = old.needs_reconcile
         if target.interval != self.target.interval:
             self.base_due = self.next_due = None  # start on the new grid
