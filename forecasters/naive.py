@@ -14,10 +14,12 @@ the band widens where the model has been wrong.
 
 from __future__ import annotations
 
+import warnings
 from datetime import timedelta
 from typing import Literal, Sequence
 
 import numpy as np
+from pydantic import Field
 
 from engine.types import Series
 
@@ -181,13 +183,17 @@ class SeasonalNaive(_NaiveBase):
 
 class SeasonalPersistenceParams(ForecasterParams):
     season: Literal["daily", "weekly"] = "daily"
+    #: how many past seasons' changes to take the median of (1: the last
+    #: one; more: a glitch one season ago no longer becomes today's spike)
+    seasons: int = Field(1, ge=1, le=14)
     residual_window: timedelta = timedelta(days=7)
 
 
 class SeasonalPersistence(_NaiveBase):
-    """``y[t] + (y[t+a-s] - y[t-s])``: persistence plus last season's change
-    over the same ``a`` steps. Falls back to persistence where the season
-    ago is missing."""
+    """``y[t] + median_k(y[t+a-k*s] - y[t-k*s])`` for k = 1..``seasons``:
+    persistence plus the change seen over the same ``a`` steps one (or the
+    median over several) seasons ago. Falls back to persistence where those
+    seasons are missing."""
 
     name = "seasonal_persistence"
     Params = SeasonalPersistenceParams
@@ -204,18 +210,27 @@ class SeasonalPersistence(_NaiveBase):
         i = last_valid_index(y)
         s = self._s
         last = float(y[i])
-        j0, j1 = i - s, i - s + a
-        if a < s and j0 >= 0 and j1 < y.size and not (np.isnan(y[j0]) or np.isnan(y[j1])):
-            return max(0.0, last + float(y[j1] - y[j0]))
-        return last
+        if a >= s:
+            return last
+        changes = []
+        for k in range(1, self.params.seasons + 1):
+            j0, j1 = i - k * s, i - k * s + a
+            if j0 >= 0 and j1 < y.size and not (np.isnan(y[j0]) or np.isnan(y[j1])):
+                changes.append(float(y[j1] - y[j0]))
+        if not changes:
+            return last
+        return max(0.0, last + float(np.median(changes)))
 
     def _insample(self, y: np.ndarray, a: int) -> np.ndarray:
         s = self._s
         base = _lag(y, a)
         if a >= s:
             return base
-        change = _lag(y, s - a) - _lag(y, s)
+        changes = np.vstack([_lag(y, k * s - a) - _lag(y, k * s) for k in range(1, self.params.seasons + 1)])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: no change known
+            change = np.nanmedian(changes, axis=0)
         return np.where(np.isnan(change), base, base + change)
 
     def _lookback(self, a: int) -> int:
-        return self._s
+        return self._s * self.params.seasons
