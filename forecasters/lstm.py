@@ -116,6 +116,10 @@ class LSTMParams(ForecasterParams):
     max_train_steps: int = Field(8064, ge=16)
     #: conformal correction of each level on the validation windows
     calibrate: bool = True
+    #: median = last value + a * network correction + b * seasonal change,
+    #: (a, b) per horizon step chosen on the validation windows, (0, 0) =
+    #: persistence when nothing beats it there
+    median_gate: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     #: epochs of fine-tuning when starting from another model (``init_from``);
@@ -511,6 +515,108 @@ def _apply_offsets(out: np.ndarray, offsets: np.ndarray | None) -> np.ndarray:
     return np.maximum.accumulate(out, axis=-1)  # conformal shifts may cross: re-sort
 
 
+#: grid of the median gate's weights (on the network's correction and on the
+#: seasonal change); (0, 0) is persistence
+_GATE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def _seasonal_change(head: np.ndarray, horizon: int) -> np.ndarray:
+    """(B, H) the change seen one day earlier over the same lead, in scaled
+    units: ``(y[t - day] - y[o - day]) / scale`` (0 where either is missing),
+    read back from the head features that :func:`build_features` wrote."""
+    hz = head[:, : horizon * 6].reshape(-1, horizon, 6)
+    lag, lag_missing = hz[..., 4], hz[..., 5]
+    d0, d0_missing = head[:, horizon * 6 + 1], head[:, horizon * 6 + 2]
+    ok = (lag_missing < 0.5) & (d0_missing < 0.5)[:, None]
+    return np.where(ok, lag - d0[:, None], 0.0)
+
+
+def _level_range(level: np.ndarray) -> tuple[float, float]:
+    """The range (1st to 99th percentile) of the origins' scaled levels in
+    the training windows: where the network has seen enough to correct."""
+    v = level[np.isfinite(level)]
+    if v.size == 0:
+        return (0.0, 0.0)
+    lo, hi = np.percentile(v, [1, 99])
+    return (float(lo), float(hi))
+
+
+def _fade(level: np.ndarray, rng: Sequence[float] | None) -> np.ndarray | None:
+    """1 inside the training range of levels, falling linearly to 0 one
+    scale unit (IQR) outside it: a series that moved to a level the network
+    never saw (a saturated CPU, a migration) is forecast by persistence plus
+    the seasonal change, not by a correction learnt elsewhere."""
+    if rng is None:
+        return None
+    excess = np.maximum(np.maximum(rng[0] - level, level - rng[1]), 0.0)
+    return np.clip(1.0 - excess, 0.0, 1.0)
+
+
+def _fit_gate(pred: np.ndarray, head: np.ndarray, target: np.ndarray, levels: Sequence[float],
+              fade: np.ndarray | None = None) -> np.ndarray:
+    """(H, 3) ``(a, b, c)`` per horizon step of the gated median
+    ``a * clip(network, ±c) + b * seasonal change`` (offsets from the last
+    value): ``c`` is the 90th percentile of the absolute change over that
+    lead on the validation windows (the network may not move the median
+    further than a change that is common there), ``(a, b)`` are chosen on the
+    validation windows by mean absolute error over a small grid. Persistence
+    ``(0, 0)`` is a candidate and wins ties and steps with too few targets,
+    so on the validation split the gated median is never worse than the last
+    value."""
+    H = pred.shape[1]
+    mid = pred[..., list(levels).index(0.5)]
+    if fade is not None:
+        mid = mid * fade[:, None]
+    seas = _seasonal_change(head, H)
+    gate = np.zeros((H, 3))
+    for h in range(H):
+        ok = np.isfinite(target[:, h])
+        if int(ok.sum()) < 20:
+            continue
+        t, sc = target[ok, h], seas[ok, h]
+        c = float(np.percentile(np.abs(t), 90))
+        m = np.clip(mid[ok, h], -c, c)
+        gate[h, 2] = c
+        best = float(np.mean(np.abs(t)))  # persistence
+        for a in _GATE_GRID:
+            for b in _GATE_GRID:
+                err = float(np.mean(np.abs(t - a * m - b * sc)))
+                if err < best - 1e-9:
+                    best, gate[h, :2] = err, (a, b)
+    return gate
+
+
+def _apply_gate(out: np.ndarray, head: np.ndarray, gate: np.ndarray | None, levels: Sequence[float],
+                fade: np.ndarray | None = None) -> np.ndarray:
+    """Move every level by the gated median's change from the network's
+    median (the spread of the quantiles is the network's)."""
+    if gate is None:
+        return out
+    g = np.asarray(gate)
+    if g.ndim == 2:
+        g = np.broadcast_to(g, (out.shape[0],) + g.shape)
+    mid = out[..., list(levels).index(0.5)]
+    m = mid if fade is None else mid * fade[:, None]
+    new = g[..., 0] * np.clip(m, -g[..., 2], g[..., 2]) + g[..., 1] * _seasonal_change(head, out.shape[1])
+    return out + (new - mid)[..., None]
+
+
+def _calibration(net, va: "_Data", cfg: LSTMParams, device,
+                 fade: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The median gate, then the conformal offsets of the gated levels, both
+    on the validation windows."""
+    pred = _infer(net, va.seq, va.head, device)
+    gate = _fit_gate(pred, va.head, va.target, cfg.quantiles, fade) if cfg.median_gate else None
+    pred = _apply_gate(pred, va.head, gate, cfg.quantiles, fade)
+    offsets = _conformal(pred, va.target, cfg.quantiles) if cfg.calibrate else None
+    return offsets, gate
+
+
+def _pooled_gate(model: Any) -> list | None:
+    """The gate a model started from it uses: a global model's pooled one."""
+    return None if model._gate is None else np.asarray(model._gate).tolist()
+
+
 def _levels_at(out_hq: np.ndarray, trained: Sequence[float], wanted: Sequence[float]) -> dict[float, np.ndarray]:
     """Requested levels from the trained ones by linear interpolation across
     levels; outside the trained range, the outermost level (no extrapolation)."""
@@ -600,6 +706,9 @@ class LSTMForecaster(BaseForecaster):
         self._cov_scalers: dict[str, RobustScaler] = {}
         self._cov_history: dict[str, Series] = {}
         self._offsets: np.ndarray | None = None
+        self._gate: np.ndarray | None = None
+        #: training range of the origin's scaled level (see ``_fade``)
+        self._range: tuple[float, float] | None = None
         self.metrics: dict[str, Any] = {}
         self._digest: str | None = None
         self._window: tuple[int, int] | None = None
@@ -679,20 +788,25 @@ class LSTMForecaster(BaseForecaster):
                 net.to(device).eval()
                 self._offsets = (np.asarray(self._source["offsets"]) if self._source is not None
                                  and self._source.get("offsets") is not None else None)
+                self._gate = (np.asarray(self._source["gate"]) if self._source is not None
+                              and self._source.get("gate") is not None else None)
+                self._range = self._source.get("range") if self._source is not None else None
                 self.metrics = {"finetuned": False, "train_windows": int(tr_o.size),
                                 "source": self._source["version"] if self._source else None}
             else:
-                tr = _Data(*build_features(y, ts, tr_o, self._scaler, self.step, p, cov_pairs,
-                                           with_targets=True)[:3])
-                va = _Data(*build_features(y, ts, va_o, self._scaler, self.step, p, cov_pairs,
-                                           with_targets=True)[:3])
+                *trd, tr_base = build_features(y, ts, tr_o, self._scaler, self.step, p, cov_pairs,
+                                               with_targets=True)
+                *vad, va_base = build_features(y, ts, va_o, self._scaler, self.step, p, cov_pairs,
+                                               with_targets=True)
+                tr, va = _Data(*trd), _Data(*vad)
+                sc = self._scaler
+                self._range = _level_range((tr_base - sc.median) / sc.scale)
+                va_fade = _fade((va_base - sc.median) / sc.scale, self._range)
                 self.metrics = _train(net, p, tr, va, device, epochs)
                 self.metrics["finetuned"] = self._source is not None
                 if self._source is not None:
                     self.metrics["source"] = self._source["version"]
-                self._offsets = None
-                if p.calibrate:
-                    self._offsets = _conformal(_infer(net, va.seq, va.head, device), va.target, p.quantiles)
+                self._offsets, self._gate = _calibration(net, va, p, device, va_fade)
         self._net = net
         self._device = device
         self._window = (int(ts[0]), int(ts[-1]))
@@ -711,7 +825,9 @@ class LSTMForecaster(BaseForecaster):
         covs = [(c, self._cov_scalers[k]) for k, c in zip(p.covariates, self._aligned_covs(h.timestamps))]
         seq, head, _, base = build_features(h.values, h.timestamps, np.array([len(h) - 1]),
                                             self._scaler, self.step, p, covs)
-        out = _apply_offsets(_infer(self._net, seq, head, self._device), self._offsets)[0]  # (H, Q)
+        fade = _fade((base - self._scaler.median) / self._scaler.scale, self._range)
+        out = _apply_offsets(_apply_gate(_infer(self._net, seq, head, self._device), head, self._gate,
+                                         p.quantiles, fade), self._offsets)[0]  # (H, Q)
         vals = base[0] + out * self._scaler.scale
         sel = vals[ahead - 1]
         levels = _levels_at(sel, p.quantiles, list(quantiles) + [0.5])
@@ -728,6 +844,8 @@ class LSTMForecaster(BaseForecaster):
             "window": {"first": self._window[0], "last": self._window[1]},
             "metrics": self.metrics,
             "offsets": None if self._offsets is None else self._offsets.tolist(),
+            "gate": None if self._gate is None else self._gate.tolist(),
+            "range": None if self._range is None else list(self._range),
         }
 
     def _checkpoint(self) -> dict[str, Any]:
@@ -776,6 +894,8 @@ class LSTMForecaster(BaseForecaster):
         self._window = (int(ck["window"]["first"]), int(ck["window"]["last"]))
         self.metrics = dict(ck["metrics"])
         self._offsets = None if ck["offsets"] is None else np.asarray(ck["offsets"])
+        self._gate = None if ck.get("gate") is None else np.asarray(ck["gate"])
+        self._range = None if ck.get("range") is None else tuple(ck["range"])
         net = _build_net(params)
         net.load_state_dict(ck["state_dict"])
         self._device = _resolve_device(params.device)
@@ -829,10 +949,12 @@ def _source_from(init_from: Any) -> dict[str, Any]:
         return {"params": init_from.params.model_dump_json(),
                 "state_dict": {k: v.detach().cpu().clone() for k, v in init_from._net.state_dict().items()},
                 "offsets": None if init_from._offsets is None else init_from._offsets.tolist(),
+                "gate": _pooled_gate(init_from),
+                "range": None if init_from._range is None else list(init_from._range),
                 "version": init_from.version}
     ck = _read_checkpoint(init_from)
     return {"params": ck["params"], "state_dict": ck["state_dict"], "offsets": ck["offsets"],
-            "version": f"lstm:{ck['digest']}"}
+            "gate": ck.get("gate"), "range": ck.get("range"), "version": f"lstm:{ck['digest']}"}
 
 
 # ---------------------------------------------------------------------------- global
@@ -863,6 +985,12 @@ class GlobalLSTM:
         self.metrics: dict[str, Any] = {}
         self._net = None
         self._offsets: np.ndarray | None = None
+        #: median gate per training series, and pooled (for the others)
+        self._gates: dict[str, np.ndarray] = {}
+        self._gate: np.ndarray | None = None
+        #: training range of the origin's scaled level per series, and pooled
+        self._ranges: dict[str, tuple[float, float]] = {}
+        self._range: tuple[float, float] | None = None
         self._digest: str | None = None
         self._device = None
 
@@ -878,6 +1006,9 @@ class GlobalLSTM:
         p = self.params
         named = _named(series)
         seqs, heads, tgts, vseqs, vheads, vtgts = [], [], [], [], [], []
+        vkeys: list[str] = []
+        vfades: list[np.ndarray] = []
+        tr_levels: list[np.ndarray] = []
         skipped: dict[str, str] = {}
         for key, s in named.items():
             s = s.tail(p.max_train_steps)
@@ -890,9 +1021,15 @@ class GlobalLSTM:
             sc = RobustScaler.fit(s.values)
             self.scalers[key] = sc
             self.windows[key] = (int(s.timestamps[0]), int(s.timestamps[-1]))
+            vkeys.append(key)
+            bases = []
             for orig, dst in ((tr_o, (seqs, heads, tgts)), (va_o, (vseqs, vheads, vtgts))):
-                a, b, c, _ = build_features(s.values, s.timestamps, orig, sc, step, p, with_targets=True)
+                a, b, c, base = build_features(s.values, s.timestamps, orig, sc, step, p, with_targets=True)
                 dst[0].append(a), dst[1].append(b), dst[2].append(c)
+                bases.append((base - sc.median) / sc.scale)
+            self._ranges[key] = _level_range(bases[0])
+            tr_levels.append(bases[0])
+            vfades.append(_fade(bases[1], self._ranges[key]))
         if not seqs or sum(len(x) for x in seqs) < p.min_train_windows:
             raise InsufficientHistory(sum(len(x) for x in seqs), p.min_train_windows,
                                       "lstm global model (training windows)")
@@ -904,8 +1041,21 @@ class GlobalLSTM:
             net = _build_net(p)
             self.metrics = _train(net, p, tr, va, device, p.epochs)
             self.metrics.update(series=len(self.scalers), skipped=skipped)
-            self._offsets = (_conformal(_infer(net, va.seq, va.head, device), va.target, p.quantiles)
-                             if p.calibrate else None)
+            pred = _infer(net, va.seq, va.head, device)
+            self._gates, self._gate = {}, None
+            self._range = _level_range(np.concatenate(tr_levels))
+            if p.median_gate:
+                fade = np.concatenate(vfades)
+                self._gate = _fit_gate(pred, va.head, va.target, p.quantiles, fade)
+                lo = 0
+                for key, part in zip(vkeys, vtgts):
+                    sl = slice(lo, lo + len(part))
+                    self._gates[key] = _fit_gate(pred[sl], va.head[sl], va.target[sl], p.quantiles, fade[sl])
+                    lo += len(part)
+                gates = np.concatenate([np.broadcast_to(self._gates[k], (len(part),) + self._gates[k].shape)
+                                        for k, part in zip(vkeys, vtgts)])
+                pred = _apply_gate(pred, va.head, gates, p.quantiles, fade)
+            self._offsets = _conformal(pred, va.target, p.quantiles) if p.calibrate else None
         self._net, self._device = net, device
         self._digest = _digest(self._meta(), net.state_dict())
         return self
@@ -915,7 +1065,11 @@ class GlobalLSTM:
                 "scalers": {k: v.to_dict() for k, v in self.scalers.items()},
                 "windows": {k: list(v) for k, v in self.windows.items()},
                 "metrics": self.metrics,
-                "offsets": None if self._offsets is None else self._offsets.tolist()}
+                "offsets": None if self._offsets is None else self._offsets.tolist(),
+                "gates": {k: v.tolist() for k, v in self._gates.items()},
+                "gate": None if self._gate is None else self._gate.tolist(),
+                "ranges": {k: list(v) for k, v in self._ranges.items()},
+                "range": None if self._range is None else list(self._range)}
 
     def predict_many(self, histories: Mapping[str, Series], start: datetime, horizon: int,
                      quantiles: Sequence[float] = (0.5, 0.9), *,
@@ -934,6 +1088,7 @@ class GlobalLSTM:
             if not 0.0 < q < 1.0:
                 raise ForecastError(f"lstm global: quantile {q} is not in (0, 1)")
         rows: list[tuple[str, np.ndarray, np.ndarray, float, float]] = []
+        fades: list[np.ndarray | None] = []
         seqs, heads = [], []
         for key, s in histories.items():
             try:
@@ -955,10 +1110,16 @@ class GlobalLSTM:
                 continue
             seqs.append(a), heads.append(b)
             rows.append((key, ts, ahead, float(base[0]), sc.scale))
+            fades.append(_fade((base - sc.median) / sc.scale, self._ranges.get(key, self._range)))
         if not rows:
             return {}
-        out = _apply_offsets(_infer(self._net, np.concatenate(seqs), np.concatenate(heads), self._device),
-                             self._offsets)
+        head = np.concatenate(heads)
+        out = _infer(self._net, np.concatenate(seqs), head, self._device)
+        if self._gate is not None:
+            gates = np.stack([self._gates.get(r[0], self._gate) for r in rows])
+            fade = None if any(f is None for f in fades) else np.concatenate(fades)
+            out = _apply_gate(out, head, gates, p.quantiles, fade)
+        out = _apply_offsets(out, self._offsets)
         result: dict[str, Forecast] = {}
         version = self.version
         for i, (key, ts, ahead, base, scale) in enumerate(rows):
@@ -989,6 +1150,10 @@ class GlobalLSTM:
         self.windows = {k: (int(v[0]), int(v[1])) for k, v in ck["windows"].items()}
         self.metrics = dict(ck["metrics"])
         self._offsets = None if ck["offsets"] is None else np.asarray(ck["offsets"])
+        self._gates = {k: np.asarray(v) for k, v in (ck.get("gates") or {}).items()}
+        self._gate = None if ck.get("gate") is None else np.asarray(ck["gate"])
+        self._ranges = {k: (float(v[0]), float(v[1])) for k, v in (ck.get("ranges") or {}).items()}
+        self._range = None if ck.get("range") is None else tuple(ck["range"])
         net = _build_net(params)
         net.load_state_dict(ck["state_dict"])
         self._device = _resolve_device(params.device)

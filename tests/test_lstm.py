@@ -225,3 +225,47 @@ def test_warm_start_from_a_global_model_needs_only_one_window(tmp_path):
     f2 = LSTMForecaster({"finetune_epochs": 2, "device": "cpu"}, init_from=path)
     f2.fit(daily(3, seed=8))
     assert f2.metrics["finetuned"] is True and f2.metrics["epochs_run"] <= 2
+
+
+def test_median_gate_picks_persistence_the_network_or_the_seasonal_change_on_validation():
+    from forecasters.lstm import _apply_gate, _fit_gate
+
+    rng = np.random.default_rng(0)
+    B, H, levels = 200, 3, (0.1, 0.5, 0.9)
+    p = LSTMParams(lookback=4, horizon=H)
+    head = np.zeros((B, p.horizon * 6 + 3), dtype=np.float32)
+    hz = head[:, : H * 6].reshape(B, H, 6)
+    seas = rng.normal(0, 1, (B, H))
+    hz[..., 4] = seas  # the value a day before each target, relative to the origin
+    head[:, : H * 6] = hz.reshape(B, H * 6)  # d0 = 0 and observed: the seasonal change is the lag
+    net = rng.normal(0, 1, (B, H))
+    pred = np.stack([net - 1, net, net + 1], axis=-1)
+    # the targets follow the network at step 0, the seasonal change at step 1, neither at step 2
+    target = np.stack([net[:, 0], seas[:, 1], rng.normal(0, 0.1, B)], axis=1)
+    gate = _fit_gate(pred, head, target, levels)
+    np.testing.assert_array_equal(gate[:, :2], [[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    # the network's correction is capped at the 90th percentile of the changes seen at that lead
+    np.testing.assert_allclose(gate[:, 2], np.percentile(np.abs(target), 90, axis=0))
+    out = _apply_gate(pred, head, gate, levels)
+    np.testing.assert_allclose(out[:, 0, 1], np.clip(net[:, 0], -gate[0, 2], gate[0, 2]))
+    np.testing.assert_allclose(out[:, 1, 1], seas[:, 1], atol=1e-6)
+    np.testing.assert_allclose(out[:, 2, 1], 0.0)  # persistence: no change from the last value
+    np.testing.assert_allclose(out[..., 2] - out[..., 1], 1.0)  # the spread is kept
+    # too few observed targets at a step: persistence there
+    sparse = target.copy()
+    sparse[10:, 0] = np.nan
+    assert tuple(_fit_gate(pred, head, sparse, levels)[0]) == (0.0, 0.0, 0.0)
+
+
+def test_a_level_never_seen_in_training_is_forecast_by_persistence():
+    """A series that jumps far outside its training range (a saturated CPU)
+    gets no network correction: the median is the last value."""
+    f = LSTMForecaster({**TINY, "seasonal_lag": False, "calibrate": False})
+    s = daily(3)
+    f.fit(s)
+    assert f._range is not None and f._range[0] < f._range[1]
+    t = daily(3.1)
+    vals = t.values.copy()
+    vals[3 * DAY:] = 5000.0
+    f.update(Series(t.timestamps, vals))
+    np.testing.assert_allclose(f.predict(end(t), 6, (0.5,)).point, 5000.0)
