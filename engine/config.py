@@ -134,6 +134,9 @@ class ServerConfig(_Model):
 
     listen: str = "127.0.0.1:9464"
     enabled: bool = True
+    #: also push each new forecast to this Prometheus Pushgateway (for
+    #: dashboards where Prometheus cannot scrape forescale); None: off
+    pushgateway: str | None = Field(None, pattern=r"^https?://")
 
 
 class Config(_Model):

@@ -254,6 +254,14 @@ class Daemon:
                     from .types import PlanStatus
 
                     m.set_plans_pending(res.target, len(w.store.plans(res.target, PlanStatus.PENDING)))
+                gateway = self.config.server.pushgateway
+                if gateway and res.forecast is not None:
+                    try:
+                        m.push_forecasts(gateway, res.target, res.forecast, timeout=5.0)
+                    except OSError as exc:  # the gateway being down must not touch the loop
+                        self._count(res.target, "push")
+                        log.warning("target %s: pushing the forecast to %s failed: %s", res.target, gateway,
+                                    exc, extra=extra)
                 if w is not None and res.forecast is not None and not res.details.get("timeout"):
                     from .accuracy import live_accuracy
 
