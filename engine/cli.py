@@ -290,6 +290,34 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_global(args: argparse.Namespace) -> int:
+    """Train one LSTM across the history of several targets and save it, for
+    ``forecaster.init_from`` (cold start) and for batched forecasting."""
+    from .build import build_source
+    from .clock import SystemClock
+    from .config import load_config
+
+    try:
+        from forecasters.lstm import GlobalLSTM
+    except ImportError as exc:
+        raise ForescaleError(f"train-global needs torch: pip install 'forescale[lstm]' ({exc})") from None
+    cfg = load_config(args.config)
+    targets = [cfg.target(n) for n in args.target] if args.target else list(cfg.targets)
+    now = SystemClock().now()
+    histories = {}
+    for t in targets:
+        series = build_source(t, cfg).fetch(now - t.forecaster.history, now).regular(t.interval)
+        print(f"{t.name}: {series.n_valid} samples every {t.interval}")
+        histories[t.name] = series
+    params = json.loads(args.params) if args.params else {}
+    model = GlobalLSTM(params)
+    model.fit(histories)
+    model.save(args.out)
+    print(f"global model {model.version} trained on {len(histories)} target(s), saved to {args.out}")
+    print(f"use it: forecaster: {{name: lstm, init_from: {args.out}}}")
+    return 0
+
+
 # -------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="forescale", description="Predictive autoscaling decision engine.")
@@ -357,6 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "approve":
             sp.add_argument("--apply", action="store_true", help="apply right away (needs --config)")
         sp.set_defaults(func=fn)
+
+    g = sub.add_parser("train-global", help="train one LSTM across targets (for init_from / cold start)")
+    g.add_argument("--config", required=True)
+    g.add_argument("--target", action="append", help="a target to train on (repeat; default: all)")
+    g.add_argument("--out", required=True, help="where to save the model")
+    g.add_argument("--params", help='LSTM parameters as JSON, e.g. \'{"epochs": 8}\'')
+    g.set_defaults(func=cmd_train_global)
 
     a = sub.add_parser("accuracy", help="rolling forecast accuracy per target and horizon")
     state_args(a)

@@ -11,6 +11,7 @@ so a bad field fails at startup, not mid-cycle.
 
 from __future__ import annotations
 
+import inspect
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +61,10 @@ class ForecasterConfig(_Model):
     extra_horizon: Duration = timedelta(0)
     #: switch model (or to reactive) when the live error exceeds a bound
     quality_gate: QualityGate | None = None
+    #: start from this saved model (e.g. a global LSTM trained on other
+    #: targets with ``forescale train-global``): the cold-start path for a
+    #: target with little history; relative to the config file
+    init_from: Path | None = None
 
     @field_validator("quantiles")
     @classmethod
@@ -250,6 +255,20 @@ def parse_config(data: Any, *, base_dir: Path | None = None, source: str = "<con
             errors.append(f"{p}.forecaster.name: {exc}")
         except ValidationError as exc:
             errors.extend(format_validation_error(exc, f"{p}.forecaster.params"))
+        if t.forecaster.init_from is not None:
+            try:
+                takes = "init_from" in inspect.signature(forecasters.get(t.forecaster.name)).parameters
+            except (PluginError, TypeError, ValueError):
+                takes = True  # an unknown name is reported above
+            path = t.forecaster.init_from
+            if not path.is_absolute() and base_dir is not None:
+                path = base_dir / path
+                object.__setattr__(t.forecaster, "init_from", path)
+            if not takes:
+                errors.append(f"{p}.forecaster.init_from: forecaster {t.forecaster.name!r} cannot start "
+                              "from a saved model")
+            elif not path.exists():
+                errors.append(f"{p}.forecaster.init_from: no such file {path}")
         if t.forecaster.quality_gate is not None:
             for j, name in enumerate(t.forecaster.quality_gate.fallbacks):
                 try:

@@ -92,7 +92,13 @@ class TargetRunner:
         self.target = target
         self.policy = target.policy
         if forecaster is None and target.policy.kind == "predictive":
-            forecaster = create_forecaster(target.forecaster.name, target.forecaster.params)
+            if target.forecaster.init_from is not None:
+                from forecasters import registry
+
+                forecaster = registry.get(target.forecaster.name)(target.forecaster.params,
+                                                                  init_from=target.forecaster.init_from)
+            else:
+                forecaster = create_forecaster(target.forecaster.name, target.forecaster.params)
         self.interval_s = int(target.interval.total_seconds())
         lead = self.policy.lead_time
         self.horizons_s = (int(lead.total_seconds()), int((lead + self.policy.hold).total_seconds()))
