@@ -39,3 +39,13 @@ def test_quick_start_is_two_commands():
     assert len(lines) == 2
     assert "forescale demo" in lines[0]
     assert lines[1].split("#")[0].strip() == "bash .ci/run"
+
+
+def test_every_policy_reason_code_is_documented():
+    root = Path(__file__).resolve().parents[1] / "policies"
+    src = "\n".join(p.read_text() for p in root.glob("*.py"))
+    codes = set(re.findall(r'Step\(\s*"\w+",\s*[^,]+,\s*"([A-Z]\w+)"', src))
+    codes |= set(re.findall(r'\(\s*"([A-Z]\w+)",\s*f?"', src))  # fallback reasons: ("Code", "message")
+    assert len(codes) > 20
+    missing = sorted(c for c in codes if f"`{c}`" not in README)
+    assert not missing, f"reason codes missing from README: {missing}"
