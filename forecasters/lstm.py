@@ -109,7 +109,7 @@ class LSTMParams(ForecasterParams):
     #: early stopping: epochs without a better validation loss
     patience: int = Field(4, ge=1)
     #: share of the (time-ordered) training windows kept for validation
-    val_fraction: float = Field(0.15, gt=0.0, lt=0.9)
+    val_fraction: float = Field(0.3, gt=0.0, lt=0.9)
     min_train_windows: int = Field(64, ge=1)
     #: train on at most this many of the most recent steps (bounds time and
     #: memory; 8064 = 28 days of 5-minute data)
@@ -492,9 +492,12 @@ def _infer(net, seq: np.ndarray, head: np.ndarray, device, batch: int = 4096) ->
     return np.concatenate(outs, axis=0) if outs else np.zeros((0, 0, 0), dtype=np.float32)
 
 
-def _conformal(pred: np.ndarray, target: np.ndarray, levels: Sequence[float]) -> np.ndarray:
+def _conformal(pred: np.ndarray, target: np.ndarray, levels: Sequence[float], *,
+               median: bool = True) -> np.ndarray:
     """(H, Q) offsets: the level-q empirical quantile (finite-sample
-    corrected, CQR) of ``target - pred`` per horizon step; 0 without data."""
+    corrected, CQR) of ``target - pred`` per horizon step; 0 without data.
+    ``median=False`` leaves the 0.5 level alone (the median gate already
+    chose it on the same windows)."""
     H, Q = pred.shape[1], pred.shape[2]
     off = np.zeros((H, Q))
     for h in range(H):
@@ -504,14 +507,17 @@ def _conformal(pred: np.ndarray, target: np.ndarray, levels: Sequence[float]) ->
             continue
         res = target[ok, h][:, None] - pred[ok, h, :]
         for k, q in enumerate(levels):
+            if q == 0.5 and not median:
+                continue
             level = min(1.0, q * (n + 1) / n) if q > 0.5 else max(0.0, (q * (n + 1) - 1) / n)
             off[h, k] = float(np.quantile(res[:, k], level))
     return off
 
 
 def _apply_offsets(out: np.ndarray, offsets: np.ndarray | None) -> np.ndarray:
+    """``offsets``: (H, Q) for every row, or (B, H, Q) one per row."""
     if offsets is not None:
-        out = out + offsets[None, :, :]
+        out = out + (offsets[None, :, :] if offsets.ndim == 2 else offsets)
     return np.maximum.accumulate(out, axis=-1)  # conformal shifts may cross: re-sort
 
 
@@ -554,7 +560,7 @@ def _fade(level: np.ndarray, rng: Sequence[float] | None) -> np.ndarray | None:
 
 def _fit_gate(pred: np.ndarray, head: np.ndarray, target: np.ndarray, levels: Sequence[float],
               fade: np.ndarray | None = None) -> np.ndarray:
-    """(H, 3) ``(a, b, c)`` per horizon step of the gated median
+    """(H, 4) ``(a, b, c, w)`` per horizon step of the gated median
     ``a * clip(network, ±c) + b * seasonal change`` (offsets from the last
     value): ``c`` is the 90th percentile of the absolute change over that
     lead on the validation windows (the network may not move the median
@@ -562,13 +568,16 @@ def _fit_gate(pred: np.ndarray, head: np.ndarray, target: np.ndarray, levels: Se
     validation windows by mean absolute error over a small grid. Persistence
     ``(0, 0)`` is a candidate and wins ties and steps with too few targets,
     so on the validation split the gated median is never worse than the last
-    value."""
+    value. ``w`` is the largest absolute error of the gated median there: no
+    quantile lies further than that from the median (a flat series gets a
+    flat band; inf where there were too few targets)."""
     H = pred.shape[1]
     mid = pred[..., list(levels).index(0.5)]
     if fade is not None:
         mid = mid * fade[:, None]
     seas = _seasonal_change(head, H)
-    gate = np.zeros((H, 3))
+    gate = np.zeros((H, 4))
+    gate[:, 3] = np.inf
     for h in range(H):
         ok = np.isfinite(target[:, h])
         if int(ok.sum()) < 20:
@@ -583,6 +592,7 @@ def _fit_gate(pred: np.ndarray, head: np.ndarray, target: np.ndarray, levels: Se
                 err = float(np.mean(np.abs(t - a * m - b * sc)))
                 if err < best - 1e-9:
                     best, gate[h, :2] = err, (a, b)
+        gate[h, 3] = float(np.max(np.abs(t - gate[h, 0] * m - gate[h, 1] * sc)))
     return gate
 
 
@@ -601,6 +611,16 @@ def _apply_gate(out: np.ndarray, head: np.ndarray, gate: np.ndarray | None, leve
     return out + (new - mid)[..., None]
 
 
+def _clamp_spread(out: np.ndarray, gate: np.ndarray | None, levels: Sequence[float]) -> np.ndarray:
+    """Every level within the gate's ``w`` of the median (see ``_fit_gate``)."""
+    if gate is None:
+        return out
+    g = np.asarray(gate)
+    w = (g[None, :, 3] if g.ndim == 2 else g[..., 3])[..., None]
+    mid = out[..., list(levels).index(0.5)][..., None]
+    return mid + np.clip(out - mid, -w, w)
+
+
 def _calibration(net, va: "_Data", cfg: LSTMParams, device,
                  fade: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The median gate, then the conformal offsets of the gated levels, both
@@ -608,7 +628,7 @@ def _calibration(net, va: "_Data", cfg: LSTMParams, device,
     pred = _infer(net, va.seq, va.head, device)
     gate = _fit_gate(pred, va.head, va.target, cfg.quantiles, fade) if cfg.median_gate else None
     pred = _apply_gate(pred, va.head, gate, cfg.quantiles, fade)
-    offsets = _conformal(pred, va.target, cfg.quantiles) if cfg.calibrate else None
+    offsets = _conformal(pred, va.target, cfg.quantiles, median=gate is None) if cfg.calibrate else None
     return offsets, gate
 
 
@@ -720,7 +740,9 @@ class LSTMForecaster(BaseForecaster):
         p = self.params
         if self._source is not None:
             return p.lookback  # one input window; the source model does the rest
-        return p.lookback + p.horizon + p.min_train_windows
+        # enough origins that min_train_windows remain before the validation
+        # split (val_fraction of them, and a gap of horizon steps)
+        return p.lookback + 1 + math.ceil((p.min_train_windows + p.horizon + 1) / (1 - p.val_fraction))
 
     @property
     def version(self) -> str:
@@ -827,7 +849,8 @@ class LSTMForecaster(BaseForecaster):
                                             self._scaler, self.step, p, covs)
         fade = _fade((base - self._scaler.median) / self._scaler.scale, self._range)
         out = _apply_offsets(_apply_gate(_infer(self._net, seq, head, self._device), head, self._gate,
-                                         p.quantiles, fade), self._offsets)[0]  # (H, Q)
+                                         p.quantiles, fade), self._offsets)
+        out = _clamp_spread(out, self._gate, p.quantiles)[0]  # (H, Q)
         vals = base[0] + out * self._scaler.scale
         sel = vals[ahead - 1]
         levels = _levels_at(sel, p.quantiles, list(quantiles) + [0.5])
@@ -985,6 +1008,9 @@ class GlobalLSTM:
         self.metrics: dict[str, Any] = {}
         self._net = None
         self._offsets: np.ndarray | None = None
+        #: conformal offsets per training series (the pooled ones above are
+        #: for the others)
+        self._series_offsets: dict[str, np.ndarray] = {}
         #: median gate per training series, and pooled (for the others)
         self._gates: dict[str, np.ndarray] = {}
         self._gate: np.ndarray | None = None
@@ -1055,7 +1081,18 @@ class GlobalLSTM:
                 gates = np.concatenate([np.broadcast_to(self._gates[k], (len(part),) + self._gates[k].shape)
                                         for k, part in zip(vkeys, vtgts)])
                 pred = _apply_gate(pred, va.head, gates, p.quantiles, fade)
-            self._offsets = _conformal(pred, va.target, p.quantiles) if p.calibrate else None
+            shift = not p.median_gate
+            self._offsets = _conformal(pred, va.target, p.quantiles, median=shift) if p.calibrate else None
+            self._series_offsets = {}
+            if p.calibrate:
+                lo = 0
+                for key, part in zip(vkeys, vtgts):
+                    sl = slice(lo, lo + len(part))
+                    lo += len(part)
+                    # too few windows for a step: the pooled offset there
+                    self._series_offsets[key] = np.where(
+                        np.isfinite(va.target[sl]).sum(0)[:, None] >= 20,
+                        _conformal(pred[sl], va.target[sl], p.quantiles, median=shift), self._offsets)
         self._net, self._device = net, device
         self._digest = _digest(self._meta(), net.state_dict())
         return self
@@ -1066,6 +1103,7 @@ class GlobalLSTM:
                 "windows": {k: list(v) for k, v in self.windows.items()},
                 "metrics": self.metrics,
                 "offsets": None if self._offsets is None else self._offsets.tolist(),
+                "series_offsets": {k: v.tolist() for k, v in self._series_offsets.items()},
                 "gates": {k: v.tolist() for k, v in self._gates.items()},
                 "gate": None if self._gate is None else self._gate.tolist(),
                 "ranges": {k: list(v) for k, v in self._ranges.items()},
@@ -1115,11 +1153,16 @@ class GlobalLSTM:
             return {}
         head = np.concatenate(heads)
         out = _infer(self._net, np.concatenate(seqs), head, self._device)
+        gates = None
         if self._gate is not None:
             gates = np.stack([self._gates.get(r[0], self._gate) for r in rows])
             fade = None if any(f is None for f in fades) else np.concatenate(fades)
             out = _apply_gate(out, head, gates, p.quantiles, fade)
-        out = _apply_offsets(out, self._offsets)
+        if self._offsets is not None:
+            out = _apply_offsets(out, np.stack([self._series_offsets.get(r[0], self._offsets) for r in rows]))
+        else:
+            out = _apply_offsets(out, None)
+        out = _clamp_spread(out, gates, p.quantiles)
         result: dict[str, Forecast] = {}
         version = self.version
         for i, (key, ts, ahead, base, scale) in enumerate(rows):
@@ -1150,6 +1193,7 @@ class GlobalLSTM:
         self.windows = {k: (int(v[0]), int(v[1])) for k, v in ck["windows"].items()}
         self.metrics = dict(ck["metrics"])
         self._offsets = None if ck["offsets"] is None else np.asarray(ck["offsets"])
+        self._series_offsets = {k: np.asarray(v) for k, v in (ck.get("series_offsets") or {}).items()}
         self._gates = {k: np.asarray(v) for k, v in (ck.get("gates") or {}).items()}
         self._gate = None if ck.get("gate") is None else np.asarray(ck["gate"])
         self._ranges = {k: (float(v[0]), float(v[1])) for k, v in (ck.get("ranges") or {}).items()}

@@ -228,7 +228,7 @@ def test_warm_start_from_a_global_model_needs_only_one_window(tmp_path):
 
 
 def test_median_gate_picks_persistence_the_network_or_the_seasonal_change_on_validation():
-    from forecasters.lstm import _apply_gate, _fit_gate
+    from forecasters.lstm import _apply_gate, _clamp_spread, _fit_gate
 
     rng = np.random.default_rng(0)
     B, H, levels = 200, 3, (0.1, 0.5, 0.9)
@@ -254,7 +254,13 @@ def test_median_gate_picks_persistence_the_network_or_the_seasonal_change_on_val
     # too few observed targets at a step: persistence there
     sparse = target.copy()
     sparse[10:, 0] = np.nan
-    assert tuple(_fit_gate(pred, head, sparse, levels)[0]) == (0.0, 0.0, 0.0)
+    assert tuple(_fit_gate(pred, head, sparse, levels)[0]) == (0.0, 0.0, 0.0, np.inf)
+    # no level further from the median than its largest validation error
+    assert gate[2, 3] == pytest.approx(np.max(np.abs(target[:, 2])))
+    wide = pred.copy()
+    wide[..., 2] += 100.0
+    clamped = _clamp_spread(_apply_gate(wide, head, gate, levels), gate, levels)
+    np.testing.assert_allclose(clamped[:, 2, 2] - clamped[:, 2, 1], gate[2, 3])
 
 
 def test_a_level_never_seen_in_training_is_forecast_by_persistence():
@@ -269,3 +275,20 @@ def test_a_level_never_seen_in_training_is_forecast_by_persistence():
     vals[3 * DAY:] = 5000.0
     f.update(Series(t.timestamps, vals))
     np.testing.assert_allclose(f.predict(end(t), 6, (0.5,)).point, 5000.0)
+
+
+def test_global_model_calibrates_each_training_series_on_its_own_validation_windows():
+    """A calm and a noisy series trained together: each gets its own
+    conformal offsets (pooled ones would over-cover the calm one and
+    under-cover the noisy one), used for it in predict_many."""
+    calm = daily(3, seed=1)
+    rng = np.random.default_rng(2)
+    noisy = Series(calm.timestamps, calm.values + rng.normal(0, 25, len(calm)), "noisy")
+    g = GlobalLSTM(TINY).fit({"calm": calm, "noisy": noisy})
+    assert set(g._series_offsets) == {"calm", "noisy"}
+    assert not np.allclose(g._series_offsets["calm"], g._series_offsets["noisy"])
+    now = end(calm)
+    before = g.predict_many({"calm": calm}, now, 6, (0.9,))["calm"].quantiles[0.9]
+    g._series_offsets["calm"] = g._series_offsets["calm"] + 1.0  # one scale unit up at every level
+    after = g.predict_many({"calm": calm}, now, 6, (0.9,))["calm"].quantiles[0.9]
+    np.testing.assert_allclose(after - before, g.scalers["calm"].scale, rtol=1e-5)
