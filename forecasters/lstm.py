@@ -27,11 +27,20 @@ validation split is time-ordered (training windows end ``horizon`` steps
 before the first validation origin), the scaler is fitted on the data given to
 ``fit`` only, and ``predict`` reads only ``self._history``.
 
-After training, a conformal correction (Romano et al., "Conformalized
-Quantile Regression", NeurIPS 2019) shifts each level at each horizon step by
-the empirical quantile of its residuals on the validation windows, so the 0.9
-level covers about 90 % of unseen outcomes rather than the (over-confident)
-training share.
+After training, on the validation windows (the last ``val_fraction`` of the
+training period, time-ordered):
+
+1. the *median gate* (:func:`_fit_gate`) picks, per horizon step, the median
+   ``last value + a * clip(network correction) + b * seasonal change`` with
+   the lowest mean absolute error, persistence ``(0, 0)`` included, so the
+   median is never worse than the last value there; the network's correction
+   fades out at levels outside the training range (:func:`_fade`);
+2. a conformal correction (Romano et al., "Conformalized Quantile
+   Regression", NeurIPS 2019) shifts each other level at each horizon step by
+   the empirical quantile of its residuals, so the 0.9 level covers about
+   90 % of unseen outcomes rather than the (over-confident) training share;
+   no level lies further from the median than the median's largest error
+   there.
 
 Global mode: :class:`GlobalLSTM` trains one network across many series (each
 with its own scaler) and forecasts any number of them in one batched call
