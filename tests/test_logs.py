@@ -7,7 +7,6 @@ import io
 import json
 import logging
 
-import numpy as np
 
 import forecasters
 from engine.build import build_targets
