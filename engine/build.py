@@ -52,3 +52,22 @@ def build_targets(config: Config, store: Store, names: list[str] | None = None) 
         out.append(LiveTarget(t, source=build_source(t, config), store=store, actuator=build_actuator(t, config),
                               covariates=build_covariates(t, config)))
     return out
+
+
+def check_actuator(target: TargetConfig, actuator: Any) -> str | None:
+    """Validate an actuator at startup (credentials resolve, the target
+    exists, the request fits the platform's limits). A permanent problem is
+    a :class:`ConfigError` naming the target; a transient one (the platform
+    unreachable right now) is returned as a warning — the cycles retry."""
+    from .errors import ConfigError, PermanentActuatorError, TransientActuatorError
+
+    validate = getattr(actuator, "validate", None)
+    if validate is None:
+        return None
+    try:
+        validate()
+    except PermanentActuatorError as exc:
+        raise ConfigError(f"target {target.name!r}: actuator {target.actuator.type!r}: {exc}") from None
+    except TransientActuatorError as exc:
+        return f"target {target.name!r}: actuator {target.actuator.type!r} not reachable at startup: {exc}"
+    return None

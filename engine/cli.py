@@ -110,6 +110,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .config import load_config
 
     cfg = load_config(args.config)
+    if args.check_actuators:
+        from .build import build_actuator, check_actuator
+
+        for t in cfg.targets:
+            warning = check_actuator(t, build_actuator(t, cfg))
+            print(f"{t.name}: actuator {t.actuator.type}: " + (f"warning: {warning}" if warning else "ok"))
     for t in cfg.targets:
         lo, hi = t.policy.bounds
         print(f"{t.name}: mode {t.mode}, every {t.interval}, source {t.source.type}, forecaster "
@@ -119,7 +125,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
-    from .build import build_targets
+    from .build import build_targets, check_actuator
     from .clock import SystemClock
     from .config import load_config
     from .store import Store
@@ -132,6 +138,9 @@ def cmd_once(args: argparse.Namespace) -> int:
     with Store(cfg.state_path) as store:
         store.lock()
         for lt in build_targets(cfg, store, [args.target] if args.target else None):
+            warning = check_actuator(lt.target, lt.actuator)
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr)
             res = lt.run(clock.now())
             for note in res.details.get("reconciled", []):
                 print(f"reconcile {lt.target.name}: {note}")
@@ -342,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="check a config file")
     v.add_argument("--config", required=True)
+    v.add_argument("--check-actuators", action="store_true",
+                   help="also check each actuator's credentials and target on its platform")
     v.set_defaults(func=cmd_validate)
 
     r = sub.add_parser("run", help="the daemon: every target's cycle on its interval")

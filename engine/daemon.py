@@ -35,7 +35,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from .build import build_actuator as default_build_actuator, build_source as default_build_source
+from .build import build_actuator as default_build_actuator, build_source as default_build_source, check_actuator
 from .clock import Clock, SystemClock
 from .config import Config, TargetConfig, load_config
 from .cycle import CycleResult, LiveTarget
@@ -200,6 +200,12 @@ class Daemon:
             for t in self.config.targets:
                 self.workers[t.name] = TargetWorker(self, t)
                 self._register(t)
+            # a missing credential or a target that does not exist is one clear
+            # error now, not at the first action
+            for w in self.workers.values():
+                warning = check_actuator(w.target, w.live.actuator)
+                if warning:
+                    log.warning(warning, extra={"target": w.target.name})
         except BaseException:
             for w in getattr(self, "workers", {}).values():
                 w.close()
@@ -302,7 +308,9 @@ class Daemon:
                 w = self.workers.get(t.name)
                 if w is None or w.target != t:
                     self.build_source(t, new)
-                    self.build_actuator(t, new)
+                    warning = check_actuator(t, self.build_actuator(t, new))
+                    if warning:
+                        log.warning(warning, extra={"target": t.name})
         except Exception as exc:  # noqa: BLE001
             log.error("config reload rejected, keeping the running config: %s: %s", type(exc).__name__, exc)
             return False
