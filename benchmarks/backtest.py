@@ -61,9 +61,14 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def one_trace(path: str, forecaster: str) -> dict[str, Any]:
+def one_trace(path: str, forecaster: str, params: dict[str, Any] | None = None,
+              torch_threads: int | None = None) -> dict[str, Any]:
+    if torch_threads:  # one torch thread per worker process: --jobs processes share the cores
+        import torch
+
+        torch.set_num_threads(torch_threads)
     t0, c0 = time.perf_counter(), time.process_time()
-    fcfg = ForecasterConfig(name=forecaster)
+    fcfg = ForecasterConfig(name=forecaster, params=params or {})
     result = run_backtest(read_csv(path), forecaster=fcfg, trace=Path(path).name)
     out = result.to_dict()
     out["trace"] = str(Path(path).relative_to(TRACES_DIR)) if TRACES_DIR in Path(path).parents else path
@@ -177,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
                     "(default: ../shared/traces from the repository root)")
     ap.add_argument("--forecasters", default=DEFAULT_FORECASTER.name,
                     help="comma-separated forecaster names; the first is the headline (default: the default)")
+    ap.add_argument("--params", default=None,
+                    help='forecaster parameters as JSON, for every forecaster named, e.g. \'{"epochs": 8}\'')
+    ap.add_argument("--torch-threads", type=int, default=None,
+                    help="torch threads per worker process (the LSTM; default: torch's own)")
     ap.add_argument("--jobs", type=int, default=2, help="traces replayed in parallel")
     ap.add_argument("--no-timing", action="store_true", help="skip the 30-day timing runs")
     ap.add_argument("--timing-forecasters", default="seasonal_naive,prophet")
@@ -187,15 +196,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.traces:
         TRACES_DIR = Path(args.traces).resolve()
     traces = qualifying_traces(TRACES_DIR)
+    params = json.loads(args.params) if args.params else None
     command = "python benchmarks/backtest.py" + ("" if args.forecasters == DEFAULT_FORECASTER.name
                                                  else f" --forecasters {args.forecasters}")
+    if params:
+        command += f" --params '{args.params}'"
+    if args.torch_threads:
+        command += f" --torch-threads {args.torch_threads}"
     report: dict[str, Any] = {"scenario": Scenario().to_dict(), "policy": DEFAULT_POLICY,
                               "min_days": MIN_DAYS, "forecasters": {}, "timing": []}
     md = ["# Backtest benchmark", ""]
     for fname in args.forecasters.split(","):
         print(f"forecaster {fname}: {len(traces)} traces with >= {MIN_DAYS} days", flush=True)
         with ProcessPoolExecutor(args.jobs) as ex:
-            futs = [ex.submit(one_trace, str(t), fname) for t in traces]
+            futs = [ex.submit(one_trace, str(t), fname, params, args.torch_threads) for t in traces]
             rows = []
             for f in futs:
                 r = f.result()
