@@ -138,6 +138,13 @@ def state_from_json(text: str) -> ScalingState:
     )
 
 
+def _upsert_state(db: sqlite3.Connection, target: str, state: ScalingState, now: datetime) -> None:
+    db.execute(
+        "INSERT INTO target_state(target, state, updated_at) VALUES (?,?,?) "
+        "ON CONFLICT(target) DO UPDATE SET state=excluded.state, updated_at=excluded.updated_at",
+        (target, state_to_json(state), to_epoch(now)))
+
+
 def plan_from_row(row: sqlite3.Row) -> Plan:
     d = json.loads(row["plan"])
     return Plan(
@@ -263,10 +270,7 @@ class Store:
 
     def save_state(self, target: str, state: ScalingState, now: datetime) -> None:
         with self.tx() as db:
-            db.execute(
-                "INSERT INTO target_state(target, state, updated_at) VALUES (?,?,?) "
-                "ON CONFLICT(target) DO UPDATE SET state=excluded.state, updated_at=excluded.updated_at",
-                (target, state_to_json(state), to_epoch(now)))
+            _upsert_state(db, target, state, now)
 
     # ---------------------------------------------------------------- decisions
     def record_decision(self, decision: Decision, mode: str, status: str, now: datetime,
@@ -282,10 +286,7 @@ class Store:
                  decision.current, decision.desired, int(decision.fallback), status, decision.to_json(),
                  None if outcome is None else json.dumps(outcome, default=str), to_epoch(now)))
             if state is not None:
-                db.execute(
-                    "INSERT INTO target_state(target, state, updated_at) VALUES (?,?,?) "
-                    "ON CONFLICT(target) DO UPDATE SET state=excluded.state, updated_at=excluded.updated_at",
-                    (decision.target, state_to_json(state), to_epoch(now)))
+                _upsert_state(db, decision.target, state, now)
 
     def set_decision_status(self, decision_id: str, status: str, now: datetime, *,
                             outcome: dict | None = None, approval: dict | None = None) -> None:
