@@ -698,6 +698,20 @@ def _read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ck
 
 
+def _load_checkpoint(path: str | Path, kind: str, device: str | None) -> tuple[dict[str, Any], "LSTMParams"]:
+    """A checkpoint of ``kind`` ("single" or "global") and its params, with
+    ``device`` overriding the saved one."""
+    ck = _read_checkpoint(path)
+    if ck.get("kind") != kind:
+        other = "LSTMForecaster.load" if kind == "global" else "GlobalLSTM.load"
+        held = "a per-target" if kind == "global" else "a global"
+        raise ForecastError(f"{path} holds {held} lstm model; use {other}")
+    params = LSTMParams.model_validate_json(ck["params"])
+    if device is not None:
+        params = params.model_copy(update={"device": device})
+    return ck, params
+
+
 def _grid_ahead(name: str, last: int, start: datetime, step: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
     t0 = to_epoch(start)
     if last > t0:
@@ -909,12 +923,7 @@ class LSTMForecaster(BaseForecaster):
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> "LSTMForecaster":
         """Rebuild a fitted forecaster from :meth:`save` without retraining."""
-        ck = _read_checkpoint(path)
-        if ck.get("kind") != "single":
-            raise ForecastError(f"{path} holds a global lstm model; use GlobalLSTM.load")
-        params = LSTMParams.model_validate_json(ck["params"])
-        if device is not None:
-            params = params.model_copy(update={"device": device})
+        ck, params = _load_checkpoint(path, "single", device)
         self = cls(params)
         self._restore(ck, params)
         return self
@@ -1191,12 +1200,7 @@ class GlobalLSTM:
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> "GlobalLSTM":
-        ck = _read_checkpoint(path)
-        if ck.get("kind") != "global":
-            raise ForecastError(f"{path} holds a per-target lstm model; use LSTMForecaster.load")
-        params = LSTMParams.model_validate_json(ck["params"])
-        if device is not None:
-            params = params.model_copy(update={"device": device})
+        ck, params = _load_checkpoint(path, "global", device)
         self = cls(params)
         self.scalers = {k: RobustScaler(**v) for k, v in ck["scalers"].items()}
         self.windows = {k: (int(v[0]), int(v[1])) for k, v in ck["windows"].items()}
