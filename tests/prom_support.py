@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import math
 import shutil
-import ssl
 import socket
+import ssl
 import subprocess
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -324,3 +326,32 @@ def self_signed(workdir: Path) -> tuple[Path, ssl.SSLContext]:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
     return cert, ctx
+
+
+@contextmanager
+def recording_pushgateway():
+    """A loopback HTTP server that answers PUTs as a Pushgateway does and
+    records each as ``(method, path, body)``; yields ``(url, recorded)``."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    got: list[tuple[str, str, bytes]] = []
+
+    class Gateway(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_PUT(self):
+            n = int(self.headers.get("Content-Length") or 0)
+            got.append((self.command, self.path, self.rfile.read(n)))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", got
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -464,36 +464,19 @@ def test_forecast_error_and_coverage_reach_the_metrics_endpoint(tmp_path):
 
 
 def test_forecasts_are_pushed_to_a_configured_pushgateway(tmp_path, trace):
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from .prom_support import recording_pushgateway
 
-    got: list[str] = []
-
-    class Gateway(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_PUT(self):
-            n = int(self.headers.get("Content-Length") or 0)
-            got.append(self.path + " " + self.rfile.read(n).decode())
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe")],
-                       server={"enabled": False, "pushgateway": f"http://127.0.0.1:{httpd.server_address[1]}"})
-    d, sources, platforms, results = make_daemon(cfg, monotonic=FakeMono(), metrics=EngineMetrics())
-    try:
-        d.tick()
-        settle(d)
-    finally:
-        d.shutdown(5)
-        httpd.shutdown()
-        httpd.server_close()
-    assert len(got) == 1 and got[0].startswith("/metrics/job/forescale/target/web ")
-    assert 'forescale_forecast{horizon="300",quantile="point",target="web"}' in got[0]
+    with recording_pushgateway() as (url, got):
+        cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe")],
+                           server={"enabled": False, "pushgateway": url})
+        d, sources, platforms, results = make_daemon(cfg, monotonic=FakeMono(), metrics=EngineMetrics())
+        try:
+            d.tick()
+            settle(d)
+        finally:
+            d.shutdown(5)
+    assert len(got) == 1 and got[0][1] == "/metrics/job/forescale/target/web"
+    assert 'forescale_forecast{horizon="300",quantile="point",target="web"}' in got[0][2].decode()
 
 
 def test_a_pushgateway_that_is_down_only_counts_an_error(tmp_path, trace):

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -221,27 +219,10 @@ def test_not_ready_within_n_intervals(last, expect):
 
 
 def test_push_forecasts_puts_the_group_to_the_gateway():
-    got: list[tuple[str, str, bytes]] = []
+    from .prom_support import recording_pushgateway
 
-    class Gateway(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_PUT(self):
-            n = int(self.headers.get("Content-Length") or 0)
-            got.append((self.command, self.path, self.rfile.read(n)))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
-    t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
-    try:
-        EngineMetrics().push_forecasts(f"http://127.0.0.1:{httpd.server_address[1]}", "web", forecast(n=2))
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with recording_pushgateway() as (url, got):
+        EngineMetrics().push_forecasts(url, "web", forecast(n=2))
     assert len(got) == 1
     method, path, body = got[0]
     assert method == "PUT" and path == "/metrics/job/forescale/target/web"
