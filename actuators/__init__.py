@@ -5,7 +5,7 @@ third-party actuators register under the ``forescale.actuators`` entry-point
 group.
 """
 
-from engine.registry import Registry
+from engine.core.registry import Registry
 
 from .base import Actuator, ActuatorConfig, retrying, wait_until
 
@@ -25,7 +25,7 @@ registry.add("kubernetes-hpa-floor", "actuators.kubernetes:HpaFloorActuator", ex
 
 
 def _check(name: str, obj: object) -> None:
-    from engine.errors import PluginError
+    from engine.core.errors import PluginError
 
     for attr in ("validate", "read", "describe", "apply", "Config"):
         if not hasattr(obj, attr):

@@ -54,15 +54,15 @@ from typing import Any, Callable, ClassVar, Literal, Sequence
 
 from pydantic import Field
 
-from engine.errors import (
+from engine.core.errors import (
     ActuatorError,
     ConfigError,
     LimitExceeded,
     PermanentActuatorError,
     TransientActuatorError,
 )
-from engine.types import ActionPlan, ActuationResult
-from policies.config import Duration
+from engine.core.types import ActionPlan, ActuationResult
+from engine.core.units import Duration
 
 from .base import ActuatorConfig, Monotonic, Sleep, require_non_negative
 

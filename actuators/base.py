@@ -17,9 +17,9 @@ from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
-from engine.errors import PermanentActuatorError, TransientActuatorError
-from engine.types import ActionPlan, ActuationResult
-from policies.config import Duration
+from engine.core.errors import PermanentActuatorError, TransientActuatorError
+from engine.core.types import ActionPlan, ActuationResult
+from engine.core.units import Duration
 
 Sleep = Callable[[float], None]
 Monotonic = Callable[[], float]

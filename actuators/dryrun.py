@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import ClassVar
 
-from engine.types import ActionPlan, ActuationResult
+from engine.core.types import ActionPlan, ActuationResult
 
 from .base import ActuatorConfig, require_non_negative
 

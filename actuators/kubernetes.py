@@ -62,14 +62,14 @@ from typing import Any, Callable, ClassVar, Literal, Sequence
 
 from pydantic import Field, field_validator, model_validator
 
-from engine.errors import (
+from engine.core.errors import (
     ActuatorError,
     ConfigError,
     LimitExceeded,
     PermanentActuatorError,
     TransientActuatorError,
 )
-from engine.types import ActionPlan, ActuationResult
+from engine.core.types import ActionPlan, ActuationResult
 
 from .base import ActuatorConfig, Monotonic, Sleep, require_non_negative, retrying, wait_until
 

@@ -55,14 +55,14 @@ from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 from pydantic import field_validator, model_validator
 
-from engine.errors import (
+from engine.core.errors import (
     ConfigError,
     LimitExceeded,
     PermanentActuatorError,
     TransientActuatorError,
 )
-from engine.types import ActionPlan, ActuationResult
-from policies.config import Duration
+from engine.core.types import ActionPlan, ActuationResult
+from engine.core.units import Duration
 
 from .base import ActuatorConfig, Monotonic, Sleep, require_non_negative, retrying
 

@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine.types import Series  # noqa: E402
-from engine.units import from_epoch  # noqa: E402
+from engine.core.types import Series  # noqa: E402
+from engine.core.units import from_epoch  # noqa: E402
 
 TRACES = ROOT.parent / "shared" / "traces"
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -40,8 +40,8 @@ from benchmarks.backtest import TRACES_DIR, qualifying_traces  # noqa: E402
 from engine.backtest import Scenario, prepare, reactive_policy, run_policy  # noqa: E402
 from engine.config import ForecasterConfig  # noqa: E402
 from engine.sources.csv import read_csv  # noqa: E402
-from engine.types import Forecast, Series  # noqa: E402
-from engine.units import to_epoch  # noqa: E402
+from engine.core.types import Forecast, Series  # noqa: E402
+from engine.core.units import to_epoch  # noqa: E402
 from forecasters import create  # noqa: E402
 
 METRICS = ("violation_fraction", "unserved_fraction", "cost_vs_oracle", "actions")
@@ -103,7 +103,7 @@ class Replay:
     def predict(self, start, horizon: int, quantiles: Sequence[float]) -> Forecast:
         out = self.log.get(to_epoch(start))
         if out is None:
-            from engine.errors import ForecastError
+            from engine.core.errors import ForecastError
 
             raise ForecastError("no forecast recorded for this cycle")
         if isinstance(out, BaseException):

@@ -3,8 +3,8 @@
 Importing this package is cheap: no torch, prophet or cloud SDK is imported.
 """
 
-from .errors import ForescaleError
-from .types import (
+from .core.errors import ForescaleError
+from .core.types import (
     Action,
     ActionPlan,
     ActuationResult,

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .feedback import accuracy, seasonal_naive_scale
-from .units import from_epoch
+from .core.units import from_epoch
 
 
 def accuracy_table(store: Any, target: str | None, *, window: timedelta = timedelta(days=7),

@@ -38,8 +38,8 @@ from policies.config import PolicyConfig, RateLimit, Reactive, Stabilization
 from .config import ForecasterConfig, PluginSection, TargetConfig
 from .cycle import TargetRunner
 from .feedback import MemoryFeedback, accuracy, seasonal_naive_scale
-from .types import ScalingState, Series
-from .units import from_epoch
+from .core.types import ScalingState, Series
+from .core.units import from_epoch
 
 
 @dataclass(frozen=True)
@@ -263,7 +263,7 @@ def prepare(raw: Series, scenario: Scenario = Scenario(), trace: str = "") -> Pr
     size, the oracle's need, the scored intervals and the initial capacity."""
     series = raw.regular(scenario.interval)
     if len(series) < 3:
-        from .errors import DataError
+        from .core.errors import DataError
 
         raise DataError(f"trace has {len(series)} intervals after resampling to {scenario.interval}; too short")
     d = series.values

@@ -59,7 +59,7 @@ def check_actuator(target: TargetConfig, actuator: Any) -> str | None:
     exists, the request fits the platform's limits). A permanent problem is
     a :class:`ConfigError` naming the target; a transient one (the platform
     unreachable right now) is returned as a warning — the cycles retry."""
-    from .errors import ConfigError, PermanentActuatorError, TransientActuatorError
+    from .core.errors import ConfigError, PermanentActuatorError, TransientActuatorError
 
     validate = getattr(actuator, "validate", None)
     if validate is None:

@@ -15,10 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import ForescaleError
-from .units import isoformat, parse_duration
+from .core.errors import ForescaleError
+from .core.units import isoformat, parse_duration
 
-DEMO_TRACE = Path(__file__).parent / "data" / "demo_rds_cpu.csv"
 
 
 # ------------------------------------------------------------------ helpers
@@ -103,7 +102,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(out=Path(args.out), days=args.days, verbose=not args.quiet, trace=Path(args.trace))
+    return run_demo(out=Path(args.out), days=args.days, verbose=not args.quiet, trace=Path(args.trace) if args.trace else None)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -126,7 +125,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_once(args: argparse.Namespace) -> int:
     from .build import build_targets, check_actuator
-    from .clock import SystemClock
+    from .core.clock import SystemClock
     from .config import load_config
     from .store import Store
 
@@ -205,8 +204,8 @@ def cmd_decisions(args: argparse.Namespace) -> int:
 
 def cmd_plans(args: argparse.Namespace) -> int:
     from .plans import expire_plans
-    from .clock import SystemClock
-    from .types import PlanStatus
+    from .core.clock import SystemClock
+    from .core.types import PlanStatus
 
     with _store(args) as store:
         expire_plans(store, args.target, SystemClock().now())
@@ -240,7 +239,7 @@ def _actuator_for_plan(args: argparse.Namespace, store, plan_id: str):
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    from .clock import SystemClock
+    from .core.clock import SystemClock
     from .plans import apply_plan, approve
 
     with _store(args) as store:
@@ -257,7 +256,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 
 def cmd_reject(args: argparse.Namespace) -> int:
-    from .clock import SystemClock
+    from .core.clock import SystemClock
     from .plans import reject
 
     with _store(args) as store:
@@ -267,7 +266,7 @@ def cmd_reject(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from .clock import SystemClock
+    from .core.clock import SystemClock
     from .plans import apply_plan
 
     with _store(args) as store:
@@ -303,7 +302,7 @@ def cmd_train_global(args: argparse.Namespace) -> int:
     """Train one LSTM across the history of several targets and save it, for
     ``forecaster.init_from`` (cold start) and for batched forecasting."""
     from .build import build_source
-    from .clock import SystemClock
+    from .core.clock import SystemClock
     from .config import load_config
 
     try:
@@ -336,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="replay a bundled real trace through the full loop (no cloud, no Prometheus)")
     d.add_argument("--out", default="forescale-demo", help="folder for the state file, decision log and plot")
     d.add_argument("--days", type=float, default=5.0, help="days of the trace to replay live (after warm-up)")
-    d.add_argument("--trace", default=str(DEMO_TRACE), help=argparse.SUPPRESS)
+    d.add_argument("--trace", default=None, help=argparse.SUPPRESS)
     d.add_argument("--quiet", action="store_true", help="print only the summary")
     d.set_defaults(func=cmd_demo)
 

@@ -19,9 +19,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from policies.config import Duration, PolicyConfig
+from policies.config import PolicyConfig
 
-from .errors import ConfigError, PluginError
+from .core.units import Duration
+
+from .core.errors import ConfigError, PluginError
 
 Mode = Literal["observe", "dry-run", "approve", "auto"]
 

@@ -46,13 +46,13 @@ from forecasters.quality import gate, live_mase
 from policies import decide, history_to_keep
 
 from .config import TargetConfig
-from .errors import (
+from .core.errors import (
     ActuatorError, ForecastError, MetricSourceError, StateError,
 )
 from .logs import log_context, set_log_fields
 from .feedback import Feedback, MemoryFeedback, StoreFeedback, seasonal_naive_scale
-from .types import Decision, Forecast, Observation, Plan, PlanStatus, ScaleEvent, ScalingState, Series
-from .units import from_epoch, isoformat, parse_time, to_epoch
+from .core.types import Decision, Forecast, Observation, Plan, PlanStatus, ScaleEvent, ScalingState, Series
+from .core.units import from_epoch, isoformat, parse_time, to_epoch
 
 log = logging.getLogger("forescale.cycle")
 

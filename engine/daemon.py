@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .build import build_actuator as default_build_actuator, build_source as default_build_source, check_actuator
-from .clock import Clock, SystemClock
+from .core.clock import Clock, SystemClock
 from .config import Config, TargetConfig, load_config
 from .cycle import CycleResult, LiveTarget
-from .errors import ConfigError
+from .core.errors import ConfigError
 from .store import Store
 
 log = logging.getLogger("forescale.daemon")
@@ -257,7 +257,7 @@ class Daemon:
                 w = self.workers.get(res.target)
                 # (not for a timeout report: the stuck cycle still uses that connection)
                 if w is not None and w.target.mode == "approve" and not res.details.get("timeout"):
-                    from .types import PlanStatus
+                    from .core.types import PlanStatus
 
                     m.set_plans_pending(res.target, len(w.store.plans(res.target, PlanStatus.PENDING)))
                 gateway = self.config.server.pushgateway

@@ -23,11 +23,15 @@ import yaml
 
 from .backtest import DEFAULT_FORECASTER, DEFAULT_POLICY, Scenario, plot, run_backtest, write_json
 from .build import build_targets
-from .clock import ManualClock
+from .core.clock import ManualClock
 from .config import load_config
 from .sources.csv import read_csv
 from .store import Store
-from .units import isoformat
+from .core.units import isoformat
+
+
+#: the bundled trace the demo replays (ships in the wheel)
+DEMO_TRACE = Path(__file__).parent / "data" / "demo_rds_cpu.csv"
 
 
 class _Hour:
@@ -86,8 +90,6 @@ def _write_config(out: Path, trace: Path, cpr: float, scenario: Scenario, initia
 
 
 def run_demo(out: Path, days: float = 5.0, verbose: bool = True, trace: Path | None = None) -> int:
-    from .cli import DEMO_TRACE
-
     trace = trace or DEMO_TRACE
     out.mkdir(parents=True, exist_ok=True)
     for f in out.glob("forescale.db*"):

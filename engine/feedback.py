@@ -19,8 +19,8 @@ from typing import Protocol
 
 import numpy as np
 
-from .types import Forecast, Series
-from .units import to_epoch
+from .core.types import Forecast, Series
+from .core.units import to_epoch
 
 
 def conformal_headroom(actual: np.ndarray, point: np.ndarray, target_rate: float,

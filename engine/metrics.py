@@ -57,7 +57,7 @@ from typing import Callable, Iterable, Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder, push_to_gateway
 
-from engine.types import Decision, Forecast
+from engine.core.types import Decision, Forecast
 
 log = logging.getLogger("forescale.metrics")
 

@@ -28,8 +28,8 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from .errors import ActuatorError, ApprovalRequired, ForescaleError, PlanStateError, StalePlan
-from .types import Plan, PlanStatus, ScaleEvent
+from .core.errors import ActuatorError, ApprovalRequired, ForescaleError, PlanStateError, StalePlan
+from .core.types import Plan, PlanStatus, ScaleEvent
 
 OPEN = (PlanStatus.PENDING, PlanStatus.APPROVED)
 

@@ -32,11 +32,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import PlanNotFound, PlanStateError, StateError, StateLocked
-from .types import (
+from .core.errors import PlanNotFound, PlanStateError, StateError, StateLocked
+from .core.types import (
     ActuationResult, Decision, Forecast, Observation, Plan, PlanStatus, ScaleEvent, ScalingState, Series,
 )
-from .units import from_epoch, isoformat, parse_time, to_epoch
+from .core.units import from_epoch, isoformat, parse_time, to_epoch
 
 SCHEMA_VERSION = 1
 

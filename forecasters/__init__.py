@@ -5,8 +5,8 @@ Built-in names resolve lazily through :data:`registry` (importing
 register under the ``forescale.forecasters`` entry-point group.
 """
 
-from engine.errors import PluginError
-from engine.registry import Registry
+from engine.core.errors import PluginError
+from engine.core.registry import Registry
 
 from .base import BaseForecaster, Forecaster, ForecasterParams
 

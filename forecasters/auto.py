@@ -40,9 +40,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from engine.errors import ForecastError, InsufficientHistory, PluginError
-from engine.types import Forecast, Series
-from engine.units import from_epoch
+from engine.core.errors import ForecastError, InsufficientHistory, PluginError
+from engine.core.types import Forecast, Series
+from engine.core.units import from_epoch
 
 from .base import BaseForecaster, ForecasterParams
 

@@ -27,9 +27,9 @@ from typing import Any, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from engine.errors import ForecastError, InsufficientHistory
-from engine.types import Forecast, Series
-from engine.units import to_epoch
+from engine.core.errors import ForecastError, InsufficientHistory
+from engine.core.types import Forecast, Series
+from engine.core.units import to_epoch
 
 
 class ForecasterParams(BaseModel):

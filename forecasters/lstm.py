@@ -67,9 +67,9 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from engine.errors import ForecastError, InsufficientHistory
-from engine.types import Forecast, Series
-from engine.units import to_epoch
+from engine.core.errors import ForecastError, InsufficientHistory
+from engine.core.types import Forecast, Series
+from engine.core.units import to_epoch
 
 from .base import BaseForecaster, ForecasterParams
 

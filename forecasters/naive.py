@@ -21,7 +21,7 @@ from typing import Literal, Sequence
 import numpy as np
 from pydantic import Field
 
-from engine.types import Series
+from engine.core.types import Series
 
 from .base import BaseForecaster, ForecasterParams, last_valid_index, residual_quantiles
 
@@ -143,7 +143,7 @@ class SeasonalNaive(_NaiveBase):
         return 24
 
     def _fit(self, history: Series) -> None:
-        from engine.errors import InsufficientHistory
+        from engine.core.errors import InsufficientHistory
 
         span = history.timestamps[-1] - history.timestamps[0]
         if self.params.season == "auto":

@@ -56,8 +56,8 @@ from typing import Any, Sequence
 import numpy as np
 from pydantic import Field, field_validator
 
-from engine.errors import ForecastError, InsufficientHistory, PluginError
-from engine.types import Series
+from engine.core.errors import ForecastError, InsufficientHistory, PluginError
+from engine.core.types import Series
 
 from .base import BaseForecaster, ForecasterParams
 

@@ -8,13 +8,11 @@ seconds. Errors name the field and the values, e.g.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from engine.units import parse_duration
-
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+from engine.core.units import Duration
 
 
 class _Model(BaseModel):

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta
 
-from engine.types import Decision, Forecast, ScalingState, Step
+from engine.core.types import Decision, Forecast, ScalingState, Step
 
 from . import steps as S
 from .config import PolicyConfig

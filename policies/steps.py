@@ -1,6 +1,6 @@
 """The policy steps as free functions over plain values.
 
-Each returns a :class:`engine.types.Step` (value, stable reason code,
+Each returns a :class:`engine.core.types.Step` (value, stable reason code,
 message, changed). None reads a clock or does I/O; ``now`` and histories
 arrive as arguments. The order they run in is documented in one place:
 :func:`policies.pipeline.decide`.
@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from engine.types import Forecast, ScaleEvent, Step
+from engine.core.types import Forecast, ScaleEvent, Step
 
 from .config import Margin, PolicyConfig, RateLimit, Smoothing
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from engine.registry import Registry
-from engine.types import Series
+from engine.core.registry import Registry
+from engine.core.types import Series
 
 
 @runtime_checkable

@@ -28,9 +28,9 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from engine.errors import DataError
-from engine.types import Series
-from engine.units import parse_time, to_epoch
+from engine.core.errors import DataError
+from engine.core.types import Series
+from engine.core.units import parse_time, to_epoch
 
 
 class CsvConfig(BaseModel):

@@ -69,9 +69,9 @@ import numpy as np
 import tenacity
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from engine.errors import ConfigError, MetricSourceError
-from engine.types import Series
-from engine.units import parse_duration, to_epoch
+from engine.core.errors import ConfigError, MetricSourceError
+from engine.core.types import Series
+from engine.core.units import parse_duration, to_epoch
 
 log = logging.getLogger("forescale.sources.prometheus")
 

@@ -1,0 +1,84 @@
+"""Durations and timestamps: parsing and conversion helpers.
+
+Inside arrays, time is int64 epoch seconds (UTC). At API boundaries, a point in
+time is an aware ``datetime`` in UTC and a span is a ``timedelta``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Annotated
+
+import numpy as np
+from pydantic import BeforeValidator
+
+UTC = timezone.utc
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: object) -> timedelta:
+    """``"5m"``, ``"300s"``, ``"1h"``, ``"2d"``, ``300`` (seconds) or a timedelta.
+
+    Raises ``ValueError`` with the bad value for anything else (negative too).
+    """
+    if isinstance(value, timedelta):
+        if value < timedelta(0):
+            raise ValueError(f"duration must not be negative, got {value}")
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"duration must not be negative, got {value}")
+        return timedelta(seconds=float(value))
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return timedelta(seconds=float(m.group(1)) * _UNIT_SECONDS[m.group(2) or "s"])
+    raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 1h, 2d)")
+
+
+def format_duration(td: timedelta) -> str:
+    s = td.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size and s % size == 0:
+            return f"{int(s // size)}{unit}"
+    return f"{s:g}s"
+
+
+def to_epoch(dt: datetime) -> int:
+    """Aware datetime -> int epoch seconds. Naive datetimes are taken as UTC."""
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp())
+
+
+def from_epoch(seconds: float | int | np.integer) -> datetime:
+    return datetime.fromtimestamp(int(seconds), tz=UTC)
+
+
+def isoformat(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str) -> datetime:
+    """Parse an ISO timestamp (``Z``, offset, or naive = UTC) or epoch seconds."""
+    v = value.strip()
+    if re.fullmatch(r"-?\d+(\.\d+)?", v):
+        return from_epoch(float(v))
+    if v.endswith("Z"):
+        v = v[:-1] + "+00:00"
+    dt = datetime.fromisoformat(v)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
+
+
+#: A span in a config file: ``30s``, ``5m``, ``1h``, ``2d`` or seconds,
+#: validated by :func:`parse_duration` (every package's configs use this one type).
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]

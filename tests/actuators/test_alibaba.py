@@ -1,0 +1,637 @@
+"""The Alibaba Cloud ECS actuators, driven through the real SDK
+(``alibabacloud_ecs20140526``: its signing, serialization and error parsing)
+against the fake ECS API in ``tests/support/fake_ecs.py`` on 127.0.0.1.
+
+The actuator and the fake share one manual clock: the actuator's ``sleep``
+advances it, and the fake's instance state transitions follow it, so waits
+of minutes take milliseconds."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from actuators import registry
+from actuators.alibaba import (
+    EcsInstanceGroupActuator,
+    EcsInstanceGroupConfig,
+    EcsInstanceSpecActuator,
+    EcsInstanceSpecConfig,
+)
+from engine.core.errors import (
+    ConfigError,
+    LimitExceeded,
+    PermanentActuatorError,
+    TransientActuatorError,
+)
+from tests.support.actuator_contract import ActuatorContract
+from tests.support.fake_ecs import FakeEcs
+from tests.support import ROOT
+
+REGION = "cn-hangzhou"
+ZONE = "cn-hangzhou-h"
+LADDER = ("ecs.g7.large", "ecs.g7.xlarge", "ecs.g7.2xlarge", "ecs.g7.4xlarge")
+KEY_ID, KEY_SECRET = "fake-key-id", "fake-secret-do-not-log"
+TAG = ("forescale-group", "web")
+MUTATING = {"StopInstance", "StartInstance", "ModifyInstanceSpec", "ModifyPrepayInstanceSpec",
+            "RunInstances", "DeleteInstances"}
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def fake(clock):
+    with FakeEcs(region_id=REGION, clock=clock.monotonic, transition_s=10.0,
+                 access_key_ids=(KEY_ID,), instance_types=LADDER) as f:
+        yield f
+
+
+def sdk_client(endpoint: str, key_id: str = KEY_ID):
+    from alibabacloud_ecs20140526.client import Client
+    from alibabacloud_tea_openapi.models import Config
+
+    return Client(Config(access_key_id=key_id, access_key_secret=KEY_SECRET, region_id=REGION,
+                         endpoint=endpoint, protocol="http"))
+
+
+def common(**overrides):
+    base = dict(region_id=REGION, poll_interval=timedelta(seconds=5),
+                verify_timeout=timedelta(minutes=10), retry_attempts=4,
+                retry_max_wait=timedelta(seconds=30))
+    base.update(overrides)
+    return base
+
+
+def spec_actuator(fake, clock, instance_id, *, client=None, **overrides):
+    config = EcsInstanceSpecConfig(instance_id=instance_id, **common(**overrides))
+    return EcsInstanceSpecActuator(
+        config, target="db", ladder=LADDER, sleep=clock.sleep, monotonic=clock.monotonic,
+        client=client if client is not None else sdk_client(fake.endpoint))
+
+
+def group_actuator(fake, clock, template_id, *, client=None, **overrides):
+    config = EcsInstanceGroupConfig(tag_key=TAG[0], tag_value=TAG[1],
+                                    launch_template_id=template_id, **common(**overrides))
+    return EcsInstanceGroupActuator(
+        config, target="web", sleep=clock.sleep, monotonic=clock.monotonic,
+        client=client if client is not None else sdk_client(fake.endpoint))
+
+
+def mutating(fake) -> list[str]:
+    return [a for a in fake.actions() if a in MUTATING]
+
+
+# ------------------------------------------------------------------ contract suites
+class TestEcsInstanceSpecContract(ActuatorContract):
+    initial_capacity = 1
+    capacities = (2, 0)
+
+    @pytest.fixture
+    def actuator(self, fake, clock):
+        inst = fake.add_instance(LADDER[1], zone_id=ZONE)
+        return spec_actuator(fake, clock, inst.instance_id)
+
+
+class TestEcsInstanceSpecPrepaidContract(ActuatorContract):
+    initial_capacity = 1
+    capacities = (3, 0)
+
+    @pytest.fixture
+    def actuator(self, fake, clock):
+        inst = fake.add_instance(LADDER[1], zone_id=ZONE, charge_type="PrePaid")
+        return spec_actuator(fake, clock, inst.instance_id)
+
+
+class TestEcsInstanceGroupContract(ActuatorContract):
+    initial_capacity = 2
+    capacities = (3, 1)
+
+    @pytest.fixture
+    def actuator(self, fake, clock):
+        lt = fake.add_launch_template(LADDER[0], zone_id=ZONE)
+        fake.add_instance(LADDER[0], tags=dict([TAG]), created_minutes_ago=90)
+        fake.add_instance(LADDER[0], tags=dict([TAG]), created_minutes_ago=30)
+        # not members: another group, and a member someone stopped
+        fake.add_instance(LADDER[0], tags={TAG[0]: "api"})
+        fake.add_instance(LADDER[0], tags=dict([TAG]), status="Stopped")
+        return group_actuator(fake, clock, lt)
+
+
+# ------------------------------------------------------------------ registry, import
+def test_registry_resolves_both_names():
+    assert registry.get("alibaba-ecs") is EcsInstanceSpecActuator
+    assert registry.get("alibaba-ecs-group") is EcsInstanceGroupActuator
+    assert EcsInstanceSpecConfig(region_id=REGION, instance_id="i-1").type == "alibaba-ecs"
+
+
+def test_importing_the_module_does_not_import_the_sdk():
+    code = ("import sys, actuators.alibaba; "
+            "bad = [m for m in sys.modules if m.startswith(('alibabacloud', 'Tea', 'darabonba'))]; "
+            "assert not bad, bad")
+    root = ROOT
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+def test_a_vertical_actuator_needs_a_ladder():
+    config = EcsInstanceSpecConfig(region_id=REGION, instance_id="i-1")
+    with pytest.raises(ConfigError, match="ladder"):
+        EcsInstanceSpecActuator(config, target="db", ladder=None)
+    with pytest.raises(ConfigError, match="ecs.g7.large"):
+        EcsInstanceSpecActuator(config, target="db", ladder=[LADDER[0], LADDER[0]])
+
+
+def test_config_rejects_unknown_fields_naming_them():
+    with pytest.raises(ValueError, match="instance_idd"):
+        EcsInstanceSpecConfig(region_id=REGION, instance_idd="i-1")
+
+
+# ------------------------------------------------------------------ vertical: flows
+def test_postpaid_running_instance_is_stopped_modified_and_started(fake, clock):
+    inst = fake.add_instance(LADDER[0], zone_id=ZONE)
+    act = spec_actuator(fake, clock, inst.instance_id)
+
+    result = act.apply(2, decision_id="d1")
+
+    assert mutating(fake) == ["StopInstance", "ModifyInstanceSpec", "StartInstance"]
+    actions = fake.actions()
+    assert actions.index("DescribeResourcesModification") < actions.index("StopInstance")
+    stop = next(c for c in fake.calls if c.action == "StopInstance")
+    assert stop.params["StoppedMode"] == "KeepCharging"
+    modify = next(c for c in fake.calls if c.action == "ModifyInstanceSpec")
+    assert modify.params["InstanceType"] == LADDER[2]
+    assert modify.params["ClientToken"].startswith("forescale-")
+    assert result.verified and result.observed == 2
+    assert result.details["old_type"] == LADDER[0]
+    assert result.details["status"] == "Running"
+    # availability check, stop, modify, start: one request id each
+    assert len(result.request_ids) == 4 and len(set(result.request_ids)) == 4
+    # a stop and a start of 10 s each on the fake's clock
+    assert result.elapsed >= timedelta(seconds=20)
+    assert fake.instances[inst.instance_id].instance_type == LADDER[2]
+    assert fake.instances[inst.instance_id].status == "Running"
+
+
+def test_postpaid_stopped_instance_is_modified_and_left_stopped(fake, clock):
+    inst = fake.add_instance(LADDER[1], zone_id=ZONE, status="Stopped")
+    act = spec_actuator(fake, clock, inst.instance_id)
+
+    result = act.apply(0, decision_id="d1")
+
+    assert mutating(fake) == ["ModifyInstanceSpec"]
+    assert result.verified and result.observed == 0
+    assert fake.instances[inst.instance_id].status == "Stopped"
+
+
+def test_prepaid_uses_modify_prepay_instance_spec_with_autopay(fake, clock):
+    inst = fake.add_instance(LADDER[1], zone_id=ZONE, charge_type="PrePaid")
+    act = spec_actuator(fake, clock, inst.instance_id)
+
+    up = act.apply(3, decision_id="d1")
+    down = act.apply(0, decision_id="d2")
+
+    assert mutating(fake) == ["ModifyPrepayInstanceSpec", "ModifyPrepayInstanceSpec"]
+    first, second = [c.params for c in fake.calls if c.action == "ModifyPrepayInstanceSpec"]
+    assert (first["OperatorType"], second["OperatorType"]) == ("upgrade", "downgrade")
+    assert first["AutoPay"] == "True" and first["RebootWhenFinished"] == "True"
+    assert first["RegionId"] == REGION and first["InstanceType"] == LADDER[3]
+    modes = [c.params["OperationType"] for c in fake.calls
+             if c.action == "DescribeResourcesModification"]
+    assert modes == ["Upgrade", "Downgrade"]
+    assert up.verified and up.observed == 3 and down.verified and down.observed == 0
+    # the reboot that applies the change was waited for
+    assert up.details["status"] == "Running" and up.elapsed >= timedelta(seconds=20)
+
+
+def test_unavailable_type_is_refused_before_anything_is_stopped(fake, clock):
+    inst = fake.add_instance(LADDER[0], zone_id=ZONE)
+    fake.stock[(ZONE, LADDER[3])] = "SoldOut"
+    act = spec_actuator(fake, clock, inst.instance_id)
+
+    with pytest.raises(LimitExceeded) as info:
+        act.apply(3, decision_id="d1")
+
+    assert LADDER[3] in str(info.value) and ZONE in str(info.value)
+    assert "StopInstance" not in fake.actions()
+    assert mutating(fake) == []
+    assert info.value.request_ids  # the DescribeResourcesModification request
+    assert fake.instances[inst.instance_id].status == "Running"
+    assert fake.instances[inst.instance_id].instance_type == LADDER[0]
+
+
+def test_modify_failure_after_stop_starts_the_instance_again_with_its_old_type(fake, clock):
+    inst = fake.add_instance(LADDER[0], zone_id=ZONE)
+    # stock runs out between the availability check and the change
+    fake.fail("ModifyInstanceSpec", "OperationDenied.NoStock",
+              "Sales of this resource are temporarily suspended.", status=403)
+    act = spec_actuator(fake, clock, inst.instance_id)
+
+    with pytest.raises(LimitExceeded) as info:
+        act.apply(2, decision_id="d1")
+
+    message = str(info.value)
+    assert "OperationDenied.NoStock" in message
+    assert f"started again with its old type {LADDER[0]}" in message
+    assert mutating(fake) == ["StopInstance", "ModifyInstanceSpec", "StartInstance"]
+    assert fake.instances[inst.instance_id].status == "Running"
+    assert fake.instances[inst.instance_id].instance_type == LADDER[0]
+    assert act.read() == 0
+    # stop, modify (failed) and start all carry their request ids
+    assert len(info.value.request_ids) >= 3
+
+
+def test_incorrect_status_on_modify_is_not_retried_and_the_instance_is_restarted(fake, clock):
+    inst = fake.add_instance(LADDER[0], zone_id=ZONE)
+    fake.fail("ModifyInstanceSpec", "IncorrectInstanceStatus",
+              "The current status of the resource does not support this operation.", status=403)
+    act = spec_actuator(fake, clock, inst.instance_id)
+
+    with pytest.raises(PermanentActuatorError, match="started again with its old type"):
+        act.apply(1, decision_id="d1")
+
+    assert fake.count("ModifyInstanceSpec") == 1
+    assert fake.instances[inst.instance_id].status == "Running"
+
+
+def test_apply_waits_while_the_instance_is_between_states(fake, clock):
+    inst = fake.add_instance(LADDER[0], zone_id=ZONE)
+    inst.status = "Starting"
+    inst.schedule = [(clock.now + 12, "Running")]
+    act = spec_actuator(fake, clock, inst.instance_id)
+
+    result = act.apply(1, decision_id="d1")
+
+    assert result.verified and result.observed == 1
+    assert mutating(fake) == ["StopInstance", "ModifyInstanceSpec", "StartInstance"]
+
+
+def test_apply_is_a_no_op_when_the_type_already_matches(fake, clock):
+    inst = fake.add_instance(LADDER[2], zone_id=ZONE)
+    act = spec_actuator(fake, clock, inst.instance_id)
+
+    result = act.apply(2, decision_id="d1")
+
+    assert result.verified and result.details["action"] == "none"
+    assert mutating(fake) == [] and "DescribeResourcesModification" not in fake.actions()
+
+
+def test_desired_beyond_the_ladder_is_permanent(fake, clock):
+    inst = fake.add_instance(LADDER[0], zone_id=ZONE)
+    act = spec_actuator(fake, clock, inst.instance_id)
+    with pytest.raises(PermanentActuatorError, match="beyond the ladder"):
+        act.apply(len(LADDER), decision_id="d1")
+    assert fake.calls == []
+
+
+# ------------------------------------------------------------------ vertical: read, describe
+def test_read_of_a_type_outside_the_ladder_names_it(fake, clock):
+    inst = fake.add_instance("ecs.c7.large", zone_id=ZONE)
+    act = spec_actuator(fake, clock, inst.instance_id)
+    with pytest.raises(PermanentActuatorError) as info:
+        act.read()
+    assert "ecs.c7.large" in str(info.value) and LADDER[0] in str(info.value)
+
+
+def test_validate_on_a_missing_instance_is_permanent(fake, clock):
+    act = spec_actuator(fake, clock, "i-doesnotexist")
+    with pytest.raises(PermanentActuatorError, match="i-doesnotexist"):
+        act.validate()
+
+
+def test_describe_lists_the_api_actions_and_the_downtime(fake, clock):
+    postpaid = fake.add_instance(LADDER[0], zone_id=ZONE)
+    prepaid = fake.add_instance(LADDER[0], zone_id=ZONE, charge_type="PrePaid")
+
+    plan = spec_actuator(fake, clock, postpaid.instance_id).describe(2)
+    assert plan.from_capacity == 0 and plan.to_capacity == 2
+    assert plan.details["api_actions"] == ["DescribeResourcesModification", "StopInstance",
+                                           "ModifyInstanceSpec", "StartInstance"]
+    assert (plan.details["old_type"], plan.details["new_type"]) == (LADDER[0], LADDER[2])
+    assert plan.downtime == timedelta(minutes=2)
+
+    plan = spec_actuator(fake, clock, prepaid.instance_id).describe(1)
+    assert plan.details["api_actions"] == ["DescribeResourcesModification",
+                                           "ModifyPrepayInstanceSpec"]
+    assert plan.details["operator_type"] == "upgrade"
+    assert plan.downtime == timedelta(minutes=1)
+
+    plan = spec_actuator(fake, clock, postpaid.instance_id).describe(0)
+    assert plan.details["api_actions"] == [] and plan.downtime == timedelta(0)
+    assert mutating(fake) == []
+
+
+# ------------------------------------------------------------------ error mapping
+def test_throttling_is_retried_then_succeeds(fake, clock):
+    inst = fake.add_instance(LADDER[0], zone_id=ZONE)
+    act = spec_actuator(fake, clock, inst.instance_id)
+    fake.throttle(3)
+
+    assert act.read() == 0
+
+    assert fake.count("DescribeInstances") == 4
+    assert len(clock.slept) == 3  # backed off between attempts, on the injected sleep
+
+
+def test_throttling_in_the_middle_of_a_resize_is_retried(fake, clock):
+    inst = fake.add_instance(LADDER[0], zone_id=ZONE)
+    act = spec_actuator(fake, clock, inst.instance_id)
+    fake.throttle(2, action="StopInstance")
+
+    result = act.apply(1, decision_id="d1")
+
+    assert result.verified and fake.count("StopInstance") == 3
+
+
+def test_throttling_that_never_ends_is_transient(fake, clock):
+    inst = fake.add_instance(LADDER[0], zone_id=ZONE)
+    act = spec_actuator(fake, clock, inst.instance_id, retry_attempts=3)
+    fake.throttle(100)
+    with pytest.raises(TransientActuatorError, match="Throttling.User") as info:
+        act.read()
+    assert fake.count("DescribeInstances") == 3
+    assert info.value.request_ids
+
+
+def test_server_errors_are_retried(fake, clock):
+    inst = fake.add_instance(LADDER[0], zone_id=ZONE)
+    fake.fail("DescribeInstances", "InternalError", "The request processing has failed.",
+              status=500, times=2)
+    assert spec_actuator(fake, clock, inst.instance_id).read() == 0
+    assert fake.count("DescribeInstances") == 3
+
+
+def test_permanent_error_is_not_retried(fake, clock):
+    inst = fake.add_instance(LADDER[0], zone_id=ZONE)
+    fake.fail("StopInstance", "Forbidden.RAM", "User not authorized to operate on the "
+              "specified resource, or this API doesn't support RAM.", status=403)
+    act = spec_actuator(fake, clock, inst.instance_id)
+
+    with pytest.raises(PermanentActuatorError, match="Forbidden.RAM") as info:
+        act.apply(1, decision_id="d1")
+
+    assert not isinstance(info.value, TransientActuatorError)
+    assert fake.count("StopInstance") == 1
+    assert info.value.request_ids
+    assert fake.instances[inst.instance_id].status == "Running"
+
+
+def test_unknown_access_key_is_permanent_and_not_retried(fake, clock):
+    inst = fake.add_instance(LADDER[0], zone_id=ZONE)
+    act = spec_actuator(fake, clock, inst.instance_id,
+                        client=sdk_client(fake.endpoint, key_id="unknown-key"))
+    with pytest.raises(PermanentActuatorError, match="InvalidAccessKeyId.NotFound"):
+        act.validate()
+    assert fake.count("DescribeInstances") == 1
+
+
+def test_missing_parameter_is_reported_by_the_fake_and_permanent(fake, clock):
+    from alibabacloud_ecs20140526 import models
+
+    from actuators.alibaba import map_error
+
+    client = sdk_client(fake.endpoint)
+    with pytest.raises(Exception) as info:
+        client.describe_instances(models.DescribeInstancesRequest())
+    assert info.value.code == "MissingParameter"
+    assert info.value.status_code == 400
+    err = map_error(info.value, "DescribeInstances", "i-1")
+    assert isinstance(err, PermanentActuatorError) and "RegionId" in str(err)
+    assert err.request_ids == (info.value.data["RequestId"],)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_connection_errors_are_transient_and_retried(fake, clock):
+    act = spec_actuator(fake, clock, "i-1", retry_attempts=2,
+                        client=sdk_client(f"127.0.0.1:{_closed_port()}"))
+    with pytest.raises(TransientActuatorError, match="cannot reach the ECS API") as info:
+        act.read()
+    assert len(clock.slept) == 1
+    assert "with url" not in str(info.value)
+
+
+# ------------------------------------------------------------------ credentials
+def _clear_credential_env(monkeypatch):
+    for name in ("ALIBABA_CLOUD_ACCESS_KEY_ID", "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
+                 "ALIBABA_CLOUD_SECURITY_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_missing_credentials_is_one_clear_error_from_validate(fake, clock, monkeypatch):
+    _clear_credential_env(monkeypatch)
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
+    config = EcsInstanceSpecConfig(instance_id="i-1", endpoint=fake.endpoint, protocol="http",
+                                   credential_source="environment", **common())
+    act = EcsInstanceSpecActuator(config, target="db", ladder=LADDER, sleep=clock.sleep,
+                                  monotonic=clock.monotonic)
+    with pytest.raises(PermanentActuatorError) as info:
+        act.validate()
+    assert "ALIBABA_CLOUD_ACCESS_KEY_SECRET" in str(info.value)
+    assert KEY_ID not in str(info.value)
+    assert fake.calls == []
+
+
+def test_credentials_from_the_environment_build_a_working_client(fake, clock, monkeypatch,
+                                                                 caplog):
+    _clear_credential_env(monkeypatch)
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", KEY_SECRET)
+    inst = fake.add_instance(LADDER[1], zone_id=ZONE)
+    config = EcsInstanceSpecConfig(instance_id=inst.instance_id, endpoint=fake.endpoint,
+                                   protocol="http", **common())
+    act = EcsInstanceSpecActuator(config, target="db", ladder=LADDER, sleep=clock.sleep,
+                                  monotonic=clock.monotonic)
+    with caplog.at_level(logging.DEBUG):
+        act.validate()
+        assert act.read() == 1
+    assert "ALIBABA_CLOUD_ACCESS_KEY_ID" in caplog.text  # it says where they came from
+    assert KEY_SECRET not in caplog.text
+
+
+@pytest.fixture
+def isolated_chain(monkeypatch, tmp_path):
+    """The default credential chain with no environment keys, no CLI profile,
+    no ECS metadata (no network), reading a profile file under tmp_path."""
+    from alibabacloud_credentials.utils import auth_util
+
+    _clear_credential_env(monkeypatch)
+    for attr in ("environment_access_key_id", "environment_access_key_secret",
+                 "environment_security_token", "environment_credentials_uri"):
+        monkeypatch.setattr(auth_util, attr, None)
+    monkeypatch.setattr(auth_util, "enable_oidc_credential", False)
+    monkeypatch.setattr(auth_util, "environment_cli_profile_disabled", "true")
+    monkeypatch.setattr(auth_util, "environment_ecs_metadata_disabled", "true")
+    monkeypatch.setattr(auth_util, "client_type", "default")
+    path = tmp_path / "credentials.ini"
+    monkeypatch.setattr(auth_util, "environment_credentials_file", str(path))
+    return path
+
+
+def test_default_chain_reads_a_profile_file(fake, clock, isolated_chain):
+    isolated_chain.write_text(f"[default]\ntype = access_key\naccess_key_id = {KEY_ID}\n"
+                              f"access_key_secret = {KEY_SECRET}\n")
+    inst = fake.add_instance(LADDER[0], zone_id=ZONE)
+    config = EcsInstanceSpecConfig(instance_id=inst.instance_id, endpoint=fake.endpoint,
+                                   protocol="http", **common())
+    act = EcsInstanceSpecActuator(config, target="db", ladder=LADDER, sleep=clock.sleep,
+                                  monotonic=clock.monotonic)
+    act.validate()
+    assert act.read() == 0
+
+
+def test_default_chain_without_any_credential_fails_validate(fake, clock, isolated_chain):
+    config = EcsInstanceSpecConfig(instance_id="i-1", endpoint=fake.endpoint, protocol="http",
+                                   credential_source="default-chain", **common())
+    act = EcsInstanceSpecActuator(config, target="db", ladder=LADDER, sleep=clock.sleep,
+                                  monotonic=clock.monotonic)
+    with pytest.raises(PermanentActuatorError, match="no Alibaba Cloud credentials"):
+        act.validate()
+    assert fake.calls == []
+
+
+# ------------------------------------------------------------------ group
+@pytest.fixture
+def group(fake, clock):
+    lt = fake.add_launch_template(LADDER[0], zone_id=ZONE)
+    members = [fake.add_instance(LADDER[0], tags=dict([TAG]), created_minutes_ago=m)
+               for m in (300, 200, 100, 5)]
+    return group_actuator(fake, clock, lt), members
+
+
+def test_group_scale_in_deletes_the_newest(fake, clock, group):
+    act, members = group
+    newest = {members[3].instance_id, members[2].instance_id}
+
+    result = act.apply(2, decision_id="d1")
+
+    delete = [c.params for c in fake.calls if c.action == "DeleteInstances"]
+    assert len(delete) == 1 and delete[0]["Force"] == "True"
+    assert {delete[0]["InstanceId.1"], delete[0]["InstanceId.2"]} == newest
+    assert set(result.details["deleted"]) == newest
+    assert result.verified and result.observed == 2
+    assert {i.status for i in fake.instances.values() if i.instance_id in newest} == {"Stopping"}
+    clock.sleep(10)  # deleted instances leave Stopping and disappear
+    assert act.read() == 2
+    assert set(fake.instances) == {members[0].instance_id, members[1].instance_id}
+
+
+def test_group_scale_out_runs_instances_from_the_launch_template(fake, clock, group):
+    act, _ = group
+
+    result = act.apply(7, decision_id="d1")
+
+    run = [c.params for c in fake.calls if c.action == "RunInstances"]
+    assert len(run) == 1
+    assert run[0]["Amount"] == "3"
+    assert run[0]["LaunchTemplateId"] == act.config.launch_template_id
+    assert (run[0]["Tag.1.Key"], run[0]["Tag.1.Value"]) == TAG
+    assert result.verified and result.observed == 7 and len(result.details["launched"]) == 3
+    # new instances go Pending -> Starting -> Running: two transitions waited for
+    assert result.elapsed >= timedelta(seconds=20)
+    assert act.read() == 7
+
+
+def test_group_counts_starting_instances_and_does_not_launch_twice(fake, clock, group):
+    act, _ = group
+    fake.calls.clear()
+    pending = fake.add_instance(LADDER[0], tags=dict([TAG]), status="Pending")
+    pending.schedule = [(clock.now + 10, "Starting"), (clock.now + 20, "Running")]
+
+    result = act.apply(5, decision_id="d1")
+
+    assert "RunInstances" not in fake.actions()
+    assert result.verified and result.observed == 5
+
+
+def test_group_quota_error_is_a_limit(fake, clock, group):
+    act, _ = group
+    fake.fail("RunInstances", "QuotaExceed.ElasticQuota",
+              "The number of vCPUs exceeds the quota.", status=403)
+    with pytest.raises(LimitExceeded, match="QuotaExceed.ElasticQuota"):
+        act.apply(6, decision_id="d1")
+    assert fake.count("RunInstances") == 1
+
+
+def test_group_max_instances_is_enforced_before_any_call(fake, clock):
+    act = group_actuator(fake, clock, fake.add_launch_template(LADDER[0]), max_instances=3)
+    with pytest.raises(LimitExceeded, match="max_instances"):
+        act.apply(4, decision_id="d1")
+    assert fake.calls == []
+
+
+def test_group_validate_checks_the_launch_template(fake, clock):
+    act = group_actuator(fake, clock, "lt-missing")
+    with pytest.raises(PermanentActuatorError, match="lt-missing"):
+        act.validate()
+
+
+def test_group_verify_times_out_without_raising(fake, clock, group):
+    act, _ = group
+    act.config = act.config.model_copy(update={"verify_timeout": timedelta(minutes=1)})
+    fake.transition_s = 3600.0
+    result = act.apply(5, decision_id="d1")
+    assert result.verified is False and result.observed == 4
+
+
+def test_group_describe_names_the_instances_to_delete(fake, clock, group):
+    act, members = group
+    plan = act.describe(3)
+    assert plan.from_capacity == 4 and plan.to_capacity == 3
+    assert plan.details["delete"] == [members[3].instance_id]
+    assert members[3].instance_id in plan.summary
+    plan = act.describe(6)
+    assert plan.details["api_actions"] == ["RunInstances"] and plan.details["amount"] == 2
+    assert mutating(fake) == []
+
+
+def test_group_pages_through_describe_instances(fake, clock):
+    lt = fake.add_launch_template(LADDER[0])
+    for _ in range(130):
+        fake.add_instance(LADDER[0], tags=dict([TAG]))
+    act = group_actuator(fake, clock, lt)
+    assert act.read() == 130
+    pages = [c.params for c in fake.calls if c.action == "DescribeInstances"]
+    assert len(pages) == 2 and pages[1]["NextToken"] == "100"
+
+
+def test_fake_records_instance_ids_as_json(fake, clock):
+    inst = fake.add_instance(LADDER[0], zone_id=ZONE)
+    spec_actuator(fake, clock, inst.instance_id).read()
+    assert json.loads(fake.calls[0].params["InstanceIds"]) == [inst.instance_id]
+
+
+def test_config_durations_accept_the_config_file_spelling():
+    config = EcsInstanceSpecConfig(region_id=REGION, instance_id="i-1", verify_timeout="15m",
+                                   poll_interval="10s", read_timeout=30)
+    assert config.verify_timeout == timedelta(minutes=15)
+    assert config.poll_interval == timedelta(seconds=10)
+    assert config.read_timeout == timedelta(seconds=30)
+    with pytest.raises(ValueError, match="poll_interval"):
+        EcsInstanceGroupConfig(region_id=REGION, tag_key="k", tag_value="v",
+                               launch_template_id="lt-1", poll_interval="soon")

@@ -1,0 +1,561 @@
+"""The Kubernetes actuators against tests/support/fake_kube.py, driven by the
+official ``kubernetes`` client over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from datetime import timedelta
+from pathlib import Path
+
+import pydantic
+import pytest
+import yaml
+
+from actuators import registry
+from actuators.kubernetes import (
+    ANNOTATION_DECISION,
+    ANNOTATION_DESIRED,
+    ANNOTATION_MIN,
+    ANNOTATION_PREVIOUS,
+    HpaFloorActuator,
+    HpaFloorConfig,
+    ScaleSubresourceActuator,
+    ScaleSubresourceConfig,
+)
+from engine.core.errors import (
+    ConfigError,
+    LimitExceeded,
+    PermanentActuatorError,
+    TransientActuatorError,
+)
+
+from tests.support.actuator_contract import ActuatorContract
+from tests.support.fake_kube import FakeKube
+from tests.support import ROOT
+
+NS = "shop"
+DEPLOY = ROOT / "deploy" / "kubernetes"
+
+
+class ManualClock:
+    """``monotonic`` and ``sleep`` for the actuators: sleeping advances time."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t += seconds
+
+
+@pytest.fixture
+def kube():
+    with FakeKube(settle_after=1) as fake:
+        yield fake
+
+
+@pytest.fixture
+def clock():
+    return ManualClock()
+
+
+def scale_actuator(kube: FakeKube, clock: ManualClock, api_client=None, **cfg) -> ScaleSubresourceActuator:
+    cfg.setdefault("name", "web")
+    cfg.setdefault("namespace", NS)
+    return ScaleSubresourceActuator(
+        ScaleSubresourceConfig(**cfg), target=f"{NS}/{cfg['name']}",
+        sleep=clock.sleep, monotonic=clock.monotonic,
+        api_client=api_client if api_client is not None else kube.api_client())
+
+
+def floor_actuator(kube: FakeKube, clock: ManualClock, **cfg) -> HpaFloorActuator:
+    cfg.setdefault("hpa", "web")
+    cfg.setdefault("namespace", NS)
+    cfg.setdefault("base_min_replicas", 1)
+    return HpaFloorActuator(HpaFloorConfig(**cfg), target=f"{NS}/web", sleep=clock.sleep,
+                            monotonic=clock.monotonic, api_client=kube.api_client())
+
+
+def writes(kube: FakeKube) -> int:
+    return kube.count("PUT") + kube.count("PATCH")
+
+
+# ------------------------------------------------------------------ contracts
+class TestScaleSubresourceContract(ActuatorContract):
+    initial_capacity = 3
+    capacities = (5, 2)
+
+    @pytest.fixture(params=["Deployment", "StatefulSet", "example.com/v1/widgets"])
+    def actuator(self, request, kube, clock):
+        if request.param == "example.com/v1/widgets":
+            kube.add_workload("web", namespace=NS, replicas=3, group="example.com", version="v1",
+                              plural="widgets", kind="Widget")
+        else:
+            plural = {"Deployment": "deployments", "StatefulSet": "statefulsets"}[request.param]
+            kube.add_workload("web", namespace=NS, replicas=3, plural=plural)
+        return scale_actuator(kube, clock, kind=request.param)
+
+
+class TestHpaFloorContract(ActuatorContract):
+    initial_capacity = 2
+    capacities = (4, 3)
+
+    @pytest.fixture
+    def actuator(self, kube, clock):
+        kube.add_workload("web", namespace=NS, replicas=2)
+        kube.add_hpa("web", namespace=NS, target="web", min_replicas=1, max_replicas=10,
+                     recommendation=2)
+        return floor_actuator(kube, clock)
+
+
+def test_registry_names_resolve_to_the_actuators():
+    assert registry.get("kubernetes") is ScaleSubresourceActuator
+    assert registry.get("kubernetes-hpa-floor") is HpaFloorActuator
+    assert ScaleSubresourceConfig(name="web").type == "kubernetes"
+    assert HpaFloorConfig(hpa="web", base_min_replicas=2).type == "kubernetes-hpa-floor"
+
+
+# ------------------------------------------------------- scale subresource
+def test_apply_puts_the_scale_with_the_resource_version_it_read(kube, clock):
+    kube.add_workload("web", namespace=NS, replicas=3)
+    act = scale_actuator(kube, clock)
+    rv = kube.get("deployments", "web", namespace=NS)["metadata"]["resourceVersion"]
+    act.apply(6, decision_id="d-1")
+    put = next(r for r in kube.requests if r.method == "PUT")
+    assert put.path == f"/apis/apps/v1/namespaces/{NS}/deployments/web/scale"
+    assert put.body["kind"] == "Scale"
+    assert put.body["spec"] == {"replicas": 6}
+    assert put.body["metadata"]["resourceVersion"] == rv
+    assert put.query["fieldManager"] == ["forescale"]
+    assert kube.get("deployments", "web", namespace=NS)["spec"]["replicas"] == 6
+
+
+def test_conflict_is_retried_with_the_new_resource_version(kube, clock):
+    kube.add_workload("web", namespace=NS, replicas=3)
+    act = scale_actuator(kube, clock)
+    kube.concurrent_write("deployments", "web", namespace=NS)
+    result = act.apply(5, decision_id="d-409")
+    puts = [r for r in kube.requests if r.method == "PUT"]
+    assert [p.status for p in puts] == [409, 200]
+    # the retry read the scale again and sent the version the other writer left
+    assert int(puts[1].body["metadata"]["resourceVersion"]) > int(puts[0].body["metadata"]["resourceVersion"])
+    assert result.verified and result.observed == 5
+    assert puts[0].audit_id in result.request_ids and puts[1].audit_id in result.request_ids
+    assert clock.sleeps, "the retry backs off through the injected sleep"
+    # the other writer's change survives: we changed replicas, nothing else
+    assert "concurrent-writer" in kube.get("deployments", "web", namespace=NS)["metadata"]["labels"]
+
+
+def test_conflicts_past_the_retry_budget_are_transient(kube, clock):
+    kube.add_workload("web", namespace=NS, replicas=3)
+    act = scale_actuator(kube, clock, retry_attempts=3)
+    kube.concurrent_write("deployments", "web", namespace=NS, times=10)
+    with pytest.raises(TransientActuatorError, match="modified concurrently") as err:
+        act.apply(5, decision_id="d-409s")
+    assert kube.count("PUT") == 3
+    assert err.value.request_ids == (kube.requests[-1].audit_id,)
+    assert kube.get("deployments", "web", namespace=NS)["spec"]["replicas"] == 3
+
+
+def test_not_found_is_permanent_names_the_object_and_is_not_retried(kube, clock):
+    act = scale_actuator(kube, clock, name="missing")
+    with pytest.raises(PermanentActuatorError, match=f"Deployment {NS}/missing") as err:
+        act.validate()
+    assert len(kube.requests) == 1
+    assert err.value.request_ids == (kube.requests[0].audit_id,)
+    assert kube.requests[0].audit_id
+
+
+def test_forbidden_names_the_missing_verb_and_is_not_retried(kube, clock):
+    kube.add_workload("web", namespace=NS, replicas=3)
+    kube.forbid("PUT", "deployments", "scale")
+    act = scale_actuator(kube, clock)
+    with pytest.raises(PermanentActuatorError) as err:
+        act.apply(5, decision_id="d-403")
+    msg = str(err.value)
+    assert msg.startswith("forbidden:")
+    assert "'update'" in msg and "deployments/scale" in msg and 'namespace \'shop\'' in msg
+    assert kube.count("PUT") == 1
+    assert err.value.request_ids == (next(r for r in kube.requests if r.method == "PUT").audit_id,)
+    assert kube.get("deployments", "web", namespace=NS)["spec"]["replicas"] == 3
+
+
+def test_validate_finds_a_missing_permission_with_a_dry_run_and_changes_nothing(kube, clock):
+    kube.add_workload("web", namespace=NS, replicas=3)
+    before = kube.get("deployments", "web", namespace=NS)
+    scale_actuator(kube, clock).validate()
+    assert kube.get("deployments", "web", namespace=NS) == before
+    assert all(r.query.get("dryRun") == ["All"] for r in kube.requests if r.method in ("PUT", "PATCH"))
+    kube.forbid("PATCH", "deployments")
+    with pytest.raises(PermanentActuatorError, match="'patch'"):
+        scale_actuator(kube, clock).validate()
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_throttling_and_server_errors_are_retried(kube, clock, status):
+    kube.add_workload("web", namespace=NS, replicas=3)
+    kube.fail_next(status, count=2, method="GET", path="/scale$")
+    assert scale_actuator(kube, clock).read() == 3
+    assert kube.count("GET", "/scale") == 3
+    assert len(clock.sleeps) == 2
+
+
+def test_server_errors_past_the_retry_budget_are_transient(kube, clock):
+    kube.add_workload("web", namespace=NS, replicas=3)
+    kube.fail_next(500, count=100, method="PUT")
+    with pytest.raises(TransientActuatorError, match="500") as err:
+        scale_actuator(kube, clock, retry_attempts=4).apply(5, decision_id="d-500")
+    assert kube.count("PUT") == 4
+    assert err.value.request_ids
+
+
+def test_unprocessable_is_permanent_with_the_server_message(kube, clock):
+    kube.add_workload("web", namespace=NS, replicas=3)
+    kube.fail_next(422, method="PUT", message='Scale.autoscaling "web" is invalid: spec.replicas: '
+                                              "Invalid value: 5: exceeds quota")
+    with pytest.raises(PermanentActuatorError, match="exceeds quota"):
+        scale_actuator(kube, clock).apply(5, decision_id="d-422")
+    assert kube.count("PUT") == 1
+
+
+def test_unreachable_api_server_is_transient(clock):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    from kubernetes import client
+
+    api = client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{port}"))
+    act = ScaleSubresourceActuator(ScaleSubresourceConfig(name="web", namespace=NS, retry_attempts=2),
+                                   target="t", sleep=clock.sleep, monotonic=clock.monotonic,
+                                   api_client=api)
+    with pytest.raises(TransientActuatorError, match="cannot reach the API server"):
+        act.read()
+
+
+def test_rejected_credentials_are_permanent(clock):
+    with FakeKube(token="right") as fake:
+        fake.add_workload("web", namespace=NS, replicas=3)
+        with pytest.raises(PermanentActuatorError, match="unauthorized"):
+            scale_actuator(fake, clock).read()
+        assert len(fake.requests) == 1
+
+
+def test_annotations_carry_the_decision_id_in_a_merge_patch(kube, clock):
+    kube.add_workload("web", namespace=NS, replicas=3)
+    result = scale_actuator(kube, clock).apply(7, decision_id="shop/web@2024-05-01T10:00:00Z")
+    ann = kube.get("deployments", "web", namespace=NS)["metadata"]["annotations"]
+    assert ann[ANNOTATION_DECISION] == "shop/web@2024-05-01T10:00:00Z"
+    assert ann[ANNOTATION_DESIRED] == "7"
+    assert ann[ANNOTATION_PREVIOUS] == "3"
+    patch = next(r for r in kube.requests if r.method == "PATCH")
+    assert patch.content_type == "application/merge-patch+json"
+    assert result.details["changed"] is True and result.details["previous_spec_replicas"] == 3
+
+
+def test_a_failed_annotation_is_reported_but_the_scale_change_stands(kube, clock, caplog):
+    kube.add_workload("web", namespace=NS, replicas=3)
+    kube.forbid("PATCH", "deployments")
+    with caplog.at_level(logging.WARNING, logger="actuators.kubernetes"):
+        result = scale_actuator(kube, clock).apply(4, decision_id="d-ann")
+    assert result.verified and result.observed == 4
+    assert "forbidden" in result.details["annotation_error"]
+    assert "annotating" in caplog.text
+
+
+def test_reapplying_the_same_value_writes_no_scale(kube, clock):
+    kube.add_workload("web", namespace=NS, replicas=3)
+    act = scale_actuator(kube, clock)
+    act.apply(5, decision_id="d-a")
+    puts = kube.count("PUT")
+    result = act.apply(5, decision_id="d-b")
+    assert kube.count("PUT") == puts
+    assert result.details["changed"] is False
+    ann = kube.get("deployments", "web", namespace=NS)["metadata"]["annotations"]
+    assert ann[ANNOTATION_DECISION] == "d-b" and ann[ANNOTATION_PREVIOUS] == "3"
+
+
+def test_verification_polls_until_the_controller_catches_up(clock):
+    with FakeKube(settle_after=3) as fake:
+        fake.add_workload("web", namespace=NS, replicas=3)
+        act = scale_actuator(fake, clock, poll_interval=timedelta(seconds=5))
+        result = act.apply(6, decision_id="d-poll")
+    assert result.verified and result.observed == 6
+    assert clock.sleeps == [5.0, 5.0]
+    assert result.elapsed == timedelta(seconds=10)
+
+
+def test_verification_times_out_when_pods_never_come(kube, clock):
+    kube.add_workload("web", namespace=NS, replicas=3)
+    kube.frozen = True
+    act = scale_actuator(kube, clock, verify_timeout=timedelta(seconds=60),
+                         poll_interval=timedelta(seconds=10))
+    result = act.apply(6, decision_id="d-slow")
+    assert result.verified is False
+    assert result.observed == 3
+    assert result.elapsed == timedelta(seconds=60)
+    assert act.read() == 3
+    assert scale_actuator(kube, clock, read="spec").read() == 6
+
+
+def test_verification_survives_a_transient_error_while_polling(clock):
+    with FakeKube(settle_after=2) as fake:
+        fake.add_workload("web", namespace=NS, replicas=3)
+        act = scale_actuator(fake, clock, retry_attempts=1)
+        fake.fail_next(503, method="GET", path="/deployments/web$")
+        # the PUT goes first; then the first verification GET fails with 503
+        result = act.apply(4, decision_id="d-blip")
+    assert result.verified and result.observed == 4
+
+
+def test_a_competing_hpa_is_refused_by_default(kube, clock):
+    kube.add_workload("web", namespace=NS, replicas=3)
+    kube.add_hpa("web-cpu", namespace=NS, target="web", min_replicas=2, max_replicas=8)
+    act = scale_actuator(kube, clock)
+    with pytest.raises(PermanentActuatorError, match=f"HorizontalPodAutoscaler {NS}/web-cpu"):
+        act.validate()
+    with pytest.raises(PermanentActuatorError, match="kubernetes-hpa-floor"):
+        act.apply(5, decision_id="d-hpa")
+    assert kube.count("PUT") == kube.count("PATCH") == 0
+    assert "web-cpu" in act.describe(5).summary
+
+
+def test_a_competing_hpa_only_warns_when_told(kube, clock, caplog):
+    kube.add_workload("web", namespace=NS, replicas=3)
+    kube.add_hpa("web-cpu", namespace=NS, target="web", min_replicas=2, max_replicas=8)
+    act = scale_actuator(kube, clock, on_hpa="warn")
+    with caplog.at_level(logging.WARNING, logger="actuators.kubernetes"):
+        act.validate()
+        result = act.apply(5, decision_id="d-warn")
+    assert "web-cpu" in caplog.text
+    assert result.verified and result.details["hpas"] == ["web-cpu"]
+
+
+def test_hpas_on_other_objects_do_not_count(kube, clock):
+    kube.add_workload("web", namespace=NS, replicas=3)
+    kube.add_workload("api", namespace=NS, replicas=3)
+    kube.add_hpa("api", namespace=NS, target="api")
+    kube.add_hpa("web-sts", namespace=NS, target="web", target_kind="StatefulSet")
+    kube.add_hpa("web", namespace="other", target="web")
+    act = scale_actuator(kube, clock)
+    act.validate()
+    assert act.competing_hpas() == []
+
+
+def test_an_hpa_on_a_custom_resource_is_matched_by_its_kind(kube, clock):
+    kube.add_workload("w", namespace=NS, replicas=1, group="example.com", version="v1",
+                      plural="widgets", kind="Widget")
+    kube.add_hpa("w", namespace=NS, target="w", target_kind="Widget", target_api_version="example.com/v1")
+    act = scale_actuator(kube, clock, name="w", kind="example.com/v1/widgets")
+    with pytest.raises(PermanentActuatorError, match=f"HorizontalPodAutoscaler {NS}/w already scales Widget"):
+        act.validate()
+
+
+def test_describe_changes_nothing_and_names_the_scale_path(kube, clock):
+    kube.add_workload("web", namespace=NS, replicas=3)
+    plan = scale_actuator(kube, clock).describe(8)
+    assert plan.from_capacity == 3 and plan.to_capacity == 8
+    assert "spec.replicas 3 -> 8" in plan.summary and "deployments/web/scale" in plan.summary
+    assert writes(kube) == 0
+
+
+# ---------------------------------------------------------------------- config
+def test_config_errors_name_the_field():
+    with pytest.raises(pydantic.ValidationError, match="kind"):
+        ScaleSubresourceConfig(name="web", kind="CronJob")
+    with pytest.raises(pydantic.ValidationError, match="namespace"):
+        ScaleSubresourceConfig(name="web", namespace="Not_A_Namespace")
+    with pytest.raises(pydantic.ValidationError, match="in_cluster"):
+        ScaleSubresourceConfig(name="web", in_cluster=True, kubeconfig="/x")
+    with pytest.raises(pydantic.ValidationError, match="base_min_replicas"):
+        HpaFloorConfig(hpa="web", base_min_replicas=0)
+    with pytest.raises(pydantic.ValidationError, match="on_hpa"):
+        ScaleSubresourceConfig(name="web", on_hpa="ignore")
+    assert ScaleSubresourceConfig(name="web", kind="statefulsets").kind == "StatefulSet"
+    with pytest.raises(ConfigError, match="ladder"):
+        ScaleSubresourceActuator(ScaleSubresourceConfig(name="web"), target="t", ladder=["m5.large"])
+
+
+def _kubeconfig(path: Path, server: str, token: str, context: str = "test") -> Path:
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": context,
+        "clusters": [{"name": "fake", "cluster": {"server": server}}],
+        "users": [{"name": "forescale", "user": {"token": token}}],
+        "contexts": [{"name": context, "context": {"cluster": "fake", "user": "forescale"}}],
+    }))
+    return path
+
+
+def test_credentials_come_from_a_kubeconfig_file_and_context(tmp_path, clock):
+    with FakeKube(token="t0ken") as fake:
+        fake.add_workload("web", namespace=NS, replicas=3)
+        path = _kubeconfig(tmp_path / "config", fake.host, "t0ken", context="prod")
+        act = ScaleSubresourceActuator(
+            ScaleSubresourceConfig(name="web", namespace=NS, kubeconfig=str(path), context="prod"),
+            target="t", sleep=clock.sleep, monotonic=clock.monotonic)
+        act.validate()
+        assert act.read() == 3
+
+
+def test_auto_mode_falls_back_from_in_cluster_to_kubeconfig(tmp_path, clock, monkeypatch):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with FakeKube(token="t0ken") as fake:
+        fake.add_workload("web", namespace=NS, replicas=3)
+        monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path / "config", fake.host, "t0ken")))
+        act = ScaleSubresourceActuator(ScaleSubresourceConfig(name="web", namespace=NS), target="t",
+                                       sleep=clock.sleep, monotonic=clock.monotonic)
+        assert act.read() == 3
+
+
+def test_missing_credentials_are_one_permanent_error_from_validate(tmp_path, monkeypatch):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    missing = tmp_path / "nope"
+    act = ScaleSubresourceActuator(ScaleSubresourceConfig(name="web", kubeconfig=str(missing)), target="t")
+    with pytest.raises(PermanentActuatorError, match=f"kubeconfig file {missing} does not exist"):
+        act.validate()
+    act = ScaleSubresourceActuator(ScaleSubresourceConfig(name="web", in_cluster=True), target="t")
+    with pytest.raises(PermanentActuatorError, match="in-cluster"):
+        act.validate()
+
+
+def test_a_broken_kubeconfig_is_reported_without_its_contents(tmp_path):
+    path = tmp_path / "config"
+    path.write_text("users:\n- name: x\n  user: {token: SECRET-TOKEN\n")  # unclosed flow mapping
+    act = ScaleSubresourceActuator(ScaleSubresourceConfig(name="web", kubeconfig=str(path)), target="t")
+    with pytest.raises(PermanentActuatorError) as err:
+        act.validate()
+    assert "SECRET-TOKEN" not in str(err.value)
+    assert "kubeconfig" in str(err.value)
+
+
+# ------------------------------------------------------------------ HPA floor
+@pytest.fixture
+def hpa(kube):
+    kube.add_workload("web", namespace=NS, replicas=2)
+    return kube.add_hpa("web", namespace=NS, target="web", min_replicas=2, max_replicas=10,
+                        recommendation=3)
+
+
+def test_floor_raises_min_replicas_and_the_hpa_follows(kube, clock, hpa):
+    act = floor_actuator(kube, clock, base_min_replicas=2)
+    result = act.apply(7, decision_id="d-floor")
+    got = kube.get("horizontalpodautoscalers", "web", namespace=NS)
+    assert got["spec"]["minReplicas"] == 7
+    assert got["metadata"]["annotations"][ANNOTATION_DECISION] == "d-floor"
+    assert got["metadata"]["annotations"][ANNOTATION_MIN] == "7"
+    assert result.verified and result.observed == 7
+    assert kube.get("deployments", "web", namespace=NS)["spec"]["replicas"] == 7
+    patch = next(r for r in kube.requests if r.method == "PATCH")
+    assert patch.content_type == "application/merge-patch+json"
+    assert patch.body["metadata"]["resourceVersion"] == hpa["metadata"]["resourceVersion"]
+
+
+def test_floor_returns_to_base_when_the_forecast_falls(kube, clock, hpa):
+    act = floor_actuator(kube, clock, base_min_replicas=2)
+    act.apply(7, decision_id="d-up")
+    result = act.apply(1, decision_id="d-down")
+    assert kube.get("horizontalpodautoscalers", "web", namespace=NS)["spec"]["minReplicas"] == 2
+    assert result.details["reason"] == "BaseFloor"
+    # the HPA's own metrics ask for 3: the floor is a floor
+    assert result.observed == 3 and result.verified
+
+
+def test_restore_sets_the_base_floor(kube, clock, hpa):
+    act = floor_actuator(kube, clock, base_min_replicas=2)
+    act.apply(9, decision_id="d-up")
+    result = act.restore()
+    got = kube.get("horizontalpodautoscalers", "web", namespace=NS)
+    assert got["spec"]["minReplicas"] == 2
+    assert got["metadata"]["annotations"][ANNOTATION_DECISION] == "forescale-restore"
+    assert result.verified
+
+
+def test_floor_above_max_replicas_is_limit_exceeded_and_writes_nothing(kube, clock, hpa):
+    with pytest.raises(LimitExceeded, match=r"maxReplicas \(10\)"):
+        floor_actuator(kube, clock).apply(11, decision_id="d-max")
+    assert writes(kube) == 0
+    result = floor_actuator(kube, clock, clamp_to_max=True).apply(11, decision_id="d-clamp")
+    assert kube.get("horizontalpodautoscalers", "web", namespace=NS)["spec"]["minReplicas"] == 10
+    assert result.details["reason"] == "TooManyReplicas" and result.observed == 10
+
+
+def test_floor_conflict_is_retried_with_the_new_resource_version(kube, clock, hpa):
+    kube.concurrent_write("horizontalpodautoscalers", "web", namespace=NS)
+    result = floor_actuator(kube, clock).apply(5, decision_id="d-409")
+    patches = [r for r in kube.requests if r.method == "PATCH"]
+    assert [p.status for p in patches] == [409, 200]
+    assert int(patches[1].body["metadata"]["resourceVersion"]) > int(patches[0].body["metadata"]["resourceVersion"])
+    assert result.verified and result.observed == 5
+
+
+def test_floor_validate_checks_the_hpa(kube, clock, hpa):
+    floor_actuator(kube, clock, base_min_replicas=2).validate()
+    assert writes(kube) == kube.count("PATCH") == 1  # the dry run
+    assert kube.get("horizontalpodautoscalers", "web", namespace=NS)["metadata"]["resourceVersion"] == \
+        hpa["metadata"]["resourceVersion"]
+    with pytest.raises(LimitExceeded, match="base_min_replicas"):
+        floor_actuator(kube, clock, base_min_replicas=11).validate()
+    with pytest.raises(PermanentActuatorError, match=f"HorizontalPodAutoscaler {NS}/nope"):
+        floor_actuator(kube, clock, hpa="nope").validate()
+    kube.forbid("PATCH", "horizontalpodautoscalers")
+    with pytest.raises(PermanentActuatorError, match="forbidden.*'patch'.*horizontalpodautoscalers"):
+        floor_actuator(kube, clock).validate()
+
+
+def test_floor_describe_changes_nothing(kube, clock, hpa):
+    act = floor_actuator(kube, clock, base_min_replicas=2)
+    plan = act.describe(6)
+    assert "spec.minReplicas 2 -> 6" in plan.summary
+    assert plan.from_capacity == 3
+    assert "would refuse" in act.describe(12).summary
+    assert writes(kube) == 0
+
+
+# ------------------------------------------------------------------ manifests
+def _manifests() -> list[dict]:
+    docs = []
+    for path in sorted(DEPLOY.glob("*.yaml")):
+        docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+    return docs
+
+
+def test_manifests_validate_against_the_kubernetes_schemas():
+    kv = pytest.importorskip(
+        "kubernetes_validate",
+        reason="kubernetes-validate is not installed (pip install kubernetes-validate); "
+               "the deploy/kubernetes manifests were not schema-checked")
+    docs = _manifests()
+    assert {d["kind"] for d in docs} >= {"ServiceAccount", "Role", "RoleBinding", "Deployment",
+                                         "HorizontalPodAutoscaler"}
+    for doc in docs:
+        kv.validate(doc, "1.30", strict=True)
+
+
+def test_the_shipped_role_grants_every_request_the_actuators_make(kube, clock):
+    """Run both actuators through validate/read/describe/apply, then check
+    each (API group, resource, verb) they used against deploy/kubernetes/rbac.yaml."""
+    kube.add_workload("web", namespace=NS, replicas=3)
+    kube.add_workload("db", namespace=NS, replicas=1, plural="statefulsets")
+    kube.add_hpa("front", namespace=NS, target="front", min_replicas=1, max_replicas=5)
+    kube.add_workload("front", namespace=NS, replicas=1)
+    for act in (scale_actuator(kube, clock), scale_actuator(kube, clock, name="db", kind="StatefulSet"),
+                floor_actuator(kube, clock, hpa="front")):
+        act.validate()
+        act.read()
+        act.describe(2)
+        act.apply(2, decision_id="rbac")
+    role = next(d for d in _manifests() if d["kind"] == "Role")
+    granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"]
+               for r in rule["resources"] for v in rule["verbs"]}
+    used = set()
+    for req in kube.requests:
+        parts = req.path.split("/")  # /apis/{group}/{version}/namespaces/{ns}/{plural}[/{name}[/{sub}]]
+        resource = parts[6] + (f"/{parts[8]}" if len(parts) > 8 else "")
+        verb = {"GET": "get" if len(parts) > 7 else "list", "PUT": "update", "PATCH": "patch"}[req.method]
+        used.add((parts[2], resource, verb))
+    assert used - granted == set()
+    assert ("apps", "deployments/scale", "update") in used and ("autoscaling", "horizontalpodautoscalers", "patch") in used

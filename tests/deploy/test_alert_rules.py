@@ -1,0 +1,80 @@
+"""The shipped Prometheus alert rules load, fire on the faults their unit
+tests describe, and use only metrics the engine exports."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engine.metrics import EngineMetrics
+from tests.support import ROOT
+
+DEPLOY = ROOT / "deploy" / "prometheus"
+RULES = DEPLOY / "forescale-alerts.yml"
+RULE_TESTS = DEPLOY / "forescale-alerts.test.yml"
+
+pytestmark = pytest.mark.prometheus
+
+
+def promtool() -> str:
+    tool = shutil.which("promtool")
+    if tool is None:
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    return tool
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([promtool(), *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def exported_names() -> set[str]:
+    """Every sample name EngineMetrics can export (counters with _total,
+    histograms with _bucket/_sum/_count)."""
+    m = EngineMetrics()
+    m.register_target("t", "auto")
+    names = set()
+    for fam in m.registry.collect():
+        names.add(fam.name)
+        if fam.type == "counter":
+            names.add(fam.name + "_total")
+        if fam.type == "histogram":
+            names |= {fam.name + s for s in ("_bucket", "_sum", "_count")}
+    return names
+
+
+def test_rules_pass_promtool_check():
+    r = run("check", "rules", str(RULES), cwd=DEPLOY)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SUCCESS: 8 rules found" in r.stdout
+
+
+def test_every_alert_fires_in_the_unit_tests():
+    r = run("test", "rules", str(RULE_TESTS), cwd=DEPLOY)
+    assert r.returncode == 0, r.stdout + r.stderr
+    alerts = {rule["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for rule in g["rules"]}
+    tested = yaml.safe_load(RULE_TESTS.read_text())["tests"]
+    firing = {case["alertname"] for t in tested for case in t["alert_rule_test"] if case["exp_alerts"]}
+    quiet = {case["alertname"] for t in tested for case in t["alert_rule_test"] if not case["exp_alerts"]}
+    assert firing == alerts and quiet == alerts
+
+
+def test_the_unit_tests_catch_a_broken_rule(tmp_path: Path):
+    # a rule whose threshold no longer fires must fail promtool test rules
+    text = RULES.read_text().replace("> 3 * forescale_cycle_interval_seconds",
+                                     "> 300 * forescale_cycle_interval_seconds")
+    assert text != RULES.read_text()
+    (tmp_path / RULES.name).write_text(text)
+    shutil.copy(RULE_TESTS, tmp_path / RULE_TESTS.name)
+    r = run("test", "rules", RULE_TESTS.name, cwd=tmp_path)
+    assert r.returncode != 0 and "ForescaleCycleStale" in r.stdout + r.stderr
+
+
+def test_rules_use_only_exported_metrics():
+    exprs = [rule["expr"] for g in yaml.safe_load(RULES.read_text())["groups"] for rule in g["rules"]]
+    used = {n for e in exprs for n in re.findall(r"\bforescale_[a-z_]+", e)}
+    assert used and used <= exported_names(), used - exported_names()

@@ -1,0 +1,272 @@
+"""Loading the YAML config: typed objects from a valid file; for a bad one,
+one ConfigError whose text names the field path and the bad value."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from actuators.dryrun import DryRunConfig
+from engine.cli import main as cli_main
+from engine.config import Config, load_config, parse_config
+from engine.core.errors import ConfigError
+from engine.sources.csv import CsvConfig, ReplayConfig
+
+VALID = """\
+state: var/forescale.db
+log_format: json
+server: {listen: "127.0.0.1:9999"}
+targets:
+  - name: web
+    interval: 5m
+    mode: approve
+    source: {type: csv, path: traces/web.csv}
+    forecaster:
+      name: seasonal_naive
+      params: {season: weekly}
+      refit_every: 6h
+      quantiles: [0.95, 0.5, 0.9, 0.9]
+    policy:
+      capacity_per_replica: 50
+      target_utilization: 0.8
+      min_replicas: 2
+      max_replicas: 40
+      lead_time: 10m
+      hold: 300
+      margin: {quantile: 0.95, cap: 0.5}
+      stabilization: {scale_down: 10m}
+      scale_down:
+        select: Min
+        policies:
+          - {type: Pods, value: 2, period: 1m}
+          - {type: Percent, value: 10, period: 60s}
+      cooldown: {after_scale_up: 15m}
+    actuator: {type: dry-run, initial_capacity: 4}
+  - name: vps
+    interval: 1m
+    source: {type: replay, path: /data/vps.csv, start_at: "2024-01-01T00:00:00Z"}
+    policy:
+      ladder:
+        - {name: s-1vcpu-1gb, capacity: 1, price: 6}
+        - {name: s-2vcpu-2gb, capacity: 2, price: 18}
+        - {name: s-4vcpu-8gb, capacity: 4, price: 48}
+      min_replicas: 1
+      scale_in: false
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "forescale.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text), encoding="utf-8")
+    return p
+
+
+def error_of(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    return str(info.value)
+
+
+def target(policy: str = "{capacity_per_replica: 10}", extra: str = "") -> str:
+    """A one-target file with the given policy mapping and extra target lines."""
+    return (f"targets:\n  - name: web\n    source: {{type: csv, path: x.csv}}\n"
+            f"    policy: {policy}\n" + "".join(f"    {ln}\n" for ln in extra.splitlines() if ln))
+
+
+# ------------------------------------------------------------------------ valid
+def test_a_valid_multi_target_file_loads_into_typed_objects(tmp_path):
+    cfg = load_config(write(tmp_path, VALID))
+    assert isinstance(cfg, Config)
+    assert [t.name for t in cfg.targets] == ["web", "vps"]
+    assert cfg.state_path == tmp_path.resolve() / "var" / "forescale.db"
+    assert cfg.log_format == "json" and cfg.server.listen == "127.0.0.1:9999"
+
+    web = cfg.target("web")
+    assert web.interval == timedelta(minutes=5)
+    assert web.mode == "approve"
+    assert isinstance(web.source_config, CsvConfig)
+    assert web.source_config.path == Path("traces/web.csv")
+    assert web.forecaster.refit_every == timedelta(hours=6)
+    assert web.forecaster.quantiles == (0.5, 0.9, 0.95)  # sorted, deduplicated
+    p = web.policy
+    assert (p.capacity_per_replica, p.target_utilization, p.bounds) == (50.0, 0.8, (2, 40))
+    assert (p.lead_time, p.hold) == (timedelta(minutes=10), timedelta(seconds=300))
+    assert (p.margin.quantile, p.margin.cap) == (0.95, 0.5)
+    assert p.stabilization.scale_down == timedelta(minutes=10)
+    assert p.stabilization.scale_up == timedelta(0)  # the HPA default survives
+    assert p.scale_down.select == "Min"
+    assert [(r.type, r.value, r.period) for r in p.scale_down.policies] == [
+        ("Pods", 2, timedelta(minutes=1)), ("Percent", 10, timedelta(seconds=60))]
+    assert p.cooldown.after_scale_up == timedelta(minutes=15)
+    assert isinstance(web.actuator_config, DryRunConfig) and web.actuator_config.initial_capacity == 4
+    # lead 10m + hold 5m at a 5m interval: 3 forecast steps
+    assert web.horizon_steps == 3
+
+    vps = cfg.target("vps")
+    assert isinstance(vps.source_config, ReplayConfig)
+    assert vps.source_config.start_at == datetime(2024, 1, 1, tzinfo=timezone.utc)
+    assert vps.policy.vertical and vps.policy.bounds == (1, 2)
+    assert vps.policy.label(2) == "s-4vcpu-8gb"
+    assert not vps.policy.scale_in
+    assert vps.forecaster.name == "seasonal_persistence"  # the default
+    assert vps.actuator.type == "dry-run"  # the default actuator
+    # 1m interval, 15m span: 15 steps
+    assert vps.horizon_steps == 15
+
+
+def test_an_unknown_target_name_lists_the_known_ones(tmp_path):
+    cfg = load_config(write(tmp_path, VALID))
+    with pytest.raises(ConfigError, match=r"no target named 'db'; known: web, vps"):
+        cfg.target("db")
+
+
+def test_the_cli_validates_a_good_file(tmp_path, capsys):
+    assert cli_main(["validate", "--config", str(write(tmp_path, VALID))]) == 0
+    out = capsys.readouterr().out
+    assert "valid (2 target(s))" in out
+    assert "web: mode approve" in out
+
+
+# ------------------------------------------------------------------------ errors
+@pytest.mark.parametrize("text, expected", [
+    # a misspelt field
+    (target("{capacity_per_replica: 10, cooldwn: {after_scale_up: 5m}}"),
+     "targets[0].policy.cooldwn: unknown field (check the spelling)"),
+    (target(extra="intervall: 5m"), "targets[0].intervall: unknown field"),
+    ("statee: x.db\n" + target(), "statee: unknown field"),
+    # a negative bound
+    (target("{capacity_per_replica: 10, min_replicas: -1}"),
+     "targets[0].policy.min_replicas: Input should be greater than or equal to 0 (got -1)"),
+    (target("{capacity_per_replica: -10}"), "targets[0].policy.capacity_per_replica: Input should be greater than 0 (got -10)"),
+    # max below min
+    (target("{capacity_per_replica: 10, min_replicas: 5, max_replicas: 3}"),
+     "targets[0].policy: max_replicas (3) is less than min_replicas (5)"),
+    # a bad duration names the field and the value
+    (target("{capacity_per_replica: 10, lead_time: 5 minutes}"),
+     "targets[0].policy.lead_time: not a duration: '5 minutes' (use e.g. 30s, 5m, 1h, 2d)"),
+    (target("{capacity_per_replica: 10, cooldown: {after_scale_down: -5m}}"),
+     "targets[0].policy.cooldown.after_scale_down: not a duration: '-5m'"),
+    (target(extra="interval: 0s"), "targets[0]: interval (0:00:00) must be positive"),
+    # wrong types, enumerations
+    (target("{capacity_per_replica: 10, max_replicas: many}"),
+     "targets[0].policy.max_replicas: Input should be a valid integer, unable to parse string as an integer (got 'many')"),
+    (target("{capacity_per_replica: 10, scale_up: {select: Maximum}}"),
+     "targets[0].policy.scale_up.select: Input should be 'Max', 'Min' or 'Disabled' (got 'Maximum')"),
+    (target(extra="mode: yolo"), "targets[0].mode: Input should be 'observe', 'dry-run', 'approve' or 'auto' (got 'yolo')"),
+    # required fields
+    ("targets:\n  - name: web\n    source: {type: csv, path: x.csv}\n", "targets[0].policy: required field is missing"),
+    (target("{target_utilization: 0.5}"), "targets[0].policy: capacity_per_replica is required (or a vertical ladder)"),
+    ("targets: []\n", "targets: Tuple should have at least 1 item"),
+    # ladder rules
+    (target("{ladder: [{name: a, capacity: 2}, {name: b, capacity: 1}]}"),
+     "targets[0].policy: ladder capacities must increase strictly, got [2.0, 1.0]"),
+    (target("{ladder: [{name: a, capacity: 1}], max_replicas: 3}"),
+     "targets[0].policy: max_replicas (3) is beyond the ladder's last rung index (0)"),
+    # unique names
+    (target() + "  - name: web\n    source: {type: csv, path: y.csv}\n    policy: {capacity_per_replica: 1}\n",
+     "target names must be unique; repeated: web"),
+])
+def test_a_bad_field_is_one_config_error_naming_the_path_and_value(tmp_path, text, expected):
+    msg = error_of(tmp_path, text)
+    assert expected in msg, msg
+
+
+def test_max_below_min_reads_as_the_documented_sentence(tmp_path):
+    msg = error_of(tmp_path, target("{capacity_per_replica: 10, min_replicas: 5, max_replicas: 3}"))
+    assert "max_replicas (3) is less than min_replicas (5)" in msg
+
+
+@pytest.mark.parametrize("text, expected", [
+    # plugin sections are checked by the plugin's own model, at load time
+    (target(extra="forecaster: {name: nope}"),
+     "targets[0].forecaster.name: unknown forecaster 'nope'; known: "),
+    (target(extra="forecaster: {name: seasonal_naive, params: {season: hourly}}"),
+     "targets[0].forecaster.params.season: Input should be 'daily', 'weekly' or 'auto' (got 'hourly')"),
+    (target(extra="actuator: {type: dry-run, initial_capacty: 3}"),
+     "targets[0].actuator.initial_capacty: unknown field (check the spelling)"),
+    (target(extra="actuator: {type: teleport}"), "targets[0].actuator.type: unknown actuator 'teleport'; known: "),
+    ("targets:\n  - name: web\n    source: {type: csvv, path: x.csv}\n    policy: {capacity_per_replica: 1}\n",
+     "targets[0].source.type: unknown metric source 'csvv'; known: csv, prometheus, replay"),
+    ("targets:\n  - name: web\n    source: {type: csv}\n    policy: {capacity_per_replica: 1}\n",
+     "targets[0].source.path: required field is missing"),
+])
+def test_plugin_sections_are_validated_by_the_plugin_at_load(tmp_path, text, expected):
+    assert expected in error_of(tmp_path, text)
+
+
+def test_an_unknown_forecaster_lists_every_known_one(tmp_path):
+    msg = error_of(tmp_path, target(extra="forecaster: {name: prohpet}"))
+    for known in ("persistence", "seasonal_naive", "seasonal_persistence", "holt_winters", "prophet", "lstm"):
+        assert known in msg
+
+
+def test_every_problem_in_the_file_is_listed_in_the_one_error(tmp_path):
+    text = target("{capacity_per_replica: 10, cooldwn: 1}", extra="actuator: {type: dry-run, bogus: 1}") + \
+        "  - name: db\n    source: {type: csv, path: x.csv}\n    policy: {capacity_per_replica: 1, hold: soon}\n"
+    msg = error_of(tmp_path, text)
+    assert "targets[0].policy.cooldwn: unknown field" in msg
+    assert "targets[1].policy.hold: not a duration: 'soon'" in msg
+
+
+@pytest.mark.parametrize("text, line", [
+    ("targets:\n  - name: web\n    source: {type: csv\n    policy: [\n", 4),
+    ("targets:\n  - name: web\n\tsource: x\n", 3),
+    ("state: a.db\ntargets: [\n", 3),
+])
+def test_malformed_yaml_names_the_file_and_line(tmp_path, text, line):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(p)
+    assert f"{p}:{line}:" in str(info.value)
+    assert "not valid YAML" in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["", "- just\n- a list\n", "42\n"])
+def test_a_file_that_is_not_a_mapping_says_what_it_must_hold(tmp_path, text):
+    assert "must hold a mapping with a 'targets' list" in error_of(tmp_path, text)
+
+
+def test_a_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"cannot read config file .*nope\.yaml: No such file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_a_file_that_is_not_utf8_text_is_a_config_error(tmp_path):
+    p = tmp_path / "binary.yaml"
+    p.write_bytes(b"\xff\xfe\x00targets")
+    with pytest.raises(ConfigError, match=r"binary\.yaml: not UTF-8 text"):
+        load_config(p)
+
+
+ONE_TARGET = {"targets": [{"name": "web", "source": {"type": "csv", "path": "x.csv"},
+                           "policy": {"capacity_per_replica": 10}}]}
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ({1: 2}, r"Keys should be strings \(got 1\)"),
+    ({"base_dir": "/elsewhere"}, "base_dir: unknown field"),
+])
+def test_odd_top_level_keys_are_a_config_error_not_a_type_error(extra, expected):
+    assert parse_config(ONE_TARGET).target("web").policy.bounds == (1, 100)
+    with pytest.raises(ConfigError, match=expected):
+        parse_config({**ONE_TARGET, **extra})
+
+
+def test_the_error_is_one_config_error_without_a_chained_traceback(tmp_path):
+    p = write(tmp_path, target("{capacity_per_replica: 10, min_replicas: 5, max_replicas: 3}"))
+    with pytest.raises(ConfigError) as info:
+        load_config(p)
+    # no pydantic ValidationError hanging off it for a traceback to print
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_the_cli_prints_one_error_and_no_traceback(tmp_path, capsys):
+    p = write(tmp_path, target("{capacity_per_replica: 10, min_replicas: -1}"))
+    assert cli_main(["validate", "--config", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("forescale: error: invalid configuration:")
+    assert "targets[0].policy.min_replicas: Input should be greater than or equal to 0 (got -1)" in err
+    assert "Traceback" not in err

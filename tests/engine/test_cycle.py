@@ -1,0 +1,146 @@
+"""One live cycle per mode, through a real config file, a CSV source, a real
+SQLite state file and a fake platform: what each mode records and what it
+changes (observe and dry-run change nothing; approve stores a plan; auto
+records an intent, acts once, and records the outcome)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from engine.core.clock import ManualClock
+from engine.store import Store
+from engine.core.types import PlanStatus
+
+from tests.support.live import STEP, T0, Platform, build_live, target_dict, write_config, write_trace
+
+# 2 h of demand 100 (-> 20 replicas), then 2 h of demand 20 (-> 4 replicas)
+VALUES = [100.0] * 24 + [20.0] * 24
+NOW = T0 + 20 * STEP  # the high phase lasts three more samples
+
+
+@pytest.fixture
+def setup(tmp_path):
+    trace = write_trace(tmp_path / "load.csv", VALUES)
+
+    def make(mode: str, **over):
+        cfg = write_config(tmp_path / f"{mode}.yaml", [target_dict("web", trace, mode=mode, **over)])
+        store = Store(tmp_path / f"{mode}.db")
+        platform = Platform(capacity=5)
+        return build_live(cfg, store, platform), store, platform
+
+    return make
+
+
+def test_observe_mode_records_forecast_and_decision_and_changes_nothing(setup):
+    live, store, platform = setup("observe")
+    res = live.run(NOW)
+    assert res.ok, res
+    assert (res.status, res.decision.current, res.decision.desired) == ("observed", 5, 20)
+    assert platform.applies == [] and platform.capacity == 5
+    (rec,) = store.decisions("web")
+    assert rec["status"] == "observed" and rec["mode"] == "observe"
+    assert len(store.forecast_records("web", with_actual=False)) == res.forecast.horizon
+    assert store.plans("web") == []
+    # the state keeps the capacity as observed, not as decided
+    assert store.load_state("web").current == 5
+
+
+def test_dry_run_mode_logs_what_it_would_do(setup):
+    live, store, platform = setup("dry-run")
+    res = live.run(NOW)
+    assert res.status == "dry-run"
+    assert res.details["plan"]["summary"] == "fake: set capacity 5 -> 20"
+    assert platform.applies == []
+    (rec,) = store.decisions("web")
+    assert rec["status"] == "dry-run" and rec["outcome"]["would"]["to_capacity"] == 20
+
+
+def test_approve_mode_stores_a_plan_that_is_applied_only_after_approval(setup):
+    from engine.plans import approve
+
+    live, store, platform = setup("approve", plan_ttl="30m")
+    res = live.run(NOW)
+    assert res.status == "planned" and res.plan.status == PlanStatus.PENDING
+    assert (res.plan.from_capacity, res.plan.to_capacity, res.plan.observed_capacity) == (5, 20, 5)
+    assert platform.applies == []
+    # the next cycle plans the same change: the open plan is kept, not replaced
+    res2 = live.run(NOW + STEP)
+    assert res2.plan.id == res.plan.id and platform.applies == []
+    approve(store, res.plan.id, NOW + STEP + timedelta(seconds=30), actor="alice", note="ok")
+    res3 = live.run(NOW + 2 * STEP)
+    assert res3.details["plans_applied"] == [(res.plan.id, "applied")]
+    assert platform.applies == [(res.plan.decision_id, 20)]
+    assert store.plan(res.plan.id).status == PlanStatus.APPLIED
+    rec = store.decision(res.plan.decision_id)
+    assert rec["status"] == "applied" and rec["approval"]["actor"] == "alice"
+    assert rec["outcome"]["observed"] == 20
+    # after applying, the same cycle sees 20 in service and holds
+    assert res3.status == "hold" and res3.decision.current == 20
+
+
+def test_auto_mode_records_intent_then_outcome_and_applies_once(setup):
+    live, store, platform = setup("auto")
+    seen = []
+    platform.on_apply = lambda desired, p: seen.append(store.decision(f"web@{NOW:%Y-%m-%dT%H:%M:%SZ}")["status"])
+    res = live.run(NOW)
+    assert res.status == "applied" and res.ok
+    assert seen == ["intent"]  # recorded before the actuator was called
+    assert platform.applies == [(res.decision.id, 20)]
+    rec = store.decision(res.decision.id)
+    assert rec["status"] == "applied" and rec["outcome"]["request_ids"] == ["req-1"]
+    assert store.load_state("web").current == 20
+    # the next cycle holds: nothing applied twice
+    res2 = live.run(NOW + STEP)
+    assert res2.status == "hold" and len(platform.applies) == 1
+
+
+def test_auto_mode_scales_down_when_demand_falls(setup):
+    live, store, platform = setup("auto")
+    clock = ManualClock(NOW)
+    live.run(clock.now())
+    for _ in range(5):
+        res = live.run(clock.advance(STEP))
+    assert res.decision.desired == 4 and platform.capacity == 4
+
+
+def test_actuator_failure_is_recorded_and_not_retried_within_the_cycle(setup):
+    from engine.core.errors import TransientActuatorError
+
+    live, store, platform = setup("auto")
+
+    def fail(desired, p):
+        raise TransientActuatorError("throttled", request_ids=("r-9",))
+
+    platform.on_apply, platform.set_first = fail, False
+    res = live.run(NOW)
+    assert res.status == "failed" and "throttled" in res.actuation_error
+    rec = store.decision(res.decision.id)
+    assert rec["status"] == "failed" and rec["outcome"]["request_ids"] == ["r-9"]
+    # the state did not take the change: the next cycle tries again
+    platform.on_apply = None
+    res2 = live.run(NOW + STEP)
+    assert res2.status == "applied" and platform.capacity == 20
+
+
+def test_a_second_cycle_at_the_same_time_does_not_overwrite_the_first(setup):
+    live, store, platform = setup("auto")
+    live.run(NOW)
+    res = live.run(NOW)
+    assert res.status == "error" and "not after the last cycle" in res.error
+    assert [r["status"] for r in store.decisions("web")] == ["applied"]
+
+
+def test_a_capacity_changed_outside_forescale_is_decided_from_and_corrected(setup):
+    live, store, platform = setup("auto")
+    first = live.run(NOW)
+    assert first.status == "applied" and platform.capacity == 20
+    platform.capacity = 3  # someone scaled it down by hand
+    res = live.run(NOW + STEP)
+    assert "observed capacity 3" in res.details["external_change"]
+    assert (res.decision.current, res.decision.desired) == (3, 20)
+    assert res.status == "applied" and platform.capacity == 20
+    # the change by hand is no scale event of ours (rate limits, cooldowns)
+    events = [(e.from_capacity, e.to_capacity) for e in store.load_state("web").events]
+    assert events[-1] == (3, 20) and (20, 3) not in events

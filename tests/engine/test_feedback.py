@@ -1,0 +1,152 @@
+"""Predicted versus actual: every forecast point stored and its actual filled
+in later; the ``forescale accuracy`` table and plot; conformal headroom
+reaching its under-forecast target in a backtest on shared traces; the lead
+time learned from recorded actuation delays."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import cli
+from engine.backtest import Scenario, run_backtest
+from engine.feedback import conformal_headroom
+from engine.sources.csv import read_csv
+from engine.store import Store
+from engine.core.types import ActuationResult
+from engine.core.units import to_epoch
+
+from tests.support.live import STEP, T0, Platform, build_live, target_dict, write_config, write_trace
+from tests.support import ROOT
+
+TRACES = ROOT.parent / "shared" / "traces"
+
+# a ramp: +1 per 5 min. Persistence forecasts the last value, so the error
+# at h steps ahead is exactly -h (forecast - actual).
+RAMP = [10.0 + i for i in range(80)]
+
+
+def run_ramp(tmp_path, cycles: int, **over):
+    trace = write_trace(tmp_path / "ramp.csv", RAMP)
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe", **over)])
+    store = Store(tmp_path / "state.db")
+    live = build_live(cfg, store, Platform(capacity=5))
+    start = T0 + 30 * STEP
+    results = [live.run(start + k * STEP) for k in range(cycles)]
+    return cfg, store, live, results, start
+
+
+def test_every_forecast_point_is_stored_and_its_actual_filled_in_later(tmp_path):
+    cfg, store, live, results, start = run_ramp(tmp_path, 12)
+    rows = store.forecast_records("web", with_actual=False)
+    assert len(rows) == 12 * 2  # lead 5 m + hold 5 m = two points per cycle
+    made = {r["made_at"] for r in rows}
+    assert made == {to_epoch(start + k * STEP) for k in range(12)}
+    filled = [r for r in rows if r["actual"] is not None]
+    pending = [r for r in rows if r["actual"] is None]
+    # everything up to the last cycle's time has its actual; what lies
+    # after it waits (the last cycle's two points, the one before's second)
+    assert sorted(r["ts"] for r in pending) == [to_epoch(start + 12 * STEP)] * 2 + [to_epoch(start + 13 * STEP)]
+    for r in filled:
+        i = (r["ts"] - to_epoch(T0)) // 300
+        assert r["actual"] == RAMP[i]
+        assert r["actual"] - r["point"] == r["horizon_s"] // 300  # persistence on a ramp
+    store.close()
+
+
+def test_accuracy_table_and_plot(tmp_path, capsys):
+    cfg, store, live, results, start = run_ramp(tmp_path, 20)
+    store.close()
+    assert cli.main(["accuracy", "--config", str(cfg), "--json"]) == 0
+    rows = {r["horizon"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == {"5m", "10m"}
+    assert rows["5m"]["mae"] == pytest.approx(1.0) and rows["5m"]["bias"] == pytest.approx(-1.0)
+    assert rows["10m"]["mae"] == pytest.approx(2.0) and rows["10m"]["bias"] == pytest.approx(-2.0)
+    assert rows["5m"]["n"] == 19 and rows["10m"]["n"] == 18
+    with Store(tmp_path / "state.db") as s:
+        actual = np.array([r["actual"] for r in s.forecast_records("web", horizon_s=300)])
+    assert rows["5m"]["mape"] == pytest.approx(float(np.mean(1 / actual)) * 100)
+    assert 0.0 <= rows["5m"]["coverage"] <= 1.0
+    png = tmp_path / "acc.png"
+    assert cli.main(["accuracy", "--config", str(cfg), "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split() == ["target", "horizon", "n", "mae", "mape%", "mase", "bias", "coverage"]
+    assert lines[1].split()[:4] == ["web", "5m", "19", "1"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_conformal_headroom_quantile_hits_the_rate_on_exchangeable_errors():
+    rng = np.random.default_rng(3)
+    point = np.full(4000, 100.0)
+    actual = point * (1 + rng.normal(0, 0.2, 4000))
+    h = conformal_headroom(actual[:2000], point[:2000], 0.05, 48)
+    under = np.mean(actual[2000:] > point[2000:] * (1 + h))
+    assert abs(under - 0.05) < 0.015
+    assert conformal_headroom(actual[:10], point[:10], 0.05, 48) is None
+
+
+def test_live_conformal_headroom_comes_from_the_stored_errors(tmp_path):
+    cfg, store, live, results, start = run_ramp(
+        tmp_path, 16, policy={"margin": {"quantile": None, "conformal": True, "conformal_min_samples": 10,
+                                         "conformal_target": 0.05}})
+    reasons = [r.decision.step("margin").reason for r in results]
+    assert reasons[0] == "ForecastPoint" and reasons[-1] == "ConformalHeadroom"
+    # on the ramp every relative error is (h steps) / point: the headroom
+    # is the largest of them over the window, i.e. the under-forecast is covered
+    last = results[-1]
+    assert last.decision.step("margin").value > last.decision.step("forecast").value
+    store.close()
+
+
+@pytest.mark.parametrize("trace", ["nab/ec2_cpu_utilization_5f5533.csv", "nab/rds_cpu_utilization_e47b3b.csv"])
+def test_conformal_margin_converges_to_its_under_forecast_target_in_a_backtest(trace):
+    path = TRACES / trace
+    if not path.exists():
+        pytest.skip(f"shared trace {trace} not present")
+    policy = {
+        "target_utilization": 0.8,
+        "margin": {"quantile": 0.9, "conformal": True, "conformal_target": 0.05, "cap": None,
+                   "conformal_window": "3d", "conformal_min_samples": 48},
+        "stabilization": {"scale_up": "0s", "scale_down": "5m"},
+        "scale_up": {"policies": []}, "scale_down": {"policies": []},
+    }
+    result = run_backtest(read_csv(path), scenario=Scenario(), policy=policy, trace=trace)
+    # coverage of point * (1 + headroom) at the lead time over the scored days
+    under = 1.0 - result.runs["predictive"].metrics["coverage"]
+    assert abs(under - 0.05) <= 0.02, under
+
+
+# ------------------------------------------------------------ lead time
+def test_learned_lead_time_is_the_p90_of_recorded_delays(tmp_path):
+    trace = write_trace(tmp_path / "load.csv", [100.0] * 40)
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, policy={"learn_lead_time": True})])
+    store = Store(tmp_path / "state.db")
+    delays = [60, 120, 180, 240, 300, 360, 420, 480, 540, 900]
+    for i, s in enumerate(delays):
+        store.record_actuation("web", f"d{i}", T0 + i * STEP, ActuationResult(3, 3, True, timedelta(seconds=s)))
+    store.record_actuation("web", "unverified", T0, ActuationResult(3, 2, False, timedelta(seconds=5000)))
+    live = build_live(cfg, store, Platform(capacity=20))
+    res = live.run(T0 + 30 * STEP)
+    assert res.decision.extra["lead_time_s"] == pytest.approx(float(np.percentile(delays, 90)))
+    assert "now+0:09:36" in res.decision.step("forecast").message
+    store.close()
+
+
+def test_actuation_delays_are_recorded_and_used_only_when_asked(tmp_path):
+    trace = write_trace(tmp_path / "load.csv", [20.0] * 20 + [100.0] * 20)
+    for learn, expect in ((True, 720.0), (False, 300.0)):
+        d = tmp_path / str(learn)
+        d.mkdir()
+        cfg = write_config(d / "c.yaml", [target_dict("web", trace, policy={"learn_lead_time": learn})])
+        store = Store(d / "state.db")
+        live = build_live(cfg, store, Platform(capacity=4, delay=timedelta(minutes=12)))
+        first = live.run(T0 + 25 * STEP)
+        assert first.status == "applied" and first.decision.extra["lead_time_s"] == 300.0
+        assert store.actuation_delays("web") == [720.0]
+        assert live.run(T0 + 26 * STEP).decision.extra["lead_time_s"] == expect
+        store.close()

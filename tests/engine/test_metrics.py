@@ -1,0 +1,299 @@
+"""EngineMetrics: recorded values, scraped over HTTP on loopback."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from engine.metrics import EngineMetrics, decision_reason, not_ready
+from engine.core.types import Decision, Forecast, Step
+from tests.support.prom import prometheus
+from tests.support import ROOT
+
+__all__ = ["prometheus"]  # the session fixture, imported for pytest
+
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+T0 = int(NOW.timestamp())
+HTTP = httpx.Client(timeout=5.0)  # one client: building an SSL context per request costs ~0.1 s
+
+
+def forecast(n: int = 3, point: list[float] | None = None) -> Forecast:
+    ts = T0 + 300 * np.arange(1, n + 1)
+    pt = np.array(point if point is not None else [10.0 + i for i in range(n)])
+    return Forecast(NOW, ts, pt, {0.9: pt * 1.5}, "seasonal_naive")
+
+
+def decision(current: int = 2, desired: int = 4, steps: tuple[Step, ...] | None = None) -> Decision:
+    steps = steps if steps is not None else (
+        Step("capacity", 6, "CapacityModel", "demand 55 / 10 per replica", changed=True),
+        Step("rate_limit", 4, "ScaleUpLimit", "at most +2 per 60s", changed=True),
+        Step("bounds", 4, "WithinBounds", "inside [1, 10]"),
+    )
+    return Decision("web", NOW, current, desired, 6, steps)
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    r = HTTP.get(f"{url}/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    out = {}
+    for fam in text_string_to_metric_families(r.text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def val(samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+@pytest.fixture()
+def served():
+    m = EngineMetrics()
+    with m.serve("127.0.0.1", 0) as server:
+        yield m, server
+
+
+def test_a_cycle_is_scraped_with_forecast_capacities_and_decision(served):
+    m, server = served
+    m.register_target("web", "auto", interval=timedelta(minutes=5))
+    m.observe_cycle("web", decision(), forecast(), duration_s=0.42, ok=True, now=NOW)
+    s = scrape(server.url)
+    assert val(s, "forescale_forecast", target="web", horizon="300", quantile="point") == 10.0
+    assert val(s, "forescale_forecast", target="web", horizon="900", quantile="point") == 12.0
+    assert val(s, "forescale_forecast", target="web", horizon="900", quantile="0.9") == 18.0
+    assert val(s, "forescale_recommended_capacity", target="web") == 6
+    assert val(s, "forescale_desired_capacity", target="web") == 4
+    assert val(s, "forescale_current_capacity", target="web") == 2
+    assert val(s, "forescale_decisions_total", target="web", action="scale_up", reason="ScaleUpLimit") == 1
+    assert val(s, "forescale_last_success_timestamp_seconds", target="web") == NOW.timestamp()
+    assert val(s, "forescale_cycle_duration_seconds_count", target="web") == 1
+    assert val(s, "forescale_cycle_duration_seconds_sum", target="web") == pytest.approx(0.42)
+    assert val(s, "forescale_cycle_duration_seconds_bucket", target="web", le="0.5") == 1
+    assert val(s, "forescale_cycle_duration_seconds_bucket", target="web", le="0.25") == 0
+    assert val(s, "forescale_cycle_interval_seconds", target="web") == 300
+    assert val(s, "forescale_mode", target="web", mode="auto") == 1
+    assert val(s, "forescale_mode", target="web", mode="dry-run") == 0
+
+
+def test_counters_exist_at_zero_once_a_target_is_registered(served):
+    m, server = served
+    m.register_target("web")
+    s = scrape(server.url)
+    for name in ("forescale_fetch_errors_total", "forescale_actuation_errors_total",
+                 "forescale_forecast_failures_total"):
+        assert val(s, name, target="web") == 0
+    m.fetch_error("web")
+    m.fetch_error("web")
+    m.actuation_error("web")
+    m.forecast_failure("web")
+    m.set_plans_pending("web", 3)
+    s = scrape(server.url)
+    assert val(s, "forescale_fetch_errors_total", target="web") == 2
+    assert val(s, "forescale_actuation_errors_total", target="web") == 1
+    assert val(s, "forescale_forecast_failures_total", target="web") == 1
+    assert val(s, "forescale_plans_pending", target="web") == 3
+
+
+def test_a_failed_cycle_keeps_the_last_success_time(served):
+    m, server = served
+    m.observe_cycle("web", decision(), forecast(), 0.1, ok=True, now=NOW)
+    m.observe_cycle("web", None, None, 0.2, ok=False, now=NOW + timedelta(minutes=5))
+    s = scrape(server.url)
+    assert val(s, "forescale_last_success_timestamp_seconds", target="web") == NOW.timestamp()
+    assert val(s, "forescale_cycle_duration_seconds_count", target="web") == 2
+
+
+def test_a_new_forecast_replaces_the_old_horizons(served):
+    m, server = served
+    m.observe_cycle("web", None, forecast(n=4), 0.1, ok=True, now=NOW)
+    m.observe_cycle("web", None, forecast(n=2, point=[7.0, float("nan")]), 0.1, ok=True, now=NOW)
+    s = scrape(server.url)
+    horizons = {dict(k[1])["horizon"] for k in s if k[0] == "forescale_forecast" and
+                dict(k[1])["quantile"] == "point"}
+    assert horizons == {"300"}  # 900/1200 from the older forecast gone; NaN not exported
+    assert val(s, "forescale_forecast", target="web", horizon="300", quantile="point") == 7.0
+
+
+def test_accuracy_is_set_and_unknown_values_removed(served):
+    m, server = served
+    m.set_accuracy("web", {"mae": 1.5, "mape": 0.12, "mase": 0.8, "bias": -0.3, "coverage": 0.91})
+    s = scrape(server.url)
+    assert val(s, "forescale_forecast_error", target="web", metric="mape") == 0.12
+    assert val(s, "forescale_forecast_error", target="web", metric="bias") == -0.3
+    assert val(s, "forescale_forecast_coverage", target="web") == 0.91
+    m.set_accuracy("web", {"mape": None, "coverage": float("nan")})
+    s = scrape(server.url)
+    assert val(s, "forescale_forecast_error", target="web", metric="mape") is None
+    assert val(s, "forescale_forecast_coverage", target="web") is None
+    assert val(s, "forescale_forecast_error", target="web", metric="mae") == 1.5
+    with pytest.raises(ValueError, match="rmse"):
+        m.set_accuracy("web", {"rmse": 1.0})
+
+
+def test_decision_reason_is_the_last_changing_step():
+    assert decision_reason(decision()) == "ScaleUpLimit"
+    held = decision(4, 4, (Step("bounds", 4, "WithinBounds", "inside", changed=False),))
+    assert decision_reason(held) == "Unchanged"
+
+
+def test_each_engine_has_its_own_registry():
+    a, b = EngineMetrics(), EngineMetrics()  # a shared registry would raise on duplicates
+    a.fetch_error("x")
+    assert b.registry.get_sample_value("forescale_fetch_errors_total", {"target": "x"}) is None
+    assert a.registry.get_sample_value("forescale_fetch_errors_total", {"target": "x"}) == 1
+    assert REGISTRY.get_sample_value("forescale_fetch_errors_total", {"target": "x"}) is None
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="autopilot"):
+        EngineMetrics().set_mode("web", "autopilot")
+
+
+def test_openmetrics_when_asked(served):
+    m, server = served
+    m.register_target("web")
+    r = HTTP.get(f"{server.url}/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert r.headers["content-type"].startswith("application/openmetrics-text")
+    assert r.text.rstrip().endswith("# EOF")
+
+
+def test_healthz_and_readiness_without_a_callable(served):
+    m, server = served
+    assert HTTP.get(f"{server.url}/healthz").status_code == 200
+    r = HTTP.get(f"{server.url}/readyz")
+    assert r.status_code == 503 and r.json()["ready"] is False  # no targets yet
+    m.register_target("web")
+    m.register_target("batch")
+    m.observe_cycle("web", None, None, 0.1, ok=True, now=NOW)
+    r = HTTP.get(f"{server.url}/readyz")
+    assert r.status_code == 503
+    assert r.json()["not_ready"] == {"batch": "no successful cycle yet"}
+    m.observe_cycle("batch", None, None, 0.1, ok=True, now=NOW)
+    r = HTTP.get(f"{server.url}/readyz")
+    assert r.status_code == 200 and r.json() == {"ready": True, "not_ready": {}, "targets": ["batch", "web"]}
+    assert HTTP.get(f"{server.url}/nope").status_code == 404
+
+
+def test_readiness_callable_decides():
+    m = EngineMetrics()
+    clock = {"now": NOW}
+    last = {"web": NOW - timedelta(minutes=4)}
+
+    def readiness():
+        return not_ready(last, {"web": timedelta(minutes=1)}, clock["now"], within=5)
+
+    with m.serve("127.0.0.1", 0, readiness=readiness) as server:
+        assert HTTP.get(f"{server.url}/readyz").status_code == 200
+        clock["now"] = NOW + timedelta(minutes=2)
+        r = HTTP.get(f"{server.url}/readyz")
+        assert r.status_code == 503
+        assert "360s ago" in r.json()["not_ready"]["web"]
+
+
+def test_a_broken_readiness_callable_is_not_ready_and_the_server_lives():
+    def boom():
+        raise RuntimeError("store closed")
+
+    with EngineMetrics().serve("127.0.0.1", 0, readiness=boom) as server:
+        r = HTTP.get(f"{server.url}/readyz")
+        assert r.status_code == 503 and "RuntimeError" in r.json()["error"]
+        assert HTTP.get(f"{server.url}/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("last, expect", [
+    (None, "no successful cycle yet"),
+    (NOW - timedelta(minutes=14), None),
+    (NOW - timedelta(minutes=15), None),
+    (NOW - timedelta(minutes=16), "960s ago"),
+])
+def test_not_ready_within_n_intervals(last, expect):
+    got = not_ready({"web": last}, {"web": timedelta(minutes=5)}, NOW, within=3)["web"]
+    assert got == expect if expect is None or got is None else expect in got
+
+
+def test_push_forecasts_puts_the_group_to_the_gateway():
+    from tests.support.prom import recording_pushgateway
+
+    with recording_pushgateway() as (url, got):
+        EngineMetrics().push_forecasts(url, "web", forecast(n=2))
+    assert len(got) == 1
+    method, path, body = got[0]
+    assert method == "PUT" and path == "/metrics/job/forescale/target/web"
+    fams = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    samples = {(s.labels["horizon"], s.labels["quantile"]): s.value for s in fams["forescale_forecast"].samples}
+    assert samples == {("300", "point"): 10.0, ("600", "point"): 11.0, ("300", "0.9"): 15.0, ("600", "0.9"): 16.5}
+
+
+def test_readyz_body_is_json(served):
+    m, server = served
+    m.register_target("web")
+    r = HTTP.get(f"{server.url}/readyz")
+    assert r.headers["content-type"] == "application/json"
+    assert json.loads(r.text)["targets"] == ["web"]
+
+
+# --------------------------------------------------------------- grafana dashboard
+DASHBOARD = ROOT / "deploy" / "grafana" / "forescale-dashboard.json"
+#: what Grafana substitutes before sending a query, for checking the PromQL
+GRAFANA_VARS = {"${actual_query}": "vector(1)", "${horizon}": "300", "$horizon": "300", "$target": "web",
+                "$__rate_interval": "5m"}
+
+
+def exported_names() -> set[str]:
+    m = EngineMetrics()
+    m.register_target("t", "auto", interval=timedelta(minutes=1))
+    names = set()
+    for fam in m.registry.collect():
+        names.add(fam.name)
+        names |= {s.name for s in fam.samples}
+        if fam.type == "counter":
+            names.add(fam.name + "_total")
+    return names
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    dash = json.loads(DASHBOARD.read_text())
+    return [(p["title"], t["expr"]) for p in dash["panels"] if p["type"] != "row" for t in p["targets"]]
+
+
+def test_dashboard_panels_use_only_metrics_the_engine_exports():
+    dash = json.loads(DASHBOARD.read_text())
+    assert dash["schemaVersion"] >= 39
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["DS_PROMETHEUS"]["type"] == "datasource"
+    assert {"target", "horizon", "actual_query"} <= set(variables)
+    panels = [p for p in dash["panels"] if p["type"] != "row"]
+    titles = {p["title"] for p in panels}
+    assert {"Predicted vs actual", "Capacity", "Decisions by action and reason", "Forecast error",
+            "Cycle duration", "Errors"} <= titles
+    exported = exported_names()
+    for p in panels:
+        assert p["datasource"]["uid"] == "${DS_PROMETHEUS}", p["title"]
+        assert p["targets"], p["title"]
+        for t in p["targets"]:
+            names = set(re.findall(r"\bforescale_[a-z_]+", t["expr"]))
+            assert names <= exported, (p["title"], names - exported)
+            assert names or "${actual_query}" in t["expr"], p["title"]
+    assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
+    predicted = next(p for p in panels if p["title"] == "Predicted vs actual")
+    assert predicted["targets"][0]["expr"] == "${actual_query}"
+
+
+@pytest.mark.prometheus
+def test_dashboard_queries_are_valid_promql(prometheus):
+    # Prometheus itself parses every panel's query (variables substituted
+    # the way Grafana would); a syntax error is a 400 bad_data
+    with httpx.Client(timeout=10.0) as client:
+        for title, expr in dashboard_exprs():
+            for var, value in GRAFANA_VARS.items():
+                expr = expr.replace(var, value)
+            r = client.get(f"{prometheus.url}/api/v1/query", params={"query": expr})
+            assert r.status_code == 200, (title, expr, r.text)

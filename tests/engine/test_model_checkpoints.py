@@ -1,0 +1,93 @@
+"""A restart reuses the fitted model saved next to the state file instead of
+refitting (what makes a restart cheap for the LSTM)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import forecasters
+from engine.build import build_targets
+from engine.config import parse_config
+from engine.store import Store
+from engine.core.units import from_epoch
+from forecasters.naive import Persistence
+
+T0 = 1_700_000_000 - (1_700_000_000 % 300)
+
+
+class CountingPersistence(Persistence):
+    name = "counting_persistence"
+    fits = 0
+
+    def _fit(self, history):
+        type(self).fits += 1
+        super()._fit(history)
+
+
+@pytest.fixture(autouse=True)
+def _registered():
+    """Registered for this module's tests only (the contract suite runs over
+    the real registry, not over test doubles)."""
+    forecasters.registry.register("counting_persistence", CountingPersistence)
+    yield
+    forecasters.registry.unregister("counting_persistence")
+
+
+def _config(tmp_path, name="counting_persistence", params=None):
+    n = 2 * 288
+    v = 50 + 10 * np.sin(2 * np.pi * np.arange(n) / 288)
+    csv = tmp_path / "t.csv"
+    csv.write_text("timestamp,value\n" + "".join(f"{T0 + 300 * i},{x}\n" for i, x in enumerate(v)))
+    return parse_config({"state": str(tmp_path / "s.db"), "targets": [{
+        "name": "web", "mode": "observe", "source": {"type": "replay", "path": str(csv)},
+        "forecaster": {"name": name, "params": params or {}, "refit_every": "1d"},
+        "policy": {"capacity_per_replica": 5}}]})
+
+
+def _cycles(cfg, start_step: int, count: int):
+    out = []
+    with Store(cfg.state_path) as store:
+        (lt,) = build_targets(cfg, store)
+        for i in range(start_step, start_step + count):
+            out.append(lt.run(from_epoch(T0 + 300 * i)))
+    return out
+
+
+def test_a_restart_restores_the_model_instead_of_refitting(tmp_path):
+    cfg = _config(tmp_path)
+    CountingPersistence.fits = 0
+    first = _cycles(cfg, 400, 3)
+    assert CountingPersistence.fits == 1
+    assert (tmp_path / "s.db.models" / "web.model").exists()
+    again = _cycles(cfg, 403, 3)  # a new process: new LiveTarget, same state file
+    assert CountingPersistence.fits == 1, "the restart refitted instead of restoring"
+    assert "restored" in again[0].details["model"]
+    assert again[0].decision.model_version == first[-1].decision.model_version
+
+
+def test_a_changed_forecaster_config_ignores_the_saved_model(tmp_path):
+    CountingPersistence.fits = 0
+    _cycles(_config(tmp_path), 400, 2)
+    again = _cycles(_config(tmp_path, params={"residual_window": "2d"}), 402, 1)
+    assert CountingPersistence.fits == 2
+    assert "config changed" in again[0].details["model"]
+
+
+def test_a_corrupt_checkpoint_means_refit_not_failure(tmp_path):
+    CountingPersistence.fits = 0
+    cfg = _config(tmp_path)
+    _cycles(cfg, 400, 1)
+    (tmp_path / "s.db.models" / "web.model").write_bytes(b"not a model")
+    again = _cycles(cfg, 401, 1)
+    assert CountingPersistence.fits == 2
+    assert "not usable" in again[0].details["model"] and not again[0].decision.fallback
+
+
+def test_the_lstm_checkpoint_survives_a_restart(tmp_path):
+    pytest.importorskip("torch", reason="the LSTM needs torch (pip install 'forescale[lstm]')")
+    cfg = _config(tmp_path, name="lstm", params={"lookback": 12, "horizon": 4, "hidden_size": 8, "epochs": 1})
+    first = _cycles(cfg, 400, 1)
+    again = _cycles(cfg, 401, 1)
+    assert "restored" in again[0].details["model"]
+    assert again[0].decision.model_version == first[0].decision.model_version

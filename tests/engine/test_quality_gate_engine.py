@@ -1,0 +1,104 @@
+"""The quality gate in the engine: a forecaster whose live error exceeds the
+bound is replaced by a fallback, or by reactive, and each decision says why."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pytest
+
+import forecasters
+from engine.config import ForecasterConfig, PluginSection, QualityGate, TargetConfig
+from engine.cycle import TargetRunner
+from engine.core.types import ScalingState, Series
+from engine.core.units import from_epoch
+from forecasters.naive import Persistence
+from policies.config import PolicyConfig
+
+T0 = 1_700_000_000 - (1_700_000_000 % 300)
+
+
+class HalfOff(Persistence):
+    """A deliberately bad model: half the last value."""
+
+    name = "half_off"
+
+    def _point_for(self, y, a):
+        return 0.5 * super()._point_for(y, a)
+
+
+@pytest.fixture(autouse=True)
+def _registered():
+    """Registered for this module's tests only (the contract suite runs over
+    the real registry, not over test doubles)."""
+    forecasters.registry.register("half_off", HalfOff)
+    yield
+    forecasters.registry.unregister("half_off")
+
+
+def _series(days: float = 3) -> Series:
+    n = int(days * 288)
+    t = np.arange(n)
+    v = 100 + 40 * np.sin(2 * np.pi * t / 288) + np.random.default_rng(0).normal(0, 2, n)
+    return Series(T0 + 300 * t, v, "web")
+
+
+def _run(fallbacks: tuple[str, ...], bound: float = 1.0, primary: str = "half_off"):
+    target = TargetConfig(
+        name="web", source=PluginSection(type="csv", path="-"),
+        forecaster=ForecasterConfig(name=primary, quality_gate=QualityGate(
+            bound=bound, fallbacks=fallbacks, window=timedelta(hours=6), min_samples=12)),
+        policy=PolicyConfig(capacity_per_replica=10, max_replicas=100, max_staleness=timedelta(minutes=15)))
+    runner = TargetRunner(target)
+    s = _series()
+    state = ScalingState(current=15)
+    decisions = []
+    for i in range(300, len(s)):
+        out = runner.step(s[: i + 1], state, from_epoch(s.timestamps[i]))
+        state = out.state.after(out.decision, keep=runner.keep)
+        decisions.append(out.decision)
+    return decisions
+
+
+def test_a_bad_model_is_replaced_by_a_fallback_within_the_bound():
+    ds = _run(("persistence",))
+    first, last = ds[0].extra["quality_gate"], ds[-1].extra["quality_gate"]
+    # before enough pairs exist the configured model is kept, and says why
+    assert first["choice"] == "half_off" and first["reason"] == "NoLiveError"
+    assert last["choice"] == "persistence" and last["reason"] == "SwitchedModel"
+    assert last["live_mase"]["half_off"] > 1.0 > last["live_mase"]["persistence"]
+    assert ds[-1].model == "persistence" and not ds[-1].fallback
+
+
+def test_with_no_fallback_within_the_bound_the_policy_goes_reactive():
+    ds = _run(("half_off",), primary="persistence", bound=0.01)  # nothing is that good
+    last = ds[-1]
+    assert last.extra["quality_gate"]["choice"] is None
+    assert last.extra["quality_gate"]["reason"] == "FellBackToReactive"
+    assert last.fallback and last.steps[0].reason == "NoForecast"
+    assert "quality gate" in last.steps[0].message
+
+
+def test_unknown_fallback_is_a_config_error():
+    from engine.config import parse_config
+    from engine.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"targets\[0\]\.forecaster\.quality_gate\.fallbacks\[0\]"):
+        parse_config({"targets": [{"name": "w", "source": {"type": "csv", "path": "x"},
+                                   "forecaster": {"quality_gate": {"bound": 1, "fallbacks": ["nope"]}},
+                                   "policy": {"capacity_per_replica": 1}}]})
+
+
+def test_auto_selection_is_recorded_in_the_decision():
+    target = TargetConfig(
+        name="web", source=PluginSection(type="csv", path="-"),
+        forecaster=ForecasterConfig(name="auto", params={"candidates": [
+            {"name": "persistence"}, {"name": "seasonal_naive"}]}),
+        policy=PolicyConfig(capacity_per_replica=10, max_replicas=100))
+    runner = TargetRunner(target)
+    s = _series()
+    out = runner.step(s, ScalingState(current=15), from_epoch(s.timestamps[-1]))
+    sel = out.decision.extra["selection"]
+    assert sel["choice"] in ("persistence", "seasonal_naive")
+    assert set(sel["scores"]) >= {"persistence", "seasonal_naive"}

@@ -1,0 +1,89 @@
+"""Plugins: lazy built-ins, entry points, clear errors, no heavy imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from engine.core.errors import PluginError
+from engine.core.registry import Registry
+from tests.support import ROOT
+
+HEAVY = ["torch", "prophet", "cmdstanpy", "statsmodels", "boto3", "botocore", "kubernetes",
+         "alibabacloud_ecs20140526", "matplotlib"]
+
+
+def test_importing_the_packages_imports_no_heavy_dependency():
+    code = textwrap.dedent(f"""
+        import sys
+        import engine, policies, forecasters, actuators
+        import engine.cycle, engine.config, engine.store, engine.cli, engine.daemon, engine.backtest
+        import forecasters.lstm, forecasters.prophet_model, forecasters.holt_winters
+        import actuators.aws, actuators.alibaba, actuators.kubernetes, actuators.terraform
+        heavy = [m for m in {HEAVY!r} if m in sys.modules]
+        assert not heavy, heavy
+        print("clean")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and "clean" in r.stdout, r.stderr
+
+
+def test_unknown_name_lists_the_known_ones():
+    import forecasters
+
+    with pytest.raises(PluginError) as e:
+        forecasters.registry.get("arima_plus")
+    msg = str(e.value)
+    assert "unknown forecaster 'arima_plus'" in msg
+    for name in ("seasonal_naive", "holt_winters", "prophet", "lstm", "auto"):
+        assert name in msg
+
+
+def test_a_missing_extra_names_the_package_and_the_install_command():
+    reg = Registry("forecaster", "forescale.test-none")
+    reg.add("fancy", "forescale_missing_pkg_xyz.models:Fancy", extra="fancy", packages=("forescale_missing_pkg_xyz",))
+    with pytest.raises(PluginError) as e:
+        reg.get("fancy")
+    assert "forescale_missing_pkg_xyz" in str(e.value)
+    assert "pip install 'forescale[fancy]'" in str(e.value)
+
+
+def test_entry_point_plugins_are_found_and_validated(tmp_path, monkeypatch):
+    # a real installed distribution on sys.path, as pip would leave it
+    pkg = tmp_path / "myforecaster"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(textwrap.dedent("""
+        from forecasters.naive import Persistence
+
+        class Flat(Persistence):
+            name = "flat"
+
+        class Broken:
+            pass
+    """))
+    dist = tmp_path / "myforecaster-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: myforecaster\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[forescale.forecasters]\nflat = myforecaster:Flat\nbroken = myforecaster:Broken\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import forecasters
+
+    assert "flat" in forecasters.registry.names()
+    cls = forecasters.registry.get("flat")
+    assert cls.__name__ == "Flat"
+    with pytest.raises(PluginError, match="lacks"):
+        forecasters.registry.get("broken")
+
+
+def test_actuator_registry_resolves_every_builtin():
+    import actuators
+
+    for name in ("dry-run", "aws-asg", "aws-ec2", "alibaba-ecs", "alibaba-ecs-group", "terraform",
+                 "kubernetes", "kubernetes-hpa-floor"):
+        cls = actuators.registry.get(name)
+        assert hasattr(cls, "Config") and hasattr(cls, "apply")

@@ -1,0 +1,163 @@
+"""Model selection by rolling-origin backtest, and the quality gate."""
+
+from __future__ import annotations
+
+import pickle
+from datetime import timedelta
+
+import numpy as np
+import pytest
+
+from engine.core.errors import ForecastError, InsufficientHistory
+from engine.core.types import Series
+from engine.core.units import from_epoch
+from forecasters.auto import AutoForecaster, AutoParams, asymmetric_loss
+from forecasters.quality import NO_LIVE_ERROR, REACTIVE, SWITCHED, WITHIN_BOUND, gate, live_mase
+
+STEP, DAY, T0 = 300, 288, 1_704_067_200
+
+
+def seasonal(days: float, noise: float = 0.5, seed: int = 0) -> Series:
+    n = int(days * DAY)
+    t = np.arange(n)
+    y = 100 + 40 * np.sin(2 * np.pi * t / DAY) + np.random.default_rng(seed).normal(0, noise, n)
+    return Series(T0 + STEP * t.astype(np.int64), y)
+
+
+def walk(n: int, seed: int = 0) -> Series:
+    y = 100 + np.cumsum(np.random.default_rng(seed).normal(0, 3, n))
+    return Series(T0 + STEP * np.arange(n, dtype=np.int64), y)
+
+
+NAIVES = [{"name": "persistence"}, {"name": "seasonal_naive"}]
+
+
+def test_loss_weighs_under_forecasts_more():
+    np.testing.assert_allclose(asymmetric_loss([10, 10], [8, 12], 3.0), [6.0, 2.0])
+
+
+def test_picks_seasonal_naive_on_a_clean_daily_cycle_and_records_why():
+    f = AutoForecaster(candidates=NAIVES, horizon_steps=6, eval_window=DAY, n_origins=24)
+    s = seasonal(3)
+    f.fit(s)
+    assert f.choice == "seasonal_naive"
+    assert f.scores["seasonal_naive"] < f.scores["persistence"]
+    sel = f.selection
+    assert sel["choice"] == "seasonal_naive" and set(sel["scores"]) == {"persistence", "seasonal_naive"}
+    fc = f.predict(from_epoch(int(s.timestamps[-1])), 6, (0.5, 0.9))
+    assert fc.model == "auto" and fc.model_version.startswith("auto:seasonal_naive:")
+
+
+def test_picks_persistence_on_a_random_walk():
+    f = AutoForecaster(candidates=NAIVES, horizon_steps=2, eval_window=DAY, n_origins=48)
+    f.fit(walk(3 * DAY))
+    assert f.choice == "persistence"
+
+
+def test_under_weight_changes_the_choice():
+    """A model biased low loses once under-forecasts cost more."""
+    from forecasters import registry
+    from forecasters.naive import Persistence
+
+    class Low(Persistence):
+        name = "low"
+
+        def _predict(self, ahead, quantiles):
+            p, q = super()._predict(ahead, quantiles)
+            return p - 2.0, {k: v - 2.0 for k, v in q.items()}
+
+    class High(Persistence):
+        name = "high"
+
+        def _predict(self, ahead, quantiles):
+            p, q = super()._predict(ahead, quantiles)
+            return p + 2.5, {k: v + 2.5 for k, v in q.items()}
+
+    registry.register("low", Low)
+    registry.register("high", High)
+    s = Series(T0 + STEP * np.arange(400, dtype=np.int64), np.full(400, 50.0))
+    cands = [{"name": "low"}, {"name": "high"}]
+    sym = AutoForecaster(candidates=cands, under_weight=1.0, eval_window=100)
+    sym.fit(s)
+    assert sym.choice == "low"  # 2.0 off beats 2.5 off
+    asym = AutoForecaster(candidates=cands, under_weight=3.0, eval_window=100)
+    asym.fit(s)
+    assert asym.choice == "high"  # 3 x 2.0 under is worse than 2.5 over
+
+
+def test_failing_candidates_are_skipped_with_the_reason():
+    f = AutoForecaster(candidates=[{"name": "no_such_model"}, {"name": "seasonal_naive", "params": {"season": "weekly"}},
+                                   {"name": "persistence", "params": {"bogus": 1}}, {"name": "persistence", "label": "p"}],
+                       eval_window=DAY)
+    f.fit(seasonal(3))
+    assert f.choice == "p"
+    assert "unknown forecaster" in f.skipped["no_such_model"]
+    assert "InsufficientHistory" in f.skipped["seasonal_naive"]  # a weekly season in 3 days
+    assert "bogus" in f.skipped["persistence"]
+
+
+def test_all_candidates_too_short_is_insufficient_history():
+    f = AutoForecaster(candidates=[{"name": "seasonal_naive"}], eval_window=DAY)
+    with pytest.raises(InsufficientHistory):
+        f.fit(seasonal(1.2))
+
+
+def test_reselects_only_after_reselect_every():
+    f = AutoForecaster(candidates=NAIVES, horizon_steps=6, eval_window=DAY, reselect_every=timedelta(days=1))
+    s = seasonal(4)
+    f.fit(s[: 3 * DAY])
+    first = f.selection["evaluated_at"]
+    f.fit(s[: 3 * DAY + 12])  # an hour later: refit the winner only
+    assert f.selection["evaluated_at"] == first
+    f.fit(s)  # a day later: backtest again
+    assert f.selection["evaluated_at"] != first
+
+
+def test_pickle_round_trip_keeps_the_choice(tmp_path):
+    f = AutoForecaster(candidates=NAIVES, horizon_steps=6, eval_window=DAY)
+    s = seasonal(3)
+    f.fit(s)
+    g = pickle.loads(pickle.dumps(f))
+    now = from_epoch(int(s.timestamps[-1]))
+    assert g.choice == f.choice and g.version == f.version
+    np.testing.assert_array_equal(g.predict(now, 3, (0.9,)).quantiles[0.9], f.predict(now, 3, (0.9,)).quantiles[0.9])
+
+
+def test_params_are_validated():
+    with pytest.raises(ValueError, match="duplicate"):
+        AutoParams(candidates=[{"name": "persistence"}, {"name": "persistence"}])
+    with pytest.raises(ValueError, match="own candidate"):
+        AutoParams(candidates=[{"name": "auto"}])
+    with pytest.raises(ForecastError, match="before fit"):
+        AutoForecaster().predict(from_epoch(T0), 3, (0.5,))
+
+
+# ------------------------------------------------------------- quality gate
+@pytest.mark.parametrize("errors, expected, code", [
+    ({"lstm": 0.8, "hw": 0.5}, "lstm", WITHIN_BOUND),
+    ({"lstm": None, "hw": 0.5}, "lstm", NO_LIVE_ERROR),
+    ({"lstm": 1.7, "hw": 0.6}, "hw", SWITCHED),
+    ({"lstm": 1.7, "hw": 1.2, "naive": 0.9}, "naive", SWITCHED),
+    ({"lstm": 1.7, "hw": None}, None, REACTIVE),
+    ({"lstm": 1.7, "hw": 1.1}, None, REACTIVE),
+])
+def test_gate(errors, expected, code):
+    model, reason = gate(errors, 1.0, list(errors))
+    assert model == expected and reason.code == code
+    assert str(reason).startswith(code)
+
+
+def test_gate_message_names_the_error_and_bound():
+    _, reason = gate({"lstm": 1.7, "hw": 1.1}, 1.0, ["lstm", "hw"])
+    assert "lstm live error 1.7 > bound 1" in reason.message and "hw: 1.1" in reason.message
+    assert gate({}, 1.0, [])[0] is None
+    with pytest.raises(ValueError, match="bound"):
+        gate({"a": 1.0}, 0.0, ["a"])
+
+
+def test_live_mase():
+    assert live_mase([1, 2, 3, np.nan], [2, 2, 5, 4], scale=1.0) == pytest.approx(1.0)
+    assert live_mase([1, 2, 3], [2, 2, 5], scale=2.0, last_n=1) == pytest.approx(1.0)
+    assert live_mase([np.nan], [1.0], scale=1.0) is None
+    with pytest.raises(ValueError, match="length"):
+        live_mase([1, 2], [1], scale=1.0)

@@ -1,0 +1,294 @@
+"""The LSTM forecaster beyond the shared contract: quantile loss and
+monotonicity, no look-ahead, freshness, determinism, checkpoints, global mode
+and warm start, covariates. Tiny models, a few epochs, CPU."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the lstm forecaster needs PyTorch (pip install torch)")
+
+from engine.core.errors import ForecastError, InsufficientHistory  # noqa: E402
+from engine.core.types import Series  # noqa: E402
+from engine.core.units import from_epoch  # noqa: E402
+from forecasters.lstm import GlobalLSTM, LSTMForecaster, LSTMParams, RobustScaler, build_features  # noqa: E402
+
+STEP = 300
+DAY = 288
+T0 = 1_704_067_200
+TINY = {"lookback": 12, "horizon": 6, "hidden_size": 8, "epochs": 4, "batch_size": 128,
+        "max_train_steps": 3 * DAY, "device": "cpu"}
+
+
+def daily(days: float = 4, seed: int = 0, level: float = 100.0, name: str = "s") -> Series:
+    n = int(days * DAY)
+    t = np.arange(n)
+    rng = np.random.default_rng(seed)
+    y = level + 30 * np.sin(2 * np.pi * t / DAY) + rng.normal(0, 2, n)
+    return Series(T0 + STEP * t.astype(np.int64), y, name)
+
+
+def end(s: Series):
+    return from_epoch(int(s.timestamps[-1]))
+
+
+@pytest.fixture(scope="module")
+def fitted() -> LSTMForecaster:
+    f = LSTMForecaster(TINY)
+    f.fit(daily(3))
+    return f
+
+
+def test_params_require_the_median_and_valid_levels():
+    with pytest.raises(ValueError, match="0.5"):
+        LSTMParams(quantiles=(0.1, 0.9))
+    with pytest.raises(ValueError, match="not in"):
+        LSTMParams(quantiles=(0.5, 1.2))
+    assert LSTMParams(quantiles=(0.9, 0.5, 0.9)).quantiles == (0.5, 0.9)
+
+
+def test_scaler_is_robust_and_survives_flat_data():
+    y = np.r_[np.arange(100.0), 1e6]  # one outlier does not move median/IQR much
+    sc = RobustScaler.fit(y)
+    assert 49 <= sc.median <= 51 and 49 <= sc.scale <= 51
+    flat = RobustScaler.fit(np.full(50, 20.0))
+    assert flat.median == 20.0 and flat.scale == pytest.approx(2.0)
+    assert RobustScaler.fit(np.zeros(10)).scale == 1.0
+
+
+def test_quantiles_are_monotone_and_requested_levels_are_interpolated(fitted):
+    s = daily(3)
+    fc = fitted.predict(end(s), 6, (0.1, 0.3, 0.5, 0.7, 0.9, 0.99))
+    stack = np.vstack([fc.quantiles[q] for q in sorted(fc.quantiles)])
+    assert np.all(np.diff(stack, axis=0) >= 0)
+    # 0.7 lies between the trained 0.5 and 0.9; 0.99 is clamped to 0.9
+    assert np.all(fc.quantiles[0.7] >= fc.quantiles[0.5]) and np.all(fc.quantiles[0.7] <= fc.quantiles[0.9])
+    np.testing.assert_allclose(fc.quantiles[0.99], fc.quantiles[0.9])
+    np.testing.assert_allclose(fc.point, fc.quantiles[0.5])
+
+
+def test_forecast_at_t_ignores_data_after_t():
+    """Two series equal up to t and different after: a model fitted and
+    updated on data up to t forecasts the same from t."""
+    a = daily(4, seed=1)
+    vals = a.values.copy()
+    cut = 3 * DAY
+    vals[cut:] += 500.0
+    b = Series(a.timestamps, vals)
+    t = from_epoch(int(a.timestamps[cut - 1]))
+    fa, fb = LSTMForecaster(TINY), LSTMForecaster(TINY)
+    fa.fit(a.until(t))
+    fb.fit(b.until(t))
+    np.testing.assert_array_equal(fa.predict(t, 6, (0.5, 0.9)).point, fb.predict(t, 6, (0.5, 0.9)).point)
+    # and history beyond the forecast start is refused, not silently used
+    fa.update(a)
+    with pytest.raises(ForecastError, match="look-ahead"):
+        fa.predict(t, 6, (0.5,))
+
+
+def test_features_read_nothing_after_the_origin():
+    s = daily(3)
+    p = LSTMParams(**TINY)
+    sc = RobustScaler.fit(s.values)
+    o = np.array([2 * DAY])
+    seq1, head1, _, base1 = build_features(s.values, s.timestamps, o, sc, STEP, p)
+    y2 = s.values.copy()
+    y2[2 * DAY + 1:] = -1e9
+    seq2, head2, _, base2 = build_features(y2, s.timestamps, o, sc, STEP, p)
+    np.testing.assert_array_equal(seq1, seq2)
+    np.testing.assert_array_equal(head1, head2)
+    np.testing.assert_array_equal(base1, base2)
+
+
+def test_update_uses_the_newest_window_without_retraining(fitted):
+    f = copy.deepcopy(fitted)
+    version = f.version
+    s = daily(3.1)
+    vals = s.values.copy()
+    vals[3 * DAY:] += 200.0
+    f.update(Series(s.timestamps, vals))
+    assert f.version == version  # no retraining
+    moved = f.predict(end(s), 3, (0.5,)).point[0] - fitted.predict(end(daily(3)), 1, (0.5,)).point[0]
+    assert moved > 100.0
+
+
+def test_same_seed_same_model_on_cpu():
+    s = daily(3)
+    a, b = LSTMForecaster(TINY), LSTMForecaster(TINY)
+    a.fit(s)
+    b.fit(s)
+    assert a.version == b.version
+    np.testing.assert_array_equal(a.predict(end(s), 6, (0.9,)).quantiles[0.9],
+                                  b.predict(end(s), 6, (0.9,)).quantiles[0.9])
+    c = LSTMForecaster({**TINY, "seed": 1})
+    c.fit(s)
+    assert c.version != a.version
+
+
+def test_early_stopping_and_metrics_are_recorded():
+    f = LSTMForecaster({**TINY, "epochs": 50, "patience": 1, "lr": 0.05})
+    f.fit(daily(3))
+    m = f.metrics
+    assert m["epochs_run"] < 50 and 1 <= m["best_epoch"] <= m["epochs_run"]
+    assert np.isfinite(m["val_loss"]) and m["train_windows"] > 0 and m["val_windows"] > 0
+
+
+def test_too_short_and_horizon_beyond_training_are_clear_errors(fitted):
+    f = LSTMForecaster(TINY)
+    with pytest.raises(InsufficientHistory):
+        f.fit(daily(0.2))
+    with pytest.raises(ForecastError, match="horizon of 6"):
+        fitted.predict(end(daily(3)), 7, (0.5,))
+    with pytest.raises(ForecastError, match="cuda"):
+        if torch.cuda.is_available():
+            pytest.skip("a CUDA device is present")
+        LSTMForecaster({**TINY, "device": "cuda"}).fit(daily(3))
+
+
+def test_checkpoint_round_trip_without_retraining(fitted, tmp_path):
+    path = tmp_path / "m.pt"
+    fitted.save(path)
+    ck = torch.load(path, weights_only=True)
+    assert ck["window"]["last"] == int(daily(3).timestamps[-1])
+    assert set(ck["scaler"]) == {"median", "scale"} and "val_loss" in ck["metrics"]
+    loaded = LSTMForecaster.load(path)
+    assert loaded.version == fitted.version and fitted.version.startswith("lstm:")
+    s = daily(3)
+    np.testing.assert_array_equal(loaded.predict(end(s), 6, (0.5, 0.9)).quantiles[0.9],
+                                  fitted.predict(end(s), 6, (0.5, 0.9)).quantiles[0.9])
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ForecastError, match="checkpoint"):
+        LSTMForecaster.load(tmp_path / "bad.pt")
+
+
+def test_covariates_are_used_and_required():
+    s = daily(3)
+    rng = np.random.default_rng(3)
+    cov = Series(s.timestamps, s.values * 2 + rng.normal(0, 1, len(s)), "req")
+    p = {**TINY, "covariates": ("requests",)}
+    f = LSTMForecaster(p)
+    with pytest.raises(ForecastError, match="missing covariates"):
+        f.fit(s)
+    with pytest.raises(ForecastError, match="not in params.covariates"):
+        f.fit(s, covariates={"requests": cov, "memory": cov})
+    f.fit(s, covariates={"requests": cov})
+    base = f.predict(end(s), 6, (0.5,)).point
+    g = copy.deepcopy(f)
+    # a different covariate history changes the forecast: the input is used
+    g._cov_history = {"requests": Series(cov.timestamps, cov.values * 5, "req")}
+    assert not np.allclose(g.predict(end(s), 6, (0.5,)).point, base)
+
+
+def test_global_model_forecasts_many_series_in_one_call(tmp_path):
+    series = {f"s{i}": daily(3, seed=i, level=100 + 50 * i) for i in range(3)}
+    g = GlobalLSTM(TINY).fit(series)
+    assert set(g.scalers) == set(series) and g.version.startswith("lstm-global:")
+    now = end(series["s0"])
+    hist = {**series, "new": daily(3, seed=9, level=400)[2 * DAY:]}  # unseen: scaled from its own history
+    errors: dict[str, str] = {}
+    hist["short"] = daily(0.01)
+    out = g.predict_many(hist, now, 6, (0.5, 0.9), errors=errors)
+    assert set(out) == {"s0", "s1", "s2", "new"} and "short" in errors
+    for k, fc in out.items():
+        assert fc.horizon == 6 and np.all(fc.quantiles[0.9] >= fc.point)
+        assert abs(fc.point[0] - hist[k].values[-1]) < 60  # each in its own scale
+    with pytest.raises(ForecastError):
+        g.predict_many({"short": daily(0.01)}, now, 6, (0.5,))
+    path = tmp_path / "g.pt"
+    g.save(path)
+    g2 = GlobalLSTM.load(path)
+    assert g2.version == g.version
+    # batch composition changes float32 rounding only
+    np.testing.assert_allclose(g2.predict_many(series, now, 6, (0.5,))["s1"].point, out["s1"].point, rtol=1e-6)
+    with pytest.raises(ForecastError, match="global"):
+        LSTMForecaster.load(path)
+
+
+def test_warm_start_from_a_global_model_needs_only_one_window(tmp_path):
+    g = GlobalLSTM(TINY).fit({f"s{i}": daily(3, seed=i) for i in range(2)})
+    short = daily(0.1, seed=7)  # 28 samples: far too few to train on
+    with pytest.raises(InsufficientHistory):
+        LSTMForecaster(TINY).fit(short)
+    f = LSTMForecaster({"finetune_epochs": 0, "device": "cpu"}, init_from=g)  # use as-is
+    assert f.params.lookback == TINY["lookback"]  # architecture from the source
+    f.fit(short)
+    assert f.metrics["finetuned"] is False and f.metrics["source"] == g.version
+    fc = f.predict(end(short), 6, (0.5, 0.9))
+    np.testing.assert_allclose(fc.point, g.predict_many({"x": short}, end(short), 6, (0.5,))["x"].point,
+                               rtol=1e-5)
+    # with enough history it fine-tunes from the source weights (path form)
+    path = tmp_path / "g.pt"
+    g.save(path)
+    f2 = LSTMForecaster({"finetune_epochs": 2, "device": "cpu"}, init_from=path)
+    f2.fit(daily(3, seed=8))
+    assert f2.metrics["finetuned"] is True and f2.metrics["epochs_run"] <= 2
+
+
+def test_median_gate_picks_persistence_the_network_or_the_seasonal_change_on_validation():
+    from forecasters.lstm import _apply_gate, _clamp_spread, _fit_gate
+
+    rng = np.random.default_rng(0)
+    B, H, levels = 200, 3, (0.1, 0.5, 0.9)
+    p = LSTMParams(lookback=4, horizon=H)
+    head = np.zeros((B, p.horizon * 6 + 3), dtype=np.float32)
+    hz = head[:, : H * 6].reshape(B, H, 6)
+    seas = rng.normal(0, 1, (B, H))
+    hz[..., 4] = seas  # the value a day before each target, relative to the origin
+    head[:, : H * 6] = hz.reshape(B, H * 6)  # d0 = 0 and observed: the seasonal change is the lag
+    net = rng.normal(0, 1, (B, H))
+    pred = np.stack([net - 1, net, net + 1], axis=-1)
+    # the targets follow the network at step 0, the seasonal change at step 1, neither at step 2
+    target = np.stack([net[:, 0], seas[:, 1], rng.normal(0, 0.1, B)], axis=1)
+    gate = _fit_gate(pred, head, target, levels)
+    np.testing.assert_array_equal(gate[:, :2], [[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    # the network's correction is capped at the 90th percentile of the changes seen at that lead
+    np.testing.assert_allclose(gate[:, 2], np.percentile(np.abs(target), 90, axis=0))
+    out = _apply_gate(pred, head, gate, levels)
+    np.testing.assert_allclose(out[:, 0, 1], np.clip(net[:, 0], -gate[0, 2], gate[0, 2]))
+    np.testing.assert_allclose(out[:, 1, 1], seas[:, 1], atol=1e-6)
+    np.testing.assert_allclose(out[:, 2, 1], 0.0)  # persistence: no change from the last value
+    np.testing.assert_allclose(out[..., 2] - out[..., 1], 1.0)  # the spread is kept
+    # too few observed targets at a step: persistence there
+    sparse = target.copy()
+    sparse[10:, 0] = np.nan
+    assert tuple(_fit_gate(pred, head, sparse, levels)[0]) == (0.0, 0.0, 0.0, np.inf)
+    # no level further from the median than its largest validation error
+    assert gate[2, 3] == pytest.approx(np.max(np.abs(target[:, 2])))
+    wide = pred.copy()
+    wide[..., 2] += 100.0
+    clamped = _clamp_spread(_apply_gate(wide, head, gate, levels), gate, levels)
+    np.testing.assert_allclose(clamped[:, 2, 2] - clamped[:, 2, 1], gate[2, 3])
+
+
+def test_a_level_never_seen_in_training_is_forecast_by_persistence():
+    """A series that jumps far outside its training range (a saturated CPU)
+    gets no network correction: the median is the last value."""
+    f = LSTMForecaster({**TINY, "seasonal_lag": False, "calibrate": False})
+    s = daily(3)
+    f.fit(s)
+    assert f._range is not None and f._range[0] < f._range[1]
+    t = daily(3.1)
+    vals = t.values.copy()
+    vals[3 * DAY:] = 5000.0
+    f.update(Series(t.timestamps, vals))
+    np.testing.assert_allclose(f.predict(end(t), 6, (0.5,)).point, 5000.0)
+
+
+def test_global_model_calibrates_each_training_series_on_its_own_validation_windows():
+    """A calm and a noisy series trained together: each gets its own
+    conformal offsets (pooled ones would over-cover the calm one and
+    under-cover the noisy one), used for it in predict_many."""
+    calm = daily(3, seed=1)
+    rng = np.random.default_rng(2)
+    noisy = Series(calm.timestamps, calm.values + rng.normal(0, 25, len(calm)), "noisy")
+    g = GlobalLSTM(TINY).fit({"calm": calm, "noisy": noisy})
+    assert set(g._series_offsets) == {"calm", "noisy"}
+    assert not np.allclose(g._series_offsets["calm"], g._series_offsets["noisy"])
+    now = end(calm)
+    before = g.predict_many({"calm": calm}, now, 6, (0.9,))["calm"].quantiles[0.9]
+    g._series_offsets["calm"] = g._series_offsets["calm"] + 1.0  # one scale unit up at every level
+    after = g.predict_many({"calm": calm}, now, 6, (0.9,))["calm"].quantiles[0.9]
+    np.testing.assert_allclose(after - before, g.scalers["calm"].scale, rtol=1e-5)
