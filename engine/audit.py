@@ -414,6 +414,32 @@ def reconstruct(store: Any, decision_id: str) -> dict[str, Any] | None:
     }
 
 
+# ------------------------------------------------------ config and mode changes
+def record_config(store: Any, old: Any | None, new: Any, now: datetime, *, source: str = "") -> list[int]:
+    """Record the configuration now in force (``old`` None: at start; else a
+    reload): one ``config_reload`` record with every target's config digest
+    and what changed, and one ``mode_change`` record per target whose mode
+    changed (or that was added or removed), all in one transaction. The
+    daemon calls this at start and after each reload. Returns the seqs."""
+    before = {} if old is None else {t.name: t for t in old.targets}
+    after = {t.name: t for t in new.targets}
+    digests = {n: config_digest(t) for n, t in after.items()}
+    changed = sorted(n for n in after if n in before and config_digest(before[n]) != digests[n])
+    payload = {"event": "start" if old is None else "reload", "source": source, "targets": digests,
+               "changed": changed, "added": sorted(set(after) - set(before)) if old is not None else [],
+               "removed": sorted(set(before) - set(after))}
+    seqs = []
+    with store.tx() as db:
+        seqs.append(append(db, "config_reload", payload, now, key=store.audit_key))
+        for name in sorted(set(before) | set(after)):
+            was = before[name].mode if name in before else None
+            now_mode = after[name].mode if name in after else None
+            if old is not None and was != now_mode:
+                seqs.append(append(db, "mode_change", {"target": name, "from": was, "to": now_mode}, now,
+                                   key=store.audit_key))
+    return seqs
+
+
 # ------------------------------------------------------- the decision context
 def config_digest(target: Any) -> str:
     """SHA-256 of a target's configuration in force (its validated model,
@@ -445,5 +471,5 @@ def decision_context(target: Any, history: Any | None, forecast: Any | None) -> 
 
 
 __all__ = ["AuditStatus", "GENESIS", "KEY_ENV", "KINDS", "append", "canonical", "check_rows", "config_digest",
-           "decision_context", "export", "key_for", "key_from_env", "reconstruct", "record_ok", "records", "row_digest",
-           "seal_rows", "verify", "verify_tail"]
+           "decision_context", "export", "key_for", "key_from_env", "reconstruct", "record_config", "record_ok",
+           "records", "row_digest", "seal_rows", "verify", "verify_tail"]

@@ -308,3 +308,25 @@ def test_a_writer_killed_at_random_moments_never_loses_or_corrupts_an_acknowledg
         assert not missing, f"after kill {kills}: acknowledged but lost: {missing[:3]}"
     assert len(acked) >= 50, "the writer should have committed records between kills"
     assert time.monotonic() - t0 < 60
+
+
+def test_the_config_in_force_and_each_mode_change_are_recorded(tmp_path, path):
+    from engine.config import load_config
+
+    trace = write_trace(tmp_path / "load.csv", [1.0] * 3)
+    one = load_config(write_config(tmp_path / "a.yaml", [target_dict("web", trace, mode="observe"),
+                                                         target_dict("db", trace, mode="observe")]))
+    two = load_config(write_config(tmp_path / "b.yaml", [target_dict("web", trace, mode="approve"),
+                                                         target_dict("db", trace, mode="observe",
+                                                                     policy={"max_replicas": 9})]))
+    with Store(path) as s:
+        audit.record_config(s, None, one, NOW, source="a.yaml")
+        audit.record_config(s, one, two, NOW + STEP, source="b.yaml")
+        recs = list(audit.records(s))
+        assert verify(s).ok
+    assert [r["kind"] for r in recs] == ["config_reload", "config_reload", "mode_change"]
+    start, reload, mode = (r["payload"] for r in recs)
+    assert start["event"] == "start" and set(start["targets"]) == {"web", "db"}
+    assert reload["event"] == "reload" and reload["changed"] == ["db", "web"]
+    assert reload["targets"]["db"] != start["targets"]["db"]
+    assert mode == {"target": "web", "from": "observe", "to": "approve"}
