@@ -400,8 +400,12 @@ def reconstruct(store: Any, decision_id: str) -> dict[str, Any] | None:
         return None
     rows.sort(key=lambda r: r["seq"])
     recs = [{**_record(r), "verified": record_ok(store, r["seq"]) is None} for r in rows]
-    decision = next((r["payload"] for r in reversed(recs) if r["kind"] == "decision"
-                     and r["decision_id"] == decision_id and "steps" in r["payload"]), None)
+    full = [r["payload"] for r in recs if r["kind"] == "decision" and r["decision_id"] == decision_id
+            and "steps" in r["payload"]]
+    decision = None
+    if full:  # the latest record of the Decision, with the context of the first that carried one
+        context = next((p["context"] for p in full if p.get("context")), {})
+        decision = {**full[-1], "context": full[-1].get("context") or context}
     return {
         "decision_id": decision_id,
         "decision": decision,

@@ -126,6 +126,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
+    from .audit import key_for
     from .build import build_targets, check_actuator
     from .core.clock import SystemClock
     from .config import load_config
@@ -136,7 +137,7 @@ def cmd_once(args: argparse.Namespace) -> int:
         cfg.target(args.target)
     clock = SystemClock()
     rc = 0
-    with Store(cfg.state_path) as store:
+    with Store(cfg.state_path, audit_key=key_for(cfg)) as store:
         store.lock()
         for lt in build_targets(cfg, store, [args.target] if args.target else None):
             warning = check_actuator(lt.target, lt.actuator)

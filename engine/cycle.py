@@ -521,6 +521,7 @@ class LiveTarget:
             out = self.runner.step(history, state, now, self.covariates_on_grid())
             self.save_model()
         d = out.decision
+        ctx = decision_context(self.target, history, out.forecast)  # what the audit record adds
         set_log_fields(decision_id=d.id)
         res.decision, res.forecast = d, out.forecast
         if out.forecast_error and not res.fetch_error:
@@ -529,14 +530,15 @@ class LiveTarget:
         keep = self.runner.keep
         if mode == "observe" or d.desired == d.current:
             status = "observed" if mode == "observe" else "hold"
-            self.store.record_decision(d, mode, status, now, state=out.state.after(d, keep=keep, applied=False))
+            self.store.record_decision(d, mode, status, now, state=out.state.after(d, keep=keep, applied=False),
+                                       context=ctx)
             res.status = status
             return
         if mode == "dry-run":
             desc = self._describe(d)
             self.store.record_decision(d, mode, "dry-run", now,
                                        state=out.state.after(d, keep=keep, applied=False),
-                                       outcome={"would": desc})
+                                       outcome={"would": desc}, context=ctx)
             res.status, res.details["plan"] = "dry-run", desc
             return
         if mode == "approve":
@@ -548,12 +550,13 @@ class LiveTarget:
                 # there is nothing safe to plan
                 self.store.record_decision(d, mode, "skipped", now,
                                            state=out.state.after(d, keep=keep, applied=False),
-                                           outcome={"error": read_error or "capacity could not be read"})
+                                           outcome={"error": read_error or "capacity could not be read"},
+                                           context=ctx)
                 res.status = "skipped"
                 return
             plan = create_plan(self.store, self.target, d, observed, self._describe(d).get("summary", ""), now,
                                state=out.state.after(d, keep=keep, applied=False), actuator=self.actuator,
-                               context=decision_context(self.target, history, out.forecast))
+                               context=ctx)
             res.status, res.plan = ("applied" if plan.status == PlanStatus.APPLIED else "planned"), plan
             return
         # auto: record the intent (with the state as if not applied), act,
@@ -563,10 +566,11 @@ class LiveTarget:
             # made by someone else; hold until it can be read again
             self.store.record_decision(d, mode, "skipped", now,
                                        state=out.state.after(d, keep=keep, applied=False),
-                                       outcome={"error": read_error})
+                                       outcome={"error": read_error}, context=ctx)
             res.status = "skipped"
             return
-        self.store.record_decision(d, mode, "intent", now, state=out.state.after(d, keep=keep, applied=False))
+        self.store.record_decision(d, mode, "intent", now, state=out.state.after(d, keep=keep, applied=False),
+                                   context=ctx)
         self._apply(d, now, res, state_before=out.state)
 
     def _without_fresh_data(self, history: Series, state: ScalingState, now: datetime,

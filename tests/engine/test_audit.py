@@ -330,3 +330,23 @@ def test_the_config_in_force_and_each_mode_change_are_recorded(tmp_path, path):
     assert reload["event"] == "reload" and reload["changed"] == ["db", "web"]
     assert reload["targets"]["db"] != start["targets"]["db"]
     assert mode == {"target": "web", "from": "observe", "to": "approve"}
+
+
+@pytest.mark.parametrize("mode", ["observe", "dry-run", "auto"])
+def test_every_mode_records_the_decision_with_its_inputs_forecast_and_config(tmp_path, mode):
+    from engine.audit import config_digest
+
+    trace = write_trace(tmp_path / "load.csv", [100.0] * 30, start=NOW - 25 * STEP)
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode=mode)])
+    with Store(tmp_path / "state.db") as s:
+        live = build_live(cfg, s, Platform(capacity=5))
+        res = live.run(NOW)
+        story = reconstruct(s, res.decision.id)
+        assert verify(s).ok
+    d = story["decision"]
+    assert d["desired"] == 20 and d["mode"] == mode
+    assert d["context"]["config_sha256"] == config_digest(live.target)
+    assert d["context"]["inputs"]["last"] == NOW.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert d["context"]["forecast"]["point_max"] == 100.0
+    if mode == "auto":
+        assert story["actuations"][0]["request_ids"] == ["req-1"]
