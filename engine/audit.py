@@ -282,10 +282,12 @@ def verify_tail(store: Any, n: int) -> AuditStatus:
     return _walk(store.db, max(1, last - n + 1), store.audit_key)
 
 
-def record_ok(store: Any, seq: int) -> str | None:
+def record_ok(store: Any, seq: int, *, require_key: bool = True) -> str | None:
     """Why one record cannot be trusted (``None``: it verifies and the next
     record, if any, still links to it). Cheap: used before applying a plan on
-    the strength of its approval record, and by :func:`check_rows`."""
+    the strength of its approval record (``require_key``: with a key set, the
+    record must carry its HMAC), and by :func:`check_rows` (a row written
+    before the key was configured is still genuine)."""
     db, key = store.db, store.audit_key
     row = db.execute("SELECT * FROM audit WHERE seq=?", (seq,)).fetchone()
     if row is None:
@@ -297,7 +299,7 @@ def record_ok(store: Any, seq: int) -> str | None:
     why = _check_one(row, seq, prev, key, seq > 1 and before[1] == "hmac-sha256")
     if why is not None:
         return f"audit record {seq}: {why}"
-    if key and row["mac"] != "hmac-sha256":
+    if require_key and key and row["mac"] != "hmac-sha256":
         return f"audit record {seq} is not HMAC-signed with the configured key"
     nxt = db.execute("SELECT prev FROM audit WHERE seq=?", (seq + 1,)).fetchone()
     if nxt is not None and nxt[0] != row["hash"]:
@@ -326,7 +328,7 @@ def check_rows(store: Any, recs: list[dict[str, Any]]) -> dict[str, str | None]:
         if want != row_digest(row):
             out[did] = f"row differs from audit record {hit['seq']} (edited outside forescale)"
             continue
-        out[did] = record_ok(store, hit["seq"])
+        out[did] = record_ok(store, hit["seq"], require_key=False)
     return out
 
 

@@ -76,6 +76,7 @@ AUTO_APPROVER = "policy:auto-approve"
 EMERGENCY_APPROVER = "policy:emergency"
 #: modes in which an approved plan may be written to the platform
 WRITING_MODES = ("approve", "auto")
+_BUSY = "plan {} is being applied by another process (or was interrupted while applying); not applying it twice"
 
 
 def cli_identity() -> str:
@@ -196,15 +197,16 @@ def create_plan(store: Any, target: Any, decision: Decision, observed: int, desc
     if keep is not None:
         store.record_decision(decision, target.mode, store_status(keep), now, state=state,
                               outcome={"plan_id": keep.id, "replanned": True}, context=context, plan_id=keep.id)
-        return keep
-    schedule = decision.to_dict().get("schedule")  # the planner's Schedule, when there is one
-    plan = Plan(id=pid, target=target.name, decision_id=decision.id, from_capacity=decision.current,
-                to_capacity=decision.desired, observed_capacity=observed, created_at=now,
-                expires_at=now + plan_lifetime(target, decision.action), description=description,
-                updated_at=now, waiting_since=waiting_since, schedule=schedule)
-    store.save_plan(plan, decision=(decision, target.mode, context), state=state, channel="auto")
+        plan = keep
+    else:
+        schedule = decision.to_dict().get("schedule")  # the planner's Schedule, when there is one
+        plan = Plan(id=pid, target=target.name, decision_id=decision.id, from_capacity=decision.current,
+                    to_capacity=decision.desired, observed_capacity=observed, created_at=now,
+                    expires_at=now + plan_lifetime(target, decision.action), description=description,
+                    updated_at=now, waiting_since=waiting_since, schedule=schedule)
+        store.save_plan(plan, decision=(decision, target.mode, context), state=state, channel="auto")
     why = _emergency(target, decision)
-    if why is None:
+    if why is None or plan.status != PlanStatus.PENDING:
         return plan
     plan = approve(store, plan.id, now, identity=EMERGENCY_APPROVER, channel="auto", comment=why)
     log.warning("target %s: plan %s approved by the emergency rule: %s", target.name, plan.id, why)
@@ -350,6 +352,8 @@ def apply_plan(store: Any, actuator: Any, plan_id: str, now: datetime, target: A
         raise PlanStateError(f"plan {plan_id} is for target {plan.target}, not {target.name}")
     if plan.status == PlanStatus.PENDING:
         raise ApprovalRequired(f"plan {plan_id} is not approved; run: forescale approve {plan_id}")
+    if plan.status == PlanStatus.APPLYING:
+        raise PlanStateError(_BUSY.format(plan_id))
     if plan.status != PlanStatus.APPROVED:
         raise PlanStateError(f"plan {plan_id} is {plan.status.value}; only an approved plan can be applied")
     try:
@@ -365,8 +369,7 @@ def apply_plan(store: Any, actuator: Any, plan_id: str, now: datetime, target: A
     except PlanStateError:
         now_status = store.plan(plan_id).status
         if now_status == PlanStatus.APPLYING:
-            raise PlanStateError(f"plan {plan_id} is being applied by another process; not applying it twice") \
-                from None
+            raise PlanStateError(_BUSY.format(plan_id)) from None
         raise
     if claimed.status == PlanStatus.EXPIRED:
         raise PlanStateError(f"plan {plan_id} expired at {plan.expires_at:%Y-%m-%d %H:%M:%S}Z")

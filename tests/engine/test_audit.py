@@ -350,3 +350,14 @@ def test_every_mode_records_the_decision_with_its_inputs_forecast_and_config(tmp
     assert d["context"]["forecast"]["point_max"] == 100.0
     if mode == "auto":
         assert story["actuations"][0]["request_ids"] == ["req-1"]
+
+
+def test_rows_written_before_the_key_was_set_are_still_genuine_and_new_ones_are_keyed(path):
+    fill(path, n=2)  # no key yet
+    with Store(path, audit_key=b"now-a-key") as s:
+        s.record_decision(decision(9), "auto", "intent", NOW + 9 * STEP)
+        marks = audit.check_rows(s, s.decisions("web"))
+        st = verify(s)
+    assert set(marks.values()) == {None}
+    assert st.ok and st.keyed and st.unkeyed == 4 and st.checked == 5
+    assert "1 written" not in st.summary() and "4 written before the key" in st.summary()

@@ -531,3 +531,17 @@ def test_the_approval_section_is_validated_with_the_field_named(tmp_path, approv
     with pytest.raises(ConfigError) as info:
         load_config(cfg)
     assert message in str(info.value)
+
+
+def test_the_emergency_rule_also_acts_on_a_pending_plan_kept_for_the_same_change(sleepy, tmp_path):
+    fc = {"name": "seasonal_naive", "history": "2h", "refit_every": "1h"}
+    live, store = sleepy([100.0] * 25 + [400.0] * 5, {}, forecaster=fc, plan_ttl="1h")
+    first = live.run(T0).plan
+    assert first.status == PlanStatus.PENDING and live.actuator.applies == []
+    # the rule is switched on (a reload): the next cycle plans the same change and acts on the kept plan
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", tmp_path / "load.csv", mode="approve",
+                                                         forecaster=fc, plan_ttl="1h",
+                                                         approval={"emergency": {"reactive_override": True}})])
+    res = build_live(cfg, store, live.actuator).run(T0 + STEP)
+    assert res.plan.id == first.id and res.status == "applied"
+    assert live.actuator.applies == [(first.decision_id, 50)]
