@@ -54,7 +54,9 @@ from .core.units import from_epoch, isoformat, parse_time, to_epoch
 #: chain, decisions.approval a list of every decision on the plan
 SCHEMA_VERSION = 2
 
-_SCHEMA = """
+#: the schema of version 1, frozen: a new file is created as version 1 and
+#: migrated, so a fresh file and an upgraded one take the same path
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS target_state (
     target TEXT PRIMARY KEY,
     state TEXT NOT NULL,
@@ -73,8 +75,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     decision TEXT NOT NULL,
     approval TEXT,
     outcome TEXT,
-    updated_at INTEGER NOT NULL,
-    plan_id TEXT
+    updated_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS decisions_target_at ON decisions(target, at);
 CREATE INDEX IF NOT EXISTS decisions_status ON decisions(status);
@@ -118,7 +119,7 @@ CREATE TABLE IF NOT EXISTS samples (
     value REAL,
     PRIMARY KEY (target, ts)
 ) WITHOUT ROWID;
-""" + audit.SCHEMA
+"""
 
 #: what schema version 2 adds to a version-1 file (besides the audit tables)
 _V2_TABLES = """
@@ -136,7 +137,6 @@ CREATE TABLE IF NOT EXISTS plan_transitions (
 );
 CREATE INDEX IF NOT EXISTS decisions_plan ON decisions(plan_id);
 """
-_SCHEMA += _V2_TABLES
 
 #: the decision status that mirrors each plan state
 DECISION_STATUS = {
@@ -147,6 +147,12 @@ DECISION_STATUS = {
 
 
 # ------------------------------------------------------------------ state <-> json
+def _execute(db: sqlite3.Connection, script: str) -> None:
+    for stmt in script.split(";"):
+        if stmt.strip():
+            db.execute(stmt)
+
+
 def state_to_json(s: ScalingState) -> str:
     return json.dumps({
         "current": s.current,
@@ -252,14 +258,12 @@ class Store:
                 raise StateError(
                     f"{self.path}: schema version {version} is newer than this forescale "
                     f"understands ({SCHEMA_VERSION}); upgrade forescale")
-            if version == 0:
+            if version < SCHEMA_VERSION:
                 with self.tx() as db:
-                    for stmt in _SCHEMA.split(";"):
-                        if stmt.strip():
-                            db.execute(stmt)
+                    if version == 0:
+                        _execute(db, _SCHEMA_V1)
+                    self._migrate_from_1(db)
                     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            elif version == 1:
-                self._migrate_from_1()
         except sqlite3.DatabaseError as exc:
             self._close_quietly()
             raise StateError(f"cannot open the state file {self.path}: {exc}") from exc
@@ -267,42 +271,38 @@ class Store:
             self._close_quietly()
             raise
 
-    def _migrate_from_1(self) -> None:
-        """Version 1 -> 2 in one transaction: the new tables and column, each
-        decision's approval as a list of decisions, the plan each decision
-        proposed, and one audit record sealing every existing decision and
-        plan as found (what happened before the chain cannot be proven, but
-        from here on an edit of those rows is detected)."""
+    def _migrate_from_1(self, db: sqlite3.Connection) -> None:
+        """Version 1 -> 2, inside the opening transaction: the new tables and
+        column, each decision's approval as a list of decisions, the plan each
+        decision proposed, and one audit record sealing every existing
+        decision and plan as found (what happened before the chain cannot be
+        proven, but from here on an edit of those rows is detected)."""
         from .core.clock import SystemClock
 
         now = SystemClock().now()  # the migration's own time, not a cycle's
-        with self.tx() as db:
-            db.execute("ALTER TABLE decisions ADD COLUMN plan_id TEXT")
-            for stmt in (audit.SCHEMA + _V2_TABLES).split(";"):
-                if stmt.strip():
-                    db.execute(stmt)
-            for row in db.execute("SELECT id, approval, outcome FROM decisions").fetchall():
-                entries = []
-                for a in _approvals(row["approval"]):
-                    entries.append({"decision": "rejected" if a.get("rejected") else "approved",
-                                    "identity": None, "channel": None, "at": a.get("at"),
-                                    "comment": a.get("note", ""), "claimed_actor": a.get("actor"),
-                                    "plan_id": None, "legacy": True})
-                outcome = json.loads(row["outcome"]) if row["outcome"] else {}
-                plan_id = outcome.get("plan_id") if isinstance(outcome, dict) else None
-                db.execute("UPDATE decisions SET approval=?, plan_id=? WHERE id=?",
-                           (json.dumps(entries) if entries else None, plan_id, row["id"]))
-            for row in db.execute("SELECT id, status FROM decisions ORDER BY at, id").fetchall():
-                audit.append(db, "decision", {"migrated": True, "decision_id": row["id"], "status": row["status"]},
-                             now, key=self.audit_key, decision_id=row["id"], rows=audit.seal_rows(db, [row["id"]]))
-            for row in db.execute("SELECT * FROM plans ORDER BY created_at, id").fetchall():
-                seq = audit.append(db, "plan_transition", {
-                    "migrated": True, "plan_id": row["id"], "to": row["status"], "plan_sha256": plan_digest(row)},
-                    now, key=self.audit_key, plan_id=row["id"], decision_id=row["decision_id"])
-                db.execute("INSERT INTO plan_transitions VALUES (?,?,?,?,?,?,?,?,?)",
-                           (row["id"], seq, to_epoch(now), None, row["status"], None, None, "",
-                            "as found when the state file was upgraded to schema 2"))
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        db.execute("ALTER TABLE decisions ADD COLUMN plan_id TEXT")
+        _execute(db, audit.SCHEMA + _V2_TABLES)
+        for row in db.execute("SELECT id, approval, outcome FROM decisions").fetchall():
+            entries = []
+            for a in _approvals(row["approval"]):
+                entries.append({"decision": "rejected" if a.get("rejected") else "approved",
+                                "identity": None, "channel": None, "at": a.get("at"),
+                                "comment": a.get("note", ""), "claimed_actor": a.get("actor"),
+                                "plan_id": None, "legacy": True})
+            outcome = json.loads(row["outcome"]) if row["outcome"] else {}
+            plan_id = outcome.get("plan_id") if isinstance(outcome, dict) else None
+            db.execute("UPDATE decisions SET approval=?, plan_id=? WHERE id=?",
+                       (json.dumps(entries) if entries else None, plan_id, row["id"]))
+        for row in db.execute("SELECT id, status FROM decisions ORDER BY at, id").fetchall():
+            audit.append(db, "decision", {"migrated": True, "decision_id": row["id"], "status": row["status"]},
+                         now, key=self.audit_key, decision_id=row["id"], rows=audit.seal_rows(db, [row["id"]]))
+        for row in db.execute("SELECT * FROM plans ORDER BY created_at, id").fetchall():
+            seq = audit.append(db, "plan_transition", {
+                "migrated": True, "plan_id": row["id"], "to": row["status"], "plan_sha256": plan_digest(row)},
+                now, key=self.audit_key, plan_id=row["id"], decision_id=row["decision_id"])
+            db.execute("INSERT INTO plan_transitions VALUES (?,?,?,?,?,?,?,?,?)",
+                       (row["id"], seq, to_epoch(now), None, row["status"], None, None, "",
+                        "as found when the state file was upgraded to schema 2"))
 
     # ----------------------------------------------------------------- plumbing
     def _close_quietly(self) -> None:

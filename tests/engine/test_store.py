@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from engine.core.errors import PlanNotFound, PlanStateError, StateError, StateLocked
-from engine.store import SCHEMA_VERSION, Store
+from engine.store import _SCHEMA_V1, SCHEMA_VERSION, Store
 from engine.core.types import (
     ActuationResult, Forecast, Observation, Plan, PlanStatus, ScaleEvent, ScalingState, Series,
 )
@@ -298,77 +298,10 @@ def test_a_read_only_database_is_a_state_error(store):
 
 
 # ------------------------------------------------------------- migration from 1
-#: the schema of version 1 (forescale 0.1), as a file of that version has it
-_V1_SCHEMA = """
-CREATE TABLE IF NOT EXISTS target_state (
-    target TEXT PRIMARY KEY,
-    state TEXT NOT NULL,
-    updated_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS decisions (
-    id TEXT PRIMARY KEY,
-    target TEXT NOT NULL,
-    at INTEGER NOT NULL,
-    mode TEXT NOT NULL,
-    action TEXT NOT NULL,
-    current INTEGER NOT NULL,
-    desired INTEGER NOT NULL,
-    fallback INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    decision TEXT NOT NULL,
-    approval TEXT,
-    outcome TEXT,
-    updated_at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS decisions_target_at ON decisions(target, at);
-CREATE INDEX IF NOT EXISTS decisions_status ON decisions(status);
-CREATE TABLE IF NOT EXISTS forecasts (
-    target TEXT NOT NULL,
-    made_at INTEGER NOT NULL,
-    ts INTEGER NOT NULL,
-    horizon_s INTEGER NOT NULL,
-    model TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    point REAL NOT NULL,
-    quantiles TEXT NOT NULL,
-    actual REAL,
-    PRIMARY KEY (target, made_at, ts)
-);
-CREATE INDEX IF NOT EXISTS forecasts_pending ON forecasts(target, ts) WHERE actual IS NULL;
-CREATE INDEX IF NOT EXISTS forecasts_target_ts ON forecasts(target, ts, horizon_s);
-CREATE TABLE IF NOT EXISTS plans (
-    id TEXT PRIMARY KEY,
-    target TEXT NOT NULL,
-    decision_id TEXT NOT NULL,
-    status TEXT NOT NULL,
-    plan TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS plans_status ON plans(target, status);
-CREATE TABLE IF NOT EXISTS actuations (
-    decision_id TEXT PRIMARY KEY,
-    target TEXT NOT NULL,
-    at INTEGER NOT NULL,
-    requested INTEGER NOT NULL,
-    observed INTEGER NOT NULL,
-    verified INTEGER NOT NULL,
-    elapsed_s REAL NOT NULL,
-    result TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS samples (
-    target TEXT NOT NULL,
-    ts INTEGER NOT NULL,
-    value REAL,
-    PRIMARY KEY (target, ts)
-) WITHOUT ROWID;
-"""
-
-
 def test_a_version_1_file_is_migrated_sealing_its_rows_as_found(db_path):
     db_path.parent.mkdir(parents=True)
     raw = sqlite3.connect(db_path)
-    raw.executescript(_V1_SCHEMA)
+    raw.executescript(_SCHEMA_V1)  # a file written by forescale 0.1
     d = make_decision(NOW)
     raw.execute("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (d.id, "web", T0, "approve", d.action.value, d.current, d.desired, 0, "rejected", d.to_json(),
