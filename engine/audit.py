@@ -340,10 +340,16 @@ def _record(row: sqlite3.Row) -> dict[str, Any]:
 
 
 def records(store: Any, *, since: datetime | None = None, until: datetime | None = None,
-            kind: str | None = None) -> Iterator[dict[str, Any]]:
-    """Records in chain order, ``since <= at < until``."""
+            kind: str | None = None, after: int | None = None) -> Iterator[dict[str, Any]]:
+    """Records in chain order, ``since <= at < until``; ``after``: only those
+    with a greater ``seq`` — a durable feed of what happened (a notifier
+    remembers the last seq it sent and asks for the rest, so nothing
+    committed is missed across a crash)."""
     q, args = "SELECT * FROM audit", []
     where = []
+    if after is not None:
+        where.append("seq>?")
+        args.append(after)
     if since is not None:
         where.append("at>=?")
         args.append(to_epoch(since))

@@ -361,3 +361,11 @@ def test_rows_written_before_the_key_was_set_are_still_genuine_and_new_ones_are_
     assert set(marks.values()) == {None}
     assert st.ok and st.keyed and st.unkeyed == 4 and st.checked == 5
     assert "1 written" not in st.summary() and "4 written before the key" in st.summary()
+
+
+def test_records_after_a_seq_are_a_feed_of_what_happened(path):
+    fill(path, n=3)
+    with Store(path) as s:
+        assert [r["seq"] for r in audit.records(s, after=3)] == [4, 5]
+        assert [r["kind"] for r in audit.records(s, after=3, kind="actuation")] == ["actuation"]
+        assert list(audit.records(s, after=5)) == []
