@@ -232,8 +232,7 @@ def _walk(db: sqlite3.Connection, first: int, key: bytes | None) -> AuditStatus:
     for row in db.execute("SELECT * FROM audit WHERE seq>=? ORDER BY seq", (expect,)):
         why = _check_one(row, expect, prev, key, seen_keyed)
         if why is not None:
-            return AuditStatus(False, total, checked, row["seq"], f"record {row['seq']}: {why}", head,
-                               bool(key), unkeyed)
+            return AuditStatus(False, total, checked, row["seq"], why, head, bool(key), unkeyed)
         seen_keyed = seen_keyed or row["mac"] == "hmac-sha256"
         unkeyed += row["mac"] != "hmac-sha256"
         prev, expect, checked = row["hash"], row["seq"] + 1, checked + 1

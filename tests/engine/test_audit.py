@@ -12,6 +12,7 @@ import io
 import json
 import os
 import random
+import select
 import signal
 import sqlite3
 import time
@@ -294,11 +295,16 @@ def test_a_writer_killed_at_random_moments_never_loses_or_corrupts_an_acknowledg
             os.close(r)
             _writer(str(path), kills * 100_000, w)
         os.close(w)
-        time.sleep(rng.uniform(0.005, 0.08))
+        early = b""
+        if kills % 2 == 0:  # every other kill lands while it is writing, after its first commit
+            ready, _, _ = select.select([r], [], [], 20)
+            assert ready, "the writer committed nothing in 20 s"
+            early = os.read(r, 65536)
+        time.sleep(rng.uniform(0.0, 0.05))  # else anywhere, from its start on
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         with os.fdopen(r, "rb") as f:
-            acked += [x for x in f.read().decode().splitlines() if x]
+            acked += [x for x in (early + f.read()).decode().splitlines() if x]
         kills += 1
         with Store(path) as s:
             st = verify(s)
@@ -306,7 +312,7 @@ def test_a_writer_killed_at_random_moments_never_loses_or_corrupts_an_acknowledg
             have = {row[0] for row in s.db.execute("SELECT id FROM decisions WHERE status='applied'")}
         missing = [a for a in acked if a not in have]
         assert not missing, f"after kill {kills}: acknowledged but lost: {missing[:3]}"
-    assert len(acked) >= 50, "the writer should have committed records between kills"
+    assert len(acked) >= 25, "the writer should have committed records between kills"
     assert time.monotonic() - t0 < 60
 
 
