@@ -60,11 +60,15 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from . import audit
 from .core.errors import ActuatorError, ApprovalRequired, ForescaleError, PlanRefused, PlanStateError, StalePlan
 from .core.types import Action, Decision, Plan, PlanStatus, PlanTransition, ScaleEvent, ScalingState
+
+if TYPE_CHECKING:  # the config is the orchestrator's; plans only read it
+    from .config import TargetConfig
+    from .store import Store
 
 log = logging.getLogger("forescale.plans")
 
@@ -138,7 +142,7 @@ def _rule(target: Any, action: Action) -> Any:
     return target.approval.scale_down if action == Action.SCALE_DOWN else target.approval.scale_up
 
 
-def plan_lifetime(target: Any, action: Action) -> timedelta:
+def plan_lifetime(target: "TargetConfig", action: Action) -> timedelta:
     """How long a plan of this direction waits before it expires: the
     direction's ``expire_after``; else, when it auto-approves, one interval
     past that deadline (so the cycle after it sees it); else ``plan_ttl``,
@@ -164,7 +168,7 @@ def _emergency(target: Any, decision: Decision) -> str | None:
     return f"emergency rule: reactive override on a live spike ({step.message})"
 
 
-def create_plan(store: Any, target: Any, decision: Decision, observed: int, description: str,
+def create_plan(store: "Store", target: "TargetConfig", decision: Decision, observed: int, description: str,
                 now: datetime, *, state: ScalingState | None = None, context: dict[str, Any] | None = None,
                 actuator: Any = None) -> Plan:
     """Record ``decision`` (status ``planned``) and the plan it proposes, in
@@ -241,7 +245,7 @@ def _expire_if_due(store: Any, plan: Plan, now: datetime, why: str) -> bool:
     return False
 
 
-def approve(store: Any, plan_id: str, now: datetime, *, identity: str, channel: str,
+def approve(store: "Store", plan_id: str, now: datetime, *, identity: str, channel: str,
             comment: str = "") -> Plan:
     """Approve a pending plan as ``identity`` (authenticated by the caller:
     :func:`cli_identity` for the CLI, the token's identity for HTTP and the
@@ -255,7 +259,7 @@ def approve(store: Any, plan_id: str, now: datetime, *, identity: str, channel: 
                                  identity=identity, channel=channel, comment=comment)
 
 
-def reject(store: Any, plan_id: str, now: datetime, *, identity: str, channel: str,
+def reject(store: "Store", plan_id: str, now: datetime, *, identity: str, channel: str,
            comment: str = "") -> Plan:
     """Reject a pending plan, or withdraw an approval not yet acted on; the
     approval stays on record, the rejection is appended after it."""
@@ -264,7 +268,7 @@ def reject(store: Any, plan_id: str, now: datetime, *, identity: str, channel: s
                                  identity=identity, channel=channel, comment=comment)
 
 
-def expire_plans(store: Any, target: str | None, now: datetime) -> list[Plan]:
+def expire_plans(store: "Store", target: str | None, now: datetime) -> list[Plan]:
     """Expire every open plan (of ``target``, or all) whose ``expires_at``
     has passed."""
     out = []
@@ -274,7 +278,7 @@ def expire_plans(store: Any, target: str | None, now: datetime) -> list[Plan]:
     return out
 
 
-def auto_approve(store: Any, target: Any, now: datetime) -> list[Plan]:
+def auto_approve(store: "Store", target: "TargetConfig", now: datetime) -> list[Plan]:
     """Approve, as ``policy:auto-approve`` through channel ``auto``, each
     pending plan of ``target`` whose direction auto-approves and whose wait
     has reached the deadline."""
@@ -289,7 +293,7 @@ def auto_approve(store: Any, target: Any, now: datetime) -> list[Plan]:
 
 
 # --------------------------------------------------------------- verifying
-def verify_approval(store: Any, plan: Plan, db: Any = None) -> str | None:
+def verify_approval(store: "Store", plan: Plan, db: Any = None) -> str | None:
     """Why the approval of ``plan`` cannot be believed (``None``: it can).
     The plan's latest audit record must be an approval of exactly this plan
     as stored now (its digest, target and capacity), and that record must
@@ -339,7 +343,7 @@ def _claim_guard(store: Any, target: Any, observed: int, now: datetime):
 
 
 # ---------------------------------------------------------------- applying
-def apply_plan(store: Any, actuator: Any, plan_id: str, now: datetime, target: Any, *,
+def apply_plan(store: "Store", actuator: Any, plan_id: str, now: datetime, target: "TargetConfig", *,
                identity: str | None = None, channel: str = "auto") -> Plan:
     """Apply one approved plan of ``target`` (its configuration *in force*),
     after the checks of rule 3, claiming it first (rule 4). Raises
@@ -403,7 +407,7 @@ def _applied_note(p: Plan) -> str:
     return f"plan {p.id} applied: {p.target} {p.from_capacity} -> {p.to_capacity}{who}"
 
 
-def apply_approved(store: Any, actuator: Any, target: Any, now: datetime) -> list[PlanEvent]:
+def apply_approved(store: "Store", actuator: Any, target: "TargetConfig", now: datetime) -> list[PlanEvent]:
     """Apply every approved plan of ``target`` (oldest first). Refusals and
     failures are recorded on the plan and its decision and returned as
     events, not raised."""
@@ -421,7 +425,7 @@ def apply_approved(store: Any, actuator: Any, target: Any, now: datetime) -> lis
     return out
 
 
-def settle_interrupted(store: Any, target: Any, actuator: Any, now: datetime) -> list[PlanEvent]:
+def settle_interrupted(store: "Store", target: "TargetConfig", actuator: Any, now: datetime) -> list[PlanEvent]:
     """Settle plans left ``applying`` by a process that died while calling
     the actuator (older than the target's cycle ``timeout``, so a live apply
     in another process is left alone): ``applied`` if the platform shows
@@ -454,7 +458,7 @@ def settle_interrupted(store: Any, target: Any, actuator: Any, now: datetime) ->
     return out
 
 
-def tick(store: Any, target: Any, actuator: Any, now: datetime) -> list[PlanEvent]:
+def tick(store: "Store", target: "TargetConfig", actuator: Any, now: datetime) -> list[PlanEvent]:
     """The plans' part of one cycle of ``target`` (its config in force), in
     order: settle interrupted applies, expire what is past its time,
     auto-approve what waited long enough, apply what is approved. Returns
@@ -471,7 +475,8 @@ def tick(store: Any, target: Any, actuator: Any, now: datetime) -> list[PlanEven
 
 
 # ---------------------------------------------------------------- querying
-def pending(store: Any, target: str | None = None, targets: Mapping[str, Any] | None = None) -> list[PlanView]:
+def pending(store: "Store", target: str | None = None,
+            targets: Mapping[str, "TargetConfig"] | None = None) -> list[PlanView]:
     """Plans waiting for a person (pending, and approved but not yet
     applied), newest first, each with its decision, schedule and history;
     ``targets`` (name -> TargetConfig) fills in the auto-approval deadline."""

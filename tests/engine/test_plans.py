@@ -545,3 +545,24 @@ def test_the_emergency_rule_also_acts_on_a_pending_plan_kept_for_the_same_change
     res = build_live(cfg, store, live.actuator).run(T0 + STEP)
     assert res.plan.id == first.id and res.status == "applied"
     assert live.actuator.applies == [(first.decision_id, 50)]
+
+
+def test_a_restart_after_dying_inside_the_actuator_settles_the_claimed_plan_without_writing_again(planned):
+    cfg, store, live, plan = planned()
+    approve(store, plan.id, plan.created_at, identity="unix:alice", channel="cli")
+
+    def die(desired, platform):
+        raise SystemExit("killed")  # the process ends after the platform took the change
+
+    live.actuator.on_apply = die
+    with pytest.raises(SystemExit):
+        live.run(plan.created_at + STEP)
+    assert store.plan(plan.id).status == PlanStatus.APPLYING
+    assert store.decision(plan.decision_id)["status"] == "intent"
+    live.actuator.on_apply = None
+    restarted = build_live(cfg, store, live.actuator)
+    res = restarted.run(plan.created_at + 2 * STEP)
+    assert live.actuator.applies == [(plan.decision_id, 20)]  # once
+    assert store.plan(plan.id).status == PlanStatus.APPLIED
+    assert "applied before the restart" in res.details["reconciled"][0]
+    assert [t.to_status for t in store.plan_history(plan.id)][-2:] == [PlanStatus.APPLYING, PlanStatus.APPLIED]
