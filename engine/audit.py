@@ -185,8 +185,13 @@ class AuditStatus:
         if not self.ok:
             return f"audit chain BROKEN at record {self.first_bad}: {self.reason}"
         head = f"; head {self.head[0]} {self.head[1]}" if self.head else ""
-        mac = "HMAC-SHA256" if self.keyed else "SHA-256 (no key: anyone who can edit the file can recompute it)"
-        extra = f", {self.unkeyed} written before the key" if self.keyed and self.unkeyed else ""
+        if not self.keyed:
+            mac = "SHA-256 (no key: anyone who can edit the file can recompute it)"
+        elif self.checked and self.unkeyed == self.checked:
+            mac = "SHA-256 (a key is set; no record written with it yet)"
+        else:
+            mac = "HMAC-SHA256"
+        extra = f", {self.unkeyed} written before the key" if self.keyed and 0 < self.unkeyed < self.checked else ""
         return f"audit chain ok: {self.checked} of {self.records} record(s) verified, {mac}{extra}{head}"
 
 
