@@ -36,8 +36,9 @@ it by hand, or let the next decision resize it once it runs). Only EBS-backed
 instances are resized.
 
 ``read`` reports ``count`` = the rung of the instance's current type and
-``ready`` = ``count`` while it is running, ``None`` otherwise (its state in
-``details``).
+``ready`` = ``count`` while it is running, else 0 (nothing of it serves while
+it stops, starts or is stopped; its state is in ``details``), so a resize is
+settled only once the instance runs with its new type.
 """
 
 from __future__ import annotations
@@ -138,7 +139,8 @@ class EC2InstanceTypeActuator(AwsActuator):
     def read(self) -> CapacityReading:
         inst = self._instance()
         count = self._rung_of(inst.type)
-        return CapacityReading(count=count, ready=count if inst.state == "running" else None,
+        # a stopped, stopping or booting instance serves nothing of its rung
+        return CapacityReading(count=count, ready=count if inst.state == "running" else 0,
                                details={"state": inst.state, "instance_type": inst.type})
 
     def describe(self, desired: int, current: int | None = None) -> ActionPlan:

@@ -96,7 +96,8 @@ def test_a_slow_start_reads_not_ready_until_running(moto, proxy, clock):
     first = a.apply(2, decision_id="d1")
     assert first.verified is False and first.details["phase"] == "starting"
     booting = a.read()
-    assert (booting.count, booting.ready, booting.details["state"]) == (2, None, "pending")
+    assert (booting.count, booting.ready, booting.details["state"]) == (2, 0, "pending")
+    assert not booting.settled
     assert a.apply(2, decision_id="d1").verified
     assert proxy.count("StartInstances") == 1
     assert settled_at(a.read(), 2)
