@@ -7,7 +7,7 @@ group.
 
 from engine.core.registry import Registry
 
-from .base import Actuator, ActuatorConfig, PlatformCalls, check_apply_bound, retrying, wait_until  # noqa: F401
+from .base import Actuator, ActuatorConfig, PlatformCalls, check_apply_bound, retrying
 
 registry = Registry("actuator", "forescale.actuators")
 registry.add("dry-run", "actuators.dryrun:DryRunActuator")

@@ -247,24 +247,3 @@ def require_non_negative(desired: int) -> None:
     if desired < 0:
         raise PermanentActuatorError(f"desired capacity must be >= 0, got {desired}")
 
-
-# -- kept only until every actuator follows the accept-then-read contract
-def wait_until(check: Callable[[], tuple[bool, Any]], *, timeout: float, interval: float,
-               sleep: Sleep = time.sleep, monotonic: Monotonic = time.monotonic) -> tuple[bool, Any, float]:
-    t0 = monotonic()
-    while True:
-        done, value = check()
-        elapsed = monotonic() - t0
-        if done or elapsed >= timeout:
-            return done, value, elapsed
-        sleep(min(interval, max(0.0, timeout - elapsed)))
-
-
-def _poll(self: ActuatorConfig, check: Callable[[], tuple[bool, Any]], *, sleep: Sleep = time.sleep,
-          monotonic: Monotonic = time.monotonic) -> tuple[bool, Any, float]:
-    interval = (self.poll_interval or timedelta(seconds=5)).total_seconds()
-    return wait_until(check, timeout=self.verify_timeout.total_seconds(), interval=interval,
-                      sleep=sleep, monotonic=monotonic)
-
-
-ActuatorConfig.poll = _poll  # type: ignore[attr-defined]

@@ -1,39 +1,5 @@
-"""The ``terraform`` actuator: capacity as one variable of a Terraform workspace.
-
-Capacity lives in one input variable of a root module (``desired_capacity``
-of an autoscaling group, ``instance_type`` of a server). Setting it to N:
-
-1. writes the variable into the forescale-owned ``forescale.auto.tfvars.json``
-   in the workspace (atomically: temp file + rename), so a person who runs
-   ``terraform plan`` by hand sees forescale's value instead of reverting it;
-2. ``terraform plan -detailed-exitcode -out=<planfile>``; exit code 0 means
-   nothing to change, and nothing is applied (idempotency);
-3. refuses drift: it plans again with the *current* capacity. Whatever that
-   plan would change is not driven by the capacity variable (someone edited
-   the configuration, another tfvars file, or the real infrastructure) and is
-   not forescale's to apply. The addresses are named in a
-   :class:`PermanentActuatorError` unless ``allow_drift`` is set. Comparing
-   against a plan with the unchanged value catches drift through locals,
-   modules and functions, which the reference lists in ``show -json``'s
-   ``configuration`` section cannot follow;
-4. ``terraform apply <planfile>``: exactly the plan that was checked;
-5. reads the capacity back (``terraform output -json <output>`` from the
-   state, else the tfvars file).
-
-If any step fails the tfvars file is put back as it was, so it always holds
-the value of the last successful apply. Runs are serialized by Terraform's own
-state lock (``-lock-timeout``); failing to get the lock, or a saved plan gone
-stale because another run wrote the state, is a TransientActuatorError and the
-whole plan-check-apply sequence is retried with :func:`actuators.base.retrying`.
-Anything else Terraform reports (syntax errors, a value the variable's type
-rejects) is a PermanentActuatorError carrying Terraform's error text; a value
-refused by a ``validation`` rule of the capacity variable is LimitExceeded.
-
-Plans and applies run with ``-json``, so errors are read from Terraform's
-structured diagnostics rather than from its prose. Terraform's stdout is never
-logged (it can hold values of the infrastructure); the human-readable plan,
-in which Terraform masks sensitive values, is returned by :meth:`describe`.
-"""
+"""The ``terraform`` actuator itself: its config and the runs of the
+terraform binary (see the package docstring for the whole flow)."""
 
 from __future__ import annotations
 
@@ -61,12 +27,27 @@ from engine.core.errors import (
     PermanentActuatorError,
     TransientActuatorError,
 )
-from engine.core.types import ActionPlan, ActuationResult
+from engine.core.plugins import Capabilities
+from engine.core.types import ActionPlan, ActuationResult, CapacityReading
 from engine.core.units import Duration
 
-from .base import ActuatorConfig, Monotonic, Sleep, require_non_negative, retrying
+from ..base import ActuatorConfig, Monotonic, Sleep, require_non_negative
+from .plan import (
+    Change,
+    _clip,
+    _diagnostic_text,
+    _error_diagnostics,
+    _go_duration,
+    _Plan,
+    _Run,
+    _show,
+    _stderr_errors,
+    count_actions,
+    plan_changes,
+    redact_sensitive,
+)
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("actuators.terraform")
 
 #: the file forescale owns in the workspace; Terraform loads ``*.auto.tfvars.json``
 #: automatically (https://developer.hashicorp.com/terraform/language/values/variables)
@@ -77,8 +58,6 @@ TFVARS_FILE = "forescale.auto.tfvars.json"
 MIN_TERRAFORM = (1, 0)
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-_MAX_ERROR_TEXT = 2000
-_NOT_CHANGES = {"no-op", "read"}
 
 
 class TerraformConfig(ActuatorConfig):
@@ -108,9 +87,15 @@ class TerraformConfig(ActuatorConfig):
     output: str | None = None
     #: run ``terraform init -input=false`` when ``.terraform`` is missing
     init: bool = True
-    #: limit for init, plan, show and output; ``verify_timeout`` limits apply
-    #: (the apply returns when the change is in service)
+    #: limit for each init, plan, show, apply and output run
     plan_timeout: Duration = timedelta(minutes=10)
+    #: the longest one ``apply`` may take, everything in it (init, the plans
+    #: and the drift check, ``terraform apply``, the read-back, retries): a
+    #: Terraform run cannot return before it finishes, so this bound must be
+    #: shorter than the target's cycle ``timeout`` (2m by default), checked
+    #: when the config is loaded. 90s leaves a default cycle room to record
+    #: its decision; raise both for a module that takes longer to apply.
+    apply_timeout: Duration = timedelta(seconds=90)
     #: after a timeout terraform gets SIGINT, which makes it stop, write the
     #: state and release the lock; this long later it is killed
     interrupt_grace: Duration = timedelta(seconds=30)
@@ -132,48 +117,17 @@ class TerraformConfig(ActuatorConfig):
 
     @model_validator(mode="after")
     def _positive_timeouts(self) -> "TerraformConfig":
-        for name in ("plan_timeout", "verify_timeout"):
+        for name in ("plan_timeout", "apply_timeout", "verify_timeout"):
             if getattr(self, name) <= timedelta(0):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         return self
 
+    def apply_bound(self) -> tuple[str, timedelta] | None:
+        return "apply_timeout", self.apply_timeout
+
     @property
     def output_name(self) -> str:
         return self.output or self.variable
-
-
-@dataclass(frozen=True)
-class Change:
-    """One address a plan changes and how (Terraform's action list)."""
-
-    address: str
-    actions: tuple[str, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"address": self.address, "actions": list(self.actions)}
-
-    def __str__(self) -> str:
-        return f"{self.address} ({'+'.join(self.actions)})"
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """A saved plan and what ``show -json`` says about it."""
-
-    path: Path
-    has_changes: bool
-    document: Mapping[str, Any]
-
-    @property
-    def changes(self) -> list[Change]:
-        return plan_changes(self.document)
-
-
-@dataclass(frozen=True)
-class _Run:
-    returncode: int
-    stdout: str
-    stderr: str
 
 
 _MISSING = object()
@@ -183,6 +137,7 @@ class TerraformActuator:
     """Sets one variable of a Terraform workspace; see the module docstring."""
 
     name: ClassVar[str] = "terraform"
+    capabilities: ClassVar[Capabilities] = Capabilities(needs_base_dir=True, takes_ladder=True)
     Config = TerraformConfig
 
     def __init__(
@@ -227,6 +182,8 @@ class TerraformActuator:
         base.update({"TF_IN_AUTOMATION": "1", "TF_INPUT": "0", "CHECKPOINT_DISABLE": "1"})
         self._env = base
         self._initialized = False
+        #: monotonic time by which the apply in progress must be done
+        self._deadline: float | None = None
 
     # ------------------------------------------------------------------ protocol
     def validate(self) -> None:
@@ -241,7 +198,7 @@ class TerraformActuator:
                 f"forescale needs {'.'.join(map(str, MIN_TERRAFORM))} or newer"
             )
         self._ensure_init()
-        current = self.read()
+        current = self.read().count
         with tempfile.TemporaryDirectory(prefix="forescale-tf-") as tmp:
             # -lock=false -refresh=false: a startup check reads the
             # configuration only and must not queue behind a running apply.
@@ -262,9 +219,15 @@ class TerraformActuator:
                     f"(it declares: {', '.join(outputs) or 'none'}); set output: or read_from: tfvars"
                 )
 
-    def read(self) -> int:
-        return retrying(self._read_once, attempts=self.config.retry_attempts,
-                        max_wait=self.config.retry_max_wait.total_seconds(), sleep=self._sleep)
+    def read(self) -> CapacityReading:
+        """``count`` = the applied value (from the state's output, else the
+        tfvars file); ``ready`` is None: Terraform does not tell whether the
+        resources serve."""
+        return CapacityReading(count=self._retry(self._read_once), ready=None,
+                               details={"workspace": str(self.workspace), "variable": self.config.variable})
+
+    def _retry(self, fn: Any) -> Any:
+        return self.config.retry(fn, sleep=self._sleep)
 
     def describe(self, desired: int, current: int | None = None) -> ActionPlan:
         """Plan ``desired`` with ``-var-file`` (which outranks the tfvars file),
@@ -285,9 +248,7 @@ class TerraformActuator:
                 drift = [] if now is None else self._drift(Path(tmp), plan, desired, now)
                 return plan, text, drift, now
 
-        plan, text, drift, observed = retrying(
-            once, attempts=self.config.retry_attempts,
-            max_wait=self.config.retry_max_wait.total_seconds(), sleep=self._sleep)
+        plan, text, drift, observed = self._retry(once)
         from_value = None if observed is None else self._to_value_or_none(observed)
         changes = plan.changes
         counts = count_actions(changes)
@@ -321,16 +282,20 @@ class TerraformActuator:
         )
 
     def apply(self, desired: int, *, decision_id: str) -> ActuationResult:
+        """Plan, check and apply the value, all within ``apply_timeout``.
+
+        Terraform's apply is synchronous: when it returns, the providers
+        accepted every change and the state holds the new value, so one
+        read-back verifies (there is nothing to poll)."""
         require_non_negative(desired)
         value = self._to_value(desired)
         started = self._monotonic()
-        outcome = retrying(lambda: self._apply_once(desired, value),
-                           attempts=self.config.retry_attempts,
-                           max_wait=self.config.retry_max_wait.total_seconds(),
-                           sleep=self._sleep)
-        # Terraform's apply is synchronous: when it returns, the state holds
-        # the new value, so one read-back verifies (there is nothing to poll).
-        observed = self.read()
+        self._deadline = started + self.config.apply_timeout.total_seconds()
+        try:
+            outcome = self._retry(lambda: self._apply_once(desired, value))
+            observed = self._retry(self._read_once)
+        finally:
+            self._deadline = None
         elapsed = timedelta(seconds=max(0.0, self._monotonic() - started))
         verified = observed == desired
         if not verified:
@@ -644,7 +609,7 @@ class TerraformActuator:
     def _apply_plan(self, planfile: Path) -> None:
         run = self._run(["apply", "-input=false", "-no-color", "-json",
                          f"-lock-timeout={_go_duration(self.config.lock_timeout)}", str(planfile)],
-                        timeout=self.config.verify_timeout, what="apply")
+                        timeout=self.config.plan_timeout, what="apply")
         if run.returncode != 0:
             raise self._error("apply", run)
 
@@ -671,6 +636,13 @@ class TerraformActuator:
         return found
 
     def _run(self, args: list[str], *, timeout: timedelta, what: str) -> _Run:
+        if self._deadline is not None:  # inside apply: what is left of apply_timeout
+            left = self._deadline - self._monotonic()
+            if left <= 0:
+                raise TransientActuatorError(
+                    f"terraform {what} in {self.workspace} not started: the apply already took "
+                    f"apply_timeout ({self.config.apply_timeout.total_seconds():g}s)")
+            timeout = min(timeout, timedelta(seconds=left))
         argv = [self._binary(), *args]
         # argv holds paths and flags only: values travel in files, never on
         # the command line, so logging it leaks nothing.
@@ -737,144 +709,3 @@ class TerraformActuator:
         return False
 
 
-# ---------------------------------------------------------------------- plan JSON
-def plan_changes(document: Mapping[str, Any]) -> list[Change]:
-    """Every resource and root output a ``show -json`` plan changes. No-ops and
-    data-source reads are not changes; an import or a ``removed`` block is."""
-    changes: list[Change] = []
-    for rc in document.get("resource_changes") or []:
-        change = rc.get("change") or {}
-        actions = tuple(change.get("actions") or ())
-        if change.get("importing"):
-            actions = tuple(a for a in actions if a != "no-op") + ("import",)
-        if actions and not set(actions) <= _NOT_CHANGES:
-            changes.append(Change(rc.get("address", "?"), actions))
-    for name, oc in sorted((document.get("output_changes") or {}).items()):
-        actions = tuple(oc.get("actions") or ())
-        if actions and not set(actions) <= _NOT_CHANGES:
-            changes.append(Change(f"output.{name}", actions))
-    return changes
-
-
-def count_actions(changes: Sequence[Change]) -> dict[str, int]:
-    """Terraform's own "N to add, N to change, N to destroy" over resources
-    (a replacement counts as one add and one destroy; outputs are not counted)."""
-    counts = {"add": 0, "change": 0, "destroy": 0}
-    for c in changes:
-        if c.address.startswith("output."):
-            continue
-        counts["add"] += "create" in c.actions
-        counts["change"] += "update" in c.actions
-        counts["destroy"] += "delete" in c.actions
-    return counts
-
-
-def redact_sensitive(text: str, document: Mapping[str, Any]) -> str:
-    """``text`` with every string the plan ``document`` marks sensitive
-    replaced by ``(sensitive value)``: values of root variables declared
-    ``sensitive``, and attribute and output values under a sensitive mark
-    before or after the change.
-
-    Terraform masks those values where it still knows the mark, but prints
-    them in clear where a value reached an attribute that lost it (e.g.
-    ``terraform_data``'s ``output`` in the prior state shows its sensitive
-    ``input``). The plan text goes to approvers and the audit record, so
-    forescale masks every occurrence. Strings shorter than 4 characters are
-    left alone: masking them would garble the plan and hide nothing.
-    """
-    secrets: set[str] = set()
-    declared = ((document.get("configuration") or {}).get("root_module") or {}).get("variables") or {}
-    values = document.get("variables") or {}
-    for name, declaration in declared.items():
-        if (declaration or {}).get("sensitive"):
-            _strings((values.get(name) or {}).get("value"), secrets)
-    changes = [rc.get("change") or {} for rc in document.get("resource_changes") or []]
-    changes += list((document.get("output_changes") or {}).values())
-    for change in changes:
-        for side in ("before", "after"):
-            _marked(change.get(side), change.get(f"{side}_sensitive"), secrets)
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) < 4:
-            continue
-        text = text.replace(json.dumps(secret)[1:-1], "(sensitive value)")
-        text = text.replace(secret, "(sensitive value)")
-    return text
-
-
-def _marked(value: Any, mark: Any, into: set[str]) -> None:
-    """Collect the strings of ``value`` under ``mark`` (Terraform's
-    ``*_sensitive`` shape: ``true`` marks a whole subtree, objects and lists
-    mirror the value)."""
-    if mark is True:
-        _strings(value, into)
-    elif isinstance(mark, Mapping) and isinstance(value, Mapping):
-        for key, sub in mark.items():
-            if key in value:
-                _marked(value[key], sub, into)
-    elif isinstance(mark, list) and isinstance(value, list):
-        for item, sub in zip(value, mark):
-            _marked(item, sub, into)
-
-
-def _strings(value: Any, into: set[str]) -> None:
-    if isinstance(value, str):
-        into.add(value)
-    elif isinstance(value, Mapping):
-        for v in value.values():
-            _strings(v, into)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            _strings(v, into)
-
-
-# ---------------------------------------------------------------------- helpers
-def _error_diagnostics(stdout: str) -> list[dict[str, Any]]:
-    found = []
-    for line in stdout.splitlines():
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            msg = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        diag = msg.get("diagnostic") if isinstance(msg, dict) else None
-        if isinstance(diag, dict) and diag.get("severity") == "error":
-            found.append(diag)
-    return found
-
-
-def _diagnostic_text(diag: Mapping[str, Any]) -> str:
-    # summary, detail and where; never the snippet's values (they can show
-    # other variables' values).
-    text = diag.get("summary", "error")
-    detail = (diag.get("detail") or "").strip()
-    if detail:
-        text += f": {detail}"
-    rng = diag.get("range") or {}
-    if rng.get("filename"):
-        text += f" (at {rng['filename']}:{(rng.get('start') or {}).get('line', '?')})"
-    return text
-
-
-def _stderr_errors(stderr: str) -> str:
-    """The ``Error:`` blocks of Terraform's plain-text stderr (warnings, such
-    as a missing CLI config file, are left out)."""
-    lines = [re.sub(r"^[│╷╵]\s?", "", ln) for ln in stderr.splitlines()]
-    start = next((i for i, ln in enumerate(lines) if ln.startswith("Error:")), None)
-    if start is None:
-        return stderr.strip()
-    kept = [ln for ln in lines[start:] if ln.strip()]
-    return "\n".join(kept).removeprefix("Error: ").strip()
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= _MAX_ERROR_TEXT else text[:_MAX_ERROR_TEXT] + " ..."
-
-
-def _go_duration(td: timedelta) -> str:
-    return f"{max(0, round(td.total_seconds() * 1000))}ms"
-
-
-def _show(value: Any) -> str:
-    return "unknown" if value is None else json.dumps(value)
