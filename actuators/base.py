@@ -62,7 +62,7 @@ class ActuatorConfig(BaseModel):
         if self.poll_interval is not None:
             warnings.warn("actuator.poll_interval no longer applies: apply returns once the platform "
                           "accepted the change and the engine reads it again on later cycles",
-                          DeprecationWarning, stacklevel=2)
+                          FutureWarning, stacklevel=2)  # shown to users by default
         return self
 
     def retry(self, fn: Callable[[], T], *, sleep: Sleep = time.sleep) -> T:
@@ -78,12 +78,13 @@ class ActuatorConfig(BaseModel):
         return None
 
 
-def check_apply_bound(config: ActuatorConfig, cycle_timeout: timedelta, *,
+def check_apply_bound(config: Any, cycle_timeout: timedelta, *,
                       path: str = "actuator", timeout_path: str = "timeout") -> str | None:
     """A config error message when ``config``'s bounded apply could outlive
     the cycle that calls it (the daemon abandons a cycle after its
     ``timeout``), else ``None``. The message names both fields."""
-    bound = config.apply_bound()
+    # a third-party actuator's config need not derive from ActuatorConfig
+    bound = config.apply_bound() if isinstance(config, ActuatorConfig) else None
     if bound is None:
         return None
     field, limit = bound

@@ -56,12 +56,19 @@ def build_targets(config: Config, store: Store, names: list[str] | None = None) 
 
 
 def check_actuator(target: TargetConfig, actuator: Any) -> str | None:
-    """Validate an actuator at startup (credentials resolve, the target
-    exists, the request fits the platform's limits). A permanent problem is
+    """Validate an actuator at startup (its apply fits in the target's cycle
+    timeout, credentials resolve, the target exists, the request fits the
+    platform's limits). A permanent problem is
     a :class:`ConfigError` naming the target; a transient one (the platform
     unreachable right now) is returned as a warning — the cycles retry."""
+    from actuators.base import check_apply_bound
+
     from .core.errors import ConfigError, PermanentActuatorError, TransientActuatorError
 
+    # an apply that blocks (terraform) must end before the daemon abandons the cycle
+    bound = check_apply_bound(target.actuator_config, target.timeout)
+    if bound is not None:
+        raise ConfigError(f"target {target.name!r}: {bound}")
     validate = getattr(actuator, "validate", None)
     if validate is None:
         return None

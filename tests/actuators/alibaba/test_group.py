@@ -201,7 +201,7 @@ def test_fake_records_instance_ids_as_json(fake, clock):
 
 
 def test_config_durations_accept_the_config_file_spelling():
-    with pytest.warns(DeprecationWarning, match="poll_interval"):
+    with pytest.warns(FutureWarning, match="poll_interval"):
         config = EcsInstanceSpecConfig(region_id=REGION, instance_id="i-1", verify_timeout="15m",
                                        poll_interval="10s", read_timeout=30)
     assert config.verify_timeout == timedelta(minutes=15)

@@ -298,7 +298,7 @@ targets:
       downtime_estimate: 3m
 """)
     # poll_interval still loads (apply no longer polls), with a warning saying so
-    with pytest.warns(DeprecationWarning, match="poll_interval no longer applies"):
+    with pytest.warns(FutureWarning, match="poll_interval no longer applies"):
         web, db = parse_config(doc).targets
     group = build_actuator(web, sleep=clock.sleep, monotonic=clock.monotonic)
     # a verify_timeout far longer than the cycle's timeout is fine: nothing blocks on it
