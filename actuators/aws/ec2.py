@@ -57,7 +57,7 @@ from engine.core.types import ActionPlan, ActuationResult, CapacityReading
 from engine.core.units import Duration
 
 from ..base import Monotonic, Sleep, require_non_negative
-from .errors import map_aws_error, with_ids
+from .errors import with_ids
 from .session import AwsActuator, AwsConfig
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping, Sequence
@@ -43,7 +42,6 @@ from .plan import (
     _show,
     _stderr_errors,
     count_actions,
-    plan_changes,
     redact_sensitive,
 )
 

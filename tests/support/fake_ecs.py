@@ -554,6 +554,19 @@ def mutating(fake: "FakeEcs") -> list[str]:
     return [a for a in fake.actions() if a in MUTATING]
 
 
+def slowly(actuator, fake: "FakeEcs", clock):
+    """The contract's ``slow_platform``: state changes take an hour until
+    ``finish()``, which makes them instant and moves the clock past them."""
+    from datetime import timedelta
+
+    fake.transition_s = 3600.0
+
+    def finish():
+        fake.transition_s = 0.0
+        clock.advance(timedelta(hours=2))
+    return actuator, finish
+
+
 def run_cycles(actuator, clock, desired: int, *, decision_id: str = "d1", every_s: float = 15.0,
                cycles: int = 8) -> list:
     """Apply as the engine does across cycles: once, then again (same

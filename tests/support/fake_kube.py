@@ -519,6 +519,25 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 # ------------------------------------------------------------ actuator builders
+NS = "shop"
+
+
+def writes(kube: FakeKube) -> int:
+    """The writes (PUT and PATCH) the server received."""
+    return kube.count("PUT") + kube.count("PATCH")
+
+
+def frozen(kube: FakeKube):
+    """Until ``finish()`` is called the simulated controllers do not run
+    (the pods of a scale-up never come); returns ``finish``."""
+    kube.frozen = True
+
+    def finish():
+        kube.frozen = False
+        kube.settle()
+    return finish
+
+
 def scale_actuator(kube: FakeKube, clock, api_client=None, *, namespace: str = "shop", **cfg):
     """A ``kubernetes`` actuator on ``kube`` (object ``web`` unless told)."""
     from actuators.kubernetes import ScaleSubresourceActuator, ScaleSubresourceConfig

@@ -27,3 +27,11 @@ def fake(clock):
     with FakeEcs(region_id=REGION, clock=clock.monotonic, transition_s=10.0,
                  access_key_ids=(KEY_ID,), instance_types=LADDER) as f:
         yield f
+
+
+@pytest.fixture
+def instant(fake):
+    """The fake with instances that change state at once: the platform the
+    contract's ``actuator`` needs (a change in service by the next call)."""
+    fake.transition_s = 0.0
+    return fake

@@ -14,8 +14,8 @@ import pytest
 from actuators import registry
 from actuators.alibaba import (
     EcsInstanceGroupActuator,
-    EcsInstanceGroupConfig,
     EcsInstanceSpecActuator,
+    EcsInstanceGroupConfig,
     EcsInstanceSpecConfig,
 )
 from engine.core.errors import (
@@ -32,36 +32,17 @@ from tests.support.fake_ecs import (
     KEY_SECRET,
     LADDER,
     REGION,
-    TAG,
     ZONE,
     common,
-    group_actuator,
     mutating,
     run_cycles,
+    slowly,
     sdk_client,
     spec_actuator,
 )
 
 
 # ------------------------------------------------------------------ contract suites
-@pytest.fixture
-def instant(fake):
-    """A fake whose instances change state at once (a platform the contract
-    needs: a change in service by the next call)."""
-    fake.transition_s = 0.0
-    return fake
-
-
-def slowly(actuator, fake, clock):
-    """(actuator, finish): state changes take an hour until ``finish()``."""
-    fake.transition_s = 3600.0
-
-    def finish():
-        fake.transition_s = 0.0
-        clock.advance(timedelta(hours=2))
-    return actuator, finish
-
-
 class TestEcsInstanceSpecContract(ActuatorContract):
     initial_capacity = 1
     capacities = (2, 0)
@@ -501,3 +482,19 @@ def test_default_chain_without_any_credential_fails_validate(fake, clock, isolat
     assert fake.calls == []
 
 
+def test_fake_records_instance_ids_as_json(fake, clock):
+    inst = fake.add_instance(LADDER[0], zone_id=ZONE)
+    spec_actuator(fake, clock, inst.instance_id).read()
+    assert json.loads(fake.calls[0].params["InstanceIds"]) == [inst.instance_id]
+
+
+def test_config_durations_accept_the_config_file_spelling():
+    with pytest.warns(FutureWarning, match="poll_interval"):
+        config = EcsInstanceSpecConfig(region_id=REGION, instance_id="i-1", verify_timeout="15m",
+                                       poll_interval="10s", read_timeout=30)
+    assert config.verify_timeout == timedelta(minutes=15)
+    assert config.poll_interval == timedelta(seconds=10)
+    assert config.read_timeout == timedelta(seconds=30)
+    with pytest.raises(ValueError, match="poll_interval"):
+        EcsInstanceGroupConfig(region_id=REGION, tag_key="k", tag_value="v",
+                               launch_template_id="lt-1", poll_interval="soon")

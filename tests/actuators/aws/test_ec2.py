@@ -19,7 +19,7 @@ from actuators.aws import (
 from engine.core.errors import ConfigError, LimitExceeded, PermanentActuatorError
 
 from tests.support import ROOT
-from tests.support.actuator_contract import ActuatorContract, settle, settled_at
+from tests.support.actuator_contract import ActuatorContract, settled_at
 from tests.support.aws import REGION, clients, describe_instance, make_group, make_instance
 
 LADDER = ["t3.micro", "t3.small", "t3.medium", "t3.large"]

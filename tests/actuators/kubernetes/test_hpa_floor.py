@@ -1,57 +1,33 @@
-"""``kubernetes-hpa-floor`` (actuators/kubernetes/hpa_floor.py) against tests/support/fake_kube.py, driven by the
-official ``kubernetes`` client over HTTP on 127.0.0.1."""
+"""``kubernetes-hpa-floor`` (actuators/kubernetes/hpa_floor.py) against
+tests/support/fake_kube.py, driven by the official ``kubernetes`` client over
+HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
-import logging
-import socket
-from datetime import timedelta
-from pathlib import Path
-
-import pydantic
 import pytest
-import yaml
 
-from actuators import registry
-from actuators.kubernetes import (
-    ANNOTATION_DECISION,
-    ANNOTATION_DESIRED,
-    ANNOTATION_MIN,
-    ANNOTATION_PREVIOUS,
-    HpaFloorActuator,
-    HpaFloorConfig,
-    ScaleSubresourceActuator,
-    ScaleSubresourceConfig,
-)
-from engine.core.clock import ManualClock
-from engine.core.errors import (
-    ConfigError,
-    LimitExceeded,
-    PermanentActuatorError,
-    TransientActuatorError,
-)
+from actuators.kubernetes import ANNOTATION_DECISION, ANNOTATION_MIN
+from engine.core.errors import LimitExceeded, PermanentActuatorError
 
-from tests.support import ROOT
-from tests.support.actuator_contract import ActuatorContract, settled_at
-from tests.support.fake_kube import FakeKube, floor_actuator, scale_actuator
-
-NS = "shop"
-DEPLOY = ROOT / "deploy" / "kubernetes"
+from tests.support.actuator_contract import ActuatorContract
+from tests.support.fake_kube import NS, floor_actuator, frozen, writes
 
 
-@pytest.fixture
-def kube():
-    with FakeKube(settle_after=1) as fake:
-        yield fake
+# ------------------------------------------------------------------ contract
+class TestHpaFloorContract(ActuatorContract):
+    initial_capacity = 1  # count is minReplicas, the floor forescale sets
+    capacities = (4, 3)
 
+    @pytest.fixture
+    def actuator(self, kube, clock):
+        kube.add_workload("web", namespace=NS, replicas=2)
+        kube.add_hpa("web", namespace=NS, target="web", min_replicas=1, max_replicas=10,
+                     recommendation=2)
+        return floor_actuator(kube, clock)
 
-@pytest.fixture
-def clock():
-    return ManualClock()
-
-
-def writes(kube: FakeKube) -> int:
-    return kube.count("PUT") + kube.count("PATCH")
+    @pytest.fixture
+    def slow_platform(self, actuator, kube):
+        return actuator, frozen(kube)
 
 
 # ------------------------------------------------------------------ HPA floor

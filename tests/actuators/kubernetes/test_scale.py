@@ -16,42 +16,25 @@ from actuators import registry
 from actuators.kubernetes import (
     ANNOTATION_DECISION,
     ANNOTATION_DESIRED,
-    ANNOTATION_MIN,
     ANNOTATION_PREVIOUS,
     HpaFloorActuator,
     HpaFloorConfig,
     ScaleSubresourceActuator,
     ScaleSubresourceConfig,
 )
-from engine.core.clock import ManualClock
 from engine.core.errors import (
     ConfigError,
-    LimitExceeded,
     PermanentActuatorError,
     TransientActuatorError,
 )
 
 from tests.support import ROOT
 from tests.support.actuator_contract import ActuatorContract, settled_at
-from tests.support.fake_kube import FakeKube, floor_actuator, scale_actuator
+from tests.support.fake_kube import NS, FakeKube, floor_actuator, frozen, scale_actuator, writes
 
-NS = "shop"
 DEPLOY = ROOT / "deploy" / "kubernetes"
 
 
-@pytest.fixture
-def kube():
-    with FakeKube(settle_after=1) as fake:
-        yield fake
-
-
-@pytest.fixture
-def clock():
-    return ManualClock()
-
-
-def writes(kube: FakeKube) -> int:
-    return kube.count("PUT") + kube.count("PATCH")
 
 
 # ------------------------------------------------------------------ contracts
@@ -71,34 +54,7 @@ class TestScaleSubresourceContract(ActuatorContract):
 
     @pytest.fixture
     def slow_platform(self, actuator, kube):
-        # the pods do not come until the test lets the controller run
-        kube.frozen = True
-
-        def finish():
-            kube.frozen = False
-            kube.settle()
-        return actuator, finish
-
-
-class TestHpaFloorContract(ActuatorContract):
-    initial_capacity = 1  # count is minReplicas, the floor forescale sets
-    capacities = (4, 3)
-
-    @pytest.fixture
-    def actuator(self, kube, clock):
-        kube.add_workload("web", namespace=NS, replicas=2)
-        kube.add_hpa("web", namespace=NS, target="web", min_replicas=1, max_replicas=10,
-                     recommendation=2)
-        return floor_actuator(kube, clock)
-
-    @pytest.fixture
-    def slow_platform(self, actuator, kube):
-        kube.frozen = True
-
-        def finish():
-            kube.frozen = False
-            kube.settle()
-        return actuator, finish
+        return actuator, frozen(kube)
 
 
 def test_registry_names_resolve_to_the_actuators():

@@ -29,9 +29,6 @@ from actuators.terraform import (
     TFVARS_FILE,
     TerraformActuator,
     TerraformConfig,
-    count_actions,
-    plan_changes,
-    redact_sensitive,
 )
 from engine.core.errors import (
     ConfigError,
