@@ -24,11 +24,11 @@ import logging
 import time
 import warnings
 from datetime import timedelta
-from typing import Any, Callable, ClassVar, Protocol, TypeVar, runtime_checkable
+from typing import Any, Callable, ClassVar, Protocol, Sequence, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from engine.core.errors import ActuatorError, PermanentActuatorError, TransientActuatorError
+from engine.core.errors import ActuatorError, ConfigError, PermanentActuatorError, TransientActuatorError
 from engine.core.plugins import Capabilities
 from engine.core.types import ActionPlan, ActuationResult, CapacityReading
 from engine.core.units import Duration
@@ -242,6 +242,19 @@ def accepted(desired: int, written: int, status: CapacityReading | None, *, elap
         elapsed=timedelta(seconds=max(0.0, elapsed)), request_ids=tuple(dict.fromkeys(request_ids)),
         details=details,
     )
+
+
+def ladder_of(actuator: str, ladder: Sequence[str] | None) -> tuple[str, ...]:
+    """A vertical actuator's ladder of instance types, checked: present, and
+    no type twice (a :class:`ConfigError` naming ``ladder``)."""
+    if not ladder:
+        raise ConfigError(f"the {actuator} actuator needs a ladder of instance types "
+                          "(capacity is an index into it)", path="ladder")
+    types = tuple(str(t) for t in ladder)
+    dupes = sorted({t for t in types if types.count(t) > 1})
+    if dupes:
+        raise ConfigError(f"instance types appear more than once: {', '.join(dupes)}", path="ladder")
+    return types
 
 
 def require_non_negative(desired: int) -> None:

@@ -55,7 +55,6 @@ from pydantic import Field
 
 from engine.core.errors import (
     ActuatorError,
-    ConfigError,
     LimitExceeded,
     PermanentActuatorError,
     TransientActuatorError,
@@ -64,7 +63,7 @@ from engine.core.plugins import Capabilities
 from engine.core.types import ActionPlan, ActuationResult, CapacityReading
 from engine.core.units import Duration
 
-from ..base import Monotonic, Sleep, require_non_negative
+from ..base import Monotonic, Sleep, ladder_of, require_non_negative
 from .client import RUNNING, STABLE_STATES, STOPPED, EcsActuator, EcsConnectionConfig, EcsInstance, _client_token, log
 
 
@@ -109,15 +108,9 @@ class EcsInstanceSpecActuator(EcsActuator):
     def __init__(self, config: EcsInstanceSpecConfig, *, target: str,
                  ladder: Sequence[str] | None = None, sleep: Sleep = time.sleep,
                  monotonic: Monotonic = time.monotonic, client: Any = None) -> None:
-        if not ladder:
-            raise ConfigError("the alibaba-ecs actuator needs a ladder of instance types "
-                              "(capacity is an index into it)", path="ladder")
-        dupes = sorted({t for t in ladder if list(ladder).count(t) > 1})
-        if dupes:
-            raise ConfigError(f"instance types appear more than once: {', '.join(dupes)}",
-                              path="ladder")
+        ladder = ladder_of(self.name, ladder)
         super().__init__(config, target=target, sleep=sleep, monotonic=monotonic, client=client)
-        self.ladder: tuple[str, ...] = tuple(ladder)
+        self.ladder: tuple[str, ...] = ladder
         self._change: _Change | None = None
 
     # ------------------------------------------------------------- protocol

@@ -51,12 +51,12 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 from pydantic import Field
 
-from engine.core.errors import ActuatorError, ConfigError, LimitExceeded, PermanentActuatorError
+from engine.core.errors import ActuatorError, LimitExceeded, PermanentActuatorError
 from engine.core.plugins import Capabilities
 from engine.core.types import ActionPlan, ActuationResult, CapacityReading
 from engine.core.units import Duration
 
-from ..base import Monotonic, Sleep, require_non_negative
+from ..base import Monotonic, Sleep, ladder_of, require_non_negative
 from .errors import with_ids
 from .session import AwsActuator, AwsConfig
 
@@ -105,16 +105,10 @@ class EC2InstanceTypeActuator(AwsActuator):
     def __init__(self, config: EC2InstanceTypeConfig, *, target: str,
                  ladder: Sequence[str] | None = None, sleep: Sleep = time.sleep,
                  monotonic: Monotonic = time.monotonic, ec2: Any = None) -> None:
-        if not ladder:
-            raise ConfigError("the aws-ec2 actuator needs a ladder of instance types "
-                              "(capacity is an index into it)", path="ladder")
-        types = [str(t) for t in ladder]
-        dupes = sorted({t for t in types if types.count(t) > 1})
-        if dupes:
-            raise ConfigError(f"instance types appear more than once: {', '.join(dupes)}", path="ladder")
+        types = ladder_of(self.name, ladder)
         super().__init__(config, target=target, sleep=sleep, monotonic=monotonic, client=ec2)
         self.config: EC2InstanceTypeConfig = config
-        self.ladder: tuple[str, ...] = tuple(types)
+        self.ladder: tuple[str, ...] = types
         self._resize: _Resize | None = None
 
     # -- protocol
