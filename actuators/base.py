@@ -227,9 +227,12 @@ def status_after_write(read: Callable[[], CapacityReading], *, target: str) -> C
 def accepted(desired: int, written: int, status: CapacityReading | None, *, elapsed: float,
              request_ids: list[str] | tuple[str, ...], details: dict[str, Any]) -> ActuationResult:
     """The result of an accepted write of ``written`` (``desired`` after
-    clamping): ``observed`` is what the status read after the write shows
-    in service (the written value when it could not be read), ``verified``
-    whether that already is all of it."""
+    clamping or flooring): ``observed`` is what the status read after the
+    write shows in service (the written value when it could not be read),
+    ``verified`` whether that already is all of it. ``details["target"]`` is
+    ``written``: the ``count`` a later ``read()`` must show, settled, for the
+    engine to call the change verified."""
+    details = {**details, "target": written}
     if status is None:
         observed, verified = written, False
         details = {**details, "status": "unread"}

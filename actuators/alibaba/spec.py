@@ -307,7 +307,7 @@ class EcsInstanceSpecActuator(EcsActuator):
         return ActuationResult(
             requested=desired, observed=self._index(inst), verified=verified, elapsed=self._elapsed(t0),
             request_ids=tuple(request_ids),
-            details={"instance_id": inst.instance_id, "action": action, "phase": phase,
+            details={"instance_id": inst.instance_id, "target": desired, "action": action, "phase": phase,
                      "old_type": change.old_type if change is not None else inst.instance_type,
                      "new_type": self.ladder[desired], "observed_type": inst.instance_type,
                      "status": inst.status},

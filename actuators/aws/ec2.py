@@ -180,7 +180,7 @@ class EC2InstanceTypeActuator(AwsActuator):
         ids: list[str] = []
         inst = self._instance()
         from_type = self._resize.old_type if self._resize else inst.type
-        details: dict[str, Any] = {"decision_id": decision_id, "instance_id": inst.id,
+        details: dict[str, Any] = {"decision_id": decision_id, "instance_id": inst.id, "target": desired,
                                    "from_type": from_type, "to_type": new_type,
                                    "changed": from_type != new_type}
         # at most: stop, modify + start, look at the checks (each step issued

@@ -200,7 +200,8 @@ class HpaFloorActuator(KubeActuator):
             elapsed=timedelta(seconds=max(0.0, self._elapsed(t0))),
             request_ids=tuple(dict.fromkeys(kube.audit_ids)),
             details={"hpa": self.config.hpa, "namespace": self.config.namespace,
-                     "status": "read" if status is not None else "unread", "min_replicas": floor,
+                     "status": "read" if status is not None else "unread", "target": floor,
+                     "min_replicas": floor,
                      "previous_min_replicas": outcome["previous_min_replicas"],
                      "reason": outcome["reason"], "changed": bool(outcome.get("changed"))},
         )

@@ -307,6 +307,7 @@ class TerraformActuator:
             request_ids=outcome["request_ids"],
             details={
                 "decision_id": decision_id,
+                "target": desired,
                 "workspace": str(self.workspace),
                 "variable": self.config.variable,
                 "value": value,

@@ -22,9 +22,11 @@ the initial one, inside the platform's limits)::
         def actuator(self, moto_server, clock): ...
 
 The engine side of the contract, which :func:`settle` plays here: after an
-unverified ``apply`` it reads again on later cycles; an actuator that
-declares ``stepwise_apply`` is applied again (same capacity, same decision
-id) instead, until the result is verified.
+unverified ``apply`` it reads again on later cycles until ``read()`` shows
+``count == result.details["target"]`` settled (the target is the desired
+capacity after the platform's clamps and floors); an actuator that declares
+``stepwise_apply`` is applied again (same capacity, same decision id)
+instead, until the result is verified.
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ class ActuatorContract:
         assert result.verified is True
         assert result.observed == up
         assert result.elapsed >= timedelta(0)
+        # the count a later read must show, settled, for the engine to verify
+        assert result.details["target"] == up
         assert settled_at(actuator.read(), up)
 
     def test_apply_is_idempotent(self, actuator):

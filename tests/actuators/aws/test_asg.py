@@ -142,6 +142,7 @@ def test_min_floor_raises_min_size_and_desired_then_restores_the_base(moto, prox
     # group's own scaling policies
     assert (g["MinSize"], g["DesiredCapacity"]) == (1, 4)
     assert down.observed == 1 and down.verified
+    assert down.details["target"] == 1 and settled_at(a.read(), 1)  # asked 0, floored at base
     assert proxy.count("SetDesiredCapacity") == 0
     assert proxy.count("UpdateAutoScalingGroup") == 2
 

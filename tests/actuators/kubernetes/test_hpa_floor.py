@@ -9,7 +9,7 @@ import pytest
 from actuators.kubernetes import ANNOTATION_DECISION, ANNOTATION_MIN
 from engine.core.errors import LimitExceeded, PermanentActuatorError
 
-from tests.support.actuator_contract import ActuatorContract
+from tests.support.actuator_contract import ActuatorContract, settled_at
 from tests.support.fake_kube import NS, floor_actuator, frozen, writes
 
 
@@ -58,6 +58,8 @@ def test_floor_returns_to_base_when_the_forecast_falls(kube, clock, hpa):
     result = act.apply(1, decision_id="d-down")
     assert kube.get("horizontalpodautoscalers", "web", namespace=NS)["spec"]["minReplicas"] == 2
     assert result.details["reason"] == "BaseFloor"
+    # asked for 1, floored at the base: the count to verify against is 2
+    assert result.details["target"] == 2 and settled_at(act.read(), 2)
     # the HPA's own metrics ask for 3: the floor is a floor
     assert result.observed == 3 and result.verified
 
