@@ -62,7 +62,10 @@ def _new_session(profile: str | None, region: str) -> Any:
 
 
 def _request_id(response: Any) -> str | None:
-    return ((response or {}).get("ResponseMetadata") or {}).get("RequestId") if isinstance(response, dict) else None
+    """The RequestId of a boto3 answer (a dry run's permitted call has none)."""
+    if not isinstance(response, dict):
+        return None
+    return (response.get("ResponseMetadata") or {}).get("RequestId")
 
 
 class AwsActuator:

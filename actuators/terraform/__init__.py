@@ -43,7 +43,8 @@ structured diagnostics rather than from its prose. Terraform's stdout is never
 logged (it can hold values of the infrastructure); the human-readable plan,
 in which Terraform masks sensitive values, is returned by :meth:`describe`.
 
-Modules: :mod:`.actuator` (the config and the runs of the binary),
+Modules: :mod:`.actuator` (the config, the flow, the tfvars file),
+:mod:`.runner` (the runs of the binary, their timeouts and errors),
 :mod:`.plan` (what is read from Terraform's JSON output).
 """
 

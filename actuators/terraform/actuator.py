@@ -1,5 +1,6 @@
-"""The ``terraform`` actuator itself: its config and the runs of the
-terraform binary (see the package docstring for the whole flow)."""
+"""The ``terraform`` actuator itself: its config, the plan-check-apply flow
+and the tfvars file it owns (see the package docstring for the whole flow;
+the runs of the binary are in :mod:`.runner`)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,6 @@ import logging
 import math
 import os
 import re
-import shutil
-import signal
-import subprocess
 import tempfile
 import time
 from datetime import timedelta
@@ -24,7 +22,6 @@ from engine.core.errors import (
     ConfigError,
     LimitExceeded,
     PermanentActuatorError,
-    TransientActuatorError,
 )
 from engine.core.plugins import Capabilities
 from engine.core.types import ActionPlan, ActuationResult, CapacityReading
@@ -33,17 +30,13 @@ from engine.core.units import Duration
 from ..base import ActuatorConfig, Monotonic, Sleep, require_non_negative
 from .plan import (
     Change,
-    _clip,
-    _diagnostic_text,
-    _error_diagnostics,
     _go_duration,
     _Plan,
-    _Run,
     _show,
-    _stderr_errors,
     count_actions,
     redact_sensitive,
 )
+from .runner import TerraformRunner
 
 logger = logging.getLogger("actuators.terraform")
 
@@ -178,10 +171,8 @@ class TerraformActuator:
         # hints, no call home to checkpoint.hashicorp.com for version news.
         base = dict(os.environ if environ is None else environ)
         base.update({"TF_IN_AUTOMATION": "1", "TF_INPUT": "0", "CHECKPOINT_DISABLE": "1"})
-        self._env = base
         self._initialized = False
-        #: monotonic time by which the apply in progress must be done
-        self._deadline: float | None = None
+        self._runner = TerraformRunner(config, self.workspace, base, monotonic)
 
     # ------------------------------------------------------------------ protocol
     def validate(self) -> None:
@@ -192,7 +183,7 @@ class TerraformActuator:
         version = self._version()
         if version < MIN_TERRAFORM:
             raise PermanentActuatorError(
-                f"terraform {'.'.join(map(str, version))} at {self._binary()} is too old; "
+                f"terraform {'.'.join(map(str, version))} at {self._runner.binary()} is too old; "
                 f"forescale needs {'.'.join(map(str, MIN_TERRAFORM))} or newer"
             )
         self._ensure_init()
@@ -288,12 +279,12 @@ class TerraformActuator:
         require_non_negative(desired)
         value = self._to_value(desired)
         started = self._monotonic()
-        self._deadline = started + self.config.apply_timeout.total_seconds()
+        self._runner.deadline = started + self.config.apply_timeout.total_seconds()
         try:
             outcome = self._retry(lambda: self._apply_once(desired, value))
             observed = self._retry(self._read_once)
         finally:
-            self._deadline = None
+            self._runner.deadline = None
         elapsed = timedelta(seconds=max(0.0, self._monotonic() - started))
         verified = observed == desired
         if not verified:
@@ -425,12 +416,12 @@ class TerraformActuator:
         return self._capacity_from(value, tfvars)
 
     def _output_value(self, name: str) -> Any:
-        run = self._run(["output", "-no-color", "-json", name],
+        run = self._runner.run(["output", "-no-color", "-json", name],
                         timeout=self.config.plan_timeout, what="output")
         if run.returncode != 0:
             if f'Output "{name}" not found' in run.stderr:
                 return _MISSING
-            raise self._error("output", run)
+            raise self._runner.error("output", run)
         try:
             return json.loads(run.stdout)
         except json.JSONDecodeError as exc:
@@ -561,10 +552,10 @@ class TerraformActuator:
         if not (self.workspace / ".terraform").is_dir():
             # A workspace with only built-in providers and the local backend
             # creates no .terraform, so remember that init ran in this process.
-            run = self._run(["init", "-input=false", "-no-color"],
+            run = self._runner.run(["init", "-input=false", "-no-color"],
                             timeout=self.config.plan_timeout, what="init")
             if run.returncode != 0:
-                raise self._error("init", run)
+                raise self._runner.error("init", run)
         self._initialized = True
 
     def _plan(self, tmp: Path, value: Any, *, name: str = "capacity",
@@ -583,128 +574,43 @@ class TerraformActuator:
             var_file = tmp / f"{name}.tfvars.json"
             var_file.write_text(json.dumps({self.config.variable: value}), encoding="utf-8")
             args.append(f"-var-file={var_file}")
-        run = self._run(args, timeout=self.config.plan_timeout, what="plan")
+        run = self._runner.run(args, timeout=self.config.plan_timeout, what="plan")
         if run.returncode not in (0, 2):
-            raise self._error("plan", run)
+            raise self._runner.error("plan", run)
         return _Plan(planfile, run.returncode == 2, self._show_json(planfile))
 
     def _show_json(self, planfile: Path) -> dict[str, Any]:
-        run = self._run(["show", "-no-color", "-json", str(planfile)],
+        run = self._runner.run(["show", "-no-color", "-json", str(planfile)],
                         timeout=self.config.plan_timeout, what="show")
         if run.returncode != 0:
-            raise self._error("show", run)
+            raise self._runner.error("show", run)
         try:
             return json.loads(run.stdout)
         except json.JSONDecodeError as exc:
             raise PermanentActuatorError(f"terraform show -json printed no JSON: {exc}") from exc
 
     def _show_text(self, planfile: Path) -> str:
-        run = self._run(["show", "-no-color", str(planfile)],
+        run = self._runner.run(["show", "-no-color", str(planfile)],
                         timeout=self.config.plan_timeout, what="show")
         if run.returncode != 0:
-            raise self._error("show", run)
+            raise self._runner.error("show", run)
         return run.stdout.strip()
 
     def _apply_plan(self, planfile: Path) -> None:
-        run = self._run(["apply", "-input=false", "-no-color", "-json",
+        run = self._runner.run(["apply", "-input=false", "-no-color", "-json",
                          f"-lock-timeout={_go_duration(self.config.lock_timeout)}", str(planfile)],
                         timeout=self.config.plan_timeout, what="apply")
         if run.returncode != 0:
-            raise self._error("apply", run)
+            raise self._runner.error("apply", run)
 
     def _version(self) -> tuple[int, ...]:
-        run = self._run(["version", "-json"], timeout=self.config.plan_timeout, what="version")
+        run = self._runner.run(["version", "-json"], timeout=self.config.plan_timeout, what="version")
         if run.returncode != 0:
-            raise self._error("version", run)
+            raise self._runner.error("version", run)
         try:
             text = json.loads(run.stdout)["terraform_version"]
             return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise PermanentActuatorError(
-                f"{self._binary()} version -json printed no terraform_version; is it terraform?"
+                f"{self._runner.binary()} version -json printed no terraform_version; is it terraform?"
             ) from exc
-
-    def _binary(self) -> str:
-        binary = self.config.binary
-        found = shutil.which(binary)
-        if found is None:
-            where = "does not exist or is not executable" if os.sep in binary else "is not on PATH"
-            raise PermanentActuatorError(
-                f"terraform binary {binary!r} {where}; install Terraform or set binary: "
-                "to its path")
-        return found
-
-    def _run(self, args: list[str], *, timeout: timedelta, what: str) -> _Run:
-        if self._deadline is not None:  # inside apply: what is left of apply_timeout
-            left = self._deadline - self._monotonic()
-            if left <= 0:
-                raise TransientActuatorError(
-                    f"terraform {what} in {self.workspace} not started: the apply already took "
-                    f"apply_timeout ({self.config.apply_timeout.total_seconds():g}s)")
-            timeout = min(timeout, timedelta(seconds=left))
-        argv = [self._binary(), *args]
-        # argv holds paths and flags only: values travel in files, never on
-        # the command line, so logging it leaks nothing.
-        logger.debug("terraform %s: running %s", self.workspace, " ".join(argv[1:]))
-        try:
-            proc = subprocess.Popen(argv, cwd=self.workspace, env=self._env,
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, encoding="utf-8",
-                                    errors="replace")
-        except OSError as exc:
-            raise PermanentActuatorError(f"cannot run {argv[0]}: {exc}") from exc
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout.total_seconds())
-        except subprocess.TimeoutExpired:
-            self._interrupt(proc)
-            raise TransientActuatorError(
-                f"terraform {what} in {self.workspace} did not finish within "
-                f"{timeout.total_seconds():g}s and was interrupted") from None
-        except BaseException:
-            self._interrupt(proc)
-            raise
-        return _Run(proc.returncode, stdout, stderr)
-
-    def _interrupt(self, proc: subprocess.Popen) -> None:
-        """SIGINT first: Terraform then stops cleanly, persists what it
-        changed and releases the state lock. Kill only if it will not."""
-        if proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=self.config.interrupt_grace.total_seconds())
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-
-    def _error(self, what: str, run: _Run) -> Exception:
-        diagnostics = _error_diagnostics(run.stdout)
-        if diagnostics:
-            text = "; ".join(_diagnostic_text(d) for d in diagnostics)
-            summaries = {d.get("summary", "") for d in diagnostics}
-        else:
-            text = _stderr_errors(run.stderr) or f"exit status {run.returncode}"
-            summaries = {text.splitlines()[0]} if text else set()
-        text = _clip(text)
-        message = f"terraform {what} in {self.workspace} failed: {text}"
-        lock_ids = tuple(f"terraform-lock:{m}" for m in re.findall(r"ID:\s+(\S+)", text))
-        if any("Error acquiring the state lock" in s for s in summaries) or \
-                "Error acquiring the state lock" in text:
-            return TransientActuatorError(message, request_ids=lock_ids)
-        if "Saved plan is stale" in summaries:
-            return TransientActuatorError(message)
-        if self._is_validation_of_our_variable(diagnostics):
-            return LimitExceeded(message)
-        return PermanentActuatorError(message)
-
-    def _is_validation_of_our_variable(self, diagnostics: list[dict[str, Any]]) -> bool:
-        ours = f"var.{self.config.variable}"
-        for d in diagnostics:
-            if d.get("summary") != "Invalid value for variable":
-                continue
-            values = (d.get("snippet") or {}).get("values") or []
-            if any(v.get("traversal") == ours for v in values) or ours in d.get("detail", ""):
-                return True
-        return False
-
-
