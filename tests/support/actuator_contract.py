@@ -36,7 +36,7 @@ from datetime import timedelta
 import pytest
 
 from engine.core.errors import ActuatorError, PermanentActuatorError
-from engine.core.plugins import Capabilities, check_capabilities
+from engine.core.plugins import Capabilities, capabilities_of, check_capabilities
 from engine.core.types import ActionPlan, ActuationResult, CapacityReading
 
 
@@ -49,7 +49,7 @@ def settle(actuator, desired: int, *, decision_id: str, steps: int = 6) -> Actua
     stepwise actuator) again until verified, at most ``steps`` times."""
     result = actuator.apply(desired, decision_id=decision_id)
     for _ in range(steps - 1):
-        if result.verified or not actuator.capabilities.stepwise_apply:
+        if result.verified or not capabilities_of(actuator).stepwise_apply:
             break
         result = actuator.apply(desired, decision_id=decision_id)
     return result
@@ -133,4 +133,4 @@ class ActuatorContract:
         finish()
         later = settle(actuator, up, decision_id="contract-6")
         assert settled_at(actuator.read(), up)
-        assert later.verified or not actuator.capabilities.stepwise_apply
+        assert later.verified or not capabilities_of(actuator).stepwise_apply
