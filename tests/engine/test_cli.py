@@ -110,3 +110,28 @@ def test_once_runs_a_cycle_and_logs_it(tmp_path):
     d = forescale("decisions", "--config", str(cfg), "--json")
     recs = json.loads(d.stdout)
     assert len(recs) == 1 and recs[0]["mode"] == "dry-run"
+
+
+def test_once_uses_a_sample_written_seconds_after_a_boundary(tmp_path):
+    # a cron-fed CSV: the newest sample is a few seconds old and off the
+    # 5-minute grid; it used to be binned into the next (future) interval and
+    # the forecaster refused the history as look-ahead (NoForecast)
+    import time
+
+    newest = int(time.time()) - 3
+    if newest % 300 == 0 or newest % 300 >= 297:  # keep it strictly inside an interval
+        newest -= 5
+    rows = "".join(f"{newest - 300 * (399 - i)},{10 + (i % 12)}\n" for i in range(400))
+    trace = tmp_path / "t.csv"
+    trace.write_text("timestamp,value\n" + rows)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"state: {tmp_path / 's.db'}\n"
+                   "targets:\n  - name: web\n    mode: dry-run\n"
+                   f"    source: {{type: csv, path: {trace}}}\n"
+                   "    forecaster: {name: persistence, history: 1d}\n"
+                   "    policy: {capacity_per_replica: 2}\n")
+    r = forescale("once", "--config", str(cfg), "-v")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "look-ahead" not in r.stdout and "NoForecast" not in r.stdout, r.stdout
+    recs = json.loads(forescale("decisions", "--config", str(cfg), "--json").stdout)
+    assert len(recs) == 1 and recs[0]["fallback"] is False, recs
