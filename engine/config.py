@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from policies.config import PolicyConfig
+from policies.config import MAX_SAMPLES, PolicyConfig
 
 from .core.units import Duration
 
@@ -29,7 +29,8 @@ Mode = Literal["observe", "dry-run", "approve", "auto"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: floats are finite (see policies.config)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class QualityGate(_Model):
@@ -47,7 +48,7 @@ class QualityGate(_Model):
     bound: float = Field(gt=0.0)
     fallbacks: tuple[str, ...] = ("persistence",)
     window: Duration = timedelta(days=1)
-    min_samples: int = Field(24, ge=1)
+    min_samples: int = Field(24, ge=1, le=MAX_SAMPLES)
 
 
 class ForecasterConfig(_Model):
@@ -300,6 +301,8 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     try:
         data = yaml.safe_load(text)
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise ConfigError(f"{p}: not valid YAML: {str(exc).splitlines()[0]}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)

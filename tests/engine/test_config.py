@@ -270,3 +270,52 @@ def test_the_cli_prints_one_error_and_no_traceback(tmp_path, capsys):
     assert err.startswith("forescale: error: invalid configuration:")
     assert "targets[0].policy.min_replicas: Input should be greater than or equal to 0 (got -1)" in err
     assert "Traceback" not in err
+
+
+# ------------------------------------------- values that validate but break the cycle
+@pytest.mark.parametrize("text, expected", [
+    # timedelta overflowed: an OverflowError traceback
+    (target(extra="interval: 99999999999d"),
+     "targets[0].interval: duration 99999999999d is longer than 366d, the longest allowed"),
+    (target("{capacity_per_replica: 10, lead_time: 1000000000000000000000000000000000000000000s}"),
+     "targets[0].policy.lead_time: duration 10000000000000000000...(44 characters) is longer than 366d"),
+    (target(extra="forecaster: {history: 400d}"), "targets[0].forecaster.history: duration 400d is longer than 366d"),
+    ("targets:\n  - name: web\n    source: {type: prometheus, url: 'http://p:9090', query: up, lookback: 9999d}\n"
+     "    policy: {capacity_per_replica: 1}\n", "targets[0].source.lookback: duration 9999d is longer than 366d"),
+    # validated, then overflowed SQLite's INTEGER on every cycle
+    (target("{capacity_per_replica: 10, max_replicas: 100000000000000000000000}"),
+     "targets[0].policy.max_replicas: Input should be less than or equal to 1000000"),
+    (target("{capacity_per_replica: 10, scale_up: {policies: [{type: Pods, value: 10000000000}]}}"),
+     "targets[0].policy.scale_up.policies[0].value: Input should be less than or equal to 1000000"),
+    # validated, then sized every cycle to the minimum
+    (target("{capacity_per_replica: .inf}"), "targets[0].policy.capacity_per_replica: Input should be a finite number"),
+    (target("{capacity_per_replica: .nan}"), "targets[0].policy.capacity_per_replica: Input should be a finite number"),
+    (target("{capacity_per_replica: 10, margin: {fraction: .inf}}"),
+     "targets[0].policy.margin.fraction: Input should be a finite number"),
+    (target("{ladder: [{name: a, capacity: .inf}]}"),
+     "targets[0].policy.ladder[0].capacity: Input should be a finite number"),
+])
+def test_a_value_the_cycle_cannot_run_with_is_rejected_at_load_naming_the_field(tmp_path, text, expected):
+    msg = error_of(tmp_path, text)
+    assert expected in msg, msg
+
+
+def test_the_largest_allowed_values_load(tmp_path):
+    cfg = load_config(write(tmp_path, target("{capacity_per_replica: 1e12, max_replicas: 1000000}",
+                                            "interval: 366d")))
+    assert cfg.targets[0].policy.bounds == (1, 1_000_000)
+    assert cfg.targets[0].interval == timedelta(days=366)
+
+
+@pytest.mark.parametrize("policy, extra", [
+    ("{capacity_per_replica: 10}", "interval: 99999999999d"),
+    ("{capacity_per_replica: 10, max_replicas: 100000000000000000000000}", ""),
+    ("{capacity_per_replica: .inf}", ""),
+])
+def test_validate_says_it_in_one_line_without_a_traceback(tmp_path, capsys, policy, extra):
+    p = write(tmp_path, target(policy, extra))
+    assert cli_main(["validate", "--config", str(p)]) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("forescale: error: invalid configuration: targets[0]."), err
+    assert "Traceback" not in err
