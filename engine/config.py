@@ -14,10 +14,11 @@ from __future__ import annotations
 import inspect
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SecretBytes, SecretStr, ValidationError, field_validator,
+                      model_validator)
 
 from policies.config import MAX_SAMPLES, PolicyConfig
 
@@ -188,21 +189,90 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def format_validation_error(exc: ValidationError, prefix: str = "") -> list[str]:
+#: words in a field name (or any part of its path) that mark a secret: its
+#: input is never echoed in an error, valid or not
+SECRET_WORDS = ("token", "password", "passwd", "secret", "key", "credential", "auth", "header", "cookie",
+                "private")
+#: the parts of a target that a plugin validates (their fields are unknown
+#: to this module, so their inputs are echoed only where the plugin's model
+#: says the field is no secret)
+_PLUGIN_SECTIONS = ("source", "actuator", "covariates", "params")
+
+
+def _secret_name(part: Any) -> bool:
+    return isinstance(part, str) and any(w in part.lower() for w in SECRET_WORDS)
+
+
+def _holds_secret(annotation: Any) -> bool:
+    if annotation in (SecretStr, SecretBytes):
+        return True
+    return any(_holds_secret(a) for a in get_args(annotation))
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for a in get_args(annotation) for m in _models_in(a)]
+
+
+def _known_not_secret(model: type[BaseModel], loc: tuple[Any, ...]) -> bool:
+    """Whether ``loc`` inside ``model`` names a field that is known and holds
+    no secret (a ``SecretStr`` anywhere in its type, or a secret-like name,
+    makes it secret; a field the model does not declare is unknown)."""
+    current: list[type[BaseModel]] = [model]
+    field = None
+    for part in loc:
+        if not isinstance(part, str) or not current:
+            continue  # a list index or dict key below a known field
+        found = next((m.model_fields[part] for m in current if part in m.model_fields), None)
+        if found is None:
+            if field is None or _models_in(field.annotation):
+                return False  # a field the model does not declare
+            continue  # a dict key
+        field = found
+        if _holds_secret(field.annotation):
+            return False
+        current = _models_in(field.annotation)
+    return field is not None
+
+
+def _may_echo(prefix: str, loc: tuple[Any, ...], model: type[BaseModel] | None) -> bool:
+    if _secret_name(prefix) or any(_secret_name(part) for part in loc):
+        return False
+    if model is not None:
+        return _known_not_secret(model, loc)
+    # the core config: a path into a plugin section is the plugin's business
+    # (only its ``type`` is checked here)
+    for i, part in enumerate(loc):
+        if part in _PLUGIN_SECTIONS and not (part == "params" and (i == 0 or loc[i - 1] != "forecaster")):
+            return loc[i + 1:] == ("type",) and part in ("source", "actuator")
+    return True
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "",
+                            model: type[BaseModel] | None = None) -> list[str]:
+    """One line per problem, ``path: message (got value)``. The value is
+    left out (and scrubbed from the message) wherever it may be a secret: a
+    field with a secret-like name, a ``SecretStr`` field of a plugin's
+    ``model``, or any field of a plugin section the model does not declare."""
     lines = []
     for err in exc.errors():
-        path = _loc(tuple(err["loc"]))
+        loc = tuple(err["loc"])
+        path = _loc(loc)
         if prefix:
             path = f"{prefix}.{path}" if path else prefix
         msg = err["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
+        echo = _may_echo(prefix, loc, model)
+        inp = err.get("input")
+        if not echo and isinstance(inp, (str, int, float)) and len(str(inp)) >= 4:
+            msg = msg.replace(repr(inp), "<hidden>").replace(str(inp), "<hidden>")
         if err["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling)"
         elif err["type"] == "missing":
             msg = "required field is missing"
-        elif "input" in err and err["type"] not in ("value_error", "assertion_error"):
-            inp = err["input"]
+        elif echo and "input" in err and err["type"] not in ("value_error", "assertion_error"):
             if not isinstance(inp, (dict, list)):
                 msg = f"{msg} (got {inp!r})"
         lines.append(f"{path}: {msg}" if path else msg)
@@ -218,7 +288,7 @@ def _plugin_config(registry: Any, section: PluginSection, path: str, errors: lis
     try:
         return cls.Config(**section.fields())
     except ValidationError as exc:
-        errors.extend(format_validation_error(exc, path))
+        errors.extend(format_validation_error(exc, path, cls.Config))
         return None
 
 
@@ -257,7 +327,7 @@ def parse_config(data: Any, *, base_dir: Path | None = None, source: str = "<con
         except PluginError as exc:
             errors.append(f"{p}.forecaster.name: {exc}")
         except ValidationError as exc:
-            errors.extend(format_validation_error(exc, f"{p}.forecaster.params"))
+            errors.extend(format_validation_error(exc, f"{p}.forecaster.params", fcls.Params))
         if t.forecaster.init_from is not None:
             try:
                 takes = "init_from" in inspect.signature(forecasters.get(t.forecaster.name)).parameters

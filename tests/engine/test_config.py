@@ -319,3 +319,78 @@ def test_validate_says_it_in_one_line_without_a_traceback(tmp_path, capsys, poli
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("forescale: error: invalid configuration: targets[0]."), err
     assert "Traceback" not in err
+
+
+# ------------------------------------------------------------ secrets never echoed
+SECRET_NUMBER = "98765432101234"
+
+
+def _prom_target(fields: str) -> str:
+    return ("targets:\n  - name: web\n"
+            f"    source: {{type: prometheus, url: 'http://p:9090', query: up, {fields}}}\n"
+            "    policy: {capacity_per_replica: 1}\n")
+
+
+@pytest.mark.parametrize("fields, path", [
+    # YAML reads it as a number: "Input should be a valid string (got 98765432101234)"
+    (f"bearer_token: {SECRET_NUMBER}", "targets[0].source.bearer_token"),
+    (f"basic_auth: {{username: u, password: {SECRET_NUMBER}}}", "targets[0].source.basic_auth.password"),
+    (f"headers: {{X-Api-Key: {SECRET_NUMBER}}}", "targets[0].source.headers.X-Api-Key"),
+    # a valid secret beside an invalid field of the same section
+    (f"bearer_token: '{SECRET_NUMBER}', retry_attempts: 0", "targets[0].source.retry_attempts"),
+])
+def test_validate_names_the_field_of_a_bad_secret_but_never_its_value(tmp_path, capsys, fields, path):
+    p = write(tmp_path, _prom_target(fields))
+    assert cli_main(["validate", "--config", str(p)]) == 2
+    out = capsys.readouterr()
+    assert path in out.err, out.err
+    assert SECRET_NUMBER not in out.err + out.out
+
+
+def test_a_plugin_field_typed_secret_is_never_echoed_whatever_its_name():
+    from pydantic import BaseModel, SecretStr, ValidationError
+
+    from engine.config import format_validation_error
+
+    class Config(BaseModel):
+        dsn: SecretStr
+        count: int = 1
+
+    with pytest.raises(ValidationError) as info:
+        Config(dsn=12345678, count="many")
+    lines = format_validation_error(info.value, "targets[0].source", Config)
+    assert lines == ["targets[0].source.dsn: Input should be a valid string",
+                     "targets[0].source.count: Input should be a valid integer, unable to parse string as an "
+                     "integer (got 'many')"]
+
+
+def test_a_field_a_plugin_does_not_declare_is_not_echoed(tmp_path):
+    # a source section that is not a mapping at all: whatever it holds stays hidden
+    msg = error_of(tmp_path, f"targets:\n  - name: web\n    source: 'Bearer {SECRET_NUMBER}'\n"
+                             "    policy: {capacity_per_replica: 1}\n")
+    assert "targets[0].source" in msg and SECRET_NUMBER not in msg
+
+
+def test_the_daemons_rejected_reload_log_names_the_field_but_not_the_secret(tmp_path, caplog):
+    import logging
+
+    from engine.core.clock import ManualClock
+    from engine.daemon import Daemon
+    from tests.support.live import Platform, target_dict, write_config, write_trace
+
+    trace = write_trace(tmp_path / "t.csv", [10.0] * 30)
+    path = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe")])
+    d = Daemon(path, clock=ManualClock(datetime(2024, 3, 1, 2, tzinfo=timezone.utc)),
+               build_actuator=lambda t, c=None: Platform(capacity=2))
+    try:
+        bad = target_dict("web", trace, mode="observe")
+        bad["source"] = {"type": "prometheus", "url": "http://p:9090", "query": "up",
+                         "bearer_token": int(SECRET_NUMBER)}
+        write_config(path, [bad])
+        with caplog.at_level(logging.ERROR, logger="forescale"):
+            assert d.reload() is False
+    finally:
+        d.shutdown(1)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "config reload rejected" in logged and "targets[0].source.bearer_token" in logged, logged
+    assert SECRET_NUMBER not in logged
