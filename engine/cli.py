@@ -370,6 +370,7 @@ def cmd_train_global(args: argparse.Namespace) -> int:
     from .build import build_source
     from .core.clock import SystemClock
     from .config import load_config
+    from .progress import progress
 
     try:
         from forecasters.lstm import GlobalLSTM
@@ -382,14 +383,16 @@ def cmd_train_global(args: argparse.Namespace) -> int:
     for t in targets:
         series = build_source(t, cfg).fetch(now - t.forecaster.history, now).regular(t.interval)
         if not args.json:
-            print(f"{t.name}: {series.n_valid} samples every {t.interval}")
+            print(f"{t.name}: {series.n_valid} samples every {t.interval}", flush=True)
         histories[t.name] = series
     try:
         params = json.loads(args.params) if args.params else {}
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--params is not JSON: {exc}") from None
     model = GlobalLSTM(params)
-    model.fit(histories)
+    with progress(model.params.epochs, "train-global: epochs", args.quiet) as bar:
+        model.on_epoch = lambda epoch, epochs: bar.update()
+        model.fit(histories)
     model.save(args.out)
     if args.json:
         _print_json({"model": model.version, "out": args.out,
@@ -483,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--target", action="append", help="a target to train on (repeat; default: all)")
     g.add_argument("--out", required=True, help="where to save the model")
     g.add_argument("--params", help='LSTM parameters as JSON, e.g. \'{"epochs": 8}\'')
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar (none is drawn unless stderr "
+                                                             "is a terminal)")
     json_flag(g)
     g.set_defaults(func=cmd_train_global)
 
