@@ -38,6 +38,8 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PIPE_CLOSED = 0, 1, 2,
 #: ForescaleError is a runtime failure (exit 1)
 USAGE_ERRORS = (ConfigError, DataError, PluginError, StateLocked, PlanError)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: where ``pip install`` puts the deploy/ folder (pyproject's data-files)
+DEPLOY_DIR = Path(sys.prefix) / "share" / "forescale" / "deploy"
 
 EPILOG = """exit status: 0 done; 1 a runtime failure (a cycle, the platform, the state file);
 2 a usage or configuration error (arguments, config file, input data, missing extra,
@@ -46,6 +48,16 @@ a refused plan); 130 interrupted; 141 stdout closed early (a pipe into head)."""
 
 def _print_json(doc: Any) -> None:
     print(json.dumps(doc, indent=2, default=str))
+
+
+def require_extra(module: str, extra: str, what: str) -> None:
+    """A :class:`PluginError` (one line, exit 2) naming the extra to install
+    when ``module`` cannot be imported; called before the work starts."""
+    try:
+        __import__(module)
+    except ImportError:
+        raise PluginError(f"{what} needs {module}, which is not installed: "
+                          f"pip install 'forescale[{extra}]'") from None
 
 
 # ------------------------------------------------------------------ helpers
@@ -345,6 +357,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def cmd_accuracy(args: argparse.Namespace) -> int:
     from .accuracy import accuracy_table, plot_accuracy
 
+    if args.plot:
+        require_extra("matplotlib", "plot", "accuracy --plot")
     with _store(args) as store:
         rows = accuracy_table(store, args.target, window=parse_duration(args.window))
         if args.json:
@@ -406,7 +420,9 @@ def cmd_train_global(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="forescale", description="Predictive autoscaling decision engine.",
-                                epilog=EPILOG)
+                                epilog=f"{EPILOG}\n\ndeployment files (systemd unit, Grafana dashboard, alert rules, "
+                                       f"Kubernetes RBAC): {DEPLOY_DIR}",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version="forescale 0.1.0", help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -499,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_accuracy)
     for command in sub.choices.values():  # every command's --help ends with the exit codes
         command.epilog = EPILOG
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
     return p
 
 
