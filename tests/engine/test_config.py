@@ -394,3 +394,51 @@ def test_the_daemons_rejected_reload_log_names_the_field_but_not_the_secret(tmp_
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "config reload rejected" in logged and "targets[0].source.bearer_token" in logged, logged
     assert SECRET_NUMBER not in logged
+
+
+# ------------------------------------------------------------ typed plugin configs
+def test_the_config_holds_the_plugins_typed_configs_without_writing_into_frozen_objects(tmp_path):
+    import engine.config
+
+    cfg = load_config(write(tmp_path, VALID))
+    web, vps = cfg.targets
+    # the fields themselves are the plugins' own validated models
+    assert isinstance(web.source, CsvConfig) and web.source is web.source_config
+    assert isinstance(vps.source, ReplayConfig) and web.source.type == "csv"
+    assert isinstance(web.actuator, DryRunConfig) and web.actuator is web.actuator_config
+    assert isinstance(vps.actuator, DryRunConfig)  # the default section, validated too
+    # the forecaster's params are its Params, validated once
+    from forecasters import registry
+
+    assert isinstance(web.forecaster.params, registry.get("seasonal_naive").Params)
+    assert web.forecaster.params.season == "weekly"
+    assert "__setattr__" not in Path(engine.config.__file__).read_text()
+
+
+def test_the_forecaster_receives_the_validated_params_object(tmp_path):
+    from engine.cycle import TargetRunner
+
+    cfg = load_config(write(tmp_path, VALID))
+    runner = TargetRunner(cfg.targets[0])
+    assert runner.forecaster.params is cfg.targets[0].forecaster.params
+
+
+def test_a_target_built_in_code_resolves_its_sections_the_same_way():
+    from engine.config import PluginSection, TargetConfig
+    from policies.config import PolicyConfig
+
+    t = TargetConfig(name="web", source=PluginSection(type="csv", path="-"),
+                     policy=PolicyConfig(capacity_per_replica=1))
+    assert isinstance(t.source, CsvConfig) and isinstance(t.actuator, DryRunConfig)
+    again = TargetConfig(name="web", source=t.source, policy=t.policy)  # a typed config passes through
+    assert again.source is t.source and again == t
+    with pytest.raises(Exception, match="unknown metric source 'nope'"):
+        TargetConfig(name="web", source={"type": "nope"}, policy=t.policy)
+
+
+def test_init_from_is_resolved_against_the_config_files_folder(tmp_path):
+    pytest.importorskip("torch", reason="the LSTM needs torch (pip install 'forescale[lstm]')")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "g.pt").write_bytes(b"")
+    cfg = load_config(write(tmp_path, target(extra="forecaster: {name: lstm, init_from: models/g.pt}")))
+    assert cfg.targets[0].forecaster.init_from == tmp_path / "models" / "g.pt"
