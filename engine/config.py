@@ -16,7 +16,6 @@ into a frozen object after validation.
 
 from __future__ import annotations
 
-import inspect
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, get_args
@@ -31,6 +30,7 @@ from policies.config import MAX_SAMPLES, PolicyConfig
 from .core.units import Duration
 
 from .core.errors import ConfigError, PluginError
+from .core.plugins import capabilities_of
 
 Mode = Literal["observe", "dry-run", "approve", "auto"]
 
@@ -414,11 +414,7 @@ def parse_config(data: Any, *, base_dir: Path | None = None, source: str = "<con
     for i, t in enumerate(cfg.targets):
         p = f"targets[{i}]"
         if t.forecaster.init_from is not None:
-            try:
-                takes = "init_from" in inspect.signature(forecasters.get(t.forecaster.name)).parameters
-            except (TypeError, ValueError):
-                takes = True
-            if not takes:
+            if not capabilities_of(forecasters.get(t.forecaster.name)).init_from:
                 errors.append(f"{p}.forecaster.init_from: forecaster {t.forecaster.name!r} cannot start "
                               "from a saved model")
             elif not t.forecaster.init_from.exists():
