@@ -78,12 +78,14 @@ def plot_accuracy(store: Any, target: str | None, path: str, *, window: timedelt
 
 
 def live_accuracy(store: Any, target: Any, now: Any, *, window: timedelta = timedelta(days=1),
-                  upper_level: float = 0.9) -> dict[str, float | None]:
-    """Rolling accuracy at the policy's lead time for the metrics endpoint:
-    ``mae``, ``mape``, ``mase``, ``bias``, ``coverage`` (``None`` where not
-    computable yet)."""
-    lead = target.policy.lead_time
-    lo, hi = int(lead.total_seconds()), int((lead + target.policy.hold).total_seconds())
+                  upper_level: float = 0.9, lead: Any = None) -> dict[str, float | None]:
+    """Rolling accuracy over the cycle's lead window ``lead`` (a
+    :class:`policies.window.LeadWindow`; None: the configured one) for the
+    metrics endpoint: ``mae``, ``mape``, ``mase``, ``bias``, ``coverage``
+    (``None`` where not computable yet)."""
+    from policies.window import lead_window
+
+    lo, hi = (lead or lead_window(target.policy, None)).horizons_s
     rows = store.forecast_records(target.name, since=now - window, horizon_s=(lo, hi))
     if not rows:
         return {}

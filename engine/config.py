@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from policies.config import PolicyConfig
+from policies.window import LeadWindow, lead_window
 
 from .core.units import Duration
 
@@ -132,7 +133,15 @@ class TargetConfig(_Model):
 
     @property
     def horizon_steps(self) -> int:
-        span = self.policy.lead_time + self.policy.hold + self.forecaster.extra_horizon
+        """Forecast steps for the configured lead window (no learned delay)."""
+        return self.forecast_steps(lead_window(self.policy, None))
+
+    def forecast_steps(self, window: LeadWindow) -> int:
+        """How many interval steps a forecast made this cycle must reach:
+        the end of the cycle's lead window, plus ``extra_horizon``. The one
+        place the forecast horizon is derived (extend it here when something
+        else, such as a planning horizon, must be covered too)."""
+        span = window.end + self.forecaster.extra_horizon
         return max(1, -(-int(span.total_seconds()) // int(self.interval.total_seconds())))
 
 

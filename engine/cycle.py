@@ -44,6 +44,7 @@ from actuators.dryrun import DryRunActuator
 from forecasters import Forecaster, create as create_forecaster
 from forecasters.quality import gate, live_mase
 from policies import decide, history_to_keep
+from policies.window import LeadWindow, lead_window
 
 from .config import TargetConfig
 from .core.errors import (
@@ -100,8 +101,9 @@ class TargetRunner:
             else:
                 forecaster = create_forecaster(target.forecaster.name, target.forecaster.params)
         self.interval_s = int(target.interval.total_seconds())
-        lead = self.policy.lead_time
-        self.horizons_s = (int(lead.total_seconds()), int((lead + self.policy.hold).total_seconds()))
+        #: the configured lead window's horizons (the backtest's feedback
+        #: keeps these; a live cycle passes its own window)
+        self.horizons_s = lead_window(self.policy, None).horizons_s
         self.primary = _Slot(target.forecaster.name, forecaster, self.horizons_s)
         self.shadows: list[_Slot] = []
         gate_cfg = target.forecaster.quality_gate
@@ -153,17 +155,20 @@ class TargetRunner:
                 self._scale = seasonal_naive_scale(history.since(to_epoch(now - fc.history)))
 
     def forecast(self, history: Series, now: datetime, slot: _Slot | None = None,
-                 covariates: dict[str, Series] | None = None) -> tuple[Forecast | None, str | None]:
-        """Fit or update, then predict. Never raises: a failure becomes the
-        reason the policy falls back."""
+                 covariates: dict[str, Series] | None = None,
+                 window: LeadWindow | None = None) -> tuple[Forecast | None, str | None]:
+        """Fit or update, then predict far enough to cover ``window`` (the
+        configured lead window when None). Never raises: a failure becomes
+        the reason the policy falls back."""
         slot = slot or self.primary
+        steps = self.target.forecast_steps(window or lead_window(self.policy, None))
         if slot.forecaster is None:
             return None, None
         try:
             if history.n_valid == 0:
                 raise ForecastError("no valid observations in the history")
             self._maintain(slot, history, now, covariates)
-            fc = slot.forecaster.predict(now, self.target.horizon_steps, self.target.forecaster.quantiles)
+            fc = slot.forecaster.predict(now, steps, self.target.forecaster.quantiles)
             return fc, None
         except ForecastError as exc:
             return None, f"{type(exc).__name__}: {exc}"
@@ -181,8 +186,8 @@ class TargetRunner:
             return None
         return live_mase(p, a, self._scale)
 
-    def _gate(self, history: Series, now: datetime,
-              covariates: dict[str, Series] | None = None) -> tuple[Forecast | None, str | None, dict[str, Any]]:
+    def _gate(self, history: Series, now: datetime, covariates: dict[str, Series] | None,
+              window: LeadWindow) -> tuple[Forecast | None, str | None, dict[str, Any]]:
         """Forecast with every slot and let the quality gate pick one."""
         gate_cfg = self.target.forecaster.quality_gate
         assert gate_cfg is not None
@@ -191,12 +196,12 @@ class TargetRunner:
             for slot in (self.primary, *self.shadows):
                 slot.tracker.observe(self.target.name, new)
             self._observed_until = int(history.timestamps[-1])
-        results = {slot.name: self.forecast(history, now, slot, covariates)
+        results = {slot.name: self.forecast(history, now, slot, covariates, window)
                    for slot in (self.primary, *self.shadows)}
         for slot in (self.primary, *self.shadows):
             fc = results[slot.name][0]
             if fc is not None:
-                slot.tracker.record(self.target.name, fc)
+                slot.tracker.record(self.target.name, fc, window.horizons_s)
         errors = {slot.name: self._live_error(slot, now) for slot in (self.primary, *self.shadows)}
         order = [self.primary.name] + [s.name for s in self.shadows]
         choice, reason = gate(errors, gate_cfg.bound, order)
@@ -208,10 +213,15 @@ class TargetRunner:
         return (*results[choice], info)
 
     def step(self, history: Series, state: ScalingState, now: datetime,
-             covariates: dict[str, Series] | None = None) -> CycleOutcome:
+             covariates: dict[str, Series] | None = None, window: LeadWindow | None = None) -> CycleOutcome:
         """One decision from a regular history (samples up to ``now``);
         ``covariates``: extra metrics on the same grid, for forecasters that
-        take them."""
+        take them; ``window``: the cycle's lead window (computed here from
+        the state when the caller has none, as in the backtest). The same
+        window sizes the forecast horizon, the headroom's horizons and the
+        policy's window."""
+        if window is None:
+            window = lead_window(self.policy, state.learned_lead_time)
         v = history.values
         if v.size and v[-1] == v[-1]:  # the usual case, without scanning the history
             obs: Observation | None = Observation(float(v[-1]), from_epoch(history.timestamps[-1]))
@@ -221,15 +231,16 @@ class TargetRunner:
         headroom = state.headroom
         if self.policy.margin.conformal:
             m = self.policy.margin
-            headroom = self.feedback.headroom(self.target.name, now, self.horizons_s, m.conformal_target,
+            headroom = self.feedback.headroom(self.target.name, now, window.horizons_s, m.conformal_target,
                                               m.conformal_window, m.conformal_min_samples)
         seen = replace(state, observation=obs, headroom=headroom, history_points=history.n_valid)
         extra: dict[str, Any] = {}
         if self.target.forecaster.quality_gate is not None and self.primary.forecaster is not None:
-            forecast, error, extra["quality_gate"] = self._gate(history, now, covariates)
+            forecast, error, extra["quality_gate"] = self._gate(history, now, covariates, window)
         else:
-            forecast, error = self.forecast(history, now, covariates=covariates)
-        decision = decide(forecast, seen, self.policy, now, target=self.target.name, forecast_error=error)
+            forecast, error = self.forecast(history, now, covariates=covariates, window=window)
+        decision = decide(forecast, seen, self.policy, now, target=self.target.name, forecast_error=error,
+                          window=window)
         chosen = self.primary.forecaster
         selection = getattr(chosen, "selection", None)
         if isinstance(selection, dict) and selection:
@@ -237,7 +248,7 @@ class TargetRunner:
         if extra:
             decision = replace(decision, extra={**decision.extra, **extra})
         if forecast is not None:
-            self.feedback.record(self.target.name, forecast)
+            self.feedback.record(self.target.name, forecast, window.horizons_s)
         return CycleOutcome(decision, forecast, error, seen)
 
 
@@ -251,6 +262,7 @@ class CycleResult:
     forecast: Forecast | None = None
     status: str = ""  # observed | dry-run | planned | applied | failed | hold | error
     plan: Plan | None = None
+    window: LeadWindow | None = None  # the cycle's lead window
     fetch_error: str | None = None
     actuation_error: str | None = None
     error: str | None = None
@@ -505,10 +517,11 @@ class LiveTarget:
             state = replace(state, current=observed)
         if isinstance(self.actuator, DryRunActuator) and observed is None:
             self.actuator.capacity = state.current
+        window = res.window = lead_window(self.policy, state.learned_lead_time)
         history = self.history.regular(self.target.interval) if self.history is not None else Series(
             np.array([], dtype=np.int64), np.array([], dtype=np.float64), name)
         if res.fetch_error:
-            out = self._without_fresh_data(history, state, now, res.fetch_error)
+            out = self._without_fresh_data(history, state, now, res.fetch_error, window)
         else:
             if self.covariate_sources:
                 cov_errors = self.refresh_covariates(now)
@@ -519,7 +532,7 @@ class LiveTarget:
                 note = self.restore_model()
                 if note:
                     res.details["model"] = note
-            out = self.runner.step(history, state, now, self.covariates_on_grid())
+            out = self.runner.step(history, state, now, self.covariates_on_grid(), window)
             self.save_model()
         d = out.decision
         set_log_fields(decision_id=d.id)
@@ -572,7 +585,7 @@ class LiveTarget:
         self._apply(d, now, res, state_before=out.state)
 
     def _without_fresh_data(self, history: Series, state: ScalingState, now: datetime,
-                            why: str) -> CycleOutcome:
+                            why: str, window: LeadWindow) -> CycleOutcome:
         """The decision when this cycle's fetch failed: no forecast (the
         cached history may be missing what just happened), so the policy
         falls back to reactive on the last observation and never scales
@@ -584,7 +597,7 @@ class LiveTarget:
             last = history.last_valid()
             obs = Observation(last[1], last[0]) if last is not None else None
         seen = replace(state, observation=obs, history_points=history.n_valid)
-        d = decide(None, seen, self.policy, now, target=self.target.name, forecast_error=why)
+        d = decide(None, seen, self.policy, now, target=self.target.name, forecast_error=why, window=window)
         return CycleOutcome(d, None, why, seen)
 
     def _describe(self, d: Decision) -> dict[str, Any]:

@@ -88,7 +88,7 @@ def seasonal_naive_scale(history: Series, season: timedelta = timedelta(days=1))
 
 
 class Feedback(Protocol):
-    def record(self, target: str, forecast: Forecast) -> None: ...
+    def record(self, target: str, forecast: Forecast, horizons_s: tuple[int, int] | None = None) -> None: ...
 
     def observe(self, target: str, observed: Series) -> None: ...
 
@@ -108,10 +108,13 @@ class MemoryFeedback:
         self._p = np.empty(1024)
         self.n = 0
 
-    def record(self, target: str, forecast: Forecast) -> None:
+    def record(self, target: str, forecast: Forecast, horizons_s: tuple[int, int] | None = None) -> None:
+        """Keep the points at ``horizons_s`` (the cycle's lead window;
+        default: the horizons given at construction)."""
         made = to_epoch(forecast.made_at)
+        lo, hi = horizons_s or (self.lo, self.hi)
         for ts, p in zip(forecast.timestamps.tolist(), forecast.point.tolist()):
-            if self.lo <= ts - made <= self.hi:
+            if lo <= ts - made <= hi:
                 self.pending.setdefault(ts, []).append(p)
 
     def _append(self, ts: int, a: float, p: float) -> None:
@@ -149,7 +152,7 @@ class StoreFeedback:
     def __init__(self, store) -> None:  # engine.store.Store
         self.store = store
 
-    def record(self, target: str, forecast: Forecast) -> None:
+    def record(self, target: str, forecast: Forecast, horizons_s: tuple[int, int] | None = None) -> None:
         self.store.record_forecast(target, forecast)
 
     def observe(self, target: str, observed: Series) -> None:

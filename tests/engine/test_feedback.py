@@ -150,3 +150,25 @@ def test_actuation_delays_are_recorded_and_used_only_when_asked(tmp_path):
         assert store.actuation_delays("web") == [720.0]
         assert live.run(T0 + 26 * STEP).decision.extra["lead_time_s"] == expect
         store.close()
+
+
+def test_a_lead_time_learned_beyond_lead_plus_hold_still_sizes_from_the_forecast(tmp_path):
+    """12 min measured against 5 m lead + 5 m hold: the forecast must reach
+    now + 17 min, or every cycle falls back (ForecastTooShort)."""
+    trace = write_trace(tmp_path / "load.csv", [100.0] * 40)
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe",
+                                                         policy={"learn_lead_time": True})])
+    store = Store(tmp_path / "state.db")
+    for i in range(5):
+        store.record_actuation("web", f"d{i}", T0 + i * STEP, ActuationResult(3, 3, True, timedelta(minutes=12)))
+    live = build_live(cfg, store, Platform(capacity=5))
+    for k in range(3):
+        res = live.run(T0 + (30 + k) * STEP)
+        d = res.decision
+        assert not d.fallback, d.steps[0].message
+        assert d.extra["lead_time_s"] == 720.0 and res.window.learned
+        assert d.step("forecast").reason == "ForecastWindowMax" and "now+0:12:00" in d.step("forecast").message
+        assert res.forecast.timestamps[-1] - to_epoch(res.now) >= 17 * 60
+        # sized from the forecast: 100 demand at 10 per replica and 50 % -> 20
+        assert d.forecast_demand == 100.0 and d.step("capacity").value == 20 and d.desired == 20
+    store.close()
