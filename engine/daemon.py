@@ -88,8 +88,7 @@ class TargetWorker:
             live.history = old.history
             live.covariate_history = old.covariate_history
             # the model in memory is the newest: no checkpoint to restore
-            live._model_restored, live._saved_fit = True, old._saved_fit
-        live.needs_reconcile = old.needs_reconcile
+            live.checkpoint = old.checkpoint
         if target.interval != self.target.interval:
             self.base_due = self.next_due = None  # start on the new grid
         if target.mode != self.target.mode:

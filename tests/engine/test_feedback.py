@@ -138,17 +138,32 @@ def test_learned_lead_time_is_the_p90_of_recorded_delays(tmp_path):
 
 
 def test_actuation_delays_are_recorded_and_used_only_when_asked(tmp_path):
+    """``apply`` returns once the platform accepted; the delay is measured on
+    later cycles, from the acceptance to the first cycle that saw the new
+    capacity serving: 12 min on the platform is first seen by the third
+    5-minute cycle, so 15 min are recorded."""
+    from engine.core.clock import ManualClock
+
     trace = write_trace(tmp_path / "load.csv", [20.0] * 20 + [100.0] * 20)
-    for learn, expect in ((True, 720.0), (False, 300.0)):
+    for learn, expect in ((True, 900.0), (False, 300.0)):
         d = tmp_path / str(learn)
         d.mkdir()
-        cfg = write_config(d / "c.yaml", [target_dict("web", trace, policy={"learn_lead_time": learn})])
+        cfg = write_config(d / "c.yaml", [target_dict("web", trace, policy={"learn_lead_time": learn},
+                                                      actuator={"type": "dry-run", "verify_timeout": "20m"})])
         store = Store(d / "state.db")
-        live = build_live(cfg, store, Platform(capacity=4, delay=timedelta(minutes=12)))
-        first = live.run(T0 + 25 * STEP)
-        assert first.status == "applied" and first.decision.extra["lead_time_s"] == 300.0
-        assert store.actuation_delays("web") == [720.0]
-        assert live.run(T0 + 26 * STEP).decision.extra["lead_time_s"] == expect
+        clock = ManualClock(T0 + 25 * STEP)
+        live = build_live(cfg, store, Platform(capacity=4, delay=timedelta(minutes=12), clock=clock))
+        first = live.run(clock.now())
+        assert first.status == "accepted" and first.decision.extra["lead_time_s"] == 300.0
+        assert store.decision(first.decision.id)["outcome"]["request_ids"] == ["req-1"]
+        assert store.actuation_delays("web") == []
+        for _ in range(2):  # +5, +10 min: set to 20, 4 still serving
+            assert live.run(clock.advance(STEP)).status == "hold"
+            assert store.decision(first.decision.id)["status"] == "accepted"
+        live.run(clock.advance(STEP))  # +15 min: serving
+        assert store.decision(first.decision.id)["status"] == "applied"
+        assert store.actuation_delays("web") == [900.0]
+        assert live.run(clock.advance(STEP)).decision.extra["lead_time_s"] == expect
         store.close()
 
 
