@@ -155,9 +155,34 @@ class ServerConfig(_Model):
     pushgateway: str | None = Field(None, pattern=r"^https?://")
 
 
+class Retention(_Model):
+    """How long the daemon keeps rows of the state file (pruned once an
+    hour). ``None``: forever. The predicted-versus-actual records and the
+    sample cache are working data: never pruned below what a target still
+    needs (its conformal window; its fetch history); decisions, with their
+    plans and actuations, are the audit log and are kept unless a span is
+    given (an unfinished intent or accepted action is never pruned)."""
+
+    #: predicted-versus-actual records (``forescale accuracy`` reads 7 days)
+    forecasts: Duration | None = timedelta(days=14)
+    #: the metric sample cache (the default forecaster history is 14 days)
+    samples: Duration | None = timedelta(days=15)
+    #: decisions, plans and actuation records (the audit log)
+    decisions: Duration | None = None
+
+    @field_validator("forecasts", "samples", "decisions")
+    @classmethod
+    def _positive(cls, v: timedelta | None) -> timedelta | None:
+        if v is not None and v <= timedelta(0):
+            raise ValueError(f"{v} must be positive, or null to keep forever")
+        return v
+
+
 class Config(_Model):
     #: the SQLite state file (relative paths are relative to the config file)
     state: Path = Path("forescale.db")
+    #: how long the daemon keeps records in the state file
+    retention: Retention = Retention()
     log_format: Literal["text", "json"] = "text"
     server: ServerConfig = ServerConfig()
     targets: tuple[TargetConfig, ...] = Field(min_length=1)

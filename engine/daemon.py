@@ -19,6 +19,11 @@
   new file is validated first and replaces the running config only if valid;
   a mode change takes effect at the target's next cycle, without a restart.
 - One daemon per state file (:meth:`engine.store.Store.lock`).
+- Once an hour (``HOUSEKEEPING_EVERY``): the state file is pruned as the
+  config's ``retention`` says (:func:`prune_cutoffs`), and a summary of the
+  cycles that fell back to reactive, by reason, is logged (the same counts
+  are the ``forescale_fallback_cycles_total{target,reason}`` metric): a
+  prediction that quietly switched itself off shows up there.
 
 The scheduler reads ``monotonic`` for timing and the injected ``clock`` once
 per cycle for ``now``; tests drive both by hand (:meth:`Daemon.tick`).
@@ -31,7 +36,7 @@ import random
 import signal
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,6 +50,24 @@ from .store import Store
 log = logging.getLogger("forescale.daemon")
 
 Monotonic = Callable[[], float]
+
+#: how often the daemon prunes the state file and logs the fallback summary
+HOUSEKEEPING_EVERY = timedelta(hours=1)
+
+
+def prune_cutoffs(config: Config, now: datetime) -> dict[str, datetime | None]:
+    """What :meth:`engine.store.Store.prune` drops, from the config's
+    ``retention``: never the predicted-versus-actual records a target's
+    conformal window still reads, nor the samples its history needs."""
+    r = config.retention
+    need_forecasts = max((t.policy.margin.conformal_window for t in config.targets if t.policy.margin.conformal),
+                         default=timedelta(0))
+    need_samples = max(t.forecaster.history + t.interval for t in config.targets)
+    return {
+        "forecasts_before": None if r.forecasts is None else now - max(r.forecasts, need_forecasts),
+        "samples_before": None if r.samples is None else now - max(r.samples, need_samples),
+        "decisions_before": None if r.decisions is None else now - r.decisions,
+    }
 
 
 class TargetWorker:
@@ -190,6 +213,10 @@ class Daemon:
         self.reload_event = threading.Event()
         #: errors per target and kind (fetch, actuation, forecast, state, timeout, ...)
         self.errors: dict[str, dict[str, int]] = {}
+        #: decided cycles per target, and those that fell back by reason, since the last summary
+        self.cycles: dict[str, int] = {}
+        self.fallbacks: dict[str, dict[str, int]] = {}
+        self._next_housekeeping: float | None = None
         self._lock = threading.Lock()
         self.lock_store = Store(self.config.state_path)
         try:
@@ -241,12 +268,19 @@ class Daemon:
                         res.target, kind, msg, extra=extra)
         if res.decision is not None:
             d = res.decision
+            with self._lock:
+                self.cycles[res.target] = self.cycles.get(res.target, 0) + 1
+                if d.fallback:
+                    per = self.fallbacks.setdefault(res.target, {})
+                    per[d.steps[0].reason] = per.get(d.steps[0].reason, 0) + 1
             log.info("target %s: %s %d -> %d (%s)%s", res.target, res.status, d.current, d.desired,
                      ", ".join(d.reasons) or "Unchanged", " FALLBACK" if d.fallback else "", extra=extra)
         m = self.metrics
         if m is not None:
             try:
                 m.observe_cycle(res.target, res.decision, res.forecast, res.duration_s, res.ok, res.now)
+                if res.decision is not None and res.decision.fallback:
+                    m.fallback_cycle(res.target, res.decision.steps[0].reason)
                 if res.fetch_error:
                     m.fetch_error(res.target)
                 if res.actuation_error:
@@ -374,11 +408,39 @@ class Daemon:
             except Exception:  # noqa: BLE001 - a failed reload must not stop the daemon
                 log.exception("config reload failed, keeping the running config")
         mono = self.monotonic()
+        if self._next_housekeeping is None or mono >= self._next_housekeeping:
+            self._next_housekeeping = mono + HOUSEKEEPING_EVERY.total_seconds()
+            self.housekeeping()
         for w in list(self.workers.values()):
             try:
                 w.tick(mono)
             except Exception:  # noqa: BLE001 - never let one target stop the loop
                 log.exception("target %s: scheduling failed", w.target.name)
+
+    def housekeeping(self) -> None:
+        """Prune the state file (retention) and log the fallback summary."""
+        try:
+            gone = self.lock_store.prune(**prune_cutoffs(self.config, self.clock.now()))
+            if any(gone.values()):
+                log.info("state file pruned (retention): %s",
+                         ", ".join(f"{n} {table}" for table, n in gone.items() if n))
+        except Exception:  # noqa: BLE001 - housekeeping must not stop the loop
+            log.exception("pruning the state file failed; trying again in %s", HOUSEKEEPING_EVERY)
+        for target, share, reasons in self.fallback_summary(reset=True):
+            log.log(logging.WARNING if share > 0.05 else logging.INFO,
+                    "target %s: %.0f%% of cycles fell back to reactive since the last summary (%s)", target,
+                    100 * share, ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())) or "none",
+                    extra={"target": target})
+
+    def fallback_summary(self, *, reset: bool = False) -> list[tuple[str, float, dict[str, int]]]:
+        """Per target: the share of decided cycles that fell back, and the
+        count by reason code (since the last reset)."""
+        with self._lock:
+            out = [(t, sum(self.fallbacks.get(t, {}).values()) / n, dict(self.fallbacks.get(t, {})))
+                   for t, n in sorted(self.cycles.items()) if n]
+            if reset:
+                self.cycles, self.fallbacks = {}, {}
+        return out
 
     def run(self, *, tick: float = 0.5, max_ticks: int | None = None, grace: float = 30.0) -> None:
         ticks = 0

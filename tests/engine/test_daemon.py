@@ -12,7 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,8 @@ from engine.core.clock import ManualClock
 from engine.daemon import Daemon
 from engine.core.errors import StateLocked
 from engine.metrics import EngineMetrics
+from engine.store import Store
+from engine.core.units import to_epoch
 
 from tests.support.live import STEP, T0, FlakySource, Platform, target_dict, write_config, write_trace
 from tests.support import ROOT
@@ -492,3 +494,43 @@ def test_a_pushgateway_that_is_down_only_counts_an_error(tmp_path, trace):
         d.shutdown(5)
     assert results[0].ok and results[0].decision is not None
     assert d.errors["web"] == {"push": 1}
+
+
+def test_the_daemon_prunes_the_state_file_as_retention_says_and_keeps_every_decision(tmp_path):
+    trace = write_trace(tmp_path / "load.csv", [100.0] * 100)
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe")],
+                       retention={"forecasts": "1h", "samples": "3h"})
+    mono, clock = FakeMono(), ManualClock(NOW)
+    d, *_ = make_daemon(cfg, monotonic=mono, clock=clock)
+    store = d.workers["web"].store
+    try:
+        for _ in range(48):  # four hours of cycles; the daemon prunes once an hour
+            d.tick()
+            settle(d)
+            mono.t += 300
+            clock.advance(STEP)
+    finally:
+        d.shutdown(5)
+    with Store(tmp_path / "state.db") as s:
+        last_prune = NOW + 36 * STEP  # the 37th tick is 3 h after the first
+        rows = s.forecast_records("web", with_actual=False)
+        assert min(r["ts"] for r in rows) >= to_epoch(last_prune - timedelta(hours=1))
+        # everything recorded since that prune is still there
+        assert len([r for r in rows if r["made_at"] > to_epoch(last_prune)]) == 2 * 11
+        samples = s.cached_samples("web")
+        assert samples.timestamps[0] >= to_epoch(last_prune - timedelta(hours=3))
+        assert samples.timestamps[0] > to_epoch(T0)  # the first fetch cached from T0 on: those went
+        assert len(s.decisions("web", limit=1000)) == 48  # the audit log is kept (decisions: forever)
+
+
+@pytest.mark.parametrize("retention, message", [
+    ({"forecasts": "0s"}, "retention.forecasts: 0:00:00 must be positive, or null to keep forever"),
+    ({"decisions": "soon"}, "retention.decisions"),
+])
+def test_a_bad_retention_is_a_config_error_naming_the_field(tmp_path, trace, retention, message):
+    from engine.config import load_config
+    from engine.core.errors import ConfigError
+
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace)], retention=retention)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(cfg)
