@@ -44,7 +44,7 @@ from .core.errors import (
     ActuatorError, ForecastError, MetricSourceError, StateError,
 )
 from .logs import log_context, set_log_fields
-from .feedback import Feedback, MemoryFeedback, StoreFeedback, seasonal_naive_scale
+from .feedback import LIVE_ACCURACY_WINDOW, Feedback, MemoryFeedback, StoreFeedback, seasonal_naive_scale
 from .core.types import (
     ActuationResult, CapacityReading, Decision, Forecast, Observation, Plan, PlanStatus, ScaleEvent, ScalingState,
     Series,
@@ -337,7 +337,10 @@ class LiveTarget:
         self.covariate_history: dict[str, Series] = {}
         self.store = store
         self.actuator = actuator
-        self.runner = TargetRunner(target, forecaster=forecaster, feedback=StoreFeedback(store))
+        # the pairs in memory reach back as far as the conformal window and
+        # the exported accuracy read
+        keep = max(target.policy.margin.conformal_window, LIVE_ACCURACY_WINDOW)
+        self.runner = TargetRunner(target, forecaster=forecaster, feedback=StoreFeedback(store, target.name, keep))
         self.checkpoint = ModelCheckpoint(target, getattr(store, "path", None))
         self.policy = target.policy
         self.history: Series | None = None

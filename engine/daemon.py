@@ -304,7 +304,7 @@ class Daemon:
                 if w is not None and res.forecast is not None and not res.details.get("timeout"):
                     from .accuracy import live_accuracy
 
-                    acc = live_accuracy(w.store, w.target, res.now, lead=res.window)
+                    acc = live_accuracy(w.live.runner.feedback, w.live.history, w.target, res.now, lead=res.window)
                     if acc:
                         m.set_accuracy(res.target, acc)
             except Exception:  # noqa: BLE001 - metrics must never break the loop

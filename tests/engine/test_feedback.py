@@ -187,3 +187,68 @@ def test_a_lead_time_learned_beyond_lead_plus_hold_still_sizes_from_the_forecast
         # sized from the forecast: 100 demand at 10 per replica and 50 % -> 20
         assert d.forecast_demand == 100.0 and d.step("capacity").value == 20 and d.desired == 20
     store.close()
+
+
+# ------------------------------------------------------- incremental cost
+def _noisy_run(tmp_path, cycles: int):
+    rng = np.random.default_rng(5)
+    values = 50 + 10 * np.sin(np.arange(200) / 9) + rng.normal(0, 4, 200)
+    trace = write_trace(tmp_path / "noisy.csv", values)
+    policy = {"margin": {"quantile": None, "conformal": True, "conformal_min_samples": 10,
+                         "conformal_window": "2h", "conformal_target": 0.1}}
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe", policy=policy)])
+    return cfg, Store(tmp_path / "state.db")
+
+
+def _old_headroom(store, res, policy):
+    """The full recomputation every cycle did before: every stored pair of
+    the window, re-read."""
+    m = policy.margin
+    rows = store.forecast_records("web", since=res.now - m.conformal_window, horizon_s=res.window.horizons_s)
+    if not rows:
+        return None
+    return conformal_headroom(np.array([r["actual"] for r in rows]), np.array([r["point"] for r in rows]),
+                              m.conformal_target, m.conformal_min_samples)
+
+
+def test_headroom_from_memory_equals_the_full_recomputation_also_after_a_restart(tmp_path):
+    cfg, store = _noisy_run(tmp_path, 0)
+    live = build_live(cfg, store, Platform(capacity=5))
+    start = T0 + 30 * STEP
+    seen = 0
+    for k in range(70):
+        if k == 40:  # a restart: a new process loads the pairs from the store once
+            live = build_live(cfg, store, Platform(capacity=5))
+        res = live.run(start + k * STEP)
+        old = _old_headroom(store, res, live.policy)
+        d = res.decision
+        if d.step("margin").reason == "ConformalHeadroom":
+            seen += 1
+            assert old is not None
+            assert d.step("margin").value == pytest.approx(d.step("forecast").value * (1 + max(0.0, old)), rel=1e-12)
+        else:
+            assert old is None
+    assert seen > 50
+    store.close()
+
+
+def test_a_cycle_reads_no_more_from_the_store_after_many_cycles_than_after_few(tmp_path):
+    cfg, store = _noisy_run(tmp_path, 0)
+    live = build_live(cfg, store, Platform(capacity=5))
+    start = T0 + 30 * STEP
+    statements: list[str] = []
+    store.db.set_trace_callback(statements.append)
+    per_cycle = []
+    for k in range(60):
+        statements.clear()
+        live.run(start + k * STEP)
+        per_cycle.append(list(statements))
+    store.db.set_trace_callback(None)
+    reads = [[s for s in c if s.lstrip().upper().startswith("SELECT")] for c in per_cycle]
+    # the history and the pairs are read once, at the first cycle; later
+    # cycles read only rows of fixed size (state, last decision, delays, intents)
+    assert any("FROM forecasts" in s for s in reads[0])
+    for c in reads[1:]:
+        assert not any("FROM forecasts" in s or "FROM samples" in s for s in c), c
+    assert len(reads[5]) == len(reads[-1])
+    store.close()
