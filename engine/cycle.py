@@ -569,6 +569,11 @@ class LiveTarget:
                    details={"result": result.to_dict()})
 
     # ---------------------------------------------------------------- history
+    @property
+    def abandoned_fetches(self) -> int:
+        """Fetches abandoned past their deadline that are still running."""
+        return sum(t.is_alive() for t in self._fetches)
+
     def _history_window(self) -> timedelta:
         return self.target.forecaster.history + self.target.interval
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -530,6 +531,10 @@ def test_a_source_that_hangs_costs_each_cycle_a_fallback_never_the_cycle(tmp_pat
         assert not any(r.details.get("timeout") for r in results)
         sources[-1].mode = "ok"
         sources[-1].release.set()  # the stuck calls end; their answers are dropped
+        for _ in range(100):
+            if w.live.abandoned_fetches == 0:
+                break
+            time.sleep(0.05)
         mono[0] += 300
         clock.advance(STEP)
         d.tick()
