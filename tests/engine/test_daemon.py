@@ -534,3 +534,27 @@ def test_a_bad_retention_is_a_config_error_naming_the_field(tmp_path, trace, ret
     cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace)], retention=retention)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_config(cfg)
+
+
+def test_the_daemon_counts_fallback_cycles_by_reason_and_logs_their_share(tmp_path, trace, caplog):
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe")])
+    mono, clock, metrics = FakeMono(), ManualClock(NOW), EngineMetrics()
+    d, sources, platforms, results = make_daemon(cfg, monotonic=mono, clock=clock, metrics=metrics)
+    try:
+        for k in range(4):  # one good cycle, then the source is down for three
+            if k == 1:
+                d.workers["web"].live.source.mode = "down"
+            d.tick()
+            settle(d)
+            mono.t += 300
+            clock.advance(STEP)
+        assert d.fallback_summary() == [("web", 0.75, {"NoForecast": 3})]
+        assert metrics.registry.get_sample_value("forescale_fallback_cycles_total",
+                                                 {"target": "web", "reason": "NoForecast"}) == 3
+        caplog.set_level("INFO", logger="forescale.daemon")
+        mono.t += 3600  # the hourly summary
+        d.tick()
+        settle(d)
+    finally:
+        d.shutdown(1)
+    assert "target web: 75% of cycles fell back to reactive since the last summary (NoForecast 3)" in caplog.text
