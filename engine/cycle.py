@@ -26,9 +26,10 @@ import logging
 import threading
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -323,15 +324,23 @@ def fetch_deadline(target: TargetConfig) -> float:
 class LiveTarget:
     """A target in the live loop: source, store, actuator around a runner.
 
-    Not thread-safe: the daemon runs at most one cycle of a target at a time
+    Not thread-safe: the daemon runs one cycle of a LiveTarget at a time
     (a fetch that outlives its deadline runs on in its own thread, but its
-    answer is dropped).
+    answer is dropped). Beside a cycle abandoned past its timeout, the daemon
+    runs the next on a fresh LiveTarget sharing the ``acting`` lock.
     """
 
     def __init__(self, target: TargetConfig, *, source: Any, store: Any, actuator: Any,
-                 forecaster: Forecaster | None = None, covariates: dict[str, Any] | None = None) -> None:
+                 forecaster: Forecaster | None = None, covariates: dict[str, Any] | None = None,
+                 acting: threading.Lock | None = None) -> None:
         self.target = target
         self.source = source
+        #: held while a cycle touches the platform or the records of actions;
+        #: shared with a LiveTarget the daemon starts beside an abandoned cycle
+        self.acting = acting or threading.Lock()
+        #: set by the daemon when it starts a newer cycle beside this one's
+        #: abandoned cycle: this one then acts no more
+        self.superseded = threading.Event()
         #: extra metric sources by name, and what has been fetched from each
         self.covariate_sources: dict[str, Any] = dict(covariates or {})
         self.covariate_history: dict[str, Series] = {}
@@ -362,16 +371,22 @@ class LiveTarget:
         4. ``_gather``       fetch what is new (within :func:`fetch_deadline`),
            read the capacity, load the state, compute the lead window:
            the frozen :class:`CycleInputs`.
-        5. ``_verify``       earlier *accepted* actions: ``applied`` once the
+        5. ``_decide``       the shared runner (fit/update, forecast, decide)
+           or, without fresh data, the reactive fallback; model checkpoint.
+        6. ``_verify``       earlier *accepted* actions: ``applied`` once the
            platform shows them serving (the delay is recorded, for the
            learned lead time), ``unverified`` after ``verify_timeout``.
-        6. ``_decide``       the shared runner (fit/update, forecast, decide)
-           or, without fresh data, the reactive fallback; model checkpoint.
         7. ``_act``          by mode through one table (``_modes``): observe
            logs, dry-run describes, approve plans, auto records an *intent*,
            applies and returns once the platform accepted.
         8. ``_record``       the decision with its status, outcome and the
            state after it, in one transaction.
+
+        Steps 2-3 and 6-8 touch the platform or the records of actions: they
+        run in this target's turn (:meth:`_turn`), which a cycle abandoned
+        past its timeout may still hold; without it, 2, 3 and 6 wait for a
+        later cycle and 7 records the decision ``skipped``, so two cycles of
+        one target never act at once and every cycle records a decision.
 
         Never raises a ForescaleError or a bug in a plugin: the problem is
         returned in the result. A BaseException (SystemExit,
@@ -386,14 +401,18 @@ class LiveTarget:
         try:
             with log_context(target=self.target.name, mode=self.target.mode):
                 self._check_clock(now)
-                notes.update(self.reconcile(now))
-                notes.update(self._apply_plans(now))
+                with self._turn() as not_ours:
+                    if not not_ours:
+                        notes.update(self.reconcile(now))
+                        notes.update(self._apply_plans(now))
                 inputs = self._gather(now)
-                notes.update(self._verify(inputs))
                 out = self._decide(inputs, notes)
                 set_log_fields(decision_id=out.decision.id)
-                act = self._act(inputs, out)
-                self._record(inputs, out, act)
+                with self._turn() as not_ours:
+                    if not not_ours:
+                        notes.update(self._verify(inputs))
+                    act = self._act(inputs, out, not_ours)
+                    self._record(inputs, out, act)
         except CycleRefused as exc:
             error = str(exc)
         except StateError as exc:
@@ -512,11 +531,30 @@ class LiveTarget:
             notes["forecast_error"] = out.forecast_error
         return out
 
-    def _act(self, inputs: CycleInputs, out: CycleOutcome) -> Act:
-        d = out.decision
-        if self.target.mode != "observe" and d.desired == d.current:
+    @contextmanager
+    def _turn(self) -> Iterator[str | None]:
+        """This target's turn to touch the platform and the records of
+        actions: yields None when this cycle has it, else why not (an
+        earlier cycle, abandoned past its timeout, is still acting; or this
+        cycle was itself abandoned and a newer one decides)."""
+        if self.superseded.is_set():
+            yield "this cycle was abandoned past its timeout; a newer cycle decides"
+            return
+        if not self.acting.acquire(blocking=False):
+            yield "an earlier cycle of this target, abandoned past its timeout, is still acting"
+            return
+        try:
+            yield None
+        finally:
+            self.acting.release()
+
+    def _act(self, inputs: CycleInputs, out: CycleOutcome, not_ours: str | None) -> Act:
+        d, mode = out.decision, self.target.mode
+        if mode != "observe" and d.desired == d.current:
             return Act("hold")
-        return self._modes[self.target.mode](inputs, out)
+        if not_ours and mode in ("approve", "auto"):
+            return Act("skipped", {"error": not_ours})
+        return self._modes[mode](inputs, out)
 
     def _record(self, inputs: CycleInputs, out: CycleOutcome, act: Act) -> None:
         d = out.decision

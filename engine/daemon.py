@@ -7,10 +7,15 @@
 - Each cycle starts on the target's interval grid plus a random jitter
   (``jitter``), so many targets do not hit one metric backend at once.
 - A cycle that outlives its ``timeout`` is *abandoned*: reported at once as
-  an error (log line, ``on_result`` callback, metrics), and the target starts
-  no new cycle until the stuck call returns (a thread cannot be killed
-  safely; starting another cycle beside it could act twice). Whatever the
-  late cycle finally does is still recorded in the store.
+  an error (log line, ``on_result`` callback, metrics). The next start comes
+  on schedule all the same, beside it, on a fresh LiveTarget (its own store
+  connection, a fresh fetch, the model restored from its checkpoint): a
+  thread cannot be killed safely, but it need not hold its target. The two
+  share the target's *acting* lock and the abandoned one is told it was
+  superseded, so they never act at once (the newer records ``skipped``
+  while the older is inside the actuator; the older acts no more). While an
+  abandoned cycle and the one started beside it both run, further starts
+  are skipped. Whatever a late cycle finally does is still recorded.
 - SIGTERM/SIGINT: stop starting cycles, give running ones ``grace`` seconds
   to finish, then exit. A cycle still running then is abandoned with the
   process; if it was acting, its intent is in the store and the next start
@@ -77,8 +82,12 @@ class TargetWorker:
         self.daemon = daemon
         self.target = target
         self.store = Store(daemon.config.state_path)
+        #: held by whichever cycle of this target is acting (shared by every
+        #: LiveTarget this worker builds)
+        self.acting = threading.Lock()
         self.live = self._build(target)
         self.thread: threading.Thread | None = None
+        self.stuck: threading.Thread | None = None  # an abandoned cycle the current one started beside
         self.started: float | None = None  # monotonic start of the running cycle
         self.abandoned = False  # the running cycle passed its timeout
         self.retired = False  # removed by a reload: close when the cycle ends
@@ -91,7 +100,8 @@ class TargetWorker:
         d = self.daemon
         return LiveTarget(target, source=d.build_source(target, d.config), store=self.store,
                           actuator=d.build_actuator(target, d.config),
-                          covariates={n: d.build_source(target, d.config, n) for n in target.covariates})
+                          covariates={n: d.build_source(target, d.config, n) for n in target.covariates},
+                          acting=self.acting)
 
     @property
     def busy(self) -> bool:
@@ -129,8 +139,11 @@ class TargetWorker:
                 self.abandoned = True
                 self.daemon.cycle_timed_out(self, mono - self.started)
             if self.next_due is not None and mono >= self.next_due:
-                log.warning("target %s: previous cycle still running; skipping this start", self.target.name,
-                            extra={"target": self.target.name})
+                if self.abandoned and not (self.stuck is not None and self.stuck.is_alive()):
+                    self._start_beside(mono)
+                else:
+                    log.warning("target %s: previous cycle still running; skipping this start", self.target.name,
+                                extra={"target": self.target.name})
                 self._schedule_next(mono, interval)
             return
         if self.next_due is None:
@@ -149,6 +162,19 @@ class TargetWorker:
             self.base_due += missed * interval
         self.next_due = self.base_due + self.daemon.jitter(self.target)
 
+    def _start_beside(self, mono: float) -> None:
+        """Start the next cycle beside the abandoned one, on a fresh
+        LiveTarget: the abandoned cycle keeps its objects (and its store
+        connection, closed when it ends) and acts no more."""
+        old = self.live
+        old.superseded.set()
+        self.stuck = self.thread
+        self.store = Store(self.daemon.config.state_path)
+        self.live = self._build(self.target)
+        log.warning("target %s: the abandoned cycle is still running; starting this one beside it (the "
+                    "abandoned one will not act)", self.target.name, extra={"target": self.target.name})
+        self.start(mono)
+
     def start(self, mono: float) -> None:
         self.started, self.abandoned = mono, False
         self.thread = threading.Thread(target=self._cycle, args=(self.live,), daemon=True,
@@ -159,7 +185,7 @@ class TargetWorker:
         try:
             now = self.daemon.clock.now()  # read once per cycle
             res = live.run(now)
-            if self.abandoned:
+            if self.abandoned or live is not self.live:
                 res.details["abandoned"] = True
                 log.warning("target %s: abandoned cycle finished after all (status %s)", self.target.name,
                             res.status, extra={"target": self.target.name})
@@ -170,14 +196,19 @@ class TargetWorker:
         except Exception:  # noqa: BLE001 - never let a cycle thread die silently
             log.exception("target %s: cycle crashed", self.target.name, extra={"target": self.target.name})
         finally:
-            if self.retired:
+            if live.store is not self.store:
+                live.store.close()  # started beside: the abandoned cycle's connection was its own
+            elif self.retired:
                 self.store.close()
 
     def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for the running cycle; True if none runs."""
-        if self.thread is not None:
-            self.thread.join(max(0.0, timeout))
-        return not self.busy
+        """Wait up to ``timeout`` s for the running cycle (and an abandoned
+        one it started beside); True if none runs."""
+        deadline = time.monotonic() + timeout
+        for t in (self.thread, self.stuck):
+            if t is not None:
+                t.join(max(0.0, deadline - time.monotonic()))
+        return not self.busy and not (self.stuck is not None and self.stuck.is_alive())
 
     def close(self) -> None:
         self.retired = True
@@ -316,7 +347,7 @@ class Daemon:
         t = worker.target
         res = CycleResult(t.name, self.clock.now(), status="error", duration_s=elapsed,
                           error=f"cycle timed out: running {elapsed:.1f}s, timeout {t.timeout}; abandoned "
-                                "(no new cycle starts until it returns)")
+                                "(the next cycle starts on schedule beside it; it acts no more once that one runs)")
         res.details["timeout"] = True
         self.on_result(res)
 

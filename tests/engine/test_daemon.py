@@ -88,9 +88,12 @@ def test_a_hanging_target_never_blocks_another_and_is_abandoned_at_its_timeout(t
         fast = [r for r in results if r.target == "fast"]
         assert len(fast) == 4 and all(r.ok for r in fast)
         timeouts = [r for r in results if r.target == "slow"]
-        assert len(timeouts) == 1 and "cycle timed out" in timeouts[0].error and timeouts[0].details["timeout"]
-        assert d.errors["slow"] == {"timeout": 1}
-        assert sources_slow.calls == 1  # no new start while the stuck cycle runs
+        # the stuck cycle is abandoned at its timeout and the next starts on
+        # schedule beside it (with a fresh fetch, stuck here too, so it is
+        # abandoned in turn); while both run, no third starts
+        assert len(timeouts) == 2 and all("cycle timed out" in r.error and r.details["timeout"] for r in timeouts)
+        assert d.errors["slow"] == {"timeout": 2}
+        assert sources_slow.calls == 2
         assert metrics.registry.get_sample_value("forescale_last_success_timestamp_seconds",
                                                  {"target": "slow"}) is None
         assert d.ready()["slow"] == "no successful cycle yet" and d.ready()["fast"] is None
@@ -558,3 +561,50 @@ def test_the_daemon_counts_fallback_cycles_by_reason_and_logs_their_share(tmp_pa
     finally:
         d.shutdown(1)
     assert "target web: 75% of cycles fell back to reactive since the last summary (NoForecast 3)" in caplog.text
+
+
+def test_the_next_cycle_starts_beside_one_stuck_in_the_actuator_and_never_acts_with_it(tmp_path, trace):
+    import threading
+
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, timeout="30s")])
+    gate, entered = threading.Event(), threading.Event()
+
+    def hang(desired, p):
+        entered.set()
+        gate.wait(10)
+
+    platform = Platform(capacity=5, on_apply=hang, set_first=False)
+    mono, clock = FakeMono(), ManualClock(NOW)
+    d, sources, platforms, results = make_daemon(cfg, monotonic=mono, clock=clock, platforms={"web": platform})
+    w = d.workers["web"]
+    try:
+        d.tick()
+        assert entered.wait(5)
+        mono.t += 300  # past the timeout, and the next start is due
+        clock.advance(STEP)
+        d.tick()
+        assert w.thread is not w.stuck and w.stuck.is_alive()
+        for _ in range(100):  # the cycle started beside it ends by itself
+            if not w.busy:
+                break
+            time.sleep(0.05)
+        timeout, beside = results[-2:]
+        assert "cycle timed out" in timeout.error and timeout.details["timeout"]
+        assert beside.now == NOW + STEP and beside.status == "skipped" and beside.decision.desired == 20
+        rec = w.store.decision(beside.decision.id)
+        assert rec["status"] == "skipped" and "still acting" in rec["outcome"]["error"]
+        assert len(platform.applies) == 1  # never two cycles in the actuator at once
+        gate.set()
+        assert w.wait(5)
+        first = w.store.decisions("web", limit=10)[-1]
+        assert first["at"] == "2024-03-01T01:40:00Z" and first["status"] == "applied"
+        mono.t += 300
+        clock.advance(STEP)
+        platform.on_apply = None
+        d.tick()
+        settle(d)
+        assert results[-1].ok and results[-1].status == "hold" and platform.capacity == 20
+        assert len(platform.applies) == 1
+    finally:
+        gate.set()
+        d.shutdown(2)
