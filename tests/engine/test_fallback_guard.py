@@ -20,9 +20,9 @@ from engine.cycle import LiveTarget
 from engine.sources.csv import read_csv
 from engine.store import Store
 
-from tests.support import FIXTURES
+from tests.support import TRACES
 
-TRACE = FIXTURES / "traces" / "ec2_cpu_utilization_5f5533_4d.csv"
+TRACE = TRACES / "nab" / "ec2_cpu_utilization_5f5533.csv"
 MAX_FALLBACK_SHARE = 0.05
 
 
@@ -69,8 +69,9 @@ def test_a_live_replay_of_a_real_trace_sizes_from_the_forecast(tmp_path, offset_
 
 
 def test_a_backtest_of_a_real_trace_reports_its_fallbacks_by_reason_and_has_few():
-    result = run_backtest(read_csv(TRACE), scenario=Scenario(), policy=DEFAULT_POLICY,
-                          trace="ec2_cpu_utilization_5f5533_4d")
+    series = read_csv(TRACE)
+    result = run_backtest(series.until(series.start + timedelta(days=4)), scenario=Scenario(),
+                          policy=DEFAULT_POLICY, trace="nab/ec2_cpu_utilization_5f5533.csv (4 days)")
     run = result.runs["predictive"]
     assert sum(run.fallback_reasons.values()) == run.fallbacks
     decided = len(run.decided)
