@@ -564,16 +564,10 @@ def test_the_daemon_counts_fallback_cycles_by_reason_and_logs_their_share(tmp_pa
 
 
 def test_the_next_cycle_starts_beside_one_stuck_in_the_actuator_and_never_acts_with_it(tmp_path, trace):
-    import threading
+    from tests.support.live import hanging_platform
 
     cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, timeout="30s")])
-    gate, entered = threading.Event(), threading.Event()
-
-    def hang(desired, p):
-        entered.set()
-        gate.wait(10)
-
-    platform = Platform(capacity=5, on_apply=hang, set_first=False)
+    platform, gate, entered = hanging_platform()
     mono, clock = FakeMono(), ManualClock(NOW)
     d, sources, platforms, results = make_daemon(cfg, monotonic=mono, clock=clock, platforms={"web": platform})
     w = d.workers["web"]

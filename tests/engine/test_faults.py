@@ -24,7 +24,9 @@ from engine.core.errors import PermanentActuatorError
 from engine.metrics import EngineMetrics
 from engine.store import Store
 
-from tests.support.live import STEP, T0, FlakySource, Platform, build_live, target_dict, write_config, write_trace
+from tests.support.live import (
+    STEP, T0, FlakySource, Platform, build_live, hanging_platform, target_dict, write_config, write_trace,
+)
 from tests.support import ROOT
 
 # demand 100 (20 replicas) for 20 samples, then 20 (4 replicas): a cycle
@@ -244,13 +246,7 @@ def test_actuator_failing_then_recovering(env):
 def test_a_hanging_actuator_is_abandoned_by_the_daemon_and_its_outcome_kept(tmp_path):
     trace = write_trace(tmp_path / "load.csv", VALUES)
     cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, timeout="30s")])
-    gate, entered = threading.Event(), threading.Event()
-
-    def hang(desired, p):
-        entered.set()
-        gate.wait(10)
-
-    platform = Platform(capacity=5, on_apply=hang, set_first=False)
+    platform, gate, entered = hanging_platform()
     mono = [1000.0]
     results, metrics = [], EngineMetrics()
     d = Daemon(cfg, clock=ManualClock(HIGH), monotonic=lambda: mono[0], metrics=metrics,

@@ -126,6 +126,18 @@ class Platform:
                                (f"req-{len(self.applies)}",), details=self.result_details)
 
 
+def hanging_platform(capacity: int = 5) -> tuple[Platform, threading.Event, threading.Event]:
+    """A platform whose ``apply`` hangs (before changing anything) until
+    ``gate`` is set; ``entered`` is set once a call is inside."""
+    gate, entered = threading.Event(), threading.Event()
+
+    def hang(desired: int, p: Platform) -> None:
+        entered.set()
+        gate.wait(10)
+
+    return Platform(capacity=capacity, on_apply=hang, set_first=False), gate, entered
+
+
 class FlakySource:
     """A metric source in front of a real one whose behaviour a test sets:
     ``ok``, ``down`` (MetricSourceError), ``slow`` (blocks until released),
