@@ -412,7 +412,7 @@ class LiveTarget:
                     if not not_ours:
                         notes.update(self._verify(inputs))
                     act = self._act(inputs, out, not_ours)
-                    self._record(inputs, out, act)
+                    self._record(inputs, out, act, with_state=not not_ours)
         except CycleRefused as exc:
             error = str(exc)
         except StateError as exc:
@@ -556,10 +556,13 @@ class LiveTarget:
             return Act("skipped", {"error": not_ours})
         return self._modes[mode](inputs, out)
 
-    def _record(self, inputs: CycleInputs, out: CycleOutcome, act: Act) -> None:
+    def _record(self, inputs: CycleInputs, out: CycleOutcome, act: Act, *, with_state: bool = True) -> None:
+        """The decision and (``with_state``) the state after it, in one
+        transaction. Out of turn the state is left to the cycle that is
+        acting: this one loaded it before that one's outcome."""
         d = out.decision
-        self.store.record_decision(d, self.target.mode, act.status, inputs.now,
-                                   state=out.state.after(d, keep=self.runner.keep, applied=act.applied),
+        state = out.state.after(d, keep=self.runner.keep, applied=act.applied) if with_state else None
+        self.store.record_decision(d, self.target.mode, act.status, inputs.now, state=state,
                                    outcome=None if act.outcome is None else dict(act.outcome))
 
     # ------------------------------------------------------------- the modes
