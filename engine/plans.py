@@ -361,7 +361,7 @@ def apply_plan(store: "Store", actuator: Any, plan_id: str, now: datetime, targe
     if plan.status != PlanStatus.APPROVED:
         raise PlanStateError(f"plan {plan_id} is {plan.status.value}; only an approved plan can be applied")
     try:
-        observed = int(actuator.read())
+        observed = actuator.read().count
     except LookupError as exc:
         raise PlanStateError(f"plan {plan_id}: the capacity in service cannot be read ({exc}); "
                              "not applying a plan that cannot be checked for staleness") from None
@@ -437,7 +437,7 @@ def settle_interrupted(store: "Store", target: "TargetConfig", actuator: Any, no
     if not stuck:
         return out
     try:
-        observed: int | None = int(actuator.read())
+        observed: int | None = actuator.read().count
     except Exception:  # noqa: BLE001 - cannot tell: leave it for the next cycle
         return [PlanEvent(p.id, "skipped", f"plan {p.id} left applying: the capacity cannot be read")
                 for p in stuck]

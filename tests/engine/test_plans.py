@@ -371,7 +371,7 @@ import json, sys, time
 from pathlib import Path
 from engine.config import load_config
 from engine.core.clock import SystemClock
-from engine.core.types import ActuationResult
+from engine.core.types import ActuationResult, CapacityReading
 from engine.plans import apply_plan
 from engine.store import Store
 from datetime import timedelta
@@ -381,7 +381,7 @@ cfg_path, plan_id, folder = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 class SlowPlatform:
     """Capacity in a file shared by both processes; each write appended to writes.log."""
     def read(self):
-        return int((folder / "capacity").read_text())
+        return CapacityReading(int((folder / "capacity").read_text()))
     def apply(self, desired, *, decision_id):
         with open(folder / "writes.log", "a") as f:
             f.write(f"{desired}\\n")

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from engine.audit import verify
 from engine.config import load_config
 from engine.core.errors import ForescaleError
-from engine.core.types import ActionPlan, ActuationResult, Decision, PlanStatus
+from engine.core.types import ActionPlan, ActuationResult, CapacityReading, Decision, PlanStatus
 from engine.plans import apply_plan, approve, create_plan, reject, tick
 from engine.store import Store
 
@@ -48,8 +48,8 @@ class NoWrites:
     def validate(self) -> None:
         return None
 
-    def read(self) -> int:
-        return self.capacity
+    def read(self) -> CapacityReading:
+        return CapacityReading(self.capacity)
 
     def describe(self, desired: int, current: int | None = None) -> ActionPlan:
         return ActionPlan("no-writes", "web", self.capacity if current is None else current, desired, "would set")
@@ -233,8 +233,8 @@ class Recorder:
     def validate(self) -> None:
         return None
 
-    def read(self) -> int:
-        return self.capacity
+    def read(self) -> CapacityReading:
+        return CapacityReading(self.capacity)
 
     def describe(self, desired, current=None):
         return ActionPlan("recorder", "web", current, desired, "set")
