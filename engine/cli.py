@@ -402,8 +402,13 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     from .audit import export
     from .core.units import parse_time
 
-    since = parse_time(args.since) if args.since else None
-    until = parse_time(args.until) if args.until else None
+    def when(flag: str, value: str | None):
+        try:
+            return parse_time(value) if value else None
+        except ValueError:
+            raise DataError(f"{flag} {value!r} is not a time; give ISO 8601, e.g. 2024-03-01T00:00:00Z") from None
+
+    since, until = when("--since", args.since), when("--until", args.until)
     with _store(args) as store:
         if args.out:
             with open(args.out, "w", encoding="utf-8", newline="") as f:

@@ -375,3 +375,9 @@ def test_records_after_a_seq_are_a_feed_of_what_happened(path):
         assert [r["seq"] for r in audit.records(s, after=3)] == [4, 5]
         assert [r["kind"] for r in audit.records(s, after=3, kind="actuation")] == ["actuation"]
         assert list(audit.records(s, after=5)) == []
+
+
+def test_audit_export_names_a_time_it_cannot_read(live_db, capsys):
+    cfg, db, plan = live_db
+    rc, _, err = run_cli(capsys, "audit", "export", "--config", str(cfg), "--since", "yesterday")
+    assert rc == 2 and "--since 'yesterday' is not a time; give ISO 8601" in err
