@@ -45,6 +45,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable
 
+from . import audit
 from .build import build_actuator as default_build_actuator, build_source as default_build_source, check_actuator
 from .core.clock import Clock, SystemClock
 from .config import Config, TargetConfig, load_config
@@ -81,7 +82,7 @@ class TargetWorker:
     def __init__(self, daemon: "Daemon", target: TargetConfig) -> None:
         self.daemon = daemon
         self.target = target
-        self.store = Store(daemon.config.state_path)
+        self.store = Store(daemon.config.state_path, audit_key=audit.key_for(daemon.config))
         #: held by whichever cycle of this target is acting (shared by every
         #: LiveTarget this worker builds)
         self.acting = threading.Lock()
@@ -169,7 +170,7 @@ class TargetWorker:
         old = self.live
         old.superseded.set()
         self.stuck = self.thread
-        self.store = Store(self.daemon.config.state_path)
+        self.store = Store(self.daemon.config.state_path, audit_key=audit.key_for(self.daemon.config))
         self.live = self._build(self.target)
         log.warning("target %s: the abandoned cycle is still running; starting this one beside it (the "
                     "abandoned one will not act)", self.target.name, extra={"target": self.target.name})
@@ -249,9 +250,14 @@ class Daemon:
         self.fallbacks: dict[str, dict[str, int]] = {}
         self._next_housekeeping: float | None = None
         self._lock = threading.Lock()
-        self.lock_store = Store(self.config.state_path)
+        self.lock_store = Store(self.config.state_path, audit_key=audit.key_for(self.config))
         try:
             self.lock_store.lock()
+            # the tail of the audit chain is checked before anything is
+            # appended to it; a broken chain is reported, never repaired
+            self.audit_status = audit.verify_tail(self.lock_store, 1000)
+            (log.info if self.audit_status.ok else log.error)("audit chain: %s", self.audit_status.summary())
+            audit.record_config(self.lock_store, None, self.config, self.clock.now(), source=str(self.config_path))
             self._mtime = self.config_path.stat().st_mtime
             self.workers: dict[str, TargetWorker] = {}
             for t in self.config.targets:
@@ -378,7 +384,11 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001
             log.error("config reload rejected, keeping the running config: %s: %s", type(exc).__name__, exc)
             return False
-        self.config = new
+        old, self.config = self.config, new
+        try:
+            audit.record_config(self.lock_store, old, new, self.clock.now(), source=str(self.config_path))
+        except Exception:  # noqa: BLE001 - the reload stands; the audit gap is logged loudly
+            log.exception("config reload: could not record it in the audit log")
         for name in list(self.workers):
             if name not in fresh:
                 self.workers.pop(name).close()

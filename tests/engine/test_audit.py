@@ -381,3 +381,35 @@ def test_audit_export_names_a_time_it_cannot_read(live_db, capsys):
     cfg, db, plan = live_db
     rc, _, err = run_cli(capsys, "audit", "export", "--config", str(cfg), "--since", "yesterday")
     assert rc == 2 and "--since 'yesterday' is not a time; give ISO 8601" in err
+
+
+def test_the_daemon_checks_the_chain_at_start_and_records_its_config_and_each_reload(tmp_path):
+    """What an auditor reads back: the config in force at start and each
+    reload (with the mode changes), and a tampered chain reported at start."""
+    import sqlite3
+
+    from engine.daemon import Daemon
+    from engine.store import Store
+    from tests.support.live import target_dict, write_config, write_trace
+
+    trace = write_trace(tmp_path / "load.csv", [10.0] * 30)
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe")])
+    d = Daemon(cfg)
+    try:
+        assert d.audit_status.ok
+        write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="auto")])
+        assert d.reload()
+    finally:
+        d.shutdown(0)
+    with Store(tmp_path / "state.db") as store:
+        kinds = [r["kind"] for r in audit.records(store)]
+    assert kinds.count("config_reload") == 2 and "mode_change" in kinds
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.execute("UPDATE audit SET payload = replace(payload, 'auto', 'observe') WHERE kind = 'mode_change'")
+    db.commit()
+    db.close()
+    d = Daemon(cfg)
+    try:
+        assert not d.audit_status.ok and d.audit_status.first_bad is not None
+    finally:
+        d.shutdown(0)
