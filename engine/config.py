@@ -136,14 +136,68 @@ class TargetConfig(_Model):
         return max(1, -(-int(span.total_seconds()) // int(self.interval.total_seconds())))
 
 
-class ServerConfig(_Model):
-    """The daemon's HTTP endpoint (/metrics, /healthz, /readyz)."""
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ``::1``,
+    bracketed or not)."""
+    import ipaddress
 
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class AuthConfig(_Model):
+    """Bearer tokens the daemon's HTTP server accepts (``server.auth``).
+
+    Tokens are never written in the file: ``token_sha256`` lists the
+    SHA-256 hex digests of accepted tokens (``printf %s "$TOKEN" |
+    sha256sum``), and ``token_env`` names an environment variable holding
+    one more token, hashed at startup."""
+
+    token_sha256: tuple[str, ...] = ()
+    token_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _hex(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for i, d in enumerate(v):
+            if len(d) != 64 or any(c not in "0123456789abcdefABCDEF" for c in d):
+                # the value may be a token pasted by mistake: never echo it
+                raise ValueError(f"entry {i} is not a SHA-256 hex digest (64 hex characters)")
+        return tuple(d.lower() for d in v)
+
+    @model_validator(mode="after")
+    def _some(self) -> "AuthConfig":
+        if not self.token_sha256 and not self.token_env:
+            raise ValueError("set token_sha256 (digests of accepted tokens) or token_env (a variable "
+                             "holding a token)")
+        return self
+
+
+class ServerConfig(_Model):
+    """The daemon's HTTP server (/metrics, /healthz, /readyz, /api/v1)."""
+
+    #: host:port; a non-loopback host needs ``auth``
     listen: str = "127.0.0.1:9464"
     enabled: bool = True
+    #: bearer tokens; required for a non-loopback ``listen``
+    auth: AuthConfig | None = None
     #: also push each new forecast to this Prometheus Pushgateway (for
     #: dashboards where Prometheus cannot scrape forescale); None: off
     pushgateway: str | None = Field(None, pattern=r"^https?://")
+
+    @model_validator(mode="after")
+    def _bind(self) -> "ServerConfig":
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"listen ({self.listen!r}) must be host:port")
+        if self.enabled and not is_loopback(host) and self.auth is None:
+            raise ValueError(f"listen ({self.listen}) is not a loopback address: configure server.auth "
+                             "(bearer tokens) before serving on the network")
+        return self
 
 
 class Config(_Model):

@@ -78,3 +78,16 @@ def test_rules_use_only_exported_metrics():
     exprs = [rule["expr"] for g in yaml.safe_load(RULES.read_text())["groups"] for rule in g["rules"]]
     used = {n for e in exprs for n in re.findall(r"\bforescale_[a-z_]+", e)}
     assert used and used <= exported_names(), used - exported_names()
+
+
+def test_accuracy_alert_inputs_are_the_series_a_real_run_exports(tmp_path: Path):
+    # the committed block is what tests/support/alert_inputs.py writes from
+    # real replays: nobody types accuracy values by hand
+    from tests.support import alert_inputs
+
+    for case in alert_inputs.CASES:
+        if not case.trace.exists():
+            pytest.skip(f"shared trace {case.trace.name} not available")
+    assert alert_inputs.BEGIN in RULE_TESTS.read_text()
+    assert alert_inputs.generated(tmp_path) == RULE_TESTS.read_text(), \
+        "regenerate with: python3 -m tests.support.alert_inputs"
