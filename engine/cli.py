@@ -166,7 +166,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     _logging(args.log_level, cfg.log_format)
     metrics = EngineMetrics()
-    daemon = Daemon(args.config, metrics=metrics)  # takes the state lock (one daemon per state file)
+    writer = None
+    if cfg.server.remote_write is not None:
+        from .remote_write import RemoteWriter
+
+        # fed by the daemon's per-result callback; sends from its own thread
+        writer = RemoteWriter(cfg.server.remote_write, metrics).start()
+    try:
+        daemon = Daemon(args.config, metrics=metrics,  # takes the state lock (one daemon per state file)
+                        on_result=writer.on_result if writer is not None else None)
+    except BaseException:
+        if writer is not None:
+            writer.close(0)
+        raise
     server = None
     try:
         if cfg.server.enabled:
@@ -177,6 +189,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         daemon.install_signals()
     except BaseException:
         daemon.shutdown(0)
+        if writer is not None:
+            writer.close(0)
         raise
     logging.getLogger("forescale").info(
         "forescale running %d target(s), state %s%s", len(cfg.targets), cfg.state_path,
@@ -186,6 +200,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.close()
+        if writer is not None:
+            writer.close()
     logging.getLogger("forescale").info("forescale stopped")
     return 0
 

@@ -177,6 +177,39 @@ class AuthConfig(_Model):
         return self
 
 
+class RemoteWriteTLS(_Model):
+    #: a PEM bundle to trust instead of the system's
+    ca_file: Path | None = None
+    insecure_skip_verify: bool = False
+
+
+class BasicAuth(_Model):
+    username: str = Field(min_length=1)
+    #: the environment variable holding the password (never in the file)
+    password_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class RemoteWriteConfig(_Model):
+    """Prometheus remote write of the forecast and accuracy series
+    (``server.remote_write``; :mod:`engine.remote_write`)."""
+
+    url: str = Field(pattern=r"^https?://")
+    #: the environment variable holding a bearer token (never in the file)
+    bearer_token_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    basic_auth: BasicAuth | None = None
+    tls: RemoteWriteTLS | None = None
+    timeout: Duration = timedelta(seconds=10)
+    #: cycles' batches waiting to be sent; beyond it they are dropped (counted)
+    queue_size: int = Field(1000, ge=1)
+    max_retries: int = Field(3, ge=0)
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> "RemoteWriteConfig":
+        if self.bearer_token_env and self.basic_auth is not None:
+            raise ValueError("set bearer_token_env or basic_auth, not both")
+        return self
+
+
 class ServerConfig(_Model):
     """The daemon's HTTP server (/metrics, /healthz, /readyz, /api/v1)."""
 
@@ -188,6 +221,8 @@ class ServerConfig(_Model):
     #: also push each new forecast to this Prometheus Pushgateway (for
     #: dashboards where Prometheus cannot scrape forescale); None: off
     pushgateway: str | None = Field(None, pattern=r"^https?://")
+    #: also remote-write each cycle's forecast and accuracy series; None: off
+    remote_write: RemoteWriteConfig | None = None
 
     @model_validator(mode="after")
     def _bind(self) -> "ServerConfig":

@@ -36,6 +36,8 @@ reserved label names. Every one is labelled by ``target``.
 ``forescale_mode``                            gauge      1 for the target's current ``mode``, 0 for
                                                          the others
 ``forescale_plans_pending``                   gauge      plans waiting for approval
+``forescale_remote_write_dropped_samples_total`` counter  remote-write samples dropped (no target label)
+``forescale_remote_write_sent_samples_total`` counter    remote-write samples accepted
 ============================================  =========  ==========================================
 
 Labels:
@@ -215,6 +217,11 @@ class EngineMetrics:
                               ["target"], registry=r)
         self.mode = Gauge("forescale_mode", "1 for the target's current mode", ["target", "mode"], registry=r)
         self.plans_pending = Gauge("forescale_plans_pending", "Plans waiting for approval", ["target"], registry=r)
+        self.remote_write_dropped_samples = Counter(
+            "forescale_remote_write_dropped_samples", "Remote-write samples dropped (queue full, refused, "
+            "or out of retries)", registry=r)
+        self.remote_write_sent_samples = Counter("forescale_remote_write_sent_samples",
+                                                 "Remote-write samples the receiver accepted", registry=r)
         self._lock = threading.Lock()
         self._forecast_labels: dict[str, set[tuple[str, str]]] = {}
         self._last_success: dict[str, datetime] = {}
@@ -309,6 +316,12 @@ class EngineMetrics:
 
     def set_plans_pending(self, target: str, n: int) -> None:
         self.plans_pending.labels(target=target).set(n)
+
+    def remote_write_dropped(self, n: int) -> None:
+        self.remote_write_dropped_samples.inc(n)
+
+    def remote_write_sent(self, n: int) -> None:
+        self.remote_write_sent_samples.inc(n)
 
     def set_accuracy(self, target: str, accuracy: Mapping[str, float | None]) -> None:
         """Rolling accuracy at the lead-time horizon, as

@@ -123,6 +123,8 @@ class PrometheusServer:
     workdir: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    #: more command-line flags (e.g. ``--web.enable-remote-write-receiver``)
+    extra_args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -134,7 +136,7 @@ class PrometheusServer:
         self.log = open(self.workdir / f"prometheus-{self.port}.log", "ab")
         self.proc = subprocess.Popen(
             [self.binary, f"--storage.tsdb.path={self.data}", f"--web.listen-address=127.0.0.1:{self.port}",
-             f"--config.file={cfg}", "--storage.tsdb.retention.time=100y"],
+             f"--config.file={cfg}", "--storage.tsdb.retention.time=100y", *self.extra_args],
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
