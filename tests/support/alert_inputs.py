@@ -16,7 +16,8 @@ and the expected alerts follow from those values and the rule's threshold:
 
 Run ``python3 -m tests.support.alert_inputs`` to rewrite the block between
 the markers; ``tests/deploy/test_alert_rules.py`` checks the committed file
-matches what this produces. Needs the shared traces.
+matches what this produces. The traces are the test fixtures'
+copies (``tests/fixtures/traces``).
 """
 
 from __future__ import annotations

@@ -25,9 +25,7 @@ from engine.daemon import Daemon
 from engine.demo import DEMO_TRACE
 from engine.metrics import EngineMetrics
 from engine.sources.csv import read_csv
-from tests.support import ROOT
-
-TRACES = ROOT.parent / "shared" / "traces"
+from tests.support import TRACES
 
 #: the policy the demo runs (lead time 10 min, hold 5 min)
 POLICY = {"capacity_per_replica": 10.0, "target_utilization": 0.8, "min_replicas": 1, "max_replicas": 50,
