@@ -87,6 +87,39 @@ class PluginSection(BaseModel):
         return self.model_dump()
 
 
+class ThresholdAlert(_Model):
+    """A predictive alert (``targets[].alerts[]``): export how long until the
+    forecast's ``level`` quantile crosses a threshold
+    (``forescale_forecast_time_to_threshold_seconds``). The threshold is
+    ``threshold`` (in the metric's units) or ``fraction`` of ``capacity``
+    (e.g. 0.95 of a volume's size). Forecasts reach only ``lead_time + hold
+    + forecaster.extra_horizon`` ahead: set ``extra_horizon`` to the warning
+    time wanted (6h to be warned six hours ahead)."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    threshold: float | None = None
+    capacity: float | None = Field(None, gt=0.0)
+    fraction: float | None = Field(None, gt=0.0, le=1.0)
+    #: the forecast quantile compared with the threshold (None: the point forecast)
+    level: float | None = 0.9
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> "ThresholdAlert":
+        if self.threshold is not None and (self.capacity is not None or self.fraction is not None):
+            raise ValueError("set threshold, or capacity and fraction, not both")
+        if self.threshold is None and (self.capacity is None or self.fraction is None):
+            raise ValueError("set threshold, or capacity and fraction (threshold = fraction * capacity)")
+        return self
+
+    @property
+    def value(self) -> float:
+        """The threshold in the metric's units."""
+        if self.threshold is not None:
+            return self.threshold
+        assert self.capacity is not None and self.fraction is not None
+        return self.capacity * self.fraction
+
+
 class TargetConfig(_Model):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     #: cycle interval, also the step the history is resampled to
@@ -106,11 +139,20 @@ class TargetConfig(_Model):
     timeout: Duration = timedelta(minutes=2)
     #: random delay added to each cycle's start, spreading load
     jitter: Duration = timedelta(seconds=0)
+    #: predictive alerts: time until the forecast crosses a threshold
+    alerts: tuple[ThresholdAlert, ...] = ()
 
     @model_validator(mode="after")
     def _check(self) -> "TargetConfig":
         if self.interval <= timedelta(0):
             raise ValueError(f"interval ({self.interval}) must be positive")
+        names = [a.name for a in self.alerts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"alerts: names must be unique; got {', '.join(names)}")
+        for i, a in enumerate(self.alerts):
+            if a.level is not None and a.level not in self.forecaster.quantiles:
+                raise ValueError(f"alerts[{i}].level ({a.level}) is not one of forecaster.quantiles "
+                                 f"({', '.join(f'{q:g}' for q in self.forecaster.quantiles)})")
         return self
 
     # the typed plugin configs, filled in by load_config

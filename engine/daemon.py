@@ -223,7 +223,7 @@ class Daemon:
                 from .metrics import export_horizons
 
                 self.metrics.register_target(t.name, mode=t.mode, interval=t.interval,
-                                             horizons=export_horizons(t))
+                                             horizons=export_horizons(t), alerts=t.alerts)
             except Exception:  # noqa: BLE001
                 log.exception("metrics registration failed for %s", t.name)
 

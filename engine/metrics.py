@@ -36,6 +36,10 @@ reserved label names. Every one is labelled by ``target``.
 ``forescale_mode``                            gauge      1 for the target's current ``mode``, 0 for
                                                          the others
 ``forescale_plans_pending``                   gauge      plans waiting for approval
+``forescale_forecast_time_to_threshold_seconds`` gauge  per ``alert``: seconds until the alert's
+                                                         forecast level crosses its threshold
+                                                         (``+Inf`` when not within the forecast)
+``forescale_alert_threshold``                 gauge      per ``alert``: its threshold (metric units)
 ``forescale_remote_write_dropped_samples_total`` counter  remote-write samples dropped (no target label)
 ``forescale_remote_write_sent_samples_total`` counter    remote-write samples accepted
 ============================================  =========  ==========================================
@@ -62,7 +66,7 @@ import logging
 import math
 import threading
 from datetime import datetime, timedelta
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -151,6 +155,29 @@ def horizon_values(forecast: Forecast, horizons: Iterable[timedelta], step: time
     return out
 
 
+def time_to_threshold(forecast: Forecast, values: np.ndarray, threshold: float,
+                      observed: float | None = None) -> float:
+    """Seconds from the forecast's ``made_at`` until ``values`` (one of its
+    levels) first reach ``threshold``, interpolated linearly between the
+    observation at ``made_at`` (when given) and the forecast points; 0 when
+    the observation is already there; ``inf`` when the forecast stays below
+    it to its end."""
+    made = forecast.made_at.timestamp()
+    if observed is not None and not math.isnan(observed) and observed >= threshold:
+        return 0.0
+    prev: tuple[float, float] | None = (made, observed) if observed is not None and not math.isnan(observed) \
+        else None
+    for t, v in zip(np.asarray(forecast.timestamps, dtype=float).tolist(), np.asarray(values, dtype=float).tolist()):
+        if math.isnan(v):
+            continue
+        if v >= threshold:
+            if prev is not None and prev[1] < threshold:
+                t = prev[0] + (threshold - prev[1]) / (v - prev[1]) * (t - prev[0])
+            return max(0.0, t - made)
+        prev = (t, v)
+    return math.inf
+
+
 def not_ready(last_success: Mapping[str, datetime | None], intervals: Mapping[str, timedelta],
               now: datetime, *, within: int = 3) -> dict[str, str | None]:
     """Readiness of each target: ``None`` when its last successful cycle
@@ -217,6 +244,11 @@ class EngineMetrics:
                               ["target"], registry=r)
         self.mode = Gauge("forescale_mode", "1 for the target's current mode", ["target", "mode"], registry=r)
         self.plans_pending = Gauge("forescale_plans_pending", "Plans waiting for approval", ["target"], registry=r)
+        self.time_to_threshold = Gauge(
+            "forescale_forecast_time_to_threshold_seconds", "Seconds until the forecast's alert level crosses "
+            "the alert's threshold (+Inf: not within the forecast)", ["target", "alert"], registry=r)
+        self.alert_threshold = Gauge("forescale_alert_threshold", "The predictive alert's threshold, in the "
+                                     "target metric's units", ["target", "alert"], registry=r)
         self.remote_write_dropped_samples = Counter(
             "forescale_remote_write_dropped_samples", "Remote-write samples dropped (queue full, refused, "
             "or out of retries)", registry=r)
@@ -227,21 +259,35 @@ class EngineMetrics:
         self._last_success: dict[str, datetime] = {}
         self._horizons: dict[str, tuple[timedelta, ...]] = {}
         self._steps: dict[str, timedelta] = {}
+        self._alerts: dict[str, tuple] = {}
         self._targets: set[str] = set()
 
     # -------------------------------------------------------------- recording
     def register_target(self, target: str, mode: str | None = None, interval: timedelta | None = None,
-                        horizons: Iterable[timedelta] | None = None) -> None:
+                        horizons: Iterable[timedelta] | None = None, alerts: Iterable[Any] | None = None) -> None:
         """Create the target's counters at zero (so alerts on ``increase()``
-        see the first error) and record its mode, cycle interval and export
+        see the first error) and record its mode, cycle interval, export
         horizons (:func:`export_horizons`; the first is the lead time, where
-        accuracy is measured). Call again on a config reload."""
+        accuracy is measured) and predictive alerts
+        (:class:`engine.config.ThresholdAlert`). Call again on a config
+        reload."""
         with self._lock:
             self._targets.add(target)
             if horizons is not None:
                 self._horizons[target] = tuple(sorted(set(horizons)))
             if interval is not None:
                 self._steps[target] = interval
+            if alerts is not None:
+                old = {a.name for a in self._alerts.get(target, ())}
+                self._alerts[target] = tuple(alerts)
+                for name in old - {a.name for a in self._alerts[target]}:
+                    for g in (self.time_to_threshold, self.alert_threshold):
+                        try:
+                            g.remove(target, name)
+                        except KeyError:
+                            pass
+        for a in alerts or ():
+            self.alert_threshold.labels(target=target, alert=a.name).set(a.value)
         for c in (self.fetch_errors, self.actuation_errors, self.forecast_failures):
             c.labels(target=target)
         self.duration.labels(target=target)
@@ -288,6 +334,18 @@ class EngineMetrics:
             self.observed.labels(target=target).set(float(observed))
         if forecast is not None:
             self.set_forecast(target, forecast)
+            self.set_time_to_threshold(target, forecast, observed)
+
+    def set_time_to_threshold(self, target: str, forecast: Forecast, observed: float | None = None) -> None:
+        """Each predictive alert's time until its level crosses its threshold."""
+        with self._lock:
+            alerts = self._alerts.get(target, ())
+        for a in alerts:
+            values = forecast.point if a.level is None else forecast.quantiles.get(a.level)
+            if values is None:  # the level is validated against the config's quantiles
+                continue
+            self.time_to_threshold.labels(target=target, alert=a.name).set(
+                time_to_threshold(forecast, values, a.value, observed))
 
     def forecast_series(self, target: str, forecast: Forecast) -> list[tuple[str, str, float]]:
         """``(horizon, level, value)`` of ``forecast`` at the target's export
@@ -382,4 +440,4 @@ class EngineMetrics:
 
 
 __all__ = ["EngineMetrics", "decision_reason", "export_horizons", "horizon_values", "level_label",
-           "not_ready", "value_at", "MODES"]
+           "not_ready", "time_to_threshold", "value_at", "MODES"]

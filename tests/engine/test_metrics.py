@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -13,7 +14,8 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.metrics import EngineMetrics, decision_reason, export_horizons, horizon_values, not_ready, value_at
+from engine.metrics import (EngineMetrics, decision_reason, export_horizons, horizon_values, not_ready,
+                            time_to_threshold, value_at)
 from engine.server import serve
 from engine.core.types import Decision, Forecast, Step
 from tests.support.prom import prometheus
@@ -398,3 +400,53 @@ def test_a_real_run_exports_the_configured_horizons_only(tmp_path):
         return {dict(k[1])["horizon"] for k in rep.snapshots[-1] if k[0] == "forescale_forecast_demand"}
 
     assert labels(3) == labels(5) == {"600", "900"}
+
+
+# ------------------------------------------------------------ predictive alerts
+@pytest.mark.parametrize("values, observed, expect", [
+    ([80.0, 90.0, 100.0], 70.0, 750.0),  # crosses 95 halfway between +600 (90) and +900 (100)
+    ([96.0, 97.0, 98.0], 90.0, 250.0),  # 90 now -> 96 at +300: 95 at 250 s
+    ([80.0, 90.0, 94.0], 70.0, math.inf),  # below to the forecast's end
+    ([80.0, 90.0, 94.0], 95.5, 0.0),  # already there
+    ([float("nan"), 90.0, 100.0], None, 750.0),  # a NaN point is skipped
+])
+def test_time_to_threshold(values, observed, expect):
+    f = Forecast(NOW, T0 + 300 * np.arange(1, 4), np.array(values), {}, "x")
+    got = time_to_threshold(f, f.point, 95.0, observed)
+    assert got == pytest.approx(expect) if math.isfinite(expect) else got == math.inf
+
+
+def test_predictive_alerts_are_exported_per_alert(served):
+    from engine.config import ThresholdAlert
+
+    m, server = served
+    alerts = (ThresholdAlert(name="storage-full", capacity=100.0, fraction=0.95, level=0.9),
+              ThresholdAlert(name="hard-limit", threshold=1000.0, level=None))
+    m.register_target("db", horizons=(timedelta(minutes=10),), alerts=alerts)
+    f = Forecast(NOW, T0 + 300 * np.arange(1, 4), np.array([80.0, 85.0, 90.0]),
+                 {0.9: np.array([85.0, 92.0, 99.0])}, "x")
+    m.observe_cycle("db", None, f, 0.1, ok=True, now=NOW, observed=78.0)
+    s = scrape(server.url)
+    # q0.9: 92 at +600, 99 at +900: 95 at 600 + 3/7 * 300
+    assert val(s, "forescale_forecast_time_to_threshold_seconds", target="db", alert="storage-full") == \
+        pytest.approx(600 + 300 * 3 / 7)
+    assert val(s, "forescale_forecast_time_to_threshold_seconds", target="db", alert="hard-limit") == math.inf
+    assert val(s, "forescale_alert_threshold", target="db", alert="storage-full") == pytest.approx(95.0)
+    m.register_target("db", alerts=alerts[:1])  # a reload that drops an alert drops its series
+    s = scrape(server.url)
+    assert val(s, "forescale_forecast_time_to_threshold_seconds", target="db", alert="hard-limit") is None
+
+
+@pytest.mark.parametrize("alert, message", [
+    ({"name": "a"}, "set threshold, or capacity and fraction"),
+    ({"name": "a", "threshold": 5, "capacity": 10, "fraction": 0.5}, "not both"),
+    ({"name": "a", "threshold": 5, "level": 0.99}, "alerts[0].level (0.99) is not one of forecaster.quantiles (0.5, 0.9)"),
+])
+def test_predictive_alert_config_errors(alert, message):
+    from engine.config import parse_config
+    from engine.core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        parse_config({"targets": [{"name": "db", "source": {"type": "replay", "path": "x.csv"},
+                                   "policy": {"capacity_per_replica": 10}, "alerts": [alert]}]})
+    assert message in str(err.value) and "targets[0]" in str(err.value)

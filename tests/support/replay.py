@@ -108,4 +108,50 @@ def fmt(v: float | None) -> str:
     """A promtool ``values`` item: ``_`` for a missing sample."""
     if v is None or math.isnan(v):
         return "_"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
     return f"{v:.6g}"
+
+
+#: the storage-quota case: two volumes (percent used) with a predictive alert
+#: at 95 % of their size, forecast 6 h ahead by Holt-Winters (its damped
+#: trend follows a steady fill); "data" fills at 11.5 % a day and crosses 95 %
+#: a few hours after the replay ends, "logs" at 2 % a day stays far below
+STORAGE_ALERT = {"name": "storage-full", "capacity": 100.0, "fraction": 0.95, "level": 0.9}
+
+
+def storage_targets(workdir: Path) -> list[dict[str, Any]]:
+    out = []
+    for name, per_day in (("data", 11.5), ("logs", 2.0)):
+        trace = volume_fill_trace(workdir / f"{name}.csv", per_day=per_day, start=36.0)
+        t = target(name, trace, "holt_winters", alerts=[STORAGE_ALERT])
+        t["forecaster"]["extra_horizon"] = "6h"
+        out.append(t)
+    return out
+
+
+def storage_replay(workdir: Path, cycles: int = 144) -> Replay:
+    """The last ``cycles`` cycles of both volumes, in one daemon (their
+    traces share a time span)."""
+    return run_replay(workdir, storage_targets(workdir), cycles=cycles,
+                      start_before_end=timedelta(minutes=5 * cycles))
+
+
+def volume_fill_trace(path: Path, *, days: float = 5.0, start: float = 40.0, per_day: float = 11.5,
+                      seed: int = 7, end_epoch: int = 1_700_000_100) -> Path:
+    """A volume filling up, in percent of its size, every 5 minutes: writes
+    follow a daily cycle (busier by day), so usage climbs in steps of a day
+    with a little noise. Synthetic (no public storage-usage trace is
+    bundled): the shape of the storage-quota case, made reproducible by the
+    seed."""
+    import numpy as np
+
+    n = int(days * 288)
+    t = np.arange(n)
+    rate = per_day / 288 * (1 + 0.8 * np.sin(2 * np.pi * t / 288))  # percent per 5 minutes
+    rng = np.random.default_rng(seed)
+    used = start + np.cumsum(rate) + rng.normal(0, 0.05, n)
+    ts = end_epoch - 300 * (n - 1 - t)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("timestamp,value\n" + "".join(f"{a},{b:.4f}\n" for a, b in zip(ts.tolist(), used.tolist())))
+    return path
