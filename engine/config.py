@@ -220,7 +220,7 @@ class AuthConfig(_Model):
 
 
 class RemoteWriteTLS(_Model):
-    #: a PEM bundle to trust instead of the system's
+    #: a PEM bundle to trust instead of the system's (relative: next to the config file)
     ca_file: Path | None = None
     insecure_skip_verify: bool = False
 
@@ -408,6 +408,12 @@ def parse_config(data: Any, *, base_dir: Path | None = None, source: str = "<con
                     forecasters.get(name)
                 except PluginError as exc:
                     errors.append(f"{p}.forecaster.quality_gate.fallbacks[{j}]: {exc}")
+    tls = cfg.server.remote_write.tls if cfg.server.remote_write is not None else None
+    if tls is not None and tls.ca_file is not None:
+        ca = tls.ca_file if tls.ca_file.is_absolute() or base_dir is None else base_dir / tls.ca_file
+        object.__setattr__(tls, "ca_file", ca)
+        if not ca.exists():
+            errors.append(f"server.remote_write.tls.ca_file: no such file {ca}")
     if errors:
         raise ConfigError(_join(errors))
     return cfg

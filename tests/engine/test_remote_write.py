@@ -3,9 +3,7 @@ receiver, and the written series queried back from a real Prometheus."""
 
 from __future__ import annotations
 
-import struct
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import cramjam
 import httpx
@@ -15,85 +13,8 @@ from engine.config import RemoteWriteConfig
 from engine.core.errors import ConfigError
 from engine.remote_write import RemoteWriter, TimeSeries, backoff, cycle_series, encode_write_request
 from tests.support.prom import PrometheusServer, free_port, require_binaries
+from tests.support.remote_write import Receiver, decode
 from tests.support.replay import demo_replay
-
-
-# ------------------------------------------------------- a tiny protobuf reader
-def _varint(b: bytes, i: int) -> tuple[int, int]:
-    n = shift = 0
-    while True:
-        c = b[i]
-        i += 1
-        n |= (c & 0x7F) << shift
-        shift += 7
-        if not c & 0x80:
-            return n, i
-
-
-def fields(b: bytes) -> list[tuple[int, object]]:
-    """(field number, bytes | int | float) of a protobuf message."""
-    out, i = [], 0
-    while i < len(b):
-        key, i = _varint(b, i)
-        num, wire = key >> 3, key & 7
-        if wire == 2:
-            n, i = _varint(b, i)
-            out.append((num, b[i:i + n]))
-            i += n
-        elif wire == 1:
-            out.append((num, struct.unpack("<d", b[i:i + 8])[0]))
-            i += 8
-        elif wire == 0:
-            v, i = _varint(b, i)
-            out.append((num, v))
-        else:
-            raise AssertionError(f"unexpected wire type {wire}")
-    return out
-
-
-def decode(body: bytes) -> list[tuple[dict[str, str], list[tuple[float, int]]]]:
-    series = []
-    for _, ts in fields(bytes(cramjam.snappy.decompress_raw(body))):
-        labels, samples = {}, []
-        for num, part in fields(ts):
-            if num == 1:
-                (_, name), (_, value) = fields(part)
-                labels[name.decode()] = value.decode()
-            else:
-                f = dict(fields(part))
-                samples.append((f[1], f[2]))
-        series.append((labels, samples))
-    return series
-
-
-class Receiver:
-    """A loopback server answering POSTs with scripted statuses, recording
-    (headers, body) of each."""
-
-    def __init__(self, *statuses: int) -> None:
-        self.statuses = list(statuses) or [204]
-        self.got: list[tuple[dict[str, str], bytes]] = []
-        rec = self
-
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                rec.got.append((dict(self.headers), body))
-                status = rec.statuses.pop(0) if len(rec.statuses) > 1 else rec.statuses[0]
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/api/v1/write"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -251,3 +172,41 @@ def test_written_series_are_queried_back_from_a_real_prometheus(tmp_path, replay
         assert [int(t) for t, _ in rng["values"]] == [int(x.now.timestamp()) for x in replay.results[-3:]]
     finally:
         server.stop()
+
+
+def test_tls_with_a_configured_ca_and_basic_auth(tmp_path, replay):
+    import base64
+
+    from engine.config import parse_config
+    from tests.support.prom import self_signed
+
+    cert, ctx = self_signed(tmp_path)
+    (tmp_path / "ca.pem").write_bytes(cert.read_bytes())
+    rec = Receiver(204, tls=ctx)
+    try:
+        cfg = parse_config({"server": {"remote_write": {
+            "url": rec.url, "basic_auth": {"username": "fs", "password_env": "RW_PASSWORD"},
+            "tls": {"ca_file": "ca.pem"}}},  # relative: next to the config file
+            "targets": [{"name": "web", "source": {"type": "replay", "path": "x.csv"},
+                         "policy": {"capacity_per_replica": 10}}]}, base_dir=tmp_path)
+        rw = cfg.server.remote_write
+        assert rw.tls.ca_file == tmp_path / "ca.pem"
+        w = RemoteWriter(rw, replay.metrics, environ={"RW_PASSWORD": "pw"}).start()
+        w.submit(cycle_series(replay.metrics, replay.results[-1]))
+        assert w.flush()
+        w.close()
+        # without the CA the handshake fails: retried, then dropped
+        before = dropped(replay.metrics)
+        plain = RemoteWriter(RemoteWriteConfig(url=rec.url, max_retries=0), replay.metrics, environ={}).start()
+        plain.submit(cycle_series(replay.metrics, replay.results[-1]))
+        assert plain.flush()
+        plain.close()
+    finally:
+        rec.close()
+    (headers, _body), = rec.got
+    assert headers["Authorization"] == "Basic " + base64.b64encode(b"fs:pw").decode()
+    assert dropped(replay.metrics) > before
+    with pytest.raises(ConfigError, match="server.remote_write.tls.ca_file: no such file"):
+        parse_config({"server": {"remote_write": {"url": rec.url, "tls": {"ca_file": "nope.pem"}}},
+                      "targets": [{"name": "web", "source": {"type": "replay", "path": "x.csv"},
+                                   "policy": {"capacity_per_replica": 10}}]}, base_dir=tmp_path)

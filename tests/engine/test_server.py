@@ -123,3 +123,70 @@ def test_digests_are_accepted_in_any_case_and_tokens_compared_by_digest():
     auth = BearerAuth(AuthConfig(token_sha256=(DIGEST.upper(),)).token_sha256)
     assert auth.allows(f"Bearer {TOKEN}") and auth.allows(f"bearer {TOKEN}")
     assert not auth.allows(f"Bearer {TOKEN}x") and not auth.allows(None) and not auth.allows("Bearer ")
+
+
+# ------------------------------------------------------------ forescale run
+def test_forescale_run_serves_metrics_the_api_and_remote_writes(tmp_path):
+    """The daemon as a user starts it: one server with /metrics, the probes
+    and the API on the configured port; each cycle remote-written."""
+    import math
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from datetime import datetime, timezone
+
+    import yaml
+
+    from tests.support import ROOT
+    from tests.support.prom import free_port
+    from tests.support.remote_write import Receiver, decode
+
+    now = int(datetime.now(timezone.utc).timestamp()) // 300 * 300
+    rows = [(now + 300 * (i - 600), 100 + 40 * math.sin(2 * math.pi * i / 288)) for i in range(620)]
+    (tmp_path / "load.csv").write_text("timestamp,value\n" + "".join(f"{t},{v:.3f}\n" for t, v in rows))
+    port = free_port()
+    rec = Receiver(204)
+    cfg = {"state": "state.db",
+           "server": {"listen": f"127.0.0.1:{port}", "remote_write": {"url": rec.url, "timeout": "2s"}},
+           "targets": [{"name": "web", "interval": "5m", "mode": "observe",
+                        "source": {"type": "replay", "path": "load.csv"},
+                        "policy": {"capacity_per_replica": 50}}]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", "--config", str(tmp_path / "c.yaml"),
+                             "--tick", "0.05"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                if HTTP.get(f"{url}/readyz").status_code == 200 and rec.got:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise AssertionError("not ready with a remote write within 60 s")
+        text = HTTP.get(f"{url}/metrics").text
+        assert 'forescale_forecast_demand{horizon="600",level="0.9",target="web"}' in text
+        assert 'forescale_observed_demand{target="web"}' in text
+        assert HTTP.get(f"{url}/api/v1/targets").json()["targets"][0]["name"] == "web"
+        fc = HTTP.get(f"{url}/api/v1/targets/web/forecast").json()
+        assert fc["made_at"] and len(fc["point"]) == len(fc["timestamps"]) > 0
+        assert HTTP.get(f"{url}/api/v1/targets/web/decision").json()["target"] == "web"
+        names = {labels["__name__"] for _, body in rec.got for labels, _ in decode(body)}
+        assert "forescale_forecast_demand" in names
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0, err
+        assert f"HTTP on http://127.0.0.1:{port}" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        rec.close()
+    with pytest.raises(httpx.TransportError):
+        HTTP.get(f"{url}/healthz")
