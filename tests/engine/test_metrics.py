@@ -383,6 +383,16 @@ def test_a_real_runs_scrape_passes_promtool_check_metrics(tmp_path):
     assert "quantile=" not in text
     r = subprocess.run([tool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+    # and a run with predictive alerts (one of them +Inf) and remote-write counters
+    from tests.support.replay import storage_replay
+
+    storage = storage_replay(tmp_path / "storage", cycles=2).metrics
+    storage.remote_write_dropped(3)
+    text = storage.exposition()[0].decode()
+    assert 'forescale_forecast_time_to_threshold_seconds{alert="storage-full",target="logs"} +Inf' in text
+    assert "forescale_remote_write_dropped_samples_total 3.0" in text
+    r = subprocess.run([tool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
     # and the old, broken exposition would not have passed
     bad = 'forescale_forecast{horizon="39",quantile="0.9",target="web"} 1.0\n'
     r = subprocess.run([tool, "check", "metrics"], input="# TYPE forescale_forecast gauge\n" + bad,
