@@ -6,6 +6,7 @@ register under the ``forescale.forecasters`` entry-point group.
 """
 
 from engine.core.errors import PluginError
+from engine.core.plugins import check_capabilities
 from engine.core.registry import Registry
 
 from .base import BaseForecaster, Forecaster, ForecasterParams
@@ -25,6 +26,7 @@ def _check(name: str, obj: object) -> None:
     for attr in ("fit", "update", "predict", "save", "Params"):
         if not hasattr(obj, attr):
             raise PluginError(f"forecaster {name!r} ({obj!r}) lacks {attr!r}")
+    check_capabilities("forecaster", name, obj)
 
 
 registry.add_validator(_check)

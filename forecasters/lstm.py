@@ -68,6 +68,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from engine.core.errors import ForecastError, InsufficientHistory
+from engine.core.plugins import Capabilities
 from engine.core.types import Forecast, Series
 from engine.core.units import to_epoch
 
@@ -730,6 +731,7 @@ class LSTMForecaster(BaseForecaster):
 
     name = "lstm"
     Params = LSTMParams
+    capabilities = Capabilities(takes_covariates=True, init_from=True)
 
     def __init__(self, params: LSTMParams | Mapping[str, Any] | None = None, *,
                  init_from: "str | Path | GlobalLSTM | LSTMForecaster | None" = None, **kwargs: Any) -> None:

@@ -70,6 +70,7 @@ import tenacity
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from engine.core.errors import ConfigError, MetricSourceError
+from engine.core.plugins import Capabilities
 from engine.core.types import Series
 from engine.core.units import parse_duration, to_epoch
 
@@ -227,6 +228,8 @@ class PrometheusSource:
     ``insecure_skip_verify`` no longer apply)."""
 
     Config = PrometheusConfig
+    #: ``ca_file`` resolves next to the config file; ``step`` defaults to the cycle interval
+    capabilities = Capabilities(needs_base_dir=True, needs_interval=True)
 
     def __init__(
         self,
