@@ -97,7 +97,7 @@ def encode_write_request(series: Iterable[TimeSeries]) -> bytes:
 
 
 def snappy_block(data: bytes) -> bytes:
-    import cramjam
+    import cramjam  # the remote-write extra: pip install 'forescale[remote-write]'
 
     return bytes(cramjam.snappy.compress_raw(data))
 

@@ -15,7 +15,8 @@ registry = Registry("forecaster", "forescale.forecasters")
 registry.add("persistence", "forecasters.naive:Persistence")
 registry.add("seasonal_naive", "forecasters.naive:SeasonalNaive")
 registry.add("seasonal_persistence", "forecasters.naive:SeasonalPersistence")
-registry.add("holt_winters", "forecasters.holt_winters:HoltWinters", packages=("statsmodels",))
+registry.add("holt_winters", "forecasters.holt_winters:HoltWinters", extra="holt-winters",
+             packages=("statsmodels",))
 registry.add("prophet", "forecasters.prophet_model:ProphetForecaster", extra="prophet",
              packages=("prophet",))
 registry.add("lstm", "forecasters.lstm:LSTMForecaster", extra="lstm", packages=("torch",))

@@ -210,3 +210,24 @@ def test_tls_with_a_configured_ca_and_basic_auth(tmp_path, replay):
         parse_config({"server": {"remote_write": {"url": rec.url, "tls": {"ca_file": "nope.pem"}}},
                       "targets": [{"name": "web", "source": {"type": "replay", "path": "x.csv"},
                                    "policy": {"capacity_per_replica": 10}}]}, base_dir=tmp_path)
+
+
+def test_remote_write_without_cramjam_is_one_line_naming_the_extra(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("server: {enabled: false, remote_write: {url: 'http://127.0.0.1:1/w'}}\n"
+                   "targets:\n  - name: web\n    source: {type: replay, path: x.csv}\n"
+                   "    policy: {capacity_per_replica: 10}\n")
+    code = ("import sys; sys.modules['cramjam'] = None\nfrom engine.cli import main\n"
+            f"sys.exit(main(['run', '--config', {str(cfg)!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 2, r.stderr
+    assert [ln for ln in r.stderr.splitlines() if ln.strip()] == [
+        "forescale: error: server.remote_write needs cramjam, which is not installed: "
+        "pip install 'forescale[remote-write]'"]
+    assert not (tmp_path / "forescale.db").exists()  # refused before the daemon started
