@@ -305,6 +305,12 @@ class RemoteWriteTLS(_Model):
     ca_file: Path | None = None
     insecure_skip_verify: bool = False
 
+    @field_validator("ca_file")
+    @classmethod
+    def _relative_to_the_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        base = (info.context or {}).get("base_dir")
+        return base / v if v is not None and not v.is_absolute() and base is not None else v
+
 
 class BasicAuth(_Model):
     username: str = Field(min_length=1)
@@ -557,11 +563,8 @@ def parse_config(data: Any, *, base_dir: Path | None = None, source: str = "<con
                 except PluginError as exc:
                     errors.append(f"{p}.forecaster.quality_gate.fallbacks[{j}]: {exc}")
     tls = cfg.server.remote_write.tls if cfg.server.remote_write is not None else None
-    if tls is not None and tls.ca_file is not None:
-        ca = tls.ca_file if tls.ca_file.is_absolute() or base_dir is None else base_dir / tls.ca_file
-        object.__setattr__(tls, "ca_file", ca)
-        if not ca.exists():
-            errors.append(f"server.remote_write.tls.ca_file: no such file {ca}")
+    if tls is not None and tls.ca_file is not None and not tls.ca_file.exists():
+        errors.append(f"server.remote_write.tls.ca_file: no such file {tls.ca_file}")
     if errors:
         raise ConfigError(_join(errors))
     return cfg
