@@ -104,6 +104,9 @@ class PolicyRun:
     forecast_point: np.ndarray | None = None  # forecast for interval t made at t - k
     forecast_upper: np.ndarray | None = None
     fallbacks: int = 0
+    #: the fallback cycles by the data step's reason code (a share far above
+    #: a few percent means prediction switched itself off)
+    fallback_reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -208,6 +211,7 @@ def simulate(runner: TargetRunner, series: Series, initial: int, k: int,
     lead_s = k * int(series.step().total_seconds()) if n > 1 else 0
     q = runner.policy.margin.quantile
     fallbacks = 0
+    reasons: dict[str, int] = {}
     name, sname = runner.target.name, series.name
     t0 = time.perf_counter()
     for t in range(n):
@@ -222,7 +226,9 @@ def simulate(runner: TargetRunner, series: Series, initial: int, k: int,
                              events=state.events, smoothed=state.smoothed)
         out = runner.step(Series.view(ts[: t + 1], d[: t + 1], sname), state, now)
         dec = out.decision
-        fallbacks += dec.fallback
+        if dec.fallback:
+            fallbacks += 1
+            reasons[dec.steps[0].reason] = reasons.get(dec.steps[0].reason, 0) + 1
         state = out.state.after(dec, keep=runner.keep, applied=True)
         decided[t] = dec.desired
         fc = out.forecast
@@ -238,7 +244,7 @@ def simulate(runner: TargetRunner, series: Series, initial: int, k: int,
         if progress is not None:
             progress(t, n, dec)
     run = PolicyRun(runner.target.name, decided, in_service, forecast_point=fpoint, forecast_upper=fupper,
-                    fallbacks=fallbacks)
+                    fallbacks=fallbacks, fallback_reasons=reasons)
     run.seconds = time.perf_counter() - t0
     return run
 

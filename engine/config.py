@@ -26,6 +26,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SecretBytes
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from policies.config import MAX_SAMPLES, PolicyConfig
+from policies.window import LeadWindow, lead_window
 
 from .core.units import Duration
 
@@ -255,7 +256,15 @@ class TargetConfig(_Model):
 
     @property
     def horizon_steps(self) -> int:
-        span = self.policy.lead_time + self.policy.hold + self.forecaster.extra_horizon
+        """Forecast steps for the configured lead window (no learned delay)."""
+        return self.forecast_steps(lead_window(self.policy, None))
+
+    def forecast_steps(self, window: LeadWindow) -> int:
+        """How many interval steps a forecast made this cycle must reach:
+        the end of the cycle's lead window, plus ``extra_horizon``. The one
+        place the forecast horizon is derived (extend it here when something
+        else, such as a planning horizon, must be covered too)."""
+        span = window.end + self.forecaster.extra_horizon
         return max(1, -(-int(span.total_seconds()) // int(self.interval.total_seconds())))
 
 
@@ -364,9 +373,34 @@ class ServerConfig(_Model):
         return self
 
 
+class Retention(_Model):
+    """How long the daemon keeps rows of the state file (pruned once an
+    hour). ``None``: forever. The predicted-versus-actual records and the
+    sample cache are working data: never pruned below what a target still
+    needs (its conformal window; its fetch history); decisions, with their
+    plans and actuations, are the audit log and are kept unless a span is
+    given (an unfinished intent or accepted action is never pruned)."""
+
+    #: predicted-versus-actual records (``forescale accuracy`` reads 7 days)
+    forecasts: Duration | None = timedelta(days=14)
+    #: the metric sample cache (the default forecaster history is 14 days)
+    samples: Duration | None = timedelta(days=15)
+    #: decisions, plans and actuation records (the audit log)
+    decisions: Duration | None = None
+
+    @field_validator("forecasts", "samples", "decisions")
+    @classmethod
+    def _positive(cls, v: timedelta | None) -> timedelta | None:
+        if v is not None and v <= timedelta(0):
+            raise ValueError(f"{v} must be positive, or null to keep forever")
+        return v
+
+
 class Config(_Model):
     #: the SQLite state file (relative paths are relative to the config file)
     state: Path = Path("forescale.db")
+    #: how long the daemon keeps records in the state file
+    retention: Retention = Retention()
     log_format: Literal["text", "json"] = "text"
     server: ServerConfig = ServerConfig()
     targets: tuple[TargetConfig, ...] = Field(min_length=1)

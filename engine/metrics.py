@@ -238,6 +238,8 @@ class EngineMetrics:
         self.actuation_errors = Counter("forescale_actuation_errors", "Actuator failures", ["target"], registry=r)
         self.forecast_failures = Counter("forescale_forecast_failures", "Forecasts that could not be made",
                                          ["target"], registry=r)
+        self.fallback_cycles = Counter("forescale_fallback_cycles", "Cycles that fell back to reactive, by the "
+                                       "data step's reason code", ["target", "reason"], registry=r)
         self.last_success = Gauge("forescale_last_success_timestamp_seconds",
                                   "Unix time the last successful cycle ended", ["target"], registry=r)
         self.interval = Gauge("forescale_cycle_interval_seconds", "Configured cycle interval",
@@ -371,6 +373,9 @@ class EngineMetrics:
 
     def forecast_failure(self, target: str) -> None:
         self.forecast_failures.labels(target=target).inc()
+
+    def fallback_cycle(self, target: str, reason: str) -> None:
+        self.fallback_cycles.labels(target=target, reason=reason).inc()
 
     def set_plans_pending(self, target: str, n: int) -> None:
         self.plans_pending.labels(target=target).set(n)

@@ -116,7 +116,7 @@ def apply_plan(store: Any, actuator: Any, plan_id: str, now: datetime) -> Plan:
         _mirror(store, plan, "expired", now, outcome={"plan_id": plan.id, "expired_at": str(plan.expires_at)})
         raise PlanStateError(f"plan {plan_id} expired at {plan.expires_at:%Y-%m-%d %H:%M:%S}Z")
     try:
-        observed = int(actuator.read())
+        observed = actuator.read().count
     except LookupError as exc:
         raise PlanStateError(f"plan {plan_id}: the capacity in service cannot be read ({exc}); "
                              "not applying a plan that cannot be checked for staleness") from None

@@ -384,11 +384,42 @@ class Store:
         q += " ORDER BY ts"
         return self.db.execute(q, args).fetchall()
 
-    def prune(self, before: datetime) -> None:
-        """Drop forecast records and cached samples older than ``before``."""
-        with self.tx() as db:
-            db.execute("DELETE FROM forecasts WHERE ts<?", (to_epoch(before),))
-            db.execute("DELETE FROM samples WHERE ts<?", (to_epoch(before),))
+    def prune(self, before: datetime | None = None, *, forecasts_before: datetime | None = None,
+              samples_before: datetime | None = None, decisions_before: datetime | None = None,
+              targets: list[str] | None = None) -> dict[str, int]:
+        """Drop rows older than the given times (``before``: forecasts and
+        samples both) and return how many went, by table. Decisions go with
+        their plans and actuation records; an unfinished one (an intent, an
+        accepted action not yet verified) is never dropped. Per target
+        (``targets``; default: every target in the file), so each delete
+        uses the target's index and holds the write lock briefly."""
+        forecasts_before = forecasts_before or before
+        samples_before = samples_before or before
+        if targets is None:
+            targets = [r[0] for r in self.db.execute(
+                "SELECT target FROM target_state UNION SELECT target FROM forecasts "
+                "UNION SELECT target FROM samples UNION SELECT target FROM decisions")]
+        gone = {"forecasts": 0, "samples": 0, "decisions": 0, "plans": 0, "actuations": 0}
+        for t in targets:
+            with self.tx() as db:
+                if forecasts_before is not None:
+                    gone["forecasts"] += db.execute("DELETE FROM forecasts WHERE target=? AND ts<?",
+                                                    (t, to_epoch(forecasts_before))).rowcount
+                if samples_before is not None:
+                    gone["samples"] += db.execute("DELETE FROM samples WHERE target=? AND ts<?",
+                                                  (t, to_epoch(samples_before))).rowcount
+                if decisions_before is not None:
+                    cut = to_epoch(decisions_before)
+                    gone["actuations"] += db.execute(
+                        "DELETE FROM actuations WHERE target=? AND at<? AND decision_id NOT IN (SELECT id "
+                        "FROM decisions WHERE target=? AND status IN ('intent', 'accepted'))", (t, cut, t)).rowcount
+                    gone["plans"] += db.execute(
+                        "DELETE FROM plans WHERE target=? AND created_at<? AND status NOT IN ('pending', 'approved')",
+                        (t, cut)).rowcount
+                    gone["decisions"] += db.execute(
+                        "DELETE FROM decisions WHERE target=? AND at<? AND status NOT IN ('intent', 'accepted')",
+                        (t, cut)).rowcount
+        return gone
 
     # -------------------------------------------------------------------- plans
     def save_plan(self, plan: Plan) -> None:

@@ -144,3 +144,36 @@ def test_a_capacity_changed_outside_forescale_is_decided_from_and_corrected(setu
     # the change by hand is no scale event of ours (rate limits, cooldowns)
     events = [(e.from_capacity, e.to_capacity) for e in store.load_state("web").events]
     assert events[-1] == (3, 20) and (20, 3) not in events
+
+
+def test_an_accepted_action_that_never_serves_is_unverified_after_the_verify_timeout(setup, tmp_path):
+    from engine.core.clock import ManualClock
+
+    live, store, platform = setup("auto", actuator={"type": "dry-run", "verify_timeout": "10m"})
+    clock = ManualClock(NOW)
+    platform.clock, platform.delay = clock, timedelta(hours=1)
+    res = live.run(clock.now())
+    assert res.status == "accepted" and res.ok and platform.applies == [(res.decision.id, 20)]
+    rec = store.decision(res.decision.id)
+    assert rec["status"] == "accepted" and rec["outcome"]["request_ids"] == ["req-1"]
+    assert store.load_state("web").current == 20  # the state took the change: no second apply
+    live.run(clock.advance(STEP))
+    assert store.decision(res.decision.id)["status"] == "accepted"
+    later = live.run(clock.advance(STEP))  # 10 min after the acceptance
+    rec = store.decision(res.decision.id)
+    assert rec["status"] == "unverified" and rec["outcome"]["observed"] == {"count": 20, "ready": 5, "details": {}}
+    assert "after verify_timeout" in later.details["unverified"]
+    assert len(platform.applies) == 1 and store.actuation_delays("web") == []
+
+
+def test_the_dry_run_actuator_is_seeded_from_the_state_and_plans_from_the_first_cycle(tmp_path):
+    from actuators.dryrun import DryRunActuator
+
+    trace = write_trace(tmp_path / "load.csv", VALUES)
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="approve")])
+    store = Store(tmp_path / "s.db")
+    store.save_state("web", __import__("engine.core.types", fromlist=["ScalingState"]).ScalingState(current=7), NOW)
+    actuator = DryRunActuator(target="web")  # no initial_capacity
+    res = build_live(cfg, store, actuator).run(NOW)
+    assert res.status == "planned" and res.plan.observed_capacity == 7 and actuator.read().count == 7
+    assert actuator.applied == []

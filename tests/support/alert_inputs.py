@@ -163,11 +163,13 @@ def render(series: dict[str, dict[str, list[float | None]]]) -> str:
         lines.append(f"      - eval_time: {5 * (first - 1)}m\n")
         lines.append(f"        alertname: {alert}\n")
         lines.append("        exp_alerts: []\n")
-        lines.append(f"      - eval_time: {5 * first}m\n")
+        # then the first cycle at which the most targets fire at once
+        most = max(range(CYCLES), key=lambda i: (len(firing_by_cycle[i]), -i))
+        lines.append(f"      - eval_time: {5 * most}m\n")
         lines.append(f"        alertname: {alert}\n")
         lines.append("        exp_alerts:\n")
-        for who in firing_by_cycle[first]:
-            v = series[who][metric][first]
+        for who in firing_by_cycle[most]:
+            v = series[who][metric][most]
             lines.append(f"          - exp_labels: {{severity: warning, job: forescale, instance: \"e:9464\", "
                          f"target: {who}, horizon: \"600\"}}\n")
             lines.append("            exp_annotations:\n")
