@@ -53,5 +53,5 @@ class DryRunActuator:
         self.applied.append((decision_id, desired))
         return ActuationResult(
             requested=desired, observed=desired, verified=True,
-            elapsed=timedelta(0), request_ids=(f"dry-run:{decision_id}",),
+            elapsed=timedelta(0), request_ids=(f"dry-run:{decision_id}",), details={"target": desired},
         )

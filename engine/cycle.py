@@ -21,7 +21,6 @@ and reconciled at the next cycle, never applied twice.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import time
@@ -41,6 +40,7 @@ from policies.window import LeadWindow, lead_window
 
 from .checkpoints import ModelCheckpoint
 from .config import TargetConfig
+from .core.plugins import capabilities_of
 from .core.errors import (
     ActuatorError, ForecastError, MetricSourceError, StateError,
 )
@@ -61,13 +61,6 @@ class CycleOutcome:
     forecast: Forecast | None
     forecast_error: str | None
     state: ScalingState  # the state decide() saw (observation, headroom filled in)
-
-
-def _takes_covariates(forecaster: Any) -> bool:
-    try:
-        return "covariates" in inspect.signature(forecaster.fit).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 class _Slot:
@@ -135,7 +128,7 @@ class TargetRunner:
         fc = self.target.forecaster
         due = slot.last_fit is None or now - slot.last_fit >= fc.refit_every
         kw: dict[str, Any] = {}
-        if covariates and _takes_covariates(slot.forecaster):
+        if covariates and capabilities_of(slot.forecaster).takes_covariates:
             kw["covariates"] = covariates
         if due:
             start = to_epoch(now - fc.history)
@@ -471,7 +464,13 @@ class LiveTarget:
         stored = self.store.load_state(self.target.name)
         reading, read_error = self.read_capacity(seed=stored.current if stored else self.policy.bounds[0])
         state = self.load_state(reading, stored)
-        if reading is not None and reading.count != state.current:
+        if reading is not None and reading.count != state.current and self._in_progress(now, state.current):
+            # a change of several steps (a VM resize) is still under way: the
+            # platform shows the old size until its last step; the capacity
+            # ordered stands, and _verify issues the next step
+            notes["in_progress"] = (f"observed capacity {reading.count}; the change to {state.current} "
+                                    "is still in progress")
+        elif reading is not None and reading.count != state.current:
             # someone (a person, another autoscaler) changed the capacity, or
             # an earlier action never took: decide from what is there, as the
             # HPA does from spec.replicas; such a change is no scale event of
@@ -484,6 +483,17 @@ class LiveTarget:
         return CycleInputs(now=now, history=history, covariates=self.covariates_on_grid(), reading=reading,
                            state=state, window=lead_window(self.policy, state.learned_lead_time),
                            fetch_error=fetch_error, read_error=read_error, notes=notes)
+
+    def _in_progress(self, now: datetime, capacity: int) -> bool:
+        """A stepwise change to ``capacity``, accepted and not yet settled
+        or timed out, is under way."""
+        if not capabilities_of(self.actuator).stepwise_apply:
+            return False
+        pending = self.store.decisions(self.target.name, limit=1, status="accepted")
+        if not pending or pending[0]["desired"] != capacity:
+            return False
+        accepted_at = parse_time((pending[0]["outcome"] or {})["accepted_at"])
+        return now - accepted_at < self._verify_timeout()
 
     def _verify(self, inputs: CycleInputs) -> dict[str, Any]:
         """Settle actions the platform accepted on earlier cycles against
@@ -500,7 +510,30 @@ class LiveTarget:
                 **(rec["outcome"] or {}), "superseded_by": newest["id"]})
         outcome = dict(newest["outcome"] or {})
         accepted_at = parse_time(outcome["accepted_at"])
-        desired = newest["desired"]
+        # what the actuator really set (after its clamps and floors, e.g. an
+        # HPA floor never below its base) is what the platform must show
+        desired = int((outcome.get("details") or {}).get("target", newest["desired"]))
+        timeout = self._verify_timeout()
+        if not (reading.count == desired and reading.settled) and now - accepted_at < timeout \
+                and capabilities_of(self.actuator).stepwise_apply:
+            # a change of several steps (stop, modify, start): each cycle
+            # issues the next step the platform allows, with the same
+            # desired capacity and decision id (idempotent)
+            try:
+                step = self.actuator.apply(newest["desired"], decision_id=newest["id"])
+            except Exception as exc:  # noqa: BLE001 - an actuator bug must not stop the loop
+                self.store.set_decision_status(newest["id"], "failed", now, outcome={
+                    **outcome, "error": str(exc), "error_type": type(exc).__name__,
+                    "request_ids": [*outcome.get("request_ids", ()), *getattr(exc, "request_ids", ())]})
+                return {"failed": f"{newest['id']}: {type(exc).__name__}: {exc}"}
+            outcome["request_ids"] = [*outcome.get("request_ids", ()),
+                                      *(r for r in step.request_ids if r not in outcome.get("request_ids", ()))]
+            outcome["phase"] = (step.details or {}).get("phase")
+            if step.verified:
+                reading = CapacityReading(desired, step.observed)
+            else:
+                self.store.set_decision_status(newest["id"], "accepted", now, outcome=outcome)
+                return {"resizing": f"{newest['id']}: step {outcome['phase'] or 'issued'} toward {desired}"}
         if reading.count == desired and reading.settled:
             elapsed = now - accepted_at
             self.store.record_actuation(name, newest["id"], accepted_at, ActuationResult(
@@ -509,7 +542,6 @@ class LiveTarget:
                 **outcome, "verified": True, "observed": reading.serving, "verified_at": isoformat(now),
                 "elapsed_s": elapsed.total_seconds()})
             return {"verified": f"{newest['id']}: {desired} in service after {elapsed}"}
-        timeout = self._verify_timeout()
         if now - accepted_at >= timeout:
             self.store.set_decision_status(newest["id"], "unverified", now, outcome={
                 **outcome, "verified": False, "observed": reading.to_dict(), "verified_at": isoformat(now)})

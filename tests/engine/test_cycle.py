@@ -177,3 +177,32 @@ def test_the_dry_run_actuator_is_seeded_from_the_state_and_plans_from_the_first_
     res = build_live(cfg, store, actuator).run(NOW)
     assert res.status == "planned" and res.plan.observed_capacity == 7 and actuator.read().count == 7
     assert actuator.applied == []
+
+
+def test_a_stepwise_resize_is_driven_to_the_end_on_later_cycles_then_verified(tmp_path):
+    """An actuator that declares ``stepwise_apply`` (a VM resize: stop, then
+    modify + start) gets the same change applied again on each later cycle
+    until it is in service, and only then is the decision ``applied``."""
+    from tests.support.live import StepwisePlatform
+
+    trace = write_trace(tmp_path / "load.csv", VALUES)
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="auto",
+                                                         actuator={"type": "dry-run", "verify_timeout": "30m"})])
+    store = Store(tmp_path / "s.db")
+    platform = StepwisePlatform(capacity=5)
+    live = build_live(cfg, store, platform)
+    clock = ManualClock(NOW)
+    first = live.run(clock.now())
+    assert first.status == "accepted" and platform.applies == [(first.decision.id, 20)]
+    assert platform.read().count == 5  # stopping: nothing of the new size serves yet
+    second = live.run(clock.advance(STEP))
+    assert platform.applies[-1] == (first.decision.id, 20)  # the next step of the same change
+    assert "resizing" in second.details and store.decision(first.decision.id)["status"] == "accepted"
+    third = live.run(clock.advance(STEP))
+    rec = store.decision(first.decision.id)
+    assert rec["status"] == "applied" and platform.capacity == 20, third.details
+    assert rec["outcome"]["request_ids"] == ["req-1", "req-2", "req-3"]
+    assert platform.applies == [(first.decision.id, 20)] * 3  # one change, three steps, no second decision
+    assert "external_change" not in second.details and "in_progress" in second.details
+    fourth = live.run(clock.advance(STEP))
+    assert fourth.status == "hold" and len(platform.applies) == 3

@@ -44,9 +44,8 @@ def _share(reasons: Counter, cycles: int) -> str:
     # the samples fall at :x2 and :x7; the trace starts at 14:27
     3 * 60 + 37,  # the clock 37 s past a 5-minute boundary (14:30:37, ...)
     # the clock 37 s after a sample (14:27:37): the sample's bin ends in the future
-    pytest.param(37, marks=pytest.mark.xfail(strict=True, reason=(
-        "off-grid binning: Series.regular puts a sample a few seconds after a bin boundary into the "
-        "next (future) bin, which the forecaster refuses as look-ahead; fixed by the edges branch"))),
+    # (the off-grid binning bug put that sample into a future bin, refused as look-ahead)
+    37,
 ])
 def test_a_live_replay_of_a_real_trace_sizes_from_the_forecast(tmp_path, offset_s):
     cfg = _config(tmp_path)

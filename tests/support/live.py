@@ -182,3 +182,35 @@ def build_live(cfg_path: Path, store: Any, platform: Any, name: str | None = Non
     t = cfg.target(name) if name else cfg.targets[0]
     return LiveTarget(t, source=source if source is not None else build_source(t, cfg), store=store,
                       actuator=platform)
+
+
+class StepwisePlatform(Platform):
+    """A platform whose change takes several calls (a VM resize: stop, then
+    modify and start, then running): it declares ``stepwise_apply``, and each
+    ``apply`` issues the next step and returns at once; the new capacity is
+    set and serving only after the last step."""
+
+    from engine.core.plugins import Capabilities as _Capabilities
+
+    capabilities = _Capabilities(stepwise_apply=True)
+    PHASES = ("stopping", "starting", "running")
+
+    def __init__(self, capacity: int = 1) -> None:
+        super().__init__(capacity)
+        self.phase: int | None = None
+
+    def apply(self, desired: int, *, decision_id: str) -> ActuationResult:
+        self.applies.append((decision_id, desired))
+        if desired == self.capacity and self.phase is None:
+            return ActuationResult(desired, desired, True, timedelta(0), (f"req-{len(self.applies)}",),
+                                   details={"target": desired})
+        self.phase = 0 if self.phase is None else self.phase + 1
+        phase = self.PHASES[self.phase]
+        done = phase == "running"
+        if done:
+            self.capacity, self.phase = desired, None
+        return ActuationResult(desired, self.capacity, done, timedelta(0), (f"req-{len(self.applies)}",),
+                               details={"target": desired, "phase": phase})
+
+    def read(self) -> CapacityReading:
+        return CapacityReading(self.capacity, 0 if self.phase is not None else self.capacity)
