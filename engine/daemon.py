@@ -257,6 +257,8 @@ class Daemon:
             # appended to it; a broken chain is reported, never repaired
             self.audit_status = audit.verify_tail(self.lock_store, 1000)
             (log.info if self.audit_status.ok else log.error)("audit chain: %s", self.audit_status.summary())
+            if self.metrics is not None:
+                self.metrics.set_audit_status(self.audit_status.ok)
             audit.record_config(self.lock_store, None, self.config, self.clock.now(), source=str(self.config_path))
             self._mtime = self.config_path.stat().st_mtime
             self.workers: dict[str, TargetWorker] = {}

@@ -246,6 +246,8 @@ class EngineMetrics:
                               ["target"], registry=r)
         self.mode = Gauge("forescale_mode", "1 for the target's current mode", ["target", "mode"], registry=r)
         self.plans_pending = Gauge("forescale_plans_pending", "Plans waiting for approval", ["target"], registry=r)
+        self.audit_chain_ok = Gauge("forescale_audit_chain_ok", "1 if the audit chain's tail verified at start, "
+                                    "0 if a record was edited, deleted, inserted or reordered", registry=r)
         self.time_to_threshold = Gauge(
             "forescale_forecast_time_to_threshold_seconds", "Seconds until the forecast's alert level crosses "
             "the alert's threshold (+Inf: not within the forecast)", ["target", "alert"], registry=r)
@@ -376,6 +378,9 @@ class EngineMetrics:
 
     def fallback_cycle(self, target: str, reason: str) -> None:
         self.fallback_cycles.labels(target=target, reason=reason).inc()
+
+    def set_audit_status(self, ok: bool) -> None:
+        self.audit_chain_ok.set(1 if ok else 0)
 
     def set_plans_pending(self, target: str, n: int) -> None:
         self.plans_pending.labels(target=target).set(n)

@@ -408,8 +408,12 @@ def test_the_daemon_checks_the_chain_at_start_and_records_its_config_and_each_re
     db.execute("UPDATE audit SET payload = replace(payload, 'auto', 'observe') WHERE kind = 'mode_change'")
     db.commit()
     db.close()
-    d = Daemon(cfg)
+    from engine.metrics import EngineMetrics
+
+    metrics = EngineMetrics()
+    d = Daemon(cfg, metrics=metrics)
     try:
         assert not d.audit_status.ok and d.audit_status.first_bad is not None
+        assert "forescale_audit_chain_ok 0.0" in metrics.exposition()[0].decode()
     finally:
         d.shutdown(0)
