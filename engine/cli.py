@@ -7,10 +7,8 @@ problem (exit status 2); tracebacks are for bugs only.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,9 +23,11 @@ def _store(args: argparse.Namespace):
     from .store import Store
 
     if getattr(args, "config", None):
+        from .audit import key_for
         from .config import load_config
 
-        return Store(load_config(args.config).state_path)
+        cfg = load_config(args.config)
+        return Store(cfg.state_path, audit_key=key_for(cfg))
     path = Path(args.state)
     if not path.exists():
         raise ForescaleError(f"no state file at {path} (give --state or --config)")
@@ -37,6 +37,8 @@ def _store(args: argparse.Namespace):
 def _print_decision(rec: dict[str, Any], verbose: bool = True) -> None:
     arrow = {"scale_up": "↑", "scale_down": "↓", "hold": "="}.get(rec["action"], "?")
     label = f" [{rec['capacity_label']}]" if rec.get("capacity_label") else ""
+    if rec.get("audit"):  # the row disagrees with the audit chain: do not show it as genuine
+        print(f"!! NOT GENUINE: {rec['id']}: {rec['audit']}; run: forescale audit show {rec['id']}")
     head = (f"{rec['at']}  {rec['target']:<14} {arrow} {rec['current']:>3} -> {rec['desired']:<3}{label}"
             f"  {rec.get('status', ''):<9} {'FALLBACK ' if rec['fallback'] else ''}"
             f"{', '.join(s['reason'] for s in rec['steps'] if s['changed'])}")
@@ -143,6 +145,8 @@ def cmd_once(args: argparse.Namespace) -> int:
             res = lt.run(clock.now())
             for note in res.details.get("reconciled", []):
                 print(f"reconcile {lt.target.name}: {note}")
+            for note in res.details.get("plans", []):
+                print(f"{lt.target.name}: {note}")
             if res.decision is not None:
                 rec = res.decision.to_dict()
                 rec["status"] = res.status
@@ -190,8 +194,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_decisions(args: argparse.Namespace) -> int:
+    from .audit import check_rows
+
     with _store(args) as store:
         recs = store.decisions(args.target, limit=args.limit)
+        marks = check_rows(store, recs)
+    for rec in recs:
+        rec["audit"] = marks.get(rec["id"])  # None: the row matches its audit record
     if args.json:
         print(json.dumps(recs, indent=2, default=str))
         return 0
@@ -199,56 +208,73 @@ def cmd_decisions(args: argparse.Namespace) -> int:
         print("no decisions logged yet")
     for rec in reversed(recs):
         _print_decision(rec, verbose=args.verbose)
-    return 0
+    bad = sum(1 for r in recs if r["audit"])
+    if bad:
+        print(f"{bad} decision row(s) disagree with the audit chain; run: forescale audit verify", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def cmd_plans(args: argparse.Namespace) -> int:
-    from .plans import expire_plans
     from .core.clock import SystemClock
-    from .core.types import PlanStatus
+    from .plans import expire_plans, pending
 
     with _store(args) as store:
         expire_plans(store, args.target, SystemClock().now())
-        plans = store.plans(args.target, None if args.all else PlanStatus.PENDING)
-        if args.all is False:
-            plans += store.plans(args.target, PlanStatus.APPROVED)
+        plans = store.plans(args.target) if args.all else [v.plan for v in pending(store, args.target)]
+        if args.history:
+            history = {p.id: store.plan_history(p.id) for p in plans}
     if args.json:
-        print(json.dumps([p.to_dict() for p in plans], indent=2))
+        out = [p.to_dict() for p in plans]
+        if args.history:
+            for d in out:
+                d["history"] = [t.to_dict() for t in history[d["id"]]]
+        print(json.dumps(out, indent=2))
         return 0
     if not plans:
         print("no plans waiting" if not args.all else "no plans")
     for p in plans:
-        print(f"{p.id}  {p.target:<14} {p.from_capacity} -> {p.to_capacity}  {p.status.value:<9} "
+        who = f" by {p.actor} via {p.channel}" if p.actor else ""
+        print(f"{p.id}  {p.target:<14} {p.from_capacity} -> {p.to_capacity}  {p.status.value:<10}{who} "
               f"made {isoformat(p.created_at)} expires {isoformat(p.expires_at)}  {p.description}")
+        for t in history.get(p.id, []) if args.history else []:
+            print(f"      {isoformat(t.at)}  {t.from_status.value if t.from_status else '-':>10} -> "
+                  f"{t.to_status.value:<10} {t.identity or '':<22} {t.channel or '':<7} {t.comment or t.reason}")
     return 0
 
 
-def _actor(args: argparse.Namespace) -> str:
-    return args.actor or os.environ.get("FORESCALE_ACTOR") or getpass.getuser()
+def _comment(args: argparse.Namespace) -> str:
+    """The comment recorded with a decision on a plan. ``--actor`` is free
+    text and authenticates nothing: it is kept only as part of the comment."""
+    text = args.comment or ""
+    if getattr(args, "actor", None):
+        text = f"[on behalf of {args.actor}] {text}".strip()
+    return text
 
 
-def _actuator_for_plan(args: argparse.Namespace, store, plan_id: str):
+def _target_for_plan(args: argparse.Namespace, store, plan_id: str):
+    """The plan's target as configured *now*, and its actuator."""
     from .build import build_actuator
     from .config import load_config
 
     if not args.config:
-        raise ForescaleError("applying a plan needs --config (to reach the target's actuator)")
+        raise ForescaleError("applying a plan needs --config (the target's configuration in force and its actuator)")
     cfg = load_config(args.config)
-    plan = store.plan(plan_id)
-    return build_actuator(cfg.target(plan.target), cfg)
+    target = cfg.target(store.plan(plan_id).target)
+    return target, build_actuator(target, cfg)
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
     from .core.clock import SystemClock
-    from .plans import apply_plan, approve
+    from .plans import apply_plan, approve, cli_identity
 
     with _store(args) as store:
         now = SystemClock().now()
-        p = approve(store, args.id, now, _actor(args), args.note or "")
+        who = cli_identity()
+        p = approve(store, args.id, now, identity=who, channel="cli", comment=_comment(args))
         print(f"plan {p.id} approved by {p.actor}: {p.target} {p.from_capacity} -> {p.to_capacity}")
         if args.apply:
-            act = _actuator_for_plan(args, store, args.id)
-            p = apply_plan(store, act, args.id, now)
+            target, act = _target_for_plan(args, store, args.id)
+            p = apply_plan(store, act, args.id, now, target, identity=who, channel="cli")
             print(f"plan {p.id} applied")
         else:
             print("the daemon applies it at the target's next cycle (or run: forescale apply ID --config FILE)")
@@ -257,23 +283,98 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 def cmd_reject(args: argparse.Namespace) -> int:
     from .core.clock import SystemClock
-    from .plans import reject
+    from .plans import cli_identity, reject
 
     with _store(args) as store:
-        p = reject(store, args.id, SystemClock().now(), _actor(args), args.note or "")
+        p = reject(store, args.id, SystemClock().now(), identity=cli_identity(), channel="cli",
+                   comment=_comment(args))
     print(f"plan {p.id} rejected by {p.actor}")
     return 0
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
     from .core.clock import SystemClock
-    from .plans import apply_plan
+    from .plans import apply_plan, cli_identity
 
     with _store(args) as store:
-        act = _actuator_for_plan(args, store, args.id)
-        p = apply_plan(store, act, args.id, SystemClock().now())
+        target, act = _target_for_plan(args, store, args.id)
+        p = apply_plan(store, act, args.id, SystemClock().now(), target, identity=cli_identity(), channel="cli")
     print(f"plan {p.id} applied: {p.target} -> {p.to_capacity}")
     return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from .audit import verify, verify_tail
+
+    with _store(args) as store:
+        status = verify_tail(store, args.tail) if args.tail else verify(store)
+    if args.json:
+        print(json.dumps(status.to_dict(), indent=2))
+    else:
+        print(status.summary())
+    return 0 if status.ok else 1
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    from .audit import export
+    from .core.units import parse_time
+
+    since = parse_time(args.since) if args.since else None
+    until = parse_time(args.until) if args.until else None
+    with _store(args) as store:
+        if args.out:
+            with open(args.out, "w", encoding="utf-8", newline="") as f:
+                n = export(store, f, args.format, since=since, until=until)
+            print(f"{n} audit record(s) written to {args.out}", file=sys.stderr)
+        else:
+            export(store, sys.stdout, args.format, since=since, until=until)
+    return 0
+
+
+def cmd_audit_show(args: argparse.Namespace) -> int:
+    from .audit import check_rows, reconstruct
+
+    with _store(args) as store:
+        story = reconstruct(store, args.id)
+        row = store.decision(args.id)
+        mark = check_rows(store, [row])[args.id] if row is not None else None
+    if story is None:
+        raise ForescaleError(f"the audit log holds nothing about decision {args.id!r}")
+    if args.json:
+        print(json.dumps({**story, "row_check": mark}, indent=2, default=str))
+        return 0 if story["verified"] and not mark else 1
+    d = story["decision"] or {}
+    print(f"decision {args.id}  ({'every record verifies' if story['verified'] else 'SOME RECORDS DO NOT VERIFY'})")
+    if mark:
+        print(f"  !! the decisions row disagrees with the chain: {mark}")
+    if d:
+        ctx = d.get("context", {})
+        print(f"  {d['target']} {d['current']} -> {d['desired']} ({d['action']}), mode {d.get('mode')}, "
+              f"model {d.get('model') or '-'} {d.get('model_version') or ''}".rstrip())
+        print(f"  config sha256 {ctx.get('config_sha256', '-')}")
+        if ctx.get("inputs"):
+            i = ctx["inputs"]
+            print(f"  inputs sha256 {i['sha256']} ({i['valid']}/{i['points']} points, {i['first']} .. {i['last']})")
+        if ctx.get("forecast"):
+            f = ctx["forecast"]
+            print(f"  forecast {f['model']} {f['model_version']}: {f['horizon']} steps, max point "
+                  f"{f['point_max']}, max quantiles {f['quantiles_max']}")
+        for s in d.get("steps", []):
+            print(f"      {'*' if s['changed'] else ' '} {s['name']:<14} {s['reason']:<26} {s['message']}")
+    for r in story["records"]:
+        p = r["payload"]
+        if r["kind"] in ("plan_transition", "approval"):
+            what = f"plan {p.get('plan_id')} {p.get('from') or '-'} -> {p.get('to')}"
+            who = f" by {p['identity']} via {p['channel']}" if p.get("identity") else ""
+            why = f": {p.get('comment') or p.get('reason')}" if (p.get("comment") or p.get("reason")) else ""
+            line = f"{what}{who}{why}"
+        elif r["kind"] == "actuation":
+            line = (f"actuation: requested {p['requested']}, observed {p['observed']}, "
+                    f"verified {p['verified']}, request ids {', '.join(p['request_ids']) or '-'}")
+        else:
+            line = f"{r['kind']}: status {p.get('status')}"
+        print(f"  #{r['seq']:<5} {r['at']}  {'ok ' if r['verified'] else 'BAD'}  {line}")
+    return 0 if story["verified"] and not mark else 1
 
 
 def cmd_accuracy(args: argparse.Namespace) -> int:
@@ -381,20 +482,43 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plans", help="plans waiting for approval")
     state_args(pl)
     pl.add_argument("--all", action="store_true", help="all plans, whatever their state")
+    pl.add_argument("--history", action="store_true", help="each plan's transitions: who, when, how, why")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plans)
 
-    for name, fn, hlp in (("approve", cmd_approve, "approve a plan"), ("reject", cmd_reject, "reject a plan"),
-                          ("apply", cmd_apply, "apply an approved plan now")):
+    for name, fn, hlp in (("approve", cmd_approve, "approve a plan (recorded as your OS account, unix:NAME)"),
+                          ("reject", cmd_reject, "reject a plan, or withdraw its approval before it is applied"),
+                          ("apply", cmd_apply, "apply an approved plan now (re-checked against the config)")):
         sp = sub.add_parser(name, help=hlp)
         sp.add_argument("id")
         state_args(sp)
         if name != "apply":
-            sp.add_argument("--actor", help="who (default: $FORESCALE_ACTOR or the login name)")
-            sp.add_argument("--note")
+            sp.add_argument("--comment", "--note", "--reason", dest="comment", help="recorded with the decision")
+            sp.add_argument("--actor", help="free text kept in the comment (the identity recorded is the OS "
+                                            "account running this command)")
         if name == "approve":
             sp.add_argument("--apply", action="store_true", help="apply right away (needs --config)")
         sp.set_defaults(func=fn)
+
+    au = sub.add_parser("audit", help="the tamper-evident audit log: verify, export, show")
+    ausub = au.add_subparsers(dest="audit_command", required=True)
+    av = ausub.add_parser("verify", help="check the hash chain; names the first bad record (exit 1)")
+    state_args(av)
+    av.add_argument("--tail", type=int, default=0, help="check only the newest N records")
+    av.add_argument("--json", action="store_true")
+    av.set_defaults(func=cmd_audit_verify)
+    ae = ausub.add_parser("export", help="write the records for auditors")
+    state_args(ae)
+    ae.add_argument("--since", help="from this time (ISO 8601, e.g. 2024-03-01T00:00:00Z)")
+    ae.add_argument("--until", help="before this time")
+    ae.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    ae.add_argument("--out", help="file to write (default: standard output)")
+    ae.set_defaults(func=cmd_audit_export)
+    ash = ausub.add_parser("show", help="one decision end to end: inputs, steps, plan history, approver, actuation")
+    ash.add_argument("id", help="decision id (target@time, as forescale decisions shows)")
+    state_args(ash)
+    ash.add_argument("--json", action="store_true")
+    ash.set_defaults(func=cmd_audit_show)
 
     g = sub.add_parser("train-global", help="train one LSTM across targets (for init_from / cold start)")
     g.add_argument("--config", required=True)

@@ -89,6 +89,53 @@ class PluginSection(BaseModel):
         return self.model_dump()
 
 
+class DirectionApproval(_Model):
+    """What happens to a plan of one direction when nobody answers.
+
+    ``auto_approve_after``: approve it (as ``policy:auto-approve``) once the
+    target has waited this long for the change; ``expire_after``: drop it
+    unapproved after this long (default: one interval past the
+    auto-approval, else the target's ``plan_ttl``, else one interval)."""
+
+    auto_approve_after: Duration | None = None
+    expire_after: Duration | None = None
+
+    @model_validator(mode="after")
+    def _order(self) -> "DirectionApproval":
+        for name in ("auto_approve_after", "expire_after"):
+            v = getattr(self, name)
+            if v is not None and v <= timedelta(0):
+                raise ValueError(f"{name} ({v}) must be positive")
+        a, e = self.auto_approve_after, self.expire_after
+        if a is not None and e is not None and a >= e:
+            raise ValueError(f"auto_approve_after ({a}) must be shorter than expire_after ({e}): "
+                             "the plan would expire before it auto-approves")
+        return self
+
+
+class EmergencyApproval(_Model):
+    #: a scale-up raised by the reactive override (a live spike) acts
+    #: without waiting for approval, recorded as ``policy:emergency``
+    reactive_override: bool = False
+
+
+class ApprovalConfig(_Model):
+    """Approve mode: defaults per direction, because people sleep, e.g.
+    ``{scale_up: {auto_approve_after: 10m}, scale_down: {expire_after: 30m},
+    emergency: {reactive_override: true}}``. Default: nothing is approved
+    without a person."""
+
+    scale_up: DirectionApproval = DirectionApproval()
+    scale_down: DirectionApproval = DirectionApproval()
+    emergency: EmergencyApproval = EmergencyApproval()
+
+
+class AuditConfig(_Model):
+    #: the environment variable holding the audit chain's HMAC key (the key
+    #: itself never goes in the file)
+    hmac_key_env: str = Field("FORESCALE_AUDIT_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
 class TargetConfig(_Model):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     #: cycle interval, also the step the history is resampled to
@@ -104,6 +151,8 @@ class TargetConfig(_Model):
     #: approve mode: a plan waits this long for approval (None: until the
     #: next cycle's decision would supersede it, i.e. one interval)
     plan_ttl: Duration | None = None
+    #: approve mode: auto-approval, expiry and the emergency rule
+    approval: ApprovalConfig = ApprovalConfig()
     #: per-cycle timeout (the daemon abandons a cycle that runs longer)
     timeout: Duration = timedelta(minutes=2)
     #: random delay added to each cycle's start, spreading load
@@ -317,6 +366,7 @@ class Config(_Model):
     #: notifications of plans and actions (None: none sent)
     notify: NotifyConfig | None = None
     console: ConsoleConfig = ConsoleConfig()
+    audit: AuditConfig = AuditConfig()
     targets: tuple[TargetConfig, ...] = Field(min_length=1)
     #: where the file was loaded from (relative paths resolve against it)
     base_dir: Path | None = Field(default=None, exclude=True)

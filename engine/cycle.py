@@ -45,6 +45,7 @@ from forecasters import Forecaster, create as create_forecaster
 from forecasters.quality import gate, live_mase
 from policies import decide, history_to_keep
 
+from .audit import decision_context
 from .config import TargetConfig
 from .core.errors import (
     ActuatorError, ForecastError, MetricSourceError, StateError,
@@ -478,15 +479,13 @@ class LiveTarget:
             if notes:
                 res.details["reconciled"] = notes
         if mode == "approve":
-            from .plans import apply_approved, expire_plans
+            from .plans import tick
 
-            expired = expire_plans(self.store, name, now)
-            if expired:
-                res.details["plans_expired"] = [p.id for p in expired]
-            applied = apply_approved(self.store, self.actuator, name, now)
-            if applied:
-                res.details["plans_applied"] = applied
-                failed = [f"plan {pid}: {why}" for pid, why in applied if why != "applied"]
+            events = tick(self.store, self.target, self.actuator, now)
+            if events:
+                res.details["plans"] = [str(e) for e in events]
+                res.details["plans_applied"] = [e.plan_id for e in events if e.kind == "applied"]
+                failed = [str(e) for e in events if e.failed]
                 if failed:
                     res.actuation_error = "; ".join(failed)
         res.fetch_error = self.refresh_history(now)
@@ -552,11 +551,10 @@ class LiveTarget:
                                            outcome={"error": read_error or "capacity could not be read"})
                 res.status = "skipped"
                 return
-            plan = create_plan(self.store, self.target, d, observed, self._describe(d).get("summary", ""), now)
-            self.store.record_decision(d, mode, "planned", now,
-                                       state=out.state.after(d, keep=keep, applied=False),
-                                       outcome={"plan_id": plan.id})
-            res.status, res.plan = "planned", plan
+            plan = create_plan(self.store, self.target, d, observed, self._describe(d).get("summary", ""), now,
+                               state=out.state.after(d, keep=keep, applied=False), actuator=self.actuator,
+                               context=decision_context(self.target, history, out.forecast))
+            res.status, res.plan = ("applied" if plan.status == PlanStatus.APPLIED else "planned"), plan
             return
         # auto: record the intent (with the state as if not applied), act,
         # record the outcome
@@ -627,9 +625,9 @@ class LiveTarget:
         the change as a scale event, so cooldowns count from it); otherwise it
         is marked abandoned and the next cycle decides afresh from the observed
         capacity. Set-to-N is idempotent, so nothing is applied twice and
-        nothing disappears from the log. An approved plan whose decision is
-        settled as applied becomes ``applied`` too (else it stays approved and
-        the stale-plan check guards its next apply)."""
+        nothing disappears from the log. A plan claimed for that decision
+        (``applying``) becomes ``applied`` or ``failed`` with it, so it is
+        never applied again."""
         notes: list[str] = []
         intents = self.store.unfinished_intents(self.target.name)
         if not intents:
@@ -661,7 +659,7 @@ class LiveTarget:
         return notes
 
     def _settle_plan(self, decision_id: str, now: datetime, *, applied: bool) -> None:
-        for p in self.store.plans(self.target.name, PlanStatus.APPROVED):
-            if p.decision_id == decision_id and applied:
-                self.store.transition_plan(p.id, PlanStatus.APPLIED, now, note="reconciled after a restart",
-                                           allowed_from=(PlanStatus.APPROVED,))
+        for p in self.store.plans(self.target.name, PlanStatus.APPLYING):
+            if p.decision_id == decision_id:
+                self.store.transition_plan(p.id, PlanStatus.APPLIED if applied else PlanStatus.FAILED, now,
+                                           reason="reconciled after a restart", allowed_from=(PlanStatus.APPLYING,))

@@ -68,13 +68,14 @@ def test_approve_mode_stores_a_plan_that_is_applied_only_after_approval(setup):
     # the next cycle plans the same change: the open plan is kept, not replaced
     res2 = live.run(NOW + STEP)
     assert res2.plan.id == res.plan.id and platform.applies == []
-    approve(store, res.plan.id, NOW + STEP + timedelta(seconds=30), actor="alice", note="ok")
+    approve(store, res.plan.id, NOW + STEP + timedelta(seconds=30), identity="unix:alice", channel="cli",
+            comment="ok")
     res3 = live.run(NOW + 2 * STEP)
-    assert res3.details["plans_applied"] == [(res.plan.id, "applied")]
+    assert res3.details["plans_applied"] == [res.plan.id]
     assert platform.applies == [(res.plan.decision_id, 20)]
     assert store.plan(res.plan.id).status == PlanStatus.APPLIED
     rec = store.decision(res.plan.decision_id)
-    assert rec["status"] == "applied" and rec["approval"]["actor"] == "alice"
+    assert rec["status"] == "applied" and rec["approval"]["identity"] == "unix:alice"
     assert rec["outcome"]["observed"] == 20
     # after applying, the same cycle sees 20 in service and holds
     assert res3.status == "hold" and res3.decision.current == 20
