@@ -501,6 +501,70 @@ class Notifier:
             w.channel.close()
 
 
+# ------------------------------------------------------------------ engine hooks
+#: plan transition (to status) -> notification kind
+_TRANSITION_KINDS = {"pending": "plan_created", "approved": "plan_approved", "rejected": "plan_rejected",
+                     "expired": "plan_expired", "superseded": "plan_expired", "applied": "applied",
+                     "failed": "failed", "refused": "failed"}
+
+
+class PlanNotices:
+    """Turn the plans' appended transitions into notifications.
+
+    Every move of every plan, whoever made it (the daemon's cycle, the CLI,
+    the console, a signed link, in any process), is a row of the state
+    file's ``plan_transitions``, ordered by its audit ``seq``. :meth:`poll`
+    sends one event per row it has not seen; the daemon calls it after each
+    cycle, so exactly one process notifies. It starts after the newest row
+    present when it is made: a restart does not repeat old news."""
+
+    def __init__(self, notifier: Notifier, store: Any) -> None:
+        self.notifier = notifier
+        row = store.db.execute("SELECT MAX(seq) FROM plan_transitions").fetchone()
+        self.last_seq = int(row[0] or 0)
+
+    def poll(self, store: Any) -> int:
+        """Send what happened since the last poll; returns how many events."""
+        from .core.units import from_epoch
+
+        rows = store.db.execute("SELECT * FROM plan_transitions WHERE seq>? ORDER BY seq",
+                                (self.last_seq,)).fetchall()
+        sent = 0
+        for r in rows:
+            self.last_seq = max(self.last_seq, int(r["seq"]))
+            kind = _TRANSITION_KINDS.get(r["to_status"])
+            if kind is None:  # applying: the claim before the write, not news
+                continue
+            plan = store.plan(r["plan_id"])
+            payload: dict[str, Any] = {"plan": plan.to_dict(), "status": r["to_status"]}
+            if kind == "plan_created":
+                payload["decision"] = store.decision(plan.decision_id)
+            if r["identity"]:
+                payload.update(identity=r["identity"], channel=r["channel"], comment=r["comment"])
+            if r["reason"]:
+                payload["reason" if kind == "plan_expired" else "error"] = r["reason"]
+            self.notifier.event(kind, plan.target, payload, at=from_epoch(r["at"]))
+            sent += 1
+        return sent
+
+
+def notify_result(notifier: Notifier, result: Any) -> None:
+    """The events of one cycle that are not plan transitions: an auto-mode
+    action (applied or failed), and the fallback streak count."""
+    d = result.decision
+    if d is None:
+        return
+    rec = d.to_dict()
+    notifier.cycle(result.target, rec, at=result.now)
+    if result.plan is not None or d.desired == d.current:
+        return  # approve mode: told through the plan's transitions
+    if result.status in ("applied", "unverified"):
+        notifier.event("applied", result.target, {"decision": rec}, at=result.now)
+    elif result.status == "failed":
+        notifier.event("failed", result.target, {"decision": rec, "error": result.actuation_error or ""},
+                       at=result.now)
+
+
 def _utcnow() -> datetime:
     from .core.clock import SystemClock
 

@@ -18,7 +18,7 @@ import pytest
 from engine.config import NotifyConfig
 from engine.core.errors import ConfigError
 from engine.notify import (
-    DingTalkChannel, EmailChannel, Notifier, SlackChannel, WebhookChannel, summarize,
+    EVENTS as EVENTS_ALL, DingTalkChannel, EmailChannel, Notifier, SlackChannel, WebhookChannel, summarize,
 )
 from tests.support.webhook import Answer, RecordingServer, SmtpServer
 
@@ -220,3 +220,43 @@ def test_channels_come_from_the_notify_section_with_secrets_from_the_environment
         assert n.redact("x hunter2hunter2 SECxyz123 y") == "x *** *** y"
     finally:
         n.close()
+
+
+def test_a_real_cycle_plan_approval_and_apply_are_each_told_once(tmp_path):
+    """The engine hooks: PlanNotices.poll after each cycle tells a new plan
+    (with its links), the approval (who, through which channel) and the
+    apply; notify_result counts the fallback streak."""
+    from datetime import timedelta
+
+    from engine.notify import PlanNotices, notify_result
+    from engine.plans import approve
+    from engine.store import Store
+    from tests.support.live import T0, STEP, Platform, build_live, target_dict, write_config, write_trace
+
+    trace = write_trace(tmp_path / "load.csv", [100.0] * 30)
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="approve", plan_ttl="1h")])
+    with RecordingServer() as hook, Store(tmp_path / "state.db") as store:
+        n = Notifier([WebhookChannel("hook", hook.url, frozenset(EVENTS_ALL), 5)], links=links)
+        notices = PlanNotices(n, store)
+        live = build_live(cfg, store, Platform(capacity=5))
+        now = T0 + 25 * STEP
+        res = live.run(now)
+        assert res.status == "planned"
+        notify_result(n, res)
+        assert notices.poll(store) == 1
+        approve(store, res.plan.id, now + timedelta(minutes=1), identity="user:alice", channel="console",
+                comment="looks right")
+        res2 = live.run(now + STEP)
+        notify_result(n, res2)
+        assert notices.poll(store) == 2 and notices.poll(store) == 0
+        assert n.flush()
+        n.close()
+    kinds = [r.json["kind"] for r in hook.requests]
+    assert kinds == ["plan_created", "plan_approved", "applied"]
+    created, approved, applied = (r.json for r in hook.requests)
+    pid = res.plan.id
+    assert created["summary"].startswith(f"web: scale 5 -> 20 at {now:%H:%M} (forecast peak 100 needs 20")
+    assert created["links"] == {"approve": f"https://console.example/l/{pid}-approve-hook",
+                                "reject": f"https://console.example/l/{pid}-reject-hook"}
+    assert approved["summary"] == f"web: plan {pid} (5 -> 20) approved by user:alice via console: looks right"
+    assert applied["summary"] == f"web: scaled 5 -> 20 (plan {pid})"
