@@ -161,34 +161,51 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .api import TargetsView
     from .config import load_config
     from .daemon import Daemon
     from .metrics import EngineMetrics
+    from .server import serve_config
 
     cfg = load_config(args.config)
     _logging(args.log_level, cfg.log_format)
     metrics = EngineMetrics()
-    daemon = Daemon(args.config, metrics=metrics)  # takes the state lock (one daemon per state file)
+    writer = None
+    if cfg.server.remote_write is not None:
+        from .remote_write import RemoteWriter
+
+        # fed by the daemon's per-result callback; sends from its own thread
+        writer = RemoteWriter(cfg.server.remote_write, metrics).start()
+    try:
+        daemon = Daemon(args.config, metrics=metrics,  # takes the state lock (one daemon per state file)
+                        on_result=writer.on_result if writer is not None else None)
+    except BaseException:
+        if writer is not None:
+            writer.close(0)
+        raise
     server = None
     try:
         if cfg.server.enabled:
-            host, _, port = cfg.server.listen.rpartition(":")
-            try:
-                server = metrics.serve(host or "127.0.0.1", int(port), readiness=daemon.ready)
-            except OSError as exc:
-                raise ForescaleError(f"server.listen {cfg.server.listen}: cannot listen: {exc.strerror}") from None
+            # one server: /metrics, the probes and the forecast API (over the
+            # running config, so a reload is seen)
+            server = serve_config(cfg.server, metrics, readiness=daemon.ready,
+                                  view=TargetsView(lambda: daemon.config))
         daemon.install_signals()
     except BaseException:
         daemon.shutdown(0)
+        if writer is not None:
+            writer.close(0)
         raise
     logging.getLogger("forescale").info(
         "forescale running %d target(s), state %s%s", len(cfg.targets), cfg.state_path,
-        f", metrics on http://{cfg.server.listen}/metrics" if server is not None else "")
+        f", HTTP on {server.url} (/metrics, /api/v1)" if server is not None else "")
     try:
         daemon.run(tick=args.tick)  # returns after SIGTERM/SIGINT, running cycles finished or abandoned
     finally:
         if server is not None:
             server.close()
+        if writer is not None:
+            writer.close()
     logging.getLogger("forescale").info("forescale stopped")
     return 0
 

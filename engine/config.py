@@ -136,6 +136,39 @@ class AuditConfig(_Model):
     hmac_key_env: str = Field("FORESCALE_AUDIT_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+class ThresholdAlert(_Model):
+    """A predictive alert (``targets[].alerts[]``): export how long until the
+    forecast's ``level`` quantile crosses a threshold
+    (``forescale_forecast_time_to_threshold_seconds``). The threshold is
+    ``threshold`` (in the metric's units) or ``fraction`` of ``capacity``
+    (e.g. 0.95 of a volume's size). Forecasts reach only ``lead_time + hold
+    + forecaster.extra_horizon`` ahead: set ``extra_horizon`` to the warning
+    time wanted (6h to be warned six hours ahead)."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    threshold: float | None = None
+    capacity: float | None = Field(None, gt=0.0)
+    fraction: float | None = Field(None, gt=0.0, le=1.0)
+    #: the forecast quantile compared with the threshold (None: the point forecast)
+    level: float | None = 0.9
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> "ThresholdAlert":
+        if self.threshold is not None and (self.capacity is not None or self.fraction is not None):
+            raise ValueError("set threshold, or capacity and fraction, not both")
+        if self.threshold is None and (self.capacity is None or self.fraction is None):
+            raise ValueError("set threshold, or capacity and fraction (threshold = fraction * capacity)")
+        return self
+
+    @property
+    def value(self) -> float:
+        """The threshold in the metric's units."""
+        if self.threshold is not None:
+            return self.threshold
+        assert self.capacity is not None and self.fraction is not None
+        return self.capacity * self.fraction
+
+
 class TargetConfig(_Model):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     #: cycle interval, also the step the history is resampled to
@@ -157,11 +190,20 @@ class TargetConfig(_Model):
     timeout: Duration = timedelta(minutes=2)
     #: random delay added to each cycle's start, spreading load
     jitter: Duration = timedelta(seconds=0)
+    #: predictive alerts: time until the forecast crosses a threshold
+    alerts: tuple[ThresholdAlert, ...] = ()
 
     @model_validator(mode="after")
     def _check(self) -> "TargetConfig":
         if self.interval <= timedelta(0):
             raise ValueError(f"interval ({self.interval}) must be positive")
+        names = [a.name for a in self.alerts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"alerts: names must be unique; got {', '.join(names)}")
+        for i, a in enumerate(self.alerts):
+            if a.level is not None and a.level not in self.forecaster.quantiles:
+                raise ValueError(f"alerts[{i}].level ({a.level}) is not one of forecaster.quantiles "
+                                 f"({', '.join(f'{q:g}' for q in self.forecaster.quantiles)})")
         return self
 
     # the typed plugin configs, filled in by load_config
@@ -187,14 +229,103 @@ class TargetConfig(_Model):
         return max(1, -(-int(span.total_seconds()) // int(self.interval.total_seconds())))
 
 
-class ServerConfig(_Model):
-    """The daemon's HTTP endpoint (/metrics, /healthz, /readyz)."""
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ``::1``,
+    bracketed or not)."""
+    import ipaddress
 
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class AuthConfig(_Model):
+    """Bearer tokens the daemon's HTTP server accepts (``server.auth``).
+
+    Tokens are never written in the file: ``token_sha256`` lists the
+    SHA-256 hex digests of accepted tokens (``printf %s "$TOKEN" |
+    sha256sum``), and ``token_env`` names an environment variable holding
+    one more token, hashed at startup."""
+
+    token_sha256: tuple[str, ...] = ()
+    token_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _hex(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for i, d in enumerate(v):
+            if len(d) != 64 or any(c not in "0123456789abcdefABCDEF" for c in d):
+                # the value may be a token pasted by mistake: never echo it
+                raise ValueError(f"entry {i} is not a SHA-256 hex digest (64 hex characters)")
+        return tuple(d.lower() for d in v)
+
+    @model_validator(mode="after")
+    def _some(self) -> "AuthConfig":
+        if not self.token_sha256 and not self.token_env:
+            raise ValueError("set token_sha256 (digests of accepted tokens) or token_env (a variable "
+                             "holding a token)")
+        return self
+
+
+class RemoteWriteTLS(_Model):
+    #: a PEM bundle to trust instead of the system's
+    ca_file: Path | None = None
+    insecure_skip_verify: bool = False
+
+
+class BasicAuth(_Model):
+    username: str = Field(min_length=1)
+    #: the environment variable holding the password (never in the file)
+    password_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class RemoteWriteConfig(_Model):
+    """Prometheus remote write of the forecast and accuracy series
+    (``server.remote_write``; :mod:`engine.remote_write`)."""
+
+    url: str = Field(pattern=r"^https?://")
+    #: the environment variable holding a bearer token (never in the file)
+    bearer_token_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    basic_auth: BasicAuth | None = None
+    tls: RemoteWriteTLS | None = None
+    timeout: Duration = timedelta(seconds=10)
+    #: cycles' batches waiting to be sent; beyond it they are dropped (counted)
+    queue_size: int = Field(1000, ge=1)
+    max_retries: int = Field(3, ge=0)
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> "RemoteWriteConfig":
+        if self.bearer_token_env and self.basic_auth is not None:
+            raise ValueError("set bearer_token_env or basic_auth, not both")
+        return self
+
+
+class ServerConfig(_Model):
+    """The daemon's HTTP server (/metrics, /healthz, /readyz, /api/v1)."""
+
+    #: host:port; a non-loopback host needs ``auth``
     listen: str = "127.0.0.1:9464"
     enabled: bool = True
+    #: bearer tokens; required for a non-loopback ``listen``
+    auth: AuthConfig | None = None
     #: also push each new forecast to this Prometheus Pushgateway (for
     #: dashboards where Prometheus cannot scrape forescale); None: off
     pushgateway: str | None = Field(None, pattern=r"^https?://")
+    #: also remote-write each cycle's forecast and accuracy series; None: off
+    remote_write: RemoteWriteConfig | None = None
+
+    @model_validator(mode="after")
+    def _bind(self) -> "ServerConfig":
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"listen ({self.listen!r}) must be host:port")
+        if self.enabled and not is_loopback(host) and self.auth is None:
+            raise ValueError(f"listen ({self.listen}) is not a loopback address: configure server.auth "
+                             "(bearer tokens) before serving on the network")
+        return self
 
 
 def _secret_text(value: object) -> object:

@@ -220,7 +220,10 @@ class Daemon:
     def _register(self, t: TargetConfig) -> None:
         if self.metrics is not None:
             try:
-                self.metrics.register_target(t.name, mode=t.mode, interval=t.interval)
+                from .metrics import export_horizons
+
+                self.metrics.register_target(t.name, mode=t.mode, interval=t.interval,
+                                             horizons=export_horizons(t), alerts=t.alerts)
             except Exception:  # noqa: BLE001
                 log.exception("metrics registration failed for %s", t.name)
 
@@ -247,14 +250,16 @@ class Daemon:
         m = self.metrics
         if m is not None:
             try:
-                m.observe_cycle(res.target, res.decision, res.forecast, res.duration_s, res.ok, res.now)
+                w = self.workers.get(res.target)
+                last = w.live.history.last_valid() if w is not None and w.live.history is not None else None
+                m.observe_cycle(res.target, res.decision, res.forecast, res.duration_s, res.ok, res.now,
+                                observed=last[1] if last else None)
                 if res.fetch_error:
                     m.fetch_error(res.target)
                 if res.actuation_error:
                     m.actuation_error(res.target)
                 if res.details.get("forecast_error"):
                     m.forecast_failure(res.target)
-                w = self.workers.get(res.target)
                 # (not for a timeout report: the stuck cycle still uses that connection)
                 if w is not None and w.target.mode == "approve" and not res.details.get("timeout"):
                     from .core.types import PlanStatus

@@ -313,8 +313,10 @@ def test_dockerfile_healthcheck_command_runs(tmp_path):
     """The HEALTHCHECK's command, run against a real metrics endpoint."""
     (health,) = [a for i, a in _dockerfile() if i == "HEALTHCHECK"]
     cmd = yaml.safe_load(health[health.index("CMD") + 3:].strip())
+    from engine.server import serve
+
     metrics = EngineMetrics()
-    with metrics.serve("127.0.0.1", 0) as server:
+    with serve(metrics, "127.0.0.1", 0) as server:
         code = cmd[2].replace("127.0.0.1:9464", f"127.0.0.1:{server.port}")
         assert subprocess.run([sys.executable, "-c", code], timeout=10).returncode == 0
     code = cmd[2].replace("127.0.0.1:9464", f"127.0.0.1:{server.port}")
@@ -451,9 +453,10 @@ def test_forecast_error_and_coverage_reach_the_metrics_endpoint(tmp_path):
             settle(d)
             mono.t += 300
             clock.advance(STEP)
-        mae = metrics.registry.get_sample_value("forescale_forecast_error", {"target": "web", "metric": "mae"})
-        bias = metrics.registry.get_sample_value("forescale_forecast_error", {"target": "web", "metric": "bias"})
-        cov = metrics.registry.get_sample_value("forescale_forecast_coverage", {"target": "web"})
+        at = {"target": "web", "horizon": "300"}  # the lead time
+        mae = metrics.registry.get_sample_value("forescale_forecast_mae", at)
+        bias = metrics.registry.get_sample_value("forescale_forecast_bias", at)
+        cov = metrics.registry.get_sample_value("forescale_forecast_coverage_ratio", at)
         # lead 5 min + hold 5 min: persistence on a +2/step ramp is 2 (one
         # step ahead) or 4 (two steps ahead) below the actual
         assert mae is not None and 2.0 < mae < 4.0
@@ -476,7 +479,7 @@ def test_forecasts_are_pushed_to_a_configured_pushgateway(tmp_path, trace):
         finally:
             d.shutdown(5)
     assert len(got) == 1 and got[0][1] == "/metrics/job/forescale/target/web"
-    assert 'forescale_forecast{horizon="300",quantile="point",target="web"}' in got[0][2].decode()
+    assert 'forescale_forecast_demand{horizon="300",level="point",target="web"}' in got[0][2].decode()
 
 
 def test_a_pushgateway_that_is_down_only_counts_an_error(tmp_path, trace):
