@@ -41,7 +41,6 @@ import base64
 import collections
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -54,8 +53,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Mapping
 
+from .config import is_loopback
 from .core.errors import ConfigError, ForescaleError
 from .core.units import to_epoch
+from .server import split_listen, token_digest
 
 #: environment variables that hold cloud credentials the actuators read
 CLOUD_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
@@ -170,33 +171,22 @@ def config_secrets(cfg: Any, environ: Mapping[str, str] | None = None) -> list[s
     for u in getattr(console, "users", ()):
         if u.token_env and env.get(u.token_env):
             out.append(env[u.token_env])
+    key_env = getattr(getattr(cfg, "audit", None), "hmac_key_env", None)
+    if key_env and env.get(key_env):
+        out.append(env[key_env])
     out += [env[v] for v in CLOUD_SECRET_ENV if env.get(v)]
     return out
 
 
 # ------------------------------------------------------------------ binding
-def is_loopback(host: str) -> bool:
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def split_listen(listen: str, field: str = "console.listen") -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{field}: {listen!r} is not host:port")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
 def check_bind(listen: str, users: "Users", field: str = "console.listen") -> tuple[str, int]:
     """``(host, port)`` to listen on; a non-loopback address without any
     configured user is refused (the API could approve plans for anyone who
     can reach it)."""
-    host, port = split_listen(listen, field)
+    _, sep, port_text = listen.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"{field}: {listen!r} is not host:port")
+    host, port = split_listen(listen)
     if not is_loopback(host) and not users:
         raise ConfigError(f"{field}: {host} is not a loopback address and no console.users are configured; "
                           "refusing to serve approvals without authentication (add console.users, or listen "
@@ -205,10 +195,6 @@ def check_bind(listen: str, users: "Users", field: str = "console.listen") -> tu
 
 
 # ------------------------------------------------------------------ tokens
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 class Users:
     """The people allowed in, as (name, sha256 of token) pairs."""
 
@@ -226,7 +212,7 @@ class Users:
             token = env.get(u.token_env or "")
             if not token:
                 raise ConfigError(f"console.users[{i}].token_env: environment variable {u.token_env} is not set")
-            out.append((u.name, hash_token(token)))
+            out.append((u.name, token_digest(token)))
         return cls(out)
 
     def __bool__(self) -> bool:
@@ -235,7 +221,7 @@ class Users:
     def authenticate(self, token: str) -> str | None:
         """The user whose token this is, or None. Every entry is compared
         (constant time each), whichever matches."""
-        presented = hash_token(token or "")
+        presented = token_digest(token or "")
         found = None
         for name, digest in self.entries:
             if hmac.compare_digest(presented, digest):

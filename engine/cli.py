@@ -160,6 +160,57 @@ def cmd_once(args: argparse.Namespace) -> int:
     return rc
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    """The web console and approval API for a state file, standalone."""
+    if args.hash_token:
+        from .server import token_digest
+
+        token = sys.stdin.readline().strip()
+        if not token:
+            raise ForescaleError("--hash-token reads the token from standard input; got nothing")
+        print(token_digest(token))
+        return 0
+    if not args.config:
+        raise ForescaleError("console needs --config FILE")
+    from .auth import Security, check_bind, install_redaction
+    from .config import load_config
+    from .console import create_console
+
+    cfg = load_config(args.config)
+    _logging(args.log_level, cfg.log_format)
+    security = Security.from_config(cfg)
+    install_redaction(security.redactor)
+    listen = args.listen or cfg.console.listen
+    host, port = check_bind(listen, security.users, "--listen" if args.listen else "console.listen")
+    return serve_console(create_console(cfg, security), host, port, cfg.console)
+
+
+def serve_console(app: Any, host: str, port: int, console: Any) -> int:
+    """Serve ``app`` with uvicorn in the foreground until SIGINT/SIGTERM
+    (TLS when ``console.tls_cert``/``tls_key`` are set)."""
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ForescaleError(f"console: cannot listen on {host}:{port}: {exc.strerror}") from None
+    tls = console.tls_cert is not None
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                            ssl_certfile=str(console.tls_cert) if tls else None,
+                            ssl_keyfile=str(console.tls_key) if tls else None)
+    shown = f"[{host}]" if ":" in host else host
+    logging.getLogger("forescale").info("forescale console on %s://%s:%d/", "https" if tls else "http", shown,
+                                        sock.getsockname()[1])
+    print(f"forescale console on {'https' if tls else 'http'}://{shown}:{sock.getsockname()[1]}/", flush=True)
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .api import TargetsView
     from .config import load_config
@@ -544,6 +595,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--params", help='LSTM parameters as JSON, e.g. \'{"epochs": 8}\'')
     g.set_defaults(func=cmd_train_global)
 
+    c = sub.add_parser("console", help="serve the web console and approval API for a config's state file")
+    c.add_argument("--config", help="config file (its state file, console: and notify: sections)")
+    c.add_argument("--listen", help="host:port (default: console.listen, 127.0.0.1:9465)")
+    c.add_argument("--log-level", default="INFO")
+    c.add_argument("--hash-token", action="store_true",
+                   help="read a token on standard input, print its sha256 for console.users[].token_sha256")
+    c.set_defaults(func=cmd_console)
+
     a = sub.add_parser("accuracy", help="rolling forecast accuracy per target and horizon")
     state_args(a)
     a.add_argument("--window", default="7d")
@@ -555,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command not in ("run",):
+    if args.command not in ("run", "console"):
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         for noisy in ("cmdstanpy", "prophet"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
