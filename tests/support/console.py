@@ -41,7 +41,7 @@ def make_console_state(tmp_path: Path, now: datetime, *, users: bool = True, val
     if users:
         console["users"] = [{"name": "alice", "token_sha256": hashlib.sha256(ALICE_TOKEN.encode()).hexdigest()},
                             {"name": "bob", "token_env": "FORESCALE_TEST_BOB"}]
-    cfg_path = write_config(tmp_path / "forescale.yaml", [t], console=console, **(extra or {}))
+    cfg_path = write_config(tmp_path / "forescale.yaml", [t], **{"console": console, **(extra or {})})
     cfg = load_config(cfg_path)
     with Store(cfg.state_path) as store:
         (live,) = build_targets(cfg, store)
