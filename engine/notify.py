@@ -531,9 +531,14 @@ class PlanNotices:
         self.notifier = notifier
         row = store.db.execute("SELECT MAX(seq) FROM plan_transitions").fetchone()
         self.last_seq = int(row[0] or 0)
+        self._lock = threading.Lock()  # the daemon's cycle threads may poll at once
 
     def poll(self, store: Any) -> int:
         """Send what happened since the last poll; returns how many events."""
+        with self._lock:
+            return self._poll(store)
+
+    def _poll(self, store: Any) -> int:
         from .core.units import from_epoch
 
         rows = store.db.execute("SELECT * FROM plan_transitions WHERE seq>? ORDER BY seq",
