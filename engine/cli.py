@@ -211,6 +211,68 @@ def serve_console(app: Any, host: str, port: int, console: Any) -> int:
     return 0
 
 
+class _People:
+    """The daemon's side of approvals: notifications after each cycle
+    (:class:`engine.notify.PlanNotices` over the plans' transitions, and
+    :func:`engine.notify.notify_result`), and the web console mounted at
+    ``/console`` on the daemon's server. Secrets are redacted from every log
+    line."""
+
+    def __init__(self, cfg: Any) -> None:
+        from .auth import Security, install_redaction
+
+        self.cfg = cfg
+        self.security = Security.from_config(cfg)
+        install_redaction(self.security.redactor)
+        self.notifier = self.notices = self.store = None
+        if cfg.notify is not None:
+            from .audit import key_for
+            from .core.clock import SystemClock
+            from .notify import Notifier, PlanNotices
+            from .store import Store
+
+            self.notifier = Notifier.from_config(cfg.notify, links=self.security.links.maker(SystemClock().now),
+                                                 redactor=self.security.redactor)
+            self.store = Store(cfg.state_path, audit_key=key_for(cfg))
+            self.notices = PlanNotices(self.notifier, self.store)
+
+    def on_result(self, then: Any) -> Any:
+        if self.notifier is None:
+            return then
+
+        def hook(res: Any) -> None:
+            from .notify import notify_result
+
+            try:
+                notify_result(self.notifier, res)
+                self.notices.poll(self.store)
+            except Exception:  # noqa: BLE001 - telling people must never stop the loop
+                logging.getLogger("forescale.notify").exception("notifications after a cycle failed")
+            if then is not None:
+                then(res)
+        return hook
+
+    def console_routes(self, config: Any) -> list:
+        """``/console`` on the daemon's server, unless its bearer auth
+        (server.auth) guards every path: browsers cannot send it, so then
+        serve the console with ``forescale console`` instead."""
+        if self.cfg.server.auth is not None:
+            logging.getLogger("forescale").info(
+                "server.auth is set: the web console is not mounted on the daemon's server; "
+                "run forescale console")
+            return []
+        from starlette.routing import Mount
+
+        from .console import create_console
+
+        return [Mount("/console", app=create_console(config, self.security))]
+
+    def close(self) -> None:
+        if self.notifier is not None:
+            self.notifier.close()
+            self.store.close()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .api import TargetsView
     from .config import load_config
@@ -227,25 +289,29 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         # fed by the daemon's per-result callback; sends from its own thread
         writer = RemoteWriter(cfg.server.remote_write, metrics).start()
+    people = _People(cfg)  # notifications and the console's security
     try:
         daemon = Daemon(args.config, metrics=metrics,  # takes the state lock (one daemon per state file)
-                        on_result=writer.on_result if writer is not None else None)
+                        on_result=people.on_result(writer.on_result if writer is not None else None))
     except BaseException:
         if writer is not None:
             writer.close(0)
+        people.close()
         raise
     server = None
     try:
         if cfg.server.enabled:
-            # one server: /metrics, the probes and the forecast API (over the
-            # running config, so a reload is seen)
+            # one server: /metrics, the probes, the forecast API and the web
+            # console (over the running config, so a reload is seen)
             server = serve_config(cfg.server, metrics, readiness=daemon.ready,
-                                  view=TargetsView(lambda: daemon.config))
+                                  view=TargetsView(lambda: daemon.config),
+                                  routes=people.console_routes(lambda: daemon.config))
         daemon.install_signals()
     except BaseException:
         daemon.shutdown(0)
         if writer is not None:
             writer.close(0)
+        people.close()
         raise
     logging.getLogger("forescale").info(
         "forescale running %d target(s), state %s%s", len(cfg.targets), cfg.state_path,
@@ -255,6 +321,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.close()
+        people.close()
         if writer is not None:
             writer.close()
     logging.getLogger("forescale").info("forescale stopped")

@@ -201,3 +201,56 @@ def test_the_chart_draws_band_actual_capacity_and_events():
     assert "style=" not in svg
     empty = render(ChartData(start=t0, end=t0 + 3600, now=t0))
     assert "no data in this window yet" in empty
+
+
+def test_the_daemon_notifies_and_serves_the_console(tmp_path, env):
+    """``forescale run``: the first cycle's plan reaches the webhook with a
+    signed link, and the console answers on the daemon's server at
+    /console, the link included."""
+    import os
+    import subprocess
+    import sys
+    import time as _time
+    from urllib.parse import urlsplit
+
+    import httpx
+    import yaml
+
+    from engine.core.clock import SystemClock
+    from tests.support import ROOT
+    from tests.support.prom import free_port
+    from tests.support.webhook import RecordingServer
+
+    now = SystemClock().now()
+    now = now.replace(second=0, microsecond=0) - timedelta(minutes=now.minute % 5)
+    port = free_port()
+    with RecordingServer() as hook:
+        state = make_console_state(tmp_path, now - STEP, public_url=f"http://127.0.0.1:{port}/console")
+        doc = yaml.safe_load(state.cfg_path.read_text())
+        doc["server"] = {"enabled": True, "listen": f"127.0.0.1:{port}"}
+        doc["notify"] = {"channels": [{"type": "webhook", "name": "ops", "url": hook.url + "/in"}]}
+        # a new plan at the daemon's first cycle: the load doubles now
+        state.trace.write_text(state.trace.read_text() + f"{now:%Y-%m-%dT%H:%M:%SZ},200.0\n")
+        state.cfg_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", "--config", str(state.cfg_path),
+                                 "--tick", "0.05"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env={**os.environ, "FORESCALE_TEST_BOB": BOB_TOKEN})
+        try:
+            deadline = _time.monotonic() + 60
+            while not any(r.json["kind"] == "plan_created" for r in hook.requests):
+                assert proc.poll() is None, proc.communicate()[1]
+                assert _time.monotonic() < deadline, "no plan_created notification"
+                _time.sleep(0.1)
+            msg = next(r.json for r in hook.requests if r.json["kind"] == "plan_created")
+            assert msg["summary"].startswith("web: scale ") and msg["links"]["approve"].startswith(
+                f"http://127.0.0.1:{port}/console/l/")
+            r = httpx.get(f"http://127.0.0.1:{port}/console/login")
+            assert r.status_code == 200 and 'action="/console/login"' in r.text
+            assert r.headers["x-frame-options"] == "DENY"
+            link = httpx.get(msg["links"]["approve"])
+            assert link.status_code == 200 and "Approve plan" in link.text
+            assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 200
+        finally:
+            proc.terminate()
+            out, err = proc.communicate(timeout=20)
+    assert "Traceback" not in err, err
