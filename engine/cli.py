@@ -233,6 +233,119 @@ def cmd_once(args: argparse.Namespace) -> int:
     return rc
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    """The web console and approval API for a state file, standalone."""
+    if args.hash_token:
+        from .server import token_digest
+
+        token = sys.stdin.readline().strip()
+        if not token:
+            raise ForescaleError("--hash-token reads the token from standard input; got nothing")
+        print(token_digest(token))
+        return 0
+    if not args.config:
+        raise ForescaleError("console needs --config FILE")
+    from .auth import Security, check_bind, install_redaction
+    from .config import load_config
+    from .console import create_console
+
+    cfg = load_config(args.config)
+    _logging(args.log_level, cfg.log_format)
+    security = Security.from_config(cfg)
+    install_redaction(security.redactor)
+    listen = args.listen or cfg.console.listen
+    host, port = check_bind(listen, security.users, "--listen" if args.listen else "console.listen")
+    return serve_console(create_console(cfg, security), host, port, cfg.console)
+
+
+def serve_console(app: Any, host: str, port: int, console: Any) -> int:
+    """Serve ``app`` with uvicorn in the foreground until SIGINT/SIGTERM
+    (TLS when ``console.tls_cert``/``tls_key`` are set)."""
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ForescaleError(f"console: cannot listen on {host}:{port}: {exc.strerror}") from None
+    tls = console.tls_cert is not None
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                            ssl_certfile=str(console.tls_cert) if tls else None,
+                            ssl_keyfile=str(console.tls_key) if tls else None)
+    shown = f"[{host}]" if ":" in host else host
+    logging.getLogger("forescale").info("forescale console on %s://%s:%d/", "https" if tls else "http", shown,
+                                        sock.getsockname()[1])
+    print(f"forescale console on {'https' if tls else 'http'}://{shown}:{sock.getsockname()[1]}/", flush=True)
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+class _People:
+    """The daemon's side of approvals: notifications after each cycle
+    (:class:`engine.notify.PlanNotices` over the plans' transitions, and
+    :func:`engine.notify.notify_result`), and the web console mounted at
+    ``/console`` on the daemon's server. Secrets are redacted from every log
+    line."""
+
+    def __init__(self, cfg: Any) -> None:
+        from .auth import Security, install_redaction
+
+        self.cfg = cfg
+        self.security = Security.from_config(cfg)
+        install_redaction(self.security.redactor)
+        self.notifier = self.notices = self.store = None
+        if cfg.notify is not None:
+            from .audit import key_for
+            from .core.clock import SystemClock
+            from .notify import Notifier, PlanNotices
+            from .store import Store
+
+            self.notifier = Notifier.from_config(cfg.notify, links=self.security.links.maker(SystemClock().now),
+                                                 redactor=self.security.redactor)
+            self.store = Store(cfg.state_path, audit_key=key_for(cfg))
+            self.notices = PlanNotices(self.notifier, self.store)
+
+    def on_result(self, then: Any) -> Any:
+        if self.notifier is None:
+            return then
+
+        def hook(res: Any) -> None:
+            from .notify import notify_result
+
+            try:
+                notify_result(self.notifier, res)
+                self.notices.poll(self.store)
+            except Exception:  # noqa: BLE001 - telling people must never stop the loop
+                logging.getLogger("forescale.notify").exception("notifications after a cycle failed")
+            if then is not None:
+                then(res)
+        return hook
+
+    def console_routes(self, config: Any) -> list:
+        """``/console`` on the daemon's server, unless its bearer auth
+        (server.auth) guards every path: browsers cannot send it, so then
+        serve the console with ``forescale console`` instead."""
+        if self.cfg.server.auth is not None:
+            logging.getLogger("forescale").info(
+                "server.auth is set: the web console is not mounted on the daemon's server; "
+                "run forescale console")
+            return []
+        from starlette.routing import Mount
+
+        from .console import create_console
+
+        return [Mount("/console", app=create_console(config, self.security))]
+
+    def close(self) -> None:
+        if self.notifier is not None:
+            self.notifier.close()
+            self.store.close()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .api import TargetsView
     from .config import load_config
@@ -251,25 +364,29 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         # fed by the daemon's per-result callback; sends from its own thread
         writer = RemoteWriter(cfg.server.remote_write, metrics).start()
+    people = _People(cfg)  # notifications and the console's security
     try:
         daemon = Daemon(args.config, metrics=metrics,  # takes the state lock (one daemon per state file)
-                        on_result=writer.on_result if writer is not None else None)
+                        on_result=people.on_result(writer.on_result if writer is not None else None))
     except BaseException:
         if writer is not None:
             writer.close(0)
+        people.close()
         raise
     server = None
     try:
         if cfg.server.enabled:
-            # one server: /metrics, the probes and the forecast API (over the
-            # running config, so a reload is seen)
+            # one server: /metrics, the probes, the forecast API and the web
+            # console (over the running config, so a reload is seen)
             server = serve_config(cfg.server, metrics, readiness=daemon.ready,
-                                  view=TargetsView(lambda: daemon.config))
+                                  view=TargetsView(lambda: daemon.config),
+                                  routes=people.console_routes(lambda: daemon.config))
         daemon.install_signals()
     except BaseException:
         daemon.shutdown(0)
         if writer is not None:
             writer.close(0)
+        people.close()
         raise
     logging.getLogger("forescale").info(
         "forescale running %d target(s), state %s%s", len(cfg.targets), cfg.state_path,
@@ -279,6 +396,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.close()
+        people.close()
         if writer is not None:
             writer.close()
     logging.getLogger("forescale").info("forescale stopped")
@@ -660,6 +778,14 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(g)
     g.set_defaults(func=cmd_train_global)
 
+    c = sub.add_parser("console", help="serve the web console and approval API for a config's state file")
+    c.add_argument("--config", help="config file (its state file, console: and notify: sections)")
+    c.add_argument("--listen", help="host:port (default: console.listen, 127.0.0.1:9465)")
+    c.add_argument("--log-level", default="INFO")
+    c.add_argument("--hash-token", action="store_true",
+                   help="read a token on standard input, print its sha256 for console.users[].token_sha256")
+    c.set_defaults(func=cmd_console)
+
     a = sub.add_parser("accuracy", help="rolling forecast accuracy per target and horizon")
     state_args(a)
     a.add_argument("--window", default="7d", help="how far back to score forecasts (default: 7d)")
@@ -675,7 +801,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; the exit status as the module docstring lists it."""
     args = build_parser().parse_args(argv)
-    if args.command not in ("run",):
+    if args.command not in ("run", "console"):
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         for noisy in ("cmdstanpy", "prophet"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, get_args
+from typing import Annotated, Any, ClassVar, Literal, Mapping, get_args
 
 import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SecretBytes, SecretStr, SerializeAsAny,
@@ -445,6 +445,167 @@ class Retention(_Model):
         return v
 
 
+def _secret_text(value: object) -> object:
+    """A secret must be a string; the error never shows the value."""
+    if isinstance(value, SecretStr) or value is None:
+        return value
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a non-empty string (the value is a secret and is not shown)")
+    return value
+
+
+#: a secret given inline in the file (``url``, ``password``, ...); the
+#: ``*_env`` field beside it names an environment variable instead
+Secret = Annotated[SecretStr | None, BeforeValidator(_secret_text)]
+
+
+class SecretSection(_Model):
+    """Each secret of a section comes inline (``<name>``) or from the
+    environment (``<name>_env``), not both."""
+
+    SECRETS: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SecretSection":
+        for name in self.SECRETS:
+            if getattr(self, name) is not None and getattr(self, f"{name}_env") is not None:
+                raise ValueError(f"give {name} or {name}_env, not both")
+        return self
+
+    def reveal(self, name: str, environ: Any = None) -> str | None:
+        """The secret's value, from the file or the environment; a missing
+        variable is a ConfigError naming the variable (never a value)."""
+        import os
+
+        inline, env = getattr(self, name), getattr(self, f"{name}_env")
+        if inline is not None:
+            return inline.get_secret_value()
+        if env is None:
+            return None
+        value = (os.environ if environ is None else environ).get(env)
+        if not value:
+            raise ConfigError(f"{name}_env: environment variable {env} is not set")
+        return value
+
+
+NotifyEvent = Literal["plan_created", "plan_approved", "plan_rejected", "plan_expired", "applied", "failed",
+                      "fallback_streak"]
+
+
+class NotifyChannel(SecretSection):
+    """One place notifications go: ``webhook`` (JSON POST), ``slack``
+    (incoming webhook), ``dingtalk`` (robot webhook, optionally signed with
+    its ``secret``) or ``email`` (SMTP with STARTTLS)."""
+
+    type: Literal["webhook", "slack", "dingtalk", "email"]
+    #: a name for logs and metrics (default: the type)
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    #: which events (default: all)
+    events: tuple[NotifyEvent, ...] | None = None
+    url: Secret = None
+    url_env: str | None = None
+    #: dingtalk: the robot's signing secret ("SEC...")
+    secret: Secret = None
+    secret_env: str | None = None
+    # email
+    host: str | None = None
+    port: int = Field(587, ge=1, le=65535)
+    starttls: bool = True
+    username: str | None = None
+    password: Secret = None
+    password_env: str | None = None
+    sender: str | None = Field(None, alias="from")
+    to: tuple[str, ...] = ()
+    #: a CA bundle to verify the SMTP server's certificate (default: the system's)
+    ca_file: Path | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _fields_for_type(self) -> "NotifyChannel":
+        if self.type == "email":
+            missing = [f for f, v in (("host", self.host), ("from", self.sender), ("to", self.to)) if not v]
+            if missing:
+                raise ValueError(f"an email channel needs {', '.join(missing)}")
+            if self.url is not None or self.url_env is not None:
+                raise ValueError("an email channel takes host/port, not url")
+        else:
+            if self.url is None and self.url_env is None:
+                raise ValueError(f"a {self.type} channel needs url (or url_env)")
+            if self.host is not None:
+                raise ValueError(f"a {self.type} channel takes url, not host")
+        if (self.secret is not None or self.secret_env is not None) and self.type != "dingtalk":
+            raise ValueError("secret is for a dingtalk channel (its signing secret)")
+        return self
+
+    SECRETS: ClassVar[tuple[str, ...]] = ("url", "secret", "password")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.type
+
+
+class NotifyConfig(_Model):
+    """Where plan and action events are sent (engine/notify.py)."""
+
+    channels: tuple[NotifyChannel, ...] = Field(min_length=1)
+    #: tell people after this many consecutive fallback cycles of a target
+    fallback_streak: int = Field(3, ge=1)
+    #: messages waiting per channel; beyond it new ones are dropped (counted)
+    queue_size: int = Field(100, ge=1)
+    #: attempts per message before it is dropped (counted)
+    max_attempts: int = Field(5, ge=1)
+    #: per-request timeout
+    timeout: Duration = timedelta(seconds=5)
+
+
+class ConsoleUser(SecretSection):
+    """A person who may log in to the console and approve plans: their
+    token's sha256 (``token_sha256``; make one with ``forescale console
+    --hash-token``) or the environment variable holding the token."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.@-]+$")
+    token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    token_env: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "ConsoleUser":
+        if (self.token_sha256 is None) == (self.token_env is None):
+            raise ValueError("give exactly one of token_sha256 or token_env")
+        return self
+
+
+class ConsoleConfig(SecretSection):
+    """The web console and approval API (engine/console/)."""
+
+    #: where ``forescale console`` listens (the daemon serves it on server.listen)
+    listen: str = "127.0.0.1:9465"
+    users: tuple[ConsoleUser, ...] = ()
+    #: the address people reach the console at, for links in notifications
+    public_url: str | None = Field(None, pattern=r"^https?://")
+    #: the server secret that signs sessions and approval links; the daemon
+    #: and ``forescale console`` must share it for links to work
+    secret: Secret = None
+    secret_env: str | None = None
+    #: how long an approval link in a notification stays valid
+    link_ttl: Duration = timedelta(hours=1)
+    #: how long a login lasts
+    session_ttl: Duration = timedelta(hours=12)
+    #: failed logins allowed per client address per minute (then 429)
+    login_attempts_per_minute: int = Field(5, ge=1)
+    #: serve over TLS (cookies are then Secure)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    SECRETS: ClassVar[tuple[str, ...]] = ("secret",)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "ConsoleConfig":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give both tls_cert and tls_key, or neither")
+        return self
+
+
 class Config(_Model):
     #: the SQLite state file (relative paths are relative to the config file)
     state: Path = Path("forescale.db")
@@ -452,6 +613,9 @@ class Config(_Model):
     retention: Retention = Retention()
     log_format: Literal["text", "json"] = "text"
     server: ServerConfig = ServerConfig()
+    #: notifications of plans and actions (None: none sent)
+    notify: NotifyConfig | None = None
+    console: ConsoleConfig = ConsoleConfig()
     audit: AuditConfig = AuditConfig()
     targets: tuple[TargetConfig, ...] = Field(min_length=1)
     #: where the file was loaded from (relative paths resolve against it)
