@@ -87,6 +87,25 @@ class PluginSection(BaseModel):
         return self.model_dump()
 
 
+class BacktestSection(_Model):
+    """Scenario facts for ``forescale backtest --config`` (unset: from the
+    target and its policy; see ``engine.backtest.scenario_for``)."""
+
+    #: the time a change really takes to serve, if not the policy's lead_time
+    lead_time: Duration | None = None
+    warmup: Duration | None = None
+    #: the reactive HPA baseline's (and the oracle's) utilization
+    baseline_utilization: float | None = Field(None, gt=0.0, le=1.0, serialization_alias="target_utilization")
+    #: after a change lands, this long the capacity serves nothing ("none")
+    #: or still the old size ("old"): a VPS resize is a stop/modify/start
+    resize_downtime: Duration | None = None
+    downtime_capacity: Literal["none", "old"] | None = None
+    #: money per capacity change
+    change_cost: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    #: the threshold resizer baseline (vertical): sustained this long
+    threshold_window: Duration | None = None
+
+
 class TargetConfig(_Model):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     #: cycle interval, also the step the history is resampled to
@@ -106,6 +125,8 @@ class TargetConfig(_Model):
     timeout: Duration = timedelta(minutes=2)
     #: random delay added to each cycle's start, spreading load
     jitter: Duration = timedelta(seconds=0)
+    #: scenario facts for ``forescale backtest --config``
+    backtest: BacktestSection | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "TargetConfig":

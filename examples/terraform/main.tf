@@ -3,7 +3,7 @@
 #
 # terraform_data (built into Terraform) stands in for the real resource, so you
 # can try forescale against this directory without a cloud account or a
-# provider download. README.md shows the same shape around an AWS Auto Scaling
+# provider download. docs/actuators/terraform.md shows the same shape around an AWS Auto Scaling
 # group.
 
 terraform {

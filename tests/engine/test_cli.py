@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.support import ROOT
+from tests.support import ROOT, TRACES
 
-TRACES = ROOT.parent / "shared" / "traces"
 
 
 def forescale(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -36,8 +35,6 @@ def test_demo_runs_the_full_loop_on_the_bundled_trace(tmp_path):
 
 def test_backtest_writes_json_and_plot(tmp_path):
     trace = TRACES / "nab" / "ec2_cpu_utilization_53ea38.csv"
-    if not trace.exists():
-        pytest.skip("shared traces not present")
     js, png = tmp_path / "m.json", tmp_path / "p.png"
     r = forescale("backtest", str(trace), "--forecaster", "seasonal_naive", "--json", str(js), "--plot", str(png))
     assert r.returncode == 0, r.stderr

@@ -21,9 +21,8 @@ from engine.core.types import ActuationResult
 from engine.core.units import to_epoch
 
 from tests.support.live import STEP, T0, Platform, build_live, target_dict, write_config, write_trace
-from tests.support import ROOT
+from tests.support import ROOT, TRACES
 
-TRACES = ROOT.parent / "shared" / "traces"
 
 # a ramp: +1 per 5 min. Persistence forecasts the last value, so the error
 # at h steps ahead is exactly -h (forecast - actual).
@@ -106,8 +105,6 @@ def test_live_conformal_headroom_comes_from_the_stored_errors(tmp_path):
 @pytest.mark.parametrize("trace", ["nab/ec2_cpu_utilization_5f5533.csv", "nab/rds_cpu_utilization_e47b3b.csv"])
 def test_conformal_margin_converges_to_its_under_forecast_target_in_a_backtest(trace):
     path = TRACES / trace
-    if not path.exists():
-        pytest.skip(f"shared trace {trace} not present")
     policy = {
         "target_utilization": 0.8,
         "margin": {"quantile": 0.9, "conformal": True, "conformal_target": 0.05, "cap": None,

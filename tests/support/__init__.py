@@ -5,7 +5,9 @@ from pathlib import Path
 
 #: the repository root
 ROOT = Path(__file__).resolve().parents[2]
-#: the shared traces beside the repository (absent on a clone of the repo alone)
-TRACES = ROOT.parent / "shared" / "traces"
 #: fixtures shipped with the tests
 FIXTURES = ROOT / "tests" / "fixtures"
+#: real traces the tests replay: copies and excerpts of public workload
+#: traces shipped in the repository (sources in tests/fixtures/traces/README.md),
+#: so no test skips on a clone of the repository alone
+TRACES = FIXTURES / "traces"
