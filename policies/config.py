@@ -188,7 +188,8 @@ class PlanConfig(_Model):
     change_cost: float = Field(1.0, ge=0.0)
     #: a vertical resize takes capacity away for this long (stop/modify/start)
     resize_downtime: Duration = timedelta(0)
-    #: what serves during the downtime: nothing, or the old rung
+    #: what serves during the downtime: nothing, or the smaller of the old
+    #: and the new rung (the old one while it is being resized up)
     resize_during: Literal["unavailable", "old"] = "unavailable"
     #: no two changes closer than this
     min_change_interval: Duration = timedelta(0)

@@ -40,8 +40,8 @@ executed first step from the state's recent events.
 
 The DP runs over states ``(steps since the last change, capped; whether it
 was a scale-up; level)``, one vector update per horizon step: a change's cost
-depends only on the level it leaves (the fixed cost, and the downtime's risk
-at the old rung or at none) and on the level it enters, so the best arrival
+depends only on its direction, the level it leaves (the fixed cost, and the
+downtime's risk at the old rung or at none) and the level it enters, so the best arrival
 by a scale-up is a prefix minimum over lower levels and by a scale-down a
 suffix minimum over higher ones (``O(states)`` per step, not
 ``O(levels^2)``). Backpointers give the argmin path exactly.
@@ -170,8 +170,9 @@ class Problem:
     """One planning problem on a grid of ``H`` steps and ``L`` levels.
 
     - ``cost (L, H)``: capacity + risk cost of serving step j at level x;
-    - ``leave (L, H)``: cost of a change away from level x at step j;
-    - ``enter (L, H)``: extra cost of arriving at level y by a change at j;
+    - ``leave (L, H)``: cost of a scale-up away from level x at step j;
+    - ``enter (L, H)``: extra cost of arriving at level y by a scale-up at j;
+    - ``leave_down``, ``enter_down``: the same for a scale-down (None: as up);
     - ``start``: the level in force before step 0; ``since``: steps from the
       last change to step 0's order time; ``last_up``: it was a scale-up;
     - ``spacing``: changes at least this many steps apart; ``lifetime``: no
@@ -188,6 +189,14 @@ class Problem:
     spacing: int
     lifetime: int
     down_ok: np.ndarray
+    leave_down: np.ndarray | None = None
+    enter_down: np.ndarray | None = None
+
+    def change_cost(self, x: int, y: int, j: int) -> float:
+        """The cost of the change x -> y at step j."""
+        if y > x or self.leave_down is None or self.enter_down is None:
+            return float(self.leave[x, j] + self.enter[y, j])
+        return float(self.leave_down[x, j] + self.enter_down[y, j])
 
 
 def solve(p: Problem) -> tuple[np.ndarray, float]:
@@ -218,11 +227,12 @@ def solve(p: Problem) -> tuple[np.ndarray, float]:
         keep = stay[cap] < vn[cap]
         vn[cap] = np.where(keep, stay[cap], vn[cap])
         bn[cap] = np.where(keep, flat_state[cap], bn[cap])
-        leave = (v + p.leave[:, j]).reshape((cap + 1) * 2, n_levels)
-        enter = cost_j + p.enter[:, j]
         for direction, rows in ((1, up_flat), (0, down_flat if p.down_ok[j] else down_flat[:0])):
             if rows.size == 0:
                 continue
+            up = direction == 1 or p.leave_down is None or p.enter_down is None
+            leave = (v + (p.leave if up else p.leave_down)[:, j]).reshape((cap + 1) * 2, n_levels)
+            enter = cost_j + (p.enter if up else p.enter_down)[:, j]
             sub = leave[rows]
             arg_cd = np.argmin(sub, axis=0)
             best = sub[arg_cd, levels]  # (L,) best way to leave level x
@@ -483,9 +493,13 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
     # change costs: fixed, plus a vertical resize's downtime
     leave = np.full_like(cost, pc.change_cost)
     enter = np.zeros_like(cost)
+    leave_down = enter_down = None
     down_h = min(pc.resize_downtime.total_seconds(), interval_s) / 3600.0
     if config.ladder is not None and down_h > 0:
         if pc.resize_during == "old":
+            # the smaller of the two rungs serves: the old one on the way up;
+            # on the way down the new one, as after the resize (no extra risk)
+            leave_down, enter_down = leave.copy(), enter.copy()
             leave = leave + pen * risk_plan * down_h
         else:
             zero_p, zero_u = risk_tables(np.zeros(1), taus, q[:, n_fixed:])
@@ -500,7 +514,7 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
     since, last_up = since_last_change(state, now, interval)
     start = int(np.clip(current, lo, hi)) - lo
     big = max(spacing, lifetime, 1)
-    prob = Problem(cost=cost, leave=leave, enter=enter, start=start,
+    prob = Problem(cost=cost, leave=leave, enter=enter, leave_down=leave_down, enter_down=enter_down, start=start,
                    since=big if since is None else min(since, big), last_up=last_up,
                    spacing=spacing, lifetime=lifetime, down_ok=down_ok)
     path, _ = solve(prob)
@@ -523,7 +537,7 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
         x = int(path[j])
         change = 0.0
         if x != prev:
-            change = float(leave[prev, j] + enter[x, j])
+            change = prob.change_cost(prev, x, j)
             changes += 1
         totals["capacity"] += float(cap_cost[x, j])
         totals["risk"] += float(risk_cost[x, j])

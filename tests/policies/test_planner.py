@@ -227,6 +227,14 @@ def test_a_ladder_plans_rungs_and_prices_the_resize_downtime():
     # the same demand with a 5-minute outage per resize: every change costs the demand
     # that goes unserved meanwhile (30 x 5/60 h x penalty); the plan makes at most one
     assert up.schedule.change_cost > 0 and up.schedule.changes == 1
+    # served by the smaller rung meanwhile: a scale-down costs nothing beyond the change
+    # (the new rung serves during the downtime as after it), a scale-up the old rung's risk
+    old = config(capacity_per_replica=None, ladder=ladder,
+                 plan={"resize_downtime": "5m", "change_cost": 0.5, "resize_during": "old"})
+    down = decide(forecast(np.full(72, 10.0)), state(current=2, observed=10.0), old, NOW)
+    assert down.desired == 0 and down.schedule.change_cost == pytest.approx(0.5)
+    up_old = decide(forecast(np.full(72, 30.0)), state(current=0, observed=15.0), old, NOW)
+    assert up_old.desired == 1 and up_old.schedule.change_cost > 0.5
 
 
 def test_no_forecast_falls_back_and_never_scales_down():
