@@ -312,8 +312,10 @@ def penalty(config: PolicyConfig, rate: float | None = None) -> float:
     return step / rate
 
 
-#: the adapted rate stays within [SLO / 100, min(0.25, SLO x 50)]
-RATE_RANGE = (0.01, 50.0)
+#: the adapted rate stays within [SLO / 10, SLO x 4]: integer capacity rounds up, so the
+#: realized rate sits below the priced one; a wider range let long quiet spells
+#: price the rate up to where a burst then saturated for many intervals
+RATE_RANGE = (0.1, 4.0)
 
 
 def adapt_rate(state: ScalingState, config: PolicyConfig) -> float | None:
