@@ -269,7 +269,7 @@ def test_resize_downtime_takes_capacity_away_and_is_counted():
                 warmup=timedelta(0), resize_downtime=timedelta(minutes=5))
     d = np.array([8.0, 8, 15, 15, 15, 15])
     cap = np.array([0, 0, 0, 1, 1, 1])
-    for mode, served_at_3 in (("none", 0.0), ("old", 10.0)):
+    for mode, served_at_3 in (("unavailable", 0.0), ("old", 10.0)):
         prep = prepare(series(d), Scenario(**base, downtime_capacity=mode))
         run = evaluate(prep, PolicyRun("x", cap, cap))
         assert run.served.tolist() == [10, 10, 10, served_at_3, 20, 20]
