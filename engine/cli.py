@@ -45,6 +45,30 @@ def _print_decision(rec: dict[str, Any], verbose: bool = True) -> None:
         for s in rec["steps"]:
             mark = "*" if s["changed"] else " "
             print(f"      {mark} {s['name']:<14} {s['reason']:<26} {s['message']}")
+    if rec.get("schedule"):
+        for line in _schedule_lines(rec["schedule"], verbose):
+            print(f"      {line}")
+
+
+def _schedule_lines(sched: dict[str, Any], verbose: bool) -> list[str]:
+    """A planned schedule, compactly: runs of equal capacity (HH:MM UTC of
+    the interval each starts serving), then the expected cost."""
+    from .core.types import Schedule
+
+    s = Schedule.from_dict(sched)
+    runs = []
+    for first, last in s.segments():
+        label = f" [{first.label}]" if first.label else ""
+        what = "fixed" if first.fixed else f"ordered {first.order_at:%H:%M}"
+        peak = max((st for st in s.steps if first.at <= st.at <= last.at), key=lambda st: st.p_saturated)
+        risk = f", P(sat) <= {peak.p_saturated:.1%}" if verbose and not first.fixed else ""
+        runs.append(f"{first.at:%H:%M}-{last.at:%H:%M} {first.capacity}{label} ({what}{risk})")
+    out = ["schedule (UTC): " + ", ".join(runs)]
+    if verbose:
+        out.append(f"plan cost {s.total_cost:.4g} = capacity {s.capacity_cost:.4g} + risk {s.risk_cost:.4g} "
+                   f"({s.risk}, penalty {s.penalty:.4g}) + changes {s.change_cost:.4g} ({s.changes}); "
+                   f"lead time {int(s.lead_time.total_seconds() // 60)} m")
+    return out
 
 
 def _logging(level: str, fmt: str = "text") -> None:

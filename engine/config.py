@@ -152,8 +152,16 @@ class TargetConfig(_Model):
         return dict(self._covariates or {})
 
     @property
+    def forecast_quantiles(self) -> tuple[float, ...]:
+        """The levels the engine asks the forecaster for: the configured ones
+        and those the policy needs (the planner's distribution)."""
+        return tuple(sorted(set(self.forecaster.quantiles) | set(self.policy.forecast_quantiles)))
+
+    @property
     def horizon_steps(self) -> int:
         span = self.policy.lead_time + self.policy.hold + self.forecaster.extra_horizon
+        if self.policy.kind == "plan":  # the planner plans over its whole horizon
+            span = max(span, self.policy.plan.horizon)
         return max(1, -(-int(span.total_seconds()) // int(self.interval.total_seconds())))
 
 
