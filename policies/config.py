@@ -174,9 +174,16 @@ class PlanConfig(_Model):
     risk: Literal["unserved", "saturation"] = "unserved"
     penalty: float | None = Field(None, gt=0.0)
     slo: Slo | None = None
-    #: scale the forecast's spread so that its upper tail matches the
-    #: measured under-forecast rate (conformal headroom at the SLO's rate)
+    #: calibrate online so that realized saturation converges to the SLO:
+    #: ``rate`` adapts the priced rate from the realized saturation (the
+    #: observation above the capacity in service), ``spread`` rescales the
+    #: forecast's spread to the conformal headroom of its own errors at the
+    #: SLO's rate, ``both`` does both (see :mod:`policies.planner`)
     calibrate: bool = True
+    calibration: Literal["rate", "spread", "both"] = "both"
+    #: step of the rate adaptation: a saturated interval multiplies the rate
+    #: by exp(-gain), an unsaturated one by exp(gain x SLO)
+    calibration_gain: float = Field(0.2, gt=0.0, le=2.0)
     #: fixed price of one capacity change (in the same money as the prices)
     change_cost: float = Field(1.0, ge=0.0)
     #: a vertical resize takes capacity away for this long (stop/modify/start)
@@ -318,7 +325,8 @@ class PolicyConfig(_Model):
         """The under-forecast rate the engine's conformal headroom aims at
         (None: the policy uses no headroom)."""
         if self.kind == "plan":
-            return self.plan.target_rate if self.plan.calibrate else None
+            spread = self.plan.calibrate and self.plan.calibration in ("spread", "both")
+            return self.plan.target_rate if spread else None
         if self.kind == "predictive" and self.margin.conformal:
             return self.margin.conformal_target
         return None

@@ -78,6 +78,9 @@ def demand_knots(forecast: Forecast, levels: tuple[float, ...], idx: np.ndarray)
     return taus, np.maximum.accumulate(np.maximum(q, 0.0), axis=0)
 
 
+SPREAD_RANGE = (0.5, 2.0)
+
+
 def calibrate(taus: np.ndarray, q: np.ndarray, point: np.ndarray, headroom: float, rate: float,
               ref: int = 0) -> np.ndarray:
     """Rescale the forecast's spread around the point so that its ``1 - rate``
@@ -87,16 +90,20 @@ def calibrate(taus: np.ndarray, q: np.ndarray, point: np.ndarray, headroom: floa
     the headroom is measured at) and applied to every step, keeping
     the forecaster's own growth of uncertainty with the horizon. Where the
     forecast has no spread there, or the target lies below the point, the
-    distribution is shifted instead."""
+    distribution is shifted instead. Both are bounded (the factor to
+    ``SPREAD_RANGE``): relative errors of a spiky series near zero can
+    reach 50, and the rate calibration is what meets the SLO."""
     p0 = point[ref]
     target = p0 * (1.0 + headroom)
     own = float(upper_quantile(taus, q[:, ref:ref + 1], 1.0 - rate)[0])
     spread = own - p0
     if target > p0 and spread > 1e-9 * max(1.0, p0):
-        factor = (target - p0) / spread
+        # at most double or halve the forecaster's own spread: relative errors
+        # of a spiky series near zero would otherwise scale it by 50
+        factor = min(max((target - p0) / spread, SPREAD_RANGE[0]), SPREAD_RANGE[1])
         out = point[None, :] + factor * (q - point[None, :])
-    else:
-        out = q + (target - own)
+    else:  # shifted, by at most the level itself either way
+        out = q + min(max(target - own, -0.5 * own), max(own, p0))
     return np.maximum.accumulate(np.maximum(out, 0.0), axis=0)
 
 
@@ -278,19 +285,49 @@ def unit_price(config: PolicyConfig) -> float:
     return float(max(np.median(marginal), 1e-12))
 
 
-def penalty(config: PolicyConfig) -> float:
-    """``plan.penalty``, or the one the SLO implies: unit price / SLO (unserved:
-    the newsvendor's critical fractile P(D > c) = price / penalty = SLO), or
-    the level price / SLO for the saturation risk (a starting point: its
-    optimum also depends on the spread; the calibration corrects it)."""
+def penalty(config: PolicyConfig, rate: float | None = None) -> float:
+    """``plan.penalty``, or the one the SLO implies at ``rate`` (default: the
+    SLO itself): unit price / rate (unserved: the newsvendor's critical
+    fractile P(D > c) = price / penalty = rate), or the level price / rate for
+    the saturation risk (a starting point: its optimum also depends on the
+    spread; the rate calibration corrects it)."""
     p = config.plan
     if p.penalty is not None:
         return p.penalty
+    rate = p.target_rate if rate is None else rate
     if p.risk == "unserved":
-        return unit_price(config) / p.target_rate
+        return unit_price(config) / rate
     _, _, price = level_values(config)
     step = float(np.median(np.diff(price))) if price.size > 1 else float(price[0])
-    return step / p.target_rate
+    return step / rate
+
+
+#: the adapted rate stays within [SLO / 100, min(0.25, SLO x 50)]
+RATE_RANGE = (0.01, 50.0)
+
+
+def adapt_rate(state: ScalingState, config: PolicyConfig) -> float | None:
+    """The rate the planner prices, adapted from realized saturation so that
+    the long-run saturated fraction converges to the SLO (adaptive conformal
+    inference, Gibbs & Candes 2021, in log space): each cycle the latest
+    observation is compared with the full capacity in service, and the rate
+    is multiplied by ``exp(gain x (SLO - saturated))`` — down by exp(-gain)
+    after a saturated interval, up by exp(gain x SLO) after a clear one.
+    Remembered in the Decision's ``smoothed`` memory (one number). None when
+    not calibrating by rate or when a fixed penalty is configured."""
+    pc = config.plan
+    if not pc.calibrate or pc.calibration == "spread" or pc.penalty is not None:
+        return None
+    slo = pc.target_rate
+    prev = state.smoothed[0] if len(state.smoothed) == 1 and math.isfinite(state.smoothed[0]) \
+        and state.smoothed[0] > 0 else slo
+    obs = state.observation
+    if obs is None or not math.isfinite(obs.value):
+        return prev
+    saturated = obs.value > S.capacity_of(state.serving, config) + 1e-12
+    rate = prev * math.exp(pc.calibration_gain * (slo - float(saturated)))
+    lo, hi = RATE_RANGE
+    return min(max(rate, slo * lo), min(0.25, slo * hi))
 
 
 def since_last_change(state: ScalingState, now: datetime, interval: timedelta) -> tuple[int | None, bool]:
@@ -428,12 +465,13 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
     # demand distribution over the steps, calibrated to the measured under-forecast rate
     taus, q = demand_knots(forecast, pc.quantiles, all_idx)
     point = forecast.point[all_idx]
-    calibrated = pc.calibrate and state.headroom is not None and q.shape[1] > 0
+    calibrated = pc.calibrate and pc.calibration in ("spread", "both") and state.headroom is not None
     if calibrated:
         q = calibrate(taus, q, point, float(state.headroom), pc.target_rate, ref=fixed_idx.size)
+    rate = adapt_rate(state, config)
     levels, caps, price = level_values(config)
     lo, hi = config.bounds
-    pen = penalty(config)
+    pen = penalty(config, rate)
     p_sat, unserved = risk_tables(caps, taus, q)
     risk = unserved if pc.risk == "unserved" else p_sat
     n_fixed = fixed_idx.size
@@ -505,7 +543,9 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
     out: list[Step] = [data_step or Step("data", current, "DataOK", "forecast and observation usable")]
     first = int(levels[path[0]])
     code = "PlannedScaleUp" if first > current else "PlannedScaleDown" if first < current else "PlannedHold"
-    cal = f", calibrated (headroom {state.headroom:.3g})" if calibrated else ""
+    cal = f", spread calibrated (headroom {state.headroom:.3g})" if calibrated else ""
+    if rate is not None:
+        cal += f", priced rate {rate:.3%} (SLO {pc.target_rate:.3%})"
     out.append(Step("plan", first, code,
                     f"{reason}; plan over {_span(pc.horizon)}: {changes} change(s), expected cost "
                     f"{schedule.total_cost:.4g}{cal}", changed=first != current))
@@ -532,11 +572,12 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
     desired = int(b.value)
     return Decision(
         target=target, at=now, current=current, desired=desired, recommendation=recommendation,
-        steps=tuple(out), fallback=False, smoothed=state.smoothed, model=forecast.model,
+        steps=tuple(out), fallback=False, smoothed=state.smoothed if rate is None else (rate,),
+        model=forecast.model,
         model_version=forecast.model_version, capacity_label=config.label(desired),
         forecast_demand=out_steps[n_fixed].demand,
         extra={"lead_time_s": lead_time.total_seconds(), "plan_penalty": pen,
-               "plan_headroom": state.headroom if calibrated else None},
+               "plan_headroom": state.headroom if calibrated else None, "plan_rate": rate},
         schedule=schedule)
 
 
