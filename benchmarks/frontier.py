@@ -219,7 +219,7 @@ def gmean(xs: Sequence[float]) -> float:
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if not rows:
         nan = float("nan")
-        return {"traces": 0, "gmean_violation_ratio": nan, "no_worse": 0, "median_actions_ratio": nan,
+        return {"traces": 0, "gmean_violation_ratio": nan, "gmean_violation_ratio_in_range": nan, "no_worse": 0, "median_actions_ratio": nan,
                 "median_cost_vs_hindsight": nan, "hindsight_unreached": 0, "outside_range": 0, "slo_band": 0,
                 "median_cost": nan, "mean_cost": nan}
     vr = [r["violation_ratio"] for r in rows]
@@ -229,6 +229,10 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "traces": len(rows),
         "gmean_violation_ratio": gmean(vr),
+        # beyond the swept range the nearest end flatters the policy: the
+        # HPA could have gone further; the mean without those traces
+        "gmean_violation_ratio_in_range": gmean([r["violation_ratio"] for r in rows
+                                                  if r["hpa_at_cost"]["outside"] is None]),
         "no_worse": sum(x <= 1.0 for x in vr),
         "median_actions_ratio": statistics.median(ar) if ar else float("nan"),
         "median_cost_vs_hindsight": statistics.median(hs) if hs else float("nan"),
@@ -395,12 +399,14 @@ def markdown(name: str, report: dict[str, Any]) -> str:
              ""]
     for lead, part in report["leads"].items():
         lines += [f"## Lead time {lead} min", "",
-                  "| part | traces | gmean ratio v | ratio v <= 1 | median ratio a | median c / hindsight "
-                  "| v in 0.25-1 % | median c | mean c |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| part | traces | gmean ratio v | (in range: traces, gmean) | ratio v <= 1 | median ratio a "
+                  "| median c / hindsight | v in 0.25-1 % | median c | mean c |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for pname in ("tuning", "held_out", "all"):
             s = part["summary"][pname]
-            lines.append(f"| {pname} | {s['traces']} | {_f(s['gmean_violation_ratio'])} | {s['no_worse']} "
+            lines.append(f"| {pname} | {s['traces']} | {_f(s['gmean_violation_ratio'])} "
+                         f"| {s['traces'] - s['outside_range']}, {_f(s['gmean_violation_ratio_in_range'])} "
+                         f"| {s['no_worse']} "
                          f"| {_f(s['median_actions_ratio'], 2)} | {_f(s['median_cost_vs_hindsight'])} "
                          f"| {s['slo_band']} | {_f(s['median_cost'])} | {_f(s['mean_cost'])} |")
         lines += ["", "| trace | part | v | c | a | HPA@c v | HPA@c a | ratio v | ratio a | hindsight c "
