@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.backtest import (  # noqa: E402
     AWS_M5_LADDER,
+    CALM_POLICY,
     DEFAULT_FORECASTER,
     DEFAULT_POLICY,
     Prepared,
@@ -85,6 +86,7 @@ POLICIES: dict[str, dict[str, Any]] = {
     "predictive": DEFAULT_POLICY,
     # REFERENCE.md section 4, note on item 5: a 30-minute scale-down window
     "predictive-sd30": {**DEFAULT_POLICY, "stabilization": {"scale_up": "0s", "scale_down": "30m"}},
+    "predictive-calm": CALM_POLICY,
     "plan": {"kind": "plan"},
 }
 
