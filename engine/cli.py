@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "baseline and the oracle (default: the policy's, else 0.7)")
     b.add_argument("--resize-downtime", type=_duration, help="after a change lands, this long the capacity "
                    "is down (a VPS resize; default 0)")
-    b.add_argument("--downtime-capacity", choices=("none", "old"), help="what serves during a resize "
+    b.add_argument("--downtime-capacity", choices=("unavailable", "old"), help="what serves during a resize "
                    "downtime: nothing (default) or the old size")
     b.add_argument("--change-cost", type=float, help="money per capacity change, reported beside cost")
     b.add_argument("--threshold-window", type=_duration, help="vertical baseline: utilization above 80 %% "

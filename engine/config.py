@@ -96,10 +96,10 @@ class BacktestSection(_Model):
     warmup: Duration | None = None
     #: the reactive HPA baseline's (and the oracle's) utilization
     baseline_utilization: float | None = Field(None, gt=0.0, le=1.0, serialization_alias="target_utilization")
-    #: after a change lands, this long the capacity serves nothing ("none")
+    #: after a change lands, this long the capacity serves nothing ("unavailable")
     #: or still the old size ("old"): a VPS resize is a stop/modify/start
     resize_downtime: Duration | None = None
-    downtime_capacity: Literal["none", "old"] | None = None
+    downtime_capacity: Literal["unavailable", "old"] | None = None
     #: money per capacity change
     change_cost: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     #: the threshold resizer baseline (vertical): sustained this long

@@ -99,3 +99,38 @@ def test_the_benchmark_runs_end_to_end_on_a_small_folder(tmp_path):
     assert part["summary"]["held_out"]["traces"] + part["summary"]["tuning"]["traces"] == 2
     md = (out / "frontier-default.md").read_text()
     assert "| held_out |" in md and "nab/rds_cpu_utilization_e47b3b.csv" in md
+
+
+def test_the_vertical_scenario_runs_against_the_threshold_resizer(tmp_path):
+    traces = tmp_path / "traces" / "nab"
+    traces.mkdir(parents=True)
+    shutil.copy(TRACES / "nab" / "rds_cpu_utilization_e47b3b.csv", traces / "r.csv")
+    out = tmp_path / "out"
+    assert main(["--traces", str(tmp_path / "traces"), "--vertical", "--no-frontier", "--out", str(out),
+                 "--quiet"]) == 0
+    doc = json.loads((out / "frontier-default-vertical.json").read_text())
+    (row,) = doc["vertical"]["rows"]
+    assert set(row["policies"]) == {"oracle", "threshold", "predictive"}
+    for p in row["policies"].values():
+        assert p["cost_per_day"] > 0 and "downtime_unserved_fraction" in p
+    # the oracle's ladder money is the floor (no downtime, perfect knowledge)
+    assert row["policies"]["oracle"]["cost_per_day"] <= row["policies"]["threshold"]["cost_per_day"] * 1.5
+    assert "Vertical: AWS m5 ladder" in (out / "frontier-default-vertical.md").read_text()
+
+
+@pytest.mark.parametrize("settings", [{}, {"kind": "plan"}])
+def test_forecasts_kept_from_the_longer_lead_time_give_the_same_run(settings):
+    from benchmarks.frontier import ForecastCache, one_trace
+
+    from engine.backtest import DEFAULT_POLICY
+
+    settings = settings or DEFAULT_POLICY
+    raw = read_csv(TRACES / "nab" / "rds_cpu_utilization_e47b3b.csv")[:1200]
+    fcfg = ForecasterConfig(name="seasonal_persistence")
+    cache = ForecastCache()
+    one_trace(raw, "t", settings, fcfg, 30, cache)
+    assert cache.log  # the first run kept its forecasts
+    cached = one_trace(raw, "t", settings, fcfg, 10, cache)
+    fresh = one_trace(raw, "t", settings, fcfg, 10)
+    assert cached["policy"] == fresh["policy"]
+    assert cached["fallback_reasons"] == fresh["fallback_reasons"]

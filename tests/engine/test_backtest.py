@@ -269,7 +269,7 @@ def test_resize_downtime_takes_capacity_away_and_is_counted():
                 warmup=timedelta(0), resize_downtime=timedelta(minutes=5))
     d = np.array([8.0, 8, 15, 15, 15, 15])
     cap = np.array([0, 0, 0, 1, 1, 1])
-    for mode, served_at_3 in (("none", 0.0), ("old", 10.0)):
+    for mode, served_at_3 in (("unavailable", 0.0), ("old", 10.0)):
         prep = prepare(series(d), Scenario(**base, downtime_capacity=mode))
         run = evaluate(prep, PolicyRun("x", cap, cap))
         assert run.served.tolist() == [10, 10, 10, served_at_3, 20, 20]
@@ -281,3 +281,16 @@ def test_resize_downtime_takes_capacity_away_and_is_counted():
         # money: 3 intervals at 1/h and 3 at 2/h, over half an hour (1/48 day)
         assert run.actuation["cost_per_day"] == pytest.approx((3 * 1 + 3 * 2) / 12 * 48)
         assert run.actuation["changes_per_day"] == pytest.approx(1 * 48)
+
+
+def test_a_healthy_replay_of_a_real_trace_rarely_falls_back_and_says_why():
+    from tests.support import TRACES
+
+    r = run_backtest(read_csv(TRACES / "nab" / "ec2_cpu_utilization_5f5533.csv"), trace="5f5533")
+    p = r.runs["predictive"]
+    decided = int((~np.isnan(r.demand)).sum())
+    # only the first cycles, before the forecaster has its minimum history
+    assert p.fallbacks / decided < 0.02
+    assert p.fallback_reasons == {"NoForecast": p.fallbacks}
+    assert r.to_dict()["policies"]["predictive"]["fallback_reasons"] == {"NoForecast": p.fallbacks}
+    assert f"fallbacks {p.fallbacks} (NoForecast {p.fallbacks})" in r.table()
