@@ -133,12 +133,15 @@ def upper_quantile(taus: np.ndarray, q: np.ndarray, level: float) -> np.ndarray:
     return q[-1] + beta * math.log(s[-1] / (1.0 - level))
 
 
-def risk_tables(caps: np.ndarray, taus: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def risk_tables(caps: np.ndarray, taus: np.ndarray, q: np.ndarray,
+                ceiling: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``P(D_j > c)`` and ``E[(D_j - c)+]`` for every capacity ``c`` in
-    ``caps (L,)`` and step j: two ``(L, H)`` arrays (see the module docstring
-    for the distribution)."""
+    ``caps`` (``(L,)``, or ``(L, H)``: one per step) and step j: two ``(L, H)``
+    arrays (see the module docstring for the distribution). ``ceiling (H,)``:
+    demand above it is not counted (``D`` becomes ``min(D, ceiling)``)."""
     v, s, beta = _knots(taus, q)
-    c = caps[:, None, None]  # (L, 1, 1)
+    caps2 = np.broadcast_to(caps if caps.ndim == 2 else caps[:, None], (caps.shape[0], q.shape[1]))
+    c = caps2[:, None, :]  # (L, 1, H)
     lo, hi = v[:-1][None], v[1:][None]  # (1, K, H)
     s_lo, s_hi = s[:-1][None, :, None], s[1:][None, :, None]
     width = hi - lo
@@ -149,7 +152,7 @@ def risk_tables(caps: np.ndarray, taus: np.ndarray, q: np.ndarray) -> tuple[np.n
     seg_int = ((hi - a) * (s_a + s_hi) * 0.5).sum(axis=1)  # (L, H)
     inside = (c >= lo) & (c < hi)
     p_in = (inside * s_a).sum(axis=1)
-    c2 = caps[:, None]
+    c2 = caps2
     top = v[-1][None, :]
     over = np.maximum(c2 - top, 0.0)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -161,6 +164,12 @@ def risk_tables(caps: np.ndarray, taus: np.ndarray, q: np.ndarray) -> tuple[np.n
     above = c2 >= top
     p_sat = np.where(below, 1.0, np.where(above, tail_p, p_in))
     unserved = np.maximum(v[0][None, :] - c2, 0.0) + seg_int + tail_int
+    if ceiling is not None:
+        # E[(min(D, m) - c)+] = E[(D - c)+] - E[(D - m)+] below m, 0 above
+        _, over_m = risk_tables(ceiling[None, :], taus, q)
+        capped = c2 >= ceiling[None, :]
+        p_sat = np.where(capped, 0.0, p_sat)
+        unserved = np.where(capped, 0.0, np.maximum(unserved - over_m, 0.0))
     return p_sat, unserved
 
 
@@ -484,8 +493,12 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
     levels, caps, price = level_values(config)
     lo, hi = config.bounds
     pen = penalty(config, rate)
-    p_sat, unserved = risk_tables(caps, taus, q)
-    risk = unserved if pc.risk == "unserved" else p_sat
+    # the headroom cap: the plan does not buy capacity for demand above
+    # point x (1 + cap); the reactive floor answers such bursts
+    ceiling = None if pc.headroom_cap is None else point * (1.0 + pc.headroom_cap)
+    p_sat, unserved = risk_tables(caps, taus, q)  # reported as they are
+    priced = (p_sat, unserved) if ceiling is None else risk_tables(caps, taus, q, ceiling)
+    risk = priced[1] if pc.risk == "unserved" else priced[0]
     n_fixed = fixed_idx.size
     risk_plan = risk[:, n_fixed:]
     cap_cost = (price * dt_h)[:, None] * np.ones((1, plan_idx.size))
@@ -504,7 +517,8 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
             leave_down, enter_down = leave.copy(), enter.copy()
             leave = leave + pen * risk_plan * down_h
         else:
-            zero_p, zero_u = risk_tables(np.zeros(1), taus, q[:, n_fixed:])
+            zero_p, zero_u = risk_tables(np.zeros(1), taus, q[:, n_fixed:],
+                                         None if ceiling is None else ceiling[n_fixed:])
             leave = leave + pen * (zero_u if pc.risk == "unserved" else zero_p) * down_h
         enter = -pen * risk_plan * down_h  # the new rung does not serve during the downtime
 

@@ -158,6 +158,25 @@ def test_expected_unserved_is_the_integral_of_the_survival_function():
     assert unserved[0, 0] == pytest.approx(100.0, rel=0.05)
 
 
+def test_a_ceiling_drops_the_demand_above_it():
+    # D capped at 110: E[(min(D, 110) - c)+] = E[(D - c)+] - E[(D - 110)+]; nothing above 110
+    taus = np.array(sorted(Z))
+    q = np.array([[100 + 10 * Z[t]] for t in taus])
+    caps = np.array([90.0, 105.0, 110.0, 120.0])
+    p, u = P.risk_tables(caps, taus, q)
+    pc, uc = P.risk_tables(caps, taus, q, np.array([110.0]))
+    assert pc[:2, 0] == pytest.approx(p[:2, 0]) and pc[2:, 0].tolist() == [0.0, 0.0]
+    assert uc[:2, 0] == pytest.approx(u[:2, 0] - u[2, 0]) and uc[2:, 0].tolist() == [0.0, 0.0]
+
+
+def test_a_headroom_cap_keeps_the_plan_near_the_point_and_leaves_bursts_to_the_floor():
+    wide = forecast(np.full(72, 50.0), spread=20.0)  # q0.99 = 96.5: an uncapped plan buys 10+
+    assert decide(wide, state(observed=50.0), config(), NOW).desired >= 10
+    capped = decide(wide, state(observed=50.0), config(plan={"headroom_cap": 0.2}), NOW)
+    assert capped.desired == 6  # at most 50 x 1.2 = 60
+    assert capped.schedule.first.p_saturated > 0.1  # the schedule still reports the real risk
+
+
 def test_a_normal_forecast_keeps_its_tail_roughly():
     # q(0.999) of N(100, 10) is 130.9: the exponential tail puts it within a factor 2 of 0.001
     taus = np.array(sorted(Z))
