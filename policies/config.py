@@ -126,6 +126,14 @@ class Rung(_Model):
 
 
 
+def quantile_levels(v: tuple[float, ...]) -> tuple[float, ...]:
+    """Quantile levels, each in (0, 1), sorted and without repeats."""
+    for q in v:
+        if not 0.0 < q < 1.0:
+            raise ValueError(f"quantile {q} is not in (0, 1)")
+    return tuple(sorted(set(v)))
+
+
 class Slo(_Model):
     """The service objective the planner prices its risk from."""
 
@@ -211,10 +219,7 @@ class PlanConfig(_Model):
     @field_validator("quantiles")
     @classmethod
     def _levels(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        for q in v:
-            if not 0.0 < q < 1.0:
-                raise ValueError(f"quantile {q} is not in (0, 1)")
-        levels = tuple(sorted(set(v)))
+        levels = quantile_levels(v)
         if len(levels) < 2 or levels[-1] <= 0.5:
             raise ValueError(f"need at least two levels and one above 0.5, got {list(levels)}")
         return levels
