@@ -1,4 +1,4 @@
-"""Replay a trace through oracle, reactive and the predictive policy.
+"""Replay a trace through the oracle, a baseline and the configured policy.
 
 Exactly the scenario and metrics of REFERENCE.md section 3:
 
@@ -12,12 +12,32 @@ Exactly the scenario and metrics of REFERENCE.md section 3:
 - oracle: ``clamp(ceil(d_t / (cpr u)), min, max)``, no lead time;
 - reactive: the HPA rule on ``d_t`` (tolerance 0.1, 300 s scale-down
   stabilization, no rate limit);
-- predictive: the configured forecaster and policy chain, run through
+- the configured policy (forecaster and policy chain), run through
   :class:`engine.cycle.TargetRunner` — the same code as the live loop.
 
 Metrics over scored intervals: ``violation_fraction``, ``unserved_fraction``,
-``cost_vs_oracle``, ``actions``; for the predictive policy also ``mase``,
+``cost_vs_oracle``, ``actions``; for a forecasting policy also ``mase``,
 ``smape`` and ``coverage`` of its forecast at horizon L.
+
+Two things are kept apart (one home per value):
+
+- the :class:`Scenario`: facts about the world being replayed (interval,
+  lead time, warm-up, the baseline's utilization, the replica size or
+  ladder, bounds, what a change costs);
+- the policy: a :class:`policies.config.PolicyConfig`, replayed as given. A
+  setting the user did not make is filled from the scenario with
+  ``model_copy`` (the replica size derived from the trace, the bounds, the
+  lead time); each fill is reported in :attr:`BacktestResult.notes`.
+
+Vertical scenario (a ladder of instance types): the baseline is the
+threshold resizer a VPS owner runs (:func:`threshold_resizer`); a resize
+costs ``resize_downtime`` after it lands, during which the machine serves
+nothing (``downtime_capacity: unavailable``) or still the old rung (``old``);
+demand unserved then is counted in ``unserved_fraction`` and reported alone
+as ``downtime_unserved_fraction``. Money: each rung's price per hour.
+
+Actions are a result of their own (:attr:`PolicyRun.actuation`): changes
+per day, the scenario's cost per change, downtime unserved demand, money.
 """
 
 from __future__ import annotations
@@ -25,35 +45,83 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 
 from forecasters import Forecaster
-from policies.config import PolicyConfig, RateLimit, Reactive, Stabilization
+from policies.config import PolicyConfig, RateLimit, Reactive, Rung, Stabilization
 
 from .config import ForecasterConfig, PluginSection, TargetConfig
-from .cycle import TargetRunner
-from .feedback import MemoryFeedback, accuracy, seasonal_naive_scale
+from .core.errors import ConfigError, DataError
 from .core.types import ScalingState, Series
 from .core.units import from_epoch
+from .cycle import TargetRunner
+from .feedback import MemoryFeedback, accuracy, seasonal_naive_scale
+
+DAY_S = 86400.0
 
 
 @dataclass(frozen=True)
 class Scenario:
+    """The world a backtest replays (REFERENCE.md section 3 defaults)."""
+
     interval: timedelta = timedelta(minutes=5)
+    #: u: the oracle's and the reactive baseline's utilization
     target_utilization: float = 0.7
+    #: load one replica carries; None: ``quantile(d, 0.99) / (20 u)``
     capacity_per_replica: float | None = None
-    min_replicas: int = 1
-    max_replicas: int = 60
+    #: None: the policy's bounds if it sets them, else 1..60 (horizontal) or
+    #: the whole ladder (vertical)
+    min_replicas: int | None = 1
+    max_replicas: int | None = 60
+    #: time from a decision until its capacity serves
     lead_time: timedelta = timedelta(minutes=10)
     warmup: timedelta = timedelta(days=2)
+    #: vertical: the instance types (capacity x ``ladder_scale`` = load each carries)
+    ladder: tuple[Rung, ...] | None = None
+    #: None: scale so the top rung carries the trace's 99th percentile at u
+    ladder_scale: float | None = None
+    #: after a change lands, this long the capacity is unavailable
+    #: or still the old one ("old"); a VPS resize is a stop/modify/start
+    resize_downtime: timedelta = timedelta(0)
+    downtime_capacity: Literal["unavailable", "old"] = "unavailable"
+    #: money per capacity change (e.g. a migration), reported beside cost
+    change_cost: float = 0.0
+    #: the threshold resizer (vertical baseline): up a rung above
+    #: ``threshold_up`` utilization for ``threshold_window``, down below
+    #: ``threshold_down`` for as long
+    threshold_up: float = 0.8
+    threshold_down: float = 0.2
+    threshold_window: timedelta = timedelta(minutes=10)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.interval <= timedelta(0):
+            problems.append(f"interval ({self.interval}) must be positive")
+        if self.lead_time < timedelta(0):
+            problems.append(f"lead time ({self.lead_time}) must not be negative")
+        if self.warmup < timedelta(0):
+            problems.append(f"warm-up ({self.warmup}) must not be negative")
+        if not 0.0 < self.target_utilization <= 1.0:
+            problems.append(f"baseline utilization ({self.target_utilization}) must be in (0, 1]")
+        if self.capacity_per_replica is not None and not (0 < self.capacity_per_replica < math.inf):
+            problems.append(f"capacity_per_replica ({self.capacity_per_replica}) must be a positive number")
+        if self.resize_downtime < timedelta(0):
+            problems.append(f"resize downtime ({self.resize_downtime}) must not be negative")
+        if problems:
+            raise ConfigError("backtest scenario: " + "; ".join(problems))
+
+    @property
+    def vertical(self) -> bool:
+        return self.ladder is not None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "interval_s": self.interval.total_seconds(),
             "target_utilization": self.target_utilization,
             "capacity_per_replica": self.capacity_per_replica,
@@ -62,7 +130,54 @@ class Scenario:
             "lead_time_s": self.lead_time.total_seconds(),
             "warmup_s": self.warmup.total_seconds(),
         }
+        if self.change_cost:
+            out["change_cost"] = self.change_cost
+        if self.vertical:
+            assert self.ladder is not None
+            out.update({
+                "ladder": [r.model_dump() for r in self.ladder], "ladder_scale": self.ladder_scale,
+                "resize_downtime_s": self.resize_downtime.total_seconds(),
+                "downtime_capacity": self.downtime_capacity,
+                "threshold": {"up": self.threshold_up, "down": self.threshold_down,
+                              "window_s": self.threshold_window.total_seconds()}})
+        elif self.resize_downtime:
+            out["resize_downtime_s"] = self.resize_downtime.total_seconds()
+            out["downtime_capacity"] = self.downtime_capacity
+        return out
 
+
+#: AWS EC2 m5 on-demand, us-east-1, Linux, per hour (AWS price list):
+#: m5.large 2 vCPU $0.096, xlarge 4 $0.192, 2xlarge 8 $0.384, 4xlarge 16 $0.768.
+#: Capacities in vCPUs; a scenario scales them to the trace (``ladder_scale``).
+AWS_M5_LADDER: tuple[Rung, ...] = (
+    Rung(name="m5.large", capacity=2, price=0.096),
+    Rung(name="m5.xlarge", capacity=4, price=0.192),
+    Rung(name="m5.2xlarge", capacity=8, price=0.384),
+    Rung(name="m5.4xlarge", capacity=16, price=0.768),
+)
+
+
+
+def scenario_for(target: TargetConfig | None = None, **overrides: Any) -> Scenario:
+    """The scenario of a backtest of ``target``: its interval, the lead time,
+    bounds and capacity model its policy states, the baseline at the
+    policy's own target utilization, then the target's ``backtest:``
+    section, then ``overrides`` (the command line; None values are ignored).
+    Without a target: the REFERENCE.md section 3 defaults."""
+    facts: dict[str, Any] = {}
+    if target is not None:
+        pol = target.policy
+        lo, hi = pol.bounds
+        facts = {"interval": target.interval, "lead_time": pol.lead_time,
+                 "target_utilization": pol.target_utilization, "min_replicas": lo, "max_replicas": hi}
+        if pol.ladder is not None:
+            facts.update(ladder=pol.ladder, ladder_scale=1.0)
+        else:
+            facts["capacity_per_replica"] = pol.capacity_per_replica
+        if target.backtest is not None:
+            facts.update(target.backtest.model_dump(exclude_none=True, by_alias=True))
+    facts.update({k: v for k, v in overrides.items() if v is not None})
+    return Scenario(**facts)
 
 #: The default predictive policy of the backtest and the demo, chosen by
 #: benchmarks/policy_search.py: 24 policies (target utilization 0.8/0.85/0.9 x
@@ -90,6 +205,20 @@ DEFAULT_POLICY: dict[str, Any] = {
     "scale_up": {"policies": [], "select": "Max"},
     "scale_down": {"policies": [], "select": "Max"},
 }
+#: The default made calm: ``DEFAULT_POLICY`` run hotter (0.9) with a tighter
+#: headroom cap (5 %) and a one-hour scale-down window, so it follows the
+#: forecast up at once and down only after an hour of lower recommendations
+#: (bursts cluster in time: REFERENCE.md section 4, note on item 5). On the
+#: demo trace it has the HPA's violations and unserved demand at a lower
+#: cost (0.967 against 0.986) with half its changes (220 against 420); it
+#: is what ``forescale demo`` shows. Frontier numbers: docs/backtest.md.
+CALM_POLICY: dict[str, Any] = {
+    **DEFAULT_POLICY,
+    "target_utilization": 0.9,
+    "margin": {**DEFAULT_POLICY["margin"], "cap": 0.05},
+    "reactive": {"enabled": True, "tolerance": 0.0, "target_utilization": 0.9},
+    "stabilization": {"scale_up": "0s", "scale_down": "1h"},
+}
 #: persistence adjusted by the same-time-of-day change one day ago
 #: (REFERENCE.md section 4, item 4)
 DEFAULT_FORECASTER = ForecasterConfig(name="seasonal_persistence")
@@ -100,6 +229,7 @@ class PolicyRun:
     name: str
     decided: np.ndarray  # capacity decided at the end of each interval
     in_service: np.ndarray  # capacity serving each interval
+    #: REFERENCE.md section 3's metrics (and forecast accuracy)
     metrics: dict[str, float] = field(default_factory=dict)
     forecast_point: np.ndarray | None = None  # forecast for interval t made at t - k
     forecast_upper: np.ndarray | None = None
@@ -108,6 +238,63 @@ class PolicyRun:
     #: a few percent means prediction switched itself off)
     fallback_reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    #: what the changes cost: changes_per_day, change_cost, downtime, money
+    actuation: dict[str, float] = field(default_factory=dict)
+    #: load served each interval (after resize downtime)
+    served: np.ndarray | None = None
+
+    def report(self) -> dict[str, Any]:
+        out: dict[str, Any] = {**self.metrics, **self.actuation}
+        if self.fallback_reasons:
+            out["fallback_reasons"] = dict(self.fallback_reasons)
+        return out
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A trace resampled and sized for the scenario: what every policy run
+    of one backtest shares."""
+
+    trace: str
+    scenario: Scenario
+    series: Series
+    #: horizontal: load per replica; vertical: None
+    capacity_per_replica: float | None
+    need: np.ndarray
+    scored: np.ndarray
+    lead_steps: int
+    initial: int
+    bounds: tuple[int, int]
+    #: vertical: the ladder in the trace's units (capacities x scale)
+    ladder: tuple[Rung, ...] | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def vertical(self) -> bool:
+        return self.ladder is not None
+
+    def served(self, units: np.ndarray) -> np.ndarray:
+        """Load ``units`` of capacity carry at 100 % utilization."""
+        if self.ladder is not None:
+            caps = np.array([r.capacity for r in self.ladder])
+            return caps[np.clip(units, 0, len(caps) - 1)]
+        assert self.capacity_per_replica is not None
+        return units.astype(float) * self.capacity_per_replica
+
+    def price(self, units: np.ndarray) -> np.ndarray | None:
+        """Money per hour of ``units`` (vertical ladders with prices), else None."""
+        if self.ladder is None or any(r.price is None for r in self.ladder):
+            return None
+        prices = np.array([r.price for r in self.ladder], dtype=float)
+        return prices[np.clip(units, 0, len(prices) - 1)]
+
+    def weight(self, units: np.ndarray) -> np.ndarray:
+        """What ``cost_vs_oracle`` sums: replicas, or a rung's price (its
+        capacity where the ladder has no prices)."""
+        if self.ladder is None:
+            return units.astype(float)
+        p = self.price(units)
+        return p if p is not None else self.served(units)
 
 
 @dataclass
@@ -118,33 +305,49 @@ class BacktestResult:
     demand: np.ndarray
     scored: np.ndarray
     need: np.ndarray
-    capacity_per_replica: float
+    capacity_per_replica: float | None
     runs: dict[str, PolicyRun]
     forecaster: str
+    #: the row of the configured policy (``predictive``, ``planner``, ...)
+    policy_name: str = "predictive"
+    #: scenario facts filled into the policy, derived values, differences
+    notes: tuple[str, ...] = ()
+    ladder: tuple[Rung, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         sc = self.scenario.to_dict()
         sc["capacity_per_replica"] = self.capacity_per_replica
+        if self.ladder is not None:
+            sc["ladder"] = [r.model_dump() for r in self.ladder]
         return {
             "trace": self.trace,
             "forecaster": self.forecaster,
+            "policy": self.policy_name,
             "scenario": sc,
             "intervals": int(self.timestamps.size),
             "scored_intervals": int(self.scored.sum()),
-            "policies": {k: r.metrics for k, r in self.runs.items()},
+            "scored_days": scored_days(self.scored, self.scenario.interval),
+            "notes": list(self.notes),
+            "policies": {k: r.report() for k, r in self.runs.items()},
             "seconds": {k: round(r.seconds, 3) for k, r in self.runs.items()},
         }
 
     def table(self) -> str:
-        cols = ["violation_fraction", "unserved_fraction", "cost_vs_oracle", "actions"]
-        lines = [f"{'policy':<12}" + "".join(f"{c:>20}" for c in cols)]
+        cols = ["violation_fraction", "unserved_fraction", "cost_vs_oracle", "actions", "changes_per_day"]
+        extra = [c for c in ("downtime_unserved_fraction", "cost_per_day", "change_cost")
+                 if any(c in r.actuation for r in self.runs.values())]
+        cols += extra
+        width = max(12, *(len(n) + 2 for n in self.runs))
+        lines = [f"{'policy':<{width}}" + "".join(f"{c:>{max(16, len(c) + 2)}}" for c in cols)]
         for name, run in self.runs.items():
-            lines.append(f"{name:<12}" + "".join(f"{_fmt(run.metrics.get(c)):>20}" for c in cols))
-        p = self.runs.get("predictive")
+            vals = {**run.metrics, **run.actuation}
+            lines.append(f"{name:<{width}}" + "".join(f"{_fmt(vals.get(c)):>{max(16, len(c) + 2)}}" for c in cols))
+        p = self.runs.get(self.policy_name)
         if p and "mase" in p.metrics:
+            reasons = ", ".join(f"{k} {v}" for k, v in sorted(p.fallback_reasons.items())) or "none"
             lines.append(f"forecast ({self.forecaster}) at lead time: mase {p.metrics['mase']:.3f}, "
                          f"smape {p.metrics['smape']:.1f} %, coverage {p.metrics['coverage']:.3f}, "
-                         f"fallbacks {p.fallbacks}")
+                         f"fallbacks {p.fallbacks} ({reasons})")
         return "\n".join(lines)
 
 
@@ -156,39 +359,140 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def scored_days(scored: np.ndarray, interval: timedelta) -> float:
+    return float(scored.sum()) * interval.total_seconds() / DAY_S
+
+
 def oracle_need(d: np.ndarray, cpr: float, u: float, lo: int, hi: int) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         need = np.ceil(d / (cpr * u) - 1e-9)
     return np.clip(np.nan_to_num(need, nan=lo), lo, hi).astype(np.int64)
 
 
-def score(d: np.ndarray, cap: np.ndarray, need: np.ndarray, cpr: float, scored: np.ndarray) -> dict[str, float]:
-    """The four policy metrics of REFERENCE.md section 3."""
-    ds, cs, ns = d[scored], cap[scored].astype(float), need[scored].astype(float)
-    served = cs * cpr
+def ladder_need(d: np.ndarray, ladder: tuple[Rung, ...], u: float, lo: int, hi: int) -> np.ndarray:
+    """The cheapest rung that carries ``d`` at utilization ``u`` (the top
+    rung if none does): the vertical oracle."""
+    caps = np.array([r.capacity for r in ladder]) * u
+    idx = np.searchsorted(caps, np.nan_to_num(d, nan=0.0) - 1e-9, side="left")
+    return np.clip(idx, lo, min(hi, len(ladder) - 1)).astype(np.int64)
+
+
+def score_served(d: np.ndarray, served: np.ndarray, weight: np.ndarray, need_weight: np.ndarray,
+                 cap: np.ndarray, scored: np.ndarray) -> dict[str, float]:
+    """REFERENCE.md section 3's metrics from the load served each interval
+    and the cost weights (replicas, or a rung's price) of the capacity and of
+    the oracle's need."""
+    ds, ss = d[scored], served[scored]
+    cs, ns = weight[scored], need_weight[scored]
     changed = np.zeros_like(cap, dtype=bool)
     changed[1:] = cap[1:] != cap[:-1]
     return {
-        "violation_fraction": float(np.mean(ds > served + 1e-12)) if ds.size else float("nan"),
-        "unserved_fraction": float(np.sum(np.maximum(0.0, ds - served)) / np.sum(ds)) if np.sum(ds) > 0 else 0.0,
+        "violation_fraction": float(np.mean(ds > ss + 1e-12)) if ds.size else float("nan"),
+        "unserved_fraction": float(np.sum(np.maximum(0.0, ds - ss)) / np.sum(ds)) if np.sum(ds) > 0 else 0.0,
         "cost_vs_oracle": float(np.sum(cs) / np.sum(ns)) if np.sum(ns) > 0 else float("nan"),
         "actions": int(np.sum(changed & scored)),
     }
 
 
-def _target(name: str, scenario: Scenario, cpr: float, policy: dict[str, Any],
-            forecaster: ForecasterConfig) -> TargetConfig:
-    pol = {**policy, "capacity_per_replica": cpr, "min_replicas": scenario.min_replicas,
-           "max_replicas": scenario.max_replicas, "lead_time": scenario.lead_time,
-           "hold": scenario.interval}
-    pol.setdefault("max_staleness", scenario.interval * 3)
-    return TargetConfig(name=name, interval=scenario.interval, mode="observe",
-                        source=PluginSection(type="csv", path="-"), forecaster=forecaster,
-                        policy=PolicyConfig(**pol))
+def score(d: np.ndarray, cap: np.ndarray, need: np.ndarray, cpr: float, scored: np.ndarray) -> dict[str, float]:
+    """The four policy metrics of REFERENCE.md section 3 (replicas)."""
+    return score_served(d, cap.astype(float) * cpr, cap.astype(float), need.astype(float), cap, scored)
+
+
+def with_downtime(served: np.ndarray, in_service: np.ndarray, prep: Prepared) -> tuple[np.ndarray, np.ndarray]:
+    """The load served once each change's downtime is taken out, and a mask
+    of the intervals in a downtime. A change lands at interval t (the
+    capacity in service differs from t-1's); for ``resize_downtime`` from
+    then the capacity is none or still the old one."""
+    sc = prep.scenario
+    down = np.zeros(served.size, dtype=bool)
+    steps = int(math.ceil(sc.resize_downtime.total_seconds() / sc.interval.total_seconds() - 1e-9))
+    if steps <= 0 or served.size < 2:
+        return served, down
+    out = served.copy()
+    for t in np.flatnonzero(in_service[1:] != in_service[:-1]) + 1:
+        end = min(served.size, t + steps)
+        down[t:end] = True
+        out[t:end] = 0.0 if sc.downtime_capacity == "unavailable" else np.minimum(served[t:end], served[t - 1])
+    return out, down
+
+
+def evaluate(prep: Prepared, run: PolicyRun, *, downtime: bool = True) -> PolicyRun:
+    """Score ``run``: section 3's metrics (on the load served after resize
+    downtime, unless ``downtime`` is False: the oracle, the physical limit)
+    and what its changes cost."""
+    d = np.nan_to_num(prep.series.values)
+    nominal = prep.served(run.in_service)
+    served, down = with_downtime(nominal, run.in_service, prep) if downtime else (nominal, nominal < 0)
+    run.served = served
+    run.metrics = score_served(d, served, prep.weight(run.in_service), prep.weight(prep.need),
+                               run.in_service, prep.scored)
+    sc, s = prep.scenario, prep.scored
+    days = scored_days(s, sc.interval)
+    act: dict[str, float] = {"changes_per_day": run.metrics["actions"] / days if days > 0 else float("nan")}
+    if sc.change_cost:
+        act["change_cost"] = run.metrics["actions"] * sc.change_cost
+    if sc.resize_downtime > timedelta(0):
+        total = float(np.sum(d[s]))
+        lost = np.maximum(0.0, d - served) - np.maximum(0.0, d - nominal)
+        act["downtime_unserved_fraction"] = float(np.sum(lost[s & down]) / total) if total > 0 else 0.0
+    price = prep.price(run.in_service)
+    if price is not None:
+        act["cost_per_day"] = float(np.sum(price[s]) * sc.interval.total_seconds() / 3600 / days) if days else 0.0
+    run.actuation = act
+    return run
+
+
+# ------------------------------------------------------------------ the policies
+def policy_label(policy: PolicyConfig) -> str:
+    """The backtest row of a configured policy."""
+    return {"predictive": "predictive", "plan": "planner"}.get(policy.kind, policy.kind)
+
+
+def replay_policy(policy: PolicyConfig | Mapping[str, Any], prep: Prepared) -> tuple[PolicyConfig, list[str]]:
+    """The policy to replay: a :class:`PolicyConfig` as given, with only the
+    scenario facts it does not set filled in (and said so); a mapping of
+    settings (``DEFAULT_POLICY``) validated once with those facts."""
+    sc = prep.scenario
+    lo, hi = prep.bounds
+    facts: dict[str, Any] = {"min_replicas": lo, "max_replicas": hi, "lead_time": sc.lead_time,
+                             "hold": sc.interval, "max_staleness": sc.interval * 3}
+    if prep.ladder is not None:
+        facts["ladder"] = prep.ladder
+    else:
+        facts["capacity_per_replica"] = prep.capacity_per_replica
+    if not isinstance(policy, PolicyConfig):
+        given = dict(policy)
+        if "ladder" in given or "capacity_per_replica" in given:  # the policy brings its own capacity model
+            facts.pop("ladder", None)
+            facts.pop("capacity_per_replica", None)
+        return PolicyConfig.model_validate({**facts, **given}), []
+    # a configured policy runs as the live engine runs it: its own lead time,
+    # hold, bounds and staleness; only a capacity model it lacks comes from
+    # the scenario
+    unset = {} if policy.ladder is not None or policy.capacity_per_replica is not None else \
+        {k: v for k, v in facts.items() if k in ("ladder", "capacity_per_replica")}
+    notes = []
+    if policy.lead_time != sc.lead_time:
+        notes.append(f"the policy plans for lead_time {policy.lead_time}; in the scenario a change serves "
+                     f"after {sc.lead_time}")
+    if unset:
+        notes.append("filled from the scenario (the policy does not set it): "
+                     + ", ".join(f"{k} {_show(v)}" for k, v in unset.items()))
+    return policy.model_copy(update=unset), notes
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, tuple):
+        return "[" + ", ".join(f"{r.name} {r.capacity:.4g}" for r in v) + "]"
+    return str(v)
 
 
 def reactive_policy(scenario: Scenario) -> dict[str, Any]:
-    """The HPA baseline of REFERENCE.md section 3."""
+    """The HPA baseline of REFERENCE.md section 3 (settings; the replica
+    size and bounds are the scenario's)."""
     return {
         "kind": "reactive",
         "target_utilization": scenario.target_utilization,
@@ -196,6 +500,11 @@ def reactive_policy(scenario: Scenario) -> dict[str, Any]:
         "stabilization": Stabilization(scale_up=timedelta(0), scale_down=timedelta(seconds=300)),
         "scale_up": RateLimit(), "scale_down": RateLimit(),
     }
+
+
+def _target(name: str, interval: timedelta, policy: PolicyConfig, forecaster: ForecasterConfig) -> TargetConfig:
+    return TargetConfig(name=name, interval=interval, mode="observe",
+                        source=PluginSection(type="csv", path="-"), forecaster=forecaster, policy=policy)
 
 
 def simulate(runner: TargetRunner, series: Series, initial: int, k: int,
@@ -211,7 +520,7 @@ def simulate(runner: TargetRunner, series: Series, initial: int, k: int,
     lead_s = k * int(series.step().total_seconds()) if n > 1 else 0
     q = runner.policy.margin.quantile
     fallbacks = 0
-    reasons: dict[str, int] = {}
+    reasons: Counter[str] = Counter()
     name, sname = runner.target.name, series.name
     t0 = time.perf_counter()
     for t in range(n):
@@ -228,7 +537,8 @@ def simulate(runner: TargetRunner, series: Series, initial: int, k: int,
         dec = out.decision
         if dec.fallback:
             fallbacks += 1
-            reasons[dec.steps[0].reason] = reasons.get(dec.steps[0].reason, 0) + 1
+            data = dec.step("data")
+            reasons[data.reason if data is not None else "unknown"] += 1
         state = out.state.after(dec, keep=runner.keep, applied=True)
         decided[t] = dec.desired
         fc = out.forecast
@@ -244,64 +554,106 @@ def simulate(runner: TargetRunner, series: Series, initial: int, k: int,
         if progress is not None:
             progress(t, n, dec)
     run = PolicyRun(runner.target.name, decided, in_service, forecast_point=fpoint, forecast_upper=fupper,
-                    fallbacks=fallbacks, fallback_reasons=reasons)
+                    fallbacks=fallbacks, fallback_reasons=dict(reasons))
     run.seconds = time.perf_counter() - t0
     return run
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """A trace resampled and sized for the scenario: what every policy run
-    of one backtest shares."""
-
-    trace: str
-    scenario: Scenario
-    series: Series
-    capacity_per_replica: float
-    need: np.ndarray
-    scored: np.ndarray
-    lead_steps: int
-    initial: int
+def threshold_resizer(d: np.ndarray, prep: Prepared) -> PolicyRun:
+    """The vertical baseline a VPS owner runs today: one rung up when the
+    utilization of the rung in service has been above ``threshold_up`` for
+    ``threshold_window``, one rung down when below ``threshold_down`` for as
+    long; it waits for a resize to land before it looks again."""
+    sc = prep.scenario
+    assert prep.ladder is not None
+    caps = np.array([r.capacity for r in prep.ladder])
+    lo, hi = prep.bounds
+    need_steps = max(1, int(round(sc.threshold_window / sc.interval)))
+    n, k = d.size, prep.lead_steps
+    decided = np.empty(n, dtype=np.int64)
+    in_service = np.empty(n, dtype=np.int64)
+    cur = prep.initial
+    above = below = 0
+    t0 = time.perf_counter()
+    for t in range(n):
+        serving = prep.initial if t < k else int(decided[t - k])
+        in_service[t] = serving
+        if serving != cur:  # a resize is under way
+            above = below = 0
+        elif not math.isnan(d[t]):
+            util = d[t] / caps[serving]
+            above = above + 1 if util > sc.threshold_up else 0
+            below = below + 1 if util < sc.threshold_down else 0
+            if above >= need_steps and cur < hi:
+                cur, above, below = cur + 1, 0, 0
+            elif below >= need_steps and cur > lo:
+                cur, above, below = cur - 1, 0, 0
+        decided[t] = cur
+    run = PolicyRun("threshold", decided, in_service)
+    run.seconds = time.perf_counter() - t0
+    return run
 
 
 def prepare(raw: Series, scenario: Scenario = Scenario(), trace: str = "") -> Prepared:
     """Resample ``raw`` to the scenario's interval and derive the replica
-    size, the oracle's need, the scored intervals and the initial capacity."""
+    size (or the ladder's scale), the oracle's need, the scored intervals and
+    the initial capacity."""
     series = raw.regular(scenario.interval)
     if len(series) < 3:
-        from .core.errors import DataError
-
         raise DataError(f"trace has {len(series)} intervals after resampling to {scenario.interval}; too short")
     d = series.values
     u = scenario.target_utilization
     valid = d[~np.isnan(d)]
-    cpr = scenario.capacity_per_replica or float(np.quantile(valid, 0.99)) / (20 * u)
-    if not cpr > 0:
-        cpr = 1.0
-    lo, hi = scenario.min_replicas, scenario.max_replicas
-    need = oracle_need(d, cpr, u, lo, hi)
+    if valid.size == 0:
+        raise DataError("trace has no valid values")
+    p99 = float(np.quantile(valid, 0.99))
+    notes: list[str] = []
     step_s = int(scenario.interval.total_seconds())
     k = max(1, int(round(scenario.lead_time.total_seconds() / step_s)))
     warm = int(scenario.warmup.total_seconds() // step_s)
     idx = np.arange(d.size)
     scored = (idx >= warm) & ~np.isnan(d)
     first = int(np.flatnonzero(~np.isnan(d))[0])
-    return Prepared(trace, scenario, series, cpr, need, scored, k, int(need[first]))
+    cpr: float | None = None
+    ladder: tuple[Rung, ...] | None = None
+    if scenario.ladder is not None:
+        scale = scenario.ladder_scale
+        if scale is None:
+            scale = p99 / (scenario.ladder[-1].capacity * u) if p99 > 0 else 1.0
+            notes.append(f"ladder scaled by {scale:.6g} from the trace (its 99th percentile fills the top rung "
+                         f"at utilization {u:g})")
+        ladder = tuple(r.model_copy(update={"capacity": r.capacity * scale}) for r in scenario.ladder)
+        top = len(ladder) - 1
+        lo = 0 if scenario.min_replicas is None else min(scenario.min_replicas, top)
+        hi = top if scenario.max_replicas is None else min(scenario.max_replicas, top)
+        need = ladder_need(d, ladder, u, lo, hi)
+    else:
+        cpr = scenario.capacity_per_replica
+        if cpr is None:
+            cpr = p99 / (20 * u) if p99 > 0 else 1.0
+            notes.append(f"capacity_per_replica {cpr:.6g} derived from the trace (its 99th percentile needs "
+                         f"20 replicas at utilization {u:g})")
+        lo = 1 if scenario.min_replicas is None else scenario.min_replicas
+        hi = 60 if scenario.max_replicas is None else scenario.max_replicas
+        need = oracle_need(d, cpr, u, lo, hi)
+    return Prepared(trace, scenario, series, cpr, need, scored, k, int(need[first]), (lo, hi), ladder,
+                    tuple(notes))
 
 
-def run_policy(prep: Prepared, name: str, policy: dict[str, Any], forecaster: ForecasterConfig, *,
-               model: Forecaster | None = None,
+def run_policy(prep: Prepared, name: str, policy: PolicyConfig | Mapping[str, Any], forecaster: ForecasterConfig,
+               *, model: Forecaster | None = None,
                progress: Callable[[int, int, Any], None] | None = None) -> PolicyRun:
     """Replay one policy over a prepared trace and score it. ``model``: a
     forecaster instance to use instead of building one from ``forecaster``."""
     sc, series, d = prep.scenario, prep.series, prep.series.values
-    target = _target(name, sc, prep.capacity_per_replica, policy, forecaster)
+    config, _ = replay_policy(policy, prep)
+    target = _target(name, sc.interval, config, forecaster)
     runner = TargetRunner(target, forecaster=model)
     runner.feedback = MemoryFeedback(runner.horizons_s, window_points=int(timedelta(days=3) / sc.interval) * 2)
-    run = simulate(runner, series, prep.initial, prep.lead_steps, progress)
-    run.metrics = score(np.nan_to_num(d), run.in_service, prep.need, prep.capacity_per_replica, prep.scored)
-    if target.policy.kind == "predictive":
+    run = evaluate(prep, simulate(runner, series, prep.initial, prep.lead_steps, progress))
+    if config.kind != "reactive":
         scale = seasonal_naive_scale(series)
+        assert run.forecast_point is not None and run.forecast_upper is not None
         m = prep.scored & np.isfinite(run.forecast_point)
         acc = accuracy(d[m], run.forecast_point[m], run.forecast_upper[m], scale)
         run.metrics.update({"mase": acc.get("mase", float("nan")), "smape": acc.get("smape", float("nan")),
@@ -310,27 +662,36 @@ def run_policy(prep: Prepared, name: str, policy: dict[str, Any], forecaster: Fo
     return run
 
 
-def run_backtest(raw: Series, *, scenario: Scenario = Scenario(), policy: dict[str, Any] | None = None,
+def run_backtest(raw: Series, *, scenario: Scenario = Scenario(),
+                 policy: PolicyConfig | Mapping[str, Any] | None = None,
                  forecaster: ForecasterConfig | None = None, trace: str = "",
                  progress: Callable[[str, int, int, Any], None] | None = None) -> BacktestResult:
+    """Oracle, the baseline (the reactive HPA, or the threshold resizer on a
+    ladder) and ``policy`` (default :data:`DEFAULT_POLICY`) over one trace."""
     prep = prepare(raw, scenario, trace)
     d, need = prep.series.values, prep.need
-    runs: dict[str, PolicyRun] = {}
-    oracle = PolicyRun("oracle", need.copy(), need.copy())
-    oracle.metrics = score(np.nan_to_num(d), need, need, prep.capacity_per_replica, prep.scored)
-    runs["oracle"] = oracle
-
+    runs = {"oracle": evaluate(prep, PolicyRun("oracle", need.copy(), need.copy()), downtime=False)}
     fcfg = forecaster or DEFAULT_FORECASTER
-    specs = [("reactive", reactive_policy(scenario)), ("predictive", policy or DEFAULT_POLICY)]
-    for name, pol in specs:
-        cb = None if progress is None else (lambda t, n, dec, _n=name: progress(_n, t, n, dec))
-        runs[name] = run_policy(prep, name, pol, fcfg, progress=cb)
+    config, notes = replay_policy(policy if policy is not None else DEFAULT_POLICY, prep)
+    label = policy_label(config)
+
+    def cb(name: str) -> Callable[[int, int, Any], None] | None:
+        return None if progress is None else (lambda t, n, dec: progress(name, t, n, dec))
+
+    if prep.vertical:
+        runs["threshold"] = evaluate(prep, threshold_resizer(d, prep))
+    else:
+        runs["reactive"] = run_policy(prep, "reactive", reactive_policy(scenario), fcfg, progress=cb("reactive"))
+    if label in runs:  # e.g. a reactive config: its own row beside the baseline
+        label = f"configured {label}"
+    runs[label] = run_policy(prep, label, config, fcfg, progress=cb(label))
     return BacktestResult(trace, scenario, prep.series.timestamps, d, prep.scored, need,
-                          prep.capacity_per_replica, runs, fcfg.name)
+                          prep.capacity_per_replica, runs, fcfg.name, label, prep.notes + tuple(notes),
+                          prep.ladder)
 
 
 def write_json(result: BacktestResult, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(result.to_dict(), indent=2, sort_keys=True))
+    Path(path).write_text(json.dumps(result.to_dict(), indent=2, sort_keys=True, default=float))
 
 
 def plot(result: BacktestResult, path: str | Path, *, last: timedelta | None = timedelta(days=3)) -> None:
@@ -345,22 +706,22 @@ def plot(result: BacktestResult, path: str | Path, *, last: timedelta | None = t
     if last is not None:
         sel = ts >= ts[-1] - int(last.total_seconds())
     x = ts[sel].astype("datetime64[s]")
-    cpr = result.capacity_per_replica
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(13, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot(x, result.demand[sel], color="black", lw=1.0, label="demand")
-    p = result.runs.get("predictive")
+    p = result.runs.get(result.policy_name)
     if p is not None and p.forecast_point is not None:
         ax.fill_between(x, p.forecast_point[sel], p.forecast_upper[sel], color="tab:blue", alpha=0.25,
                         label=f"forecast band ({result.forecaster}, point..upper, at lead time)")
-    styles = {"oracle": ("tab:green", "--"), "reactive": ("tab:red", "-"), "predictive": ("tab:blue", "-")}
+    styles = {"oracle": ("tab:green", "--"), "reactive": ("tab:red", "-"), "threshold": ("tab:red", "-"),
+              result.policy_name: ("tab:blue", "-")}
     for name, run in result.runs.items():
         c, ls = styles.get(name, ("gray", "-"))
-        ax.step(x, run.in_service[sel] * cpr, where="post", color=c, ls=ls, lw=1.2,
+        served = run.served if run.served is not None else run.in_service * (result.capacity_per_replica or 1.0)
+        ax.step(x, served[sel], where="post", color=c, ls=ls, lw=1.2,
                 label=f"{name} capacity (v={run.metrics['violation_fraction']:.3f}, "
-                      f"cost={run.metrics['cost_vs_oracle']:.3f})")
+                      f"cost={run.metrics['cost_vs_oracle']:.3f}, {run.metrics['actions']} changes)")
         if name != "oracle":
-            served = run.in_service[sel] * cpr
-            viol = (result.demand[sel] > served) & result.scored[sel]
+            viol = (result.demand[sel] > served[sel]) & result.scored[sel]
             ax2.plot(x, np.cumsum(viol), color=c, label=f"{name}: violations (cumulative)")
     ax.set_ylabel("demand / capacity (metric units)")
     ax.set_title(f"forescale backtest: {result.trace}")

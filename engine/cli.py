@@ -90,6 +90,30 @@ def _print_decision(rec: dict[str, Any], verbose: bool = True) -> None:
         for s in rec["steps"]:
             mark = "*" if s["changed"] else " "
             print(f"      {mark} {s['name']:<14} {s['reason']:<26} {s['message']}")
+    if rec.get("schedule"):
+        for line in _schedule_lines(rec["schedule"], verbose):
+            print(f"      {line}")
+
+
+def _schedule_lines(sched: dict[str, Any], verbose: bool) -> list[str]:
+    """A planned schedule, compactly: runs of equal capacity (HH:MM UTC of
+    the interval each starts serving), then the expected cost."""
+    from .core.types import Schedule
+
+    s = Schedule.from_dict(sched)
+    runs = []
+    for first, last in s.segments():
+        label = f" [{first.label}]" if first.label else ""
+        what = "fixed" if first.fixed else f"ordered {first.order_at:%H:%M}"
+        peak = max((st for st in s.steps if first.at <= st.at <= last.at), key=lambda st: st.p_saturated)
+        risk = f", P(sat) <= {peak.p_saturated:.1%}" if verbose and not first.fixed else ""
+        runs.append(f"{first.at:%H:%M}-{last.at:%H:%M} {first.capacity}{label} ({what}{risk})")
+    out = ["schedule (UTC): " + ", ".join(runs)]
+    if verbose:
+        out.append(f"plan cost {s.total_cost:.4g} = capacity {s.capacity_cost:.4g} + risk {s.risk_cost:.4g} "
+                   f"({s.risk}, penalty {s.penalty:.4g}) + changes {s.change_cost:.4g} ({s.changes}); "
+                   f"lead time {int(s.lead_time.total_seconds() // 60)} m")
+    return out
 
 
 def _logging(level: str, fmt: str = "text") -> None:
@@ -108,32 +132,50 @@ def _logging(level: str, fmt: str = "text") -> None:
 
 
 # ------------------------------------------------------------------ commands
+def _duration(text: str):
+    """argparse type: a duration such as ``30m`` (one clear line when bad)."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_backtest(args: argparse.Namespace) -> int:
-    from .backtest import DEFAULT_POLICY, Scenario, plot, run_backtest, write_json
+    from .backtest import DEFAULT_FORECASTER, DEFAULT_POLICY, plot, run_backtest, scenario_for, write_json
     from .config import ForecasterConfig, load_config
     from .sources.csv import read_csv
 
     series = read_csv(args.trace)
-    policy, fcfg = DEFAULT_POLICY, None
-    scenario = Scenario()
+    target = None
     if args.config:
         cfg = load_config(args.config)
-        t = cfg.target(args.target) if args.target else cfg.targets[0]
-        policy = t.policy.model_dump(exclude={"capacity_per_replica", "min_replicas", "max_replicas",
-                                              "lead_time", "hold"})
-        fcfg = t.forecaster
-        scenario = Scenario(interval=t.interval, lead_time=t.policy.lead_time,
-                            capacity_per_replica=t.policy.capacity_per_replica,
-                            target_utilization=t.policy.target_utilization if t.policy.kind == "reactive"
-                            else Scenario().target_utilization,
-                            min_replicas=t.policy.bounds[0], max_replicas=t.policy.bounds[1])
+        target = cfg.target(args.target) if args.target else cfg.targets[0]
+    scenario = scenario_for(target, interval=args.interval, lead_time=args.lead_time, warmup=args.warmup,
+                            target_utilization=args.baseline_utilization, resize_downtime=args.resize_downtime,
+                            downtime_capacity=args.downtime_capacity, change_cost=args.change_cost,
+                            threshold_window=args.threshold_window)
+    # the configured policy object itself, or the default settings
+    policy = target.policy if target is not None else DEFAULT_POLICY
+    fcfg = target.forecaster if target is not None else DEFAULT_FORECASTER
     if args.forecaster:
-        from .backtest import DEFAULT_FORECASTER
+        fcfg = fcfg.model_copy(update={"name": args.forecaster,
+                                       "params": fcfg.params if args.forecaster == fcfg.name else {}})
+        ForecasterConfig.model_validate(fcfg.model_dump())
+    progress = None
+    if not args.quiet and sys.stderr.isatty():
+        from tqdm import tqdm
 
-        base = fcfg or DEFAULT_FORECASTER
-        fcfg = ForecasterConfig(**{**base.model_dump(), "name": args.forecaster,
-                                   "params": {} if args.forecaster != base.name else base.params})
-    result = run_backtest(series, scenario=scenario, policy=policy, forecaster=fcfg, trace=str(args.trace))
+        bars: dict[str, Any] = {}
+
+        def progress(name: str, t: int, n: int, _dec: Any) -> None:
+            bar = bars.get(name) or bars.setdefault(name, tqdm(total=n, desc=name, unit="interval", leave=False))
+            bar.update(1)
+            if t == n - 1:
+                bar.close()
+    result = run_backtest(series, scenario=scenario, policy=policy, forecaster=fcfg, trace=str(args.trace),
+                          progress=progress)
+    for note in result.notes:
+        print(f"note: {note}")
     print(result.table())
     if args.json:
         write_json(result, args.json)
@@ -684,13 +726,28 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true", help="print only the summary")
     d.set_defaults(func=cmd_demo)
 
-    b = sub.add_parser("backtest", help="compare oracle, reactive and predictive on a trace")
+    b = sub.add_parser("backtest", help="compare the oracle, a baseline and the policy on a trace")
     b.add_argument("trace", help="CSV with timestamp,value")
     b.add_argument("--forecaster", help="forecaster name (default: the policy's)")
-    b.add_argument("--config", help="take the policy and forecaster from this config")
-    b.add_argument("--target", help="which target of --config")
+    b.add_argument("--config", help="replay this config's policy and forecaster (and its backtest: section)")
+    b.add_argument("--target", help="which target of --config (default: the first)")
+    b.add_argument("--interval", type=_duration, help="resample the trace to this step (default: the "
+                   "target's interval, else 5m)")
+    b.add_argument("--lead-time", type=_duration, help="time until a change serves (default: the policy's "
+                   "lead_time, else 10m)")
+    b.add_argument("--warmup", type=_duration, help="run but do not score this long at the start (default 2d)")
+    b.add_argument("--baseline-utilization", type=float, help="target utilization of the reactive HPA "
+                   "baseline and the oracle (default: the policy's, else 0.7)")
+    b.add_argument("--resize-downtime", type=_duration, help="after a change lands, this long the capacity "
+                   "is down (a VPS resize; default 0)")
+    b.add_argument("--downtime-capacity", choices=("unavailable", "old"), help="what serves during a resize "
+                   "downtime: nothing (default) or the old size")
+    b.add_argument("--change-cost", type=float, help="money per capacity change, reported beside cost")
+    b.add_argument("--threshold-window", type=_duration, help="vertical baseline: utilization above 80 %% "
+                   "(below 20 %%) this long moves a rung (default 10m)")
     b.add_argument("--json", help="write the metrics as JSON here")
     b.add_argument("--plot", help="write a PNG here")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=cmd_backtest)
 
     v = sub.add_parser("validate", help="check a config file")

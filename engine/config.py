@@ -25,7 +25,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SecretBytes
                       ValidationError, ValidationInfo, field_validator, model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from policies.config import MAX_SAMPLES, PolicyConfig
+from policies.config import MAX_SAMPLES, PolicyConfig, quantile_levels
 from policies.window import LeadWindow, lead_window
 
 from .core.units import Duration
@@ -155,10 +155,7 @@ class ForecasterConfig(_Model):
     @field_validator("quantiles")
     @classmethod
     def _levels(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        for q in v:
-            if not 0.0 < q < 1.0:
-                raise ValueError(f"quantile {q} is not in (0, 1)")
-        return tuple(sorted(set(v)))
+        return quantile_levels(v)
 
 
 class PluginSection(BaseModel):
@@ -251,6 +248,25 @@ class ThresholdAlert(_Model):
         return self.capacity * self.fraction
 
 
+class BacktestSection(_Model):
+    """Scenario facts for ``forescale backtest --config`` (unset: from the
+    target and its policy; see ``engine.backtest.scenario_for``)."""
+
+    #: the time a change really takes to serve, if not the policy's lead_time
+    lead_time: Duration | None = None
+    warmup: Duration | None = None
+    #: the reactive HPA baseline's (and the oracle's) utilization
+    baseline_utilization: float | None = Field(None, gt=0.0, le=1.0, serialization_alias="target_utilization")
+    #: after a change lands, this long the capacity serves nothing ("unavailable")
+    #: or still the old size ("old"): a VPS resize is a stop/modify/start
+    resize_downtime: Duration | None = None
+    downtime_capacity: Literal["unavailable", "old"] | None = None
+    #: money per capacity change
+    change_cost: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    #: the threshold resizer baseline (vertical): sustained this long
+    threshold_window: Duration | None = None
+
+
 class TargetConfig(_Model):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     #: cycle interval, also the step the history is resampled to
@@ -276,6 +292,8 @@ class TargetConfig(_Model):
     jitter: Duration = timedelta(seconds=0)
     #: predictive alerts: time until the forecast crosses a threshold
     alerts: tuple[ThresholdAlert, ...] = ()
+    #: scenario facts for ``forescale backtest --config``
+    backtest: BacktestSection | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "TargetConfig":
@@ -304,6 +322,12 @@ class TargetConfig(_Model):
         return dict(self.covariates)
 
     @property
+    def forecast_quantiles(self) -> tuple[float, ...]:
+        """The levels the engine asks the forecaster for: the configured ones
+        and those the policy needs (the planner's distribution)."""
+        return tuple(sorted(set(self.forecaster.quantiles) | set(self.policy.forecast_quantiles)))
+
+    @property
     def horizon_steps(self) -> int:
         """Forecast steps for the configured lead window (no learned delay)."""
         return self.forecast_steps(lead_window(self.policy, None))
@@ -314,6 +338,8 @@ class TargetConfig(_Model):
         place the forecast horizon is derived (extend it here when something
         else, such as a planning horizon, must be covered too)."""
         span = window.end + self.forecaster.extra_horizon
+        if self.policy.kind == "plan":  # the planner plans over its whole horizon
+            span = max(span, self.policy.plan.horizon)
         return max(1, -(-int(span.total_seconds()) // int(self.interval.total_seconds())))
 
 

@@ -83,7 +83,7 @@ class TargetRunner:
                  feedback: Feedback | None = None) -> None:
         self.target = target
         self.policy = target.policy
-        if forecaster is None and target.policy.kind == "predictive":
+        if forecaster is None and target.policy.uses_forecast:
             if target.forecaster.init_from is not None:
                 from forecasters import registry
 
@@ -159,7 +159,7 @@ class TargetRunner:
             if history.n_valid == 0:
                 raise ForecastError("no valid observations in the history")
             self._maintain(slot, history, now, covariates)
-            fc = slot.forecaster.predict(now, steps, self.target.forecaster.quantiles)
+            fc = slot.forecaster.predict(now, steps, self.target.forecast_quantiles)
             return fc, None
         except ForecastError as exc:
             return None, f"{type(exc).__name__}: {exc}"
@@ -220,9 +220,10 @@ class TargetRunner:
             last = history.last_valid()
             obs = Observation(last[1], last[0]) if last is not None else None
         headroom = state.headroom
-        if self.policy.margin.conformal:
+        rate = self.policy.headroom_rate
+        if rate is not None:
             m = self.policy.margin
-            headroom = self.feedback.headroom(self.target.name, now, window.horizons_s, m.conformal_target,
+            headroom = self.feedback.headroom(self.target.name, now, window.horizons_s, rate,
                                               m.conformal_window, m.conformal_min_samples)
         seen = replace(state, observation=obs, headroom=headroom, history_points=history.n_valid)
         extra: dict[str, Any] = {}

@@ -62,6 +62,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
@@ -657,21 +658,34 @@ def _pooled_gate(model: Any) -> list | None:
 
 def _levels_at(out_hq: np.ndarray, trained: Sequence[float], wanted: Sequence[float]) -> dict[float, np.ndarray]:
     """Requested levels from the trained ones by linear interpolation across
-    levels; outside the trained range, the outermost level (no extrapolation)."""
+    levels. Outside the trained range, the distance of the outermost level
+    from the median is scaled by the ratio of standard normal quantiles
+    ``z(q) / z(outermost)`` (as the Prophet forecaster scales its interval):
+    asked for 0.99 with 0.9 trained, the answer is not the 0.9 level again,
+    which a planner would take for a 1 % tail. Without the median inside the
+    trained range the outermost level is used."""
     tr = np.asarray(trained)
+
+    def inside(q: float) -> np.ndarray:
+        k = min(int(np.searchsorted(tr, q, side="right")) - 1, tr.size - 1)
+        if tr[k] == q:
+            return out_hq[..., k]
+        w = (q - tr[k]) / (tr[k + 1] - tr[k])
+        return out_hq[..., k] * (1 - w) + out_hq[..., k + 1] * w
+
+    median = inside(0.5) if tr[0] <= 0.5 <= tr[-1] else None
+    z = NormalDist().inv_cdf
     res = {}
     for q in wanted:
-        if q <= tr[0]:
-            res[float(q)] = out_hq[..., 0]
-        elif q >= tr[-1]:
-            res[float(q)] = out_hq[..., -1]
+        if tr[0] <= q <= tr[-1]:
+            res[float(q)] = inside(q)
+            continue
+        k = 0 if q < tr[0] else -1
+        edge = out_hq[..., k]
+        if median is None or tr[k] == 0.5:
+            res[float(q)] = edge
         else:
-            k = int(np.searchsorted(tr, q, side="right")) - 1
-            if tr[k] == q:
-                res[float(q)] = out_hq[..., k]
-            else:
-                w = (q - tr[k]) / (tr[k + 1] - tr[k])
-                res[float(q)] = out_hq[..., k] * (1 - w) + out_hq[..., k + 1] * w
+            res[float(q)] = median + (edge - median) * (z(q) / z(float(tr[k])))
     return res
 
 

@@ -13,10 +13,12 @@ INTEGER on every cycle), and durations at most a year and a day
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.core.units import Duration
 
@@ -138,12 +140,154 @@ class Rung(_Model):
     price: float | None = Field(None, ge=0.0)
 
 
+
+def quantile_levels(v: tuple[float, ...]) -> tuple[float, ...]:
+    """Quantile levels, each in (0, 1), sorted and without repeats."""
+    for q in v:
+        if not 0.0 < q < 1.0:
+            raise ValueError(f"quantile {q} is not in (0, 1)")
+    return tuple(sorted(set(v)))
+
+
+class Slo(_Model):
+    """The service objective the planner prices its risk from."""
+
+    #: share of intervals in which demand may exceed capacity (0.005: 0.5 %)
+    saturated_fraction: float = Field(gt=0.0, lt=0.5)
+
+
+_WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
+
+
+def parse_window(text: str) -> tuple[int, int]:
+    """``"01:00-05:00"`` -> (60, 300) minutes of the day; a window may wrap
+    midnight (``"22:00-02:00"``). Raises ValueError naming the text."""
+    m = _WINDOW.match(text.strip())
+    if not m:
+        raise ValueError(f"scale-in window {text!r} is not HH:MM-HH:MM (e.g. 01:00-05:00)")
+    a = int(m.group(1)) * 60 + int(m.group(2))
+    b = int(m.group(3)) * 60 + int(m.group(4))
+    if b > 24 * 60 or a == b:
+        raise ValueError(f"scale-in window {text!r} is empty or ends after 24:00")
+    return a, b
+
+
+class PlanConfig(_Model):
+    """The planner (``kind: plan``, :mod:`policies.planner`): a cost-aware
+    capacity schedule over ``horizon``, re-planned every cycle, of which only
+    the first step is carried out (receding horizon).
+
+    Objective per step: capacity cost (``replica_price`` per replica-hour or
+    each rung's ``price`` per hour) + ``penalty`` x risk (``risk:
+    unserved``: expected unserved demand, per demand-unit-hour;
+    ``saturation``: probability that demand exceeds capacity, per saturated
+    hour) + ``change_cost`` per change (and, for a ladder, the expected
+    unserved demand during ``resize_downtime``). With an ``slo`` instead of a
+    penalty, the penalty is ``unit price / saturated_fraction`` (newsvendor:
+    the myopic optimum then sits where P(demand > capacity) equals the SLO);
+    neither given: the SLO 0.2 %.
+
+    The defaults (2 h horizon, change cost 3, 15 min spacing, 1 h lifetime,
+    headroom cap 0.3, spread calibration, SLO 0.2 %, and the reactive floor
+    PLAN_REACTIVE) were chosen on the backtest's tuning traces at equal cost
+    against the HPA (docs/planner.md).
+    """
+
+    horizon: Duration = timedelta(hours=2)
+    #: forecast quantile levels the engine asks for and the planner builds
+    #: its demand distribution from
+    quantiles: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.99)
+    #: price per replica-hour (horizontal); a ladder uses each rung's price
+    replica_price: float = Field(1.0, gt=0.0)
+    risk: Literal["unserved", "saturation"] = "unserved"
+    penalty: float | None = Field(None, gt=0.0)
+    slo: Slo | None = None
+    #: calibrate online so that realized saturation converges to the SLO:
+    #: ``rate`` adapts the priced rate from the realized saturation (the
+    #: observation above the capacity in service), ``spread`` rescales the
+    #: forecast's spread to the conformal headroom of its own errors at the
+    #: SLO's rate, ``both`` does both (see :mod:`policies.planner`)
+    calibrate: bool = True
+    calibration: Literal["rate", "spread", "both"] = "spread"
+    #: step of the rate adaptation: a saturated interval multiplies the rate
+    #: by exp(-gain), an unsaturated one by exp(gain x SLO)
+    calibration_gain: float = Field(0.2, gt=0.0, le=2.0)
+    #: plan for demand up to point x (1 + headroom_cap) only; above it the
+    #: reactive floor answers (REFERENCE: a cap keeps bursty series from
+    #: costing several times the oracle). None: the whole distribution
+    headroom_cap: float | None = Field(0.3, gt=0.0)
+    #: fixed price of one capacity change (in the same money as the prices)
+    change_cost: float = Field(3.0, ge=0.0)
+    #: a vertical resize takes capacity away for this long (stop/modify/start)
+    resize_downtime: Duration = timedelta(0)
+    #: what serves during the downtime: nothing, or the smaller of the old
+    #: and the new rung (the old one while it is being resized up)
+    resize_during: Literal["unavailable", "old"] = "unavailable"
+    #: no two changes closer than this
+    min_change_interval: Duration = timedelta(minutes=15)
+    #: no scale-down sooner than this after a scale-up (billing granularity)
+    min_lifetime: Duration = timedelta(hours=1)
+    #: scale-in (removing capacity) only inside these local time-of-day
+    #: windows, e.g. ["01:00-05:00"]; empty: any time
+    scale_in_windows: tuple[str, ...] = ()
+    #: IANA timezone of the windows
+    timezone: str = "UTC"
+    #: change budget enforced on the executed step (None: no budget)
+    max_changes_per_hour: int | None = Field(None, ge=0)
+    max_changes_per_day: int | None = Field(None, ge=0)
+
+    @field_validator("quantiles")
+    @classmethod
+    def _levels(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        levels = quantile_levels(v)
+        if len(levels) < 2 or levels[-1] <= 0.5:
+            raise ValueError(f"need at least two levels and one above 0.5, got {list(levels)}")
+        return levels
+
+    @field_validator("scale_in_windows")
+    @classmethod
+    def _windows(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for w in v:
+            parse_window(w)
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {v!r} (use an IANA name such as Europe/Berlin)") from None
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> "PlanConfig":
+        if self.horizon <= timedelta(0) or self.horizon > timedelta(hours=48):
+            raise ValueError(f"horizon ({self.horizon}) must be positive and at most 48h")
+        if self.penalty is not None and self.slo is not None:
+            raise ValueError("give either penalty or slo, not both")
+        return self
+
+    @property
+    def windows(self) -> tuple[tuple[int, int], ...]:
+        return tuple(parse_window(w) for w in self.scale_in_windows)
+
+    @property
+    def target_rate(self) -> float:
+        """The saturated fraction the planner aims at (the SLO, default 0.2 %)."""
+        return (self.slo or Slo(saturated_fraction=0.002)).saturated_fraction
+
+#: the reactive floor of ``kind: plan`` unless the policy gives its own
+PLAN_REACTIVE = Reactive(target_utilization=0.8, tolerance=0.0)
+
+
 class PolicyConfig(_Model):
     """Everything :func:`policies.decide` needs besides the forecast and state."""
 
     #: ``predictive`` sizes from the forecast (with the reactive override);
-    #: ``reactive`` is the HPA algorithm alone (the backtest's baseline).
-    kind: Literal["predictive", "reactive"] = "predictive"
+    #: ``reactive`` is the HPA algorithm alone (the backtest's baseline);
+    #: ``plan`` plans a schedule over ``plan.horizon`` (:mod:`policies.planner`).
+    kind: Literal["predictive", "reactive", "plan"] = "predictive"
     capacity_per_replica: float | None = Field(None, gt=0.0)
     target_utilization: float = Field(0.7, gt=0.0, le=1.0)
     ladder: tuple[Rung, ...] | None = None
@@ -167,6 +311,19 @@ class PolicyConfig(_Model):
     scale_in: bool = True
     #: an observation older than this counts as missing
     max_staleness: Duration = timedelta(minutes=15)
+    #: the planner's settings (used by ``kind: plan``)
+    plan: PlanConfig = PlanConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plan_defaults(cls, data: object) -> object:
+        # the planner's reactive floor catches surprises, not the everyday
+        # load the plan already sized for: without a reactive section of its
+        # own it runs at PLAN_REACTIVE (tuned on the backtest's tuning traces,
+        # docs/planner.md), not at the 0.7 utilization the HPA guesses
+        if isinstance(data, dict) and data.get("kind") == "plan" and "reactive" not in data:
+            data = {**data, "reactive": PLAN_REACTIVE}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "PolicyConfig":
@@ -191,7 +348,33 @@ class PolicyConfig(_Model):
         lo, hi = self.bounds
         if hi < lo:
             raise ValueError(f"max_replicas ({hi}) is less than min_replicas ({lo})")
+        if self.kind == "plan":
+            if self.plan.horizon <= self.lead_time:
+                raise ValueError(f"plan.horizon ({self.plan.horizon}) must be longer than lead_time "
+                                 f"({self.lead_time})")
+            if self.ladder is not None and len({r.price is None for r in self.ladder}) > 1:
+                raise ValueError("plan: give a price for every ladder rung or for none")
         return self
+
+    @property
+    def uses_forecast(self) -> bool:
+        return self.kind != "reactive"
+
+    @property
+    def forecast_quantiles(self) -> tuple[float, ...]:
+        """Extra quantile levels this policy needs from the forecaster."""
+        return self.plan.quantiles if self.kind == "plan" else ()
+
+    @property
+    def headroom_rate(self) -> float | None:
+        """The under-forecast rate the engine's conformal headroom aims at
+        (None: the policy uses no headroom)."""
+        if self.kind == "plan":
+            spread = self.plan.calibrate and self.plan.calibration in ("spread", "both")
+            return self.plan.target_rate if spread else None
+        if self.kind == "predictive" and self.margin.conformal:
+            return self.margin.conformal_target
+        return None
 
     @property
     def vertical(self) -> bool:

@@ -22,6 +22,11 @@ The steps run in this order (the one place it is written down):
 12. ``cooldown``      wall-clock cooldowns (block scale-down only).
 13. ``bounds``        clamp to [min, max]: last, so configured bounds always win.
 
+``kind: plan`` shares step 1 (and, on fallback, the whole reactive path
+above); with usable data it hands over to :func:`policies.planner.plan`,
+which plans a schedule and records its own steps (plan, constraints,
+budget, reactive, bounds).
+
 ``decide`` reads no clock, does no I/O, imports no SDK. What must be
 remembered (the recommendation, smoothing memory) leaves in the Decision;
 the engine derives the next state with ``ScalingState.after``.
@@ -34,6 +39,7 @@ from datetime import datetime, timedelta
 
 from engine.core.types import Decision, Forecast, ScalingState, Step
 
+from . import planner as P
 from . import steps as S
 from .config import PolicyConfig
 from .window import LeadWindow, lead_window
@@ -79,6 +85,11 @@ def decide(forecast: Forecast | None, state: ScalingState, config: PolicyConfig,
                     ("ForecastNotFinite", f"forecast over [now+{lead_time}, now+{window.end}] "
                                           f"is not finite (upper {demand_window[0]}, point {demand_window[1]})"))
                 demand_window = None
+    elif config.kind == "plan":
+        problem = ("NoForecast", forecast_error or "no forecast available") if forecast is None \
+            else P.forecast_problem(forecast, now, lead_time)
+        if problem is not None:
+            fallback_reasons.append(problem)
     fallback = bool(fallback_reasons)
     if fallback:
         code = fallback_reasons[0][0]
@@ -88,6 +99,9 @@ def decide(forecast: Forecast | None, state: ScalingState, config: PolicyConfig,
     else:
         out.append(Step("data", current, "DataOK",
                         "reactive policy" if config.kind == "reactive" else "forecast and observation usable"))
+        if config.kind == "plan":
+            assert forecast is not None
+            return P.plan(forecast, state, config, now, lead_time, target=target, data_step=out[0])
 
     memory = tuple(state.smoothed)
     forecast_demand: float | None = None
@@ -197,4 +211,11 @@ def history_to_keep(config: PolicyConfig) -> timedelta:
              config.cooldown.after_scale_up, config.cooldown.after_scale_down, timedelta(minutes=5)]
     for rl in (config.scale_up, config.scale_down):
         spans.extend(p.period for p in rl.policies)
+    if config.kind == "plan":
+        pc = config.plan
+        # the last change (spacing, lifetime), the budgets, and the orders
+        # still inside the lead time (the schedule's fixed steps)
+        spans += [pc.min_change_interval, pc.min_lifetime, config.lead_time + timedelta(minutes=5),
+                  timedelta(hours=1) if pc.max_changes_per_hour is not None else timedelta(0),
+                  timedelta(days=1) if pc.max_changes_per_day is not None else timedelta(0)]
     return max(spans)

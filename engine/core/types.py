@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .units import from_epoch, isoformat, to_epoch
+from .units import from_epoch, isoformat, parse_time, to_epoch
 
 
 # --------------------------------------------------------------------------- series
@@ -315,6 +315,113 @@ class ScalingState:
         )
 
 
+# ------------------------------------------------------------------------- schedule
+@dataclass(frozen=True)
+class PlanStep:
+    """One step of a planned schedule: the capacity that serves the forecast
+    interval ending at ``at``, ordered at ``order_at`` (``at`` minus the lead
+    time). ``fixed``: already decided (inside the lead time), not planned.
+    ``demand`` is the median forecast, ``p_saturated`` the probability that
+    demand exceeds the capacity, ``unserved`` the expected demand above it,
+    ``cost`` the step's expected cost (capacity + risk + change)."""
+
+    at: datetime
+    order_at: datetime
+    capacity: int
+    demand: float
+    p_saturated: float
+    unserved: float
+    cost: float
+    fixed: bool = False
+    label: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "at": isoformat(self.at), "order_at": isoformat(self.order_at), "capacity": self.capacity,
+            "label": self.label, "demand": round(self.demand, 6), "p_saturated": round(self.p_saturated, 6),
+            "unserved": round(self.unserved, 6), "cost": round(self.cost, 6), "fixed": self.fixed,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "PlanStep":
+        return cls(at=parse_time(d["at"]), order_at=parse_time(d["order_at"]), capacity=int(d["capacity"]),
+                   demand=float(d["demand"]), p_saturated=float(d["p_saturated"]),
+                   unserved=float(d["unserved"]), cost=float(d["cost"]), fixed=bool(d.get("fixed", False)),
+                   label=d.get("label"))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The planner's capacity schedule over its horizon (receding horizon:
+    only the first planned step is carried out, the rest is re-planned next
+    cycle). What a person approves as a whole in approve mode.
+
+    Totals are expected costs over the planned (not fixed) steps, in the
+    configured price unit: ``capacity_cost`` + ``risk_cost`` (penalty x
+    risk) + ``change_cost`` = ``total_cost``. ``reason`` says in words why
+    the first step is what it is."""
+
+    made_at: datetime
+    lead_time: timedelta
+    interval: timedelta
+    steps: tuple[PlanStep, ...]
+    capacity_cost: float
+    risk_cost: float
+    change_cost: float
+    changes: int
+    risk: str
+    penalty: float
+    reason: str
+
+    @property
+    def total_cost(self) -> float:
+        return self.capacity_cost + self.risk_cost + self.change_cost
+
+    @property
+    def planned(self) -> tuple[PlanStep, ...]:
+        return tuple(s for s in self.steps if not s.fixed)
+
+    @property
+    def first(self) -> PlanStep | None:
+        p = self.planned
+        return p[0] if p else None
+
+    def segments(self) -> list[tuple[PlanStep, PlanStep]]:
+        """Runs of equal capacity: (first step, last step) of each."""
+        out: list[tuple[PlanStep, PlanStep]] = []
+        for s in self.steps:
+            if out and out[-1][0].capacity == s.capacity and out[-1][0].fixed == s.fixed:
+                out[-1] = (out[-1][0], s)
+            else:
+                out.append((s, s))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "made_at": isoformat(self.made_at),
+            "lead_time_s": self.lead_time.total_seconds(),
+            "interval_s": self.interval.total_seconds(),
+            "steps": [s.to_dict() for s in self.steps],
+            "capacity_cost": round(self.capacity_cost, 6),
+            "risk_cost": round(self.risk_cost, 6),
+            "change_cost": round(self.change_cost, 6),
+            "total_cost": round(self.total_cost, 6),
+            "changes": self.changes,
+            "risk": self.risk,
+            "penalty": self.penalty,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Schedule":
+        return cls(made_at=parse_time(d["made_at"]), lead_time=timedelta(seconds=float(d["lead_time_s"])),
+                   interval=timedelta(seconds=float(d["interval_s"])),
+                   steps=tuple(PlanStep.from_dict(s) for s in d["steps"]),
+                   capacity_cost=float(d["capacity_cost"]), risk_cost=float(d["risk_cost"]),
+                   change_cost=float(d["change_cost"]), changes=int(d["changes"]), risk=str(d["risk"]),
+                   penalty=float(d["penalty"]), reason=str(d["reason"]))
+
+
 # ------------------------------------------------------------------------- decision
 class Action(str, enum.Enum):
     SCALE_UP = "scale_up"
@@ -363,6 +470,8 @@ class Decision:
     capacity_label: str | None = None
     forecast_demand: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: the planned capacity schedule (``kind: plan`` only)
+    schedule: Schedule | None = None
 
     @property
     def id(self) -> str:
@@ -401,6 +510,7 @@ class Decision:
             "smoothed": list(self.smoothed),
             "steps": [s.to_dict() for s in self.steps],
             "extra": dict(self.extra),
+            "schedule": None if self.schedule is None else self.schedule.to_dict(),
         }
 
     def to_json(self) -> str:

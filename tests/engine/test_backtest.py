@@ -11,6 +11,8 @@ import pytest
 
 from engine.backtest import Scenario, oracle_need, run_backtest, score
 from engine.core.types import Series
+from engine.sources.csv import read_csv
+from pathlib import Path
 
 T0 = 1_700_000_000 - (1_700_000_000 % 300)
 
@@ -141,3 +143,154 @@ def test_backtest_runs_the_live_engine_code(tmp_path):
     assert live[:10] == bt[:10]
     agree = np.mean(np.array(live) == np.array(bt))
     assert agree > 0.6
+
+
+# ------------------------------------------------ the configured target, typed
+DEMO_TRACE = Path(__file__).resolve().parents[2] / "engine" / "data" / "demo_rds_cpu.csv"
+
+
+def _config(tmp_path, policy: str, extra: str = "") -> Path:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"""
+targets:
+  - name: t
+    interval: 5m
+    source: {{type: csv, path: trace.csv}}
+    policy:
+{policy}
+{extra}""")
+    return cfg
+
+
+def _cli_json(tmp_path, *args: str) -> dict:
+    from engine.cli import main
+
+    out = tmp_path / "m.json"
+    assert main(["backtest", str(DEMO_TRACE), "--quiet", "--json", str(out), *args]) == 0
+    return json.loads(out.read_text())
+
+
+LADDER = """      ladder:
+        - {name: small, capacity: 20, price: 0.096}
+        - {name: medium, capacity: 40, price: 0.192}
+        - {name: large, capacity: 80, price: 0.384}
+        - {name: xlarge, capacity: 160, price: 0.768}
+      lead_time: 30m"""
+
+
+def test_a_ladder_config_backtests_against_the_threshold_resizer(tmp_path, capsys):
+    doc = _cli_json(tmp_path, "--config", str(_config(tmp_path, LADDER)), "--resize-downtime", "5m")
+    assert set(doc["policies"]) == {"oracle", "threshold", "predictive"}
+    assert doc["scenario"]["resize_downtime_s"] == 300
+    assert doc["scenario"]["lead_time_s"] == 1800
+    assert [r["capacity"] for r in doc["scenario"]["ladder"]] == [20, 40, 80, 160]
+    th, pr, orc = (doc["policies"][k] for k in ("threshold", "predictive", "oracle"))
+    for p in (th, pr):
+        assert {"changes_per_day", "cost_per_day", "downtime_unserved_fraction"} <= set(p)
+        assert p["changes_per_day"] == pytest.approx(p["actions"] / doc["scored_days"])
+    # the physical limit pays no downtime; the predictive policy resizes and pays
+    assert orc["downtime_unserved_fraction"] == 0.0
+    assert pr["actions"] > 0 and pr["downtime_unserved_fraction"] > 0
+    assert pr["downtime_unserved_fraction"] <= pr["unserved_fraction"]
+    assert "threshold" in capsys.readouterr().out
+
+
+def test_the_configured_policy_is_replayed_itself_hold_included(tmp_path):
+    from engine.backtest import scenario_for
+    from engine.config import load_config
+
+    short = _config(tmp_path, "      capacity_per_replica: 3\n      target_utilization: 0.8\n      hold: 5m")
+    doc_short = _cli_json(tmp_path, "--config", str(short))
+    long_ = _config(tmp_path, "      capacity_per_replica: 3\n      target_utilization: 0.8\n      hold: 2h")
+    doc_long = _cli_json(tmp_path, "--config", str(long_))
+    t = load_config(long_).targets[0]
+    direct = run_backtest(read_csv(DEMO_TRACE), scenario=scenario_for(t), policy=t.policy, forecaster=t.forecaster)
+    # the two-hour hold sizes for the max over two hours: fewer changes, more
+    # capacity; exactly what a direct replay of the same PolicyConfig does
+    assert doc_long["policies"]["predictive"]["actions"] == direct.runs["predictive"].metrics["actions"]
+    assert doc_long["policies"]["predictive"]["actions"] < doc_short["policies"]["predictive"]["actions"]
+    assert doc_long["policies"]["predictive"]["cost_vs_oracle"] > doc_short["policies"]["predictive"]["cost_vs_oracle"]
+    # the baseline runs at the configured utilization, not a default
+    assert doc_short["scenario"]["target_utilization"] == 0.8
+    assert doc_short["scenario"]["capacity_per_replica"] == 3
+
+
+def test_scenario_options_on_the_command_line_and_in_the_config(tmp_path):
+    pol = "      capacity_per_replica: 3\n      target_utilization: 0.8"
+    cfg = _config(tmp_path, pol, "    backtest:\n      baseline_utilization: 0.6\n      warmup: 1d")
+    doc = _cli_json(tmp_path, "--config", str(cfg))
+    assert doc["scenario"]["target_utilization"] == 0.6 and doc["scenario"]["warmup_s"] == 86400
+    over = _cli_json(tmp_path, "--config", str(cfg), "--baseline-utilization", "0.5", "--warmup", "3d",
+                     "--interval", "10m", "--lead-time", "20m")
+    assert over["scenario"] == {**over["scenario"], "target_utilization": 0.5, "warmup_s": 3 * 86400,
+                                "interval_s": 600, "lead_time_s": 1200}
+    # a lower baseline utilization buys the HPA more capacity
+    assert over["policies"]["reactive"]["cost_vs_oracle"] != doc["policies"]["reactive"]["cost_vs_oracle"]
+    assert over["scored_intervals"] < doc["scored_intervals"] / 2 + 10
+    assert any("lead_time" in n for n in over["notes"])
+
+
+def test_a_bad_scenario_option_is_one_clear_line(tmp_path):
+    from engine.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="baseline utilization \\(1.5\\)"):
+        Scenario(target_utilization=1.5)
+    with pytest.raises(Exception, match="backtest.baseline_utilization"):
+        from engine.config import load_config
+        load_config(_config(tmp_path, "      capacity_per_replica: 3", "    backtest:\n      baseline_utilization: 2"))
+
+
+def test_threshold_resizer_on_a_hand_computed_trace():
+    from engine.backtest import prepare, threshold_resizer
+    from policies.config import Rung
+
+    # rungs carry 10 / 20 / 40; utilization > 0.8 for 2 intervals -> up one
+    # rung (serving 10 min later); < 0.2 for 2 intervals -> down one
+    ladder = (Rung(name="a", capacity=10), Rung(name="b", capacity=20), Rung(name="c", capacity=40))
+    sc = Scenario(ladder=ladder, ladder_scale=1.0, target_utilization=1.0, min_replicas=None, max_replicas=None,
+                  warmup=timedelta(0), threshold_window=timedelta(minutes=10))
+    d = [5, 9, 9, 9, 9, 9, 9, 1, 1, 1, 1, 1]
+    prep = prepare(series(d), sc)
+    assert prep.initial == 0 and prep.bounds == (0, 2)
+    run = threshold_resizer(prep.series.values, prep)
+    # t1, t2 above 0.8 of 10 -> decide rung 1 at t2, serving from t4; waits
+    # while in flight; at rung 1 (20) 9 is 0.45; then 1/20 = 0.05 < 0.2 at
+    # t7, t8 -> down at t8, serving from t10
+    assert run.decided.tolist() == [0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0]
+    assert run.in_service.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0]
+
+
+def test_resize_downtime_takes_capacity_away_and_is_counted():
+    from engine.backtest import PolicyRun, evaluate, prepare
+    from policies.config import Rung
+
+    ladder = (Rung(name="a", capacity=10, price=1.0), Rung(name="b", capacity=20, price=2.0))
+    base = dict(ladder=ladder, ladder_scale=1.0, target_utilization=1.0, min_replicas=None, max_replicas=None,
+                warmup=timedelta(0), resize_downtime=timedelta(minutes=5))
+    d = np.array([8.0, 8, 15, 15, 15, 15])
+    cap = np.array([0, 0, 0, 1, 1, 1])
+    for mode, served_at_3 in (("unavailable", 0.0), ("old", 10.0)):
+        prep = prepare(series(d), Scenario(**base, downtime_capacity=mode))
+        run = evaluate(prep, PolicyRun("x", cap, cap))
+        assert run.served.tolist() == [10, 10, 10, served_at_3, 20, 20]
+        lost = 15 - served_at_3
+        # t2: 15 > 10 (no downtime); t3: the downtime
+        assert run.metrics["violation_fraction"] == pytest.approx(2 / 6)
+        assert run.metrics["unserved_fraction"] == pytest.approx((5 + lost) / d.sum())
+        assert run.actuation["downtime_unserved_fraction"] == pytest.approx(lost / d.sum())
+        # money: 3 intervals at 1/h and 3 at 2/h, over half an hour (1/48 day)
+        assert run.actuation["cost_per_day"] == pytest.approx((3 * 1 + 3 * 2) / 12 * 48)
+        assert run.actuation["changes_per_day"] == pytest.approx(1 * 48)
+
+
+def test_a_healthy_replay_of_a_real_trace_rarely_falls_back_and_says_why():
+    from tests.support import TRACES
+
+    r = run_backtest(read_csv(TRACES / "nab" / "ec2_cpu_utilization_5f5533.csv"), trace="5f5533")
+    p = r.runs["predictive"]
+    decided = int((~np.isnan(r.demand)).sum())
+    # only the first cycles, before the forecaster has its minimum history
+    assert p.fallbacks / decided < 0.02
+    assert p.fallback_reasons == {"NoForecast": p.fallbacks}
+    assert r.to_dict()["policies"]["predictive"]["fallback_reasons"] == {"NoForecast": p.fallbacks}
+    assert f"fallbacks {p.fallbacks} (NoForecast {p.fallbacks})" in r.table()

@@ -266,3 +266,33 @@ def test_exit_codes_are_documented_and_distinct(tmp_path):
     (tmp_path / "t.csv").unlink()
     r = forescale("once", "--config", str(cfg))
     assert r.returncode == 1 and "fetch error" in r.stdout, r.stdout + r.stderr
+
+
+def test_once_with_the_planner_prints_the_schedule_and_decisions_shows_it(tmp_path):
+    import math
+    import time
+
+    import yaml
+
+    assert forescale("validate", "--config", "examples/planner.yaml").returncode == 0
+    trace = tmp_path / "t.csv"
+    end = int(time.time()) // 300 * 300
+    # two days of a daily cycle between 2 and 10 cores, ending now
+    rows = "".join(f"{end - 300 * (575 - i)},{6 + 4 * math.sin(i / 288 * 6.283):.3f}\n"
+                   for i in range(576))
+    trace.write_text("timestamp,value\n" + rows)
+    doc = yaml.safe_load((ROOT / "examples" / "planner.yaml").read_text())
+    doc["state"] = str(tmp_path / "s.db")
+    doc["targets"][0]["source"]["path"] = str(trace)
+    doc["targets"][0]["mode"] = "dry-run"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    r = forescale("once", "--config", str(cfg), "-v")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "schedule (UTC): " in r.stdout and "(fixed)" in r.stdout and "ordered " in r.stdout
+    assert "plan cost " in r.stdout and "lead time 30 m" in r.stdout
+    assert any(code in r.stdout for code in ("PlannedHold", "PlannedScaleUp", "PlannedScaleDown"))
+    d = forescale("decisions", "--config", str(cfg))
+    assert d.returncode == 0 and "schedule (UTC): " in d.stdout
+    rec = json.loads(forescale("decisions", "--config", str(cfg), "--json").stdout)[0]
+    assert rec["schedule"]["steps"] and rec["schedule"]["reason"]

@@ -64,9 +64,11 @@ def test_quantiles_are_monotone_and_requested_levels_are_interpolated(fitted):
     fc = fitted.predict(end(s), 6, (0.1, 0.3, 0.5, 0.7, 0.9, 0.99))
     stack = np.vstack([fc.quantiles[q] for q in sorted(fc.quantiles)])
     assert np.all(np.diff(stack, axis=0) >= 0)
-    # 0.7 lies between the trained 0.5 and 0.9; 0.99 is clamped to 0.9
+    # 0.7 lies between the trained 0.5 and 0.9; 0.99 extends the 0.9 level's distance from
+    # the median by z(0.99) / z(0.9) (not the 0.9 level again: that would claim a 1 % tail)
     assert np.all(fc.quantiles[0.7] >= fc.quantiles[0.5]) and np.all(fc.quantiles[0.7] <= fc.quantiles[0.9])
-    np.testing.assert_allclose(fc.quantiles[0.99], fc.quantiles[0.9])
+    med = fc.quantiles[0.5]
+    np.testing.assert_allclose(fc.quantiles[0.99], med + (fc.quantiles[0.9] - med) * 2.326348 / 1.281552, rtol=1e-5)
     np.testing.assert_allclose(fc.point, fc.quantiles[0.5])
 
 
@@ -292,3 +294,16 @@ def test_global_model_calibrates_each_training_series_on_its_own_validation_wind
     g._series_offsets["calm"] = g._series_offsets["calm"] + 1.0  # one scale unit up at every level
     after = g.predict_many({"calm": calm}, now, 6, (0.9,))["calm"].quantiles[0.9]
     np.testing.assert_allclose(after - before, g.scalers["calm"].scale, rtol=1e-5)
+
+
+def test_levels_beyond_the_trained_ones_extend_the_tail_instead_of_repeating_it():
+    # trained 0.1 / 0.5 / 0.9 at 90 / 100 / 110: asked for 0.99, the 0.9 level's distance from
+    # the median (10) is scaled by z(0.99) / z(0.9) = 2.3263 / 1.2816 -> 118.15; inside: linear
+    from forecasters.lstm import _levels_at
+
+    out = np.array([[90.0, 100.0, 110.0]])
+    got = {q: float(v[0]) for q, v in _levels_at(out, (0.1, 0.5, 0.9), [0.05, 0.3, 0.9, 0.95, 0.99]).items()}
+    assert got[0.99] == pytest.approx(100 + 10 * 2.326348 / 1.281552, abs=1e-4)
+    assert got[0.95] == pytest.approx(100 + 10 * 1.644854 / 1.281552, abs=1e-4)
+    assert got[0.05] == pytest.approx(100 - 10 * 1.644854 / 1.281552, abs=1e-4)
+    assert (got[0.3], got[0.9]) == (pytest.approx(95.0), 110.0)

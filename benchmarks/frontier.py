@@ -1,0 +1,567 @@
+"""The equal-cost frontier comparison (REFERENCE.md section 5).
+
+A policy that spends more replicas than the HPA at u = 0.7 has fewer
+violations for that reason alone, so on each trace the reactive HPA (section
+1 semantics, the backtest's baseline settings: tolerance 0.1, 300 s
+scale-down stabilization, no rate limit, bounds 1..60) is swept over target
+utilizations 0.45, 0.50, ..., 0.95 with the scenario fixed (capacity per
+replica and oracle need at u = 0.7, lead time, warm-up). Its violations and
+actions are interpolated linearly in cost at the policy's cost (outside the
+swept range: the nearest end, flagged), and
+
+    violation ratio = (v_policy + 1e-4) / (v_HPA at that cost + 1e-4)
+    actions ratio   = actions_policy / actions_HPA at that cost
+
+are reported per trace, with the geometric mean of the violation ratio, the
+number of traces with ratio <= 1 and the median actions ratio, at lead times
+of 10 and 30 minutes. The hindsight view: the cheapest HPA setting (along the
+interpolated curve) that reaches the policy's violation level, and the
+policy's cost relative to it.
+
+Traces: the shared traces with at least 14 days. A fixed third of them (sorted
+by name, every third from the third: :func:`held_out`) is kept out of every
+tuning decision; every table reports the tuning and held-out parts apart.
+
+The sweep runs a fast HPA simulator (:func:`hpa_in_service`: a loop over
+plain arrays), proven equal to the pipeline's reactive run interval by
+interval in ``tests/benchmarks/test_frontier.py``; the policy itself runs
+through ``engine.backtest.run_policy`` (the live loop's code).
+
+    nice -n 10 python benchmarks/frontier.py                      # the default policy, 10 and 30 min
+    nice -n 10 python benchmarks/frontier.py --policy predictive-sd30
+    nice -n 10 python benchmarks/frontier.py --policy plan
+    nice -n 10 python benchmarks/frontier.py --policy my-policy.yaml --name mine
+    nice -n 10 python benchmarks/frontier.py --policy plan --vertical   # the ladder scenario
+
+Writes ``benchmarks/results/frontier-<name>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from collections import deque
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine.backtest import (  # noqa: E402
+    AWS_M5_LADDER,
+    CALM_POLICY,
+    DEFAULT_FORECASTER,
+    DEFAULT_POLICY,
+    Prepared,
+    Scenario,
+    prepare,
+    run_backtest,
+    run_policy,
+    score,
+)
+from engine.config import ForecasterConfig  # noqa: E402
+from engine.sources.csv import read_csv  # noqa: E402
+
+TRACES_DIR = ROOT.parent / "shared" / "traces"
+RESULTS = ROOT / "benchmarks" / "results"
+MIN_DAYS = 14
+#: the HPA's swept target utilizations (REFERENCE.md section 5)
+UTILIZATIONS = tuple(round(0.45 + 0.05 * i, 2) for i in range(11))
+LEAD_TIMES_MIN = (10, 30)
+EPS = 1e-4
+#: the baseline HPA's settings (REFERENCE.md section 3)
+HPA_TOLERANCE = 0.1
+HPA_SCALE_DOWN_WINDOW = timedelta(seconds=300)
+
+#: named policies (settings; the scenario fills replica size, bounds, lead time)
+POLICIES: dict[str, dict[str, Any]] = {
+    "default": DEFAULT_POLICY,
+    "predictive": DEFAULT_POLICY,
+    # REFERENCE.md section 4, note on item 5: a 30-minute scale-down window
+    "predictive-sd30": {**DEFAULT_POLICY, "stabilization": {"scale_up": "0s", "scale_down": "30m"}},
+    "predictive-calm": CALM_POLICY,
+    "plan": {"kind": "plan"},
+}
+
+
+# ------------------------------------------------------------------ traces
+def trace_days(path: Path, interval: timedelta = Scenario().interval) -> float:
+    s = read_csv(path).regular(interval)
+    return len(s) * interval.total_seconds() / 86400
+
+
+def qualifying_traces(root: Path = TRACES_DIR, min_days: float = MIN_DAYS) -> list[Path]:
+    return [p for p in sorted(root.glob("*/*.csv")) if trace_days(p) >= min_days - 1e-9]
+
+
+def held_out(names: Sequence[str]) -> set[str]:
+    """The fixed held-out part: sorted by name, every third from the third
+    (6 of 18). No tuning decision may look at these."""
+    return {n for i, n in enumerate(sorted(names)) if i % 3 == 2}
+
+
+# ------------------------------------------------------------- the fast HPA
+def hpa_in_service(d: np.ndarray, cpr: float, u: float, lo: int, hi: int, lead_steps: int, initial: int,
+                   step_s: float, tolerance: float = HPA_TOLERANCE,
+                   down_window_s: float = HPA_SCALE_DOWN_WINDOW.total_seconds()) -> np.ndarray:
+    """The capacity in service each interval under the reactive HPA of
+    REFERENCE.md section 1 as the backtest runs it (one decision per
+    interval, no rate limit, scale-up window 0): exactly what
+    ``run_policy(prep, "reactive", reactive_policy(...))`` does, in a plain
+    loop. At a gap the capacity holds and nothing is recorded."""
+    n = d.size
+    decided = np.empty(n, dtype=np.int64)
+    in_service = np.empty(n, dtype=np.int64)
+    unit = cpr * u
+    cur = initial
+    recent: deque[tuple[int, int]] = deque()  # (interval, recommendation) inside the down window
+    for t in range(n):
+        serving = initial if t < lead_steps else int(decided[t - lead_steps])
+        in_service[t] = serving
+        obs = d[t]
+        if obs != obs:  # a gap: hold, do not decide
+            decided[t] = cur
+            continue
+        # the HPA core ratio on the capacity in service (policies.steps.hpa_desired)
+        units = max(0, math.ceil(obs / unit - 1e-9))
+        if serving <= 0:
+            rec = units
+        else:
+            ratio = obs / (serving * unit)
+            rec = cur if abs(1.0 - ratio) <= tolerance else units
+        # stabilization: upFloor = rec (0 s window); downCeil = max of the
+        # recommendations strictly inside the scale-down window and rec
+        while recent and (t - recent[0][0]) * step_s >= down_window_s:
+            recent.popleft()
+        ceil_ = rec
+        for _, r in recent:
+            if r > ceil_:
+                ceil_ = r
+        out = cur
+        if out < rec:
+            out = rec
+        if out > ceil_:
+            out = ceil_
+        out = lo if out < lo else hi if out > hi else out
+        decided[t] = out
+        cur = out
+        recent.append((t, rec))
+    return in_service
+
+
+def sweep(prep: Prepared, utilizations: Iterable[float] = UTILIZATIONS) -> list[dict[str, float]]:
+    """The HPA at each utilization, the scenario fixed (cpr, oracle need at
+    the scenario's u, lead time, warm-up): section 3's metrics each."""
+    assert prep.capacity_per_replica is not None, "the frontier is a horizontal comparison"
+    d = prep.series.values
+    lo, hi = prep.bounds
+    step_s = prep.scenario.interval.total_seconds()
+    out = []
+    for u in utilizations:
+        cap = hpa_in_service(d, prep.capacity_per_replica, u, lo, hi, prep.lead_steps, prep.initial, step_s)
+        m = score(np.nan_to_num(d), cap, prep.need, prep.capacity_per_replica, prep.scored)
+        out.append({"u": float(u), **m})
+    return out
+
+
+# ------------------------------------------------------------ the comparison
+def at_cost(curve: list[dict[str, float]], cost: float) -> dict[str, Any]:
+    """The HPA's violations and actions interpolated linearly in cost at
+    ``cost``; ``outside`` says the cost is beyond the swept range (the
+    nearest end is used)."""
+    pts = sorted(curve, key=lambda p: p["cost_vs_oracle"])
+    c = np.array([p["cost_vs_oracle"] for p in pts])
+    v = np.array([p["violation_fraction"] for p in pts])
+    a = np.array([p["actions"] for p in pts], dtype=float)
+    outside = None if c[0] <= cost <= c[-1] else ("below" if cost < c[0] else "above")
+    return {"violation_fraction": float(np.interp(cost, c, v)), "actions": float(np.interp(cost, c, a)),
+            "outside": outside}
+
+
+def hindsight(curve: list[dict[str, float]], violations: float) -> dict[str, Any]:
+    """The cheapest HPA cost (along the curve, linear between swept points)
+    whose violations are at most ``violations``; None if no swept setting
+    reaches it."""
+    pts = sorted(curve, key=lambda p: p["cost_vs_oracle"])
+    for i, p in enumerate(pts):
+        if p["violation_fraction"] <= violations:
+            if i == 0:
+                return {"cost_vs_oracle": p["cost_vs_oracle"], "u": p["u"], "edge": True}
+            q = pts[i - 1]
+            dv = q["violation_fraction"] - p["violation_fraction"]
+            f = (q["violation_fraction"] - violations) / dv if dv > 0 else 1.0
+            cost = q["cost_vs_oracle"] + f * (p["cost_vs_oracle"] - q["cost_vs_oracle"])
+            return {"cost_vs_oracle": cost, "u": q["u"] + f * (p["u"] - q["u"]), "edge": False}
+    return {"cost_vs_oracle": None, "u": None, "edge": True}
+
+
+def compare(policy: dict[str, float], curve: list[dict[str, float]]) -> dict[str, Any]:
+    h = at_cost(curve, policy["cost_vs_oracle"])
+    hs = hindsight(curve, policy["violation_fraction"])
+    return {
+        "violation_ratio": (policy["violation_fraction"] + EPS) / (h["violation_fraction"] + EPS),
+        "actions_ratio": policy["actions"] / h["actions"] if h["actions"] > 0 else float("inf"),
+        "hpa_at_cost": h,
+        "hindsight": hs,
+        "cost_vs_hindsight": (policy["cost_vs_oracle"] / hs["cost_vs_oracle"]) if hs["cost_vs_oracle"] else None,
+    }
+
+
+def gmean(xs: Sequence[float]) -> float:
+    return float(math.exp(statistics.fmean(math.log(x) for x in xs))) if xs else float("nan")
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    if not rows:
+        nan = float("nan")
+        return {"traces": 0, "gmean_violation_ratio": nan, "gmean_violation_ratio_in_range": nan, "no_worse": 0, "median_actions_ratio": nan,
+                "median_cost_vs_hindsight": nan, "hindsight_unreached": 0, "outside_range": 0, "slo_band": 0,
+                "median_cost": nan, "mean_cost": nan}
+    vr = [r["violation_ratio"] for r in rows]
+    ar = [r["actions_ratio"] for r in rows if math.isfinite(r["actions_ratio"])]
+    hs = [r["cost_vs_hindsight"] for r in rows if r["cost_vs_hindsight"] is not None]
+    v = [r["policy"]["violation_fraction"] for r in rows]
+    return {
+        "traces": len(rows),
+        "gmean_violation_ratio": gmean(vr),
+        # beyond the swept range the nearest end flatters the policy: the
+        # HPA could have gone further; the mean without those traces
+        "gmean_violation_ratio_in_range": gmean([r["violation_ratio"] for r in rows
+                                                  if r["hpa_at_cost"]["outside"] is None]),
+        "no_worse": sum(x <= 1.0 for x in vr),
+        "median_actions_ratio": statistics.median(ar) if ar else float("nan"),
+        "median_cost_vs_hindsight": statistics.median(hs) if hs else float("nan"),
+        "hindsight_unreached": sum(r["cost_vs_hindsight"] is None for r in rows),
+        "outside_range": sum(r["hpa_at_cost"]["outside"] is not None for r in rows),
+        "slo_band": sum(0.0025 <= x <= 0.01 for x in v),
+        "median_cost": statistics.median(r["policy"]["cost_vs_oracle"] for r in rows),
+        "mean_cost": statistics.fmean(r["policy"]["cost_vs_oracle"] for r in rows),
+    }
+
+
+# ------------------------------------------------------------------ running
+def policy_settings(spec: str) -> dict[str, Any]:
+    if spec in POLICIES:
+        return POLICIES[spec]
+    path = Path(spec)
+    if not path.exists():
+        raise SystemExit(f"--policy: {spec!r} is neither a known name ({', '.join(POLICIES)}) nor a file")
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+class ForecastCache:
+    """One trace's forecasts, shared by the runs of every lead time (a
+    forecast does not depend on the policy's lead time): the first run
+    forecasts through the real model (fit, update, predict) and keeps each
+    forecast by cycle; later runs are served the kept ones, cut to the
+    horizon and levels they ask for. The longest lead time runs first, so
+    its horizon covers the others'."""
+
+    def __init__(self) -> None:
+        self.log: dict[int, Any] = {}
+        self.name = ""
+
+    def wrap(self, model: Any) -> Any:
+        self.name = model.name
+        return _Recording(model, self.log) if not self.log else _Replaying(self.name, self.log)
+
+
+class _Recording:
+    def __init__(self, inner: Any, log: dict[int, Any]) -> None:
+        self.inner, self.log = inner, log
+        self.name, self.supports_quantiles = inner.name, inner.supports_quantiles
+        self.min_history, self.version = inner.min_history, inner.version
+
+    def fit(self, history, **kw) -> None:
+        self.inner.fit(history, **kw)
+
+    def update(self, history, **kw) -> None:
+        self.inner.update(history, **kw)
+
+    def predict(self, start, horizon: int, quantiles: Sequence[float]):
+        key = int(start.timestamp())
+        try:
+            fc = self.inner.predict(start, horizon, quantiles)
+        except Exception as exc:  # noqa: BLE001 - replayed as the same failure
+            self.log[key] = exc
+            raise
+        self.log[key] = fc
+        return fc
+
+    def save(self, path) -> None:  # pragma: no cover - protocol completeness
+        self.inner.save(path)
+
+
+class _Replaying:
+    supports_quantiles = True
+    min_history = 1
+
+    def __init__(self, name: str, log: dict[int, Any]) -> None:
+        self.name, self.log, self.version = name, log, f"{name}:cached"
+
+    def fit(self, history, **kw) -> None:
+        pass
+
+    def update(self, history, **kw) -> None:
+        pass
+
+    def predict(self, start, horizon: int, quantiles: Sequence[float]):
+        from engine.core.errors import ForecastError
+        from engine.core.types import Forecast
+
+        out = self.log.get(int(start.timestamp()))
+        if out is None:
+            raise ForecastError("no forecast kept for this cycle")
+        if isinstance(out, Exception):
+            raise out
+        if out.horizon < horizon:
+            raise ForecastError(f"kept forecast has {out.horizon} steps, {horizon} asked for")
+        return Forecast(out.made_at, out.timestamps[:horizon], out.point[:horizon],
+                        {q: v[:horizon] for q, v in out.quantiles.items()}, out.model, out.model_version)
+
+    def save(self, path) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+def load_trace(path: Path, max_days: float | None = None):
+    raw = read_csv(path)
+    if max_days is not None:
+        end = int(raw.timestamps[0] + max_days * 86400)
+        raw = raw[: int((raw.timestamps < end).sum())]
+    return raw
+
+
+def one_trace(raw, name: str, settings: dict[str, Any], fcfg: ForecasterConfig, lead_min: int,
+              cache: ForecastCache | None = None) -> dict[str, Any]:
+    from forecasters import create
+
+    t0 = time.perf_counter()
+    prep = prepare(raw, Scenario(lead_time=timedelta(minutes=lead_min)), trace=name)
+    curve = sweep(prep)
+    t1 = time.perf_counter()
+    model = None
+    if cache is not None and settings.get("kind", "predictive") != "reactive":
+        model = cache.wrap(create(fcfg.name, fcfg.params))
+    run = run_policy(prep, "policy", settings, fcfg, model=model)
+    pm = {**run.metrics, **run.actuation}
+    row = {"trace": name, "lead_time_min": lead_min, "policy": pm, "hpa": curve,
+           "fallback_reasons": run.fallback_reasons, "sweep_s": t1 - t0, "policy_s": time.perf_counter() - t1}
+    row.update(compare(pm, curve))
+    return row
+
+
+def vertical_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The policy told the scenario's resize downtime, where it can use it
+    (the planner prices a resize's downtime; nothing else reads it)."""
+    if settings.get("kind") != "plan":
+        return settings
+    plan = dict(settings.get("plan") or {})
+    plan.setdefault("resize_downtime", "5m")
+    return {**settings, "plan": plan}
+
+
+def vertical_trace(raw, name: str, settings: dict[str, Any], fcfg: ForecasterConfig) -> dict[str, Any]:
+    """The ladder scenario: AWS m5 large..4xlarge with list prices, 5-minute
+    resize downtime, 30-minute lead time; the threshold resizer (N = 10 min)
+    as the baseline."""
+    sc = Scenario(ladder=AWS_M5_LADDER, min_replicas=None, max_replicas=None, lead_time=timedelta(minutes=30),
+                  resize_downtime=timedelta(minutes=5))
+    t0 = time.perf_counter()
+    r = run_backtest(raw, scenario=sc, policy=settings, forecaster=fcfg, trace=name)
+    pol = r.runs[r.policy_name]
+    return {"trace": name, "policies": {k: {**v.metrics, **v.actuation} for k, v in r.runs.items()},
+            "policy_name": r.policy_name, "fallback_reasons": pol.fallback_reasons,
+            "seconds": time.perf_counter() - t0}
+
+
+def _f(v: Any, nd: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and not math.isfinite(v):
+        return "inf" if v > 0 else "-"
+    return f"{v:.{nd}f}"
+
+
+def markdown(name: str, report: dict[str, Any]) -> str:
+    lines = [f"# Frontier: `{name}` against the HPA at equal cost", "",
+             f"Command: `{report['command']}`", "",
+             "v = violation_fraction, c = cost_vs_oracle, a = actions; HPA@c = the HPA swept over u 0.45-0.95 "
+             "and interpolated at the policy's cost (* = outside the swept range, nearest end); "
+             "ratio v = (v + 1e-4) / (v_HPA@c + 1e-4); hindsight = the cheapest HPA cost reaching the "
+             "policy's violations (- = no swept setting does), c / hindsight = the policy's cost relative to it.",
+             ""]
+    for lead, part in report["leads"].items():
+        lines += [f"## Lead time {lead} min", "",
+                  "| part | traces | gmean ratio v | (in range: traces, gmean) | ratio v <= 1 | median ratio a "
+                  "| median c / hindsight | v in 0.25-1 % | median c | mean c |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for pname in ("tuning", "held_out", "all"):
+            s = part["summary"][pname]
+            lines.append(f"| {pname} | {s['traces']} | {_f(s['gmean_violation_ratio'])} "
+                         f"| {s['traces'] - s['outside_range']}, {_f(s['gmean_violation_ratio_in_range'])} "
+                         f"| {s['no_worse']} "
+                         f"| {_f(s['median_actions_ratio'], 2)} | {_f(s['median_cost_vs_hindsight'])} "
+                         f"| {s['slo_band']} | {_f(s['median_cost'])} | {_f(s['mean_cost'])} |")
+        lines += ["", "| trace | part | v | c | a | HPA@c v | HPA@c a | ratio v | ratio a | hindsight c "
+                  "| c / hindsight | HPA u=0.7 v | HPA u=0.7 c | HPA u=0.7 a |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in part["rows"]:
+            h, p = r["hpa_at_cost"], r["policy"]
+            ref = next(x for x in r["hpa"] if abs(x["u"] - 0.7) < 1e-9)
+            star = "*" if h["outside"] else ""
+            lines.append(
+                f"| {r['trace']} | {'held out' if r['held_out'] else 'tuning'} | {_f(p['violation_fraction'], 4)} "
+                f"| {_f(p['cost_vs_oracle'])} | {p['actions']} | {_f(h['violation_fraction'], 4)}{star} "
+                f"| {h['actions']:.0f} | {_f(r['violation_ratio'], 2)} | {_f(r['actions_ratio'], 2)} "
+                f"| {_f(r['hindsight']['cost_vs_oracle'])} | {_f(r['cost_vs_hindsight'])} "
+                f"| {_f(ref['violation_fraction'], 4)} | {_f(ref['cost_vs_oracle'])} | {ref['actions']} |")
+        lines.append("")
+    if report.get("vertical"):
+        v = report["vertical"]
+        lines += ["## Vertical: AWS m5 ladder, 5-minute resize downtime, 30-minute lead time", "",
+                  "Rungs m5.large/xlarge/2xlarge/4xlarge (2/4/8/16 vCPU, $0.096/0.192/0.384/0.768 per hour, "
+                  "on-demand us-east-1 Linux), scaled so the top rung carries the trace's 99th percentile at "
+                  "u = 0.7. Baseline: the threshold resizer (up a rung above 80 % for 10 min, down below 20 % "
+                  "for 10 min). u = unserved_fraction including downtime; $/day = rung price x hours.", "",
+                  "| part | traces | median resizes/day policy | median resizes/day threshold | "
+                  "cheaper | less unserved | both |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for pname in ("tuning", "held_out", "all"):
+            s = v["summary"][pname]
+            lines.append(f"| {pname} | {s['traces']} | {_f(s['median_changes_policy'], 2)} "
+                         f"| {_f(s['median_changes_threshold'], 2)} | {s['cheaper']} | {s['less_unserved']} "
+                         f"| {s['both']} |")
+        lines += ["", "| trace | part | policy resizes/day | threshold resizes/day | policy $/day | threshold $/day "
+                  "| oracle $/day | policy u | threshold u | policy v | threshold v |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in v["rows"]:
+            p, t, o = r["policies"][r["policy_name"]], r["policies"]["threshold"], r["policies"]["oracle"]
+            lines.append(f"| {r['trace']} | {'held out' if r['held_out'] else 'tuning'} "
+                         f"| {_f(p['changes_per_day'], 2)} | {_f(t['changes_per_day'], 2)} "
+                         f"| {_f(p['cost_per_day'], 2)} | {_f(t['cost_per_day'], 2)} | {_f(o['cost_per_day'], 2)} "
+                         f"| {_f(p['unserved_fraction'], 4)} | {_f(t['unserved_fraction'], 4)} "
+                         f"| {_f(p['violation_fraction'], 4)} | {_f(t['violation_fraction'], 4)} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def vertical_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def pol(r: dict[str, Any]) -> dict[str, Any]:
+        return r["policies"][r["policy_name"]]
+
+    if not rows:
+        return {"traces": 0, "median_changes_policy": float("nan"), "median_changes_threshold": float("nan"),
+                "cheaper": 0, "less_unserved": 0, "both": 0}
+    th = [r["policies"]["threshold"] for r in rows]
+    ps = [pol(r) for r in rows]
+    return {
+        "traces": len(rows),
+        "median_changes_policy": statistics.median(p["changes_per_day"] for p in ps) if ps else float("nan"),
+        "median_changes_threshold": statistics.median(t["changes_per_day"] for t in th) if th else float("nan"),
+        "cheaper": sum(p["cost_per_day"] < t["cost_per_day"] for p, t in zip(ps, th)),
+        "less_unserved": sum(p["unserved_fraction"] < t["unserved_fraction"] for p, t in zip(ps, th)),
+        "both": sum(p["cost_per_day"] < t["cost_per_day"] and p["unserved_fraction"] < t["unserved_fraction"]
+                    for p, t in zip(ps, th)),
+    }
+
+
+def split(rows: list[dict[str, Any]], summarize_fn) -> dict[str, Any]:
+    return {"tuning": summarize_fn([r for r in rows if not r["held_out"]]),
+            "held_out": summarize_fn([r for r in rows if r["held_out"]]),
+            "all": summarize_fn(rows)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Equal-cost frontier: a policy against the HPA swept over utilization.")
+    ap.add_argument("--traces", default=str(TRACES_DIR), help="folder of <dataset>/<trace>.csv files")
+    ap.add_argument("--policy", default="default",
+                    help=f"a named policy ({', '.join(POLICIES)}) or a YAML/JSON file of policy settings")
+    ap.add_argument("--name", default=None, help="name of the results (default: the policy's)")
+    ap.add_argument("--forecaster", default=DEFAULT_FORECASTER.name)
+    ap.add_argument("--lead-times", default=",".join(map(str, LEAD_TIMES_MIN)), help="minutes, comma-separated")
+    ap.add_argument("--only", default=None, help="comma-separated substrings: run only matching traces")
+    ap.add_argument("--max-days", type=float, default=None,
+                    help="replay only the first N days of each trace (the HPA sweep too: still equal cost)")
+    ap.add_argument("--vertical", action="store_true", help="also the vertical ladder scenario")
+    ap.add_argument("--no-frontier", action="store_true", help="only the vertical scenario")
+    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--quiet", action="store_true", help="no per-trace lines")
+    args = ap.parse_args(argv)
+
+    root = Path(args.traces).resolve()
+    paths = qualifying_traces(root)
+    names = [str(p.relative_to(root)) for p in paths]
+    hold = held_out(names)
+    if args.only:
+        keep = args.only.split(",")
+        paths = [p for p, n in zip(paths, names) if any(k in n for k in keep)]
+        names = [str(p.relative_to(root)) for p in paths]
+    settings = policy_settings(args.policy)
+    name = args.name or Path(args.policy).stem
+    fcfg = ForecasterConfig(name=args.forecaster)
+    command = "nice -n 10 python benchmarks/frontier.py" + " ".join(
+        [""] + [a for a in (argv if argv is not None else sys.argv[1:])])
+    report: dict[str, Any] = {"policy": name, "settings": settings, "forecaster": fcfg.name, "command": command,
+                              "max_days": args.max_days,
+                              "utilizations": UTILIZATIONS, "held_out": sorted(hold), "leads": {}}
+    t_start = time.perf_counter()
+    if not args.no_frontier:
+        leads = sorted((int(x) for x in args.lead_times.split(",")), reverse=True)
+        rows_by_lead: dict[int, list[dict[str, Any]]] = {lead: [] for lead in leads}
+        for p, n in zip(paths, names):
+            raw = load_trace(p, args.max_days)
+            cache = ForecastCache()
+            for lead in leads:
+                r = one_trace(raw, n, settings, fcfg, lead, cache)
+                r["held_out"] = n in hold
+                rows_by_lead[lead].append(r)
+                if not args.quiet:
+                    print(f"  L={lead:>2} {n:<58} ratio v {r['violation_ratio']:6.2f}  a {r['actions_ratio']:5.2f}"
+                          f"  c {r['policy']['cost_vs_oracle']:.3f}  ({r['sweep_s']:.1f} + {r['policy_s']:.1f} s)",
+                          flush=True)
+        for lead in sorted(leads):
+            summary = split(rows_by_lead[lead], summarize)
+            report["leads"][str(lead)] = {"rows": rows_by_lead[lead], "summary": summary}
+            for part in ("tuning", "held_out", "all"):
+                s = summary[part]
+                print(f"L={lead} {part:<8}: gmean ratio v {s['gmean_violation_ratio']:.3f}, no worse on "
+                      f"{s['no_worse']}/{s['traces']}, median ratio a {s['median_actions_ratio']:.2f}, "
+                      f"median c/hindsight {s['median_cost_vs_hindsight']:.3f}, v in 0.25-1 % on "
+                      f"{s['slo_band']}", flush=True)
+    if args.vertical:
+        rows = []
+        for p, n in zip(paths, names):
+            r = vertical_trace(load_trace(p, args.max_days), n, vertical_settings(settings), fcfg)
+            r["held_out"] = n in hold
+            rows.append(r)
+            if not args.quiet:
+                pp, th = r["policies"][r["policy_name"]], r["policies"]["threshold"]
+                print(f"  vertical {n:<52} resizes/day {pp['changes_per_day']:5.2f} vs {th['changes_per_day']:5.2f}"
+                      f"  $/day {pp['cost_per_day']:.2f} vs {th['cost_per_day']:.2f}  unserved "
+                      f"{pp['unserved_fraction']:.4f} vs {th['unserved_fraction']:.4f}", flush=True)
+        report["vertical"] = {"rows": rows, "summary": split(rows, vertical_summary)}
+        for part in ("tuning", "held_out", "all"):
+            s = report["vertical"]["summary"][part]
+            print(f"vertical {part:<8}: median resizes/day {s['median_changes_policy']:.2f} vs threshold "
+                  f"{s['median_changes_threshold']:.2f}; cheaper on {s['cheaper']}, less unserved on "
+                  f"{s['less_unserved']}, both on {s['both']} of {s['traces']}", flush=True)
+    report["seconds"] = time.perf_counter() - t_start
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"frontier-{name}" + ("-vertical" if args.no_frontier else "")
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1, sort_keys=True, default=float))
+    (out / f"{stem}.md").write_text(markdown(name, report))
+    print(f"wrote {out / (stem + '.json')} and {out / (stem + '.md')} ({report['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

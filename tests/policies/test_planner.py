@@ -1,0 +1,541 @@
+"""The planner (``kind: plan``, policies/planner.py): the exact DP, the
+demand distribution built from quantiles, the decision and its schedule,
+the hard constraints (as properties), the SLO calibration, the config.
+
+Unless a case says otherwise: capacity_per_replica 10 (one replica carries
+10 at full capacity), lead time 25 min, 5-minute forecast points from
+now + 5 m to now + 6 h, the default SLO (0.5 % saturated) priced as
+unserved demand: penalty = (1 / 10) / 0.005 = 20 per demand-unit-hour.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.config import parse_config
+from engine.core.errors import ConfigError
+from engine.core.types import Decision, Forecast, Observation, ScaleEvent, ScalingState, Schedule
+from engine.feedback import conformal_headroom
+from policies import PolicyConfig, decide
+from policies import planner as P
+from policies import steps as S
+from policies.config import parse_window
+from tests.support import ROOT
+
+NOW = datetime(2024, 3, 1, 10, 0, tzinfo=timezone.utc)
+T0 = int(NOW.timestamp())
+Z = {0.5: 0.0, 0.8: 0.8416, 0.9: 1.2816, 0.95: 1.6449, 0.99: 2.3263}
+
+
+def config(**kw) -> PolicyConfig:
+    kw.setdefault("kind", "plan")
+    kw.setdefault("capacity_per_replica", 10.0)
+    kw.setdefault("lead_time", "25m")
+    kw.setdefault("reactive", {"target_utilization": 0.95})
+    # the hand-worked cases price every change at 1 and switch the calm defaults off
+    plan = {"horizon": "6h", "change_cost": 1.0, "min_change_interval": 0, "min_lifetime": 0,
+            "headroom_cap": None, "calibration": "both", "slo": {"saturated_fraction": 0.005},
+            **kw.pop("plan", {})}
+    return PolicyConfig(plan=plan, **kw)
+
+
+def forecast(point, spread=None, *, step=300, made=NOW) -> Forecast:
+    """Quantiles at point + offsets (1, 1.5, 2, 3 above the median unless
+    ``spread`` gives a normal sd per point)."""
+    pt = np.asarray(point, dtype=float)
+    if spread is None:
+        qs = {0.5: pt, 0.8: pt + 1, 0.9: pt + 1.5, 0.95: pt + 2, 0.99: pt + 3}
+    else:
+        sd = np.broadcast_to(np.asarray(spread, dtype=float), pt.shape)
+        qs = {q: pt + z * sd for q, z in Z.items()}
+    t0 = int(made.timestamp())
+    return Forecast(made_at=made, timestamps=t0 + step * np.arange(1, pt.size + 1), point=pt, quantiles=qs,
+                    model="seasonal_naive", model_version="v1")
+
+
+def state(current=6, observed: float | None = 55.0, age=timedelta(0), **kw) -> ScalingState:
+    obs = None if observed is None else Observation(observed, NOW - age)
+    return ScalingState(current=current, observation=obs, **kw)
+
+
+def peak_at_14() -> np.ndarray:
+    """55 (needs 6) except 75 (needs 8) from 14:00 to 15:00 UTC."""
+    ts = T0 + 300 * np.arange(1, 73)
+    hours = (ts - T0) / 3600 + 10
+    return np.where((hours >= 14) & (hours <= 15), 75.0, 55.0)
+
+
+# ------------------------------------------------------------------ the exact DP, by hand
+def problem(cost, *, change=1.5, start=0, since=99, last_up=False, spacing=0, lifetime=0, down_ok=None):
+    cost = np.asarray(cost, dtype=float)
+    return P.Problem(cost=cost, leave=np.full_like(cost, change), enter=np.zeros_like(cost), start=start,
+                     since=since, last_up=last_up, spacing=spacing, lifetime=lifetime,
+                     down_ok=np.ones(cost.shape[1], bool) if down_ok is None else np.asarray(down_ok))
+
+
+# 3 levels x 4 steps; rows are levels 0, 1, 2, columns steps 0..3.
+# Level 0 is cheap except at step 2 (a peak: cost 9), level 1 costs 2, level 2 costs 3.
+COST = [[1, 1, 9, 1],
+        [2, 2, 2, 2],
+        [3, 3, 3, 3]]
+
+
+@pytest.mark.parametrize("kw, path, total", [
+    # change cost 1.5, start at 0. Candidates:
+    #   0 0 0 0 = 1+1+9+1             = 12
+    #   0 0 1 0 = 1+1+2+1 + 2 x 1.5   = 8
+    #   0 0 1 1 = 1+1+2+2 + 1.5       = 7.5   <- going back down saves 1 for 1.5
+    #   0 1 1 1 = 1+2+2+2 + 1.5       = 8.5
+    ({}, [0, 0, 1, 1], 7.5),
+    # change cost 0.5: 0 0 1 0 = 5 + 1 = 6 beats 0 0 1 1 = 6 + 0.5 = 6.5
+    ({"change": 0.5}, [0, 0, 1, 0], 6.0),
+    # ... but changes at least 2 steps apart forbid the changes at steps 2 and 3: 6.5
+    ({"change": 0.5, "spacing": 2}, [0, 0, 1, 1], 6.5),
+    # ... or a minimum lifetime of 2 steps after a scale-up: 6.5
+    ({"change": 0.5, "lifetime": 2}, [0, 0, 1, 1], 6.5),
+    # ... or no scale-down ordered at step 3 (scale-in window closed): 6.5
+    ({"change": 0.5, "down_ok": [True, True, True, False]}, [0, 0, 1, 1], 6.5),
+    # start at level 2, last change 1 step ago, spacing 2: the first change can
+    # come at step 1, the next one two steps later:
+    #   2 1 1 1 = 3+2+2+2 + 0.5        = 9.5
+    #   2 0 1 1 = changes at steps 1 and 2, 1 apart: infeasible
+    #   2 0 0 0 = 3+1+9+1 + 0.5        = 14.5
+    #   2 1 1 0 = 3+2+2+1 + 2 x 0.5    = 9.0   <- best (changes at steps 1 and 3)
+    ({"change": 0.5, "start": 2, "since": 1, "spacing": 2}, [2, 1, 1, 0], 9.0),
+    # ... and with the last change 0 steps ago and spacing 3, not before step 3:
+    #   2 2 2 0 = 3+3+3+1 + 0.5 = 10.5 (2 2 2 1 = 11.5, hold = 12)
+    ({"change": 0.5, "start": 2, "since": 0, "spacing": 3}, [2, 2, 2, 0], 10.5),
+])
+def test_the_dp_finds_the_hand_computed_optimum(kw, path, total):
+    got, cost = P.solve(problem(COST, **kw))
+    assert got.tolist() == path
+    assert cost == pytest.approx(total)
+
+
+def test_a_change_that_does_not_pay_for_itself_is_not_made():
+    # staying at level 1 costs 2 per step, level 0 saves 1 per step: 4 over the horizon
+    # 0 0 0 0 = 4 + 1.5 = 5.5 < 8 (hold): change at once
+    got, cost = P.solve(problem([[1, 1, 1, 1], [2, 2, 2, 2]], change=1.5, start=1))
+    assert got.tolist() == [0, 0, 0, 0] and cost == pytest.approx(5.5)
+    # a change cost of 4.5 > the 4 it saves: hold
+    got, cost = P.solve(problem([[1, 1, 1, 1], [2, 2, 2, 2]], change=4.5, start=1))
+    assert got.tolist() == [1, 1, 1, 1] and cost == pytest.approx(8.0)
+
+
+# ---------------------------------------------------------------- the demand distribution
+def test_survival_at_the_quantile_levels_is_one_minus_the_level():
+    taus = np.array([0.5, 0.8, 0.9, 0.95, 0.99])
+    q = np.array([[50.0], [55.0], [58.0], [60.0], [66.0]])
+    p_sat, _ = P.risk_tables(q[:, 0], taus, q)
+    assert p_sat[:, 0] == pytest.approx(1 - taus)
+
+
+def test_the_tail_is_exponential_through_the_two_highest_levels():
+    # beta = (66 - 60) / ln(0.05 / 0.01) = 6 / ln 5; P(D > 66 + 6) = 0.01 x exp(-6 / beta) = 0.01 / 5
+    taus = np.array([0.5, 0.95, 0.99])
+    q = np.array([[50.0], [60.0], [66.0]])
+    p_sat, unserved = P.risk_tables(np.array([72.0, 66.0]), taus, q)
+    assert p_sat[0, 0] == pytest.approx(0.002)
+    # E[(D - 66)+] = 0.01 x beta
+    assert unserved[1, 0] == pytest.approx(0.01 * 6 / math.log(5))
+
+
+def test_expected_unserved_is_the_integral_of_the_survival_function():
+    taus = np.array(sorted(Z))
+    q = np.array([[100 + 10 * Z[t]] for t in taus])
+    grid = np.linspace(0, 200, 40001)
+    p_sat, unserved = P.risk_tables(grid, taus, q)
+    for c in (0.0, 80.0, 100.0, 112.0, 125.0, 140.0):
+        i = int(np.searchsorted(grid, c))
+        assert unserved[i, 0] == pytest.approx(np.trapezoid(p_sat[i:, 0], grid[i:]), abs=2e-3)
+    # below the lowest knot all demand is unserved: E[D] ~ the mean of the shape
+    assert unserved[0, 0] == pytest.approx(100.0, rel=0.05)
+
+
+def test_a_ceiling_drops_the_demand_above_it():
+    # D capped at 110: E[(min(D, 110) - c)+] = E[(D - c)+] - E[(D - 110)+]; nothing above 110
+    taus = np.array(sorted(Z))
+    q = np.array([[100 + 10 * Z[t]] for t in taus])
+    caps = np.array([90.0, 105.0, 110.0, 120.0])
+    p, u = P.risk_tables(caps, taus, q)
+    pc, uc = P.risk_tables(caps, taus, q, np.array([110.0]))
+    assert pc[:2, 0] == pytest.approx(p[:2, 0]) and pc[2:, 0].tolist() == [0.0, 0.0]
+    assert uc[:2, 0] == pytest.approx(u[:2, 0] - u[2, 0]) and uc[2:, 0].tolist() == [0.0, 0.0]
+
+
+def test_a_headroom_cap_keeps_the_plan_near_the_point_and_leaves_bursts_to_the_floor():
+    wide = forecast(np.full(72, 50.0), spread=20.0)  # q0.99 = 96.5: an uncapped plan buys 10+
+    assert decide(wide, state(observed=50.0), config(), NOW).desired >= 10
+    capped = decide(wide, state(observed=50.0), config(plan={"headroom_cap": 0.2}), NOW)
+    assert capped.desired == 6  # at most 50 x 1.2 = 60
+    assert capped.schedule.first.p_saturated > 0.1  # the schedule still reports the real risk
+
+
+def test_a_normal_forecast_keeps_its_tail_roughly():
+    # q(0.999) of N(100, 10) is 130.9: the exponential tail puts it within a factor 2 of 0.001
+    taus = np.array(sorted(Z))
+    q = np.array([[100 + 10 * Z[t]] for t in taus])
+    p_sat, _ = P.risk_tables(np.array([130.9]), taus, q)
+    assert 0.0005 < p_sat[0, 0] < 0.002
+
+
+def test_spread_calibration_widens_an_overconfident_forecast_to_the_measured_headroom():
+    # point 100, the forecaster's q0.995 ~ 100 + 2.6 x 3 = 107.8; measured headroom 0.15
+    # -> q0.995 = 115 (factor 15 / 7.8 = 1.9, inside the bound of 2)
+    taus = np.array(sorted(Z))
+    q = np.array([[100 + 3 * Z[t]] for t in taus])
+    out = P.calibrate(taus, q, np.array([100.0]), 0.15, 0.005)
+    assert float(P.upper_quantile(taus, out, 0.995)[0]) == pytest.approx(115.0)
+    assert out[0, 0] == pytest.approx(100.0)  # the median stays
+    # a headroom of 60 (a spiky series near zero) at most doubles the spread
+    wild = P.calibrate(taus, q, np.array([100.0]), 60.0, 0.005)
+    assert float(P.upper_quantile(taus, wild, 0.995)[0]) == pytest.approx(100 + 2 * 7.8, abs=0.2)
+
+
+# ----------------------------------------------------------------- decisions and schedules
+def test_hold_now_and_order_the_peak_capacity_one_lead_time_ahead():
+    # 6 replicas carry 55 (P(D > 60) = 0.01 x exp(-2 / beta) ~ 4e-4); the 14:00-15:00
+    # peak of 75 needs 8 (7 would leave ~5 units unserved, 5 x 20 = 100 an hour)
+    d = decide(forecast(peak_at_14()), state(), config(), NOW, target="web")
+    assert (d.current, d.desired) == (6, 6)
+    assert d.step("plan").reason == "PlannedHold"
+    assert d.step("plan").message.startswith(
+        "hold 6: the 14:00 UTC peak needs 8, ordered at 13:35 UTC given the 25 m lead time")
+    sched = d.schedule
+    assert sched is not None and sched.reason.startswith("hold 6: the 14:00 UTC peak needs 8")
+    by_time = {s.at.strftime("%H:%M"): s for s in sched.steps}
+    assert by_time["13:55"].capacity == 6 and by_time["14:00"].capacity == 8
+    assert by_time["14:00"].order_at == NOW.replace(hour=13, minute=35)
+    assert by_time["15:00"].capacity == 8 and by_time["15:05"].capacity == 6
+    # nothing inside the lead time is planned: 10:05..10:20 are fixed at what serves
+    fixed = [s for s in sched.steps if s.fixed]
+    assert [s.at.strftime("%H:%M") for s in fixed] == ["10:05", "10:10", "10:15", "10:20"]
+    assert sched.changes == 2
+    assert sched.total_cost == pytest.approx(sched.capacity_cost + sched.risk_cost + sched.change_cost)
+    assert [s.name for s in d.steps] == ["data", "plan", "constraints", "budget", "reactive", "bounds"]
+
+
+def test_the_schedule_round_trips_through_its_dict_and_the_decision_json():
+    d = decide(forecast(peak_at_14()), state(), config(), NOW, target="web")
+    doc = json.loads(d.to_json())
+    again = Schedule.from_dict(doc["schedule"])
+    assert [(s.at, s.capacity, s.fixed) for s in again.steps] == [(s.at, s.capacity, s.fixed) for s in d.schedule.steps]
+    assert again.reason == d.schedule.reason and again.changes == d.schedule.changes
+    assert again.total_cost == pytest.approx(d.schedule.total_cost, abs=1e-5)
+
+
+def test_scale_up_now_when_the_need_starts_right_after_the_lead_time():
+    d = decide(forecast(np.full(72, 75.0)), state(), config(), NOW)
+    assert d.desired == 8 and d.step("plan").reason == "PlannedScaleUp"
+    assert "serves from 10:25 UTC given the 25 m lead time" in d.step("plan").message
+
+
+def test_a_ladder_plans_rungs_and_prices_the_resize_downtime():
+    ladder = [{"name": "small", "capacity": 20, "price": 0.1}, {"name": "medium", "capacity": 40, "price": 0.2},
+              {"name": "large", "capacity": 80, "price": 0.4}]
+    cfg = config(capacity_per_replica=None, ladder=ladder,
+                 plan={"resize_downtime": "5m", "change_cost": 0.0})
+    up = decide(forecast(np.full(72, 30.0)), state(current=0, observed=15.0), cfg, NOW)
+    assert up.desired == 1 and up.capacity_label == "medium"
+    # the same demand with a 5-minute outage per resize: every change costs the demand
+    # that goes unserved meanwhile (30 x 5/60 h x penalty); the plan makes at most one
+    assert up.schedule.change_cost > 0 and up.schedule.changes == 1
+    # served by the smaller rung meanwhile: a scale-down costs nothing beyond the change
+    # (the new rung serves during the downtime as after it), a scale-up the old rung's risk
+    old = config(capacity_per_replica=None, ladder=ladder,
+                 plan={"resize_downtime": "5m", "change_cost": 0.5, "resize_during": "old"})
+    down = decide(forecast(np.full(72, 10.0)), state(current=2, observed=10.0), old, NOW)
+    assert down.desired == 0 and down.schedule.change_cost == pytest.approx(0.5)
+    up_old = decide(forecast(np.full(72, 30.0)), state(current=0, observed=15.0), old, NOW)
+    assert up_old.desired == 1 and up_old.schedule.change_cost > 0.5
+
+
+def test_no_forecast_falls_back_and_never_scales_down():
+    d = decide(None, state(current=10, observed=20.0), config(), NOW, forecast_error="boom")
+    assert d.fallback and d.desired == 10 and d.schedule is None
+    assert d.step("data").reason == "NoForecast"
+
+
+def test_a_forecast_that_ends_inside_the_lead_time_falls_back():
+    d = decide(forecast([50.0, 50.0]), state(current=10, observed=20.0), config(), NOW)
+    assert d.fallback and d.step("data").reason == "ForecastTooShort" and d.desired == 10
+
+
+def test_a_stale_observation_falls_back_and_never_scales_down():
+    d = decide(forecast(np.full(72, 5.0)), state(current=10, age=timedelta(hours=1)), config(), NOW)
+    assert d.fallback and d.step("data").reason == "StaleObservation" and d.desired >= 10
+
+
+def test_the_reactive_floor_wins_when_the_observation_needs_more_than_the_plan():
+    # the forecast says 55 (6 replicas) but 100 is observed: ceil(100 / (10 x 0.95)) = 11
+    d = decide(forecast(np.full(72, 55.0)), state(observed=100.0), config(), NOW)
+    assert d.desired == 11
+    assert d.step("reactive").reason == "ReactiveOverride" and d.step("reactive").changed
+    assert d.step("plan").value == 6
+
+
+def test_the_change_budget_holds_the_first_step():
+    events = (ScaleEvent(NOW - timedelta(minutes=50), 5, 6), ScaleEvent(NOW - timedelta(minutes=40), 6, 5),
+              ScaleEvent(NOW - timedelta(minutes=30), 5, 6))
+    d = decide(forecast(np.full(72, 75.0)), state(events=events), config(plan={"max_changes_per_hour": 3}), NOW)
+    assert d.desired == 6 and d.step("budget").reason == "ChangeBudget"
+    d = decide(forecast(np.full(72, 75.0)), state(events=events), config(plan={"max_changes_per_day": 4}), NOW)
+    assert d.desired == 8 and d.step("budget").reason == "WithinBudget"
+
+
+def test_scale_in_waits_for_the_window_in_the_configured_timezone():
+    low = forecast(np.full(72, 25.0))  # needs 3
+    closed = config(plan={"scale_in_windows": ["01:00-05:00"]})
+    d = decide(low, state(observed=25.0), closed, NOW)
+    assert d.desired == 6 and d.step("constraints").reason == "ScaleInWindowClosed"
+    # 10:00 UTC is 11:00 in Berlin in March (CET, UTC+1): the window 11:00-12:00 is open
+    berlin = config(plan={"scale_in_windows": ["11:00-12:00"], "timezone": "Europe/Berlin"})
+    assert decide(low, state(observed=25.0), berlin, NOW).desired == 3
+    # ... and it wraps midnight
+    assert parse_window("22:00-02:00") == (1320, 120)
+
+
+def test_no_scale_down_within_the_minimum_lifetime_of_added_capacity():
+    ev = (ScaleEvent(NOW - timedelta(minutes=20), 5, 6),)
+    d = decide(forecast(np.full(72, 25.0)), state(observed=25.0, events=ev), config(plan={"min_lifetime": "1h"}), NOW)
+    assert d.desired == 6 and d.step("constraints").reason == "MinLifetime"
+    later = [s for s in d.schedule.planned if s.capacity < 6]
+    assert later and later[0].order_at >= NOW + timedelta(minutes=40)
+
+
+def test_change_spacing_delays_the_next_change():
+    ev = (ScaleEvent(NOW - timedelta(minutes=10), 5, 6),)
+    d = decide(forecast(np.full(72, 75.0)), state(events=ev), config(plan={"min_change_interval": "30m"}), NOW)
+    assert d.desired == 6 and d.step("constraints").reason == "ChangeSpacing"
+    first_up = next(s for s in d.schedule.planned if s.capacity > 6)
+    assert first_up.order_at == NOW + timedelta(minutes=20)
+
+
+# ---------------------------------------------------------------------- properties
+SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def cases(draw):
+    lo = draw(st.integers(0, 5))
+    hi = lo + draw(st.integers(0, 12))
+    step = 300
+    lead = draw(st.sampled_from([0, 300, 600, 1500, 1800]))
+    horizon = lead + step * draw(st.integers(1, 40))
+    windows = draw(st.sampled_from([[], ["01:00-05:00"], ["09:00-10:30", "22:00-02:00"]]))
+    plan = {"horizon": horizon, "change_cost": draw(st.sampled_from([0.0, 0.5, 3.0])),
+            "min_change_interval": draw(st.sampled_from([0, 600, 1800])),
+            "min_lifetime": draw(st.sampled_from([0, 900, 3600])),
+            "scale_in_windows": windows, "timezone": draw(st.sampled_from(["UTC", "America/New_York"])),
+            "risk": draw(st.sampled_from(["unserved", "saturation"])),
+            "max_changes_per_hour": draw(st.sampled_from([None, 1, 4]))}
+    cfg = PolicyConfig(kind="plan", capacity_per_replica=10.0, min_replicas=lo, max_replicas=hi, lead_time=lead,
+                       reactive={"target_utilization": draw(st.sampled_from([0.7, 0.95])),
+                                 "enabled": draw(st.booleans())}, plan=plan)
+    n = horizon // step + draw(st.integers(0, 3))
+    level = draw(st.floats(0, 150))
+    wiggle = np.array(draw(st.lists(st.floats(-40, 40), min_size=n, max_size=n)))
+    point = np.maximum(0.0, level + wiggle)
+    now = NOW + timedelta(minutes=draw(st.integers(0, 24 * 12)) * 5)
+    fc = forecast(point, spread=draw(st.floats(0.0, 20.0)), made=now)
+    current = draw(st.integers(0, 20))
+    events = []
+    t = now
+    for _ in range(draw(st.integers(0, 3))):
+        t = t - timedelta(minutes=5 * draw(st.integers(1, 12)))
+        a, b = draw(st.integers(0, 20)), current if not events else events[-1].from_capacity
+        if a != b:
+            events.append(ScaleEvent(t, a, b))
+    events = tuple(reversed(events))
+    obs = draw(st.one_of(st.none(), st.floats(0, 300)))
+    age = timedelta(minutes=draw(st.sampled_from([0, 0, 0, 60])))
+    s = ScalingState(current=current, observation=None if obs is None else Observation(obs, now - age),
+                     events=events, headroom=draw(st.sampled_from([None, -0.1, 0.0, 0.4])))
+    return cfg, fc, s, now
+
+
+def _local_minute(t: datetime, tz: str) -> int:
+    from zoneinfo import ZoneInfo
+
+    lt = t.astimezone(ZoneInfo(tz))
+    return lt.hour * 60 + lt.minute
+
+
+def _in_windows(minute: int, cfg: PolicyConfig) -> bool:
+    return any((a <= minute < b) if a < b else (minute >= a or minute < b) for a, b in cfg.plan.windows)
+
+
+@SETTINGS
+@given(cases())
+def test_the_schedule_never_violates_a_hard_constraint(case):
+    cfg, fc, s, now = case
+    d = decide(fc, s, cfg, now)
+    if d.schedule is None:
+        return
+    lo, hi = cfg.bounds
+    pc = cfg.plan
+    planned = d.schedule.planned
+    assert planned, "a schedule plans at least one step"
+    # lead time: nothing before now + lead is planned; fixed steps come first
+    assert all(p.at.timestamp() >= now.timestamp() + cfg.lead_time.total_seconds() for p in planned)
+    assert all(p.fixed for p in d.schedule.steps[: len(d.schedule.steps) - len(planned)])
+    # bounds
+    assert all(lo <= p.capacity <= hi for p in planned)
+    # changes: spacing (also from the last executed change), lifetime, windows
+    changes = []
+    prev = min(max(s.current, lo), hi)
+    for p in planned:
+        if p.capacity != prev:
+            changes.append((p.order_at, p.capacity > prev))
+        prev = p.capacity
+    history = [(e.at, e.to_capacity > e.from_capacity) for e in s.events[-1:]]
+    seq = history + changes
+    for (t1, up1), (t2, up2) in zip(seq, seq[1:]):
+        # whole intervals between them (the state counts whole intervals since the last event)
+        gap = (t2 - t1) // timedelta(seconds=300) * timedelta(seconds=300)
+        assert gap >= pc.min_change_interval or t2 - t1 >= pc.min_change_interval
+        if up1 and not up2:
+            assert gap >= pc.min_lifetime or t2 - t1 >= pc.min_lifetime
+    for t, up in changes:
+        if not up and pc.scale_in_windows:
+            assert _in_windows(_local_minute(t, pc.timezone), cfg)
+
+
+@SETTINGS
+@given(cases())
+def test_the_first_step_never_goes_below_the_reactive_floor(case):
+    cfg, fc, s, now = case
+    d = decide(fc, s, cfg, now)
+    lo, hi = cfg.bounds
+    obs = s.observation
+    if d.fallback or obs is None or not cfg.reactive.enabled:
+        return
+    u = cfg.reactive.target_utilization or cfg.target_utilization
+    floor, _ = S.hpa_desired(obs.value, s.serving, s.current, cfg, u, cfg.reactive.tolerance)
+    assert d.desired >= min(floor, hi)
+    assert lo <= d.desired <= hi
+
+
+@SETTINGS
+@given(cases())
+def test_fallback_never_scales_down(case):
+    cfg, fc, s, now = case
+    for f in (None, forecast([1.0], made=now)):
+        d = decide(f, s, cfg, now, forecast_error="down")
+        if d.fallback:
+            lo, hi = cfg.bounds
+            assert d.desired >= min(s.current, hi)
+
+
+# ------------------------------------------------------------------ the SLO, calibrated
+def _realized_saturation(calibration: str | None, claimed_sd: float = 3.0, slo: float = 0.02, n: int = 2400,
+                         warm: int = 240) -> float:
+    """A stationary series (N(100, 10) every 5 minutes) and an overconfident
+    forecaster that claims ``claimed_sd``: every cycle the conformal headroom of its
+    past errors at rate ``slo`` goes into the state, the planner's first step
+    serves the next interval (lead time one step; the state's observation is
+    the interval just served and the capacity that served it, as in the
+    backtest), and we count saturation."""
+    rng = np.random.default_rng(7)
+    demand = 100 + 10 * rng.standard_normal(n)
+    cfg = PolicyConfig(kind="plan", capacity_per_replica=1.0, min_replicas=50, max_replicas=200,
+                       lead_time="5m", reactive={"enabled": False},
+                       plan={"horizon": "15m", "slo": {"saturated_fraction": slo}, "change_cost": 0.0,
+                             "min_change_interval": 0, "min_lifetime": 0, "headroom_cap": None,
+                             "calibrate": calibration is not None, "calibration": calibration or "rate"})
+    sat = []
+    serving, current, memory = 100, 100, ()
+    for t in range(n):
+        now = NOW + timedelta(minutes=5 * t)
+        headroom = None
+        if t >= 48:
+            a = demand[max(0, t - 864):t]
+            headroom = conformal_headroom(a, np.full(a.size, 100.0), slo, 48)
+        fc = forecast(np.full(3, 100.0), spread=claimed_sd, made=now)
+        s = ScalingState(current=current, in_service=serving, observation=Observation(float(demand[t]), now),
+                         headroom=headroom, smoothed=memory)
+        if t >= warm:
+            sat.append(demand[t] > serving)
+        d = decide(fc, s, cfg, now)
+        serving, current, memory = d.desired, d.desired, d.smoothed  # serves the next interval
+    return float(np.mean(sat))
+
+
+def test_calibration_brings_realized_saturation_to_the_slo():
+    # uncalibrated, the sd-3 forecaster's 98th percentile (~106) is exceeded ~27 % of the time
+    assert _realized_saturation(None) > 0.15
+    # both calibrations (the default) are bounded (spread at most x2, the rate within
+    # [SLO / 10, 4 x SLO]): a forecaster this overconfident is improved, not fixed
+    assert _realized_saturation("both") < 0.06
+    # one overconfident by half (sd 5): within a factor 1.6 of the 2 % SLO
+    assert 0.02 / 1.6 <= _realized_saturation("both", claimed_sd=5.0) <= 0.02 * 1.6
+    # one overconfident by a fifth (sd 8) is corrected by either alone
+    assert _realized_saturation(None, claimed_sd=8.0) > 0.03
+    for calibration in ("spread", "rate"):
+        assert 0.02 / 1.6 <= _realized_saturation(calibration, claimed_sd=8.0) <= 0.02 * 1.6
+
+
+# ------------------------------------------------------------------------- the config
+def _policy_error(policy: dict) -> str:
+    doc = {"targets": [{"name": "web", "source": {"type": "csv", "path": "x.csv"}, "policy": policy}]}
+    with pytest.raises(ConfigError) as exc:
+        parse_config(doc)
+    text = str(exc.value)
+    assert "\n" not in text, text
+    return text
+
+
+@pytest.mark.parametrize("plan, field, words", [
+    ({"scale_in_windows": ["1am-5am"]}, "targets[0].policy.plan.scale_in_windows", "HH:MM-HH:MM"),
+    ({"timezone": "Mars/Olympus"}, "targets[0].policy.plan.timezone", "unknown timezone 'Mars/Olympus'"),
+    ({"horizon": "3d"}, "targets[0].policy.plan", "at most 48h"),
+    ({"penalty": 5, "slo": {"saturated_fraction": 0.01}}, "targets[0].policy.plan", "either penalty or slo"),
+    ({"slo": {"saturated_fraction": 0.7}}, "targets[0].policy.plan.slo.saturated_fraction", "0.5"),
+    ({"risk": "vibes"}, "targets[0].policy.plan.risk", "'unserved' or 'saturation'"),
+    ({"quantiles": [0.2, 0.4]}, "targets[0].policy.plan.quantiles", "one above 0.5"),
+    ({"change_cots": 1}, "targets[0].policy.plan.change_cots", "unknown field"),
+])
+def test_malformed_planner_config_is_one_line_naming_the_field(plan, field, words):
+    text = _policy_error({"kind": "plan", "capacity_per_replica": 10, "plan": plan})
+    assert field in text and words in text
+
+
+def test_a_horizon_inside_the_lead_time_is_refused():
+    text = _policy_error({"kind": "plan", "capacity_per_replica": 10, "lead_time": "30m", "plan": {"horizon": "20m"}})
+    assert "plan.horizon (0:20:00) must be longer than lead_time (0:30:00)" in text
+
+
+def test_the_tuned_defaults_hold_unless_the_policy_says_otherwise():
+    cfg = PolicyConfig(kind="plan", capacity_per_replica=10)
+    assert (cfg.reactive.target_utilization, cfg.reactive.tolerance) == (0.8, 0.0)
+    pc = cfg.plan
+    assert (pc.horizon, pc.change_cost, pc.headroom_cap, pc.calibration, pc.target_rate) == \
+        (timedelta(hours=2), 3.0, 0.3, "spread", 0.002)
+    assert PolicyConfig(kind="plan", capacity_per_replica=10, reactive={"tolerance": 0.1}).reactive.tolerance == 0.1
+    assert PolicyConfig(capacity_per_replica=10).reactive.tolerance == 0.1  # other kinds: the HPA's
+
+
+def test_the_engine_forecasts_the_whole_planning_horizon_with_the_planners_levels():
+    doc = {"targets": [{"name": "web", "source": {"type": "csv", "path": "x.csv"},
+                        "policy": {"kind": "plan", "capacity_per_replica": 10, "plan": {"horizon": "4h"}}}]}
+    t = parse_config(doc).targets[0]
+    assert t.horizon_steps == 48
+    assert {0.5, 0.8, 0.9, 0.95, 0.99} <= set(t.forecast_quantiles)
+
+
+def test_the_speed_benchmark_runs(tmp_path):
+    out = tmp_path / "speed.json"
+    r = subprocess.run([sys.executable, "benchmarks/planner_speed.py", "--levels", "20", "--steps", "12",
+                        "--runs", "3", "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["levels"] == 20 and doc["planned_steps"] == 12 and doc["plan_step"]["median_ms"] > 0
