@@ -4,32 +4,40 @@ Errors name the field path and the bad value, e.g.
 ``targets[0].policy: max_replicas (3) is less than min_replicas (5)``, and
 come as one :class:`ConfigError` listing every problem found.
 
-Plugin sections (``source``, ``forecaster.params``, ``actuator``) are
-validated against the plugin's own ``Config``/``Params`` model at load time,
-so a bad field fails at startup, not mid-cycle.
+Plugin sections (``source``, ``covariates``, ``forecaster.params``,
+``actuator``) are validated against the plugin's own ``Config``/``Params``
+model while the file is parsed, so a bad field fails at startup, not
+mid-cycle, and the typed objects are what the config holds:
+``target.source`` is the source's ``Config`` (a :class:`CsvConfig`, a
+:class:`PrometheusConfig`...), ``target.actuator`` the actuator's,
+``target.forecaster.params`` the forecaster's ``Params``. Nothing is written
+into a frozen object after validation.
 """
 
 from __future__ import annotations
 
-import inspect
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Mapping, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SecretBytes, SecretStr, SerializeAsAny,
+                      ValidationError, ValidationInfo, field_validator, model_validator)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from policies.config import PolicyConfig
+from policies.config import MAX_SAMPLES, PolicyConfig
 
 from .core.units import Duration
 
 from .core.errors import ConfigError, PluginError
+from .core.plugins import capabilities_of
 
 Mode = Literal["observe", "dry-run", "approve", "auto"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: floats are finite (see policies.config)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class QualityGate(_Model):
@@ -47,12 +55,58 @@ class QualityGate(_Model):
     bound: float = Field(gt=0.0)
     fallbacks: tuple[str, ...] = ("persistence",)
     window: Duration = timedelta(days=1)
-    min_samples: int = Field(24, ge=1)
+    min_samples: int = Field(24, ge=1, le=MAX_SAMPLES)
+
+
+def _registry(kind: str) -> Any:
+    if kind == "source":
+        from .sources import registry
+    elif kind == "actuator":
+        from actuators import registry
+    else:
+        from forecasters import registry
+    return registry
+
+
+def _plugin_error(loc: str, message: str, value: Any) -> ValidationError:
+    # braces would be read as the template's placeholders
+    text = message.replace("{", "(").replace("}", ")")
+    return ValidationError.from_exception_data("plugin", [InitErrorDetails(
+        type=PydanticCustomError("plugin", text), loc=(loc,), input=value)])
+
+
+def _plugin_config(kind: str, value: Any) -> BaseModel:
+    """A ``{type: name, ...}`` section -> the plugin's own validated Config
+    (an instance of it passes through)."""
+    if isinstance(value, PluginSection):
+        value = value.fields()
+    if isinstance(value, BaseModel):
+        cls = _registry(kind).get(getattr(value, "type", ""))
+        if isinstance(value, cls.Config):
+            return value
+        value = value.model_dump()
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be a mapping with a 'type' field (the {kind}'s name)")
+    if "type" not in value:
+        raise ValidationError.from_exception_data("plugin", [InitErrorDetails(type="missing", loc=("type",),
+                                                                             input=dict(value))])
+    try:
+        cls = _registry(kind).get(value["type"])
+    except PluginError as exc:
+        raise _plugin_error("type", str(exc), value["type"]) from None
+    return cls.Config.model_validate(dict(value))
+
+
+#: a plugin's own config, validated by the plugin while the file is parsed
+#: (``SerializeAsAny``: dumped with its own fields, not the base's)
+SourceConfig = Annotated[SerializeAsAny[BaseModel], BeforeValidator(lambda v: _plugin_config("source", v))]
+ActuatorSection = Annotated[SerializeAsAny[BaseModel], BeforeValidator(lambda v: _plugin_config("actuator", v))]
 
 
 class ForecasterConfig(_Model):
     name: str = "seasonal_persistence"
-    params: dict[str, Any] = Field(default_factory=dict)
+    #: the forecaster's own ``Params`` (validated by it; a mapping in the file)
+    params: SerializeAsAny[BaseModel] = Field(default_factory=dict, validate_default=True)
     #: how often the model's parameters are refit (between refits, update()
     #: takes in new observations every cycle)
     refit_every: Duration = timedelta(days=1)
@@ -67,6 +121,35 @@ class ForecasterConfig(_Model):
     #: targets with ``forescale train-global``): the cold-start path for a
     #: target with little history; relative to the config file
     init_from: Path | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        try:
+            _registry("forecaster").get(v)
+        except PluginError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params(cls, v: Any, info: ValidationInfo) -> Any:
+        if "name" not in info.data:
+            from forecasters.base import ForecasterParams
+
+            return ForecasterParams()  # the name is wrong: reported on its own
+        params_cls = _registry("forecaster").get(info.data["name"]).Params
+        if isinstance(v, params_cls):
+            return v
+        if isinstance(v, BaseModel):
+            v = v.model_dump()
+        return params_cls.model_validate(v if v is not None else {})
+
+    @field_validator("init_from")
+    @classmethod
+    def _relative_to_the_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        base = (info.context or {}).get("base_dir")
+        return base / v if v is not None and not v.is_absolute() and base is not None else v
 
     @field_validator("quantiles")
     @classmethod
@@ -92,13 +175,15 @@ class TargetConfig(_Model):
     #: cycle interval, also the step the history is resampled to
     interval: Duration = timedelta(minutes=5)
     mode: Mode = "dry-run"
-    source: PluginSection
+    #: the metric source's own Config (``{type: csv, path: ...}`` in the file)
+    source: SourceConfig
     #: extra metrics for forecasters that take them (the LSTM's
     #: ``params.covariates``), each a metric source like ``source``
-    covariates: dict[str, PluginSection] = Field(default_factory=dict)
-    forecaster: ForecasterConfig = ForecasterConfig()
+    covariates: dict[str, SourceConfig] = Field(default_factory=dict)
+    forecaster: ForecasterConfig = Field(default_factory=ForecasterConfig)
     policy: PolicyConfig
-    actuator: PluginSection = PluginSection(type="dry-run")
+    #: the actuator's own Config (default: the dry-run actuator)
+    actuator: ActuatorSection = Field(default_factory=lambda: {"type": "dry-run"}, validate_default=True)
     #: approve mode: a plan waits this long for approval (None: until the
     #: next cycle's decision would supersede it, i.e. one interval)
     plan_ttl: Duration | None = None
@@ -113,22 +198,18 @@ class TargetConfig(_Model):
             raise ValueError(f"interval ({self.interval}) must be positive")
         return self
 
-    # the typed plugin configs, filled in by load_config
-    _source: Any = None
-    _actuator: Any = None
-    _covariates: Any = None
-
+    # the names callers have used for the typed plugin configs
     @property
     def source_config(self) -> Any:
-        return self._source
+        return self.source
 
     @property
     def actuator_config(self) -> Any:
-        return self._actuator
+        return self.actuator
 
     @property
     def covariate_configs(self) -> dict[str, Any]:
-        return dict(self._covariates or {})
+        return dict(self.covariates)
 
     @property
     def horizon_steps(self) -> int:
@@ -187,46 +268,133 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def format_validation_error(exc: ValidationError, prefix: str = "") -> list[str]:
+#: words in a field name (or any part of its path) that mark a secret: its
+#: input is never echoed in an error, valid or not
+SECRET_WORDS = ("token", "password", "passwd", "secret", "key", "credential", "auth", "header", "cookie",
+                "private")
+#: the parts of a target that a plugin validates (their fields are unknown
+#: to this module, so their inputs are echoed only where the plugin's model
+#: says the field is no secret)
+_PLUGIN_SECTIONS = ("source", "actuator", "covariates", "params")
+
+
+def _secret_name(part: Any) -> bool:
+    return isinstance(part, str) and any(w in part.lower() for w in SECRET_WORDS)
+
+
+def _holds_secret(annotation: Any) -> bool:
+    if annotation in (SecretStr, SecretBytes):
+        return True
+    return any(_holds_secret(a) for a in get_args(annotation))
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for a in get_args(annotation) for m in _models_in(a)]
+
+
+def _known_not_secret(model: type[BaseModel], loc: tuple[Any, ...]) -> bool:
+    """Whether ``loc`` inside ``model`` names a field that is known and holds
+    no secret (a ``SecretStr`` anywhere in its type, or a secret-like name,
+    makes it secret; a field the model does not declare is unknown)."""
+    current: list[type[BaseModel]] = [model]
+    field = None
+    for part in loc:
+        if not isinstance(part, str) or not current:
+            continue  # a list index or dict key below a known field
+        found = next((m.model_fields[part] for m in current if part in m.model_fields), None)
+        if found is None:
+            if field is None or _models_in(field.annotation):
+                return False  # a field the model does not declare
+            continue  # a dict key
+        field = found
+        if _holds_secret(field.annotation):
+            return False
+        current = _models_in(field.annotation)
+    return field is not None
+
+
+def _may_echo(prefix: str, loc: tuple[Any, ...], model: type[BaseModel] | None, document: Any) -> bool:
+    if _secret_name(prefix) or any(_secret_name(part) for part in loc):
+        return False
+    if model is not None:
+        return _known_not_secret(model, loc)
+    inside = _section_model(document, loc) if document is not None else None
+    if inside is not None:  # a plugin section: only what its model declares no secret
+        section_model, rest = inside
+        if rest == ("type",):
+            return True  # a plugin's name is never a secret
+        return section_model is not None and _known_not_secret(section_model, rest)
+    # a plugin section without the document to look its model up in
+    for i, part in enumerate(loc):
+        if part in _PLUGIN_SECTIONS and not (part == "params" and (i == 0 or loc[i - 1] != "forecaster")):
+            return False
+    return True
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "",
+                            model: type[BaseModel] | None = None, *, document: Any = None) -> list[str]:
+    """One line per problem, ``path: message (got value)``. The value is
+    left out (and scrubbed from the message) wherever it may be a secret: a
+    field with a secret-like name, a ``SecretStr`` field of a plugin's
+    model (``model``, or looked up from the raw ``document`` for a plugin
+    section), or any field of a plugin section its model does not declare."""
     lines = []
     for err in exc.errors():
-        path = _loc(tuple(err["loc"]))
+        loc = tuple(err["loc"])
+        path = _loc(loc)
         if prefix:
             path = f"{prefix}.{path}" if path else prefix
         msg = err["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
+        echo = _may_echo(prefix, loc, model, document)
+        inp = err.get("input")
+        if not echo and isinstance(inp, (str, int, float)) and len(str(inp)) >= 4:
+            msg = msg.replace(repr(inp), "<hidden>").replace(str(inp), "<hidden>")
         if err["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling)"
         elif err["type"] == "missing":
             msg = "required field is missing"
-        elif "input" in err and err["type"] not in ("value_error", "assertion_error"):
-            inp = err["input"]
+        elif echo and "input" in err and err["type"] not in ("value_error", "assertion_error"):
             if not isinstance(inp, (dict, list)):
                 msg = f"{msg} (got {inp!r})"
         lines.append(f"{path}: {msg}" if path else msg)
     return lines
 
 
-def _plugin_config(registry: Any, section: PluginSection, path: str, errors: list[str]) -> Any:
-    try:
-        cls = registry.get(section.type)
-    except PluginError as exc:
-        errors.append(f"{path}.type: {exc}")
+def _section_model(document: Any, loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, tuple[Any, ...]] | None:
+    """For an error inside a plugin section of the raw ``document``: the
+    plugin's model (None if it cannot be found) and the location inside it.
+    None when ``loc`` is not inside a plugin section."""
+    if len(loc) < 3 or loc[0] != "targets" or not isinstance(loc[1], int):
         return None
     try:
-        return cls.Config(**section.fields())
-    except ValidationError as exc:
-        errors.extend(format_validation_error(exc, path))
-        return None
+        target = document["targets"][loc[1]]
+        part = loc[2]
+        if part in ("source", "actuator"):
+            kind, section, rest = part, target.get(part, {"type": "dry-run"}), loc[3:]
+        elif part == "covariates" and len(loc) > 3:
+            kind, section, rest = "source", target["covariates"][loc[3]], loc[4:]
+        elif part == "forecaster" and len(loc) > 3 and loc[3] == "params":
+            name = (target.get("forecaster") or {}).get("name", ForecasterConfig.model_fields["name"].default)
+            return _registry("forecaster").get(name).Params, loc[4:]
+        else:
+            return None
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None, loc[3:]
+    try:
+        return _registry(kind).get(section["type"]).Config, rest
+    except (PluginError, KeyError, TypeError):
+        return None, rest
 
 
 def parse_config(data: Any, *, base_dir: Path | None = None, source: str = "<config>") -> Config:
-    """Validate a parsed YAML document into a :class:`Config`."""
-    from actuators import registry as actuators
+    """Validate a parsed YAML document into a :class:`Config`: the core
+    fields and every plugin section in one pass, every problem listed in one
+    :class:`ConfigError`."""
     from forecasters import registry as forecasters
-
-    from .sources import registry as sources
 
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the file must hold a mapping with a 'targets' list")
@@ -235,9 +403,9 @@ def parse_config(data: Any, *, base_dir: Path | None = None, source: str = "<con
         # base_dir in the file must be a validation error, not a TypeError
         if "base_dir" in data:  # set from the file's location, never by the file
             raise ConfigError("invalid configuration:\n  base_dir: unknown field (check the spelling)")
-        cfg = Config.model_validate({**data, "base_dir": base_dir})
+        cfg = Config.model_validate({**data, "base_dir": base_dir}, context={"base_dir": base_dir})
     except ValidationError as exc:
-        lines = format_validation_error(exc)
+        lines = format_validation_error(exc, document=data)
         # pydantic also reports "too short" for a list whose items all failed
         if any(ln.startswith("targets[") for ln in lines):
             lines = [ln for ln in lines if not ln.startswith("targets: Tuple should have at least")]
@@ -245,32 +413,12 @@ def parse_config(data: Any, *, base_dir: Path | None = None, source: str = "<con
     errors: list[str] = []
     for i, t in enumerate(cfg.targets):
         p = f"targets[{i}]"
-        object.__setattr__(t, "_source", _plugin_config(sources, t.source, f"{p}.source", errors))
-        object.__setattr__(t, "_actuator", _plugin_config(actuators, t.actuator, f"{p}.actuator", errors))
-        object.__setattr__(t, "_covariates", {
-            name: _plugin_config(sources, sec, f"{p}.covariates.{name}", errors)
-            for name, sec in t.covariates.items()})
-        try:
-            fcls = forecasters.get(t.forecaster.name)
-            fcls.Params(**t.forecaster.params)
-        except PluginError as exc:
-            errors.append(f"{p}.forecaster.name: {exc}")
-        except ValidationError as exc:
-            errors.extend(format_validation_error(exc, f"{p}.forecaster.params"))
         if t.forecaster.init_from is not None:
-            try:
-                takes = "init_from" in inspect.signature(forecasters.get(t.forecaster.name)).parameters
-            except (PluginError, TypeError, ValueError):
-                takes = True  # an unknown name is reported above
-            path = t.forecaster.init_from
-            if not path.is_absolute() and base_dir is not None:
-                path = base_dir / path
-                object.__setattr__(t.forecaster, "init_from", path)
-            if not takes:
+            if not capabilities_of(forecasters.get(t.forecaster.name)).init_from:
                 errors.append(f"{p}.forecaster.init_from: forecaster {t.forecaster.name!r} cannot start "
                               "from a saved model")
-            elif not path.exists():
-                errors.append(f"{p}.forecaster.init_from: no such file {path}")
+            elif not t.forecaster.init_from.exists():
+                errors.append(f"{p}.forecaster.init_from: no such file {t.forecaster.init_from}")
         if t.forecaster.quality_gate is not None:
             for j, name in enumerate(t.forecaster.quality_gate.fallbacks):
                 try:
@@ -300,6 +448,8 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     try:
         data = yaml.safe_load(text)
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise ConfigError(f"{p}: not valid YAML: {str(exc).splitlines()[0]}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)

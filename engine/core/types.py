@@ -111,12 +111,27 @@ class Series:
         """Resample onto a regular grid of ``step`` by mean; empty bins are NaN.
 
         Bins are aligned to multiples of ``step`` since the epoch; a sample at
-        time t belongs to the bin that ends at or after it, i.e. (t-step, t].
+        time t belongs to the bin that ends at or after it, i.e. (t-step, t],
+        labelled by its end: a decision at a label has seen all of its bin,
+        which is the backtest's "decision at the end of interval t"
+        (REFERENCE.md section 3).
+
+        The newest bin never ends after the newest sample: samples after the
+        last grid point at or before the newest sample join that grid point's
+        bin. Without this, a sample written a few seconds after a boundary
+        (a cron-fed CSV, a replay on a clock that is not on the grid) was
+        labelled with the *next* boundary, later than the cycle's ``now``,
+        and every forecaster refused the history as look-ahead. A series
+        whose newest sample is on the grid (every backtest decision instant)
+        is binned exactly as before.
         """
         s = int(step.total_seconds())
         if len(self) == 0:
             return self
         bins = -(-self.timestamps // s) * s  # ceil to the grid: bin end
+        newest = int(self.timestamps[-1]) // s * s  # the last grid point not after the newest sample
+        if bins[-1] > newest:
+            bins = np.minimum(bins, newest)
         first, last = int(bins[0]), int(bins[-1])
         n = (last - first) // s + 1
         idx = (bins - first) // s
