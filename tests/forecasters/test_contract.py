@@ -34,6 +34,7 @@ FAST_PARAMS: dict[str, dict] = {
     "holt_winters": {"initialization": "heuristic"},
     "prophet": {"uncertainty_samples": 100},
     "lstm": {"lookback": 24, "hidden_size": 16, "epochs": 6, "batch_size": 128, "max_train_steps": 1440},
+    "lstm_global": {"hidden_size": 16, "head_width": 32, "epochs": 6, "origin_stride": 2},
     "auto": {"candidates": [{"name": "holt_winters", "params": {"initialization": "heuristic"}}, {"name": "persistence"}]},
 }
 
