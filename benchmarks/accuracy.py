@@ -41,7 +41,7 @@ mean on that part and horizon), and the median coverage per level.
 
 Writes benchmarks/results/accuracy.json and accuracy.md (after every trace,
 so an interrupted run keeps what it measured) and the trained global model
-to benchmarks/results/lstm_global.pt.
+to lstm_global.pt beside them (not kept in the repository: rerun to get it).
 """
 
 from __future__ import annotations
@@ -75,7 +75,9 @@ LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
 STATSFORECAST = ("autoets", "mstl")
 BUILTIN = ("persistence", "seasonal_naive", "seasonal_persistence", "holt_winters")
 LEARNED = ("lstm_global", "lstm_global_pooled")
-MODELS = BUILTIN + STATSFORECAST + ("prophet",) + LEARNED
+#: the per-series LSTM (``lstm``) is trained for the next hour only (its
+#: default horizon, 12 steps): scored at 10 min to 1 h
+MODELS = BUILTIN + STATSFORECAST + ("prophet", "lstm") + LEARNED
 #: parameters of the benchmark's models (defaults otherwise)
 PARAMS: dict[str, dict] = {"prophet": {"uncertainty_samples": 200}}
 
@@ -180,6 +182,7 @@ def run_model(ev: Evaluation, name: str, args) -> dict:
     if name == "prophet" and args.prophet_origins < origins.size:
         origins = origins[np.linspace(0, origins.size - 1, args.prophet_origins).round().astype(int)]
     refit = 0 if name == "prophet" else int(args.refit_hours * 3600 // ev.step)
+    reach = min(ev.H, 12) if name == "lstm" else ev.H  # steps forecast
     fcs = {q: np.full((origins.size, ev.H), np.nan) for q in LEVELS}
     point = np.full((origins.size, ev.H), np.nan)
     fit_s, pred_s, fits = 0.0, 0.0, 0
@@ -197,11 +200,11 @@ def run_model(ev: Evaluation, name: str, args) -> dict:
         else:
             model.update(hist)
         t = time.perf_counter()
-        fc = model.predict(now, ev.H, LEVELS)
+        fc = model.predict(now, reach, LEVELS)
         pred_s += time.perf_counter() - t
-        point[i] = fc.point
+        point[i, :reach] = fc.point
         for q in LEVELS:
-            fcs[q][i] = fc.quantiles[q]
+            fcs[q][i, :reach] = fc.quantiles[q]
     return {"horizons": ev.score(origins, fcs, point), "fit_s": fit_s, "fits": fits,
             "predict_ms": 1000 * pred_s / max(origins.size, 1), "origins": int(origins.size)}
 
@@ -407,10 +410,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--speed", action="store_true", help="also the batched-inference speed checks")
     ap.add_argument("--speed-only", action="store_true", help="only those (loads --model)")
-    ap.add_argument("--model", type=Path, default=RESULTS / "lstm_global.pt", help="the global model file")
+    ap.add_argument("--model", type=Path, default=None, help="the global model file (default: in --out)")
     ap.add_argument("--reuse-model", action="store_true", help="load --model instead of training it")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other models' results of the last run in --out (same traces and origins)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    args.model = args.model or args.out / "lstm_global.pt"
     if args.threads:
         import torch
 
@@ -433,6 +439,13 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "accuracy_speed.json").write_text(json.dumps(doc, indent=1, sort_keys=True))
         print(json.dumps(doc["speed"], indent=1))
         return 0
+    if args.merge and (args.out / "accuracy.json").exists():
+        last = json.loads((args.out / "accuracy.json").read_text())
+        doc["results"], doc["errors"] = last["results"], last.get("errors", {})
+        for key in ("global", "speed"):
+            if key in last:
+                doc[key] = last[key]
+        doc["command"] = last["command"] + " ; " + doc["command"]
     evals = [Evaluation(s, args, s.name in held) for s in all_traces]
     g = None
     if any(m in LEARNED for m in models):
@@ -453,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"global lstm: {doc['global']}", flush=True)
     for ev in evals:
         name = ev.s.name
-        r: dict = {"_near_zero": ev.near_zero, "_held_out": ev.held}
+        r: dict = {**doc["results"].get(name, {}), "_near_zero": ev.near_zero, "_held_out": ev.held}
         for model in models:
             if model in LEARNED:
                 if not r.get("_learned_done"):
