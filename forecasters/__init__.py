@@ -20,6 +20,9 @@ registry.add("holt_winters", "forecasters.holt_winters:HoltWinters", extra="holt
 registry.add("prophet", "forecasters.prophet_model:ProphetForecaster", extra="prophet",
              packages=("prophet",))
 registry.add("lstm", "forecasters.lstm:LSTMForecaster", extra="lstm", packages=("torch",))
+registry.add("lstm_global", "forecasters.lstm:LevelFreeForecaster", extra="lstm", packages=("torch",))
+registry.add("autoets", "forecasters.statsforecast_models:AutoETS", extra="statsforecast", packages=("statsforecast",))
+registry.add("mstl", "forecasters.statsforecast_models:MSTL", extra="statsforecast", packages=("statsforecast",))
 registry.add("auto", "forecasters.auto:AutoForecaster")
 
 

@@ -5,15 +5,24 @@ parameters) is backtested by rolling origin on the most recent
 ``eval_window`` steps of the target's history, the way the engine uses a
 forecaster: fitted once on the data before the first origin, then fed each
 origin's new observations with ``update`` and asked for a forecast of the
-next ``horizon_steps`` steps. Each forecast is scored with an asymmetric
-absolute error::
+next ``horizon_steps`` steps. Each forecast is scored where the policy
+reads it: at the steps in ``horizons`` (default: every step of the lead-time
+window, ``1..horizon_steps``) and over its whole distribution, by the mean
+pinball (quantile) loss over ``levels`` (default the planner's
+0.5/0.8/0.9/0.95/0.99)::
+
+    pinball_q = max(q * (actual - forecast_q), (q - 1) * (actual - forecast_q))
+
+so a model with a good median but dishonest upper quantiles loses to one
+whose 0.9 and 0.99 levels are where they claim to be (the policy sizes from
+the upper quantiles). ``score="asymmetric"`` scores the point forecast alone
+with an asymmetric absolute error instead::
 
     loss = under_weight * max(actual - forecast, 0) + max(forecast - actual, 0)
 
-because an under-forecast costs an outage while an over-forecast costs some
-idle capacity (``under_weight = 3``: an under-forecast costs three times as
-much). Scores are the mean loss over all origins and horizon steps divided by
-the mean actual, so they compare across targets.
+(an under-forecast costs an outage, an over-forecast some idle capacity).
+Either score is the mean loss over all origins and scored steps divided by
+the mean actual, so scores compare across targets.
 
 The lowest score wins; ties go to the earlier candidate. The winner is then
 fitted on the whole history. Later fits refit the winner only, until
@@ -35,10 +44,10 @@ import dataclasses
 import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engine.core.errors import ForecastError, InsufficientHistory, PluginError
 from engine.core.types import Forecast, Series
@@ -75,8 +84,16 @@ def _default_candidates() -> tuple[Candidate, ...]:
 
 class AutoParams(ForecasterParams):
     candidates: tuple[Candidate, ...] = Field(default_factory=_default_candidates)
-    #: the policy's horizon in steps: forecasts are scored over steps 1..this
+    #: the policy's horizon in steps: forecasts are made for steps 1..this
     horizon_steps: int = Field(2, ge=1)
+    #: the steps ahead scored (each <= horizon_steps); default every step of
+    #: the lead-time window 1..horizon_steps
+    horizons: tuple[int, ...] | None = None
+    #: "pinball": mean pinball loss over ``levels`` (the distribution the
+    #: policy sizes from); "asymmetric": the point forecast's asymmetric error
+    score: Literal["pinball", "asymmetric"] = "pinball"
+    #: the quantile levels scored by the pinball loss
+    levels: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.99)
     #: cost of an under-forecast relative to an over-forecast of the same size
     under_weight: float = Field(3.0, ge=1.0)
     #: how many of the most recent steps the backtest covers (288 = one day
@@ -99,6 +116,26 @@ class AutoParams(ForecasterParams):
             raise ValueError("candidates: 'auto' cannot be its own candidate")
         return v
 
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or any(not 0.0 < q < 1.0 for q in v):
+            raise ValueError(f"levels: each must be in (0, 1), got {list(v)}")
+        return tuple(sorted(set(v)))
+
+    @model_validator(mode="after")
+    def _horizons_in_window(self) -> "AutoParams":
+        if self.horizons is not None:
+            bad = [h for h in self.horizons if not 1 <= h <= self.horizon_steps]
+            if not self.horizons or bad:
+                raise ValueError(f"horizons: steps must lie in 1..horizon_steps ({self.horizon_steps}), "
+                                 f"got {list(self.horizons)}")
+        return self
+
+    @property
+    def scored_steps(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.horizons))) if self.horizons else tuple(range(1, self.horizon_steps + 1))
+
 
 def asymmetric_loss(actual: np.ndarray, forecast: np.ndarray, under_weight: float) -> np.ndarray:
     """Per-point loss: under-forecasts (actual above forecast) weigh
@@ -117,22 +154,41 @@ def _create(cand: Candidate) -> BaseForecaster:
     return cls(dict(cand.params))
 
 
+def pinball_loss(actual: np.ndarray, quantiles: Mapping[float, np.ndarray]) -> np.ndarray:
+    """Per-point pinball loss averaged over the levels in ``quantiles``
+    (level -> forecast of that level, aligned with ``actual``)."""
+    a = np.asarray(actual, dtype=float)
+    total = np.zeros_like(a)
+    for q, f in quantiles.items():
+        d = a - np.asarray(f, dtype=float)
+        total += np.maximum(q * d, (q - 1) * d)
+    return total / max(len(quantiles), 1)
+
+
 def backtest(model: Any, history: Series, origins: Sequence[int], horizon: int,
-             under_weight: float) -> float:
+             under_weight: float, *, steps: Sequence[int] | None = None,
+             levels: Sequence[float] | None = None) -> float:
     """Rolling-origin score of a fresh ``model`` on ``history``: fitted on
     the data up to ``origins[0]``, updated to each origin, forecasting
-    ``horizon`` steps. Returns mean asymmetric loss / mean actual. Reads no
+    ``horizon`` steps, scored at ``steps`` (1-based; default all). With
+    ``levels``: the mean pinball loss over them; without: the point
+    forecast's asymmetric loss. Returns mean loss / mean actual. Reads no
     sample after an origin when forecasting from it."""
     ts, y = history.timestamps, history.values
+    idx = np.asarray(steps if steps is not None else range(1, horizon + 1), dtype=np.int64) - 1
     model.fit(history[: origins[0] + 1])
     losses, actuals = [], []
     for o in origins:
         model.update(history[: o + 1])
-        fc = model.predict(from_epoch(int(ts[o])), horizon, (0.5,))
+        fc = model.predict(from_epoch(int(ts[o])), horizon, tuple(levels) if levels else (0.5,))
         want = y[o + 1: o + 1 + horizon]
-        got = fc.point[: want.size]
+        i = idx[idx < want.size]
+        want = want[i]
         ok = np.isfinite(want)
-        losses.append(asymmetric_loss(want[ok], got[ok], under_weight))
+        if levels:
+            losses.append(pinball_loss(want[ok], {q: fc.quantiles[q][i][ok] for q in levels}))
+        else:
+            losses.append(asymmetric_loss(want[ok], fc.point[i][ok], under_weight))
         actuals.append(np.abs(want[ok]))
     loss = np.concatenate(losses)
     if loss.size == 0:
@@ -174,7 +230,10 @@ class AutoForecaster(BaseForecaster):
             "skipped": dict(self.skipped),
             "evaluated_at": None if self._selected_at is None else from_epoch(self._selected_at).isoformat(),
             "horizon_steps": self.params.horizon_steps,
-            "under_weight": self.params.under_weight,
+            "scored_steps": list(self.params.scored_steps),
+            "score": self.params.score,
+            **({"levels": list(self.params.levels)} if self.params.score == "pinball"
+               else {"under_weight": self.params.under_weight}),
         }
 
     def _origins(self, n: int) -> list[int]:
@@ -214,7 +273,9 @@ class AutoForecaster(BaseForecaster):
         skipped: dict[str, str] = {}
         for cand in p.candidates:
             try:
-                scores[cand.key] = backtest(_create(cand), history, origins, p.horizon_steps, p.under_weight)
+                scores[cand.key] = backtest(_create(cand), history, origins, p.horizon_steps, p.under_weight,
+                                            steps=p.scored_steps,
+                                            levels=p.levels if p.score == "pinball" else None)
             except _SKIPPABLE as exc:
                 skipped[cand.key] = f"{type(exc).__name__}: {exc}"
         order = sorted(scores, key=lambda k: (scores[k], [c.key for c in p.candidates].index(k)))
@@ -271,4 +332,4 @@ class AutoForecaster(BaseForecaster):
                 self._model = cls.load(path)
 
 
-__all__ = ["AutoForecaster", "AutoParams", "Candidate", "asymmetric_loss", "backtest"]
+__all__ = ["AutoForecaster", "AutoParams", "Candidate", "asymmetric_loss", "backtest", "pinball_loss"]

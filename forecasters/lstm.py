@@ -55,6 +55,7 @@ module) does not import it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import io
 import json
@@ -96,6 +97,16 @@ def _torch():
 
 
 # ---------------------------------------------------------------------------- params
+def _trained_levels(v: Sequence[float]) -> tuple[float, ...]:
+    levels = tuple(sorted({float(q) for q in v}))
+    for q in levels:
+        if not 0.0 < q < 1.0:
+            raise ValueError(f"quantile {q} is not in (0, 1)")
+    if 0.5 not in levels:
+        raise ValueError(f"quantiles must include 0.5 (the point forecast), got {list(levels)}")
+    return levels
+
+
 class LSTMParams(ForecasterParams):
     """Architecture and training settings. ``lookback`` and ``horizon`` are
     in steps of the series (5-minute data: 48 = 4 hours, 12 = 1 hour)."""
@@ -140,13 +151,7 @@ class LSTMParams(ForecasterParams):
     @field_validator("quantiles")
     @classmethod
     def _levels(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        levels = tuple(sorted({float(q) for q in v}))
-        for q in levels:
-            if not 0.0 < q < 1.0:
-                raise ValueError(f"quantile {q} is not in (0, 1)")
-        if 0.5 not in levels:
-            raise ValueError(f"quantiles must include 0.5 (the point forecast), got {list(levels)}")
-        return levels
+        return _trained_levels(v)
 
     @model_validator(mode="after")
     def _covariate_names(self) -> "LSTMParams":
@@ -348,17 +353,25 @@ def _build_net(cfg: LSTMParams):
         def forward(self, seq, head):
             out, _ = self.rnn(seq)
             z = torch.cat([out[:, -1, :], head], dim=-1)
-            raw = self.head(z).float().view(-1, self.h, self.q)
-            mid = raw[..., self.m: self.m + 1]
-            parts = [mid]
-            if self.m + 1 < self.q:  # levels above the median
-                parts.append(mid + torch.cumsum(nn.functional.softplus(raw[..., self.m + 1:]), -1))
-            if self.m > 0:  # levels below, built outwards from the median
-                down = mid - torch.cumsum(nn.functional.softplus(raw[..., : self.m].flip(-1)), -1)
-                parts.insert(0, down.flip(-1))
-            return torch.cat(parts, dim=-1)  # (B, H, Q), non-decreasing in Q
+            return _monotone(self.head(z).float().view(-1, self.h, self.q), self.m)
 
     return QuantileRNN()
+
+
+def _monotone(raw, m: int):
+    """(B, H, Q) raw outputs -> quantiles that never cross: the median
+    (level index ``m``) is free, the levels above add cumulative softplus
+    increments and the levels below subtract them."""
+    torch = _torch()
+    softplus = torch.nn.functional.softplus
+    q = raw.shape[-1]
+    mid = raw[..., m: m + 1]
+    parts = [mid]
+    if m + 1 < q:  # levels above the median
+        parts.append(mid + torch.cumsum(softplus(raw[..., m + 1:]), -1))
+    if m > 0:  # levels below, built outwards from the median
+        parts.insert(0, (mid - torch.cumsum(softplus(raw[..., :m].flip(-1)), -1)).flip(-1))
+    return torch.cat(parts, dim=-1)  # (B, H, Q), non-decreasing in Q
 
 
 def _resolve_device(name: str):
@@ -733,6 +746,17 @@ def _load_checkpoint(path: str | Path, kind: str, device: str | None) -> tuple[d
     if device is not None:
         params = params.model_copy(update={"device": device})
     return ck, params
+
+
+def _requested_levels(name: str, horizon: int, quantiles: Sequence[float]) -> list[float]:
+    """The sorted levels of a forecast request, refusing a bad horizon or level."""
+    if horizon < 1:
+        raise ForecastError(f"{name}: horizon must be >= 1, got {horizon}")
+    levels = sorted({float(q) for q in quantiles})
+    for q in levels:
+        if not 0.0 < q < 1.0:
+            raise ForecastError(f"{name}: quantile {q} is not in (0, 1)")
+    return levels
 
 
 def _grid_ahead(name: str, last: int, start: datetime, step: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
@@ -1171,12 +1195,7 @@ class GlobalLSTM:
         if self._net is None:
             raise ForecastError("lstm global: predict_many() before fit()")
         p = self.params
-        if horizon < 1:
-            raise ForecastError(f"lstm global: horizon must be >= 1, got {horizon}")
-        levels = sorted({float(q) for q in quantiles})
-        for q in levels:
-            if not 0.0 < q < 1.0:
-                raise ForecastError(f"lstm global: quantile {q} is not in (0, 1)")
+        levels = _requested_levels("lstm global", horizon, quantiles)
         rows: list[tuple[str, np.ndarray, np.ndarray, float, float]] = []
         fades: list[np.ndarray | None] = []
         seqs, heads = [], []
@@ -1272,4 +1291,442 @@ def _step_of(s: Series) -> int | None:
     return int(round(st.total_seconds()))
 
 
-__all__ = ["GlobalLSTM", "LSTMForecaster", "LSTMParams", "RobustScaler", "build_features"]
+
+
+# ---------------------------------------------------------------------------- level-free global model
+#: steps ahead with their own output head; steps between are interpolated
+#: (5-minute data: 5, 10, 15, 30 min, 1, 2, 4, 6, 12, 24 h)
+PLAN_HORIZONS = (1, 2, 3, 6, 12, 24, 48, 72, 144, 288)
+#: trained levels: the planner's 0.5/0.8/0.9/0.95/0.99 and their mirrors
+PLAN_LEVELS = (0.01, 0.05, 0.1, 0.2, 0.5, 0.8, 0.9, 0.95, 0.99)
+#: hourly blocks of the last day summarised for the head
+_PROFILE_BLOCKS = 24
+
+
+class LevelFreeParams(ForecasterParams):
+    """Settings of :class:`LevelFreeLSTM` (steps of the series: 5-minute
+    data, lookback 48 = 4 hours)."""
+
+    lookback: int = Field(48, ge=4)
+    horizons: tuple[int, ...] = PLAN_HORIZONS
+    quantiles: tuple[float, ...] = PLAN_LEVELS
+    hidden_size: int = Field(64, ge=1)
+    head_width: int = Field(128, ge=1)
+    epochs: int = Field(12, ge=0)
+    batch_size: int = Field(512, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    patience: int = Field(3, ge=1)
+    #: share of each series' (time-ordered) training origins kept for validation
+    val_fraction: float = Field(0.2, gt=0.0, lt=0.9)
+    #: every n-th origin trains (neighbouring windows are nearly the same)
+    origin_stride: int = Field(3, ge=1)
+    max_train_steps: int = Field(8064, ge=16)
+    min_train_windows: int = Field(64, ge=1)
+    #: conformal correction per horizon and level on each series' own
+    #: recent errors (the last ``calibration_steps`` of its history)
+    calibrate: bool = True
+    calibration_steps: int = Field(2016, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    #: registry forecaster only: start from this saved global model instead
+    #: of training on the one series (``LevelFreeLSTM.save``)
+    checkpoint: str | None = None
+    #: registry forecaster with a checkpoint: epochs of fine-tuning on the series
+    finetune_epochs: int = Field(0, ge=0)
+
+    @field_validator("quantiles")
+    @classmethod
+    def _levels(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        return _trained_levels(v)
+
+    @field_validator("horizons")
+    @classmethod
+    def _horizons(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        hs = tuple(sorted({int(h) for h in v}))
+        if not hs or hs[0] < 1:
+            raise ValueError(f"horizons must be positive steps, got {list(v)}")
+        if hs[0] != 1:
+            raise ValueError(f"horizons must include 1 (the next step), got {list(hs)}")
+        return hs
+
+    @property
+    def horizon(self) -> int:
+        """The farthest step forecast (what ``_split`` keeps apart)."""
+        return self.horizons[-1]
+
+
+def n_levelfree_head(cfg: LevelFreeParams) -> int:
+    return 6 * len(cfg.horizons) + _PROFILE_BLOCKS + 1
+
+
+def _rolling_scale(yf: np.ndarray, origins: np.ndarray, window: int) -> np.ndarray:
+    """The local scale at each origin: the standard deviation of the last
+    ``window`` steps (observed ones), at least 1 % of their mean magnitude
+    and never zero."""
+    ok = np.isfinite(yf)
+    v = np.where(ok, yf, 0.0)
+    c0 = np.concatenate([[0], np.cumsum(ok)])
+    c1 = np.concatenate([[0.0], np.cumsum(v)])
+    c2 = np.concatenate([[0.0], np.cumsum(v * v)])
+    hi = origins + 1
+    lo = np.clip(hi - window, 0, None)
+    n = np.maximum(c0[hi] - c0[lo], 1)
+    mean = (c1[hi] - c1[lo]) / n
+    var = np.maximum((c2[hi] - c2[lo]) / n - mean * mean, 0.0)
+    return np.maximum(np.maximum(np.sqrt(var), 0.01 * np.abs(mean)), 1e-9)
+
+
+def levelfree_features(y: np.ndarray, ts: np.ndarray, origins: np.ndarray, step: int, cfg: LevelFreeParams,
+                       *, with_targets: bool = False):
+    """Level-free inputs for the windows ending at each origin: every value
+    enters as ``asinh((v - y[o]) / scale)``, relative to the value at the
+    origin ``y[o]`` and divided by the local scale (:func:`_rolling_scale`
+    over the last day), so a series at any level (or one that moved to a
+    new level) looks the same to the network.
+
+    ``seq`` (B, lookback, 7): the value, a missing flag, the value one day
+    earlier, time of day and day of week. ``head`` (B, n_head): per head
+    horizon ``h`` the value at the same time of day in the history (one day
+    before the target, or more for ``h`` beyond a day) and the change over
+    ``h`` there, with the target's calendar; the hourly profile of the last
+    day; and ``asinh(y[o] / scale)`` (how far the series is from zero, in
+    local scales). Returns ``(seq, head, targets, base, scale)``; targets
+    (B, K) in the same units, NaN where missing. Reads no index after an
+    origin for the inputs."""
+    origins = np.asarray(origins, dtype=np.int64)
+    L, K = cfg.lookback, np.asarray(cfg.horizons, dtype=np.int64)
+    S = _season_steps(step)
+    yf = _ffill(y)
+    miss = np.isnan(y).astype(np.float32)
+    scale = _rolling_scale(yf, origins, S)
+    base = yf[origins]
+    base = np.where(np.isfinite(base), base, 0.0)
+
+    def z(v: np.ndarray, ok: np.ndarray) -> np.ndarray:
+        shape = (-1,) + (1,) * (v.ndim - 1)
+        r = np.arcsinh((v - base.reshape(shape)) / scale.reshape(shape))
+        return np.where(ok & np.isfinite(r), r, 0.0)
+
+    win = origins[:, None] + np.arange(-L + 1, 1)[None, :]
+    wok = win >= 0
+    wi = np.clip(win, 0, None)
+    lag = win - S
+    lok = lag >= 0
+    wts = ts[origins][:, None] + step * np.arange(-L + 1, 1)[None, :]
+    seq = np.concatenate([z(yf[wi], wok)[..., None], np.where(wok, miss[wi], 1.0)[..., None],
+                          z(yf[np.clip(lag, 0, None)], lok)[..., None], _calendar(wts)], axis=-1)
+
+    days = -(-K // S)  # whole days back to the same time of day
+    j = origins[:, None] + K[None, :] - S * days[None, :]
+    j0 = origins[:, None] - S * days[None, :]
+    jok = j0 >= 0
+    same = yf[np.clip(j, 0, None)]
+    change = np.arcsinh((same - yf[np.clip(j0, 0, None)]) / scale[:, None])
+    tts = ts[origins][:, None] + step * K[None, :]
+    hz = np.concatenate([z(same, jok)[..., None], np.where(jok & np.isfinite(change), change, 0.0)[..., None],
+                         (~jok).astype(np.float64)[..., None], _calendar(tts)[..., :3]], axis=-1)
+    per = max(1, S // _PROFILE_BLOCKS)
+    pw = origins[:, None] + np.arange(-per * _PROFILE_BLOCKS + 1, 1)[None, :]
+    prof = z(yf[np.clip(pw, 0, None)], pw >= 0).reshape(origins.size, _PROFILE_BLOCKS, per).mean(-1)
+    head = np.concatenate([hz.reshape(origins.size, -1), prof,
+                           np.clip(np.arcsinh(base / scale), -10, 10)[:, None]], axis=-1)
+    # the calendar's last column (cos of day of week) is left out of the
+    # head to keep 6 per horizon; sin/cos of the time of day and sin of the
+    # day of week place the target in the week
+    targets = None
+    if with_targets:
+        t = origins[:, None] + K[None, :]
+        tok = t < y.size
+        targets = z(y[np.clip(t, 0, y.size - 1)], tok).astype(np.float32)
+        targets[~tok | ~np.isfinite(y[np.clip(t, 0, y.size - 1)])] = np.nan
+    return seq.astype(np.float32), head.astype(np.float32), targets, base, scale
+
+
+def _build_levelfree_net(cfg: LevelFreeParams):
+    torch = _torch()
+    nn = torch.nn
+
+    class LevelFreeNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(7, cfg.hidden_size, batch_first=True)
+            self.k, self.q = len(cfg.horizons), len(cfg.quantiles)
+            self.head = nn.Sequential(
+                nn.Linear(cfg.hidden_size + n_levelfree_head(cfg), cfg.head_width), nn.ReLU(),
+                nn.Linear(cfg.head_width, self.k * self.q))
+            # zero-initialised output: untrained, it forecasts persistence
+            nn.init.zeros_(self.head[-1].weight)
+            nn.init.zeros_(self.head[-1].bias)
+            self.m = cfg.quantiles.index(0.5)
+
+        def forward(self, seq, head):
+            out, _ = self.rnn(seq)
+            raw = self.head(torch.cat([out[:, -1, :], head], dim=-1)).float().view(-1, self.k, self.q)
+            return _monotone(raw, self.m)
+
+    return LevelFreeNet()
+
+
+def _levelfree_origins(y: np.ndarray, cfg: LevelFreeParams, step: int, stride: int) -> np.ndarray:
+    """Origins with a day of history before them and at least half of the
+    lookback observed, every ``stride`` steps, ending at the last sample."""
+    S = _season_steps(step)
+    n = y.size
+    ok = np.concatenate([[0], np.cumsum(~np.isnan(y))])
+    first = max(cfg.lookback, S) - 1
+    o = np.arange(n - 1, first - 1, -stride)[::-1]
+    return o[(ok[o + 1] - ok[o + 1 - cfg.lookback]) * 2 >= cfg.lookback]
+
+
+class LevelFreeLSTM:
+    """The global, level-free quantile LSTM: one network trained across many
+    series, forecasting any series (seen or not) at the planning horizons.
+
+    >>> g = LevelFreeLSTM({"epochs": 12}).fit({"web": s1, "api": s2})
+    >>> g.calibrate({"new": s3})           # conformal offsets on s3's own errors
+    >>> fcs = g.predict_many({"new": s3, "web": s1}, now, 72, (0.5, 0.9, 0.99))
+
+    Inputs and targets are level free (:func:`levelfree_features`); the
+    outputs are direct quantiles at every step in ``horizons`` (pinball loss
+    over ``quantiles``), read as ``y[o] + scale * sinh(output)`` and
+    interpolated linearly between head horizons. ``calibrate`` shifts each
+    level at each head horizon by the empirical quantile of the series' own
+    recent errors there (conformal, as in :func:`_conformal`); a series
+    without its own offsets gets the ones pooled over the validation windows
+    of training. CUDA and mixed precision when present (``device="auto"``).
+    """
+
+    name = "lstm_global"
+    Params = LevelFreeParams
+
+    def __init__(self, params: LevelFreeParams | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        if params is None or isinstance(params, Mapping):
+            params = LevelFreeParams(**{**dict(params or {}), **kwargs})
+        self.params = params
+        self.metrics: dict[str, Any] = {}
+        self._net = None
+        self._device = None
+        self._offsets: np.ndarray | None = None  # (K, Q) pooled over the validation windows
+        self._series_offsets: dict[str, np.ndarray] = {}
+        self._digest: str | None = None
+
+    @property
+    def version(self) -> str:
+        return f"{self.name}:{self._digest}" if self._digest else f"{self.name}:unfitted"
+
+    @property
+    def fitted(self) -> bool:
+        return self._net is not None
+
+    @property
+    def n_parameters(self) -> int:
+        return 0 if self._net is None else sum(int(p.numel()) for p in self._net.parameters())
+
+    # ------------------------------------------------------------------ training
+    def _windows(self, named: Mapping[str, Series]) -> tuple[_Data, _Data, list[str], list[int]]:
+        p = self.params
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("s", "h", "t", "vs", "vh", "vt")}
+        keys, sizes = [], []
+        for key, s in named.items():
+            s = s.tail(p.max_train_steps)
+            step = _step_of(s)
+            if step is None:
+                continue
+            o = _levelfree_origins(s.values[:-1], p, step, p.origin_stride)
+            tr_o, va_o = _split(o, p)
+            if tr_o.size == 0 or va_o.size == 0:
+                continue
+            for orig, (a, b, c) in ((tr_o, ("s", "h", "t")), (va_o, ("vs", "vh", "vt"))):
+                seq, head, tgt, _, _ = levelfree_features(s.values, s.timestamps, orig, step, p, with_targets=True)
+                keep = np.isfinite(tgt).any(axis=1)
+                parts[a].append(seq[keep]), parts[b].append(head[keep]), parts[c].append(tgt[keep])
+            keys.append(key)
+            sizes.append(len(parts["vt"][-1]))
+        n = sum(len(x) for x in parts["t"])
+        if n < p.min_train_windows:
+            raise InsufficientHistory(n, p.min_train_windows, "lstm global (training windows)")
+        cat = {k: np.concatenate(v) for k, v in parts.items()}
+        return (_Data(cat["s"], cat["h"], cat["t"]), _Data(cat["vs"], cat["vh"], cat["vt"]), keys, sizes)
+
+    def fit(self, series: Mapping[str, Series] | Sequence[Series], *,
+            on_epoch: EpochCallback | None = None) -> "LevelFreeLSTM":
+        """Train on every series (each its last ``max_train_steps``), then
+        pool conformal offsets over the validation windows."""
+        p = self.params
+        tr, va, keys, _ = self._windows(_named(series))
+        device = _resolve_device(p.device)
+        with _Deterministic(p.seed):
+            net = self._net if self._net is not None else _build_levelfree_net(p)
+            self.metrics = _train(net, p, tr, va, device, p.epochs, on_epoch)
+        self.metrics["series"] = len(keys)
+        self._net, self._device = net, device
+        pred = _infer(net, va.seq, va.head, device)
+        self._offsets = _conformal(pred, va.target, p.quantiles, median=False) if p.calibrate else None
+        self._series_offsets = {}
+        self._digest = _digest({"params": p.model_dump_json(), "metrics": self.metrics}, net.state_dict())
+        return self
+
+    def finetune(self, series: Mapping[str, Series], epochs: int) -> "LevelFreeLSTM":
+        """A copy trained ``epochs`` more on ``series`` (per-series mode)."""
+        other = copy.deepcopy(self)
+        other.params = self.params.model_copy(update={"epochs": epochs})
+        return other.fit(series)
+
+    def calibrate(self, histories: Mapping[str, Series]) -> dict[str, int]:
+        """Conformal offsets per series from its own recent errors: forecasts
+        from origins in the last ``calibration_steps`` of each history
+        (reading nothing after each origin) against what followed. Returns
+        the number of origins used per series."""
+        p = self.params
+        used = {}
+        for key, s in histories.items():
+            step = _step_of(s)
+            if step is None or not p.calibrate:
+                continue
+            h = s.tail(p.calibration_steps + _season_steps(step) + p.lookback)
+            o = _levelfree_origins(h.values[:-1], p, step, p.origin_stride)
+            o = o[o >= len(h) - 1 - p.calibration_steps]
+            if o.size < 20:
+                continue
+            seq, head, tgt, _, _ = levelfree_features(h.values, h.timestamps, o, step, p, with_targets=True)
+            pred = _infer(self._net, seq, head, self._device)
+            own = _conformal(pred, tgt, p.quantiles, median=False)
+            enough = np.isfinite(tgt).sum(0)[:, None] >= 20
+            self._series_offsets[key] = np.where(enough, own, self._offsets if self._offsets is not None else 0.0)
+            used[key] = int(o.size)
+        return used
+
+    # ---------------------------------------------------------------- inference
+    def predict_many(self, histories: Mapping[str, Series], start: datetime, horizon: int,
+                     quantiles: Sequence[float] = (0.5, 0.9), *,
+                     errors: dict[str, str] | None = None) -> dict[str, Forecast]:
+        """Forecast every series in ``histories`` at ``start`` in one
+        batched forward pass; a series that cannot be forecast raises, or,
+        with ``errors`` given, is left out and its reason recorded there."""
+        if self._net is None:
+            raise ForecastError("lstm global: predict_many() before fit()")
+        p = self.params
+        levels = _requested_levels("lstm global", horizon, quantiles)
+        rows, seqs, heads = [], [], []
+        for key, s in histories.items():
+            try:
+                step = _step_of(s)
+                if step is None or s.n_valid < 1:
+                    raise InsufficientHistory(s.n_valid, 2, f"lstm global ({key})")
+                ts, ahead = _grid_ahead(f"lstm global ({key})", int(s.timestamps[-1]), start, step, horizon)
+                if int(ahead.max()) > p.horizons[-1]:
+                    raise ForecastError(f"lstm global ({key}): trained for {p.horizons[-1]} steps ahead, "
+                                        f"asked for {int(ahead.max())}")
+                h = s.tail(_season_steps(step) * (-(-p.horizons[-1] // _season_steps(step)) + 1) + p.lookback)
+                a, b, _, base, scale = levelfree_features(h.values, h.timestamps, np.array([len(h) - 1]), step, p)
+            except ForecastError as exc:
+                if errors is None:
+                    raise
+                errors[key] = str(exc)
+                continue
+            seqs.append(a), heads.append(b)
+            rows.append((key, ts, ahead, float(base[0]), float(scale[0])))
+        if not rows:
+            return {}
+        out = _infer(self._net, np.concatenate(seqs), np.concatenate(heads), self._device)
+        if self._offsets is not None:
+            out = _apply_offsets(out, np.stack([self._series_offsets.get(r[0], self._offsets) for r in rows]))
+        K = np.asarray(p.horizons, dtype=float)
+        result: dict[str, Forecast] = {}
+        for i, (key, ts, ahead, base, scale) in enumerate(rows):
+            at_k = base + scale * np.sinh(out[i])  # (K, Q) values
+            vals = np.stack([np.interp(ahead, K, at_k[:, j]) for j in range(at_k.shape[1])], axis=-1)
+            vals = np.maximum(vals, 0.0)
+            lv = _levels_at(vals, p.quantiles, levels + [0.5])
+            result[key] = Forecast(made_at=start, timestamps=ts, point=lv[0.5],
+                                   quantiles={q: lv[q] for q in levels}, model=self.name,
+                                   model_version=self.version)
+        return result
+
+    # -------------------------------------------------------------- persistence
+    def _checkpoint(self) -> dict[str, Any]:
+        return {"format": CHECKPOINT_FORMAT, "kind": "levelfree", "params": self.params.model_dump_json(),
+                "metrics": self.metrics, "digest": self._digest,
+                "offsets": None if self._offsets is None else self._offsets.tolist(),
+                "series_offsets": {k: v.tolist() for k, v in self._series_offsets.items()},
+                "state_dict": {k: v.detach().cpu() for k, v in self._net.state_dict().items()}}
+
+    def save(self, path: str | Path) -> None:
+        if self._net is None:
+            raise ForecastError("lstm global: save() before fit()")
+        Path(path).write_bytes(_dump(self._checkpoint()))
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> "LevelFreeLSTM":
+        ck = _read_checkpoint(path)
+        if ck.get("kind") != "levelfree":
+            raise ForecastError(f"{path} holds a {ck.get('kind')} lstm model, not a level-free global one")
+        return cls._from_checkpoint(ck, device)
+
+    @classmethod
+    def _from_checkpoint(cls, ck: dict[str, Any], device: str | None = None) -> "LevelFreeLSTM":
+        params = LevelFreeParams.model_validate_json(ck["params"])
+        if device is not None:
+            params = params.model_copy(update={"device": device})
+        self = cls(params)
+        self.metrics = dict(ck["metrics"])
+        self._digest = ck["digest"]
+        self._offsets = None if ck["offsets"] is None else np.asarray(ck["offsets"])
+        self._series_offsets = {k: np.asarray(v) for k, v in ck["series_offsets"].items()}
+        net = _build_levelfree_net(params)
+        net.load_state_dict(ck["state_dict"])
+        self._device = _resolve_device(params.device)
+        self._net = net.to(self._device).eval()
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__) if self._net is None else {"_ckpt": _dump(self._checkpoint())}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "_ckpt" not in state:
+            self.__dict__.update(state)
+            return
+        ck = _torch().load(io.BytesIO(state["_ckpt"]), map_location="cpu", weights_only=True)
+        self.__dict__.update(self._from_checkpoint(ck).__dict__)
+
+
+class LevelFreeForecaster(BaseForecaster):
+    """The level-free global LSTM in the per-target forecaster contract
+    (registry name ``lstm_global``). With ``checkpoint`` it starts from a
+    saved :class:`LevelFreeLSTM` (zero-shot, or fine-tuned for
+    ``finetune_epochs`` on the target); without, it trains the same network
+    on the target's own history (per-series mode). Either way ``fit``
+    calibrates the quantiles on the target's own recent errors."""
+
+    name = "lstm_global"
+    Params = LevelFreeParams
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.model: LevelFreeLSTM | None = None
+
+    @property
+    def min_history(self) -> int:
+        return self.params.lookback + 2 * max(self.params.horizons[0], 1) + 1
+
+    def _fit(self, history: Series) -> None:
+        p = self.params
+        key = history.name or "target"
+        if p.checkpoint:
+            model = LevelFreeLSTM.load(p.checkpoint, device=p.device)
+            if p.finetune_epochs:
+                model = model.finetune({key: history}, p.finetune_epochs)
+        else:
+            model = LevelFreeLSTM(p).fit({key: history})
+        model.calibrate({"target": history})
+        self.model = model
+
+    def predict(self, start: datetime, horizon: int, quantiles: Sequence[float] = (0.5, 0.9)) -> Forecast:
+        if self.model is None or self._history is None:
+            raise ForecastError(f"{self.name}: predict() before fit()")
+        fc = self.model.predict_many({"target": self._history}, start, horizon, quantiles)["target"]
+        return dataclasses.replace(fc, model=self.name, model_version=self.version)
+
+__all__ = ["GlobalLSTM", "LSTMForecaster", "LSTMParams", "LevelFreeForecaster", "LevelFreeLSTM", "LevelFreeParams",
+           "RobustScaler", "build_features", "levelfree_features"]

@@ -8,6 +8,12 @@ and asks :func:`gate` which model to use for the target::
                          candidates=["lstm", "holt_winters"])
     # -> ("holt_winters", GateReason("SwitchedModel", "lstm live error 1.7 > bound 1.0; ..."))
 
+The live error may be the point forecast's MASE (:func:`live_mase`) or,
+as ``auto`` scores, the whole distribution's: :func:`live_pinball`, the mean
+pinball loss over the quantile levels the policy sizes from, at the horizons
+it reads, over the same scale. ``gate`` compares whichever it is given with
+the bound.
+
 ``candidates`` is the preference order (the ``auto`` backtest ranking, or
 the configured order); the first is the model in use. ``None`` means
 reactive: no forecaster is trusted, the policy sizes from the observation
@@ -94,5 +100,32 @@ def live_mase(predicted: Sequence[float], actual: Sequence[float], scale: float,
     return float(np.mean(np.abs(p[ok] - a[ok])) / scale)
 
 
-__all__ = ["GateReason", "gate", "live_mase", "WITHIN_BOUND", "NO_LIVE_ERROR", "SWITCHED",
+def live_pinball(predicted: Mapping[float, Sequence[float]], actual: Sequence[float], scale: float,
+                 last_n: int | None = None) -> float | None:
+    """Mean pinball loss of the last ``last_n`` forecasts of each level
+    (level -> predicted values, aligned with ``actual``) / ``scale``, the
+    same denominator as :func:`live_mase` (so a perfect median scores half
+    its MASE at level 0.5 alone). Pairs with a missing side are ignored;
+    ``None`` without any complete pair."""
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    if not predicted:
+        raise ValueError("predicted: at least one quantile level is needed")
+    a = np.asarray(actual, dtype=float)
+    losses = []
+    for q, values in predicted.items():
+        if not 0.0 < float(q) < 1.0:
+            raise ValueError(f"quantile level {q} is not in (0, 1)")
+        p = np.asarray(values, dtype=float)
+        if p.shape != a.shape:
+            raise ValueError(f"level {q}: predicted and actual differ in length ({p.size} vs {a.size})")
+        pp, aa = (p[-last_n:], a[-last_n:]) if last_n is not None else (p, a)
+        ok = np.isfinite(pp) & np.isfinite(aa)
+        d = aa[ok] - pp[ok]
+        losses.append(np.maximum(float(q) * d, (float(q) - 1) * d))
+    flat = np.concatenate(losses)
+    return None if flat.size == 0 else float(flat.mean() / scale)
+
+
+__all__ = ["GateReason", "gate", "live_mase", "live_pinball", "WITHIN_BOUND", "NO_LIVE_ERROR", "SWITCHED",
            "REACTIVE", "NO_CANDIDATES"]

@@ -12,7 +12,7 @@ from engine.core.errors import ForecastError, InsufficientHistory
 from engine.core.types import Series
 from engine.core.units import from_epoch
 from forecasters.auto import AutoForecaster, AutoParams, asymmetric_loss
-from forecasters.quality import NO_LIVE_ERROR, REACTIVE, SWITCHED, WITHIN_BOUND, gate, live_mase
+from forecasters.quality import NO_LIVE_ERROR, REACTIVE, SWITCHED, WITHIN_BOUND, gate, live_mase, live_pinball
 
 STEP, DAY, T0 = 300, 288, 1_704_067_200
 
@@ -77,12 +77,69 @@ def test_under_weight_changes_the_choice():
     registry.register("high", High)
     s = Series(T0 + STEP * np.arange(400, dtype=np.int64), np.full(400, 50.0))
     cands = [{"name": "low"}, {"name": "high"}]
-    sym = AutoForecaster(candidates=cands, under_weight=1.0, eval_window=100)
+    sym = AutoForecaster(candidates=cands, score="asymmetric", under_weight=1.0, eval_window=100)
     sym.fit(s)
     assert sym.choice == "low"  # 2.0 off beats 2.5 off
-    asym = AutoForecaster(candidates=cands, under_weight=3.0, eval_window=100)
+    asym = AutoForecaster(candidates=cands, score="asymmetric", under_weight=3.0, eval_window=100)
     asym.fit(s)
     assert asym.choice == "high"  # 3 x 2.0 under is worse than 2.5 over
+
+
+def test_pinball_prefers_honest_quantiles_over_the_same_median():
+    """Same point forecast (persistence); one claims no uncertainty at all.
+    The point-only score cannot tell them apart (a tie keeps the first);
+    the pinball score picks the honest one."""
+    from forecasters import registry
+    from forecasters.naive import Persistence
+
+    class Overconfident(Persistence):
+        name = "overconfident"
+
+        def _predict(self, ahead, quantiles):
+            p, _ = super()._predict(ahead, quantiles)
+            return p, {q: p for q in quantiles}
+
+    registry.register("overconfident", Overconfident)
+    cands = [{"name": "overconfident"}, {"name": "persistence"}]
+    point = AutoForecaster(candidates=cands, score="asymmetric", horizon_steps=3, eval_window=DAY)
+    point.fit(walk(3 * DAY))
+    assert point.choice == "overconfident"
+    f = AutoForecaster(candidates=cands, horizon_steps=3, eval_window=DAY)
+    f.fit(walk(3 * DAY))
+    assert f.choice == "persistence"
+    assert f.selection["score"] == "pinball" and f.selection["levels"] == [0.5, 0.8, 0.9, 0.95, 0.99]
+    assert f.scores["persistence"] < f.scores["overconfident"]
+
+
+def test_the_scored_horizons_decide():
+    """One model is right at the next step only, the other only further
+    out: scoring the steps the policy reads picks the right one."""
+    from forecasters import registry
+    from forecasters.naive import Persistence
+
+    def offset_at(steps_off):
+        class Off(Persistence):
+            name = f"off{steps_off}"
+
+            def _predict(self, ahead, quantiles):
+                p, q = super()._predict(ahead, quantiles)
+                bump = np.where(np.isin(ahead, steps_off), 0.0, 10.0)
+                return p + bump, {k: v + bump for k, v in q.items()}
+        return Off
+
+    registry.register("near", offset_at([1]))
+    registry.register("far", offset_at([4, 5, 6]))
+    s = Series(T0 + STEP * np.arange(400, dtype=np.int64), np.full(400, 50.0))
+    cands = [{"name": "near"}, {"name": "far"}]
+    near = AutoForecaster(candidates=cands, horizon_steps=6, horizons=(1,), eval_window=100)
+    near.fit(s)
+    far = AutoForecaster(candidates=cands, horizon_steps=6, horizons=(4, 6), eval_window=100)
+    far.fit(s)
+    assert (near.choice, far.choice) == ("near", "far")
+    assert far.selection["scored_steps"] == [4, 6]
+    whole = AutoForecaster(candidates=cands, horizon_steps=6, eval_window=100)
+    whole.fit(s)
+    assert whole.selection["scored_steps"] == [1, 2, 3, 4, 5, 6] and whole.choice == "far"
 
 
 def test_failing_candidates_are_skipped_with_the_reason():
@@ -130,6 +187,10 @@ def test_params_are_validated():
         AutoParams(candidates=[{"name": "auto"}])
     with pytest.raises(ForecastError, match="before fit"):
         AutoForecaster().predict(from_epoch(T0), 3, (0.5,))
+    with pytest.raises(ValueError, match=r"horizons: steps must lie in 1..horizon_steps \(2\)"):
+        AutoParams(horizon_steps=2, horizons=(1, 3))
+    with pytest.raises(ValueError, match="levels"):
+        AutoParams(levels=(0.5, 1.0))
 
 
 # ------------------------------------------------------------- quality gate
@@ -161,3 +222,14 @@ def test_live_mase():
     assert live_mase([np.nan], [1.0], scale=1.0) is None
     with pytest.raises(ValueError, match="length"):
         live_mase([1, 2], [1], scale=1.0)
+
+
+def test_live_pinball():
+    # actual 10: level 0.9 at 8 costs 0.9 * 2, level 0.5 at 12 costs 0.5 * 2
+    assert live_pinball({0.9: [8.0], 0.5: [12.0]}, [10.0], scale=1.0) == pytest.approx((1.8 + 1.0) / 2)
+    assert live_pinball({0.9: [8.0, 10.0]}, [10.0, 10.0], scale=2.0, last_n=1) == pytest.approx(0.0)
+    assert live_pinball({0.5: [np.nan]}, [1.0], scale=1.0) is None
+    with pytest.raises(ValueError, match="length"):
+        live_pinball({0.5: [1, 2]}, [1], scale=1.0)
+    with pytest.raises(ValueError, match="level"):
+        live_pinball({1.5: [1]}, [1], scale=1.0)

@@ -34,6 +34,7 @@ FAST_PARAMS: dict[str, dict] = {
     "holt_winters": {"initialization": "heuristic"},
     "prophet": {"uncertainty_samples": 100},
     "lstm": {"lookback": 24, "hidden_size": 16, "epochs": 6, "batch_size": 128, "max_train_steps": 1440},
+    "lstm_global": {"hidden_size": 16, "head_width": 32, "epochs": 6, "origin_stride": 2},
     "auto": {"candidates": [{"name": "holt_winters", "params": {"initialization": "heuristic"}}, {"name": "persistence"}]},
 }
 
@@ -56,6 +57,11 @@ DEFAULT_MASE_BAR = 1.0
 #: samples (the freshness test checks only that their forecast moves forward).
 NOT_LEVEL_TRACKING: dict[str, str] = {
     "seasonal_naive": "forecasts the value one season ago, not the latest level",
+    # AICc picks alpha ~ 1e-3 on this stationary series: a new level is
+    # absorbed over days, not within the hour this test gives it
+    # (tests/forecasters/test_statsforecast.py checks it is absorbed)
+    "autoets": "its fitted level smoothing is slow on a stationary series",
+    "mstl": "its fitted level smoothing is slow on a stationary series",
 }
 
 

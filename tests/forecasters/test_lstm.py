@@ -307,3 +307,121 @@ def test_levels_beyond_the_trained_ones_extend_the_tail_instead_of_repeating_it(
     assert got[0.95] == pytest.approx(100 + 10 * 1.644854 / 1.281552, abs=1e-4)
     assert got[0.05] == pytest.approx(100 - 10 * 1.644854 / 1.281552, abs=1e-4)
     assert (got[0.3], got[0.9]) == (pytest.approx(95.0), 110.0)
+
+
+# ------------------------------------------------------------ level-free global
+from forecasters.lstm import LevelFreeLSTM, LevelFreeParams, levelfree_features  # noqa: E402
+
+LF_TINY = {"hidden_size": 16, "head_width": 32, "epochs": 6, "origin_stride": 2, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def levelfree() -> LevelFreeLSTM:
+    return LevelFreeLSTM(LF_TINY).fit({"a": daily(6, seed=1), "b": daily(6, seed=2, level=300.0)})
+
+
+def test_levelfree_inputs_read_nothing_after_the_origin():
+    s = daily(4)
+    o = np.array([2 * DAY, 3 * DAY])
+    p = LevelFreeParams()
+    a = levelfree_features(s.values, s.timestamps, o, STEP, p)
+    later = s.values.copy()
+    later[2 * DAY + 1:] = 1e6
+    b = levelfree_features(later, s.timestamps, o[:1], STEP, p)
+    np.testing.assert_array_equal(a[0][:1], b[0])
+    np.testing.assert_array_equal(a[1][:1], b[1])
+
+
+def test_levelfree_forecast_scales_with_the_series(levelfree):
+    """Inputs relative to the origin over a local scale: a series ten times
+    larger gets exactly ten times the forecast, every level and horizon."""
+    s = daily(3, seed=5)
+    big = Series(s.timestamps, s.values * 10.0, "big")
+    f1 = levelfree.predict_many({"s": s}, end(s), 288, (0.5, 0.9, 0.99))["s"]
+    f10 = levelfree.predict_many({"big": big}, end(s), 288, (0.5, 0.9, 0.99))["big"]
+    for q in (0.5, 0.9, 0.99):
+        np.testing.assert_allclose(f10.quantiles[q], 10 * f1.quantiles[q], rtol=1e-4)
+
+
+def test_levelfree_follows_a_level_shift_it_never_saw(levelfree):
+    """Trained around 100 and 300; a series that jumped to 2,000 is forecast
+    near 2,000, not pulled back to a training level."""
+    s = daily(3, seed=6)
+    jumped = Series(s.timestamps, np.where(np.arange(len(s)) >= 2 * DAY, s.values + 1900.0, s.values), "j")
+    fc = levelfree.predict_many({"j": jumped}, end(jumped), 12, (0.5,))["j"]
+    assert np.all(np.abs(fc.point - jumped.values[-1]) < 60.0), fc.point
+
+
+def test_predict_many_is_one_batched_call_equal_to_single_calls(levelfree):
+    hs = {f"t{i}": daily(3, seed=10 + i, level=50.0 * (i + 1)) for i in range(5)}
+    now = end(hs["t0"])
+    many = levelfree.predict_many(hs, now, 72, (0.5, 0.95))
+    for k, h in hs.items():
+        one = levelfree.predict_many({k: h}, now, 72, (0.5, 0.95))[k]
+        np.testing.assert_allclose(many[k].quantiles[0.95], one.quantiles[0.95], rtol=1e-5)
+        assert many[k].timestamps[0] == h.timestamps[-1] + STEP
+
+
+def test_levelfree_errors_are_recorded_per_series(levelfree):
+    errors: dict[str, str] = {}
+    out = levelfree.predict_many({"ok": daily(3), "empty": Series(np.array([T0], dtype=np.int64), np.array([np.nan]))},
+                                 end(daily(3)), 6, (0.5,), errors=errors)
+    assert list(out) == ["ok"] and "empty" in errors
+    with pytest.raises(ForecastError, match="trained for 288 steps"):
+        levelfree.predict_many({"ok": daily(3)}, end(daily(3)), 289, (0.5,))
+
+
+def test_calibration_widens_the_band_of_a_noisier_series(levelfree):
+    """Conformal offsets on the series' own recent errors: a series much
+    noisier than the training ones gets a wider 0.9 band, and its realized
+    coverage on the following day moves toward 0.9."""
+    rng = np.random.default_rng(3)
+    n = 5 * DAY
+    t = np.arange(n)
+    y = 100 + 30 * np.sin(2 * np.pi * t / DAY) + rng.normal(0, 12, n)
+    s = Series(T0 + STEP * t.astype(np.int64), y, "noisy")
+    hist = s[: 4 * DAY]
+    model = copy.deepcopy(levelfree)
+
+    def coverage() -> float:
+        hits = []
+        for o in range(4 * DAY - 1, n - 7, 6):
+            fc = model.predict_many({"noisy": s[: o + 1]}, from_epoch(int(s.timestamps[o])), 6, (0.9,))["noisy"]
+            hits.append(np.mean(s.values[o + 1: o + 7] <= fc.quantiles[0.9]))
+        return float(np.mean(hits))
+
+    before = coverage()
+    assert model.calibrate({"noisy": hist})["noisy"] >= 20
+    after = coverage()
+    assert abs(after - 0.9) < abs(before - 0.9) and abs(after - 0.9) < 0.06, (before, after)
+
+
+def test_levelfree_save_load_round_trip(levelfree, tmp_path):
+    path = tmp_path / "g.pt"
+    levelfree.save(path)
+    back = LevelFreeLSTM.load(path)
+    s = daily(3, seed=7)
+    a = levelfree.predict_many({"s": s}, end(s), 24, (0.5, 0.9))["s"]
+    b = back.predict_many({"s": s}, end(s), 24, (0.5, 0.9))["s"]
+    np.testing.assert_allclose(a.quantiles[0.9], b.quantiles[0.9], rtol=1e-6)
+    assert back.version == levelfree.version and back.n_parameters == levelfree.n_parameters
+
+
+def test_levelfree_default_size_is_about_fifty_thousand_parameters():
+    m = LevelFreeLSTM({"epochs": 0, "device": "cpu"}).fit({"a": daily(5)})
+    assert 40_000 <= m.n_parameters <= 60_000
+
+
+def test_registry_forecaster_starts_from_a_saved_global_model(levelfree, tmp_path):
+    import forecasters
+
+    path = tmp_path / "g.pt"
+    levelfree.save(path)
+    s = daily(3, seed=8)
+    f = forecasters.create("lstm_global", {"checkpoint": str(path), "device": "cpu"})
+    f.fit(s)
+    got = f.predict(end(s), 6, (0.5,))
+    want = levelfree.predict_many({"x": s}, end(s), 6, (0.5,))["x"]
+    # same network, the target's own calibration (the median is never shifted)
+    np.testing.assert_allclose(got.point, want.point, rtol=1e-6)
+    assert got.model == "lstm_global"
