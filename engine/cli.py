@@ -838,7 +838,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("console", help="serve the web console and approval API for a config's state file")
     c.add_argument("--config", help="config file (its state file, console: and notify: sections)")
     c.add_argument("--listen", help="host:port (default: console.listen, 127.0.0.1:9465)")
-    c.add_argument("--log-level", default="INFO")
+    c.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
+                   help="log level of the console server (default: INFO)")
     c.add_argument("--hash-token", action="store_true",
                    help="read a token on standard input, print its sha256 for console.users[].token_sha256")
     c.set_defaults(func=cmd_console)
