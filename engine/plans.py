@@ -63,6 +63,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Mapping
 
 from . import audit
+from .core.units import isoformat, parse_time
 from .core.errors import ActuatorError, ApprovalRequired, ForescaleError, PlanRefused, PlanStateError, StalePlan
 from .core.types import Action, Decision, Plan, PlanStatus, PlanTransition, ScaleEvent, ScalingState
 
@@ -78,6 +79,8 @@ CHANNELS = ("cli", "http", "console", "link", "auto")
 #: the identities of approvals made by a rule, not a person
 AUTO_APPROVER = "policy:auto-approve"
 EMERGENCY_APPROVER = "policy:emergency"
+#: who approves a change inside a schedule a person approved (:func:`within_envelope`)
+ENVELOPE_APPROVER = "policy:approved-schedule"
 #: modes in which an approved plan may be written to the platform
 WRITING_MODES = ("approve", "auto")
 _BUSY = "plan {} is being applied by another process (or was interrupted while applying); not applying it twice"
@@ -209,11 +212,18 @@ def create_plan(store: "Store", target: "TargetConfig", decision: Decision, obse
                     expires_at=now + plan_lifetime(target, decision.action), description=description,
                     updated_at=now, waiting_since=waiting_since, schedule=schedule)
         store.save_plan(plan, decision=(decision, target.mode, context), state=state, channel="auto")
-    why = _emergency(target, decision)
-    if why is None or plan.status != PlanStatus.PENDING:
+    if plan.status != PlanStatus.PENDING:
         return plan
-    plan = approve(store, plan.id, now, identity=EMERGENCY_APPROVER, channel="auto", comment=why)
-    log.warning("target %s: plan %s approved by the emergency rule: %s", target.name, plan.id, why)
+    envelope = within_envelope(store, target, decision, now)
+    why = _emergency(target, decision)
+    if envelope is None and why is None:
+        return plan
+    if envelope is not None:
+        approver, comment = ENVELOPE_APPROVER, envelope
+    else:
+        approver, comment = EMERGENCY_APPROVER, why
+    plan = approve(store, plan.id, now, identity=approver, channel="auto", comment=comment)
+    log.warning("target %s: plan %s approved by %s: %s", target.name, plan.id, approver, comment)
     if actuator is not None:
         try:
             return apply_plan(store, actuator, plan.id, now, target, channel="auto")
@@ -221,6 +231,39 @@ def create_plan(store: "Store", target: "TargetConfig", decision: Decision, obse
             log.warning("target %s: emergency plan %s not applied: %s", target.name, plan.id, exc)
             return store.plan(plan.id)
     return plan
+
+
+def within_envelope(store: "Store", target: "TargetConfig", decision: Decision, now: datetime) -> str | None:
+    """Whether ``decision``'s change is one that a person already approved
+    as part of a planner schedule: a person (not a policy rule) approved an
+    earlier plan of this target whose schedule, still unexpired, plans
+    exactly ``decision.desired`` for the interval this change first serves.
+    Then the person approved "8 at 13:35, back to 3 at 03:00" once, and the
+    engine carries that envelope out without asking again; any deviation
+    (another capacity, a time past the approved schedule) asks again.
+    Returns the reason, recorded with the approval, or None."""
+    if decision.schedule is None:
+        return None
+    first = next((st for st in decision.schedule.steps if not st.fixed), None)
+    if first is None:
+        return None
+    at = isoformat(first.at)
+    for old in store.plans(target.name):
+        if old.schedule is None or old.status not in (PlanStatus.APPROVED, PlanStatus.APPLYING,
+                                                      PlanStatus.APPLIED):
+            continue
+        approval = next((t for t in reversed(store.plan_history(old.id)) if t.to_status == PlanStatus.APPROVED),
+                        None)
+        if approval is None or not approval.identity or approval.identity.startswith("policy:"):
+            continue  # only a person's approval covers later changes
+        steps = [st for st in old.schedule.get("steps", []) if isinstance(st, Mapping) and not st.get("fixed")]
+        if not steps or now >= parse_time(steps[-1]["at"]):
+            continue  # that schedule has run out
+        match = next((st for st in steps if st["at"] == at), None)
+        if match is not None and int(match["capacity"]) == decision.desired:
+            return (f"within the schedule of plan {old.id} approved by {approval.identity} at "
+                    f"{isoformat(approval.at)}: {decision.desired} from {at}")
+    return None
 
 
 def store_status(plan: Plan) -> str:

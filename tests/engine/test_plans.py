@@ -566,3 +566,49 @@ def test_a_restart_after_dying_inside_the_actuator_settles_the_claimed_plan_with
     assert store.plan(plan.id).status == PlanStatus.APPLIED
     assert "applied before the restart" in res.details["reconciled"][0]
     assert [t.to_status for t in store.plan_history(plan.id)][-2:] == [PlanStatus.APPLYING, PlanStatus.APPLIED]
+
+
+# ------------------------------------------------ an approved schedule's envelope
+def _scheduled(now, current: int, desired: int, plan: list[tuple[int, int]]):
+    """A planner decision at ``now`` whose schedule plans ``(minutes from
+    now, capacity)`` steps (the first 5 minutes fixed, inside the lead time)."""
+    from engine.core.types import Decision, PlanStep, Schedule
+
+    steps = [PlanStep(now + timedelta(minutes=5), now, current, 1.0, 0.0, 0.0, 1.0, fixed=True)]
+    steps += [PlanStep(now + timedelta(minutes=m), now + timedelta(minutes=m - 10), c, 1.0, 0.0, 0.0, 1.0)
+              for m, c in plan]
+    sched = Schedule(now, timedelta(minutes=10), STEP, tuple(steps), 1.0, 0.0, 0.0, 1, "unserved", 1.0, "test")
+    return Decision(target="web", at=now, current=current, desired=desired, recommendation=desired, steps=(),
+                    schedule=sched)
+
+
+def test_a_change_inside_a_schedule_a_person_approved_is_carried_out_without_asking_again(planned):
+    """A person approves "8 from +10 min, back to 3 from +40 min" once; the
+    later change to 3 at +40 min is approved by that approval (recorded as
+    such, verifiable in the chain) and applied; a deviation asks again."""
+    from engine.plans import ENVELOPE_APPROVER, create_plan
+
+    cfg, store, live, first = planned()
+    t0 = first.created_at + STEP
+    ahead = [(10, 8), (15, 8), (20, 8), (25, 8), (30, 8), (35, 8), (40, 3), (45, 3), (50, 3)]
+    p1 = create_plan(store, live.target, _scheduled(t0, 5, 8, ahead), 5, "scheduled", t0)
+    assert p1.status == PlanStatus.PENDING
+    approve(store, p1.id, t0, identity="unix:alice", channel="cli")
+    platform = Platform(capacity=5)
+    apply_plan(store, platform, p1.id, t0, live.target, channel="cli")
+    # 30 minutes later the planner orders the drop to 3 that alice's schedule holds
+    t1 = t0 + timedelta(minutes=30)
+    later = [(m - 30, c) for m, c in ahead if m - 30 >= 10]
+    p2 = create_plan(store, live.target, _scheduled(t1, 8, 3, later), 8, "back to 3", t1, actuator=platform)
+    assert p2.status == PlanStatus.APPLIED and platform.capacity == 3 and platform.applies[-1][1] == 3
+    hist = store.plan_history(p2.id)
+    approval = next(t for t in hist if t.to_status == PlanStatus.APPROVED)
+    assert approval.identity == ENVELOPE_APPROVER and f"plan {p1.id} approved by unix:alice" in approval.comment
+    # a change the approved schedule does not hold (4, not 3) asks a person again
+    t2 = t1 + STEP
+    p3 = create_plan(store, live.target, _scheduled(t2, 3, 4, [(10, 4), (15, 4)]), 3, "up to 4", t2,
+                     actuator=platform)
+    assert p3.status == PlanStatus.PENDING and platform.capacity == 3
+    from engine import audit
+
+    assert audit.verify(store).ok
