@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     whole = measure(lambda: P.plan(fc, state, cfg, now, lead), args.runs)
     result = {"levels": args.levels, "planned_steps": planned,
               "plan_step": whole, "python": platform.python_version(), "numpy": np.__version__,
-              "machine": platform.machine(), "command": "python benchmarks/planner_speed.py " + " ".join(
-                  argv if argv is not None else sys.argv[1:])}
+              "machine": platform.machine(), "command": ("python benchmarks/planner_speed.py " + " ".join(
+                  argv if argv is not None else sys.argv[1:])).strip()}
     print(f"planner: {args.levels} levels x {planned} planned steps: "
           f"median {whole['median_ms']:.2f} ms, p90 {whole['p90_ms']:.2f} ms per planning step "
           f"({args.runs} runs)")

@@ -184,11 +184,16 @@ class PlanConfig(_Model):
     #: step of the rate adaptation: a saturated interval multiplies the rate
     #: by exp(-gain), an unsaturated one by exp(gain x SLO)
     calibration_gain: float = Field(0.2, gt=0.0, le=2.0)
+    #: plan for demand up to point x (1 + headroom_cap) only; above it the
+    #: reactive floor answers (REFERENCE: a cap keeps bursty series from
+    #: costing several times the oracle). None: the whole distribution
+    headroom_cap: float | None = Field(None, gt=0.0)
     #: fixed price of one capacity change (in the same money as the prices)
     change_cost: float = Field(1.0, ge=0.0)
     #: a vertical resize takes capacity away for this long (stop/modify/start)
     resize_downtime: Duration = timedelta(0)
-    #: what serves during the downtime: nothing, or the old rung
+    #: what serves during the downtime: nothing, or the smaller of the old
+    #: and the new rung (the old one while it is being resized up)
     resize_during: Literal["unavailable", "old"] = "unavailable"
     #: no two changes closer than this
     min_change_interval: Duration = timedelta(0)

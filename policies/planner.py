@@ -40,8 +40,8 @@ executed first step from the state's recent events.
 
 The DP runs over states ``(steps since the last change, capped; whether it
 was a scale-up; level)``, one vector update per horizon step: a change's cost
-depends only on the level it leaves (the fixed cost, and the downtime's risk
-at the old rung or at none) and on the level it enters, so the best arrival
+depends only on its direction, the level it leaves (the fixed cost, and the
+downtime's risk at the old rung or at none) and the level it enters, so the best arrival
 by a scale-up is a prefix minimum over lower levels and by a scale-down a
 suffix minimum over higher ones (``O(states)`` per step, not
 ``O(levels^2)``). Backpointers give the argmin path exactly.
@@ -133,12 +133,15 @@ def upper_quantile(taus: np.ndarray, q: np.ndarray, level: float) -> np.ndarray:
     return q[-1] + beta * math.log(s[-1] / (1.0 - level))
 
 
-def risk_tables(caps: np.ndarray, taus: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def risk_tables(caps: np.ndarray, taus: np.ndarray, q: np.ndarray,
+                ceiling: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``P(D_j > c)`` and ``E[(D_j - c)+]`` for every capacity ``c`` in
-    ``caps (L,)`` and step j: two ``(L, H)`` arrays (see the module docstring
-    for the distribution)."""
+    ``caps`` (``(L,)``, or ``(L, H)``: one per step) and step j: two ``(L, H)``
+    arrays (see the module docstring for the distribution). ``ceiling (H,)``:
+    demand above it is not counted (``D`` becomes ``min(D, ceiling)``)."""
     v, s, beta = _knots(taus, q)
-    c = caps[:, None, None]  # (L, 1, 1)
+    caps2 = np.broadcast_to(caps if caps.ndim == 2 else caps[:, None], (caps.shape[0], q.shape[1]))
+    c = caps2[:, None, :]  # (L, 1, H)
     lo, hi = v[:-1][None], v[1:][None]  # (1, K, H)
     s_lo, s_hi = s[:-1][None, :, None], s[1:][None, :, None]
     width = hi - lo
@@ -149,7 +152,7 @@ def risk_tables(caps: np.ndarray, taus: np.ndarray, q: np.ndarray) -> tuple[np.n
     seg_int = ((hi - a) * (s_a + s_hi) * 0.5).sum(axis=1)  # (L, H)
     inside = (c >= lo) & (c < hi)
     p_in = (inside * s_a).sum(axis=1)
-    c2 = caps[:, None]
+    c2 = caps2
     top = v[-1][None, :]
     over = np.maximum(c2 - top, 0.0)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -161,6 +164,12 @@ def risk_tables(caps: np.ndarray, taus: np.ndarray, q: np.ndarray) -> tuple[np.n
     above = c2 >= top
     p_sat = np.where(below, 1.0, np.where(above, tail_p, p_in))
     unserved = np.maximum(v[0][None, :] - c2, 0.0) + seg_int + tail_int
+    if ceiling is not None:
+        # E[(min(D, m) - c)+] = E[(D - c)+] - E[(D - m)+] below m, 0 above
+        _, over_m = risk_tables(ceiling[None, :], taus, q)
+        capped = c2 >= ceiling[None, :]
+        p_sat = np.where(capped, 0.0, p_sat)
+        unserved = np.where(capped, 0.0, np.maximum(unserved - over_m, 0.0))
     return p_sat, unserved
 
 
@@ -170,8 +179,9 @@ class Problem:
     """One planning problem on a grid of ``H`` steps and ``L`` levels.
 
     - ``cost (L, H)``: capacity + risk cost of serving step j at level x;
-    - ``leave (L, H)``: cost of a change away from level x at step j;
-    - ``enter (L, H)``: extra cost of arriving at level y by a change at j;
+    - ``leave (L, H)``: cost of a scale-up away from level x at step j;
+    - ``enter (L, H)``: extra cost of arriving at level y by a scale-up at j;
+    - ``leave_down``, ``enter_down``: the same for a scale-down (None: as up);
     - ``start``: the level in force before step 0; ``since``: steps from the
       last change to step 0's order time; ``last_up``: it was a scale-up;
     - ``spacing``: changes at least this many steps apart; ``lifetime``: no
@@ -188,6 +198,14 @@ class Problem:
     spacing: int
     lifetime: int
     down_ok: np.ndarray
+    leave_down: np.ndarray | None = None
+    enter_down: np.ndarray | None = None
+
+    def change_cost(self, x: int, y: int, j: int) -> float:
+        """The cost of the change x -> y at step j."""
+        if y > x or self.leave_down is None or self.enter_down is None:
+            return float(self.leave[x, j] + self.enter[y, j])
+        return float(self.leave_down[x, j] + self.enter_down[y, j])
 
 
 def solve(p: Problem) -> tuple[np.ndarray, float]:
@@ -218,11 +236,12 @@ def solve(p: Problem) -> tuple[np.ndarray, float]:
         keep = stay[cap] < vn[cap]
         vn[cap] = np.where(keep, stay[cap], vn[cap])
         bn[cap] = np.where(keep, flat_state[cap], bn[cap])
-        leave = (v + p.leave[:, j]).reshape((cap + 1) * 2, n_levels)
-        enter = cost_j + p.enter[:, j]
         for direction, rows in ((1, up_flat), (0, down_flat if p.down_ok[j] else down_flat[:0])):
             if rows.size == 0:
                 continue
+            up = direction == 1 or p.leave_down is None or p.enter_down is None
+            leave = (v + (p.leave if up else p.leave_down)[:, j]).reshape((cap + 1) * 2, n_levels)
+            enter = cost_j + (p.enter if up else p.enter_down)[:, j]
             sub = leave[rows]
             arg_cd = np.argmin(sub, axis=0)
             best = sub[arg_cd, levels]  # (L,) best way to leave level x
@@ -302,8 +321,10 @@ def penalty(config: PolicyConfig, rate: float | None = None) -> float:
     return step / rate
 
 
-#: the adapted rate stays within [SLO / 100, min(0.25, SLO x 50)]
-RATE_RANGE = (0.01, 50.0)
+#: the adapted rate stays within [SLO / 10, SLO x 4]: integer capacity rounds up, so the
+#: realized rate sits below the priced one; a wider range let long quiet spells
+#: price the rate up to where a burst then saturated for many intervals
+RATE_RANGE = (0.1, 4.0)
 
 
 def adapt_rate(state: ScalingState, config: PolicyConfig) -> float | None:
@@ -472,8 +493,12 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
     levels, caps, price = level_values(config)
     lo, hi = config.bounds
     pen = penalty(config, rate)
-    p_sat, unserved = risk_tables(caps, taus, q)
-    risk = unserved if pc.risk == "unserved" else p_sat
+    # the headroom cap: the plan does not buy capacity for demand above
+    # point x (1 + cap); the reactive floor answers such bursts
+    ceiling = None if pc.headroom_cap is None else point * (1.0 + pc.headroom_cap)
+    p_sat, unserved = risk_tables(caps, taus, q)  # reported as they are
+    priced = (p_sat, unserved) if ceiling is None else risk_tables(caps, taus, q, ceiling)
+    risk = priced[1] if pc.risk == "unserved" else priced[0]
     n_fixed = fixed_idx.size
     risk_plan = risk[:, n_fixed:]
     cap_cost = (price * dt_h)[:, None] * np.ones((1, plan_idx.size))
@@ -483,12 +508,17 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
     # change costs: fixed, plus a vertical resize's downtime
     leave = np.full_like(cost, pc.change_cost)
     enter = np.zeros_like(cost)
+    leave_down = enter_down = None
     down_h = min(pc.resize_downtime.total_seconds(), interval_s) / 3600.0
     if config.ladder is not None and down_h > 0:
         if pc.resize_during == "old":
+            # the smaller of the two rungs serves: the old one on the way up;
+            # on the way down the new one, as after the resize (no extra risk)
+            leave_down, enter_down = leave.copy(), enter.copy()
             leave = leave + pen * risk_plan * down_h
         else:
-            zero_p, zero_u = risk_tables(np.zeros(1), taus, q[:, n_fixed:])
+            zero_p, zero_u = risk_tables(np.zeros(1), taus, q[:, n_fixed:],
+                                         None if ceiling is None else ceiling[n_fixed:])
             leave = leave + pen * (zero_u if pc.risk == "unserved" else zero_p) * down_h
         enter = -pen * risk_plan * down_h  # the new rung does not serve during the downtime
 
@@ -500,7 +530,7 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
     since, last_up = since_last_change(state, now, interval)
     start = int(np.clip(current, lo, hi)) - lo
     big = max(spacing, lifetime, 1)
-    prob = Problem(cost=cost, leave=leave, enter=enter, start=start,
+    prob = Problem(cost=cost, leave=leave, enter=enter, leave_down=leave_down, enter_down=enter_down, start=start,
                    since=big if since is None else min(since, big), last_up=last_up,
                    spacing=spacing, lifetime=lifetime, down_ok=down_ok)
     path, _ = solve(prob)
@@ -523,7 +553,7 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
         x = int(path[j])
         change = 0.0
         if x != prev:
-            change = float(leave[prev, j] + enter[x, j])
+            change = prob.change_cost(prev, x, j)
             changes += 1
         totals["capacity"] += float(cap_cost[x, j])
         totals["risk"] += float(risk_cost[x, j])
