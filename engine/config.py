@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from policies.config import PolicyConfig
+from policies.config import PolicyConfig, quantile_levels
 
 from .core.units import Duration
 
@@ -71,10 +71,7 @@ class ForecasterConfig(_Model):
     @field_validator("quantiles")
     @classmethod
     def _levels(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        for q in v:
-            if not 0.0 < q < 1.0:
-                raise ValueError(f"quantile {q} is not in (0, 1)")
-        return tuple(sorted(set(v)))
+        return quantile_levels(v)
 
 
 class PluginSection(BaseModel):

@@ -41,7 +41,10 @@ def config(**kw) -> PolicyConfig:
     kw.setdefault("capacity_per_replica", 10.0)
     kw.setdefault("lead_time", "25m")
     kw.setdefault("reactive", {"target_utilization": 0.95})
-    plan = {"horizon": "6h", **kw.pop("plan", {})}
+    # the hand-worked cases price every change at 1 and switch the calm defaults off
+    plan = {"horizon": "6h", "change_cost": 1.0, "min_change_interval": 0, "min_lifetime": 0,
+            "headroom_cap": None, "calibration": "both", "slo": {"saturated_fraction": 0.005},
+            **kw.pop("plan", {})}
     return PolicyConfig(plan=plan, **kw)
 
 
@@ -447,6 +450,7 @@ def _realized_saturation(calibration: str | None, claimed_sd: float = 3.0, slo: 
     cfg = PolicyConfig(kind="plan", capacity_per_replica=1.0, min_replicas=50, max_replicas=200,
                        lead_time="5m", reactive={"enabled": False},
                        plan={"horizon": "15m", "slo": {"saturated_fraction": slo}, "change_cost": 0.0,
+                             "min_change_interval": 0, "min_lifetime": 0, "headroom_cap": None,
                              "calibrate": calibration is not None, "calibration": calibration or "rate"})
     sat = []
     serving, current, memory = 100, 100, ()
@@ -508,6 +512,16 @@ def test_malformed_planner_config_is_one_line_naming_the_field(plan, field, word
 def test_a_horizon_inside_the_lead_time_is_refused():
     text = _policy_error({"kind": "plan", "capacity_per_replica": 10, "lead_time": "30m", "plan": {"horizon": "20m"}})
     assert "plan.horizon (0:20:00) must be longer than lead_time (0:30:00)" in text
+
+
+def test_the_tuned_defaults_hold_unless_the_policy_says_otherwise():
+    cfg = PolicyConfig(kind="plan", capacity_per_replica=10)
+    assert (cfg.reactive.target_utilization, cfg.reactive.tolerance) == (0.8, 0.0)
+    pc = cfg.plan
+    assert (pc.horizon, pc.change_cost, pc.headroom_cap, pc.calibration, pc.target_rate) == \
+        (timedelta(hours=2), 3.0, 0.3, "spread", 0.002)
+    assert PolicyConfig(kind="plan", capacity_per_replica=10, reactive={"tolerance": 0.1}).reactive.tolerance == 0.1
+    assert PolicyConfig(capacity_per_replica=10).reactive.tolerance == 0.1  # other kinds: the HPA's
 
 
 def test_the_engine_forecasts_the_whole_planning_horizon_with_the_planners_levels():
