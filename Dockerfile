@@ -10,7 +10,8 @@
 #   docker exec forescale forescale plans --config /etc/forescale/config.yaml
 #
 # The config must put the state under /var/lib/forescale and, to be scraped,
-# listen on 0.0.0.0:9464 (server.listen).
+# listen on 0.0.0.0:9464 (server.listen) with server.auth set (bearer tokens;
+# a non-loopback listen is refused without it; /healthz stays open).
 
 ARG PYTHON_IMAGE=python:3.11-slim
 

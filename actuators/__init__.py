@@ -7,7 +7,7 @@ group.
 
 from engine.core.registry import Registry
 
-from .base import Actuator, ActuatorConfig, retrying, wait_until
+from .base import Actuator, ActuatorConfig, PlatformCalls, check_apply_bound, retrying
 
 registry = Registry("actuator", "forescale.actuators")
 registry.add("dry-run", "actuators.dryrun:DryRunActuator")
@@ -26,12 +26,14 @@ registry.add("kubernetes-hpa-floor", "actuators.kubernetes:HpaFloorActuator", ex
 
 def _check(name: str, obj: object) -> None:
     from engine.core.errors import PluginError
+    from engine.core.plugins import check_capabilities
 
     for attr in ("validate", "read", "describe", "apply", "Config"):
         if not hasattr(obj, attr):
             raise PluginError(f"actuator {name!r} ({obj!r}) lacks {attr!r}")
+    check_capabilities("actuator", name, obj)
 
 
 registry.add_validator(_check)
 
-__all__ = ["Actuator", "ActuatorConfig", "registry", "retrying", "wait_until"]
+__all__ = ["Actuator", "ActuatorConfig", "PlatformCalls", "check_apply_bound", "registry", "retrying"]

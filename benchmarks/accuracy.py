@@ -42,6 +42,7 @@ if str(ROOT) not in sys.path:
 
 from engine.core.types import Series  # noqa: E402
 from engine.core.units import from_epoch  # noqa: E402
+from engine.progress import progress  # noqa: E402
 
 TRACES = ROOT.parent / "shared" / "traces"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -318,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed", action="store_true", help="also run the speed checks")
     ap.add_argument("--speed-only", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bar (drawn only on a terminal)")
     args = ap.parse_args(argv)
     if args.threads:
         import torch
@@ -341,19 +343,21 @@ def main(argv: list[str] | None = None) -> int:
     if "lstm_global" in models:
         g, doc["global_fit_s"] = fit_global(evals, args)
         print(f"global lstm fitted in {doc['global_fit_s']:.1f}s", flush=True)
-    for ev in evals:
-        res = doc["results"].setdefault(ev.s.name, {})
-        for model in models:
-            try:
-                res[model] = run_model(ev, model, args, g)
-            except Exception as exc:  # a benchmark reports, it does not stop
-                doc["errors"][f"{ev.s.name}/{model}"] = f"{type(exc).__name__}: {exc}"
-                continue
-            h = res[model]["horizons"]
-            print(f"{ev.s.name:55s} {model:15s} MASE@10 {h.get('10', {}).get('mase', float('nan')):.3f} "
-                  f"cov {h.get('10', {}).get('coverage90', float('nan')):.2f} fit {res[model]['fit_s']:.1f}s",
-                  flush=True)
-        write(doc, args.out)
+    with progress(len(evals) * len(models), "accuracy", args.quiet) as bar:
+        for ev in evals:
+            res = doc["results"].setdefault(ev.s.name, {})
+            for model in models:
+                bar.update()
+                try:
+                    res[model] = run_model(ev, model, args, g)
+                except Exception as exc:  # a benchmark reports, it does not stop
+                    doc["errors"][f"{ev.s.name}/{model}"] = f"{type(exc).__name__}: {exc}"
+                    continue
+                h = res[model]["horizons"]
+                bar.print(f"{ev.s.name:55s} {model:15s} MASE@10 {h.get('10', {}).get('mase', float('nan')):.3f} "
+                          f"cov {h.get('10', {}).get('coverage90', float('nan')):.2f} "
+                          f"fit {res[model]['fit_s']:.1f}s")
+            write(doc, args.out)
     if args.speed:
         doc["speed"] = speed(all_traces, args)
     doc["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

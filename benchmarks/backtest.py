@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.backtest import DEFAULT_FORECASTER, DEFAULT_POLICY, Scenario, run_backtest  # noqa: E402
 from engine.config import ForecasterConfig  # noqa: E402
+from engine.progress import progress  # noqa: E402
 from engine.sources.csv import read_csv  # noqa: E402
 
 TRACES_DIR = ROOT.parent / "shared" / "traces"
@@ -190,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-timing", action="store_true", help="skip the 30-day timing runs")
     ap.add_argument("--timing-forecasters", default="seasonal_naive,prophet")
     ap.add_argument("--out", default=str(RESULTS), help="folder for backtest.json and backtest.md")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bar (drawn only on a terminal)")
     args = ap.parse_args(argv)
 
     global TRACES_DIR
@@ -208,16 +210,17 @@ def main(argv: list[str] | None = None) -> int:
     md = ["# Backtest benchmark", ""]
     for fname in args.forecasters.split(","):
         print(f"forecaster {fname}: {len(traces)} traces with >= {MIN_DAYS} days", flush=True)
-        with ProcessPoolExecutor(args.jobs) as ex:
+        with ProcessPoolExecutor(args.jobs) as ex, progress(len(traces), f"backtest {fname}", args.quiet) as bar:
             futs = [ex.submit(one_trace, str(t), fname, params, args.torch_threads) for t in traces]
             rows = []
             for f in futs:
                 r = f.result()
                 rows.append(r)
                 p, re = r["policies"]["predictive"], r["policies"]["reactive"]
-                print(f"  {r['trace']:<58} reactive v {re['violation_fraction']:.4f} c {re['cost_vs_oracle']:.3f}"
-                      f" | predictive v {p['violation_fraction']:.4f} c {p['cost_vs_oracle']:.3f}"
-                      f"  ({r['wall_s']:.1f} s)", flush=True)
+                bar.update()
+                bar.print(f"  {r['trace']:<58} reactive v {re['violation_fraction']:.4f} c "
+                          f"{re['cost_vs_oracle']:.3f} | predictive v {p['violation_fraction']:.4f} c "
+                          f"{p['cost_vs_oracle']:.3f}  ({r['wall_s']:.1f} s)")
         summary = summarize(rows)
         report["forecasters"][fname] = {"traces": rows, "summary": summary}
         print(f"  median v reactive {summary['reactive']['violation_fraction']['median']:.4f} predictive "

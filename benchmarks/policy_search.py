@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.backtest import TRACES_DIR, qualifying_traces  # noqa: E402
 from engine.backtest import Scenario, prepare, reactive_policy, run_policy  # noqa: E402
 from engine.config import ForecasterConfig  # noqa: E402
+from engine.progress import progress  # noqa: E402
 from engine.sources.csv import read_csv  # noqa: E402
 from engine.core.types import Forecast, Series  # noqa: E402
 from engine.core.units import to_epoch  # noqa: E402
@@ -184,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--forecasters", default="seasonal_persistence")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "search.json"))
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bar (drawn only on a terminal)")
     args = ap.parse_args(argv)
     traces = [str(p) for p in qualifying_traces(Path(args.traces))]
     configs = grid()
@@ -191,12 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(configs)} policies x {len(fnames)} forecasters = {len(configs) * len(fnames)} configurations "
           f"on {len(traces)} traces", flush=True)
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(args.jobs) as ex:
+    with ProcessPoolExecutor(args.jobs) as ex, progress(len(traces), "policy search", args.quiet) as bar:
         futs = [ex.submit(evaluate_trace, t, fnames, configs) for t in traces]
         results = []
         for f in futs:
             results.append(f.result())
-            print(f"  {Path(results[-1]['trace']).name}: {results[-1]['seconds']:.1f} s", flush=True)
+            bar.update()
+            bar.print(f"  {Path(results[-1]['trace']).name}: {results[-1]['seconds']:.1f} s")
     rows = summarize(results)
     rv = [r["reactive"]["violation_fraction"] for r in results]
     rc = [r["reactive"]["cost_vs_oracle"] for r in results]

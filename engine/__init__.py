@@ -13,6 +13,7 @@ from .core.types import (
     Observation,
     Plan,
     PlanStatus,
+    PlanTransition,
     ScaleEvent,
     ScalingState,
     Series,
@@ -23,6 +24,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Action", "ActionPlan", "ActuationResult", "Decision", "Forecast", "ForescaleError",
-    "Observation", "Plan", "PlanStatus", "ScaleEvent", "ScalingState", "Series", "Step",
+    "Observation", "Plan", "PlanStatus", "PlanTransition", "ScaleEvent", "ScalingState", "Series", "Step",
     "__version__",
 ]

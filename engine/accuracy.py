@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from .feedback import accuracy, seasonal_naive_scale
-from .core.units import from_epoch
+from .feedback import LIVE_ACCURACY_WINDOW, accuracy, seasonal_naive_scale
+from .core.units import from_epoch, to_epoch
 
 
 def accuracy_table(store: Any, target: str | None, *, window: timedelta = timedelta(days=7),
@@ -77,21 +77,22 @@ def plot_accuracy(store: Any, target: str | None, path: str, *, window: timedelt
     plt.close(fig)
 
 
-def live_accuracy(store: Any, target: Any, now: Any, *, window: timedelta = timedelta(days=1),
-                  upper_level: float = 0.9) -> dict[str, float | None]:
-    """Rolling accuracy at the policy's lead time for the metrics endpoint:
-    ``mae``, ``mape``, ``mase``, ``bias``, ``coverage`` (``None`` where not
-    computable yet)."""
-    lead = target.policy.lead_time
-    lo, hi = int(lead.total_seconds()), int((lead + target.policy.hold).total_seconds())
-    rows = store.forecast_records(target.name, since=now - window, horizon_s=(lo, hi))
-    if not rows:
+def live_accuracy(feedback: Any, history: Any, target: Any, now: Any, *, lead: Any = None,
+                  window: timedelta = LIVE_ACCURACY_WINDOW) -> dict[str, float | None]:
+    """Rolling accuracy over the cycle's lead window ``lead`` (a
+    :class:`policies.window.LeadWindow`; None: the configured one) for the
+    metrics endpoint: ``mae``, ``mape``, ``mase``, ``bias``, ``coverage``
+    (``None`` where not computable yet). From the pairs ``feedback`` (the
+    target's :class:`engine.feedback.StoreFeedback`) keeps in memory, and the
+    MASE scale from the fetched ``history``: nothing is read from the store."""
+    from policies.window import lead_window
+
+    horizons = (lead or lead_window(target.policy, None)).horizons_s
+    a, p, up = feedback.at(horizons, now).triples(to_epoch(now - window))
+    if a.size == 0:
         return {}
-    a = np.array([r["actual"] for r in rows], dtype=float)
-    p = np.array([r["point"] for r in rows], dtype=float)
-    up = np.array([_upper(r["quantiles"], upper_level, r["point"]) for r in rows], dtype=float)
-    samples = store.cached_samples(target.name, since=now - window - timedelta(days=1))
-    scale = seasonal_naive_scale(samples.regular(target.interval)) if len(samples) > 2 else None
+    recent = history.since(to_epoch(now - window - timedelta(days=1))) if history is not None else None
+    scale = seasonal_naive_scale(recent.regular(target.interval)) if recent is not None and len(recent) > 2 else None
     acc = accuracy(a, p, up, scale)
     return {k: (None if k not in acc or acc[k] != acc[k] else acc[k])
             for k in ("mae", "mape", "mase", "bias", "coverage")}

@@ -234,7 +234,8 @@ class PolicyRun:
     forecast_point: np.ndarray | None = None  # forecast for interval t made at t - k
     forecast_upper: np.ndarray | None = None
     fallbacks: int = 0
-    #: fallback decisions by reason code (the ``data`` step's)
+    #: the fallback cycles by the data step's reason code (a share far above
+    #: a few percent means prediction switched itself off)
     fallback_reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     #: what the changes cost: changes_per_day, change_cost, downtime, money

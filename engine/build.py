@@ -3,10 +3,11 @@ store). Kept apart from the cycle so tests can build targets by hand."""
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from actuators import registry as actuators
+
+from .core.plugins import capabilities_of
 
 from .config import Config, TargetConfig
 from .cycle import LiveTarget
@@ -19,11 +20,11 @@ def build_source(target: TargetConfig, config: Config, covariate: str | None = N
     section = target.source if covariate is None else target.covariates[covariate]
     typed = target.source_config if covariate is None else target.covariate_configs[covariate]
     cls = sources.get(section.type)
+    caps = capabilities_of(cls)  # declared by the class, checked when it was looked up
     kwargs: dict[str, Any] = {}
-    params = inspect.signature(cls).parameters
-    if "base_dir" in params:
+    if caps.needs_base_dir:
         kwargs["base_dir"] = config.base_dir
-    if "interval" in params:  # sources that sample on a step default it to the cycle interval
+    if caps.needs_interval:  # sources that sample on a step default it to the cycle interval
         kwargs["interval"] = target.interval
     return cls(typed, **kwargs)
 
@@ -34,11 +35,11 @@ def build_covariates(target: TargetConfig, config: Config) -> dict[str, Any]:
 
 def build_actuator(target: TargetConfig, config: Config | None = None, **injected: Any) -> Any:
     cls = actuators.get(target.actuator.type)
+    caps = capabilities_of(cls)
     kwargs: dict[str, Any] = {"target": target.name}
-    params = inspect.signature(cls).parameters
-    if "base_dir" in params and config is not None and config.base_dir is not None:
+    if caps.needs_base_dir and config is not None and config.base_dir is not None:
         kwargs["base_dir"] = config.base_dir  # relative paths resolve next to the config file
-    if "ladder" in params and target.policy.ladder is not None:
+    if caps.takes_ladder and target.policy.ladder is not None:
         kwargs["ladder"] = [r.name for r in target.policy.ladder]
     kwargs.update(injected)
     return cls(target.actuator_config, **kwargs)
@@ -55,12 +56,19 @@ def build_targets(config: Config, store: Store, names: list[str] | None = None) 
 
 
 def check_actuator(target: TargetConfig, actuator: Any) -> str | None:
-    """Validate an actuator at startup (credentials resolve, the target
-    exists, the request fits the platform's limits). A permanent problem is
+    """Validate an actuator at startup (its apply fits in the target's cycle
+    timeout, credentials resolve, the target exists, the request fits the
+    platform's limits). A permanent problem is
     a :class:`ConfigError` naming the target; a transient one (the platform
     unreachable right now) is returned as a warning — the cycles retry."""
+    from actuators.base import check_apply_bound
+
     from .core.errors import ConfigError, PermanentActuatorError, TransientActuatorError
 
+    # an apply that blocks (terraform) must end before the daemon abandons the cycle
+    bound = check_apply_bound(target.actuator_config, target.timeout)
+    if bound is not None:
+        raise ConfigError(f"target {target.name!r}: {bound}")
     validate = getattr(actuator, "validate", None)
     if validate is None:
         return None

@@ -1,13 +1,29 @@
 """The ``forescale`` command line.
 
 Every error forescale raises on purpose is printed as one line naming the
-problem (exit status 2); tracebacks are for bugs only.
+problem; tracebacks are for bugs only. Every command that reports takes
+``--json`` and then prints one JSON document to stdout (a file to write is a
+separate option).
+
+Exit status:
+
+- 0: done;
+- 1: a runtime failure: a cycle's fetch, forecast or actuation failed, the
+  platform or the state file failed; the audit chain does not verify, or a
+  decision row disagrees with it (``audit verify``, ``audit show``,
+  ``decisions``);
+- 2: a usage or configuration error: bad arguments (argparse's own), an
+  invalid config file or input data, a plugin whose extra is not installed,
+  the state file locked by a running daemon, a plan the workflow refuses
+  (unknown, not approved, stale) — fix the call or the file;
+- 130: interrupted (Ctrl-C);
+- 141: stdout was closed early (``forescale decisions --json | head``): the
+  output stops quietly, as for a tool ended by SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import logging
 import os
@@ -15,9 +31,34 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .core.errors import ForescaleError
+from .core.errors import ConfigError, DataError, ForescaleError, PlanError, PluginError, StateLocked
 from .core.units import isoformat, parse_duration
 
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PIPE_CLOSED = 0, 1, 2, 130, 141
+#: errors that mean "fix the call or the file" (exit 2); every other
+#: ForescaleError is a runtime failure (exit 1)
+USAGE_ERRORS = (ConfigError, DataError, PluginError, StateLocked, PlanError)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: where ``pip install`` puts the deploy/ folder (pyproject's data-files)
+DEPLOY_DIR = Path(sys.prefix) / "share" / "forescale" / "deploy"
+
+EPILOG = """exit status: 0 done; 1 a runtime failure (a cycle, the platform, the state file);
+2 a usage or configuration error (arguments, config file, input data, missing extra,
+a refused plan); 130 interrupted; 141 stdout closed early (a pipe into head)."""
+
+
+def _print_json(doc: Any) -> None:
+    print(json.dumps(doc, indent=2, default=str))
+
+
+def require_extra(module: str, extra: str, what: str) -> None:
+    """A :class:`PluginError` (one line, exit 2) naming the extra to install
+    when ``module`` cannot be imported; called before the work starts."""
+    try:
+        __import__(module)
+    except ImportError:
+        raise PluginError(f"{what} needs {module}, which is not installed: "
+                          f"pip install 'forescale[{extra}]'") from None
 
 
 # ------------------------------------------------------------------ helpers
@@ -25,18 +66,22 @@ def _store(args: argparse.Namespace):
     from .store import Store
 
     if getattr(args, "config", None):
+        from .audit import key_for
         from .config import load_config
 
-        return Store(load_config(args.config).state_path)
+        cfg = load_config(args.config)
+        return Store(cfg.state_path, audit_key=key_for(cfg))
     path = Path(args.state)
     if not path.exists():
-        raise ForescaleError(f"no state file at {path} (give --state or --config)")
+        raise ConfigError(f"no state file at {path} (give --state or --config)")
     return Store(path)
 
 
 def _print_decision(rec: dict[str, Any], verbose: bool = True) -> None:
     arrow = {"scale_up": "↑", "scale_down": "↓", "hold": "="}.get(rec["action"], "?")
     label = f" [{rec['capacity_label']}]" if rec.get("capacity_label") else ""
+    if rec.get("audit"):  # the row disagrees with the audit chain: do not show it as genuine
+        print(f"!! NOT GENUINE: {rec['id']}: {rec['audit']}; run: forescale audit show {rec['id']}")
     head = (f"{rec['at']}  {rec['target']:<14} {arrow} {rec['current']:>3} -> {rec['desired']:<3}{label}"
             f"  {rec.get('status', ''):<9} {'FALLBACK ' if rec['fallback'] else ''}"
             f"{', '.join(s['reason'] for s in rec['steps'] if s['changed'])}")
@@ -150,13 +195,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from .config import load_config
 
-    cfg = load_config(args.config)
-    if args.check_actuators:
-        from .build import build_actuator, check_actuator
+    try:
+        cfg = load_config(args.config)
+        checks: dict[str, str] = {}
+        if args.check_actuators:
+            from .build import build_actuator, check_actuator
 
-        for t in cfg.targets:
-            warning = check_actuator(t, build_actuator(t, cfg))
-            print(f"{t.name}: actuator {t.actuator.type}: " + (f"warning: {warning}" if warning else "ok"))
+            for t in cfg.targets:
+                warning = check_actuator(t, build_actuator(t, cfg))
+                checks[t.name] = f"warning: {warning}" if warning else "ok"
+    except ForescaleError as exc:
+        if args.json:  # the report on stdout, the one line on stderr as ever
+            _print_json({"config": args.config, "valid": False, "error": str(exc)})
+        raise
+    if args.json:
+        _print_json({"config": args.config, "valid": True, "state": str(cfg.state_path), "targets": [
+            {"name": t.name, "mode": t.mode, "interval_s": t.interval.total_seconds(), "source": t.source.type,
+             "forecaster": t.forecaster.name, "actuator": t.actuator.type, "capacity": list(t.policy.bounds),
+             **({"actuator_check": checks[t.name]} if t.name in checks else {})}
+            for t in cfg.targets]})
+        return 0
+    for t in cfg.targets:
+        if t.name in checks:
+            print(f"{t.name}: actuator {t.actuator.type}: {checks[t.name]}")
     for t in cfg.targets:
         lo, hi = t.policy.bounds
         print(f"{t.name}: mode {t.mode}, every {t.interval}, source {t.source.type}, forecaster "
@@ -166,6 +227,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
+    from .audit import key_for
     from .build import build_targets, check_actuator
     from .core.clock import SystemClock
     from .config import load_config
@@ -175,156 +237,422 @@ def cmd_once(args: argparse.Namespace) -> int:
     if args.target:
         cfg.target(args.target)
     clock = SystemClock()
-    rc = 0
-    with Store(cfg.state_path) as store:
+    rc = EXIT_OK
+    report = []
+    with Store(cfg.state_path, audit_key=key_for(cfg)) as store:
         store.lock()
         for lt in build_targets(cfg, store, [args.target] if args.target else None):
             warning = check_actuator(lt.target, lt.actuator)
             if warning:
                 print(f"warning: {warning}", file=sys.stderr)
             res = lt.run(clock.now())
-            for note in res.details.get("reconciled", []):
-                print(f"reconcile {lt.target.name}: {note}")
+            failed = {what: getattr(res, what) for what in ("fetch_error", "actuation_error", "error")
+                      if getattr(res, what)}
+            if failed:
+                rc = EXIT_FAILURE
+            rec = None
             if res.decision is not None:
                 rec = res.decision.to_dict()
                 rec["status"] = res.status
+            if args.json:
+                report.append({"target": lt.target.name, "status": res.status, "decision": rec,
+                               "plan": res.plan.to_dict() if res.plan is not None else None,
+                               "reconciled": list(res.details.get("reconciled", [])),
+                               "plans": list(res.details.get("plans", [])), **failed})
+                continue
+            for note in res.details.get("reconciled", []):
+                print(f"reconcile {lt.target.name}: {note}")
+            for note in res.details.get("plans", []):
+                print(f"{lt.target.name}: {note}")
+            if rec is not None:
                 _print_decision(rec, verbose=args.verbose)
-            for what in ("fetch_error", "actuation_error", "error"):
-                if getattr(res, what):
-                    print(f"  {what.replace('_', ' ')}: {getattr(res, what)}")
-                    rc = 1
+            for what, text in failed.items():
+                print(f"  {what.replace('_', ' ')}: {text}")
             if res.plan is not None:
                 print(f"  plan {res.plan.id} waits for approval: forescale approve {res.plan.id}")
+    if args.json:
+        _print_json(report)
     return rc
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    """The web console and approval API for a state file, standalone."""
+    if args.hash_token:
+        from .server import token_digest
+
+        token = sys.stdin.readline().strip()
+        if not token:
+            raise ForescaleError("--hash-token reads the token from standard input; got nothing")
+        print(token_digest(token))
+        return 0
+    if not args.config:
+        raise ForescaleError("console needs --config FILE")
+    from .auth import Security, check_bind, install_redaction
+    from .config import load_config
+    from .console import create_console
+
+    cfg = load_config(args.config)
+    _logging(args.log_level, cfg.log_format)
+    security = Security.from_config(cfg)
+    install_redaction(security.redactor)
+    listen = args.listen or cfg.console.listen
+    host, port = check_bind(listen, security.users, "--listen" if args.listen else "console.listen")
+    return serve_console(create_console(cfg, security), host, port, cfg.console)
+
+
+def serve_console(app: Any, host: str, port: int, console: Any) -> int:
+    """Serve ``app`` with uvicorn in the foreground until SIGINT/SIGTERM
+    (TLS when ``console.tls_cert``/``tls_key`` are set)."""
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ForescaleError(f"console: cannot listen on {host}:{port}: {exc.strerror}") from None
+    tls = console.tls_cert is not None
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                            ssl_certfile=str(console.tls_cert) if tls else None,
+                            ssl_keyfile=str(console.tls_key) if tls else None)
+    shown = f"[{host}]" if ":" in host else host
+    logging.getLogger("forescale").info("forescale console on %s://%s:%d/", "https" if tls else "http", shown,
+                                        sock.getsockname()[1])
+    print(f"forescale console on {'https' if tls else 'http'}://{shown}:{sock.getsockname()[1]}/", flush=True)
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+class _People:
+    """The daemon's side of approvals: notifications after each cycle
+    (:class:`engine.notify.PlanNotices` over the plans' transitions, and
+    :func:`engine.notify.notify_result`), and the web console mounted at
+    ``/console`` on the daemon's server. Secrets are redacted from every log
+    line."""
+
+    def __init__(self, cfg: Any) -> None:
+        from .auth import Security, install_redaction
+
+        self.cfg = cfg
+        self.security = Security.from_config(cfg)
+        install_redaction(self.security.redactor)
+        self.notifier = self.notices = self.store = None
+        if cfg.notify is not None:
+            from .audit import key_for
+            from .core.clock import SystemClock
+            from .notify import Notifier, PlanNotices
+            from .store import Store
+
+            self.notifier = Notifier.from_config(cfg.notify, links=self.security.links.maker(SystemClock().now),
+                                                 redactor=self.security.redactor)
+            self.store = Store(cfg.state_path, audit_key=key_for(cfg))
+            self.notices = PlanNotices(self.notifier, self.store)
+
+    def on_result(self, then: Any) -> Any:
+        if self.notifier is None:
+            return then
+
+        def hook(res: Any) -> None:
+            from .notify import notify_result
+
+            try:
+                notify_result(self.notifier, res)
+                self.notices.poll(self.store)
+            except Exception:  # noqa: BLE001 - telling people must never stop the loop
+                logging.getLogger("forescale.notify").exception("notifications after a cycle failed")
+            if then is not None:
+                then(res)
+        return hook
+
+    def console_routes(self, config: Any) -> list:
+        """``/console`` on the daemon's server, unless its bearer auth
+        (server.auth) guards every path: browsers cannot send it, so then
+        serve the console with ``forescale console`` instead."""
+        if self.cfg.server.auth is not None:
+            logging.getLogger("forescale").info(
+                "server.auth is set: the web console is not mounted on the daemon's server; "
+                "run forescale console")
+            return []
+        from starlette.routing import Mount
+
+        from .console import create_console
+
+        return [Mount("/console", app=create_console(config, self.security))]
+
+    def close(self) -> None:
+        if self.notifier is not None:
+            self.notifier.close()
+            self.store.close()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from .api import TargetsView
     from .config import load_config
     from .daemon import Daemon
     from .metrics import EngineMetrics
+    from .server import serve_config
 
     cfg = load_config(args.config)
     _logging(args.log_level, cfg.log_format)
     metrics = EngineMetrics()
-    daemon = Daemon(args.config, metrics=metrics)  # takes the state lock (one daemon per state file)
+    writer = None
+    if cfg.server.remote_write is not None:
+        from .remote_write import RemoteWriter
+
+        require_extra("cramjam", "remote-write", "server.remote_write")
+
+        # fed by the daemon's per-result callback; sends from its own thread
+        writer = RemoteWriter(cfg.server.remote_write, metrics).start()
+    people = _People(cfg)  # notifications and the console's security
+    try:
+        daemon = Daemon(args.config, metrics=metrics,  # takes the state lock (one daemon per state file)
+                        on_result=people.on_result(writer.on_result if writer is not None else None))
+    except BaseException:
+        if writer is not None:
+            writer.close(0)
+        people.close()
+        raise
     server = None
     try:
         if cfg.server.enabled:
-            host, _, port = cfg.server.listen.rpartition(":")
-            try:
-                server = metrics.serve(host or "127.0.0.1", int(port), readiness=daemon.ready)
-            except OSError as exc:
-                raise ForescaleError(f"server.listen {cfg.server.listen}: cannot listen: {exc.strerror}") from None
+            # one server: /metrics, the probes, the forecast API and the web
+            # console (over the running config, so a reload is seen)
+            server = serve_config(cfg.server, metrics, readiness=daemon.ready,
+                                  view=TargetsView(lambda: daemon.config),
+                                  routes=people.console_routes(lambda: daemon.config))
         daemon.install_signals()
     except BaseException:
         daemon.shutdown(0)
+        if writer is not None:
+            writer.close(0)
+        people.close()
         raise
     logging.getLogger("forescale").info(
         "forescale running %d target(s), state %s%s", len(cfg.targets), cfg.state_path,
-        f", metrics on http://{cfg.server.listen}/metrics" if server is not None else "")
+        f", HTTP on {server.url} (/metrics, /api/v1)" if server is not None else "")
     try:
         daemon.run(tick=args.tick)  # returns after SIGTERM/SIGINT, running cycles finished or abandoned
     finally:
         if server is not None:
             server.close()
+        people.close()
+        if writer is not None:
+            writer.close()
     logging.getLogger("forescale").info("forescale stopped")
     return 0
 
 
 def cmd_decisions(args: argparse.Namespace) -> int:
+    from .audit import check_rows
+
     with _store(args) as store:
         recs = store.decisions(args.target, limit=args.limit)
+        marks = check_rows(store, recs)
+    for rec in recs:
+        rec["audit"] = marks.get(rec["id"])  # None: the row matches its audit record
     if args.json:
-        print(json.dumps(recs, indent=2, default=str))
+        _print_json(recs)
         return 0
     if not recs:
         print("no decisions logged yet")
     for rec in reversed(recs):
         _print_decision(rec, verbose=args.verbose)
-    return 0
+    bad = sum(1 for r in recs if r["audit"])
+    if bad:
+        print(f"{bad} decision row(s) disagree with the audit chain; run: forescale audit verify", file=sys.stderr)
+    return EXIT_FAILURE if bad else EXIT_OK
 
 
 def cmd_plans(args: argparse.Namespace) -> int:
-    from .plans import expire_plans
     from .core.clock import SystemClock
-    from .core.types import PlanStatus
+    from .plans import expire_plans, pending
 
     with _store(args) as store:
         expire_plans(store, args.target, SystemClock().now())
-        plans = store.plans(args.target, None if args.all else PlanStatus.PENDING)
-        if args.all is False:
-            plans += store.plans(args.target, PlanStatus.APPROVED)
+        plans = store.plans(args.target) if args.all else [v.plan for v in pending(store, args.target)]
+        if args.history:
+            history = {p.id: store.plan_history(p.id) for p in plans}
     if args.json:
-        print(json.dumps([p.to_dict() for p in plans], indent=2))
+        out = [p.to_dict() for p in plans]
+        if args.history:
+            for d in out:
+                d["history"] = [t.to_dict() for t in history[d["id"]]]
+        _print_json(out)
         return 0
     if not plans:
         print("no plans waiting" if not args.all else "no plans")
     for p in plans:
-        print(f"{p.id}  {p.target:<14} {p.from_capacity} -> {p.to_capacity}  {p.status.value:<9} "
+        who = f" by {p.actor} via {p.channel}" if p.actor else ""
+        print(f"{p.id}  {p.target:<14} {p.from_capacity} -> {p.to_capacity}  {p.status.value:<10}{who} "
               f"made {isoformat(p.created_at)} expires {isoformat(p.expires_at)}  {p.description}")
+        for t in history.get(p.id, []) if args.history else []:
+            print(f"      {isoformat(t.at)}  {t.from_status.value if t.from_status else '-':>10} -> "
+                  f"{t.to_status.value:<10} {t.identity or '':<22} {t.channel or '':<7} {t.comment or t.reason}")
     return 0
 
 
-def _actor(args: argparse.Namespace) -> str:
-    return args.actor or os.environ.get("FORESCALE_ACTOR") or getpass.getuser()
+def _comment(args: argparse.Namespace) -> str:
+    """The comment recorded with a decision on a plan. ``--actor`` is free
+    text and authenticates nothing: it is kept only as part of the comment."""
+    text = args.comment or ""
+    if getattr(args, "actor", None):
+        text = f"[on behalf of {args.actor}] {text}".strip()
+    return text
 
 
-def _actuator_for_plan(args: argparse.Namespace, store, plan_id: str):
+def _target_for_plan(args: argparse.Namespace, store, plan_id: str):
+    """The plan's target as configured *now*, and its actuator."""
     from .build import build_actuator
     from .config import load_config
 
     if not args.config:
-        raise ForescaleError("applying a plan needs --config (to reach the target's actuator)")
+        raise ConfigError("applying a plan needs --config (the target's configuration in force and its actuator)")
     cfg = load_config(args.config)
-    plan = store.plan(plan_id)
-    return build_actuator(cfg.target(plan.target), cfg)
+    target = cfg.target(store.plan(plan_id).target)
+    return target, build_actuator(target, cfg)
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
     from .core.clock import SystemClock
-    from .plans import apply_plan, approve
+    from .plans import apply_plan, approve, cli_identity
 
     with _store(args) as store:
         now = SystemClock().now()
-        p = approve(store, args.id, now, _actor(args), args.note or "")
-        print(f"plan {p.id} approved by {p.actor}: {p.target} {p.from_capacity} -> {p.to_capacity}")
+        who = cli_identity()
+        p = approve(store, args.id, now, identity=who, channel="cli", comment=_comment(args))
+        if not args.json:
+            print(f"plan {p.id} approved by {p.actor}: {p.target} {p.from_capacity} -> {p.to_capacity}")
         if args.apply:
-            act = _actuator_for_plan(args, store, args.id)
-            p = apply_plan(store, act, args.id, now)
-            print(f"plan {p.id} applied")
-        else:
+            target, act = _target_for_plan(args, store, args.id)
+            p = apply_plan(store, act, args.id, now, target, identity=who, channel="cli")
+            if not args.json:
+                print(f"plan {p.id} applied")
+        elif not args.json:
             print("the daemon applies it at the target's next cycle (or run: forescale apply ID --config FILE)")
+    if args.json:
+        _print_json(p.to_dict())
     return 0
 
 
 def cmd_reject(args: argparse.Namespace) -> int:
     from .core.clock import SystemClock
-    from .plans import reject
+    from .plans import cli_identity, reject
 
     with _store(args) as store:
-        p = reject(store, args.id, SystemClock().now(), _actor(args), args.note or "")
-    print(f"plan {p.id} rejected by {p.actor}")
+        p = reject(store, args.id, SystemClock().now(), identity=cli_identity(), channel="cli",
+                   comment=_comment(args))
+    if args.json:
+        _print_json(p.to_dict())
+    else:
+        print(f"plan {p.id} rejected by {p.actor}")
     return 0
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
     from .core.clock import SystemClock
-    from .plans import apply_plan
+    from .plans import apply_plan, cli_identity
 
     with _store(args) as store:
-        act = _actuator_for_plan(args, store, args.id)
-        p = apply_plan(store, act, args.id, SystemClock().now())
-    print(f"plan {p.id} applied: {p.target} -> {p.to_capacity}")
+        target, act = _target_for_plan(args, store, args.id)
+        p = apply_plan(store, act, args.id, SystemClock().now(), target, identity=cli_identity(), channel="cli")
+    if args.json:
+        _print_json(p.to_dict())
+    else:
+        print(f"plan {p.id} applied: {p.target} -> {p.to_capacity}")
     return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from .audit import verify, verify_tail
+
+    with _store(args) as store:
+        status = verify_tail(store, args.tail) if args.tail else verify(store)
+    if args.json:
+        _print_json(status.to_dict())
+    else:
+        print(status.summary())
+    return EXIT_OK if status.ok else EXIT_FAILURE
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    from .audit import export
+    from .core.units import parse_time
+
+    def when(flag: str, value: str | None):
+        try:
+            return parse_time(value) if value else None
+        except ValueError:
+            raise DataError(f"{flag} {value!r} is not a time; give ISO 8601, e.g. 2024-03-01T00:00:00Z") from None
+
+    since, until = when("--since", args.since), when("--until", args.until)
+    with _store(args) as store:
+        if args.out:
+            with open(args.out, "w", encoding="utf-8", newline="") as f:
+                n = export(store, f, args.format, since=since, until=until)
+            print(f"{n} audit record(s) written to {args.out}", file=sys.stderr)
+        else:
+            export(store, sys.stdout, args.format, since=since, until=until)
+    return 0
+
+
+def cmd_audit_show(args: argparse.Namespace) -> int:
+    from .audit import check_rows, reconstruct
+
+    with _store(args) as store:
+        story = reconstruct(store, args.id)
+        row = store.decision(args.id)
+        mark = check_rows(store, [row])[args.id] if row is not None else None
+    if story is None:
+        raise DataError(f"the audit log holds nothing about decision {args.id!r}")
+    if args.json:
+        _print_json({**story, "row_check": mark})
+        return EXIT_OK if story["verified"] and not mark else EXIT_FAILURE
+    d = story["decision"] or {}
+    print(f"decision {args.id}  ({'every record verifies' if story['verified'] else 'SOME RECORDS DO NOT VERIFY'})")
+    if mark:
+        print(f"  !! the decisions row disagrees with the chain: {mark}")
+    if d:
+        ctx = d.get("context", {})
+        print(f"  {d['target']} {d['current']} -> {d['desired']} ({d['action']}), mode {d.get('mode')}, "
+              f"model {d.get('model') or '-'} {d.get('model_version') or ''}".rstrip())
+        print(f"  config sha256 {ctx.get('config_sha256', '-')}")
+        if ctx.get("inputs"):
+            i = ctx["inputs"]
+            print(f"  inputs sha256 {i['sha256']} ({i['valid']}/{i['points']} points, {i['first']} .. {i['last']})")
+        if ctx.get("forecast"):
+            f = ctx["forecast"]
+            print(f"  forecast {f['model']} {f['model_version']}: {f['horizon']} steps, max point "
+                  f"{f['point_max']}, max quantiles {f['quantiles_max']}")
+        for s in d.get("steps", []):
+            print(f"      {'*' if s['changed'] else ' '} {s['name']:<14} {s['reason']:<26} {s['message']}")
+    for r in story["records"]:
+        p = r["payload"]
+        if r["kind"] in ("plan_transition", "approval"):
+            what = f"plan {p.get('plan_id')} {p.get('from') or '-'} -> {p.get('to')}"
+            who = f" by {p['identity']} via {p['channel']}" if p.get("identity") else ""
+            why = f": {p.get('comment') or p.get('reason')}" if (p.get("comment") or p.get("reason")) else ""
+            line = f"{what}{who}{why}"
+        elif r["kind"] == "actuation":
+            line = (f"actuation: requested {p['requested']}, observed {p['observed']}, "
+                    f"verified {p['verified']}, request ids {', '.join(p['request_ids']) or '-'}")
+        else:
+            line = f"{r['kind']}: status {p.get('status')}"
+        print(f"  #{r['seq']:<5} {r['at']}  {'ok ' if r['verified'] else 'BAD'}  {line}")
+    return EXIT_OK if story["verified"] and not mark else EXIT_FAILURE
 
 
 def cmd_accuracy(args: argparse.Namespace) -> int:
     from .accuracy import accuracy_table, plot_accuracy
 
+    if args.plot:
+        require_extra("matplotlib", "plot", "accuracy --plot")
     with _store(args) as store:
         rows = accuracy_table(store, args.target, window=parse_duration(args.window))
         if args.json:
-            print(json.dumps(rows, indent=2))
+            _print_json(rows)
         else:
             if not rows:
                 print("no forecasts with observed values yet")
@@ -346,23 +674,34 @@ def cmd_train_global(args: argparse.Namespace) -> int:
     from .build import build_source
     from .core.clock import SystemClock
     from .config import load_config
+    from .progress import progress
 
     try:
         from forecasters.lstm import GlobalLSTM
     except ImportError as exc:
-        raise ForescaleError(f"train-global needs torch: pip install 'forescale[lstm]' ({exc})") from None
+        raise PluginError(f"train-global needs torch: pip install 'forescale[lstm]' ({exc})") from None
     cfg = load_config(args.config)
     targets = [cfg.target(n) for n in args.target] if args.target else list(cfg.targets)
     now = SystemClock().now()
     histories = {}
     for t in targets:
         series = build_source(t, cfg).fetch(now - t.forecaster.history, now).regular(t.interval)
-        print(f"{t.name}: {series.n_valid} samples every {t.interval}")
+        if not args.json:
+            print(f"{t.name}: {series.n_valid} samples every {t.interval}", flush=True)
         histories[t.name] = series
-    params = json.loads(args.params) if args.params else {}
+    try:
+        params = json.loads(args.params) if args.params else {}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--params is not JSON: {exc}") from None
     model = GlobalLSTM(params)
-    model.fit(histories)
+    with progress(model.params.epochs, "train-global: epochs", args.quiet) as bar:
+        model.on_epoch = lambda epoch, epochs: bar.update()
+        model.fit(histories)
     model.save(args.out)
+    if args.json:
+        _print_json({"model": model.version, "out": args.out,
+                     "targets": {n: {"samples": s.n_valid} for n, s in histories.items()}})
+        return 0
     print(f"global model {model.version} trained on {len(histories)} target(s), saved to {args.out}")
     print(f"use it: forecaster: {{name: lstm, init_from: {args.out}}}")
     return 0
@@ -370,9 +709,15 @@ def cmd_train_global(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="forescale", description="Predictive autoscaling decision engine.")
-    p.add_argument("--version", action="version", version="forescale 0.1.0")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="forescale", description="Predictive autoscaling decision engine.",
+                                epilog=f"{EPILOG}\n\ndeployment files (systemd unit, Grafana dashboard, alert rules, "
+                                       f"Kubernetes RBAC): {DEPLOY_DIR}",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version="forescale 0.1.0", help="print the version and exit")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def json_flag(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--json", action="store_true", help="print the report as JSON to stdout")
 
     d = sub.add_parser("demo", help="replay a bundled real trace through the full loop (no cloud, no Prometheus)")
     d.add_argument("--out", default="forescale-demo", help="folder for the state file, decision log and plot")
@@ -406,82 +751,136 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_backtest)
 
     v = sub.add_parser("validate", help="check a config file")
-    v.add_argument("--config", required=True)
+    v.add_argument("--config", required=True, help="the YAML config file to check")
     v.add_argument("--check-actuators", action="store_true",
                    help="also check each actuator's credentials and target on its platform")
+    json_flag(v)
     v.set_defaults(func=cmd_validate)
 
     r = sub.add_parser("run", help="the daemon: every target's cycle on its interval")
-    r.add_argument("--config", required=True)
-    r.add_argument("--log-level", default="INFO")
+    r.add_argument("--config", required=True, help="the YAML config file (reloaded on SIGHUP or change)")
+    r.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
+                   help="the least severe log records written to stderr (default: INFO)")
     r.add_argument("--tick", type=float, default=0.5, help=argparse.SUPPRESS)
     r.set_defaults(func=cmd_run)
 
     o = sub.add_parser("once", help="one cycle of every (or one) target, then exit (cron, debugging)")
-    o.add_argument("--config", required=True)
-    o.add_argument("--target")
+    o.add_argument("--config", required=True, help="the YAML config file")
+    o.add_argument("--target", help="run only this target (default: every target)")
     o.add_argument("-v", "--verbose", action="store_true", help="print every policy step")
+    json_flag(o)
     o.set_defaults(func=cmd_once)
 
     def state_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--config", help="config file (its state file is used)")
         sp.add_argument("--state", default="forescale.db", help="state file (default: forescale.db)")
-        sp.add_argument("--target")
+        sp.add_argument("--target", help="only this target (default: every target)")
 
     dl = sub.add_parser("decisions", help="list logged decisions with their steps and reasons")
     state_args(dl)
-    dl.add_argument("--json", action="store_true")
-    dl.add_argument("--limit", type=int, default=50)
+    json_flag(dl)
+    dl.add_argument("--limit", type=int, default=50, help="the most recent decisions to list (default: 50)")
     dl.add_argument("-q", "--quiet", dest="verbose", action="store_false", help="one line per decision")
     dl.set_defaults(func=cmd_decisions)
 
     pl = sub.add_parser("plans", help="plans waiting for approval")
     state_args(pl)
     pl.add_argument("--all", action="store_true", help="all plans, whatever their state")
-    pl.add_argument("--json", action="store_true")
+    pl.add_argument("--history", action="store_true", help="each plan's transitions: who, when, how, why")
+    json_flag(pl)
     pl.set_defaults(func=cmd_plans)
 
-    for name, fn, hlp in (("approve", cmd_approve, "approve a plan"), ("reject", cmd_reject, "reject a plan"),
-                          ("apply", cmd_apply, "apply an approved plan now")):
+    for name, fn, hlp in (("approve", cmd_approve, "approve a plan (recorded as your OS account, unix:NAME)"),
+                          ("reject", cmd_reject, "reject a plan, or withdraw its approval before it is applied"),
+                          ("apply", cmd_apply, "apply an approved plan now (re-checked against the config)")):
         sp = sub.add_parser(name, help=hlp)
-        sp.add_argument("id")
+        sp.add_argument("id", help="the plan's id (from forescale plans)")
         state_args(sp)
         if name != "apply":
-            sp.add_argument("--actor", help="who (default: $FORESCALE_ACTOR or the login name)")
-            sp.add_argument("--note")
+            sp.add_argument("--comment", "--note", "--reason", dest="comment", help="recorded with the decision")
+            sp.add_argument("--actor", help="free text kept in the comment (the identity recorded is the OS "
+                                            "account running this command)")
         if name == "approve":
             sp.add_argument("--apply", action="store_true", help="apply right away (needs --config)")
+        json_flag(sp)
         sp.set_defaults(func=fn)
 
+    au = sub.add_parser("audit", help="the tamper-evident audit log: verify, export, show")
+    ausub = au.add_subparsers(dest="audit_command", required=True)
+    av = ausub.add_parser("verify", help="check the hash chain; names the first bad record (exit 1)")
+    state_args(av)
+    av.add_argument("--tail", type=int, default=0, help="check only the newest N records")
+    json_flag(av)
+    av.set_defaults(func=cmd_audit_verify)
+    ae = ausub.add_parser("export", help="write the records for auditors")
+    state_args(ae)
+    ae.add_argument("--since", help="from this time (ISO 8601, e.g. 2024-03-01T00:00:00Z)")
+    ae.add_argument("--until", help="before this time")
+    ae.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    ae.add_argument("--out", help="file to write (default: standard output)")
+    ae.set_defaults(func=cmd_audit_export)
+    ash = ausub.add_parser("show", help="one decision end to end: inputs, steps, plan history, approver, actuation")
+    ash.add_argument("id", help="decision id (target@time, as forescale decisions shows)")
+    state_args(ash)
+    json_flag(ash)
+    ash.set_defaults(func=cmd_audit_show)
+
     g = sub.add_parser("train-global", help="train one LSTM across targets (for init_from / cold start)")
-    g.add_argument("--config", required=True)
+    g.add_argument("--config", required=True, help="the YAML config file whose targets' history is read")
     g.add_argument("--target", action="append", help="a target to train on (repeat; default: all)")
     g.add_argument("--out", required=True, help="where to save the model")
     g.add_argument("--params", help='LSTM parameters as JSON, e.g. \'{"epochs": 8}\'')
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar (none is drawn unless stderr "
+                                                             "is a terminal)")
+    json_flag(g)
     g.set_defaults(func=cmd_train_global)
+
+    c = sub.add_parser("console", help="serve the web console and approval API for a config's state file")
+    c.add_argument("--config", help="config file (its state file, console: and notify: sections)")
+    c.add_argument("--listen", help="host:port (default: console.listen, 127.0.0.1:9465)")
+    c.add_argument("--log-level", default="INFO")
+    c.add_argument("--hash-token", action="store_true",
+                   help="read a token on standard input, print its sha256 for console.users[].token_sha256")
+    c.set_defaults(func=cmd_console)
 
     a = sub.add_parser("accuracy", help="rolling forecast accuracy per target and horizon")
     state_args(a)
-    a.add_argument("--window", default="7d")
-    a.add_argument("--json", action="store_true")
+    a.add_argument("--window", default="7d", help="how far back to score forecasts (default: 7d)")
+    json_flag(a)
     a.add_argument("--plot", help="draw predicted band vs actual to this PNG")
     a.set_defaults(func=cmd_accuracy)
+    for command in sub.choices.values():  # every command's --help ends with the exit codes
+        command.epilog = EPILOG
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; the exit status as the module docstring lists it."""
     args = build_parser().parse_args(argv)
-    if args.command not in ("run",):
+    if args.command not in ("run", "console"):
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         for noisy in ("cmdstanpy", "prophet"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe shows up here when the output was buffered
+        return rc
+    except BrokenPipeError:
+        # the reader went away (| head): stop quietly. Python would flush
+        # stdout again at exit and print the same error, so point the file
+        # descriptor at devnull (the recipe of the signal module's docs)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PIPE_CLOSED
+    except USAGE_ERRORS as exc:
+        print(f"forescale: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except ForescaleError as exc:
         print(f"forescale: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_FAILURE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

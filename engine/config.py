@@ -4,32 +4,41 @@ Errors name the field path and the bad value, e.g.
 ``targets[0].policy: max_replicas (3) is less than min_replicas (5)``, and
 come as one :class:`ConfigError` listing every problem found.
 
-Plugin sections (``source``, ``forecaster.params``, ``actuator``) are
-validated against the plugin's own ``Config``/``Params`` model at load time,
-so a bad field fails at startup, not mid-cycle.
+Plugin sections (``source``, ``covariates``, ``forecaster.params``,
+``actuator``) are validated against the plugin's own ``Config``/``Params``
+model while the file is parsed, so a bad field fails at startup, not
+mid-cycle, and the typed objects are what the config holds:
+``target.source`` is the source's ``Config`` (a :class:`CsvConfig`, a
+:class:`PrometheusConfig`...), ``target.actuator`` the actuator's,
+``target.forecaster.params`` the forecaster's ``Params``. Nothing is written
+into a frozen object after validation.
 """
 
 from __future__ import annotations
 
-import inspect
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Mapping, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SecretBytes, SecretStr, SerializeAsAny,
+                      ValidationError, ValidationInfo, field_validator, model_validator)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from policies.config import PolicyConfig, quantile_levels
+from policies.config import MAX_SAMPLES, PolicyConfig, quantile_levels
+from policies.window import LeadWindow, lead_window
 
 from .core.units import Duration
 
 from .core.errors import ConfigError, PluginError
+from .core.plugins import capabilities_of
 
 Mode = Literal["observe", "dry-run", "approve", "auto"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: floats are finite (see policies.config)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class QualityGate(_Model):
@@ -47,12 +56,58 @@ class QualityGate(_Model):
     bound: float = Field(gt=0.0)
     fallbacks: tuple[str, ...] = ("persistence",)
     window: Duration = timedelta(days=1)
-    min_samples: int = Field(24, ge=1)
+    min_samples: int = Field(24, ge=1, le=MAX_SAMPLES)
+
+
+def _registry(kind: str) -> Any:
+    if kind == "source":
+        from .sources import registry
+    elif kind == "actuator":
+        from actuators import registry
+    else:
+        from forecasters import registry
+    return registry
+
+
+def _plugin_error(loc: str, message: str, value: Any) -> ValidationError:
+    # braces would be read as the template's placeholders
+    text = message.replace("{", "(").replace("}", ")")
+    return ValidationError.from_exception_data("plugin", [InitErrorDetails(
+        type=PydanticCustomError("plugin", text), loc=(loc,), input=value)])
+
+
+def _plugin_config(kind: str, value: Any) -> BaseModel:
+    """A ``{type: name, ...}`` section -> the plugin's own validated Config
+    (an instance of it passes through)."""
+    if isinstance(value, PluginSection):
+        value = value.fields()
+    if isinstance(value, BaseModel):
+        cls = _registry(kind).get(getattr(value, "type", ""))
+        if isinstance(value, cls.Config):
+            return value
+        value = value.model_dump()
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be a mapping with a 'type' field (the {kind}'s name)")
+    if "type" not in value:
+        raise ValidationError.from_exception_data("plugin", [InitErrorDetails(type="missing", loc=("type",),
+                                                                             input=dict(value))])
+    try:
+        cls = _registry(kind).get(value["type"])
+    except PluginError as exc:
+        raise _plugin_error("type", str(exc), value["type"]) from None
+    return cls.Config.model_validate(dict(value))
+
+
+#: a plugin's own config, validated by the plugin while the file is parsed
+#: (``SerializeAsAny``: dumped with its own fields, not the base's)
+SourceConfig = Annotated[SerializeAsAny[BaseModel], BeforeValidator(lambda v: _plugin_config("source", v))]
+ActuatorSection = Annotated[SerializeAsAny[BaseModel], BeforeValidator(lambda v: _plugin_config("actuator", v))]
 
 
 class ForecasterConfig(_Model):
     name: str = "seasonal_persistence"
-    params: dict[str, Any] = Field(default_factory=dict)
+    #: the forecaster's own ``Params`` (validated by it; a mapping in the file)
+    params: SerializeAsAny[BaseModel] = Field(default_factory=dict, validate_default=True)
     #: how often the model's parameters are refit (between refits, update()
     #: takes in new observations every cycle)
     refit_every: Duration = timedelta(days=1)
@@ -68,6 +123,35 @@ class ForecasterConfig(_Model):
     #: target with little history; relative to the config file
     init_from: Path | None = None
 
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        try:
+            _registry("forecaster").get(v)
+        except PluginError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params(cls, v: Any, info: ValidationInfo) -> Any:
+        if "name" not in info.data:
+            from forecasters.base import ForecasterParams
+
+            return ForecasterParams()  # the name is wrong: reported on its own
+        params_cls = _registry("forecaster").get(info.data["name"]).Params
+        if isinstance(v, params_cls):
+            return v
+        if isinstance(v, BaseModel):
+            v = v.model_dump()
+        return params_cls.model_validate(v if v is not None else {})
+
+    @field_validator("init_from")
+    @classmethod
+    def _relative_to_the_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        base = (info.context or {}).get("base_dir")
+        return base / v if v is not None and not v.is_absolute() and base is not None else v
+
     @field_validator("quantiles")
     @classmethod
     def _levels(cls, v: tuple[float, ...]) -> tuple[float, ...]:
@@ -82,6 +166,86 @@ class PluginSection(BaseModel):
 
     def fields(self) -> dict[str, Any]:
         return self.model_dump()
+
+
+class DirectionApproval(_Model):
+    """What happens to a plan of one direction when nobody answers.
+
+    ``auto_approve_after``: approve it (as ``policy:auto-approve``) once the
+    target has waited this long for the change; ``expire_after``: drop it
+    unapproved after this long (default: one interval past the
+    auto-approval, else the target's ``plan_ttl``, else one interval)."""
+
+    auto_approve_after: Duration | None = None
+    expire_after: Duration | None = None
+
+    @model_validator(mode="after")
+    def _order(self) -> "DirectionApproval":
+        for name in ("auto_approve_after", "expire_after"):
+            v = getattr(self, name)
+            if v is not None and v <= timedelta(0):
+                raise ValueError(f"{name} ({v}) must be positive")
+        a, e = self.auto_approve_after, self.expire_after
+        if a is not None and e is not None and a >= e:
+            raise ValueError(f"auto_approve_after ({a}) must be shorter than expire_after ({e}): "
+                             "the plan would expire before it auto-approves")
+        return self
+
+
+class EmergencyApproval(_Model):
+    #: a scale-up raised by the reactive override (a live spike) acts
+    #: without waiting for approval, recorded as ``policy:emergency``
+    reactive_override: bool = False
+
+
+class ApprovalConfig(_Model):
+    """Approve mode: defaults per direction, because people sleep, e.g.
+    ``{scale_up: {auto_approve_after: 10m}, scale_down: {expire_after: 30m},
+    emergency: {reactive_override: true}}``. Default: nothing is approved
+    without a person."""
+
+    scale_up: DirectionApproval = DirectionApproval()
+    scale_down: DirectionApproval = DirectionApproval()
+    emergency: EmergencyApproval = EmergencyApproval()
+
+
+class AuditConfig(_Model):
+    #: the environment variable holding the audit chain's HMAC key (the key
+    #: itself never goes in the file)
+    hmac_key_env: str = Field("FORESCALE_AUDIT_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ThresholdAlert(_Model):
+    """A predictive alert (``targets[].alerts[]``): export how long until the
+    forecast's ``level`` quantile crosses a threshold
+    (``forescale_forecast_time_to_threshold_seconds``). The threshold is
+    ``threshold`` (in the metric's units) or ``fraction`` of ``capacity``
+    (e.g. 0.95 of a volume's size). Forecasts reach only ``lead_time + hold
+    + forecaster.extra_horizon`` ahead: set ``extra_horizon`` to the warning
+    time wanted (6h to be warned six hours ahead)."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    threshold: float | None = None
+    capacity: float | None = Field(None, gt=0.0)
+    fraction: float | None = Field(None, gt=0.0, le=1.0)
+    #: the forecast quantile compared with the threshold (None: the point forecast)
+    level: float | None = 0.9
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> "ThresholdAlert":
+        if self.threshold is not None and (self.capacity is not None or self.fraction is not None):
+            raise ValueError("set threshold, or capacity and fraction, not both")
+        if self.threshold is None and (self.capacity is None or self.fraction is None):
+            raise ValueError("set threshold, or capacity and fraction (threshold = fraction * capacity)")
+        return self
+
+    @property
+    def value(self) -> float:
+        """The threshold in the metric's units."""
+        if self.threshold is not None:
+            return self.threshold
+        assert self.capacity is not None and self.fraction is not None
+        return self.capacity * self.fraction
 
 
 class BacktestSection(_Model):
@@ -108,20 +272,26 @@ class TargetConfig(_Model):
     #: cycle interval, also the step the history is resampled to
     interval: Duration = timedelta(minutes=5)
     mode: Mode = "dry-run"
-    source: PluginSection
+    #: the metric source's own Config (``{type: csv, path: ...}`` in the file)
+    source: SourceConfig
     #: extra metrics for forecasters that take them (the LSTM's
     #: ``params.covariates``), each a metric source like ``source``
-    covariates: dict[str, PluginSection] = Field(default_factory=dict)
-    forecaster: ForecasterConfig = ForecasterConfig()
+    covariates: dict[str, SourceConfig] = Field(default_factory=dict)
+    forecaster: ForecasterConfig = Field(default_factory=ForecasterConfig)
     policy: PolicyConfig
-    actuator: PluginSection = PluginSection(type="dry-run")
+    #: the actuator's own Config (default: the dry-run actuator)
+    actuator: ActuatorSection = Field(default_factory=lambda: {"type": "dry-run"}, validate_default=True)
     #: approve mode: a plan waits this long for approval (None: until the
     #: next cycle's decision would supersede it, i.e. one interval)
     plan_ttl: Duration | None = None
+    #: approve mode: auto-approval, expiry and the emergency rule
+    approval: ApprovalConfig = ApprovalConfig()
     #: per-cycle timeout (the daemon abandons a cycle that runs longer)
     timeout: Duration = timedelta(minutes=2)
     #: random delay added to each cycle's start, spreading load
     jitter: Duration = timedelta(seconds=0)
+    #: predictive alerts: time until the forecast crosses a threshold
+    alerts: tuple[ThresholdAlert, ...] = ()
     #: scenario facts for ``forescale backtest --config``
     backtest: BacktestSection | None = None
 
@@ -129,24 +299,27 @@ class TargetConfig(_Model):
     def _check(self) -> "TargetConfig":
         if self.interval <= timedelta(0):
             raise ValueError(f"interval ({self.interval}) must be positive")
+        names = [a.name for a in self.alerts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"alerts: names must be unique; got {', '.join(names)}")
+        for i, a in enumerate(self.alerts):
+            if a.level is not None and a.level not in self.forecaster.quantiles:
+                raise ValueError(f"alerts[{i}].level ({a.level}) is not one of forecaster.quantiles "
+                                 f"({', '.join(f'{q:g}' for q in self.forecaster.quantiles)})")
         return self
 
-    # the typed plugin configs, filled in by load_config
-    _source: Any = None
-    _actuator: Any = None
-    _covariates: Any = None
-
+    # the names callers have used for the typed plugin configs
     @property
     def source_config(self) -> Any:
-        return self._source
+        return self.source
 
     @property
     def actuator_config(self) -> Any:
-        return self._actuator
+        return self.actuator
 
     @property
     def covariate_configs(self) -> dict[str, Any]:
-        return dict(self._covariates or {})
+        return dict(self.covariates)
 
     @property
     def forecast_quantiles(self) -> tuple[float, ...]:
@@ -156,27 +329,320 @@ class TargetConfig(_Model):
 
     @property
     def horizon_steps(self) -> int:
-        span = self.policy.lead_time + self.policy.hold + self.forecaster.extra_horizon
+        """Forecast steps for the configured lead window (no learned delay)."""
+        return self.forecast_steps(lead_window(self.policy, None))
+
+    def forecast_steps(self, window: LeadWindow) -> int:
+        """How many interval steps a forecast made this cycle must reach:
+        the end of the cycle's lead window, plus ``extra_horizon``. The one
+        place the forecast horizon is derived (extend it here when something
+        else, such as a planning horizon, must be covered too)."""
+        span = window.end + self.forecaster.extra_horizon
         if self.policy.kind == "plan":  # the planner plans over its whole horizon
             span = max(span, self.policy.plan.horizon)
         return max(1, -(-int(span.total_seconds()) // int(self.interval.total_seconds())))
 
 
-class ServerConfig(_Model):
-    """The daemon's HTTP endpoint (/metrics, /healthz, /readyz)."""
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ``::1``,
+    bracketed or not)."""
+    import ipaddress
 
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class AuthConfig(_Model):
+    """Bearer tokens the daemon's HTTP server accepts (``server.auth``).
+
+    Tokens are never written in the file: ``token_sha256`` lists the
+    SHA-256 hex digests of accepted tokens (``printf %s "$TOKEN" |
+    sha256sum``), and ``token_env`` names an environment variable holding
+    one more token, hashed at startup."""
+
+    token_sha256: tuple[str, ...] = ()
+    token_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _hex(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for i, d in enumerate(v):
+            if len(d) != 64 or any(c not in "0123456789abcdefABCDEF" for c in d):
+                # the value may be a token pasted by mistake: never echo it
+                raise ValueError(f"entry {i} is not a SHA-256 hex digest (64 hex characters)")
+        return tuple(d.lower() for d in v)
+
+    @model_validator(mode="after")
+    def _some(self) -> "AuthConfig":
+        if not self.token_sha256 and not self.token_env:
+            raise ValueError("set token_sha256 (digests of accepted tokens) or token_env (a variable "
+                             "holding a token)")
+        return self
+
+
+class RemoteWriteTLS(_Model):
+    #: a PEM bundle to trust instead of the system's (relative: next to the config file)
+    ca_file: Path | None = None
+    insecure_skip_verify: bool = False
+
+    @field_validator("ca_file")
+    @classmethod
+    def _relative_to_the_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        base = (info.context or {}).get("base_dir")
+        return base / v if v is not None and not v.is_absolute() and base is not None else v
+
+
+class BasicAuth(_Model):
+    username: str = Field(min_length=1)
+    #: the environment variable holding the password (never in the file)
+    password_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class RemoteWriteConfig(_Model):
+    """Prometheus remote write of the forecast and accuracy series
+    (``server.remote_write``; :mod:`engine.remote_write`)."""
+
+    url: str = Field(pattern=r"^https?://")
+    #: the environment variable holding a bearer token (never in the file)
+    bearer_token_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    basic_auth: BasicAuth | None = None
+    tls: RemoteWriteTLS | None = None
+    timeout: Duration = timedelta(seconds=10)
+    #: cycles' batches waiting to be sent; beyond it they are dropped (counted)
+    queue_size: int = Field(1000, ge=1)
+    max_retries: int = Field(3, ge=0)
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> "RemoteWriteConfig":
+        if self.bearer_token_env and self.basic_auth is not None:
+            raise ValueError("set bearer_token_env or basic_auth, not both")
+        return self
+
+
+class ServerConfig(_Model):
+    """The daemon's HTTP server (/metrics, /healthz, /readyz, /api/v1)."""
+
+    #: host:port; a non-loopback host needs ``auth``
     listen: str = "127.0.0.1:9464"
     enabled: bool = True
+    #: bearer tokens; required for a non-loopback ``listen``
+    auth: AuthConfig | None = None
     #: also push each new forecast to this Prometheus Pushgateway (for
     #: dashboards where Prometheus cannot scrape forescale); None: off
     pushgateway: str | None = Field(None, pattern=r"^https?://")
+    #: also remote-write each cycle's forecast and accuracy series; None: off
+    remote_write: RemoteWriteConfig | None = None
+
+    @model_validator(mode="after")
+    def _bind(self) -> "ServerConfig":
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"listen ({self.listen!r}) must be host:port")
+        if self.enabled and not is_loopback(host) and self.auth is None:
+            raise ValueError(f"listen ({self.listen}) is not a loopback address: configure server.auth "
+                             "(bearer tokens) before serving on the network")
+        return self
+
+
+class Retention(_Model):
+    """How long the daemon keeps rows of the state file (pruned once an
+    hour). ``None``: forever. The predicted-versus-actual records and the
+    sample cache are working data: never pruned below what a target still
+    needs (its conformal window; its fetch history); decisions, with their
+    plans and actuations, are the audit log and are kept unless a span is
+    given (an unfinished intent or accepted action is never pruned)."""
+
+    #: predicted-versus-actual records (``forescale accuracy`` reads 7 days)
+    forecasts: Duration | None = timedelta(days=14)
+    #: the metric sample cache (the default forecaster history is 14 days)
+    samples: Duration | None = timedelta(days=15)
+    #: decisions, plans and actuation records (the audit log)
+    decisions: Duration | None = None
+
+    @field_validator("forecasts", "samples", "decisions")
+    @classmethod
+    def _positive(cls, v: timedelta | None) -> timedelta | None:
+        if v is not None and v <= timedelta(0):
+            raise ValueError(f"{v} must be positive, or null to keep forever")
+        return v
+
+
+def _secret_text(value: object) -> object:
+    """A secret must be a string; the error never shows the value."""
+    if isinstance(value, SecretStr) or value is None:
+        return value
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a non-empty string (the value is a secret and is not shown)")
+    return value
+
+
+#: a secret given inline in the file (``url``, ``password``, ...); the
+#: ``*_env`` field beside it names an environment variable instead
+Secret = Annotated[SecretStr | None, BeforeValidator(_secret_text)]
+
+
+class SecretSection(_Model):
+    """Each secret of a section comes inline (``<name>``) or from the
+    environment (``<name>_env``), not both."""
+
+    SECRETS: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SecretSection":
+        for name in self.SECRETS:
+            if getattr(self, name) is not None and getattr(self, f"{name}_env") is not None:
+                raise ValueError(f"give {name} or {name}_env, not both")
+        return self
+
+    def reveal(self, name: str, environ: Any = None) -> str | None:
+        """The secret's value, from the file or the environment; a missing
+        variable is a ConfigError naming the variable (never a value)."""
+        import os
+
+        inline, env = getattr(self, name), getattr(self, f"{name}_env")
+        if inline is not None:
+            return inline.get_secret_value()
+        if env is None:
+            return None
+        value = (os.environ if environ is None else environ).get(env)
+        if not value:
+            raise ConfigError(f"{name}_env: environment variable {env} is not set")
+        return value
+
+
+NotifyEvent = Literal["plan_created", "plan_approved", "plan_rejected", "plan_expired", "applied", "failed",
+                      "fallback_streak"]
+
+
+class NotifyChannel(SecretSection):
+    """One place notifications go: ``webhook`` (JSON POST), ``slack``
+    (incoming webhook), ``dingtalk`` (robot webhook, optionally signed with
+    its ``secret``) or ``email`` (SMTP with STARTTLS)."""
+
+    type: Literal["webhook", "slack", "dingtalk", "email"]
+    #: a name for logs and metrics (default: the type)
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    #: which events (default: all)
+    events: tuple[NotifyEvent, ...] | None = None
+    url: Secret = None
+    url_env: str | None = None
+    #: dingtalk: the robot's signing secret ("SEC...")
+    secret: Secret = None
+    secret_env: str | None = None
+    # email
+    host: str | None = None
+    port: int = Field(587, ge=1, le=65535)
+    starttls: bool = True
+    username: str | None = None
+    password: Secret = None
+    password_env: str | None = None
+    sender: str | None = Field(None, alias="from")
+    to: tuple[str, ...] = ()
+    #: a CA bundle to verify the SMTP server's certificate (default: the system's)
+    ca_file: Path | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _fields_for_type(self) -> "NotifyChannel":
+        if self.type == "email":
+            missing = [f for f, v in (("host", self.host), ("from", self.sender), ("to", self.to)) if not v]
+            if missing:
+                raise ValueError(f"an email channel needs {', '.join(missing)}")
+            if self.url is not None or self.url_env is not None:
+                raise ValueError("an email channel takes host/port, not url")
+        else:
+            if self.url is None and self.url_env is None:
+                raise ValueError(f"a {self.type} channel needs url (or url_env)")
+            if self.host is not None:
+                raise ValueError(f"a {self.type} channel takes url, not host")
+        if (self.secret is not None or self.secret_env is not None) and self.type != "dingtalk":
+            raise ValueError("secret is for a dingtalk channel (its signing secret)")
+        return self
+
+    SECRETS: ClassVar[tuple[str, ...]] = ("url", "secret", "password")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.type
+
+
+class NotifyConfig(_Model):
+    """Where plan and action events are sent (engine/notify.py)."""
+
+    channels: tuple[NotifyChannel, ...] = Field(min_length=1)
+    #: tell people after this many consecutive fallback cycles of a target
+    fallback_streak: int = Field(3, ge=1)
+    #: messages waiting per channel; beyond it new ones are dropped (counted)
+    queue_size: int = Field(100, ge=1)
+    #: attempts per message before it is dropped (counted)
+    max_attempts: int = Field(5, ge=1)
+    #: per-request timeout
+    timeout: Duration = timedelta(seconds=5)
+
+
+class ConsoleUser(SecretSection):
+    """A person who may log in to the console and approve plans: their
+    token's sha256 (``token_sha256``; make one with ``forescale console
+    --hash-token``) or the environment variable holding the token."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.@-]+$")
+    token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    token_env: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "ConsoleUser":
+        if (self.token_sha256 is None) == (self.token_env is None):
+            raise ValueError("give exactly one of token_sha256 or token_env")
+        return self
+
+
+class ConsoleConfig(SecretSection):
+    """The web console and approval API (engine/console/)."""
+
+    #: where ``forescale console`` listens (the daemon serves it on server.listen)
+    listen: str = "127.0.0.1:9465"
+    users: tuple[ConsoleUser, ...] = ()
+    #: the address people reach the console at, for links in notifications
+    public_url: str | None = Field(None, pattern=r"^https?://")
+    #: the server secret that signs sessions and approval links; the daemon
+    #: and ``forescale console`` must share it for links to work
+    secret: Secret = None
+    secret_env: str | None = None
+    #: how long an approval link in a notification stays valid
+    link_ttl: Duration = timedelta(hours=1)
+    #: how long a login lasts
+    session_ttl: Duration = timedelta(hours=12)
+    #: failed logins allowed per client address per minute (then 429)
+    login_attempts_per_minute: int = Field(5, ge=1)
+    #: serve over TLS (cookies are then Secure)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    SECRETS: ClassVar[tuple[str, ...]] = ("secret",)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "ConsoleConfig":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give both tls_cert and tls_key, or neither")
+        return self
 
 
 class Config(_Model):
     #: the SQLite state file (relative paths are relative to the config file)
     state: Path = Path("forescale.db")
+    #: how long the daemon keeps records in the state file
+    retention: Retention = Retention()
     log_format: Literal["text", "json"] = "text"
     server: ServerConfig = ServerConfig()
+    #: notifications of plans and actions (None: none sent)
+    notify: NotifyConfig | None = None
+    console: ConsoleConfig = ConsoleConfig()
+    audit: AuditConfig = AuditConfig()
     targets: tuple[TargetConfig, ...] = Field(min_length=1)
     #: where the file was loaded from (relative paths resolve against it)
     base_dir: Path | None = Field(default=None, exclude=True)
@@ -213,46 +679,133 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def format_validation_error(exc: ValidationError, prefix: str = "") -> list[str]:
+#: words in a field name (or any part of its path) that mark a secret: its
+#: input is never echoed in an error, valid or not
+SECRET_WORDS = ("token", "password", "passwd", "secret", "key", "credential", "auth", "header", "cookie",
+                "private")
+#: the parts of a target that a plugin validates (their fields are unknown
+#: to this module, so their inputs are echoed only where the plugin's model
+#: says the field is no secret)
+_PLUGIN_SECTIONS = ("source", "actuator", "covariates", "params")
+
+
+def _secret_name(part: Any) -> bool:
+    return isinstance(part, str) and any(w in part.lower() for w in SECRET_WORDS)
+
+
+def _holds_secret(annotation: Any) -> bool:
+    if annotation in (SecretStr, SecretBytes):
+        return True
+    return any(_holds_secret(a) for a in get_args(annotation))
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for a in get_args(annotation) for m in _models_in(a)]
+
+
+def _known_not_secret(model: type[BaseModel], loc: tuple[Any, ...]) -> bool:
+    """Whether ``loc`` inside ``model`` names a field that is known and holds
+    no secret (a ``SecretStr`` anywhere in its type, or a secret-like name,
+    makes it secret; a field the model does not declare is unknown)."""
+    current: list[type[BaseModel]] = [model]
+    field = None
+    for part in loc:
+        if not isinstance(part, str) or not current:
+            continue  # a list index or dict key below a known field
+        found = next((m.model_fields[part] for m in current if part in m.model_fields), None)
+        if found is None:
+            if field is None or _models_in(field.annotation):
+                return False  # a field the model does not declare
+            continue  # a dict key
+        field = found
+        if _holds_secret(field.annotation):
+            return False
+        current = _models_in(field.annotation)
+    return field is not None
+
+
+def _may_echo(prefix: str, loc: tuple[Any, ...], model: type[BaseModel] | None, document: Any) -> bool:
+    if _secret_name(prefix) or any(_secret_name(part) for part in loc):
+        return False
+    if model is not None:
+        return _known_not_secret(model, loc)
+    inside = _section_model(document, loc) if document is not None else None
+    if inside is not None:  # a plugin section: only what its model declares no secret
+        section_model, rest = inside
+        if rest == ("type",):
+            return True  # a plugin's name is never a secret
+        return section_model is not None and _known_not_secret(section_model, rest)
+    # a plugin section without the document to look its model up in
+    for i, part in enumerate(loc):
+        if part in _PLUGIN_SECTIONS and not (part == "params" and (i == 0 or loc[i - 1] != "forecaster")):
+            return False
+    return True
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "",
+                            model: type[BaseModel] | None = None, *, document: Any = None) -> list[str]:
+    """One line per problem, ``path: message (got value)``. The value is
+    left out (and scrubbed from the message) wherever it may be a secret: a
+    field with a secret-like name, a ``SecretStr`` field of a plugin's
+    model (``model``, or looked up from the raw ``document`` for a plugin
+    section), or any field of a plugin section its model does not declare."""
     lines = []
     for err in exc.errors():
-        path = _loc(tuple(err["loc"]))
+        loc = tuple(err["loc"])
+        path = _loc(loc)
         if prefix:
             path = f"{prefix}.{path}" if path else prefix
         msg = err["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
+        echo = _may_echo(prefix, loc, model, document)
+        inp = err.get("input")
+        if not echo and isinstance(inp, (str, int, float)) and len(str(inp)) >= 4:
+            msg = msg.replace(repr(inp), "<hidden>").replace(str(inp), "<hidden>")
         if err["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling)"
         elif err["type"] == "missing":
             msg = "required field is missing"
-        elif "input" in err and err["type"] not in ("value_error", "assertion_error"):
-            inp = err["input"]
+        elif echo and "input" in err and err["type"] not in ("value_error", "assertion_error"):
             if not isinstance(inp, (dict, list)):
                 msg = f"{msg} (got {inp!r})"
         lines.append(f"{path}: {msg}" if path else msg)
     return lines
 
 
-def _plugin_config(registry: Any, section: PluginSection, path: str, errors: list[str]) -> Any:
-    try:
-        cls = registry.get(section.type)
-    except PluginError as exc:
-        errors.append(f"{path}.type: {exc}")
+def _section_model(document: Any, loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, tuple[Any, ...]] | None:
+    """For an error inside a plugin section of the raw ``document``: the
+    plugin's model (None if it cannot be found) and the location inside it.
+    None when ``loc`` is not inside a plugin section."""
+    if len(loc) < 3 or loc[0] != "targets" or not isinstance(loc[1], int):
         return None
     try:
-        return cls.Config(**section.fields())
-    except ValidationError as exc:
-        errors.extend(format_validation_error(exc, path))
-        return None
+        target = document["targets"][loc[1]]
+        part = loc[2]
+        if part in ("source", "actuator"):
+            kind, section, rest = part, target.get(part, {"type": "dry-run"}), loc[3:]
+        elif part == "covariates" and len(loc) > 3:
+            kind, section, rest = "source", target["covariates"][loc[3]], loc[4:]
+        elif part == "forecaster" and len(loc) > 3 and loc[3] == "params":
+            name = (target.get("forecaster") or {}).get("name", ForecasterConfig.model_fields["name"].default)
+            return _registry("forecaster").get(name).Params, loc[4:]
+        else:
+            return None
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None, loc[3:]
+    try:
+        return _registry(kind).get(section["type"]).Config, rest
+    except (PluginError, KeyError, TypeError):
+        return None, rest
 
 
 def parse_config(data: Any, *, base_dir: Path | None = None, source: str = "<config>") -> Config:
-    """Validate a parsed YAML document into a :class:`Config`."""
-    from actuators import registry as actuators
+    """Validate a parsed YAML document into a :class:`Config`: the core
+    fields and every plugin section in one pass, every problem listed in one
+    :class:`ConfigError`."""
     from forecasters import registry as forecasters
-
-    from .sources import registry as sources
 
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the file must hold a mapping with a 'targets' list")
@@ -261,9 +814,9 @@ def parse_config(data: Any, *, base_dir: Path | None = None, source: str = "<con
         # base_dir in the file must be a validation error, not a TypeError
         if "base_dir" in data:  # set from the file's location, never by the file
             raise ConfigError("invalid configuration:\n  base_dir: unknown field (check the spelling)")
-        cfg = Config.model_validate({**data, "base_dir": base_dir})
+        cfg = Config.model_validate({**data, "base_dir": base_dir}, context={"base_dir": base_dir})
     except ValidationError as exc:
-        lines = format_validation_error(exc)
+        lines = format_validation_error(exc, document=data)
         # pydantic also reports "too short" for a list whose items all failed
         if any(ln.startswith("targets[") for ln in lines):
             lines = [ln for ln in lines if not ln.startswith("targets: Tuple should have at least")]
@@ -271,38 +824,21 @@ def parse_config(data: Any, *, base_dir: Path | None = None, source: str = "<con
     errors: list[str] = []
     for i, t in enumerate(cfg.targets):
         p = f"targets[{i}]"
-        object.__setattr__(t, "_source", _plugin_config(sources, t.source, f"{p}.source", errors))
-        object.__setattr__(t, "_actuator", _plugin_config(actuators, t.actuator, f"{p}.actuator", errors))
-        object.__setattr__(t, "_covariates", {
-            name: _plugin_config(sources, sec, f"{p}.covariates.{name}", errors)
-            for name, sec in t.covariates.items()})
-        try:
-            fcls = forecasters.get(t.forecaster.name)
-            fcls.Params(**t.forecaster.params)
-        except PluginError as exc:
-            errors.append(f"{p}.forecaster.name: {exc}")
-        except ValidationError as exc:
-            errors.extend(format_validation_error(exc, f"{p}.forecaster.params"))
         if t.forecaster.init_from is not None:
-            try:
-                takes = "init_from" in inspect.signature(forecasters.get(t.forecaster.name)).parameters
-            except (PluginError, TypeError, ValueError):
-                takes = True  # an unknown name is reported above
-            path = t.forecaster.init_from
-            if not path.is_absolute() and base_dir is not None:
-                path = base_dir / path
-                object.__setattr__(t.forecaster, "init_from", path)
-            if not takes:
+            if not capabilities_of(forecasters.get(t.forecaster.name)).init_from:
                 errors.append(f"{p}.forecaster.init_from: forecaster {t.forecaster.name!r} cannot start "
                               "from a saved model")
-            elif not path.exists():
-                errors.append(f"{p}.forecaster.init_from: no such file {path}")
+            elif not t.forecaster.init_from.exists():
+                errors.append(f"{p}.forecaster.init_from: no such file {t.forecaster.init_from}")
         if t.forecaster.quality_gate is not None:
             for j, name in enumerate(t.forecaster.quality_gate.fallbacks):
                 try:
                     forecasters.get(name)
                 except PluginError as exc:
                     errors.append(f"{p}.forecaster.quality_gate.fallbacks[{j}]: {exc}")
+    tls = cfg.server.remote_write.tls if cfg.server.remote_write is not None else None
+    if tls is not None and tls.ca_file is not None and not tls.ca_file.exists():
+        errors.append(f"server.remote_write.tls.ca_file: no such file {tls.ca_file}")
     if errors:
         raise ConfigError(_join(errors))
     return cfg
@@ -326,6 +862,8 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     try:
         data = yaml.safe_load(text)
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise ConfigError(f"{p}: not valid YAML: {str(exc).splitlines()[0]}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)

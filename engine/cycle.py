@@ -4,54 +4,53 @@
 keep the forecaster fitted (refit on schedule, ``update`` every cycle),
 forecast, feed back observed values, and call the pure policy. Everything
 that touches the outside world (metric source, store, actuator) lives in
-:class:`LiveTarget`, which wraps a runner.
+:class:`LiveTarget`, which wraps a runner; its ``run(now)`` lists the steps
+of a live cycle, in order, in its docstring (the one place they are
+written down): gather the inputs (frozen :class:`CycleInputs`), step the
+runner, act by mode through one table, record once.
 
-Order of one live cycle (``LiveTarget.run(now)``, ``now`` read once by the
-caller):
-
-1. apply any approved plan (approve mode);
-2. fetch what is new from the metric source (a failure keeps the cached
-   history: the observation goes stale and the policy falls back, never
-   scaling down);
-3. fill in actual values next to earlier forecasts;
-4. read the capacity in service from the actuator (reconcile);
-5. runner: fit/update, forecast, decide;
-6. record the forecast, and the decision with the state after it, in one
-   transaction; then act according to the mode:
-   ``observe`` logs only; ``dry-run`` logs what it would do (with the
-   actuator's ``describe``); ``approve`` stores a plan; ``auto`` records an
-   *intent*, applies, and records the outcome (so a crash in between is
-   visible and reconciled on restart, never applied twice).
+Actuation follows the platform's own rhythm (Nomad's ``Scale`` /
+``Status``, the HPA's write-``/scale``-then-look-again): ``apply`` returns
+once the platform accepted the change and the decision is recorded
+``accepted``; later cycles read the platform and mark it ``applied`` when
+the new capacity serves (recording the delay, which feeds the learned lead
+time) or ``unverified`` after the actuator's ``verify_timeout``. An
+*intent* is recorded before every apply, so a crash in between is visible
+and reconciled at the next cycle, never applied twice.
 """
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import json
 import logging
-import os
+import threading
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from actuators.dryrun import DryRunActuator
+from actuators.base import ActuatorConfig
 from forecasters import Forecaster, create as create_forecaster
 from forecasters.quality import gate, live_mase
 from policies import decide, history_to_keep
+from policies.window import LeadWindow, lead_window
 
+from .audit import decision_context
+from .checkpoints import ModelCheckpoint
 from .config import TargetConfig
+from .core.plugins import capabilities_of
 from .core.errors import (
     ActuatorError, ForecastError, MetricSourceError, StateError,
 )
 from .logs import log_context, set_log_fields
-from .feedback import Feedback, MemoryFeedback, StoreFeedback, seasonal_naive_scale
-from .core.types import Decision, Forecast, Observation, Plan, PlanStatus, ScaleEvent, ScalingState, Series
+from .feedback import LIVE_ACCURACY_WINDOW, Feedback, MemoryFeedback, StoreFeedback, seasonal_naive_scale
+from .core.types import (
+    ActuationResult, CapacityReading, Decision, Forecast, Observation, Plan, PlanStatus, ScaleEvent, ScalingState,
+    Series,
+)
 from .core.units import from_epoch, isoformat, parse_time, to_epoch
 
 log = logging.getLogger("forescale.cycle")
@@ -63,13 +62,6 @@ class CycleOutcome:
     forecast: Forecast | None
     forecast_error: str | None
     state: ScalingState  # the state decide() saw (observation, headroom filled in)
-
-
-def _takes_covariates(forecaster: Any) -> bool:
-    try:
-        return "covariates" in inspect.signature(forecaster.fit).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 class _Slot:
@@ -100,8 +92,9 @@ class TargetRunner:
             else:
                 forecaster = create_forecaster(target.forecaster.name, target.forecaster.params)
         self.interval_s = int(target.interval.total_seconds())
-        lead = self.policy.lead_time
-        self.horizons_s = (int(lead.total_seconds()), int((lead + self.policy.hold).total_seconds()))
+        #: the configured lead window's horizons (the backtest's feedback
+        #: keeps these; a live cycle passes its own window)
+        self.horizons_s = lead_window(self.policy, None).horizons_s
         self.primary = _Slot(target.forecaster.name, forecaster, self.horizons_s)
         self.shadows: list[_Slot] = []
         gate_cfg = target.forecaster.quality_gate
@@ -136,7 +129,7 @@ class TargetRunner:
         fc = self.target.forecaster
         due = slot.last_fit is None or now - slot.last_fit >= fc.refit_every
         kw: dict[str, Any] = {}
-        if covariates and _takes_covariates(slot.forecaster):
+        if covariates and capabilities_of(slot.forecaster).takes_covariates:
             kw["covariates"] = covariates
         if due:
             start = to_epoch(now - fc.history)
@@ -153,17 +146,20 @@ class TargetRunner:
                 self._scale = seasonal_naive_scale(history.since(to_epoch(now - fc.history)))
 
     def forecast(self, history: Series, now: datetime, slot: _Slot | None = None,
-                 covariates: dict[str, Series] | None = None) -> tuple[Forecast | None, str | None]:
-        """Fit or update, then predict. Never raises: a failure becomes the
-        reason the policy falls back."""
+                 covariates: dict[str, Series] | None = None,
+                 window: LeadWindow | None = None) -> tuple[Forecast | None, str | None]:
+        """Fit or update, then predict far enough to cover ``window`` (the
+        configured lead window when None). Never raises: a failure becomes
+        the reason the policy falls back."""
         slot = slot or self.primary
+        steps = self.target.forecast_steps(window or lead_window(self.policy, None))
         if slot.forecaster is None:
             return None, None
         try:
             if history.n_valid == 0:
                 raise ForecastError("no valid observations in the history")
             self._maintain(slot, history, now, covariates)
-            fc = slot.forecaster.predict(now, self.target.horizon_steps, self.target.forecast_quantiles)
+            fc = slot.forecaster.predict(now, steps, self.target.forecast_quantiles)
             return fc, None
         except ForecastError as exc:
             return None, f"{type(exc).__name__}: {exc}"
@@ -181,8 +177,8 @@ class TargetRunner:
             return None
         return live_mase(p, a, self._scale)
 
-    def _gate(self, history: Series, now: datetime,
-              covariates: dict[str, Series] | None = None) -> tuple[Forecast | None, str | None, dict[str, Any]]:
+    def _gate(self, history: Series, now: datetime, covariates: dict[str, Series] | None,
+              window: LeadWindow) -> tuple[Forecast | None, str | None, dict[str, Any]]:
         """Forecast with every slot and let the quality gate pick one."""
         gate_cfg = self.target.forecaster.quality_gate
         assert gate_cfg is not None
@@ -191,12 +187,12 @@ class TargetRunner:
             for slot in (self.primary, *self.shadows):
                 slot.tracker.observe(self.target.name, new)
             self._observed_until = int(history.timestamps[-1])
-        results = {slot.name: self.forecast(history, now, slot, covariates)
+        results = {slot.name: self.forecast(history, now, slot, covariates, window)
                    for slot in (self.primary, *self.shadows)}
         for slot in (self.primary, *self.shadows):
             fc = results[slot.name][0]
             if fc is not None:
-                slot.tracker.record(self.target.name, fc)
+                slot.tracker.record(self.target.name, fc, window.horizons_s)
         errors = {slot.name: self._live_error(slot, now) for slot in (self.primary, *self.shadows)}
         order = [self.primary.name] + [s.name for s in self.shadows]
         choice, reason = gate(errors, gate_cfg.bound, order)
@@ -208,10 +204,15 @@ class TargetRunner:
         return (*results[choice], info)
 
     def step(self, history: Series, state: ScalingState, now: datetime,
-             covariates: dict[str, Series] | None = None) -> CycleOutcome:
+             covariates: dict[str, Series] | None = None, window: LeadWindow | None = None) -> CycleOutcome:
         """One decision from a regular history (samples up to ``now``);
         ``covariates``: extra metrics on the same grid, for forecasters that
-        take them."""
+        take them; ``window``: the cycle's lead window (computed here from
+        the state when the caller has none, as in the backtest). The same
+        window sizes the forecast horizon, the headroom's horizons and the
+        policy's window."""
+        if window is None:
+            window = lead_window(self.policy, state.learned_lead_time)
         v = history.values
         if v.size and v[-1] == v[-1]:  # the usual case, without scanning the history
             obs: Observation | None = Observation(float(v[-1]), from_epoch(history.timestamps[-1]))
@@ -222,15 +223,16 @@ class TargetRunner:
         rate = self.policy.headroom_rate
         if rate is not None:
             m = self.policy.margin
-            headroom = self.feedback.headroom(self.target.name, now, self.horizons_s, rate,
+            headroom = self.feedback.headroom(self.target.name, now, window.horizons_s, rate,
                                               m.conformal_window, m.conformal_min_samples)
         seen = replace(state, observation=obs, headroom=headroom, history_points=history.n_valid)
         extra: dict[str, Any] = {}
         if self.target.forecaster.quality_gate is not None and self.primary.forecaster is not None:
-            forecast, error, extra["quality_gate"] = self._gate(history, now, covariates)
+            forecast, error, extra["quality_gate"] = self._gate(history, now, covariates, window)
         else:
-            forecast, error = self.forecast(history, now, covariates=covariates)
-        decision = decide(forecast, seen, self.policy, now, target=self.target.name, forecast_error=error)
+            forecast, error = self.forecast(history, now, covariates=covariates, window=window)
+        decision = decide(forecast, seen, self.policy, now, target=self.target.name, forecast_error=error,
+                          window=window)
         chosen = self.primary.forecaster
         selection = getattr(chosen, "selection", None)
         if isinstance(selection, dict) and selection:
@@ -238,20 +240,23 @@ class TargetRunner:
         if extra:
             decision = replace(decision, extra={**decision.extra, **extra})
         if forecast is not None:
-            self.feedback.record(self.target.name, forecast)
+            self.feedback.record(self.target.name, forecast, window.horizons_s)
         return CycleOutcome(decision, forecast, error, seen)
 
 
 @dataclass
 class CycleResult:
-    """What one live cycle did, for logs, metrics and the CLI."""
+    """What one live cycle did, for logs, metrics and the CLI (built once,
+    at the end of the cycle; the daemon may add notes to ``details``)."""
 
     target: str
     now: datetime
     decision: Decision | None = None
     forecast: Forecast | None = None
-    status: str = ""  # observed | dry-run | planned | applied | failed | hold | error
+    #: observed | hold | dry-run | planned | accepted | applied | failed | skipped | error
+    status: str = ""
     plan: Plan | None = None
+    window: LeadWindow | None = None  # the cycle's lead window
     fetch_error: str | None = None
     actuation_error: str | None = None
     error: str | None = None
@@ -263,51 +268,440 @@ class CycleResult:
         return self.error is None and self.fetch_error is None and self.actuation_error is None
 
 
+@dataclass(frozen=True)
+class CycleInputs:
+    """Everything a cycle decides from, gathered before deciding: the one
+    clock value, the history on the interval grid, the platform's reading,
+    the state as loaded (current and in-service capacity taken from the
+    reading), the lead window computed from it, and what went wrong while
+    gathering. Frozen: the later steps read it, none changes it."""
+
+    now: datetime
+    history: Series
+    covariates: Mapping[str, Series] | None
+    reading: CapacityReading | None
+    state: ScalingState
+    window: LeadWindow
+    fetch_error: str | None = None
+    read_error: str | None = None
+    notes: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Act:
+    """What acting on a decision did, by mode: the status and outcome the
+    decision is recorded with, and whether the state takes the change."""
+
+    status: str
+    outcome: Mapping[str, Any] | None = None
+    applied: bool = False
+    error: str | None = None  # an actuation error, for the result
+    plan: Plan | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+class CycleRefused(Exception):
+    """This cycle must not decide (its time is not after the last one)."""
+
+
+#: how many fetches of one target may still be running, abandoned past their
+#: deadline, before a cycle stops starting new ones (each holds a thread until
+#: the source's own timeout ends it)
+MAX_ABANDONED_FETCHES = 2
+
+
+def fetch_deadline(target: TargetConfig) -> float:
+    """Seconds a cycle waits for its metric source: half the cycle's
+    ``timeout``, leaving the other half to decide, record and act."""
+    return target.timeout.total_seconds() / 2
+
+
 class LiveTarget:
     """A target in the live loop: source, store, actuator around a runner.
 
-    Not thread-safe: the daemon runs at most one cycle of a target at a time.
+    Not thread-safe: the daemon runs one cycle of a LiveTarget at a time
+    (a fetch that outlives its deadline runs on in its own thread, but its
+    answer is dropped). Beside a cycle abandoned past its timeout, the daemon
+    runs the next on a fresh LiveTarget sharing the ``acting`` lock.
     """
 
     def __init__(self, target: TargetConfig, *, source: Any, store: Any, actuator: Any,
-                 forecaster: Forecaster | None = None, covariates: dict[str, Any] | None = None) -> None:
+                 forecaster: Forecaster | None = None, covariates: dict[str, Any] | None = None,
+                 acting: threading.Lock | None = None) -> None:
         self.target = target
         self.source = source
+        #: held while a cycle touches the platform or the records of actions;
+        #: shared with a LiveTarget the daemon starts beside an abandoned cycle
+        self.acting = acting or threading.Lock()
+        #: set by the daemon when it starts a newer cycle beside this one's
+        #: abandoned cycle: this one then acts no more
+        self.superseded = threading.Event()
         #: extra metric sources by name, and what has been fetched from each
         self.covariate_sources: dict[str, Any] = dict(covariates or {})
         self.covariate_history: dict[str, Series] = {}
-        self._saved_fit: datetime | None = None
-        self._model_restored = False
         self.store = store
         self.actuator = actuator
-        self.runner = TargetRunner(target, forecaster=forecaster, feedback=StoreFeedback(store))
+        # the pairs in memory reach back as far as the conformal window and
+        # the exported accuracy read
+        keep = max(target.policy.margin.conformal_window, LIVE_ACCURACY_WINDOW)
+        self.runner = TargetRunner(target, forecaster=forecaster, feedback=StoreFeedback(store, target.name, keep))
+        self.checkpoint = ModelCheckpoint(target, getattr(store, "path", None))
         self.policy = target.policy
         self.history: Series | None = None
-        #: settle intents left by a crash before the first cycle, and again
-        #: after a cycle that could not write its outcome to the store
-        self.needs_reconcile = True
-        self._last_now: datetime | None = None
+        self._fetches: list[threading.Thread] = []  # fetches abandoned past their deadline
+        self._modes: dict[str, Callable[[CycleInputs, CycleOutcome], Act]] = {
+            "observe": self._observe, "dry-run": self._dry_run, "approve": self._plan, "auto": self._apply}
+
+    # ------------------------------------------------------------------- cycle
+    def run(self, now: datetime) -> CycleResult:
+        """One cycle at ``now`` (read once by the caller). The steps, in order:
+
+        1. ``_check_clock``  refuse a ``now`` not after the last recorded
+           cycle (decision ids are ``target@time``; every window would be
+           measured backwards).
+        2. ``reconcile``     settle intents a crash left behind, from a read
+           of the platform.
+        3. ``_apply_plans``  approve mode: settle interrupted applies, expire,
+           auto-approve, apply approved plans (:func:`engine.plans.tick`).
+        4. ``_gather``       fetch what is new (within :func:`fetch_deadline`),
+           read the capacity, load the state, compute the lead window:
+           the frozen :class:`CycleInputs`.
+        5. ``_decide``       the shared runner (fit/update, forecast, decide)
+           or, without fresh data, the reactive fallback; model checkpoint.
+        6. ``_verify``       earlier *accepted* actions: ``applied`` once the
+           platform shows them serving (the delay is recorded, for the
+           learned lead time), ``unverified`` after ``verify_timeout``.
+        7. ``_act``          by mode through one table (``_modes``): observe
+           logs, dry-run describes, approve plans, auto records an *intent*,
+           applies and returns once the platform accepted.
+        8. ``_record``       the decision with its status, outcome and the
+           state after it, in one transaction.
+
+        Steps 2-3 and 6-8 touch the platform or the records of actions: they
+        run in this target's turn (:meth:`_turn`), which a cycle abandoned
+        past its timeout may still hold; without it, 2, 3 and 6 wait for a
+        later cycle and 7 records the decision ``skipped``, so two cycles of
+        one target never act at once and every cycle records a decision.
+
+        Never raises a ForescaleError or a bug in a plugin: the problem is
+        returned in the result. A BaseException (SystemExit,
+        KeyboardInterrupt) passes through; the intent recorded before acting
+        lets the next start reconcile it."""
+        t0 = time.perf_counter()
+        notes: dict[str, Any] = {}
+        inputs: CycleInputs | None = None
+        out: CycleOutcome | None = None
+        act: Act | None = None
+        error: str | None = None
+        try:
+            with log_context(target=self.target.name, mode=self.target.mode):
+                self._check_clock(now)
+                with self._turn() as not_ours:
+                    if not not_ours:
+                        notes.update(self.reconcile(now))
+                        notes.update(self._apply_plans(now))
+                inputs = self._gather(now)
+                out = self._decide(inputs, notes)
+                set_log_fields(decision_id=out.decision.id)
+                with self._turn() as not_ours:
+                    if not not_ours:
+                        notes.update(self._verify(inputs))
+                    act = self._act(inputs, out, not_ours)
+                    self._record(inputs, out, act, with_state=not not_ours)
+        except CycleRefused as exc:
+            error = str(exc)
+        except StateError as exc:
+            error = f"state: {exc}"
+        except Exception as exc:  # noqa: BLE001 - one bad cycle must not end the target's loop
+            log.exception("target %s: cycle failed", self.target.name, extra={"target": self.target.name})
+            error = f"{type(exc).__name__}: {exc}"
+        return self._result(now, notes, inputs, out, act, error, time.perf_counter() - t0)
+
+    def _result(self, now: datetime, notes: dict[str, Any], inputs: CycleInputs | None,
+                out: CycleOutcome | None, act: Act | None, error: str | None, duration_s: float) -> CycleResult:
+        details = {**(inputs.notes if inputs else {}), **notes, **(act.details if act else {})}
+        plan_errors = details.pop("plan_errors", None)
+        actuation = [e for e in (plan_errors, inputs and inputs.read_error, act and act.error) if e]
+        return CycleResult(
+            self.target.name, now, decision=out and out.decision, forecast=out and out.forecast,
+            status="error" if error is not None else (act.status if act else ""), plan=act and act.plan,
+            window=inputs and inputs.window, fetch_error=inputs and inputs.fetch_error,
+            actuation_error="; ".join(actuation) or None, error=error, duration_s=duration_s, details=details)
+
+    # ------------------------------------------------------------------ steps
+    def _check_clock(self, now: datetime) -> None:
+        recs = self.store.decisions(self.target.name, limit=1)
+        if recs and now <= (last := parse_time(recs[0]["at"])):
+            # nothing is decided or changed until the clock passes the last
+            # cycle again
+            raise CycleRefused(
+                f"clock: now {isoformat(now)} is not after the last cycle at {isoformat(last)} "
+                "(the clock moved backwards?); nothing decided until it passes that time")
+
+    def _apply_plans(self, now: datetime) -> dict[str, Any]:
+        """Approve mode: the plans' part of the cycle (:func:`engine.plans.tick`:
+        settle interrupted applies, expire, auto-approve, apply what is
+        approved, each re-checked against this target's config in force)."""
+        if self.target.mode != "approve":
+            return {}
+        from .plans import tick
+
+        events = tick(self.store, self.target, self.actuator, now)
+        if not events:
+            return {}
+        notes: dict[str, Any] = {"plans": [str(e) for e in events],
+                                 "plans_applied": [e.plan_id for e in events if e.kind == "applied"]}
+        failed = [str(e) for e in events if e.failed]
+        if failed:
+            notes["plan_errors"] = "; ".join(failed)
+        return notes
+
+    def _gather(self, now: datetime) -> CycleInputs:
+        deadline = time.monotonic() + fetch_deadline(self.target)
+        notes: dict[str, Any] = {}
+        fetch_error = self.refresh_history(now, deadline)
+        if not fetch_error and self.covariate_sources:
+            cov_errors = self.refresh_covariates(now, deadline)
+            if cov_errors:
+                notes["covariate_errors"] = cov_errors
+        stored = self.store.load_state(self.target.name)
+        reading, read_error = self.read_capacity(seed=stored.current if stored else self.policy.bounds[0])
+        state = self.load_state(reading, stored)
+        if reading is not None and reading.count != state.current and self._in_progress(now, state.current):
+            # a change of several steps (a VM resize) is still under way: the
+            # platform shows the old size until its last step; the capacity
+            # ordered stands, and _verify issues the next step
+            notes["in_progress"] = (f"observed capacity {reading.count}; the change to {state.current} "
+                                    "is still in progress")
+        elif reading is not None and reading.count != state.current:
+            # someone (a person, another autoscaler) changed the capacity, or
+            # an earlier action never took: decide from what is there, as the
+            # HPA does from spec.replicas; such a change is no scale event of
+            # ours, so it counts toward no rate limit or cooldown
+            notes["external_change"] = (f"observed capacity {reading.count}, last set by forescale to "
+                                        f"{state.current}; deciding from the observed value")
+            state = replace(state, current=reading.count)
+        history = self.history.regular(self.target.interval) if self.history is not None else Series(
+            np.array([], dtype=np.int64), np.array([], dtype=np.float64), self.target.name)
+        return CycleInputs(now=now, history=history, covariates=self.covariates_on_grid(), reading=reading,
+                           state=state, window=lead_window(self.policy, state.learned_lead_time),
+                           fetch_error=fetch_error, read_error=read_error, notes=notes)
+
+    def _in_progress(self, now: datetime, capacity: int) -> bool:
+        """A stepwise change to ``capacity``, accepted and not yet settled
+        or timed out, is under way."""
+        if not capabilities_of(self.actuator).stepwise_apply:
+            return False
+        pending = self.store.decisions(self.target.name, limit=1, status="accepted")
+        if not pending or pending[0]["desired"] != capacity:
+            return False
+        accepted_at = parse_time((pending[0]["outcome"] or {})["accepted_at"])
+        return now - accepted_at < self._verify_timeout()
+
+    def _verify(self, inputs: CycleInputs) -> dict[str, Any]:
+        """Settle actions the platform accepted on earlier cycles against
+        this cycle's reading (as the HPA writes ``/scale`` and looks again at
+        its next sync). The newest accepted action is checked; older ones it
+        replaced are marked ``superseded``."""
+        pending = self.store.decisions(self.target.name, limit=20, status="accepted")
+        if not pending or inputs.reading is None:
+            return {}
+        now, reading, name = inputs.now, inputs.reading, self.target.name
+        newest, older = pending[0], pending[1:]
+        for rec in older:
+            self.store.set_decision_status(rec["id"], "superseded", now, outcome={
+                **(rec["outcome"] or {}), "superseded_by": newest["id"]})
+        outcome = dict(newest["outcome"] or {})
+        accepted_at = parse_time(outcome["accepted_at"])
+        # what the actuator really set (after its clamps and floors, e.g. an
+        # HPA floor never below its base) is what the platform must show
+        desired = int((outcome.get("details") or {}).get("target", newest["desired"]))
+        timeout = self._verify_timeout()
+        if not (reading.count == desired and reading.settled) and now - accepted_at < timeout \
+                and capabilities_of(self.actuator).stepwise_apply:
+            # a change of several steps (stop, modify, start): each cycle
+            # issues the next step the platform allows, with the same
+            # desired capacity and decision id (idempotent)
+            try:
+                step = self.actuator.apply(newest["desired"], decision_id=newest["id"])
+            except Exception as exc:  # noqa: BLE001 - an actuator bug must not stop the loop
+                self.store.set_decision_status(newest["id"], "failed", now, outcome={
+                    **outcome, "error": str(exc), "error_type": type(exc).__name__,
+                    "request_ids": [*outcome.get("request_ids", ()), *getattr(exc, "request_ids", ())]})
+                return {"failed": f"{newest['id']}: {type(exc).__name__}: {exc}"}
+            outcome["request_ids"] = [*outcome.get("request_ids", ()),
+                                      *(r for r in step.request_ids if r not in outcome.get("request_ids", ()))]
+            outcome["phase"] = (step.details or {}).get("phase")
+            if step.verified:
+                reading = CapacityReading(desired, step.observed)
+            else:
+                self.store.set_decision_status(newest["id"], "accepted", now, outcome=outcome)
+                return {"resizing": f"{newest['id']}: step {outcome['phase'] or 'issued'} toward {desired}"}
+        if reading.count == desired and reading.settled:
+            elapsed = now - accepted_at
+            self.store.record_actuation(name, newest["id"], accepted_at, ActuationResult(
+                desired, reading.serving, True, elapsed, tuple(outcome.get("request_ids", ()))))
+            self.store.set_decision_status(newest["id"], "applied", now, outcome={
+                **outcome, "verified": True, "observed": reading.serving, "verified_at": isoformat(now),
+                "elapsed_s": elapsed.total_seconds()})
+            return {"verified": f"{newest['id']}: {desired} in service after {elapsed}"}
+        if now - accepted_at >= timeout:
+            self.store.set_decision_status(newest["id"], "unverified", now, outcome={
+                **outcome, "verified": False, "observed": reading.to_dict(), "verified_at": isoformat(now)})
+            msg = (f"{newest['id']}: set to {desired} but {reading.count} set and {reading.serving} in service "
+                   f"after verify_timeout ({timeout})")
+            log.warning("target %s: %s", name, msg, extra={"target": name})
+            return {"unverified": msg}
+        return {}
+
+    def _decide(self, inputs: CycleInputs, notes: dict[str, Any]) -> CycleOutcome:
+        if inputs.fetch_error:
+            return self._without_fresh_data(inputs)
+        note = self.checkpoint.restore(self.runner, inputs.now, inputs.history.end)
+        if note:
+            notes["model"] = note
+        out = self.runner.step(inputs.history, inputs.state, inputs.now, inputs.covariates, inputs.window)
+        self.checkpoint.save(self.runner, inputs.history.end)
+        if out.forecast_error:
+            notes["forecast_error"] = out.forecast_error
+        return out
+
+    @contextmanager
+    def _turn(self) -> Iterator[str | None]:
+        """This target's turn to touch the platform and the records of
+        actions: yields None when this cycle has it, else why not (an
+        earlier cycle, abandoned past its timeout, is still acting; or this
+        cycle was itself abandoned and a newer one decides)."""
+        if self.superseded.is_set():
+            yield "this cycle was abandoned past its timeout; a newer cycle decides"
+            return
+        if not self.acting.acquire(blocking=False):
+            yield "an earlier cycle of this target, abandoned past its timeout, is still acting"
+            return
+        try:
+            yield None
+        finally:
+            self.acting.release()
+
+    def _act(self, inputs: CycleInputs, out: CycleOutcome, not_ours: str | None) -> Act:
+        d, mode = out.decision, self.target.mode
+        if mode != "observe" and d.desired == d.current:
+            return Act("hold")
+        if not_ours and mode in ("approve", "auto"):
+            return Act("skipped", {"error": not_ours})
+        return self._modes[mode](inputs, out)
+
+    def _record(self, inputs: CycleInputs, out: CycleOutcome, act: Act, *, with_state: bool = True) -> None:
+        """The decision and (``with_state``) the state after it, in one
+        transaction. Out of turn the state is left to the cycle that is
+        acting: this one loaded it before that one's outcome."""
+        d = out.decision
+        state = out.state.after(d, keep=self.runner.keep, applied=act.applied) if with_state else None
+        self.store.record_decision(d, self.target.mode, act.status, inputs.now, state=state,
+                                   outcome=None if act.outcome is None else dict(act.outcome),
+                                   context=decision_context(self.target, inputs.history, out.forecast))
+
+    # ------------------------------------------------------------- the modes
+    def _observe(self, inputs: CycleInputs, out: CycleOutcome) -> Act:
+        return Act("observed")
+
+    def _dry_run(self, inputs: CycleInputs, out: CycleOutcome) -> Act:
+        desc = self._describe(out.decision)
+        return Act("dry-run", {"would": desc}, details={"plan": desc})
+
+    def _plan(self, inputs: CycleInputs, out: CycleOutcome) -> Act:
+        from .plans import create_plan
+
+        if inputs.reading is None:
+            # a plan must carry the capacity seen when it was made (the
+            # stale-plan check compares against it); without a reading
+            # there is nothing safe to plan
+            return Act("skipped", {"error": inputs.read_error or "capacity could not be read"})
+        d = out.decision
+        plan = create_plan(self.store, self.target, d, inputs.reading.count,
+                           self._describe(d).get("summary", ""), inputs.now, actuator=self.actuator)
+        # the plan's decision as create_plan recorded it (``planned``, or
+        # ``applied`` when the emergency rule acted), which _record keeps
+        rec = self.store.decision(d.id)
+        return Act(rec["status"], rec["outcome"], applied=plan.status == PlanStatus.APPLIED, plan=plan)
+
+    def _apply(self, inputs: CycleInputs, out: CycleOutcome) -> Act:
+        """Auto: record the intent (with the state as if not applied), apply,
+        and return the outcome; ``apply`` returns once the platform accepted
+        the change, and a later cycle's ``_verify`` settles it."""
+        if inputs.read_error:
+            # the platform could not be read: acting blind could undo a change
+            # made by someone else; hold until it can be read again
+            return Act("skipped", {"error": inputs.read_error})
+        d, now = out.decision, inputs.now
+        self._record(inputs, out, Act("intent"))
+        try:
+            result = self.actuator.apply(d.desired, decision_id=d.id)
+        except Exception as exc:  # noqa: BLE001 - an actuator bug must not stop the loop either
+            outcome: dict[str, Any] = {"error": str(exc), "error_type": type(exc).__name__}
+            if isinstance(exc, ActuatorError):
+                outcome["request_ids"] = list(exc.request_ids)
+            return Act("failed", outcome, error=f"{type(exc).__name__}: {exc}")
+        self.store.record_actuation(self.target.name, d.id, now, result)
+        if result.verified:  # already in place (or a simulation)
+            return Act("applied", result.to_dict(), applied=True, details={"result": result.to_dict()})
+        return Act("accepted", {**result.to_dict(), "accepted_at": isoformat(now)}, applied=True,
+                   details={"result": result.to_dict()})
 
     # ---------------------------------------------------------------- history
+    @property
+    def abandoned_fetches(self) -> int:
+        """Fetches abandoned past their deadline that are still running."""
+        return sum(t.is_alive() for t in self._fetches)
+
     def _history_window(self) -> timedelta:
         return self.target.forecaster.history + self.target.interval
 
-    def refresh_history(self, now: datetime) -> str | None:
+    def _fetch(self, source: Any, since: datetime | None, now: datetime, deadline: float) -> Series:
+        """``source.fetch(since, now)`` within ``deadline`` (monotonic): the
+        call runs in its own thread; one that does not return in time is
+        abandoned (its answer is dropped) and raises MetricSourceError, so a
+        source that hangs costs this cycle a fallback, never the cycle."""
+        self._fetches = [t for t in self._fetches if t.is_alive()]
+        if len(self._fetches) >= MAX_ABANDONED_FETCHES:
+            raise MetricSourceError(f"{len(self._fetches)} earlier fetches are still running past their "
+                                    "deadline; not starting another")
+        box: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                box["value"] = source.fetch(since, now)
+            except BaseException as exc:  # noqa: BLE001 - handed to the cycle
+                box["error"] = exc
+
+        thread = threading.Thread(target=call, daemon=True, name=f"fetch-{self.target.name}")
+        thread.start()
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            self._fetches.append(thread)
+            raise MetricSourceError(f"no answer within {fetch_deadline(self.target):g}s "
+                                    f"(half the cycle timeout {self.target.timeout}); abandoned")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    def refresh_history(self, now: datetime, deadline: float | None = None) -> str | None:
         """Fetch what is new; return an error string on failure (the cached
         history stays). A source that answers but has had nothing new for
         longer than ``policy.max_staleness`` is reported too: the data is
         missing even though nothing raised."""
         name = self.target.name
+        if deadline is None:
+            deadline = time.monotonic() + fetch_deadline(self.target)
         if self.history is None:
             cached = self.store.cached_samples(name, since=now - self._history_window())
             self.history = cached if len(cached) else None
-        since = None
         if self.history is not None and len(self.history):
             since = self.history.end
         else:
             since = now - self._history_window()
         try:
-            new = self.source.fetch(since, now)
+            new = self._fetch(self.source, since, now, deadline)
             if not isinstance(new, Series):
                 raise MetricSourceError(f"returned {type(new).__name__}, not a Series")
         except MetricSourceError as exc:
@@ -329,71 +723,18 @@ class LiveTarget:
                     f"({now - last[0]} ago, max_staleness {self.target.policy.max_staleness})")
         return None
 
-    # ------------------------------------------------------------ checkpoints
-    def _model_paths(self) -> tuple[Path, Path] | None:
-        path = getattr(self.store, "path", ":memory:")
-        if not path or path == ":memory:":
-            return None
-        folder = Path(path).parent / (Path(path).name + ".models")
-        return folder / f"{self.target.name}.model", folder / f"{self.target.name}.json"
-
-    def _model_key(self) -> str:
-        """What the saved model must match to be reused: the forecaster
-        section of the config and the interval."""
-        return hashlib.sha256(
-            (self.target.forecaster.model_dump_json() + str(self.target.interval)).encode()).hexdigest()[:16]
-
-    def restore_model(self) -> str | None:
-        """Load the checkpoint of the configured model saved by an earlier
-        run (so a restart does not retrain the LSTM). Returns a note."""
-        paths = self._model_paths()
-        if paths is None or self.runner.forecaster is None or not paths[1].exists():
-            return None
-        model_path, meta_path = paths
-        try:
-            meta = json.loads(meta_path.read_text())
-            if meta.get("key") != self._model_key():
-                return "saved model ignored: the forecaster config changed since it was saved"
-            cls = type(self.runner.forecaster)
-            self.runner.forecaster = cls.load(model_path)
-            self.runner.last_fit = from_epoch(meta["last_fit"])
-            self._saved_fit = self.runner.last_fit
-            return f"model {meta.get('version')} restored (fitted {isoformat(self.runner.last_fit)})"
-        except Exception as exc:  # noqa: BLE001 - a bad checkpoint means: fit again
-            log.warning("target %s: saved model not usable, refitting: %s", self.target.name, exc)
-            return f"saved model not usable ({type(exc).__name__}: {exc}); refitting"
-
-    def save_model(self) -> None:
-        """Checkpoint the configured model after each refit (atomically)."""
-        paths = self._model_paths()
-        f, fitted = self.runner.forecaster, self.runner.last_fit
-        if paths is None or f is None or fitted is None or fitted == self._saved_fit:
-            return
-        model_path, meta_path = paths
-        try:
-            model_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = model_path.with_name(model_path.name + ".tmp")
-            f.save(tmp)
-            os.replace(tmp, model_path)
-            meta = {"key": self._model_key(), "name": self.target.forecaster.name,
-                    "version": getattr(f, "version", ""), "last_fit": to_epoch(fitted)}
-            tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
-            tmp_meta.write_text(json.dumps(meta))
-            os.replace(tmp_meta, meta_path)
-            self._saved_fit = fitted
-        except Exception as exc:  # noqa: BLE001 - a failed checkpoint costs a refit, nothing more
-            log.warning("target %s: could not save the model: %s", self.target.name, exc)
-
-    def refresh_covariates(self, now: datetime) -> dict[str, str]:
+    def refresh_covariates(self, now: datetime, deadline: float | None = None) -> dict[str, str]:
         """Fetch what is new of each extra metric. A failure is reported but
         not fatal: the forecaster sees a gap (NaN) there."""
+        if deadline is None:
+            deadline = time.monotonic() + fetch_deadline(self.target)
         errors: dict[str, str] = {}
         window_start = now - self._history_window()
         for name, src in self.covariate_sources.items():
             have = self.covariate_history.get(name)
             since = have.end if have is not None and len(have) else window_start
             try:
-                new = src.fetch(since, now).until(now)
+                new = self._fetch(src, since, now, deadline).until(now)
             except Exception as exc:  # noqa: BLE001 - an extra metric must not stop the cycle
                 errors[name] = f"{type(exc).__name__}: {exc}"
                 continue
@@ -407,185 +748,57 @@ class LiveTarget:
         return {n: s.regular(self.target.interval) for n, s in self.covariate_history.items() if len(s)}
 
     # ------------------------------------------------------------------ state
-    def load_state(self, observed: int | None) -> ScalingState:
-        state = self.store.load_state(self.target.name)
+    def load_state(self, reading: CapacityReading | None, stored: ScalingState | None) -> ScalingState:
+        """The stored state (a fresh one at the reading or the minimum if
+        none), with the capacity in service from the reading and the lead
+        time learned from the recorded actuation delays."""
+        state = stored
         if state is None:
-            lo, _ = self.target.policy.bounds
-            start = observed if observed is not None else lo
-            state = ScalingState(current=start)
-        if observed is not None:
-            state = replace(state, in_service=observed)
+            state = ScalingState(current=reading.count if reading is not None else self.policy.bounds[0])
+        if reading is not None:
+            state = replace(state, in_service=reading.serving)
         delays = self.store.actuation_delays(self.target.name)
         if delays:
             state = replace(state, learned_lead_time=timedelta(seconds=float(np.percentile(delays, 90))))
         return state
 
-    def read_capacity(self) -> tuple[int | None, str | None]:
+    def read_capacity(self, seed: int | None = None) -> tuple[CapacityReading | None, str | None]:
+        """The platform's reading, or why there is none. ``read()`` raising
+        LookupError is the actuator's way of saying it knows no capacity
+        until told one (the dry-run simulation): the engine then calls its
+        ``seed(capacity)`` with the last capacity it set and reads again."""
         try:
-            return int(self.actuator.read()), None
-        except LookupError:
-            return None, None  # dry-run actuator before its first capacity
+            try:
+                return self.actuator.read(), None
+            except LookupError:
+                if seed is None:
+                    return None, None
+                self.actuator.seed(seed)
+                return self.actuator.read(), None
         except ActuatorError as exc:
             return None, f"actuator read: {exc}"
         except Exception as exc:  # noqa: BLE001
             return None, f"actuator read: {type(exc).__name__}: {exc}"
 
-    def _last_cycle_at(self) -> datetime | None:
-        if self._last_now is None:
-            recs = self.store.decisions(self.target.name, limit=1)
-            if recs:
-                self._last_now = parse_time(recs[0]["at"])
-        return self._last_now
+    def _verify_timeout(self) -> timedelta:
+        cfg = self.target.actuator_config
+        return cfg.verify_timeout if cfg is not None else ActuatorConfig.model_fields["verify_timeout"].default
 
-    # ------------------------------------------------------------------- cycle
-    def run(self, now: datetime) -> CycleResult:
-        """One cycle at ``now``. Never raises a ForescaleError or a bug in a
-        plugin: the problem is returned in the result (``error``,
-        ``fetch_error``, ``actuation_error``). A BaseException (SystemExit,
-        KeyboardInterrupt) passes through; the intent recorded before acting
-        lets the next start reconcile it."""
-        t0 = time.perf_counter()
-        res = CycleResult(self.target.name, now)
-        try:
-            with log_context(target=self.target.name, mode=self.target.mode):
-                self._run(now, res)
-        except StateError as exc:
-            res.error = f"state: {exc}"
-            res.status = "error"
-            self.needs_reconcile = True  # an outcome may not have been written
-        except Exception as exc:  # noqa: BLE001 - one bad cycle must not end the target's loop
-            log.exception("target %s: cycle failed", self.target.name, extra={"target": self.target.name})
-            res.error = f"{type(exc).__name__}: {exc}"
-            res.status = "error"
-            self.needs_reconcile = True
-        res.duration_s = time.perf_counter() - t0
-        return res
-
-    def _run(self, now: datetime, res: CycleResult) -> None:
-        name, mode = self.target.name, self.target.mode
-        last = self._last_cycle_at()
-        if last is not None and now <= last:
-            # Decision ids are "target@time": deciding now would overwrite the
-            # audit record of an earlier cycle, and every window (cooldown,
-            # stabilization) would be measured backwards. Nothing is decided
-            # or changed until the clock passes the last cycle again.
-            res.status = "error"
-            res.error = (f"clock: now {isoformat(now)} is not after the last cycle at {isoformat(last)} "
-                         "(the clock moved backwards?); nothing decided until it passes that time")
-            return
-        if self.needs_reconcile:
-            notes = self.reconcile(now)
-            self.needs_reconcile = False
-            if notes:
-                res.details["reconciled"] = notes
-        if mode == "approve":
-            from .plans import apply_approved, expire_plans
-
-            expired = expire_plans(self.store, name, now)
-            if expired:
-                res.details["plans_expired"] = [p.id for p in expired]
-            applied = apply_approved(self.store, self.actuator, name, now)
-            if applied:
-                res.details["plans_applied"] = applied
-                failed = [f"plan {pid}: {why}" for pid, why in applied if why != "applied"]
-                if failed:
-                    res.actuation_error = "; ".join(failed)
-        res.fetch_error = self.refresh_history(now)
-        observed, read_error = self.read_capacity()
-        if read_error:
-            res.actuation_error = read_error if res.actuation_error is None else \
-                f"{res.actuation_error}; {read_error}"
-        state = self.load_state(observed)
-        if observed is not None and observed != state.current:
-            # someone (a person, another autoscaler) changed the capacity, or
-            # an earlier action never took: decide from what is there, as the
-            # HPA does from spec.replicas; such a change is no scale event of
-            # ours, so it counts toward no rate limit or cooldown
-            res.details["external_change"] = (f"observed capacity {observed}, last set by forescale to "
-                                              f"{state.current}; deciding from the observed value")
-            state = replace(state, current=observed)
-        if isinstance(self.actuator, DryRunActuator) and observed is None:
-            self.actuator.capacity = state.current
-        history = self.history.regular(self.target.interval) if self.history is not None else Series(
-            np.array([], dtype=np.int64), np.array([], dtype=np.float64), name)
-        if res.fetch_error:
-            out = self._without_fresh_data(history, state, now, res.fetch_error)
-        else:
-            if self.covariate_sources:
-                cov_errors = self.refresh_covariates(now)
-                if cov_errors:
-                    res.details["covariate_errors"] = cov_errors
-            if not self._model_restored:
-                self._model_restored = True
-                note = self.restore_model()
-                if note:
-                    res.details["model"] = note
-            out = self.runner.step(history, state, now, self.covariates_on_grid())
-            self.save_model()
-        d = out.decision
-        set_log_fields(decision_id=d.id)
-        res.decision, res.forecast = d, out.forecast
-        if out.forecast_error and not res.fetch_error:
-            res.details["forecast_error"] = out.forecast_error
-        self._last_now = now
-        keep = self.runner.keep
-        if mode == "observe" or d.desired == d.current:
-            status = "observed" if mode == "observe" else "hold"
-            self.store.record_decision(d, mode, status, now, state=out.state.after(d, keep=keep, applied=False))
-            res.status = status
-            return
-        if mode == "dry-run":
-            desc = self._describe(d)
-            self.store.record_decision(d, mode, "dry-run", now,
-                                       state=out.state.after(d, keep=keep, applied=False),
-                                       outcome={"would": desc})
-            res.status, res.details["plan"] = "dry-run", desc
-            return
-        if mode == "approve":
-            from .plans import create_plan
-
-            if observed is None:
-                # a plan must carry the capacity seen when it was made (the
-                # stale-plan check compares against it); without a reading
-                # there is nothing safe to plan
-                self.store.record_decision(d, mode, "skipped", now,
-                                           state=out.state.after(d, keep=keep, applied=False),
-                                           outcome={"error": read_error or "capacity could not be read"})
-                res.status = "skipped"
-                return
-            plan = create_plan(self.store, self.target, d, observed, self._describe(d).get("summary", ""), now)
-            self.store.record_decision(d, mode, "planned", now,
-                                       state=out.state.after(d, keep=keep, applied=False),
-                                       outcome={"plan_id": plan.id})
-            res.status, res.plan = "planned", plan
-            return
-        # auto: record the intent (with the state as if not applied), act,
-        # record the outcome
-        if read_error:
-            # the platform could not be read: acting blind could undo a change
-            # made by someone else; hold until it can be read again
-            self.store.record_decision(d, mode, "skipped", now,
-                                       state=out.state.after(d, keep=keep, applied=False),
-                                       outcome={"error": read_error})
-            res.status = "skipped"
-            return
-        self.store.record_decision(d, mode, "intent", now, state=out.state.after(d, keep=keep, applied=False))
-        self._apply(d, now, res, state_before=out.state)
-
-    def _without_fresh_data(self, history: Series, state: ScalingState, now: datetime,
-                            why: str) -> CycleOutcome:
+    def _without_fresh_data(self, inputs: CycleInputs) -> CycleOutcome:
         """The decision when this cycle's fetch failed: no forecast (the
         cached history may be missing what just happened), so the policy
         falls back to reactive on the last observation and never scales
-        down; ``why`` is the reason recorded in the data step."""
+        down; the fetch error is the reason recorded in the data step."""
+        history, why = inputs.history, inputs.fetch_error
         v = history.values
         if v.size and v[-1] == v[-1]:  # the usual case, without scanning the history
             obs: Observation | None = Observation(float(v[-1]), from_epoch(history.timestamps[-1]))
         else:
             last = history.last_valid()
             obs = Observation(last[1], last[0]) if last is not None else None
-        seen = replace(state, observation=obs, history_points=history.n_valid)
-        d = decide(None, seen, self.policy, now, target=self.target.name, forecast_error=why)
+        seen = replace(inputs.state, observation=obs, history_points=history.n_valid)
+        d = decide(None, seen, self.policy, inputs.now, target=self.target.name, forecast_error=why,
+                   window=inputs.window)
         return CycleOutcome(d, None, why, seen)
 
     def _describe(self, d: Decision) -> dict[str, Any]:
@@ -594,53 +807,27 @@ class LiveTarget:
         except Exception as exc:  # noqa: BLE001
             return {"summary": f"set capacity {d.current} -> {d.desired}", "describe_error": str(exc)}
 
-    def _apply(self, d: Decision, now: datetime, res: CycleResult, state_before: ScalingState) -> None:
-        keep = self.runner.keep
-        try:
-            result = self.actuator.apply(d.desired, decision_id=d.id)
-        except ActuatorError as exc:
-            res.actuation_error = f"{type(exc).__name__}: {exc}"
-            res.status = "failed"
-            self.store.set_decision_status(d.id, "failed", now, outcome={
-                "error": str(exc), "error_type": type(exc).__name__, "request_ids": list(exc.request_ids)})
-            return
-        except Exception as exc:  # noqa: BLE001 - an actuator bug must not stop the loop
-            res.actuation_error = f"{type(exc).__name__}: {exc}"
-            res.status = "failed"
-            self.store.set_decision_status(d.id, "failed", now, outcome={
-                "error": str(exc), "error_type": type(exc).__name__})
-            return
-        self.store.record_actuation(self.target.name, d.id, now, result)
-        status = "applied" if result.verified else "unverified"
-        self.store.record_decision(d, self.target.mode, status, now,
-                                   state=state_before.after(d, keep=keep, applied=True),
-                                   outcome=result.to_dict())
-        res.status = status
-        res.details["result"] = result.to_dict()
-        if not result.verified:
-            res.actuation_error = (f"set to {result.requested} but {result.observed} observed in service "
-                                   "when verification timed out")
-
-    def reconcile(self, now: datetime) -> list[str]:
+    def reconcile(self, now: datetime) -> dict[str, Any]:
         """Settle decisions left as an *intent* by a crash (or by a cycle that
         could not write its outcome). If the platform already shows the
         intended capacity, the decision is marked applied (and the state takes
         the change as a scale event, so cooldowns count from it); otherwise it
         is marked abandoned and the next cycle decides afresh from the observed
         capacity. Set-to-N is idempotent, so nothing is applied twice and
-        nothing disappears from the log. An approved plan whose decision is
-        settled as applied becomes ``applied`` too (else it stays approved and
-        the stale-plan check guards its next apply)."""
-        notes: list[str] = []
+        nothing disappears from the log. A plan claimed for that decision
+        (``applying``) becomes ``applied`` or ``failed`` with it, so it is
+        never applied again. Runs every cycle; costs one indexed query when
+        there is nothing to settle."""
         intents = self.store.unfinished_intents(self.target.name)
         if not intents:
-            return notes
-        observed, err = self.read_capacity()
-        if observed is None and err is not None:
+            return {}
+        reading, err = self.read_capacity()
+        if reading is None and err is not None:
             # cannot tell whether it happened: leave the intents for the next
             # cycle, which reconciles again
-            self.needs_reconcile = True
-            return [f"{len(intents)} unfinished intent(s) left for later: {err}"]
+            return {"reconciled": [f"{len(intents)} unfinished intent(s) left for later: {err}"]}
+        observed = reading.count if reading is not None else None
+        notes: list[str] = []
         for rec in intents:
             if observed is not None and observed == rec["desired"]:
                 self.store.set_decision_status(rec["id"], "applied", now,
@@ -659,10 +846,10 @@ class LiveTarget:
                 notes.append(f"{rec['id']}: not applied before the restart (observed {observed}); abandoned")
         for note in notes:
             log.warning("target %s reconcile: %s", self.target.name, note, extra={"target": self.target.name})
-        return notes
+        return {"reconciled": notes}
 
     def _settle_plan(self, decision_id: str, now: datetime, *, applied: bool) -> None:
-        for p in self.store.plans(self.target.name, PlanStatus.APPROVED):
-            if p.decision_id == decision_id and applied:
-                self.store.transition_plan(p.id, PlanStatus.APPLIED, now, note="reconciled after a restart",
-                                           allowed_from=(PlanStatus.APPROVED,))
+        for p in self.store.plans(self.target.name, PlanStatus.APPLYING):
+            if p.decision_id == decision_id:
+                self.store.transition_plan(p.id, PlanStatus.APPLIED if applied else PlanStatus.FAILED, now,
+                                           reason="reconciled after a restart", allowed_from=(PlanStatus.APPLYING,))

@@ -7,10 +7,15 @@
 - Each cycle starts on the target's interval grid plus a random jitter
   (``jitter``), so many targets do not hit one metric backend at once.
 - A cycle that outlives its ``timeout`` is *abandoned*: reported at once as
-  an error (log line, ``on_result`` callback, metrics), and the target starts
-  no new cycle until the stuck call returns (a thread cannot be killed
-  safely; starting another cycle beside it could act twice). Whatever the
-  late cycle finally does is still recorded in the store.
+  an error (log line, ``on_result`` callback, metrics). The next start comes
+  on schedule all the same, beside it, on a fresh LiveTarget (its own store
+  connection, a fresh fetch, the model restored from its checkpoint): a
+  thread cannot be killed safely, but it need not hold its target. The two
+  share the target's *acting* lock and the abandoned one is told it was
+  superseded, so they never act at once (the newer records ``skipped``
+  while the older is inside the actuator; the older acts no more). While an
+  abandoned cycle and the one started beside it both run, further starts
+  are skipped. Whatever a late cycle finally does is still recorded.
 - SIGTERM/SIGINT: stop starting cycles, give running ones ``grace`` seconds
   to finish, then exit. A cycle still running then is abandoned with the
   process; if it was acting, its intent is in the store and the next start
@@ -19,6 +24,11 @@
   new file is validated first and replaces the running config only if valid;
   a mode change takes effect at the target's next cycle, without a restart.
 - One daemon per state file (:meth:`engine.store.Store.lock`).
+- Once an hour (``HOUSEKEEPING_EVERY``): the state file is pruned as the
+  config's ``retention`` says (:func:`prune_cutoffs`), and a summary of the
+  cycles that fell back to reactive, by reason, is logged (the same counts
+  are the ``forescale_fallback_cycles_total{target,reason}`` metric): a
+  prediction that quietly switched itself off shows up there.
 
 The scheduler reads ``monotonic`` for timing and the injected ``clock`` once
 per cycle for ``now``; tests drive both by hand (:meth:`Daemon.tick`).
@@ -31,10 +41,11 @@ import random
 import signal
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable
 
+from . import audit
 from .build import build_actuator as default_build_actuator, build_source as default_build_source, check_actuator
 from .core.clock import Clock, SystemClock
 from .config import Config, TargetConfig, load_config
@@ -46,6 +57,24 @@ log = logging.getLogger("forescale.daemon")
 
 Monotonic = Callable[[], float]
 
+#: how often the daemon prunes the state file and logs the fallback summary
+HOUSEKEEPING_EVERY = timedelta(hours=1)
+
+
+def prune_cutoffs(config: Config, now: datetime) -> dict[str, datetime | None]:
+    """What :meth:`engine.store.Store.prune` drops, from the config's
+    ``retention``: never the predicted-versus-actual records a target's
+    conformal window still reads, nor the samples its history needs."""
+    r = config.retention
+    need_forecasts = max((t.policy.margin.conformal_window for t in config.targets if t.policy.margin.conformal),
+                         default=timedelta(0))
+    need_samples = max(t.forecaster.history + t.interval for t in config.targets)
+    return {
+        "forecasts_before": None if r.forecasts is None else now - max(r.forecasts, need_forecasts),
+        "samples_before": None if r.samples is None else now - max(r.samples, need_samples),
+        "decisions_before": None if r.decisions is None else now - r.decisions,
+    }
+
 
 class TargetWorker:
     """One target's schedule and its (at most one) running cycle."""
@@ -53,9 +82,13 @@ class TargetWorker:
     def __init__(self, daemon: "Daemon", target: TargetConfig) -> None:
         self.daemon = daemon
         self.target = target
-        self.store = Store(daemon.config.state_path)
+        self.store = Store(daemon.config.state_path, audit_key=audit.key_for(daemon.config))
+        #: held by whichever cycle of this target is acting (shared by every
+        #: LiveTarget this worker builds)
+        self.acting = threading.Lock()
         self.live = self._build(target)
         self.thread: threading.Thread | None = None
+        self.stuck: threading.Thread | None = None  # an abandoned cycle the current one started beside
         self.started: float | None = None  # monotonic start of the running cycle
         self.abandoned = False  # the running cycle passed its timeout
         self.retired = False  # removed by a reload: close when the cycle ends
@@ -68,7 +101,8 @@ class TargetWorker:
         d = self.daemon
         return LiveTarget(target, source=d.build_source(target, d.config), store=self.store,
                           actuator=d.build_actuator(target, d.config),
-                          covariates={n: d.build_source(target, d.config, n) for n in target.covariates})
+                          covariates={n: d.build_source(target, d.config, n) for n in target.covariates},
+                          acting=self.acting)
 
     @property
     def busy(self) -> bool:
@@ -88,8 +122,7 @@ class TargetWorker:
             live.history = old.history
             live.covariate_history = old.covariate_history
             # the model in memory is the newest: no checkpoint to restore
-            live._model_restored, live._saved_fit = True, old._saved_fit
-        live.needs_reconcile = old.needs_reconcile
+            live.checkpoint = old.checkpoint
         if target.interval != self.target.interval:
             self.base_due = self.next_due = None  # start on the new grid
         if target.mode != self.target.mode:
@@ -107,8 +140,11 @@ class TargetWorker:
                 self.abandoned = True
                 self.daemon.cycle_timed_out(self, mono - self.started)
             if self.next_due is not None and mono >= self.next_due:
-                log.warning("target %s: previous cycle still running; skipping this start", self.target.name,
-                            extra={"target": self.target.name})
+                if self.abandoned and not (self.stuck is not None and self.stuck.is_alive()):
+                    self._start_beside(mono)
+                else:
+                    log.warning("target %s: previous cycle still running; skipping this start", self.target.name,
+                                extra={"target": self.target.name})
                 self._schedule_next(mono, interval)
             return
         if self.next_due is None:
@@ -127,6 +163,19 @@ class TargetWorker:
             self.base_due += missed * interval
         self.next_due = self.base_due + self.daemon.jitter(self.target)
 
+    def _start_beside(self, mono: float) -> None:
+        """Start the next cycle beside the abandoned one, on a fresh
+        LiveTarget: the abandoned cycle keeps its objects (and its store
+        connection, closed when it ends) and acts no more."""
+        old = self.live
+        old.superseded.set()
+        self.stuck = self.thread
+        self.store = Store(self.daemon.config.state_path, audit_key=audit.key_for(self.daemon.config))
+        self.live = self._build(self.target)
+        log.warning("target %s: the abandoned cycle is still running; starting this one beside it (the "
+                    "abandoned one will not act)", self.target.name, extra={"target": self.target.name})
+        self.start(mono)
+
     def start(self, mono: float) -> None:
         self.started, self.abandoned = mono, False
         self.thread = threading.Thread(target=self._cycle, args=(self.live,), daemon=True,
@@ -137,7 +186,7 @@ class TargetWorker:
         try:
             now = self.daemon.clock.now()  # read once per cycle
             res = live.run(now)
-            if self.abandoned:
+            if self.abandoned or live is not self.live:
                 res.details["abandoned"] = True
                 log.warning("target %s: abandoned cycle finished after all (status %s)", self.target.name,
                             res.status, extra={"target": self.target.name})
@@ -148,14 +197,19 @@ class TargetWorker:
         except Exception:  # noqa: BLE001 - never let a cycle thread die silently
             log.exception("target %s: cycle crashed", self.target.name, extra={"target": self.target.name})
         finally:
-            if self.retired:
+            if live.store is not self.store:
+                live.store.close()  # started beside: the abandoned cycle's connection was its own
+            elif self.retired:
                 self.store.close()
 
     def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for the running cycle; True if none runs."""
-        if self.thread is not None:
-            self.thread.join(max(0.0, timeout))
-        return not self.busy
+        """Wait up to ``timeout`` s for the running cycle (and an abandoned
+        one it started beside); True if none runs."""
+        deadline = time.monotonic() + timeout
+        for t in (self.thread, self.stuck):
+            if t is not None:
+                t.join(max(0.0, deadline - time.monotonic()))
+        return not self.busy and not (self.stuck is not None and self.stuck.is_alive())
 
     def close(self) -> None:
         self.retired = True
@@ -191,10 +245,21 @@ class Daemon:
         self.reload_event = threading.Event()
         #: errors per target and kind (fetch, actuation, forecast, state, timeout, ...)
         self.errors: dict[str, dict[str, int]] = {}
+        #: decided cycles per target, and those that fell back by reason, since the last summary
+        self.cycles: dict[str, int] = {}
+        self.fallbacks: dict[str, dict[str, int]] = {}
+        self._next_housekeeping: float | None = None
         self._lock = threading.Lock()
-        self.lock_store = Store(self.config.state_path)
+        self.lock_store = Store(self.config.state_path, audit_key=audit.key_for(self.config))
         try:
             self.lock_store.lock()
+            # the tail of the audit chain is checked before anything is
+            # appended to it; a broken chain is reported, never repaired
+            self.audit_status = audit.verify_tail(self.lock_store, 1000)
+            (log.info if self.audit_status.ok else log.error)("audit chain: %s", self.audit_status.summary())
+            if self.metrics is not None:
+                self.metrics.set_audit_status(self.audit_status.ok)
+            audit.record_config(self.lock_store, None, self.config, self.clock.now(), source=str(self.config_path))
             self._mtime = self.config_path.stat().st_mtime
             self.workers: dict[str, TargetWorker] = {}
             for t in self.config.targets:
@@ -220,7 +285,10 @@ class Daemon:
     def _register(self, t: TargetConfig) -> None:
         if self.metrics is not None:
             try:
-                self.metrics.register_target(t.name, mode=t.mode, interval=t.interval)
+                from .metrics import export_horizons
+
+                self.metrics.register_target(t.name, mode=t.mode, interval=t.interval,
+                                             horizons=export_horizons(t), alerts=t.alerts)
             except Exception:  # noqa: BLE001
                 log.exception("metrics registration failed for %s", t.name)
 
@@ -242,19 +310,28 @@ class Daemon:
                         res.target, kind, msg, extra=extra)
         if res.decision is not None:
             d = res.decision
+            with self._lock:
+                self.cycles[res.target] = self.cycles.get(res.target, 0) + 1
+                if d.fallback:
+                    per = self.fallbacks.setdefault(res.target, {})
+                    per[d.steps[0].reason] = per.get(d.steps[0].reason, 0) + 1
             log.info("target %s: %s %d -> %d (%s)%s", res.target, res.status, d.current, d.desired,
                      ", ".join(d.reasons) or "Unchanged", " FALLBACK" if d.fallback else "", extra=extra)
         m = self.metrics
         if m is not None:
             try:
-                m.observe_cycle(res.target, res.decision, res.forecast, res.duration_s, res.ok, res.now)
+                w = self.workers.get(res.target)
+                last = w.live.history.last_valid() if w is not None and w.live.history is not None else None
+                m.observe_cycle(res.target, res.decision, res.forecast, res.duration_s, res.ok, res.now,
+                                observed=last[1] if last else None)
+                if res.decision is not None and res.decision.fallback:
+                    m.fallback_cycle(res.target, res.decision.steps[0].reason)
                 if res.fetch_error:
                     m.fetch_error(res.target)
                 if res.actuation_error:
                     m.actuation_error(res.target)
                 if res.details.get("forecast_error"):
                     m.forecast_failure(res.target)
-                w = self.workers.get(res.target)
                 # (not for a timeout report: the stuck cycle still uses that connection)
                 if w is not None and w.target.mode == "approve" and not res.details.get("timeout"):
                     from .core.types import PlanStatus
@@ -271,7 +348,7 @@ class Daemon:
                 if w is not None and res.forecast is not None and not res.details.get("timeout"):
                     from .accuracy import live_accuracy
 
-                    acc = live_accuracy(w.store, w.target, res.now)
+                    acc = live_accuracy(w.live.runner.feedback, w.live.history, w.target, res.now, lead=res.window)
                     if acc:
                         m.set_accuracy(res.target, acc)
             except Exception:  # noqa: BLE001 - metrics must never break the loop
@@ -283,7 +360,7 @@ class Daemon:
         t = worker.target
         res = CycleResult(t.name, self.clock.now(), status="error", duration_s=elapsed,
                           error=f"cycle timed out: running {elapsed:.1f}s, timeout {t.timeout}; abandoned "
-                                "(no new cycle starts until it returns)")
+                                "(the next cycle starts on schedule beside it; it acts no more once that one runs)")
         res.details["timeout"] = True
         self.on_result(res)
 
@@ -314,7 +391,11 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001
             log.error("config reload rejected, keeping the running config: %s: %s", type(exc).__name__, exc)
             return False
-        self.config = new
+        old, self.config = self.config, new
+        try:
+            audit.record_config(self.lock_store, old, new, self.clock.now(), source=str(self.config_path))
+        except Exception:  # noqa: BLE001 - the reload stands; the audit gap is logged loudly
+            log.exception("config reload: could not record it in the audit log")
         for name in list(self.workers):
             if name not in fresh:
                 self.workers.pop(name).close()
@@ -375,11 +456,39 @@ class Daemon:
             except Exception:  # noqa: BLE001 - a failed reload must not stop the daemon
                 log.exception("config reload failed, keeping the running config")
         mono = self.monotonic()
+        if self._next_housekeeping is None or mono >= self._next_housekeeping:
+            self._next_housekeeping = mono + HOUSEKEEPING_EVERY.total_seconds()
+            self.housekeeping()
         for w in list(self.workers.values()):
             try:
                 w.tick(mono)
             except Exception:  # noqa: BLE001 - never let one target stop the loop
                 log.exception("target %s: scheduling failed", w.target.name)
+
+    def housekeeping(self) -> None:
+        """Prune the state file (retention) and log the fallback summary."""
+        try:
+            gone = self.lock_store.prune(**prune_cutoffs(self.config, self.clock.now()))
+            if any(gone.values()):
+                log.info("state file pruned (retention): %s",
+                         ", ".join(f"{n} {table}" for table, n in gone.items() if n))
+        except Exception:  # noqa: BLE001 - housekeeping must not stop the loop
+            log.exception("pruning the state file failed; trying again in %s", HOUSEKEEPING_EVERY)
+        for target, share, reasons in self.fallback_summary(reset=True):
+            log.log(logging.WARNING if share > 0.05 else logging.INFO,
+                    "target %s: %.0f%% of cycles fell back to reactive since the last summary (%s)", target,
+                    100 * share, ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())) or "none",
+                    extra={"target": target})
+
+    def fallback_summary(self, *, reset: bool = False) -> list[tuple[str, float, dict[str, int]]]:
+        """Per target: the share of decided cycles that fell back, and the
+        count by reason code (since the last reset)."""
+        with self._lock:
+            out = [(t, sum(self.fallbacks.get(t, {}).values()) / n, dict(self.fallbacks.get(t, {})))
+                   for t, n in sorted(self.cycles.items()) if n]
+            if reset:
+                self.cycles, self.fallbacks = {}, {}
+        return out
 
     def run(self, *, tick: float = 0.5, max_ticks: int | None = None, grace: float = 30.0) -> None:
         ticks = 0

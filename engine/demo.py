@@ -167,8 +167,12 @@ def run_demo(out: Path, days: float = 5.0, verbose: bool = True, trace: Path | N
     print()
     print(verdict(result))
     write_json(result, out / "backtest.json")
-    plot(result, out / "backtest.png", last=live)
     print()
+    try:
+        plot(result, out / "backtest.png", last=live)
+    except ImportError:  # matplotlib is the plot extra; the demo works without it
+        print(f"wrote {out / 'backtest.json'} (for the chart: pip install 'forescale[plot]')")
+        return 0
     print(f"wrote {out / 'backtest.json'} and {out / 'backtest.png'}")
     return 0
 

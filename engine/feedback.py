@@ -23,6 +23,10 @@ from .core.types import Forecast, Series
 from .core.units import to_epoch
 
 
+#: the span of the rolling accuracy the daemon exports (``forescale_forecast_error``)
+LIVE_ACCURACY_WINDOW = timedelta(days=1)
+
+
 def conformal_headroom(actual: np.ndarray, point: np.ndarray, target_rate: float,
                        min_samples: int) -> float | None:
     """The ``1 - target_rate`` quantile of ``(actual - point) / point``.
@@ -88,7 +92,7 @@ def seasonal_naive_scale(history: Series, season: timedelta = timedelta(days=1))
 
 
 class Feedback(Protocol):
-    def record(self, target: str, forecast: Forecast) -> None: ...
+    def record(self, target: str, forecast: Forecast, horizons_s: tuple[int, int] | None = None) -> None: ...
 
     def observe(self, target: str, observed: Series) -> None: ...
 
@@ -96,43 +100,86 @@ class Feedback(Protocol):
                  window: timedelta, min_samples: int) -> float | None: ...
 
 
-class MemoryFeedback:
-    """In-memory predicted-vs-actual for the backtest: keeps only the
-    horizons the policy sizes from, in growable arrays (O(1) per record)."""
+def upper_band(forecast: Forecast, level: float) -> np.ndarray:
+    """The forecast at quantile ``level``, else its highest level, else the
+    point (what ``forescale accuracy`` scores coverage against)."""
+    if level in forecast.quantiles:
+        return forecast.quantiles[level]
+    if forecast.quantiles:
+        return forecast.quantiles[max(forecast.quantiles)]
+    return forecast.point
 
-    def __init__(self, horizons_s: tuple[int, int], window_points: int = 2000) -> None:
+
+class MemoryFeedback:
+    """In-memory predicted-vs-actual at the horizons the policy sizes from
+    (``horizons_s``), in growable arrays (O(1) per record). The backtest's
+    feedback, and the live loop's working set under :class:`StoreFeedback`.
+
+    ``upper_level``: also keep the forecast at this quantile (for coverage);
+    ``keep_s``: drop pairs (and unobserved points) older than this, relative
+    to the newest pair, whenever the arrays fill (None: keep everything)."""
+
+    def __init__(self, horizons_s: tuple[int, int], window_points: int = 2000, *,
+                 upper_level: float | None = None, keep_s: int | None = None) -> None:
         self.lo, self.hi = horizons_s
-        self.pending: dict[int, list[float]] = {}
+        self.upper_level = upper_level
+        self.keep_s = keep_s
+        self.pending: dict[int, list[tuple[float, float]]] = {}
         self._ts = np.empty(1024, dtype=np.int64)
         self._a = np.empty(1024)
         self._p = np.empty(1024)
+        self._u = np.empty(1024)
         self.n = 0
 
-    def record(self, target: str, forecast: Forecast) -> None:
+    def record(self, target: str, forecast: Forecast, horizons_s: tuple[int, int] | None = None) -> None:
+        """Keep the points at ``horizons_s`` (the cycle's lead window;
+        default: the horizons given at construction)."""
         made = to_epoch(forecast.made_at)
-        for ts, p in zip(forecast.timestamps.tolist(), forecast.point.tolist()):
-            if self.lo <= ts - made <= self.hi:
-                self.pending.setdefault(ts, []).append(p)
+        lo, hi = horizons_s or (self.lo, self.hi)
+        up = upper_band(forecast, self.upper_level).tolist() if self.upper_level is not None else None
+        for i, (ts, p) in enumerate(zip(forecast.timestamps.tolist(), forecast.point.tolist())):
+            if lo <= ts - made <= hi:
+                self.pending.setdefault(ts, []).append((p, p if up is None else up[i]))
 
-    def _append(self, ts: int, a: float, p: float) -> None:
+    def _append(self, ts: int, a: float, p: float, u: float) -> None:
+        if self.n == self._ts.size:
+            self._trim(ts)
         if self.n == self._ts.size:
             self._ts = np.concatenate([self._ts, np.empty_like(self._ts)])
             self._a = np.concatenate([self._a, np.empty_like(self._a)])
             self._p = np.concatenate([self._p, np.empty_like(self._p)])
-        self._ts[self.n], self._a[self.n], self._p[self.n] = ts, a, p
+            self._u = np.concatenate([self._u, np.empty_like(self._u)])
+        self._ts[self.n], self._a[self.n], self._p[self.n], self._u[self.n] = ts, a, p, u
         self.n += 1
+
+    def _trim(self, newest: int) -> None:
+        if self.keep_s is None:
+            return
+        cut = newest - self.keep_s
+        i = int(np.searchsorted(self._ts[: self.n], cut, side="left"))
+        if i:
+            k = self.n - i
+            for arr in (self._ts, self._a, self._p, self._u):
+                arr[:k] = arr[i: self.n]
+            self.n = k
+        for ts in [t for t in self.pending if t < cut]:
+            del self.pending[ts]
 
     def observe(self, target: str, observed: Series) -> None:
         for ts, v in zip(observed.timestamps.tolist(), observed.values.tolist()):
-            pts = self.pending.pop(ts, None)
-            if pts is not None and v == v:
-                for p in pts:
-                    self._append(ts, v, p)
+            if v == v:  # a gap leaves the points waiting, as the store does
+                for p, u in self.pending.pop(ts, ()):
+                    self._append(ts, v, p, u)
 
     def pairs(self, since: int) -> tuple[np.ndarray, np.ndarray]:
         """(actual, point) of the pairs whose time is at or after ``since``."""
         i = int(np.searchsorted(self._ts[: self.n], since, side="left"))
         return self._a[i: self.n], self._p[i: self.n]
+
+    def triples(self, since: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(actual, point, upper) of the pairs at or after ``since``."""
+        i = int(np.searchsorted(self._ts[: self.n], since, side="left"))
+        return self._a[i: self.n], self._p[i: self.n], self._u[i: self.n]
 
     def headroom(self, target: str, now: datetime, horizons_s: tuple[int, int], target_rate: float,
                  window: timedelta, min_samples: int) -> float | None:
@@ -144,22 +191,60 @@ class MemoryFeedback:
 
 
 class StoreFeedback:
-    """Predicted-vs-actual in the SQLite store (live loop)."""
+    """Predicted-vs-actual for the live loop: every forecast point written
+    to the SQLite store (``forescale accuracy`` reads it there), and the
+    pairs at the cycle's lead window kept in a :class:`MemoryFeedback`,
+    loaded from the store once (and again only when the window changes, as
+    when a learned lead time moves it), then appended to as actuals arrive.
+    So a cycle's headroom and accuracy read nothing from the store that grows
+    with the history (they re-read up to three days of rows every cycle)."""
 
-    def __init__(self, store) -> None:  # engine.store.Store
-        self.store = store
+    def __init__(self, store, target: str, keep: timedelta, upper_level: float = 0.9) -> None:
+        self.store = store  # engine.store.Store
+        self.target = target
+        self.keep = keep  # how far back the memory must reach (the longest window read)
+        self.upper_level = upper_level
+        self.memory: MemoryFeedback | None = None
 
-    def record(self, target: str, forecast: Forecast) -> None:
+    def at(self, horizons_s: tuple[int, int], now: datetime) -> MemoryFeedback:
+        """The in-memory pairs at ``horizons_s`` (loaded on first use or a
+        change of the window)."""
+        m = self.memory
+        if m is None or (m.lo, m.hi) != tuple(horizons_s):
+            m = self.memory = MemoryFeedback(horizons_s, upper_level=self.upper_level,
+                                             keep_s=int(self.keep.total_seconds()))
+            rows = self.store.forecast_records(self.target, since=now - self.keep, horizon_s=tuple(horizons_s),
+                                               with_actual=False)
+            for r in rows:
+                u = _upper_of(r["quantiles"], self.upper_level, r["point"])
+                if r["actual"] is None:
+                    m.pending.setdefault(r["ts"], []).append((r["point"], u))
+                else:
+                    m._append(r["ts"], r["actual"], r["point"], u)
+        return m
+
+    def record(self, target: str, forecast: Forecast, horizons_s: tuple[int, int] | None = None) -> None:
+        memory = self.at(horizons_s, forecast.made_at) if horizons_s is not None else self.memory
         self.store.record_forecast(target, forecast)
+        if memory is not None:
+            memory.record(target, forecast, horizons_s)
 
     def observe(self, target: str, observed: Series) -> None:
         self.store.fill_actuals(target, observed)
+        if self.memory is not None:
+            self.memory.observe(target, observed)
 
     def headroom(self, target: str, now: datetime, horizons_s: tuple[int, int], target_rate: float,
                  window: timedelta, min_samples: int) -> float | None:
-        rows = self.store.forecast_records(target, since=now - window, horizon_s=horizons_s)
-        pairs = [(r["actual"], r["point"]) for r in rows]
-        if not pairs:
+        a, p, _ = self.at(horizons_s, now).triples(to_epoch(now - window))
+        if a.size == 0:
             return None
-        arr = np.array(pairs, dtype=float)
-        return conformal_headroom(arr[:, 0], arr[:, 1], target_rate, min_samples)
+        return conformal_headroom(a, p, target_rate, min_samples)
+
+
+def _upper_of(qjson: str, level: float, point: float) -> float:
+    """:func:`upper_band` for one stored row (its quantiles as JSON)."""
+    import json
+
+    q = json.loads(qjson)
+    return float(q.get(str(level), max(q.values(), default=point)))

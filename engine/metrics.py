@@ -1,59 +1,74 @@
-"""The engine's own metrics, and the HTTP endpoint that serves them.
+"""The engine's own metrics.
 
 :class:`EngineMetrics` owns a private ``CollectorRegistry`` (never the
 process-global one, so two engines in one process, or a test, do not
 collide). The engine calls it with plain values after each cycle; nothing
-here reads the clock: ``now`` arrives as an argument and readiness comes
-from a callable the daemon supplies.
+here reads the clock: ``now`` arrives as an argument. The HTTP server that
+serves them is :mod:`engine.server`.
 
-Metrics (every one labelled by ``target``):
+Names follow the Prometheus conventions (``promtool check metrics`` passes
+on a real scrape): base units, ratios in 0-1, one metric per unit, no
+reserved label names. Every one is labelled by ``target``.
 
-==========================================  =========  ==========================================
-``forescale_forecast``                      gauge      forecast per ``horizon`` (seconds ahead of
-                                                       the cycle) and ``quantile`` (``point``,
-                                                       ``0.9``, ...): what an HPA/KEDA can scale
-                                                       on through a Prometheus adapter
-``forescale_recommended_capacity``          gauge      the policy's recommendation
-``forescale_desired_capacity``              gauge      the capacity decided (after every clamp)
-``forescale_current_capacity``              gauge      the capacity observed before deciding
-``forescale_decisions_total``               counter    by ``action`` and ``reason`` (the reason
-                                                       code of the last policy step that changed
-                                                       the value; ``Unchanged`` if none did)
-``forescale_forecast_error``                gauge      rolling accuracy by ``metric``: mae, mape,
-                                                       mase, bias
-``forescale_forecast_coverage``             gauge      share of actuals inside the forecast band
-``forescale_cycle_duration_seconds``        histogram  wall time of a cycle
-``forescale_fetch_errors_total``            counter    metric source failures
-``forescale_actuation_errors_total``        counter    actuator failures
-``forescale_forecast_failures_total``       counter    forecasts that could not be made
-``forescale_last_success_timestamp_seconds`` gauge     end of the last successful cycle
-``forescale_cycle_interval_seconds``       gauge      the target's configured cycle interval (for
-                                                       "no successful cycle for N intervals")
-``forescale_mode``                          gauge      1 for the target's current ``mode``, 0 for
-                                                       the others
-``forescale_plans_pending``                 gauge      plans waiting for approval
-==========================================  =========  ==========================================
+============================================  =========  ==========================================
+``forescale_forecast_demand``                 gauge      forecast demand, in the target metric's
+                                                         units, per ``horizon`` and ``level``
+``forescale_observed_demand``                 gauge      the latest observed demand (same units)
+``forescale_recommended_capacity``            gauge      the policy's recommendation
+``forescale_desired_capacity``                gauge      the capacity decided (after every clamp)
+``forescale_current_capacity``                gauge      the capacity observed before deciding
+``forescale_decisions_total``                 counter    by ``action`` and ``reason`` (the reason
+                                                         code of the last policy step that changed
+                                                         the value; ``Unchanged`` if none did)
+``forescale_forecast_mae``                    gauge      rolling mean absolute error (metric units)
+``forescale_forecast_bias``                   gauge      rolling mean of forecast - actual (units)
+``forescale_forecast_mape_ratio``             gauge      rolling mean absolute percentage error as a
+                                                         ratio (0.068 is 6.8 %)
+``forescale_forecast_mase_ratio``             gauge      rolling MAE / the one-day seasonal naive's
+``forescale_forecast_coverage_ratio``         gauge      share of actuals under the upper band
+``forescale_cycle_duration_seconds``          histogram  wall time of a cycle
+``forescale_fetch_errors_total``              counter    metric source failures
+``forescale_actuation_errors_total``          counter    actuator failures
+``forescale_forecast_failures_total``         counter    forecasts that could not be made
+``forescale_last_success_timestamp_seconds``  gauge      end of the last successful cycle
+``forescale_cycle_interval_seconds``          gauge      the target's configured cycle interval (for
+                                                         "no successful cycle for N intervals")
+``forescale_mode``                            gauge      1 for the target's current ``mode``, 0 for
+                                                         the others
+``forescale_plans_pending``                   gauge      plans waiting for approval
+``forescale_forecast_time_to_threshold_seconds`` gauge  per ``alert``: seconds until the alert's
+                                                         forecast level crosses its threshold
+                                                         (``+Inf`` when not within the forecast)
+``forescale_alert_threshold``                 gauge      per ``alert``: its threshold (metric units)
+``forescale_remote_write_dropped_samples_total`` counter  remote-write samples dropped (no target label)
+``forescale_remote_write_sent_samples_total`` counter    remote-write samples accepted
+============================================  =========  ==========================================
+
+Labels:
+
+- ``horizon``: seconds ahead of the cycle's ``now``, from the target's
+  configuration and identical across restarts (:func:`export_horizons`: the
+  policy's lead time, lead time + hold, and the end of the forecast when
+  ``forecaster.extra_horizon`` is set). The value at a horizon is the
+  forecast interpolated at ``now + horizon`` (:func:`horizon_values`), not a
+  grid step whose offset depends on when the daemon started. The accuracy
+  gauges carry the lead-time horizon, where the engine measures them.
+- ``level``: ``point`` for the point forecast, else the quantile level
+  (``0.5``, ``0.9``); ``quantile`` is reserved for summaries.
 
 Counters of a target are created at zero when the target is registered, so
 ``increase()`` in an alert sees the first error too.
-
-The HTTP endpoint (:meth:`EngineMetrics.serve`): ``/metrics`` (Prometheus
-text, or OpenMetrics when the scraper asks for it), ``/healthz`` (200 while
-the process serves), ``/readyz`` (200 when every target is ready, else 503
-with a JSON body naming the targets that are not and why).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder, push_to_gateway
 
@@ -62,10 +77,13 @@ from engine.core.types import Decision, Forecast
 log = logging.getLogger("forescale.metrics")
 
 MODES = ("observe", "dry-run", "approve", "auto")
-ERROR_METRICS = ("mae", "mape", "mase", "bias")
+#: the accuracy keys :meth:`EngineMetrics.set_accuracy` takes, as
+#: :func:`engine.accuracy.live_accuracy` computes them (MAPE in percent)
+ACCURACY_KEYS = ("mae", "mape", "mase", "bias", "coverage")
 #: cycle durations: a cycle is a fetch, a fit/predict and maybe an actuation
 #: with verification; seconds to minutes
 CYCLE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+FORECAST_HELP = "Forecast demand in the target metric's units, by horizon (seconds ahead) and level"
 
 #: ``readiness()`` answers {target: None (ready) | "why it is not"}
 Readiness = Callable[[], Mapping[str, "str | None"]]
@@ -80,8 +98,84 @@ def decision_reason(decision: Decision) -> str:
     return reasons[-1] if reasons else "Unchanged"
 
 
-def quantile_label(q: float | None) -> str:
+def level_label(q: float | None) -> str:
     return "point" if q is None else f"{q:g}"
+
+
+def horizon_label(h: timedelta) -> str:
+    return str(int(h.total_seconds()))
+
+
+def export_horizons(target) -> tuple[timedelta, ...]:
+    """The horizons a target's forecast is exported at, from its config only
+    (so the labels survive restarts): the policy's lead time (what it sizes
+    for), lead time + hold (the end of the window the new capacity must
+    cover) and, with ``forecaster.extra_horizon``, the forecast's end."""
+    lead, hold = target.policy.lead_time, target.policy.hold
+    out = [lead, lead + hold, lead + hold + target.forecaster.extra_horizon]
+    return tuple(sorted(set(out)))
+
+
+def value_at(timestamps: np.ndarray, values: np.ndarray, t: float, tolerance: float) -> float | None:
+    """``values`` at epoch ``t``, interpolated linearly between grid points;
+    within ``tolerance`` outside the grid the nearest end (a forecast step
+    holds for one interval); else, or where a neighbour is NaN, ``None``."""
+    ts = np.asarray(timestamps, dtype=float)
+    if ts.size == 0:
+        return None
+    if t < ts[0]:
+        v = float(values[0]) if ts[0] - t <= tolerance else math.nan
+    elif t > ts[-1]:
+        v = float(values[-1]) if t - ts[-1] <= tolerance else math.nan
+    else:
+        j = int(np.searchsorted(ts, t))
+        if ts[j] == t:
+            v = float(values[j])
+        else:
+            a, b = float(values[j - 1]), float(values[j])
+            v = a + (b - a) * (t - ts[j - 1]) / (ts[j] - ts[j - 1])
+    return None if math.isnan(v) else v
+
+
+def horizon_values(forecast: Forecast, horizons: Iterable[timedelta], step: timedelta
+                   ) -> list[tuple[str, str, float]]:
+    """``(horizon, level, value)`` of a forecast at each horizon after its
+    ``made_at`` (the cycle's ``now``), for the point and every quantile: the
+    one place the exported series are derived, for the scrape, the
+    Pushgateway and remote write."""
+    made = forecast.made_at.timestamp()
+    levels: list[tuple[str, np.ndarray]] = [("point", np.asarray(forecast.point, dtype=float))]
+    levels += [(level_label(q), np.asarray(a, dtype=float)) for q, a in sorted(forecast.quantiles.items())]
+    out = []
+    for h in horizons:
+        for level, values in levels:
+            v = value_at(forecast.timestamps, values, made + h.total_seconds(), step.total_seconds())
+            if v is not None:
+                out.append((horizon_label(h), level, v))
+    return out
+
+
+def time_to_threshold(forecast: Forecast, values: np.ndarray, threshold: float,
+                      observed: float | None = None) -> float:
+    """Seconds from the forecast's ``made_at`` until ``values`` (one of its
+    levels) first reach ``threshold``, interpolated linearly between the
+    observation at ``made_at`` (when given) and the forecast points; 0 when
+    the observation is already there; ``inf`` when the forecast stays below
+    it to its end."""
+    made = forecast.made_at.timestamp()
+    if observed is not None and not math.isnan(observed) and observed >= threshold:
+        return 0.0
+    prev: tuple[float, float] | None = (made, observed) if observed is not None and not math.isnan(observed) \
+        else None
+    for t, v in zip(np.asarray(forecast.timestamps, dtype=float).tolist(), np.asarray(values, dtype=float).tolist()):
+        if math.isnan(v):
+            continue
+        if v >= threshold:
+            if prev is not None and prev[1] < threshold:
+                t = prev[0] + (threshold - prev[1]) / (v - prev[1]) * (t - prev[0])
+            return max(0.0, t - made)
+        prev = (t, v)
+    return math.inf
 
 
 def not_ready(last_success: Mapping[str, datetime | None], intervals: Mapping[str, timedelta],
@@ -102,14 +196,21 @@ def not_ready(last_success: Mapping[str, datetime | None], intervals: Mapping[st
     return out
 
 
+#: default horizons of a target registered without any (a test, a tool)
+DEFAULT_HORIZONS = (timedelta(minutes=10), timedelta(minutes=15))
+DEFAULT_STEP = timedelta(minutes=5)
+
+
 class EngineMetrics:
     """The engine's metrics in their own registry (see the module doc)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.forecast = Gauge("forescale_forecast", "Forecast demand by horizon (seconds ahead) and quantile",
-                              ["target", "horizon", "quantile"], registry=r)
+        self.forecast = Gauge("forescale_forecast_demand", FORECAST_HELP, ["target", "horizon", "level"],
+                              registry=r)
+        self.observed = Gauge("forescale_observed_demand", "Latest observed demand in the target metric's units",
+                              ["target"], registry=r)
         self.recommended = Gauge("forescale_recommended_capacity", "Capacity the policy recommended",
                                  ["target"], registry=r)
         self.desired = Gauge("forescale_desired_capacity", "Capacity decided after every clamp",
@@ -118,34 +219,79 @@ class EngineMetrics:
                              ["target"], registry=r)
         self.decisions = Counter("forescale_decisions", "Decisions by action and deciding reason code",
                                  ["target", "action", "reason"], registry=r)
-        self.error = Gauge("forescale_forecast_error", "Rolling forecast error (mae, mape, mase, bias)",
-                           ["target", "metric"], registry=r)
-        self.coverage = Gauge("forescale_forecast_coverage", "Share of actuals inside the forecast band",
-                              ["target"], registry=r)
+        acc = ["target", "horizon"]
+        self.accuracy = {
+            "mae": Gauge("forescale_forecast_mae", "Rolling mean absolute forecast error, in the metric's units",
+                         acc, registry=r),
+            "bias": Gauge("forescale_forecast_bias", "Rolling mean of forecast minus actual, in the metric's units",
+                          acc, registry=r),
+            "mape": Gauge("forescale_forecast_mape_ratio", "Rolling mean absolute percentage error as a ratio",
+                          acc, registry=r),
+            "mase": Gauge("forescale_forecast_mase_ratio", "Rolling MAE over the one-day seasonal naive's MAE",
+                          acc, registry=r),
+            "coverage": Gauge("forescale_forecast_coverage_ratio", "Share of actuals under the upper forecast band",
+                              acc, registry=r),
+        }
         self.duration = Histogram("forescale_cycle_duration_seconds", "Wall time of one cycle",
                                   ["target"], buckets=CYCLE_BUCKETS, registry=r)
         self.fetch_errors = Counter("forescale_fetch_errors", "Metric source failures", ["target"], registry=r)
         self.actuation_errors = Counter("forescale_actuation_errors", "Actuator failures", ["target"], registry=r)
         self.forecast_failures = Counter("forescale_forecast_failures", "Forecasts that could not be made",
                                          ["target"], registry=r)
+        self.fallback_cycles = Counter("forescale_fallback_cycles", "Cycles that fell back to reactive, by the "
+                                       "data step's reason code", ["target", "reason"], registry=r)
         self.last_success = Gauge("forescale_last_success_timestamp_seconds",
                                   "Unix time the last successful cycle ended", ["target"], registry=r)
         self.interval = Gauge("forescale_cycle_interval_seconds", "Configured cycle interval",
                               ["target"], registry=r)
         self.mode = Gauge("forescale_mode", "1 for the target's current mode", ["target", "mode"], registry=r)
         self.plans_pending = Gauge("forescale_plans_pending", "Plans waiting for approval", ["target"], registry=r)
+        self.audit_chain_ok = Gauge("forescale_audit_chain_ok", "1 if the audit chain's tail verified at start, "
+                                    "0 if a record was edited, deleted, inserted or reordered", registry=r)
+        self.time_to_threshold = Gauge(
+            "forescale_forecast_time_to_threshold_seconds", "Seconds until the forecast's alert level crosses "
+            "the alert's threshold (+Inf: not within the forecast)", ["target", "alert"], registry=r)
+        self.alert_threshold = Gauge("forescale_alert_threshold", "The predictive alert's threshold, in the "
+                                     "target metric's units", ["target", "alert"], registry=r)
+        self.remote_write_dropped_samples = Counter(
+            "forescale_remote_write_dropped_samples", "Remote-write samples dropped (queue full, refused, "
+            "or out of retries)", registry=r)
+        self.remote_write_sent_samples = Counter("forescale_remote_write_sent_samples",
+                                                 "Remote-write samples the receiver accepted", registry=r)
         self._lock = threading.Lock()
         self._forecast_labels: dict[str, set[tuple[str, str]]] = {}
         self._last_success: dict[str, datetime] = {}
+        self._horizons: dict[str, tuple[timedelta, ...]] = {}
+        self._steps: dict[str, timedelta] = {}
+        self._alerts: dict[str, tuple] = {}
         self._targets: set[str] = set()
 
     # -------------------------------------------------------------- recording
-    def register_target(self, target: str, mode: str | None = None, interval: timedelta | None = None) -> None:
+    def register_target(self, target: str, mode: str | None = None, interval: timedelta | None = None,
+                        horizons: Iterable[timedelta] | None = None, alerts: Iterable[Any] | None = None) -> None:
         """Create the target's counters at zero (so alerts on ``increase()``
-        see the first error) and record its mode and cycle interval (call
-        again on a config reload)."""
+        see the first error) and record its mode, cycle interval, export
+        horizons (:func:`export_horizons`; the first is the lead time, where
+        accuracy is measured) and predictive alerts
+        (:class:`engine.config.ThresholdAlert`). Call again on a config
+        reload."""
         with self._lock:
             self._targets.add(target)
+            if horizons is not None:
+                self._horizons[target] = tuple(sorted(set(horizons)))
+            if interval is not None:
+                self._steps[target] = interval
+            if alerts is not None:
+                old = {a.name for a in self._alerts.get(target, ())}
+                self._alerts[target] = tuple(alerts)
+                for name in old - {a.name for a in self._alerts[target]}:
+                    for g in (self.time_to_threshold, self.alert_threshold):
+                        try:
+                            g.remove(target, name)
+                        except KeyError:
+                            pass
+        for a in alerts or ():
+            self.alert_threshold.labels(target=target, alert=a.name).set(a.value)
         for c in (self.fetch_errors, self.actuation_errors, self.forecast_failures):
             c.labels(target=target)
         self.duration.labels(target=target)
@@ -155,6 +301,14 @@ class EngineMetrics:
         if interval is not None:
             self.interval.labels(target=target).set(interval.total_seconds())
 
+    def horizons(self, target: str) -> tuple[timedelta, ...]:
+        with self._lock:
+            return self._horizons.get(target, DEFAULT_HORIZONS)
+
+    def step(self, target: str) -> timedelta:
+        with self._lock:
+            return self._steps.get(target, DEFAULT_STEP)
+
     def set_mode(self, target: str, mode: str) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
@@ -162,10 +316,11 @@ class EngineMetrics:
             self.mode.labels(target=target, mode=m).set(1 if m == mode else 0)
 
     def observe_cycle(self, target: str, decision: Decision | None, forecast: Forecast | None,
-                      duration_s: float, ok: bool, now: datetime) -> None:
+                      duration_s: float, ok: bool, now: datetime, observed: float | None = None) -> None:
         """Record one cycle: its duration; on success the time; the decision's
-        capacities and counter; the forecast per horizon and quantile (the
-        previous cycle's horizons are replaced, not left stale)."""
+        capacities and counter; the forecast at each export horizon (the
+        previous cycle's series are replaced, not left stale); the latest
+        observed demand."""
         self.duration.labels(target=target).observe(max(0.0, float(duration_s)))
         with self._lock:
             self._targets.add(target)
@@ -179,24 +334,37 @@ class EngineMetrics:
             self.current.labels(target=target).set(decision.current)
             self.decisions.labels(target=target, action=decision.action.value,
                                   reason=decision_reason(decision)).inc()
+        if observed is not None and not math.isnan(observed):
+            self.observed.labels(target=target).set(float(observed))
         if forecast is not None:
             self.set_forecast(target, forecast)
+            self.set_time_to_threshold(target, forecast, observed)
+
+    def set_time_to_threshold(self, target: str, forecast: Forecast, observed: float | None = None) -> None:
+        """Each predictive alert's time until its level crosses its threshold."""
+        with self._lock:
+            alerts = self._alerts.get(target, ())
+        for a in alerts:
+            values = forecast.point if a.level is None else forecast.quantiles.get(a.level)
+            if values is None:  # the level is validated against the config's quantiles
+                continue
+            self.time_to_threshold.labels(target=target, alert=a.name).set(
+                time_to_threshold(forecast, values, a.value, observed))
+
+    def forecast_series(self, target: str, forecast: Forecast) -> list[tuple[str, str, float]]:
+        """``(horizon, level, value)`` of ``forecast`` at the target's export
+        horizons."""
+        return horizon_values(forecast, self.horizons(target), self.step(target))
 
     def set_forecast(self, target: str, forecast: Forecast) -> None:
-        made = forecast.made_at.timestamp()
-        levels: list[tuple[str, Iterable[float]]] = [("point", forecast.point)]
-        levels += [(quantile_label(q), arr) for q, arr in forecast.quantiles.items()]
         fresh: set[tuple[str, str]] = set()
+        series = self.forecast_series(target, forecast)
         with self._lock:
-            for qlabel, values in levels:
-                for t, v in zip(forecast.timestamps.tolist(), values):
-                    if math.isnan(v):
-                        continue
-                    horizon = str(int(round(t - made)))
-                    self.forecast.labels(target=target, horizon=horizon, quantile=qlabel).set(float(v))
-                    fresh.add((horizon, qlabel))
-            for horizon, qlabel in self._forecast_labels.get(target, set()) - fresh:
-                self.forecast.remove(target, horizon, qlabel)
+            for horizon, level, v in series:
+                self.forecast.labels(target=target, horizon=horizon, level=level).set(v)
+                fresh.add((horizon, level))
+            for horizon, level in self._forecast_labels.get(target, set()) - fresh:
+                self.forecast.remove(target, horizon, level)
             self._forecast_labels[target] = fresh
 
     def fetch_error(self, target: str) -> None:
@@ -208,27 +376,50 @@ class EngineMetrics:
     def forecast_failure(self, target: str) -> None:
         self.forecast_failures.labels(target=target).inc()
 
+    def fallback_cycle(self, target: str, reason: str) -> None:
+        self.fallback_cycles.labels(target=target, reason=reason).inc()
+
+    def set_audit_status(self, ok: bool) -> None:
+        self.audit_chain_ok.set(1 if ok else 0)
+
     def set_plans_pending(self, target: str, n: int) -> None:
         self.plans_pending.labels(target=target).set(n)
 
+    def remote_write_dropped(self, n: int) -> None:
+        self.remote_write_dropped_samples.inc(n)
+
+    def remote_write_sent(self, n: int) -> None:
+        self.remote_write_sent_samples.inc(n)
+
     def set_accuracy(self, target: str, accuracy: Mapping[str, float | None]) -> None:
-        """Rolling accuracy: keys ``mae``, ``mape``, ``mase``, ``bias`` and
-        ``coverage``; a ``None``/NaN value (not computable yet, e.g. MAPE
+        """Rolling accuracy at the lead-time horizon, as
+        :func:`engine.accuracy.live_accuracy` computes it: keys ``mae``,
+        ``mape`` (in percent there; exported as a ratio), ``mase``, ``bias``
+        and ``coverage``. A ``None``/NaN value (not computable yet, e.g. MAPE
         over zero actuals) removes the series instead of exporting NaN."""
-        unknown = set(accuracy) - set(ERROR_METRICS) - {"coverage"}
+        unknown = set(accuracy) - set(ACCURACY_KEYS)
         if unknown:
-            raise ValueError(f"unknown accuracy metric(s) {sorted(unknown)}; "
-                             f"known: {', '.join(ERROR_METRICS)}, coverage")
+            raise ValueError(f"unknown accuracy metric(s) {sorted(unknown)}; known: {', '.join(ACCURACY_KEYS)}")
+        horizon = horizon_label(self.horizons(target)[0])
         for key, value in accuracy.items():
-            g = self.coverage.labels(target=target) if key == "coverage" else \
-                self.error.labels(target=target, metric=key)
+            gauge = self.accuracy[key]
             if value is None or math.isnan(value):
-                if key == "coverage":
-                    self.coverage.remove(target)
-                else:
-                    self.error.remove(target, key)
+                try:
+                    gauge.remove(target, horizon)
+                except KeyError:
+                    pass
             else:
-                g.set(float(value))
+                gauge.labels(target=target, horizon=horizon).set(float(value) / 100 if key == "mape"
+                                                                 else float(value))
+
+    def accuracy_series(self, target: str) -> list[tuple[str, dict[str, str], float]]:
+        """The accuracy gauges' current samples of one target, as
+        ``(name, labels, value)`` (for remote write)."""
+        out = []
+        for gauge in self.accuracy.values():
+            for fam in gauge.collect():
+                out += [(s.name, dict(s.labels), s.value) for s in fam.samples if s.labels.get("target") == target]
+        return out
 
     def last_success_time(self, target: str) -> datetime | None:
         with self._lock:
@@ -245,14 +436,6 @@ class EngineMetrics:
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
 
-    def serve(self, host: str = "127.0.0.1", port: int = 9464, *,
-              readiness: Readiness | None = None) -> "MetricsServer":
-        """Start a threaded HTTP server with ``/metrics``, ``/healthz`` and
-        ``/readyz`` on ``host:port`` (port 0: any free one); returns it
-        running. ``readiness`` answers {target: None | reason}; without it,
-        a target is ready once it has had one successful cycle."""
-        return MetricsServer(self, host, port, readiness).start()
-
     def push_forecasts(self, gateway: str, target: str, forecast: Forecast, *, job: str = "forescale",
                        timeout: float = 10.0) -> None:
         """Push the target's forecast gauges to a Prometheus Pushgateway
@@ -260,100 +443,11 @@ class EngineMetrics:
         Prometheus does not scrape forescale directly. Raises the
         underlying ``OSError``/``urllib.error.URLError`` on failure."""
         reg = CollectorRegistry(auto_describe=True)
-        g = Gauge("forescale_forecast", "Forecast demand by horizon (seconds ahead) and quantile",
-                  ["target", "horizon", "quantile"], registry=reg)
-        made = forecast.made_at.timestamp()
-        levels = [("point", forecast.point)] + [(quantile_label(q), a) for q, a in forecast.quantiles.items()]
-        for qlabel, values in levels:
-            for t, v in zip(forecast.timestamps.tolist(), values.tolist()):
-                if not math.isnan(v):
-                    g.labels(target=target, horizon=str(int(round(t - made))), quantile=qlabel).set(v)
+        g = Gauge("forescale_forecast_demand", FORECAST_HELP, ["target", "horizon", "level"], registry=reg)
+        for horizon, level, v in self.forecast_series(target, forecast):
+            g.labels(target=target, horizon=horizon, level=level).set(v)
         push_to_gateway(gateway, job=job, registry=reg, grouping_key={"target": target}, timeout=timeout)
 
 
-@dataclass
-class _Answer:
-    status: int
-    body: bytes
-    content_type: str
-
-
-class MetricsServer:
-    """The HTTP endpoint; a daemon thread per connection (http.server)."""
-
-    def __init__(self, metrics: EngineMetrics, host: str, port: int, readiness: Readiness | None) -> None:
-        self.metrics = metrics
-        self.readiness = readiness
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            server_version = "forescale"
-
-            def log_message(self, fmt: str, *args: object) -> None:
-                log.debug("metrics endpoint: " + fmt, *args)
-
-            def do_GET(self) -> None:
-                ans = server.answer(self.path.partition("?")[0], self.headers.get("Accept"))
-                self.send_response(ans.status)
-                self.send_header("Content-Type", ans.content_type)
-                self.send_header("Content-Length", str(len(ans.body)))
-                self.end_headers()
-                self.wfile.write(ans.body)
-
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="forescale-metrics", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return int(self.httpd.server_address[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.httpd.server_address[0]}:{self.port}"
-
-    def start(self) -> "MetricsServer":
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def __enter__(self) -> "MetricsServer":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _ready(self) -> dict[str, str | None]:
-        if self.readiness is not None:
-            return dict(self.readiness())
-        # without a callable: ready once a successful cycle has been seen
-        return {t: None if self.metrics.last_success_time(t) else "no successful cycle yet"
-                for t in self.metrics.targets}
-
-    def answer(self, path: str, accept: str | None) -> _Answer:
-        if path == "/metrics":
-            body, ctype = self.metrics.exposition(accept)
-            return _Answer(200, body, ctype)
-        if path == "/healthz":
-            return _Answer(200, b"ok\n", "text/plain; charset=utf-8")
-        if path == "/readyz":
-            try:
-                state = self._ready()
-            except Exception as exc:  # a broken readiness check must not kill the endpoint
-                log.exception("readiness check failed")
-                body = {"ready": False, "error": f"readiness check failed: {type(exc).__name__}"}
-                return _Answer(503, json.dumps(body).encode(), "application/json")
-            waiting = {t: why for t, why in state.items() if why is not None}
-            # no targets at all is not ready: the daemon has not set up yet
-            ready = bool(state) and not waiting
-            body = {"ready": ready, "not_ready": waiting, "targets": sorted(state)}
-            return _Answer(200 if ready else 503, json.dumps(body, sort_keys=True).encode() + b"\n",
-                           "application/json")
-        return _Answer(404, b"not found: try /metrics, /healthz, /readyz\n", "text/plain; charset=utf-8")
-
-
-__all__ = ["EngineMetrics", "MetricsServer", "decision_reason", "not_ready", "quantile_label", "MODES"]
+__all__ = ["EngineMetrics", "decision_reason", "export_horizons", "horizon_values", "level_label",
+           "not_ready", "time_to_threshold", "value_at", "MODES"]

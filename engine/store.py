@@ -10,17 +10,27 @@ Tables:
                      ``failed`` / ``skipped`` / ``planned``), approval and outcome;
 - ``forecasts``      every forecast point, with the actual value filled in
                      when it is observed (predicted-versus-actual);
-- ``plans``          approve-mode plans and their states;
+- ``plans``          approve-mode plans and their current state;
+- ``plan_transitions`` every transition of every plan, appended, never
+                     overwritten (who, when, through which channel, why);
 - ``actuations``     how long each action took to be observed in service;
-- ``samples``        a cache of fetched metric history (incremental fetch).
+- ``samples``        a cache of fetched metric history (incremental fetch);
+- ``audit``          the tamper-evident hash chain (:mod:`engine.audit`), one
+                     record per change to decisions, plans and actuations,
+                     written in the same transaction as the change.
 
-Writes are transactions; the database runs in WAL mode so readers (the CLI)
-do not block the daemon. ``open`` checks the schema version and refuses a
-file written by a newer forescale.
+Writes are transactions (``BEGIN IMMEDIATE``: one writer at a time, so a
+plan is claimed by exactly one process); the database runs in WAL mode so
+readers (the CLI) do not block the daemon, with ``synchronous=FULL`` so a
+committed audit record survives a crash or power loss. ``open`` checks the
+schema version, migrates a version-1 file (adds the plan history and the
+audit chain, sealing the rows it finds as they are), and refuses a file
+written by a newer forescale.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -28,19 +38,25 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from . import audit
 from .core.errors import PlanNotFound, PlanStateError, StateError, StateLocked
 from .core.types import (
-    ActuationResult, Decision, Forecast, Observation, Plan, PlanStatus, ScaleEvent, ScalingState, Series,
+    ActuationResult, Decision, Forecast, Observation, Plan, PlanStatus, PlanTransition, ScaleEvent,
+    ScalingState, Series,
 )
 from .core.units import from_epoch, isoformat, parse_time, to_epoch
 
-SCHEMA_VERSION = 1
+#: 1: the first release; 2: plan_transitions, decisions.plan_id, the audit
+#: chain, decisions.approval a list of every decision on the plan
+SCHEMA_VERSION = 2
 
-_SCHEMA = """
+#: the schema of version 1, frozen: a new file is created as version 1 and
+#: migrated, so a fresh file and an upgraded one take the same path
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS target_state (
     target TEXT PRIMARY KEY,
     state TEXT NOT NULL,
@@ -105,8 +121,38 @@ CREATE TABLE IF NOT EXISTS samples (
 ) WITHOUT ROWID;
 """
 
+#: what schema version 2 adds to a version-1 file (besides the audit tables)
+_V2_TABLES = """
+CREATE TABLE IF NOT EXISTS plan_transitions (
+    plan_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    from_status TEXT,
+    to_status TEXT NOT NULL,
+    identity TEXT,
+    channel TEXT,
+    comment TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (plan_id, seq)
+);
+CREATE INDEX IF NOT EXISTS decisions_plan ON decisions(plan_id);
+"""
+
+#: the decision status that mirrors each plan state
+DECISION_STATUS = {
+    PlanStatus.PENDING: "planned", PlanStatus.APPROVED: "approved", PlanStatus.REJECTED: "rejected",
+    PlanStatus.EXPIRED: "expired", PlanStatus.SUPERSEDED: "superseded", PlanStatus.APPLYING: "intent",
+    PlanStatus.APPLIED: "applied", PlanStatus.FAILED: "failed", PlanStatus.REFUSED: "refused",
+}
+
 
 # ------------------------------------------------------------------ state <-> json
+def _execute(db: sqlite3.Connection, script: str) -> None:
+    for stmt in script.split(";"):
+        if stmt.strip():
+            db.execute(stmt)
+
+
 def state_to_json(s: ScalingState) -> str:
     return json.dumps({
         "current": s.current,
@@ -154,15 +200,46 @@ def plan_from_row(row: sqlite3.Row) -> Plan:
         created_at=parse_time(d["created_at"]), expires_at=parse_time(d["expires_at"]),
         status=PlanStatus(row["status"]), description=d.get("description", ""),
         actor=d.get("actor"), updated_at=parse_time(d["updated_at"]) if d.get("updated_at") else None,
-        note=d.get("note", ""),
+        note=d.get("note", ""), channel=d.get("channel"),
+        waiting_since=parse_time(d["waiting_since"]) if d.get("waiting_since") else None,
+        schedule=d.get("schedule"),
     )
+
+
+def plan_digest(row: sqlite3.Row) -> str:
+    """SHA-256 of a ``plans`` row (its status column and its JSON), carried
+    by every audit record of the plan: an approval is only believed for the
+    plan exactly as it was approved."""
+    return hashlib.sha256(audit.canonical({"status": row["status"], "plan": json.loads(row["plan"])})
+                          .encode()).hexdigest()
+
+
+def _approvals(text: str | None) -> list[dict[str, Any]]:
+    if not text:
+        return []
+    v = json.loads(text)
+    return v if isinstance(v, list) else [v]
+
+
+def _decision_record(row: sqlite3.Row) -> dict[str, Any]:
+    rec = json.loads(row["decision"])
+    rec["mode"] = row["mode"]
+    rec["status"] = row["status"]
+    rec["plan_id"] = row["plan_id"]
+    rec["approvals"] = _approvals(row["approval"])
+    rec["approval"] = next((a for a in reversed(rec["approvals"]) if a.get("decision") == "approved"), None)
+    rec["outcome"] = json.loads(row["outcome"]) if row["outcome"] else None
+    return rec
 
 
 class Store:
     """The SQLite state file. Use as a context manager or call :meth:`close`."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, audit_key: bytes | None = None) -> None:
+        """``audit_key``: the HMAC key of the audit chain (default: the
+        ``FORESCALE_AUDIT_KEY`` environment variable; none: plain SHA-256)."""
         self.path = str(path)
+        self.audit_key: bytes | None = (audit_key if audit_key is not None else audit.key_from_env()) or None
         self._lock_fd: int | None = None
         try:
             if self.path != ":memory:":
@@ -172,18 +249,20 @@ class Store:
             self.db.row_factory = sqlite3.Row
             if self.path != ":memory:":
                 self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
+            # FULL: a commit is on disk when it returns, so an acknowledged
+            # audit record survives power loss too (NORMAL survives kill -9)
+            self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA busy_timeout=10000")
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StateError(
                     f"{self.path}: schema version {version} is newer than this forescale "
                     f"understands ({SCHEMA_VERSION}); upgrade forescale")
-            if version == 0:
+            if version < SCHEMA_VERSION:
                 with self.tx() as db:
-                    for stmt in _SCHEMA.split(";"):
-                        if stmt.strip():
-                            db.execute(stmt)
+                    if version == 0:
+                        _execute(db, _SCHEMA_V1)
+                    self._migrate_from_1(db)
                     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             self._close_quietly()
@@ -191,6 +270,39 @@ class Store:
         except StateError:
             self._close_quietly()
             raise
+
+    def _migrate_from_1(self, db: sqlite3.Connection) -> None:
+        """Version 1 -> 2, inside the opening transaction: the new tables and
+        column, each decision's approval as a list of decisions, the plan each
+        decision proposed, and one audit record sealing every existing
+        decision and plan as found (what happened before the chain cannot be
+        proven, but from here on an edit of those rows is detected)."""
+        from .core.clock import SystemClock
+
+        now = SystemClock().now()  # the migration's own time, not a cycle's
+        db.execute("ALTER TABLE decisions ADD COLUMN plan_id TEXT")
+        _execute(db, audit.SCHEMA + _V2_TABLES)
+        for row in db.execute("SELECT id, approval, outcome FROM decisions").fetchall():
+            entries = []
+            for a in _approvals(row["approval"]):
+                entries.append({"decision": "rejected" if a.get("rejected") else "approved",
+                                "identity": None, "channel": None, "at": a.get("at"),
+                                "comment": a.get("note", ""), "claimed_actor": a.get("actor"),
+                                "plan_id": None, "legacy": True})
+            outcome = json.loads(row["outcome"]) if row["outcome"] else {}
+            plan_id = outcome.get("plan_id") if isinstance(outcome, dict) else None
+            db.execute("UPDATE decisions SET approval=?, plan_id=? WHERE id=?",
+                       (json.dumps(entries) if entries else None, plan_id, row["id"]))
+        for row in db.execute("SELECT id, status FROM decisions ORDER BY at, id").fetchall():
+            audit.append(db, "decision", {"migrated": True, "decision_id": row["id"], "status": row["status"]},
+                         now, key=self.audit_key, decision_id=row["id"], rows=audit.seal_rows(db, [row["id"]]))
+        for row in db.execute("SELECT * FROM plans ORDER BY created_at, id").fetchall():
+            seq = audit.append(db, "plan_transition", {
+                "migrated": True, "plan_id": row["id"], "to": row["status"], "plan_sha256": plan_digest(row)},
+                now, key=self.audit_key, plan_id=row["id"], decision_id=row["decision_id"])
+            db.execute("INSERT INTO plan_transitions VALUES (?,?,?,?,?,?,?,?,?)",
+                       (row["id"], seq, to_epoch(now), None, row["status"], None, None, "",
+                        "as found when the state file was upgraded to schema 2"))
 
     # ----------------------------------------------------------------- plumbing
     def _close_quietly(self) -> None:
@@ -274,34 +386,55 @@ class Store:
 
     # ---------------------------------------------------------------- decisions
     def record_decision(self, decision: Decision, mode: str, status: str, now: datetime,
-                        state: ScalingState | None = None, outcome: dict | None = None) -> None:
-        """Insert the decision (and, atomically, the state after it)."""
+                        state: ScalingState | None = None, outcome: dict | None = None, *,
+                        context: dict[str, Any] | None = None, plan_id: str | None = None) -> None:
+        """Insert the decision (and, atomically, the state after it and its
+        audit record). ``context``: what the audit record carries beyond the
+        Decision (:func:`engine.audit.decision_context`: inputs digest,
+        forecast summary, config digest); ``plan_id``: the plan it proposed."""
         with self.tx() as db:
-            db.execute(
-                "INSERT INTO decisions(id, target, at, mode, action, current, desired, fallback, status,"
-                " decision, outcome, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
-                "ON CONFLICT(id) DO UPDATE SET status=excluded.status, decision=excluded.decision,"
-                " outcome=excluded.outcome, updated_at=excluded.updated_at",
-                (decision.id, decision.target, to_epoch(decision.at), mode, decision.action.value,
-                 decision.current, decision.desired, int(decision.fallback), status, decision.to_json(),
-                 None if outcome is None else json.dumps(outcome, default=str), to_epoch(now)))
+            self._write_decision(db, decision, mode, status, now, outcome, context, plan_id)
             if state is not None:
                 _upsert_state(db, decision.target, state, now)
 
+    def _write_decision(self, db: sqlite3.Connection, decision: Decision, mode: str, status: str,
+                        now: datetime, outcome: dict | None, context: dict[str, Any] | None,
+                        plan_id: str | None) -> None:
+        db.execute(
+            "INSERT INTO decisions(id, target, at, mode, action, current, desired, fallback, status,"
+            " decision, outcome, updated_at, plan_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT(id) DO UPDATE SET status=excluded.status, decision=excluded.decision,"
+            " outcome=excluded.outcome, updated_at=excluded.updated_at,"
+            " plan_id=COALESCE(excluded.plan_id, plan_id)",
+            (decision.id, decision.target, to_epoch(decision.at), mode, decision.action.value,
+             decision.current, decision.desired, int(decision.fallback), status, decision.to_json(),
+             None if outcome is None else json.dumps(outcome, default=str), to_epoch(now), plan_id))
+        payload = {**decision.to_dict(), "mode": mode, "status": status, "outcome": outcome,
+                   "plan_id": plan_id, "context": context or {}}
+        audit.append(db, "decision", payload, now, key=self.audit_key, decision_id=decision.id, plan_id=plan_id,
+                     rows=audit.seal_rows(db, [decision.id]))
+
     def set_decision_status(self, decision_id: str, status: str, now: datetime, *,
                             outcome: dict | None = None, approval: dict | None = None) -> None:
+        """A later status of a decision (and its audit record). ``approval``
+        is appended to the decision's approvals, never replacing one."""
         with self.tx() as db:
-            cur = db.execute(
-                "UPDATE decisions SET status=?, outcome=COALESCE(?, outcome),"
-                " approval=COALESCE(?, approval), updated_at=? WHERE id=?",
-                (status, None if outcome is None else json.dumps(outcome, default=str),
-                 None if approval is None else json.dumps(approval, default=str), to_epoch(now), decision_id))
-            if cur.rowcount == 0:
+            row = db.execute("SELECT approval FROM decisions WHERE id=?", (decision_id,)).fetchone()
+            if row is None:
                 raise StateError(f"no decision {decision_id!r} in {self.path}")
+            approvals = _approvals(row["approval"]) + ([approval] if approval is not None else [])
+            db.execute(
+                "UPDATE decisions SET status=?, outcome=COALESCE(?, outcome), approval=?, updated_at=? WHERE id=?",
+                (status, None if outcome is None else json.dumps(outcome, default=str),
+                 json.dumps(approvals, default=str) if approvals else None, to_epoch(now), decision_id))
+            audit.append(db, "decision", {"decision_id": decision_id, "status": status, "outcome": outcome,
+                                          "approval": approval}, now, key=self.audit_key,
+                         decision_id=decision_id, rows=audit.seal_rows(db, [decision_id]))
 
     def decisions(self, target: str | None = None, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
-        """Newest first: each the serialized Decision plus mode, status,
-        approval and outcome (the audit record)."""
+        """Newest first: each the serialized Decision plus mode, status, the
+        plan it proposed, every decision on that plan (``approvals``, oldest
+        first; ``approval``: the latest approving one) and the outcome."""
         q = "SELECT * FROM decisions"
         where, args = [], []
         if target:
@@ -314,24 +447,11 @@ class Store:
             q += " WHERE " + " AND ".join(where)
         q += " ORDER BY at DESC, id DESC LIMIT ?"
         args.append(limit)
-        out = []
-        for row in self.db.execute(q, args):
-            rec = json.loads(row["decision"])
-            rec["mode"] = row["mode"]
-            rec["status"] = row["status"]
-            rec["approval"] = json.loads(row["approval"]) if row["approval"] else None
-            rec["outcome"] = json.loads(row["outcome"]) if row["outcome"] else None
-            out.append(rec)
-        return out
+        return [_decision_record(row) for row in self.db.execute(q, args)]
 
     def decision(self, decision_id: str) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT id FROM decisions WHERE id=?", (decision_id,)).fetchone()
-        if row is None:
-            return None
-        for rec in self.decisions(limit=1_000_000):
-            if rec["id"] == decision_id:
-                return rec
-        return None
+        row = self.db.execute("SELECT * FROM decisions WHERE id=?", (decision_id,)).fetchone()
+        return None if row is None else _decision_record(row)
 
     def unfinished_intents(self, target: str) -> list[dict[str, Any]]:
         """Decisions recorded as an intent to act whose outcome was never
@@ -384,21 +504,93 @@ class Store:
         q += " ORDER BY ts"
         return self.db.execute(q, args).fetchall()
 
-    def prune(self, before: datetime) -> None:
-        """Drop forecast records and cached samples older than ``before``."""
-        with self.tx() as db:
-            db.execute("DELETE FROM forecasts WHERE ts<?", (to_epoch(before),))
-            db.execute("DELETE FROM samples WHERE ts<?", (to_epoch(before),))
+    def prune(self, before: datetime | None = None, *, forecasts_before: datetime | None = None,
+              samples_before: datetime | None = None, decisions_before: datetime | None = None,
+              targets: list[str] | None = None) -> dict[str, int]:
+        """Drop rows older than the given times (``before``: forecasts and
+        samples both) and return how many went, by table. Decisions go with
+        their plans and actuation records; an unfinished one (an intent, an
+        accepted action not yet verified, a plan still open or being applied)
+        is never dropped, and neither is the audit chain (append-only) nor
+        the plans' transition history. Per target
+        (``targets``; default: every target in the file), so each delete
+        uses the target's index and holds the write lock briefly."""
+        forecasts_before = forecasts_before or before
+        samples_before = samples_before or before
+        if targets is None:
+            targets = [r[0] for r in self.db.execute(
+                "SELECT target FROM target_state UNION SELECT target FROM forecasts "
+                "UNION SELECT target FROM samples UNION SELECT target FROM decisions")]
+        gone = {"forecasts": 0, "samples": 0, "decisions": 0, "plans": 0, "actuations": 0}
+        for t in targets:
+            with self.tx() as db:
+                if forecasts_before is not None:
+                    gone["forecasts"] += db.execute("DELETE FROM forecasts WHERE target=? AND ts<?",
+                                                    (t, to_epoch(forecasts_before))).rowcount
+                if samples_before is not None:
+                    gone["samples"] += db.execute("DELETE FROM samples WHERE target=? AND ts<?",
+                                                  (t, to_epoch(samples_before))).rowcount
+                if decisions_before is not None:
+                    cut = to_epoch(decisions_before)
+                    gone["actuations"] += db.execute(
+                        "DELETE FROM actuations WHERE target=? AND at<? AND decision_id NOT IN (SELECT id "
+                        "FROM decisions WHERE target=? AND status IN ('intent', 'accepted'))", (t, cut, t)).rowcount
+                    gone["plans"] += db.execute(
+                        "DELETE FROM plans WHERE target=? AND created_at<? AND status NOT IN ('pending', 'approved', "
+                        "'applying')",
+                        (t, cut)).rowcount
+                    gone["decisions"] += db.execute(
+                        "DELETE FROM decisions WHERE target=? AND at<? AND status NOT IN ('intent', 'accepted')",
+                        (t, cut)).rowcount
+        return gone
 
     # -------------------------------------------------------------------- plans
-    def save_plan(self, plan: Plan) -> None:
+    def save_plan(self, plan: Plan, *, decision: tuple[Decision, str, dict[str, Any] | None] | None = None,
+                  state: ScalingState | None = None, identity: str | None = None, channel: str | None = None,
+                  reason: str = "") -> None:
+        """Store a new plan, its first transition and its audit record in one
+        transaction; with ``decision`` = (Decision, mode, context), the
+        decision that proposed it is recorded in the same transaction (and
+        ``state``, the target's state after it)."""
         with self.tx() as db:
+            if decision is not None:
+                d, mode, context = decision
+                self._write_decision(db, d, mode, DECISION_STATUS[plan.status], plan.created_at,
+                                     {"plan_id": plan.id}, context, plan.id)
+                if state is not None:
+                    _upsert_state(db, d.target, state, plan.created_at)
             db.execute(
                 "INSERT INTO plans(id, target, decision_id, status, plan, created_at, updated_at)"
                 " VALUES (?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET status=excluded.status,"
                 " plan=excluded.plan, updated_at=excluded.updated_at",
                 (plan.id, plan.target, plan.decision_id, plan.status.value, json.dumps(plan.to_dict()),
                  to_epoch(plan.created_at), to_epoch(plan.updated_at or plan.created_at)))
+            db.execute("UPDATE decisions SET plan_id=? WHERE id=? AND plan_id IS NULL", (plan.id, plan.decision_id))
+            self._log_transition(db, plan, None, plan.created_at, identity=identity, channel=channel,
+                                 comment="", reason=reason or "planned")
+
+    def _log_transition(self, db: sqlite3.Connection, plan: Plan, before: PlanStatus | None, now: datetime, *,
+                        identity: str | None, channel: str | None, comment: str, reason: str,
+                        rows: dict[str, str] | None = None) -> int:
+        """Append a plan's transition to its history and to the audit chain
+        (an ``approval`` record when a person or a policy approved or
+        rejected it)."""
+        row = db.execute("SELECT * FROM plans WHERE id=?", (plan.id,)).fetchone()
+        kind = "approval" if plan.status in (PlanStatus.APPROVED, PlanStatus.REJECTED) else "plan_transition"
+        payload = {"plan_id": plan.id, "target": plan.target, "decision_id": plan.decision_id,
+                   "from": None if before is None else before.value, "to": plan.status.value,
+                   "identity": identity, "channel": channel, "comment": comment, "reason": reason,
+                   "from_capacity": plan.from_capacity, "to_capacity": plan.to_capacity,
+                   "observed_capacity": plan.observed_capacity, "action": plan.action.value,
+                   "plan_sha256": plan_digest(row)}
+        if plan.schedule is not None:
+            payload["schedule"] = dict(plan.schedule)
+        seq = audit.append(db, kind, payload, now, key=self.audit_key, decision_id=plan.decision_id,
+                           plan_id=plan.id, rows=rows)
+        db.execute("INSERT INTO plan_transitions VALUES (?,?,?,?,?,?,?,?,?)",
+                   (plan.id, seq, to_epoch(now), None if before is None else before.value, plan.status.value,
+                    identity, channel, comment, reason))
+        return seq
 
     def plan(self, plan_id: str) -> Plan:
         row = self.db.execute("SELECT * FROM plans WHERE id=?", (plan_id,)).fetchone()
@@ -417,12 +609,38 @@ class Store:
             args.append(status.value)
         if where:
             q += " WHERE " + " AND ".join(where)
-        q += " ORDER BY created_at DESC"
+        q += " ORDER BY created_at DESC, id"
         return [plan_from_row(r) for r in self.db.execute(q, args)]
 
-    def transition_plan(self, plan_id: str, to: PlanStatus, now: datetime, *, actor: str | None = None,
-                        note: str = "", allowed_from: tuple[PlanStatus, ...]) -> Plan:
-        """Move a plan between states, atomically checking where it is now."""
+    def plan_history(self, plan_id: str) -> list[PlanTransition]:
+        """Every transition of a plan, oldest first."""
+        rows = self.db.execute("SELECT * FROM plan_transitions WHERE plan_id=? ORDER BY seq", (plan_id,))
+        return [PlanTransition(r["plan_id"], from_epoch(r["at"]),
+                               None if r["from_status"] is None else PlanStatus(r["from_status"]),
+                               PlanStatus(r["to_status"]), r["identity"], r["channel"], r["comment"],
+                               r["reason"], r["seq"]) for r in rows]
+
+    def transition_plan(self, plan_id: str, to: PlanStatus, now: datetime, *,
+                        allowed_from: tuple[PlanStatus, ...], identity: str | None = None,
+                        channel: str | None = None, comment: str = "", reason: str = "",
+                        outcome: dict[str, Any] | None = None, decision_status: str | None = None,
+                        guard: Callable[[sqlite3.Connection, Plan], tuple[PlanStatus, str] | None] | None = None,
+                        actuation: ActuationResult | None = None,
+                        state: ScalingState | None = None) -> Plan:
+        """Move a plan between states in one transaction (``BEGIN
+        IMMEDIATE``, so two processes cannot both make the same move):
+        check where it is now, append the transition to its history and to
+        the audit chain, and mirror it on the decision that proposed it and
+        on every decision that re-planned it while it was open.
+
+        ``guard(db, plan)``, run inside the transaction on the plan as it is
+        now, may redirect the move: it returns (state, reason) to go to
+        instead (e.g. ``refused`` when the approval cannot be verified), and
+        the returned Plan then has that state. ``actuation`` and ``state``
+        are written in the same transaction (the actuation record, the
+        target's state after it); ``decision_status`` overrides the mirrored
+        status (e.g. ``unverified``); ``outcome`` goes on the proposing
+        decision."""
         with self.tx() as db:
             row = db.execute("SELECT * FROM plans WHERE id=?", (plan_id,)).fetchone()
             if row is None:
@@ -432,19 +650,69 @@ class Store:
                 raise PlanStateError(
                     f"plan {plan_id} is {plan.status.value}; cannot make it {to.value} "
                     f"(only from {', '.join(s.value for s in allowed_from)})")
-            new = replace(plan, status=to, updated_at=now, actor=actor or plan.actor,
-                          note=note or plan.note)
+            if guard is not None:
+                redirect = guard(db, plan)
+                if redirect is not None:
+                    to, reason = redirect
+                    decision_status = None
+                    outcome = {**(outcome or {}), "refused" if to == PlanStatus.REFUSED else to.value: reason}
+            decided = to in (PlanStatus.APPROVED, PlanStatus.REJECTED)
+            new = replace(plan, status=to, updated_at=now, actor=identity if decided and identity else plan.actor,
+                          channel=channel if decided and channel else plan.channel,
+                          note=comment or reason or plan.note)
             db.execute("UPDATE plans SET status=?, plan=?, updated_at=? WHERE id=?",
                        (to.value, json.dumps(new.to_dict()), to_epoch(now), plan_id))
+            touched = self._mirror(db, new, now, identity=identity, channel=channel, comment=comment,
+                                   reason=reason, outcome=outcome, status=decision_status or DECISION_STATUS[to])
+            if actuation is not None:
+                self._write_actuation(db, plan.target, plan.decision_id, now, actuation, plan_id=plan.id)
+            if state is not None:
+                _upsert_state(db, plan.target, state, now)
+            self._log_transition(db, new, plan.status, now, identity=identity, channel=channel, comment=comment,
+                                 reason=reason, rows=audit.seal_rows(db, touched))
             return new
+
+    def _mirror(self, db: sqlite3.Connection, plan: Plan, now: datetime, *, identity: str | None,
+                channel: str | None, comment: str, reason: str, outcome: dict[str, Any] | None,
+                status: str) -> list[str]:
+        """The plan's new state on its decisions: the proposing one (status,
+        outcome, and an appended approval entry when approved or rejected),
+        and those that re-planned the same change while it was open (status
+        only, except ``intent``, which only the proposing one carries)."""
+        touched = []
+        origin = db.execute("SELECT approval FROM decisions WHERE id=?", (plan.decision_id,)).fetchone()
+        if origin is not None:
+            approvals = _approvals(origin["approval"])
+            if plan.status in (PlanStatus.APPROVED, PlanStatus.REJECTED):
+                approvals.append({"decision": plan.status.value, "plan_id": plan.id, "identity": identity,
+                                  "channel": channel, "at": isoformat(now), "comment": comment})
+            db.execute("UPDATE decisions SET status=?, outcome=COALESCE(?, outcome), approval=?, updated_at=?"
+                       " WHERE id=?", (status, None if outcome is None else json.dumps(outcome, default=str),
+                                       json.dumps(approvals) if approvals else None, to_epoch(now),
+                                       plan.decision_id))
+            touched.append(plan.decision_id)
+        if plan.status != PlanStatus.APPLYING:
+            others = [r["id"] for r in db.execute(
+                "SELECT id FROM decisions WHERE plan_id=? AND id!=? AND status IN ('planned', 'approved')",
+                (plan.id, plan.decision_id))]
+            for did in others:
+                db.execute("UPDATE decisions SET status=?, updated_at=? WHERE id=?", (status, to_epoch(now), did))
+            touched += others
+        return touched
 
     # --------------------------------------------------------------- actuations
     def record_actuation(self, target: str, decision_id: str, at: datetime, result: ActuationResult) -> None:
         with self.tx() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO actuations VALUES (?,?,?,?,?,?,?,?)",
-                (decision_id, target, to_epoch(at), result.requested, result.observed,
-                 int(result.verified), result.elapsed.total_seconds(), json.dumps(result.to_dict())))
+            self._write_actuation(db, target, decision_id, at, result)
+
+    def _write_actuation(self, db: sqlite3.Connection, target: str, decision_id: str, at: datetime,
+                         result: ActuationResult, plan_id: str | None = None) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO actuations VALUES (?,?,?,?,?,?,?,?)",
+            (decision_id, target, to_epoch(at), result.requested, result.observed,
+             int(result.verified), result.elapsed.total_seconds(), json.dumps(result.to_dict())))
+        audit.append(db, "actuation", {"target": target, "decision_id": decision_id, **result.to_dict()}, at,
+                     key=self.audit_key, decision_id=decision_id, plan_id=plan_id)
 
     def actuation_delays(self, target: str, limit: int = 50) -> list[float]:
         rows = self.db.execute(

@@ -6,6 +6,7 @@ register under the ``forescale.forecasters`` entry-point group.
 """
 
 from engine.core.errors import PluginError
+from engine.core.plugins import check_capabilities
 from engine.core.registry import Registry
 
 from .base import BaseForecaster, Forecaster, ForecasterParams
@@ -14,7 +15,8 @@ registry = Registry("forecaster", "forescale.forecasters")
 registry.add("persistence", "forecasters.naive:Persistence")
 registry.add("seasonal_naive", "forecasters.naive:SeasonalNaive")
 registry.add("seasonal_persistence", "forecasters.naive:SeasonalPersistence")
-registry.add("holt_winters", "forecasters.holt_winters:HoltWinters", packages=("statsmodels",))
+registry.add("holt_winters", "forecasters.holt_winters:HoltWinters", extra="holt-winters",
+             packages=("statsmodels",))
 registry.add("prophet", "forecasters.prophet_model:ProphetForecaster", extra="prophet",
              packages=("prophet",))
 registry.add("lstm", "forecasters.lstm:LSTMForecaster", extra="lstm", packages=("torch",))
@@ -25,6 +27,7 @@ def _check(name: str, obj: object) -> None:
     for attr in ("fit", "update", "predict", "save", "Params"):
         if not hasattr(obj, attr):
             raise PluginError(f"forecaster {name!r} ({obj!r}) lacks {attr!r}")
+    check_capabilities("forecaster", name, obj)
 
 
 registry.add_validator(_check)

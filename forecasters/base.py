@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from engine.core.errors import ForecastError, InsufficientHistory
+from engine.core.plugins import Capabilities
 from engine.core.types import Forecast, Series
 from engine.core.units import to_epoch
 
@@ -65,6 +66,8 @@ class BaseForecaster:
 
     name: ClassVar[str] = "base"
     supports_quantiles: ClassVar[bool] = True
+    #: plain ``fit(history)``, no ``init_from=`` (engine.core.plugins)
+    capabilities: ClassVar[Capabilities] = Capabilities()
     Params: ClassVar[type[ForecasterParams]] = ForecasterParams
 
     def __init__(self, params: ForecasterParams | Mapping[str, Any] | None = None, **kwargs: Any) -> None:

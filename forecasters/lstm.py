@@ -63,12 +63,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from engine.core.errors import ForecastError, InsufficientHistory
+from engine.core.plugins import Capabilities
 from engine.core.types import Forecast, Series
 from engine.core.units import to_epoch
 
@@ -413,7 +414,13 @@ class _Data:
     target: np.ndarray
 
 
-def _train(net, cfg: LSTMParams, train: _Data, val: _Data, device, epochs: int) -> dict[str, Any]:
+#: called after each training epoch with (epoch, epochs); early stopping may
+#: end before ``epochs``
+EpochCallback = Callable[[int, int], None]
+
+
+def _train(net, cfg: LSTMParams, train: _Data, val: _Data, device, epochs: int,
+           on_epoch: EpochCallback | None = None) -> dict[str, Any]:
     """Adam on the pinball loss with early stopping on ``val``; keeps the
     best weights. Returns training metrics."""
     torch = _torch()
@@ -455,6 +462,8 @@ def _train(net, cfg: LSTMParams, train: _Data, val: _Data, device, epochs: int) 
             count += idx.numel()
         train_loss = total / max(count, 1)
         vl = _evaluate(net, va, levels, device, amp, cfg.batch_size * 8)
+        if on_epoch is not None:
+            on_epoch(epoch, epochs)
         if vl < best - 1e-6:
             best, best_epoch, bad = vl, epoch, 0
             best_state = copy.deepcopy(net.state_dict())
@@ -740,14 +749,19 @@ class LSTMForecaster(BaseForecaster):
     passes the extra metrics named in ``params.covariates`` as a mapping of
     name to Series (resampled to the target's grid, NaN for gaps); ``update``
     takes them the same way. ``init_from`` (a checkpoint path or a fitted
-    :class:`GlobalLSTM`) starts from that model's weights and architecture."""
+    :class:`GlobalLSTM`) starts from that model's weights and architecture.
+    ``on_epoch(epoch, epochs)`` is called after every training epoch (a
+    progress bar; default none)."""
 
     name = "lstm"
     Params = LSTMParams
+    capabilities = Capabilities(takes_covariates=True, init_from=True)
 
     def __init__(self, params: LSTMParams | Mapping[str, Any] | None = None, *,
-                 init_from: "str | Path | GlobalLSTM | LSTMForecaster | None" = None, **kwargs: Any) -> None:
+                 init_from: "str | Path | GlobalLSTM | LSTMForecaster | None" = None,
+                 on_epoch: EpochCallback | None = None, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
+        self.on_epoch = on_epoch
         self._source: dict[str, Any] | None = None
         if init_from is not None:
             self._source = _source_from(init_from)
@@ -861,7 +875,7 @@ class LSTMForecaster(BaseForecaster):
                 sc = self._scaler
                 self._range = _level_range((tr_base - sc.median) / sc.scale)
                 va_fade = _fade((va_base - sc.median) / sc.scale, self._range)
-                self.metrics = _train(net, p, tr, va, device, epochs)
+                self.metrics = _train(net, p, tr, va, device, epochs, self.on_epoch)
                 self.metrics["finetuned"] = self._source is not None
                 if self._source is not None:
                     self.metrics["source"] = self._source["version"]
@@ -972,6 +986,7 @@ class LSTMForecaster(BaseForecaster):
         if self._net is None:
             state = dict(self.__dict__)
             state["_device"] = None
+            state["on_epoch"] = None  # a progress hook belongs to this process
             return state
         return {"_ckpt": _dump(self._checkpoint()), "_full_history": self._history,
                 "_full_covs": self._cov_history, "_source": self._source}
@@ -984,6 +999,7 @@ class LSTMForecaster(BaseForecaster):
         ck = torch.load(io.BytesIO(state["_ckpt"]), map_location="cpu", weights_only=True)
         params = LSTMParams.model_validate_json(ck["params"])
         BaseForecaster.__init__(self, params)
+        self.on_epoch = None
         self._source = state["_source"]
         self._restore(ck, params)
         self._history = state["_full_history"]
@@ -1022,13 +1038,17 @@ class GlobalLSTM:
 
     A series the model was not trained on is scaled by a scaler fitted on
     the history passed to ``predict_many`` (its last ``max_train_steps``).
-    Covariates are not supported in global mode.
+    Covariates are not supported in global mode. ``on_epoch(epoch, epochs)``
+    is called after every training epoch (``forescale train-global`` draws
+    its progress bar with it).
     """
 
     name = "lstm-global"
     Params = LSTMParams
 
-    def __init__(self, params: LSTMParams | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    def __init__(self, params: LSTMParams | Mapping[str, Any] | None = None, *,
+                 on_epoch: EpochCallback | None = None, **kwargs: Any) -> None:
+        self.on_epoch = on_epoch
         if params is None or isinstance(params, Mapping):
             params = LSTMParams(**{**dict(params or {}), **kwargs})
         if params.covariates:
@@ -1097,7 +1117,7 @@ class GlobalLSTM:
         device = _resolve_device(p.device)
         with _Deterministic(p.seed):
             net = _build_net(p)
-            self.metrics = _train(net, p, tr, va, device, p.epochs)
+            self.metrics = _train(net, p, tr, va, device, p.epochs, self.on_epoch)
             self.metrics.update(series=len(self.scalers), skipped=skipped)
             pred = _infer(net, va.seq, va.head, device)
             self._gates, self._gate = {}, None

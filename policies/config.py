@@ -3,6 +3,12 @@
 Defaults cite their source. Durations accept ``30s``, ``5m``, ``1h`` or
 seconds. Errors name the field and the values, e.g.
 ``max_replicas (3) is less than min_replicas (5)``.
+
+Bounds that keep a valid config runnable: every float is finite (``.inf``
+capacity sized every cycle to the minimum), counts of replicas are at most
+:data:`MAX_REPLICAS` (a larger one validated and then overflowed SQLite's
+INTEGER on every cycle), and durations at most a year and a day
+(:data:`engine.core.units.MAX_DURATION`).
 """
 
 from __future__ import annotations
@@ -17,15 +23,24 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from engine.core.units import Duration
 
 
+#: the most replicas (or rung index, or pods per rate policy) a config may
+#: name: far above any real fleet, far below SQLite's 64-bit INTEGER
+MAX_REPLICAS = 1_000_000
+#: the most samples a window or minimum count may name (a year of 30 s steps)
+MAX_SAMPLES = 1_000_000
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: a non-finite float is an error at load, never a
+    # capacity of .inf that validates and then sizes every cycle wrongly
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class RatePolicy(_Model):
     """One HPA rate policy: at most ``value`` pods (or percent) per ``period``."""
 
     type: Literal["Pods", "Percent"]
-    value: int = Field(gt=0)
+    value: int = Field(gt=0, le=MAX_REPLICAS)
     period: Duration = timedelta(seconds=15)
 
     @model_validator(mode="after")
@@ -78,7 +93,7 @@ class Smoothing(_Model):
     kind: Literal["none", "ewma", "window"] = "none"
     applies_to: Literal["forecast", "recommendation"] = "forecast"
     alpha: float = Field(0.5, gt=0.0, le=1.0)
-    window: int = Field(3, ge=1)
+    window: int = Field(3, ge=1, le=MAX_SAMPLES)
     upward: Literal["immediate", "smoothed"] = "immediate"
 
 
@@ -102,7 +117,7 @@ class Margin(_Model):
     conformal: bool = False
     conformal_target: float = Field(0.05, gt=0.0, lt=0.5)
     conformal_window: Duration = timedelta(days=3)
-    conformal_min_samples: int = Field(48, ge=1)
+    conformal_min_samples: int = Field(48, ge=1, le=MAX_SAMPLES)
     cap: float | None = Field(None, ge=0.0)
 
 
@@ -276,8 +291,8 @@ class PolicyConfig(_Model):
     capacity_per_replica: float | None = Field(None, gt=0.0)
     target_utilization: float = Field(0.7, gt=0.0, le=1.0)
     ladder: tuple[Rung, ...] | None = None
-    min_replicas: int | None = Field(None, ge=0)
-    max_replicas: int | None = Field(None, ge=0)
+    min_replicas: int | None = Field(None, ge=0, le=MAX_REPLICAS)
+    max_replicas: int | None = Field(None, ge=0, le=MAX_REPLICAS)
     #: time from a decision until new capacity serves (AWS
     #: SchedulingBufferTime default is 300 s; our backtest default is 10 min)
     lead_time: Duration = timedelta(minutes=10)

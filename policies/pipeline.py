@@ -42,24 +42,22 @@ from engine.core.types import Decision, Forecast, ScalingState, Step
 from . import planner as P
 from . import steps as S
 from .config import PolicyConfig
-
-
-def lead_time_for(config: PolicyConfig, state: ScalingState) -> timedelta:
-    """The effective lead time: the configured one, or the learned one when
-    it is longer and ``learn_lead_time`` is set. (To be replaced by
-    ``policies.window.lead_window`` once that lands.)"""
-    if config.learn_lead_time and state.learned_lead_time is not None:
-        return max(config.lead_time, state.learned_lead_time)
-    return config.lead_time
+from .window import LeadWindow, lead_window
 
 
 def decide(forecast: Forecast | None, state: ScalingState, config: PolicyConfig, now: datetime,
-           *, target: str = "", forecast_error: str | None = None) -> Decision:
+           *, target: str = "", forecast_error: str | None = None,
+           window: LeadWindow | None = None) -> Decision:
     """Turn a forecast into a capacity decision. ``forecast_error`` says why
-    there is no forecast (recorded in the fallback step)."""
+    there is no forecast (recorded in the fallback step). ``window``: the
+    cycle's lead window (:func:`policies.window.lead_window`), which the
+    engine computed once and also sized the forecast by; without it, the
+    same function is applied to ``state.learned_lead_time`` here."""
     out: list[Step] = []
     current = state.current
-    lead_time = lead_time_for(config, state)
+    if window is None:
+        window = lead_window(config, state.learned_lead_time)
+    lead_time, hold = window.lead_time, window.hold
 
     # 1. data -----------------------------------------------------------------
     obs = state.observation
@@ -72,21 +70,21 @@ def decide(forecast: Forecast | None, state: ScalingState, config: PolicyConfig,
     elif now - obs.at > config.max_staleness:
         fallback_reasons.append(
             ("StaleObservation", f"latest observation is {now - obs.at} old (max {config.max_staleness})"))
-    window = None
+    demand_window = None
     if config.kind == "predictive":
         if forecast is None:
             fallback_reasons.append(("NoForecast", forecast_error or "no forecast available"))
         else:
-            window = S.window_demand(forecast, now, lead_time, config.hold, config.margin.quantile)
-            if window is None:
+            demand_window = S.window_demand(forecast, now, lead_time, hold, config.margin.quantile)
+            if demand_window is None:
                 fallback_reasons.append(
                     ("ForecastTooShort", f"forecast ends before now + lead time ({lead_time})"))
-            elif not (math.isfinite(window[0]) and math.isfinite(window[1])):
+            elif not (math.isfinite(demand_window[0]) and math.isfinite(demand_window[1])):
                 # a forecaster fed a gap may return NaN/inf: no size can come from it
                 fallback_reasons.append(
-                    ("ForecastNotFinite", f"forecast over [now+{lead_time}, now+{lead_time + config.hold}] "
-                                          f"is not finite (upper {window[0]}, point {window[1]})"))
-                window = None
+                    ("ForecastNotFinite", f"forecast over [now+{lead_time}, now+{window.end}] "
+                                          f"is not finite (upper {demand_window[0]}, point {demand_window[1]})"))
+                demand_window = None
     elif config.kind == "plan":
         problem = ("NoForecast", forecast_error or "no forecast available") if forecast is None \
             else P.forecast_problem(forecast, now, lead_time)
@@ -109,10 +107,10 @@ def decide(forecast: Forecast | None, state: ScalingState, config: PolicyConfig,
     forecast_demand: float | None = None
     value: float
     # 2-5. forecast -> demand -> capacity ------------------------------------------
-    if window is not None and not fallback:
-        upper, point = window
+    if demand_window is not None and not fallback:
+        upper, point = demand_window
         out.append(Step("forecast", upper, "ForecastWindowMax",
-                        f"max over [now+{lead_time}, now+{lead_time + config.hold}]: "
+                        f"max over [now+{lead_time}, now+{window.end}]: "
                         f"upper {upper:.4g}, point {point:.4g}"))
         m = S.margin_step(upper, point, config.margin, state.headroom)
         out.append(m)

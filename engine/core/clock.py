@@ -23,12 +23,18 @@ class SystemClock:
 
 
 class ManualClock:
-    """A clock that moves only when told (tests, replay, backtest)."""
+    """A clock that moves only when told (tests, replay, backtest).
 
-    def __init__(self, start: datetime) -> None:
+    ``sleep`` advances it and is recorded in ``sleeps``; ``monotonic`` counts
+    seconds since ``start``, so code that takes ``sleep`` and ``monotonic``
+    callables (the actuators' retry backoff) runs on it without waiting."""
+
+    def __init__(self, start: datetime = datetime(2026, 1, 1, tzinfo=timezone.utc)) -> None:
         if start.tzinfo is None:
             start = start.replace(tzinfo=timezone.utc)
+        self._start = start
         self._now = start
+        self.sleeps: list[float] = []
 
     def now(self) -> datetime:
         return self._now
@@ -41,4 +47,8 @@ class ManualClock:
         self._now = when
 
     def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
         self._now += timedelta(seconds=seconds)
+
+    def monotonic(self) -> float:
+        return (self._now - self._start).total_seconds()

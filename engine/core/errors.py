@@ -18,6 +18,8 @@ branches say what the caller should do about it::
     │   ├── PlanNotFound
     │   ├── PlanStateError       e.g. approving a plan that is already applied
     │   ├── StalePlan            observed capacity changed since planning
+    │   ├── PlanRefused          re-checked at apply: outside the bounds in force,
+    │   │                        a mode that never writes, approval not verifiable
     │   └── ApprovalRequired     apply was asked for an unapproved plan
     ├── StateError               the embedded store cannot be used (schema,
     │   └── StateLocked          full disk); another daemon holds the lock
@@ -112,6 +114,12 @@ class PlanStateError(PlanError):
 class StalePlan(PlanError):
     """The observed capacity changed since the plan was made (Terraform's
     stale-plan rule): the plan must be made again."""
+
+
+class PlanRefused(PlanError):
+    """Re-checked at apply against the configuration in force, the plan may
+    not be written: its capacity is outside the bounds, the target's mode
+    never writes, or its approval is not in the audit chain."""
 
 
 class ApprovalRequired(PlanError):

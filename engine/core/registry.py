@@ -10,6 +10,7 @@ install.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Callable
@@ -81,11 +82,22 @@ class Registry:
 
     def _import(self, name: str, entry: _Entry) -> Any:
         module, _, attr = entry.target.partition(":")
+        hint = f"pip install 'forescale[{entry.extra}]'" if entry.extra else "pip install forescale"
+        # the declared packages are looked for, not imported (torch stays
+        # unimported until a model is fitted), so a plugin whose heavy
+        # library is imported lazily still fails here, at load
+        for pkg in entry.packages:
+            try:
+                found = importlib.util.find_spec(pkg) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                raise PluginError(f"{self.kind} {name!r} needs the package {pkg!r}, which is not installed; "
+                                  f"install it with: {hint}")
         try:
             mod = importlib.import_module(module)
         except ImportError as exc:
             missing = getattr(exc, "name", None) or str(exc)
-            hint = f"pip install 'forescale[{entry.extra}]'" if entry.extra else "pip install forescale"
             raise PluginError(
                 f"{self.kind} {name!r} needs the package {missing!r}, which is not installed; "
                 f"install it with: {hint}"

@@ -111,12 +111,27 @@ class Series:
         """Resample onto a regular grid of ``step`` by mean; empty bins are NaN.
 
         Bins are aligned to multiples of ``step`` since the epoch; a sample at
-        time t belongs to the bin that ends at or after it, i.e. (t-step, t].
+        time t belongs to the bin that ends at or after it, i.e. (t-step, t],
+        labelled by its end: a decision at a label has seen all of its bin,
+        which is the backtest's "decision at the end of interval t"
+        (REFERENCE.md section 3).
+
+        The newest bin never ends after the newest sample: samples after the
+        last grid point at or before the newest sample join that grid point's
+        bin. Without this, a sample written a few seconds after a boundary
+        (a cron-fed CSV, a replay on a clock that is not on the grid) was
+        labelled with the *next* boundary, later than the cycle's ``now``,
+        and every forecaster refused the history as look-ahead. A series
+        whose newest sample is on the grid (every backtest decision instant)
+        is binned exactly as before.
         """
         s = int(step.total_seconds())
         if len(self) == 0:
             return self
         bins = -(-self.timestamps // s) * s  # ceil to the grid: bin end
+        newest = int(self.timestamps[-1]) // s * s  # the last grid point not after the newest sample
+        if bins[-1] > newest:
+            bins = np.minimum(bins, newest)
         first, last = int(bins[0]), int(bins[-1])
         n = (last - first) // s + 1
         idx = (bins - first) // s
@@ -504,27 +519,37 @@ class Decision:
 
 # ----------------------------------------------------------------------------- plan
 class PlanStatus(str, enum.Enum):
+    """Where a plan is (the transitions are drawn in :mod:`engine.plans`)."""
+
     PENDING = "pending"
     APPROVED = "approved"
     REJECTED = "rejected"
+    EXPIRED = "expired"
+    SUPERSEDED = "superseded"  # a newer plan for the same target replaced it
+    APPLYING = "applying"  # claimed by one process, the actuator being called
     APPLIED = "applied"
     FAILED = "failed"
-    EXPIRED = "expired"
-    REFUSED = "refused"  # stale: observed capacity changed since planning
+    REFUSED = "refused"  # stale, outside the bounds in force, mode, unverifiable approval
 
     @property
     def final(self) -> bool:
         return self in {PlanStatus.REJECTED, PlanStatus.APPLIED, PlanStatus.FAILED,
-                        PlanStatus.EXPIRED, PlanStatus.REFUSED}
+                        PlanStatus.EXPIRED, PlanStatus.SUPERSEDED, PlanStatus.REFUSED}
 
 
 @dataclass(frozen=True)
 class Plan:
     """A capacity change waiting for (or past) a person's approval.
 
-    States: pending -> approved -> applied | failed | refused;
-    pending -> rejected | expired. ``observed_capacity`` is what the actuator
-    read when the plan was made: apply refuses if it changed (stale plan).
+    ``observed_capacity`` is what the actuator read when the plan was made:
+    apply refuses if it changed (stale plan). ``actor``, ``channel`` and
+    ``note`` are who last decided on it (an authenticated identity such as
+    ``unix:alice``), through which channel, and the comment or reason of its
+    latest transition; the full history is ``Store.plan_history``.
+    ``waiting_since`` is when the target started waiting for this change (a
+    plan that supersedes a pending one in the same direction inherits it, so
+    an auto-approval deadline is not reset every cycle). ``schedule`` is the
+    planner's serialized Schedule when the decision carried one.
     """
 
     id: str
@@ -540,6 +565,17 @@ class Plan:
     actor: str | None = None
     updated_at: datetime | None = None
     note: str = ""
+    channel: str | None = None
+    waiting_since: datetime | None = None
+    schedule: Mapping[str, Any] | None = None
+
+    @property
+    def action(self) -> Action:
+        if self.to_capacity > self.from_capacity:
+            return Action.SCALE_UP
+        if self.to_capacity < self.from_capacity:
+            return Action.SCALE_DOWN
+        return Action.HOLD
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -556,7 +592,34 @@ class Plan:
             "actor": self.actor,
             "updated_at": isoformat(self.updated_at),
             "note": self.note,
+            "channel": self.channel,
+            "waiting_since": isoformat(self.waiting_since),
+            "schedule": None if self.schedule is None else dict(self.schedule),
         }
+
+
+@dataclass(frozen=True)
+class PlanTransition:
+    """One appended step of a plan's history: from which state to which,
+    when, decided by whom (identity) through which channel (``cli``,
+    ``http``, ``console``, ``link``, ``auto``), with the person's comment or
+    the engine's reason. ``seq`` is its audit record."""
+
+    plan_id: str
+    at: datetime
+    from_status: PlanStatus | None
+    to_status: PlanStatus
+    identity: str | None = None
+    channel: str | None = None
+    comment: str = ""
+    reason: str = ""
+    seq: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"plan_id": self.plan_id, "at": isoformat(self.at),
+                "from": None if self.from_status is None else self.from_status.value,
+                "to": self.to_status.value, "identity": self.identity, "channel": self.channel,
+                "comment": self.comment, "reason": self.reason, "seq": self.seq}
 
 
 # ------------------------------------------------------------------------ actuation

@@ -19,26 +19,37 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+#: the longest span a config may name: a year and a day covers every window
+#: forescale keeps (history, retention, conformal and quality-gate windows),
+#: and anything longer is a typo (``99999999999d`` used to overflow timedelta)
+MAX_DURATION = timedelta(days=366)
+
+
 def parse_duration(value: object) -> timedelta:
     """``"5m"``, ``"300s"``, ``"1h"``, ``"2d"``, ``300`` (seconds) or a timedelta.
 
-    Raises ``ValueError`` with the bad value for anything else (negative too).
+    Raises ``ValueError`` with the bad value for anything else: negative,
+    not finite, or longer than :data:`MAX_DURATION`.
     """
-    if isinstance(value, timedelta):
-        if value < timedelta(0):
-            raise ValueError(f"duration must not be negative, got {value}")
-        return value
     if isinstance(value, bool):
         raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"duration must not be negative, got {value}")
-        return timedelta(seconds=float(value))
-    if isinstance(value, str):
-        m = _DURATION.match(value)
-        if m:
-            return timedelta(seconds=float(m.group(1)) * _UNIT_SECONDS[m.group(2) or "s"])
-    raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 1h, 2d)")
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)):
+        if value != value:
+            raise ValueError(f"not a duration: {value!r}")
+        seconds = float(value) if abs(value) < 1e300 else float("inf") * (1 if value > 0 else -1)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        # a long digit string is a float of inf at worst, never an OverflowError
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2) or "s"]
+    else:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 1h, 2d)")
+    shown = str(value) if len(str(value)) <= 40 else f"{str(value)[:20]}...({len(str(value))} characters)"
+    if seconds < 0:
+        raise ValueError(f"duration must not be negative, got {shown}")
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"duration {shown} is longer than {MAX_DURATION.days}d, the longest allowed")
+    return value if isinstance(value, timedelta) else timedelta(seconds=seconds)
 
 
 def format_duration(td: timedelta) -> str:

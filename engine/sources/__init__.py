@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from engine.core.plugins import check_capabilities
 from engine.core.registry import Registry
 from engine.core.types import Series
 
@@ -21,9 +22,18 @@ class MetricSource(Protocol):
         """Samples with ``start < t <= end`` (``start`` None: from the beginning)."""
 
 
+def _check(name: str, obj: object) -> None:
+    from engine.core.errors import PluginError
+
+    if not hasattr(obj, "fetch"):
+        raise PluginError(f"metric source {name!r} ({obj!r}) lacks 'fetch'")
+    check_capabilities("metric source", name, obj)
+
+
 registry = Registry("metric source", "forescale.sources")
 registry.add("csv", "engine.sources.csv:CsvSource")
 registry.add("replay", "engine.sources.csv:ReplaySource")
 registry.add("prometheus", "engine.sources.prometheus:PrometheusSource")
+registry.add_validator(_check)
 
 __all__ = ["MetricSource", "registry"]

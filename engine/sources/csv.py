@@ -29,6 +29,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from engine.core.errors import DataError
+from engine.core.plugins import Capabilities
 from engine.core.types import Series
 from engine.core.units import parse_time, to_epoch
 
@@ -140,6 +141,8 @@ class CsvSource:
     once and re-read when its modification time changes."""
 
     Config = CsvConfig
+    #: a relative ``path`` resolves next to the config file
+    capabilities = Capabilities(needs_base_dir=True)
 
     def __init__(self, config: CsvConfig, *, base_dir: Path | None = None) -> None:
         self.config = config

@@ -33,6 +33,17 @@ What it does with what Prometheus returns, documented and tested:
 
 Failures:
 
+- ``timeout`` bounds the whole fetch: every attempt, every retry and every
+  backoff wait together (httpx's own timeout applies to each read, so a
+  server dripping one byte a second would never trip it; the body is
+  streamed and a monotonic deadline checked between reads). When the
+  deadline passes, or the next backoff would pass it, a
+  :class:`MetricSourceError` with ``transient=True`` is raised.
+- A response larger than ``max_response_bytes`` (64 MiB by default) is
+  abandoned as soon as the announced length or the bytes read pass the
+  limit: a :class:`MetricSourceError` naming the limit, not retried (the
+  same query would be as large again). A 200 MB answer held in memory
+  cost 2.2 GB once parsed.
 - Connection errors, timeouts, HTTP 5xx and 429 are retried with
   exponential backoff and full jitter (tenacity; ``Retry-After`` on a 429 or
   503 is honoured up to ``max_backoff``). When the attempts are exhausted a
@@ -70,6 +81,7 @@ import tenacity
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from engine.core.errors import ConfigError, MetricSourceError
+from engine.core.plugins import Capabilities
 from engine.core.types import Series
 from engine.core.units import parse_duration, to_epoch
 
@@ -81,6 +93,9 @@ log = logging.getLogger("forescale.sources.prometheus")
 PROMETHEUS_MAX_POINTS = 11_000
 
 DEFAULT_STEP = timedelta(seconds=60)
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 2**20
+#: the most ``max_response_bytes`` may be set to (4 GiB)
+MAX_RESPONSE_BYTES_LIMIT = 4 * 2**30
 
 
 def _duration(v: Any) -> Any:
@@ -113,9 +128,12 @@ class PrometheusConfig(BaseModel):
     step: timedelta | None = None
     #: how far back a fetch with no start reaches
     lookback: timedelta = timedelta(days=14)
-    #: per-request timeout (connect, read, and Prometheus' own evaluation
-    #: timeout, which is sent as the ``timeout`` parameter)
+    #: the whole fetch's deadline: connect, every read, every retry and
+    #: backoff together; also sent as Prometheus' own evaluation ``timeout``
     timeout: timedelta = timedelta(seconds=30)
+    #: the largest response body read; a larger one is an error, not retried
+    #: (64 MiB holds ~1.5 million samples of Prometheus' JSON)
+    max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=1024, le=MAX_RESPONSE_BYTES_LIMIT)
     bearer_token: SecretStr | None = None
     bearer_token_file: Path | None = None
     basic_auth: BasicAuth | None = None
@@ -222,11 +240,13 @@ class PrometheusSource:
 
     ``interval`` is the target's cycle interval, the step when the config
     sets none. ``sleep`` is what the retry backoff waits with (tests inject
-    a recorder). ``transport`` replaces httpx's HTTP transport (tests only:
+    a recorder); ``monotonic`` is the clock of the fetch deadline. ``transport`` replaces httpx's HTTP transport (tests only:
     a transport brings its own TLS settings, so ``ca_file`` and
     ``insecure_skip_verify`` no longer apply)."""
 
     Config = PrometheusConfig
+    #: ``ca_file`` resolves next to the config file; ``step`` defaults to the cycle interval
+    capabilities = Capabilities(needs_base_dir=True, needs_interval=True)
 
     def __init__(
         self,
@@ -235,6 +255,7 @@ class PrometheusSource:
         base_dir: Path | None = None,
         interval: timedelta | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.config = config
@@ -244,6 +265,7 @@ class PrometheusSource:
         if self.step_s < 1:
             raise ConfigError(f"step must be at least 1s, got {step}", "source.step")
         self._sleep = sleep
+        self._monotonic = monotonic
         self._endpoint = f"{config.url}/api/v1/query_range"
         self._safe_url = _redact_url(self._endpoint)
         t = config.timeout.total_seconds()
@@ -333,16 +355,17 @@ class PrometheusSource:
     def fetch(self, start: datetime | None, end: datetime) -> Series:
         """Samples with ``start < t <= end`` on the step grid (see module doc)."""
         first, last = self.grid(start, end)
+        deadline = self._monotonic() + self.config.timeout.total_seconds()
         parts: list[Series] = []
         for a, b in self.chunks(first, last):
-            parts.append(self._fetch_range(a, b))
+            parts.append(self._fetch_range(a, b, deadline))
         out = Series(np.empty(0, np.int64), np.empty(0), self.config.query)
         for p in parts:
             out = Series.concat(out, p)
         return out
 
-    def _fetch_range(self, a: int, b: int) -> Series:
-        series = self._request({
+    def _fetch_range(self, a: int, b: int, deadline: float) -> Series:
+        series = self._request(deadline, {
             "query": self.config.query,
             "start": str(a),
             "end": str(b),
@@ -353,7 +376,7 @@ class PrometheusSource:
         # a vector/scalar answer may carry a time outside the asked range
         return s.since(a - 1).until(b)
 
-    def _retrying(self) -> tenacity.Retrying:
+    def _retrying(self, deadline: float) -> tenacity.Retrying:
         c = self.config
         cap = c.max_backoff.total_seconds()
         backoff = tenacity.wait_random_exponential(multiplier=0.5, max=cap)
@@ -371,8 +394,13 @@ class PrometheusSource:
                         self._safe_url, rs.attempt_number, c.retry_attempts, exc,
                         rs.next_action.sleep if rs.next_action else 0.0)
 
+        def past_deadline(rs: tenacity.RetryCallState) -> bool:
+            # tenacity computes the wait before asking stop: a backoff that
+            # would end after the deadline is not started
+            return self._monotonic() + (rs.upcoming_sleep or 0.0) >= deadline
+
         return tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(c.retry_attempts),
+            stop=tenacity.stop_after_attempt(c.retry_attempts) | past_deadline,
             wait=wait,
             retry=tenacity.retry_if_exception_type(_Retryable),
             sleep=self._sleep,
@@ -380,27 +408,46 @@ class PrometheusSource:
             reraise=True,
         )
 
-    def _request(self, params: dict[str, str]) -> list[tuple[dict[str, str], np.ndarray, np.ndarray]]:
-        """One query_range, retried; the parsed series. A malformed answer is
-        retried like a failed request (see the module docstring)."""
+    def _request(self, deadline: float,
+                 params: dict[str, str]) -> list[tuple[dict[str, str], np.ndarray, np.ndarray]]:
+        """One query_range, retried until ``deadline``; the parsed series. A
+        malformed answer is retried like a failed request (see the module
+        docstring)."""
+        attempts = 0
+
+        def attempt() -> list[tuple[dict[str, str], np.ndarray, np.ndarray]]:
+            nonlocal attempts
+            attempts += 1
+            return self._parse(self._attempt(params, deadline))
+
         try:
-            return self._retrying()(lambda: self._parse(self._attempt(params)))
+            return self._retrying(deadline)(attempt)
         except _Retryable as exc:
             raise MetricSourceError(
-                f"prometheus {self._safe_url} failed after {self.config.retry_attempts} attempts "
-                f"for query {self.config.query!r}: {exc}", transient=True) from None
+                f"prometheus {self._safe_url} failed after {attempts} attempt{'s' if attempts != 1 else ''} "
+                f"within {self.config.timeout.total_seconds():g}s for query {self.config.query!r}: {exc}",
+                transient=True) from None
 
-    def _attempt(self, params: dict[str, str]) -> dict[str, Any]:
+    def _timed_out(self, exc: BaseException | None = None) -> _Retryable:
+        how = f" ({type(exc).__name__})" if exc is not None else ""
+        return _Retryable(f"timed out: the fetch's deadline (source.timeout, "
+                          f"{self.config.timeout.total_seconds():g}s) passed{how}")
+
+    def _attempt(self, params: dict[str, str], deadline: float) -> dict[str, Any]:
+        remaining = deadline - self._monotonic()
+        if remaining <= 0:
+            raise self._timed_out()
         try:
-            resp = self._client.post(self._endpoint, data=params, headers=self._headers(), auth=self._auth())
+            with self._client.stream("POST", self._endpoint, data=params, headers=self._headers(),
+                                     auth=self._auth(), timeout=httpx.Timeout(remaining)) as resp:
+                raw = self._read_body(resp, deadline)
         except httpx.TimeoutException as exc:
-            raise _Retryable(f"timed out after {self.config.timeout.total_seconds():g}s "
-                             f"({type(exc).__name__})") from None
+            raise self._timed_out(exc) from None
         except httpx.TransportError as exc:
             # str(exc) of a connect error names the host, never the headers
             raise _Retryable(f"{type(exc).__name__}: {exc}") from None
         code = resp.status_code
-        body = self._json(resp)
+        body = self._json(raw)
         if code == 429 or code >= 500:
             detail = body.get("error") if isinstance(body, dict) else None
             raise _Retryable(f"HTTP {code}" + (f": {detail}" if detail else ""), _retry_after(resp))
@@ -411,7 +458,7 @@ class PrometheusSource:
         if not isinstance(body, dict) or body.get("status") not in ("success", "error"):
             raise _Retryable(f"response is not a Prometheus API answer (HTTP 200, "
                              f"content-type {resp.headers.get('content-type', '?')!r}): "
-                             f"{resp.text[:120]!r}")
+                             f"{raw[:120].decode('utf-8', 'replace')!r}")
         if body["status"] == "error":
             if body.get("errorType") in ("bad_data", "execution"):
                 raise self._client_error(400, body)
@@ -423,10 +470,32 @@ class PrometheusSource:
             raise _Retryable("response has no 'data' object")
         return data
 
+    def _too_large(self, what: str) -> MetricSourceError:
+        limit = self.config.max_response_bytes
+        return MetricSourceError(
+            f"prometheus {self._safe_url}: the response for query {self.config.query!r} {what} "
+            f"source.max_response_bytes ({limit} bytes, {limit / 2**20:g} MiB); narrow the query, "
+            f"raise the step or raise the limit", transient=False)
+
+    def _read_body(self, resp: httpx.Response, deadline: float) -> bytes:
+        """The body, read in chunks against the deadline and the size cap."""
+        limit = self.config.max_response_bytes
+        announced = resp.headers.get("Content-Length")
+        if announced is not None and announced.isdigit() and int(announced) > limit:
+            raise self._too_large(f"announces {int(announced)} bytes, more than")
+        buf = bytearray()
+        for chunk in resp.iter_bytes():
+            buf += chunk
+            if len(buf) > limit:
+                raise self._too_large("passed")
+            if self._monotonic() >= deadline:
+                raise self._timed_out()
+        return bytes(buf)
+
     @staticmethod
-    def _json(resp: httpx.Response) -> Any:
+    def _json(raw: bytes) -> Any:
         try:
-            return resp.json()
+            return json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
             return None
 

@@ -50,7 +50,7 @@ def exported_names() -> set[str]:
 def test_rules_pass_promtool_check():
     r = run("check", "rules", str(RULES), cwd=DEPLOY)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "SUCCESS: 8 rules found" in r.stdout
+    assert "SUCCESS: 9 rules found" in r.stdout
 
 
 def test_every_alert_fires_in_the_unit_tests():
@@ -78,3 +78,48 @@ def test_rules_use_only_exported_metrics():
     exprs = [rule["expr"] for g in yaml.safe_load(RULES.read_text())["groups"] for rule in g["rules"]]
     used = {n for e in exprs for n in re.findall(r"\bforescale_[a-z_]+", e)}
     assert used and used <= exported_names(), used - exported_names()
+
+
+@pytest.mark.slow
+def test_accuracy_alert_inputs_are_the_series_a_real_run_exports(tmp_path: Path):
+    # the committed block is what tests/support/alert_inputs.py writes from
+    # real replays: nobody types accuracy values by hand
+    from tests.support import alert_inputs
+
+    for case in alert_inputs.CASES:
+        if not case.trace.exists():
+            pytest.skip(f"shared trace {case.trace.name} not available")
+    assert alert_inputs.BEGIN in RULE_TESTS.read_text()
+    assert alert_inputs.generated(tmp_path) == RULE_TESTS.read_text(), \
+        "regenerate with: python3 -m tests.support.alert_inputs"
+
+
+def test_a_real_prometheus_evaluates_the_predictive_alert_on_a_real_scrape(tmp_path: Path):
+    # the storage-quota runs served on forescale's own endpoint, scraped and
+    # the shipped rules evaluated by a real Prometheus: the filling volume's
+    # alert is pending (for: 15m), the other has none
+    import time
+
+    import httpx
+
+    from engine.server import serve
+    from tests.support.prom import scraping_prometheus
+    from tests.support.replay import storage_replay
+
+    metrics = storage_replay(tmp_path / "runs", cycles=6).metrics  # the last half hour of the runs
+    with serve(metrics, "127.0.0.1", 0) as server, \
+            scraping_prometheus(tmp_path / "prom", server.url, rule_files=(RULES,)) as prom:
+        deadline = time.monotonic() + 20
+        alerts = []
+        while time.monotonic() < deadline and not alerts:
+            r = httpx.get(f"{prom.url}/api/v1/query", timeout=5,
+                          params={"query": 'ALERTS{alertname="ForescaleThresholdForecast"}'})
+            alerts = r.json()["data"]["result"]
+            time.sleep(0.3)
+    assert [(a["metric"]["target"], a["metric"]["alert"], a["metric"]["alertstate"]) for a in alerts] == \
+        [("data", "storage-full", "pending")]
+    ttt = metrics.registry.get_sample_value("forescale_forecast_time_to_threshold_seconds",
+                                            {"target": "data", "alert": "storage-full"})
+    assert 0 < ttt < 6 * 3600
+    assert metrics.registry.get_sample_value("forescale_forecast_time_to_threshold_seconds",
+                                          {"target": "logs", "alert": "storage-full"}) == float("inf")

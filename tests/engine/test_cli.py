@@ -109,6 +109,165 @@ def test_once_runs_a_cycle_and_logs_it(tmp_path):
     assert len(recs) == 1 and recs[0]["mode"] == "dry-run"
 
 
+def test_once_uses_a_sample_written_seconds_after_a_boundary(tmp_path):
+    # a cron-fed CSV: the newest sample is a few seconds old and off the
+    # 5-minute grid; it used to be binned into the next (future) interval and
+    # the forecaster refused the history as look-ahead (NoForecast)
+    import time
+
+    newest = int(time.time()) - 3
+    if newest % 300 == 0 or newest % 300 >= 297:  # keep it strictly inside an interval
+        newest -= 5
+    rows = "".join(f"{newest - 300 * (399 - i)},{10 + (i % 12)}\n" for i in range(400))
+    trace = tmp_path / "t.csv"
+    trace.write_text("timestamp,value\n" + rows)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"state: {tmp_path / 's.db'}\n"
+                   "targets:\n  - name: web\n    mode: dry-run\n"
+                   f"    source: {{type: csv, path: {trace}}}\n"
+                   "    forecaster: {name: persistence, history: 1d}\n"
+                   "    policy: {capacity_per_replica: 2}\n")
+    r = forescale("once", "--config", str(cfg), "-v")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "look-ahead" not in r.stdout and "NoForecast" not in r.stdout, r.stdout
+    recs = json.loads(forescale("decisions", "--config", str(cfg), "--json").stdout)
+    assert len(recs) == 1 and recs[0]["fallback"] is False, recs
+
+
+# ------------------------------------------------------------ CLI consistency
+def _replayed_state(tmp_path: Path, cycles: int) -> Path:
+    """A config whose state file holds ``cycles`` logged decisions."""
+    from datetime import timedelta
+
+    from engine.core.clock import ManualClock
+    from engine.store import Store
+    from tests.support.live import T0, Platform, build_live, target_dict, write_config, write_trace
+
+    trace = write_trace(tmp_path / "t.csv", [10.0 + (i % 24) for i in range(cycles + 30)])
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="dry-run")])
+    clock = ManualClock(T0 + timedelta(hours=2))
+    with Store(tmp_path / "state.db") as store:
+        live = build_live(cfg, store, Platform(3))
+        for _ in range(cycles):
+            live.run(clock.now())
+            clock.advance(timedelta(minutes=5))
+    return cfg
+
+
+def test_a_pipe_closed_early_ends_quietly_without_a_traceback(tmp_path):
+    cfg = _replayed_state(tmp_path, 300)  # ~1 MB of JSON: far more than a pipe holds
+    cli = subprocess.Popen([sys.executable, "-m", "engine.cli", "decisions", "--config", str(cfg), "--json",
+                            "--limit", "1000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    head = subprocess.Popen(["head", "-1"], stdin=cli.stdout, stdout=subprocess.PIPE)
+    cli.stdout.close()  # head alone reads it now
+    first, _ = head.communicate(timeout=120)
+    err = cli.stderr.read().decode()
+    cli.wait(timeout=60)
+    assert first.decode().strip() == "["
+    assert err == "", err  # no BrokenPipeError traceback, no "Exception ignored" at exit
+    assert cli.returncode == 141
+
+
+def test_once_json_prints_the_cycle_report_to_stdout(tmp_path):
+    import time
+
+    end = int(time.time()) // 300 * 300
+    trace = tmp_path / "t.csv"
+    trace.write_text("timestamp,value\n" + "".join(f"{end - 300 * (99 - i)},{10 + i % 5}\n" for i in range(100)))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"state: {tmp_path / 's.db'}\ntargets:\n  - name: web\n    mode: dry-run\n"
+                   f"    source: {{type: csv, path: {trace}}}\n"
+                   "    forecaster: {name: persistence, history: 1d}\n    policy: {capacity_per_replica: 2}\n")
+    r = forescale("once", "--config", str(cfg), "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert [d["target"] for d in doc] == ["web"] and doc[0]["status"] == "dry-run"
+    assert doc[0]["decision"]["steps"][-1]["name"] == "bounds"
+    # a cycle that fails is still reported, and is a runtime failure (1)
+    trace.unlink()
+    time.sleep(1.1)  # decision ids are per second: the next cycle must come a second later
+    r = forescale("once", "--config", str(cfg), "--json")
+    assert r.returncode == 1, r.stderr
+    assert "t.csv" in json.loads(r.stdout)[0]["fetch_error"]
+
+
+def test_validate_json_reports_the_targets_or_the_error(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("targets:\n  - name: web\n    source: {type: csv, path: x.csv}\n"
+                   "    policy: {capacity_per_replica: 10, max_replicas: 7}\n")
+    r = forescale("validate", "--config", str(cfg), "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["valid"] is True and doc["targets"][0]["name"] == "web" and doc["targets"][0]["capacity"] == [1, 7]
+    cfg.write_text("targets:\n  - name: web\n    source: {type: csv, path: x.csv}\n    policy: {max_replica: 5}\n")
+    r = forescale("validate", "--config", str(cfg), "--json")
+    assert r.returncode == 2
+    doc = json.loads(r.stdout)
+    assert doc["valid"] is False and "targets[0].policy.max_replica" in doc["error"]
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def _commands():
+    from engine.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    return parser, sub.choices
+
+
+def test_every_option_of_every_command_has_help():
+    import argparse
+
+    parser, commands = _commands()
+    missing = []
+    for name, sp in [("forescale", parser), *commands.items()]:
+        for action in sp._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            if not action.help:
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    assert not missing, missing
+
+
+def test_every_reporting_command_takes_json():
+    _, commands = _commands()
+    reporting = {"once", "validate", "decisions", "plans", "approve", "reject", "apply", "accuracy",
+                 "train-global"}
+    for name in reporting:
+        flags = {s for a in commands[name]._actions for s in a.option_strings}
+        assert "--json" in flags, name
+        json_action = next(a for a in commands[name]._actions if "--json" in a.option_strings)
+        assert json_action.nargs == 0, f"{name}: --json takes no file (a file path is its own option)"
+
+
+def test_log_level_has_choices_and_a_wrong_one_is_a_usage_error():
+    r = forescale("run", "--config", "x.yaml", "--log-level", "LOUD")
+    assert r.returncode == 2 and "invalid choice: 'LOUD'" in r.stderr
+    _, commands = _commands()
+    level = next(a for a in commands["run"]._actions if "--log-level" in a.option_strings)
+    assert set(level.choices) == {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+
+
+def test_exit_codes_are_documented_and_distinct(tmp_path):
+    import engine.cli
+
+    doc = " ".join(engine.cli.__doc__.split())
+    assert "- 0: done" in doc and "- 1: a runtime failure" in doc and "- 2: a usage or configuration error" in doc
+    for text in (forescale("--help").stdout, forescale("once", "--help").stdout):
+        flat = " ".join(text.split())
+        assert "exit status: 0 done; 1 a runtime failure" in flat and "2 a usage or configuration error" in flat
+    # usage: argparse's own, and a config error
+    assert forescale("once").returncode == 2
+    assert forescale("validate", "--config", str(tmp_path / "nope.yaml")).returncode == 2
+    # a refused plan is the caller's to fix (2); a failed cycle is a runtime failure (1)
+    cfg = _replayed_state(tmp_path, 1)
+    r = forescale("approve", "no-such-plan", "--config", str(cfg))
+    assert r.returncode == 2 and r.stderr.startswith("forescale: error:") and "Traceback" not in r.stderr
+    (tmp_path / "t.csv").unlink()
+    r = forescale("once", "--config", str(cfg))
+    assert r.returncode == 1 and "fetch error" in r.stdout, r.stdout + r.stderr
+
+
 def test_once_with_the_planner_prints_the_schedule_and_decisions_shows_it(tmp_path):
     import math
     import time

@@ -270,3 +270,175 @@ def test_the_cli_prints_one_error_and_no_traceback(tmp_path, capsys):
     assert err.startswith("forescale: error: invalid configuration:")
     assert "targets[0].policy.min_replicas: Input should be greater than or equal to 0 (got -1)" in err
     assert "Traceback" not in err
+
+
+# ------------------------------------------- values that validate but break the cycle
+@pytest.mark.parametrize("text, expected", [
+    # timedelta overflowed: an OverflowError traceback
+    (target(extra="interval: 99999999999d"),
+     "targets[0].interval: duration 99999999999d is longer than 366d, the longest allowed"),
+    (target("{capacity_per_replica: 10, lead_time: 1000000000000000000000000000000000000000000s}"),
+     "targets[0].policy.lead_time: duration 10000000000000000000...(44 characters) is longer than 366d"),
+    (target(extra="forecaster: {history: 400d}"), "targets[0].forecaster.history: duration 400d is longer than 366d"),
+    ("targets:\n  - name: web\n    source: {type: prometheus, url: 'http://p:9090', query: up, lookback: 9999d}\n"
+     "    policy: {capacity_per_replica: 1}\n", "targets[0].source.lookback: duration 9999d is longer than 366d"),
+    # validated, then overflowed SQLite's INTEGER on every cycle
+    (target("{capacity_per_replica: 10, max_replicas: 100000000000000000000000}"),
+     "targets[0].policy.max_replicas: Input should be less than or equal to 1000000"),
+    (target("{capacity_per_replica: 10, scale_up: {policies: [{type: Pods, value: 10000000000}]}}"),
+     "targets[0].policy.scale_up.policies[0].value: Input should be less than or equal to 1000000"),
+    # validated, then sized every cycle to the minimum
+    (target("{capacity_per_replica: .inf}"), "targets[0].policy.capacity_per_replica: Input should be a finite number"),
+    (target("{capacity_per_replica: .nan}"), "targets[0].policy.capacity_per_replica: Input should be a finite number"),
+    (target("{capacity_per_replica: 10, margin: {fraction: .inf}}"),
+     "targets[0].policy.margin.fraction: Input should be a finite number"),
+    (target("{ladder: [{name: a, capacity: .inf}]}"),
+     "targets[0].policy.ladder[0].capacity: Input should be a finite number"),
+])
+def test_a_value_the_cycle_cannot_run_with_is_rejected_at_load_naming_the_field(tmp_path, text, expected):
+    msg = error_of(tmp_path, text)
+    assert expected in msg, msg
+
+
+def test_the_largest_allowed_values_load(tmp_path):
+    cfg = load_config(write(tmp_path, target("{capacity_per_replica: 1e12, max_replicas: 1000000}",
+                                            "interval: 366d")))
+    assert cfg.targets[0].policy.bounds == (1, 1_000_000)
+    assert cfg.targets[0].interval == timedelta(days=366)
+
+
+@pytest.mark.parametrize("policy, extra", [
+    ("{capacity_per_replica: 10}", "interval: 99999999999d"),
+    ("{capacity_per_replica: 10, max_replicas: 100000000000000000000000}", ""),
+    ("{capacity_per_replica: .inf}", ""),
+])
+def test_validate_says_it_in_one_line_without_a_traceback(tmp_path, capsys, policy, extra):
+    p = write(tmp_path, target(policy, extra))
+    assert cli_main(["validate", "--config", str(p)]) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("forescale: error: invalid configuration: targets[0]."), err
+    assert "Traceback" not in err
+
+
+# ------------------------------------------------------------ secrets never echoed
+SECRET_NUMBER = "98765432101234"
+
+
+def _prom_target(fields: str) -> str:
+    return ("targets:\n  - name: web\n"
+            f"    source: {{type: prometheus, url: 'http://p:9090', query: up, {fields}}}\n"
+            "    policy: {capacity_per_replica: 1}\n")
+
+
+@pytest.mark.parametrize("fields, path", [
+    # YAML reads it as a number: "Input should be a valid string (got 98765432101234)"
+    (f"bearer_token: {SECRET_NUMBER}", "targets[0].source.bearer_token"),
+    (f"basic_auth: {{username: u, password: {SECRET_NUMBER}}}", "targets[0].source.basic_auth.password"),
+    (f"headers: {{X-Api-Key: {SECRET_NUMBER}}}", "targets[0].source.headers.X-Api-Key"),
+    # a valid secret beside an invalid field of the same section
+    (f"bearer_token: '{SECRET_NUMBER}', retry_attempts: 0", "targets[0].source.retry_attempts"),
+])
+def test_validate_names_the_field_of_a_bad_secret_but_never_its_value(tmp_path, capsys, fields, path):
+    p = write(tmp_path, _prom_target(fields))
+    assert cli_main(["validate", "--config", str(p)]) == 2
+    out = capsys.readouterr()
+    assert path in out.err, out.err
+    assert SECRET_NUMBER not in out.err + out.out
+
+
+def test_a_plugin_field_typed_secret_is_never_echoed_whatever_its_name():
+    from pydantic import BaseModel, SecretStr, ValidationError
+
+    from engine.config import format_validation_error
+
+    class Config(BaseModel):
+        dsn: SecretStr
+        count: int = 1
+
+    with pytest.raises(ValidationError) as info:
+        Config(dsn=12345678, count="many")
+    lines = format_validation_error(info.value, "targets[0].source", Config)
+    assert lines == ["targets[0].source.dsn: Input should be a valid string",
+                     "targets[0].source.count: Input should be a valid integer, unable to parse string as an "
+                     "integer (got 'many')"]
+
+
+def test_a_field_a_plugin_does_not_declare_is_not_echoed(tmp_path):
+    # a source section that is not a mapping at all: whatever it holds stays hidden
+    msg = error_of(tmp_path, f"targets:\n  - name: web\n    source: 'Bearer {SECRET_NUMBER}'\n"
+                             "    policy: {capacity_per_replica: 1}\n")
+    assert "targets[0].source" in msg and SECRET_NUMBER not in msg
+
+
+def test_the_daemons_rejected_reload_log_names_the_field_but_not_the_secret(tmp_path, caplog):
+    import logging
+
+    from engine.core.clock import ManualClock
+    from engine.daemon import Daemon
+    from tests.support.live import Platform, target_dict, write_config, write_trace
+
+    trace = write_trace(tmp_path / "t.csv", [10.0] * 30)
+    path = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe")])
+    d = Daemon(path, clock=ManualClock(datetime(2024, 3, 1, 2, tzinfo=timezone.utc)),
+               build_actuator=lambda t, c=None: Platform(capacity=2))
+    try:
+        bad = target_dict("web", trace, mode="observe")
+        bad["source"] = {"type": "prometheus", "url": "http://p:9090", "query": "up",
+                         "bearer_token": int(SECRET_NUMBER)}
+        write_config(path, [bad])
+        with caplog.at_level(logging.ERROR, logger="forescale"):
+            assert d.reload() is False
+    finally:
+        d.shutdown(1)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "config reload rejected" in logged and "targets[0].source.bearer_token" in logged, logged
+    assert SECRET_NUMBER not in logged
+
+
+# ------------------------------------------------------------ typed plugin configs
+def test_the_config_holds_the_plugins_typed_configs_without_writing_into_frozen_objects(tmp_path):
+    import engine.config
+
+    cfg = load_config(write(tmp_path, VALID))
+    web, vps = cfg.targets
+    # the fields themselves are the plugins' own validated models
+    assert isinstance(web.source, CsvConfig) and web.source is web.source_config
+    assert isinstance(vps.source, ReplayConfig) and web.source.type == "csv"
+    assert isinstance(web.actuator, DryRunConfig) and web.actuator is web.actuator_config
+    assert isinstance(vps.actuator, DryRunConfig)  # the default section, validated too
+    # the forecaster's params are its Params, validated once
+    from forecasters import registry
+
+    assert isinstance(web.forecaster.params, registry.get("seasonal_naive").Params)
+    assert web.forecaster.params.season == "weekly"
+    assert "__setattr__" not in Path(engine.config.__file__).read_text()
+
+
+def test_the_forecaster_receives_the_validated_params_object(tmp_path):
+    from engine.cycle import TargetRunner
+
+    cfg = load_config(write(tmp_path, VALID))
+    runner = TargetRunner(cfg.targets[0])
+    assert runner.forecaster.params is cfg.targets[0].forecaster.params
+
+
+def test_a_target_built_in_code_resolves_its_sections_the_same_way():
+    from engine.config import PluginSection, TargetConfig
+    from policies.config import PolicyConfig
+
+    t = TargetConfig(name="web", source=PluginSection(type="csv", path="-"),
+                     policy=PolicyConfig(capacity_per_replica=1))
+    assert isinstance(t.source, CsvConfig) and isinstance(t.actuator, DryRunConfig)
+    again = TargetConfig(name="web", source=t.source, policy=t.policy)  # a typed config passes through
+    assert again.source is t.source and again == t
+    with pytest.raises(Exception, match="unknown metric source 'nope'"):
+        TargetConfig(name="web", source={"type": "nope"}, policy=t.policy)
+
+
+def test_init_from_is_resolved_against_the_config_files_folder(tmp_path):
+    pytest.importorskip("torch", reason="the LSTM needs torch (pip install 'forescale[lstm]')")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "g.pt").write_bytes(b"")
+    cfg = load_config(write(tmp_path, target(extra="forecaster: {name: lstm, init_from: models/g.pt}")))
+    assert cfg.targets[0].forecaster.init_from == tmp_path / "models" / "g.pt"

@@ -68,13 +68,14 @@ def test_approve_mode_stores_a_plan_that_is_applied_only_after_approval(setup):
     # the next cycle plans the same change: the open plan is kept, not replaced
     res2 = live.run(NOW + STEP)
     assert res2.plan.id == res.plan.id and platform.applies == []
-    approve(store, res.plan.id, NOW + STEP + timedelta(seconds=30), actor="alice", note="ok")
+    approve(store, res.plan.id, NOW + STEP + timedelta(seconds=30), identity="unix:alice", channel="cli",
+            comment="ok")
     res3 = live.run(NOW + 2 * STEP)
-    assert res3.details["plans_applied"] == [(res.plan.id, "applied")]
+    assert res3.details["plans_applied"] == [res.plan.id]
     assert platform.applies == [(res.plan.decision_id, 20)]
     assert store.plan(res.plan.id).status == PlanStatus.APPLIED
     rec = store.decision(res.plan.decision_id)
-    assert rec["status"] == "applied" and rec["approval"]["actor"] == "alice"
+    assert rec["status"] == "applied" and rec["approval"]["identity"] == "unix:alice"
     assert rec["outcome"]["observed"] == 20
     # after applying, the same cycle sees 20 in service and holds
     assert res3.status == "hold" and res3.decision.current == 20
@@ -144,3 +145,65 @@ def test_a_capacity_changed_outside_forescale_is_decided_from_and_corrected(setu
     # the change by hand is no scale event of ours (rate limits, cooldowns)
     events = [(e.from_capacity, e.to_capacity) for e in store.load_state("web").events]
     assert events[-1] == (3, 20) and (20, 3) not in events
+
+
+def test_an_accepted_action_that_never_serves_is_unverified_after_the_verify_timeout(setup, tmp_path):
+    from engine.core.clock import ManualClock
+
+    live, store, platform = setup("auto", actuator={"type": "dry-run", "verify_timeout": "10m"})
+    clock = ManualClock(NOW)
+    platform.clock, platform.delay = clock, timedelta(hours=1)
+    res = live.run(clock.now())
+    assert res.status == "accepted" and res.ok and platform.applies == [(res.decision.id, 20)]
+    rec = store.decision(res.decision.id)
+    assert rec["status"] == "accepted" and rec["outcome"]["request_ids"] == ["req-1"]
+    assert store.load_state("web").current == 20  # the state took the change: no second apply
+    live.run(clock.advance(STEP))
+    assert store.decision(res.decision.id)["status"] == "accepted"
+    later = live.run(clock.advance(STEP))  # 10 min after the acceptance
+    rec = store.decision(res.decision.id)
+    assert rec["status"] == "unverified" and rec["outcome"]["observed"] == {"count": 20, "ready": 5, "details": {}}
+    assert "after verify_timeout" in later.details["unverified"]
+    assert len(platform.applies) == 1 and store.actuation_delays("web") == []
+
+
+def test_the_dry_run_actuator_is_seeded_from_the_state_and_plans_from_the_first_cycle(tmp_path):
+    from actuators.dryrun import DryRunActuator
+
+    trace = write_trace(tmp_path / "load.csv", VALUES)
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="approve")])
+    store = Store(tmp_path / "s.db")
+    store.save_state("web", __import__("engine.core.types", fromlist=["ScalingState"]).ScalingState(current=7), NOW)
+    actuator = DryRunActuator(target="web")  # no initial_capacity
+    res = build_live(cfg, store, actuator).run(NOW)
+    assert res.status == "planned" and res.plan.observed_capacity == 7 and actuator.read().count == 7
+    assert actuator.applied == []
+
+
+def test_a_stepwise_resize_is_driven_to_the_end_on_later_cycles_then_verified(tmp_path):
+    """An actuator that declares ``stepwise_apply`` (a VM resize: stop, then
+    modify + start) gets the same change applied again on each later cycle
+    until it is in service, and only then is the decision ``applied``."""
+    from tests.support.live import StepwisePlatform
+
+    trace = write_trace(tmp_path / "load.csv", VALUES)
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="auto",
+                                                         actuator={"type": "dry-run", "verify_timeout": "30m"})])
+    store = Store(tmp_path / "s.db")
+    platform = StepwisePlatform(capacity=5)
+    live = build_live(cfg, store, platform)
+    clock = ManualClock(NOW)
+    first = live.run(clock.now())
+    assert first.status == "accepted" and platform.applies == [(first.decision.id, 20)]
+    assert platform.read().count == 5  # stopping: nothing of the new size serves yet
+    second = live.run(clock.advance(STEP))
+    assert platform.applies[-1] == (first.decision.id, 20)  # the next step of the same change
+    assert "resizing" in second.details and store.decision(first.decision.id)["status"] == "accepted"
+    third = live.run(clock.advance(STEP))
+    rec = store.decision(first.decision.id)
+    assert rec["status"] == "applied" and platform.capacity == 20, third.details
+    assert rec["outcome"]["request_ids"] == ["req-1", "req-2", "req-3"]
+    assert platform.applies == [(first.decision.id, 20)] * 3  # one change, three steps, no second decision
+    assert "external_change" not in second.details and "in_progress" in second.details
+    fourth = live.run(clock.advance(STEP))
+    assert fourth.status == "hold" and len(platform.applies) == 3

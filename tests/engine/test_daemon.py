@@ -12,7 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,8 @@ from engine.core.clock import ManualClock
 from engine.daemon import Daemon
 from engine.core.errors import StateLocked
 from engine.metrics import EngineMetrics
+from engine.store import Store
+from engine.core.units import to_epoch
 
 from tests.support.live import STEP, T0, FlakySource, Platform, target_dict, write_config, write_trace
 from tests.support import ROOT
@@ -86,9 +88,12 @@ def test_a_hanging_target_never_blocks_another_and_is_abandoned_at_its_timeout(t
         fast = [r for r in results if r.target == "fast"]
         assert len(fast) == 4 and all(r.ok for r in fast)
         timeouts = [r for r in results if r.target == "slow"]
-        assert len(timeouts) == 1 and "cycle timed out" in timeouts[0].error and timeouts[0].details["timeout"]
-        assert d.errors["slow"] == {"timeout": 1}
-        assert sources_slow.calls == 1  # no new start while the stuck cycle runs
+        # the stuck cycle is abandoned at its timeout and the next starts on
+        # schedule beside it (with a fresh fetch, stuck here too, so it is
+        # abandoned in turn); while both run, no third starts
+        assert len(timeouts) == 2 and all("cycle timed out" in r.error and r.details["timeout"] for r in timeouts)
+        assert d.errors["slow"] == {"timeout": 2}
+        assert sources_slow.calls == 2
         assert metrics.registry.get_sample_value("forescale_last_success_timestamp_seconds",
                                                  {"target": "slow"}) is None
         assert d.ready()["slow"] == "no successful cycle yet" and d.ready()["fast"] is None
@@ -313,8 +318,10 @@ def test_dockerfile_healthcheck_command_runs(tmp_path):
     """The HEALTHCHECK's command, run against a real metrics endpoint."""
     (health,) = [a for i, a in _dockerfile() if i == "HEALTHCHECK"]
     cmd = yaml.safe_load(health[health.index("CMD") + 3:].strip())
+    from engine.server import serve
+
     metrics = EngineMetrics()
-    with metrics.serve("127.0.0.1", 0) as server:
+    with serve(metrics, "127.0.0.1", 0) as server:
         code = cmd[2].replace("127.0.0.1:9464", f"127.0.0.1:{server.port}")
         assert subprocess.run([sys.executable, "-c", code], timeout=10).returncode == 0
     code = cmd[2].replace("127.0.0.1:9464", f"127.0.0.1:{server.port}")
@@ -451,9 +458,10 @@ def test_forecast_error_and_coverage_reach_the_metrics_endpoint(tmp_path):
             settle(d)
             mono.t += 300
             clock.advance(STEP)
-        mae = metrics.registry.get_sample_value("forescale_forecast_error", {"target": "web", "metric": "mae"})
-        bias = metrics.registry.get_sample_value("forescale_forecast_error", {"target": "web", "metric": "bias"})
-        cov = metrics.registry.get_sample_value("forescale_forecast_coverage", {"target": "web"})
+        at = {"target": "web", "horizon": "300"}  # the lead time
+        mae = metrics.registry.get_sample_value("forescale_forecast_mae", at)
+        bias = metrics.registry.get_sample_value("forescale_forecast_bias", at)
+        cov = metrics.registry.get_sample_value("forescale_forecast_coverage_ratio", at)
         # lead 5 min + hold 5 min: persistence on a +2/step ramp is 2 (one
         # step ahead) or 4 (two steps ahead) below the actual
         assert mae is not None and 2.0 < mae < 4.0
@@ -476,7 +484,7 @@ def test_forecasts_are_pushed_to_a_configured_pushgateway(tmp_path, trace):
         finally:
             d.shutdown(5)
     assert len(got) == 1 and got[0][1] == "/metrics/job/forescale/target/web"
-    assert 'forescale_forecast{horizon="300",quantile="point",target="web"}' in got[0][2].decode()
+    assert 'forescale_forecast_demand{horizon="300",level="point",target="web"}' in got[0][2].decode()
 
 
 def test_a_pushgateway_that_is_down_only_counts_an_error(tmp_path, trace):
@@ -492,3 +500,108 @@ def test_a_pushgateway_that_is_down_only_counts_an_error(tmp_path, trace):
         d.shutdown(5)
     assert results[0].ok and results[0].decision is not None
     assert d.errors["web"] == {"push": 1}
+
+
+def test_the_daemon_prunes_the_state_file_as_retention_says_and_keeps_every_decision(tmp_path):
+    trace = write_trace(tmp_path / "load.csv", [100.0] * 100)
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe")],
+                       retention={"forecasts": "1h", "samples": "3h"})
+    mono, clock = FakeMono(), ManualClock(NOW)
+    d, *_ = make_daemon(cfg, monotonic=mono, clock=clock)
+    store = d.workers["web"].store
+    try:
+        for _ in range(48):  # four hours of cycles; the daemon prunes once an hour
+            d.tick()
+            settle(d)
+            mono.t += 300
+            clock.advance(STEP)
+    finally:
+        d.shutdown(5)
+    with Store(tmp_path / "state.db") as s:
+        last_prune = NOW + 36 * STEP  # the 37th tick is 3 h after the first
+        rows = s.forecast_records("web", with_actual=False)
+        assert min(r["ts"] for r in rows) >= to_epoch(last_prune - timedelta(hours=1))
+        # everything recorded since that prune is still there
+        assert len([r for r in rows if r["made_at"] > to_epoch(last_prune)]) == 2 * 11
+        samples = s.cached_samples("web")
+        assert samples.timestamps[0] >= to_epoch(last_prune - timedelta(hours=3))
+        assert samples.timestamps[0] > to_epoch(T0)  # the first fetch cached from T0 on: those went
+        assert len(s.decisions("web", limit=1000)) == 48  # the audit log is kept (decisions: forever)
+
+
+@pytest.mark.parametrize("retention, message", [
+    ({"forecasts": "0s"}, "retention.forecasts: 0:00:00 must be positive, or null to keep forever"),
+    ({"decisions": "soon"}, "retention.decisions"),
+])
+def test_a_bad_retention_is_a_config_error_naming_the_field(tmp_path, trace, retention, message):
+    from engine.config import load_config
+    from engine.core.errors import ConfigError
+
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace)], retention=retention)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(cfg)
+
+
+def test_the_daemon_counts_fallback_cycles_by_reason_and_logs_their_share(tmp_path, trace, caplog):
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe")])
+    mono, clock, metrics = FakeMono(), ManualClock(NOW), EngineMetrics()
+    d, sources, platforms, results = make_daemon(cfg, monotonic=mono, clock=clock, metrics=metrics)
+    try:
+        for k in range(4):  # one good cycle, then the source is down for three
+            if k == 1:
+                d.workers["web"].live.source.mode = "down"
+            d.tick()
+            settle(d)
+            mono.t += 300
+            clock.advance(STEP)
+        assert d.fallback_summary() == [("web", 0.75, {"NoForecast": 3})]
+        assert metrics.registry.get_sample_value("forescale_fallback_cycles_total",
+                                                 {"target": "web", "reason": "NoForecast"}) == 3
+        caplog.set_level("INFO", logger="forescale.daemon")
+        mono.t += 3600  # the hourly summary
+        d.tick()
+        settle(d)
+    finally:
+        d.shutdown(1)
+    assert "target web: 75% of cycles fell back to reactive since the last summary (NoForecast 3)" in caplog.text
+
+
+def test_the_next_cycle_starts_beside_one_stuck_in_the_actuator_and_never_acts_with_it(tmp_path, trace):
+    from tests.support.live import hanging_platform
+
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, timeout="30s")])
+    platform, gate, entered = hanging_platform()
+    mono, clock = FakeMono(), ManualClock(NOW)
+    d, sources, platforms, results = make_daemon(cfg, monotonic=mono, clock=clock, platforms={"web": platform})
+    w = d.workers["web"]
+    try:
+        d.tick()
+        assert entered.wait(5)
+        mono.t += 300  # past the timeout, and the next start is due
+        clock.advance(STEP)
+        d.tick()
+        assert w.thread is not w.stuck and w.stuck.is_alive()
+        for _ in range(100):  # the cycle started beside it ends by itself
+            if not w.busy:
+                break
+            time.sleep(0.05)
+        timeout, beside = results[-2:]
+        assert "cycle timed out" in timeout.error and timeout.details["timeout"]
+        assert beside.now == NOW + STEP and beside.status == "skipped" and beside.decision.desired == 20
+        rec = w.store.decision(beside.decision.id)
+        assert rec["status"] == "skipped" and "still acting" in rec["outcome"]["error"]
+        assert len(platform.applies) == 1  # never two cycles in the actuator at once
+        gate.set()
+        assert w.wait(5)
+        first = w.store.decisions("web", limit=10)[-1]
+        assert first["at"] == "2024-03-01T01:40:00Z" and first["status"] == "applied"
+        mono.t += 300
+        clock.advance(STEP)
+        platform.on_apply = None
+        d.tick()
+        settle(d)
+        assert results[-1].ok and results[-1].status == "hold" and platform.capacity == 20
+        assert len(platform.applies) == 1
+    finally:
+        gate.set()
+        d.shutdown(2)

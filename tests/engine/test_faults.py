@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -23,7 +24,9 @@ from engine.core.errors import PermanentActuatorError
 from engine.metrics import EngineMetrics
 from engine.store import Store
 
-from tests.support.live import STEP, T0, FlakySource, Platform, build_live, target_dict, write_config, write_trace
+from tests.support.live import (
+    STEP, T0, FlakySource, Platform, build_live, hanging_platform, target_dict, write_config, write_trace,
+)
 from tests.support import ROOT
 
 # demand 100 (20 replicas) for 20 samples, then 20 (4 replicas): a cycle
@@ -243,13 +246,7 @@ def test_actuator_failing_then_recovering(env):
 def test_a_hanging_actuator_is_abandoned_by_the_daemon_and_its_outcome_kept(tmp_path):
     trace = write_trace(tmp_path / "load.csv", VALUES)
     cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, timeout="30s")])
-    gate, entered = threading.Event(), threading.Event()
-
-    def hang(desired, p):
-        entered.set()
-        gate.wait(10)
-
-    platform = Platform(capacity=5, on_apply=hang, set_first=False)
+    platform, gate, entered = hanging_platform()
     mono = [1000.0]
     results, metrics = [], EngineMetrics()
     d = Daemon(cfg, clock=ManualClock(HIGH), monotonic=lambda: mono[0], metrics=metrics,
@@ -490,4 +487,55 @@ def test_prometheus_faults_through_the_daemon(prom):
         res = cycle()
         assert res.ok and not res.decision.fallback and platform.capacity == 4
     finally:
+        d.shutdown(2)
+
+
+def test_a_source_that_hangs_costs_each_cycle_a_fallback_never_the_cycle(tmp_path):
+    """A source whose fetch blocks far past the cycle's timeout: the fetch is
+    abandoned at its deadline (half the timeout), so the daemon records a
+    decision every interval, each a fallback, none scaling down, and no
+    cycle outlives its timeout or holds up the next."""
+    trace = write_trace(tmp_path / "load.csv", VALUES)
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, timeout="2s")])
+    platform, clock, mono, results = Platform(capacity=5), ManualClock(HIGH), [1000.0], []
+    sources: list[FlakySource] = []
+
+    def bsource(t, c):
+        sources.append(FlakySource(build_source(t, c)))
+        return sources[-1]
+
+    d = Daemon(cfg, clock=clock, monotonic=lambda: mono[0], build_source=bsource,
+               build_actuator=lambda t, c: platform, on_result=results.append)
+    w = d.workers["web"]
+    try:
+        d.tick()
+        assert w.wait(10) and results[-1].status == "applied" and platform.capacity == 20
+        sources[-1].mode = "slow"  # blocks up to 10 s per call, 5 times the timeout
+        for k in range(1, 7):  # the demand falls meanwhile; the source cannot say so
+            mono[0] += 300
+            clock.advance(STEP)
+            d.tick()
+            assert w.wait(5), "the cycle did not end by itself"
+            res = results[-1]
+            assert res.now == HIGH + k * STEP and res.duration_s < 2.0
+            assert "metric source" in res.fetch_error
+            assert res.decision.fallback and res.decision.desired >= res.decision.current == 20
+        assert "no answer within 1s" in results[1].fetch_error
+        recs = w.store.decisions("web", limit=100)
+        assert len(recs) == 7 and all(r["fallback"] for r in recs[:6])
+        assert platform.capacity == 20 and len(platform.applies) == 1
+        assert not any(r.details.get("timeout") for r in results)
+        sources[-1].mode = "ok"
+        sources[-1].release.set()  # the stuck calls end; their answers are dropped
+        for _ in range(100):
+            if w.live.abandoned_fetches == 0:
+                break
+            time.sleep(0.05)
+        mono[0] += 300
+        clock.advance(STEP)
+        d.tick()
+        assert w.wait(10) and results[-1].ok and not results[-1].decision.fallback
+    finally:
+        for s in sources:
+            s.release.set()
         d.shutdown(2)

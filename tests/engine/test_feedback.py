@@ -135,15 +135,117 @@ def test_learned_lead_time_is_the_p90_of_recorded_delays(tmp_path):
 
 
 def test_actuation_delays_are_recorded_and_used_only_when_asked(tmp_path):
+    """``apply`` returns once the platform accepted; the delay is measured on
+    later cycles, from the acceptance to the first cycle that saw the new
+    capacity serving: 12 min on the platform is first seen by the third
+    5-minute cycle, so 15 min are recorded."""
+    from engine.core.clock import ManualClock
+
     trace = write_trace(tmp_path / "load.csv", [20.0] * 20 + [100.0] * 20)
-    for learn, expect in ((True, 720.0), (False, 300.0)):
+    for learn, expect in ((True, 900.0), (False, 300.0)):
         d = tmp_path / str(learn)
         d.mkdir()
-        cfg = write_config(d / "c.yaml", [target_dict("web", trace, policy={"learn_lead_time": learn})])
+        cfg = write_config(d / "c.yaml", [target_dict("web", trace, policy={"learn_lead_time": learn},
+                                                      actuator={"type": "dry-run", "verify_timeout": "20m"})])
         store = Store(d / "state.db")
-        live = build_live(cfg, store, Platform(capacity=4, delay=timedelta(minutes=12)))
-        first = live.run(T0 + 25 * STEP)
-        assert first.status == "applied" and first.decision.extra["lead_time_s"] == 300.0
-        assert store.actuation_delays("web") == [720.0]
-        assert live.run(T0 + 26 * STEP).decision.extra["lead_time_s"] == expect
+        clock = ManualClock(T0 + 25 * STEP)
+        live = build_live(cfg, store, Platform(capacity=4, delay=timedelta(minutes=12), clock=clock))
+        first = live.run(clock.now())
+        assert first.status == "accepted" and first.decision.extra["lead_time_s"] == 300.0
+        assert store.decision(first.decision.id)["outcome"]["request_ids"] == ["req-1"]
+        assert store.actuation_delays("web") == []
+        for _ in range(2):  # +5, +10 min: set to 20, 4 still serving
+            assert live.run(clock.advance(STEP)).status == "hold"
+            assert store.decision(first.decision.id)["status"] == "accepted"
+        live.run(clock.advance(STEP))  # +15 min: serving
+        assert store.decision(first.decision.id)["status"] == "applied"
+        assert store.actuation_delays("web") == [900.0]
+        assert live.run(clock.advance(STEP)).decision.extra["lead_time_s"] == expect
         store.close()
+
+
+def test_a_lead_time_learned_beyond_lead_plus_hold_still_sizes_from_the_forecast(tmp_path):
+    """12 min measured against 5 m lead + 5 m hold: the forecast must reach
+    now + 17 min, or every cycle falls back (ForecastTooShort)."""
+    trace = write_trace(tmp_path / "load.csv", [100.0] * 40)
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe",
+                                                         policy={"learn_lead_time": True})])
+    store = Store(tmp_path / "state.db")
+    for i in range(5):
+        store.record_actuation("web", f"d{i}", T0 + i * STEP, ActuationResult(3, 3, True, timedelta(minutes=12)))
+    live = build_live(cfg, store, Platform(capacity=5))
+    for k in range(3):
+        res = live.run(T0 + (30 + k) * STEP)
+        d = res.decision
+        assert not d.fallback, d.steps[0].message
+        assert d.extra["lead_time_s"] == 720.0 and res.window.learned
+        assert d.step("forecast").reason == "ForecastWindowMax" and "now+0:12:00" in d.step("forecast").message
+        assert res.forecast.timestamps[-1] - to_epoch(res.now) >= 17 * 60
+        # sized from the forecast: 100 demand at 10 per replica and 50 % -> 20
+        assert d.forecast_demand == 100.0 and d.step("capacity").value == 20 and d.desired == 20
+    store.close()
+
+
+# ------------------------------------------------------- incremental cost
+def _noisy_run(tmp_path, cycles: int):
+    rng = np.random.default_rng(5)
+    values = 50 + 10 * np.sin(np.arange(200) / 9) + rng.normal(0, 4, 200)
+    trace = write_trace(tmp_path / "noisy.csv", values)
+    policy = {"margin": {"quantile": None, "conformal": True, "conformal_min_samples": 10,
+                         "conformal_window": "2h", "conformal_target": 0.1}}
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe", policy=policy)])
+    return cfg, Store(tmp_path / "state.db")
+
+
+def _old_headroom(store, res, policy):
+    """The full recomputation every cycle did before: every stored pair of
+    the window, re-read."""
+    m = policy.margin
+    rows = store.forecast_records("web", since=res.now - m.conformal_window, horizon_s=res.window.horizons_s)
+    if not rows:
+        return None
+    return conformal_headroom(np.array([r["actual"] for r in rows]), np.array([r["point"] for r in rows]),
+                              m.conformal_target, m.conformal_min_samples)
+
+
+def test_headroom_from_memory_equals_the_full_recomputation_also_after_a_restart(tmp_path):
+    cfg, store = _noisy_run(tmp_path, 0)
+    live = build_live(cfg, store, Platform(capacity=5))
+    start = T0 + 30 * STEP
+    seen = 0
+    for k in range(70):
+        if k == 40:  # a restart: a new process loads the pairs from the store once
+            live = build_live(cfg, store, Platform(capacity=5))
+        res = live.run(start + k * STEP)
+        old = _old_headroom(store, res, live.policy)
+        d = res.decision
+        if d.step("margin").reason == "ConformalHeadroom":
+            seen += 1
+            assert old is not None
+            assert d.step("margin").value == pytest.approx(d.step("forecast").value * (1 + max(0.0, old)), rel=1e-12)
+        else:
+            assert old is None
+    assert seen > 50
+    store.close()
+
+
+def test_a_cycle_reads_no_more_from_the_store_after_many_cycles_than_after_few(tmp_path):
+    cfg, store = _noisy_run(tmp_path, 0)
+    live = build_live(cfg, store, Platform(capacity=5))
+    start = T0 + 30 * STEP
+    statements: list[str] = []
+    store.db.set_trace_callback(statements.append)
+    per_cycle = []
+    for k in range(60):
+        statements.clear()
+        live.run(start + k * STEP)
+        per_cycle.append(list(statements))
+    store.db.set_trace_callback(None)
+    reads = [[s for s in c if s.lstrip().upper().startswith("SELECT")] for c in per_cycle]
+    # the history and the pairs are read once, at the first cycle; later
+    # cycles read only rows of fixed size (state, last decision, delays, intents)
+    assert any("FROM forecasts" in s for s in reads[0])
+    for c in reads[1:]:
+        assert not any("FROM forecasts" in s or "FROM samples" in s for s in c), c
+    assert len(reads[5]) == len(reads[-1])
+    store.close()

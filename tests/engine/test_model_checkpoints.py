@@ -91,3 +91,19 @@ def test_the_lstm_checkpoint_survives_a_restart(tmp_path):
     again = _cycles(cfg, 401, 1)
     assert "restored" in again[0].details["model"]
     assert again[0].decision.model_version == first[0].decision.model_version
+
+
+def test_a_checkpoint_from_the_future_is_refitted_not_a_forecast_error(tmp_path, caplog):
+    """The state file deleted, the checkpoint folder kept, and the loop
+    started earlier in time: the saved fit lies after this cycle's time."""
+    CountingPersistence.fits = 0
+    cfg = _config(tmp_path)
+    _cycles(cfg, 500, 1)  # saved with last_fit at step 500
+    cfg.state_path.unlink()
+    again = _cycles(cfg, 300, 3)
+    assert "after this cycle's time" in again[0].details["model"] and "refitting" in again[0].details["model"]
+    assert "does not fit the state" in caplog.text
+    assert CountingPersistence.fits == 2
+    for res in again:
+        assert res.ok and not res.decision.fallback and res.forecast is not None
+        assert "forecast_error" not in res.details

@@ -87,3 +87,95 @@ def test_actuator_registry_resolves_every_builtin():
                  "kubernetes", "kubernetes-hpa-floor"):
         cls = actuators.registry.get(name)
         assert hasattr(cls, "Config") and hasattr(cls, "apply")
+
+
+# ------------------------------------------------------------------ capabilities
+def test_every_builtin_declares_its_capabilities():
+    import actuators
+    import forecasters
+    from engine import sources
+    from engine.core.plugins import Capabilities, check_capabilities
+
+    declared = {}
+    for kind, reg in (("actuator", actuators.registry), ("metric source", sources.registry),
+                      ("forecaster", forecasters.registry)):
+        for name in reg.names():
+            try:
+                cls = reg.get(name)
+            except PluginError:  # an optional extra not installed here
+                continue
+            declared[name] = check_capabilities(kind, name, cls)
+            assert isinstance(declared[name], Capabilities)
+    # what the wiring and the engine act on
+    assert declared["aws-ec2"] == Capabilities(takes_ladder=True, stepwise_apply=True)
+    assert declared["alibaba-ecs"] == Capabilities(takes_ladder=True, stepwise_apply=True)
+    assert declared["terraform"] == Capabilities(needs_base_dir=True, takes_ladder=True)
+    for horizontal in ("aws-asg", "alibaba-ecs-group", "kubernetes", "kubernetes-hpa-floor"):
+        assert declared[horizontal] == Capabilities()
+    assert declared["csv"] == declared["replay"] == Capabilities(needs_base_dir=True)
+    assert declared["prometheus"] == Capabilities(needs_base_dir=True, needs_interval=True)
+    assert declared["persistence"] == Capabilities()
+    if "lstm" in declared:
+        assert declared["lstm"] == Capabilities(takes_covariates=True, init_from=True)
+
+
+def test_a_malformed_declaration_is_refused_when_the_plugin_registers():
+    import forecasters
+    from forecasters.naive import Persistence
+
+    from engine.core.plugins import Capabilities
+
+    class Undeclared(Persistence):
+        capabilities = {"init_from": True}  # a dict, not a declaration
+
+    class Confused(Persistence):
+        capabilities = Capabilities(takes_ladder=True)  # an actuator's flag
+
+    with pytest.raises(PluginError, match="not an engine.core.plugins.Capabilities"):
+        forecasters.registry.register("undeclared", Undeclared)
+    with pytest.raises(PluginError, match="declares takes_ladder, which a forecaster cannot have"):
+        forecasters.registry.register("confused", Confused)
+    assert "undeclared" not in forecasters.registry.names()
+
+
+def test_the_wiring_passes_what_a_source_declares_not_what_its_signature_says(tmp_path):
+    from pydantic import BaseModel
+
+    from engine import sources
+    from engine.build import build_source
+    from engine.config import parse_config
+    from engine.core.plugins import Capabilities
+
+    class DeclaredConfig(BaseModel):
+        type: str = "declared"
+
+    class Declared:
+        """Takes **kwargs: a signature probe would find nothing."""
+        Config = DeclaredConfig
+        capabilities = Capabilities(needs_base_dir=True, needs_interval=True)
+
+        def __init__(self, config, **kwargs):
+            self.kwargs = kwargs
+
+        def fetch(self, start, end):
+            raise NotImplementedError
+
+    class Silent(Declared):
+        """Names base_dir in its signature, declares nothing: gets nothing."""
+        capabilities = Capabilities()
+
+        def __init__(self, config, base_dir=None):
+            self.kwargs = {"base_dir": base_dir}
+
+    sources.registry.register("declared", Declared)
+    sources.registry.register("silent", Silent)
+    try:
+        doc = {"targets": [{"name": n, "interval": "2m", "source": {"type": n},
+                            "policy": {"capacity_per_replica": 10}} for n in ("declared", "silent")]}
+        config = parse_config(doc, base_dir=tmp_path)
+        declared, silent = (build_source(t, config) for t in config.targets)
+        assert declared.kwargs == {"base_dir": tmp_path, "interval": config.targets[0].interval}
+        assert silent.kwargs == {"base_dir": None}
+    finally:
+        sources.registry.unregister("declared")
+        sources.registry.unregister("silent")

@@ -63,3 +63,23 @@ def test_validate_check_actuators_names_a_missing_aws_credential(tmp_path):
     assert r.returncode == 2, r.stdout + r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "target 'web'" in lines[0] and "credential" in lines[0].lower()
+
+
+def test_an_apply_that_could_outlive_the_cycle_is_refused_at_startup_naming_both_fields(tmp_path):
+    trace = write_trace(tmp_path / "t.csv", [10.0] * 30)
+    slow = target_dict("web", trace, timeout="2m",
+                       actuator={"type": "terraform", "workspace": str(tmp_path), "variable": "n",
+                                 "apply_timeout": "3m"})
+    cfg = write_config(tmp_path / "c.yaml", [slow])
+    with pytest.raises(ConfigError, match=r"target 'web': actuator\.apply_timeout \(3m\) must be "
+                                          r"shorter than timeout \(2m\)"):
+        Daemon(cfg)
+    Store(tmp_path / "state.db").lock()
+
+
+def test_a_long_verify_timeout_is_fine_because_nothing_blocks_on_it(tmp_path):
+    trace = write_trace(tmp_path / "t.csv", [10.0] * 30)
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, timeout="2m",
+                                                         actuator={"type": "dry-run", "verify_timeout": "15m"})])
+    d = Daemon(cfg)
+    d.shutdown(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from dataclasses import replace
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from engine.core.errors import PlanNotFound, PlanStateError, StateError, StateLocked
-from engine.store import SCHEMA_VERSION, Store
+from engine.store import _SCHEMA_V1, SCHEMA_VERSION, Store
 from engine.core.types import (
     ActuationResult, Forecast, Observation, Plan, PlanStatus, ScaleEvent, ScalingState, Series,
 )
@@ -112,14 +113,16 @@ def test_decisions_are_logged_with_status_and_the_state_after_them_atomically(st
     store.record_decision(d, "dry-run", "intent", NOW, state=after)
     assert store.load_state("web") == after
     (rec,) = store.decisions("web")
-    assert rec == {**d.to_dict(), "mode": "dry-run", "status": "intent", "approval": None, "outcome": None}
+    assert rec == {**d.to_dict(), "mode": "dry-run", "status": "intent", "approval": None, "approvals": [],
+                   "plan_id": None, "outcome": None}
     assert [s["reason"] for s in rec["steps"]] == [s.reason for s in d.steps]
     assert store.unfinished_intents("web")[0]["id"] == d.id
 
     store.set_decision_status(d.id, "applied", NOW + minutes(1), outcome={"observed": 18},
-                              approval={"actor": "ana"})
+                              approval={"decision": "approved", "identity": "unix:ana"})
     rec = store.decision(d.id)
-    assert (rec["status"], rec["outcome"], rec["approval"]) == ("applied", {"observed": 18}, {"actor": "ana"})
+    assert (rec["status"], rec["outcome"], rec["approval"]) == ("applied", {"observed": 18},
+                                                                {"decision": "approved", "identity": "unix:ana"})
     assert store.unfinished_intents("web") == []
     # a later status without an outcome keeps the recorded one
     store.set_decision_status(d.id, "applied", NOW + minutes(2))
@@ -185,14 +188,14 @@ def plan(pid: str = "p1", status: PlanStatus = PlanStatus.PENDING) -> Plan:
 def test_plans_round_trip_and_move_through_their_states(store):
     store.save_plan(plan())
     assert store.plan("p1") == plan()
-    approved = store.transition_plan("p1", PlanStatus.APPROVED, NOW + minutes(1), actor="ana", note="ok",
-                                     allowed_from=(PlanStatus.PENDING,))
-    assert (approved.status, approved.actor, approved.note) == (PlanStatus.APPROVED, "ana", "ok")
+    approved = store.transition_plan("p1", PlanStatus.APPROVED, NOW + minutes(1), identity="unix:ana",
+                                     channel="cli", comment="ok", allowed_from=(PlanStatus.PENDING,))
+    assert (approved.status, approved.actor, approved.note) == (PlanStatus.APPROVED, "unix:ana", "ok")
     assert approved.updated_at == NOW + minutes(1)
     assert store.plan("p1") == approved
     applied = store.transition_plan("p1", PlanStatus.APPLIED, NOW + minutes(2),
                                     allowed_from=(PlanStatus.APPROVED,))
-    assert (applied.actor, applied.note) == ("ana", "ok")  # kept from the approval
+    assert (applied.actor, applied.note) == ("unix:ana", "ok")  # kept from the approval
     assert [p.id for p in store.plans("web", PlanStatus.APPLIED)] == ["p1"]
     assert store.plans("web", PlanStatus.PENDING) == []
 
@@ -200,7 +203,7 @@ def test_plans_round_trip_and_move_through_their_states(store):
 def test_an_illegal_plan_transition_raises_and_changes_nothing(store):
     store.save_plan(plan(status=PlanStatus.APPLIED))
     with pytest.raises(PlanStateError, match="plan p1 is applied; cannot make it approved \\(only from pending\\)"):
-        store.transition_plan("p1", PlanStatus.APPROVED, NOW, actor="ana", allowed_from=(PlanStatus.PENDING,))
+        store.transition_plan("p1", PlanStatus.APPROVED, NOW, identity="unix:ana", allowed_from=(PlanStatus.PENDING,))
     assert store.plan("p1") == plan(status=PlanStatus.APPLIED)
     with pytest.raises(PlanNotFound, match="no plan 'p9'"):
         store.transition_plan("p9", PlanStatus.APPROVED, NOW, allowed_from=(PlanStatus.PENDING,))
@@ -292,3 +295,44 @@ def test_a_read_only_database_is_a_state_error(store):
     with pytest.raises(StateError, match="readonly database"):
         store.save_state("web", ScalingState(current=1), NOW)
     assert store.load_state("web") == full_state()
+
+
+# ------------------------------------------------------------- migration from 1
+def test_a_version_1_file_is_migrated_sealing_its_rows_as_found(db_path):
+    db_path.parent.mkdir(parents=True)
+    raw = sqlite3.connect(db_path)
+    raw.executescript(_SCHEMA_V1)  # a file written by forescale 0.1
+    d = make_decision(NOW)
+    raw.execute("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (d.id, "web", T0, "approve", d.action.value, d.current, d.desired, 0, "rejected", d.to_json(),
+                 '{"actor": "bob", "at": "2024-03-01 12:01:00+00:00", "note": "no", "rejected": true}',
+                 '{"plan_id": "p1"}', T0))
+    raw.execute("INSERT INTO plans VALUES (?,?,?,?,?,?,?)",
+                ("p1", "web", d.id, "rejected", json.dumps(plan(status=PlanStatus.REJECTED).to_dict()), T0, T0))
+    raw.execute("PRAGMA user_version=1")
+    raw.commit()
+    raw.close()
+    with Store(db_path) as s:
+        assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        rec = s.decision(d.id)
+        assert rec["plan_id"] == "p1" and rec["approval"] is None
+        assert rec["approvals"] == [{"decision": "rejected", "identity": None, "channel": None,
+                                     "at": "2024-03-01 12:01:00+00:00", "comment": "no", "claimed_actor": "bob",
+                                     "plan_id": None, "legacy": True}]
+        assert s.plan("p1").status == PlanStatus.REJECTED
+        (t,) = s.plan_history("p1")
+        assert t.to_status == PlanStatus.REJECTED and "upgraded to schema 2" in t.reason
+        from engine.audit import verify
+
+        st = verify(s)
+        assert st.ok and st.records == 2, st
+    # from now on an edit of the old rows is detected
+    raw = sqlite3.connect(db_path)
+    raw.execute("UPDATE plans SET status='approved'")
+    raw.commit()
+    raw.close()
+    with Store(db_path) as s:
+        from engine.audit import verify
+
+        st = verify(s)
+        assert not st.ok and "plan p1: row (status approved) differs from audit record 2" in st.reason

@@ -274,18 +274,3 @@ def describe_group(endpoint_url: str, name: str) -> dict:
 def describe_instance(endpoint_url: str, instance_id: str) -> dict:
     _, ec2 = clients(endpoint_url)
     return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
-
-
-class FakeClock:
-    """Injected ``sleep`` and ``monotonic``: sleeping advances the clock."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    def monotonic(self) -> float:
-        return self.now

@@ -500,3 +500,82 @@ def _flag(params: dict[str, str], name: str) -> bool:
 
 def _snake(action: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", action).lower()
+
+
+# ------------------------------------------------------------ actuator builders
+REGION = "cn-hangzhou"
+ZONE = "cn-hangzhou-h"
+LADDER = ("ecs.g7.large", "ecs.g7.xlarge", "ecs.g7.2xlarge", "ecs.g7.4xlarge")
+KEY_ID, KEY_SECRET = "fake-key-id", "fake-secret-do-not-log"
+TAG = ("forescale-group", "web")
+MUTATING = {"StopInstance", "StartInstance", "ModifyInstanceSpec", "ModifyPrepayInstanceSpec",
+            "RunInstances", "DeleteInstances"}
+
+
+def sdk_client(endpoint: str, key_id: str = KEY_ID):
+    """The real SDK client, pointed at the fake."""
+    from alibabacloud_ecs20140526.client import Client
+    from alibabacloud_tea_openapi.models import Config
+
+    return Client(Config(access_key_id=key_id, access_key_secret=KEY_SECRET, region_id=REGION,
+                         endpoint=endpoint, protocol="http"))
+
+
+def common(**overrides):
+    """Settings every actuator of these tests shares."""
+    from datetime import timedelta
+
+    base = dict(region_id=REGION, verify_timeout=timedelta(minutes=10), retry_attempts=4,
+                retry_max_wait=timedelta(seconds=30))
+    base.update(overrides)
+    return base
+
+
+def spec_actuator(fake: "FakeEcs", clock, instance_id: str, *, client=None, **overrides):
+    from actuators.alibaba import EcsInstanceSpecActuator, EcsInstanceSpecConfig
+
+    config = EcsInstanceSpecConfig(instance_id=instance_id, **common(**overrides))
+    return EcsInstanceSpecActuator(
+        config, target="db", ladder=LADDER, sleep=clock.sleep, monotonic=clock.monotonic,
+        client=client if client is not None else sdk_client(fake.endpoint))
+
+
+def group_actuator(fake: "FakeEcs", clock, template_id: str, *, client=None, **overrides):
+    from actuators.alibaba import EcsInstanceGroupActuator, EcsInstanceGroupConfig
+
+    config = EcsInstanceGroupConfig(tag_key=TAG[0], tag_value=TAG[1],
+                                    launch_template_id=template_id, **common(**overrides))
+    return EcsInstanceGroupActuator(
+        config, target="web", sleep=clock.sleep, monotonic=clock.monotonic,
+        client=client if client is not None else sdk_client(fake.endpoint))
+
+
+def mutating(fake: "FakeEcs") -> list[str]:
+    return [a for a in fake.actions() if a in MUTATING]
+
+
+def slowly(actuator, fake: "FakeEcs", clock):
+    """The contract's ``slow_platform``: state changes take an hour until
+    ``finish()``, which makes them instant and moves the clock past them."""
+    from datetime import timedelta
+
+    fake.transition_s = 3600.0
+
+    def finish():
+        fake.transition_s = 0.0
+        clock.advance(timedelta(hours=2))
+    return actuator, finish
+
+
+def run_cycles(actuator, clock, desired: int, *, decision_id: str = "d1", every_s: float = 15.0,
+               cycles: int = 8) -> list:
+    """Apply as the engine does across cycles: once, then again (same
+    decision) each cycle while unverified, the clock a cycle further each
+    time. Returns every cycle's result."""
+    from datetime import timedelta
+
+    results = [actuator.apply(desired, decision_id=decision_id)]
+    while not results[-1].verified and len(results) < cycles:
+        clock.advance(timedelta(seconds=every_s))
+        results.append(actuator.apply(desired, decision_id=decision_id))
+    return results

@@ -516,3 +516,44 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     do_GET = do_PUT = do_PATCH = do_POST = do_DELETE = _serve
+
+
+# ------------------------------------------------------------ actuator builders
+NS = "shop"
+
+
+def writes(kube: FakeKube) -> int:
+    """The writes (PUT and PATCH) the server received."""
+    return kube.count("PUT") + kube.count("PATCH")
+
+
+def frozen(kube: FakeKube):
+    """Until ``finish()`` is called the simulated controllers do not run
+    (the pods of a scale-up never come); returns ``finish``."""
+    kube.frozen = True
+
+    def finish():
+        kube.frozen = False
+        kube.settle()
+    return finish
+
+
+def scale_actuator(kube: FakeKube, clock, api_client=None, *, namespace: str = "shop", **cfg):
+    """A ``kubernetes`` actuator on ``kube`` (object ``web`` unless told)."""
+    from actuators.kubernetes import ScaleSubresourceActuator, ScaleSubresourceConfig
+
+    cfg.setdefault("name", "web")
+    return ScaleSubresourceActuator(
+        ScaleSubresourceConfig(namespace=namespace, **cfg), target=f"{namespace}/{cfg['name']}",
+        sleep=clock.sleep, monotonic=clock.monotonic,
+        api_client=api_client if api_client is not None else kube.api_client())
+
+
+def floor_actuator(kube: FakeKube, clock, *, namespace: str = "shop", **cfg):
+    """A ``kubernetes-hpa-floor`` actuator on ``kube`` (HPA ``web`` unless told)."""
+    from actuators.kubernetes import HpaFloorActuator, HpaFloorConfig
+
+    cfg.setdefault("hpa", "web")
+    cfg.setdefault("base_min_replicas", 1)
+    return HpaFloorActuator(HpaFloorConfig(namespace=namespace, **cfg), target=f"{namespace}/web",
+                            sleep=clock.sleep, monotonic=clock.monotonic, api_client=kube.api_client())

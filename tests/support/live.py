@@ -14,7 +14,7 @@ import numpy as np
 import yaml
 
 from engine.core.errors import MetricSourceError, PermanentActuatorError
-from engine.core.types import ActionPlan, ActuationResult, Series
+from engine.core.types import ActionPlan, ActuationResult, CapacityReading, Series
 from engine.core.units import to_epoch
 
 T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
@@ -66,29 +66,44 @@ def write_config(path: Path, targets: list[dict[str, Any]], **top: Any) -> Path:
 
 class Platform:
     """A fake platform behind the Actuator protocol: capacity in memory,
-    every apply counted. ``on_apply(desired, platform)`` runs inside
-    ``apply`` (after the capacity is set when ``set_first``), to inject a
-    crash, a hang or an error at a chosen point."""
+    every apply counted. ``apply`` returns once the change is accepted
+    (Nomad's ``Scale``); with a ``delay`` (and a ``clock`` to measure it)
+    the new capacity serves only that long after the apply, which ``read()``
+    reports as ``ready`` (``Status() -> {Count, Ready}``); without one it is
+    in place at once and the result says so (``verified``).
+    ``on_apply(desired, platform)`` runs inside ``apply`` (after the
+    capacity is set when ``set_first``), to inject a crash, a hang or an
+    error at a chosen point."""
 
     name = "fake"
 
-    def __init__(self, capacity: int = 1, *, delay: timedelta = timedelta(0),
+    def __init__(self, capacity: int = 1, *, delay: timedelta = timedelta(0), clock: Any = None,
                  on_apply: Callable[[int, "Platform"], None] | None = None, set_first: bool = True) -> None:
         self.capacity = capacity
         self.delay = delay
+        self.clock = clock
         self.on_apply = on_apply
         self.set_first = set_first
         self.applies: list[tuple[str, int]] = []
         self.read_error: Exception | None = None
         self.result_details: dict[str, Any] = {}
+        self._rollout: tuple[datetime, int] | None = None  # (serving from, capacity serving until then)
 
     def validate(self) -> None:
         return None
 
-    def read(self) -> int:
+    def _ready(self) -> int:
+        if self._rollout is not None:
+            at, before = self._rollout
+            if self.clock.now() < at:
+                return min(before, self.capacity)
+            self._rollout = None
+        return self.capacity
+
+    def read(self) -> CapacityReading:
         if self.read_error is not None:
             raise self.read_error
-        return self.capacity
+        return CapacityReading(self.capacity, self._ready())
 
     def describe(self, desired: int, current: int | None = None) -> ActionPlan:
         return ActionPlan("fake", "t", self.capacity if current is None else current, desired,
@@ -98,13 +113,29 @@ class Platform:
         if desired < 0:
             raise PermanentActuatorError("negative")
         self.applies.append((decision_id, desired))
+        serving = self._ready()
         if self.set_first:
             self.capacity = desired
         if self.on_apply is not None:
             self.on_apply(desired, self)
         self.capacity = desired
-        return ActuationResult(desired, desired, True, self.delay, (f"req-{len(self.applies)}",),
-                               details=self.result_details)
+        in_place = self.delay <= timedelta(0) or serving == desired
+        if not in_place:
+            self._rollout = (self.clock.now() + self.delay, serving)
+        return ActuationResult(desired, desired if in_place else serving, in_place, timedelta(0),
+                               (f"req-{len(self.applies)}",), details=self.result_details)
+
+
+def hanging_platform(capacity: int = 5) -> tuple[Platform, threading.Event, threading.Event]:
+    """A platform whose ``apply`` hangs (before changing anything) until
+    ``gate`` is set; ``entered`` is set once a call is inside."""
+    gate, entered = threading.Event(), threading.Event()
+
+    def hang(desired: int, p: Platform) -> None:
+        entered.set()
+        gate.wait(10)
+
+    return Platform(capacity=capacity, on_apply=hang, set_first=False), gate, entered
 
 
 class FlakySource:
@@ -151,3 +182,35 @@ def build_live(cfg_path: Path, store: Any, platform: Any, name: str | None = Non
     t = cfg.target(name) if name else cfg.targets[0]
     return LiveTarget(t, source=source if source is not None else build_source(t, cfg), store=store,
                       actuator=platform)
+
+
+class StepwisePlatform(Platform):
+    """A platform whose change takes several calls (a VM resize: stop, then
+    modify and start, then running): it declares ``stepwise_apply``, and each
+    ``apply`` issues the next step and returns at once; the new capacity is
+    set and serving only after the last step."""
+
+    from engine.core.plugins import Capabilities as _Capabilities
+
+    capabilities = _Capabilities(stepwise_apply=True)
+    PHASES = ("stopping", "starting", "running")
+
+    def __init__(self, capacity: int = 1) -> None:
+        super().__init__(capacity)
+        self.phase: int | None = None
+
+    def apply(self, desired: int, *, decision_id: str) -> ActuationResult:
+        self.applies.append((decision_id, desired))
+        if desired == self.capacity and self.phase is None:
+            return ActuationResult(desired, desired, True, timedelta(0), (f"req-{len(self.applies)}",),
+                                   details={"target": desired})
+        self.phase = 0 if self.phase is None else self.phase + 1
+        phase = self.PHASES[self.phase]
+        done = phase == "running"
+        if done:
+            self.capacity, self.phase = desired, None
+        return ActuationResult(desired, self.capacity, done, timedelta(0), (f"req-{len(self.applies)}",),
+                               details={"target": desired, "phase": phase})
+
+    def read(self) -> CapacityReading:
+        return CapacityReading(self.capacity, 0 if self.phase is not None else self.capacity)

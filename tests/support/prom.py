@@ -120,6 +120,10 @@ class PrometheusServer:
     workdir: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    #: more command-line flags (e.g. ``--web.enable-remote-write-receiver``)
+    extra_args: tuple[str, ...] = ()
+    #: the prometheus.yml it runs with
+    config: str = MINIMAL_CONFIG
 
     @property
     def url(self) -> str:
@@ -127,11 +131,11 @@ class PrometheusServer:
 
     def start(self, timeout: float = 30.0) -> "PrometheusServer":
         cfg = self.workdir / "prometheus.yml"
-        cfg.write_text(MINIMAL_CONFIG)
+        cfg.write_text(self.config)
         self.log = open(self.workdir / f"prometheus-{self.port}.log", "ab")
         self.proc = subprocess.Popen(
             [self.binary, f"--storage.tsdb.path={self.data}", f"--web.listen-address=127.0.0.1:{self.port}",
-             f"--config.file={cfg}", "--storage.tsdb.retention.time=100y"],
+             f"--config.file={cfg}", "--storage.tsdb.retention.time=100y", *self.extra_args],
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -353,3 +357,34 @@ def recording_pushgateway():
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@contextmanager
+def scraping_prometheus(workdir: Path, scrape_url: str, *, rule_files: tuple[Path, ...] = (),
+                        authorization: str | None = None):
+    """A fresh Prometheus scraping ``scrape_url`` (``http://host:port``,
+    path ``/metrics``) every second and evaluating ``rule_files`` every
+    second; yields it once the first scrape is in."""
+    prom, _tool = require_binaries()
+    host = scrape_url.split("://", 1)[1]
+    auth = f"    authorization: {{credentials: {authorization}}}\n" if authorization else ""
+    rules = "".join(f"  - {p}\n" for p in rule_files)
+    config = ("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+              + (f"rule_files:\n{rules}" if rules else "")
+              + f"scrape_configs:\n  - job_name: forescale\n{auth}    static_configs:\n"
+              f"      - targets: ['{host}']\n")
+    data = workdir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    server = PrometheusServer(prom, data, workdir, config=config).start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            r = httpx.get(f"{server.url}/api/v1/query", params={"query": 'up{job="forescale"} == 1'}, timeout=5)
+            if r.json()["data"]["result"]:
+                break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"prometheus never scraped {scrape_url}")
+        yield server
+    finally:
+        server.stop()

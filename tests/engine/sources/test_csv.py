@@ -167,13 +167,30 @@ def test_regular_resamples_by_mean_into_bins_that_end_on_the_grid_and_leaves_emp
     #   t=  1, 100, 300 -> bin 300: mean(1, 2, 3) = 2
     #   t= 301, 599     -> bin 600: mean(10, 20) = 15
     #   nothing in (600, 900] -> bin 900: NaN (a gap)
-    #   t= 901 (NaN), 1000 -> bin 1200: the NaN is ignored -> 7
-    s = Series(np.array([1, 100, 300, 301, 599, 901, 1000]),
-               np.array([1, 2, 3, 10, 20, np.nan, 7], dtype=float))
+    #   t= 901 (NaN), 1000, 1200 (NaN) -> bin 1200: the NaNs are ignored -> 7
+    #   (the newest sample is on the grid: see the newest-bin rule below)
+    s = Series(np.array([1, 100, 300, 301, 599, 901, 1000, 1200]),
+               np.array([1, 2, 3, 10, 20, np.nan, 7, np.nan], dtype=float))
     r = s.regular(timedelta(minutes=5))
     assert r.timestamps.tolist() == [300, 600, 900, 1200]
     assert r.values[[0, 1, 3]].tolist() == [2.0, 15.0, 7.0]
     assert np.isnan(r.values[2])
+
+
+def test_regular_never_labels_a_bin_after_the_newest_sample():
+    # samples at :x2 and :x7 on a 5-minute grid (the NAB ec2 traces): the
+    # newest sample at 1020 (3 s after nothing, 120 s after the 900 boundary)
+    # would end the bin (900, 1200], a label after every sample and after a
+    # cycle's now of 1023; it joins the bin of 900 instead
+    s = Series(np.array([120, 420, 720, 1020]), np.array([1.0, 2.0, 3.0, 5.0]))
+    r = s.regular(timedelta(minutes=5))
+    assert r.timestamps.tolist() == [300, 600, 900]
+    assert r.values.tolist() == [1.0, 2.0, 4.0]  # bin 900 holds 720 and 1020
+    assert int(r.timestamps[-1]) <= int(s.timestamps[-1])
+    # once the next sample arrives the bins are the ordinary ones again
+    r2 = Series(np.array([120, 420, 720, 1020, 1320]), np.arange(1.0, 6.0)).regular(timedelta(minutes=5))
+    assert r2.timestamps.tolist() == [300, 600, 900, 1200]
+    assert r2.values.tolist() == [1.0, 2.0, 3.0, 4.5]
 
 
 def test_regular_of_an_already_regular_series_is_the_same_series():
@@ -244,3 +261,32 @@ def test_sources_resolve_by_name_in_the_registry():
     assert registry.get("replay") is ReplaySource
     with pytest.raises(Exception, match="unknown metric source 'cvs'; known: csv, prometheus, replay"):
         registry.get("cvs")
+
+
+# ------------------------------------------- off-grid samples in the live loop
+def test_a_replay_of_an_off_grid_trace_on_a_clock_at_37_seconds_uses_its_forecasts(tmp_path):
+    """NAB's ec2 trace samples at :x2 and :x7; a cycle at hh:m7:37 used to
+    bin the newest sample into the bin ending hh:(m+3)0, after ``now``, and
+    every cycle fell back as look-ahead (1,440 of 1,440 on the full trace)."""
+    from datetime import datetime, timezone
+
+    from engine.core.clock import ManualClock
+    from engine.store import Store
+    from tests.support import FIXTURES
+    from tests.support.live import Platform, build_live, target_dict, write_config
+
+    trace = FIXTURES / "traces" / "nab" / "ec2_cpu_utilization_5f5533.csv"
+    t = target_dict("ec2", trace, mode="observe")
+    t["source"] = {"type": "replay", "path": str(trace)}
+    cfg = write_config(tmp_path / "c.yaml", [t])
+    # the trace starts 2014-02-14T14:27:00; begin 3 h in, 37 s after a sample
+    clock = ManualClock(datetime(2014, 2, 14, 17, 27, 37, tzinfo=timezone.utc))
+    with Store(tmp_path / "s.db") as store:
+        live = build_live(cfg, store, Platform(3))
+        results = []
+        for _ in range(100):
+            results.append(live.run(clock.now()))
+            clock.advance(timedelta(minutes=5))
+    errors = [r.details.get("forecast_error") for r in results if r.details.get("forecast_error")]
+    assert not errors, errors[:3]
+    assert all(r.decision is not None and r.forecast is not None and not r.decision.fallback for r in results)

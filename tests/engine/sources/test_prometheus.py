@@ -203,8 +203,136 @@ def test_slow_server_times_out():
         with pytest.raises(MetricSourceError) as ei:
             src.fetch(NOW - timedelta(minutes=2), NOW)
     assert ei.value.transient and "timed out" in str(ei.value)
-    assert len(transport.forms) == 2 and len(sleeps) == 1
+    # the timeout is the whole fetch's: the first attempt spent it, so no
+    # retry is started (it was two attempts when the timeout was per attempt)
+    assert len(transport.forms) == 1 and len(sleeps) == 0
     assert fake.requests[0]["form"]["timeout"] == "0.1s"  # Prometheus' own evaluation timeout
+
+
+class _Server:
+    """A loopback HTTP server whose handler writes the body its own way."""
+
+    def __init__(self, write_body) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        server = self
+        self.requests = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                server.requests += 1
+                try:
+                    write_body(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up: what the tests want
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> "_Server":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _drip(handler) -> None:
+    """A valid answer, one byte every 0.1 s: each read is quick, the whole
+    body takes ~40 s."""
+    import json
+    import time
+
+    raw = json.dumps(OK).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(raw)))
+    handler.end_headers()
+    for i in range(len(raw)):
+        handler.wfile.write(raw[i:i + 1])
+        handler.wfile.flush()
+        time.sleep(0.1)
+
+
+def test_a_server_dripping_bytes_is_cut_off_at_the_fetch_deadline():
+    import time
+
+    with _Server(_drip) as srv:
+        src, _, sleeps = source(srv.url, "up", step="1m", timeout="1s", retry_attempts=4, counting=False)
+        t0 = time.monotonic()
+        with pytest.raises(MetricSourceError) as ei:
+            src.fetch(NOW - timedelta(minutes=2), NOW)
+        took = time.monotonic() - t0
+    assert ei.value.transient and "deadline" in str(ei.value) and "source.timeout" in str(ei.value)
+    assert took < 2.5, took  # 1 s of budget plus one read; it was ~40 s per attempt
+    assert srv.requests == 1 and sleeps == []  # no retry starts past the deadline
+
+
+def test_the_deadline_bounds_the_retries_and_their_backoff():
+    # every answer is a 503 after 0.3 s; 20 attempts would take 6 s and more
+    with FakePrometheus(Reply(503, "unavailable", delay=0.3)) as fake:
+        import time
+
+        cfg = PrometheusConfig(url=fake.url, query="up", step="1m", timeout="1s", retry_attempts=20,
+                               max_backoff="0.2s")
+        src = PrometheusSource(cfg)  # the real sleep: the backoff waits count against the deadline
+        t0 = time.monotonic()
+        with pytest.raises(MetricSourceError) as ei:
+            src.fetch(NOW - timedelta(minutes=2), NOW)
+        took = time.monotonic() - t0
+    msg = str(ei.value)
+    assert ei.value.transient and ("HTTP 503" in msg or "deadline" in msg), msg
+    assert took < 1.6, took
+    assert 2 <= len(fake.requests) <= 4  # retried, but only while the deadline allowed
+
+
+def _endless(handler) -> None:
+    """200 OK with no Content-Length: JSON-looking bytes until the client hangs up."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.end_headers()
+    handler.wfile.write(b'{"status": "success", "data": {"resultType": "matrix", "result": [{"metric": {}, '
+                        b'"values": [')
+    chunk = b'[1714564800, "1.0"], ' * 5000
+    for _ in range(10_000):  # ~1 GB at most
+        handler.wfile.write(chunk)
+
+
+def _announced(handler) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(200 * 2**20))
+    handler.end_headers()
+    handler.wfile.write(b"{")
+
+
+@pytest.mark.parametrize("write_body", [_endless, _announced], ids=["streamed", "content-length"])
+def test_a_response_above_max_response_bytes_is_an_error_naming_the_limit(write_body):
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with _Server(write_body) as srv:
+        src, _, sleeps = source(srv.url, "up", step="1m", max_response_bytes=2**20, counting=False)
+        with pytest.raises(MetricSourceError) as ei:
+            src.fetch(NOW - timedelta(minutes=2), NOW)
+    msg = str(ei.value)
+    assert "source.max_response_bytes (1048576 bytes, 1 MiB)" in msg and not ei.value.transient
+    assert srv.requests == 1 and sleeps == []  # the same query would be as large again: not retried
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 64 * 1024, grown_kib  # stopped reading at the limit, not at 1 GB
+
+
+def test_max_response_bytes_defaults_to_64_mib_and_is_bounded():
+    assert PrometheusConfig(url="http://p:9090", query="up").max_response_bytes == 64 * 2**20
+    with pytest.raises(ValueError, match="max_response_bytes"):
+        PrometheusConfig(url="http://p:9090", query="up", max_response_bytes=10)
 
 
 @pytest.mark.parametrize("body", [

@@ -1,4 +1,4 @@
-"""The Kubernetes actuators against tests/support/fake_kube.py, driven by the
+"""``kubernetes`` (actuators/kubernetes/scale.py and client.py) against tests/support/fake_kube.py, driven by the
 official ``kubernetes`` client over HTTP on 127.0.0.1."""
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from actuators import registry
 from actuators.kubernetes import (
     ANNOTATION_DECISION,
     ANNOTATION_DESIRED,
-    ANNOTATION_MIN,
     ANNOTATION_PREVIOUS,
     HpaFloorActuator,
     HpaFloorConfig,
@@ -25,64 +24,17 @@ from actuators.kubernetes import (
 )
 from engine.core.errors import (
     ConfigError,
-    LimitExceeded,
     PermanentActuatorError,
     TransientActuatorError,
 )
 
-from tests.support.actuator_contract import ActuatorContract
-from tests.support.fake_kube import FakeKube
 from tests.support import ROOT
+from tests.support.actuator_contract import ActuatorContract, settled_at
+from tests.support.fake_kube import NS, FakeKube, floor_actuator, frozen, scale_actuator, writes
 
-NS = "shop"
 DEPLOY = ROOT / "deploy" / "kubernetes"
 
 
-class ManualClock:
-    """``monotonic`` and ``sleep`` for the actuators: sleeping advances time."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.t += seconds
-
-
-@pytest.fixture
-def kube():
-    with FakeKube(settle_after=1) as fake:
-        yield fake
-
-
-@pytest.fixture
-def clock():
-    return ManualClock()
-
-
-def scale_actuator(kube: FakeKube, clock: ManualClock, api_client=None, **cfg) -> ScaleSubresourceActuator:
-    cfg.setdefault("name", "web")
-    cfg.setdefault("namespace", NS)
-    return ScaleSubresourceActuator(
-        ScaleSubresourceConfig(**cfg), target=f"{NS}/{cfg['name']}",
-        sleep=clock.sleep, monotonic=clock.monotonic,
-        api_client=api_client if api_client is not None else kube.api_client())
-
-
-def floor_actuator(kube: FakeKube, clock: ManualClock, **cfg) -> HpaFloorActuator:
-    cfg.setdefault("hpa", "web")
-    cfg.setdefault("namespace", NS)
-    cfg.setdefault("base_min_replicas", 1)
-    return HpaFloorActuator(HpaFloorConfig(**cfg), target=f"{NS}/web", sleep=clock.sleep,
-                            monotonic=clock.monotonic, api_client=kube.api_client())
-
-
-def writes(kube: FakeKube) -> int:
-    return kube.count("PUT") + kube.count("PATCH")
 
 
 # ------------------------------------------------------------------ contracts
@@ -100,17 +52,9 @@ class TestScaleSubresourceContract(ActuatorContract):
             kube.add_workload("web", namespace=NS, replicas=3, plural=plural)
         return scale_actuator(kube, clock, kind=request.param)
 
-
-class TestHpaFloorContract(ActuatorContract):
-    initial_capacity = 2
-    capacities = (4, 3)
-
     @pytest.fixture
-    def actuator(self, kube, clock):
-        kube.add_workload("web", namespace=NS, replicas=2)
-        kube.add_hpa("web", namespace=NS, target="web", min_replicas=1, max_replicas=10,
-                     recommendation=2)
-        return floor_actuator(kube, clock)
+    def slow_platform(self, actuator, kube):
+        return actuator, frozen(kube)
 
 
 def test_registry_names_resolve_to_the_actuators():
@@ -200,9 +144,13 @@ def test_validate_finds_a_missing_permission_with_a_dry_run_and_changes_nothing(
 def test_throttling_and_server_errors_are_retried(kube, clock, status):
     kube.add_workload("web", namespace=NS, replicas=3)
     kube.fail_next(status, count=2, method="GET", path="/scale$")
-    assert scale_actuator(kube, clock).read() == 3
+    assert scale_actuator(kube, clock, read="spec").read().count == 3
     assert kube.count("GET", "/scale") == 3
     assert len(clock.sleeps) == 2
+    kube.fail_next(status, count=2, method="GET", path="/deployments/web$")
+    assert scale_actuator(kube, clock).read().count == 3  # readiness: the workload itself
+    assert kube.count("GET", "/deployments/web") == 3 + 3
+    assert len(clock.sleeps) == 4
 
 
 def test_server_errors_past_the_retry_budget_are_transient(kube, clock):
@@ -279,37 +227,45 @@ def test_reapplying_the_same_value_writes_no_scale(kube, clock):
     assert ann[ANNOTATION_DECISION] == "d-b" and ann[ANNOTATION_PREVIOUS] == "3"
 
 
-def test_verification_polls_until_the_controller_catches_up(clock):
+def test_apply_returns_before_the_controller_catches_up_and_read_sees_it_later(clock):
     with FakeKube(settle_after=3) as fake:
         fake.add_workload("web", namespace=NS, replicas=3)
-        act = scale_actuator(fake, clock, poll_interval=timedelta(seconds=5))
+        act = scale_actuator(fake, clock)
         result = act.apply(6, decision_id="d-poll")
-    assert result.verified and result.observed == 6
-    assert clock.sleeps == [5.0, 5.0]
-    assert result.elapsed == timedelta(seconds=10)
+        assert result.verified is False and result.observed == 3
+        assert fake.get("deployments", "web", namespace=NS)["spec"]["replicas"] == 6
+        assert clock.sleeps == [] and result.elapsed == timedelta(0)
+        first = act.read()
+        assert (first.count, first.ready, first.settled) == (6, 3, False)
+        assert settled_at(act.read(), 6)  # the third GET: the controller caught up
 
 
-def test_verification_times_out_when_pods_never_come(kube, clock):
+def test_pods_that_never_come_leave_it_unverified_and_unsettled(kube, clock):
     kube.add_workload("web", namespace=NS, replicas=3)
     kube.frozen = True
-    act = scale_actuator(kube, clock, verify_timeout=timedelta(seconds=60),
-                         poll_interval=timedelta(seconds=10))
+    act = scale_actuator(kube, clock, verify_timeout=timedelta(seconds=60))
     result = act.apply(6, decision_id="d-slow")
     assert result.verified is False
     assert result.observed == 3
-    assert result.elapsed == timedelta(seconds=60)
-    assert act.read() == 3
-    assert scale_actuator(kube, clock, read="spec").read() == 6
+    assert result.elapsed == timedelta(0)
+    reading = act.read()
+    assert (reading.count, reading.ready) == (6, 3)
+    spec_only = scale_actuator(kube, clock, read="spec").read()
+    assert (spec_only.count, spec_only.ready, spec_only.settled) == (6, None, True)
 
 
-def test_verification_survives_a_transient_error_while_polling(clock):
+def test_a_transient_error_reading_the_status_after_the_write_does_not_fail_the_apply(clock):
     with FakeKube(settle_after=2) as fake:
         fake.add_workload("web", namespace=NS, replicas=3)
         act = scale_actuator(fake, clock, retry_attempts=1)
         fake.fail_next(503, method="GET", path="/deployments/web$")
-        # the PUT goes first; then the first verification GET fails with 503
+        # the PUT goes first; then the status GET fails with 503
         result = act.apply(4, decision_id="d-blip")
-    assert result.verified and result.observed == 4
+        assert result.verified is False and result.details["status"] == "unread"
+        assert result.observed == 4 and result.request_ids
+        assert fake.get("deployments", "web", namespace=NS)["spec"]["replicas"] == 4
+        assert not settled_at(act.read(), 4)  # the controller catches up on the second GET
+        assert settled_at(act.read(), 4)
 
 
 def test_a_competing_hpa_is_refused_by_default(kube, clock):
@@ -398,7 +354,7 @@ def test_credentials_come_from_a_kubeconfig_file_and_context(tmp_path, clock):
             ScaleSubresourceConfig(name="web", namespace=NS, kubeconfig=str(path), context="prod"),
             target="t", sleep=clock.sleep, monotonic=clock.monotonic)
         act.validate()
-        assert act.read() == 3
+        assert act.read().count == 3
 
 
 def test_auto_mode_falls_back_from_in_cluster_to_kubeconfig(tmp_path, clock, monkeypatch):
@@ -408,7 +364,7 @@ def test_auto_mode_falls_back_from_in_cluster_to_kubeconfig(tmp_path, clock, mon
         monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path / "config", fake.host, "t0ken")))
         act = ScaleSubresourceActuator(ScaleSubresourceConfig(name="web", namespace=NS), target="t",
                                        sleep=clock.sleep, monotonic=clock.monotonic)
-        assert act.read() == 3
+        assert act.read().count == 3
 
 
 def test_missing_credentials_are_one_permanent_error_from_validate(tmp_path, monkeypatch):
@@ -430,89 +386,6 @@ def test_a_broken_kubeconfig_is_reported_without_its_contents(tmp_path):
         act.validate()
     assert "SECRET-TOKEN" not in str(err.value)
     assert "kubeconfig" in str(err.value)
-
-
-# ------------------------------------------------------------------ HPA floor
-@pytest.fixture
-def hpa(kube):
-    kube.add_workload("web", namespace=NS, replicas=2)
-    return kube.add_hpa("web", namespace=NS, target="web", min_replicas=2, max_replicas=10,
-                        recommendation=3)
-
-
-def test_floor_raises_min_replicas_and_the_hpa_follows(kube, clock, hpa):
-    act = floor_actuator(kube, clock, base_min_replicas=2)
-    result = act.apply(7, decision_id="d-floor")
-    got = kube.get("horizontalpodautoscalers", "web", namespace=NS)
-    assert got["spec"]["minReplicas"] == 7
-    assert got["metadata"]["annotations"][ANNOTATION_DECISION] == "d-floor"
-    assert got["metadata"]["annotations"][ANNOTATION_MIN] == "7"
-    assert result.verified and result.observed == 7
-    assert kube.get("deployments", "web", namespace=NS)["spec"]["replicas"] == 7
-    patch = next(r for r in kube.requests if r.method == "PATCH")
-    assert patch.content_type == "application/merge-patch+json"
-    assert patch.body["metadata"]["resourceVersion"] == hpa["metadata"]["resourceVersion"]
-
-
-def test_floor_returns_to_base_when_the_forecast_falls(kube, clock, hpa):
-    act = floor_actuator(kube, clock, base_min_replicas=2)
-    act.apply(7, decision_id="d-up")
-    result = act.apply(1, decision_id="d-down")
-    assert kube.get("horizontalpodautoscalers", "web", namespace=NS)["spec"]["minReplicas"] == 2
-    assert result.details["reason"] == "BaseFloor"
-    # the HPA's own metrics ask for 3: the floor is a floor
-    assert result.observed == 3 and result.verified
-
-
-def test_restore_sets_the_base_floor(kube, clock, hpa):
-    act = floor_actuator(kube, clock, base_min_replicas=2)
-    act.apply(9, decision_id="d-up")
-    result = act.restore()
-    got = kube.get("horizontalpodautoscalers", "web", namespace=NS)
-    assert got["spec"]["minReplicas"] == 2
-    assert got["metadata"]["annotations"][ANNOTATION_DECISION] == "forescale-restore"
-    assert result.verified
-
-
-def test_floor_above_max_replicas_is_limit_exceeded_and_writes_nothing(kube, clock, hpa):
-    with pytest.raises(LimitExceeded, match=r"maxReplicas \(10\)"):
-        floor_actuator(kube, clock).apply(11, decision_id="d-max")
-    assert writes(kube) == 0
-    result = floor_actuator(kube, clock, clamp_to_max=True).apply(11, decision_id="d-clamp")
-    assert kube.get("horizontalpodautoscalers", "web", namespace=NS)["spec"]["minReplicas"] == 10
-    assert result.details["reason"] == "TooManyReplicas" and result.observed == 10
-
-
-def test_floor_conflict_is_retried_with_the_new_resource_version(kube, clock, hpa):
-    kube.concurrent_write("horizontalpodautoscalers", "web", namespace=NS)
-    result = floor_actuator(kube, clock).apply(5, decision_id="d-409")
-    patches = [r for r in kube.requests if r.method == "PATCH"]
-    assert [p.status for p in patches] == [409, 200]
-    assert int(patches[1].body["metadata"]["resourceVersion"]) > int(patches[0].body["metadata"]["resourceVersion"])
-    assert result.verified and result.observed == 5
-
-
-def test_floor_validate_checks_the_hpa(kube, clock, hpa):
-    floor_actuator(kube, clock, base_min_replicas=2).validate()
-    assert writes(kube) == kube.count("PATCH") == 1  # the dry run
-    assert kube.get("horizontalpodautoscalers", "web", namespace=NS)["metadata"]["resourceVersion"] == \
-        hpa["metadata"]["resourceVersion"]
-    with pytest.raises(LimitExceeded, match="base_min_replicas"):
-        floor_actuator(kube, clock, base_min_replicas=11).validate()
-    with pytest.raises(PermanentActuatorError, match=f"HorizontalPodAutoscaler {NS}/nope"):
-        floor_actuator(kube, clock, hpa="nope").validate()
-    kube.forbid("PATCH", "horizontalpodautoscalers")
-    with pytest.raises(PermanentActuatorError, match="forbidden.*'patch'.*horizontalpodautoscalers"):
-        floor_actuator(kube, clock).validate()
-
-
-def test_floor_describe_changes_nothing(kube, clock, hpa):
-    act = floor_actuator(kube, clock, base_min_replicas=2)
-    plan = act.describe(6)
-    assert "spec.minReplicas 2 -> 6" in plan.summary
-    assert plan.from_capacity == 3
-    assert "would refuse" in act.describe(12).summary
-    assert writes(kube) == 0
 
 
 # ------------------------------------------------------------------ manifests

@@ -1,10 +1,4 @@
-"""The Alibaba Cloud ECS actuators, driven through the real SDK
-(``alibabacloud_ecs20140526``: its signing, serialization and error parsing)
-against the fake ECS API in ``tests/support/fake_ecs.py`` on 127.0.0.1.
-
-The actuator and the fake share one manual clock: the actuator's ``sleep``
-advances it, and the fake's instance state transitions follow it, so waits
-of minutes take milliseconds."""
+"""``alibaba-ecs`` (actuators/alibaba/spec.py): a stepwise resize against the fake ECS API, through the real SDK."""
 
 from __future__ import annotations
 
@@ -14,15 +8,14 @@ import socket
 import subprocess
 import sys
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
 from actuators import registry
 from actuators.alibaba import (
     EcsInstanceGroupActuator,
-    EcsInstanceGroupConfig,
     EcsInstanceSpecActuator,
+    EcsInstanceGroupConfig,
     EcsInstanceSpecConfig,
 )
 from engine.core.errors import (
@@ -31,77 +24,22 @@ from engine.core.errors import (
     PermanentActuatorError,
     TransientActuatorError,
 )
-from tests.support.actuator_contract import ActuatorContract
-from tests.support.fake_ecs import FakeEcs
+
 from tests.support import ROOT
-
-REGION = "cn-hangzhou"
-ZONE = "cn-hangzhou-h"
-LADDER = ("ecs.g7.large", "ecs.g7.xlarge", "ecs.g7.2xlarge", "ecs.g7.4xlarge")
-KEY_ID, KEY_SECRET = "fake-key-id", "fake-secret-do-not-log"
-TAG = ("forescale-group", "web")
-MUTATING = {"StopInstance", "StartInstance", "ModifyInstanceSpec", "ModifyPrepayInstanceSpec",
-            "RunInstances", "DeleteInstances"}
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def fake(clock):
-    with FakeEcs(region_id=REGION, clock=clock.monotonic, transition_s=10.0,
-                 access_key_ids=(KEY_ID,), instance_types=LADDER) as f:
-        yield f
-
-
-def sdk_client(endpoint: str, key_id: str = KEY_ID):
-    from alibabacloud_ecs20140526.client import Client
-    from alibabacloud_tea_openapi.models import Config
-
-    return Client(Config(access_key_id=key_id, access_key_secret=KEY_SECRET, region_id=REGION,
-                         endpoint=endpoint, protocol="http"))
-
-
-def common(**overrides):
-    base = dict(region_id=REGION, poll_interval=timedelta(seconds=5),
-                verify_timeout=timedelta(minutes=10), retry_attempts=4,
-                retry_max_wait=timedelta(seconds=30))
-    base.update(overrides)
-    return base
-
-
-def spec_actuator(fake, clock, instance_id, *, client=None, **overrides):
-    config = EcsInstanceSpecConfig(instance_id=instance_id, **common(**overrides))
-    return EcsInstanceSpecActuator(
-        config, target="db", ladder=LADDER, sleep=clock.sleep, monotonic=clock.monotonic,
-        client=client if client is not None else sdk_client(fake.endpoint))
-
-
-def group_actuator(fake, clock, template_id, *, client=None, **overrides):
-    config = EcsInstanceGroupConfig(tag_key=TAG[0], tag_value=TAG[1],
-                                    launch_template_id=template_id, **common(**overrides))
-    return EcsInstanceGroupActuator(
-        config, target="web", sleep=clock.sleep, monotonic=clock.monotonic,
-        client=client if client is not None else sdk_client(fake.endpoint))
-
-
-def mutating(fake) -> list[str]:
-    return [a for a in fake.actions() if a in MUTATING]
+from tests.support.actuator_contract import ActuatorContract, settled_at
+from tests.support.fake_ecs import (
+    KEY_ID,
+    KEY_SECRET,
+    LADDER,
+    REGION,
+    ZONE,
+    common,
+    mutating,
+    run_cycles,
+    slowly,
+    sdk_client,
+    spec_actuator,
+)
 
 
 # ------------------------------------------------------------------ contract suites
@@ -110,9 +48,13 @@ class TestEcsInstanceSpecContract(ActuatorContract):
     capacities = (2, 0)
 
     @pytest.fixture
-    def actuator(self, fake, clock):
-        inst = fake.add_instance(LADDER[1], zone_id=ZONE)
-        return spec_actuator(fake, clock, inst.instance_id)
+    def actuator(self, instant, clock):
+        inst = instant.add_instance(LADDER[1], zone_id=ZONE)
+        return spec_actuator(instant, clock, inst.instance_id)
+
+    @pytest.fixture
+    def slow_platform(self, actuator, fake, clock):
+        return slowly(actuator, fake, clock)
 
 
 class TestEcsInstanceSpecPrepaidContract(ActuatorContract):
@@ -120,24 +62,13 @@ class TestEcsInstanceSpecPrepaidContract(ActuatorContract):
     capacities = (3, 0)
 
     @pytest.fixture
-    def actuator(self, fake, clock):
-        inst = fake.add_instance(LADDER[1], zone_id=ZONE, charge_type="PrePaid")
-        return spec_actuator(fake, clock, inst.instance_id)
-
-
-class TestEcsInstanceGroupContract(ActuatorContract):
-    initial_capacity = 2
-    capacities = (3, 1)
+    def actuator(self, instant, clock):
+        inst = instant.add_instance(LADDER[1], zone_id=ZONE, charge_type="PrePaid")
+        return spec_actuator(instant, clock, inst.instance_id)
 
     @pytest.fixture
-    def actuator(self, fake, clock):
-        lt = fake.add_launch_template(LADDER[0], zone_id=ZONE)
-        fake.add_instance(LADDER[0], tags=dict([TAG]), created_minutes_ago=90)
-        fake.add_instance(LADDER[0], tags=dict([TAG]), created_minutes_ago=30)
-        # not members: another group, and a member someone stopped
-        fake.add_instance(LADDER[0], tags={TAG[0]: "api"})
-        fake.add_instance(LADDER[0], tags=dict([TAG]), status="Stopped")
-        return group_actuator(fake, clock, lt)
+    def slow_platform(self, actuator, fake, clock):
+        return slowly(actuator, fake, clock)
 
 
 # ------------------------------------------------------------------ registry, import
@@ -173,9 +104,13 @@ def test_postpaid_running_instance_is_stopped_modified_and_started(fake, clock):
     inst = fake.add_instance(LADDER[0], zone_id=ZONE)
     act = spec_actuator(fake, clock, inst.instance_id)
 
-    result = act.apply(2, decision_id="d1")
+    results = run_cycles(act, clock, 2)
+    result = results[-1]
 
     assert mutating(fake) == ["StopInstance", "ModifyInstanceSpec", "StartInstance"]
+    # each step is issued once the instance finished the one before, a cycle later
+    assert [r.details["phase"] for r in results] == ["stopping", "starting", "in-service"]
+    assert [r.verified for r in results] == [False, False, True]
     actions = fake.actions()
     assert actions.index("DescribeResourcesModification") < actions.index("StopInstance")
     stop = next(c for c in fake.calls if c.action == "StopInstance")
@@ -187,9 +122,10 @@ def test_postpaid_running_instance_is_stopped_modified_and_started(fake, clock):
     assert result.details["old_type"] == LADDER[0]
     assert result.details["status"] == "Running"
     # availability check, stop, modify, start: one request id each
-    assert len(result.request_ids) == 4 and len(set(result.request_ids)) == 4
-    # a stop and a start of 10 s each on the fake's clock
-    assert result.elapsed >= timedelta(seconds=20)
+    ids = [i for r in results for i in r.request_ids]
+    assert len(ids) == 4 and len(set(ids)) == 4
+    # the stop and the start (10 s each on the fake's clock) were not waited for
+    assert clock.sleeps == [] and all(r.elapsed == timedelta(0) for r in results)
     assert fake.instances[inst.instance_id].instance_type == LADDER[2]
     assert fake.instances[inst.instance_id].status == "Running"
 
@@ -209,8 +145,9 @@ def test_prepaid_uses_modify_prepay_instance_spec_with_autopay(fake, clock):
     inst = fake.add_instance(LADDER[1], zone_id=ZONE, charge_type="PrePaid")
     act = spec_actuator(fake, clock, inst.instance_id)
 
-    up = act.apply(3, decision_id="d1")
-    down = act.apply(0, decision_id="d2")
+    ups = run_cycles(act, clock, 3, decision_id="d1")
+    downs = run_cycles(act, clock, 0, decision_id="d2")
+    up, down = ups[-1], downs[-1]
 
     assert mutating(fake) == ["ModifyPrepayInstanceSpec", "ModifyPrepayInstanceSpec"]
     first, second = [c.params for c in fake.calls if c.action == "ModifyPrepayInstanceSpec"]
@@ -221,8 +158,9 @@ def test_prepaid_uses_modify_prepay_instance_spec_with_autopay(fake, clock):
              if c.action == "DescribeResourcesModification"]
     assert modes == ["Upgrade", "Downgrade"]
     assert up.verified and up.observed == 3 and down.verified and down.observed == 0
-    # the reboot that applies the change was waited for
-    assert up.details["status"] == "Running" and up.elapsed >= timedelta(seconds=20)
+    # the reboot that applies the change: verified on a later cycle, not waited for
+    assert up.details["status"] == "Running" and [r.verified for r in ups][0] is False
+    assert ups[0].details["phase"] == "stopping" and clock.sleeps == []
 
 
 def test_unavailable_type_is_refused_before_anything_is_stopped(fake, clock):
@@ -249,15 +187,16 @@ def test_modify_failure_after_stop_starts_the_instance_again_with_its_old_type(f
     act = spec_actuator(fake, clock, inst.instance_id)
 
     with pytest.raises(LimitExceeded) as info:
-        act.apply(2, decision_id="d1")
+        run_cycles(act, clock, 2)
 
     message = str(info.value)
     assert "OperationDenied.NoStock" in message
     assert f"started again with its old type {LADDER[0]}" in message
     assert mutating(fake) == ["StopInstance", "ModifyInstanceSpec", "StartInstance"]
+    clock.advance(timedelta(seconds=15))
+    assert settled_at(act.read(), 0)
     assert fake.instances[inst.instance_id].status == "Running"
     assert fake.instances[inst.instance_id].instance_type == LADDER[0]
-    assert act.read() == 0
     # stop, modify (failed) and start all carry their request ids
     assert len(info.value.request_ids) >= 3
 
@@ -269,19 +208,25 @@ def test_incorrect_status_on_modify_is_not_retried_and_the_instance_is_restarted
     act = spec_actuator(fake, clock, inst.instance_id)
 
     with pytest.raises(PermanentActuatorError, match="started again with its old type"):
-        act.apply(1, decision_id="d1")
+        run_cycles(act, clock, 1)
 
     assert fake.count("ModifyInstanceSpec") == 1
+    clock.advance(timedelta(seconds=15))
+    act.read()
     assert fake.instances[inst.instance_id].status == "Running"
 
 
-def test_apply_waits_while_the_instance_is_between_states(fake, clock):
+def test_an_instance_between_states_is_changed_on_a_later_cycle(fake, clock):
     inst = fake.add_instance(LADDER[0], zone_id=ZONE)
     inst.status = "Starting"
-    inst.schedule = [(clock.now + 12, "Running")]
+    inst.schedule = [(clock.monotonic() + 12, "Running")]
     act = spec_actuator(fake, clock, inst.instance_id)
 
-    result = act.apply(1, decision_id="d1")
+    with pytest.raises(TransientActuatorError, match="between states"):
+        act.apply(1, decision_id="d1")
+    assert mutating(fake) == []
+    clock.advance(timedelta(seconds=15))
+    result = run_cycles(act, clock, 1)[-1]
 
     assert result.verified and result.observed == 1
     assert mutating(fake) == ["StopInstance", "ModifyInstanceSpec", "StartInstance"]
@@ -303,6 +248,28 @@ def test_desired_beyond_the_ladder_is_permanent(fake, clock):
     with pytest.raises(PermanentActuatorError, match="beyond the ladder"):
         act.apply(len(LADDER), decision_id="d1")
     assert fake.calls == []
+
+
+def test_a_stop_that_never_ends_is_reported_after_verify_timeout(fake, clock):
+    inst = fake.add_instance(LADDER[0], zone_id=ZONE)
+    act = spec_actuator(fake, clock, inst.instance_id, verify_timeout=timedelta(minutes=2))
+    fake.transition_s = 3600.0
+    assert act.apply(2, decision_id="d1").details["phase"] == "stopping"
+    clock.advance(timedelta(seconds=60))
+    assert act.apply(2, decision_id="d1").verified is False
+    clock.advance(timedelta(seconds=60))
+    with pytest.raises(PermanentActuatorError, match="did not reach Stopped"):
+        act.apply(2, decision_id="d1")
+    assert fake.count("ModifyInstanceSpec") == 0
+
+
+def test_read_reports_a_stopping_instance_as_not_ready(fake, clock):
+    inst = fake.add_instance(LADDER[1], zone_id=ZONE)
+    act = spec_actuator(fake, clock, inst.instance_id)
+    act.apply(3, decision_id="d1")
+    reading = act.read()
+    assert (reading.count, reading.ready, reading.details["status"]) == (1, 0, "Stopping")
+    assert not reading.settled
 
 
 # ------------------------------------------------------------------ vertical: read, describe
@@ -348,10 +315,10 @@ def test_throttling_is_retried_then_succeeds(fake, clock):
     act = spec_actuator(fake, clock, inst.instance_id)
     fake.throttle(3)
 
-    assert act.read() == 0
+    assert act.read().count == 0
 
     assert fake.count("DescribeInstances") == 4
-    assert len(clock.slept) == 3  # backed off between attempts, on the injected sleep
+    assert len(clock.sleeps) == 3  # backed off between attempts, on the injected sleep
 
 
 def test_throttling_in_the_middle_of_a_resize_is_retried(fake, clock):
@@ -359,7 +326,7 @@ def test_throttling_in_the_middle_of_a_resize_is_retried(fake, clock):
     act = spec_actuator(fake, clock, inst.instance_id)
     fake.throttle(2, action="StopInstance")
 
-    result = act.apply(1, decision_id="d1")
+    result = run_cycles(act, clock, 1)[-1]
 
     assert result.verified and fake.count("StopInstance") == 3
 
@@ -378,7 +345,7 @@ def test_server_errors_are_retried(fake, clock):
     inst = fake.add_instance(LADDER[0], zone_id=ZONE)
     fake.fail("DescribeInstances", "InternalError", "The request processing has failed.",
               status=500, times=2)
-    assert spec_actuator(fake, clock, inst.instance_id).read() == 0
+    assert spec_actuator(fake, clock, inst.instance_id).read().count == 0
     assert fake.count("DescribeInstances") == 3
 
 
@@ -432,7 +399,7 @@ def test_connection_errors_are_transient_and_retried(fake, clock):
                         client=sdk_client(f"127.0.0.1:{_closed_port()}"))
     with pytest.raises(TransientActuatorError, match="cannot reach the ECS API") as info:
         act.read()
-    assert len(clock.slept) == 1
+    assert len(clock.sleeps) == 1
     assert "with url" not in str(info.value)
 
 
@@ -469,7 +436,7 @@ def test_credentials_from_the_environment_build_a_working_client(fake, clock, mo
                                   monotonic=clock.monotonic)
     with caplog.at_level(logging.DEBUG):
         act.validate()
-        assert act.read() == 1
+        assert act.read().count == 1
     assert "ALIBABA_CLOUD_ACCESS_KEY_ID" in caplog.text  # it says where they came from
     assert KEY_SECRET not in caplog.text
 
@@ -502,7 +469,7 @@ def test_default_chain_reads_a_profile_file(fake, clock, isolated_chain):
     act = EcsInstanceSpecActuator(config, target="db", ladder=LADDER, sleep=clock.sleep,
                                   monotonic=clock.monotonic)
     act.validate()
-    assert act.read() == 0
+    assert act.read().count == 0
 
 
 def test_default_chain_without_any_credential_fails_validate(fake, clock, isolated_chain):
@@ -515,111 +482,6 @@ def test_default_chain_without_any_credential_fails_validate(fake, clock, isolat
     assert fake.calls == []
 
 
-# ------------------------------------------------------------------ group
-@pytest.fixture
-def group(fake, clock):
-    lt = fake.add_launch_template(LADDER[0], zone_id=ZONE)
-    members = [fake.add_instance(LADDER[0], tags=dict([TAG]), created_minutes_ago=m)
-               for m in (300, 200, 100, 5)]
-    return group_actuator(fake, clock, lt), members
-
-
-def test_group_scale_in_deletes_the_newest(fake, clock, group):
-    act, members = group
-    newest = {members[3].instance_id, members[2].instance_id}
-
-    result = act.apply(2, decision_id="d1")
-
-    delete = [c.params for c in fake.calls if c.action == "DeleteInstances"]
-    assert len(delete) == 1 and delete[0]["Force"] == "True"
-    assert {delete[0]["InstanceId.1"], delete[0]["InstanceId.2"]} == newest
-    assert set(result.details["deleted"]) == newest
-    assert result.verified and result.observed == 2
-    assert {i.status for i in fake.instances.values() if i.instance_id in newest} == {"Stopping"}
-    clock.sleep(10)  # deleted instances leave Stopping and disappear
-    assert act.read() == 2
-    assert set(fake.instances) == {members[0].instance_id, members[1].instance_id}
-
-
-def test_group_scale_out_runs_instances_from_the_launch_template(fake, clock, group):
-    act, _ = group
-
-    result = act.apply(7, decision_id="d1")
-
-    run = [c.params for c in fake.calls if c.action == "RunInstances"]
-    assert len(run) == 1
-    assert run[0]["Amount"] == "3"
-    assert run[0]["LaunchTemplateId"] == act.config.launch_template_id
-    assert (run[0]["Tag.1.Key"], run[0]["Tag.1.Value"]) == TAG
-    assert result.verified and result.observed == 7 and len(result.details["launched"]) == 3
-    # new instances go Pending -> Starting -> Running: two transitions waited for
-    assert result.elapsed >= timedelta(seconds=20)
-    assert act.read() == 7
-
-
-def test_group_counts_starting_instances_and_does_not_launch_twice(fake, clock, group):
-    act, _ = group
-    fake.calls.clear()
-    pending = fake.add_instance(LADDER[0], tags=dict([TAG]), status="Pending")
-    pending.schedule = [(clock.now + 10, "Starting"), (clock.now + 20, "Running")]
-
-    result = act.apply(5, decision_id="d1")
-
-    assert "RunInstances" not in fake.actions()
-    assert result.verified and result.observed == 5
-
-
-def test_group_quota_error_is_a_limit(fake, clock, group):
-    act, _ = group
-    fake.fail("RunInstances", "QuotaExceed.ElasticQuota",
-              "The number of vCPUs exceeds the quota.", status=403)
-    with pytest.raises(LimitExceeded, match="QuotaExceed.ElasticQuota"):
-        act.apply(6, decision_id="d1")
-    assert fake.count("RunInstances") == 1
-
-
-def test_group_max_instances_is_enforced_before_any_call(fake, clock):
-    act = group_actuator(fake, clock, fake.add_launch_template(LADDER[0]), max_instances=3)
-    with pytest.raises(LimitExceeded, match="max_instances"):
-        act.apply(4, decision_id="d1")
-    assert fake.calls == []
-
-
-def test_group_validate_checks_the_launch_template(fake, clock):
-    act = group_actuator(fake, clock, "lt-missing")
-    with pytest.raises(PermanentActuatorError, match="lt-missing"):
-        act.validate()
-
-
-def test_group_verify_times_out_without_raising(fake, clock, group):
-    act, _ = group
-    act.config = act.config.model_copy(update={"verify_timeout": timedelta(minutes=1)})
-    fake.transition_s = 3600.0
-    result = act.apply(5, decision_id="d1")
-    assert result.verified is False and result.observed == 4
-
-
-def test_group_describe_names_the_instances_to_delete(fake, clock, group):
-    act, members = group
-    plan = act.describe(3)
-    assert plan.from_capacity == 4 and plan.to_capacity == 3
-    assert plan.details["delete"] == [members[3].instance_id]
-    assert members[3].instance_id in plan.summary
-    plan = act.describe(6)
-    assert plan.details["api_actions"] == ["RunInstances"] and plan.details["amount"] == 2
-    assert mutating(fake) == []
-
-
-def test_group_pages_through_describe_instances(fake, clock):
-    lt = fake.add_launch_template(LADDER[0])
-    for _ in range(130):
-        fake.add_instance(LADDER[0], tags=dict([TAG]))
-    act = group_actuator(fake, clock, lt)
-    assert act.read() == 130
-    pages = [c.params for c in fake.calls if c.action == "DescribeInstances"]
-    assert len(pages) == 2 and pages[1]["NextToken"] == "100"
-
-
 def test_fake_records_instance_ids_as_json(fake, clock):
     inst = fake.add_instance(LADDER[0], zone_id=ZONE)
     spec_actuator(fake, clock, inst.instance_id).read()
@@ -627,8 +489,9 @@ def test_fake_records_instance_ids_as_json(fake, clock):
 
 
 def test_config_durations_accept_the_config_file_spelling():
-    config = EcsInstanceSpecConfig(region_id=REGION, instance_id="i-1", verify_timeout="15m",
-                                   poll_interval="10s", read_timeout=30)
+    with pytest.warns(FutureWarning, match="poll_interval"):
+        config = EcsInstanceSpecConfig(region_id=REGION, instance_id="i-1", verify_timeout="15m",
+                                       poll_interval="10s", read_timeout=30)
     assert config.verify_timeout == timedelta(minutes=15)
     assert config.poll_interval == timedelta(seconds=10)
     assert config.read_timeout == timedelta(seconds=30)

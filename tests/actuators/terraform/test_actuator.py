@@ -1,4 +1,4 @@
-"""The terraform actuator against the real terraform binary.
+"""``terraform`` (actuators/terraform/actuator.py) against the real terraform binary.
 
 Every workspace uses only the built-in ``terraform_data`` resource (provider
 ``terraform.io/builtin/terraform``), so nothing is downloaded. Each test copies
@@ -29,9 +29,6 @@ from actuators.terraform import (
     TFVARS_FILE,
     TerraformActuator,
     TerraformConfig,
-    count_actions,
-    plan_changes,
-    redact_sensitive,
 )
 from engine.core.errors import (
     ConfigError,
@@ -176,6 +173,11 @@ class TestTerraformNumber(ActuatorContract):
         bootstrap(ws, desired_capacity=2)
         return make(ws)
 
+    # Terraform's apply is one run that returns once the providers are done:
+    # there is no accepted-but-not-ready state to read, and the bound on how
+    # long the run may block is apply_timeout (tested below)
+    test_apply_returns_without_waiting_for_a_slow_platform = None
+
 
 class TestTerraformLadder(ActuatorContract):
     initial_capacity = 1
@@ -186,6 +188,8 @@ class TestTerraformLadder(ActuatorContract):
         ws = copy_workspace(tmp_path, "ladder")
         bootstrap(ws, instance_type="t3.medium")
         return make(ws, variable="instance_type", value_kind="ladder", ladder=LADDER)
+
+    test_apply_returns_without_waiting_for_a_slow_platform = None
 
 
 # --------------------------------------------------------------------- behaviour
@@ -326,7 +330,7 @@ def test_held_state_lock_is_transient_and_retried_then_reported(ws):
     assert err.value.request_ids and err.value.request_ids[0].startswith("terraform-lock:")
     assert len(sleeps) == 2  # three attempts
     assert not (ws / TFVARS_FILE).exists()
-    assert a.read() == 2
+    assert a.read().count == 2
 
 
 def test_apply_succeeds_once_the_lock_is_released_between_retries(ws):
@@ -359,7 +363,7 @@ def test_ladder_writes_the_instance_type_string(tmp_path):
     ws = copy_workspace(tmp_path, "ladder")
     bootstrap(ws, instance_type="t3.small")
     a = make(ws, variable="instance_type", value_kind="ladder", ladder=LADDER)
-    assert a.read() == 0
+    assert a.read().count == 0
     plan = a.describe(2)
     assert plan.details["value"] == "t3.large" and plan.details["from_value"] == "t3.small"
     assert '"t3.small" -> "t3.large"' in plan.details["plan_text"]
@@ -394,13 +398,13 @@ def test_read_from_tfvars(tmp_path):
     (ws / TFVARS_FILE).write_text(json.dumps({"desired_capacity": 6}))
     # nothing applied yet: the file is the only source
     a = make(ws, read_from="tfvars")
-    assert a.read() == 6
+    assert a.read().count == 6
 
 
 def test_read_falls_back_to_tfvars_when_the_output_is_not_in_state(tmp_path):
     ws = copy_workspace(tmp_path, "capacity")
     (ws / TFVARS_FILE).write_text(json.dumps({"desired_capacity": 3}))
-    assert make(ws).read() == 3
+    assert make(ws).read().count == 3
 
 
 def test_read_with_no_source_says_how_to_start(tmp_path):
@@ -544,66 +548,51 @@ def test_a_slow_terraform_is_interrupted_and_transient(tmp_path):
     assert env["TF_IN_AUTOMATION"] == "1" and env["TF_INPUT"] == "0"
 
 
+def test_one_apply_is_bounded_by_apply_timeout_across_all_its_runs(tmp_path):
+    ws = copy_workspace(tmp_path, "capacity")
+    fake = tmp_path / "terraform"
+    fake.write_text(FAKE_TERRAFORM)
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    sleeps: list[float] = []
+    # each run may take 10 minutes, the whole apply one second
+    a = make(ws, binary=str(fake), init=False, plan_timeout="10m", apply_timeout="1s",
+             interrupt_grace="5s", retry_attempts=3, sleeps=sleeps,
+             environ=_env(FAKE_RECORD=str(tmp_path / "record")))
+    started = time.monotonic()
+    with pytest.raises(TransientActuatorError, match="did not finish within|apply_timeout"):
+        a.apply(3, decision_id="d1")
+    assert time.monotonic() - started < 8  # one second of terraform, then interrupted
+    assert not (ws / TFVARS_FILE).exists()  # put back as it was
+
+
+def test_apply_timeout_must_be_shorter_than_the_cycle_timeout(tmp_path):
+    from actuators.base import check_apply_bound
+
+    cfg = TerraformConfig(workspace=tmp_path, variable="x", apply_timeout="3m")
+    assert cfg.apply_bound() == ("apply_timeout", timedelta(minutes=3))
+    message = check_apply_bound(cfg, timedelta(minutes=2), path="targets[0].actuator",
+                                timeout_path="targets[0].timeout")
+    assert message.startswith("targets[0].actuator.apply_timeout (3m) must be shorter than "
+                              "targets[0].timeout (2m)")
+    assert check_apply_bound(cfg, timedelta(minutes=5)) is None
+    # the default fits the default cycle timeout
+    assert check_apply_bound(TerraformConfig(workspace=tmp_path, variable="x"), timedelta(minutes=2)) is None
+    with pytest.raises(pydantic.ValidationError, match="apply_timeout"):
+        TerraformConfig(workspace=tmp_path, variable="x", apply_timeout="0s")
+
+
 def test_a_relative_workspace_is_relative_to_base_dir(ws):
     a = TerraformActuator(
         TerraformConfig(workspace=Path(ws.name), variable="desired_capacity", binary=TERRAFORM),
         target="web", base_dir=ws.parent)
     assert a.workspace == ws
-    assert a.read() == 2
+    assert a.read().count == 2
 
 
 def test_unknown_injected_clients_are_rejected(tmp_path):
     with pytest.raises(TypeError, match="ec2_client"):
         TerraformActuator(TerraformConfig(workspace=tmp_path, variable="x"), target="t",
                           ec2_client=object())
-
-
-# ------------------------------------------------------------- plan JSON helpers
-def test_plan_changes_skips_no_ops_and_reads_and_counts_like_terraform():
-    document = {
-        "resource_changes": [
-            {"address": "aws_autoscaling_group.web", "change": {"actions": ["update"]}},
-            {"address": "aws_instance.db", "change": {"actions": ["delete", "create"]}},
-            {"address": "aws_launch_template.web", "change": {"actions": ["no-op"]}},
-            {"address": "data.aws_ami.base", "change": {"actions": ["read"]}},
-            {"address": "aws_s3_bucket.logs", "change": {"actions": ["no-op"],
-                                                         "importing": {"id": "logs"}}},
-            {"address": "aws_eip.old", "change": {"actions": ["delete"]}},
-        ],
-        "output_changes": {
-            "unchanged": {"actions": ["no-op"]},
-            "desired_capacity": {"actions": ["update"]},
-        },
-    }
-    changes = plan_changes(document)
-    assert [str(c) for c in changes] == [
-        "aws_autoscaling_group.web (update)",
-        "aws_instance.db (delete+create)",
-        "aws_s3_bucket.logs (import)",
-        "aws_eip.old (delete)",
-        "output.desired_capacity (update)",
-    ]
-    assert count_actions(changes) == {"add": 1, "change": 1, "destroy": 2}
-
-
-def test_redact_sensitive_masks_marked_values_wherever_they_appear():
-    document = {
-        "configuration": {"root_module": {"variables": {
-            "db_password": {"sensitive": True}, "desired_capacity": {}}}},
-        "variables": {"db_password": {"value": "hunter2-long"}, "desired_capacity": {"value": 3}},
-        "resource_changes": [{"change": {
-            "before": {"input": {"token": "old-token-1", "name": "web"}, "tags": ["a", "tag-secret"]},
-            "before_sensitive": {"input": {"token": True}, "tags": [False, True]},
-            "after": {"input": {"token": "new-token-2", "name": "web"}},
-            "after_sensitive": {"input": True},
-        }}],
-        "output_changes": {"short": {"before": "abc", "before_sensitive": True}},
-    }
-    text = ('output = "old-token-1" -> "new-token-2"; password = "hunter2-long"; '
-            'tag = "tag-secret"; name = "web"; capacity = 3; short = "abc"')
-    assert redact_sensitive(text, document) == (
-        'output = "(sensitive value)" -> "(sensitive value)"; password = "(sensitive value)"; '
-        'tag = "(sensitive value)"; name = "web"; capacity = 3; short = "abc"')
 
 
 def test_built_from_a_config_file_with_a_ladder(tmp_path):
@@ -638,7 +627,7 @@ targets:
     assert actuator.ladder == ("t3.small", "t3.medium", "t3.large")
     assert actuator.config.lock_timeout == timedelta(seconds=5)
     actuator.validate()
-    assert actuator.read() == 1
+    assert actuator.read().count == 1
     assert actuator.apply(2, decision_id="d1").observed == 2
     assert output(ws, "instance_type") == "t3.large"
 

@@ -1,39 +1,6 @@
-"""The ``terraform`` actuator: capacity as one variable of a Terraform workspace.
-
-Capacity lives in one input variable of a root module (``desired_capacity``
-of an autoscaling group, ``instance_type`` of a server). Setting it to N:
-
-1. writes the variable into the forescale-owned ``forescale.auto.tfvars.json``
-   in the workspace (atomically: temp file + rename), so a person who runs
-   ``terraform plan`` by hand sees forescale's value instead of reverting it;
-2. ``terraform plan -detailed-exitcode -out=<planfile>``; exit code 0 means
-   nothing to change, and nothing is applied (idempotency);
-3. refuses drift: it plans again with the *current* capacity. Whatever that
-   plan would change is not driven by the capacity variable (someone edited
-   the configuration, another tfvars file, or the real infrastructure) and is
-   not forescale's to apply. The addresses are named in a
-   :class:`PermanentActuatorError` unless ``allow_drift`` is set. Comparing
-   against a plan with the unchanged value catches drift through locals,
-   modules and functions, which the reference lists in ``show -json``'s
-   ``configuration`` section cannot follow;
-4. ``terraform apply <planfile>``: exactly the plan that was checked;
-5. reads the capacity back (``terraform output -json <output>`` from the
-   state, else the tfvars file).
-
-If any step fails the tfvars file is put back as it was, so it always holds
-the value of the last successful apply. Runs are serialized by Terraform's own
-state lock (``-lock-timeout``); failing to get the lock, or a saved plan gone
-stale because another run wrote the state, is a TransientActuatorError and the
-whole plan-check-apply sequence is retried with :func:`actuators.base.retrying`.
-Anything else Terraform reports (syntax errors, a value the variable's type
-rejects) is a PermanentActuatorError carrying Terraform's error text; a value
-refused by a ``validation`` rule of the capacity variable is LimitExceeded.
-
-Plans and applies run with ``-json``, so errors are read from Terraform's
-structured diagnostics rather than from its prose. Terraform's stdout is never
-logged (it can hold values of the infrastructure); the human-readable plan,
-in which Terraform masks sensitive values, is returned by :meth:`describe`.
-"""
+"""The ``terraform`` actuator itself: its config, the plan-check-apply flow
+and the tfvars file it owns (see the package docstring for the whole flow;
+the runs of the binary are in :mod:`.runner`)."""
 
 from __future__ import annotations
 
@@ -43,12 +10,8 @@ import logging
 import math
 import os
 import re
-import shutil
-import signal
-import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping, Sequence
@@ -59,14 +22,23 @@ from engine.core.errors import (
     ConfigError,
     LimitExceeded,
     PermanentActuatorError,
-    TransientActuatorError,
 )
-from engine.core.types import ActionPlan, ActuationResult
+from engine.core.plugins import Capabilities
+from engine.core.types import ActionPlan, ActuationResult, CapacityReading
 from engine.core.units import Duration
 
-from .base import ActuatorConfig, Monotonic, Sleep, require_non_negative, retrying
+from ..base import ActuatorConfig, Monotonic, Sleep, require_non_negative
+from .plan import (
+    Change,
+    _go_duration,
+    _Plan,
+    _show,
+    count_actions,
+    redact_sensitive,
+)
+from .runner import TerraformRunner
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("actuators.terraform")
 
 #: the file forescale owns in the workspace; Terraform loads ``*.auto.tfvars.json``
 #: automatically (https://developer.hashicorp.com/terraform/language/values/variables)
@@ -77,8 +49,6 @@ TFVARS_FILE = "forescale.auto.tfvars.json"
 MIN_TERRAFORM = (1, 0)
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-_MAX_ERROR_TEXT = 2000
-_NOT_CHANGES = {"no-op", "read"}
 
 
 class TerraformConfig(ActuatorConfig):
@@ -108,9 +78,15 @@ class TerraformConfig(ActuatorConfig):
     output: str | None = None
     #: run ``terraform init -input=false`` when ``.terraform`` is missing
     init: bool = True
-    #: limit for init, plan, show and output; ``verify_timeout`` limits apply
-    #: (the apply returns when the change is in service)
+    #: limit for each init, plan, show, apply and output run
     plan_timeout: Duration = timedelta(minutes=10)
+    #: the longest one ``apply`` may take, everything in it (init, the plans
+    #: and the drift check, ``terraform apply``, the read-back, retries): a
+    #: Terraform run cannot return before it finishes, so this bound must be
+    #: shorter than the target's cycle ``timeout`` (2m by default), checked
+    #: when the config is loaded. 90s leaves a default cycle room to record
+    #: its decision; raise both for a module that takes longer to apply.
+    apply_timeout: Duration = timedelta(seconds=90)
     #: after a timeout terraform gets SIGINT, which makes it stop, write the
     #: state and release the lock; this long later it is killed
     interrupt_grace: Duration = timedelta(seconds=30)
@@ -132,48 +108,17 @@ class TerraformConfig(ActuatorConfig):
 
     @model_validator(mode="after")
     def _positive_timeouts(self) -> "TerraformConfig":
-        for name in ("plan_timeout", "verify_timeout"):
+        for name in ("plan_timeout", "apply_timeout", "verify_timeout"):
             if getattr(self, name) <= timedelta(0):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         return self
 
+    def apply_bound(self) -> tuple[str, timedelta] | None:
+        return "apply_timeout", self.apply_timeout
+
     @property
     def output_name(self) -> str:
         return self.output or self.variable
-
-
-@dataclass(frozen=True)
-class Change:
-    """One address a plan changes and how (Terraform's action list)."""
-
-    address: str
-    actions: tuple[str, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"address": self.address, "actions": list(self.actions)}
-
-    def __str__(self) -> str:
-        return f"{self.address} ({'+'.join(self.actions)})"
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """A saved plan and what ``show -json`` says about it."""
-
-    path: Path
-    has_changes: bool
-    document: Mapping[str, Any]
-
-    @property
-    def changes(self) -> list[Change]:
-        return plan_changes(self.document)
-
-
-@dataclass(frozen=True)
-class _Run:
-    returncode: int
-    stdout: str
-    stderr: str
 
 
 _MISSING = object()
@@ -183,6 +128,7 @@ class TerraformActuator:
     """Sets one variable of a Terraform workspace; see the module docstring."""
 
     name: ClassVar[str] = "terraform"
+    capabilities: ClassVar[Capabilities] = Capabilities(needs_base_dir=True, takes_ladder=True)
     Config = TerraformConfig
 
     def __init__(
@@ -225,8 +171,8 @@ class TerraformActuator:
         # hints, no call home to checkpoint.hashicorp.com for version news.
         base = dict(os.environ if environ is None else environ)
         base.update({"TF_IN_AUTOMATION": "1", "TF_INPUT": "0", "CHECKPOINT_DISABLE": "1"})
-        self._env = base
         self._initialized = False
+        self._runner = TerraformRunner(config, self.workspace, base, monotonic)
 
     # ------------------------------------------------------------------ protocol
     def validate(self) -> None:
@@ -237,11 +183,11 @@ class TerraformActuator:
         version = self._version()
         if version < MIN_TERRAFORM:
             raise PermanentActuatorError(
-                f"terraform {'.'.join(map(str, version))} at {self._binary()} is too old; "
+                f"terraform {'.'.join(map(str, version))} at {self._runner.binary()} is too old; "
                 f"forescale needs {'.'.join(map(str, MIN_TERRAFORM))} or newer"
             )
         self._ensure_init()
-        current = self.read()
+        current = self.read().count
         with tempfile.TemporaryDirectory(prefix="forescale-tf-") as tmp:
             # -lock=false -refresh=false: a startup check reads the
             # configuration only and must not queue behind a running apply.
@@ -262,9 +208,15 @@ class TerraformActuator:
                     f"(it declares: {', '.join(outputs) or 'none'}); set output: or read_from: tfvars"
                 )
 
-    def read(self) -> int:
-        return retrying(self._read_once, attempts=self.config.retry_attempts,
-                        max_wait=self.config.retry_max_wait.total_seconds(), sleep=self._sleep)
+    def read(self) -> CapacityReading:
+        """``count`` = the applied value (from the state's output, else the
+        tfvars file); ``ready`` is None: Terraform does not tell whether the
+        resources serve."""
+        return CapacityReading(count=self._retry(self._read_once), ready=None,
+                               details={"workspace": str(self.workspace), "variable": self.config.variable})
+
+    def _retry(self, fn: Any) -> Any:
+        return self.config.retry(fn, sleep=self._sleep)
 
     def describe(self, desired: int, current: int | None = None) -> ActionPlan:
         """Plan ``desired`` with ``-var-file`` (which outranks the tfvars file),
@@ -285,9 +237,7 @@ class TerraformActuator:
                 drift = [] if now is None else self._drift(Path(tmp), plan, desired, now)
                 return plan, text, drift, now
 
-        plan, text, drift, observed = retrying(
-            once, attempts=self.config.retry_attempts,
-            max_wait=self.config.retry_max_wait.total_seconds(), sleep=self._sleep)
+        plan, text, drift, observed = self._retry(once)
         from_value = None if observed is None else self._to_value_or_none(observed)
         changes = plan.changes
         counts = count_actions(changes)
@@ -321,16 +271,20 @@ class TerraformActuator:
         )
 
     def apply(self, desired: int, *, decision_id: str) -> ActuationResult:
+        """Plan, check and apply the value, all within ``apply_timeout``.
+
+        Terraform's apply is synchronous: when it returns, the providers
+        accepted every change and the state holds the new value, so one
+        read-back verifies (there is nothing to poll)."""
         require_non_negative(desired)
         value = self._to_value(desired)
         started = self._monotonic()
-        outcome = retrying(lambda: self._apply_once(desired, value),
-                           attempts=self.config.retry_attempts,
-                           max_wait=self.config.retry_max_wait.total_seconds(),
-                           sleep=self._sleep)
-        # Terraform's apply is synchronous: when it returns, the state holds
-        # the new value, so one read-back verifies (there is nothing to poll).
-        observed = self.read()
+        self._runner.deadline = started + self.config.apply_timeout.total_seconds()
+        try:
+            outcome = self._retry(lambda: self._apply_once(desired, value))
+            observed = self._retry(self._read_once)
+        finally:
+            self._runner.deadline = None
         elapsed = timedelta(seconds=max(0.0, self._monotonic() - started))
         verified = observed == desired
         if not verified:
@@ -344,6 +298,7 @@ class TerraformActuator:
             request_ids=outcome["request_ids"],
             details={
                 "decision_id": decision_id,
+                "target": desired,
                 "workspace": str(self.workspace),
                 "variable": self.config.variable,
                 "value": value,
@@ -461,12 +416,12 @@ class TerraformActuator:
         return self._capacity_from(value, tfvars)
 
     def _output_value(self, name: str) -> Any:
-        run = self._run(["output", "-no-color", "-json", name],
+        run = self._runner.run(["output", "-no-color", "-json", name],
                         timeout=self.config.plan_timeout, what="output")
         if run.returncode != 0:
             if f'Output "{name}" not found' in run.stderr:
                 return _MISSING
-            raise self._error("output", run)
+            raise self._runner.error("output", run)
         try:
             return json.loads(run.stdout)
         except json.JSONDecodeError as exc:
@@ -597,10 +552,10 @@ class TerraformActuator:
         if not (self.workspace / ".terraform").is_dir():
             # A workspace with only built-in providers and the local backend
             # creates no .terraform, so remember that init ran in this process.
-            run = self._run(["init", "-input=false", "-no-color"],
+            run = self._runner.run(["init", "-input=false", "-no-color"],
                             timeout=self.config.plan_timeout, what="init")
             if run.returncode != 0:
-                raise self._error("init", run)
+                raise self._runner.error("init", run)
         self._initialized = True
 
     def _plan(self, tmp: Path, value: Any, *, name: str = "capacity",
@@ -619,262 +574,43 @@ class TerraformActuator:
             var_file = tmp / f"{name}.tfvars.json"
             var_file.write_text(json.dumps({self.config.variable: value}), encoding="utf-8")
             args.append(f"-var-file={var_file}")
-        run = self._run(args, timeout=self.config.plan_timeout, what="plan")
+        run = self._runner.run(args, timeout=self.config.plan_timeout, what="plan")
         if run.returncode not in (0, 2):
-            raise self._error("plan", run)
+            raise self._runner.error("plan", run)
         return _Plan(planfile, run.returncode == 2, self._show_json(planfile))
 
     def _show_json(self, planfile: Path) -> dict[str, Any]:
-        run = self._run(["show", "-no-color", "-json", str(planfile)],
+        run = self._runner.run(["show", "-no-color", "-json", str(planfile)],
                         timeout=self.config.plan_timeout, what="show")
         if run.returncode != 0:
-            raise self._error("show", run)
+            raise self._runner.error("show", run)
         try:
             return json.loads(run.stdout)
         except json.JSONDecodeError as exc:
             raise PermanentActuatorError(f"terraform show -json printed no JSON: {exc}") from exc
 
     def _show_text(self, planfile: Path) -> str:
-        run = self._run(["show", "-no-color", str(planfile)],
+        run = self._runner.run(["show", "-no-color", str(planfile)],
                         timeout=self.config.plan_timeout, what="show")
         if run.returncode != 0:
-            raise self._error("show", run)
+            raise self._runner.error("show", run)
         return run.stdout.strip()
 
     def _apply_plan(self, planfile: Path) -> None:
-        run = self._run(["apply", "-input=false", "-no-color", "-json",
+        run = self._runner.run(["apply", "-input=false", "-no-color", "-json",
                          f"-lock-timeout={_go_duration(self.config.lock_timeout)}", str(planfile)],
-                        timeout=self.config.verify_timeout, what="apply")
+                        timeout=self.config.plan_timeout, what="apply")
         if run.returncode != 0:
-            raise self._error("apply", run)
+            raise self._runner.error("apply", run)
 
     def _version(self) -> tuple[int, ...]:
-        run = self._run(["version", "-json"], timeout=self.config.plan_timeout, what="version")
+        run = self._runner.run(["version", "-json"], timeout=self.config.plan_timeout, what="version")
         if run.returncode != 0:
-            raise self._error("version", run)
+            raise self._runner.error("version", run)
         try:
             text = json.loads(run.stdout)["terraform_version"]
             return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise PermanentActuatorError(
-                f"{self._binary()} version -json printed no terraform_version; is it terraform?"
+                f"{self._runner.binary()} version -json printed no terraform_version; is it terraform?"
             ) from exc
-
-    def _binary(self) -> str:
-        binary = self.config.binary
-        found = shutil.which(binary)
-        if found is None:
-            where = "does not exist or is not executable" if os.sep in binary else "is not on PATH"
-            raise PermanentActuatorError(
-                f"terraform binary {binary!r} {where}; install Terraform or set binary: "
-                "to its path")
-        return found
-
-    def _run(self, args: list[str], *, timeout: timedelta, what: str) -> _Run:
-        argv = [self._binary(), *args]
-        # argv holds paths and flags only: values travel in files, never on
-        # the command line, so logging it leaks nothing.
-        logger.debug("terraform %s: running %s", self.workspace, " ".join(argv[1:]))
-        try:
-            proc = subprocess.Popen(argv, cwd=self.workspace, env=self._env,
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, encoding="utf-8",
-                                    errors="replace")
-        except OSError as exc:
-            raise PermanentActuatorError(f"cannot run {argv[0]}: {exc}") from exc
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout.total_seconds())
-        except subprocess.TimeoutExpired:
-            self._interrupt(proc)
-            raise TransientActuatorError(
-                f"terraform {what} in {self.workspace} did not finish within "
-                f"{timeout.total_seconds():g}s and was interrupted") from None
-        except BaseException:
-            self._interrupt(proc)
-            raise
-        return _Run(proc.returncode, stdout, stderr)
-
-    def _interrupt(self, proc: subprocess.Popen) -> None:
-        """SIGINT first: Terraform then stops cleanly, persists what it
-        changed and releases the state lock. Kill only if it will not."""
-        if proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=self.config.interrupt_grace.total_seconds())
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-
-    def _error(self, what: str, run: _Run) -> Exception:
-        diagnostics = _error_diagnostics(run.stdout)
-        if diagnostics:
-            text = "; ".join(_diagnostic_text(d) for d in diagnostics)
-            summaries = {d.get("summary", "") for d in diagnostics}
-        else:
-            text = _stderr_errors(run.stderr) or f"exit status {run.returncode}"
-            summaries = {text.splitlines()[0]} if text else set()
-        text = _clip(text)
-        message = f"terraform {what} in {self.workspace} failed: {text}"
-        lock_ids = tuple(f"terraform-lock:{m}" for m in re.findall(r"ID:\s+(\S+)", text))
-        if any("Error acquiring the state lock" in s for s in summaries) or \
-                "Error acquiring the state lock" in text:
-            return TransientActuatorError(message, request_ids=lock_ids)
-        if "Saved plan is stale" in summaries:
-            return TransientActuatorError(message)
-        if self._is_validation_of_our_variable(diagnostics):
-            return LimitExceeded(message)
-        return PermanentActuatorError(message)
-
-    def _is_validation_of_our_variable(self, diagnostics: list[dict[str, Any]]) -> bool:
-        ours = f"var.{self.config.variable}"
-        for d in diagnostics:
-            if d.get("summary") != "Invalid value for variable":
-                continue
-            values = (d.get("snippet") or {}).get("values") or []
-            if any(v.get("traversal") == ours for v in values) or ours in d.get("detail", ""):
-                return True
-        return False
-
-
-# ---------------------------------------------------------------------- plan JSON
-def plan_changes(document: Mapping[str, Any]) -> list[Change]:
-    """Every resource and root output a ``show -json`` plan changes. No-ops and
-    data-source reads are not changes; an import or a ``removed`` block is."""
-    changes: list[Change] = []
-    for rc in document.get("resource_changes") or []:
-        change = rc.get("change") or {}
-        actions = tuple(change.get("actions") or ())
-        if change.get("importing"):
-            actions = tuple(a for a in actions if a != "no-op") + ("import",)
-        if actions and not set(actions) <= _NOT_CHANGES:
-            changes.append(Change(rc.get("address", "?"), actions))
-    for name, oc in sorted((document.get("output_changes") or {}).items()):
-        actions = tuple(oc.get("actions") or ())
-        if actions and not set(actions) <= _NOT_CHANGES:
-            changes.append(Change(f"output.{name}", actions))
-    return changes
-
-
-def count_actions(changes: Sequence[Change]) -> dict[str, int]:
-    """Terraform's own "N to add, N to change, N to destroy" over resources
-    (a replacement counts as one add and one destroy; outputs are not counted)."""
-    counts = {"add": 0, "change": 0, "destroy": 0}
-    for c in changes:
-        if c.address.startswith("output."):
-            continue
-        counts["add"] += "create" in c.actions
-        counts["change"] += "update" in c.actions
-        counts["destroy"] += "delete" in c.actions
-    return counts
-
-
-def redact_sensitive(text: str, document: Mapping[str, Any]) -> str:
-    """``text`` with every string the plan ``document`` marks sensitive
-    replaced by ``(sensitive value)``: values of root variables declared
-    ``sensitive``, and attribute and output values under a sensitive mark
-    before or after the change.
-
-    Terraform masks those values where it still knows the mark, but prints
-    them in clear where a value reached an attribute that lost it (e.g.
-    ``terraform_data``'s ``output`` in the prior state shows its sensitive
-    ``input``). The plan text goes to approvers and the audit record, so
-    forescale masks every occurrence. Strings shorter than 4 characters are
-    left alone: masking them would garble the plan and hide nothing.
-    """
-    secrets: set[str] = set()
-    declared = ((document.get("configuration") or {}).get("root_module") or {}).get("variables") or {}
-    values = document.get("variables") or {}
-    for name, declaration in declared.items():
-        if (declaration or {}).get("sensitive"):
-            _strings((values.get(name) or {}).get("value"), secrets)
-    changes = [rc.get("change") or {} for rc in document.get("resource_changes") or []]
-    changes += list((document.get("output_changes") or {}).values())
-    for change in changes:
-        for side in ("before", "after"):
-            _marked(change.get(side), change.get(f"{side}_sensitive"), secrets)
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) < 4:
-            continue
-        text = text.replace(json.dumps(secret)[1:-1], "(sensitive value)")
-        text = text.replace(secret, "(sensitive value)")
-    return text
-
-
-def _marked(value: Any, mark: Any, into: set[str]) -> None:
-    """Collect the strings of ``value`` under ``mark`` (Terraform's
-    ``*_sensitive`` shape: ``true`` marks a whole subtree, objects and lists
-    mirror the value)."""
-    if mark is True:
-        _strings(value, into)
-    elif isinstance(mark, Mapping) and isinstance(value, Mapping):
-        for key, sub in mark.items():
-            if key in value:
-                _marked(value[key], sub, into)
-    elif isinstance(mark, list) and isinstance(value, list):
-        for item, sub in zip(value, mark):
-            _marked(item, sub, into)
-
-
-def _strings(value: Any, into: set[str]) -> None:
-    if isinstance(value, str):
-        into.add(value)
-    elif isinstance(value, Mapping):
-        for v in value.values():
-            _strings(v, into)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            _strings(v, into)
-
-
-# ---------------------------------------------------------------------- helpers
-def _error_diagnostics(stdout: str) -> list[dict[str, Any]]:
-    found = []
-    for line in stdout.splitlines():
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            msg = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        diag = msg.get("diagnostic") if isinstance(msg, dict) else None
-        if isinstance(diag, dict) and diag.get("severity") == "error":
-            found.append(diag)
-    return found
-
-
-def _diagnostic_text(diag: Mapping[str, Any]) -> str:
-    # summary, detail and where; never the snippet's values (they can show
-    # other variables' values).
-    text = diag.get("summary", "error")
-    detail = (diag.get("detail") or "").strip()
-    if detail:
-        text += f": {detail}"
-    rng = diag.get("range") or {}
-    if rng.get("filename"):
-        text += f" (at {rng['filename']}:{(rng.get('start') or {}).get('line', '?')})"
-    return text
-
-
-def _stderr_errors(stderr: str) -> str:
-    """The ``Error:`` blocks of Terraform's plain-text stderr (warnings, such
-    as a missing CLI config file, are left out)."""
-    lines = [re.sub(r"^[│╷╵]\s?", "", ln) for ln in stderr.splitlines()]
-    start = next((i for i, ln in enumerate(lines) if ln.startswith("Error:")), None)
-    if start is None:
-        return stderr.strip()
-    kept = [ln for ln in lines[start:] if ln.strip()]
-    return "\n".join(kept).removeprefix("Error: ").strip()
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= _MAX_ERROR_TEXT else text[:_MAX_ERROR_TEXT] + " ..."
-
-
-def _go_duration(td: timedelta) -> str:
-    return f"{max(0, round(td.total_seconds() * 1000))}ms"
-
-
-def _show(value: Any) -> str:
-    return "unknown" if value is None else json.dumps(value)

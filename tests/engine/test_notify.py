@@ -1,0 +1,262 @@
+"""Notifications reach real loopback servers with the exact payloads each
+channel's protocol expects (the DingTalk signature recomputed here
+independently), and a failing channel never blocks the caller: retried with
+backoff, dropped and counted after the bound."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import threading
+import urllib.parse
+from datetime import datetime, timezone
+
+import pytest
+
+from engine.config import NotifyConfig
+from engine.core.errors import ConfigError
+from engine.notify import (
+    EVENTS as EVENTS_ALL, DingTalkChannel, EmailChannel, Notifier, SlackChannel, WebhookChannel, summarize,
+)
+from tests.support.webhook import Answer, RecordingServer, SmtpServer
+
+AT = datetime(2024, 3, 1, 13, 35, tzinfo=timezone.utc)
+PLAN = {"id": "ab12cd34", "target": "web", "decision_id": "web@2024-03-01T13:35:00Z", "from_capacity": 4,
+        "to_capacity": 8, "observed_capacity": 4, "created_at": "2024-03-01T13:35:00Z",
+        "expires_at": "2024-03-01T13:45:00Z", "status": "pending", "description": "", "actor": None,
+        "updated_at": "2024-03-01T13:35:00Z", "note": ""}
+DECISION = {"id": "web@2024-03-01T13:35:00Z", "at": "2024-03-01T13:35:00Z", "current": 4, "desired": 8,
+            "recommendation": 8, "fallback": False, "forecast_demand": 1900.0, "capacity_label": None,
+            "model": "seasonal_persistence",
+            "steps": [{"name": "data", "value": 4, "reason": "DataOK", "message": "ok", "changed": False},
+                      {"name": "capacity", "value": 7, "reason": "CapacityFromDemand", "message": "",
+                       "changed": True},
+                      {"name": "bounds", "value": 8, "reason": "TooFewReplicas", "message": "", "changed": True}]}
+LINE = "web: scale 4 -> 8 at 13:35 (forecast peak 1.9k needs 8; TooFewReplicas)"
+
+
+def links(plan_id: str, action: str, channel: str) -> str:
+    return f"https://console.example/l/{plan_id}-{action}-{channel}"
+
+
+def no_wait(attempt: int) -> float:
+    return 0.0
+
+
+def test_the_line_says_what_is_proposed_and_why():
+    assert summarize("plan_created", "web", {"plan": PLAN, "decision": DECISION}) == LINE
+    fallback = {**DECISION, "fallback": True, "forecast_demand": None,
+                "steps": [{"name": "data", "value": 4, "reason": "NoForecast",
+                           "message": "fallback to reactive, no scale-down: source down", "changed": True}]}
+    assert summarize("fallback_streak", "web", {"decision": fallback, "streak": 3}) == (
+        "web: 3 consecutive fallback cycles (fallback: fallback to reactive, no scale-down: source down); "
+        "capacity held at 8, no scale-down")
+    assert summarize("plan_approved", "web", {"plan": PLAN, "identity": "alice", "channel": "console",
+                                              "comment": "go"}) == \
+        "web: plan ab12cd34 (4 -> 8) approved by alice via console: go"
+    assert summarize("failed", "web", {"plan": PLAN, "error": "throttled"}) == \
+        "web: scaling 4 -> 8 failed (plan ab12cd34): throttled"
+    with pytest.raises(ValueError, match="unknown notification kind 'nope'"):
+        summarize("nope", "web", {})
+
+
+def test_webhook_slack_and_dingtalk_get_their_exact_payloads():
+    secret = "SECd1e2a3d4b5e6f7"
+    with RecordingServer() as hook, RecordingServer() as slack, \
+            RecordingServer(Answer(body={"errcode": 0, "errmsg": "ok"})) as ding:
+        n = Notifier([WebhookChannel("hook", hook.url + "/forescale", frozenset({"plan_created"}), 5),
+                      SlackChannel("slack", slack.url + "/services/T0/B0/KEY", frozenset({"plan_created"}), 5),
+                      DingTalkChannel("ding", ding.url + "/robot/send?access_token=tok123",
+                                      frozenset({"plan_created"}), 5, secret, clock_ms=lambda: 1709300100123)],
+                     links=links, backoff=no_wait)
+        n.event("plan_created", "web", {"plan": PLAN, "decision": DECISION}, at=AT)
+        n.event("applied", "web", {"plan": PLAN}, at=AT)  # no channel takes it
+        assert n.flush()
+        n.close()
+    (h,) = hook.requests
+    assert h.path == "/forescale" and h.headers["Content-Type"] == "application/json"
+    assert h.json == {
+        "kind": "plan_created", "target": "web", "at": "2024-03-01T13:35:00Z",
+        "text": LINE + "; approve: https://console.example/l/ab12cd34-approve-hook "
+                       "reject: https://console.example/l/ab12cd34-reject-hook",
+        "summary": LINE,
+        "links": {"approve": "https://console.example/l/ab12cd34-approve-hook",
+                  "reject": "https://console.example/l/ab12cd34-reject-hook"},
+        "details": {"plan": PLAN, "decision": {
+            "id": "web@2024-03-01T13:35:00Z", "at": "2024-03-01T13:35:00Z", "current": 4, "desired": 8,
+            "recommendation": 8, "fallback": False, "forecast_demand": 1900.0, "capacity_label": None,
+            "model": "seasonal_persistence", "reasons": ["CapacityFromDemand", "TooFewReplicas"]}},
+    }
+    (s,) = slack.requests
+    assert s.path == "/services/T0/B0/KEY"
+    assert s.json == {"text": LINE + " <https://console.example/l/ab12cd34-approve-slack|approve> "
+                                     "<https://console.example/l/ab12cd34-reject-slack|reject>"}
+    (d,) = ding.requests
+    assert d.path == "/robot/send"
+    assert d.json == {"msgtype": "text", "text": {"content": "forescale " + LINE +
+                      "; approve: https://console.example/l/ab12cd34-approve-ding "
+                      "reject: https://console.example/l/ab12cd34-reject-ding"}}
+    # the signature, computed here from DingTalk's documented algorithm
+    assert d.query["access_token"] == "tok123" and d.query["timestamp"] == "1709300100123"
+    want = base64.b64encode(hmac.new(secret.encode(), f"1709300100123\n{secret}".encode(),
+                                     hashlib.sha256).digest()).decode()
+    assert d.query["sign"] == want
+    assert f"sign={urllib.parse.quote_plus(want)}" in d.raw_query  # sent URL-encoded
+    assert secret not in d.raw_query and secret.encode() not in d.body
+
+
+def test_email_goes_through_starttls_with_login(tmp_path):
+    with SmtpServer(tmp_path, "forescale", "smtp-pass-9f8e") as smtp:
+        ch = EmailChannel("mail", frozenset({"plan_created"}), host="127.0.0.1", port=smtp.port,
+                          sender="forescale@example.com", to=["ops@example.com", "oncall@example.com"],
+                          username="forescale", password="smtp-pass-9f8e", starttls=True, timeout=5,
+                          ca_file=str(smtp.cert))
+        n = Notifier([ch], links=links, backoff=no_wait)
+        n.event("plan_created", "web", {"plan": PLAN, "decision": DECISION}, at=AT)
+        assert n.flush()
+        n.close()
+        assert n.sent == {"mail": 1} and n.dropped == {"mail": 0}
+    assert smtp.logins == [("forescale", True)] and smtp.tls_seen == [True]
+    (m,) = smtp.messages
+    assert m["from"] == "forescale@example.com" and m["to"] == ["ops@example.com", "oncall@example.com"]
+    msg = m["message"]
+    assert msg["Subject"] == f"[forescale] {LINE}"
+    assert msg.get_content().replace("\r\n", "\n") == (f"{LINE}\n\napprove: https://console.example/l/ab12cd34-approve-mail\n"
+                                 "reject: https://console.example/l/ab12cd34-reject-mail\n")
+
+
+def test_email_refuses_a_server_whose_certificate_is_not_trusted(tmp_path):
+    """STARTTLS verifies the certificate: without the test CA it fails, is
+    retried, then dropped and counted; nothing is delivered."""
+    with SmtpServer(tmp_path, "u", "p-secret-123") as smtp:
+        ch = EmailChannel("mail", frozenset({"applied"}), host="127.0.0.1", port=smtp.port, sender="a@b.c",
+                          to=["d@e.f"], username="u", password="p-secret-123", starttls=True, timeout=5)
+        n = Notifier([ch], max_attempts=2, backoff=no_wait)
+        n.event("applied", "web", {"plan": PLAN}, at=AT)
+        assert n.flush()
+        n.close()
+    assert n.sent == {"mail": 0} and n.dropped == {"mail": 1}
+    assert smtp.messages == [] and smtp.logins == []
+
+
+def test_a_failing_channel_is_retried_then_dropped_and_counted(caplog):
+    key_url_part = "T000/B000/XXXXsecretkey"
+    with RecordingServer(Answer(500), Answer(500), Answer(200)) as flaky, RecordingServer(Answer(404)) as dead:
+        n = Notifier([SlackChannel("flaky", flaky.url, frozenset({"applied"}), 5),
+                      SlackChannel("dead", f"{dead.url}/services/{key_url_part}", frozenset({"applied"}), 5)],
+                     max_attempts=3, backoff=no_wait)
+        with caplog.at_level(logging.DEBUG, logger="forescale.notify"):
+            n.event("applied", "web", {"plan": PLAN}, at=AT)
+            assert n.flush()
+        n.close()
+    assert len(flaky.requests) == 3 and n.sent["flaky"] == 1 and n.dropped["flaky"] == 0
+    assert len(dead.requests) == 3 and n.sent["dead"] == 0 and n.dropped["dead"] == 1
+    assert "notify dead: dropped applied for web after 3 attempts (HTTP 404)" in caplog.text
+    assert key_url_part not in caplog.text
+
+
+def test_a_hung_channel_blocks_neither_the_caller_nor_the_other_channels():
+    release = threading.Event()
+    with RecordingServer(Answer(hold=release)) as hung, RecordingServer() as ok:
+        n = Notifier([WebhookChannel("hung", hung.url, frozenset({"applied", "failed"}), 30),
+                      WebhookChannel("ok", ok.url, frozenset({"applied", "failed"}), 30)],
+                     queue_size=2, backoff=no_wait)
+        n.event("applied", "web", {"plan": PLAN}, at=AT)
+        assert hung.arrived.wait(10)  # the hung channel's thread is stuck in its request
+        for i in range(3):  # the caller goes on; the hung channel's queue (2) overflows by one
+            n.event("failed", "web", {"plan": PLAN, "error": "x"}, at=AT)
+            for _ in range(500):  # the other channel delivers each meanwhile
+                if len(ok.requests) == i + 2:
+                    break
+                threading.Event().wait(0.02)
+        assert [r.json["kind"] for r in ok.requests] == ["applied", "failed", "failed", "failed"]
+        assert n.dropped == {"hung": 1, "ok": 0} and len(hung.requests) == 1
+        release.set()
+        assert n.flush()
+        n.close()
+    assert n.sent == {"hung": 3, "ok": 4}
+
+
+def test_a_fallback_streak_is_told_once_per_streak():
+    with RecordingServer() as hook:
+        n = Notifier([WebhookChannel("hook", hook.url, frozenset({"fallback_streak"}), 5)], fallback_streak=3)
+        fb, ok = {**DECISION, "fallback": True}, DECISION
+        for d in (fb, fb, ok, fb, fb, fb, fb, fb):
+            n.cycle("web", d, at=AT)
+        n.cycle("db", fb, at=AT)  # another target keeps its own count
+        assert n.flush()
+        n.close()
+    (r,) = hook.requests
+    assert r.json["kind"] == "fallback_streak" and r.json["details"]["streak"] == 3
+    assert r.json["summary"].startswith("web: 3 consecutive fallback cycles")
+
+
+def test_without_links_the_message_names_the_cli_commands():
+    with RecordingServer() as hook:
+        n = Notifier([WebhookChannel("hook", hook.url, frozenset({"plan_created"}), 5)])
+        n.event("plan_created", "web", {"plan": PLAN}, at=AT)
+        assert n.flush()
+        n.close()
+    assert hook.requests[0].json["links"] == {"approve": "forescale approve ab12cd34",
+                                              "reject": "forescale reject ab12cd34"}
+
+
+def test_channels_come_from_the_notify_section_with_secrets_from_the_environment():
+    cfg = NotifyConfig.model_validate({"channels": [
+        {"type": "dingtalk", "url_env": "DING_URL", "secret_env": "DING_SECRET"},
+        {"type": "email", "host": "smtp.example", "from": "a@b.c", "to": ["d@e.f"], "username": "u",
+         "password_env": "SMTP_PASS"}]})
+    env = {"DING_URL": "https://oapi.dingtalk.com/robot/send?access_token=abc", "DING_SECRET": "SECxyz123"}
+    with pytest.raises(ConfigError) as exc:
+        Notifier.from_config(cfg, environ=env)
+    assert str(exc.value) == "notify.channels[1].password_env: environment variable SMTP_PASS is not set"
+    n = Notifier.from_config(cfg, environ={**env, "SMTP_PASS": "hunter2hunter2"})
+    try:
+        ding, mail = n.channels
+        assert isinstance(ding, DingTalkChannel) and ding.secret == "SECxyz123" and ding.name == "dingtalk"
+        assert isinstance(mail, EmailChannel) and mail.password == "hunter2hunter2" and mail.port == 587
+        assert n.redact("x hunter2hunter2 SECxyz123 y") == "x *** *** y"
+    finally:
+        n.close()
+
+
+def test_a_real_cycle_plan_approval_and_apply_are_each_told_once(tmp_path):
+    """The engine hooks: PlanNotices.poll after each cycle tells a new plan
+    (with its links), the approval (who, through which channel) and the
+    apply; notify_result counts the fallback streak."""
+    from datetime import timedelta
+
+    from engine.notify import PlanNotices, notify_result
+    from engine.plans import approve
+    from engine.store import Store
+    from tests.support.live import T0, STEP, Platform, build_live, target_dict, write_config, write_trace
+
+    trace = write_trace(tmp_path / "load.csv", [100.0] * 30)
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="approve", plan_ttl="1h")])
+    with RecordingServer() as hook, Store(tmp_path / "state.db") as store:
+        n = Notifier([WebhookChannel("hook", hook.url, frozenset(EVENTS_ALL), 5)], links=links)
+        notices = PlanNotices(n, store)
+        live = build_live(cfg, store, Platform(capacity=5))
+        now = T0 + 25 * STEP
+        res = live.run(now)
+        assert res.status == "planned"
+        notify_result(n, res)
+        assert notices.poll(store) == 1
+        approve(store, res.plan.id, now + timedelta(minutes=1), identity="user:alice", channel="console",
+                comment="looks right")
+        res2 = live.run(now + STEP)
+        notify_result(n, res2)
+        assert notices.poll(store) == 2 and notices.poll(store) == 0
+        assert n.flush()
+        n.close()
+    kinds = [r.json["kind"] for r in hook.requests]
+    assert kinds == ["plan_created", "plan_approved", "applied"]
+    created, approved, applied = (r.json for r in hook.requests)
+    pid = res.plan.id
+    assert created["summary"].startswith(f"web: scale 5 -> 20 at {now:%H:%M} (forecast peak 100 needs 20")
+    assert created["links"] == {"approve": f"https://console.example/l/{pid}-approve-hook",
+                                "reject": f"https://console.example/l/{pid}-reject-hook"}
+    assert approved["summary"] == f"web: plan {pid} (5 -> 20) approved by user:alice via console: looks right"
+    assert applied["summary"] == f"web: scaled 5 -> 20 (plan {pid})"
