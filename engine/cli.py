@@ -161,19 +161,12 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         fcfg = fcfg.model_copy(update={"name": args.forecaster,
                                        "params": fcfg.params if args.forecaster == fcfg.name else {}})
         ForecasterConfig.model_validate(fcfg.model_dump())
-    progress = None
-    if not args.quiet and sys.stderr.isatty():
-        from tqdm import tqdm
+    from .progress import progress
 
-        bars: dict[str, Any] = {}
-
-        def progress(name: str, t: int, n: int, _dec: Any) -> None:
-            bar = bars.get(name) or bars.setdefault(name, tqdm(total=n, desc=name, unit="interval", leave=False))
-            bar.update(1)
-            if t == n - 1:
-                bar.close()
-    result = run_backtest(series, scenario=scenario, policy=policy, forecaster=fcfg, trace=str(args.trace),
-                          progress=progress)
+    # one count of replayed intervals over all the policies (quiet off a terminal)
+    with progress(total=None, desc="backtest (intervals replayed)", quiet=args.quiet) as bar:
+        result = run_backtest(series, scenario=scenario, policy=policy, forecaster=fcfg, trace=str(args.trace),
+                              progress=lambda _name, _t, _n, _dec: bar.update())
     for note in result.notes:
         print(f"note: {note}")
     print(result.table())
