@@ -167,14 +167,19 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     with progress(total=None, desc="backtest (intervals replayed)", quiet=args.quiet) as bar:
         result = run_backtest(series, scenario=scenario, policy=policy, forecaster=fcfg, trace=str(args.trace),
                               progress=lambda _name, _t, _n, _dec: bar.update())
+    if args.json_out:
+        write_json(result, args.json_out)
+    if args.plot:
+        plot(result, args.plot)
+    if args.json:  # the report on stdout, nothing else there
+        _print_json(result.to_dict())
+        return 0
     for note in result.notes:
         print(f"note: {note}")
     print(result.table())
-    if args.json:
-        write_json(result, args.json)
-        print(f"metrics written to {args.json}")
+    if args.json_out:
+        print(f"metrics written to {args.json_out}")
     if args.plot:
-        plot(result, args.plot)
         print(f"plot written to {args.plot}")
     return 0
 
@@ -738,7 +743,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--change-cost", type=float, help="money per capacity change, reported beside cost")
     b.add_argument("--threshold-window", type=_duration, help="vertical baseline: utilization above 80 %% "
                    "(below 20 %%) this long moves a rung (default 10m)")
-    b.add_argument("--json", help="write the metrics as JSON here")
+    b.add_argument("--json", action="store_true", help="print the metrics as JSON to stdout (instead of the table)")
+    b.add_argument("--json-out", metavar="PATH", help="also write the metrics as JSON to this file")
     b.add_argument("--plot", help="write a PNG here")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=cmd_backtest)

@@ -166,7 +166,7 @@ def _cli_json(tmp_path, *args: str) -> dict:
     from engine.cli import main
 
     out = tmp_path / "m.json"
-    assert main(["backtest", str(DEMO_TRACE), "--quiet", "--json", str(out), *args]) == 0
+    assert main(["backtest", str(DEMO_TRACE), "--quiet", "--json-out", str(out), *args]) == 0
     return json.loads(out.read_text())
 
 
@@ -294,3 +294,12 @@ def test_a_healthy_replay_of_a_real_trace_rarely_falls_back_and_says_why():
     assert p.fallback_reasons == {"NoForecast": p.fallbacks}
     assert r.to_dict()["policies"]["predictive"]["fallback_reasons"] == {"NoForecast": p.fallbacks}
     assert f"fallbacks {p.fallbacks} (NoForecast {p.fallbacks})" in r.table()
+
+
+def test_backtest_json_is_one_document_on_stdout(capsys):
+    from engine.cli import main
+
+    assert main(["backtest", str(DEMO_TRACE), "--quiet", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)  # nothing else on stdout
+    assert set(doc["policies"]) >= {"oracle", "reactive", "predictive"}
+    assert doc["policies"]["reactive"]["violation_fraction"] >= 0

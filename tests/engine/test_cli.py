@@ -36,7 +36,7 @@ def test_demo_runs_the_full_loop_on_the_bundled_trace(tmp_path):
 def test_backtest_writes_json_and_plot(tmp_path):
     trace = TRACES / "nab" / "ec2_cpu_utilization_53ea38.csv"
     js, png = tmp_path / "m.json", tmp_path / "p.png"
-    r = forescale("backtest", str(trace), "--forecaster", "seasonal_naive", "--json", str(js), "--plot", str(png))
+    r = forescale("backtest", str(trace), "--forecaster", "seasonal_naive", "--json-out", str(js), "--plot", str(png))
     assert r.returncode == 0, r.stderr
     doc = json.loads(js.read_text())
     assert doc["forecaster"] == "seasonal_naive"
