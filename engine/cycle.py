@@ -513,12 +513,16 @@ class LiveTarget:
                 **(rec["outcome"] or {}), "superseded_by": newest["id"]})
         outcome = dict(newest["outcome"] or {})
         accepted_at = parse_time(outcome["accepted_at"])
+        if accepted_at >= now:
+            return {}  # accepted in this very cycle (an approved plan): look again next cycle
         # what the actuator really set (after its clamps and floors, e.g. an
         # HPA floor never below its base) is what the platform must show
         desired = int((outcome.get("details") or {}).get("target", newest["desired"]))
         timeout = self._verify_timeout()
         if not (reading.count == desired and reading.settled) and now - accepted_at < timeout \
-                and capabilities_of(self.actuator).stepwise_apply:
+                and capabilities_of(self.actuator).stepwise_apply and self.target.mode in ("auto", "approve"):
+            # (observe and dry-run never write: a resize left half done by a
+            # switch to them waits for a person, and is reported unverified)
             # a change of several steps (stop, modify, start): each cycle
             # issues the next step the platform allows, with the same
             # desired capacity and decision id (idempotent)

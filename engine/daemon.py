@@ -123,6 +123,10 @@ class TargetWorker:
             live.covariate_history = old.covariate_history
             # the model in memory is the newest: no checkpoint to restore
             live.checkpoint = old.checkpoint
+        if old.target.actuator == target.actuator and old.target.policy.ladder == target.policy.ladder:
+            # the same platform: keep its adapter, with what it remembers of a
+            # change in progress (a stepwise resize it stopped the VM for)
+            live.actuator = old.actuator
         if target.interval != self.target.interval:
             self.base_due = self.next_due = None  # start on the new grid
         if target.mode != self.target.mode:

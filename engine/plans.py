@@ -256,6 +256,10 @@ def within_envelope(store: "Store", target: "TargetConfig", decision: Decision, 
                         None)
         if approval is None or not approval.identity or approval.identity.startswith("policy:"):
             continue  # only a person's approval covers later changes
+        if not _approval_in_chain(store, old, approval):
+            log.error("target %s: plan %s shows an approval by %s that the audit chain does not hold; "
+                      "it covers nothing", target.name, old.id, approval.identity)
+            continue
         steps = [st for st in old.schedule.get("steps", []) if isinstance(st, Mapping) and not st.get("fixed")]
         if not steps or now >= parse_time(steps[-1]["at"]):
             continue  # that schedule has run out
@@ -264,6 +268,18 @@ def within_envelope(store: "Store", target: "TargetConfig", decision: Decision, 
             return (f"within the schedule of plan {old.id} approved by {approval.identity} at "
                     f"{isoformat(approval.at)}: {decision.desired} from {at}")
     return None
+
+
+def _approval_in_chain(store: "Store", plan: Plan, approval: PlanTransition) -> bool:
+    """The approval transition of ``plan`` has its own record in the audit
+    chain, naming the same identity, and that record verifies (a row
+    written into the tables with sqlite3 has none)."""
+    for rec in store.db.execute("SELECT seq, payload FROM audit WHERE plan_id=? AND kind='approval' "
+                                "ORDER BY seq DESC", (plan.id,)):
+        body = json.loads(rec["payload"])
+        if body.get("to") == PlanStatus.APPROVED.value and body.get("identity") == approval.identity:
+            return audit.record_ok(store, rec["seq"]) is None
+    return False
 
 
 def store_status(plan: Plan) -> str:
@@ -345,8 +361,10 @@ def verify_approval(store: "Store", plan: Plan, db: Any = None) -> str | None:
     from .store import plan_digest
 
     db = db or store.db
-    rec = db.execute("SELECT seq, kind, payload FROM audit WHERE plan_id=? ORDER BY seq DESC LIMIT 1",
-                     (plan.id,)).fetchone()
+    # the plan's own records (a decision that re-planned it is tagged with
+    # the plan too, and is no transition of it)
+    rec = db.execute("SELECT seq, kind, payload FROM audit WHERE plan_id=? AND kind IN ('approval', "
+                     "'plan_transition') ORDER BY seq DESC LIMIT 1", (plan.id,)).fetchone()
     if rec is None:
         return "no audit record of the plan"
     body = json.loads(rec["payload"])
@@ -440,8 +458,10 @@ def apply_plan(store: "Store", actuator: Any, plan_id: str, now: datetime, targe
         state = replace(state, current=plan.to_capacity,
                         events=state.events + (ScaleEvent(now, plan.from_capacity, plan.to_capacity),))
     return store.transition_plan(plan_id, PlanStatus.APPLIED, now, allowed_from=(PlanStatus.APPLYING,),
-                                 outcome=result.to_dict(),
-                                 decision_status="applied" if result.verified else "unverified",
+                                 # not yet in service: the next cycles verify it (and carry a
+                                 # stepwise resize to its end), as for an auto-mode action
+                                 outcome={**result.to_dict(), "accepted_at": isoformat(now)},
+                                 decision_status="applied" if result.verified else "accepted",
                                  actuation=result, state=state)
 
 

@@ -35,6 +35,7 @@ the engine derives the next state with ``ScalingState.after``.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from engine.core.types import Decision, Forecast, ScalingState, Step
@@ -101,7 +102,14 @@ def decide(forecast: Forecast | None, state: ScalingState, config: PolicyConfig,
                         "reactive policy" if config.kind == "reactive" else "forecast and observation usable"))
         if config.kind == "plan":
             assert forecast is not None
-            return P.plan(forecast, state, config, now, lead_time, target=target, data_step=out[0])
+            planned = P.plan(forecast, state, config, now, lead_time, target=target, data_step=out[0])
+            if not config.scale_in and planned.desired < current:
+                # scale-in disabled holds for the planner as for every kind
+                held = Step("scale_in", current, "ScaleInDisabled",
+                            f"scale-in disabled: holding {current} instead of {planned.desired}", changed=True)
+                planned = replace(planned, desired=current, steps=planned.steps + (held,),
+                                  capacity_label=config.label(current))
+            return planned
 
     memory = tuple(state.smoothed)
     forecast_demand: float | None = None

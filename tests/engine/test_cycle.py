@@ -207,3 +207,45 @@ def test_a_stepwise_resize_is_driven_to_the_end_on_later_cycles_then_verified(tm
     assert "external_change" not in second.details and "in_progress" in second.details
     fourth = live.run(clock.advance(STEP))
     assert fourth.status == "hold" and len(platform.applies) == 3
+
+
+def test_a_stepwise_resize_is_not_stepped_further_once_the_target_is_switched_to_observe(tmp_path):
+    from tests.support.live import StepwisePlatform
+
+    trace = write_trace(tmp_path / "load.csv", VALUES)
+    act = {"type": "dry-run", "verify_timeout": "30m"}
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="auto", actuator=act)])
+    store = Store(tmp_path / "s.db")
+    platform = StepwisePlatform(capacity=5)
+    clock = ManualClock(NOW)
+    first = build_live(cfg, store, platform).run(clock.now())
+    assert first.status == "accepted" and len(platform.applies) == 1
+    # a person switches the target to observe mid-resize: nothing more is written
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe", actuator=act)])
+    observe = build_live(cfg, store, platform)
+    for _ in range(3):
+        observe.run(clock.advance(STEP))
+    assert len(platform.applies) == 1 and platform.phase == 0
+
+
+def test_an_approved_stepwise_resize_is_carried_to_its_end_and_verified_on_later_cycles(tmp_path):
+    from engine.plans import approve
+    from tests.support.live import StepwisePlatform
+
+    trace = write_trace(tmp_path / "load.csv", VALUES)
+    cfg = write_config(tmp_path / "c.yaml", [target_dict(
+        "web", trace, mode="approve", plan_ttl="1h", actuator={"type": "dry-run", "verify_timeout": "30m"})])
+    store = Store(tmp_path / "s.db")
+    platform = StepwisePlatform(capacity=5)
+    live = build_live(cfg, store, platform)
+    clock = ManualClock(NOW)
+    res = live.run(clock.now())
+    assert res.status == "planned" and platform.applies == []
+    approve(store, res.plan.id, clock.now(), identity="unix:alice", channel="cli")
+    live.run(clock.advance(STEP))  # applies the plan: the first step (stop)
+    assert platform.applies == [(res.decision.id, 20)]
+    assert store.decision(res.decision.id)["status"] == "accepted"
+    live.run(clock.advance(STEP))
+    live.run(clock.advance(STEP))
+    assert platform.capacity == 20 and store.decision(res.decision.id)["status"] == "applied"
+    assert platform.applies == [(res.decision.id, 20)] * 3

@@ -612,3 +612,23 @@ def test_a_change_inside_a_schedule_a_person_approved_is_carried_out_without_ask
     from engine import audit
 
     assert audit.verify(store).ok
+
+
+def test_an_approval_edited_into_the_tables_widens_no_envelope(planned):
+    """A schedule approval that exists only in the tables (here: the approver
+    rewritten with sqlite3) is not in the audit chain: it covers nothing."""
+    from engine.plans import create_plan
+
+    cfg, store, live, first = planned()
+    t0 = first.created_at + STEP
+    ahead = [(10, 8), (20, 8), (40, 3), (45, 3)]
+    p1 = create_plan(store, live.target, _scheduled(t0, 5, 8, ahead), 5, "scheduled", t0)
+    approve(store, p1.id, t0, identity="policy:auto-approve", channel="auto")  # a rule, not a person
+    store.db.execute("UPDATE plan_transitions SET identity='unix:alice' WHERE plan_id=? AND to_status='approved'",
+                     (p1.id,))
+    platform = Platform(capacity=5)
+    apply_plan(store, platform, p1.id, t0, live.target, channel="auto")
+    t1 = t0 + timedelta(minutes=30)
+    p2 = create_plan(store, live.target, _scheduled(t1, 8, 3, [(10, 3), (15, 3)]), 8, "back to 3", t1,
+                     actuator=platform)
+    assert p2.status == PlanStatus.PENDING and platform.capacity == 8

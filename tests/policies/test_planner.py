@@ -539,3 +539,25 @@ def test_the_speed_benchmark_runs(tmp_path):
     assert r.returncode == 0, r.stderr
     doc = json.loads(out.read_text())
     assert doc["levels"] == 20 and doc["planned_steps"] == 12 and doc["plan_step"]["median_ms"] > 0
+
+
+def test_scale_in_disabled_holds_for_the_planner_too():
+    """``scale_in: false`` (never remove capacity) holds whatever the plan."""
+    from datetime import datetime, timedelta, timezone
+
+    import numpy as np
+
+    from engine.core.types import Forecast, Observation, ScalingState
+    from policies import decide
+    from policies.config import PolicyConfig
+
+    now = datetime(2024, 3, 1, 12, tzinfo=timezone.utc)
+    ts = int(now.timestamp()) + 300 * np.arange(1, 25)
+    low = np.full(24, 10.0)
+    fc = Forecast(now, ts, low, {q: low * (1 + q / 10) for q in (0.5, 0.8, 0.9, 0.95, 0.99)}, "t")
+    state = ScalingState(current=20, observation=Observation(10.0, now))
+    base = {"kind": "plan", "capacity_per_replica": 10, "min_replicas": 1, "max_replicas": 40}
+    free = decide(fc, state, PolicyConfig(**base), now)
+    assert free.desired < 20  # the plan scales in when it may
+    held = decide(fc, state, PolicyConfig(**base, scale_in=False), now)
+    assert held.desired == 20 and held.step("scale_in").reason == "ScaleInDisabled"
