@@ -416,6 +416,16 @@ class RemoteWriteConfig(_Model):
     queue_size: int = Field(1000, ge=1)
     max_retries: int = Field(3, ge=0)
 
+    @field_validator("url")
+    @classmethod
+    def _no_credentials(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        if urlsplit(v).password is not None or "@" in urlsplit(v).netloc:
+            # credentials in the URL would end up in logs and errors
+            raise ValueError("url must not carry credentials (user:password@); use basic_auth")
+        return v
+
     @model_validator(mode="after")
     def _one_auth(self) -> "RemoteWriteConfig":
         if self.bearer_token_env and self.basic_auth is not None:

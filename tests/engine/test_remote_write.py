@@ -231,3 +231,15 @@ def test_remote_write_without_cramjam_is_one_line_naming_the_extra(tmp_path):
         "forescale: error: server.remote_write needs cramjam, which is not installed: "
         "pip install 'forescale[remote-write]'"]
     assert not (tmp_path / "forescale.db").exists()  # refused before the daemon started
+
+
+def test_a_remote_write_url_with_credentials_is_refused_without_echoing_them():
+    from engine.config import parse_config
+    from engine.core.errors import ConfigError
+
+    doc = {"server": {"remote_write": {"url": "http://bob:s3cr3t-pw@127.0.0.1:9/api/v1/write"}},
+           "targets": [{"name": "web", "source": {"type": "csv", "path": "x.csv"},
+                        "policy": {"capacity_per_replica": 1}}]}
+    with pytest.raises(ConfigError) as exc:
+        parse_config(doc)
+    assert "server.remote_write.url" in str(exc.value) and "s3cr3t-pw" not in str(exc.value)
