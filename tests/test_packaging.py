@@ -69,8 +69,10 @@ def test_the_wheel_ships_the_deploy_files_where_pip_installs_them(tmp_path):
     assert "engine/data/demo_rds_cpu.csv" in names
     # installed, they land under <prefix>/share/forescale/deploy, the path `forescale --help` names
     prefix = tmp_path / "prefix"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--prefix",
-                    str(prefix), str(wheel)], check=True, capture_output=True, timeout=300)
+    # --ignore-installed: without it pip uninstalls the running forescale
+    # (the developer's editable install) before installing into the prefix
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed",
+                    "--prefix", str(prefix), str(wheel)], check=True, capture_output=True, timeout=300)
     assert (prefix / "share" / "forescale" / "deploy" / "grafana" / "forescale-dashboard.json").is_file()
 
 
