@@ -366,19 +366,25 @@ class _People:
         return hook
 
     def console_routes(self, config: Any) -> list:
-        """``/console`` on the daemon's server, unless its bearer auth
-        (server.auth) guards every path: browsers cannot send it, so then
-        serve the console with ``forescale console`` instead."""
-        if self.cfg.server.auth is not None:
+        """``/console`` on the daemon's server. Behind the server's bearer
+        auth (``server.auth``, which a browser cannot send) the console is
+        mounted only when it has users of its own (``console.users``): it
+        then authenticates every request itself (login, session, CSRF) and
+        is left out of the bearer check (:meth:`own_auth`)."""
+        if self.cfg.server.auth is not None and not self.security.users:
             logging.getLogger("forescale").info(
-                "server.auth is set: the web console is not mounted on the daemon's server; "
-                "run forescale console")
+                "server.auth is set and console.users is empty: the web console is not mounted on the "
+                "daemon's server; configure console.users, or run forescale console")
             return []
         from starlette.routing import Mount
 
         from .console import create_console
 
         return [Mount("/console", app=create_console(config, self.security))]
+
+    def own_auth(self) -> tuple[str, ...]:
+        """Mounted prefixes that authenticate themselves (see console_routes)."""
+        return ("/console",) if self.cfg.server.auth is not None and self.security.users else ()
 
     def close(self) -> None:
         if self.notifier is not None:
@@ -420,7 +426,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             # console (over the running config, so a reload is seen)
             server = serve_config(cfg.server, metrics, readiness=daemon.ready,
                                   view=TargetsView(lambda: daemon.config),
-                                  routes=people.console_routes(lambda: daemon.config))
+                                  routes=people.console_routes(lambda: daemon.config),
+                                  own_auth=people.own_auth())
         daemon.install_signals()
     except BaseException:
         daemon.shutdown(0)

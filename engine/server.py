@@ -100,11 +100,17 @@ class _AuthMiddleware:
     """Pure ASGI middleware (also guards mounted apps): 401 without a valid
     bearer token, except on :data:`PUBLIC_PATHS`."""
 
-    def __init__(self, app: ASGIApp, auth: BearerAuth) -> None:
+    def __init__(self, app: ASGIApp, auth: BearerAuth, own_auth: Sequence[str] = ()) -> None:
         self.app, self.auth = app, auth
+        #: path prefixes of mounted apps that authenticate every request
+        #: themselves (the web console: a browser cannot send a bearer token)
+        self.own_auth = tuple(p.rstrip("/") for p in own_auth)
+
+    def _own(self, path: str) -> bool:
+        return any(path == p or path.startswith(p + "/") for p in self.own_auth)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS:
+        if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS and not self._own(scope["path"]):
             headers = dict(scope.get("headers") or [])
             value = headers.get(b"authorization")
             if not self.auth.allows(value.decode("latin-1") if value else None):
@@ -123,7 +129,8 @@ def default_readiness(metrics: EngineMetrics) -> Readiness:
 
 
 def create_app(metrics: EngineMetrics, *, readiness: Readiness | None = None, view: Any = None,
-               auth: BearerAuth | None = None, routes: Sequence[BaseRoute] = ()) -> Starlette:
+               auth: BearerAuth | None = None, routes: Sequence[BaseRoute] = (),
+               own_auth: Sequence[str] = ()) -> Starlette:
     """The ASGI app: ``/metrics``, ``/healthz``, ``/readyz``; the forecast
     API under ``/api/v1`` when ``view`` (an :class:`engine.api.TargetsView`)
     is given; then ``routes`` (e.g. ``Mount("/console", app=console)``).
@@ -159,7 +166,7 @@ def create_app(metrics: EngineMetrics, *, readiness: Readiness | None = None, vi
 
         table += api_routes(view)
     table += list(routes)
-    middleware = [Middleware(_AuthMiddleware, auth=auth)] if auth is not None else []
+    middleware = [Middleware(_AuthMiddleware, auth=auth, own_auth=own_auth)] if auth is not None else []
     return Starlette(routes=table, middleware=middleware, exception_handlers={404: not_found})
 
 
@@ -236,20 +243,23 @@ class Server:
 
 def serve(metrics: EngineMetrics, host: str = "127.0.0.1", port: int = 9464, *,
           readiness: Readiness | None = None, view: Any = None, auth: BearerAuth | None = None,
-          routes: Sequence[BaseRoute] = ()) -> Server:
-    """:func:`create_app` served on ``host:port``, started."""
-    app = create_app(metrics, readiness=readiness, view=view, auth=auth, routes=routes)
+          routes: Sequence[BaseRoute] = (), own_auth: Sequence[str] = ()) -> Server:
+    """:func:`create_app` served on ``host:port``, started. ``own_auth``:
+    prefixes of ``routes`` that authenticate each request themselves, left
+    out of the bearer check."""
+    app = create_app(metrics, readiness=readiness, view=view, auth=auth, routes=routes, own_auth=own_auth)
     return Server(app, host, port, auth=auth).start()
 
 
 def serve_config(server_cfg: Any, metrics: EngineMetrics, *, readiness: Readiness | None = None,
-                 view: Any = None, routes: Sequence[BaseRoute] = (),
+                 view: Any = None, routes: Sequence[BaseRoute] = (), own_auth: Sequence[str] = (),
                  environ: Mapping[str, str] | None = None) -> Server:
     """The daemon's server from ``server`` in the config (listen, auth)."""
     host, port = split_listen(server_cfg.listen)
     auth = BearerAuth.from_config(server_cfg.auth, environ) if server_cfg.auth is not None else None
     try:
-        return serve(metrics, host, port, readiness=readiness, view=view, auth=auth, routes=routes)
+        return serve(metrics, host, port, readiness=readiness, view=view, auth=auth, routes=routes,
+                     own_auth=own_auth)
     except OSError as exc:
         raise ForescaleError(f"server.listen {server_cfg.listen}: cannot listen: {exc.strerror}") from None
 

@@ -190,3 +190,33 @@ def test_forescale_run_serves_metrics_the_api_and_remote_writes(tmp_path):
         rec.close()
     with pytest.raises(httpx.TransportError):
         HTTP.get(f"{url}/healthz")
+
+
+def test_a_mount_that_authenticates_itself_is_left_out_of_the_bearer_check():
+    """The web console logs people in itself (a browser cannot send a bearer
+    token): behind server.auth it stays reachable, the rest does not."""
+    auth = BearerAuth([DIGEST])
+    app = create_app(EngineMetrics(), auth=auth, routes=[Mount("/console", app=console())],
+                     own_auth=("/console",))
+    with Server(app, "127.0.0.1", 0, auth=auth).start() as server:
+        assert HTTP.get(f"{server.url}/console/").text == "console at /console/"
+        assert HTTP.get(f"{server.url}/metrics").status_code == 401
+        assert HTTP.get(f"{server.url}/consoleX").status_code == 401  # a prefix, not a substring
+
+
+def test_forescale_run_mounts_the_console_behind_server_auth_only_when_it_has_users(tmp_path):
+    from engine.cli import _People
+    from engine.config import parse_config
+
+    def people(console: dict) -> _People:
+        doc = {"state": str(tmp_path / "s.db"), "server": {"auth": {"token_sha256": [DIGEST]}},
+               "console": console,
+               "targets": [{"name": "web", "source": {"type": "csv", "path": "x.csv"},
+                            "policy": {"capacity_per_replica": 1}}]}
+        return _People(parse_config(doc, base_dir=tmp_path))
+
+    alone = people({})
+    assert alone.console_routes(lambda: None) == [] and alone.own_auth() == ()
+    with_users = people({"users": [{"name": "alice", "token_sha256": DIGEST}]})
+    assert with_users.own_auth() == ("/console",) and len(with_users.console_routes(lambda: None)) == 1
+    alone.close(), with_users.close()
