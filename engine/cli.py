@@ -411,6 +411,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         # fed by the daemon's per-result callback; sends from its own thread
         writer = RemoteWriter(cfg.server.remote_write, metrics).start()
     people = _People(cfg)  # notifications and the console's security
+    if people.notifier is not None:
+        metrics.watch_notifier(people.notifier)
     try:
         daemon = Daemon(args.config, metrics=metrics,  # takes the state lock (one daemon per state file)
                         on_result=people.on_result(writer.on_result if writer is not None else None))

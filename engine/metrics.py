@@ -379,6 +379,28 @@ class EngineMetrics:
     def fallback_cycle(self, target: str, reason: str) -> None:
         self.fallback_cycles.labels(target=target, reason=reason).inc()
 
+    def watch_notifier(self, notifier: Any) -> None:
+        """Export a :class:`engine.notify.Notifier`'s per-channel counts,
+        read at each scrape: ``forescale_notifications_sent_total`` and
+        ``forescale_notifications_dropped_total`` (dropped after the retry
+        bound or with the channel's queue full)."""
+        from prometheus_client.core import CounterMetricFamily
+
+        class _Counts:
+            def describe(self) -> list:
+                return []
+
+            def collect(self) -> Any:
+                for name, counts, what in (("sent", notifier.sent, "delivered"),
+                                           ("dropped", notifier.dropped, "dropped after retries or a full queue")):
+                    fam = CounterMetricFamily(f"forescale_notifications_{name}",
+                                              f"Notifications {what}, per channel", labels=["channel"])
+                    for channel, n in sorted(counts.items()):
+                        fam.add_metric([channel], n)
+                    yield fam
+
+        self.registry.register(_Counts())
+
     def set_audit_status(self, ok: bool) -> None:
         self.audit_chain_ok.set(1 if ok else 0)
 

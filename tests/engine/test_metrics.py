@@ -460,3 +460,19 @@ def test_predictive_alert_config_errors(alert, message):
         parse_config({"targets": [{"name": "db", "source": {"type": "replay", "path": "x.csv"},
                                    "policy": {"capacity_per_replica": 10}, "alerts": [alert]}]})
     assert message in str(err.value) and "targets[0]" in str(err.value)
+
+
+def test_the_notifier_counts_are_exported_per_channel():
+    from engine.metrics import EngineMetrics
+
+    class Counts:  # what engine.notify.Notifier exposes
+        sent = {"ops-slack": 3, "mail": 1}
+        dropped = {"ops-slack": 2, "mail": 0}
+
+    m = EngineMetrics()
+    m.watch_notifier(Counts())
+    text = m.exposition()[0].decode()
+    assert 'forescale_notifications_sent_total{channel="ops-slack"} 3.0' in text
+    assert 'forescale_notifications_dropped_total{channel="ops-slack"} 2.0' in text
+    Counts.dropped["mail"] = 5  # read at each scrape
+    assert 'forescale_notifications_dropped_total{channel="mail"} 5.0' in m.exposition()[0].decode()
