@@ -532,7 +532,10 @@ def cmd_approve(args: argparse.Namespace) -> int:
         p = approve(store, args.id, now, identity=who, channel="cli", comment=_comment(args))
         if not args.json:
             print(f"plan {p.id} approved by {p.actor}: {p.target} {p.from_capacity} -> {p.to_capacity}")
-        if args.apply:
+        if args.apply and not _take_turn(store):
+            if not args.json:
+                print("a daemon runs on this state file: it applies the plan at the target's next cycle")
+        elif args.apply:
             target, act = _target_for_plan(args, store, args.id)
             p = apply_plan(store, act, args.id, now, target, identity=who, channel="cli")
             if not args.json:
@@ -558,11 +561,29 @@ def cmd_reject(args: argparse.Namespace) -> int:
     return 0
 
 
+def _take_turn(store: Any) -> bool:
+    """Take the state file's lock for an apply from the command line, so it
+    never acts beside a running daemon (which holds the lock and applies
+    approved plans itself). False when a daemon holds it."""
+    from .core.errors import StateLocked
+
+    try:
+        store.lock()
+    except StateLocked:
+        return False
+    return True
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
     from .core.clock import SystemClock
     from .plans import apply_plan, cli_identity
 
     with _store(args) as store:
+        if not _take_turn(store):
+            from .core.errors import StateLocked
+
+            raise StateLocked(f"a daemon runs on {store.path}: it applies approved plans itself at the "
+                                 "target's next cycle (one process acts on a target at a time)")
         target, act = _target_for_plan(args, store, args.id)
         p = apply_plan(store, act, args.id, SystemClock().now(), target, identity=cli_identity(), channel="cli")
     if args.json:

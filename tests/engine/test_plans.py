@@ -632,3 +632,23 @@ def test_an_approval_edited_into_the_tables_widens_no_envelope(planned):
     p2 = create_plan(store, live.target, _scheduled(t1, 8, 3, [(10, 3), (15, 3)]), 8, "back to 3", t1,
                      actuator=platform)
     assert p2.status == PlanStatus.PENDING and platform.capacity == 8
+
+
+def test_the_cli_never_applies_beside_a_running_daemon(planned, capsys):
+    """One process acts on a target at a time: with the state file's lock
+    held (a daemon runs), `apply` refuses and `approve --apply` leaves the
+    apply to the daemon; nothing is written to the platform."""
+    cfg, store, live, plan = planned()
+    daemon = Store(store.path)
+    daemon.lock()
+    try:
+        code, out, err = run_cli(capsys, "approve", plan.id, "--config", str(cfg), "--apply")
+        assert code == 0 and "applies the plan at the target's next cycle" in out
+        assert store.plan(plan.id).status == PlanStatus.APPROVED
+        code, out, err = run_cli(capsys, "apply", plan.id, "--config", str(cfg))
+        assert code == 2 and "a daemon runs on" in err
+        assert store.plan(plan.id).status == PlanStatus.APPROVED
+    finally:
+        daemon.close()
+    code, out, err = run_cli(capsys, "apply", plan.id, "--config", str(cfg))
+    assert code == 0 and store.plan(plan.id).status == PlanStatus.APPLIED
