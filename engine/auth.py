@@ -171,9 +171,15 @@ def config_secrets(cfg: Any, environ: Mapping[str, str] | None = None) -> list[s
     for u in getattr(console, "users", ()):
         if u.token_env and env.get(u.token_env):
             out.append(env[u.token_env])
-    key_env = getattr(getattr(cfg, "audit", None), "hmac_key_env", None)
-    if key_env and env.get(key_env):
-        out.append(env[key_env])
+    server = getattr(cfg, "server", None)
+    auth = getattr(server, "auth", None)
+    remote = getattr(server, "remote_write", None)
+    basic = getattr(remote, "basic_auth", None)
+    for var in (getattr(cfg.audit, "hmac_key_env", None) if getattr(cfg, "audit", None) else None,
+                getattr(auth, "token_env", None), getattr(remote, "bearer_token_env", None),
+                getattr(basic, "password_env", None)):
+        if var and env.get(var):
+            out.append(env[var])
     out += [env[v] for v in CLOUD_SECRET_ENV if env.get(v)]
     return out
 

@@ -358,3 +358,18 @@ def test_no_configured_secret_appears_in_any_output(tmp_path, monkeypatch, capfd
     assert "audit chain ok" in captured.out
     leaked = {name: value for name, value in s.items() if value in everything}
     assert leaked == {}
+
+
+def test_the_redactor_knows_the_servers_and_remote_writes_secrets_from_the_environment(tmp_path):
+    from engine.auth import config_secrets
+    from engine.config import parse_config
+
+    doc = {"state": str(tmp_path / "s.db"),
+           "server": {"auth": {"token_env": "T_SRV"},
+                      "remote_write": {"url": "http://127.0.0.1:9/api/v1/write",
+                                       "basic_auth": {"username": "u", "password_env": "T_RW"}}},
+           "targets": [{"name": "web", "source": {"type": "csv", "path": "x.csv"},
+                        "policy": {"capacity_per_replica": 1}}]}
+    env = {"T_SRV": "server-token-123", "T_RW": "rw-password-456", "FORESCALE_AUDIT_KEY": "k-789"}
+    got = config_secrets(parse_config(doc, base_dir=tmp_path), env)
+    assert {"server-token-123", "rw-password-456", "k-789"} <= set(got)
