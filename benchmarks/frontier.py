@@ -69,9 +69,9 @@ from engine.backtest import (  # noqa: E402
 from engine.config import ForecasterConfig  # noqa: E402
 from engine.sources.csv import read_csv  # noqa: E402
 
-TRACES_DIR = ROOT.parent / "shared" / "traces"
+from benchmarks.backtest import TRACES_DIR, qualifying_traces  # noqa: E402  (the same trace set)
+
 RESULTS = ROOT / "benchmarks" / "results"
-MIN_DAYS = 14
 #: the HPA's swept target utilizations (REFERENCE.md section 5)
 UTILIZATIONS = tuple(round(0.45 + 0.05 * i, 2) for i in range(11))
 LEAD_TIMES_MIN = (10, 30)
@@ -92,16 +92,6 @@ POLICIES: dict[str, dict[str, Any]] = {
 
 
 # ------------------------------------------------------------------ traces
-def trace_days(path: Path, interval: timedelta = Scenario().interval) -> float:
-    s = read_csv(path).regular(interval)
-    return len(s) * interval.total_seconds() / 86400
-
-
-def qualifying_traces(root: Path = TRACES_DIR, min_days: float = MIN_DAYS) -> list[Path]:
-    # a trace of 14 days' samples may cover one interval less on the grid
-    # (samples just after the boundaries): allow that interval
-    slack = Scenario().interval.total_seconds() / 86400
-    return [p for p in sorted(root.glob("*/*.csv")) if trace_days(p) >= min_days - slack - 1e-9]
 
 
 def held_out(names: Sequence[str]) -> set[str]:

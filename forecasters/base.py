@@ -127,12 +127,7 @@ class BaseForecaster:
     def predict(self, start: datetime, horizon: int, quantiles: Sequence[float] = (0.5, 0.9)) -> Forecast:
         if not self.fitted or self._history is None or self.step is None:
             raise ForecastError(f"{self.name}: predict() before fit()")
-        if horizon < 1:
-            raise ForecastError(f"{self.name}: horizon must be >= 1, got {horizon}")
-        levels = sorted({float(q) for q in quantiles})
-        for q in levels:
-            if not 0.0 < q < 1.0:
-                raise ForecastError(f"{self.name}: quantile {q} is not in (0, 1)")
+        levels = requested_levels(self.name, horizon, quantiles)
         step = self.step
         t0 = to_epoch(start)
         grid0 = (t0 // step) * step
@@ -199,6 +194,17 @@ class BaseForecaster:
     def season_steps(self, season: timedelta) -> int:
         assert self.step
         return max(1, int(round(season.total_seconds() / self.step)))
+
+
+def requested_levels(name: str, horizon: int, quantiles: Sequence[float]) -> list[float]:
+    """The sorted levels of a forecast request, refusing a bad horizon or level."""
+    if horizon < 1:
+        raise ForecastError(f"{name}: horizon must be >= 1, got {horizon}")
+    levels = sorted({float(q) for q in quantiles})
+    for q in levels:
+        if not 0.0 < q < 1.0:
+            raise ForecastError(f"{name}: quantile {q} is not in (0, 1)")
+    return levels
 
 
 def residual_quantiles(residuals: np.ndarray, quantiles: Sequence[float]) -> dict[float, float]:

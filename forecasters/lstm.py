@@ -74,7 +74,7 @@ from engine.core.plugins import Capabilities
 from engine.core.types import Forecast, Series
 from engine.core.units import to_epoch
 
-from .base import BaseForecaster, ForecasterParams
+from .base import BaseForecaster, ForecasterParams, requested_levels
 
 CHECKPOINT_FORMAT = "forescale.lstm/1"
 _DAY = 86400
@@ -748,17 +748,6 @@ def _load_checkpoint(path: str | Path, kind: str, device: str | None) -> tuple[d
     return ck, params
 
 
-def _requested_levels(name: str, horizon: int, quantiles: Sequence[float]) -> list[float]:
-    """The sorted levels of a forecast request, refusing a bad horizon or level."""
-    if horizon < 1:
-        raise ForecastError(f"{name}: horizon must be >= 1, got {horizon}")
-    levels = sorted({float(q) for q in quantiles})
-    for q in levels:
-        if not 0.0 < q < 1.0:
-            raise ForecastError(f"{name}: quantile {q} is not in (0, 1)")
-    return levels
-
-
 def _grid_ahead(name: str, last: int, start: datetime, step: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
     t0 = to_epoch(start)
     if last > t0:
@@ -1195,7 +1184,7 @@ class GlobalLSTM:
         if self._net is None:
             raise ForecastError("lstm global: predict_many() before fit()")
         p = self.params
-        levels = _requested_levels("lstm global", horizon, quantiles)
+        levels = requested_levels("lstm global", horizon, quantiles)
         rows: list[tuple[str, np.ndarray, np.ndarray, float, float]] = []
         fades: list[np.ndarray | None] = []
         seqs, heads = [], []
@@ -1607,7 +1596,7 @@ class LevelFreeLSTM:
         if self._net is None:
             raise ForecastError("lstm global: predict_many() before fit()")
         p = self.params
-        levels = _requested_levels("lstm global", horizon, quantiles)
+        levels = requested_levels("lstm global", horizon, quantiles)
         rows, seqs, heads = [], [], []
         for key, s in histories.items():
             try:
