@@ -152,7 +152,7 @@ def append(db: sqlite3.Connection, kind: str, payload: Mapping[str, Any], at: da
                " VALUES (?,?,?,?,?,?,?,?,?)",
                (seq, epoch, kind, decision_id, plan_id, text, prev, h, "hmac-sha256" if key else "sha256"))
     for did in rows or ():
-        db.execute("INSERT OR IGNORE INTO audit_rows(decision_id, seq) VALUES (?,?)", (did, seq))
+        db.execute("INSERT INTO audit_rows(decision_id, seq) VALUES (?,?) ON CONFLICT DO NOTHING", (did, seq))
     return seq
 
 

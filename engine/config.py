@@ -642,9 +642,69 @@ class ConsoleConfig(SecretSection):
         return self
 
 
+class HaConfig(_Model):
+    """Several daemon replicas on one PostgreSQL state (``state:
+    postgresql://...``): targets are hashed onto ``shards``; each replica
+    holds a lease per shard it runs, renewed every ``renew`` (default a
+    third of ``lease``). A replica that stops renewing (killed, cut off)
+    loses its shards after ``lease``, and another takes them over."""
+
+    #: how many shards the targets are spread over (the unit of leadership)
+    shards: int = Field(16, ge=1, le=4096)
+    #: how long a lease lasts without renewal: the longest a dead
+    #: replica's targets wait for another one
+    lease: Duration = timedelta(seconds=30)
+    #: how often a replica renews its leases and looks for free shards
+    #: (default: a third of ``lease``)
+    renew: Duration | None = None
+    #: connections per daemon process to the database
+    pool: int = Field(10, ge=2, le=200)
+
+    @model_validator(mode="after")
+    def _times(self) -> "HaConfig":
+        if self.lease < timedelta(seconds=2):
+            raise ValueError(f"lease: {self.lease} is too short (at least 2s)")
+        if self.renew is not None and not timedelta(0) < self.renew <= self.lease / 2:
+            raise ValueError(f"renew: {self.renew} must be positive and at most half the lease ({self.lease})")
+        return self
+
+    @property
+    def renew_every(self) -> timedelta:
+        return self.renew if self.renew is not None else self.lease / 3
+
+
+def _state_setting(v: Any) -> Any:
+    """A path (str or Path) or a ``postgresql://`` URL; a URL is checked
+    here, its password never shown."""
+    from .db import is_url, redact_url
+
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, str) and is_url(v):
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError(f"not a valid PostgreSQL URL: {redact_url(v)}") from None
+        if not parts.hostname or not parts.path.strip("/"):
+            raise ValueError(f"a PostgreSQL URL needs a host and a database name "
+                             f"(postgresql://user@host:5432/dbname), got {redact_url(v)}")
+    return v
+
+
 class Config(_Model):
-    #: the SQLite state file (relative paths are relative to the config file)
-    state: Path = Path("forescale.db")
+    #: where state is kept: a SQLite file (relative paths are relative to
+    #: the config file), or a PostgreSQL database
+    #: (``postgresql://user[:password]@host[:port]/dbname``) shared by
+    #: several daemon replicas (see ``ha``)
+    state: Annotated[str, BeforeValidator(_state_setting)] = Field("forescale.db", min_length=1)
+    #: the environment variable holding the PostgreSQL password (default:
+    #: the URL's password, else libpq's own ``PGPASSWORD``/``.pgpass``)
+    state_password_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    #: leader election among replicas (PostgreSQL state only)
+    ha: HaConfig = HaConfig()
     #: how long the daemon keeps records in the state file
     retention: Retention = Retention()
     log_format: Literal["text", "json"] = "text"
@@ -672,8 +732,39 @@ class Config(_Model):
         raise ConfigError(f"no target named {name!r}; known: {', '.join(t.name for t in self.targets)}")
 
     @property
+    def state_url(self) -> str | None:
+        """The PostgreSQL URL (``None``: the state is a SQLite file)."""
+        from .db import is_url
+
+        return self.state if is_url(self.state) else None
+
+    @property
     def state_path(self) -> Path:
-        return self.state if self.state.is_absolute() or self.base_dir is None else self.base_dir / self.state
+        """The SQLite state file (a ConfigError for a PostgreSQL state)."""
+        if self.state_url is not None:
+            raise ConfigError("state is a PostgreSQL database, not a file")
+        p = Path(self.state)
+        return p if p.is_absolute() or self.base_dir is None else self.base_dir / p
+
+    @property
+    def state_shown(self) -> str:
+        """Where state is kept, as logs and messages show it (no password)."""
+        from .db import redact_url
+
+        return str(self.state_path) if self.state_url is None else redact_url(self.state_url)
+
+    def state_password(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """The PostgreSQL password from ``state_password_env`` (``None``:
+        from the URL or libpq's defaults); a variable that is not set is a
+        ConfigError naming it."""
+        import os
+
+        if self.state_password_env is None:
+            return None
+        value = (os.environ if environ is None else environ).get(self.state_password_env)
+        if not value:
+            raise ConfigError(f"state_password_env: environment variable {self.state_password_env} is not set")
+        return value
 
 
 def _loc(loc: tuple[Any, ...]) -> str:

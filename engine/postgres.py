@@ -1,0 +1,268 @@
+"""The state store on PostgreSQL, shared by several daemon replicas.
+
+:class:`PgStore` is :class:`engine.store.Store` over a
+:class:`engine.db.PgConnection`: the same queries, the same transactions
+(one writer at a time, through an advisory lock taken at the start of each
+write transaction), the same audit chain. What differs:
+
+- the schema is PostgreSQL's own (:data:`MIGRATIONS`), versioned in a
+  ``schema_version`` table; the first replica to open the database creates
+  or upgrades it inside one write transaction (others wait on the lock and
+  then find it current); a database written by a newer forescale is refused;
+- there is no file lock: replicas elect a leader per shard of targets
+  (:mod:`engine.leases`, the ``leases`` table), and :meth:`PgStore.lock`
+  (what a CLI ``apply``/``once`` takes so it never acts beside a running
+  daemon) takes every shard's lease;
+- the password comes from the URL, from the variable the config's
+  ``state_password_env`` names, or from libpq's own ``PGPASSWORD`` /
+  ``~/.pgpass``; the URL the store shows (``path``) carries none.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from .core.errors import StateError, StateLocked
+from .db import connect, redact_url
+from .store import SCHEMA_VERSION, Store
+
+#: text columns that are sorted on compare byte by byte, as in SQLite
+_C = 'COLLATE "C"'
+
+#: schema version -> the statements that bring the database from the
+#: previous version to it. Version 2 is the first on PostgreSQL (the SQLite
+#: schema of version 2 plus the used approval links and the leases).
+MIGRATIONS: dict[int, str] = {2: f"""
+CREATE TABLE target_state (
+    target TEXT {_C} PRIMARY KEY,
+    state TEXT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE TABLE decisions (
+    id TEXT {_C} PRIMARY KEY,
+    target TEXT {_C} NOT NULL,
+    at BIGINT NOT NULL,
+    mode TEXT NOT NULL,
+    action TEXT NOT NULL,
+    current BIGINT NOT NULL,
+    desired BIGINT NOT NULL,
+    fallback BIGINT NOT NULL,
+    status TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    approval TEXT,
+    outcome TEXT,
+    updated_at BIGINT NOT NULL,
+    plan_id TEXT {_C}
+);
+CREATE INDEX decisions_target_at ON decisions(target, at);
+CREATE INDEX decisions_status ON decisions(status);
+CREATE INDEX decisions_plan ON decisions(plan_id);
+CREATE TABLE forecasts (
+    target TEXT {_C} NOT NULL,
+    made_at BIGINT NOT NULL,
+    ts BIGINT NOT NULL,
+    horizon_s BIGINT NOT NULL,
+    model TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    point DOUBLE PRECISION NOT NULL,
+    quantiles TEXT NOT NULL,
+    actual DOUBLE PRECISION,
+    PRIMARY KEY (target, made_at, ts)
+);
+CREATE INDEX forecasts_pending ON forecasts(target, ts) WHERE actual IS NULL;
+CREATE INDEX forecasts_target_ts ON forecasts(target, ts, horizon_s);
+CREATE TABLE plans (
+    id TEXT {_C} PRIMARY KEY,
+    target TEXT {_C} NOT NULL,
+    decision_id TEXT {_C} NOT NULL,
+    status TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE INDEX plans_status ON plans(target, status);
+CREATE TABLE plan_transitions (
+    plan_id TEXT {_C} NOT NULL,
+    seq BIGINT NOT NULL,
+    at BIGINT NOT NULL,
+    from_status TEXT,
+    to_status TEXT NOT NULL,
+    identity TEXT,
+    channel TEXT,
+    comment TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (plan_id, seq)
+);
+CREATE TABLE actuations (
+    decision_id TEXT {_C} PRIMARY KEY,
+    target TEXT {_C} NOT NULL,
+    at BIGINT NOT NULL,
+    requested BIGINT NOT NULL,
+    observed BIGINT NOT NULL,
+    verified BIGINT NOT NULL,
+    elapsed_s DOUBLE PRECISION NOT NULL,
+    result TEXT NOT NULL
+);
+CREATE TABLE samples (
+    target TEXT {_C} NOT NULL,
+    ts BIGINT NOT NULL,
+    value DOUBLE PRECISION,
+    PRIMARY KEY (target, ts)
+);
+CREATE TABLE audit (
+    seq BIGINT PRIMARY KEY,
+    at BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    decision_id TEXT {_C},
+    plan_id TEXT {_C},
+    payload TEXT NOT NULL,
+    prev TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    mac TEXT NOT NULL
+);
+CREATE INDEX audit_decision ON audit(decision_id);
+CREATE INDEX audit_plan ON audit(plan_id);
+CREATE INDEX audit_at ON audit(at);
+CREATE TABLE audit_rows (
+    decision_id TEXT {_C} NOT NULL,
+    seq BIGINT NOT NULL,
+    PRIMARY KEY (decision_id, seq)
+);
+CREATE TABLE used_links (
+    id TEXT PRIMARY KEY,
+    plan_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    used_at BIGINT NOT NULL
+);
+CREATE TABLE leases (
+    shard INTEGER PRIMARY KEY,
+    holder TEXT NOT NULL,
+    epoch BIGINT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL,
+    acquired_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE replicas (
+    holder TEXT PRIMARY KEY,
+    seen_at TIMESTAMPTZ NOT NULL
+);
+"""}
+
+assert max(MIGRATIONS) == SCHEMA_VERSION
+
+
+def _statements(script: str) -> list[str]:
+    return [s for s in (x.strip() for x in script.split(";")) if s]
+
+
+class PgStore(Store):
+    """The store on a PostgreSQL database (see the module doc)."""
+
+    shared = True
+
+    def __init__(self, url: str, *, audit_key: bytes | None = None, password: str | None = None,
+                 read_only: bool = False, pool: int = 10, checkpoint_base: str | None = None) -> None:
+        from . import audit
+
+        self.path = redact_url(url)
+        self.checkpoint_base = checkpoint_base
+        self.audit_key = (audit_key if audit_key is not None else audit.key_from_env()) or None
+        self._lock_fd = None
+        self._cli_leases: Any = None
+        self.db: Any = None
+        try:
+            self.db = connect(url, password=password, size=pool)
+            if read_only:
+                self._check_version(self._version())
+            else:
+                self._migrate()
+        except sqlite3.Error as exc:
+            self._close_quietly()
+            raise StateError(f"cannot open the state database {self.path}: {exc}") from exc
+        except StateError:
+            self._close_quietly()
+            raise
+
+    # ------------------------------------------------------------ the schema
+    def _version(self) -> int:
+        have = self.db.execute("SELECT to_regclass('schema_version')").fetchone()[0]
+        if have is None:
+            return 0
+        row = self.db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        return int(row[0] or 0)
+
+    def _check_version(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise StateError(f"{self.path}: schema version {version} is newer than this forescale "
+                             f"understands ({SCHEMA_VERSION}); upgrade forescale")
+
+    def _migrate(self) -> None:
+        """Bring the schema to :data:`SCHEMA_VERSION` (one transaction under
+        the write lock: two replicas starting at once do it once)."""
+        if self._version() == SCHEMA_VERSION:
+            return
+        with self.tx() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, "
+                       "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+            version = self._version()
+            self._check_version(version)
+            for v in sorted(MIGRATIONS):
+                if v > version:
+                    for stmt in _statements(MIGRATIONS[v]):
+                        db.execute(stmt)
+                    db.execute("INSERT INTO schema_version(version) VALUES (?)", (v,))
+
+    @property
+    def schema_version(self) -> int:
+        return self._version()
+
+    # -------------------------------------------------------- transactions
+    def _begin(self) -> None:
+        self.db.begin()
+
+    def _commit(self) -> None:
+        self.db.commit()
+
+    def _rollback(self) -> None:
+        self.db.rollback()
+
+    def _close_quietly(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+    def close(self) -> None:
+        self.unlock()
+        self._close_quietly()
+
+    # ------------------------------------------------------------- the lock
+    def lock(self, shards: int | None = None) -> None:
+        """What the CLI takes before acting (``apply``, ``once``): the lease
+        of every shard (``shards``: how many the config has; default: every
+        shard in the table, at least one), so it never acts beside a
+        running replica. StateLocked when a replica holds one."""
+        from .leases import Leases
+
+        if self._cli_leases is not None:
+            return
+        if shards is None:
+            shards = max(1, int(self.db.execute("SELECT COALESCE(MAX(shard) + 1, 1) FROM leases").fetchone()[0]))
+        leases = Leases(self, shards=shards, lease_s=60.0, role="cli")
+        held = leases.acquire_all()
+        if held is not None:
+            leases.release()
+            raise StateLocked(f"a forescale replica ({held}) leads targets on {self.path}; "
+                              "one process acts on a target at a time")
+        self._cli_leases = leases
+
+    def unlock(self) -> None:
+        if self._cli_leases is not None:
+            leases, self._cli_leases = self._cli_leases, None
+            try:
+                leases.release()
+            except Exception:  # noqa: BLE001 - the leases expire by themselves
+                pass
+
+
+__all__ = ["MIGRATIONS", "PgStore"]
