@@ -63,14 +63,17 @@ def require_extra(module: str, extra: str, what: str) -> None:
 
 # ------------------------------------------------------------------ helpers
 def _store(args: argparse.Namespace):
-    from .store import Store
+    from .db import is_url
+    from .store import Store, open_store
 
     if getattr(args, "config", None):
         from .audit import key_for
         from .config import load_config
 
         cfg = load_config(args.config)
-        return Store(cfg.state_path, audit_key=key_for(cfg))
+        return open_store(cfg, audit_key=key_for(cfg))
+    if is_url(args.state):
+        return open_store(args.state)
     path = Path(args.state)
     if not path.exists():
         raise ConfigError(f"no state file at {path} (give --state or --config)")
@@ -207,7 +210,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             _print_json({"config": args.config, "valid": False, "error": str(exc)})
         raise
     if args.json:
-        _print_json({"config": args.config, "valid": True, "state": str(cfg.state_path), "targets": [
+        _print_json({"config": args.config, "valid": True, "state": cfg.state_shown, "targets": [
             {"name": t.name, "mode": t.mode, "interval_s": t.interval.total_seconds(), "source": t.source.type,
              "forecaster": t.forecaster.name, "actuator": t.actuator.type, "capacity": list(t.policy.bounds),
              **({"actuator_check": checks[t.name]} if t.name in checks else {})}
@@ -220,7 +223,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         lo, hi = t.policy.bounds
         print(f"{t.name}: mode {t.mode}, every {t.interval}, source {t.source.type}, forecaster "
               f"{t.forecaster.name}, actuator {t.actuator.type}, capacity [{lo}, {hi}]")
-    print(f"{args.config}: valid ({len(cfg.targets)} target(s)); state file {cfg.state_path}")
+    print(f"{args.config}: valid ({len(cfg.targets)} target(s)); state {cfg.state_shown}")
     return 0
 
 
@@ -229,7 +232,7 @@ def cmd_once(args: argparse.Namespace) -> int:
     from .build import build_targets, check_actuator
     from .core.clock import SystemClock
     from .config import load_config
-    from .store import Store
+    from .store import open_store
 
     cfg = load_config(args.config)
     if args.target:
@@ -237,7 +240,7 @@ def cmd_once(args: argparse.Namespace) -> int:
     clock = SystemClock()
     rc = EXIT_OK
     report = []
-    with Store(cfg.state_path, audit_key=key_for(cfg)) as store:
+    with open_store(cfg) as store:
         store.lock()
         for lt in build_targets(cfg, store, [args.target] if args.target else None):
             warning = check_actuator(lt.target, lt.actuator)
@@ -342,11 +345,11 @@ class _People:
             from .audit import key_for
             from .core.clock import SystemClock
             from .notify import Notifier, PlanNotices
-            from .store import Store
+            from .store import open_store
 
             self.notifier = Notifier.from_config(cfg.notify, links=self.security.links.maker(SystemClock().now),
                                                  redactor=self.security.redactor)
-            self.store = Store(cfg.state_path, audit_key=key_for(cfg))
+            self.store = open_store(cfg)
             self.notices = PlanNotices(self.notifier, self.store)
 
     def on_result(self, then: Any) -> Any:
@@ -421,6 +424,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             writer.close(0)
         people.close()
         raise
+    if people.notices is not None and daemon.leases is not None:
+        people.notices.leads = daemon.leases.holds  # each replica tells about the targets it leads
     server = None
     try:
         if cfg.server.enabled:
@@ -438,7 +443,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         people.close()
         raise
     logging.getLogger("forescale").info(
-        "forescale running %d target(s), state %s%s", len(cfg.targets), cfg.state_path,
+        "forescale running %d target(s), state %s%s", len(cfg.targets), cfg.state_shown,
         f", HTTP on {server.url} (/metrics, /api/v1)" if server is not None else "")
     try:
         daemon.run(tick=args.tick)  # returns after SIGTERM/SIGINT, running cycles finished or abandoned

@@ -345,7 +345,7 @@ class LiveTarget:
         # the exported accuracy read
         keep = max(target.policy.margin.conformal_window, LIVE_ACCURACY_WINDOW)
         self.runner = TargetRunner(target, forecaster=forecaster, feedback=StoreFeedback(store, target.name, keep))
-        self.checkpoint = ModelCheckpoint(target, getattr(store, "path", None))
+        self.checkpoint = ModelCheckpoint(target, getattr(store, "checkpoint_base", getattr(store, "path", None)))
         self.policy = target.policy
         self.history: Series | None = None
         self._fetches: list[threading.Thread] = []  # fetches abandoned past their deadline
