@@ -276,7 +276,7 @@ class Daemon:
 
                 ha = self.config.ha
                 self.leases = Leases(self.lock_store, shards=ha.shards, lease_s=ha.lease.total_seconds(),
-                                     renew_s=ha.renew_every.total_seconds())
+                                     renew_s=ha.renew_every.total_seconds(), dedicated=True)
                 log.info("replica %s: %d shard(s), lease %s, renewed every %s", self.leases.holder, ha.shards,
                          ha.lease, ha.renew_every)
             else:

@@ -36,7 +36,6 @@ Everything written here is portable SQL (``INSERT ... ON CONFLICT``, no
 from __future__ import annotations
 
 import functools
-import re
 import sqlite3
 import threading
 import time
@@ -315,13 +314,21 @@ class PgConnection:
             pass  # a lost connection has rolled back already
 
     # ---------------------------------------------------------------- sharing
+    def dedicated(self, size: int = 2) -> "PgConnection":
+        """A pool of its own to the same database (the leases' renewals must
+        not wait behind the cycles' transactions for a connection)."""
+        return PgConnection(self.url, password=self._password, size=size)
+
     def close(self) -> None:
-        """Drop one user; the pool closes with the last."""
+        """Drop one user; the pool closes with the last (a dedicated pool
+        at once)."""
         with _SHARED_GUARD:
-            self._users -= 1
-            if self._users > 0:
-                return
-            _SHARED.pop((self.url, self._password), None)
+            key = (self.url, self._password)
+            if _SHARED.get(key) is self:
+                self._users -= 1
+                if self._users > 0:
+                    return
+                del _SHARED[key]
         self.closed = True
         with self._guard:
             idle, self._idle = self._idle, []
@@ -357,8 +364,6 @@ def wait_for(pool: PgConnection, timeout: float) -> None:
                 raise
             time.sleep(0.5)
 
-
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 __all__ = ["LOCK_TIMEOUT_S", "PgConnection", "Result", "Row", "WRITE_LOCK", "connect", "is_url", "redact_url",
            "translate", "url_password", "wait_for"]

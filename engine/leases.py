@@ -71,13 +71,16 @@ _TAKE = (
 
 class Leases:
     """This replica's leases (see the module doc). ``store``: a
-    :class:`engine.postgres.PgStore`; ``monotonic``: the local clock for
+    :class:`engine.postgres.PgStore`; ``dedicated``: renew over a
+    connection pool of their own (the daemon's: renewals never wait for a
+    connection behind busy cycles); ``monotonic``: the local clock for
     :meth:`holds`."""
 
     def __init__(self, store: Any, *, shards: int, lease_s: float, renew_s: float | None = None,
-                 holder: str | None = None, role: str = "daemon",
+                 holder: str | None = None, role: str = "daemon", dedicated: bool = False,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
-        self.store = store
+        self.db = store.db.dedicated() if dedicated else store.db
+        self._own_db = dedicated
         self.shards = shards
         self.lease_s = float(lease_s)
         self.renew_s = float(renew_s) if renew_s is not None else self.lease_s / 3
@@ -126,7 +129,7 @@ class Leases:
 
     # -------------------------------------------------------------- renewing
     def _live_replicas(self) -> int:
-        db = self.store.db
+        db = self.db
         db.execute("INSERT INTO replicas(holder, seen_at) VALUES (?, clock_timestamp()) "
                    "ON CONFLICT (holder) DO UPDATE SET seen_at = excluded.seen_at", (self.holder,))
         n = db.execute("SELECT COUNT(*) FROM replicas WHERE seen_at > clock_timestamp() - ? * interval '1 second'",
@@ -136,7 +139,7 @@ class Leases:
     def _take(self, shards: list[int], t0: float) -> dict[int, int]:
         if not shards:
             return {}
-        rows = self.store.db.execute(_TAKE, (self.holder, self.lease_s, sorted(shards))).fetchall()
+        rows = self.db.execute(_TAKE, (self.holder, self.lease_s, sorted(shards))).fetchall()
         got = {int(r[0]): int(r[1]) for r in rows}
         with self._guard:
             for s, e in got.items():
@@ -145,7 +148,7 @@ class Leases:
 
     def _give_back(self, shards: list[int]) -> None:
         if shards:
-            self.store.db.execute("UPDATE leases SET expires_at = clock_timestamp() WHERE holder=? "
+            self.db.execute("UPDATE leases SET expires_at = clock_timestamp() WHERE holder=? "
                                   "AND shard = ANY(?::int[])", (self.holder, sorted(shards)))
         with self._guard:
             for s in shards:
@@ -181,7 +184,7 @@ class Leases:
         return gained, dropped
 
     def _free(self, exclude: set[int]) -> list[int]:
-        rows = self.store.db.execute("SELECT shard, expires_at > clock_timestamp() FROM leases").fetchall()
+        rows = self.db.execute("SELECT shard, expires_at > clock_timestamp() FROM leases").fetchall()
         taken = {int(r[0]) for r in rows if r[1]}
         return [s for s in range(self.shards) if s not in taken and s not in exclude]
 
@@ -192,7 +195,7 @@ class Leases:
         self._take(list(range(self.shards)), t0)
         if len(self.held()) == self.shards:
             return None
-        row = self.store.db.execute("SELECT holder FROM leases WHERE holder<>? AND expires_at > clock_timestamp() "
+        row = self.db.execute("SELECT holder FROM leases WHERE holder<>? AND expires_at > clock_timestamp() "
                                     "ORDER BY shard LIMIT 1", (self.holder,)).fetchone()
         return row[0] if row is not None else "unknown"
 
@@ -202,7 +205,7 @@ class Leases:
         with self._guard:
             mine = list(self._held)
         self._give_back(mine)
-        self.store.db.execute("DELETE FROM replicas WHERE holder=?", (self.holder,))
+        self.db.execute("DELETE FROM replicas WHERE holder=?", (self.holder,))
 
     # ------------------------------------------------------ background loop
     def start(self) -> None:
@@ -231,6 +234,8 @@ class Leases:
             except Exception as exc:  # noqa: BLE001 - they expire by themselves
                 log.warning("leases of %s: could not hand them back (%s); they expire in %gs", self.holder,
                             exc, self.lease_s)
+        if self._own_db:
+            self.db.close()
 
 
 __all__ = ["Leases", "holder_id", "shard_of"]

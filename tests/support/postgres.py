@@ -80,9 +80,10 @@ class PgServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start() -> PgServer:
+def start(*, durable: bool = False) -> PgServer:
     """initdb, then start on a free port; raises RuntimeError (with the
-    server's log) if it does not come up."""
+    server's log) if it does not come up. ``durable``: fsync on, as in
+    production (the tests run without it; the benchmark with it)."""
     bindir = bin_dir()
     if bindir is None:
         raise FileNotFoundError("no PostgreSQL server binaries (initdb, pg_ctl)")
@@ -102,7 +103,7 @@ def start() -> PgServer:
     srv._run(str(bindir / "initdb"), "-D", str(srv.data), "-U", USER, "--pwfile", str(pwfile),
              "--auth=scram-sha-256", "--no-locale", "-E", "UTF8", "--no-sync")
     opts = (f"-c listen_addresses=127.0.0.1 -c port={srv.port} -c unix_socket_directories={root} "
-            "-c fsync=off -c max_connections=200 -c shared_buffers=32MB")
+            f"-c fsync={'on' if durable else 'off'} -c max_connections=200 -c shared_buffers=32MB")
     res = srv._run(str(bindir / "pg_ctl"), "-D", str(srv.data), "-l", str(root / "log"), "-o", opts,
                    "-w", "-t", "60", "start", check=False)
     if res.returncode != 0:

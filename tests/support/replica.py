@@ -12,21 +12,28 @@ real platform), and one JSON line per event appended to ``<dir>/events.log``
   seconds lie between, so a test can kill a replica in the middle of one.
 
 Each line carries the process id, the time (``time.time()``), the target,
-and for applies the decision id and the capacity.
+and for applies the decision id and the capacity. :func:`failover_config`
+and :func:`start_replica` set up replicas on it (the failover test and
+``benchmarks/failover.py``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, ClassVar
 
+import yaml
+
 from actuators.base import ActuatorConfig
 from engine.core.types import ActionPlan, ActuationResult, CapacityReading
+from tests.support import ROOT
+from tests.support.live import target_dict, write_trace
 
 
 class FileConfig(ActuatorConfig):
@@ -86,6 +93,61 @@ class FileActuator:
         self._log("end", decision_id=decision_id, desired=desired)
         return ActuationResult(requested=desired, observed=desired, verified=True, elapsed=timedelta(0),
                                request_ids=(f"file:{decision_id}",))
+
+
+def failover_config(folder: Path, url: str, *, lease_s: float, renew_s: float, interval_s: float,
+                    apply_delay: float = 1.5, targets: int = 1, shards: int = 4) -> Path:
+    """``targets`` targets whose demand changes every interval (so nearly
+    every cycle applies), on the ``file`` platform in ``folder/platform``."""
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    # 5 s blocks: over an interval that is no multiple of 10 s, each cycle sees another mean
+    values = [100.0 if (i // 5) % 2 else 240.0 for i in range(3600)]
+    trace = write_trace(folder / "load.csv", values, start=now - timedelta(minutes=10), step=timedelta(seconds=1))
+    doc = {
+        "state": url,
+        "ha": {"shards": shards, "lease": f"{lease_s:g}s", "renew": f"{renew_s:g}s"},
+        "server": {"enabled": False},
+        "targets": [target_dict(
+            f"svc-{i}", trace, interval=f"{interval_s:g}s", timeout="20s",
+            forecaster={"name": "persistence", "history": "10m", "refit_every": "1h"},
+            policy={"lead_time": f"{interval_s:g}s", "hold": f"{interval_s:g}s", "max_staleness": "1m"},
+            actuator={"type": "file", "dir": str(folder / "platform"), "apply_delay": apply_delay})
+            for i in range(targets)],
+    }
+    path = folder / "replica.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def start_replica(cfg: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "tests.support.replica", "run", "--config", str(cfg),
+                             "--tick", "0.05"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=log.open("w"))
+
+
+def wait_for(cond, timeout: float, what: str, procs=(), logs=()):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        for p in procs:
+            assert p.poll() is None, f"a replica exited ({p.returncode}) while waiting for {what}: {tails(logs)}"
+        time.sleep(0.02)
+    raise AssertionError(f"no {what} within {timeout}s: {tails(logs)}")
+
+
+def tails(logs) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs if p.exists())
+
+
+def in_flight(folder: Path, pid: int):
+    """A ``begin`` of ``pid`` with no ``end`` yet: an apply in progress."""
+    evs = events(folder)
+    ended = {e["decision_id"] for e in evs if e["kind"] == "end"}
+    return next((e for e in evs if e["kind"] == "begin" and e["pid"] == pid and e["decision_id"] not in ended),
+                None)
 
 
 def main(argv: list[str]) -> int:
