@@ -12,7 +12,8 @@ middle of an apply and measures the time to the standby's first cycle (its
 first read of the platform) and to its first apply. The renew interval is a
 quarter of the lease.
 
-Then the state's write throughput: the writes of one dry-run cycle (the
+Then the round trips of a real cycle (statements and transactions counted
+at the connection), and the state's write throughput: the writes of one dry-run cycle (the
 sample cache, the forecast, the actuals, the decision with its state and
 audit record: 4 transactions) repeated by 1 and by 4 concurrent writers, on
 PostgreSQL and, for comparison, SQLite. Every write transaction takes the
@@ -121,6 +122,51 @@ def throughput(ref: str, writers: int, cycles: int) -> dict[str, float]:
             "transactions_per_s": round(4 * n / wall, 1), "ms_per_cycle": round(1000 * wall / n, 2)}
 
 
+def round_trips(srv: postgres.PgServer, cycles: int = 4) -> dict[str, float]:
+    """Statements and transactions of real cycles (auto mode, the file
+    platform, every cycle applying) on PostgreSQL, counted at the
+    connection: the round trips a cycle costs. The first cycle (full fetch,
+    fit) is left out."""
+    import actuators
+    from engine import db as dbmod
+    from engine.build import build_targets
+    from engine.config import load_config
+    from tests.support.replica import FileActuator
+
+    actuators.registry.register("file", FileActuator)
+    folder = Path(tempfile.mkdtemp(prefix="forescale-rt-"))
+    cfg = load_config(failover_config(folder, srv.fresh_database(), lease_s=30, renew_s=10, interval_s=INTERVAL_S,
+                                      apply_delay=0.0))
+    counts = {"statements": 0, "transactions": 0}
+    run, begin = dbmod.PgConnection._run, dbmod.PgConnection.begin
+
+    def counted_run(self, *a, **k):
+        counts["statements"] += 1
+        return run(self, *a, **k)
+
+    def counted_begin(self, *a, **k):
+        counts["transactions"] += 1
+        return begin(self, *a, **k)
+
+    per: list[dict[str, int]] = []
+    with open_store(cfg) as store:
+        (lt,) = build_targets(cfg, store)
+        now = datetime.now(timezone.utc)
+        dbmod.PgConnection._run, dbmod.PgConnection.begin = counted_run, counted_begin
+        try:
+            for i in range(cycles + 1):
+                before = dict(counts)
+                res = lt.run(now + timedelta(seconds=INTERVAL_S * i))
+                assert res.error is None, res.error
+                per.append({k: counts[k] - before[k] for k in counts} | {"status": res.status})
+        finally:
+            dbmod.PgConnection._run, dbmod.PgConnection.begin = run, begin
+    later = per[1:]
+    return {"cycles": len(later), "statuses": sorted({p["status"] for p in later}),
+            "statements_per_cycle": statistics.median(p["statements"] for p in later),
+            "transactions_per_cycle": statistics.median(p["transactions"] for p in later)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--leases", default="4,10,30", help="lease lengths in seconds, comma-separated")
@@ -145,6 +191,9 @@ def main() -> int:
                              "first_cycle_max_s": round(max(cyc), 2),
                              "first_apply_median_s": round(statistics.median(app), 2),
                              "first_apply_max_s": round(max(app), 2)})
+        trips = round_trips(srv)
+        print(f"a real cycle: {trips['statements_per_cycle']:g} statements, "
+              f"{trips['transactions_per_cycle']:g} transactions ({', '.join(trips['statuses'])})", flush=True)
         writes = []
         for backend in ("postgres", "sqlite"):
             for writers in (1, 4):
@@ -157,7 +206,7 @@ def main() -> int:
     finally:
         srv.stop()
     result = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": host.platform(),
-              "cpus": os.cpu_count(), "postgres_bin": str(postgres.bin_dir()), "failover": failover, "writes": writes}
+              "cpus": os.cpu_count(), "postgres_bin": str(postgres.bin_dir()), "failover": failover, "round_trips": trips, "writes": writes}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "failover.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# Failover and state write throughput", "", f"`python benchmarks/failover.py` on {host.platform()}, "
@@ -168,7 +217,9 @@ def main() -> int:
         lines.append(f"| {f['lease_s']:g} s | {f['renew_s']:g} s | {f['interval_s']:g} s | "
                      f"{f['first_cycle_median_s']} / {f['first_cycle_max_s']} s | "
                      f"{f['first_apply_median_s']} / {f['first_apply_max_s']} s |")
-    lines += ["", "| backend | writers | cycles/s | transactions/s | ms per cycle |", "|---|---|---|---|---|"]
+    lines += ["", f"A real cycle (auto mode, applying): {trips['statements_per_cycle']:g} statements, each a "
+              f"round trip, {trips['transactions_per_cycle']:g} write transactions among them.", ""]
+    lines += ["| backend | writers | cycles/s | transactions/s | ms per cycle |", "|---|---|---|---|---|"]
     for w in writes:
         lines.append(f"| {w['backend']} | {w['writers']} | {w['cycles_per_s']} | {w['transactions_per_s']} | "
                      f"{w['ms_per_cycle']} |")
