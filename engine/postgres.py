@@ -20,134 +20,50 @@ write transaction), the same audit chain. What differs:
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from typing import Any
 
+from . import audit
+from .auth import _USED_LINKS
 from .core.errors import StateError, StateLocked
 from .db import connect, redact_url
-from .store import SCHEMA_VERSION, Store
+from .store import _SCHEMA_V1, _V2_TABLES, SCHEMA_VERSION, Store
 
-#: text columns that are sorted on compare byte by byte, as in SQLite
-_C = 'COLLATE "C"'
+def dialect(sqlite_ddl: str) -> str:
+    """SQLite DDL as PostgreSQL DDL, so each table is declared once (in
+    :mod:`engine.store`, :mod:`engine.audit`, :mod:`engine.auth`): 64-bit
+    integers, double-precision reals, text compared byte by byte as SQLite
+    compares it (``COLLATE "C"``: ids and names sort the same on both), no
+    ``WITHOUT ROWID``."""
+    out = re.sub(r"\bINTEGER\b", "BIGINT", sqlite_ddl)
+    out = re.sub(r"\bREAL\b", "DOUBLE PRECISION", out)
+    out = re.sub(r"\bTEXT\b", 'TEXT COLLATE "C"', out)
+    return re.sub(r"\)\s*WITHOUT ROWID", ")", out)
 
-#: schema version -> the statements that bring the database from the
-#: previous version to it. Version 2 is the first on PostgreSQL (the SQLite
-#: schema of version 2 plus the used approval links and the leases).
-MIGRATIONS: dict[int, str] = {2: f"""
-CREATE TABLE target_state (
-    target TEXT {_C} PRIMARY KEY,
-    state TEXT NOT NULL,
-    updated_at BIGINT NOT NULL
-);
-CREATE TABLE decisions (
-    id TEXT {_C} PRIMARY KEY,
-    target TEXT {_C} NOT NULL,
-    at BIGINT NOT NULL,
-    mode TEXT NOT NULL,
-    action TEXT NOT NULL,
-    current BIGINT NOT NULL,
-    desired BIGINT NOT NULL,
-    fallback BIGINT NOT NULL,
-    status TEXT NOT NULL,
-    decision TEXT NOT NULL,
-    approval TEXT,
-    outcome TEXT,
-    updated_at BIGINT NOT NULL,
-    plan_id TEXT {_C}
-);
-CREATE INDEX decisions_target_at ON decisions(target, at);
-CREATE INDEX decisions_status ON decisions(status);
-CREATE INDEX decisions_plan ON decisions(plan_id);
-CREATE TABLE forecasts (
-    target TEXT {_C} NOT NULL,
-    made_at BIGINT NOT NULL,
-    ts BIGINT NOT NULL,
-    horizon_s BIGINT NOT NULL,
-    model TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    point DOUBLE PRECISION NOT NULL,
-    quantiles TEXT NOT NULL,
-    actual DOUBLE PRECISION,
-    PRIMARY KEY (target, made_at, ts)
-);
-CREATE INDEX forecasts_pending ON forecasts(target, ts) WHERE actual IS NULL;
-CREATE INDEX forecasts_target_ts ON forecasts(target, ts, horizon_s);
-CREATE TABLE plans (
-    id TEXT {_C} PRIMARY KEY,
-    target TEXT {_C} NOT NULL,
-    decision_id TEXT {_C} NOT NULL,
-    status TEXT NOT NULL,
-    plan TEXT NOT NULL,
-    created_at BIGINT NOT NULL,
-    updated_at BIGINT NOT NULL
-);
-CREATE INDEX plans_status ON plans(target, status);
-CREATE TABLE plan_transitions (
-    plan_id TEXT {_C} NOT NULL,
-    seq BIGINT NOT NULL,
-    at BIGINT NOT NULL,
-    from_status TEXT,
-    to_status TEXT NOT NULL,
-    identity TEXT,
-    channel TEXT,
-    comment TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    PRIMARY KEY (plan_id, seq)
-);
-CREATE TABLE actuations (
-    decision_id TEXT {_C} PRIMARY KEY,
-    target TEXT {_C} NOT NULL,
-    at BIGINT NOT NULL,
-    requested BIGINT NOT NULL,
-    observed BIGINT NOT NULL,
-    verified BIGINT NOT NULL,
-    elapsed_s DOUBLE PRECISION NOT NULL,
-    result TEXT NOT NULL
-);
-CREATE TABLE samples (
-    target TEXT {_C} NOT NULL,
-    ts BIGINT NOT NULL,
-    value DOUBLE PRECISION,
-    PRIMARY KEY (target, ts)
-);
-CREATE TABLE audit (
-    seq BIGINT PRIMARY KEY,
-    at BIGINT NOT NULL,
-    kind TEXT NOT NULL,
-    decision_id TEXT {_C},
-    plan_id TEXT {_C},
-    payload TEXT NOT NULL,
-    prev TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    mac TEXT NOT NULL
-);
-CREATE INDEX audit_decision ON audit(decision_id);
-CREATE INDEX audit_plan ON audit(plan_id);
-CREATE INDEX audit_at ON audit(at);
-CREATE TABLE audit_rows (
-    decision_id TEXT {_C} NOT NULL,
-    seq BIGINT NOT NULL,
-    PRIMARY KEY (decision_id, seq)
-);
-CREATE TABLE used_links (
-    id TEXT PRIMARY KEY,
-    plan_id TEXT NOT NULL,
-    action TEXT NOT NULL,
-    channel TEXT NOT NULL,
-    used_at BIGINT NOT NULL
-);
-CREATE TABLE leases (
+
+#: what PostgreSQL has and SQLite does not: the leases of leader election
+_LEASES = """
+CREATE TABLE IF NOT EXISTS leases (
     shard INTEGER PRIMARY KEY,
     holder TEXT NOT NULL,
     epoch BIGINT NOT NULL,
     expires_at TIMESTAMPTZ NOT NULL,
     acquired_at TIMESTAMPTZ NOT NULL
 );
-CREATE TABLE replicas (
+CREATE TABLE IF NOT EXISTS replicas (
     holder TEXT PRIMARY KEY,
     seen_at TIMESTAMPTZ NOT NULL
 );
-"""}
+"""
+
+#: schema version -> the statements that bring the database from the
+#: previous version to it. Version 2 is the first on PostgreSQL: the SQLite
+#: path from nothing (version 1, then what version 2 adds), the used
+#: approval links, and the leases.
+MIGRATIONS: dict[int, str] = {2: ";".join((
+    dialect(_SCHEMA_V1), "ALTER TABLE decisions ADD COLUMN plan_id TEXT COLLATE \"C\"",
+    dialect(audit.SCHEMA + _V2_TABLES), dialect(_USED_LINKS), _LEASES))}
 
 assert max(MIGRATIONS) == SCHEMA_VERSION
 
@@ -163,8 +79,6 @@ class PgStore(Store):
 
     def __init__(self, url: str, *, audit_key: bytes | None = None, password: str | None = None,
                  read_only: bool = False, pool: int = 10, checkpoint_base: str | None = None) -> None:
-        from . import audit
-
         self.path = redact_url(url)
         self.checkpoint_base = checkpoint_base
         self.audit_key = (audit_key if audit_key is not None else audit.key_from_env()) or None
