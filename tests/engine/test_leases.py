@@ -9,16 +9,9 @@ import pytest
 from engine.core.errors import LeaseLost, StateLocked
 from engine.leases import Leases, shard_of
 from engine.store import open_store
+from tests.engine.test_daemon import FakeMono
 from tests.engine.test_store import NOW, make_decision
 from tests.support.postgres import pg_server, pg_url  # noqa: F401 - fixtures
-
-
-class Mono:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture
@@ -73,7 +66,7 @@ def test_holds_runs_out_on_the_local_clock_without_a_renewal():
     class Rows:  # holds() answers from memory: no database touched
         db = None
 
-    mono = Mono()
+    mono = FakeMono()
     le = Leases(Rows(), shards=1, lease_s=30, monotonic=mono)
     le._held[0] = (1, mono.t + 30)
     assert le.holds("web")
