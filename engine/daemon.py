@@ -475,11 +475,16 @@ class Daemon:
 
     def ready(self) -> dict[str, str | None]:
         """Per target: ``None`` if a cycle succeeded within the last three
-        intervals, else why not (the ``/readyz`` answer)."""
+        intervals, else why not (the ``/readyz`` answer). A target another
+        replica leads counts as ready while this replica's leases are
+        renewed (a standby is ready to take over)."""
         now = self.clock.now()
         out: dict[str, str | None] = {}
+        standby = self.leases.trouble() if self.leases is not None else None
         for n, w in list(self.workers.items()):
-            if w.last_success is None:
+            if self.leases is not None and not self.leases.holds(n):
+                out[n] = standby
+            elif w.last_success is None:
                 out[n] = "no successful cycle yet"
             elif now - w.last_success > 3 * w.target.interval:
                 out[n] = f"last successful cycle at {w.last_success:%Y-%m-%d %H:%M:%S}Z"

@@ -91,6 +91,7 @@ class Leases:
         self._held: dict[int, tuple[int, float]] = {}
         self._guard = threading.Lock()
         self._stop = threading.Event()
+        self._renewed: float | None = None  # monotonic start of the last pass that succeeded
         self._thread: threading.Thread | None = None
         #: called with (gained, lost) shard sets after each renew pass
         self.on_change: Callable[[set[int], set[int]], None] | None = None
@@ -110,6 +111,14 @@ class Leases:
         now = self.monotonic()
         with self._guard:
             return {s: e for s, (e, until) in self._held.items() if now < until}
+
+    def trouble(self) -> str | None:
+        """Why this replica could not take over now (``None``: its renew
+        passes succeed)."""
+        if self._renewed is None:
+            return "leases not renewed yet"
+        late = self.monotonic() - self._renewed
+        return None if late < self.lease_s else f"leases not renewed for {late:.0f}s (is the database reachable?)"
 
     def check(self, db: Any, target: str) -> dict[str, Any]:
         """The fence, inside a write transaction: this replica's lease on
@@ -174,6 +183,7 @@ class Leases:
             free = self._free(exclude=renewed)
             random.shuffle(free)  # replicas starting together try different shards first
             self._take(free[:need], t0)
+        self._renewed = t0
         after = set(self.held())
         gained, dropped = after - before, before - after
         if gained or dropped:

@@ -237,6 +237,7 @@ def test_daemons_on_a_postgresql_state_share_the_targets_and_each_runs_only_thos
         assert ran_a == {n for n in names if a.leases.holds(n)}
         assert set(plat_a) >= ran_a and not any(p.applies for n, p in plat_a.items() if n not in ran_a)
         assert all(r.ok and r.status == "applied" for r in res_a + res_b)
+        assert all(v is None for v in a.ready().values())  # led and run, or led by b while a renews
         # every intent names the lease it was taken under
         rec = a.workers[sorted(ran_a)[0]].store.decisions(sorted(ran_a)[0], limit=5)
         intent = [x for x in audit.records(a.lock_store, kind="decision") if x["payload"]["status"] == "intent"]

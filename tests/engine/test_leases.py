@@ -62,16 +62,19 @@ def test_a_dead_holder_loses_its_shards_after_the_lease_and_the_epoch_moves_on(s
     assert all(lb.held()[s] == epochs[s] + 1 for s in (0, 1))
 
 
-def test_holds_runs_out_on_the_local_clock_without_a_renewal():
+def test_holds_and_readiness_run_out_on_the_local_clock_without_a_renewal():
     class Rows:  # holds() answers from memory: no database touched
         db = None
 
     mono = FakeMono()
     le = Leases(Rows(), shards=1, lease_s=30, monotonic=mono)
     le._held[0] = (1, mono.t + 30)
-    assert le.holds("web")
+    assert le.trouble() == "leases not renewed yet"
+    le._renewed = mono.t
+    assert le.holds("web") and le.trouble() is None
     mono.t += 30
     assert not le.holds("web")
+    assert le.trouble().startswith("leases not renewed for 30s")  # /readyz of a cut-off standby says so
 
 
 def test_the_fence_refuses_an_intent_once_another_replica_took_the_lease(stores):
