@@ -664,8 +664,10 @@ class HaConfig(_Model):
     def _times(self) -> "HaConfig":
         if self.lease < timedelta(seconds=2):
             raise ValueError(f"lease: {self.lease} is too short (at least 2s)")
-        if self.renew is not None and not timedelta(0) < self.renew <= self.lease / 2:
-            raise ValueError(f"renew: {self.renew} must be positive and at most half the lease ({self.lease})")
+        if self.renew is not None and not timedelta(0) < self.renew <= self.lease / 3:
+            # the fence wants a renew interval of lease left; just before a
+            # renewal, lease - renew is left
+            raise ValueError(f"renew: {self.renew} must be positive and at most a third of the lease ({self.lease})")
         return self
 
     @property

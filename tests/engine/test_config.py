@@ -460,7 +460,7 @@ def test_state_is_a_file_next_to_the_config_or_a_postgresql_url(tmp_path):
     ({"state": "postgresql://fs:s3cret-pw-123@db.internal:notaport/x"}, "state: .*not a valid PostgreSQL URL"),
     ({"state": "postgresql://fs:s3cret-pw-123@db.internal:5432/"}, "state: .*needs a host and a database name"),
     ({"ha": {"lease": "1s"}}, r"ha: .*lease: 0:00:01 is too short"),
-    ({"ha": {"lease": "30s", "renew": "20s"}}, r"ha: .*renew: 0:00:20 must be positive and at most half the lease"),
+    ({"ha": {"lease": "30s", "renew": "11s"}}, r"ha: .*renew: 0:00:11 must be positive and at most a third of the lease"),
     ({"ha": {"shards": 0}}, r"ha\.shards"),
     ({"state_password_env": "not a name"}, "state_password_env"),
 ])

@@ -119,3 +119,23 @@ def test_the_cli_lock_takes_every_shard_and_is_refused_beside_a_replica(stores):
     b.unlock()
     la2.renew()
     assert set(la2.held()) == {0, 1}
+
+
+def test_the_fence_refuses_to_claim_an_approved_plan_once_the_lease_is_gone(stores):
+    from engine.core.types import PlanStatus
+    from tests.engine.test_store import plan
+
+    a, b = stores
+    la, lb = Leases(a, shards=1, lease_s=30), Leases(b, shards=1, lease_s=30)
+    a.fence = la.check
+    la.renew()
+    a.save_plan(plan())
+    a.transition_plan("p1", PlanStatus.APPROVED, NOW, identity="unix:ana", allowed_from=(PlanStatus.PENDING,))
+    expire_all(a)
+    lb.renew()
+    with pytest.raises(LeaseLost):
+        a.transition_plan("p1", PlanStatus.APPLYING, NOW, allowed_from=(PlanStatus.APPROVED,))
+    assert a.plan("p1").status == PlanStatus.APPROVED  # not claimed: the new leader applies it, once
+    b.fence = lb.check
+    claimed = b.transition_plan("p1", PlanStatus.APPLYING, NOW, allowed_from=(PlanStatus.APPROVED,))
+    assert claimed.status == PlanStatus.APPLYING
