@@ -28,7 +28,7 @@ from . import audit
 from .auth import _USED_LINKS
 from .core.errors import StateError, StateLocked
 from .db import connect, redact_url
-from .store import _SCHEMA_V1, _V2_TABLES, SCHEMA_VERSION, Store
+from .store import _SCHEMA_V1, _V2_TABLES, SCHEMA_VERSION, Store, check_version
 
 def dialect(sqlite_ddl: str) -> str:
     """SQLite DDL as PostgreSQL DDL, so each table is declared once (in
@@ -88,7 +88,7 @@ class PgStore(Store):
         try:
             self.db = connect(url, password=password, size=pool)
             if read_only:
-                self._check_version(self._version())
+                check_version(self.path, self._version())
             else:
                 self._migrate()
         except sqlite3.Error as exc:
@@ -106,11 +106,6 @@ class PgStore(Store):
         row = self.db.execute("SELECT MAX(version) FROM schema_version").fetchone()
         return int(row[0] or 0)
 
-    def _check_version(self, version: int) -> None:
-        if version > SCHEMA_VERSION:
-            raise StateError(f"{self.path}: schema version {version} is newer than this forescale "
-                             f"understands ({SCHEMA_VERSION}); upgrade forescale")
-
     def _migrate(self) -> None:
         """Bring the schema to :data:`SCHEMA_VERSION` (one transaction under
         the write lock: two replicas starting at once do it once)."""
@@ -120,7 +115,7 @@ class PgStore(Store):
             db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, "
                        "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
             version = self._version()
-            self._check_version(version)
+            check_version(self.path, version)
             for v in sorted(MIGRATIONS):
                 if v > version:
                     for stmt in _statements(MIGRATIONS[v]):

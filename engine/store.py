@@ -146,6 +146,13 @@ DECISION_STATUS = {
 }
 
 
+def check_version(where: str, version: int) -> None:
+    """Refuse state written by a newer forescale (either backend)."""
+    if version > SCHEMA_VERSION:
+        raise StateError(f"{where}: schema version {version} is newer than this forescale understands "
+                         f"({SCHEMA_VERSION}); upgrade forescale")
+
+
 # ------------------------------------------------------------------ state <-> json
 def _execute(db: sqlite3.Connection, script: str) -> None:
     for stmt in script.split(";"):
@@ -269,10 +276,7 @@ class Store:
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA busy_timeout=10000")
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StateError(
-                    f"{self.path}: schema version {version} is newer than this forescale "
-                    f"understands ({SCHEMA_VERSION}); upgrade forescale")
+            check_version(self.path, version)
             if version < SCHEMA_VERSION:
                 with self.tx() as db:
                     if version == 0:
