@@ -67,11 +67,9 @@ def _store(args: argparse.Namespace):
     from .store import Store, open_store
 
     if getattr(args, "config", None):
-        from .audit import key_for
         from .config import load_config
 
-        cfg = load_config(args.config)
-        return open_store(cfg, audit_key=key_for(cfg))
+        return open_store(load_config(args.config))
     if is_url(args.state):
         return open_store(args.state)
     path = Path(args.state)
@@ -228,7 +226,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
-    from .audit import key_for
     from .build import build_targets, check_actuator
     from .core.clock import SystemClock
     from .config import load_config
@@ -342,7 +339,6 @@ class _People:
         install_redaction(self.security.redactor)
         self.notifier = self.notices = self.store = None
         if cfg.notify is not None:
-            from .audit import key_for
             from .core.clock import SystemClock
             from .notify import Notifier, PlanNotices
             from .store import open_store

@@ -38,7 +38,6 @@ from __future__ import annotations
 import functools
 import sqlite3
 import threading
-import time
 from typing import Any, Iterable, Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
@@ -351,19 +350,5 @@ def connect(url: str, *, password: str | None = None, size: int = 10) -> PgConne
         return pool
 
 
-def wait_for(pool: PgConnection, timeout: float) -> None:
-    """Wait until the database answers (a replica started before its
-    database); raises the last error after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            pool.execute("SELECT 1")
-            return
-        except sqlite3.OperationalError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.5)
-
-
 __all__ = ["LOCK_TIMEOUT_S", "PgConnection", "Result", "Row", "WRITE_LOCK", "connect", "is_url", "redact_url",
-           "translate", "url_password", "wait_for"]
+           "translate", "url_password"]
