@@ -93,8 +93,6 @@ class Leases:
         self._stop = threading.Event()
         self._renewed: float | None = None  # monotonic start of the last pass that succeeded
         self._thread: threading.Thread | None = None
-        #: called with (gained, lost) shard sets after each renew pass
-        self.on_change: Callable[[set[int], set[int]], None] | None = None
 
     # ---------------------------------------------------------------- asking
     def shard(self, target: str) -> int:
@@ -189,8 +187,6 @@ class Leases:
         if gained or dropped:
             log.info("leases of %s: %d shard(s) held%s%s", self.holder, len(after),
                      f"; took {sorted(gained)}" if gained else "", f"; lost {sorted(dropped)}" if dropped else "")
-            if self.on_change is not None:
-                self.on_change(gained, dropped)
         return gained, dropped
 
     def _free(self, exclude: set[int]) -> list[int]:
