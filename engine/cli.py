@@ -85,6 +85,9 @@ def _print_decision(rec: dict[str, Any], verbose: bool = True) -> None:
     head = (f"{rec['at']}  {rec['target']:<14} {arrow} {rec['current']:>3} -> {rec['desired']:<3}{label}"
             f"  {rec.get('status', ''):<9} {'FALLBACK ' if rec['fallback'] else ''}"
             f"{', '.join(s['reason'] for s in rec['steps'] if s['changed'])}")
+    sized_for = (rec.get("extra") or {}).get("resource")
+    if sized_for:  # a target with several resources: the one that set the size
+        head += f"  sized for {sized_for}"
     print(head)
     if verbose:
         for s in rec["steps"]:

@@ -125,8 +125,8 @@ def _check(sig: Signal, config: PolicyConfig, current: int, now: datetime, windo
     return _Checked(sig, config, obs, tuple(fallback_reasons), demand_window, R.tag(step, sig.resource))
 
 
-def _size(c: _Checked, state: ScalingState, window: LeadWindow, memory: tuple[float, ...],
-          *, smooth: bool) -> tuple[list[Step], int, float | None, tuple[float, ...]]:
+def _size(c: _Checked, state: ScalingState, window: LeadWindow,
+          memory: tuple[float, ...]) -> tuple[list[Step], int, float | None, tuple[float, ...]]:
     """Steps 2-6 for one resource: its forecast window -> margin ->
     (smoothing) -> its capacity model, then its reactive override. Returns
     the steps, the size it asks for, its forecast demand and the smoothing
@@ -145,7 +145,7 @@ def _size(c: _Checked, state: ScalingState, window: LeadWindow, memory: tuple[fl
         m = S.margin_step(upper, point, config.margin, c.signal.headroom)
         out.append(m)
         demand = m.value
-        if smooth and config.smoothing.applies_to == "forecast":
+        if config.smoothing.applies_to == "forecast":
             st, memory = S.smoothing_step(demand, memory, config.smoothing, "smoothing")
             out.append(st)
             demand = st.value
@@ -201,7 +201,7 @@ def decide_signals(signals: Sequence[Signal], state: ScalingState, config: Polic
     sizes: list[int] = []
     demands: list[float | None] = []
     for i, c in enumerate(checked):
-        steps, size, demand, mem = _size(c, state, window, memory, smooth=i == 0)
+        steps, size, demand, mem = _size(c, state, window, memory if i == 0 else ())
         if i == 0:
             memory = mem
         out.extend(steps)

@@ -1,0 +1,160 @@
+"""Several resources per target through the live loop: a real trace pair
+(the CPU of an RDS instance and the request count of a load balancer, NAB,
+the same two weeks) as two resources of one target, each with its own
+replay source, forecaster and capacity per replica; a real SQLite state;
+the decision log and the audit record as a person reads them."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from actuators.dryrun import DryRunActuator, DryRunConfig
+from engine.backtest import DEFAULT_POLICY
+from engine.build import build_source
+from engine.cli import main
+from engine.config import parse_config
+from engine.core.clock import ManualClock
+from engine.cycle import LiveTarget
+from engine.sources.csv import read_csv
+from engine.store import Store
+
+from tests.support import TRACES
+from tests.support.live import FlakySource
+
+CPU = TRACES / "nab" / "rds_cpu_utilization_e47b3b.csv"
+REQUESTS = TRACES / "nab" / "elb_request_count_8c0756.csv"
+
+
+def _config(tmp_path, **target):
+    # one replica carries 3 % of CPU or 25 requests per 5 min (a tenth of
+    # each trace's 99th percentile): CPU needs more most of the time, the
+    # request bursts need more now and then
+    return parse_config({"state": str(tmp_path / "s.db"), "targets": [{
+        "name": "db", "interval": "5m", "mode": "auto", "resource": "cpu",
+        "source": {"type": "replay", "path": str(CPU)},
+        "forecaster": {"name": "seasonal_persistence", "refit_every": "1d", "history": "3d"},
+        "policy": {**DEFAULT_POLICY, "capacity_per_replica": 3.0, "min_replicas": 1, "max_replicas": 60,
+                   "lead_time": "10m", "hold": "5m", "max_staleness": "15m"},
+        "resources": {"requests": {"source": {"type": "replay", "path": str(REQUESTS)},
+                                   "capacity_per_replica": 25.0}},
+        "actuator": {"type": "dry-run", "initial_capacity": 10}, **target}]})
+
+
+def _live(cfg, store, requests=None):
+    t = cfg.targets[0]
+    src = requests or build_source(t.resource_target("requests"), cfg)
+    return LiveTarget(t, source=build_source(t, cfg), store=store, resources={"requests": src},
+                      actuator=DryRunActuator(DryRunConfig(initial_capacity=10), target="db"))
+
+
+def _start():
+    # a day of both traces as history (the seasonal model needs one), then
+    # cycles 4 min past the grid: both traces' samples (:x2 and :x4) are in
+    return ManualClock(read_csv(CPU).start + timedelta(days=1, minutes=4))
+
+
+def test_the_size_follows_the_resource_that_needs_more_and_the_log_names_it(tmp_path, capsys):
+    cfg = _config(tmp_path)
+    clock = _start()
+    winners: dict[str, int] = {"cpu": 0, "requests": 0}
+    with Store(cfg.state_path) as store:
+        live = _live(cfg, store)
+        for _ in range(144):  # half a day of cycles
+            res = live.run(clock.now())
+            d = res.decision
+            assert res.ok and d is not None, res
+            sizes = d.extra["resources"]
+            assert set(sizes) == {"cpu", "requests"}
+            # the recommendation is the larger of the two resources' sizes,
+            # and the decision names the one that set it
+            assert d.recommendation == max(sizes.values())
+            assert sizes[d.extra["resource"]] == d.recommendation
+            res_step = d.step("resources")
+            assert res_step.reason == "ResourceMax" and res_step.resource == d.extra["resource"]
+            # both resources were forecast (each its own model, in its own units)
+            assert not d.fallback
+            assert [s.resource for s in d.steps if s.name == "forecast"] == ["cpu", "requests"]
+            winners[d.extra["resource"]] += 1
+            clock.advance(timedelta(minutes=5))
+        # the resource that needs more changes over the day: each set the size for a while
+        assert winners["cpu"] > 0 and winners["requests"] > 0, winners
+        # feedback per resource: forecasts of each are kept under its own series
+        assert store.forecast_records("db", with_actual=True)
+        assert store.forecast_records("db/requests", with_actual=True)
+        last = res.decision
+    # the decision log as a person reads it
+    assert main(["decisions", "--state", str(cfg.state_path), "--target", "db", "--limit", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"sized for {last.extra['resource']}" in out
+    assert "ResourceMax" in out and "cpu: ceil(" in out and "requests: ceil(" in out
+    # the audit record carries the same steps, with their resources
+    assert main(["audit", "show", last.id, "--state", str(cfg.state_path), "--json"]) == 0
+    story = json.loads(capsys.readouterr().out)
+    steps = story["decision"]["steps"]
+    assert {(s["name"], s.get("resource")) for s in steps} >= {
+        ("capacity", "cpu"), ("capacity", "requests"), ("resources", last.extra["resource"])}
+
+
+def test_a_failed_fetch_of_one_resource_holds_instead_of_scaling_down(tmp_path):
+    # find the first cycle of the replay that scales down, an hour in
+    cfg = _config(tmp_path / "a")
+    (tmp_path / "a").mkdir()
+    clock = _start()
+    with Store(cfg.state_path) as store:
+        live = _live(cfg, store)
+        for k in range(288):
+            res = live.run(clock.now())
+            if k >= 12 and res.decision.desired < res.decision.current:
+                break
+            clock.advance(timedelta(minutes=5))
+        else:
+            pytest.fail("no scale-down in a day of the replay")
+    down = res.decision
+    # the same replay, with the request count's source down at that cycle
+    (tmp_path / "b").mkdir()
+    cfg = _config(tmp_path / "b")
+    t = cfg.targets[0]
+    flaky = FlakySource(build_source(t.resource_target("requests"), cfg))
+    clock = _start()
+    with Store(cfg.state_path) as store:
+        live = _live(cfg, store, requests=flaky)
+        for _ in range(k):
+            assert live.run(clock.now()).decision is not None
+            clock.advance(timedelta(minutes=5))
+        flaky.mode = "down"
+        res = live.run(clock.now())
+        rec = store.decision(res.decision.id)
+    d = res.decision
+    assert d.current == down.current and down.desired < down.current
+    # no scale-down: the decision holds, and says why
+    assert d.fallback and d.desired == d.current
+    data = {s.resource: s for s in d.steps if s.name == "data"}
+    assert data["cpu"].reason == "DataOK"
+    assert data["requests"].reason == "NoForecast", data["requests"]
+    assert "connection refused" in data["requests"].message
+    assert res.details["resource_errors"]["requests"].startswith("metric source: ")
+    assert rec["status"] == "hold" and rec["desired"] == rec["current"]
+
+
+def test_a_single_resource_target_records_decisions_as_before(tmp_path):
+    cfg = _config(tmp_path, resources={})
+    clock = _start()
+    with Store(cfg.state_path) as store:
+        t = cfg.targets[0]
+        live = LiveTarget(t, source=build_source(t, cfg), store=store,
+                          actuator=DryRunActuator(DryRunConfig(initial_capacity=10), target="db"))
+        res = live.run(clock.now())
+        rec = store.decision(res.decision.id)
+    assert "resource" not in res.decision.extra and res.decision.step("resources") is None
+    assert all("resource" not in s for s in rec["steps"])
+
+
+def test_a_target_with_resources_needs_their_sources(tmp_path):
+    cfg = _config(tmp_path)
+    t = cfg.targets[0]
+    with Store(cfg.state_path) as store, pytest.raises(ValueError, match="no metric source given for resources "
+                                                                         "requests"):
+        LiveTarget(t, source=build_source(t, cfg), store=store, actuator=DryRunActuator(DryRunConfig(), target="db"))
