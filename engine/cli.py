@@ -148,11 +148,11 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     from .config import ForecasterConfig, load_config
     from .sources.csv import read_csv
 
-    series = read_csv(args.trace)
     target = None
     if args.config:
         cfg = load_config(args.config)
         target = cfg.target(args.target) if args.target else cfg.targets[0]
+    series, resources, own = _backtest_resources(args, target)
     scenario = scenario_for(target, interval=args.interval, lead_time=args.lead_time, warmup=args.warmup,
                             target_utilization=args.baseline_utilization, resize_downtime=args.resize_downtime,
                             downtime_capacity=args.downtime_capacity, change_cost=args.change_cost,
@@ -169,7 +169,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     # one count of replayed intervals over all the policies (quiet off a terminal)
     with progress(total=None, desc="backtest (intervals replayed)", quiet=args.quiet) as bar:
         result = run_backtest(series, scenario=scenario, policy=policy, forecaster=fcfg, trace=str(args.trace),
-                              progress=lambda _name, _t, _n, _dec: bar.update())
+                              progress=lambda _name, _t, _n, _dec: bar.update(), resources=resources,
+                              resource=own)
     if args.json_out:
         write_json(result, args.json_out)
     if args.plot:
@@ -185,6 +186,41 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     if args.plot:
         print(f"plot written to {args.plot}")
     return 0
+
+
+def _backtest_resources(args: argparse.Namespace, target: Any) -> tuple[Any, list[Any], str]:
+    """The trace and the further resources of a backtest: ``--column`` names
+    value columns of the trace (the first is the target's own signal),
+    ``--resource NAME=PATH`` adds a resource from its own timestamp,value
+    file. With ``--config`` the resources must be the target's (their
+    capacity model and forecaster come from it); without, each one's
+    capacity per replica is derived from its trace."""
+    from .backtest import ResourceTrace
+    from .sources.csv import read_csv
+
+    columns = args.column or []
+    own = columns[0] if columns else (target.resource if target is not None else "demand")
+    series = read_csv(args.trace, value_column=columns[0]) if columns else read_csv(args.trace)
+    data: dict[str, Any] = {c: read_csv(args.trace, value_column=c, name=c) for c in columns[1:]}
+    for spec in args.resource or []:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--resource {spec!r}: expected NAME=PATH (a timestamp,value CSV)")
+        if name in data or name == own:
+            raise ConfigError(f"--resource {name}: given twice")
+        data[name] = read_csv(path)
+    if target is not None and (data or target.resources):
+        if own != target.resource:
+            raise ConfigError(f"--column {own}: the target's own signal is named {target.resource!r} "
+                              "(its 'resource' setting)")
+        if set(data) != set(target.resources):
+            raise ConfigError(f"the target's resources are {', '.join(target.resources) or 'none'}; "
+                              f"the data given is for {', '.join(data) or 'none'} (use --column or --resource "
+                              "for each)")
+        res = target.resources
+        return series, [ResourceTrace(n, data[n], res[n].capacity_per_replica, res[n].target_utilization,
+                                      res[n].forecaster) for n in res], own
+    return series, [ResourceTrace(n, v) for n, v in data.items()], own
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -758,7 +794,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("backtest", help="compare the oracle, a baseline and the policy on a trace")
-    b.add_argument("trace", help="CSV with timestamp,value")
+    b.add_argument("trace", help="CSV with timestamp,value (or the columns --column names)")
+    b.add_argument("--column", action="append", metavar="NAME",
+                   help="a value column of the trace, one per resource (repeat; the first is the target's own "
+                   "signal): the policy sizes for the resource that needs the most")
+    b.add_argument("--resource", action="append", metavar="NAME=PATH",
+                   help="a further resource from its own timestamp,value CSV (repeat)")
     b.add_argument("--forecaster", help="forecaster name (default: the policy's)")
     b.add_argument("--config", help="replay this config's policy and forecaster (and its backtest: section)")
     b.add_argument("--target", help="which target of --config (default: the first)")
