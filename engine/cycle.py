@@ -311,6 +311,8 @@ class CycleResult:
     error: str | None = None
     duration_s: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
+    #: a target with several resources: each further one's forecast by name
+    resource_forecasts: dict[str, Forecast | None] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -488,7 +490,8 @@ class LiveTarget:
             self.target.name, now, decision=out and out.decision, forecast=out and out.forecast,
             status="error" if error is not None else (act.status if act else ""), plan=act and act.plan,
             window=inputs and inputs.window, fetch_error=inputs and inputs.fetch_error,
-            actuation_error="; ".join(actuation) or None, error=error, duration_s=duration_s, details=details)
+            actuation_error="; ".join(actuation) or None, error=error, duration_s=duration_s, details=details,
+            resource_forecasts=out.resource_forecasts() if out is not None else {})
 
     # ------------------------------------------------------------------ steps
     def _check_clock(self, now: datetime) -> None:

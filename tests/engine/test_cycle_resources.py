@@ -158,3 +158,46 @@ def test_a_target_with_resources_needs_their_sources(tmp_path):
     with Store(cfg.state_path) as store, pytest.raises(ValueError, match="no metric source given for resources "
                                                                          "requests"):
         LiveTarget(t, source=build_source(t, cfg), store=store, actuator=DryRunActuator(DryRunConfig(), target="db"))
+
+
+def test_the_daemon_exports_each_resources_size_and_forecast(tmp_path):
+    """Through the daemon: what each resource asked for, which one set the
+    size and the further resource's forecast reach the metrics, and the
+    exposition passes ``promtool check metrics``."""
+    import shutil
+    import subprocess
+
+    from engine.metrics import EngineMetrics
+    from tests.engine.test_daemon import FakeMono, make_daemon, settle
+    from tests.support.live import STEP, T0, target_dict, write_config, write_trace
+
+    # cpu flat at 20 (-> 4 replicas), memory 30 GiB at 4 GiB per replica and
+    # 0.5 -> 15: memory sets the size
+    cpu = write_trace(tmp_path / "cpu.csv", [20.0] * 60)
+    mem = write_trace(tmp_path / "mem.csv", [30.0] * 60)
+    t = target_dict("web", cpu, mode="observe", resource="cpu",
+                    resources={"memory": {"source": {"type": "csv", "path": str(mem)}, "capacity_per_replica": 4}})
+    cfg = write_config(tmp_path / "c.yaml", [t])
+    mono, clock, metrics = FakeMono(), ManualClock(T0 + 20 * STEP), EngineMetrics()
+    d, *_ = make_daemon(cfg, monotonic=mono, clock=clock, metrics=metrics)
+    try:
+        for _ in range(3):
+            d.tick()
+            settle(d)
+            mono.t += 300
+            clock.advance(STEP)
+    finally:
+        d.shutdown(5)
+    get = metrics.registry.get_sample_value
+    assert get("forescale_resource_required_capacity", {"target": "web", "resource": "memory"}) == 15
+    assert get("forescale_resource_required_capacity", {"target": "web", "resource": "cpu"}) == 4
+    assert get("forescale_resource_sizing", {"target": "web", "resource": "memory"}) == 1
+    assert get("forescale_resource_sizing", {"target": "web", "resource": "cpu"}) == 0
+    assert get("forescale_recommended_capacity", {"target": "web"}) == 15
+    assert get("forescale_resource_forecast_demand",
+               {"target": "web", "resource": "memory", "horizon": "300", "level": "point"}) == 30.0
+    tool = shutil.which("promtool")
+    if tool is not None:
+        text = metrics.exposition()[0].decode()
+        r = subprocess.run([tool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
