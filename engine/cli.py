@@ -226,7 +226,15 @@ def _backtest_resources(args: argparse.Namespace, target: Any) -> tuple[Any, lis
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(out=Path(args.out), days=args.days, verbose=not args.quiet, trace=Path(args.trace) if args.trace else None)
+    resources: dict[str, Path] = {}
+    for spec in args.resource or []:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path or name in resources or name == "cpu":
+            raise ConfigError(f"--resource {spec!r}: expected NAME=PATH (a timestamp,value CSV), each name once "
+                              "and not 'cpu' (the demo trace's)")
+        resources[name] = Path(path)
+    return run_demo(out=Path(args.out), days=args.days, verbose=not args.quiet,
+                    trace=Path(args.trace) if args.trace else None, resources=resources)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -790,6 +798,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="forescale-demo", help="folder for the state file, decision log and plot")
     d.add_argument("--days", type=float, default=5.0, help="days of the trace to replay live (after warm-up)")
     d.add_argument("--trace", default=None, help=argparse.SUPPRESS)
+    d.add_argument("--resource", action="append", metavar="NAME=PATH",
+                   help="a further demand signal of the demo's target over the same days (repeat): the size is "
+                   "the larger of what the CPU and it need")
     d.add_argument("--quiet", action="store_true", help="print only the summary")
     d.set_defaults(func=cmd_demo)
 
