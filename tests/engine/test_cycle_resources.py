@@ -90,6 +90,11 @@ def test_the_size_follows_the_resource_that_needs_more_and_the_log_names_it(tmp_
     out = capsys.readouterr().out
     assert f"sized for {last.extra['resource']}" in out
     assert "ResourceMax" in out and "cpu: ceil(" in out and "requests: ceil(" in out
+    # accuracy per resource: the further resource's series is 'db/requests'
+    assert main(["accuracy", "--state", str(cfg.state_path), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["target"] for r in rows} == {"db", "db/requests"}
+    assert all(r["n"] > 0 and r["mase"] > 0 for r in rows)
     # the audit record carries the same steps, with their resources
     assert main(["audit", "show", last.id, "--state", str(cfg.state_path), "--json"]) == 0
     story = json.loads(capsys.readouterr().out)
@@ -201,3 +206,36 @@ def test_the_daemon_exports_each_resources_size_and_forecast(tmp_path):
         text = metrics.exposition()[0].decode()
         r = subprocess.run([tool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_emergency_rule_looks_at_the_override_of_the_resource_that_set_the_size(tmp_path):
+    from datetime import datetime, timezone
+
+    import numpy as np
+
+    from engine.core.types import Forecast, Observation, ScalingState
+    from engine.plans import _emergency
+    from policies import decide
+    from policies.resources import Signal
+
+    now = datetime(2024, 3, 1, 12, tzinfo=timezone.utc)
+    t = _config(tmp_path, mode="approve", approval={"emergency": {"reactive_override": True}}).targets[0]
+    mem = t.resource_target("requests").policy
+
+    def fc(v):
+        return Forecast(made_at=now, timestamps=int(now.timestamp()) + 300 * np.arange(1, 5),
+                        point=np.full(4, v), quantiles={0.9: np.full(4, v)}, model="m")
+
+    state = ScalingState(current=4, observation=Observation(9.0, now))
+    # cpu forecast 9 -> 5 replicas at 3 x 0.8, observed 9 -> 4; requests
+    # observed 400 (a spike) -> 20 by its reactive override: it sets the size
+    d = decide(fc(9.0), state, t.policy, now, resource="cpu",
+               resources=[Signal("requests", fc(50.0), Observation(400.0, now), config=mem)])
+    assert d.extra["resource"] == "requests" and _emergency(t, d) is not None
+    assert "requests: HPA rule on observation 400" in _emergency(t, d)
+    # a cpu override below what the requests' forecast asks does not set the size: no emergency
+    d = decide(fc(9.0), ScalingState(current=4, observation=Observation(30.0, now)), t.policy, now, resource="cpu",
+               resources=[Signal("requests", fc(500.0), Observation(50.0, now), config=mem)])
+    cpu_reactive = next(s for s in d.steps if s.name == "reactive" and s.resource == "cpu")
+    assert cpu_reactive.reason == "ReactiveOverride" and d.extra["resource"] == "requests"
+    assert _emergency(t, d) is None
