@@ -90,6 +90,18 @@ def test_the_size_follows_the_resource_that_needs_more_and_the_log_names_it(tmp_
     out = capsys.readouterr().out
     assert f"sized for {last.extra['resource']}" in out
     assert "ResourceMax" in out and "cpu: ceil(" in out and "requests: ceil(" in out
+    # the console's decision view shows every step with its resource
+    import warnings
+
+    with warnings.catch_warnings():  # starlette's test client prefers httpx2; httpx works the same
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
+    from engine.auth import Security
+    from engine.console import create_console
+
+    console = TestClient(create_console(cfg, Security.from_config(cfg), clock=clock), base_url="http://console.test")
+    page = console.get("/targets/db").text
+    assert f"sized for {last.extra['resource']}" in page and "requests: ceil(" in page and "ResourceMax" in page
     # accuracy per resource: the further resource's series is 'db/requests'
     assert main(["accuracy", "--state", str(cfg.state_path), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
