@@ -22,6 +22,12 @@ The steps run in this order (the one place it is written down):
 12. ``cooldown``      wall-clock cooldowns (block scale-down only).
 13. ``bounds``        clamp to [min, max]: last, so configured bounds always win.
 
+Several resources (:mod:`policies.resources`): steps 1-6 run once per
+resource, each on its own signal and capacity model (its steps carry the
+resource's name); then ``resources`` takes the largest size and names the
+resource that set it (``ResourceMax``), and steps 7-13 run once on it. One
+resource in fallback makes the decision a fallback (step 10 holds).
+
 ``kind: plan`` shares step 1 (and, on fallback, the whole reactive path
 above); with usable data it hands over to :func:`policies.planner.plan`,
 which plans a schedule and records its own steps (plan, constraints,
