@@ -68,6 +68,8 @@ def resource_policy(policy: PolicyConfig, *, capacity_per_replica: float | None 
         if len(rung_capacity) != len(policy.ladder):
             raise ValueError(f"rung_capacity has {len(rung_capacity)} values; the ladder has "
                              f"{len(policy.ladder)} rungs")
+        if any(b <= a for a, b in zip(rung_capacity, rung_capacity[1:])):
+            raise ValueError(f"rung_capacity must increase strictly along the ladder, got {list(rung_capacity)}")
         data["ladder"] = [{**r, "capacity": c} for r, c in zip(data["ladder"], rung_capacity)]
     else:
         if capacity_per_replica is None or rung_capacity is not None:
