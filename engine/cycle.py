@@ -410,6 +410,9 @@ class LiveTarget:
         self.runner = TargetRunner(target, forecaster=forecaster, feedback=StoreFeedback(store, target.name, keep),
                                    resources=runners)
         self.checkpoint = ModelCheckpoint(target, getattr(store, "path", None))
+        #: each further resource's model checkpoint (``<state>.models/<target>/<resource>.model``)
+        self.resource_checkpoints = {n: ModelCheckpoint(target.resource_target(n), getattr(store, "path", None))
+                                     for n in target.resources}
         self.policy = target.policy
         self.history: Series | None = None
         self._fetches: list[threading.Thread] = []  # fetches abandoned past their deadline
@@ -641,8 +644,15 @@ class LiveTarget:
             note = self.checkpoint.restore(self.runner, inputs.now, inputs.history.end)
             if note:
                 notes["model"] = note
+        models = self._resource_models(inputs)
+        for name, (checkpoint, runner, end) in models.items():
+            note = checkpoint.restore(runner, inputs.now, end)
+            if note:
+                notes.setdefault("resource_models", {})[name] = note
         out = self.runner.step(inputs.history, inputs.state, inputs.now, inputs.covariates if fresh else None,
                                inputs.window, resources=inputs.resources, fetch_errors=errors)
+        for checkpoint, runner, end in models.values():
+            checkpoint.save(runner, end)
         if fresh:
             self.checkpoint.save(self.runner, inputs.history.end)
             if out.forecast_error:
@@ -652,6 +662,13 @@ class LiveTarget:
         if failed:
             notes["resource_forecast_errors"] = failed
         return out
+
+    def _resource_models(self, inputs: CycleInputs) -> dict[str, tuple[ModelCheckpoint, TargetRunner, datetime | None]]:
+        """The further resources fetched fresh this cycle: each one's
+        checkpoint, runner and history end (a resource whose fetch failed
+        is not forecast, so its model is neither restored nor saved)."""
+        return {n: (self.resource_checkpoints[n], self.runner.resources[n], inputs.resources[n].end)
+                for n in self.resource_checkpoints if n in inputs.resources and n not in inputs.resource_errors}
 
     @contextmanager
     def _turn(self) -> Iterator[str | None]:

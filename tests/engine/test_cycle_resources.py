@@ -251,3 +251,22 @@ def test_the_emergency_rule_looks_at_the_override_of_the_resource_that_set_the_s
     cpu_reactive = next(s for s in d.steps if s.name == "reactive" and s.resource == "cpu")
     assert cpu_reactive.reason == "ReactiveOverride" and d.extra["resource"] == "requests"
     assert _emergency(t, d) is None
+
+
+def test_a_further_resources_model_is_checkpointed_and_restored_after_a_restart(tmp_path):
+    cfg = _config(tmp_path)
+    clock = _start()
+    with Store(cfg.state_path) as store:
+        live = _live(cfg, store)
+        for _ in range(2):
+            assert live.run(clock.now()).ok
+            clock.advance(timedelta(minutes=5))
+        fitted = live.runner.resources["requests"].last_fit
+    saved = tmp_path / "s.db.models" / "db" / "requests.json"
+    assert saved.exists() and json.loads(saved.read_text())["name"] == "seasonal_persistence"
+    with Store(cfg.state_path) as store:  # a restart: a new process would build this afresh
+        live = _live(cfg, store)
+        res = live.run(clock.now())
+    assert "requests" in res.details["resource_models"]
+    assert res.details["resource_models"]["requests"].startswith("model ")
+    assert live.runner.resources["requests"].last_fit == fitted  # not refit: restored
