@@ -703,7 +703,8 @@ class LiveTarget:
         state = out.state.after(d, keep=self.runner.keep, applied=act.applied) if with_state else None
         self.store.record_decision(d, self.target.mode, act.status, inputs.now, state=state,
                                    outcome=None if act.outcome is None else dict(act.outcome),
-                                   context=decision_context(self.target, inputs.history, out.forecast))
+                                   context=decision_context(self.target, inputs.history, out.forecast, {
+                                       n: (inputs.resources.get(n), f) for n, f in out.resource_forecasts().items()}))
 
     # ------------------------------------------------------------- the modes
     def _observe(self, inputs: CycleInputs, out: CycleOutcome) -> Act:

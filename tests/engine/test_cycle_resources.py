@@ -111,6 +111,10 @@ def test_the_size_follows_the_resource_that_needs_more_and_the_log_names_it(tmp_
     assert main(["audit", "show", last.id, "--state", str(cfg.state_path), "--json"]) == 0
     story = json.loads(capsys.readouterr().out)
     steps = story["decision"]["steps"]
+    # with a digest of each resource's inputs and a summary of its forecast
+    ctx = story["decision"]["context"]
+    assert ctx["inputs"]["sha256"] != ctx["resources"]["requests"]["inputs"]["sha256"]
+    assert ctx["resources"]["requests"]["forecast"]["model"] == "seasonal_persistence"
     assert {(s["name"], s.get("resource")) for s in steps} >= {
         ("capacity", "cpu"), ("capacity", "requests"), ("resources", last.extra["resource"])}
 
