@@ -258,7 +258,9 @@ OPENAPI: dict[str, Any] = {
         "Step": {"type": "object", "required": ["name", "value", "reason", "message", "changed"],
                  "properties": {"name": {"type": "string"}, "value": {"type": ["number", "null"]},
                                 "reason": {"type": "string"}, "message": {"type": "string"},
-                                "changed": {"type": "boolean"}}},
+                                "changed": {"type": "boolean"},
+                                "resource": {"type": "string", "description": "a target with several "
+                                             "resources: the one this step sized (absent otherwise)"}}},
         "Decision": {"type": "object",
                      "required": ["id", "target", "at", "current", "desired", "recommendation", "action",
                                   "fallback", "steps", "mode", "status"],

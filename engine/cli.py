@@ -86,6 +86,9 @@ def _print_decision(rec: dict[str, Any], verbose: bool = True) -> None:
     head = (f"{rec['at']}  {rec['target']:<14} {arrow} {rec['current']:>3} -> {rec['desired']:<3}{label}"
             f"  {rec.get('status', ''):<9} {'FALLBACK ' if rec['fallback'] else ''}"
             f"{', '.join(s['reason'] for s in rec['steps'] if s['changed'])}")
+    sized_for = (rec.get("extra") or {}).get("resource")
+    if sized_for:  # a target with several resources: the one that set the size
+        head += f"  sized for {sized_for}"
     print(head)
     if verbose:
         for s in rec["steps"]:
@@ -146,11 +149,11 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     from .config import ForecasterConfig, load_config
     from .sources.csv import read_csv
 
-    series = read_csv(args.trace)
     target = None
     if args.config:
         cfg = load_config(args.config)
         target = cfg.target(args.target) if args.target else cfg.targets[0]
+    series, resources, own = _backtest_resources(args, target)
     scenario = scenario_for(target, interval=args.interval, lead_time=args.lead_time, warmup=args.warmup,
                             target_utilization=args.baseline_utilization, resize_downtime=args.resize_downtime,
                             downtime_capacity=args.downtime_capacity, change_cost=args.change_cost,
@@ -167,7 +170,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     # one count of replayed intervals over all the policies (quiet off a terminal)
     with progress(total=None, desc="backtest (intervals replayed)", quiet=args.quiet) as bar:
         result = run_backtest(series, scenario=scenario, policy=policy, forecaster=fcfg, trace=str(args.trace),
-                              progress=lambda _name, _t, _n, _dec: bar.update())
+                              progress=lambda _name, _t, _n, _dec: bar.update(), resources=resources,
+                              resource=own)
     if args.json_out:
         write_json(result, args.json_out)
     if args.plot:
@@ -185,10 +189,53 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backtest_resources(args: argparse.Namespace, target: Any) -> tuple[Any, list[Any], str]:
+    """The trace and the further resources of a backtest: ``--column`` names
+    value columns of the trace (the first is the target's own signal),
+    ``--resource NAME=PATH`` adds a resource from its own timestamp,value
+    file. With ``--config`` the resources must be the target's (their
+    capacity model and forecaster come from it); without, each one's
+    capacity per replica is derived from its trace."""
+    from .backtest import ResourceTrace
+    from .sources.csv import read_csv
+
+    columns = args.column or []
+    own = columns[0] if columns else (target.resource if target is not None else "demand")
+    series = read_csv(args.trace, value_column=columns[0]) if columns else read_csv(args.trace)
+    data: dict[str, Any] = {c: read_csv(args.trace, value_column=c, name=c) for c in columns[1:]}
+    for spec in args.resource or []:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--resource {spec!r}: expected NAME=PATH (a timestamp,value CSV)")
+        if name in data or name == own:
+            raise ConfigError(f"--resource {name}: given twice")
+        data[name] = read_csv(path)
+    if target is not None and (data or target.resources):
+        if own != target.resource:
+            raise ConfigError(f"--column {own}: the target's own signal is named {target.resource!r} "
+                              "(its 'resource' setting)")
+        if set(data) != set(target.resources):
+            raise ConfigError(f"the target's resources are {', '.join(target.resources) or 'none'}; "
+                              f"the data given is for {', '.join(data) or 'none'} (use --column or --resource "
+                              "for each)")
+        res = target.resources
+        return series, [ResourceTrace(n, data[n], res[n].capacity_per_replica, res[n].target_utilization,
+                                      res[n].forecaster) for n in res], own
+    return series, [ResourceTrace(n, v) for n, v in data.items()], own
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(out=Path(args.out), days=args.days, verbose=not args.quiet, trace=Path(args.trace) if args.trace else None)
+    resources: dict[str, Path] = {}
+    for spec in args.resource or []:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path or name in resources or name == "cpu":
+            raise ConfigError(f"--resource {spec!r}: expected NAME=PATH (a timestamp,value CSV), each name once "
+                              "and not 'cpu' (the demo trace's)")
+        resources[name] = Path(path)
+    return run_demo(out=Path(args.out), days=args.days, verbose=not args.quiet,
+                    trace=Path(args.trace) if args.trace else None, resources=resources)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -752,11 +799,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="forescale-demo", help="folder for the state file, decision log and plot")
     d.add_argument("--days", type=float, default=5.0, help="days of the trace to replay live (after warm-up)")
     d.add_argument("--trace", default=None, help=argparse.SUPPRESS)
+    d.add_argument("--resource", action="append", metavar="NAME=PATH",
+                   help="a further demand signal of the demo's target over the same days (repeat): the size is "
+                   "the larger of what the CPU and it need")
     d.add_argument("--quiet", action="store_true", help="print only the summary")
     d.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("backtest", help="compare the oracle, a baseline and the policy on a trace")
-    b.add_argument("trace", help="CSV with timestamp,value")
+    b.add_argument("trace", help="CSV with timestamp,value (or the columns --column names)")
+    b.add_argument("--column", action="append", metavar="NAME",
+                   help="a value column of the trace, one per resource (repeat; the first is the target's own "
+                   "signal): the policy sizes for the resource that needs the most")
+    b.add_argument("--resource", action="append", metavar="NAME=PATH",
+                   help="a further resource from its own timestamp,value CSV (repeat)")
     b.add_argument("--forecaster", help="forecaster name (default: the policy's)")
     b.add_argument("--config", help="replay this config's policy and forecaster (and its backtest: section)")
     b.add_argument("--target", help="which target of --config (default: the first)")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Mapping, get_args
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SecretBytes, SecretStr, SerializeAsAny,
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, SecretBytes, SecretStr, SerializeAsAny,
                       ValidationError, ValidationInfo, field_validator, model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
@@ -267,6 +267,22 @@ class BacktestSection(_Model):
     threshold_window: Duration | None = None
 
 
+class ResourceConfig(_Model):
+    """One more demand signal of a target (``targets[].resources.<name>``):
+    its own metric source, forecaster (default: the target's) and capacity
+    model. The decision sizes for the resource that needs the most
+    (:mod:`policies.resources`). Horizontal: ``capacity_per_replica`` (this
+    resource's capacity per replica, e.g. GiB of memory); a ladder:
+    ``rung_capacity`` (its capacity on each rung, in the ladder's order).
+    ``target_utilization``: this resource's (default: the policy's)."""
+
+    source: SourceConfig
+    forecaster: ForecasterConfig | None = None
+    capacity_per_replica: float | None = Field(None, gt=0.0)
+    rung_capacity: tuple[Annotated[float, Field(gt=0.0)], ...] | None = None
+    target_utilization: float | None = Field(None, gt=0.0, le=1.0)
+
+
 class TargetConfig(_Model):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     #: cycle interval, also the step the history is resampled to
@@ -279,6 +295,15 @@ class TargetConfig(_Model):
     covariates: dict[str, SourceConfig] = Field(default_factory=dict)
     forecaster: ForecasterConfig = Field(default_factory=ForecasterConfig)
     policy: PolicyConfig
+    #: the name of the demand signal ``source`` measures, when the target
+    #: has further ``resources`` (it names the steps it sized)
+    resource: str = Field("demand", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    #: further demand signals (memory, request rate...), each with its own
+    #: source, forecaster and capacity model; the decision sizes for the one
+    #: that needs the most
+    resources: dict[Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")], ResourceConfig] = \
+        Field(default_factory=dict)
+    _resource_targets: dict[str, "TargetConfig"] = PrivateAttr(default_factory=dict)
     #: the actuator's own Config (default: the dry-run actuator)
     actuator: ActuatorSection = Field(default_factory=lambda: {"type": "dry-run"}, validate_default=True)
     #: approve mode: a plan waits this long for approval (None: until the
@@ -306,7 +331,53 @@ class TargetConfig(_Model):
             if a.level is not None and a.level not in self.forecaster.quantiles:
                 raise ValueError(f"alerts[{i}].level ({a.level}) is not one of forecaster.quantiles "
                                  f"({', '.join(f'{q:g}' for q in self.forecaster.quantiles)})")
+        if self.resources:
+            self._check_resources()
         return self
+
+    def _check_resources(self) -> None:
+        """Each further resource's policy (this policy with its capacity
+        model) and its target view, derived once here."""
+        if self.resource in self.resources:
+            raise ValueError(f"resources.{self.resource}: the name of the target's own signal "
+                             f"(resource: {self.resource})")
+        sm = self.policy.smoothing
+        if sm.kind != "none" and sm.applies_to == "forecast":
+            raise ValueError("policy.smoothing: applies_to: forecast smooths one resource's demand; "
+                             "with several resources use applies_to: recommendation")
+        from policies.resources import resource_policy
+
+        for name, res in self.resources.items():
+            try:
+                policy = resource_policy(self.policy, capacity_per_replica=res.capacity_per_replica,
+                                         rung_capacity=res.rung_capacity,
+                                         target_utilization=res.target_utilization)
+            except ValidationError as exc:
+                raise ValueError(f"resources.{name}: " + "; ".join(
+                    format_validation_error(exc))) from None
+            except ValueError as exc:
+                raise ValueError(f"resources.{name}: {exc}") from None
+            # the resource as a target of its own for the runner: its
+            # series name (feedback, cached samples) is ``target/resource``,
+            # which no target can be named (a target name has no '/')
+            view = self.model_copy(update={
+                "name": self.resource_series(name), "source": res.source,
+                "forecaster": res.forecaster or self.forecaster, "policy": policy,
+                "covariates": {}, "resources": {}, "alerts": ()})
+            view._resource_targets = {}  # (model_copy shared this dict)
+            self._resource_targets[name] = view
+
+    def resource_series(self, name: str) -> str:
+        """The series name a further resource's samples, forecasts and
+        accuracy are kept under (``target/resource``); the target's own
+        signal keeps the target's name."""
+        return f"{self.name}/{name}"
+
+    def resource_target(self, name: str) -> "TargetConfig":
+        """Resource ``name`` as a target of its own (its source, forecaster
+        and policy, named ``target/resource``): what its runner and source
+        are built from."""
+        return self._resource_targets[name]
 
     # the names callers have used for the typed plugin configs
     @property
@@ -891,6 +962,8 @@ def _section_model(document: Any, loc: tuple[Any, ...]) -> tuple[type[BaseModel]
             kind, section, rest = part, target.get(part, {"type": "dry-run"}), loc[3:]
         elif part == "covariates" and len(loc) > 3:
             kind, section, rest = "source", target["covariates"][loc[3]], loc[4:]
+        elif part == "resources" and len(loc) > 4 and loc[4] == "source":
+            kind, section, rest = "source", target["resources"][loc[3]]["source"], loc[5:]
         elif part == "forecaster" and len(loc) > 3 and loc[3] == "params":
             name = (target.get("forecaster") or {}).get("name", ForecasterConfig.model_fields["name"].default)
             return _registry("forecaster").get(name).Params, loc[4:]

@@ -54,6 +54,7 @@ from typing import Any, Callable
 
 from . import audit
 from .build import build_actuator as default_build_actuator, build_source as default_build_source, check_actuator
+from .build import build_resources
 from .core.clock import Clock, SystemClock
 from .config import Config, TargetConfig, load_config
 from .cycle import CycleResult, LiveTarget
@@ -109,7 +110,7 @@ class TargetWorker:
         return LiveTarget(target, source=d.build_source(target, d.config), store=self.store,
                           actuator=d.build_actuator(target, d.config),
                           covariates={n: d.build_source(target, d.config, n) for n in target.covariates},
-                          acting=self.acting)
+                          resources=build_resources(target, d.config, d.build_source), acting=self.acting)
 
     @property
     def busy(self) -> bool:
@@ -365,6 +366,8 @@ class Daemon:
                 last = w.live.history.last_valid() if w is not None and w.live.history is not None else None
                 m.observe_cycle(res.target, res.decision, res.forecast, res.duration_s, res.ok, res.now,
                                 observed=last[1] if last else None)
+                if res.decision is not None and "resources" in res.decision.extra:
+                    m.observe_resources(res.target, res.decision, res.resource_forecasts)
                 if res.decision is not None and res.decision.fallback:
                     m.fallback_cycle(res.target, res.decision.steps[0].reason)
                 if res.fetch_error:
