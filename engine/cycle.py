@@ -409,9 +409,10 @@ class LiveTarget:
                    for n in target.resources}
         self.runner = TargetRunner(target, forecaster=forecaster, feedback=StoreFeedback(store, target.name, keep),
                                    resources=runners)
-        self.checkpoint = ModelCheckpoint(target, getattr(store, "checkpoint_base", getattr(store, "path", None)))
+        base = getattr(store, "checkpoint_base", getattr(store, "path", None))
+        self.checkpoint = ModelCheckpoint(target, base)
         #: each further resource's model checkpoint (``<state>.models/<target>/<resource>.model``)
-        self.resource_checkpoints = {n: ModelCheckpoint(target.resource_target(n), getattr(store, "checkpoint_base", getattr(store, "path", None)))
+        self.resource_checkpoints = {n: ModelCheckpoint(target.resource_target(n), base)
                                      for n in target.resources}
         self.policy = target.policy
         self.history: Series | None = None
