@@ -46,14 +46,22 @@ class QualityGate(_Model):
 
     The engine runs the ``fallbacks`` beside the configured model (in shadow:
     forecasts logged in memory, never acted on), measures each one's live
-    MASE at the policy's lead time over ``window`` (mean absolute error of
-    the point forecast / the in-sample MAE of the one-day seasonal naive),
-    and while the configured model's error exceeds ``bound`` uses the first
-    fallback within it — or none (reactive) if none is. Each decision records
-    the gate's choice, the errors and the reason.
+    error at the policy's lead time over ``window``, and while the configured
+    model's error exceeds ``bound`` uses the first fallback within it — or
+    none (reactive) if none is. Each decision records the gate's choice, the
+    errors and the reason.
+
+    ``score``: ``pinball`` (default) judges the whole forecast: twice the
+    mean pinball loss over the quantile levels the engine asks for, over the
+    in-sample MAE of the one-day seasonal naive (the seasonal-naive
+    reference; the factor 2 is GluonTS' weighted quantile loss convention, so
+    a forecast whose quantiles all sit on its point scores exactly its MASE
+    and one ``bound`` reads the same for both scores); ``mase`` judges the
+    point forecast alone (mean absolute error over the same reference).
     """
 
     bound: float = Field(gt=0.0)
+    score: Literal["pinball", "mase"] = "pinball"
     fallbacks: tuple[str, ...] = ("persistence",)
     window: Duration = timedelta(days=1)
     min_samples: int = Field(24, ge=1, le=MAX_SAMPLES)

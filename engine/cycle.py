@@ -34,7 +34,7 @@ import numpy as np
 
 from actuators.base import ActuatorConfig
 from forecasters import Forecaster, create as create_forecaster
-from forecasters.quality import gate, live_mase
+from forecasters.quality import gate, live_mase, live_quantile_loss
 from policies import decide, history_to_keep
 from policies.window import LeadWindow, lead_window
 
@@ -67,13 +67,15 @@ class CycleOutcome:
 class _Slot:
     """One forecaster the runner keeps fitted: the configured model, or a
     quality-gate fallback running in shadow. ``tracker`` holds its own
-    predicted-vs-actual pairs at the policy's lead time (its live error)."""
+    predicted-vs-actual pairs at the policy's lead time, at every level
+    in ``levels`` (its live error)."""
 
-    def __init__(self, name: str, forecaster: Forecaster | None, horizons_s: tuple[int, int]) -> None:
+    def __init__(self, name: str, forecaster: Forecaster | None, horizons_s: tuple[int, int],
+                 levels: tuple[float, ...] = ()) -> None:
         self.name = name
         self.forecaster = forecaster
         self.last_fit: datetime | None = None
-        self.tracker = MemoryFeedback(horizons_s)
+        self.tracker = MemoryFeedback(horizons_s, levels=levels)
 
 
 class TargetRunner:
@@ -95,11 +97,12 @@ class TargetRunner:
         #: the configured lead window's horizons (the backtest's feedback
         #: keeps these; a live cycle passes its own window)
         self.horizons_s = lead_window(self.policy, None).horizons_s
-        self.primary = _Slot(target.forecaster.name, forecaster, self.horizons_s)
-        self.shadows: list[_Slot] = []
         gate_cfg = target.forecaster.quality_gate
+        levels = target.forecast_quantiles if gate_cfg is not None and gate_cfg.score == "pinball" else ()
+        self.primary = _Slot(target.forecaster.name, forecaster, self.horizons_s, levels)
+        self.shadows: list[_Slot] = []
         if gate_cfg is not None and forecaster is not None:
-            self.shadows = [_Slot(n, create_forecaster(n), self.horizons_s)
+            self.shadows = [_Slot(n, create_forecaster(n), self.horizons_s, levels)
                             for n in gate_cfg.fallbacks if n != target.forecaster.name]
         self.feedback: Feedback = feedback or MemoryFeedback(self.horizons_s)
         self.keep = history_to_keep(self.policy)
@@ -169,13 +172,20 @@ class TargetRunner:
             slot.last_fit = None  # refit next cycle
             return None, f"{type(exc).__name__}: {exc}"
 
-    def _live_error(self, slot: _Slot, now: datetime) -> float | None:
+    def _live_errors(self, slot: _Slot, now: datetime) -> dict[str, float | None]:
+        """The slot's live MASE and, with ``score: pinball``, its live
+        quantile loss (None until ``min_samples`` pairs)."""
         gate_cfg = self.target.forecaster.quality_gate
         assert gate_cfg is not None
-        a, p = slot.tracker.pairs(to_epoch(now - gate_cfg.window))
+        since = to_epoch(now - gate_cfg.window)
+        a, p = slot.tracker.pairs(since)
         if a.size < gate_cfg.min_samples or not self._scale:
-            return None
-        return live_mase(p, a, self._scale)
+            return {"mase": None, "pinball": None}
+        out = {"mase": live_mase(p, a, self._scale), "pinball": None}
+        if gate_cfg.score == "pinball":
+            a, qs = slot.tracker.quantile_pairs(since)
+            out["pinball"] = live_quantile_loss(qs, a, self._scale)
+        return out
 
     def _gate(self, history: Series, now: datetime, covariates: dict[str, Series] | None,
               window: LeadWindow) -> tuple[Forecast | None, str | None, dict[str, Any]]:
@@ -193,12 +203,21 @@ class TargetRunner:
             fc = results[slot.name][0]
             if fc is not None:
                 slot.tracker.record(self.target.name, fc, window.horizons_s)
-        errors = {slot.name: self._live_error(slot, now) for slot in (self.primary, *self.shadows)}
+        both = {slot.name: self._live_errors(slot, now) for slot in (self.primary, *self.shadows)}
+        # a forecast without quantiles is judged by its point (MASE)
+        errors = {k: v["mase"] if v["pinball"] is None else v["pinball"] for k, v in both.items()} \
+            if gate_cfg.score == "pinball" else {k: v["mase"] for k, v in both.items()}
         order = [self.primary.name] + [s.name for s in self.shadows]
         choice, reason = gate(errors, gate_cfg.bound, order)
-        info = {"choice": choice, "reason": reason.code, "message": reason.message,
-                "live_mase": {k: None if v is None else round(v, 4) for k, v in errors.items()},
+
+        def rounded(d: Mapping[str, float | None]) -> dict[str, float | None]:
+            return {k: None if v is None else round(v, 4) for k, v in d.items()}
+
+        info = {"choice": choice, "reason": reason.code, "message": reason.message, "score": gate_cfg.score,
+                "live_error": rounded(errors), "live_mase": rounded({k: v["mase"] for k, v in both.items()}),
                 "bound": gate_cfg.bound}
+        if gate_cfg.score == "pinball":
+            info["live_pinball"] = rounded({k: v["pinball"] for k, v in both.items()})
         if choice is None:
             return None, f"quality gate: {reason.message}", info
         return (*results[choice], info)
