@@ -67,6 +67,18 @@ class QualityGate(_Model):
     min_samples: int = Field(24, ge=1, le=MAX_SAMPLES)
 
 
+class Calibration(_Model):
+    """Conformal calibration of every quantile level at every lead, from the
+    forecaster's own recorded errors (``engine.calibration``): each level
+    shifted by the empirical quantile of ``actual - forecast`` at that level
+    over ``window``, once a lead has ``min_samples`` pairs. Applies to the
+    configured model and to the quality gate's fallbacks; the point forecast
+    is not changed."""
+
+    window: Duration = timedelta(days=3)
+    min_samples: int = Field(48, ge=1, le=MAX_SAMPLES)
+
+
 def _registry(kind: str) -> Any:
     if kind == "source":
         from .sources import registry
@@ -126,6 +138,8 @@ class ForecasterConfig(_Model):
     extra_horizon: Duration = timedelta(0)
     #: switch model (or to reactive) when the live error exceeds a bound
     quality_gate: QualityGate | None = None
+    #: shift each quantile level by its own recent errors (conformal)
+    calibration: Calibration | None = None
     #: start from this saved model (e.g. a global LSTM trained on other
     #: targets with ``forescale train-global``): the cold-start path for a
     #: target with little history; relative to the config file

@@ -39,6 +39,7 @@ from policies import decide, history_to_keep
 from policies.window import LeadWindow, lead_window
 
 from .audit import decision_context
+from .calibration import QuantileCalibrator
 from .checkpoints import ModelCheckpoint
 from .config import TargetConfig
 from .core.plugins import capabilities_of
@@ -71,11 +72,12 @@ class _Slot:
     in ``levels`` (its live error)."""
 
     def __init__(self, name: str, forecaster: Forecaster | None, horizons_s: tuple[int, int],
-                 levels: tuple[float, ...] = ()) -> None:
+                 levels: tuple[float, ...] = (), calibrator: QuantileCalibrator | None = None) -> None:
         self.name = name
         self.forecaster = forecaster
         self.last_fit: datetime | None = None
         self.tracker = MemoryFeedback(horizons_s, levels=levels)
+        self.calibrator = calibrator  # forecaster.calibration: its forecasts' conformal shift
 
 
 class TargetRunner:
@@ -99,15 +101,21 @@ class TargetRunner:
         self.horizons_s = lead_window(self.policy, None).horizons_s
         gate_cfg = target.forecaster.quality_gate
         levels = target.forecast_quantiles if gate_cfg is not None and gate_cfg.score == "pinball" else ()
-        self.primary = _Slot(target.forecaster.name, forecaster, self.horizons_s, levels)
+        self.primary = _Slot(target.forecaster.name, forecaster, self.horizons_s, levels, self._calibrator())
         self.shadows: list[_Slot] = []
         if gate_cfg is not None and forecaster is not None:
-            self.shadows = [_Slot(n, create_forecaster(n), self.horizons_s, levels)
+            self.shadows = [_Slot(n, create_forecaster(n), self.horizons_s, levels, self._calibrator())
                             for n in gate_cfg.fallbacks if n != target.forecaster.name]
         self.feedback: Feedback = feedback or MemoryFeedback(self.horizons_s)
         self.keep = history_to_keep(self.policy)
         self._observed_until: int | None = None
         self._scale: float | None = None  # MASE denominator, refreshed at each refit
+
+    def _calibrator(self) -> QuantileCalibrator | None:
+        cal = self.target.forecaster.calibration
+        if cal is None:
+            return None
+        return QuantileCalibrator(self.target.forecast_quantiles, self.interval_s, cal.window, cal.min_samples)
 
     # the configured model (the daemon carries it across config reloads)
     @property
@@ -163,6 +171,8 @@ class TargetRunner:
                 raise ForecastError("no valid observations in the history")
             self._maintain(slot, history, now, covariates)
             fc = slot.forecaster.predict(now, steps, self.target.forecast_quantiles)
+            if slot.calibrator is not None:
+                fc = slot.calibrator.calibrate(history, fc)
             return fc, None
         except ForecastError as exc:
             return None, f"{type(exc).__name__}: {exc}"
