@@ -166,7 +166,8 @@ class ForecasterConfig(_Model):
             return v
         if isinstance(v, BaseModel):
             v = v.model_dump()
-        return params_cls.model_validate(v if v is not None else {})
+        # the file's context: a path in the params is relative to the file
+        return params_cls.model_validate(v if v is not None else {}, context=info.context)
 
     @field_validator("init_from")
     @classmethod
