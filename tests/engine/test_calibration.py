@@ -8,7 +8,6 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-import forecasters
 from engine.calibration import QuantileCalibrator, conformal_offset
 from engine.config import Calibration, ForecasterConfig, PluginSection, TargetConfig
 from engine.core.types import Forecast, ScalingState, Series
@@ -16,6 +15,7 @@ from engine.core.units import from_epoch
 from engine.cycle import TargetRunner
 from forecasters.naive import Persistence
 from policies.config import PolicyConfig
+from tests.support.forecasters import registered
 
 T0 = 1_700_000_000 - (1_700_000_000 % 300)
 
@@ -33,9 +33,8 @@ class NoBand(Persistence):
 
 @pytest.fixture(autouse=True)
 def _registered():
-    forecasters.registry.register("no_band", NoBand)
-    yield
-    forecasters.registry.unregister("no_band")
+    with registered(no_band=NoBand):
+        yield
 
 
 def _series(days: float = 4) -> Series:

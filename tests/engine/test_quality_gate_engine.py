@@ -8,13 +8,13 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-import forecasters
 from engine.config import ForecasterConfig, PluginSection, QualityGate, TargetConfig
 from engine.cycle import TargetRunner
 from engine.core.types import ScalingState, Series
 from engine.core.units import from_epoch
 from forecasters.naive import Persistence
 from policies.config import PolicyConfig
+from tests.support.forecasters import registered
 
 T0 = 1_700_000_000 - (1_700_000_000 % 300)
 
@@ -42,13 +42,8 @@ class WildBands(Persistence):
 
 @pytest.fixture(autouse=True)
 def _registered():
-    """Registered for this module's tests only (the contract suite runs over
-    the real registry, not over test doubles)."""
-    forecasters.registry.register("half_off", HalfOff)
-    forecasters.registry.register("wild_bands", WildBands)
-    yield
-    forecasters.registry.unregister("half_off")
-    forecasters.registry.unregister("wild_bands")
+    with registered(half_off=HalfOff, wild_bands=WildBands):
+        yield
 
 
 def _series(days: float = 3) -> Series:
