@@ -56,14 +56,13 @@ def conformal_offset(errors: np.ndarray, level: float) -> float:
     ``level``-quantile (``ceil((n+1) q)/n``, the next order statistic up,
     above the median; the mirror image below it; the median at 0.5)."""
     n = errors.size
-    r = np.sort(errors)
     if level == 0.5:
-        return float(np.median(r))
+        return float(np.median(errors))
     if level > 0.5:
         k = min(n, math.ceil((n + 1) * level))  # 1-based order statistic
     else:
         k = max(1, math.floor((n + 1) * level))
-    return float(r[k - 1])
+    return float(np.partition(errors, k - 1)[k - 1])
 
 
 class QuantileCalibrator:
@@ -87,6 +86,12 @@ class QuantileCalibrator:
         self._pairs = {a: MemoryFeedback((a * self.step_s, a * self.step_s), levels=self.levels,
                                          keep_s=self.window_s) for a in self.anchors}
         self._observed_until: int | None = None
+        self._cached: tuple[int, dict[int, dict[float, float]]] | None = None
+
+    #: offsets are recomputed once this many intervals have passed (the
+    #: error distribution over days barely moves in a few steps; recomputing
+    #: every cycle would cost a backtest a sort per level and lead per step)
+    REFRESH_STEPS = 6
 
     # ----------------------------------------------------------- the pairs
     def observe(self, history: Series) -> None:
@@ -106,10 +111,6 @@ class QuantileCalibrator:
         for a, m in self._pairs.items():
             if a <= n:
                 m.record("", forecast)
-
-    def samples(self, now_s: int) -> dict[int, int]:
-        """Pairs per anchor inside the window ending at ``now_s``."""
-        return {a: int(m.pairs(now_s - self.window_s)[0].size) for a, m in self._pairs.items()}
 
     def offsets(self, now_s: int) -> dict[int, dict[float, float]]:
         """anchor step -> level -> offset, for the anchors with at least
@@ -135,7 +136,9 @@ class QuantileCalibrator:
         every lead (interpolated between anchors); unchanged until an anchor
         has ``min_samples`` pairs."""
         made = to_epoch(forecast.made_at)
-        offs = self.offsets(made)
+        if self._cached is None or not 0 <= made - self._cached[0] < self.REFRESH_STEPS * self.step_s:
+            self._cached = (made, self.offsets(made))
+        offs = self._cached[1]
         if not offs or not forecast.quantiles:
             return forecast
         lead = (forecast.timestamps - made) / self.step_s
