@@ -214,9 +214,9 @@ class TargetRunner:
             if fc is not None:
                 slot.tracker.record(self.target.name, fc, window.horizons_s)
         both = {slot.name: self._live_errors(slot, now) for slot in (self.primary, *self.shadows)}
-        # a forecast without quantiles is judged by its point (MASE)
-        errors = {k: v["mase"] if v["pinball"] is None else v["pinball"] for k, v in both.items()} \
-            if gate_cfg.score == "pinball" else {k: v["mase"] for k, v in both.items()}
+        # the pinball loss where the gate scores it; else, or for a forecast
+        # without quantiles, the point's MASE
+        errors = {k: v["mase"] if v["pinball"] is None else v["pinball"] for k, v in both.items()}
         order = [self.primary.name] + [s.name for s in self.shadows]
         choice, reason = gate(errors, gate_cfg.bound, order)
 
