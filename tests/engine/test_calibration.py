@@ -13,22 +13,15 @@ from engine.config import Calibration, ForecasterConfig, PluginSection, TargetCo
 from engine.core.types import Forecast, ScalingState, Series
 from engine.core.units import from_epoch
 from engine.cycle import TargetRunner
-from forecasters.naive import Persistence
 from policies.config import PolicyConfig
-from tests.support.forecasters import registered
+from tests.support.forecasters import registered, scaled_bands
 
 T0 = 1_700_000_000 - (1_700_000_000 % 300)
 
 
-class NoBand(Persistence):
-    """Persistence with every level on its point, 5 % low: a median too low
-    and an upper band that is no band at all."""
-
-    name = "no_band"
-
-    def _predict(self, ahead, quantiles):
-        point, _ = super()._predict(ahead, quantiles)
-        return point, {q: 0.95 * point for q in quantiles}
+#: persistence with every level 5 % below its point: a median too low and
+#: an upper band that is no band at all
+NoBand = scaled_bands("no_band", 0.95)
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ from engine.core.types import ScalingState, Series
 from engine.core.units import from_epoch
 from forecasters.naive import Persistence
 from policies.config import PolicyConfig
-from tests.support.forecasters import registered
+from tests.support.forecasters import registered, scaled_bands
 
 T0 = 1_700_000_000 - (1_700_000_000 % 300)
 
@@ -28,16 +28,10 @@ class HalfOff(Persistence):
         return 0.5 * super()._point_for(y, a)
 
 
-class WildBands(Persistence):
-    """Persistence's point (a good one here), with quantiles badly off: every
-    level at three times the point, so the upper band the policy sizes from
-    is far too high and the median far from the actuals."""
-
-    name = "wild_bands"
-
-    def _predict(self, ahead, quantiles):
-        point, _ = super()._predict(ahead, quantiles)
-        return point, {q: 3.0 * point for q in quantiles}
+#: persistence's point (a good one here) with quantiles badly off: every level
+#: at three times the point, so the upper band the policy sizes from is far
+#: too high and the median far from the actuals
+WildBands = scaled_bands("wild_bands", 3.0)
 
 
 @pytest.fixture(autouse=True)
