@@ -745,17 +745,32 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
 
 
 def cmd_train_global(args: argparse.Namespace) -> int:
-    """Train one LSTM across the history of several targets and save it, for
-    ``forecaster.init_from`` (cold start) and for batched forecasting."""
+    """Train one network across the history of several targets and save it:
+    the level-free ``lstm_global`` (``--model lstm_global``, the default: a
+    target uses it with ``forecaster: {name: lstm_global, params:
+    {checkpoint: MODEL}}``), or the older multi-series ``lstm`` network for
+    ``forecaster.init_from`` (``--model lstm``, the cold-start path)."""
+    from pydantic import ValidationError
+
     from .build import build_source
     from .core.clock import SystemClock
     from .config import load_config
     from .progress import progress
 
     try:
-        from forecasters.lstm import GlobalLSTM
+        from forecasters.lstm import GlobalLSTM, LevelFreeLSTM
     except ImportError as exc:
         raise PluginError(f"train-global needs torch: pip install 'forescale[lstm]' ({exc})") from None
+    try:
+        params = json.loads(args.params) if args.params else {}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--params is not JSON: {exc}") from None
+    cls = LevelFreeLSTM if args.model == "lstm_global" else GlobalLSTM
+    try:
+        model = cls(params)
+    except ValidationError as exc:
+        raise ConfigError(f"--params for {args.model}: " + "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
     cfg = load_config(args.config)
     targets = [cfg.target(n) for n in args.target] if args.target else list(cfg.targets)
     now = SystemClock().now()
@@ -765,21 +780,21 @@ def cmd_train_global(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"{t.name}: {series.n_valid} samples every {t.interval}", flush=True)
         histories[t.name] = series
-    try:
-        params = json.loads(args.params) if args.params else {}
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--params is not JSON: {exc}") from None
-    model = GlobalLSTM(params)
     with progress(model.params.epochs, "train-global: epochs", args.quiet) as bar:
-        model.on_epoch = lambda epoch, epochs: bar.update()
-        model.fit(histories)
+        if cls is LevelFreeLSTM:
+            model.fit(histories, on_epoch=lambda epoch, epochs: bar.update())
+        else:
+            model.on_epoch = lambda epoch, epochs: bar.update()
+            model.fit(histories)
     model.save(args.out)
+    use = (f"forecaster: {{name: lstm_global, params: {{checkpoint: {args.out}}}}}" if cls is LevelFreeLSTM
+           else f"forecaster: {{name: lstm, init_from: {args.out}}}")
     if args.json:
-        _print_json({"model": model.version, "out": args.out,
+        _print_json({"model": model.version, "kind": args.model, "out": args.out, "use": use,
                      "targets": {n: {"samples": s.n_valid} for n, s in histories.items()}})
         return 0
     print(f"global model {model.version} trained on {len(histories)} target(s), saved to {args.out}")
-    print(f"use it: forecaster: {{name: lstm, init_from: {args.out}}}")
+    print(f"use it: {use}")
     return 0
 
 
@@ -910,11 +925,15 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(ash)
     ash.set_defaults(func=cmd_audit_show)
 
-    g = sub.add_parser("train-global", help="train one LSTM across targets (for init_from / cold start)")
+    g = sub.add_parser("train-global", help="train one global LSTM across targets (lstm_global's checkpoint, "
+                                            "or lstm's init_from)")
     g.add_argument("--config", required=True, help="the YAML config file whose targets' history is read")
     g.add_argument("--target", action="append", help="a target to train on (repeat; default: all)")
     g.add_argument("--out", required=True, help="where to save the model")
-    g.add_argument("--params", help='LSTM parameters as JSON, e.g. \'{"epochs": 8}\'')
+    g.add_argument("--model", choices=("lstm_global", "lstm"), default="lstm_global",
+                   help="lstm_global: the level-free global model (params.checkpoint of forecaster lstm_global); "
+                        "lstm: the multi-series lstm network (forecaster.init_from of lstm)")
+    g.add_argument("--params", help='the model\'s parameters as JSON, e.g. \'{"epochs": 8}\'')
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar (none is drawn unless stderr "
                                                              "is a terminal)")
     json_flag(g)

@@ -46,17 +46,37 @@ class QualityGate(_Model):
 
     The engine runs the ``fallbacks`` beside the configured model (in shadow:
     forecasts logged in memory, never acted on), measures each one's live
-    MASE at the policy's lead time over ``window`` (mean absolute error of
-    the point forecast / the in-sample MAE of the one-day seasonal naive),
-    and while the configured model's error exceeds ``bound`` uses the first
-    fallback within it — or none (reactive) if none is. Each decision records
-    the gate's choice, the errors and the reason.
+    error at the policy's lead time over ``window``, and while the configured
+    model's error exceeds ``bound`` uses the first fallback within it — or
+    none (reactive) if none is. Each decision records the gate's choice, the
+    errors and the reason.
+
+    ``score``: ``pinball`` (default) judges the whole forecast: twice the
+    mean pinball loss over the quantile levels the engine asks for, over the
+    in-sample MAE of the one-day seasonal naive (the seasonal-naive
+    reference; the factor 2 is GluonTS' weighted quantile loss convention, so
+    a forecast whose quantiles all sit on its point scores exactly its MASE
+    and one ``bound`` reads the same for both scores); ``mase`` judges the
+    point forecast alone (mean absolute error over the same reference).
     """
 
     bound: float = Field(gt=0.0)
+    score: Literal["pinball", "mase"] = "pinball"
     fallbacks: tuple[str, ...] = ("persistence",)
     window: Duration = timedelta(days=1)
     min_samples: int = Field(24, ge=1, le=MAX_SAMPLES)
+
+
+class Calibration(_Model):
+    """Conformal calibration of every quantile level at every lead, from the
+    forecaster's own recorded errors (``engine.calibration``): each level
+    shifted by the empirical quantile of ``actual - forecast`` at that level
+    over ``window``, once a lead has ``min_samples`` pairs. Applies to the
+    configured model and to the quality gate's fallbacks; the point forecast
+    is not changed."""
+
+    window: Duration = timedelta(days=3)
+    min_samples: int = Field(48, ge=1, le=MAX_SAMPLES)
 
 
 def _registry(kind: str) -> Any:
@@ -118,6 +138,8 @@ class ForecasterConfig(_Model):
     extra_horizon: Duration = timedelta(0)
     #: switch model (or to reactive) when the live error exceeds a bound
     quality_gate: QualityGate | None = None
+    #: shift each quantile level by its own recent errors (conformal)
+    calibration: Calibration | None = None
     #: start from this saved model (e.g. a global LSTM trained on other
     #: targets with ``forescale train-global``): the cold-start path for a
     #: target with little history; relative to the config file
@@ -144,7 +166,8 @@ class ForecasterConfig(_Model):
             return v
         if isinstance(v, BaseModel):
             v = v.model_dump()
-        return params_cls.model_validate(v if v is not None else {})
+        # the file's context: a path in the params is relative to the file
+        return params_cls.model_validate(v if v is not None else {}, context=info.context)
 
     @field_validator("init_from")
     @classmethod

@@ -34,13 +34,14 @@ import numpy as np
 
 from actuators.base import ActuatorConfig
 from forecasters import Forecaster, create as create_forecaster
-from forecasters.quality import gate, live_mase
+from forecasters.quality import gate, live_mase, live_quantile_loss
 from policies import history_to_keep
 from policies.pipeline import decide_signals
 from policies.resources import Signal
 from policies.window import LeadWindow, lead_window
 
 from .audit import decision_context
+from .calibration import QuantileCalibrator
 from .checkpoints import ModelCheckpoint
 from .config import TargetConfig
 from .core.plugins import capabilities_of
@@ -75,13 +76,16 @@ class CycleOutcome:
 class _Slot:
     """One forecaster the runner keeps fitted: the configured model, or a
     quality-gate fallback running in shadow. ``tracker`` holds its own
-    predicted-vs-actual pairs at the policy's lead time (its live error)."""
+    predicted-vs-actual pairs at the policy's lead time, at every level
+    in ``levels`` (its live error)."""
 
-    def __init__(self, name: str, forecaster: Forecaster | None, horizons_s: tuple[int, int]) -> None:
+    def __init__(self, name: str, forecaster: Forecaster | None, horizons_s: tuple[int, int],
+                 levels: tuple[float, ...] = (), calibrator: QuantileCalibrator | None = None) -> None:
         self.name = name
         self.forecaster = forecaster
         self.last_fit: datetime | None = None
-        self.tracker = MemoryFeedback(horizons_s)
+        self.tracker = MemoryFeedback(horizons_s, levels=levels)
+        self.calibrator = calibrator  # forecaster.calibration: its forecasts' conformal shift
 
 
 class TargetRunner:
@@ -103,11 +107,12 @@ class TargetRunner:
         #: the configured lead window's horizons (the backtest's feedback
         #: keeps these; a live cycle passes its own window)
         self.horizons_s = lead_window(self.policy, None).horizons_s
-        self.primary = _Slot(target.forecaster.name, forecaster, self.horizons_s)
-        self.shadows: list[_Slot] = []
         gate_cfg = target.forecaster.quality_gate
+        levels = target.forecast_quantiles if gate_cfg is not None and gate_cfg.score == "pinball" else ()
+        self.primary = _Slot(target.forecaster.name, forecaster, self.horizons_s, levels, self._calibrator())
+        self.shadows: list[_Slot] = []
         if gate_cfg is not None and forecaster is not None:
-            self.shadows = [_Slot(n, create_forecaster(n), self.horizons_s)
+            self.shadows = [_Slot(n, create_forecaster(n), self.horizons_s, levels, self._calibrator())
                             for n in gate_cfg.fallbacks if n != target.forecaster.name]
         self.feedback: Feedback = feedback or MemoryFeedback(self.horizons_s)
         self.keep = history_to_keep(self.policy)
@@ -117,6 +122,12 @@ class TargetRunner:
         #: keyed by its series name ``target/resource``)
         self.resources: dict[str, TargetRunner] = dict(resources) if resources is not None else {
             name: TargetRunner(target.resource_target(name)) for name in target.resources}
+
+    def _calibrator(self) -> QuantileCalibrator | None:
+        cal = self.target.forecaster.calibration
+        if cal is None:
+            return None
+        return QuantileCalibrator(self.target.forecast_quantiles, self.interval_s, cal.window, cal.min_samples)
 
     # the configured model (the daemon carries it across config reloads)
     @property
@@ -172,6 +183,8 @@ class TargetRunner:
                 raise ForecastError("no valid observations in the history")
             self._maintain(slot, history, now, covariates)
             fc = slot.forecaster.predict(now, steps, self.target.forecast_quantiles)
+            if slot.calibrator is not None:
+                fc = slot.calibrator.calibrate(history, fc)
             return fc, None
         except ForecastError as exc:
             return None, f"{type(exc).__name__}: {exc}"
@@ -181,13 +194,20 @@ class TargetRunner:
             slot.last_fit = None  # refit next cycle
             return None, f"{type(exc).__name__}: {exc}"
 
-    def _live_error(self, slot: _Slot, now: datetime) -> float | None:
+    def _live_errors(self, slot: _Slot, now: datetime) -> dict[str, float | None]:
+        """The slot's live MASE and, with ``score: pinball``, its live
+        quantile loss (None until ``min_samples`` pairs)."""
         gate_cfg = self.target.forecaster.quality_gate
         assert gate_cfg is not None
-        a, p = slot.tracker.pairs(to_epoch(now - gate_cfg.window))
+        since = to_epoch(now - gate_cfg.window)
+        a, p = slot.tracker.pairs(since)
         if a.size < gate_cfg.min_samples or not self._scale:
-            return None
-        return live_mase(p, a, self._scale)
+            return {"mase": None, "pinball": None}
+        out = {"mase": live_mase(p, a, self._scale), "pinball": None}
+        if gate_cfg.score == "pinball":
+            a, qs = slot.tracker.quantile_pairs(since)
+            out["pinball"] = live_quantile_loss(qs, a, self._scale)
+        return out
 
     def _gate(self, history: Series, now: datetime, covariates: dict[str, Series] | None,
               window: LeadWindow) -> tuple[Forecast | None, str | None, dict[str, Any]]:
@@ -205,12 +225,21 @@ class TargetRunner:
             fc = results[slot.name][0]
             if fc is not None:
                 slot.tracker.record(self.target.name, fc, window.horizons_s)
-        errors = {slot.name: self._live_error(slot, now) for slot in (self.primary, *self.shadows)}
+        both = {slot.name: self._live_errors(slot, now) for slot in (self.primary, *self.shadows)}
+        # the pinball loss where the gate scores it; else, or for a forecast
+        # without quantiles, the point's MASE
+        errors = {k: v["mase"] if v["pinball"] is None else v["pinball"] for k, v in both.items()}
         order = [self.primary.name] + [s.name for s in self.shadows]
         choice, reason = gate(errors, gate_cfg.bound, order)
-        info = {"choice": choice, "reason": reason.code, "message": reason.message,
-                "live_mase": {k: None if v is None else round(v, 4) for k, v in errors.items()},
+
+        def rounded(d: Mapping[str, float | None]) -> dict[str, float | None]:
+            return {k: None if v is None else round(v, 4) for k, v in d.items()}
+
+        info = {"choice": choice, "reason": reason.code, "message": reason.message, "score": gate_cfg.score,
+                "live_error": rounded(errors), "live_mase": rounded({k: v["mase"] for k, v in both.items()}),
                 "bound": gate_cfg.bound}
+        if gate_cfg.score == "pinball":
+            info["live_pinball"] = rounded({k: v["pinball"] for k, v in both.items()})
         if choice is None:
             return None, f"quality gate: {reason.message}", info
         return (*results[choice], info)
