@@ -145,6 +145,27 @@ class TargetRunner:
             if slot is self.primary and self._scale is None:  # e.g. a model restored from a checkpoint
                 self._scale = seasonal_naive_scale(history.since(to_epoch(now - fc.history)))
 
+    def maintain(self, history: Series, now: datetime,
+                 covariates: dict[str, Series] | None = None) -> str | None:
+        """Fit (on schedule) or update the configured model, without
+        predicting: what a batched forecast needs done per target before its
+        one call (:mod:`engine.fleet`). Returns why it failed, or None."""
+        slot = self.primary
+        if slot.forecaster is None:
+            return None
+        try:
+            if history.n_valid == 0:
+                raise ForecastError("no valid observations in the history")
+            self._maintain(slot, history, now, covariates)
+            return None
+        except ForecastError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a model bug must not stop the loop
+            log.warning("forecaster %s failed: %s", slot.name,
+                        "".join(traceback.format_exception_only(exc)).strip())
+            slot.last_fit = None  # refit next cycle
+            return f"{type(exc).__name__}: {exc}"
+
     def forecast(self, history: Series, now: datetime, slot: _Slot | None = None,
                  covariates: dict[str, Series] | None = None,
                  window: LeadWindow | None = None) -> tuple[Forecast | None, str | None]:
@@ -204,13 +225,16 @@ class TargetRunner:
         return (*results[choice], info)
 
     def step(self, history: Series, state: ScalingState, now: datetime,
-             covariates: dict[str, Series] | None = None, window: LeadWindow | None = None) -> CycleOutcome:
+             covariates: dict[str, Series] | None = None, window: LeadWindow | None = None, *,
+             forecast: tuple[Forecast | None, str | None] | None = None) -> CycleOutcome:
         """One decision from a regular history (samples up to ``now``);
         ``covariates``: extra metrics on the same grid, for forecasters that
         take them; ``window``: the cycle's lead window (computed here from
         the state when the caller has none, as in the backtest). The same
         window sizes the forecast horizon, the headroom's horizons and the
-        policy's window."""
+        policy's window. ``forecast``: this cycle's (forecast, error) made
+        elsewhere (a batched call over many targets, after :meth:`maintain`)
+        instead of by this runner."""
         if window is None:
             window = lead_window(self.policy, state.learned_lead_time)
         v = history.values
@@ -227,7 +251,9 @@ class TargetRunner:
                                               m.conformal_window, m.conformal_min_samples)
         seen = replace(state, observation=obs, headroom=headroom, history_points=history.n_valid)
         extra: dict[str, Any] = {}
-        if self.target.forecaster.quality_gate is not None and self.primary.forecaster is not None:
+        if forecast is not None:
+            forecast, error = forecast
+        elif self.target.forecaster.quality_gate is not None and self.primary.forecaster is not None:
             forecast, error, extra["quality_gate"] = self._gate(history, now, covariates, window)
         else:
             forecast, error = self.forecast(history, now, covariates=covariates, window=window)
@@ -298,6 +324,21 @@ class Act:
     error: str | None = None  # an actuation error, for the result
     plan: Plan | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PendingCycle:
+    """A cycle between its steps (:meth:`LiveTarget.begin`, ``decide``,
+    ``finish``): what it has gathered and decided so far, and the error that
+    ended it early. Only the LiveTarget that began it changes it."""
+
+    now: datetime
+    t0: float  # perf_counter at the start, for the duration
+    notes: dict[str, Any] = field(default_factory=dict)
+    inputs: CycleInputs | None = None
+    out: CycleOutcome | None = None
+    act: Act | None = None
+    error: str | None = None
 
 
 class CycleRefused(Exception):
@@ -386,36 +427,89 @@ class LiveTarget:
         Never raises a ForescaleError or a bug in a plugin: the problem is
         returned in the result. A BaseException (SystemExit,
         KeyboardInterrupt) passes through; the intent recorded before acting
-        lets the next start reconcile it."""
-        t0 = time.perf_counter()
-        notes: dict[str, Any] = {}
-        inputs: CycleInputs | None = None
-        out: CycleOutcome | None = None
-        act: Act | None = None
-        error: str | None = None
-        try:
-            with log_context(target=self.target.name, mode=self.target.mode):
-                self._check_clock(now)
-                with self._turn() as not_ours:
-                    if not not_ours:
-                        notes.update(self.reconcile(now))
-                        notes.update(self._apply_plans(now))
-                inputs = self._gather(now)
-                out = self._decide(inputs, notes)
+        lets the next start reconcile it.
+
+        The batched cycle of a template (:mod:`engine.fleet`) runs the same
+        steps in three calls, so that many targets' forecasts are made in
+        one call between them: :meth:`begin` (1-4), :meth:`decide` (5, with
+        the forecast made for it) and :meth:`finish` (6-8)."""
+        cycle = self.begin(now)
+        self.decide(cycle)
+        return self.finish(cycle)
+
+    def begin(self, now: datetime) -> PendingCycle:
+        """Steps 1-4: the inputs this cycle decides from."""
+        cycle = PendingCycle(now, time.perf_counter())
+        with self._phase(cycle):
+            self._check_clock(now)
+            with self._turn() as not_ours:
+                if not not_ours:
+                    cycle.notes.update(self.reconcile(now))
+                    cycle.notes.update(self._apply_plans(now))
+            cycle.inputs = self._gather(now)
+        return cycle
+
+    def prepare_forecast(self, cycle: PendingCycle) -> str | None:
+        """Before a forecast made for many targets at once: restore the saved
+        model and fit or update it on this cycle's history. Returns why this
+        target cannot take part (it then decides without it), or None."""
+        inputs = cycle.inputs
+        if cycle.error is not None or inputs is None:
+            return cycle.error or "no inputs"
+        if inputs.fetch_error:
+            return inputs.fetch_error
+        note = self.checkpoint.restore(self.runner, inputs.now, inputs.history.end)
+        if note:
+            cycle.notes["model"] = note
+        return self.runner.maintain(inputs.history, inputs.now, inputs.covariates)
+
+    def decide(self, cycle: PendingCycle, forecast: tuple[Forecast | None, str | None] | None = None) -> None:
+        """Step 5 (``forecast``: made for this target by a batched call,
+        after :meth:`prepare_forecast`)."""
+        if cycle.error is not None or cycle.inputs is None:
+            return
+        with self._phase(cycle):
+            cycle.out = self._decide(cycle.inputs, cycle.notes, forecast)
+
+    def acts(self, cycle: PendingCycle) -> bool:
+        """Whether :meth:`finish` may touch the platform or the records of
+        actions (plans, intents): approve and auto mode with a change to
+        make, or an earlier accepted change to verify. A batched cycle
+        records the others together and finishes these one by one."""
+        if cycle.out is None or self.target.mode not in ("approve", "auto"):
+            return False
+        d = cycle.out.decision
+        return d.desired != d.current or capabilities_of(self.actuator).stepwise_apply or bool(
+            self.store.decisions(self.target.name, limit=1, status="accepted"))
+
+    def finish(self, cycle: PendingCycle) -> CycleResult:
+        """Steps 6-8, and the cycle's result."""
+        if cycle.error is None and cycle.out is not None and cycle.inputs is not None:
+            inputs, out = cycle.inputs, cycle.out
+            with self._phase(cycle):
                 set_log_fields(decision_id=out.decision.id)
                 with self._turn() as not_ours:
                     if not not_ours:
-                        notes.update(self._verify(inputs))
-                    act = self._act(inputs, out, not_ours)
-                    self._record(inputs, out, act, with_state=not not_ours)
+                        cycle.notes.update(self._verify(inputs))
+                    cycle.act = self._act(inputs, out, not_ours)
+                    self._record(inputs, out, cycle.act, with_state=not not_ours)
+        return self._result(cycle.now, cycle.notes, cycle.inputs, cycle.out, cycle.act, cycle.error,
+                            time.perf_counter() - cycle.t0)
+
+    @contextmanager
+    def _phase(self, cycle: PendingCycle) -> Iterator[None]:
+        """One part of a cycle: a problem becomes the cycle's error (the
+        later parts are then skipped), never an exception."""
+        try:
+            with log_context(target=self.target.name, mode=self.target.mode):
+                yield
         except CycleRefused as exc:
-            error = str(exc)
+            cycle.error = str(exc)
         except StateError as exc:
-            error = f"state: {exc}"
+            cycle.error = f"state: {exc}"
         except Exception as exc:  # noqa: BLE001 - one bad cycle must not end the target's loop
             log.exception("target %s: cycle failed", self.target.name, extra={"target": self.target.name})
-            error = f"{type(exc).__name__}: {exc}"
-        return self._result(now, notes, inputs, out, act, error, time.perf_counter() - t0)
+            cycle.error = f"{type(exc).__name__}: {exc}"
 
     def _result(self, now: datetime, notes: dict[str, Any], inputs: CycleInputs | None,
                 out: CycleOutcome | None, act: Act | None, error: str | None, duration_s: float) -> CycleResult:
@@ -558,13 +652,15 @@ class LiveTarget:
             return {"unverified": msg}
         return {}
 
-    def _decide(self, inputs: CycleInputs, notes: dict[str, Any]) -> CycleOutcome:
+    def _decide(self, inputs: CycleInputs, notes: dict[str, Any],
+                forecast: tuple[Forecast | None, str | None] | None = None) -> CycleOutcome:
         if inputs.fetch_error:
             return self._without_fresh_data(inputs)
         note = self.checkpoint.restore(self.runner, inputs.now, inputs.history.end)
         if note:
             notes["model"] = note
-        out = self.runner.step(inputs.history, inputs.state, inputs.now, inputs.covariates, inputs.window)
+        out = self.runner.step(inputs.history, inputs.state, inputs.now, inputs.covariates, inputs.window,
+                               forecast=forecast)
         self.checkpoint.save(self.runner, inputs.history.end)
         if out.forecast_error:
             notes["forecast_error"] = out.forecast_error
