@@ -220,8 +220,47 @@ def cmd_validate(args: argparse.Namespace) -> int:
         lo, hi = t.policy.bounds
         print(f"{t.name}: mode {t.mode}, every {t.interval}, source {t.source.type}, forecaster "
               f"{t.forecaster.name}, actuator {t.actuator.type}, capacity [{lo}, {hi}]")
-    print(f"{args.config}: valid ({len(cfg.targets)} target(s)); state file {cfg.state_path}")
+    for tp in cfg.templates:
+        print(f"template {tp.name}: one target per series of {tp.source.query!r}, every {tp.prototype.interval}, "
+              f"rediscovered every {tp.discover_every} (list them: forescale targets --config {args.config})")
+    more = f", {len(cfg.templates)} template(s)" if cfg.templates else ""
+    print(f"{args.config}: valid ({len(cfg.targets)} target(s){more}); state file {cfg.state_path}")
     return 0
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    """What each template expands to now: one target per series its query
+    returns (asked of the source now), with the labels it came from."""
+    from .config import load_config
+    from .core.clock import SystemClock
+    from .fleet import discover, template_source
+
+    cfg = load_config(args.config)
+    chosen = [tp for tp in cfg.templates if not args.template or tp.name == args.template]
+    if args.template and not chosen:
+        raise ConfigError(f"no template named {args.template!r}; known: "
+                          f"{', '.join(tp.name for tp in cfg.templates) or 'none'}")
+    now = SystemClock().now()
+    doc: dict[str, Any] = {"config": args.config, "at": isoformat(now), "templates": []}
+    failed = False
+    for tp in chosen:
+        found = discover(tp, template_source(tp, cfg), now, cfg.base_dir)
+        failed = failed or bool(found.errors)
+        doc["templates"].append({"name": tp.name, "query": tp.source.query, "errors": found.errors, "targets": [
+            {"name": n, "labels": dict(sorted(found.labels[n])), "mode": t.mode,
+             "actuator": t.actuator.model_dump(mode="json", exclude_defaults=True)}
+            for n, t in found.targets.items()]})
+    if args.json:
+        _print_json(doc)
+        return EXIT_FAILURE if failed else EXIT_OK
+    for entry in doc["templates"]:
+        print(f"template {entry['name']}: {len(entry['targets'])} target(s) from {entry['query']!r}")
+        for t in entry["targets"]:
+            labels = ", ".join(f'{k}="{v}"' for k, v in t["labels"].items())
+            print(f"  {t['name']}  {{{labels}}}  mode {t['mode']}, actuator {t['actuator']}")
+        for err in entry["errors"]:
+            print(f"  error: {err}", file=sys.stderr)
+    return EXIT_FAILURE if failed else EXIT_OK
 
 
 def cmd_once(args: argparse.Namespace) -> int:
@@ -785,6 +824,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also check each actuator's credentials and target on its platform")
     json_flag(v)
     v.set_defaults(func=cmd_validate)
+
+    tg = sub.add_parser("targets", help="list the targets each template expands to now (asks its query)")
+    tg.add_argument("--config", required=True, help="the YAML config file")
+    tg.add_argument("--template", help="only this template (default: every template)")
+    json_flag(tg)
+    tg.set_defaults(func=cmd_targets)
 
     r = sub.add_parser("run", help="the daemon: every target's cycle on its interval")
     r.add_argument("--config", required=True, help="the YAML config file (reloaded on SIGHUP or change)")

@@ -785,6 +785,17 @@ class LiveTarget:
             raise box["error"]
         return box["value"]
 
+    def fetch_start(self, now: datetime) -> datetime:
+        """Where this cycle's fetch starts: after the history held (read from
+        the store's sample cache on the first cycle), else the start of the
+        history window."""
+        if self.history is None:
+            cached = self.store.cached_samples(self.target.name, since=now - self._history_window())
+            self.history = cached if len(cached) else None
+        if self.history is not None and len(self.history):
+            return self.history.end
+        return now - self._history_window()
+
     def refresh_history(self, now: datetime, deadline: float | None = None) -> str | None:
         """Fetch what is new; return an error string on failure (the cached
         history stays). A source that answers but has had nothing new for
@@ -793,13 +804,7 @@ class LiveTarget:
         name = self.target.name
         if deadline is None:
             deadline = time.monotonic() + fetch_deadline(self.target)
-        if self.history is None:
-            cached = self.store.cached_samples(name, since=now - self._history_window())
-            self.history = cached if len(cached) else None
-        if self.history is not None and len(self.history):
-            since = self.history.end
-        else:
-            since = now - self._history_window()
+        since = self.fetch_start(now)
         try:
             new = self._fetch(self.source, since, now, deadline)
             if not isinstance(new, Series):
