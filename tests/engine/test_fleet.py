@@ -186,3 +186,172 @@ def test_the_daemon_adds_and_retires_targets_as_series_come_and_go_and_a_series_
         assert d.lock_store.cached_samples("storage-carol-g2").values[-1] == pytest.approx(2 * va[-1])
     finally:
         d.shutdown(5)
+
+
+# ------------------------------------------------------------ the batched cycle
+from engine.build import build_targets  # noqa: E402
+from engine.core.types import Series  # noqa: E402
+from engine.fleet import run_batch  # noqa: E402
+from forecasters.lstm import LevelFreeForecaster, LevelFreeLSTM  # noqa: E402
+from tests.support.live import T0, FlakySource, target_dict, write_config, write_trace  # noqa: E402
+
+FIVE = 300
+DAYS = 4
+NOW = T0 + timedelta(days=DAYS) - timedelta(minutes=5)
+
+
+def daily(seed: int, level: float) -> np.ndarray:
+    t = np.arange(DAYS * 288)
+    rng = np.random.default_rng(seed)
+    return level + 0.3 * level * np.sin(2 * np.pi * t / 288) + rng.normal(0, 0.02 * level, t.size)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A small level-free global LSTM, trained beforehand on other series."""
+    start = int(T0.timestamp())
+    train = {f"s{i}": Series(start + FIVE * np.arange(DAYS * 288), daily(100 + i, 50.0 * (i + 1)))
+             for i in range(3)}
+    model = LevelFreeLSTM({"hidden_size": 16, "head_width": 32, "epochs": 4, "origin_stride": 3,
+                           "device": "cpu"}).fit(train)
+    path = tmp_path_factory.mktemp("global") / "global.pt"
+    model.save(path)
+    return path
+
+
+def fleet_config(tmp_path: Path, checkpoint: Path, n: int, *, mode: str = "dry-run", extra: list | None = None,
+                 state: str = "state.db") -> Path:
+    targets = []
+    for i in range(n):
+        trace = write_trace(tmp_path / f"t{i}.csv", daily(i, 40.0 + 7 * i))
+        targets.append(target_dict(f"t{i}", trace, mode=mode, forecaster={
+            "name": "lstm_global", "history": "3d", "refit_every": "1d",
+            "params": {"checkpoint": str(checkpoint), "device": "cpu"}},
+            policy={"margin": {"quantile": 0.9}}))
+    cfg = write_config(tmp_path / "fleet.yaml", targets + list(extra or []))
+    doc = yaml.safe_load(cfg.read_text())
+    doc["state"] = str(tmp_path / state)
+    cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return cfg
+
+
+def batch(cfg: Path, *, sources: dict | None = None, platforms: dict | None = None):
+    config = load_config(cfg)
+    store = Store(config.state_path)
+    members = build_targets(config, store)
+    for m in members:
+        if sources and m.target.name in sources:
+            m.source = sources[m.target.name](m.source)
+        m.actuator = (platforms or {}).get(m.target.name) or Platform(capacity=5)
+    return members, store
+
+
+def decisions(report) -> dict[str, tuple]:
+    return {r.target: (r.decision.current, r.decision.desired, r.decision.fallback, tuple(r.decision.reasons))
+            for r in report.results}
+
+
+def test_targets_on_one_global_model_are_decided_from_one_batched_forecast(tmp_path, checkpoint, monkeypatch):
+    cfg = fleet_config(tmp_path, checkpoint, 6)
+    calls = []
+    real = LevelFreeLSTM.predict_many
+    monkeypatch.setattr(LevelFreeLSTM, "predict_many",
+                        lambda self, h, *a, **k: calls.append(len(h)) or real(self, h, *a, **k))
+    members, store = batch(cfg)
+    report = run_batch(members, NOW, store)
+    assert calls == [6] and (report.batched, report.calls) == (6, 1)  # six targets, one forward pass
+    for r in report.results:
+        assert r.ok and not r.decision.fallback
+        assert r.forecast.model == "lstm_global"
+        rec = store.decision(r.decision.id)
+        assert rec["status"] == "dry-run" and rec["desired"] == r.decision.desired
+    # the same decisions as each target's own cycle makes alone (no batch)
+    calls.clear()
+    (tmp_path / "alone").mkdir()
+    alone_cfg = fleet_config(tmp_path / "alone", checkpoint, 6)
+    solo, solo_store = batch(alone_cfg)
+    alone = {m.target.name: m.run(NOW) for m in solo}
+    assert len(calls) == 6  # one call per target
+    for r in report.results:
+        a = alone[r.target]
+        assert (a.decision.desired, a.decision.reasons) == (r.decision.desired, r.decision.reasons)
+        np.testing.assert_allclose(a.forecast.quantiles[0.9], r.forecast.quantiles[0.9], rtol=1e-6)
+
+
+class _Raising:
+    def __init__(self, inner, exc: Exception) -> None:
+        self.inner, self.exc = inner, exc
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def apply(self, desired, *, decision_id):
+        raise self.exc
+
+
+def test_a_bad_target_never_changes_the_others_decisions(tmp_path, checkpoint):
+    from engine.core.errors import TransientActuatorError
+
+    (tmp_path / "good").mkdir()
+    good = fleet_config(tmp_path / "good", checkpoint, 4, mode="auto")
+    base, base_store = batch(good)
+    want = decisions(run_batch(base, NOW, base_store))
+    # the same four, and: a target whose source is down, one whose history
+    # is all NaN, one whose actuator raises when it must scale
+    nan_trace = write_trace(tmp_path / "nan.csv", [float("nan")] * (DAYS * 288))
+    spike = write_trace(tmp_path / "spike.csv", daily(9, 400.0))
+    extra = [target_dict(n, p, mode="auto", forecaster={
+        "name": "lstm_global", "history": "3d", "params": {"checkpoint": str(checkpoint), "device": "cpu"}})
+        for n, p in (("down", spike), ("nans", nan_trace), ("broken", spike))]
+    bad_cfg = fleet_config(tmp_path, checkpoint, 4, mode="auto", extra=extra)
+
+    def down(inner):
+        s = FlakySource(inner)
+        s.mode = "down"
+        return s
+
+    broken = _Raising(Platform(capacity=5), TransientActuatorError("the API is down"))
+    members, store = batch(bad_cfg, sources={"down": down}, platforms={"broken": broken})
+    got = run_batch(members, NOW, store)
+    by = {r.target: r for r in got.results}
+    assert {k: v for k, v in decisions(got).items() if k in want} == want
+    assert got.batched == 5  # the four and 'broken' (its forecast is fine; its platform is not)
+    for name in ("down", "nans"):
+        d = by[name].decision
+        assert d.fallback and d.desired >= d.current  # reactive, never down
+    assert by["down"].fetch_error.startswith("metric source:")
+    assert "connection refused" in json.dumps(store.decision(by["down"].decision.id))
+    assert by["broken"].status == "failed" and "the API is down" in by["broken"].actuation_error
+    assert store.decision(by["broken"].decision.id)["status"] == "failed"
+
+
+def test_a_failed_batched_call_falls_back_to_reactive_for_each_target_with_the_reason(tmp_path, checkpoint,
+                                                                                    monkeypatch):
+    cfg = fleet_config(tmp_path, checkpoint, 3, mode="auto")
+
+    def boom(cls, members, *a, **k):
+        raise RuntimeError("CUDA error: out of memory")
+
+    monkeypatch.setattr(LevelFreeForecaster, "predict_batch", classmethod(boom))
+    members, store = batch(cfg, platforms={f"t{i}": Platform(capacity=40) for i in range(3)})
+    report = run_batch(members, NOW, store)
+    for r in report.results:
+        d = r.decision
+        assert d.fallback and d.desired >= d.current == 40  # the demand asks for fewer: held
+        assert "batched forecast failed: RuntimeError: CUDA error: out of memory" in json.dumps(store.decision(d.id))
+
+
+def test_a_batched_cycle_records_in_one_transaction_however_many_targets(tmp_path, checkpoint):
+    def commits(n: int) -> int:
+        folder = tmp_path / f"n{n}"
+        folder.mkdir()
+        members, store = batch(fleet_config(folder, checkpoint, n))
+        run_batch(members, NOW, store)  # the first cycle fills the sample cache
+        seen = []
+        store.db.set_trace_callback(lambda sql: seen.append(sql) if sql.strip().upper() == "COMMIT" else None)
+        report = run_batch(members, NOW + timedelta(minutes=5), store)
+        assert all(r.ok for r in report.results) and len(report.results) == n
+        return len(seen)
+
+    few, many = commits(2), commits(12)
+    assert few == many <= 3  # gather, decide, record: one commit each, whatever the count
