@@ -231,7 +231,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_targets(args: argparse.Namespace) -> int:
     """What each template expands to now: one target per series its query
     returns (asked of the source now), with the labels it came from."""
-    from .config import load_config
+    from .config import _secret_name, load_config
     from .core.clock import SystemClock
     from .fleet import discover, template_source
 
@@ -248,7 +248,9 @@ def cmd_targets(args: argparse.Namespace) -> int:
         failed = failed or bool(found.errors)
         doc["templates"].append({"name": tp.name, "query": tp.source.query, "errors": found.errors, "targets": [
             {"name": n, "labels": dict(sorted(found.labels[n])), "mode": t.mode,
-             "actuator": t.actuator.model_dump(mode="json", exclude_defaults=True)}
+             # (what the labels filled in; a field that may hold a secret is never printed)
+             "actuator": {k: v for k, v in t.actuator.model_dump(mode="json", exclude_defaults=True).items()
+                          if not _secret_name(k)}}
             for n, t in found.targets.items()]})
     if args.json:
         _print_json(doc)
@@ -271,18 +273,44 @@ def cmd_once(args: argparse.Namespace) -> int:
     from .store import Store
 
     cfg = load_config(args.config)
-    if args.target:
+    if args.target and not cfg.templates:
         cfg.target(args.target)
     clock = SystemClock()
     rc = EXIT_OK
     report = []
-    with Store(cfg.state_path, audit_key=key_for(cfg)) as store:
-        store.lock()
+
+    def results(store: Store) -> Any:
+        """Each static target's cycle, then each template's batched cycle."""
+        nonlocal rc
+        static = [t.name for t in cfg.targets]
         for lt in build_targets(cfg, store, [args.target] if args.target else None):
             warning = check_actuator(lt.target, lt.actuator)
             if warning:
                 print(f"warning: {warning}", file=sys.stderr)
-            res = lt.run(clock.now())
+            yield lt, lt.run(clock.now())
+        if args.target in static:
+            return
+        from .fleet import TemplateFetch, discover, member_target, run_batch, template_source
+
+        seen = False
+        for tp in cfg.templates:
+            now = clock.now()  # read once for the template's batched cycle
+            source = template_source(tp, cfg)
+            found = discover(tp, source, now, cfg.base_dir)
+            for err in found.errors:
+                print(f"template {tp.name}: {err}", file=sys.stderr)
+                rc = EXIT_FAILURE
+            fetch = TemplateFetch(source)
+            members = [member_target(t, found.labels[n], fetch, store, cfg) for n, t in found.targets.items()
+                       if not args.target or n == args.target]
+            seen = seen or bool(members)
+            yield from zip(members, run_batch(members, now, store, fetch).results)
+        if args.target and not seen:
+            raise ConfigError(f"no target named {args.target!r}: not in the file, and no template has it now")
+
+    with Store(cfg.state_path, audit_key=key_for(cfg)) as store:
+        store.lock()
+        for lt, res in results(store):
             failed = {what: getattr(res, what) for what in ("fetch_error", "actuation_error", "error")
                       if getattr(res, what)}
             if failed:

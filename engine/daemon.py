@@ -23,6 +23,13 @@
 - SIGHUP, or a change of the config file's modification time: reload. The
   new file is validated first and replaces the running config only if valid;
   a mode change takes effect at the target's next cycle, without a restart.
+- Templates (``templates[]``, :mod:`engine.fleet`): the targets of one
+  template run together in one thread, one batched cycle per interval
+  (:class:`TemplateWorker`: one range query, the global model's forecasts
+  in one batched call, the records in one transaction per part), each
+  target still deciding alone; the template's query is asked every
+  ``discover_every`` which series exist, adding and retiring targets
+  (their state stays in the store under their names).
 - One daemon per state file (:meth:`engine.store.Store.lock`).
 - Once an hour (``HOUSEKEEPING_EVERY``): the state file is pruned as the
   config's ``retention`` says (:func:`prune_cutoffs`), and a summary of the
@@ -50,7 +57,7 @@ from .build import build_actuator as default_build_actuator, build_source as def
 from .core.clock import Clock, SystemClock
 from .config import Config, TargetConfig, TargetTemplate, load_config
 from .cycle import CycleResult, LiveTarget
-from .fleet import BatchReport, Discovery, SeriesSlice, TemplateFetch, discover, run_batch
+from .fleet import BatchReport, Discovery, TemplateFetch, discover, member_target, run_batch
 from .core.errors import ConfigError
 from .store import Store
 
@@ -285,9 +292,8 @@ class TemplateWorker:
             if name in d.workers:
                 log.error("template %s: target %s is also a target of the file; the file's is kept", t.name, name)
                 continue
-            live = LiveTarget(target, source=SeriesSlice(self.fetch, found.labels[name], _Lazy(
-                lambda target=target: d.build_source(target, d.config))), store=self.store,
-                actuator=d.build_actuator(target, d.config))
+            live = member_target(target, found.labels[name], self.fetch, self.store, d.config,
+                                 build_source=d.build_source, build_actuator=d.build_actuator)
             self.members[name] = _Member(target, live, self.store)
             d._register(target)
             log.info("template %s: target %s discovered", t.name, name, extra={"target": name})
@@ -351,19 +357,6 @@ class TemplateWorker:
         self.retired = True
         if not self.busy:
             self.store.close()
-
-
-class _Lazy:
-    """A source built on its first fetch (a template's target fetches from
-    the batch; its own connection is only made if it is ever asked alone)."""
-
-    def __init__(self, build: Callable[[], Any]) -> None:
-        self._build, self._source = build, None
-
-    def fetch(self, since: datetime | None, now: datetime) -> Any:
-        if self._source is None:
-            self._source = self._build()
-        return self._source.fetch(since, now)
 
 
 class Daemon:

@@ -150,6 +150,31 @@ class SeriesSlice:
         return got.since(since).until(now) if since is not None else got.until(now)
 
 
+class _Lazy:
+    """A source built on its first fetch (a template's target fetches from
+    the batch; its own connection is only made if it is ever asked alone)."""
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self._build, self._source = build, None
+
+    def fetch(self, since: datetime | None, now: datetime) -> Any:
+        if self._source is None:
+            self._source = self._build()
+        return self._source.fetch(since, now)
+
+
+def member_target(target: TargetConfig, labels: LabelSet, fetch: TemplateFetch, store: Any, config: Config, *,
+                  build_source: Callable[..., Any] | None = None,
+                  build_actuator: Callable[..., Any] | None = None) -> LiveTarget:
+    """A template's target in the live loop: its series from the template's
+    fetch (:class:`SeriesSlice`), the template's store connection."""
+    from .build import build_actuator as default_actuator, build_source as default_source
+
+    bs, ba = build_source or default_source, build_actuator or default_actuator
+    return LiveTarget(target, source=SeriesSlice(fetch, labels, _Lazy(lambda: bs(target, config))), store=store,
+                      actuator=ba(target, config))
+
+
 # ---------------------------------------------------------------- forecast
 def _trim(fc: Forecast, steps: int, levels: Sequence[float]) -> tuple[Forecast | None, str | None]:
     """A forecast of the batch's (longest) horizon and levels, cut to one
@@ -312,4 +337,4 @@ def _labelset(labels: dict[str, str]) -> str:
 
 
 __all__ = ["BatchReport", "Discovery", "SeriesSlice", "TemplateFetch", "batched_forecasts", "discover", "expand",
-           "run_batch", "template_source"]
+           "member_target", "run_batch", "template_source"]

@@ -355,3 +355,16 @@ def test_a_batched_cycle_records_in_one_transaction_however_many_targets(tmp_pat
 
     few, many = commits(2), commits(12)
     assert few == many <= 3  # gather, decide, record: one commit each, whatever the count
+
+
+@pytest.mark.prometheus
+def test_forescale_once_runs_each_template_as_one_batched_cycle(fleet_prometheus, tmp_path, capsys):
+    cfg = write(tmp_path / "fleet.yaml", template(fleet_prometheus.url, mode="dry-run", actuator={"type": "dry-run"}))
+    assert main(["once", "--config", str(cfg), "--json"]) == 0
+    got = {r["target"]: r for r in json.loads(capsys.readouterr().out)}
+    assert sorted(got) == ["storage-alice-g1", "storage-bob-g1", "storage-carol-g2"]
+    assert all(r["status"] in ("dry-run", "hold") and not r["decision"]["fallback"] for r in got.values()), got
+    with Store(load_config(cfg).state_path) as store:
+        assert {d["target"] for d in store.decisions(limit=10)} == set(got)
+    assert main(["once", "--config", str(cfg), "--target", "storage-nobody-g9"]) == 2
+    assert "no target named 'storage-nobody-g9'" in capsys.readouterr().err
