@@ -368,3 +368,31 @@ def test_forescale_once_runs_each_template_as_one_batched_cycle(fleet_prometheus
         assert {d["target"] for d in store.decisions(limit=10)} == set(got)
     assert main(["once", "--config", str(cfg), "--target", "storage-nobody-g9"]) == 2
     assert "no target named 'storage-nobody-g9'" in capsys.readouterr().err
+
+
+@pytest.mark.prometheus
+def test_a_reloaded_template_takes_effect_at_its_next_cycle_and_a_bad_one_is_rejected(fleet_prometheus, tmp_path):
+    end = fleet_prometheus.end
+    cfg = write(tmp_path / "fleet.yaml", template(fleet_prometheus.url, mode="dry-run", actuator={"type": "dry-run"}))
+    clock, mono, results = ManualClock(from_epoch(end - 600)), [1000.0], []
+    d = Daemon(cfg, clock=clock, monotonic=lambda: mono[0], on_result=results.append)
+    try:
+        d.tick()
+        assert d.templates["storage"].wait(60) and {r.status for r in results} <= {"dry-run", "hold"}
+        bad = yaml.safe_load(cfg.read_text())
+        bad["templates"][0]["policy"] = {**POLICY, "max_replicas": 0}
+        cfg.write_text(yaml.safe_dump(bad))
+        assert d.reload() is False  # rejected: the running template stays
+        good = yaml.safe_load(cfg.read_text())
+        good["templates"][0]["policy"] = POLICY
+        good["templates"][0]["mode"] = "observe"
+        cfg.write_text(yaml.safe_dump(good))
+        assert d.reload() is True
+        results.clear()
+        clock.set(from_epoch(end))
+        mono[0] += 300
+        d.tick()
+        assert d.templates["storage"].wait(60)
+        assert len(results) == 3 and {r.status for r in results} == {"observed"}
+    finally:
+        d.shutdown(5)
