@@ -211,7 +211,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
             {"name": t.name, "mode": t.mode, "interval_s": t.interval.total_seconds(), "source": t.source.type,
              "forecaster": t.forecaster.name, "actuator": t.actuator.type, "capacity": list(t.policy.bounds),
              **({"actuator_check": checks[t.name]} if t.name in checks else {})}
-            for t in cfg.targets]})
+            for t in cfg.targets],
+            "templates": [{"name": tp.name, "query": tp.source.query, "labels": list(tp.labels),
+                           "discover_every_s": tp.discover_every.total_seconds(),
+                           "mode": tp.prototype.mode if tp.prototype else None} for tp in cfg.templates]})
         return 0
     for t in cfg.targets:
         if t.name in checks:

@@ -396,3 +396,12 @@ def test_a_reloaded_template_takes_effect_at_its_next_cycle_and_a_bad_one_is_rej
         assert len(results) == 3 and {r.status for r in results} == {"observed"}
     finally:
         d.shutdown(5)
+
+
+def test_validate_names_each_template_and_the_labels_it_uses(tmp_path, capsys):
+    cfg = write(tmp_path / "fleet.yaml", template("http://127.0.0.1:9"))
+    assert main(["validate", "--config", str(cfg), "--json"]) == 0
+    (tp,) = json.loads(capsys.readouterr().out)["templates"]
+    assert (tp["name"], tp["labels"], tp["discover_every_s"], tp["mode"]) == ("storage", ["user", "group"], 300, "auto")
+    assert main(["validate", "--config", str(cfg)]) == 0
+    assert "valid (0 target(s), 1 template(s))" in capsys.readouterr().out
