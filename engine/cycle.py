@@ -150,21 +150,9 @@ class TargetRunner:
         """Fit (on schedule) or update the configured model, without
         predicting: what a batched forecast needs done per target before its
         one call (:mod:`engine.fleet`). Returns why it failed, or None."""
-        slot = self.primary
-        if slot.forecaster is None:
+        if self.primary.forecaster is None:
             return None
-        try:
-            if history.n_valid == 0:
-                raise ForecastError("no valid observations in the history")
-            self._maintain(slot, history, now, covariates)
-            return None
-        except ForecastError as exc:
-            return f"{type(exc).__name__}: {exc}"
-        except Exception as exc:  # a model bug must not stop the loop
-            log.warning("forecaster %s failed: %s", slot.name,
-                        "".join(traceback.format_exception_only(exc)).strip())
-            slot.last_fit = None  # refit next cycle
-            return f"{type(exc).__name__}: {exc}"
+        return self._guarded(self.primary, lambda: self._checked_maintain(self.primary, history, now, covariates))[1]
 
     def forecast(self, history: Series, now: datetime, slot: _Slot | None = None,
                  covariates: dict[str, Series] | None = None,
@@ -172,16 +160,31 @@ class TargetRunner:
         """Fit or update, then predict far enough to cover ``window`` (the
         configured lead window when None). Never raises: a failure becomes
         the reason the policy falls back."""
-        slot = slot or self.primary
+        chosen = slot or self.primary
         steps = self.target.forecast_steps(window or lead_window(self.policy, None))
-        if slot.forecaster is None:
+        if chosen.forecaster is None:
             return None, None
+
+        def fit_and_predict() -> Forecast:
+            self._checked_maintain(chosen, history, now, covariates)
+            assert chosen.forecaster is not None
+            return chosen.forecaster.predict(now, steps, self.target.forecast_quantiles)
+
+        return self._guarded(chosen, fit_and_predict)
+
+    def _checked_maintain(self, slot: _Slot, history: Series, now: datetime,
+                          covariates: dict[str, Series] | None) -> None:
+        if history.n_valid == 0:
+            raise ForecastError("no valid observations in the history")
+        self._maintain(slot, history, now, covariates)
+
+    @staticmethod
+    def _guarded(slot: _Slot, call: Callable[[], Any]) -> tuple[Any, str | None]:
+        """``call()``, or None and why it failed: a ForecastError is the
+        reason the policy falls back; any other exception is a model bug,
+        logged, and the model is refit next cycle."""
         try:
-            if history.n_valid == 0:
-                raise ForecastError("no valid observations in the history")
-            self._maintain(slot, history, now, covariates)
-            fc = slot.forecaster.predict(now, steps, self.target.forecast_quantiles)
-            return fc, None
+            return call(), None
         except ForecastError as exc:
             return None, f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # a model bug must not stop the loop
