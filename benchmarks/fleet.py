@@ -193,6 +193,7 @@ def one_size(n: int, model: str, threads: int, prometheus_url: str | None = None
         out["discovered"] = len(tw.members)
     finally:
         d.shutdown(5)
+        logging.disable(logging.NOTSET)
     out["peak_rss_mib"] = peak_rss_mib()
     out["state_file_mib"] = os.path.getsize(folder / "state.db") / 2**20
     return out
