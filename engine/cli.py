@@ -508,7 +508,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         people.close()
         raise
     logging.getLogger("forescale").info(
-        "forescale running %d target(s), state %s%s", len(cfg.targets), cfg.state_path,
+        "forescale running %d target(s)%s, state %s%s", len(cfg.targets),
+        f" and {len(cfg.templates)} template(s) (targets from label sets)" if cfg.templates else "", cfg.state_path,
         f", HTTP on {server.url} (/metrics, /api/v1)" if server is not None else "")
     try:
         daemon.run(tick=args.tick)  # returns after SIGTERM/SIGINT, running cycles finished or abandoned
