@@ -497,7 +497,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             # one server: /metrics, the probes, the forecast API and the web
             # console (over the running config, so a reload is seen)
             server = serve_config(cfg.server, metrics, readiness=daemon.ready,
-                                  view=TargetsView(lambda: daemon.config),
+                                  view=TargetsView(lambda: daemon.config, daemon.discovered_targets),
                                   routes=people.console_routes(lambda: daemon.config),
                                   own_auth=people.own_auth())
         daemon.install_signals()

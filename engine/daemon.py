@@ -442,6 +442,10 @@ class Daemon:
             per = self.errors.setdefault(target, {})
             per[kind] = per.get(kind, 0) + 1
 
+    def discovered_targets(self) -> list[TargetConfig]:
+        """The targets the templates expand to now (for the API)."""
+        return [m.target for tw in list(self.templates.values()) for m in list(tw.members.values())]
+
     def member(self, name: str) -> _Member | None:
         """A template's target by name (None if no template has it now)."""
         for tw in list(self.templates.values()):

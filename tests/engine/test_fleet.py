@@ -405,3 +405,26 @@ def test_validate_names_each_template_and_the_labels_it_uses(tmp_path, capsys):
     assert (tp["name"], tp["labels"], tp["discover_every_s"], tp["mode"]) == ("storage", ["user", "group"], 300, "auto")
     assert main(["validate", "--config", str(cfg)]) == 0
     assert "valid (0 target(s), 1 template(s))" in capsys.readouterr().out
+
+
+@pytest.mark.prometheus
+def test_the_forecast_api_lists_and_serves_a_templates_targets(fleet_prometheus, tmp_path):
+    import httpx
+
+    from engine.api import TargetsView
+    from engine.metrics import EngineMetrics
+    from engine.server import serve
+
+    end = fleet_prometheus.end
+    cfg = write(tmp_path / "fleet.yaml", template(fleet_prometheus.url, mode="dry-run", actuator={"type": "dry-run"}))
+    d = Daemon(cfg, clock=ManualClock(from_epoch(end)), monotonic=lambda: 1000.0)
+    try:
+        d.tick()
+        assert d.templates["storage"].wait(60)
+        with serve(EngineMetrics(), "127.0.0.1", 0, view=TargetsView(lambda: d.config, d.discovered_targets)) as srv:
+            listed = httpx.get(f"{srv.url}/api/v1/targets", timeout=10).json()["targets"]
+            assert sorted(t["name"] for t in listed) == ["storage-alice-g1", "storage-bob-g1", "storage-carol-g2"]
+            r = httpx.get(f"{srv.url}/api/v1/targets/storage-bob-g1/forecast", timeout=10)
+            assert r.status_code == 200 and r.json()["target"] == "storage-bob-g1"
+    finally:
+        d.shutdown(5)
