@@ -30,6 +30,9 @@ work around the decisions:
                  that acts (approve, auto with a change), one by one, outside
                  it: its intent must be on disk before its platform is touched.
 
+A transaction holds the writes of at most ``WRITES_PER_TRANSACTION`` (500)
+targets, so the state file's write lock is never held for long.
+
 Independence: a target's fetch failure, a history of NaNs, a model that
 fails, an actuator that raises, is that target's error (the policy falls
 back to reactive for it, never scaling down, with the reason recorded);
@@ -266,6 +269,16 @@ class _Together:
         return False
 
 
+#: targets whose writes share one transaction: a batch's write lock is held
+#: for a second or so at most (others writing to the state file, a person
+#: approving a plan, wait that long, never their busy timeout)
+WRITES_PER_TRANSACTION = 500
+
+
+def _chunks(items: Sequence[int]) -> list[Sequence[int]]:
+    return [items[k:k + WRITES_PER_TRANSACTION] for k in range(0, len(items), WRITES_PER_TRANSACTION)]
+
+
 def run_batch(members: Sequence[LiveTarget], now: datetime, store: Any, fetch: TemplateFetch | None = None,
               *, clock: Callable[[], float] = time.perf_counter) -> BatchReport:
     """One cycle of every member at ``now`` (the steps in the module doc).
@@ -286,13 +299,14 @@ def run_batch(members: Sequence[LiveTarget], now: datetime, store: Any, fetch: T
             fetch.load(min(m.fetch_start(now) for m in members), now)
         lap("fetch")
         cycles: list[PendingCycle | None] = [None] * len(members)
-        try:
-            with store.batch():
-                for i, m in enumerate(members):
-                    if m.target.mode != "approve":  # approve applies approved plans in begin: not in a batch
-                        cycles[i] = m.begin(now)
-        except StateError as exc:  # the sample cache was not written; the cycles go on from memory
-            log.error("batched cycle: the gather transaction failed: %s", exc)
+        for part in _chunks(range(len(members))):
+            try:
+                with store.batch():
+                    for i in part:
+                        if members[i].target.mode != "approve":  # approve applies approved plans in begin
+                            cycles[i] = members[i].begin(now)
+            except StateError as exc:  # the sample cache was not written; the cycles go on from memory
+                log.error("batched cycle: a gather transaction failed: %s", exc)
         for i, m in enumerate(members):
             if cycles[i] is None:
                 cycles[i] = m.begin(now)
@@ -300,9 +314,10 @@ def run_batch(members: Sequence[LiveTarget], now: datetime, store: Any, fetch: T
         lap("gather")
         forecasts, calls = batched_forecasts(members, ready, now)
         lap("forecast")
-        with _together(store, ready):
-            for i, (m, c) in enumerate(zip(members, ready)):
-                m.decide(c, forecasts.get(i))
+        for part in _chunks(range(len(members))):
+            with _together(store, [ready[i] for i in part]):
+                for i in part:
+                    members[i].decide(ready[i], forecasts.get(i))
         lap("decide")
         acting = set()
         for i, (m, c) in enumerate(zip(members, ready)):
@@ -312,11 +327,10 @@ def run_batch(members: Sequence[LiveTarget], now: datetime, store: Any, fetch: T
             except Exception:  # noqa: BLE001 - unsure: finish it on its own
                 acting.add(i)
         results: list[CycleResult | None] = [None] * len(members)
-        quiet = [c for i, c in enumerate(ready) if i not in acting]
-        with _together(store, quiet):
-            for i, (m, c) in enumerate(zip(members, ready)):
-                if i not in acting:
-                    results[i] = m.finish(c)
+        for part in _chunks([i for i in range(len(members)) if i not in acting]):
+            with _together(store, [ready[i] for i in part]):
+                for i in part:
+                    results[i] = members[i].finish(ready[i])
         for i, c in enumerate(ready):
             r = results[i]
             if i not in acting and r is not None and c.error is not None and r.error is None:

@@ -341,7 +341,7 @@ def test_a_failed_batched_call_falls_back_to_reactive_for_each_target_with_the_r
         assert "batched forecast failed: RuntimeError: CUDA error: out of memory" in json.dumps(store.decision(d.id))
 
 
-def test_a_batched_cycle_records_in_one_transaction_however_many_targets(tmp_path, checkpoint):
+def test_a_batched_cycle_records_in_one_transaction_however_many_targets(tmp_path, checkpoint, monkeypatch):
     def commits(n: int) -> int:
         folder = tmp_path / f"n{n}"
         folder.mkdir()
@@ -355,6 +355,9 @@ def test_a_batched_cycle_records_in_one_transaction_however_many_targets(tmp_pat
 
     few, many = commits(2), commits(12)
     assert few == many <= 3  # gather, decide, record: one commit each, whatever the count
+    # a transaction holds the state file's write lock: at most so many targets' writes in one
+    monkeypatch.setattr("engine.fleet.WRITES_PER_TRANSACTION", 5)
+    assert commits(13) == 3 * many  # 5 + 5 + 3 targets
 
 
 @pytest.mark.prometheus
