@@ -431,3 +431,23 @@ def test_the_forecast_api_lists_and_serves_a_templates_targets(fleet_prometheus,
             assert r.status_code == 200 and r.json()["target"] == "storage-bob-g1"
     finally:
         d.shutdown(5)
+
+
+@pytest.mark.prometheus
+def test_a_template_target_asked_alone_fetches_only_its_own_series(fleet_prometheus):
+    from engine.fleet import SeriesSlice, TemplateFetch
+    from engine.sources.prometheus import PrometheusConfig, PrometheusSource
+
+    end = fleet_prometheus.end
+    tp = parse_config({"templates": [template(fleet_prometheus.url)]}).templates[0]
+    bob = tp.expand({"user": "bob", "group": "g1"})
+    assert bob.source.series == {"user": "bob", "group": "g1"}
+    own = PrometheusSource(bob.source, interval=timedelta(minutes=5))
+    alone = SeriesSlice(TemplateFetch(None), frozenset(bob.source.series.items()), own)  # no batch loaded
+    got = alone.fetch(from_epoch(end - 3600), from_epoch(end))
+    _, vb = load_trace(TRACE_B, end)
+    np.testing.assert_allclose(got.values, vb[-12:])
+    # the same query without the label set: three series, refused as ambiguous
+    whole = PrometheusSource(PrometheusConfig(url=fleet_prometheus.url, query=tp.source.query))
+    with pytest.raises(ConfigError, match="returned 3 series"):
+        whole.fetch(from_epoch(end - 3600), from_epoch(end))
