@@ -64,6 +64,15 @@ class CycleOutcome:
     state: ScalingState  # the state decide() saw (observation, headroom filled in)
 
 
+def latest_observation(history: Series) -> Observation | None:
+    """The newest valid sample of ``history`` (None if it has none)."""
+    v = history.values
+    if v.size and v[-1] == v[-1]:  # the usual case, without scanning the history
+        return Observation(float(v[-1]), from_epoch(history.timestamps[-1]))
+    last = history.last_valid()
+    return Observation(last[1], last[0]) if last is not None else None
+
+
 class _Slot:
     """One forecaster the runner keeps fitted: the configured model, or a
     quality-gate fallback running in shadow. ``tracker`` holds its own
@@ -240,12 +249,7 @@ class TargetRunner:
         instead of by this runner."""
         if window is None:
             window = lead_window(self.policy, state.learned_lead_time)
-        v = history.values
-        if v.size and v[-1] == v[-1]:  # the usual case, without scanning the history
-            obs: Observation | None = Observation(float(v[-1]), from_epoch(history.timestamps[-1]))
-        else:
-            last = history.last_valid()
-            obs = Observation(last[1], last[0]) if last is not None else None
+        obs = latest_observation(history)
         headroom = state.headroom
         rate = self.policy.headroom_rate
         if rate is not None:
@@ -898,12 +902,7 @@ class LiveTarget:
         falls back to reactive on the last observation and never scales
         down; the fetch error is the reason recorded in the data step."""
         history, why = inputs.history, inputs.fetch_error
-        v = history.values
-        if v.size and v[-1] == v[-1]:  # the usual case, without scanning the history
-            obs: Observation | None = Observation(float(v[-1]), from_epoch(history.timestamps[-1]))
-        else:
-            last = history.last_valid()
-            obs = Observation(last[1], last[0]) if last is not None else None
+        obs = latest_observation(history)
         seen = replace(inputs.state, observation=obs, history_points=history.n_valid)
         d = decide(None, seen, self.policy, inputs.now, target=self.target.name, forecast_error=why,
                    window=inputs.window)
