@@ -19,8 +19,9 @@ from engine.core.clock import ManualClock
 from engine.core.errors import ConfigError
 from engine.core.units import from_epoch
 from engine.daemon import Daemon
-from engine.store import Store
+from engine.store import Store, open_store
 from tests.support.live import Platform
+from tests.support.postgres import pg_server, pg_url  # noqa: F401 - fixtures
 from tests.support.prom import (STEP, TRACE_A, TRACE_B, PrometheusServer, Trace, backfill, load_trace,
                                 require_binaries)
 
@@ -237,7 +238,7 @@ def fleet_config(tmp_path: Path, checkpoint: Path, n: int, *, mode: str = "dry-r
 
 def batch(cfg: Path, *, sources: dict | None = None, platforms: dict | None = None):
     config = load_config(cfg)
-    store = Store(config.state_path)
+    store = open_store(config)
     members = build_targets(config, store)
     for m in members:
         if sources and m.target.name in sources:
@@ -287,6 +288,26 @@ class _Raising:
 
     def apply(self, desired, *, decision_id):
         raise self.exc
+
+
+def test_a_batched_cycle_on_a_postgresql_state_decides_and_records_as_on_sqlite(tmp_path, checkpoint, pg_url):
+    """The batch's one transaction and its per-write savepoints on the
+    shared state several replicas use: every target's decision recorded,
+    the same decisions as on a state file."""
+    (tmp_path / "file").mkdir()
+    on_file, file_store = batch(fleet_config(tmp_path / "file", checkpoint, 4))
+    want = decisions(run_batch(on_file, NOW, file_store))
+    cfg = fleet_config(tmp_path, checkpoint, 4)
+    doc = yaml.safe_load(cfg.read_text())
+    doc["state"] = pg_url
+    cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+    members, store = batch(cfg)
+    assert store.shared  # really the PostgreSQL store
+    report = run_batch(members, NOW, store)
+    assert decisions(report) == want
+    for r in report.results:
+        assert r.ok and store.decision(r.decision.id)["status"] == "dry-run"
+    assert {d["target"] for d in store.decisions(limit=10)} == {"t0", "t1", "t2", "t3"}
 
 
 def test_a_bad_target_never_changes_the_others_decisions(tmp_path, checkpoint):
