@@ -352,16 +352,6 @@ def one_trace(raw, name: str, settings: dict[str, Any], fcfg: ForecasterConfig, 
     return row
 
 
-def vertical_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """The policy told the scenario's resize downtime, where it can use it
-    (the planner prices a resize's downtime; nothing else reads it)."""
-    if settings.get("kind") != "plan":
-        return settings
-    plan = dict(settings.get("plan") or {})
-    plan.setdefault("resize_downtime", "5m")
-    return {**settings, "plan": plan}
-
-
 def vertical_trace(raw, name: str, settings: dict[str, Any], fcfg: ForecasterConfig) -> dict[str, Any]:
     """The ladder scenario: AWS m5 large..4xlarge with list prices, 5-minute
     resize downtime, 30-minute lead time; the threshold resizer (N = 10 min)
@@ -532,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.vertical:
         rows = []
         for p, n in zip(paths, names):
-            r = vertical_trace(load_trace(p, args.max_days), n, vertical_settings(settings), fcfg)
+            r = vertical_trace(load_trace(p, args.max_days), n, settings, fcfg)
             r["held_out"] = n in hold
             rows.append(r)
             if not args.quiet:

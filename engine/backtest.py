@@ -53,6 +53,7 @@ from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 
+from actuators.base import ActuatorConfig
 from forecasters import Forecaster
 from policies.config import PolicyConfig, RateLimit, Reactive, Rung, Stabilization
 
@@ -172,6 +173,12 @@ def scenario_for(target: TargetConfig | None = None, **overrides: Any) -> Scenar
                  "target_utilization": pol.target_utilization, "min_replicas": lo, "max_replicas": hi}
         if pol.ladder is not None:
             facts.update(ladder=pol.ladder, ladder_scale=1.0)
+            # a resize's downtime, stated once: the planner's, else the actuator's
+            stated = pol.plan.resize_downtime if pol.kind == "plan" else None
+            if stated is None and isinstance(target.actuator, ActuatorConfig):
+                stated = target.actuator.resize_downtime
+            if stated is not None:
+                facts["resize_downtime"] = stated
         else:
             facts["capacity_per_replica"] = pol.capacity_per_replica
         if target.backtest is not None:
@@ -485,7 +492,8 @@ def replay_policy(policy: PolicyConfig | Mapping[str, Any], prep: Prepared) -> t
         if "ladder" in given or "capacity_per_replica" in given:  # the policy brings its own capacity model
             facts.pop("ladder", None)
             facts.pop("capacity_per_replica", None)
-        return PolicyConfig.model_validate({**facts, **given}), []
+        config = PolicyConfig.model_validate({**facts, **given})
+        return _with_downtime(config, sc)[0], []
     # a configured policy runs as the live engine runs it: its own lead time,
     # hold, bounds and staleness; only a capacity model it lacks comes from
     # the scenario
@@ -498,7 +506,24 @@ def replay_policy(policy: PolicyConfig | Mapping[str, Any], prep: Prepared) -> t
     if unset:
         notes.append("filled from the scenario (the policy does not set it): "
                      + ", ".join(f"{k} {_show(v)}" for k, v in unset.items()))
-    return policy.model_copy(update=unset), notes
+    config, filled = _with_downtime(policy.model_copy(update=unset), sc)
+    if filled:
+        notes.append(f"the planner prices the scenario's resize downtime {sc.resize_downtime} "
+                     f"(the policy states none)")
+    elif config.kind == "plan" and config.ladder is not None and config.plan.downtime != sc.resize_downtime:
+        notes.append(f"the planner prices a resize downtime of {config.plan.downtime}; in the scenario a "
+                     f"resize takes {sc.resize_downtime}")
+    return config, notes
+
+
+def _with_downtime(config: PolicyConfig, sc: Scenario) -> tuple[PolicyConfig, bool]:
+    """A planner on a ladder that states no resize downtime prices the
+    scenario's (stated once, used by both); whether it was filled."""
+    if config.kind != "plan" or config.ladder is None or config.plan.resize_downtime is not None \
+            or sc.resize_downtime <= timedelta(0):
+        return config, False
+    plan = config.plan.model_copy(update={"resize_downtime": sc.resize_downtime})
+    return config.model_copy(update={"plan": plan}), True
 
 
 def _show(v: Any) -> str:

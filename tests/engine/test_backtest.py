@@ -353,3 +353,41 @@ def test_the_plot_draws_the_planners_schedules_beside_capacity_and_demand(tmp_pa
     # other policies draw no schedule
     reactive_only = plot(run_backtest(read_csv(DEMO_TRACE), trace="demo"), tmp_path / "r.png")
     assert reactive_only.schedules == ()
+
+
+PLAN_LADDER = """      kind: plan
+      ladder:
+        - {name: small, capacity: 20, price: 0.096}
+        - {name: medium, capacity: 40, price: 0.192}
+        - {name: large, capacity: 80, price: 0.384}
+        - {name: xlarge, capacity: 160, price: 0.768}
+      lead_time: 30m"""
+
+
+def test_a_resize_downtime_is_stated_once_for_the_planner_and_the_scenario(tmp_path):
+    """The planner's ``plan.resize_downtime`` (or its actuator's) is the
+    scenario's downtime; the scenario's (``--resize-downtime``) is what a
+    planner that states none prices, and the notes say which."""
+    from engine.backtest import replay_policy, prepare, scenario_for
+    from engine.config import load_config
+
+    stated = load_config(_config(tmp_path, PLAN_LADDER + "\n      plan: {resize_downtime: 5m}")).targets[0]
+    assert scenario_for(stated).resize_downtime == timedelta(minutes=5)
+    assert scenario_for(stated, resize_downtime=timedelta(minutes=2)).resize_downtime == timedelta(minutes=2)
+    ec2 = load_config(_config(tmp_path, PLAN_LADDER, """    actuator: {type: aws-ec2, instance_id: i-0123456789abcdef0,
+               region: us-east-1, downtime_estimate: 4m}""")).targets[0]
+    assert scenario_for(ec2).resize_downtime == timedelta(minutes=4)
+
+    bare = load_config(_config(tmp_path, PLAN_LADDER)).targets[0]
+    assert bare.policy.plan.resize_downtime is None and scenario_for(bare).resize_downtime == timedelta(0)
+    raw = read_csv(DEMO_TRACE)
+    prep = prepare(raw, scenario_for(bare, resize_downtime=timedelta(minutes=5)))
+    config, notes = replay_policy(bare.policy, prep)
+    assert config.plan.resize_downtime == timedelta(minutes=5)
+    assert any("prices the scenario's resize downtime 0:05:00" in n for n in notes)
+    config, notes = replay_policy(stated.policy, prepare(raw, scenario_for(stated, resize_downtime=timedelta(minutes=2))))
+    assert config.plan.resize_downtime == timedelta(minutes=5)
+    assert any("resize downtime of 0:05:00; in the scenario a resize takes 0:02:00" in n for n in notes)
+    # settings (the benchmarks' dicts) are filled the same way
+    config, _ = replay_policy({"kind": "plan"}, prepare(raw, scenario_for(bare, resize_downtime=timedelta(minutes=5))))
+    assert config.plan.resize_downtime == timedelta(minutes=5)
