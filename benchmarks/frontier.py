@@ -469,10 +469,14 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"a named policy ({', '.join(POLICIES)}) or a YAML/JSON file of policy settings")
     ap.add_argument("--name", default=None, help="name of the results (default: the policy's)")
     ap.add_argument("--forecaster", default=DEFAULT_FORECASTER.name)
+    ap.add_argument("--forecaster-params", default=None, metavar="JSON",
+                    help='the forecaster\'s parameters, e.g. \'{"seasons": 3}\'')
     ap.add_argument("--lead-times", default=",".join(map(str, LEAD_TIMES_MIN)), help="minutes, comma-separated")
     ap.add_argument("--only", default=None, help="comma-separated substrings: run only matching traces")
     ap.add_argument("--max-days", type=float, default=None,
                     help="replay only the first N days of each trace (the HPA sweep too: still equal cost)")
+    ap.add_argument("--part", choices=("tuning", "held_out"), default=None,
+                    help="run only the tuning traces or only the held-out ones")
     ap.add_argument("--vertical", action="store_true", help="also the vertical ladder scenario")
     ap.add_argument("--no-frontier", action="store_true", help="only the vertical scenario")
     ap.add_argument("--out", default=str(RESULTS))
@@ -487,12 +491,16 @@ def main(argv: list[str] | None = None) -> int:
         keep = args.only.split(",")
         paths = [p for p, n in zip(paths, names) if any(k in n for k in keep)]
         names = [str(p.relative_to(root)) for p in paths]
+    if args.part is not None:
+        pairs = [(p, n) for p, n in zip(paths, names) if (n in hold) == (args.part == "held_out")]
+        paths, names = [p for p, _ in pairs], [n for _, n in pairs]
     settings = policy_settings(args.policy)
     name = args.name or Path(args.policy).stem
-    fcfg = ForecasterConfig(name=args.forecaster)
+    fcfg = ForecasterConfig(name=args.forecaster, params=json.loads(args.forecaster_params or "{}"))
     command = "nice -n 10 python benchmarks/frontier.py" + " ".join(
         [""] + [a for a in (argv if argv is not None else sys.argv[1:])])
-    report: dict[str, Any] = {"policy": name, "settings": settings, "forecaster": fcfg.name, "command": command,
+    report: dict[str, Any] = {"policy": name, "settings": settings, "forecaster": fcfg.name,
+                              "forecaster_params": json.loads(args.forecaster_params or "{}"), "command": command,
                               "max_days": args.max_days,
                               "utilizations": UTILIZATIONS, "held_out": sorted(hold), "leads": {}}
     t_start = time.perf_counter()

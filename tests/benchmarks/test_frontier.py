@@ -101,6 +101,24 @@ def test_the_benchmark_runs_end_to_end_on_a_small_folder(tmp_path):
     assert "| held_out |" in md and "nab/rds_cpu_utilization_e47b3b.csv" in md
 
 
+def test_one_part_alone_and_the_forecasters_parameters(tmp_path):
+    """``--part`` runs only the tuning (or held-out) traces; the forecaster's
+    parameters are validated (a bad one fails) and recorded in the report."""
+    traces = tmp_path / "traces" / "set"
+    traces.mkdir(parents=True)
+    for i in range(3):  # sorted t0, t1, t2: t2 is held out
+        shutil.copy(TRACES / "nab" / "rds_cpu_utilization_e47b3b.csv", traces / f"t{i}.csv")
+    out = tmp_path / "out"
+    assert main(["--traces", str(tmp_path / "traces"), "--part", "held_out", "--vertical", "--no-frontier",
+                 "--forecaster-params", '{"seasons": 3}', "--out", str(out), "--quiet"]) == 0
+    doc = json.loads((out / "frontier-default-vertical.json").read_text())
+    assert [r["trace"] for r in doc["vertical"]["rows"]] == ["set/t2.csv"]
+    assert doc["forecaster_params"] == {"seasons": 3}
+    with pytest.raises(Exception, match="seasons"):
+        main(["--traces", str(tmp_path / "traces"), "--part", "held_out", "--vertical", "--no-frontier",
+              "--forecaster-params", '{"seasons": 99}', "--out", str(out), "--quiet"])
+
+
 def test_the_vertical_scenario_runs_against_the_threshold_resizer(tmp_path):
     traces = tmp_path / "traces" / "nab"
     traces.mkdir(parents=True)
