@@ -119,6 +119,28 @@ def test_one_part_alone_and_the_forecasters_parameters(tmp_path):
               "--forecaster-params", '{"seasons": 99}', "--out", str(out), "--quiet"])
 
 
+def test_a_wider_sweep_compares_an_earlier_reports_policy_rows_again(tmp_path):
+    """``--resweep REPORT --sweep-from 0.3``: the HPA swept from u = 0.3, the
+    policy's rows kept as they were (not run again); a policy that spent more
+    than the HPA at 0.45 is then compared inside the range."""
+    traces = tmp_path / "traces" / "nab"
+    traces.mkdir(parents=True)
+    shutil.copy(TRACES / "nab" / "rds_cpu_utilization_e47b3b.csv", traces / "r.csv")
+    out = tmp_path / "out"
+    assert main(["--traces", str(tmp_path / "traces"), "--lead-times", "10", "--out", str(out), "--quiet",
+                 "--max-days", "5"]) == 0
+    first = json.loads((out / "frontier-default.json").read_text())
+    assert main(["--traces", str(tmp_path / "traces"), "--resweep", str(out / "frontier-default.json"),
+                 "--sweep-from", "0.3", "--out", str(out)]) == 0
+    wide = json.loads((out / "frontier-default-from0.3.json").read_text())
+    (a,), (b,) = first["leads"]["10"]["rows"], wide["leads"]["10"]["rows"]
+    assert b["policy"] == a["policy"]
+    assert [h["u"] for h in b["hpa"]] == [round(0.3 + 0.05 * i, 2) for i in range(14)]
+    assert b["hpa"][3:] == a["hpa"]  # the same HPA runs from 0.45 on
+    assert max(h["cost_vs_oracle"] for h in b["hpa"]) > max(h["cost_vs_oracle"] for h in a["hpa"])
+    assert "u 0.30-0.95" in (out / "frontier-default-from0.3.md").read_text()
+
+
 def test_the_vertical_scenario_runs_against_the_threshold_resizer(tmp_path):
     traces = tmp_path / "traces" / "nab"
     traces.mkdir(parents=True)
