@@ -44,7 +44,7 @@ def _take(y: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 class _ResidualBand:
     """Residual quantiles per horizon, recomputed once ``refresh`` new
-    samples have arrived (the residual distribution over a window of days
+    samples (intervals of time) have arrived (the residual distribution over a window of days
     barely moves in a few steps; recomputing every cycle dominated the
     backtest's run time)."""
 
@@ -111,7 +111,11 @@ class _NaiveBase(BaseForecaster):
         assert self._history is not None
         y = self._history.values
         point = self._points(y, ahead)
-        band = self._band.get(len(y), ahead, quantiles, lambda a: self._residual_quantiles(y, a, quantiles))
+        # keyed by the time of the last sample in steps, not by the history's
+        # length: a live target's history is a sliding window of fixed length
+        assert self.step
+        key = int(self._history.timestamps[-1]) // self.step
+        band = self._band.get(key, ahead, quantiles, lambda a: self._residual_quantiles(y, a, quantiles))
         return point, {q: point + band[:, j] for j, q in enumerate(quantiles)}
 
 

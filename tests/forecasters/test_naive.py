@@ -153,3 +153,23 @@ def test_the_vectorized_band_is_the_per_horizon_loop_exactly_on_a_real_trace(tra
             assert np.array_equal(a.quantiles[q], b.quantiles[q]), (t, q)
         checked += 1
     assert checked > 20  # nyc_taxi: a sample every sixth step
+
+
+def test_the_band_follows_a_sliding_window_of_fixed_length():
+    """The live loop hands the forecaster a window of fixed length: the
+    residual band must still be recomputed as new samples arrive (it was
+    keyed by the history's length, so it froze at its first value)."""
+    rng = np.random.default_rng(3)
+    quiet = 10 + rng.normal(0, 0.1, 6 * DAY)
+    noisy = 10 + rng.normal(0, 3.0, 6 * DAY)
+    values = np.concatenate([quiet, noisy])
+    model = SeasonalPersistence(residual_window="1d")
+    n = 3 * DAY
+    widths = []
+    for end in (6 * DAY, 6 * DAY + 7, 8 * DAY):
+        s = Series(T0 + 300 * np.arange(end - n, end), values[end - n:end])
+        assert len(s) == n
+        model.fit(s)
+        fc = model.predict(from_epoch(int(s.timestamps[-1])), 3, (0.5, 0.9))
+        widths.append(float(fc.quantiles[0.9][0] - fc.quantiles[0.5][0]))
+    assert widths[2] > 5 * widths[0]  # two noisy days later the band is wide
