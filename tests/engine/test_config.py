@@ -423,27 +423,6 @@ def test_the_forecaster_receives_the_validated_params_object(tmp_path):
     assert runner.forecaster.params is cfg.targets[0].forecaster.params
 
 
-def test_a_target_built_in_code_resolves_its_sections_the_same_way():
-    from engine.config import PluginSection, TargetConfig
-    from policies.config import PolicyConfig
-
-    t = TargetConfig(name="web", source=PluginSection(type="csv", path="-"),
-                     policy=PolicyConfig(capacity_per_replica=1))
-    assert isinstance(t.source, CsvConfig) and isinstance(t.actuator, DryRunConfig)
-    again = TargetConfig(name="web", source=t.source, policy=t.policy)  # a typed config passes through
-    assert again.source is t.source and again == t
-    with pytest.raises(Exception, match="unknown metric source 'nope'"):
-        TargetConfig(name="web", source={"type": "nope"}, policy=t.policy)
-
-
-def test_init_from_is_resolved_against_the_config_files_folder(tmp_path):
-    pytest.importorskip("torch", reason="the LSTM needs torch (pip install 'forescale[lstm]')")
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "g.pt").write_bytes(b"")
-    cfg = load_config(write(tmp_path, target(extra="forecaster: {name: lstm, init_from: models/g.pt}")))
-    assert cfg.targets[0].forecaster.init_from == tmp_path / "models" / "g.pt"
-
-
 def test_a_planner_on_a_ladder_prices_the_downtime_its_actuator_states():
     """``plan.resize_downtime`` unset: the planner prices what the target's
     resizing actuator states (aws-ec2 ``downtime_estimate``, alibaba-ecs the
@@ -485,3 +464,25 @@ def test_a_planner_on_a_ladder_prices_the_downtime_its_actuator_states():
     assert without.schedule.change_cost == 0.0
     # 30 units unserved for 5 minutes at the SLO's penalty
     assert with_downtime.schedule.change_cost == pytest.approx(30 * 5 / 60 * with_downtime.schedule.penalty, rel=0.05)
+
+
+def test_a_target_built_in_code_resolves_its_sections_the_same_way():
+    from engine.config import PluginSection, TargetConfig
+    from policies.config import PolicyConfig
+
+    t = TargetConfig(name="web", source=PluginSection(type="csv", path="-"),
+                     policy=PolicyConfig(capacity_per_replica=1))
+    assert isinstance(t.source, CsvConfig) and isinstance(t.actuator, DryRunConfig)
+    again = TargetConfig(name="web", source=t.source, policy=t.policy)  # a typed config passes through
+    assert again.source is t.source and again == t
+    with pytest.raises(Exception, match="unknown metric source 'nope'"):
+        TargetConfig(name="web", source={"type": "nope"}, policy=t.policy)
+
+
+def test_init_from_is_resolved_against_the_config_files_folder(tmp_path):
+    pytest.importorskip("torch", reason="the LSTM needs torch (pip install 'forescale[lstm]')")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "g.pt").write_bytes(b"")
+    cfg = load_config(write(tmp_path, target(extra="forecaster: {name: lstm, init_from: models/g.pt}")))
+    assert cfg.targets[0].forecaster.init_from == tmp_path / "models" / "g.pt"
+
