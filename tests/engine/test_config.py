@@ -485,4 +485,3 @@ def test_init_from_is_resolved_against_the_config_files_folder(tmp_path):
     (tmp_path / "models" / "g.pt").write_bytes(b"")
     cfg = load_config(write(tmp_path, target(extra="forecaster: {name: lstm, init_from: models/g.pt}")))
     assert cfg.targets[0].forecaster.init_from == tmp_path / "models" / "g.pt"
-
