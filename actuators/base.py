@@ -57,6 +57,14 @@ class ActuatorConfig(BaseModel):
     retry_attempts: int = 5
     retry_max_wait: Duration = timedelta(seconds=60)
 
+    @property
+    def resize_downtime(self) -> timedelta | None:
+        """How long one capacity change takes capacity away (a VM resize's
+        stop/modify/start), as this platform's config states it; None where
+        the platform adds capacity beside what runs. The planner prices it
+        when its own ``plan.resize_downtime`` is not set."""
+        return None
+
     @model_validator(mode="after")
     def _poll_interval_is_gone(self) -> "ActuatorConfig":
         if self.poll_interval is not None:

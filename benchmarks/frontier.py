@@ -333,13 +333,21 @@ def load_trace(path: Path, max_days: float | None = None):
     return raw
 
 
+def sweep_range(low: float = UTILIZATIONS[0]) -> tuple[float, ...]:
+    """The swept utilizations from ``low`` to 0.95 in steps of 0.05
+    (REFERENCE.md section 5: from 0.45)."""
+    n = int(round((0.95 - low) / 0.05))
+    return tuple(round(low + 0.05 * i, 2) for i in range(n + 1))
+
+
 def one_trace(raw, name: str, settings: dict[str, Any], fcfg: ForecasterConfig, lead_min: int,
-              cache: ForecastCache | None = None) -> dict[str, Any]:
+              cache: ForecastCache | None = None,
+              utilizations: Sequence[float] = UTILIZATIONS) -> dict[str, Any]:
     from forecasters import create
 
     t0 = time.perf_counter()
     prep = prepare(raw, Scenario(lead_time=timedelta(minutes=lead_min)), trace=name)
-    curve = sweep(prep)
+    curve = sweep(prep, utilizations)
     t1 = time.perf_counter()
     model = None
     if cache is not None and settings.get("kind", "predictive") != "reactive":
@@ -350,16 +358,6 @@ def one_trace(raw, name: str, settings: dict[str, Any], fcfg: ForecasterConfig, 
            "fallback_reasons": run.fallback_reasons, "sweep_s": t1 - t0, "policy_s": time.perf_counter() - t1}
     row.update(compare(pm, curve))
     return row
-
-
-def vertical_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """The policy told the scenario's resize downtime, where it can use it
-    (the planner prices a resize's downtime; nothing else reads it)."""
-    if settings.get("kind") != "plan":
-        return settings
-    plan = dict(settings.get("plan") or {})
-    plan.setdefault("resize_downtime", "5m")
-    return {**settings, "plan": plan}
 
 
 def vertical_trace(raw, name: str, settings: dict[str, Any], fcfg: ForecasterConfig) -> dict[str, Any]:
@@ -387,7 +385,8 @@ def _f(v: Any, nd: int = 3) -> str:
 def markdown(name: str, report: dict[str, Any]) -> str:
     lines = [f"# Frontier: `{name}` against the HPA at equal cost", "",
              f"Command: `{report['command']}`", "",
-             "v = violation_fraction, c = cost_vs_oracle, a = actions; HPA@c = the HPA swept over u 0.45-0.95 "
+             "v = violation_fraction, c = cost_vs_oracle, a = actions; HPA@c = the HPA swept over u "
+             f"{min(report['utilizations']):.2f}-{max(report['utilizations']):.2f} "
              "and interpolated at the policy's cost (* = outside the swept range, nearest end); "
              "ratio v = (v + 1e-4) / (v_HPA@c + 1e-4); hindsight = the cheapest HPA cost reaching the "
              "policy's violations (- = no swept setting does), c / hindsight = the policy's cost relative to it.",
@@ -472,6 +471,32 @@ def split(rows: list[dict[str, Any]], summarize_fn) -> dict[str, Any]:
             "all": summarize_fn(rows)}
 
 
+def resweep(path: Path, root: Path, utilizations: Sequence[float], out: Path) -> int:
+    """The policy rows of an earlier report against a new HPA sweep (the
+    policy is not run again: its metrics are the report's)."""
+    report = json.loads(path.read_text())
+    report["utilizations"] = list(utilizations)
+    report["policy"] = name = f"{report['policy']}-from{utilizations[0]:g}"
+    report["command"] += f" (resweep: --resweep {path.name} --sweep-from {utilizations[0]:g})"
+    for lead, part in report["leads"].items():
+        for r in part["rows"]:
+            prep = prepare(load_trace(root / r["trace"], report.get("max_days")),
+                           Scenario(lead_time=timedelta(minutes=int(lead))), trace=r["trace"])
+            r["hpa"] = sweep(prep, utilizations)
+            r.update(compare(r["policy"], r["hpa"]))
+        part["summary"] = split(part["rows"], summarize)
+        for pname in ("tuning", "held_out", "all"):
+            s = part["summary"][pname]
+            print(f"L={lead} {pname:<8}: gmean ratio v {s['gmean_violation_ratio']:.3f} (in range "
+                  f"{s['traces'] - s['outside_range']}: {s['gmean_violation_ratio_in_range']:.3f}), no worse on "
+                  f"{s['no_worse']}/{s['traces']}, median ratio a {s['median_actions_ratio']:.2f}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"frontier-{name}.json").write_text(json.dumps(report, indent=1, sort_keys=True, default=float))
+    (out / f"frontier-{name}.md").write_text(markdown(name, report))
+    print(f"wrote {out / f'frontier-{name}.json'} and .md")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Equal-cost frontier: a policy against the HPA swept over utilization.")
     ap.add_argument("--traces", default=str(TRACES_DIR), help="folder of <dataset>/<trace>.csv files")
@@ -479,10 +504,20 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"a named policy ({', '.join(POLICIES)}) or a YAML/JSON file of policy settings")
     ap.add_argument("--name", default=None, help="name of the results (default: the policy's)")
     ap.add_argument("--forecaster", default=DEFAULT_FORECASTER.name)
+    ap.add_argument("--forecaster-params", default=None, metavar="JSON",
+                    help='the forecaster\'s parameters, e.g. \'{"seasons": 3}\'')
     ap.add_argument("--lead-times", default=",".join(map(str, LEAD_TIMES_MIN)), help="minutes, comma-separated")
     ap.add_argument("--only", default=None, help="comma-separated substrings: run only matching traces")
     ap.add_argument("--max-days", type=float, default=None,
                     help="replay only the first N days of each trace (the HPA sweep too: still equal cost)")
+    ap.add_argument("--part", choices=("tuning", "held_out"), default=None,
+                    help="run only the tuning traces or only the held-out ones")
+    ap.add_argument("--sweep-from", type=float, default=UTILIZATIONS[0], metavar="U",
+                    help="sweep the HPA from this utilization (default 0.45, REFERENCE.md section 5; lower: the "
+                         "HPA may spend as much as a costly policy, so fewer traces are compared at an end)")
+    ap.add_argument("--resweep", metavar="REPORT.json",
+                    help="no policy runs: compare the policy rows of an earlier report with a new HPA sweep "
+                         "(--sweep-from), written as <its name>-from<U>")
     ap.add_argument("--vertical", action="store_true", help="also the vertical ladder scenario")
     ap.add_argument("--no-frontier", action="store_true", help="only the vertical scenario")
     ap.add_argument("--out", default=str(RESULTS))
@@ -497,14 +532,21 @@ def main(argv: list[str] | None = None) -> int:
         keep = args.only.split(",")
         paths = [p for p, n in zip(paths, names) if any(k in n for k in keep)]
         names = [str(p.relative_to(root)) for p in paths]
+    if args.part is not None:
+        pairs = [(p, n) for p, n in zip(paths, names) if (n in hold) == (args.part == "held_out")]
+        paths, names = [p for p, _ in pairs], [n for _, n in pairs]
+    utilizations = sweep_range(args.sweep_from)
+    if args.resweep:
+        return resweep(Path(args.resweep), root, utilizations, Path(args.out))
     settings = policy_settings(args.policy)
     name = args.name or Path(args.policy).stem
-    fcfg = ForecasterConfig(name=args.forecaster)
+    fcfg = ForecasterConfig(name=args.forecaster, params=json.loads(args.forecaster_params or "{}"))
     command = "nice -n 10 python benchmarks/frontier.py" + " ".join(
         [""] + [a for a in (argv if argv is not None else sys.argv[1:])])
-    report: dict[str, Any] = {"policy": name, "settings": settings, "forecaster": fcfg.name, "command": command,
+    report: dict[str, Any] = {"policy": name, "settings": settings, "forecaster": fcfg.name,
+                              "forecaster_params": json.loads(args.forecaster_params or "{}"), "command": command,
                               "max_days": args.max_days,
-                              "utilizations": UTILIZATIONS, "held_out": sorted(hold), "leads": {}}
+                              "utilizations": utilizations, "held_out": sorted(hold), "leads": {}}
     t_start = time.perf_counter()
     if not args.no_frontier:
         leads = sorted((int(x) for x in args.lead_times.split(",")), reverse=True)
@@ -513,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
             raw = load_trace(p, args.max_days)
             cache = ForecastCache()
             for lead in leads:
-                r = one_trace(raw, n, settings, fcfg, lead, cache)
+                r = one_trace(raw, n, settings, fcfg, lead, cache, utilizations)
                 r["held_out"] = n in hold
                 rows_by_lead[lead].append(r)
                 if not args.quiet:
@@ -532,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.vertical:
         rows = []
         for p, n in zip(paths, names):
-            r = vertical_trace(load_trace(p, args.max_days), n, vertical_settings(settings), fcfg)
+            r = vertical_trace(load_trace(p, args.max_days), n, settings, fcfg)
             r["held_out"] = n in hold
             rows.append(r)
             if not args.quiet:

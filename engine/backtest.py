@@ -53,12 +53,13 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
+from actuators.base import ActuatorConfig
 from forecasters import Forecaster
 from policies.config import PolicyConfig, RateLimit, Reactive, Rung, Stabilization
 
 from .config import ForecasterConfig, PluginSection, TargetConfig
 from .core.errors import ConfigError, DataError
-from .core.types import ScalingState, Series
+from .core.types import ScalingState, Schedule, Series
 from .core.units import from_epoch
 from .cycle import TargetRunner
 from .feedback import MemoryFeedback, accuracy, seasonal_naive_scale
@@ -172,6 +173,12 @@ def scenario_for(target: TargetConfig | None = None, **overrides: Any) -> Scenar
                  "target_utilization": pol.target_utilization, "min_replicas": lo, "max_replicas": hi}
         if pol.ladder is not None:
             facts.update(ladder=pol.ladder, ladder_scale=1.0)
+            # a resize's downtime, stated once: the planner's, else the actuator's
+            stated = pol.plan.resize_downtime if pol.kind == "plan" else None
+            if stated is None and isinstance(target.actuator, ActuatorConfig):
+                stated = target.actuator.resize_downtime
+            if stated is not None:
+                facts["resize_downtime"] = stated
         else:
             facts["capacity_per_replica"] = pol.capacity_per_replica
         if target.backtest is not None:
@@ -256,6 +263,8 @@ class PolicyRun:
     actuation: dict[str, float] = field(default_factory=dict)
     #: load served each interval (after resize downtime)
     served: np.ndarray | None = None
+    #: the planner's schedules, one per planning cycle (empty for other kinds)
+    plans: list["PlannedPath"] = field(default_factory=list)
     #: several resources: each one's violations, unserved demand and
     #: forecast accuracy, by name (the target's own first)
     resource_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -273,6 +282,23 @@ class PolicyRun:
         if self.sized_by:
             out["sized_by"] = dict(self.sized_by)
         return out
+
+
+@dataclass(frozen=True)
+class PlannedPath:
+    """What one planning cycle planned, compactly: the cycle's index in the
+    trace, and for each planned (not fixed) step of its schedule the
+    interval it serves (epoch seconds) and the capacity (replicas or rung)."""
+
+    cycle: int
+    at: np.ndarray
+    capacity: np.ndarray
+
+    @classmethod
+    def of(cls, cycle: int, schedule: Schedule) -> "PlannedPath":
+        steps = schedule.planned
+        return cls(cycle, np.array([int(s.at.timestamp()) for s in steps], dtype=np.int64),
+                   np.array([s.capacity for s in steps], dtype=np.int64))
 
 
 @dataclass(frozen=True)
@@ -525,7 +551,8 @@ def replay_policy(policy: PolicyConfig | Mapping[str, Any], prep: Prepared) -> t
         if "ladder" in given or "capacity_per_replica" in given:  # the policy brings its own capacity model
             facts.pop("ladder", None)
             facts.pop("capacity_per_replica", None)
-        return PolicyConfig.model_validate({**facts, **given}), []
+        config = PolicyConfig.model_validate({**facts, **given})
+        return _with_downtime(config, sc)[0], []
     # a configured policy runs as the live engine runs it: its own lead time,
     # hold, bounds and staleness; only a capacity model it lacks comes from
     # the scenario
@@ -538,7 +565,24 @@ def replay_policy(policy: PolicyConfig | Mapping[str, Any], prep: Prepared) -> t
     if unset:
         notes.append("filled from the scenario (the policy does not set it): "
                      + ", ".join(f"{k} {_show(v)}" for k, v in unset.items()))
-    return policy.model_copy(update=unset), notes
+    config, filled = _with_downtime(policy.model_copy(update=unset), sc)
+    if filled:
+        notes.append(f"the planner prices the scenario's resize downtime {sc.resize_downtime} "
+                     f"(the policy states none)")
+    elif config.kind == "plan" and config.ladder is not None and config.plan.downtime != sc.resize_downtime:
+        notes.append(f"the planner prices a resize downtime of {config.plan.downtime}; in the scenario a "
+                     f"resize takes {sc.resize_downtime}")
+    return config, notes
+
+
+def _with_downtime(config: PolicyConfig, sc: Scenario) -> tuple[PolicyConfig, bool]:
+    """A planner on a ladder that states no resize downtime prices the
+    scenario's (stated once, used by both); whether it was filled."""
+    if config.kind != "plan" or config.ladder is None or config.plan.resize_downtime is not None \
+            or sc.resize_downtime <= timedelta(0):
+        return config, False
+    plan = config.plan.model_copy(update={"resize_downtime": sc.resize_downtime})
+    return config.model_copy(update={"plan": plan}), True
 
 
 def _show(v: Any) -> str:
@@ -592,6 +636,7 @@ def simulate(runner: TargetRunner, series: Series, initial: int, k: int,
     lead_s = k * int(series.step().total_seconds()) if n > 1 else 0
     fallbacks = 0
     reasons: Counter[str] = Counter()
+    plans: list[PlannedPath] = []
     name, sname = runner.target.name, series.name
     t0 = time.perf_counter()
     for t in range(n):
@@ -622,6 +667,8 @@ def simulate(runner: TargetRunner, series: Series, initial: int, k: int,
             reasons[data.reason if data is not None else "unknown"] += 1
         state = out.state.after(dec, keep=runner.keep, applied=True)
         decided[t] = dec.desired
+        if dec.schedule is not None:
+            plans.append(PlannedPath.of(t, dec.schedule))
         fc = out.forecast
         if fc is not None and t + k < n:
             at_lead(fc, ts[t] + lead_s, runner.policy, out.state.headroom, (fpoint, fupper), t + k)
@@ -629,7 +676,7 @@ def simulate(runner: TargetRunner, series: Series, initial: int, k: int,
             progress(t, n, dec)
     run = PolicyRun(runner.target.name, decided, in_service, forecast_point=fpoint, forecast_upper=fupper,
                     fallbacks=fallbacks, fallback_reasons=dict(reasons), resource_forecasts=rforecasts,
-                    sized_by=dict(sized_by))
+                    sized_by=dict(sized_by), plans=plans)
     run.seconds = time.perf_counter() - t0
     return run
 
@@ -845,35 +892,108 @@ def write_json(result: BacktestResult, path: str | Path) -> None:
     Path(path).write_text(json.dumps(result.to_dict(), indent=2, sort_keys=True, default=float))
 
 
-def plot(result: BacktestResult, path: str | Path, *, last: timedelta | None = timedelta(days=3)) -> None:
-    """Demand, the forecast band at lead time, and each policy's capacity."""
+@dataclass(frozen=True)
+class PlotSeries:
+    """One line of the backtest plot: x (epoch seconds), y (demand units)."""
+
+    label: str
+    x: np.ndarray
+    y: np.ndarray
+
+
+@dataclass(frozen=True)
+class PlotData:
+    """What :func:`plot` draws, computed apart from the drawing (so a test
+    can check it): the window's demand, the forecast band, each policy's
+    capacity and cumulative violations, and the planner's schedules at a
+    few cycles in the window (what it planned then, over its horizon)."""
+
+    demand: PlotSeries
+    band: tuple[PlotSeries, PlotSeries] | None
+    capacity: dict[str, PlotSeries]
+    violations: dict[str, PlotSeries]
+    schedules: tuple[PlotSeries, ...]
+
+
+def planned_load(result: BacktestResult, capacity: np.ndarray) -> np.ndarray:
+    """The load planned levels carry at full capacity (replicas x size, or
+    the rung's capacity)."""
+    if result.ladder is not None:
+        caps = np.array([r.capacity for r in result.ladder])
+        return caps[np.clip(capacity, 0, caps.size - 1)]
+    return capacity.astype(float) * (result.capacity_per_replica or 1.0)
+
+
+def plot_data(result: BacktestResult, *, last: timedelta | None = timedelta(days=3),
+              schedules: int = 6) -> PlotData:
+    """The series :func:`plot` draws. ``schedules``: how many of the
+    planner's schedules to draw, made at cycles evenly spread over the
+    window (each from its first planned step to the end of its horizon)."""
+    ts = result.timestamps
+    sel = np.ones(ts.size, dtype=bool)
+    if last is not None:
+        sel = ts >= ts[-1] - int(last.total_seconds())
+    x = ts[sel]
+    band = None
+    p = result.runs.get(result.policy_name)
+    if p is not None and p.forecast_point is not None and p.forecast_upper is not None:
+        band = (PlotSeries("forecast point", x, p.forecast_point[sel]),
+                PlotSeries("forecast upper", x, p.forecast_upper[sel]))
+    capacity, violations = {}, {}
+    for name, run in result.runs.items():
+        served = run.served if run.served is not None else run.in_service * (result.capacity_per_replica or 1.0)
+        capacity[name] = PlotSeries(name, x, served[sel])
+        if name != "oracle":
+            viol = (result.demand[sel] > served[sel]) & result.scored[sel]
+            violations[name] = PlotSeries(name, x, np.cumsum(viol))
+    drawn: list[PlotSeries] = []
+    plans = [pp for pp in (p.plans if p is not None else []) if sel[pp.cycle] and pp.at.size]
+    if plans and schedules > 0:
+        picks = np.unique(np.linspace(0, len(plans) - 1, min(schedules, len(plans))).round().astype(int))
+        for i in picks.tolist():
+            pp = plans[i]
+            made = from_epoch(int(ts[pp.cycle])).strftime("%m-%d %H:%M")
+            drawn.append(PlotSeries(f"planned at {made}", pp.at, planned_load(result, pp.capacity)))
+    return PlotData(PlotSeries("demand", x, result.demand[sel]), band, capacity, violations, tuple(drawn))
+
+
+def plot(result: BacktestResult, path: str | Path, *, last: timedelta | None = timedelta(days=3),
+         schedules: int = 6) -> PlotData:
+    """Demand, the forecast band at lead time, each policy's capacity, and
+    (for the planner) what it planned at a few cycles: :func:`plot_data`,
+    drawn to a PNG at ``path``. Returns the data drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ts = result.timestamps
-    sel = np.ones(ts.size, dtype=bool)
-    if last is not None:
-        sel = ts >= ts[-1] - int(last.total_seconds())
-    x = ts[sel].astype("datetime64[s]")
+    data = plot_data(result, last=last, schedules=schedules)
+
+    def dt(a: np.ndarray) -> np.ndarray:
+        return a.astype("datetime64[s]")
+
+    x = dt(data.demand.x)
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(13, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    ax.plot(x, result.demand[sel], color="black", lw=1.0, label="demand")
-    p = result.runs.get(result.policy_name)
-    if p is not None and p.forecast_point is not None:
-        ax.fill_between(x, p.forecast_point[sel], p.forecast_upper[sel], color="tab:blue", alpha=0.25,
+    ax.plot(x, data.demand.y, color="black", lw=1.0, label="demand")
+    if data.band is not None:
+        ax.fill_between(x, data.band[0].y, data.band[1].y, color="tab:blue", alpha=0.25,
                         label=f"forecast band ({result.forecaster}, point..upper, at lead time)")
     styles = {"oracle": ("tab:green", "--"), "reactive": ("tab:red", "-"), "threshold": ("tab:red", "-"),
               result.policy_name: ("tab:blue", "-")}
-    for name, run in result.runs.items():
+    for name, series in data.capacity.items():
         c, ls = styles.get(name, ("gray", "-"))
-        served = run.served if run.served is not None else run.in_service * (result.capacity_per_replica or 1.0)
-        ax.step(x, served[sel], where="post", color=c, ls=ls, lw=1.2,
-                label=f"{name} capacity (v={run.metrics['violation_fraction']:.3f}, "
-                      f"cost={run.metrics['cost_vs_oracle']:.3f}, {run.metrics['actions']} changes)")
-        if name != "oracle":
-            viol = (result.demand[sel] > served[sel]) & result.scored[sel]
-            ax2.plot(x, np.cumsum(viol), color=c, label=f"{name}: violations (cumulative)")
+        m = result.runs[name].metrics
+        ax.step(x, series.y, where="post", color=c, ls=ls, lw=1.2,
+                label=f"{name} capacity (v={m['violation_fraction']:.3f}, "
+                      f"cost={m['cost_vs_oracle']:.3f}, {m['actions']} changes)")
+    for k, sched in enumerate(data.schedules):
+        ax.step(dt(sched.x), sched.y, where="post", color="tab:purple", ls=":", lw=1.6, alpha=0.9, zorder=3,
+                label=f"planner schedules ({len(data.schedules)}, each from its cycle over the horizon)"
+                if k == 0 else None)
+        ax.plot(dt(sched.x[:1]), sched.y[:1], "o", color="tab:purple", ms=4, zorder=3)
+    for name, series in data.violations.items():
+        c, _ = styles.get(name, ("gray", "-"))
+        ax2.plot(x, series.y, color=c, label=f"{name}: violations (cumulative)")
     ax.set_ylabel("demand / capacity (metric units)")
     ax.set_title(f"forescale backtest: {result.trace}")
     ax.legend(loc="upper left", fontsize=8)
@@ -883,3 +1003,4 @@ def plot(result: BacktestResult, path: str | Path, *, last: timedelta | None = t
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return data

@@ -404,6 +404,21 @@ class TargetConfig(_Model):
         are built from."""
         return self._resource_targets[name]
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _resize_downtime_from_the_actuator(cls, data: Any, handler: Any) -> "TargetConfig":
+        """A planner on a ladder that states no ``plan.resize_downtime`` prices
+        the one the target's actuator states (stated once, used by both)."""
+        target = handler(data)
+        pol = target.policy
+        from actuators.base import ActuatorConfig
+
+        if pol.kind == "plan" and pol.ladder is not None and pol.plan.resize_downtime is None \
+                and isinstance(target.actuator, ActuatorConfig) and target.actuator.resize_downtime is not None:
+            plan = pol.plan.model_copy(update={"resize_downtime": target.actuator.resize_downtime})
+            return target.model_copy(update={"policy": pol.model_copy(update={"plan": plan})})
+        return target
+
     # the names callers have used for the typed plugin configs
     @property
     def source_config(self) -> Any:

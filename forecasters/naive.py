@@ -34,9 +34,17 @@ def _lag(y: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def _take(y: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """y[idx] with NaN where idx < 0 (before the history starts)."""
+    out = np.full(idx.shape, np.nan)
+    ok = idx >= 0
+    out[ok] = y[idx[ok]]
+    return out
+
+
 class _ResidualBand:
     """Residual quantiles per horizon, recomputed once ``refresh`` new
-    samples have arrived (the residual distribution over a window of days
+    samples (intervals of time) have arrived (the residual distribution over a window of days
     barely moves in a few steps; recomputing every cycle dominated the
     backtest's run time)."""
 
@@ -45,13 +53,18 @@ class _ResidualBand:
         self._key: int | None = None
         self._cache: dict[tuple[int, float], float] = {}
 
-    def get(self, key: int, a: int, q: float, compute) -> float:
+    def get(self, key: int, ahead: np.ndarray, quantiles: Sequence[float], compute) -> np.ndarray:
+        """The ``(len(ahead), len(quantiles))`` offsets; ``compute(a)`` gives
+        them for the horizons ``a`` (an int array) not cached yet, in one
+        call."""
         if self._key is None or key < self._key or key - self._key >= self.refresh:
             self._key, self._cache = key, {}
-        k = (a, q)
-        if k not in self._cache:
-            self._cache.update({(a, lv): v for lv, v in compute(a).items()})
-        return self._cache[k]
+        cache = self._cache
+        missing = [a for a in dict.fromkeys(ahead.tolist()) if any((a, q) not in cache for q in quantiles)]
+        if missing:
+            for a, row in zip(missing, compute(np.array(missing, dtype=np.int64)).tolist()):
+                cache.update({(a, float(q)): v for q, v in zip(quantiles, row)})
+        return np.array([[cache[(a, q)] for q in quantiles] for a in ahead.tolist()], dtype=float)
 
 
 class _NaiveBase(BaseForecaster):
@@ -69,30 +82,41 @@ class _NaiveBase(BaseForecaster):
     def _point_for(self, y: np.ndarray, a: int) -> float:
         raise NotImplementedError
 
-    def _insample(self, y: np.ndarray, a: int) -> np.ndarray:
-        """Forecast made a steps earlier for every index (NaN where unknown)."""
+    def _points(self, y: np.ndarray, ahead: np.ndarray) -> np.ndarray:
+        return np.array([self._point_for(y, int(a)) for a in ahead])
+
+    def _insample(self, y: np.ndarray, ahead: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """``(len(ahead), len(at))``: the forecast made ``a`` steps before
+        each index ``at`` of ``y``, for every horizon ``a`` in ``ahead`` (NaN
+        where unknown)."""
         raise NotImplementedError
+
+    def _residual_quantiles(self, y: np.ndarray, ahead: np.ndarray, quantiles: Sequence[float]) -> np.ndarray:
+        """``(len(ahead), len(quantiles))``: empirical quantiles of the
+        in-sample residuals ``actual - forecast`` at each horizon over the
+        last ``residual_window`` samples, all horizons at once (one numpy
+        quantile over the rows without gaps; a row with gaps alone)."""
+        w = self._window()
+        at = np.arange(max(0, y.size - w), y.size)
+        resid = y[at][None, :] - self._insample(y, ahead, at)
+        out = np.empty((ahead.size, len(quantiles)))
+        full = np.isfinite(resid).all(axis=1)
+        if full.any() and at.size:
+            out[full] = np.quantile(resid[full], list(quantiles), axis=1).T
+        for i in np.flatnonzero(~full | (at.size == 0)).tolist():
+            out[i] = list(residual_quantiles(resid[i], quantiles).values())
+        return out
 
     def _predict(self, ahead: np.ndarray, quantiles: Sequence[float]):
         assert self._history is not None
         y = self._history.values
-        w = self._window()
-        key = len(y)
-        point = np.array([self._point_for(y, int(a)) for a in ahead])
-
-        def compute(a: int) -> dict[float, float]:
-            seg = y[-(w + a + self._lookback(a)):]
-            resid = seg - self._insample(seg, a)
-            return residual_quantiles(resid[-w:], quantiles)
-
-        qs = {
-            q: point + np.array([self._band.get(key, int(a), q, compute) for a in ahead])
-            for q in quantiles
-        }
-        return point, qs
-
-    def _lookback(self, a: int) -> int:
-        return 0
+        point = self._points(y, ahead)
+        # keyed by the time of the last sample in steps, not by the history's
+        # length: a live target's history is a sliding window of fixed length
+        assert self.step
+        key = int(self._history.timestamps[-1]) // self.step
+        band = self._band.get(key, ahead, quantiles, lambda a: self._residual_quantiles(y, a, quantiles))
+        return point, {q: point + band[:, j] for j, q in enumerate(quantiles)}
 
 
 class PersistenceParams(ForecasterParams):
@@ -112,8 +136,8 @@ class Persistence(_NaiveBase):
     def _point_for(self, y: np.ndarray, a: int) -> float:
         return float(y[last_valid_index(y)])
 
-    def _insample(self, y: np.ndarray, a: int) -> np.ndarray:
-        return _lag(y, a)
+    def _insample(self, y: np.ndarray, ahead: np.ndarray, at: np.ndarray) -> np.ndarray:
+        return _take(y, at[None, :] - ahead[:, None])
 
 
 class SeasonalNaiveParams(ForecasterParams):
@@ -172,13 +196,9 @@ class SeasonalNaive(_NaiveBase):
                 return float(y[i])
         return float(y[last_valid_index(y)])
 
-    def _insample(self, y: np.ndarray, a: int) -> np.ndarray:
+    def _insample(self, y: np.ndarray, ahead: np.ndarray, at: np.ndarray) -> np.ndarray:
         s = self.season_steps(self.season)
-        return _lag(y, s * -(-a // s))
-
-    def _lookback(self, a: int) -> int:
-        s = self.season_steps(self.season)
-        return s * -(-a // s)
+        return _take(y, at[None, :] - (s * -(-ahead // s))[:, None])
 
 
 class SeasonalPersistenceParams(ForecasterParams):
@@ -207,7 +227,13 @@ class SeasonalPersistence(_NaiveBase):
         return self.season_steps(_SEASONS[self.params.season])
 
     def _point_for(self, y: np.ndarray, a: int) -> float:
-        i = last_valid_index(y)
+        return self._point_at(y, a, last_valid_index(y))
+
+    def _points(self, y: np.ndarray, ahead: np.ndarray) -> np.ndarray:
+        i = last_valid_index(y)  # once, not per horizon
+        return np.array([self._point_at(y, int(a), i) for a in ahead])
+
+    def _point_at(self, y: np.ndarray, a: int, i: int) -> float:
         s = self._s
         last = float(y[i])
         if a >= s:
@@ -221,16 +247,24 @@ class SeasonalPersistence(_NaiveBase):
             return last
         return max(0.0, last + float(np.median(changes)))
 
-    def _insample(self, y: np.ndarray, a: int) -> np.ndarray:
+    def _insample(self, y: np.ndarray, ahead: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """``y[t-a] + median_k(y[t-k*s+a] - y[t-k*s])``, every horizon at once
+        (one median over the seasons for all of them; with one season the
+        change itself)."""
         s = self._s
-        base = _lag(y, a)
-        if a >= s:
-            return base
-        changes = np.vstack([_lag(y, k * s - a) - _lag(y, k * s) for k in range(1, self.params.seasons + 1)])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: no change known
-            change = np.nanmedian(changes, axis=0)
-        return np.where(np.isnan(change), base, base + change)
-
-    def _lookback(self, a: int) -> int:
-        return self._s * self.params.seasons
+        out = _take(y, at[None, :] - ahead[:, None])
+        rows = np.flatnonzero(ahead < s)
+        if rows.size == 0:
+            return out
+        a = ahead[rows][None, :, None]
+        k = np.arange(1, self.params.seasons + 1)[:, None, None] * s
+        changes = _take(y, at[None, None, :] - (k - a)) - _take(y, at[None, None, :] - k)  # (seasons, A, T)
+        if changes.shape[0] == 1:
+            change = changes[0]
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: no change known
+                change = np.nanmedian(changes, axis=0)
+        base = out[rows]
+        out[rows] = np.where(np.isnan(change), base, base + change)
+        return out

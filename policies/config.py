@@ -172,6 +172,11 @@ def parse_window(text: str) -> tuple[int, int]:
     return a, b
 
 
+#: the fixed price of a change for replicas (docs/planner.md: chosen on the
+#: tuning traces at equal cost against the HPA)
+DEFAULT_CHANGE_COST = 3.0
+
+
 class PlanConfig(_Model):
     """The planner (``kind: plan``, :mod:`policies.planner`): a cost-aware
     capacity schedule over ``horizon``, re-planned every cycle, of which only
@@ -216,10 +221,15 @@ class PlanConfig(_Model):
     #: reactive floor answers (REFERENCE: a cap keeps bursty series from
     #: costing several times the oracle). None: the whole distribution
     headroom_cap: float | None = Field(0.3, gt=0.0)
-    #: fixed price of one capacity change (in the same money as the prices)
-    change_cost: float = Field(3.0, ge=0.0)
-    #: a vertical resize takes capacity away for this long (stop/modify/start)
-    resize_downtime: Duration = timedelta(0)
+    #: fixed price of one capacity change (in the same money as the prices);
+    #: None: 3 for replicas (chosen on the tuning traces), 0 for a ladder,
+    #: where a resize costs what its downtime leaves unserved (priced below)
+    change_cost: float | None = Field(None, ge=0.0)
+    #: a vertical resize takes capacity away for this long (stop/modify/start);
+    #: None: what the target's actuator states for a resize (aws-ec2
+    #: ``downtime_estimate``, alibaba-ecs ``stop_start_downtime``; the
+    #: backtest: its scenario's), else none
+    resize_downtime: Duration | None = None
     #: what serves during the downtime: nothing, or the smaller of the old
     #: and the new rung (the old one while it is being resized up)
     resize_during: Literal["unavailable", "old"] = "unavailable"
@@ -267,6 +277,17 @@ class PlanConfig(_Model):
         if self.penalty is not None and self.slo is not None:
             raise ValueError("give either penalty or slo, not both")
         return self
+
+    def fixed_change_cost(self, vertical: bool) -> float:
+        """``change_cost``, or its default (3 for replicas, 0 for a ladder)."""
+        if self.change_cost is not None:
+            return self.change_cost
+        return 0.0 if vertical else DEFAULT_CHANGE_COST
+
+    @property
+    def downtime(self) -> timedelta:
+        """``resize_downtime``, none where nothing stated one."""
+        return self.resize_downtime if self.resize_downtime is not None else timedelta(0)
 
     @property
     def windows(self) -> tuple[tuple[int, int], ...]:

@@ -511,10 +511,10 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
     cost = cap_cost + risk_cost
 
     # change costs: fixed, plus a vertical resize's downtime
-    leave = np.full_like(cost, pc.change_cost)
+    leave = np.full_like(cost, pc.fixed_change_cost(config.ladder is not None))
     enter = np.zeros_like(cost)
     leave_down = enter_down = None
-    down_h = min(pc.resize_downtime.total_seconds(), interval_s) / 3600.0
+    down_h = min(pc.downtime.total_seconds(), interval_s) / 3600.0
     if config.ladder is not None and down_h > 0:
         if pc.resize_during == "old":
             # the smaller of the two rungs serves: the old one on the way up;

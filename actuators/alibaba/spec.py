@@ -84,6 +84,11 @@ class EcsInstanceSpecConfig(EcsConnectionConfig):
     #: downtime reported for the reboot that applies a subscription change
     reboot_downtime: Duration = timedelta(minutes=1)
 
+    @property
+    def resize_downtime(self) -> timedelta:
+        # the longer of the two ways a change is applied (pay-as-you-go)
+        return max(self.stop_start_downtime, self.reboot_downtime)
+
 
 @dataclass
 class _Change:

@@ -76,6 +76,10 @@ class EC2InstanceTypeConfig(AwsConfig):
     #: a resize is verified only once the instance and system status checks pass
     wait_for_status_checks: bool = True
 
+    @property
+    def resize_downtime(self) -> timedelta:
+        return self.downtime_estimate
+
 
 @dataclass(frozen=True)
 class _Instance:

@@ -101,6 +101,46 @@ def test_the_benchmark_runs_end_to_end_on_a_small_folder(tmp_path):
     assert "| held_out |" in md and "nab/rds_cpu_utilization_e47b3b.csv" in md
 
 
+def test_one_part_alone_and_the_forecasters_parameters(tmp_path):
+    """``--part`` runs only the tuning (or held-out) traces; the forecaster's
+    parameters are validated (a bad one fails) and recorded in the report."""
+    traces = tmp_path / "traces" / "set"
+    traces.mkdir(parents=True)
+    for i in range(3):  # sorted t0, t1, t2: t2 is held out
+        shutil.copy(TRACES / "nab" / "rds_cpu_utilization_e47b3b.csv", traces / f"t{i}.csv")
+    out = tmp_path / "out"
+    assert main(["--traces", str(tmp_path / "traces"), "--part", "held_out", "--vertical", "--no-frontier",
+                 "--forecaster-params", '{"seasons": 3}', "--out", str(out), "--quiet"]) == 0
+    doc = json.loads((out / "frontier-default-vertical.json").read_text())
+    assert [r["trace"] for r in doc["vertical"]["rows"]] == ["set/t2.csv"]
+    assert doc["forecaster_params"] == {"seasons": 3}
+    with pytest.raises(Exception, match="seasons"):
+        main(["--traces", str(tmp_path / "traces"), "--part", "held_out", "--vertical", "--no-frontier",
+              "--forecaster-params", '{"seasons": 99}', "--out", str(out), "--quiet"])
+
+
+def test_a_wider_sweep_compares_an_earlier_reports_policy_rows_again(tmp_path):
+    """``--resweep REPORT --sweep-from 0.3``: the HPA swept from u = 0.3, the
+    policy's rows kept as they were (not run again); a policy that spent more
+    than the HPA at 0.45 is then compared inside the range."""
+    traces = tmp_path / "traces" / "nab"
+    traces.mkdir(parents=True)
+    shutil.copy(TRACES / "nab" / "rds_cpu_utilization_e47b3b.csv", traces / "r.csv")
+    out = tmp_path / "out"
+    assert main(["--traces", str(tmp_path / "traces"), "--lead-times", "10", "--out", str(out), "--quiet",
+                 "--max-days", "5"]) == 0
+    first = json.loads((out / "frontier-default.json").read_text())
+    assert main(["--traces", str(tmp_path / "traces"), "--resweep", str(out / "frontier-default.json"),
+                 "--sweep-from", "0.3", "--out", str(out)]) == 0
+    wide = json.loads((out / "frontier-default-from0.3.json").read_text())
+    (a,), (b,) = first["leads"]["10"]["rows"], wide["leads"]["10"]["rows"]
+    assert b["policy"] == a["policy"]
+    assert [h["u"] for h in b["hpa"]] == [round(0.3 + 0.05 * i, 2) for i in range(14)]
+    assert b["hpa"][3:] == a["hpa"]  # the same HPA runs from 0.45 on
+    assert max(h["cost_vs_oracle"] for h in b["hpa"]) > max(h["cost_vs_oracle"] for h in a["hpa"])
+    assert "u 0.30-0.95" in (out / "frontier-default-from0.3.md").read_text()
+
+
 def test_the_vertical_scenario_runs_against_the_threshold_resizer(tmp_path):
     traces = tmp_path / "traces" / "nab"
     traces.mkdir(parents=True)

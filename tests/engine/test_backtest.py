@@ -303,3 +303,91 @@ def test_backtest_json_is_one_document_on_stdout(capsys):
     doc = json.loads(capsys.readouterr().out)  # nothing else on stdout
     assert set(doc["policies"]) >= {"oracle", "reactive", "predictive"}
     assert doc["policies"]["reactive"]["violation_fraction"] >= 0
+
+
+def test_the_plot_draws_the_planners_schedules_beside_capacity_and_demand(tmp_path):
+    """``backtest --plot`` with a ``kind: plan`` config draws what the planner
+    planned at a few cycles of the window (each over its horizon, from its
+    first planned step), in the same units as the capacity it carried out."""
+    from engine.backtest import plot, scenario_for
+    from engine.cli import main
+    from engine.config import load_config
+
+    cfg = _config(tmp_path, """      kind: plan
+      capacity_per_replica: 10
+      min_replicas: 1
+      max_replicas: 40
+      lead_time: 10m
+      plan: {horizon: 2h}""")
+    png = tmp_path / "p.png"
+    assert main(["backtest", str(DEMO_TRACE), "--quiet", "--config", str(cfg), "--plot", str(png),
+                 "--warmup", "1d"]) == 0
+    assert png.stat().st_size > 10_000
+
+    target = load_config(cfg).targets[0]
+    result = run_backtest(read_csv(DEMO_TRACE), policy=target.policy, trace="demo",
+                          scenario=scenario_for(target, warmup=timedelta(days=1)))
+    assert result.capacity_per_replica == 10
+    data = plot(result, tmp_path / "q.png", last=timedelta(days=2), schedules=5)
+    assert (tmp_path / "q.png").stat().st_size > 10_000
+    run = result.runs["planner"]
+    assert len(run.plans) > 0.9 * len(result.timestamps)  # a schedule every planning cycle
+    assert len(data.schedules) == 5
+    window = data.demand.x
+    cap = data.capacity["planner"]
+    carried = dict(zip(cap.x.tolist(), cap.y.tolist()))
+    first_equal = 0
+    for s in data.schedules:
+        assert s.label.startswith("planned at ")
+        # the horizon: 2 h after the 10-minute lead time, in 5-minute steps
+        assert 20 <= s.x.size <= 23 and np.all(np.diff(s.x) == 300)
+        assert s.x[0] >= window[0]
+        # planned levels in load units: whole replicas of 10 within the bounds
+        assert np.all(np.isin(s.y, 10.0 * np.arange(1, 41)))
+        # the first planned step is what the cycle carried out, unless the
+        # reactive floor asked for more
+        if s.x[0] in carried:
+            assert s.y[0] <= carried[s.x[0]] + 1e-9
+            first_equal += s.y[0] == carried[s.x[0]]
+    assert first_equal >= 3
+    # other policies draw no schedule
+    reactive_only = plot(run_backtest(read_csv(DEMO_TRACE), trace="demo"), tmp_path / "r.png")
+    assert reactive_only.schedules == ()
+
+
+PLAN_LADDER = """      kind: plan
+      ladder:
+        - {name: small, capacity: 20, price: 0.096}
+        - {name: medium, capacity: 40, price: 0.192}
+        - {name: large, capacity: 80, price: 0.384}
+        - {name: xlarge, capacity: 160, price: 0.768}
+      lead_time: 30m"""
+
+
+def test_a_resize_downtime_is_stated_once_for_the_planner_and_the_scenario(tmp_path):
+    """The planner's ``plan.resize_downtime`` (or its actuator's) is the
+    scenario's downtime; the scenario's (``--resize-downtime``) is what a
+    planner that states none prices, and the notes say which."""
+    from engine.backtest import replay_policy, prepare, scenario_for
+    from engine.config import load_config
+
+    stated = load_config(_config(tmp_path, PLAN_LADDER + "\n      plan: {resize_downtime: 5m}")).targets[0]
+    assert scenario_for(stated).resize_downtime == timedelta(minutes=5)
+    assert scenario_for(stated, resize_downtime=timedelta(minutes=2)).resize_downtime == timedelta(minutes=2)
+    ec2 = load_config(_config(tmp_path, PLAN_LADDER, """    actuator: {type: aws-ec2, instance_id: i-0123456789abcdef0,
+               region: us-east-1, downtime_estimate: 4m}""")).targets[0]
+    assert scenario_for(ec2).resize_downtime == timedelta(minutes=4)
+
+    bare = load_config(_config(tmp_path, PLAN_LADDER)).targets[0]
+    assert bare.policy.plan.resize_downtime is None and scenario_for(bare).resize_downtime == timedelta(0)
+    raw = read_csv(DEMO_TRACE)
+    prep = prepare(raw, scenario_for(bare, resize_downtime=timedelta(minutes=5)))
+    config, notes = replay_policy(bare.policy, prep)
+    assert config.plan.resize_downtime == timedelta(minutes=5)
+    assert any("prices the scenario's resize downtime 0:05:00" in n for n in notes)
+    config, notes = replay_policy(stated.policy, prepare(raw, scenario_for(stated, resize_downtime=timedelta(minutes=2))))
+    assert config.plan.resize_downtime == timedelta(minutes=5)
+    assert any("resize downtime of 0:05:00; in the scenario a resize takes 0:02:00" in n for n in notes)
+    # settings (the benchmarks' dicts) are filled the same way
+    config, _ = replay_policy({"kind": "plan"}, prepare(raw, scenario_for(bare, resize_downtime=timedelta(minutes=5))))
+    assert config.plan.resize_downtime == timedelta(minutes=5)

@@ -423,6 +423,49 @@ def test_the_forecaster_receives_the_validated_params_object(tmp_path):
     assert runner.forecaster.params is cfg.targets[0].forecaster.params
 
 
+def test_a_planner_on_a_ladder_prices_the_downtime_its_actuator_states():
+    """``plan.resize_downtime`` unset: the planner prices what the target's
+    resizing actuator states (aws-ec2 ``downtime_estimate``, alibaba-ecs the
+    longer of its stop/start and reboot), so a user states the downtime once;
+    set: the policy's own; a platform that adds capacity beside states none."""
+    from engine.core.types import ScalingState
+    from policies.planner import plan as make_plan
+    import numpy as np
+    from engine.core.types import Forecast, Observation
+
+    ladder = [{"name": "small", "capacity": 20, "price": 0.1}, {"name": "medium", "capacity": 40, "price": 0.2}]
+
+    def target(actuator, plan=None):
+        doc = {"targets": [{"name": "vps", "source": {"type": "csv", "path": "x.csv"}, "actuator": actuator,
+                            "policy": {"kind": "plan", "ladder": ladder, "lead_time": "30m",
+                                       **({"plan": plan} if plan else {})}}]}
+        return parse_config(doc).targets[0]
+
+    ec2 = {"type": "aws-ec2", "instance_id": "i-0123456789abcdef0", "region": "us-east-1"}
+    assert target(ec2).policy.plan.resize_downtime == timedelta(minutes=5)
+    assert target({**ec2, "downtime_estimate": "3m"}).policy.plan.resize_downtime == timedelta(minutes=3)
+    assert target(ec2, {"resize_downtime": "1m"}).policy.plan.resize_downtime == timedelta(minutes=1)
+    ecs = {"type": "alibaba-ecs", "instance_id": "i-bp1", "region_id": "cn-hangzhou"}
+    assert target(ecs).policy.plan.resize_downtime == timedelta(minutes=2)
+    assert target({"type": "dry-run"}).policy.plan.resize_downtime is None
+
+    # the user-visible effect: a resize now costs its downtime's unserved demand
+    # (no fixed price on a ladder by default), so the schedule says so
+    now = datetime(2024, 3, 1, 10, 0, tzinfo=timezone.utc)
+    ts = int(now.timestamp()) + 300 * np.arange(1, 25)
+    fc = Forecast(now, ts, np.full(24, 30.0), {q: np.full(24, 30.0 + 3 * i) for i, q in
+                                               enumerate((0.5, 0.8, 0.9, 0.95, 0.99))}, "t")
+    st = ScalingState(current=0, observation=Observation(15.0, now))
+    pol = target(ec2).policy
+    assert pol.plan.fixed_change_cost(vertical=True) == 0.0
+    with_downtime = make_plan(fc, st, pol, now, pol.lead_time)
+    without = make_plan(fc, st, target({"type": "dry-run"}).policy, now, pol.lead_time)
+    assert with_downtime.schedule.changes == without.schedule.changes == 1
+    assert without.schedule.change_cost == 0.0
+    # 30 units unserved for 5 minutes at the SLO's penalty
+    assert with_downtime.schedule.change_cost == pytest.approx(30 * 5 / 60 * with_downtime.schedule.penalty, rel=0.05)
+
+
 def test_a_target_built_in_code_resolves_its_sections_the_same_way():
     from engine.config import PluginSection, TargetConfig
     from policies.config import PolicyConfig

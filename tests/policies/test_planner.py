@@ -518,7 +518,7 @@ def test_the_tuned_defaults_hold_unless_the_policy_says_otherwise():
     cfg = PolicyConfig(kind="plan", capacity_per_replica=10)
     assert (cfg.reactive.target_utilization, cfg.reactive.tolerance) == (0.8, 0.0)
     pc = cfg.plan
-    assert (pc.horizon, pc.change_cost, pc.headroom_cap, pc.calibration, pc.target_rate) == \
+    assert (pc.horizon, pc.fixed_change_cost(vertical=False), pc.headroom_cap, pc.calibration, pc.target_rate) == \
         (timedelta(hours=2), 3.0, 0.3, "spread", 0.002)
     assert PolicyConfig(kind="plan", capacity_per_replica=10, reactive={"tolerance": 0.1}).reactive.tolerance == 0.1
     assert PolicyConfig(capacity_per_replica=10).reactive.tolerance == 0.1  # other kinds: the HPA's
