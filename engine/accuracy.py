@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .feedback import LIVE_ACCURACY_WINDOW, accuracy, seasonal_naive_scale
+from .feedback import LIVE_ACCURACY_WINDOW, accuracy, mape_meaningless, seasonal_naive_scale
 from .core.units import from_epoch, to_epoch
 
 
@@ -81,8 +81,9 @@ def live_accuracy(feedback: Any, history: Any, target: Any, now: Any, *, lead: A
                   window: timedelta = LIVE_ACCURACY_WINDOW) -> dict[str, float | None]:
     """Rolling accuracy over the cycle's lead window ``lead`` (a
     :class:`policies.window.LeadWindow`; None: the configured one) for the
-    metrics endpoint: ``mae``, ``mape``, ``mase``, ``bias``, ``coverage``
-    (``None`` where not computable yet). From the pairs ``feedback`` (the
+    metrics endpoint: ``mae``, ``mape`` (a ratio), ``mase``, ``bias``,
+    ``coverage`` (``None`` where not computable yet, and MAPE where it is
+    meaningless: :func:`engine.feedback.mape_meaningless`). From the pairs ``feedback`` (the
     target's :class:`engine.feedback.StoreFeedback`) keeps in memory, and the
     MASE scale from the fetched ``history``: nothing is read from the store."""
     from policies.window import lead_window
@@ -94,5 +95,7 @@ def live_accuracy(feedback: Any, history: Any, target: Any, now: Any, *, lead: A
     recent = history.since(to_epoch(now - window - timedelta(days=1))) if history is not None else None
     scale = seasonal_naive_scale(recent.regular(target.interval)) if recent is not None and len(recent) > 2 else None
     acc = accuracy(a, p, up, scale)
+    if mape_meaningless(acc):
+        acc.pop("mape", None)
     return {k: (None if k not in acc or acc[k] != acc[k] else acc[k])
             for k in ("mae", "mape", "mase", "bias", "coverage")}

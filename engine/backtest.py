@@ -16,8 +16,10 @@ Exactly the scenario and metrics of REFERENCE.md section 3:
   :class:`engine.cycle.TargetRunner` — the same code as the live loop.
 
 Metrics over scored intervals: ``violation_fraction``, ``unserved_fraction``,
-``cost_vs_oracle``, ``actions``; for a forecasting policy also ``mase``,
-``smape`` and ``coverage`` of its forecast at horizon L.
+``cost_vs_oracle``, ``actions``; for a forecasting policy also ``mape``,
+``smape`` (ratios, as the Prometheus gauges), ``mase`` and ``coverage`` of
+its forecast at horizon L, and ``mape_meaningful``
+(:func:`engine.feedback.mape_meaningless`).
 
 Two things are kept apart (one home per value):
 
@@ -61,7 +63,7 @@ from .core.errors import ConfigError, DataError
 from .core.types import ScalingState, Series
 from .core.units import from_epoch
 from .cycle import TargetRunner
-from .feedback import MemoryFeedback, accuracy, seasonal_naive_scale
+from .feedback import MemoryFeedback, accuracy, mape_meaningless, mape_warning, seasonal_naive_scale
 
 DAY_S = 86400.0
 
@@ -345,9 +347,13 @@ class BacktestResult:
         p = self.runs.get(self.policy_name)
         if p and "mase" in p.metrics:
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(p.fallback_reasons.items())) or "none"
-            lines.append(f"forecast ({self.forecaster}) at lead time: mase {p.metrics['mase']:.3f}, "
-                         f"smape {p.metrics['smape']:.1f} %, coverage {p.metrics['coverage']:.3f}, "
+            mark = "" if p.metrics.get("mape_meaningful", True) else " (meaningless)"
+            lines.append(f"forecast ({self.forecaster}) at lead time: mape {100 * p.metrics['mape']:.1f} %{mark}, "
+                         f"smape {100 * p.metrics['smape']:.1f} %, mase {p.metrics['mase']:.3f}, "
+                         f"coverage {p.metrics['coverage']:.3f}, "
                          f"fallbacks {p.fallbacks} ({reasons})")
+            if mark:
+                lines.append(f"note: MAPE is meaningless on this trace: {mape_warning()}; read sMAPE or MASE")
         return "\n".join(lines)
 
 
@@ -656,8 +662,8 @@ def run_policy(prep: Prepared, name: str, policy: PolicyConfig | Mapping[str, An
         assert run.forecast_point is not None and run.forecast_upper is not None
         m = prep.scored & np.isfinite(run.forecast_point)
         acc = accuracy(d[m], run.forecast_point[m], run.forecast_upper[m], scale)
-        run.metrics.update({"mase": acc.get("mase", float("nan")), "smape": acc.get("smape", float("nan")),
-                            "coverage": acc.get("coverage", float("nan"))})
+        run.metrics.update({k: acc.get(k, float("nan")) for k in ("mase", "mape", "smape", "coverage")})
+        run.metrics["mape_meaningful"] = not mape_meaningless(acc)
         run.metrics["fallback_fraction"] = run.fallbacks / max(1, int((~np.isnan(d)).sum()))
     return run
 

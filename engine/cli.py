@@ -674,6 +674,7 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
 
 def cmd_accuracy(args: argparse.Namespace) -> int:
     from .accuracy import accuracy_table, plot_accuracy
+    from .feedback import mape_meaningless, mape_warning
 
     if args.plot:
         require_extra("matplotlib", "plot", "accuracy --plot")
@@ -684,12 +685,21 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
         else:
             if not rows:
                 print("no forecasts with observed values yet")
-            hdr = f"{'target':<14}{'horizon':>9}{'n':>7}{'mae':>11}{'mape%':>9}{'mase':>8}{'bias':>11}{'coverage':>10}"
+            hdr = (f"{'target':<14}{'horizon':>9}{'n':>7}{'mae':>11}{'mape%':>9}{'smape%':>9}{'mase':>8}"
+                   f"{'bias':>11}{'coverage':>10}")
             print(hdr)
+            meaningless = []
             for r in rows:
+                pct = {k: 100 * r.get(k, float("nan")) for k in ("mape", "smape")}
+                mark = "~" if mape_meaningless(r) else ""
+                if mark:
+                    meaningless.append(f"{r['target']} {r['horizon']}")
                 print(f"{r['target']:<14}{r['horizon']:>9}{int(r['n']):>7}{r.get('mae', float('nan')):>11.4g}"
-                      f"{r.get('mape', float('nan')):>9.2f}{r.get('mase', float('nan')):>8.3f}"
+                      f"{mark + format(pct['mape'], '.2f'):>9}{pct['smape']:>9.2f}{r.get('mase', float('nan')):>8.3f}"
                       f"{r.get('bias', float('nan')):>11.4g}{r.get('coverage', float('nan')):>10.3f}")
+            if meaningless:
+                print(f"~ MAPE is meaningless for {', '.join(meaningless)}: {mape_warning()}; "
+                      "read sMAPE or MASE there", file=sys.stderr)
         if args.plot:
             plot_accuracy(store, args.target, args.plot, window=parse_duration(args.window))
             print(f"plot written to {args.plot}")

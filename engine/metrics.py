@@ -78,7 +78,7 @@ log = logging.getLogger("forescale.metrics")
 
 MODES = ("observe", "dry-run", "approve", "auto")
 #: the accuracy keys :meth:`EngineMetrics.set_accuracy` takes, as
-#: :func:`engine.accuracy.live_accuracy` computes them (MAPE in percent)
+#: :func:`engine.accuracy.live_accuracy` computes them (MAPE as a ratio, as exported)
 ACCURACY_KEYS = ("mae", "mape", "mase", "bias", "coverage")
 #: cycle durations: a cycle is a fetch, a fit/predict and maybe an actuation
 #: with verification; seconds to minutes
@@ -416,9 +416,10 @@ class EngineMetrics:
     def set_accuracy(self, target: str, accuracy: Mapping[str, float | None]) -> None:
         """Rolling accuracy at the lead-time horizon, as
         :func:`engine.accuracy.live_accuracy` computes it: keys ``mae``,
-        ``mape`` (in percent there; exported as a ratio), ``mase``, ``bias``
-        and ``coverage``. A ``None``/NaN value (not computable yet, e.g. MAPE
-        over zero actuals) removes the series instead of exporting NaN."""
+        ``mape`` (a ratio), ``mase``, ``bias`` and ``coverage``. A
+        ``None``/NaN value (not computable yet, or MAPE where it is
+        meaningless: :func:`engine.feedback.mape_meaningless`) removes the
+        series instead of exporting NaN."""
         unknown = set(accuracy) - set(ACCURACY_KEYS)
         if unknown:
             raise ValueError(f"unknown accuracy metric(s) {sorted(unknown)}; known: {', '.join(ACCURACY_KEYS)}")
@@ -431,8 +432,7 @@ class EngineMetrics:
                 except KeyError:
                     pass
             else:
-                gauge.labels(target=target, horizon=horizon).set(float(value) / 100 if key == "mape"
-                                                                 else float(value))
+                gauge.labels(target=target, horizon=horizon).set(float(value))
 
     def accuracy_series(self, target: str) -> list[tuple[str, dict[str, str], float]]:
         """The accuracy gauges' current samples of one target, as

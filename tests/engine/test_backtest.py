@@ -90,7 +90,8 @@ def test_predictive_metrics_and_json_shape(tmp_path):
     doc = json.loads(out.read_text())
     assert set(doc["policies"]) == {"oracle", "reactive", "predictive"}
     p = doc["policies"]["predictive"]
-    for key in ("violation_fraction", "unserved_fraction", "cost_vs_oracle", "actions", "mase", "smape", "coverage"):
+    for key in ("violation_fraction", "unserved_fraction", "cost_vs_oracle", "actions", "mase", "mape", "smape",
+                "coverage", "mape_meaningful"):
         assert key in p
     # seasonal persistence adds two noisy differences to the last value: on
     # white noise around a perfect cycle its error is ~sqrt(2) x the
@@ -303,3 +304,31 @@ def test_backtest_json_is_one_document_on_stdout(capsys):
     doc = json.loads(capsys.readouterr().out)  # nothing else on stdout
     assert set(doc["policies"]) >= {"oracle", "reactive", "predictive"}
     assert doc["policies"]["reactive"]["violation_fraction"] >= 0
+
+
+def test_the_cli_prints_mape_beside_smape_and_mase_and_flags_a_trace_near_zero(capsys):
+    from engine.cli import main
+    from engine.feedback import accuracy
+    from tests.support import TRACES
+
+    trace = TRACES / "nab" / "rds_cpu_utilization_e47b3b.csv"
+    assert main(["backtest", str(trace), "--quiet", "--json"]) == 0
+    p = json.loads(capsys.readouterr().out)["policies"]["predictive"]
+    # the seeds' target (MAPE < 15 %) is read on this ratio
+    assert 0 < p["mape"] < 0.15 and p["mape_meaningful"] is True
+    assert main(["backtest", str(trace), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("forecast ("))
+    assert f"mape {100 * p['mape']:.1f} %, smape {100 * p['smape']:.1f} %, mase {p['mase']:.3f}" in line
+    assert "meaningless" not in out
+    # the same forecast, scored by hand from the replay, gives that MAPE
+    r = run_backtest(read_csv(trace), trace="e47b3b")
+    run = r.runs["predictive"]
+    m = np.isfinite(run.forecast_point) & r.scored
+    assert accuracy(r.demand[m], run.forecast_point[m])["mape"] == pytest.approx(p["mape"])
+
+    # the ELB request count is near zero in 1.07 % of its intervals
+    elb = TRACES / "nab" / "elb_request_count_8c0756.csv"
+    assert main(["backtest", str(elb), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "(meaningless)" in out and "note: MAPE is meaningless on this trace" in out
