@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from engine.core.units import Duration
 
+from .events import Calendar
+
 
 #: the most replicas (or rung index, or pods per rate policy) a config may
 #: name: far above any real fleet, far below SQLite's 64-bit INTEGER
@@ -313,6 +315,8 @@ class PolicyConfig(_Model):
     max_staleness: Duration = timedelta(minutes=15)
     #: the planner's settings (used by ``kind: plan``)
     plan: PlanConfig = PlanConfig()
+    #: declared events and public holidays that raise capacity (:mod:`policies.events`)
+    calendar: Calendar = Calendar()
 
     @model_validator(mode="before")
     @classmethod

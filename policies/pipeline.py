@@ -2,12 +2,16 @@
 
 The steps run in this order (the one place it is written down):
 
+ 0. ``calendar``      the events in force over the forecast's span
+                      (:mod:`policies.events`); an ``uplift`` multiplies the
+                      forecast where it lasts.
  1. ``data``          check the inputs. No forecast, a forecast that does not
                       reach the lead-time window or is not finite there, a
                       missing, non-finite or stale observation -> *fallback*: size reactively and never
                       scale down (recorded with the reason).
  2. ``forecast``      max of the chosen quantile over the window
-                      ``[now + lead_time, now + lead_time + hold]``.
+                      ``[now + lead_time, now + lead_time + hold]``
+                      (``event``: EventUplift when an event raised it).
  3. ``margin``        fixed fraction / forecast quantile / conformal headroom,
                       then the headroom cap.
  4. ``smoothing``     EWMA or moving window of the demand (if configured so).
@@ -20,12 +24,18 @@ The steps run in this order (the one place it is written down):
 10. ``partial_data``  fallback -> never below current.
 11. ``rate_limit``    HPA Pods/Percent policies with selectPolicy.
 12. ``cooldown``      wall-clock cooldowns (block scale-down only).
+12b. ``event``        an event in force between now and the end of the lead
+                      window holds capacity at its ``min_capacity``: a bound
+                      while it lasts, so no rate limit, cooldown or
+                      stabilization delays it (every kind, fallback included).
 13. ``bounds``        clamp to [min, max]: last, so configured bounds always win.
 
 ``kind: plan`` shares step 1 (and, on fallback, the whole reactive path
 above); with usable data it hands over to :func:`policies.planner.plan`,
-which plans a schedule and records its own steps (plan, constraints,
-budget, reactive, bounds).
+which plans a schedule and records its own steps (plan, event,
+constraints, budget, reactive, bounds); an event's ``min_capacity`` is a
+floor of the schedule at the times it lasts, so capacity is ordered a lead
+time ahead of it.
 
 ``decide`` reads no clock, does no I/O, imports no SDK. What must be
 remembered (the recommendation, smoothing memory) leaves in the Decision;
@@ -40,6 +50,7 @@ from datetime import datetime, timedelta
 
 from engine.core.types import Decision, Forecast, ScalingState, Step
 
+from . import events as E
 from . import planner as P
 from . import steps as S
 from .config import PolicyConfig
@@ -59,6 +70,19 @@ def decide(forecast: Forecast | None, state: ScalingState, config: PolicyConfig,
     if window is None:
         window = lead_window(config, state.learned_lead_time)
     lead_time, hold = window.lead_time, window.hold
+
+    # 0. calendar -------------------------------------------------------------
+    cal, t_now = config.calendar, now.timestamp()
+    occ: tuple[E.Occurrence, ...] = ()
+    raw_forecast = forecast
+    if not cal.empty:
+        reach = max(window.end, config.plan.horizon) if config.kind == "plan" else window.end
+        t_end = t_now + reach.total_seconds()
+        if forecast is not None and forecast.horizon:
+            t_end = max(t_end, float(forecast.timestamps[-1]) + 1)
+        occ = cal.occurrences(t_now, t_end + 1)  # the window's end included
+        if forecast is not None and config.kind != "reactive":
+            forecast = E.uplifted(forecast, occ)
 
     # 1. data -----------------------------------------------------------------
     obs = state.observation
@@ -102,7 +126,7 @@ def decide(forecast: Forecast | None, state: ScalingState, config: PolicyConfig,
                         "reactive policy" if config.kind == "reactive" else "forecast and observation usable"))
         if config.kind == "plan":
             assert forecast is not None
-            planned = P.plan(forecast, state, config, now, lead_time, target=target, data_step=out[0])
+            planned = P.plan(forecast, state, config, now, lead_time, target=target, data_step=out[0], events=occ)
             if not config.scale_in and planned.desired < current:
                 # scale-in disabled holds for the planner as for every kind
                 held = Step("scale_in", current, "ScaleInDisabled",
@@ -120,6 +144,13 @@ def decide(forecast: Forecast | None, state: ScalingState, config: PolicyConfig,
         out.append(Step("forecast", upper, "ForecastWindowMax",
                         f"max over [now+{lead_time}, now+{window.end}]: "
                         f"upper {upper:.4g}, point {point:.4g}"))
+        if forecast is not raw_forecast:
+            assert raw_forecast is not None
+            raw = S.window_demand(raw_forecast, now, lead_time, hold, config.margin.quantile)
+            t0 = t_now + lead_time.total_seconds()
+            ev = E.uplift_step(raw or (upper, point), upper, occ, cal, t0, t0 + hold.total_seconds())
+            if ev is not None:
+                out.append(ev)
         m = S.margin_step(upper, point, config.margin, state.headroom)
         out.append(m)
         demand = m.value
@@ -188,6 +219,13 @@ def decide(forecast: Forecast | None, state: ScalingState, config: PolicyConfig,
                          config.cooldown.after_scale_up, config.cooldown.after_scale_down)
     out.append(cd)
     value = int(cd.value)
+
+    # 12b. event floors: a declared minimum is a bound while it lasts ----------------
+    if occ:
+        ev = E.floor_step(value, occ, cal, t_now, t_now + window.end.total_seconds())
+        if ev is not None:
+            out.append(ev)
+            value = int(ev.value)
 
     # 13. bounds ---------------------------------------------------------------------
     lo, hi = config.bounds
