@@ -402,25 +402,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     _logging(args.log_level, cfg.log_format)
     metrics = EngineMetrics()
-    writer = None
+    from .remote_write import FollowingWriter
+
     if cfg.server.remote_write is not None:
-        from .remote_write import RemoteWriter
-
         require_extra("cramjam", "remote-write", "server.remote_write")
-
-        # fed by the daemon's per-result callback; sends from its own thread
-        writer = RemoteWriter(cfg.server.remote_write, metrics).start()
+    running: list[Daemon] = []
+    # fed by the daemon's per-result callback, sends from its own thread, and
+    # follows server.remote_write across reloads (the daemon's running config)
+    writer = FollowingWriter(lambda: (running[0].config if running else cfg).server.remote_write, metrics)
     people = _People(cfg)  # notifications and the console's security
     if people.notifier is not None:
         metrics.watch_notifier(people.notifier)
     try:
         daemon = Daemon(args.config, metrics=metrics,  # takes the state lock (one daemon per state file)
-                        on_result=people.on_result(writer.on_result if writer is not None else None))
+                        on_result=people.on_result(writer.on_result))
     except BaseException:
-        if writer is not None:
-            writer.close(0)
+        writer.close(0)
         people.close()
         raise
+    running.append(daemon)
     server = None
     try:
         if cfg.server.enabled:
@@ -433,8 +433,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         daemon.install_signals()
     except BaseException:
         daemon.shutdown(0)
-        if writer is not None:
-            writer.close(0)
+        writer.close(0)
         people.close()
         raise
     logging.getLogger("forescale").info(
@@ -446,8 +445,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if server is not None:
             server.close()
         people.close()
-        if writer is not None:
-            writer.close()
+        writer.close()
     logging.getLogger("forescale").info("forescale stopped")
     return 0
 
