@@ -38,6 +38,7 @@ from forecasters.quality import gate, live_mase
 from policies import decide, history_to_keep
 from policies.window import LeadWindow, lead_window
 
+from .anomaly import AnomalyDetector, with_anomaly
 from .audit import decision_context
 from .checkpoints import ModelCheckpoint
 from .config import TargetConfig
@@ -105,6 +106,11 @@ class TargetRunner:
         self.keep = history_to_keep(self.policy)
         self._observed_until: int | None = None
         self._scale: float | None = None  # MASE denominator, refreshed at each refit
+        #: flags observations far outside the last forecast's band and masks
+        #: them from training (``anomalies``; engine/anomaly.py)
+        self.anomalies = AnomalyDetector(target.anomalies, target.interval, target.forecaster.history) \
+            if target.anomalies is not None and forecaster is not None else None
+        self._previous: Forecast | None = None  # the last cycle's forecast, for the residual
 
     # the configured model (the daemon carries it across config reloads)
     @property
@@ -227,10 +233,17 @@ class TargetRunner:
                                               m.conformal_window, m.conformal_min_samples)
         seen = replace(state, observation=obs, headroom=headroom, history_points=history.n_valid)
         extra: dict[str, Any] = {}
+        # the forecaster sees the history with flagged anomalies masked; the
+        # policy sees the observation as it was
+        anomaly, flag, fit = None, None, history
+        if self.anomalies is not None:
+            anomaly, flag = self.anomalies.observe(history, self._previous)
+            fit = self.anomalies.mask(history)
         if self.target.forecaster.quality_gate is not None and self.primary.forecaster is not None:
-            forecast, error, extra["quality_gate"] = self._gate(history, now, covariates, window)
+            forecast, error, extra["quality_gate"] = self._gate(fit, now, covariates, window)
         else:
-            forecast, error = self.forecast(history, now, covariates=covariates, window=window)
+            forecast, error = self.forecast(fit, now, covariates=covariates, window=window)
+        self._previous = forecast
         decision = decide(forecast, seen, self.policy, now, target=self.target.name, forecast_error=error,
                           window=window)
         chosen = self.primary.forecaster
@@ -239,6 +252,8 @@ class TargetRunner:
             extra["selection"] = selection  # the auto forecaster's choice and scores
         if extra:
             decision = replace(decision, extra={**decision.extra, **extra})
+        if flag is not None:
+            decision = with_anomaly(decision, anomaly, flag)
         if forecast is not None:
             self.feedback.record(self.target.name, forecast, window.horizons_s)
         return CycleOutcome(decision, forecast, error, seen)
