@@ -31,13 +31,13 @@ import functools
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.core.types import Forecast, Step
-from engine.core.units import Duration
+from engine.core.units import Duration, Timezone
 
 #: the largest uplift an event may declare (a typo such as 150 for 1.5 is an error)
 MAX_UPLIFT = 100.0
@@ -133,18 +133,9 @@ class Calendar(_Model):
     """``policy.calendar``: declared events and public holidays."""
 
     #: IANA timezone of the events' local times and of the holidays' days
-    timezone: str = "UTC"
+    timezone: Timezone = "UTC"
     events: tuple[Event, ...] = ()
     holidays: Holidays | None = None
-
-    @field_validator("timezone")
-    @classmethod
-    def _tz(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown timezone {v!r} (use an IANA name such as Europe/Berlin)") from None
-        return v
 
     @model_validator(mode="after")
     def _unique(self) -> "Calendar":
