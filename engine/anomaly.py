@@ -158,6 +158,10 @@ class AnomalyDetector:
     def _score(self, r: float, fc: Forecast, i: int, point: float) -> tuple[float | None, float]:
         c = self.config
         if c.method == "band":
+            if not any(q >= c.level for q in fc.quantiles):
+                # no band to measure against (a forecaster without quantiles):
+                # nothing is flagged rather than everything
+                return None, c.factor
             upper = float(fc.level(c.level)[i])
             width = upper - point
             if not math.isfinite(width):

@@ -143,3 +143,16 @@ def test_the_flag_is_in_decisions_json_and_on_metrics(tmp_path):
     assert all(r["steps"][1]["reason"] == "AnomalyFlagged" for r in flagged)
     assert {r["extra"]["anomaly"]["at"][:16] for r in flagged} <= {
         from_epoch(x).isoformat()[:16] for x in ts[inside]}
+
+
+def test_a_forecast_without_the_band_flags_nothing():
+    from engine.anomaly import AnomalyConfig, AnomalyDetector
+    from engine.core.types import Forecast
+
+    det = AnomalyDetector(AnomalyConfig(), timedelta(minutes=5), timedelta(days=1))
+    fc = Forecast(from_epoch(0), np.array([300]), np.array([10.0]), {0.9: np.array([12.0])}, "m")
+    assert det.observe(Series(np.array([300]), np.array([1000.0])), fc) == (None, None)
+    banded = Forecast(from_epoch(0), np.array([600]), np.array([10.0]), {0.99: np.array([12.0])}, "m")
+    anomaly, step = det.observe(Series(np.array([300, 600]), np.array([1000.0, 17.0])), banded)
+    assert anomaly is not None and anomaly.score == pytest.approx(3.5) and step.reason == "AnomalyFlagged"
+    assert det.mask(Series(np.array([300, 600]), np.array([1000.0, 17.0]))).values.tolist() == [1000.0, 10.0]
