@@ -9,7 +9,8 @@ explicit offset in the text wins), so a weekly ``09:00`` stays 09:00 across
 daylight saving.
 
 - A declared event is ``start`` .. ``end`` (or ``start`` + ``duration``),
-  repeated every ``every`` (``1d``, ``1w``, ...) until ``until`` when given.
+  repeated every ``every`` (``1d``, ``1w``, ...) until ``until`` when given,
+  on the local ``weekdays`` listed (if any).
 - ``holidays``: every public holiday of ``country`` (and ``subdivision``)
   is an event from local midnight to the next, from the ``holidays``
   package (it comes with the ``prophet`` extra, or alone with
@@ -30,7 +31,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -43,6 +44,7 @@ from engine.core.units import Duration, Timezone
 MAX_UPLIFT = 100.0
 #: at most this many occurrences of one recurring event are expanded per query
 MAX_OCCURRENCES = 10_000
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 HOLIDAYS_HINT = "pip install 'forescale[holidays]' (or the prophet extra, which includes it)"
 
 
@@ -75,6 +77,9 @@ class Event(_Effect):
     every: Duration | None = None
     #: no occurrence starts after this (local time)
     until: datetime | None = None
+    #: only occurrences starting on these local weekdays (``[mon, tue, wed,
+    #: thu, fri]`` with ``every: 1d``: business days); empty: every one
+    weekdays: tuple[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"], ...] = ()
 
     @field_validator("start", "end", "until", mode="before")
     @classmethod
@@ -92,6 +97,8 @@ class Event(_Effect):
         length = self.length
         if length <= timedelta(0):
             raise ValueError(f"event {self.name!r}: end ({self.end}) is not after start ({self.start})")
+        if self.weekdays and self.every is None:
+            raise ValueError(f"event {self.name!r}: weekdays need a recurrence (every: 1d)")
         if self.every is not None:
             if self.every <= timedelta(0):
                 raise ValueError(f"event {self.name!r}: every ({self.every}) must be positive")
@@ -205,11 +212,14 @@ def _expand(ev: Event, tz: ZoneInfo, t0: float, t1: float) -> list[Occurrence]:
     # a few steps of slack either side for the hours daylight saving shifts
     k0 = max(0, int((t0 - s0 - length.total_seconds()) // step) - 1)
     k1 = int((t1 - s0) // step) + 2
+    days = {WEEKDAYS.index(d) for d in ev.weekdays}
     out = []
     for k in range(k0, min(k1, k0 + MAX_OCCURRENCES)):
         start = ev.start + k * ev.every
         if ev.until is not None and start > ev.until:
             break
+        if days and start.weekday() not in days:
+            continue
         o = occ(start)
         if o.start < t1 and o.end > t0:
             out.append(o)

@@ -64,6 +64,19 @@ def test_recurrence_stops_at_until_and_a_date_means_midnight():
     assert [datetime.fromtimestamp(o.start, timezone.utc).day for o in got] == [1, 2, 3]
 
 
+def test_a_daily_event_on_business_days_only():
+    c = cal(timezone="Asia/Shanghai", events=[{"name": "office", "start": "2026-11-23T09:00", "duration": "9h",
+                                               "every": "1d", "weekdays": ["mon", "tue", "wed", "thu", "fri"],
+                                               "min_capacity": 6}])
+    week = c.occurrences(datetime(2026, 11, 23, tzinfo=timezone.utc).timestamp(),
+                         datetime(2026, 11, 30, tzinfo=timezone.utc).timestamp())
+    # Monday 23 to Friday 27 November, 09:00 in Shanghai is 01:00 UTC
+    assert [datetime.fromtimestamp(o.start, timezone.utc).strftime("%a %H:%M") for o in week] == \
+        ["Mon 01:00", "Tue 01:00", "Wed 01:00", "Thu 01:00", "Fri 01:00"]
+    with pytest.raises(ValidationError, match="weekdays need a recurrence"):
+        cal(events=[{"name": "x", "start": "2026-01-01", "duration": "1h", "weekdays": ["mon"], "uplift": 2}])
+
+
 def test_public_holidays_of_a_country_are_whole_local_days():
     c = cal(timezone="America/New_York", holidays={"country": "US", "min_capacity": 20})
     july = datetime(2026, 7, 3, 12, tzinfo=timezone.utc).timestamp()
