@@ -58,6 +58,7 @@ import numpy as np
 from forecasters import Forecaster
 from policies.config import PolicyConfig, RateLimit, Reactive, Rung, Stabilization
 
+from .anomaly import AnomalyConfig
 from .config import ForecasterConfig, PluginSection, TargetConfig
 from .core.errors import ConfigError, DataError
 from .core.types import ScalingState, Series
@@ -244,6 +245,8 @@ class PolicyRun:
     actuation: dict[str, float] = field(default_factory=dict)
     #: load served each interval (after resize downtime)
     served: np.ndarray | None = None
+    #: observations flagged as anomalies (None: not configured)
+    anomalies: int | None = None
 
     def report(self) -> dict[str, Any]:
         out: dict[str, Any] = {**self.metrics, **self.actuation}
@@ -352,6 +355,8 @@ class BacktestResult:
                          f"smape {100 * p.metrics['smape']:.1f} %, mase {p.metrics['mase']:.3f}, "
                          f"coverage {p.metrics['coverage']:.3f}, "
                          f"fallbacks {p.fallbacks} ({reasons})")
+            if p.anomalies is not None:
+                lines.append(f"anomalies flagged and kept out of training: {p.anomalies}")
             if mark:
                 lines.append(f"note: MAPE is meaningless on this trace: {mape_warning()}; read sMAPE or MASE")
         return "\n".join(lines)
@@ -508,9 +513,10 @@ def reactive_policy(scenario: Scenario) -> dict[str, Any]:
     }
 
 
-def _target(name: str, interval: timedelta, policy: PolicyConfig, forecaster: ForecasterConfig) -> TargetConfig:
-    return TargetConfig(name=name, interval=interval, mode="observe",
-                        source=PluginSection(type="csv", path="-"), forecaster=forecaster, policy=policy)
+def _target(name: str, interval: timedelta, policy: PolicyConfig, forecaster: ForecasterConfig,
+            anomalies: AnomalyConfig | None = None) -> TargetConfig:
+    return TargetConfig(name=name, interval=interval, mode="observe", source=PluginSection(type="csv", path="-"),
+                        forecaster=forecaster, policy=policy, anomalies=anomalies)
 
 
 def simulate(runner: TargetRunner, series: Series, initial: int, k: int,
@@ -525,7 +531,7 @@ def simulate(runner: TargetRunner, series: Series, initial: int, k: int,
     state = ScalingState(current=initial)
     lead_s = k * int(series.step().total_seconds()) if n > 1 else 0
     q = runner.policy.margin.quantile
-    fallbacks = 0
+    fallbacks = anomalies = 0
     reasons: Counter[str] = Counter()
     name, sname = runner.target.name, series.name
     t0 = time.perf_counter()
@@ -545,6 +551,8 @@ def simulate(runner: TargetRunner, series: Series, initial: int, k: int,
             fallbacks += 1
             data = dec.step("data")
             reasons[data.reason if data is not None else "unknown"] += 1
+        if "score" in dec.extra.get("anomaly", {}):
+            anomalies += 1
         state = out.state.after(dec, keep=runner.keep, applied=True)
         decided[t] = dec.desired
         fc = out.forecast
@@ -561,6 +569,8 @@ def simulate(runner: TargetRunner, series: Series, initial: int, k: int,
             progress(t, n, dec)
     run = PolicyRun(runner.target.name, decided, in_service, forecast_point=fpoint, forecast_upper=fupper,
                     fallbacks=fallbacks, fallback_reasons=dict(reasons))
+    if runner.anomalies is not None:
+        run.anomalies = anomalies
     run.seconds = time.perf_counter() - t0
     return run
 
@@ -647,13 +657,15 @@ def prepare(raw: Series, scenario: Scenario = Scenario(), trace: str = "") -> Pr
 
 
 def run_policy(prep: Prepared, name: str, policy: PolicyConfig | Mapping[str, Any], forecaster: ForecasterConfig,
-               *, model: Forecaster | None = None,
+               *, model: Forecaster | None = None, anomalies: AnomalyConfig | None = None,
                progress: Callable[[int, int, Any], None] | None = None) -> PolicyRun:
     """Replay one policy over a prepared trace and score it. ``model``: a
-    forecaster instance to use instead of building one from ``forecaster``."""
+    forecaster instance to use instead of building one from ``forecaster``;
+    ``anomalies``: flag and mask them as the live loop does (the count is
+    the run's ``anomalies`` metric)."""
     sc, series, d = prep.scenario, prep.series, prep.series.values
     config, _ = replay_policy(policy, prep)
-    target = _target(name, sc.interval, config, forecaster)
+    target = _target(name, sc.interval, config, forecaster, anomalies)
     runner = TargetRunner(target, forecaster=model)
     runner.feedback = MemoryFeedback(runner.horizons_s, window_points=int(timedelta(days=3) / sc.interval) * 2)
     run = evaluate(prep, simulate(runner, series, prep.initial, prep.lead_steps, progress))
@@ -665,15 +677,20 @@ def run_policy(prep: Prepared, name: str, policy: PolicyConfig | Mapping[str, An
         run.metrics.update({k: acc.get(k, float("nan")) for k in ("mase", "mape", "smape", "coverage")})
         run.metrics["mape_meaningful"] = not mape_meaningless(acc)
         run.metrics["fallback_fraction"] = run.fallbacks / max(1, int((~np.isnan(d)).sum()))
+    if run.anomalies is not None:
+        run.metrics["anomalies"] = run.anomalies
     return run
 
 
 def run_backtest(raw: Series, *, scenario: Scenario = Scenario(),
                  policy: PolicyConfig | Mapping[str, Any] | None = None,
                  forecaster: ForecasterConfig | None = None, trace: str = "",
+                 anomalies: AnomalyConfig | None = None,
                  progress: Callable[[str, int, int, Any], None] | None = None) -> BacktestResult:
     """Oracle, the baseline (the reactive HPA, or the threshold resizer on a
-    ladder) and ``policy`` (default :data:`DEFAULT_POLICY`) over one trace."""
+    ladder) and ``policy`` (default :data:`DEFAULT_POLICY`) over one trace;
+    ``anomalies``: the policy's replay flags and masks them (the target's
+    ``anomalies`` section)."""
     prep = prepare(raw, scenario, trace)
     d, need = prep.series.values, prep.need
     runs = {"oracle": evaluate(prep, PolicyRun("oracle", need.copy(), need.copy()), downtime=False)}
@@ -690,7 +707,7 @@ def run_backtest(raw: Series, *, scenario: Scenario = Scenario(),
         runs["reactive"] = run_policy(prep, "reactive", reactive_policy(scenario), fcfg, progress=cb("reactive"))
     if label in runs:  # e.g. a reactive config: its own row beside the baseline
         label = f"configured {label}"
-    runs[label] = run_policy(prep, label, config, fcfg, progress=cb(label))
+    runs[label] = run_policy(prep, label, config, fcfg, anomalies=anomalies, progress=cb(label))
     return BacktestResult(trace, scenario, prep.series.timestamps, d, prep.scored, need,
                           prep.capacity_per_replica, runs, fcfg.name, label, prep.notes + tuple(notes),
                           prep.ladder)

@@ -166,6 +166,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     # one count of replayed intervals over all the policies (quiet off a terminal)
     with progress(total=None, desc="backtest (intervals replayed)", quiet=args.quiet) as bar:
         result = run_backtest(series, scenario=scenario, policy=policy, forecaster=fcfg, trace=str(args.trace),
+                              anomalies=target.anomalies if target is not None else None,
                               progress=lambda _name, _t, _n, _dec: bar.update())
     if args.json_out:
         write_json(result, args.json_out)

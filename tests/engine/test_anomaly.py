@@ -156,3 +156,25 @@ def test_a_forecast_without_the_band_flags_nothing():
     anomaly, step = det.observe(Series(np.array([300, 600]), np.array([1000.0, 17.0])), banded)
     assert anomaly is not None and anomaly.score == pytest.approx(3.5) and step.reason == "AnomalyFlagged"
     assert det.mask(Series(np.array([300, 600]), np.array([1000.0, 17.0]))).values.tolist() == [1000.0, 10.0]
+
+
+def test_the_backtest_replays_the_targets_anomalies_section(tmp_path, capsys):
+    from engine.cli import main
+
+    ts, _, hit, inside, _ = incident_trace()
+    trace = tmp_path / "incident.csv"
+    trace.write_text("timestamp,value\n" + "".join(f"{int(t)},{v}\n" for t, v in zip(ts, hit)))
+
+    def backtest(extra: str) -> dict:
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text("targets:\n  - name: t\n    source: {type: csv, path: x.csv}\n"
+                       "    policy: {capacity_per_replica: 5}\n" + extra)
+        assert main(["backtest", str(trace), "--quiet", "--json", "--config", str(cfg)]) == 0
+        return json.loads(capsys.readouterr().out)["policies"]["predictive"]
+
+    plain, flagged = backtest(""), backtest("    anomalies: {factor: 3}\n")
+    assert "anomalies" not in plain
+    # the incident's two hours, and at most a few ordinary samples in 12 days
+    assert int(inside.sum()) <= flagged["anomalies"] <= int(inside.sum()) + 3
+    assert main(["backtest", str(trace), "--quiet", "--config", str(tmp_path / "c.yaml")]) == 0
+    assert f"anomalies flagged and kept out of training: {flagged['anomalies']}" in capsys.readouterr().out
