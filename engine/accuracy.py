@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .feedback import LIVE_ACCURACY_WINDOW, accuracy, mape_meaningless, seasonal_naive_scale
+from .feedback import LIVE_ACCURACY_WINDOW, accuracy, seasonal_naive_scale
 from .core.units import from_epoch, to_epoch
 
 
@@ -82,8 +82,9 @@ def live_accuracy(feedback: Any, history: Any, target: Any, now: Any, *, lead: A
     """Rolling accuracy over the cycle's lead window ``lead`` (a
     :class:`policies.window.LeadWindow`; None: the configured one) for the
     metrics endpoint: ``mae``, ``mape`` (a ratio), ``mase``, ``bias``,
-    ``coverage`` (``None`` where not computable yet, and MAPE where it is
-    meaningless: :func:`engine.feedback.mape_meaningless`). From the pairs ``feedback`` (the
+    ``coverage`` (``None`` where not computable yet; MAPE stays exported
+    where it is meaningless, so the gauge does not flap in and out as the
+    share of near-zero actuals crosses the line). From the pairs ``feedback`` (the
     target's :class:`engine.feedback.StoreFeedback`) keeps in memory, and the
     MASE scale from the fetched ``history``: nothing is read from the store."""
     from policies.window import lead_window
@@ -95,7 +96,5 @@ def live_accuracy(feedback: Any, history: Any, target: Any, now: Any, *, lead: A
     recent = history.since(to_epoch(now - window - timedelta(days=1))) if history is not None else None
     scale = seasonal_naive_scale(recent.regular(target.interval)) if recent is not None and len(recent) > 2 else None
     acc = accuracy(a, p, up, scale)
-    if mape_meaningless(acc):
-        acc.pop("mape", None)
     return {k: (None if k not in acc or acc[k] != acc[k] else acc[k])
             for k in ("mae", "mape", "mase", "bias", "coverage")}

@@ -427,9 +427,8 @@ class EngineMetrics:
         """Rolling accuracy at the lead-time horizon, as
         :func:`engine.accuracy.live_accuracy` computes it: keys ``mae``,
         ``mape`` (a ratio), ``mase``, ``bias`` and ``coverage``. A
-        ``None``/NaN value (not computable yet, or MAPE where it is
-        meaningless: :func:`engine.feedback.mape_meaningless`) removes the
-        series instead of exporting NaN."""
+        ``None``/NaN value (not computable yet, e.g. MAPE over zero
+        actuals) removes the series instead of exporting NaN."""
         unknown = set(accuracy) - set(ACCURACY_KEYS)
         if unknown:
             raise ValueError(f"unknown accuracy metric(s) {sorted(unknown)}; known: {', '.join(ACCURACY_KEYS)}")
