@@ -92,8 +92,10 @@ class Event(_Effect):
     def _span(self) -> "Event":
         if (self.end is None) == (self.duration is None):
             raise ValueError(f"event {self.name!r}: give end or duration (one of them)")
-        if (self.start.tzinfo is None) != ((self.end or self.start).tzinfo is None):
-            raise ValueError(f"event {self.name!r}: give start and end both with or both without an offset")
+        for other in (self.end, self.until):
+            if other is not None and (self.start.tzinfo is None) != (other.tzinfo is None):
+                raise ValueError(f"event {self.name!r}: give start, end and until all with or all without "
+                                 "an offset")
         length = self.length
         if length <= timedelta(0):
             raise ValueError(f"event {self.name!r}: end ({self.end}) is not after start ({self.start})")

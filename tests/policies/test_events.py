@@ -56,6 +56,14 @@ def test_a_declared_event_in_local_time_and_a_weekly_one_across_daylight_saving(
     assert c.occurrences(T0, T0) == ()
 
 
+def test_an_explicit_offset_wins_over_the_calendars_timezone():
+    c = cal(timezone="Europe/Berlin", events=[{"name": "x", "start": "2026-07-01T09:00+00:00", "duration": "1h",
+                                               "every": "1d", "until": "2026-07-02T09:00+00:00", "uplift": 2}])
+    got = c.occurrences(datetime(2026, 7, 1, tzinfo=timezone.utc).timestamp(),
+                        datetime(2026, 7, 5, tzinfo=timezone.utc).timestamp())
+    assert [datetime.fromtimestamp(o.start, timezone.utc).strftime("%d %H:%M") for o in got] == ["01 09:00", "02 09:00"]
+
+
 def test_recurrence_stops_at_until_and_a_date_means_midnight():
     c = cal(events=[{"name": "daily", "start": "2026-01-01", "duration": "1h", "every": "1d",
                      "until": "2026-01-03", "min_capacity": 3}])
@@ -99,6 +107,8 @@ def test_public_holidays_of_a_country_are_whole_local_days():
     ({"events": [{"name": "x", "start": "2026-01-01", "duration": "1h", "uplift": 0.5}]}, "greater than or equal to 1"),
     ({"events": [{"name": "x", "start": "2026-01-01", "duration": "1h", "uplift": 2}] * 2}, "unique"),
     ({"timezone": "Mars/Olympus"}, "unknown timezone 'Mars/Olympus'"),
+    ({"events": [{"name": "x", "start": "2026-01-01T00:00+01:00", "duration": "1h", "every": "1d",
+                  "until": "2026-02-01", "uplift": 2}]}, "all with or all without an offset"),
     ({"holidays": {"country": "XX", "uplift": 1.2}}, "unknown country 'XX'"),
 ])
 def test_bad_calendars_are_one_clear_error(bad, match):
