@@ -386,8 +386,9 @@ class BacktestResult:
                     if run.sized_by else ""
                 lines.append(f"{name} by resource: " + "; ".join(
                     f"{r} violations {_fmt(m.get('violation_fraction'))} unserved {_fmt(m.get('unserved_fraction'))}"
-                    + (f" mase {m['mase']:.3f} mape {100 * m['mape']:.1f} % smape {100 * m['smape']:.1f} %"
-                       f" coverage {m['coverage']:.3f}"
+                    + (f" mase {m['mase']:.3f} mape {100 * m['mape']:.1f} %"
+                       f"{'' if m.get('mape_meaningful', True) else ' (meaningless)'}"
+                       f" smape {100 * m['smape']:.1f} % coverage {m['coverage']:.3f}"
                        if "mase" in m else "")
                     for r, m in run.resource_metrics.items()) + sized)
         if p and "mase" in p.metrics:
