@@ -81,8 +81,10 @@ def live_accuracy(feedback: Any, history: Any, target: Any, now: Any, *, lead: A
                   window: timedelta = LIVE_ACCURACY_WINDOW) -> dict[str, float | None]:
     """Rolling accuracy over the cycle's lead window ``lead`` (a
     :class:`policies.window.LeadWindow`; None: the configured one) for the
-    metrics endpoint: ``mae``, ``mape``, ``mase``, ``bias``, ``coverage``
-    (``None`` where not computable yet). From the pairs ``feedback`` (the
+    metrics endpoint: ``mae``, ``mape`` (a ratio), ``mase``, ``bias``,
+    ``coverage`` (``None`` where not computable yet; MAPE stays exported
+    where it is meaningless, so the gauge does not flap in and out as the
+    share of near-zero actuals crosses the line). From the pairs ``feedback`` (the
     target's :class:`engine.feedback.StoreFeedback`) keeps in memory, and the
     MASE scale from the fetched ``history``: nothing is read from the store."""
     from policies.window import lead_window

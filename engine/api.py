@@ -37,6 +37,7 @@ from .accuracy import accuracy_table
 from .config import Config, TargetConfig, load_config
 from .core.types import Forecast
 from .core.units import from_epoch, parse_duration
+from .feedback import mape_meaningless
 from .metrics import export_horizons
 from .core.errors import StateError
 from .store import ReadOnlyStore, Store, open_store
@@ -111,9 +112,9 @@ def latest_forecast(store: Store, target: str) -> Forecast | None:
                     rows[0]["model"], rows[0]["model_version"])
 
 
-#: accuracy keys reported in percent by engine.feedback.accuracy, served as ratios
-_PERCENT = {"mape": "mape_ratio", "smape": "smape_ratio"}
-_RENAME = {"mase": "mase_ratio", "coverage": "coverage_ratio"}
+#: accuracy keys of engine.feedback.accuracy (ratios), served with their unit in the name
+_RENAME = {"mape": "mape_ratio", "smape": "smape_ratio", "mase": "mase_ratio", "coverage": "coverage_ratio",
+           "near_zero_share": "near_zero_ratio"}
 
 
 def accuracy_rows(store: Store, target: str, window: timedelta) -> list[dict[str, Any]]:
@@ -122,10 +123,9 @@ def accuracy_rows(store: Store, target: str, window: timedelta) -> list[dict[str
         item: dict[str, Any] = {"horizon_s": int(row["horizon_s"]), "n": int(row.get("n", 0))}
         for key in ("mae", "bias"):
             item[key] = row.get(key)
-        for key, name in _PERCENT.items():
-            item[name] = None if row.get(key) is None else row[key] / 100
         for key, name in _RENAME.items():
             item[name] = row.get(key)
+        item["mape_meaningful"] = not mape_meaningless(row)
         out.append(_clean(item))
     return out
 
@@ -289,13 +289,17 @@ OPENAPI: dict[str, Any] = {
                          "approval": {"type": ["object", "null"]}, "outcome": {"type": ["object", "null"]}}},
         "HorizonAccuracy": {"type": "object", "additionalProperties": False,
                             "required": ["horizon_s", "n", "mae", "bias", "mape_ratio", "smape_ratio",
-                                         "mase_ratio", "coverage_ratio"],
+                                         "mase_ratio", "coverage_ratio", "near_zero_ratio", "mape_meaningful"],
                             "properties": {
                                 "horizon_s": {"type": "integer"}, "n": {"type": "integer"},
                                 "mae": _NUM, "bias": _NUM,
                                 "mape_ratio": {**_NUM, "description": "0.068 is 6.8 %; null when actuals are 0"},
                                 "smape_ratio": _NUM, "mase_ratio": _NUM,
-                                "coverage_ratio": {**_NUM, "description": "share of actuals under the 0.9 band"}}},
+                                "coverage_ratio": {**_NUM, "description": "share of actuals under the 0.9 band"},
+                                "near_zero_ratio": {**_NUM, "description": "share of actuals below 5 % of their median"},
+                                "mape_meaningful": {"type": "boolean", "description":
+                                                    "false when over 1 % of the actuals are near zero "
+                                                    "(or none is above zero): read sMAPE or MASE then"}}},
         "Accuracy": {"type": "object", "additionalProperties": False, "required": ["target", "window_s", "horizons"],
                      "properties": {"target": {"type": "string"}, "window_s": {"type": "integer"},
                                     "horizons": {"type": "array",

@@ -16,8 +16,10 @@ Exactly the scenario and metrics of REFERENCE.md section 3:
   :class:`engine.cycle.TargetRunner` — the same code as the live loop.
 
 Metrics over scored intervals: ``violation_fraction``, ``unserved_fraction``,
-``cost_vs_oracle``, ``actions``; for a forecasting policy also ``mase``,
-``smape`` and ``coverage`` of its forecast at horizon L.
+``cost_vs_oracle``, ``actions``; for a forecasting policy also ``mape``,
+``smape`` (ratios, as the Prometheus gauges), ``mase`` and ``coverage`` of
+its forecast at horizon L, and ``mape_meaningful``
+(:func:`engine.feedback.mape_meaningless`).
 
 Two things are kept apart (one home per value):
 
@@ -57,12 +59,13 @@ from actuators.base import ActuatorConfig
 from forecasters import Forecaster
 from policies.config import PolicyConfig, RateLimit, Reactive, Rung, Stabilization
 
+from .anomaly import AnomalyConfig
 from .config import ForecasterConfig, PluginSection, TargetConfig
 from .core.errors import ConfigError, DataError
 from .core.types import ScalingState, Schedule, Series
 from .core.units import from_epoch
 from .cycle import TargetRunner
-from .feedback import MemoryFeedback, accuracy, seasonal_naive_scale
+from .feedback import MemoryFeedback, accuracy, mape_meaningless, mape_warning, seasonal_naive_scale
 
 DAY_S = 86400.0
 
@@ -265,6 +268,8 @@ class PolicyRun:
     served: np.ndarray | None = None
     #: the planner's schedules, one per planning cycle (empty for other kinds)
     plans: list["PlannedPath"] = field(default_factory=list)
+    #: observations flagged as anomalies (None: not configured)
+    anomalies: int | None = None
     #: several resources: each one's violations, unserved demand and
     #: forecast accuracy, by name (the target's own first)
     resource_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -407,14 +412,22 @@ class BacktestResult:
                     if run.sized_by else ""
                 lines.append(f"{name} by resource: " + "; ".join(
                     f"{r} violations {_fmt(m.get('violation_fraction'))} unserved {_fmt(m.get('unserved_fraction'))}"
-                    + (f" mase {m['mase']:.3f} smape {m['smape']:.1f} % coverage {m['coverage']:.3f}"
+                    + (f" mase {m['mase']:.3f} mape {100 * m['mape']:.1f} %"
+                       f"{'' if m.get('mape_meaningful', True) else ' (meaningless)'}"
+                       f" smape {100 * m['smape']:.1f} % coverage {m['coverage']:.3f}"
                        if "mase" in m else "")
                     for r, m in run.resource_metrics.items()) + sized)
         if p and "mase" in p.metrics:
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(p.fallback_reasons.items())) or "none"
-            lines.append(f"forecast ({self.forecaster}) at lead time: mase {p.metrics['mase']:.3f}, "
-                         f"smape {p.metrics['smape']:.1f} %, coverage {p.metrics['coverage']:.3f}, "
+            mark = "" if p.metrics.get("mape_meaningful", True) else " (meaningless)"
+            lines.append(f"forecast ({self.forecaster}) at lead time: mape {100 * p.metrics['mape']:.1f} %{mark}, "
+                         f"smape {100 * p.metrics['smape']:.1f} %, mase {p.metrics['mase']:.3f}, "
+                         f"coverage {p.metrics['coverage']:.3f}, "
                          f"fallbacks {p.fallbacks} ({reasons})")
+            if p.anomalies is not None:
+                lines.append(f"anomalies flagged and kept out of training: {p.anomalies}")
+            if mark:
+                lines.append(f"note: MAPE is meaningless on this trace: {mape_warning()}; read sMAPE or MASE")
         return "\n".join(lines)
 
 
@@ -606,7 +619,7 @@ def reactive_policy(scenario: Scenario) -> dict[str, Any]:
 
 
 def _target(name: str, interval: timedelta, policy: PolicyConfig, forecaster: ForecasterConfig,
-            prep: Prepared | None = None) -> TargetConfig:
+            prep: Prepared | None = None, anomalies: AnomalyConfig | None = None) -> TargetConfig:
     resources: dict[str, Any] = {}
     for r, given in zip(prep.resources if prep is not None else (), prep.resource_traces if prep else ()):
         resources[r.resource] = {"source": PluginSection(type="csv", path="-"),
@@ -615,7 +628,7 @@ def _target(name: str, interval: timedelta, policy: PolicyConfig, forecaster: Fo
     return TargetConfig(name=name, interval=interval, mode="observe",
                         source=PluginSection(type="csv", path="-"), forecaster=forecaster, policy=policy,
                         resource=prep.resource if prep is not None and prep.resource else "demand",
-                        resources=resources)
+                        resources=resources, anomalies=anomalies)
 
 
 def simulate(runner: TargetRunner, series: Series, initial: int, k: int,
@@ -634,7 +647,7 @@ def simulate(runner: TargetRunner, series: Series, initial: int, k: int,
     fupper = np.full(n, np.nan)
     state = ScalingState(current=initial)
     lead_s = k * int(series.step().total_seconds()) if n > 1 else 0
-    fallbacks = 0
+    fallbacks = anomalies = 0
     reasons: Counter[str] = Counter()
     plans: list[PlannedPath] = []
     name, sname = runner.target.name, series.name
@@ -665,6 +678,8 @@ def simulate(runner: TargetRunner, series: Series, initial: int, k: int,
             fallbacks += 1
             data = dec.step("data")
             reasons[data.reason if data is not None else "unknown"] += 1
+        if "score" in dec.extra.get("anomaly", {}):
+            anomalies += 1
         state = out.state.after(dec, keep=runner.keep, applied=True)
         decided[t] = dec.desired
         if dec.schedule is not None:
@@ -677,6 +692,8 @@ def simulate(runner: TargetRunner, series: Series, initial: int, k: int,
     run = PolicyRun(runner.target.name, decided, in_service, forecast_point=fpoint, forecast_upper=fupper,
                     fallbacks=fallbacks, fallback_reasons=dict(reasons), resource_forecasts=rforecasts,
                     sized_by=dict(sized_by), plans=plans)
+    if runner.anomalies is not None:
+        run.anomalies = anomalies
     run.seconds = time.perf_counter() - t0
     return run
 
@@ -819,13 +836,15 @@ def with_resources(prep: Prepared, resources: Sequence[ResourceTrace], resource:
 
 
 def run_policy(prep: Prepared, name: str, policy: PolicyConfig | Mapping[str, Any], forecaster: ForecasterConfig,
-               *, model: Forecaster | None = None,
+               *, model: Forecaster | None = None, anomalies: AnomalyConfig | None = None,
                progress: Callable[[int, int, Any], None] | None = None) -> PolicyRun:
     """Replay one policy over a prepared trace and score it. ``model``: a
-    forecaster instance to use instead of building one from ``forecaster``."""
+    forecaster instance to use instead of building one from ``forecaster``;
+    ``anomalies``: flag and mask them as the live loop does (the count is
+    the run's ``anomalies`` metric)."""
     sc, series, d = prep.scenario, prep.series, prep.series.values
     config, _ = replay_policy(policy, prep)
-    target = _target(name, sc.interval, config, forecaster, prep)
+    target = _target(name, sc.interval, config, forecaster, prep, anomalies)
     window = int(timedelta(days=3) / sc.interval) * 2
     runner = TargetRunner(target, forecaster=model)
     for r in (runner, *runner.resources.values()):
@@ -842,22 +861,27 @@ def run_policy(prep: Prepared, name: str, policy: PolicyConfig | Mapping[str, An
             for r in prep.resources:
                 point, upper = run.resource_forecasts[r.resource]
                 run.resource_metrics[r.resource].update(_accuracy(prep, r.series.values, r.series, point, upper))
+    if run.anomalies is not None:
+        run.metrics["anomalies"] = run.anomalies
     return run
 
 
 def _accuracy(prep: Prepared, d: np.ndarray, series: Series, point: np.ndarray,
               upper: np.ndarray) -> dict[str, float]:
-    """MASE, sMAPE and coverage of one signal's forecast at the lead time
-    over the scored intervals."""
+    """MAPE, sMAPE (ratios), MASE and coverage of one signal's forecast at
+    the lead time over the scored intervals, and whether MAPE means
+    anything there (:func:`engine.feedback.mape_meaningless`)."""
     m = prep.scored & np.isfinite(point) & np.isfinite(d)
     acc = accuracy(d[m], point[m], upper[m], seasonal_naive_scale(series))
-    return {"mase": acc.get("mase", float("nan")), "smape": acc.get("smape", float("nan")),
-            "coverage": acc.get("coverage", float("nan"))}
+    out = {k: acc.get(k, float("nan")) for k in ("mase", "mape", "smape", "coverage")}
+    out["mape_meaningful"] = not mape_meaningless(acc)
+    return out
 
 
 def run_backtest(raw: Series, *, scenario: Scenario = Scenario(),
                  policy: PolicyConfig | Mapping[str, Any] | None = None,
                  forecaster: ForecasterConfig | None = None, trace: str = "",
+                 anomalies: AnomalyConfig | None = None,
                  progress: Callable[[str, int, int, Any], None] | None = None,
                  resources: Sequence[ResourceTrace] = (), resource: str = "demand") -> BacktestResult:
     """Oracle, the baseline (the reactive HPA, or the threshold resizer on a
@@ -865,7 +889,9 @@ def run_backtest(raw: Series, *, scenario: Scenario = Scenario(),
     ``resources``: further demand signals of the same target (``raw`` is
     the one named ``resource``): every policy, the HPA baseline too, sizes
     for the one that needs the most, and each run reports every resource's
-    violations, unserved demand and (forecasting policies) accuracy."""
+    violations, unserved demand and (forecasting policies) accuracy.
+    ``anomalies``: the policy's replay flags and masks them (the target's
+    ``anomalies`` section)."""
     prep = with_resources(prepare(raw, scenario, trace), resources, resource)
     d, need = prep.series.values, prep.need
     runs = {"oracle": evaluate(prep, PolicyRun("oracle", need.copy(), need.copy()), downtime=False)}
@@ -882,7 +908,7 @@ def run_backtest(raw: Series, *, scenario: Scenario = Scenario(),
         runs["reactive"] = run_policy(prep, "reactive", reactive_policy(scenario), fcfg, progress=cb("reactive"))
     if label in runs:  # e.g. a reactive config: its own row beside the baseline
         label = f"configured {label}"
-    runs[label] = run_policy(prep, label, config, fcfg, progress=cb(label))
+    runs[label] = run_policy(prep, label, config, fcfg, anomalies=anomalies, progress=cb(label))
     return BacktestResult(trace, scenario, prep.series.timestamps, d, prep.scored, need,
                           prep.capacity_per_replica, runs, fcfg.name, label, prep.notes + tuple(notes),
                           prep.ladder)

@@ -169,6 +169,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     # one count of replayed intervals over all the policies (quiet off a terminal)
     with progress(total=None, desc="backtest (intervals replayed)", quiet=args.quiet) as bar:
         result = run_backtest(series, scenario=scenario, policy=policy, forecaster=fcfg, trace=str(args.trace),
+                              anomalies=target.anomalies if target is not None else None,
                               progress=lambda _name, _t, _n, _dec: bar.update(), resources=resources,
                               resource=own)
     if args.json_out:
@@ -517,25 +518,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     _logging(args.log_level, cfg.log_format)
     metrics = EngineMetrics()
-    writer = None
+    from .remote_write import FollowingWriter
+
     if cfg.server.remote_write is not None:
-        from .remote_write import RemoteWriter
-
         require_extra("cramjam", "remote-write", "server.remote_write")
-
-        # fed by the daemon's per-result callback; sends from its own thread
-        writer = RemoteWriter(cfg.server.remote_write, metrics).start()
+    running: list[Daemon] = []
+    # fed by the daemon's per-result callback, sends from its own thread, and
+    # follows server.remote_write across reloads (the daemon's running config)
+    writer = FollowingWriter(lambda: (running[0].config if running else cfg).server.remote_write, metrics)
     people = _People(cfg)  # notifications and the console's security
     if people.notifier is not None:
         metrics.watch_notifier(people.notifier)
     try:
         daemon = Daemon(args.config, metrics=metrics,  # takes the state lock (one daemon per state file)
-                        on_result=people.on_result(writer.on_result if writer is not None else None))
+                        on_result=people.on_result(writer.on_result))
     except BaseException:
-        if writer is not None:
-            writer.close(0)
+        writer.close(0)
         people.close()
         raise
+    running.append(daemon)
     if people.notices is not None and daemon.leases is not None:
         people.notices.leads = daemon.leases.holds  # each replica tells about the targets it leads
     server = None
@@ -550,8 +551,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         daemon.install_signals()
     except BaseException:
         daemon.shutdown(0)
-        if writer is not None:
-            writer.close(0)
+        writer.close(0)
         people.close()
         raise
     logging.getLogger("forescale").info(
@@ -564,8 +564,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if server is not None:
             server.close()
         people.close()
-        if writer is not None:
-            writer.close()
+        writer.close()
     logging.getLogger("forescale").info("forescale stopped")
     return 0
 
@@ -792,6 +791,7 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
 
 def cmd_accuracy(args: argparse.Namespace) -> int:
     from .accuracy import accuracy_table, plot_accuracy
+    from .feedback import mape_meaningless, mape_warning
 
     if args.plot:
         require_extra("matplotlib", "plot", "accuracy --plot")
@@ -802,12 +802,21 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
         else:
             if not rows:
                 print("no forecasts with observed values yet")
-            hdr = f"{'target':<14}{'horizon':>9}{'n':>7}{'mae':>11}{'mape%':>9}{'mase':>8}{'bias':>11}{'coverage':>10}"
+            hdr = (f"{'target':<14}{'horizon':>9}{'n':>7}{'mae':>11}{'mape%':>9}{'smape%':>9}{'mase':>8}"
+                   f"{'bias':>11}{'coverage':>10}")
             print(hdr)
+            meaningless = []
             for r in rows:
+                pct = {k: 100 * r.get(k, float("nan")) for k in ("mape", "smape")}
+                mark = "~" if mape_meaningless(r) else ""
+                if mark:
+                    meaningless.append(f"{r['target']} {r['horizon']}")
                 print(f"{r['target']:<14}{r['horizon']:>9}{int(r['n']):>7}{r.get('mae', float('nan')):>11.4g}"
-                      f"{r.get('mape', float('nan')):>9.2f}{r.get('mase', float('nan')):>8.3f}"
+                      f"{mark + format(pct['mape'], '.2f'):>9}{pct['smape']:>9.2f}{r.get('mase', float('nan')):>8.3f}"
                       f"{r.get('bias', float('nan')):>11.4g}{r.get('coverage', float('nan')):>10.3f}")
+            if meaningless:
+                print(f"~ MAPE is meaningless for {', '.join(meaningless)}: {mape_warning()}; "
+                      "read sMAPE or MASE there", file=sys.stderr)
         if args.plot:
             plot_accuracy(store, args.target, args.plot, window=parse_duration(args.window))
             print(f"plot written to {args.plot}")

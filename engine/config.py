@@ -30,6 +30,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from policies.config import MAX_SAMPLES, PolicyConfig, quantile_levels
 from policies.window import LeadWindow, lead_window
 
+from .anomaly import AnomalyConfig
 from .core.units import Duration
 
 from .core.errors import ConfigError, PluginError
@@ -344,6 +345,8 @@ class TargetConfig(_Model):
     alerts: tuple[ThresholdAlert, ...] = ()
     #: scenario facts for ``forescale backtest --config``
     backtest: BacktestSection | None = None
+    #: flag observations far outside the forecast band, keep them out of training
+    anomalies: AnomalyConfig | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "TargetConfig":
@@ -436,7 +439,8 @@ class TargetConfig(_Model):
     def forecast_quantiles(self) -> tuple[float, ...]:
         """The levels the engine asks the forecaster for: the configured ones
         and those the policy needs (the planner's distribution)."""
-        return tuple(sorted(set(self.forecaster.quantiles) | set(self.policy.forecast_quantiles)))
+        band = {self.anomalies.level} if self.anomalies is not None and self.anomalies.method == "band" else set()
+        return tuple(sorted(set(self.forecaster.quantiles) | set(self.policy.forecast_quantiles) | band))
 
     @property
     def horizon_steps(self) -> int:

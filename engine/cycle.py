@@ -40,6 +40,7 @@ from policies.pipeline import decide_signals
 from policies.resources import Signal
 from policies.window import LeadWindow, lead_window
 
+from .anomaly import AnomalyDetector, with_anomaly
 from .audit import decision_context
 from .calibration import QuantileCalibrator
 from .checkpoints import ModelCheckpoint
@@ -127,6 +128,12 @@ class TargetRunner:
         self.keep = history_to_keep(self.policy)
         self._observed_until: int | None = None
         self._scale: float | None = None  # MASE denominator, refreshed at each refit
+        #: flags observations far outside the last forecast's band and masks
+        #: them from training (``anomalies``; engine/anomaly.py)
+        self.anomalies = AnomalyDetector(target.anomalies, target.interval, target.forecaster.history) \
+            if target.anomalies is not None and forecaster is not None else None
+        self._previous: Forecast | None = None  # the last cycle's forecast, for the residual
+        self.flagged: tuple[Any, Any] = (None, None)
         #: a runner per further resource (its own forecaster and feedback,
         #: keyed by its series name ``target/resource``)
         self.resources: dict[str, TargetRunner] = dict(resources) if resources is not None else {
@@ -181,9 +188,13 @@ class TargetRunner:
                  covariates: dict[str, Series] | None = None) -> str | None:
         """Fit (on schedule) or update the configured model, without
         predicting: what a batched forecast needs done per target before its
-        one call (:mod:`engine.fleet`). Returns why it failed, or None."""
+        one call (:mod:`engine.fleet`), on the history with the anomalies
+        flagged so far masked, as :meth:`signal` fits. Returns why it
+        failed, or None."""
         if self.primary.forecaster is None:
             return None
+        if self.anomalies is not None:
+            history = self.anomalies.mask(history)
         return self._guarded(self.primary, lambda: self._checked_maintain(self.primary, history, now, covariates))[1]
 
     def forecast(self, history: Series, now: datetime, slot: _Slot | None = None,
@@ -298,6 +309,7 @@ class TargetRunner:
         batched call over many targets, after :meth:`maintain`) instead of
         by this runner; it is calibrated here like one of its own."""
         obs = latest_observation(history)
+        self.flagged = (None, None)
         if fetch_error is not None:
             return Signal(resource, None, obs, fetch_error, state.headroom, self.policy), {}
         headroom = state.headroom
@@ -307,12 +319,23 @@ class TargetRunner:
             headroom = self.feedback.headroom(self.target.name, now, window.horizons_s, rate,
                                               m.conformal_window, m.conformal_min_samples)
         extra: dict[str, Any] = {}
+        # the forecaster sees the history with flagged anomalies masked; the
+        # policy sees the observation as it was
+        anomaly, flag, fit = None, None, history
+        if self.anomalies is not None:
+            anomaly, flag = self.anomalies.observe(history, self._previous)
+            fit = self.anomalies.mask(history)
         if forecast is not None:
             forecast, error = forecast
+            if forecast is not None:
+                forecast = self.calibrated(None, fit, forecast)
         elif self.target.forecaster.quality_gate is not None and self.primary.forecaster is not None:
-            forecast, error, extra["quality_gate"] = self._gate(history, now, covariates, window)
+            forecast, error, extra["quality_gate"] = self._gate(fit, now, covariates, window)
         else:
-            forecast, error = self.forecast(history, now, covariates=covariates, window=window)
+            forecast, error = self.forecast(fit, now, covariates=covariates, window=window)
+        self._previous = forecast
+        #: this cycle's anomaly (and its step), for the decision (step())
+        self.flagged = (anomaly, flag)
         selection = getattr(self.primary.forecaster, "selection", None)
         if isinstance(selection, dict) and selection:
             extra["selection"] = selection  # the auto forecaster's choice and scores
@@ -356,6 +379,9 @@ class TargetRunner:
         decision = decide_signals(signals, seen, self.policy, now, target=self.target.name, window=window)
         if extra:
             decision = replace(decision, extra={**decision.extra, **extra})
+        anomaly, flag = self.flagged
+        if flag is not None:
+            decision = with_anomaly(decision, anomaly, flag)
         return CycleOutcome(decision, first.forecast, first.forecast_error, seen, tuple(signals))
 
 

@@ -51,11 +51,32 @@ def conformal_headroom(actual: np.ndarray, point: np.ndarray, target_rate: float
     return float(np.partition(rel, i)[i])
 
 
+#: an actual counts as *near zero* below this share of the median absolute
+#: actual (there a percentage error explodes: 0.1 against 0.001 is 10,000 %)
+NEAR_ZERO = 0.05
+#: MAPE is reported as meaningless when more than this share of the actuals
+#: is near zero (:data:`NEAR_ZERO`); sMAPE and MASE stay usable there
+MAPE_NEAR_ZERO_SHARE = 0.01
+
+
+def near_zero_share(actual: np.ndarray) -> float:
+    """Share of ``actual`` below :data:`NEAR_ZERO` x the median absolute
+    actual (all of it when that median is 0)."""
+    a = np.abs(actual[np.isfinite(actual)])
+    if a.size == 0:
+        return 0.0
+    mag = float(np.median(a))
+    return float(np.mean(a < NEAR_ZERO * mag)) if mag > 0 else 1.0
+
+
 def accuracy(actual: np.ndarray, point: np.ndarray, upper: np.ndarray | None = None,
              scale: float | None = None) -> dict[str, float]:
-    """MAE, MAPE (%, over non-zero actuals), MASE (MAE / ``scale``: the
-    in-sample MAE of the one-day seasonal naive), sMAPE (%), bias (mean of
-    forecast - actual) and coverage of ``upper``."""
+    """MAE, MAPE (a ratio, 0.068 is 6.8 %, over non-zero actuals), sMAPE (a
+    ratio, 0-2), MASE (MAE / ``scale``: the in-sample MAE of the one-day
+    seasonal naive), bias (mean of forecast - actual), coverage of ``upper``,
+    and ``near_zero_share`` (:func:`near_zero_share`; above
+    :data:`MAPE_NEAR_ZERO_SHARE` MAPE is meaningless, see
+    :func:`mape_meaningless`). Ratios, as the Prometheus gauges export them."""
     ok = np.isfinite(actual) & np.isfinite(point)
     a, p = actual[ok], point[ok]
     out: dict[str, float] = {"n": float(a.size)}
@@ -64,10 +85,11 @@ def accuracy(actual: np.ndarray, point: np.ndarray, upper: np.ndarray | None = N
     err = p - a
     out["mae"] = float(np.mean(np.abs(err)))
     nz = a != 0
-    out["mape"] = float(np.mean(np.abs(err[nz] / a[nz])) * 100) if nz.any() else float("nan")
+    out["mape"] = float(np.mean(np.abs(err[nz] / a[nz]))) if nz.any() else float("nan")
     denom = np.abs(a) + np.abs(p)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out["smape"] = float(np.nanmean(np.where(denom > 0, 2 * np.abs(err) / denom, 0.0)) * 100)
+        out["smape"] = float(np.nanmean(np.where(denom > 0, 2 * np.abs(err) / denom, 0.0)))
+    out["near_zero_share"] = near_zero_share(a)
     out["bias"] = float(np.mean(err))
     if scale:
         out["mase"] = out["mae"] / scale
@@ -75,6 +97,19 @@ def accuracy(actual: np.ndarray, point: np.ndarray, upper: np.ndarray | None = N
         u = upper[ok]
         out["coverage"] = float(np.mean(a <= u + 1e-12))
     return out
+
+
+def mape_meaningless(acc: dict[str, float]) -> bool:
+    """True when MAPE should not be read: no non-zero actual, or more than
+    :data:`MAPE_NEAR_ZERO_SHARE` of the actuals near zero."""
+    mape = acc.get("mape")
+    return mape is None or mape != mape or acc.get("near_zero_share", 0.0) > MAPE_NEAR_ZERO_SHARE
+
+
+def mape_warning() -> str:
+    """Why MAPE is marked meaningless, in one phrase (for the reports)."""
+    return (f"more than {MAPE_NEAR_ZERO_SHARE:.0%} of the actuals are below {NEAR_ZERO:.0%} of their median "
+            "(or none is above zero)")
 
 
 def seasonal_naive_scale(history: Series, season: timedelta = timedelta(days=1)) -> float | None:

@@ -26,6 +26,8 @@ reserved label names. Every one is labelled by ``target``.
                                                          ratio (0.068 is 6.8 %)
 ``forescale_forecast_mase_ratio``             gauge      rolling MAE / the one-day seasonal naive's
 ``forescale_forecast_coverage_ratio``         gauge      share of actuals under the upper band
+``forescale_anomalies_total``                 counter    observations flagged as anomalies
+``forescale_anomaly_score``                   gauge      the score of the last flagged anomaly
 ``forescale_cycle_duration_seconds``          histogram  wall time of a cycle
 ``forescale_fetch_errors_total``              counter    metric source failures
 ``forescale_actuation_errors_total``          counter    actuator failures
@@ -84,7 +86,7 @@ log = logging.getLogger("forescale.metrics")
 
 MODES = ("observe", "dry-run", "approve", "auto")
 #: the accuracy keys :meth:`EngineMetrics.set_accuracy` takes, as
-#: :func:`engine.accuracy.live_accuracy` computes them (MAPE in percent)
+#: :func:`engine.accuracy.live_accuracy` computes them (MAPE as a ratio, as exported)
 ACCURACY_KEYS = ("mae", "mape", "mase", "bias", "coverage")
 #: cycle durations: a cycle is a fetch, a fit/predict and maybe an actuation
 #: with verification; seconds to minutes
@@ -246,6 +248,10 @@ class EngineMetrics:
                                          ["target"], registry=r)
         self.fallback_cycles = Counter("forescale_fallback_cycles", "Cycles that fell back to reactive, by the "
                                        "data step's reason code", ["target", "reason"], registry=r)
+        self.anomalies = Counter("forescale_anomalies", "Observations flagged as anomalies (far outside the "
+                                 "forecast band)", ["target"], registry=r)
+        self.anomaly_score = Gauge("forescale_anomaly_score", "Score of the target's last flagged anomaly "
+                                   "(band widths or robust z-score, see anomalies.method)", ["target"], registry=r)
         self.last_success = Gauge("forescale_last_success_timestamp_seconds",
                                   "Unix time the last successful cycle ended", ["target"], registry=r)
         self.interval = Gauge("forescale_cycle_interval_seconds", "Configured cycle interval",
@@ -306,7 +312,7 @@ class EngineMetrics:
                             pass
         for a in alerts or ():
             self.alert_threshold.labels(target=target, alert=a.name).set(a.value)
-        for c in (self.fetch_errors, self.actuation_errors, self.forecast_failures):
+        for c in (self.fetch_errors, self.actuation_errors, self.forecast_failures, self.anomalies):
             c.labels(target=target)
         self.duration.labels(target=target)
         self.plans_pending.labels(target=target).set(0)
@@ -348,6 +354,10 @@ class EngineMetrics:
             self.current.labels(target=target).set(decision.current)
             self.decisions.labels(target=target, action=decision.action.value,
                                   reason=decision_reason(decision)).inc()
+            anomaly = decision.extra.get("anomaly")
+            if anomaly and "score" in anomaly:
+                self.anomalies.labels(target=target).inc()
+                self.anomaly_score.labels(target=target).set(float(anomaly["score"]))
         if observed is not None and not math.isnan(observed):
             self.observed.labels(target=target).set(float(observed))
         if forecast is not None:
@@ -453,9 +463,9 @@ class EngineMetrics:
     def set_accuracy(self, target: str, accuracy: Mapping[str, float | None]) -> None:
         """Rolling accuracy at the lead-time horizon, as
         :func:`engine.accuracy.live_accuracy` computes it: keys ``mae``,
-        ``mape`` (in percent there; exported as a ratio), ``mase``, ``bias``
-        and ``coverage``. A ``None``/NaN value (not computable yet, e.g. MAPE
-        over zero actuals) removes the series instead of exporting NaN."""
+        ``mape`` (a ratio), ``mase``, ``bias`` and ``coverage``. A
+        ``None``/NaN value (not computable yet, e.g. MAPE over zero
+        actuals) removes the series instead of exporting NaN."""
         unknown = set(accuracy) - set(ACCURACY_KEYS)
         if unknown:
             raise ValueError(f"unknown accuracy metric(s) {sorted(unknown)}; known: {', '.join(ACCURACY_KEYS)}")
@@ -468,8 +478,7 @@ class EngineMetrics:
                 except KeyError:
                     pass
             else:
-                gauge.labels(target=target, horizon=horizon).set(float(value) / 100 if key == "mape"
-                                                                 else float(value))
+                gauge.labels(target=target, horizon=horizon).set(float(value))
 
     def accuracy_series(self, target: str) -> list[tuple[str, dict[str, str], float]]:
         """The accuracy gauges' current samples of one target, as

@@ -26,6 +26,10 @@ encoded here by hand (:func:`encode_write_request`)::
     message Label        { string name = 1; string value = 2; }
     message Sample       { double value = 1; int64 timestamp = 2; }  // ms
 
+Reload: :class:`FollowingWriter` follows ``server.remote_write`` across
+config reloads (a new URL, credentials or queue settings take over at the
+next cycle; removing the section stops writing).
+
 Retries: on a transport error, 5xx or 429, with exponential backoff
 (``0.5 s * 2^attempt``, at most 30 s; a 429's ``Retry-After`` when given) up
 to ``max_retries``; a 4xx other than 429 is the receiver refusing the data,
@@ -276,5 +280,68 @@ class RemoteWriter:
         return True
 
 
-__all__ = ["HEADERS", "RemoteWriter", "TimeSeries", "backoff", "cycle_series", "encode_write_request",
+class FollowingWriter:
+    """The daemon's remote writer, following config reloads.
+
+    ``current`` returns the ``server.remote_write`` in force (the daemon's
+    running config, swapped by a SIGHUP or a changed file). At each result
+    the settings are compared with those the running writer was built from:
+    when they changed, a new :class:`RemoteWriter` takes over (the old one
+    sends what it has queued and stops in the background, never blocking a
+    cycle); ``None`` stops remote write; settings that cannot be used (a
+    credential variable unset, the ``remote-write`` extra missing) are logged
+    once and the running writer, if any, goes on. ``factory`` is a seam for
+    tests."""
+
+    def __init__(self, current: Callable[[], Any], metrics: Any, *,
+                 factory: Callable[[Any, Any], RemoteWriter] | None = None) -> None:
+        self._current = current
+        self.metrics = metrics
+        self._factory = factory or (lambda cfg, m: RemoteWriter(cfg, m))
+        self._lock = threading.Lock()
+        self.writer: RemoteWriter | None = None
+        self._config: Any = None  # what self.writer was built from
+        self._refused: Any = None  # settings that failed, not retried until they change
+        cfg = current()
+        if cfg is not None:  # at start a problem is the caller's error (one line, exit 2)
+            self.writer, self._config = self._factory(cfg, metrics).start(), cfg
+
+    def sync(self) -> RemoteWriter | None:
+        """Follow the settings in force; the writer now running (None: off)."""
+        cfg = self._current()
+        with self._lock:
+            if cfg == self._config or (cfg is not None and cfg == self._refused):
+                return self.writer
+            new: RemoteWriter | None = None
+            if cfg is not None:
+                try:
+                    import cramjam  # noqa: F401 - the remote-write extra
+
+                    new = self._factory(cfg, self.metrics).start()
+                except Exception as exc:  # noqa: BLE001 - a reload must not stop the loop
+                    self._refused = cfg
+                    why = ("cramjam is not installed: pip install 'forescale[remote-write]'"
+                           if isinstance(exc, ImportError) else str(exc))
+                    log.error("remote write: the reloaded server.remote_write cannot be used (%s); %s", why,
+                              f"still writing to {self.writer.url}" if self.writer else "remote write stays off")
+                    return self.writer
+            old, self.writer, self._config, self._refused = self.writer, new, cfg, None
+        if old is not None:
+            threading.Thread(target=old.close, name="forescale-remote-write-close", daemon=True).start()
+        log.info("remote write: %s", f"now writing to {new.url}" if new is not None else "off (reloaded)")
+        return new
+
+    def on_result(self, result: Any) -> None:
+        w = self.sync()
+        if w is not None:
+            w.on_result(result)
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            w, self.writer = self.writer, None
+        if w is not None:
+            w.close(timeout)
+
+
+__all__ = ["FollowingWriter", "HEADERS", "RemoteWriter", "TimeSeries", "backoff", "cycle_series", "encode_write_request",
            "snappy_block"]

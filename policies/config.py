@@ -16,11 +16,12 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from engine.core.units import Duration
+from engine.core.units import Duration, Timezone
+
+from .events import Calendar
 
 
 #: the most replicas (or rung index, or pods per rate policy) a config may
@@ -241,7 +242,7 @@ class PlanConfig(_Model):
     #: windows, e.g. ["01:00-05:00"]; empty: any time
     scale_in_windows: tuple[str, ...] = ()
     #: IANA timezone of the windows
-    timezone: str = "UTC"
+    timezone: Timezone = "UTC"
     #: change budget enforced on the executed step (None: no budget)
     max_changes_per_hour: int | None = Field(None, ge=0)
     max_changes_per_day: int | None = Field(None, ge=0)
@@ -259,15 +260,6 @@ class PlanConfig(_Model):
     def _windows(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for w in v:
             parse_window(w)
-        return v
-
-    @field_validator("timezone")
-    @classmethod
-    def _tz(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown timezone {v!r} (use an IANA name such as Europe/Berlin)") from None
         return v
 
     @model_validator(mode="after")
@@ -334,6 +326,8 @@ class PolicyConfig(_Model):
     max_staleness: Duration = timedelta(minutes=15)
     #: the planner's settings (used by ``kind: plan``)
     plan: PlanConfig = PlanConfig()
+    #: declared events and public holidays that raise capacity (:mod:`policies.events`)
+    calendar: Calendar = Calendar()
 
     @model_validator(mode="before")
     @classmethod

@@ -2,12 +2,16 @@
 
 The steps run in this order (the one place it is written down):
 
+ 0. ``calendar``      the events in force over the forecast's span
+                      (:mod:`policies.events`); an ``uplift`` multiplies
+                      every resource's forecast where it lasts.
  1. ``data``          check the inputs. No forecast, a forecast that does not
                       reach the lead-time window or is not finite there, a
                       missing, non-finite or stale observation -> *fallback*: size reactively and never
                       scale down (recorded with the reason).
  2. ``forecast``      max of the chosen quantile over the window
-                      ``[now + lead_time, now + lead_time + hold]``.
+                      ``[now + lead_time, now + lead_time + hold]``
+                      (``event``: EventUplift when an event raised it).
  3. ``margin``        fixed fraction / forecast quantile / conformal headroom,
                       then the headroom cap.
  4. ``smoothing``     EWMA or moving window of the demand (if configured so).
@@ -20,6 +24,10 @@ The steps run in this order (the one place it is written down):
 10. ``partial_data``  fallback -> never below current.
 11. ``rate_limit``    HPA Pods/Percent policies with selectPolicy.
 12. ``cooldown``      wall-clock cooldowns (block scale-down only).
+12b. ``event``        an event in force between now and the end of the lead
+                      window holds capacity at its ``min_capacity``: a bound
+                      while it lasts, so no rate limit, cooldown or
+                      stabilization delays it (every kind, fallback included).
 13. ``bounds``        clamp to [min, max]: last, so configured bounds always win.
 
 Several resources (:mod:`policies.resources`): steps 1-6 run once per
@@ -30,8 +38,10 @@ resource in fallback makes the decision a fallback (step 10 holds).
 
 ``kind: plan`` shares step 1 (and, on fallback, the whole reactive path
 above); with usable data it hands over to :func:`policies.planner.plan`,
-which plans a schedule and records its own steps (plan, constraints,
-budget, reactive, bounds).
+which plans a schedule and records its own steps (plan, event,
+constraints, budget, reactive, bounds); an event's ``min_capacity`` is a
+floor of the schedule at the times it lasts, so capacity is ordered a lead
+time ahead of it.
 
 ``decide`` reads no clock, does no I/O, imports no SDK. What must be
 remembered (the recommendation, smoothing memory) leaves in the Decision;
@@ -47,6 +57,7 @@ from typing import Any, Sequence
 
 from engine.core.types import Decision, Forecast, Observation, ScalingState, Step
 
+from . import events as E
 from . import planner as P
 from . import resources as R
 from . import steps as S
@@ -85,6 +96,8 @@ class _Checked:
     reasons: tuple[tuple[str, str], ...]
     demand_window: tuple[float, float] | None
     step: Step
+    #: the calendar's uplift over the window (step 2's ``event``), if any
+    uplift: Step | None = None
 
 
 def _check(sig: Signal, config: PolicyConfig, current: int, now: datetime, window: LeadWindow) -> _Checked:
@@ -148,6 +161,8 @@ def _size(c: _Checked, state: ScalingState, window: LeadWindow,
         out.append(Step("forecast", upper, "ForecastWindowMax",
                         f"max over [now+{window.lead_time}, now+{window.end}]: "
                         f"upper {upper:.4g}, point {point:.4g}"))
+        if c.uplift is not None:
+            out.append(R.tag(c.uplift, c.signal.resource))
         m = S.margin_step(upper, point, config.margin, c.signal.headroom)
         out.append(m)
         demand = m.value
@@ -194,13 +209,30 @@ def decide_signals(signals: Sequence[Signal], state: ScalingState, config: Polic
     lead_time = window.lead_time
     many = len(signals) > 1
 
+    # 0. calendar: the events in force, an uplift on every forecast -------------
+    cal, t_now = config.calendar, now.timestamp()
+    occ: tuple[E.Occurrence, ...] = ()
+    raw = list(signals)
+    if not cal.empty:
+        reach = max(window.end, config.plan.horizon) if config.kind == "plan" else window.end
+        t_end = t_now + reach.total_seconds()
+        for sig in signals:
+            if sig.forecast is not None and sig.forecast.horizon:
+                t_end = max(t_end, float(sig.forecast.timestamps[-1]) + 1)
+        occ = cal.occurrences(t_now, t_end + 1)  # the window's end included
+        if config.kind != "reactive":
+            signals = [sig if sig.forecast is None else replace(sig, forecast=E.uplifted(sig.forecast, occ))
+                       for sig in signals]
+
     # 1. data, per resource ----------------------------------------------------
     checked = [_check(sig, sig.config or config, current, now, window) for sig in signals]
+    if occ:
+        checked = [_uplift(c, r, occ, cal, now, window) for c, r in zip(checked, raw)]
     out: list[Step] = [c.step for c in checked]
     fallback_reasons = [r for c in checked for r in c.reasons]
     fallback = bool(fallback_reasons)
     if not fallback and config.kind == "plan":
-        return _plan(checked, state, config, now, window, target)
+        return _plan(checked, state, config, now, window, target, occ)
 
     # 2-6. each resource's size; the largest wins ----------------------------------
     memory = tuple(state.smoothed)
@@ -258,6 +290,13 @@ def decide_signals(signals: Sequence[Signal], state: ScalingState, config: Polic
     out.append(cd)
     value = int(cd.value)
 
+    # 12b. event floors: a declared minimum is a bound while it lasts ----------------
+    if occ:
+        ev = E.floor_step(value, occ, cal, t_now, t_now + window.end.total_seconds())
+        if ev is not None:
+            out.append(ev)
+            value = int(ev.value)
+
     # 13. bounds ---------------------------------------------------------------------
     lo, hi = config.bounds
     b = S.bounds_step(value, lo, hi)
@@ -282,8 +321,21 @@ def decide_signals(signals: Sequence[Signal], state: ScalingState, config: Polic
     )
 
 
+def _uplift(c: _Checked, raw: Signal, occ: tuple[E.Occurrence, ...], cal: E.Calendar, now: datetime,
+            window: LeadWindow) -> _Checked:
+    """``c`` with the ``event`` step of an uplift over its window (its
+    forecast was uplifted; ``raw`` is the signal before)."""
+    if c.demand_window is None or raw.forecast is None or raw.forecast is c.signal.forecast:
+        return c
+    before = S.window_demand(raw.forecast, now, window.lead_time, window.hold, c.config.margin.quantile)
+    t0 = now.timestamp() + window.lead_time.total_seconds()
+    step = E.uplift_step(before or c.demand_window, c.demand_window[0], occ, cal, t0,
+                         t0 + window.hold.total_seconds())
+    return c if step is None else replace(c, uplift=step)
+
+
 def _plan(checked: list[_Checked], state: ScalingState, config: PolicyConfig, now: datetime,
-          window: LeadWindow, target: str) -> Decision:
+          window: LeadWindow, target: str, occ: tuple[E.Occurrence, ...] = ()) -> Decision:
     """``kind: plan`` with usable data: the planner, on the one signal's
     forecast or on the several resources' combined forecast (in the first
     resource's units, :func:`policies.resources.combined_forecast`), with a
@@ -294,13 +346,13 @@ def _plan(checked: list[_Checked], state: ScalingState, config: PolicyConfig, no
         forecast = signals[0].forecast
         assert forecast is not None
         planned = P.plan(forecast, state, config, now, window.lead_time, target=target,
-                         data_step=checked[0].step, floors=floors)
+                         data_step=checked[0].step, floors=floors, events=occ)
     else:
         forecast, leader = R.combined_forecast(signals, config)
         headrooms = [s.headroom for s in signals if s.headroom is not None]
         seen = replace(state, headroom=max(headrooms) if headrooms else None)
         planned = P.plan(forecast, seen, config, now, window.lead_time, target=target,
-                         data_step=checked[0].step, floors=floors)
+                         data_step=checked[0].step, floors=floors, events=occ)
         planned = R.with_plan_attribution(planned, [c.step for c in checked], signals, forecast, leader,
                                           now + window.lead_time)
     if not config.scale_in and planned.desired < state.current:

@@ -62,6 +62,7 @@ import numpy as np
 from engine.core.types import Decision, Forecast, Observation, PlanStep, Schedule, ScalingState, Step
 from engine.core.units import from_epoch
 
+from . import events as E
 from . import resources as R
 from . import steps as S
 from .config import PlanConfig, PolicyConfig
@@ -460,11 +461,16 @@ def explain(schedule_steps: list[PlanStep], current: int, lead_time: timedelta, 
 
 def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: datetime, lead_time: timedelta,
          *, target: str = "", data_step: Step | None = None,
-         floors: Sequence[tuple[str, Observation | None, PolicyConfig]] | None = None) -> Decision:
+         floors: Sequence[tuple[str, Observation | None, PolicyConfig]] | None = None,
+         events: tuple[E.Occurrence, ...] = ()) -> Decision:
     """Plan the schedule and decide its first step (see the module docstring).
+    ``events``: the calendar's events over the horizon (an uplift is already
+    in ``forecast``); a ``min_capacity`` is a floor of the schedule at the
+    steps it lasts (levels below it cost :data:`FLOOR_COST` each).
 
     Steps recorded: ``data``, ``plan`` (the DP's first step:
-    PlannedScaleUp/PlannedScaleDown/PlannedHold), ``constraints`` (which hard
+    PlannedScaleUp/PlannedScaleDown/PlannedHold), ``event`` (an event's
+    minimum in the plan: EventMinCapacity, EventMinCapacityMet), ``constraints`` (which hard
     constraint binds the first step: ChangeSpacing, MinLifetime,
     ScaleInWindowClosed, or ConstraintsMet), ``budget`` (ChangeBudget holds
     when the hourly/daily change budget is spent), ``reactive`` (the HPA rule
@@ -509,6 +515,11 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
     cap_cost = (price * dt_h)[:, None] * np.ones((1, plan_idx.size))
     risk_cost = pen * risk_plan * dt_h
     cost = cap_cost + risk_cost
+    floor = E.floors(ts[plan_idx], events) if events else None
+    if floor is not None and floor.any():
+        # not infinite: where spacing leaves no way to reach a floor in time,
+        # the plan still has a cheapest path (as close to it as it can get)
+        cost = cost + FLOOR_COST * np.maximum(np.minimum(floor, hi)[None, :] - levels[:, None], 0)
 
     # change costs: fixed, plus a vertical resize's downtime
     leave = np.full_like(cost, pc.fixed_change_cost(config.ladder is not None))
@@ -584,6 +595,8 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
     out.append(Step("plan", first, code,
                     f"{reason}; plan over {_span(pc.horizon)}: {changes} change(s), expected cost "
                     f"{schedule.total_cost:.4g}{cal}", changed=first != current))
+    if floor is not None and floor.any():
+        out.append(_event_step(out_steps[n_fixed:], floor, events, config, first, current))
     out.append(_constraint_step(prob, first - lo, start, lo, interval, pc))
     value = first
     budget = _budget_step(value, current, state, now, pc)
@@ -602,6 +615,11 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
         else:
             out.append(R.tag(Step("reactive", value, "ReactiveBelow",
                                   f"HPA rule on observation {obs.value:.4g}: {hpa} ({why})"), name))
+    if events:  # an event in force now or inside the lead time: never below its floor
+        ev = E.floor_step(value, events, config.calendar, t_now, t_lead)
+        if ev is not None and ev.changed:
+            out.append(ev)
+            value = int(ev.value)
     recommendation = value
     b = S.bounds_step(value, lo, hi)
     out.append(b)
@@ -615,6 +633,29 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
         extra={"lead_time_s": lead_time.total_seconds(), "plan_penalty": pen,
                "plan_headroom": state.headroom if calibrated else None, "plan_rate": rate},
         schedule=schedule)
+
+
+#: the cost of one level below an event's min_capacity at one step: far
+#: above any price or risk, so the plan meets every floor it can reach
+FLOOR_COST = 1e12
+
+
+def _event_step(planned: list[PlanStep], floor: np.ndarray, events: tuple[E.Occurrence, ...],
+                config: PolicyConfig, first: int, current: int) -> Step:
+    """The ``event`` step of a plan: the first planned step an event's floor
+    binds, when it is served and when it must be ordered."""
+    j = int(np.flatnonzero(floor > 0)[0])
+    step = planned[j]
+    t = int(step.at.timestamp())
+    top = E.strongest(tuple(o for o in events if o.start <= t < o.end), "min_capacity")
+    assert top is not None
+    cal = config.calendar
+    what = (f"event {top.name!r} ({cal.clock(top.start)} .. {cal.clock(top.end)}) needs at least "
+            f"{int(floor[j])}: planned {step.capacity} from {cal.clock(t)}, ordered at "
+            f"{cal.clock(step.order_at.timestamp())}")
+    if j == 0 and current < first <= floor[0]:  # the floor is what the first step orders
+        return Step("event", first, "EventMinCapacity", what, changed=True)
+    return Step("event", first, "EventMinCapacityMet", what + ("" if j == 0 else " (later in the plan)"))
 
 
 def _median(taus: np.ndarray, q: np.ndarray) -> float:

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Annotated
 
 import numpy as np
-from pydantic import BeforeValidator
+from pydantic import AfterValidator, BeforeValidator
 
 UTC = timezone.utc
 
@@ -93,3 +93,18 @@ def parse_time(value: str) -> datetime:
 #: A span in a config file: ``30s``, ``5m``, ``1h``, ``2d`` or seconds,
 #: validated by :func:`parse_duration` (every package's configs use this one type).
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def timezone_name(v: str) -> str:
+    """``v`` if it names an IANA timezone, else a ValueError saying so."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown timezone {v!r} (use an IANA name such as Europe/Berlin)") from None
+    return v
+
+
+#: an IANA timezone name in a config model (checked at load)
+Timezone = Annotated[str, AfterValidator(timezone_name)]

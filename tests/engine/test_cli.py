@@ -296,3 +296,33 @@ def test_once_with_the_planner_prints_the_schedule_and_decisions_shows_it(tmp_pa
     assert d.returncode == 0 and "schedule (UTC): " in d.stdout
     rec = json.loads(forescale("decisions", "--config", str(cfg), "--json").stdout)[0]
     assert rec["schedule"]["steps"] and rec["schedule"]["reason"]
+
+
+def test_a_decision_on_an_event_day_is_raised_and_says_why(tmp_path):
+    import time
+    from datetime import datetime, timedelta, timezone
+
+    trace = tmp_path / "t.csv"
+    end = int(time.time()) // 300 * 300
+    trace.write_text("timestamp,value\n" + "".join(f"{end - 300 * (399 - i)},{10 + (i % 12)}\n" for i in range(400)))
+    today = datetime.now(timezone.utc).date()
+    tomorrow = today + timedelta(days=1)
+    cfg = tmp_path / "c.yaml"
+    target = ("  - name: {name}\n    mode: dry-run\n"
+              f"    source: {{{{type: csv, path: {trace}}}}}\n"
+              "    policy:\n      capacity_per_replica: 2\n{calendar}")
+    cal = ("      calendar:\n        events:\n"
+           f"          - {{name: launch, start: '{today}', end: '{tomorrow}', min_capacity: 40}}\n"
+           f"          - {{name: sale, start: '{today}', end: '{tomorrow}', uplift: 2}}\n")
+    cfg.write_text(f"state: {tmp_path / 's.db'}\ntargets:\n" + target.format(name="plain", calendar="")
+                   + target.format(name="event", calendar=cal))
+    r = forescale("once", "--config", str(cfg), "-v")
+    assert r.returncode == 0, r.stderr + r.stdout
+    recs = {d["target"]: d for d in json.loads(forescale("decisions", "--config", str(cfg), "--json").stdout)}
+    plain, event = recs["plain"], recs["event"]
+    assert plain["desired"] < 40 and not any(s["name"] == "event" for s in plain["steps"])
+    assert event["desired"] == 40
+    why = {s["reason"]: s["message"] for s in event["steps"] if s["name"] == "event"}
+    assert "'sale'" in why["EventUplift"] and "x2" in why["EventUplift"]
+    assert "'launch'" in why["EventMinCapacity"] and "needs at least 40" in why["EventMinCapacity"]
+    assert "EventMinCapacity" in r.stdout  # once -v shows the step

@@ -68,14 +68,18 @@ def test_accuracy_table_and_plot(tmp_path, capsys):
     assert rows["5m"]["n"] == 19 and rows["10m"]["n"] == 18
     with Store(tmp_path / "state.db") as s:
         actual = np.array([r["actual"] for r in s.forecast_records("web", horizon_s=300)])
-    assert rows["5m"]["mape"] == pytest.approx(float(np.mean(1 / actual)) * 100)
+    # MAPE and sMAPE are ratios, as the Prometheus gauges export them
+    assert rows["5m"]["mape"] == pytest.approx(float(np.mean(1 / actual)))
+    assert rows["5m"]["near_zero_share"] == 0.0
     assert 0.0 <= rows["5m"]["coverage"] <= 1.0
     png = tmp_path / "acc.png"
     assert cli.main(["accuracy", "--config", str(cfg), "--plot", str(png)]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0].split() == ["target", "horizon", "n", "mae", "mape%", "mase", "bias", "coverage"]
+    assert lines[0].split() == ["target", "horizon", "n", "mae", "mape%", "smape%", "mase", "bias", "coverage"]
     assert lines[1].split()[:4] == ["web", "5m", "19", "1"]
+    # printed in percent
+    assert float(lines[1].split()[4]) == pytest.approx(100 * rows["5m"]["mape"], abs=0.006)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
@@ -249,3 +253,22 @@ def test_a_cycle_reads_no_more_from_the_store_after_many_cycles_than_after_few(t
         assert not any("FROM forecasts" in s or "FROM samples" in s for s in c), c
     assert len(reads[5]) == len(reads[-1])
     store.close()
+
+
+def test_mape_is_meaningless_when_more_than_one_percent_of_actuals_are_near_zero():
+    from engine.feedback import MAPE_NEAR_ZERO_SHARE, NEAR_ZERO, accuracy, mape_meaningless
+
+    a = np.full(1000, 100.0)
+    p = a * 1.1
+    ok = accuracy(a, p)
+    assert ok["mape"] == pytest.approx(0.1) and ok["smape"] == pytest.approx(2 * 10 / 210)
+    assert not mape_meaningless(ok)
+    # 1 % of the actuals at 4.9 % of the median: still read
+    a[:10] = (NEAR_ZERO - 0.001) * 100
+    assert accuracy(a, p)["near_zero_share"] == pytest.approx(MAPE_NEAR_ZERO_SHARE)
+    assert not mape_meaningless(accuracy(a, p))
+    # one more: MAPE is flagged (its terms are 20x the others there)
+    a[10] = 1.0
+    flagged = accuracy(a, p)
+    assert flagged["near_zero_share"] > MAPE_NEAR_ZERO_SHARE and mape_meaningless(flagged)
+    assert mape_meaningless(accuracy(np.zeros(10), np.ones(10)))  # no non-zero actual at all

@@ -174,8 +174,8 @@ def test_export_horizons_are_lead_time_hold_and_forecast_end():
 def test_accuracy_is_set_in_base_units_and_unknown_values_removed(served):
     m, server = served
     m.register_target("web", horizons=(timedelta(minutes=10), timedelta(minutes=15)))
-    # as live_accuracy computes it: MAPE in percent
-    m.set_accuracy("web", {"mae": 1.5, "mape": 12.0, "mase": 0.8, "bias": -0.3, "coverage": 0.91})
+    # as live_accuracy computes it: MAPE as a ratio
+    m.set_accuracy("web", {"mae": 1.5, "mape": 0.12, "mase": 0.8, "bias": -0.3, "coverage": 0.91})
     s = scrape(server.url)
     at = {"target": "web", "horizon": "600"}  # the lead time
     assert val(s, "forescale_forecast_mape_ratio", **at) == pytest.approx(0.12)

@@ -243,3 +243,77 @@ def test_a_remote_write_url_with_credentials_is_refused_without_echoing_them():
     with pytest.raises(ConfigError) as exc:
         parse_config(doc)
     assert "server.remote_write.url" in str(exc.value) and "s3cr3t-pw" not in str(exc.value)
+
+
+def test_a_changed_remote_write_takes_effect_on_reload(tmp_path, caplog):
+    """The daemon's running config drives the writer: a reload to another
+    URL writes there from the next cycle on (the old receiver gets no more),
+    removing the section stops writing, unusable settings keep the running
+    writer and say why."""
+    import logging
+    import os
+    from datetime import timedelta
+
+    import yaml
+
+    from engine.core.clock import ManualClock
+    from engine.core.units import from_epoch, to_epoch
+    from engine.daemon import Daemon
+    from engine.demo import DEMO_TRACE
+    from engine.metrics import EngineMetrics
+    from engine.remote_write import FollowingWriter
+    from engine.sources.csv import read_csv
+    from tests.support.replay import target
+
+    a, b = Receiver(204), Receiver(204)
+    path = tmp_path / "c.yaml"
+
+    def write(rw):
+        server = {"enabled": False, **({"remote_write": rw} if rw else {})}
+        path.write_text(yaml.safe_dump({"state": "s.db", "server": server,
+                                        "targets": [target("rds-demo", DEMO_TRACE)]}))
+
+    write({"url": a.url, "max_retries": 0})
+    clock = ManualClock(from_epoch(to_epoch(read_csv(DEMO_TRACE).end - timedelta(hours=2)) // 300 * 300))
+    metrics = EngineMetrics()
+    holder: list[Daemon] = []
+    writer = FollowingWriter(lambda: holder[0].config.server.remote_write if holder else None, metrics)
+    daemon = Daemon(path, clock=clock, metrics=metrics, on_result=writer.on_result)
+    holder.append(daemon)
+
+    def cycle():
+        res = daemon.workers["rds-demo"].live.run(clock.now())
+        daemon.on_result(res)
+        clock.advance(timedelta(minutes=5))
+        if writer.writer is not None:
+            assert writer.writer.flush()
+
+    try:
+        cycle()
+        assert len(a.got) == 1 and writer.writer is not None and writer.writer.url == a.url
+        write({"url": b.url, "max_retries": 0})
+        assert daemon.reload()
+        cycle()
+        cycle()
+        assert len(a.got) == 1 and len(b.got) == 2
+        # a credential variable that is not set: logged, the running writer goes on
+        write({"url": a.url, "bearer_token_env": "FORESCALE_TEST_NO_SUCH_TOKEN"})
+        os.environ.pop("FORESCALE_TEST_NO_SUCH_TOKEN", None)
+        with caplog.at_level(logging.ERROR, logger="forescale.remote_write"):
+            assert daemon.reload()
+            cycle()
+        assert len(b.got) == 3 and len(a.got) == 1
+        assert any("FORESCALE_TEST_NO_SUCH_TOKEN" in r.getMessage() and f"still writing to {b.url}" in r.getMessage()
+                   for r in caplog.records)
+        # the section removed (SIGHUP sets the daemon's reload_event; its
+        # next tick calls this same reload): writing stops
+        write(None)
+        assert daemon.reload() and daemon.config.server.remote_write is None
+        cycle()
+        cycle()
+        assert writer.writer is None and len(b.got) == 3 and len(a.got) == 1
+    finally:
+        daemon.shutdown(0)
+        writer.close()
+        a.close()
+        b.close()

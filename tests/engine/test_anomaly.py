@@ -1,0 +1,180 @@
+"""Anomalies (engine/anomaly.py): an incident injected into a real trace is
+flagged in the decisions, counted on /metrics, shown by ``forescale
+decisions --json``, and kept out of training, so the model forecasts the
+next day as one trained on the clean trace does."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import numpy as np
+import pytest
+
+from engine.config import parse_config
+from engine.core.types import ScalingState, Series
+from engine.core.units import from_epoch
+from engine.cycle import TargetRunner
+from engine.sources.csv import read_csv
+from tests.support import TRACES
+
+TRACE = TRACES / "nab" / "ec2_cpu_utilization_5f5533.csv"
+
+
+def incident_trace(factor: float = 3.0, hours: tuple[int, int] = (14, 16)):
+    """The real trace, and a copy with an incident: demand x ``factor`` from
+    14:00 to 16:00 UTC on its 13th day."""
+    s = read_csv(TRACE).regular(timedelta(minutes=5))
+    ts, clean = s.timestamps, s.values
+    day = int(ts[0]) // 86400 * 86400 + 12 * 86400
+    a, b = day + hours[0] * 3600, day + hours[1] * 3600
+    inside = (ts >= a) & (ts < b)
+    hit = clean.copy()
+    hit[inside] *= factor
+    return ts, clean, hit, inside, day
+
+
+def runner(anomalies: dict | None, forecaster: str = "seasonal_persistence") -> TargetRunner:
+    t = parse_config({"targets": [{
+        "name": "t", "interval": "5m", "source": {"type": "csv", "path": "x.csv"},
+        "forecaster": {"name": forecaster, "history": "14d"},
+        "policy": {"capacity_per_replica": 10}, **({"anomalies": anomalies} if anomalies is not None else {})}]})
+    return TargetRunner(t.targets[0])
+
+
+def replay(r: TargetRunner, ts, values, start: int, stop: int, refit_last: bool = True):
+    """Step ``r`` over ``[start, stop)``; the last cycle refits the model.
+    Returns the decisions and the refit model's forecast of the next day."""
+    state = ScalingState(current=5)
+    decisions = []
+    for i in range(start, stop):
+        if refit_last and i == stop - 1:
+            r.last_fit = None
+        out = r.step(Series.view(ts[: i + 1], values[: i + 1]), state, from_epoch(ts[i]))
+        decisions.append(out.decision)
+    assert r.forecaster is not None
+    return decisions, r.forecaster.predict(from_epoch(ts[stop - 1]), 300, (0.5,)) if refit_last else None
+
+
+def test_an_incident_is_flagged_and_kept_out_of_training():
+    ts, clean, hit, inside, day = incident_trace()
+    start, stop = int(np.searchsorted(ts, day)), int(np.searchsorted(ts, day + 86400))
+    r = runner({})
+    decisions, masked_fc = replay(r, ts, hit, start, stop)
+    flagged = {int(d.at.timestamp()) for d in decisions if "anomaly" in d.extra}
+    incident = set(ts[inside].tolist())
+    assert flagged == incident  # every sample of the incident, nothing else that day
+    d = next(d for d in decisions if "anomaly" in d.extra)
+    step = d.steps[1]
+    assert d.steps[0].name == "data" and step.name == "anomaly" and step.reason == "AnomalyFlagged"
+    assert "excluded from training" in step.message and d.extra["anomaly"]["score"] > 3
+    assert d.extra["anomaly"]["observed"] == pytest.approx(hit[ts == int(d.at.timestamp())][0])
+    # the policy still sized from what was observed: the reactive rule saw the spike
+    assert f"observation {d.extra['anomaly']['observed']:.4g}" in d.step("reactive").message
+
+    # the next day, forecast by the model refit at the end of the incident
+    # day: on the clean trace, on the one with the incident (no detection)
+    end = stop - 1
+    _, clean_fc = replay(runner({}), ts, clean, end, stop)
+    _, taught_fc = replay(runner(None), ts, hit, end, stop)
+    assert masked_fc is not None and clean_fc is not None and taught_fc is not None
+    nxt = (clean_fc.timestamps >= day + 86400 + 14 * 3600) & (clean_fc.timestamps < day + 86400 + 16 * 3600)
+    assert nxt.sum() >= 20  # the forecast reaches the next day's 14:00-16:00
+    err_masked = np.mean(np.abs(masked_fc.point - clean_fc.point))
+    err_taught = np.mean(np.abs(taught_fc.point - clean_fc.point))
+    # trained with the incident, the model expects it again tomorrow at 14:00
+    assert np.mean(taught_fc.point[nxt]) > 1.8 * np.mean(clean_fc.point[nxt])
+    assert err_masked < 0.05 * err_taught
+    assert np.mean(np.abs(masked_fc.point[nxt] - clean_fc.point[nxt])) < 0.05 * np.mean(clean_fc.point[nxt])
+
+
+def test_the_robust_zscore_method_flags_the_incident_too():
+    ts, clean, hit, inside, day = incident_trace()
+    start, stop = int(np.searchsorted(ts, day)), int(np.searchsorted(ts, day + 18 * 3600))
+    decisions, _ = replay(runner({"method": "zscore", "z": 8}), ts, hit, start, stop, refit_last=False)
+    flagged = {int(d.at.timestamp()) for d in decisions if "anomaly" in d.extra}
+    incident = set(ts[inside].tolist())
+    assert len(flagged & incident) >= 0.9 * len(incident) and len(flagged - incident) <= 3
+    assert all(d.extra["anomaly"]["method"] == "zscore" for d in decisions if "anomaly" in d.extra)
+
+
+def test_a_lasting_change_is_a_level_shift_released_to_the_model():
+    ts, clean, _, _, day = incident_trace()
+    shifted = clean.copy()
+    shifted[ts >= day + 14 * 3600] *= 3  # from 14:00 on, for good
+    start, stop = int(np.searchsorted(ts, day + 12 * 3600)), int(np.searchsorted(ts, day + 18 * 3600))
+    r = runner({"max_duration": "1h"})
+    decisions, _ = replay(r, ts, shifted, start, stop, refit_last=False)
+    flags = [d for d in decisions if "anomaly" in d.extra]
+    (release,) = [d for d in flags if d.extra["anomaly"].get("level_shift")]
+    assert release.steps[1].reason == "AnomalyLevelShift" and "level shift" in release.steps[1].message
+    # an hour of flags, then the change is the new normal: nothing masked
+    assert len(flags) == 12 + 1 and not r.anomalies.masked
+    assert release.at == from_epoch(day + 14 * 3600 + 12 * 300)
+
+
+def test_the_flag_is_in_decisions_json_and_on_metrics(tmp_path):
+    """Through the daemon's own path (tests/support/replay): the decision
+    log and /metrics of a run over the trace with the incident."""
+    from engine.cli import main
+    from tests.support.replay import run_replay, target
+
+    ts, _, hit, inside, day = incident_trace()
+    trace = tmp_path / "incident.csv"
+    end = int(np.searchsorted(ts, day + 15 * 3600))  # the replay ends inside the incident
+    trace.write_text("timestamp,value\n" + "".join(f"{int(t)},{v}\n" for t, v in zip(ts[:end], hit[:end])))
+    t = target("ec2", trace, anomalies={})
+    rep = run_replay(tmp_path / "run", [t], cycles=24, start_before_end=timedelta(hours=2))
+    sample = rep.metrics.registry.get_sample_value
+    decided = {int(r.now.timestamp()) for r in rep.results}
+    n = len(decided & set(ts[inside].tolist()))
+    assert n >= 10
+    assert sample("forescale_anomalies_total", {"target": "ec2"}) == n
+    assert sample("forescale_anomaly_score", {"target": "ec2"}) > 3
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["decisions", "--config", str(tmp_path / "run" / "replay.yaml"), "--json", "--limit", "100"]) == 0
+    recs = json.loads(buf.getvalue())
+    flagged = [r for r in recs if "anomaly" in r["extra"]]
+    assert len(flagged) == n
+    assert all(r["steps"][1]["reason"] == "AnomalyFlagged" for r in flagged)
+    assert {r["extra"]["anomaly"]["at"][:16] for r in flagged} <= {
+        from_epoch(x).isoformat()[:16] for x in ts[inside]}
+
+
+def test_a_forecast_without_the_band_flags_nothing():
+    from engine.anomaly import AnomalyConfig, AnomalyDetector
+    from engine.core.types import Forecast
+
+    det = AnomalyDetector(AnomalyConfig(), timedelta(minutes=5), timedelta(days=1))
+    fc = Forecast(from_epoch(0), np.array([300]), np.array([10.0]), {0.9: np.array([12.0])}, "m")
+    assert det.observe(Series(np.array([300]), np.array([1000.0])), fc) == (None, None)
+    banded = Forecast(from_epoch(0), np.array([600]), np.array([10.0]), {0.99: np.array([12.0])}, "m")
+    anomaly, step = det.observe(Series(np.array([300, 600]), np.array([1000.0, 17.0])), banded)
+    assert anomaly is not None and anomaly.score == pytest.approx(3.5) and step.reason == "AnomalyFlagged"
+    assert det.mask(Series(np.array([300, 600]), np.array([1000.0, 17.0]))).values.tolist() == [1000.0, 10.0]
+
+
+def test_the_backtest_replays_the_targets_anomalies_section(tmp_path, capsys):
+    from engine.cli import main
+
+    ts, _, hit, inside, _ = incident_trace()
+    trace = tmp_path / "incident.csv"
+    trace.write_text("timestamp,value\n" + "".join(f"{int(t)},{v}\n" for t, v in zip(ts, hit)))
+
+    def backtest(extra: str) -> dict:
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text("targets:\n  - name: t\n    source: {type: csv, path: x.csv}\n"
+                       "    policy: {capacity_per_replica: 5}\n" + extra)
+        assert main(["backtest", str(trace), "--quiet", "--json", "--config", str(cfg)]) == 0
+        return json.loads(capsys.readouterr().out)["policies"]["predictive"]
+
+    plain, flagged = backtest(""), backtest("    anomalies: {factor: 3}\n")
+    assert "anomalies" not in plain
+    # the incident's two hours, and at most a few ordinary samples in 12 days
+    assert int(inside.sum()) <= flagged["anomalies"] <= int(inside.sum()) + 3
+    assert main(["backtest", str(trace), "--quiet", "--config", str(tmp_path / "c.yaml")]) == 0
+    assert f"anomalies flagged and kept out of training: {flagged['anomalies']}" in capsys.readouterr().out
