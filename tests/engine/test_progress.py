@@ -84,11 +84,14 @@ def test_train_global_draws_its_epochs_on_a_terminal_and_not_with_quiet(tmp_path
     cfg.write_text(yaml.safe_dump({"state": str(tmp_path / "s.db"), "targets": [{
         "name": "a", "source": {"type": "csv", "path": str(trace)},
         "forecaster": {"name": "lstm", "history": "3d", "params": SMALL}, "policy": {"capacity_per_replica": 5}}]}))
-    for quiet in (False, True):
+    # the level-free network (the default) and the older multi-series one
+    level_free = {"hidden_size": 8, "head_width": 16, "epochs": 3, "origin_stride": 1, "device": "cpu"}
+    for quiet, model in ((False, []), (True, []), (False, ["--model", "lstm"]), (True, ["--model", "lstm"])):
         err = Terminal()
         monkeypatch.setattr(sys, "stderr", err)
-        args = ["train-global", "--config", str(cfg), "--out", str(tmp_path / "g.pt"), "--params", json.dumps(SMALL),
-                "--json"] + (["--quiet"] if quiet else [])
+        params = SMALL if model else level_free
+        args = ["train-global", "--config", str(cfg), "--out", str(tmp_path / "g.pt"), "--params", json.dumps(params),
+                "--json"] + model + (["--quiet"] if quiet else [])
         assert main(args) == 0
         doc = json.loads(capsys.readouterr().out)  # stdout holds the JSON report alone
         assert doc["targets"] == {"a": {"samples": 3 * 288}}
