@@ -11,7 +11,7 @@ Exit status:
 - 1: a runtime failure: a cycle's fetch, forecast or actuation failed, the
   platform or the state file failed; the audit chain does not verify, or a
   decision row disagrees with it (``audit verify``, ``audit show``,
-  ``decisions``);
+  ``decisions``); ``select`` where some target got no choice;
 - 2: a usage or configuration error: bad arguments (argparse's own), an
   invalid config file or input data, a plugin whose extra is not installed,
   the state file locked by a running daemon, a plan the workflow refuses
@@ -735,6 +735,79 @@ def cmd_train_global(args: argparse.Namespace) -> int:
     return 0
 
 
+def _executor_config(cfg: Any, args: argparse.Namespace) -> Any:
+    """The config's ``executor:`` section with the command line's overrides."""
+    from .config import ExecutorConfig
+    from pydantic import ValidationError
+
+    over: dict[str, Any] = {}
+    if args.executor:
+        over["kind"] = args.executor
+        if args.executor != cfg.executor.kind:  # a different kind: none of the file's placement applies
+            over.update(address=None, local_cluster=False, workers=None)
+    if args.address:
+        over.update(address=args.address, local_cluster=False, kind="dask")
+    if args.workers:
+        over["workers"] = args.workers
+    merged = {**cfg.executor.model_dump(), **over}
+    if merged["kind"] == "dask" and merged["address"] is None:
+        merged["local_cluster"] = True  # --executor dask with no address: a LocalCluster here
+    try:
+        return ExecutorConfig.model_validate(merged)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"executor (config and --executor/--workers/--address): {first['msg']}") from None
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    """Choose each target's forecaster by rolling-origin backtest, the tasks
+    spread over the executor; print the choices, optionally write a config
+    that uses them."""
+    from .config import load_config
+    from .core.clock import SystemClock
+    from .core.units import parse_time
+    from .executor import open_executor
+    from .progress import progress
+    from .selection import jobs_for, select_models, write_config
+
+    cfg = load_config(args.config)
+    targets = [cfg.target(n) for n in args.target] if args.target else list(cfg.targets)
+    try:
+        now = parse_time(args.at) if args.at else SystemClock().now()
+    except ValueError as exc:
+        raise ConfigError(f"--at: {exc}") from None
+    jobs, results = jobs_for(cfg, targets, now, folds=args.folds, names=args.candidate or ())
+    ex_cfg = _executor_config(cfg, args)
+    total = sum(len(j.params.candidates) * args.folds for j in jobs)
+    with open_executor(ex_cfg) as ex, progress(total, "select: backtest tasks", args.quiet or args.json) as bar:
+        results.update(select_models(jobs, ex, on_done=bar.update))
+        stats, workers = ex.stats, ex.workers
+    selections = {t.name: results[t.name] for t in targets}
+    changed = write_config(Path(args.config), Path(args.write_config), selections) if args.write_config else []
+    failed = [s for s in selections.values() if not s.ok]
+    if args.json:
+        _print_json({"executor": {"kind": ex_cfg.kind, "workers": workers, "tasks": stats.tasks,
+                                  "failed_tasks": stats.failed, "seconds": round(stats.seconds, 3)},
+                     "targets": [s.to_json() for s in selections.values()],
+                     **({"written": {"path": args.write_config, "targets": changed}} if args.write_config else {})})
+        return EXIT_FAILURE if failed else 0
+    print(f"{'target':<24} {'choice':<22} {'score':>8}  others")
+    for s in selections.values():
+        if not s.ok:
+            print(f"{s.target:<24} {'-':<22} {'-':>8}  no choice, keeps its forecaster: {s.reason}")
+            continue
+        others = ", ".join(f"{k} {v:.4f}" for k, v in sorted(s.scores.items(), key=lambda kv: kv[1])
+                           if k != s.choice.key)
+        skipped = "; ".join(f"{k} skipped ({v})" for k, v in s.skipped.items())
+        print(f"{s.target:<24} {s.choice.key:<22} {s.scores[s.choice.key]:>8.4f}  "
+              f"{'; '.join(x for x in (others, skipped) if x)}")
+    print(f"executor {ex_cfg.kind} ({workers} worker(s)): {stats.tasks} tasks in {stats.seconds:.1f} s, "
+          f"{stats.failed} failed")
+    if args.write_config:
+        print(f"config with the chosen forecasters of {len(changed)} target(s) written to {args.write_config}")
+    return EXIT_FAILURE if failed else 0
+
+
 # -------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="forescale", description="Predictive autoscaling decision engine.",
@@ -863,6 +936,28 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "is a terminal)")
     json_flag(g)
     g.set_defaults(func=cmd_train_global)
+
+    sel = sub.add_parser("select", help="choose each target's forecaster by rolling-origin backtest "
+                                        "(on the executor: a process pool or a Dask cluster)")
+    sel.add_argument("--config", required=True, help="the YAML config file whose targets' history is read")
+    sel.add_argument("--target", action="append", help="a target to evaluate (repeat; default: all)")
+    sel.add_argument("--candidate", action="append", metavar="NAME",
+                     help="a forecaster to try, with its default parameters (repeat; default: an auto target's "
+                          "candidates, otherwise the configured forecaster and the auto defaults)")
+    sel.add_argument("--folds", type=int, default=4, choices=range(1, 65), metavar="N",
+                     help="blocks of backtest origins, each refitted and run as its own task (default 4; "
+                          "1 scores exactly as the auto forecaster does)")
+    sel.add_argument("--at", help="select on the history up to this time (ISO 8601; default: now)")
+    sel.add_argument("--executor", choices=("local", "dask"), help="where the tasks run (default: the config's "
+                                                                   "executor: section; dask with no address "
+                                                                   "starts a LocalCluster here)")
+    sel.add_argument("--workers", type=int, help="local pool processes, or LocalCluster workers")
+    sel.add_argument("--address", help="a Dask scheduler, tcp://host:port (implies --executor dask)")
+    sel.add_argument("--write-config", metavar="PATH",
+                     help="write a copy of the config that uses each target's choice (validated first)")
+    sel.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    sel.add_argument("--json", action="store_true", help="print the choices and scores as JSON to stdout")
+    sel.set_defaults(func=cmd_select)
 
     c = sub.add_parser("console", help="serve the web console and approval API for a config's state file")
     c.add_argument("--config", help="config file (its state file, console: and notify: sections)")
