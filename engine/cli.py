@@ -11,7 +11,8 @@ Exit status:
 - 1: a runtime failure: a cycle's fetch, forecast or actuation failed, the
   platform or the state file failed; the audit chain does not verify, or a
   decision row disagrees with it (``audit verify``, ``audit show``,
-  ``decisions``); ``select`` where some target got no choice;
+  ``decisions``); ``select`` where some target got no choice, ``fit`` where some target's
+  model could not be fitted or saved;
 - 2: a usage or configuration error: bad arguments (argparse's own), an
   invalid config file or input data, a plugin whose extra is not installed,
   the state file locked by a running daemon, a plan the workflow refuses
@@ -759,23 +760,72 @@ def _executor_config(cfg: Any, args: argparse.Namespace) -> Any:
         raise ConfigError(f"executor (config and --executor/--workers/--address): {first['msg']}") from None
 
 
+def _when(args: argparse.Namespace):
+    from .core.clock import SystemClock
+    from .core.units import parse_time
+
+    try:
+        return parse_time(args.at) if args.at else SystemClock().now()
+    except ValueError as exc:
+        raise ConfigError(f"--at: {exc}") from None
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Fit every target's configured forecaster on the executor and save the
+    models as checkpoints, so the daemon starts from them."""
+    from .config import load_config
+    from .executor import open_executor
+    from .fits import FittedModel, fit_jobs_for, fit_models, save_checkpoint
+    from .progress import progress
+
+    cfg = load_config(args.config)
+    targets = [cfg.target(n) for n in args.target] if args.target else list(cfg.targets)
+    now = _when(args)
+    jobs, skipped = fit_jobs_for(cfg, targets, now)
+    ex_cfg = _executor_config(cfg, args)
+    with open_executor(ex_cfg) as ex, progress(len(jobs), "fit: series", args.quiet or args.json) as bar:
+        fitted = fit_models(jobs, ex, on_done=bar.update)
+        stats, workers = ex.stats, ex.workers
+    state = str(cfg.state_path)
+    rows: dict[str, dict[str, Any]] = {}
+    for t in targets:
+        res = fitted.get(t.name)
+        if isinstance(res, FittedModel):
+            if save_checkpoint(t, state, res, now):
+                rows[t.name] = {"fitted": res.version, "seconds": round(res.seconds, 3)}
+            else:
+                rows[t.name] = {"error": "the checkpoint could not be written (see the log line)"}
+        elif res is not None:
+            rows[t.name] = {"error": f"{res.reason}" + (f" ({res.kind})" if res.kind == "lost" else "")}
+        else:
+            rows[t.name] = {"skipped": skipped[t.name]}
+    failed = any("error" in r for r in rows.values())
+    if args.json:
+        _print_json({"executor": {"kind": ex_cfg.kind, "workers": workers, "tasks": stats.tasks,
+                                  "failed_tasks": stats.failed, "seconds": round(stats.seconds, 3)},
+                     "state": state, "targets": rows})
+        return EXIT_FAILURE if failed else 0
+    for name, r in rows.items():
+        what = (f"fitted {r['fitted']} in {r['seconds']:.2f} s" if "fitted" in r
+                else f"not fitted: {r.get('error') or r['skipped']}")
+        print(f"{name:<24} {what}")
+    print(f"executor {ex_cfg.kind} ({workers} worker(s)): {stats.tasks} fits in {stats.seconds:.1f} s; "
+          f"checkpoints beside {state}")
+    return EXIT_FAILURE if failed else 0
+
+
 def cmd_select(args: argparse.Namespace) -> int:
     """Choose each target's forecaster by rolling-origin backtest, the tasks
     spread over the executor; print the choices, optionally write a config
     that uses them."""
     from .config import load_config
-    from .core.clock import SystemClock
-    from .core.units import parse_time
     from .executor import open_executor
     from .progress import progress
     from .selection import jobs_for, select_models, write_config
 
     cfg = load_config(args.config)
     targets = [cfg.target(n) for n in args.target] if args.target else list(cfg.targets)
-    try:
-        now = parse_time(args.at) if args.at else SystemClock().now()
-    except ValueError as exc:
-        raise ConfigError(f"--at: {exc}") from None
+    now = _when(args)
     jobs, results = jobs_for(cfg, targets, now, folds=args.folds, names=args.candidate or ())
     ex_cfg = _executor_config(cfg, args)
     total = sum(len(j.params.candidates) * args.folds for j in jobs)
@@ -937,27 +987,36 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(g)
     g.set_defaults(func=cmd_train_global)
 
+    def executor_options(sp: argparse.ArgumentParser, what: str) -> None:
+        sp.add_argument("--config", required=True, help="the YAML config file whose targets' history is read")
+        sp.add_argument("--target", action="append", help=f"a target to {what} (repeat; default: all)")
+        sp.add_argument("--at", help="use the history up to this time (ISO 8601; default: now)")
+        sp.add_argument("--executor", choices=("local", "dask"), help="where the tasks run (default: the config's "
+                                                                      "executor: section; dask with no address "
+                                                                      "starts a LocalCluster here)")
+        sp.add_argument("--workers", type=int, help="local pool processes, or LocalCluster workers")
+        sp.add_argument("--address", help="a Dask scheduler, tcp://host:port (implies --executor dask)")
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
     sel = sub.add_parser("select", help="choose each target's forecaster by rolling-origin backtest "
                                         "(on the executor: a process pool or a Dask cluster)")
-    sel.add_argument("--config", required=True, help="the YAML config file whose targets' history is read")
-    sel.add_argument("--target", action="append", help="a target to evaluate (repeat; default: all)")
+    executor_options(sel, "evaluate")
     sel.add_argument("--candidate", action="append", metavar="NAME",
                      help="a forecaster to try, with its default parameters (repeat; default: an auto target's "
                           "candidates, otherwise the configured forecaster and the auto defaults)")
     sel.add_argument("--folds", type=int, default=4, choices=range(1, 65), metavar="N",
                      help="blocks of backtest origins, each refitted and run as its own task (default 4; "
                           "1 scores exactly as the auto forecaster does)")
-    sel.add_argument("--at", help="select on the history up to this time (ISO 8601; default: now)")
-    sel.add_argument("--executor", choices=("local", "dask"), help="where the tasks run (default: the config's "
-                                                                   "executor: section; dask with no address "
-                                                                   "starts a LocalCluster here)")
-    sel.add_argument("--workers", type=int, help="local pool processes, or LocalCluster workers")
-    sel.add_argument("--address", help="a Dask scheduler, tcp://host:port (implies --executor dask)")
     sel.add_argument("--write-config", metavar="PATH",
                      help="write a copy of the config that uses each target's choice (validated first)")
-    sel.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     sel.add_argument("--json", action="store_true", help="print the choices and scores as JSON to stdout")
     sel.set_defaults(func=cmd_select)
+
+    fit = sub.add_parser("fit", help="fit every target's forecaster on the executor and save the models as "
+                                     "checkpoints the daemon starts from")
+    executor_options(fit, "fit")
+    fit.add_argument("--json", action="store_true", help="print each target's fitted model or reason as JSON")
+    fit.set_defaults(func=cmd_fit)
 
     c = sub.add_parser("console", help="serve the web console and approval API for a config's state file")
     c.add_argument("--config", help="config file (its state file, console: and notify: sections)")
