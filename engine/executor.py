@@ -44,8 +44,10 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import os
+import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Protocol, Sequence
 
@@ -116,9 +118,36 @@ class _Closing:
         self.close()  # type: ignore[attr-defined]
 
 
+#: the environment of a pool process: one BLAS/OpenMP thread, as Dask's
+#: nanny gives its workers (``distributed.nanny.pre-spawn-environ``). With
+#: the default (a thread per core in every process) two pool processes on two
+#: cores ran each Holt-Winters fit about 2.5 times slower than one process
+#: (benchmarks/executor.py)
+ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+_ENV_LOCK = threading.Lock()
+
+
+@contextmanager
+def _spawn_env(env: dict[str, str]):
+    """``env`` in ``os.environ`` while pool processes may be spawned (a spawned
+    process copies the environment when it starts), then as it was."""
+    with _ENV_LOCK:
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
 class LocalExecutor(_Closing):
-    """A process pool on this machine (``workers`` processes; 1 runs the tasks
-    in this process, which is what a test or a profile wants)."""
+    """A process pool on this machine (``workers`` processes, each with one
+    BLAS thread; 1 runs the tasks in this process, which is what a test or a
+    profile wants)."""
 
     kind = "local"
 
@@ -174,7 +203,8 @@ class LocalExecutor(_Closing):
             while pending:
                 if self._pool is None:
                     self._pool = self._new_pool()
-                futures = {self._pool.submit(fn, *t.args): t for t in pending}
+                with _spawn_env(ONE_THREAD_ENV):  # the pool starts its processes on submit
+                    futures = {self._pool.submit(fn, *t.args): t for t in pending}
                 broken = False
                 again: list[Task] = []
                 again_keys: set[str] = set()

@@ -134,3 +134,11 @@ def test_an_unreachable_scheduler_is_one_clear_error() -> None:
     cfg = ExecutorConfig(kind="dask", address="tcp://127.0.0.1:9", connect_timeout="1s")
     with pytest.raises(ConfigError, match="executor.address: cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
         open_executor(cfg)
+
+
+def test_pool_processes_get_one_blas_thread_and_the_callers_environment_is_kept(monkeypatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    with LocalExecutor(workers=2) as ex:
+        got = ex.run(et.environ, [Task(f"e{i}", ("OMP_NUM_THREADS",)) for i in range(4)])
+    assert got == ["1"] * 4
+    assert "OMP_NUM_THREADS" not in os.environ

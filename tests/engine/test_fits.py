@@ -22,16 +22,9 @@ from engine.executor import LocalExecutor, TaskFailure
 from engine.fits import FitJob, FittedModel, fit_models
 from engine.sources.csv import read_csv
 from engine.store import Store
-from tests.support import ROOT, TRACES
+from tests.support import ROOT, TRACES, write_trace
 
 CPU = TRACES / "nab" / "ec2_cpu_utilization_53ea38.csv"
-
-
-def _write(path: Path, end: int, values: np.ndarray) -> str:
-    n = values.size
-    path.write_text("timestamp,value\n" + "".join(f"{end - 300 * (n - 1 - i)},{v:.4f}\n"
-                                                 for i, v in enumerate(values)))
-    return str(path)
 
 
 def test_a_fitted_model_comes_back_as_bytes_that_load_and_forecast() -> None:
@@ -56,11 +49,11 @@ def test_fit_on_a_local_cluster_saves_checkpoints_the_engine_restores(tmp_path: 
     n = 4 * 288
     real = read_csv(CPU).values[-n:]
     targets = [
-        {"name": "cpu", "source": {"type": "csv", "path": _write(tmp_path / "cpu.csv", end, real)},
+        {"name": "cpu", "source": {"type": "csv", "path": write_trace(tmp_path / "cpu.csv", end, real)},
          "forecaster": {"name": "holt_winters", "history": "4d"}, "policy": {"capacity_per_replica": 5}},
-        {"name": "naive", "source": {"type": "csv", "path": _write(tmp_path / "n.csv", end, real * 2)},
+        {"name": "naive", "source": {"type": "csv", "path": write_trace(tmp_path / "n.csv", end, real * 2)},
          "forecaster": {"name": "seasonal_naive", "history": "4d"}, "policy": {"capacity_per_replica": 5}},
-        {"name": "new", "source": {"type": "csv", "path": _write(tmp_path / "new.csv", end, np.ones(1))},
+        {"name": "new", "source": {"type": "csv", "path": write_trace(tmp_path / "new.csv", end, np.ones(1))},
          "forecaster": {"name": "holt_winters"}, "policy": {"capacity_per_replica": 5}},
     ]
     cfg = tmp_path / "c.yaml"

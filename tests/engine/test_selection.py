@@ -23,7 +23,7 @@ from engine.selection import SelectionJob, select_models, split_folds
 from engine.sources.csv import read_csv
 from engine.store import Store
 from forecasters.auto import AutoForecaster, AutoParams, Candidate
-from tests.support import ROOT, TRACES
+from tests.support import ROOT, TRACES, write_trace
 
 NAIVES = (Candidate(name="seasonal_persistence"), Candidate(name="persistence"), Candidate(name="seasonal_naive"))
 CPU = TRACES / "nab" / "ec2_cpu_utilization_53ea38.csv"
@@ -96,26 +96,19 @@ def test_a_candidate_whose_tasks_keep_failing_is_skipped_with_the_reason(monkeyp
                                              "RuntimeError: segfault in the solver")
 
 
-def _write(path: Path, end: int, values: np.ndarray) -> str:
-    n = values.size
-    path.write_text("timestamp,value\n" + "".join(f"{end - 300 * (n - 1 - i)},{v:.4f}\n"
-                                                 for i, v in enumerate(values)))
-    return str(path)
-
-
 def test_select_on_a_local_cluster_writes_a_config_the_engine_then_uses(tmp_path: Path) -> None:
     pytest.importorskip("distributed")
     end = int(time.time()) // 300 * 300
     n = 5 * 288
     real = read_csv(CPU).values[-n:]
     targets = [
-        {"name": "cpu", "source": {"type": "csv", "path": _write(tmp_path / "cpu.csv", end, real)},
+        {"name": "cpu", "source": {"type": "csv", "path": write_trace(tmp_path / "cpu.csv", end, real)},
          "forecaster": {"name": "seasonal_naive", "history": "5d", "refit_every": "6h"},
          "policy": {"capacity_per_replica": 5}},
-        {"name": "daily", "source": {"type": "csv", "path": _write(tmp_path / "daily.csv", end, _sine(n, end))},
+        {"name": "daily", "source": {"type": "csv", "path": write_trace(tmp_path / "daily.csv", end, _sine(n, end))},
          "forecaster": {"name": "persistence", "history": "5d"},
          "policy": {"capacity_per_replica": 5, "lead_time": "30m"}},
-        {"name": "new", "source": {"type": "csv", "path": _write(tmp_path / "new.csv", end, np.ones(4))},
+        {"name": "new", "source": {"type": "csv", "path": write_trace(tmp_path / "new.csv", end, np.ones(4))},
          "forecaster": {"name": "persistence"}, "policy": {"capacity_per_replica": 5}},
     ]
     cfg = tmp_path / "c.yaml"
@@ -153,7 +146,7 @@ def test_select_text_report_on_the_local_pool(tmp_path: Path) -> None:
     n = 3 * 288
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"executor": {"kind": "local", "workers": 1}, "targets": [
-        {"name": "daily", "source": {"type": "csv", "path": _write(tmp_path / "d.csv", end, _sine(n, end))},
+        {"name": "daily", "source": {"type": "csv", "path": write_trace(tmp_path / "d.csv", end, _sine(n, end))},
          "forecaster": {"name": "persistence", "history": "3d"}, "policy": {"capacity_per_replica": 5}}]}))
     r = subprocess.run([sys.executable, "-m", "engine.cli", "select", "--config", str(cfg), "--candidate",
                         "persistence", "--candidate", "seasonal_naive", "--folds", "2"],

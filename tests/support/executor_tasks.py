@@ -60,3 +60,7 @@ def total(arr, start: int) -> float:
 def dispatch(name: str, *args):
     """Run the task function ``name`` (one run mixing several kinds of task)."""
     return globals()[name](*args)
+
+
+def environ(name: str) -> str | None:
+    return os.environ.get(name)
