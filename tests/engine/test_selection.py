@@ -154,3 +154,25 @@ def test_select_text_report_on_the_local_pool(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[1].split()[:2] == ["daily", "seasonal_naive"]
     assert "executor local (1 worker(s)): 4 tasks" in r.stdout
+
+
+def test_select_connects_to_the_scheduler_named_in_the_config(tmp_path: Path) -> None:
+    pytest.importorskip("distributed")
+    end = int(time.time()) // 300 * 300
+    n = 3 * 288
+    with DaskExecutor(workers=2, memory_limit="300MiB") as cluster:
+        address = cluster.cluster.scheduler_address
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(yaml.safe_dump({"executor": {"kind": "dask", "address": address}, "targets": [
+            {"name": "daily", "source": {"type": "csv", "path": write_trace(tmp_path / "d.csv", end, _sine(n, end))},
+             "forecaster": {"name": "persistence", "history": "3d"}, "policy": {"capacity_per_replica": 5}}]}))
+        r = subprocess.run([sys.executable, "-m", "engine.cli", "select", "--config", str(cfg), "--candidate",
+                            "persistence", "--candidate", "seasonal_naive", "--folds", "2", "--json"],
+                           capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        assert doc["executor"] == {**doc["executor"], "kind": "dask", "workers": 2, "tasks": 4, "failed_tasks": 0}
+        assert doc["targets"][0]["choice"]["name"] == "seasonal_naive"
+        # the tasks ran on that cluster's workers
+        prefixes = cluster.client.run_on_scheduler(lambda dask_scheduler: sorted(map(str, dask_scheduler.task_prefixes)))
+        assert any(p.startswith("score_fold") for p in prefixes), prefixes
