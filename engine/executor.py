@@ -30,9 +30,10 @@ Failures come back as data, never as an exception out of :meth:`run`:
 - a task whose worker process dies (killed, out of memory) is rescheduled on
   another worker; after ``allowed_failures`` such deaths (Dask's
   ``distributed.scheduler.allowed-failures``) it comes back with
-  ``kind="lost"``. The local pool restarts itself the same way (every task
-  unfinished when a pool process died counts one death, as the pool cannot
-  tell which one killed it).
+  ``kind="lost"``. The local pool restarts itself the same way: every task
+  unfinished when a pool process died counts one death (the pool cannot
+  tell which one killed it), and one past the limit runs once more alone,
+  where dying makes it lost and finishing clears it.
 
 What a caller does with a failure is its own decision; where it feeds a
 decision the engine falls back to reactive for that target with the reason
@@ -204,45 +205,64 @@ class LocalExecutor(_Closing):
                     if settle(task, exc, res):
                         break
         else:
-            pending = list(tasks)
+            pending, suspects = list(tasks), []
             while pending:
-                if self._pool is None:
-                    self._pool = self._new_pool()
-                with _spawn_env(ONE_THREAD_ENV):  # the pool starts its processes on submit
-                    futures = {self._pool.submit(fn, *t.args): t for t in pending}
-                broken = False
-                again: list[Task] = []
-                again_keys: set[str] = set()
-                for fut in cf.as_completed(futures):
-                    task = futures[fut]
-                    try:
-                        res, exc = fut.result(), None
-                    except BrokenProcessPool:
-                        broken = True
-                        continue
-                    except Exception as e:  # noqa: BLE001
-                        res, exc = None, e
-                    if not settle(task, exc, res):
-                        again.append(task)
-                        again_keys.add(task.key)
-                if broken:  # a pool process died: every unfinished task counts one death
+                unsettled, broke = self._round(fn, pending, settle)
+                again = [t for t in pending if t.key in unsettled]
+                if broke:
                     lost_workers += 1
-                    self._pool.shutdown(wait=False, cancel_futures=True)
-                    self._pool = None
-                    for task in [t for t in pending if t.key not in out and t.key not in again_keys]:
+                    # the pool cannot tell which task killed it: each one
+                    # unfinished counts a death; one past the limit is run
+                    # alone below, where a death is its own
+                    for task in [t for t in again if unsettled[t.key] == "died"]:
                         deaths[task.key] += 1
                         if deaths[task.key] > self.allowed_failures:
-                            out[task.key] = TaskFailure(task.key, "lost",
-                                                        f"its worker process died {deaths[task.key]} times",
-                                                        errors[task.key] + deaths[task.key])
-                            if on_done:
-                                on_done()
-                        else:
-                            again.append(task)
+                            suspects.append(task)
+                    alone = {t.key for t in suspects}
+                    again = [t for t in again if t.key not in alone]
                 pending = again
+            for task in suspects:
+                while True:
+                    unsettled, broke = self._round(fn, [task], settle)
+                    if broke:
+                        lost_workers += 1
+                        out[task.key] = TaskFailure(task.key, "lost", f"its worker process died {deaths[task.key] + 1} "
+                                                    "times, the last time running it alone",
+                                                    errors[task.key] + deaths[task.key] + 1)
+                        if on_done:
+                            on_done()
+                    if not unsettled or broke:
+                        break
         self.stats = RunStats(len(tasks), sum(isinstance(v, TaskFailure) for v in out.values()),
                               time.perf_counter() - t0, lost_workers)
         return [out[t.key] for t in tasks]
+
+    def _round(self, fn: Callable[..., Any], tasks: Sequence[Task],
+               settle: Callable[..., bool]) -> tuple[dict[str, str], bool]:
+        """Submit ``tasks`` to the pool once. Returns the tasks not settled
+        (key -> "raised" or "died") and whether a pool process died."""
+        if self._pool is None:
+            self._pool = self._new_pool()
+        with _spawn_env(ONE_THREAD_ENV):  # the pool starts its processes on submit
+            futures = {self._pool.submit(fn, *t.args): t for t in tasks}
+        unsettled: dict[str, str] = {}
+        broke = False
+        for fut in cf.as_completed(futures):
+            task = futures[fut]
+            try:
+                res, exc = fut.result(), None
+            except BrokenProcessPool:
+                broke = True
+                unsettled[task.key] = "died"
+                continue
+            except Exception as e:  # noqa: BLE001 - a task's failure is data
+                res, exc = None, e
+            if not settle(task, exc, res):
+                unsettled[task.key] = "raised"
+        if broke:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        return unsettled, broke
 
     def close(self) -> None:
         if self._pool is not None:

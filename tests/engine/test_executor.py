@@ -142,3 +142,12 @@ def test_pool_processes_get_one_blas_thread_and_the_callers_environment_is_kept(
         got = ex.run(et.environ, [Task(f"e{i}", ("OMP_NUM_THREADS",)) for i in range(4)])
     assert got == ["1"] * 4
     assert "OMP_NUM_THREADS" not in os.environ
+
+
+def test_the_pool_blames_only_the_task_that_dies_when_run_alone() -> None:
+    # every pool death is charged to all unfinished tasks; with no deaths
+    # allowed, both tasks are run alone at once: only the killer is lost
+    with LocalExecutor(workers=2, allowed_failures=0) as ex:
+        results = ex.run(et.dispatch, [Task("doomed", ("always_die", 1)), Task("slow", ("square", 5, 0.5))])
+    assert results[0].kind == "lost" and "running it alone" in results[0].reason
+    assert results[1].value == 25
