@@ -742,13 +742,15 @@ def _executor_config(cfg: Any, args: argparse.Namespace) -> Any:
     from pydantic import ValidationError
 
     over: dict[str, Any] = {}
+    if args.address is not None and args.executor == "local":
+        raise ConfigError("--address is a Dask scheduler's: give it with --executor dask (or alone)")
     if args.executor:
         over["kind"] = args.executor
         if args.executor != cfg.executor.kind:  # a different kind: none of the file's placement applies
             over.update(address=None, local_cluster=False, workers=None)
-    if args.address:
+    if args.address is not None:
         over.update(address=args.address, local_cluster=False, kind="dask")
-    if args.workers:
+    if args.workers is not None:
         over["workers"] = args.workers
     merged = {**cfg.executor.model_dump(), **over}
     if merged["kind"] == "dask" and merged["address"] is None:
@@ -757,7 +759,22 @@ def _executor_config(cfg: Any, args: argparse.Namespace) -> Any:
         return ExecutorConfig.model_validate(merged)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise ConfigError(f"executor (config and --executor/--workers/--address): {first['msg']}") from None
+        field = ".".join(["executor", *map(str, first["loc"])])
+        raise ConfigError(f"{field} (the config with --executor/--workers/--address): "
+                          f"{first['msg'].removeprefix('Value error, ')}") from None
+
+
+def _on_executor(ex_cfg: Any, total: int, desc: str, quiet: bool, work: Any) -> tuple[Any, Any, int]:
+    """``work(executor, on_done)`` on the executor ``ex_cfg`` names, with a
+    progress bar of ``total`` tasks; with nothing to do, no executor is
+    started. Returns the work's result, the run's stats and the worker count."""
+    from .executor import LocalExecutor, RunStats, open_executor
+    from .progress import progress
+
+    if total == 0:
+        return work(LocalExecutor(workers=1), None), RunStats(), 0
+    with open_executor(ex_cfg) as ex, progress(total, desc, quiet) as bar:
+        return work(ex, bar.update), ex.stats, ex.workers
 
 
 def _when(args: argparse.Namespace):
@@ -774,18 +791,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
     """Fit every target's configured forecaster on the executor and save the
     models as checkpoints, so the daemon starts from them."""
     from .config import load_config
-    from .executor import open_executor
     from .fits import FittedModel, fit_jobs_for, fit_models, save_checkpoint
-    from .progress import progress
 
     cfg = load_config(args.config)
     targets = [cfg.target(n) for n in args.target] if args.target else list(cfg.targets)
     now = _when(args)
     jobs, skipped = fit_jobs_for(cfg, targets, now)
     ex_cfg = _executor_config(cfg, args)
-    with open_executor(ex_cfg) as ex, progress(len(jobs), "fit: series", args.quiet or args.json) as bar:
-        fitted = fit_models(jobs, ex, on_done=bar.update)
-        stats, workers = ex.stats, ex.workers
+    fitted, stats, workers = _on_executor(ex_cfg, len(jobs), "fit: series", args.quiet or args.json,
+                                          lambda ex, done: fit_models(jobs, ex, on_done=done))
     state = str(cfg.state_path)
     rows: dict[str, dict[str, Any]] = {}
     for t in targets:
@@ -819,8 +833,6 @@ def cmd_select(args: argparse.Namespace) -> int:
     spread over the executor; print the choices, optionally write a config
     that uses them."""
     from .config import load_config
-    from .executor import open_executor
-    from .progress import progress
     from .selection import jobs_for, select_models, write_config
 
     cfg = load_config(args.config)
@@ -829,9 +841,9 @@ def cmd_select(args: argparse.Namespace) -> int:
     jobs, results = jobs_for(cfg, targets, now, folds=args.folds, names=args.candidate or ())
     ex_cfg = _executor_config(cfg, args)
     total = sum(len(j.params.candidates) * args.folds for j in jobs)
-    with open_executor(ex_cfg) as ex, progress(total, "select: backtest tasks", args.quiet or args.json) as bar:
-        results.update(select_models(jobs, ex, on_done=bar.update))
-        stats, workers = ex.stats, ex.workers
+    chosen, stats, workers = _on_executor(ex_cfg, total, "select: backtest tasks", args.quiet or args.json,
+                                          lambda ex, done: select_models(jobs, ex, on_done=done))
+    results.update(chosen)
     selections = {t.name: results[t.name] for t in targets}
     changed = write_config(Path(args.config), Path(args.write_config), selections) if args.write_config else []
     failed = [s for s in selections.values() if not s.ok]

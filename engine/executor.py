@@ -300,7 +300,7 @@ class DaskExecutor(_Closing):
         else:
             try:
                 self.client = Client(address, timeout=connect_timeout)
-            except (OSError, TimeoutError) as exc:
+            except Exception as exc:  # noqa: BLE001 - refused, timed out, or not a Dask scheduler at all
                 raise ConfigError(f"cannot reach the Dask scheduler at {address}: {_reason(exc)}",
                                   "executor.address") from None
         self.workers = len(self.client.scheduler_info(n_workers=-1)["workers"])

@@ -85,7 +85,6 @@ class Selection:
                 "scores": {k: round(v, 6) for k, v in self.scores.items()},
                 "skipped": dict(self.skipped), "folds": self.folds, "origins": self.origins,
                 "task_seconds": round(self.task_seconds, 3),
-                **({"error": self.error} if self.error else {}),
                 **({} if self.ok else {"reason": self.reason})}
 
 

@@ -176,3 +176,19 @@ def test_select_connects_to_the_scheduler_named_in_the_config(tmp_path: Path) ->
         # the tasks ran on that cluster's workers
         prefixes = cluster.client.run_on_scheduler(lambda dask_scheduler: sorted(map(str, dask_scheduler.task_prefixes)))
         assert any(p.startswith("score_fold") for p in prefixes), prefixes
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--workers", "0"], "executor.workers (the config with --executor/--workers/--address): Input should be "
+                         "greater than or equal to 1"),
+    (["--executor", "local", "--address", "tcp://127.0.0.1:9"], "--address is a Dask scheduler's"),
+    (["--address", "http://127.0.0.1:9"], "executor.address"),
+])
+def test_bad_executor_flags_are_one_clear_error(tmp_path: Path, capsys, flags, message) -> None:
+    from engine.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"targets": [{"name": "t", "source": {"type": "csv", "path": "x.csv"},
+                                                "policy": {"capacity_per_replica": 1}}]}))
+    assert main(["select", "--config", str(cfg), *flags]) == 2
+    assert message in capsys.readouterr().err
