@@ -49,7 +49,7 @@ import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Literal, Protocol, Sequence
 
 from .core.errors import ConfigError, PluginError
