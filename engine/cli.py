@@ -777,6 +777,11 @@ def _on_executor(ex_cfg: Any, total: int, desc: str, quiet: bool, work: Any) -> 
         return work(ex, bar.update), ex.stats, ex.workers
 
 
+def _executor_json(ex_cfg: Any, workers: int, stats: Any) -> dict[str, Any]:
+    return {"kind": ex_cfg.kind, "workers": workers, "tasks": stats.tasks, "failed_tasks": stats.failed,
+            "seconds": round(stats.seconds, 3)}
+
+
 def _when(args: argparse.Namespace):
     from .core.clock import SystemClock
     from .core.units import parse_time
@@ -815,8 +820,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             rows[t.name] = {"skipped": skipped[t.name]}
     failed = any("error" in r for r in rows.values())
     if args.json:
-        _print_json({"executor": {"kind": ex_cfg.kind, "workers": workers, "tasks": stats.tasks,
-                                  "failed_tasks": stats.failed, "seconds": round(stats.seconds, 3)},
+        _print_json({"executor": _executor_json(ex_cfg, workers, stats),
                      "state": state, "targets": rows})
         return EXIT_FAILURE if failed else 0
     for name, r in rows.items():
@@ -848,8 +852,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     changed = write_config(Path(args.config), Path(args.write_config), selections) if args.write_config else []
     failed = [s for s in selections.values() if not s.ok]
     if args.json:
-        _print_json({"executor": {"kind": ex_cfg.kind, "workers": workers, "tasks": stats.tasks,
-                                  "failed_tasks": stats.failed, "seconds": round(stats.seconds, 3)},
+        _print_json({"executor": _executor_json(ex_cfg, workers, stats),
                      "targets": [s.to_json() for s in selections.values()],
                      **({"written": {"path": args.write_config, "targets": changed}} if args.write_config else {})})
         return EXIT_FAILURE if failed else 0
