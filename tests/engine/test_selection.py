@@ -192,3 +192,23 @@ def test_bad_executor_flags_are_one_clear_error(tmp_path: Path, capsys, flags, m
                                                 "policy": {"capacity_per_replica": 1}}]}))
     assert main(["select", "--config", str(cfg), *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_auto_target_is_scored_over_its_own_candidates_and_a_plain_one_keeps_its_model_first() -> None:
+    from engine.config import parse_config
+    from engine.selection import auto_params_for
+
+    cfg = parse_config({"targets": [
+        {"name": "a", "source": {"type": "csv", "path": "x.csv"}, "policy": {"capacity_per_replica": 1},
+         "forecaster": {"name": "auto", "params": {"horizon_steps": 5, "candidates": [{"name": "persistence"},
+                                                                                     {"name": "seasonal_naive"}]}}},
+        {"name": "p", "source": {"type": "csv", "path": "x.csv"},
+         "policy": {"capacity_per_replica": 1, "lead_time": "20m", "hold": "5m"},
+         "forecaster": {"name": "seasonal_naive", "params": {"season": "weekly"}}}]})
+    auto = auto_params_for(cfg.target("a"))
+    assert [c.name for c in auto.candidates] == ["persistence", "seasonal_naive"] and auto.horizon_steps == 5
+    assert [c.name for c in auto_params_for(cfg.target("a"), ["holt_winters"]).candidates] == ["holt_winters"]
+    plain = auto_params_for(cfg.target("p"))
+    assert plain.candidates[0] == Candidate(name="seasonal_naive", params={"season": "weekly"})
+    assert [c.name for c in plain.candidates[1:]] == ["seasonal_persistence", "persistence", "holt_winters"]
+    assert plain.horizon_steps == cfg.target("p").horizon_steps == 5
