@@ -303,6 +303,12 @@ class DaskExecutor(_Closing):
             except Exception as exc:  # noqa: BLE001 - refused, timed out, or not a Dask scheduler at all
                 raise ConfigError(f"cannot reach the Dask scheduler at {address}: {_reason(exc)}",
                                   "executor.address") from None
+            try:  # tasks given to a scheduler without workers would wait for ever
+                self.client.wait_for_workers(1, timeout=connect_timeout)
+            except TimeoutError:
+                self.client.close()
+                raise ConfigError(f"the Dask scheduler at {address} has no workers (waited "
+                                  f"{connect_timeout:g} s)", "executor.address") from None
         self.workers = len(self.client.scheduler_info(n_workers=-1)["workers"])
 
     def share(self, value: Any) -> Any:

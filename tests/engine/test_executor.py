@@ -151,3 +151,12 @@ def test_the_pool_blames_only_the_task_that_dies_when_run_alone() -> None:
         results = ex.run(et.dispatch, [Task("doomed", ("always_die", 1)), Task("slow", ("square", 5, 0.5))])
     assert results[0].kind == "lost" and "running it alone" in results[0].reason
     assert results[1].value == 25
+
+
+def test_a_scheduler_without_workers_is_one_clear_error_not_a_hang() -> None:
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=0, processes=True, host="127.0.0.1", dashboard_address=None) as cluster:
+        cfg = ExecutorConfig(kind="dask", address=cluster.scheduler_address, connect_timeout="1s")
+        with pytest.raises(ConfigError, match="has no workers"):
+            open_executor(cfg)
