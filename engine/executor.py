@@ -294,8 +294,11 @@ class DaskExecutor(_Closing):
             with dask.config.set({"distributed.scheduler.allowed-failures": allowed_failures}):
                 self.cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1,
                                             threads_per_worker=threads_per_worker, processes=True,
-                                            host="127.0.0.1", dashboard_address=None,
-                                            memory_limit=memory_limit, silence_logs=logging.CRITICAL)
+                                            host="127.0.0.1", memory_limit=memory_limit,
+                                            silence_logs=logging.CRITICAL,
+                                            # no dashboard; the scheduler's HTTP server (health,
+                                            # metrics) always starts: on a free loopback port, not 8787
+                                            dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": False})
             self.client = Client(self.cluster, timeout=connect_timeout)
         else:
             try:

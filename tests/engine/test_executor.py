@@ -106,6 +106,16 @@ def test_in_process_executor_retries_and_fails_alike() -> None:
     assert results[1] == TaskFailure("b", "error", "ValueError: no square for 1 today", 2)
 
 
+def test_the_local_cluster_serves_no_dashboard(dask_ex) -> None:
+    import urllib.error
+    import urllib.request
+
+    port = dask_ex.cluster.scheduler.http_server.port
+    assert port != 8787
+    with pytest.raises(urllib.error.HTTPError, match="404"):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5)
+
+
 def test_task_keys_must_be_unique() -> None:
     with pytest.raises(ValueError, match="unique"):
         LocalExecutor(workers=1).run(et.square, [Task("a", (1,)), Task("a", (2,))])
@@ -156,7 +166,8 @@ def test_the_pool_blames_only_the_task_that_dies_when_run_alone() -> None:
 def test_a_scheduler_without_workers_is_one_clear_error_not_a_hang() -> None:
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=0, processes=True, host="127.0.0.1", dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=0, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                      scheduler_kwargs={"dashboard": False}) as cluster:
         cfg = ExecutorConfig(kind="dask", address=cluster.scheduler_address, connect_timeout="1s")
         with pytest.raises(ConfigError, match="has no workers"):
             open_executor(cfg)
