@@ -78,6 +78,19 @@ LEARNED = ("lstm_global", "lstm_global_pooled")
 #: the per-series LSTM (``lstm``) is trained for the next hour only (its
 #: default horizon, 12 steps): scored at 10 min to 1 h
 MODELS = BUILTIN + STATSFORECAST + ("prophet", "lstm") + LEARNED
+#: the models run with ``--calibrate`` also as ``<name>+cal``: the engine's
+#: conformal calibration (engine.calibration) on their forecasts (Prophet,
+#: fitted afresh at a few origins, and the per-series LSTM, retrained at
+#: each refit, are too slow for the calibration origins)
+CALIBRATED = BUILTIN + STATSFORECAST + LEARNED
+CAL = "+cal"
+ALL_MODELS = MODELS + tuple(m + CAL for m in CALIBRATED)
+#: ``--blend``: ``lstm_global`` averaged with ``seasonal_naive`` (the
+#: ``blend`` forecaster) at these weights of the LSTM, stored as
+#: ``lstm_global~<w>``; the weight per horizon is chosen on the tuning traces
+#: by pinball loss (1: the LSTM alone, 0: the seasonal naive alone)
+BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+BASELINES = BUILTIN + STATSFORECAST + ("prophet",)
 #: parameters of the benchmark's models (defaults otherwise)
 PARAMS: dict[str, dict] = {"prophet": {"uncertainty_samples": 200}}
 
@@ -138,6 +151,12 @@ class Evaluation:
         self.H = max(self.hsteps)
         last = n - 1 - self.H
         self.origins = np.unique(np.linspace(self.test_start - 1, last, args.origins).round().astype(np.int64))
+        # --calibrate: forecasts every --cal-every-min from --cal-days before
+        # the test period on, whose pairs (once their actuals are in) calibrate
+        # the forecasts at the test origins
+        every = max(1, int(args.cal_every_min * 60 // self.step))
+        first = self.test_start - 1 - int(args.cal_days * self.S)
+        self.cal_origins = np.arange(max(first, self.S), last + 1, every, dtype=np.int64)
         self.train = s[: self.test_start]
         y = self.train.values[-MIN_DAYS * self.S:]
         self.scale = float(np.nanmean(np.abs(y[self.S:] - y[: -self.S])))
@@ -176,18 +195,52 @@ def make(name: str):
     return forecasters.create(name, PARAMS.get(name, {}))
 
 
-def run_model(ev: Evaluation, name: str, args) -> dict:
+class _Scored:
+    """The forecasts at the test origins, for :meth:`Evaluation.score`."""
+
+    def __init__(self, ev: Evaluation, origins: np.ndarray) -> None:
+        self.origins = origins
+        self.fcs = {q: np.full((origins.size, ev.H), np.nan) for q in LEVELS}
+        self.point = np.full((origins.size, ev.H), np.nan)
+
+    def put(self, i: int, fc, reach: int) -> None:
+        self.point[i, :reach] = fc.point[:reach]
+        for q in LEVELS:
+            self.fcs[q][i, :reach] = fc.quantiles[q][:reach]
+
+
+def calibrator(ev: Evaluation, args):
+    """The engine's conformal calibration, as ``forecaster.calibration``
+    configures it (``--cal-window-days``, ``--cal-min-samples``)."""
+    from engine.calibration import QuantileCalibrator
+
+    return QuantileCalibrator(LEVELS, ev.step, timedelta(days=args.cal_window_days), args.cal_min_samples)
+
+
+def _timeline(ev: Evaluation, origins: np.ndarray, calibrate: bool) -> tuple[np.ndarray, dict[int, int]]:
+    """Every origin forecast from (the test ``origins``, and with
+    ``calibrate`` the calibration origins), and each test origin's row."""
+    every = np.union1d(origins, ev.cal_origins) if calibrate else origins
+    return every, {int(o): i for i, o in enumerate(origins)}
+
+
+def run_model(ev: Evaluation, name: str, args, calibrate: bool = False) -> dict[str, dict]:
+    """``name``'s scores (and with ``calibrate`` also ``name+cal``'s: the same
+    forecasts through the engine's conformal calibration, fed at every origin
+    with the pairs whose actuals are in by then)."""
     s = ev.s
     origins = ev.origins
     if name == "prophet" and args.prophet_origins < origins.size:
         origins = origins[np.linspace(0, origins.size - 1, args.prophet_origins).round().astype(int)]
+        calibrate = False
     refit = 0 if name == "prophet" else int(args.refit_hours * 3600 // ev.step)
     reach = min(ev.H, 12) if name == "lstm" else ev.H  # steps forecast
-    fcs = {q: np.full((origins.size, ev.H), np.nan) for q in LEVELS}
-    point = np.full((origins.size, ev.H), np.nan)
+    raw, cal = _Scored(ev, origins), _Scored(ev, origins)
+    every, rows = _timeline(ev, origins, calibrate)
+    cb = calibrator(ev, args) if calibrate else None
     fit_s, pred_s, fits = 0.0, 0.0, 0
     model, fitted_at = None, None
-    for i, o in enumerate(origins):
+    for o in every:
         hist = s[: o + 1]
         now = from_epoch(int(s.timestamps[o]))
         if model is None or o - fitted_at >= refit:
@@ -202,26 +255,39 @@ def run_model(ev: Evaluation, name: str, args) -> dict:
         t = time.perf_counter()
         fc = model.predict(now, reach, LEVELS)
         pred_s += time.perf_counter() - t
-        point[i, :reach] = fc.point
-        for q in LEVELS:
-            fcs[q][i, :reach] = fc.quantiles[q]
-    return {"horizons": ev.score(origins, fcs, point), "fit_s": fit_s, "fits": fits,
-            "predict_ms": 1000 * pred_s / max(origins.size, 1), "origins": int(origins.size)}
+        i = rows.get(int(o))
+        if i is not None:
+            raw.put(i, fc, reach)
+        if cb is not None:
+            fcal = cb.calibrate(hist, fc)
+            if i is not None:
+                cal.put(i, fcal, reach)
+    meta = {"fit_s": fit_s, "fits": fits, "predict_ms": 1000 * pred_s / max(every.size, 1),
+            "origins": int(origins.size), "forecast_origins": int(every.size)}
+    out = {name: {"horizons": ev.score(origins, raw.fcs, raw.point), **meta}}
+    if cb is not None:
+        out[name + CAL] = {"horizons": ev.score(origins, cal.fcs, cal.point), **meta}
+    return out
 
 
-def run_global(ev: Evaluation, g, args) -> dict[str, dict]:
+def run_global(ev: Evaluation, g, args, calibrate: bool = False) -> dict[str, dict]:
     """``lstm_global`` (calibrated on the trace's own errors up to the
-    origin, recalibrated every ``--refit-hours``) and ``lstm_global_pooled``."""
+    origin, recalibrated every ``--refit-hours``) and ``lstm_global_pooled``;
+    with ``calibrate`` also each through the engine's conformal calibration
+    (``+cal``), as :func:`run_model`."""
     s = ev.s
     out: dict[str, dict] = {}
+    every, rows = _timeline(ev, ev.origins, calibrate)
+    blends = {w: _Scored(ev, ev.origins) for w in BLEND_WEIGHTS} if args.blend else {}
+    sn = None
     for name in ("lstm_global", "lstm_global_pooled"):
-        fcs = {q: np.full((ev.origins.size, ev.H), np.nan) for q in LEVELS}
-        point = np.full((ev.origins.size, ev.H), np.nan)
+        raw, cal = _Scored(ev, ev.origins), _Scored(ev, ev.origins)
+        cb = calibrator(ev, args) if calibrate else None
         cal_s, pred_s, calibrated_at = 0.0, 0.0, None
         refit = int(args.refit_hours * 3600 // ev.step)
         key = s.name if name == "lstm_global" else f"{s.name}#pooled"
         g._series_offsets.pop(key, None)
-        for i, o in enumerate(ev.origins):
+        for o in every:
             hist = s[: o + 1]
             if name == "lstm_global" and (calibrated_at is None or o - calibrated_at >= refit):
                 t = time.perf_counter()
@@ -231,11 +297,60 @@ def run_global(ev: Evaluation, g, args) -> dict[str, dict]:
             t = time.perf_counter()
             fc = g.predict_many({key: hist}, from_epoch(int(s.timestamps[o])), ev.H, LEVELS)[key]
             pred_s += time.perf_counter() - t
-            point[i] = fc.point
-            for q in LEVELS:
-                fcs[q][i] = fc.quantiles[q]
-        out[name] = {"horizons": ev.score(ev.origins, fcs, point), "fit_s": cal_s, "fits": 0,
-                     "predict_ms": 1000 * pred_s / max(ev.origins.size, 1), "origins": int(ev.origins.size)}
+            i = rows.get(int(o))
+            if i is not None:
+                raw.put(i, fc, ev.H)
+            if cb is not None:
+                fcal = cb.calibrate(hist, fc)
+                if i is not None:
+                    cal.put(i, fcal, ev.H)
+            if blends and name == "lstm_global" and i is not None:
+                if sn is None:
+                    sn = make("seasonal_naive")
+                    sn.fit(hist)
+                else:
+                    sn.update(hist)
+                fs = sn.predict(from_epoch(int(s.timestamps[o])), ev.H, LEVELS)
+                for w, acc in blends.items():
+                    acc.point[i] = w * fc.point + (1 - w) * fs.point
+                    for q in LEVELS:
+                        acc.fcs[q][i] = w * fc.quantiles[q] + (1 - w) * fs.quantiles[q]
+        meta = {"fit_s": cal_s, "fits": 0, "predict_ms": 1000 * pred_s / max(every.size, 1),
+                "origins": int(ev.origins.size), "forecast_origins": int(every.size)}
+        out[name] = {"horizons": ev.score(ev.origins, raw.fcs, raw.point), **meta}
+        if cb is not None:
+            out[name + CAL] = {"horizons": ev.score(ev.origins, cal.fcs, cal.point), **meta}
+    for w, acc in blends.items():
+        out[f"lstm_global~{w}"] = {"horizons": ev.score(ev.origins, acc.fcs, acc.point), "fit_s": 0.0, "fits": 0,
+                                   "predict_ms": 0.0, "origins": int(ev.origins.size)}
+    return out
+
+
+def blend_study(results: dict, held: set[str]) -> dict:
+    """Per horizon: the weight of ``lstm_global`` against ``seasonal_naive``
+    with the lowest geometric-mean pinball on the tuning traces, and what it
+    scores on both parts next to the best baseline of each."""
+    out: dict = {}
+    for m in map(str, HORIZONS_MIN):
+        def gm(model: str, part: str, metric: str = "pinball") -> float | None:
+            return _gmean([r[model]["horizons"][m][metric] for n, r in results.items()
+                           if (n in held) == (part == "held_out") and model in r
+                           and m in r[model].get("horizons", {})])
+
+        tuned = {w: gm(f"lstm_global~{w}", "tuning") for w in BLEND_WEIGHTS}
+        tuned = {w: v for w, v in tuned.items() if v is not None}
+        if not tuned:
+            continue
+        w = min(tuned, key=lambda k: (tuned[k], -k))
+        row: dict = {"weight": w, "tuning_pinball_by_weight": tuned}
+        for part in ("tuning", "held_out"):
+            base = {b: gm(b, part) for b in BASELINES}
+            base = {b: v for b, v in base.items() if v is not None}
+            best = min(base, key=base.get) if base else None
+            row[part] = {"pinball": gm(f"lstm_global~{w}", part), "mase": gm(f"lstm_global~{w}", part, "mase"),
+                         "lstm_global_pinball": gm("lstm_global", part), "best_baseline": best,
+                         "best_baseline_pinball": base.get(best) if best else None}
+        out[m] = row
     return out
 
 
@@ -299,7 +414,7 @@ def summarize(results: dict, held: set[str]) -> dict:
                 return {n: results[n][model]["horizons"][m][metric] for n in names
                         if model in results[n] and m in results[n][model].get("horizons", {})}
 
-            models = [x for x in MODELS if vals(x, "mase")]
+            models = [x for x in ALL_MODELS if vals(x, "mase")]
             g = {x: {"mase": _gmean(vals(x, "mase").values()), "pinball": _gmean(vals(x, "pinball").values())}
                  for x in models}
             sf = [x for x in STATSFORECAST if x in g and g[x]["mase"] is not None]
@@ -362,9 +477,54 @@ def markdown(doc: dict) -> str:
                     f"| {r.get('pinball_wins_vs_best_statsforecast', '-')} | "
                     + " | ".join(_f(r["coverage"][str(q)], 2) for q in LEVELS) + " |")
             lines.append("")
+    if doc.get("blend"):
+        lines += ["## Blend of lstm_global and seasonal_naive (weight chosen on the tuning traces)", "",
+                  "The LSTM's weight per horizon minimizes the geometric-mean pinball over the tuning traces "
+                  f"(grid {', '.join(map(str, BLEND_WEIGHTS))}); the held-out traces only report it.", "",
+                  "| horizon | weight | tuning pinball (lstm_global) | tuning best baseline | held-out pinball "
+                  "(lstm_global) | held-out best baseline | held-out MASE |", "|---|---:|---|---|---|---|---:|"]
+        for m in HORIZONS_MIN:
+            r = doc["blend"].get(str(m))
+            if not r:
+                continue
+            t, h = r["tuning"], r["held_out"]
+            lines.append(f"| {_hname(m)} | {r['weight']} | {_f(t['pinball'])} ({_f(t['lstm_global_pinball'])}) "
+                         f"| {_f(t['best_baseline_pinball'])} ({t['best_baseline']}) "
+                         f"| {_f(h['pinball'])} ({_f(h['lstm_global_pinball'])}) "
+                         f"| {_f(h['best_baseline_pinball'])} ({h['best_baseline']}) | {_f(h['mase'])} |")
+        lines.append("")
+    cal_models = [x for x in CALIBRATED if any(x + CAL in r for r in results.values())]
+    if cal_models:
+        lines += ["## Conformal calibration: before -> after", "",
+                  "Median realized coverage over the part's traces per level, and the geometric-mean pinball, "
+                  "of each model's forecasts as they are and through the engine's conformal calibration "
+                  "(`+cal`; the point, and so MASE, is unchanged). `max |dev|`: the largest distance of a "
+                  "level's median coverage from nominal.", ""]
+        for part in ("held_out", "tuning"):
+            ps = summary[part]
+            lines += [f"### {part.replace('_', '-')}", "",
+                      "| model | horizon | coverage " + " / ".join(map(str, LEVELS)) + " | max \\|dev\\| "
+                      "| pinball | -> coverage +cal | max \\|dev\\| +cal | pinball +cal |",
+                      "|---|---|---|---:|---:|---|---:|---:|"]
+            for x in cal_models:
+                for m in HORIZONS_MIN:
+                    rows = ps["horizons"].get(str(m), {}).get("models", {})
+                    a, b = rows.get(x), rows.get(x + CAL)
+                    if not a or not b:
+                        continue
+
+                    def cov(r):
+                        return " / ".join(_f(r["coverage"][str(q)], 2) for q in LEVELS)
+
+                    def dev(r):
+                        return max(abs(r["coverage"][str(q)] - q) for q in LEVELS)
+
+                    lines.append(f"| {x} | {_hname(m)} | {cov(a)} | {dev(a):.2f} | {_f(a['pinball'])} "
+                                 f"| {cov(b)} | {dev(b):.2f} | {_f(b['pinball'])} |")
+            lines.append("")
     lines += ["## Per trace", "", "MASE / pinball (both scaled by the trace's seasonal-naive MAE) per horizon; "
               "`*` marks a held-out trace, `~0` a trace whose actuals come near zero (no MAPE).", ""]
-    models = [x for x in MODELS if any(x in r for r in results.values())]
+    models = [x for x in ALL_MODELS if any(x in r for r in results.values())]
     for m in HORIZONS_MIN:
         lines += [f"### {_hname(m)}", "", "| trace | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
         for n, r in results.items():
@@ -392,6 +552,8 @@ def markdown(doc: dict) -> str:
 def write(doc: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     doc["summary"] = summarize(doc["results"], set(doc["held_out"]))
+    if any("lstm_global~1.0" in r for r in doc["results"].values()):
+        doc["blend"] = blend_study(doc["results"], set(doc["held_out"]))
     (out / "accuracy.json").write_text(json.dumps(doc, indent=1, sort_keys=True))
     (out / "accuracy.md").write_text(markdown(doc))
 
@@ -414,6 +576,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse-model", action="store_true", help="load --model instead of training it")
     ap.add_argument("--merge", action="store_true",
                     help="keep the other models' results of the last run in --out (same traces and origins)")
+    ap.add_argument("--calibrate", action="store_true",
+                    help=f"also score {', '.join(CALIBRATED)} through the engine's conformal calibration (+cal)")
+    ap.add_argument("--cal-days", type=float, default=3.0,
+                    help="calibration origins start this long before the test period")
+    ap.add_argument("--cal-every-min", type=float, default=60.0, help="minutes between calibration origins")
+    ap.add_argument("--cal-window-days", type=float, default=3.0, help="calibration.window")
+    ap.add_argument("--cal-min-samples", type=int, default=24, help="calibration.min_samples")
+    ap.add_argument("--blend", action="store_true",
+                    help="also lstm_global averaged with seasonal_naive at the weights "
+                         f"{', '.join(map(str, BLEND_WEIGHTS))} (the weight per horizon chosen on the tuning traces)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     args.model = args.model or args.out / "lstm_global.pt"
@@ -471,10 +643,11 @@ def main(argv: list[str] | None = None) -> int:
             if model in LEARNED:
                 if not r.get("_learned_done"):
                     r["_learned_done"] = True
-                    r.update({k: v for k, v in run_global(ev, g, args).items() if k in models})
+                    r.update({k: v for k, v in run_global(ev, g, args, args.calibrate).items()
+                              if k.removesuffix(CAL).split("~")[0] in models})
                 continue
             try:
-                r[model] = run_model(ev, model, args)
+                r.update(run_model(ev, model, args, args.calibrate and model in CALIBRATED))
             except Exception as exc:  # one model's failure must not end the run
                 doc["errors"][f"{name}/{model}"] = f"{type(exc).__name__}: {exc}"
         r.pop("_learned_done", None)

@@ -38,21 +38,8 @@ from .config import Config, TargetConfig, load_config
 from .core.types import Forecast
 from .core.units import from_epoch, parse_duration
 from .metrics import export_horizons
-from .store import Store
-
-
-class ReadOnlyStore(Store):
-    """The store's queries over a read-only connection: the API never writes
-    and never creates a state file."""
-
-    def __init__(self, path: str | Path) -> None:  # noqa: D107 - no schema setup: read only
-        self.path = str(path)
-        self._lock_fd = None
-        if not Path(self.path).exists():
-            raise sqlite3.OperationalError(f"no state file {self.path} yet")
-        self.db = sqlite3.connect(f"file:{Path(self.path).resolve()}?mode=ro", uri=True, timeout=5.0,
-                                  check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
+from .core.errors import StateError
+from .store import ReadOnlyStore, Store, open_store
 
 
 class TargetsView:
@@ -71,8 +58,8 @@ class TargetsView:
     def config(self) -> Config:
         return self._config()
 
-    def store(self) -> ReadOnlyStore:
-        return ReadOnlyStore(self.config.state_path)
+    def store(self) -> Store:
+        return open_store(self.config, read_only=True)
 
 
 class _Error(Exception):
@@ -152,7 +139,7 @@ def api_routes(view: TargetsView) -> list[BaseRoute]:
                 return JSONResponse(_clean(fn(request)))
             except _Error as exc:
                 return JSONResponse({"error": str(exc)}, exc.status)
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, StateError) as exc:
                 return JSONResponse({"error": f"state file not readable: {exc}"}, 503)
         return endpoint
 
@@ -271,7 +258,9 @@ OPENAPI: dict[str, Any] = {
         "Step": {"type": "object", "required": ["name", "value", "reason", "message", "changed"],
                  "properties": {"name": {"type": "string"}, "value": {"type": ["number", "null"]},
                                 "reason": {"type": "string"}, "message": {"type": "string"},
-                                "changed": {"type": "boolean"}}},
+                                "changed": {"type": "boolean"},
+                                "resource": {"type": "string", "description": "a target with several "
+                                             "resources: the one this step sized (absent otherwise)"}}},
         "Decision": {"type": "object",
                      "required": ["id", "target", "at", "current", "desired", "recommendation", "action",
                                   "fallback", "steps", "mode", "status"],

@@ -152,7 +152,7 @@ def append(db: sqlite3.Connection, kind: str, payload: Mapping[str, Any], at: da
                " VALUES (?,?,?,?,?,?,?,?,?)",
                (seq, epoch, kind, decision_id, plan_id, text, prev, h, "hmac-sha256" if key else "sha256"))
     for did in rows or ():
-        db.execute("INSERT OR IGNORE INTO audit_rows(decision_id, seq) VALUES (?,?)", (did, seq))
+        db.execute("INSERT INTO audit_rows(decision_id, seq) VALUES (?,?) ON CONFLICT DO NOTHING", (did, seq))
     return seq
 
 
@@ -463,12 +463,22 @@ def config_digest(target: Any) -> str:
     return hashlib.sha256(target.model_dump_json().encode()).hexdigest()
 
 
-def decision_context(target: Any, history: Any | None, forecast: Any | None) -> dict[str, Any]:
+def decision_context(target: Any, history: Any | None, forecast: Any | None,
+                     resources: Mapping[str, tuple[Any | None, Any | None]] | None = None) -> dict[str, Any]:
     """What the audit record of a decision carries beyond the Decision: a
     digest of the inputs (the history the policy saw), a summary of the
-    forecast, and the config digest. The cycle passes this to
+    forecast, and the config digest; for a target with several resources
+    the same for each further one (``resources``: name -> (history,
+    forecast)), under ``resources``. The cycle passes this to
     ``Store.record_decision(context=...)``."""
-    ctx: dict[str, Any] = {"config_sha256": config_digest(target)}
+    ctx: dict[str, Any] = {"config_sha256": config_digest(target), **_signal_context(history, forecast)}
+    if resources:
+        ctx["resources"] = {name: _signal_context(h, f) for name, (h, f) in resources.items()}
+    return ctx
+
+
+def _signal_context(history: Any | None, forecast: Any | None) -> dict[str, Any]:
+    ctx: dict[str, Any] = {}
     if history is not None and len(history):
         h = hashlib.sha256()
         h.update(history.timestamps.tobytes())

@@ -181,6 +181,12 @@ def config_secrets(cfg: Any, environ: Mapping[str, str] | None = None) -> list[s
         if var and env.get(var):
             out.append(env[var])
     out += [env[v] for v in CLOUD_SECRET_ENV if env.get(v)]
+    state_url = getattr(cfg, "state_url", None)
+    if state_url:  # the PostgreSQL password: in the URL, the named variable, or libpq's own
+        from .db import url_password
+
+        out += [pw for pw in (url_password(state_url), env.get(cfg.state_password_env or ""),
+                              env.get("PGPASSWORD")) if pw]
     return out
 
 

@@ -49,7 +49,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -224,6 +224,20 @@ CALM_POLICY: dict[str, Any] = {
 DEFAULT_FORECASTER = ForecasterConfig(name="seasonal_persistence")
 
 
+@dataclass(frozen=True)
+class ResourceTrace:
+    """A further resource of a backtest (a target's ``resources``): its
+    demand, its capacity per replica (None: derived from its trace like the
+    target's), its target utilization (None: the scenario's) and its
+    forecaster (None: the target's)."""
+
+    name: str
+    series: Series
+    capacity_per_replica: float | None = None
+    target_utilization: float | None = None
+    forecaster: ForecasterConfig | None = None
+
+
 @dataclass
 class PolicyRun:
     name: str
@@ -242,11 +256,22 @@ class PolicyRun:
     actuation: dict[str, float] = field(default_factory=dict)
     #: load served each interval (after resize downtime)
     served: np.ndarray | None = None
+    #: several resources: each one's violations, unserved demand and
+    #: forecast accuracy, by name (the target's own first)
+    resource_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: several resources: each further one's forecast for interval t made at t - k
+    resource_forecasts: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    #: several resources: how many cycles each one set the size
+    sized_by: dict[str, int] = field(default_factory=dict)
 
     def report(self) -> dict[str, Any]:
         out: dict[str, Any] = {**self.metrics, **self.actuation}
         if self.fallback_reasons:
             out["fallback_reasons"] = dict(self.fallback_reasons)
+        if self.resource_metrics:
+            out["resources"] = {k: dict(v) for k, v in self.resource_metrics.items()}
+        if self.sized_by:
+            out["sized_by"] = dict(self.sized_by)
         return out
 
 
@@ -268,6 +293,13 @@ class Prepared:
     #: vertical: the ladder in the trace's units (capacities x scale)
     ladder: tuple[Rung, ...] | None = None
     notes: tuple[str, ...] = ()
+    #: several resources: the name of this trace's signal, and each further
+    #: resource prepared on the same grid (``need`` is then the largest
+    #: need over all of them, ``scored`` where every one has data)
+    resource: str = ""
+    resources: tuple["Prepared", ...] = ()
+    #: each further resource's capacity model as given (None: from its trace)
+    resource_traces: tuple["ResourceTrace", ...] = ()
 
     @property
     def vertical(self) -> bool:
@@ -343,6 +375,15 @@ class BacktestResult:
             vals = {**run.metrics, **run.actuation}
             lines.append(f"{name:<{width}}" + "".join(f"{_fmt(vals.get(c)):>{max(16, len(c) + 2)}}" for c in cols))
         p = self.runs.get(self.policy_name)
+        for name, run in self.runs.items():
+            if run.resource_metrics:
+                sized = f"; sized for {', '.join(f'{k} {v}' for k, v in run.sized_by.items())} cycles" \
+                    if run.sized_by else ""
+                lines.append(f"{name} by resource: " + "; ".join(
+                    f"{r} violations {_fmt(m.get('violation_fraction'))} unserved {_fmt(m.get('unserved_fraction'))}"
+                    + (f" mase {m['mase']:.3f} smape {m['smape']:.1f} % coverage {m['coverage']:.3f}"
+                       if "mase" in m else "")
+                    for r, m in run.resource_metrics.items()) + sized)
         if p and "mase" in p.metrics:
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(p.fallback_reasons.items())) or "none"
             lines.append(f"forecast ({self.forecaster}) at lead time: mase {p.metrics['mase']:.3f}, "
@@ -427,6 +468,24 @@ def evaluate(prep: Prepared, run: PolicyRun, *, downtime: bool = True) -> Policy
     run.served = served
     run.metrics = score_served(d, served, prep.weight(run.in_service), prep.weight(prep.need),
                                run.in_service, prep.scored)
+    if prep.resources:
+        # several resources: an interval is violated when any resource's
+        # demand exceeds what the capacity carries of it; unserved demand is
+        # the worst resource's share; cost and changes are the capacity's
+        short = (d > served + 1e-12)
+        run.resource_metrics = {prep.resource: {k: run.metrics[k] for k in ("violation_fraction",
+                                                                             "unserved_fraction")}}
+        for r in prep.resources:
+            dr = np.nan_to_num(r.series.values)
+            sr = with_downtime(r.served(run.in_service), run.in_service, r)[0] if downtime else \
+                r.served(run.in_service)
+            m = score_served(dr, sr, prep.weight(run.in_service), prep.weight(prep.need), run.in_service,
+                             prep.scored)
+            run.resource_metrics[r.resource] = {k: m[k] for k in ("violation_fraction", "unserved_fraction")}
+            short |= dr > sr + 1e-12
+        s = prep.scored
+        run.metrics["violation_fraction"] = float(np.mean(short[s])) if s.any() else float("nan")
+        run.metrics["unserved_fraction"] = max(m["unserved_fraction"] for m in run.resource_metrics.values())
     sc, s = prep.scenario, prep.scored
     days = scored_days(s, sc.interval)
     act: dict[str, float] = {"changes_per_day": run.metrics["actions"] / days if days > 0 else float("nan")}
@@ -502,14 +561,27 @@ def reactive_policy(scenario: Scenario) -> dict[str, Any]:
     }
 
 
-def _target(name: str, interval: timedelta, policy: PolicyConfig, forecaster: ForecasterConfig) -> TargetConfig:
+def _target(name: str, interval: timedelta, policy: PolicyConfig, forecaster: ForecasterConfig,
+            prep: Prepared | None = None) -> TargetConfig:
+    resources: dict[str, Any] = {}
+    for r, given in zip(prep.resources if prep is not None else (), prep.resource_traces if prep else ()):
+        resources[r.resource] = {"source": PluginSection(type="csv", path="-"),
+                                 "forecaster": given.forecaster, "capacity_per_replica": r.capacity_per_replica,
+                                 "target_utilization": given.target_utilization}
     return TargetConfig(name=name, interval=interval, mode="observe",
-                        source=PluginSection(type="csv", path="-"), forecaster=forecaster, policy=policy)
+                        source=PluginSection(type="csv", path="-"), forecaster=forecaster, policy=policy,
+                        resource=prep.resource if prep is not None and prep.resource else "demand",
+                        resources=resources)
 
 
 def simulate(runner: TargetRunner, series: Series, initial: int, k: int,
-             progress: Callable[[int, int, Any], None] | None = None) -> PolicyRun:
-    """Step ``runner`` through every interval of a regular ``series``."""
+             progress: Callable[[int, int, Any], None] | None = None,
+             resources: Mapping[str, Series] | None = None) -> PolicyRun:
+    """Step ``runner`` through every interval of a regular ``series`` (and
+    of each further resource's, on the same grid)."""
+    resources = resources or {}
+    rforecasts = {n: (np.full(len(series), np.nan), np.full(len(series), np.nan)) for n in resources}
+    sized_by: Counter[str] = Counter()
     n = len(series)
     ts, d = series.timestamps, series.values
     decided = np.empty(n, dtype=np.int64)
@@ -518,7 +590,6 @@ def simulate(runner: TargetRunner, series: Series, initial: int, k: int,
     fupper = np.full(n, np.nan)
     state = ScalingState(current=initial)
     lead_s = k * int(series.step().total_seconds()) if n > 1 else 0
-    q = runner.policy.margin.quantile
     fallbacks = 0
     reasons: Counter[str] = Counter()
     name, sname = runner.target.name, series.name
@@ -530,11 +601,21 @@ def simulate(runner: TargetRunner, series: Series, initial: int, k: int,
             decided[t] = state.current
             continue
         runner.feedback.observe(name, Series.view(ts[t:t + 1], d[t:t + 1], sname))
+        for rname, rs in resources.items():
+            rr = runner.resources[rname]
+            rr.feedback.observe(rr.target.name, rs[t:t + 1])
         now = from_epoch(ts[t])
         state = ScalingState(current=state.current, in_service=serving, recommendations=state.recommendations,
                              events=state.events, smoothed=state.smoothed)
-        out = runner.step(Series.view(ts[: t + 1], d[: t + 1], sname), state, now)
+        out = runner.step(Series.view(ts[: t + 1], d[: t + 1], sname), state, now,
+                          resources={rname: rs[: t + 1] for rname, rs in resources.items()})
         dec = out.decision
+        if "resource" in dec.extra:
+            sized_by[dec.extra["resource"]] += 1
+        for sig in out.signals[1:]:
+            if sig.forecast is not None and t + k < n:
+                at_lead(sig.forecast, ts[t] + lead_s, runner.resources[sig.resource].policy, sig.headroom,
+                        rforecasts[sig.resource], t + k)
         if dec.fallback:
             fallbacks += 1
             data = dec.step("data")
@@ -543,20 +624,31 @@ def simulate(runner: TargetRunner, series: Series, initial: int, k: int,
         decided[t] = dec.desired
         fc = out.forecast
         if fc is not None and t + k < n:
-            idx = np.flatnonzero(fc.timestamps == ts[t] + lead_s)
-            if idx.size:
-                i = int(idx[0])
-                fpoint[t + k] = fc.point[i]
-                if runner.policy.margin.conformal and out.state.headroom is not None:
-                    fupper[t + k] = fc.point[i] * (1 + max(0.0, out.state.headroom))
-                else:
-                    fupper[t + k] = fc.level(q)[i]
+            at_lead(fc, ts[t] + lead_s, runner.policy, out.state.headroom, (fpoint, fupper), t + k)
         if progress is not None:
             progress(t, n, dec)
     run = PolicyRun(runner.target.name, decided, in_service, forecast_point=fpoint, forecast_upper=fupper,
-                    fallbacks=fallbacks, fallback_reasons=dict(reasons))
+                    fallbacks=fallbacks, fallback_reasons=dict(reasons), resource_forecasts=rforecasts,
+                    sized_by=dict(sized_by))
     run.seconds = time.perf_counter() - t0
     return run
+
+
+def at_lead(fc: Any, t: int, policy: PolicyConfig, headroom: float | None,
+            into: tuple[np.ndarray, np.ndarray], i_out: int) -> None:
+    """Keep ``fc``'s point and upper band at time ``t`` (the lead time
+    ahead) in ``into`` at ``i_out``: the upper band is the conformal one
+    where the policy sizes from it, else the policy's quantile."""
+    idx = np.flatnonzero(fc.timestamps == t)
+    if not idx.size:
+        return
+    i = int(idx[0])
+    point, upper = into
+    point[i_out] = fc.point[i]
+    if policy.margin.conformal and headroom is not None:
+        upper[i_out] = fc.point[i] * (1 + max(0.0, headroom))
+    else:
+        upper[i_out] = fc.level(policy.margin.quantile)[i]
 
 
 def threshold_resizer(d: np.ndarray, prep: Prepared) -> PolicyRun:
@@ -640,6 +732,45 @@ def prepare(raw: Series, scenario: Scenario = Scenario(), trace: str = "") -> Pr
                     tuple(notes))
 
 
+def with_resources(prep: Prepared, resources: Sequence[ResourceTrace], resource: str = "demand") -> Prepared:
+    """``prep`` with further resources: each resampled onto its grid (a
+    missing interval is a gap) and sized like the trace (its capacity per
+    replica given or derived from its own 99th percentile, at its target
+    utilization); the need is the largest over every resource (what the
+    HPA does with several metrics), scored where every resource has data."""
+    if not resources:
+        return prep
+    sc = prep.scenario
+    if prep.vertical:
+        raise ConfigError("backtest: several resources are replayed on a horizontal scenario "
+                          "(capacity per replica); this one has a ladder")
+    names = [resource] + [r.name for r in resources]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"backtest: resource names must be unique, got {', '.join(names)}")
+    grid = prep.series.timestamps
+    parts, notes = [], list(prep.notes)
+    for r in resources:
+        reg = r.series.regular(sc.interval)
+        vals = np.full(grid.size, np.nan)
+        pos = np.searchsorted(grid, reg.timestamps)
+        ok = (pos < grid.size) & (grid[np.minimum(pos, grid.size - 1)] == reg.timestamps)
+        vals[pos[ok]] = reg.values[ok]
+        if not np.isfinite(vals).any():
+            raise DataError(f"resource {r.name}: no values in the trace's time range")
+        own = replace(sc, capacity_per_replica=r.capacity_per_replica,
+                      target_utilization=r.target_utilization or sc.target_utilization)
+        part = prepare(Series(grid, vals, r.name), own, r.name)
+        parts.append(replace(part, resource=r.name))
+        notes += [f"{r.name}: {n}" for n in part.notes]
+    need = np.maximum.reduce([prep.need, *(p.need for p in parts)])
+    scored = prep.scored.copy()
+    for p in parts:
+        scored &= ~np.isnan(p.series.values)
+    first = int(np.flatnonzero(~np.isnan(prep.series.values))[0])
+    return replace(prep, need=need, scored=scored, initial=int(need[first]), notes=tuple(notes),
+                   resource=resource, resources=tuple(parts), resource_traces=tuple(resources))
+
+
 def run_policy(prep: Prepared, name: str, policy: PolicyConfig | Mapping[str, Any], forecaster: ForecasterConfig,
                *, model: Forecaster | None = None,
                progress: Callable[[int, int, Any], None] | None = None) -> PolicyRun:
@@ -647,28 +778,48 @@ def run_policy(prep: Prepared, name: str, policy: PolicyConfig | Mapping[str, An
     forecaster instance to use instead of building one from ``forecaster``."""
     sc, series, d = prep.scenario, prep.series, prep.series.values
     config, _ = replay_policy(policy, prep)
-    target = _target(name, sc.interval, config, forecaster)
+    target = _target(name, sc.interval, config, forecaster, prep)
+    window = int(timedelta(days=3) / sc.interval) * 2
     runner = TargetRunner(target, forecaster=model)
-    runner.feedback = MemoryFeedback(runner.horizons_s, window_points=int(timedelta(days=3) / sc.interval) * 2)
-    run = evaluate(prep, simulate(runner, series, prep.initial, prep.lead_steps, progress))
+    for r in (runner, *runner.resources.values()):
+        r.feedback = MemoryFeedback(r.horizons_s, window_points=window)
+    others = {r.resource: r.series for r in prep.resources}
+    run = evaluate(prep, simulate(runner, series, prep.initial, prep.lead_steps, progress, others))
     if config.kind != "reactive":
-        scale = seasonal_naive_scale(series)
         assert run.forecast_point is not None and run.forecast_upper is not None
-        m = prep.scored & np.isfinite(run.forecast_point)
-        acc = accuracy(d[m], run.forecast_point[m], run.forecast_upper[m], scale)
-        run.metrics.update({"mase": acc.get("mase", float("nan")), "smape": acc.get("smape", float("nan")),
-                            "coverage": acc.get("coverage", float("nan"))})
+        run.metrics.update(_accuracy(prep, d, series, run.forecast_point, run.forecast_upper))
         run.metrics["fallback_fraction"] = run.fallbacks / max(1, int((~np.isnan(d)).sum()))
+        if run.resource_metrics:
+            run.resource_metrics[prep.resource].update(_accuracy(prep, d, series, run.forecast_point,
+                                                                 run.forecast_upper))
+            for r in prep.resources:
+                point, upper = run.resource_forecasts[r.resource]
+                run.resource_metrics[r.resource].update(_accuracy(prep, r.series.values, r.series, point, upper))
     return run
+
+
+def _accuracy(prep: Prepared, d: np.ndarray, series: Series, point: np.ndarray,
+              upper: np.ndarray) -> dict[str, float]:
+    """MASE, sMAPE and coverage of one signal's forecast at the lead time
+    over the scored intervals."""
+    m = prep.scored & np.isfinite(point) & np.isfinite(d)
+    acc = accuracy(d[m], point[m], upper[m], seasonal_naive_scale(series))
+    return {"mase": acc.get("mase", float("nan")), "smape": acc.get("smape", float("nan")),
+            "coverage": acc.get("coverage", float("nan"))}
 
 
 def run_backtest(raw: Series, *, scenario: Scenario = Scenario(),
                  policy: PolicyConfig | Mapping[str, Any] | None = None,
                  forecaster: ForecasterConfig | None = None, trace: str = "",
-                 progress: Callable[[str, int, int, Any], None] | None = None) -> BacktestResult:
+                 progress: Callable[[str, int, int, Any], None] | None = None,
+                 resources: Sequence[ResourceTrace] = (), resource: str = "demand") -> BacktestResult:
     """Oracle, the baseline (the reactive HPA, or the threshold resizer on a
-    ladder) and ``policy`` (default :data:`DEFAULT_POLICY`) over one trace."""
-    prep = prepare(raw, scenario, trace)
+    ladder) and ``policy`` (default :data:`DEFAULT_POLICY`) over one trace.
+    ``resources``: further demand signals of the same target (``raw`` is
+    the one named ``resource``): every policy, the HPA baseline too, sizes
+    for the one that needs the most, and each run reports every resource's
+    violations, unserved demand and (forecasting policies) accuracy."""
+    prep = with_resources(prepare(raw, scenario, trace), resources, resource)
     d, need = prep.series.values, prep.need
     runs = {"oracle": evaluate(prep, PolicyRun("oracle", need.copy(), need.copy()), downtime=False)}
     fcfg = forecaster or DEFAULT_FORECASTER

@@ -33,6 +33,12 @@ def build_covariates(target: TargetConfig, config: Config) -> dict[str, Any]:
     return {name: build_source(target, config, name) for name in target.covariates}
 
 
+def build_resources(target: TargetConfig, config: Config,
+                    build: Any = build_source) -> dict[str, Any]:
+    """The metric source of each of the target's further resources."""
+    return {name: build(target.resource_target(name), config) for name in target.resources}
+
+
 def build_actuator(target: TargetConfig, config: Config | None = None, **injected: Any) -> Any:
     cls = actuators.get(target.actuator.type)
     caps = capabilities_of(cls)
@@ -51,7 +57,7 @@ def build_targets(config: Config, store: Store, names: list[str] | None = None) 
         if names and t.name not in names:
             continue
         out.append(LiveTarget(t, source=build_source(t, config), store=store, actuator=build_actuator(t, config),
-                              covariates=build_covariates(t, config)))
+                              covariates=build_covariates(t, config), resources=build_resources(t, config)))
     return out
 
 

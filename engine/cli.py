@@ -64,14 +64,15 @@ def require_extra(module: str, extra: str, what: str) -> None:
 
 # ------------------------------------------------------------------ helpers
 def _store(args: argparse.Namespace):
-    from .store import Store
+    from .db import is_url
+    from .store import Store, open_store
 
     if getattr(args, "config", None):
-        from .audit import key_for
         from .config import load_config
 
-        cfg = load_config(args.config)
-        return Store(cfg.state_path, audit_key=key_for(cfg))
+        return open_store(load_config(args.config))
+    if is_url(args.state):
+        return open_store(args.state)
     path = Path(args.state)
     if not path.exists():
         raise ConfigError(f"no state file at {path} (give --state or --config)")
@@ -86,6 +87,9 @@ def _print_decision(rec: dict[str, Any], verbose: bool = True) -> None:
     head = (f"{rec['at']}  {rec['target']:<14} {arrow} {rec['current']:>3} -> {rec['desired']:<3}{label}"
             f"  {rec.get('status', ''):<9} {'FALLBACK ' if rec['fallback'] else ''}"
             f"{', '.join(s['reason'] for s in rec['steps'] if s['changed'])}")
+    sized_for = (rec.get("extra") or {}).get("resource")
+    if sized_for:  # a target with several resources: the one that set the size
+        head += f"  sized for {sized_for}"
     print(head)
     if verbose:
         for s in rec["steps"]:
@@ -146,11 +150,11 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     from .config import ForecasterConfig, load_config
     from .sources.csv import read_csv
 
-    series = read_csv(args.trace)
     target = None
     if args.config:
         cfg = load_config(args.config)
         target = cfg.target(args.target) if args.target else cfg.targets[0]
+    series, resources, own = _backtest_resources(args, target)
     scenario = scenario_for(target, interval=args.interval, lead_time=args.lead_time, warmup=args.warmup,
                             target_utilization=args.baseline_utilization, resize_downtime=args.resize_downtime,
                             downtime_capacity=args.downtime_capacity, change_cost=args.change_cost,
@@ -167,7 +171,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     # one count of replayed intervals over all the policies (quiet off a terminal)
     with progress(total=None, desc="backtest (intervals replayed)", quiet=args.quiet) as bar:
         result = run_backtest(series, scenario=scenario, policy=policy, forecaster=fcfg, trace=str(args.trace),
-                              progress=lambda _name, _t, _n, _dec: bar.update())
+                              progress=lambda _name, _t, _n, _dec: bar.update(), resources=resources,
+                              resource=own)
     if args.json_out:
         write_json(result, args.json_out)
     if args.plot:
@@ -185,10 +190,53 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backtest_resources(args: argparse.Namespace, target: Any) -> tuple[Any, list[Any], str]:
+    """The trace and the further resources of a backtest: ``--column`` names
+    value columns of the trace (the first is the target's own signal),
+    ``--resource NAME=PATH`` adds a resource from its own timestamp,value
+    file. With ``--config`` the resources must be the target's (their
+    capacity model and forecaster come from it); without, each one's
+    capacity per replica is derived from its trace."""
+    from .backtest import ResourceTrace
+    from .sources.csv import read_csv
+
+    columns = args.column or []
+    own = columns[0] if columns else (target.resource if target is not None else "demand")
+    series = read_csv(args.trace, value_column=columns[0]) if columns else read_csv(args.trace)
+    data: dict[str, Any] = {c: read_csv(args.trace, value_column=c, name=c) for c in columns[1:]}
+    for spec in args.resource or []:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--resource {spec!r}: expected NAME=PATH (a timestamp,value CSV)")
+        if name in data or name == own:
+            raise ConfigError(f"--resource {name}: given twice")
+        data[name] = read_csv(path)
+    if target is not None and (data or target.resources):
+        if own != target.resource:
+            raise ConfigError(f"--column {own}: the target's own signal is named {target.resource!r} "
+                              "(its 'resource' setting)")
+        if set(data) != set(target.resources):
+            raise ConfigError(f"the target's resources are {', '.join(target.resources) or 'none'}; "
+                              f"the data given is for {', '.join(data) or 'none'} (use --column or --resource "
+                              "for each)")
+        res = target.resources
+        return series, [ResourceTrace(n, data[n], res[n].capacity_per_replica, res[n].target_utilization,
+                                      res[n].forecaster) for n in res], own
+    return series, [ResourceTrace(n, v) for n, v in data.items()], own
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(out=Path(args.out), days=args.days, verbose=not args.quiet, trace=Path(args.trace) if args.trace else None)
+    resources: dict[str, Path] = {}
+    for spec in args.resource or []:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path or name in resources or name == "cpu":
+            raise ConfigError(f"--resource {spec!r}: expected NAME=PATH (a timestamp,value CSV), each name once "
+                              "and not 'cpu' (the demo trace's)")
+        resources[name] = Path(path)
+    return run_demo(out=Path(args.out), days=args.days, verbose=not args.quiet,
+                    trace=Path(args.trace) if args.trace else None, resources=resources)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -208,7 +256,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             _print_json({"config": args.config, "valid": False, "error": str(exc)})
         raise
     if args.json:
-        _print_json({"config": args.config, "valid": True, "state": str(cfg.state_path), "targets": [
+        _print_json({"config": args.config, "valid": True, "state": cfg.state_shown, "targets": [
             {"name": t.name, "mode": t.mode, "interval_s": t.interval.total_seconds(), "source": t.source.type,
              "forecaster": t.forecaster.name, "actuator": t.actuator.type, "capacity": list(t.policy.bounds),
              **({"actuator_check": checks[t.name]} if t.name in checks else {})}
@@ -221,16 +269,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
         lo, hi = t.policy.bounds
         print(f"{t.name}: mode {t.mode}, every {t.interval}, source {t.source.type}, forecaster "
               f"{t.forecaster.name}, actuator {t.actuator.type}, capacity [{lo}, {hi}]")
-    print(f"{args.config}: valid ({len(cfg.targets)} target(s)); state file {cfg.state_path}")
+    print(f"{args.config}: valid ({len(cfg.targets)} target(s)); state {cfg.state_shown}")
     return 0
 
 
 def cmd_once(args: argparse.Namespace) -> int:
-    from .audit import key_for
     from .build import build_targets, check_actuator
     from .core.clock import SystemClock
     from .config import load_config
-    from .store import Store
+    from .store import open_store
 
     cfg = load_config(args.config)
     if args.target:
@@ -238,7 +285,7 @@ def cmd_once(args: argparse.Namespace) -> int:
     clock = SystemClock()
     rc = EXIT_OK
     report = []
-    with Store(cfg.state_path, audit_key=key_for(cfg)) as store:
+    with open_store(cfg) as store:
         store.lock()
         for lt in build_targets(cfg, store, [args.target] if args.target else None):
             warning = check_actuator(lt.target, lt.actuator)
@@ -340,14 +387,13 @@ class _People:
         install_redaction(self.security.redactor)
         self.notifier = self.notices = self.store = None
         if cfg.notify is not None:
-            from .audit import key_for
             from .core.clock import SystemClock
             from .notify import Notifier, PlanNotices
-            from .store import Store
+            from .store import open_store
 
             self.notifier = Notifier.from_config(cfg.notify, links=self.security.links.maker(SystemClock().now),
                                                  redactor=self.security.redactor)
-            self.store = Store(cfg.state_path, audit_key=key_for(cfg))
+            self.store = open_store(cfg)
             self.notices = PlanNotices(self.notifier, self.store)
 
     def on_result(self, then: Any) -> Any:
@@ -422,6 +468,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             writer.close(0)
         people.close()
         raise
+    if people.notices is not None and daemon.leases is not None:
+        people.notices.leads = daemon.leases.holds  # each replica tells about the targets it leads
     server = None
     try:
         if cfg.server.enabled:
@@ -439,7 +487,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         people.close()
         raise
     logging.getLogger("forescale").info(
-        "forescale running %d target(s), state %s%s", len(cfg.targets), cfg.state_path,
+        "forescale running %d target(s), state %s%s", len(cfg.targets), cfg.state_shown,
         f", HTTP on {server.url} (/metrics, /api/v1)" if server is not None else "")
     try:
         daemon.run(tick=args.tick)  # returns after SIGTERM/SIGINT, running cycles finished or abandoned
@@ -698,17 +746,32 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
 
 
 def cmd_train_global(args: argparse.Namespace) -> int:
-    """Train one LSTM across the history of several targets and save it, for
-    ``forecaster.init_from`` (cold start) and for batched forecasting."""
+    """Train one network across the history of several targets and save it:
+    the level-free ``lstm_global`` (``--model lstm_global``, the default: a
+    target uses it with ``forecaster: {name: lstm_global, params:
+    {checkpoint: MODEL}}``), or the older multi-series ``lstm`` network for
+    ``forecaster.init_from`` (``--model lstm``, the cold-start path)."""
+    from pydantic import ValidationError
+
     from .build import build_source
     from .core.clock import SystemClock
     from .config import load_config
     from .progress import progress
 
     try:
-        from forecasters.lstm import GlobalLSTM
+        from forecasters.lstm import GlobalLSTM, LevelFreeLSTM
     except ImportError as exc:
         raise PluginError(f"train-global needs torch: pip install 'forescale[lstm]' ({exc})") from None
+    try:
+        params = json.loads(args.params) if args.params else {}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--params is not JSON: {exc}") from None
+    cls = LevelFreeLSTM if args.model == "lstm_global" else GlobalLSTM
+    try:
+        model = cls(params)
+    except ValidationError as exc:
+        raise ConfigError(f"--params for {args.model}: " + "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
     cfg = load_config(args.config)
     targets = [cfg.target(n) for n in args.target] if args.target else list(cfg.targets)
     now = SystemClock().now()
@@ -718,21 +781,21 @@ def cmd_train_global(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"{t.name}: {series.n_valid} samples every {t.interval}", flush=True)
         histories[t.name] = series
-    try:
-        params = json.loads(args.params) if args.params else {}
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--params is not JSON: {exc}") from None
-    model = GlobalLSTM(params)
     with progress(model.params.epochs, "train-global: epochs", args.quiet) as bar:
-        model.on_epoch = lambda epoch, epochs: bar.update()
-        model.fit(histories)
+        if cls is LevelFreeLSTM:
+            model.fit(histories, on_epoch=lambda epoch, epochs: bar.update())
+        else:
+            model.on_epoch = lambda epoch, epochs: bar.update()
+            model.fit(histories)
     model.save(args.out)
+    use = (f"forecaster: {{name: lstm_global, params: {{checkpoint: {args.out}}}}}" if cls is LevelFreeLSTM
+           else f"forecaster: {{name: lstm, init_from: {args.out}}}")
     if args.json:
-        _print_json({"model": model.version, "out": args.out,
+        _print_json({"model": model.version, "kind": args.model, "out": args.out, "use": use,
                      "targets": {n: {"samples": s.n_valid} for n, s in histories.items()}})
         return 0
     print(f"global model {model.version} trained on {len(histories)} target(s), saved to {args.out}")
-    print(f"use it: forecaster: {{name: lstm, init_from: {args.out}}}")
+    print(f"use it: {use}")
     return 0
 
 
@@ -805,7 +868,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     ex_cfg = _executor_config(cfg, args)
     fitted, stats, workers = _on_executor(ex_cfg, len(jobs), "fit: series", args.quiet or args.json,
                                           lambda ex, done: fit_models(jobs, ex, on_done=done))
-    state = str(cfg.state_path)
+    # where the daemon looks for them: beside the state file, or for a
+    # PostgreSQL state beside the config (the store's rule)
+    from .store import _models_base
+
+    state = str(cfg.state_path) if cfg.state_url is None else _models_base(cfg)
     rows: dict[str, dict[str, Any]] = {}
     for t in targets:
         res = fitted.get(t.name)
@@ -889,11 +956,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="forescale-demo", help="folder for the state file, decision log and plot")
     d.add_argument("--days", type=float, default=5.0, help="days of the trace to replay live (after warm-up)")
     d.add_argument("--trace", default=None, help=argparse.SUPPRESS)
+    d.add_argument("--resource", action="append", metavar="NAME=PATH",
+                   help="a further demand signal of the demo's target over the same days (repeat): the size is "
+                   "the larger of what the CPU and it need")
     d.add_argument("--quiet", action="store_true", help="print only the summary")
     d.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("backtest", help="compare the oracle, a baseline and the policy on a trace")
-    b.add_argument("trace", help="CSV with timestamp,value")
+    b.add_argument("trace", help="CSV with timestamp,value (or the columns --column names)")
+    b.add_argument("--column", action="append", metavar="NAME",
+                   help="a value column of the trace, one per resource (repeat; the first is the target's own "
+                   "signal): the policy sizes for the resource that needs the most")
+    b.add_argument("--resource", action="append", metavar="NAME=PATH",
+                   help="a further resource from its own timestamp,value CSV (repeat)")
     b.add_argument("--forecaster", help="forecaster name (default: the policy's)")
     b.add_argument("--config", help="replay this config's policy and forecaster (and its backtest: section)")
     b.add_argument("--target", help="which target of --config (default: the first)")
@@ -992,11 +1067,15 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(ash)
     ash.set_defaults(func=cmd_audit_show)
 
-    g = sub.add_parser("train-global", help="train one LSTM across targets (for init_from / cold start)")
+    g = sub.add_parser("train-global", help="train one global LSTM across targets (lstm_global's checkpoint, "
+                                            "or lstm's init_from)")
     g.add_argument("--config", required=True, help="the YAML config file whose targets' history is read")
     g.add_argument("--target", action="append", help="a target to train on (repeat; default: all)")
     g.add_argument("--out", required=True, help="where to save the model")
-    g.add_argument("--params", help='LSTM parameters as JSON, e.g. \'{"epochs": 8}\'')
+    g.add_argument("--model", choices=("lstm_global", "lstm"), default="lstm_global",
+                   help="lstm_global: the level-free global model (params.checkpoint of forecaster lstm_global); "
+                        "lstm: the multi-series lstm network (forecaster.init_from of lstm)")
+    g.add_argument("--params", help='the model\'s parameters as JSON, e.g. \'{"epochs": 8}\'')
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar (none is drawn unless stderr "
                                                              "is a terminal)")
     json_flag(g)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Mapping, get_args
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SecretBytes, SecretStr, SerializeAsAny,
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, SecretBytes, SecretStr, SerializeAsAny,
                       ValidationError, ValidationInfo, field_validator, model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
@@ -46,17 +46,37 @@ class QualityGate(_Model):
 
     The engine runs the ``fallbacks`` beside the configured model (in shadow:
     forecasts logged in memory, never acted on), measures each one's live
-    MASE at the policy's lead time over ``window`` (mean absolute error of
-    the point forecast / the in-sample MAE of the one-day seasonal naive),
-    and while the configured model's error exceeds ``bound`` uses the first
-    fallback within it — or none (reactive) if none is. Each decision records
-    the gate's choice, the errors and the reason.
+    error at the policy's lead time over ``window``, and while the configured
+    model's error exceeds ``bound`` uses the first fallback within it — or
+    none (reactive) if none is. Each decision records the gate's choice, the
+    errors and the reason.
+
+    ``score``: ``pinball`` (default) judges the whole forecast: twice the
+    mean pinball loss over the quantile levels the engine asks for, over the
+    in-sample MAE of the one-day seasonal naive (the seasonal-naive
+    reference; the factor 2 is GluonTS' weighted quantile loss convention, so
+    a forecast whose quantiles all sit on its point scores exactly its MASE
+    and one ``bound`` reads the same for both scores); ``mase`` judges the
+    point forecast alone (mean absolute error over the same reference).
     """
 
     bound: float = Field(gt=0.0)
+    score: Literal["pinball", "mase"] = "pinball"
     fallbacks: tuple[str, ...] = ("persistence",)
     window: Duration = timedelta(days=1)
     min_samples: int = Field(24, ge=1, le=MAX_SAMPLES)
+
+
+class Calibration(_Model):
+    """Conformal calibration of every quantile level at every lead, from the
+    forecaster's own recorded errors (``engine.calibration``): each level
+    shifted by the empirical quantile of ``actual - forecast`` at that level
+    over ``window``, once a lead has ``min_samples`` pairs. Applies to the
+    configured model and to the quality gate's fallbacks; the point forecast
+    is not changed."""
+
+    window: Duration = timedelta(days=3)
+    min_samples: int = Field(48, ge=1, le=MAX_SAMPLES)
 
 
 def _registry(kind: str) -> Any:
@@ -118,6 +138,8 @@ class ForecasterConfig(_Model):
     extra_horizon: Duration = timedelta(0)
     #: switch model (or to reactive) when the live error exceeds a bound
     quality_gate: QualityGate | None = None
+    #: shift each quantile level by its own recent errors (conformal)
+    calibration: Calibration | None = None
     #: start from this saved model (e.g. a global LSTM trained on other
     #: targets with ``forescale train-global``): the cold-start path for a
     #: target with little history; relative to the config file
@@ -144,7 +166,8 @@ class ForecasterConfig(_Model):
             return v
         if isinstance(v, BaseModel):
             v = v.model_dump()
-        return params_cls.model_validate(v if v is not None else {})
+        # the file's context: a path in the params is relative to the file
+        return params_cls.model_validate(v if v is not None else {}, context=info.context)
 
     @field_validator("init_from")
     @classmethod
@@ -267,6 +290,22 @@ class BacktestSection(_Model):
     threshold_window: Duration | None = None
 
 
+class ResourceConfig(_Model):
+    """One more demand signal of a target (``targets[].resources.<name>``):
+    its own metric source, forecaster (default: the target's) and capacity
+    model. The decision sizes for the resource that needs the most
+    (:mod:`policies.resources`). Horizontal: ``capacity_per_replica`` (this
+    resource's capacity per replica, e.g. GiB of memory); a ladder:
+    ``rung_capacity`` (its capacity on each rung, in the ladder's order).
+    ``target_utilization``: this resource's (default: the policy's)."""
+
+    source: SourceConfig
+    forecaster: ForecasterConfig | None = None
+    capacity_per_replica: float | None = Field(None, gt=0.0)
+    rung_capacity: tuple[Annotated[float, Field(gt=0.0)], ...] | None = None
+    target_utilization: float | None = Field(None, gt=0.0, le=1.0)
+
+
 class TargetConfig(_Model):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     #: cycle interval, also the step the history is resampled to
@@ -279,6 +318,15 @@ class TargetConfig(_Model):
     covariates: dict[str, SourceConfig] = Field(default_factory=dict)
     forecaster: ForecasterConfig = Field(default_factory=ForecasterConfig)
     policy: PolicyConfig
+    #: the name of the demand signal ``source`` measures, when the target
+    #: has further ``resources`` (it names the steps it sized)
+    resource: str = Field("demand", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    #: further demand signals (memory, request rate...), each with its own
+    #: source, forecaster and capacity model; the decision sizes for the one
+    #: that needs the most
+    resources: dict[Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")], ResourceConfig] = \
+        Field(default_factory=dict)
+    _resource_targets: dict[str, "TargetConfig"] = PrivateAttr(default_factory=dict)
     #: the actuator's own Config (default: the dry-run actuator)
     actuator: ActuatorSection = Field(default_factory=lambda: {"type": "dry-run"}, validate_default=True)
     #: approve mode: a plan waits this long for approval (None: until the
@@ -306,7 +354,53 @@ class TargetConfig(_Model):
             if a.level is not None and a.level not in self.forecaster.quantiles:
                 raise ValueError(f"alerts[{i}].level ({a.level}) is not one of forecaster.quantiles "
                                  f"({', '.join(f'{q:g}' for q in self.forecaster.quantiles)})")
+        if self.resources:
+            self._check_resources()
         return self
+
+    def _check_resources(self) -> None:
+        """Each further resource's policy (this policy with its capacity
+        model) and its target view, derived once here."""
+        if self.resource in self.resources:
+            raise ValueError(f"resources.{self.resource}: the name of the target's own signal "
+                             f"(resource: {self.resource})")
+        sm = self.policy.smoothing
+        if sm.kind != "none" and sm.applies_to == "forecast":
+            raise ValueError("policy.smoothing: applies_to: forecast smooths one resource's demand; "
+                             "with several resources use applies_to: recommendation")
+        from policies.resources import resource_policy
+
+        for name, res in self.resources.items():
+            try:
+                policy = resource_policy(self.policy, capacity_per_replica=res.capacity_per_replica,
+                                         rung_capacity=res.rung_capacity,
+                                         target_utilization=res.target_utilization)
+            except ValidationError as exc:
+                raise ValueError(f"resources.{name}: " + "; ".join(
+                    format_validation_error(exc))) from None
+            except ValueError as exc:
+                raise ValueError(f"resources.{name}: {exc}") from None
+            # the resource as a target of its own for the runner: its
+            # series name (feedback, cached samples) is ``target/resource``,
+            # which no target can be named (a target name has no '/')
+            view = self.model_copy(update={
+                "name": self.resource_series(name), "source": res.source,
+                "forecaster": res.forecaster or self.forecaster, "policy": policy,
+                "covariates": {}, "resources": {}, "alerts": ()})
+            view._resource_targets = {}  # (model_copy shared this dict)
+            self._resource_targets[name] = view
+
+    def resource_series(self, name: str) -> str:
+        """The series name a further resource's samples, forecasts and
+        accuracy are kept under (``target/resource``); the target's own
+        signal keeps the target's name."""
+        return f"{self.name}/{name}"
+
+    def resource_target(self, name: str) -> "TargetConfig":
+        """Resource ``name`` as a target of its own (its source, forecaster
+        and policy, named ``target/resource``): what its runner and source
+        are built from."""
+        return self._resource_targets[name]
 
     # the names callers have used for the typed plugin configs
     @property
@@ -679,9 +773,71 @@ class ExecutorConfig(_Model):
         return self
 
 
+class HaConfig(_Model):
+    """Several daemon replicas on one PostgreSQL state (``state:
+    postgresql://...``): targets are hashed onto ``shards``; each replica
+    holds a lease per shard it runs, renewed every ``renew`` (default a
+    third of ``lease``). A replica that stops renewing (killed, cut off)
+    loses its shards after ``lease``, and another takes them over."""
+
+    #: how many shards the targets are spread over (the unit of leadership)
+    shards: int = Field(16, ge=1, le=4096)
+    #: how long a lease lasts without renewal: the longest a dead
+    #: replica's targets wait for another one
+    lease: Duration = timedelta(seconds=30)
+    #: how often a replica renews its leases and looks for free shards
+    #: (default: a third of ``lease``)
+    renew: Duration | None = None
+    #: connections per daemon process to the database
+    pool: int = Field(10, ge=2, le=200)
+
+    @model_validator(mode="after")
+    def _times(self) -> "HaConfig":
+        if self.lease < timedelta(seconds=2):
+            raise ValueError(f"lease: {self.lease} is too short (at least 2s)")
+        if self.renew is not None and not timedelta(0) < self.renew <= self.lease / 3:
+            # the fence wants a renew interval of lease left; just before a
+            # renewal, lease - renew is left
+            raise ValueError(f"renew: {self.renew} must be positive and at most a third of the lease ({self.lease})")
+        return self
+
+    @property
+    def renew_every(self) -> timedelta:
+        return self.renew if self.renew is not None else self.lease / 3
+
+
+def _state_setting(v: Any) -> Any:
+    """A path (str or Path) or a ``postgresql://`` URL; a URL is checked
+    here, its password never shown."""
+    from .db import is_url, redact_url
+
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, str) and is_url(v):
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError(f"not a valid PostgreSQL URL: {redact_url(v)}") from None
+        if not parts.hostname or not parts.path.strip("/"):
+            raise ValueError(f"a PostgreSQL URL needs a host and a database name "
+                             f"(postgresql://user@host:5432/dbname), got {redact_url(v)}")
+    return v
+
+
 class Config(_Model):
-    #: the SQLite state file (relative paths are relative to the config file)
-    state: Path = Path("forescale.db")
+    #: where state is kept: a SQLite file (relative paths are relative to
+    #: the config file), or a PostgreSQL database
+    #: (``postgresql://user[:password]@host[:port]/dbname``) shared by
+    #: several daemon replicas (see ``ha``)
+    state: Annotated[str, BeforeValidator(_state_setting)] = Field("forescale.db", min_length=1)
+    #: the environment variable holding the PostgreSQL password (default:
+    #: the URL's password, else libpq's own ``PGPASSWORD``/``.pgpass``)
+    state_password_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    #: leader election among replicas (PostgreSQL state only)
+    ha: HaConfig = HaConfig()
     #: how long the daemon keeps records in the state file
     retention: Retention = Retention()
     log_format: Literal["text", "json"] = "text"
@@ -711,8 +867,39 @@ class Config(_Model):
         raise ConfigError(f"no target named {name!r}; known: {', '.join(t.name for t in self.targets)}")
 
     @property
+    def state_url(self) -> str | None:
+        """The PostgreSQL URL (``None``: the state is a SQLite file)."""
+        from .db import is_url
+
+        return self.state if is_url(self.state) else None
+
+    @property
     def state_path(self) -> Path:
-        return self.state if self.state.is_absolute() or self.base_dir is None else self.base_dir / self.state
+        """The SQLite state file (a ConfigError for a PostgreSQL state)."""
+        if self.state_url is not None:
+            raise ConfigError("state is a PostgreSQL database, not a file")
+        p = Path(self.state)
+        return p if p.is_absolute() or self.base_dir is None else self.base_dir / p
+
+    @property
+    def state_shown(self) -> str:
+        """Where state is kept, as logs and messages show it (no password)."""
+        from .db import redact_url
+
+        return str(self.state_path) if self.state_url is None else redact_url(self.state_url)
+
+    def state_password(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """The PostgreSQL password from ``state_password_env`` (``None``:
+        from the URL or libpq's defaults); a variable that is not set is a
+        ConfigError naming it."""
+        import os
+
+        if self.state_password_env is None:
+            return None
+        value = (os.environ if environ is None else environ).get(self.state_password_env)
+        if not value:
+            raise ConfigError(f"state_password_env: environment variable {self.state_password_env} is not set")
+        return value
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -837,6 +1024,8 @@ def _section_model(document: Any, loc: tuple[Any, ...]) -> tuple[type[BaseModel]
             kind, section, rest = part, target.get(part, {"type": "dry-run"}), loc[3:]
         elif part == "covariates" and len(loc) > 3:
             kind, section, rest = "source", target["covariates"][loc[3]], loc[4:]
+        elif part == "resources" and len(loc) > 4 and loc[4] == "source":
+            kind, section, rest = "source", target["resources"][loc[3]]["source"], loc[5:]
         elif part == "forecaster" and len(loc) > 3 and loc[3] == "params":
             name = (target.get("forecaster") or {}).get("name", ForecasterConfig.model_fields["name"].default)
             return _registry("forecaster").get(name).Params, loc[4:]

@@ -34,11 +34,14 @@ import numpy as np
 
 from actuators.base import ActuatorConfig
 from forecasters import Forecaster, create as create_forecaster
-from forecasters.quality import gate, live_mase
-from policies import decide, history_to_keep
+from forecasters.quality import gate, live_mase, live_quantile_loss
+from policies import history_to_keep
+from policies.pipeline import decide_signals
+from policies.resources import Signal
 from policies.window import LeadWindow, lead_window
 
 from .audit import decision_context
+from .calibration import QuantileCalibrator
 from .checkpoints import ModelCheckpoint
 from .config import TargetConfig
 from .core.plugins import capabilities_of
@@ -62,25 +65,34 @@ class CycleOutcome:
     forecast: Forecast | None
     forecast_error: str | None
     state: ScalingState  # the state decide() saw (observation, headroom filled in)
+    #: every resource's signal as decide() saw it (the target's own first)
+    signals: tuple[Signal, ...] = ()
+
+    def resource_forecasts(self) -> dict[str, Forecast | None]:
+        """The further resources' forecasts by name (empty for one signal)."""
+        return {s.resource: s.forecast for s in self.signals[1:]}
 
 
 class _Slot:
     """One forecaster the runner keeps fitted: the configured model, or a
     quality-gate fallback running in shadow. ``tracker`` holds its own
-    predicted-vs-actual pairs at the policy's lead time (its live error)."""
+    predicted-vs-actual pairs at the policy's lead time, at every level
+    in ``levels`` (its live error)."""
 
-    def __init__(self, name: str, forecaster: Forecaster | None, horizons_s: tuple[int, int]) -> None:
+    def __init__(self, name: str, forecaster: Forecaster | None, horizons_s: tuple[int, int],
+                 levels: tuple[float, ...] = (), calibrator: QuantileCalibrator | None = None) -> None:
         self.name = name
         self.forecaster = forecaster
         self.last_fit: datetime | None = None
-        self.tracker = MemoryFeedback(horizons_s)
+        self.tracker = MemoryFeedback(horizons_s, levels=levels)
+        self.calibrator = calibrator  # forecaster.calibration: its forecasts' conformal shift
 
 
 class TargetRunner:
     """Forecaster upkeep + forecast + decide, for one target."""
 
     def __init__(self, target: TargetConfig, *, forecaster: Forecaster | None = None,
-                 feedback: Feedback | None = None) -> None:
+                 feedback: Feedback | None = None, resources: Mapping[str, "TargetRunner"] | None = None) -> None:
         self.target = target
         self.policy = target.policy
         if forecaster is None and target.policy.uses_forecast:
@@ -95,16 +107,27 @@ class TargetRunner:
         #: the configured lead window's horizons (the backtest's feedback
         #: keeps these; a live cycle passes its own window)
         self.horizons_s = lead_window(self.policy, None).horizons_s
-        self.primary = _Slot(target.forecaster.name, forecaster, self.horizons_s)
-        self.shadows: list[_Slot] = []
         gate_cfg = target.forecaster.quality_gate
+        levels = target.forecast_quantiles if gate_cfg is not None and gate_cfg.score == "pinball" else ()
+        self.primary = _Slot(target.forecaster.name, forecaster, self.horizons_s, levels, self._calibrator())
+        self.shadows: list[_Slot] = []
         if gate_cfg is not None and forecaster is not None:
-            self.shadows = [_Slot(n, create_forecaster(n), self.horizons_s)
+            self.shadows = [_Slot(n, create_forecaster(n), self.horizons_s, levels, self._calibrator())
                             for n in gate_cfg.fallbacks if n != target.forecaster.name]
         self.feedback: Feedback = feedback or MemoryFeedback(self.horizons_s)
         self.keep = history_to_keep(self.policy)
         self._observed_until: int | None = None
         self._scale: float | None = None  # MASE denominator, refreshed at each refit
+        #: a runner per further resource (its own forecaster and feedback,
+        #: keyed by its series name ``target/resource``)
+        self.resources: dict[str, TargetRunner] = dict(resources) if resources is not None else {
+            name: TargetRunner(target.resource_target(name)) for name in target.resources}
+
+    def _calibrator(self) -> QuantileCalibrator | None:
+        cal = self.target.forecaster.calibration
+        if cal is None:
+            return None
+        return QuantileCalibrator(self.target.forecast_quantiles, self.interval_s, cal.window, cal.min_samples)
 
     # the configured model (the daemon carries it across config reloads)
     @property
@@ -160,6 +183,8 @@ class TargetRunner:
                 raise ForecastError("no valid observations in the history")
             self._maintain(slot, history, now, covariates)
             fc = slot.forecaster.predict(now, steps, self.target.forecast_quantiles)
+            if slot.calibrator is not None:
+                fc = slot.calibrator.calibrate(history, fc)
             return fc, None
         except ForecastError as exc:
             return None, f"{type(exc).__name__}: {exc}"
@@ -169,13 +194,20 @@ class TargetRunner:
             slot.last_fit = None  # refit next cycle
             return None, f"{type(exc).__name__}: {exc}"
 
-    def _live_error(self, slot: _Slot, now: datetime) -> float | None:
+    def _live_errors(self, slot: _Slot, now: datetime) -> dict[str, float | None]:
+        """The slot's live MASE and, with ``score: pinball``, its live
+        quantile loss (None until ``min_samples`` pairs)."""
         gate_cfg = self.target.forecaster.quality_gate
         assert gate_cfg is not None
-        a, p = slot.tracker.pairs(to_epoch(now - gate_cfg.window))
+        since = to_epoch(now - gate_cfg.window)
+        a, p = slot.tracker.pairs(since)
         if a.size < gate_cfg.min_samples or not self._scale:
-            return None
-        return live_mase(p, a, self._scale)
+            return {"mase": None, "pinball": None}
+        out = {"mase": live_mase(p, a, self._scale), "pinball": None}
+        if gate_cfg.score == "pinball":
+            a, qs = slot.tracker.quantile_pairs(since)
+            out["pinball"] = live_quantile_loss(qs, a, self._scale)
+        return out
 
     def _gate(self, history: Series, now: datetime, covariates: dict[str, Series] | None,
               window: LeadWindow) -> tuple[Forecast | None, str | None, dict[str, Any]]:
@@ -193,55 +225,101 @@ class TargetRunner:
             fc = results[slot.name][0]
             if fc is not None:
                 slot.tracker.record(self.target.name, fc, window.horizons_s)
-        errors = {slot.name: self._live_error(slot, now) for slot in (self.primary, *self.shadows)}
+        both = {slot.name: self._live_errors(slot, now) for slot in (self.primary, *self.shadows)}
+        # the pinball loss where the gate scores it; else, or for a forecast
+        # without quantiles, the point's MASE
+        errors = {k: v["mase"] if v["pinball"] is None else v["pinball"] for k, v in both.items()}
         order = [self.primary.name] + [s.name for s in self.shadows]
         choice, reason = gate(errors, gate_cfg.bound, order)
-        info = {"choice": choice, "reason": reason.code, "message": reason.message,
-                "live_mase": {k: None if v is None else round(v, 4) for k, v in errors.items()},
+
+        def rounded(d: Mapping[str, float | None]) -> dict[str, float | None]:
+            return {k: None if v is None else round(v, 4) for k, v in d.items()}
+
+        info = {"choice": choice, "reason": reason.code, "message": reason.message, "score": gate_cfg.score,
+                "live_error": rounded(errors), "live_mase": rounded({k: v["mase"] for k, v in both.items()}),
                 "bound": gate_cfg.bound}
+        if gate_cfg.score == "pinball":
+            info["live_pinball"] = rounded({k: v["pinball"] for k, v in both.items()})
         if choice is None:
             return None, f"quality gate: {reason.message}", info
         return (*results[choice], info)
 
-    def step(self, history: Series, state: ScalingState, now: datetime,
-             covariates: dict[str, Series] | None = None, window: LeadWindow | None = None) -> CycleOutcome:
-        """One decision from a regular history (samples up to ``now``);
-        ``covariates``: extra metrics on the same grid, for forecasters that
-        take them; ``window``: the cycle's lead window (computed here from
-        the state when the caller has none, as in the backtest). The same
-        window sizes the forecast horizon, the headroom's horizons and the
-        policy's window."""
-        if window is None:
-            window = lead_window(self.policy, state.learned_lead_time)
-        v = history.values
-        if v.size and v[-1] == v[-1]:  # the usual case, without scanning the history
-            obs: Observation | None = Observation(float(v[-1]), from_epoch(history.timestamps[-1]))
-        else:
-            last = history.last_valid()
-            obs = Observation(last[1], last[0]) if last is not None else None
+    def signal(self, history: Series, state: ScalingState, now: datetime, window: LeadWindow,
+               covariates: dict[str, Series] | None = None, resource: str = "",
+               fetch_error: str | None = None) -> tuple[Signal, dict[str, Any]]:
+        """This runner's resource as the policy sees it: the latest
+        observation of ``history``, the conformal headroom, and a forecast
+        (recorded for feedback), or none with the reason: a forecast
+        failure, or ``fetch_error`` (this cycle's fetch failed: the cached
+        history may be missing what just happened, so no forecast is made
+        and the policy falls back). Also the decision's extras from the
+        model (the quality gate's choice, the auto forecaster's)."""
+        obs = _latest(history)
+        if fetch_error is not None:
+            return Signal(resource, None, obs, fetch_error, state.headroom, self.policy), {}
         headroom = state.headroom
         rate = self.policy.headroom_rate
         if rate is not None:
             m = self.policy.margin
             headroom = self.feedback.headroom(self.target.name, now, window.horizons_s, rate,
                                               m.conformal_window, m.conformal_min_samples)
-        seen = replace(state, observation=obs, headroom=headroom, history_points=history.n_valid)
         extra: dict[str, Any] = {}
         if self.target.forecaster.quality_gate is not None and self.primary.forecaster is not None:
             forecast, error, extra["quality_gate"] = self._gate(history, now, covariates, window)
         else:
             forecast, error = self.forecast(history, now, covariates=covariates, window=window)
-        decision = decide(forecast, seen, self.policy, now, target=self.target.name, forecast_error=error,
-                          window=window)
-        chosen = self.primary.forecaster
-        selection = getattr(chosen, "selection", None)
+        selection = getattr(self.primary.forecaster, "selection", None)
         if isinstance(selection, dict) and selection:
             extra["selection"] = selection  # the auto forecaster's choice and scores
-        if extra:
-            decision = replace(decision, extra={**decision.extra, **extra})
         if forecast is not None:
             self.feedback.record(self.target.name, forecast, window.horizons_s)
-        return CycleOutcome(decision, forecast, error, seen)
+        return Signal(resource, forecast, obs, error, headroom, self.policy), extra
+
+    def step(self, history: Series, state: ScalingState, now: datetime,
+             covariates: dict[str, Series] | None = None, window: LeadWindow | None = None, *,
+             resources: Mapping[str, Series] | None = None,
+             fetch_errors: Mapping[str, str] | None = None) -> CycleOutcome:
+        """One decision from a regular history (samples up to ``now``);
+        ``covariates``: extra metrics on the same grid, for forecasters that
+        take them; ``window``: the cycle's lead window (computed here from
+        the state when the caller has none, as in the backtest). The same
+        window sizes the forecast horizon, the headroom's horizons and the
+        policy's window. ``resources``: each further resource's history on
+        the same grid (a resource missing there has no data: it holds);
+        ``fetch_errors``: by resource name (the target's own is
+        ``target.resource``), why this cycle has no fresh data for it."""
+        if window is None:
+            window = lead_window(self.policy, state.learned_lead_time)
+        errors = fetch_errors or {}
+        own = self.target.resource if self.resources else ""
+        first, extra = self.signal(history, state, now, window, covariates, own, errors.get(self.target.resource))
+        signals = [first]
+        for name, runner in self.resources.items():
+            h = (resources or {}).get(name)
+            why = errors.get(name) or (None if h is not None else f"metric source: no history of {name}")
+            sig, more = runner.signal(h if h is not None else _empty(runner.target.name), state, now, window,
+                                      resource=name, fetch_error=why)
+            signals.append(sig)
+            if more:
+                extra.setdefault("resource_models", {})[name] = more
+        seen = replace(state, observation=first.observation, headroom=first.headroom,
+                       history_points=history.n_valid)
+        decision = decide_signals(signals, seen, self.policy, now, target=self.target.name, window=window)
+        if extra:
+            decision = replace(decision, extra={**decision.extra, **extra})
+        return CycleOutcome(decision, first.forecast, first.forecast_error, seen, tuple(signals))
+
+
+def _latest(history: Series) -> Observation | None:
+    v = history.values
+    if v.size and v[-1] == v[-1]:  # the usual case, without scanning the history
+        return Observation(float(v[-1]), from_epoch(history.timestamps[-1]))
+    last = history.last_valid()
+    return Observation(last[1], last[0]) if last is not None else None
+
+
+def _empty(name: str) -> Series:
+    return Series(np.array([], dtype=np.int64), np.array([], dtype=np.float64), name)
 
 
 @dataclass
@@ -262,6 +340,8 @@ class CycleResult:
     error: str | None = None
     duration_s: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
+    #: a target with several resources: each further one's forecast by name
+    resource_forecasts: dict[str, Forecast | None] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -285,6 +365,9 @@ class CycleInputs:
     fetch_error: str | None = None
     read_error: str | None = None
     notes: Mapping[str, Any] = field(default_factory=dict)
+    #: each further resource's history on the grid, and why a fetch failed
+    resources: Mapping[str, Series] = field(default_factory=dict)
+    resource_errors: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -327,7 +410,7 @@ class LiveTarget:
 
     def __init__(self, target: TargetConfig, *, source: Any, store: Any, actuator: Any,
                  forecaster: Forecaster | None = None, covariates: dict[str, Any] | None = None,
-                 acting: threading.Lock | None = None) -> None:
+                 acting: threading.Lock | None = None, resources: dict[str, Any] | None = None) -> None:
         self.target = target
         self.source = source
         #: held while a cycle touches the platform or the records of actions;
@@ -344,8 +427,22 @@ class LiveTarget:
         # the pairs in memory reach back as far as the conformal window and
         # the exported accuracy read
         keep = max(target.policy.margin.conformal_window, LIVE_ACCURACY_WINDOW)
-        self.runner = TargetRunner(target, forecaster=forecaster, feedback=StoreFeedback(store, target.name, keep))
-        self.checkpoint = ModelCheckpoint(target, getattr(store, "path", None))
+        #: each further resource's metric source, and what has been fetched of it
+        self.resource_sources: dict[str, Any] = dict(resources or {})
+        missing = [n for n in target.resources if n not in self.resource_sources]
+        if missing:
+            raise ValueError(f"target {target.name!r}: no metric source given for resources {', '.join(missing)}")
+        self.resource_history: dict[str, Series | None] = {n: None for n in target.resources}
+        runners = {n: TargetRunner(target.resource_target(n),
+                                   feedback=StoreFeedback(store, target.resource_series(n), keep))
+                   for n in target.resources}
+        self.runner = TargetRunner(target, forecaster=forecaster, feedback=StoreFeedback(store, target.name, keep),
+                                   resources=runners)
+        base = getattr(store, "checkpoint_base", getattr(store, "path", None))
+        self.checkpoint = ModelCheckpoint(target, base)
+        #: each further resource's model checkpoint (``<state>.models/<target>/<resource>.model``)
+        self.resource_checkpoints = {n: ModelCheckpoint(target.resource_target(n), base)
+                                     for n in target.resources}
         self.policy = target.policy
         self.history: Series | None = None
         self._fetches: list[threading.Thread] = []  # fetches abandoned past their deadline
@@ -426,7 +523,8 @@ class LiveTarget:
             self.target.name, now, decision=out and out.decision, forecast=out and out.forecast,
             status="error" if error is not None else (act.status if act else ""), plan=act and act.plan,
             window=inputs and inputs.window, fetch_error=inputs and inputs.fetch_error,
-            actuation_error="; ".join(actuation) or None, error=error, duration_s=duration_s, details=details)
+            actuation_error="; ".join(actuation) or None, error=error, duration_s=duration_s, details=details,
+            resource_forecasts=out.resource_forecasts() if out is not None else {})
 
     # ------------------------------------------------------------------ steps
     def _check_clock(self, now: datetime) -> None:
@@ -464,6 +562,9 @@ class LiveTarget:
             cov_errors = self.refresh_covariates(now, deadline)
             if cov_errors:
                 notes["covariate_errors"] = cov_errors
+        resource_errors = self.refresh_resources(now, deadline)
+        if resource_errors:
+            notes["resource_errors"] = resource_errors
         stored = self.store.load_state(self.target.name)
         reading, read_error = self.read_capacity(seed=stored.current if stored else self.policy.bounds[0])
         state = self.load_state(reading, stored)
@@ -483,9 +584,11 @@ class LiveTarget:
             state = replace(state, current=reading.count)
         history = self.history.regular(self.target.interval) if self.history is not None else Series(
             np.array([], dtype=np.int64), np.array([], dtype=np.float64), self.target.name)
+        resources = {n: h.regular(self.target.interval) for n, h in self.resource_history.items() if h is not None}
         return CycleInputs(now=now, history=history, covariates=self.covariates_on_grid(), reading=reading,
                            state=state, window=lead_window(self.policy, state.learned_lead_time),
-                           fetch_error=fetch_error, read_error=read_error, notes=notes)
+                           fetch_error=fetch_error, read_error=read_error, notes=notes,
+                           resources=resources, resource_errors=resource_errors)
 
     def _in_progress(self, now: datetime, capacity: int) -> bool:
         """A stepwise change to ``capacity``, accepted and not yet settled
@@ -559,16 +662,43 @@ class LiveTarget:
         return {}
 
     def _decide(self, inputs: CycleInputs, notes: dict[str, Any]) -> CycleOutcome:
-        if inputs.fetch_error:
-            return self._without_fresh_data(inputs)
-        note = self.checkpoint.restore(self.runner, inputs.now, inputs.history.end)
-        if note:
-            notes["model"] = note
-        out = self.runner.step(inputs.history, inputs.state, inputs.now, inputs.covariates, inputs.window)
-        self.checkpoint.save(self.runner, inputs.history.end)
-        if out.forecast_error:
-            notes["forecast_error"] = out.forecast_error
+        """The runner's step. A signal whose fetch failed this cycle gets no
+        forecast (its cached history may be missing what just happened): the
+        policy falls back to reactive on its last observation and never
+        scales down; the fetch error is the reason recorded in its data step."""
+        errors = dict(inputs.resource_errors)
+        fresh = inputs.fetch_error is None
+        if not fresh:
+            errors[self.target.resource] = inputs.fetch_error  # type: ignore[assignment]
+        else:
+            note = self.checkpoint.restore(self.runner, inputs.now, inputs.history.end)
+            if note:
+                notes["model"] = note
+        models = self._resource_models(inputs)
+        for name, (checkpoint, runner, end) in models.items():
+            note = checkpoint.restore(runner, inputs.now, end)
+            if note:
+                notes.setdefault("resource_models", {})[name] = note
+        out = self.runner.step(inputs.history, inputs.state, inputs.now, inputs.covariates if fresh else None,
+                               inputs.window, resources=inputs.resources, fetch_errors=errors)
+        for checkpoint, runner, end in models.values():
+            checkpoint.save(runner, end)
+        if fresh:
+            self.checkpoint.save(self.runner, inputs.history.end)
+            if out.forecast_error:
+                notes["forecast_error"] = out.forecast_error
+        failed = {s.resource: s.forecast_error for s in out.signals[1:]
+                  if s.forecast_error and s.resource not in inputs.resource_errors}
+        if failed:
+            notes["resource_forecast_errors"] = failed
         return out
+
+    def _resource_models(self, inputs: CycleInputs) -> dict[str, tuple[ModelCheckpoint, TargetRunner, datetime | None]]:
+        """The further resources fetched fresh this cycle: each one's
+        checkpoint, runner and history end (a resource whose fetch failed
+        is not forecast, so its model is neither restored nor saved)."""
+        return {n: (self.resource_checkpoints[n], self.runner.resources[n], inputs.resources[n].end)
+                for n in self.resource_checkpoints if n in inputs.resources and n not in inputs.resource_errors}
 
     @contextmanager
     def _turn(self) -> Iterator[str | None]:
@@ -603,7 +733,8 @@ class LiveTarget:
         state = out.state.after(d, keep=self.runner.keep, applied=act.applied) if with_state else None
         self.store.record_decision(d, self.target.mode, act.status, inputs.now, state=state,
                                    outcome=None if act.outcome is None else dict(act.outcome),
-                                   context=decision_context(self.target, inputs.history, out.forecast))
+                                   context=decision_context(self.target, inputs.history, out.forecast, {
+                                       n: (inputs.resources.get(n), f) for n, f in out.resource_forecasts().items()}))
 
     # ------------------------------------------------------------- the modes
     def _observe(self, inputs: CycleInputs, out: CycleOutcome) -> Act:
@@ -658,8 +789,9 @@ class LiveTarget:
         """Fetches abandoned past their deadline that are still running."""
         return sum(t.is_alive() for t in self._fetches)
 
-    def _history_window(self) -> timedelta:
-        return self.target.forecaster.history + self.target.interval
+    def _history_window(self, target: TargetConfig | None = None) -> timedelta:
+        t = target or self.target
+        return t.forecaster.history + t.interval
 
     def _fetch(self, source: Any, since: datetime | None, now: datetime, deadline: float) -> Series:
         """``source.fetch(since, now)`` within ``deadline`` (monotonic): the
@@ -690,42 +822,66 @@ class LiveTarget:
         return box["value"]
 
     def refresh_history(self, now: datetime, deadline: float | None = None) -> str | None:
-        """Fetch what is new; return an error string on failure (the cached
-        history stays). A source that answers but has had nothing new for
-        longer than ``policy.max_staleness`` is reported too: the data is
-        missing even though nothing raised."""
-        name = self.target.name
+        """Fetch what is new of the target's own signal; return an error
+        string on failure (see :meth:`_refresh`)."""
+        self.history, error = self._refresh(self.target, self.source, self.history, self.runner.feedback,
+                                            now, deadline)
+        return error
+
+    def refresh_resources(self, now: datetime, deadline: float | None = None) -> dict[str, str]:
+        """Fetch what is new of each further resource; the errors by name
+        (such a resource holds this cycle: no forecast, no scale-down)."""
+        errors: dict[str, str] = {}
+        for name, source in self.resource_sources.items():
+            history, error = self._refresh(self.target.resource_target(name), source,
+                                           self.resource_history.get(name), self.runner.resources[name].feedback,
+                                           now, deadline)
+            self.resource_history[name] = history
+            if error:
+                errors[name] = error
+        return errors
+
+    def _refresh(self, target: TargetConfig, source: Any, history: Series | None, feedback: Feedback,
+                 now: datetime, deadline: float | None) -> tuple[Series | None, str | None]:
+        """Fetch what is new of one signal (``target``: the target or one of
+        its resources, whose name keys the sample cache and the feedback);
+        the history and an error string on failure (the cached history
+        stays). A source that answers but has had nothing new for longer
+        than ``policy.max_staleness`` is reported too: the data is missing
+        even though nothing raised."""
+        name = target.name
+        window = self._history_window(target)
         if deadline is None:
             deadline = time.monotonic() + fetch_deadline(self.target)
-        if self.history is None:
-            cached = self.store.cached_samples(name, since=now - self._history_window())
-            self.history = cached if len(cached) else None
-        if self.history is not None and len(self.history):
-            since = self.history.end
+        if history is None:
+            cached = self.store.cached_samples(name, since=now - window)
+            history = cached if len(cached) else None
+        if history is not None and len(history):
+            since = history.end
         else:
-            since = now - self._history_window()
+            since = now - window
         try:
-            new = self._fetch(self.source, since, now, deadline)
+            new = self._fetch(source, since, now, deadline)
             if not isinstance(new, Series):
                 raise MetricSourceError(f"returned {type(new).__name__}, not a Series")
         except MetricSourceError as exc:
-            return f"metric source: {exc}"
+            return history, f"metric source: {exc}"
         except Exception as exc:  # noqa: BLE001 - a broken source must not kill the loop
-            return f"metric source: {type(exc).__name__}: {exc}"
+            return history, f"metric source: {type(exc).__name__}: {exc}"
         new = new.until(now)  # never let a sample from the future in
         if len(new):
             self.store.cache_samples(name, new)
-            self.history = new if self.history is None else Series.concat(self.history, new)
-            self.runner.feedback.observe(name, new.regular(self.target.interval))
-        if self.history is not None:
-            self.history = self.history.since(to_epoch(now - self._history_window()))
-        last = self.history.last_valid() if self.history is not None else None
+            history = new if history is None else Series.concat(history, new)
+            feedback.observe(name, new.regular(target.interval))
+        if history is not None:
+            history = history.since(to_epoch(now - window))
+        last = history.last_valid() if history is not None else None
         if last is None:
-            return "metric source: no samples in the history window"
-        if now - last[0] > self.target.policy.max_staleness:
-            return (f"metric source: no new samples since {last[0]:%Y-%m-%d %H:%M:%S}Z "
-                    f"({now - last[0]} ago, max_staleness {self.target.policy.max_staleness})")
-        return None
+            return history, "metric source: no samples in the history window"
+        if now - last[0] > target.policy.max_staleness:
+            return history, (f"metric source: no new samples since {last[0]:%Y-%m-%d %H:%M:%S}Z "
+                             f"({now - last[0]} ago, max_staleness {target.policy.max_staleness})")
+        return history, None
 
     def refresh_covariates(self, now: datetime, deadline: float | None = None) -> dict[str, str]:
         """Fetch what is new of each extra metric. A failure is reported but
@@ -787,23 +943,6 @@ class LiveTarget:
     def _verify_timeout(self) -> timedelta:
         cfg = self.target.actuator_config
         return cfg.verify_timeout if cfg is not None else ActuatorConfig.model_fields["verify_timeout"].default
-
-    def _without_fresh_data(self, inputs: CycleInputs) -> CycleOutcome:
-        """The decision when this cycle's fetch failed: no forecast (the
-        cached history may be missing what just happened), so the policy
-        falls back to reactive on the last observation and never scales
-        down; the fetch error is the reason recorded in the data step."""
-        history, why = inputs.history, inputs.fetch_error
-        v = history.values
-        if v.size and v[-1] == v[-1]:  # the usual case, without scanning the history
-            obs: Observation | None = Observation(float(v[-1]), from_epoch(history.timestamps[-1]))
-        else:
-            last = history.last_valid()
-            obs = Observation(last[1], last[0]) if last is not None else None
-        seen = replace(inputs.state, observation=obs, history_points=history.n_valid)
-        d = decide(None, seen, self.policy, inputs.now, target=self.target.name, forecast_error=why,
-                   window=inputs.window)
-        return CycleOutcome(d, None, why, seen)
 
     def _describe(self, d: Decision) -> dict[str, Any]:
         try:

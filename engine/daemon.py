@@ -23,7 +23,14 @@
 - SIGHUP, or a change of the config file's modification time: reload. The
   new file is validated first and replaces the running config only if valid;
   a mode change takes effect at the target's next cycle, without a restart.
-- One daemon per state file (:meth:`engine.store.Store.lock`).
+- One daemon per SQLite state file (:meth:`engine.store.Store.lock`). On a
+  PostgreSQL state several replicas run, each leading the shards of
+  targets whose lease it holds (:mod:`engine.leases`): a target's cycle
+  starts only on the replica that holds its lease, and recording an intent
+  to act checks the lease in the same transaction (the fence), so two
+  replicas never act on one target. A replica that gains a shard starts its
+  targets' cycles at once; their first step reconciles what the previous
+  leader left unfinished.
 - Once an hour (``HOUSEKEEPING_EVERY``): the state file is pruned as the
   config's ``retention`` says (:func:`prune_cutoffs`), and a summary of the
   cycles that fell back to reactive, by reason, is logged (the same counts
@@ -47,11 +54,12 @@ from typing import Any, Callable
 
 from . import audit
 from .build import build_actuator as default_build_actuator, build_source as default_build_source, check_actuator
+from .build import build_resources
 from .core.clock import Clock, SystemClock
 from .config import Config, TargetConfig, load_config
 from .cycle import CycleResult, LiveTarget
 from .core.errors import ConfigError
-from .store import Store
+from .store import Store, open_store
 
 log = logging.getLogger("forescale.daemon")
 
@@ -82,7 +90,7 @@ class TargetWorker:
     def __init__(self, daemon: "Daemon", target: TargetConfig) -> None:
         self.daemon = daemon
         self.target = target
-        self.store = Store(daemon.config.state_path, audit_key=audit.key_for(daemon.config))
+        self.store = daemon.open_store()
         #: held by whichever cycle of this target is acting (shared by every
         #: LiveTarget this worker builds)
         self.acting = threading.Lock()
@@ -102,7 +110,7 @@ class TargetWorker:
         return LiveTarget(target, source=d.build_source(target, d.config), store=self.store,
                           actuator=d.build_actuator(target, d.config),
                           covariates={n: d.build_source(target, d.config, n) for n in target.covariates},
-                          acting=self.acting)
+                          resources=build_resources(target, d.config, d.build_source), acting=self.acting)
 
     @property
     def busy(self) -> bool:
@@ -137,6 +145,12 @@ class TargetWorker:
     # ------------------------------------------------------------- schedule
     def tick(self, mono: float) -> None:
         interval = self.target.interval.total_seconds()
+        leases = self.daemon.leases
+        if leases is not None and not self.busy and not leases.holds(self.target.name):
+            # another replica leads this target: when this one gains the
+            # lease, the target's cycle starts at once (plus jitter)
+            self.base_due = self.next_due = None
+            return
         if self.busy:
             assert self.started is not None
             timeout = self.target.timeout.total_seconds()
@@ -174,7 +188,7 @@ class TargetWorker:
         old = self.live
         old.superseded.set()
         self.stuck = self.thread
-        self.store = Store(self.daemon.config.state_path, audit_key=audit.key_for(self.daemon.config))
+        self.store = self.daemon.open_store()
         self.live = self._build(self.target)
         log.warning("target %s: the abandoned cycle is still running; starting this one beside it (the "
                     "abandoned one will not act)", self.target.name, extra={"target": self.target.name})
@@ -254,9 +268,20 @@ class Daemon:
         self.fallbacks: dict[str, dict[str, int]] = {}
         self._next_housekeeping: float | None = None
         self._lock = threading.Lock()
-        self.lock_store = Store(self.config.state_path, audit_key=audit.key_for(self.config))
+        #: this replica's leases (PostgreSQL state; None: the file lock)
+        self.leases: Any = None
+        self.lock_store = open_store(self.config)
         try:
-            self.lock_store.lock()
+            if self.lock_store.shared:
+                from .leases import Leases
+
+                ha = self.config.ha
+                self.leases = Leases(self.lock_store, shards=ha.shards, lease_s=ha.lease.total_seconds(),
+                                     renew_s=ha.renew_every.total_seconds(), dedicated=True)
+                log.info("replica %s: %d shard(s), lease %s, renewed every %s", self.leases.holder, ha.shards,
+                         ha.lease, ha.renew_every)
+            else:
+                self.lock_store.lock()
             # the tail of the audit chain is checked before anything is
             # appended to it; a broken chain is reported, never repaired
             self.audit_status = audit.verify_tail(self.lock_store, 1000)
@@ -275,11 +300,24 @@ class Daemon:
                 warning = check_actuator(w.target, w.live.actuator)
                 if warning:
                     log.warning(warning, extra={"target": w.target.name})
+            if self.leases is not None:
+                self.leases.renew()  # the first pass before the first tick
+                self.leases.start()
         except BaseException:
             for w in getattr(self, "workers", {}).values():
                 w.close()
+            if self.leases is not None:
+                self.leases.stop()
             self.lock_store.close()
             raise
+
+    def open_store(self) -> Store:
+        """A store for one target's cycles (on a shared store, fenced by
+        this replica's leases)."""
+        store = open_store(self.config)
+        if self.leases is not None:
+            store.fence = self.leases.check
+        return store
 
     # -------------------------------------------------------------- callbacks
     def jitter(self, target: TargetConfig) -> float:
@@ -328,6 +366,8 @@ class Daemon:
                 last = w.live.history.last_valid() if w is not None and w.live.history is not None else None
                 m.observe_cycle(res.target, res.decision, res.forecast, res.duration_s, res.ok, res.now,
                                 observed=last[1] if last else None)
+                if res.decision is not None and "resources" in res.decision.extra:
+                    m.observe_resources(res.target, res.decision, res.resource_forecasts)
                 if res.decision is not None and res.decision.fallback:
                     m.fallback_cycle(res.target, res.decision.steps[0].reason)
                 if res.fetch_error:
@@ -377,9 +417,10 @@ class Daemon:
         except ConfigError as exc:
             log.error("config reload rejected, keeping the running config: %s", exc)
             return False
-        if new.state_path != self.config.state_path:
-            log.error("config reload rejected: the state file cannot change while running (%s -> %s)",
-                      self.config.state_path, new.state_path)
+        if (new.state_url or new.state_path) != (self.config.state_url or self.config.state_path) \
+                or new.ha != self.config.ha:
+            log.error("config reload rejected: the state (and ha) cannot change while running (%s -> %s)",
+                      self.config.state_shown, new.state_shown)
             return False
         fresh = {t.name: t for t in new.targets}
         try:
@@ -437,11 +478,16 @@ class Daemon:
 
     def ready(self) -> dict[str, str | None]:
         """Per target: ``None`` if a cycle succeeded within the last three
-        intervals, else why not (the ``/readyz`` answer)."""
+        intervals, else why not (the ``/readyz`` answer). A target another
+        replica leads counts as ready while this replica's leases are
+        renewed (a standby is ready to take over)."""
         now = self.clock.now()
         out: dict[str, str | None] = {}
+        standby = self.leases.trouble() if self.leases is not None else None
         for n, w in list(self.workers.items()):
-            if w.last_success is None:
+            if self.leases is not None and not self.leases.holds(n):
+                out[n] = standby
+            elif w.last_success is None:
                 out[n] = "no successful cycle yet"
             elif now - w.last_success > 3 * w.target.interval:
                 out[n] = f"last successful cycle at {w.last_success:%Y-%m-%d %H:%M:%S}Z"
@@ -470,12 +516,14 @@ class Daemon:
                 log.exception("target %s: scheduling failed", w.target.name)
 
     def housekeeping(self) -> None:
-        """Prune the state file (retention) and log the fallback summary."""
+        """Prune the state file (retention) and log the fallback summary.
+        With several replicas, the one that leads shard 0 prunes."""
         try:
-            gone = self.lock_store.prune(**prune_cutoffs(self.config, self.clock.now()))
-            if any(gone.values()):
-                log.info("state file pruned (retention): %s",
-                         ", ".join(f"{n} {table}" for table, n in gone.items() if n))
+            if self.leases is None or 0 in self.leases.held():
+                gone = self.lock_store.prune(**prune_cutoffs(self.config, self.clock.now()))
+                if any(gone.values()):
+                    log.info("state file pruned (retention): %s",
+                             ", ".join(f"{n} {table}" for table, n in gone.items() if n))
         except Exception:  # noqa: BLE001 - housekeeping must not stop the loop
             log.exception("pruning the state file failed; trying again in %s", HOUSEKEEPING_EVERY)
         for target, share, reasons in self.fallback_summary(reset=True):
@@ -514,6 +562,8 @@ class Daemon:
                 log.warning("target %s: abandoning a cycle still running at shutdown", w.target.name,
                             extra={"target": w.target.name})
             w.close()
+        if self.leases is not None:
+            self.leases.stop()  # hand the leases back: another replica takes over at once
         self.lock_store.close()
 
 

@@ -17,16 +17,18 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import yaml
 
-from .backtest import CALM_POLICY, DEFAULT_FORECASTER, Scenario, plot, run_backtest, write_json
+from .backtest import CALM_POLICY, DEFAULT_FORECASTER, ResourceTrace, Scenario, plot, run_backtest, write_json
 from .build import build_targets
 from .core.clock import ManualClock
 from .config import load_config
 from .sources.csv import read_csv
 from .store import Store
+from .core.types import Series
 from .core.units import isoformat
 
 
@@ -47,12 +49,16 @@ class _Hour:
         self.demand: list[float] = []
         self.forecast: list[float] = []
         self.reasons: Counter[str] = Counter()
+        self.sized: Counter[str] = Counter()  # several resources: which one set the size
 
     def add(self, d) -> None:
         self.last = d.desired
+        if "resource" in d.extra:
+            self.sized[d.extra["resource"]] += 1
         if d.desired != d.current:
             self.changes += 1
-            self.reasons.update(s.reason for s in d.steps if s.changed and s.name not in ("capacity", "margin"))
+            self.reasons.update(s.reason for s in d.steps
+                                if s.changed and s.name not in ("capacity", "margin", "resources"))
             m = d.step("margin")
             if m is not None:
                 self.reasons[m.reason] += 1
@@ -67,47 +73,71 @@ class _Hour:
         dem = f"{min(self.demand):5.1f}-{max(self.demand):5.1f}" if self.demand else "     -     "
         fc = f"{min(self.forecast):5.1f}-{max(self.forecast):5.1f}" if self.forecast else "     -     "
         why = ", ".join(f"{k} x{v}" for k, v in self.reasons.most_common(3))
+        if self.sized:
+            why = ("sized for " + ", ".join(f"{k} x{v}" for k, v in self.sized.most_common())
+                   + (f"; {why}" if why else ""))
         return (f"  {self.start:%Y-%m-%d %H:00}   {self.first:>3} -> {self.last:<3}   {dem}   {fc}   "
                 f"{self.changes:>5}    {why}")
 
 
-def _write_config(out: Path, trace: Path, cpr: float, scenario: Scenario, initial: int) -> Path:
+def _write_config(out: Path, trace: Path, cpr: float, scenario: Scenario, initial: int,
+                  resources: Mapping[str, tuple[Path, float]] | None = None) -> Path:
     policy = {**DEMO_POLICY, "capacity_per_replica": round(cpr, 6), "min_replicas": scenario.min_replicas,
               "max_replicas": scenario.max_replicas, "lead_time": "10m", "hold": "5m", "max_staleness": "15m"}
-    cfg = {
-        "state": "forescale.db",
-        "targets": [{
-            "name": "rds-demo",
-            "interval": "5m",
-            "mode": "auto",
-            "source": {"type": "replay", "path": str(trace.resolve())},
-            "forecaster": {"name": DEFAULT_FORECASTER.name, "refit_every": "1d", "history": "14d"},
-            "policy": policy,
-            "actuator": {"type": "dry-run", "initial_capacity": initial},
-        }],
+    target: dict[str, Any] = {
+        "name": "rds-demo",
+        "interval": "5m",
+        "mode": "auto",
+        "source": {"type": "replay", "path": str(trace.resolve())},
+        "forecaster": {"name": DEFAULT_FORECASTER.name, "refit_every": "1d", "history": "14d"},
+        "policy": policy,
+        "actuator": {"type": "dry-run", "initial_capacity": initial},
     }
+    if resources:
+        target["resource"] = "cpu"
+        target["resources"] = {n: {"source": {"type": "replay", "path": str(path.resolve())},
+                                   "capacity_per_replica": round(c, 6)} for n, (path, c) in resources.items()}
+    cfg = {"state": "forescale.db", "targets": [target]}
     path = out / "demo.yaml"
     path.write_text("# written by `forescale demo`: the config the demo ran\n" + yaml.safe_dump(cfg, sort_keys=False))
     return path
 
 
-def run_demo(out: Path, days: float = 5.0, verbose: bool = True, trace: Path | None = None) -> int:
+def _replica_size(series: Series, scenario: Scenario) -> float:
+    """What one replica carries of a signal: its 99th percentile needs 20
+    replicas at the scenario's utilization (the backtest's default)."""
+    valid = series.values[~np.isnan(series.values)]
+    return float(np.quantile(valid, 0.99)) / (20 * scenario.target_utilization)
+
+
+def _initial(series: Series, start: Any, cpr: float) -> int:
+    # start where a well-run system would be: the capacity the load at the
+    # start of the replay needs at the policy's utilization
+    first = series.until(start).last_valid()
+    return max(1, math.ceil((first[1] if first else 0.0) / (cpr * DEMO_POLICY["target_utilization"])))
+
+
+def run_demo(out: Path, days: float = 5.0, verbose: bool = True, trace: Path | None = None,
+             resources: Mapping[str, Path] | None = None) -> int:
+    """``resources``: further demand signals of the demo's target (name ->
+    a timestamp,value CSV over the same days), each sized at 20 replicas
+    for its 99th percentile; the decision sizes for the one that needs the
+    most."""
     trace = trace or DEMO_TRACE
     out.mkdir(parents=True, exist_ok=True)
     for f in out.glob("forescale.db*"):  # a fresh run: the state file and its model checkpoints
         shutil.rmtree(f) if f.is_dir() else f.unlink()
     series = read_csv(trace)
     scenario = Scenario()
-    valid = series.values[~np.isnan(series.values)]
-    cpr = float(np.quantile(valid, 0.99)) / (20 * scenario.target_utilization)
+    cpr = _replica_size(series, scenario)
     span = timedelta(seconds=int(series.timestamps[-1] - series.timestamps[0]))
     live = min(timedelta(days=days), span - scenario.warmup)
     start = series.end - live
-    first = series.until(start).last_valid()
-    # start where a well-run system would be: the capacity the load at the
-    # start of the replay needs at the policy's utilization
-    initial = max(1, math.ceil((first[1] if first else 0.0) / (cpr * DEMO_POLICY["target_utilization"])))
-    cfg_path = _write_config(out, trace, cpr, scenario, initial)
+    extra = {n: read_csv(p) for n, p in (resources or {}).items()}
+    sizes = {n: _replica_size(s, scenario) for n, s in extra.items()}
+    initial = max([_initial(series, start, cpr)] + [_initial(s, start, sizes[n]) for n, s in extra.items()])
+    cfg_path = _write_config(out, trace, cpr, scenario, initial,
+                             {n: (p, sizes[n]) for n, p in (resources or {}).items()})
     cfg = load_config(cfg_path)
     print(f"forescale demo: replaying {trace.name} ({span.days} days of real RDS CPU, 5-minute samples)")
     print(f"  live loop over the last {live.days} d {live.seconds // 3600} h on a simulated clock: "
@@ -115,6 +145,9 @@ def run_demo(out: Path, days: float = 5.0, verbose: bool = True, trace: Path | N
     print(f"  1 replica carries {cpr:.3g} % CPU; policy sizes for the forecast at now+10 min, "
           f"target utilization {DEMO_POLICY['target_utilization']}, scale-down after "
           f"{DEMO_POLICY['stabilization']['scale_down']} of lower recommendations")
+    for n in extra:
+        print(f"  resource {n} ({Path(resources[n]).name}, 1 replica carries {sizes[n]:.4g}): the size is the "  # type: ignore[index]
+              "larger of what cpu and it need")
     print()
     clock = ManualClock(start)
     t0 = time.perf_counter()
@@ -162,7 +195,9 @@ def run_demo(out: Path, days: float = 5.0, verbose: bool = True, trace: Path | N
     print(f"decision log: forescale decisions --config {cfg_path} --limit 20")
     print()
     print("backtest over the whole trace (10-minute lead time, HPA at 70 % utilization):")
-    result = run_backtest(series, scenario=scenario, policy=DEMO_POLICY, trace=trace.name)
+    result = run_backtest(series, scenario=scenario, policy=DEMO_POLICY, trace=trace.name,
+                          resources=[ResourceTrace(n, s, sizes[n]) for n, s in extra.items()],
+                          resource="cpu" if extra else "demand")
     print(result.table())
     print()
     print(verdict(result))

@@ -116,19 +116,25 @@ class MemoryFeedback:
     feedback, and the live loop's working set under :class:`StoreFeedback`.
 
     ``upper_level``: also keep the forecast at this quantile (for coverage);
-    ``keep_s``: drop pairs (and unobserved points) older than this, relative
-    to the newest pair, whenever the arrays fill (None: keep everything)."""
+    ``levels``: also keep the forecast at each of these quantile levels (the
+    quality gate's pinball loss, the quantile calibration), NaN where a
+    forecast lacks one; ``keep_s``: drop pairs (and unobserved points) older
+    than this, relative to the newest pair, whenever the arrays fill (None:
+    keep everything)."""
 
     def __init__(self, horizons_s: tuple[int, int], window_points: int = 2000, *,
-                 upper_level: float | None = None, keep_s: int | None = None) -> None:
+                 upper_level: float | None = None, keep_s: int | None = None,
+                 levels: tuple[float, ...] = ()) -> None:
         self.lo, self.hi = horizons_s
         self.upper_level = upper_level
+        self.levels = tuple(float(q) for q in levels)
         self.keep_s = keep_s
-        self.pending: dict[int, list[tuple[float, float]]] = {}
+        self.pending: dict[int, list[tuple]] = {}
         self._ts = np.empty(1024, dtype=np.int64)
         self._a = np.empty(1024)
         self._p = np.empty(1024)
         self._u = np.empty(1024)
+        self._q = np.empty((1024, len(self.levels)))
         self.n = 0
 
     def record(self, target: str, forecast: Forecast, horizons_s: tuple[int, int] | None = None) -> None:
@@ -137,11 +143,14 @@ class MemoryFeedback:
         made = to_epoch(forecast.made_at)
         lo, hi = horizons_s or (self.lo, self.hi)
         up = upper_band(forecast, self.upper_level).tolist() if self.upper_level is not None else None
+        nan = np.full(forecast.point.shape, np.nan)
+        qs = np.stack([forecast.quantiles.get(q, nan) for q in self.levels], axis=1) if self.levels else None
         for i, (ts, p) in enumerate(zip(forecast.timestamps.tolist(), forecast.point.tolist())):
             if lo <= ts - made <= hi:
-                self.pending.setdefault(ts, []).append((p, p if up is None else up[i]))
+                row = (p, p if up is None else up[i])
+                self.pending.setdefault(ts, []).append(row if qs is None else (*row, qs[i]))
 
-    def _append(self, ts: int, a: float, p: float, u: float) -> None:
+    def _append(self, ts: int, a: float, p: float, u: float, q: np.ndarray | None = None) -> None:
         if self.n == self._ts.size:
             self._trim(ts)
         if self.n == self._ts.size:
@@ -149,7 +158,10 @@ class MemoryFeedback:
             self._a = np.concatenate([self._a, np.empty_like(self._a)])
             self._p = np.concatenate([self._p, np.empty_like(self._p)])
             self._u = np.concatenate([self._u, np.empty_like(self._u)])
+            self._q = np.concatenate([self._q, np.empty_like(self._q)])
         self._ts[self.n], self._a[self.n], self._p[self.n], self._u[self.n] = ts, a, p, u
+        if self.levels:
+            self._q[self.n] = np.nan if q is None else q
         self.n += 1
 
     def _trim(self, newest: int) -> None:
@@ -159,7 +171,7 @@ class MemoryFeedback:
         i = int(np.searchsorted(self._ts[: self.n], cut, side="left"))
         if i:
             k = self.n - i
-            for arr in (self._ts, self._a, self._p, self._u):
+            for arr in (self._ts, self._a, self._p, self._u, self._q):
                 arr[:k] = arr[i: self.n]
             self.n = k
         for ts in [t for t in self.pending if t < cut]:
@@ -168,8 +180,8 @@ class MemoryFeedback:
     def observe(self, target: str, observed: Series) -> None:
         for ts, v in zip(observed.timestamps.tolist(), observed.values.tolist()):
             if v == v:  # a gap leaves the points waiting, as the store does
-                for p, u in self.pending.pop(ts, ()):
-                    self._append(ts, v, p, u)
+                for row in self.pending.pop(ts, ()):
+                    self._append(ts, v, *row)
 
     def pairs(self, since: int) -> tuple[np.ndarray, np.ndarray]:
         """(actual, point) of the pairs whose time is at or after ``since``."""
@@ -180,6 +192,12 @@ class MemoryFeedback:
         """(actual, point, upper) of the pairs at or after ``since``."""
         i = int(np.searchsorted(self._ts[: self.n], since, side="left"))
         return self._a[i: self.n], self._p[i: self.n], self._u[i: self.n]
+
+    def quantile_pairs(self, since: int) -> tuple[np.ndarray, dict[float, np.ndarray]]:
+        """(actual, level -> forecast at that level) of the pairs at or after
+        ``since``, for the ``levels`` given at construction."""
+        i = int(np.searchsorted(self._ts[: self.n], since, side="left"))
+        return self._a[i: self.n], {q: self._q[i: self.n, j] for j, q in enumerate(self.levels)}
 
     def headroom(self, target: str, now: datetime, horizons_s: tuple[int, int], target_rate: float,
                  window: timedelta, min_samples: int) -> float | None:

@@ -40,6 +40,12 @@ reserved label names. Every one is labelled by ``target``.
                                                          forecast level crosses its threshold
                                                          (``+Inf`` when not within the forecast)
 ``forescale_alert_threshold``                 gauge      per ``alert``: its threshold (metric units)
+``forescale_resource_required_capacity``      gauge      a target with several resources: the
+                                                         capacity each ``resource`` asks for
+``forescale_resource_sizing``                 gauge      1 for the ``resource`` that set the size, 0
+                                                         for the others
+``forescale_resource_forecast_demand``        gauge      each further ``resource``'s forecast, in its
+                                                         units, per ``horizon`` and ``level``
 ``forescale_remote_write_dropped_samples_total`` counter  remote-write samples dropped (no target label)
 ``forescale_remote_write_sent_samples_total`` counter    remote-write samples accepted
 ============================================  =========  ==========================================
@@ -253,6 +259,13 @@ class EngineMetrics:
             "the alert's threshold (+Inf: not within the forecast)", ["target", "alert"], registry=r)
         self.alert_threshold = Gauge("forescale_alert_threshold", "The predictive alert's threshold, in the "
                                      "target metric's units", ["target", "alert"], registry=r)
+        self.resource_required = Gauge("forescale_resource_required_capacity", "Capacity each resource of "
+                                       "the target asks for", ["target", "resource"], registry=r)
+        self.resource_sizing = Gauge("forescale_resource_sizing", "1 for the resource that set the size",
+                                     ["target", "resource"], registry=r)
+        self.resource_forecast = Gauge("forescale_resource_forecast_demand", "Forecast demand of a further "
+                                       "resource, in its units", ["target", "resource", "horizon", "level"],
+                                       registry=r)
         self.remote_write_dropped_samples = Counter(
             "forescale_remote_write_dropped_samples", "Remote-write samples dropped (queue full, refused, "
             "or out of retries)", registry=r)
@@ -260,6 +273,7 @@ class EngineMetrics:
                                                  "Remote-write samples the receiver accepted", registry=r)
         self._lock = threading.Lock()
         self._forecast_labels: dict[str, set[tuple[str, str]]] = {}
+        self._resource_labels: dict[tuple[str, str], set[tuple[str, str]]] = {}
         self._last_success: dict[str, datetime] = {}
         self._horizons: dict[str, tuple[timedelta, ...]] = {}
         self._steps: dict[str, timedelta] = {}
@@ -366,6 +380,29 @@ class EngineMetrics:
             for horizon, level in self._forecast_labels.get(target, set()) - fresh:
                 self.forecast.remove(target, horizon, level)
             self._forecast_labels[target] = fresh
+
+    def observe_resources(self, target: str, decision: Decision,
+                          forecasts: Mapping[str, Forecast | None]) -> None:
+        """A target with several resources: what each asked for, which one
+        set the size, and each further resource's forecast at the export
+        horizons (a resource without a forecast this cycle has its series
+        removed, not left stale)."""
+        sizes = decision.extra.get("resources") or {}
+        for name, n in sizes.items():
+            self.resource_required.labels(target=target, resource=name).set(n)
+            self.resource_sizing.labels(target=target, resource=name).set(
+                1 if name == decision.extra.get("resource") else 0)
+        for name, fc in forecasts.items():
+            key = (target, name)
+            fresh: set[tuple[str, str]] = set()
+            series = self.forecast_series(target, fc) if fc is not None else []
+            with self._lock:
+                for horizon, level, v in series:
+                    self.resource_forecast.labels(target=target, resource=name, horizon=horizon, level=level).set(v)
+                    fresh.add((horizon, level))
+                for horizon, level in self._resource_labels.get(key, set()) - fresh:
+                    self.resource_forecast.remove(target, name, horizon, level)
+                self._resource_labels[key] = fresh
 
     def fetch_error(self, target: str) -> None:
         self.fetch_errors.labels(target=target).inc()

@@ -525,10 +525,13 @@ class PlanNotices:
     file's ``plan_transitions``, ordered by its audit ``seq``. :meth:`poll`
     sends one event per row it has not seen; the daemon calls it after each
     cycle, so exactly one process notifies. It starts after the newest row
-    present when it is made: a restart does not repeat old news."""
+    present when it is made: a restart does not repeat old news. With
+    several replicas, ``leads(target)`` says which targets this one tells
+    about (those it leads), so each transition is told once."""
 
-    def __init__(self, notifier: Notifier, store: Any) -> None:
+    def __init__(self, notifier: Notifier, store: Any, leads: Callable[[str], bool] | None = None) -> None:
         self.notifier = notifier
+        self.leads = leads
         row = store.db.execute("SELECT MAX(seq) FROM plan_transitions").fetchone()
         self.last_seq = int(row[0] or 0)
         self._lock = threading.Lock()  # the daemon's cycle threads may poll at once
@@ -550,6 +553,8 @@ class PlanNotices:
             if kind is None:  # applying: the claim before the write, not news
                 continue
             plan = store.plan(r["plan_id"])
+            if self.leads is not None and not self.leads(plan.target):
+                continue  # another replica leads it and tells
             payload: dict[str, Any] = {"plan": plan.to_dict(), "status": r["to_status"]}
             if kind == "plan_created":
                 payload["decision"] = store.decision(plan.decision_id)

@@ -165,7 +165,10 @@ def _emergency(target: Any, decision: Decision) -> str | None:
     a fresh observation)."""
     if not target.approval.emergency.reactive_override or decision.action != Action.SCALE_UP:
         return None
-    step = decision.step("reactive")
+    # with several resources: the override of the resource that set the size
+    sized_for = decision.extra.get("resource")
+    step = next((s for s in decision.steps if s.name == "reactive" and s.resource == sized_for), None) \
+        if sized_for else decision.step("reactive")
     if step is None or step.reason != "ReactiveOverride" or not step.changed:
         return None
     return f"emergency rule: reactive override on a live spike ({step.message})"

@@ -146,6 +146,13 @@ DECISION_STATUS = {
 }
 
 
+def check_version(where: str, version: int) -> None:
+    """Refuse state written by a newer forescale (either backend)."""
+    if version > SCHEMA_VERSION:
+        raise StateError(f"{where}: schema version {version} is newer than this forescale understands "
+                         f"({SCHEMA_VERSION}); upgrade forescale")
+
+
 # ------------------------------------------------------------------ state <-> json
 def _execute(db: sqlite3.Connection, script: str) -> None:
     for stmt in script.split(";"):
@@ -233,12 +240,27 @@ def _decision_record(row: sqlite3.Row) -> dict[str, Any]:
 
 
 class Store:
-    """The SQLite state file. Use as a context manager or call :meth:`close`."""
+    """The SQLite state file. Use as a context manager or call :meth:`close`.
+
+    :class:`engine.postgres.PgStore` is the same store on PostgreSQL;
+    :func:`open_store` opens whichever a config names."""
+
+    #: several processes may act on this state at once (PostgreSQL): the
+    #: daemon then elects a leader per shard instead of taking :meth:`lock`
+    shared = False
+    #: ``fence(db, target) -> dict``, set by the daemon on a shared store:
+    #: called inside the transaction that records an intent to act (or
+    #: claims a plan) and raises :class:`engine.core.errors.LeaseLost` when
+    #: this process no longer leads the target; what it returns is written
+    #: with the intent (which lease, which epoch)
+    fence: Callable[[Any, str], dict[str, Any]] | None = None
 
     def __init__(self, path: str | Path, *, audit_key: bytes | None = None) -> None:
         """``audit_key``: the HMAC key of the audit chain (default: the
         ``FORESCALE_AUDIT_KEY`` environment variable; none: plain SHA-256)."""
         self.path = str(path)
+        #: where model checkpoints go (``<checkpoint_base>.models/``)
+        self.checkpoint_base: str | None = self.path
         self.audit_key: bytes | None = (audit_key if audit_key is not None else audit.key_from_env()) or None
         self._lock_fd: int | None = None
         try:
@@ -254,10 +276,7 @@ class Store:
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA busy_timeout=10000")
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StateError(
-                    f"{self.path}: schema version {version} is newer than this forescale "
-                    f"understands ({SCHEMA_VERSION}); upgrade forescale")
+            check_version(self.path, version)
             if version < SCHEMA_VERSION:
                 with self.tx() as db:
                     if version == 0:
@@ -325,7 +344,7 @@ class Store:
         """One transaction; a full disk or a locked file becomes a StateError
         and the transaction rolls back (nothing half-written)."""
         try:
-            self.db.execute("BEGIN IMMEDIATE")
+            self._begin()
         except sqlite3.OperationalError as exc:
             raise StateError(f"state file {self.path}: {exc}") from exc
         try:
@@ -338,14 +357,28 @@ class Store:
             raise
         else:
             try:
-                self.db.execute("COMMIT")
+                self._commit()
             except sqlite3.Error as exc:
                 self._rollback()
                 raise StateError(f"state file {self.path}: {exc}") from exc
 
+    def _begin(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def _commit(self) -> None:
+        self.db.execute("COMMIT")
+
     def _rollback(self) -> None:
         if self.db.in_transaction:
             self.db.execute("ROLLBACK")
+
+    def _fenced(self, db: Any, target: str, outcome: dict | None) -> dict | None:
+        """The outcome of an intent to act, with the lease it was recorded
+        under (raises LeaseLost, rolling the transaction back, when the
+        lease is gone)."""
+        if self.fence is None:
+            return outcome
+        return {**(outcome or {}), "lease": self.fence(db, target)}
 
     def lock(self) -> None:
         """Take the daemon lock (one daemon per state file): an exclusive
@@ -393,6 +426,8 @@ class Store:
         Decision (:func:`engine.audit.decision_context`: inputs digest,
         forecast summary, config digest); ``plan_id``: the plan it proposed."""
         with self.tx() as db:
+            if status == "intent":
+                outcome = self._fenced(db, decision.target, outcome)
             self._write_decision(db, decision, mode, status, now, outcome, context, plan_id)
             if state is not None:
                 _upsert_state(db, decision.target, state, now)
@@ -405,7 +440,7 @@ class Store:
             " decision, outcome, updated_at, plan_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
             "ON CONFLICT(id) DO UPDATE SET status=excluded.status, decision=excluded.decision,"
             " outcome=excluded.outcome, updated_at=excluded.updated_at,"
-            " plan_id=COALESCE(excluded.plan_id, plan_id)",
+            " plan_id=COALESCE(excluded.plan_id, decisions.plan_id)",
             (decision.id, decision.target, to_epoch(decision.at), mode, decision.action.value,
              decision.current, decision.desired, int(decision.fallback), status, decision.to_json(),
              None if outcome is None else json.dumps(outcome, default=str), to_epoch(now), plan_id))
@@ -468,8 +503,10 @@ class Store:
                          float(forecast.point[i]), json.dumps(q)))
         with self.tx() as db:
             db.executemany(
-                "INSERT OR REPLACE INTO forecasts(target, made_at, ts, horizon_s, model, model_version,"
-                " point, quantiles) VALUES (?,?,?,?,?,?,?,?)", rows)
+                "INSERT INTO forecasts(target, made_at, ts, horizon_s, model, model_version, point, quantiles)"
+                " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(target, made_at, ts) DO UPDATE SET"
+                " horizon_s=excluded.horizon_s, model=excluded.model, model_version=excluded.model_version,"
+                " point=excluded.point, quantiles=excluded.quantiles, actual=NULL", rows)
 
     def fill_actuals(self, target: str, observed: Series) -> int:
         """Store observed values next to the forecasts for the same times."""
@@ -650,6 +687,8 @@ class Store:
                 raise PlanStateError(
                     f"plan {plan_id} is {plan.status.value}; cannot make it {to.value} "
                     f"(only from {', '.join(s.value for s in allowed_from)})")
+            if to == PlanStatus.APPLYING and self.fence is not None:
+                outcome = self._fenced(db, plan.target, outcome)
             if guard is not None:
                 redirect = guard(db, plan)
                 if redirect is not None:
@@ -708,7 +747,10 @@ class Store:
     def _write_actuation(self, db: sqlite3.Connection, target: str, decision_id: str, at: datetime,
                          result: ActuationResult, plan_id: str | None = None) -> None:
         db.execute(
-            "INSERT OR REPLACE INTO actuations VALUES (?,?,?,?,?,?,?,?)",
+            "INSERT INTO actuations(decision_id, target, at, requested, observed, verified, elapsed_s, result)"
+            " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(decision_id) DO UPDATE SET target=excluded.target,"
+            " at=excluded.at, requested=excluded.requested, observed=excluded.observed,"
+            " verified=excluded.verified, elapsed_s=excluded.elapsed_s, result=excluded.result",
             (decision_id, target, to_epoch(at), result.requested, result.observed,
              int(result.verified), result.elapsed.total_seconds(), json.dumps(result.to_dict())))
         audit.append(db, "actuation", {"target": target, "decision_id": decision_id, **result.to_dict()}, at,
@@ -726,7 +768,8 @@ class Store:
             return
         vals = [None if np.isnan(v) else float(v) for v in series.values.tolist()]
         with self.tx() as db:
-            db.executemany("INSERT OR REPLACE INTO samples(target, ts, value) VALUES (?,?,?)",
+            db.executemany("INSERT INTO samples(target, ts, value) VALUES (?,?,?) "
+                           "ON CONFLICT(target, ts) DO UPDATE SET value=excluded.value",
                            list(zip([target] * len(series), series.timestamps.tolist(), vals)))
 
     def cached_samples(self, target: str, since: datetime | None = None) -> Series:
@@ -740,4 +783,56 @@ class Store:
         return Series(ts, vs, target)
 
 
-__all__ = ["SCHEMA_VERSION", "Store", "isoformat", "state_from_json", "state_to_json"]
+def open_store(config: Any, *, audit_key: bytes | None = None, read_only: bool = False) -> Store:
+    """The store a loaded :class:`engine.config.Config` names (its ``state``):
+    a SQLite file (:class:`Store`) or a PostgreSQL database
+    (:class:`engine.postgres.PgStore`, sharing the process's connection
+    pool). ``config`` may also be a path or a ``postgresql://`` URL.
+    ``audit_key`` defaults to the key the config's ``audit.hmac_key_env``
+    names. ``read_only``: no schema set-up, no writes (the API); a SQLite
+    file that does not exist yet is a StateError."""
+    from .db import is_url
+
+    if isinstance(config, (str, Path)):
+        if is_url(config):
+            from .postgres import PgStore
+
+            return PgStore(str(config), audit_key=audit_key, read_only=read_only)
+        return ReadOnlyStore(config) if read_only else Store(config, audit_key=audit_key)
+    key = audit_key if audit_key is not None else audit.key_for(config)
+    if config.state_url is not None:
+        from .postgres import PgStore
+
+        return PgStore(config.state_url, audit_key=key, password=config.state_password(), read_only=read_only,
+                       pool=config.ha.pool, checkpoint_base=_models_base(config))
+    return ReadOnlyStore(config.state_path, audit_key=key) if read_only else Store(config.state_path, audit_key=key)
+
+
+def _models_base(config: Any) -> str | None:
+    """Where a PostgreSQL state's model checkpoints go: beside the config
+    file (``<dbname>.models/``); each replica keeps its own."""
+    from urllib.parse import urlsplit
+
+    if config.base_dir is None:
+        return None
+    return str(config.base_dir / urlsplit(config.state_url).path.strip("/"))
+
+
+class ReadOnlyStore(Store):
+    """The store's queries over a read-only SQLite connection: never
+    writes, never creates a state file."""
+
+    def __init__(self, path: str | Path, *, audit_key: bytes | None = None) -> None:  # noqa: D107
+        self.path = str(path)
+        self.checkpoint_base = None
+        self.audit_key = audit_key
+        self._lock_fd = None
+        if not Path(self.path).exists():
+            raise StateError(f"no state file {self.path} yet")
+        self.db = sqlite3.connect(f"file:{Path(self.path).resolve()}?mode=ro", uri=True, timeout=5.0,
+                                  check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+
+
+__all__ = ["SCHEMA_VERSION", "ReadOnlyStore", "Store", "isoformat", "open_store", "state_from_json",
+           "state_to_json"]

@@ -24,6 +24,7 @@ registry.add("lstm_global", "forecasters.lstm:LevelFreeForecaster", extra="lstm"
 registry.add("autoets", "forecasters.statsforecast_models:AutoETS", extra="statsforecast", packages=("statsforecast",))
 registry.add("mstl", "forecasters.statsforecast_models:MSTL", extra="statsforecast", packages=("statsforecast",))
 registry.add("auto", "forecasters.auto:AutoForecaster")
+registry.add("blend", "forecasters.blend:BlendForecaster")
 
 
 def _check(name: str, obj: object) -> None:

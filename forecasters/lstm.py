@@ -67,7 +67,7 @@ from statistics import NormalDist
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from engine.core.errors import ForecastError, InsufficientHistory
 from engine.core.plugins import Capabilities
@@ -734,13 +734,23 @@ def _read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ck
 
 
+def _refuse_levelfree(path: Any, ck: Mapping[str, Any]) -> None:
+    """A level-free (``lstm_global``) checkpoint where an ``lstm`` one is
+    expected: say which forecaster takes it."""
+    if ck.get("kind") == "levelfree":
+        raise ForecastError(f"{path} holds a level-free global model (lstm_global), not an lstm one: use it as "
+                            f"forecaster: {{name: lstm_global, params: {{checkpoint: {path}}}}} (lstm's init_from "
+                            "takes a model from forescale train-global --model lstm)")
+
+
 def _load_checkpoint(path: str | Path, kind: str, device: str | None) -> tuple[dict[str, Any], "LSTMParams"]:
     """A checkpoint of ``kind`` ("single" or "global") and its params, with
     ``device`` overriding the saved one."""
     ck = _read_checkpoint(path)
+    _refuse_levelfree(path, ck)
     if ck.get("kind") != kind:
         other = "LSTMForecaster.load" if kind == "global" else "GlobalLSTM.load"
-        held = "a per-target" if kind == "global" else "a global"
+        held = "a per-target" if kind == "global" else "a multi-series"
         raise ForecastError(f"{path} holds {held} lstm model; use {other}")
     params = LSTMParams.model_validate_json(ck["params"])
     if device is not None:
@@ -1037,6 +1047,7 @@ def _source_from(init_from: Any) -> dict[str, Any]:
                 "range": None if init_from._range is None else list(init_from._range),
                 "version": init_from.version}
     ck = _read_checkpoint(init_from)
+    _refuse_levelfree(init_from, ck)
     return {"params": ck["params"], "state_dict": ck["state_dict"], "offsets": ck["offsets"],
             "gate": ck.get("gate"), "range": ck.get("range"), "version": f"lstm:{ck['digest']}"}
 
@@ -1054,9 +1065,15 @@ class GlobalLSTM:
     Covariates are not supported in global mode. ``on_epoch(epoch, epochs)``
     is called after every training epoch (``forescale train-global`` draws
     its progress bar with it).
+
+    Named ``lstm_multiseries`` (its forecasts' ``model`` and version
+    prefix), not to be read as the registry's ``lstm_global``, which is
+    :class:`LevelFreeLSTM`; its checkpoints (kind ``global``) start the
+    per-series ``lstm`` through ``forecaster.init_from``
+    (``forescale train-global --model lstm``).
     """
 
-    name = "lstm-global"
+    name = "lstm_multiseries"
     Params = LSTMParams
 
     def __init__(self, params: LSTMParams | Mapping[str, Any] | None = None, *,
@@ -1328,6 +1345,20 @@ class LevelFreeParams(ForecasterParams):
     @classmethod
     def _levels(cls, v: tuple[float, ...]) -> tuple[float, ...]:
         return _trained_levels(v)
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _relative_to_the_file(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """In a config file: relative to the file, and it must exist (as
+        ``forecaster.init_from``)."""
+        if v is None or info.context is None or "base_dir" not in info.context:
+            return v
+        path, base = Path(v), info.context["base_dir"]
+        if not path.is_absolute() and base is not None:
+            path = Path(base) / path
+        if not path.exists():
+            raise ValueError(f"no such file {path} (train one with forescale train-global --model lstm_global)")
+        return str(path)
 
     @field_validator("horizons")
     @classmethod
@@ -1650,7 +1681,10 @@ class LevelFreeLSTM:
     def load(cls, path: str | Path, device: str | None = None) -> "LevelFreeLSTM":
         ck = _read_checkpoint(path)
         if ck.get("kind") != "levelfree":
-            raise ForecastError(f"{path} holds a {ck.get('kind')} lstm model, not a level-free global one")
+            held = {"global": "a multi-series", "single": "a per-target"}.get(ck.get("kind"), f"a {ck.get('kind')}")
+            raise ForecastError(f"{path} holds {held} lstm model, not a level-free global one (lstm_global): "
+                                "train one with forescale train-global --model lstm_global, or use this one "
+                                "as forecaster: {name: lstm, init_from: ...}")
         return cls._from_checkpoint(ck, device)
 
     @classmethod

@@ -11,8 +11,9 @@ and asks :func:`gate` which model to use for the target::
 The live error may be the point forecast's MASE (:func:`live_mase`) or,
 as ``auto`` scores, the whole distribution's: :func:`live_pinball`, the mean
 pinball loss over the quantile levels the policy sizes from, at the horizons
-it reads, over the same scale. ``gate`` compares whichever it is given with
-the bound.
+it reads, over the same scale; the engine's gate (``score: pinball``, its
+default) uses :func:`live_quantile_loss`, twice that, so one bound reads the
+same as for MASE. ``gate`` compares whichever it is given with the bound.
 
 ``candidates`` is the preference order (the ``auto`` backtest ranking, or
 the configured order); the first is the model in use. ``None`` means
@@ -100,6 +101,15 @@ def live_mase(predicted: Sequence[float], actual: Sequence[float], scale: float,
     return float(np.mean(np.abs(p[ok] - a[ok])) / scale)
 
 
+def live_quantile_loss(predicted: Mapping[float, Sequence[float]], actual: Sequence[float], scale: float,
+                       last_n: int | None = None) -> float | None:
+    """Twice :func:`live_pinball` (GluonTS' weighted quantile loss
+    convention): a forecast whose every level sits on its point scores its
+    :func:`live_mase`, so one gate bound reads the same for both."""
+    v = live_pinball(predicted, actual, scale, last_n)
+    return None if v is None else 2.0 * v
+
+
 def live_pinball(predicted: Mapping[float, Sequence[float]], actual: Sequence[float], scale: float,
                  last_n: int | None = None) -> float | None:
     """Mean pinball loss of the last ``last_n`` forecasts of each level
@@ -127,5 +137,5 @@ def live_pinball(predicted: Mapping[float, Sequence[float]], actual: Sequence[fl
     return None if flat.size == 0 else float(flat.mean() / scale)
 
 
-__all__ = ["GateReason", "gate", "live_mase", "live_pinball", "WITHIN_BOUND", "NO_LIVE_ERROR", "SWITCHED",
+__all__ = ["GateReason", "gate", "live_mase", "live_pinball", "live_quantile_loss", "WITHIN_BOUND", "NO_LIVE_ERROR", "SWITCHED",
            "REACTIVE", "NO_CANDIDATES"]

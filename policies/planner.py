@@ -54,13 +54,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Sequence
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from engine.core.types import Decision, Forecast, PlanStep, Schedule, ScalingState, Step
+from engine.core.types import Decision, Forecast, Observation, PlanStep, Schedule, ScalingState, Step
 from engine.core.units import from_epoch
 
+from . import resources as R
 from . import steps as S
 from .config import PlanConfig, PolicyConfig
 
@@ -457,7 +459,8 @@ def explain(schedule_steps: list[PlanStep], current: int, lead_time: timedelta, 
 
 
 def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: datetime, lead_time: timedelta,
-         *, target: str = "", data_step: Step | None = None) -> Decision:
+         *, target: str = "", data_step: Step | None = None,
+         floors: Sequence[tuple[str, Observation | None, PolicyConfig]] | None = None) -> Decision:
     """Plan the schedule and decide its first step (see the module docstring).
 
     Steps recorded: ``data``, ``plan`` (the DP's first step:
@@ -466,7 +469,9 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
     ScaleInWindowClosed, or ConstraintsMet), ``budget`` (ChangeBudget holds
     when the hourly/daily change budget is spent), ``reactive`` (the HPA rule
     on the observation wins when it asks for more: ReactiveOverride), and
-    ``bounds`` last.
+    ``bounds`` last. ``floors``: (resource, observation, its policy) for
+    each resource's reactive floor (None: the state's observation under
+    ``config``, unnamed).
     """
     pc = config.plan
     current = state.current
@@ -584,18 +589,19 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
     budget = _budget_step(value, current, state, now, pc)
     out.append(budget)
     value = int(budget.value)
-    obs = state.observation
-    if config.reactive.enabled and obs is not None:
-        u = config.reactive.target_utilization or config.target_utilization
-        hpa, why = S.hpa_desired(obs.value, state.serving, current, config, u, config.reactive.tolerance)
+    for name, obs, cfg in (floors if floors is not None else [("", state.observation, config)]):
+        if not (cfg.reactive.enabled and obs is not None):
+            continue
+        u = cfg.reactive.target_utilization or cfg.target_utilization
+        hpa, why = S.hpa_desired(obs.value, state.serving, current, cfg, u, cfg.reactive.tolerance)
         if hpa > value:
-            out.append(Step("reactive", hpa, "ReactiveOverride",
-                            f"HPA rule on observation {obs.value:.4g}: {hpa} ({why}) above the plan's {value}",
-                            changed=True))
+            out.append(R.tag(Step("reactive", hpa, "ReactiveOverride",
+                                  f"HPA rule on observation {obs.value:.4g}: {hpa} ({why}) above the plan's {value}",
+                                  changed=True), name))
             value = hpa
         else:
-            out.append(Step("reactive", value, "ReactiveBelow",
-                            f"HPA rule on observation {obs.value:.4g}: {hpa} ({why})"))
+            out.append(R.tag(Step("reactive", value, "ReactiveBelow",
+                                  f"HPA rule on observation {obs.value:.4g}: {hpa} ({why})"), name))
     recommendation = value
     b = S.bounds_step(value, lo, hi)
     out.append(b)

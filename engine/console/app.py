@@ -400,10 +400,9 @@ def _unauthorized() -> Response:
 
 
 def _open_store(cfg: Any) -> Any:
-    from ..audit import key_for
-    from ..store import Store
+    from ..store import open_store
 
-    return Store(cfg.state_path, audit_key=key_for(cfg))
+    return open_store(cfg)
 
 
 def create_console(config: Any, security: Security | None = None, *, clock: Clock | None = None) -> Starlette:

@@ -134,5 +134,10 @@ class StateLocked(StateError):
     """Another forescale process holds the state file's lock."""
 
 
+class LeaseLost(StateError):
+    """This replica no longer holds the lease of a target's shard (another
+    replica leads it now): nothing is acted on."""
+
+
 class PluginError(ForescaleError):
     """Unknown plugin name, or an optional dependency is not installed."""

@@ -433,22 +433,28 @@ class Action(str, enum.Enum):
 class Step:
     """One policy step: the value after it, a stable reason code
     (``ScaleUpLimit``, ``ScaleDownStabilized``, ...), and a message for people.
-    ``changed`` says whether this step altered the value it received."""
+    ``changed`` says whether this step altered the value it received.
+    ``resource``: the resource this step sized, on a target with several
+    (None: the decision's one demand signal, or a step over all of them)."""
 
     name: str
     value: float
     reason: str
     message: str
     changed: bool = False
+    resource: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "value": self.value,
             "reason": self.reason,
             "message": self.message,
             "changed": self.changed,
         }
+        if self.resource is not None:  # a single resource's records stay as they were
+            out["resource"] = self.resource
+        return out
 
 
 @dataclass(frozen=True)

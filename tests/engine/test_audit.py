@@ -24,9 +24,10 @@ from engine import audit, cli
 from engine.audit import decision_context, export, reconstruct, verify, verify_tail
 from engine.core.types import ActuationResult, Decision, Step
 from engine.plans import approve
-from engine.store import Store
+from engine.store import Store, open_store
 
 from tests.support.live import STEP, Platform, build_live, target_dict, write_config, write_trace
+from tests.support.postgres import pg_server  # noqa: F401 - the session's server
 
 UTC = timezone.utc
 NOW = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -43,9 +44,18 @@ def path(tmp_path):
     return tmp_path / "state.db"
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def state(request, tmp_path):
+    """The state file, or a fresh PostgreSQL database (its URL): the chain
+    is checked the same way on both."""
+    if request.param == "sqlite":
+        return tmp_path / "state.db"
+    return request.getfixturevalue("pg_server").fresh_database()
+
+
 def fill(path, n: int = 5, key: bytes | None = None) -> None:
     """A chain of several kinds: decisions, a status change, an actuation."""
-    with Store(path, audit_key=key) as s:
+    with open_store(path, audit_key=key) as s:
         for i in range(n):
             s.record_decision(decision(i), "auto", "intent", NOW + i * STEP)
         s.set_decision_status(decision(0).id, "applied", NOW + STEP, outcome={"observed": 8})
@@ -54,6 +64,14 @@ def fill(path, n: int = 5, key: bytes | None = None) -> None:
 
 
 def raw(path, sql: str, *args) -> None:
+    """SQL behind forescale's back (sqlite3, or psycopg on a database URL)."""
+    if isinstance(path, str):
+        import psycopg
+
+        with psycopg.connect(path, autocommit=True) as conn:
+            for stmt in ([sql] if args else [x for x in sql.split(";") if x.strip()]):
+                conn.execute(stmt.replace("?", "%s"), args or None)
+        return
     db = sqlite3.connect(path)
     if args:
         db.execute(sql, args)
@@ -64,16 +82,17 @@ def raw(path, sql: str, *args) -> None:
 
 
 def status(path, key: bytes | None = None):
-    with Store(path, audit_key=key) as s:
+    with open_store(path, audit_key=key) as s:
         return verify(s)
 
 
 # ------------------------------------------------------------------ the chain
-def test_a_chain_written_by_forescale_verifies_and_links_every_record(path):
+def test_a_chain_written_by_forescale_verifies_and_links_every_record(state):
+    path = state
     fill(path)
     st = status(path)
     assert st.ok and st.records == st.checked == 7 and st.first_bad is None
-    with Store(path) as s:
+    with open_store(path) as s:
         recs = list(audit.records(s))
     assert [r["seq"] for r in recs] == list(range(1, 8))
     assert recs[0]["prev"] == audit.GENESIS
@@ -98,16 +117,18 @@ def test_a_chain_written_by_forescale_verifies_and_links_every_record(path):
     # a decision row edited (the chain itself intact): the row disagrees with its record
     ("UPDATE decisions SET desired=60 WHERE id='web@2024-03-01T12:10:00Z'", 3, "row differs from audit record 3"),
 ])
-def test_verify_names_the_first_bad_record_for_every_kind_of_tampering(path, tamper, bad, why):
+def test_verify_names_the_first_bad_record_for_every_kind_of_tampering(state, tamper, bad, why):
+    path = state
     fill(path)
     raw(path, tamper)
     st = status(path)
     assert not st.ok and st.first_bad == bad and why in st.reason, st
 
 
-def test_a_record_inserted_with_a_correct_looking_hash_breaks_the_next_link(path):
+def test_a_record_inserted_with_a_correct_looking_hash_breaks_the_next_link(state):
+    path = state
     fill(path)
-    with Store(path) as s:
+    with open_store(path) as s:
         r3 = s.db.execute("SELECT * FROM audit WHERE seq=3").fetchone()
     # the forger shifts records 3.. up and inserts a well-formed record 3 linked to 2
     raw(path, "UPDATE audit SET seq=seq+1000 WHERE seq>=3")

@@ -442,3 +442,29 @@ def test_init_from_is_resolved_against_the_config_files_folder(tmp_path):
     (tmp_path / "models" / "g.pt").write_bytes(b"")
     cfg = load_config(write(tmp_path, target(extra="forecaster: {name: lstm, init_from: models/g.pt}")))
     assert cfg.targets[0].forecaster.init_from == tmp_path / "models" / "g.pt"
+
+
+# ------------------------------------------------------------------ state and ha
+def test_state_is_a_file_next_to_the_config_or_a_postgresql_url(tmp_path):
+    cfg = parse_config(ONE_TARGET, base_dir=tmp_path)
+    assert cfg.state_url is None and cfg.state_path == tmp_path / "forescale.db"
+    url = "postgresql://fs:s3cret-pw-123@db.internal:5433/forescale"
+    cfg = parse_config({**ONE_TARGET, "state": url, "ha": {"shards": 8, "lease": "20s"}}, base_dir=tmp_path)
+    assert cfg.state_url == url and cfg.state_shown == "postgresql://fs@db.internal:5433/forescale"
+    assert (cfg.ha.shards, cfg.ha.lease, cfg.ha.renew_every) == (8, timedelta(seconds=20), timedelta(seconds=20) / 3)
+    with pytest.raises(ConfigError, match="state is a PostgreSQL database, not a file"):
+        cfg.state_path  # noqa: B018
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ({"state": "postgresql://fs:s3cret-pw-123@db.internal:notaport/x"}, "state: .*not a valid PostgreSQL URL"),
+    ({"state": "postgresql://fs:s3cret-pw-123@db.internal:5432/"}, "state: .*needs a host and a database name"),
+    ({"ha": {"lease": "1s"}}, r"ha: .*lease: 0:00:01 is too short"),
+    ({"ha": {"lease": "30s", "renew": "11s"}}, r"ha: .*renew: 0:00:11 must be positive and at most a third of the lease"),
+    ({"ha": {"shards": 0}}, r"ha\.shards"),
+    ({"state_password_env": "not a name"}, "state_password_env"),
+])
+def test_a_bad_state_or_ha_setting_names_the_field_and_never_the_password(extra, expected):
+    with pytest.raises(ConfigError, match=expected) as info:
+        parse_config({**ONE_TARGET, **extra})
+    assert "s3cret-pw-123" not in str(info.value)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from engine import audit
 from engine.build import build_source
 from engine.core.clock import ManualClock
 from engine.daemon import Daemon
@@ -28,6 +29,7 @@ from engine.core.units import to_epoch
 
 from tests.support.live import STEP, T0, FlakySource, Platform, target_dict, write_config, write_trace
 from tests.support import ROOT
+from tests.support.postgres import pg_server, pg_url  # noqa: F401 - fixtures
 
 NOW = T0 + 20 * STEP
 
@@ -213,6 +215,46 @@ def test_a_second_daemon_on_the_same_state_file_is_refused(tmp_path, trace):
     finally:
         d.shutdown(1)
     make_daemon(path)[0].shutdown(1)  # released on shutdown
+
+
+def test_daemons_on_a_postgresql_state_share_the_targets_and_each_runs_only_those_it_leads(tmp_path, trace,
+                                                                                         pg_url):
+    names = [f"svc-{i}" for i in range(6)]
+    path = write_config(tmp_path / "c.yaml", [target_dict(n, trace) for n in names], state=pg_url,
+                        ha={"shards": 4, "lease": "30s"})
+    mono_a, mono_b, clock = FakeMono(), FakeMono(), ManualClock(NOW)
+    a, _, plat_a, res_a = make_daemon(path, monotonic=mono_a, clock=clock)
+    b, _, plat_b, res_b = make_daemon(path, monotonic=mono_b, clock=clock)  # no file lock: a second replica
+    try:
+        a.leases.renew()  # a sees b: keeps its share, hands the rest back
+        b.leases.renew()
+        assert len(a.leases.held()) == len(b.leases.held()) == 2
+        for d in (a, b):
+            d.tick()
+            settle(d)
+        ran_a, ran_b = {r.target for r in res_a}, {r.target for r in res_b}
+        assert ran_a | ran_b == set(names) and not ran_a & ran_b  # each target once, by one replica
+        assert ran_a == {n for n in names if a.leases.holds(n)}
+        assert set(plat_a) >= ran_a and not any(p.applies for n, p in plat_a.items() if n not in ran_a)
+        assert all(r.ok and r.status == "applied" for r in res_a + res_b)
+        assert all(v is None for v in a.ready().values())  # led and run, or led by b while a renews
+        # every intent names the lease it was taken under
+        rec = a.workers[sorted(ran_a)[0]].store.decisions(sorted(ran_a)[0], limit=5)
+        intent = [x for x in audit.records(a.lock_store, kind="decision") if x["payload"]["status"] == "intent"]
+        assert {x["payload"]["outcome"]["lease"]["holder"] for x in intent} == {a.leases.holder, b.leases.holder}
+        assert rec[0]["status"] == "applied"
+        # a stops: hands its shards back; b takes them at its next pass and runs those targets too
+        a.shutdown(1)
+        b.leases.renew()
+        assert len(b.leases.held()) == 4
+        mono_b.t += 300
+        clock.advance(STEP)
+        b.tick()
+        settle(b)
+        assert {r.target for r in res_b} == set(names)
+    finally:
+        a.shutdown(1)
+        b.shutdown(1)
 
 
 # ----------------------------------------------------------- real processes

@@ -36,3 +36,21 @@ def test_a_second_demo_run_starts_clean(tmp_path, capsys):
     assert run_demo(out=out, days=0.1, verbose=False) == 0
     assert not (out / "forescale.db.models" / "stale.pt").exists()
     assert "live replay:" in capsys.readouterr().out
+
+
+def test_the_demo_takes_a_second_resource_and_says_which_one_set_the_size(tmp_path, capsys):
+    import json
+
+    from tests.support import TRACES
+
+    # an EC2 instance's CPU over the same two weeks as the demo's RDS CPU
+    other = TRACES / "nab" / "ec2_cpu_utilization_5f5533.csv"
+    out = tmp_path / "demo"
+    assert run_demo(out=out, days=0.25, verbose=True, resources={"ec2": other}) == 0
+    text = capsys.readouterr().out
+    assert "resource ec2 (ec2_cpu_utilization_5f5533.csv" in text
+    assert "sized for " in text
+    assert "predictive by resource: cpu violations" in text and "; ec2 violations" in text
+    report = json.loads((out / "backtest.json").read_text())
+    assert set(report["policies"]["predictive"]["resources"]) == {"cpu", "ec2"}
+    assert "resources" in (out / "demo.yaml").read_text()

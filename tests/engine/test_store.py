@@ -1,4 +1,7 @@
-"""The embedded SQLite store, on a real file in tmp_path."""
+"""The state store, on a real SQLite file in tmp_path and on a real
+PostgreSQL server (:mod:`tests.support.postgres`): the tests that hold for
+both backends run on both (the ``state`` fixture); those about the file
+itself (its lock, its pragmas, the version-1 migration) on SQLite."""
 
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ import numpy as np
 import pytest
 
 from engine.core.errors import PlanNotFound, PlanStateError, StateError, StateLocked
-from engine.store import _SCHEMA_V1, SCHEMA_VERSION, Store
+from engine.store import _SCHEMA_V1, SCHEMA_VERSION, Store, open_store
+from tests.support.postgres import pg_server  # noqa: F401 - the session's server
 from engine.core.types import (
     ActuationResult, Forecast, Observation, Plan, PlanStatus, ScaleEvent, ScalingState, Series,
 )
@@ -32,8 +36,22 @@ def db_path(tmp_path):
     return tmp_path / "state" / "forescale.db"  # the parent folder is created on open
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def state(request, db_path):
+    """Where the store lives: the SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return db_path
+    return request.getfixturevalue("pg_server").fresh_database()
+
+
 @pytest.fixture
-def store(db_path):
+def store(state):
+    with open_store(state) as s:
+        yield s
+
+
+@pytest.fixture
+def sqlite_store(db_path):
     with Store(db_path) as s:
         yield s
 
@@ -64,16 +82,16 @@ def count(store: Store, table: str) -> int:
 
 
 # ---------------------------------------------------------------------- state
-def test_state_round_trips_through_a_restart(db_path):
-    with Store(db_path) as s:
+def test_state_round_trips_through_a_restart(state):
+    with open_store(state) as s:
         assert s.load_state("web") is None
         s.save_state("web", full_state(), NOW)
-    with Store(db_path) as s:  # a new process opening the same file
+    with open_store(state) as s:  # a new process opening the same file
         assert s.load_state("web") == full_state()
         assert s.load_state("other") is None
 
 
-def test_a_restart_resumes_cooldown_clocks_and_stabilization_windows(db_path):
+def test_a_restart_resumes_cooldown_clocks_and_stabilization_windows(state):
     # scale-up 2 min ago, cooldown 5 min; a 9 recommended 1 min ago inside the 5 min
     # down window. The forecast (10 -> q0.9 15 -> ceil(15 / 10 / 0.7) = 3) would scale
     # down at once without that memory.
@@ -81,9 +99,9 @@ def test_a_restart_resumes_cooldown_clocks_and_stabilization_windows(db_path):
     before = ScalingState(current=10, observation=Observation(20.0, NOW),
                           recommendations=((NOW - minutes(1), 9),),
                           events=(ScaleEvent(NOW - minutes(2), 4, 10),))
-    with Store(db_path) as s:
+    with open_store(state) as s:
         s.save_state("web", before, NOW)
-    with Store(db_path) as s:
+    with open_store(state) as s:
         after = s.load_state("web")
     d = decide(forecast(NOW), after, cfg, NOW)
     assert d.recommendation == 3
@@ -266,7 +284,8 @@ def test_a_file_that_is_not_a_database_is_a_state_error(db_path):
         Store(db_path)
 
 
-def test_a_full_database_is_a_state_error_and_writes_nothing(store, db_path):
+def test_a_full_database_is_a_state_error_and_writes_nothing(sqlite_store, db_path):
+    store = sqlite_store
     store.record_forecast("web", forecast(NOW))
     store.save_state("web", full_state(), NOW)
     # SQLITE_FULL, portably: cap the file at the pages it has now
@@ -288,7 +307,8 @@ def test_a_full_database_is_a_state_error_and_writes_nothing(store, db_path):
         assert again.load_state("web") == full_state()
 
 
-def test_a_read_only_database_is_a_state_error(store):
+def test_a_read_only_database_is_a_state_error(sqlite_store):
+    store = sqlite_store
     # PRAGMA query_only gives SQLITE_READONLY portably (chmod does not stop root)
     store.save_state("web", full_state(), NOW)
     store.db.execute("PRAGMA query_only=ON")

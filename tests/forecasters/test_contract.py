@@ -49,6 +49,7 @@ MASE_BARS: dict[str, float] = {
     "seasonal_persistence": 1.55,  # (1.38) noise of three samples
     "holt_winters": 0.85,  # (0.73) learns the curve, averages the noise
     "prophet": 0.80,  # (0.69) a sum of sines is Prophet's own model
+    "blend": 1.15,  # (1.01) by default 99 % persistence at 15 min
 }
 #: For a forecaster not listed above.
 DEFAULT_MASE_BAR = 1.0

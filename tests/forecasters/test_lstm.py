@@ -187,7 +187,7 @@ def test_covariates_are_used_and_required():
 def test_global_model_forecasts_many_series_in_one_call(tmp_path):
     series = {f"s{i}": daily(3, seed=i, level=100 + 50 * i) for i in range(3)}
     g = GlobalLSTM(TINY).fit(series)
-    assert set(g.scalers) == set(series) and g.version.startswith("lstm-global:")
+    assert set(g.scalers) == set(series) and g.version.startswith("lstm_multiseries:")
     now = end(series["s0"])
     hist = {**series, "new": daily(3, seed=9, level=400)[2 * DAY:]}  # unseen: scaled from its own history
     errors: dict[str, str] = {}

@@ -1,0 +1,177 @@
+"""The state store on PostgreSQL, shared by several daemon replicas.
+
+:class:`PgStore` is :class:`engine.store.Store` over a
+:class:`engine.db.PgConnection`: the same queries, the same transactions
+(one writer at a time, through an advisory lock taken at the start of each
+write transaction), the same audit chain. What differs:
+
+- the schema is PostgreSQL's own (:data:`MIGRATIONS`), versioned in a
+  ``schema_version`` table; the first replica to open the database creates
+  or upgrades it inside one write transaction (others wait on the lock and
+  then find it current); a database written by a newer forescale is refused;
+- there is no file lock: replicas elect a leader per shard of targets
+  (:mod:`engine.leases`, the ``leases`` table), and :meth:`PgStore.lock`
+  (what a CLI ``apply``/``once`` takes so it never acts beside a running
+  daemon) takes every shard's lease;
+- the password comes from the URL, from the variable the config's
+  ``state_password_env`` names, or from libpq's own ``PGPASSWORD`` /
+  ``~/.pgpass``; the URL the store shows (``path``) carries none.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from typing import Any
+
+from . import audit
+from .auth import _USED_LINKS
+from .core.errors import StateError, StateLocked
+from .db import connect, redact_url
+from .store import _SCHEMA_V1, _V2_TABLES, SCHEMA_VERSION, Store, check_version
+
+def dialect(sqlite_ddl: str) -> str:
+    """SQLite DDL as PostgreSQL DDL, so each table is declared once (in
+    :mod:`engine.store`, :mod:`engine.audit`, :mod:`engine.auth`): 64-bit
+    integers, double-precision reals, text compared byte by byte as SQLite
+    compares it (``COLLATE "C"``: ids and names sort the same on both), no
+    ``WITHOUT ROWID``."""
+    out = re.sub(r"\bINTEGER\b", "BIGINT", sqlite_ddl)
+    out = re.sub(r"\bREAL\b", "DOUBLE PRECISION", out)
+    out = re.sub(r"\bTEXT\b", 'TEXT COLLATE "C"', out)
+    return re.sub(r"\)\s*WITHOUT ROWID", ")", out)
+
+
+#: what PostgreSQL has and SQLite does not: the leases of leader election
+_LEASES = """
+CREATE TABLE IF NOT EXISTS leases (
+    shard INTEGER PRIMARY KEY,
+    holder TEXT NOT NULL,
+    epoch BIGINT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL,
+    acquired_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS replicas (
+    holder TEXT PRIMARY KEY,
+    seen_at TIMESTAMPTZ NOT NULL
+);
+"""
+
+#: schema version -> the statements that bring the database from the
+#: previous version to it. Version 2 is the first on PostgreSQL: the SQLite
+#: path from nothing (version 1, then what version 2 adds), the used
+#: approval links, and the leases.
+MIGRATIONS: dict[int, str] = {2: ";".join((
+    dialect(_SCHEMA_V1), "ALTER TABLE decisions ADD COLUMN plan_id TEXT COLLATE \"C\"",
+    dialect(audit.SCHEMA + _V2_TABLES), dialect(_USED_LINKS), _LEASES))}
+
+assert max(MIGRATIONS) == SCHEMA_VERSION
+
+
+def _statements(script: str) -> list[str]:
+    return [s for s in (x.strip() for x in script.split(";")) if s]
+
+
+class PgStore(Store):
+    """The store on a PostgreSQL database (see the module doc)."""
+
+    shared = True
+
+    def __init__(self, url: str, *, audit_key: bytes | None = None, password: str | None = None,
+                 read_only: bool = False, pool: int = 10, checkpoint_base: str | None = None) -> None:
+        self.path = redact_url(url)
+        self.checkpoint_base = checkpoint_base
+        self.audit_key = (audit_key if audit_key is not None else audit.key_from_env()) or None
+        self._lock_fd = None
+        self._cli_leases: Any = None
+        self.db: Any = None
+        try:
+            self.db = connect(url, password=password, size=pool)
+            if read_only:
+                check_version(self.path, self._version())
+            else:
+                self._migrate()
+        except sqlite3.Error as exc:
+            self._close_quietly()
+            raise StateError(f"cannot open the state database {self.path}: {exc}") from exc
+        except StateError:
+            self._close_quietly()
+            raise
+
+    # ------------------------------------------------------------ the schema
+    def _version(self) -> int:
+        have = self.db.execute("SELECT to_regclass('schema_version')").fetchone()[0]
+        if have is None:
+            return 0
+        row = self.db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        return int(row[0] or 0)
+
+    def _migrate(self) -> None:
+        """Bring the schema to :data:`SCHEMA_VERSION` (one transaction under
+        the write lock: two replicas starting at once do it once)."""
+        if self._version() == SCHEMA_VERSION:
+            return
+        with self.tx() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, "
+                       "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+            version = self._version()
+            check_version(self.path, version)
+            for v in sorted(MIGRATIONS):
+                if v > version:
+                    for stmt in _statements(MIGRATIONS[v]):
+                        db.execute(stmt)
+                    db.execute("INSERT INTO schema_version(version) VALUES (?)", (v,))
+
+    @property
+    def schema_version(self) -> int:
+        return self._version()
+
+    # -------------------------------------------------------- transactions
+    def _begin(self) -> None:
+        self.db.begin()
+
+    def _commit(self) -> None:
+        self.db.commit()
+
+    def _rollback(self) -> None:
+        self.db.rollback()
+
+    def _close_quietly(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+    def close(self) -> None:
+        self.unlock()
+        self._close_quietly()
+
+    # ------------------------------------------------------------- the lock
+    def lock(self, shards: int | None = None) -> None:
+        """What the CLI takes before acting (``apply``, ``once``): the lease
+        of every shard (``shards``: how many the config has; default: every
+        shard in the table, at least one), so it never acts beside a
+        running replica. StateLocked when a replica holds one."""
+        from .leases import Leases
+
+        if self._cli_leases is not None:
+            return
+        if shards is None:
+            shards = max(1, int(self.db.execute("SELECT COALESCE(MAX(shard) + 1, 1) FROM leases").fetchone()[0]))
+        leases = Leases(self, shards=shards, lease_s=60.0, role="cli")
+        held = leases.acquire_all()
+        if held is not None:
+            leases.release()
+            raise StateLocked(f"a forescale replica ({held}) leads targets on {self.path}; "
+                              "one process acts on a target at a time")
+        self._cli_leases = leases
+
+    def unlock(self) -> None:
+        if self._cli_leases is not None:
+            leases, self._cli_leases = self._cli_leases, None
+            try:
+                leases.release()
+            except Exception:  # noqa: BLE001 - the leases expire by themselves
+                pass
+
+
+__all__ = ["MIGRATIONS", "PgStore"]

@@ -1,0 +1,141 @@
+"""Leader election per shard on a real PostgreSQL server: leases expire,
+another replica takes over with a new epoch, the fence refuses an intent
+recorded after the lease was lost, shards are shared among live replicas."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.core.errors import LeaseLost, StateLocked
+from engine.leases import Leases, shard_of
+from engine.store import open_store
+from tests.engine.test_daemon import FakeMono
+from tests.engine.test_store import NOW, make_decision
+from tests.support.postgres import pg_server, pg_url  # noqa: F401 - fixtures
+
+
+@pytest.fixture
+def stores(pg_url):
+    a, b = open_store(pg_url), open_store(pg_url)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def expire_all(store) -> None:
+    """What the passing of ``lease`` seconds does to the rows."""
+    store.db.execute("UPDATE leases SET expires_at = clock_timestamp() - interval '1 second'")
+    store.db.execute("UPDATE replicas SET seen_at = clock_timestamp() - interval '1 hour'")
+
+
+def test_shards_are_stable_and_spread():
+    assert shard_of("web", 16) == shard_of("web", 16)
+    assert len({shard_of(f"svc-{i}", 16) for i in range(200)}) == 16
+
+
+def test_one_replica_takes_every_shard_and_a_second_gets_none_while_it_renews(stores):
+    a, b = stores
+    la = Leases(a, shards=4, lease_s=30)
+    lb = Leases(b, shards=4, lease_s=30)
+    assert la.renew()[0] == {0, 1, 2, 3}
+    assert all(la.holds(t) for t in ("web", "api", "db"))
+    lb.renew()
+    assert lb.held() == {}  # b is live, so a's share is 2, but a hands back only on its own pass
+    la.renew()  # a sees two live replicas: keeps its share, hands the rest back
+    assert len(la.held()) == 2
+    lb.renew()
+    assert len(lb.held()) == 2 and not set(la.held()) & set(lb.held())
+    for t in ("web", "api", "db", "queue"):
+        assert la.holds(t) != lb.holds(t)  # exactly one leads each target
+
+
+def test_a_dead_holder_loses_its_shards_after_the_lease_and_the_epoch_moves_on(stores):
+    a, b = stores
+    la, lb = Leases(a, shards=2, lease_s=30), Leases(b, shards=2, lease_s=30)
+    la.renew()
+    epochs = la.held()
+    lb.renew()
+    assert lb.held() == {}
+    expire_all(a)  # a stopped renewing (SIGKILL) and the lease ran out
+    lb.renew()
+    assert set(lb.held()) == {0, 1}
+    assert all(lb.held()[s] == epochs[s] + 1 for s in (0, 1))
+
+
+def test_holds_and_readiness_run_out_on_the_local_clock_without_a_renewal():
+    class Rows:  # holds() answers from memory: no database touched
+        db = None
+
+    mono = FakeMono()
+    le = Leases(Rows(), shards=1, lease_s=30, monotonic=mono)
+    le._held[0] = (1, mono.t + 30)
+    assert le.trouble() == "leases not renewed yet"
+    le._renewed = mono.t
+    assert le.holds("web") and le.trouble() is None
+    mono.t += 30
+    assert not le.holds("web")
+    assert le.trouble().startswith("leases not renewed for 30s")  # /readyz of a cut-off standby says so
+
+
+def test_the_fence_refuses_an_intent_once_another_replica_took_the_lease(stores):
+    a, b = stores
+    la, lb = Leases(a, shards=1, lease_s=30), Leases(b, shards=1, lease_s=30)
+    a.fence = la.check
+    la.renew()
+    d1 = make_decision(NOW)
+    a.record_decision(d1, "auto", "intent", NOW)
+    assert a.decision(d1.id)["outcome"]["lease"] == {"shard": 0, "epoch": 1, "holder": la.holder}
+    expire_all(a)
+    lb.renew()  # b took over while a was, say, paused
+    d2 = make_decision(NOW.replace(minute=5))
+    with pytest.raises(LeaseLost, match="no longer holds the lease of shard 0"):
+        a.record_decision(d2, "auto", "intent", NOW)
+    assert a.decision(d2.id) is None  # rolled back: no intent, so nothing is applied
+    assert not la.holds("web")
+    # a decision that does not act is not fenced (observe, dry-run)
+    a.record_decision(d2, "dry-run", "dry-run", NOW)
+
+
+def test_a_stopping_replica_hands_its_leases_back_at_once(stores):
+    a, b = stores
+    la, lb = Leases(a, shards=3, lease_s=30), Leases(b, shards=3, lease_s=30)
+    la.renew()
+    la.stop()
+    lb.renew()
+    assert set(lb.held()) == {0, 1, 2}
+
+
+def test_the_cli_lock_takes_every_shard_and_is_refused_beside_a_replica(stores):
+    a, b = stores
+    la = Leases(a, shards=2, lease_s=30)
+    la.renew()
+    with pytest.raises(StateLocked, match="a forescale replica .*daemon:.* leads targets"):
+        b.lock()
+    la.stop()
+    b.lock()  # free now: the CLI holds every shard until it unlocks
+    la2 = Leases(a, shards=2, lease_s=30)
+    la2.renew()
+    assert la2.held() == {}
+    b.unlock()
+    la2.renew()
+    assert set(la2.held()) == {0, 1}
+
+
+def test_the_fence_refuses_to_claim_an_approved_plan_once_the_lease_is_gone(stores):
+    from engine.core.types import PlanStatus
+    from tests.engine.test_store import plan
+
+    a, b = stores
+    la, lb = Leases(a, shards=1, lease_s=30), Leases(b, shards=1, lease_s=30)
+    a.fence = la.check
+    la.renew()
+    a.save_plan(plan())
+    a.transition_plan("p1", PlanStatus.APPROVED, NOW, identity="unix:ana", allowed_from=(PlanStatus.PENDING,))
+    expire_all(a)
+    lb.renew()
+    with pytest.raises(LeaseLost):
+        a.transition_plan("p1", PlanStatus.APPLYING, NOW, allowed_from=(PlanStatus.APPROVED,))
+    assert a.plan("p1").status == PlanStatus.APPROVED  # not claimed: the new leader applies it, once
+    b.fence = lb.check
+    claimed = b.transition_plan("p1", PlanStatus.APPLYING, NOW, allowed_from=(PlanStatus.APPROVED,))
+    assert claimed.status == PlanStatus.APPLYING

@@ -1,0 +1,180 @@
+"""The PostgreSQL state on a real server: versioned schema, several writers
+(the audit chain stays one unbroken chain, a plan is claimed once), errors
+mapped like SQLite's, and the password never shown."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from datetime import timedelta
+
+import pytest
+import yaml
+
+from engine import audit
+from engine.auth import AuthError, Link, Links
+from engine.config import load_config
+from engine.core.errors import PlanStateError, StateError
+from engine.core.types import PlanStatus
+from engine.db import redact_url
+from engine.postgres import PgStore
+from engine.store import SCHEMA_VERSION, open_store
+from tests.engine.test_store import NOW, make_decision, plan
+from tests.support import ROOT
+from tests.support.postgres import PASSWORD, pg_server, pg_url  # noqa: F401 - fixtures
+
+
+def test_a_new_database_gets_the_current_schema_once_and_a_newer_one_is_refused(pg_url):
+    with open_store(pg_url) as s, open_store(pg_url) as again:
+        assert isinstance(s, PgStore) and s.shared
+        assert s.schema_version == again.schema_version == SCHEMA_VERSION
+        assert [r[0] for r in s.db.execute("SELECT version FROM schema_version")] == [SCHEMA_VERSION]
+        s.db.execute("INSERT INTO schema_version(version) VALUES (?)", (SCHEMA_VERSION + 1,))
+    with pytest.raises(StateError, match=f"schema version {SCHEMA_VERSION + 1} is newer"):
+        open_store(pg_url)
+
+
+def test_replicas_opening_a_fresh_database_at_once_migrate_it_once(pg_url):
+    errors = []
+
+    def opener():
+        try:
+            PgStore(pg_url).close()  # each its own pool: as separate processes would
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=opener) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    with open_store(pg_url) as s:
+        assert s.db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 1
+
+
+_WRITER = """
+import sys
+from datetime import datetime, timedelta, timezone
+from engine.store import open_store
+from tests.engine.test_store import make_decision
+url, who, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+t0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
+with open_store(url, audit_key=b"k" * 32) as s:
+    for i in range(n):
+        d = make_decision(t0 + timedelta(minutes=i), target=who)
+        s.record_decision(d, "auto", "intent", d.at)
+        s.set_decision_status(d.id, "applied", d.at)
+"""
+
+
+def test_the_audit_chain_stays_one_unbroken_chain_with_several_writing_processes(pg_url):
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, pg_url, f"replica-{i}", "25"], cwd=ROOT,
+                              stderr=subprocess.PIPE, text=True) for i in range(3)]
+    for p in procs:
+        assert p.wait(120) == 0, p.stderr.read()
+    with open_store(pg_url, audit_key=b"k" * 32) as s:
+        status = audit.verify(s)
+        assert status.ok, status.reason
+        assert status.records == 3 * 25 * 2
+        seqs = [r[0] for r in s.db.execute("SELECT seq FROM audit ORDER BY seq")]
+        assert seqs == list(range(1, 151))  # no gap, no duplicate
+        assert s.db.execute("SELECT COUNT(*) FROM decisions WHERE status='applied'").fetchone()[0] == 75
+        # and an edit behind forescale's back is found, as on SQLite
+        s.db.execute("UPDATE decisions SET desired=60 WHERE id=(SELECT MIN(id) FROM decisions)")
+        assert not audit.verify(s).ok
+
+
+def test_two_stores_claiming_one_approved_plan_at_once_claim_it_once(pg_url):
+    with open_store(pg_url) as s:
+        s.save_plan(plan())
+        s.transition_plan("p1", PlanStatus.APPROVED, NOW, identity="unix:ana", allowed_from=(PlanStatus.PENDING,))
+    wins, losses = [], []
+    barrier = threading.Barrier(4)
+
+    def claim():
+        st = PgStore(pg_url)  # a pool of its own: another replica
+        try:
+            barrier.wait()
+            st.transition_plan("p1", PlanStatus.APPLYING, NOW + timedelta(minutes=1),
+                               allowed_from=(PlanStatus.APPROVED,))
+            wins.append(1)
+        except PlanStateError:
+            losses.append(1)
+        finally:
+            st.close()
+
+    threads = [threading.Thread(target=claim) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (len(wins), len(losses)) == (1, 3)
+
+
+def test_a_duplicate_key_is_the_same_error_as_on_sqlite(pg_url):
+    with open_store(pg_url) as s:
+        s.save_plan(plan())
+        link = Link("once-only", "p1", "approve", "email", 10**10)
+        Links.spend(s, link, NOW)
+        assert Links.used(s, link)
+        with pytest.raises(AuthError, match="already used"):
+            Links.spend(s, link, NOW)
+
+
+def test_a_decision_round_trips_through_rows_read_by_name_and_index(pg_url):
+    with open_store(pg_url) as s:
+        d = make_decision(NOW)
+        s.record_decision(d, "auto", "intent", NOW)
+        row = s.db.execute("SELECT id, desired FROM decisions WHERE id=?", (d.id,)).fetchone()
+        assert row[0] == row["id"] == d.id and row[1] == row["desired"] == d.desired
+        assert s.unfinished_intents("web")[0]["id"] == d.id
+        assert dict(zip(row.keys(), row)) == {"id": d.id, "desired": d.desired}
+
+
+def test_the_password_is_never_shown(pg_server, tmp_path, capsys):
+    url = pg_server.fresh_database()
+    wrong = url.replace(PASSWORD, "not-the-password-123")
+    with pytest.raises(StateError) as exc:
+        open_store(wrong)
+    assert "not-the-password-123" not in str(exc.value) and PASSWORD not in str(exc.value)
+    assert "password authentication failed" in str(exc.value)
+    assert redact_url(url) in str(exc.value) or "127.0.0.1" in str(exc.value)
+    # validate shows where state is kept, without the password
+    cfg = tmp_path / "c.yaml"
+    from tests.support.live import target_dict, write_trace
+
+    trace = write_trace(tmp_path / "load.csv", [100.0] * 30)
+    cfg.write_text(yaml.safe_dump({"state": url, "server": {"enabled": False},
+                                   "targets": [target_dict("web", trace)]}))
+    out = subprocess.run([sys.executable, "-m", "engine.cli", "validate", "--config", str(cfg)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert PASSWORD not in out.stdout + out.stderr and redact_url(url) in out.stdout
+    # a malformed URL is refused naming the field, without echoing the password
+    cfg.write_text(yaml.safe_dump({"state": f"postgresql://forescale:{PASSWORD}@127.0.0.1:99999999/x",
+                                   "targets": [target_dict("web", trace)]}))
+    out = subprocess.run([sys.executable, "-m", "engine.cli", "validate", "--config", str(cfg)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "state" in out.stderr and PASSWORD not in out.stdout + out.stderr
+
+
+def test_the_password_can_come_from_the_variable_the_config_names(pg_server, tmp_path, monkeypatch):
+    url = pg_server.fresh_database()
+    from tests.support.live import target_dict, write_trace
+
+    trace = write_trace(tmp_path / "load.csv", [100.0] * 30)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"state": url.replace(f":{PASSWORD}", ""), "state_password_env": "DB_PW",
+                                   "targets": [target_dict("web", trace)]}))
+    monkeypatch.delenv("DB_PW", raising=False)
+    with pytest.raises(Exception, match="state_password_env: environment variable DB_PW is not set"):
+        open_store(load_config(cfg))
+    monkeypatch.setenv("DB_PW", PASSWORD)
+    with open_store(load_config(cfg)) as s:
+        assert s.schema_version == SCHEMA_VERSION
+        assert PASSWORD not in s.path
+    from engine.auth import config_secrets
+
+    assert PASSWORD in config_secrets(load_config(cfg))  # so the log redactor knows it
