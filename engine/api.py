@@ -26,7 +26,7 @@ import math
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from starlette.requests import Request
@@ -44,10 +44,14 @@ from .store import ReadOnlyStore, Store, open_store
 
 class TargetsView:
     """What the API reads: the running configuration (a callable, so a
-    daemon's reload is seen) and its state file."""
+    daemon's reload is seen), the targets its templates expand to now
+    (``discovered``: the daemon's, none when the API serves a file alone)
+    and its state file."""
 
-    def __init__(self, config: Callable[[], Config]) -> None:
+    def __init__(self, config: Callable[[], Config],
+                 discovered: Callable[[], Sequence[TargetConfig]] | None = None) -> None:
         self._config = config
+        self._discovered = discovered
 
     @classmethod
     def from_file(cls, path: str | Path) -> "TargetsView":
@@ -57,6 +61,11 @@ class TargetsView:
     @property
     def config(self) -> Config:
         return self._config()
+
+    @property
+    def targets(self) -> tuple[TargetConfig, ...]:
+        """The file's targets, then the templates' discovered ones."""
+        return self.config.targets + tuple(self._discovered() if self._discovered is not None else ())
 
     def store(self) -> Store:
         return open_store(self.config, read_only=True)
@@ -126,11 +135,11 @@ def api_routes(view: TargetsView) -> list[BaseRoute]:
 
     def target_of(request: Request) -> TargetConfig:
         name = request.path_params["name"]
-        cfg = view.config
-        for t in cfg.targets:
+        known = view.targets
+        for t in known:
             if t.name == name:
                 return t
-        raise _Error(404, f"no target named {name!r}; known: {', '.join(t.name for t in cfg.targets)}")
+        raise _Error(404, f"no target named {name!r}; known: {', '.join(t.name for t in known)}")
 
     def handler(fn: Callable[[Request], Any]) -> Callable[[Request], JSONResponse]:
         # sync endpoints: Starlette runs them in its thread pool, off the loop
@@ -152,7 +161,7 @@ def api_routes(view: TargetsView) -> list[BaseRoute]:
             store.close()
 
     def targets(request: Request) -> Any:
-        return {"targets": [target_info(t) for t in view.config.targets]}
+        return {"targets": [target_info(t) for t in view.targets]}
 
     def forecast(request: Request) -> Any:
         def get(store: Store, t: TargetConfig) -> Any:

@@ -148,7 +148,6 @@ def _duration(text: str):
 def cmd_backtest(args: argparse.Namespace) -> int:
     from .backtest import DEFAULT_FORECASTER, DEFAULT_POLICY, plot, run_backtest, scenario_for, write_json
     from .config import ForecasterConfig, load_config
-    from .sources.csv import read_csv
 
     target = None
     if args.config:
@@ -260,7 +259,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
             {"name": t.name, "mode": t.mode, "interval_s": t.interval.total_seconds(), "source": t.source.type,
              "forecaster": t.forecaster.name, "actuator": t.actuator.type, "capacity": list(t.policy.bounds),
              **({"actuator_check": checks[t.name]} if t.name in checks else {})}
-            for t in cfg.targets]})
+            for t in cfg.targets],
+            "templates": [{"name": tp.name, "query": tp.source.query, "labels": list(tp.labels),
+                           "discover_every_s": tp.discover_every.total_seconds(),
+                           "mode": tp.prototype.mode if tp.prototype else None} for tp in cfg.templates]})
         return 0
     for t in cfg.targets:
         if t.name in checks:
@@ -269,8 +271,49 @@ def cmd_validate(args: argparse.Namespace) -> int:
         lo, hi = t.policy.bounds
         print(f"{t.name}: mode {t.mode}, every {t.interval}, source {t.source.type}, forecaster "
               f"{t.forecaster.name}, actuator {t.actuator.type}, capacity [{lo}, {hi}]")
-    print(f"{args.config}: valid ({len(cfg.targets)} target(s)); state {cfg.state_shown}")
+    for tp in cfg.templates:
+        print(f"template {tp.name}: one target per series of {tp.source.query!r}, every {tp.prototype.interval}, "
+              f"rediscovered every {tp.discover_every} (list them: forescale targets --config {args.config})")
+    more = f", {len(cfg.templates)} template(s)" if cfg.templates else ""
+    print(f"{args.config}: valid ({len(cfg.targets)} target(s){more}); state {cfg.state_shown}")
     return 0
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    """What each template expands to now: one target per series its query
+    returns (asked of the source now), with the labels it came from."""
+    from .config import _secret_name, load_config
+    from .core.clock import SystemClock
+    from .fleet import discover, template_source
+
+    cfg = load_config(args.config)
+    chosen = [tp for tp in cfg.templates if not args.template or tp.name == args.template]
+    if args.template and not chosen:
+        raise ConfigError(f"no template named {args.template!r}; known: "
+                          f"{', '.join(tp.name for tp in cfg.templates) or 'none'}")
+    now = SystemClock().now()
+    doc: dict[str, Any] = {"config": args.config, "at": isoformat(now), "templates": []}
+    failed = False
+    for tp in chosen:
+        found = discover(tp, template_source(tp, cfg), now, cfg.base_dir)
+        failed = failed or bool(found.errors)
+        doc["templates"].append({"name": tp.name, "query": tp.source.query, "errors": found.errors, "targets": [
+            {"name": n, "labels": dict(sorted(found.labels[n])), "mode": t.mode,
+             # (what the labels filled in; a field that may hold a secret is never printed)
+             "actuator": {k: v for k, v in t.actuator.model_dump(mode="json", exclude_defaults=True).items()
+                          if not _secret_name(k)}}
+            for n, t in found.targets.items()]})
+    if args.json:
+        _print_json(doc)
+        return EXIT_FAILURE if failed else EXIT_OK
+    for entry in doc["templates"]:
+        print(f"template {entry['name']}: {len(entry['targets'])} target(s) from {entry['query']!r}")
+        for t in entry["targets"]:
+            labels = ", ".join(f'{k}="{v}"' for k, v in t["labels"].items())
+            print(f"  {t['name']}  {{{labels}}}  mode {t['mode']}, actuator {t['actuator']}")
+        for err in entry["errors"]:
+            print(f"  error: {err}", file=sys.stderr)
+    return EXIT_FAILURE if failed else EXIT_OK
 
 
 def cmd_once(args: argparse.Namespace) -> int:
@@ -280,18 +323,44 @@ def cmd_once(args: argparse.Namespace) -> int:
     from .store import open_store
 
     cfg = load_config(args.config)
-    if args.target:
+    if args.target and not cfg.templates:
         cfg.target(args.target)
     clock = SystemClock()
     rc = EXIT_OK
     report = []
-    with open_store(cfg) as store:
-        store.lock()
+
+    def results(store: Any) -> Any:
+        """Each static target's cycle, then each template's batched cycle."""
+        nonlocal rc
+        static = [t.name for t in cfg.targets]
         for lt in build_targets(cfg, store, [args.target] if args.target else None):
             warning = check_actuator(lt.target, lt.actuator)
             if warning:
                 print(f"warning: {warning}", file=sys.stderr)
-            res = lt.run(clock.now())
+            yield lt, lt.run(clock.now())
+        if args.target in static:
+            return
+        from .fleet import TemplateFetch, discover, member_target, run_batch, template_source
+
+        seen = False
+        for tp in cfg.templates:
+            now = clock.now()  # read once for the template's batched cycle
+            source = template_source(tp, cfg)
+            found = discover(tp, source, now, cfg.base_dir)
+            for err in found.errors:
+                print(f"template {tp.name}: {err}", file=sys.stderr)
+                rc = EXIT_FAILURE
+            fetch = TemplateFetch(source)
+            members = [member_target(t, found.labels[n], fetch, store, cfg) for n, t in found.targets.items()
+                       if not args.target or n == args.target]
+            seen = seen or bool(members)
+            yield from zip(members, run_batch(members, now, store, fetch).results)
+        if args.target and not seen:
+            raise ConfigError(f"no target named {args.target!r}: not in the file, and no template has it now")
+
+    with open_store(cfg) as store:
+        store.lock()
+        for lt, res in results(store):
             failed = {what: getattr(res, what) for what in ("fetch_error", "actuation_error", "error")
                       if getattr(res, what)}
             if failed:
@@ -476,7 +545,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             # one server: /metrics, the probes, the forecast API and the web
             # console (over the running config, so a reload is seen)
             server = serve_config(cfg.server, metrics, readiness=daemon.ready,
-                                  view=TargetsView(lambda: daemon.config),
+                                  view=TargetsView(lambda: daemon.config, daemon.discovered_targets),
                                   routes=people.console_routes(lambda: daemon.config),
                                   own_auth=people.own_auth())
         daemon.install_signals()
@@ -487,7 +556,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         people.close()
         raise
     logging.getLogger("forescale").info(
-        "forescale running %d target(s), state %s%s", len(cfg.targets), cfg.state_shown,
+        "forescale running %d target(s)%s, state %s%s", len(cfg.targets),
+        f" and {len(cfg.templates)} template(s) (targets from label sets)" if cfg.templates else "", cfg.state_shown,
         f", HTTP on {server.url} (/metrics, /api/v1)" if server is not None else "")
     try:
         daemon.run(tick=args.tick)  # returns after SIGTERM/SIGINT, running cycles finished or abandoned
@@ -998,6 +1068,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also check each actuator's credentials and target on its platform")
     json_flag(v)
     v.set_defaults(func=cmd_validate)
+
+    tg = sub.add_parser("targets", help="list the targets each template expands to now (asks its query)")
+    tg.add_argument("--config", required=True, help="the YAML config file")
+    tg.add_argument("--template", help="only this template (default: every template)")
+    json_flag(tg)
+    tg.set_defaults(func=cmd_targets)
 
     r = sub.add_parser("run", help="the daemon: every target's cycle on its interval")
     r.add_argument("--config", required=True, help="the YAML config file (reloaded on SIGHUP or change)")

@@ -16,6 +16,8 @@ into a frozen object after validation.
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Mapping, get_args
@@ -437,6 +439,159 @@ class TargetConfig(_Model):
         return max(1, -(-int(span.total_seconds()) // int(self.interval.total_seconds())))
 
 
+class TargetTemplate(_Model):
+    """Targets from label sets (``templates[]``): every series that the
+    source's PromQL ``query`` returns becomes a target, one per label set
+    (``sum by (user, group) (storage_used_bytes)``: one per user and
+    group). The block holds the template's own fields (``name``,
+    ``source``, ``target_name``, ``discover_every``) and, beside them, any
+    field of a target but ``name`` and ``source`` (``interval``, ``mode``,
+    ``forecaster``, ``policy``, ``actuator``...), in which ``{label}`` is
+    replaced by the series' value of that label (``namespace: "{group}"``).
+    Each target's source is the template's query with ``series`` set to its
+    labels; its state is kept under its name, so a series that goes away
+    and comes back finds its state."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    #: the query whose result series become targets (a ``prometheus`` source)
+    source: SourceConfig
+    #: each target's name from its labels, e.g. ``storage-{user}-{group}``
+    #: (default: the template's name and the label values, in label order);
+    #: characters a target name cannot hold become ``_``
+    target_name: str | None = Field(None, min_length=1)
+    #: how often the query is asked which series exist now
+    discover_every: Duration = timedelta(minutes=5)
+    #: the target fields (everything else in the block), ``{label}`` unreplaced
+    fields: dict[str, Any] = Field(default_factory=dict)
+    #: the template validated once as a target (every label ``x``), set at
+    #: load: the sections without a placeholder are taken from it as they are
+    prototype: "TargetConfig | None" = Field(None, exclude=True)
+
+    OWN: ClassVar[tuple[str, ...]] = ("name", "source", "target_name", "discover_every")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "fields" not in data:
+            return {**{k: v for k, v in data.items() if k in cls.OWN},
+                    "fields": {k: v for k, v in data.items() if k not in cls.OWN}}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> "TargetTemplate":
+        if getattr(self.source, "type", None) != "prometheus":
+            raise ValueError(f"source.type: a template's source must be prometheus (its query's series become "
+                             f"targets), got {getattr(self.source, 'type', None)!r}")
+        if getattr(self.source, "series", None):
+            raise ValueError("source.series: set by the template for each target; leave it out")
+        if self.discover_every <= timedelta(0):
+            raise ValueError(f"discover_every ({self.discover_every}) must be positive")
+        if self.target_name is not None and re.search(r"[{}]", _PLACEHOLDER.sub("", self.target_name)):
+            raise ValueError(f"target_name: {self.target_name!r} has a brace that is not part of a {{label}} "
+                             "placeholder")
+        grouped = _grouping_labels(getattr(self.source, "query", ""))
+        if grouped is not None:
+            for label in self.labels:
+                if label not in grouped:
+                    raise ValueError(f"placeholder {{{label}}}: the query's result has only the labels "
+                                     f"{', '.join(sorted(grouped)) or '(none)'} (its 'by' clause)")
+        for part in (self.target_name or "", *_strings(self.fields)):
+            bad = _BAD_PLACEHOLDER.search(part)
+            if bad:
+                raise ValueError(f"{bad.group(0)!r} in {part!r} is not a placeholder: write {{label}} with a "
+                                 "label name (letters, digits, _)")
+        return self
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The labels the template's names and fields refer to."""
+        found = _PLACEHOLDER.findall(self.target_name or "")
+        for part in _strings(self.fields):
+            found += _PLACEHOLDER.findall(part)
+        return tuple(dict.fromkeys(found))
+
+    def name_for(self, labels: Mapping[str, str]) -> str:
+        """The target name of one label set."""
+        if self.target_name is None:
+            raw = "-".join([self.name, *(labels[k] for k in sorted(labels))])
+        else:
+            raw = _substitute(self.target_name, labels, f"templates[{self.name}].target_name")
+        return _NAME_UNSAFE.sub("_", raw)
+
+    def raw_target(self, labels: Mapping[str, str]) -> dict[str, Any]:
+        """The target's fields with the labels put in (not yet validated)."""
+        return {**_substitute(self.fields, labels, f"templates[{self.name}]"), "name": self.name_for(labels),
+                "source": self.source.model_copy(update={"series": dict(labels)})}
+
+    def expand(self, labels: Mapping[str, str], base_dir: Path | None = None) -> "TargetConfig":
+        """The target of one label set, validated (a section without a
+        placeholder is the prototype's, not validated again: 10,000 targets
+        of one template cost 10,000 small validations, not full ones)."""
+        raw = self.raw_target(labels)
+        if self.prototype is not None:
+            for k, v in self.fields.items():
+                if not _PLACEHOLDER.search(json.dumps(v, default=str)):
+                    raw[k] = getattr(self.prototype, k)
+        try:
+            return TargetConfig.model_validate(raw, context={"base_dir": base_dir})
+        except ValidationError as exc:
+            lines = format_validation_error(exc, f"templates[{self.name}] ({raw['name']})")
+            raise ConfigError(_join(lines)) from None
+
+    def sample(self) -> dict[str, str]:
+        """A label set with every label the template refers to (``x``)."""
+        return {k: "x" for k in self.labels}
+
+
+#: ``{label}``; ``{{`` and ``}}`` stand for literal braces
+_PLACEHOLDER = re.compile(r"(?<!\{)\{([A-Za-z_][A-Za-z0-9_]*)\}(?!\})")
+#: a brace pair that is neither a placeholder nor a PromQL selector (``{job="a"}``)
+_BAD_PLACEHOLDER = re.compile(r"(?<!\{)\{(?![A-Za-z_][A-Za-z0-9_]*\})[^{}=~!\"']*\}(?!\})")
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
+
+
+def _grouping_labels(query: str) -> set[str] | None:
+    """The labels a query's result has when it is one aggregation ``... by
+    (a, b) (...)`` (then exactly those), else None (not known before asking)."""
+    clauses = re.findall(r"\b(by|without)\s*\(([^)]*)\)", query)
+    if len(clauses) != 1 or clauses[0][0] != "by" or not query.lstrip().startswith(
+            ("sum", "max", "min", "avg", "count", "group", "topk", "bottomk", "quantile", "stddev", "stdvar")):
+        return None
+    return {x.strip() for x in clauses[0][1].split(",") if x.strip()}
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _substitute(value: Any, labels: Mapping[str, str], where: str) -> Any:
+    """``value`` with every ``{label}`` in its strings replaced; a label the
+    series does not have is a ConfigError naming the field."""
+    if isinstance(value, str):
+        def put(m: re.Match[str]) -> str:
+            if m.group(1) not in labels:
+                raise ConfigError(f"{where}: placeholder {{{m.group(1)}}} in {value!r}: the series "
+                                  f"{_labelset(labels)} has no label {m.group(1)!r}")
+            return labels[m.group(1)]
+
+        return _PLACEHOLDER.sub(put, value).replace("{{", "{").replace("}}", "}")
+    if isinstance(value, Mapping):
+        return {k: _substitute(v, labels, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_substitute(v, labels, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _labelset(labels: Mapping[str, str]) -> str:
+    return "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+
+
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback addresses (127.0.0.0/8, ``::1``,
     bracketed or not)."""
@@ -848,17 +1003,31 @@ class Config(_Model):
     audit: AuditConfig = AuditConfig()
     #: where model selection, per-series fits and replays run
     executor: ExecutorConfig = ExecutorConfig()
-    targets: tuple[TargetConfig, ...] = Field(min_length=1)
+    targets: tuple[TargetConfig, ...] = ()
+    #: targets from label sets: one per series of a query (engine/fleet.py)
+    templates: tuple[TargetTemplate, ...] = ()
     #: where the file was loaded from (relative paths resolve against it)
     base_dir: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
     def _unique(self) -> "Config":
+        if not self.targets and not self.templates:
+            raise ValueError("targets: Tuple should have at least 1 item (or give templates)")
         names = [t.name for t in self.targets]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"target names must be unique; repeated: {', '.join(dup)}")
+        names = [t.name for t in self.templates]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"template names must be unique; repeated: {', '.join(dup)}")
         return self
+
+    @property
+    def target_shapes(self) -> tuple[TargetConfig, ...]:
+        """The static targets and each template's prototype: what settings
+        such as retention must cover before discovery has run."""
+        return self.targets + tuple(t.prototype for t in self.templates if t.prototype is not None)
 
     def target(self, name: str) -> TargetConfig:
         for t in self.targets:
@@ -1060,8 +1229,23 @@ def parse_config(data: Any, *, base_dir: Path | None = None, source: str = "<con
             lines = [ln for ln in lines if not ln.startswith("targets: Tuple should have at least")]
         raise ConfigError(_join(lines)) from None
     errors: list[str] = []
-    for i, t in enumerate(cfg.targets):
-        p = f"targets[{i}]"
+    templates = []
+    for i, tp in enumerate(cfg.templates):
+        try:
+            proto = TargetConfig.model_validate(tp.raw_target(tp.sample()), context={"base_dir": base_dir})
+        except ValidationError as exc:
+            errors += [ln.replace(f"templates[{i}].name:", f"templates[{i}].target_name:")
+                       for ln in format_validation_error(exc, f"templates[{i}]")]
+            continue
+        except ConfigError as exc:
+            errors.append(f"templates[{i}]: {exc}")
+            continue
+        templates.append(tp.model_copy(update={"prototype": proto}))
+    if not errors and templates:
+        cfg = cfg.model_copy(update={"templates": tuple(templates)})
+    checked = [(f"targets[{i}]", t) for i, t in enumerate(cfg.targets)]
+    checked += [(f"templates[{i}]", t.prototype) for i, t in enumerate(cfg.templates) if t.prototype is not None]
+    for p, t in checked:
         if t.forecaster.init_from is not None:
             if not capabilities_of(forecasters.get(t.forecaster.name)).init_from:
                 errors.append(f"{p}.forecaster.init_from: forecaster {t.forecaster.name!r} cannot start "

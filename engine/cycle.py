@@ -73,6 +73,15 @@ class CycleOutcome:
         return {s.resource: s.forecast for s in self.signals[1:]}
 
 
+def latest_observation(history: Series) -> Observation | None:
+    """The newest valid sample of ``history`` (None if it has none)."""
+    v = history.values
+    if v.size and v[-1] == v[-1]:  # the usual case, without scanning the history
+        return Observation(float(v[-1]), from_epoch(history.timestamps[-1]))
+    last = history.last_valid()
+    return Observation(last[1], last[0]) if last is not None else None
+
+
 class _Slot:
     """One forecaster the runner keeps fitted: the configured model, or a
     quality-gate fallback running in shadow. ``tracker`` holds its own
@@ -168,24 +177,54 @@ class TargetRunner:
             if slot is self.primary and self._scale is None:  # e.g. a model restored from a checkpoint
                 self._scale = seasonal_naive_scale(history.since(to_epoch(now - fc.history)))
 
+    def maintain(self, history: Series, now: datetime,
+                 covariates: dict[str, Series] | None = None) -> str | None:
+        """Fit (on schedule) or update the configured model, without
+        predicting: what a batched forecast needs done per target before its
+        one call (:mod:`engine.fleet`). Returns why it failed, or None."""
+        if self.primary.forecaster is None:
+            return None
+        return self._guarded(self.primary, lambda: self._checked_maintain(self.primary, history, now, covariates))[1]
+
     def forecast(self, history: Series, now: datetime, slot: _Slot | None = None,
                  covariates: dict[str, Series] | None = None,
                  window: LeadWindow | None = None) -> tuple[Forecast | None, str | None]:
         """Fit or update, then predict far enough to cover ``window`` (the
         configured lead window when None). Never raises: a failure becomes
         the reason the policy falls back."""
-        slot = slot or self.primary
+        chosen = slot or self.primary
         steps = self.target.forecast_steps(window or lead_window(self.policy, None))
-        if slot.forecaster is None:
+        if chosen.forecaster is None:
             return None, None
+
+        def fit_and_predict() -> Forecast:
+            self._checked_maintain(chosen, history, now, covariates)
+            assert chosen.forecaster is not None
+            return self.calibrated(chosen, history,
+                                   chosen.forecaster.predict(now, steps, self.target.forecast_quantiles))
+
+        return self._guarded(chosen, fit_and_predict)
+
+    def calibrated(self, slot: _Slot | None, history: Series, fc: Forecast) -> Forecast:
+        """``fc`` shifted by the slot's conformal calibration
+        (``forecaster.calibration``), if configured: the same for a forecast
+        this runner made and one made for it in a batched call."""
+        slot = slot or self.primary
+        return fc if slot.calibrator is None else slot.calibrator.calibrate(history, fc)
+
+    def _checked_maintain(self, slot: _Slot, history: Series, now: datetime,
+                          covariates: dict[str, Series] | None) -> None:
+        if history.n_valid == 0:
+            raise ForecastError("no valid observations in the history")
+        self._maintain(slot, history, now, covariates)
+
+    @staticmethod
+    def _guarded(slot: _Slot, call: Callable[[], Any]) -> tuple[Any, str | None]:
+        """``call()``, or None and why it failed: a ForecastError is the
+        reason the policy falls back; any other exception is a model bug,
+        logged, and the model is refit next cycle."""
         try:
-            if history.n_valid == 0:
-                raise ForecastError("no valid observations in the history")
-            self._maintain(slot, history, now, covariates)
-            fc = slot.forecaster.predict(now, steps, self.target.forecast_quantiles)
-            if slot.calibrator is not None:
-                fc = slot.calibrator.calibrate(history, fc)
-            return fc, None
+            return call(), None
         except ForecastError as exc:
             return None, f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # a model bug must not stop the loop
@@ -246,15 +285,19 @@ class TargetRunner:
 
     def signal(self, history: Series, state: ScalingState, now: datetime, window: LeadWindow,
                covariates: dict[str, Series] | None = None, resource: str = "",
-               fetch_error: str | None = None) -> tuple[Signal, dict[str, Any]]:
+               fetch_error: str | None = None, *,
+               forecast: tuple[Forecast | None, str | None] | None = None) -> tuple[Signal, dict[str, Any]]:
         """This runner's resource as the policy sees it: the latest
         observation of ``history``, the conformal headroom, and a forecast
         (recorded for feedback), or none with the reason: a forecast
         failure, or ``fetch_error`` (this cycle's fetch failed: the cached
         history may be missing what just happened, so no forecast is made
         and the policy falls back). Also the decision's extras from the
-        model (the quality gate's choice, the auto forecaster's)."""
-        obs = _latest(history)
+        model (the quality gate's choice, the auto forecaster's).
+        ``forecast``: this cycle's (forecast, error) made elsewhere (a
+        batched call over many targets, after :meth:`maintain`) instead of
+        by this runner; it is calibrated here like one of its own."""
+        obs = latest_observation(history)
         if fetch_error is not None:
             return Signal(resource, None, obs, fetch_error, state.headroom, self.policy), {}
         headroom = state.headroom
@@ -264,7 +307,9 @@ class TargetRunner:
             headroom = self.feedback.headroom(self.target.name, now, window.horizons_s, rate,
                                               m.conformal_window, m.conformal_min_samples)
         extra: dict[str, Any] = {}
-        if self.target.forecaster.quality_gate is not None and self.primary.forecaster is not None:
+        if forecast is not None:
+            forecast, error = forecast
+        elif self.target.forecaster.quality_gate is not None and self.primary.forecaster is not None:
             forecast, error, extra["quality_gate"] = self._gate(history, now, covariates, window)
         else:
             forecast, error = self.forecast(history, now, covariates=covariates, window=window)
@@ -278,7 +323,8 @@ class TargetRunner:
     def step(self, history: Series, state: ScalingState, now: datetime,
              covariates: dict[str, Series] | None = None, window: LeadWindow | None = None, *,
              resources: Mapping[str, Series] | None = None,
-             fetch_errors: Mapping[str, str] | None = None) -> CycleOutcome:
+             fetch_errors: Mapping[str, str] | None = None,
+             forecast: tuple[Forecast | None, str | None] | None = None) -> CycleOutcome:
         """One decision from a regular history (samples up to ``now``);
         ``covariates``: extra metrics on the same grid, for forecasters that
         take them; ``window``: the cycle's lead window (computed here from
@@ -287,12 +333,15 @@ class TargetRunner:
         policy's window. ``resources``: each further resource's history on
         the same grid (a resource missing there has no data: it holds);
         ``fetch_errors``: by resource name (the target's own is
-        ``target.resource``), why this cycle has no fresh data for it."""
+        ``target.resource``), why this cycle has no fresh data for it;
+        ``forecast``: the target's own forecast made elsewhere (a batched
+        call, see :meth:`signal`)."""
         if window is None:
             window = lead_window(self.policy, state.learned_lead_time)
         errors = fetch_errors or {}
         own = self.target.resource if self.resources else ""
-        first, extra = self.signal(history, state, now, window, covariates, own, errors.get(self.target.resource))
+        first, extra = self.signal(history, state, now, window, covariates, own, errors.get(self.target.resource),
+                                   forecast=forecast)
         signals = [first]
         for name, runner in self.resources.items():
             h = (resources or {}).get(name)
@@ -308,14 +357,6 @@ class TargetRunner:
         if extra:
             decision = replace(decision, extra={**decision.extra, **extra})
         return CycleOutcome(decision, first.forecast, first.forecast_error, seen, tuple(signals))
-
-
-def _latest(history: Series) -> Observation | None:
-    v = history.values
-    if v.size and v[-1] == v[-1]:  # the usual case, without scanning the history
-        return Observation(float(v[-1]), from_epoch(history.timestamps[-1]))
-    last = history.last_valid()
-    return Observation(last[1], last[0]) if last is not None else None
 
 
 def _empty(name: str) -> Series:
@@ -381,6 +422,21 @@ class Act:
     error: str | None = None  # an actuation error, for the result
     plan: Plan | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PendingCycle:
+    """A cycle between its steps (:meth:`LiveTarget.begin`, ``decide``,
+    ``finish``): what it has gathered and decided so far, and the error that
+    ended it early. Only the LiveTarget that began it changes it."""
+
+    now: datetime
+    t0: float  # perf_counter at the start, for the duration
+    notes: dict[str, Any] = field(default_factory=dict)
+    inputs: CycleInputs | None = None
+    out: CycleOutcome | None = None
+    act: Act | None = None
+    error: str | None = None
 
 
 class CycleRefused(Exception):
@@ -483,36 +539,89 @@ class LiveTarget:
         Never raises a ForescaleError or a bug in a plugin: the problem is
         returned in the result. A BaseException (SystemExit,
         KeyboardInterrupt) passes through; the intent recorded before acting
-        lets the next start reconcile it."""
-        t0 = time.perf_counter()
-        notes: dict[str, Any] = {}
-        inputs: CycleInputs | None = None
-        out: CycleOutcome | None = None
-        act: Act | None = None
-        error: str | None = None
-        try:
-            with log_context(target=self.target.name, mode=self.target.mode):
-                self._check_clock(now)
-                with self._turn() as not_ours:
-                    if not not_ours:
-                        notes.update(self.reconcile(now))
-                        notes.update(self._apply_plans(now))
-                inputs = self._gather(now)
-                out = self._decide(inputs, notes)
+        lets the next start reconcile it.
+
+        The batched cycle of a template (:mod:`engine.fleet`) runs the same
+        steps in three calls, so that many targets' forecasts are made in
+        one call between them: :meth:`begin` (1-4), :meth:`decide` (5, with
+        the forecast made for it) and :meth:`finish` (6-8)."""
+        cycle = self.begin(now)
+        self.decide(cycle)
+        return self.finish(cycle)
+
+    def begin(self, now: datetime) -> PendingCycle:
+        """Steps 1-4: the inputs this cycle decides from."""
+        cycle = PendingCycle(now, time.perf_counter())
+        with self._phase(cycle):
+            self._check_clock(now)
+            with self._turn() as not_ours:
+                if not not_ours:
+                    cycle.notes.update(self.reconcile(now))
+                    cycle.notes.update(self._apply_plans(now))
+            cycle.inputs = self._gather(now)
+        return cycle
+
+    def prepare_forecast(self, cycle: PendingCycle) -> str | None:
+        """Before a forecast made for many targets at once: restore the saved
+        model and fit or update it on this cycle's history. Returns why this
+        target cannot take part (it then decides without it), or None."""
+        inputs = cycle.inputs
+        if cycle.error is not None or inputs is None:
+            return cycle.error or "no inputs"
+        if inputs.fetch_error:
+            return inputs.fetch_error
+        note = self.checkpoint.restore(self.runner, inputs.now, inputs.history.end)
+        if note:
+            cycle.notes["model"] = note
+        return self.runner.maintain(inputs.history, inputs.now, inputs.covariates)
+
+    def decide(self, cycle: PendingCycle, forecast: tuple[Forecast | None, str | None] | None = None) -> None:
+        """Step 5 (``forecast``: made for this target by a batched call,
+        after :meth:`prepare_forecast`)."""
+        if cycle.error is not None or cycle.inputs is None:
+            return
+        with self._phase(cycle):
+            cycle.out = self._decide(cycle.inputs, cycle.notes, forecast)
+
+    def acts(self, cycle: PendingCycle) -> bool:
+        """Whether :meth:`finish` may touch the platform or the records of
+        actions (plans, intents): approve and auto mode with a change to
+        make, or an earlier accepted change to verify. A batched cycle
+        records the others together and finishes these one by one."""
+        if cycle.out is None or self.target.mode not in ("approve", "auto"):
+            return False
+        d = cycle.out.decision
+        return d.desired != d.current or capabilities_of(self.actuator).stepwise_apply or bool(
+            self.store.decisions(self.target.name, limit=1, status="accepted"))
+
+    def finish(self, cycle: PendingCycle) -> CycleResult:
+        """Steps 6-8, and the cycle's result."""
+        if cycle.error is None and cycle.out is not None and cycle.inputs is not None:
+            inputs, out = cycle.inputs, cycle.out
+            with self._phase(cycle):
                 set_log_fields(decision_id=out.decision.id)
                 with self._turn() as not_ours:
                     if not not_ours:
-                        notes.update(self._verify(inputs))
-                    act = self._act(inputs, out, not_ours)
-                    self._record(inputs, out, act, with_state=not not_ours)
+                        cycle.notes.update(self._verify(inputs))
+                    cycle.act = self._act(inputs, out, not_ours)
+                    self._record(inputs, out, cycle.act, with_state=not not_ours)
+        return self._result(cycle.now, cycle.notes, cycle.inputs, cycle.out, cycle.act, cycle.error,
+                            time.perf_counter() - cycle.t0)
+
+    @contextmanager
+    def _phase(self, cycle: PendingCycle) -> Iterator[None]:
+        """One part of a cycle: a problem becomes the cycle's error (the
+        later parts are then skipped), never an exception."""
+        try:
+            with log_context(target=self.target.name, mode=self.target.mode):
+                yield
         except CycleRefused as exc:
-            error = str(exc)
+            cycle.error = str(exc)
         except StateError as exc:
-            error = f"state: {exc}"
+            cycle.error = f"state: {exc}"
         except Exception as exc:  # noqa: BLE001 - one bad cycle must not end the target's loop
             log.exception("target %s: cycle failed", self.target.name, extra={"target": self.target.name})
-            error = f"{type(exc).__name__}: {exc}"
-        return self._result(now, notes, inputs, out, act, error, time.perf_counter() - t0)
+            cycle.error = f"{type(exc).__name__}: {exc}"
 
     def _result(self, now: datetime, notes: dict[str, Any], inputs: CycleInputs | None,
                 out: CycleOutcome | None, act: Act | None, error: str | None, duration_s: float) -> CycleResult:
@@ -661,11 +770,14 @@ class LiveTarget:
             return {"unverified": msg}
         return {}
 
-    def _decide(self, inputs: CycleInputs, notes: dict[str, Any]) -> CycleOutcome:
+    def _decide(self, inputs: CycleInputs, notes: dict[str, Any],
+                forecast: tuple[Forecast | None, str | None] | None = None) -> CycleOutcome:
         """The runner's step. A signal whose fetch failed this cycle gets no
         forecast (its cached history may be missing what just happened): the
         policy falls back to reactive on its last observation and never
-        scales down; the fetch error is the reason recorded in its data step."""
+        scales down; the fetch error is the reason recorded in its data step.
+        ``forecast``: the target's own, made by a batched call (after
+        :meth:`prepare_forecast`)."""
         errors = dict(inputs.resource_errors)
         fresh = inputs.fetch_error is None
         if not fresh:
@@ -680,7 +792,7 @@ class LiveTarget:
             if note:
                 notes.setdefault("resource_models", {})[name] = note
         out = self.runner.step(inputs.history, inputs.state, inputs.now, inputs.covariates if fresh else None,
-                               inputs.window, resources=inputs.resources, fetch_errors=errors)
+                               inputs.window, resources=inputs.resources, fetch_errors=errors, forecast=forecast)
         for checkpoint, runner, end in models.values():
             checkpoint.save(runner, end)
         if fresh:
@@ -821,6 +933,25 @@ class LiveTarget:
             raise box["error"]
         return box["value"]
 
+    def fetch_start(self, now: datetime) -> datetime:
+        """Where this cycle's fetch of the target's own signal starts (see
+        :meth:`_start`; a batched cycle's one query starts at the earliest
+        of its targets')."""
+        self.history, since = self._start(self.target, self.history, now)
+        return since
+
+    def _start(self, target: TargetConfig, history: Series | None, now: datetime) -> tuple[Series | None, datetime]:
+        """The signal's history (read from the store's sample cache on the
+        first cycle) and where its fetch starts: after that history, else
+        at the start of the history window."""
+        window = self._history_window(target)
+        if history is None:
+            cached = self.store.cached_samples(target.name, since=now - window)
+            history = cached if len(cached) else None
+        if history is not None and len(history):
+            return history, history.end
+        return history, now - window
+
     def refresh_history(self, now: datetime, deadline: float | None = None) -> str | None:
         """Fetch what is new of the target's own signal; return an error
         string on failure (see :meth:`_refresh`)."""
@@ -853,13 +984,7 @@ class LiveTarget:
         window = self._history_window(target)
         if deadline is None:
             deadline = time.monotonic() + fetch_deadline(self.target)
-        if history is None:
-            cached = self.store.cached_samples(name, since=now - window)
-            history = cached if len(cached) else None
-        if history is not None and len(history):
-            since = history.end
-        else:
-            since = now - window
+        history, since = self._start(target, history, now)
         try:
             new = self._fetch(source, since, now, deadline)
             if not isinstance(new, Series):

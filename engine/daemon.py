@@ -23,6 +23,13 @@
 - SIGHUP, or a change of the config file's modification time: reload. The
   new file is validated first and replaces the running config only if valid;
   a mode change takes effect at the target's next cycle, without a restart.
+- Templates (``templates[]``, :mod:`engine.fleet`): the targets of one
+  template run together in one thread, one batched cycle per interval
+  (:class:`TemplateWorker`: one range query, the global model's forecasts
+  in one batched call, the records in one transaction per part), each
+  target still deciding alone; the template's query is asked every
+  ``discover_every`` which series exist, adding and retiring targets
+  (their state stays in the store under their names).
 - One daemon per SQLite state file (:meth:`engine.store.Store.lock`). On a
   PostgreSQL state several replicas run, each leading the shards of
   targets whose lease it holds (:mod:`engine.leases`): a target's cycle
@@ -56,8 +63,9 @@ from . import audit
 from .build import build_actuator as default_build_actuator, build_source as default_build_source, check_actuator
 from .build import build_resources
 from .core.clock import Clock, SystemClock
-from .config import Config, TargetConfig, load_config
+from .config import Config, TargetConfig, TargetTemplate, load_config
 from .cycle import CycleResult, LiveTarget
+from .fleet import BatchReport, Discovery, TemplateFetch, discover, member_target, run_batch
 from .core.errors import ConfigError
 from .store import Store, open_store
 
@@ -74,9 +82,10 @@ def prune_cutoffs(config: Config, now: datetime) -> dict[str, datetime | None]:
     ``retention``: never the predicted-versus-actual records a target's
     conformal window still reads, nor the samples its history needs."""
     r = config.retention
-    need_forecasts = max((t.policy.margin.conformal_window for t in config.targets if t.policy.margin.conformal),
+    shapes = config.target_shapes
+    need_forecasts = max((t.policy.margin.conformal_window for t in shapes if t.policy.margin.conformal),
                          default=timedelta(0))
-    need_samples = max(t.forecaster.history + t.interval for t in config.targets)
+    need_samples = max(t.forecaster.history + t.interval for t in shapes)
     return {
         "forecasts_before": None if r.forecasts is None else now - max(r.forecasts, need_forecasts),
         "samples_before": None if r.samples is None else now - max(r.samples, need_samples),
@@ -235,6 +244,137 @@ class TargetWorker:
             self.store.close()
 
 
+class _Member:
+    """One target of a template, as the daemon's bookkeeping sees it (the
+    fields a :class:`TargetWorker` has)."""
+
+    def __init__(self, target: TargetConfig, live: LiveTarget, store: Store) -> None:
+        self.target, self.live, self.store = target, live, store
+        self.last_success: datetime | None = None
+
+
+class TemplateWorker:
+    """The targets of one template (:mod:`engine.fleet`): discovered from
+    its query every ``discover_every``, and run together, one batched cycle
+    per interval in one thread (:func:`engine.fleet.run_batch`), with one
+    store connection. A cycle that outlives the targets' ``timeout`` is
+    reported; the next start waits for it (the batch is one thread)."""
+
+    def __init__(self, daemon: "Daemon", template: TargetTemplate) -> None:
+        assert template.prototype is not None
+        self.daemon, self.template = daemon, template
+        self.shape = template.prototype  # interval, timeout: the same for every target of the template
+        self.store = daemon.open_store()
+        self.source = daemon.build_source(self.shape.model_copy(update={"source": template.source}),
+                                          daemon.config)
+        self.fetch = TemplateFetch(self.source)
+        self.members: dict[str, _Member] = {}
+        self.discovered_at: float | None = None  # monotonic
+        self.thread: threading.Thread | None = None
+        self.started: float | None = None
+        self.reported_timeout = False
+        self.retired = False
+        self.base_due: float | None = None
+        self.last_report: BatchReport | None = None
+        self.last_discovery: Discovery | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    # ------------------------------------------------------------ discovery
+    def rediscover(self, now: datetime) -> Discovery | None:
+        """Ask the query which series exist; add their targets, retire those
+        whose series went away (their state stays in the store under their
+        name). A failed query keeps the targets as they are."""
+        d, t = self.daemon, self.template
+        try:
+            found = discover(t, self.source, now, d.config.base_dir)
+        except Exception as exc:  # noqa: BLE001 - keep what we have, try again next time
+            log.error("template %s: discovery failed, keeping %d target(s): %s: %s", t.name, len(self.members),
+                      type(exc).__name__, exc)
+            return None
+        for err in found.errors:
+            log.error("template %s: %s", t.name, err)
+        for name in [n for n in self.members if n not in found.targets]:
+            del self.members[name]
+            log.info("template %s: target %s retired (its series is gone; its state is kept)", t.name, name,
+                     extra={"target": name})
+        for name, target in found.targets.items():
+            if name in self.members:
+                continue
+            if name in d.workers:
+                log.error("template %s: target %s is also a target of the file; the file's is kept", t.name, name)
+                continue
+            live = member_target(target, found.labels[name], self.fetch, self.store, d.config,
+                                 build_source=d.build_source, build_actuator=d.build_actuator)
+            self.members[name] = _Member(target, live, self.store)
+            d._register(target)
+            log.info("template %s: target %s discovered", t.name, name, extra={"target": name})
+        self.last_discovery = found
+        return found
+
+    # ------------------------------------------------------------- schedule
+    def tick(self, mono: float) -> None:
+        interval = self.shape.interval.total_seconds()
+        if self.busy:
+            assert self.started is not None
+            if not self.reported_timeout and mono - self.started > self.shape.timeout.total_seconds():
+                self.reported_timeout = True
+                log.error("template %s: the batched cycle of %d target(s) is running %.1fs, past the timeout "
+                          "%s; the next start waits for it", self.template.name, len(self.members),
+                          mono - self.started, self.shape.timeout)
+            return
+        if self.base_due is None:
+            self.base_due = mono
+        if mono < self.base_due:
+            return
+        rediscover = self.discovered_at is None or \
+            mono - self.discovered_at >= self.template.discover_every.total_seconds()
+        if rediscover:
+            self.discovered_at = mono
+        self.started, self.reported_timeout = mono, False
+        self.thread = threading.Thread(target=self._cycle, args=(rediscover,), daemon=True,
+                                       name=f"batch-{self.template.name}")
+        self.thread.start()
+        self.base_due += interval
+        if self.base_due <= mono:  # fell behind: skip missed starts
+            self.base_due += (int((mono - self.base_due) // interval) + 1) * interval
+
+    def _cycle(self, rediscover: bool) -> None:
+        try:
+            now = self.daemon.clock.now()  # read once per cycle
+            if rediscover:
+                self.rediscover(now)
+            leases = self.daemon.leases
+            # on a PostgreSQL state: only the targets whose lease this replica holds
+            members = [m for n, m in self.members.items() if leases is None or leases.holds(n)]
+            report = run_batch([m.live for m in members], now, self.store, self.fetch)
+            self.last_report = report
+            log.info("template %s: %d target(s) in %.2fs (%s); %d forecast in %d batched call(s)",
+                     self.template.name, len(members), sum(report.seconds.values()),
+                     ", ".join(f"{k} {v:.2f}s" for k, v in report.seconds.items()), report.batched, report.calls)
+            for m, res in zip(members, report.results):
+                if res.ok:
+                    m.last_success = now
+                self.daemon.on_result(res)
+        except Exception:  # noqa: BLE001 - never let the batch thread die silently
+            log.exception("template %s: batched cycle crashed", self.template.name)
+        finally:
+            if self.retired:
+                self.store.close()
+
+    def wait(self, timeout: float) -> bool:
+        if self.thread is not None:
+            self.thread.join(max(0.0, timeout))
+        return not self.busy
+
+    def close(self) -> None:
+        self.retired = True
+        if not self.busy:
+            self.store.close()
+
+
 class Daemon:
     """Every target's cycle on its interval (see the module doc).
 
@@ -294,6 +434,9 @@ class Daemon:
             for t in self.config.targets:
                 self.workers[t.name] = TargetWorker(self, t)
                 self._register(t)
+            #: the templates' workers; their targets appear at the first discovery
+            self.templates: dict[str, TemplateWorker] = {tp.name: TemplateWorker(self, tp)
+                                                         for tp in self.config.templates}
             # a missing credential or a target that does not exist is one clear
             # error now, not at the first action
             for w in self.workers.values():
@@ -304,7 +447,7 @@ class Daemon:
                 self.leases.renew()  # the first pass before the first tick
                 self.leases.start()
         except BaseException:
-            for w in getattr(self, "workers", {}).values():
+            for w in [*getattr(self, "workers", {}).values(), *getattr(self, "templates", {}).values()]:
                 w.close()
             if self.leases is not None:
                 self.leases.stop()
@@ -339,6 +482,18 @@ class Daemon:
             per = self.errors.setdefault(target, {})
             per[kind] = per.get(kind, 0) + 1
 
+    def discovered_targets(self) -> list[TargetConfig]:
+        """The targets the templates expand to now (for the API)."""
+        return [m.target for tw in list(self.templates.values()) for m in list(tw.members.values())]
+
+    def member(self, name: str) -> _Member | None:
+        """A template's target by name (None if no template has it now)."""
+        for tw in list(self.templates.values()):
+            m = tw.members.get(name)
+            if m is not None:
+                return m
+        return None
+
     def on_result(self, res: CycleResult) -> None:
         """Log, count and export one cycle's result."""
         extra = {"target": res.target, "decision_id": res.decision.id if res.decision else None,
@@ -362,7 +517,7 @@ class Daemon:
         m = self.metrics
         if m is not None:
             try:
-                w = self.workers.get(res.target)
+                w = self.workers.get(res.target) or self.member(res.target)
                 last = w.live.history.last_valid() if w is not None and w.live.history is not None else None
                 m.observe_cycle(res.target, res.decision, res.forecast, res.duration_s, res.ok, res.now,
                                 observed=last[1] if last else None)
@@ -455,6 +610,17 @@ class Daemon:
                 self._register(t)
             except Exception:  # noqa: BLE001 - one target's trouble must not stop the others
                 log.exception("target %s: could not apply the reloaded config", t.name)
+        fresh_templates = {tp.name: tp for tp in new.templates}
+        for name in list(self.templates):
+            if name not in fresh_templates or fresh_templates[name] != self.templates[name].template:
+                self.templates.pop(name).close()
+                log.info("template %s %s", name, "removed" if name not in fresh_templates else "changed")
+        for tp in new.templates:
+            if tp.name not in self.templates:
+                try:
+                    self.templates[tp.name] = TemplateWorker(self, tp)
+                except Exception:  # noqa: BLE001 - one template's trouble must not stop the others
+                    log.exception("template %s: could not apply the reloaded config", tp.name)
         log.info("config reloaded from %s", self.config_path)
         return True
 
@@ -484,7 +650,8 @@ class Daemon:
         now = self.clock.now()
         out: dict[str, str | None] = {}
         standby = self.leases.trouble() if self.leases is not None else None
-        for n, w in list(self.workers.items()):
+        members = [(n, m) for tw in list(self.templates.values()) for n, m in list(tw.members.items())]
+        for n, w in [*list(self.workers.items()), *members]:
             if self.leases is not None and not self.leases.holds(n):
                 out[n] = standby
             elif w.last_success is None:
@@ -514,6 +681,11 @@ class Daemon:
                 w.tick(mono)
             except Exception:  # noqa: BLE001 - never let one target stop the loop
                 log.exception("target %s: scheduling failed", w.target.name)
+        for tw in list(self.templates.values()):
+            try:
+                tw.tick(mono)
+            except Exception:  # noqa: BLE001 - never let one template stop the loop
+                log.exception("template %s: scheduling failed", tw.template.name)
 
     def housekeeping(self) -> None:
         """Prune the state file (retention) and log the fallback summary.
@@ -562,6 +734,10 @@ class Daemon:
                 log.warning("target %s: abandoning a cycle still running at shutdown", w.target.name,
                             extra={"target": w.target.name})
             w.close()
+        for tw in list(self.templates.values()):
+            if not tw.wait(deadline - time.monotonic()):
+                log.warning("template %s: abandoning a batched cycle still running at shutdown", tw.template.name)
+            tw.close()
         if self.leases is not None:
             self.leases.stop()  # hand the leases back: another replica takes over at once
         self.lock_store.close()

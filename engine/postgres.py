@@ -84,6 +84,8 @@ class PgStore(Store):
         self.audit_key = (audit_key if audit_key is not None else audit.key_from_env()) or None
         self._lock_fd = None
         self._cli_leases: Any = None
+        self._batch_depth = 0  # inside batch(): tx() is a savepoint
+        self._savepoints = 0
         self.db: Any = None
         try:
             self.db = connect(url, password=password, size=pool)

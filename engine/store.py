@@ -263,6 +263,8 @@ class Store:
         self.checkpoint_base: str | None = self.path
         self.audit_key: bytes | None = (audit_key if audit_key is not None else audit.key_from_env()) or None
         self._lock_fd: int | None = None
+        self._batch_depth = 0  # inside batch(): tx() is a savepoint
+        self._savepoints = 0
         try:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -342,7 +344,12 @@ class Store:
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
         """One transaction; a full disk or a locked file becomes a StateError
-        and the transaction rolls back (nothing half-written)."""
+        and the transaction rolls back (nothing half-written). Inside
+        :meth:`batch` it is a savepoint of the batch's transaction: its
+        failure rolls back its own writes only."""
+        if self._batch_depth:
+            yield from self._savepoint()
+            return
         try:
             self._begin()
         except sqlite3.OperationalError as exc:
@@ -367,6 +374,44 @@ class Store:
 
     def _commit(self) -> None:
         self.db.execute("COMMIT")
+
+    def _savepoint(self) -> Iterator[sqlite3.Connection]:
+        self._savepoints += 1
+        name = f"sp{self._savepoints}"
+        self.db.execute(f"SAVEPOINT {name}")
+        try:
+            yield self.db
+        except BaseException as exc:
+            self.db.execute(f"ROLLBACK TO {name}")
+            self.db.execute(f"RELEASE {name}")
+            if isinstance(exc, sqlite3.Error):
+                raise StateError(f"state file {self.path}: {exc}") from exc
+            raise
+        else:
+            self.db.execute(f"RELEASE {name}")
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """The writes of many targets' cycles in one transaction (one commit,
+        one ``fsync``, instead of one per write: 2.3 ms each on this
+        machine's disk). Each write inside stays its own savepoint, so one
+        target's failed write leaves the others'. Nothing that must be
+        durable before the platform is touched (an intent) belongs inside a
+        batch: the batched cycle finishes acting targets outside it. A batch
+        inside a batch is the same batch."""
+        if self._batch_depth:
+            self._batch_depth += 1
+            try:
+                yield
+            finally:
+                self._batch_depth -= 1
+            return
+        with self.tx():
+            self._batch_depth = 1
+            try:
+                yield
+            finally:
+                self._batch_depth = 0
 
     def _rollback(self) -> None:
         if self.db.in_transaction:

@@ -60,6 +60,7 @@ import hashlib
 import io
 import json
 import math
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -1594,12 +1595,24 @@ class LevelFreeLSTM:
         return other.fit(series)
 
     def calibrate(self, histories: Mapping[str, Series]) -> dict[str, int]:
+        """Conformal offsets per series from its own recent errors
+        (:meth:`calibration_offsets`), kept in this model under each key.
+        Returns the number of origins used per series."""
+        used: dict[str, int] = {}
+        for key, off in self.calibration_offsets(histories, used=used).items():
+            self._series_offsets[key] = off
+        return used
+
+    def calibration_offsets(self, histories: Mapping[str, Series], *,
+                            used: dict[str, int] | None = None) -> dict[str, np.ndarray]:
         """Conformal offsets per series from its own recent errors: forecasts
         from origins in the last ``calibration_steps`` of each history
-        (reading nothing after each origin) against what followed. Returns
-        the number of origins used per series."""
+        (reading nothing after each origin) against what followed; a series
+        with too few origins gets none (the pooled offsets apply). The model
+        is not changed: a model shared by many targets stays read-only, each
+        target keeping its own offsets (``predict_many(offsets=...)``)."""
         p = self.params
-        used = {}
+        out: dict[str, np.ndarray] = {}
         for key, s in histories.items():
             step = _step_of(s)
             if step is None or not p.calibrate:
@@ -1613,17 +1626,23 @@ class LevelFreeLSTM:
             pred = _infer(self._net, seq, head, self._device)
             own = _conformal(pred, tgt, p.quantiles, median=False)
             enough = np.isfinite(tgt).sum(0)[:, None] >= 20
-            self._series_offsets[key] = np.where(enough, own, self._offsets if self._offsets is not None else 0.0)
-            used[key] = int(o.size)
-        return used
+            out[key] = np.where(enough, own, self._offsets if self._offsets is not None else 0.0)
+            if used is not None:
+                used[key] = int(o.size)
+        return out
 
     # ---------------------------------------------------------------- inference
     def predict_many(self, histories: Mapping[str, Series], start: datetime, horizon: int,
                      quantiles: Sequence[float] = (0.5, 0.9), *,
-                     errors: dict[str, str] | None = None) -> dict[str, Forecast]:
+                     errors: dict[str, str] | None = None,
+                     offsets: Mapping[str, np.ndarray | None] | None = None) -> dict[str, Forecast]:
         """Forecast every series in ``histories`` at ``start`` in one
         batched forward pass; a series that cannot be forecast raises, or,
-        with ``errors`` given, is left out and its reason recorded there."""
+        with ``errors`` given, is left out and its reason recorded there.
+        ``offsets``: conformal offsets per key (from
+        :meth:`calibration_offsets`) used instead of the ones kept in the
+        model; a key mapped to None, or absent, gets the model's own (its
+        calibrated ones, else the pooled ones)."""
         if self._net is None:
             raise ForecastError("lstm global: predict_many() before fit()")
         p = self.params
@@ -1651,7 +1670,10 @@ class LevelFreeLSTM:
             return {}
         out = _infer(self._net, np.concatenate(seqs), np.concatenate(heads), self._device)
         if self._offsets is not None:
-            out = _apply_offsets(out, np.stack([self._series_offsets.get(r[0], self._offsets) for r in rows]))
+            given = offsets or {}
+            out = _apply_offsets(out, np.stack([
+                given[r[0]] if given.get(r[0]) is not None else self._series_offsets.get(r[0], self._offsets)
+                for r in rows]))
         K = np.asarray(p.horizons, dtype=float)
         result: dict[str, Forecast] = {}
         for i, (key, ts, ahead, base, scale) in enumerate(rows):
@@ -1714,42 +1736,124 @@ class LevelFreeLSTM:
         self.__dict__.update(self._from_checkpoint(ck).__dict__)
 
 
+#: level-free models loaded from a checkpoint, shared by every forecaster
+#: that starts from that file without fine-tuning (read-only once loaded):
+#: (resolved path, mtime_ns, size, device) -> model
+_SHARED: dict[tuple[str, int, int, str], LevelFreeLSTM] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_levelfree(checkpoint: str | Path, device: str = "auto") -> LevelFreeLSTM:
+    """The one in-memory copy of a saved level-free model per file (and
+    device): 10,000 targets on one checkpoint hold one network, not 10,000.
+    A file replaced on disk (another mtime or size) is loaded afresh."""
+    path = Path(checkpoint).resolve()
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ForecastError(f"lstm global: cannot read the checkpoint {path}: {exc.strerror}") from None
+    key = (str(path), st.st_mtime_ns, st.st_size, device)
+    with _SHARED_LOCK:
+        model = _SHARED.get(key)
+        if model is None:
+            for old in [k for k in _SHARED if k[0] == key[0] and k[3] == device]:
+                del _SHARED[old]  # an older version of the same file
+            model = _SHARED[key] = LevelFreeLSTM.load(path, device=device)
+        return model
+
+
 class LevelFreeForecaster(BaseForecaster):
     """The level-free global LSTM in the per-target forecaster contract
     (registry name ``lstm_global``). With ``checkpoint`` it starts from a
-    saved :class:`LevelFreeLSTM` (zero-shot, or fine-tuned for
-    ``finetune_epochs`` on the target); without, it trains the same network
-    on the target's own history (per-series mode). Either way ``fit``
-    calibrates the quantiles on the target's own recent errors."""
+    saved :class:`LevelFreeLSTM`: zero-shot on the one in-memory copy shared
+    by every target on that file (:func:`shared_levelfree`), or fine-tuned
+    for ``finetune_epochs`` on the target (a copy of its own); without, it
+    trains the same network on the target's own history (per-series mode).
+    Either way ``fit`` calibrates the quantiles on the target's own recent
+    errors (offsets kept by this forecaster). :meth:`predict_batch`
+    forecasts many targets that share a model in one batched call."""
 
     name = "lstm_global"
     Params = LevelFreeParams
+    capabilities = Capabilities(predicts_in_batches=True)
+    #: the key of this forecaster's series in the model's batched calls
+    _KEY = "target"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.model: LevelFreeLSTM | None = None
+        #: this target's conformal offsets (None: the model's pooled ones)
+        self.offsets: np.ndarray | None = None
 
     @property
     def min_history(self) -> int:
         return self.params.lookback + 2 * max(self.params.horizons[0], 1) + 1
 
+    @property
+    def shares_model(self) -> bool:
+        """Zero-shot on a checkpoint: the model is the shared copy."""
+        return bool(self.params.checkpoint) and not self.params.finetune_epochs
+
     def _fit(self, history: Series) -> None:
         p = self.params
-        key = history.name or "target"
-        if p.checkpoint:
-            model = LevelFreeLSTM.load(p.checkpoint, device=p.device)
-            if p.finetune_epochs:
-                model = model.finetune({key: history}, p.finetune_epochs)
+        if self.shares_model:
+            model = shared_levelfree(p.checkpoint, p.device)  # type: ignore[arg-type]
+        elif p.checkpoint:
+            model = LevelFreeLSTM.load(p.checkpoint, device=p.device).finetune({self._KEY: history},
+                                                                                p.finetune_epochs)
         else:
-            model = LevelFreeLSTM(p).fit({key: history})
-        model.calibrate({"target": history})
+            model = LevelFreeLSTM(p).fit({self._KEY: history})
+        self.offsets = model.calibration_offsets({self._KEY: history}).get(self._KEY)
         self.model = model
 
     def predict(self, start: datetime, horizon: int, quantiles: Sequence[float] = (0.5, 0.9)) -> Forecast:
-        if self.model is None or self._history is None:
-            raise ForecastError(f"{self.name}: predict() before fit()")
-        fc = self.model.predict_many({"target": self._history}, start, horizon, quantiles)["target"]
-        return dataclasses.replace(fc, model=self.name, model_version=self.version)
+        out = self.predict_batch([self], start, horizon, quantiles)[0]
+        if isinstance(out, ForecastError):
+            raise out
+        return out
+
+    @classmethod
+    def predict_batch(cls, members: Sequence["LevelFreeForecaster"], start: datetime, horizon: int,
+                      quantiles: Sequence[float] = (0.5, 0.9)) -> list[Forecast | ForecastError]:
+        """Forecast every fitted member at ``start``: one batched
+        ``predict_many`` per model (one for all the members that share a
+        checkpoint), each member with its own history and offsets. Returns a
+        Forecast or the ForecastError of that member, in order; one member's
+        error never touches another's forecast."""
+        out: list[Forecast | ForecastError | None] = [None] * len(members)
+        groups: dict[int, list[int]] = {}
+        for i, f in enumerate(members):
+            if f.model is None or f._history is None:
+                out[i] = ForecastError(f"{cls.name}: predict() before fit()")
+            else:
+                groups.setdefault(id(f.model), []).append(i)
+        for idx in groups.values():
+            model = members[idx[0]].model
+            assert model is not None
+            errors: dict[str, str] = {}
+            keys = {str(i): members[i] for i in idx}
+            fcs = model.predict_many({k: f._history for k, f in keys.items()}, start, horizon, quantiles,  # type: ignore[misc]
+                                     errors=errors, offsets={k: f.offsets for k, f in keys.items()})
+            for k, f in keys.items():
+                if k in fcs:
+                    out[int(k)] = dataclasses.replace(fcs[k], model=cls.name, model_version=f.version)
+                else:
+                    out[int(k)] = ForecastError(errors.get(k, f"{cls.name}: no forecast"))
+        return out  # type: ignore[return-value]
+
+    # a shared model is not this forecaster's to save: a checkpoint of it
+    # names the file (re-attached on load) and keeps only its own offsets
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if self.shares_model:
+            state["model"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.model is None and self.shares_model and self._history is not None:
+            self.model = shared_levelfree(self.params.checkpoint, self.params.device)  # type: ignore[arg-type]
+
 
 __all__ = ["GlobalLSTM", "LSTMForecaster", "LSTMParams", "LevelFreeForecaster", "LevelFreeLSTM", "LevelFreeParams",
-           "RobustScaler", "build_features", "levelfree_features"]
+           "RobustScaler", "build_features", "levelfree_features", "shared_levelfree"]

@@ -33,6 +33,11 @@ Each flag names who acts on it:
     ``fit`` and ``update`` take ``covariates=`` (extra metrics by name).
 ``init_from`` (forecasters)
     the constructor takes ``init_from=`` (a saved model to start from).
+``predicts_in_batches`` (forecasters)
+    the class has ``predict_batch(members, start, horizon, quantiles)``, a
+    classmethod forecasting many fitted instances in one call (those that
+    share a global model in one batched forward pass); the daemon's batched
+    cycle (``engine/fleet.py``) uses it for the targets of a template.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class Capabilities:
     stepwise_apply: bool = False
     takes_covariates: bool = False
     init_from: bool = False
+    predicts_in_batches: bool = False
 
     def flags(self) -> list[str]:
         """The names of the capabilities set (for messages and docs)."""
@@ -64,7 +70,7 @@ NONE = Capabilities()
 _ALLOWED = {
     "actuator": {"needs_base_dir", "takes_ladder", "stepwise_apply"},
     "metric source": {"needs_base_dir", "needs_interval"},
-    "forecaster": {"takes_covariates", "init_from"},
+    "forecaster": {"takes_covariates", "init_from", "predicts_in_batches"},
 }
 
 

@@ -146,6 +146,10 @@ class PrometheusConfig(BaseModel):
     #: how to combine several series: none (several series is an error),
     #: sum, max or mean
     aggregate: Literal["none", "sum", "max", "mean"] = "none"
+    #: keep only the series with these label values (a target from a
+    #: template: its label set in the template's query, whose answer holds
+    #: every target's series)
+    series: dict[str, str] = Field(default_factory=dict)
     #: attempts per request, the first included
     retry_attempts: int = Field(default=4, ge=1, le=20)
     #: cap on one backoff wait
@@ -364,14 +368,31 @@ class PrometheusSource:
             out = Series.concat(out, p)
         return out
 
+    def fetch_all(self, start: datetime | None, end: datetime) -> dict[frozenset[tuple[str, str]], Series]:
+        """Every series the query returns, by label set, with ``start < t <=
+        end`` on the step grid: one range query (per chunk) for all of them,
+        however many; nothing is aggregated or filtered by ``series``."""
+        first, last = self.grid(start, end)
+        deadline = self._monotonic() + self.config.timeout.total_seconds()
+        out: dict[frozenset[tuple[str, str]], Series] = {}
+        for a, b in self.chunks(first, last):
+            for labels, ts, vs in self._request(deadline, self._params(a, b)):
+                key = frozenset(labels.items())
+                if ts.size > 1 and np.any(np.diff(ts) <= 0):
+                    raise MetricSourceError(f"prometheus returned unordered samples for {labels}", transient=True)
+                part = Series(ts, vs, _labelset(labels)).since(a - 1).until(b)
+                out[key] = part if key not in out else Series.concat(out[key], part)
+        return out
+
+    def _params(self, a: int, b: int) -> dict[str, str]:
+        return {"query": self.config.query, "start": str(a), "end": str(b), "step": str(self.step_s),
+                "timeout": f"{self.config.timeout.total_seconds():g}s"}
+
     def _fetch_range(self, a: int, b: int, deadline: float) -> Series:
-        series = self._request(deadline, {
-            "query": self.config.query,
-            "start": str(a),
-            "end": str(b),
-            "step": str(self.step_s),
-            "timeout": f"{self.config.timeout.total_seconds():g}s",
-        })
+        series = self._request(deadline, self._params(a, b))
+        if self.config.series:
+            want = self.config.series.items()
+            series = [s for s in series if want <= s[0].items()]
         s = self._combine(series)
         # a vector/scalar answer may carry a time outside the asked range
         return s.since(a - 1).until(b)

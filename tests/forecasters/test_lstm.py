@@ -425,3 +425,54 @@ def test_registry_forecaster_starts_from_a_saved_global_model(levelfree, tmp_pat
     # same network, the target's own calibration (the median is never shifted)
     np.testing.assert_allclose(got.point, want.point, rtol=1e-6)
     assert got.model == "lstm_global"
+
+
+def test_targets_on_one_checkpoint_share_one_network_and_keep_their_own_calibration(levelfree, tmp_path):
+    import pickle
+
+    import forecasters
+
+    path = tmp_path / "g.pt"
+    levelfree.save(path)
+    a, b = daily(3, seed=11), daily(3, seed=12, level=5000.0)
+    fa = forecasters.create("lstm_global", {"checkpoint": str(path), "device": "cpu"})
+    fb = forecasters.create("lstm_global", {"checkpoint": str(path), "device": "cpu"})
+    fa.fit(a), fb.fit(b)
+    assert fa.model is fb.model  # one network in memory for both
+    assert fa.offsets is not None and not np.allclose(fa.offsets, fb.offsets)
+    # a saved target names the file and keeps its offsets, not a copy of the network
+    blob = pickle.dumps(fa)
+    assert len(blob) < len(path.read_bytes()) / 2
+    back = pickle.loads(blob)
+    assert back.model is fa.model
+    np.testing.assert_allclose(back.predict(end(a), 12, (0.5, 0.9)).quantiles[0.9],
+                               fa.predict(end(a), 12, (0.5, 0.9)).quantiles[0.9])
+
+
+def test_predict_batch_is_one_call_per_shared_model_equal_to_each_targets_own_forecast(levelfree, tmp_path,
+                                                                                     monkeypatch):
+    import forecasters
+    from forecasters.lstm import LevelFreeForecaster
+
+    path = tmp_path / "g.pt"
+    levelfree.save(path)
+    hs = [daily(3, seed=20 + i, level=100.0 * (i + 1)) for i in range(5)]
+    fs = [forecasters.create("lstm_global", {"checkpoint": str(path), "device": "cpu"}) for _ in hs]
+    for f, h in zip(fs, hs):
+        f.fit(h)
+    now = end(hs[0])
+    alone = [f.predict(now, 24, (0.5, 0.9)) for f in fs]
+    calls = []
+    real = LevelFreeLSTM.predict_many
+    monkeypatch.setattr(LevelFreeLSTM, "predict_many", lambda self, h, *a, **k: calls.append(len(h)) or
+                        real(self, h, *a, **k))
+    # one member unfitted, one whose history ends after the start: only they fail
+    unfitted = forecasters.create("lstm_global", {"checkpoint": str(path), "device": "cpu"})
+    late = forecasters.create("lstm_global", {"checkpoint": str(path), "device": "cpu"})
+    late.fit(daily(3.5, seed=30))
+    out = LevelFreeForecaster.predict_batch([*fs[:2], unfitted, late, *fs[2:]], now, 24, (0.5, 0.9))
+    assert calls == [6]  # the five and the late one, in one forward pass
+    assert isinstance(out[2], ForecastError) and isinstance(out[3], ForecastError)
+    for got, want in zip([*out[:2], *out[4:]], alone):
+        np.testing.assert_allclose(got.quantiles[0.9], want.quantiles[0.9], rtol=1e-6)
+        assert got.model_version == want.model_version

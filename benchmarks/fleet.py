@@ -1,0 +1,318 @@
+"""Fleet benchmark: one batched decision cycle of a template's targets on the
+global LSTM, at 1,000 to 10,000 targets: time split and peak memory.
+
+    flock /work/wt/heavy.lock nice -n 10 python -m benchmarks.fleet --targets 1000 3000 10000
+    flock /work/wt/heavy.lock nice -n 10 python -m benchmarks.fleet --targets 1000 --prometheus
+
+Targets are made from the shared traces (every trace with at least 14 days
+on the 5-minute grid): target ``i`` is trace ``i mod T``, its window
+shifted by a random number of steps and its values scaled by a random factor
+(log-uniform 0.2-5x), three days of history each. They are one template's
+targets (``templates[]``, forescale's own config, ``dry-run`` mode, the
+level-free ``lstm_global`` zero-shot on a checkpoint trained beforehand on
+the traces' first 10 days, which is not part of the timing) and run in the
+daemon (:class:`engine.daemon.TemplateWorker`: discovery, then
+:func:`engine.fleet.run_batch`) with a real SQLite state file.
+
+The metric source is **in-process**: the template's query answered from
+memory (a ``fetch_all`` over the prepared series, what the Prometheus source
+returns after parsing). ``--prometheus`` runs the fetch part against a real
+Prometheus 2.42 instead (the series backfilled with promtool; the backfill
+is not timed).
+
+Each size runs in a fresh process: cycle 1 is cold (empty state file: the
+whole history fetched and cached, each target's model fitted, i.e.
+calibrated on its own recent errors), cycle 2 five minutes later is the
+steady state (one new sample per target, models updated). Peak memory is the
+process' ``ru_maxrss``; the baseline is the same process with the model
+loaded and no targets.
+
+Writes ``benchmarks/results/fleet.json`` and ``fleet.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.backtest import RESULTS, TRACES_DIR, in_fresh_process, peak_rss_mib, qualifying_traces  # noqa: E402
+from engine.core.types import Series  # noqa: E402
+from engine.core.units import to_epoch  # noqa: E402
+from engine.sources.csv import read_csv  # noqa: E402
+
+STEP = 300
+HISTORY_DAYS = 3
+NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
+MODEL = RESULTS / "fleet-global.pt"  # not kept in the repository (rerun to get it)
+TRAIN_DAYS = 10
+
+
+def _traces() -> list[np.ndarray]:
+    out = []
+    for p in qualifying_traces(TRACES_DIR):
+        v = read_csv(p).regular(timedelta(seconds=STEP)).values.astype(np.float64)
+        # the traces' gaps carried forward: every target reports every step
+        idx = np.where(np.isfinite(v), np.arange(v.size), 0)
+        np.maximum.accumulate(idx, out=idx)
+        out.append(np.nan_to_num(v[idx], nan=0.0))
+    return out
+
+
+def train_model(path: Path = MODEL, threads: int = 1) -> dict[str, Any]:
+    """The global model, trained on the first ``TRAIN_DAYS`` of every trace."""
+    import torch
+
+    from forecasters.lstm import LevelFreeLSTM
+
+    torch.set_num_threads(threads)
+    start = to_epoch(NOW) - 400 * 86400
+    series = {f"trace{i}": Series(start + STEP * np.arange(min(v.size, TRAIN_DAYS * 288)),
+                                  v[: TRAIN_DAYS * 288]) for i, v in enumerate(_traces())}
+    t0 = time.perf_counter()
+    model = LevelFreeLSTM({"epochs": 6, "device": "auto"}).fit(series)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return {"train_s": time.perf_counter() - t0, "parameters": model.n_parameters, "series": len(series)}
+
+
+def fleet_series(n: int, seed: int = 0) -> dict[str, Series]:
+    """``n`` targets' histories ending at NOW (plus one step for cycle 2)."""
+    rng = np.random.default_rng(seed)
+    traces = _traces()
+    steps = HISTORY_DAYS * 288 + 2
+    end = to_epoch(NOW) + STEP
+    ts = end - STEP * np.arange(steps)[::-1]
+    out = {}
+    for i in range(n):
+        v = traces[i % len(traces)]
+        shift = int(rng.integers(0, v.size - steps))
+        scale = float(np.exp(rng.uniform(np.log(0.2), np.log(5.0))))
+        out[f"t{i:05d}"] = Series(ts, v[shift:shift + steps] * scale)
+    return out
+
+
+class MemoryTemplateSource:
+    """The template's query answered in-process: every target's series by
+    label set, the slice ``(since, now]`` (what ``PrometheusSource.fetch_all``
+    returns after parsing)."""
+
+    def __init__(self, series: dict[str, Series]) -> None:
+        self.series = {frozenset({("target", k)}): s for k, s in series.items()}
+        self.calls = 0
+
+    def fetch_all(self, since: datetime | None, now: datetime) -> dict[frozenset, Series]:
+        self.calls += 1
+        return {k: s.since(since).until(now) if since is not None else s.until(now) for k, s in self.series.items()}
+
+
+def config(folder: Path, url: str, model: Path) -> Path:
+    import yaml
+
+    doc = {"state": str(folder / "state.db"), "server": {"enabled": False}, "templates": [{
+        "name": "fleet", "source": {"type": "prometheus", "url": url, "query": "sum by (target) (load)",
+                                    "timeout": "120s", "max_response_bytes": 2**31},
+        "target_name": "{target}", "discover_every": "1h", "interval": "5m", "mode": "dry-run",
+        "timeout": "10m",
+        "forecaster": {"name": "lstm_global", "history": f"{HISTORY_DAYS}d", "refit_every": "1d",
+                       "params": {"checkpoint": str(model)}},
+        "policy": {"capacity_per_replica": 10, "target_utilization": 0.6, "min_replicas": 1,
+                   "max_replicas": 10000, "lead_time": "10m", "hold": "10m", "max_staleness": "30m"}}]}
+    path = folder / "fleet.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def one_size(n: int, model: str, threads: int, prometheus_url: str | None = None) -> dict[str, Any]:
+    """Build ``n`` targets, run two cycles in the daemon, report (a fresh process)."""
+    import torch
+
+    from engine.build import build_source
+    from engine.core.clock import ManualClock
+    from engine.daemon import Daemon
+    from forecasters.lstm import shared_levelfree
+
+    torch.set_num_threads(threads)
+    logging.disable(logging.INFO)  # a log line per target is not what is measured
+    shared_levelfree(model)  # the model in memory before the baseline
+    base_rss = _rss_mib()
+    series = fleet_series(n) if prometheus_url is None else {}
+    folder = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
+    cfg = config(folder, prometheus_url or "http://127.0.0.1:9", Path(model))
+    memory = MemoryTemplateSource(series)
+
+    def source(t, c, covariate=None):
+        return memory if prometheus_url is None else build_source(t, c)
+
+    clock = ManualClock(NOW)
+    mono = [0.0]
+    d = Daemon(cfg, clock=clock, monotonic=lambda: mono[0], build_source=source)
+    tw = d.templates["fleet"]
+    out: dict[str, Any] = {"targets": n, "source": "prometheus" if prometheus_url else "in-process",
+                           "torch_threads": threads, "device": str(shared_levelfree(model)._device),
+                           "baseline_rss_mib": base_rss, "cycles": []}
+    try:
+        for k in range(2):
+            clock.set(NOW + timedelta(seconds=STEP * k))
+            t0 = time.perf_counter()
+            d.tick()
+            assert tw.wait(1200), "cycle did not finish"
+            wall = time.perf_counter() - t0
+            mono[0] += STEP
+            rep = tw.last_report
+            assert rep is not None and len(rep.results) == n, (len(tw.members), n)
+            ok = sum(r.ok for r in rep.results)
+            fallback = sum(bool(r.decision and r.decision.fallback) for r in rep.results)
+            out["cycles"].append({
+                "cycle": "cold" if k == 0 else "steady", "wall_s": wall,
+                "seconds": {p: round(v, 3) for p, v in rep.seconds.items()},
+                "batched": rep.batched, "batched_calls": rep.calls, "ok": ok, "fallback": fallback,
+                "rss_mib": _rss_mib()})
+        out["discovered"] = len(tw.members)
+    finally:
+        d.shutdown(5)
+        logging.disable(logging.NOTSET)
+    out["peak_rss_mib"] = peak_rss_mib()
+    out["state_file_mib"] = os.path.getsize(folder / "state.db") / 2**20
+    return out
+
+
+# --------------------------------------------------------------- Prometheus
+def backfilled_prometheus(n: int, work: Path):
+    """A real Prometheus serving ``load{target=...}`` for the ``n`` targets."""
+    from tests.support.prom import PrometheusServer, Trace, backfill, require_binaries
+
+    prom, tool = require_binaries()
+    series = fleet_series(n)
+    # the server answers for "now": shift the histories to end at the wall clock
+    shift = (int(time.time()) // STEP * STEP - STEP) - to_epoch(NOW) - STEP
+    traces = [Trace("load", {"target": k}, s.timestamps + shift, np.nan_to_num(s.values, nan=0.0))
+              for k, s in series.items()]
+    t0 = time.perf_counter()
+    data = backfill(tool, traces, work)
+    server = PrometheusServer(prom, data, work).start()
+    return server, shift, time.perf_counter() - t0
+
+
+def prometheus_run(n: int, model: str, threads: int) -> dict[str, Any]:
+    """The fetch part against a real Prometheus (the daemon's clock set to
+    the backfilled data's time)."""
+    global NOW
+    work = Path(tempfile.mkdtemp(prefix="fleet-prom-"))
+    server, shift, backfill_s = backfilled_prometheus(n, work)
+    try:
+        NOW = NOW + timedelta(seconds=shift)
+        out = one_size(n, model, threads, server.url)
+        out["backfill_s"] = backfill_s
+        return out
+    finally:
+        server.stop()
+
+
+# ------------------------------------------------------------------ report
+def markdown(report: dict[str, Any]) -> str:
+    lines = ["# Fleet benchmark", "", f"Command: `{report['command']}`", "",
+             f"Global model: {report['model'].get('parameters', '?')} parameters "
+             f"({report['model'].get('note', '')}); torch threads {report['threads']}; "
+             f"machine: {report['machine']}.", "",
+             "| targets | source | cycle | total s | fetch | gather | forecast | decide | record | act | "
+             "batched calls | fallbacks | RSS MiB | peak RSS MiB |",
+             "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report["runs"]:
+        for c in r["cycles"]:
+            s = c["seconds"]
+            lines.append(f"| {r['targets']:,} | {r['source']} | {c['cycle']} | {c['wall_s']:.1f} | "
+                         + " | ".join(f"{s.get(p, 0):.2f}" for p in ("fetch", "gather", "forecast", "decide",
+                                                                      "record", "act"))
+                         + f" | {c['batched_calls']} ({c['batched']:,} targets) | {c['fallback']} | "
+                           f"{c['rss_mib']:.0f} | {r['peak_rss_mib']:.0f} |")
+    mem = report.get("memory")
+    if mem:
+        lines += ["", "Memory above the baseline (the process with the model loaded, no targets), peak RSS:", "",
+                  "| targets | MiB | KiB per target |", "|---:|---:|---:|"]
+        for n, mib in mem["above_baseline_mib"].items():
+            lines.append(f"| {int(n):,} | {mib:.0f} | {1024 * mib / int(n):.0f} |")
+        lines.append(f"\nGrowth {mem['growth']}: {mem['verdict']}.")
+    lines.append("\n'total s' is the daemon's tick to the end of the batched cycle (every target decided and "
+                 "recorded, results handed to the daemon); the parts are engine.fleet.run_batch's.\n")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="One batched decision cycle of 1,000-10,000 targets.")
+    ap.add_argument("--targets", type=int, nargs="+", default=[1000, 3000, 10000])
+    ap.add_argument("--prometheus", action="store_true", help="fetch from a real Prometheus (first size only)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--model", default=str(MODEL), help="the trained global model (trained when missing)")
+    ap.add_argument("--retrain", action="store_true")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args(argv)
+    model = Path(args.model)
+    info: dict[str, Any] = {}
+    if args.retrain or not model.exists():
+        info = in_fresh_process(train_model, model, args.threads)
+        print(f"global model trained in {info['train_s']:.1f} s ({info['parameters']} parameters)", flush=True)
+    else:
+        from forecasters.lstm import LevelFreeLSTM
+
+        info = {"parameters": LevelFreeLSTM.load(model, device="cpu").n_parameters}
+    info["note"] = f"trained beforehand on the first {TRAIN_DAYS} days of each trace, not timed"
+    command = "python -m benchmarks.fleet --targets " + " ".join(map(str, args.targets)) + \
+        (" --prometheus" if args.prometheus else "")
+    runs = []
+    for i, n in enumerate(args.targets):
+        if args.prometheus:
+            r = in_fresh_process(prometheus_run, n, str(model), args.threads)
+        else:
+            r = in_fresh_process(one_size, n, str(model), args.threads)
+        runs.append(r)
+        for c in r["cycles"]:
+            print(f"{n:>6} targets ({r['source']}) {c['cycle']:<6} {c['wall_s']:6.1f} s  "
+                  + " ".join(f"{p} {v:.2f}" for p, v in c["seconds"].items())
+                  + f"  batched {c['batched']} in {c['batched_calls']} call(s), fallbacks {c['fallback']}, "
+                    f"rss {c['rss_mib']:.0f} MiB", flush=True)
+        print(f"{n:>6} targets: peak RSS {r['peak_rss_mib']:.0f} MiB (baseline {r['baseline_rss_mib']:.0f})",
+              flush=True)
+    report: dict[str, Any] = {"command": command, "threads": args.threads, "model": info, "runs": runs,
+                              "machine": f"{platform.machine()}, Python {platform.python_version()}, "
+                                         f"{os.cpu_count()} CPUs"}
+    sizes = [r for r in runs if r["source"] == "in-process"]
+    if len(sizes) >= 2:
+        above = {str(r["targets"]): r["peak_rss_mib"] - r["baseline_rss_mib"] for r in sizes}
+        per = [v / int(k) for k, v in above.items()]
+        growth = max(per) / min(per)
+        report["memory"] = {"above_baseline_mib": above, "growth": f"per-target memory ratio max/min {growth:.2f}",
+                            "verdict": "at most linear" if per[-1] <= per[0] * 1.1 else "MORE than linear"}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "fleet-prometheus" if args.prometheus else "fleet"
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2, default=str))
+    (out / f"{name}.md").write_text(markdown(report))
+    print(f"wrote {out / name}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

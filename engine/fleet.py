@@ -1,0 +1,354 @@
+"""Fleets: targets from label sets, and one batched cycle for them.
+
+A *template* (``templates[]`` in the config, :class:`engine.config.TargetTemplate`)
+turns every series of one PromQL query into a target, one per label set.
+:func:`discover` asks the query which series exist now and expands the
+template for each (:meth:`TargetTemplate.expand`); the daemon calls it every
+``discover_every`` and adds and retires targets as series come and go. A
+target's state is stored under its name, so a series that comes back finds
+its state, cooldowns and all.
+
+The targets of a template run their cycle together, once per interval, in
+:func:`run_batch`. Each target still runs the steps of
+:meth:`engine.cycle.LiveTarget.run` and decides alone; what is shared is the
+work around the decisions:
+
+1. **fetch**     one range query for the whole template
+                 (:meth:`PrometheusSource.fetch_all`); each target's source
+                 (:class:`SeriesSlice`) hands out its own series from it.
+2. **gather**    every target's ``begin`` (steps 1-4), its reads and sample
+                 cache writes in one transaction (:meth:`Store.batch`).
+3. **forecast**  targets whose forecaster ``predicts_in_batches`` are fitted
+                 or updated one by one, then forecast in one call per model
+                 (:func:`batched_forecasts`: all the targets on one global
+                 LSTM checkpoint in one forward pass, on the GPU when there is
+                 one); per-series models forecast per target in step 4.
+4. **decide**    every target's ``decide`` (step 5), the forecast records in
+                 one transaction.
+5. **record**    every target that does not act (observe, dry-run, hold):
+                 ``finish`` (steps 6-8) in one transaction; then each target
+                 that acts (approve, auto with a change), one by one, outside
+                 it: its intent must be on disk before its platform is touched.
+
+A transaction holds the writes of at most ``WRITES_PER_TRANSACTION`` (500)
+targets, so the state file's write lock is never held for long.
+
+Independence: a target's fetch failure, a history of NaNs, a model that
+fails, an actuator that raises, is that target's error (the policy falls
+back to reactive for it, never scaling down, with the reason recorded);
+the others decide as if it were not there. A batched call that fails as a
+whole falls back to reactive for each of its targets with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from .config import Config, TargetConfig, TargetTemplate
+from .core.errors import ConfigError, MetricSourceError, StateError
+from .core.plugins import capabilities_of
+from .core.types import Forecast, Series
+from .cycle import CycleResult, LiveTarget, PendingCycle
+
+log = logging.getLogger("forescale.fleet")
+
+LabelSet = frozenset  # frozenset of (label, value) pairs
+
+
+# ---------------------------------------------------------------- discovery
+@dataclass
+class Discovery:
+    """What a template expands to now: targets by name (with their label
+    sets), and the series that could not become targets, with why."""
+
+    template: str
+    targets: dict[str, TargetConfig] = field(default_factory=dict)
+    labels: dict[str, LabelSet] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def expand(template: TargetTemplate, label_sets: Sequence[LabelSet], base_dir: Any = None) -> Discovery:
+    """The template's target for each label set (pure). A series lacking a
+    label the template refers to, or whose name another series already
+    took, is left out with an error naming the template field."""
+    out = Discovery(template.name)
+    for key in sorted(label_sets, key=sorted):
+        labels = dict(key)
+        try:
+            t = template.expand(labels, base_dir)
+        except ConfigError as exc:
+            out.errors.append(str(exc))
+            continue
+        if t.name in out.targets:
+            out.errors.append(f"templates[{template.name}].target_name: series {_labelset(labels)} and "
+                              f"{_labelset(dict(out.labels[t.name]))} both make the target name {t.name!r}; "
+                              "put a label that tells them apart in target_name")
+            continue
+        out.targets[t.name] = t
+        out.labels[t.name] = key
+    return out
+
+
+def discover(template: TargetTemplate, source: Any, now: datetime, base_dir: Any = None) -> Discovery:
+    """Ask the template's query which series exist now (a sample within the
+    last two intervals) and expand the template for each. A failed query
+    raises (the caller keeps the targets it has)."""
+    interval = (template.prototype.interval if template.prototype is not None
+                else TargetConfig.model_fields["interval"].default)
+    found = source.fetch_all(now - 2 * interval, now)
+    return expand(template, [k for k, s in found.items() if s.n_valid], base_dir)
+
+
+def template_source(template: TargetTemplate, config: Config) -> Any:
+    """The template's query as a source answering for every label set."""
+    from .build import build_source
+
+    assert template.prototype is not None
+    return build_source(template.prototype.model_copy(update={"source": template.source}), config)
+
+
+# ------------------------------------------------------------------- fetch
+class TemplateFetch:
+    """One cycle's answer to the template's query, for all its targets."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self.loaded = False
+        self.answer: dict[LabelSet, Series] = {}
+        self.error: str | None = None
+
+    def load(self, since: datetime, now: datetime) -> None:
+        try:
+            self.answer, self.error = self.source.fetch_all(since, now), None
+        except Exception as exc:  # noqa: BLE001 - every target of the template then falls back
+            self.answer, self.error = {}, f"{type(exc).__name__}: {exc}"
+        self.loaded = True
+
+    def clear(self) -> None:
+        self.loaded, self.answer, self.error = False, {}, None
+
+
+class SeriesSlice:
+    """The source of one target of a template: its series out of the
+    cycle's :class:`TemplateFetch`; outside a batched cycle (``forescale
+    once``), its own query (the template's, keeping its label set)."""
+
+    def __init__(self, batch: TemplateFetch, labels: LabelSet, own: Any) -> None:
+        self.batch, self.labels, self.own = batch, labels, own
+
+    def fetch(self, since: datetime | None, now: datetime) -> Series:
+        if not self.batch.loaded:
+            return self.own.fetch(since, now)
+        if self.batch.error is not None:
+            raise MetricSourceError(f"the template's query failed: {self.batch.error}", transient=True)
+        got = self.batch.answer.get(self.labels)
+        if got is None:
+            return Series(np.empty(0, np.int64), np.empty(0), _labelset(dict(self.labels)))
+        return got.since(since).until(now) if since is not None else got.until(now)
+
+
+class _Lazy:
+    """A source built on its first fetch (a template's target fetches from
+    the batch; its own connection is only made if it is ever asked alone)."""
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self._build, self._source = build, None
+
+    def fetch(self, since: datetime | None, now: datetime) -> Any:
+        if self._source is None:
+            self._source = self._build()
+        return self._source.fetch(since, now)
+
+
+def member_target(target: TargetConfig, labels: LabelSet, fetch: TemplateFetch, store: Any, config: Config, *,
+                  build_source: Callable[..., Any] | None = None,
+                  build_actuator: Callable[..., Any] | None = None) -> LiveTarget:
+    """A template's target in the live loop: its series from the template's
+    fetch (:class:`SeriesSlice`), the template's store connection."""
+    from .build import build_actuator as default_actuator, build_source as default_source
+
+    bs, ba = build_source or default_source, build_actuator or default_actuator
+    return LiveTarget(target, source=SeriesSlice(fetch, labels, _Lazy(lambda: bs(target, config))), store=store,
+                      actuator=ba(target, config))
+
+
+# ---------------------------------------------------------------- forecast
+def _trim(fc: Forecast, steps: int, levels: Sequence[float]) -> tuple[Forecast | None, str | None]:
+    """A forecast of the batch's (longest) horizon and levels, cut to one
+    target's; a non-finite value is that target's forecast error."""
+    point = fc.point[:steps]
+    qs = {q: fc.quantiles[q][:steps] for q in levels if q in fc.quantiles}
+    if not np.all(np.isfinite(point)) or not all(np.all(np.isfinite(a)) for a in qs.values()):
+        return None, "ForecastError: the batched forecast is not finite for this target"
+    return Forecast(made_at=fc.made_at, timestamps=fc.timestamps[:steps], point=point, quantiles=qs,
+                    model=fc.model, model_version=fc.model_version), None
+
+
+def batched_forecasts(members: Sequence[LiveTarget], cycles: Sequence[PendingCycle],
+                      now: datetime) -> tuple[dict[int, tuple[Forecast | None, str | None]], int]:
+    """Forecasts for the members whose forecaster class ``predicts_in_batches``
+    (and no quality gate, which runs its shadows per target): each is
+    fitted or updated, then one ``predict_batch`` per class, at the longest
+    horizon and every level asked, cut to each target's. Returns (index ->
+    (forecast, error)) and the number of batched calls. A call that fails as
+    a whole is every member's forecast error (reactive fallback)."""
+    out: dict[int, tuple[Forecast | None, str | None]] = {}
+    groups: dict[type, list[int]] = {}
+    for i, (m, c) in enumerate(zip(members, cycles)):
+        f = m.runner.forecaster
+        if (f is None or c.error is not None or c.inputs is None or c.inputs.fetch_error
+                or m.target.forecaster.quality_gate is not None or not capabilities_of(f).predicts_in_batches):
+            continue
+        why = m.prepare_forecast(c)
+        if why is not None:
+            out[i] = (None, why)
+        else:
+            groups.setdefault(type(f), []).append(i)
+    calls = 0
+    for cls, idx in groups.items():
+        steps = {i: members[i].target.forecast_steps(cycles[i].inputs.window) for i in idx}  # type: ignore[union-attr]
+        levels = sorted({q for i in idx for q in members[i].target.forecast_quantiles})
+        try:
+            calls += 1
+            fcs = cls.predict_batch([members[i].runner.forecaster for i in idx], now, max(steps.values()), levels)
+        except Exception as exc:  # noqa: BLE001 - the batch's targets fall back, each with the reason
+            log.warning("batched forecast of %d targets failed: %s: %s", len(idx), type(exc).__name__, exc)
+            for i in idx:
+                out[i] = (None, f"batched forecast failed: {type(exc).__name__}: {exc}")
+            continue
+        for i, fc in zip(idx, fcs):
+            if isinstance(fc, Exception):
+                out[i] = (None, f"{type(fc).__name__}: {fc}")
+            else:
+                out[i] = _trim(fc, steps[i], members[i].target.forecast_quantiles)
+    return out, calls
+
+
+# ------------------------------------------------------------------- cycle
+@dataclass
+class BatchReport:
+    """What one batched cycle did: each target's result (in the members'
+    order), seconds per part (fetch, gather, forecast, decide, record, act),
+    and how many targets were forecast in how many batched calls."""
+
+    results: list[CycleResult]
+    seconds: dict[str, float]
+    batched: int = 0
+    calls: int = 0
+
+
+def _together(store: Any, cycles: Sequence[PendingCycle]) -> "_Together":
+    return _Together(store, cycles)
+
+
+class _Together:
+    """``store.batch()`` around one part of the batched cycle; a failed
+    commit becomes the error of every cycle in it (nothing of theirs was
+    written), never an exception."""
+
+    def __init__(self, store: Any, cycles: Sequence[PendingCycle]) -> None:
+        self.store, self.cycles = store, cycles
+
+    def __enter__(self) -> None:
+        self._cm: Iterator[None] = self.store.batch()
+        self._cm.__enter__()  # type: ignore[attr-defined]
+
+    def __exit__(self, *exc: Any) -> bool:
+        try:
+            self._cm.__exit__(*exc)  # type: ignore[attr-defined]
+        except StateError as err:
+            for c in self.cycles:
+                c.error = c.error or f"state: the batch's transaction failed: {err}"
+            return exc[0] is None or isinstance(exc[1], StateError)
+        return False
+
+
+#: targets whose writes share one transaction: a batch's write lock is held
+#: for a second or so at most (others writing to the state file, a person
+#: approving a plan, wait that long, never their busy timeout)
+WRITES_PER_TRANSACTION = 500
+
+
+def _chunks(items: Sequence[int]) -> list[Sequence[int]]:
+    return [items[k:k + WRITES_PER_TRANSACTION] for k in range(0, len(items), WRITES_PER_TRANSACTION)]
+
+
+def run_batch(members: Sequence[LiveTarget], now: datetime, store: Any, fetch: TemplateFetch | None = None,
+              *, clock: Callable[[], float] = time.perf_counter) -> BatchReport:
+    """One cycle of every member at ``now`` (the steps in the module doc).
+    ``store``: the one store every member records in; ``fetch``: the
+    template's query, loaded once for all (None: each member fetches from
+    its own source)."""
+    seconds: dict[str, float] = {}
+    mark = clock()
+
+    def lap(part: str) -> None:
+        nonlocal mark
+        t = clock()
+        seconds[part] = seconds.get(part, 0.0) + t - mark
+        mark = t
+
+    try:
+        if fetch is not None and members:
+            fetch.load(min(m.fetch_start(now) for m in members), now)
+        lap("fetch")
+        cycles: list[PendingCycle | None] = [None] * len(members)
+        for part in _chunks(range(len(members))):
+            try:
+                with store.batch():
+                    for i in part:
+                        if members[i].target.mode != "approve":  # approve applies approved plans in begin
+                            cycles[i] = members[i].begin(now)
+            except StateError as exc:  # the sample cache was not written; the cycles go on from memory
+                log.error("batched cycle: a gather transaction failed: %s", exc)
+        for i, m in enumerate(members):
+            if cycles[i] is None:
+                cycles[i] = m.begin(now)
+        ready: list[PendingCycle] = cycles  # type: ignore[assignment]
+        lap("gather")
+        forecasts, calls = batched_forecasts(members, ready, now)
+        lap("forecast")
+        for part in _chunks(range(len(members))):
+            with _together(store, [ready[i] for i in part]):
+                for i in part:
+                    members[i].decide(ready[i], forecasts.get(i))
+        lap("decide")
+        acting = set()
+        for i, (m, c) in enumerate(zip(members, ready)):
+            try:
+                if m.acts(c):
+                    acting.add(i)
+            except Exception:  # noqa: BLE001 - unsure: finish it on its own
+                acting.add(i)
+        results: list[CycleResult | None] = [None] * len(members)
+        for part in _chunks([i for i in range(len(members)) if i not in acting]):
+            with _together(store, [ready[i] for i in part]):
+                for i in part:
+                    results[i] = members[i].finish(ready[i])
+        for i, c in enumerate(ready):
+            r = results[i]
+            if i not in acting and r is not None and c.error is not None and r.error is None:
+                r.error, r.status = c.error, "error"  # the batch's commit failed: nothing of it was written
+        lap("record")
+        for i in sorted(acting):
+            results[i] = members[i].finish(ready[i])
+        lap("act")
+    finally:
+        if fetch is not None:
+            fetch.clear()
+    batched = sum(1 for i, (fc, _) in forecasts.items() if fc is not None)
+    return BatchReport(results, seconds, batched, calls)  # type: ignore[arg-type]
+
+
+def _labelset(labels: dict[str, str]) -> str:
+    return "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+
+
+__all__ = ["BatchReport", "Discovery", "SeriesSlice", "TemplateFetch", "batched_forecasts", "discover", "expand",
+           "member_target", "run_batch", "template_source"]

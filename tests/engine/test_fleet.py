@@ -1,0 +1,474 @@
+"""Fleets: targets from label sets (against a real Prometheus 2.42 with
+backfilled series) and the batched cycle of a template's targets (one
+batched call of the global LSTM, one transaction, independent decisions)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from engine.cli import main
+from engine.config import load_config, parse_config
+from engine.core.clock import ManualClock
+from engine.core.errors import ConfigError
+from engine.core.units import from_epoch
+from engine.daemon import Daemon
+from engine.store import Store, open_store
+from tests.support.live import Platform
+from tests.support.postgres import pg_server, pg_url  # noqa: F401 - fixtures
+from tests.support.prom import (STEP, TRACE_A, TRACE_B, PrometheusServer, Trace, backfill, load_trace,
+                                require_binaries)
+
+DAY = 86400
+POLICY = {"capacity_per_replica": 10, "target_utilization": 0.5, "min_replicas": 1, "max_replicas": 50,
+          "lead_time": "5m", "hold": "5m", "max_staleness": "15m", "margin": {"quantile": None},
+          "stabilization": {"scale_up": "0s", "scale_down": "0s"},
+          "scale_up": {"policies": []}, "scale_down": {"policies": []}}
+
+
+# ------------------------------------------------------------ a real Prometheus
+class Fleet:
+    def __init__(self, url: str, end: int) -> None:
+        self.url, self.end = url, end
+
+
+@pytest.fixture(scope="module")
+def fleet_prometheus(tmp_path_factory):
+    """``storage_used_bytes{user, group, volume}``: alice (two volumes) and
+    bob in g1, carol in g2 -- whose series is absent for the two days
+    before the last two (it goes away and comes back)."""
+    prom, tool = require_binaries()
+    work = tmp_path_factory.mktemp("fleet-prom")
+    end = int(__import__("time").time()) // STEP * STEP - STEP
+    ta, va = load_trace(TRACE_A, end)
+    tb, vb = load_trace(TRACE_B, end)
+    away = (ta > end - 4 * DAY) & (ta <= end - 2 * DAY)
+    traces = [
+        Trace("storage_used_bytes", {"user": "alice", "group": "g1", "volume": "v1"}, ta, va),
+        Trace("storage_used_bytes", {"user": "alice", "group": "g1", "volume": "v2"}, ta, va),
+        Trace("storage_used_bytes", {"user": "bob", "group": "g1", "volume": "v1"}, tb, vb),
+        Trace("storage_used_bytes", {"user": "carol", "group": "g2", "volume": "v1"}, ta[~away], 2 * va[~away]),
+    ]
+    server = PrometheusServer(prom, backfill(tool, traces, work), work).start()
+    try:
+        yield Fleet(server.url, end)
+    finally:
+        server.stop()
+
+
+def template(url: str, **over) -> dict:
+    t = {"name": "storage",
+         "source": {"type": "prometheus", "url": url, "query": "sum by (user, group) (storage_used_bytes)"},
+         "target_name": "storage-{user}-{group}", "discover_every": "5m",
+         "interval": "5m", "mode": "auto",
+         "forecaster": {"name": "persistence", "history": "2h", "refit_every": "1h"},
+         "policy": POLICY,
+         "actuator": {"type": "kubernetes", "namespace": "{group}", "name": "quota-{user}"}}
+    t.update(over)
+    return t
+
+
+def write(path: Path, *templates: dict, targets: list | None = None) -> Path:
+    doc = {"state": str(path.parent / "state.db"), "server": {"enabled": False}, "templates": list(templates)}
+    if targets:
+        doc["targets"] = targets
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.mark.prometheus
+def test_forescale_targets_lists_one_target_per_label_set_with_the_labels_put_in(fleet_prometheus, tmp_path,
+                                                                                   capsys):
+    cfg = write(tmp_path / "fleet.yaml", template(fleet_prometheus.url))
+    assert main(["targets", "--config", str(cfg), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    (tp,) = doc["templates"]
+    got = {t["name"]: t for t in tp["targets"]}
+    # now: carol's series is back (it was away between 4 and 2 days ago)
+    assert sorted(got) == ["storage-alice-g1", "storage-bob-g1", "storage-carol-g2"]
+    assert got["storage-carol-g2"]["labels"] == {"group": "g2", "user": "carol"}
+    assert got["storage-carol-g2"]["actuator"]["namespace"] == "g2"
+    assert got["storage-alice-g1"]["actuator"]["name"] == "quota-alice"
+    assert main(["targets", "--config", str(cfg)]) == 0
+    assert 'storage-bob-g1  {group="g1", user="bob"}' in capsys.readouterr().out
+
+
+@pytest.mark.prometheus
+def test_a_series_without_a_label_the_template_names_is_reported_naming_the_field(fleet_prometheus, tmp_path,
+                                                                                   capsys):
+    # 'by (user)' has no group: known at load, one error naming the placeholder
+    bad = template(fleet_prometheus.url, source={"type": "prometheus", "url": fleet_prometheus.url,
+                                                 "query": "sum by (user) (storage_used_bytes)"})
+    cfg = write(tmp_path / "bad.yaml", bad)
+    assert main(["targets", "--config", str(cfg)]) == 2
+    assert "templates[0]: placeholder {group}: the query's result has only the labels user" in capsys.readouterr().err
+    # a query whose labels are only known when asked: reported per series
+    ok = template(fleet_prometheus.url, source={"type": "prometheus", "url": fleet_prometheus.url,
+                                                "query": "storage_used_bytes"}, target_name="s-{user}",
+                  actuator={"type": "dry-run"})
+    cfg = write(tmp_path / "dup.yaml", ok)
+    assert main(["targets", "--config", str(cfg)]) == 1  # alice's two volumes make one name
+    err = capsys.readouterr().err
+    assert "templates[storage].target_name: series" in err and "both make the target name 's-alice'" in err
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"target_name": "s-{user"}, "templates[0]: target_name: 's-{user' has a brace that is not part of"),
+    ({"polcy": {}}, "templates[0].polcy: unknown field"),
+    ({"source": {"type": "csv", "path": "x.csv"}}, "a template's source must be prometheus"),
+    ({"discover_every": "0s"}, "discover_every (0:00:00) must be positive"),
+    ({"actuator": {"type": "kubernetes", "namespace": "{grp}", "name": "q"}},
+     "templates[0]: placeholder {grp}: the query's result has only the labels group, user"),
+    ({"policy": {**POLICY, "max_replicas": 0}}, "templates[0].policy"),
+    ({"name": "has space"}, "templates[0].name"),
+])
+def test_a_bad_template_is_one_error_naming_the_field(over, message):
+    doc = {"server": {"enabled": False}, "templates": [template("http://127.0.0.1:9", **over)]}
+    with pytest.raises(ConfigError) as e:
+        parse_config(doc)
+    assert message in str(e.value)
+    assert str(e.value).count("\n") == 0  # one line
+
+
+def test_two_templates_of_one_name_and_a_config_with_neither_targets_nor_templates_are_refused():
+    with pytest.raises(ConfigError, match="template names must be unique; repeated: storage"):
+        parse_config({"templates": [template("http://127.0.0.1:9"), template("http://127.0.0.1:9")]})
+    with pytest.raises(ConfigError, match="targets: Tuple should have at least 1 item"):
+        parse_config({"templates": []})
+
+
+@pytest.mark.prometheus
+def test_the_daemon_adds_and_retires_targets_as_series_come_and_go_and_a_series_back_finds_its_state(
+        fleet_prometheus, tmp_path):
+    end = fleet_prometheus.end
+    # a scale-down waits six days for lower recommendations: only a target
+    # that kept its state remembers the higher one of five days ago
+    policy = {**POLICY, "stabilization": {"scale_up": "0s", "scale_down": "6d"}}
+    cfg = write(tmp_path / "fleet.yaml", template(fleet_prometheus.url, policy=policy))
+    platforms: dict[str, Platform] = {}
+    clock = ManualClock(from_epoch(end - 5 * DAY))
+    mono = [1000.0]
+    results = []
+    d = Daemon(cfg, clock=clock, monotonic=lambda: mono[0], on_result=results.append,
+               build_actuator=lambda t, c=None: platforms.setdefault(t.name, Platform(capacity=1)))
+    tw = d.templates["storage"]
+
+    def cycle(at: int) -> set[str]:
+        clock.set(from_epoch(at))
+        results.clear()
+        d.tick()
+        assert tw.wait(60)
+        mono[0] += 300
+        return {r.target for r in results}
+
+    try:
+        assert cycle(end - 5 * DAY) == {"storage-alice-g1", "storage-bob-g1", "storage-carol-g2"}
+        first = d.lock_store.load_state("storage-carol-g2")
+        assert first is not None and first.current > 1 and first.events  # scaled up from 1: a scale event
+        assert cycle(end - 3 * DAY) == {"storage-alice-g1", "storage-bob-g1"}  # carol's series is away
+        assert "storage-carol-g2" not in tw.members
+        assert cycle(end) == {"storage-alice-g1", "storage-bob-g1", "storage-carol-g2"}
+        carol = [r for r in results if r.target == "storage-carol-g2"][0].decision
+        # the demand now asks for fewer, but the state kept the first cycle's recommendation
+        assert carol.desired == first.current and "ScaleDownStabilized" in carol.reasons
+        ats = [r["at"] for r in d.lock_store.decisions("storage-carol-g2", limit=10)]
+        assert len(ats) == 2  # decided at the first and the last cycle, not while away
+        # each target's history is its own series out of the one query (alice: two volumes summed)
+        _, va = load_trace(TRACE_A, end)
+        _, vb = load_trace(TRACE_B, end)
+        assert d.lock_store.cached_samples("storage-alice-g1").values[-1] == pytest.approx(2 * va[-1])
+        assert d.lock_store.cached_samples("storage-bob-g1").values[-1] == pytest.approx(vb[-1])
+        assert d.lock_store.cached_samples("storage-carol-g2").values[-1] == pytest.approx(2 * va[-1])
+    finally:
+        d.shutdown(5)
+
+
+# ------------------------------------------------------------ the batched cycle
+from engine.build import build_targets  # noqa: E402
+from engine.core.types import Series  # noqa: E402
+from engine.fleet import run_batch  # noqa: E402
+from forecasters.lstm import LevelFreeForecaster, LevelFreeLSTM  # noqa: E402
+from tests.support.live import T0, FlakySource, target_dict, write_config, write_trace  # noqa: E402
+
+FIVE = 300
+DAYS = 4
+NOW = T0 + timedelta(days=DAYS) - timedelta(minutes=5)
+
+
+def daily(seed: int, level: float) -> np.ndarray:
+    t = np.arange(DAYS * 288)
+    rng = np.random.default_rng(seed)
+    return level + 0.3 * level * np.sin(2 * np.pi * t / 288) + rng.normal(0, 0.02 * level, t.size)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A small level-free global LSTM, trained beforehand on other series."""
+    start = int(T0.timestamp())
+    train = {f"s{i}": Series(start + FIVE * np.arange(DAYS * 288), daily(100 + i, 50.0 * (i + 1)))
+             for i in range(3)}
+    model = LevelFreeLSTM({"hidden_size": 16, "head_width": 32, "epochs": 4, "origin_stride": 3,
+                           "device": "cpu"}).fit(train)
+    path = tmp_path_factory.mktemp("global") / "global.pt"
+    model.save(path)
+    return path
+
+
+def fleet_config(tmp_path: Path, checkpoint: Path, n: int, *, mode: str = "dry-run", extra: list | None = None,
+                 state: str = "state.db") -> Path:
+    targets = []
+    for i in range(n):
+        trace = write_trace(tmp_path / f"t{i}.csv", daily(i, 40.0 + 7 * i))
+        targets.append(target_dict(f"t{i}", trace, mode=mode, forecaster={
+            "name": "lstm_global", "history": "3d", "refit_every": "1d",
+            "params": {"checkpoint": str(checkpoint), "device": "cpu"}},
+            policy={"margin": {"quantile": 0.9}}))
+    cfg = write_config(tmp_path / "fleet.yaml", targets + list(extra or []))
+    doc = yaml.safe_load(cfg.read_text())
+    doc["state"] = str(tmp_path / state)
+    cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return cfg
+
+
+def batch(cfg: Path, *, sources: dict | None = None, platforms: dict | None = None):
+    config = load_config(cfg)
+    store = open_store(config)
+    members = build_targets(config, store)
+    for m in members:
+        if sources and m.target.name in sources:
+            m.source = sources[m.target.name](m.source)
+        m.actuator = (platforms or {}).get(m.target.name) or Platform(capacity=5)
+    return members, store
+
+
+def decisions(report) -> dict[str, tuple]:
+    return {r.target: (r.decision.current, r.decision.desired, r.decision.fallback, tuple(r.decision.reasons))
+            for r in report.results}
+
+
+def test_targets_on_one_global_model_are_decided_from_one_batched_forecast(tmp_path, checkpoint, monkeypatch):
+    cfg = fleet_config(tmp_path, checkpoint, 6)
+    calls = []
+    real = LevelFreeLSTM.predict_many
+    monkeypatch.setattr(LevelFreeLSTM, "predict_many",
+                        lambda self, h, *a, **k: calls.append(len(h)) or real(self, h, *a, **k))
+    members, store = batch(cfg)
+    report = run_batch(members, NOW, store)
+    assert calls == [6] and (report.batched, report.calls) == (6, 1)  # six targets, one forward pass
+    for r in report.results:
+        assert r.ok and not r.decision.fallback
+        assert r.forecast.model == "lstm_global"
+        rec = store.decision(r.decision.id)
+        assert rec["status"] == "dry-run" and rec["desired"] == r.decision.desired
+    # the same decisions as each target's own cycle makes alone (no batch)
+    calls.clear()
+    (tmp_path / "alone").mkdir()
+    alone_cfg = fleet_config(tmp_path / "alone", checkpoint, 6)
+    solo, solo_store = batch(alone_cfg)
+    alone = {m.target.name: m.run(NOW) for m in solo}
+    assert len(calls) == 6  # one call per target
+    for r in report.results:
+        a = alone[r.target]
+        assert (a.decision.desired, a.decision.reasons) == (r.decision.desired, r.decision.reasons)
+        np.testing.assert_allclose(a.forecast.quantiles[0.9], r.forecast.quantiles[0.9], rtol=1e-6)
+
+
+class _Raising:
+    def __init__(self, inner, exc: Exception) -> None:
+        self.inner, self.exc = inner, exc
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def apply(self, desired, *, decision_id):
+        raise self.exc
+
+
+def test_a_batched_cycle_on_a_postgresql_state_decides_and_records_as_on_sqlite(tmp_path, checkpoint, pg_url):
+    """The batch's one transaction and its per-write savepoints on the
+    shared state several replicas use: every target's decision recorded,
+    the same decisions as on a state file."""
+    (tmp_path / "file").mkdir()
+    on_file, file_store = batch(fleet_config(tmp_path / "file", checkpoint, 4))
+    want = decisions(run_batch(on_file, NOW, file_store))
+    cfg = fleet_config(tmp_path, checkpoint, 4)
+    doc = yaml.safe_load(cfg.read_text())
+    doc["state"] = pg_url
+    cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+    members, store = batch(cfg)
+    assert store.shared  # really the PostgreSQL store
+    report = run_batch(members, NOW, store)
+    assert decisions(report) == want
+    for r in report.results:
+        assert r.ok and store.decision(r.decision.id)["status"] == "dry-run"
+    assert {d["target"] for d in store.decisions(limit=10)} == {"t0", "t1", "t2", "t3"}
+
+
+def test_a_bad_target_never_changes_the_others_decisions(tmp_path, checkpoint):
+    from engine.core.errors import TransientActuatorError
+
+    (tmp_path / "good").mkdir()
+    good = fleet_config(tmp_path / "good", checkpoint, 4, mode="auto")
+    base, base_store = batch(good)
+    want = decisions(run_batch(base, NOW, base_store))
+    # the same four, and: a target whose source is down, one whose history
+    # is all NaN, one whose actuator raises when it must scale
+    nan_trace = write_trace(tmp_path / "nan.csv", [float("nan")] * (DAYS * 288))
+    spike = write_trace(tmp_path / "spike.csv", daily(9, 400.0))
+    extra = [target_dict(n, p, mode="auto", forecaster={
+        "name": "lstm_global", "history": "3d", "params": {"checkpoint": str(checkpoint), "device": "cpu"}})
+        for n, p in (("down", spike), ("nans", nan_trace), ("broken", spike))]
+    bad_cfg = fleet_config(tmp_path, checkpoint, 4, mode="auto", extra=extra)
+
+    def down(inner):
+        s = FlakySource(inner)
+        s.mode = "down"
+        return s
+
+    broken = _Raising(Platform(capacity=5), TransientActuatorError("the API is down"))
+    members, store = batch(bad_cfg, sources={"down": down}, platforms={"broken": broken})
+    got = run_batch(members, NOW, store)
+    by = {r.target: r for r in got.results}
+    assert {k: v for k, v in decisions(got).items() if k in want} == want
+    assert got.batched == 5  # the four and 'broken' (its forecast is fine; its platform is not)
+    for name in ("down", "nans"):
+        d = by[name].decision
+        assert d.fallback and d.desired >= d.current  # reactive, never down
+    assert by["down"].fetch_error.startswith("metric source:")
+    assert "connection refused" in json.dumps(store.decision(by["down"].decision.id))
+    assert by["broken"].status == "failed" and "the API is down" in by["broken"].actuation_error
+    assert store.decision(by["broken"].decision.id)["status"] == "failed"
+
+
+def test_a_failed_batched_call_falls_back_to_reactive_for_each_target_with_the_reason(tmp_path, checkpoint,
+                                                                                    monkeypatch):
+    cfg = fleet_config(tmp_path, checkpoint, 3, mode="auto")
+
+    def boom(cls, members, *a, **k):
+        raise RuntimeError("CUDA error: out of memory")
+
+    monkeypatch.setattr(LevelFreeForecaster, "predict_batch", classmethod(boom))
+    members, store = batch(cfg, platforms={f"t{i}": Platform(capacity=40) for i in range(3)})
+    report = run_batch(members, NOW, store)
+    for r in report.results:
+        d = r.decision
+        assert d.fallback and d.desired >= d.current == 40  # the demand asks for fewer: held
+        assert "batched forecast failed: RuntimeError: CUDA error: out of memory" in json.dumps(store.decision(d.id))
+
+
+def test_a_batched_cycle_records_in_one_transaction_however_many_targets(tmp_path, checkpoint, monkeypatch):
+    def commits(n: int) -> int:
+        folder = tmp_path / f"n{n}"
+        folder.mkdir()
+        members, store = batch(fleet_config(folder, checkpoint, n))
+        run_batch(members, NOW, store)  # the first cycle fills the sample cache
+        seen = []
+        store.db.set_trace_callback(lambda sql: seen.append(sql) if sql.strip().upper() == "COMMIT" else None)
+        report = run_batch(members, NOW + timedelta(minutes=5), store)
+        assert all(r.ok for r in report.results) and len(report.results) == n
+        return len(seen)
+
+    few, many = commits(2), commits(12)
+    assert few == many <= 3  # gather, decide, record: one commit each, whatever the count
+    # a transaction holds the state file's write lock: at most so many targets' writes in one
+    monkeypatch.setattr("engine.fleet.WRITES_PER_TRANSACTION", 5)
+    assert commits(13) == 3 * many  # 5 + 5 + 3 targets
+
+
+@pytest.mark.prometheus
+def test_forescale_once_runs_each_template_as_one_batched_cycle(fleet_prometheus, tmp_path, capsys):
+    cfg = write(tmp_path / "fleet.yaml", template(fleet_prometheus.url, mode="dry-run", actuator={"type": "dry-run"}))
+    assert main(["once", "--config", str(cfg), "--json"]) == 0
+    got = {r["target"]: r for r in json.loads(capsys.readouterr().out)}
+    assert sorted(got) == ["storage-alice-g1", "storage-bob-g1", "storage-carol-g2"]
+    assert all(r["status"] in ("dry-run", "hold") and not r["decision"]["fallback"] for r in got.values()), got
+    with Store(load_config(cfg).state_path) as store:
+        assert {d["target"] for d in store.decisions(limit=10)} == set(got)
+    assert main(["once", "--config", str(cfg), "--target", "storage-nobody-g9"]) == 2
+    assert "no target named 'storage-nobody-g9'" in capsys.readouterr().err
+
+
+@pytest.mark.prometheus
+def test_a_reloaded_template_takes_effect_at_its_next_cycle_and_a_bad_one_is_rejected(fleet_prometheus, tmp_path):
+    end = fleet_prometheus.end
+    cfg = write(tmp_path / "fleet.yaml", template(fleet_prometheus.url, mode="dry-run", actuator={"type": "dry-run"}))
+    clock, mono, results = ManualClock(from_epoch(end - 600)), [1000.0], []
+    d = Daemon(cfg, clock=clock, monotonic=lambda: mono[0], on_result=results.append)
+    try:
+        d.tick()
+        assert d.templates["storage"].wait(60) and {r.status for r in results} <= {"dry-run", "hold"}
+        bad = yaml.safe_load(cfg.read_text())
+        bad["templates"][0]["policy"] = {**POLICY, "max_replicas": 0}
+        cfg.write_text(yaml.safe_dump(bad))
+        assert d.reload() is False  # rejected: the running template stays
+        good = yaml.safe_load(cfg.read_text())
+        good["templates"][0]["policy"] = POLICY
+        good["templates"][0]["mode"] = "observe"
+        cfg.write_text(yaml.safe_dump(good))
+        assert d.reload() is True
+        results.clear()
+        clock.set(from_epoch(end))
+        mono[0] += 300
+        d.tick()
+        assert d.templates["storage"].wait(60)
+        assert len(results) == 3 and {r.status for r in results} == {"observed"}
+    finally:
+        d.shutdown(5)
+
+
+def test_validate_names_each_template_and_the_labels_it_uses(tmp_path, capsys):
+    cfg = write(tmp_path / "fleet.yaml", template("http://127.0.0.1:9"))
+    assert main(["validate", "--config", str(cfg), "--json"]) == 0
+    (tp,) = json.loads(capsys.readouterr().out)["templates"]
+    assert (tp["name"], tp["labels"], tp["discover_every_s"], tp["mode"]) == ("storage", ["user", "group"], 300, "auto")
+    assert main(["validate", "--config", str(cfg)]) == 0
+    assert "valid (0 target(s), 1 template(s))" in capsys.readouterr().out
+
+
+@pytest.mark.prometheus
+def test_the_forecast_api_lists_and_serves_a_templates_targets(fleet_prometheus, tmp_path):
+    import httpx
+
+    from engine.api import TargetsView
+    from engine.metrics import EngineMetrics
+    from engine.server import serve
+
+    end = fleet_prometheus.end
+    cfg = write(tmp_path / "fleet.yaml", template(fleet_prometheus.url, mode="dry-run", actuator={"type": "dry-run"}))
+    d = Daemon(cfg, clock=ManualClock(from_epoch(end)), monotonic=lambda: 1000.0)
+    try:
+        d.tick()
+        assert d.templates["storage"].wait(60)
+        with serve(EngineMetrics(), "127.0.0.1", 0, view=TargetsView(lambda: d.config, d.discovered_targets)) as srv:
+            listed = httpx.get(f"{srv.url}/api/v1/targets", timeout=10).json()["targets"]
+            assert sorted(t["name"] for t in listed) == ["storage-alice-g1", "storage-bob-g1", "storage-carol-g2"]
+            r = httpx.get(f"{srv.url}/api/v1/targets/storage-bob-g1/forecast", timeout=10)
+            assert r.status_code == 200 and r.json()["target"] == "storage-bob-g1"
+    finally:
+        d.shutdown(5)
+
+
+@pytest.mark.prometheus
+def test_a_template_target_asked_alone_fetches_only_its_own_series(fleet_prometheus):
+    from engine.fleet import SeriesSlice, TemplateFetch
+    from engine.sources.prometheus import PrometheusConfig, PrometheusSource
+
+    end = fleet_prometheus.end
+    tp = parse_config({"templates": [template(fleet_prometheus.url)]}).templates[0]
+    bob = tp.expand({"user": "bob", "group": "g1"})
+    assert bob.source.series == {"user": "bob", "group": "g1"}
+    own = PrometheusSource(bob.source, interval=timedelta(minutes=5))
+    alone = SeriesSlice(TemplateFetch(None), frozenset(bob.source.series.items()), own)  # no batch loaded
+    got = alone.fetch(from_epoch(end - 3600), from_epoch(end))
+    _, vb = load_trace(TRACE_B, end)
+    np.testing.assert_allclose(got.values, vb[-12:])
+    # the same query without the label set: three series, refused as ambiguous
+    whole = PrometheusSource(PrometheusConfig(url=fleet_prometheus.url, query=tp.source.query))
+    with pytest.raises(ConfigError, match="returned 3 series"):
+        whole.fetch(from_epoch(end - 3600), from_epoch(end))
