@@ -11,7 +11,8 @@ Exit status:
 - 1: a runtime failure: a cycle's fetch, forecast or actuation failed, the
   platform or the state file failed; the audit chain does not verify, or a
   decision row disagrees with it (``audit verify``, ``audit show``,
-  ``decisions``);
+  ``decisions``); ``select`` where some target got no choice, ``fit`` where some target's
+  model could not be fitted or saved;
 - 2: a usage or configuration error: bad arguments (argparse's own), an
   invalid config file or input data, a plugin whose extra is not installed,
   the state file locked by a running daemon, a plan the workflow refuses
@@ -877,6 +878,147 @@ def cmd_train_global(args: argparse.Namespace) -> int:
     return 0
 
 
+def _executor_config(cfg: Any, args: argparse.Namespace) -> Any:
+    """The config's ``executor:`` section with the command line's overrides."""
+    from .config import ExecutorConfig
+    from pydantic import ValidationError
+
+    over: dict[str, Any] = {}
+    if args.address is not None and args.executor == "local":
+        raise ConfigError("--address is a Dask scheduler's: give it with --executor dask (or alone)")
+    if args.executor:
+        over["kind"] = args.executor
+        if args.executor != cfg.executor.kind:  # a different kind: none of the file's placement applies
+            over.update(address=None, local_cluster=False, workers=None)
+    if args.address is not None:
+        over.update(address=args.address, local_cluster=False, kind="dask")
+    if args.workers is not None:
+        over["workers"] = args.workers
+    merged = {**cfg.executor.model_dump(), **over}
+    if merged["kind"] == "dask" and merged["address"] is None:
+        merged["local_cluster"] = True  # --executor dask with no address: a LocalCluster here
+    try:
+        return ExecutorConfig.model_validate(merged)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(["executor", *map(str, first["loc"])])
+        raise ConfigError(f"{field} (the config with --executor/--workers/--address): "
+                          f"{first['msg'].removeprefix('Value error, ')}") from None
+
+
+def _on_executor(ex_cfg: Any, total: int, desc: str, quiet: bool, work: Any) -> tuple[Any, Any, int]:
+    """``work(executor, on_done)`` on the executor ``ex_cfg`` names, with a
+    progress bar of ``total`` tasks; with nothing to do, no executor is
+    started. Returns the work's result, the run's stats and the worker count."""
+    from .executor import LocalExecutor, RunStats, open_executor
+    from .progress import progress
+
+    if total == 0:
+        return work(LocalExecutor(workers=1), None), RunStats(), 0
+    with open_executor(ex_cfg) as ex, progress(total, desc, quiet) as bar:
+        return work(ex, bar.update), ex.stats, ex.workers
+
+
+def _executor_json(ex_cfg: Any, workers: int, stats: Any) -> dict[str, Any]:
+    return {"kind": ex_cfg.kind, "workers": workers, "tasks": stats.tasks, "failed_tasks": stats.failed,
+            "seconds": round(stats.seconds, 3)}
+
+
+def _when(args: argparse.Namespace):
+    from .core.clock import SystemClock
+    from .core.units import parse_time
+
+    try:
+        return parse_time(args.at) if args.at else SystemClock().now()
+    except ValueError as exc:
+        raise ConfigError(f"--at: {exc}") from None
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Fit every target's configured forecaster on the executor and save the
+    models as checkpoints, so the daemon starts from them."""
+    from .config import load_config
+    from .fits import FittedModel, fit_jobs_for, fit_models, save_checkpoint
+
+    cfg = load_config(args.config)
+    targets = [cfg.target(n) for n in args.target] if args.target else list(cfg.targets)
+    now = _when(args)
+    jobs, skipped = fit_jobs_for(cfg, targets, now)
+    ex_cfg = _executor_config(cfg, args)
+    fitted, stats, workers = _on_executor(ex_cfg, len(jobs), "fit: series", args.quiet or args.json,
+                                          lambda ex, done: fit_models(jobs, ex, on_done=done))
+    # where the daemon looks for them: beside the state file, or for a
+    # PostgreSQL state beside the config (the store's rule)
+    from .store import _models_base
+
+    state = str(cfg.state_path) if cfg.state_url is None else _models_base(cfg)
+    rows: dict[str, dict[str, Any]] = {}
+    for t in targets:
+        res = fitted.get(t.name)
+        if isinstance(res, FittedModel):
+            if save_checkpoint(t, state, res, now):
+                rows[t.name] = {"fitted": res.version, "seconds": round(res.seconds, 3)}
+            else:
+                rows[t.name] = {"error": "the checkpoint could not be written (see the log line)"}
+        elif res is not None:
+            rows[t.name] = {"error": f"{res.reason}" + (f" ({res.kind})" if res.kind == "lost" else "")}
+        else:
+            rows[t.name] = {"skipped": skipped[t.name]}
+    failed = any("error" in r for r in rows.values())
+    if args.json:
+        _print_json({"executor": _executor_json(ex_cfg, workers, stats),
+                     "state": state, "targets": rows})
+        return EXIT_FAILURE if failed else 0
+    for name, r in rows.items():
+        what = (f"fitted {r['fitted']} in {r['seconds']:.2f} s" if "fitted" in r
+                else f"not fitted: {r.get('error') or r['skipped']}")
+        print(f"{name:<24} {what}")
+    print(f"executor {ex_cfg.kind} ({workers} worker(s)): {stats.tasks} fits in {stats.seconds:.1f} s; "
+          f"checkpoints beside {state}")
+    return EXIT_FAILURE if failed else 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    """Choose each target's forecaster by rolling-origin backtest, the tasks
+    spread over the executor; print the choices, optionally write a config
+    that uses them."""
+    from .config import load_config
+    from .selection import jobs_for, select_models, write_config
+
+    cfg = load_config(args.config)
+    targets = [cfg.target(n) for n in args.target] if args.target else list(cfg.targets)
+    now = _when(args)
+    jobs, results = jobs_for(cfg, targets, now, folds=args.folds, names=args.candidate or ())
+    ex_cfg = _executor_config(cfg, args)
+    total = sum(len(j.params.candidates) * args.folds for j in jobs)
+    chosen, stats, workers = _on_executor(ex_cfg, total, "select: backtest tasks", args.quiet or args.json,
+                                          lambda ex, done: select_models(jobs, ex, on_done=done))
+    results.update(chosen)
+    selections = {t.name: results[t.name] for t in targets}
+    changed = write_config(Path(args.config), Path(args.write_config), selections) if args.write_config else []
+    failed = [s for s in selections.values() if not s.ok]
+    if args.json:
+        _print_json({"executor": _executor_json(ex_cfg, workers, stats),
+                     "targets": [s.to_json() for s in selections.values()],
+                     **({"written": {"path": args.write_config, "targets": changed}} if args.write_config else {})})
+        return EXIT_FAILURE if failed else 0
+    print(f"{'target':<24} {'choice':<22} {'score':>8}  others")
+    for s in selections.values():
+        if not s.ok:
+            print(f"{s.target:<24} {'-':<22} {'-':>8}  no choice, keeps its forecaster: {s.reason}")
+            continue
+        others = ", ".join(f"{k} {v:.4f}" for k, v in sorted(s.scores.items(), key=lambda kv: kv[1])
+                           if k != s.choice.key)
+        skipped = "; ".join(f"{k} skipped ({v})" for k, v in s.skipped.items())
+        print(f"{s.target:<24} {s.choice.key:<22} {s.scores[s.choice.key]:>8.4f}  "
+              f"{'; '.join(x for x in (others, skipped) if x)}")
+    print(f"executor {ex_cfg.kind} ({workers} worker(s)): {stats.tasks} tasks in {stats.seconds:.1f} s, "
+          f"{stats.failed} failed")
+    if args.write_config:
+        print(f"config with the chosen forecasters of {len(changed)} target(s) written to {args.write_config}")
+    return EXIT_FAILURE if failed else 0
+
+
 # -------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="forescale", description="Predictive autoscaling decision engine.",
@@ -1023,6 +1165,37 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "is a terminal)")
     json_flag(g)
     g.set_defaults(func=cmd_train_global)
+
+    def executor_options(sp: argparse.ArgumentParser, what: str) -> None:
+        sp.add_argument("--config", required=True, help="the YAML config file whose targets' history is read")
+        sp.add_argument("--target", action="append", help=f"a target to {what} (repeat; default: all)")
+        sp.add_argument("--at", help="use the history up to this time (ISO 8601; default: now)")
+        sp.add_argument("--executor", choices=("local", "dask"), help="where the tasks run (default: the config's "
+                                                                      "executor: section; dask with no address "
+                                                                      "starts a LocalCluster here)")
+        sp.add_argument("--workers", type=int, help="local pool processes, or LocalCluster workers")
+        sp.add_argument("--address", help="a Dask scheduler, tcp://host:port (implies --executor dask)")
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    sel = sub.add_parser("select", help="choose each target's forecaster by rolling-origin backtest "
+                                        "(on the executor: a process pool or a Dask cluster)")
+    executor_options(sel, "evaluate")
+    sel.add_argument("--candidate", action="append", metavar="NAME",
+                     help="a forecaster to try, with its default parameters (repeat; default: an auto target's "
+                          "candidates, otherwise the configured forecaster and the auto defaults)")
+    sel.add_argument("--folds", type=int, default=4, choices=range(1, 65), metavar="N",
+                     help="blocks of backtest origins, each refitted and run as its own task (default 4; "
+                          "1 scores exactly as the auto forecaster does)")
+    sel.add_argument("--write-config", metavar="PATH",
+                     help="write a copy of the config that uses each target's choice (validated first)")
+    sel.add_argument("--json", action="store_true", help="print the choices and scores as JSON to stdout")
+    sel.set_defaults(func=cmd_select)
+
+    fit = sub.add_parser("fit", help="fit every target's forecaster on the executor and save the models as "
+                                     "checkpoints the daemon starts from")
+    executor_options(fit, "fit")
+    fit.add_argument("--json", action="store_true", help="print each target's fitted model or reason as JSON")
+    fit.set_defaults(func=cmd_fit)
 
     c = sub.add_parser("console", help="serve the web console and approval API for a config's state file")
     c.add_argument("--config", help="config file (its state file, console: and notify: sections)")

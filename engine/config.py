@@ -910,6 +910,43 @@ class ConsoleConfig(SecretSection):
         return self
 
 
+class ExecutorConfig(_Model):
+    """Where the heavy evidence work runs (``forescale select``, ``forescale
+    fit``): ``local``, a process pool on this machine, or ``dask``, a
+    ``distributed`` cluster at ``address`` or a ``LocalCluster`` started here
+    (``local_cluster: true``). See ``engine/executor.py``."""
+
+    kind: Literal["local", "dask"] = "local"
+    #: local: pool processes (default: the CPU count; 1 runs in this process);
+    #: dask with local_cluster: worker processes
+    workers: int | None = Field(None, ge=1, le=4096)
+    #: the scheduler of an existing Dask cluster (kind dask)
+    address: str | None = Field(None, pattern=r"^tcp://[^\s/]+:[0-9]+$")
+    #: start a LocalCluster on 127.0.0.1 instead of connecting (kind dask)
+    local_cluster: bool = False
+    #: threads per LocalCluster worker (1: the models are CPU-bound and hold the GIL)
+    threads_per_worker: int = Field(1, ge=1, le=256)
+    #: memory limit per LocalCluster worker (Dask's syntax, e.g. 2GiB)
+    memory_limit: str = Field("2GiB", pattern=r"^[0-9.]+\s*[KMGT]?i?B$")
+    #: how often a task that raised is run again before it counts as failed
+    retries: int = Field(2, ge=0, le=20)
+    #: worker deaths a task may cause before it counts as lost (Dask's
+    #: distributed.scheduler.allowed-failures; set on a LocalCluster only)
+    allowed_failures: int = Field(3, ge=0, le=20)
+    #: how long to wait for the scheduler
+    connect_timeout: Duration = timedelta(seconds=30)
+
+    @model_validator(mode="after")
+    def _where(self) -> "ExecutorConfig":
+        if self.kind == "local" and (self.address is not None or self.local_cluster):
+            raise ValueError("address and local_cluster are for kind: dask")
+        if self.kind == "dask" and (self.address is None) == (not self.local_cluster):
+            raise ValueError("kind: dask needs either address (tcp://host:port) or local_cluster: true, not both")
+        if self.kind == "dask" and self.address is not None and self.workers is not None:
+            raise ValueError("workers is the size of a local_cluster; a remote cluster has its own")
+        return self
+
+
 class HaConfig(_Model):
     """Several daemon replicas on one PostgreSQL state (``state:
     postgresql://...``): targets are hashed onto ``shards``; each replica
@@ -983,6 +1020,8 @@ class Config(_Model):
     notify: NotifyConfig | None = None
     console: ConsoleConfig = ConsoleConfig()
     audit: AuditConfig = AuditConfig()
+    #: where model selection, per-series fits and replays run
+    executor: ExecutorConfig = ExecutorConfig()
     targets: tuple[TargetConfig, ...] = ()
     #: targets from label sets: one per series of a query (engine/fleet.py)
     templates: tuple[TargetTemplate, ...] = ()

@@ -144,10 +144,10 @@ def asymmetric_loss(actual: np.ndarray, forecast: np.ndarray, under_weight: floa
     return np.where(err > 0, under_weight * err, -err)
 
 
-_SKIPPABLE = (ForecastError, PluginError, ImportError, ValidationError, ValueError)
+SKIPPABLE = (ForecastError, PluginError, ImportError, ValidationError, ValueError)
 
 
-def _create(cand: Candidate) -> BaseForecaster:
+def create_candidate(cand: Candidate) -> BaseForecaster:
     from . import registry
 
     cls = registry.get(cand.name)
@@ -165,19 +165,42 @@ def pinball_loss(actual: np.ndarray, quantiles: Mapping[float, np.ndarray]) -> n
     return total / max(len(quantiles), 1)
 
 
-def backtest(model: Any, history: Series, origins: Sequence[int], horizon: int,
-             under_weight: float, *, steps: Sequence[int] | None = None,
-             levels: Sequence[float] | None = None) -> float:
-    """Rolling-origin score of a fresh ``model`` on ``history``: fitted on
-    the data up to ``origins[0]``, updated to each origin, forecasting
-    ``horizon`` steps, scored at ``steps`` (1-based; default all). With
-    ``levels``: the mean pinball loss over them; without: the point
-    forecast's asymmetric loss. Returns mean loss / mean actual. Reads no
-    sample after an origin when forecasting from it."""
+@dataclasses.dataclass(frozen=True)
+class BacktestSums:
+    """The sums a rolling-origin score is made of, so scores of several
+    runs over disjoint origins (folds run apart, e.g. on a cluster) combine
+    exactly: ``score = (loss_sum / loss_n) / (actual_sum / actual_n)``."""
+
+    loss_sum: float
+    loss_n: int
+    actual_sum: float
+    actual_n: int
+
+    def __add__(self, other: "BacktestSums") -> "BacktestSums":
+        return BacktestSums(self.loss_sum + other.loss_sum, self.loss_n + other.loss_n,
+                            self.actual_sum + other.actual_sum, self.actual_n + other.actual_n)
+
+    @property
+    def score(self) -> float:
+        if self.loss_n == 0:
+            raise InsufficientHistory(0, 1, "backtest (observed actuals in the evaluation window)")
+        scale = self.actual_sum / self.actual_n
+        return (self.loss_sum / self.loss_n) / (scale if scale > 0 else 1.0)
+
+
+def backtest_sums(model: Any, history: Series, origins: Sequence[int], horizon: int,
+                  under_weight: float, *, steps: Sequence[int] | None = None,
+                  levels: Sequence[float] | None = None) -> BacktestSums:
+    """Rolling origin on ``history``: ``model`` (fresh) fitted on the data up
+    to ``origins[0]``, updated to each origin, forecasting ``horizon``
+    steps, scored at ``steps`` (1-based; default all). With ``levels``: the
+    pinball loss over them; without: the point forecast's asymmetric loss.
+    Reads no sample after an origin when forecasting from it."""
     ts, y = history.timestamps, history.values
     idx = np.asarray(steps if steps is not None else range(1, horizon + 1), dtype=np.int64) - 1
     model.fit(history[: origins[0] + 1])
-    losses, actuals = [], []
+    loss_sum = actual_sum = 0.0
+    n = 0
     for o in origins:
         model.update(history[: o + 1])
         fc = model.predict(from_epoch(int(ts[o])), horizon, tuple(levels) if levels else (0.5,))
@@ -186,15 +209,32 @@ def backtest(model: Any, history: Series, origins: Sequence[int], horizon: int,
         want = want[i]
         ok = np.isfinite(want)
         if levels:
-            losses.append(pinball_loss(want[ok], {q: fc.quantiles[q][i][ok] for q in levels}))
+            loss = pinball_loss(want[ok], {q: fc.quantiles[q][i][ok] for q in levels})
         else:
-            losses.append(asymmetric_loss(want[ok], fc.point[i][ok], under_weight))
-        actuals.append(np.abs(want[ok]))
-    loss = np.concatenate(losses)
-    if loss.size == 0:
-        raise InsufficientHistory(0, 1, "backtest (observed actuals in the evaluation window)")
-    scale = float(np.mean(np.concatenate(actuals)))
-    return float(np.mean(loss)) / (scale if scale > 0 else 1.0)
+            loss = asymmetric_loss(want[ok], fc.point[i][ok], under_weight)
+        loss_sum += float(np.sum(loss))
+        actual_sum += float(np.sum(np.abs(want[ok])))
+        n += int(loss.size)
+    return BacktestSums(loss_sum, n, actual_sum, n)
+
+
+def backtest(model: Any, history: Series, origins: Sequence[int], horizon: int,
+             under_weight: float, *, steps: Sequence[int] | None = None,
+             levels: Sequence[float] | None = None) -> float:
+    """Rolling-origin score of a fresh ``model`` (:func:`backtest_sums`):
+    mean loss / mean actual."""
+    return backtest_sums(model, history, origins, horizon, under_weight, steps=steps, levels=levels).score
+
+
+def backtest_origins(n: int, params: AutoParams) -> list[int]:
+    """The forecast origins of a backtest over a history of ``n`` steps: up
+    to ``n_origins``, spread evenly over the last ``eval_window`` steps (at
+    most half the history), each with ``horizon_steps`` actuals after it."""
+    w = min(params.eval_window, n // 2)
+    first, last = n - 1 - w, n - 1 - params.horizon_steps
+    if last < first or first < 1:
+        raise InsufficientHistory(n, 2 * (params.horizon_steps + 1), "auto (backtest window)")
+    return sorted({int(round(x)) for x in np.linspace(first, last, min(params.n_origins, last - first + 1))})
 
 
 class AutoForecaster(BaseForecaster):
@@ -236,14 +276,6 @@ class AutoForecaster(BaseForecaster):
                else {"under_weight": self.params.under_weight}),
         }
 
-    def _origins(self, n: int) -> list[int]:
-        p = self.params
-        w = min(p.eval_window, n // 2)
-        first, last = n - 1 - w, n - 1 - p.horizon_steps
-        if last < first or first < 1:
-            raise InsufficientHistory(n, 2 * (p.horizon_steps + 1), "auto (backtest window)")
-        return sorted({int(round(x)) for x in np.linspace(first, last, min(p.n_origins, last - first + 1))})
-
     def _fit(self, history: Series) -> None:
         p = self.params
         end = int(history.timestamps[-1])
@@ -253,7 +285,7 @@ class AutoForecaster(BaseForecaster):
             try:
                 self._model = self._fit_one(self._candidate(self.choice), history)
                 return
-            except _SKIPPABLE as exc:  # the winner broke: choose again now
+            except SKIPPABLE as exc:  # the winner broke: choose again now
                 self.skipped[self.choice] = f"refit failed: {exc}"
         self._select(history)
 
@@ -262,27 +294,27 @@ class AutoForecaster(BaseForecaster):
 
     @staticmethod
     def _fit_one(cand: Candidate, history: Series) -> Any:
-        model = _create(cand)
+        model = create_candidate(cand)
         model.fit(history)
         return model
 
     def _select(self, history: Series) -> None:
         p = self.params
-        origins = self._origins(len(history))
+        origins = backtest_origins(len(history), p)
         scores: dict[str, float] = {}
         skipped: dict[str, str] = {}
         for cand in p.candidates:
             try:
-                scores[cand.key] = backtest(_create(cand), history, origins, p.horizon_steps, p.under_weight,
+                scores[cand.key] = backtest(create_candidate(cand), history, origins, p.horizon_steps, p.under_weight,
                                             steps=p.scored_steps,
                                             levels=p.levels if p.score == "pinball" else None)
-            except _SKIPPABLE as exc:
+            except SKIPPABLE as exc:
                 skipped[cand.key] = f"{type(exc).__name__}: {exc}"
         order = sorted(scores, key=lambda k: (scores[k], [c.key for c in p.candidates].index(k)))
         for key in order:
             try:
                 self._model = self._fit_one(self._candidate(key), history)
-            except _SKIPPABLE as exc:
+            except SKIPPABLE as exc:
                 skipped[key] = f"fit on the full history failed: {type(exc).__name__}: {exc}"
                 continue
             self.choice, self.scores, self.skipped = key, scores, skipped
@@ -332,4 +364,5 @@ class AutoForecaster(BaseForecaster):
                 self._model = cls.load(path)
 
 
-__all__ = ["AutoForecaster", "AutoParams", "Candidate", "asymmetric_loss", "backtest", "pinball_loss"]
+__all__ = ["AutoForecaster", "AutoParams", "BacktestSums", "Candidate", "SKIPPABLE", "asymmetric_loss", "backtest",
+           "backtest_origins", "backtest_sums", "create_candidate", "pinball_loss"]

@@ -28,7 +28,7 @@ from engine.core.errors import ForecastError
 from engine.core.types import Forecast, Series
 from engine.core.units import Duration, to_epoch
 
-from .auto import Candidate, _create
+from .auto import Candidate, create_candidate
 from .base import BaseForecaster, ForecasterParams
 
 
@@ -70,7 +70,7 @@ class BlendForecaster(BaseForecaster):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.models = [_create(c) for c in self.params.members]
+        self.models = [create_candidate(c) for c in self.params.members]
 
     @property
     def min_history(self) -> int:

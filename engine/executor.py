@@ -1,0 +1,370 @@
+"""Executors: where the heavy evidence work runs (model selection, per-series
+fits, policy replays), in this process's pool or on a Dask cluster.
+
+The engine's cycle does not run here; what runs here is work that grows with
+the fleet and can be spread: candidates x folds x fits of a rolling-origin
+backtest, one fit per series, one replay per candidate setting. The config's
+``executor:`` section picks where::
+
+    executor: {kind: local, workers: 2}                  # default: a process pool
+    executor: {kind: dask, address: tcp://10.0.0.5:8786}  # an existing cluster
+    executor: {kind: dask, local_cluster: true, workers: 2}  # a LocalCluster here
+
+The interface (what the engine and the commands call)::
+
+    with open_executor(config.executor) as ex:
+        h = ex.share(history_arrays)            # sent once per worker (Dask)
+        outcomes = ex.run(fn, [Task(key, (h, ...)), ...])
+        # outcomes[i] is fn's result (a dataclass) or a TaskFailure
+
+Rules a task follows: ``fn`` is a module-level function (importable on a
+worker that has forescale installed), its arguments are plain data (numpy
+arrays, names, parameters), never a store, a source or a config (which may
+hold secrets), and it returns a typed result (a frozen dataclass).
+
+Failures come back as data, never as an exception out of :meth:`run`:
+
+- a task that raises is run again up to ``retries`` times (Dask's
+  ``retries=``; the local pool does the same), then comes back as a
+  :class:`TaskFailure` with ``kind="error"`` and the reason;
+- a task whose worker process dies (killed, out of memory) is rescheduled on
+  another worker; after ``allowed_failures`` such deaths (Dask's
+  ``distributed.scheduler.allowed-failures``) it comes back with
+  ``kind="lost"``. The local pool restarts itself the same way: every task
+  unfinished when a pool process died counts one death (the pool cannot
+  tell which one killed it), and one past the limit runs once more alone,
+  where dying makes it lost and finishing clears it.
+
+What a caller does with a failure is its own decision; where it feeds a
+decision the engine falls back to reactive for that target with the reason
+(never scales down).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import os
+import threading
+import time
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Protocol, Sequence
+
+from .core.errors import ConfigError, PluginError
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work: a unique ``key`` (names it in failures and on the
+    Dask dashboard) and the positional arguments of the executor's ``fn``."""
+
+    key: str
+    args: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """A task that did not produce a result: ``kind`` is ``error`` (it raised,
+    every retry too) or ``lost`` (its worker died ``allowed_failures`` times);
+    ``reason`` is one line (exception type and message)."""
+
+    key: str
+    kind: Literal["error", "lost"]
+    reason: str
+    attempts: int = 1
+
+
+@dataclass
+class RunStats:
+    """What the last :meth:`Executor.run` cost: tasks, wall seconds, failures."""
+
+    tasks: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    lost_workers: int = 0
+
+
+class Executor(Protocol):
+    kind: str
+    workers: int
+    stats: RunStats
+
+    def share(self, value: Any) -> Any: ...
+
+    def run(self, fn: Callable[..., Any], tasks: Sequence[Task],
+            on_done: Callable[[], None] | None = None) -> list[Any]: ...
+
+    def close(self) -> None: ...
+
+
+def _star(args: tuple[Any, ...], fn: Callable[..., Any]) -> Any:
+    """A Dask task: ``fn(*args)`` (``Client.map`` passes one argument per task)."""
+    return fn(*args)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _check_unique(tasks: Sequence[Task]) -> None:
+    keys = [t.key for t in tasks]
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        raise ValueError(f"task keys must be unique; repeated: {dup[:5]}")
+
+
+class _Closing:
+    def __enter__(self) -> "_Closing":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()  # type: ignore[attr-defined]
+
+
+#: the environment of a pool process: one BLAS/OpenMP thread, as Dask's
+#: nanny gives its workers (``distributed.nanny.pre-spawn-environ``). With
+#: the default (a thread per core in every process) two pool processes on two
+#: cores ran each Holt-Winters fit about 2.5 times slower than one process
+#: (benchmarks/executor.py)
+ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+_ENV_LOCK = threading.Lock()
+
+
+@contextmanager
+def _spawn_env(env: dict[str, str]):
+    """``env`` in ``os.environ`` while pool processes may be spawned (a spawned
+    process copies the environment when it starts), then as it was."""
+    with _ENV_LOCK:
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+class LocalExecutor(_Closing):
+    """A process pool on this machine (``workers`` processes, each with one
+    BLAS thread; 1 runs the tasks in this process, which is what a test or a
+    profile wants)."""
+
+    kind = "local"
+
+    def __init__(self, workers: int | None = None, retries: int = 2, allowed_failures: int = 3) -> None:
+        self.workers = workers or os.cpu_count() or 1
+        self.retries = retries
+        self.allowed_failures = allowed_failures
+        self.stats = RunStats()
+        self._pool: cf.ProcessPoolExecutor | None = None
+
+    def share(self, value: Any) -> Any:
+        return value  # pickled with each task; a process pool has no cache
+
+    def _new_pool(self) -> cf.ProcessPoolExecutor:
+        import multiprocessing as mp
+
+        # spawn, not fork: the caller may hold threads (the daemon) and locks
+        return cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"))
+
+    def run(self, fn: Callable[..., Any], tasks: Sequence[Task],
+            on_done: Callable[[], None] | None = None) -> list[Any]:
+        _check_unique(tasks)
+        t0 = time.perf_counter()
+        out: dict[str, Any] = {}
+        errors = {t.key: 0 for t in tasks}
+        deaths = {t.key: 0 for t in tasks}
+        lost_workers = 0
+
+        def settle(task: Task, exc: BaseException | None, result: Any = None) -> bool:
+            """Record a finished attempt; True when the task is settled."""
+            if exc is None:
+                out[task.key] = result
+            else:
+                errors[task.key] += 1
+                if errors[task.key] <= self.retries:
+                    return False
+                out[task.key] = TaskFailure(task.key, "error", _reason(exc), errors[task.key] + deaths[task.key])
+            if on_done:
+                on_done()
+            return True
+
+        if self.workers == 1:
+            for task in tasks:
+                while True:
+                    try:
+                        res, exc = fn(*task.args), None
+                    except Exception as e:  # noqa: BLE001 - a task's failure is data
+                        res, exc = None, e
+                    if settle(task, exc, res):
+                        break
+        else:
+            pending, suspects = list(tasks), []
+            while pending:
+                unsettled, broke = self._round(fn, pending, settle)
+                again = [t for t in pending if t.key in unsettled]
+                if broke:
+                    lost_workers += 1
+                    # the pool cannot tell which task killed it: each one
+                    # unfinished counts a death; one past the limit is run
+                    # alone below, where a death is its own
+                    for task in [t for t in again if unsettled[t.key] == "died"]:
+                        deaths[task.key] += 1
+                        if deaths[task.key] > self.allowed_failures:
+                            suspects.append(task)
+                    alone = {t.key for t in suspects}
+                    again = [t for t in again if t.key not in alone]
+                pending = again
+            for task in suspects:
+                while True:
+                    unsettled, broke = self._round(fn, [task], settle)
+                    if broke:
+                        lost_workers += 1
+                        out[task.key] = TaskFailure(task.key, "lost", f"its worker process died {deaths[task.key] + 1} "
+                                                    "times, the last time running it alone",
+                                                    errors[task.key] + deaths[task.key] + 1)
+                        if on_done:
+                            on_done()
+                    if not unsettled or broke:
+                        break
+        self.stats = RunStats(len(tasks), sum(isinstance(v, TaskFailure) for v in out.values()),
+                              time.perf_counter() - t0, lost_workers)
+        return [out[t.key] for t in tasks]
+
+    def _round(self, fn: Callable[..., Any], tasks: Sequence[Task],
+               settle: Callable[..., bool]) -> tuple[dict[str, str], bool]:
+        """Submit ``tasks`` to the pool once. Returns the tasks not settled
+        (key -> "raised" or "died") and whether a pool process died."""
+        if self._pool is None:
+            self._pool = self._new_pool()
+        with _spawn_env(ONE_THREAD_ENV):  # the pool starts its processes on submit
+            futures = {self._pool.submit(fn, *t.args): t for t in tasks}
+        unsettled: dict[str, str] = {}
+        broke = False
+        for fut in cf.as_completed(futures):
+            task = futures[fut]
+            try:
+                res, exc = fut.result(), None
+            except BrokenProcessPool:
+                broke = True
+                unsettled[task.key] = "died"
+                continue
+            except Exception as e:  # noqa: BLE001 - a task's failure is data
+                res, exc = None, e
+            if not settle(task, exc, res):
+                unsettled[task.key] = "raised"
+        if broke:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        return unsettled, broke
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+class DaskExecutor(_Closing):
+    """A ``distributed.Client`` to a scheduler at ``address``, or to a
+    ``LocalCluster`` of ``workers`` processes it starts (and stops on close).
+
+    ``allowed_failures`` is set on a LocalCluster's scheduler; a remote
+    scheduler uses its own ``distributed.scheduler.allowed-failures``."""
+
+    kind = "dask"
+
+    def __init__(self, *, address: str | None = None, workers: int | None = None,
+                 threads_per_worker: int = 1, memory_limit: str = "2GiB", retries: int = 2,
+                 allowed_failures: int = 3, connect_timeout: float = 30.0) -> None:
+        try:
+            import dask
+            from distributed import Client, LocalCluster
+        except ImportError as exc:
+            raise PluginError(f"the dask executor needs distributed: pip install 'forescale[dask]' ({exc})") from None
+        self.retries = retries
+        self.stats = RunStats()
+        self.cluster = None
+        if address is None:
+            with dask.config.set({"distributed.scheduler.allowed-failures": allowed_failures}):
+                self.cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1,
+                                            threads_per_worker=threads_per_worker, processes=True,
+                                            host="127.0.0.1", memory_limit=memory_limit,
+                                            silence_logs=logging.CRITICAL,
+                                            # no dashboard; the scheduler's HTTP server (health,
+                                            # metrics) always starts: on a free loopback port, not 8787
+                                            dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": False})
+            self.client = Client(self.cluster, timeout=connect_timeout)
+        else:
+            try:
+                self.client = Client(address, timeout=connect_timeout)
+            except Exception as exc:  # noqa: BLE001 - refused, timed out, or not a Dask scheduler at all
+                raise ConfigError(f"cannot reach the Dask scheduler at {address}: {_reason(exc)}",
+                                  "executor.address") from None
+            try:  # tasks given to a scheduler without workers would wait for ever
+                self.client.wait_for_workers(1, timeout=connect_timeout)
+            except TimeoutError:
+                self.client.close()
+                raise ConfigError(f"the Dask scheduler at {address} has no workers (waited "
+                                  f"{connect_timeout:g} s)", "executor.address") from None
+        self.workers = len(self.client.scheduler_info(n_workers=-1)["workers"])
+
+    def share(self, value: Any) -> Any:
+        # sent to the workers once, then referenced by every task that takes it
+        return self.client.scatter(value, broadcast=False, hash=False)
+
+    def run(self, fn: Callable[..., Any], tasks: Sequence[Task],
+            on_done: Callable[[], None] | None = None) -> list[Any]:
+        from distributed import KilledWorker, as_completed
+
+        _check_unique(tasks)
+        t0 = time.perf_counter()
+        name = getattr(fn, "__name__", "task")
+        stamp = f"{os.getpid()}-{time.monotonic_ns()}"
+        # one map call, not a submit per task: about 1 ms less per task on
+        # the client (benchmarks/executor.py measures what is left)
+        futures = self.client.map(_star, [t.args for t in tasks], fn=fn, retries=self.retries, pure=False,
+                                  key=[f"{name}-{t.key}-{stamp}" for t in tasks]) if tasks else []
+        by_key = {f.key: t for f, t in zip(futures, tasks)}
+        out: dict[str, Any] = {}
+        for fut in as_completed(futures):
+            task = by_key[fut.key]
+            if fut.status == "finished":
+                out[task.key] = fut.result()
+            else:
+                exc = fut.exception()
+                if isinstance(exc, KilledWorker):
+                    # Dask's message is a paragraph; its first sentence is the reason
+                    first = str(exc).split(". ")[0]
+                    out[task.key] = TaskFailure(task.key, "lost", f"KilledWorker: {first}")
+                else:
+                    out[task.key] = TaskFailure(task.key, "error", _reason(exc), self.retries + 1)
+            if on_done:
+                on_done()
+            fut.release()
+        self.stats = RunStats(len(tasks), sum(isinstance(v, TaskFailure) for v in out.values()),
+                              time.perf_counter() - t0)
+        return [out[t.key] for t in tasks]
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def open_executor(cfg: Any) -> LocalExecutor | DaskExecutor:
+    """The executor an ``executor:`` config section (``ExecutorConfig``) asks for."""
+    if cfg.kind == "local":
+        return LocalExecutor(cfg.workers, retries=cfg.retries, allowed_failures=cfg.allowed_failures)
+    return DaskExecutor(address=None if cfg.local_cluster else cfg.address, workers=cfg.workers,
+                        threads_per_worker=cfg.threads_per_worker, memory_limit=cfg.memory_limit,
+                        retries=cfg.retries, allowed_failures=cfg.allowed_failures,
+                        connect_timeout=cfg.connect_timeout.total_seconds())
+
+
+__all__ = ["DaskExecutor", "Executor", "LocalExecutor", "RunStats", "Task", "TaskFailure", "open_executor"]

@@ -1,0 +1,173 @@
+"""The executors on real worker processes: a ``distributed.LocalCluster`` of
+three worker processes on 127.0.0.1 and the local process pool. A task kills
+its own worker process mid-run; the run still completes (Dask reschedules
+it, the pool restarts). A task that always fails comes back as a
+``TaskFailure`` with its reason, beside the results of the others."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.config import ExecutorConfig
+from engine.core.errors import ConfigError
+from engine.executor import DaskExecutor, LocalExecutor, Task, TaskFailure, open_executor
+from tests.support import executor_tasks as et
+
+pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def dask_ex():
+    with DaskExecutor(workers=3, memory_limit="300MiB", retries=2, allowed_failures=2) as ex:
+        yield ex
+
+
+@pytest.fixture(params=["local", "dask"])
+def executor(request, dask_ex):
+    if request.param == "dask":
+        yield dask_ex
+    else:
+        with LocalExecutor(workers=2, retries=2, allowed_failures=2) as ex:
+            yield ex
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_worker_killed_mid_run_is_retried_and_the_run_completes(executor, tmp_path: Path) -> None:
+    marker = tmp_path / "killed"
+    tasks = [Task(f"sq{i}", (i, 0.05)) for i in range(6)]
+    results = executor.run(et.square, tasks[:3])  # the workers are up and busy before the kill
+    results += executor.run(et.die_once, [Task("killer", (str(marker), 7))])
+    results += executor.run(et.square, tasks[3:])
+    assert marker.exists(), "the task never killed its worker"
+    killed = int(marker.read_text())
+    assert not _pid_alive(killed), "the worker process that ran the task is gone"
+    assert [r.value for r in results] == [0, 1, 4, 49, 9, 16, 25]
+    assert results[3].pid != killed  # the retry ran in another (or a restarted) process
+
+
+def test_a_killed_worker_does_not_lose_the_tasks_running_beside_it(executor, tmp_path: Path) -> None:
+    marker = tmp_path / "killed"
+    tasks = [Task(f"sq{i}", (i, 0.2)) for i in range(4)] + [Task("killer", (str(marker), 5))]
+    fns = {"killer": et.die_once}
+    results = executor.run(et.dispatch, [Task(t.key, (fns.get(t.key, et.square).__name__, *t.args)) for t in tasks])
+    assert marker.exists()
+    assert [r.value for r in results] == [0, 1, 4, 9, 25]
+    assert not any(isinstance(r, TaskFailure) for r in results)
+
+
+def test_a_task_that_always_fails_comes_back_as_a_typed_failure_with_its_reason(executor) -> None:
+    results = executor.run(et.dispatch, [Task("good", ("square", 3)), Task("bad", ("always_raise", 4))])
+    assert results[0].value == 9
+    bad = results[1]
+    assert isinstance(bad, TaskFailure)
+    assert (bad.key, bad.kind, bad.reason) == ("bad", "error", "ValueError: no square for 4 today")
+    assert bad.attempts == 3  # the first run and two retries
+    assert executor.stats.failed == 1 and executor.stats.tasks == 2
+
+
+def test_a_transient_error_is_retried(executor, tmp_path: Path) -> None:
+    counter = tmp_path / "count"
+    [res] = executor.run(et.raise_until, [Task("flaky", (str(counter), 2, 6))])
+    assert res.value == 36
+    assert counter.read_text() == "3"
+
+
+def test_a_task_that_kills_every_worker_is_lost_not_hung(executor) -> None:
+    results = executor.run(et.dispatch, [Task("doomed", ("always_die", 1)), Task("fine", ("square", 2))])
+    doomed = results[0]
+    assert isinstance(doomed, TaskFailure) and doomed.kind == "lost", doomed
+    assert results[1].value == 4
+    # the executor still works afterwards
+    assert executor.run(et.square, [Task("after", (3,))])[0].value == 9
+
+
+def test_shared_history_is_sent_once_and_read_by_every_task(executor) -> None:
+    arr = np.arange(10_000, dtype=float)
+    h = executor.share(arr)
+    results = executor.run(et.total, [Task(f"t{i}", (h, i)) for i in range(4)])
+    assert [r for r in results] == [float(arr[i:].sum()) for i in range(4)]
+
+
+def test_in_process_executor_retries_and_fails_alike() -> None:
+    ex = LocalExecutor(workers=1, retries=1)
+    results = ex.run(et.dispatch, [Task("a", ("square", 2)), Task("b", ("always_raise", 1))])
+    assert results[0].value == 4 and results[0].pid == os.getpid()
+    assert results[1] == TaskFailure("b", "error", "ValueError: no square for 1 today", 2)
+
+
+def test_the_local_cluster_serves_no_dashboard(dask_ex) -> None:
+    import urllib.error
+    import urllib.request
+
+    port = dask_ex.cluster.scheduler.http_server.port
+    assert port != 8787
+    with pytest.raises(urllib.error.HTTPError, match="404"):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5)
+
+
+def test_task_keys_must_be_unique() -> None:
+    with pytest.raises(ValueError, match="unique"):
+        LocalExecutor(workers=1).run(et.square, [Task("a", (1,)), Task("a", (2,))])
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"kind": "dask"}, "needs either address"),
+    ({"kind": "dask", "address": "tcp://10.0.0.5:8786", "local_cluster": True}, "needs either address"),
+    ({"kind": "local", "address": "tcp://10.0.0.5:8786"}, "for kind: dask"),
+    ({"kind": "dask", "address": "http://10.0.0.5:8786"}, "address"),
+    ({"kind": "dask", "address": "tcp://10.0.0.5:8786", "workers": 4}, "a remote cluster has its own"),
+    ({"kind": "spark"}, "kind"),
+    ({"kind": "local", "workers": 0}, "workers"),
+])
+def test_executor_section_errors_name_the_field(section, message) -> None:
+    from engine.config import parse_config
+
+    doc = {"executor": section, "targets": [{"name": "t", "source": {"type": "csv", "path": "x.csv"},
+                                             "policy": {"capacity_per_replica": 1, "max_replicas": 3}}]}
+    with pytest.raises(ConfigError, match="executor") as err:
+        parse_config(doc)
+    assert message in str(err.value)
+
+
+def test_an_unreachable_scheduler_is_one_clear_error() -> None:
+    cfg = ExecutorConfig(kind="dask", address="tcp://127.0.0.1:9", connect_timeout="1s")
+    with pytest.raises(ConfigError, match="executor.address: cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+        open_executor(cfg)
+
+
+def test_pool_processes_get_one_blas_thread_and_the_callers_environment_is_kept(monkeypatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    with LocalExecutor(workers=2) as ex:
+        got = ex.run(et.environ, [Task(f"e{i}", ("OMP_NUM_THREADS",)) for i in range(4)])
+    assert got == ["1"] * 4
+    assert "OMP_NUM_THREADS" not in os.environ
+
+
+def test_the_pool_blames_only_the_task_that_dies_when_run_alone() -> None:
+    # every pool death is charged to all unfinished tasks; with no deaths
+    # allowed, both tasks are run alone at once: only the killer is lost
+    with LocalExecutor(workers=2, allowed_failures=0) as ex:
+        results = ex.run(et.dispatch, [Task("doomed", ("always_die", 1)), Task("slow", ("square", 5, 0.5))])
+    assert results[0].kind == "lost" and "running it alone" in results[0].reason
+    assert results[1].value == 25
+
+
+def test_a_scheduler_without_workers_is_one_clear_error_not_a_hang() -> None:
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=0, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                      scheduler_kwargs={"dashboard": False}) as cluster:
+        cfg = ExecutorConfig(kind="dask", address=cluster.scheduler_address, connect_timeout="1s")
+        with pytest.raises(ConfigError, match="has no workers"):
+            open_executor(cfg)
