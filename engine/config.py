@@ -419,7 +419,10 @@ class TargetConfig(_Model):
         if pol.kind == "plan" and pol.ladder is not None and pol.plan.resize_downtime is None \
                 and isinstance(target.actuator, ActuatorConfig) and target.actuator.resize_downtime is not None:
             plan = pol.plan.model_copy(update={"resize_downtime": target.actuator.resize_downtime})
-            return target.model_copy(update={"policy": pol.model_copy(update={"plan": plan})})
+            target = target.model_copy(update={"policy": pol.model_copy(update={"plan": plan})})
+            if target.resources:  # each resource's view derives from the policy in force
+                target._resource_targets = {}
+                target._check_resources()
         return target
 
     # the names callers have used for the typed plugin configs

@@ -59,3 +59,20 @@ def test_a_secret_in_a_resources_source_is_never_echoed():
                                                  "query": "up", "bearer_tokn": "hunter2pw"},
                                       "capacity_per_replica": 4}}))
     assert "targets[0].resources.memory.source" in str(exc.value) and "hunter2pw" not in str(exc.value)
+
+
+def test_a_planner_on_a_ladder_prices_the_actuators_downtime_for_every_resource():
+    """The downtime the resizing actuator states (stated once) reaches each
+    resource's policy too, not only the target's own: the planner prices a
+    resize the same whichever resource sets the size."""
+    from datetime import timedelta
+
+    ladder = [{"name": "s", "capacity": 1, "price": 0.1}, {"name": "l", "capacity": 2, "price": 0.2}]
+    t = parse_config(_doc({"memory": {"source": {"type": "csv", "path": "m.csv"}, "rung_capacity": [4, 8]}},
+                          policy={"kind": "plan", "ladder": ladder},
+                          actuator={"type": "aws-ec2", "instance_id": "i-0123456789abcdef0",
+                                    "region": "us-east-1", "downtime_estimate": "4m"})).targets[0]
+    assert t.policy.plan.resize_downtime == timedelta(minutes=4)
+    mem = t.resource_target("memory")
+    assert mem.policy.plan.resize_downtime == timedelta(minutes=4)
+    assert mem.policy.ladder[1].capacity == 8  # still the resource's own capacity model
