@@ -308,6 +308,16 @@ class TemplateWorker:
                 continue
             live = member_target(target, found.labels[name], self.fetch, self.store, d.config,
                                  build_source=d.build_source, build_actuator=d.build_actuator)
+            # checked as the file's targets are at startup: a permanent
+            # problem (the labels name no such platform object, a credential
+            # that does not resolve) leaves the target out, said once
+            try:
+                warning = check_actuator(target, live.actuator)
+            except ConfigError as exc:
+                log.error("template %s: target %s left out: %s", t.name, name, exc, extra={"target": name})
+                continue
+            if warning:
+                log.warning(warning, extra={"target": name})
             self.members[name] = _Member(target, live, self.store)
             d._register(target)
             log.info("template %s: target %s discovered", t.name, name, extra={"target": name})

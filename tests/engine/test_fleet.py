@@ -472,3 +472,33 @@ def test_a_template_target_asked_alone_fetches_only_its_own_series(fleet_prometh
     whole = PrometheusSource(PrometheusConfig(url=fleet_prometheus.url, query=tp.source.query))
     with pytest.raises(ConfigError, match="returned 3 series"):
         whole.fetch(from_epoch(end - 3600), from_epoch(end))
+
+
+@pytest.mark.prometheus
+def test_a_discovered_target_whose_actuator_is_refused_is_left_out_and_the_others_run(fleet_prometheus, tmp_path,
+                                                                                      caplog):
+    """A template target's actuator is checked when the target appears, as
+    the file's targets are at startup: one whose platform object does not
+    exist is left out with the reason; the others are decided."""
+    from engine.core.errors import PermanentActuatorError
+
+    class Missing(Platform):
+        def validate(self) -> None:
+            raise PermanentActuatorError("deployment g1/quota-bob not found")
+
+    cfg = write(tmp_path / "fleet.yaml", template(fleet_prometheus.url))
+    clock = ManualClock(from_epoch(fleet_prometheus.end))
+    results = []
+    d = Daemon(cfg, clock=clock, monotonic=lambda: 1000.0, on_result=results.append,
+               build_actuator=lambda t, c=None: Missing(capacity=1) if t.name == "storage-bob-g1"
+               else Platform(capacity=1))
+    try:
+        with caplog.at_level("ERROR", logger="forescale.daemon"):
+            d.tick()
+            assert d.templates["storage"].wait(60)
+        assert {r.target for r in results} == {"storage-alice-g1", "storage-carol-g2"}
+        assert "storage-bob-g1" not in d.templates["storage"].members
+        assert any("storage-bob-g1 left out" in r.getMessage() and "quota-bob not found" in r.getMessage()
+                   for r in caplog.records)
+    finally:
+        d.shutdown(5)
