@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from engine.core.errors import ActuatorError, ConfigError, PermanentActuatorError, TransientActuatorError
 from engine.core.plugins import Capabilities
+from engine.core.checks import repeated
 from engine.core.types import ActionPlan, ActuationResult, CapacityReading
 from engine.core.units import Duration
 
@@ -262,7 +263,7 @@ def ladder_of(actuator: str, ladder: Sequence[str] | None) -> tuple[str, ...]:
         raise ConfigError(f"the {actuator} actuator needs a ladder of instance types "
                           "(capacity is an index into it)", path="ladder")
     types = tuple(str(t) for t in ladder)
-    dupes = sorted({t for t in types if types.count(t) > 1})
+    dupes = repeated(types)
     if dupes:
         raise ConfigError(f"instance types appear more than once: {', '.join(dupes)}", path="ladder")
     return types

@@ -33,6 +33,7 @@ from policies.window import LeadWindow, lead_window
 from .anomaly import AnomalyConfig
 from .core.units import Duration
 
+from .core.checks import repeated
 from .core.errors import ConfigError, PluginError
 from .core.plugins import capabilities_of
 
@@ -1036,11 +1037,11 @@ class Config(_Model):
         if not self.targets and not self.templates:
             raise ValueError("targets: Tuple should have at least 1 item (or give templates)")
         names = [t.name for t in self.targets]
-        dup = sorted({n for n in names if names.count(n) > 1})
+        dup = repeated(names)
         if dup:
             raise ValueError(f"target names must be unique; repeated: {', '.join(dup)}")
         names = [t.name for t in self.templates]
-        dup = sorted({n for n in names if names.count(n) > 1})
+        dup = repeated(names)
         if dup:
             raise ValueError(f"template names must be unique; repeated: {', '.join(dup)}")
         return self

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal, Protocol, Sequence
 
 from .core.errors import ConfigError, PluginError
+from .core.checks import repeated
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,8 @@ def _reason(exc: BaseException) -> str:
 
 def _check_unique(tasks: Sequence[Task]) -> None:
     keys = [t.key for t in tasks]
-    if len(set(keys)) != len(keys):
-        dup = sorted({k for k in keys if keys.count(k) > 1})
+    dup = repeated(keys)
+    if dup:
         raise ValueError(f"task keys must be unique; repeated: {dup[:5]}")
 
 

@@ -49,6 +49,7 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engine.core.checks import repeated
 from engine.core.errors import ForecastError, InsufficientHistory, PluginError
 from engine.core.types import Forecast, Series
 from engine.core.units import from_epoch
@@ -109,7 +110,7 @@ class AutoParams(ForecasterParams):
         if not v:
             raise ValueError("candidates: at least one candidate is needed")
         keys = [c.key for c in v]
-        dup = sorted({k for k in keys if keys.count(k) > 1})
+        dup = repeated(keys)
         if dup:
             raise ValueError(f"candidates: duplicate names {dup} (give each a distinct label)")
         if any(c.name == "auto" for c in v):

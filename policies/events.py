@@ -37,6 +37,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from engine.core.checks import repeated
 from engine.core.types import Forecast, Step
 from engine.core.units import Duration, Timezone
 
@@ -149,7 +150,7 @@ class Calendar(_Model):
     @model_validator(mode="after")
     def _unique(self) -> "Calendar":
         names = [e.name for e in self.events]
-        dup = sorted({n for n in names if names.count(n) > 1})
+        dup = repeated(names)
         if dup:
             raise ValueError(f"event names must be unique, repeated: {dup}")
         return self

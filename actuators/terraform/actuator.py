@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 from pydantic import field_validator, model_validator
 
+from engine.core.checks import repeated
 from engine.core.errors import (
     ConfigError,
     LimitExceeded,
@@ -158,7 +159,7 @@ class TerraformActuator:
             if not self.ladder:
                 raise ConfigError("value_kind is 'ladder' but the target has no ladder of "
                                   "instance types", path="ladder")
-            dupes = sorted({x for x in self.ladder if self.ladder.count(x) > 1})
+            dupes = repeated(self.ladder)
             if dupes:
                 raise ConfigError(f"ladder names {', '.join(dupes)} more than once", path="ladder")
         self._sleep = sleep
