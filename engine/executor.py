@@ -335,16 +335,17 @@ class DaskExecutor(_Closing):
         out: dict[str, Any] = {}
         for fut in as_completed(futures):
             task = by_key[fut.key]
-            if fut.status == "finished":
+            # result(), not a look at fut.status: a finished task whose worker
+            # then died is "lost" for a moment, until the scheduler has run it
+            # again; result() waits for that instead of calling it a failure
+            try:
                 out[task.key] = fut.result()
-            else:
-                exc = fut.exception()
-                if isinstance(exc, KilledWorker):
-                    # Dask's message is a paragraph; its first sentence is the reason
-                    first = str(exc).split(". ")[0]
-                    out[task.key] = TaskFailure(task.key, "lost", f"KilledWorker: {first}")
-                else:
-                    out[task.key] = TaskFailure(task.key, "error", _reason(exc), self.retries + 1)
+            except KilledWorker as exc:
+                # Dask's message is a paragraph; its first sentence is the reason
+                first = str(exc).split(". ")[0]
+                out[task.key] = TaskFailure(task.key, "lost", f"KilledWorker: {first}")
+            except Exception as exc:  # noqa: BLE001 - the task's own error, after its retries
+                out[task.key] = TaskFailure(task.key, "error", _reason(exc), self.retries + 1)
             if on_done:
                 on_done()
             fut.release()

@@ -62,8 +62,8 @@ def test_a_killed_worker_does_not_lose_the_tasks_running_beside_it(executor, tmp
     fns = {"killer": et.die_once}
     results = executor.run(et.dispatch, [Task(t.key, (fns.get(t.key, et.square).__name__, *t.args)) for t in tasks])
     assert marker.exists()
+    assert not [r for r in results if isinstance(r, TaskFailure)]
     assert [r.value for r in results] == [0, 1, 4, 9, 25]
-    assert not any(isinstance(r, TaskFailure) for r in results)
 
 
 def test_a_task_that_always_fails_comes_back_as_a_typed_failure_with_its_reason(executor) -> None:
