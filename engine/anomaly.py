@@ -31,7 +31,10 @@ The decision of that cycle carries an ``anomaly`` step (reason
 ``AnomalyFlagged``, or ``AnomalyLevelShift`` for the release) and the score
 in ``extra["anomaly"]``; the daemon counts ``forescale_anomalies_total`` and
 exports the last score (``forescale_anomaly_score``). The masked samples
-live in memory: after a restart the history is fetched as it was observed.
+are kept in the state store with each recorded decision (table
+``anomaly_masks``, per series) and restored when a target starts
+(:meth:`AnomalyDetector.restore`), so the first refit after a restart still
+masks an incident seen before it.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -103,6 +106,22 @@ class AnomalyDetector:
         self._shifted = False  # a run was released: flag nothing until a residual is normal
         self._checked: int | None = None
         self.last_score: float | None = None
+        #: ``masked`` changed since the store last saved it
+        self.changed = False
+
+    def restore(self, masked: Mapping[int, float]) -> None:
+        """The masked samples a store kept (after a restart). The newest run
+        of them one interval apart is the current run of flags again, so
+        an incident that goes on across the restart is still released as a
+        level shift after ``max_duration`` counted from its start."""
+        self.masked = {int(t): float(v) for t, v in masked.items()}
+        run = sorted(self.masked)[-1:]
+        for t in sorted(self.masked, reverse=True)[1:]:
+            if run[0] - t != self.interval_s:
+                break
+            run.insert(0, t)
+        self._run = run
+        self.changed = False
 
     # ------------------------------------------------------------------ detect
     def observe(self, history: Series, previous: Forecast | None) -> tuple[Anomaly | None, Step | None]:
@@ -139,6 +158,7 @@ class AnomalyDetector:
             run, self._run = self._run, []
             for ts in run:
                 self.masked.pop(ts, None)
+            self.changed = True
             self._shifted = True
             return None, Step("anomaly", 0, "AnomalyLevelShift",
                               f"{len(run)} observations in a row beyond the band (longer than max_duration "
@@ -146,6 +166,7 @@ class AnomalyDetector:
         masked = self.config.exclude
         if masked:
             self.masked[t] = point
+            self.changed = True
         a = Anomaly(t, value, point, bound, score, self.config.method, masked)
         what = (f"{score:.3g} band widths from the median (threshold {bound:g}, band to q{self.config.level:g})"
                 if self.config.method == "band" else f"robust z-score {score:.3g} (threshold {bound:g})")
@@ -182,6 +203,7 @@ class AnomalyDetector:
         old = [t for t in self.masked if t < now_s - self.keep_s]
         for t in old:
             del self.masked[t]
+        self.changed = self.changed or bool(old)
 
     # -------------------------------------------------------------------- mask
     def mask(self, history: Series) -> Series:

@@ -520,6 +520,9 @@ class LiveTarget:
                    for n in target.resources}
         self.runner = TargetRunner(target, forecaster=forecaster, feedback=StoreFeedback(store, target.name, keep),
                                    resources=runners)
+        # the samples flagged before a restart stay out of training
+        for series, detector in self._detectors().items():
+            detector.restore(store.anomaly_masks(series))
         base = getattr(store, "checkpoint_base", getattr(store, "path", None))
         self.checkpoint = ModelCheckpoint(target, base)
         #: each further resource's model checkpoint (``<state>.models/<target>/<resource>.model``)
@@ -863,16 +866,27 @@ class LiveTarget:
             return Act("skipped", {"error": not_ours})
         return self._modes[mode](inputs, out)
 
+    def _detectors(self) -> dict[str, AnomalyDetector]:
+        """Each signal's anomaly detector by its series name (the target's
+        own, then each further resource's ``target/resource``)."""
+        runners = (self.runner, *self.runner.resources.values())
+        return {r.target.name: r.anomalies for r in runners if r.anomalies is not None}
+
     def _record(self, inputs: CycleInputs, out: CycleOutcome, act: Act, *, with_state: bool = True) -> None:
-        """The decision and (``with_state``) the state after it, in one
-        transaction. Out of turn the state is left to the cycle that is
-        acting: this one loaded it before that one's outcome."""
+        """The decision, (``with_state``) the state after it and the
+        anomaly masks that changed, in one transaction. Out of turn the
+        state is left to the cycle that is acting: this one loaded it
+        before that one's outcome."""
         d = out.decision
         state = out.state.after(d, keep=self.runner.keep, applied=act.applied) if with_state else None
+        changed = {n: det for n, det in self._detectors().items() if det.changed}
         self.store.record_decision(d, self.target.mode, act.status, inputs.now, state=state,
                                    outcome=None if act.outcome is None else dict(act.outcome),
                                    context=decision_context(self.target, inputs.history, out.forecast, {
-                                       n: (inputs.resources.get(n), f) for n, f in out.resource_forecasts().items()}))
+                                       n: (inputs.resources.get(n), f) for n, f in out.resource_forecasts().items()}),
+                                   masks={n: dict(det.masked) for n, det in changed.items()})
+        for det in changed.values():
+            det.changed = False
 
     # ------------------------------------------------------------- the modes
     def _observe(self, inputs: CycleInputs, out: CycleOutcome) -> Act:

@@ -28,7 +28,7 @@ from . import audit
 from .auth import _USED_LINKS
 from .core.errors import StateError, StateLocked
 from .db import connect, redact_url
-from .store import _SCHEMA_V1, _V2_TABLES, SCHEMA_VERSION, Store, check_version
+from .store import _SCHEMA_V1, _V2_TABLES, _V3_ANOMALY_MASKS, SCHEMA_VERSION, Store, check_version
 
 def dialect(sqlite_ddl: str) -> str:
     """SQLite DDL as PostgreSQL DDL, so each table is declared once (in
@@ -60,10 +60,11 @@ CREATE TABLE IF NOT EXISTS replicas (
 #: schema version -> the statements that bring the database from the
 #: previous version to it. Version 2 is the first on PostgreSQL: the SQLite
 #: path from nothing (version 1, then what version 2 adds), the used
-#: approval links, and the leases.
+#: approval links, and the leases. Each later version is SQLite's own step.
 MIGRATIONS: dict[int, str] = {2: ";".join((
     dialect(_SCHEMA_V1), "ALTER TABLE decisions ADD COLUMN plan_id TEXT COLLATE \"C\"",
     dialect(audit.SCHEMA + _V2_TABLES), dialect(_USED_LINKS), _LEASES))}
+MIGRATIONS[3] = dialect(_V3_ANOMALY_MASKS)
 
 assert max(MIGRATIONS) == SCHEMA_VERSION
 
@@ -122,7 +123,8 @@ class PgStore(Store):
                 if v > version:
                     for stmt in _statements(MIGRATIONS[v]):
                         db.execute(stmt)
-                    db.execute("INSERT INTO schema_version(version) VALUES (?)", (v,))
+            if version < SCHEMA_VERSION:  # one row per upgrade: the version it reached
+                db.execute("INSERT INTO schema_version(version) VALUES (?)", (SCHEMA_VERSION,))
 
     @property
     def schema_version(self) -> int:

@@ -15,6 +15,9 @@ Tables:
                      overwritten (who, when, through which channel, why);
 - ``actuations``     how long each action took to be observed in service;
 - ``samples``        a cache of fetched metric history (incremental fetch);
+- ``anomaly_masks``  the samples the anomaly detector keeps out of training
+                     (:mod:`engine.anomaly`), per series, so a restart's
+                     refit still masks an incident;
 - ``audit``          the tamper-evident hash chain (:mod:`engine.audit`), one
                      record per change to decisions, plans and actuations,
                      written in the same transaction as the change.
@@ -38,7 +41,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -51,8 +54,9 @@ from .core.types import (
 from .core.units import from_epoch, isoformat, parse_time, to_epoch
 
 #: 1: the first release; 2: plan_transitions, decisions.plan_id, the audit
-#: chain, decisions.approval a list of every decision on the plan
-SCHEMA_VERSION = 2
+#: chain, decisions.approval a list of every decision on the plan;
+#: 3: anomaly_masks
+SCHEMA_VERSION = 3
 
 #: the schema of version 1, frozen: a new file is created as version 1 and
 #: migrated, so a fresh file and an upgraded one take the same path
@@ -136,6 +140,17 @@ CREATE TABLE IF NOT EXISTS plan_transitions (
     PRIMARY KEY (plan_id, seq)
 );
 CREATE INDEX IF NOT EXISTS decisions_plan ON decisions(plan_id);
+"""
+
+#: what schema version 3 adds: the anomaly detector's masked samples (epoch
+#: second -> the value the forecaster sees instead), per series
+_V3_ANOMALY_MASKS = """
+CREATE TABLE IF NOT EXISTS anomaly_masks (
+    target TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (target, ts)
+) WITHOUT ROWID;
 """
 
 #: the decision status that mirrors each plan state
@@ -283,7 +298,10 @@ class Store:
                 with self.tx() as db:
                     if version == 0:
                         _execute(db, _SCHEMA_V1)
-                    self._migrate_from_1(db)
+                    if version < 2:
+                        self._migrate_from_1(db)
+                    if version < 3:
+                        _execute(db, _V3_ANOMALY_MASKS)
                     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             self._close_quietly()
@@ -465,17 +483,30 @@ class Store:
     # ---------------------------------------------------------------- decisions
     def record_decision(self, decision: Decision, mode: str, status: str, now: datetime,
                         state: ScalingState | None = None, outcome: dict | None = None, *,
-                        context: dict[str, Any] | None = None, plan_id: str | None = None) -> None:
+                        context: dict[str, Any] | None = None, plan_id: str | None = None,
+                        masks: Mapping[str, Mapping[int, float]] | None = None) -> None:
         """Insert the decision (and, atomically, the state after it and its
         audit record). ``context``: what the audit record carries beyond the
         Decision (:func:`engine.audit.decision_context`: inputs digest,
-        forecast summary, config digest); ``plan_id``: the plan it proposed."""
+        forecast summary, config digest); ``plan_id``: the plan it proposed;
+        ``masks``: by series, the anomaly detector's masked samples now
+        (each series' set replaces the stored one)."""
         with self.tx() as db:
             if status == "intent":
                 outcome = self._fenced(db, decision.target, outcome)
             self._write_decision(db, decision, mode, status, now, outcome, context, plan_id)
             if state is not None:
                 _upsert_state(db, decision.target, state, now)
+            for series, masked in (masks or {}).items():
+                db.execute("DELETE FROM anomaly_masks WHERE target=?", (series,))
+                db.executemany("INSERT INTO anomaly_masks(target, ts, value) VALUES (?,?,?)",
+                               [(series, int(t), float(v)) for t, v in sorted(masked.items())])
+
+    def anomaly_masks(self, series: str) -> dict[int, float]:
+        """The masked samples of ``series`` (epoch second -> the value its
+        forecaster sees instead), as the last recorded cycle left them."""
+        rows = self.db.execute("SELECT ts, value FROM anomaly_masks WHERE target=? ORDER BY ts", (series,))
+        return {int(r[0]): float(r[1]) for r in rows}
 
     def _write_decision(self, db: sqlite3.Connection, decision: Decision, mode: str, status: str,
                         now: datetime, outcome: dict | None, context: dict[str, Any] | None,

@@ -178,3 +178,51 @@ def test_the_backtest_replays_the_targets_anomalies_section(tmp_path, capsys):
     assert int(inside.sum()) <= flagged["anomalies"] <= int(inside.sum()) + 3
     assert main(["backtest", str(trace), "--quiet", "--config", str(tmp_path / "c.yaml")]) == 0
     assert f"anomalies flagged and kept out of training: {flagged['anomalies']}" in capsys.readouterr().out
+
+
+def test_the_masks_survive_a_restart_so_the_refit_after_it_still_masks_the_incident(tmp_path):
+    """A daemon flags an incident, stops, and a new one starts on the same
+    state file: its first cycle refits on the history as fetched again, with
+    the incident masked as before; with the masks gone (what a restart did
+    before they were stored) the refit learns the incident as tomorrow's."""
+    import yaml
+
+    from engine.store import Store
+    from tests.support.live import Platform, build_live
+
+    ts, clean, hit, inside, day = incident_trace()
+    trace = tmp_path / "incident.csv"
+    end = int(np.searchsorted(ts, day + 17 * 3600))
+    trace.write_text("timestamp,value\n" + "".join(f"{int(t)},{v}\n" for t, v in zip(ts[:end], hit[:end])))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"state": str(tmp_path / "state.db"), "targets": [{
+        "name": "t", "interval": "5m", "mode": "observe", "source": {"type": "csv", "path": str(trace)},
+        "forecaster": {"name": "seasonal_persistence", "history": "14d", "refit_every": "5m"},
+        "policy": {"capacity_per_replica": 10}, "anomalies": {}}]}))
+    before = [int(t) for t in ts if day + 13 * 3600 <= t <= day + 16 * 3600 + 1800]
+    with Store(tmp_path / "state.db") as store:
+        live = build_live(cfg, store, Platform(5))
+        flagged = {t for t in before if "anomaly" in live.run(from_epoch(t)).decision.extra}
+    assert flagged == set(ts[inside].tolist())
+
+    import shutil
+
+    shutil.copy(tmp_path / "state.db", tmp_path / "forgot.db")
+    with Store(tmp_path / "forgot.db") as s:
+        s.db.execute("DELETE FROM anomaly_masks")
+
+    def after_restart(forget: bool):
+        path = tmp_path / ("forgot.db" if forget else "state.db")
+        with Store(path) as store:  # the restarted daemon: a new store and target
+            live = build_live(cfg, store, Platform(5))
+            now = from_epoch(before[-1] + 300)
+            res = live.run(now)
+            assert res.error is None and "anomaly" not in res.decision.extra, res.error
+            return live.runner.forecaster.predict(now, 300, (0.5,))
+
+    kept, forgot = after_restart(False), after_restart(True)
+    nxt = (kept.timestamps >= day + 86400 + 14 * 3600) & (kept.timestamps < day + 86400 + 16 * 3600)
+    assert nxt.sum() >= 20
+    tomorrow = clean[(ts >= day + 14 * 3600) & (ts < day + 16 * 3600)].mean()  # the clean day's level
+    assert np.mean(forgot.point[nxt]) > 1.8 * tomorrow  # the incident taught as a season
+    assert np.mean(kept.point[nxt]) < 1.2 * tomorrow

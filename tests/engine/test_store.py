@@ -317,6 +317,32 @@ def test_a_read_only_database_is_a_state_error(sqlite_store):
     assert store.load_state("web") == full_state()
 
 
+def test_anomaly_masks_are_recorded_with_the_decision_and_read_back_after_reopening(state):
+    with open_store(state) as s:
+        s.record_decision(make_decision(NOW), "observe", "observed", NOW,
+                          masks={"web": {T0 - 300: 41.5, T0: 40.0}, "web/memory": {T0: 2.5}})
+        # the next cycle's set replaces the series' set; a series not given keeps its own
+        s.record_decision(make_decision(NOW + minutes(5)), "observe", "observed", NOW + minutes(5),
+                          masks={"web": {T0: 40.0}})
+    with open_store(state) as s:
+        assert s.anomaly_masks("web") == {T0: 40.0}
+        assert s.anomaly_masks("web/memory") == {T0: 2.5}
+        assert s.anomaly_masks("other") == {}
+
+
+def test_a_version_2_file_gains_the_anomaly_masks_table_and_keeps_its_rows(db_path):
+    with Store(db_path) as s:
+        s.record_decision(make_decision(NOW), "observe", "observed", NOW)
+        s.db.execute("DROP TABLE anomaly_masks")
+        s.db.execute("PRAGMA user_version=2")  # as a file written before the masks were stored
+    with Store(db_path) as s:
+        assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert s.anomaly_masks("web") == {} and len(s.decisions("web")) == 1
+        from engine.audit import verify
+
+        assert verify(s).ok
+
+
 # ------------------------------------------------------------- migration from 1
 def test_a_version_1_file_is_migrated_sealing_its_rows_as_found(db_path):
     db_path.parent.mkdir(parents=True)
@@ -333,7 +359,7 @@ def test_a_version_1_file_is_migrated_sealing_its_rows_as_found(db_path):
     raw.commit()
     raw.close()
     with Store(db_path) as s:
-        assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         rec = s.decision(d.id)
         assert rec["plan_id"] == "p1" and rec["approval"] is None
         assert rec["approvals"] == [{"decision": "rejected", "identity": None, "channel": None,
