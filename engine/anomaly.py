@@ -49,6 +49,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from .core.types import Decision, Forecast, Series, Step
+from policies.resources import tag
+
 from .core.units import Duration, from_epoch, isoformat
 
 
@@ -221,15 +223,37 @@ class AnomalyDetector:
         return Series.view(ts, values, history.name)
 
 
-def with_anomaly(decision: Decision, anomaly: Anomaly | None, step: Step) -> Decision:
-    """``decision`` with the detector's step after its ``data`` step (the
-    value it carries: the data step's) and the anomaly in ``extra``."""
+def with_anomaly(decision: Decision, anomaly: Anomaly | None, step: Step, resource: str = "", *,
+                 own: bool = True) -> Decision:
+    """``decision`` with a detector's step after the ``data`` step of its
+    signal (the value it carries: that data step's) and the anomaly in
+    ``extra``. ``resource``: the signal's name on a target with several
+    (its step is tagged with it, as its other steps are; "" for a target's
+    one signal); ``own``: the target's own signal (``extra.anomaly``), else
+    a further resource's (``extra.resource_anomalies.<resource>``)."""
     steps = list(decision.steps)
-    at = 1 if steps and steps[0].name == "data" else 0
-    value = steps[0].value if at else decision.current
-    steps.insert(at, Step(step.name, value, step.reason, step.message, False))
+    data = next((i for i, s in enumerate(steps) if s.name == "data" and (s.resource or "") == resource), None)
+    value = steps[data].value if data is not None else decision.current
+    steps.insert(0 if data is None else data + 1,
+                 tag(Step(step.name, value, step.reason, step.message, False), resource))
     info: dict[str, Any] = anomaly.to_dict() if anomaly is not None else {"level_shift": True}
-    return replace(decision, steps=tuple(steps), extra={**decision.extra, "anomaly": info})
+    if resource:
+        info["resource"] = resource
+    extra = {**decision.extra}
+    if own:
+        extra["anomaly"] = info
+    else:
+        extra["resource_anomalies"] = {**extra.get("resource_anomalies", {}), resource: info}
+    return replace(decision, steps=tuple(steps), extra=extra)
 
 
-__all__ = ["Anomaly", "AnomalyConfig", "AnomalyDetector", "with_anomaly"]
+def flagged(decision: Decision | dict[str, Any]) -> list[dict[str, Any]]:
+    """The anomalies a decision (or its record's ``extra``) flagged, its own
+    signal's first, each with its ``resource`` on a target with several
+    (a level shift's release flags nothing)."""
+    extra = decision.extra if isinstance(decision, Decision) else decision
+    infos = [extra.get("anomaly"), *(extra.get("resource_anomalies") or {}).values()]
+    return [i for i in infos if i and "score" in i]
+
+
+__all__ = ["Anomaly", "AnomalyConfig", "AnomalyDetector", "flagged", "with_anomaly"]

@@ -59,7 +59,7 @@ from actuators.base import ActuatorConfig
 from forecasters import Forecaster
 from policies.config import PolicyConfig, RateLimit, Reactive, Rung, Stabilization
 
-from .anomaly import AnomalyConfig
+from .anomaly import AnomalyConfig, flagged
 from .config import ForecasterConfig, PluginSection, TargetConfig
 from .core.errors import ConfigError, DataError
 from .core.types import ScalingState, Schedule, Series
@@ -678,8 +678,7 @@ def simulate(runner: TargetRunner, series: Series, initial: int, k: int,
             fallbacks += 1
             data = dec.step("data")
             reasons[data.reason if data is not None else "unknown"] += 1
-        if "score" in dec.extra.get("anomaly", {}):
-            anomalies += 1
+        anomalies += len(flagged(dec))
         state = out.state.after(dec, keep=runner.keep, applied=True)
         decided[t] = dec.desired
         if dec.schedule is not None:

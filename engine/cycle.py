@@ -379,9 +379,11 @@ class TargetRunner:
         decision = decide_signals(signals, seen, self.policy, now, target=self.target.name, window=window)
         if extra:
             decision = replace(decision, extra={**decision.extra, **extra})
-        anomaly, flag = self.flagged
-        if flag is not None:
-            decision = with_anomaly(decision, anomaly, flag)
+        # each signal's own detector: its step follows that signal's data step
+        for name, runner in ((own, self), *self.resources.items()):
+            anomaly, flag = runner.flagged
+            if flag is not None:
+                decision = with_anomaly(decision, anomaly, flag, name, own=runner is self)
         return CycleOutcome(decision, first.forecast, first.forecast_error, seen, tuple(signals))
 
 

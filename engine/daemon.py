@@ -483,7 +483,8 @@ class Daemon:
                 from .metrics import export_horizons
 
                 self.metrics.register_target(t.name, mode=t.mode, interval=t.interval,
-                                             horizons=export_horizons(t), alerts=t.alerts)
+                                             horizons=export_horizons(t), alerts=t.alerts,
+                                             signals=(t.resource, *t.resources) if t.resources else ("",))
             except Exception:  # noqa: BLE001
                 log.exception("metrics registration failed for %s", t.name)
 

@@ -26,7 +26,8 @@ reserved label names. Every one is labelled by ``target``.
                                                          ratio (0.068 is 6.8 %)
 ``forescale_forecast_mase_ratio``             gauge      rolling MAE / the one-day seasonal naive's
 ``forescale_forecast_coverage_ratio``         gauge      share of actuals under the upper band
-``forescale_anomalies_total``                 counter    observations flagged as anomalies
+``forescale_anomalies_total``                 counter    observations flagged as anomalies, per
+                                                         ``resource`` ("" for a target's one signal)
 ``forescale_anomaly_score``                   gauge      the score of the last flagged anomaly
 ``forescale_cycle_duration_seconds``          histogram  wall time of a cycle
 ``forescale_fetch_errors_total``              counter    metric source failures
@@ -80,6 +81,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder, push_to_gateway
 
+from engine.anomaly import flagged
 from engine.core.types import Decision, Forecast
 
 log = logging.getLogger("forescale.metrics")
@@ -248,10 +250,13 @@ class EngineMetrics:
                                          ["target"], registry=r)
         self.fallback_cycles = Counter("forescale_fallback_cycles", "Cycles that fell back to reactive, by the "
                                        "data step's reason code", ["target", "reason"], registry=r)
+        # ``resource``: "" on a target's one signal (Prometheus reads an empty
+        # label as none), the resource's name on a target with several
         self.anomalies = Counter("forescale_anomalies", "Observations flagged as anomalies (far outside the "
-                                 "forecast band)", ["target"], registry=r)
+                                 "forecast band)", ["target", "resource"], registry=r)
         self.anomaly_score = Gauge("forescale_anomaly_score", "Score of the target's last flagged anomaly "
-                                   "(band widths or robust z-score, see anomalies.method)", ["target"], registry=r)
+                                   "(band widths or robust z-score, see anomalies.method)", ["target", "resource"],
+                                   registry=r)
         self.last_success = Gauge("forescale_last_success_timestamp_seconds",
                                   "Unix time the last successful cycle ended", ["target"], registry=r)
         self.interval = Gauge("forescale_cycle_interval_seconds", "Configured cycle interval",
@@ -288,13 +293,15 @@ class EngineMetrics:
 
     # -------------------------------------------------------------- recording
     def register_target(self, target: str, mode: str | None = None, interval: timedelta | None = None,
-                        horizons: Iterable[timedelta] | None = None, alerts: Iterable[Any] | None = None) -> None:
+                        horizons: Iterable[timedelta] | None = None, alerts: Iterable[Any] | None = None,
+                        signals: Iterable[str] = ("",)) -> None:
         """Create the target's counters at zero (so alerts on ``increase()``
         see the first error) and record its mode, cycle interval, export
         horizons (:func:`export_horizons`; the first is the lead time, where
         accuracy is measured) and predictive alerts
-        (:class:`engine.config.ThresholdAlert`). Call again on a config
-        reload."""
+        (:class:`engine.config.ThresholdAlert`); ``signals``: the names its
+        anomaly counters are created for (its resources, or "" for one
+        signal). Call again on a config reload."""
         with self._lock:
             self._targets.add(target)
             if horizons is not None:
@@ -312,8 +319,10 @@ class EngineMetrics:
                             pass
         for a in alerts or ():
             self.alert_threshold.labels(target=target, alert=a.name).set(a.value)
-        for c in (self.fetch_errors, self.actuation_errors, self.forecast_failures, self.anomalies):
+        for c in (self.fetch_errors, self.actuation_errors, self.forecast_failures):
             c.labels(target=target)
+        for name in signals:  # each signal's anomalies ("": a target's one signal)
+            self.anomalies.labels(target=target, resource=name)
         self.duration.labels(target=target)
         self.plans_pending.labels(target=target).set(0)
         if mode is not None:
@@ -354,10 +363,10 @@ class EngineMetrics:
             self.current.labels(target=target).set(decision.current)
             self.decisions.labels(target=target, action=decision.action.value,
                                   reason=decision_reason(decision)).inc()
-            anomaly = decision.extra.get("anomaly")
-            if anomaly and "score" in anomaly:
-                self.anomalies.labels(target=target).inc()
-                self.anomaly_score.labels(target=target).set(float(anomaly["score"]))
+            for anomaly in flagged(decision):
+                resource = anomaly.get("resource", "")
+                self.anomalies.labels(target=target, resource=resource).inc()
+                self.anomaly_score.labels(target=target, resource=resource).set(float(anomaly["score"]))
         if observed is not None and not math.isnan(observed):
             self.observed.labels(target=target).set(float(observed))
         if forecast is not None:

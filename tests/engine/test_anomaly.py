@@ -13,7 +13,7 @@ import pytest
 
 from engine.config import parse_config
 from engine.core.types import ScalingState, Series
-from engine.core.units import from_epoch
+from engine.core.units import from_epoch, parse_time
 from engine.cycle import TargetRunner
 from engine.sources.csv import read_csv
 from tests.support import TRACES
@@ -129,8 +129,8 @@ def test_the_flag_is_in_decisions_json_and_on_metrics(tmp_path):
     decided = {int(r.now.timestamp()) for r in rep.results}
     n = len(decided & set(ts[inside].tolist()))
     assert n >= 10
-    assert sample("forescale_anomalies_total", {"target": "ec2"}) == n
-    assert sample("forescale_anomaly_score", {"target": "ec2"}) > 3
+    assert sample("forescale_anomalies_total", {"target": "ec2", "resource": ""}) == n
+    assert sample("forescale_anomaly_score", {"target": "ec2", "resource": ""}) > 3
     import contextlib
     import io
 
@@ -226,3 +226,47 @@ def test_the_masks_survive_a_restart_so_the_refit_after_it_still_masks_the_incid
     tomorrow = clean[(ts >= day + 14 * 3600) & (ts < day + 16 * 3600)].mean()  # the clean day's level
     assert np.mean(forgot.point[nxt]) > 1.8 * tomorrow  # the incident taught as a season
     assert np.mean(kept.point[nxt]) < 1.2 * tomorrow
+
+
+def test_every_resource_has_its_own_detector_and_its_steps_and_metric_name_it(tmp_path):
+    """A target sized by two real CPU traces of the same two weeks (NAB),
+    the incident injected into the further resource only: that resource's
+    detector flags every sample of it, the step after its data step names
+    it, the counter counts it under its name and the masks are kept under
+    its series; the target's own signal is not blamed for it."""
+    from engine.store import Store
+    from tests.support.replay import run_replay, target
+
+    ts, _, hit, inside, day = incident_trace()
+    end = int(np.searchsorted(ts, day + 16 * 3600 + 1800))
+    web = tmp_path / "web.csv"
+    web.write_text("timestamp,value\n" + "".join(f"{int(t)},{v}\n" for t, v in zip(ts[:end], hit[:end])))
+    own = read_csv(TRACES / "nab" / "ec2_cpu_utilization_53ea38.csv")
+    keep = own.timestamps <= ts[end - 1]
+    cpu = tmp_path / "cpu.csv"
+    cpu.write_text("timestamp,value\n" + "".join(
+        f"{int(t)},{v}\n" for t, v in zip(own.timestamps[keep], own.values[keep])))
+    t = target("t", cpu, anomalies={}, resource="cpu", forecaster="seasonal_persistence",
+               resources={"web": {"source": {"type": "replay", "path": str(web)}, "capacity_per_replica": 10.0}})
+    t["forecaster"]["history"] = "14d"
+    rep = run_replay(tmp_path / "run", [t], cycles=42, start_before_end=timedelta(hours=3, minutes=30))
+    decisions = [r.decision for r in rep.results]
+    assert all(r.ok for r in rep.results)
+    on_web = [d for d in decisions if "web" in d.extra.get("resource_anomalies", {})]
+    incident = {int(x) for x in ts[inside]}
+    at = {int(parse_time(d.extra["resource_anomalies"]["web"]["at"]).timestamp()) for d in on_web}
+    assert len(on_web) >= 20 and at <= incident  # the incident's samples the replay saw, nothing else
+    for d in on_web:
+        i = next(i for i, s in enumerate(d.steps) if s.name == "data" and s.resource == "web")
+        step = d.steps[i + 1]
+        assert (step.name, step.reason, step.resource) == ("anomaly", "AnomalyFlagged", "web")
+        assert step.message.startswith("web: observed")
+        assert d.extra["resource_anomalies"]["web"]["resource"] == "web"
+    # the target's own signal is not blamed for the other resource's incident
+    assert sum("anomaly" in d.extra for d in decisions) <= 1
+    sample = rep.metrics.registry.get_sample_value
+    assert sample("forescale_anomalies_total", {"target": "t", "resource": "web"}) == len(on_web)
+    assert sample("forescale_anomalies_total", {"target": "t", "resource": "cpu"}) == sum(
+        "anomaly" in d.extra for d in decisions)
+    with Store(tmp_path / "run" / "forescale.db") as s:
+        assert set(s.anomaly_masks("t/web")) == at
