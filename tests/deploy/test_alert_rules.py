@@ -50,7 +50,7 @@ def exported_names() -> set[str]:
 def test_rules_pass_promtool_check():
     r = run("check", "rules", str(RULES), cwd=DEPLOY)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "SUCCESS: 9 rules found" in r.stdout
+    assert "SUCCESS: 10 rules found" in r.stdout
 
 
 def test_every_alert_fires_in_the_unit_tests():
@@ -63,15 +63,19 @@ def test_every_alert_fires_in_the_unit_tests():
     assert firing == alerts and quiet == alerts
 
 
-def test_the_unit_tests_catch_a_broken_rule(tmp_path: Path):
+@pytest.mark.parametrize("alert, old, new", [
+    ("ForescaleCycleStale", "> 3 * forescale_cycle_interval_seconds", "> 300 * forescale_cycle_interval_seconds"),
+    ("ForescaleAnomalies", "increase(forescale_anomalies_total[30m]) >= 3",
+     "increase(forescale_anomalies_total[30m]) >= 30"),
+])
+def test_the_unit_tests_catch_a_broken_rule(tmp_path: Path, alert: str, old: str, new: str):
     # a rule whose threshold no longer fires must fail promtool test rules
-    text = RULES.read_text().replace("> 3 * forescale_cycle_interval_seconds",
-                                     "> 300 * forescale_cycle_interval_seconds")
+    text = RULES.read_text().replace(old, new)
     assert text != RULES.read_text()
     (tmp_path / RULES.name).write_text(text)
     shutil.copy(RULE_TESTS, tmp_path / RULE_TESTS.name)
     r = run("test", "rules", RULE_TESTS.name, cwd=tmp_path)
-    assert r.returncode != 0 and "ForescaleCycleStale" in r.stdout + r.stderr
+    assert r.returncode != 0 and alert in r.stdout + r.stderr
 
 
 def test_rules_use_only_exported_metrics():
@@ -83,7 +87,7 @@ def test_rules_use_only_exported_metrics():
 @pytest.mark.slow
 def test_accuracy_alert_inputs_are_the_series_a_real_run_exports(tmp_path: Path):
     # the committed block is what tests/support/alert_inputs.py writes from
-    # real replays: nobody types accuracy values by hand
+    # real replays: nobody types accuracy (or anomaly) values by hand
     from tests.support import alert_inputs
 
     for case in alert_inputs.CASES:

@@ -17,22 +17,7 @@ from engine.core.units import from_epoch, parse_time
 from engine.cycle import TargetRunner
 from engine.sources.csv import read_csv
 from tests.support import TRACES
-
-TRACE = TRACES / "nab" / "ec2_cpu_utilization_5f5533.csv"
-
-
-def incident_trace(factor: float = 3.0, hours: tuple[int, int] = (14, 16)):
-    """The real trace, and a copy with an incident: demand x ``factor`` from
-    14:00 to 16:00 UTC on its 13th day."""
-    s = read_csv(TRACE).regular(timedelta(minutes=5))
-    ts, clean = s.timestamps, s.values
-    day = int(ts[0]) // 86400 * 86400 + 12 * 86400
-    a, b = day + hours[0] * 3600, day + hours[1] * 3600
-    inside = (ts >= a) & (ts < b)
-    hit = clean.copy()
-    hit[inside] *= factor
-    return ts, clean, hit, inside, day
-
+from tests.support.replay import incident_trace
 
 def runner(anomalies: dict | None, forecaster: str = "seasonal_persistence") -> TargetRunner:
     t = parse_config({"targets": [{

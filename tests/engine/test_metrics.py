@@ -327,7 +327,7 @@ def test_dashboard_panels_use_only_metrics_the_engine_exports():
     panels = [p for p in dash["panels"] if p["type"] != "row"]
     titles = {p["title"] for p in panels}
     assert {"Predicted vs actual", "Capacity", "Decisions by action and reason", "Forecast error",
-            "MAPE and coverage", "MASE", "Cycle duration", "Errors"} <= titles
+            "MAPE and coverage", "MASE", "Cycle duration", "Errors", "Anomalies flagged"} <= titles
     exported = exported_names()
     for p in panels:
         assert p["datasource"]["uid"] == "${DS_PROMETHEUS}", p["title"]

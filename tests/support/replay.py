@@ -104,6 +104,23 @@ def demo_replay(workdir: Path, cycles: int = 60) -> Replay:
                       start_before_end=timedelta(minutes=5 * cycles))
 
 
+#: the real trace the anomaly tests inject an incident into
+INCIDENT_TRACE = TRACES / "nab" / "ec2_cpu_utilization_5f5533.csv"
+
+
+def incident_trace(factor: float = 3.0, hours: tuple[int, int] = (14, 16)):
+    """The real trace, and a copy with an incident: demand x ``factor`` from
+    14:00 to 16:00 UTC on its 13th day."""
+    s = read_csv(INCIDENT_TRACE).regular(timedelta(minutes=5))
+    ts, clean = s.timestamps, s.values
+    day = int(ts[0]) // 86400 * 86400 + 12 * 86400
+    a, b = day + hours[0] * 3600, day + hours[1] * 3600
+    inside = (ts >= a) & (ts < b)
+    hit = clean.copy()
+    hit[inside] *= factor
+    return ts, clean, hit, inside, day
+
+
 def fmt(v: float | None) -> str:
     """A promtool ``values`` item: ``_`` for a missing sample."""
     if v is None or math.isnan(v):
