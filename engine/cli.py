@@ -464,7 +464,7 @@ class _People:
             self.notifier = Notifier.from_config(cfg.notify, links=self.security.links.maker(SystemClock().now),
                                                  redactor=self.security.redactor)
             self.store = open_store(cfg)
-            self.notices = PlanNotices(self.notifier, self.store)
+            self.notices = PlanNotices(self.notifier, self.store, catch_up=cfg.notify.catch_up)
 
     def on_result(self, then: Any) -> Any:
         if self.notifier is None:
@@ -505,8 +505,11 @@ class _People:
 
     def close(self) -> None:
         if self.notifier is not None:
-            self.notifier.close()
-            self.store.close()
+            self.notifier.close()  # sends what is queued first
+            try:
+                self.notices.save(self.store)  # so the next start resumes after it
+            finally:
+                self.store.close()
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -797,7 +797,7 @@ class SecretSection(_Model):
 
 
 NotifyEvent = Literal["plan_created", "plan_approved", "plan_rejected", "plan_expired", "applied", "failed",
-                      "fallback_streak"]
+                      "fallback_streak", "missed"]
 
 
 class NotifyChannel(SecretSection):
@@ -865,6 +865,10 @@ class NotifyConfig(_Model):
     max_attempts: int = Field(5, ge=1)
     #: per-request timeout
     timeout: Duration = timedelta(seconds=5)
+    #: after a restart, at most this many plan events that happened while the
+    #: daemon was down are sent per channel (the newest; a ``missed`` event
+    #: says how many were left out); 0: none, start at the newest
+    catch_up: int = Field(20, ge=0, le=10_000)
 
 
 class ConsoleUser(SecretSection):

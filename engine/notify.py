@@ -10,6 +10,9 @@ Events (``Notifier.event(kind, target, payload)``)::
     failed          carrying it out failed
     fallback_streak N consecutive cycles of a target fell back to reactive
                     (``Notifier.cycle(target, decision)`` counts them)
+    missed          after a restart, more plan transitions happened while
+                    the daemon was down than ``notify.catch_up``: how many
+                    were left out (the newest ``catch_up`` follow)
 
 Each event becomes one line that says what is proposed and why, e.g.
 ``web: scale 4 -> 8 at 13:35 (forecast peak 1.9k needs 8); approve: <link>
@@ -43,7 +46,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Collection, Mapping, Protocol, Sequence
 
 import httpx
 
@@ -54,7 +57,7 @@ from .core.units import isoformat
 log = logging.getLogger("forescale.notify")
 
 EVENTS = ("plan_created", "plan_approved", "plan_rejected", "plan_expired", "applied", "failed",
-          "fallback_streak")
+          "fallback_streak", "missed")
 
 #: (plan id, action, channel name) -> an absolute approve/reject URL
 LinkMaker = Callable[[str, str, str], str]
@@ -130,6 +133,9 @@ def summarize(kind: str, target: str, payload: Mapping[str, Any]) -> str:
     if kind == "failed":
         return f"{target}: scaling {a} -> {b} failed" + (f" ({pid.strip()})" if pid else "") + \
             f": {payload.get('error', 'unknown error')}"
+    if kind == "missed":
+        return (f"{target}: {payload.get('skipped')} plan events while notifications were down are not sent "
+                f"(the newest {payload.get('sent')} follow); see forescale plans --all")
     if kind == "fallback_streak":
         return (f"{target}: {payload.get('streak')} consecutive fallback cycles ({_why(decision)}); "
                 f"capacity held at {(decision or {}).get('desired')}, no scale-down")
@@ -154,6 +160,8 @@ class Message:
     summary: str
     links: Mapping[str, str] = field(default_factory=dict)
     details: Mapping[str, Any] = field(default_factory=dict)
+    #: the plan transition it tells (its audit seq), for the channel's cursor
+    seq: int | None = None
 
     @property
     def line(self) -> str:
@@ -377,6 +385,8 @@ class _Worker:
                     return
                 self._deliver(msg)
             finally:
+                if msg is not None and msg.seq is not None:
+                    self.notifier._settled(self.channel.name, msg.seq)
                 self.queue.task_done()
 
     def _deliver(self, msg: Message) -> None:
@@ -428,6 +438,9 @@ class Notifier:
         self.sent: dict[str, int] = {c.name: 0 for c in self.channels}
         self.dropped: dict[str, int] = {c.name: 0 for c in self.channels}
         self._streaks: dict[str, int] = {}
+        #: per channel: the seqs of plan transitions queued and not yet sent
+        #: or given up (what a cursor must not pass)
+        self._outstanding: dict[str, set[int]] = {c.name: set() for c in self.channels}
         self._workers = [_Worker(self, c, queue_size) for c in self.channels]
 
     @classmethod
@@ -439,12 +452,22 @@ class Notifier:
         return cls(build_channels(cfg, environ), links=links, queue_size=cfg.queue_size,
                    max_attempts=cfg.max_attempts, fallback_streak=cfg.fallback_streak, redactor=red, **kw)
 
+    def _settled(self, channel: str, seq: int) -> None:
+        with self._lock:
+            self._outstanding[channel].discard(seq)
+
+    def unsettled(self, channel: str) -> int | None:
+        """The oldest plan transition (seq) queued for ``channel`` and not
+        yet sent or given up; None when there is none."""
+        with self._lock:
+            return min(self._outstanding.get(channel) or (), default=None)
+
     def _count(self, counter: dict[str, int], name: str) -> None:
         with self._lock:
             counter[name] = counter.get(name, 0) + 1
 
     def _message(self, kind: str, target: str, payload: Mapping[str, Any], channel: str,
-                 at: datetime) -> Message:
+                 at: datetime, seq: int | None = None) -> Message:
         plan = payload.get("plan")
         links: dict[str, str] = {}
         if kind == "plan_created" and plan:
@@ -457,22 +480,31 @@ class Notifier:
         if payload.get("decision"):
             details["decision"] = _brief_decision(payload["decision"])
         summary = self.redact(summarize(kind, target, payload))
-        return Message(kind, target, at, summary, links, json.loads(self.redact(json.dumps(details, default=str))))
+        return Message(kind, target, at, summary, links, json.loads(self.redact(json.dumps(details, default=str))),
+                       seq)
 
-    def event(self, kind: str, target: str, payload: Mapping[str, Any], *, at: datetime | None = None) -> None:
-        """Queue one event for every channel that takes it; never blocks,
-        never raises for a channel's sake (an unknown ``kind`` is a bug and
-        raises ValueError)."""
+    def event(self, kind: str, target: str, payload: Mapping[str, Any], *, at: datetime | None = None,
+              seq: int | None = None, channels: Collection[str] | None = None) -> None:
+        """Queue one event for every channel that takes it (``channels``:
+        only those named); never blocks, never raises for a channel's sake
+        (an unknown ``kind`` is a bug and raises ValueError). ``seq``: the
+        plan transition it tells, held as the channel's unsettled until the
+        message is sent or given up."""
         if kind not in EVENTS:
             raise ValueError(f"unknown notification kind {kind!r}; known: {', '.join(EVENTS)}")
         when = at or (self._now() if self._now else None) or _utcnow()
         for w in self._workers:
-            if kind not in w.channel.events:
+            if kind not in w.channel.events or (channels is not None and w.channel.name not in channels):
                 continue
-            msg = self._message(kind, target, payload, w.channel.name, when)
+            msg = self._message(kind, target, payload, w.channel.name, when, seq)
+            if seq is not None:
+                with self._lock:
+                    self._outstanding[w.channel.name].add(seq)
             try:
                 w.queue.put_nowait(msg)
             except queue.Full:
+                if seq is not None:
+                    self._settled(w.channel.name, seq)
                 self._count(self.dropped, w.channel.name)
                 log.warning("notify %s: queue full; dropped %s for %s", w.channel.name, kind, target)
 
@@ -524,22 +556,89 @@ class PlanNotices:
     the console, a signed link, in any process), is a row of the state
     file's ``plan_transitions``, ordered by its audit ``seq``. :meth:`poll`
     sends one event per row it has not seen; the daemon calls it after each
-    cycle, so exactly one process notifies. It starts after the newest row
-    present when it is made: a restart does not repeat old news. With
-    several replicas, ``leads(target)`` says which targets this one tells
-    about (those it leads), so each transition is told once."""
+    cycle, so exactly one process notifies. With several replicas,
+    ``leads(target)`` says which targets this one tells about (those it
+    leads), so each transition is told once.
 
-    def __init__(self, notifier: Notifier, store: Any, leads: Callable[[str], bool] | None = None) -> None:
+    Each channel has a cursor in the store (``notify_cursors``): the last
+    transition it has been told, or given up on after its retries. It moves
+    only past messages that are settled (sent, or dropped and counted), and
+    is saved after each poll and at :meth:`close`. On start each channel
+    resumes from its cursor, so what happened while the daemon was down (a
+    plan made or decided by the CLI, an expiry) is told, and nothing told
+    before is told again (after a crash, at most the messages still queued
+    at that moment are sent twice). The catch-up is bounded: past
+    ``catch_up`` transitions (default 20), only the newest that many are
+    sent, after one ``missed`` event saying how many were left out, so a
+    long outage does not flood a channel with stale plans. A channel seen
+    for the first time starts after the newest row (no old news)."""
+
+    def __init__(self, notifier: Notifier, store: Any, leads: Callable[[str], bool] | None = None, *,
+                 catch_up: int = 20) -> None:
         self.notifier = notifier
         self.leads = leads
         row = store.db.execute("SELECT MAX(seq) FROM plan_transitions").fetchone()
-        self.last_seq = int(row[0] or 0)
+        newest = int(row[0] or 0)
+        saved = store.notify_cursors()
+        #: per channel: the newest transition this process has looked at for it
+        self.polled: dict[str, int] = {}
+        self._saved: dict[str, int] = {}
         self._lock = threading.Lock()  # the daemon's cycle threads may poll at once
+        for ch in notifier.channels:
+            start = saved.get(ch.name, newest)
+            told = ", ".join(f"'{k}'" for k in _TRANSITION_KINDS)
+            missed = int(store.db.execute(
+                f"SELECT COUNT(*) FROM plan_transitions WHERE seq>? AND to_status IN ({told})",
+                (start,)).fetchone()[0])
+            if missed > catch_up:
+                # start after the oldest of those left out: the newest catch_up follow
+                row = store.db.execute(
+                    f"SELECT seq FROM plan_transitions WHERE seq>? AND to_status IN ({told}) "
+                    "ORDER BY seq DESC LIMIT 1 OFFSET ?", (start, catch_up)).fetchone()
+                start = int(row[0])
+                log.warning("notify %s: %d plan events while notifications were down; sending the newest %d",
+                            ch.name, missed, catch_up)
+                notifier.event("missed", "forescale", {"skipped": missed - catch_up, "sent": catch_up},
+                               channels=(ch.name,))
+            self.polled[ch.name] = start
+            self._saved[ch.name] = saved.get(ch.name, -1)
+        self.save(store)
+
+    @property
+    def last_seq(self) -> int:
+        """The newest transition looked at for every channel (set it to
+        look again from there, for every channel)."""
+        return min(self.polled.values(), default=0)
+
+    @last_seq.setter
+    def last_seq(self, seq: int) -> None:
+        self.polled = dict.fromkeys(self.polled, seq)
+
+    def cursors(self) -> dict[str, int]:
+        """Per channel, the last transition settled for it: looked at, and
+        its message (if any) sent or given up."""
+        out = {}
+        for name, polled in self.polled.items():
+            oldest = self.notifier.unsettled(name)
+            out[name] = polled if oldest is None else min(polled, oldest - 1)
+        return out
+
+    def save(self, store: Any) -> None:
+        """Write the cursors that moved (after a poll; at shutdown, after the
+        notifier sent what was queued)."""
+        from .core.clock import SystemClock
+
+        moved = {k: v for k, v in self.cursors().items() if self._saved.get(k) != v}
+        if moved:
+            store.save_notify_cursors(moved, SystemClock().now())
+            self._saved.update(moved)
 
     def poll(self, store: Any) -> int:
         """Send what happened since the last poll; returns how many events."""
         with self._lock:
-            return self._poll(store)
+            sent = self._poll(store)
+            self.save(store)
+            return sent
 
     def _poll(self, store: Any) -> int:
         from .core.units import from_epoch
@@ -548,9 +647,12 @@ class PlanNotices:
                                 (self.last_seq,)).fetchall()
         sent = 0
         for r in rows:
-            self.last_seq = max(self.last_seq, int(r["seq"]))
+            seq = int(r["seq"])
+            due = [name for name, polled in self.polled.items() if polled < seq]
+            for name in due:
+                self.polled[name] = seq
             kind = _TRANSITION_KINDS.get(r["to_status"])
-            if kind is None:  # applying: the claim before the write, not news
+            if kind is None or not due:  # applying: the claim before the write, not news
                 continue
             plan = store.plan(r["plan_id"])
             if self.leads is not None and not self.leads(plan.target):
@@ -562,7 +664,7 @@ class PlanNotices:
                 payload.update(identity=r["identity"], channel=r["channel"], comment=r["comment"])
             if r["reason"]:
                 payload["reason" if kind == "plan_expired" else "error"] = r["reason"]
-            self.notifier.event(kind, plan.target, payload, at=from_epoch(r["at"]))
+            self.notifier.event(kind, plan.target, payload, at=from_epoch(r["at"]), seq=seq, channels=due)
             sent += 1
         return sent
 

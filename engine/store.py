@@ -18,6 +18,9 @@ Tables:
 - ``anomaly_masks``  the samples the anomaly detector keeps out of training
                      (:mod:`engine.anomaly`), per series, so a restart's
                      refit still masks an incident;
+- ``notify_cursors`` per notification channel, the last plan transition it
+                     was told (:class:`engine.notify.PlanNotices`), so a
+                     restarted daemon tells what happened while it was down;
 - ``audit``          the tamper-evident hash chain (:mod:`engine.audit`), one
                      record per change to decisions, plans and actuations,
                      written in the same transaction as the change.
@@ -55,7 +58,7 @@ from .core.units import from_epoch, isoformat, parse_time, to_epoch
 
 #: 1: the first release; 2: plan_transitions, decisions.plan_id, the audit
 #: chain, decisions.approval a list of every decision on the plan;
-#: 3: anomaly_masks
+#: 3: anomaly_masks, notify_cursors
 SCHEMA_VERSION = 3
 
 #: the schema of version 1, frozen: a new file is created as version 1 and
@@ -143,14 +146,20 @@ CREATE INDEX IF NOT EXISTS decisions_plan ON decisions(plan_id);
 """
 
 #: what schema version 3 adds: the anomaly detector's masked samples (epoch
-#: second -> the value the forecaster sees instead), per series
-_V3_ANOMALY_MASKS = """
+#: second -> the value the forecaster sees instead), per series; and per
+#: notification channel the audit seq of the last plan transition told
+_V3_TABLES = """
 CREATE TABLE IF NOT EXISTS anomaly_masks (
     target TEXT NOT NULL,
     ts INTEGER NOT NULL,
     value REAL NOT NULL,
     PRIMARY KEY (target, ts)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS notify_cursors (
+    channel TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
 """
 
 #: the decision status that mirrors each plan state
@@ -301,7 +310,7 @@ class Store:
                     if version < 2:
                         self._migrate_from_1(db)
                     if version < 3:
-                        _execute(db, _V3_ANOMALY_MASKS)
+                        _execute(db, _V3_TABLES)
                     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             self._close_quietly()
@@ -501,6 +510,18 @@ class Store:
                 db.execute("DELETE FROM anomaly_masks WHERE target=?", (series,))
                 db.executemany("INSERT INTO anomaly_masks(target, ts, value) VALUES (?,?,?)",
                                [(series, int(t), float(v)) for t, v in sorted(masked.items())])
+
+    def notify_cursors(self) -> dict[str, int]:
+        """Per notification channel, the seq of the last plan transition it
+        was told (:class:`engine.notify.PlanNotices`)."""
+        return {str(r[0]): int(r[1]) for r in self.db.execute("SELECT channel, seq FROM notify_cursors")}
+
+    def save_notify_cursors(self, cursors: Mapping[str, int], now: datetime) -> None:
+        with self.tx() as db:
+            db.executemany(
+                "INSERT INTO notify_cursors(channel, seq, updated_at) VALUES (?,?,?) ON CONFLICT(channel) "
+                "DO UPDATE SET seq=excluded.seq, updated_at=excluded.updated_at",
+                [(name, int(seq), to_epoch(now)) for name, seq in cursors.items()])
 
     def anomaly_masks(self, series: str) -> dict[int, float]:
         """The masked samples of ``series`` (epoch second -> the value its

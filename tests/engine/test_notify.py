@@ -260,3 +260,99 @@ def test_a_real_cycle_plan_approval_and_apply_are_each_told_once(tmp_path):
                                 "reject": f"https://console.example/l/{pid}-reject-hook"}
     assert approved["summary"] == f"web: plan {pid} (5 -> 20) approved by user:alice via console: looks right"
     assert applied["summary"] == f"web: scaled 5 -> 20 (plan {pid})"
+
+
+def _up_and_down(tmp_path, hook, *, catch_up: int = 20):
+    """The daemon's notifications (engine.cli._People, from the config's
+    ``notify`` section) started and stopped: a restart is a new one."""
+    import yaml
+
+    from engine.cli import _People
+    from engine.config import load_config
+    from tests.support.live import target_dict, write_config, write_trace
+
+    cfg_path = tmp_path / "c.yaml"
+    if not cfg_path.exists():
+        trace = write_trace(tmp_path / "load.csv", [100.0] * 40)
+        write_config(cfg_path, [target_dict("web", trace, mode="approve", plan_ttl="1h")])
+    doc = yaml.safe_load(cfg_path.read_text())
+    doc["notify"] = {"channels": [{"type": "webhook", "name": "hook", "url": hook.url}], "catch_up": catch_up}
+    cfg_path.write_text(yaml.safe_dump(doc))
+    return _People(load_config(cfg_path)), cfg_path
+
+
+def test_a_restarted_daemon_tells_what_happened_while_it_was_down_and_nothing_twice(tmp_path):
+    from datetime import timedelta
+
+    from engine.plans import reject
+    from engine.store import Store
+    from tests.support.live import STEP, T0, Platform, build_live
+
+    now = T0 + 25 * STEP
+    with RecordingServer() as hook:
+        people, cfg = _up_and_down(tmp_path, hook)
+        live = build_live(cfg, people.store, Platform(capacity=5))
+        first = live.run(now).plan
+        people.notices.poll(people.store)
+        people.close()
+        assert [r.json["kind"] for r in hook.requests] == ["plan_created"]
+
+        # while the daemon is down: a person rejects the plan (what `forescale
+        # reject` does) and `forescale once` plans again
+        with Store(tmp_path / "state.db") as store:
+            reject(store, first.id, now + timedelta(minutes=1), identity="user:bob", channel="cli",
+                   comment="not now")
+            second = build_live(cfg, store, Platform(capacity=5)).run(now + STEP).plan
+        assert second is not None and second.id != first.id
+
+        people, _ = _up_and_down(tmp_path, hook)
+        assert people.notices.poll(people.store) == 2
+        people.close()
+        # and once more with nothing new: nothing is told again
+        people, _ = _up_and_down(tmp_path, hook)
+        assert people.notices.poll(people.store) == 0
+        people.close()
+    told = [(r.json["kind"], r.json["details"]["plan"]["id"]) for r in hook.requests]
+    assert told == [("plan_created", first.id), ("plan_rejected", first.id), ("plan_created", second.id)]
+    assert hook.requests[1].json["summary"] == f"web: plan {first.id} (5 -> 20) rejected by user:bob via cli: not now"
+
+
+def test_after_a_long_outage_only_the_newest_events_are_sent_after_one_line_saying_so(tmp_path):
+    from datetime import timedelta
+
+    from engine.plans import reject
+    from engine.store import Store
+    from tests.support.live import STEP, T0, Platform, build_live
+
+    now = T0 + 25 * STEP
+    with RecordingServer() as hook:
+        people, cfg = _up_and_down(tmp_path, hook, catch_up=1)
+        people.close()  # the channel's cursor: before anything happened
+        with Store(tmp_path / "state.db") as store:  # three events while it is down
+            live = build_live(cfg, store, Platform(capacity=5))
+            first = live.run(now).plan
+            reject(store, first.id, now + timedelta(minutes=1), identity="user:bob", channel="cli")
+            second = live.run(now + STEP).plan
+        people, _ = _up_and_down(tmp_path, hook, catch_up=1)
+        assert people.notices.poll(people.store) == 1
+        people.close()
+    assert [r.json["kind"] for r in hook.requests] == ["missed", "plan_created"]
+    assert hook.requests[0].json["summary"] == ("forescale: 2 plan events while notifications were down are not "
+                                                "sent (the newest 1 follow); see forescale plans --all")
+    assert hook.requests[1].json["details"]["plan"]["id"] == second.id
+
+
+def test_a_message_that_is_not_yet_sent_holds_the_channels_cursor():
+    """The cursor passes a transition only once its message is settled
+    (sent or given up), so a stop with a hung channel tells it again."""
+    hold = threading.Event()
+    with RecordingServer(Answer(hold=hold), Answer()) as hook:
+        n = Notifier([WebhookChannel("hook", hook.url, frozenset(EVENTS_ALL), 5)])
+        n.event("plan_approved", "web", {"plan": PLAN, "identity": "user:a"}, seq=7)
+        n.event("plan_rejected", "web", {"plan": PLAN, "identity": "user:a"}, seq=9)
+        assert hook.arrived.wait(5)
+        assert n.unsettled("hook") == 7
+        hold.set()
+        assert n.flush()
+        assert n.unsettled("hook") is None
+        n.close()

@@ -35,13 +35,14 @@ def test_a_new_database_gets_the_current_schema_once_and_a_newer_one_is_refused(
         open_store(pg_url)
 
 
-def test_a_version_2_database_is_upgraded_to_the_anomaly_masks_table(pg_url):
+def test_a_version_2_database_is_upgraded_to_the_version_3_tables(pg_url):
     with open_store(pg_url) as s:
         s.db.execute("DROP TABLE anomaly_masks")
-        s.db.execute("UPDATE schema_version SET version=2")  # as written before the masks were stored
+        s.db.execute("DROP TABLE notify_cursors")
+        s.db.execute("UPDATE schema_version SET version=2")  # as written before version 3
     with open_store(pg_url) as s:
         assert [r[0] for r in s.db.execute("SELECT version FROM schema_version ORDER BY version")] == [2, 3]
-        assert s.anomaly_masks("web") == {}
+        assert s.anomaly_masks("web") == {} and s.notify_cursors() == {}
 
 
 def test_replicas_opening_a_fresh_database_at_once_migrate_it_once(pg_url):

@@ -317,6 +317,14 @@ def test_a_read_only_database_is_a_state_error(sqlite_store):
     assert store.load_state("web") == full_state()
 
 
+def test_notify_cursors_are_saved_per_channel_and_read_back_after_reopening(state):
+    with open_store(state) as s:
+        s.save_notify_cursors({"hook": 3, "mail": 5}, NOW)
+        s.save_notify_cursors({"hook": 9}, NOW + minutes(5))
+    with open_store(state) as s:
+        assert s.notify_cursors() == {"hook": 9, "mail": 5}
+
+
 def test_anomaly_masks_are_recorded_with_the_decision_and_read_back_after_reopening(state):
     with open_store(state) as s:
         s.record_decision(make_decision(NOW), "observe", "observed", NOW,
@@ -330,14 +338,15 @@ def test_anomaly_masks_are_recorded_with_the_decision_and_read_back_after_reopen
         assert s.anomaly_masks("other") == {}
 
 
-def test_a_version_2_file_gains_the_anomaly_masks_table_and_keeps_its_rows(db_path):
+def test_a_version_2_file_gains_the_version_3_tables_and_keeps_its_rows(db_path):
     with Store(db_path) as s:
         s.record_decision(make_decision(NOW), "observe", "observed", NOW)
         s.db.execute("DROP TABLE anomaly_masks")
-        s.db.execute("PRAGMA user_version=2")  # as a file written before the masks were stored
+        s.db.execute("DROP TABLE notify_cursors")
+        s.db.execute("PRAGMA user_version=2")  # as a file written before version 3
     with Store(db_path) as s:
         assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-        assert s.anomaly_masks("web") == {} and len(s.decisions("web")) == 1
+        assert s.anomaly_masks("web") == {} and s.notify_cursors() == {} and len(s.decisions("web")) == 1
         from engine.audit import verify
 
         assert verify(s).ok
