@@ -595,16 +595,24 @@ def cmd_decisions(args: argparse.Namespace) -> int:
 
 
 def cmd_plans(args: argparse.Namespace) -> int:
+    """List plans. A listing writes nothing: a plan past its expiry shows as
+    expired (left out of what waits), and the daemon's next cycle of its
+    target records the transition (:mod:`engine.plans`, "querying")."""
     from .core.clock import SystemClock
-    from .plans import expire_plans, pending
+    from .plans import as_of, past_expiry, pending
 
+    now = SystemClock().now()
     with _store(args) as store:
-        expire_plans(store, args.target, SystemClock().now())
-        plans = store.plans(args.target) if args.all else [v.plan for v in pending(store, args.target)]
+        stored = store.plans(args.target) if args.all else [v.plan for v in pending(store, args.target, now=now)]
         if args.history:
-            history = {p.id: store.plan_history(p.id) for p in plans}
+            history = {p.id: store.plan_history(p.id) for p in stored}
+    unrecorded = {p.id for p in stored if past_expiry(p, now)}
+    plans = [as_of(p, now) for p in stored]
     if args.json:
         out = [p.to_dict() for p in plans]
+        for d in out:
+            if d["id"] in unrecorded:
+                d["expiry_recorded"] = False
         if args.history:
             for d in out:
                 d["history"] = [t.to_dict() for t in history[d["id"]]]
@@ -614,8 +622,9 @@ def cmd_plans(args: argparse.Namespace) -> int:
         print("no plans waiting" if not args.all else "no plans")
     for p in plans:
         who = f" by {p.actor} via {p.channel}" if p.actor else ""
+        late = " (its expiry is recorded at the target's next cycle)" if p.id in unrecorded else ""
         print(f"{p.id}  {p.target:<14} {p.from_capacity} -> {p.to_capacity}  {p.status.value:<10}{who} "
-              f"made {isoformat(p.created_at)} expires {isoformat(p.expires_at)}  {p.description}")
+              f"made {isoformat(p.created_at)} expires {isoformat(p.expires_at)}{late}  {p.description}")
         for t in history.get(p.id, []) if args.history else []:
             print(f"      {isoformat(t.at)}  {t.from_status.value if t.from_status else '-':>10} -> "
                   f"{t.to_status.value:<10} {t.identity or '':<22} {t.channel or '':<7} {t.comment or t.reason}")

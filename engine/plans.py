@@ -300,7 +300,7 @@ def _check_who(identity: str, channel: str) -> None:
 
 
 def _expire_if_due(store: Any, plan: Plan, now: datetime, why: str) -> bool:
-    if plan.status in OPEN and now >= plan.expires_at:
+    if past_expiry(plan, now):
         store.transition_plan(plan.id, PlanStatus.EXPIRED, now, allowed_from=OPEN, channel="auto",
                               reason=why, outcome={"plan_id": plan.id, "expired_at": str(plan.expires_at)})
         return True
@@ -541,13 +541,33 @@ def tick(store: "Store", target: "TargetConfig", actuator: Any, now: datetime) -
 
 
 # ---------------------------------------------------------------- querying
+# A listing never writes. An open plan past its ``expires_at`` is shown as
+# expired (:func:`as_of`) and left out of what waits (:func:`pending`); the
+# ``expired`` transition itself is recorded by the daemon's next cycle of the
+# target (:func:`tick`), or by an approve or apply of the plan, so that every
+# transition is made by the process acting on the plan and told once.
+def past_expiry(plan: Plan, now: datetime) -> bool:
+    """``plan`` is open but its time is up: it can no longer be approved or
+    applied, and its ``expired`` transition is not recorded yet."""
+    return plan.status in OPEN and now >= plan.expires_at
+
+
+def as_of(plan: Plan, now: datetime) -> Plan:
+    """``plan`` as a listing at ``now`` shows it: expired once past its time
+    (see :func:`past_expiry`), whatever the state file says yet."""
+    return replace(plan, status=PlanStatus.EXPIRED) if past_expiry(plan, now) else plan
+
+
 def pending(store: "Store", target: str | None = None,
-            targets: Mapping[str, "TargetConfig"] | None = None) -> list[PlanView]:
+            targets: Mapping[str, "TargetConfig"] | None = None, now: datetime | None = None) -> list[PlanView]:
     """Plans waiting for a person (pending, and approved but not yet
     applied), newest first, each with its decision, schedule and history;
-    ``targets`` (name -> TargetConfig) fills in the auto-approval deadline."""
+    ``targets`` (name -> TargetConfig) fills in the auto-approval deadline;
+    with ``now``, a plan past its expiry waits for nobody and is left out."""
     out = []
     for p in store.plans(target, PlanStatus.PENDING) + store.plans(target, PlanStatus.APPROVED):
+        if now is not None and past_expiry(p, now):
+            continue
         cfg = (targets or {}).get(p.target)
         deadline = None
         if cfg is not None and p.status == PlanStatus.PENDING:
@@ -558,5 +578,5 @@ def pending(store: "Store", target: str | None = None,
 
 
 __all__ = ["AUTO_APPROVER", "CHANNELS", "EMERGENCY_APPROVER", "OPEN", "PlanEvent", "PlanView", "apply_approved",
-           "apply_plan", "approve", "auto_approve", "cli_identity", "create_plan", "expire_plans", "pending",
+           "apply_plan", "approve", "as_of", "auto_approve", "cli_identity", "create_plan", "expire_plans", "past_expiry", "pending",
            "plan_lifetime", "reject", "settle_interrupted", "tick", "verify_approval"]

@@ -227,7 +227,7 @@ class Console:
                 data = views.chart_data(store, t, now, views.WINDOWS["1d"])
                 cards.append({"name": t.name, "mode": t.mode, "svg": chart.render(data, title=f"{t.name}, last day"),
                               "last": (store.decisions(t.name, limit=1) or [None])[0]})
-            return {"plans": views.plan_rows(store, targets), "cards": cards}
+            return {"plans": views.plan_rows(store, targets, now), "cards": cards}
 
         ctx = await self.with_store(gather)
         return self.page(request, "index.html", **ctx, done=request.query_params.get("done"),
@@ -251,7 +251,7 @@ class Console:
             return {"svg": chart.render(data, title=f"{name}, last {window_key}"), "decisions": decisions,
                     "schedule": sched, "schedule_rows": views.schedule_rows(sched),
                     "accuracy": views.accuracy_rows(store, name, window),
-                    "plans": [p for p in views.plan_rows(store, self.targets()) if p["plan"]["target"] == name]}
+                    "plans": [p for p in views.plan_rows(store, self.targets(), now) if p["plan"]["target"] == name]}
 
         ctx = await self.with_store(gather)
         return self.page(request, "target.html", target=t, window=window_key, windows=list(views.WINDOWS),
@@ -298,7 +298,7 @@ class Console:
             used = await self.with_store(lambda st: self.security.links.used(st, link))
             if used:
                 raise AuthError("this approval link was already used")
-            plan = await self.with_store(lambda st: views.plan_rows(st, self.targets()))
+            plan = await self.with_store(lambda st: views.plan_rows(st, self.targets(), self.clock.now()))
         except AuthError as exc:
             return self.error(request, 403, str(exc))
         view = next((p for p in plan if p["plan"]["id"] == link.plan_id), None)
@@ -341,7 +341,7 @@ class Console:
     async def api_plans(self, request: Request) -> Response:
         if self._bearer(request) is None:
             return _unauthorized()
-        rows = await self.with_store(lambda st: views.plan_rows(st, self.targets()))
+        rows = await self.with_store(lambda st: views.plan_rows(st, self.targets(), self.clock.now()))
         for r in rows:
             r.pop("schedule_rows", None)
         return JSONResponse({"plans": rows})

@@ -97,13 +97,14 @@ def decision_rows(store: Any, target: str | None, limit: int = 20) -> list[dict[
     return store.decisions(target, limit=limit)
 
 
-def plan_rows(store: Any, targets: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Plans waiting for a person, newest first, with the decision behind
-    each (its steps), its schedule and history."""
+def plan_rows(store: Any, targets: Mapping[str, Any], now: datetime) -> list[dict[str, Any]]:
+    """Plans waiting for a person at ``now`` (one past its expiry waits for
+    nobody), newest first, with the decision behind each (its steps), its
+    schedule and history."""
     from ..plans import pending
 
     out = []
-    for v in pending(store, targets=targets):
+    for v in pending(store, targets=targets, now=now):
         d = v.to_dict()
         d["schedule_rows"] = schedule_rows(v.schedule or (v.decision or {}).get("schedule"))
         out.append(d)

@@ -112,6 +112,23 @@ def test_the_approval_api_takes_a_bearer_token(tmp_path, env):
     assert client.post("/api/plans/x/delete", headers=auth).status_code == 404
 
 
+def test_a_plan_past_its_expiry_is_no_longer_offered_and_listing_writes_nothing(tmp_path, env):
+    state = make_console_state(tmp_path, NOW)  # plan_ttl 2h
+    client, clock = client_for(state)
+    login(client)
+    auth = {"authorization": f"Bearer {ALICE_TOKEN}"}
+    assert len(client.get("/api/plans", headers=auth).json()["plans"]) == 1
+    clock.set(NOW + timedelta(hours=2, minutes=1))  # past its time, no cycle since
+    with Store(tmp_path / "state.db") as store:
+        before = store.db.execute("SELECT COUNT(*) FROM audit").fetchone()[0]
+    assert client.get("/api/plans", headers=auth).json()["plans"] == []
+    page = client.get("/")
+    assert "No plans are waiting." in page.text and f'action="/plans/{state.plan_id}/approve"' not in page.text
+    with Store(tmp_path / "state.db") as store:
+        assert store.plan(state.plan_id).status.value == "pending"  # the daemon's next cycle records it
+        assert store.db.execute("SELECT COUNT(*) FROM audit").fetchone()[0] == before
+
+
 def test_every_response_carries_the_security_headers_and_no_inline_code(tmp_path, env):
     state = make_console_state(tmp_path, NOW)
     client, _ = client_for(state)

@@ -652,3 +652,34 @@ def test_the_cli_never_applies_beside_a_running_daemon(planned, capsys):
         daemon.close()
     code, out, err = run_cli(capsys, "apply", plan.id, "--config", str(cfg))
     assert code == 0 and store.plan(plan.id).status == PlanStatus.APPLIED
+
+
+def test_listing_plans_writes_nothing_and_shows_a_plan_past_its_expiry_as_expired(planned, capsys):
+    """``forescale plans`` is a read: a plan past its time is shown expired
+    (and no longer waiting) without a transition being written; the
+    daemon's next cycle of the target records it, once."""
+    cfg, store, live, plan = planned(plan_ttl="30s")  # made a minute ago: past its time now
+
+    def written() -> tuple[int, int]:
+        return (store.db.execute("SELECT COUNT(*) FROM plan_transitions").fetchone()[0],
+                store.db.execute("SELECT COUNT(*) FROM audit").fetchone()[0])
+
+    before = written()
+    rc, out, _ = run_cli(capsys, "plans", "--config", str(cfg))
+    assert rc == 0 and out.strip() == "no plans waiting"
+    rc, out, _ = run_cli(capsys, "plans", "--config", str(cfg), "--all")
+    assert rc == 0 and f"{plan.id}  web" in out and " expired " in out
+    assert "its expiry is recorded at the target's next cycle" in out
+    rc, out, _ = run_cli(capsys, "plans", "--config", str(cfg), "--all", "--json")
+    (p,) = json.loads(out)
+    assert p["status"] == "expired" and p["expiry_recorded"] is False
+    assert written() == before and store.plan(plan.id).status == PlanStatus.PENDING
+    # the daemon's next cycle records the expiry (and a new plan), and the
+    # listing then says it is recorded
+    res = live.run(SystemClock().now())
+    assert f"plan {plan.id} expired unapproved (web 5 -> 20)" in res.details["plans"]
+    assert store.plan(plan.id).status == PlanStatus.EXPIRED
+    assert [t.to_status for t in store.plan_history(plan.id)] == [PlanStatus.PENDING, PlanStatus.EXPIRED]
+    rc, out, _ = run_cli(capsys, "plans", "--config", str(cfg), "--all", "--json")
+    old = next(d for d in json.loads(out) if d["id"] == plan.id)
+    assert old["status"] == "expired" and "expiry_recorded" not in old
