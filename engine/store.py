@@ -654,8 +654,9 @@ class Store:
         if targets is None:
             targets = [r[0] for r in self.db.execute(
                 "SELECT target FROM target_state UNION SELECT target FROM forecasts "
-                "UNION SELECT target FROM samples UNION SELECT target FROM decisions")]
-        gone = {"forecasts": 0, "samples": 0, "decisions": 0, "plans": 0, "actuations": 0}
+                "UNION SELECT target FROM samples UNION SELECT target FROM decisions "
+                "UNION SELECT target FROM anomaly_masks")]
+        gone = {"forecasts": 0, "samples": 0, "anomaly_masks": 0, "decisions": 0, "plans": 0, "actuations": 0}
         for t in targets:
             with self.tx() as db:
                 if forecasts_before is not None:
@@ -664,6 +665,9 @@ class Store:
                 if samples_before is not None:
                     gone["samples"] += db.execute("DELETE FROM samples WHERE target=? AND ts<?",
                                                   (t, to_epoch(samples_before))).rowcount
+                    # a masked sample older than the samples kept is in no fit
+                    gone["anomaly_masks"] += db.execute("DELETE FROM anomaly_masks WHERE target=? AND ts<?",
+                                                        (t, to_epoch(samples_before))).rowcount
                 if decisions_before is not None:
                     cut = to_epoch(decisions_before)
                     gone["actuations"] += db.execute(

@@ -336,6 +336,11 @@ def test_anomaly_masks_are_recorded_with_the_decision_and_read_back_after_reopen
         assert s.anomaly_masks("web") == {T0: 40.0}
         assert s.anomaly_masks("web/memory") == {T0: 2.5}
         assert s.anomaly_masks("other") == {}
+        # retention drops a mask with the samples it masked, per series
+        s.record_decision(make_decision(NOW + minutes(10)), "observe", "observed", NOW + minutes(10),
+                          masks={"web": {T0 - 600: 1.0, T0: 40.0}})
+        assert s.prune(samples_before=NOW)["anomaly_masks"] == 1
+        assert s.anomaly_masks("web") == {T0: 40.0} and s.anomaly_masks("web/memory") == {T0: 2.5}
 
 
 def test_a_version_2_file_gains_the_version_3_tables_and_keeps_its_rows(db_path):
