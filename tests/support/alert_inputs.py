@@ -81,6 +81,16 @@ def humanize_duration(v: float) -> str:
     return f"{sign}{sec}s"
 
 
+def input_block(name: str, metric: str, series: dict[str, list[float | None]], labels: str = "") -> list[str]:
+    """A promtool test's head and its input series: ``metric`` of each
+    target in ``series`` (one value per 5-minute cycle), with ``labels``."""
+    lines = [f"  - name: {name}\n", "    interval: 5m\n", "    input_series:\n"]
+    for target, values in series.items():
+        lines.append(f"      - series: '{metric}{{{LABELS},target=\"{target}\"{labels}}}'\n")
+        lines.append(f"        values: '{' '.join(fmt(v) for v in values)}'\n")
+    return lines
+
+
 #: the predictive alert: its for (cycles) and its threshold in seconds
 PREDICTIVE = ("ForescaleThresholdForecast", 3, 6 * 3600)
 PREDICTIVE_CYCLES = 144  # twelve hours
@@ -93,12 +103,8 @@ def render_predictive(workdir: Path) -> str:
     metric = "forescale_forecast_time_to_threshold_seconds"
     series = {name: rep.series(metric, target=name, alert="storage-full") for name in ("data", "logs")}
     alert, hold, limit = PREDICTIVE
-    lines = ["  - name: predictive alert on series exported by real runs (the storage-quota case)\n",
-             "    interval: 5m\n",
-             "    input_series:\n"]
-    for name, values in series.items():
-        lines.append(f"      - series: '{metric}{{{LABELS},target=\"{name}\",alert=\"storage-full\"}}'\n")
-        lines.append(f"        values: '{' '.join(fmt(v) for v in values)}'\n")
+    lines = input_block("predictive alert on series exported by real runs (the storage-quota case)", metric,
+                        series, ',alert="storage-full"')
     firing_by_cycle = [[n for n, v in series.items() if fires(v, "<", limit, hold, i)]
                        for i in range(PREDICTIVE_CYCLES)]
     first = next((i for i, who in enumerate(firing_by_cycle) if who), None)
@@ -157,12 +163,8 @@ def render_anomaly(workdir: Path) -> str:
     at = first + window - 1  # the window then holds `window` cycles of the incident
     if api[at] - api[first - 1] < need + 1:
         raise AssertionError(f"{alert}: the incident's first half hour must be flagged")
-    lines = ["  - name: anomaly alert on series exported by real runs (an incident injected into a real trace)\n",
-             "    interval: 5m\n",
-             "    input_series:\n"]
-    for name, values in series.items():
-        lines.append(f"      - series: '{metric}{{{LABELS},target=\"{name}\"}}'\n")
-        lines.append(f"        values: '{' '.join(fmt(v) for v in values)}'\n")
+    lines = input_block("anomaly alert on series exported by real runs (an incident injected into a real trace)",
+                        metric, series)
     lines += ["    alert_rule_test:\n",
               f"      - eval_time: {5 * (first - 1)}m\n", f"        alertname: {alert}\n",
               "        exp_alerts: []\n",
