@@ -960,23 +960,30 @@ def cmd_fit(args: argparse.Namespace) -> int:
     ex_cfg = _executor_config(cfg, args)
     fitted, stats, workers = _on_executor(ex_cfg, len(jobs), "fit: series", args.quiet or args.json,
                                           lambda ex, done: fit_models(jobs, ex, on_done=done))
-    # where the daemon looks for them: beside the state file, or for a
-    # PostgreSQL state beside the config (the store's rule)
-    from .store import _models_base
+    # where the daemon looks for them: beside the state file, or a
+    # PostgreSQL state's shared models table (every replica reads it)
+    from contextlib import nullcontext
 
-    state = str(cfg.state_path) if cfg.state_url is None else _models_base(cfg)
+    from .checkpoints import FileShelf, shelf_for
+    from .store import open_store
+
     rows: dict[str, dict[str, Any]] = {}
-    for t in targets:
-        res = fitted.get(t.name)
-        if isinstance(res, FittedModel):
-            if save_checkpoint(t, state, res, now):
-                rows[t.name] = {"fitted": res.version, "seconds": round(res.seconds, 3)}
-            else:
-                rows[t.name] = {"error": "the checkpoint could not be written (see the log line)"}
-        elif res is not None:
-            rows[t.name] = {"error": f"{res.reason}" + (f" ({res.kind})" if res.kind == "lost" else "")}
+    with (open_store(cfg) if cfg.state_url is not None else nullcontext()) as store:
+        if store is None:
+            state, shelf = str(cfg.state_path), FileShelf(str(cfg.state_path))
         else:
-            rows[t.name] = {"skipped": skipped[t.name]}
+            state, shelf = f"{store.path} (its models table)", shelf_for(store)
+        for t in targets:
+            res = fitted.get(t.name)
+            if isinstance(res, FittedModel):
+                if save_checkpoint(t, shelf, res, now):
+                    rows[t.name] = {"fitted": res.version, "seconds": round(res.seconds, 3)}
+                else:
+                    rows[t.name] = {"error": "the checkpoint could not be written (see the log line)"}
+            elif res is not None:
+                rows[t.name] = {"error": f"{res.reason}" + (f" ({res.kind})" if res.kind == "lost" else "")}
+            else:
+                rows[t.name] = {"skipped": skipped[t.name]}
     failed = bool(fleet.errors) or any("error" in r for r in rows.values())
     if args.json:
         _print_json({"executor": _executor_json(ex_cfg, workers, stats),
@@ -987,7 +994,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
                 else f"not fitted: {r.get('error') or r['skipped']}")
         print(f"{name:<24} {what}")
     print(f"executor {ex_cfg.kind} ({workers} worker(s)): {stats.tasks} fits in {stats.seconds:.1f} s; "
-          f"checkpoints beside {state}")
+          f"checkpoints in {state}")
     return EXIT_FAILURE if failed else 0
 
 

@@ -1,7 +1,7 @@
 """Per-series fits spread over an executor (``forescale fit``): each
 target's configured forecaster fitted on its own history, one task per
-target, the fitted model saved as the target's checkpoint next to the state
-file, so the daemon (``forescale run``, ``once``) restores it at its first
+target, the fitted model saved as the target's checkpoint (next to the state
+file, or in a PostgreSQL state's shared table), so the daemon (``forescale run``, ``once``) restores it at its first
 cycle instead of fitting (:mod:`engine.checkpoints`).
 
 A task gets the target's history (arrays), the forecaster's registry name
@@ -117,14 +117,16 @@ def fit_jobs_for(config: Any, fleet: Any, now: datetime) -> tuple[list[FitJob], 
     return jobs, skipped
 
 
-def save_checkpoint(target: Any, state_path: str, fitted: FittedModel, now: datetime) -> bool:
-    """Write ``fitted`` as ``target``'s checkpoint, fitted at ``now`` (what the
-    daemon's refit schedule counts from). False when it could not be written
-    (the reason is logged)."""
+def save_checkpoint(target: Any, shelf: Any, fitted: FittedModel, now: datetime) -> bool:
+    """Write ``fitted`` as ``target``'s checkpoint on ``shelf``
+    (:func:`engine.checkpoints.shelf_for`: files beside a SQLite state, the
+    shared table of a PostgreSQL one), fitted at ``now`` (what the daemon's
+    refit schedule counts from). False when it could not be written (the
+    reason is logged)."""
     from .checkpoints import ModelCheckpoint
 
     runner = SimpleNamespace(forecaster=fitted.load(), last_fit=now)
-    checkpoint = ModelCheckpoint(target, state_path)
+    checkpoint = ModelCheckpoint(target, shelf)
     checkpoint.save(runner, from_epoch(fitted.history_end))
     return checkpoint.saved_fit == now
 

@@ -18,7 +18,7 @@ from engine.config import load_config
 from engine.core.errors import PlanStateError, StateError
 from engine.core.types import PlanStatus
 from engine.db import redact_url
-from engine.postgres import PgStore
+from engine.postgres import MIGRATIONS, PG_SCHEMA_VERSION, PgStore
 from engine.store import SCHEMA_VERSION, open_store
 from tests.engine.test_store import NOW, make_decision, plan
 from tests.support import ROOT
@@ -28,11 +28,25 @@ from tests.support.postgres import PASSWORD, pg_server, pg_url  # noqa: F401 - f
 def test_a_new_database_gets_the_current_schema_once_and_a_newer_one_is_refused(pg_url):
     with open_store(pg_url) as s, open_store(pg_url) as again:
         assert isinstance(s, PgStore) and s.shared
-        assert s.schema_version == again.schema_version == SCHEMA_VERSION
-        assert [r[0] for r in s.db.execute("SELECT version FROM schema_version")] == [SCHEMA_VERSION]
-        s.db.execute("INSERT INTO schema_version(version) VALUES (?)", (SCHEMA_VERSION + 1,))
-    with pytest.raises(StateError, match=f"schema version {SCHEMA_VERSION + 1} is newer"):
+        assert s.schema_version == again.schema_version == PG_SCHEMA_VERSION
+        assert [r[0] for r in s.db.execute("SELECT version FROM schema_version ORDER BY version")] == \
+            sorted(MIGRATIONS) == list(range(SCHEMA_VERSION, PG_SCHEMA_VERSION + 1))
+        s.db.execute("INSERT INTO schema_version(version) VALUES (?)", (PG_SCHEMA_VERSION + 1,))
+    with pytest.raises(StateError, match=f"schema version {PG_SCHEMA_VERSION + 1} is newer"):
         open_store(pg_url)
+
+
+def test_a_version_2_database_is_upgraded_to_the_shared_model_checkpoints_keeping_its_rows(pg_url):
+    with open_store(pg_url) as s:  # as a forescale of schema 2 left it: no models table
+        s.record_decision(make_decision(NOW), "dry-run", "dry-run", NOW)
+        s.db.execute("DROP TABLE models")
+        s.db.execute("DELETE FROM schema_version WHERE version = 3")
+        assert s.schema_version == 2
+    with open_store(pg_url) as s:
+        assert s.schema_version == PG_SCHEMA_VERSION
+        assert len(s.decisions()) == 1 and audit.verify(s).ok
+        s.save_model("web", {"key": "k", "last_fit": 1}, b"\x00model\xff")
+        assert s.load_model("web") == ({"key": "k", "last_fit": 1}, b"\x00model\xff")
 
 
 def test_replicas_opening_a_fresh_database_at_once_migrate_it_once(pg_url):
@@ -51,7 +65,7 @@ def test_replicas_opening_a_fresh_database_at_once_migrate_it_once(pg_url):
         t.join()
     assert not errors
     with open_store(pg_url) as s:
-        assert s.db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 1
+        assert s.db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == len(MIGRATIONS)  # each once
 
 
 _WRITER = """
@@ -173,7 +187,7 @@ def test_the_password_can_come_from_the_variable_the_config_names(pg_server, tmp
         open_store(load_config(cfg))
     monkeypatch.setenv("DB_PW", PASSWORD)
     with open_store(load_config(cfg)) as s:
-        assert s.schema_version == SCHEMA_VERSION
+        assert s.schema_version == PG_SCHEMA_VERSION
         assert PASSWORD not in s.path
     from engine.auth import config_secrets
 
