@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from collections import Counter
 
@@ -17,7 +16,8 @@ from engine import audit
 from engine.core.units import parse_time
 from engine.store import open_store
 from tests.support.postgres import pg_server, pg_url  # noqa: F401 - fixtures
-from tests.support.replica import events, failover_config, in_flight, start_replica, wait_for
+from tests.support.replica import (events, failover_config, in_flight, start_replica, stop_replicas,
+                                   wait_for)
 
 LEASE_S, RENEW_S, INTERVAL_S = 4.0, 1.0, 3.0
 
@@ -50,14 +50,7 @@ def test_the_standby_takes_over_within_the_lease_and_nothing_is_applied_twice(pg
         wait_for(lambda: sum(e["kind"] == "end" and e["pid"] == standby.pid for e in events(platform)) >= 2,
                  60, "applies by the standby", [standby], logs)
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_replicas(procs.values())
     evs = events(platform)
     begins = [e for e in evs if e["kind"] == "begin"]
     # no decision applied twice; each by one process
@@ -107,14 +100,7 @@ def test_the_new_leader_restores_the_model_the_dead_one_fitted_instead_of_refitt
         wait_for(lambda: any(e["kind"] == "end" and e["pid"] == standby.pid for e in events(platform)),
                  LEASE_S + 60, "an apply by the standby", [standby], logs)
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_replicas(procs.values())
     with open_store(pg_url) as s:
         (row,) = s.db.execute("SELECT meta, holder, epoch FROM models WHERE name='svc-0'").fetchall()
         saved = json.loads(row[0])["version"]

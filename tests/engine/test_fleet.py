@@ -505,6 +505,18 @@ def test_a_discovered_target_whose_actuator_is_refused_is_left_out_and_the_other
 
 
 # ------------------------------------------------- select and fit see templates
+def one_daemon_cycle(cfg: Path, at: int) -> list:
+    """The results of the daemon's first batched cycle of the 'storage' template at ``at``."""
+    results: list = []
+    d = Daemon(cfg, clock=ManualClock(from_epoch(at)), monotonic=lambda: 1000.0, on_result=results.append)
+    try:
+        d.tick()
+        assert d.templates["storage"].wait(60)
+    finally:
+        d.shutdown(5)
+    return results
+
+
 @pytest.mark.prometheus
 def test_select_chooses_a_template_targets_model_and_the_daemons_member_then_forecasts_with_it(
         fleet_prometheus, tmp_path, capsys):
@@ -527,14 +539,7 @@ def test_select_chooses_a_template_targets_model_and_the_daemons_member_then_for
                                                                       "refit_every": "6h"}}}
     # the daemon on the written config: alice's member forecasts with the
     # chosen model, the template's other targets keep the template's
-    results = []
-    d = Daemon(out, clock=ManualClock(from_epoch(end)), monotonic=lambda: 1000.0, on_result=results.append)
-    try:
-        d.tick()
-        assert d.templates["storage"].wait(60)
-    finally:
-        d.shutdown(5)
-    got = {r.target: r for r in results}
+    got = {r.target: r for r in one_daemon_cycle(out, end)}
     assert sorted(got) == ["storage-alice-g1", "storage-bob-g1", "storage-carol-g2"]
     assert got["storage-alice-g1"].forecast.model == "seasonal_naive"
     assert not got["storage-alice-g1"].decision.fallback
@@ -566,13 +571,8 @@ def test_fit_fits_a_template_targets_model_and_the_daemons_member_restores_it(fl
     rows = json.loads(capsys.readouterr().out)["targets"]
     assert sorted(rows) == ["storage-alice-g1", "storage-bob-g1", "storage-carol-g2"]
     assert all(r["fitted"].startswith("holt_winters:") for r in rows.values()), rows
-    results = []
-    d = Daemon(cfg, clock=ManualClock(from_epoch(end)), monotonic=lambda: 1000.0, on_result=results.append)
-    try:
-        d.tick()
-        assert d.templates["storage"].wait(60)
-    finally:
-        d.shutdown(5)
+    results = one_daemon_cycle(cfg, end)
+    assert len(results) == 3
     for r in results:  # each member's first cycle restored its fitted model: no fit of its own
         assert r.details.get("model", "").startswith(f"model {rows[r.target]['fitted']} restored"), r.details
         assert r.forecast.model_version == rows[r.target]["fitted"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -127,6 +128,19 @@ def start_replica(cfg: Path, log: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tests.support.replica", "run", "--config", str(cfg),
                              "--tick", "0.05"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=log.open("w"))
+
+
+def stop_replicas(procs) -> None:
+    """SIGTERM every replica still running, wait for each (killed after 20 s)."""
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def wait_for(cond, timeout: float, what: str, procs=(), logs=()):
