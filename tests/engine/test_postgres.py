@@ -192,3 +192,35 @@ def test_the_password_can_come_from_the_variable_the_config_names(pg_server, tmp
     from engine.auth import config_secrets
 
     assert PASSWORD in config_secrets(load_config(cfg))  # so the log redactor knows it
+
+
+def test_forescale_fit_on_a_postgresql_state_saves_into_the_shared_table_the_daemon_restores(pg_url, tmp_path,
+                                                                                              capsys):
+    import time
+
+    import numpy as np
+
+    from engine.build import build_targets
+    from engine.cli import main
+    from engine.core.units import from_epoch, isoformat
+    from tests.support import write_trace
+
+    end = int(time.time()) // 300 * 300
+    t = np.arange(3 * 288)
+    trace = write_trace(tmp_path / "cpu.csv", end, 50 + 30 * np.sin(2 * np.pi * t / 288))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"state": pg_url, "server": {"enabled": False}, "targets": [
+        {"name": "cpu", "source": {"type": "csv", "path": trace},
+         "forecaster": {"name": "seasonal_naive", "history": "3d"}, "policy": {"capacity_per_replica": 5}}]}))
+    assert main(["fit", "--config", str(cfg), "--executor", "local", "--workers", "1", "--at",
+                 isoformat(from_epoch(end)), "--json", "-q"]) == 0
+    doc = yaml.safe_load(capsys.readouterr().out)
+    fitted = doc["targets"]["cpu"]["fitted"]
+    assert PASSWORD not in doc["state"] and "models table" in doc["state"]
+    assert not (tmp_path / "c.models").exists() and not list(tmp_path.glob("*.models"))  # no files: the table
+    conf = load_config(cfg)
+    with open_store(conf) as store:
+        (lt,) = build_targets(conf, store)
+        res = lt.run(from_epoch(end))
+    assert res.details.get("model", "").startswith(f"model {fitted} restored"), res.details
+    assert res.forecast.model_version == fitted
