@@ -4,7 +4,9 @@ A *template* (``templates[]`` in the config, :class:`engine.config.TargetTemplat
 turns every series of one PromQL query into a target, one per label set.
 :func:`discover` asks the query which series exist now and expands the
 template for each (:meth:`TargetTemplate.expand`); the daemon calls it every
-``discover_every`` and adds and retires targets as series come and go. A
+``discover_every`` and adds and retires targets as series come and go;
+:func:`fleet_targets` does the same for the commands that work on every
+target (``forescale select``, ``fit``). A
 target's state is stored under its name, so a series that comes back finds
 its state, cooldowns and all.
 
@@ -142,6 +144,8 @@ def fleet_targets(config: Config, now: datetime, names: Sequence[str] = ()) -> F
     (a name neither the file nor a template has now is a ConfigError). The
     targets of a template share one range query over their history windows
     (a template with one target asked: that target's own query)."""
+    from .build import build_source
+
     wanted = set(names)
     out = FleetTargets([t for t in config.targets if not wanted or t.name in wanted])
     static = {t.name for t in config.targets}
@@ -160,8 +164,6 @@ def fleet_targets(config: Config, now: datetime, names: Sequence[str] = ()) -> F
         if len(members) > 1:
             fetch.load(min(now - t.forecaster.history for _, t in members), now)
         for n, t in members:
-            from .build import build_source
-
             out.targets.append(t)
             out.sources[n] = SeriesSlice(fetch, found.labels[n], _Lazy(lambda t=t: build_source(t, config)))
             out.template_of[n] = tp.name
