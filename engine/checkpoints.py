@@ -9,9 +9,9 @@ Where they are kept (a *shelf*, :func:`shelf_for`):
 - a PostgreSQL state: the shared ``models`` table (:class:`StoreShelf`,
   :meth:`engine.postgres.PgStore.save_model`), so whichever replica holds a
   target's lease restores the model the previous leader fitted. A write is
-  fenced as an intent to act is: it commits only while the writer holds the
-  target's lease, and never over a row written under a newer lease epoch, so
-  a deposed leader cannot overwrite its successor's model.
+  fenced by the lease: it commits only while the writer holds the target's
+  lease, and never over a row written under a newer lease epoch, so a
+  deposed leader cannot overwrite its successor's model.
 
 A checkpoint is reused only if it fits: the same forecaster section and
 interval (its *key*), and a fit that lies in the past of this cycle and of

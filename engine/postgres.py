@@ -171,9 +171,12 @@ class PgStore(Store):
         (a daemon replica), only while this replica holds the target's lease
         (LeaseLost otherwise, nothing written), and never over a checkpoint
         written under a newer epoch; without (``forescale fit``), as an
-        operator's write."""
+        operator's write. The lease row is checked, not locked (a fit inside
+        a batched cycle's transaction must not hold up the lease's renewal):
+        a takeover that commits meanwhile has not fitted yet, and its first
+        write, under the newer epoch, replaces this one."""
         with self.tx() as db:
-            lease = self.fence(db, name.split("/", 1)[0]) if self.fence is not None else None
+            lease = self.fence(db, name.split("/", 1)[0], lock=False) if self.fence is not None else None
             db.execute(_SAVE_MODEL, (name, json.dumps(meta), blob, None if lease is None else lease["shard"],
                                      None if lease is None else lease["epoch"],
                                      None if lease is None else lease["holder"]))

@@ -249,12 +249,13 @@ class Store:
     #: several processes may act on this state at once (PostgreSQL): the
     #: daemon then elects a leader per shard instead of taking :meth:`lock`
     shared = False
-    #: ``fence(db, target) -> dict``, set by the daemon on a shared store:
-    #: called inside the transaction that records an intent to act (or
-    #: claims a plan) and raises :class:`engine.core.errors.LeaseLost` when
-    #: this process no longer leads the target; what it returns is written
-    #: with the intent (which lease, which epoch)
-    fence: Callable[[Any, str], dict[str, Any]] | None = None
+    #: ``fence(db, target, lock=True) -> dict``, set by the daemon on a
+    #: shared store: called inside the transaction that records an intent to
+    #: act (or claims a plan; ``lock=False``: writes a model checkpoint) and
+    #: raises :class:`engine.core.errors.LeaseLost` when this process no
+    #: longer leads the target; what it returns is written with the intent
+    #: (which lease, which epoch)
+    fence: Callable[..., dict[str, Any]] | None = None
     #: model checkpoints live in the store (PostgreSQL's ``models`` table,
     #: shared by the replicas) rather than in files beside it
     #: (:mod:`engine.checkpoints`)
