@@ -3,14 +3,18 @@ leads it dies, and how many cycles' writes the PostgreSQL state takes.
 
     python benchmarks/failover.py                         # leases 4s, 10s and 30s, 5 kills each
     python benchmarks/failover.py --leases 30 --repeats 3 # the default lease
+    python benchmarks/failover.py --leases 10 --no-writes --name failover-lstm \
+        --forecaster '{"name": "lstm", "history": "10m", "refit_every": "1h", "params": {...}}'
 
 Each run starts a PostgreSQL server (``initdb``/``pg_ctl``, as in the
-tests, but with ``fsync`` on), then per repeat two ``forescale run`` replicas on a fresh database
+tests, but with ``fsync`` on), then per repeat two ``forescale run`` replicas (each with its own copy of
+the config in its own folder, as on two machines) on a fresh database
 with one target (3 s interval, a platform whose applies take 1.5 s and log
 every read and write), waits for the leader to act, SIGKILLs it in the
 middle of an apply and measures the time to the standby's first cycle (its
-first read of the platform) and to its first apply. The renew interval is a
-quarter of the lease.
+first read of the platform) and to its first apply (its first cycle's end
+when that cycle changes the capacity: after its fit, or after restoring the
+model the dead leader saved). The renew interval is a quarter of the lease.
 
 Then the round trips of a real cycle (statements and transactions counted
 at the connection), and the state's write throughput: the writes of one dry-run cycle (the
@@ -47,18 +51,26 @@ from engine.core.types import Forecast, Observation, ScalingState, Series  # noq
 from engine.store import open_store  # noqa: E402
 from policies import PolicyConfig, decide  # noqa: E402
 from tests.support import postgres  # noqa: E402
-from tests.support.replica import events, failover_config, in_flight, start_replica, wait_for  # noqa: E402
+from tests.support.replica import events, failover_config, in_flight, start_replica, stop_replicas, wait_for  # noqa: E402
 
 INTERVAL_S = 3.0
 
 
-def one_failover(srv: postgres.PgServer, lease_s: float) -> dict[str, float]:
+def one_failover(srv: postgres.PgServer, lease_s: float, forecaster: dict | None = None) -> dict[str, float]:
     folder = Path(tempfile.mkdtemp(prefix="forescale-failover-"))
     url = srv.fresh_database()
-    cfg = failover_config(folder, url, lease_s=lease_s, renew_s=lease_s / 4, interval_s=INTERVAL_S)
+    cfg = failover_config(folder, url, lease_s=lease_s, renew_s=lease_s / 4, interval_s=INTERVAL_S,
+                          forecaster=forecaster)
+    # each replica its own copy of the config in its own folder, as on two
+    # machines (nothing beside the config is shared but the database)
+    cfgs = []
+    for name in ("a", "b"):
+        (folder / name).mkdir()
+        cfgs.append(folder / name / cfg.name)
+        cfgs[-1].write_text(cfg.read_text())
     plat = folder / "platform"
     logs = (folder / "a.log", folder / "b.log")
-    procs = [start_replica(cfg, logs[0]), start_replica(cfg, logs[1])]
+    procs = [start_replica(cfgs[0], logs[0]), start_replica(cfgs[1], logs[1])]
     try:
         wait_for(lambda: any(e["kind"] == "end" for e in events(plat)), 120, "an apply", procs, logs)
         leader = next(e["pid"] for e in events(plat) if e["kind"] == "begin")
@@ -72,14 +84,7 @@ def one_failover(srv: postgres.PgServer, lease_s: float) -> dict[str, float]:
                                         None), 60, "an apply by the standby", [standby], logs)
         return {"first_cycle_s": first["t"] - killed, "first_apply_s": applied["t"] - killed}
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(20)
-            except Exception:  # noqa: BLE001
-                p.kill()
+        stop_replicas(procs)
 
 
 # ------------------------------------------------------------ write throughput
@@ -173,6 +178,12 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--cycles", type=int, default=300, help="cycles per writer in the throughput part")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--forecaster", type=json.loads, default=None, metavar="JSON",
+                    help="the target's forecaster section (default: persistence, refit hourly), e.g. a "
+                         "per-series LSTM whose fit makes the new leader's first cycle slow unless it restores")
+    ap.add_argument("--name", default="failover", help="the results' file names (default: failover)")
+    ap.add_argument("--no-writes", action="store_true", help="only the failover runs (no round trips, no "
+                                                             "write throughput)")
     args = ap.parse_args()
     srv = postgres.start(durable=True)  # fsync on, as in production
     try:
@@ -180,7 +191,7 @@ def main() -> int:
         for lease in [float(x) for x in args.leases.split(",")]:
             runs = []
             for r in range(args.repeats):
-                got = one_failover(srv, lease)
+                got = one_failover(srv, lease, args.forecaster)
                 runs.append(got)
                 print(f"lease {lease:g}s, run {r + 1}: first cycle after {got['first_cycle_s']:.2f}s, "
                       f"first apply after {got['first_apply_s']:.2f}s", flush=True)
@@ -191,11 +202,13 @@ def main() -> int:
                              "first_cycle_max_s": round(max(cyc), 2),
                              "first_apply_median_s": round(statistics.median(app), 2),
                              "first_apply_max_s": round(max(app), 2)})
-        trips = round_trips(srv)
-        print(f"a real cycle: {trips['statements_per_cycle']:g} statements, "
-              f"{trips['transactions_per_cycle']:g} transactions ({', '.join(trips['statuses'])})", flush=True)
-        writes = []
-        for backend in ("postgres", "sqlite"):
+        trips: dict = {}
+        writes: list = []
+        if not args.no_writes:
+            trips = round_trips(srv)
+            print(f"a real cycle: {trips['statements_per_cycle']:g} statements, "
+                  f"{trips['transactions_per_cycle']:g} transactions ({', '.join(trips['statuses'])})", flush=True)
+        for backend in () if args.no_writes else ("postgres", "sqlite"):
             for writers in (1, 4):
                 ref = srv.fresh_database() if backend == "postgres" else str(
                     Path(tempfile.mkdtemp(prefix="forescale-tput-")) / "state.db")
@@ -206,24 +219,28 @@ def main() -> int:
     finally:
         srv.stop()
     result = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": host.platform(),
-              "cpus": os.cpu_count(), "postgres_bin": str(postgres.bin_dir()), "failover": failover, "round_trips": trips, "writes": writes}
+              "cpus": os.cpu_count(), "postgres_bin": str(postgres.bin_dir()), "argv": sys.argv[1:],
+              "forecaster": args.forecaster, "failover": failover, "round_trips": trips, "writes": writes}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "failover.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["# Failover and state write throughput", "", f"`python benchmarks/failover.py` on {host.platform()}, "
-             f"{os.cpu_count()} CPUs, {result['when']}.", "",
+    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = ["# Failover and state write throughput", "", f"`python benchmarks/failover.py {' '.join(sys.argv[1:])}` "
+             f"on {host.platform()}, {os.cpu_count()} CPUs, {result['when']}; forecaster "
+             f"{json.dumps(args.forecaster) if args.forecaster else 'persistence'}.", "",
              "| lease | renew | interval | first cycle by the new leader, median / max | first apply, median / max |",
              "|---|---|---|---|---|"]
     for f in failover:
         lines.append(f"| {f['lease_s']:g} s | {f['renew_s']:g} s | {f['interval_s']:g} s | "
                      f"{f['first_cycle_median_s']} / {f['first_cycle_max_s']} s | "
                      f"{f['first_apply_median_s']} / {f['first_apply_max_s']} s |")
-    lines += ["", f"A real cycle (auto mode, applying): {trips['statements_per_cycle']:g} statements, each a "
-              f"round trip, {trips['transactions_per_cycle']:g} write transactions among them.", ""]
-    lines += ["| backend | writers | cycles/s | transactions/s | ms per cycle |", "|---|---|---|---|---|"]
+    if trips:
+        lines += ["", f"A real cycle (auto mode, applying): {trips['statements_per_cycle']:g} statements, each a "
+                  f"round trip, {trips['transactions_per_cycle']:g} write transactions among them.", ""]
+    if writes:
+        lines += ["| backend | writers | cycles/s | transactions/s | ms per cycle |", "|---|---|---|---|---|"]
     for w in writes:
         lines.append(f"| {w['backend']} | {w['writers']} | {w['cycles_per_s']} | {w['transactions_per_s']} | "
                      f"{w['ms_per_cycle']} |")
-    (args.out / "failover.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -120,10 +120,10 @@ class MemoryTemplateSource:
         return {k: s.since(since).until(now) if since is not None else s.until(now) for k, s in self.series.items()}
 
 
-def config(folder: Path, url: str, model: Path) -> Path:
+def config(folder: Path, url: str, model: Path, state: str | None = None) -> Path:
     import yaml
 
-    doc = {"state": str(folder / "state.db"), "server": {"enabled": False}, "templates": [{
+    doc = {"state": state or str(folder / "state.db"), "server": {"enabled": False}, "templates": [{
         "name": "fleet", "source": {"type": "prometheus", "url": url, "query": "sum by (target) (load)",
                                     "timeout": "120s", "max_response_bytes": 2**31},
         "target_name": "{target}", "discover_every": "1h", "interval": "5m", "mode": "dry-run",
@@ -145,8 +145,10 @@ def _rss_mib() -> float:
     return float("nan")
 
 
-def one_size(n: int, model: str, threads: int, prometheus_url: str | None = None) -> dict[str, Any]:
-    """Build ``n`` targets, run two cycles in the daemon, report (a fresh process)."""
+def one_size(n: int, model: str, threads: int, prometheus_url: str | None = None,
+             state_url: str | None = None) -> dict[str, Any]:
+    """Build ``n`` targets, run two cycles in the daemon, report (a fresh
+    process). ``state_url``: a PostgreSQL state instead of a SQLite file."""
     import torch
 
     from engine.build import build_source
@@ -160,7 +162,7 @@ def one_size(n: int, model: str, threads: int, prometheus_url: str | None = None
     base_rss = _rss_mib()
     series = fleet_series(n) if prometheus_url is None else {}
     folder = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
-    cfg = config(folder, prometheus_url or "http://127.0.0.1:9", Path(model))
+    cfg = config(folder, prometheus_url or "http://127.0.0.1:9", Path(model), state_url)
     memory = MemoryTemplateSource(series)
 
     def source(t, c, covariate=None):
@@ -171,6 +173,7 @@ def one_size(n: int, model: str, threads: int, prometheus_url: str | None = None
     d = Daemon(cfg, clock=clock, monotonic=lambda: mono[0], build_source=source)
     tw = d.templates["fleet"]
     out: dict[str, Any] = {"targets": n, "source": "prometheus" if prometheus_url else "in-process",
+                           "state": "postgresql" if state_url else "sqlite",
                            "torch_threads": threads, "device": str(shared_levelfree(model)._device),
                            "baseline_rss_mib": base_rss, "cycles": []}
     try:
@@ -195,7 +198,8 @@ def one_size(n: int, model: str, threads: int, prometheus_url: str | None = None
         d.shutdown(5)
         logging.disable(logging.NOTSET)
     out["peak_rss_mib"] = peak_rss_mib()
-    out["state_file_mib"] = os.path.getsize(folder / "state.db") / 2**20
+    if state_url is None:
+        out["state_file_mib"] = os.path.getsize(folder / "state.db") / 2**20
     return out
 
 
@@ -264,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="One batched decision cycle of 1,000-10,000 targets.")
     ap.add_argument("--targets", type=int, nargs="+", default=[1000, 3000, 10000])
     ap.add_argument("--prometheus", action="store_true", help="fetch from a real Prometheus (first size only)")
+    ap.add_argument("--postgres", action="store_true",
+                    help="the state on a real PostgreSQL server (fsync on; started here) instead of a SQLite file")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--model", default=str(MODEL), help="the trained global model (trained when missing)")
     ap.add_argument("--retrain", action="store_true")
@@ -280,24 +286,42 @@ def main(argv: list[str] | None = None) -> int:
         info = {"parameters": LevelFreeLSTM.load(model, device="cpu").n_parameters}
     info["note"] = f"trained beforehand on the first {TRAIN_DAYS} days of each trace, not timed"
     command = "python -m benchmarks.fleet --targets " + " ".join(map(str, args.targets)) + \
-        (" --prometheus" if args.prometheus else "")
+        (" --prometheus" if args.prometheus else "") + (" --postgres" if args.postgres else "")
     runs = []
-    for i, n in enumerate(args.targets):
-        if args.prometheus:
-            r = in_fresh_process(prometheus_run, n, str(model), args.threads)
-        else:
-            r = in_fresh_process(one_size, n, str(model), args.threads)
-        runs.append(r)
-        for c in r["cycles"]:
-            print(f"{n:>6} targets ({r['source']}) {c['cycle']:<6} {c['wall_s']:6.1f} s  "
-                  + " ".join(f"{p} {v:.2f}" for p, v in c["seconds"].items())
-                  + f"  batched {c['batched']} in {c['batched_calls']} call(s), fallbacks {c['fallback']}, "
-                    f"rss {c['rss_mib']:.0f} MiB", flush=True)
-        print(f"{n:>6} targets: peak RSS {r['peak_rss_mib']:.0f} MiB (baseline {r['baseline_rss_mib']:.0f})",
-              flush=True)
+    srv = None
+    if args.postgres:
+        from tests.support import postgres
+
+        srv = postgres.start(durable=True)
+    try:
+        for i, n in enumerate(args.targets):
+            if args.prometheus:
+                r = in_fresh_process(prometheus_run, n, str(model), args.threads)
+            else:
+                r = in_fresh_process(one_size, n, str(model), args.threads, None,
+                                     srv.fresh_database() if srv is not None else None)
+            runs.append(r)
+            _print_run(n, r)
+    finally:
+        if srv is not None:
+            srv.stop()
     report: dict[str, Any] = {"command": command, "threads": args.threads, "model": info, "runs": runs,
                               "machine": f"{platform.machine()}, Python {platform.python_version()}, "
                                          f"{os.cpu_count()} CPUs"}
+    return _report(args, report, runs)
+
+
+def _print_run(n: int, r: dict[str, Any]) -> None:
+    for c in r["cycles"]:
+        print(f"{n:>6} targets ({r['source']}) {c['cycle']:<6} {c['wall_s']:6.1f} s  "
+              + " ".join(f"{p} {v:.2f}" for p, v in c["seconds"].items())
+              + f"  batched {c['batched']} in {c['batched_calls']} call(s), fallbacks {c['fallback']}, "
+                f"rss {c['rss_mib']:.0f} MiB", flush=True)
+    print(f"{n:>6} targets: peak RSS {r['peak_rss_mib']:.0f} MiB (baseline {r['baseline_rss_mib']:.0f})",
+          flush=True)
+
+
+def _report(args: argparse.Namespace, report: dict[str, Any], runs: list[dict[str, Any]]) -> int:
     sizes = [r for r in runs if r["source"] == "in-process"]
     if len(sizes) >= 2:
         above = {str(r["targets"]): r["peak_rss_mib"] - r["baseline_rss_mib"] for r in sizes}
@@ -307,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                             "verdict": "at most linear" if per[-1] <= per[0] * 1.1 else "MORE than linear"}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = "fleet-prometheus" if args.prometheus else "fleet"
+    name = "fleet-prometheus" if args.prometheus else "fleet-postgres" if args.postgres else "fleet"
     (out / f"{name}.json").write_text(json.dumps(report, indent=2, default=str))
     (out / f"{name}.md").write_text(markdown(report))
     print(f"wrote {out / name}.json and .md")

@@ -1,7 +1,17 @@
-"""Model checkpoints: the fitted forecaster of a target, saved next to the
-state file (``<state>.models/<target>.model`` plus a ``.json`` of what it
-was fitted on), so a restart does not retrain (what makes a restart cheap
-for the LSTM).
+"""Model checkpoints: the fitted forecaster of a target, kept so a restart
+(or, on a shared state, the replica that takes a target over) does not
+retrain (what makes a restart cheap for the LSTM).
+
+Where they are kept (a *shelf*, :func:`shelf_for`):
+
+- a SQLite state: files next to the state file (``<state>.models/<target>.model``
+  plus a ``.json`` of what it was fitted on), :class:`FileShelf`;
+- a PostgreSQL state: the shared ``models`` table (:class:`StoreShelf`,
+  :meth:`engine.postgres.PgStore.save_model`), so whichever replica holds a
+  target's lease restores the model the previous leader fitted. A write is
+  fenced by the lease: it commits only while the writer holds the target's
+  lease, and never over a row written under a newer lease epoch, so a
+  deposed leader cannot overwrite its successor's model.
 
 A checkpoint is reused only if it fits: the same forecaster section and
 interval (its *key*), and a fit that lies in the past of this cycle and of
@@ -17,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,37 +44,106 @@ def model_key(target: TargetConfig) -> str:
     return hashlib.sha256((target.forecaster.model_dump_json() + str(target.interval)).encode()).hexdigest()[:16]
 
 
-class ModelCheckpoint:
-    """Restore (once per process) and save (after each refit) the configured
-    model of one target. ``state_path``: the store's file (``:memory:`` or
-    empty: no checkpoints)."""
+class FileShelf:
+    """Checkpoints as files in ``<state>.models/`` (a SQLite state)."""
 
-    def __init__(self, target: TargetConfig, state_path: str | None) -> None:
+    def __init__(self, state_path: str) -> None:
+        self.folder = Path(state_path).parent / (Path(state_path).name + ".models")
+
+    def read(self, name: str) -> tuple[dict[str, Any], bytes] | None:
+        meta = self.folder / f"{name}.json"
+        if not meta.exists():
+            return None
+        return json.loads(meta.read_text()), (self.folder / f"{name}.model").read_bytes()
+
+    def write(self, name: str, meta: dict[str, Any], blob: bytes) -> None:
+        """The model, then what it was fitted on, each atomically (a crash
+        mid-write leaves the previous checkpoint)."""
+        model_path, meta_path = self.folder / f"{name}.model", self.folder / f"{name}.json"
+        model_path.parent.mkdir(parents=True, exist_ok=True)
+        for path, data in ((model_path, blob), (meta_path, json.dumps(meta).encode())):
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+
+
+class StoreShelf:
+    """Checkpoints in the shared store's ``models`` table (PostgreSQL)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def read(self, name: str) -> tuple[dict[str, Any], bytes] | None:
+        return self.store.load_model(name)
+
+    def write(self, name: str, meta: dict[str, Any], blob: bytes) -> None:
+        self.store.save_model(name, meta, blob)
+
+
+def shelf_for(store: Any) -> FileShelf | StoreShelf | None:
+    """Where ``store``'s targets keep their checkpoints: its ``models``
+    table when it has one (a shared state), else files beside its state
+    file (none for ``:memory:`` or a store without a file)."""
+    if getattr(store, "keeps_models", False):
+        return StoreShelf(store)
+    base = getattr(store, "checkpoint_base", getattr(store, "path", None))
+    return FileShelf(base) if base and base != ":memory:" else None
+
+
+def _blob(forecaster: Any) -> bytes:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "model"
+        forecaster.save(path)
+        return path.read_bytes()
+
+
+def _from_blob(cls: Any, blob: bytes) -> Any:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "model"
+        path.write_bytes(blob)
+        return cls.load(path)
+
+
+class ModelCheckpoint:
+    """Restore (once per process, and again when :meth:`rearm` says another
+    process may have fitted since) and save (after each refit) the
+    configured model of one target. ``shelf``: where (:func:`shelf_for`;
+    None: no checkpoints)."""
+
+    def __init__(self, target: TargetConfig, shelf: FileShelf | StoreShelf | None) -> None:
         self.target = target
         self.key = model_key(target)
-        self.paths: tuple[Path, Path] | None = None
-        if state_path and state_path != ":memory:":
-            folder = Path(state_path).parent / (Path(state_path).name + ".models")
-            self.paths = folder / f"{target.name}.model", folder / f"{target.name}.json"
+        self.shelf = shelf
         #: the fit time last saved or restored (nothing to save while unchanged)
         self.saved_fit: datetime | None = None
         self._restore_tried = False
 
+    def rearm(self) -> None:
+        """Look at the shelf again before the next forecast (this replica
+        just gained the target's lease: the previous leader may have fitted
+        a newer model than the one in memory)."""
+        self._restore_tried = False
+
     def restore(self, runner: Any, now: datetime, history_end: datetime | None) -> str | None:
         """Before the first forecast of this process: load the saved model
-        into ``runner`` if it fits. Returns a note for the cycle's details."""
+        into ``runner`` if it fits and is newer than the one it has. Returns
+        a note for the cycle's details."""
         if self._restore_tried:
             return None
         self._restore_tried = True
-        if self.paths is None or runner.forecaster is None or not self.paths[1].exists():
+        if self.shelf is None or runner.forecaster is None:
             return None
-        model_path, meta_path = self.paths
         name = self.target.name
         try:
-            meta = json.loads(meta_path.read_text())
+            got = self.shelf.read(name)
+            if got is None:
+                return None
+            meta, blob = got
             if meta.get("key") != self.key:
                 return "saved model ignored: the forecaster config changed since it was saved"
             fitted = from_epoch(meta["last_fit"])
+            if runner.last_fit is not None and fitted <= runner.last_fit:
+                return None  # the model in memory is as new
             seen_until = from_epoch(meta["history_end"]) if meta.get("history_end") is not None else fitted
             why = None
             if fitted > now:
@@ -75,36 +155,32 @@ class ModelCheckpoint:
                 log.warning("target %s: saved model does not fit the state (%s); refitting", name, why,
                             extra={"target": name})
                 return f"saved model ignored: {why}; refitting"
-            runner.forecaster = type(runner.forecaster).load(model_path)
+            runner.forecaster = _from_blob(type(runner.forecaster), blob)
             runner.last_fit = fitted
             self.saved_fit = fitted
+            log.info("target %s: model %s restored (fitted %s)", name, meta.get("version"), isoformat(fitted),
+                     extra={"target": name})
             return f"model {meta.get('version')} restored (fitted {isoformat(fitted)})"
         except Exception as exc:  # noqa: BLE001 - a bad checkpoint means: fit again
             log.warning("target %s: saved model not usable, refitting: %s", name, exc, extra={"target": name})
             return f"saved model not usable ({type(exc).__name__}: {exc}); refitting"
 
     def save(self, runner: Any, history_end: datetime | None) -> None:
-        """Checkpoint the configured model after a refit (atomically: a crash
-        mid-write leaves the previous checkpoint)."""
+        """Checkpoint the configured model after a refit (a crash mid-write
+        leaves the previous checkpoint; on a shared state, a replica that
+        lost the target's lease writes nothing)."""
         f, fitted = runner.forecaster, runner.last_fit
-        if self.paths is None or f is None or fitted is None or fitted == self.saved_fit:
+        if self.shelf is None or f is None or fitted is None or fitted == self.saved_fit:
             return
-        model_path, meta_path = self.paths
         try:
-            model_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = model_path.with_name(model_path.name + ".tmp")
-            f.save(tmp)
-            os.replace(tmp, model_path)
             meta = {"key": self.key, "name": self.target.forecaster.name, "version": getattr(f, "version", ""),
                     "last_fit": to_epoch(fitted),
                     "history_end": None if history_end is None else to_epoch(history_end)}
-            tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
-            tmp_meta.write_text(json.dumps(meta))
-            os.replace(tmp_meta, meta_path)
+            self.shelf.write(self.target.name, meta, _blob(f))
             self.saved_fit = fitted
         except Exception as exc:  # noqa: BLE001 - a failed checkpoint costs a refit, nothing more
             log.warning("target %s: could not save the model: %s", self.target.name, exc,
                         extra={"target": self.target.name})
 
 
-__all__ = ["ModelCheckpoint", "model_key"]
+__all__ = ["FileShelf", "ModelCheckpoint", "StoreShelf", "model_key", "shelf_for"]

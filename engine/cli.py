@@ -946,6 +946,18 @@ def _when(args: argparse.Namespace):
         raise ConfigError(f"--at: {exc}") from None
 
 
+def _fleet(cfg: Any, args: argparse.Namespace, now: Any) -> Any:
+    """The targets ``select`` and ``fit`` work on: the file's and those the
+    templates expand to now (``--target``: only those); what a template
+    could not discover is printed to stderr (the status is then 1)."""
+    from .fleet import fleet_targets
+
+    fleet = fleet_targets(cfg, now, args.target or ())
+    for err in fleet.errors:
+        print(f"error: {err}", file=sys.stderr)
+    return fleet
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit every target's configured forecaster on the executor and save the
     models as checkpoints, so the daemon starts from them."""
@@ -953,40 +965,48 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from .fits import FittedModel, fit_jobs_for, fit_models, save_checkpoint
 
     cfg = load_config(args.config)
-    targets = [cfg.target(n) for n in args.target] if args.target else list(cfg.targets)
     now = _when(args)
-    jobs, skipped = fit_jobs_for(cfg, targets, now)
+    fleet = _fleet(cfg, args, now)
+    targets = fleet.targets
+    jobs, skipped = fit_jobs_for(cfg, fleet, now)
     ex_cfg = _executor_config(cfg, args)
     fitted, stats, workers = _on_executor(ex_cfg, len(jobs), "fit: series", args.quiet or args.json,
                                           lambda ex, done: fit_models(jobs, ex, on_done=done))
-    # where the daemon looks for them: beside the state file, or for a
-    # PostgreSQL state beside the config (the store's rule)
-    from .store import _models_base
+    # where the daemon looks for them: beside the state file, or a
+    # PostgreSQL state's shared models table (every replica reads it)
+    from contextlib import nullcontext
 
-    state = str(cfg.state_path) if cfg.state_url is None else _models_base(cfg)
+    from .checkpoints import FileShelf, shelf_for
+    from .store import open_store
+
     rows: dict[str, dict[str, Any]] = {}
-    for t in targets:
-        res = fitted.get(t.name)
-        if isinstance(res, FittedModel):
-            if save_checkpoint(t, state, res, now):
-                rows[t.name] = {"fitted": res.version, "seconds": round(res.seconds, 3)}
-            else:
-                rows[t.name] = {"error": "the checkpoint could not be written (see the log line)"}
-        elif res is not None:
-            rows[t.name] = {"error": f"{res.reason}" + (f" ({res.kind})" if res.kind == "lost" else "")}
+    with (open_store(cfg) if cfg.state_url is not None else nullcontext()) as store:
+        if store is None:
+            state, shelf = str(cfg.state_path), FileShelf(str(cfg.state_path))
         else:
-            rows[t.name] = {"skipped": skipped[t.name]}
-    failed = any("error" in r for r in rows.values())
+            state, shelf = f"{store.path} (its models table)", shelf_for(store)
+        for t in targets:
+            res = fitted.get(t.name)
+            if isinstance(res, FittedModel):
+                if save_checkpoint(t, shelf, res, now):
+                    rows[t.name] = {"fitted": res.version, "seconds": round(res.seconds, 3)}
+                else:
+                    rows[t.name] = {"error": "the checkpoint could not be written (see the log line)"}
+            elif res is not None:
+                rows[t.name] = {"error": f"{res.reason}" + (f" ({res.kind})" if res.kind == "lost" else "")}
+            else:
+                rows[t.name] = {"skipped": skipped[t.name]}
+    failed = bool(fleet.errors) or any("error" in r for r in rows.values())
     if args.json:
         _print_json({"executor": _executor_json(ex_cfg, workers, stats),
-                     "state": state, "targets": rows})
+                     "state": state, "targets": rows, "errors": fleet.errors})
         return EXIT_FAILURE if failed else 0
     for name, r in rows.items():
         what = (f"fitted {r['fitted']} in {r['seconds']:.2f} s" if "fitted" in r
                 else f"not fitted: {r.get('error') or r['skipped']}")
         print(f"{name:<24} {what}")
     print(f"executor {ex_cfg.kind} ({workers} worker(s)): {stats.tasks} fits in {stats.seconds:.1f} s; "
-          f"checkpoints beside {state}")
+          f"checkpoints in {state}")
     return EXIT_FAILURE if failed else 0
 
 
@@ -998,20 +1018,22 @@ def cmd_select(args: argparse.Namespace) -> int:
     from .selection import jobs_for, select_models, write_config
 
     cfg = load_config(args.config)
-    targets = [cfg.target(n) for n in args.target] if args.target else list(cfg.targets)
     now = _when(args)
-    jobs, results = jobs_for(cfg, targets, now, folds=args.folds, names=args.candidate or ())
+    fleet = _fleet(cfg, args, now)
+    targets = fleet.targets
+    jobs, results = jobs_for(cfg, fleet, now, folds=args.folds, names=args.candidate or ())
     ex_cfg = _executor_config(cfg, args)
     total = sum(len(j.params.candidates) * args.folds for j in jobs)
     chosen, stats, workers = _on_executor(ex_cfg, total, "select: backtest tasks", args.quiet or args.json,
                                           lambda ex, done: select_models(jobs, ex, on_done=done))
     results.update(chosen)
     selections = {t.name: results[t.name] for t in targets}
-    changed = write_config(Path(args.config), Path(args.write_config), selections) if args.write_config else []
-    failed = [s for s in selections.values() if not s.ok]
+    changed = (write_config(Path(args.config), Path(args.write_config), selections, fleet.template_of)
+               if args.write_config else [])
+    failed = [s for s in selections.values() if not s.ok] or fleet.errors
     if args.json:
         _print_json({"executor": _executor_json(ex_cfg, workers, stats),
-                     "targets": [s.to_json() for s in selections.values()],
+                     "targets": [s.to_json() for s in selections.values()], "errors": fleet.errors,
                      **({"written": {"path": args.write_config, "targets": changed}} if args.write_config else {})})
         return EXIT_FAILURE if failed else 0
     print(f"{'target':<24} {'choice':<22} {'score':>8}  others")
@@ -1180,7 +1202,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def executor_options(sp: argparse.ArgumentParser, what: str) -> None:
         sp.add_argument("--config", required=True, help="the YAML config file whose targets' history is read")
-        sp.add_argument("--target", action="append", help=f"a target to {what} (repeat; default: all)")
+        sp.add_argument("--target", action="append",
+                        help=f"a target to {what}, the file's or a template's (repeat; default: all)")
         sp.add_argument("--at", help="use the history up to this time (ISO 8601; default: now)")
         sp.add_argument("--executor", choices=("local", "dask"), help="where the tasks run (default: the config's "
                                                                       "executor: section; dask with no address "

@@ -486,11 +486,15 @@ class TargetTemplate(_Model):
     discover_every: Duration = timedelta(minutes=5)
     #: the target fields (everything else in the block), ``{label}`` unreplaced
     fields: dict[str, Any] = Field(default_factory=dict)
+    #: per target name, sections that replace the template's for that target
+    #: only (``{storage-alice-g1: {forecaster: {...}}}``, what ``forescale
+    #: select --write-config`` writes); ``{label}`` is put in as in ``fields``
+    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     #: the template validated once as a target (every label ``x``), set at
     #: load: the sections without a placeholder are taken from it as they are
     prototype: "TargetConfig | None" = Field(None, exclude=True)
 
-    OWN: ClassVar[tuple[str, ...]] = ("name", "source", "target_name", "discover_every")
+    OWN: ClassVar[tuple[str, ...]] = ("name", "source", "target_name", "discover_every", "overrides")
 
     @model_validator(mode="before")
     @classmethod
@@ -518,7 +522,12 @@ class TargetTemplate(_Model):
                 if label not in grouped:
                     raise ValueError(f"placeholder {{{label}}}: the query's result has only the labels "
                                      f"{', '.join(sorted(grouped)) or '(none)'} (its 'by' clause)")
-        for part in (self.target_name or "", *_strings(self.fields)):
+        for name, over in self.overrides.items():
+            fixed = sorted(k for k in over if k in ("name", "source") or k not in TargetConfig.model_fields)
+            if fixed:
+                raise ValueError(f"overrides.{name}.{fixed[0]}: an override replaces a target field other than "
+                                 "name and source")
+        for part in (self.target_name or "", *_strings(self.fields), *_strings(self.overrides)):
             bad = _BAD_PLACEHOLDER.search(part)
             if bad:
                 raise ValueError(f"{bad.group(0)!r} in {part!r} is not a placeholder: write {{label}} with a "
@@ -529,7 +538,7 @@ class TargetTemplate(_Model):
     def labels(self) -> tuple[str, ...]:
         """The labels the template's names and fields refer to."""
         found = _PLACEHOLDER.findall(self.target_name or "")
-        for part in _strings(self.fields):
+        for part in (*_strings(self.fields), *_strings(self.overrides)):
             found += _PLACEHOLDER.findall(part)
         return tuple(dict.fromkeys(found))
 
@@ -546,15 +555,23 @@ class TargetTemplate(_Model):
         return {**_substitute(self.fields, labels, f"templates[{self.name}]"), "name": self.name_for(labels),
                 "source": self.source.model_copy(update={"series": dict(labels)})}
 
+    def override(self, name: str, labels: Mapping[str, str]) -> dict[str, Any]:
+        """The sections that replace the template's for target ``name``
+        (none: ``{}``), with the labels put in."""
+        over = self.overrides.get(name)
+        return {} if not over else _substitute(over, labels, f"templates[{self.name}].overrides.{name}")
+
     def expand(self, labels: Mapping[str, str], base_dir: Path | None = None) -> "TargetConfig":
         """The target of one label set, validated (a section without a
         placeholder is the prototype's, not validated again: 10,000 targets
-        of one template cost 10,000 small validations, not full ones)."""
+        of one template cost 10,000 small validations, not full ones); an
+        override of the target's name replaces the template's sections."""
         raw = self.raw_target(labels)
         if self.prototype is not None:
             for k, v in self.fields.items():
                 if not _PLACEHOLDER.search(json.dumps(v, default=str)):
                     raw[k] = getattr(self.prototype, k)
+        raw.update(self.override(raw["name"], labels))
         try:
             return TargetConfig.model_validate(raw, context={"base_dir": base_dir})
         except ValidationError as exc:
@@ -581,6 +598,28 @@ def _grouping_labels(query: str) -> set[str] | None:
             ("sum", "max", "min", "avg", "count", "group", "topk", "bottomk", "quantile", "stddev", "stdvar")):
         return None
     return {x.strip() for x in clauses[0][1].split(",") if x.strip()}
+
+
+def _override_errors(tp: TargetTemplate, i: int, base_dir: Path | None) -> list[str]:
+    """Each override validated as the template's sample target with it put
+    in (overrides that are alike, e.g. one per target ``select`` chose the
+    same model for, are validated once). The errors name the field."""
+    errors: list[str] = []
+    seen: set[str] = set()
+    sample = tp.sample()
+    for name, over in tp.overrides.items():
+        once = json.dumps(over, sort_keys=True, default=str)
+        if once in seen:
+            continue
+        seen.add(once)
+        try:
+            TargetConfig.model_validate({**tp.raw_target(sample), **tp.override(name, sample)},
+                                        context={"base_dir": base_dir})
+        except ValidationError as exc:
+            errors += format_validation_error(exc, f"templates[{i}].overrides.{name}")
+        except ConfigError as exc:
+            errors.append(f"templates[{i}].overrides.{name}: {exc}")
+    return errors
 
 
 def _strings(value: Any) -> list[str]:
@@ -1267,6 +1306,7 @@ def parse_config(data: Any, *, base_dir: Path | None = None, source: str = "<con
         except ConfigError as exc:
             errors.append(f"templates[{i}]: {exc}")
             continue
+        errors += _override_errors(tp, i, base_dir)
         templates.append(tp.model_copy(update={"prototype": proto}))
     if not errors and templates:
         cfg = cfg.model_copy(update={"templates": tuple(templates)})

@@ -43,7 +43,7 @@ from policies.window import LeadWindow, lead_window
 from .anomaly import AnomalyDetector, with_anomaly
 from .audit import decision_context
 from .calibration import QuantileCalibrator
-from .checkpoints import ModelCheckpoint
+from .checkpoints import ModelCheckpoint, shelf_for
 from .config import TargetConfig
 from .core.plugins import capabilities_of
 from .core.errors import (
@@ -522,19 +522,31 @@ class LiveTarget:
                    for n in target.resources}
         self.runner = TargetRunner(target, forecaster=forecaster, feedback=StoreFeedback(store, target.name, keep),
                                    resources=runners)
+<<<<<<< HEAD
         # the samples flagged before a restart stay out of training
         for series, detector in self._detectors().items():
             detector.restore(store.anomaly_masks(series))
         base = getattr(store, "checkpoint_base", getattr(store, "path", None))
         self.checkpoint = ModelCheckpoint(target, base)
+=======
+        shelf = shelf_for(store)
+        self.checkpoint = ModelCheckpoint(target, shelf)
+>>>>>>> fleetstate
         #: each further resource's model checkpoint (``<state>.models/<target>/<resource>.model``)
-        self.resource_checkpoints = {n: ModelCheckpoint(target.resource_target(n), base)
+        self.resource_checkpoints = {n: ModelCheckpoint(target.resource_target(n), shelf)
                                      for n in target.resources}
         self.policy = target.policy
         self.history: Series | None = None
         self._fetches: list[threading.Thread] = []  # fetches abandoned past their deadline
         self._modes: dict[str, Callable[[CycleInputs, CycleOutcome], Act]] = {
             "observe": self._observe, "dry-run": self._dry_run, "approve": self._plan, "auto": self._apply}
+
+    def rearm_checkpoints(self) -> None:
+        """Look for newer saved models before the next forecast (this replica
+        just took the target over: the previous leader may have fitted since
+        this one last did)."""
+        for checkpoint in (self.checkpoint, *self.resource_checkpoints.values()):
+            checkpoint.rearm()
 
     # ------------------------------------------------------------------- cycle
     def run(self, now: datetime) -> CycleResult:

@@ -113,6 +113,7 @@ class TargetWorker:
         self.next_due: float | None = None  # base_due plus this start's jitter
         self.last_success: datetime | None = None
         self.last_result: CycleResult | None = None
+        self.leading = False  # this replica held the target's lease at the last tick
 
     def _build(self, target: TargetConfig) -> LiveTarget:
         d = self.daemon
@@ -159,7 +160,13 @@ class TargetWorker:
             # another replica leads this target: when this one gains the
             # lease, the target's cycle starts at once (plus jitter)
             self.base_due = self.next_due = None
+            self.leading = False
             return
+        if leases is not None and not self.leading:
+            # taken over: the model the previous leader saved may be newer
+            # than the one this replica last had in memory
+            self.leading = True
+            self.live.rearm_checkpoints()
         if self.busy:
             assert self.started is not None
             timeout = self.target.timeout.total_seconds()
@@ -277,6 +284,7 @@ class TemplateWorker:
         self.base_due: float | None = None
         self.last_report: BatchReport | None = None
         self.last_discovery: Discovery | None = None
+        self.leading: set[str] = set()  # the members this replica led at the last cycle
 
     @property
     def busy(self) -> bool:
@@ -359,6 +367,11 @@ class TemplateWorker:
             leases = self.daemon.leases
             # on a PostgreSQL state: only the targets whose lease this replica holds
             members = [m for n, m in self.members.items() if leases is None or leases.holds(n)]
+            if leases is not None:  # taken over: look for the previous leader's newer models
+                for m in members:
+                    if m.target.name not in self.leading:
+                        m.live.rearm_checkpoints()
+                self.leading = {m.target.name for m in members}
             report = run_batch([m.live for m in members], now, self.store, self.fetch)
             self.last_report = report
             log.info("template %s: %d target(s) in %.2fs (%s); %d forecast in %d batched call(s)",

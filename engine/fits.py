@@ -1,7 +1,7 @@
 """Per-series fits spread over an executor (``forescale fit``): each
 target's configured forecaster fitted on its own history, one task per
-target, the fitted model saved as the target's checkpoint next to the state
-file, so the daemon (``forescale run``, ``once``) restores it at its first
+target, the fitted model saved as the target's checkpoint (next to the state
+file, or in a PostgreSQL state's shared table), so the daemon (``forescale run``, ``once``) restores it at its first
 cycle instead of fitting (:mod:`engine.checkpoints`).
 
 A task gets the target's history (arrays), the forecaster's registry name
@@ -90,17 +90,17 @@ def fit_models(jobs: Sequence[FitJob], executor: Any,
     return {t.key: r for t, r in zip(tasks, outcomes)}
 
 
-def fit_jobs_for(config: Any, targets: Sequence[Any], now: datetime) -> tuple[list[FitJob], dict[str, str]]:
+def fit_jobs_for(config: Any, fleet: Any, now: datetime) -> tuple[list[FitJob], dict[str, str]]:
     """Each target's history (its ``forecaster.history`` up to ``now``, on its
-    interval, as the cycle fits it) and forecaster. Targets that cannot be
-    fitted here come back with the reason: those that start from a saved
+    interval, as the cycle fits it; ``fleet``: an
+    :class:`engine.fleet.FleetTargets`) and forecaster. Targets that cannot
+    be fitted here come back with the reason: those that start from a saved
     model (``init_from``), those whose policy uses no forecast, and those
     whose history cannot be read."""
-    from .build import build_source
     from .core.errors import ForescaleError
 
     jobs, skipped = [], {}
-    for t in targets:
+    for t in fleet.targets:
         if t.forecaster.init_from is not None:
             skipped[t.name] = "starts from a saved model (init_from); the daemon fine-tunes it"
             continue
@@ -108,7 +108,7 @@ def fit_jobs_for(config: Any, targets: Sequence[Any], now: datetime) -> tuple[li
             skipped[t.name] = "its policy uses no forecast"
             continue
         try:
-            series = build_source(t, config).fetch(now - t.forecaster.history, now).regular(t.interval)
+            series = fleet.history(t, config, now)
         except ForescaleError as exc:
             skipped[t.name] = f"history: {type(exc).__name__}: {exc}"
             continue
@@ -117,14 +117,16 @@ def fit_jobs_for(config: Any, targets: Sequence[Any], now: datetime) -> tuple[li
     return jobs, skipped
 
 
-def save_checkpoint(target: Any, state_path: str, fitted: FittedModel, now: datetime) -> bool:
-    """Write ``fitted`` as ``target``'s checkpoint, fitted at ``now`` (what the
-    daemon's refit schedule counts from). False when it could not be written
-    (the reason is logged)."""
+def save_checkpoint(target: Any, shelf: Any, fitted: FittedModel, now: datetime) -> bool:
+    """Write ``fitted`` as ``target``'s checkpoint on ``shelf``
+    (:func:`engine.checkpoints.shelf_for`: files beside a SQLite state, the
+    shared table of a PostgreSQL one), fitted at ``now`` (what the daemon's
+    refit schedule counts from). False when it could not be written (the
+    reason is logged)."""
     from .checkpoints import ModelCheckpoint
 
     runner = SimpleNamespace(forecaster=fitted.load(), last_fit=now)
-    checkpoint = ModelCheckpoint(target, state_path)
+    checkpoint = ModelCheckpoint(target, shelf)
     checkpoint.save(runner, from_epoch(fitted.history_end))
     return checkpoint.saved_fit == now
 

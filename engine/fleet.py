@@ -4,7 +4,9 @@ A *template* (``templates[]`` in the config, :class:`engine.config.TargetTemplat
 turns every series of one PromQL query into a target, one per label set.
 :func:`discover` asks the query which series exist now and expands the
 template for each (:meth:`TargetTemplate.expand`); the daemon calls it every
-``discover_every`` and adds and retires targets as series come and go. A
+``discover_every`` and adds and retires targets as series come and go;
+:func:`fleet_targets` does the same for the commands that work on every
+target (``forescale select``, ``fit``). A
 target's state is stored under its name, so a series that comes back finds
 its state, cooldowns and all.
 
@@ -111,6 +113,67 @@ def template_source(template: TargetTemplate, config: Config) -> Any:
 
     assert template.prototype is not None
     return build_source(template.prototype.model_copy(update={"source": template.source}), config)
+
+
+@dataclass
+class FleetTargets:
+    """The targets a command works on (:func:`fleet_targets`): the file's
+    and those the templates expand to now, each template's with its source
+    out of one range query; the template each came from; and what could not
+    be discovered."""
+
+    targets: list[TargetConfig]
+    sources: dict[str, Any] = field(default_factory=dict)
+    template_of: dict[str, str] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def history(self, target: TargetConfig, config: Config, now: datetime) -> Series:
+        """The target's forecaster ``history`` up to ``now`` on its interval,
+        as its cycle fits it (a template's target: its series out of the
+        template's one query)."""
+        from .build import build_source
+
+        source = self.sources.get(target.name) or build_source(target, config)
+        return source.fetch(now - target.forecaster.history, now).regular(target.interval)
+
+
+def fleet_targets(config: Config, now: datetime, names: Sequence[str] = ()) -> FleetTargets:
+    """The file's targets and, discovered as the daemon discovers them (the
+    template's query, asked now), each template's, under the same names; a
+    name that is also the file's stays the file's. ``names``: only these
+    (a name neither the file nor a template has now is a ConfigError). The
+    targets of a template share one range query over their history windows
+    (a template with one target asked: that target's own query)."""
+    from .build import build_source
+
+    wanted = set(names)
+    out = FleetTargets([t for t in config.targets if not wanted or t.name in wanted])
+    static = {t.name for t in config.targets}
+    for tp in config.templates:
+        if wanted <= static and wanted:
+            break
+        source = template_source(tp, config)
+        try:
+            found = discover(tp, source, now, config.base_dir)
+        except Exception as exc:  # noqa: BLE001 - the other templates and the file's targets go on
+            out.errors.append(f"template {tp.name}: discovery failed: {type(exc).__name__}: {exc}")
+            continue
+        out.errors += [f"template {tp.name}: {e}" for e in found.errors]
+        members = [(n, t) for n, t in found.targets.items() if n not in static and (not wanted or n in wanted)]
+        fetch = TemplateFetch(source)
+        if len(members) > 1:
+            fetch.load(min(now - t.forecaster.history for _, t in members), now)
+        for n, t in members:
+            out.targets.append(t)
+            out.sources[n] = SeriesSlice(fetch, found.labels[n], _Lazy(lambda t=t: build_source(t, config)))
+            out.template_of[n] = tp.name
+    missing = sorted(wanted - {t.name for t in out.targets})
+    if missing and not config.templates:
+        config.target(missing[0])  # the file's own error, listing the known names
+    if missing:
+        raise ConfigError(f"no target named {missing[0]!r}: not in the file, and no template has it now"
+                          + ("".join(f" ({e})" for e in out.errors[:1])))
+    return out
 
 
 # ------------------------------------------------------------------- fetch
@@ -350,5 +413,5 @@ def _labelset(labels: dict[str, str]) -> str:
     return "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
 
 
-__all__ = ["BatchReport", "Discovery", "SeriesSlice", "TemplateFetch", "batched_forecasts", "discover", "expand",
-           "member_target", "run_batch", "template_source"]
+__all__ = ["BatchReport", "Discovery", "FleetTargets", "SeriesSlice", "TemplateFetch", "batched_forecasts",
+           "discover", "expand", "fleet_targets", "member_target", "run_batch", "template_source"]

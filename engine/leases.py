@@ -118,15 +118,19 @@ class Leases:
         late = self.monotonic() - self._renewed
         return None if late < self.lease_s else f"leases not renewed for {late:.0f}s (is the database reachable?)"
 
-    def check(self, db: Any, target: str) -> dict[str, Any]:
+    def check(self, db: Any, target: str, *, lock: bool = True) -> dict[str, Any]:
         """The fence, inside a write transaction: this replica's lease on
         ``target``'s shard, locked for the transaction, with at least the
         renew interval left; raises LeaseLost otherwise. Returns what the
-        intent records about it."""
+        intent records about it. ``lock=False``: the same check without
+        locking the row (a model checkpoint's write, which may share a long
+        batch transaction: it must not hold up the lease's renewal, and the
+        epoch it records keeps an older leader's write from replacing a
+        newer one's)."""
         s = self.shard(target)
         row = db.execute("SELECT epoch FROM leases WHERE shard=? AND holder=? "
-                         "AND expires_at > clock_timestamp() + ? * interval '1 second' FOR SHARE",
-                         (s, self.holder, self.renew_s)).fetchone()
+                         "AND expires_at > clock_timestamp() + ? * interval '1 second'"
+                         + (" FOR SHARE" if lock else ""), (s, self.holder, self.renew_s)).fetchone()
         if row is None:
             with self._guard:
                 self._held.pop(s, None)

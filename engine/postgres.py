@@ -20,6 +20,7 @@ write transaction), the same audit chain. What differs:
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from typing import Any
@@ -57,16 +58,47 @@ CREATE TABLE IF NOT EXISTS replicas (
 );
 """
 
+#: model checkpoints, shared by the replicas (:mod:`engine.checkpoints`):
+#: one row per target (or ``target/resource``), the model's ``save()``
+#: bytes and what it was fitted on, with the lease it was written under
+#: (``epoch`` NULL: written by ``forescale fit``, outside any lease)
+_MODELS = """
+CREATE TABLE IF NOT EXISTS models (
+    name TEXT COLLATE "C" PRIMARY KEY,
+    meta TEXT NOT NULL,
+    model BYTEA NOT NULL,
+    shard INTEGER,
+    epoch BIGINT,
+    holder TEXT,
+    saved_at TIMESTAMPTZ NOT NULL
+)
+"""
+
 #: schema version -> the statements that bring the database from the
 #: previous version to it. Version 2 is the first on PostgreSQL: the SQLite
 #: path from nothing (version 1, then what version 2 adds), the used
-#: approval links, and the leases. Each later version is SQLite's own step.
+#: approval links, and the leases. Version 3 is SQLite's own step 3 (anomaly
+#: masks, notify cursors). Version 4 (PostgreSQL only; a SQLite state keeps
+#: its checkpoints as files): the shared model checkpoints.
 MIGRATIONS: dict[int, str] = {2: ";".join((
     dialect(_SCHEMA_V1), "ALTER TABLE decisions ADD COLUMN plan_id TEXT COLLATE \"C\"",
-    dialect(audit.SCHEMA + _V2_TABLES), dialect(_USED_LINKS), _LEASES))}
-MIGRATIONS[3] = dialect(_V3_TABLES)
+    dialect(audit.SCHEMA + _V2_TABLES), dialect(_USED_LINKS), _LEASES)),
+    3: dialect(_V3_TABLES),
+    4: _MODELS}
 
-assert max(MIGRATIONS) == SCHEMA_VERSION
+#: the newest schema of a PostgreSQL state (a SQLite file's is SCHEMA_VERSION)
+PG_SCHEMA_VERSION = 4
+
+assert max(MIGRATIONS) == PG_SCHEMA_VERSION and min(MIGRATIONS) == 2
+
+#: a checkpoint's write: never over one written under a newer epoch of the
+#: same shard (the lease check before it already refuses a deposed leader)
+_SAVE_MODEL = (
+    "INSERT INTO models(name, meta, model, shard, epoch, holder, saved_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, clock_timestamp()) ON CONFLICT (name) DO UPDATE SET meta = excluded.meta, "
+    "model = excluded.model, shard = excluded.shard, epoch = excluded.epoch, holder = excluded.holder, "
+    "saved_at = excluded.saved_at WHERE excluded.epoch IS NULL OR models.epoch IS NULL "
+    "OR models.shard IS DISTINCT FROM excluded.shard OR models.epoch <= excluded.epoch")
 
 
 def _statements(script: str) -> list[str]:
@@ -77,11 +109,11 @@ class PgStore(Store):
     """The store on a PostgreSQL database (see the module doc)."""
 
     shared = True
+    keeps_models = True
 
     def __init__(self, url: str, *, audit_key: bytes | None = None, password: str | None = None,
-                 read_only: bool = False, pool: int = 10, checkpoint_base: str | None = None) -> None:
+                 read_only: bool = False, pool: int = 10) -> None:
         self.path = redact_url(url)
-        self.checkpoint_base = checkpoint_base
         self.audit_key = (audit_key if audit_key is not None else audit.key_from_env()) or None
         self._lock_fd = None
         self._cli_leases: Any = None
@@ -91,7 +123,7 @@ class PgStore(Store):
         try:
             self.db = connect(url, password=password, size=pool)
             if read_only:
-                check_version(self.path, self._version())
+                check_version(self.path, self._version(), PG_SCHEMA_VERSION)
             else:
                 self._migrate()
         except sqlite3.Error as exc:
@@ -110,25 +142,46 @@ class PgStore(Store):
         return int(row[0] or 0)
 
     def _migrate(self) -> None:
-        """Bring the schema to :data:`SCHEMA_VERSION` (one transaction under
+        """Bring the schema to :data:`PG_SCHEMA_VERSION` (one transaction under
         the write lock: two replicas starting at once do it once)."""
-        if self._version() == SCHEMA_VERSION:
+        if self._version() == PG_SCHEMA_VERSION:
             return
         with self.tx() as db:
             db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, "
                        "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
             version = self._version()
-            check_version(self.path, version)
+            check_version(self.path, version, PG_SCHEMA_VERSION)
             for v in sorted(MIGRATIONS):
                 if v > version:
                     for stmt in _statements(MIGRATIONS[v]):
                         db.execute(stmt)
-            if version < SCHEMA_VERSION:  # one row per upgrade: the version it reached
-                db.execute("INSERT INTO schema_version(version) VALUES (?)", (SCHEMA_VERSION,))
+                    db.execute("INSERT INTO schema_version(version) VALUES (?)", (v,))
 
     @property
     def schema_version(self) -> int:
         return self._version()
+
+    # -------------------------------------------------------------- models
+    def load_model(self, name: str) -> tuple[dict[str, Any], bytes] | None:
+        """The checkpoint of ``name`` (a target, or ``target/resource``): what
+        it was fitted on and the model's bytes; None when there is none."""
+        row = self.db.execute("SELECT meta, model FROM models WHERE name=?", (name,)).fetchone()
+        return None if row is None else (json.loads(row[0]), bytes(row[1]))
+
+    def save_model(self, name: str, meta: dict[str, Any], blob: bytes) -> None:
+        """Write the checkpoint of ``name``, fenced: with :attr:`fence` set
+        (a daemon replica), only while this replica holds the target's lease
+        (LeaseLost otherwise, nothing written), and never over a checkpoint
+        written under a newer epoch; without (``forescale fit``), as an
+        operator's write. The lease row is checked, not locked (a fit inside
+        a batched cycle's transaction must not hold up the lease's renewal):
+        a takeover that commits meanwhile has not fitted yet, and its first
+        write, under the newer epoch, replaces this one."""
+        with self.tx() as db:
+            lease = self.fence(db, name.split("/", 1)[0], lock=False) if self.fence is not None else None
+            db.execute(_SAVE_MODEL, (name, json.dumps(meta), blob, None if lease is None else lease["shard"],
+                                     None if lease is None else lease["epoch"],
+                                     None if lease is None else lease["holder"]))
 
     # -------------------------------------------------------- transactions
     def _begin(self) -> None:
@@ -178,4 +231,4 @@ class PgStore(Store):
                 pass
 
 
-__all__ = ["MIGRATIONS", "PgStore"]
+__all__ = ["MIGRATIONS", "PG_SCHEMA_VERSION", "PgStore"]

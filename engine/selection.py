@@ -199,18 +199,19 @@ def auto_params_for(target: Any, names: Sequence[str] = ()) -> AutoParams:
     return AutoParams(candidates=cands, horizon_steps=target.horizon_steps)
 
 
-def jobs_for(config: Any, targets: Sequence[Any], now: datetime, *, folds: int,
+def jobs_for(config: Any, fleet: Any, now: datetime, *, folds: int,
              names: Sequence[str] = ()) -> tuple[list[SelectionJob], dict[str, Selection]]:
     """Fetch each target's history (its forecaster's ``history`` window up to
-    ``now``, on its interval) and build its job. A target whose history
-    cannot be read comes back as a failed :class:`Selection` instead."""
-    from .build import build_source
+    ``now``, on its interval; ``fleet``: an :class:`engine.fleet.FleetTargets`,
+    whose template targets share their template's query) and build its job.
+    A target whose history cannot be read comes back as a failed
+    :class:`Selection` instead."""
     from .core.errors import ForescaleError
 
     jobs, failed = [], {}
-    for t in targets:
+    for t in fleet.targets:
         try:
-            series = build_source(t, config).fetch(now - t.forecaster.history, now).regular(t.interval)
+            series = fleet.history(t, config, now)
             jobs.append(SelectionJob(t.name, Series.view(series.timestamps, series.values, t.name),
                                      auto_params_for(t, names), folds))
         except ForescaleError as exc:
@@ -218,15 +219,25 @@ def jobs_for(config: Any, targets: Sequence[Any], now: datetime, *, folds: int,
     return jobs, failed
 
 
-def write_config(source: Path, out: Path, selections: Mapping[str, Selection]) -> list[str]:
+def write_config(source: Path, out: Path, selections: Mapping[str, Selection],
+                 template_of: Mapping[str, str] | None = None) -> list[str]:
     """Copy the config file at ``source`` to ``out`` with each chosen
     target's ``forecaster.name`` and ``params`` replaced by its choice (its
-    other forecaster settings kept; a target without a choice unchanged).
-    The copy is validated before it is written (relative paths resolve
-    against ``out``'s folder). Returns the names of the targets changed."""
+    other forecaster settings kept; a target without a choice unchanged). A
+    template's target (``template_of``: target name -> template name) gets
+    the choice as its entry in the template's ``overrides``, so it stays the
+    template's target. The copy is validated before it is written (relative
+    paths resolve against ``out``'s folder). Returns the names of the
+    targets changed."""
     import yaml
 
     from .config import parse_config
+
+    def chosen(sel: Selection, section: Mapping[str, Any] | None) -> dict[str, Any]:
+        assert sel.choice is not None
+        kept = {k: v for k, v in (section or {}).items() if k not in ("name", "params")}
+        return {"name": sel.choice.name, **({"params": dict(sel.choice.params)} if sel.choice.params else {}),
+                **kept}
 
     doc = yaml.safe_load(source.read_text(encoding="utf-8"))
     changed = []
@@ -234,10 +245,17 @@ def write_config(source: Path, out: Path, selections: Mapping[str, Selection]) -
         sel = selections.get(t.get("name")) if isinstance(t, dict) else None
         if sel is None or sel.choice is None:
             continue
-        fc = {k: v for k, v in (t.get("forecaster") or {}).items() if k not in ("name", "params")}
-        t["forecaster"] = {"name": sel.choice.name, **({"params": dict(sel.choice.params)} if sel.choice.params
-                                                       else {}), **fc}
+        t["forecaster"] = chosen(sel, t.get("forecaster"))
         changed.append(t["name"])
+    blocks = {tp.get("name"): tp for tp in doc.get("templates") or () if isinstance(tp, dict)}
+    for name, tname in (template_of or {}).items():
+        sel, tp = selections.get(name), blocks.get(tname)
+        if sel is None or sel.choice is None or tp is None:
+            continue
+        overrides = tp.setdefault("overrides", {})
+        mine = overrides.setdefault(name, {})
+        mine["forecaster"] = chosen(sel, mine.get("forecaster") or tp.get("forecaster"))
+        changed.append(name)
     parse_config(doc, base_dir=out.resolve().parent, source=str(out))
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")

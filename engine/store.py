@@ -170,11 +170,12 @@ DECISION_STATUS = {
 }
 
 
-def check_version(where: str, version: int) -> None:
-    """Refuse state written by a newer forescale (either backend)."""
-    if version > SCHEMA_VERSION:
+def check_version(where: str, version: int, newest: int = SCHEMA_VERSION) -> None:
+    """Refuse state written by a newer forescale (either backend; ``newest``:
+    the backend's own latest version)."""
+    if version > newest:
         raise StateError(f"{where}: schema version {version} is newer than this forescale understands "
-                         f"({SCHEMA_VERSION}); upgrade forescale")
+                         f"({newest}); upgrade forescale")
 
 
 # ------------------------------------------------------------------ state <-> json
@@ -272,12 +273,17 @@ class Store:
     #: several processes may act on this state at once (PostgreSQL): the
     #: daemon then elects a leader per shard instead of taking :meth:`lock`
     shared = False
-    #: ``fence(db, target) -> dict``, set by the daemon on a shared store:
-    #: called inside the transaction that records an intent to act (or
-    #: claims a plan) and raises :class:`engine.core.errors.LeaseLost` when
-    #: this process no longer leads the target; what it returns is written
-    #: with the intent (which lease, which epoch)
-    fence: Callable[[Any, str], dict[str, Any]] | None = None
+    #: ``fence(db, target, lock=True) -> dict``, set by the daemon on a
+    #: shared store: called inside the transaction that records an intent to
+    #: act (or claims a plan; ``lock=False``: writes a model checkpoint) and
+    #: raises :class:`engine.core.errors.LeaseLost` when this process no
+    #: longer leads the target; what it returns is written with the intent
+    #: (which lease, which epoch)
+    fence: Callable[..., dict[str, Any]] | None = None
+    #: model checkpoints live in the store (PostgreSQL's ``models`` table,
+    #: shared by the replicas) rather than in files beside it
+    #: (:mod:`engine.checkpoints`)
+    keeps_models = False
 
     def __init__(self, path: str | Path, *, audit_key: bytes | None = None) -> None:
         """``audit_key``: the HMAC key of the audit chain (default: the
@@ -905,18 +911,8 @@ def open_store(config: Any, *, audit_key: bytes | None = None, read_only: bool =
         from .postgres import PgStore
 
         return PgStore(config.state_url, audit_key=key, password=config.state_password(), read_only=read_only,
-                       pool=config.ha.pool, checkpoint_base=_models_base(config))
+                       pool=config.ha.pool)
     return ReadOnlyStore(config.state_path, audit_key=key) if read_only else Store(config.state_path, audit_key=key)
-
-
-def _models_base(config: Any) -> str | None:
-    """Where a PostgreSQL state's model checkpoints go: beside the config
-    file (``<dbname>.models/``); each replica keeps its own."""
-    from urllib.parse import urlsplit
-
-    if config.base_dir is None:
-        return None
-    return str(config.base_dir / urlsplit(config.state_url).path.strip("/"))
 
 
 class ReadOnlyStore(Store):

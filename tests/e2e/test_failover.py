@@ -9,14 +9,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from collections import Counter
 
 from engine import audit
+from engine.core.units import parse_time
 from engine.store import open_store
 from tests.support.postgres import pg_server, pg_url  # noqa: F401 - fixtures
-from tests.support.replica import events, failover_config, in_flight, start_replica, wait_for
+from tests.support.replica import (events, failover_config, in_flight, start_replica, stop_replicas,
+                                   wait_for)
 
 LEASE_S, RENEW_S, INTERVAL_S = 4.0, 1.0, 3.0
 
@@ -49,14 +50,7 @@ def test_the_standby_takes_over_within_the_lease_and_nothing_is_applied_twice(pg
         wait_for(lambda: sum(e["kind"] == "end" and e["pid"] == standby.pid for e in events(platform)) >= 2,
                  60, "applies by the standby", [standby], logs)
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_replicas(procs.values())
     evs = events(platform)
     begins = [e for e in evs if e["kind"] == "begin"]
     # no decision applied twice; each by one process
@@ -85,3 +79,36 @@ def test_the_standby_takes_over_within_the_lease_and_nothing_is_applied_twice(pg
         old = {m["epoch"] for m in mine if m["holder"].split(":")[2] == str(leader_pid)}
         new = {m["epoch"] for m in mine if m["holder"].split(":")[2] == str(standby.pid)}
         assert max(old) < min(new)
+
+
+def test_the_new_leader_restores_the_model_the_dead_one_fitted_instead_of_refitting(pg_url, tmp_path):
+    """Model checkpoints live in the shared state: the leader fits and
+    saves under its lease; killed with SIGKILL, its successor's first cycle
+    loads that model (the same model_version in its decisions, 'restored' in
+    its log) instead of fitting its own."""
+    platform = tmp_path / "platform"
+    cfg = failover_config(tmp_path, pg_url, lease_s=LEASE_S, renew_s=RENEW_S, interval_s=INTERVAL_S)
+    logs = (tmp_path / "a.log", tmp_path / "b.log")
+    procs = {p.pid: p for p in (start_replica(cfg, logs[0]), start_replica(cfg, logs[1]))}
+    try:
+        wait_for(lambda: any(e["kind"] == "end" for e in events(platform)), 90, "an apply", procs.values(), logs)
+        leader_pid = next(e["pid"] for e in events(platform) if e["kind"] == "begin")
+        standby = next(p for pid, p in procs.items() if pid != leader_pid)
+        os.kill(leader_pid, signal.SIGKILL)
+        killed_at = time.time()
+        procs[leader_pid].wait(10)
+        wait_for(lambda: any(e["kind"] == "end" and e["pid"] == standby.pid for e in events(platform)),
+                 LEASE_S + 60, "an apply by the standby", [standby], logs)
+    finally:
+        stop_replicas(procs.values())
+    with open_store(pg_url) as s:
+        (row,) = s.db.execute("SELECT meta, holder, epoch FROM models WHERE name='svc-0'").fetchall()
+        saved = json.loads(row[0])["version"]
+        assert row[1].split(":")[2] == str(leader_pid)  # written by the dead leader, under its lease
+        decided = s.decisions("svc-0", limit=500)
+    at = {d["id"]: parse_time(d["at"]).timestamp() for d in decided}
+    before = {d["model_version"] for d in decided if at[d["id"]] < killed_at - 1}
+    after = [d["model_version"] for d in decided if at[d["id"]] > killed_at]
+    assert before == {saved} and after and set(after) == {saved}  # the successor forecast with that model
+    log = logs[0 if standby.pid == next(iter(procs)) else 1].read_text()
+    assert f"target svc-0: model {saved} restored" in log

@@ -17,7 +17,7 @@ from engine.cli import main
 from engine.config import load_config, parse_config
 from engine.core.clock import ManualClock
 from engine.core.errors import ConfigError
-from engine.core.units import from_epoch
+from engine.core.units import from_epoch, isoformat
 from engine.daemon import Daemon
 from engine.store import Store, open_store
 from tests.support.live import Platform
@@ -502,3 +502,90 @@ def test_a_discovered_target_whose_actuator_is_refused_is_left_out_and_the_other
                    for r in caplog.records)
     finally:
         d.shutdown(5)
+
+
+# ------------------------------------------------- select and fit see templates
+def one_daemon_cycle(cfg: Path, at: int) -> list:
+    """The results of the daemon's first batched cycle of the 'storage' template at ``at``."""
+    results: list = []
+    d = Daemon(cfg, clock=ManualClock(from_epoch(at)), monotonic=lambda: 1000.0, on_result=results.append)
+    try:
+        d.tick()
+        assert d.templates["storage"].wait(60)
+    finally:
+        d.shutdown(5)
+    return results
+
+
+@pytest.mark.prometheus
+def test_select_chooses_a_template_targets_model_and_the_daemons_member_then_forecasts_with_it(
+        fleet_prometheus, tmp_path, capsys):
+    end = fleet_prometheus.end
+    tp = template(fleet_prometheus.url, mode="dry-run", actuator={"type": "dry-run"},
+                  forecaster={"name": "persistence", "history": "3d", "refit_every": "6h"})
+    cfg = write(tmp_path / "fleet.yaml", tp)
+    out = tmp_path / "chosen.yaml"
+    at = isoformat(from_epoch(end))
+    assert main(["select", "--config", str(cfg), "--target", "storage-alice-g1", "--candidate", "seasonal_naive",
+                 "--candidate", "persistence", "--folds", "2", "--executor", "local", "--workers", "1",
+                 "--at", at, "--write-config", str(out), "--json", "-q"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    (sel,) = doc["targets"]  # only the one asked, found by the template's query under the daemon's name
+    assert sel["target"] == "storage-alice-g1" and doc["errors"] == []
+    assert sel["choice"]["name"] == "seasonal_naive", sel  # a daily trace: yesterday beats the last sample
+    assert doc["written"]["targets"] == ["storage-alice-g1"]
+    block = yaml.safe_load(out.read_text())["templates"][0]
+    assert block["overrides"] == {"storage-alice-g1": {"forecaster": {"name": "seasonal_naive", "history": "3d",
+                                                                      "refit_every": "6h"}}}
+    # the daemon on the written config: alice's member forecasts with the
+    # chosen model, the template's other targets keep the template's
+    got = {r.target: r for r in one_daemon_cycle(out, end)}
+    assert sorted(got) == ["storage-alice-g1", "storage-bob-g1", "storage-carol-g2"]
+    assert got["storage-alice-g1"].forecast.model == "seasonal_naive"
+    assert not got["storage-alice-g1"].decision.fallback
+    assert got["storage-bob-g1"].forecast.model == "persistence"
+    # every target, the template's included: the file's target beside them
+    static = {"name": "web", "source": {"type": "prometheus", "url": fleet_prometheus.url,
+                                        "query": 'sum(storage_used_bytes{user="bob"})'},
+              "forecaster": {"name": "persistence", "history": "3d"}, "policy": POLICY}
+    both = write(tmp_path / "both.yaml", tp, targets=[static])
+    assert main(["select", "--config", str(both), "--candidate", "persistence", "--folds", "1",
+                 "--executor", "local", "--workers", "1", "--at", at, "--json", "-q"]) == 0
+    names = [t["target"] for t in json.loads(capsys.readouterr().out)["targets"]]
+    assert names == ["web", "storage-alice-g1", "storage-bob-g1", "storage-carol-g2"]
+    assert main(["select", "--config", str(cfg), "--target", "storage-nobody-g9", "--at", at]) == 2
+    assert "no target named 'storage-nobody-g9': not in the file, and no template has it now" in \
+        capsys.readouterr().err
+
+
+@pytest.mark.prometheus
+def test_fit_fits_a_template_targets_model_and_the_daemons_member_restores_it(fleet_prometheus, tmp_path,
+                                                                              capsys):
+    pytest.importorskip("statsmodels")
+    end = fleet_prometheus.end
+    cfg = write(tmp_path / "fleet.yaml", template(
+        fleet_prometheus.url, mode="dry-run", actuator={"type": "dry-run"},
+        forecaster={"name": "holt_winters", "history": "3d", "refit_every": "1d"}))
+    assert main(["fit", "--config", str(cfg), "--executor", "local", "--workers", "1",
+                 "--at", isoformat(from_epoch(end)), "--json", "-q"]) == 0
+    rows = json.loads(capsys.readouterr().out)["targets"]
+    assert sorted(rows) == ["storage-alice-g1", "storage-bob-g1", "storage-carol-g2"]
+    assert all(r["fitted"].startswith("holt_winters:") for r in rows.values()), rows
+    results = one_daemon_cycle(cfg, end)
+    assert len(results) == 3
+    for r in results:  # each member's first cycle restored its fitted model: no fit of its own
+        assert r.details.get("model", "").startswith(f"model {rows[r.target]['fitted']} restored"), r.details
+        assert r.forecast.model_version == rows[r.target]["fitted"]
+
+
+def test_a_templates_override_is_validated_at_load_naming_the_field(tmp_path):
+    tp = template("http://127.0.0.1:9", overrides={"storage-a-g": {"forecaster": {"name": "nosuch"}}})
+    with pytest.raises(ConfigError, match=r"templates\[0\]\.overrides\.storage-a-g\.forecaster"):
+        load_config(write(tmp_path / "c.yaml", tp))
+    tp = template("http://127.0.0.1:9", overrides={"storage-a-g": {"source": {"type": "csv"}}})
+    with pytest.raises(ConfigError, match=r"overrides\.storage-a-g\.source: an override replaces a target field"):
+        load_config(write(tmp_path / "c.yaml", tp))
+    tp = template("http://127.0.0.1:9", overrides={"storage-a-g": {"forecaster": {"name": "seasonal_naive"}}})
+    parsed = load_config(write(tmp_path / "c.yaml", tp)).templates[0]
+    assert parsed.expand({"user": "a", "group": "g"}).forecaster.name == "seasonal_naive"
+    assert parsed.expand({"user": "b", "group": "g"}).forecaster.name == "persistence"

@@ -139,3 +139,30 @@ def test_the_fence_refuses_to_claim_an_approved_plan_once_the_lease_is_gone(stor
     b.fence = lb.check
     claimed = b.transition_plan("p1", PlanStatus.APPLYING, NOW, allowed_from=(PlanStatus.APPROVED,))
     assert claimed.status == PlanStatus.APPLYING
+
+
+def test_a_deposed_leader_cannot_overwrite_its_successors_model_checkpoint(stores):
+    """Checkpoints in the shared table are fenced as intents are: written
+    only under a held lease, and never over one of a newer epoch."""
+    a, b = stores
+    la, lb = Leases(a, shards=1, lease_s=30), Leases(b, shards=1, lease_s=30)
+    a.fence, b.fence = la.check, lb.check
+    la.renew()
+    a.save_model("web", {"version": "a-1"}, b"model of a")
+    (row,) = a.db.execute("SELECT epoch, holder FROM models WHERE name='web'").fetchall()
+    assert (row[0], row[1]) == (la.held()[0], la.holder)
+    expire_all(a)  # a froze; b takes over (epoch + 1) and saves its own fit
+    lb.renew()
+    b.save_model("web", {"version": "b-1"}, b"model of b")
+    b.save_model("web/requests", {"version": "b-r"}, b"a resource's model")  # fenced by its target's lease
+    with pytest.raises(LeaseLost):
+        a.save_model("web", {"version": "a-2"}, b"late model of a")  # a, woken up, still thinks it leads
+    assert b.load_model("web") == ({"version": "b-1"}, b"model of b")
+    # and a row of a newer epoch is never replaced by an older one's write
+    b.db.execute("UPDATE models SET epoch = epoch + 5 WHERE name='web'")
+    b.save_model("web", {"version": "b-2"}, b"model of b, refit")
+    assert b.load_model("web")[0] == {"version": "b-1"}
+    # forescale fit (no lease: an operator's write) replaces it
+    b.fence = None
+    b.save_model("web", {"version": "fit"}, b"fitted by the CLI")
+    assert a.load_model("web") == ({"version": "fit"}, b"fitted by the CLI")

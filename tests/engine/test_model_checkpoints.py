@@ -34,14 +34,14 @@ def _registered():
     forecasters.registry.unregister("counting_persistence")
 
 
-def _config(tmp_path, name="counting_persistence", params=None):
+def _config(tmp_path, name="counting_persistence", params=None, refit_every="1d"):
     n = 2 * 288
     v = 50 + 10 * np.sin(2 * np.pi * np.arange(n) / 288)
     csv = tmp_path / "t.csv"
     csv.write_text("timestamp,value\n" + "".join(f"{T0 + 300 * i},{x}\n" for i, x in enumerate(v)))
     return parse_config({"state": str(tmp_path / "s.db"), "targets": [{
         "name": "web", "mode": "observe", "source": {"type": "replay", "path": str(csv)},
-        "forecaster": {"name": name, "params": params or {}, "refit_every": "1d"},
+        "forecaster": {"name": name, "params": params or {}, "refit_every": refit_every},
         "policy": {"capacity_per_replica": 5}}]})
 
 
@@ -107,3 +107,27 @@ def test_a_checkpoint_from_the_future_is_refitted_not_a_forecast_error(tmp_path,
     for res in again:
         assert res.ok and not res.decision.fallback and res.forecast is not None
         assert "forecast_error" not in res.details
+
+
+def test_a_replica_that_leads_a_target_again_takes_up_a_newer_model_fitted_meanwhile(tmp_path):
+    """A replica that lost a target and gains it back (``rearm``) restores the
+    model the other leader fitted since, and keeps its own when none is
+    newer."""
+    cfg = _config(tmp_path, refit_every="15m")
+    CountingPersistence.fits = 0
+    with Store(cfg.state_path) as store_a, Store(cfg.state_path) as store_b:
+        (a,) = build_targets(cfg, store_a)
+        (b,) = build_targets(cfg, store_b)
+        first = a.run(from_epoch(T0 + 300 * 400))  # a leads: fits and saves
+        took = b.run(from_epoch(T0 + 300 * 401))  # b takes over: restores a's fit
+        assert "restored" in took.details["model"] and CountingPersistence.fits == 1
+        assert took.decision.model_version == first.decision.model_version
+        refit = b.run(from_epoch(T0 + 300 * 403))  # b refits (every 15 min) and saves
+        assert CountingPersistence.fits == 2 and refit.decision.model_version != first.decision.model_version
+        a.rearm_checkpoints()  # a leads again: b's newer model, not a's own
+        back = a.run(from_epoch(T0 + 300 * 404))
+        assert "restored" in back.details["model"] and back.decision.model_version == refit.decision.model_version
+        a.rearm_checkpoints()  # nothing newer: a keeps the model it has, no note
+        same = a.run(from_epoch(T0 + 300 * 405))
+        assert "model" not in same.details and same.decision.model_version == refit.decision.model_version
+        assert CountingPersistence.fits == 2

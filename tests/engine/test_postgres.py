@@ -18,7 +18,7 @@ from engine.config import load_config
 from engine.core.errors import PlanStateError, StateError
 from engine.core.types import PlanStatus
 from engine.db import redact_url
-from engine.postgres import PgStore
+from engine.postgres import MIGRATIONS, PG_SCHEMA_VERSION, PgStore
 from engine.store import SCHEMA_VERSION, open_store
 from tests.engine.test_store import NOW, make_decision, plan
 from tests.support import ROOT
@@ -28,10 +28,11 @@ from tests.support.postgres import PASSWORD, pg_server, pg_url  # noqa: F401 - f
 def test_a_new_database_gets_the_current_schema_once_and_a_newer_one_is_refused(pg_url):
     with open_store(pg_url) as s, open_store(pg_url) as again:
         assert isinstance(s, PgStore) and s.shared
-        assert s.schema_version == again.schema_version == SCHEMA_VERSION
-        assert [r[0] for r in s.db.execute("SELECT version FROM schema_version")] == [SCHEMA_VERSION]
-        s.db.execute("INSERT INTO schema_version(version) VALUES (?)", (SCHEMA_VERSION + 1,))
-    with pytest.raises(StateError, match=f"schema version {SCHEMA_VERSION + 1} is newer"):
+        assert s.schema_version == again.schema_version == PG_SCHEMA_VERSION
+        assert [r[0] for r in s.db.execute("SELECT version FROM schema_version ORDER BY version")] == \
+            sorted(MIGRATIONS) == list(range(2, PG_SCHEMA_VERSION + 1))
+        s.db.execute("INSERT INTO schema_version(version) VALUES (?)", (PG_SCHEMA_VERSION + 1,))
+    with pytest.raises(StateError, match=f"schema version {PG_SCHEMA_VERSION + 1} is newer"):
         open_store(pg_url)
 
 
@@ -39,10 +40,24 @@ def test_a_version_2_database_is_upgraded_to_the_version_3_tables(pg_url):
     with open_store(pg_url) as s:
         s.db.execute("DROP TABLE anomaly_masks")
         s.db.execute("DROP TABLE notify_cursors")
-        s.db.execute("UPDATE schema_version SET version=2")  # as written before version 3
+        s.db.execute("DELETE FROM schema_version WHERE version > 2")  # as written before version 3
     with open_store(pg_url) as s:
-        assert [r[0] for r in s.db.execute("SELECT version FROM schema_version ORDER BY version")] == [2, 3]
+        assert [r[0] for r in s.db.execute("SELECT version FROM schema_version ORDER BY version")] == \
+            list(range(2, PG_SCHEMA_VERSION + 1))
         assert s.anomaly_masks("web") == {} and s.notify_cursors() == {}
+
+
+def test_a_version_3_database_is_upgraded_to_the_shared_model_checkpoints_keeping_its_rows(pg_url):
+    with open_store(pg_url) as s:  # as a forescale of schema 3 left it: no models table
+        s.record_decision(make_decision(NOW), "dry-run", "dry-run", NOW)
+        s.db.execute("DROP TABLE models")
+        s.db.execute("DELETE FROM schema_version WHERE version = 4")
+        assert s.schema_version == 3
+    with open_store(pg_url) as s:
+        assert s.schema_version == PG_SCHEMA_VERSION
+        assert len(s.decisions()) == 1 and audit.verify(s).ok
+        s.save_model("web", {"key": "k", "last_fit": 1}, b"\x00model\xff")
+        assert s.load_model("web") == ({"key": "k", "last_fit": 1}, b"\x00model\xff")
 
 
 def test_replicas_opening_a_fresh_database_at_once_migrate_it_once(pg_url):
@@ -61,7 +76,7 @@ def test_replicas_opening_a_fresh_database_at_once_migrate_it_once(pg_url):
         t.join()
     assert not errors
     with open_store(pg_url) as s:
-        assert s.db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 1
+        assert s.db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == len(MIGRATIONS)  # each once
 
 
 _WRITER = """
@@ -183,8 +198,40 @@ def test_the_password_can_come_from_the_variable_the_config_names(pg_server, tmp
         open_store(load_config(cfg))
     monkeypatch.setenv("DB_PW", PASSWORD)
     with open_store(load_config(cfg)) as s:
-        assert s.schema_version == SCHEMA_VERSION
+        assert s.schema_version == PG_SCHEMA_VERSION
         assert PASSWORD not in s.path
     from engine.auth import config_secrets
 
     assert PASSWORD in config_secrets(load_config(cfg))  # so the log redactor knows it
+
+
+def test_forescale_fit_on_a_postgresql_state_saves_into_the_shared_table_the_daemon_restores(pg_url, tmp_path,
+                                                                                              capsys):
+    import time
+
+    import numpy as np
+
+    from engine.build import build_targets
+    from engine.cli import main
+    from engine.core.units import from_epoch, isoformat
+    from tests.support import write_trace
+
+    end = int(time.time()) // 300 * 300
+    t = np.arange(3 * 288)
+    trace = write_trace(tmp_path / "cpu.csv", end, 50 + 30 * np.sin(2 * np.pi * t / 288))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"state": pg_url, "server": {"enabled": False}, "targets": [
+        {"name": "cpu", "source": {"type": "csv", "path": trace},
+         "forecaster": {"name": "seasonal_naive", "history": "3d"}, "policy": {"capacity_per_replica": 5}}]}))
+    assert main(["fit", "--config", str(cfg), "--executor", "local", "--workers", "1", "--at",
+                 isoformat(from_epoch(end)), "--json", "-q"]) == 0
+    doc = yaml.safe_load(capsys.readouterr().out)
+    fitted = doc["targets"]["cpu"]["fitted"]
+    assert PASSWORD not in doc["state"] and "models table" in doc["state"]
+    assert not (tmp_path / "c.models").exists() and not list(tmp_path.glob("*.models"))  # no files: the table
+    conf = load_config(cfg)
+    with open_store(conf) as store:
+        (lt,) = build_targets(conf, store)
+        res = lt.run(from_epoch(end))
+    assert res.details.get("model", "").startswith(f"model {fitted} restored"), res.details
+    assert res.forecast.model_version == fitted

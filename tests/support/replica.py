@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -96,9 +97,12 @@ class FileActuator:
 
 
 def failover_config(folder: Path, url: str, *, lease_s: float, renew_s: float, interval_s: float,
-                    apply_delay: float = 1.5, targets: int = 1, shards: int = 4) -> Path:
+                    apply_delay: float = 1.5, targets: int = 1, shards: int = 4,
+                    forecaster: dict[str, Any] | None = None) -> Path:
     """``targets`` targets whose demand changes every interval (so nearly
-    every cycle applies), on the ``file`` platform in ``folder/platform``."""
+    every cycle applies), on the ``file`` platform in ``folder/platform``;
+    ``forecaster``: their forecaster section (default: persistence, refit
+    hourly)."""
     now = datetime.now(timezone.utc).replace(microsecond=0)
     # 5 s blocks: over an interval that is no multiple of 10 s, each cycle sees another mean
     values = [100.0 if (i // 5) % 2 else 240.0 for i in range(3600)]
@@ -109,7 +113,7 @@ def failover_config(folder: Path, url: str, *, lease_s: float, renew_s: float, i
         "server": {"enabled": False},
         "targets": [target_dict(
             f"svc-{i}", trace, interval=f"{interval_s:g}s", timeout="20s",
-            forecaster={"name": "persistence", "history": "10m", "refit_every": "1h"},
+            forecaster=forecaster or {"name": "persistence", "history": "10m", "refit_every": "1h"},
             policy={"lead_time": f"{interval_s:g}s", "hold": f"{interval_s:g}s", "max_staleness": "1m"},
             actuator={"type": "file", "dir": str(folder / "platform"), "apply_delay": apply_delay})
             for i in range(targets)],
@@ -124,6 +128,19 @@ def start_replica(cfg: Path, log: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tests.support.replica", "run", "--config", str(cfg),
                              "--tick", "0.05"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=log.open("w"))
+
+
+def stop_replicas(procs) -> None:
+    """SIGTERM every replica still running, wait for each (killed after 20 s)."""
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def wait_for(cond, timeout: float, what: str, procs=(), logs=()):
