@@ -29,7 +29,7 @@ from . import audit
 from .auth import _USED_LINKS
 from .core.errors import StateError, StateLocked
 from .db import connect, redact_url
-from .store import _SCHEMA_V1, _V2_TABLES, _V3_TABLES, SCHEMA_VERSION, Store, check_version
+from .store import _SCHEMA_V1, _V2_TABLES, _V3_TABLES, Store, check_version
 
 def dialect(sqlite_ddl: str) -> str:
     """SQLite DDL as PostgreSQL DDL, so each table is declared once (in

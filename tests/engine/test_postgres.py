@@ -19,7 +19,7 @@ from engine.core.errors import PlanStateError, StateError
 from engine.core.types import PlanStatus
 from engine.db import redact_url
 from engine.postgres import MIGRATIONS, PG_SCHEMA_VERSION, PgStore
-from engine.store import SCHEMA_VERSION, open_store
+from engine.store import open_store
 from tests.engine.test_store import NOW, make_decision, plan
 from tests.support import ROOT
 from tests.support.postgres import PASSWORD, pg_server, pg_url  # noqa: F401 - fixtures
