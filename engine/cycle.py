@@ -522,16 +522,11 @@ class LiveTarget:
                    for n in target.resources}
         self.runner = TargetRunner(target, forecaster=forecaster, feedback=StoreFeedback(store, target.name, keep),
                                    resources=runners)
-<<<<<<< HEAD
         # the samples flagged before a restart stay out of training
         for series, detector in self._detectors().items():
             detector.restore(store.anomaly_masks(series))
-        base = getattr(store, "checkpoint_base", getattr(store, "path", None))
-        self.checkpoint = ModelCheckpoint(target, base)
-=======
         shelf = shelf_for(store)
         self.checkpoint = ModelCheckpoint(target, shelf)
->>>>>>> fleetstate
         #: each further resource's model checkpoint (``<state>.models/<target>/<resource>.model``)
         self.resource_checkpoints = {n: ModelCheckpoint(target.resource_target(n), shelf)
                                      for n in target.resources}
