@@ -359,11 +359,13 @@ class TemplateWorker:
             leases = self.daemon.leases
             # on a PostgreSQL state: only the targets whose lease this replica holds
             members = [m for n, m in self.members.items() if leases is None or leases.holds(n)]
-            report = run_batch([m.live for m in members], now, self.store, self.fetch)
+            report = run_batch([m.live for m in members], now, self.store, self.fetch,
+                               executor=self.daemon.executor())
             self.last_report = report
-            log.info("template %s: %d target(s) in %.2fs (%s); %d forecast in %d batched call(s)",
-                     self.template.name, len(members), sum(report.seconds.values()),
-                     ", ".join(f"{k} {v:.2f}s" for k, v in report.seconds.items()), report.batched, report.calls)
+            log.info("template %s: %d target(s) in %.2fs (%s); %d forecast in %d batched call(s); %d refit(s) "
+                     "on the executor, %d failed", self.template.name, len(members), sum(report.seconds.values()),
+                     ", ".join(f"{k} {v:.2f}s" for k, v in report.seconds.items()), report.batched, report.calls,
+                     report.refits, report.refit_failures)
             for m, res in zip(members, report.results):
                 if res.ok:
                     m.last_success = now
@@ -420,6 +422,10 @@ class Daemon:
         self._lock = threading.Lock()
         #: this replica's leases (PostgreSQL state; None: the file lock)
         self.leases: Any = None
+        #: the executor of the batched cycles' refits (opened on first use)
+        self._executor: Any = None
+        self._executor_cfg: Any = None
+        self._executor_lock = threading.Lock()
         self.lock_store = open_store(self.config)
         try:
             if self.lock_store.shared:
@@ -471,6 +477,33 @@ class Daemon:
         if self.leases is not None:
             store.fence = self.leases.check
         return store
+
+    def executor(self) -> Any:
+        """Where the templates' batched cycles send their per-series refits:
+        the ``executor:`` section's executor, opened at its first use and
+        kept until shutdown (a changed section takes effect at a restart).
+        None without the section, or while it cannot be opened (logged, tried
+        again next cycle): the refits then run in the cycle's own thread."""
+        cfg = self.config.cycle_executor
+        if cfg is None:
+            return None
+        with self._executor_lock:
+            if self._executor is None:
+                from .executor import open_executor
+
+                try:
+                    self._executor, self._executor_cfg = open_executor(cfg), cfg
+                except Exception as exc:  # noqa: BLE001 - the cycle goes on without it
+                    log.error("executor %s could not be opened (the refits run in the cycle meanwhile): %s: %s",
+                              cfg.kind, type(exc).__name__, exc)
+                    return None
+                log.info("executor %s: %d worker(s) for the batched cycles' refits", cfg.kind,
+                         self._executor.workers)
+            elif cfg != self._executor_cfg:
+                log.warning("the executor section changed; the open %s executor is kept until a restart",
+                            self._executor_cfg.kind)
+                self._executor_cfg = cfg
+            return self._executor
 
     # -------------------------------------------------------------- callbacks
     def jitter(self, target: TargetConfig) -> float:
@@ -748,6 +781,11 @@ class Daemon:
             if not tw.wait(deadline - time.monotonic()):
                 log.warning("template %s: abandoning a batched cycle still running at shutdown", tw.template.name)
             tw.close()
+        if self._executor is not None:
+            try:
+                self._executor.close()
+            except Exception:  # noqa: BLE001 - shutting down regardless
+                log.exception("closing the executor failed")
         if self.leases is not None:
             self.leases.stop()  # hand the leases back: another replica takes over at once
         self.lock_store.close()

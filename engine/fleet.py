@@ -22,7 +22,10 @@ work around the decisions:
                  or updated one by one, then forecast in one call per model
                  (:func:`batched_forecasts`: all the targets on one global
                  LSTM checkpoint in one forward pass, on the GPU when there is
-                 one); per-series models forecast per target in step 4.
+                 one); per-series models forecast per target in step 4,
+                 and their due refits run first on the config's executor
+                 when it has one (:func:`refits_elsewhere`: one task per
+                 target, a failed or lost one is that target's fallback).
 4. **decide**    every target's ``decide`` (step 5), the forecast records in
                  one transaction.
 5. **record**    every target that does not act (observe, dry-run, hold):
@@ -230,17 +233,67 @@ def batched_forecasts(members: Sequence[LiveTarget], cycles: Sequence[PendingCyc
     return out, calls
 
 
+def refits_elsewhere(members: Sequence[LiveTarget], cycles: Sequence[PendingCycle], now: datetime,
+                     executor: Any) -> tuple[dict[int, tuple[Forecast | None, str | None]], int]:
+    """Send the due refits of the members' per-series models (not a batched
+    model, no quality gate, no ``init_from`` fine-tuning, no covariates) to
+    ``executor``, one task per target carrying only the history it fits on,
+    the forecaster's class, name and parameters; each fitted model comes back
+    as bytes and becomes that target's model, which then predicts in the
+    decide step as always. A task that failed or whose worker was lost is
+    that target's forecast error (index -> (None, reason): reactive
+    fallback, never a scale-down); the others are untouched. Returns those
+    errors and the number of refits sent."""
+    from .executor import Task
+    from .fits import fit_params, fit_series
+
+    jobs: list[tuple[int, Series]] = []
+    for i, (m, c) in enumerate(zip(members, cycles)):
+        f, fc = m.runner.forecaster, m.target.forecaster
+        caps = capabilities_of(f)
+        if (f is None or caps.predicts_in_batches or fc.quality_gate is not None or fc.init_from is not None
+                or (caps.takes_covariates and m.covariate_sources)):
+            continue
+        window = m.refit_job(c)
+        if window is not None:
+            jobs.append((i, window))
+    if not jobs:
+        return {}, 0
+    # the history goes with its one task, not scattered (``share``): data
+    # scattered to a worker that dies is lost, and the task with it
+    tasks = [Task(m.target.name, (m.target.name, w, m.target.forecaster.name, fit_params(m.target),
+                                  type(m.runner.forecaster)))
+             for m, w in ((members[i], w) for i, w in jobs)]
+    try:
+        outcomes = executor.run(fit_series, tasks)
+    except Exception as exc:  # noqa: BLE001 - the executor itself failed: each target falls back with why
+        log.warning("refits of %d targets on the %s executor failed: %s: %s", len(tasks), executor.kind,
+                    type(exc).__name__, exc)
+        return {i: (None, f"ForecastError: the refit on the {executor.kind} executor failed: "
+                          f"{type(exc).__name__}: {exc}") for i, _ in jobs}, len(jobs)
+    out: dict[int, tuple[Forecast | None, str | None]] = {}
+    for (i, window), fitted in zip(jobs, outcomes):
+        why = members[i].take_refit(cycles[i], window, fitted, executor.kind)
+        if why is not None:
+            log.warning("target %s: %s", members[i].target.name, why, extra={"target": members[i].target.name})
+            out[i] = (None, why)
+    return out, len(jobs)
+
+
 # ------------------------------------------------------------------- cycle
 @dataclass
 class BatchReport:
     """What one batched cycle did: each target's result (in the members'
     order), seconds per part (fetch, gather, forecast, decide, record, act),
-    and how many targets were forecast in how many batched calls."""
+    how many targets were forecast in how many batched calls, and how many
+    refits were sent to the executor (and how many of them failed)."""
 
     results: list[CycleResult]
     seconds: dict[str, float]
     batched: int = 0
     calls: int = 0
+    refits: int = 0
+    refit_failures: int = 0
 
 
 def _together(store: Any, cycles: Sequence[PendingCycle]) -> "_Together":
@@ -280,11 +333,12 @@ def _chunks(items: Sequence[int]) -> list[Sequence[int]]:
 
 
 def run_batch(members: Sequence[LiveTarget], now: datetime, store: Any, fetch: TemplateFetch | None = None,
-              *, clock: Callable[[], float] = time.perf_counter) -> BatchReport:
+              *, executor: Any = None, clock: Callable[[], float] = time.perf_counter) -> BatchReport:
     """One cycle of every member at ``now`` (the steps in the module doc).
     ``store``: the one store every member records in; ``fetch``: the
     template's query, loaded once for all (None: each member fetches from
-    its own source)."""
+    its own source); ``executor``: where the per-series models' due refits
+    run (:func:`refits_elsewhere`; None: in the decide step, here)."""
     seconds: dict[str, float] = {}
     mark = clock()
 
@@ -314,6 +368,11 @@ def run_batch(members: Sequence[LiveTarget], now: datetime, store: Any, fetch: T
         lap("gather")
         forecasts, calls = batched_forecasts(members, ready, now)
         lap("forecast")
+        refits, failed = 0, {}
+        if executor is not None:
+            failed, refits = refits_elsewhere(members, ready, now, executor)
+            forecasts.update(failed)
+            lap("refit")
         for part in _chunks(range(len(members))):
             with _together(store, [ready[i] for i in part]):
                 for i in part:
@@ -343,7 +402,7 @@ def run_batch(members: Sequence[LiveTarget], now: datetime, store: Any, fetch: T
         if fetch is not None:
             fetch.clear()
     batched = sum(1 for i, (fc, _) in forecasts.items() if fc is not None)
-    return BatchReport(results, seconds, batched, calls)  # type: ignore[arg-type]
+    return BatchReport(results, seconds, batched, calls, refits, len(failed))  # type: ignore[arg-type]
 
 
 def _labelset(labels: dict[str, str]) -> str:
@@ -351,4 +410,4 @@ def _labelset(labels: dict[str, str]) -> str:
 
 
 __all__ = ["BatchReport", "Discovery", "SeriesSlice", "TemplateFetch", "batched_forecasts", "discover", "expand",
-           "member_target", "run_batch", "template_source"]
+           "member_target", "refits_elsewhere", "run_batch", "template_source"]

@@ -5,6 +5,7 @@ batched call of the global LSTM, one transaction, independent decisions)."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
@@ -502,3 +503,80 @@ def test_a_discovered_target_whose_actuator_is_refused_is_left_out_and_the_other
                    for r in caplog.records)
     finally:
         d.shutdown(5)
+
+
+# ------------------------------------------------ per-series refits on an executor
+@pytest.fixture
+def fit_probe():
+    from forecasters import registry
+    from tests.support.fleet_models import FitProbe
+
+    registry.register("fit_probe", FitProbe)
+    yield FitProbe
+    registry.unregister("fit_probe")
+
+
+def _probe_daemon_run(url: str, end: int, folder: Path, executor: dict | None) -> dict:
+    """One batched cycle of the storage template in a real daemon, every
+    target on ``fit_probe`` (bob's fit kills its process, carol's raises);
+    the results by target."""
+    folder.mkdir()
+    tp = template(url, mode="dry-run", forecaster={
+        "name": "fit_probe", "history": "2h", "refit_every": "1h",
+        "params": {"who": "{user}", "die_for": "bob", "raise_for": "carol"}})
+    doc = {"state": str(folder / "state.db"), "server": {"enabled": False}, "templates": [tp]}
+    if executor is not None:
+        doc["executor"] = executor
+    cfg = folder / "fleet.yaml"
+    cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+    results = []
+    d = Daemon(cfg, clock=ManualClock(from_epoch(end)), monotonic=lambda: 1000.0, on_result=results.append,
+               build_actuator=lambda t, c=None: Platform(capacity=3))
+    try:
+        d.tick()
+        assert d.templates["storage"].wait(180)
+        report = d.templates["storage"].last_report
+        by = {r.target: r for r in results}
+        return {"by": by, "report": report, "decisions": {n: d.lock_store.decision(r.decision.id)
+                                                         for n, r in by.items()}}
+    finally:
+        d.shutdown(30)
+
+
+@pytest.mark.prometheus
+@pytest.mark.parametrize("executor", [
+    {"kind": "local", "workers": 2, "retries": 0, "allowed_failures": 1},
+    {"kind": "dask", "local_cluster": True, "workers": 2, "retries": 0, "allowed_failures": 1,
+     "memory_limit": "400MiB"},
+], ids=["local-pool", "dask-local-cluster"])
+def test_a_templates_refits_run_on_the_executor_and_a_lost_or_failed_one_falls_back_for_that_target_only(
+        fleet_prometheus, tmp_path, fit_probe, executor):
+    if executor["kind"] == "dask":
+        pytest.importorskip("distributed")
+    got = _probe_daemon_run(fleet_prometheus.url, fleet_prometheus.end, tmp_path / "on", executor)
+    by, report = got["by"], got["report"]
+    assert sorted(by) == ["storage-alice-g1", "storage-bob-g1", "storage-carol-g2"]
+    assert (report.refits, report.refit_failures) == (3, 2)
+    # alice: fitted in another process, and that model's forecast decided
+    alice = by["storage-alice-g1"]
+    note = alice.details["model"]
+    assert f"refitted on the {executor['kind']} executor (pid " in note, note
+    pid = int(note.split("(pid ")[1].split(",")[0])
+    assert pid != os.getpid() and pid > 0
+    assert alice.ok and not alice.decision.fallback and alice.forecast is not None
+    assert note.startswith(alice.forecast.model_version)
+    assert got["decisions"]["storage-alice-g1"]["status"] in ("dry-run", "hold")
+    # bob's fit killed its worker every time: lost; carol's raised: failed;
+    # each falls back to reactive (never down) with the reason in its decision
+    for name, why in (("storage-bob-g1", "(lost)"), ("storage-carol-g2", "RuntimeError: the fit of carol fails")):
+        d = by[name].decision
+        assert d.fallback and d.desired >= d.current, name
+        recorded = json.dumps(got["decisions"][name])
+        assert f"the refit on the {executor['kind']} executor failed" in recorded and why in recorded, recorded
+    # the same decision for alice as a daemon without the section makes,
+    # fitting in its own thread
+    inline = _probe_daemon_run(fleet_prometheus.url, fleet_prometheus.end, tmp_path / "inline", None)
+    assert inline["report"].refits == 0 and "refitted" not in inline["by"]["storage-alice-g1"].details.get("model", "")
+    a = inline["by"]["storage-alice-g1"]
+    assert (a.decision.desired, a.decision.reasons) == (alice.decision.desired, alice.decision.reasons)
+    np.testing.assert_allclose(a.forecast.point, alice.forecast.point)
