@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterator, Sequence
@@ -171,14 +172,34 @@ class _Lazy:
 
 def member_target(target: TargetConfig, labels: LabelSet, fetch: TemplateFetch, store: Any, config: Config, *,
                   build_source: Callable[..., Any] | None = None,
-                  build_actuator: Callable[..., Any] | None = None) -> LiveTarget:
+                  build_actuator: Callable[..., Any] | None = None, acting: Any = None) -> LiveTarget:
     """A template's target in the live loop: its series from the template's
-    fetch (:class:`SeriesSlice`), the template's store connection."""
+    fetch (:class:`SeriesSlice`), the template's store connection;
+    ``acting``: the lock its LiveTargets share (one started beside an
+    abandoned cycle)."""
     from .build import build_actuator as default_actuator, build_source as default_source
 
     bs, ba = build_source or default_source, build_actuator or default_actuator
     return LiveTarget(target, source=SeriesSlice(fetch, labels, _Lazy(lambda: bs(target, config))), store=store,
-                      actuator=ba(target, config))
+                      actuator=ba(target, config), acting=acting)
+
+
+def shared_model_key(target: TargetConfig) -> tuple[Any, ...] | None:
+    """What the file's targets that are forecast in one batched call share:
+    a forecaster that predicts in batches, zero-shot on one checkpoint (its
+    ``checkpoint`` parameter set, no ``finetune_epochs``: one in-memory
+    network for all), no quality gate, no covariates, and one interval and
+    timeout (they run as one cycle). None: the target runs alone."""
+    from forecasters import registry
+
+    fc = target.forecaster
+    if not target.policy.uses_forecast or fc.quality_gate is not None or fc.init_from is not None \
+            or target.covariates or not capabilities_of(registry.get(fc.name)).predicts_in_batches:
+        return None
+    params = fc.params.model_dump()
+    if not params.get("checkpoint") or params.get("finetune_epochs"):
+        return None
+    return (target.interval, target.timeout, fc.name, str(params["checkpoint"]))
 
 
 # ---------------------------------------------------------------- forecast
@@ -332,13 +353,34 @@ def _chunks(items: Sequence[int]) -> list[Sequence[int]]:
     return [items[k:k + WRITES_PER_TRANSACTION] for k in range(0, len(items), WRITES_PER_TRANSACTION)]
 
 
+def _side_by_side(members: Sequence[LiveTarget], fn: Callable[[int], Any], idx: Sequence[int]) -> list[Any]:
+    """``fn(i)`` for each index, in threads (at most ``SIDE_BY_SIDE`` at once):
+    members with stores and sources of their own, so that one that waits
+    on its source or its platform holds up none of the others."""
+    if not idx:
+        return []
+    with ThreadPoolExecutor(min(len(idx), SIDE_BY_SIDE), thread_name_prefix="batch-member") as pool:
+        return list(pool.map(fn, idx))
+
+
+#: members of a batch without a shared store (static targets) whose begin
+#: and finish run at once (each waits on its own source and platform)
+SIDE_BY_SIDE = 16
+
+
 def run_batch(members: Sequence[LiveTarget], now: datetime, store: Any, fetch: TemplateFetch | None = None,
               *, executor: Any = None, clock: Callable[[], float] = time.perf_counter) -> BatchReport:
     """One cycle of every member at ``now`` (the steps in the module doc).
-    ``store``: the one store every member records in; ``fetch``: the
-    template's query, loaded once for all (None: each member fetches from
-    its own source); ``executor``: where the per-series models' due refits
-    run (:func:`refits_elsewhere`; None: in the decide step, here)."""
+    ``store``: the one store every member records in (a template's), its
+    parts in transactions; None: each member records in its own store (the
+    file's static targets on one global model), and the members' begin
+    and finish run side by side (:func:`_side_by_side`), so only the
+    forecast is shared. ``fetch``: the template's query, loaded once for all
+    (None: each member fetches from its own source); ``executor``: where
+    the per-series models' due refits run (:func:`refits_elsewhere`; None:
+    in the decide step, here)."""
+    if store is None:
+        return _run_apart(members, now, executor, clock)
     seconds: dict[str, float] = {}
     mark = clock()
 
@@ -405,9 +447,41 @@ def run_batch(members: Sequence[LiveTarget], now: datetime, store: Any, fetch: T
     return BatchReport(results, seconds, batched, calls, refits, len(failed))  # type: ignore[arg-type]
 
 
+def _run_apart(members: Sequence[LiveTarget], now: datetime, executor: Any,
+               clock: Callable[[], float]) -> BatchReport:
+    """:func:`run_batch` for members with stores of their own."""
+    seconds: dict[str, float] = {}
+    mark = clock()
+
+    def lap(part: str) -> None:
+        nonlocal mark
+        t = clock()
+        seconds[part] = t - mark
+        mark = t
+
+    every = range(len(members))
+    ready: list[PendingCycle] = _side_by_side(members, lambda i: members[i].begin(now), every)
+    lap("gather")
+    forecasts, calls = batched_forecasts(members, ready, now)
+    lap("forecast")
+    failed: dict[int, Any] = {}
+    refits = 0
+    if executor is not None:
+        failed, refits = refits_elsewhere(members, ready, now, executor)
+        forecasts.update(failed)
+        lap("refit")
+    for i in every:
+        members[i].decide(ready[i], forecasts.get(i))
+    lap("decide")
+    results = _side_by_side(members, lambda i: members[i].finish(ready[i]), every)
+    lap("record")
+    batched = sum(1 for fc, _ in forecasts.values() if fc is not None)
+    return BatchReport(results, seconds, batched, calls, refits, len(failed))
+
+
 def _labelset(labels: dict[str, str]) -> str:
     return "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
 
 
 __all__ = ["BatchReport", "Discovery", "SeriesSlice", "TemplateFetch", "batched_forecasts", "discover", "expand",
-           "member_target", "refits_elsewhere", "run_batch", "template_source"]
+           "member_target", "refits_elsewhere", "run_batch", "shared_model_key", "template_source"]
