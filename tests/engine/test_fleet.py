@@ -705,3 +705,18 @@ def test_a_batched_cycle_stuck_on_its_source_does_not_delay_the_next_and_nothing
     finally:
         gate.set()
         d.shutdown(10)
+
+
+def test_forescale_once_forecasts_the_files_targets_on_one_global_model_in_one_call(tmp_path, checkpoint,
+                                                                                    monkeypatch, capsys):
+    cfg = fleet_config(tmp_path, checkpoint, 3, extra=[target_dict("alone", write_trace(
+        tmp_path / "a.csv", daily(5, 30.0)), mode="dry-run")])
+    calls = []
+    real = LevelFreeLSTM.predict_many
+    monkeypatch.setattr(LevelFreeLSTM, "predict_many",
+                        lambda self, h, *a, **k: calls.append(len(h)) or real(self, h, *a, **k))
+    monkeypatch.setattr("engine.core.clock.SystemClock.now", lambda self: NOW)  # the traces' time
+    assert main(["once", "--config", str(cfg), "--json"]) == 0
+    got = {r["target"]: r for r in json.loads(capsys.readouterr().out)}
+    assert sorted(got) == ["alone", "t0", "t1", "t2"] and calls == [3]
+    assert not any(r["decision"]["fallback"] for r in got.values())
