@@ -97,6 +97,15 @@ def prune_cutoffs(config: Config, now: datetime) -> dict[str, datetime | None]:
     }
 
 
+def next_on_grid(due: float, mono: float, interval: float) -> float:
+    """The start after ``due`` on its interval grid, after ``mono``: one that
+    fell behind (a stuck cycle, a suspended host) skips the missed starts."""
+    due += interval
+    if due <= mono:
+        due += (int((mono - due) // interval) + 1) * interval
+    return due
+
+
 class TargetWorker:
     """One target's schedule and its (at most one) running cycle."""
 
@@ -194,10 +203,7 @@ class TargetWorker:
 
     def _schedule_next(self, mono: float, interval: float) -> None:
         assert self.base_due is not None
-        self.base_due += interval
-        if self.base_due <= mono:  # fell behind (stuck cycle, suspended host): skip missed starts
-            missed = int((mono - self.base_due) // interval) + 1
-            self.base_due += missed * interval
+        self.base_due = next_on_grid(self.base_due, mono, interval)
         self.next_due = self.base_due + self.daemon.jitter(self.target)
 
     def _start_beside(self, mono: float) -> None:
@@ -334,20 +340,14 @@ class BatchWorker:
                     self._start(mono)
                 else:
                     log.warning("%s: the previous batched cycle is still running; skipping this start", self.name)
-                self._advance(mono, interval)
+                self.base_due = next_on_grid(self.base_due, mono, interval)
             return
         if self.base_due is None:
             self.base_due = mono
         if mono < self.base_due:
             return
         self._start(mono)
-        self._advance(mono, interval)
-
-    def _advance(self, mono: float, interval: float) -> None:
-        assert self.base_due is not None
-        self.base_due += interval
-        if self.base_due <= mono:  # fell behind: skip missed starts
-            self.base_due += (int((mono - self.base_due) // interval) + 1) * interval
+        self.base_due = next_on_grid(self.base_due, mono, interval)
 
     def _start(self, mono: float) -> None:
         self.started, self.abandoned = mono, False
@@ -520,7 +520,10 @@ class StaticBatch(BatchWorker):
     def _workers(self) -> list[TargetWorker]:
         leases = self.daemon.leases
         ws = [self.daemon.workers.get(n) for n in self.names]
-        return [w for w in ws if w is not None and w.batch is self and (leases is None or leases.holds(w.target.name))]
+        # (not one whose own cycle still runs: it joined this batch at a
+        # reload, and its LiveTarget is in use until that cycle ends)
+        return [w for w in ws if w is not None and w.batch is self and not w.busy
+                and (leases is None or leases.holds(w.target.name))]
 
     def starting(self, mono: float) -> tuple[Any, ...]:
         ws = self._workers()
