@@ -307,7 +307,8 @@ def per_series_markdown(report: dict[str, Any]) -> str:
              f"{report['targets']} targets of one template, three days of history each, dry-run, a real SQLite "
              f"state file; machine: {report['machine']}.", "",
              "| model | executor | workers | refit cycle s | gather | refit | decide | record | speed-up | "
-             "first cycle s | steady cycle s | fallbacks |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "first cycle s | steady cycle s | fallbacks |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     base = {r["model"]: r["cycles"][1]["wall_s"] for r in report["runs"] if r["executor_kind"] == "none"}
     for r in report["runs"]:
         first, c, st = r["cycles"]

@@ -652,7 +652,8 @@ class LiveTarget:
         try:
             model = fitted.load(type(self.runner.forecaster))
         except Exception as exc:  # noqa: BLE001 - a model that does not load is this target's forecast error
-            return f"ForecastError: the model refitted on the {where} executor does not load: {type(exc).__name__}: {exc}"
+            return (f"ForecastError: the model refitted on the {where} executor does not load: "
+                    f"{type(exc).__name__}: {exc}")
         self.runner.take_fit(model, window, cycle.inputs.now)
         cycle.notes["model"] = (f"{fitted.version} refitted on the {where} executor (pid {fitted.pid}, "
                                 f"{fitted.seconds:.2f} s)")

@@ -470,7 +470,8 @@ class TemplateWorker(BatchWorker):
             m.live.superseded.set()
             m.live = self._member(m.target, m.labels, m.acting)
 
-    def cycle(self, generation: int, rediscover: bool, store: Store, fetch: TemplateFetch) -> None:  # type: ignore[override]
+    def cycle(self, generation: int, rediscover: bool,  # type: ignore[override]
+              store: Store, fetch: TemplateFetch) -> None:
         try:
             now = self.daemon.clock.now()  # read once per cycle
             if rediscover:
@@ -533,7 +534,8 @@ class StaticBatch(BatchWorker):
         for w in self._workers():
             w.renew()
 
-    def cycle(self, generation: int, workers: list[TargetWorker], lives: list[LiveTarget]) -> None:  # type: ignore[override]
+    def cycle(self, generation: int, workers: list[TargetWorker],  # type: ignore[override]
+              lives: list[LiveTarget]) -> None:
         try:
             now = self.daemon.clock.now()  # read once per cycle
             report = run_batch(lives, now, None, executor=self.daemon.executor())
