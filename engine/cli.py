@@ -333,15 +333,22 @@ def cmd_once(args: argparse.Namespace) -> int:
     def results(store: Any) -> Any:
         """Each static target's cycle, then each template's batched cycle."""
         nonlocal rc
+        from .fleet import TemplateFetch, discover, member_target, run_batch, shared_model_key, template_source
+
         static = [t.name for t in cfg.targets]
+        groups: dict[Any, list[Any]] = {}
         for lt in build_targets(cfg, store, [args.target] if args.target else None):
             warning = check_actuator(lt.target, lt.actuator)
             if warning:
                 print(f"warning: {warning}", file=sys.stderr)
-            yield lt, lt.run(clock.now())
+            groups.setdefault(shared_model_key(lt.target) or lt.target.name, []).append(lt)
+        for members in groups.values():
+            if len(members) == 1:
+                yield members[0], members[0].run(clock.now())
+            else:  # the targets on one global model: one batched forecast, as the daemon does
+                yield from zip(members, run_batch(members, clock.now(), store).results)
         if args.target in static:
             return
-        from .fleet import TemplateFetch, discover, member_target, run_batch, template_source
 
         seen = False
         for tp in cfg.templates:

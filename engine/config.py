@@ -1067,7 +1067,8 @@ class Config(_Model):
     notify: NotifyConfig | None = None
     console: ConsoleConfig = ConsoleConfig()
     audit: AuditConfig = AuditConfig()
-    #: where model selection, per-series fits and replays run
+    #: where model selection, per-series fits and replays run (given in
+    #: the file: also the daemon's batched refits, see ``cycle_executor``)
     executor: ExecutorConfig = ExecutorConfig()
     targets: tuple[TargetConfig, ...] = ()
     #: targets from label sets: one per series of a query (engine/fleet.py)
@@ -1088,6 +1089,13 @@ class Config(_Model):
         if dup:
             raise ValueError(f"template names must be unique; repeated: {', '.join(dup)}")
         return self
+
+    @property
+    def cycle_executor(self) -> ExecutorConfig | None:
+        """Where the daemon's batched cycles send their per-series refits:
+        the file's ``executor:`` section when it has one; None (no section)
+        fits them in the cycle's own thread (:mod:`engine.fleet`)."""
+        return self.executor if "executor" in self.model_fields_set else None
 
     @property
     def target_shapes(self) -> tuple[TargetConfig, ...]:

@@ -176,13 +176,37 @@ class TargetRunner:
             if "covariates" in kw:
                 kw["covariates"] = {k: v.since(start) for k, v in covariates.items()}  # type: ignore[union-attr]
             slot.forecaster.fit(window, **kw)
-            slot.last_fit = now
-            if slot is self.primary:
-                self._scale = seasonal_naive_scale(window)
+            self._fitted(slot, window, now)
         else:
             slot.forecaster.update(history, **kw)
             if slot is self.primary and self._scale is None:  # e.g. a model restored from a checkpoint
                 self._scale = seasonal_naive_scale(history.since(to_epoch(now - fc.history)))
+
+    def _fitted(self, slot: _Slot, window: Series, now: datetime) -> None:
+        slot.last_fit = now
+        if slot is self.primary:
+            self._scale = seasonal_naive_scale(window)
+
+    def refit_window(self, history: Series, now: datetime) -> Series | None:
+        """The history the configured model's refit is due on at ``now``
+        (``forecaster.history`` of it, the anomalies flagged so far masked,
+        as :meth:`maintain` fits), or None when no refit is due (this
+        cycle's update is cheap and stays here). What a batched cycle sends
+        to an executor to fit elsewhere (:mod:`engine.fleet`)."""
+        fc = self.target.forecaster
+        if self.primary.forecaster is None or history.n_valid == 0 or (
+                self.primary.last_fit is not None and now - self.primary.last_fit < fc.refit_every):
+            return None
+        if self.anomalies is not None:
+            history = self.anomalies.mask(history)
+        return history.since(to_epoch(now - fc.history))
+
+    def take_fit(self, forecaster: Forecaster, window: Series, now: datetime) -> None:
+        """Make ``forecaster``, fitted elsewhere on ``window`` (from
+        :meth:`refit_window`), the configured model, fitted at ``now``: this
+        cycle's forecast then only updates (nothing new) and predicts."""
+        self.primary.forecaster = forecaster
+        self._fitted(self.primary, window, now)
 
     def maintain(self, history: Series, now: datetime,
                  covariates: dict[str, Series] | None = None) -> str | None:
@@ -612,6 +636,40 @@ class LiveTarget:
         if note:
             cycle.notes["model"] = note
         return self.runner.maintain(inputs.history, inputs.now, inputs.covariates)
+
+    def refit_job(self, cycle: PendingCycle) -> Series | None:
+        """Before a refit made elsewhere (a batched cycle's executor):
+        restore the saved model, then the history its refit is due on this
+        cycle (None: no refit due, or this cycle has no fresh history; the
+        cycle then forecasts here as always)."""
+        inputs = cycle.inputs
+        if cycle.error is not None or inputs is None or inputs.fetch_error:
+            return None
+        note = self.checkpoint.restore(self.runner, inputs.now, inputs.history.end)
+        if note:
+            cycle.notes["model"] = note
+        return self.runner.refit_window(inputs.history, inputs.now)
+
+    def take_refit(self, cycle: PendingCycle, window: Series, fitted: Any, where: str) -> str | None:
+        """The outcome of the refit of :meth:`refit_job` on ``where`` (the
+        executor's kind): a :class:`engine.fits.FittedModel` becomes the
+        configured model (a note says which process fitted it); anything
+        else (an :class:`engine.executor.TaskFailure`) is returned as this
+        cycle's forecast error, the reason the policy falls back."""
+        from .fits import FittedModel
+
+        assert cycle.inputs is not None and self.runner.forecaster is not None
+        if not isinstance(fitted, FittedModel):
+            return f"ForecastError: the refit on the {where} executor failed ({fitted.kind}): {fitted.reason}"
+        try:
+            model = fitted.load(type(self.runner.forecaster))
+        except Exception as exc:  # noqa: BLE001 - a model that does not load is this target's forecast error
+            return (f"ForecastError: the model refitted on the {where} executor does not load: "
+                    f"{type(exc).__name__}: {exc}")
+        self.runner.take_fit(model, window, cycle.inputs.now)
+        cycle.notes["model"] = (f"{fitted.version} refitted on the {where} executor (pid {fitted.pid}, "
+                                f"{fitted.seconds:.2f} s)")
+        return None
 
     def decide(self, cycle: PendingCycle, forecast: tuple[Forecast | None, str | None] | None = None) -> None:
         """Step 5 (``forecast``: made for this target by a batched call,

@@ -29,7 +29,11 @@
   in one batched call, the records in one transaction per part), each
   target still deciding alone; the template's query is asked every
   ``discover_every`` which series exist, adding and retiring targets
-  (their state stays in the store under their names).
+  (their state stays in the store under their names). The file's targets
+  that share a global model (:func:`engine.fleet.shared_model_key`) run the
+  same way, one :class:`StaticBatch` each, each target keeping its own
+  store, source and actuator. A batched cycle past its timeout is abandoned
+  as one target's is: the next starts beside it (:class:`BatchWorker`).
 - One daemon per SQLite state file (:meth:`engine.store.Store.lock`). On a
   PostgreSQL state several replicas run, each leading the shards of
   targets whose lease it holds (:mod:`engine.leases`): a target's cycle
@@ -65,7 +69,7 @@ from .build import build_resources
 from .core.clock import Clock, SystemClock
 from .config import Config, TargetConfig, TargetTemplate, load_config
 from .cycle import CycleResult, LiveTarget
-from .fleet import BatchReport, Discovery, TemplateFetch, discover, member_target, run_batch
+from .fleet import BatchReport, Discovery, TemplateFetch, discover, member_target, run_batch, shared_model_key
 from .core.errors import ConfigError
 from .store import Store, open_store
 
@@ -93,6 +97,15 @@ def prune_cutoffs(config: Config, now: datetime) -> dict[str, datetime | None]:
     }
 
 
+def next_on_grid(due: float, mono: float, interval: float) -> float:
+    """The start after ``due`` on its interval grid, after ``mono``: one that
+    fell behind (a stuck cycle, a suspended host) skips the missed starts."""
+    due += interval
+    if due <= mono:
+        due += (int((mono - due) // interval) + 1) * interval
+    return due
+
+
 class TargetWorker:
     """One target's schedule and its (at most one) running cycle."""
 
@@ -114,6 +127,9 @@ class TargetWorker:
         self.last_success: datetime | None = None
         self.last_result: CycleResult | None = None
         self.leading = False  # this replica held the target's lease at the last tick
+        #: the static batch that runs this target's cycles (it shares a
+        #: global model with other targets of the file); None: its own
+        self.batch: StaticBatch | None = None
 
     def _build(self, target: TargetConfig) -> LiveTarget:
         d = self.daemon
@@ -156,6 +172,11 @@ class TargetWorker:
     def tick(self, mono: float) -> None:
         interval = self.target.interval.total_seconds()
         leases = self.daemon.leases
+        if self.batch is not None and not self.busy:
+            self.base_due = self.next_due = None  # its batch starts its cycles
+            if leases is not None and not leases.holds(self.target.name):
+                self.leading = False  # the batch looks for newer models when it leads again
+            return
         if leases is not None and not self.busy and not leases.holds(self.target.name):
             # another replica leads this target: when this one gains the
             # lease, the target's cycle starts at once (plus jitter)
@@ -191,24 +212,26 @@ class TargetWorker:
 
     def _schedule_next(self, mono: float, interval: float) -> None:
         assert self.base_due is not None
-        self.base_due += interval
-        if self.base_due <= mono:  # fell behind (stuck cycle, suspended host): skip missed starts
-            missed = int((mono - self.base_due) // interval) + 1
-            self.base_due += missed * interval
+        self.base_due = next_on_grid(self.base_due, mono, interval)
         self.next_due = self.base_due + self.daemon.jitter(self.target)
 
     def _start_beside(self, mono: float) -> None:
         """Start the next cycle beside the abandoned one, on a fresh
         LiveTarget: the abandoned cycle keeps its objects (and its store
         connection, closed when it ends) and acts no more."""
-        old = self.live
-        old.superseded.set()
         self.stuck = self.thread
-        self.store = self.daemon.open_store()
-        self.live = self._build(self.target)
+        self.renew()
         log.warning("target %s: the abandoned cycle is still running; starting this one beside it (the "
                     "abandoned one will not act)", self.target.name, extra={"target": self.target.name})
         self.start(mono)
+
+    def renew(self) -> None:
+        """A fresh LiveTarget (its own store connection, the model restored
+        from its checkpoint, the same acting lock) for a cycle started
+        beside an abandoned one, which is told it was superseded."""
+        self.live.superseded.set()
+        self.store = self.daemon.open_store()
+        self.live = self._build(self.target)
 
     def start(self, mono: float) -> None:
         self.started, self.abandoned = mono, False
@@ -219,22 +242,32 @@ class TargetWorker:
     def _cycle(self, live: LiveTarget) -> None:
         try:
             now = self.daemon.clock.now()  # read once per cycle
-            res = live.run(now)
-            if self.abandoned or live is not self.live:
-                res.details["abandoned"] = True
-                log.warning("target %s: abandoned cycle finished after all (status %s)", self.target.name,
-                            res.status, extra={"target": self.target.name})
-            self.last_result = res
-            if res.ok:
-                self.last_success = now
-            self.daemon.on_result(res)
+            self.done(live, live.run(now), now, self.abandoned)
         except Exception:  # noqa: BLE001 - never let a cycle thread die silently
             log.exception("target %s: cycle crashed", self.target.name, extra={"target": self.target.name})
         finally:
-            if live.store is not self.store:
-                live.store.close()  # started beside: the abandoned cycle's connection was its own
-            elif self.retired:
-                self.store.close()
+            self.release(live)
+
+    def done(self, live: LiveTarget, res: CycleResult, now: datetime, abandoned: bool) -> None:
+        """A cycle's result: noted abandoned when it was (or a newer one was
+        started beside it), kept, handed to the daemon."""
+        if abandoned or live is not self.live:
+            res.details["abandoned"] = True
+            log.warning("target %s: abandoned cycle finished after all (status %s)", self.target.name,
+                        res.status, extra={"target": self.target.name})
+        self.last_result = res
+        if res.ok:
+            self.last_success = now
+        self.daemon.on_result(res)
+
+    def release(self, live: LiveTarget) -> None:
+        """After a cycle of ``live``: close its store if it is no longer this
+        worker's (started beside: the abandoned cycle's connection was its
+        own), or this worker's if it was retired meanwhile."""
+        if live.store is not self.store:
+            live.store.close()
+        elif self.retired:
+            self.store.close()
 
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the running cycle (and an abandoned
@@ -247,48 +280,146 @@ class TargetWorker:
 
     def close(self) -> None:
         self.retired = True
-        if not self.busy:
+        if not self.busy and not (self.batch is not None and self.batch.busy):
             self.store.close()
 
 
 class _Member:
     """One target of a template, as the daemon's bookkeeping sees it (the
-    fields a :class:`TargetWorker` has)."""
+    fields a :class:`TargetWorker` has): its label set, and the acting lock
+    its LiveTargets share (one built beside an abandoned cycle too)."""
 
-    def __init__(self, target: TargetConfig, live: LiveTarget, store: Store) -> None:
-        self.target, self.live, self.store = target, live, store
+    def __init__(self, target: TargetConfig, live: LiveTarget, labels: Any, acting: threading.Lock) -> None:
+        self.target, self.live, self.labels, self.acting = target, live, labels, acting
         self.last_success: datetime | None = None
 
+    @property
+    def store(self) -> Store:
+        return self.live.store
 
-class TemplateWorker:
+
+class BatchWorker:
+    """One batched cycle of many targets per interval, in one thread
+    (:func:`engine.fleet.run_batch`); a template's (:class:`TemplateWorker`)
+    or the file's targets on one global model (:class:`StaticBatch`).
+
+    A cycle that outlives the targets' ``timeout`` is *abandoned*, as one
+    target's is (:class:`TargetWorker`): the next start comes on schedule
+    beside it, on fresh LiveTargets (:meth:`renew`: a store connection of
+    their own, the models restored from their checkpoints, each target's
+    acting lock shared), and the abandoned cycle's targets are told they
+    were superseded: they act no more, so no target is acted on twice.
+    While an abandoned cycle and the one beside it both run, further
+    starts are skipped."""
+
+    def __init__(self, daemon: "Daemon", name: str, shape: TargetConfig) -> None:
+        self.daemon, self.name = daemon, name
+        self.shape = shape  # interval, timeout: the same for every target of the batch
+        self.thread: threading.Thread | None = None
+        self.stuck: threading.Thread | None = None  # an abandoned cycle the current one started beside
+        self.started: float | None = None
+        self.abandoned = False
+        self.retired = False
+        self.base_due: float | None = None
+        self.last_report: BatchReport | None = None
+        #: counts the starts beside an abandoned cycle (a cycle that sees it
+        #: changed while it discovered was abandoned meanwhile)
+        self.generation = 0
+
+    @property
+    def busy(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def tick(self, mono: float) -> None:
+        interval = self.shape.interval.total_seconds()
+        if self.busy:
+            assert self.started is not None
+            if not self.abandoned and mono - self.started > self.shape.timeout.total_seconds():
+                self.abandoned = True
+                log.error("%s: the batched cycle is running %.1fs, past the timeout %s; abandoned (the next "
+                          "starts on schedule beside it; it acts no more once that one runs)", self.name,
+                          mono - self.started, self.shape.timeout)
+            if self.base_due is not None and mono >= self.base_due:
+                if self.abandoned and not (self.stuck is not None and self.stuck.is_alive()):
+                    self.stuck = self.thread
+                    self.generation += 1
+                    self.renew()
+                    log.warning("%s: the abandoned batched cycle is still running; starting this one beside it "
+                                "(the abandoned one will not act)", self.name)
+                    self._start(mono)
+                else:
+                    log.warning("%s: the previous batched cycle is still running; skipping this start", self.name)
+                self.base_due = next_on_grid(self.base_due, mono, interval)
+            return
+        if self.base_due is None:
+            self.base_due = mono
+        if mono < self.base_due:
+            return
+        self._start(mono)
+        self.base_due = next_on_grid(self.base_due, mono, interval)
+
+    def _start(self, mono: float) -> None:
+        self.started, self.abandoned = mono, False
+        self.thread = threading.Thread(target=self._run, args=(self.generation, *self.starting(mono)), daemon=True,
+                                       name=f"batch-{self.name}")
+        self.thread.start()
+
+    def _run(self, generation: int, *args: Any) -> None:
+        try:
+            self.cycle(generation, *args)
+        except Exception:  # noqa: BLE001 - never let the batch thread die silently
+            log.exception("%s: batched cycle crashed", self.name)
+
+    def report(self, report: BatchReport, n: int) -> None:
+        self.last_report = report
+        log.info("%s: %d target(s) in %.2fs (%s); %d forecast in %d batched call(s); %d refit(s) on the "
+                 "executor, %d failed", self.name, n, sum(report.seconds.values()),
+                 ", ".join(f"{k} {v:.2f}s" for k, v in report.seconds.items()), report.batched, report.calls,
+                 report.refits, report.refit_failures)
+
+    # what a kind of batch does
+    def starting(self, mono: float) -> tuple[Any, ...]:
+        """The arguments of this start's :meth:`cycle` (read in the scheduler's thread)."""
+        return ()
+
+    def cycle(self, generation: int, *args: Any) -> None:
+        raise NotImplementedError
+
+    def renew(self) -> None:
+        """Fresh LiveTargets for a start beside the abandoned cycle."""
+        raise NotImplementedError
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        for t in (self.thread, self.stuck):
+            if t is not None:
+                t.join(max(0.0, deadline - time.monotonic()))
+        return not self.busy and not (self.stuck is not None and self.stuck.is_alive())
+
+
+class TemplateWorker(BatchWorker):
     """The targets of one template (:mod:`engine.fleet`): discovered from
     its query every ``discover_every``, and run together, one batched cycle
-    per interval in one thread (:func:`engine.fleet.run_batch`), with one
-    store connection. A cycle that outlives the targets' ``timeout`` is
-    reported; the next start waits for it (the batch is one thread)."""
+    per interval (:class:`BatchWorker`), with one store connection and one
+    range query."""
 
     def __init__(self, daemon: "Daemon", template: TargetTemplate) -> None:
         assert template.prototype is not None
-        self.daemon, self.template = daemon, template
-        self.shape = template.prototype  # interval, timeout: the same for every target of the template
+        super().__init__(daemon, f"template {template.name}", template.prototype)
+        self.template = template
         self.store = daemon.open_store()
         self.source = daemon.build_source(self.shape.model_copy(update={"source": template.source}),
                                           daemon.config)
         self.fetch = TemplateFetch(self.source)
         self.members: dict[str, _Member] = {}
         self.discovered_at: float | None = None  # monotonic
-        self.thread: threading.Thread | None = None
-        self.started: float | None = None
-        self.reported_timeout = False
-        self.retired = False
-        self.base_due: float | None = None
-        self.last_report: BatchReport | None = None
         self.last_discovery: Discovery | None = None
         self.leading: set[str] = set()  # the members this replica led at the last cycle
 
-    @property
-    def busy(self) -> bool:
-        return self.thread is not None and self.thread.is_alive()
+    def _member(self, target: TargetConfig, labels: Any, acting: threading.Lock) -> LiveTarget:
+        d = self.daemon
+        return member_target(target, labels, self.fetch, self.store, d.config, build_source=d.build_source,
+                             build_actuator=d.build_actuator, acting=acting)
 
     # ------------------------------------------------------------ discovery
     def rediscover(self, now: datetime) -> Discovery | None:
@@ -314,8 +445,8 @@ class TemplateWorker:
             if name in d.workers:
                 log.error("template %s: target %s is also a target of the file; the file's is kept", t.name, name)
                 continue
-            live = member_target(target, found.labels[name], self.fetch, self.store, d.config,
-                                 build_source=d.build_source, build_actuator=d.build_actuator)
+            acting = threading.Lock()
+            live = self._member(target, found.labels[name], acting)
             # checked as the file's targets are at startup: a permanent
             # problem (the labels name no such platform object, a credential
             # that does not resolve) leaves the target out, said once
@@ -326,76 +457,114 @@ class TemplateWorker:
                 continue
             if warning:
                 log.warning(warning, extra={"target": name})
-            self.members[name] = _Member(target, live, self.store)
+            self.members[name] = _Member(target, live, found.labels[name], acting)
             d._register(target)
             log.info("template %s: target %s discovered", t.name, name, extra={"target": name})
         self.last_discovery = found
         return found
 
     # ------------------------------------------------------------- schedule
-    def tick(self, mono: float) -> None:
-        interval = self.shape.interval.total_seconds()
-        if self.busy:
-            assert self.started is not None
-            if not self.reported_timeout and mono - self.started > self.shape.timeout.total_seconds():
-                self.reported_timeout = True
-                log.error("template %s: the batched cycle of %d target(s) is running %.1fs, past the timeout "
-                          "%s; the next start waits for it", self.template.name, len(self.members),
-                          mono - self.started, self.shape.timeout)
-            return
-        if self.base_due is None:
-            self.base_due = mono
-        if mono < self.base_due:
-            return
+    def starting(self, mono: float) -> tuple[Any, ...]:
         rediscover = self.discovered_at is None or \
             mono - self.discovered_at >= self.template.discover_every.total_seconds()
         if rediscover:
             self.discovered_at = mono
-        self.started, self.reported_timeout = mono, False
-        self.thread = threading.Thread(target=self._cycle, args=(rediscover,), daemon=True,
-                                       name=f"batch-{self.template.name}")
-        self.thread.start()
-        self.base_due += interval
-        if self.base_due <= mono:  # fell behind: skip missed starts
-            self.base_due += (int((mono - self.base_due) // interval) + 1) * interval
+        return rediscover, self.store, self.fetch
 
-    def _cycle(self, rediscover: bool) -> None:
+    def renew(self) -> None:
+        """A store connection and a fetch of the new cycle's own; each
+        target a fresh LiveTarget on them (its acting lock kept)."""
+        self.store = self.daemon.open_store()
+        self.fetch = TemplateFetch(self.source)
+        for m in self.members.values():
+            m.live.superseded.set()
+            m.live = self._member(m.target, m.labels, m.acting)
+
+    def cycle(self, generation: int, rediscover: bool,  # type: ignore[override]
+              store: Store, fetch: TemplateFetch) -> None:
         try:
             now = self.daemon.clock.now()  # read once per cycle
             if rediscover:
                 self.rediscover(now)
+            if generation != self.generation:
+                log.warning("%s: abandoned while discovering; a newer cycle decides", self.name)
+                return
             leases = self.daemon.leases
             # on a PostgreSQL state: only the targets whose lease this replica holds
-            members = [m for n, m in self.members.items() if leases is None or leases.holds(n)]
+            members = [m for n, m in list(self.members.items()) if leases is None or leases.holds(n)]
             if leases is not None:  # taken over: look for the previous leader's newer models
                 for m in members:
                     if m.target.name not in self.leading:
                         m.live.rearm_checkpoints()
                 self.leading = {m.target.name for m in members}
-            report = run_batch([m.live for m in members], now, self.store, self.fetch)
-            self.last_report = report
-            log.info("template %s: %d target(s) in %.2fs (%s); %d forecast in %d batched call(s)",
-                     self.template.name, len(members), sum(report.seconds.values()),
-                     ", ".join(f"{k} {v:.2f}s" for k, v in report.seconds.items()), report.batched, report.calls)
-            for m, res in zip(members, report.results):
+            lives = [m.live for m in members]
+            report = run_batch(lives, now, store, fetch, executor=self.daemon.executor())
+            self.report(report, len(members))
+            late = generation != self.generation
+            for m, live, res in zip(members, lives, report.results):
+                if late:
+                    res.details["abandoned"] = True
                 if res.ok:
                     m.last_success = now
                 self.daemon.on_result(res)
-        except Exception:  # noqa: BLE001 - never let the batch thread die silently
-            log.exception("template %s: batched cycle crashed", self.template.name)
+            if late:
+                log.warning("%s: the abandoned batched cycle finished after all", self.name)
         finally:
-            if self.retired:
-                self.store.close()
-
-    def wait(self, timeout: float) -> bool:
-        if self.thread is not None:
-            self.thread.join(max(0.0, timeout))
-        return not self.busy
+            if store is not self.store or self.retired:
+                store.close()  # started beside: the abandoned cycle's connection was its own
 
     def close(self) -> None:
         self.retired = True
         if not self.busy:
             self.store.close()
+
+
+class StaticBatch(BatchWorker):
+    """The file's targets that share one global model (the same
+    :func:`engine.fleet.shared_model_key`: zero-shot on one checkpoint, one
+    interval and timeout): forecast in one batched call per interval. Each
+    keeps its :class:`TargetWorker` (its store, source, actuator, acting
+    lock, what a reload changes); their gathering and recording run side by
+    side (:func:`engine.fleet.run_batch` without a shared store), so a slow
+    source or platform holds up none of the others."""
+
+    def __init__(self, daemon: "Daemon", key: tuple[Any, ...], names: list[str]) -> None:
+        first = daemon.workers[names[0]].target
+        super().__init__(daemon, f"batch {first.forecaster.name}@{key[-1]}", first)
+        self.key, self.names = key, names
+
+    def _workers(self) -> list[TargetWorker]:
+        leases = self.daemon.leases
+        ws = [self.daemon.workers.get(n) for n in self.names]
+        # (not one whose own cycle still runs: it joined this batch at a
+        # reload, and its LiveTarget is in use until that cycle ends)
+        return [w for w in ws if w is not None and w.batch is self and not w.busy
+                and (leases is None or leases.holds(w.target.name))]
+
+    def starting(self, mono: float) -> tuple[Any, ...]:
+        ws = self._workers()
+        if self.daemon.leases is not None:
+            for w in ws:  # taken over: the previous leader's saved model may be newer
+                if not w.leading:
+                    w.leading = True
+                    w.live.rearm_checkpoints()
+        return ws, [w.live for w in ws]
+
+    def renew(self) -> None:
+        for w in self._workers():
+            w.renew()
+
+    def cycle(self, generation: int, workers: list[TargetWorker],  # type: ignore[override]
+              lives: list[LiveTarget]) -> None:
+        try:
+            now = self.daemon.clock.now()  # read once per cycle
+            report = run_batch(lives, now, None, executor=self.daemon.executor())
+            self.report(report, len(lives))
+            for w, live, res in zip(workers, lives, report.results):
+                w.done(live, res, now, generation != self.generation)
+        finally:
+            for w, live in zip(workers, lives):
+                w.release(live)
 
 
 class Daemon:
@@ -433,6 +602,10 @@ class Daemon:
         self._lock = threading.Lock()
         #: this replica's leases (PostgreSQL state; None: the file lock)
         self.leases: Any = None
+        #: the executor of the batched cycles' refits (opened on first use)
+        self._executor: Any = None
+        self._executor_cfg: Any = None
+        self._executor_lock = threading.Lock()
         self.lock_store = open_store(self.config)
         try:
             if self.lock_store.shared:
@@ -460,6 +633,9 @@ class Daemon:
             #: the templates' workers; their targets appear at the first discovery
             self.templates: dict[str, TemplateWorker] = {tp.name: TemplateWorker(self, tp)
                                                          for tp in self.config.templates}
+            #: the file's targets on one global model, by shared_model_key
+            self.batches: dict[tuple[Any, ...], StaticBatch] = {}
+            self._regroup()
             # a missing credential or a target that does not exist is one clear
             # error now, not at the first action
             for w in self.workers.values():
@@ -484,6 +660,57 @@ class Daemon:
         if self.leases is not None:
             store.fence = self.leases.check
         return store
+
+    def _regroup(self) -> None:
+        """Put the file's targets that share a global model (two or more on
+        one :func:`engine.fleet.shared_model_key`) in one static batch each;
+        the others run alone. After a reload, a target whose forecaster
+        changed moves at its next cycle (a running cycle ends where it is)."""
+        groups: dict[tuple[Any, ...], list[str]] = {}
+        for name, w in self.workers.items():
+            key = shared_model_key(w.target)
+            if key is not None:
+                groups.setdefault(key, []).append(name)
+        groups = {k: names for k, names in groups.items() if len(names) > 1}
+        for key in [k for k in self.batches if k not in groups]:
+            del self.batches[key]
+        for key, names in groups.items():
+            b = self.batches.get(key)
+            if b is None:
+                b = self.batches[key] = StaticBatch(self, key, names)
+                log.info("%s: %d targets forecast in one batched call per cycle (%s)", b.name, len(names),
+                         ", ".join(names))
+            b.names = names
+        member = {n: b for b in self.batches.values() for n in b.names}
+        for name, w in self.workers.items():
+            w.batch = member.get(name)
+
+    def executor(self) -> Any:
+        """Where the templates' batched cycles send their per-series refits:
+        the ``executor:`` section's executor, opened at its first use and
+        kept until shutdown (a changed section takes effect at a restart).
+        None without the section, or while it cannot be opened (logged, tried
+        again next cycle): the refits then run in the cycle's own thread."""
+        cfg = self.config.cycle_executor
+        if cfg is None:
+            return None
+        with self._executor_lock:
+            if self._executor is None:
+                from .executor import open_executor
+
+                try:
+                    self._executor, self._executor_cfg = open_executor(cfg), cfg
+                except Exception as exc:  # noqa: BLE001 - the cycle goes on without it
+                    log.error("executor %s could not be opened (the refits run in the cycle meanwhile): %s: %s",
+                              cfg.kind, type(exc).__name__, exc)
+                    return None
+                log.info("executor %s: %d worker(s) for the batched cycles' refits", cfg.kind,
+                         self._executor.workers)
+            elif cfg != self._executor_cfg:
+                log.warning("the executor section changed; the open %s executor is kept until a restart",
+                            self._executor_cfg.kind)
+                self._executor_cfg = cfg
+            return self._executor
 
     # -------------------------------------------------------------- callbacks
     def jitter(self, target: TargetConfig) -> float:
@@ -634,6 +861,7 @@ class Daemon:
                 self._register(t)
             except Exception:  # noqa: BLE001 - one target's trouble must not stop the others
                 log.exception("target %s: could not apply the reloaded config", t.name)
+        self._regroup()
         fresh_templates = {tp.name: tp for tp in new.templates}
         for name in list(self.templates):
             if name not in fresh_templates or fresh_templates[name] != self.templates[name].template:
@@ -705,11 +933,11 @@ class Daemon:
                 w.tick(mono)
             except Exception:  # noqa: BLE001 - never let one target stop the loop
                 log.exception("target %s: scheduling failed", w.target.name)
-        for tw in list(self.templates.values()):
+        for tw in [*list(self.templates.values()), *list(self.batches.values())]:
             try:
                 tw.tick(mono)
-            except Exception:  # noqa: BLE001 - never let one template stop the loop
-                log.exception("template %s: scheduling failed", tw.template.name)
+            except Exception:  # noqa: BLE001 - never let one batch stop the loop
+                log.exception("%s: scheduling failed", tw.name)
 
     def housekeeping(self) -> None:
         """Prune the state file (retention) and log the fallback summary.
@@ -753,6 +981,9 @@ class Daemon:
     def shutdown(self, grace: float = 30.0) -> None:
         """Let running cycles finish within ``grace`` seconds, then close."""
         deadline = time.monotonic() + grace
+        for b in list(self.batches.values()):
+            if not b.wait(deadline - time.monotonic()):
+                log.warning("%s: abandoning a batched cycle still running at shutdown", b.name)
         for w in list(self.workers.values()):
             if not w.wait(deadline - time.monotonic()):
                 log.warning("target %s: abandoning a cycle still running at shutdown", w.target.name,
@@ -762,6 +993,11 @@ class Daemon:
             if not tw.wait(deadline - time.monotonic()):
                 log.warning("template %s: abandoning a batched cycle still running at shutdown", tw.template.name)
             tw.close()
+        if self._executor is not None:
+            try:
+                self._executor.close()
+            except Exception:  # noqa: BLE001 - shutting down regardless
+                log.exception("closing the executor failed")
         if self.leases is not None:
             self.leases.stop()  # hand the leases back: another replica takes over at once
         self.lock_store.close()

@@ -164,6 +164,9 @@ class LocalExecutor(_Closing):
         self.allowed_failures = allowed_failures
         self.stats = RunStats()
         self._pool: cf.ProcessPoolExecutor | None = None
+        #: one run at a time (the daemon's template threads share the pool;
+        #: a broken pool is replaced by the run that saw it break)
+        self._running = threading.Lock()
 
     def share(self, value: Any) -> Any:
         return value  # pickled with each task; a process pool has no cache
@@ -176,6 +179,11 @@ class LocalExecutor(_Closing):
 
     def run(self, fn: Callable[..., Any], tasks: Sequence[Task],
             on_done: Callable[[], None] | None = None) -> list[Any]:
+        with self._running:
+            return self._run(fn, tasks, on_done)
+
+    def _run(self, fn: Callable[..., Any], tasks: Sequence[Task],
+             on_done: Callable[[], None] | None = None) -> list[Any]:
         _check_unique(tasks)
         t0 = time.perf_counter()
         out: dict[str, Any] = {}

@@ -18,6 +18,7 @@ always.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -55,23 +56,30 @@ class FittedModel:
     #: epoch seconds of the last sample it was fitted on
     history_end: int
     seconds: float
+    #: the process that fitted it (a pool process, a Dask worker)
+    pid: int = 0
 
-    def load(self) -> Any:
+    def load(self, model_class: type | None = None) -> Any:
+        """The fitted forecaster (``model_class``: its class, else the registry's)."""
         from forecasters import registry
 
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "model"
             path.write_bytes(self.blob)
-            return registry.get(self.name).load(path)
+            return (model_class or registry.get(self.name)).load(path)
 
 
-def fit_series(target: str, history: Series, name: str, params: Mapping[str, Any]) -> FittedModel | TaskFailure:
-    """The task: fit one series' model and return it as bytes."""
+def fit_series(target: str, history: Series, name: str, params: Mapping[str, Any],
+               model_class: type | None = None) -> FittedModel | TaskFailure:
+    """The task: fit one series' model and return it as bytes. ``model_class``:
+    the forecaster's class itself (sent by reference: the worker imports its
+    module), for a model the caller already built, e.g. one registered in
+    that process only; else the registry's ``name``."""
     from forecasters import registry
 
     t0 = time.perf_counter()
     try:
-        model = registry.get(name)(dict(params))
+        model = (model_class or registry.get(name))(dict(params))
         model.fit(history)
     except SKIPPABLE as exc:  # this history cannot fit this model: no retry
         return TaskFailure(target, "error", f"{type(exc).__name__}: {exc}")
@@ -79,13 +87,21 @@ def fit_series(target: str, history: Series, name: str, params: Mapping[str, Any
         path = Path(d) / "model"
         model.save(path)
         blob = path.read_bytes()
-    return FittedModel(target, name, model.version, blob, int(history.timestamps[-1]), time.perf_counter() - t0)
+    return FittedModel(target, name, model.version, blob, int(history.timestamps[-1]), time.perf_counter() - t0,
+                       os.getpid())
+
+
+def fit_params(target: Any) -> dict[str, Any]:
+    """A target's forecaster parameters as a task carries them (plain data)."""
+    return target.forecaster.params.model_dump(mode="json", exclude_defaults=True)
 
 
 def fit_models(jobs: Sequence[FitJob], executor: Any,
                on_done: Callable[[], None] | None = None) -> dict[str, FittedModel | TaskFailure]:
     """One task per job on ``executor``; every target gets a model or a failure."""
-    tasks = [Task(j.target, (j.target, executor.share(j.history), j.name, dict(j.params))) for j in jobs]
+    # each history goes with its one task, not scattered (``share``): data
+    # scattered to a worker that dies is lost, and its task with it
+    tasks = [Task(j.target, (j.target, j.history, j.name, dict(j.params))) for j in jobs]
     outcomes = executor.run(fit_series, tasks, on_done=on_done) if tasks else []
     return {t.key: r for t, r in zip(tasks, outcomes)}
 
@@ -112,8 +128,7 @@ def fit_jobs_for(config: Any, fleet: Any, now: datetime) -> tuple[list[FitJob], 
         except ForescaleError as exc:
             skipped[t.name] = f"history: {type(exc).__name__}: {exc}"
             continue
-        jobs.append(FitJob(t.name, series, t.forecaster.name,
-                           t.forecaster.params.model_dump(mode="json", exclude_defaults=True)))
+        jobs.append(FitJob(t.name, series, t.forecaster.name, fit_params(t)))
     return jobs, skipped
 
 
@@ -131,4 +146,4 @@ def save_checkpoint(target: Any, shelf: Any, fitted: FittedModel, now: datetime)
     return checkpoint.saved_fit == now
 
 
-__all__ = ["FitJob", "FittedModel", "fit_jobs_for", "fit_models", "fit_series", "save_checkpoint"]
+__all__ = ["FitJob", "FittedModel", "fit_jobs_for", "fit_params", "fit_models", "fit_series", "save_checkpoint"]

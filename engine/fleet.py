@@ -24,7 +24,10 @@ work around the decisions:
                  or updated one by one, then forecast in one call per model
                  (:func:`batched_forecasts`: all the targets on one global
                  LSTM checkpoint in one forward pass, on the GPU when there is
-                 one); per-series models forecast per target in step 4.
+                 one); per-series models forecast per target in step 4,
+                 and their due refits run first on the config's executor
+                 when it has one (:func:`refits_elsewhere`: one task per
+                 target, a failed or lost one is that target's fallback).
 4. **decide**    every target's ``decide`` (step 5), the forecast records in
                  one transaction.
 5. **record**    every target that does not act (observe, dry-run, hold):
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterator, Sequence
@@ -231,14 +235,34 @@ class _Lazy:
 
 def member_target(target: TargetConfig, labels: LabelSet, fetch: TemplateFetch, store: Any, config: Config, *,
                   build_source: Callable[..., Any] | None = None,
-                  build_actuator: Callable[..., Any] | None = None) -> LiveTarget:
+                  build_actuator: Callable[..., Any] | None = None, acting: Any = None) -> LiveTarget:
     """A template's target in the live loop: its series from the template's
-    fetch (:class:`SeriesSlice`), the template's store connection."""
+    fetch (:class:`SeriesSlice`), the template's store connection;
+    ``acting``: the lock its LiveTargets share (one started beside an
+    abandoned cycle)."""
     from .build import build_actuator as default_actuator, build_source as default_source
 
     bs, ba = build_source or default_source, build_actuator or default_actuator
     return LiveTarget(target, source=SeriesSlice(fetch, labels, _Lazy(lambda: bs(target, config))), store=store,
-                      actuator=ba(target, config))
+                      actuator=ba(target, config), acting=acting)
+
+
+def shared_model_key(target: TargetConfig) -> tuple[Any, ...] | None:
+    """What the file's targets that are forecast in one batched call share:
+    a forecaster that predicts in batches, zero-shot on one checkpoint (its
+    ``checkpoint`` parameter set, no ``finetune_epochs``: one in-memory
+    network for all), no quality gate, no covariates, and one interval and
+    timeout (they run as one cycle). None: the target runs alone."""
+    from forecasters import registry
+
+    fc = target.forecaster
+    if not target.policy.uses_forecast or fc.quality_gate is not None or fc.init_from is not None \
+            or target.covariates or not capabilities_of(registry.get(fc.name)).predicts_in_batches:
+        return None
+    params = fc.params.model_dump()
+    if not params.get("checkpoint") or params.get("finetune_epochs"):
+        return None
+    return (target.interval, target.timeout, fc.name, str(params["checkpoint"]))
 
 
 # ---------------------------------------------------------------- forecast
@@ -293,17 +317,67 @@ def batched_forecasts(members: Sequence[LiveTarget], cycles: Sequence[PendingCyc
     return out, calls
 
 
+def refits_elsewhere(members: Sequence[LiveTarget], cycles: Sequence[PendingCycle], now: datetime,
+                     executor: Any) -> tuple[dict[int, tuple[Forecast | None, str | None]], int]:
+    """Send the due refits of the members' per-series models (not a batched
+    model, no quality gate, no ``init_from`` fine-tuning, no covariates) to
+    ``executor``, one task per target carrying only the history it fits on,
+    the forecaster's class, name and parameters; each fitted model comes back
+    as bytes and becomes that target's model, which then predicts in the
+    decide step as always. A task that failed or whose worker was lost is
+    that target's forecast error (index -> (None, reason): reactive
+    fallback, never a scale-down); the others are untouched. Returns those
+    errors and the number of refits sent."""
+    from .executor import Task
+    from .fits import fit_params, fit_series
+
+    jobs: list[tuple[int, Series]] = []
+    for i, (m, c) in enumerate(zip(members, cycles)):
+        f, fc = m.runner.forecaster, m.target.forecaster
+        caps = capabilities_of(f)
+        if (f is None or caps.predicts_in_batches or fc.quality_gate is not None or fc.init_from is not None
+                or (caps.takes_covariates and m.covariate_sources)):
+            continue
+        window = m.refit_job(c)
+        if window is not None:
+            jobs.append((i, window))
+    if not jobs:
+        return {}, 0
+    # the history goes with its one task, not scattered (``share``): data
+    # scattered to a worker that dies is lost, and the task with it
+    tasks = [Task(m.target.name, (m.target.name, w, m.target.forecaster.name, fit_params(m.target),
+                                  type(m.runner.forecaster)))
+             for m, w in ((members[i], w) for i, w in jobs)]
+    try:
+        outcomes = executor.run(fit_series, tasks)
+    except Exception as exc:  # noqa: BLE001 - the executor itself failed: each target falls back with why
+        log.warning("refits of %d targets on the %s executor failed: %s: %s", len(tasks), executor.kind,
+                    type(exc).__name__, exc)
+        return {i: (None, f"ForecastError: the refit on the {executor.kind} executor failed: "
+                          f"{type(exc).__name__}: {exc}") for i, _ in jobs}, len(jobs)
+    out: dict[int, tuple[Forecast | None, str | None]] = {}
+    for (i, window), fitted in zip(jobs, outcomes):
+        why = members[i].take_refit(cycles[i], window, fitted, executor.kind)
+        if why is not None:
+            log.warning("target %s: %s", members[i].target.name, why, extra={"target": members[i].target.name})
+            out[i] = (None, why)
+    return out, len(jobs)
+
+
 # ------------------------------------------------------------------- cycle
 @dataclass
 class BatchReport:
     """What one batched cycle did: each target's result (in the members'
     order), seconds per part (fetch, gather, forecast, decide, record, act),
-    and how many targets were forecast in how many batched calls."""
+    how many targets were forecast in how many batched calls, and how many
+    refits were sent to the executor (and how many of them failed)."""
 
     results: list[CycleResult]
     seconds: dict[str, float]
     batched: int = 0
     calls: int = 0
+    refits: int = 0
+    refit_failures: int = 0
 
 
 def _together(store: Any, cycles: Sequence[PendingCycle]) -> "_Together":
@@ -342,12 +416,34 @@ def _chunks(items: Sequence[int]) -> list[Sequence[int]]:
     return [items[k:k + WRITES_PER_TRANSACTION] for k in range(0, len(items), WRITES_PER_TRANSACTION)]
 
 
+def _side_by_side(members: Sequence[LiveTarget], fn: Callable[[int], Any], idx: Sequence[int]) -> list[Any]:
+    """``fn(i)`` for each index, in threads (at most ``SIDE_BY_SIDE`` at once):
+    members with stores and sources of their own, so that one that waits
+    on its source or its platform holds up none of the others."""
+    if not idx:
+        return []
+    with ThreadPoolExecutor(min(len(idx), SIDE_BY_SIDE), thread_name_prefix="batch-member") as pool:
+        return list(pool.map(fn, idx))
+
+
+#: members of a batch without a shared store (static targets) whose begin
+#: and finish run at once (each waits on its own source and platform)
+SIDE_BY_SIDE = 16
+
+
 def run_batch(members: Sequence[LiveTarget], now: datetime, store: Any, fetch: TemplateFetch | None = None,
-              *, clock: Callable[[], float] = time.perf_counter) -> BatchReport:
+              *, executor: Any = None, clock: Callable[[], float] = time.perf_counter) -> BatchReport:
     """One cycle of every member at ``now`` (the steps in the module doc).
-    ``store``: the one store every member records in; ``fetch``: the
-    template's query, loaded once for all (None: each member fetches from
-    its own source)."""
+    ``store``: the one store every member records in (a template's), its
+    parts in transactions; None: each member records in its own store (the
+    file's static targets on one global model), and the members' begin
+    and finish run side by side (:func:`_side_by_side`), so only the
+    forecast is shared. ``fetch``: the template's query, loaded once for all
+    (None: each member fetches from its own source); ``executor``: where
+    the per-series models' due refits run (:func:`refits_elsewhere`; None:
+    in the decide step, here)."""
+    if store is None:
+        return _run_apart(members, now, executor, clock)
     seconds: dict[str, float] = {}
     mark = clock()
 
@@ -377,6 +473,11 @@ def run_batch(members: Sequence[LiveTarget], now: datetime, store: Any, fetch: T
         lap("gather")
         forecasts, calls = batched_forecasts(members, ready, now)
         lap("forecast")
+        refits, failed = 0, {}
+        if executor is not None:
+            failed, refits = refits_elsewhere(members, ready, now, executor)
+            forecasts.update(failed)
+            lap("refit")
         for part in _chunks(range(len(members))):
             with _together(store, [ready[i] for i in part]):
                 for i in part:
@@ -406,7 +507,39 @@ def run_batch(members: Sequence[LiveTarget], now: datetime, store: Any, fetch: T
         if fetch is not None:
             fetch.clear()
     batched = sum(1 for i, (fc, _) in forecasts.items() if fc is not None)
-    return BatchReport(results, seconds, batched, calls)  # type: ignore[arg-type]
+    return BatchReport(results, seconds, batched, calls, refits, len(failed))  # type: ignore[arg-type]
+
+
+def _run_apart(members: Sequence[LiveTarget], now: datetime, executor: Any,
+               clock: Callable[[], float]) -> BatchReport:
+    """:func:`run_batch` for members with stores of their own."""
+    seconds: dict[str, float] = {}
+    mark = clock()
+
+    def lap(part: str) -> None:
+        nonlocal mark
+        t = clock()
+        seconds[part] = t - mark
+        mark = t
+
+    every = range(len(members))
+    ready: list[PendingCycle] = _side_by_side(members, lambda i: members[i].begin(now), every)
+    lap("gather")
+    forecasts, calls = batched_forecasts(members, ready, now)
+    lap("forecast")
+    failed: dict[int, Any] = {}
+    refits = 0
+    if executor is not None:
+        failed, refits = refits_elsewhere(members, ready, now, executor)
+        forecasts.update(failed)
+        lap("refit")
+    for i in every:
+        members[i].decide(ready[i], forecasts.get(i))
+    lap("decide")
+    results = _side_by_side(members, lambda i: members[i].finish(ready[i]), every)
+    lap("record")
+    batched = sum(1 for fc, _ in forecasts.values() if fc is not None)
+    return BatchReport(results, seconds, batched, calls, refits, len(failed))
 
 
 def _labelset(labels: dict[str, str]) -> str:
@@ -414,4 +547,5 @@ def _labelset(labels: dict[str, str]) -> str:
 
 
 __all__ = ["BatchReport", "Discovery", "FleetTargets", "SeriesSlice", "TemplateFetch", "batched_forecasts",
-           "discover", "expand", "fleet_targets", "member_target", "run_batch", "template_source"]
+           "discover", "expand", "fleet_targets", "member_target", "refits_elsewhere", "run_batch",
+           "shared_model_key", "template_source"]

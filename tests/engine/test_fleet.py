@@ -5,6 +5,7 @@ batched call of the global LSTM, one transaction, independent decisions)."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
@@ -589,3 +590,218 @@ def test_a_templates_override_is_validated_at_load_naming_the_field(tmp_path):
     parsed = load_config(write(tmp_path / "c.yaml", tp)).templates[0]
     assert parsed.expand({"user": "a", "group": "g"}).forecaster.name == "seasonal_naive"
     assert parsed.expand({"user": "b", "group": "g"}).forecaster.name == "persistence"
+# ------------------------------------------------ per-series refits on an executor
+@pytest.fixture
+def fit_probe():
+    from forecasters import registry
+    from tests.support.fleet_models import FitProbe
+
+    registry.register("fit_probe", FitProbe)
+    yield FitProbe
+    registry.unregister("fit_probe")
+
+
+def _probe_daemon_run(url: str, end: int, folder: Path, executor: dict | None) -> dict:
+    """One batched cycle of the storage template in a real daemon, every
+    target on ``fit_probe`` (bob's fit kills its process, carol's raises);
+    the results by target."""
+    folder.mkdir()
+    tp = template(url, mode="dry-run", forecaster={
+        "name": "fit_probe", "history": "2h", "refit_every": "1h",
+        "params": {"who": "{user}", "die_for": "bob", "raise_for": "carol"}})
+    doc = {"state": str(folder / "state.db"), "server": {"enabled": False}, "templates": [tp]}
+    if executor is not None:
+        doc["executor"] = executor
+    cfg = folder / "fleet.yaml"
+    cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+    results = []
+    d = Daemon(cfg, clock=ManualClock(from_epoch(end)), monotonic=lambda: 1000.0, on_result=results.append,
+               build_actuator=lambda t, c=None: Platform(capacity=3))
+    try:
+        d.tick()
+        assert d.templates["storage"].wait(180)
+        report = d.templates["storage"].last_report
+        by = {r.target: r for r in results}
+        return {"by": by, "report": report, "decisions": {n: d.lock_store.decision(r.decision.id)
+                                                         for n, r in by.items()}}
+    finally:
+        d.shutdown(30)
+
+
+@pytest.mark.prometheus
+@pytest.mark.parametrize("executor", [
+    {"kind": "local", "workers": 2, "retries": 0, "allowed_failures": 1},
+    {"kind": "dask", "local_cluster": True, "workers": 2, "retries": 0, "allowed_failures": 1,
+     "memory_limit": "400MiB"},
+], ids=["local-pool", "dask-local-cluster"])
+def test_a_templates_refits_run_on_the_executor_and_a_lost_or_failed_one_falls_back_for_that_target_only(
+        fleet_prometheus, tmp_path, fit_probe, executor):
+    if executor["kind"] == "dask":
+        pytest.importorskip("distributed")
+    got = _probe_daemon_run(fleet_prometheus.url, fleet_prometheus.end, tmp_path / "on", executor)
+    by, report = got["by"], got["report"]
+    assert sorted(by) == ["storage-alice-g1", "storage-bob-g1", "storage-carol-g2"]
+    assert (report.refits, report.refit_failures) == (3, 2)
+    # alice: fitted in another process, and that model's forecast decided
+    alice = by["storage-alice-g1"]
+    note = alice.details["model"]
+    assert f"refitted on the {executor['kind']} executor (pid " in note, note
+    pid = int(note.split("(pid ")[1].split(",")[0])
+    assert pid != os.getpid() and pid > 0
+    assert alice.ok and not alice.decision.fallback and alice.forecast is not None
+    assert note.startswith(alice.forecast.model_version)
+    assert got["decisions"]["storage-alice-g1"]["status"] in ("dry-run", "hold")
+    # bob's fit killed its worker every time: lost; carol's raised: failed;
+    # each falls back to reactive (never down) with the reason in its decision
+    for name, why in (("storage-bob-g1", "(lost)"), ("storage-carol-g2", "RuntimeError: the fit of carol fails")):
+        d = by[name].decision
+        assert d.fallback and d.desired >= d.current, name
+        recorded = json.dumps(got["decisions"][name])
+        assert f"the refit on the {executor['kind']} executor failed" in recorded and why in recorded, recorded
+    # the same decision for alice as a daemon without the section makes,
+    # fitting in its own thread
+    inline = _probe_daemon_run(fleet_prometheus.url, fleet_prometheus.end, tmp_path / "inline", None)
+    assert inline["report"].refits == 0 and "refitted" not in inline["by"]["storage-alice-g1"].details.get("model", "")
+    a = inline["by"]["storage-alice-g1"]
+    assert (a.decision.desired, a.decision.reasons) == (alice.decision.desired, alice.decision.reasons)
+    np.testing.assert_allclose(a.forecast.point, alice.forecast.point)
+
+
+# ------------------------------------------------ the file's targets on one global model
+def test_the_files_targets_on_one_global_model_are_forecast_in_one_batched_call_and_a_bad_one_spoils_none(
+        tmp_path, checkpoint, monkeypatch):
+    from engine.build import build_source as default_source
+
+    nan_trace = write_trace(tmp_path / "nan.csv", [float("nan")] * (DAYS * 288))
+    spike = write_trace(tmp_path / "spike.csv", daily(9, 400.0))
+    extra = [target_dict(n, p, mode="dry-run", forecaster={
+        "name": "lstm_global", "history": "3d", "params": {"checkpoint": str(checkpoint), "device": "cpu"}})
+        for n, p in (("down", spike), ("nans", nan_trace))]
+    # and one on a per-series model: it runs alone, as before
+    extra.append(target_dict("alone", spike, mode="dry-run"))
+    cfg = fleet_config(tmp_path, checkpoint, 4, extra=extra)
+
+    def source(t, c, covariate=None):
+        s = default_source(t, c, covariate)
+        if t.name == "down":
+            s = FlakySource(s)
+            s.mode = "down"
+        return s
+
+    calls = []
+    real = LevelFreeLSTM.predict_many
+    monkeypatch.setattr(LevelFreeLSTM, "predict_many",
+                        lambda self, h, *a, **k: calls.append(sorted(h)) or real(self, h, *a, **k))
+    results = []
+    d = Daemon(cfg, clock=ManualClock(NOW), monotonic=lambda: 1000.0, on_result=results.append,
+               build_source=source, build_actuator=lambda t, c=None: Platform(capacity=5))
+    try:
+        (b,) = d.batches.values()
+        assert sorted(b.names) == ["down", "nans", "t0", "t1", "t2", "t3"] and d.workers["alone"].batch is None
+        d.tick()
+        assert b.wait(120) and d.workers["alone"].wait(60)
+        by = {r.target: r for r in results}
+        assert sorted(by) == ["alone", "down", "nans", "t0", "t1", "t2", "t3"]
+        assert len(calls) == 1 and len(calls[0]) == 4  # the four good ones, one forward pass
+        assert (b.last_report.batched, b.last_report.calls) == (4, 1)
+        for name in ("down", "nans"):
+            dec = by[name].decision
+            assert dec.fallback and dec.desired >= dec.current, name
+        assert by["down"].fetch_error.startswith("metric source:")
+        assert "no samples in the history window" in json.dumps(d.lock_store.decision(by["nans"].decision.id))
+        assert not by["alone"].decision.fallback and by["alone"].forecast.model == "persistence"
+        # each decided and recorded as its own cycle does alone
+        (tmp_path / "solo").mkdir()
+        solo, _ = batch(fleet_config(tmp_path / "solo", checkpoint, 4))
+        for m in solo:
+            a, r = m.run(NOW), by[m.target.name]
+            assert r.ok and r.forecast.model == "lstm_global" and not r.decision.fallback
+            assert (a.decision.desired, a.decision.reasons) == (r.decision.desired, r.decision.reasons)
+            np.testing.assert_allclose(a.forecast.quantiles[0.9], r.forecast.quantiles[0.9], rtol=1e-6)
+            assert d.lock_store.decision(r.decision.id)["status"] in ("dry-run", "hold")
+    finally:
+        d.shutdown(10)
+
+
+# ------------------------------------------------ a stuck batched cycle
+@pytest.mark.prometheus
+def test_a_batched_cycle_stuck_on_its_source_does_not_delay_the_next_and_nothing_is_acted_on_twice(
+        fleet_prometheus, tmp_path):
+    import threading
+
+    from engine.build import build_source as default_source
+
+    end = fleet_prometheus.end
+    cfg = write(tmp_path / "fleet.yaml", template(fleet_prometheus.url, timeout="1m", discover_every="1d",
+                                                  policy={**POLICY, "capacity_per_replica": 1}))
+    gate, entered, armed = threading.Event(), threading.Event(), threading.Event()
+
+    class Hanging:
+        """The template's query; armed, its next answer waits for the gate."""
+
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        def fetch_all(self, since, now):
+            if armed.is_set():
+                armed.clear()
+                entered.set()
+                gate.wait(60)
+            return self.inner.fetch_all(since, now)
+
+    platforms: dict[str, Platform] = {}
+    clock, mono, results = ManualClock(from_epoch(end - 600)), [1000.0], []
+    d = Daemon(cfg, clock=clock, monotonic=lambda: mono[0], on_result=results.append,
+               build_source=lambda t, c, cov=None: Hanging(default_source(t, c, cov)) if not t.source.series
+               else default_source(t, c, cov),
+               build_actuator=lambda t, c=None: platforms.setdefault(t.name, Platform(capacity=1)))
+    tw = d.templates["storage"]
+    try:
+        d.tick()  # cycle 1: every target scales up from 1
+        assert tw.wait(60) and len(results) == 3
+        assert {n: len(p.applies) for n, p in platforms.items()} == {r.target: 1 for r in results}, \
+            [(r.target, r.status) for r in results]
+        for p in platforms.values():
+            p.capacity = 1  # someone scaled them all back down: each cycle now wants to scale up
+        results.clear()
+        armed.set()
+        clock.set(from_epoch(end - 300))
+        mono[0] += 300
+        d.tick()  # cycle 2: stuck in the template's query
+        assert entered.wait(30)
+        mono[0] += 90  # past the 1 minute timeout
+        d.tick()
+        assert tw.abandoned and tw.busy
+        clock.set(from_epoch(end))
+        mono[0] += 210  # the next interval
+        d.tick()  # cycle 3 starts at once, beside the stuck one
+        tw.thread.join(60)
+        assert not tw.thread.is_alive() and tw.stuck.is_alive()  # decided while cycle 2 still hangs
+        assert sorted(r.target for r in results) == ["storage-alice-g1", "storage-bob-g1", "storage-carol-g2"]
+        assert all(r.status == "accepted" or r.status == "applied" for r in results), [r.status for r in results]
+        assert all(len(p.applies) == 2 for p in platforms.values())
+        stuck_results = len(results)
+        gate.set()  # cycle 2 answers at last: it acts on nothing
+        assert tw.wait(60)
+        late = results[stuck_results:]
+        assert len(late) == 3 and all(r.details.get("abandoned") for r in late)
+        assert all(r.status not in ("accepted", "applied") for r in late), [(r.status, r.error) for r in late]
+        assert all(len(p.applies) == 2 for p in platforms.values())  # nothing applied twice
+    finally:
+        gate.set()
+        d.shutdown(10)
+
+
+def test_forescale_once_forecasts_the_files_targets_on_one_global_model_in_one_call(tmp_path, checkpoint,
+                                                                                    monkeypatch, capsys):
+    cfg = fleet_config(tmp_path, checkpoint, 3, extra=[target_dict("alone", write_trace(
+        tmp_path / "a.csv", daily(5, 30.0)), mode="dry-run")])
+    calls = []
+    real = LevelFreeLSTM.predict_many
+    monkeypatch.setattr(LevelFreeLSTM, "predict_many",
+                        lambda self, h, *a, **k: calls.append(len(h)) or real(self, h, *a, **k))
+    monkeypatch.setattr("engine.core.clock.SystemClock.now", lambda self: NOW)  # the traces' time
+    assert main(["once", "--config", str(cfg), "--json"]) == 0
+    got = {r["target"]: r for r in json.loads(capsys.readouterr().out)}
+    assert sorted(got) == ["alone", "t0", "t1", "t2"] and calls == [3]
+    assert not any(r["decision"]["fallback"] for r in got.values())
