@@ -34,7 +34,6 @@ extrapolates noise at 24 h); MSTL about 1.4 s. ``predict`` costs 10-50 ms.
 
 from __future__ import annotations
 
-import math
 from datetime import timedelta
 from typing import Any, Sequence
 

@@ -8,7 +8,6 @@ import json
 import shutil
 from datetime import timedelta
 
-import numpy as np
 import pytest
 
 from benchmarks.frontier import at_cost, held_out, hindsight, hpa_in_service, main, sweep

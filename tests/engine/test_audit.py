@@ -8,7 +8,6 @@ an acknowledged record."""
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import random
@@ -21,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from engine import audit, cli
-from engine.audit import decision_context, export, reconstruct, verify, verify_tail
+from engine.audit import decision_context, reconstruct, verify, verify_tail
 from engine.core.types import ActuationResult, Decision, Step
 from engine.plans import approve
 from engine.store import Store, open_store

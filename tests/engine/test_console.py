@@ -228,7 +228,6 @@ def test_the_daemon_notifies_and_serves_the_console(tmp_path, env):
     import subprocess
     import sys
     import time as _time
-    from urllib.parse import urlsplit
 
     import httpx
     import yaml

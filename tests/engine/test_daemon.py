@@ -550,7 +550,6 @@ def test_the_daemon_prunes_the_state_file_as_retention_says_and_keeps_every_deci
                        retention={"forecasts": "1h", "samples": "3h"})
     mono, clock = FakeMono(), ManualClock(NOW)
     d, *_ = make_daemon(cfg, monotonic=mono, clock=clock)
-    store = d.workers["web"].store
     try:
         for _ in range(48):  # four hours of cycles; the daemon prunes once an hour
             d.tick()

@@ -338,7 +338,6 @@ def test_killed_process_mid_apply_is_reconciled_on_restart(tmp_path):
         p = Platform(capacity=int(m.read_text()), on_apply=hang)
         build_live(Path({str(cfg)!r}), Store({str(tmp_path / "state.db")!r}), p).run(T0 + 19 * STEP)
     """)
-    from pathlib import Path as _P
 
     root = ROOT
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE, text=True,

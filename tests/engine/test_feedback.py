@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from engine.core.types import ActuationResult
 from engine.core.units import to_epoch
 
 from tests.support.live import STEP, T0, Platform, build_live, target_dict, write_config, write_trace
-from tests.support import ROOT, TRACES
+from tests.support import TRACES
 
 
 # a ramp: +1 per 5 min. Persistence forecasts the last value, so the error

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from datetime import timedelta
 from pathlib import Path
 

@@ -6,7 +6,6 @@ import json
 import math
 import re
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import httpx
 import numpy as np

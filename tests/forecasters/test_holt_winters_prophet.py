@@ -11,7 +11,6 @@ import sys
 import textwrap
 import warnings
 from datetime import timedelta
-from pathlib import Path
 
 import numpy as np
 import pytest

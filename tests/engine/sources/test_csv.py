@@ -19,7 +19,7 @@ from engine.core.errors import DataError
 from engine.sources import registry
 from engine.sources.csv import CsvConfig, CsvSource, ReplayConfig, ReplaySource, read_csv
 from engine.core.types import Series
-from tests.support import ROOT, TRACES
+from tests.support import TRACES
 
 UTC = timezone.utc
 
