@@ -131,6 +131,28 @@ def test_a_change_that_does_not_pay_for_itself_is_not_made():
     assert got.tolist() == [1, 1, 1, 1] and cost == pytest.approx(8.0)
 
 
+def test_problems_solved_together_get_what_each_gets_alone():
+    """solve_many (the constraint step's second plan in the same pass) is
+    solve, problem by problem: paths and costs equal, ties included."""
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        n_levels, horizon = int(rng.integers(1, 6)), int(rng.integers(1, 30))
+        cost = rng.integers(0, 6, (n_levels, horizon)).astype(float)  # small integers: many ties
+        leave, enter = rng.integers(0, 3, cost.shape).astype(float), -rng.integers(0, 2, cost.shape).astype(float)
+        down = rng.integers(0, 3, cost.shape).astype(float)
+        spacing, lifetime = int(rng.integers(0, 4)), int(rng.integers(0, 5))
+        variants = [P.Problem(cost=cost, leave=leave, enter=enter, leave_down=down, enter_down=enter,
+                              start=int(rng.integers(0, n_levels)), since=int(rng.integers(0, 6)),
+                              last_up=bool(rng.integers(0, 2)), spacing=spacing, lifetime=lifetime,
+                              down_ok=rng.random(horizon) < 0.6) for _ in range(int(rng.integers(1, 4)))]
+        together = P.solve_many(variants)
+        for prob, (path, total) in zip(variants, together):
+            alone_path, alone_total = P.solve(prob)
+            assert path.tolist() == alone_path.tolist() and total == alone_total
+    with pytest.raises(AssertionError, match="costs differ"):
+        P.solve_many([problem(COST), problem(COST)])  # equal values, not the same problem's arrays
+
+
 # ---------------------------------------------------------------- the demand distribution
 def test_survival_at_the_quantile_levels_is_one_minus_the_level():
     taus = np.array([0.5, 0.8, 0.9, 0.95, 0.99])
