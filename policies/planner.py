@@ -341,7 +341,7 @@ def penalty(config: PolicyConfig, rate: float | None = None) -> float:
     p = config.plan
     if p.penalty is not None:
         return p.penalty
-    rate = p.target_rate if rate is None else rate
+    rate = config.slo_rate if rate is None else rate
     if p.risk == "unserved":
         return unit_price(config) / rate
     _, _, price = level_values(config)
@@ -367,7 +367,7 @@ def adapt_rate(state: ScalingState, config: PolicyConfig) -> float | None:
     pc = config.plan
     if not pc.calibrate or pc.calibration == "spread" or pc.penalty is not None:
         return None
-    slo = pc.target_rate
+    slo = config.slo_rate
     prev = state.smoothed[0] if len(state.smoothed) == 1 and math.isfinite(state.smoothed[0]) \
         and state.smoothed[0] > 0 else slo
     obs = state.observation
@@ -524,7 +524,7 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
     point = forecast.point[all_idx]
     calibrated = pc.calibrate and pc.calibration in ("spread", "both") and state.headroom is not None
     if calibrated:
-        q = calibrate(taus, q, point, float(state.headroom), pc.target_rate, ref=fixed_idx.size)
+        q = calibrate(taus, q, point, float(state.headroom), config.slo_rate, ref=fixed_idx.size)
     rate = adapt_rate(state, config)
     levels, caps, price = level_values(config)
     lo, hi = config.bounds
@@ -621,7 +621,7 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
     code = "PlannedScaleUp" if first > current else "PlannedScaleDown" if first < current else "PlannedHold"
     cal = f", spread calibrated (headroom {state.headroom:.3g})" if calibrated else ""
     if rate is not None:
-        cal += f", priced rate {rate:.3%} (SLO {pc.target_rate:.3%})"
+        cal += f", priced rate {rate:.3%} (SLO {config.slo_rate:.3%})"
     out.append(Step("plan", first, code,
                     f"{reason}; plan over {_span(pc.horizon)}: {changes} change(s), expected cost "
                     f"{schedule.total_cost:.4g}{cal}", changed=first != current))
