@@ -248,6 +248,7 @@ def solve_many(problems: Sequence[Problem]) -> list[tuple[np.ndarray, float]]:
     flat_state = np.arange(size).reshape(cap + 1, 2, n_levels)
     inf_col = np.full((n_prob, 1), inf)
     zero_col = np.zeros((n_prob, 1), dtype=np.int64)
+    rows_of = np.arange(n_prob)[:, None]  # index each problem's own row
     for j in range(horizon):
         cost_j = p.cost[:, j]
         stay = v + cost_j
@@ -260,7 +261,8 @@ def solve_many(problems: Sequence[Problem]) -> list[tuple[np.ndarray, float]]:
         vn[:, cap] = np.where(keep, stay[:, cap], vn[:, cap])
         bn[:, cap] = np.where(keep, flat_state[cap], bn[:, cap])
         allowed = down_ok[:, j]
-        for direction, rows in ((1, up_flat), (0, down_flat if allowed.any() else down_flat[:0])):
+        all_allowed = bool(allowed.all())
+        for direction, rows in ((1, up_flat), (0, down_flat if all_allowed or allowed.any() else down_flat[:0])):
             if rows.size == 0:
                 continue
             up = direction == 1 or p.leave_down is None or p.enter_down is None
@@ -268,7 +270,7 @@ def solve_many(problems: Sequence[Problem]) -> list[tuple[np.ndarray, float]]:
             enter = cost_j + (p.enter if up else p.enter_down)[:, j]
             sub = leave[:, rows]  # (B, rows, L)
             arg_cd = np.argmin(sub, axis=1)  # (B, L)
-            best = np.take_along_axis(sub, arg_cd[:, None, :], axis=1)[:, 0]  # best way to leave level x
+            best = sub[rows_of, arg_cd, levels]  # (B, L) best way to leave level x
             src = rows[arg_cd] * n_levels + levels
             if direction == 1:  # arrive at y from some x < y: exclusive prefix minimum
                 run = np.minimum.accumulate(best, axis=1)
@@ -281,11 +283,12 @@ def solve_many(problems: Sequence[Problem]) -> list[tuple[np.ndarray, float]]:
                 arg = np.maximum.accumulate(np.where(rb == run, levels, 0), axis=1)
                 arrive = np.concatenate([run[:, :-1][:, ::-1], inf_col], axis=1)
                 from_x = np.concatenate([(n_levels - 1 - arg[:, :-1])[:, ::-1], zero_col], axis=1)
-                arrive = np.where(allowed[:, None], arrive, inf)  # no scale-down ordered here
+                if not all_allowed:  # no scale-down ordered here for some of the problems
+                    arrive = np.where(allowed[:, None], arrive, inf)
             total = arrive + enter
             better = total < vn[:, 1, direction]  # ties keep the hold
             vn[:, 1, direction] = np.where(better, total, vn[:, 1, direction])
-            bn[:, 1, direction] = np.where(better, np.take_along_axis(src, from_x, axis=1), bn[:, 1, direction])
+            bn[:, 1, direction] = np.where(better, src[rows_of, from_x], bn[:, 1, direction])
         v, back[j] = vn, bn
     out = []
     for b in range(n_prob):
