@@ -173,6 +173,17 @@ def parse_window(text: str) -> tuple[int, int]:
     return a, b
 
 
+#: the SLO's saturated fraction when none is given (replicas; a ladder: at
+#: least room for LADDER_RESIZES_PER_DAY resizes' downtime, PlanConfig.slo_rate)
+DEFAULT_SLO = 0.002
+#: resizes a day a ladder's default SLO leaves room for: one down at night and
+#: one up in the morning
+LADDER_RESIZES_PER_DAY = 2
+#: the planning horizon on a ladder unless one is given: a resize's downtime
+#: pays for itself over hours of a cheaper rung, so the plan must see the
+#: trough and the next peak (at 2 h it saw neither and held the top rung)
+LADDER_HORIZON = timedelta(hours=12)
+
 #: the fixed price of a change for replicas (docs/planner.md: chosen on the
 #: tuning traces at equal cost against the HPA)
 DEFAULT_CHANGE_COST = 3.0
@@ -287,11 +298,30 @@ class PlanConfig(_Model):
 
     @property
     def target_rate(self) -> float:
-        """The saturated fraction the planner aims at (the SLO, default 0.2 %)."""
-        return (self.slo or Slo(saturated_fraction=0.002)).saturated_fraction
+        """The saturated fraction the planner aims at on replicas (the SLO,
+        default 0.2 %); a ladder's is :meth:`slo_rate`."""
+        return self.slo_rate(vertical=False)
+
+    def slo_rate(self, vertical: bool) -> float:
+        """The saturated fraction the planner aims at: the SLO; without one
+        0.2 %, and on a ladder whose resize takes ``downtime`` at least the
+        share of the day that :data:`LADDER_RESIZES_PER_DAY` resizes leave
+        unserved (a resize saturates its whole downtime: below that share the
+        SLO forbids following a daily cycle down at night and up in the
+        morning, so the planner holds the rung of the peak all day)."""
+        if self.slo is not None:
+            return self.slo.saturated_fraction
+        if not vertical:
+            return DEFAULT_SLO
+        return max(DEFAULT_SLO, LADDER_RESIZES_PER_DAY * self.downtime / timedelta(days=1))
 
 #: the reactive floor of ``kind: plan`` unless the policy gives its own
 PLAN_REACTIVE = Reactive(target_utilization=0.8, tolerance=0.0)
+#: ... and on a ladder: a resize there costs its downtime twice (up, and down
+#: again) and the plan prices a rung's risk at its full capacity, so the floor
+#: resizes only for demand the rung cannot carry; at 80 % it resized up from
+#: rungs the plan had chosen, and the plan went down again: flapping
+PLAN_LADDER_REACTIVE = Reactive(target_utilization=1.0, tolerance=0.0)
 
 
 class PolicyConfig(_Model):
@@ -337,7 +367,15 @@ class PolicyConfig(_Model):
         # own it runs at PLAN_REACTIVE (tuned on the backtest's tuning traces,
         # docs/planner.md), not at the 0.7 utilization the HPA guesses
         if isinstance(data, dict) and data.get("kind") == "plan" and "reactive" not in data:
-            data = {**data, "reactive": PLAN_REACTIVE}
+            data = {**data, "reactive": PLAN_LADDER_REACTIVE if data.get("ladder") is not None else PLAN_REACTIVE}
+        if isinstance(data, dict) and data.get("kind") == "plan" and data.get("ladder") is not None:
+            # a ladder plans over LADDER_HORIZON unless the plan states its own
+            plan = data.get("plan")
+            if plan is None or isinstance(plan, dict):
+                if "horizon" not in (plan or {}):
+                    data = {**data, "plan": {**(plan or {}), "horizon": LADDER_HORIZON}}
+            elif isinstance(plan, PlanConfig) and "horizon" not in plan.model_fields_set:
+                data = {**data, "plan": plan.model_copy(update={"horizon": LADDER_HORIZON})}
         return data
 
     @model_validator(mode="after")
@@ -386,7 +424,7 @@ class PolicyConfig(_Model):
         (None: the policy uses no headroom)."""
         if self.kind == "plan":
             spread = self.plan.calibrate and self.plan.calibration in ("spread", "both")
-            return self.plan.target_rate if spread else None
+            return self.slo_rate if spread else None
         if self.kind == "predictive" and self.margin.conformal:
             return self.margin.conformal_target
         return None
@@ -394,6 +432,11 @@ class PolicyConfig(_Model):
     @property
     def vertical(self) -> bool:
         return self.ladder is not None
+
+    @property
+    def slo_rate(self) -> float:
+        """The planner's SLO as a saturated fraction (:meth:`PlanConfig.slo_rate`)."""
+        return self.plan.slo_rate(self.vertical)
 
     @property
     def bounds(self) -> tuple[int, int]:

@@ -213,11 +213,29 @@ class Problem:
 
 def solve(p: Problem) -> tuple[np.ndarray, float]:
     """The exact minimum-cost path of levels (one per step) and its cost."""
+    return solve_many([p])[0]
+
+
+def solve_many(problems: Sequence[Problem]) -> list[tuple[np.ndarray, float]]:
+    """:func:`solve` for problems that share their costs, ``spacing`` and
+    ``lifetime`` and differ only in where they start (``start``, ``since``,
+    ``last_up``) and in ``down_ok``, in one pass: the DP runs over a leading
+    axis of problems, so each result is exactly what :func:`solve` gives it
+    alone (the same operations, element by element), at about the price of
+    one (the per-step work is numpy calls on small arrays)."""
+    p = problems[0]
+    for other in problems[1:]:
+        assert (other.cost is p.cost and other.leave is p.leave and other.enter is p.enter
+                and other.leave_down is p.leave_down and other.enter_down is p.enter_down
+                and other.spacing == p.spacing and other.lifetime == p.lifetime), "solve_many: costs differ"
     n_levels, horizon = p.cost.shape
+    n_prob = len(problems)
     cap = max(p.spacing, p.lifetime, 1)
     inf = np.inf
-    v = np.full((cap + 1, 2, n_levels), inf)
-    v[min(p.since, cap), int(p.last_up), p.start] = 0.0
+    v = np.full((n_prob, cap + 1, 2, n_levels), inf)
+    for b, q in enumerate(problems):
+        v[b, min(q.since, cap), int(q.last_up), q.start] = 0.0
+    down_ok = np.stack([np.asarray(q.down_ok, dtype=bool) for q in problems])  # (B, H)
     c_idx = np.arange(cap + 1)[:, None]
     d_idx = np.arange(2)[None, :]
     up_mask = np.broadcast_to(c_idx >= p.spacing, (cap + 1, 2))
@@ -226,53 +244,63 @@ def solve(p: Problem) -> tuple[np.ndarray, float]:
     down_flat = np.flatnonzero(down_mask.ravel())
     levels = np.arange(n_levels)
     size = (cap + 1) * 2 * n_levels
-    back = np.empty((horizon, cap + 1, 2, n_levels), dtype=np.int64)
+    back = np.empty((horizon, n_prob, cap + 1, 2, n_levels), dtype=np.int64)
     flat_state = np.arange(size).reshape(cap + 1, 2, n_levels)
+    inf_col = np.full((n_prob, 1), inf)
+    zero_col = np.zeros((n_prob, 1), dtype=np.int64)
+    rows_of = np.arange(n_prob)[:, None]  # index each problem's own row
     for j in range(horizon):
         cost_j = p.cost[:, j]
         stay = v + cost_j
         vn = np.full_like(v, inf)
-        bn = np.empty((cap + 1, 2, n_levels), dtype=np.int64)
+        bn = np.empty((n_prob, cap + 1, 2, n_levels), dtype=np.int64)
         # hold: (c, d, x) -> (min(c + 1, cap), d, x)
-        vn[1:] = stay[:-1]
-        bn[1:] = flat_state[:-1]
-        keep = stay[cap] < vn[cap]
-        vn[cap] = np.where(keep, stay[cap], vn[cap])
-        bn[cap] = np.where(keep, flat_state[cap], bn[cap])
-        for direction, rows in ((1, up_flat), (0, down_flat if p.down_ok[j] else down_flat[:0])):
+        vn[:, 1:] = stay[:, :-1]
+        bn[:, 1:] = flat_state[:-1]
+        keep = stay[:, cap] < vn[:, cap]
+        vn[:, cap] = np.where(keep, stay[:, cap], vn[:, cap])
+        bn[:, cap] = np.where(keep, flat_state[cap], bn[:, cap])
+        allowed = down_ok[:, j]
+        all_allowed = bool(allowed.all())
+        for direction, rows in ((1, up_flat), (0, down_flat if all_allowed or allowed.any() else down_flat[:0])):
             if rows.size == 0:
                 continue
             up = direction == 1 or p.leave_down is None or p.enter_down is None
-            leave = (v + (p.leave if up else p.leave_down)[:, j]).reshape((cap + 1) * 2, n_levels)
+            leave = (v + (p.leave if up else p.leave_down)[:, j]).reshape(n_prob, (cap + 1) * 2, n_levels)
             enter = cost_j + (p.enter if up else p.enter_down)[:, j]
-            sub = leave[rows]
-            arg_cd = np.argmin(sub, axis=0)
-            best = sub[arg_cd, levels]  # (L,) best way to leave level x
+            sub = leave[:, rows]  # (B, rows, L)
+            arg_cd = np.argmin(sub, axis=1)  # (B, L)
+            best = sub[rows_of, arg_cd, levels]  # (B, L) best way to leave level x
             src = rows[arg_cd] * n_levels + levels
             if direction == 1:  # arrive at y from some x < y: exclusive prefix minimum
-                run = np.minimum.accumulate(best)
-                arg = np.maximum.accumulate(np.where(best == run, levels, 0))
-                arrive = np.concatenate([[inf], run[:-1]])
-                from_x = np.concatenate([[0], arg[:-1]])
+                run = np.minimum.accumulate(best, axis=1)
+                arg = np.maximum.accumulate(np.where(best == run, levels, 0), axis=1)
+                arrive = np.concatenate([inf_col, run[:, :-1]], axis=1)
+                from_x = np.concatenate([zero_col, arg[:, :-1]], axis=1)
             else:  # from some x > y: exclusive suffix minimum
-                rb = best[::-1]
-                run = np.minimum.accumulate(rb)
-                arg = np.maximum.accumulate(np.where(rb == run, levels, 0))
-                arrive = np.concatenate([run[:-1][::-1], [inf]])
-                from_x = np.concatenate([(n_levels - 1 - arg[:-1])[::-1], [0]])
+                rb = best[:, ::-1]
+                run = np.minimum.accumulate(rb, axis=1)
+                arg = np.maximum.accumulate(np.where(rb == run, levels, 0), axis=1)
+                arrive = np.concatenate([run[:, :-1][:, ::-1], inf_col], axis=1)
+                from_x = np.concatenate([(n_levels - 1 - arg[:, :-1])[:, ::-1], zero_col], axis=1)
+                if not all_allowed:  # no scale-down ordered here for some of the problems
+                    arrive = np.where(allowed[:, None], arrive, inf)
             total = arrive + enter
-            better = total < vn[1, direction]  # ties keep the hold
-            vn[1, direction] = np.where(better, total, vn[1, direction])
-            bn[1, direction] = np.where(better, src[from_x], bn[1, direction])
+            better = total < vn[:, 1, direction]  # ties keep the hold
+            vn[:, 1, direction] = np.where(better, total, vn[:, 1, direction])
+            bn[:, 1, direction] = np.where(better, src[rows_of, from_x], bn[:, 1, direction])
         v, back[j] = vn, bn
-    end = int(np.argmin(v))
-    best_cost = float(v.ravel()[end])
-    path = np.empty(horizon, dtype=np.int64)
-    state = end
-    for j in range(horizon - 1, -1, -1):
-        path[j] = state % n_levels
-        state = int(back[j].ravel()[state])
-    return path, best_cost
+    out = []
+    for b in range(n_prob):
+        end = int(np.argmin(v[b]))
+        best_cost = float(v[b].ravel()[end])
+        path = np.empty(horizon, dtype=np.int64)
+        state = end
+        for j in range(horizon - 1, -1, -1):
+            path[j] = state % n_levels
+            state = int(back[j, b].ravel()[state])
+        out.append((path, best_cost))
+    return out
 
 
 # ----------------------------------------------------------------------- the planner
@@ -316,7 +344,7 @@ def penalty(config: PolicyConfig, rate: float | None = None) -> float:
     p = config.plan
     if p.penalty is not None:
         return p.penalty
-    rate = p.target_rate if rate is None else rate
+    rate = config.slo_rate if rate is None else rate
     if p.risk == "unserved":
         return unit_price(config) / rate
     _, _, price = level_values(config)
@@ -342,7 +370,7 @@ def adapt_rate(state: ScalingState, config: PolicyConfig) -> float | None:
     pc = config.plan
     if not pc.calibrate or pc.calibration == "spread" or pc.penalty is not None:
         return None
-    slo = pc.target_rate
+    slo = config.slo_rate
     prev = state.smoothed[0] if len(state.smoothed) == 1 and math.isfinite(state.smoothed[0]) \
         and state.smoothed[0] > 0 else slo
     obs = state.observation
@@ -499,7 +527,7 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
     point = forecast.point[all_idx]
     calibrated = pc.calibrate and pc.calibration in ("spread", "both") and state.headroom is not None
     if calibrated:
-        q = calibrate(taus, q, point, float(state.headroom), pc.target_rate, ref=fixed_idx.size)
+        q = calibrate(taus, q, point, float(state.headroom), config.slo_rate, ref=fixed_idx.size)
     rate = adapt_rate(state, config)
     levels, caps, price = level_values(config)
     lo, hi = config.bounds
@@ -549,7 +577,12 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
     prob = Problem(cost=cost, leave=leave, enter=enter, leave_down=leave_down, enter_down=enter_down, start=start,
                    since=big if since is None else min(since, big), last_up=last_up,
                    spacing=spacing, lifetime=lifetime, down_ok=down_ok)
-    path, _ = solve(prob)
+    free = unconstrained(prob)
+    if free is None:
+        (path, _), wants = solve(prob), None
+    else:  # the same DP, once, for both: what the first step would be without the constraint
+        (path, _), (free_path, _) = solve_many([prob, free])
+        wants = int(free_path[0])
 
     # the schedule: fixed steps (already decided) and the planned ones
     out_steps: list[PlanStep] = []
@@ -591,13 +624,13 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
     code = "PlannedScaleUp" if first > current else "PlannedScaleDown" if first < current else "PlannedHold"
     cal = f", spread calibrated (headroom {state.headroom:.3g})" if calibrated else ""
     if rate is not None:
-        cal += f", priced rate {rate:.3%} (SLO {pc.target_rate:.3%})"
+        cal += f", priced rate {rate:.3%} (SLO {config.slo_rate:.3%})"
     out.append(Step("plan", first, code,
                     f"{reason}; plan over {_span(pc.horizon)}: {changes} change(s), expected cost "
                     f"{schedule.total_cost:.4g}{cal}", changed=first != current))
     if floor is not None and floor.any():
         out.append(_event_step(out_steps[n_fixed:], floor, events, config, first, current))
-    out.append(_constraint_step(prob, first - lo, start, lo, interval, pc))
+    out.append(_constraint_step(prob, first - lo, start, wants, lo, interval, pc))
     value = first
     budget = _budget_step(value, current, state, now, pc)
     out.append(budget)
@@ -662,20 +695,28 @@ def _median(taus: np.ndarray, q: np.ndarray) -> float:
     return float(np.interp(0.5, taus, q))
 
 
-def _constraint_step(prob: Problem, chosen: int, start: int, lo: int, interval: timedelta,
+def unconstrained(prob: Problem) -> Problem | None:
+    """``prob`` without the hard constraints active at its first step
+    (spacing, lifetime, a closed scale-in window), or None where none is:
+    the problem whose first step says what a binding constraint keeps."""
+    c = prob.since
+    if not (c < prob.spacing or (prob.last_up and c < prob.lifetime) or not prob.down_ok[0]):
+        return None
+    big = max(prob.spacing, prob.lifetime, 1)
+    return replace(prob, since=big, last_up=False, down_ok=np.concatenate([[True], prob.down_ok[1:]]))
+
+
+def _constraint_step(prob: Problem, chosen: int, start: int, wants: int | None, lo: int, interval: timedelta,
                      pc: PlanConfig) -> Step:
     """Which hard constraint holds the first step: where one is active now,
-    the plan is solved again without it (for the first step only); if that
-    plan would move now, the constraint is what keeps it (changed)."""
+    ``wants`` is the first step of the plan solved without it
+    (:func:`unconstrained`); if that plan would move now, the constraint is
+    what keeps it (changed)."""
     c = prob.since
     spacing = c < prob.spacing
     lifetime = prob.last_up and c < prob.lifetime
     window = not prob.down_ok[0]
-    if chosen == start and (spacing or lifetime or window):
-        big = max(prob.spacing, prob.lifetime, 1)
-        free = replace(prob, since=big, last_up=False,
-                       down_ok=np.concatenate([[True], prob.down_ok[1:]]))
-        wants = int(solve(free)[0][0])
+    if chosen == start and wants is not None:
         if wants != chosen:
             if spacing:
                 nxt = (prob.spacing - c) * interval

@@ -394,6 +394,40 @@ def test_a_resize_downtime_is_stated_once_for_the_planner_and_the_scenario(tmp_p
     assert config.plan.resize_downtime == timedelta(minutes=5)
 
 
+def test_a_planner_on_a_ladder_follows_the_daily_cycle_and_resizes_when_demand_is_low():
+    """The frontier's vertical scenario (AWS m5 ladder, list prices, 5-minute
+    downtime, 30-minute lead) on a real ISP link with a daily cycle: with the
+    ladder's defaults (12 h horizon, an SLO with room for two resizes a day)
+    the planner goes down a rung at night and back up before the morning,
+    each resize landing while demand is low, so its downtime loses less than
+    the threshold resizer's; the old defaults (2 h, 0.2 %) held the top rung."""
+    from engine.backtest import AWS_M5_LADDER
+    from tests.support import TRACES
+
+    raw = read_csv(TRACES / "internet_traffic_tsdl" / "isp_eu_transatlantic_bits_per_5min.csv")
+    sc = Scenario(ladder=AWS_M5_LADDER, min_replicas=None, max_replicas=None, lead_time=timedelta(minutes=30),
+                  resize_downtime=timedelta(minutes=5))
+    r = run_backtest(raw, scenario=sc, policy={"kind": "plan"}, trace="isp")
+    plan, th = r.runs[r.policy_name], r.runs["threshold"]
+    cap = plan.in_service
+    lands = np.flatnonzero(np.diff(cap) != 0) + 1
+    lands = lands[r.scored[lands]]
+    assert lands.size >= 4  # down and up on at least two of the three scored days
+    assert set(np.sign(np.diff(cap)[lands - 1])) == {-1, 1}
+    median = float(np.nanmedian(r.demand[r.scored]))
+    assert all(r.demand[t] < median for t in lands), [round(r.demand[t] / median, 2) for t in lands]
+    # the threshold resizer resizes when a threshold is crossed, the planner when it is quiet
+    th_lands = np.flatnonzero(np.diff(th.in_service) != 0) + 1
+    th_lands = th_lands[r.scored[th_lands]]
+    assert th_lands.size > 0 and r.demand[lands].mean() < 0.9 * r.demand[th_lands].mean()
+    assert plan.metrics["unserved_fraction"] < th.metrics["unserved_fraction"]
+    # the replicas' defaults on the same ladder: never resized, the top rung all along
+    old = run_backtest(raw, scenario=sc, policy={"kind": "plan", "plan": {
+        "horizon": "2h", "slo": {"saturated_fraction": 0.002}}}, trace="isp").runs["planner"]
+    assert old.actuation["changes_per_day"] == 0 and (old.in_service[r.scored] == len(AWS_M5_LADDER) - 1).all()
+    assert plan.actuation["cost_per_day"] < 0.8 * old.actuation["cost_per_day"]
+
+
 def test_the_cli_prints_mape_beside_smape_and_mase_and_flags_a_trace_near_zero(capsys):
     from engine.cli import main
     from engine.feedback import accuracy

@@ -131,6 +131,28 @@ def test_a_change_that_does_not_pay_for_itself_is_not_made():
     assert got.tolist() == [1, 1, 1, 1] and cost == pytest.approx(8.0)
 
 
+def test_problems_solved_together_get_what_each_gets_alone():
+    """solve_many (the constraint step's second plan in the same pass) is
+    solve, problem by problem: paths and costs equal, ties included."""
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        n_levels, horizon = int(rng.integers(1, 6)), int(rng.integers(1, 30))
+        cost = rng.integers(0, 6, (n_levels, horizon)).astype(float)  # small integers: many ties
+        leave, enter = rng.integers(0, 3, cost.shape).astype(float), -rng.integers(0, 2, cost.shape).astype(float)
+        down = rng.integers(0, 3, cost.shape).astype(float)
+        spacing, lifetime = int(rng.integers(0, 4)), int(rng.integers(0, 5))
+        variants = [P.Problem(cost=cost, leave=leave, enter=enter, leave_down=down, enter_down=enter,
+                              start=int(rng.integers(0, n_levels)), since=int(rng.integers(0, 6)),
+                              last_up=bool(rng.integers(0, 2)), spacing=spacing, lifetime=lifetime,
+                              down_ok=rng.random(horizon) < 0.6) for _ in range(int(rng.integers(1, 4)))]
+        together = P.solve_many(variants)
+        for prob, (path, total) in zip(variants, together):
+            alone_path, alone_total = P.solve(prob)
+            assert path.tolist() == alone_path.tolist() and total == alone_total
+    with pytest.raises(AssertionError, match="costs differ"):
+        P.solve_many([problem(COST), problem(COST)])  # equal values, not the same problem's arrays
+
+
 # ---------------------------------------------------------------- the demand distribution
 def test_survival_at_the_quantile_levels_is_one_minus_the_level():
     taus = np.array([0.5, 0.8, 0.9, 0.95, 0.99])
@@ -257,6 +279,21 @@ def test_a_ladder_plans_rungs_and_prices_the_resize_downtime():
     assert down.desired == 0 and down.schedule.change_cost == pytest.approx(0.5)
     up_old = decide(forecast(np.full(72, 30.0)), state(current=0, observed=15.0), old, NOW)
     assert up_old.desired == 1 and up_old.schedule.change_cost > 0.5
+
+
+def test_on_a_ladder_the_reactive_floor_resizes_only_for_demand_the_rung_cannot_carry():
+    """The plan prices a rung's risk at its full capacity; a floor at 80 %
+    resized up from the rungs it chose (each resize a downtime, and the plan
+    went down again an hour later). The ladder's default floor: 100 %."""
+    ladder = [{"name": "small", "capacity": 20, "price": 0.1}, {"name": "medium", "capacity": 40, "price": 0.2}]
+    cfg = PolicyConfig(kind="plan", ladder=ladder, lead_time="25m", plan={"resize_downtime": "5m"})
+    quiet = forecast(np.full(12 * 13, 10.0))  # the plan alone: the small rung
+    busy = decide(quiet, state(current=0, observed=18.0), cfg, NOW)  # 90 % of the small rung
+    assert busy.desired == 0 and busy.step("reactive").reason == "ReactiveBelow"
+    at_80 = cfg.model_copy(update={"reactive": cfg.reactive.model_copy(update={"target_utilization": 0.8})})
+    assert decide(quiet, state(current=0, observed=18.0), at_80, NOW).desired == 1
+    over = decide(quiet, state(current=0, observed=21.0), cfg, NOW)  # beyond it: demand is being lost
+    assert over.desired == 1 and over.step("reactive").reason == "ReactiveOverride"
 
 
 def test_no_forecast_falls_back_and_never_scales_down():
@@ -522,6 +559,38 @@ def test_the_tuned_defaults_hold_unless_the_policy_says_otherwise():
         (timedelta(hours=2), 3.0, 0.3, "spread", 0.002)
     assert PolicyConfig(kind="plan", capacity_per_replica=10, reactive={"tolerance": 0.1}).reactive.tolerance == 0.1
     assert PolicyConfig(capacity_per_replica=10).reactive.tolerance == 0.1  # other kinds: the HPA's
+
+
+LADDER = [{"name": "m5.large", "capacity": 2, "price": 0.096}, {"name": "m5.xlarge", "capacity": 4, "price": 0.192},
+          {"name": "m5.2xlarge", "capacity": 8, "price": 0.384}]
+
+
+def test_a_ladder_plans_half_a_day_ahead_with_an_slo_that_leaves_room_for_two_resizes_a_day():
+    ladder = PolicyConfig(kind="plan", ladder=LADDER, plan={"resize_downtime": "5m"})
+    assert ladder.plan.horizon == timedelta(hours=12)
+    # its reactive floor resizes for demand the rung cannot carry, not at 80 %
+    assert (ladder.reactive.target_utilization, ladder.reactive.tolerance) == (1.0, 0.0)
+    assert PolicyConfig(kind="plan", ladder=LADDER, reactive={"target_utilization": 0.8}).reactive.target_utilization == 0.8
+    # a resize saturates its whole 5-minute downtime: two a day are 10 min of 1,440
+    assert ladder.slo_rate == pytest.approx(10 / 1440) and ladder.headroom_rate == pytest.approx(10 / 1440)
+    assert P.penalty(ladder) == pytest.approx(P.unit_price(ladder) / (10 / 1440))
+    # a short downtime keeps the replicas' 0.2 %; what the policy states wins
+    assert PolicyConfig(kind="plan", ladder=LADDER, plan={"resize_downtime": "1m"}).slo_rate == 0.002
+    assert PolicyConfig(kind="plan", ladder=LADDER).slo_rate == 0.002  # no downtime stated (yet)
+    given = PolicyConfig(kind="plan", ladder=LADDER, plan={"resize_downtime": "5m", "horizon": "3h",
+                                                          "slo": {"saturated_fraction": 0.001}})
+    assert (given.plan.horizon, given.slo_rate) == (timedelta(hours=3), 0.001)
+    # a downtime filled in later (the actuator's, the backtest's) moves the default SLO with it
+    filled = PolicyConfig(kind="plan", ladder=LADDER)
+    filled = filled.model_copy(update={"plan": filled.plan.model_copy(update={"resize_downtime": timedelta(minutes=5)})})
+    assert filled.slo_rate == pytest.approx(10 / 1440)
+    # replicas keep theirs, downtime or not
+    horizontal = PolicyConfig(kind="plan", capacity_per_replica=10, plan={"resize_downtime": "5m"})
+    assert (horizontal.plan.horizon, horizontal.slo_rate) == (timedelta(hours=2), 0.002)
+    # the engine forecasts the whole 12 h for a ladder target
+    doc = {"targets": [{"name": "vps", "source": {"type": "csv", "path": "x.csv"},
+                        "policy": {"kind": "plan", "ladder": LADDER, "lead_time": "30m"}}]}
+    assert parse_config(doc).targets[0].horizon_steps == 144
 
 
 def test_the_engine_forecasts_the_whole_planning_horizon_with_the_planners_levels():
