@@ -28,7 +28,7 @@ from . import audit
 from .auth import _USED_LINKS
 from .core.errors import StateError, StateLocked
 from .db import connect, redact_url
-from .store import _SCHEMA_V1, _V2_TABLES, SCHEMA_VERSION, Store, check_version
+from .store import _SCHEMA_V1, _V2_TABLES, _V3_TABLES, SCHEMA_VERSION, Store, check_version
 
 def dialect(sqlite_ddl: str) -> str:
     """SQLite DDL as PostgreSQL DDL, so each table is declared once (in
@@ -64,6 +64,9 @@ CREATE TABLE IF NOT EXISTS replicas (
 MIGRATIONS: dict[int, str] = {2: ";".join((
     dialect(_SCHEMA_V1), "ALTER TABLE decisions ADD COLUMN plan_id TEXT COLLATE \"C\"",
     dialect(audit.SCHEMA + _V2_TABLES), dialect(_USED_LINKS), _LEASES))}
+
+#: version 3: the calibration pairs (engine.calibration.StoreCalibrator)
+MIGRATIONS[3] = dialect(_V3_TABLES)
 
 assert max(MIGRATIONS) == SCHEMA_VERSION
 
@@ -122,7 +125,8 @@ class PgStore(Store):
                 if v > version:
                     for stmt in _statements(MIGRATIONS[v]):
                         db.execute(stmt)
-                    db.execute("INSERT INTO schema_version(version) VALUES (?)", (v,))
+            if version < SCHEMA_VERSION:  # one row per upgrade, naming the version it reached
+                db.execute("INSERT INTO schema_version(version) VALUES (?)", (SCHEMA_VERSION,))
 
     @property
     def schema_version(self) -> int:

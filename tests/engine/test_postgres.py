@@ -178,3 +178,23 @@ def test_the_password_can_come_from_the_variable_the_config_names(pg_server, tmp
     from engine.auth import config_secrets
 
     assert PASSWORD in config_secrets(load_config(cfg))  # so the log redactor knows it
+
+
+def test_a_version_2_database_gains_the_calibration_pairs_and_they_round_trip(pg_url):
+    import numpy as np
+
+    from engine.core.types import Series
+
+    with open_store(pg_url) as s:  # made current, then set back to what version 2 had
+        s.db.execute("DROP TABLE calibration_pairs")
+        s.db.execute("DELETE FROM schema_version")
+        s.db.execute("INSERT INTO schema_version(version) VALUES (2)")
+    with open_store(pg_url) as s:
+        assert s.schema_version == SCHEMA_VERSION == 3
+        s.record_calibration("web", "mstl", [(300, 1000, 1300, {0.5: 1.0, 0.9: 2.0}),
+                                             (600, 1000, 1600, {0.5: 1.5, 0.9: 2.5})])
+        assert s.fill_calibration_actuals("web", Series(np.array([1300, 1600]), np.array([3.0, np.nan]), "web")) == 1
+        s.record_calibration("web", "mstl", [(300, 1300, 1600, {0.5: 4.0})], drop_before=1400)
+    with open_store(pg_url) as s:  # another process reads what was kept
+        assert s.calibration_pairs("web", "mstl", since=0) == [(600, 1000, 1600, {0.5: 1.5, 0.9: 2.5}, None),
+                                                               (300, 1300, 1600, {0.5: 4.0}, None)]
