@@ -396,6 +396,40 @@ def test_calibration_widens_the_band_of_a_noisier_series(levelfree):
     assert abs(after - 0.9) < abs(before - 0.9) and abs(after - 0.9) < 0.06, (before, after)
 
 
+def test_calibrate_median_shifts_a_biased_median_to_half_the_actuals(levelfree):
+    """A series that climbs steadily (a trend the training series did not
+    have): the network's median lags it. ``calibrate_median`` shifts the median by the
+    median of the series' own errors, so about half of the following
+    actuals fall at or below it; without it the median is left where the
+    network put it."""
+    rng = np.random.default_rng(5)
+    n = 5 * DAY
+    t = np.arange(n)
+    y = 100 + 0.5 * t + 10 * np.sin(2 * np.pi * t / DAY) + rng.normal(0, 2, n)
+    s = Series(T0 + STEP * t.astype(np.int64), y, "biased")
+    hist = s[: 4 * DAY]
+
+    def coverage(model) -> float:
+        hits = []
+        for o in range(4 * DAY - 1, n - 7, 6):
+            fc = model.predict_many({"biased": s[: o + 1]}, from_epoch(int(s.timestamps[o])), 6, (0.5,))["biased"]
+            hits.append(np.mean(s.values[o + 1: o + 7] <= fc.quantiles[0.5]))
+        return float(np.mean(hits))
+
+    plain, shifted = copy.deepcopy(levelfree), copy.deepcopy(levelfree)
+    plain.calibrate({"biased": hist})
+    shifted.calibrate({"biased": hist}, median=True)
+    k = list(levelfree.params.quantiles).index(0.5)
+    assert np.all(plain._series_offsets["biased"][:, k] == 0) and np.any(shifted._series_offsets["biased"][:, k] != 0)
+    before, after = coverage(plain), coverage(shifted)
+    assert abs(after - 0.5) < abs(before - 0.5) and abs(after - 0.5) < 0.08, (before, after)
+    # the parameter is the default of the keyword (the registry forecaster's path)
+    param = copy.deepcopy(levelfree)
+    param.params = param.params.model_copy(update={"calibrate_median": True})
+    param.calibrate({"biased": hist})
+    np.testing.assert_array_equal(param._series_offsets["biased"], shifted._series_offsets["biased"])
+
+
 def test_levelfree_save_load_round_trip(levelfree, tmp_path):
     path = tmp_path / "g.pt"
     levelfree.save(path)
