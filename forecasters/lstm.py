@@ -1809,7 +1809,11 @@ class LevelFreeForecaster(BaseForecaster):
                                                                                 p.finetune_epochs)
         else:
             model = LevelFreeLSTM(p).fit({self._KEY: history})
-        self.offsets = model.calibration_offsets({self._KEY: history}).get(self._KEY)
+        # this target's params decide its own calibration (a shared
+        # checkpoint's are the training run's): ``calibrate: false`` keeps
+        # the offsets pooled in training
+        own = model.calibration_offsets({self._KEY: history}, median=p.calibrate_median) if p.calibrate else {}
+        self.offsets = own.get(self._KEY)
         self.model = model
 
     def predict(self, start: datetime, horizon: int, quantiles: Sequence[float] = (0.5, 0.9)) -> Forecast:

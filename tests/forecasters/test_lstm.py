@@ -461,6 +461,30 @@ def test_registry_forecaster_starts_from_a_saved_global_model(levelfree, tmp_pat
     assert got.model == "lstm_global"
 
 
+def test_a_targets_calibration_params_reach_its_forecasts_from_a_checkpoint(levelfree, tmp_path):
+    """On a shared checkpoint the target's own params decide its
+    calibration: ``calibrate: false`` forecasts with the offsets pooled in
+    training, ``calibrate_median: true`` shifts the median by the target's
+    own errors (the benchmark's lstm_global_pooled and lstm_global_median)."""
+    import forecasters
+
+    path = tmp_path / "g.pt"
+    levelfree.save(path)
+    t = np.arange(4 * DAY)
+    s = Series(T0 + STEP * t.astype(np.int64), 100 + 0.5 * t + 10 * np.sin(2 * np.pi * t / DAY), "climb")
+    made = {}
+    for name, extra in (("own", {}), ("pooled", {"calibrate": False}), ("median", {"calibrate_median": True})):
+        f = forecasters.create("lstm_global", {"checkpoint": str(path), "device": "cpu", **extra})
+        f.fit(s)
+        made[name] = (f.offsets, f.predict(end(s), 6, (0.5, 0.9)))
+    assert made["pooled"][0] is None and made["own"][0] is not None
+    pooled = levelfree.predict_many({"x": s}, end(s), 6, (0.5, 0.9))["x"]  # no series offsets kept: pooled
+    np.testing.assert_allclose(made["pooled"][1].quantiles[0.9], pooled.quantiles[0.9], rtol=1e-6)
+    assert not np.allclose(made["own"][1].quantiles[0.9], pooled.quantiles[0.9])
+    np.testing.assert_allclose(made["own"][1].point, made["pooled"][1].point, rtol=1e-6)  # median untouched
+    assert not np.allclose(made["median"][1].quantiles[0.5], made["own"][1].quantiles[0.5])
+
+
 def test_targets_on_one_checkpoint_share_one_network_and_keep_their_own_calibration(levelfree, tmp_path):
     import pickle
 
