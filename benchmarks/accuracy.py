@@ -9,7 +9,11 @@ third); every table reports the tuning and the held-out part apart.
 
 Rolling origins: the last ``--test-days`` of each trace are its test period;
 ``--origins`` forecast origins are spread evenly over it (each leaves 24 h of
-actuals after it). At each origin a model sees only the samples up to it.
+actuals after it), or, with ``--origins-every-min``, every origin of a grid
+over it (60: 73 hourly origins on a 4-day test period, so one origin moves a
+trace's coverage by 0.014 instead of 0.04 at 24 origins; with
+``--calibrate`` on the calibration origins' grid, so no extra forecasts). At
+each origin a model sees only the samples up to it.
 The statistical models are fitted at the first origin and run forward
 (``update``) at the others, refitted every ``--refit-hours``; Prophet, too
 slow for every origin, is fitted afresh at ``--prophet-origins`` of them
@@ -74,7 +78,9 @@ HORIZONS_MIN = (10, 30, 60, 360, 1440)
 LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
 STATSFORECAST = ("autoets", "mstl")
 BUILTIN = ("persistence", "seasonal_naive", "seasonal_persistence", "holt_winters")
-LEARNED = ("lstm_global", "lstm_global_pooled")
+#: ``lstm_global_median``: ``lstm_global`` whose per-trace calibration also
+#: shifts the median (``calibrate_median``)
+LEARNED = ("lstm_global", "lstm_global_pooled", "lstm_global_median")
 #: the per-series LSTM (``lstm``) is trained for the next hour only (its
 #: default horizon, 12 steps): scored at 10 min to 1 h
 MODELS = BUILTIN + STATSFORECAST + ("prophet", "lstm") + LEARNED
@@ -84,7 +90,6 @@ MODELS = BUILTIN + STATSFORECAST + ("prophet", "lstm") + LEARNED
 #: each refit, are too slow for the calibration origins)
 CALIBRATED = BUILTIN + STATSFORECAST + LEARNED
 CAL = "+cal"
-ALL_MODELS = MODELS + tuple(m + CAL for m in CALIBRATED)
 #: ``--blend``: ``lstm_global`` averaged with ``seasonal_naive`` (the
 #: ``blend`` forecaster) at these weights of the LSTM, stored as
 #: ``lstm_global~<w>``; the weight per horizon is chosen on the tuning traces
@@ -150,13 +155,19 @@ class Evaluation:
         self.hsteps = [max(1, math.ceil(m * 60 / self.step)) for m in HORIZONS_MIN]
         self.H = max(self.hsteps)
         last = n - 1 - self.H
-        self.origins = np.unique(np.linspace(self.test_start - 1, last, args.origins).round().astype(np.int64))
+        if args.origins_every_min:  # every origin of a grid over the test period
+            grid = max(1, int(args.origins_every_min * 60 // self.step))
+            self.origins = np.arange(self.test_start - 1, last + 1, grid, dtype=np.int64)
+        else:
+            self.origins = np.unique(np.linspace(self.test_start - 1, last, args.origins).round().astype(np.int64))
         # --calibrate: forecasts every --cal-every-min from --cal-days before
-        # the test period on, whose pairs (once their actuals are in) calibrate
-        # the forecasts at the test origins
+        # the test period on (on the test origins' grid, so each test origin
+        # of that grid is one of them), whose pairs (once their actuals are
+        # in) calibrate the forecasts at the test origins
         every = max(1, int(args.cal_every_min * 60 // self.step))
-        first = self.test_start - 1 - int(args.cal_days * self.S)
-        self.cal_origins = np.arange(max(first, self.S), last + 1, every, dtype=np.int64)
+        first = max(self.test_start - 1 - int(args.cal_days * self.S), self.S)
+        self.cal_origins = np.union1d(np.arange(self.test_start - 1, first - 1, -every, dtype=np.int64),
+                                      np.arange(self.test_start - 1, last + 1, every, dtype=np.int64))
         self.train = s[: self.test_start]
         y = self.train.values[-MIN_DAYS * self.S:]
         self.scale = float(np.nanmean(np.abs(y[self.S:] - y[: -self.S])))
@@ -209,12 +220,33 @@ class _Scored:
             self.fcs[q][i, :reach] = fc.quantiles[q][:reach]
 
 
-def calibrator(ev: Evaluation, args):
+def cal_suffixes(args) -> dict[str, float]:
+    """``+cal`` for the first ``--cal-window-days``, ``+cal<N>d`` for each
+    further one -> its window in days."""
+    days = [float(d) for d in str(args.cal_window_days).split(",") if d]
+    return {(CAL if i == 0 else f"{CAL}{d:g}d"): d for i, d in enumerate(days)}
+
+
+def calibrators(ev: Evaluation, args) -> dict:
     """The engine's conformal calibration, as ``forecaster.calibration``
-    configures it (``--cal-window-days``, ``--cal-min-samples``)."""
+    configures it, once per window of ``--cal-window-days`` (suffix ->
+    calibrator; ``--cal-min-samples``)."""
     from engine.calibration import QuantileCalibrator
 
-    return QuantileCalibrator(LEVELS, ev.step, timedelta(days=args.cal_window_days), args.cal_min_samples)
+    return {sfx: QuantileCalibrator(LEVELS, ev.step, timedelta(days=d), args.cal_min_samples)
+            for sfx, d in cal_suffixes(args).items()}
+
+
+def model_names(results: dict) -> list[str]:
+    """Every model name in ``results`` (a base model, ``+cal`` variants,
+    ``~w`` blends), in the order of :data:`MODELS`."""
+    seen = {k for r in results.values() for k, v in r.items() if isinstance(v, dict) and "horizons" in v}
+
+    def key(x: str) -> tuple:
+        base = x.split("+")[0].split("~")[0]
+        return (MODELS.index(base) if base in MODELS else len(MODELS), base, x)
+
+    return sorted(seen, key=key)
 
 
 def _timeline(ev: Evaluation, origins: np.ndarray, calibrate: bool) -> tuple[np.ndarray, dict[int, int]]:
@@ -235,9 +267,10 @@ def run_model(ev: Evaluation, name: str, args, calibrate: bool = False) -> dict[
         calibrate = False
     refit = 0 if name == "prophet" else int(args.refit_hours * 3600 // ev.step)
     reach = min(ev.H, 12) if name == "lstm" else ev.H  # steps forecast
-    raw, cal = _Scored(ev, origins), _Scored(ev, origins)
+    raw = _Scored(ev, origins)
     every, rows = _timeline(ev, origins, calibrate)
-    cb = calibrator(ev, args) if calibrate else None
+    cbs = calibrators(ev, args) if calibrate else {}
+    cals = {sfx: _Scored(ev, origins) for sfx in cbs}
     fit_s, pred_s, fits = 0.0, 0.0, 0
     model, fitted_at = None, None
     for o in every:
@@ -258,40 +291,42 @@ def run_model(ev: Evaluation, name: str, args, calibrate: bool = False) -> dict[
         i = rows.get(int(o))
         if i is not None:
             raw.put(i, fc, reach)
-        if cb is not None:
+        for sfx, cb in cbs.items():
             fcal = cb.calibrate(hist, fc)
             if i is not None:
-                cal.put(i, fcal, reach)
+                cals[sfx].put(i, fcal, reach)
     meta = {"fit_s": fit_s, "fits": fits, "predict_ms": 1000 * pred_s / max(every.size, 1),
             "origins": int(origins.size), "forecast_origins": int(every.size)}
     out = {name: {"horizons": ev.score(origins, raw.fcs, raw.point), **meta}}
-    if cb is not None:
-        out[name + CAL] = {"horizons": ev.score(origins, cal.fcs, cal.point), **meta}
+    for sfx, cal in cals.items():
+        out[name + sfx] = {"horizons": ev.score(origins, cal.fcs, cal.point), **meta}
     return out
 
 
 def run_global(ev: Evaluation, g, args, calibrate: bool = False) -> dict[str, dict]:
     """``lstm_global`` (calibrated on the trace's own errors up to the
-    origin, recalibrated every ``--refit-hours``) and ``lstm_global_pooled``;
-    with ``calibrate`` also each through the engine's conformal calibration
+    origin, recalibrated every ``--refit-hours``), ``lstm_global_median``
+    (the same, the median shifted too) and ``lstm_global_pooled``; with
+    ``calibrate`` also each through the engine's conformal calibration
     (``+cal``), as :func:`run_model`."""
     s = ev.s
     out: dict[str, dict] = {}
     every, rows = _timeline(ev, ev.origins, calibrate)
-    blends = {w: _Scored(ev, ev.origins) for w in BLEND_WEIGHTS} if args.blend else {}
-    sn = None
-    for name in ("lstm_global", "lstm_global_pooled"):
-        raw, cal = _Scored(ev, ev.origins), _Scored(ev, ev.origins)
-        cb = calibrator(ev, args) if calibrate else None
+    blends = {(n, w): _Scored(ev, ev.origins) for n in LEARNED for w in BLEND_WEIGHTS} if args.blend else {}
+    sn, fs_at = None, {}  # the seasonal naive's forecast at each test origin
+    for name in LEARNED:
+        raw = _Scored(ev, ev.origins)
+        cbs = calibrators(ev, args) if calibrate else {}
+        cals = {sfx: _Scored(ev, ev.origins) for sfx in cbs}
         cal_s, pred_s, calibrated_at = 0.0, 0.0, None
         refit = int(args.refit_hours * 3600 // ev.step)
-        key = s.name if name == "lstm_global" else f"{s.name}#pooled"
+        key = s.name if name == "lstm_global" else f"{s.name}#{name.rsplit('_', 1)[1]}"
         g._series_offsets.pop(key, None)
         for o in every:
             hist = s[: o + 1]
-            if name == "lstm_global" and (calibrated_at is None or o - calibrated_at >= refit):
+            if name != "lstm_global_pooled" and (calibrated_at is None or o - calibrated_at >= refit):
                 t = time.perf_counter()
-                g.calibrate({key: hist})
+                g.calibrate({key: hist}, median=name == "lstm_global_median")
                 cal_s += time.perf_counter() - t
                 calibrated_at = o
             t = time.perf_counter()
@@ -300,34 +335,37 @@ def run_global(ev: Evaluation, g, args, calibrate: bool = False) -> dict[str, di
             i = rows.get(int(o))
             if i is not None:
                 raw.put(i, fc, ev.H)
-            if cb is not None:
+            for sfx, cb in cbs.items():
                 fcal = cb.calibrate(hist, fc)
                 if i is not None:
-                    cal.put(i, fcal, ev.H)
-            if blends and name == "lstm_global" and i is not None:
-                if sn is None:
-                    sn = make("seasonal_naive")
-                    sn.fit(hist)
-                else:
-                    sn.update(hist)
-                fs = sn.predict(from_epoch(int(s.timestamps[o])), ev.H, LEVELS)
-                for w, acc in blends.items():
+                    cals[sfx].put(i, fcal, ev.H)
+            if blends and i is not None:
+                if i not in fs_at:
+                    if sn is None:
+                        sn = make("seasonal_naive")
+                        sn.fit(hist)
+                    else:
+                        sn.update(hist)
+                    fs_at[i] = sn.predict(from_epoch(int(s.timestamps[o])), ev.H, LEVELS)
+                fs = fs_at[i]
+                for w in BLEND_WEIGHTS:
+                    acc = blends[name, w]
                     acc.point[i] = w * fc.point + (1 - w) * fs.point
                     for q in LEVELS:
                         acc.fcs[q][i] = w * fc.quantiles[q] + (1 - w) * fs.quantiles[q]
         meta = {"fit_s": cal_s, "fits": 0, "predict_ms": 1000 * pred_s / max(every.size, 1),
                 "origins": int(ev.origins.size), "forecast_origins": int(every.size)}
         out[name] = {"horizons": ev.score(ev.origins, raw.fcs, raw.point), **meta}
-        if cb is not None:
-            out[name + CAL] = {"horizons": ev.score(ev.origins, cal.fcs, cal.point), **meta}
-    for w, acc in blends.items():
-        out[f"lstm_global~{w}"] = {"horizons": ev.score(ev.origins, acc.fcs, acc.point), "fit_s": 0.0, "fits": 0,
-                                   "predict_ms": 0.0, "origins": int(ev.origins.size)}
+        for sfx, cal in cals.items():
+            out[name + sfx] = {"horizons": ev.score(ev.origins, cal.fcs, cal.point), **meta}
+    for (n, w), acc in blends.items():
+        out[f"{n}~{w}"] = {"horizons": ev.score(ev.origins, acc.fcs, acc.point), "fit_s": 0.0, "fits": 0,
+                           "predict_ms": 0.0, "origins": int(ev.origins.size)}
     return out
 
 
-def blend_study(results: dict, held: set[str]) -> dict:
-    """Per horizon: the weight of ``lstm_global`` against ``seasonal_naive``
+def blend_study(results: dict, held: set[str], lstm: str = "lstm_global") -> dict:
+    """Per horizon: the weight of ``lstm`` (``--blend-base``) against ``seasonal_naive``
     with the lowest geometric-mean pinball on the tuning traces, and what it
     scores on both parts next to the best baseline of each."""
     out: dict = {}
@@ -337,7 +375,7 @@ def blend_study(results: dict, held: set[str]) -> dict:
                            if (n in held) == (part == "held_out") and model in r
                            and m in r[model].get("horizons", {})])
 
-        tuned = {w: gm(f"lstm_global~{w}", "tuning") for w in BLEND_WEIGHTS}
+        tuned = {w: gm(f"{lstm}~{w}", "tuning") for w in BLEND_WEIGHTS}
         tuned = {w: v for w, v in tuned.items() if v is not None}
         if not tuned:
             continue
@@ -347,8 +385,8 @@ def blend_study(results: dict, held: set[str]) -> dict:
             base = {b: gm(b, part) for b in BASELINES}
             base = {b: v for b, v in base.items() if v is not None}
             best = min(base, key=base.get) if base else None
-            row[part] = {"pinball": gm(f"lstm_global~{w}", part), "mase": gm(f"lstm_global~{w}", part, "mase"),
-                         "lstm_global_pinball": gm("lstm_global", part), "best_baseline": best,
+            row[part] = {"pinball": gm(f"{lstm}~{w}", part), "mase": gm(f"{lstm}~{w}", part, "mase"),
+                         "lstm_global_pinball": gm(lstm, part), "best_baseline": best,
                          "best_baseline_pinball": base.get(best) if best else None}
         out[m] = row
     return out
@@ -414,7 +452,7 @@ def summarize(results: dict, held: set[str]) -> dict:
                 return {n: results[n][model]["horizons"][m][metric] for n in names
                         if model in results[n] and m in results[n][model].get("horizons", {})}
 
-            models = [x for x in ALL_MODELS if vals(x, "mase")]
+            models = [x for x in model_names(results) if vals(x, "mase")]
             g = {x: {"mase": _gmean(vals(x, "mase").values()), "pinball": _gmean(vals(x, "pinball").values())}
                  for x in models}
             sf = [x for x in STATSFORECAST if x in g and g[x]["mase"] is not None]
@@ -422,6 +460,7 @@ def summarize(results: dict, held: set[str]) -> dict:
             rows = {}
             for x in models:
                 row = {"traces": len(vals(x, "mase")), **g[x],
+                       "origins": int(np.median([results[n][x]["origins"] for n in vals(x, "mase")])),
                        "coverage": {str(q): float(np.median([results[n][x]["horizons"][m]["coverage"][str(q)]
                                                              for n in vals(x, "mase")])) for q in LEVELS}}
                 for ref_label, ref in (("holt_winters", "holt_winters"), ("best_statsforecast", best_sf)):
@@ -477,14 +516,14 @@ def markdown(doc: dict) -> str:
                     f"| {r.get('pinball_wins_vs_best_statsforecast', '-')} | "
                     + " | ".join(_f(r["coverage"][str(q)], 2) for q in LEVELS) + " |")
             lines.append("")
-    if doc.get("blend"):
-        lines += ["## Blend of lstm_global and seasonal_naive (weight chosen on the tuning traces)", "",
+    for lstm, study in doc.get("blends", {}).items():
+        lines += [f"## Blend of {lstm} and seasonal_naive (weight chosen on the tuning traces)", "",
                   "The LSTM's weight per horizon minimizes the geometric-mean pinball over the tuning traces "
                   f"(grid {', '.join(map(str, BLEND_WEIGHTS))}); the held-out traces only report it.", "",
-                  "| horizon | weight | tuning pinball (lstm_global) | tuning best baseline | held-out pinball "
-                  "(lstm_global) | held-out best baseline | held-out MASE |", "|---|---:|---|---|---|---|---:|"]
+                  f"| horizon | weight | tuning pinball ({lstm}) | tuning best baseline | held-out pinball "
+                  f"({lstm}) | held-out best baseline | held-out MASE |", "|---|---:|---|---|---|---|---:|"]
         for m in HORIZONS_MIN:
-            r = doc["blend"].get(str(m))
+            r = study.get(str(m))
             if not r:
                 continue
             t, h = r["tuning"], r["held_out"]
@@ -493,7 +532,8 @@ def markdown(doc: dict) -> str:
                          f"| {_f(h['pinball'])} ({_f(h['lstm_global_pinball'])}) "
                          f"| {_f(h['best_baseline_pinball'])} ({h['best_baseline']}) | {_f(h['mase'])} |")
         lines.append("")
-    cal_models = [x for x in CALIBRATED if any(x + CAL in r for r in results.values())]
+    names = model_names(results)
+    cal_models = [(x, y) for x in names if "+" not in x and "~" not in x for y in names if y.startswith(x + CAL)]
     if cal_models:
         lines += ["## Conformal calibration: before -> after", "",
                   "Median realized coverage over the part's traces per level, and the geometric-mean pinball, "
@@ -506,10 +546,10 @@ def markdown(doc: dict) -> str:
                       "| model | horizon | coverage " + " / ".join(map(str, LEVELS)) + " | max \\|dev\\| "
                       "| pinball | -> coverage +cal | max \\|dev\\| +cal | pinball +cal |",
                       "|---|---|---|---:|---:|---|---:|---:|"]
-            for x in cal_models:
+            for x, y in cal_models:
                 for m in HORIZONS_MIN:
                     rows = ps["horizons"].get(str(m), {}).get("models", {})
-                    a, b = rows.get(x), rows.get(x + CAL)
+                    a, b = rows.get(x), rows.get(y)
                     if not a or not b:
                         continue
 
@@ -519,12 +559,13 @@ def markdown(doc: dict) -> str:
                     def dev(r):
                         return max(abs(r["coverage"][str(q)] - q) for q in LEVELS)
 
-                    lines.append(f"| {x} | {_hname(m)} | {cov(a)} | {dev(a):.2f} | {_f(a['pinball'])} "
+                    label = x if y == x + CAL else f"{x} ({y[len(x):]})"
+                    lines.append(f"| {label} | {_hname(m)} | {cov(a)} | {dev(a):.2f} | {_f(a['pinball'])} "
                                  f"| {cov(b)} | {dev(b):.2f} | {_f(b['pinball'])} |")
             lines.append("")
     lines += ["## Per trace", "", "MASE / pinball (both scaled by the trace's seasonal-naive MAE) per horizon; "
               "`*` marks a held-out trace, `~0` a trace whose actuals come near zero (no MAPE).", ""]
-    models = [x for x in ALL_MODELS if any(x in r for r in results.values())]
+    models = names
     for m in HORIZONS_MIN:
         lines += [f"### {_hname(m)}", "", "| trace | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
         for n, r in results.items():
@@ -535,11 +576,15 @@ def markdown(doc: dict) -> str:
                 cells.append("-" if not v else f"{v['mase']:.3f} / {v['pinball']:.3f}")
             lines.append(f"| {n}{tag} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["## Time per trace (median)", "", "| model | fit s (all fits) | predict ms |", "|---|---:|---:|"]
+    lines += ["## Time and origins per trace (median)", "",
+              "Origins: the forecasts scored per trace; one origin moves a trace's coverage of a level by "
+              "1 / origins (the resolution of the coverage columns).", "",
+              "| model | fit s (all fits) | predict ms | origins | coverage resolution |", "|---|---:|---:|---:|---:|"]
     for x in models:
         rows = [r[x] for r in results.values() if x in r]
+        n = int(np.median([r["origins"] for r in rows]))
         lines.append(f"| {x} | {np.median([r['fit_s'] for r in rows]):.2f} | "
-                     f"{np.median([r['predict_ms'] for r in rows]):.1f} |")
+                     f"{np.median([r['predict_ms'] for r in rows]):.1f} | {n} | {1 / n:.3f} |")
     if doc.get("speed"):
         lines += ["", "## Global LSTM speed", "", "| check | value |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in doc["speed"].items()]
@@ -552,8 +597,9 @@ def markdown(doc: dict) -> str:
 def write(doc: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     doc["summary"] = summarize(doc["results"], set(doc["held_out"]))
-    if any("lstm_global~1.0" in r for r in doc["results"].values()):
-        doc["blend"] = blend_study(doc["results"], set(doc["held_out"]))
+    doc["blends"] = {n: blend_study(doc["results"], set(doc["held_out"]), n) for n in LEARNED
+                     if any(f"{n}~1.0" in r for r in doc["results"].values())}
+    doc.pop("blend", None)  # the one-base form of earlier runs
     (out / "accuracy.json").write_text(json.dumps(doc, indent=1, sort_keys=True))
     (out / "accuracy.md").write_text(markdown(doc))
 
@@ -563,6 +609,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--traces", default="", help="comma-separated substrings of trace paths to keep")
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {','.join(MODELS)}")
     ap.add_argument("--origins", type=int, default=24, help="forecast origins per trace")
+    ap.add_argument("--origins-every-min", type=float, default=0.0,
+                    help="instead of --origins: every origin of a grid this many minutes apart over the test "
+                         "period (with --calibrate best a multiple of --cal-every-min: then no extra forecasts)")
     ap.add_argument("--prophet-origins", type=int, default=4)
     ap.add_argument("--test-days", type=float, default=4.0)
     ap.add_argument("--refit-hours", type=float, default=24.0)
@@ -581,7 +630,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cal-days", type=float, default=3.0,
                     help="calibration origins start this long before the test period")
     ap.add_argument("--cal-every-min", type=float, default=60.0, help="minutes between calibration origins")
-    ap.add_argument("--cal-window-days", type=float, default=3.0, help="calibration.window")
+    ap.add_argument("--cal-window-days", default="3",
+                    help="calibration.window in days; a comma-separated list scores each (+cal, +cal<N>d)")
     ap.add_argument("--cal-min-samples", type=int, default=24, help="calibration.min_samples")
     ap.add_argument("--blend", action="store_true",
                     help="also lstm_global averaged with seasonal_naive at the weights "
@@ -644,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not r.get("_learned_done"):
                     r["_learned_done"] = True
                     r.update({k: v for k, v in run_global(ev, g, args, args.calibrate).items()
-                              if k.removesuffix(CAL).split("~")[0] in models})
+                              if k.split("+")[0].split("~")[0] in models})
                 continue
             try:
                 r.update(run_model(ev, model, args, args.calibrate and model in CALIBRATED))

@@ -28,7 +28,10 @@ other series, a statistical model's Gaussian interval). With
 
 Pure over plain values and the pairs it keeps (no I/O, no clock): the cycle
 passes the history and the forecast; the backtest and the accuracy benchmark
-use the same class.
+use the same class. The live loop uses :class:`StoreCalibrator`, the same
+with every pair also written to the state store (``calibration_pairs``) and
+read back when a target starts, so a restarted daemon's first forecast is
+calibrated with the offsets the stopped one would have used.
 """
 
 from __future__ import annotations
@@ -94,16 +97,19 @@ class QuantileCalibrator:
     REFRESH_STEPS = 6
 
     # ----------------------------------------------------------- the pairs
-    def observe(self, history: Series) -> None:
-        """Take in the actuals of ``history`` newer than the last call."""
+    def observe(self, history: Series) -> Series | None:
+        """Take in the actuals of ``history`` newer than the last call;
+        returns them (None when there are none)."""
         if not len(history):
-            return
+            return None
         new = history if self._observed_until is None else history.since(self._observed_until)
-        if len(new):
-            for m in self._pairs.values():
-                if m.pending:  # nothing waits for an actual: nothing to pair
-                    m.observe("", new)
-            self._observed_until = int(history.timestamps[-1])
+        if not len(new):
+            return None
+        for m in self._pairs.values():
+            if m.pending:  # nothing waits for an actual: nothing to pair
+                m.observe("", new)
+        self._observed_until = int(history.timestamps[-1])
+        return new
 
     def record(self, forecast: Forecast) -> None:
         """Keep the raw ``forecast`` at the anchor leads it reaches."""
@@ -168,4 +174,51 @@ class QuantileCalibrator:
         return out
 
 
-__all__ = ["ANCHOR_STEPS", "QuantileCalibrator", "conformal_offset"]
+class StoreCalibrator(QuantileCalibrator):
+    """A :class:`QuantileCalibrator` whose pairs are also kept in the state
+    store (``calibration_pairs``, under the series name and the model's
+    name), and loaded from it when it is made: a restart keeps the offsets,
+    and forecasts made before it meet the actuals observed after it.
+    ``store``: an :class:`engine.store.Store` (or its PostgreSQL twin)."""
+
+    def __init__(self, levels: Sequence[float], step_s: int, window: timedelta, min_samples: int, *,
+                 store, target: str, model: str, anchors: Sequence[int] = ANCHOR_STEPS) -> None:
+        super().__init__(levels, step_s, window, min_samples, anchors)
+        self.store, self.target, self.model = store, target, model
+        by_lead = {a * self.step_s: m for a, m in self._pairs.items()}
+        for lead, _made, ts, levels_at, actual in store.calibration_pairs(target, model, since=0):
+            m = by_lead.get(lead)
+            if m is None:  # written under another interval or anchor set
+                continue
+            q = np.array([levels_at.get(level, np.nan) for level in self.levels])
+            if actual is None:
+                m.pending.setdefault(ts, []).append((np.nan, np.nan, q))
+            else:
+                m._append(ts, actual, np.nan, np.nan, q)
+
+    def observe(self, history: Series) -> Series | None:
+        new = super().observe(history)
+        if new is not None:
+            self.store.fill_calibration_actuals(self.target, new)
+        return new
+
+    def record(self, forecast: Forecast) -> None:
+        super().record(forecast)
+        made = to_epoch(forecast.made_at)
+        at = {int(ts) - made: (i, int(ts)) for i, ts in enumerate(forecast.timestamps.tolist())}
+        rows = []
+        for a in self.anchors:
+            hit = at.get(a * self.step_s)
+            if hit is not None:
+                i, ts = hit
+                rows.append((a * self.step_s, made, ts,
+                             {q: float(forecast.quantiles[q][i]) for q in self.levels if q in forecast.quantiles}))
+        if rows:
+            self.store.record_calibration(self.target, self.model, rows, drop_before=made - self.window_s)
+
+    def calibrate(self, history: Series, forecast: Forecast) -> Forecast:
+        with self.store.batch():  # the cycle's pairs in one commit
+            return super().calibrate(history, forecast)
+
+
+__all__ = ["ANCHOR_STEPS", "QuantileCalibrator", "StoreCalibrator", "conformal_offset"]

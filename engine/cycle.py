@@ -42,7 +42,7 @@ from policies.window import LeadWindow, lead_window
 
 from .anomaly import AnomalyDetector, with_anomaly
 from .audit import decision_context
-from .calibration import QuantileCalibrator
+from .calibration import QuantileCalibrator, StoreCalibrator
 from .checkpoints import ModelCheckpoint, shelf_for
 from .config import TargetConfig
 from .core.plugins import capabilities_of
@@ -102,8 +102,12 @@ class TargetRunner:
     """Forecaster upkeep + forecast + decide, for one target."""
 
     def __init__(self, target: TargetConfig, *, forecaster: Forecaster | None = None,
-                 feedback: Feedback | None = None, resources: Mapping[str, "TargetRunner"] | None = None) -> None:
+                 feedback: Feedback | None = None, resources: Mapping[str, "TargetRunner"] | None = None,
+                 store: Any = None) -> None:
         self.target = target
+        #: the state store the calibration pairs are kept in (the live loop;
+        #: None: in memory only, as in the backtest)
+        self.store = store
         self.policy = target.policy
         if forecaster is None and target.policy.uses_forecast:
             if target.forecaster.init_from is not None:
@@ -119,10 +123,11 @@ class TargetRunner:
         self.horizons_s = lead_window(self.policy, None).horizons_s
         gate_cfg = target.forecaster.quality_gate
         levels = target.forecast_quantiles if gate_cfg is not None and gate_cfg.score == "pinball" else ()
-        self.primary = _Slot(target.forecaster.name, forecaster, self.horizons_s, levels, self._calibrator())
+        self.primary = _Slot(target.forecaster.name, forecaster, self.horizons_s, levels,
+                             self._calibrator(target.forecaster.name))
         self.shadows: list[_Slot] = []
         if gate_cfg is not None and forecaster is not None:
-            self.shadows = [_Slot(n, create_forecaster(n), self.horizons_s, levels, self._calibrator())
+            self.shadows = [_Slot(n, create_forecaster(n), self.horizons_s, levels, self._calibrator(n))
                             for n in gate_cfg.fallbacks if n != target.forecaster.name]
         self.feedback: Feedback = feedback or MemoryFeedback(self.horizons_s)
         self.keep = history_to_keep(self.policy)
@@ -139,11 +144,16 @@ class TargetRunner:
         self.resources: dict[str, TargetRunner] = dict(resources) if resources is not None else {
             name: TargetRunner(target.resource_target(name)) for name in target.resources}
 
-    def _calibrator(self) -> QuantileCalibrator | None:
+    def _calibrator(self, model: str) -> QuantileCalibrator | None:
+        """``model``'s conformal calibration (``forecaster.calibration``),
+        its pairs kept in the store when the runner has one."""
         cal = self.target.forecaster.calibration
         if cal is None:
             return None
-        return QuantileCalibrator(self.target.forecast_quantiles, self.interval_s, cal.window, cal.min_samples)
+        args = (self.target.forecast_quantiles, self.interval_s, cal.window, cal.min_samples)
+        if self.store is None:
+            return QuantileCalibrator(*args)
+        return StoreCalibrator(*args, store=self.store, target=self.target.name, model=model)
 
     # the configured model (the daemon carries it across config reloads)
     @property
@@ -542,10 +552,10 @@ class LiveTarget:
             raise ValueError(f"target {target.name!r}: no metric source given for resources {', '.join(missing)}")
         self.resource_history: dict[str, Series | None] = {n: None for n in target.resources}
         runners = {n: TargetRunner(target.resource_target(n),
-                                   feedback=StoreFeedback(store, target.resource_series(n), keep))
+                                   feedback=StoreFeedback(store, target.resource_series(n), keep), store=store)
                    for n in target.resources}
         self.runner = TargetRunner(target, forecaster=forecaster, feedback=StoreFeedback(store, target.name, keep),
-                                   resources=runners)
+                                   resources=runners, store=store)
         # the samples flagged before a restart stay out of training
         for series, detector in self._detectors().items():
             detector.restore(store.anomaly_masks(series))

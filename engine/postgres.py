@@ -29,7 +29,7 @@ from . import audit
 from .auth import _USED_LINKS
 from .core.errors import StateError, StateLocked
 from .db import connect, redact_url
-from .store import _SCHEMA_V1, _V2_TABLES, _V3_TABLES, Store, check_version
+from .store import _SCHEMA_V1, _V2_TABLES, _V3_TABLES, _V4_TABLES, Store, check_version
 
 def dialect(sqlite_ddl: str) -> str:
     """SQLite DDL as PostgreSQL DDL, so each table is declared once (in
@@ -86,8 +86,12 @@ MIGRATIONS: dict[int, str] = {2: ";".join((
     3: dialect(_V3_TABLES),
     4: _MODELS}
 
+#: version 5 is SQLite's own step 4: the calibration pairs
+#: (engine.calibration.StoreCalibrator)
+MIGRATIONS[5] = dialect(_V4_TABLES)
+
 #: the newest schema of a PostgreSQL state (a SQLite file's is SCHEMA_VERSION)
-PG_SCHEMA_VERSION = 4
+PG_SCHEMA_VERSION = 5
 
 assert max(MIGRATIONS) == PG_SCHEMA_VERSION and min(MIGRATIONS) == 2
 

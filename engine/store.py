@@ -21,6 +21,10 @@ Tables:
 - ``notify_cursors`` per notification channel, the last plan transition it
                      was told (:class:`engine.notify.PlanNotices`), so a
                      restarted daemon tells what happened while it was down;
+- ``calibration_pairs`` each forecaster's raw forecasts at the calibration
+                     anchors with the actuals observed later
+                     (:class:`engine.calibration.StoreCalibrator`), so a
+                     restart keeps its conformal offsets;
 - ``audit``          the tamper-evident hash chain (:mod:`engine.audit`), one
                      record per change to decisions, plans and actuations,
                      written in the same transaction as the change.
@@ -58,8 +62,8 @@ from .core.units import from_epoch, isoformat, parse_time, to_epoch
 
 #: 1: the first release; 2: plan_transitions, decisions.plan_id, the audit
 #: chain, decisions.approval a list of every decision on the plan;
-#: 3: anomaly_masks, notify_cursors
-SCHEMA_VERSION = 3
+#: 3: anomaly_masks, notify_cursors; 4: calibration_pairs
+SCHEMA_VERSION = 4
 
 #: the schema of version 1, frozen: a new file is created as version 1 and
 #: migrated, so a fresh file and an upgraded one take the same path
@@ -160,6 +164,23 @@ CREATE TABLE IF NOT EXISTS notify_cursors (
     seq INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 );
+"""
+
+#: what schema version 4 adds: the calibration pairs (one row per forecast
+#: and anchor lead; ``forecast`` is ``{level: value}`` as JSON, ``actual``
+#: filled in when observed)
+_V4_TABLES = """
+CREATE TABLE IF NOT EXISTS calibration_pairs (
+    target TEXT NOT NULL,
+    model TEXT NOT NULL,
+    lead_s INTEGER NOT NULL,
+    made_at INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    forecast TEXT NOT NULL,
+    actual REAL,
+    PRIMARY KEY (target, model, lead_s, made_at)
+);
+CREATE INDEX IF NOT EXISTS calibration_pairs_ts ON calibration_pairs(target, ts);
 """
 
 #: the decision status that mirrors each plan state
@@ -317,6 +338,8 @@ class Store:
                         self._migrate_from_1(db)
                     if version < 3:
                         _execute(db, _V3_TABLES)
+                    if version < 4:
+                        _execute(db, _V4_TABLES)
                     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             self._close_quietly()
@@ -687,6 +710,46 @@ class Store:
                         "DELETE FROM decisions WHERE target=? AND at<? AND status NOT IN ('intent', 'accepted')",
                         (t, cut)).rowcount
         return gone
+
+    # ------------------------------------------------------- calibration pairs
+    def record_calibration(self, target: str, model: str, rows: list[tuple[int, int, int, dict[float, float]]],
+                           *, drop_before: int | None = None) -> None:
+        """Keep ``model``'s raw forecasts at its calibration anchors: rows
+        of (lead_s, made_at, ts, level -> value); pairs of the series whose
+        time is before ``drop_before`` (epoch s) go (the window has passed)."""
+        with self.tx() as db:
+            db.executemany(
+                "INSERT INTO calibration_pairs(target, model, lead_s, made_at, ts, forecast) VALUES (?,?,?,?,?,?)"
+                " ON CONFLICT(target, model, lead_s, made_at) DO UPDATE SET ts=excluded.ts,"
+                " forecast=excluded.forecast, actual=NULL",
+                [(target, model, lead, made, ts, json.dumps({str(q): v for q, v in levels.items()}))
+                 for lead, made, ts, levels in rows])
+            if drop_before is not None:
+                db.execute("DELETE FROM calibration_pairs WHERE target=? AND model=? AND ts<?",
+                           (target, model, drop_before))
+
+    def fill_calibration_actuals(self, target: str, observed: Series) -> int:
+        """The observed values next to the calibration pairs waiting for them
+        (every model's of ``target``)."""
+        ok = ~np.isnan(observed.values)
+        if not ok.any():
+            return 0
+        with self.tx() as db:
+            return db.executemany(
+                "UPDATE calibration_pairs SET actual=? WHERE target=? AND ts=? AND actual IS NULL",
+                [(v, target, t) for v, t in zip(observed.values[ok].tolist(), observed.timestamps[ok].tolist())]
+            ).rowcount
+
+    def calibration_pairs(self, target: str, model: str, since: int) -> list[tuple[int, int, int, dict[float, float],
+                                                                                  float | None]]:
+        """``model``'s calibration rows of ``target`` whose time is at or
+        after ``since`` (epoch s), oldest first: (lead_s, made_at, ts,
+        level -> value, actual or None)."""
+        rows = self.db.execute(
+            "SELECT lead_s, made_at, ts, forecast, actual FROM calibration_pairs"
+            " WHERE target=? AND model=? AND ts>=? ORDER BY ts, made_at", (target, model, since)).fetchall()
+        return [(int(r[0]), int(r[1]), int(r[2]), {float(k): float(v) for k, v in json.loads(r[3]).items()},
+                 None if r[4] is None else float(r[4])) for r in rows]
 
     # -------------------------------------------------------------------- plans
     def save_plan(self, plan: Plan, *, decision: tuple[Decision, str, dict[str, Any] | None] | None = None,

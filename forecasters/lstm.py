@@ -1334,6 +1334,10 @@ class LevelFreeParams(ForecasterParams):
     #: recent errors (the last ``calibration_steps`` of its history)
     calibrate: bool = True
     calibration_steps: int = Field(2016, ge=0)
+    #: the series' own calibration also shifts the median, by the median of
+    #: its errors there (a bias correction per series and horizon; off: the
+    #: median is the network's and the gate's, chosen in training)
+    calibrate_median: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     #: registry forecaster only: start from this saved global model instead
@@ -1594,24 +1598,26 @@ class LevelFreeLSTM:
         other.params = self.params.model_copy(update={"epochs": epochs})
         return other.fit(series)
 
-    def calibrate(self, histories: Mapping[str, Series]) -> dict[str, int]:
+    def calibrate(self, histories: Mapping[str, Series], *, median: bool | None = None) -> dict[str, int]:
         """Conformal offsets per series from its own recent errors
         (:meth:`calibration_offsets`), kept in this model under each key.
         Returns the number of origins used per series."""
         used: dict[str, int] = {}
-        for key, off in self.calibration_offsets(histories, used=used).items():
+        for key, off in self.calibration_offsets(histories, used=used, median=median).items():
             self._series_offsets[key] = off
         return used
 
-    def calibration_offsets(self, histories: Mapping[str, Series], *,
-                            used: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    def calibration_offsets(self, histories: Mapping[str, Series], *, used: dict[str, int] | None = None,
+                            median: bool | None = None) -> dict[str, np.ndarray]:
         """Conformal offsets per series from its own recent errors: forecasts
         from origins in the last ``calibration_steps`` of each history
         (reading nothing after each origin) against what followed; a series
         with too few origins gets none (the pooled offsets apply). The model
         is not changed: a model shared by many targets stays read-only, each
-        target keeping its own offsets (``predict_many(offsets=...)``)."""
+        target keeping its own offsets (``predict_many(offsets=...)``).
+        ``median``: shift the median too (default: ``calibrate_median``)."""
         p = self.params
+        median = p.calibrate_median if median is None else median
         out: dict[str, np.ndarray] = {}
         for key, s in histories.items():
             step = _step_of(s)
@@ -1624,7 +1630,7 @@ class LevelFreeLSTM:
                 continue
             seq, head, tgt, _, _ = levelfree_features(h.values, h.timestamps, o, step, p, with_targets=True)
             pred = _infer(self._net, seq, head, self._device)
-            own = _conformal(pred, tgt, p.quantiles, median=False)
+            own = _conformal(pred, tgt, p.quantiles, median=median)
             enough = np.isfinite(tgt).sum(0)[:, None] >= 20
             out[key] = np.where(enough, own, self._offsets if self._offsets is not None else 0.0)
             if used is not None:
@@ -1803,7 +1809,11 @@ class LevelFreeForecaster(BaseForecaster):
                                                                                 p.finetune_epochs)
         else:
             model = LevelFreeLSTM(p).fit({self._KEY: history})
-        self.offsets = model.calibration_offsets({self._KEY: history}).get(self._KEY)
+        # this target's params decide its own calibration (a shared
+        # checkpoint's are the training run's): ``calibrate: false`` keeps
+        # the offsets pooled in training
+        own = model.calibration_offsets({self._KEY: history}, median=p.calibrate_median) if p.calibrate else {}
+        self.offsets = own.get(self._KEY)
         self.model = model
 
     def predict(self, start: datetime, horizon: int, quantiles: Sequence[float] = (0.5, 0.9)) -> Forecast:

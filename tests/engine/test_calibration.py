@@ -129,3 +129,59 @@ def test_the_backtest_replays_calibration_and_sizes_from_the_calibrated_band():
     assert cal["mase"] == raw["mase"]  # the point is not touched
     assert cal["cost_vs_oracle"] < raw["cost_vs_oracle"] - 0.02
     assert cal["violation_fraction"] <= raw["violation_fraction"] + 0.001
+
+
+# ------------------------------------------------------- pairs across a restart
+def _calibrated_live(tmp_path, store):
+    from tests.support.live import Platform, build_live, target_dict, write_config, write_trace
+
+    trace = tmp_path / "web.csv"
+    if not trace.exists():
+        write_trace(trace, _series(days=1.5).values)
+        write_config(tmp_path / "c.yaml", [target_dict(
+            "web", trace, mode="observe",
+            forecaster={"name": "no_band", "history": "1d", "refit_every": "1h", "quantiles": [0.5, 0.9],
+                        "calibration": {"window": "1d", "min_samples": 12}})])
+    return build_live(tmp_path / "c.yaml", store, Platform(capacity=25))
+
+
+def _copy(store, path):
+    import sqlite3
+
+    from engine.store import Store
+
+    dst = sqlite3.connect(path)
+    store.db.backup(dst)
+    dst.close()
+    return Store(path)
+
+
+def test_a_restarted_target_calibrates_its_first_forecasts_with_the_same_offsets(tmp_path):
+    """The calibration pairs live in the state store: a target restarted on
+    the stopped one's state file (a new LiveTarget, as a new daemon process
+    builds it) forecasts exactly as the one that kept running, forecasts
+    made before the restart meeting actuals observed after it; a target
+    started on a state without them forecasts the raw, uncalibrated band."""
+    from engine.store import Store
+    from tests.support.live import STEP, T0
+
+    start = T0 + 300 * STEP
+    kept = _calibrated_live(tmp_path, Store(tmp_path / "kept.db"))
+    cycles = 6 * QuantileCalibrator.REFRESH_STEPS  # the offsets are recomputed at the cycle after
+    for k in range(cycles):
+        kept.run(start + k * STEP)
+    restarted = _calibrated_live(tmp_path, _copy(kept.store, tmp_path / "restarted.db"))
+    fresh = _calibrated_live(tmp_path, Store(tmp_path / "fresh.db"))
+    assert restarted.store.calibration_pairs("web", "no_band", since=0) == \
+        kept.store.calibration_pairs("web", "no_band", since=0)
+    for k in range(cycles, cycles + 8):
+        a, b, c = (live.run(start + k * STEP) for live in (kept, restarted, fresh))
+        for q in (0.5, 0.9):
+            assert np.array_equal(a.forecast.quantiles[q], b.forecast.quantiles[q])
+        if k == cycles:
+            # the calibration moved the band (every raw level is 5 % low) ...
+            assert (a.forecast.quantiles[0.5] > c.forecast.quantiles[0.5]).all()
+            # ... and the one started without the pairs forecasts it raw
+            assert np.allclose(c.forecast.quantiles[0.9], 0.95 * c.forecast.point)
+    for live in (kept, restarted, fresh):
+        live.store.close()

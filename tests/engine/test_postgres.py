@@ -235,3 +235,20 @@ def test_forescale_fit_on_a_postgresql_state_saves_into_the_shared_table_the_dae
         res = lt.run(from_epoch(end))
     assert res.details.get("model", "").startswith(f"model {fitted} restored"), res.details
     assert res.forecast.model_version == fitted
+def test_a_version_4_database_gains_the_calibration_pairs_and_they_round_trip(pg_url):
+    import numpy as np
+
+    from engine.core.types import Series
+
+    with open_store(pg_url) as s:  # made current, then set back to what version 4 had
+        s.db.execute("DROP TABLE calibration_pairs")
+        s.db.execute("DELETE FROM schema_version WHERE version = 5")
+    with open_store(pg_url) as s:
+        assert s.schema_version == PG_SCHEMA_VERSION == 5
+        s.record_calibration("web", "mstl", [(300, 1000, 1300, {0.5: 1.0, 0.9: 2.0}),
+                                             (600, 1000, 1600, {0.5: 1.5, 0.9: 2.5})])
+        assert s.fill_calibration_actuals("web", Series(np.array([1300, 1600]), np.array([3.0, np.nan]), "web")) == 1
+        s.record_calibration("web", "mstl", [(300, 1300, 1600, {0.5: 4.0})], drop_before=1400)
+    with open_store(pg_url) as s:  # another process reads what was kept
+        assert s.calibration_pairs("web", "mstl", since=0) == [(600, 1000, 1600, {0.5: 1.5, 0.9: 2.5}, None),
+                                                               (300, 1300, 1600, {0.5: 4.0}, None)]

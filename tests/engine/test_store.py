@@ -373,7 +373,7 @@ def test_a_version_1_file_is_migrated_sealing_its_rows_as_found(db_path):
     raw.commit()
     raw.close()
     with Store(db_path) as s:
-        assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         rec = s.decision(d.id)
         assert rec["plan_id"] == "p1" and rec["approval"] is None
         assert rec["approvals"] == [{"decision": "rejected", "identity": None, "channel": None,
@@ -396,3 +396,20 @@ def test_a_version_1_file_is_migrated_sealing_its_rows_as_found(db_path):
 
         st = verify(s)
         assert not st.ok and "plan p1: row (status approved) differs from audit record 2" in st.reason
+
+
+def test_calibration_pairs_are_kept_filled_in_and_dropped_past_their_window(db_path):
+    from engine.core.types import Series
+
+    with Store(db_path) as s:
+        s.record_calibration("web", "mstl", [(300, 1000, 1300, {0.5: 1.0, 0.9: 2.0}),
+                                             (600, 1000, 1600, {0.5: 1.5, 0.9: 2.5})])
+        s.record_calibration("web", "persistence", [(300, 1000, 1300, {0.5: 9.0})])
+        # every model's pair at 1300 gets its actual; a gap leaves 1600 waiting
+        assert s.fill_calibration_actuals("web", Series(np.array([1300, 1600]), np.array([3.0, np.nan]), "w")) == 2
+        s.record_calibration("web", "mstl", [(300, 1300, 1600, {0.5: 4.0})], drop_before=1400)
+    with Store(db_path) as s:
+        assert s.calibration_pairs("web", "mstl", since=0) == [(600, 1000, 1600, {0.5: 1.5, 0.9: 2.5}, None),
+                                                               (300, 1300, 1600, {0.5: 4.0}, None)]
+        assert s.calibration_pairs("web", "persistence", since=0) == [(300, 1000, 1300, {0.5: 9.0}, 3.0)]
+        assert s.calibration_pairs("web", "mstl", since=1700) == []

@@ -396,6 +396,40 @@ def test_calibration_widens_the_band_of_a_noisier_series(levelfree):
     assert abs(after - 0.9) < abs(before - 0.9) and abs(after - 0.9) < 0.06, (before, after)
 
 
+def test_calibrate_median_shifts_a_biased_median_to_half_the_actuals(levelfree):
+    """A series that climbs steadily (a trend the training series did not
+    have): the network's median lags it. ``calibrate_median`` shifts the median by the
+    median of the series' own errors, so about half of the following
+    actuals fall at or below it; without it the median is left where the
+    network put it."""
+    rng = np.random.default_rng(5)
+    n = 5 * DAY
+    t = np.arange(n)
+    y = 100 + 0.5 * t + 10 * np.sin(2 * np.pi * t / DAY) + rng.normal(0, 2, n)
+    s = Series(T0 + STEP * t.astype(np.int64), y, "biased")
+    hist = s[: 4 * DAY]
+
+    def coverage(model) -> float:
+        hits = []
+        for o in range(4 * DAY - 1, n - 7, 6):
+            fc = model.predict_many({"biased": s[: o + 1]}, from_epoch(int(s.timestamps[o])), 6, (0.5,))["biased"]
+            hits.append(np.mean(s.values[o + 1: o + 7] <= fc.quantiles[0.5]))
+        return float(np.mean(hits))
+
+    plain, shifted = copy.deepcopy(levelfree), copy.deepcopy(levelfree)
+    plain.calibrate({"biased": hist})
+    shifted.calibrate({"biased": hist}, median=True)
+    k = list(levelfree.params.quantiles).index(0.5)
+    assert np.all(plain._series_offsets["biased"][:, k] == 0) and np.any(shifted._series_offsets["biased"][:, k] != 0)
+    before, after = coverage(plain), coverage(shifted)
+    assert abs(after - 0.5) < abs(before - 0.5) and abs(after - 0.5) < 0.08, (before, after)
+    # the parameter is the default of the keyword (the registry forecaster's path)
+    param = copy.deepcopy(levelfree)
+    param.params = param.params.model_copy(update={"calibrate_median": True})
+    param.calibrate({"biased": hist})
+    np.testing.assert_array_equal(param._series_offsets["biased"], shifted._series_offsets["biased"])
+
+
 def test_levelfree_save_load_round_trip(levelfree, tmp_path):
     path = tmp_path / "g.pt"
     levelfree.save(path)
@@ -425,6 +459,30 @@ def test_registry_forecaster_starts_from_a_saved_global_model(levelfree, tmp_pat
     # same network, the target's own calibration (the median is never shifted)
     np.testing.assert_allclose(got.point, want.point, rtol=1e-6)
     assert got.model == "lstm_global"
+
+
+def test_a_targets_calibration_params_reach_its_forecasts_from_a_checkpoint(levelfree, tmp_path):
+    """On a shared checkpoint the target's own params decide its
+    calibration: ``calibrate: false`` forecasts with the offsets pooled in
+    training, ``calibrate_median: true`` shifts the median by the target's
+    own errors (the benchmark's lstm_global_pooled and lstm_global_median)."""
+    import forecasters
+
+    path = tmp_path / "g.pt"
+    levelfree.save(path)
+    t = np.arange(4 * DAY)
+    s = Series(T0 + STEP * t.astype(np.int64), 100 + 0.5 * t + 10 * np.sin(2 * np.pi * t / DAY), "climb")
+    made = {}
+    for name, extra in (("own", {}), ("pooled", {"calibrate": False}), ("median", {"calibrate_median": True})):
+        f = forecasters.create("lstm_global", {"checkpoint": str(path), "device": "cpu", **extra})
+        f.fit(s)
+        made[name] = (f.offsets, f.predict(end(s), 6, (0.5, 0.9)))
+    assert made["pooled"][0] is None and made["own"][0] is not None
+    pooled = levelfree.predict_many({"x": s}, end(s), 6, (0.5, 0.9))["x"]  # no series offsets kept: pooled
+    np.testing.assert_allclose(made["pooled"][1].quantiles[0.9], pooled.quantiles[0.9], rtol=1e-6)
+    assert not np.allclose(made["own"][1].quantiles[0.9], pooled.quantiles[0.9])
+    np.testing.assert_allclose(made["own"][1].point, made["pooled"][1].point, rtol=1e-6)  # median untouched
+    assert not np.allclose(made["median"][1].quantiles[0.5], made["own"][1].quantiles[0.5])
 
 
 def test_targets_on_one_checkpoint_share_one_network_and_keep_their_own_calibration(levelfree, tmp_path):
