@@ -184,6 +184,11 @@ LADDER_RESIZES_PER_DAY = 2
 #: trough and the next peak (at 2 h it saw neither and held the top rung)
 LADDER_HORIZON = timedelta(hours=12)
 
+#: what a ladder's plan defaults to where the policy states no value: the
+#: horizon, and a daily change budget of the resizes its SLO leaves room for
+#: (the receding-horizon re-plans each fit the SLO, their realized sum need not)
+LADDER_PLAN_DEFAULTS = {"horizon": LADDER_HORIZON, "max_changes_per_day": LADDER_RESIZES_PER_DAY}
+
 #: the fixed price of a change for replicas (docs/planner.md: chosen on the
 #: tuning traces at equal cost against the HPA)
 DEFAULT_CHANGE_COST = 3.0
@@ -254,7 +259,10 @@ class PlanConfig(_Model):
     scale_in_windows: tuple[str, ...] = ()
     #: IANA timezone of the windows
     timezone: Timezone = "UTC"
-    #: change budget enforced on the executed step (None: no budget)
+    #: change budget enforced on the executed step (None: no budget; a
+    #: ladder: LADDER_RESIZES_PER_DAY a day unless stated). Scale-downs take
+    #: at most half the daily budget (each keeps a scale-up); the reactive
+    #: floor and an event's minimum are never held by a budget
     max_changes_per_hour: int | None = Field(None, ge=0)
     max_changes_per_day: int | None = Field(None, ge=0)
 
@@ -369,13 +377,16 @@ class PolicyConfig(_Model):
         if isinstance(data, dict) and data.get("kind") == "plan" and "reactive" not in data:
             data = {**data, "reactive": PLAN_LADDER_REACTIVE if data.get("ladder") is not None else PLAN_REACTIVE}
         if isinstance(data, dict) and data.get("kind") == "plan" and data.get("ladder") is not None:
-            # a ladder plans over LADDER_HORIZON unless the plan states its own
+            # a ladder plans over LADDER_HORIZON and enforces the
+            # LADDER_RESIZES_PER_DAY its SLO assumes, unless the plan states its own
             plan = data.get("plan")
             if plan is None or isinstance(plan, dict):
-                if "horizon" not in (plan or {}):
-                    data = {**data, "plan": {**(plan or {}), "horizon": LADDER_HORIZON}}
-            elif isinstance(plan, PlanConfig) and "horizon" not in plan.model_fields_set:
-                data = {**data, "plan": plan.model_copy(update={"horizon": LADDER_HORIZON})}
+                given = set(plan or {})
+                update = {k: v for k, v in LADDER_PLAN_DEFAULTS.items() if k not in given}
+                data = {**data, "plan": {**(plan or {}), **update}}
+            elif isinstance(plan, PlanConfig):
+                update = {k: v for k, v in LADDER_PLAN_DEFAULTS.items() if k not in plan.model_fields_set}
+                data = {**data, "plan": plan.model_copy(update=update)}
         return data
 
     @model_validator(mode="after")

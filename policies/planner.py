@@ -735,6 +735,13 @@ def _constraint_step(prob: Problem, chosen: int, start: int, wants: int | None, 
 
 
 def _budget_step(value: int, current: int, state: ScalingState, now: datetime, pc: PlanConfig) -> Step:
+    """The change budget on the plan's first step: every change in the state
+    counts (the reactive floor's too); a scale-down keeps a scale-up in the
+    daily budget: the day's scale-downs, this one included, are at most half
+    of it (else a budget spent going down at night holds the plan's scale-up
+    before the morning peak, and only the floor's late one, at saturation,
+    gets through; a budget of 2 is one down and one up a day). The steps after it (the
+    reactive floor, an event's minimum) are never held by it."""
     if value != current:
         for limit, span, word in ((pc.max_changes_per_hour, timedelta(hours=1), "hour"),
                                   (pc.max_changes_per_day, timedelta(days=1), "day")):
@@ -745,4 +752,9 @@ def _budget_step(value: int, current: int, state: ScalingState, now: datetime, p
                 return Step("budget", current, "ChangeBudget",
                             f"{n} change(s) in the last {word}, budget {limit}: holding {current} "
                             f"instead of {value}", changed=True)
+            downs = sum(1 for ev in state.events if ev.at > now - span and ev.to_capacity < ev.from_capacity)
+            if word == "day" and value < current and 2 * (downs + 1) > limit:
+                return Step("budget", current, "ChangeBudget",
+                            f"{downs} scale-down(s) in the last day, budget {limit}: holding {current} instead "
+                            f"of {value}, each scale-down keeps a scale-up in the budget", changed=True)
     return Step("budget", value, "WithinBudget", "within the change budget")

@@ -400,14 +400,17 @@ def test_a_planner_on_a_ladder_follows_the_daily_cycle_and_resizes_when_demand_i
     ladder's defaults (12 h horizon, an SLO with room for two resizes a day)
     the planner goes down a rung at night and back up before the morning,
     each resize landing while demand is low, so its downtime loses less than
-    the threshold resizer's; the old defaults (2 h, 0.2 %) held the top rung."""
+    the threshold resizer's; the old defaults (2 h, 0.2 %) held the top rung.
+    Without the ladder's default change budget (two a day): with it, a
+    scale-up the budget holds comes from the floor, later, when demand is
+    high (the next test)."""
     from engine.backtest import AWS_M5_LADDER
     from tests.support import TRACES
 
     raw = read_csv(TRACES / "internet_traffic_tsdl" / "isp_eu_transatlantic_bits_per_5min.csv")
     sc = Scenario(ladder=AWS_M5_LADDER, min_replicas=None, max_replicas=None, lead_time=timedelta(minutes=30),
                   resize_downtime=timedelta(minutes=5))
-    r = run_backtest(raw, scenario=sc, policy={"kind": "plan"}, trace="isp")
+    r = run_backtest(raw, scenario=sc, policy={"kind": "plan", "plan": {"max_changes_per_day": None}}, trace="isp")
     plan, th = r.runs[r.policy_name], r.runs["threshold"]
     cap = plan.in_service
     lands = np.flatnonzero(np.diff(cap) != 0) + 1
@@ -426,6 +429,41 @@ def test_a_planner_on_a_ladder_follows_the_daily_cycle_and_resizes_when_demand_i
         "horizon": "2h", "slo": {"saturated_fraction": 0.002}}}, trace="isp").runs["planner"]
     assert old.actuation["changes_per_day"] == 0 and (old.in_service[r.scored] == len(AWS_M5_LADDER) - 1).all()
     assert plan.actuation["cost_per_day"] < 0.8 * old.actuation["cost_per_day"]
+
+
+def test_a_planner_on_a_ladder_keeps_to_its_resizes_a_day_and_the_floor_still_resizes_up():
+    """The ladder's default budget (LADDER_RESIZES_PER_DAY, the resizes its
+    SLO leaves room for) on the frontier's vertical scenario and a real ISP
+    link: no change gets past a spent budget but the reactive floor's
+    scale-ups for demand the serving rung cannot carry, and one does."""
+    from engine.backtest import AWS_M5_LADDER
+    from policies.config import LADDER_RESIZES_PER_DAY as BUDGET
+    from tests.support import TRACES
+
+    raw = read_csv(TRACES / "internet_traffic_tsdl" / "isp_eu_transatlantic_bits_per_5min.csv")
+    sc = Scenario(ladder=AWS_M5_LADDER, min_replicas=None, max_replicas=None, lead_time=timedelta(minutes=30),
+                  resize_downtime=timedelta(minutes=5))
+    r = run_backtest(raw, scenario=sc, policy={"kind": "plan"}, trace="isp")
+    plan = r.runs[r.policy_name]
+    dec = plan.decided
+    day = 288  # 5-minute intervals
+    changes = np.flatnonzero(np.diff(dec) != 0) + 1
+    caps = np.array([rung.capacity for rung in r.ladder])
+    floor_ups = []
+    for t in changes:
+        before = changes[(changes < t) & (changes > t - day)]
+        downs = int(np.sum(dec[before] < dec[before - 1]))
+        if dec[t] < dec[t - 1]:  # a scale-down keeps a scale-up in the budget
+            assert before.size < BUDGET and 2 * (downs + 1) <= BUDGET, (t, before)
+        elif before.size >= BUDGET:  # past a spent budget: only the floor, for demand beyond the rung
+            assert r.demand[t] > caps[plan.in_service[t]], (t, before)
+            floor_ups.append(t)
+    assert floor_ups, "the budget was never spent when demand outgrew the rung: the case is not exercised"
+    assert plan.actuation["changes_per_day"] <= BUDGET
+    # without the budget the same plan resizes more often
+    free = run_backtest(raw, scenario=sc, policy={"kind": "plan", "plan": {"max_changes_per_day": None}},
+                        trace="isp").runs["planner"]
+    assert np.count_nonzero(np.diff(free.decided)) > changes.size
 
 
 def test_the_cli_prints_mape_beside_smape_and_mase_and_flags_a_trace_near_zero(capsys):

@@ -296,6 +296,48 @@ def test_on_a_ladder_the_reactive_floor_resizes_only_for_demand_the_rung_cannot_
     assert over.desired == 1 and over.step("reactive").reason == "ReactiveOverride"
 
 
+def test_a_ladder_enforces_the_resizes_a_day_its_slo_leaves_room_for_and_the_floor_is_never_held():
+    """Every re-plan fits the SLO (room for two resizes' downtime a day) but
+    their realized sum need not: a ladder's default budget is
+    LADDER_RESIZES_PER_DAY a day, of which scale-downs take at most half,
+    and the reactive floor still resizes up when the budget is spent."""
+    ladder = [{"name": "small", "capacity": 20, "price": 0.1}, {"name": "medium", "capacity": 40, "price": 0.2}]
+    cfg = PolicyConfig(kind="plan", ladder=ladder, lead_time="25m", plan={"resize_downtime": "5m"})
+    assert cfg.plan.max_changes_per_day == 2
+    assert PolicyConfig(kind="plan", ladder=ladder, plan={"max_changes_per_day": None}).plan.max_changes_per_day is None
+    assert PolicyConfig(kind="plan", ladder=ladder, plan={"max_changes_per_day": 5}).plan.max_changes_per_day == 5
+    assert PolicyConfig(kind="plan", capacity_per_replica=10).plan.max_changes_per_day is None  # replicas: none
+    quiet = forecast(np.full(12 * 13, 10.0))  # the plan alone: the small rung
+    up = ScaleEvent(NOW - timedelta(hours=20), 0, 1)
+    down = ScaleEvent(NOW - timedelta(hours=10), 1, 0)
+    # one change today (up): the plan goes down, its scale-up kept in the budget
+    d = decide(quiet, state(current=1, observed=10.0, events=(up,)), cfg, NOW)
+    assert d.desired == 0 and d.step("budget").reason == "WithinBudget"
+    # a budget of 3, a scale-down and a scale-up today: a second scale-down
+    # would spend the change kept for the way back up
+    three, four = (PolicyConfig(kind="plan", ladder=ladder, lead_time="25m",
+                                plan={"resize_downtime": "5m", "max_changes_per_day": n}) for n in (3, 4))
+    again = (down, ScaleEvent(NOW - timedelta(hours=5), 0, 1))
+    d = decide(quiet, state(current=1, observed=10.0, events=again), three, NOW)
+    assert d.desired == 1 and d.step("budget").reason == "ChangeBudget" and d.step("plan").value == 0
+    assert "1 scale-down(s) in the last day, budget 3" in d.step("budget").message
+    assert "keeps a scale-up" in d.step("budget").message
+    assert decide(quiet, state(current=1, observed=10.0, events=again), four, NOW).desired == 0  # two fit in 4
+    assert decide(quiet, state(current=1, observed=10.0, events=again), cfg, NOW).step("budget").reason == \
+        "ChangeBudget"  # the default 2: spent
+    # the budget spent (up and down today), demand beyond the small rung: the floor resizes anyway
+    busy = forecast(np.full(12 * 13, 30.0))  # the plan wants the medium rung
+    d = decide(quiet, state(current=0, observed=25.0, events=(up, down)), cfg, NOW)
+    assert d.step("budget").reason == "WithinBudget" and d.desired == 1  # nothing planned, the floor
+    assert d.step("reactive").reason == "ReactiveOverride"
+    d = decide(busy, state(current=0, observed=25.0, events=(up, down)), cfg, NOW)
+    assert d.step("plan").value == 1 and d.step("budget").reason == "ChangeBudget"
+    assert d.desired == 1 and d.step("reactive").reason == "ReactiveOverride" and d.step("reactive").changed
+    # ... and without the surprise the planned scale-up waits for the budget
+    d = decide(busy, state(current=0, observed=15.0, events=(up, down)), cfg, NOW)
+    assert d.desired == 0 and d.step("budget").reason == "ChangeBudget"
+
+
 def test_no_forecast_falls_back_and_never_scales_down():
     d = decide(None, state(current=10, observed=20.0), config(), NOW, forecast_error="boom")
     assert d.fallback and d.desired == 10 and d.schedule is None
