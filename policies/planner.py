@@ -738,9 +738,10 @@ def _budget_step(value: int, current: int, state: ScalingState, now: datetime, p
     """The change budget on the plan's first step: every change in the state
     counts (the reactive floor's too); a scale-down keeps a scale-up in the
     daily budget: the day's scale-downs, this one included, are at most half
-    of it (else a budget spent going down at night holds the plan's scale-up
-    before the morning peak, and only the floor's late one, at saturation,
-    gets through; a budget of 2 is one down and one up a day). The steps after it (the
+    of it, and at least one (else a budget spent going down at night holds
+    the plan's scale-up before the morning peak, and only the floor's late
+    one, at saturation, gets through; a budget of 2 is one down and one up a
+    day, a budget of 1 its one change either way). The steps after it (the
     reactive floor, an event's minimum) are never held by it."""
     if value != current:
         for limit, span, word in ((pc.max_changes_per_hour, timedelta(hours=1), "hour"),
@@ -753,7 +754,7 @@ def _budget_step(value: int, current: int, state: ScalingState, now: datetime, p
                             f"{n} change(s) in the last {word}, budget {limit}: holding {current} "
                             f"instead of {value}", changed=True)
             downs = sum(1 for ev in state.events if ev.at > now - span and ev.to_capacity < ev.from_capacity)
-            if word == "day" and value < current and 2 * (downs + 1) > limit:
+            if word == "day" and value < current and downs + 1 > max(1, limit // 2):
                 return Step("budget", current, "ChangeBudget",
                             f"{downs} scale-down(s) in the last day, budget {limit}: holding {current} instead "
                             f"of {value}, each scale-down keeps a scale-up in the budget", changed=True)

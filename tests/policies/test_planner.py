@@ -323,6 +323,12 @@ def test_a_ladder_enforces_the_resizes_a_day_its_slo_leaves_room_for_and_the_flo
     assert "1 scale-down(s) in the last day, budget 3" in d.step("budget").message
     assert "keeps a scale-up" in d.step("budget").message
     assert decide(quiet, state(current=1, observed=10.0, events=again), four, NOW).desired == 0  # two fit in 4
+    # a budget of 1 is its one change either way: nothing today, the plan goes down
+    one = PolicyConfig(kind="plan", ladder=ladder, lead_time="25m",
+                       plan={"resize_downtime": "5m", "max_changes_per_day": 1})
+    assert decide(quiet, state(current=1, observed=10.0), one, NOW).desired == 0
+    d = decide(quiet, state(current=1, observed=10.0, events=(up,)), one, NOW)
+    assert d.desired == 1 and d.step("budget").reason == "ChangeBudget"  # spent on the scale-up
     assert decide(quiet, state(current=1, observed=10.0, events=again), cfg, NOW).step("budget").reason == \
         "ChangeBudget"  # the default 2: spent
     # the budget spent (up and down today), demand beyond the small rung: the floor resizes anyway
