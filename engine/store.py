@@ -528,13 +528,19 @@ class Store:
         Decision (:func:`engine.audit.decision_context`: inputs digest,
         forecast summary, config digest); ``plan_id``: the plan it proposed;
         ``masks``: by series, the anomaly detector's masked samples now
-        (each series' set replaces the stored one)."""
+        (each series' set replaces the stored one), written only while
+        this decision is the target's newest: a late cycle (abandoned past
+        its timeout, released after a newer cycle recorded) never replaces
+        a newer cycle's masks with its older ones."""
         with self.tx() as db:
             if status == "intent":
                 outcome = self._fenced(db, decision.target, outcome)
             self._write_decision(db, decision, mode, status, now, outcome, context, plan_id)
             if state is not None:
                 _upsert_state(db, decision.target, state, now)
+            if masks and db.execute("SELECT 1 FROM decisions WHERE target=? AND at>? LIMIT 1",
+                                    (decision.target, to_epoch(decision.at))).fetchone() is not None:
+                masks = None  # a newer cycle of this target recorded: its masks stand
             for series, masked in (masks or {}).items():
                 db.execute("DELETE FROM anomaly_masks WHERE target=?", (series,))
                 db.executemany("INSERT INTO anomaly_masks(target, ts, value) VALUES (?,?,?)",

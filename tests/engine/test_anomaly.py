@@ -255,3 +255,47 @@ def test_every_resource_has_its_own_detector_and_its_steps_and_metric_name_it(tm
         "anomaly" in d.extra for d in decisions)
     with Store(tmp_path / "run" / "forescale.db") as s:
         assert set(s.anomaly_masks("t/web")) == at
+
+
+def test_a_cycle_abandoned_past_its_timeout_never_overwrites_the_newer_cycles_masks(tmp_path):
+    """A cycle stuck after deciding (its masks computed) is abandoned and the
+    next interval's cycle runs beside it on a fresh LiveTarget, flagging more
+    samples of the incident; when the stuck one is released it records
+    its decision, but the masks in the store stay the newer cycle's, so a
+    restart's refit still masks the incident's newest sample."""
+    import yaml
+
+    from engine.store import Store
+    from tests.support.live import Platform, build_live
+
+    ts, clean, hit, inside, day = incident_trace()
+    trace = tmp_path / "incident.csv"
+    end = int(np.searchsorted(ts, day + 17 * 3600))
+    trace.write_text("timestamp,value\n" + "".join(f"{int(t)},{v}\n" for t, v in zip(ts[:end], hit[:end])))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"state": str(tmp_path / "state.db"), "targets": [{
+        "name": "t", "interval": "5m", "mode": "observe", "source": {"type": "csv", "path": str(trace)},
+        "forecaster": {"name": "seasonal_naive", "history": "14d", "refit_every": "5m"},
+        "policy": {"capacity_per_replica": 10}, "anomalies": {}}]}))
+    incident = [int(t) for t in ts[inside]]
+    with Store(tmp_path / "state.db") as store:
+        old = build_live(cfg, store, Platform(5))
+        for t in [int(t) for t in ts if day + 13 * 3600 <= t < incident[3]]:
+            old.run(from_epoch(t))
+        stuck = old.begin(from_epoch(incident[3]))
+        old.decide(stuck)  # ... and hangs here, past its timeout
+        assert "anomaly" in stuck.out.decision.extra
+        old.superseded.set()  # what BatchWorker.renew / TargetWorker.renew do
+        with Store(tmp_path / "state.db") as own:  # the cycle beside it: its own connection
+            new = build_live(cfg, own, Platform(5))
+            new.run(from_epoch(incident[4]))  # (a fresh detector has no forecast to judge by yet)
+            res = new.run(from_epoch(incident[5]))  # the next interval's, while the stuck one still hangs
+            assert "anomaly" in res.decision.extra
+            newer = own.anomaly_masks("t")
+        assert incident[5] in newer
+        late = old.finish(stuck)  # released at last
+        assert late.error is None and store.decision(late.decision.id) is not None  # still recorded
+        assert store.anomaly_masks("t") == newer
+        # a restart masks the newest flagged sample too
+        again = build_live(cfg, store, Platform(5))
+        assert incident[5] in again.runner.anomalies.masked
