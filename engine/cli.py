@@ -471,7 +471,22 @@ class _People:
             self.notifier = Notifier.from_config(cfg.notify, links=self.security.links.maker(SystemClock().now),
                                                  redactor=self.security.redactor)
             self.store = open_store(cfg)
-            self.notices = PlanNotices(self.notifier, self.store, catch_up=cfg.notify.catch_up)
+            if not self.store.shared:  # a shared state's replicas tell the shards they lead (lead())
+                self.notices = PlanNotices(self.notifier, self.store, catch_up=cfg.notify.catch_up)
+
+    def lead(self, leases: Any) -> None:
+        """The notices of a replica: only about the shards ``leases`` holds."""
+        if self.notifier is not None and self.notices is None:
+            from .notify import PlanNotices
+
+            self.notices = PlanNotices(self.notifier, self.store, leases, catch_up=self.cfg.notify.catch_up)
+
+    def settle(self) -> None:
+        """Before the leases are handed back: send what is queued and save
+        the cursors, so the next holder starts after what was told."""
+        if self.notices is not None:
+            self.notifier.flush(5.0)
+            self.notices.save(self.store)
 
     def on_result(self, then: Any) -> Any:
         if self.notifier is None:
@@ -482,7 +497,8 @@ class _People:
 
             try:
                 notify_result(self.notifier, res)
-                self.notices.poll(self.store)
+                if self.notices is not None:
+                    self.notices.poll(self.store)
             except Exception:  # noqa: BLE001 - telling people must never stop the loop
                 logging.getLogger("forescale.notify").exception("notifications after a cycle failed")
             if then is not None:
@@ -514,7 +530,8 @@ class _People:
         if self.notifier is not None:
             self.notifier.close()  # sends what is queued first
             try:
-                self.notices.save(self.store)  # so the next start resumes after it
+                if self.notices is not None:
+                    self.notices.save(self.store)  # so the next start resumes after it
             finally:
                 self.store.close()
 
@@ -548,8 +565,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         people.close()
         raise
     running.append(daemon)
-    if people.notices is not None and daemon.leases is not None:
-        people.notices.leads = daemon.leases.holds  # each replica tells about the targets it leads
+    if daemon.leases is not None:
+        people.lead(daemon.leases)  # each replica tells about the shards it leads
+        daemon.before_release.append(people.settle)
     server = None
     try:
         if cfg.server.enabled:

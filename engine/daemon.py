@@ -602,6 +602,9 @@ class Daemon:
         self._lock = threading.Lock()
         #: this replica's leases (PostgreSQL state; None: the file lock)
         self.leases: Any = None
+        #: called at shutdown before the leases are handed back (the
+        #: notifier's last cursors are written under them)
+        self.before_release: list[Callable[[], None]] = []
         #: the executor of the batched cycles' refits (opened on first use)
         self._executor: Any = None
         self._executor_cfg: Any = None
@@ -998,6 +1001,11 @@ class Daemon:
                 self._executor.close()
             except Exception:  # noqa: BLE001 - shutting down regardless
                 log.exception("closing the executor failed")
+        for hook in self.before_release:
+            try:
+                hook()
+            except Exception:  # noqa: BLE001 - shutting down regardless
+                log.exception("shutting down: a hook before handing the leases back failed")
         if self.leases is not None:
             self.leases.stop()  # hand the leases back: another replica takes over at once
         self.lock_store.close()

@@ -127,7 +127,10 @@ class Leases:
         batch transaction: it must not hold up the lease's renewal, and the
         epoch it records keeps an older leader's write from replacing a
         newer one's)."""
-        s = self.shard(target)
+        return self.check_shard(db, self.shard(target), lock=lock, what=f"target {target}")
+
+    def check_shard(self, db: Any, s: int, *, lock: bool = True, what: str = "") -> dict[str, Any]:
+        """:meth:`check` for shard ``s`` (the notifier's cursor of a shard)."""
         row = db.execute("SELECT epoch FROM leases WHERE shard=? AND holder=? "
                          "AND expires_at > clock_timestamp() + ? * interval '1 second'"
                          + (" FOR SHARE" if lock else ""), (s, self.holder, self.renew_s)).fetchone()
@@ -135,7 +138,7 @@ class Leases:
             with self._guard:
                 self._held.pop(s, None)
             raise LeaseLost(f"this replica ({self.holder}) no longer holds the lease of shard {s} "
-                            f"(target {target}); another replica leads it: nothing applied")
+                            f"({what or 'its targets'}); another replica leads it: nothing applied")
         return {"shard": s, "epoch": int(row[0]), "holder": self.holder}
 
     # -------------------------------------------------------------- renewing

@@ -383,7 +383,8 @@ class _Worker:
             try:
                 if msg is None:
                     return
-                self._deliver(msg)
+                if self.notifier._may_send(self.channel.name, msg):
+                    self._deliver(msg)
             finally:
                 if msg is not None and msg.seq is not None:
                     self.notifier._settled(self.channel.name, msg.seq)
@@ -439,8 +440,14 @@ class Notifier:
         self.dropped: dict[str, int] = {c.name: 0 for c in self.channels}
         self._streaks: dict[str, int] = {}
         #: per channel: the seqs of plan transitions queued and not yet sent
-        #: or given up (what a cursor must not pass)
-        self._outstanding: dict[str, set[int]] = {c.name: set() for c in self.channels}
+        #: or given up (what a cursor must not pass), with their targets
+        self._outstanding: dict[str, dict[int, list]] = {c.name: {} for c in self.channels}
+        #: ``gate(channel, message)``: asked just before a plan transition's
+        #: message is sent; False: it is not sent (another replica leads
+        #: its target now and tells it); ``on_settled(channel, seq)``: after
+        #: such a message was sent, given up or left out (PlanNotices sets both)
+        self.gate: Callable[[str, Message], bool] | None = None
+        self.on_settled: Callable[[str, int], None] | None = None
         self._workers = [_Worker(self, c, queue_size) for c in self.channels]
 
     @classmethod
@@ -452,15 +459,36 @@ class Notifier:
         return cls(build_channels(cfg, environ), links=links, queue_size=cfg.queue_size,
                    max_attempts=cfg.max_attempts, fallback_streak=cfg.fallback_streak, redactor=red, **kw)
 
+    def _may_send(self, channel: str, msg: Message) -> bool:
+        if msg.seq is None or self.gate is None:
+            return True
+        try:
+            return self.gate(channel, msg)
+        except Exception:  # noqa: BLE001 - unsure whether it is still ours: send (told twice, never lost)
+            log.exception("notify %s: the send check failed", channel)
+            return True
+
     def _settled(self, channel: str, seq: int) -> None:
         with self._lock:
-            self._outstanding[channel].discard(seq)
+            out = self._outstanding[channel]
+            held = out.get(seq)
+            if held is not None:
+                held[1] -= 1
+                if held[1] <= 0:
+                    del out[seq]
+        if self.on_settled is not None:
+            try:
+                self.on_settled(channel, seq)
+            except Exception:  # noqa: BLE001 - the cursor is saved again after the next poll
+                log.exception("notify %s: saving the cursor after a message failed", channel)
 
-    def unsettled(self, channel: str) -> int | None:
+    def unsettled(self, channel: str, targets: Callable[[str], bool] | None = None) -> int | None:
         """The oldest plan transition (seq) queued for ``channel`` and not
-        yet sent or given up; None when there is none."""
+        yet sent or given up (``targets``: of the targets it accepts); None
+        when there is none."""
         with self._lock:
-            return min(self._outstanding.get(channel) or (), default=None)
+            out = self._outstanding.get(channel) or {}
+            return min((q for q, (t, _) in out.items() if targets is None or targets(t)), default=None)
 
     def _count(self, counter: dict[str, int], name: str) -> None:
         with self._lock:
@@ -499,7 +527,8 @@ class Notifier:
             msg = self._message(kind, target, payload, w.channel.name, when, seq)
             if seq is not None:
                 with self._lock:
-                    self._outstanding[w.channel.name].add(seq)
+                    held = self._outstanding[w.channel.name].setdefault(seq, [target, 0])
+                    held[1] += 1  # (queued twice: a shard loaded again while its first was waiting)
             try:
                 w.queue.put_nowait(msg)
             except queue.Full:
@@ -553,89 +582,206 @@ class PlanNotices:
     """Turn the plans' appended transitions into notifications.
 
     Every move of every plan, whoever made it (the daemon's cycle, the CLI,
-    the console, a signed link, in any process), is a row of the state
-    file's ``plan_transitions``, ordered by its audit ``seq``. :meth:`poll`
-    sends one event per row it has not seen; the daemon calls it after each
-    cycle, so exactly one process notifies. With several replicas,
-    ``leads(target)`` says which targets this one tells about (those it
-    leads), so each transition is told once.
+    the console, a signed link, in any process), is a row of the state's
+    ``plan_transitions``, ordered by its audit ``seq``. :meth:`poll` sends
+    one event per row it has not told; the daemon calls it after each
+    cycle, so exactly one process notifies.
 
-    Each channel has a cursor in the store (``notify_cursors``): the last
-    transition it has been told, or given up on after its retries. It moves
-    only past messages that are settled (sent, or dropped and counted), and
-    is saved after each poll and at :meth:`close`. On start each channel
-    resumes from its cursor, so what happened while the daemon was down (a
-    plan made or decided by the CLI, an expiry) is told, and nothing told
-    before is told again (after a crash, at most the messages still queued
-    at that moment are sent twice). The catch-up is bounded: past
-    ``catch_up`` transitions (default 20), only the newest that many are
-    sent, after one ``missed`` event saying how many were left out, so a
-    long outage does not flood a channel with stale plans. A channel seen
-    for the first time starts after the newest row (no old news)."""
+    Targets fall into shards (one on a SQLite state; ``ha.shards`` with
+    :attr:`leases`, a PostgreSQL state's replicas, :mod:`engine.leases`),
+    and each channel has a cursor per shard in the store
+    (``notify_shard_cursors``): the last transition of the shard's targets
+    told on it, or given up on after its retries. A replica tells only the
+    shards whose lease it holds, and only it moves their cursors: each
+    write checks the lease in its own transaction (a takeover commits
+    before or after it, never beside it) and never replaces a cursor
+    written under a newer epoch. A shard's cursor moves only past messages
+    that are settled (sent, or dropped and counted), and is saved as each
+    one settles, after each poll and at :meth:`close`; a message whose
+    shard this replica no longer leads when its turn to be sent comes is
+    not sent (the new holder tells it from the cursor). So every event is
+    told once across restarts and failovers: a replica that takes a shard
+    over (or starts) reads its cursor after the lease is its own and tells
+    from there. After a crash (SIGKILL), at most the messages being sent at
+    that moment (sent, their cursor not yet written) are told twice.
 
-    def __init__(self, notifier: Notifier, store: Any, leads: Callable[[str], bool] | None = None, *,
-                 catch_up: int = 20) -> None:
+    The catch-up is bounded: past ``catch_up`` transitions of a shard
+    (default 20), only the newest that many are sent, after one ``missed``
+    event saying how many were left out, so a long outage does not flood a
+    channel with stale plans. A channel seen for the first time starts
+    after the newest row (no old news); that start is stored
+    (``notify_cursors``), so every replica starts its shards there."""
+
+    def __init__(self, notifier: Notifier, store: Any, leases: Any = None, *, catch_up: int = 20) -> None:
         self.notifier = notifier
-        self.leads = leads
-        row = store.db.execute("SELECT MAX(seq) FROM plan_transitions").fetchone()
-        newest = int(row[0] or 0)
-        saved = store.notify_cursors()
-        #: per channel: the newest transition this process has looked at for it
-        self.polled: dict[str, int] = {}
-        self._saved: dict[str, int] = {}
-        self._lock = threading.Lock()  # the daemon's cycle threads may poll at once
-        for ch in notifier.channels:
-            start = saved.get(ch.name, newest)
-            told = ", ".join(f"'{k}'" for k in _TRANSITION_KINDS)
-            missed = int(store.db.execute(
-                f"SELECT COUNT(*) FROM plan_transitions WHERE seq>? AND to_status IN ({told})",
-                (start,)).fetchone()[0])
-            if missed > catch_up:
-                # start after the oldest of those left out: the newest catch_up follow
-                row = store.db.execute(
-                    f"SELECT seq FROM plan_transitions WHERE seq>? AND to_status IN ({told}) "
-                    "ORDER BY seq DESC LIMIT 1 OFFSET ?", (start, catch_up)).fetchone()
-                start = int(row[0])
-                log.warning("notify %s: %d plan events while notifications were down; sending the newest %d",
-                            ch.name, missed, catch_up)
-                notifier.event("missed", "forescale", {"skipped": missed - catch_up, "sent": catch_up},
-                               channels=(ch.name,))
-            self.polled[ch.name] = start
-            self._saved[ch.name] = saved.get(ch.name, -1)
-        self.save(store)
+        self.store = store
+        self.catch_up = catch_up
+        #: :class:`engine.leases.Leases` of this replica (None: one process, one shard)
+        self.leases = leases
+        self._lock = threading.RLock()  # the cycle threads poll, the channels' threads settle
+        #: per (channel, shard) held: the newest transition looked at for it
+        self.polled: dict[tuple[str, int], int] = {}
+        self._saved: dict[tuple[str, int], int | None] = {}
+        #: per shard loaded: the lease epoch it was loaded under, and its generation
+        self._epoch: dict[int, int | None] = {}
+        self._gen: dict[int, int] = {}
+        self._generations = 0
+        #: (channel, seq) queued -> the shard's generation it was queued under
+        self._queued: dict[tuple[str, int], int] = {}
+        #: shards whose lease was found lost when a message was due: loaded again
+        self._stale: set[int] = set()
+        self._events = {ch.name: ch.events for ch in notifier.channels}
+        notifier.gate = self._may_send
+        notifier.on_settled = self._after_settle
+        with self._lock:
+            self._sync(store)
+            self.save(store)
 
+    # ------------------------------------------------------------ shards
+    @property
+    def shards(self) -> int:
+        return int(self.leases.shards) if self.leases is not None else 1
+
+    def shard(self, target: str) -> int:
+        return self.leases.shard(target) if self.leases is not None else 0
+
+    def _held(self) -> dict[int, int | None]:
+        return dict(self.leases.held()) if self.leases is not None else {0: None}
+
+    def _drop(self, s: int) -> None:
+        self._epoch.pop(s, None)
+        self._gen.pop(s, None)
+        for key in [k for k in self.polled if k[1] == s]:
+            del self.polled[key]
+            self._saved.pop(key, None)
+
+    def _sync(self, store: Any) -> None:
+        """Drop the shards no longer held (or held again under a newer
+        epoch), load the ones newly held from their stored cursors."""
+        held = self._held()
+        for s in list(self._epoch):
+            if s not in held or held[s] != self._epoch[s] or s in self._stale:
+                self._drop(s)
+        self._stale.clear()
+        new = sorted(s for s in held if s not in self._epoch)
+        if new and self.notifier.channels:
+            self._load(store, new, held)
+
+    def _load(self, store: Any, shards: list[int], held: Mapping[int, int | None]) -> None:
+        from .core.clock import SystemClock
+
+        newest = int(store.db.execute("SELECT MAX(seq) FROM plan_transitions").fetchone()[0] or 0)
+        names = [ch.name for ch in self.notifier.channels]
+        base = store.start_notify_cursors(dict.fromkeys(names, newest), SystemClock().now())
+        rows = store.notify_shard_cursors()
+        n = self.shards
+        starts: dict[tuple[str, int], int] = {}
+        for name in names:
+            # cursors of another shard count (ha.shards changed): the oldest,
+            # so nothing is left out (a few events may be told again)
+            other = [v for (c, k, _), v in rows.items() if c == name and k != n]
+            for s in shards:
+                stored = rows.get((name, n, s))
+                starts[name, s] = stored if stored is not None else min(other) if other else base[name]
+                self._saved[name, s] = stored
+        told = ", ".join(f"'{k}'" for k in _TRANSITION_KINDS)
+        low = min(starts.values())
+        found = store.db.execute(
+            f"SELECT t.seq, p.target FROM plan_transitions t JOIN plans p ON p.id = t.plan_id "
+            f"WHERE t.seq > ? AND t.to_status IN ({told}) ORDER BY t.seq", (low,)).fetchall()
+        by_shard: dict[int, list[int]] = {}
+        for r in found:
+            by_shard.setdefault(self.shard(r[1]), []).append(int(r[0]))
+        for (name, s), start in starts.items():
+            waiting = [q for q in by_shard.get(s, ()) if q > start]
+            if len(waiting) > self.catch_up:
+                # start after the oldest of those left out: the newest catch_up follow
+                start = waiting[-self.catch_up - 1]
+                log.warning("notify %s: %d plan events while notifications were down; sending the newest %d",
+                            name, len(waiting), self.catch_up)
+                self.notifier.event("missed", "forescale", {"skipped": len(waiting) - self.catch_up,
+                                                            "sent": self.catch_up, "shard": s}, channels=(name,))
+            self.polled[name, s] = start
+        for s in shards:
+            self._generations += 1
+            self._epoch[s], self._gen[s] = held[s], self._generations
+
+    # ------------------------------------------------------------ cursors
     @property
     def last_seq(self) -> int:
-        """The newest transition looked at for every channel (set it to
-        look again from there, for every channel)."""
+        """The newest transition looked at for every channel and shard
+        (set it to look again from there, for every one)."""
         return min(self.polled.values(), default=0)
 
     @last_seq.setter
     def last_seq(self, seq: int) -> None:
         self.polled = dict.fromkeys(self.polled, seq)
 
-    def cursors(self) -> dict[str, int]:
-        """Per channel, the last transition settled for it: looked at, and
-        its message (if any) sent or given up."""
-        out = {}
-        for name, polled in self.polled.items():
-            oldest = self.notifier.unsettled(name)
-            out[name] = polled if oldest is None else min(polled, oldest - 1)
-        return out
+    def _cursor(self, name: str, s: int) -> int:
+        polled = self.polled[name, s]
+        oldest = self.notifier.unsettled(name, lambda t: self.shard(t) == s)
+        return polled if oldest is None else min(polled, oldest - 1)
+
+    def cursors(self) -> dict[tuple[str, int], int]:
+        """Per (channel, shard) held, the last transition settled for it:
+        looked at, and its message (if any) sent or given up."""
+        with self._lock:
+            return {(name, s): self._cursor(name, s) for name, s in self.polled}
+
+    def _save_one(self, store: Any, name: str, s: int, now: datetime) -> None:
+        from .core.errors import LeaseLost
+
+        value = self._cursor(name, s)
+        if self._saved.get((name, s)) == value:
+            return
+        leases = self.leases
+        fence = None if leases is None else (lambda db: leases.check_shard(db, s, what="notify cursor"))
+        try:
+            store.save_notify_shard_cursor(name, self.shards, s, value, now, fence=fence)
+        except LeaseLost:
+            log.info("notify %s: shard %d is led by another replica now; it tells from here", name, s)
+            self._drop(s)
+            return
+        self._saved[name, s] = value
 
     def save(self, store: Any) -> None:
         """Write the cursors that moved (after a poll; at shutdown, after the
         notifier sent what was queued)."""
         from .core.clock import SystemClock
 
-        moved = {k: v for k, v in self.cursors().items() if self._saved.get(k) != v}
-        if moved:
-            store.save_notify_cursors(moved, SystemClock().now())
-            self._saved.update(moved)
+        with self._lock:
+            now = SystemClock().now()
+            for name, s in list(self.polled):
+                if (name, s) in self.polled:
+                    self._save_one(store, name, s, now)
 
+    def _may_send(self, channel: str, msg: Message) -> bool:
+        """A plan transition's message goes out only while its shard is
+        still held under the load it was queued from."""
+        with self._lock:
+            s = self.shard(msg.target)
+            gen = self._queued.get((channel, msg.seq))  # type: ignore[arg-type]
+            if gen is None or gen != self._gen.get(s):
+                return False  # loaded again since: queued anew from the stored cursor
+            if self.leases is not None and not self.leases.holds(msg.target):
+                self._stale.add(s)
+                return False
+            return True
+
+    def _after_settle(self, channel: str, seq: int) -> None:
+        from .core.clock import SystemClock
+
+        with self._lock:
+            self._queued.pop((channel, seq), None)
+            for (name, s) in list(self.polled):
+                if name == channel and (name, s) in self.polled:
+                    self._save_one(self.store, name, s, SystemClock().now())
+
+    # --------------------------------------------------------------- poll
     def poll(self, store: Any) -> int:
         """Send what happened since the last poll; returns how many events."""
         with self._lock:
+            self._sync(store)
             sent = self._poll(store)
             self.save(store)
             return sent
@@ -643,20 +789,28 @@ class PlanNotices:
     def _poll(self, store: Any) -> int:
         from .core.units import from_epoch
 
-        rows = store.db.execute("SELECT * FROM plan_transitions WHERE seq>? ORDER BY seq",
-                                (self.last_seq,)).fetchall()
+        if not self.polled:
+            return 0
+        head = int(store.db.execute("SELECT MAX(seq) FROM plan_transitions").fetchone()[0] or 0)
+        rows = store.db.execute("SELECT t.*, p.target AS target FROM plan_transitions t LEFT JOIN plans p "
+                                "ON p.id = t.plan_id WHERE t.seq > ? AND t.seq <= ? ORDER BY t.seq",
+                                (self.last_seq, head)).fetchall()
+        names = [ch.name for ch in self.notifier.channels]
         sent = 0
         for r in rows:
             seq = int(r["seq"])
-            due = [name for name, polled in self.polled.items() if polled < seq]
+            if r["target"] is None:
+                continue  # the plan was pruned
+            s = self.shard(r["target"])
+            if s not in self._epoch:
+                continue  # another replica leads it and tells
+            due = [name for name in names if self.polled[name, s] < seq]
             for name in due:
-                self.polled[name] = seq
+                self.polled[name, s] = seq
             kind = _TRANSITION_KINDS.get(r["to_status"])
             if kind is None or not due:  # applying: the claim before the write, not news
                 continue
             plan = store.plan(r["plan_id"])
-            if self.leads is not None and not self.leads(plan.target):
-                continue  # another replica leads it and tells
             payload: dict[str, Any] = {"plan": plan.to_dict(), "status": r["to_status"]}
             if kind == "plan_created":
                 payload["decision"] = store.decision(plan.decision_id)
@@ -664,8 +818,13 @@ class PlanNotices:
                 payload.update(identity=r["identity"], channel=r["channel"], comment=r["comment"])
             if r["reason"]:
                 payload["reason" if kind == "plan_expired" else "error"] = r["reason"]
+            for name in due:
+                if kind in self._events[name]:
+                    self._queued[name, seq] = self._gen[s]
             self.notifier.event(kind, plan.target, payload, at=from_epoch(r["at"]), seq=seq, channels=due)
             sent += 1
+        for key in self.polled:
+            self.polled[key] = max(self.polled[key], head)
         return sent
 
 

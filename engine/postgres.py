@@ -29,7 +29,7 @@ from . import audit
 from .auth import _USED_LINKS
 from .core.errors import StateError, StateLocked
 from .db import connect, redact_url
-from .store import _SCHEMA_V1, _V2_TABLES, _V3_TABLES, _V4_TABLES, Store, check_version
+from .store import _SCHEMA_V1, _V2_TABLES, _V3_TABLES, _V4_TABLES, _V5_TABLES, Store, check_version
 
 def dialect(sqlite_ddl: str) -> str:
     """SQLite DDL as PostgreSQL DDL, so each table is declared once (in
@@ -90,8 +90,12 @@ MIGRATIONS: dict[int, str] = {2: ";".join((
 #: (engine.calibration.StoreCalibrator)
 MIGRATIONS[5] = dialect(_V4_TABLES)
 
+#: version 6 is SQLite's own step 5: the notifier's cursors per channel
+#: and shard, fenced by the shard's lease (engine.notify.PlanNotices)
+MIGRATIONS[6] = dialect(_V5_TABLES)
+
 #: the newest schema of a PostgreSQL state (a SQLite file's is SCHEMA_VERSION)
-PG_SCHEMA_VERSION = 5
+PG_SCHEMA_VERSION = 6
 
 assert max(MIGRATIONS) == PG_SCHEMA_VERSION and min(MIGRATIONS) == 2
 

@@ -18,9 +18,13 @@ Tables:
 - ``anomaly_masks``  the samples the anomaly detector keeps out of training
                      (:mod:`engine.anomaly`), per series, so a restart's
                      refit still masks an incident;
-- ``notify_cursors`` per notification channel, the last plan transition it
-                     was told (:class:`engine.notify.PlanNotices`), so a
-                     restarted daemon tells what happened while it was down;
+- ``notify_cursors`` per notification channel, where it started (its first
+                     start, or the cursor it had before schema 5);
+- ``notify_shard_cursors`` per notification channel and shard of targets,
+                     the last plan transition told (:class:`engine.notify.PlanNotices`),
+                     advanced only by the shard's lease holder, so a
+                     restarted daemon (or the replica that takes a shard
+                     over) tells what happened meanwhile, each event once;
 - ``calibration_pairs`` each forecaster's raw forecasts at the calibration
                      anchors with the actuals observed later
                      (:class:`engine.calibration.StoreCalibrator`), so a
@@ -62,8 +66,9 @@ from .core.units import from_epoch, isoformat, parse_time, to_epoch
 
 #: 1: the first release; 2: plan_transitions, decisions.plan_id, the audit
 #: chain, decisions.approval a list of every decision on the plan;
-#: 3: anomaly_masks, notify_cursors; 4: calibration_pairs
-SCHEMA_VERSION = 4
+#: 3: anomaly_masks, notify_cursors; 4: calibration_pairs; 5:
+#: notify_shard_cursors and an index of plan_transitions by seq
+SCHEMA_VERSION = 5
 
 #: the schema of version 1, frozen: a new file is created as version 1 and
 #: migrated, so a fresh file and an upgraded one take the same path
@@ -181,6 +186,25 @@ CREATE TABLE IF NOT EXISTS calibration_pairs (
     PRIMARY KEY (target, model, lead_s, made_at)
 );
 CREATE INDEX IF NOT EXISTS calibration_pairs_ts ON calibration_pairs(target, ts);
+"""
+
+#: what schema version 5 adds: per notification channel and shard of
+#: targets (``shards``: how many the config had; a SQLite state has one),
+#: the audit seq of the last plan transition told, with the lease it was
+#: written under (``epoch`` NULL: no leases); the notifier reads the
+#: transitions after a seq, so they are indexed by it
+_V5_TABLES = """
+CREATE TABLE IF NOT EXISTS notify_shard_cursors (
+    channel TEXT NOT NULL,
+    shards INTEGER NOT NULL,
+    shard INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    epoch INTEGER,
+    holder TEXT,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (channel, shards, shard)
+);
+CREATE INDEX IF NOT EXISTS plan_transitions_seq ON plan_transitions(seq);
 """
 
 #: the decision status that mirrors each plan state
@@ -340,6 +364,8 @@ class Store:
                         _execute(db, _V3_TABLES)
                     if version < 4:
                         _execute(db, _V4_TABLES)
+                    if version < 5:
+                        _execute(db, _V5_TABLES)
                     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             self._close_quietly()
@@ -557,6 +583,39 @@ class Store:
                 "INSERT INTO notify_cursors(channel, seq, updated_at) VALUES (?,?,?) ON CONFLICT(channel) "
                 "DO UPDATE SET seq=excluded.seq, updated_at=excluded.updated_at",
                 [(name, int(seq), to_epoch(now)) for name, seq in cursors.items()])
+
+    def start_notify_cursors(self, cursors: Mapping[str, int], now: datetime) -> dict[str, int]:
+        """Each channel's start: the one stored, else ``cursors``' (stored
+        now, so a replica that loads a shard later starts from the same
+        place)."""
+        with self.tx() as db:
+            db.executemany("INSERT INTO notify_cursors(channel, seq, updated_at) VALUES (?,?,?) "
+                           "ON CONFLICT(channel) DO NOTHING",
+                           [(name, int(seq), to_epoch(now)) for name, seq in cursors.items()])
+        saved = self.notify_cursors()
+        return {name: saved[name] for name in cursors}
+
+    def notify_shard_cursors(self) -> dict[tuple[str, int, int], int]:
+        """(channel, shards, shard) -> the seq of the last plan transition
+        told there (:class:`engine.notify.PlanNotices`)."""
+        return {(str(r[0]), int(r[1]), int(r[2])): int(r[3])
+                for r in self.db.execute("SELECT channel, shards, shard, seq FROM notify_shard_cursors")}
+
+    def save_notify_shard_cursor(self, channel: str, shards: int, shard: int, seq: int, now: datetime,
+                                 fence: Callable[[Any], dict[str, Any]] | None = None) -> None:
+        """Advance one cursor. ``fence(db)``: the shard's lease check, in
+        the same transaction (LeaseLost: nothing written); a cursor written
+        under a newer epoch is never replaced by an older one."""
+        with self.tx() as db:
+            lease = fence(db) if fence is not None else None
+            db.execute(
+                "INSERT INTO notify_shard_cursors(channel, shards, shard, seq, epoch, holder, updated_at) "
+                "VALUES (?,?,?,?,?,?,?) ON CONFLICT(channel, shards, shard) DO UPDATE SET seq=excluded.seq, "
+                "epoch=excluded.epoch, holder=excluded.holder, updated_at=excluded.updated_at "
+                "WHERE excluded.epoch IS NULL OR notify_shard_cursors.epoch IS NULL "
+                "OR notify_shard_cursors.epoch <= excluded.epoch",
+                (channel, shards, shard, int(seq), None if lease is None else lease["epoch"],
+                 None if lease is None else lease["holder"], to_epoch(now)))
 
     def anomaly_masks(self, series: str) -> dict[int, float]:
         """The masked samples of ``series`` (epoch second -> the value its

@@ -356,3 +356,149 @@ def test_a_message_that_is_not_yet_sent_holds_the_channels_cursor():
         assert n.flush()
         assert n.unsettled("hook") is None
         n.close()
+
+
+# ------------------------------------------------ replicas on a PostgreSQL state
+from datetime import timedelta  # noqa: E402
+
+from tests.support.postgres import pg_server, pg_url  # noqa: E402,F401 - fixtures
+
+
+def _propose(store, target: str, k: int):
+    """A plan of ``target`` (its decision recorded with it), as a cycle makes one."""
+    from engine.core.types import Plan, PlanStatus
+    from tests.engine.test_store import NOW, make_decision
+
+    at = NOW + timedelta(minutes=k)
+    d = make_decision(at, target=target)
+    p = Plan(id=f"{target}-{k}", target=target, decision_id=d.id, from_capacity=10, to_capacity=18,
+             observed_capacity=10, created_at=at, expires_at=at + timedelta(hours=1), status=PlanStatus.PENDING,
+             description=f"set {target} to 18")
+    store.save_plan(p, decision=(d, "approve", None))
+    return p
+
+
+def _told_and_due(store, hook):
+    """Per (plan, status) of every transition that is news: how often the
+    receiver got it."""
+    from collections import Counter
+
+    from engine.notify import _TRANSITION_KINDS
+
+    due = {(r[0], r[1]) for r in store.db.execute("SELECT plan_id, to_status FROM plan_transitions")
+           if r[1] in _TRANSITION_KINDS}
+    told = Counter((r.json["details"]["plan"]["id"], r.json["details"]["status"]) for r in hook.requests
+                   if r.json["kind"] != "missed")
+    return told, due
+
+
+def test_two_replicas_tell_every_plan_event_once_across_a_failover(pg_url):
+    """Two replicas (two stores, two leases, two notifiers) on one real
+    PostgreSQL state, one real webhook receiver: each tells the shards it
+    leads; the first is killed (its lease runs out, it never closes), plans
+    move meanwhile; the other takes its shards over and tells from the
+    cursors the dead one left. Every plan event reaches the receiver
+    exactly once, none lost; the dead one, waking, tells nothing and
+    cannot move a cursor."""
+    from engine.core.errors import LeaseLost
+    from engine.leases import Leases
+    from engine.plans import approve, reject
+    from engine.store import open_store
+    from tests.engine.test_daemon import FakeMono
+    from tests.engine.test_store import NOW
+
+    shards = 4
+    targets = [f"svc-{i}" for i in range(8)]
+    from engine.leases import shard_of
+
+    assert {shard_of(t, shards) for t in targets} == set(range(shards))
+    a, b = open_store(pg_url), open_store(pg_url)
+    mono_a = FakeMono()
+    la = Leases(a, shards=shards, lease_s=30, monotonic=mono_a)
+    lb = Leases(b, shards=shards, lease_s=30)
+    la.renew()
+    lb.renew()
+    la.renew()  # two live replicas: a hands back half
+    lb.renew()
+    assert len(la.held()) == len(lb.held()) == 2
+    with RecordingServer() as hook:
+        na = Notifier([WebhookChannel("hook", hook.url, frozenset(EVENTS_ALL), 5)], backoff=no_wait)
+        nb = Notifier([WebhookChannel("hook", hook.url, frozenset(EVENTS_ALL), 5)], backoff=no_wait)
+        try:
+            from engine.notify import PlanNotices
+
+            pa, pb = PlanNotices(na, a, la), PlanNotices(nb, b, lb)
+            first = [_propose(a if i % 2 else b, t, 1) for i, t in enumerate(targets)]
+            assert pa.poll(a) + pb.poll(b) == len(targets)
+            assert na.flush() and nb.flush()
+            mine = {t for t in targets if la.holds(t)}  # a's targets
+            assert mine and len(mine) < len(targets)
+            approve(b, first[0].id, NOW + timedelta(minutes=2), identity="user:ana", channel="console")
+            reject(a, first[1].id, NOW + timedelta(minutes=2), identity="user:bo", channel="cli")
+            assert pa.poll(a) + pb.poll(b) == 2
+            assert na.flush() and nb.flush()
+            # a is killed: it stops renewing and never closes; plans move meanwhile
+            second = [_propose(b, t, 3) for t in targets]
+            reject(b, first[2].id, NOW + timedelta(minutes=3), identity="user:ana", channel="console")
+            assert pb.poll(b) == sum(1 for t in targets if not la.holds(t)) + (
+                0 if la.holds(first[2].target) else 1)  # b tells only its own shards yet
+            assert nb.flush()
+            b.db.execute("UPDATE leases SET expires_at = clock_timestamp() - interval '1 second' "
+                         "WHERE holder = ?", (la.holder,))
+            b.db.execute("UPDATE replicas SET seen_at = clock_timestamp() - interval '1 hour' WHERE holder = ?",
+                         (la.holder,))
+            mono_a.t += 31  # (and a's own clock says its lease ran out too)
+            lb.renew()
+            assert set(lb.held()) == set(range(shards))  # b took every shard over
+            told_after = pb.poll(b)
+            assert told_after == len(mine) + (1 if first[2].target in mine else 0)
+            reject(a, second[0].id, NOW + timedelta(minutes=4), identity="user:bo", channel="cli")
+            assert pb.poll(b) == 1
+            assert nb.flush()
+            # a wakes up: it leads nothing and tells nothing, and its cursor write is fenced
+            assert pa.poll(a) == 0 and na.flush()
+            with pytest.raises(LeaseLost):
+                a.save_notify_shard_cursor("hook", shards, shard_of(targets[0], shards), 10 ** 6, NOW,
+                                           fence=lambda db: la.check_shard(db, shard_of(targets[0], shards)))
+            told, due = _told_and_due(b, hook)
+            assert set(told) == due and len(due) == 2 * len(targets) + 4
+            assert max(told.values()) == 1, [k for k, v in told.items() if v > 1]
+            assert not any(r.json["kind"] == "missed" for r in hook.requests)
+            rows = b.db.execute("SELECT shard, seq, holder FROM notify_shard_cursors WHERE shards = ?",
+                                (shards,)).fetchall()
+            newest = b.db.execute("SELECT MAX(seq) FROM plan_transitions").fetchone()[0]
+            assert {r[0] for r in rows} == set(range(shards)) and {r[2] for r in rows} == {lb.holder}
+            assert all(r[1] == newest for r in rows)
+        finally:
+            na.close()
+            nb.close()
+            a.close()
+            b.close()
+
+
+def test_a_version_4_state_resumes_from_its_channel_cursor_after_the_upgrade(tmp_path):
+    """A state file of schema 4 kept one cursor per channel: upgraded to 5,
+    the channel's cursor is where every shard starts, so what happened
+    after it is told and nothing before it again."""
+    from engine.plans import reject
+    from engine.store import SCHEMA_VERSION, Store
+    from tests.support.live import STEP, T0, Platform, build_live
+
+    now = T0 + 25 * STEP
+    with RecordingServer() as hook:
+        people, cfg = _up_and_down(tmp_path, hook)
+        first = build_live(cfg, people.store, Platform(capacity=5)).run(now).plan
+        assert people.notices.poll(people.store) == 1
+        people.close()
+        with Store(tmp_path / "state.db") as s:  # as forescale of schema 4 left it
+            told = s.db.execute("SELECT MAX(seq) FROM plan_transitions").fetchone()[0]
+            s.db.execute("DROP TABLE notify_shard_cursors")
+            s.db.execute("DROP INDEX plan_transitions_seq")
+            s.save_notify_cursors({"hook": told}, now)
+            s.db.execute("PRAGMA user_version=4")
+            reject(s, first.id, now + timedelta(minutes=1), identity="user:bob", channel="cli")
+        people, _ = _up_and_down(tmp_path, hook)
+        assert people.store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert people.notices.poll(people.store) == 1
+        people.close()
+    assert [r.json["kind"] for r in hook.requests] == ["plan_created", "plan_rejected"]

@@ -52,6 +52,7 @@ def test_a_version_3_database_is_upgraded_to_the_shared_model_checkpoints_keepin
         s.record_decision(make_decision(NOW), "dry-run", "dry-run", NOW)
         s.db.execute("DROP TABLE models")
         s.db.execute("DROP TABLE calibration_pairs")  # (version 5)
+        s.db.execute("DROP TABLE notify_shard_cursors")  # (version 6)
         s.db.execute("DELETE FROM schema_version WHERE version >= 4")
         assert s.schema_version == 3
     with open_store(pg_url) as s:
@@ -243,9 +244,10 @@ def test_a_version_4_database_gains_the_calibration_pairs_and_they_round_trip(pg
 
     with open_store(pg_url) as s:  # made current, then set back to what version 4 had
         s.db.execute("DROP TABLE calibration_pairs")
-        s.db.execute("DELETE FROM schema_version WHERE version = 5")
+        s.db.execute("DROP TABLE notify_shard_cursors")  # (version 6)
+        s.db.execute("DELETE FROM schema_version WHERE version >= 5")
     with open_store(pg_url) as s:
-        assert s.schema_version == PG_SCHEMA_VERSION == 5
+        assert s.schema_version == PG_SCHEMA_VERSION == 6
         s.record_calibration("web", "mstl", [(300, 1000, 1300, {0.5: 1.0, 0.9: 2.0}),
                                              (600, 1000, 1600, {0.5: 1.5, 0.9: 2.5})])
         assert s.fill_calibration_actuals("web", Series(np.array([1300, 1600]), np.array([3.0, np.nan]), "web")) == 1
@@ -253,3 +255,20 @@ def test_a_version_4_database_gains_the_calibration_pairs_and_they_round_trip(pg
     with open_store(pg_url) as s:  # another process reads what was kept
         assert s.calibration_pairs("web", "mstl", since=0) == [(600, 1000, 1600, {0.5: 1.5, 0.9: 2.5}, None),
                                                                (300, 1300, 1600, {0.5: 4.0}, None)]
+
+
+def test_a_version_5_database_gains_the_notifiers_shard_cursors_fenced_by_epoch(pg_url):
+    with open_store(pg_url) as s:  # made current, then set back to what version 5 had
+        s.record_decision(make_decision(NOW), "dry-run", "dry-run", NOW)
+        s.save_notify_cursors({"hook": 7}, NOW)
+        s.db.execute("DROP TABLE notify_shard_cursors")
+        s.db.execute("DROP INDEX plan_transitions_seq")
+        s.db.execute("DELETE FROM schema_version WHERE version >= 6")
+        assert s.schema_version == 5
+    with open_store(pg_url) as s:
+        assert s.schema_version == PG_SCHEMA_VERSION == 6
+        assert len(s.decisions()) == 1 and s.notify_cursors() == {"hook": 7} and s.notify_shard_cursors() == {}
+        s.save_notify_shard_cursor("hook", 4, 1, 9, NOW, fence=lambda db: {"epoch": 3, "holder": "b"})
+        s.save_notify_shard_cursor("hook", 4, 1, 8, NOW, fence=lambda db: {"epoch": 2, "holder": "a"})  # older
+    with open_store(pg_url) as s:  # another process reads what was kept
+        assert s.notify_shard_cursors() == {("hook", 4, 1): 9}

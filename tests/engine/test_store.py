@@ -373,7 +373,7 @@ def test_a_version_1_file_is_migrated_sealing_its_rows_as_found(db_path):
     raw.commit()
     raw.close()
     with Store(db_path) as s:
-        assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         rec = s.decision(d.id)
         assert rec["plan_id"] == "p1" and rec["approval"] is None
         assert rec["approvals"] == [{"decision": "rejected", "identity": None, "channel": None,
