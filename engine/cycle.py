@@ -899,10 +899,16 @@ class LiveTarget:
                 notes.setdefault("resource_models", {})[name] = note
         out = self.runner.step(inputs.history, inputs.state, inputs.now, inputs.covariates if fresh else None,
                                inputs.window, resources=inputs.resources, fetch_errors=errors, forecast=forecast)
+        # a late cycle (abandoned past its timeout; a newer cycle of this
+        # target has recorded since) keeps its older fits to itself: the
+        # checkpoints stay the newer cycle's
+        late = self.superseded.is_set() and self.store.decided_after(self.target.name, inputs.now)
         for checkpoint, runner, end in models.values():
-            checkpoint.save(runner, end)
+            if not late:
+                checkpoint.save(runner, end)
         if fresh:
-            self.checkpoint.save(self.runner, inputs.history.end)
+            if not late:
+                self.checkpoint.save(self.runner, inputs.history.end)
             if out.forecast_error:
                 notes["forecast_error"] = out.forecast_error
         failed = {s.resource: s.forecast_error for s in out.signals[1:]

@@ -564,13 +564,19 @@ class Store:
             self._write_decision(db, decision, mode, status, now, outcome, context, plan_id)
             if state is not None:
                 _upsert_state(db, decision.target, state, now)
-            if masks and db.execute("SELECT 1 FROM decisions WHERE target=? AND at>? LIMIT 1",
-                                    (decision.target, to_epoch(decision.at))).fetchone() is not None:
+            if masks and self.decided_after(decision.target, decision.at, db):
                 masks = None  # a newer cycle of this target recorded: its masks stand
             for series, masked in (masks or {}).items():
                 db.execute("DELETE FROM anomaly_masks WHERE target=?", (series,))
                 db.executemany("INSERT INTO anomaly_masks(target, ts, value) VALUES (?,?,?)",
                                [(series, int(t), float(v)) for t, v in sorted(masked.items())])
+
+    def decided_after(self, target: str, at: datetime, db: Any = None) -> bool:
+        """Whether a decision of ``target`` later than ``at`` is recorded (a
+        cycle at ``at`` is late: what it derived, its anomaly masks and its
+        model checkpoints, must not replace the newer cycle's)."""
+        return (db or self.db).execute("SELECT 1 FROM decisions WHERE target=? AND at>? LIMIT 1",
+                                       (target, to_epoch(at))).fetchone() is not None
 
     def notify_cursors(self) -> dict[str, int]:
         """Per notification channel, the seq of the last plan transition it

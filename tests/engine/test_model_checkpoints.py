@@ -131,3 +131,31 @@ def test_a_replica_that_leads_a_target_again_takes_up_a_newer_model_fitted_meanw
         same = a.run(from_epoch(T0 + 300 * 405))
         assert "model" not in same.details and same.decision.model_version == refit.decision.model_version
         assert CountingPersistence.fits == 2
+
+
+def test_a_cycle_abandoned_past_its_timeout_never_overwrites_the_newer_cycles_model(tmp_path):
+    """A cycle stuck after gathering (its refit still to come) is abandoned
+    and the next interval's cycle runs beside it, refits and saves its
+    model; when the stuck one is released and refits on its older history,
+    the checkpoint stays the newer cycle's, so a restart restores that one."""
+    from engine.checkpoints import shelf_for
+
+    cfg = _config(tmp_path, refit_every="5m")
+    with Store(cfg.state_path) as store:
+        (old,) = build_targets(cfg, store)
+        old.run(from_epoch(T0 + 300 * 400))
+        stuck = old.begin(from_epoch(T0 + 300 * 401))  # ... and hangs here, past its timeout
+        old.superseded.set()
+        with Store(cfg.state_path) as own:  # the cycle beside it, on a store connection of its own
+            (new,) = build_targets(cfg, own)
+            assert new.run(from_epoch(T0 + 300 * 402)).error is None
+        newer = shelf_for(store).read("web")[0]
+        assert newer["last_fit"] == T0 + 300 * 402
+        old.decide(stuck)  # released at last: it refits on the history of its own time
+        late = old.finish(stuck)
+        assert late.error is None and old.runner.last_fit == from_epoch(T0 + 300 * 401)
+        assert shelf_for(store).read("web")[0] == newer
+        (again,) = build_targets(cfg, store)  # a restart
+        res = again.run(from_epoch(T0 + 300 * 403))
+    assert res.details["model"].startswith("model") and "restored (fitted " in res.details["model"]
+    assert from_epoch(T0 + 300 * 402).isoformat()[:16] in res.details["model"]
