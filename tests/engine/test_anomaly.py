@@ -165,25 +165,32 @@ def test_the_backtest_replays_the_targets_anomalies_section(tmp_path, capsys):
     assert f"anomalies flagged and kept out of training: {flagged['anomalies']}" in capsys.readouterr().out
 
 
-def test_the_masks_survive_a_restart_so_the_refit_after_it_still_masks_the_incident(tmp_path):
-    """A daemon flags an incident, stops, and a new one starts on the same
-    state file: its first cycle refits on the history as fetched again, with
-    the incident masked as before; with the masks gone (what a restart did
-    before they were stored) the refit learns the incident as tomorrow's."""
+def _incident_target(tmp_path, ts, hit, day, forecaster: str):
+    """A config of one observe-mode target over the incident trace (to 17:00
+    of its day), refitted every cycle, anomalies on; its state in tmp_path."""
     import yaml
 
-    from engine.store import Store
-    from tests.support.live import Platform, build_live
-
-    ts, clean, hit, inside, day = incident_trace()
     trace = tmp_path / "incident.csv"
     end = int(np.searchsorted(ts, day + 17 * 3600))
     trace.write_text("timestamp,value\n" + "".join(f"{int(t)},{v}\n" for t, v in zip(ts[:end], hit[:end])))
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"state": str(tmp_path / "state.db"), "targets": [{
         "name": "t", "interval": "5m", "mode": "observe", "source": {"type": "csv", "path": str(trace)},
-        "forecaster": {"name": "seasonal_persistence", "history": "14d", "refit_every": "5m"},
+        "forecaster": {"name": forecaster, "history": "14d", "refit_every": "5m"},
         "policy": {"capacity_per_replica": 10}, "anomalies": {}}]}))
+    return cfg
+
+
+def test_the_masks_survive_a_restart_so_the_refit_after_it_still_masks_the_incident(tmp_path):
+    """A daemon flags an incident, stops, and a new one starts on the same
+    state file: its first cycle refits on the history as fetched again, with
+    the incident masked as before; with the masks gone (what a restart did
+    before they were stored) the refit learns the incident as tomorrow's."""
+    from engine.store import Store
+    from tests.support.live import Platform, build_live
+
+    ts, clean, hit, inside, day = incident_trace()
+    cfg = _incident_target(tmp_path, ts, hit, day, "seasonal_persistence")
     before = [int(t) for t in ts if day + 13 * 3600 <= t <= day + 16 * 3600 + 1800]
     with Store(tmp_path / "state.db") as store:
         live = build_live(cfg, store, Platform(5))
@@ -263,20 +270,11 @@ def test_a_cycle_abandoned_past_its_timeout_never_overwrites_the_newer_cycles_ma
     samples of the incident; when the stuck one is released it records
     its decision, but the masks in the store stay the newer cycle's, so a
     restart's refit still masks the incident's newest sample."""
-    import yaml
-
     from engine.store import Store
     from tests.support.live import Platform, build_live
 
     ts, clean, hit, inside, day = incident_trace()
-    trace = tmp_path / "incident.csv"
-    end = int(np.searchsorted(ts, day + 17 * 3600))
-    trace.write_text("timestamp,value\n" + "".join(f"{int(t)},{v}\n" for t, v in zip(ts[:end], hit[:end])))
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"state": str(tmp_path / "state.db"), "targets": [{
-        "name": "t", "interval": "5m", "mode": "observe", "source": {"type": "csv", "path": str(trace)},
-        "forecaster": {"name": "seasonal_naive", "history": "14d", "refit_every": "5m"},
-        "policy": {"capacity_per_replica": 10}, "anomalies": {}}]}))
+    cfg = _incident_target(tmp_path, ts, hit, day, "seasonal_naive")
     incident = [int(t) for t in ts[inside]]
     with Store(tmp_path / "state.db") as store:
         old = build_live(cfg, store, Platform(5))
