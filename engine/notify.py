@@ -628,8 +628,6 @@ class PlanNotices:
         self._generations = 0
         #: (channel, seq) queued -> the shard's generation it was queued under
         self._queued: dict[tuple[str, int], int] = {}
-        #: shards whose lease was found lost when a message was due: loaded again
-        self._stale: set[int] = set()
         self._events = {ch.name: ch.events for ch in notifier.channels}
         notifier.gate = self._may_send
         notifier.on_settled = self._after_settle
@@ -660,9 +658,8 @@ class PlanNotices:
         epoch), load the ones newly held from their stored cursors."""
         held = self._held()
         for s in list(self._epoch):
-            if s not in held or held[s] != self._epoch[s] or s in self._stale:
+            if s not in held or held[s] != self._epoch[s]:
                 self._drop(s)
-        self._stale.clear()
         new = sorted(s for s in held if s not in self._epoch)
         if new and self.notifier.channels:
             self._load(store, new, held)
@@ -764,7 +761,10 @@ class PlanNotices:
             if gen is None or gen != self._gen.get(s):
                 return False  # loaded again since: queued anew from the stored cursor
             if self.leases is not None and not self.leases.holds(msg.target):
-                self._stale.add(s)
+                # dropped at once, so the settling of this unsent message
+                # cannot move the shard's cursor past it; loaded again
+                # from the stored cursor when it is held again
+                self._drop(s)
                 return False
             return True
 

@@ -502,3 +502,49 @@ def test_a_version_4_state_resumes_from_its_channel_cursor_after_the_upgrade(tmp
         assert people.notices.poll(people.store) == 1
         people.close()
     assert [r.json["kind"] for r in hook.requests] == ["plan_created", "plan_rejected"]
+
+
+def test_a_message_still_queued_when_its_shard_is_taken_over_is_told_by_the_new_holder_only(pg_url):
+    """The channel hangs on one message while another waits behind it; the
+    replica's lease runs out and another replica takes the shard over. The
+    waiting message is not sent by the old holder (its shard is no longer
+    its own) but by the new one, once; the one that was on its way when
+    the takeover came is told again by the new holder: the one window in
+    which an event is told twice."""
+    from engine.leases import Leases
+    from engine.notify import PlanNotices
+    from engine.store import open_store
+    from tests.engine.test_daemon import FakeMono
+
+    hold = threading.Event()
+    a, b = open_store(pg_url), open_store(pg_url)
+    mono_a = FakeMono()
+    la = Leases(a, shards=2, lease_s=30, monotonic=mono_a)
+    lb = Leases(b, shards=2, lease_s=30)
+    la.renew()
+    with RecordingServer(Answer(hold=hold), Answer()) as hook:
+        na = Notifier([WebhookChannel("hook", hook.url, frozenset(EVENTS_ALL), 5)], backoff=no_wait)
+        nb = Notifier([WebhookChannel("hook", hook.url, frozenset(EVENTS_ALL), 5)], backoff=no_wait)
+        try:
+            pa = PlanNotices(na, a, la)
+            pa.poll(a)  # a leads both shards
+            first, second = _propose(a, "web", 1), _propose(a, "web", 2)
+            assert pa.poll(a) == 2
+            assert hook.arrived.wait(5)  # the first is on its way, the second waits behind it
+            mono_a.t += 31  # a's lease runs out ...
+            b.db.execute("UPDATE leases SET expires_at = clock_timestamp() - interval '1 second'")
+            b.db.execute("UPDATE replicas SET seen_at = clock_timestamp() - interval '1 hour'")
+            lb.renew()  # ... and b takes both shards over
+            assert len(lb.held()) == 2
+            hold.set()
+            assert na.flush()
+            assert [r.json["details"]["plan"]["id"] for r in hook.requests] == [first.id]  # not the second
+            pb = PlanNotices(nb, b, lb)
+            assert pb.poll(b) == 2 and nb.flush()
+        finally:
+            hold.set()
+            na.close()
+            nb.close()
+            a.close()
+            b.close()
+    assert [r.json["details"]["plan"]["id"] for r in hook.requests] == [first.id, first.id, second.id]
