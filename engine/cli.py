@@ -472,14 +472,16 @@ class _People:
                                                  redactor=self.security.redactor)
             self.store = open_store(cfg)
             if not self.store.shared:  # a shared state's replicas tell the shards they lead (lead())
-                self.notices = PlanNotices(self.notifier, self.store, catch_up=cfg.notify.catch_up)
+                self.notices = PlanNotices(self.notifier, self.store, catch_up=cfg.notify.catch_up,
+                                           save_as_sent=True)  # (its own store: the channels' threads may write)
 
     def lead(self, leases: Any) -> None:
         """The notices of a replica: only about the shards ``leases`` holds."""
         if self.notifier is not None and self.notices is None:
             from .notify import PlanNotices
 
-            self.notices = PlanNotices(self.notifier, self.store, leases, catch_up=self.cfg.notify.catch_up)
+            self.notices = PlanNotices(self.notifier, self.store, leases, catch_up=self.cfg.notify.catch_up,
+                                       save_as_sent=True)
 
     def settle(self) -> None:
         """Before the leases are handed back: send what is queued and save

@@ -597,7 +597,8 @@ class PlanNotices:
     before or after it, never beside it) and never replaces a cursor
     written under a newer epoch. A shard's cursor moves only past messages
     that are settled (sent, or dropped and counted), and is saved as each
-    one settles, after each poll and at :meth:`close`; a message whose
+    one settles (``save_as_sent``), after each poll and at shutdown
+    (:meth:`save`); a message whose
     shard this replica no longer leads when its turn to be sent comes is
     not sent (the new holder tells it from the cursor). So every event is
     told once across restarts and failovers: a replica that takes a shard
@@ -612,10 +613,17 @@ class PlanNotices:
     after the newest row (no old news); that start is stored
     (``notify_cursors``), so every replica starts its shards there."""
 
-    def __init__(self, notifier: Notifier, store: Any, leases: Any = None, *, catch_up: int = 20) -> None:
+    def __init__(self, notifier: Notifier, store: Any, leases: Any = None, *, catch_up: int = 20,
+                 save_as_sent: bool | None = None) -> None:
         self.notifier = notifier
         self.store = store
         self.catch_up = catch_up
+        #: write a cursor from the channel's thread as each message settles
+        #: (default: on a PostgreSQL store, whose transactions are per
+        #: thread; a SQLite store only when this object has it to itself, as
+        #: the daemon's has: one connection cannot hold two threads'
+        #: transactions); else after each poll and at close only
+        self.save_as_sent = getattr(store, "shared", False) if save_as_sent is None else save_as_sent
         #: :class:`engine.leases.Leases` of this replica (None: one process, one shard)
         self.leases = leases
         self._lock = threading.RLock()  # the cycle threads poll, the channels' threads settle
@@ -773,6 +781,8 @@ class PlanNotices:
 
         with self._lock:
             self._queued.pop((channel, seq), None)
+            if not self.save_as_sent:
+                return
             for (name, s) in list(self.polled):
                 if name == channel and (name, s) in self.polled:
                     self._save_one(self.store, name, s, SystemClock().now())
