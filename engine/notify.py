@@ -10,9 +10,10 @@ Events (``Notifier.event(kind, target, payload)``)::
     failed          carrying it out failed
     fallback_streak N consecutive cycles of a target fell back to reactive
                     (``Notifier.cycle(target, decision)`` counts them)
-    missed          after a restart, more plan transitions happened while
-                    the daemon was down than ``notify.catch_up``: how many
-                    were left out (the newest ``catch_up`` follow)
+    missed          after a restart (or a takeover of a shard of targets),
+                    more plan transitions of a shard happened while nobody
+                    told them than ``notify.catch_up``: how many were left
+                    out (the newest ``catch_up`` follow)
 
 Each event becomes one line that says what is proposed and why, e.g.
 ``web: scale 4 -> 8 at 13:35 (forecast peak 1.9k needs 8); approve: <link>
@@ -598,13 +599,14 @@ class PlanNotices:
     written under a newer epoch. A shard's cursor moves only past messages
     that are settled (sent, or dropped and counted), and is saved as each
     one settles (``save_as_sent``), after each poll and at shutdown
-    (:meth:`save`); a message whose
-    shard this replica no longer leads when its turn to be sent comes is
-    not sent (the new holder tells it from the cursor). So every event is
-    told once across restarts and failovers: a replica that takes a shard
-    over (or starts) reads its cursor after the lease is its own and tells
-    from there. After a crash (SIGKILL), at most the messages being sent at
-    that moment (sent, their cursor not yet written) are told twice.
+    (:meth:`save`); a message whose shard this replica no longer leads when
+    its turn to be sent comes is not sent (the new holder tells it from the
+    cursor). So every event is told once across restarts and failovers: a
+    replica that takes a shard over (or starts) reads its cursor after the
+    lease is its own and tells from there. After a crash (SIGKILL), at most
+    the messages being sent at that moment (sent, their cursor not yet
+    written) are told twice (without ``save_as_sent``: those sent since the
+    last poll).
 
     The catch-up is bounded: past ``catch_up`` transitions of a shard
     (default 20), only the newest that many are sent, after one ``missed``
