@@ -326,7 +326,7 @@ def run_global(ev: Evaluation, g, args, calibrate: bool = False) -> dict[str, di
             hist = s[: o + 1]
             if name != "lstm_global_pooled" and (calibrated_at is None or o - calibrated_at >= refit):
                 t = time.perf_counter()
-                g.calibrate({key: hist}, median=name == "lstm_global_median")
+                g.calibrate({key: hist}, median=True if name == "lstm_global_median" else None)
                 cal_s += time.perf_counter() - t
                 calibrated_at = o
             t = time.perf_counter()
@@ -678,6 +678,10 @@ def main(argv: list[str] | None = None) -> int:
             fit_s = float(g.metrics.get("fit_s", math.nan))
         else:
             g, fit_s = fit_global(evals, args)  # the tuning traces among those selected
+            # rows of an earlier global model are not this one's: none is merged
+            for r in doc["results"].values():
+                for k in [k for k in r if k.split("+")[0].split("~")[0] in LEARNED]:
+                    del r[k]
             g.metrics["fit_s"] = fit_s
             args.out.mkdir(parents=True, exist_ok=True)
             g.save(args.model)

@@ -392,12 +392,16 @@ def _amp_dtype(device):
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _pinball(pred, target, levels):
+def _pinball(pred, target, levels, weights=None):
+    """Mean pinball loss over the finite targets; ``weights`` (H,) scales
+    each horizon step's terms."""
     torch = _torch()
     t = target.unsqueeze(-1)
     mask = torch.isfinite(t)
     diff = torch.where(mask, t, pred) - pred
     loss = torch.maximum(levels * diff, (levels - 1) * diff)
+    if weights is not None:
+        loss = loss * weights.view(1, -1, 1)
     n = mask.sum().clamp(min=1) * 1.0
     return (loss * mask).sum() / (n)
 
@@ -434,15 +438,17 @@ EpochCallback = Callable[[int, int], None]
 
 
 def _train(net, cfg: LSTMParams, train: _Data, val: _Data, device, epochs: int,
-           on_epoch: EpochCallback | None = None) -> dict[str, Any]:
+           on_epoch: EpochCallback | None = None, weights: np.ndarray | None = None) -> dict[str, Any]:
     """Adam on the pinball loss with early stopping on ``val``; keeps the
-    best weights. Returns training metrics."""
+    best weights. ``weights`` (H,): each horizon step's weight in the loss
+    (training and validation alike). Returns training metrics."""
     torch = _torch()
     net.to(device)
     amp = _amp_dtype(device)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     levels = torch.tensor(cfg.quantiles, dtype=torch.float32, device=device)
+    w = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
     tr = [torch.from_numpy(a).to(device) for a in (train.seq, train.head, train.target)]
     va = [torch.from_numpy(a).to(device) for a in (val.seq, val.head, val.target)]
     rng = np.random.default_rng(cfg.seed)
@@ -461,7 +467,7 @@ def _train(net, cfg: LSTMParams, train: _Data, val: _Data, device, epochs: int,
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 pred = net(tr[0][idx], tr[1][idx])
-            loss = _pinball(pred.float(), tr[2][idx], levels)
+            loss = _pinball(pred.float(), tr[2][idx], levels, w)
             if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.unscale_(opt)
@@ -475,7 +481,7 @@ def _train(net, cfg: LSTMParams, train: _Data, val: _Data, device, epochs: int,
             total += float(loss.detach()) * idx.numel()
             count += idx.numel()
         train_loss = total / max(count, 1)
-        vl = _evaluate(net, va, levels, device, amp, cfg.batch_size * 8)
+        vl = _evaluate(net, va, levels, device, amp, cfg.batch_size * 8, w)
         if on_epoch is not None:
             on_epoch(epoch, epochs)
         if vl < best - 1e-6:
@@ -486,14 +492,14 @@ def _train(net, cfg: LSTMParams, train: _Data, val: _Data, device, epochs: int,
             if bad >= cfg.patience:
                 break
     if epochs == 0:
-        best = _evaluate(net, va, levels, device, amp, cfg.batch_size * 8)
+        best = _evaluate(net, va, levels, device, amp, cfg.batch_size * 8, w)
     net.load_state_dict(best_state)
     net.eval()
     return {"val_loss": float(best), "train_loss": float(train_loss), "best_epoch": best_epoch,
             "epochs_run": ran, "train_windows": int(n), "val_windows": int(va[0].shape[0])}
 
 
-def _evaluate(net, data, levels, device, amp, batch: int) -> float:
+def _evaluate(net, data, levels, device, amp, batch: int, weights=None) -> float:
     torch = _torch()
     if data[0].shape[0] == 0:
         return math.nan
@@ -504,7 +510,7 @@ def _evaluate(net, data, levels, device, amp, batch: int) -> float:
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 pred = net(data[0][i: i + batch], data[1][i: i + batch])
             m = torch.isfinite(data[2][i: i + batch]).sum().item() * len(levels)
-            total += float(_pinball(pred.float(), data[2][i: i + batch], levels)) * m
+            total += float(_pinball(pred.float(), data[2][i: i + batch], levels, weights)) * m
             count += m
     return total / max(count, 1)
 
@@ -1326,8 +1332,8 @@ class LevelFreeParams(ForecasterParams):
     patience: int = Field(3, ge=1)
     #: share of each series' (time-ordered) training origins kept for validation
     val_fraction: float = Field(0.2, gt=0.0, lt=0.9)
-    #: every n-th origin trains (neighbouring windows are nearly the same)
-    origin_stride: int = Field(3, ge=1)
+    #: every n-th origin trains and calibrates (1: every origin)
+    origin_stride: int = Field(1, ge=1)
     max_train_steps: int = Field(8064, ge=16)
     min_train_windows: int = Field(64, ge=1)
     #: conformal correction per horizon and level on each series' own
@@ -1337,7 +1343,7 @@ class LevelFreeParams(ForecasterParams):
     #: the series' own calibration also shifts the median, by the median of
     #: its errors there (a bias correction per series and horizon; off: the
     #: median is the network's and the gate's, chosen in training)
-    calibrate_median: bool = False
+    calibrate_median: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     #: registry forecaster only: start from this saved global model instead
@@ -1345,6 +1351,18 @@ class LevelFreeParams(ForecasterParams):
     checkpoint: str | None = None
     #: registry forecaster with a checkpoint: epochs of fine-tuning on the series
     finetune_epochs: int = Field(0, ge=0)
+    #: each head horizon's weight in the training loss: ``equal``, or
+    #: ``persistence``: divided by the mean persistence error at that
+    #: horizon over the training windows (in the network's units), so every
+    #: horizon counts by its skill over persistence, not by its error size
+    horizon_loss: Literal["equal", "persistence"] = "persistence"
+    #: with its calibration, each series also shrinks the network's median
+    #: change toward persistence per head horizon, by the share that had
+    #: the lowest absolute error on its own recent windows
+    median_gate: bool = True
+    #: networks trained from seeds ``seed, seed + 1, ...`` whose quantiles
+    #: are averaged (each costs its training time and inference again)
+    ensemble: int = Field(3, ge=1, le=16)
 
     @field_validator("quantiles")
     @classmethod
@@ -1379,6 +1397,10 @@ class LevelFreeParams(ForecasterParams):
     def horizon(self) -> int:
         """The farthest step forecast (what ``_split`` keeps apart)."""
         return self.horizons[-1]
+
+
+#: what a checkpoint saved before each of these settings was trained with
+_LEVELFREE_BEFORE = {"horizon_loss": "equal", "median_gate": False, "ensemble": 1}
 
 
 def n_levelfree_head(cfg: LevelFreeParams) -> int:
@@ -1468,7 +1490,9 @@ def levelfree_features(y: np.ndarray, ts: np.ndarray, origins: np.ndarray, step:
     return seq.astype(np.float32), head.astype(np.float32), targets, base, scale
 
 
-def _build_levelfree_net(cfg: LevelFreeParams):
+def _build_levelfree_net(cfg: LevelFreeParams, members: Sequence[Any] | None = None):
+    """The network (``cfg.ensemble`` > 1: the ensemble, of ``members`` if
+    given, else of fresh networks)."""
     torch = _torch()
     nn = torch.nn
 
@@ -1490,7 +1514,55 @@ def _build_levelfree_net(cfg: LevelFreeParams):
             raw = self.head(torch.cat([out[:, -1, :], head], dim=-1)).float().view(-1, self.k, self.q)
             return _monotone(raw, self.m)
 
-    return LevelFreeNet()
+    if cfg.ensemble == 1:
+        return LevelFreeNet()
+
+    class LevelFreeEnsemble(nn.Module):
+        """``ensemble`` networks trained from different seeds; the output is
+        their mean per level (quantile averaging: still non-crossing)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.members = nn.ModuleList(members or [LevelFreeNet() for _ in range(cfg.ensemble)])
+
+        def forward(self, seq, head):
+            return torch.stack([m(seq, head) for m in self.members]).mean(0)
+
+    return LevelFreeEnsemble()
+
+
+#: the median gate's grid: the share of the network's median change kept
+_MEDIAN_GATE_GRID = np.linspace(0.0, 1.0, 11)
+
+
+def _median_gate(pred: np.ndarray, target: np.ndarray, m: int) -> np.ndarray:
+    """(K,) per head horizon: the share ``w`` of the network's median change
+    (from the value at the origin, which is 0 in these units) with the
+    lowest mean absolute error on ``target``; 1 where fewer than 20 targets."""
+    med = pred[:, :, m]  # (B, K)
+    out = np.ones(med.shape[1])
+    for k in range(med.shape[1]):
+        ok = np.isfinite(target[:, k])
+        if ok.sum() < 20:
+            continue
+        err = np.abs(target[ok, k][None, :] - _MEDIAN_GATE_GRID[:, None] * med[ok, k][None, :]).mean(1)
+        out[k] = _MEDIAN_GATE_GRID[int(np.argmin(err))]
+    return out
+
+
+def _gated(pred: np.ndarray, gate: np.ndarray, m: int) -> np.ndarray:
+    """(B, K, Q) with every level moved by the change ``(gate - 1) * median``:
+    the median shrunk toward the value at the origin, the spread kept."""
+    return pred + ((gate - 1.0)[None, :] * pred[:, :, m])[:, :, None]
+
+
+def _persistence_weights(target: np.ndarray) -> np.ndarray:
+    """(K,) loss weights: one over each horizon's mean absolute target (the
+    targets are relative to the value at the origin, so that is the
+    persistence forecast's error there), scaled to mean 1."""
+    err = np.nanmean(np.abs(target), axis=0)
+    w = 1.0 / np.maximum(np.where(np.isfinite(err), err, 1.0), 1e-3)
+    return (w / w.mean()).astype(np.float32)
 
 
 def _levelfree_origins(y: np.ndarray, cfg: LevelFreeParams, step: int, stride: int) -> np.ndarray:
@@ -1534,6 +1606,7 @@ class LevelFreeLSTM:
         self._device = None
         self._offsets: np.ndarray | None = None  # (K, Q) pooled over the validation windows
         self._series_offsets: dict[str, np.ndarray] = {}
+        self._series_gates: dict[str, np.ndarray] = {}
         self._digest: str | None = None
 
     @property
@@ -1581,14 +1654,27 @@ class LevelFreeLSTM:
         p = self.params
         tr, va, keys, _ = self._windows(_named(series))
         device = _resolve_device(p.device)
-        with _Deterministic(p.seed):
-            net = self._net if self._net is not None else _build_levelfree_net(p)
-            self.metrics = _train(net, p, tr, va, device, p.epochs, on_epoch)
+        weights = _persistence_weights(tr.target) if p.horizon_loss == "persistence" else None
+        net = self._net
+        members = (list(net.members) if p.ensemble > 1 else [net]) if net is not None else [None] * p.ensemble
+        runs = []
+        for i, member in enumerate(members):  # member i is the single model of seed + i
+            one = p.model_copy(update={"seed": p.seed + i, "ensemble": 1})
+            with _Deterministic(one.seed):
+                members[i] = member = _build_levelfree_net(one) if member is None else member
+                runs.append(_train(member, one, tr, va, device, p.epochs, on_epoch, weights))
+        if net is None:
+            net = members[0] if p.ensemble == 1 else _build_levelfree_net(p, members)
+        net.to(device).eval()
+        self.metrics = dict(runs[0])
+        if len(runs) > 1:
+            self.metrics["members"] = runs
+            self.metrics["epochs_run"] = sum(r["epochs_run"] for r in runs)
         self.metrics["series"] = len(keys)
         self._net, self._device = net, device
         pred = _infer(net, va.seq, va.head, device)
         self._offsets = _conformal(pred, va.target, p.quantiles, median=False) if p.calibrate else None
-        self._series_offsets = {}
+        self._series_offsets, self._series_gates = {}, {}
         self._digest = _digest({"params": p.model_dump_json(), "metrics": self.metrics}, net.state_dict())
         return self
 
@@ -1603,21 +1689,29 @@ class LevelFreeLSTM:
         (:meth:`calibration_offsets`), kept in this model under each key.
         Returns the number of origins used per series."""
         used: dict[str, int] = {}
-        for key, off in self.calibration_offsets(histories, used=used, median=median).items():
+        gates: dict[str, np.ndarray] = {}
+        for key, off in self.calibration_offsets(histories, used=used, median=median, gates=gates).items():
             self._series_offsets[key] = off
+            if key in gates:
+                self._series_gates[key] = gates[key]
         return used
 
     def calibration_offsets(self, histories: Mapping[str, Series], *, used: dict[str, int] | None = None,
-                            median: bool | None = None) -> dict[str, np.ndarray]:
+                            median: bool | None = None, median_gate: bool | None = None,
+                            gates: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Conformal offsets per series from its own recent errors: forecasts
         from origins in the last ``calibration_steps`` of each history
         (reading nothing after each origin) against what followed; a series
         with too few origins gets none (the pooled offsets apply). The model
         is not changed: a model shared by many targets stays read-only, each
         target keeping its own offsets (``predict_many(offsets=...)``).
-        ``median``: shift the median too (default: ``calibrate_median``)."""
+        ``median``: shift the median too (default: ``calibrate_median``).
+        ``median_gate`` (default: the model's ``median_gate``): first choose
+        each series' median gate on the same windows (:func:`_median_gate`),
+        put into ``gates`` per key, and calibrate the gated forecasts."""
         p = self.params
         median = p.calibrate_median if median is None else median
+        median_gate = p.median_gate if median_gate is None else median_gate
         out: dict[str, np.ndarray] = {}
         for key, s in histories.items():
             step = _step_of(s)
@@ -1630,6 +1724,11 @@ class LevelFreeLSTM:
                 continue
             seq, head, tgt, _, _ = levelfree_features(h.values, h.timestamps, o, step, p, with_targets=True)
             pred = _infer(self._net, seq, head, self._device)
+            if median_gate:
+                gate = _median_gate(pred, tgt, p.quantiles.index(0.5))
+                pred = _gated(pred, gate, p.quantiles.index(0.5))
+                if gates is not None:
+                    gates[key] = gate
             own = _conformal(pred, tgt, p.quantiles, median=median)
             enough = np.isfinite(tgt).sum(0)[:, None] >= 20
             out[key] = np.where(enough, own, self._offsets if self._offsets is not None else 0.0)
@@ -1641,14 +1740,16 @@ class LevelFreeLSTM:
     def predict_many(self, histories: Mapping[str, Series], start: datetime, horizon: int,
                      quantiles: Sequence[float] = (0.5, 0.9), *,
                      errors: dict[str, str] | None = None,
-                     offsets: Mapping[str, np.ndarray | None] | None = None) -> dict[str, Forecast]:
+                     offsets: Mapping[str, np.ndarray | None] | None = None,
+                     gates: Mapping[str, np.ndarray | None] | None = None) -> dict[str, Forecast]:
         """Forecast every series in ``histories`` at ``start`` in one
         batched forward pass; a series that cannot be forecast raises, or,
         with ``errors`` given, is left out and its reason recorded there.
         ``offsets``: conformal offsets per key (from
         :meth:`calibration_offsets`) used instead of the ones kept in the
         model; a key mapped to None, or absent, gets the model's own (its
-        calibrated ones, else the pooled ones)."""
+        calibrated ones, else the pooled ones). ``gates``: median gates per
+        key likewise (a key with none given or kept forecasts ungated)."""
         if self._net is None:
             raise ForecastError("lstm global: predict_many() before fit()")
         p = self.params
@@ -1675,6 +1776,11 @@ class LevelFreeLSTM:
         if not rows:
             return {}
         out = _infer(self._net, np.concatenate(seqs), np.concatenate(heads), self._device)
+        for i, r in enumerate(rows):
+            g = (gates or {}).get(r[0])
+            g = self._series_gates.get(r[0]) if g is None else g
+            if g is not None:
+                out[i] = _gated(out[i][None], g, p.quantiles.index(0.5))[0]
         if self._offsets is not None:
             given = offsets or {}
             out = _apply_offsets(out, np.stack([
@@ -1698,6 +1804,7 @@ class LevelFreeLSTM:
                 "metrics": self.metrics, "digest": self._digest,
                 "offsets": None if self._offsets is None else self._offsets.tolist(),
                 "series_offsets": {k: v.tolist() for k, v in self._series_offsets.items()},
+                "series_gates": {k: v.tolist() for k, v in self._series_gates.items()},
                 "state_dict": {k: v.detach().cpu() for k, v in self._net.state_dict().items()}}
 
     def save(self, path: str | Path) -> None:
@@ -1717,7 +1824,8 @@ class LevelFreeLSTM:
 
     @classmethod
     def _from_checkpoint(cls, ck: dict[str, Any], device: str | None = None) -> "LevelFreeLSTM":
-        params = LevelFreeParams.model_validate_json(ck["params"])
+        # a file saved before a setting existed was trained without it
+        params = LevelFreeParams.model_validate({**_LEVELFREE_BEFORE, **json.loads(ck["params"])})
         if device is not None:
             params = params.model_copy(update={"device": device})
         self = cls(params)
@@ -1725,6 +1833,7 @@ class LevelFreeLSTM:
         self._digest = ck["digest"]
         self._offsets = None if ck["offsets"] is None else np.asarray(ck["offsets"])
         self._series_offsets = {k: np.asarray(v) for k, v in ck["series_offsets"].items()}
+        self._series_gates = {k: np.asarray(v) for k, v in ck.get("series_gates", {}).items()}
         net = _build_levelfree_net(params)
         net.load_state_dict(ck["state_dict"])
         self._device = _resolve_device(params.device)
@@ -1790,6 +1899,8 @@ class LevelFreeForecaster(BaseForecaster):
         self.model: LevelFreeLSTM | None = None
         #: this target's conformal offsets (None: the model's pooled ones)
         self.offsets: np.ndarray | None = None
+        #: this target's median gate per head horizon (``median_gate``; None: none)
+        self.gate: np.ndarray | None = None
 
     @property
     def min_history(self) -> int:
@@ -1812,8 +1923,10 @@ class LevelFreeForecaster(BaseForecaster):
         # this target's params decide its own calibration (a shared
         # checkpoint's are the training run's): ``calibrate: false`` keeps
         # the offsets pooled in training
-        own = model.calibration_offsets({self._KEY: history}, median=p.calibrate_median) if p.calibrate else {}
-        self.offsets = own.get(self._KEY)
+        gates: dict[str, np.ndarray] = {}
+        own = (model.calibration_offsets({self._KEY: history}, median=p.calibrate_median,
+                                         median_gate=p.median_gate, gates=gates) if p.calibrate else {})
+        self.offsets, self.gate = own.get(self._KEY), gates.get(self._KEY)
         self.model = model
 
     def predict(self, start: datetime, horizon: int, quantiles: Sequence[float] = (0.5, 0.9)) -> Forecast:
@@ -1843,7 +1956,8 @@ class LevelFreeForecaster(BaseForecaster):
             errors: dict[str, str] = {}
             keys = {str(i): members[i] for i in idx}
             fcs = model.predict_many({k: f._history for k, f in keys.items()}, start, horizon, quantiles,  # type: ignore[misc]
-                                     errors=errors, offsets={k: f.offsets for k, f in keys.items()})
+                                     errors=errors, offsets={k: f.offsets for k, f in keys.items()},
+                                     gates={k: f.gate for k, f in keys.items()})
             for k, f in keys.items():
                 if k in fcs:
                     out[int(k)] = dataclasses.replace(fcs[k], model=cls.name, model_version=f.version)
@@ -1860,7 +1974,7 @@ class LevelFreeForecaster(BaseForecaster):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"gate": None, **state})  # saved before the median gate: none
         if self.model is None and self.shares_model and self._history is not None:
             self.model = shared_levelfree(self.params.checkpoint, self.params.device)  # type: ignore[arg-type]
 

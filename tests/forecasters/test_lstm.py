@@ -398,10 +398,10 @@ def test_calibration_widens_the_band_of_a_noisier_series(levelfree):
 
 def test_calibrate_median_shifts_a_biased_median_to_half_the_actuals(levelfree):
     """A series that climbs steadily (a trend the training series did not
-    have): the network's median lags it. ``calibrate_median`` shifts the median by the
-    median of the series' own errors, so about half of the following
-    actuals fall at or below it; without it the median is left where the
-    network put it."""
+    have): the network's median lags it. ``calibrate_median`` (the default)
+    shifts the median by the median of the series' own errors, so about half
+    of the following actuals fall at or below it; without it the median is
+    left where the network (and the median gate) put it."""
     rng = np.random.default_rng(5)
     n = 5 * DAY
     t = np.arange(n)
@@ -417,17 +417,17 @@ def test_calibrate_median_shifts_a_biased_median_to_half_the_actuals(levelfree):
         return float(np.mean(hits))
 
     plain, shifted = copy.deepcopy(levelfree), copy.deepcopy(levelfree)
-    plain.calibrate({"biased": hist})
-    shifted.calibrate({"biased": hist}, median=True)
+    plain.calibrate({"biased": hist}, median=False)
+    shifted.calibrate({"biased": hist})
     k = list(levelfree.params.quantiles).index(0.5)
     assert np.all(plain._series_offsets["biased"][:, k] == 0) and np.any(shifted._series_offsets["biased"][:, k] != 0)
     before, after = coverage(plain), coverage(shifted)
     assert abs(after - 0.5) < abs(before - 0.5) and abs(after - 0.5) < 0.08, (before, after)
     # the parameter is the default of the keyword (the registry forecaster's path)
     param = copy.deepcopy(levelfree)
-    param.params = param.params.model_copy(update={"calibrate_median": True})
+    param.params = param.params.model_copy(update={"calibrate_median": False})
     param.calibrate({"biased": hist})
-    np.testing.assert_array_equal(param._series_offsets["biased"], shifted._series_offsets["biased"])
+    np.testing.assert_array_equal(param._series_offsets["biased"], plain._series_offsets["biased"])
 
 
 def test_levelfree_save_load_round_trip(levelfree, tmp_path):
@@ -441,9 +441,89 @@ def test_levelfree_save_load_round_trip(levelfree, tmp_path):
     assert back.version == levelfree.version and back.n_parameters == levelfree.n_parameters
 
 
-def test_levelfree_default_size_is_about_fifty_thousand_parameters():
+def test_levelfree_default_is_three_networks_of_about_fifty_thousand_parameters():
     m = LevelFreeLSTM({"epochs": 0, "device": "cpu"}).fit({"a": daily(5)})
-    assert 40_000 <= m.n_parameters <= 60_000
+    one = LevelFreeLSTM({"epochs": 0, "device": "cpu", "ensemble": 1}).fit({"a": daily(5)})
+    assert 40_000 <= one.n_parameters <= 60_000 and m.n_parameters == 3 * one.n_parameters
+
+
+def test_an_ensemble_forecasts_the_mean_of_its_members_each_the_single_model_of_its_seed():
+    """``ensemble: 2`` trains the single models of seeds 0 and 1 (the same
+    weights as each trained alone) and forecasts their mean per level."""
+    from forecasters.lstm import _infer
+
+    data = {"a": daily(6, seed=1), "b": daily(6, seed=2, level=300.0)}
+    cfg = {**LF_TINY, "epochs": 2, "calibrate": False}
+    pair = LevelFreeLSTM({**cfg, "ensemble": 2}).fit(data)
+    alone = [LevelFreeLSTM({**cfg, "ensemble": 1, "seed": i}).fit(data) for i in (0, 1)]
+    s = daily(3, seed=9)
+    seq, head, _, _, _ = levelfree_features(s.values, s.timestamps, np.array([len(s) - 1]), STEP, pair.params)
+    outs = [_infer(m._net, seq, head, m._device) for m in alone]
+    np.testing.assert_allclose(_infer(pair._net, seq, head, pair._device), (outs[0] + outs[1]) / 2, atol=1e-6)
+    assert not np.allclose(outs[0], outs[1])  # two different networks
+    assert pair.n_parameters == 2 * alone[0].n_parameters
+    fc = pair.predict_many({"s": s}, end(s), 288, (0.05, 0.5, 0.95))["s"]
+    assert np.all(fc.quantiles[0.05] <= fc.point) and np.all(fc.point <= fc.quantiles[0.95])
+
+
+def test_the_median_gate_brings_a_random_walk_back_to_persistence(levelfree):
+    """Trained on daily cycles, the network expects a random walk to swing
+    back (a cycle that is not there); the median gate, chosen on the
+    series' own last windows, shrinks that change toward the last value:
+    the median's error on the following day falls to about persistence's."""
+    rng = np.random.default_rng(8)
+    n = 5 * DAY
+    y = 500 + np.cumsum(rng.normal(0, 4, n))
+    s = Series(T0 + STEP * np.arange(n, dtype=np.int64), y, "walk")
+    gated, plain = copy.deepcopy(levelfree), copy.deepcopy(levelfree)
+    gated.calibrate({"walk": s[: 4 * DAY]})
+    plain.calibrate({"walk": s[: 4 * DAY]}, median=False)
+    plain._series_gates.pop("walk", None)
+    k = list(levelfree.params.horizons).index(12)
+    assert gated._series_gates["walk"][k] < 1.0
+
+    def mae(model) -> float:
+        errs = [np.abs(model.predict_many({"walk": s[: o + 1]}, from_epoch(int(s.timestamps[o])), 12, (0.5,))
+                       ["walk"].point[-1] - y[o + 12]) for o in range(4 * DAY - 1, n - 13, 3)]
+        return float(np.mean(errs))
+
+    persistence = float(np.mean([abs(y[o] - y[o + 12]) for o in range(4 * DAY - 1, n - 13, 3)]))
+    assert mae(plain) > 1.15 * persistence  # the network's own median is worse than persistence here
+    assert mae(gated) < 1.05 * persistence, (mae(gated), mae(plain), persistence)
+
+
+def test_the_persistence_loss_weights_each_horizon_by_one_over_its_persistence_error():
+    from forecasters.lstm import _persistence_weights
+
+    target = np.array([[0.1, 1.0, np.nan], [-0.1, -3.0, 4.0]], dtype=np.float32)  # mean |.|: 0.1, 2, 4
+    w = _persistence_weights(target)
+    np.testing.assert_allclose(w * np.array([0.1, 2.0, 4.0]), w[0] * 0.1, rtol=1e-6)
+    assert w.mean() == pytest.approx(1.0)
+
+
+def test_a_model_saved_before_the_ensemble_and_the_gate_loads_as_it_was_trained(levelfree, tmp_path):
+    """A file whose settings predate ``ensemble``, ``median_gate`` and
+    ``horizon_loss`` was one network, ungated: it loads so, and forecasts
+    what it forecast before."""
+    import io
+    import json
+
+    import torch
+
+    one = LevelFreeLSTM({**LF_TINY, "epochs": 1, "ensemble": 1, "median_gate": False, "horizon_loss": "equal",
+                         "calibrate_median": False}).fit({"a": daily(6, seed=1)})
+    ck = one._checkpoint()
+    ck["params"] = json.dumps({k: v for k, v in json.loads(ck["params"]).items()
+                               if k not in ("ensemble", "median_gate", "horizon_loss")})
+    ck.pop("series_gates")
+    buf = io.BytesIO()
+    torch.save(ck, buf)
+    (tmp_path / "old.pt").write_bytes(buf.getvalue())
+    back = LevelFreeLSTM.load(tmp_path / "old.pt")
+    assert (back.params.ensemble, back.params.median_gate, back.params.horizon_loss) == (1, False, "equal")
+    s = daily(3, seed=4)
+    np.testing.assert_allclose(back.predict_many({"s": s}, end(s), 48, (0.5, 0.9))["s"].quantiles[0.9],
+                               one.predict_many({"s": s}, end(s), 48, (0.5, 0.9))["s"].quantiles[0.9], rtol=1e-6)
 
 
 def test_registry_forecaster_starts_from_a_saved_global_model(levelfree, tmp_path):
@@ -456,7 +536,10 @@ def test_registry_forecaster_starts_from_a_saved_global_model(levelfree, tmp_pat
     f.fit(s)
     got = f.predict(end(s), 6, (0.5,))
     want = levelfree.predict_many({"x": s}, end(s), 6, (0.5,))["x"]
-    # same network, the target's own calibration (the median is never shifted)
+    # same network, the target's own calibration and median gate
+    x = copy.deepcopy(levelfree)
+    x.calibrate({"x": s})
+    want = x.predict_many({"x": s}, end(s), 6, (0.5,))["x"]
     np.testing.assert_allclose(got.point, want.point, rtol=1e-6)
     assert got.model == "lstm_global"
 
@@ -464,8 +547,9 @@ def test_registry_forecaster_starts_from_a_saved_global_model(levelfree, tmp_pat
 def test_a_targets_calibration_params_reach_its_forecasts_from_a_checkpoint(levelfree, tmp_path):
     """On a shared checkpoint the target's own params decide its
     calibration: ``calibrate: false`` forecasts with the offsets pooled in
-    training, ``calibrate_median: true`` shifts the median by the target's
-    own errors (the benchmark's lstm_global_pooled and lstm_global_median)."""
+    training (no median gate either), ``calibrate_median: false`` leaves the
+    median where the gate put it (the benchmark's lstm_global_pooled; the
+    default shifts it by the target's own errors)."""
     import forecasters
 
     path = tmp_path / "g.pt"
@@ -473,7 +557,8 @@ def test_a_targets_calibration_params_reach_its_forecasts_from_a_checkpoint(leve
     t = np.arange(4 * DAY)
     s = Series(T0 + STEP * t.astype(np.int64), 100 + 0.5 * t + 10 * np.sin(2 * np.pi * t / DAY), "climb")
     made = {}
-    for name, extra in (("own", {}), ("pooled", {"calibrate": False}), ("median", {"calibrate_median": True})):
+    for name, extra in (("own", {"calibrate_median": False, "median_gate": False}), ("pooled", {"calibrate": False}),
+                        ("median", {"median_gate": False})):
         f = forecasters.create("lstm_global", {"checkpoint": str(path), "device": "cpu", **extra})
         f.fit(s)
         made[name] = (f.offsets, f.predict(end(s), 6, (0.5, 0.9)))
@@ -481,7 +566,9 @@ def test_a_targets_calibration_params_reach_its_forecasts_from_a_checkpoint(leve
     pooled = levelfree.predict_many({"x": s}, end(s), 6, (0.5, 0.9))["x"]  # no series offsets kept: pooled
     np.testing.assert_allclose(made["pooled"][1].quantiles[0.9], pooled.quantiles[0.9], rtol=1e-6)
     assert not np.allclose(made["own"][1].quantiles[0.9], pooled.quantiles[0.9])
-    np.testing.assert_allclose(made["own"][1].point, made["pooled"][1].point, rtol=1e-6)  # median untouched
+    # the median untouched by the offsets, but where a lower level shifted past it is re-sorted (up)
+    own_point, pooled_point = made["own"][1].point, made["pooled"][1].point
+    assert own_point[0] == pytest.approx(pooled_point[0], rel=1e-6) and np.all(own_point >= pooled_point - 1e-6)
     assert not np.allclose(made["median"][1].quantiles[0.5], made["own"][1].quantiles[0.5])
 
 
