@@ -373,9 +373,15 @@ class BatchWorker:
     def report(self, report: BatchReport, n: int) -> None:
         self.last_report = report
         log.info("%s: %d target(s) in %.2fs (%s); %d forecast in %d batched call(s); %d refit(s) on the "
-                 "executor, %d failed", self.name, n, sum(report.seconds.values()),
+                 "executor, %d failed (%d past the deadline)", self.name, n, sum(report.seconds.values()),
                  ", ".join(f"{k} {v:.2f}s" for k, v in report.seconds.items()), report.batched, report.calls,
-                 report.refits, report.refit_failures)
+                 report.refits, report.refit_failures, report.refit_timeouts)
+
+    def refit_deadline(self) -> float | None:
+        """Seconds this batch's refits may take on the executor
+        (``executor.deadline``, else half the interval or the timeout)."""
+        cfg = self.daemon.config.cycle_executor
+        return None if cfg is None else cfg.deadline_for(self.shape).total_seconds()
 
     # what a kind of batch does
     def starting(self, mono: float) -> tuple[Any, ...]:
@@ -498,7 +504,8 @@ class TemplateWorker(BatchWorker):
                         m.live.rearm_checkpoints()
                 self.leading = {m.target.name for m in members}
             lives = [m.live for m in members]
-            report = run_batch(lives, now, store, fetch, executor=self.daemon.executor())
+            report = run_batch(lives, now, store, fetch, executor=self.daemon.executor(),
+                               deadline=self.refit_deadline())
             self.report(report, len(members))
             late = generation != self.generation
             for m, live, res in zip(members, lives, report.results):
@@ -558,7 +565,7 @@ class StaticBatch(BatchWorker):
               lives: list[LiveTarget]) -> None:
         try:
             now = self.daemon.clock.now()  # read once per cycle
-            report = run_batch(lives, now, None, executor=self.daemon.executor())
+            report = run_batch(lives, now, None, executor=self.daemon.executor(), deadline=self.refit_deadline())
             self.report(report, len(lives))
             for w, live, res in zip(workers, lives, report.results):
                 w.done(live, res, now, generation != self.generation)

@@ -92,6 +92,39 @@ def test_a_task_that_kills_every_worker_is_lost_not_hung(executor) -> None:
     assert executor.run(et.square, [Task("after", (3,))])[0].value == 9
 
 
+def test_a_task_past_the_deadline_is_a_timeout_and_its_worker_does_not_linger(executor, tmp_path: Path) -> None:
+    import time
+
+    marker = tmp_path / "hung"
+    tasks = [Task("stuck", ("hang", str(marker), 120))] + [Task(f"sq{i}", ("square", i, 0.1)) for i in range(3)]
+    t0 = time.monotonic()
+    results = executor.run(et.dispatch, tasks, deadline=4)
+    took = time.monotonic() - t0
+    stuck = results[0]
+    assert isinstance(stuck, TaskFailure) and stuck.kind == "timeout", stuck
+    assert "still running at the run's deadline (4 s)" in stuck.reason, stuck.reason
+    assert [r.value for r in results[1:]] == [0, 1, 4]  # the others finished as always
+    assert took < 40, took  # the run ended at its deadline, not when the task would have
+    assert executor.stats.timed_out == 1 and executor.stats.failed == 1
+    # the process stuck in the task was stopped (the pool's, or the
+    # LocalCluster worker restarted), not left sleeping
+    pid = int(marker.read_text())
+    for _ in range(100):
+        if not _pid_alive(pid):
+            break
+        time.sleep(0.2)
+    assert not _pid_alive(pid), "the stuck worker process is still there"
+    # the executor still works afterwards, and a run without a deadline waits
+    assert executor.run(et.square, [Task("after", (3, 0.2))])[0].value == 9
+
+
+def test_a_run_that_cannot_start_before_its_deadline_times_out_every_task() -> None:
+    with LocalExecutor(workers=1) as ex:
+        results = ex.run(et.square, [Task("a", (2, 0.3)), Task("b", (3,))], deadline=0.1)
+    assert results[0].value == 4  # in this process: the running task cannot be stopped
+    assert results[1].kind == "timeout" and "not started before the run's deadline" in results[1].reason
+
+
 def test_shared_history_is_sent_once_and_read_by_every_task(executor) -> None:
     arr = np.arange(10_000, dtype=float)
     h = executor.share(arr)
@@ -129,6 +162,8 @@ def test_task_keys_must_be_unique() -> None:
     ({"kind": "dask", "address": "tcp://10.0.0.5:8786", "workers": 4}, "a remote cluster has its own"),
     ({"kind": "spark"}, "kind"),
     ({"kind": "local", "workers": 0}, "workers"),
+    ({"kind": "local", "deadline": "0s"}, "executor.deadline: 0s must be positive"),
+    ({"kind": "local", "deadline": "2m"}, "executor.deadline: 2m is not shorter than the timeout of target t (2m)"),
 ])
 def test_executor_section_errors_name_the_field(section, message) -> None:
     from engine.config import parse_config
@@ -138,6 +173,20 @@ def test_executor_section_errors_name_the_field(section, message) -> None:
     with pytest.raises(ConfigError, match="executor") as err:
         parse_config(doc)
     assert message in str(err.value)
+
+
+def test_the_refits_deadline_defaults_to_half_the_shorter_of_the_cycles_interval_and_timeout() -> None:
+    from engine.config import parse_config
+
+    def target(**over):
+        return {"name": "t", "source": {"type": "csv", "path": "x.csv"},
+                "policy": {"capacity_per_replica": 1, "max_replicas": 3}, **over}
+
+    for over, want in (({}, 60), ({"interval": "1m"}, 30), ({"interval": "1h", "timeout": "10m"}, 300)):
+        cfg = parse_config({"executor": {"kind": "local"}, "targets": [target(**over)]})
+        assert cfg.executor.deadline_for(cfg.targets[0]).total_seconds() == want, over
+    cfg = parse_config({"executor": {"kind": "local", "deadline": "45s"}, "targets": [target()]})
+    assert cfg.executor.deadline_for(cfg.targets[0]).total_seconds() == 45
 
 
 def test_an_unreachable_scheduler_is_one_clear_error() -> None:

@@ -666,6 +666,88 @@ def test_a_templates_refits_run_on_the_executor_and_a_lost_or_failed_one_falls_b
     np.testing.assert_allclose(a.forecast.point, alice.forecast.point)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.prometheus
+@pytest.mark.parametrize("executor", [
+    {"kind": "local", "workers": 2, "retries": 0, "deadline": "10s"},
+    {"kind": "dask", "local_cluster": True, "workers": 2, "retries": 0, "memory_limit": "400MiB",
+     "deadline": "10s"},
+], ids=["local-pool", "dask-local-cluster"])
+def test_a_refit_that_hangs_past_the_deadline_falls_back_for_its_target_only_and_is_retried_next_cycle(
+        fleet_prometheus, tmp_path, fit_probe, executor):
+    import time
+
+    if executor["kind"] == "dask":
+        pytest.importorskip("distributed")
+    marker = tmp_path / "hung"
+    tp = template(fleet_prometheus.url, mode="dry-run", forecaster={
+        "name": "fit_probe", "history": "2h", "refit_every": "1h",
+        "params": {"who": "{user}", "hang_for": "bob", "hang_marker": str(marker)}})
+    cfg = tmp_path / "fleet.yaml"
+    cfg.write_text(yaml.safe_dump({"state": str(tmp_path / "state.db"), "server": {"enabled": False},
+                                   "executor": executor, "templates": [tp]}, sort_keys=False))
+    clock, mono, results = ManualClock(from_epoch(fleet_prometheus.end)), [1000.0], []
+    d = Daemon(cfg, clock=clock, monotonic=lambda: mono[0], on_result=results.append,
+               build_actuator=lambda t, c=None: Platform(capacity=3))
+    tw = d.templates["storage"]
+
+    def cycle() -> dict:
+        results.clear()
+        t0 = time.monotonic()
+        d.tick()
+        assert tw.wait(120)
+        took = time.monotonic() - t0
+        mono[0] += 300
+        clock.advance(timedelta(minutes=5))
+        return {"by": {r.target: r for r in results}, "report": tw.last_report, "took": took}
+
+    try:
+        first = cycle()
+        by, report = first["by"], first["report"]
+        assert (report.refits, report.refit_failures, report.refit_timeouts) == (3, 1, 1)
+        assert first["took"] < 100, first["took"]  # the cycle ended at the deadline, not after bob's fit
+        # bob's fit hung: past the deadline it is a timeout, and bob falls
+        # back to reactive (never down) with the reason in its decision
+        bob = by["storage-bob-g1"]
+        assert bob.decision.fallback and bob.decision.desired >= bob.decision.current
+        recorded = json.dumps(d.lock_store.decision(bob.decision.id))
+        assert f"the refit on the {executor['kind']} executor failed (timeout)" in recorded, recorded
+        assert "deadline (10 s)" in recorded, recorded
+        # the process stuck in bob's fit does not linger (the pool's
+        # processes stopped; the LocalCluster's worker restarted)
+        hung = int(marker.read_text())
+        for _ in range(100):
+            if not _pid_alive(hung):
+                break
+            time.sleep(0.2)
+        assert not _pid_alive(hung), "the worker stuck in bob's fit is still running"
+        # the others decided from the models fitted in another process
+        for name in ("storage-alice-g1", "storage-carol-g2"):
+            r = by[name]
+            assert r.ok and not r.decision.fallback and r.forecast is not None, name
+            note = r.details["model"]
+            assert f"refitted on the {executor['kind']} executor (pid " in note, note
+            assert int(note.split("(pid ")[1].split(",")[0]) != os.getpid()
+        # the next cycle sends bob's refit again (still due); it fits, and bob decides from it
+        second = cycle()
+        assert (second["report"].refits, second["report"].refit_failures) == (1, 0)
+        bob = second["by"]["storage-bob-g1"]
+        assert bob.ok and not bob.decision.fallback and bob.forecast is not None
+        note = bob.details["model"]
+        assert f"refitted on the {executor['kind']} executor (pid " in note, note
+        assert note.startswith(bob.forecast.model_version)
+        assert not second["by"]["storage-alice-g1"].decision.fallback
+    finally:
+        d.shutdown(30)
+
+
 # ------------------------------------------------ the file's targets on one global model
 def test_the_files_targets_on_one_global_model_are_forecast_in_one_batched_call_and_a_bad_one_spoils_none(
         tmp_path, checkpoint, monkeypatch):

@@ -64,3 +64,11 @@ def dispatch(name: str, *args):
 
 def environ(name: str) -> str | None:
     return os.environ.get(name)
+
+
+def hang(marker: str, seconds: float) -> Squared:
+    """Write this process' pid to ``marker``, then sleep ``seconds`` (a fit
+    stuck past any deadline)."""
+    Path(marker).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return square(0)
