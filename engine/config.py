@@ -770,8 +770,8 @@ class ServerConfig(_Model):
 
 
 class Retention(_Model):
-    """How long the daemon keeps rows of the state file (pruned once an
-    hour). ``None``: forever. The predicted-versus-actual records and the
+    """How long the daemon keeps rows of the state file, and the model
+    checkpoints of retired targets (pruned once an hour). ``None``: forever. The predicted-versus-actual records and the
     sample cache are working data: never pruned below what a target still
     needs (its conformal window; its fetch history); decisions, with their
     plans and actuations, are the audit log and are kept unless a span is
@@ -783,8 +783,12 @@ class Retention(_Model):
     samples: Duration | None = timedelta(days=15)
     #: decisions, plans and actuation records (the audit log)
     decisions: Duration | None = None
+    #: the model checkpoint of a retired target (a template's whose series
+    #: went away, one removed from the file), counted from its last cycle
+    #: or fit; a live target's is never pruned
+    models: Duration | None = timedelta(days=15)
 
-    @field_validator("forecasts", "samples", "decisions")
+    @field_validator("forecasts", "samples", "decisions", "models")
     @classmethod
     def _positive(cls, v: timedelta | None) -> timedelta | None:
         if v is not None and v <= timedelta(0):

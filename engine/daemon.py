@@ -43,7 +43,9 @@
   targets' cycles at once; their first step reconciles what the previous
   leader left unfinished.
 - Once an hour (``HOUSEKEEPING_EVERY``): the state file is pruned as the
-  config's ``retention`` says (:func:`prune_cutoffs`), and a summary of the
+  config's ``retention`` says (:func:`prune_cutoffs`), with the model
+  checkpoints of targets retired longer than ``retention.models``
+  (:meth:`Daemon.prune_models`), and a summary of the
   cycles that fell back to reactive, by reason, is logged (the same counts
   are the ``forescale_fallback_cycles_total{target,reason}`` metric): a
   prediction that quietly switched itself off shows up there.
@@ -71,6 +73,7 @@ from .config import Config, TargetConfig, TargetTemplate, load_config
 from .cycle import CycleResult, LiveTarget
 from .fleet import BatchReport, Discovery, TemplateFetch, discover, member_target, run_batch, shared_model_key
 from .core.errors import ConfigError
+from .core.units import format_duration
 from .store import Store, open_store
 
 log = logging.getLogger("forescale.daemon")
@@ -951,10 +954,12 @@ class Daemon:
         With several replicas, the one that leads shard 0 prunes."""
         try:
             if self.leases is None or 0 in self.leases.held():
-                gone = self.lock_store.prune(**prune_cutoffs(self.config, self.clock.now()))
+                now = self.clock.now()
+                gone = self.lock_store.prune(**prune_cutoffs(self.config, now))
                 if any(gone.values()):
                     log.info("state file pruned (retention): %s",
                              ", ".join(f"{n} {table}" for table, n in gone.items() if n))
+                self.prune_models(now)
         except Exception:  # noqa: BLE001 - housekeeping must not stop the loop
             log.exception("pruning the state file failed; trying again in %s", HOUSEKEEPING_EVERY)
         for target, share, reasons in self.fallback_summary(reset=True):
@@ -962,6 +967,24 @@ class Daemon:
                     "target %s: %.0f%% of cycles fell back to reactive since the last summary (%s)", target,
                     100 * share, ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())) or "none",
                     extra={"target": target})
+
+    def prune_models(self, now: datetime) -> list[str]:
+        """Delete the model checkpoints of targets retired longer than
+        ``retention.models`` (:func:`engine.checkpoints.prune_checkpoints`):
+        never one of a target live now (the file's, or discovered by a
+        template), and not before every template has discovered its targets
+        once (until then a live one could look retired)."""
+        keep_for = self.config.retention.models
+        if keep_for is None or any(tw.last_discovery is None for tw in self.templates.values()):
+            return []
+        from .checkpoints import prune_checkpoints
+
+        keep = set(self.workers) | {n for tw in self.templates.values() for n in tw.members}
+        gone = prune_checkpoints(self.lock_store, now - keep_for, keep)
+        if gone:
+            log.info("model checkpoints of %d retired target(s) pruned (retention.models %s): %s", len(gone),
+                     format_duration(keep_for), ", ".join(gone[:20]) + (" ..." if len(gone) > 20 else ""))
+        return gone
 
     def fallback_summary(self, *, reset: bool = False) -> list[tuple[str, float, dict[str, int]]]:
         """Per target: the share of decided cycles that fell back, and the

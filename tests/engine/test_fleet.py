@@ -189,6 +189,62 @@ def test_the_daemon_adds_and_retires_targets_as_series_come_and_go_and_a_series_
         d.shutdown(5)
 
 
+def _checkpoints(store) -> set[str]:
+    if getattr(store, "keeps_models", False):
+        return {r[0] for r in store.db.execute("SELECT name FROM models").fetchall()}
+    folder = Path(store.path).parent / (Path(store.path).name + ".models")
+    return {p.stem for p in folder.glob("*.json")}
+
+
+@pytest.mark.prometheus
+@pytest.mark.parametrize("state", ["postgresql", "sqlite"])
+def test_a_retired_targets_checkpoint_is_pruned_after_the_retention_and_a_live_or_recent_one_is_kept(
+        fleet_prometheus, tmp_path, request, state):
+    end = fleet_prometheus.end
+    # models refitted every ten days: alice's and bob's stay older than the
+    # retention while they are live
+    tp = template(fleet_prometheus.url, mode="dry-run",
+                  forecaster={"name": "persistence", "history": "2h", "refit_every": "10d"})
+    doc = {"state": request.getfixturevalue("pg_url") if state == "postgresql" else str(tmp_path / "state.db"),
+           "server": {"enabled": False}, "retention": {"models": "1d"}, "templates": [tp]}
+    cfg = tmp_path / "fleet.yaml"
+    cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+    clock, mono, results = ManualClock(), [1000.0], []
+    d = Daemon(cfg, clock=clock, monotonic=lambda: mono[0], on_result=results.append,
+               build_actuator=lambda t, c=None: Platform(capacity=3))
+    tw = d.templates["storage"]
+    everyone = {"storage-alice-g1", "storage-bob-g1", "storage-carol-g2"}
+
+    def cycle(at: int) -> set[str]:
+        clock.set(from_epoch(at))
+        results.clear()
+        d.tick()
+        assert tw.wait(60)
+        mono[0] += 300
+        d.housekeeping()  # what the daemon does once an hour
+        return {r.target for r in results}
+
+    try:
+        assert cycle(end - 4 * DAY) == everyone
+        assert _checkpoints(d.lock_store) == everyone
+        # carol's series goes away: retired 12 h ago, less than the retention: her model is kept
+        assert cycle(end - 4 * DAY + 12 * 3600) == everyone - {"storage-carol-g2"}
+        assert _checkpoints(d.lock_store) == everyone
+        # retired for 47 h: her checkpoint goes; alice's and bob's, fitted
+        # as long ago, stay (they are live)
+        assert cycle(end - 2 * DAY - 3600) == everyone - {"storage-carol-g2"}
+        assert _checkpoints(d.lock_store) == everyone - {"storage-carol-g2"}
+        assert d.prune_models(clock.now()) == []  # nothing more to prune
+        # her state was kept; she comes back and fits a new model
+        assert cycle(end) == everyone
+        carol = [r for r in results if r.target == "storage-carol-g2"][0]
+        assert carol.ok and "restored" not in carol.details.get("model", "")
+        assert _checkpoints(d.lock_store) == everyone
+        assert len(d.lock_store.decisions("storage-carol-g2", limit=10)) == 2
+    finally:
+        d.shutdown(5)
+
+
 # ------------------------------------------------------------ the batched cycle
 from engine.build import build_targets  # noqa: E402
 from engine.core.types import Series  # noqa: E402
