@@ -45,6 +45,13 @@ Failures come back as data, never as an exception out of :meth:`run`:
   finishes the task on its own). A pool of ``workers: 1`` runs the tasks in
   the caller's process: the deadline is checked between tasks only.
 
+Runs from several threads (the daemon's templates and static targets) share
+one executor at once: Dask's client is thread-safe, and the local pool's
+runs submit to one pool; a pool that breaks or is stopped is replaced by
+whichever run needs it next, and the tasks another run's deadline stopped
+run again on the fresh pool without counting a death. (A task "run alone"
+after too many pool deaths is alone within its run, not across runs.)
+
 What a caller does with a failure is its own decision; where it feeds a
 decision the engine falls back to reactive for that target with the reason
 (never scales down).
@@ -184,9 +191,10 @@ class LocalExecutor(_Closing):
         self.allowed_failures = allowed_failures
         self.stats = RunStats()
         self._pool: cf.ProcessPoolExecutor | None = None
-        #: one run at a time (the daemon's template threads share the pool;
-        #: a broken pool is replaced by the run that saw it break)
-        self._running = threading.Lock()
+        #: guards ``_pool``: runs from several threads (the daemon's
+        #: templates and static targets) share it, and a broken or stopped
+        #: pool is replaced by whichever run needs it next
+        self._pool_lock = threading.Lock()
 
     def share(self, value: Any) -> Any:
         return value  # pickled with each task; a process pool has no cache
@@ -200,21 +208,11 @@ class LocalExecutor(_Closing):
     def run(self, fn: Callable[..., Any], tasks: Sequence[Task],
             on_done: Callable[[], None] | None = None, deadline: float | None = None) -> list[Any]:
         """``fn`` on every task (see the module doc); ``deadline``: seconds
-        from now after which what is unfinished is a ``timeout`` failure (the
-        wait for another run of this pool counts in it)."""
+        from now after which what is unfinished is a ``timeout`` failure.
+        Runs from several threads share the pool's processes at once."""
         _check_unique(tasks)
         t0 = time.perf_counter()
-        if deadline is None:
-            self._running.acquire()
-        elif not self._running.acquire(timeout=max(0.0, deadline)):
-            out = [_late(t.key, deadline, False, 0, "; the executor was busy with another run until then")
-                   for t in tasks]
-            self.stats = RunStats(len(tasks), len(tasks), time.perf_counter() - t0, timed_out=len(tasks))
-            return out
-        try:
-            return self._run(fn, tasks, on_done, t0, None if deadline is None else (deadline, t0 + deadline))
-        finally:
-            self._running.release()
+        return self._run(fn, tasks, on_done, t0, None if deadline is None else (deadline, t0 + deadline))
 
     def _run(self, fn: Callable[..., Any], tasks: Sequence[Task], on_done: Callable[[], None] | None,
              t0: float, deadline: tuple[float, float] | None) -> list[Any]:
@@ -307,13 +305,10 @@ class LocalExecutor(_Closing):
     def _round(self, fn: Callable[..., Any], tasks: Sequence[Task], settle: Callable[..., bool],
                deadline: tuple[float, float] | None = None) -> tuple[dict[str, str], bool]:
         """Submit ``tasks`` to the pool once. Returns the tasks not settled
-        (key -> "raised", "died" or "timeout") and whether a pool process
-        died. At the deadline the pool's processes are stopped (the pool is
+        (key -> "raised", "died", "stopped": by another run, or "timeout")
+        and whether a pool process died. At the deadline the pool's processes are stopped (the pool is
         replaced at the next round): a task stuck in one never finishes."""
-        if self._pool is None:
-            self._pool = self._new_pool()
-        with _spawn_env(ONE_THREAD_ENV):  # the pool starts its processes on submit
-            futures = {self._pool.submit(fn, *t.args): t for t in tasks}
+        pool, futures = self._submit(fn, tasks)
         unsettled: dict[str, str] = {}
         broke = False
 
@@ -323,8 +318,16 @@ class LocalExecutor(_Closing):
             try:
                 res, exc = fut.result(), None
             except BrokenProcessPool:
+                if getattr(pool, "forescale_stopped", False):
+                    # another run stopped the pool at its deadline: not this
+                    # task's death; it runs again on a fresh pool
+                    unsettled[task.key] = "stopped"
+                    return
                 broke = True
                 unsettled[task.key] = "died"
+                return
+            except cf.CancelledError:  # another run dropped the pool before it started: again, on a fresh one
+                unsettled[task.key] = "stopped"
                 return
             except Exception as e:  # noqa: BLE001 - a task's failure is data
                 res, exc = None, e
@@ -343,19 +346,50 @@ class LocalExecutor(_Closing):
                     take(fut)
                 else:
                     unsettled[futures[fut].key] = "timeout"
-            self._stop_pool()
+            self._stop_pool(pool)
             return unsettled, broke
         if broke:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+            self._drop(pool)
         return unsettled, broke
 
-    def _stop_pool(self) -> None:
-        """Terminate the pool's processes (one may be stuck in a task that
-        never returns) and drop the pool; the next round starts a fresh one."""
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
+    def _submit(self, fn: Callable[..., Any], tasks: Sequence[Task]
+                ) -> tuple[cf.ProcessPoolExecutor, dict[cf.Future, Task]]:
+        """Submit ``tasks`` to the current pool (a fresh one when another run
+        broke or stopped it meanwhile)."""
+        for attempt in range(5):
+            with self._pool_lock:
+                if self._pool is None:
+                    self._pool = self._new_pool()
+                pool = self._pool
+            futures: dict[cf.Future, Task] = {}
+            try:
+                with _spawn_env(ONE_THREAD_ENV):  # the pool starts its processes on submit
+                    for t in tasks:
+                        futures[pool.submit(fn, *t.args)] = t
+                return pool, futures
+            except (BrokenProcessPool, RuntimeError):  # broken, or shut down by another run: take a fresh one
+                for f in futures:
+                    f.cancel()
+                self._drop(pool)
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _drop(self, pool: cf.ProcessPoolExecutor) -> None:
+        """Stop using ``pool`` (broken): the next submit starts a fresh one."""
+        with self._pool_lock:
+            if self._pool is pool:
+                self._pool = None
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def _stop_pool(self, pool: cf.ProcessPoolExecutor) -> None:
+        """Terminate ``pool``'s processes (one may be stuck in a task that
+        never returns) and drop it; the next round starts a fresh one. The
+        tasks other runs had on it run again there, not counted as deaths."""
+        pool.forescale_stopped = True  # type: ignore[attr-defined]
+        with self._pool_lock:
+            if self._pool is pool:
+                self._pool = None
         procs = list((getattr(pool, "_processes", None) or {}).values())
         for p in procs:
             p.terminate()
@@ -368,9 +402,10 @@ class LocalExecutor(_Closing):
         log.warning("local executor: stopped %d pool process(es) at a run's deadline", len(procs))
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class DaskExecutor(_Closing):

@@ -118,6 +118,32 @@ def test_a_task_past_the_deadline_is_a_timeout_and_its_worker_does_not_linger(ex
     assert executor.run(et.square, [Task("after", (3, 0.2))])[0].value == 9
 
 
+def test_runs_from_two_threads_share_the_pool_and_one_stopped_at_its_deadline_costs_the_other_nothing(
+        tmp_path: Path) -> None:
+    import threading
+    import time
+
+    marker = tmp_path / "hung"
+    got: dict[str, list] = {}
+    # no worker death allowed: were the other run's tasks, killed with the
+    # stopped pool, counted as deaths, they would be run alone and blamed
+    with LocalExecutor(workers=2, retries=0, allowed_failures=0) as ex:
+        a = threading.Thread(target=lambda: got.setdefault("a", ex.run(
+            et.dispatch, [Task("stuck", ("hang", str(marker), 120))], deadline=4)))
+        a.start()
+        for _ in range(200):  # the stuck task is running
+            if marker.exists():
+                break
+            time.sleep(0.05)
+        got["b"] = ex.run(et.square, [Task(f"sq{i}", (i, 1.5)) for i in range(4)])  # in flight at a's deadline
+        b_stats = ex.stats  # b ends after a: its tasks ran again on a fresh pool
+        a.join(60)
+    assert got["a"][0].kind == "timeout"
+    assert [r.value for r in got["b"]] == [0, 1, 4, 9]
+    assert (b_stats.tasks, b_stats.failed, b_stats.lost_workers) == (4, 0, 0)
+    assert len({r.pid for r in got["b"]}) >= 2
+
+
 def test_a_run_that_cannot_start_before_its_deadline_times_out_every_task() -> None:
     with LocalExecutor(workers=1) as ex:
         results = ex.run(et.square, [Task("a", (2, 0.3)), Task("b", (3,))], deadline=0.1)
