@@ -71,7 +71,8 @@ from .build import build_resources
 from .core.clock import Clock, SystemClock
 from .config import Config, TargetConfig, TargetTemplate, load_config
 from .cycle import CycleResult, LiveTarget
-from .fleet import BatchReport, Discovery, TemplateFetch, discover, member_target, run_batch, shared_model_key
+from .fleet import (BatchReport, Discovery, TemplateFetch, discover, member_target, run_batch,
+                    run_refitting_elsewhere, shared_model_key)
 from .core.errors import ConfigError
 from .core.units import format_duration
 from .store import Store, open_store
@@ -245,7 +246,13 @@ class TargetWorker:
     def _cycle(self, live: LiveTarget) -> None:
         try:
             now = self.daemon.clock.now()  # read once per cycle
-            self.done(live, live.run(now), now, self.abandoned)
+            cfg = self.daemon.config.cycle_executor
+            if cfg is None:
+                res = live.run(now)
+            else:  # its per-series model's refits go to the executor, as a template's do
+                res = run_refitting_elsewhere(live, now, self.daemon.executor,
+                                              cfg.deadline_for(self.target).total_seconds())
+            self.done(live, res, now, self.abandoned)
         except Exception:  # noqa: BLE001 - never let a cycle thread die silently
             log.exception("target %s: cycle crashed", self.target.name, extra={"target": self.target.name})
         finally:
@@ -696,7 +703,8 @@ class Daemon:
             w.batch = member.get(name)
 
     def executor(self) -> Any:
-        """Where the templates' batched cycles send their per-series refits:
+        """Where the per-series refits go (the templates' batched cycles',
+        and the cycles of the file's targets that run alone):
         the ``executor:`` section's executor, opened at its first use and
         kept until shutdown (a changed section takes effect at a restart).
         None without the section, or while it cannot be opened (logged, tried

@@ -27,7 +27,9 @@ work around the decisions:
                  one); per-series models forecast per target in step 4,
                  and their due refits run first on the config's executor
                  when it has one (:func:`refits_elsewhere`: one task per
-                 target, a failed or lost one is that target's fallback).
+                 target, a failed, lost or late one is that target's
+                 fallback). The file's own targets that run alone send
+                 theirs the same way (:func:`run_refitting_elsewhere`).
 4. **decide**    every target's ``decide`` (step 5), the forecast records in
                  one transaction.
 5. **record**    every target that does not act (observe, dry-run, hold):
@@ -333,9 +335,16 @@ def refits_elsewhere(members: Sequence[LiveTarget], cycles: Sequence[PendingCycl
     next cycle (the model's last fit is unchanged, so its refit is still
     due). Returns those errors, the number of refits sent and how many of
     them were past the deadline."""
-    from .executor import Task
-    from .fits import fit_params, fit_series
+    jobs = refit_jobs(members, cycles)
+    if not jobs:
+        return {}, 0, 0
+    return send_refits(members, cycles, jobs, executor, deadline)
 
+
+def refit_jobs(members: Sequence[LiveTarget], cycles: Sequence[PendingCycle]) -> list[tuple[int, Series]]:
+    """The members whose per-series model's refit is due this cycle and may
+    be made on an executor, each with the history it fits on (index,
+    window); the saved model is restored first (:meth:`LiveTarget.refit_job`)."""
     jobs: list[tuple[int, Series]] = []
     for i, (m, c) in enumerate(zip(members, cycles)):
         f, fc = m.runner.forecaster, m.target.forecaster
@@ -346,8 +355,16 @@ def refits_elsewhere(members: Sequence[LiveTarget], cycles: Sequence[PendingCycl
         window = m.refit_job(c)
         if window is not None:
             jobs.append((i, window))
-    if not jobs:
-        return {}, 0, 0
+    return jobs
+
+
+def send_refits(members: Sequence[LiveTarget], cycles: Sequence[PendingCycle], jobs: Sequence[tuple[int, Series]],
+                executor: Any, deadline: float | None = None
+                ) -> tuple[dict[int, tuple[Forecast | None, str | None]], int, int]:
+    """:func:`refits_elsewhere` for the jobs of :func:`refit_jobs`."""
+    from .executor import Task
+    from .fits import fit_params, fit_series
+
     # the history goes with its one task, not scattered (``share``): data
     # scattered to a worker that dies is lost, and the task with it
     tasks = [Task(m.target.name, (m.target.name, w, m.target.forecaster.name, fit_params(m.target),
@@ -367,6 +384,27 @@ def refits_elsewhere(members: Sequence[LiveTarget], cycles: Sequence[PendingCycl
             log.warning("target %s: %s", members[i].target.name, why, extra={"target": members[i].target.name})
             out[i] = (None, why)
     return out, len(jobs), sum(1 for f in outcomes if getattr(f, "kind", None) == "timeout")
+
+
+def run_refitting_elsewhere(live: LiveTarget, now: datetime, executor: Callable[[], Any],
+                            deadline: float | None = None) -> CycleResult:
+    """One cycle of a target of the file that runs alone
+    (:meth:`LiveTarget.run`'s steps), its per-series model's due refit made
+    on the executor ``executor()`` returns, asked only when a refit is due
+    (None: it could not be opened; the refit is made here, as without one).
+    The same refits, results and failures as a template's
+    (:func:`refits_elsewhere`): a failed, lost or late refit is this
+    target's forecast error, reactive fallback, and due again next cycle."""
+    cycle = live.begin(now)
+    forecast = None
+    jobs = refit_jobs([live], [cycle])
+    if jobs:
+        ex = executor()
+        if ex is not None:
+            failed, _, _ = send_refits([live], [cycle], jobs, ex, deadline)
+            forecast = failed.get(0)
+    live.decide(cycle, forecast)
+    return live.finish(cycle)
 
 
 # ------------------------------------------------------------------- cycle
@@ -555,5 +593,6 @@ def _labelset(labels: dict[str, str]) -> str:
 
 
 __all__ = ["BatchReport", "Discovery", "FleetTargets", "SeriesSlice", "TemplateFetch", "batched_forecasts",
-           "discover", "expand", "fleet_targets", "member_target", "refits_elsewhere", "run_batch",
+           "discover", "expand", "fleet_targets", "member_target", "refit_jobs", "refits_elsewhere", "run_batch",
+           "run_refitting_elsewhere", "send_refits",
            "shared_model_key", "template_source"]

@@ -722,6 +722,66 @@ def test_a_templates_refits_run_on_the_executor_and_a_lost_or_failed_one_falls_b
     np.testing.assert_allclose(a.forecast.point, alice.forecast.point)
 
 
+def _static_probe_run(folder: Path, executor: dict | None) -> dict:
+    """One cycle of three of the file's own targets on ``fit_probe`` in a
+    real daemon (bob's fit kills its process, carol's raises), each in its
+    own thread as static targets run; the results by target."""
+    folder.mkdir()
+    t = np.arange(2 * DAY // 300)
+    trace = write_trace(folder / "load.csv", 40 + 20 * np.sin(2 * np.pi * t / 288))
+    targets = [target_dict(n, trace, mode="dry-run", forecaster={
+        "name": "fit_probe", "history": "2h", "refit_every": "1h",
+        "params": {"who": n, "die_for": "bob", "raise_for": "carol"}}) for n in ("alice", "bob", "carol")]
+    extra = {} if executor is None else {"executor": executor}
+    cfg = write_config(folder / "c.yaml", targets, **extra)
+    results = []
+    d = Daemon(cfg, clock=ManualClock(T0 + timedelta(days=1)), monotonic=lambda: 1000.0,
+               on_result=results.append, build_actuator=lambda t, c=None: Platform(capacity=3))
+    try:
+        assert not d.batches  # per-series models: each target runs alone
+        d.tick()
+        for w in d.workers.values():
+            assert w.wait(180)
+        by = {r.target: r for r in results}
+        return {"by": by, "decisions": {n: d.lock_store.decision(r.decision.id) for n, r in by.items()}}
+    finally:
+        d.shutdown(30)
+
+
+@pytest.mark.parametrize("executor", [
+    {"kind": "local", "workers": 2, "retries": 0, "allowed_failures": 1},
+    {"kind": "dask", "local_cluster": True, "workers": 2, "retries": 0, "allowed_failures": 1,
+     "memory_limit": "400MiB"},
+], ids=["local-pool", "dask-local-cluster"])
+def test_the_files_own_targets_refit_on_the_executor_and_a_lost_or_failed_one_falls_back_alone(
+        tmp_path, fit_probe, executor):
+    if executor["kind"] == "dask":
+        pytest.importorskip("distributed")
+    got = _static_probe_run(tmp_path / "on", executor)
+    by = got["by"]
+    assert sorted(by) == ["alice", "bob", "carol"]
+    # alice: fitted in another process, and that model's forecast decided
+    alice = by["alice"]
+    note = alice.details["model"]
+    assert f"refitted on the {executor['kind']} executor (pid " in note, note
+    pid = int(note.split("(pid ")[1].split(",")[0])
+    assert pid != os.getpid() and pid > 0
+    assert alice.ok and not alice.decision.fallback and alice.forecast is not None
+    assert note.startswith(alice.forecast.model_version)
+    # bob's fit killed its worker every time: lost; carol's raised: failed;
+    # each falls back to reactive (never down) with the reason in its decision
+    for name, why in (("bob", "(lost)"), ("carol", "RuntimeError: the fit of carol fails")):
+        d = by[name].decision
+        assert d.fallback and d.desired >= d.current, name
+        recorded = json.dumps(got["decisions"][name])
+        assert f"the refit on the {executor['kind']} executor failed" in recorded and why in recorded, recorded
+    # the same decision for alice as without the section, fitting in her own thread
+    inline = _static_probe_run(tmp_path / "inline", None)["by"]["alice"]
+    assert "refitted" not in inline.details.get("model", "")
+    assert (inline.decision.desired, inline.decision.reasons) == (alice.decision.desired, alice.decision.reasons)
+    np.testing.assert_allclose(inline.forecast.point, alice.forecast.point)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
