@@ -782,6 +782,57 @@ def test_the_files_own_targets_refit_on_the_executor_and_a_lost_or_failed_one_fa
     np.testing.assert_allclose(inline.forecast.point, alice.forecast.point)
 
 
+@pytest.mark.parametrize("executor", [
+    {"kind": "local", "workers": 2, "retries": 0, "deadline": "8s"},
+    {"kind": "dask", "local_cluster": True, "workers": 2, "retries": 0, "memory_limit": "400MiB",
+     "deadline": "8s"},
+], ids=["local-pool", "dask-local-cluster"])
+def test_a_files_target_whose_refit_hangs_falls_back_with_timeout_and_refits_next_cycle(
+        tmp_path, fit_probe, executor):
+    import time
+
+    if executor["kind"] == "dask":
+        pytest.importorskip("distributed")
+    marker = tmp_path / "hung"
+    t = np.arange(2 * DAY // 300)
+    trace = write_trace(tmp_path / "load.csv", 40 + 20 * np.sin(2 * np.pi * t / 288))
+    targets = [target_dict(n, trace, mode="dry-run", forecaster={
+        "name": "fit_probe", "history": "2h", "refit_every": "1h",
+        "params": {"who": n, "hang_for": "bob", "hang_marker": str(marker)}}) for n in ("alice", "bob")]
+    cfg = write_config(tmp_path / "c.yaml", targets, executor=executor)
+    clock, mono, results = ManualClock(T0 + timedelta(days=1)), [1000.0], []
+    d = Daemon(cfg, clock=clock, monotonic=lambda: mono[0], on_result=results.append,
+               build_actuator=lambda t, c=None: Platform(capacity=3))
+
+    def cycle() -> dict:
+        results.clear()
+        d.tick()
+        for w in d.workers.values():
+            assert w.wait(120)
+        mono[0] += 300
+        clock.advance(timedelta(minutes=5))
+        return {r.target: r for r in results}
+
+    try:
+        t0 = time.monotonic()
+        by = cycle()
+        assert time.monotonic() - t0 < 100  # bob's cycle ended at the deadline, not after his fit
+        assert not by["alice"].decision.fallback
+        assert f"refitted on the {executor['kind']} executor (pid " in by["alice"].details["model"]
+        bob = by["bob"].decision
+        assert bob.fallback and bob.desired >= bob.current
+        recorded = json.dumps(d.lock_store.decision(bob.id))
+        assert f"the refit on the {executor['kind']} executor failed (timeout)" in recorded, recorded
+        # the next cycle sends bob's refit again; it fits, and bob decides from it
+        by = cycle()
+        assert by["bob"].ok and not by["bob"].decision.fallback
+        note = by["bob"].details["model"]
+        assert f"refitted on the {executor['kind']} executor (pid " in note, note
+        assert note.startswith(by["bob"].forecast.model_version)
+    finally:
+        d.shutdown(30)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
