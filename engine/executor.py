@@ -49,8 +49,12 @@ Runs from several threads (the daemon's templates and static targets) share
 one executor at once: Dask's client is thread-safe, and the local pool's
 runs submit to one pool; a pool that breaks or is stopped is replaced by
 whichever run needs it next, and the tasks another run's deadline stopped
-run again on the fresh pool without counting a death. (A task "run alone"
-after too many pool deaths is alone within its run, not across runs.)
+run again on the fresh pool without counting a death. A task run alone
+after too many pool deaths is alone across runs too: its round waits for
+the others' rounds to end and holds off new ones (within its deadline).
+Dask charges a worker's death to the tasks that worker held (Dask's own
+accounting, ``allowed-failures``): a task placed on the same worker as one
+that kills it may be lost with it.
 
 What a caller does with a failure is its own decision; where it feeds a
 decision the engine falls back to reactive for that target with the reason
@@ -195,6 +199,13 @@ class LocalExecutor(_Closing):
         #: templates and static targets) share it, and a broken or stopped
         #: pool is replaced by whichever run needs it next
         self._pool_lock = threading.Lock()
+        #: rounds on the pool: any number at once, or one task "alone"
+        #: (after too many pool deaths), which waits for the others to end
+        #: and holds off new ones, so that a death then is its own
+        self._gate = threading.Condition()
+        self._rounds = 0
+        self._alone = 0  # alone rounds running (at most 1) or waiting
+        self._busy_alone = False  # one runs
 
     def share(self, value: Any) -> Any:
         return value  # pickled with each task; a process pool has no cache
@@ -266,6 +277,8 @@ class LocalExecutor(_Closing):
                 unsettled, broke = self._round(fn, pending, settle, deadline)
                 for task in [t for t in pending if unsettled.get(t.key) == "timeout"]:
                     late(task, True, "; its worker process was stopped")
+                for task in [t for t in pending if unsettled.get(t.key) == "late"]:
+                    late(task, False)
                 again = [t for t in pending if t.key in unsettled and t.key not in out]
                 if broke:
                     lost_workers += 1
@@ -284,9 +297,10 @@ class LocalExecutor(_Closing):
                     if past():
                         late(task, False)
                         break
-                    unsettled, broke = self._round(fn, [task], settle, deadline)
-                    if unsettled.get(task.key) == "timeout":
-                        late(task, True, "; its worker process was stopped")
+                    unsettled, broke = self._round(fn, [task], settle, deadline, alone=True)
+                    if unsettled.get(task.key) in ("timeout", "late"):
+                        late(task, unsettled[task.key] == "timeout", "; its worker process was stopped"
+                             if unsettled[task.key] == "timeout" else "")
                         break
                     if broke:
                         lost_workers += 1
@@ -303,11 +317,51 @@ class LocalExecutor(_Closing):
         return [out[t.key] for t in tasks]
 
     def _round(self, fn: Callable[..., Any], tasks: Sequence[Task], settle: Callable[..., bool],
-               deadline: tuple[float, float] | None = None) -> tuple[dict[str, str], bool]:
-        """Submit ``tasks`` to the pool once. Returns the tasks not settled
-        (key -> "raised", "died", "stopped": by another run, or "timeout")
-        and whether a pool process died. At the deadline the pool's processes are stopped (the pool is
+               deadline: tuple[float, float] | None = None, alone: bool = False) -> tuple[dict[str, str], bool]:
+        """Submit ``tasks`` to the pool once (``alone``: with no other run's
+        round beside it). Returns the tasks not settled (key -> "raised",
+        "died", "stopped": by another run, "timeout", or "late": the deadline
+        passed before the round could start) and whether a pool process
+        died. At the deadline the pool's processes are stopped (the pool is
         replaced at the next round): a task stuck in one never finishes."""
+        if not self._enter(alone, None if deadline is None else deadline[1]):
+            return {t.key: "late" for t in tasks}, False
+        try:
+            return self._round_in(fn, tasks, settle, deadline)
+        finally:
+            self._leave(alone)
+
+    def _enter(self, alone: bool, end: float | None) -> bool:
+        """Wait for the gate (see ``_gate``) until ``end`` (perf_counter);
+        False when it did not open by then."""
+        with self._gate:
+            if alone:
+                self._alone += 1
+            while (self._rounds > 0 if alone else self._alone > 0) or (alone and self._busy_alone):
+                left = None if end is None else end - time.perf_counter()
+                if left is not None and left <= 0:
+                    if alone:
+                        self._alone -= 1
+                        self._gate.notify_all()
+                    return False
+                self._gate.wait(left)
+            if alone:
+                self._busy_alone = True
+            else:
+                self._rounds += 1
+            return True
+
+    def _leave(self, alone: bool) -> None:
+        with self._gate:
+            if alone:
+                self._alone -= 1
+                self._busy_alone = False
+            else:
+                self._rounds -= 1
+            self._gate.notify_all()
+
+    def _round_in(self, fn: Callable[..., Any], tasks: Sequence[Task], settle: Callable[..., bool],
+                  deadline: tuple[float, float] | None) -> tuple[dict[str, str], bool]:
         pool, futures = self._submit(fn, tasks)
         unsettled: dict[str, str] = {}
         broke = False

@@ -7,6 +7,7 @@ it, the pool restarts). A task that always fails comes back as a
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +36,6 @@ def executor(request, dask_ex):
             yield ex
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_a_worker_killed_mid_run_is_retried_and_the_run_completes(executor, tmp_path: Path) -> None:
     marker = tmp_path / "killed"
     tasks = [Task(f"sq{i}", (i, 0.05)) for i in range(6)]
@@ -51,7 +44,7 @@ def test_a_worker_killed_mid_run_is_retried_and_the_run_completes(executor, tmp_
     results += executor.run(et.square, tasks[3:])
     assert marker.exists(), "the task never killed its worker"
     killed = int(marker.read_text())
-    assert not _pid_alive(killed), "the worker process that ran the task is gone"
+    assert not et.pid_alive(killed), "the worker process that ran the task is gone"
     assert [r.value for r in results] == [0, 1, 4, 49, 9, 16, 25]
     assert results[3].pid != killed  # the retry ran in another (or a restarted) process
 
@@ -93,8 +86,6 @@ def test_a_task_that_kills_every_worker_is_lost_not_hung(executor) -> None:
 
 
 def test_a_task_past_the_deadline_is_a_timeout_and_its_worker_does_not_linger(executor, tmp_path: Path) -> None:
-    import time
-
     marker = tmp_path / "hung"
     tasks = [Task("stuck", ("hang", str(marker), 120))] + [Task(f"sq{i}", ("square", i, 0.1)) for i in range(3)]
     t0 = time.monotonic()
@@ -108,12 +99,7 @@ def test_a_task_past_the_deadline_is_a_timeout_and_its_worker_does_not_linger(ex
     assert executor.stats.timed_out == 1 and executor.stats.failed == 1
     # the process stuck in the task was stopped (the pool's, or the
     # LocalCluster worker restarted), not left sleeping
-    pid = int(marker.read_text())
-    for _ in range(100):
-        if not _pid_alive(pid):
-            break
-        time.sleep(0.2)
-    assert not _pid_alive(pid), "the stuck worker process is still there"
+    assert et.gone(int(marker.read_text())), "the stuck worker process is still there"
     # the executor still works afterwards, and a run without a deadline waits
     assert executor.run(et.square, [Task("after", (3, 0.2))])[0].value == 9
 
@@ -121,8 +107,6 @@ def test_a_task_past_the_deadline_is_a_timeout_and_its_worker_does_not_linger(ex
 def test_runs_from_two_threads_share_the_pool_and_one_stopped_at_its_deadline_costs_the_other_nothing(
         tmp_path: Path) -> None:
     import threading
-    import time
-
     marker = tmp_path / "hung"
     got: dict[str, list] = {}
     # no worker death allowed: were the other run's tasks, killed with the
@@ -142,6 +126,26 @@ def test_runs_from_two_threads_share_the_pool_and_one_stopped_at_its_deadline_co
     assert [r.value for r in got["b"]] == [0, 1, 4, 9]
     assert (b_stats.tasks, b_stats.failed, b_stats.lost_workers) == (4, 0, 0)
     assert len({r.pid for r in got["b"]}) >= 2
+
+
+def test_a_task_run_alone_after_pool_deaths_is_alone_across_runs_too() -> None:
+    import threading
+
+    # no death allowed: every task unfinished when the killer breaks the
+    # pool is run alone next; were two alone at once, the killer's death
+    # would be charged to the other run's task too, and it would be lost
+    got: dict[str, list] = {}
+    with LocalExecutor(workers=2, retries=0, allowed_failures=0) as ex:
+        runs = [threading.Thread(target=lambda: got.setdefault("killer", ex.run(
+                    et.dispatch, [Task("doomed", ("always_die", 1))]))),
+                threading.Thread(target=lambda: got.setdefault("squares", ex.run(
+                    et.square, [Task(f"sq{i}", (i, 0.3)) for i in range(4)])))]
+        for t in runs:
+            t.start()
+        for t in runs:
+            t.join(120)
+    assert got["killer"][0].kind == "lost" and "running it alone" in got["killer"][0].reason
+    assert [r.value for r in got["squares"]] == [0, 1, 4, 9]
 
 
 def test_a_run_that_cannot_start_before_its_deadline_times_out_every_task() -> None:

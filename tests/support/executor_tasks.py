@@ -72,3 +72,22 @@ def hang(marker: str, seconds: float) -> Squared:
     Path(marker).write_text(str(os.getpid()))
     time.sleep(seconds)
     return square(0)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def gone(pid: int, seconds: float = 20.0) -> bool:
+    """Whether process ``pid`` ends within ``seconds`` (a pool process being
+    terminated, a Dask worker being restarted)."""
+    end = time.monotonic() + seconds
+    while pid_alive(pid):
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.2)
+    return True
