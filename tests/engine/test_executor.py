@@ -250,3 +250,35 @@ def test_a_scheduler_without_workers_is_one_clear_error_not_a_hang() -> None:
         cfg = ExecutorConfig(kind="dask", address=cluster.scheduler_address, connect_timeout="1s")
         with pytest.raises(ConfigError, match="has no workers"):
             open_executor(cfg)
+
+
+def test_a_run_on_a_scheduler_that_stopped_answering_returns_at_its_deadline() -> None:
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    sched = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                              "--port", str(port), "--no-dashboard"], **quiet)
+    worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", f"tcp://127.0.0.1:{port}",
+                               "--nthreads", "1", "--no-dashboard"], **quiet)
+    try:
+        ex = DaskExecutor(address=f"tcp://127.0.0.1:{port}", connect_timeout=60)
+        assert ex.run(et.square, [Task("before", (2,))])[0].value == 4
+        os.kill(sched.pid, signal.SIGSTOP)  # its connection stays open; nothing answers on it
+        t0 = time.monotonic()
+        [late] = ex.run(et.square, [Task("after", (3,))], deadline=3)
+        took = time.monotonic() - t0
+        assert isinstance(late, TaskFailure) and late.kind == "timeout", late
+        assert took < 15, took  # at the deadline, not never
+        os.kill(sched.pid, signal.SIGCONT)
+        ex.close()
+    finally:
+        worker.kill()
+        sched.kill()
+        worker.wait(10)
+        sched.wait(10)
