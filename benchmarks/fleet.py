@@ -322,20 +322,20 @@ def static_markdown(report: dict[str, Any]) -> str:
              f"Command: `{report['command']}`", "",
              f"{report['targets']} targets of the file (`targets:`, each its cycle in its own thread), three days "
              f"of history each, dry-run, a real SQLite state file; machine: {report['machine']}.", "",
-             "| model | executor | workers | refit cycle s | speed-up | refitted elsewhere | first cycle s | "
-             "steady cycle s | fallbacks |",
+             "| model | executor | workers | refit cycle s | cycles ok | refitted elsewhere | first cycle s (ok) | "
+             "steady cycle s (ok) | fallbacks |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    base = {r["model"]: r["cycles"][1]["wall_s"] for r in report["runs"] if r["executor_kind"] == "none"}
     for r in report["runs"]:
         first, c, st = r["cycles"]
         where = r["executor_kind"] if r["executor_kind"] != "none" else "none (each target's thread)"
         lines.append(f"| {r['model']} | {where} | {r.get('executor_workers', 1)} | {c['wall_s']:.1f} | "
-                     f"{base.get(r['model'], float('nan')) / c['wall_s']:.2f}x | {c['refitted_elsewhere']} | "
-                     f"{first['wall_s']:.1f} | {st['wall_s']:.1f} | {c['fallback']} |")
+                     f"{c['ok']} | {c['refitted_elsewhere']} | {first['wall_s']:.1f} ({first['ok']}) | "
+                     f"{st['wall_s']:.1f} ({st['ok']}) | {c['fallback']} |")
     lines.append("\nThe refit cycle comes a day after the first, when every target's refit is due again (the "
                  "executor already started); its time runs from the tick that starts every target's cycle to "
-                 "the end of the last. The first cycle also starts the executor and fetches and caches the "
-                 "whole history.\n")
+                 "the end of the last. 'cycles ok': the targets whose cycle ended without an error (a cycle "
+                 "that could not write the state file in SQLite's busy timeout is an error). The first cycle "
+                 "also starts the executor and fetches and caches the whole history.\n")
     return "\n".join(lines)
 
 
