@@ -483,29 +483,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --per-series: the file's own targets (a thread each), not a template")
     args = ap.parse_args(argv)
     machine = f"{platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} CPUs"
-    if args.per_series and args.static:
-        n = args.targets[0]
-        command = (f"python -m benchmarks.fleet --targets {n} --per-series {' '.join(args.per_series)} "
-                   f"--executors {' '.join(args.executors)} --workers {args.workers} --static")
-        rep = {"command": command, "targets": n, "machine": machine,
-               "runs": static_per_series(n, args.per_series, args.executors, args.workers)}
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "fleet-per-series-static.json").write_text(json.dumps(rep, indent=2, default=str))
-        (out / "fleet-per-series-static.md").write_text(static_markdown(rep))
-        print(f"wrote {out / 'fleet-per-series-static'}.json and .md")
-        return 0
     if args.per_series:
         n = args.targets[0]
         command = (f"python -m benchmarks.fleet --targets {n} --per-series {' '.join(args.per_series)} "
-                   f"--executors {' '.join(args.executors)} --workers {args.workers}")
+                   f"--executors {' '.join(args.executors)} --workers {args.workers}"
+                   + (" --static" if args.static else ""))
+        runner, name, render = ((static_per_series, "fleet-per-series-static", static_markdown) if args.static
+                                else (per_series, "fleet-per-series", per_series_markdown))
         rep = {"command": command, "targets": n, "machine": machine,
-               "runs": per_series(n, args.per_series, args.executors, args.workers)}
+               "runs": runner(n, args.per_series, args.executors, args.workers)}
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "fleet-per-series.json").write_text(json.dumps(rep, indent=2, default=str))
-        (out / "fleet-per-series.md").write_text(per_series_markdown(rep))
-        print(f"wrote {out / 'fleet-per-series'}.json and .md")
+        (out / f"{name}.json").write_text(json.dumps(rep, indent=2, default=str))
+        (out / f"{name}.md").write_text(render(rep))
+        print(f"wrote {out / name}.json and .md")
         return 0
     model = Path(args.model)
     info: dict[str, Any] = {}
