@@ -39,6 +39,10 @@ day later when every refit is due again (the one compared), one five
 minutes after that. Writes ``fleet-per-series.json`` and ``.md``::
 
     flock /work/wt/heavy.lock nice -n 10 python -m benchmarks.fleet --targets 100 --per-series holt_winters prophet
+
+``--static`` does the same for the file's own targets (``targets:``, each
+its cycle in its own thread, its refit sent to the executor from there):
+``fleet-per-series-static.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -233,6 +237,108 @@ def one_size(n: int, model: str, threads: int, prometheus_url: str | None = None
     return out
 
 
+class SeriesSource:
+    """One static target's metric answered in-process (``fetch``: the slice
+    ``(since, now]`` of its series)."""
+
+    def __init__(self, series: Series) -> None:
+        self.series = series
+
+    def fetch(self, since: datetime | None, now: datetime) -> Series:
+        return self.series.since(since).until(now) if since is not None else self.series.until(now)
+
+
+def static_size(n: int, forecaster: dict[str, Any], executor: dict[str, Any] | None,
+                cycles: tuple[tuple[str, int], ...]) -> dict[str, Any]:
+    """``n`` of the file's own targets (``targets:``, each its cycle in its
+    own thread) on the per-series ``forecaster``, their refits on
+    ``executor`` (None: each in its target's thread); ``cycles`` as in
+    :func:`one_size`. The wall time of a cycle is from the tick that starts
+    every target's cycle to the end of the last."""
+    import yaml
+
+    from engine.core.clock import ManualClock
+    from engine.daemon import Daemon
+
+    logging.disable(logging.INFO)
+    series = fleet_series(n, days=HISTORY_DAYS - min(at for _, at in cycles) / 86400)
+    folder = Path(tempfile.mkdtemp(prefix="fleet-static-bench-"))
+    targets = [{"name": name, "source": {"type": "prometheus", "url": "http://127.0.0.1:9", "query": "load"},
+                "interval": "5m", "mode": "dry-run", "timeout": "10m", "forecaster": forecaster,
+                "policy": {"capacity_per_replica": 10, "target_utilization": 0.6, "min_replicas": 1,
+                           "max_replicas": 10000, "lead_time": "10m", "hold": "10m", "max_staleness": "30m"}}
+               for name in series]
+    doc: dict[str, Any] = {"state": str(folder / "state.db"), "server": {"enabled": False}, "targets": targets}
+    if executor is not None:
+        doc["executor"] = executor
+    cfg = folder / "fleet.yaml"
+    cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+    clock, mono, results = ManualClock(NOW), [0.0], []
+    d = Daemon(cfg, clock=clock, monotonic=lambda: mono[0], on_result=results.append,
+               build_source=lambda t, c, covariate=None: SeriesSource(series[t.name]))
+    out: dict[str, Any] = {"targets": n, "layout": "static", "forecaster": forecaster["name"],
+                           "executor": executor, "cycles": []}
+    try:
+        for k, (label, at) in enumerate(cycles):
+            clock.set(NOW + timedelta(seconds=at))
+            results.clear()
+            t0 = time.perf_counter()
+            d.tick()
+            for w in d.workers.values():
+                assert w.wait(1200), "cycle did not finish"
+            wall = time.perf_counter() - t0
+            mono[0] += STEP
+            assert len(results) == n, (len(results), n)
+            out["cycles"].append({
+                "cycle": label, "wall_s": wall, "ok": sum(r.ok for r in results),
+                "fallback": sum(bool(r.decision and r.decision.fallback) for r in results),
+                "refitted_elsewhere": sum("refitted on the" in str(r.details.get("model", "")) for r in results)})
+            if k == 0 and executor is not None:
+                out["executor_workers"] = d.executor().workers
+    finally:
+        d.shutdown(5)
+        logging.disable(logging.NOTSET)
+    return out
+
+
+def static_per_series(n: int, models: list[str], executors: list[str], workers: int) -> list[dict[str, Any]]:
+    """:func:`per_series` for the file's own targets (:func:`static_size`)."""
+    runs = []
+    for name in models:
+        for ex in executors:
+            section = EXECUTORS[ex]
+            r = in_fresh_process(static_size, n, PER_SERIES[name], None if section is None else section(workers),
+                                 PER_SERIES_CYCLES)
+            r["model"], r["executor_kind"] = name, ex
+            runs.append(r)
+            for c in r["cycles"]:
+                print(f"{name:>12} on {ex:<5} {n} static targets: {c['cycle']:<6} {c['wall_s']:6.1f} s  "
+                      f"refitted elsewhere {c['refitted_elsewhere']}, fallbacks {c['fallback']}", flush=True)
+    return runs
+
+
+def static_markdown(report: dict[str, Any]) -> str:
+    lines = ["# Fleet benchmark: the file's own per-series targets on an executor", "",
+             f"Command: `{report['command']}`", "",
+             f"{report['targets']} targets of the file (`targets:`, each its cycle in its own thread), three days "
+             f"of history each, dry-run, a real SQLite state file; machine: {report['machine']}.", "",
+             "| model | executor | workers | refit cycle s | cycles ok | refitted elsewhere | first cycle s (ok) | "
+             "steady cycle s (ok) | fallbacks |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report["runs"]:
+        first, c, st = r["cycles"]
+        where = r["executor_kind"] if r["executor_kind"] != "none" else "none (each target's thread)"
+        lines.append(f"| {r['model']} | {where} | {r.get('executor_workers', 1)} | {c['wall_s']:.1f} | "
+                     f"{c['ok']} | {c['refitted_elsewhere']} | {first['wall_s']:.1f} ({first['ok']}) | "
+                     f"{st['wall_s']:.1f} ({st['ok']}) | {c['fallback']} |")
+    lines.append("\nThe refit cycle comes a day after the first, when every target's refit is due again (the "
+                 "executor already started); its time runs from the tick that starts every target's cycle to "
+                 "the end of the last. 'cycles ok': the targets whose cycle ended without an error (a cycle "
+                 "that could not write the state file in SQLite's busy timeout is an error). The first cycle "
+                 "also starts the executor and fetches and caches the whole history.\n")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------- Prometheus
 def backfilled_prometheus(n: int, work: Path):
     """A real Prometheus serving ``load{target=...}`` for the ``n`` targets."""
@@ -373,19 +479,24 @@ def main(argv: list[str] | None = None) -> int:
                          "first --targets)")
     ap.add_argument("--executors", nargs="+", choices=sorted(EXECUTORS), default=["none", "local", "dask"])
     ap.add_argument("--workers", type=int, default=2, help="the pool's processes, the LocalCluster's workers")
+    ap.add_argument("--static", action="store_true",
+                    help="with --per-series: the file's own targets (a thread each), not a template")
     args = ap.parse_args(argv)
     machine = f"{platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} CPUs"
     if args.per_series:
         n = args.targets[0]
         command = (f"python -m benchmarks.fleet --targets {n} --per-series {' '.join(args.per_series)} "
-                   f"--executors {' '.join(args.executors)} --workers {args.workers}")
+                   f"--executors {' '.join(args.executors)} --workers {args.workers}"
+                   + (" --static" if args.static else ""))
+        runner, name, render = ((static_per_series, "fleet-per-series-static", static_markdown) if args.static
+                                else (per_series, "fleet-per-series", per_series_markdown))
         rep = {"command": command, "targets": n, "machine": machine,
-               "runs": per_series(n, args.per_series, args.executors, args.workers)}
+               "runs": runner(n, args.per_series, args.executors, args.workers)}
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "fleet-per-series.json").write_text(json.dumps(rep, indent=2, default=str))
-        (out / "fleet-per-series.md").write_text(per_series_markdown(rep))
-        print(f"wrote {out / 'fleet-per-series'}.json and .md")
+        (out / f"{name}.json").write_text(json.dumps(rep, indent=2, default=str))
+        (out / f"{name}.md").write_text(render(rep))
+        print(f"wrote {out / name}.json and .md")
         return 0
     model = Path(args.model)
     info: dict[str, Any] = {}

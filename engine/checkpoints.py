@@ -30,7 +30,7 @@ import os
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from .config import TargetConfig
 from .core.units import from_epoch, isoformat, to_epoch
@@ -56,6 +56,30 @@ class FileShelf:
             return None
         return json.loads(meta.read_text()), (self.folder / f"{name}.model").read_bytes()
 
+    def prune(self, store: Any, before: datetime, keep: Collection[str]) -> list[str]:
+        """Delete the checkpoints of the targets not in ``keep`` that have
+        neither run a cycle (``store``'s records) nor been fitted since
+        ``before``; their names."""
+        if not self.folder.is_dir():
+            return []
+        cut, gone = to_epoch(before), []
+        for meta_path in sorted(self.folder.rglob("*.json")):
+            name = meta_path.relative_to(self.folder).with_suffix("").as_posix()
+            target = name.split("/", 1)[0]
+            if target in keep:
+                continue
+            try:
+                fitted = json.loads(meta_path.read_text()).get("last_fit")
+            except (OSError, ValueError):
+                fitted = None
+            seen = [v for v in (store.last_cycle(target), fitted) if v is not None]
+            if seen and max(seen) >= cut:
+                continue
+            for path in (meta_path.with_suffix(".model"), meta_path):
+                path.unlink(missing_ok=True)
+            gone.append(name)
+        return gone
+
     def write(self, name: str, meta: dict[str, Any], blob: bytes) -> None:
         """The model, then what it was fitted on, each atomically (a crash
         mid-write leaves the previous checkpoint)."""
@@ -79,6 +103,9 @@ class StoreShelf:
     def write(self, name: str, meta: dict[str, Any], blob: bytes) -> None:
         self.store.save_model(name, meta, blob)
 
+    def prune(self, store: Any, before: datetime, keep: Collection[str]) -> list[str]:
+        return self.store.prune_models(before, keep)
+
 
 def shelf_for(store: Any) -> FileShelf | StoreShelf | None:
     """Where ``store``'s targets keep their checkpoints: its ``models``
@@ -88,6 +115,17 @@ def shelf_for(store: Any) -> FileShelf | StoreShelf | None:
         return StoreShelf(store)
     base = getattr(store, "checkpoint_base", getattr(store, "path", None))
     return FileShelf(base) if base and base != ":memory:" else None
+
+
+def prune_checkpoints(store: Any, before: datetime, keep: Collection[str]) -> list[str]:
+    """Delete the model checkpoints of retired targets: those not in ``keep``
+    (the targets live now: the file's, the templates' discovered ones) that
+    have neither run a cycle nor been fitted since ``before`` (the
+    ``retention.models`` cutoff). A target retired more recently, or back,
+    keeps its model. Returns the names deleted (``target`` or
+    ``target/resource``)."""
+    shelf = shelf_for(store)
+    return [] if shelf is None else shelf.prune(store, before, keep)
 
 
 def _blob(forecaster: Any) -> bytes:
@@ -183,4 +221,4 @@ class ModelCheckpoint:
                         extra={"target": self.target.name})
 
 
-__all__ = ["FileShelf", "ModelCheckpoint", "StoreShelf", "model_key", "shelf_for"]
+__all__ = ["FileShelf", "ModelCheckpoint", "StoreShelf", "model_key", "prune_checkpoints", "shelf_for"]

@@ -31,7 +31,7 @@ from policies.config import MAX_SAMPLES, PolicyConfig, quantile_levels
 from policies.window import LeadWindow, lead_window
 
 from .anomaly import AnomalyConfig
-from .core.units import Duration
+from .core.units import Duration, format_duration
 
 from .core.checks import repeated
 from .core.errors import ConfigError, PluginError
@@ -770,8 +770,8 @@ class ServerConfig(_Model):
 
 
 class Retention(_Model):
-    """How long the daemon keeps rows of the state file (pruned once an
-    hour). ``None``: forever. The predicted-versus-actual records and the
+    """How long the daemon keeps rows of the state file, and the model
+    checkpoints of retired targets (pruned once an hour). ``None``: forever. The predicted-versus-actual records and the
     sample cache are working data: never pruned below what a target still
     needs (its conformal window; its fetch history); decisions, with their
     plans and actuations, are the audit log and are kept unless a span is
@@ -783,8 +783,12 @@ class Retention(_Model):
     samples: Duration | None = timedelta(days=15)
     #: decisions, plans and actuation records (the audit log)
     decisions: Duration | None = None
+    #: the model checkpoint of a retired target (a template's whose series
+    #: went away, one removed from the file), counted from its last cycle
+    #: or fit; a live target's is never pruned
+    models: Duration | None = timedelta(days=15)
 
-    @field_validator("forecasts", "samples", "decisions")
+    @field_validator("forecasts", "samples", "decisions", "models")
     @classmethod
     def _positive(cls, v: timedelta | None) -> timedelta | None:
         if v is not None and v <= timedelta(0):
@@ -982,6 +986,25 @@ class ExecutorConfig(_Model):
     allowed_failures: int = Field(3, ge=0, le=20)
     #: how long to wait for the scheduler
     connect_timeout: Duration = timedelta(seconds=30)
+    #: how long a cycle waits for its refits on the executor: a task still
+    #: running then is a ``timeout`` failure, and its target falls back to
+    #: reactive (default: half the cycle's interval or half its timeout,
+    #: whichever is shorter; see ``deadline_for``)
+    deadline: Duration | None = None
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline_positive(cls, v: timedelta | None) -> timedelta | None:
+        if v is not None and v <= timedelta(0):
+            raise ValueError(f"{format_duration(v)} must be positive (or leave it out: half the cycle's interval)")
+        return v
+
+    def deadline_for(self, target: "TargetConfig") -> timedelta:
+        """The deadline of the refits of ``target``'s cycle (a template's
+        prototype stands for its targets): ``deadline``, else half the
+        shorter of the cycle's interval and timeout, so the cycle still
+        decides and records before it is abandoned, and before the next."""
+        return self.deadline if self.deadline is not None else min(target.interval, target.timeout) / 2
 
     @model_validator(mode="after")
     def _where(self) -> "ExecutorConfig":
@@ -1088,6 +1111,15 @@ class Config(_Model):
         dup = repeated(names)
         if dup:
             raise ValueError(f"template names must be unique; repeated: {', '.join(dup)}")
+        deadline = self.executor.deadline
+        if deadline is not None:
+            for kind, name, t in [("target", t.name, t) for t in self.targets] + [
+                    ("template", tp.name, tp.prototype) for tp in self.templates if tp.prototype is not None]:
+                if deadline >= t.timeout:
+                    raise ConfigError(f"{format_duration(deadline)} is not shorter than the timeout of {kind} {name} "
+                                      f"({format_duration(t.timeout)}): "
+                                      "a cycle is abandoned at its timeout, so its refits must end before it",
+                                      "executor.deadline")
         return self
 
     @property

@@ -43,7 +43,9 @@
   targets' cycles at once; their first step reconciles what the previous
   leader left unfinished.
 - Once an hour (``HOUSEKEEPING_EVERY``): the state file is pruned as the
-  config's ``retention`` says (:func:`prune_cutoffs`), and a summary of the
+  config's ``retention`` says (:func:`prune_cutoffs`), with the model
+  checkpoints of targets retired longer than ``retention.models``
+  (:meth:`Daemon.prune_models`), and a summary of the
   cycles that fell back to reactive, by reason, is logged (the same counts
   are the ``forescale_fallback_cycles_total{target,reason}`` metric): a
   prediction that quietly switched itself off shows up there.
@@ -69,8 +71,10 @@ from .build import build_resources
 from .core.clock import Clock, SystemClock
 from .config import Config, TargetConfig, TargetTemplate, load_config
 from .cycle import CycleResult, LiveTarget
-from .fleet import BatchReport, Discovery, TemplateFetch, discover, member_target, run_batch, shared_model_key
+from .fleet import (BatchReport, Discovery, TemplateFetch, discover, member_target, run_batch,
+                    run_refitting_elsewhere, shared_model_key)
 from .core.errors import ConfigError
+from .core.units import format_duration
 from .store import Store, open_store
 
 log = logging.getLogger("forescale.daemon")
@@ -242,7 +246,13 @@ class TargetWorker:
     def _cycle(self, live: LiveTarget) -> None:
         try:
             now = self.daemon.clock.now()  # read once per cycle
-            self.done(live, live.run(now), now, self.abandoned)
+            cfg = self.daemon.config.cycle_executor
+            if cfg is None:
+                res = live.run(now)
+            else:  # its per-series model's refits go to the executor, as a template's do
+                res = run_refitting_elsewhere(live, now, self.daemon.executor,
+                                              cfg.deadline_for(self.target).total_seconds())
+            self.done(live, res, now, self.abandoned)
         except Exception:  # noqa: BLE001 - never let a cycle thread die silently
             log.exception("target %s: cycle crashed", self.target.name, extra={"target": self.target.name})
         finally:
@@ -373,9 +383,15 @@ class BatchWorker:
     def report(self, report: BatchReport, n: int) -> None:
         self.last_report = report
         log.info("%s: %d target(s) in %.2fs (%s); %d forecast in %d batched call(s); %d refit(s) on the "
-                 "executor, %d failed", self.name, n, sum(report.seconds.values()),
+                 "executor, %d failed (%d past the deadline)", self.name, n, sum(report.seconds.values()),
                  ", ".join(f"{k} {v:.2f}s" for k, v in report.seconds.items()), report.batched, report.calls,
-                 report.refits, report.refit_failures)
+                 report.refits, report.refit_failures, report.refit_timeouts)
+
+    def refit_deadline(self) -> float | None:
+        """Seconds this batch's refits may take on the executor
+        (``executor.deadline``, else half the interval or the timeout)."""
+        cfg = self.daemon.config.cycle_executor
+        return None if cfg is None else cfg.deadline_for(self.shape).total_seconds()
 
     # what a kind of batch does
     def starting(self, mono: float) -> tuple[Any, ...]:
@@ -498,7 +514,8 @@ class TemplateWorker(BatchWorker):
                         m.live.rearm_checkpoints()
                 self.leading = {m.target.name for m in members}
             lives = [m.live for m in members]
-            report = run_batch(lives, now, store, fetch, executor=self.daemon.executor())
+            report = run_batch(lives, now, store, fetch, executor=self.daemon.executor(),
+                               deadline=self.refit_deadline())
             self.report(report, len(members))
             late = generation != self.generation
             for m, live, res in zip(members, lives, report.results):
@@ -558,7 +575,7 @@ class StaticBatch(BatchWorker):
               lives: list[LiveTarget]) -> None:
         try:
             now = self.daemon.clock.now()  # read once per cycle
-            report = run_batch(lives, now, None, executor=self.daemon.executor())
+            report = run_batch(lives, now, None, executor=self.daemon.executor(), deadline=self.refit_deadline())
             self.report(report, len(lives))
             for w, live, res in zip(workers, lives, report.results):
                 w.done(live, res, now, generation != self.generation)
@@ -689,7 +706,8 @@ class Daemon:
             w.batch = member.get(name)
 
     def executor(self) -> Any:
-        """Where the templates' batched cycles send their per-series refits:
+        """Where the per-series refits go (the templates' batched cycles',
+        and the cycles of the file's targets that run alone):
         the ``executor:`` section's executor, opened at its first use and
         kept until shutdown (a changed section takes effect at a restart).
         None without the section, or while it cannot be opened (logged, tried
@@ -947,10 +965,12 @@ class Daemon:
         With several replicas, the one that leads shard 0 prunes."""
         try:
             if self.leases is None or 0 in self.leases.held():
-                gone = self.lock_store.prune(**prune_cutoffs(self.config, self.clock.now()))
+                now = self.clock.now()
+                gone = self.lock_store.prune(**prune_cutoffs(self.config, now))
                 if any(gone.values()):
                     log.info("state file pruned (retention): %s",
                              ", ".join(f"{n} {table}" for table, n in gone.items() if n))
+                self.prune_models(now)
         except Exception:  # noqa: BLE001 - housekeeping must not stop the loop
             log.exception("pruning the state file failed; trying again in %s", HOUSEKEEPING_EVERY)
         for target, share, reasons in self.fallback_summary(reset=True):
@@ -958,6 +978,24 @@ class Daemon:
                     "target %s: %.0f%% of cycles fell back to reactive since the last summary (%s)", target,
                     100 * share, ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())) or "none",
                     extra={"target": target})
+
+    def prune_models(self, now: datetime) -> list[str]:
+        """Delete the model checkpoints of targets retired longer than
+        ``retention.models`` (:func:`engine.checkpoints.prune_checkpoints`):
+        never one of a target live now (the file's, or discovered by a
+        template), and not before every template has discovered its targets
+        once (until then a live one could look retired)."""
+        keep_for = self.config.retention.models
+        if keep_for is None or any(tw.last_discovery is None for tw in self.templates.values()):
+            return []
+        from .checkpoints import prune_checkpoints
+
+        keep = set(self.workers) | {n for tw in self.templates.values() for n in tw.members}
+        gone = prune_checkpoints(self.lock_store, now - keep_for, keep)
+        if gone:
+            log.info("model checkpoints of %d retired target(s) pruned (retention.models %s): %s", len(gone),
+                     format_duration(keep_for), ", ".join(gone[:20]) + (" ..." if len(gone) > 20 else ""))
+        return gone
 
     def fallback_summary(self, *, reset: bool = False) -> list[tuple[str, float, dict[str, int]]]:
         """Per target: the share of decided cycles that fell back, and the

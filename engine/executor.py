@@ -33,7 +33,28 @@ Failures come back as data, never as an exception out of :meth:`run`:
   ``kind="lost"``. The local pool restarts itself the same way: every task
   unfinished when a pool process died counts one death (the pool cannot
   tell which one killed it), and one past the limit runs once more alone,
-  where dying makes it lost and finishing clears it.
+  where dying makes it lost and finishing clears it;
+- a run given a ``deadline`` (seconds; the daemon's refits, see
+  ``executor.deadline``) returns by then: a task still running (a fit stuck
+  in a C extension, a scheduler that stopped answering) or not yet started
+  comes back with ``kind="timeout"``. The local pool stops its processes
+  (terminated, a fresh pool at the next run), so a hung one does not linger;
+  Dask's futures are cancelled, and the workers of a ``LocalCluster`` that
+  still run one are restarted (a remote cluster's worker cannot be
+  interrupted: Dask has no way to stop a running task, so its thread
+  finishes the task on its own). A pool of ``workers: 1`` runs the tasks in
+  the caller's process: the deadline is checked between tasks only.
+
+Runs from several threads (the daemon's templates and static targets) share
+one executor at once: Dask's client is thread-safe, and the local pool's
+runs submit to one pool; a pool that breaks or is stopped is replaced by
+whichever run needs it next, and the tasks another run's deadline stopped
+run again on the fresh pool without counting a death. A task run alone
+after too many pool deaths is alone across runs too: its round waits for
+the others' rounds to end and holds off new ones (within its deadline).
+Dask charges a worker's death to the tasks that worker held (Dask's own
+accounting, ``allowed-failures``): a task placed on the same worker as one
+that kills it may be lost with it.
 
 What a caller does with a failure is its own decision; where it feeds a
 decision the engine falls back to reactive for that target with the reason
@@ -55,6 +76,8 @@ from typing import Any, Callable, Literal, Protocol, Sequence
 from .core.errors import ConfigError, PluginError
 from .core.checks import repeated
 
+log = logging.getLogger("forescale.executor")
+
 
 @dataclass(frozen=True)
 class Task:
@@ -68,11 +91,12 @@ class Task:
 @dataclass(frozen=True)
 class TaskFailure:
     """A task that did not produce a result: ``kind`` is ``error`` (it raised,
-    every retry too) or ``lost`` (its worker died ``allowed_failures`` times);
-    ``reason`` is one line (exception type and message)."""
+    every retry too), ``lost`` (its worker died ``allowed_failures`` times) or
+    ``timeout`` (not finished by the run's deadline); ``reason`` is one line
+    (exception type and message)."""
 
     key: str
-    kind: Literal["error", "lost"]
+    kind: Literal["error", "lost", "timeout"]
     reason: str
     attempts: int = 1
 
@@ -85,6 +109,8 @@ class RunStats:
     failed: int = 0
     seconds: float = 0.0
     lost_workers: int = 0
+    #: tasks that came back ``timeout`` (past the run's deadline)
+    timed_out: int = 0
 
 
 class Executor(Protocol):
@@ -95,7 +121,7 @@ class Executor(Protocol):
     def share(self, value: Any) -> Any: ...
 
     def run(self, fn: Callable[..., Any], tasks: Sequence[Task],
-            on_done: Callable[[], None] | None = None) -> list[Any]: ...
+            on_done: Callable[[], None] | None = None, deadline: float | None = None) -> list[Any]: ...
 
     def close(self) -> None: ...
 
@@ -108,6 +134,11 @@ def _star(args: tuple[Any, ...], fn: Callable[..., Any]) -> Any:
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _late(key: str, deadline: float, running: bool, attempts: int, stopped: str = "") -> TaskFailure:
+    what = "still running at" if running else "not started before"
+    return TaskFailure(key, "timeout", f"{what} the run's deadline ({deadline:g} s){stopped}", attempts)
 
 
 def _check_unique(tasks: Sequence[Task]) -> None:
@@ -164,9 +195,17 @@ class LocalExecutor(_Closing):
         self.allowed_failures = allowed_failures
         self.stats = RunStats()
         self._pool: cf.ProcessPoolExecutor | None = None
-        #: one run at a time (the daemon's template threads share the pool;
-        #: a broken pool is replaced by the run that saw it break)
-        self._running = threading.Lock()
+        #: guards ``_pool``: runs from several threads (the daemon's
+        #: templates and static targets) share it, and a broken or stopped
+        #: pool is replaced by whichever run needs it next
+        self._pool_lock = threading.Lock()
+        #: rounds on the pool: any number at once, or one task "alone"
+        #: (after too many pool deaths), which waits for the others to end
+        #: and holds off new ones, so that a death then is its own
+        self._gate = threading.Condition()
+        self._rounds = 0
+        self._alone = 0  # alone rounds running (at most 1) or waiting
+        self._busy_alone = False  # one runs
 
     def share(self, value: Any) -> Any:
         return value  # pickled with each task; a process pool has no cache
@@ -178,14 +217,16 @@ class LocalExecutor(_Closing):
         return cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"))
 
     def run(self, fn: Callable[..., Any], tasks: Sequence[Task],
-            on_done: Callable[[], None] | None = None) -> list[Any]:
-        with self._running:
-            return self._run(fn, tasks, on_done)
-
-    def _run(self, fn: Callable[..., Any], tasks: Sequence[Task],
-             on_done: Callable[[], None] | None = None) -> list[Any]:
+            on_done: Callable[[], None] | None = None, deadline: float | None = None) -> list[Any]:
+        """``fn`` on every task (see the module doc); ``deadline``: seconds
+        from now after which what is unfinished is a ``timeout`` failure.
+        Runs from several threads share the pool's processes at once."""
         _check_unique(tasks)
         t0 = time.perf_counter()
+        return self._run(fn, tasks, on_done, t0, None if deadline is None else (deadline, t0 + deadline))
+
+    def _run(self, fn: Callable[..., Any], tasks: Sequence[Task], on_done: Callable[[], None] | None,
+             t0: float, deadline: tuple[float, float] | None) -> list[Any]:
         out: dict[str, Any] = {}
         errors = {t.key: 0 for t in tasks}
         deaths = {t.key: 0 for t in tasks}
@@ -204,9 +245,22 @@ class LocalExecutor(_Closing):
                 on_done()
             return True
 
+        def past() -> bool:
+            return deadline is not None and time.perf_counter() >= deadline[1]
+
+        def late(task: Task, running: bool, stopped: str = "") -> None:
+            assert deadline is not None
+            out[task.key] = _late(task.key, deadline[0], running, errors[task.key] + deaths[task.key] + running,
+                                  stopped)
+            if on_done:
+                on_done()
+
         if self.workers == 1:
             for task in tasks:
                 while True:
+                    if past():  # in this process: a running task cannot be stopped, only the next not started
+                        late(task, False)
+                        break
                     try:
                         res, exc = fn(*task.args), None
                     except Exception as e:  # noqa: BLE001 - a task's failure is data
@@ -216,8 +270,16 @@ class LocalExecutor(_Closing):
         else:
             pending, suspects = list(tasks), []
             while pending:
-                unsettled, broke = self._round(fn, pending, settle)
-                again = [t for t in pending if t.key in unsettled]
+                if past():
+                    for task in pending:
+                        late(task, False)
+                    break
+                unsettled, broke = self._round(fn, pending, settle, deadline)
+                for task in [t for t in pending if unsettled.get(t.key) == "timeout"]:
+                    late(task, True, "; its worker process was stopped")
+                for task in [t for t in pending if unsettled.get(t.key) == "late"]:
+                    late(task, False)
+                again = [t for t in pending if t.key in unsettled and t.key not in out]
                 if broke:
                     lost_workers += 1
                     # the pool cannot tell which task killed it: each one
@@ -232,7 +294,14 @@ class LocalExecutor(_Closing):
                 pending = again
             for task in suspects:
                 while True:
-                    unsettled, broke = self._round(fn, [task], settle)
+                    if past():
+                        late(task, False)
+                        break
+                    unsettled, broke = self._round(fn, [task], settle, deadline, alone=True)
+                    if unsettled.get(task.key) in ("timeout", "late"):
+                        late(task, unsettled[task.key] == "timeout", "; its worker process was stopped"
+                             if unsettled[task.key] == "timeout" else "")
+                        break
                     if broke:
                         lost_workers += 1
                         out[task.key] = TaskFailure(task.key, "lost", f"its worker process died {deaths[task.key] + 1} "
@@ -242,41 +311,155 @@ class LocalExecutor(_Closing):
                             on_done()
                     if not unsettled or broke:
                         break
-        self.stats = RunStats(len(tasks), sum(isinstance(v, TaskFailure) for v in out.values()),
-                              time.perf_counter() - t0, lost_workers)
+        failures = [v for v in out.values() if isinstance(v, TaskFailure)]
+        self.stats = RunStats(len(tasks), len(failures), time.perf_counter() - t0, lost_workers,
+                              sum(f.kind == "timeout" for f in failures))
         return [out[t.key] for t in tasks]
 
-    def _round(self, fn: Callable[..., Any], tasks: Sequence[Task],
-               settle: Callable[..., bool]) -> tuple[dict[str, str], bool]:
-        """Submit ``tasks`` to the pool once. Returns the tasks not settled
-        (key -> "raised" or "died") and whether a pool process died."""
-        if self._pool is None:
-            self._pool = self._new_pool()
-        with _spawn_env(ONE_THREAD_ENV):  # the pool starts its processes on submit
-            futures = {self._pool.submit(fn, *t.args): t for t in tasks}
+    def _round(self, fn: Callable[..., Any], tasks: Sequence[Task], settle: Callable[..., bool],
+               deadline: tuple[float, float] | None = None, alone: bool = False) -> tuple[dict[str, str], bool]:
+        """Submit ``tasks`` to the pool once (``alone``: with no other run's
+        round beside it). Returns the tasks not settled (key -> "raised",
+        "died", "stopped": by another run, "timeout", or "late": the deadline
+        passed before the round could start) and whether a pool process
+        died. At the deadline the pool's processes are stopped (the pool is
+        replaced at the next round): a task stuck in one never finishes."""
+        if not self._enter(alone, None if deadline is None else deadline[1]):
+            return {t.key: "late" for t in tasks}, False
+        try:
+            return self._round_in(fn, tasks, settle, deadline)
+        finally:
+            self._leave(alone)
+
+    def _enter(self, alone: bool, end: float | None) -> bool:
+        """Wait for the gate (see ``_gate``) until ``end`` (perf_counter);
+        False when it did not open by then."""
+        with self._gate:
+            if alone:
+                self._alone += 1
+            while (self._rounds > 0 if alone else self._alone > 0) or (alone and self._busy_alone):
+                left = None if end is None else end - time.perf_counter()
+                if left is not None and left <= 0:
+                    if alone:
+                        self._alone -= 1
+                        self._gate.notify_all()
+                    return False
+                self._gate.wait(left)
+            if alone:
+                self._busy_alone = True
+            else:
+                self._rounds += 1
+            return True
+
+    def _leave(self, alone: bool) -> None:
+        with self._gate:
+            if alone:
+                self._alone -= 1
+                self._busy_alone = False
+            else:
+                self._rounds -= 1
+            self._gate.notify_all()
+
+    def _round_in(self, fn: Callable[..., Any], tasks: Sequence[Task], settle: Callable[..., bool],
+                  deadline: tuple[float, float] | None) -> tuple[dict[str, str], bool]:
+        pool, futures = self._submit(fn, tasks)
         unsettled: dict[str, str] = {}
         broke = False
-        for fut in cf.as_completed(futures):
+
+        def take(fut: cf.Future) -> None:
+            nonlocal broke
             task = futures[fut]
             try:
                 res, exc = fut.result(), None
             except BrokenProcessPool:
+                if getattr(pool, "forescale_stopped", False):
+                    # another run stopped the pool at its deadline: not this
+                    # task's death; it runs again on a fresh pool
+                    unsettled[task.key] = "stopped"
+                    return
                 broke = True
                 unsettled[task.key] = "died"
-                continue
+                return
+            except cf.CancelledError:  # another run dropped the pool before it started: again, on a fresh one
+                unsettled[task.key] = "stopped"
+                return
             except Exception as e:  # noqa: BLE001 - a task's failure is data
                 res, exc = None, e
             if not settle(task, exc, res):
                 unsettled[task.key] = "raised"
+
+        seen: set[cf.Future] = set()
+        try:
+            for fut in cf.as_completed(futures, timeout=None if deadline is None else
+                                       max(0.0, deadline[1] - time.perf_counter())):
+                seen.add(fut)
+                take(fut)
+        except cf.TimeoutError:
+            for fut in [f for f in futures if f not in seen]:
+                if fut.done() and not fut.cancelled():
+                    take(fut)
+                else:
+                    unsettled[futures[fut].key] = "timeout"
+            self._stop_pool(pool)
+            return unsettled, broke
         if broke:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+            self._drop(pool)
         return unsettled, broke
 
+    def _submit(self, fn: Callable[..., Any], tasks: Sequence[Task]
+                ) -> tuple[cf.ProcessPoolExecutor, dict[cf.Future, Task]]:
+        """Submit ``tasks`` to the current pool (a fresh one when another run
+        broke or stopped it meanwhile)."""
+        for attempt in range(5):
+            with self._pool_lock:
+                if self._pool is None:
+                    self._pool = self._new_pool()
+                pool = self._pool
+            futures: dict[cf.Future, Task] = {}
+            try:
+                with _spawn_env(ONE_THREAD_ENV):  # the pool starts its processes on submit
+                    for t in tasks:
+                        futures[pool.submit(fn, *t.args)] = t
+                return pool, futures
+            except (BrokenProcessPool, RuntimeError):  # broken, or shut down by another run: take a fresh one
+                for f in futures:
+                    f.cancel()
+                self._drop(pool)
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _drop(self, pool: cf.ProcessPoolExecutor) -> None:
+        """Stop using ``pool`` (broken): the next submit starts a fresh one."""
+        with self._pool_lock:
+            if self._pool is pool:
+                self._pool = None
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def _stop_pool(self, pool: cf.ProcessPoolExecutor) -> None:
+        """Terminate ``pool``'s processes (one may be stuck in a task that
+        never returns) and drop it; the next round starts a fresh one. The
+        tasks other runs had on it run again there, not counted as deaths."""
+        pool.forescale_stopped = True  # type: ignore[attr-defined]
+        with self._pool_lock:
+            if self._pool is pool:
+                self._pool = None
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        for p in procs:
+            p.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+        log.warning("local executor: stopped %d pool process(es) at a run's deadline", len(procs))
+
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class DaskExecutor(_Closing):
@@ -328,11 +511,15 @@ class DaskExecutor(_Closing):
         return self.client.scatter(value, broadcast=False, hash=False)
 
     def run(self, fn: Callable[..., Any], tasks: Sequence[Task],
-            on_done: Callable[[], None] | None = None) -> list[Any]:
+            on_done: Callable[[], None] | None = None, deadline: float | None = None) -> list[Any]:
+        """``fn`` on every task (see the module doc); ``deadline``: seconds
+        from now after which the unfinished tasks' futures are cancelled and
+        each comes back as a ``timeout`` failure."""
         from distributed import KilledWorker, as_completed
 
         _check_unique(tasks)
         t0 = time.perf_counter()
+        end = None if deadline is None else t0 + deadline
         name = getattr(fn, "__name__", "task")
         stamp = f"{os.getpid()}-{time.monotonic_ns()}"
         # one map call, not a submit per task: about 1 ms less per task on
@@ -341,25 +528,70 @@ class DaskExecutor(_Closing):
                                   key=[f"{name}-{t.key}-{stamp}" for t in tasks]) if tasks else []
         by_key = {f.key: t for f, t in zip(futures, tasks)}
         out: dict[str, Any] = {}
-        for fut in as_completed(futures):
-            task = by_key[fut.key]
-            # result(), not a look at fut.status: a finished task whose worker
-            # then died is "lost" for a moment, until the scheduler has run it
-            # again; result() waits for that instead of calling it a failure
-            try:
-                out[task.key] = fut.result()
-            except KilledWorker as exc:
-                # Dask's message is a paragraph; its first sentence is the reason
-                first = str(exc).split(". ")[0]
-                out[task.key] = TaskFailure(task.key, "lost", f"KilledWorker: {first}")
-            except Exception as exc:  # noqa: BLE001 - the task's own error, after its retries
-                out[task.key] = TaskFailure(task.key, "error", _reason(exc), self.retries + 1)
-            if on_done:
-                on_done()
-            fut.release()
-        self.stats = RunStats(len(tasks), sum(isinstance(v, TaskFailure) for v in out.values()),
-                              time.perf_counter() - t0)
+
+        def left() -> float | None:
+            return None if end is None else max(0.0, end - time.perf_counter())
+
+        try:
+            for fut in as_completed(futures, timeout=left()):
+                task = by_key[fut.key]
+                # result(), not a look at fut.status: a finished task whose worker
+                # then died is "lost" for a moment, until the scheduler has run it
+                # again; result() waits for that instead of calling it a failure
+                try:
+                    out[task.key] = fut.result(timeout=left())
+                except KilledWorker as exc:
+                    # Dask's message is a paragraph; its first sentence is the reason
+                    first = str(exc).split(". ")[0]
+                    out[task.key] = TaskFailure(task.key, "lost", f"KilledWorker: {first}")
+                except TimeoutError:
+                    continue  # past the deadline: settled with the others below
+                except Exception as exc:  # noqa: BLE001 - the task's own error, after its retries
+                    out[task.key] = TaskFailure(task.key, "error", _reason(exc), self.retries + 1)
+                if on_done:
+                    on_done()
+                fut.release()
+        except TimeoutError:
+            pass
+        late = [f for f in futures if by_key[f.key].key not in out]
+        if late:
+            assert deadline is not None
+            stopped = self._cancel(late)
+            for fut in late:
+                key = by_key[fut.key].key
+                out[key] = _late(key, deadline, True, 1, stopped)
+                if on_done:
+                    on_done()
+        failures = [v for v in out.values() if isinstance(v, TaskFailure)]
+        self.stats = RunStats(len(tasks), len(failures), time.perf_counter() - t0,
+                              timed_out=sum(f.kind == "timeout" for f in failures))
         return [out[t.key] for t in tasks]
+
+    def _cancel(self, futures: list[Any]) -> str:
+        """Cancel the futures of a run past its deadline; on this executor's
+        own LocalCluster, restart the workers still running one of them (a
+        running task cannot be interrupted otherwise). Returns what was done,
+        for the tasks' reason."""
+        keys = {f.key for f in futures}
+        busy: list[str] = []
+        try:
+            if self.cluster is not None:
+                busy = [w for w, ks in self.client.processing().items() if keys & set(ks)]
+            self.client.cancel(futures, force=True)
+        except Exception as exc:  # noqa: BLE001 - e.g. the scheduler stopped answering: the futures are dropped
+            log.warning("dask executor: cancelling %d task(s) past the deadline failed: %s", len(futures),
+                        _reason(exc))
+            return "; cancelling it failed"
+        if not busy:
+            return "; cancelled"
+        try:
+            self.client.restart_workers(busy, timeout=30, raise_for_error=False)
+        except Exception as exc:  # noqa: BLE001 - the worker finishes the task on its own, then is free
+            log.warning("dask executor: restarting %d worker(s) past the deadline failed: %s", len(busy),
+                        _reason(exc))
+            return "; cancelled (its worker could not be restarted)"
+        log.warning("dask executor: restarted %d worker(s) still running a task past the deadline", len(busy))
+        return "; cancelled and its worker restarted"
 
     def close(self) -> None:
         self.client.close()

@@ -27,7 +27,9 @@ work around the decisions:
                  one); per-series models forecast per target in step 4,
                  and their due refits run first on the config's executor
                  when it has one (:func:`refits_elsewhere`: one task per
-                 target, a failed or lost one is that target's fallback).
+                 target, a failed, lost or late one is that target's
+                 fallback). The file's own targets that run alone send
+                 theirs the same way (:func:`run_refitting_elsewhere`).
 4. **decide**    every target's ``decide`` (step 5), the forecast records in
                  one transaction.
 5. **record**    every target that does not act (observe, dry-run, hold):
@@ -318,7 +320,8 @@ def batched_forecasts(members: Sequence[LiveTarget], cycles: Sequence[PendingCyc
 
 
 def refits_elsewhere(members: Sequence[LiveTarget], cycles: Sequence[PendingCycle], now: datetime,
-                     executor: Any) -> tuple[dict[int, tuple[Forecast | None, str | None]], int]:
+                     executor: Any, deadline: float | None = None
+                     ) -> tuple[dict[int, tuple[Forecast | None, str | None]], int, int]:
     """Send the due refits of the members' per-series models (not a batched
     model, no quality gate, no ``init_from`` fine-tuning, no covariates) to
     ``executor``, one task per target carrying only the history it fits on,
@@ -326,11 +329,22 @@ def refits_elsewhere(members: Sequence[LiveTarget], cycles: Sequence[PendingCycl
     as bytes and becomes that target's model, which then predicts in the
     decide step as always. A task that failed or whose worker was lost is
     that target's forecast error (index -> (None, reason): reactive
-    fallback, never a scale-down); the others are untouched. Returns those
-    errors and the number of refits sent."""
-    from .executor import Task
-    from .fits import fit_params, fit_series
+    fallback, never a scale-down); the others are untouched. ``deadline``:
+    seconds the run may take (``executor.deadline``); a refit unfinished by
+    then is a ``timeout`` failure, the same fallback, and tried again at the
+    next cycle (the model's last fit is unchanged, so its refit is still
+    due). Returns those errors, the number of refits sent and how many of
+    them were past the deadline."""
+    jobs = refit_jobs(members, cycles)
+    if not jobs:
+        return {}, 0, 0
+    return send_refits(members, cycles, jobs, executor, deadline)
 
+
+def refit_jobs(members: Sequence[LiveTarget], cycles: Sequence[PendingCycle]) -> list[tuple[int, Series]]:
+    """The members whose per-series model's refit is due this cycle and may
+    be made on an executor, each with the history it fits on (index,
+    window); the saved model is restored first (:meth:`LiveTarget.refit_job`)."""
     jobs: list[tuple[int, Series]] = []
     for i, (m, c) in enumerate(zip(members, cycles)):
         f, fc = m.runner.forecaster, m.target.forecaster
@@ -341,27 +355,56 @@ def refits_elsewhere(members: Sequence[LiveTarget], cycles: Sequence[PendingCycl
         window = m.refit_job(c)
         if window is not None:
             jobs.append((i, window))
-    if not jobs:
-        return {}, 0
+    return jobs
+
+
+def send_refits(members: Sequence[LiveTarget], cycles: Sequence[PendingCycle], jobs: Sequence[tuple[int, Series]],
+                executor: Any, deadline: float | None = None
+                ) -> tuple[dict[int, tuple[Forecast | None, str | None]], int, int]:
+    """:func:`refits_elsewhere` for the jobs of :func:`refit_jobs`."""
+    from .executor import Task
+    from .fits import fit_params, fit_series
+
     # the history goes with its one task, not scattered (``share``): data
     # scattered to a worker that dies is lost, and the task with it
     tasks = [Task(m.target.name, (m.target.name, w, m.target.forecaster.name, fit_params(m.target),
                                   type(m.runner.forecaster)))
              for m, w in ((members[i], w) for i, w in jobs)]
     try:
-        outcomes = executor.run(fit_series, tasks)
+        outcomes = executor.run(fit_series, tasks, deadline=deadline)
     except Exception as exc:  # noqa: BLE001 - the executor itself failed: each target falls back with why
         log.warning("refits of %d targets on the %s executor failed: %s: %s", len(tasks), executor.kind,
                     type(exc).__name__, exc)
         return {i: (None, f"ForecastError: the refit on the {executor.kind} executor failed: "
-                          f"{type(exc).__name__}: {exc}") for i, _ in jobs}, len(jobs)
+                          f"{type(exc).__name__}: {exc}") for i, _ in jobs}, len(jobs), 0
     out: dict[int, tuple[Forecast | None, str | None]] = {}
     for (i, window), fitted in zip(jobs, outcomes):
         why = members[i].take_refit(cycles[i], window, fitted, executor.kind)
         if why is not None:
             log.warning("target %s: %s", members[i].target.name, why, extra={"target": members[i].target.name})
             out[i] = (None, why)
-    return out, len(jobs)
+    return out, len(jobs), sum(1 for f in outcomes if getattr(f, "kind", None) == "timeout")
+
+
+def run_refitting_elsewhere(live: LiveTarget, now: datetime, executor: Callable[[], Any],
+                            deadline: float | None = None) -> CycleResult:
+    """One cycle of a target of the file that runs alone
+    (:meth:`LiveTarget.run`'s steps), its per-series model's due refit made
+    on the executor ``executor()`` returns, asked only when a refit is due
+    (None: it could not be opened; the refit is made here, as without one).
+    The same refits, results and failures as a template's
+    (:func:`refits_elsewhere`): a failed, lost or late refit is this
+    target's forecast error, reactive fallback, and due again next cycle."""
+    cycle = live.begin(now)
+    forecast = None
+    jobs = refit_jobs([live], [cycle])
+    if jobs:
+        ex = executor()
+        if ex is not None:
+            failed, _, _ = send_refits([live], [cycle], jobs, ex, deadline)
+            forecast = failed.get(0)
+    live.decide(cycle, forecast)
+    return live.finish(cycle)
 
 
 # ------------------------------------------------------------------- cycle
@@ -378,6 +421,8 @@ class BatchReport:
     calls: int = 0
     refits: int = 0
     refit_failures: int = 0
+    #: of the failures, the refits still unfinished at the deadline
+    refit_timeouts: int = 0
 
 
 def _together(store: Any, cycles: Sequence[PendingCycle]) -> "_Together":
@@ -432,7 +477,8 @@ SIDE_BY_SIDE = 16
 
 
 def run_batch(members: Sequence[LiveTarget], now: datetime, store: Any, fetch: TemplateFetch | None = None,
-              *, executor: Any = None, clock: Callable[[], float] = time.perf_counter) -> BatchReport:
+              *, executor: Any = None, deadline: float | None = None,
+              clock: Callable[[], float] = time.perf_counter) -> BatchReport:
     """One cycle of every member at ``now`` (the steps in the module doc).
     ``store``: the one store every member records in (a template's), its
     parts in transactions; None: each member records in its own store (the
@@ -441,9 +487,9 @@ def run_batch(members: Sequence[LiveTarget], now: datetime, store: Any, fetch: T
     forecast is shared. ``fetch``: the template's query, loaded once for all
     (None: each member fetches from its own source); ``executor``: where
     the per-series models' due refits run (:func:`refits_elsewhere`; None:
-    in the decide step, here)."""
+    in the decide step, here), within ``deadline`` seconds."""
     if store is None:
-        return _run_apart(members, now, executor, clock)
+        return _run_apart(members, now, executor, deadline, clock)
     seconds: dict[str, float] = {}
     mark = clock()
 
@@ -473,9 +519,9 @@ def run_batch(members: Sequence[LiveTarget], now: datetime, store: Any, fetch: T
         lap("gather")
         forecasts, calls = batched_forecasts(members, ready, now)
         lap("forecast")
-        refits, failed = 0, {}
+        refits, failed, late = 0, {}, 0
         if executor is not None:
-            failed, refits = refits_elsewhere(members, ready, now, executor)
+            failed, refits, late = refits_elsewhere(members, ready, now, executor, deadline)
             forecasts.update(failed)
             lap("refit")
         for part in _chunks(range(len(members))):
@@ -507,10 +553,10 @@ def run_batch(members: Sequence[LiveTarget], now: datetime, store: Any, fetch: T
         if fetch is not None:
             fetch.clear()
     batched = sum(1 for i, (fc, _) in forecasts.items() if fc is not None)
-    return BatchReport(results, seconds, batched, calls, refits, len(failed))  # type: ignore[arg-type]
+    return BatchReport(results, seconds, batched, calls, refits, len(failed), late)  # type: ignore[arg-type]
 
 
-def _run_apart(members: Sequence[LiveTarget], now: datetime, executor: Any,
+def _run_apart(members: Sequence[LiveTarget], now: datetime, executor: Any, deadline: float | None,
                clock: Callable[[], float]) -> BatchReport:
     """:func:`run_batch` for members with stores of their own."""
     seconds: dict[str, float] = {}
@@ -528,9 +574,9 @@ def _run_apart(members: Sequence[LiveTarget], now: datetime, executor: Any,
     forecasts, calls = batched_forecasts(members, ready, now)
     lap("forecast")
     failed: dict[int, Any] = {}
-    refits = 0
+    refits = late = 0
     if executor is not None:
-        failed, refits = refits_elsewhere(members, ready, now, executor)
+        failed, refits, late = refits_elsewhere(members, ready, now, executor, deadline)
         forecasts.update(failed)
         lap("refit")
     for i in every:
@@ -539,7 +585,7 @@ def _run_apart(members: Sequence[LiveTarget], now: datetime, executor: Any,
     results = _side_by_side(members, lambda i: members[i].finish(ready[i]), every)
     lap("record")
     batched = sum(1 for fc, _ in forecasts.values() if fc is not None)
-    return BatchReport(results, seconds, batched, calls, refits, len(failed))
+    return BatchReport(results, seconds, batched, calls, refits, len(failed), late)
 
 
 def _labelset(labels: dict[str, str]) -> str:
@@ -547,5 +593,6 @@ def _labelset(labels: dict[str, str]) -> str:
 
 
 __all__ = ["BatchReport", "Discovery", "FleetTargets", "SeriesSlice", "TemplateFetch", "batched_forecasts",
-           "discover", "expand", "fleet_targets", "member_target", "refits_elsewhere", "run_batch",
+           "discover", "expand", "fleet_targets", "member_target", "refit_jobs", "refits_elsewhere", "run_batch",
+           "run_refitting_elsewhere", "send_refits",
            "shared_model_key", "template_source"]

@@ -23,11 +23,13 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from typing import Any
+from datetime import datetime
+from typing import Any, Collection
 
 from . import audit
 from .auth import _USED_LINKS
 from .core.errors import StateError, StateLocked
+from .core.units import to_epoch
 from .db import connect, redact_url
 from .store import _SCHEMA_V1, _V2_TABLES, _V3_TABLES, _V4_TABLES, _V5_TABLES, Store, check_version
 
@@ -190,6 +192,31 @@ class PgStore(Store):
             db.execute(_SAVE_MODEL, (name, json.dumps(meta), blob, None if lease is None else lease["shard"],
                                      None if lease is None else lease["epoch"],
                                      None if lease is None else lease["holder"]))
+
+    def prune_models(self, before: datetime, keep: Collection[str] = ()) -> list[str]:
+        """Delete the checkpoints of the targets that have not been seen
+        since ``before``: no cycle recorded (its state, its newest decision)
+        and no fit after it, and not in ``keep`` (the targets live now).
+        One transaction under the write lock, so a checkpoint written
+        meanwhile (a target back, refitted) is seen before the delete.
+        Returns the names deleted (``target`` or ``target/resource``)."""
+        cut = to_epoch(before)
+        with self.tx() as db:
+            rows = db.execute(
+                "SELECT m.name, m.meta, "
+                "(SELECT s.updated_at FROM target_state s WHERE s.target = split_part(m.name, '/', 1)), "
+                "(SELECT MAX(d.at) FROM decisions d WHERE d.target = split_part(m.name, '/', 1)) "
+                "FROM models m").fetchall()
+            gone = []
+            for name, meta, state_at, decided_at in rows:
+                if name.split("/", 1)[0] in keep:
+                    continue
+                seen = [int(v) for v in (state_at, decided_at, json.loads(meta).get("last_fit")) if v is not None]
+                if not seen or max(seen) < cut:
+                    gone.append(name)
+            for name in gone:
+                db.execute("DELETE FROM models WHERE name=?", (name,))
+        return gone
 
     # -------------------------------------------------------- transactions
     def _begin(self) -> None:

@@ -544,6 +544,15 @@ class Store:
         with self.tx() as db:
             _upsert_state(db, target, state, now)
 
+    def last_cycle(self, target: str) -> int | None:
+        """When ``target`` last ran a cycle that left a record (epoch s of
+        its state's update or its newest decision; None: never)."""
+        row = self.db.execute(
+            "SELECT (SELECT updated_at FROM target_state WHERE target=?), "
+            "(SELECT MAX(at) FROM decisions WHERE target=?)", (target, target)).fetchone()
+        seen = [int(v) for v in row if v is not None]
+        return max(seen) if seen else None
+
     # ---------------------------------------------------------------- decisions
     def record_decision(self, decision: Decision, mode: str, status: str, now: datetime,
                         state: ScalingState | None = None, outcome: dict | None = None, *,

@@ -573,6 +573,7 @@ def test_the_daemon_prunes_the_state_file_as_retention_says_and_keeps_every_deci
 @pytest.mark.parametrize("retention, message", [
     ({"forecasts": "0s"}, "retention.forecasts: 0:00:00 must be positive, or null to keep forever"),
     ({"decisions": "soon"}, "retention.decisions"),
+    ({"models": "-1d"}, "retention.models"),
 ])
 def test_a_bad_retention_is_a_config_error_naming_the_field(tmp_path, trace, retention, message):
     from engine.config import load_config

@@ -7,6 +7,7 @@ it, the pool restarts). A task that always fails comes back as a
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +36,6 @@ def executor(request, dask_ex):
             yield ex
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_a_worker_killed_mid_run_is_retried_and_the_run_completes(executor, tmp_path: Path) -> None:
     marker = tmp_path / "killed"
     tasks = [Task(f"sq{i}", (i, 0.05)) for i in range(6)]
@@ -51,7 +44,7 @@ def test_a_worker_killed_mid_run_is_retried_and_the_run_completes(executor, tmp_
     results += executor.run(et.square, tasks[3:])
     assert marker.exists(), "the task never killed its worker"
     killed = int(marker.read_text())
-    assert not _pid_alive(killed), "the worker process that ran the task is gone"
+    assert not et.pid_alive(killed), "the worker process that ran the task is gone"
     assert [r.value for r in results] == [0, 1, 4, 49, 9, 16, 25]
     assert results[3].pid != killed  # the retry ran in another (or a restarted) process
 
@@ -92,6 +85,76 @@ def test_a_task_that_kills_every_worker_is_lost_not_hung(executor) -> None:
     assert executor.run(et.square, [Task("after", (3,))])[0].value == 9
 
 
+def test_a_task_past_the_deadline_is_a_timeout_and_its_worker_does_not_linger(executor, tmp_path: Path) -> None:
+    marker = tmp_path / "hung"
+    tasks = [Task("stuck", ("hang", str(marker), 120))] + [Task(f"sq{i}", ("square", i, 0.1)) for i in range(3)]
+    t0 = time.monotonic()
+    results = executor.run(et.dispatch, tasks, deadline=4)
+    took = time.monotonic() - t0
+    stuck = results[0]
+    assert isinstance(stuck, TaskFailure) and stuck.kind == "timeout", stuck
+    assert "still running at the run's deadline (4 s)" in stuck.reason, stuck.reason
+    assert [r.value for r in results[1:]] == [0, 1, 4]  # the others finished as always
+    assert took < 40, took  # the run ended at its deadline, not when the task would have
+    assert executor.stats.timed_out == 1 and executor.stats.failed == 1
+    # the process stuck in the task was stopped (the pool's, or the
+    # LocalCluster worker restarted), not left sleeping
+    assert et.gone(int(marker.read_text())), "the stuck worker process is still there"
+    # the executor still works afterwards, and a run without a deadline waits
+    assert executor.run(et.square, [Task("after", (3, 0.2))])[0].value == 9
+
+
+def test_runs_from_two_threads_share_the_pool_and_one_stopped_at_its_deadline_costs_the_other_nothing(
+        tmp_path: Path) -> None:
+    import threading
+    marker = tmp_path / "hung"
+    got: dict[str, list] = {}
+    # no worker death allowed: were the other run's tasks, killed with the
+    # stopped pool, counted as deaths, they would be run alone and blamed
+    with LocalExecutor(workers=2, retries=0, allowed_failures=0) as ex:
+        a = threading.Thread(target=lambda: got.setdefault("a", ex.run(
+            et.dispatch, [Task("stuck", ("hang", str(marker), 120))], deadline=4)))
+        a.start()
+        for _ in range(200):  # the stuck task is running
+            if marker.exists():
+                break
+            time.sleep(0.05)
+        got["b"] = ex.run(et.square, [Task(f"sq{i}", (i, 1.5)) for i in range(4)])  # in flight at a's deadline
+        b_stats = ex.stats  # b ends after a: its tasks ran again on a fresh pool
+        a.join(60)
+    assert got["a"][0].kind == "timeout"
+    assert [r.value for r in got["b"]] == [0, 1, 4, 9]
+    assert (b_stats.tasks, b_stats.failed, b_stats.lost_workers) == (4, 0, 0)
+    assert len({r.pid for r in got["b"]}) >= 2
+
+
+def test_a_task_run_alone_after_pool_deaths_is_alone_across_runs_too() -> None:
+    import threading
+
+    # no death allowed: every task unfinished when the killer breaks the
+    # pool is run alone next; were two alone at once, the killer's death
+    # would be charged to the other run's task too, and it would be lost
+    got: dict[str, list] = {}
+    with LocalExecutor(workers=2, retries=0, allowed_failures=0) as ex:
+        runs = [threading.Thread(target=lambda: got.setdefault("killer", ex.run(
+                    et.dispatch, [Task("doomed", ("always_die", 1))]))),
+                threading.Thread(target=lambda: got.setdefault("squares", ex.run(
+                    et.square, [Task(f"sq{i}", (i, 0.3)) for i in range(4)])))]
+        for t in runs:
+            t.start()
+        for t in runs:
+            t.join(120)
+    assert got["killer"][0].kind == "lost" and "running it alone" in got["killer"][0].reason
+    assert [r.value for r in got["squares"]] == [0, 1, 4, 9]
+
+
+def test_a_run_that_cannot_start_before_its_deadline_times_out_every_task() -> None:
+    with LocalExecutor(workers=1) as ex:
+        results = ex.run(et.square, [Task("a", (2, 0.3)), Task("b", (3,))], deadline=0.1)
+    assert results[0].value == 4  # in this process: the running task cannot be stopped
+    assert results[1].kind == "timeout" and "not started before the run's deadline" in results[1].reason
+
+
 def test_shared_history_is_sent_once_and_read_by_every_task(executor) -> None:
     arr = np.arange(10_000, dtype=float)
     h = executor.share(arr)
@@ -129,6 +192,8 @@ def test_task_keys_must_be_unique() -> None:
     ({"kind": "dask", "address": "tcp://10.0.0.5:8786", "workers": 4}, "a remote cluster has its own"),
     ({"kind": "spark"}, "kind"),
     ({"kind": "local", "workers": 0}, "workers"),
+    ({"kind": "local", "deadline": "0s"}, "executor.deadline: 0s must be positive"),
+    ({"kind": "local", "deadline": "2m"}, "executor.deadline: 2m is not shorter than the timeout of target t (2m)"),
 ])
 def test_executor_section_errors_name_the_field(section, message) -> None:
     from engine.config import parse_config
@@ -138,6 +203,20 @@ def test_executor_section_errors_name_the_field(section, message) -> None:
     with pytest.raises(ConfigError, match="executor") as err:
         parse_config(doc)
     assert message in str(err.value)
+
+
+def test_the_refits_deadline_defaults_to_half_the_shorter_of_the_cycles_interval_and_timeout() -> None:
+    from engine.config import parse_config
+
+    def target(**over):
+        return {"name": "t", "source": {"type": "csv", "path": "x.csv"},
+                "policy": {"capacity_per_replica": 1, "max_replicas": 3}, **over}
+
+    for over, want in (({}, 60), ({"interval": "1m"}, 30), ({"interval": "1h", "timeout": "10m"}, 300)):
+        cfg = parse_config({"executor": {"kind": "local"}, "targets": [target(**over)]})
+        assert cfg.executor.deadline_for(cfg.targets[0]).total_seconds() == want, over
+    cfg = parse_config({"executor": {"kind": "local", "deadline": "45s"}, "targets": [target()]})
+    assert cfg.executor.deadline_for(cfg.targets[0]).total_seconds() == 45
 
 
 def test_an_unreachable_scheduler_is_one_clear_error() -> None:
@@ -171,3 +250,35 @@ def test_a_scheduler_without_workers_is_one_clear_error_not_a_hang() -> None:
         cfg = ExecutorConfig(kind="dask", address=cluster.scheduler_address, connect_timeout="1s")
         with pytest.raises(ConfigError, match="has no workers"):
             open_executor(cfg)
+
+
+def test_a_run_on_a_scheduler_that_stopped_answering_returns_at_its_deadline() -> None:
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    sched = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                              "--port", str(port), "--no-dashboard"], **quiet)
+    worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", f"tcp://127.0.0.1:{port}",
+                               "--nthreads", "1", "--no-dashboard"], **quiet)
+    try:
+        ex = DaskExecutor(address=f"tcp://127.0.0.1:{port}", connect_timeout=60)
+        assert ex.run(et.square, [Task("before", (2,))])[0].value == 4
+        os.kill(sched.pid, signal.SIGSTOP)  # its connection stays open; nothing answers on it
+        t0 = time.monotonic()
+        [late] = ex.run(et.square, [Task("after", (3,))], deadline=3)
+        took = time.monotonic() - t0
+        assert isinstance(late, TaskFailure) and late.kind == "timeout", late
+        assert took < 15, took  # at the deadline, not never
+        os.kill(sched.pid, signal.SIGCONT)
+        ex.close()
+    finally:
+        worker.kill()
+        sched.kill()
+        worker.wait(10)
+        sched.wait(10)

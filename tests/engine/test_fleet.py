@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from engine.core.errors import ConfigError
 from engine.core.units import from_epoch, isoformat
 from engine.daemon import Daemon
 from engine.store import Store, open_store
+from tests.support.executor_tasks import gone
 from tests.support.live import Platform
 from tests.support.postgres import pg_server, pg_url  # noqa: F401 - fixtures
 from tests.support.prom import (STEP, TRACE_A, TRACE_B, PrometheusServer, Trace, backfill, load_trace,
@@ -80,6 +82,31 @@ def write(path: Path, *templates: dict, targets: list | None = None) -> Path:
         doc["targets"] = targets
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+class Driven:
+    """A real daemon on clocks driven by hand (``start``: its first cycle's
+    time): :meth:`cycle` runs one interval's cycles, at ``at`` or
+    ``step`` after the last, and waits for them."""
+
+    def __init__(self, cfg: Path, start, step: timedelta = timedelta(minutes=5)) -> None:
+        self.clock, self.mono, self.results, self.step = ManualClock(start), [1000.0], [], step
+        self.d = Daemon(cfg, clock=self.clock, monotonic=lambda: self.mono[0], on_result=self.results.append,
+                        build_actuator=lambda t, c=None: Platform(capacity=3))
+        self.ran = False
+
+    def cycle(self, at=None, wait: float = 120) -> dict:
+        if at is not None:
+            self.clock.set(at)
+        elif self.ran:
+            self.clock.advance(self.step)
+        self.ran = True
+        self.results.clear()
+        self.d.tick()
+        for w in [*self.d.templates.values(), *self.d.workers.values()]:
+            assert w.wait(wait)
+        self.mono[0] += self.step.total_seconds()
+        return {r.target: r for r in self.results}
 
 
 @pytest.mark.prometheus
@@ -185,6 +212,56 @@ def test_the_daemon_adds_and_retires_targets_as_series_come_and_go_and_a_series_
         assert d.lock_store.cached_samples("storage-alice-g1").values[-1] == pytest.approx(2 * va[-1])
         assert d.lock_store.cached_samples("storage-bob-g1").values[-1] == pytest.approx(vb[-1])
         assert d.lock_store.cached_samples("storage-carol-g2").values[-1] == pytest.approx(2 * va[-1])
+    finally:
+        d.shutdown(5)
+
+
+def _checkpoints(store) -> set[str]:
+    if getattr(store, "keeps_models", False):
+        return {r[0] for r in store.db.execute("SELECT name FROM models").fetchall()}
+    folder = Path(store.path).parent / (Path(store.path).name + ".models")
+    return {p.stem for p in folder.glob("*.json")}
+
+
+@pytest.mark.prometheus
+@pytest.mark.parametrize("state", ["postgresql", "sqlite"])
+def test_a_retired_targets_checkpoint_is_pruned_after_the_retention_and_a_live_or_recent_one_is_kept(
+        fleet_prometheus, tmp_path, request, state):
+    end = fleet_prometheus.end
+    # models refitted every ten days: alice's and bob's stay older than the
+    # retention while they are live
+    tp = template(fleet_prometheus.url, mode="dry-run",
+                  forecaster={"name": "persistence", "history": "2h", "refit_every": "10d"})
+    doc = {"state": request.getfixturevalue("pg_url") if state == "postgresql" else str(tmp_path / "state.db"),
+           "server": {"enabled": False}, "retention": {"models": "1d"}, "templates": [tp]}
+    cfg = tmp_path / "fleet.yaml"
+    cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+    run = Driven(cfg, from_epoch(end - 4 * DAY))
+    d = run.d
+    everyone = {"storage-alice-g1", "storage-bob-g1", "storage-carol-g2"}
+
+    def cycle(at: int) -> set[str]:
+        by = run.cycle(from_epoch(at))
+        d.housekeeping()  # what the daemon does once an hour
+        return set(by)
+
+    try:
+        assert cycle(end - 4 * DAY) == everyone
+        assert _checkpoints(d.lock_store) == everyone
+        # carol's series goes away: retired 12 h ago, less than the retention: her model is kept
+        assert cycle(end - 4 * DAY + 12 * 3600) == everyone - {"storage-carol-g2"}
+        assert _checkpoints(d.lock_store) == everyone
+        # retired for 47 h: her checkpoint goes; alice's and bob's, fitted
+        # as long ago, stay (they are live)
+        assert cycle(end - 2 * DAY - 3600) == everyone - {"storage-carol-g2"}
+        assert _checkpoints(d.lock_store) == everyone - {"storage-carol-g2"}
+        assert d.prune_models(run.clock.now()) == []  # nothing more to prune
+        # her state was kept; she comes back and fits a new model
+        assert cycle(end) == everyone
+        carol = [r for r in run.results if r.target == "storage-carol-g2"][0]
+        assert carol.ok and "restored" not in carol.details.get("model", "")
+        assert _checkpoints(d.lock_store) == everyone
+        assert len(d.lock_store.decisions("storage-carol-g2", limit=10)) == 2
     finally:
         d.shutdown(5)
 
@@ -590,6 +667,35 @@ def test_a_templates_override_is_validated_at_load_naming_the_field(tmp_path):
     assert parsed.expand({"user": "a", "group": "g"}).forecaster.name == "seasonal_naive"
     assert parsed.expand({"user": "b", "group": "g"}).forecaster.name == "persistence"
 # ------------------------------------------------ per-series refits on an executor
+def on_executors(**section):
+    """Parametrize a test over a real 2-process pool and a real 2-worker
+    LocalCluster (``executor``: the config section, ``section`` added)."""
+    return pytest.mark.parametrize("executor", [
+        {"kind": "local", "workers": 2, "retries": 0, **section},
+        {"kind": "dask", "local_cluster": True, "workers": 2, "retries": 0, "memory_limit": "400MiB", **section},
+    ], ids=["local-pool", "dask-local-cluster"])
+
+
+def assert_refitted_elsewhere(result, kind: str) -> None:
+    """The cycle's model was fitted on the ``kind`` executor in another
+    process, and its forecast decided."""
+    note = result.details["model"]
+    assert f"refitted on the {kind} executor (pid " in note, note
+    pid = int(note.split("(pid ")[1].split(",")[0])
+    assert pid != os.getpid() and pid > 0
+    assert result.ok and not result.decision.fallback and result.forecast is not None
+    assert note.startswith(result.forecast.model_version)
+
+
+def assert_fell_back(result, recorded: dict, kind: str, why: str) -> None:
+    """Reactive (never down), the executor's failure and ``why`` in the
+    decision as recorded."""
+    d = result.decision
+    assert d.fallback and d.desired >= d.current, result.target
+    text = json.dumps(recorded)
+    assert f"the refit on the {kind} executor failed" in text and why in text, text
+
+
 @pytest.fixture
 def fit_probe():
     from forecasters import registry
@@ -628,11 +734,7 @@ def _probe_daemon_run(url: str, end: int, folder: Path, executor: dict | None) -
 
 
 @pytest.mark.prometheus
-@pytest.mark.parametrize("executor", [
-    {"kind": "local", "workers": 2, "retries": 0, "allowed_failures": 1},
-    {"kind": "dask", "local_cluster": True, "workers": 2, "retries": 0, "allowed_failures": 1,
-     "memory_limit": "400MiB"},
-], ids=["local-pool", "dask-local-cluster"])
+@on_executors(allowed_failures=1)
 def test_a_templates_refits_run_on_the_executor_and_a_lost_or_failed_one_falls_back_for_that_target_only(
         fleet_prometheus, tmp_path, fit_probe, executor):
     if executor["kind"] == "dask":
@@ -643,20 +745,12 @@ def test_a_templates_refits_run_on_the_executor_and_a_lost_or_failed_one_falls_b
     assert (report.refits, report.refit_failures) == (3, 2)
     # alice: fitted in another process, and that model's forecast decided
     alice = by["storage-alice-g1"]
-    note = alice.details["model"]
-    assert f"refitted on the {executor['kind']} executor (pid " in note, note
-    pid = int(note.split("(pid ")[1].split(",")[0])
-    assert pid != os.getpid() and pid > 0
-    assert alice.ok and not alice.decision.fallback and alice.forecast is not None
-    assert note.startswith(alice.forecast.model_version)
+    assert_refitted_elsewhere(alice, executor["kind"])
     assert got["decisions"]["storage-alice-g1"]["status"] in ("dry-run", "hold")
     # bob's fit killed its worker every time: lost; carol's raised: failed;
     # each falls back to reactive (never down) with the reason in its decision
     for name, why in (("storage-bob-g1", "(lost)"), ("storage-carol-g2", "RuntimeError: the fit of carol fails")):
-        d = by[name].decision
-        assert d.fallback and d.desired >= d.current, name
-        recorded = json.dumps(got["decisions"][name])
-        assert f"the refit on the {executor['kind']} executor failed" in recorded and why in recorded, recorded
+        assert_fell_back(by[name], got["decisions"][name], executor["kind"], why)
     # the same decision for alice as a daemon without the section makes,
     # fitting in its own thread
     inline = _probe_daemon_run(fleet_prometheus.url, fleet_prometheus.end, tmp_path / "inline", None)
@@ -664,6 +758,135 @@ def test_a_templates_refits_run_on_the_executor_and_a_lost_or_failed_one_falls_b
     a = inline["by"]["storage-alice-g1"]
     assert (a.decision.desired, a.decision.reasons) == (alice.decision.desired, alice.decision.reasons)
     np.testing.assert_allclose(a.forecast.point, alice.forecast.point)
+
+
+def _static_probe_run(folder: Path, executor: dict | None, die_for: str = "bob") -> dict:
+    """One cycle of three of the file's own targets on ``fit_probe`` in a
+    real daemon (``die_for``'s fit kills its process, carol's raises), each
+    in its own thread as static targets run; the results by target."""
+    folder.mkdir()
+    t = np.arange(2 * DAY // 300)
+    trace = write_trace(folder / "load.csv", 40 + 20 * np.sin(2 * np.pi * t / 288))
+    targets = [target_dict(n, trace, mode="dry-run", forecaster={
+        "name": "fit_probe", "history": "2h", "refit_every": "1h",
+        "params": {"who": n, "die_for": die_for, "raise_for": "carol"}}) for n in ("alice", "bob", "carol")]
+    extra = {} if executor is None else {"executor": executor}
+    cfg = write_config(folder / "c.yaml", targets, **extra)
+    results = []
+    d = Daemon(cfg, clock=ManualClock(T0 + timedelta(days=1)), monotonic=lambda: 1000.0,
+               on_result=results.append, build_actuator=lambda t, c=None: Platform(capacity=3))
+    try:
+        assert not d.batches  # per-series models: each target runs alone
+        d.tick()
+        for w in d.workers.values():
+            assert w.wait(180)
+        by = {r.target: r for r in results}
+        return {"by": by, "decisions": {n: d.lock_store.decision(r.decision.id) for n, r in by.items()}}
+    finally:
+        d.shutdown(30)
+
+
+@on_executors(allowed_failures=1)
+def test_the_files_own_targets_refit_on_the_executor_and_a_lost_or_failed_one_falls_back_alone(
+        tmp_path, fit_probe, executor):
+    if executor["kind"] == "dask":
+        pytest.importorskip("distributed")
+    # on Dask each target's run is its own map call, placed on a worker at
+    # once: a task beside the killer on its worker is charged its deaths
+    # too (Dask's accounting), so there bob's fit does not kill (the
+    # template test has one run with a killer on Dask)
+    local = executor["kind"] == "local"
+    got = _static_probe_run(tmp_path / "on", executor, die_for="bob" if local else "")
+    by = got["by"]
+    assert sorted(by) == ["alice", "bob", "carol"]
+    # alice: fitted in another process, and that model's forecast decided
+    alice = by["alice"]
+    assert_refitted_elsewhere(alice, executor["kind"])
+    # bob's fit killed its worker every time: lost; carol's raised: failed;
+    # each falls back to reactive (never down) with the reason in its decision
+    if local:
+        assert_fell_back(by["bob"], got["decisions"]["bob"], "local", "(lost)")
+    else:
+        assert_refitted_elsewhere(by["bob"], "dask")
+    assert_fell_back(by["carol"], got["decisions"]["carol"], executor["kind"], "RuntimeError: the fit of carol fails")
+    # the same decision for alice as without the section, fitting in her own thread
+    inline = _static_probe_run(tmp_path / "inline", None)["by"]["alice"]
+    assert "refitted" not in inline.details.get("model", "")
+    assert (inline.decision.desired, inline.decision.reasons) == (alice.decision.desired, alice.decision.reasons)
+    np.testing.assert_allclose(inline.forecast.point, alice.forecast.point)
+
+
+@on_executors(deadline="8s")
+def test_a_files_target_whose_refit_hangs_falls_back_with_timeout_and_refits_next_cycle(
+        tmp_path, fit_probe, executor):
+    if executor["kind"] == "dask":
+        pytest.importorskip("distributed")
+    marker = tmp_path / "hung"
+    t = np.arange(2 * DAY // 300)
+    trace = write_trace(tmp_path / "load.csv", 40 + 20 * np.sin(2 * np.pi * t / 288))
+    targets = [target_dict(n, trace, mode="dry-run", forecaster={
+        "name": "fit_probe", "history": "2h", "refit_every": "1h",
+        "params": {"who": n, "hang_for": "bob", "hang_marker": str(marker)}}) for n in ("alice", "bob")]
+    cfg = write_config(tmp_path / "c.yaml", targets, executor=executor)
+    run = Driven(cfg, T0 + timedelta(days=1))
+    d, cycle = run.d, run.cycle
+    try:
+        t0 = time.monotonic()
+        by = cycle()
+        assert time.monotonic() - t0 < 100  # bob's cycle ended at the deadline, not after his fit
+        assert_refitted_elsewhere(by["alice"], executor["kind"])
+        assert_fell_back(by["bob"], d.lock_store.decision(by["bob"].decision.id), executor["kind"], "(timeout)")
+        # the next cycle sends bob's refit again; it fits, and bob decides from it
+        by = cycle()
+        assert_refitted_elsewhere(by["bob"], executor["kind"])
+    finally:
+        d.shutdown(30)
+
+
+@pytest.mark.prometheus
+@on_executors(deadline="10s")
+def test_a_refit_that_hangs_past_the_deadline_falls_back_for_its_target_only_and_is_retried_next_cycle(
+        fleet_prometheus, tmp_path, fit_probe, executor):
+    if executor["kind"] == "dask":
+        pytest.importorskip("distributed")
+    marker = tmp_path / "hung"
+    tp = template(fleet_prometheus.url, mode="dry-run", forecaster={
+        "name": "fit_probe", "history": "2h", "refit_every": "1h",
+        "params": {"who": "{user}", "hang_for": "bob", "hang_marker": str(marker)}})
+    cfg = tmp_path / "fleet.yaml"
+    cfg.write_text(yaml.safe_dump({"state": str(tmp_path / "state.db"), "server": {"enabled": False},
+                                   "executor": executor, "templates": [tp]}, sort_keys=False))
+    run = Driven(cfg, from_epoch(fleet_prometheus.end))
+    d, tw = run.d, run.d.templates["storage"]
+
+    def cycle() -> dict:
+        t0 = time.monotonic()
+        by = run.cycle()
+        return {"by": by, "report": tw.last_report, "took": time.monotonic() - t0}
+
+    try:
+        first = cycle()
+        by, report = first["by"], first["report"]
+        assert (report.refits, report.refit_failures, report.refit_timeouts) == (3, 1, 1)
+        assert first["took"] < 100, first["took"]  # the cycle ended at the deadline, not after bob's fit
+        # bob's fit hung: past the deadline it is a timeout, and bob falls
+        # back to reactive (never down) with the reason in its decision
+        bob = by["storage-bob-g1"]
+        assert_fell_back(bob, d.lock_store.decision(bob.decision.id), executor["kind"],
+                         "(timeout): still running at the run's deadline (10 s)")
+        # the process stuck in bob's fit does not linger (the pool's
+        # processes stopped; the LocalCluster's worker restarted)
+        assert gone(int(marker.read_text())), "the worker stuck in bob's fit is still running"
+        # the others decided from the models fitted in another process
+        for name in ("storage-alice-g1", "storage-carol-g2"):
+            assert_refitted_elsewhere(by[name], executor["kind"])
+        # the next cycle sends bob's refit again (still due); it fits, and bob decides from it
+        second = cycle()
+        assert (second["report"].refits, second["report"].refit_failures) == (1, 0)
+        assert_refitted_elsewhere(second["by"]["storage-bob-g1"], executor["kind"])
+        assert not second["by"]["storage-alice-g1"].decision.fallback
+    finally:
+        d.shutdown(30)
 
 
 # ------------------------------------------------ the file's targets on one global model

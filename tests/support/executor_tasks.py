@@ -64,3 +64,30 @@ def dispatch(name: str, *args):
 
 def environ(name: str) -> str | None:
     return os.environ.get(name)
+
+
+def hang(marker: str, seconds: float) -> Squared:
+    """Write this process' pid to ``marker``, then sleep ``seconds`` (a fit
+    stuck past any deadline)."""
+    Path(marker).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return square(0)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def gone(pid: int, seconds: float = 20.0) -> bool:
+    """Whether process ``pid`` ends within ``seconds`` (a pool process being
+    terminated, a Dask worker being restarted)."""
+    end = time.monotonic() + seconds
+    while pid_alive(pid):
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.2)
+    return True
