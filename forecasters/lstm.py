@@ -1332,8 +1332,12 @@ class LevelFreeParams(ForecasterParams):
     patience: int = Field(3, ge=1)
     #: share of each series' (time-ordered) training origins kept for validation
     val_fraction: float = Field(0.2, gt=0.0, lt=0.9)
-    #: every n-th origin trains and calibrates (1: every origin)
+    #: every n-th origin trains (1: every origin)
     origin_stride: int = Field(1, ge=1)
+    #: every n-th origin of the series' own recent history calibrates it
+    #: and chooses its median gate (each target at each fit: most of a
+    #: fleet's cold cycle; 3 costs a third, at some accuracy)
+    calibration_stride: int = Field(1, ge=1)
     max_train_steps: int = Field(8064, ge=16)
     min_train_windows: int = Field(64, ge=1)
     #: conformal correction per horizon and level on each series' own
@@ -1718,7 +1722,7 @@ class LevelFreeLSTM:
             if step is None or not p.calibrate:
                 continue
             h = s.tail(p.calibration_steps + _season_steps(step) + p.lookback)
-            o = _levelfree_origins(h.values[:-1], p, step, p.origin_stride)
+            o = _levelfree_origins(h.values[:-1], p, step, p.calibration_stride)
             o = o[o >= len(h) - 1 - p.calibration_steps]
             if o.size < 20:
                 continue
@@ -1825,7 +1829,9 @@ class LevelFreeLSTM:
     @classmethod
     def _from_checkpoint(cls, ck: dict[str, Any], device: str | None = None) -> "LevelFreeLSTM":
         # a file saved before a setting existed was trained without it
-        params = LevelFreeParams.model_validate({**_LEVELFREE_BEFORE, **json.loads(ck["params"])})
+        saved = json.loads(ck["params"])
+        params = LevelFreeParams.model_validate({**_LEVELFREE_BEFORE, "calibration_stride": saved.get("origin_stride", 3),
+                                                 **saved})
         if device is not None:
             params = params.model_copy(update={"device": device})
         self = cls(params)

@@ -502,9 +502,10 @@ def test_the_persistence_loss_weights_each_horizon_by_one_over_its_persistence_e
 
 
 def test_a_model_saved_before_the_ensemble_and_the_gate_loads_as_it_was_trained(levelfree, tmp_path):
-    """A file whose settings predate ``ensemble``, ``median_gate`` and
-    ``horizon_loss`` was one network, ungated: it loads so, and forecasts
-    what it forecast before."""
+    """A file whose settings predate ``ensemble``, ``median_gate``,
+    ``horizon_loss`` and ``calibration_stride`` was one network, ungated,
+    calibrated every ``origin_stride``: it loads so, and forecasts what it
+    forecast before."""
     import io
     import json
 
@@ -514,13 +515,14 @@ def test_a_model_saved_before_the_ensemble_and_the_gate_loads_as_it_was_trained(
                          "calibrate_median": False}).fit({"a": daily(6, seed=1)})
     ck = one._checkpoint()
     ck["params"] = json.dumps({k: v for k, v in json.loads(ck["params"]).items()
-                               if k not in ("ensemble", "median_gate", "horizon_loss")})
+                               if k not in ("ensemble", "median_gate", "horizon_loss", "calibration_stride")})
     ck.pop("series_gates")
     buf = io.BytesIO()
     torch.save(ck, buf)
     (tmp_path / "old.pt").write_bytes(buf.getvalue())
     back = LevelFreeLSTM.load(tmp_path / "old.pt")
     assert (back.params.ensemble, back.params.median_gate, back.params.horizon_loss) == (1, False, "equal")
+    assert back.params.calibration_stride == one.params.origin_stride == 2
     s = daily(3, seed=4)
     np.testing.assert_allclose(back.predict_many({"s": s}, end(s), 48, (0.5, 0.9))["s"].quantiles[0.9],
                                one.predict_many({"s": s}, end(s), 48, (0.5, 0.9))["s"].quantiles[0.9], rtol=1e-6)
