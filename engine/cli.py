@@ -899,7 +899,9 @@ def cmd_train_global(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"{t.name}: {series.n_valid} samples every {t.interval}", flush=True)
         histories[t.name] = series
-    with progress(model.params.epochs, "train-global: epochs", args.quiet) as bar:
+    # each network of an ensemble trains its own epochs (early stopping may end each sooner)
+    epochs = model.params.epochs * getattr(model.params, "ensemble", 1)
+    with progress(epochs, "train-global: epochs", args.quiet) as bar:
         if cls is LevelFreeLSTM:
             model.fit(histories, on_epoch=lambda epoch, epochs: bar.update())
         else:
