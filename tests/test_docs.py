@@ -200,5 +200,7 @@ def test_every_relative_link_resolves(page):
 def test_no_page_points_outside_the_repository_or_at_issues(page):
     text = page.read_text()
     assert "../shared" not in text, f"{_rel(page)} points at ../shared, outside the repository"
+    outside = re.findall(r"(?<![\w.])/work/\S*", text)
+    assert not outside, f"{_rel(page)} points at this development machine's paths: {outside}"
     issues = re.findall(r"\bissues? *#?\d+\b|(?<![\w&/#])#\d+\b", text, re.I)
     assert not issues, f"{_rel(page)} mentions issue numbers (development history): {issues}"
