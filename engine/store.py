@@ -34,7 +34,9 @@ Tables:
                      written in the same transaction as the change.
 
 Writes are transactions (``BEGIN IMMEDIATE``: one writer at a time, so a
-plan is claimed by exactly one process); the database runs in WAL mode so
+plan is claimed by exactly one process; the connections of one process to a
+file queue on one lock first, so a busy daemon's threads take turns instead
+of timing out); the database runs in WAL mode so
 readers (the CLI) do not block the daemon, with ``synchronous=FULL`` so a
 committed audit record survives a crash or power loss. ``open`` checks the
 schema version, migrates a version-1 file (adds the plan history and the
@@ -48,6 +50,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -309,6 +312,24 @@ def _decision_record(row: sqlite3.Row) -> dict[str, Any]:
     return rec
 
 
+#: how long a write waits for the other writers of this process to the same
+#: state file (SQLite's own ``busy_timeout`` is for other processes)
+WRITER_WAIT_S = 60.0
+_writers: dict[str, threading.RLock] = {}
+_writers_guard = threading.Lock()
+
+
+def _writer_lock(path: str) -> threading.RLock | None:
+    """One lock per state file for every connection of this process: its
+    writers queue here, in turn, instead of polling SQLite's lock (which
+    under load lets some wait past ``busy_timeout`` while others pass)."""
+    if path == ":memory:":
+        return None
+    key = os.path.realpath(path)
+    with _writers_guard:
+        return _writers.setdefault(key, threading.RLock())
+
+
 class Store:
     """The SQLite state file. Use as a context manager or call :meth:`close`.
 
@@ -340,6 +361,8 @@ class Store:
         self._lock_fd: int | None = None
         self._batch_depth = 0  # inside batch(): tx() is a savepoint
         self._savepoints = 0
+        self._writer = _writer_lock(self.path)
+        self._writing = False  # this connection holds the process's writer lock
         try:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -452,10 +475,27 @@ class Store:
                 raise StateError(f"state file {self.path}: {exc}") from exc
 
     def _begin(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        mine = self._writer is not None and not self._writing
+        if mine:
+            if not self._writer.acquire(timeout=WRITER_WAIT_S):  # type: ignore[union-attr]
+                raise sqlite3.OperationalError(
+                    f"database is locked: the other writers of this process held it for {WRITER_WAIT_S:g} s")
+            self._writing = True
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            if mine:  # a transaction begun inside this one's is this one's to end
+                self._release_writer()
+            raise
 
     def _commit(self) -> None:
         self.db.execute("COMMIT")
+        self._release_writer()
+
+    def _release_writer(self) -> None:
+        if self._writing:
+            self._writing = False
+            self._writer.release()  # type: ignore[union-attr]
 
     def _savepoint(self) -> Iterator[sqlite3.Connection]:
         self._savepoints += 1
@@ -496,8 +536,11 @@ class Store:
                 self._batch_depth = 0
 
     def _rollback(self) -> None:
-        if self.db.in_transaction:
-            self.db.execute("ROLLBACK")
+        try:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+        finally:
+            self._release_writer()
 
     def _fenced(self, db: Any, target: str, outcome: dict | None) -> dict | None:
         """The outcome of an intent to act, with the lease it was recorded

@@ -265,6 +265,50 @@ def test_a_second_store_on_the_same_file_cannot_take_the_lock_until_the_first_cl
     second.close()
 
 
+def test_writers_of_one_process_wait_their_turn_instead_of_failing_on_a_busy_file(db_path):
+    """Many target threads, each its own connection to the state file: a
+    write that finds the file held by another writer of this process waits
+    for it (in turn, on the process's lock) instead of failing with
+    "database is locked" once SQLite's busy timeout (here cut to 0.2 s) has
+    passed; both writes are there."""
+    import threading
+    import time
+
+    first, second = Store(db_path), Store(db_path)
+    second.db.execute("PRAGMA busy_timeout=200")
+    held, done = threading.Event(), []
+
+    def slow_writer() -> None:
+        with first.batch():  # one transaction held open
+            first.save_state("a", full_state(), NOW)
+            held.set()
+            time.sleep(1.0)  # five busy timeouts
+
+    t = threading.Thread(target=slow_writer)
+    t.start()
+    assert held.wait(5)
+    second.save_state("b", full_state(), NOW)  # raised StateError "database is locked" before
+    done.append(True)
+    t.join()
+    assert done and first.load_state("b") == second.load_state("a") == full_state()
+    first.close(), second.close()
+
+
+def test_a_transaction_begun_inside_another_fails_and_leaves_the_file_to_the_other_writers(db_path, monkeypatch):
+    import engine.store
+
+    monkeypatch.setattr(engine.store, "WRITER_WAIT_S", 0.5)
+    first, second = Store(db_path), Store(db_path)
+    with pytest.raises(StateError, match="within a transaction"):
+        with first.tx():
+            with first.tx():
+                pass
+    second.save_state("b", full_state(), NOW)  # the process's writer lock was handed back
+    first.save_state("a", full_state(), NOW)
+    assert second.load_state("a") == full_state()
+    first.close(), second.close()
+
+
 # ------------------------------------------------------------ failures of the file
 def test_a_state_file_from_a_newer_forescale_is_refused(db_path):
     Store(db_path).close()
