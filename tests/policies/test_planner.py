@@ -336,12 +336,24 @@ def test_a_ladder_enforces_the_resizes_a_day_its_slo_leaves_room_for_and_the_flo
     d = decide(quiet, state(current=0, observed=25.0, events=(up, down)), cfg, NOW)
     assert d.step("budget").reason == "WithinBudget" and d.desired == 1  # nothing planned, the floor
     assert d.step("reactive").reason == "ReactiveOverride"
-    d = decide(busy, state(current=0, observed=25.0, events=(up, down)), cfg, NOW)
-    assert d.step("plan").value == 1 and d.step("budget").reason == "ChangeBudget"
-    assert d.desired == 1 and d.step("reactive").reason == "ReactiveOverride" and d.step("reactive").changed
-    # ... and without the surprise the planned scale-up waits for the budget
+    # the plan's scale-up after today's scale-down is the way back it kept: it
+    # passes the spent budget (yesterday's morning scale-up still counting)
     d = decide(busy, state(current=0, observed=15.0, events=(up, down)), cfg, NOW)
-    assert d.desired == 0 and d.step("budget").reason == "ChangeBudget"
+    assert d.desired == 1 and d.step("budget").reason == "WithinBudget" and d.step("reactive").reason != \
+        "ReactiveOverride"
+    assert "way back" in d.step("budget").message
+    # more scale-ups than scale-downs today: the plan's next scale-up waits for the budget ...
+    ladder3 = ladder + [{"name": "large", "capacity": 80, "price": 0.4}]
+    cfg3 = PolicyConfig(kind="plan", ladder=ladder3, lead_time="25m", plan={"resize_downtime": "5m"})
+    ups = (ScaleEvent(NOW - timedelta(hours=20), 0, 1), ScaleEvent(NOW - timedelta(hours=10), 1, 2),
+           ScaleEvent(NOW - timedelta(hours=5), 2, 1))
+    big = forecast(np.full(12 * 13, 60.0))  # the plan wants the large rung
+    d = decide(big, state(current=1, observed=30.0, events=ups), cfg3, NOW)
+    assert d.step("plan").value == 2 and d.desired == 1 and d.step("budget").reason == "ChangeBudget"
+    # ... and with demand beyond the rung in service the floor resizes anyway
+    d = decide(big, state(current=1, observed=45.0, events=ups), cfg3, NOW)
+    assert d.step("budget").reason == "ChangeBudget"
+    assert d.desired == 2 and d.step("reactive").reason == "ReactiveOverride" and d.step("reactive").changed
 
 
 def test_no_forecast_falls_back_and_never_scales_down():
