@@ -739,14 +739,14 @@ def _budget_step(value: int, current: int, state: ScalingState, now: datetime, p
     counts (the reactive floor's too); a scale-down keeps a scale-up in the
     daily budget: the day's scale-downs, this one included, are at most half
     of it, and at least one (a budget of 2 is one down and one up a day, a
-    budget of 1 its one change either way), and a scale-up passes a spent
-    daily budget while the last day's scale-ups do not outnumber its
-    scale-downs: it is the way back that a scale-down of the last day kept
-    (else, on a daily cycle, yesterday's morning scale-up still counts when
-    this morning's is due, and only the floor's late one, at saturation,
-    gets through). Any 24 hours then hold at most ``max(1, budget // 2)``
-    scale-downs and at most one change more than the budget. The steps after it
-    (the reactive floor, an event's minimum) are never held by it."""
+    budget of 1 one change, or one down and its way back), and the scale-up right after a
+    scale-down (the last change of the last day) is the way back it kept: it
+    passes a spent daily budget (else, on a daily cycle, yesterday's morning
+    scale-up still counts when this morning's is due, and only the floor's
+    late one, at saturation, gets through). Any 24 hours then hold at most
+    ``max(1, budget // 2)`` scale-downs and at most one change more than the
+    budget. The steps after it (the reactive floor, an event's minimum) are
+    never held by it."""
     if value != current:
         for limit, span, word in ((pc.max_changes_per_hour, timedelta(hours=1), "hour"),
                                   (pc.max_changes_per_day, timedelta(days=1), "day")):
@@ -755,7 +755,9 @@ def _budget_step(value: int, current: int, state: ScalingState, now: datetime, p
             recent = [ev for ev in state.events if ev.at > now - span]
             n = len(recent)
             downs = sum(1 for ev in recent if ev.to_capacity < ev.from_capacity)
-            way_back = word == "day" and value > current and n - downs <= downs
+            last = max(recent, key=lambda ev: ev.at) if recent else None
+            way_back = (word == "day" and value > current and last is not None
+                        and last.to_capacity < last.from_capacity)
             if n >= limit and not way_back:
                 return Step("budget", current, "ChangeBudget",
                             f"{n} change(s) in the last {word}, budget {limit}: holding {current} "
@@ -767,5 +769,5 @@ def _budget_step(value: int, current: int, state: ScalingState, now: datetime, p
             if way_back and n >= limit:
                 return Step("budget", value, "WithinBudget",
                             f"{n} change(s) in the last day, budget {limit}: the scale-up to {value} is the way "
-                            f"back a scale-down of the last day kept ({downs} down, {n - downs} up)")
+                            f"back the scale-down {_span(now - last.at)} ago kept")
     return Step("budget", value, "WithinBudget", "within the change budget")

@@ -435,9 +435,9 @@ def test_a_planner_on_a_ladder_keeps_to_its_resizes_a_day_and_its_morning_scale_
     """The ladder's default budget (LADDER_RESIZES_PER_DAY, the resizes its
     SLO leaves room for) on the frontier's vertical scenario and a real ISP
     link with a daily cycle: every scale-down fits the budget (at most half
-    of it a day); a scale-up past a spent budget is the way back a scale-down
-    of the last day kept, or the reactive floor's for demand the serving rung
-    cannot carry. Yesterday's morning scale-up, still in the 24-hour window,
+    of it a day); a scale-up past a spent budget is the way back right after
+    a scale-down, or the reactive floor's for demand the serving rung cannot
+    carry. Yesterday's morning scale-up, still in the 24-hour window,
     no longer holds this morning's: each scored scale-up lands before the
     demand outgrows the rung it leaves (with the way back held, they came
     from the floor at saturation, and the planner left more demand unserved
@@ -462,8 +462,8 @@ def test_a_planner_on_a_ladder_keeps_to_its_resizes_a_day_and_its_morning_scale_
         assert before.size <= BUDGET  # any 24 hours: at most one change more than the budget
         if dec[t] < dec[t - 1]:  # a scale-down keeps a scale-up in the budget
             assert before.size < BUDGET and 2 * (downs + 1) <= BUDGET, (t, before)
-        elif before.size >= BUDGET:  # past a spent budget: the way back, or the floor
-            if before.size - downs <= downs:
+        elif before.size >= BUDGET:  # past a spent budget: the way back right after a scale-down, or the floor
+            if dec[before[-1]] < dec[before[-1] - 1]:
                 way_back.append(t)
             else:
                 assert r.demand[t] > caps[plan.in_service[t]], (t, before)
