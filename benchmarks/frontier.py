@@ -32,6 +32,8 @@ through ``engine.backtest.run_policy`` (the live loop's code).
     nice -n 10 python benchmarks/frontier.py --policy plan
     nice -n 10 python benchmarks/frontier.py --policy my-policy.yaml --name mine
     nice -n 10 python benchmarks/frontier.py --policy plan --vertical   # the ladder scenario
+    nice -n 10 python benchmarks/frontier.py --threshold-sweep benchmarks/results/frontier-x.json  # add the swept
+        # threshold resizer to an earlier report's vertical rows (no policy runs)
 
 Writes ``benchmarks/results/frontier-<name>.json`` and ``.md``.
 """
@@ -45,6 +47,7 @@ import statistics
 import sys
 import time
 from collections import deque
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -61,10 +64,12 @@ from engine.backtest import (  # noqa: E402
     DEFAULT_POLICY,
     Prepared,
     Scenario,
+    evaluate,
     prepare,
     run_backtest,
     run_policy,
     score,
+    threshold_resizer,
 )
 from engine.config import ForecasterConfig  # noqa: E402
 from engine.sources.csv import read_csv  # noqa: E402
@@ -75,6 +80,10 @@ RESULTS = ROOT / "benchmarks" / "results"
 #: the HPA's swept target utilizations (REFERENCE.md section 5)
 UTILIZATIONS = tuple(round(0.45 + 0.05 * i, 2) for i in range(11))
 LEAD_TIMES_MIN = (10, 30)
+#: the threshold resizer's swept settings (up, down, window in minutes): the
+#: vertical scenario's cost-matched comparison
+THRESHOLD_SWEEP = tuple((up, down, w) for up in (0.6, 0.7, 0.8, 0.9, 0.95) for down in (0.1, 0.2, 0.3, 0.4)
+                        for w in (5, 10, 30))
 EPS = 1e-4
 #: the baseline HPA's settings (REFERENCE.md section 3)
 HPA_TOLERANCE = 0.1
@@ -360,18 +369,49 @@ def one_trace(raw, name: str, settings: dict[str, Any], fcfg: ForecasterConfig, 
     return row
 
 
+#: the vertical scenario: AWS m5 large..4xlarge, 5-minute downtime, 30-minute lead
+VERTICAL = Scenario(ladder=AWS_M5_LADDER, min_replicas=None, max_replicas=None, lead_time=timedelta(minutes=30),
+                    resize_downtime=timedelta(minutes=5))
+
+
 def vertical_trace(raw, name: str, settings: dict[str, Any], fcfg: ForecasterConfig) -> dict[str, Any]:
     """The ladder scenario: AWS m5 large..4xlarge with list prices, 5-minute
     resize downtime, 30-minute lead time; the threshold resizer (N = 10 min)
     as the baseline."""
-    sc = Scenario(ladder=AWS_M5_LADDER, min_replicas=None, max_replicas=None, lead_time=timedelta(minutes=30),
-                  resize_downtime=timedelta(minutes=5))
+    sc = VERTICAL
     t0 = time.perf_counter()
     r = run_backtest(raw, scenario=sc, policy=settings, forecaster=fcfg, trace=name)
     pol = r.runs[r.policy_name]
-    return {"trace": name, "policies": {k: {**v.metrics, **v.actuation} for k, v in r.runs.items()},
+    policies = {k: {**v.metrics, **v.actuation} for k, v in r.runs.items()}
+    return {"trace": name, "policies": policies,
             "policy_name": r.policy_name, "fallback_reasons": pol.fallback_reasons,
+            "threshold_sweep": threshold_sweep(raw, sc, name, policies[r.policy_name]),
             "seconds": time.perf_counter() - t0}
+
+
+def threshold_sweep(raw, sc: Scenario, name: str, policy: dict[str, Any]) -> dict[str, Any]:
+    """The threshold resizer swept over its settings (:data:`THRESHOLD_SWEEP`)
+    on the same scenario, compared with the policy at equal service and at
+    equal money: ``at_unserved`` is the cheapest setting that leaves no more
+    demand unserved than the policy (None: none does), ``at_cost`` the
+    setting with the least unserved demand among those that cost no more
+    than the policy (None: every setting costs more)."""
+    points = []
+    for up, down, window in THRESHOLD_SWEEP:
+        s = replace(sc, threshold_up=up, threshold_down=down, threshold_window=timedelta(minutes=window))
+        prep = prepare(raw, s, trace=name)
+        run = evaluate(prep, threshold_resizer(prep.series.values, prep))
+        points.append({"up": up, "down": down, "window_min": window, "cost_per_day": run.actuation["cost_per_day"],
+                       "unserved_fraction": run.metrics["unserved_fraction"],
+                       "changes_per_day": run.actuation["changes_per_day"]})
+    tol = 1e-9
+    served = [q for q in points if q["unserved_fraction"] <= policy["unserved_fraction"] + tol]
+    cheap = [q for q in points if q["cost_per_day"] <= policy["cost_per_day"] + tol]
+    at_unserved = min(served, key=lambda q: (q["cost_per_day"], q["unserved_fraction"])) if served else None
+    at_cost = min(cheap, key=lambda q: (q["unserved_fraction"], q["cost_per_day"])) if cheap else None
+    return {"points": points, "at_unserved": at_unserved, "at_cost": at_cost,
+            "cost_ratio": None if at_unserved is None or at_unserved["cost_per_day"] <= 0
+            else policy["cost_per_day"] / at_unserved["cost_per_day"]}
 
 
 def _f(v: Any, nd: int = 3) -> str:
@@ -442,7 +482,49 @@ def markdown(name: str, report: dict[str, Any]) -> str:
                          f"| {_f(p['unserved_fraction'], 4)} | {_f(t['unserved_fraction'], 4)} "
                          f"| {_f(p['violation_fraction'], 4)} | {_f(t['violation_fraction'], 4)} |")
         lines.append("")
+        if all("threshold_sweep" in r for r in v["rows"]):
+            lines += sweep_markdown(v)
     return "\n".join(lines) + "\n"
+
+
+def _setting(q: dict[str, Any] | None) -> str:
+    return "-" if q is None else f"{q['up']:.2f}/{q['down']:.2f}/{q['window_min']}m"
+
+
+def sweep_markdown(v: dict[str, Any]) -> list[str]:
+    """The cost-matched table: the policy against the threshold resizer
+    swept over its settings (an addition to the fixed 80/20 baseline)."""
+    ups = sorted({q[0] for q in THRESHOLD_SWEEP})
+    downs = sorted({q[1] for q in THRESHOLD_SWEEP})
+    wins = sorted({q[2] for q in THRESHOLD_SWEEP})
+    lines = ["### Against the threshold resizer swept over its settings", "",
+             f"The threshold resizer at every up threshold in {ups}, down threshold in {downs} and window in "
+             f"{wins} min ({len(THRESHOLD_SWEEP)} settings), chosen per trace in hindsight. At equal service: "
+             "the cheapest setting leaving no more demand unserved than the policy (cost ratio = policy $/day "
+             "/ its $/day; - = no setting serves as much). At equal money: the setting with the least unserved "
+             "demand among those costing no more than the policy. Setting = up/down/window; a cost ratio within "
+             "0.1 % of 1 counts as equal.", "",
+             "| part | traces | with a setting at the policy's u | median cost ratio | gmean cost ratio "
+             "| cost ratio < 1 | cost ratio <= 1 | policy u <= threshold u at equal money |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for pname in ("tuning", "held_out", "all"):
+        s = v["summary"][pname]
+        lines.append(f"| {pname} | {s['traces']} | {s['sweep_served']} | {_f(s['sweep_median_cost_ratio'])} "
+                     f"| {_f(s['sweep_gmean_cost_ratio'])} | {s['sweep_cheaper']} | {s['sweep_no_dearer']} "
+                     f"| {s['sweep_no_more_unserved']} |")
+    lines += ["", "| trace | part | policy $/day | policy u | policy resizes/day | equal service: setting "
+              "| $/day | u | resizes/day | cost ratio | equal money: setting | u |",
+              "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|---:|"]
+    for r in v["rows"]:
+        p, sw = r["policies"][r["policy_name"]], r["threshold_sweep"]
+        a, c = sw["at_unserved"], sw["at_cost"]
+        lines.append(f"| {r['trace']} | {'held out' if r['held_out'] else 'tuning'} | {_f(p['cost_per_day'], 2)} "
+                     f"| {_f(p['unserved_fraction'], 4)} | {_f(p['changes_per_day'], 2)} | {_setting(a)} "
+                     f"| {_f(a and a['cost_per_day'], 2)} | {_f(a and a['unserved_fraction'], 4)} "
+                     f"| {_f(a and a['changes_per_day'], 2)} | {_f(sw['cost_ratio'])} | {_setting(c)} "
+                     f"| {_f(c and c['unserved_fraction'], 4)} |")
+    lines.append("")
+    return lines
 
 
 def vertical_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -451,7 +533,7 @@ def vertical_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
     if not rows:
         return {"traces": 0, "median_changes_policy": float("nan"), "median_changes_threshold": float("nan"),
-                "cheaper": 0, "less_unserved": 0, "both": 0}
+                "cheaper": 0, "less_unserved": 0, "both": 0, **sweep_summary(rows)}
     th = [r["policies"]["threshold"] for r in rows]
     ps = [pol(r) for r in rows]
     return {
@@ -462,7 +544,25 @@ def vertical_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "less_unserved": sum(p["unserved_fraction"] < t["unserved_fraction"] for p, t in zip(ps, th)),
         "both": sum(p["cost_per_day"] < t["cost_per_day"] and p["unserved_fraction"] < t["unserved_fraction"]
                     for p, t in zip(ps, th)),
+        **sweep_summary(rows),
     }
+
+
+#: cost ratios within 0.1 % of 1 count as a tie (the same rungs but for a resize)
+TIE = 1e-3
+
+
+def sweep_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The cost-matched counts (:func:`threshold_sweep`) over ``rows``."""
+    sw = [(r["policies"][r["policy_name"]], r["threshold_sweep"]) for r in rows if "threshold_sweep" in r]
+    ratios = [s["cost_ratio"] for _, s in sw if s["cost_ratio"] is not None]
+    return {"sweep_served": len(ratios),
+            "sweep_median_cost_ratio": statistics.median(ratios) if ratios else float("nan"),
+            "sweep_gmean_cost_ratio": gmean(ratios) if ratios else float("nan"),
+            "sweep_cheaper": sum(x < 1.0 - TIE for x in ratios),
+            "sweep_no_dearer": sum(x <= 1.0 + TIE for x in ratios),
+            "sweep_no_more_unserved": sum(s["at_cost"] is not None and p["unserved_fraction"]
+                                          <= s["at_cost"]["unserved_fraction"] + 1e-9 for p, s in sw)}
 
 
 def split(rows: list[dict[str, Any]], summarize_fn) -> dict[str, Any]:
@@ -497,6 +597,32 @@ def resweep(path: Path, root: Path, utilizations: Sequence[float], out: Path) ->
     return 0
 
 
+def add_threshold_sweep(path: Path, root: Path) -> int:
+    """The vertical rows of an earlier report against the threshold resizer
+    swept over its settings (:func:`threshold_sweep`), written over the
+    report (its policy rows are kept as they were, not run again)."""
+    report = json.loads(path.read_text())
+    v = report.get("vertical")
+    if not v or not v["rows"]:
+        raise SystemExit(f"--threshold-sweep: {path} has no vertical rows")
+    for r in v["rows"]:
+        raw = load_trace(root / r["trace"], report.get("max_days"))
+        r["threshold_sweep"] = threshold_sweep(raw, VERTICAL, r["trace"], r["policies"][r["policy_name"]])
+    v["summary"] = split(v["rows"], vertical_summary)
+    if "(threshold sweep" not in report["command"]:
+        report["command"] += f" (threshold sweep added: --threshold-sweep {path.name})"
+    path.write_text(json.dumps(report, indent=1, sort_keys=True, default=float))
+    path.with_suffix(".md").write_text(markdown(report["policy"], report))
+    for pname in ("tuning", "held_out", "all"):
+        s = v["summary"][pname]
+        print(f"vertical {pname:<8}: against the swept threshold resizer: median cost ratio at equal service "
+              f"{s['sweep_median_cost_ratio']:.3f} (gmean {s['sweep_gmean_cost_ratio']:.3f}), cheaper on "
+              f"{s['sweep_cheaper']} and no dearer on {s['sweep_no_dearer']} of {s['sweep_served']}, "
+              f"no more unserved at equal money on {s['sweep_no_more_unserved']}/{s['traces']}", flush=True)
+    print(f"wrote {path} and {path.with_suffix('.md')}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Equal-cost frontier: a policy against the HPA swept over utilization.")
     ap.add_argument("--traces", default=str(TRACES_DIR), help="folder of <dataset>/<trace>.csv files")
@@ -518,6 +644,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resweep", metavar="REPORT.json",
                     help="no policy runs: compare the policy rows of an earlier report with a new HPA sweep "
                          "(--sweep-from), written as <its name>-from<U>")
+    ap.add_argument("--threshold-sweep", metavar="REPORT.json",
+                    help="no policy runs: add the threshold resizer swept over its settings to an earlier "
+                         "report's vertical rows (the cost-matched comparison), written over the report")
     ap.add_argument("--vertical", action="store_true", help="also the vertical ladder scenario")
     ap.add_argument("--no-frontier", action="store_true", help="only the vertical scenario")
     ap.add_argument("--out", default=str(RESULTS))
@@ -538,6 +667,8 @@ def main(argv: list[str] | None = None) -> int:
     utilizations = sweep_range(args.sweep_from)
     if args.resweep:
         return resweep(Path(args.resweep), root, utilizations, Path(args.out))
+    if args.threshold_sweep:
+        return add_threshold_sweep(Path(args.threshold_sweep), root)
     settings = policy_settings(args.policy)
     name = args.name or Path(args.policy).stem
     fcfg = ForecasterConfig(name=args.forecaster, params=json.loads(args.forecaster_params or "{}"))
@@ -587,7 +718,11 @@ def main(argv: list[str] | None = None) -> int:
             s = report["vertical"]["summary"][part]
             print(f"vertical {part:<8}: median resizes/day {s['median_changes_policy']:.2f} vs threshold "
                   f"{s['median_changes_threshold']:.2f}; cheaper on {s['cheaper']}, less unserved on "
-                  f"{s['less_unserved']}, both on {s['both']} of {s['traces']}", flush=True)
+                  f"{s['less_unserved']}, both on {s['both']} of {s['traces']}; against the swept threshold "
+                  f"resizer: median cost ratio at equal service {s['sweep_median_cost_ratio']:.3f}"
+                  f" (gmean {s['sweep_gmean_cost_ratio']:.3f}), cheaper on {s['sweep_cheaper']} and no dearer on "
+                  f"{s['sweep_no_dearer']} of {s['sweep_served']}, no more unserved at equal money "
+                  f"on {s['sweep_no_more_unserved']}", flush=True)
     report["seconds"] = time.perf_counter() - t_start
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -261,7 +261,8 @@ class PlanConfig(_Model):
     timezone: Timezone = "UTC"
     #: change budget enforced on the executed step (None: no budget; a
     #: ladder: LADDER_RESIZES_PER_DAY a day unless stated). Scale-downs take
-    #: at most half the daily budget (each keeps a scale-up); the reactive
+    #: at most half the daily budget (each keeps a scale-up: the scale-up
+    #: right after a scale-down passes a spent daily budget); the reactive
     #: floor and an event's minimum are never held by a budget
     max_changes_per_hour: int | None = Field(None, ge=0)
     max_changes_per_day: int | None = Field(None, ge=0)

@@ -738,24 +738,36 @@ def _budget_step(value: int, current: int, state: ScalingState, now: datetime, p
     """The change budget on the plan's first step: every change in the state
     counts (the reactive floor's too); a scale-down keeps a scale-up in the
     daily budget: the day's scale-downs, this one included, are at most half
-    of it, and at least one (else a budget spent going down at night holds
-    the plan's scale-up before the morning peak, and only the floor's late
-    one, at saturation, gets through; a budget of 2 is one down and one up a
-    day, a budget of 1 its one change either way). The steps after it (the
-    reactive floor, an event's minimum) are never held by it."""
+    of it, and at least one (a budget of 2 is one down and one up a day, a
+    budget of 1 one change, or one down and its way back), and the scale-up right after a
+    scale-down (the last change of the last day) is the way back it kept: it
+    passes a spent daily budget (else, on a daily cycle, yesterday's morning
+    scale-up still counts when this morning's is due, and only the floor's
+    late one, at saturation, gets through). Any 24 hours then hold at most
+    ``max(1, budget // 2)`` scale-downs and at most one change more than the
+    budget. The steps after it (the reactive floor, an event's minimum) are
+    never held by it."""
     if value != current:
         for limit, span, word in ((pc.max_changes_per_hour, timedelta(hours=1), "hour"),
                                   (pc.max_changes_per_day, timedelta(days=1), "day")):
             if limit is None:
                 continue
-            n = sum(1 for ev in state.events if ev.at > now - span)
-            if n >= limit:
+            recent = [ev for ev in state.events if ev.at > now - span]
+            n = len(recent)
+            downs = sum(1 for ev in recent if ev.to_capacity < ev.from_capacity)
+            last = max(recent, key=lambda ev: ev.at) if recent else None
+            way_back = (word == "day" and value > current and last is not None
+                        and last.to_capacity < last.from_capacity)
+            if n >= limit and not way_back:
                 return Step("budget", current, "ChangeBudget",
                             f"{n} change(s) in the last {word}, budget {limit}: holding {current} "
                             f"instead of {value}", changed=True)
-            downs = sum(1 for ev in state.events if ev.at > now - span and ev.to_capacity < ev.from_capacity)
             if word == "day" and value < current and downs + 1 > max(1, limit // 2):
                 return Step("budget", current, "ChangeBudget",
                             f"{downs} scale-down(s) in the last day, budget {limit}: holding {current} instead "
                             f"of {value}, each scale-down keeps a scale-up in the budget", changed=True)
+            if way_back and n >= limit:
+                return Step("budget", value, "WithinBudget",
+                            f"{n} change(s) in the last day, budget {limit}: the scale-up to {value} is the way "
+                            f"back the scale-down {_span(now - last.at)} ago kept")
     return Step("budget", value, "WithinBudget", "within the change budget")

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 
-from benchmarks.frontier import at_cost, held_out, hindsight, hpa_in_service, main, sweep
+from benchmarks.frontier import THRESHOLD_SWEEP, at_cost, held_out, hindsight, hpa_in_service, main, sweep
 from engine.backtest import Scenario, prepare, reactive_policy, run_policy
 from engine.config import ForecasterConfig
 from engine.sources.csv import read_csv
@@ -154,7 +154,23 @@ def test_the_vertical_scenario_runs_against_the_threshold_resizer(tmp_path):
         assert p["cost_per_day"] > 0 and "downtime_unserved_fraction" in p
     # the oracle's ladder money is the floor (no downtime, perfect knowledge)
     assert row["policies"]["oracle"]["cost_per_day"] <= row["policies"]["threshold"]["cost_per_day"] * 1.5
-    assert "Vertical: AWS m5 ladder" in (out / "frontier-default-vertical.md").read_text()
+    md = (out / "frontier-default-vertical.md").read_text()
+    assert "Vertical: AWS m5 ladder" in md
+    # the cost-matched comparison: the threshold resizer swept over its settings
+    sw, pol, th = row["threshold_sweep"], row["policies"]["predictive"], row["policies"]["threshold"]
+    assert len(sw["points"]) == len(THRESHOLD_SWEEP)
+    (base,) = [q for q in sw["points"] if (q["up"], q["down"], q["window_min"]) == (0.8, 0.2, 10)]
+    assert base["cost_per_day"] == pytest.approx(th["cost_per_day"])  # the baseline is one of its points
+    assert base["unserved_fraction"] == pytest.approx(th["unserved_fraction"])
+    assert len({round(q["cost_per_day"], 6) for q in sw["points"]}) > 3  # the settings move the money
+    if sw["at_unserved"] is not None:
+        assert sw["at_unserved"]["unserved_fraction"] <= pol["unserved_fraction"] + 1e-9
+        assert sw["cost_ratio"] == pytest.approx(pol["cost_per_day"] / sw["at_unserved"]["cost_per_day"])
+        assert all(q["cost_per_day"] >= sw["at_unserved"]["cost_per_day"] for q in sw["points"]
+                   if q["unserved_fraction"] <= pol["unserved_fraction"])
+    if sw["at_cost"] is not None:
+        assert sw["at_cost"]["cost_per_day"] <= pol["cost_per_day"] + 1e-9
+    assert "### Against the threshold resizer swept over its settings" in md
 
 
 @pytest.mark.parametrize("settings", [{}, {"kind": "plan"}])

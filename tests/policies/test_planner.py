@@ -336,12 +336,24 @@ def test_a_ladder_enforces_the_resizes_a_day_its_slo_leaves_room_for_and_the_flo
     d = decide(quiet, state(current=0, observed=25.0, events=(up, down)), cfg, NOW)
     assert d.step("budget").reason == "WithinBudget" and d.desired == 1  # nothing planned, the floor
     assert d.step("reactive").reason == "ReactiveOverride"
-    d = decide(busy, state(current=0, observed=25.0, events=(up, down)), cfg, NOW)
-    assert d.step("plan").value == 1 and d.step("budget").reason == "ChangeBudget"
-    assert d.desired == 1 and d.step("reactive").reason == "ReactiveOverride" and d.step("reactive").changed
-    # ... and without the surprise the planned scale-up waits for the budget
+    # the plan's scale-up after today's scale-down is the way back it kept: it
+    # passes the spent budget (yesterday's morning scale-up still counting)
     d = decide(busy, state(current=0, observed=15.0, events=(up, down)), cfg, NOW)
-    assert d.desired == 0 and d.step("budget").reason == "ChangeBudget"
+    assert d.desired == 1 and d.step("budget").reason == "WithinBudget" and d.step("reactive").reason != \
+        "ReactiveOverride"
+    assert "way back the scale-down 10 h ago kept" in d.step("budget").message
+    # the way back taken (down, then up): the plan's next scale-up waits for the budget ...
+    ladder3 = ladder + [{"name": "large", "capacity": 80, "price": 0.4}]
+    cfg3 = PolicyConfig(kind="plan", ladder=ladder3, lead_time="25m", plan={"resize_downtime": "5m"})
+    ups = (ScaleEvent(NOW - timedelta(hours=20), 1, 2), ScaleEvent(NOW - timedelta(hours=10), 2, 0),
+           ScaleEvent(NOW - timedelta(hours=5), 0, 1))
+    big = forecast(np.full(12 * 13, 60.0))  # the plan wants the large rung
+    d = decide(big, state(current=1, observed=30.0, events=ups), cfg3, NOW)
+    assert d.step("plan").value == 2 and d.desired == 1 and d.step("budget").reason == "ChangeBudget"
+    # ... and with demand beyond the rung in service the floor resizes anyway
+    d = decide(big, state(current=1, observed=45.0, events=ups), cfg3, NOW)
+    assert d.step("budget").reason == "ChangeBudget"
+    assert d.desired == 2 and d.step("reactive").reason == "ReactiveOverride" and d.step("reactive").changed
 
 
 def test_no_forecast_falls_back_and_never_scales_down():
@@ -493,6 +505,36 @@ def test_the_schedule_never_violates_a_hard_constraint(case):
     for t, up in changes:
         if not up and pc.scale_in_windows:
             assert _in_windows(_local_minute(t, pc.timezone), cfg)
+
+
+LADDER4 = [{"name": f"r{i}", "capacity": 20.0 * 2 ** i, "price": 0.1 * 2 ** i} for i in range(4)]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(1, 4), st.lists(st.sampled_from([5.0, 15.0, 35.0, 70.0, 140.0]), min_size=40, max_size=40),
+       st.integers(0, 3))
+def test_the_change_budget_holds_any_24_hours_to_one_change_more_and_half_of_it_down(budget, levels, start):
+    """Decided cycle by cycle (every 45 minutes for 30 hours, the forecast
+    jumping between rungs, each change kept in the state as the engine keeps
+    it, the reactive floor off so every change is the plan's): any 24 hours
+    hold at most budget + 1 changes (the one more: the way back right after
+    a scale-down) and at most max(1, budget // 2) scale-downs."""
+    cfg = PolicyConfig(kind="plan", ladder=LADDER4, lead_time="5m", reactive={"enabled": False},
+                       plan={"horizon": "2h", "resize_downtime": "0s", "max_changes_per_day": budget,
+                             "min_change_interval": 0, "min_lifetime": 0})
+    current, events = start, []
+    for i, level in enumerate(levels):
+        now = NOW + i * timedelta(minutes=45)
+        s = ScalingState(current=current, observation=Observation(level, now),
+                         events=tuple(e for e in events if e.at > now - timedelta(days=1)))
+        d = decide(forecast(np.full(24, level), made=now), s, cfg, now)
+        if d.desired != current:
+            events.append(ScaleEvent(now, current, d.desired))
+            current = d.desired
+    for e in events:
+        window = [x for x in events if e.at - timedelta(days=1) < x.at <= e.at]
+        assert len(window) <= budget + 1, window
+        assert sum(x.to_capacity < x.from_capacity for x in window) <= max(1, budget // 2), window
 
 
 @SETTINGS
