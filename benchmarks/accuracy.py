@@ -303,18 +303,19 @@ def run_model(ev: Evaluation, name: str, args, calibrate: bool = False) -> dict[
     return out
 
 
-def run_global(ev: Evaluation, g, args, calibrate: bool = False) -> dict[str, dict]:
+def run_global(ev: Evaluation, g, args, calibrate: bool = False,
+               variants: Sequence[str] = LEARNED) -> dict[str, dict]:
     """``lstm_global`` (calibrated on the trace's own errors up to the
     origin, recalibrated every ``--refit-hours``), ``lstm_global_median``
-    (the same, the median shifted too) and ``lstm_global_pooled``; with
-    ``calibrate`` also each through the engine's conformal calibration
-    (``+cal``), as :func:`run_model`."""
+    (the same, the median shifted too) and ``lstm_global_pooled``, or only
+    those of ``variants``; with ``calibrate`` also each through the
+    engine's conformal calibration (``+cal``), as :func:`run_model`."""
     s = ev.s
     out: dict[str, dict] = {}
     every, rows = _timeline(ev, ev.origins, calibrate)
-    blends = {(n, w): _Scored(ev, ev.origins) for n in LEARNED for w in BLEND_WEIGHTS} if args.blend else {}
+    blends = {(n, w): _Scored(ev, ev.origins) for n in variants for w in BLEND_WEIGHTS} if args.blend else {}
     sn, fs_at = None, {}  # the seasonal naive's forecast at each test origin
-    for name in LEARNED:
+    for name in variants:
         raw = _Scored(ev, ev.origins)
         cbs = calibrators(ev, args) if calibrate else {}
         cals = {sfx: _Scored(ev, ev.origins) for sfx in cbs}

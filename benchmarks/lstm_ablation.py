@@ -2,13 +2,14 @@
 
 Trains the level-free global LSTM with the given parameters on the tuning
 traces (their samples before the test period, as ``benchmarks.accuracy``),
-forecasts every hourly origin of each trace's test period (calibrated on the
-trace's own errors every 24 h, the model's own calibration only) and prints
-per horizon: the geometric-mean MASE, its ratio against Holt-Winters and the
+forecasts every hourly origin of each trace's test period the way that
+benchmark scores ``lstm_global`` (``run_global``: calibrated on the trace's
+own errors every 24 h, the model's own calibration only) and prints per
+horizon: the geometric-mean MASE, its ratio against Holt-Winters and the
 wins, the pinball against the best baseline, and the largest distance of a
-level's median coverage from nominal. The baselines' scores are read from the
-last ``benchmarks/results/accuracy.json`` (the same origins); the held-out
-part is only scored with ``--part held_out``.
+level's median coverage from nominal (``summarize`` on the new rows beside
+the baselines' of the last ``benchmarks/results/accuracy.json``, the same
+origins). The held-out part is only scored with ``--part held_out``.
 
     python -m benchmarks.lstm_ablation '{"ensemble": 1, "median_gate": false}'
     python -m benchmarks.lstm_ablation '{}' --part held_out --out /tmp/x.json
@@ -24,27 +25,21 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import accuracy as A  # noqa: E402
-from engine.core.units import from_epoch  # noqa: E402
 
-HORIZONS = ("10", "30", "60", "360", "1440")
-
-
-def _gmean(v) -> float:
-    return float(np.exp(np.mean(np.log(np.asarray(v, dtype=float)))))
+#: the scored model's name beside the stored ones
+CANDIDATE = "candidate"
 
 
 def score(params: dict, part: str, results: Path) -> dict:
     from forecasters.lstm import LevelFreeLSTM
 
     args = argparse.Namespace(test_days=4.0, origins_every_min=60, origins=24, cal_every_min=60,
-                              cal_days=7, refit_hours=24)
+                              cal_days=7, refit_hours=24.0, blend=False)
     every = A.traces()
     held = A.held_out([s.name for s in every])
     evals = [A.Evaluation(s, args, s.name in held) for s in every]
@@ -55,31 +50,18 @@ def score(params: dict, part: str, results: Path) -> dict:
     out: dict = {"params": g.params.model_dump(mode="json"), "fit_s": time.perf_counter() - t,
                  "train_windows": g.metrics.get("train_windows"), "part": part, "per_trace": {}, "horizons": {}}
     for ev in evals:
-        if ev.held != (part == "held_out"):
-            continue
-        raw = A._Scored(ev, ev.origins)
-        key, calibrated_at = ev.s.name, None
-        for i, o in enumerate(ev.origins):
-            hist = ev.s[: o + 1]
-            if calibrated_at is None or o - calibrated_at >= A.DAY // ev.step:
-                g.calibrate({key: hist})
-                calibrated_at = o
-            raw.put(i, g.predict_many({key: hist}, from_epoch(int(ev.s.timestamps[o])), ev.H, A.LEVELS)[key], ev.H)
-        out["per_trace"][key] = ev.score(ev.origins, raw.fcs, raw.point)
-    res = out["per_trace"]
-    names = sorted(res)
-    for m in HORIZONS:
-        mase = np.array([res[n][m]["mase"] for n in names])
-        hw = np.array([base[n]["holt_winters"]["horizons"][m]["mase"] for n in names])
-        pins = {b: _gmean([base[n][b]["horizons"][m]["pinball"] for n in names]) for b in A.BASELINES
-                if all(b in base[n] and m in base[n][b]["horizons"] for n in names)}
+        if ev.held == (part == "held_out"):
+            out["per_trace"][ev.s.name] = A.run_global(ev, g, args, variants=("lstm_global",))["lstm_global"]
+    merged = {n: {**base[n], CANDIDATE: r} for n, r in out["per_trace"].items()}
+    for m, h in A.summarize(merged, held)[part]["horizons"].items():
+        rows = h["models"]
+        me = rows[CANDIDATE]
+        pins = {b: rows[b]["pinball"] for b in A.BASELINES if b in rows and rows[b]["traces"] == me["traces"]}
         best = min(pins, key=pins.get)
-        pin = _gmean([res[n][m]["pinball"] for n in names])
-        cov = {q: float(np.median([res[n][m]["coverage"][str(q)] for n in names])) for q in A.LEVELS}
-        out["horizons"][m] = {"mase": _gmean(mase), "mase_vs_hw": _gmean(mase / hw), "wins_vs_hw": int((mase < hw).sum()),
-                              "traces": len(names), "pinball": pin, "best_baseline": best,
-                              "pinball_vs_best": pin / pins[best],
-                              "worst_coverage": max(abs(cov[q] - q) for q in A.LEVELS)}
+        out["horizons"][m] = {"mase": me["mase"], "mase_vs_hw": me["mase_ratio_vs_holt_winters"],
+                              "wins_vs_hw": me["mase_wins_vs_holt_winters"], "pinball": me["pinball"],
+                              "best_baseline": best, "pinball_vs_best": me["pinball"] / pins[best],
+                              "worst_coverage": max(abs(me["coverage"][str(q)] - q) for q in A.LEVELS)}
     return out
 
 
@@ -98,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     out = score(json.loads(args.params), args.part, args.results)
     print(f"{args.part}: trained in {out['fit_s']:.0f} s on {out['train_windows']} windows")
     for m, r in out["horizons"].items():
-        print(f"{m:>5} min  MASE {r['mase']:.3f}  / HW {r['mase_vs_hw']:.3f} (wins {r['wins_vs_hw']}/{r['traces']})"
+        print(f"{m:>5} min  MASE {r['mase']:.3f}  / HW {r['mase_vs_hw']:.3f} (wins {r['wins_vs_hw']})"
               f"  pinball {r['pinball']:.3f} / {r['best_baseline']} {r['pinball_vs_best']:.3f}"
               f"  worst coverage {r['worst_coverage']:.3f}")
     if args.out:
