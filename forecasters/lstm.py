@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -1364,6 +1365,14 @@ class LevelFreeParams(ForecasterParams):
     #: change toward persistence per head horizon, by the share that had
     #: the lowest absolute error on its own recent windows
     median_gate: bool = True
+    #: what else the median gate may move the median toward, beside the
+    #: value at the origin: ``seasonal_naive`` (the same time of day a whole
+    #: number of days before the target) and ``seasonal_persistence`` (the
+    #: value at the origin plus the change over the same lead then); per
+    #: head horizon the shares of the network's change and of each anchor's
+    #: (summing to at most 1, the rest persistence) with the lowest absolute
+    #: error on the series' own windows. Empty: toward persistence only
+    gate_anchors: tuple[Literal["seasonal_naive", "seasonal_persistence"], ...] = ("seasonal_persistence",)
     #: networks trained from seeds ``seed, seed + 1, ...`` whose quantiles
     #: are averaged (each costs its training time and inference again)
     ensemble: int = Field(3, ge=1, le=16)
@@ -1404,7 +1413,7 @@ class LevelFreeParams(ForecasterParams):
 
 
 #: what a checkpoint saved before each of these settings was trained with
-_LEVELFREE_BEFORE = {"horizon_loss": "equal", "median_gate": False, "ensemble": 1}
+_LEVELFREE_BEFORE = {"horizon_loss": "equal", "median_gate": False, "ensemble": 1, "gate_anchors": ()}
 
 
 def n_levelfree_head(cfg: LevelFreeParams) -> int:
@@ -1537,27 +1546,71 @@ def _build_levelfree_net(cfg: LevelFreeParams, members: Sequence[Any] | None = N
 
 #: the median gate's grid: the share of the network's median change kept
 _MEDIAN_GATE_GRID = np.linspace(0.0, 1.0, 11)
+#: the anchors a gate can move the median toward (its columns after the network's share)
+GATE_ANCHORS = ("seasonal_naive", "seasonal_persistence")
 
 
-def _median_gate(pred: np.ndarray, target: np.ndarray, m: int) -> np.ndarray:
-    """(K,) per head horizon: the share ``w`` of the network's median change
-    (from the value at the origin, which is 0 in these units) with the
-    lowest mean absolute error on ``target``; 1 where fewer than 20 targets."""
+@functools.lru_cache(maxsize=8)
+def _gate_grid(anchors: tuple[str, ...]) -> np.ndarray:
+    """(G, 1 + len(GATE_ANCHORS)) the gate's candidates: the shares of the
+    network's change and of each allowed anchor's (0 for the others), on a
+    0.1 grid, summing to at most 1; the network-only ones first."""
+    cols = [0] + [1 + GATE_ANCHORS.index(a) for a in anchors]
+    steps = np.arange(11)
+    combos = np.array(np.meshgrid(*[steps] * len(cols), indexing="ij")).reshape(len(cols), -1).T
+    combos = combos[combos.sum(1) <= 10]
+    combos = combos[np.lexsort(combos.T[::-1][:-1])] if len(cols) > 1 else combos
+    grid = np.zeros((combos.shape[0], 1 + len(GATE_ANCHORS)))
+    grid[:, cols] = combos / 10.0
+    return grid
+
+
+def _gate_anchors(head: np.ndarray, k: int) -> np.ndarray:
+    """(B, k, len(GATE_ANCHORS)): per head horizon each anchor in the
+    network's units, read from the head inputs of
+    :func:`levelfree_features`: the seasonal-naive value and the change
+    over the same lead a whole number of days before (the value at the
+    origin plus that change is seasonal persistence); 0, the value at the
+    origin, where there is no such history."""
+    return head[:, :6 * k].reshape(head.shape[0], k, 6)[:, :, :2]
+
+
+def _median_gate(pred: np.ndarray, target: np.ndarray, m: int, anchors: np.ndarray | None = None,
+                 allowed: Sequence[str] = ()) -> np.ndarray:
+    """Per head horizon the gate of the median with the lowest mean absolute
+    error on ``target``: without ``allowed`` anchors (K,) the share ``w``
+    of the network's median change (from the value at the origin, which is
+    0 in these units); with them (K, 1 + len(GATE_ANCHORS)) the shares of
+    the network's change and of each anchor (``anchors``:
+    :func:`_gate_anchors`). Where fewer than 20 targets: the network's own
+    median."""
     med = pred[:, :, m]  # (B, K)
-    out = np.ones(med.shape[1])
+    grid = _MEDIAN_GATE_GRID[:, None] if not allowed else _gate_grid(tuple(allowed))
+    out = np.zeros((med.shape[1], grid.shape[1]))
+    out[:, 0] = 1.0
     for k in range(med.shape[1]):
         ok = np.isfinite(target[:, k])
         if ok.sum() < 20:
             continue
-        err = np.abs(target[ok, k][None, :] - _MEDIAN_GATE_GRID[:, None] * med[ok, k][None, :]).mean(1)
-        out[k] = _MEDIAN_GATE_GRID[int(np.argmin(err))]
-    return out
+        fc = grid[:, :1] * med[ok, k][None, :]
+        if allowed:
+            fc = fc + grid[:, 1:] @ anchors[ok, k, :].T
+        out[k] = grid[int(np.argmin(np.abs(target[ok, k][None, :] - fc).mean(1)))]
+    return out[:, 0] if not allowed else out
 
 
-def _gated(pred: np.ndarray, gate: np.ndarray, m: int) -> np.ndarray:
-    """(B, K, Q) with every level moved by the change ``(gate - 1) * median``:
-    the median shrunk toward the value at the origin, the spread kept."""
-    return pred + ((gate - 1.0)[None, :] * pred[:, :, m])[:, :, None]
+def _gated(pred: np.ndarray, gate: np.ndarray, m: int, anchors: np.ndarray | None = None) -> np.ndarray:
+    """(B, K, Q) with every level moved by the gated median's change from
+    the network's: the median shrunk toward the value at the origin by a
+    (K,) gate, or with a (K, 1 + len(GATE_ANCHORS)) gate the network's share
+    of it plus each anchor's share of that anchor (``anchors``:
+    :func:`_gate_anchors`); the spread kept."""
+    g = np.asarray(gate, dtype=float)
+    med = pred[:, :, m]
+    new = (g if g.ndim == 1 else g[:, 0])[None, :] * med
+    if g.ndim == 2 and anchors is not None:
+        new = new + np.einsum("ka,bka->bk", g[:, 1:], anchors)
+    return pred + (new - med)[:, :, None]
 
 
 def _persistence_weights(target: np.ndarray) -> np.ndarray:
@@ -1702,6 +1755,7 @@ class LevelFreeLSTM:
 
     def calibration_offsets(self, histories: Mapping[str, Series], *, used: dict[str, int] | None = None,
                             median: bool | None = None, median_gate: bool | None = None,
+                            gate_anchors: Sequence[str] | None = None,
                             gates: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Conformal offsets per series from its own recent errors: forecasts
         from origins in the last ``calibration_steps`` of each history
@@ -1712,10 +1766,13 @@ class LevelFreeLSTM:
         ``median``: shift the median too (default: ``calibrate_median``).
         ``median_gate`` (default: the model's ``median_gate``): first choose
         each series' median gate on the same windows (:func:`_median_gate`),
-        put into ``gates`` per key, and calibrate the gated forecasts."""
+        put into ``gates`` per key, and calibrate the gated forecasts;
+        ``gate_anchors`` (default: the model's) what else it may move the
+        median toward."""
         p = self.params
         median = p.calibrate_median if median is None else median
         median_gate = p.median_gate if median_gate is None else median_gate
+        gate_anchors = p.gate_anchors if gate_anchors is None else tuple(gate_anchors)
         out: dict[str, np.ndarray] = {}
         for key, s in histories.items():
             step = _step_of(s)
@@ -1729,8 +1786,9 @@ class LevelFreeLSTM:
             seq, head, tgt, _, _ = levelfree_features(h.values, h.timestamps, o, step, p, with_targets=True)
             pred = _infer(self._net, seq, head, self._device)
             if median_gate:
-                gate = _median_gate(pred, tgt, p.quantiles.index(0.5))
-                pred = _gated(pred, gate, p.quantiles.index(0.5))
+                anchors = _gate_anchors(head, len(p.horizons))
+                gate = _median_gate(pred, tgt, p.quantiles.index(0.5), anchors, gate_anchors)
+                pred = _gated(pred, gate, p.quantiles.index(0.5), anchors)
                 if gates is not None:
                     gates[key] = gate
             own = _conformal(pred, tgt, p.quantiles, median=median)
@@ -1784,7 +1842,8 @@ class LevelFreeLSTM:
             g = (gates or {}).get(r[0])
             g = self._series_gates.get(r[0]) if g is None else g
             if g is not None:
-                out[i] = _gated(out[i][None], g, p.quantiles.index(0.5))[0]
+                out[i] = _gated(out[i][None], g, p.quantiles.index(0.5),
+                                _gate_anchors(heads[i], len(p.horizons)))[0]
         if self._offsets is not None:
             given = offsets or {}
             out = _apply_offsets(out, np.stack([
@@ -1931,7 +1990,8 @@ class LevelFreeForecaster(BaseForecaster):
         # the offsets pooled in training
         gates: dict[str, np.ndarray] = {}
         own = (model.calibration_offsets({self._KEY: history}, median=p.calibrate_median,
-                                         median_gate=p.median_gate, gates=gates) if p.calibrate else {})
+                                         median_gate=p.median_gate, gate_anchors=p.gate_anchors,
+                                         gates=gates) if p.calibrate else {})
         self.offsets, self.gate = own.get(self._KEY), gates.get(self._KEY)
         self.model = model
 

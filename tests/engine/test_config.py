@@ -185,6 +185,9 @@ def test_max_below_min_reads_as_the_documented_sentence(tmp_path):
      "targets[0].forecaster.name: unknown forecaster 'nope'; known: "),
     (target(extra="forecaster: {name: seasonal_naive, params: {season: hourly}}"),
      "targets[0].forecaster.params.season: Input should be 'daily', 'weekly' or 'auto' (got 'hourly')"),
+    (target(extra="forecaster: {name: lstm_global, params: {gate_anchors: [yesterday]}}"),
+     "targets[0].forecaster.params.gate_anchors[0]: Input should be 'seasonal_naive' or 'seasonal_persistence' "
+     "(got 'yesterday')"),
     (target(extra="actuator: {type: dry-run, initial_capacty: 3}"),
      "targets[0].actuator.initial_capacty: unknown field (check the spelling)"),
     (target(extra="actuator: {type: teleport}"), "targets[0].actuator.type: unknown actuator 'teleport'; known: "),

@@ -480,7 +480,7 @@ def test_the_median_gate_brings_a_random_walk_back_to_persistence(levelfree):
     plain.calibrate({"walk": s[: 4 * DAY]}, median=False)
     plain._series_gates.pop("walk", None)
     k = list(levelfree.params.horizons).index(12)
-    assert gated._series_gates["walk"][k] < 1.0
+    assert gated._series_gates["walk"][k][0] < 1.0
 
     def mae(model) -> float:
         errs = [np.abs(model.predict_many({"walk": s[: o + 1]}, from_epoch(int(s.timestamps[o])), 12, (0.5,))
@@ -490,6 +490,62 @@ def test_the_median_gate_brings_a_random_walk_back_to_persistence(levelfree):
     persistence = float(np.mean([abs(y[o] - y[o + 12]) for o in range(4 * DAY - 1, n - 13, 3)]))
     assert mae(plain) > 1.15 * persistence  # the network's own median is worse than persistence here
     assert mae(gated) < 1.05 * persistence, (mae(gated), mae(plain), persistence)
+
+
+def test_the_seasonal_gate_follows_a_daily_shape_the_network_never_saw(levelfree):
+    """A daily on/off load (a batch window 08:00-18:00) where the network
+    learnt smooth sines: six hours ahead its median misses the switch. The
+    gate chosen on the series' own last windows, allowed to move the median
+    toward seasonal persistence (the default ``gate_anchors``: the value
+    now plus yesterday's change over the same lead), takes the step from
+    yesterday: its error falls to about seasonal persistence's, where the
+    persistence-only gate stays near persistence's."""
+    rng = np.random.default_rng(3)
+    n = 6 * DAY
+    t = np.arange(n)
+    on = ((t % DAY) >= 96) & ((t % DAY) < 216)
+    y = np.where(on, 400.0, 100.0) + rng.normal(0, 5, n)
+    s = Series(T0 + STEP * t.astype(np.int64), y, "batch")
+    seasonal, plain = copy.deepcopy(levelfree), copy.deepcopy(levelfree)
+    assert levelfree.params.gate_anchors == ("seasonal_persistence",)
+    seasonal.calibrate({"batch": s[: 5 * DAY]})
+    plain.params = plain.params.model_copy(update={"gate_anchors": ()})
+    plain.calibrate({"batch": s[: 5 * DAY]})
+    k = list(levelfree.params.horizons).index(72)
+    gate = seasonal._series_gates["batch"]
+    assert gate.shape == (len(levelfree.params.horizons), 3) and plain._series_gates["batch"].ndim == 1
+    assert gate[k][2] > 0.5 and gate[k][1] == 0.0  # seasonal persistence's share; seasonal naive not allowed
+    origins = range(5 * DAY - 1, n - 73, 3)
+
+    def mae(model) -> float:
+        return float(np.mean([abs(model.predict_many({"batch": s[: o + 1]}, from_epoch(int(s.timestamps[o])), 72,
+                                                     (0.5,))["batch"].point[-1] - y[o + 72]) for o in origins]))
+
+    seasonal_persistence = float(np.mean([abs(y[o] + y[o + 72 - DAY] - y[o - DAY] - y[o + 72]) for o in origins]))
+    persistence = float(np.mean([abs(y[o] - y[o + 72]) for o in origins]))
+    assert seasonal_persistence < 0.1 * persistence
+    assert mae(plain) > 0.5 * persistence, (mae(plain), persistence)
+    assert mae(seasonal) < 2.0 * seasonal_persistence, (mae(seasonal), seasonal_persistence, mae(plain))
+
+
+def test_the_gate_finds_the_shares_of_the_network_and_of_each_anchor():
+    """Hand-made: the target is 0.3 x the network's median change plus 0.5 x
+    the seasonal-naive change; the gate allowed both anchors finds exactly
+    those shares, the one allowed none only a share of the network's."""
+    from forecasters.lstm import _gated, _median_gate
+
+    rng = np.random.default_rng(0)
+    pred = np.sort(rng.normal(size=(200, 3, 5)), axis=-1)
+    anchors = rng.normal(size=(200, 3, 2))
+    target = 0.3 * pred[:, :, 2] + 0.5 * anchors[:, :, 0]
+    both = _median_gate(pred, target, 2, anchors, ("seasonal_naive", "seasonal_persistence"))
+    np.testing.assert_allclose(both, [[0.3, 0.5, 0.0]] * 3, atol=1e-12)
+    np.testing.assert_allclose(_gated(pred, both, 2, anchors)[:, :, 2], target, atol=1e-12)
+    spread = pred[:, :, 4] - pred[:, :, 2]
+    np.testing.assert_allclose(_gated(pred, both, 2, anchors)[:, :, 4] - target, spread, atol=1e-12)
+    only = _median_gate(pred, target, 2)
+    assert only.shape == (3,) and np.all((only >= 0) & (only <= 1))
+    assert np.abs(_gated(pred, only, 2)[:, :, 2] - target).mean() > 0.2
 
 
 def test_the_persistence_loss_weights_each_horizon_by_one_over_its_persistence_error():
@@ -515,13 +571,15 @@ def test_a_model_saved_before_the_ensemble_and_the_gate_loads_as_it_was_trained(
                          "calibrate_median": False}).fit({"a": daily(6, seed=1)})
     ck = one._checkpoint()
     ck["params"] = json.dumps({k: v for k, v in json.loads(ck["params"]).items()
-                               if k not in ("ensemble", "median_gate", "horizon_loss", "calibration_stride")})
+                               if k not in ("ensemble", "median_gate", "horizon_loss", "calibration_stride",
+                                            "gate_anchors")})
     ck.pop("series_gates")
     buf = io.BytesIO()
     torch.save(ck, buf)
     (tmp_path / "old.pt").write_bytes(buf.getvalue())
     back = LevelFreeLSTM.load(tmp_path / "old.pt")
     assert (back.params.ensemble, back.params.median_gate, back.params.horizon_loss) == (1, False, "equal")
+    assert back.params.gate_anchors == ()
     assert back.params.calibration_stride == one.params.origin_stride == 2
     s = daily(3, seed=4)
     np.testing.assert_allclose(back.predict_many({"s": s}, end(s), 48, (0.5, 0.9))["s"].quantiles[0.9],
