@@ -487,6 +487,87 @@ def _hname(m: int) -> str:
     return f"{m} min" if m < 60 else f"{m // 60} h"
 
 
+def docs_tables(doc: dict, model: str) -> str:
+    """The tables docs/forecasters.md shows for ``model`` (from a stored
+    run): per part and horizon its MASE, the paired ratios and wins
+    against Holt-Winters and the best statsforecast baseline, its pinball
+    against the baseline with the lowest pinball there (on the same
+    traces), and its median coverage per level."""
+    summary = summarize(doc["results"], set(doc["held_out"]))
+    lines = []
+    for part in ("held_out", "tuning"):
+        lines += [f"{part.replace('_', '-')} ({len(summary[part]['traces'])} traces), `{model}`:", "",
+                  "| horizon | lstm MASE | MASE / HW (wins) | MASE / best SF (wins) | lstm pinball "
+                  "| best baseline pinball | pinball / best baseline | coverage "
+                  + " / ".join(map(str, LEVELS)) + " |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+        for m in HORIZONS_MIN:
+            h = summary[part]["horizons"].get(str(m))
+            if not h or model not in h["models"]:
+                continue
+            r = h["models"][model]
+            pins = {b: h["models"][b]["pinball"] for b in BASELINES
+                    if b in h["models"] and h["models"][b]["traces"] == r["traces"]}
+            best = min(pins, key=pins.get)
+            lines.append(f"| {_hname(m)} | {_f(r['mase'])} | {_f(r.get('mase_ratio_vs_holt_winters'))} "
+                         f"({r.get('mase_wins_vs_holt_winters', '-')}) "
+                         f"| {_f(r.get('mase_ratio_vs_best_statsforecast'))} "
+                         f"({r.get('mase_wins_vs_best_statsforecast', '-')}, {h['best_statsforecast']}) "
+                         f"| {_f(r['pinball'])} | {_f(pins[best])} ({best}) | {_f(r['pinball'] / pins[best])} | "
+                         + " / ".join(_f(r["coverage"][str(q)], 2) for q in LEVELS) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+#: the variants of the global model the calibration notes compare
+CAL_VARIANTS = ("lstm_global", "lstm_global_pooled", "lstm_global+cal", "lstm_global+cal7d",
+                "lstm_global_pooled+cal", "lstm_global_pooled+cal7d")
+
+
+def calibration_choice(doc: dict) -> tuple[str, dict[str, float]]:
+    """The calibration variant the tuning traces choose: of those whose
+    geometric-mean pinball over 10 min - 6 h is within 1 % of the lowest,
+    the one with the smallest worst level (largest distance of a level's
+    median coverage from nominal, at any of those horizons). Returns it and
+    every variant's pinball."""
+    part = summarize(doc["results"], set(doc["held_out"]))["tuning"]["horizons"]
+    hs = [str(m) for m in HORIZONS_MIN if m <= 360]
+    have = [v for v in CAL_VARIANTS if all(v in part[m]["models"] for m in hs)]
+    pin = {v: _gmean([part[m]["models"][v]["pinball"] for m in hs]) for v in have}
+    worst = {v: max(abs(part[m]["models"][v]["coverage"][str(q)] - q) for m in hs for q in LEVELS) for v in have}
+    near = [v for v in have if pin[v] <= 1.01 * min(pin.values())]
+    return min(near, key=worst.get), pin
+
+
+def calibration_notes(doc: dict) -> str:
+    """Per trace, each global-model variant's worst coverage level and
+    pinball at 10 min - 6 h (``benchmarks/results/accuracy-calibration.md``)."""
+    results, held = doc["results"], set(doc["held_out"])
+    hs = [str(m) for m in HORIZONS_MIN if m <= 360]
+    choice, pin = calibration_choice(doc)
+    lines = ["# Calibration of the lstm_global variants, per trace (benchmark notes)", "",
+             f"From `benchmarks/results/accuracy.json` (the run `{doc['command'].split(' ; ')[-1]}`, "
+             f"origins every {doc['args'].get('origins_every_min')} min over each trace's test period on the "
+             "shared traces). The variant chosen on the tuning traces only (lowest geometric-mean "
+             "pinball over 10 min - 6 h, within 1 %: the smallest worst level): "
+             f"`{choice}` (tuning pinball: " + ", ".join(f"{v} {pin[v]:.4f}" for v in pin) + "). "
+             "`*` marks a held-out trace.", ""]
+    variants = [v for v in CAL_VARIANTS if v in pin]
+    for title, cell in (("Largest distance of a level's coverage from nominal",
+                         lambda h: f"{max(abs(h['coverage'][str(q)] - q) for q in LEVELS):.2f}"),
+                        ("Pinball (over the seasonal-naive MAE)", lambda h: f"{h['pinball']:.3f}")):
+        lines += [f"## {title}, per trace (10 min / 30 min / 1 h / 6 h)", "",
+                  "| trace | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
+        for n in sorted(results):
+            r = results[n]
+            if not all(v in r for v in variants):
+                continue
+            name = n.removesuffix(".csv") + ("*" if n in held else "")
+            lines.append(f"| {name} | " + " | ".join(" / ".join(cell(r[v]["horizons"][m]) for m in hs)
+                                                     for v in variants) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def markdown(doc: dict) -> str:
     summary, results = doc["summary"], doc["results"]
     lines = ["# Forecast accuracy for planning on the shared traces", "", f"Command: `{doc['command']}`", "",
@@ -638,7 +719,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="also lstm_global averaged with seasonal_naive at the weights "
                          f"{', '.join(map(str, BLEND_WEIGHTS))} (the weight per horizon chosen on the tuning traces)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--calibration-notes", action="store_true",
+                    help="write accuracy-calibration.md (per trace, the global model's calibration variants, and "
+                         "the one the tuning traces choose) from the stored run, run nothing")
+    ap.add_argument("--docs-tables", default=None, metavar="MODEL",
+                    help="print the docs' tables for MODEL (e.g. lstm_global+cal7d) from the stored run, run nothing")
     args = ap.parse_args(argv)
+    if args.calibration_notes:
+        doc = json.loads((args.out / "accuracy.json").read_text())
+        (args.out / "accuracy-calibration.md").write_text(calibration_notes(doc))
+        print(f"chosen on the tuning traces: {calibration_choice(doc)[0]}")
+        return 0
+    if args.docs_tables:
+        print(docs_tables(json.loads((args.out / "accuracy.json").read_text()), args.docs_tables))
+        return 0
     args.model = args.model or args.out / "lstm_global.pt"
     if args.threads:
         import torch
