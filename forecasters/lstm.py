@@ -1586,16 +1586,16 @@ def _median_gate(pred: np.ndarray, target: np.ndarray, m: int, anchors: np.ndarr
     median."""
     med = pred[:, :, m]  # (B, K)
     grid = _MEDIAN_GATE_GRID[:, None] if not allowed else _gate_grid(tuple(allowed))
+    cols = [0] + [1 + GATE_ANCHORS.index(a) for a in allowed]  # the shares that can be non-zero
     out = np.zeros((med.shape[1], grid.shape[1]))
     out[:, 0] = 1.0
     for k in range(med.shape[1]):
         ok = np.isfinite(target[:, k])
         if ok.sum() < 20:
             continue
-        fc = grid[:, :1] * med[ok, k][None, :]
-        if allowed:
-            fc = fc + grid[:, 1:] @ anchors[ok, k, :].T
-        out[k] = grid[int(np.argmin(np.abs(target[ok, k][None, :] - fc).mean(1)))]
+        x = np.stack([med[ok, k]] + [anchors[ok, k, c - 1] for c in cols[1:]])  # (len(cols), n)
+        err = np.abs(target[ok, k][None, :] - grid[:, cols] @ x).sum(1)
+        out[k] = grid[int(np.argmin(err))]
     return out[:, 0] if not allowed else out
 
 
