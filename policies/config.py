@@ -212,7 +212,11 @@ class PlanConfig(_Model):
     The defaults (2 h horizon, change cost 3, 15 min spacing, 1 h lifetime,
     headroom cap 0.3, spread calibration, SLO 0.2 %, and the reactive floor
     PLAN_REACTIVE) were chosen on the backtest's tuning traces at equal cost
-    against the HPA (docs/planner.md).
+    against the HPA (docs/planner.md). A horizontal policy that states its
+    ``slo`` and no ``calibration`` calibrates by ``rate``
+    (STATED_SLO_CALIBRATION, set by PolicyConfig), which moves the reactive
+    floor with the priced rate (``floor_calibration``): that realizes the
+    stated SLO, the defaults do not.
     """
 
     horizon: Duration = timedelta(hours=2)
