@@ -30,6 +30,7 @@ through ``engine.backtest.run_policy`` (the live loop's code).
     nice -n 10 python benchmarks/frontier.py                      # the default policy, 10 and 30 min
     nice -n 10 python benchmarks/frontier.py --policy predictive-sd30
     nice -n 10 python benchmarks/frontier.py --policy plan
+    nice -n 10 python benchmarks/frontier.py --policy plan-slo --part held_out --max-days 14 --name plan-slo-held-out
     nice -n 10 python benchmarks/frontier.py --policy my-policy.yaml --name mine
     nice -n 10 python benchmarks/frontier.py --policy plan --vertical   # the ladder scenario
     nice -n 10 python benchmarks/frontier.py --threshold-sweep benchmarks/results/frontier-x.json  # add the swept
@@ -97,6 +98,9 @@ POLICIES: dict[str, dict[str, Any]] = {
     "predictive-sd30": {**DEFAULT_POLICY, "stabilization": {"scale_up": "0s", "scale_down": "30m"}},
     "predictive-calm": CALM_POLICY,
     "plan": {"kind": "plan"},
+    # the planner with a stated SLO of 0.5 % saturated intervals (and nothing
+    # else: a stated SLO implies its calibration, docs/planner.md)
+    "plan-slo": {"kind": "plan", "plan": {"slo": {"saturated_fraction": 0.005}}},
 }
 
 

@@ -352,21 +352,30 @@ def penalty(config: PolicyConfig, rate: float | None = None) -> float:
     return step / rate
 
 
-#: the adapted rate stays within [SLO / 10, SLO x 4]: integer capacity rounds up, so the
-#: realized rate sits below the priced one; a wider range let long quiet spells
-#: price the rate up to where a burst then saturated for many intervals
-RATE_RANGE = (0.1, 4.0)
+#: the adapted rate stays within [SLO / 100, SLO x 100] (and at most RATE_MAX):
+#: the forecast's own tail, the headroom cap, integer capacity, the calm
+#: constraints and the reactive floor all hold capacity apart from what the
+#: priced rate says, and on the tuning traces the rate that realizes the SLO
+#: lay anywhere from about the SLO to beyond 4x it (docs/planner.md)
+RATE_RANGE = (0.01, 100.0)
+RATE_MAX = 0.5
 
 
-def adapt_rate(state: ScalingState, config: PolicyConfig) -> float | None:
+def adapt_rate(state: ScalingState, config: PolicyConfig, interval: timedelta) -> float | None:
     """The rate the planner prices, adapted from realized saturation so that
     the long-run saturated fraction converges to the SLO (adaptive conformal
-    inference, Gibbs & Candes 2021, in log space): each cycle the latest
-    observation is compared with the full capacity in service, and the rate
-    is multiplied by ``exp(gain x (SLO - saturated))`` — down by exp(-gain)
-    after a saturated interval, up by exp(gain x SLO) after a clear one.
-    Remembered in the Decision's ``smoothed`` memory (one number). None when
-    not calibrating by rate or when a fixed penalty is configured."""
+    inference, Gibbs & Candes 2021, in log space), counted as the backtest
+    counts a violation: each cycle the latest observation is compared with
+    the full capacity that served it. The log-rate moves by
+    ``gain x (SLO - saturated) / (SLO x n)``, ``n`` the intervals in
+    ``plan.calibration_window``: a window without saturation raises the rate
+    by ``exp(gain)``, each saturated interval lowers it by about
+    ``exp(-gain / (SLO x n))``, so ``SLO x n`` saturated intervals per window
+    hold it; over ``T`` intervals the realized fraction is then within
+    ``SLO x n x |log(rate_T / rate_0)| / (gain x T)`` of the SLO while the
+    bounds do not bind. Remembered in the Decision's ``smoothed`` memory (one
+    number). None when not calibrating by rate or when a fixed penalty is
+    configured."""
     pc = config.plan
     if not pc.calibrate or pc.calibration == "spread" or pc.penalty is not None:
         return None
@@ -377,9 +386,31 @@ def adapt_rate(state: ScalingState, config: PolicyConfig) -> float | None:
     if obs is None or not math.isfinite(obs.value):
         return prev
     saturated = obs.value > S.capacity_of(state.serving, config) + 1e-12
-    rate = prev * math.exp(pc.calibration_gain * (slo - float(saturated)))
+    n = max(1.0, pc.calibration_window / interval)
+    rate = prev * math.exp(pc.calibration_gain * (slo - float(saturated)) / (slo * n))
     lo, hi = RATE_RANGE
-    return min(max(rate, slo * lo), min(0.25, slo * hi))
+    return min(max(rate, slo * lo), min(RATE_MAX, slo * hi))
+
+
+#: the reactive floor's calibrated utilization stays within this range
+FLOOR_UTILIZATION = (0.5, 1.0)
+
+
+def floor_utilization(u: float, rate: float | None, config: PolicyConfig) -> float:
+    """The reactive floor's target utilization under the rate calibration:
+    its headroom over the observation, ``1 / u - 1``, scaled by
+    ``(SLO / priced rate) ^ plan.floor_calibration``. The floor holds
+    capacity apart from the plan (a burst above the observation's headroom
+    is what saturates), so where the measured saturation says there is room
+    the floor leans with the plan, and where bursts saturate too often it
+    widens; bounded to :data:`FLOOR_UTILIZATION`. ``u`` itself without the
+    rate calibration or with ``floor_calibration: 0``."""
+    k = config.plan.floor_calibration
+    if rate is None or k == 0 or u >= 1.0:
+        return u
+    head = (1.0 / u - 1.0) * (config.slo_rate / rate) ** k
+    lo, hi = FLOOR_UTILIZATION
+    return min(max(1.0 / (1.0 + head), lo), hi)
 
 
 def since_last_change(state: ScalingState, now: datetime, interval: timedelta) -> tuple[int | None, bool]:
@@ -528,7 +559,7 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
     calibrated = pc.calibrate and pc.calibration in ("spread", "both") and state.headroom is not None
     if calibrated:
         q = calibrate(taus, q, point, float(state.headroom), config.slo_rate, ref=fixed_idx.size)
-    rate = adapt_rate(state, config)
+    rate = adapt_rate(state, config, interval)
     levels, caps, price = level_values(config)
     lo, hi = config.bounds
     pen = penalty(config, rate)
@@ -638,8 +669,11 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
     for name, obs, cfg in (floors if floors is not None else [("", state.observation, config)]):
         if not (cfg.reactive.enabled and obs is not None):
             continue
-        u = cfg.reactive.target_utilization or cfg.target_utilization
+        given = cfg.reactive.target_utilization or cfg.target_utilization
+        u = floor_utilization(given, rate, config)
         hpa, why = S.hpa_desired(obs.value, state.serving, current, cfg, u, cfg.reactive.tolerance)
+        if abs(u - given) > 5e-4:
+            why += f", utilization {u:.3g} calibrated from {given:g}"
         if hpa > value:
             out.append(R.tag(Step("reactive", hpa, "ReactiveOverride",
                                   f"HPA rule on observation {obs.value:.4g}: {hpa} ({why}) above the plan's {value}",
