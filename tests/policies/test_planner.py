@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from engine.config import parse_config
 from engine.core.errors import ConfigError
-from engine.core.types import Decision, Forecast, Observation, ScaleEvent, ScalingState, Schedule
+from engine.core.types import Forecast, Observation, ScaleEvent, ScalingState, Schedule
 from engine.feedback import conformal_headroom
 from policies import PolicyConfig, decide
 from policies import planner as P
@@ -782,7 +782,7 @@ def test_the_speed_benchmark_runs(tmp_path):
 
 def test_scale_in_disabled_holds_for_the_planner_too():
     """``scale_in: false`` (never remove capacity) holds whatever the plan."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timezone
 
     import numpy as np
 
