@@ -487,6 +487,14 @@ def _hname(m: int) -> str:
     return f"{m} min" if m < 60 else f"{m // 60} h"
 
 
+def best_baseline(rows: dict, model: str) -> str:
+    """Of a part's horizon rows (``summarize``), the baseline with the
+    lowest geometric-mean pinball among those scored on as many traces as
+    ``model``."""
+    pins = {b: rows[b]["pinball"] for b in BASELINES if b in rows and rows[b]["traces"] == rows[model]["traces"]}
+    return min(pins, key=pins.get)
+
+
 def docs_tables(doc: dict, model: str) -> str:
     """The tables docs/forecasters.md shows for ``model`` (from a stored
     run): per part and horizon its MASE, the paired ratios and wins
@@ -505,14 +513,13 @@ def docs_tables(doc: dict, model: str) -> str:
             if not h or model not in h["models"]:
                 continue
             r = h["models"][model]
-            pins = {b: h["models"][b]["pinball"] for b in BASELINES
-                    if b in h["models"] and h["models"][b]["traces"] == r["traces"]}
-            best = min(pins, key=pins.get)
+            best = best_baseline(h["models"], model)
+            bp = h["models"][best]["pinball"]
             lines.append(f"| {_hname(m)} | {_f(r['mase'])} | {_f(r.get('mase_ratio_vs_holt_winters'))} "
                          f"({r.get('mase_wins_vs_holt_winters', '-')}) "
                          f"| {_f(r.get('mase_ratio_vs_best_statsforecast'))} "
                          f"({r.get('mase_wins_vs_best_statsforecast', '-')}, {h['best_statsforecast']}) "
-                         f"| {_f(r['pinball'])} | {_f(pins[best])} ({best}) | {_f(r['pinball'] / pins[best])} | "
+                         f"| {_f(r['pinball'])} | {_f(bp)} ({best}) | {_f(r['pinball'] / bp)} | "
                          + " / ".join(_f(r["coverage"][str(q)], 2) for q in LEVELS) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -77,11 +77,10 @@ def _scored(g, evals, args, base: dict, held: set[str], part: str, fit_s: float)
     for m, h in A.summarize(merged, held)[part]["horizons"].items():
         rows = h["models"]
         me = rows[CANDIDATE]
-        pins = {b: rows[b]["pinball"] for b in A.BASELINES if b in rows and rows[b]["traces"] == me["traces"]}
-        best = min(pins, key=pins.get)
+        best = A.best_baseline(rows, CANDIDATE)
         out["horizons"][m] = {"mase": me["mase"], "mase_vs_hw": me["mase_ratio_vs_holt_winters"],
                               "wins_vs_hw": me["mase_wins_vs_holt_winters"], "pinball": me["pinball"],
-                              "best_baseline": best, "pinball_vs_best": me["pinball"] / pins[best],
+                              "best_baseline": best, "pinball_vs_best": me["pinball"] / rows[best]["pinball"],
                               "worst_coverage": max(abs(me["coverage"][str(q)] - q) for q in A.LEVELS)}
     return out
 
