@@ -632,6 +632,31 @@ def test_a_targets_calibration_params_reach_its_forecasts_from_a_checkpoint(leve
     assert not np.allclose(made["median"][1].quantiles[0.5], made["own"][1].quantiles[0.5])
 
 
+def test_a_targets_gate_anchors_reach_its_forecasts_from_a_checkpoint(levelfree, tmp_path):
+    """Two targets on one checkpoint with the daily on/off load: the one
+    with the default ``gate_anchors`` forecasts the switch six hours ahead
+    from yesterday's; the one whose config says ``gate_anchors: []`` keeps
+    the persistence-only gate and misses it."""
+    import forecasters
+
+    path = tmp_path / "g.pt"
+    levelfree.save(path)
+    rng = np.random.default_rng(4)
+    t = np.arange(6 * DAY)
+    y = np.where(((t % DAY) >= 96) & ((t % DAY) < 216), 400.0, 100.0) + rng.normal(0, 5, t.size)
+    s = Series(T0 + STEP * t.astype(np.int64), y, "batch")
+    errors = {}
+    for name, extra in (("default", {}), ("persistence only", {"gate_anchors": []})):
+        f = forecasters.create("lstm_global", {"checkpoint": str(path), "device": "cpu", **extra})
+        f.fit(s[: 5 * DAY])
+        errs = []
+        for o in range(5 * DAY - 1, 6 * DAY - 73, 12):
+            f.update(s[: o + 1])
+            errs.append(abs(f.predict(from_epoch(int(s.timestamps[o])), 72, (0.5,)).point[-1] - y[o + 72]))
+        errors[name] = float(np.mean(errs))
+    assert errors["default"] < 0.2 * errors["persistence only"], errors
+
+
 def test_targets_on_one_checkpoint_share_one_network_and_keep_their_own_calibration(levelfree, tmp_path):
     import pickle
 
