@@ -1550,12 +1550,18 @@ _MEDIAN_GATE_GRID = np.linspace(0.0, 1.0, 11)
 GATE_ANCHORS = ("seasonal_naive", "seasonal_persistence")
 
 
+def _gate_cols(anchors: Sequence[str]) -> list[int]:
+    """The gate's columns that can be non-zero: the network's share and
+    each allowed anchor's."""
+    return [0] + [1 + GATE_ANCHORS.index(a) for a in anchors]
+
+
 @functools.lru_cache(maxsize=8)
 def _gate_grid(anchors: tuple[str, ...]) -> np.ndarray:
     """(G, 1 + len(GATE_ANCHORS)) the gate's candidates: the shares of the
     network's change and of each allowed anchor's (0 for the others), on a
     0.1 grid, summing to at most 1; the network-only ones first."""
-    cols = [0] + [1 + GATE_ANCHORS.index(a) for a in anchors]
+    cols = _gate_cols(anchors)
     steps = np.arange(11)
     combos = np.array(np.meshgrid(*[steps] * len(cols), indexing="ij")).reshape(len(cols), -1).T
     combos = combos[combos.sum(1) <= 10]
@@ -1586,7 +1592,7 @@ def _median_gate(pred: np.ndarray, target: np.ndarray, m: int, anchors: np.ndarr
     median."""
     med = pred[:, :, m]  # (B, K)
     grid = _MEDIAN_GATE_GRID[:, None] if not allowed else _gate_grid(tuple(allowed))
-    cols = [0] + [1 + GATE_ANCHORS.index(a) for a in allowed]  # the shares that can be non-zero
+    cols = _gate_cols(allowed)
     out = np.zeros((med.shape[1], grid.shape[1]))
     out[:, 0] = 1.0
     for k in range(med.shape[1]):
