@@ -426,6 +426,29 @@ class TargetConfig(_Model):
                 target._check_resources()
         return target
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _auto_scores_the_policy_horizon(cls, data: Any, handler: Any) -> "TargetConfig":
+        """An ``auto`` forecaster that states no ``horizon_steps`` backtests
+        at the steps this target's policy reads: its forecast horizon (the
+        lead window; a planner's whole horizon), derived once, here."""
+        target = handler(data)
+        fc = target.forecaster
+        if fc.name != "auto" or "horizon_steps" in fc.params.model_fields_set:
+            return target
+        try:
+            params = type(fc.params).model_validate({**fc.params.model_dump(exclude_unset=True),
+                                                     "horizon_steps": target.horizon_steps})
+        except ValidationError as exc:
+            raise ValueError("forecaster.params: " + "; ".join(format_validation_error(exc))
+                             + f" (horizon_steps unstated: the target's forecast horizon, {target.horizon_steps} "
+                             "steps)") from None
+        target = target.model_copy(update={"forecaster": fc.model_copy(update={"params": params})})
+        if target.resources:  # the resources that inherit the forecaster see it too
+            target._resource_targets = {}
+            target._check_resources()
+        return target
+
     # the names callers have used for the typed plugin configs
     @property
     def source_config(self) -> Any:

@@ -85,16 +85,29 @@ def _default_candidates() -> tuple[Candidate, ...]:
 
 class AutoParams(ForecasterParams):
     candidates: tuple[Candidate, ...] = Field(default_factory=_default_candidates)
-    #: the policy's horizon in steps: forecasts are made for steps 1..this
-    horizon_steps: int = Field(2, ge=1)
+    #: the policy's horizon in steps: forecasts are made for steps 1..this.
+    #: Unstated, the engine states the target's forecast horizon (the lead
+    #: window, a planner's whole horizon); used alone, the largest step
+    #: ``horizons`` or ``lead_bands`` names, else 2
+    horizon_steps: int | None = Field(None, ge=1)
     #: the steps ahead scored (each <= horizon_steps); default every step of
     #: the lead-time window 1..horizon_steps
     horizons: tuple[int, ...] | None = None
+    #: choose per lead: the last step of each band but the last (which runs
+    #: to horizon_steps), e.g. ``[6, 12]`` for steps 1-6, 7-12 and
+    #: 13-horizon_steps. Each band's steps come from the candidate with the
+    #: lowest score on the scored steps inside it. None: one choice for all
+    lead_bands: tuple[int, ...] | None = None
     #: "pinball": mean pinball loss over ``levels`` (the distribution the
     #: policy sizes from); "asymmetric": the point forecast's asymmetric error
     score: Literal["pinball", "asymmetric"] = "pinball"
     #: the quantile levels scored by the pinball loss
     levels: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.99)
+    #: the first candidate is kept unless another's score is lower by at
+    #: least this fraction of its own (per band with ``lead_bands``): a
+    #: backtest over a few days is noisy, and the first is the one you trust
+    #: (0: the lowest score wins)
+    margin: float = Field(0.0, ge=0.0, lt=1.0)
     #: cost of an under-forecast relative to an over-forecast of the same size
     under_weight: float = Field(3.0, ge=1.0)
     #: how many of the most recent steps the backtest covers (288 = one day
@@ -126,16 +139,37 @@ class AutoParams(ForecasterParams):
 
     @model_validator(mode="after")
     def _horizons_in_window(self) -> "AutoParams":
+        stated = self.horizon_steps is not None
+        if not stated:  # unstated (model_fields_set keeps saying so)
+            named = [*(self.horizons or ()), *((max(self.lead_bands) + 1,) if self.lead_bands else ())]
+            object.__setattr__(self, "horizon_steps", max([2, *named]))
         if self.horizons is not None:
             bad = [h for h in self.horizons if not 1 <= h <= self.horizon_steps]
             if not self.horizons or bad:
                 raise ValueError(f"horizons: steps must lie in 1..horizon_steps ({self.horizon_steps}), "
                                  f"got {list(self.horizons)}")
+        if self.lead_bands is not None:
+            b = list(self.lead_bands)
+            if not b or any(not 1 <= x < self.horizon_steps for x in b) or b != sorted(set(b)):
+                raise ValueError(f"lead_bands: increasing steps in 1..{self.horizon_steps - 1} (horizon_steps - 1), "
+                                 f"got {b}")
+            # (unstated, the last band's end is the engine's to state)
+            empty = [f"{lo}-{hi}" for lo, hi in self.bands[: None if stated else -1]
+                     if not any(lo <= h <= hi for h in self.scored_steps)]
+            if empty:
+                raise ValueError(f"lead_bands: no scored step (horizons) in the band of steps {', '.join(empty)}")
         return self
 
     @property
     def scored_steps(self) -> tuple[int, ...]:
         return tuple(sorted(set(self.horizons))) if self.horizons else tuple(range(1, self.horizon_steps + 1))
+
+    @property
+    def bands(self) -> tuple[tuple[int, int], ...]:
+        """The lead bands as (first, last) steps, 1-based and inclusive; one
+        band (the whole horizon) without ``lead_bands``."""
+        ends = [*(self.lead_bands or ()), self.horizon_steps]
+        return tuple((lo, hi) for lo, hi in zip([1, *(e + 1 for e in ends[:-1])], ends))
 
 
 def asymmetric_loss(actual: np.ndarray, forecast: np.ndarray, under_weight: float) -> np.ndarray:
@@ -189,34 +223,62 @@ class BacktestSums:
         return (self.loss_sum / self.loss_n) / (scale if scale > 0 else 1.0)
 
 
-def backtest_sums(model: Any, history: Series, origins: Sequence[int], horizon: int,
-                  under_weight: float, *, steps: Sequence[int] | None = None,
-                  levels: Sequence[float] | None = None) -> BacktestSums:
+@dataclasses.dataclass(frozen=True)
+class StepSums:
+    """A rolling-origin backtest's sums per scored step (``steps``, 1-based):
+    what :class:`BacktestSums` adds up, kept apart so that a band of steps
+    can be scored on its own (``auto``'s ``lead_bands``)."""
+
+    steps: tuple[int, ...]
+    loss: np.ndarray    # loss sum per step
+    actual: np.ndarray  # sum of |actual| per step
+    n: np.ndarray       # scored points per step
+
+    def over(self, first: int = 1, last: int | None = None) -> BacktestSums:
+        """The sums over the scored steps in ``first..last`` (default all)."""
+        st = np.asarray(self.steps)
+        m = (st >= first) & (st <= (last if last is not None else st.max(initial=first)))
+        n = int(self.n[m].sum())
+        return BacktestSums(float(self.loss[m].sum()), n, float(self.actual[m].sum()), n)
+
+
+def backtest_step_sums(model: Any, history: Series, origins: Sequence[int], horizon: int,
+                       under_weight: float, *, steps: Sequence[int] | None = None,
+                       levels: Sequence[float] | None = None) -> StepSums:
     """Rolling origin on ``history``: ``model`` (fresh) fitted on the data up
     to ``origins[0]``, updated to each origin, forecasting ``horizon``
-    steps, scored at ``steps`` (1-based; default all). With ``levels``: the
-    pinball loss over them; without: the point forecast's asymmetric loss.
-    Reads no sample after an origin when forecasting from it."""
+    steps, scored at ``steps`` (1-based; default all), summed per step. With
+    ``levels``: the pinball loss over them; without: the point forecast's
+    asymmetric loss. Reads no sample after an origin when forecasting from
+    it."""
     ts, y = history.timestamps, history.values
-    idx = np.asarray(steps if steps is not None else range(1, horizon + 1), dtype=np.int64) - 1
+    st = tuple(int(x) for x in (steps if steps is not None else range(1, horizon + 1)))
+    idx = np.asarray(st, dtype=np.int64) - 1
+    loss_sum, actual_sum, n = np.zeros(idx.size), np.zeros(idx.size), np.zeros(idx.size, dtype=np.int64)
     model.fit(history[: origins[0] + 1])
-    loss_sum = actual_sum = 0.0
-    n = 0
     for o in origins:
         model.update(history[: o + 1])
         fc = model.predict(from_epoch(int(ts[o])), horizon, tuple(levels) if levels else (0.5,))
         want = y[o + 1: o + 1 + horizon]
-        i = idx[idx < want.size]
-        want = want[i]
-        ok = np.isfinite(want)
+        col = np.flatnonzero(idx < want.size)  # the scored steps with an actual
+        i = idx[col]
+        ok = np.isfinite(want[i])
+        col, i = col[ok], i[ok]
         if levels:
-            loss = pinball_loss(want[ok], {q: fc.quantiles[q][i][ok] for q in levels})
+            loss = pinball_loss(want[i], {q: fc.quantiles[q][i] for q in levels})
         else:
-            loss = asymmetric_loss(want[ok], fc.point[i][ok], under_weight)
-        loss_sum += float(np.sum(loss))
-        actual_sum += float(np.sum(np.abs(want[ok])))
-        n += int(loss.size)
-    return BacktestSums(loss_sum, n, actual_sum, n)
+            loss = asymmetric_loss(want[i], fc.point[i], under_weight)
+        np.add.at(loss_sum, col, loss)
+        np.add.at(actual_sum, col, np.abs(want[i]))
+        np.add.at(n, col, 1)
+    return StepSums(st, loss_sum, actual_sum, n)
+
+
+def backtest_sums(model: Any, history: Series, origins: Sequence[int], horizon: int,
+                  under_weight: float, *, steps: Sequence[int] | None = None,
+                  levels: Sequence[float] | None = None) -> BacktestSums:
+    """:func:`backtest_step_sums` over all its scored steps."""
+    return backtest_step_sums(model, history, origins, horizon, under_weight, steps=steps, levels=levels).over()
 
 
 def backtest(model: Any, history: Series, origins: Sequence[int], horizon: int,
@@ -246,10 +308,17 @@ class AutoForecaster(BaseForecaster):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        #: the choice: a candidate's key; with ``lead_bands``, each band's
+        #: ``key@first-last`` joined by ``+`` (one key where all bands agree)
         self.choice: str | None = None
+        #: each candidate's score over all scored steps
         self.scores: dict[str, float] = {}
+        #: with ``lead_bands``: per band ``first-last``, each candidate's score
+        self.band_scores: dict[str, dict[str, float]] = {}
         self.skipped: dict[str, str] = {}
-        self._model: Any = None
+        #: the chosen candidate's key for each band, in band order
+        self._band_choice: tuple[str, ...] = ()
+        self._models: dict[str, Any] = {}  # key -> fitted model (each chosen one)
         self._selected_at: int | None = None  # epoch s: history end at the last backtest
 
     @property
@@ -257,15 +326,22 @@ class AutoForecaster(BaseForecaster):
         return 2 * self.params.horizon_steps + 2
 
     @property
+    def _model(self) -> Any:
+        """The first band's model (the only one without ``lead_bands``)."""
+        return self._models.get(self._band_choice[0]) if self._band_choice else None
+
+    @property
     def version(self) -> str:
-        if self._model is None:
+        if not self._models:
             return f"{self.name}:unfitted"
-        return f"{self.name}:{self.choice}:{self._model.version}"
+        if len(self._models) == 1:
+            return f"{self.name}:{self.choice}:{self._model.version}"
+        return f"{self.name}:{self.choice}:" + "+".join(self._models[k].version for k in dict.fromkeys(self._band_choice))
 
     @property
     def selection(self) -> dict[str, Any]:
         """Choice, scores and skip reasons, for the decision log."""
-        return {
+        out = {
             "choice": self.choice,
             "scores": {k: round(v, 6) for k, v in self.scores.items()},
             "skipped": dict(self.skipped),
@@ -276,6 +352,11 @@ class AutoForecaster(BaseForecaster):
             **({"levels": list(self.params.levels)} if self.params.score == "pinball"
                else {"under_weight": self.params.under_weight}),
         }
+        if self.params.lead_bands is not None:
+            out["bands"] = [{"steps": [lo, hi], "choice": k,
+                             "scores": {c: round(v, 6) for c, v in self.band_scores.get(f"{lo}-{hi}", {}).items()}}
+                            for (lo, hi), k in zip(self.params.bands, self._band_choice)]
+        return out
 
     def _fit(self, history: Series) -> None:
         p = self.params
@@ -284,10 +365,10 @@ class AutoForecaster(BaseForecaster):
                or end - self._selected_at >= p.reselect_every.total_seconds())
         if not due:
             try:
-                self._model = self._fit_one(self._candidate(self.choice), history)
+                self._models = {k: self._fit_one(self._candidate(k), history) for k in dict.fromkeys(self._band_choice)}
                 return
-            except SKIPPABLE as exc:  # the winner broke: choose again now
-                self.skipped[self.choice] = f"refit failed: {exc}"
+            except SKIPPABLE as exc:  # a chosen model broke: choose again now
+                self.skipped[self.choice or ""] = f"refit failed: {exc}"
         self._select(history)
 
     def _candidate(self, key: str | None) -> Candidate:
@@ -302,23 +383,47 @@ class AutoForecaster(BaseForecaster):
     def _select(self, history: Series) -> None:
         p = self.params
         origins = backtest_origins(len(history), p)
-        scores: dict[str, float] = {}
+        sums: dict[str, StepSums] = {}
         skipped: dict[str, str] = {}
         for cand in p.candidates:
             try:
-                scores[cand.key] = backtest(create_candidate(cand), history, origins, p.horizon_steps, p.under_weight,
-                                            steps=p.scored_steps,
-                                            levels=p.levels if p.score == "pinball" else None)
+                sums[cand.key] = backtest_step_sums(create_candidate(cand), history, origins, p.horizon_steps,
+                                                    p.under_weight, steps=p.scored_steps,
+                                                    levels=p.levels if p.score == "pinball" else None)
+                sums[cand.key].over().score  # noqa: B018 (no actual: InsufficientHistory, skipped)
             except SKIPPABLE as exc:
+                sums.pop(cand.key, None)
                 skipped[cand.key] = f"{type(exc).__name__}: {exc}"
-        order = sorted(scores, key=lambda k: (scores[k], [c.key for c in p.candidates].index(k)))
-        for key in order:
-            try:
-                self._model = self._fit_one(self._candidate(key), history)
-            except SKIPPABLE as exc:
-                skipped[key] = f"fit on the full history failed: {type(exc).__name__}: {exc}"
-                continue
-            self.choice, self.scores, self.skipped = key, scores, skipped
+        scores = {k: v.over().score for k, v in sums.items()}
+        position = [c.key for c in p.candidates].index
+        band_scores = {f"{lo}-{hi}": {k: v.over(lo, hi).score for k, v in sums.items() if v.over(lo, hi).loss_n}
+                       for lo, hi in p.bands}
+        first = p.candidates[0].key
+
+        def ranked(bs: dict[str, float]) -> list[str]:  # the first's score stands, the others' must beat it by margin
+            return sorted(bs, key=lambda k: (bs[k] if k == first else bs[k] / (1.0 - p.margin), position(k)))
+
+        models: dict[str, Any] = {}
+        choice: list[str] = []
+        for lo, hi in p.bands:
+            for key in ranked(band_scores[f"{lo}-{hi}"] or scores):
+                if key not in models and key not in skipped:
+                    try:
+                        models[key] = self._fit_one(self._candidate(key), history)
+                    except SKIPPABLE as exc:
+                        skipped[key] = f"fit on the full history failed: {type(exc).__name__}: {exc}"
+                        continue
+                if key in models:
+                    choice.append(key)
+                    break
+            else:
+                break
+        if len(choice) == len(p.bands):
+            self._models, self._band_choice = models, tuple(choice)
+            self.scores, self.skipped = scores, skipped
+            self.band_scores = band_scores if p.lead_bands is not None else {}
+            self.choice = choice[0] if len(set(choice)) == 1 else "+".join(
+                f"{k}@{lo}-{hi}" for (lo, hi), k in zip(p.bands, choice))
             self._selected_at = int(history.timestamps[-1])
             return
         self.scores, self.skipped = scores, skipped
@@ -328,42 +433,61 @@ class AutoForecaster(BaseForecaster):
         raise ForecastError(f"auto: no candidate could be fitted ({reasons})")
 
     def _update(self, new: Series) -> None:
-        self._model.update(new)
+        for model in self._models.values():
+            model.update(new)
 
     def predict(self, start: datetime, horizon: int, quantiles: Sequence[float] = (0.5, 0.9)) -> Forecast:
-        if self._model is None:
+        if not self._models:
             raise ForecastError("auto: predict() before fit()")
-        fc = self._model.predict(start, horizon, quantiles)
+        fcs = {k: m.predict(start, horizon, quantiles) for k, m in self._models.items()}
+        fc = fcs[self._band_choice[0]]
+        if len(fcs) > 1:  # each band's steps from its own choice (the last band's beyond the horizon)
+            point, qs = fc.point.copy(), {q: v.copy() for q, v in fc.quantiles.items()}
+            for (lo, hi), key, last in zip(self.params.bands, self._band_choice,
+                                           range(len(self._band_choice) - 1, -1, -1)):
+                cut = slice(lo - 1, None if last == 0 else hi)
+                point[cut] = fcs[key].point[cut]
+                for q in qs:
+                    qs[q][cut] = fcs[key].quantiles[q][cut]
+            fc = dataclasses.replace(fc, point=point, quantiles=qs)
         # Forecast.model stays the registry name (the forecaster contract);
         # the choice is in the version, "auto:<choice>:<choice's version>"
         return dataclasses.replace(fc, model=self.name, model_version=self.version)
 
     # ------------------------------------------------------------- persistence
     def __getstate__(self) -> dict[str, Any]:
-        # the chosen model persists itself (the lstm writes a torch
+        # each chosen model persists itself (the lstm writes a torch
         # checkpoint, not a pickle), so store its own save() bytes
         state = dict(self.__dict__)
-        model = state.pop("_model")
-        if model is not None:
-            with tempfile.TemporaryDirectory() as d:
+        models = state.pop("_models")
+        blobs = {}
+        with tempfile.TemporaryDirectory() as d:
+            for key, model in models.items():
                 path = Path(d) / "model"
                 model.save(path)
-                state["_model_bytes"] = path.read_bytes()
+                blobs[key] = path.read_bytes()
+        state["_models_bytes"] = blobs
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         from . import registry
 
-        blob = state.pop("_model_bytes", None)
-        self.__dict__.update(state)
-        self._model = None
-        if blob is not None:
-            cls = registry.get(self._candidate(self.choice).name)
-            with tempfile.TemporaryDirectory() as d:
+        blobs = state.pop("_models_bytes", None)
+        old = state.pop("_model_bytes", None)  # saved before lead bands: the one choice's model
+        state.pop("_model", None)
+        self.__dict__.update({"band_scores": {}, **state})
+        if old is not None:
+            blobs = {self.choice: old}
+        if "_band_choice" not in state:
+            self._band_choice = (self.choice,) if self.choice is not None else ()
+        self._models = {}
+        with tempfile.TemporaryDirectory() as d:
+            for key, blob in (blobs or {}).items():
                 path = Path(d) / "model"
                 path.write_bytes(blob)
-                self._model = cls.load(path)
+                self._models[key] = registry.get(self._candidate(key).name).load(path)
 
 
 __all__ = ["AutoForecaster", "AutoParams", "BacktestSums", "Candidate", "SKIPPABLE", "asymmetric_loss", "backtest",
-           "backtest_origins", "backtest_sums", "create_candidate", "pinball_loss"]
+           "backtest_origins", "backtest_step_sums", "backtest_sums", "create_candidate",
+           "pinball_loss", "StepSums"]

@@ -142,6 +142,100 @@ def test_the_scored_horizons_decide():
     assert whole.selection["scored_steps"] == [1, 2, 3, 4, 5, 6] and whole.choice == "far"
 
 
+def cycle_on_a_walk(days: float, seed: int = 0) -> Series:
+    """A daily cycle on a slow random walk: the value now is the best guess
+    for the next few minutes, yesterday's value hours ahead."""
+    n = int(days * DAY)
+    t = np.arange(n)
+    y = 300 + 60 * np.sin(2 * np.pi * t / DAY) + np.cumsum(np.random.default_rng(seed).normal(0, 0.4, n))
+    return Series(T0 + STEP * t.astype(np.int64), y)
+
+
+def test_lead_bands_choose_per_lead_and_the_stitched_forecast_beats_either_choice_alone():
+    s = cycle_on_a_walk(6)
+    fit_end = 4 * DAY
+    kw = dict(candidates=NAIVES, horizon_steps=72, eval_window=2 * DAY, n_origins=24)
+    banded = AutoForecaster(**kw, lead_bands=(2,))
+    banded.fit(s[:fit_end])
+    assert banded.choice == "persistence@1-2+seasonal_naive@3-72"
+    bands = banded.selection["bands"]
+    assert [(b["steps"], b["choice"]) for b in bands] == [([1, 2], "persistence"), ([3, 72], "seasonal_naive")]
+    assert bands[0]["scores"]["persistence"] < bands[0]["scores"]["seasonal_naive"]
+    assert bands[1]["scores"]["seasonal_naive"] < bands[1]["scores"]["persistence"]
+    whole = AutoForecaster(**kw)
+    whole.fit(s[:fit_end])
+    assert whole.choice == "seasonal_naive"  # one choice: the long leads' errors dominate
+    # the forecast is each band's choice's, step for step, and over the next
+    # day's origins it is nearer the actuals than either model alone
+    singles = {n["name"]: AutoForecaster(**{**kw, "candidates": [n]}) for n in NAIVES}
+    for f in singles.values():
+        f.fit(s[:fit_end])
+    err = {"banded": [], **{k: [] for k in singles}}
+    for o in range(fit_end, fit_end + DAY, 12):
+        hist, now = s[: o + 1], from_epoch(int(s.timestamps[o]))
+        for f in (banded, *singles.values()):
+            f.update(hist)
+        fc = banded.predict(now, 72, (0.5, 0.9))
+        p, sn = (singles[k].predict(now, 72, (0.5, 0.9)) for k in ("persistence", "seasonal_naive"))
+        np.testing.assert_array_equal(fc.quantiles[0.9][:2], p.quantiles[0.9][:2])
+        np.testing.assert_array_equal(fc.quantiles[0.9][2:], sn.quantiles[0.9][2:])
+        actual = s.values[o + 1: o + 73]
+        for k, f in (("banded", fc), ("persistence", p), ("seasonal_naive", sn)):
+            err[k].append(np.abs(f.point[:2] - actual[:2]).mean() + np.abs(f.point[2:] - actual[2:]).mean())
+    mean = {k: float(np.mean(v)) for k, v in err.items()}
+    assert mean["banded"] < min(mean["persistence"], mean["seasonal_naive"])
+    assert fc.model == "auto" and fc.model_version.startswith("auto:persistence@1-2+seasonal_naive@3-72:")
+    # past the last band's end the last band's choice carries on
+    longer = banded.predict(now, 100, (0.9,))
+    np.testing.assert_array_equal(longer.point[2:], singles["seasonal_naive"].predict(now, 100, (0.9,)).point[2:])
+    # saved and loaded, it forecasts the same
+    g = pickle.loads(pickle.dumps(banded))
+    assert g.choice == banded.choice and g.version == banded.version
+    np.testing.assert_array_equal(g.predict(now, 72, (0.9,)).quantiles[0.9], fc.quantiles[0.9])
+
+
+def test_a_pickle_saved_before_lead_bands_loads_with_its_one_choice():
+    f = AutoForecaster(candidates=NAIVES, horizon_steps=6, eval_window=DAY)
+    s = seasonal(3)
+    f.fit(s)
+    state = f.__getstate__()
+    blob = state.pop("_models_bytes")[f.choice]
+    for k in ("_models_bytes", "_band_choice", "band_scores"):
+        state.pop(k, None)
+    old = AutoForecaster.__new__(AutoForecaster)
+    old.__setstate__({**state, "_model_bytes": blob})
+    now = from_epoch(int(s.timestamps[-1]))
+    assert old.version == f.version
+    np.testing.assert_array_equal(old.predict(now, 6, (0.9,)).point, f.predict(now, 6, (0.9,)).point)
+
+
+def test_an_auto_target_that_states_no_horizon_scores_what_its_planner_reads():
+    """Unstated, ``horizon_steps`` is the target's forecast horizon: a
+    planner over 6 h picks the model that is right hours ahead, where two
+    steps (the old default) picked the one right for the next ten minutes."""
+    import forecasters
+    from engine.config import parse_config
+
+    def target(params: dict) -> object:
+        return parse_config({"targets": [{
+            "name": "web", "source": {"type": "csv", "path": "x.csv"},
+            "forecaster": {"name": "auto", "params": {"candidates": NAIVES, "eval_window": 2 * DAY, "n_origins": 24,
+                                                      **params}},
+            "policy": {"kind": "plan", "capacity_per_replica": 10, "plan": {"horizon": "6h"}}}]}).target("web")
+
+    s = cycle_on_a_walk(4)
+    picked = {}
+    for label, params in (("unstated", {}), ("two steps", {"horizon_steps": 2})):
+        t = target(params)
+        f = forecasters.create("auto", t.forecaster.params.model_dump())
+        f.fit(s)
+        picked[label] = (f.choice, f.selection["horizon_steps"])
+    assert picked == {"unstated": ("seasonal_naive", 72), "two steps": ("persistence", 2)}
+    with pytest.raises(Exception, match=r"lead_bands: increasing steps in 1\.\.71 .*got \[80\].*forecast horizon, "
+                                        r"72 steps"):
+        target({"lead_bands": [80]})
+
+
 def test_failing_candidates_are_skipped_with_the_reason():
     f = AutoForecaster(candidates=[{"name": "no_such_model"}, {"name": "seasonal_naive", "params": {"season": "weekly"}},
                                    {"name": "persistence", "params": {"bogus": 1}}, {"name": "persistence", "label": "p"}],
@@ -191,6 +285,11 @@ def test_params_are_validated():
         AutoParams(horizon_steps=2, horizons=(1, 3))
     with pytest.raises(ValueError, match="levels"):
         AutoParams(levels=(0.5, 1.0))
+    with pytest.raises(ValueError, match=r"lead_bands: increasing steps in 1..5 \(horizon_steps - 1\), got \[4, 2\]"):
+        AutoParams(horizon_steps=6, lead_bands=(4, 2))
+    with pytest.raises(ValueError, match="lead_bands: no scored step .* steps 3-6"):
+        AutoParams(horizon_steps=6, horizons=(1, 2), lead_bands=(2,))
+    assert AutoParams(lead_bands=(6, 12)).horizon_steps == 13  # used alone: the largest step named
 
 
 # ------------------------------------------------------------- quality gate
