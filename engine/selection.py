@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from forecasters.auto import (SKIPPABLE, AutoParams, BacktestSums, Candidate, backtest_origins, backtest_sums,
-                              create_candidate)
+                              create_candidate, ranked)
 
 from .core.errors import ForecastError
 from .core.types import Series
@@ -175,9 +175,8 @@ def select_models(jobs: Sequence[SelectionJob], executor: Any,
                 scores[key] = s.score
             except ForecastError as exc:
                 skipped[key] = f"{type(exc).__name__}: {exc}"
-        order = [c.key for c in job.params.candidates]
-        ranked = sorted(scores, key=lambda k: (scores[k], order.index(k)))
-        choice = next(c for c in job.params.candidates if c.key == ranked[0]) if ranked else None
+        best = ranked(scores, job.params)  # auto's own rule (its margin)
+        choice = next(c for c in job.params.candidates if c.key == best[0]) if best else None
         out[job.target] = Selection(job.target, choice, scores, skipped, n_folds, n_origins, seconds)
     return out
 

@@ -289,6 +289,15 @@ def backtest(model: Any, history: Series, origins: Sequence[int], horizon: int,
     return backtest_sums(model, history, origins, horizon, under_weight, steps=steps, levels=levels).score
 
 
+def ranked(scores: Mapping[str, float], params: AutoParams) -> list[str]:
+    """Candidate keys best first: the lowest score, the first candidate's
+    score as it is and every other's over ``1 - margin`` (so it must beat
+    the first by that fraction); ties to the earlier candidate."""
+    keys = [c.key for c in params.candidates]
+    return sorted(scores, key=lambda k: (scores[k] if k == keys[0] else scores[k] / (1.0 - params.margin),
+                                         keys.index(k)))
+
+
 def backtest_origins(n: int, params: AutoParams) -> list[int]:
     """The forecast origins of a backtest over a history of ``n`` steps: up
     to ``n_origins``, spread evenly over the last ``eval_window`` steps (at
@@ -395,18 +404,12 @@ class AutoForecaster(BaseForecaster):
                 sums.pop(cand.key, None)
                 skipped[cand.key] = f"{type(exc).__name__}: {exc}"
         scores = {k: v.over().score for k, v in sums.items()}
-        position = [c.key for c in p.candidates].index
         band_scores = {f"{lo}-{hi}": {k: v.over(lo, hi).score for k, v in sums.items() if v.over(lo, hi).loss_n}
                        for lo, hi in p.bands}
-        first = p.candidates[0].key
-
-        def ranked(bs: dict[str, float]) -> list[str]:  # the first's score stands, the others' must beat it by margin
-            return sorted(bs, key=lambda k: (bs[k] if k == first else bs[k] / (1.0 - p.margin), position(k)))
-
         models: dict[str, Any] = {}
         choice: list[str] = []
         for lo, hi in p.bands:
-            for key in ranked(band_scores[f"{lo}-{hi}"] or scores):
+            for key in ranked(band_scores[f"{lo}-{hi}"] or scores, p):
                 if key not in models and key not in skipped:
                     try:
                         models[key] = self._fit_one(self._candidate(key), history)
@@ -489,5 +492,5 @@ class AutoForecaster(BaseForecaster):
 
 
 __all__ = ["AutoForecaster", "AutoParams", "BacktestSums", "Candidate", "SKIPPABLE", "asymmetric_loss", "backtest",
-           "backtest_origins", "backtest_step_sums", "backtest_sums", "create_candidate",
+           "backtest_origins", "ranked", "backtest_step_sums", "backtest_sums", "create_candidate",
            "pinball_loss", "StepSums"]

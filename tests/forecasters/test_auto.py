@@ -194,6 +194,22 @@ def test_lead_bands_choose_per_lead_and_the_stitched_forecast_beats_either_choic
     np.testing.assert_array_equal(g.predict(now, 72, (0.9,)).quantiles[0.9], fc.quantiles[0.9])
 
 
+def test_margin_keeps_the_first_candidate_unless_another_beats_it_by_that_fraction():
+    s = seasonal(3)
+    kw = dict(candidates=NAIVES, horizon_steps=6, eval_window=DAY, n_origins=24)
+    free = AutoForecaster(**kw)
+    free.fit(s)
+    ratio = free.scores["seasonal_naive"] / free.scores["persistence"]
+    assert free.choice == "seasonal_naive" and ratio < 0.9
+    for margin, choice in ((1 - ratio - 0.02, "seasonal_naive"), (1 - ratio + 0.02, "persistence")):
+        f = AutoForecaster(**kw, margin=margin)
+        f.fit(s)
+        assert f.choice == choice, margin
+    banded = AutoForecaster(**{**kw, "lead_bands": (3,)}, margin=0.99)
+    banded.fit(s)
+    assert banded.choice == "persistence"  # in every band
+
+
 def test_a_pickle_saved_before_lead_bands_loads_with_its_one_choice():
     f = AutoForecaster(candidates=NAIVES, horizon_steps=6, eval_window=DAY)
     s = seasonal(3)
