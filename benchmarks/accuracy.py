@@ -83,7 +83,17 @@ BUILTIN = ("persistence", "seasonal_naive", "seasonal_persistence", "holt_winter
 LEARNED = ("lstm_global", "lstm_global_pooled", "lstm_global_median")
 #: the per-series LSTM (``lstm``) is trained for the next hour only (its
 #: default horizon, 12 steps): scored at 10 min to 1 h
-MODELS = BUILTIN + STATSFORECAST + ("prophet", "lstm") + LEARNED
+#: ``auto`` (one choice for every lead) and ``auto_lead`` (a choice per lead
+#: band, the bands ending at the scored horizons) over :data:`AUTO_CANDIDATES`,
+#: backtested on the trace's own last ``AUTO_EVAL_DAYS`` at every step to
+#: 24 h, reselected every day (:func:`auto_params`)
+SELECTED = ("auto", "auto_lead")
+MODELS = BUILTIN + STATSFORECAST + ("prophet", "lstm") + LEARNED + SELECTED
+#: the candidates docs/forecasters.md recommends for the planner
+#: (``lstm_global`` on the benchmark's checkpoint)
+AUTO_CANDIDATES = ("lstm_global", "holt_winters", "seasonal_persistence", "persistence")
+AUTO_EVAL_DAYS = 3.0
+AUTO_MARGIN = 0.0
 #: the models run with ``--calibrate`` also as ``<name>+cal``: the engine's
 #: conformal calibration (engine.calibration) on their forecasts (Prophet,
 #: fitted afresh at a few origins, and the per-series LSTM, retrained at
@@ -200,10 +210,24 @@ class Evaluation:
         return out
 
 
-def make(name: str):
+def make(name: str, ev: "Evaluation | None" = None, args: Any = None):
     import forecasters
 
+    if name in SELECTED:
+        return forecasters.create("auto", auto_params(name, ev, args))
     return forecasters.create(name, PARAMS.get(name, {}))
+
+
+def auto_params(name: str, ev: "Evaluation", args: Any) -> dict:
+    """``auto``'s parameters on one trace: every step to 24 h scored, and for
+    ``auto_lead`` one band per scored horizon (ending at its step)."""
+    cands = [{"name": c, **({"params": {"checkpoint": str(args.model), "device": "cpu"}} if c == "lstm_global" else {})}
+             for c in AUTO_CANDIDATES]
+    out = {"candidates": cands, "horizon_steps": ev.H, "eval_window": int(args.auto_eval_days * ev.S),
+           "n_origins": 48, "margin": args.auto_margin}
+    if name == "auto_lead":
+        out["lead_bands"] = sorted(set(ev.hsteps[:-1]) - {ev.H})
+    return out
 
 
 class _Scored:
@@ -277,7 +301,7 @@ def run_model(ev: Evaluation, name: str, args, calibrate: bool = False) -> dict[
         hist = s[: o + 1]
         now = from_epoch(int(s.timestamps[o]))
         if model is None or o - fitted_at >= refit:
-            model = make(name)
+            model = make(name, ev, args)
             t = time.perf_counter()
             model.fit(hist)
             fit_s += time.perf_counter() - t
@@ -707,6 +731,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=12, help="global LSTM epochs (early stopping may end sooner)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--auto-eval-days", type=float, default=AUTO_EVAL_DAYS,
+                    help="auto, auto_lead: days of the trace's own history backtested")
+    ap.add_argument("--auto-margin", type=float, default=AUTO_MARGIN,
+                    help="auto, auto_lead: how much lower another candidate's score must be than lstm_global's")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--speed", action="store_true", help="also the batched-inference speed checks")
     ap.add_argument("--speed-only", action="store_true", help="only those (loads --model)")
