@@ -426,28 +426,30 @@ class TargetConfig(_Model):
                 target._check_resources()
         return target
 
-    @model_validator(mode="wrap")
-    @classmethod
-    def _auto_scores_the_policy_horizon(cls, data: Any, handler: Any) -> "TargetConfig":
-        """An ``auto`` forecaster that states no ``horizon_steps`` backtests
-        at the steps this target's policy reads: its forecast horizon (the
-        lead window; a planner's whole horizon), derived once, here."""
-        target = handler(data)
-        fc = target.forecaster
+    @model_validator(mode="after")
+    def _auto_scores_the_policy_horizon(self) -> "TargetConfig":
+        """Checked at load: an ``auto`` forecaster's parameters fit the
+        horizon they will be scored over (:attr:`forecaster_params`)."""
+        self.forecaster_params  # noqa: B018 (raises the one clear error)
+        return self
+
+    @property
+    def forecaster_params(self) -> Any:
+        """The forecaster's parameters as the engine builds it. An ``auto``
+        forecaster that states no ``horizon_steps`` backtests at the steps
+        this target's policy reads: its forecast horizon (the lead window; a
+        planner's whole horizon, :attr:`horizon_steps`), derived here, once
+        for every place that builds or fits the forecaster."""
+        fc = self.forecaster
         if fc.name != "auto" or "horizon_steps" in fc.params.model_fields_set:
-            return target
+            return fc.params
         try:
-            params = type(fc.params).model_validate({**fc.params.model_dump(exclude_unset=True),
-                                                     "horizon_steps": target.horizon_steps})
+            return type(fc.params).model_validate({**fc.params.model_dump(exclude_unset=True),
+                                                   "horizon_steps": self.horizon_steps})
         except ValidationError as exc:
             raise ValueError("forecaster.params: " + "; ".join(format_validation_error(exc))
-                             + f" (horizon_steps unstated: the target's forecast horizon, {target.horizon_steps} "
+                             + f" (horizon_steps unstated: the target's forecast horizon, {self.horizon_steps} "
                              "steps)") from None
-        target = target.model_copy(update={"forecaster": fc.model_copy(update={"params": params})})
-        if target.resources:  # the resources that inherit the forecaster see it too
-            target._resource_targets = {}
-            target._check_resources()
-        return target
 
     # the names callers have used for the typed plugin configs
     @property

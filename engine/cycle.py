@@ -113,10 +113,10 @@ class TargetRunner:
             if target.forecaster.init_from is not None:
                 from forecasters import registry
 
-                forecaster = registry.get(target.forecaster.name)(target.forecaster.params,
+                forecaster = registry.get(target.forecaster.name)(target.forecaster_params,
                                                                   init_from=target.forecaster.init_from)
             else:
-                forecaster = create_forecaster(target.forecaster.name, target.forecaster.params)
+                forecaster = create_forecaster(target.forecaster.name, target.forecaster_params)
         self.interval_s = int(target.interval.total_seconds())
         #: the configured lead window's horizons (the backtest's feedback
         #: keeps these; a live cycle passes its own window)

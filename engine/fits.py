@@ -93,7 +93,7 @@ def fit_series(target: str, history: Series, name: str, params: Mapping[str, Any
 
 def fit_params(target: Any) -> dict[str, Any]:
     """A target's forecaster parameters as a task carries them (plain data)."""
-    return target.forecaster.params.model_dump(mode="json", exclude_defaults=True)
+    return target.forecaster_params.model_dump(mode="json", exclude_defaults=True)
 
 
 def fit_models(jobs: Sequence[FitJob], executor: Any,

@@ -188,7 +188,7 @@ def auto_params_for(target: Any, names: Sequence[str] = ()) -> AutoParams:
     replaces the candidates (each with its default parameters)."""
     fc = target.forecaster
     if fc.name == "auto":
-        params = fc.params
+        params = target.forecaster_params  # at the policy's horizon unless it states one
         return params.model_copy(update={"candidates": tuple(Candidate(name=n) for n in names)}) if names else params
     if names:
         cands = tuple(Candidate(name=n) for n in names)

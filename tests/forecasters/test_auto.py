@@ -243,7 +243,7 @@ def test_an_auto_target_that_states_no_horizon_scores_what_its_planner_reads():
     picked = {}
     for label, params in (("unstated", {}), ("two steps", {"horizon_steps": 2})):
         t = target(params)
-        f = forecasters.create("auto", t.forecaster.params.model_dump())
+        f = forecasters.create("auto", t.forecaster_params.model_dump())
         f.fit(s)
         picked[label] = (f.choice, f.selection["horizon_steps"])
     assert picked == {"unstated": ("seasonal_naive", 72), "two steps": ("persistence", 2)}
