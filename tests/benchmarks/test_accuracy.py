@@ -43,3 +43,20 @@ def test_the_docs_tables_pair_the_model_with_the_best_baseline_per_part():
     # pinball 0.8 against Holt-Winters' 1.0 (the lowest baseline), every level 0.06 under nominal
     assert "| 0.800 | 1.000 (holt_winters) | 0.800 |" in row
     assert row.endswith("| 0.44 / 0.74 / 0.84 / 0.89 / 0.93 |")
+
+
+def test_auto_lead_bands_end_at_the_scored_horizons_and_the_global_model_comes_first():
+    from types import SimpleNamespace
+
+    import forecasters
+
+    args = SimpleNamespace(model="m.pt", auto_eval_days=3.0, auto_margin=0.0)
+    five = SimpleNamespace(H=288, S=288, hsteps=[2, 6, 12, 72, 288])   # 5-minute steps
+    thirty = SimpleNamespace(H=48, S=48, hsteps=[1, 1, 2, 12, 48])     # nyc_taxi's 30-minute steps
+    p = A.auto_params("auto_lead", five, args)
+    assert p["lead_bands"] == [2, 6, 12, 72] and p["horizon_steps"] == 288 and p["eval_window"] == 3 * 288
+    assert p["candidates"][0] == {"name": "lstm_global", "params": {"checkpoint": "m.pt", "device": "cpu"}}
+    assert A.auto_params("auto_lead", thirty, args)["lead_bands"] == [1, 2, 12]
+    assert "lead_bands" not in A.auto_params("auto", five, args)
+    bands = forecasters.registry.get("auto").Params.model_validate(p).bands
+    assert bands == ((1, 2), (3, 6), (7, 12), (13, 72), (73, 288))
