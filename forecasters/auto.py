@@ -52,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from engine.core.checks import repeated
 from engine.core.errors import ForecastError, InsufficientHistory, PluginError
 from engine.core.types import Forecast, Series
-from engine.core.units import from_epoch
+from engine.core.units import Duration, from_epoch
 
 from .base import BaseForecaster, ForecasterParams
 
@@ -115,7 +115,7 @@ class AutoParams(ForecasterParams):
     eval_window: int = Field(288, ge=2)
     #: forecast origins, spread evenly over the evaluation window
     n_origins: int = Field(48, ge=1)
-    reselect_every: timedelta = timedelta(days=1)
+    reselect_every: Duration = timedelta(days=1)
 
     @field_validator("candidates")
     @classmethod

@@ -58,6 +58,7 @@ from pydantic import Field, field_validator, model_validator
 
 from engine.core.errors import ForecastError, InsufficientHistory
 from engine.core.types import Series
+from engine.core.units import Duration
 
 from .base import BaseForecaster, ForecasterParams, residual_quantiles
 
@@ -71,11 +72,11 @@ _CONSTANT_SERIES_COEF = (0.5, 0.05, 0.05, 0.98)
 
 class HoltWintersParams(ForecasterParams):
     #: Length of the seasonal cycle (daily by default).
-    season: timedelta = timedelta(days=1)
+    season: Duration = timedelta(days=1)
     #: History used by each refit; two weeks as in the reference setup.
-    fit_window: timedelta = timedelta(days=14)
+    fit_window: Duration = timedelta(days=14)
     #: Recent errors that set the quantile band.
-    residual_window: timedelta = timedelta(days=7)
+    residual_window: Duration = timedelta(days=7)
     #: statsmodels' initial-state method: ``estimated`` optimises the initial
     #: states with the parameters (better fit, ~0.9 s for 14 days at 5 min);
     #: ``heuristic`` decomposes the first two seasons (~0.05 s).

@@ -22,6 +22,7 @@ import numpy as np
 from pydantic import Field
 
 from engine.core.types import Series
+from engine.core.units import Duration
 
 from .base import BaseForecaster, ForecasterParams, last_valid_index, residual_quantiles
 
@@ -120,7 +121,7 @@ class _NaiveBase(BaseForecaster):
 
 
 class PersistenceParams(ForecasterParams):
-    residual_window: timedelta = timedelta(days=7)
+    residual_window: Duration = timedelta(days=7)
 
 
 class Persistence(_NaiveBase):
@@ -144,7 +145,7 @@ class SeasonalNaiveParams(ForecasterParams):
     #: ``daily``, ``weekly``, or ``auto``: weekly when two weeks of history
     #: show a lower in-sample error for it, else daily.
     season: Literal["daily", "weekly", "auto"] = "daily"
-    residual_window: timedelta = timedelta(days=7)
+    residual_window: Duration = timedelta(days=7)
 
 
 _SEASONS = {"daily": timedelta(days=1), "weekly": timedelta(days=7)}
@@ -206,7 +207,7 @@ class SeasonalPersistenceParams(ForecasterParams):
     #: how many past seasons' changes to take the median of (1: the last
     #: one; more: a glitch one season ago no longer becomes today's spike)
     seasons: int = Field(1, ge=1, le=14)
-    residual_window: timedelta = timedelta(days=7)
+    residual_window: Duration = timedelta(days=7)
 
 
 class SeasonalPersistence(_NaiveBase):

@@ -58,6 +58,7 @@ from pydantic import Field, field_validator
 
 from engine.core.errors import ForecastError, InsufficientHistory, PluginError
 from engine.core.types import Series
+from engine.core.units import Duration
 
 from .base import BaseForecaster, ForecasterParams
 
@@ -96,7 +97,7 @@ def import_prophet() -> Any:
 
 class ProphetParams(ForecasterParams):
     #: History used by each refit.
-    fit_window: timedelta = timedelta(days=14)
+    fit_window: Duration = timedelta(days=14)
     #: Upper edge of Prophet's interval (``interval_width = 2 q - 1``).
     upper_quantile: float = Field(default=0.9, gt=0.5, lt=1.0)
     #: Prophet's default; fewer samples make the fit faster and the interval
@@ -109,13 +110,13 @@ class ProphetParams(ForecasterParams):
     #: Weekly seasonality when the fit window covers two weeks.
     weekly_seasonality: bool = True
     #: Model predictions precomputed at fit time.
-    cache_span: timedelta = timedelta(days=2)
+    cache_span: Duration = timedelta(days=2)
     #: Apply the decaying residual level correction.
     level_correction: bool = True
     #: Half-life of the exponentially weighted recent residual.
-    correction_halflife: timedelta = timedelta(minutes=10)
+    correction_halflife: Duration = timedelta(minutes=10)
     #: Residuals kept to estimate the correction's decay ``rho``.
-    correction_window: timedelta = timedelta(days=1)
+    correction_window: Duration = timedelta(days=1)
     #: Seed of Prophet's uncertainty sampling.
     seed: int = 0
 

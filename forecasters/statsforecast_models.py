@@ -42,6 +42,7 @@ from pydantic import Field, field_validator
 
 from engine.core.errors import ForecastError, InsufficientHistory
 from engine.core.types import Series
+from engine.core.units import Duration
 
 from .base import BaseForecaster, ForecasterParams
 from .holt_winters import _interpolate
@@ -60,9 +61,9 @@ def _statsforecast_models():
 
 class _Params(ForecasterParams):
     #: the seasonal cycle (daily by default)
-    season: timedelta = timedelta(days=1)
+    season: Duration = timedelta(days=1)
     #: history used by each refit
-    fit_window: timedelta = timedelta(days=7)
+    fit_window: Duration = timedelta(days=7)
 
     @field_validator("season", "fit_window")
     @classmethod
@@ -79,7 +80,7 @@ class AutoETSParams(_Params):
 
 
 class MSTLParams(_Params):
-    fit_window: timedelta = timedelta(days=21)
+    fit_window: Duration = timedelta(days=21)
     #: add a weekly season when the fit window holds at least this many weeks
     weekly_min_weeks: float = Field(2.0, gt=1.0)
 

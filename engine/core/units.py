@@ -17,6 +17,9 @@ UTC = timezone.utc
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: ISO 8601, as pydantic writes a timedelta in JSON (``P1D``, ``PT12H30M``, ``PT0.5S``)
+_ISO_DURATION = re.compile(r"^\s*P(?:(\d+(?:\.\d+)?)W)?(?:(\d+(?:\.\d+)?)D)?"
+                           r"(?:T(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?)?\s*$")
 
 
 #: the longest span a config may name: a year and a day covers every window
@@ -26,7 +29,8 @@ MAX_DURATION = timedelta(days=366)
 
 
 def parse_duration(value: object) -> timedelta:
-    """``"5m"``, ``"300s"``, ``"1h"``, ``"2d"``, ``300`` (seconds) or a timedelta.
+    """``"5m"``, ``"300s"``, ``"1h"``, ``"2d"``, ``300`` (seconds), a timedelta,
+    or ISO 8601 (``"PT12H"``: what a dumped config holds).
 
     Raises ``ValueError`` with the bad value for anything else: negative,
     not finite, or longer than :data:`MAX_DURATION`.
@@ -42,6 +46,8 @@ def parse_duration(value: object) -> timedelta:
     elif isinstance(value, str) and (m := _DURATION.match(value)):
         # a long digit string is a float of inf at worst, never an OverflowError
         seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2) or "s"]
+    elif isinstance(value, str) and (m := _ISO_DURATION.match(value)) and any(m.groups()):
+        seconds = sum(float(g) * size for g, size in zip(m.groups(), (604800, 86400, 3600, 60, 1)) if g)
     else:
         raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 1h, 2d)")
     shown = str(value) if len(str(value)) <= 40 else f"{str(value)[:20]}...({len(str(value))} characters)"

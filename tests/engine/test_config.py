@@ -514,3 +514,31 @@ def test_a_bad_state_or_ha_setting_names_the_field_and_never_the_password(extra,
     with pytest.raises(ConfigError, match=expected) as info:
         parse_config({**ONE_TARGET, **extra})
     assert "s3cret-pw-123" not in str(info.value)
+
+
+def test_forecaster_params_take_the_configs_durations_and_survive_a_json_round_trip():
+    """``12h`` means the same in a forecaster's params as anywhere else in the
+    file (pydantic's own timedelta took ``1d`` but not ``12h``), a bad one is
+    one line naming the field, and what a fit task carries (the params as
+    JSON: ISO 8601) validates again to the same values."""
+    from engine.config import parse_config
+    from engine.fits import fit_params
+    from forecasters import registry
+
+    def target(forecaster: dict):
+        return parse_config({"targets": [{"name": "web", "source": {"type": "csv", "path": "x.csv"},
+                                          "policy": {"capacity_per_replica": 1},
+                                          "forecaster": forecaster}]}).target("web")
+
+    hw = target({"name": "holt_winters", "params": {"fit_window": "60h", "residual_window": "12h"}})
+    assert (hw.forecaster.params.fit_window, hw.forecaster.params.residual_window) == (timedelta(hours=60),
+                                                                                      timedelta(hours=12))
+    carried = fit_params(hw)
+    assert carried == {"fit_window": "P2DT12H", "residual_window": "PT12H"}
+    again = registry.get("holt_winters").Params.model_validate(carried)
+    assert again == hw.forecaster.params
+    auto = target({"name": "auto", "params": {"reselect_every": "6h"}})
+    assert auto.forecaster_params.reselect_every == timedelta(hours=6)
+    with pytest.raises(ConfigError) as err:
+        target({"name": "seasonal_persistence", "params": {"residual_window": "12 hours"}})
+    assert "targets[0].forecaster.params.residual_window: not a duration: '12 hours'" in str(err.value)
