@@ -438,18 +438,21 @@ class TargetConfig(_Model):
         """The forecaster's parameters as the engine builds it. An ``auto``
         forecaster that states no ``horizon_steps`` backtests at the steps
         this target's policy reads: its forecast horizon (the lead window; a
-        planner's whole horizon, :attr:`horizon_steps`), derived here, once
-        for every place that builds or fits the forecaster."""
+        planner's whole horizon, :attr:`horizon_steps`), and ``lead_bands``
+        given as durations become steps of the target's interval; derived
+        here, once for every place that builds or fits the forecaster."""
         fc = self.forecaster
-        if fc.name != "auto" or "horizon_steps" in fc.params.model_fields_set:
+        if fc.name != "auto" or ("horizon_steps" in fc.params.model_fields_set and fc.params.lead_bands_in_steps):
             return fc.params
+        stated = {} if "horizon_steps" in fc.params.model_fields_set else {"horizon_steps": self.horizon_steps}
+        why = f" (horizon_steps unstated: the target's forecast horizon, {self.horizon_steps} steps)" if stated else ""
         try:
-            return type(fc.params).model_validate({**fc.params.model_dump(exclude_unset=True),
-                                                   "horizon_steps": self.horizon_steps})
+            params = type(fc.params).model_validate({**fc.params.model_dump(exclude_unset=True), **stated})
+            return params.in_steps(self.interval)  # lead_bands given as durations
         except ValidationError as exc:
-            raise ValueError("forecaster.params: " + "; ".join(format_validation_error(exc))
-                             + f" (horizon_steps unstated: the target's forecast horizon, {self.horizon_steps} "
-                             "steps)") from None
+            raise ValueError("forecaster.params: " + "; ".join(format_validation_error(exc)) + why) from None
+        except ValueError as exc:
+            raise ValueError(f"forecaster.params: {exc}{why}") from None
 
     # the names callers have used for the typed plugin configs
     @property

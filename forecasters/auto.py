@@ -52,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from engine.core.checks import repeated
 from engine.core.errors import ForecastError, InsufficientHistory, PluginError
 from engine.core.types import Forecast, Series
-from engine.core.units import Duration, from_epoch
+from engine.core.units import Duration, format_duration, from_epoch
 
 from .base import BaseForecaster, ForecasterParams
 
@@ -95,9 +95,11 @@ class AutoParams(ForecasterParams):
     horizons: tuple[int, ...] | None = None
     #: choose per lead: the last step of each band but the last (which runs
     #: to horizon_steps), e.g. ``[6, 12]`` for steps 1-6, 7-12 and
-    #: 13-horizon_steps. Each band's steps come from the candidate with the
-    #: lowest score on the scored steps inside it. None: one choice for all
-    lead_bands: tuple[int, ...] | None = None
+    #: 13-horizon_steps, or the leads as durations (``[30m, 1h]``, which a
+    #: target turns into steps of its interval). Each band's steps come from
+    #: the candidate with the lowest score on the scored steps inside it.
+    #: None: one choice for all
+    lead_bands: tuple[int | Duration, ...] | None = None
     #: "pinball": mean pinball loss over ``levels`` (the distribution the
     #: policy sizes from); "asymmetric": the point forecast's asymmetric error
     score: Literal["pinball", "asymmetric"] = "pinball"
@@ -140,15 +142,20 @@ class AutoParams(ForecasterParams):
     @model_validator(mode="after")
     def _horizons_in_window(self) -> "AutoParams":
         stated = self.horizon_steps is not None
+        steps = [b for b in self.lead_bands or () if isinstance(b, int)]
         if not stated:  # unstated (model_fields_set keeps saying so)
-            named = [*(self.horizons or ()), *((max(self.lead_bands) + 1,) if self.lead_bands else ())]
+            named = [*(self.horizons or ()), *((max(steps) + 1,) if steps else ())]
             object.__setattr__(self, "horizon_steps", max([2, *named]))
         if self.horizons is not None:
             bad = [h for h in self.horizons if not 1 <= h <= self.horizon_steps]
             if not self.horizons or bad:
                 raise ValueError(f"horizons: steps must lie in 1..horizon_steps ({self.horizon_steps}), "
                                  f"got {list(self.horizons)}")
-        if self.lead_bands is not None:
+        if self.lead_bands is not None and not self.lead_bands_in_steps:
+            if steps:
+                shown = [b if isinstance(b, int) else format_duration(b) for b in self.lead_bands]
+                raise ValueError(f"lead_bands: all steps or all durations, got {shown}")
+        elif self.lead_bands is not None:  # (durations: checked once a target states them in steps)
             b = list(self.lead_bands)
             if not b or any(not 1 <= x < self.horizon_steps for x in b) or b != sorted(set(b)):
                 raise ValueError(f"lead_bands: increasing steps in 1..{self.horizon_steps - 1} (horizon_steps - 1), "
@@ -165,9 +172,30 @@ class AutoParams(ForecasterParams):
         return tuple(sorted(set(self.horizons))) if self.horizons else tuple(range(1, self.horizon_steps + 1))
 
     @property
+    def lead_bands_in_steps(self) -> bool:
+        return all(isinstance(b, int) for b in self.lead_bands or ())
+
+    def in_steps(self, interval: timedelta) -> "AutoParams":
+        """These parameters with ``lead_bands`` given as durations turned into
+        steps of ``interval`` (each lead rounded up to a whole step; leads
+        that round to one step become one band), validated again."""
+        if self.lead_bands_in_steps:
+            return self
+        step = int(interval.total_seconds())
+        at = {b: max(1, -(-int(b.total_seconds()) // step)) for b in self.lead_bands or ()}  # type: ignore[union-attr]
+        past = [f"{format_duration(b)} ({n} steps of {format_duration(interval)})" for b, n in at.items()
+                if n >= self.horizon_steps]
+        if past:
+            raise ValueError(f"lead_bands: {', '.join(past)} not inside the horizon of {self.horizon_steps} steps")
+        return type(self).model_validate({**self.model_dump(exclude_unset=True), "lead_bands": sorted(set(at.values()))})
+
+    @property
     def bands(self) -> tuple[tuple[int, int], ...]:
         """The lead bands as (first, last) steps, 1-based and inclusive; one
         band (the whole horizon) without ``lead_bands``."""
+        if not self.lead_bands_in_steps:
+            raise ForecastError(f"auto: lead_bands {[str(b) for b in self.lead_bands or ()]} are durations; "
+                                "a target turns them into steps of its interval (or give steps)")
         ends = [*(self.lead_bands or ()), self.horizon_steps]
         return tuple((lo, hi) for lo, hi in zip([1, *(e + 1 for e in ends[:-1])], ends))
 

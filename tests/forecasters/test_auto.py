@@ -252,6 +252,26 @@ def test_an_auto_target_that_states_no_horizon_scores_what_its_planner_reads():
         target({"lead_bands": [80]})
 
 
+def test_lead_bands_as_durations_become_steps_of_the_targets_interval():
+    from engine.config import parse_config
+
+    def params(interval: str, bands: list) -> AutoParams:
+        return parse_config({"targets": [{
+            "name": "web", "interval": interval, "source": {"type": "csv", "path": "x.csv"},
+            "forecaster": {"name": "auto", "params": {"lead_bands": bands}},
+            "policy": {"kind": "plan", "capacity_per_replica": 10, "plan": {"horizon": "2h"}}}]}).target("web").forecaster_params
+
+    assert params("5m", ["10m", "30m", "1h"]).bands == ((1, 2), (3, 6), (7, 12), (13, 24))
+    # at 30-minute steps 10 and 30 minutes are both the first step: one band
+    assert params("30m", ["10m", "30m", "1h"]).bands == ((1, 1), (2, 2), (3, 4))
+    with pytest.raises(Exception, match=r"lead_bands: 3h \(36 steps of 5m\) not inside the horizon of 24 steps"):
+        params("5m", ["3h"])
+    with pytest.raises(Exception, match=r"lead_bands: all steps or all durations, got \[2, '30m'\]"):
+        params("5m", [2, "30m"])
+    with pytest.raises(ForecastError, match="are durations"):  # outside a target: no interval to count them in
+        AutoForecaster(candidates=NAIVES, lead_bands=["30m"]).fit(seasonal(3))
+
+
 def test_failing_candidates_are_skipped_with_the_reason():
     f = AutoForecaster(candidates=[{"name": "no_such_model"}, {"name": "seasonal_naive", "params": {"season": "weekly"}},
                                    {"name": "persistence", "params": {"bogus": 1}}, {"name": "persistence", "label": "p"}],
