@@ -346,7 +346,8 @@ class AutoForecaster(BaseForecaster):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: the choice: a candidate's key; with ``lead_bands``, each band's
-        #: ``key@first-last`` joined by ``+`` (one key where all bands agree)
+        #: ``key@first-last`` joined by ``+`` (adjacent bands with one choice
+        #: as one; one key where all bands agree)
         self.choice: str | None = None
         #: each candidate's score over all scored steps
         self.scores: dict[str, float] = {}
@@ -453,8 +454,13 @@ class AutoForecaster(BaseForecaster):
             self._models, self._band_choice = models, tuple(choice)
             self.scores, self.skipped = scores, skipped
             self.band_scores = band_scores if p.lead_bands is not None else {}
-            self.choice = choice[0] if len(set(choice)) == 1 else "+".join(
-                f"{k}@{lo}-{hi}" for (lo, hi), k in zip(p.bands, choice))
+            runs: list[list] = []  # adjacent bands with one choice read as one
+            for (lo, hi), k in zip(p.bands, choice):
+                if runs and runs[-1][0] == k:
+                    runs[-1][2] = hi
+                else:
+                    runs.append([k, lo, hi])
+            self.choice = choice[0] if len(runs) == 1 else "+".join(f"{k}@{lo}-{hi}" for k, lo, hi in runs)
             self._selected_at = int(history.timestamps[-1])
             return
         self.scores, self.skipped = scores, skipped

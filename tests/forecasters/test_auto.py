@@ -272,6 +272,32 @@ def test_lead_bands_as_durations_become_steps_of_the_targets_interval():
         AutoForecaster(candidates=NAIVES, lead_bands=["30m"]).fit(seasonal(3))
 
 
+def test_a_backtest_of_a_planner_with_banded_auto_uses_the_bands_and_its_reactive_baseline_runs():
+    """The backtest's reactive baseline shares the policy's forecaster config
+    but reads no forecast: bands past its short horizon are not its error.
+    The planner's forecasts are the stitched ones (the version says so)."""
+    from engine.backtest import run_backtest
+    from engine.config import ForecasterConfig
+
+    s = cycle_on_a_walk(4)
+    fc = ForecasterConfig(name="auto", params={"candidates": NAIVES, "lead_bands": ["10m", "1h"], "eval_window": 2 * DAY,
+                                               "n_origins": 24})
+    def lead_forecast(forecaster: ForecasterConfig) -> np.ndarray:
+        r = run_backtest(s, policy={"kind": "plan", "plan": {"horizon": "6h"}}, forecaster=forecaster, trace="cycle")
+        assert "reactive" in r.runs
+        plan = next(run for name, run in r.runs.items() if name not in ("oracle", "reactive"))
+        return plan.forecast_point  # the forecast at the lead time, 10 minutes: the first band's
+
+    banded = lead_forecast(fc)
+    whole = lead_forecast(ForecasterConfig(name="auto", params={**fc.params.model_dump(exclude_unset=True),
+                                                                "lead_bands": None}))
+    alone = lead_forecast(ForecasterConfig(name="persistence"))
+    ok = np.isfinite(banded) & np.isfinite(alone)
+    assert ok.sum() > DAY
+    np.testing.assert_allclose(banded[ok], alone[ok])  # the 10-minute band chose persistence
+    assert np.nanmean(np.abs(whole[ok] - alone[ok])) > 1.0  # one choice for 6 h: seasonal naive
+
+
 def test_failing_candidates_are_skipped_with_the_reason():
     f = AutoForecaster(candidates=[{"name": "no_such_model"}, {"name": "seasonal_naive", "params": {"season": "weekly"}},
                                    {"name": "persistence", "params": {"bogus": 1}}, {"name": "persistence", "label": "p"}],
