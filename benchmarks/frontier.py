@@ -64,6 +64,7 @@ from engine.backtest import (  # noqa: E402
     DEFAULT_FORECASTER,
     DEFAULT_POLICY,
     Prepared,
+    build_forecaster,
     Scenario,
     evaluate,
     prepare,
@@ -356,15 +357,14 @@ def sweep_range(low: float = UTILIZATIONS[0]) -> tuple[float, ...]:
 def one_trace(raw, name: str, settings: dict[str, Any], fcfg: ForecasterConfig, lead_min: int,
               cache: ForecastCache | None = None,
               utilizations: Sequence[float] = UTILIZATIONS) -> dict[str, Any]:
-    from forecasters import create
-
     t0 = time.perf_counter()
     prep = prepare(raw, Scenario(lead_time=timedelta(minutes=lead_min)), trace=name)
     curve = sweep(prep, utilizations)
     t1 = time.perf_counter()
     model = None
     if cache is not None and settings.get("kind", "predictive") != "reactive":
-        model = cache.wrap(create(fcfg.name, fcfg.params))
+        # built as the run would build it (an auto over the policy's horizon)
+        model = cache.wrap(build_forecaster(prep, settings, fcfg))
     run = run_policy(prep, "policy", settings, fcfg, model=model)
     pm = {**run.metrics, **run.actuation}
     row = {"trace": name, "lead_time_min": lead_min, "policy": pm, "hpa": curve,

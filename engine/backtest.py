@@ -834,6 +834,17 @@ def with_resources(prep: Prepared, resources: Sequence[ResourceTrace], resource:
                    resource=resource, resources=tuple(parts), resource_traces=tuple(resources))
 
 
+def build_forecaster(prep: Prepared, policy: PolicyConfig | Mapping[str, Any], forecaster: ForecasterConfig) -> Forecaster:
+    """The forecaster :func:`run_policy` would build for ``policy`` on this
+    trace: from the target's :attr:`~engine.config.TargetConfig.forecaster_params`
+    (an ``auto`` scored over the policy's horizon, its lead bands in steps),
+    for a caller that wraps it (``run_policy(..., model=)``)."""
+    from forecasters import create
+
+    config, _ = replay_policy(policy, prep)
+    return create(forecaster.name, _target("policy", prep.scenario.interval, config, forecaster, prep).forecaster_params)
+
+
 def run_policy(prep: Prepared, name: str, policy: PolicyConfig | Mapping[str, Any], forecaster: ForecasterConfig,
                *, model: Forecaster | None = None, anomalies: AnomalyConfig | None = None,
                progress: Callable[[int, int, Any], None] | None = None) -> PolicyRun:
