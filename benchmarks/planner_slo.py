@@ -33,9 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import policies.planner as P  # noqa: E402
 from benchmarks.frontier import ForecastCache, load_trace  # noqa: E402
 from benchmarks.planner_tuning import tuning_traces  # noqa: E402
-from engine.backtest import Scenario, prepare, run_policy  # noqa: E402
+from engine.backtest import Scenario, build_forecaster, prepare, run_policy  # noqa: E402
 from engine.config import ForecasterConfig  # noqa: E402
-from forecasters import create  # noqa: E402
 
 REC: dict[int, dict] = {}
 _orig = P.plan
@@ -76,7 +75,7 @@ def diag(raw, name, settings, lead, cache):
     REC.clear()
     prep = prepare(raw, Scenario(lead_time=timedelta(minutes=lead)), trace=name)
     fc = ForecasterConfig(name="seasonal_persistence")
-    model = cache.wrap(create(fc.name, fc.params))
+    model = cache.wrap(build_forecaster(prep, settings, fc))
     run = run_policy(prep, "policy", json.loads(json.dumps(settings)), fc, model=model)
     d = np.nan_to_num(prep.series.values)
     ts = prep.series.timestamps

@@ -422,19 +422,20 @@ class AutoForecaster(BaseForecaster):
         p = self.params
         origins = backtest_origins(len(history), p)
         sums: dict[str, StepSums] = {}
+        scores: dict[str, float] = {}
         skipped: dict[str, str] = {}
         for cand in p.candidates:
             try:
-                sums[cand.key] = backtest_step_sums(create_candidate(cand), history, origins, p.horizon_steps,
-                                                    p.under_weight, steps=p.scored_steps,
-                                                    levels=p.levels if p.score == "pinball" else None)
-                sums[cand.key].over().score  # noqa: B018 (no actual: InsufficientHistory, skipped)
+                got = backtest_step_sums(create_candidate(cand), history, origins, p.horizon_steps, p.under_weight,
+                                         steps=p.scored_steps, levels=p.levels if p.score == "pinball" else None)
+                scores[cand.key] = got.over().score  # no actual at all: InsufficientHistory, skipped
+                sums[cand.key] = got
             except SKIPPABLE as exc:
-                sums.pop(cand.key, None)
                 skipped[cand.key] = f"{type(exc).__name__}: {exc}"
-        scores = {k: v.over().score for k, v in sums.items()}
-        band_scores = {f"{lo}-{hi}": {k: v.over(lo, hi).score for k, v in sums.items() if v.over(lo, hi).loss_n}
-                       for lo, hi in p.bands}
+        band_scores: dict[str, dict[str, float]] = {}
+        for lo, hi in p.bands:
+            within = {k: v.over(lo, hi) for k, v in sums.items()}
+            band_scores[f"{lo}-{hi}"] = {k: b.score for k, b in within.items() if b.loss_n}
         models: dict[str, Any] = {}
         choice: list[str] = []
         for lo, hi in p.bands:
@@ -480,9 +481,9 @@ class AutoForecaster(BaseForecaster):
         fc = fcs[self._band_choice[0]]
         if len(fcs) > 1:  # each band's steps from its own choice (the last band's beyond the horizon)
             point, qs = fc.point.copy(), {q: v.copy() for q, v in fc.quantiles.items()}
-            for (lo, hi), key, last in zip(self.params.bands, self._band_choice,
-                                           range(len(self._band_choice) - 1, -1, -1)):
-                cut = slice(lo - 1, None if last == 0 else hi)
+            bands = self.params.bands
+            for j, ((lo, hi), key) in enumerate(zip(bands, self._band_choice)):
+                cut = slice(lo - 1, hi if j < len(bands) - 1 else None)
                 point[cut] = fcs[key].point[cut]
                 for q in qs:
                     qs[q][cut] = fcs[key].quantiles[q][cut]
