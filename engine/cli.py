@@ -91,6 +91,12 @@ def _print_decision(rec: dict[str, Any], verbose: bool = True) -> None:
     if sized_for:  # a target with several resources: the one that set the size
         head += f"  sized for {sized_for}"
     print(head)
+    fit = (rec.get("extra") or {}).get("fit")
+    if fit:  # the model's fits are failing: say what it forecasts with meanwhile
+        uses = (f"forecasting with the model fitted at {fit['fitted_at']}" if fit.get("fitted_at")
+                else "no model to forecast with")
+        print(f"      ! model {fit['model']}: {fit['failures']} fit(s) failed, the last at {fit['failed_at']} "
+              f"({fit['error']}); {uses}; next try {fit['next_try']}")
     if verbose:
         for s in rec["steps"]:
             mark = "*" if s["changed"] else " "

@@ -135,6 +135,10 @@ class ForecasterConfig(_Model):
     #: how often the model's parameters are refit (between refits, update()
     #: takes in new observations every cycle)
     refit_every: Duration = timedelta(days=1)
+    #: a refit that fails is tried again after one interval, then after
+    #: twice as long each time, at most this long apart (and never more
+    #: than ``refit_every``); meanwhile the last good model keeps forecasting
+    fit_retry_max: Duration = timedelta(hours=1)
     #: how much history to fetch and fit on
     history: Duration = timedelta(days=14)
     quantiles: tuple[float, ...] = (0.5, 0.9)
@@ -172,6 +176,13 @@ class ForecasterConfig(_Model):
             v = v.model_dump()
         # the file's context: a path in the params is relative to the file
         return params_cls.model_validate(v if v is not None else {}, context=info.context)
+
+    @field_validator("refit_every", "fit_retry_max")
+    @classmethod
+    def _positive_duration(cls, v: timedelta) -> timedelta:
+        if v <= timedelta(0):
+            raise ValueError(f"{format_duration(v)} must be positive")
+        return v
 
     @field_validator("init_from")
     @classmethod

@@ -47,7 +47,7 @@ from .checkpoints import ModelCheckpoint, shelf_for
 from .config import TargetConfig
 from .core.plugins import capabilities_of
 from .core.errors import (
-    ActuatorError, ForecastError, MetricSourceError, StateError,
+    ActuatorError, ForecastError, InsufficientHistory, MetricSourceError, StateError,
 )
 from .logs import log_context, set_log_fields
 from .feedback import LIVE_ACCURACY_WINDOW, Feedback, MemoryFeedback, StoreFeedback, seasonal_naive_scale
@@ -83,6 +83,20 @@ def latest_observation(history: Series) -> Observation | None:
     return Observation(last[1], last[0]) if last is not None else None
 
 
+def _copy_model(model: Forecaster) -> Forecaster:
+    """A copy of a fitted model to refit, so that a refit that fails
+    leaves the model it was made from as it was (a model that cannot be
+    copied is refitted in place, as before)."""
+    import copy
+
+    try:
+        return copy.deepcopy(model)
+    except Exception as exc:  # noqa: BLE001 - a plugin's model that does not copy is refitted in place
+        log.debug("model %s does not copy (%s: %s): refitted in place", type(model).__name__,
+                  type(exc).__name__, exc)
+        return model
+
+
 class _Slot:
     """One forecaster the runner keeps fitted: the configured model, or a
     quality-gate fallback running in shadow. ``tracker`` holds its own
@@ -96,6 +110,36 @@ class _Slot:
         self.last_fit: datetime | None = None
         self.tracker = MemoryFeedback(horizons_s, levels=levels)
         self.calibrator = calibrator  # forecaster.calibration: its forecasts' conformal shift
+        #: the fits that failed since the last one that did (see
+        #: :meth:`TargetRunner.fit_failed`): how many, when the last one
+        #: failed and why, and when the next is tried
+        self.fit_failures = 0
+        self.failed_at: datetime | None = None
+        self.fit_error: str | None = None
+        self.retry_at: datetime | None = None
+        #: a model not fitted yet for too little history: why (its next
+        #: fit waits for the history it needs, not counted as a failure)
+        self.warming_up: str | None = None
+
+    def carry_fits(self, other: "_Slot") -> None:
+        """Take ``other``'s model, when it was fitted and where its failing
+        fits stand (a config reload that keeps the model)."""
+        self.forecaster, self.last_fit = other.forecaster, other.last_fit
+        self.fit_failures, self.failed_at, self.fit_error = other.fit_failures, other.failed_at, other.fit_error
+        self.retry_at, self.warming_up = other.retry_at, other.warming_up
+
+    def fit_state(self, now: datetime) -> dict[str, Any] | None:
+        """What the decision records of a model whose fits are failing
+        (None while they succeed): ``failed`` when one failed at ``now``,
+        ``waiting`` while it waits for the next try; the model it forecasts
+        with meanwhile (fitted when; None: none, so no forecast)."""
+        if self.fit_error is None:
+            return None
+        return {"status": "failed" if self.failed_at == now else "waiting", "model": self.name,
+                "error": self.fit_error, "failures": self.fit_failures,
+                "failed_at": isoformat(self.failed_at) if self.failed_at else None,
+                "next_try": isoformat(self.retry_at) if self.retry_at else None,
+                "fitted_at": isoformat(self.last_fit) if self.last_fit else None}
 
 
 class TargetRunner:
@@ -172,28 +216,92 @@ class TargetRunner:
     def last_fit(self, value: datetime | None) -> None:
         self.primary.last_fit = value
 
+    def fit_due(self, slot: _Slot, now: datetime) -> bool:
+        """Whether ``slot``'s model is refitted at ``now``: never fitted, or
+        fitted ``refit_every`` ago, and not waiting after a failed fit
+        (:meth:`fit_failed`; half an interval early counts, as a cycle's
+        clock is never exact)."""
+        if slot.last_fit is not None and now - slot.last_fit < self.target.forecaster.refit_every:
+            return False
+        return slot.retry_at is None or now >= slot.retry_at - self.target.interval / 2
+
+    def fit_failed(self, slot: _Slot, now: datetime, why: str) -> None:
+        """Record that ``slot``'s fit failed at ``now``: the next is tried
+        one interval later, then twice as long after each failure, at most
+        ``forecaster.fit_retry_max`` (and ``refit_every``) apart. A model
+        whose refit fails is the one that was fitted before, kept and
+        updated meanwhile; a model never fitted forecasts nothing."""
+        fc = self.target.forecaster
+        slot.fit_failures += 1
+        slot.failed_at, slot.fit_error = now, why
+        cap = min(fc.fit_retry_max, fc.refit_every)
+        slot.retry_at = now + min(cap, self.target.interval * 2 ** min(slot.fit_failures - 1, 30))
+
+    def fit_waits(self, slot: _Slot, now: datetime, have: int, need: int, why: str) -> None:
+        """Record that ``slot``'s first fit found too little history (``have``
+        of the ``need`` observations): not a failure (nothing counted), but
+        the next fit is tried once the history can have grown enough, one
+        observation an interval (at least one interval on, at most
+        ``fit_retry_max`` and ``refit_every``)."""
+        fc = self.target.forecaster
+        steps = max(1, int(need) - int(have))
+        slot.warming_up = why
+        slot.retry_at = now + min(fc.fit_retry_max, fc.refit_every, self.target.interval * min(steps, 1 << 20))
+
     def _maintain(self, slot: _Slot, history: Series, now: datetime,
                   covariates: dict[str, Series] | None = None) -> None:
         assert slot.forecaster is not None
         fc = self.target.forecaster
-        due = slot.last_fit is None or now - slot.last_fit >= fc.refit_every
         kw: dict[str, Any] = {}
         if covariates and capabilities_of(slot.forecaster).takes_covariates:
             kw["covariates"] = covariates
-        if due:
+        if self.fit_due(slot, now):
             start = to_epoch(now - fc.history)
             window = history.since(start)
+            fit_kw = dict(kw)
             if "covariates" in kw:
-                kw["covariates"] = {k: v.since(start) for k, v in covariates.items()}  # type: ignore[union-attr]
-            slot.forecaster.fit(window, **kw)
-            self._fitted(slot, window, now)
-        else:
-            slot.forecaster.update(history, **kw)
-            if slot is self.primary and self._scale is None:  # e.g. a model restored from a checkpoint
-                self._scale = seasonal_naive_scale(history.since(to_epoch(now - fc.history)))
+                fit_kw["covariates"] = {k: v.since(start) for k, v in covariates.items()}  # type: ignore[union-attr]
+            if self._refit(slot, window, now, fit_kw):
+                return
+        elif slot.last_fit is None and slot.fit_error is None:  # too little history, waiting for more
+            raise ForecastError(f"{slot.warming_up}; the fit is tried again at {isoformat(slot.retry_at)}")
+        elif slot.last_fit is None:  # no usable model, waiting to fit one again
+            raise ForecastError(f"no usable model of {slot.name}: it failed at {isoformat(slot.failed_at)} "
+                                f"({slot.fit_error}); the next fit at {isoformat(slot.retry_at)}")
+        slot.forecaster.update(history, **kw)
+        if slot is self.primary and self._scale is None:  # e.g. a model restored from a checkpoint
+            self._scale = seasonal_naive_scale(history.since(to_epoch(now - fc.history)))
+
+    def _refit(self, slot: _Slot, window: Series, now: datetime, kw: dict[str, Any]) -> bool:
+        """Fit ``slot``'s model on ``window``; True when it did. A model
+        fitted before is refitted as a copy, so that a fit that fails
+        (raises) leaves it as it was: it is kept, and False returned (the
+        caller updates it); with none to keep, the failure is raised."""
+        assert slot.forecaster is not None
+        kept = slot.last_fit is not None
+        model = _copy_model(slot.forecaster) if kept else slot.forecaster
+        try:
+            model.fit(window, **kw)
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, InsufficientHistory) and not kept:  # a new model warming up
+                self.fit_waits(slot, now, exc.have, exc.need, str(exc))
+                raise
+            self.fit_failed(slot, now, why)
+            if not kept:
+                raise
+            log.warning("target %s: the refit of %s failed (%s); forecasting with the model fitted at %s "
+                        "until it fits (next try %s)", self.target.name, slot.name, why, isoformat(slot.last_fit),
+                        isoformat(slot.retry_at), extra={"target": self.target.name})
+            return False
+        slot.forecaster = model
+        self._fitted(slot, window, now)
+        return True
 
     def _fitted(self, slot: _Slot, window: Series, now: datetime) -> None:
         slot.last_fit = now
+        # (the count of failures goes back to 0 once the model also forecasts: _guarded)
+        slot.failed_at, slot.fit_error, slot.retry_at, slot.warming_up = None, None, None, None
         if slot is self.primary:
             self._scale = seasonal_naive_scale(window)
 
@@ -204,8 +312,7 @@ class TargetRunner:
         cycle's update is cheap and stays here). What a batched cycle sends
         to an executor to fit elsewhere (:mod:`engine.fleet`)."""
         fc = self.target.forecaster
-        if self.primary.forecaster is None or history.n_valid == 0 or (
-                self.primary.last_fit is not None and now - self.primary.last_fit < fc.refit_every):
+        if self.primary.forecaster is None or history.n_valid == 0 or not self.fit_due(self.primary, now):
             return None
         if self.anomalies is not None:
             history = self.anomalies.mask(history)
@@ -229,7 +336,8 @@ class TargetRunner:
             return None
         if self.anomalies is not None:
             history = self.anomalies.mask(history)
-        return self._guarded(self.primary, lambda: self._checked_maintain(self.primary, history, now, covariates))[1]
+        return self._guarded(self.primary, now,
+                             lambda: self._checked_maintain(self.primary, history, now, covariates))[1]
 
     def forecast(self, history: Series, now: datetime, slot: _Slot | None = None,
                  covariates: dict[str, Series] | None = None,
@@ -248,7 +356,7 @@ class TargetRunner:
             return self.calibrated(chosen, history,
                                    chosen.forecaster.predict(now, steps, self.target.forecast_quantiles))
 
-        return self._guarded(chosen, fit_and_predict)
+        return self._guarded(chosen, now, fit_and_predict)
 
     def calibrated(self, slot: _Slot | None, history: Series, fc: Forecast) -> Forecast:
         """``fc`` shifted by the slot's conformal calibration
@@ -263,20 +371,26 @@ class TargetRunner:
             raise ForecastError("no valid observations in the history")
         self._maintain(slot, history, now, covariates)
 
-    @staticmethod
-    def _guarded(slot: _Slot, call: Callable[[], Any]) -> tuple[Any, str | None]:
+    def _guarded(self, slot: _Slot, now: datetime, call: Callable[[], Any]) -> tuple[Any, str | None]:
         """``call()``, or None and why it failed: a ForecastError is the
         reason the policy falls back; any other exception is a model bug,
-        logged, and the model is refit next cycle."""
+        logged, and the model is dropped and refitted next cycle (backing
+        off as after a failed fit when that happens again: :meth:`fit_failed`)."""
         try:
-            return call(), None
+            out = call()
         except ForecastError as exc:
             return None, f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # a model bug must not stop the loop
+            why = f"{type(exc).__name__}: {exc}"
             log.warning("forecaster %s failed: %s", slot.name,
                         "".join(traceback.format_exception_only(exc)).strip())
-            slot.last_fit = None  # refit next cycle
-            return None, f"{type(exc).__name__}: {exc}"
+            if slot.failed_at != now:  # failed in update or predict, not in a fit (already counted)
+                self.fit_failed(slot, now, why)
+            slot.last_fit = None
+            return None, why
+        if slot.fit_error is None:  # fitted, and it forecasts: no longer failing
+            slot.fit_failures = 0
+        return out, None
 
     def _live_errors(self, slot: _Slot, now: datetime) -> dict[str, float | None]:
         """The slot's live MASE and, with ``score: pinball``, its live
@@ -370,6 +484,9 @@ class TargetRunner:
         self._previous = forecast
         #: this cycle's anomaly (and its step), for the decision (step())
         self.flagged = (anomaly, flag)
+        fit_state = self.primary.fit_state(now) if self.primary.forecaster is not None else None
+        if fit_state is not None:
+            extra["fit"] = fit_state  # its fits are failing: what it forecasts with meanwhile
         selection = getattr(self.primary.forecaster, "selection", None)
         if isinstance(selection, dict) and selection:
             extra["selection"] = selection  # the auto forecaster's choice and scores
@@ -664,19 +781,37 @@ class LiveTarget:
         """The outcome of the refit of :meth:`refit_job` on ``where`` (the
         executor's kind): a :class:`engine.fits.FittedModel` becomes the
         configured model (a note says which process fitted it); anything
-        else (an :class:`engine.executor.TaskFailure`) is returned as this
-        cycle's forecast error, the reason the policy falls back."""
+        else (an :class:`engine.executor.TaskFailure`, a model that does not
+        load) is a failed fit (:meth:`TargetRunner.fit_failed`, tried again
+        later): the model fitted before forecasts meanwhile (a note says
+        so), and with none, it is returned as this cycle's forecast error,
+        the reason the policy falls back."""
         from .fits import FittedModel
 
         assert cycle.inputs is not None and self.runner.forecaster is not None
+        now = cycle.inputs.now
         if not isinstance(fitted, FittedModel):
-            return f"ForecastError: the refit on the {where} executor failed ({fitted.kind}): {fitted.reason}"
-        try:
-            model = fitted.load(type(self.runner.forecaster))
-        except Exception as exc:  # noqa: BLE001 - a model that does not load is this target's forecast error
-            return (f"ForecastError: the model refitted on the {where} executor does not load: "
-                    f"{type(exc).__name__}: {exc}")
-        self.runner.take_fit(model, window, cycle.inputs.now)
+            why = f"the refit on the {where} executor failed ({fitted.kind}): {fitted.reason}"
+        else:
+            try:
+                model = fitted.load(type(self.runner.forecaster))
+                why = None
+            except Exception as exc:  # noqa: BLE001 - a model that does not load is a failed refit
+                why = f"the model refitted on the {where} executor does not load: {type(exc).__name__}: {exc}"
+        if why is not None:
+            slot = self.runner.primary
+            short = getattr(fitted, "history", None)
+            if short is not None and slot.last_fit is None:  # a new model warming up: not a failure
+                self.runner.fit_waits(slot, now, short[0], short[1], why)
+                return f"ForecastError: {why}"
+            self.runner.fit_failed(slot, now, why)
+            if slot.last_fit is None:  # no model to keep: this cycle's forecast error
+                return f"ForecastError: {why}"
+            # the model fitted before forecasts (updated here) until a refit succeeds
+            cycle.notes["model"] = (f"{why}; forecasting with the model fitted at {isoformat(slot.last_fit)} "
+                                    f"(next try {isoformat(slot.retry_at)})")
+            return None
+        self.runner.take_fit(model, window, now)
         cycle.notes["model"] = (f"{fitted.version} refitted on the {where} executor (pid {fitted.pid}, "
                                 f"{fitted.seconds:.2f} s)")
         return None

@@ -155,8 +155,7 @@ class TargetWorker:
         # keep the fitted model and the history when neither the forecaster
         # nor the interval changed (a mode or policy change needs no refit)
         if old.target.forecaster == target.forecaster and old.target.interval == target.interval:
-            live.runner.forecaster = old.runner.forecaster
-            live.runner.last_fit = old.runner.last_fit
+            live.runner.primary.carry_fits(old.runner.primary)  # the model, and its fits' back-off
             live.history = old.history
             live.covariate_history = old.covariate_history
             # the model in memory is the newest: no checkpoint to restore
@@ -803,6 +802,9 @@ class Daemon:
                     m.actuation_error(res.target)
                 if res.details.get("forecast_error"):
                     m.forecast_failure(res.target)
+                if w is not None and res.decision is not None and w.live.runner.forecaster is not None:
+                    fit = res.decision.extra.get("fit") or {}
+                    m.observe_fit(res.target, w.live.runner.last_fit, fit.get("status") == "failed")
                 # (not for a timeout report: the stuck cycle still uses that connection)
                 if w is not None and w.target.mode == "approve" and not res.details.get("timeout"):
                     from .core.types import PlanStatus

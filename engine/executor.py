@@ -99,6 +99,8 @@ class TaskFailure:
     kind: Literal["error", "lost", "timeout"]
     reason: str
     attempts: int = 1
+    #: a fit that found too little history: (observations it has, it needs)
+    history: tuple[int, int] | None = None
 
 
 @dataclass

@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from forecasters.auto import SKIPPABLE
 
+from .core.errors import InsufficientHistory
 from .core.types import Series
 from .core.units import from_epoch
 from .executor import Task, TaskFailure
@@ -82,7 +83,8 @@ def fit_series(target: str, history: Series, name: str, params: Mapping[str, Any
         model = (model_class or registry.get(name))(dict(params))
         model.fit(history)
     except SKIPPABLE as exc:  # this history cannot fit this model: no retry
-        return TaskFailure(target, "error", f"{type(exc).__name__}: {exc}")
+        short = (exc.have, exc.need) if isinstance(exc, InsufficientHistory) else None
+        return TaskFailure(target, "error", f"{type(exc).__name__}: {exc}", history=short)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "model"
         model.save(path)

@@ -321,23 +321,26 @@ def batched_forecasts(members: Sequence[LiveTarget], cycles: Sequence[PendingCyc
 
 def refits_elsewhere(members: Sequence[LiveTarget], cycles: Sequence[PendingCycle], now: datetime,
                      executor: Any, deadline: float | None = None
-                     ) -> tuple[dict[int, tuple[Forecast | None, str | None]], int, int]:
+                     ) -> tuple[dict[int, tuple[Forecast | None, str | None]], int, int, int]:
     """Send the due refits of the members' per-series models (not a batched
     model, no quality gate, no ``init_from`` fine-tuning, no covariates) to
     ``executor``, one task per target carrying only the history it fits on,
     the forecaster's class, name and parameters; each fitted model comes back
     as bytes and becomes that target's model, which then predicts in the
     decide step as always. A task that failed or whose worker was lost is
-    that target's forecast error (index -> (None, reason): reactive
-    fallback, never a scale-down); the others are untouched. ``deadline``:
-    seconds the run may take (``executor.deadline``); a refit unfinished by
-    then is a ``timeout`` failure, the same fallback, and tried again at the
-    next cycle (the model's last fit is unchanged, so its refit is still
-    due). Returns those errors, the number of refits sent and how many of
-    them were past the deadline."""
+    a failed fit of that target (:meth:`LiveTarget.take_refit`): the model
+    fitted before, if any, forecasts meanwhile; with none it is that
+    target's forecast error (index -> (None, reason): reactive fallback,
+    never a scale-down); the others are untouched. ``deadline``: seconds the
+    run may take (``executor.deadline``); a refit unfinished by then is a
+    ``timeout`` failure, handled the same. A failed refit is tried again
+    one interval later, then backing off (:meth:`TargetRunner.fit_failed`).
+    Returns those errors, the number of refits sent, how many of them
+    failed (those errors and the failures a kept model covers) and how
+    many of those were past the deadline."""
     jobs = refit_jobs(members, cycles)
     if not jobs:
-        return {}, 0, 0
+        return {}, 0, 0, 0
     return send_refits(members, cycles, jobs, executor, deadline)
 
 
@@ -360,10 +363,10 @@ def refit_jobs(members: Sequence[LiveTarget], cycles: Sequence[PendingCycle]) ->
 
 def send_refits(members: Sequence[LiveTarget], cycles: Sequence[PendingCycle], jobs: Sequence[tuple[int, Series]],
                 executor: Any, deadline: float | None = None
-                ) -> tuple[dict[int, tuple[Forecast | None, str | None]], int, int]:
+                ) -> tuple[dict[int, tuple[Forecast | None, str | None]], int, int, int]:
     """:func:`refits_elsewhere` for the jobs of :func:`refit_jobs`."""
     from .executor import Task
-    from .fits import fit_params, fit_series
+    from .fits import FittedModel, fit_params, fit_series
 
     # the history goes with its one task, not scattered (``share``): data
     # scattered to a worker that dies is lost, and the task with it
@@ -372,18 +375,25 @@ def send_refits(members: Sequence[LiveTarget], cycles: Sequence[PendingCycle], j
              for m, w in ((members[i], w) for i, w in jobs)]
     try:
         outcomes = executor.run(fit_series, tasks, deadline=deadline)
-    except Exception as exc:  # noqa: BLE001 - the executor itself failed: each target falls back with why
+    except Exception as exc:  # noqa: BLE001 - the executor itself failed: each target's refit failed
         log.warning("refits of %d targets on the %s executor failed: %s: %s", len(tasks), executor.kind,
                     type(exc).__name__, exc)
-        return {i: (None, f"ForecastError: the refit on the {executor.kind} executor failed: "
-                          f"{type(exc).__name__}: {exc}") for i, _ in jobs}, len(jobs), 0
+        from .executor import TaskFailure
+
+        outcomes = [TaskFailure(t.key, "error", f"the executor failed: {type(exc).__name__}: {exc}")
+                    for t in tasks]
     out: dict[int, tuple[Forecast | None, str | None]] = {}
+    failures = timeouts = 0
     for (i, window), fitted in zip(jobs, outcomes):
         why = members[i].take_refit(cycles[i], window, fitted, executor.kind)
         if why is not None:
             log.warning("target %s: %s", members[i].target.name, why, extra={"target": members[i].target.name})
             out[i] = (None, why)
-    return out, len(jobs), sum(1 for f in outcomes if getattr(f, "kind", None) == "timeout")
+        now_i = cycles[i].inputs.now  # type: ignore[union-attr]
+        if not isinstance(fitted, FittedModel) or members[i].runner.primary.failed_at == now_i:
+            failures += 1  # (a fitted model that does not load too)
+            timeouts += getattr(fitted, "kind", None) == "timeout"
+    return out, len(jobs), failures, timeouts
 
 
 def run_refitting_elsewhere(live: LiveTarget, now: datetime, executor: Callable[[], Any],
@@ -393,15 +403,16 @@ def run_refitting_elsewhere(live: LiveTarget, now: datetime, executor: Callable[
     on the executor ``executor()`` returns, asked only when a refit is due
     (None: it could not be opened; the refit is made here, as without one).
     The same refits, results and failures as a template's
-    (:func:`refits_elsewhere`): a failed, lost or late refit is this
-    target's forecast error, reactive fallback, and due again next cycle."""
+    (:func:`refits_elsewhere`): a failed, lost or late refit leaves the
+    model fitted before forecasting (with none: this target's forecast
+    error, reactive fallback) and is tried again, backing off."""
     cycle = live.begin(now)
     forecast = None
     jobs = refit_jobs([live], [cycle])
     if jobs:
         ex = executor()
         if ex is not None:
-            failed, _, _ = send_refits([live], [cycle], jobs, ex, deadline)
+            failed, _, _, _ = send_refits([live], [cycle], jobs, ex, deadline)
             forecast = failed.get(0)
     live.decide(cycle, forecast)
     return live.finish(cycle)
@@ -519,9 +530,9 @@ def run_batch(members: Sequence[LiveTarget], now: datetime, store: Any, fetch: T
         lap("gather")
         forecasts, calls = batched_forecasts(members, ready, now)
         lap("forecast")
-        refits, failed, late = 0, {}, 0
+        refits, failed, fails, late = 0, {}, 0, 0
         if executor is not None:
-            failed, refits, late = refits_elsewhere(members, ready, now, executor, deadline)
+            failed, refits, fails, late = refits_elsewhere(members, ready, now, executor, deadline)
             forecasts.update(failed)
             lap("refit")
         for part in _chunks(range(len(members))):
@@ -553,7 +564,7 @@ def run_batch(members: Sequence[LiveTarget], now: datetime, store: Any, fetch: T
         if fetch is not None:
             fetch.clear()
     batched = sum(1 for i, (fc, _) in forecasts.items() if fc is not None)
-    return BatchReport(results, seconds, batched, calls, refits, len(failed), late)  # type: ignore[arg-type]
+    return BatchReport(results, seconds, batched, calls, refits, fails, late)  # type: ignore[arg-type]
 
 
 def _run_apart(members: Sequence[LiveTarget], now: datetime, executor: Any, deadline: float | None,
@@ -574,9 +585,9 @@ def _run_apart(members: Sequence[LiveTarget], now: datetime, executor: Any, dead
     forecasts, calls = batched_forecasts(members, ready, now)
     lap("forecast")
     failed: dict[int, Any] = {}
-    refits = late = 0
+    refits = fails = late = 0
     if executor is not None:
-        failed, refits, late = refits_elsewhere(members, ready, now, executor, deadline)
+        failed, refits, fails, late = refits_elsewhere(members, ready, now, executor, deadline)
         forecasts.update(failed)
         lap("refit")
     for i in every:
@@ -585,7 +596,7 @@ def _run_apart(members: Sequence[LiveTarget], now: datetime, executor: Any, dead
     results = _side_by_side(members, lambda i: members[i].finish(ready[i]), every)
     lap("record")
     batched = sum(1 for fc, _ in forecasts.values() if fc is not None)
-    return BatchReport(results, seconds, batched, calls, refits, len(failed), late)
+    return BatchReport(results, seconds, batched, calls, refits, fails, late)
 
 
 def _labelset(labels: dict[str, str]) -> str:

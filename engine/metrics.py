@@ -33,6 +33,11 @@ reserved label names. Every one is labelled by ``target``.
 ``forescale_fetch_errors_total``              counter    metric source failures
 ``forescale_actuation_errors_total``          counter    actuator failures
 ``forescale_forecast_failures_total``         counter    forecasts that could not be made
+``forescale_model_fit_failures_total``        counter    fits of the configured model that failed
+                                                         (raised, timed out or lost on an executor);
+                                                         the model fitted before forecasts meanwhile
+``forescale_model_fit_timestamp_seconds``     gauge      when the model it forecasts with was fitted
+                                                         (``time() -`` it: the model's age)
 ``forescale_last_success_timestamp_seconds``  gauge      end of the last successful cycle
 ``forescale_cycle_interval_seconds``          gauge      the target's configured cycle interval (for
                                                          "no successful cycle for N intervals")
@@ -248,6 +253,10 @@ class EngineMetrics:
         self.actuation_errors = Counter("forescale_actuation_errors", "Actuator failures", ["target"], registry=r)
         self.forecast_failures = Counter("forescale_forecast_failures", "Forecasts that could not be made",
                                          ["target"], registry=r)
+        self.fit_failures = Counter("forescale_model_fit_failures", "Fits of the configured model that "
+                                    "failed (the model fitted before forecasts meanwhile)", ["target"], registry=r)
+        self.fit_time = Gauge("forescale_model_fit_timestamp_seconds", "Unix time the model the target "
+                              "forecasts with was fitted", ["target"], registry=r)
         self.fallback_cycles = Counter("forescale_fallback_cycles", "Cycles that fell back to reactive, by the "
                                        "data step's reason code", ["target", "reason"], registry=r)
         # ``resource``: "" on a target's one signal (Prometheus reads an empty
@@ -319,7 +328,7 @@ class EngineMetrics:
                             pass
         for a in alerts or ():
             self.alert_threshold.labels(target=target, alert=a.name).set(a.value)
-        for c in (self.fetch_errors, self.actuation_errors, self.forecast_failures):
+        for c in (self.fetch_errors, self.actuation_errors, self.forecast_failures, self.fit_failures):
             c.labels(target=target)
         for name in signals:  # each signal's anomalies ("": a target's one signal)
             self.anomalies.labels(target=target, resource=name)
@@ -431,6 +440,19 @@ class EngineMetrics:
 
     def forecast_failure(self, target: str) -> None:
         self.forecast_failures.labels(target=target).inc()
+
+    def observe_fit(self, target: str, fitted_at: datetime | None, failed: bool) -> None:
+        """The configured model after a cycle: when the one it forecasts
+        with was fitted (None: none is), and whether a fit failed in it."""
+        if failed:
+            self.fit_failures.labels(target=target).inc()
+        if fitted_at is not None:
+            self.fit_time.labels(target=target).set(fitted_at.timestamp())
+        else:
+            try:
+                self.fit_time.remove(target)
+            except KeyError:
+                pass
 
     def fallback_cycle(self, target: str, reason: str) -> None:
         self.fallback_cycles.labels(target=target, reason=reason).inc()

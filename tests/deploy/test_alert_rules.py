@@ -50,7 +50,7 @@ def exported_names() -> set[str]:
 def test_rules_pass_promtool_check():
     r = run("check", "rules", str(RULES), cwd=DEPLOY)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "SUCCESS: 10 rules found" in r.stdout
+    assert "SUCCESS: 11 rules found" in r.stdout
 
 
 def test_every_alert_fires_in_the_unit_tests():
@@ -67,6 +67,8 @@ def test_every_alert_fires_in_the_unit_tests():
     ("ForescaleCycleStale", "> 3 * forescale_cycle_interval_seconds", "> 300 * forescale_cycle_interval_seconds"),
     ("ForescaleAnomalies", "increase(forescale_anomalies_total[30m]) >= 3",
      "increase(forescale_anomalies_total[30m]) >= 30"),
+    ("ForescaleModelFitsFailing", "increase(forescale_model_fit_failures_total[2h]) >= 3",
+     "increase(forescale_model_fit_failures_total[2h]) >= 30"),
 ])
 def test_the_unit_tests_catch_a_broken_rule(tmp_path: Path, alert: str, old: str, new: str):
     # a rule whose threshold no longer fires must fail promtool test rules

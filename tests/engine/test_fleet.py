@@ -843,6 +843,49 @@ def test_a_files_target_whose_refit_hangs_falls_back_with_timeout_and_refits_nex
         d.shutdown(30)
 
 
+@on_executors()
+def test_a_refit_that_fails_on_the_executor_leaves_the_model_fitted_before_forecasting_and_backs_off(
+        tmp_path, fit_probe, executor):
+    if executor["kind"] == "dask":
+        pytest.importorskip("distributed")
+    broken, log = tmp_path / "broken", tmp_path / "fits.log"
+    t = np.arange(2 * DAY // 300)
+    trace = write_trace(tmp_path / "load.csv", 40 + 20 * np.sin(2 * np.pi * t / 288))
+    targets = [target_dict("alice", trace, mode="dry-run", forecaster={
+        "name": "fit_probe", "history": "2h", "refit_every": "1h",
+        "params": {"who": "alice", "raise_marker": str(broken), "fit_log": str(log)}})]
+    cfg = write_config(tmp_path / "c.yaml", targets, executor=executor)
+    start = T0 + timedelta(days=1)
+    run = Driven(cfg, start)
+
+    def at(minutes: int):
+        before = log.read_text().count("alice") if log.exists() else 0
+        res = run.cycle(at=start + timedelta(minutes=minutes))["alice"]
+        return res, log.read_text().count("alice") > before
+
+    try:
+        res, fitted = at(0)
+        assert fitted
+        assert_refitted_elsewhere(res, executor["kind"])
+        broken.write_text("")
+        # due at 60: the executor's fit raises; the model fitted at 0 forecasts
+        for minutes, sent in ((60, True), (65, True), (70, False), (75, True)):
+            res, tried = at(minutes)
+            assert tried == sent, minutes
+            assert res.ok and res.forecast is not None and not res.decision.fallback, minutes
+            assert res.decision.extra["fit"]["fitted_at"] == "2024-03-02T00:00:00Z"
+            if sent:
+                note = res.details["model"]
+                assert f"the refit on the {executor['kind']} executor failed (error)" in note, note
+                assert "forecasting with the model fitted at 2024-03-02T00:00:00Z" in note, note
+        broken.unlink()
+        res, tried = at(95)  # 75 + 20 minutes: fitted on the executor again
+        assert tried and "fit" not in res.decision.extra
+        assert_refitted_elsewhere(res, executor["kind"])
+    finally:
+        run.d.shutdown(30)
+
+
 @pytest.mark.prometheus
 @on_executors(deadline="10s")
 def test_a_refit_that_hangs_past_the_deadline_falls_back_for_its_target_only_and_is_retried_next_cycle(

@@ -2,7 +2,11 @@
 fit kills its worker process or raises for the target its parameters name
 (``who``, filled in from a template's label), or whose first fit hangs
 (``hang_for``: it writes its pid to ``hang_marker`` and sleeps; a later
-fit, the marker there, fits at once). Module-level, so a pool
+fit, the marker there, fits at once), or that raises while the file
+``raise_marker`` exists (a model that fitted, then stops fitting), or that
+needs ``need`` valid observations (``InsufficientHistory`` with fewer). Every
+fit appends its target's name to ``fit_log`` when that is set.
+Module-level, so a pool
 process or a Dask worker imports it by name when a task carries the class."""
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ class FitProbeParams(PersistenceParams):
     raise_for: str = ""
     hang_for: str = ""
     hang_marker: str = ""
+    raise_marker: str = ""
+    need: int = 0
+    fit_log: str = ""
 
 
 class FitProbe(Persistence):
@@ -28,6 +35,15 @@ class FitProbe(Persistence):
 
     def _fit(self, history) -> None:
         p = self.params
+        if p.fit_log:
+            with open(p.fit_log, "a") as f:
+                f.write(f"{p.who}\n")
+        if history.n_valid < p.need:
+            from engine.core.errors import InsufficientHistory
+
+            raise InsufficientHistory(history.n_valid, p.need, "fit_probe")
+        if p.raise_marker and os.path.exists(p.raise_marker):
+            raise RuntimeError(f"the fit of {p.who} fails while {os.path.basename(p.raise_marker)} exists")
         if p.who and p.who == p.die_for:
             if multiprocessing.parent_process() is None:  # never the process running the tests
                 raise RuntimeError(f"would kill the process fitting {p.who}; run it on an executor")

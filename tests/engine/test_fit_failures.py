@@ -1,0 +1,173 @@
+"""A model whose fits fail, in a real daemon: the model fitted before keeps
+forecasting (the policy is not thrown back to reactive by a failed refit),
+a failing fit is tried again one interval later and then backing off (not
+every cycle), a model that never fitted falls back and never scales down,
+a new model short of history is fitted as soon as it has enough (not
+counted as failing), and the failures are on the decision, in ``forescale
+decisions``, and in ``forescale_model_fit_failures_total`` /
+``..._fit_timestamp_seconds``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from engine.cli import main
+from engine.daemon import Daemon
+from engine.metrics import EngineMetrics
+from engine.core.clock import ManualClock
+from tests.support.live import T0, Platform, target_dict, write_config, write_trace
+
+DAY = 86400
+START = T0 + timedelta(days=1)
+
+
+@pytest.fixture
+def fit_probe():
+    from forecasters import registry
+    from tests.support.fleet_models import FitProbe
+
+    registry.register("fit_probe", FitProbe)
+    yield FitProbe
+    registry.unregister("fit_probe")
+
+
+def probe_target(name: str, trace: Path, folder: Path, **params) -> dict:
+    return target_dict(name, trace, mode="auto", forecaster={
+        "name": "fit_probe", "history": "2h", "refit_every": "1h",
+        "params": {"who": name, "fit_log": str(folder / "fits.log"), **params}})
+
+
+class Run:
+    """A real daemon on a hand-driven clock running the one target ``who``;
+    ``tried``: the minutes (after START) of the cycles that fitted its
+    model, or tried to."""
+
+    def __init__(self, cfg: Path, who: str) -> None:
+        self.clock, self.mono = ManualClock(START), [1000.0]
+        self.metrics = EngineMetrics()
+        self.results: list = []
+        self.who, self.log, self.tried = who, cfg.parent / "fits.log", []
+        self.d = Daemon(cfg, clock=self.clock, monotonic=lambda: self.mono[0], on_result=self.results.append,
+                        metrics=self.metrics, build_actuator=lambda t, c=None: Platform(capacity=3))
+
+    def fits(self) -> int:
+        return self.log.read_text().split().count(self.who) if self.log.exists() else 0
+
+    def at(self, minutes: int):
+        """The cycle at ``minutes`` after START: its result, and whether it
+        tried a fit."""
+        before = self.fits()
+        self.clock.set(START + timedelta(minutes=minutes))
+        self.results.clear()
+        self.d.tick()
+        for w in self.d.workers.values():
+            assert w.wait(60)
+        self.mono[0] += 300
+        tried = self.fits() > before
+        if tried:
+            self.tried.append(minutes)
+        return {r.target: r for r in self.results}[self.who], tried
+
+    def metric(self, name: str, target: str) -> float | None:
+        body, _ = self.metrics.exposition()
+        for fam in text_string_to_metric_families(body.decode()):
+            for s in fam.samples:
+                if s.name == name and s.labels.get("target") == target:
+                    return s.value
+        return None
+
+
+def test_a_model_whose_refit_fails_keeps_forecasting_and_is_retried_backing_off(tmp_path, fit_probe, capsys):
+    t = np.arange(3 * DAY // 300)
+    trace = write_trace(tmp_path / "load.csv", 40 + 20 * np.sin(2 * np.pi * t / 288))
+    broken = tmp_path / "broken"
+    cfg = write_config(tmp_path / "c.yaml", [probe_target("alice", trace, tmp_path, raise_marker=str(broken))])
+    run = Run(cfg, "alice")
+    seen = {}
+    try:
+        for minutes in range(0, 205, 5):
+            if minutes == 5:
+                broken.write_text("")  # from now on every fit of alice raises
+            if minutes == 140:
+                broken.unlink()  # and from now on it fits again
+            seen[minutes], _ = run.at(minutes)
+            if minutes == 100:
+                assert run.metric("forescale_model_fit_failures_total", "alice") == 4
+                assert run.metric("forescale_model_fit_timestamp_seconds", "alice") == START.timestamp()
+    finally:
+        run.d.shutdown(30)
+    # fitted at 0; due at 60, failing: tried again 5, 10, 20, 40, then at
+    # most the hour (fit_retry_max) apart; fitted again at 195
+    assert run.tried == [0, 60, 65, 75, 95, 135, 195]
+    for minutes, res in seen.items():
+        d = res.decision
+        # the model fitted at 0 forecast all along: the policy sized from a forecast
+        assert res.ok and res.forecast is not None and not d.fallback, (minutes, d.steps[0].message)
+        fit = d.extra.get("fit")
+        if 60 <= minutes < 195:
+            assert fit["status"] == ("failed" if minutes in run.tried else "waiting"), minutes
+            assert fit["fitted_at"] == "2024-03-02T00:00:00Z" and "exists" in fit["error"]
+        else:
+            assert fit is None, minutes
+    assert seen[135].decision.extra["fit"]["failures"] == 5
+    assert seen[135].decision.extra["fit"]["next_try"] == "2024-03-02T03:15:00Z"
+    assert run.metric("forescale_model_fit_failures_total", "alice") == 5
+    assert run.metric("forescale_model_fit_timestamp_seconds", "alice") == (START + timedelta(minutes=195)).timestamp()
+    # forescale decisions says so, for a decision made while it failed
+    assert main(["decisions", "--config", str(cfg), "--target", "alice", "--limit", "20"]) == 0
+    out = capsys.readouterr().out
+    assert ("! model fit_probe: 5 fit(s) failed, the last at 2024-03-02T02:15:00Z (RuntimeError: the fit of "
+            "alice fails while broken exists); forecasting with the model fitted at 2024-03-02T00:00:00Z; "
+            "next try 2024-03-02T03:15:00Z") in out, out
+
+
+def test_a_model_that_never_fitted_falls_back_never_down_and_its_fit_backs_off(tmp_path, fit_probe):
+    t = np.arange(3 * DAY // 300)
+    trace = write_trace(tmp_path / "load.csv", 40 + 20 * np.sin(2 * np.pi * t / 288))
+    cfg = write_config(tmp_path / "c.yaml", [probe_target("bob", trace, tmp_path, raise_for="bob")])
+    run = Run(cfg, "bob")
+    try:
+        for minutes in range(0, 140, 5):
+            res, attempted = run.at(minutes)
+            d = res.decision
+            assert d.fallback and d.desired >= d.current and res.forecast is None
+            why = res.details["forecast_error"]
+            if attempted:
+                assert "the fit of bob fails" in why, why
+            else:  # waiting: no fit, and no model to forecast with
+                assert why.startswith("ForecastError: no usable model of fit_probe: it failed at "), why
+        assert run.metric("forescale_model_fit_failures_total", "bob") == len(run.tried)
+        assert run.metric("forescale_model_fit_timestamp_seconds", "bob") is None  # no model
+    finally:
+        run.d.shutdown(30)
+    assert run.tried == [0, 5, 15, 35, 75, 135]
+
+
+def test_a_new_model_short_of_history_is_fitted_once_it_has_enough_and_is_not_counted_failing(tmp_path, fit_probe):
+    # 13 observations at the first cycle (an hour), 20 (the history the
+    # model needs) 35 minutes later
+    trace = write_trace(tmp_path / "load.csv", 40 + 10 * np.sin(np.arange(200) / 9), start=START - timedelta(hours=1))
+    cfg = write_config(tmp_path / "c.yaml", [probe_target("carol", trace, tmp_path, need=20)])
+    run = Run(cfg, "carol")
+    try:
+        for minutes in range(0, 60, 5):
+            res, _ = run.at(minutes)
+            d = res.decision
+            assert "fit" not in d.extra  # warming up is not a failing model
+            if minutes < 35:
+                assert d.fallback and d.desired >= d.current and res.forecast is None
+                why = res.details["forecast_error"]
+                assert "fit_probe needs at least 20 observations, has 13" in why, why
+                if minutes:
+                    assert why.endswith("; the fit is tried again at 2024-03-02T00:35:00Z"), why
+            else:  # fitted at the first cycle with the history it needs
+                assert res.forecast is not None and not d.fallback, minutes
+        assert run.metric("forescale_model_fit_failures_total", "carol") == 0
+    finally:
+        run.d.shutdown(30)
+    assert run.tried == [0, 35]
