@@ -82,6 +82,24 @@ class Run:
         return None
 
 
+def console_page(cfg: Path, path: str) -> str:
+    """``path`` of the (read-only, no users) console over ``cfg``'s state."""
+    import warnings
+
+    from engine.auth import Security
+    from engine.config import load_config
+    from engine.console import create_console
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
+    conf = load_config(cfg)
+    app = create_console(conf, Security.from_config(conf), clock=ManualClock(START + timedelta(hours=4)))
+    page = TestClient(app, base_url="http://console.test").get(path)
+    assert page.status_code == 200
+    return page.text
+
+
 def test_a_model_whose_refit_fails_keeps_forecasting_and_is_retried_backing_off(tmp_path, fit_probe, capsys):
     t = np.arange(3 * DAY // 300)
     trace = write_trace(tmp_path / "load.csv", 40 + 20 * np.sin(2 * np.pi * t / 288))
@@ -118,6 +136,12 @@ def test_a_model_whose_refit_fails_keeps_forecasting_and_is_retried_backing_off(
     assert seen[135].decision.extra["fit"]["next_try"] == "2024-03-02T03:15:00Z"
     assert run.metric("forescale_model_fit_failures_total", "alice") == 5
     assert run.metric("forescale_model_fit_timestamp_seconds", "alice") == (START + timedelta(minutes=195)).timestamp()
+    # the console's target page marks the decisions made while it failed
+    page = console_page(cfg, "/targets/alice")
+    assert page.count("refit failing") == 18, page  # the 20 newest: 105-190 failing, 195 and 200 fitted
+    assert ("Model fit_probe: 5 fit(s) failed, the last at 2024-03-02T02:15:00Z (RuntimeError: the fit of alice "
+            "fails while broken exists); forecasting with the model fitted at 2024-03-02T00:00:00Z; next try "
+            "2024-03-02T03:15:00Z.") in " ".join(page.split())
     # forescale decisions says so, for a decision made while it failed
     assert main(["decisions", "--config", str(cfg), "--target", "alice", "--limit", "20"]) == 0
     out = capsys.readouterr().out
