@@ -242,6 +242,20 @@ def test_save_load_round_trip(fitted, tmp_path):
                                original.predict(end_of(nxt), 3, (0.5,)).point, rtol=1e-9)
 
 
+def test_refitting_a_copy_leaves_the_model_as_it_was(fitted):
+    """The engine refits a copy of a fitted model and keeps the original
+    when that refit fails: the two share nothing a fit changes."""
+    before = fitted.predict(end_of(TRAIN), 6, (0.5, 0.9))
+    other = copy.deepcopy(fitted)
+    other.fit(Series(TRAIN.timestamps, 3.0 * TRAIN.values + 500.0))
+    moved = other.predict(end_of(TRAIN), 6, (0.5, 0.9))
+    assert np.all(moved.point > before.point + 100)  # the copy was refitted on the other level
+    after = fitted.predict(end_of(TRAIN), 6, (0.5, 0.9))
+    np.testing.assert_allclose(after.point, before.point, rtol=1e-9)
+    for q in before.quantiles:
+        np.testing.assert_allclose(after.quantiles[q], before.quantiles[q], rtol=1e-9)
+
+
 #: Size of the level shift in the freshness test: 20 noise sd, 2/3 of the
 #: daily amplitude, in the newest hour.
 SHIFT = 60.0
