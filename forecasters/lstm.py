@@ -276,7 +276,7 @@ def build_features(
     if cfg.seasonal_lag:
         j = origins[:, None] + hs[None, :] - S  # one day before each target
         jok = (j >= 0) & (hs[None, :] <= S)
-        yj = y[np.clip(j, 0, None)]
+        yj = y[np.clip(j, 0, y.size - 1)]  # (a lead past a day reads no lag: jok)
         lag = (yj - base[:, None]) / s
         lag_ok = jok & np.isfinite(lag)
         j0 = origins - S

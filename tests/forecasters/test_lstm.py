@@ -150,6 +150,22 @@ def test_too_short_and_horizon_beyond_training_are_clear_errors(fitted):
         LSTMForecaster({**TINY, "device": "cuda"}).fit(daily(3))
 
 
+def test_a_horizon_longer_than_a_day_fits_and_forecasts_on_30_minute_data():
+    """A day of 30-minute data is 48 steps; a horizon of 72 (36 h) reads the
+    value one day before a target only where that is before the origin
+    (this indexed past the history's end: nyc_taxi in the accuracy benchmark)."""
+    n = 10 * 48
+    t = np.arange(n)
+    y = 100 + 30 * np.sin(2 * np.pi * t / 48) + np.random.default_rng(1).normal(0, 2, n)
+    s = Series(T0 + 1800 * t.astype(np.int64), y, "half-hourly")
+    f = LSTMForecaster({**TINY, "horizon": 72, "lookback": 24})
+    f.fit(s)
+    fc = f.predict(end(s), 72, (0.5, 0.9))
+    assert fc.point.size == 72 and np.all(np.isfinite(fc.point)) and np.all(fc.quantiles[0.9] >= fc.point)
+    # the second day ahead follows the daily shape too (no lag input there)
+    assert np.corrcoef(fc.point[48:], y[-48:][: 24])[0, 1] > 0.5
+
+
 def test_checkpoint_round_trip_without_retraining(fitted, tmp_path):
     path = tmp_path / "m.pt"
     fitted.save(path)
