@@ -438,13 +438,25 @@ class TargetConfig(_Model):
         return target
 
     @model_validator(mode="after")
-    def _auto_scores_the_policy_horizon(self) -> "TargetConfig":
-        """Checked at load: an ``auto`` forecaster's parameters fit the
-        horizon they will be scored over (:attr:`forecaster_params`), where
-        the policy uses a forecast (a reactive one never builds it: the
-        backtest's reactive baseline shares the policy's forecaster config)."""
-        if self.policy.uses_forecast:
-            self.forecaster_params  # noqa: B018 (raises the one clear error)
+    def _forecaster_reaches_the_policy_horizon(self) -> "TargetConfig":
+        """Checked at load, where the policy uses a forecast (a reactive one
+        never builds it: the backtest's reactive baseline shares the policy's
+        forecaster config): an ``auto`` forecaster's parameters fit the
+        horizon they will be scored over (:attr:`forecaster_params`), and a
+        model whose parameters bound how far ahead it forecasts (the
+        per-series ``lstm``'s ``horizon``) reaches the steps the policy reads;
+        else every cycle's forecast would fail and the policy fall back."""
+        if not self.policy.uses_forecast:
+            return self
+        params = self.forecaster_params
+        reach = getattr(params, "max_steps", None) if self.forecaster.init_from is None else None
+        if reach is not None and reach < self.horizon_steps:
+            read = "plan.horizon and the lead window" if self.policy.kind == "plan" else "its lead window"
+            raise ValueError(
+                f"forecaster.params.{params.max_steps_field}: {self.forecaster.name} forecasts {reach} steps "
+                f"({format_duration(self.interval * reach)}) ahead, but the policy reads {self.horizon_steps} "
+                f"({format_duration(self.interval * self.horizon_steps)}, {read}); set "
+                f"{params.max_steps_field}: {self.horizon_steps} or more")
         return self
 
     @property

@@ -38,6 +38,16 @@ class ForecasterParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    #: the parameter that bounds how far ahead the model forecasts, for the
+    #: one error a config whose policy reads further gets at load
+    max_steps_field: ClassVar[str] = "horizon"
+
+    @property
+    def max_steps(self) -> int | None:
+        """How many steps ahead these parameters let the model forecast
+        (None: as far as asked)."""
+        return None
+
 
 @runtime_checkable
 class Forecaster(Protocol):

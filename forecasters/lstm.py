@@ -150,6 +150,10 @@ class LSTMParams(ForecasterParams):
     #: 0 uses the source model as it is
     finetune_epochs: int = Field(3, ge=0)
 
+    @property
+    def max_steps(self) -> int | None:
+        return self.horizon  # direct multi-horizon heads: no step past the last
+
     @field_validator("quantiles")
     @classmethod
     def _levels(cls, v: tuple[float, ...]) -> tuple[float, ...]:

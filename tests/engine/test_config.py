@@ -303,6 +303,22 @@ def test_a_value_the_cycle_cannot_run_with_is_rejected_at_load_naming_the_field(
     assert expected in msg, msg
 
 
+def test_a_forecaster_that_cannot_reach_the_policys_horizon_is_rejected_at_load(tmp_path):
+    # the per-series lstm forecasts its horizon and no further: with the
+    # planner's 2 h every cycle's forecast would fail and the policy fall back
+    msg = error_of(tmp_path, target("{kind: plan, capacity_per_replica: 10}", "forecaster: {name: lstm}"))
+    assert ("targets[0]: forecaster.params.horizon: lstm forecasts 12 steps (1h) ahead, but the policy reads 24 "
+            "(2h, plan.horizon and the lead window); set horizon: 24 or more") in msg, msg
+    msg = error_of(tmp_path, target("{capacity_per_replica: 10, lead_time: 50m, hold: 15m}",
+                                    "forecaster: {name: lstm}"))
+    assert "lstm forecasts 12 steps (1h) ahead, but the policy reads 13 (65m, its lead window)" in msg, msg
+    ok = load_config(write(tmp_path, target("{kind: plan, capacity_per_replica: 10}",
+                                            "forecaster: {name: lstm, params: {horizon: 24}}")))
+    assert ok.targets[0].forecaster.params.horizon == 24
+    # a reactive policy never builds the forecaster: nothing to reach
+    load_config(write(tmp_path, target("{kind: reactive, capacity_per_replica: 10}", "forecaster: {name: lstm}")))
+
+
 def test_the_largest_allowed_values_load(tmp_path):
     cfg = load_config(write(tmp_path, target("{capacity_per_replica: 1e12, max_replicas: 1000000}",
                                             "interval: 366d")))
