@@ -288,6 +288,12 @@ class _Recording:
         self.name, self.supports_quantiles = inner.name, inner.supports_quantiles
         self.min_history, self.version = inner.min_history, inner.version
 
+    def __deepcopy__(self, memo: dict) -> "_Recording":
+        # a copy (the engine's snapshot before a refit) records into the same log
+        import copy
+
+        return _Recording(copy.deepcopy(self.inner, memo), self.log)
+
     def fit(self, history, **kw) -> None:
         self.inner.fit(history, **kw)
 
@@ -314,6 +320,9 @@ class _Replaying:
 
     def __init__(self, name: str, log: dict[int, Any]) -> None:
         self.name, self.log, self.version = name, log, f"{name}:cached"
+
+    def __deepcopy__(self, memo: dict) -> "_Replaying":
+        return _Replaying(self.name, self.log)  # replays the same log
 
     def fit(self, history, **kw) -> None:
         pass

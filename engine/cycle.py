@@ -83,18 +83,18 @@ def latest_observation(history: Series) -> Observation | None:
     return Observation(last[1], last[0]) if last is not None else None
 
 
-def _copy_model(model: Forecaster) -> Forecaster:
-    """A copy of a fitted model to refit, so that a refit that fails
-    leaves the model it was made from as it was (a model that cannot be
-    copied is refitted in place, as before)."""
+def _snapshot(model: Forecaster) -> Forecaster | None:
+    """A copy of a fitted model taken before it is refitted, to forecast
+    with if the refit fails (None: the model does not copy; a refit that
+    fails then leaves no model)."""
     import copy
 
     try:
         return copy.deepcopy(model)
-    except Exception as exc:  # noqa: BLE001 - a plugin's model that does not copy is refitted in place
-        log.debug("model %s does not copy (%s: %s): refitted in place", type(model).__name__,
+    except Exception as exc:  # noqa: BLE001 - a plugin's model that does not copy: no snapshot
+        log.debug("model %s does not copy (%s: %s): a failed refit leaves no model", type(model).__name__,
                   type(exc).__name__, exc)
-        return model
+        return None
 
 
 class _Slot:
@@ -274,27 +274,29 @@ class TargetRunner:
 
     def _refit(self, slot: _Slot, window: Series, now: datetime, kw: dict[str, Any]) -> bool:
         """Fit ``slot``'s model on ``window``; True when it did. A model
-        fitted before is refitted as a copy, so that a fit that fails
-        (raises) leaves it as it was: it is kept, and False returned (the
-        caller updates it); with none to keep, the failure is raised."""
+        fitted before is copied first and refitted in place (the object
+        anything holds stays the model), so that when the fit fails (raises)
+        the copy, the model as it was, takes its place: it is kept, and
+        False returned (the caller updates it); with none to keep, the
+        failure is raised."""
         assert slot.forecaster is not None
-        kept = slot.last_fit is not None
-        model = _copy_model(slot.forecaster) if kept else slot.forecaster
+        kept = _snapshot(slot.forecaster) if slot.last_fit is not None else None
         try:
-            model.fit(window, **kw)
+            slot.forecaster.fit(window, **kw)
         except Exception as exc:
             why = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, InsufficientHistory) and not kept:  # a new model warming up
+            if isinstance(exc, InsufficientHistory) and slot.last_fit is None:  # a new model warming up
                 self.fit_waits(slot, now, exc.have, exc.need, str(exc))
                 raise
             self.fit_failed(slot, now, why)
-            if not kept:
+            if kept is None:  # nothing to keep (never fitted, or no copy): no model until a fit succeeds
+                slot.last_fit = None
                 raise
+            slot.forecaster = kept
             log.warning("target %s: the refit of %s failed (%s); forecasting with the model fitted at %s "
                         "until it fits (next try %s)", self.target.name, slot.name, why, isoformat(slot.last_fit),
                         isoformat(slot.retry_at), extra={"target": self.target.name})
             return False
-        slot.forecaster = model
         self._fitted(slot, window, now)
         return True
 

@@ -243,8 +243,8 @@ def test_save_load_round_trip(fitted, tmp_path):
 
 
 def test_refitting_a_copy_leaves_the_model_as_it_was(fitted):
-    """The engine refits a copy of a fitted model and keeps the original
-    when that refit fails: the two share nothing a fit changes."""
+    """The engine copies a fitted model before refitting it and forecasts
+    with the copy when the refit fails: the two share nothing a fit changes."""
     before = fitted.predict(end_of(TRAIN), 6, (0.5, 0.9))
     other = copy.deepcopy(fitted)
     other.fit(Series(TRAIN.timestamps, 3.0 * TRAIN.values + 500.0))
