@@ -280,7 +280,7 @@ def test_a_restarted_adaptive_store_calibrator_hands_out_the_same_forecasts(tmp_
     refresh = QuantileCalibrator.REFRESH_STEPS  # restart where the kept one recomputes its offsets
     cut = 40 * refresh
     kept_store = Store(tmp_path / "kept.db")
-    kept, _ = _store_run(kept_store, range(0, cut), s, 0.05)
+    kept, _ = _store_run(kept_store, range(cut), s, 0.05)
     restarted_store = _copy(kept_store, tmp_path / "restarted.db")
     assert restarted_store.calibration_pairs("web", "no_band#handed", since=0)  # kept beside the raw ones
     later = range(cut, cut + 3 * refresh)
