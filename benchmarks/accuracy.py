@@ -246,32 +246,38 @@ class _Scored:
 
 #: ``--cal-adaptive``: the calibration with adaptive conformal inference at
 #: step gamma (per pair: here one pair per anchor an hour), stored as
-#: ``<name>+cal-aci<gamma>`` (``+cal7d-aci<gamma>`` for the 7-day window)
+#: ``<name>+cal-aci<gamma>`` (``+cal7d-aci<gamma>`` for the 7-day window);
+#: ``--cal-adaptive-lead``: the same with gamma divided at each lead by the
+#: pairs still waiting for their actuals when one is made (``-acil<gamma>``)
 ACI = "-aci"
 
 
-def cal_suffixes(args) -> dict[str, tuple[float, float]]:
+def cal_suffixes(args) -> dict[str, tuple[float, float, bool]]:
     """``+cal`` for the first ``--cal-window-days``, ``+cal<N>d`` for each
-    further one, and for each gamma of ``--cal-adaptive`` the same with
-    ``-aci<gamma>`` -> (window in days, gamma)."""
-    days = [float(d) for d in str(args.cal_window_days).split(",") if d]
-    gammas = [float(g) for g in str(getattr(args, "cal_adaptive", "") or "").split(",") if g]
+    further one, and for each gamma of ``--cal-adaptive`` (and of
+    ``--cal-adaptive-lead``) the same with ``-aci<gamma>`` (``-acil<gamma>``)
+    -> (window in days, gamma, gamma divided by the pairs in flight)."""
+    def gammas(option: str) -> list[float]:
+        return [g for g in (float(x) for x in str(getattr(args, option, "") or "").split(",") if x) if g]
+
     out = {}
-    for i, d in enumerate(days):
+    for i, d in enumerate(float(x) for x in str(args.cal_window_days).split(",") if x):
         sfx = CAL if i == 0 else f"{CAL}{d:g}d"
-        out[sfx] = (d, 0.0)
-        out.update({f"{sfx}{ACI}{g:g}": (d, g) for g in gammas if g})
+        out[sfx] = (d, 0.0, False)
+        out.update({f"{sfx}{ACI}{g:g}": (d, g, False) for g in gammas("cal_adaptive")})
+        out.update({f"{sfx}{ACI}l{g:g}": (d, g, True) for g in gammas("cal_adaptive_lead")})
     return out
 
 
 def calibrators(ev: Evaluation, args) -> dict:
     """The engine's conformal calibration, as ``forecaster.calibration``
     configures it, once per window of ``--cal-window-days`` and gamma of
-    ``--cal-adaptive`` (suffix -> calibrator; ``--cal-min-samples``)."""
+    ``--cal-adaptive`` / ``--cal-adaptive-lead`` (suffix -> calibrator;
+    ``--cal-min-samples``)."""
     from engine.calibration import QuantileCalibrator
 
-    return {sfx: QuantileCalibrator(LEVELS, ev.step, timedelta(days=d), args.cal_min_samples, g)
-            for sfx, (d, g) in cal_suffixes(args).items()}
+    return {sfx: QuantileCalibrator(LEVELS, ev.step, timedelta(days=d), args.cal_min_samples, g, in_flight=lead)
+            for sfx, (d, g, lead) in cal_suffixes(args).items()}
 
 
 def model_names(results: dict) -> list[str]:
@@ -770,6 +776,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cal-adaptive", default="",
                     help="comma-separated gammas (per pair: one an hour per lead here): also each window's "
                          "calibration with adaptive conformal inference at that step (+cal-aci<g>, +cal7d-aci<g>)")
+    ap.add_argument("--cal-adaptive-lead", default="",
+                    help="the same with gamma divided at each lead by the pairs in flight (+cal-acil<g>)")
     ap.add_argument("--blend", action="store_true",
                     help="also lstm_global averaged with seasonal_naive at the weights "
                          f"{', '.join(map(str, BLEND_WEIGHTS))} (the weight per horizon chosen on the tuning traces)")

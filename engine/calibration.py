@@ -112,10 +112,14 @@ class QuantileCalibrator:
     are left alone); ``step_s``: the target's interval; ``window``: how far
     back the pairs reach; ``min_samples``: pairs an anchor needs before it
     shifts anything; ``adaptive``: adaptive conformal inference's step
-    ``gamma`` per pair (0: off)."""
+    ``gamma`` per pair (0: off); ``in_flight``: divide it at each anchor by
+    the pairs made while one waits for its actual there (its lead over the
+    pairs' spacing in the window; at least 1), so a long lead, whose misses
+    are seen late and many at once, takes smaller steps (the accuracy
+    benchmark's ``-acil`` variants)."""
 
     def __init__(self, levels: Sequence[float], step_s: int, window: timedelta, min_samples: int,
-                 adaptive: float = 0.0, *, anchors: Sequence[int] = ANCHOR_STEPS) -> None:
+                 adaptive: float = 0.0, *, anchors: Sequence[int] = ANCHOR_STEPS, in_flight: bool = False) -> None:
         if not step_s > 0:
             raise ValueError(f"step_s must be positive, got {step_s}")
         if not 0 <= adaptive < 1:
@@ -128,6 +132,7 @@ class QuantileCalibrator:
         self._pairs = {a: MemoryFeedback((a * self.step_s, a * self.step_s), levels=self.levels,
                                          keep_s=self.window_s) for a in self.anchors}
         self.adaptive = float(adaptive)
+        self.in_flight = bool(in_flight)
         #: with ``adaptive``: the values handed out at each anchor, paired
         #: with the same actuals as the raw ones (None: off)
         self._handed = {a: MemoryFeedback((a * self.step_s, a * self.step_s), levels=self.levels,
@@ -183,11 +188,18 @@ class QuantileCalibrator:
             if self._handed is None:
                 out[a] = {q: q for q in self.levels}
                 continue
-            actual, by_level = self._handed[a].quantile_pairs(now_s - self.window_s)
+            m = self._handed[a]
+            actual, by_level = m.quantile_pairs(now_s - self.window_s)
+            gamma = self.adaptive
+            if self.in_flight and actual.size > 1:
+                ts = m._ts[m.n - actual.size: m.n]
+                span = float(ts[-1] - ts[0])
+                if span > 0:  # pairs whose actuals are still out when one is made
+                    gamma /= max(1.0, a * self.step_s * (actual.size - 1) / span)
             row = {}
             for q, f in by_level.items():
                 ok = np.isfinite(f)
-                row[q] = adapted_level(q, (actual[ok] <= f[ok]).astype(float), self.adaptive)
+                row[q] = adapted_level(q, (actual[ok] <= f[ok]).astype(float), gamma)
             out[a] = row
         return out
 

@@ -65,13 +65,16 @@ def test_auto_lead_bands_end_at_the_scored_horizons_and_the_global_model_comes_f
 def test_adaptive_calibration_variants_are_named_per_window_and_gamma():
     from types import SimpleNamespace
 
-    args = SimpleNamespace(cal_window_days="3,7", cal_adaptive="0.005,0.02", cal_min_samples=24)
-    assert A.cal_suffixes(args) == {"+cal": (3.0, 0.0), "+cal-aci0.005": (3.0, 0.005), "+cal-aci0.02": (3.0, 0.02),
-                                    "+cal7d": (7.0, 0.0), "+cal7d-aci0.005": (7.0, 0.005),
-                                    "+cal7d-aci0.02": (7.0, 0.02)}
+    args = SimpleNamespace(cal_window_days="3,7", cal_adaptive="0.005,0.02", cal_adaptive_lead="0.05",
+                           cal_min_samples=24)
+    assert A.cal_suffixes(args) == {
+        "+cal": (3.0, 0.0, False), "+cal-aci0.005": (3.0, 0.005, False), "+cal-aci0.02": (3.0, 0.02, False),
+        "+cal-acil0.05": (3.0, 0.05, True), "+cal7d": (7.0, 0.0, False), "+cal7d-aci0.005": (7.0, 0.005, False),
+        "+cal7d-aci0.02": (7.0, 0.02, False), "+cal7d-acil0.05": (7.0, 0.05, True)}
     cbs = A.calibrators(SimpleNamespace(step=300), args)
-    assert (cbs["+cal7d-aci0.02"].window_s, cbs["+cal7d-aci0.02"].adaptive) == (7 * 86400, 0.02)
-    assert cbs["+cal"].adaptive == 0.0
+    c = cbs["+cal7d-aci0.02"]
+    assert (c.window_s, c.adaptive, c.in_flight) == (7 * 86400, 0.02, False)
+    assert cbs["+cal"].adaptive == 0.0 and cbs["+cal-acil0.05"].in_flight
     results = {"a.csv": {x: {"horizons": {}} for x in ("mstl", "holt_winters+cal7d-aci0.02", "holt_winters")}}
     assert A.model_names(results) == ["holt_winters", "holt_winters+cal7d-aci0.02", "mstl"]
     # the choice among a model's variants: within 1 % of the lowest pinball, the best levels

@@ -294,3 +294,24 @@ def test_a_restarted_adaptive_store_calibrator_hands_out_the_same_forecasts(tmp_
     assert any(not np.array_equal(x.quantiles[0.9], z.quantiles[0.9]) for x, z in zip(a, c))
     for st in (kept_store, restarted_store, plain_store):
         st.close()
+
+
+def test_in_flight_divides_the_step_by_the_pairs_waiting_at_each_lead():
+    """Pairs every step: at a one-step lead none waits (the full step), at a
+    12-step lead 12 forecasts are out when one is made: a twelfth of it."""
+    s = _series(days=1)
+    ts = s.timestamps
+    adapted, pairs = {}, {}
+    for in_flight in (False, True):
+        # min_samples never reached: the levels handed out stay at 0, every pair a miss
+        c = QuantileCalibrator((0.9,), 300, timedelta(days=1), 10**6, 0.005, anchors=(1, 12), in_flight=in_flight)
+        for i in range(150):
+            fc = Forecast(from_epoch(int(ts[i])), ts[i + 1: i + 13], np.full(12, 0.0), {0.9: np.full(12, 0.0)}, "x")
+            c.calibrate(s[: i + 1], fc)
+        adapted[in_flight] = c.adapted_levels(int(ts[149]))
+        pairs = {a: c._handed[a].n for a in (1, 12)}
+    assert pairs == {1: 149, 12: 149 - 11}
+    for a in (1, 12):  # up gamma * 0.9 a miss, to the cap
+        assert adapted[False][a][0.9] == 0.999
+    assert adapted[True][1][0.9] == 0.999
+    assert adapted[True][12][0.9] == pytest.approx(0.9 + 138 * 0.005 * 0.9 / 12, abs=1e-9)
