@@ -42,6 +42,11 @@ mean on that part and horizon), and the median coverage per level.
     nice -n 19 python -m benchmarks.accuracy --threads 1
     nice -n 19 python -m benchmarks.accuracy --threads 1 --traces nab/ec2 --origins 4 --models persistence,lstm_global
     nice -n 19 python -m benchmarks.accuracy --threads 1 --speed-only
+    nice -n 10 python -m benchmarks.accuracy --threads 1 --calibrate --origins-every-min 60 --cal-days 7 \
+        --cal-window-days 3,7 --cal-adaptive 0.005,0.02 --merge --models seasonal_persistence
+
+(``--cal-adaptive``: each calibration also with adaptive conformal
+inference at those steps per pair, ``+cal-aci<gamma>``.)
 
 Writes benchmarks/results/accuracy.json and accuracy.md (after every trace,
 so an interrupted run keeps what it measured) and the trained global model
