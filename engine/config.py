@@ -77,15 +77,10 @@ class Calibration(_Model):
     shifted by the empirical quantile of ``actual - forecast`` at that level
     over ``window``, once a lead has ``min_samples`` pairs. Applies to the
     configured model and to the quality gate's fallbacks; the point forecast
-    is not changed. ``adaptive``: adaptive conformal inference's step per
-    interval (each lead pairs once an interval): each level's offset is
-    taken at a level moved by ``adaptive * (level - covered)`` at every pair
-    of the window, covered meaning the actual was at or below the value
-    handed out; 0 (the default): off."""
+    is not changed."""
 
     window: Duration = timedelta(days=3)
     min_samples: int = Field(48, ge=1, le=MAX_SAMPLES)
-    adaptive: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 def _registry(kind: str) -> Any:
