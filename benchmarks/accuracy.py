@@ -42,6 +42,11 @@ mean on that part and horizon), and the median coverage per level.
     nice -n 19 python -m benchmarks.accuracy --threads 1
     nice -n 19 python -m benchmarks.accuracy --threads 1 --traces nab/ec2 --origins 4 --models persistence,lstm_global
     nice -n 19 python -m benchmarks.accuracy --threads 1 --speed-only
+    nice -n 10 python -m benchmarks.accuracy --threads 1 --calibrate --origins-every-min 60 --cal-days 7 \
+        --cal-window-days 3,7 --cal-adaptive 0.005,0.02 --merge --models seasonal_persistence
+
+(``--cal-adaptive``: each calibration also with adaptive conformal
+inference at those steps per pair, ``+cal-aci<gamma>``.)
 
 Writes benchmarks/results/accuracy.json and accuracy.md (after every trace,
 so an interrupted run keeps what it measured) and the trained global model
@@ -252,21 +257,40 @@ class _Scored:
             self.fcs[q][i, :reach] = fc.quantiles[q][:reach]
 
 
-def cal_suffixes(args) -> dict[str, float]:
+#: ``--cal-adaptive``: the calibration with adaptive conformal inference at
+#: step gamma (per pair: here one pair per anchor an hour), stored as
+#: ``<name>+cal-aci<gamma>`` (``+cal7d-aci<gamma>`` for the 7-day window);
+#: ``--cal-adaptive-lead``: the same with gamma divided at each lead by the
+#: pairs still waiting for their actuals when one is made (``-acil<gamma>``)
+ACI = "-aci"
+
+
+def cal_suffixes(args) -> dict[str, tuple[float, float, bool]]:
     """``+cal`` for the first ``--cal-window-days``, ``+cal<N>d`` for each
-    further one -> its window in days."""
-    days = [float(d) for d in str(args.cal_window_days).split(",") if d]
-    return {(CAL if i == 0 else f"{CAL}{d:g}d"): d for i, d in enumerate(days)}
+    further one, and for each gamma of ``--cal-adaptive`` (and of
+    ``--cal-adaptive-lead``) the same with ``-aci<gamma>`` (``-acil<gamma>``)
+    -> (window in days, gamma, gamma divided by the pairs in flight)."""
+    def gammas(option: str) -> list[float]:
+        return [g for g in (float(x) for x in str(getattr(args, option, "") or "").split(",") if x) if g]
+
+    out = {}
+    for i, d in enumerate(float(x) for x in str(args.cal_window_days).split(",") if x):
+        sfx = CAL if i == 0 else f"{CAL}{d:g}d"
+        out[sfx] = (d, 0.0, False)
+        out.update({f"{sfx}{ACI}{g:g}": (d, g, False) for g in gammas("cal_adaptive")})
+        out.update({f"{sfx}{ACI}l{g:g}": (d, g, True) for g in gammas("cal_adaptive_lead")})
+    return out
 
 
 def calibrators(ev: Evaluation, args) -> dict:
     """The engine's conformal calibration, as ``forecaster.calibration``
-    configures it, once per window of ``--cal-window-days`` (suffix ->
-    calibrator; ``--cal-min-samples``)."""
+    configures it, once per window of ``--cal-window-days`` and gamma of
+    ``--cal-adaptive`` / ``--cal-adaptive-lead`` (suffix -> calibrator;
+    ``--cal-min-samples``)."""
     from engine.calibration import QuantileCalibrator
 
-    return {sfx: QuantileCalibrator(LEVELS, ev.step, timedelta(days=d), args.cal_min_samples)
-            for sfx, d in cal_suffixes(args).items()}
+    return {sfx: QuantileCalibrator(LEVELS, ev.step, timedelta(days=d), args.cal_min_samples, g, in_flight=lead)
+            for sfx, (d, g, lead) in cal_suffixes(args).items()}
 
 
 def model_names(results: dict) -> list[str]:
@@ -566,15 +590,15 @@ CAL_VARIANTS = ("lstm_global", "lstm_global_pooled", "lstm_global+cal", "lstm_gl
                 "lstm_global_pooled+cal", "lstm_global_pooled+cal7d")
 
 
-def calibration_choice(doc: dict) -> tuple[str, dict[str, float]]:
-    """The calibration variant the tuning traces choose: of those whose
-    geometric-mean pinball over 10 min - 6 h is within 1 % of the lowest,
-    the one with the smallest worst level (largest distance of a level's
-    median coverage from nominal, at any of those horizons). Returns it and
-    every variant's pinball."""
+def calibration_choice(doc: dict, variants: Sequence[str] = CAL_VARIANTS) -> tuple[str, dict[str, float]]:
+    """The calibration variant the tuning traces choose (of ``variants``):
+    of those whose geometric-mean pinball over 10 min - 6 h is within 1 % of
+    the lowest, the one with the smallest worst level (largest distance of a
+    level's median coverage from nominal, at any of those horizons). Returns
+    it and every variant's pinball."""
     part = summarize(doc["results"], set(doc["held_out"]))["tuning"]["horizons"]
     hs = [str(m) for m in HORIZONS_MIN if m <= 360]
-    have = [v for v in CAL_VARIANTS if all(v in part[m]["models"] for m in hs)]
+    have = [v for v in variants if all(v in part[m]["models"] for m in hs)]
     pin = {v: _gmean([part[m]["models"][v]["pinball"] for m in hs]) for v in have}
     worst = {v: max(abs(part[m]["models"][v]["coverage"][str(q)] - q) for m in hs for q in LEVELS) for v in have}
     near = [v for v in have if pin[v] <= 1.01 * min(pin.values())]
@@ -762,6 +786,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cal-window-days", default="3",
                     help="calibration.window in days; a comma-separated list scores each (+cal, +cal<N>d)")
     ap.add_argument("--cal-min-samples", type=int, default=24, help="calibration.min_samples")
+    ap.add_argument("--cal-adaptive", default="",
+                    help="comma-separated gammas (per pair: one an hour per lead here): also each window's "
+                         "calibration with adaptive conformal inference at that step (+cal-aci<g>, +cal7d-aci<g>)")
+    ap.add_argument("--cal-adaptive-lead", default="",
+                    help="the same with gamma divided at each lead by the pairs in flight (+cal-acil<g>)")
     ap.add_argument("--blend", action="store_true",
                     help="also lstm_global averaged with seasonal_naive at the weights "
                          f"{', '.join(map(str, BLEND_WEIGHTS))} (the weight per horizon chosen on the tuning traces)")
@@ -839,7 +868,8 @@ def main(argv: list[str] | None = None) -> int:
             if model in LEARNED:
                 if not r.get("_learned_done"):
                     r["_learned_done"] = True
-                    r.update({k: v for k, v in run_global(ev, g, args, args.calibrate).items()
+                    wanted = [m for m in LEARNED if m in models]
+                    r.update({k: v for k, v in run_global(ev, g, args, args.calibrate, wanted).items()
                               if k.split("+")[0].split("~")[0] in models})
                 continue
             try:

@@ -24,7 +24,18 @@ other series, a statistical model's Gaussian interval). With
   ``min_samples`` pairs is skipped (no anchor measured yet: the forecast is
   left as it is);
 - levels are kept non-crossing and non-negative; the point forecast is not
-  changed (MASE is the same with and without).
+  changed (MASE is the same with and without);
+- with ``adaptive`` (gamma > 0), adaptive conformal inference (Gibbs and
+  Candes 2021) on top: each level ``q`` at each anchor takes its offset at an
+  adapted level ``q'`` instead of ``q`` (:func:`adapted_level`), moved by
+  ``gamma * (q - covered)`` at every pair of the window, ``covered`` being
+  whether the actual was at or below the value this calibrator handed out
+  for it (the calibrated forecast, kept beside the raw one). The recursion
+  runs over the window's pairs in time order from ``q`` at its start, so it
+  is a function of the pairs kept and a restart that reads them back adapts
+  exactly as the process that kept running. ``gamma`` is per pair: the live
+  loop pairs every interval, the accuracy benchmark once an hour. 0: off
+  (exactly the split-conformal offsets above).
 
 Pure over plain values and the pairs it keeps (no I/O, no clock): the cycle
 passes the history and the forecast; the backtest and the accuracy benchmark
@@ -47,6 +58,10 @@ from .core.types import Forecast, Series
 from .core.units import to_epoch
 from .feedback import MemoryFeedback
 
+#: the range an adapted level is kept in (:func:`adapted_level`); beyond
+#: the largest (smallest) order statistic's share the offset is that error
+ADAPTED_RANGE = (0.001, 0.999)
+
 #: the lead steps whose errors are kept (5 min, 10, 15, 30 min, 1 h, 2 h,
 #: 4 h, 6 h, 12 h, 24 h at a 5-minute step: the planner's horizons, denser
 #: where errors change fastest)
@@ -68,6 +83,27 @@ def conformal_offset(errors: np.ndarray, level: float) -> float:
     return float(np.partition(errors, k - 1)[k - 1])
 
 
+def adapted_level(level: float, covered: np.ndarray, gamma: float,
+                  bounds: tuple[float, float] = ADAPTED_RANGE) -> float:
+    """Adaptive conformal inference's level after ``covered`` (1.0 where an
+    actual was at or below the value handed out for it, in time order):
+    ``q' <- clip(q' + gamma * (level - covered_t))`` from ``q' = level``.
+    A level that keeps being exceeded more often than ``1 - level`` climbs
+    (the offset moves to a higher order statistic of the errors), one
+    covered more often than ``level`` falls."""
+    lo, hi = bounds
+    if gamma == 0 or not covered.size:
+        return float(level)
+    steps = gamma * (level - covered)
+    path = level + np.cumsum(steps)
+    if lo <= path.min() and path.max() <= hi:  # never clipped: the sum is the recursion
+        return float(path[-1])
+    x = float(level)
+    for d in steps.tolist():
+        x = min(hi, max(lo, x + d))
+    return x
+
+
 class QuantileCalibrator:
     """Per-level, per-lead conformal offsets from the recorded pairs of one
     forecaster on one target.
@@ -75,12 +111,19 @@ class QuantileCalibrator:
     ``levels``: the quantile levels to calibrate (a forecast's other levels
     are left alone); ``step_s``: the target's interval; ``window``: how far
     back the pairs reach; ``min_samples``: pairs an anchor needs before it
-    shifts anything."""
+    shifts anything; ``adaptive``: adaptive conformal inference's step
+    ``gamma`` per pair (0: off); ``in_flight``: divide it at each anchor by
+    the pairs made while one waits for its actual there (its lead over the
+    pairs' spacing in the window; at least 1), so a long lead, whose misses
+    are seen late and many at once, takes smaller steps (the accuracy
+    benchmark's ``-acil`` variants)."""
 
     def __init__(self, levels: Sequence[float], step_s: int, window: timedelta, min_samples: int,
-                 anchors: Sequence[int] = ANCHOR_STEPS) -> None:
+                 adaptive: float = 0.0, *, anchors: Sequence[int] = ANCHOR_STEPS, in_flight: bool = False) -> None:
         if not step_s > 0:
             raise ValueError(f"step_s must be positive, got {step_s}")
+        if not 0 <= adaptive < 1:
+            raise ValueError(f"adaptive must be in [0, 1), got {adaptive}")
         self.levels = tuple(sorted(float(q) for q in levels))
         self.step_s = int(step_s)
         self.window_s = int(window.total_seconds())
@@ -88,6 +131,12 @@ class QuantileCalibrator:
         self.anchors = tuple(int(a) for a in anchors)
         self._pairs = {a: MemoryFeedback((a * self.step_s, a * self.step_s), levels=self.levels,
                                          keep_s=self.window_s) for a in self.anchors}
+        self.adaptive = float(adaptive)
+        self.in_flight = bool(in_flight)
+        #: with ``adaptive``: the values handed out at each anchor, paired
+        #: with the same actuals as the raw ones (None: off)
+        self._handed = {a: MemoryFeedback((a * self.step_s, a * self.step_s), levels=self.levels,
+                                          keep_s=self.window_s) for a in self.anchors} if self.adaptive else None
         self._observed_until: int | None = None
         self._cached: tuple[int, dict[int, dict[float, float]]] | None = None
 
@@ -105,11 +154,14 @@ class QuantileCalibrator:
         new = history if self._observed_until is None else history.since(self._observed_until)
         if not len(new):
             return None
-        for m in self._pairs.values():
+        for m in self._memories():
             if m.pending:  # nothing waits for an actual: nothing to pair
                 m.observe("", new)
         self._observed_until = int(history.timestamps[-1])
         return new
+
+    def _memories(self) -> list[MemoryFeedback]:
+        return list(self._pairs.values()) + (list(self._handed.values()) if self._handed else [])
 
     def record(self, forecast: Forecast) -> None:
         """Keep the raw ``forecast`` at the anchor leads it reaches."""
@@ -118,10 +170,44 @@ class QuantileCalibrator:
             if a <= n:
                 m.record("", forecast)
 
+    def record_handed(self, forecast: Forecast) -> None:
+        """With ``adaptive``: keep the calibrated ``forecast`` (what was
+        handed out) at the anchor leads it reaches."""
+        if self._handed is None:
+            return
+        n = forecast.point.size
+        for a, m in self._handed.items():
+            if a <= n:
+                m.record("", forecast)
+
+    def adapted_levels(self, now_s: int) -> dict[int, dict[float, float]]:
+        """anchor step -> level -> the adapted level over the window's pairs
+        ending at ``now_s`` (with ``adaptive``; each level itself without)."""
+        out: dict[int, dict[float, float]] = {}
+        for a in self.anchors:
+            if self._handed is None:
+                out[a] = {q: q for q in self.levels}
+                continue
+            m = self._handed[a]
+            actual, by_level = m.quantile_pairs(now_s - self.window_s)
+            gamma = self.adaptive
+            if self.in_flight and actual.size > 1:
+                ts = m._ts[m.n - actual.size: m.n]
+                span = float(ts[-1] - ts[0])
+                if span > 0:  # pairs whose actuals are still out when one is made
+                    gamma /= max(1.0, a * self.step_s * (actual.size - 1) / span)
+            row = {}
+            for q, f in by_level.items():
+                ok = np.isfinite(f)
+                row[q] = adapted_level(q, (actual[ok] <= f[ok]).astype(float), gamma)
+            out[a] = row
+        return out
+
     def offsets(self, now_s: int) -> dict[int, dict[float, float]]:
         """anchor step -> level -> offset, for the anchors with at least
         ``min_samples`` pairs of that level in the window ending at ``now_s``."""
         out: dict[int, dict[float, float]] = {}
+        adapted = self.adapted_levels(now_s) if self._handed is not None else None
         for a, m in self._pairs.items():
             actual, by_level = m.quantile_pairs(now_s - self.window_s)
             if actual.size < self.min_samples:
@@ -131,7 +217,7 @@ class QuantileCalibrator:
                 e = actual - f
                 e = e[np.isfinite(e)]
                 if e.size >= self.min_samples:
-                    row[q] = conformal_offset(e, q)
+                    row[q] = conformal_offset(e, q if adapted is None else adapted[a][q])
             if row:
                 out[a] = row
         return out
@@ -171,6 +257,7 @@ class QuantileCalibrator:
         self.observe(history)
         out = self.apply(forecast)
         self.record(forecast)
+        self.record_handed(out)
         return out
 
 
@@ -179,14 +266,26 @@ class StoreCalibrator(QuantileCalibrator):
     store (``calibration_pairs``, under the series name and the model's
     name), and loaded from it when it is made: a restart keeps the offsets,
     and forecasts made before it meet the actuals observed after it.
-    ``store``: an :class:`engine.store.Store` (or its PostgreSQL twin)."""
+    ``store``: an :class:`engine.store.Store` (or its PostgreSQL twin).
+    With ``adaptive`` the values handed out are kept there too, under the
+    model's name with :data:`HANDED` appended, so the adapted levels after a
+    restart are those the stopped process would have reached."""
 
-    def __init__(self, levels: Sequence[float], step_s: int, window: timedelta, min_samples: int, *,
-                 store, target: str, model: str, anchors: Sequence[int] = ANCHOR_STEPS) -> None:
-        super().__init__(levels, step_s, window, min_samples, anchors)
+    #: the suffix of the model name the handed-out values are stored under
+    HANDED = "#handed"
+
+    def __init__(self, levels: Sequence[float], step_s: int, window: timedelta, min_samples: int,
+                 adaptive: float = 0.0, *, store, target: str, model: str,
+                 anchors: Sequence[int] = ANCHOR_STEPS) -> None:
+        super().__init__(levels, step_s, window, min_samples, adaptive, anchors=anchors)
         self.store, self.target, self.model = store, target, model
-        by_lead = {a * self.step_s: m for a, m in self._pairs.items()}
-        for lead, _made, ts, levels_at, actual in store.calibration_pairs(target, model, since=0):
+        self._load(self._pairs, model)
+        if self._handed is not None:
+            self._load(self._handed, model + self.HANDED)
+
+    def _load(self, memories: dict[int, MemoryFeedback], model: str) -> None:
+        by_lead = {a * self.step_s: m for a, m in memories.items()}
+        for lead, _made, ts, levels_at, actual in self.store.calibration_pairs(self.target, model, since=0):
             m = by_lead.get(lead)
             if m is None:  # written under another interval or anchor set
                 continue
@@ -204,6 +303,14 @@ class StoreCalibrator(QuantileCalibrator):
 
     def record(self, forecast: Forecast) -> None:
         super().record(forecast)
+        self._store(forecast, self.model)
+
+    def record_handed(self, forecast: Forecast) -> None:
+        super().record_handed(forecast)
+        if self._handed is not None:
+            self._store(forecast, self.model + self.HANDED)
+
+    def _store(self, forecast: Forecast, model: str) -> None:
         made = to_epoch(forecast.made_at)
         at = {int(ts) - made: (i, int(ts)) for i, ts in enumerate(forecast.timestamps.tolist())}
         rows = []
@@ -214,11 +321,12 @@ class StoreCalibrator(QuantileCalibrator):
                 rows.append((a * self.step_s, made, ts,
                              {q: float(forecast.quantiles[q][i]) for q in self.levels if q in forecast.quantiles}))
         if rows:
-            self.store.record_calibration(self.target, self.model, rows, drop_before=made - self.window_s)
+            self.store.record_calibration(self.target, model, rows, drop_before=made - self.window_s)
 
     def calibrate(self, history: Series, forecast: Forecast) -> Forecast:
         with self.store.batch():  # the cycle's pairs in one commit
             return super().calibrate(history, forecast)
 
 
-__all__ = ["ANCHOR_STEPS", "QuantileCalibrator", "StoreCalibrator", "conformal_offset"]
+__all__ = ["ADAPTED_RANGE", "ANCHOR_STEPS", "QuantileCalibrator", "StoreCalibrator", "adapted_level",
+           "conformal_offset"]

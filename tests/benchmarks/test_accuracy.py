@@ -60,3 +60,27 @@ def test_auto_lead_bands_end_at_the_scored_horizons_and_the_global_model_comes_f
     assert "lead_bands" not in A.auto_params("auto", five, args)
     bands = forecasters.registry.get("auto").Params.model_validate(p).bands
     assert bands == ((1, 2), (3, 6), (7, 12), (13, 72), (73, 288))
+
+
+def test_adaptive_calibration_variants_are_named_per_window_and_gamma():
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(cal_window_days="3,7", cal_adaptive="0.005,0.02", cal_adaptive_lead="0.05",
+                           cal_min_samples=24)
+    assert A.cal_suffixes(args) == {
+        "+cal": (3.0, 0.0, False), "+cal-aci0.005": (3.0, 0.005, False), "+cal-aci0.02": (3.0, 0.02, False),
+        "+cal-acil0.05": (3.0, 0.05, True), "+cal7d": (7.0, 0.0, False), "+cal7d-aci0.005": (7.0, 0.005, False),
+        "+cal7d-aci0.02": (7.0, 0.02, False), "+cal7d-acil0.05": (7.0, 0.05, True)}
+    cbs = A.calibrators(SimpleNamespace(step=300), args)
+    c = cbs["+cal7d-aci0.02"]
+    assert (c.window_s, c.adaptive, c.in_flight) == (7 * 86400, 0.02, False)
+    assert cbs["+cal"].adaptive == 0.0 and cbs["+cal-acil0.05"].in_flight
+    results = {"a.csv": {x: {"horizons": {}} for x in ("mstl", "holt_winters+cal7d-aci0.02", "holt_winters")}}
+    assert A.model_names(results) == ["holt_winters", "holt_winters+cal7d-aci0.02", "mstl"]
+    # the choice among a model's variants: within 1 % of the lowest pinball, the best levels
+    doc = _doc()
+    for r in doc["results"].values():
+        r["lstm_global+cal7d-aci0.02"] = {"horizons": _horizons(0.806, 0.01), "origins": 73}
+    variants = ["lstm_global", "lstm_global+cal7d", "lstm_global+cal7d-aci0.02"]
+    assert A.calibration_choice(doc, variants)[0] == "lstm_global+cal7d-aci0.02"
+    assert A.calibration_choice(doc)[0] == "lstm_global+cal7d"  # the default variants as they were

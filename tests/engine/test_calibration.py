@@ -185,3 +185,133 @@ def test_a_restarted_target_calibrates_its_first_forecasts_with_the_same_offsets
             assert np.allclose(c.forecast.quantiles[0.9], 0.95 * c.forecast.point)
     for live in (kept, restarted, fresh):
         live.store.close()
+
+
+# ------------------------------------------------ adaptive conformal inference
+def test_adapted_level_by_hand():
+    from engine.calibration import adapted_level
+
+    covered = np.array([0.0, 0.0, 1.0])  # missed twice, then covered
+    assert adapted_level(0.9, covered, 0.0) == 0.9  # off: the level itself
+    assert adapted_level(0.9, covered, 0.01) == pytest.approx(0.9 + 0.01 * (0.9 + 0.9 - 0.1))
+    # clipped at the top of ADAPTED_RANGE on the way (0.99, 1.08), then stepping down from there
+    assert adapted_level(0.9, covered, 0.1) == pytest.approx(0.999 + 0.1 * (0.9 - 1))
+    assert adapted_level(0.5, np.ones(100), 0.1) == 0.001  # always covered: falls to the bottom
+
+
+def _one_lead_run(adaptive: float, levels=(0.8, 0.9, 0.95), days: float = 2, window_days: float = 1):
+    """A flat forecast of 100 against actuals 100 + noise whose spread doubles
+    halfway; the calibrated levels' realized coverage over the second half."""
+    n = int(days * 288)
+    rng = np.random.default_rng(3)
+    v = 100 + rng.normal(0, 1, n) * np.where(np.arange(n) < n // 2, 5.0, 10.0)
+    ts = T0 + 300 * np.arange(n)
+    s = Series(ts, v, "x")
+    c = QuantileCalibrator(levels, 300, timedelta(days=window_days), 24, adaptive, anchors=(1,))
+    hits = {q: [] for q in levels}
+    for i in range(n - 1):
+        fc = Forecast(from_epoch(int(ts[i])), ts[i + 1: i + 2], np.full(1, 100.0),
+                      {q: np.full(1, 100.0) for q in levels}, "x")
+        out = c.calibrate(s[: i + 1], fc)
+        if i + 1 >= n // 2:
+            for q in levels:
+                hits[q].append(v[i + 1] <= out.quantiles[q][0])
+    return {q: float(np.mean(h)) for q, h in hits.items()}
+
+
+def test_adaptive_calibration_keeps_coverage_when_the_error_spread_doubles():
+    """Over the day after the errors' spread doubles, the fixed one-day
+    window still holds the narrow errors and under-covers (0.72 / 0.82 / 0.89
+    for 0.8 / 0.9 / 0.95); adaptive conformal inference (gamma 0.02 per pair)
+    raises each level's share and covers within 0.01 of nominal."""
+    fixed, adaptive = _one_lead_run(0.0), _one_lead_run(0.02)
+    for q in (0.8, 0.9):
+        assert q - fixed[q] > 0.07
+    assert 0.95 - fixed[0.95] > 0.05
+    for q, c in adaptive.items():
+        assert abs(c - q) <= 0.01, (q, c)
+
+
+def test_without_adaptive_the_offsets_are_each_levels_own_conformal_quantile():
+    """gamma 0 is the split-conformal calibration as it was: every offset is
+    conformal_offset of the window's errors at the level itself, and nothing
+    is kept of what was handed out."""
+    levels = (0.5, 0.9)
+    c = QuantileCalibrator(levels, 300, timedelta(hours=6), 12, anchors=(1, 2))
+    s = _series(days=1)
+    ts = s.timestamps
+    for i in range(200):
+        fc = Forecast(from_epoch(int(ts[i])), ts[i + 1: i + 3], np.full(2, 200.0),
+                      {q: np.full(2, 200.0 + 10 * (q - 0.5)) for q in levels}, "x")
+        c.calibrate(s[: i + 1], fc)
+    c.observe(s[:202])
+    now = int(ts[201])
+    assert c._handed is None
+    offs = c.offsets(now)
+    for a in (1, 2):
+        actual, by_level = c._pairs[a].quantile_pairs(now - 6 * 3600)
+        for q in levels:
+            assert offs[a][q] == conformal_offset(actual - by_level[q], q)
+
+
+def _store_run(store, steps: range, s: Series, adaptive: float, calibrator=None):
+    from engine.calibration import StoreCalibrator
+
+    c = calibrator or StoreCalibrator((0.5, 0.9), 300, timedelta(hours=12), 12, adaptive,
+                                      store=store, target="web", model="no_band")
+    out = []
+    for i in steps:
+        ts = s.timestamps[i + 1: i + 13]
+        point = np.full(12, float(s.values[i]))
+        fc = Forecast(from_epoch(int(s.timestamps[i])), ts, point, {0.5: 0.95 * point, 0.9: 0.95 * point},
+                      "no_band")
+        out.append(c.calibrate(s[: i + 1], fc))
+    return c, out
+
+
+def test_a_restarted_adaptive_store_calibrator_hands_out_the_same_forecasts(tmp_path):
+    """The values handed out are kept in the state store beside the raw
+    pairs: a StoreCalibrator made anew on a copy of the state (a restarted
+    daemon) adapts its levels exactly as the one that kept running, and
+    both differ from the calibration without adaptation."""
+    from engine.store import Store
+
+    s = _series(days=1.5)
+    refresh = QuantileCalibrator.REFRESH_STEPS  # restart where the kept one recomputes its offsets
+    cut = 40 * refresh
+    kept_store = Store(tmp_path / "kept.db")
+    kept, _ = _store_run(kept_store, range(cut), s, 0.05)
+    restarted_store = _copy(kept_store, tmp_path / "restarted.db")
+    assert restarted_store.calibration_pairs("web", "no_band#handed", since=0)  # kept beside the raw ones
+    later = range(cut, cut + 3 * refresh)
+    _, a = _store_run(kept_store, later, s, 0.05, calibrator=kept)
+    _, b = _store_run(restarted_store, later, s, 0.05)
+    plain_store = _copy(kept_store, tmp_path / "plain.db")
+    _, c = _store_run(plain_store, later, s, 0.0)
+    for x, y, z in zip(a, b, c):
+        for q in (0.5, 0.9):
+            assert np.array_equal(x.quantiles[q], y.quantiles[q])
+    assert any(not np.array_equal(x.quantiles[0.9], z.quantiles[0.9]) for x, z in zip(a, c))
+    for st in (kept_store, restarted_store, plain_store):
+        st.close()
+
+
+def test_in_flight_divides_the_step_by_the_pairs_waiting_at_each_lead():
+    """Pairs every step: at a one-step lead none waits (the full step), at a
+    12-step lead 12 forecasts are out when one is made: a twelfth of it."""
+    s = _series(days=1)
+    ts = s.timestamps
+    adapted, pairs = {}, {}
+    for in_flight in (False, True):
+        # min_samples never reached: the levels handed out stay at 0, every pair a miss
+        c = QuantileCalibrator((0.9,), 300, timedelta(days=1), 10**6, 0.005, anchors=(1, 12), in_flight=in_flight)
+        for i in range(150):
+            fc = Forecast(from_epoch(int(ts[i])), ts[i + 1: i + 13], np.full(12, 0.0), {0.9: np.full(12, 0.0)}, "x")
+            c.calibrate(s[: i + 1], fc)
+        adapted[in_flight] = c.adapted_levels(int(ts[149]))
+        pairs = {a: c._handed[a].n for a in (1, 12)}
+    assert pairs == {1: 149, 12: 149 - 11}
+    for a in (1, 12):  # up gamma * 0.9 a miss, to the cap
+        assert adapted[False][a][0.9] == 0.999
+    assert adapted[True][1][0.9] == 0.999
+    assert adapted[True][12][0.9] == pytest.approx(0.9 + 138 * 0.005 * 0.9 / 12, abs=1e-9)
