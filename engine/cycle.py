@@ -245,7 +245,7 @@ class TargetRunner:
         ``fit_retry_max`` and ``refit_every``)."""
         fc = self.target.forecaster
         steps = max(1, int(need) - int(have))
-        slot.warming_up = why
+        slot.warming_up, slot.fit_error, slot.failed_at = why, None, None  # (short of history, not failing)
         slot.retry_at = now + min(fc.fit_retry_max, fc.refit_every, self.target.interval * min(steps, 1 << 20))
 
     def _maintain(self, slot: _Slot, history: Series, now: datetime,
