@@ -547,12 +547,13 @@ def _hname(m: int) -> str:
     return f"{m} min" if m < 60 else f"{m // 60} h"
 
 
-def best_baseline(rows: dict, model: str) -> str:
+def best_baseline(rows: dict, model: str) -> str | None:
     """Of a part's horizon rows (``summarize``), the baseline with the
     lowest geometric-mean pinball among those scored on as many traces as
-    ``model``."""
+    ``model`` (None: none is, e.g. where ``model`` reaches that far on a
+    few traces only)."""
     pins = {b: rows[b]["pinball"] for b in BASELINES if b in rows and rows[b]["traces"] == rows[model]["traces"]}
-    return min(pins, key=pins.get)
+    return min(pins, key=pins.get) if pins else None
 
 
 def docs_tables(doc: dict, model: str) -> str:
@@ -570,10 +571,12 @@ def docs_tables(doc: dict, model: str) -> str:
                   + " / ".join(map(str, LEVELS)) + " |", "|---|---:|---:|---:|---:|---:|---:|---|"]
         for m in HORIZONS_MIN:
             h = summary[part]["horizons"].get(str(m))
-            if not h or model not in h["models"]:
-                continue
+            if not h or not (h["models"].get(model) or {}).get("traces"):
+                continue  # (a model that does not forecast this far)
             r = h["models"][model]
             best = best_baseline(h["models"], model)
+            if best is None:
+                continue
             bp = h["models"][best]["pinball"]
             lines.append(f"| {_hname(m)} | {_f(r['mase'])} | {_f(r.get('mase_ratio_vs_holt_winters'))} "
                          f"({r.get('mase_wins_vs_holt_winters', '-')}) "
