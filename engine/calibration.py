@@ -267,21 +267,14 @@ class StoreCalibrator(QuantileCalibrator):
     name), and loaded from it when it is made: a restart keeps the offsets,
     and forecasts made before it meet the actuals observed after it.
     ``store``: an :class:`engine.store.Store` (or its PostgreSQL twin).
-    With ``adaptive`` the values handed out are kept there too, under the
-    model's name with :data:`HANDED` appended, so the adapted levels after a
-    restart are those the stopped process would have reached."""
+    (Without ``adaptive``: the engine's calibration is the split-conformal
+    one; adaptive conformal inference is the accuracy benchmark's variant.)"""
 
-    #: the suffix of the model name the handed-out values are stored under
-    HANDED = "#handed"
-
-    def __init__(self, levels: Sequence[float], step_s: int, window: timedelta, min_samples: int,
-                 adaptive: float = 0.0, *, store, target: str, model: str,
-                 anchors: Sequence[int] = ANCHOR_STEPS) -> None:
-        super().__init__(levels, step_s, window, min_samples, adaptive, anchors=anchors)
+    def __init__(self, levels: Sequence[float], step_s: int, window: timedelta, min_samples: int, *,
+                 store, target: str, model: str, anchors: Sequence[int] = ANCHOR_STEPS) -> None:
+        super().__init__(levels, step_s, window, min_samples, anchors=anchors)
         self.store, self.target, self.model = store, target, model
         self._load(self._pairs, model)
-        if self._handed is not None:
-            self._load(self._handed, model + self.HANDED)
 
     def _load(self, memories: dict[int, MemoryFeedback], model: str) -> None:
         by_lead = {a * self.step_s: m for a, m in memories.items()}
@@ -304,11 +297,6 @@ class StoreCalibrator(QuantileCalibrator):
     def record(self, forecast: Forecast) -> None:
         super().record(forecast)
         self._store(forecast, self.model)
-
-    def record_handed(self, forecast: Forecast) -> None:
-        super().record_handed(forecast)
-        if self._handed is not None:
-            self._store(forecast, self.model + self.HANDED)
 
     def _store(self, forecast: Forecast, model: str) -> None:
         made = to_epoch(forecast.made_at)

@@ -254,48 +254,6 @@ def test_without_adaptive_the_offsets_are_each_levels_own_conformal_quantile():
             assert offs[a][q] == conformal_offset(actual - by_level[q], q)
 
 
-def _store_run(store, steps: range, s: Series, adaptive: float, calibrator=None):
-    from engine.calibration import StoreCalibrator
-
-    c = calibrator or StoreCalibrator((0.5, 0.9), 300, timedelta(hours=12), 12, adaptive,
-                                      store=store, target="web", model="no_band")
-    out = []
-    for i in steps:
-        ts = s.timestamps[i + 1: i + 13]
-        point = np.full(12, float(s.values[i]))
-        fc = Forecast(from_epoch(int(s.timestamps[i])), ts, point, {0.5: 0.95 * point, 0.9: 0.95 * point},
-                      "no_band")
-        out.append(c.calibrate(s[: i + 1], fc))
-    return c, out
-
-
-def test_a_restarted_adaptive_store_calibrator_hands_out_the_same_forecasts(tmp_path):
-    """The values handed out are kept in the state store beside the raw
-    pairs: a StoreCalibrator made anew on a copy of the state (a restarted
-    daemon) adapts its levels exactly as the one that kept running, and
-    both differ from the calibration without adaptation."""
-    from engine.store import Store
-
-    s = _series(days=1.5)
-    refresh = QuantileCalibrator.REFRESH_STEPS  # restart where the kept one recomputes its offsets
-    cut = 40 * refresh
-    kept_store = Store(tmp_path / "kept.db")
-    kept, _ = _store_run(kept_store, range(cut), s, 0.05)
-    restarted_store = _copy(kept_store, tmp_path / "restarted.db")
-    assert restarted_store.calibration_pairs("web", "no_band#handed", since=0)  # kept beside the raw ones
-    later = range(cut, cut + 3 * refresh)
-    _, a = _store_run(kept_store, later, s, 0.05, calibrator=kept)
-    _, b = _store_run(restarted_store, later, s, 0.05)
-    plain_store = _copy(kept_store, tmp_path / "plain.db")
-    _, c = _store_run(plain_store, later, s, 0.0)
-    for x, y, z in zip(a, b, c):
-        for q in (0.5, 0.9):
-            assert np.array_equal(x.quantiles[q], y.quantiles[q])
-    assert any(not np.array_equal(x.quantiles[0.9], z.quantiles[0.9]) for x, z in zip(a, c))
-    for st in (kept_store, restarted_store, plain_store):
-        st.close()
-
-
 def test_in_flight_divides_the_step_by_the_pairs_waiting_at_each_lead():
     """Pairs every step: at a one-step lead none waits (the full step), at a
     12-step lead 12 forecasts are out when one is made: a twelfth of it."""
