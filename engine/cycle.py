@@ -231,11 +231,9 @@ class TargetRunner:
         ``forecaster.fit_retry_max`` (and ``refit_every``) apart. A model
         whose refit fails is the one that was fitted before, kept and
         updated meanwhile; a model never fitted forecasts nothing."""
-        fc = self.target.forecaster
         slot.fit_failures += 1
         slot.failed_at, slot.fit_error = now, why
-        cap = min(fc.fit_retry_max, fc.refit_every)
-        slot.retry_at = now + min(cap, self.target.interval * 2 ** min(slot.fit_failures - 1, 30))
+        slot.retry_at = self._next_fit(now, 2 ** min(slot.fit_failures - 1, 30))
 
     def fit_waits(self, slot: _Slot, now: datetime, have: int, need: int, why: str) -> None:
         """Record that ``slot``'s first fit found too little history (``have``
@@ -243,10 +241,15 @@ class TargetRunner:
         the next fit is tried once the history can have grown enough, one
         observation an interval (at least one interval on, at most
         ``fit_retry_max`` and ``refit_every``)."""
-        fc = self.target.forecaster
-        steps = max(1, int(need) - int(have))
         slot.warming_up, slot.fit_error, slot.failed_at = why, None, None  # (short of history, not failing)
-        slot.retry_at = now + min(fc.fit_retry_max, fc.refit_every, self.target.interval * min(steps, 1 << 20))
+        slot.retry_at = self._next_fit(now, max(1, int(need) - int(have)))
+
+    def _next_fit(self, now: datetime, intervals: int) -> datetime:
+        """``intervals`` intervals after ``now``, at most ``fit_retry_max``
+        and ``refit_every`` after it: when a fit that did not happen is
+        tried again."""
+        fc = self.target.forecaster
+        return now + min(fc.fit_retry_max, fc.refit_every, self.target.interval * min(intervals, 1 << 30))
 
     def _maintain(self, slot: _Slot, history: Series, now: datetime,
                   covariates: dict[str, Series] | None = None) -> None:
