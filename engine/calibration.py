@@ -31,11 +31,11 @@ other series, a statistical model's Gaussian interval). With
   ``gamma * (q - covered)`` at every pair of the window, ``covered`` being
   whether the actual was at or below the value this calibrator handed out
   for it (the calibrated forecast, kept beside the raw one). The recursion
-  runs over the window's pairs in time order from ``q`` at its start, so it
-  is a function of the pairs kept and a restart that reads them back adapts
-  exactly as the process that kept running. ``gamma`` is per pair: the live
-  loop pairs every interval, the accuracy benchmark once an hour. 0: off
-  (exactly the split-conformal offsets above).
+  runs over the window's pairs in time order from ``q`` at its start, a
+  function of the pairs kept. ``gamma`` is per pair (a live target pairs
+  every interval, the accuracy benchmark once an hour). 0: off (exactly the
+  split-conformal offsets above). The accuracy benchmark's variant only:
+  the engine's targets run without it (:class:`StoreCalibrator`).
 
 Pure over plain values and the pairs it keeps (no I/O, no clock): the cycle
 passes the history and the forecast; the backtest and the accuracy benchmark
@@ -165,18 +165,18 @@ class QuantileCalibrator:
 
     def record(self, forecast: Forecast) -> None:
         """Keep the raw ``forecast`` at the anchor leads it reaches."""
-        n = forecast.point.size
-        for a, m in self._pairs.items():
-            if a <= n:
-                m.record("", forecast)
+        self._keep(self._pairs, forecast)
 
     def record_handed(self, forecast: Forecast) -> None:
         """With ``adaptive``: keep the calibrated ``forecast`` (what was
         handed out) at the anchor leads it reaches."""
-        if self._handed is None:
-            return
+        if self._handed is not None:
+            self._keep(self._handed, forecast)
+
+    @staticmethod
+    def _keep(memories: dict[int, MemoryFeedback], forecast: Forecast) -> None:
         n = forecast.point.size
-        for a, m in self._handed.items():
+        for a, m in memories.items():
             if a <= n:
                 m.record("", forecast)
 
@@ -267,18 +267,15 @@ class StoreCalibrator(QuantileCalibrator):
     name), and loaded from it when it is made: a restart keeps the offsets,
     and forecasts made before it meet the actuals observed after it.
     ``store``: an :class:`engine.store.Store` (or its PostgreSQL twin).
-    (Without ``adaptive``: the engine's calibration is the split-conformal
-    one; adaptive conformal inference is the accuracy benchmark's variant.)"""
+    Split-conformal only (no ``adaptive``: that is the accuracy benchmark's
+    variant, with nothing of it kept in the store)."""
 
     def __init__(self, levels: Sequence[float], step_s: int, window: timedelta, min_samples: int, *,
                  store, target: str, model: str, anchors: Sequence[int] = ANCHOR_STEPS) -> None:
         super().__init__(levels, step_s, window, min_samples, anchors=anchors)
         self.store, self.target, self.model = store, target, model
-        self._load(self._pairs, model)
-
-    def _load(self, memories: dict[int, MemoryFeedback], model: str) -> None:
-        by_lead = {a * self.step_s: m for a, m in memories.items()}
-        for lead, _made, ts, levels_at, actual in self.store.calibration_pairs(self.target, model, since=0):
+        by_lead = {a * self.step_s: m for a, m in self._pairs.items()}
+        for lead, _made, ts, levels_at, actual in store.calibration_pairs(target, model, since=0):
             m = by_lead.get(lead)
             if m is None:  # written under another interval or anchor set
                 continue
@@ -296,9 +293,6 @@ class StoreCalibrator(QuantileCalibrator):
 
     def record(self, forecast: Forecast) -> None:
         super().record(forecast)
-        self._store(forecast, self.model)
-
-    def _store(self, forecast: Forecast, model: str) -> None:
         made = to_epoch(forecast.made_at)
         at = {int(ts) - made: (i, int(ts)) for i, ts in enumerate(forecast.timestamps.tolist())}
         rows = []
@@ -309,7 +303,7 @@ class StoreCalibrator(QuantileCalibrator):
                 rows.append((a * self.step_s, made, ts,
                              {q: float(forecast.quantiles[q][i]) for q in self.levels if q in forecast.quantiles}))
         if rows:
-            self.store.record_calibration(self.target, model, rows, drop_before=made - self.window_s)
+            self.store.record_calibration(self.target, self.model, rows, drop_before=made - self.window_s)
 
     def calibrate(self, history: Series, forecast: Forecast) -> Forecast:
         with self.store.batch():  # the cycle's pairs in one commit
