@@ -244,6 +244,15 @@ class TargetRunner:
         slot.warming_up, slot.fit_error, slot.failed_at = why, None, None  # (short of history, not failing)
         slot.retry_at = self._next_fit(now, max(1, int(need) - int(have)))
 
+    def kept_after(self, slot: _Slot, why: str) -> str:
+        """Log that ``slot``'s refit failed (``why``) and the model fitted
+        before forecasts until one succeeds; returns that as a note."""
+        note = (f"{why}; forecasting with the model fitted at {isoformat(slot.last_fit)} until a refit "
+                f"succeeds (next try {isoformat(slot.retry_at)})")
+        log.warning("target %s: the refit of %s failed: %s", self.target.name, slot.name, note,
+                    extra={"target": self.target.name})
+        return note
+
     def _next_fit(self, now: datetime, intervals: int) -> datetime:
         """``intervals`` intervals after ``now``, at most ``fit_retry_max``
         and ``refit_every`` after it: when a fit that did not happen is
@@ -296,9 +305,7 @@ class TargetRunner:
                 slot.last_fit = None
                 raise
             slot.forecaster = kept
-            log.warning("target %s: the refit of %s failed (%s); forecasting with the model fitted at %s "
-                        "until it fits (next try %s)", self.target.name, slot.name, why, isoformat(slot.last_fit),
-                        isoformat(slot.retry_at), extra={"target": self.target.name})
+            self.kept_after(slot, why)
             return False
         self._fitted(slot, window, now)
         return True
@@ -813,8 +820,7 @@ class LiveTarget:
             if slot.last_fit is None:  # no model to keep: this cycle's forecast error
                 return f"ForecastError: {why}"
             # the model fitted before forecasts (updated here) until a refit succeeds
-            cycle.notes["model"] = (f"{why}; forecasting with the model fitted at {isoformat(slot.last_fit)} "
-                                    f"(next try {isoformat(slot.retry_at)})")
+            cycle.notes["model"] = self.runner.kept_after(slot, why)
             return None
         self.runner.take_fit(model, window, now)
         cycle.notes["model"] = (f"{fitted.version} refitted on the {where} executor (pid {fitted.pid}, "
