@@ -14,6 +14,10 @@ Averaging quantiles level by level (Vincentization; Ratcliff 1979, used for
 forecast combination by Lichtendahl, Grushka-Cockayne and Winkler 2013)
 keeps the levels non-crossing. The default blends the last value into the
 value one day earlier: persistence at lead 0, seasonal naive a day ahead.
+
+A member still short of history (Holt-Winters' two seasons where seasonal
+persistence needs one) sits out, unfitted, and the other forecasts alone
+until a refit on enough history takes both in.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from pydantic import Field, field_validator
 
-from engine.core.errors import ForecastError
+from engine.core.errors import ForecastError, InsufficientHistory
 from engine.core.types import Forecast, Series
 from engine.core.units import Duration, to_epoch
 
@@ -74,19 +78,32 @@ class BlendForecaster(BaseForecaster):
 
     @property
     def min_history(self) -> int:
-        return max(m.min_history for m in self.models)
+        # one member suffices to forecast (see _fit)
+        return min(m.min_history for m in self.models)
 
     @property
     def version(self) -> str:
         return f"{self.name}:" + "+".join(m.version for m in self.models)
 
     def _fit(self, history: Series) -> None:
-        for m in self.models:
-            m.fit(history)
+        """Fit both members; one still short of history (Holt-Winters needs
+        two seasons where seasonal persistence needs one) sits out, unfitted,
+        until a refit on enough history, and the other forecasts alone
+        meanwhile. Both short: the shorter need is raised."""
+        short: list[InsufficientHistory] = []
+        for i, (m, c) in enumerate(zip(self.models, self.params.members)):
+            try:
+                m.fit(history)
+            except InsufficientHistory as exc:
+                self.models[i] = create_candidate(c)  # not half a refit on stale state
+                short.append(exc)
+        if len(short) == len(self.models):
+            raise min(short, key=lambda e: e.need)
 
     def _update(self, new: Series) -> None:
         for m in self.models:
-            m.update(new)
+            if m.fitted:
+                m.update(new)
 
     def weight(self, lead_s: np.ndarray) -> np.ndarray:
         """The first member's weight at each lead (seconds)."""
@@ -96,6 +113,11 @@ class BlendForecaster(BaseForecaster):
     def predict(self, start: datetime, horizon: int, quantiles: Sequence[float] = (0.5, 0.9)) -> Forecast:
         if not self.fitted:
             raise ForecastError(f"{self.name}: predict() before fit()")
+        fitted = [m for m in self.models if m.fitted]
+        if len(fitted) == 1:  # the other is still short of history (see _fit)
+            alone = fitted[0].predict(start, horizon, quantiles)
+            return Forecast(made_at=start, timestamps=alone.timestamps, point=alone.point,
+                            quantiles=alone.quantiles, model=self.name, model_version=self.version)
         a, b = (m.predict(start, horizon, quantiles) for m in self.models)
         if not np.array_equal(a.timestamps, b.timestamps):
             raise ForecastError(f"{self.name}: the members forecast different grids")

@@ -56,6 +56,49 @@ def test_a_target_forecasts_with_a_blend_from_its_config():
     assert p.weights == {timedelta(hours=1): 1.0, timedelta(hours=6): 0.4}
 
 
+SP_HW = {"members": [{"name": "seasonal_persistence"}, {"name": "holt_winters"}], "weights": {"0s": 0.5}}
+
+
+def test_a_member_short_of_history_sits_out_until_a_refit_on_enough():
+    # 36 h: seasonal persistence has its day, Holt-Winters needs two
+    s36, s3d = _series(2), _series(3)
+    s36 = s36[: 36 * 12]
+    b = forecasters.create("blend", SP_HW)
+    b.fit(s36)
+    now = from_epoch(int(s36.timestamps[-1]))
+    sp = forecasters.create("seasonal_persistence")
+    sp.fit(s36)
+    alone, ref = b.predict(now, 12, (0.5, 0.9)), sp.predict(now, 12, (0.5, 0.9))
+    np.testing.assert_allclose(alone.point, ref.point)
+    np.testing.assert_allclose(alone.quantiles[0.9], ref.quantiles[0.9])
+    assert alone.model == "blend" and "holt_winters:unfitted" in alone.model_version
+    # updated as between refits: still seasonal persistence alone, on the new samples
+    b.update(s3d[: 40 * 12])
+    sp.update(s3d[: 40 * 12])
+    later = from_epoch(int(s3d.timestamps[40 * 12 - 1]))
+    np.testing.assert_allclose(b.predict(later, 12).point, sp.predict(later, 12).point)
+    # the next refit has two days: both members, half and half
+    b.fit(s3d)
+    hw = forecasters.create("holt_winters")
+    sp.fit(s3d), hw.fit(s3d)
+    end = from_epoch(int(s3d.timestamps[-1]))
+    np.testing.assert_allclose(b.predict(end, 12).point,
+                               0.5 * sp.predict(end, 12).point + 0.5 * hw.predict(end, 12).point)
+    assert "unfitted" not in b.version
+
+
+def test_both_members_short_raise_the_shorter_need():
+    from engine.core.errors import InsufficientHistory
+
+    # one day of 5-minute data: Holt-Winters needs two seasons, of a day and of a week
+    b = forecasters.create("blend", {"members": [{"name": "holt_winters", "params": {"season": "7d"}},
+                                                 {"name": "holt_winters"}]})
+    with pytest.raises(InsufficientHistory) as exc:
+        b.fit(_series(1))
+    assert not b.fitted and not any(m.fitted for m in b.models)
+    assert exc.value.need == 2 * 288  # the daily one's need, the shorter
+
+
 @pytest.mark.parametrize("params, field", [
     ({"weights": {"1h": 1.5}}, "weights"),
     ({"weights": {}}, "weights"),
