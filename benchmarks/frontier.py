@@ -61,7 +61,6 @@ sys.path.insert(0, str(ROOT))
 from engine.backtest import (  # noqa: E402
     AWS_M5_LADDER,
     CALM_POLICY,
-    DEFAULT_FORECASTER,
     DEFAULT_POLICY,
     Prepared,
     build_forecaster,
@@ -73,7 +72,7 @@ from engine.backtest import (  # noqa: E402
     score,
     threshold_resizer,
 )
-from engine.config import ForecasterConfig  # noqa: E402
+from engine.config import ForecasterConfig, default_forecaster  # noqa: E402
 from engine.sources.csv import read_csv  # noqa: E402
 
 from benchmarks.backtest import TRACES_DIR, qualifying_traces  # noqa: E402  (the same trace set)
@@ -642,7 +641,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policy", default="default",
                     help=f"a named policy ({', '.join(POLICIES)}) or a YAML/JSON file of policy settings")
     ap.add_argument("--name", default=None, help="name of the results (default: the policy's)")
-    ap.add_argument("--forecaster", default=DEFAULT_FORECASTER.name)
+    ap.add_argument("--forecaster", default=None,
+                    help="a registered forecaster (default: the policy's, engine.config.default_forecaster: "
+                         "the planner's blend for kind: plan, seasonal_persistence otherwise)")
     ap.add_argument("--forecaster-params", default=None, metavar="JSON",
                     help='the forecaster\'s parameters, e.g. \'{"seasons": 3}\'')
     ap.add_argument("--lead-times", default=",".join(map(str, LEAD_TIMES_MIN)), help="minutes, comma-separated")
@@ -684,11 +685,13 @@ def main(argv: list[str] | None = None) -> int:
         return add_threshold_sweep(Path(args.threshold_sweep), root)
     settings = policy_settings(args.policy)
     name = args.name or Path(args.policy).stem
-    fcfg = ForecasterConfig(name=args.forecaster, params=json.loads(args.forecaster_params or "{}"))
+    fcfg = default_forecaster(settings.get("kind"))  # the policy's, replaced by what the flags state
+    if args.forecaster or args.forecaster_params:
+        fcfg = ForecasterConfig(name=args.forecaster or fcfg.name, params=json.loads(args.forecaster_params or "{}"))
     command = "nice -n 10 python benchmarks/frontier.py" + " ".join(
         [""] + [a for a in (argv if argv is not None else sys.argv[1:])])
     report: dict[str, Any] = {"policy": name, "settings": settings, "forecaster": fcfg.name,
-                              "forecaster_params": json.loads(args.forecaster_params or "{}"), "command": command,
+                              "forecaster_params": fcfg.params.model_dump(mode="json", exclude_unset=True), "command": command,
                               "max_days": args.max_days,
                               "utilizations": utilizations, "held_out": sorted(hold), "leads": {}}
     t_start = time.perf_counter()

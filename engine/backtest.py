@@ -60,7 +60,7 @@ from forecasters import Forecaster
 from policies.config import PolicyConfig, RateLimit, Reactive, Rung, Stabilization
 
 from .anomaly import AnomalyConfig, flagged
-from .config import ForecasterConfig, PluginSection, TargetConfig
+from .config import ForecasterConfig, PluginSection, TargetConfig, default_forecaster
 from .core.errors import ConfigError, DataError
 from .core.types import ScalingState, Schedule, Series
 from .core.units import from_epoch
@@ -905,8 +905,8 @@ def run_backtest(raw: Series, *, scenario: Scenario = Scenario(),
     prep = with_resources(prepare(raw, scenario, trace), resources, resource)
     d, need = prep.series.values, prep.need
     runs = {"oracle": evaluate(prep, PolicyRun("oracle", need.copy(), need.copy()), downtime=False)}
-    fcfg = forecaster or DEFAULT_FORECASTER
     config, notes = replay_policy(policy if policy is not None else DEFAULT_POLICY, prep)
+    fcfg = forecaster or default_forecaster(config.kind)
     label = policy_label(config)
 
     def cb(name: str) -> Callable[[int, int, Any], None] | None:

@@ -196,6 +196,25 @@ class ForecasterConfig(_Model):
         return quantile_levels(v)
 
 
+#: the planner's forecaster where the target states neither
+#: ``forecaster.name`` nor ``forecaster.params``: seasonal persistence and
+#: Holt-Winters averaged half and half at every lead (the ``blend``
+#: forecaster). Chosen on the planner's equal-cost frontier, tuning traces
+#: (docs/planner.md, "Which forecaster"); every other policy keeps
+#: ``seasonal_persistence``
+PLAN_FORECASTER: dict[str, Any] = {
+    "name": "blend",
+    "params": {"members": [{"name": "seasonal_persistence"}, {"name": "holt_winters"}], "weights": {"0s": 0.5}},
+}
+
+
+def default_forecaster(policy_kind: str | None) -> ForecasterConfig:
+    """The forecaster a policy of ``policy_kind`` runs with when none is
+    stated: :data:`PLAN_FORECASTER` for the planner, ``seasonal_persistence``
+    otherwise."""
+    return ForecasterConfig.model_validate(PLAN_FORECASTER if policy_kind == "plan" else {})
+
+
 class PluginSection(BaseModel):
     """``{type: name, ...plugin fields}``; the fields are checked by the plugin."""
 
@@ -359,6 +378,21 @@ class TargetConfig(_Model):
     backtest: BacktestSection | None = None
     #: flag observations far outside the forecast band, keep them out of training
     anomalies: AnomalyConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _planner_forecaster(cls, data: Any) -> Any:
+        """A planner whose target states no forecaster model (neither
+        ``forecaster.name`` nor ``forecaster.params``) forecasts with
+        :data:`PLAN_FORECASTER`; the section's other fields stay the
+        target's."""
+        if not isinstance(data, Mapping):
+            return data
+        pol, fc = data.get("policy"), data.get("forecaster")
+        kind = pol.get("kind") if isinstance(pol, Mapping) else getattr(pol, "kind", None)
+        if kind == "plan" and (fc is None or (isinstance(fc, Mapping) and "name" not in fc and "params" not in fc)):
+            return {**data, "forecaster": {**(fc or {}), **PLAN_FORECASTER}}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "TargetConfig":

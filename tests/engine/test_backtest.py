@@ -306,6 +306,25 @@ def test_backtest_json_is_one_document_on_stdout(capsys):
     assert doc["policies"]["reactive"]["violation_fraction"] >= 0
 
 
+def test_a_planner_that_states_no_forecaster_plans_on_the_blend_of_seasonal_persistence_and_holt_winters(tmp_path):
+    """``kind: plan`` with no forecaster model stated forecasts with the
+    planner's default (engine.config.PLAN_FORECASTER): the backtest reports
+    it and its forecasts are the half-and-half average of the two members
+    (their accuracy differs from seasonal persistence alone); a stated
+    ``forecaster.name`` is kept."""
+    policy = """      kind: plan
+      capacity_per_replica: 10
+      min_replicas: 1
+      max_replicas: 40
+      lead_time: 10m"""
+    blend = _cli_json(tmp_path, "--config", str(_config(tmp_path, policy, "    forecaster: {history: 7d}")))
+    sp = _cli_json(tmp_path, "--config", str(_config(tmp_path, policy, "    forecaster: {name: seasonal_persistence}")))
+    assert blend["forecaster"] == "blend" and sp["forecaster"] == "seasonal_persistence"
+    a, b = blend["policies"]["planner"], sp["policies"]["planner"]
+    assert a["mase"] < b["mase"]  # on the demo trace the average forecasts better than seasonal persistence
+    assert a["cost_vs_oracle"] != b["cost_vs_oracle"]
+
+
 def test_the_plot_draws_the_planners_schedules_beside_capacity_and_demand(tmp_path):
     """``backtest --plot`` with a ``kind: plan`` config draws what the planner
     planned at a few cycles of the window (each over its horizon, from its

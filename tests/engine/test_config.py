@@ -558,3 +558,26 @@ def test_forecaster_params_take_the_configs_durations_and_survive_a_json_round_t
     with pytest.raises(ConfigError) as err:
         target({"name": "seasonal_persistence", "params": {"residual_window": "12 hours"}})
     assert "targets[0].forecaster.params.residual_window: not a duration: '12 hours'" in str(err.value)
+
+
+def test_a_planner_that_states_no_forecaster_model_gets_the_planners_default():
+    """``kind: plan`` without ``forecaster.name`` and ``forecaster.params``
+    forecasts with :data:`engine.config.PLAN_FORECASTER` (the section's other
+    fields stay); a stated name or params, or another policy, keep
+    ``seasonal_persistence``."""
+    def target(policy: dict, **fc) -> object:
+        raw = {"name": "w", "source": {"type": "csv", "path": "x"}, "policy": {"capacity_per_replica": 1, **policy}}
+        if fc:
+            raw["forecaster"] = fc
+        return parse_config({"targets": [raw]}).targets[0].forecaster
+
+    plan = {"kind": "plan"}
+    f = target(plan, history="7d", quantiles=[0.5, 0.9, 0.99])
+    assert f.name == "blend" and f.history == timedelta(days=7) and f.quantiles == (0.5, 0.9, 0.99)
+    assert [m.name for m in f.params.members] == ["seasonal_persistence", "holt_winters"]
+    assert f.params.weights == {timedelta(0): 0.5}
+    assert target(plan).name == "blend"
+    assert target(plan, name="holt_winters").name == "holt_winters"
+    assert target(plan, params={"season": "weekly"}).name == "seasonal_persistence"
+    assert target({}).name == "seasonal_persistence"
+    assert target({"kind": "reactive"}).name == "seasonal_persistence"

@@ -672,7 +672,7 @@ def test_a_stated_slo_of_half_a_percent_is_what_a_backtest_of_a_real_trace_reali
     fraction there was under a fifth of it: the reactive floor at 80 %
     and the calm constraints held capacity the priced rate did not ask
     for."""
-    from engine.backtest import Scenario, run_backtest
+    from engine.backtest import DEFAULT_FORECASTER, Scenario, run_backtest
     from engine.sources.csv import read_csv
     from tests.support import TRACES
 
@@ -680,7 +680,8 @@ def test_a_stated_slo_of_half_a_percent_is_what_a_backtest_of_a_real_trace_reali
     sc = Scenario(lead_time=timedelta(minutes=10))
 
     def realized(plan: dict) -> float:
-        r = run_backtest(raw, scenario=sc, policy={"kind": "plan", "plan": plan}, trace="53ea38")
+        r = run_backtest(raw, scenario=sc, policy={"kind": "plan", "plan": plan}, trace="53ea38",
+                         forecaster=DEFAULT_FORECASTER)
         return r.runs[r.policy_name].metrics["violation_fraction"]
 
     slo = {"saturated_fraction": 0.005}
