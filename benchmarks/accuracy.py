@@ -72,6 +72,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from engine.config import PLAN_FORECASTER  # noqa: E402
 from engine.core.types import Series  # noqa: E402
 from engine.core.units import from_epoch  # noqa: E402
 
@@ -95,7 +96,10 @@ LEARNED = ("lstm_global", "lstm_global_pooled", "lstm_global_median")
 #: backtested on the trace's own last ``AUTO_EVAL_DAYS`` at every step to
 #: 24 h, reselected every day (:func:`auto_params`)
 SELECTED = ("auto", "auto_lead")
-MODELS = BUILTIN + STATSFORECAST + ("prophet", "lstm", "lstm_h6") + LEARNED + SELECTED
+#: ``blend_sp_hw``: seasonal persistence and Holt-Winters averaged half and
+#: half at every lead, the planner's default forecaster
+#: (``engine.config.PLAN_FORECASTER``, chosen on its frontier: docs/planner.md)
+MODELS = BUILTIN + STATSFORECAST + ("prophet", "lstm", "lstm_h6", "blend_sp_hw") + LEARNED + SELECTED
 #: the candidates docs/forecasters.md recommends for the planner
 #: (``lstm_global`` on the benchmark's checkpoint)
 AUTO_CANDIDATES = ("lstm_global", "holt_winters", "seasonal_persistence", "persistence")
@@ -116,7 +120,10 @@ BASELINES = BUILTIN + STATSFORECAST + ("prophet",)
 #: parameters of the benchmark's models (defaults otherwise)
 PARAMS: dict[str, dict] = {"prophet": {"uncertainty_samples": 200}}
 #: a benchmark name for a registered forecaster with other parameters
-VARIANTS: dict[str, tuple[str, dict]] = {"lstm_h6": ("lstm", {"horizon": 72, "quantiles": list(LEVELS)})}
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "lstm_h6": ("lstm", {"horizon": 72, "quantiles": list(LEVELS)}),
+    "blend_sp_hw": (PLAN_FORECASTER["name"], PLAN_FORECASTER["params"]),
+}
 #: the steps a model forecasts, where fewer than every scored horizon
 REACH = {"lstm": 12, "lstm_h6": 72}
 

@@ -84,3 +84,13 @@ def test_adaptive_calibration_variants_are_named_per_window_and_gamma():
     variants = ["lstm_global", "lstm_global+cal7d", "lstm_global+cal7d-aci0.02"]
     assert A.calibration_choice(doc, variants)[0] == "lstm_global+cal7d-aci0.02"
     assert A.calibration_choice(doc)[0] == "lstm_global+cal7d"  # the default variants as they were
+
+
+def test_the_planners_default_forecaster_is_scored_as_blend_sp_hw():
+    from engine.config import PLAN_FORECASTER
+
+    m = A.make("blend_sp_hw")
+    assert m.name == PLAN_FORECASTER["name"]
+    assert [c.model_dump(exclude_defaults=True) for c in m.params.members] == PLAN_FORECASTER["params"]["members"]
+    assert list(m.params.weights.values()) == [0.5]
+    assert "blend_sp_hw" in A.MODELS
