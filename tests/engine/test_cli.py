@@ -295,6 +295,10 @@ def test_once_with_the_planner_prints_the_schedule_and_decisions_shows_it(tmp_pa
     assert d.returncode == 0 and "schedule (UTC): " in d.stdout
     rec = json.loads(forescale("decisions", "--config", str(cfg), "--json").stdout)[0]
     assert rec["schedule"]["steps"] and rec["schedule"]["reason"]
+    # the example names no forecaster model: the planner's default planned it, both members fitted
+    assert rec["model"] == "blend"
+    assert "seasonal_persistence:" in rec["model_version"]
+    assert "holt_winters:" in rec["model_version"] and "unfitted" not in rec["model_version"]
 
 
 def test_a_decision_on_an_event_day_is_raised_and_says_why(tmp_path):
