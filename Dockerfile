@@ -2,7 +2,7 @@
 # non-root user, with its state on a volume.
 #
 #   docker build -t forescale .
-#   docker build -t forescale:lstm --build-arg EXTRAS=prophet,aws,alibaba,k8s,lstm .
+#   docker build -t forescale:lstm --build-arg EXTRAS=holt-winters,prophet,aws,alibaba,k8s,lstm .
 #   docker run -d --name forescale \
 #       -v /etc/forescale:/etc/forescale:ro -v forescale-state:/var/lib/forescale \
 #       -p 9464:9464 forescale
@@ -17,7 +17,7 @@ ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS build
 # the optional extras to install; torch (lstm) only when asked for
-ARG EXTRAS=prophet,aws,alibaba,k8s
+ARG EXTRAS=holt-winters,prophet,aws,alibaba,k8s
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/forescale
 WORKDIR /src

@@ -208,10 +208,25 @@ PLAN_FORECASTER: dict[str, Any] = {
 }
 
 
+def _plan_forecaster_installed() -> None:
+    """The planner's default needs each member's packages (Holt-Winters:
+    statsmodels, an extra); without them, one line saying what to install
+    or state, at load rather than a reactive fallback every cycle."""
+    for member in PLAN_FORECASTER["params"]["members"]:
+        try:
+            _registry("forecaster").get(member["name"])
+        except PluginError as exc:
+            raise ValueError(f"forecaster: the planner's default forecaster (blend of "
+                             f"{' and '.join(m['name'] for m in PLAN_FORECASTER['params']['members'])}) "
+                             f"cannot be built: {exc}; or state forecaster: {{name: seasonal_persistence}}") from None
+
+
 def default_forecaster(policy_kind: str | None) -> ForecasterConfig:
     """The forecaster a policy of ``policy_kind`` runs with when none is
     stated: :data:`PLAN_FORECASTER` for the planner, ``seasonal_persistence``
     otherwise."""
+    if policy_kind == "plan":
+        _plan_forecaster_installed()
     return ForecasterConfig.model_validate(PLAN_FORECASTER if policy_kind == "plan" else {})
 
 
@@ -391,6 +406,7 @@ class TargetConfig(_Model):
         pol, fc = data.get("policy"), data.get("forecaster")
         kind = pol.get("kind") if isinstance(pol, Mapping) else getattr(pol, "kind", None)
         if kind == "plan" and (fc is None or (isinstance(fc, Mapping) and "name" not in fc and "params" not in fc)):
+            _plan_forecaster_installed()
             return {**data, "forecaster": {**(fc or {}), **PLAN_FORECASTER}}
         return data
 

@@ -581,3 +581,25 @@ def test_a_planner_that_states_no_forecaster_model_gets_the_planners_default():
     assert target(plan, params={"season": "weekly"}).name == "seasonal_persistence"
     assert target({}).name == "seasonal_persistence"
     assert target({"kind": "reactive"}).name == "seasonal_persistence"
+
+
+def test_without_holt_winters_installed_the_planners_default_is_one_line_saying_what_to_install(monkeypatch):
+    """The planner's default blend needs statsmodels (the holt-winters
+    extra); without it the file is refused at load with what to install or
+    state, not run into a reactive fallback every cycle."""
+    import importlib.util
+
+    import forecasters
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "statsmodels" else real(name, *a))
+    monkeypatch.delitem(forecasters.registry._loaded, "holt_winters", raising=False)
+    raw = {"name": "w", "source": {"type": "csv", "path": "x"}, "policy": {"kind": "plan", "capacity_per_replica": 1}}
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"targets": [raw]})
+    msg = str(exc.value)
+    assert msg.count("\n") <= 1 and "targets[0]" in msg
+    assert "statsmodels" in msg and "forescale[holt-winters]" in msg and "name: seasonal_persistence" in msg
+    # stating the forecaster is the way out
+    cfg = parse_config({"targets": [{**raw, "forecaster": {"name": "seasonal_persistence"}}]})
+    assert cfg.targets[0].forecaster.name == "seasonal_persistence"

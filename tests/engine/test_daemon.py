@@ -334,7 +334,7 @@ def test_dockerfile_runs_the_daemon_as_non_root_with_state_on_a_volume():
     stages = [a for i, a in ins if i == "FROM"]
     assert len(stages) == 2 and stages[0].startswith("${PYTHON_IMAGE}")
     assert ("ARG", "PYTHON_IMAGE=python:3.11-slim") in ins
-    assert ("ARG", "EXTRAS=prophet,aws,alibaba,k8s") in ins  # no torch unless asked
+    assert ("ARG", "EXTRAS=holt-winters,prophet,aws,alibaba,k8s") in ins  # no torch unless asked; the planner's default needs holt-winters
     final = ins[max(i for i, (w, _) in enumerate(ins) if w == "FROM"):]
     users = [a for i, a in final if i == "USER"]
     assert users and users[-1] == "forescale"
