@@ -6,10 +6,12 @@ the exact DP, backtracking, the schedule) for 100 levels x 72 steps.
     python benchmarks/planner_speed.py --replay nab/rds_cpu_utilization_cc0c53 --days 7
 
 ``--replay TRACE`` (a shared trace, by its path under the traces folder
-without ``.csv``) also replays the planner with its defaults (``kind: plan``,
-``seasonal_persistence``) over the first ``--days`` days of that trace
-through the backtest (the live engine's cycle) and reports the time per
-cycle and the part of it spent in the forecaster's ``predict``.
+without ``.csv``) also replays the planner with its defaults (``kind: plan``
+and its default forecaster, the blend of seasonal persistence and
+Holt-Winters; ``--forecaster NAME`` for another) over the first ``--days``
+days of that trace through the backtest (the live engine's cycle) and
+reports the time per cycle and the parts of it spent in the forecaster's
+``predict`` and in its fits (the daily refits).
 
 Reports the median and 90th percentile wall time of a whole planning step
 (``--steps`` planned steps after a 10-minute lead time), with every hard
@@ -76,39 +78,49 @@ def measure(fn, runs: int) -> dict[str, float]:
             "runs": runs}
 
 
-def replay(trace: str, days: float) -> dict[str, float]:
+def replay(trace: str, days: float, forecaster: str | None = None) -> dict[str, float]:
     """Seconds per cycle of a planner backtest over the first ``days`` of a
-    shared trace, and the share of them in the forecaster's ``predict``."""
+    shared trace, and the shares of them in the forecaster's ``predict`` and
+    ``fit``."""
+    import forecasters
     from benchmarks.backtest import TRACES_DIR
     from engine.backtest import Scenario, prepare, run_policy
-    from engine.config import ForecasterConfig
+    from engine.config import ForecasterConfig, default_forecaster
     from engine.core.types import Series
     from engine.sources.csv import read_csv
-    from forecasters.naive import SeasonalPersistence
 
     raw = read_csv(TRACES_DIR / f"{trace}.csv")
     end = raw.timestamps[0] + int(days * 86400)
     keep = raw.timestamps < end
     prep = prepare(Series(raw.timestamps[keep], raw.values[keep], raw.name), Scenario(), trace)
-    spent = [0.0]
+    spent = {"predict": 0.0, "fit": 0.0}
+    fcfg = ForecasterConfig(name=forecaster) if forecaster else default_forecaster("plan")
 
-    class Timed(SeasonalPersistence):
+    class Timed(forecasters.registry.get(fcfg.name)):
         def predict(self, *args, **kwargs):
             t = time.perf_counter()
             try:
                 return super().predict(*args, **kwargs)
             finally:
-                spent[0] += time.perf_counter() - t
+                spent["predict"] += time.perf_counter() - t
 
-    fcfg = ForecasterConfig(name="seasonal_persistence")
+        def fit(self, *args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return super().fit(*args, **kwargs)
+            finally:
+                spent["fit"] += time.perf_counter() - t
+
     t0 = time.perf_counter()
     run = run_policy(prep, "planner", {"kind": "plan"}, fcfg, model=Timed(fcfg.params))
     total = time.perf_counter() - t0
     cycles = len(prep.series)
-    return {"trace": trace, "days": days, "cycles": cycles, "seconds": round(total, 2),
+    return {"trace": trace, "days": days, "cycles": cycles, "forecaster": fcfg.name, "seconds": round(total, 2),
             "ms_per_cycle": round(total / cycles * 1000, 3),
-            "forecaster_predict_ms_per_cycle": round(spent[0] / cycles * 1000, 3),
-            "forecaster_share": round(spent[0] / total, 3), "plans": len(run.plans)}
+            "forecaster_predict_ms_per_cycle": round(spent["predict"] / cycles * 1000, 3),
+            "forecaster_share": round(spent["predict"] / total, 3),
+            "forecaster_fit_ms_per_cycle": round(spent["fit"] / cycles * 1000, 3),
+            "fit_share": round(spent["fit"] / total, 3), "plans": len(run.plans)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--replay", metavar="TRACE", help="also time a planner backtest over this shared trace")
     ap.add_argument("--days", type=float, default=7.0, help="days of --replay's trace to replay")
+    ap.add_argument("--forecaster", default=None,
+                    help="--replay's forecaster (default: the planner's, engine.config.PLAN_FORECASTER)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "planner_speed.json"))
     args = ap.parse_args(argv)
     fc, state, cfg, now = problem(args.levels, args.steps)
@@ -134,10 +148,11 @@ def main(argv: list[str] | None = None) -> int:
           f"median {whole['median_ms']:.2f} ms, p90 {whole['p90_ms']:.2f} ms per planning step "
           f"({args.runs} runs)")
     if args.replay:
-        result["replay"] = r = replay(args.replay, args.days)
-        print(f"planner backtest of {r['trace']} ({r['days']:g} days, {r['cycles']} cycles): "
+        result["replay"] = r = replay(args.replay, args.days, args.forecaster)
+        print(f"planner backtest of {r['trace']} ({r['days']:g} days, {r['cycles']} cycles, {r['forecaster']}): "
               f"{r['ms_per_cycle']:.2f} ms per cycle, {r['forecaster_predict_ms_per_cycle']:.2f} ms of it "
-              f"in the forecaster's predict ({r['forecaster_share']:.0%})")
+              f"in the forecaster's predict ({r['forecaster_share']:.0%}), "
+              f"{r['forecaster_fit_ms_per_cycle']:.2f} ms in its fits ({r['fit_share']:.0%})")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -781,6 +781,20 @@ def test_the_speed_benchmark_runs(tmp_path):
     assert doc["levels"] == 20 and doc["planned_steps"] == 12 and doc["plan_step"]["median_ms"] > 0
 
 
+def test_the_speed_benchmarks_replay_times_the_planners_default_forecaster(monkeypatch):
+    """``--replay`` plans on the planner's default forecaster (the blend) and
+    times its predicts and its fits apart (three days: Holt-Winters joins at
+    the second daily refit)."""
+    from benchmarks import planner_speed
+    from tests.support import TRACES
+
+    monkeypatch.setattr("benchmarks.backtest.TRACES_DIR", TRACES)
+    r = planner_speed.replay("nab/rds_cpu_utilization_e47b3b", 3)
+    assert r["forecaster"] == "blend" and 860 <= r["cycles"] <= 3 * 288 and r["plans"] > 0
+    assert r["forecaster_predict_ms_per_cycle"] > 0 and r["forecaster_fit_ms_per_cycle"] > 0
+    assert r["forecaster_share"] + r["fit_share"] < 1
+
+
 def test_scale_in_disabled_holds_for_the_planner_too():
     """``scale_in: false`` (never remove capacity) holds whatever the plan."""
     from datetime import datetime, timezone
