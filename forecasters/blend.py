@@ -89,16 +89,18 @@ class BlendForecaster(BaseForecaster):
         """Fit both members; one still short of history (Holt-Winters needs
         two seasons where seasonal persistence needs one) sits out, unfitted,
         until a refit on enough history, and the other forecasts alone
-        meanwhile. Both short: the shorter need is raised."""
-        short: list[InsufficientHistory] = []
-        for i, (m, c) in enumerate(zip(self.models, self.params.members)):
+        meanwhile. Both short: the shorter need is raised, the members left
+        as a single model's fit that raises leaves it."""
+        short: dict[int, InsufficientHistory] = {}
+        for i, m in enumerate(self.models):
             try:
                 m.fit(history)
             except InsufficientHistory as exc:
-                self.models[i] = create_candidate(c)  # not half a refit on stale state
-                short.append(exc)
+                short[i] = exc
         if len(short) == len(self.models):
-            raise min(short, key=lambda e: e.need)
+            raise min(short.values(), key=lambda e: e.need)
+        for i in short:  # not half a refit on stale state beside the one that fitted
+            self.models[i] = create_candidate(self.params.members[i])
 
     def _update(self, new: Series) -> None:
         for m in self.models:
