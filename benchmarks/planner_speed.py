@@ -96,20 +96,18 @@ def replay(trace: str, days: float, forecaster: str | None = None) -> dict[str, 
     spent = {"predict": 0.0, "fit": 0.0}
     fcfg = ForecasterConfig(name=forecaster) if forecaster else default_forecaster("plan")
 
-    class Timed(forecasters.registry.get(fcfg.name)):
-        def predict(self, *args, **kwargs):
-            t = time.perf_counter()
-            try:
-                return super().predict(*args, **kwargs)
-            finally:
-                spent["predict"] += time.perf_counter() - t
+    cls = forecasters.registry.get(fcfg.name)
 
-        def fit(self, *args, **kwargs):
+    def timed(verb: str):
+        def call(self, *args, **kwargs):
             t = time.perf_counter()
             try:
-                return super().fit(*args, **kwargs)
+                return getattr(cls, verb)(self, *args, **kwargs)
             finally:
-                spent["fit"] += time.perf_counter() - t
+                spent[verb] += time.perf_counter() - t
+        return call
+
+    Timed = type("Timed", (cls,), {verb: timed(verb) for verb in spent})
 
     t0 = time.perf_counter()
     run = run_policy(prep, "planner", {"kind": "plan"}, fcfg, model=Timed(fcfg.params))
