@@ -229,9 +229,10 @@ CALM_POLICY: dict[str, Any] = {
     "reactive": {"enabled": True, "tolerance": 0.0, "target_utilization": 0.9},
     "stabilization": {"scale_up": "0s", "scale_down": "1h"},
 }
-#: persistence adjusted by the same-time-of-day change one day ago
-#: (REFERENCE.md section 4, item 4)
-DEFAULT_FORECASTER = ForecasterConfig(name="seasonal_persistence")
+#: the default policy's forecaster (``seasonal_persistence``: persistence
+#: adjusted by the same-time-of-day change one day ago, REFERENCE.md section
+#: 4, item 4), from the one place the defaults per policy kind live
+DEFAULT_FORECASTER = default_forecaster(DEFAULT_POLICY.get("kind"))
 
 
 @dataclass(frozen=True)
