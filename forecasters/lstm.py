@@ -207,6 +207,28 @@ def _ffill(y: np.ndarray) -> np.ndarray:
     return out
 
 
+def sample_cadence(y: np.ndarray) -> int:
+    """The series' own sampling step in grid steps: the median distance
+    between consecutive observations (1 for a series observed at every step,
+    or with scattered gaps; 6 for 30-minute samples on a 5-minute grid)."""
+    idx = np.flatnonzero(~np.isnan(y))
+    if idx.size < 3:
+        return 1
+    return max(1, int(np.median(np.diff(idx))))
+
+
+def _ffill_within(y: np.ndarray, steps: int) -> np.ndarray:
+    """Carry each observation forward at most ``steps`` steps (0: ``y``
+    itself): the value a series sampled every ``steps + 1`` steps holds
+    between its samples, and no further into a real gap."""
+    if steps <= 0:
+        return y
+    idx = np.where(np.isnan(y), -1, np.arange(y.size))
+    np.maximum.accumulate(idx, out=idx)
+    ok = (idx >= 0) & (np.arange(y.size) - idx <= steps)
+    return np.where(ok, y[np.clip(idx, 0, None)], np.nan)
+
+
 def _calendar(ts: np.ndarray) -> np.ndarray:
     """(..., 4): sin/cos of time of day and of day of week (Monday = 0)."""
     ts = np.asarray(ts, dtype=np.int64)
@@ -249,6 +271,9 @@ def build_features(
     L, H = cfg.lookback, cfg.horizon
     origins = np.asarray(origins, dtype=np.int64)
     yf = _ffill(y)
+    # the day-earlier values, held between the samples of a series sampled
+    # coarser than the grid (else a lag lands between samples: no lag at all)
+    yc = _ffill_within(y, sample_cadence(y) - 1)
     miss = np.isnan(y).astype(np.float32)
     s, m = scaler.scale, scaler.median
     base = yf[origins]
@@ -280,11 +305,11 @@ def build_features(
     if cfg.seasonal_lag:
         j = origins[:, None] + hs[None, :] - S  # one day before each target
         jok = (j >= 0) & (hs[None, :] <= S)
-        yj = y[np.clip(j, 0, y.size - 1)]  # (a lead past a day reads no lag: jok)
+        yj = yc[np.clip(j, 0, y.size - 1)]  # (a lead past a day reads no lag: jok)
         lag = (yj - base[:, None]) / s
         lag_ok = jok & np.isfinite(lag)
         j0 = origins - S
-        y0 = y[np.clip(j0, 0, None)]
+        y0 = yc[np.clip(j0, 0, None)]
         d0 = (y0 - base) / s
         d0_ok = (j0 >= 0) & np.isfinite(d0)
     else:
@@ -312,7 +337,9 @@ def build_features(
 
 
 def training_origins(y: np.ndarray, cfg: LSTMParams, *, need_targets: bool = True) -> np.ndarray:
-    """Origins with a full lookback, at least half of it observed, and (when
+    """Origins with a full lookback, at least half of it observed at the
+    series' own cadence (:func:`sample_cadence`: half of the samples a
+    30-minute series has in it on a 5-minute grid), and (when
     ``need_targets``) at least one observed target within the horizon."""
     L, H = cfg.lookback, cfg.horizon
     n = y.size
@@ -322,7 +349,7 @@ def training_origins(y: np.ndarray, cfg: LSTMParams, *, need_targets: bool = Tru
     ok = (~np.isnan(y)).astype(np.int64)
     c = np.concatenate([[0], np.cumsum(ok)])
     o = np.arange(L - 1, last + 1)
-    enough = (c[o + 1] - c[o + 1 - L]) * 2 >= L
+    enough = (c[o + 1] - c[o + 1 - L]) * 2 * sample_cadence(y) >= L
     if need_targets:
         hi = np.minimum(o + H, n - 1)
         enough &= (c[hi + 1] - c[o + 1]) > 0
