@@ -63,7 +63,7 @@ from .anomaly import AnomalyConfig, flagged
 from .config import ForecasterConfig, PluginSection, TargetConfig, default_forecaster
 from .core.errors import ConfigError, DataError
 from .core.types import ScalingState, Schedule, Series
-from .core.units import from_epoch
+from .core.units import format_duration, from_epoch
 from .cycle import TargetRunner
 from .feedback import MemoryFeedback, accuracy, mape_meaningless, mape_warning, seasonal_naive_scale
 
@@ -440,21 +440,49 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def scored_span(scored: np.ndarray) -> np.ndarray:
+    """Every interval from the first scored one to the last: where a change
+    of capacity counts as an action. A change lands a lead time after the
+    decision, which on a trace with gaps (or sampled coarser than the
+    interval: 30-minute data on a 5-minute grid, a 10-minute lead) can be
+    an interval without an observation; it is a change all the same."""
+    span = np.zeros(scored.size, dtype=bool)
+    idx = np.flatnonzero(scored)
+    if idx.size:
+        span[idx[0]: idx[-1] + 1] = True
+    return span
+
+
 def scored_days(scored: np.ndarray, interval: timedelta) -> float:
-    return float(scored.sum()) * interval.total_seconds() / DAY_S
+    """The days from the first scored interval to the last (:func:`scored_span`):
+    what "a day" divides, so that 30-minute data on a 5-minute grid counts
+    its days, not a sixth of them."""
+    return float(scored_span(scored).sum()) * interval.total_seconds() / DAY_S
+
+
+def _held(d: np.ndarray) -> np.ndarray:
+    """``d`` with each gap holding the value before it (a gap at the start:
+    NaN): what the oracle sizes for between samples. Sized for nothing
+    there, it would drop to the minimum and come back around every gap,
+    and on a trace sampled coarser than the interval change every interval."""
+    idx = np.where(np.isnan(d), -1, np.arange(d.size))
+    np.maximum.accumulate(idx, out=idx)
+    return np.where(idx >= 0, d[np.clip(idx, 0, None)], np.nan)
 
 
 def oracle_need(d: np.ndarray, cpr: float, u: float, lo: int, hi: int) -> np.ndarray:
+    """The fewest replicas that carry ``d`` at utilization ``u``, holding
+    through a gap."""
     with np.errstate(invalid="ignore"):
-        need = np.ceil(d / (cpr * u) - 1e-9)
+        need = np.ceil(_held(d) / (cpr * u) - 1e-9)
     return np.clip(np.nan_to_num(need, nan=lo), lo, hi).astype(np.int64)
 
 
 def ladder_need(d: np.ndarray, ladder: tuple[Rung, ...], u: float, lo: int, hi: int) -> np.ndarray:
     """The cheapest rung that carries ``d`` at utilization ``u`` (the top
-    rung if none does): the vertical oracle."""
+    rung if none does), holding through a gap: the vertical oracle."""
     caps = np.array([r.capacity for r in ladder]) * u
-    idx = np.searchsorted(caps, np.nan_to_num(d, nan=0.0) - 1e-9, side="left")
+    idx = np.searchsorted(caps, np.nan_to_num(_held(d), nan=0.0) - 1e-9, side="left")
     return np.clip(idx, lo, min(hi, len(ladder) - 1)).astype(np.int64)
 
 
@@ -471,7 +499,7 @@ def score_served(d: np.ndarray, served: np.ndarray, weight: np.ndarray, need_wei
         "violation_fraction": float(np.mean(ds > ss + 1e-12)) if ds.size else float("nan"),
         "unserved_fraction": float(np.sum(np.maximum(0.0, ds - ss)) / np.sum(ds)) if np.sum(ds) > 0 else 0.0,
         "cost_vs_oracle": float(np.sum(cs) / np.sum(ns)) if np.sum(ns) > 0 else float("nan"),
-        "actions": int(np.sum(changed & scored)),
+        "actions": int(np.sum(changed & scored_span(scored))),
     }
 
 
@@ -537,7 +565,8 @@ def evaluate(prep: Prepared, run: PolicyRun, *, downtime: bool = True) -> Policy
         act["downtime_unserved_fraction"] = float(np.sum(lost[s & down]) / total) if total > 0 else 0.0
     price = prep.price(run.in_service)
     if price is not None:
-        act["cost_per_day"] = float(np.sum(price[s]) * sc.interval.total_seconds() / 3600 / days) if days else 0.0
+        # the mean hourly price over the scored intervals, for a day
+        act["cost_per_day"] = float(np.mean(price[s]) * DAY_S / 3600) if s.any() else 0.0
     run.actuation = act
     return run
 
@@ -770,6 +799,16 @@ def prepare(raw: Series, scenario: Scenario = Scenario(), trace: str = "") -> Pr
     idx = np.arange(d.size)
     scored = (idx >= warm) & ~np.isnan(d)
     first = int(np.flatnonzero(~np.isnan(d))[0])
+    obs = np.flatnonzero(~np.isnan(d))
+    cadence = int(np.median(np.diff(obs))) if obs.size > 2 else 1
+    if cadence > 1:
+        every = format_duration(timedelta(seconds=cadence * step_s))
+        lead = format_duration(timedelta(seconds=k * step_s))
+        notes.append(f"the trace is sampled every {every}, coarser than the {format_duration(scenario.interval)} "
+                     f"interval: a policy decides at each sample and holds between; "
+                     + ("forecast accuracy at the lead time is not measured (no observation lies one "
+                        f"lead time, {lead}, after a sample)" if k % cadence else
+                        "forecast accuracy at the lead time is measured on the samples"))
     cpr: float | None = None
     ladder: tuple[Rung, ...] | None = None
     if scenario.ladder is not None:

@@ -52,6 +52,27 @@ def test_gaps_hold_capacity_and_are_not_scored():
     assert r.scored.sum() == 8
 
 
+def test_a_trace_sampled_coarser_than_the_interval_counts_its_changes_and_its_days():
+    """Samples every 15 minutes on a 5-minute grid, a 10-minute lead: every
+    change lands between two samples. It is an action all the same, the
+    oracle holds its need between samples (it does not drop to the minimum
+    and come back), and a day is a day of the trace, not the third of one
+    its samples cover."""
+    nan = np.nan
+    d = [1, nan, nan, 3, nan, nan, 3, nan, nan, 1, nan, nan, 1]
+    r = run_backtest(series(d), scenario=SMALL)
+    assert r.need.tolist() == [2, 2, 2, 6, 6, 6, 6, 6, 6, 2, 2, 2, 2]
+    assert r.runs["oracle"].metrics["actions"] == 2
+    rx = r.runs["reactive"]
+    assert rx.in_service.tolist() == [2, 2, 2, 2, 2, 6, 6, 6, 6, 6, 6, 2, 2]
+    assert rx.metrics["actions"] == 2  # 2 -> 6 at t5, 6 -> 2 at t11: neither interval has a sample
+    assert rx.metrics["violation_fraction"] == pytest.approx(1 / 5)  # t3 of the five samples
+    days = 13 * 300 / 86400  # t0 .. t12, the first sample to the last
+    assert r.to_dict()["scored_days"] == pytest.approx(days)
+    assert rx.actuation["changes_per_day"] == pytest.approx(2 / days)
+    assert any("sampled every 15m, coarser than the 5m interval" in n for n in r.notes)
+
+
 def test_warmup_is_run_but_not_scored():
     d = [5.0] * 12 + [1.0] * 12
     sc = Scenario(interval=timedelta(minutes=5), target_utilization=0.5, capacity_per_replica=1.0,
