@@ -96,6 +96,56 @@ def test_hw_missing_sample_advances_with_the_models_own_forecast(hw):
     np.testing.assert_allclose(g.predict(t, 3, (0.5,)).point, h.predict(t, 3, (0.5,)).point)
 
 
+def test_hw_a_short_gap_between_two_samples_is_interpolated_a_long_one_is_missing(hw):
+    end = int(HW_DATA.timestamps[3 * DAY - 1])
+    last, nxt = float(HW_DATA.values[3 * DAY - 1]), float(HW_DATA.values[3 * DAY + 1])
+    gap = copy.deepcopy(hw)
+    gap.update(Series(np.array([end + 2 * STEP]), np.array([nxt])))
+    mid = copy.deepcopy(hw)
+    mid.update(Series(np.array([end + STEP, end + 2 * STEP]), np.array([(last + nxt) / 2, nxt])))
+    t = from_epoch(end + 2 * STEP)
+    np.testing.assert_allclose(gap.predict(t, 3, (0.5,)).point, mid.predict(t, 3, (0.5,)).point, rtol=1e-12)
+    # two hours without a sample: the model's own forecast carries the states
+    far = end + 25 * STEP
+    long_gap = copy.deepcopy(hw)
+    long_gap.update(Series(np.array([far]), np.array([nxt])))
+    nans = copy.deepcopy(hw)
+    nans.update(Series(np.array([end + STEP]), np.array([np.nan])))
+    for k in range(2, 25):
+        nans.update(Series(np.array([end + k * STEP]), np.array([np.nan])))
+    nans.update(Series(np.array([far]), np.array([nxt])))
+    np.testing.assert_allclose(long_gap.predict(from_epoch(far), 3, (0.5,)).point,
+                               nans.predict(from_epoch(far), 3, (0.5,)).point, rtol=1e-9)
+
+
+def test_hw_on_a_metric_sampled_every_30_minutes_on_a_5_minute_grid_stays_sane():
+    """nyc_taxi (30-minute samples) on the engine's 5-minute grid: five grid
+    points in six are missing. Each sample's whole jump went into level and
+    trend at once, and the forecast reached 1e189 (the planner's default
+    blend forecasts with it)."""
+    from pathlib import Path
+
+    from engine.sources.csv import read_csv
+
+    raw = read_csv(Path(__file__).parents[1] / "fixtures/traces/nab/nyc_taxi.csv")
+    grid = raw.regular(timedelta(minutes=5))
+    n = 8 * DAY
+    f = HoltWinters({"initialization": "heuristic"})
+    f.fit(grid[:n])
+    top = float(np.nanmax(grid.values))
+    ours, flat = [], []
+    for o in range(n, n + 2 * DAY, 6):
+        h = grid[: o + 1]
+        f.update(h)
+        fc = f.predict(from_epoch(int(h.timestamps[-1])), 24, (0.5, 0.9))
+        assert fc.quantiles[0.9].max() < 2 * top
+        fut = grid.values[o + 1: o + 25]
+        seen = np.isfinite(fut)
+        ours.append(np.mean(np.abs(fc.point[seen] - fut[seen])))
+        flat.append(np.mean(np.abs(h.values[-1] - fut[seen])))
+    assert np.mean(ours) < np.mean(flat)
+
+
 def test_hw_forecast_is_level_plus_damped_trend_plus_season(hw):
     n = hw._y.size
     level, trend = hw._lvl[-1], hw._trd[-1]
