@@ -142,6 +142,30 @@ class _Slot:
                 "fitted_at": isoformat(self.last_fit) if self.last_fit else None}
 
 
+
+#: a forecast above this many times the largest observation in its history
+#: is a broken model, not a prediction: the cycle falls back (and never
+#: scales down) rather than buy capacity for it. Holt-Winters on a metric
+#: sampled coarser than the grid once forecast 1e189 (docs/operations.md).
+IMPLAUSIBLE_FACTOR = 100.0
+
+
+def implausible(forecast: Forecast, history: Series) -> str | None:
+    """Why ``forecast`` cannot be planned on (its largest value is more than
+    :data:`IMPLAUSIBLE_FACTOR` times the largest observation in ``history``),
+    or None. A history with nothing above zero is not judged."""
+    seen = history.values[np.isfinite(history.values)]
+    top = float(seen.max()) if seen.size else 0.0
+    if top <= 0.0:
+        return None
+    levels = [forecast.point, *forecast.quantiles.values()]
+    worst = max(float(np.max(a)) for a in levels if a.size) if forecast.point.size else 0.0
+    if worst <= IMPLAUSIBLE_FACTOR * top:
+        return None
+    return (f"implausible forecast from {forecast.model}: {worst:.4g} is more than "
+            f"{IMPLAUSIBLE_FACTOR:g} times the largest observation in its history ({top:.4g})")
+
+
 class TargetRunner:
     """Forecaster upkeep + forecast + decide, for one target."""
 
@@ -493,6 +517,8 @@ class TargetRunner:
             forecast, error, extra["quality_gate"] = self._gate(fit, now, covariates, window)
         else:
             forecast, error = self.forecast(fit, now, covariates=covariates, window=window)
+        if forecast is not None and (why := implausible(forecast, fit)) is not None:
+            forecast, error = None, f"ForecastError: {why}"
         self._previous = forecast
         #: this cycle's anomaly (and its step), for the decision (step())
         self.flagged = (anomaly, flag)

@@ -73,6 +73,31 @@ def test_a_trace_sampled_coarser_than_the_interval_counts_its_changes_and_its_da
     assert any("sampled every 15m, coarser than the 5m interval" in n for n in r.notes)
 
 
+def test_a_forecast_a_hundred_times_above_anything_seen_is_not_planned_on():
+    """A broken model (Holt-Winters on a coarsely sampled metric once
+    forecast 1e189) must not buy the maximum: the cycle falls back, says
+    why, and sizes as the HPA does."""
+    from engine.config import ForecasterConfig
+    from forecasters.naive import Persistence
+
+    from tests.support.forecasters import registered
+
+    def _predict(self, ahead, quantiles):
+        point, _ = Persistence._predict(self, ahead, quantiles)
+        return 1e6 * point, {q: 1e6 * point for q in quantiles}
+
+    huge = type("Huge", (Persistence,), {"name": "huge", "_predict": _predict})
+    d = 10 + 5 * np.sin(np.arange(600) * 2 * np.pi / 288)
+    caught = []
+    with registered(huge=huge):
+        r = run_backtest(series(d), scenario=SMALL, policy={"kind": "plan"}, forecaster=ForecasterConfig(name="huge"),
+                         progress=lambda name, t, n, dec: caught.append(dec) if name == "planner" else None)
+    pl, rx = r.runs["planner"], r.runs["reactive"]
+    assert pl.fallbacks == len(d) and pl.in_service.max() <= rx.in_service.max() < 60
+    data = caught[-1].step("data")
+    assert "implausible forecast from huge" in data.message and "100 times the largest observation" in data.message
+
+
 def test_warmup_is_run_but_not_scored():
     d = [5.0] * 12 + [1.0] * 12
     sc = Scenario(interval=timedelta(minutes=5), target_utilization=0.5, capacity_per_replica=1.0,
