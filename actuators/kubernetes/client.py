@@ -284,7 +284,6 @@ class _Kube:
         self.apps = client.AppsV1Api(api_client)
         self.autoscaling = client.AutoscalingV2Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
-        self.V1Scale = client.V1Scale
         self.ApiException = client.exceptions.ApiException
         self.timeout = timeout
         self.needs = needs

@@ -118,8 +118,9 @@ class ScaleSubresourceActuator(KubeActuator):
             extra["dry_run"] = "All"
         if r.builtin:
             fn = getattr(k.apps, f"replace_namespaced_{r.snake}_scale")
-            return k.call(self._op("update", "scale"), fn, c.name, c.namespace,
-                          k.V1Scale.from_dict(body), **extra)
+            # the body as a plain dict: the client serializes it as it is
+            # (kubernetes 36 models have no from_dict any more)
+            return k.call(self._op("update", "scale"), fn, c.name, c.namespace, body, **extra)
         return k.call(self._op("update", "scale"), k.custom.replace_namespaced_custom_object_scale,
                       r.group, r.version, c.namespace, r.plural, c.name, body, **extra)
 
