@@ -63,6 +63,7 @@ from .anomaly import AnomalyConfig, flagged
 from .config import ForecasterConfig, PluginSection, TargetConfig, default_forecaster
 from .core.errors import ConfigError, DataError
 from .core.types import ScalingState, Schedule, Series
+from .core.gaps import hold_forward, sample_cadence
 from .core.units import format_duration, from_epoch
 from .cycle import TargetRunner
 from .feedback import MemoryFeedback, accuracy, mape_meaningless, mape_warning, seasonal_naive_scale
@@ -460,21 +461,13 @@ def scored_days(scored: np.ndarray, interval: timedelta) -> float:
     return float(scored_span(scored).sum()) * interval.total_seconds() / DAY_S
 
 
-def _held(d: np.ndarray) -> np.ndarray:
-    """``d`` with each gap holding the value before it (a gap at the start:
-    NaN): what the oracle sizes for between samples. Sized for nothing
-    there, it would drop to the minimum and come back around every gap,
-    and on a trace sampled coarser than the interval change every interval."""
-    idx = np.where(np.isnan(d), -1, np.arange(d.size))
-    np.maximum.accumulate(idx, out=idx)
-    return np.where(idx >= 0, d[np.clip(idx, 0, None)], np.nan)
-
-
 def oracle_need(d: np.ndarray, cpr: float, u: float, lo: int, hi: int) -> np.ndarray:
     """The fewest replicas that carry ``d`` at utilization ``u``, holding
-    through a gap."""
+    through a gap (sized for nothing there, the oracle dropped to the
+    minimum and came back around every gap: on a trace sampled coarser than
+    the interval, a change every interval)."""
     with np.errstate(invalid="ignore"):
-        need = np.ceil(_held(d) / (cpr * u) - 1e-9)
+        need = np.ceil(hold_forward(d) / (cpr * u) - 1e-9)
     return np.clip(np.nan_to_num(need, nan=lo), lo, hi).astype(np.int64)
 
 
@@ -482,7 +475,7 @@ def ladder_need(d: np.ndarray, ladder: tuple[Rung, ...], u: float, lo: int, hi: 
     """The cheapest rung that carries ``d`` at utilization ``u`` (the top
     rung if none does), holding through a gap: the vertical oracle."""
     caps = np.array([r.capacity for r in ladder]) * u
-    idx = np.searchsorted(caps, np.nan_to_num(_held(d), nan=0.0) - 1e-9, side="left")
+    idx = np.searchsorted(caps, np.nan_to_num(hold_forward(d), nan=0.0) - 1e-9, side="left")
     return np.clip(idx, lo, min(hi, len(ladder) - 1)).astype(np.int64)
 
 
@@ -799,8 +792,7 @@ def prepare(raw: Series, scenario: Scenario = Scenario(), trace: str = "") -> Pr
     idx = np.arange(d.size)
     scored = (idx >= warm) & ~np.isnan(d)
     first = int(np.flatnonzero(~np.isnan(d))[0])
-    obs = np.flatnonzero(~np.isnan(d))
-    cadence = int(np.median(np.diff(obs))) if obs.size > 2 else 1
+    cadence = sample_cadence(d)
     if cadence > 1:
         every = format_duration(timedelta(seconds=cadence * step_s))
         lead = format_duration(timedelta(seconds=k * step_s))

@@ -72,6 +72,7 @@ import numpy as np
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from engine.core.errors import ForecastError, InsufficientHistory
+from engine.core.gaps import hold_forward, sample_cadence
 from engine.core.plugins import Capabilities
 from engine.core.types import Forecast, Series
 from engine.core.units import to_epoch
@@ -195,40 +196,6 @@ class RobustScaler:
 
 
 # ---------------------------------------------------------------------------- features
-def _ffill(y: np.ndarray) -> np.ndarray:
-    """Carry the last observation forward (leading NaN stay NaN)."""
-    idx = np.where(np.isnan(y), 0, np.arange(y.size))
-    np.maximum.accumulate(idx, out=idx)
-    out = y[idx]
-    if y.size and np.isnan(y[0]):
-        first = np.flatnonzero(~np.isnan(y))
-        if first.size:
-            out[: first[0]] = np.nan
-    return out
-
-
-def sample_cadence(y: np.ndarray) -> int:
-    """The series' own sampling step in grid steps: the median distance
-    between consecutive observations (1 for a series observed at every step,
-    or with scattered gaps; 6 for 30-minute samples on a 5-minute grid)."""
-    idx = np.flatnonzero(~np.isnan(y))
-    if idx.size < 3:
-        return 1
-    return max(1, int(np.median(np.diff(idx))))
-
-
-def _ffill_within(y: np.ndarray, steps: int) -> np.ndarray:
-    """Carry each observation forward at most ``steps`` steps (0: ``y``
-    itself): the value a series sampled every ``steps + 1`` steps holds
-    between its samples, and no further into a real gap."""
-    if steps <= 0:
-        return y
-    idx = np.where(np.isnan(y), -1, np.arange(y.size))
-    np.maximum.accumulate(idx, out=idx)
-    ok = (idx >= 0) & (np.arange(y.size) - idx <= steps)
-    return np.where(ok, y[np.clip(idx, 0, None)], np.nan)
-
-
 def _calendar(ts: np.ndarray) -> np.ndarray:
     """(..., 4): sin/cos of time of day and of day of week (Monday = 0)."""
     ts = np.asarray(ts, dtype=np.int64)
@@ -270,10 +237,10 @@ def build_features(
     """
     L, H = cfg.lookback, cfg.horizon
     origins = np.asarray(origins, dtype=np.int64)
-    yf = _ffill(y)
+    yf = hold_forward(y)
     # the day-earlier values, held between the samples of a series sampled
     # coarser than the grid (else a lag lands between samples: no lag at all)
-    yc = _ffill_within(y, sample_cadence(y) - 1)
+    yc = hold_forward(y, sample_cadence(y) - 1)
     miss = np.isnan(y).astype(np.float32)
     s, m = scaler.scale, scaler.median
     base = yf[origins]
@@ -292,7 +259,7 @@ def build_features(
     parts = [np.clip(lvl, -_LEVEL_CLIP, _LEVEL_CLIP)[..., None], rel[..., None], mis[..., None],
              _calendar(wts)]
     for cv, csc in covs:
-        cf = _ffill(cv)
+        cf = hold_forward(cv)
         cl = (cf[wi] - csc.median) / csc.scale
         cm = np.where(valid, np.isnan(cv).astype(np.float32)[wi], 1.0)
         parts += [np.where(valid & np.isfinite(cl), cl, 0.0)[..., None], cm[..., None]]
@@ -1488,7 +1455,7 @@ def levelfree_features(y: np.ndarray, ts: np.ndarray, origins: np.ndarray, step:
     origins = np.asarray(origins, dtype=np.int64)
     L, K = cfg.lookback, np.asarray(cfg.horizons, dtype=np.int64)
     S = _season_steps(step)
-    yf = _ffill(y)
+    yf = hold_forward(y)
     miss = np.isnan(y).astype(np.float32)
     scale = _rolling_scale(yf, origins, S)
     base = yf[origins]
