@@ -142,7 +142,6 @@ class _Slot:
                 "fitted_at": isoformat(self.last_fit) if self.last_fit else None}
 
 
-
 #: a forecast above this many times the largest observation in its history
 #: is a broken model, not a prediction: the cycle falls back (and never
 #: scales down) rather than buy capacity for it. Holt-Winters on a metric
