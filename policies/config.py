@@ -339,6 +339,7 @@ class PlanConfig(_Model):
             return DEFAULT_SLO
         return max(DEFAULT_SLO, LADDER_RESIZES_PER_DAY * self.downtime / timedelta(days=1))
 
+
 #: the calibration of a horizontal ``kind: plan`` policy that states its
 #: ``slo`` and no ``calibration`` (docs/planner.md: chosen on the tuning traces)
 STATED_SLO_CALIBRATION = "rate"
@@ -346,9 +347,8 @@ STATED_SLO_CALIBRATION = "rate"
 #: prices the whole distribution and lowers the rate where bursts saturate;
 #: a cap kept the plan from buying for them however low the rate went, and
 #: on bursty tuning traces the realized fraction stayed at 2-2.5 % against a
-#: stated 0.5 % with the rate pinned near its floor (docs/planner.md)
+#: stated 0.5 % with the rate pinned near its lower bound (docs/planner.md)
 STATED_SLO_HEADROOM_CAP = None
-
 
 
 def _stated_slo_defaults(calibration: object, given: set[str]) -> dict[str, Any]:
