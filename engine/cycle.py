@@ -43,7 +43,7 @@ from policies.window import LeadWindow, lead_window
 from .anomaly import AnomalyDetector, with_anomaly
 from .audit import decision_context
 from .calibration import QuantileCalibrator, StoreCalibrator
-from .checkpoints import ModelCheckpoint, shelf_for
+from .checkpoints import ModelCheckpoint, model_key, shelf_for
 from .config import TargetConfig
 from .core.plugins import capabilities_of
 from .core.errors import (
@@ -205,6 +205,9 @@ class TargetRunner:
         self.anomalies = AnomalyDetector(target.anomalies, target.interval, target.forecaster.history) \
             if target.anomalies is not None and forecaster is not None else None
         self._previous: Forecast | None = None  # the last cycle's forecast, for the residual
+        #: whether the back-off of fits failing before this process started
+        #: has been looked up (:meth:`resume_fits`; nothing to look up without a store)
+        self._resumed = store is None
         self.flagged: tuple[Any, Any] = (None, None)
         #: a runner per further resource (its own forecaster and feedback,
         #: keyed by its series name ``target/resource``)
@@ -244,9 +247,42 @@ class TargetRunner:
         fitted ``refit_every`` ago, and not waiting after a failed fit
         (:meth:`fit_failed`; half an interval early counts, as a cycle's
         clock is never exact)."""
+        if slot is self.primary:
+            self.resume_fits()
         if slot.last_fit is not None and now - slot.last_fit < self.target.forecaster.refit_every:
             return False
         return slot.retry_at is None or now >= slot.retry_at - self.target.interval / 2
+
+    def resume_fits(self) -> None:
+        """Once, before this runner's first look at whether the configured
+        model is due (a new process, a replica that took the target's lease,
+        a reload that made the model anew): where its fits were failing when
+        the target's newest decision was recorded (``extra.fit``), take up
+        their count, error and next try as they stood, so that a restart
+        neither retries a failing fit at once nor starts its back-off again.
+        Only for the same forecaster section and interval (the key a
+        checkpoint must match): a changed one is fitted at once."""
+        if self._resumed:
+            return
+        self._resumed = True
+        slot = self.primary
+        if slot.fit_failures or slot.retry_at is not None:  # this process has its own record
+            return
+        try:
+            recs = self.store.decisions(self.target.name, limit=1)
+        except Exception as exc:  # noqa: BLE001 - no record to resume from: fit as a new process does
+            log.warning("target %s: the newest decision could not be read (%s); fits start afresh",
+                        self.target.name, exc, extra={"target": self.target.name})
+            return
+        fit = (recs[0].get("extra") or {}).get("fit") if recs else None
+        if not isinstance(fit, dict) or fit.get("model") != slot.name or fit.get("key") != model_key(self.target) \
+                or not fit.get("next_try") or not fit.get("failures"):
+            return
+        slot.fit_failures, slot.fit_error = int(fit["failures"]), str(fit.get("error"))
+        slot.failed_at = parse_time(fit["failed_at"]) if fit.get("failed_at") else None
+        slot.retry_at = parse_time(fit["next_try"])
+        log.info("target %s: %d fit(s) of %s failed before this process started; the next is tried at %s",
+                 self.target.name, slot.fit_failures, slot.name, fit["next_try"], extra={"target": self.target.name})
 
     def fit_failed(self, slot: _Slot, now: datetime, why: str) -> None:
         """Record that ``slot``'s fit failed at ``now``: the next is tried
@@ -523,7 +559,9 @@ class TargetRunner:
         self.flagged = (anomaly, flag)
         fit_state = self.primary.fit_state(now) if self.primary.forecaster is not None else None
         if fit_state is not None:
-            extra["fit"] = fit_state  # its fits are failing: what it forecasts with meanwhile
+            # its fits are failing: what it forecasts with meanwhile (and the
+            # key a process after this one resumes the back-off under)
+            extra["fit"] = {**fit_state, "key": model_key(self.target)}
         selection = getattr(self.primary.forecaster, "selection", None)
         if isinstance(selection, dict) and selection:
             extra["selection"] = selection  # the auto forecaster's choice and scores

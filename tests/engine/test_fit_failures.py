@@ -195,3 +195,42 @@ def test_a_new_model_short_of_history_is_fitted_once_it_has_enough_and_is_not_co
     finally:
         run.d.shutdown(30)
     assert run.tried == [0, 35]
+
+
+def test_a_restart_keeps_the_back_off_of_a_failing_fit_and_a_changed_forecaster_is_fitted_at_once(tmp_path, fit_probe):
+    """The daemon restarted while a model's fits were failing: the next fit
+    waits as the decision before the restart recorded it (not one at once,
+    then 5, 10, 20 minutes again), and the count goes on. A restart with the
+    forecaster section changed (the usual way to mend a failing model) fits
+    at its first cycle."""
+    t = np.arange(3 * DAY // 300)
+    trace = write_trace(tmp_path / "load.csv", 40 + 20 * np.sin(2 * np.pi * t / 288))
+    cfg = write_config(tmp_path / "c.yaml", [probe_target("bob", trace, tmp_path, raise_for="bob")])
+    first = Run(cfg, "bob")
+    try:
+        for minutes in range(0, 40, 5):
+            first.at(minutes)
+    finally:
+        first.d.shutdown(30)
+    assert first.tried == [0, 5, 15, 35]  # the next at 75
+    second = Run(cfg, "bob")  # a new process on the same state
+    try:
+        seen = {m: second.at(m)[0] for m in range(40, 140, 5)}
+    finally:
+        second.d.shutdown(30)
+    assert second.tried == [75, 135]
+    waiting = seen[40].decision
+    assert waiting.fallback and waiting.desired >= waiting.current
+    assert seen[40].details["forecast_error"].startswith(
+        "ForecastError: no usable model of fit_probe: it failed at 2024-03-02T00:35:00Z"), seen[40].details
+    assert seen[40].details["forecast_error"].endswith("the next fit at 2024-03-02T01:15:00Z")
+    assert seen[75].decision.extra["fit"]["failures"] == 5 and seen[130].decision.extra["fit"]["failures"] == 5
+    assert seen[135].decision.extra["fit"]["failures"] == 6
+    # the forecaster section changed before the next restart: fitted at once
+    cfg = write_config(tmp_path / "c.yaml", [probe_target("bob", trace, tmp_path, raise_for="bob", need=10)])
+    third = Run(cfg, "bob")
+    try:
+        third.at(140)
+    finally:
+        third.d.shutdown(30)
+    assert third.tried == [140]
