@@ -255,8 +255,8 @@ class TargetRunner:
 
     def resume_fits(self) -> None:
         """Once, before this runner's first look at whether the configured
-        model is due (a new process, a replica that took the target's lease,
-        a reload that made the model anew): where its fits were failing when
+        model is due (a new process, a reload that made the model anew):
+        where its fits were failing when
         the target's newest decision was recorded (``extra.fit``), take up
         their count, error and next try as they stood, so that a restart
         neither retries a failing fit at once nor starts its back-off again.
