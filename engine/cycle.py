@@ -256,12 +256,12 @@ class TargetRunner:
     def resume_fits(self) -> None:
         """Once, before this runner's first look at whether the configured
         model is due (a new process, a reload that made the model anew):
-        where its fits were failing when
-        the target's newest decision was recorded (``extra.fit``), take up
-        their count, error and next try as they stood, so that a restart
-        neither retries a failing fit at once nor starts its back-off again.
-        Only for the same forecaster section and interval (the key a
-        checkpoint must match): a changed one is fitted at once."""
+        where its fits were failing when the target's newest decision was
+        recorded (``extra.fit``), take up their count, error and next try as
+        they stood, so that a restart neither retries a failing fit at once
+        nor starts its back-off again. Only for the same forecaster section
+        and interval (the key a checkpoint must match): a changed one is
+        fitted at once."""
         if self._resumed:
             return
         self._resumed = True

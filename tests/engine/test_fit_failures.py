@@ -36,6 +36,12 @@ def fit_probe():
     registry.unregister("fit_probe")
 
 
+def daily_trace(folder: Path) -> Path:
+    """Three days of a daily sine at 5 minutes, as ``folder/load.csv``."""
+    t = np.arange(3 * DAY // 300)
+    return write_trace(folder / "load.csv", 40 + 20 * np.sin(2 * np.pi * t / 288))
+
+
 def probe_target(name: str, trace: Path, folder: Path, **params) -> dict:
     return target_dict(name, trace, mode="auto", forecaster={
         "name": "fit_probe", "history": "2h", "refit_every": "1h",
@@ -101,8 +107,7 @@ def console_page(cfg: Path, path: str) -> str:
 
 
 def test_a_model_whose_refit_fails_keeps_forecasting_and_is_retried_backing_off(tmp_path, fit_probe, capsys):
-    t = np.arange(3 * DAY // 300)
-    trace = write_trace(tmp_path / "load.csv", 40 + 20 * np.sin(2 * np.pi * t / 288))
+    trace = daily_trace(tmp_path)
     broken = tmp_path / "broken"
     cfg = write_config(tmp_path / "c.yaml", [probe_target("alice", trace, tmp_path, raise_marker=str(broken))])
     run = Run(cfg, "alice")
@@ -151,8 +156,7 @@ def test_a_model_whose_refit_fails_keeps_forecasting_and_is_retried_backing_off(
 
 
 def test_a_model_that_never_fitted_falls_back_never_down_and_its_fit_backs_off(tmp_path, fit_probe):
-    t = np.arange(3 * DAY // 300)
-    trace = write_trace(tmp_path / "load.csv", 40 + 20 * np.sin(2 * np.pi * t / 288))
+    trace = daily_trace(tmp_path)
     cfg = write_config(tmp_path / "c.yaml", [probe_target("bob", trace, tmp_path, raise_for="bob")])
     run = Run(cfg, "bob")
     try:
@@ -203,8 +207,7 @@ def test_a_restart_keeps_the_back_off_of_a_failing_fit_and_a_changed_forecaster_
     then 5, 10, 20 minutes again), and the count goes on. A restart with the
     forecaster section changed (the usual way to mend a failing model) fits
     at its first cycle."""
-    t = np.arange(3 * DAY // 300)
-    trace = write_trace(tmp_path / "load.csv", 40 + 20 * np.sin(2 * np.pi * t / 288))
+    trace = daily_trace(tmp_path)
     cfg = write_config(tmp_path / "c.yaml", [probe_target("bob", trace, tmp_path, raise_for="bob")])
     first = Run(cfg, "bob")
     try:
