@@ -259,7 +259,10 @@ class TargetRunner:
         where its fits were failing when the target's newest decision was
         recorded (``extra.fit``), take up their count, error and next try as
         they stood, so that a restart neither retries a failing fit at once
-        nor starts its back-off again. Only for the same forecaster section
+        nor starts its back-off again. A fit recorded as begun and never
+        ended (:meth:`Store.fit_started`: the process did not outlive it,
+        killed for memory, say) is a failure of its own, counted on top and
+        backed off from when it began. Only for the same forecaster section
         and interval (the key a checkpoint must match): a changed one is
         fitted at once."""
         if self._resumed:
@@ -267,6 +270,8 @@ class TargetRunner:
         self._resumed = True
         slot = self.primary
         if slot.fit_failures or slot.retry_at is not None:  # this process has its own record
+            return
+        if self._resume_dead_fit(slot):
             return
         try:
             recs = self.store.decisions(self.target.name, limit=1)
@@ -283,6 +288,53 @@ class TargetRunner:
         slot.retry_at = parse_time(fit["next_try"])
         log.info("target %s: %d fit(s) of %s failed before this process started; the next is tried at %s",
                  self.target.name, slot.fit_failures, slot.name, fit["next_try"], extra={"target": self.target.name})
+
+    def _resume_dead_fit(self, slot: _Slot) -> bool:
+        """:meth:`resume_fits` for a fit begun and never ended; True when
+        there was one of this model and key (it is then a failure, the
+        next try backed off from when it began, and its record is deleted:
+        the next decision's ``extra.fit`` carries it on, as for a fit that
+        raised)."""
+        try:
+            dead = self.store.started_fit(self.target.name)
+        except Exception as exc:  # noqa: BLE001 - nothing to resume from: as a new process
+            log.warning("target %s: the fits under way could not be read (%s)", self.target.name, exc,
+                        extra={"target": self.target.name})
+            return False
+        if dead is None or dead["model"] != slot.name or dead["key"] != model_key(self.target):
+            return False
+        began = dead["started_at"]
+        self._fit_ends()  # taken up: from here the decisions' extra.fit carries it
+        slot.fit_failures = dead["failures"]
+        self.fit_failed(slot, began, f"the process ended during this fit, begun at {isoformat(began)} by "
+                                     f"pid {dead['pid']} (killed? out of memory?)")
+        log.warning("target %s: a fit of %s begun at %s did not end (the process that began it did not "
+                    "outlive it): counted as failure %d; the next is tried at %s", self.target.name, slot.name,
+                    isoformat(began), slot.fit_failures, isoformat(slot.retry_at),
+                    extra={"target": self.target.name})
+        return True
+
+    def _fit_begins(self, slot: _Slot, now: datetime) -> bool:
+        """Record that the configured model's fit begins (:meth:`Store.fit_started`;
+        only with a store, outside a batch); True when recorded, and then
+        :meth:`_fit_ends` must follow. A record that cannot be written is
+        logged and the fit goes on."""
+        if slot is not self.primary or self.store is None or getattr(self.store, "in_batch", False):
+            return False
+        try:
+            self.store.fit_started(self.target.name, slot.name, model_key(self.target), slot.fit_failures, now)
+        except Exception as exc:  # noqa: BLE001 - the fit matters more than its record
+            log.warning("target %s: the fit's start could not be recorded (%s)", self.target.name, exc,
+                        extra={"target": self.target.name})
+            return False
+        return True
+
+    def _fit_ends(self) -> None:
+        try:
+            self.store.fit_ended(self.target.name)
+        except Exception as exc:  # noqa: BLE001 - a record left is read as a fit the process did not outlive
+            log.warning("target %s: the fit's end could not be recorded (%s)", self.target.name, exc,
+                        extra={"target": self.target.name})
 
     def fit_failed(self, slot: _Slot, now: datetime, why: str) -> None:
         """Record that ``slot``'s fit failed at ``now``: the next is tried
@@ -352,6 +404,7 @@ class TargetRunner:
         failure is raised."""
         assert slot.forecaster is not None
         kept = _snapshot(slot.forecaster) if slot.last_fit is not None else None
+        marked = self._fit_begins(slot, now)
         try:
             slot.forecaster.fit(window, **kw)
         except Exception as exc:
@@ -366,6 +419,9 @@ class TargetRunner:
             slot.forecaster = kept
             self.kept_after(slot, why)
             return False
+        finally:
+            if marked:
+                self._fit_ends()
         self._fitted(slot, window, now)
         return True
 
@@ -838,6 +894,16 @@ class LiveTarget:
         if note:
             cycle.notes["model"] = note
         return self.runner.maintain(inputs.history, inputs.now, inputs.covariates)
+
+    def fits_here(self, cycle: PendingCycle) -> bool:
+        """Whether this cycle's :meth:`decide` may fit the configured model
+        in this process (its fit is due). A batched cycle decides such a
+        target outside its batch, so that the record of the fit's start
+        (:meth:`Store.fit_started`) is on disk before the fit begins."""
+        inputs = cycle.inputs
+        if cycle.error is not None or inputs is None or self.runner.forecaster is None:
+            return False
+        return self.runner.fit_due(self.runner.primary, inputs.now)
 
     def refit_job(self, cycle: PendingCycle) -> Series | None:
         """Before a refit made elsewhere (a batched cycle's executor):

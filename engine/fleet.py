@@ -31,7 +31,11 @@ work around the decisions:
                  fallback). The file's own targets that run alone send
                  theirs the same way (:func:`run_refitting_elsewhere`).
 4. **decide**    every target's ``decide`` (step 5), the forecast records in
-                 one transaction.
+                 one transaction; a target whose per-series model is fitted
+                 here this cycle decides outside it, so that the record of
+                 its fit's start is on disk first (a fit the process does
+                 not outlive is then a failure after a restart, backed off,
+                 not tried again at once).
 5. **record**    every target that does not act (observe, dry-run, hold):
                  ``finish`` (steps 6-8) in one transaction; then each target
                  that acts (approve, auto with a change), one by one, outside
@@ -536,9 +540,14 @@ def run_batch(members: Sequence[LiveTarget], now: datetime, store: Any, fetch: T
             forecasts.update(failed)
             lap("refit")
         for part in _chunks(range(len(members))):
-            with _together(store, [ready[i] for i in part]):
+            # a fit made here records its start first, durably: not inside the batch
+            apart = [i for i in part if forecasts.get(i) is None and members[i].fits_here(ready[i])]
+            with _together(store, [ready[i] for i in part if i not in apart]):
                 for i in part:
-                    members[i].decide(ready[i], forecasts.get(i))
+                    if i not in apart:
+                        members[i].decide(ready[i], forecasts.get(i))
+            for i in apart:
+                members[i].decide(ready[i], forecasts.get(i))
         lap("decide")
         acting = set()
         for i, (m, c) in enumerate(zip(members, ready)):

@@ -31,7 +31,7 @@ from .auth import _USED_LINKS
 from .core.errors import StateError, StateLocked
 from .core.units import to_epoch
 from .db import connect, redact_url
-from .store import _SCHEMA_V1, _V2_TABLES, _V3_TABLES, _V4_TABLES, _V5_TABLES, Store, check_version
+from .store import _SCHEMA_V1, _V2_TABLES, _V3_TABLES, _V4_TABLES, _V5_TABLES, _V6_TABLES, Store, check_version
 
 def dialect(sqlite_ddl: str) -> str:
     """SQLite DDL as PostgreSQL DDL, so each table is declared once (in
@@ -96,8 +96,12 @@ MIGRATIONS[5] = dialect(_V4_TABLES)
 #: and shard, fenced by the shard's lease (engine.notify.PlanNotices)
 MIGRATIONS[6] = dialect(_V5_TABLES)
 
+#: version 7 is SQLite's own step 6: the fits under way (a fit a replica
+#: did not outlive counts as a failure where the target runs next)
+MIGRATIONS[7] = dialect(_V6_TABLES)
+
 #: the newest schema of a PostgreSQL state (a SQLite file's is SCHEMA_VERSION)
-PG_SCHEMA_VERSION = 6
+PG_SCHEMA_VERSION = 7
 
 assert max(MIGRATIONS) == PG_SCHEMA_VERSION and min(MIGRATIONS) == 2
 

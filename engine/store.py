@@ -70,8 +70,9 @@ from .core.units import from_epoch, isoformat, parse_time, to_epoch
 #: 1: the first release; 2: plan_transitions, decisions.plan_id, the audit
 #: chain, decisions.approval a list of every decision on the plan;
 #: 3: anomaly_masks, notify_cursors; 4: calibration_pairs; 5:
-#: notify_shard_cursors and an index of plan_transitions by seq
-SCHEMA_VERSION = 5
+#: notify_shard_cursors and an index of plan_transitions by seq; 6:
+#: fits_started
+SCHEMA_VERSION = 6
 
 #: the schema of version 1, frozen: a new file is created as version 1 and
 #: migrated, so a fresh file and an upgraded one take the same path
@@ -208,6 +209,23 @@ CREATE TABLE IF NOT EXISTS notify_shard_cursors (
     PRIMARY KEY (channel, shards, shard)
 );
 CREATE INDEX IF NOT EXISTS plan_transitions_seq ON plan_transitions(seq);
+"""
+
+#: version 6: the fit of a target's configured model under way in this
+#: process (written, committed, before the fit begins; deleted when it
+#: ends, failed or not): a row left behind is a fit the process did not
+#: outlive (killed for memory, say), which a restart counts as a failure
+#: of that fit (engine.cycle.TargetRunner.resume_fits). ``failures``: the
+#: fits that had failed before it, ``key``: the forecaster section's key.
+_V6_TABLES = """
+CREATE TABLE IF NOT EXISTS fits_started (
+    target TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    key TEXT NOT NULL,
+    failures INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    pid INTEGER NOT NULL
+);
 """
 
 #: the decision status that mirrors each plan state
@@ -389,6 +407,8 @@ class Store:
                         _execute(db, _V4_TABLES)
                     if version < 5:
                         _execute(db, _V5_TABLES)
+                    if version < 6:
+                        _execute(db, _V6_TABLES)
                     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             self._close_quietly()
@@ -535,6 +555,12 @@ class Store:
             finally:
                 self._batch_depth = 0
 
+    @property
+    def in_batch(self) -> bool:
+        """Whether a :meth:`batch` is open: a write now is not durable
+        until the batch commits."""
+        return bool(self._batch_depth)
+
     def _rollback(self) -> None:
         try:
             if self.db.in_transaction:
@@ -595,6 +621,36 @@ class Store:
             "(SELECT MAX(at) FROM decisions WHERE target=?)", (target, target)).fetchone()
         seen = [int(v) for v in row if v is not None]
         return max(seen) if seen else None
+
+    # ------------------------------------------------------------ fits under way
+    def fit_started(self, target: str, model: str, key: str, failures: int, at: datetime) -> None:
+        """Record, durably, that ``target``'s configured model (``model``,
+        its forecaster section's ``key``) begins a fit at ``at`` in this
+        process, ``failures`` fits having failed before it (replacing the
+        target's earlier record). Not inside :meth:`batch`: a fit a batch's
+        commit has not reached would leave no trace if the process died."""
+        with self.tx() as db:
+            db.execute("INSERT INTO fits_started(target, model, key, failures, started_at, pid) "
+                       "VALUES (?,?,?,?,?,?) ON CONFLICT(target) DO UPDATE SET model=excluded.model, "
+                       "key=excluded.key, failures=excluded.failures, started_at=excluded.started_at, "
+                       "pid=excluded.pid", (target, model, key, int(failures), to_epoch(at), os.getpid()))
+
+    def fit_ended(self, target: str) -> None:
+        """The fit recorded by :meth:`fit_started` ended (succeeded or raised)."""
+        with self.tx() as db:
+            db.execute("DELETE FROM fits_started WHERE target=?", (target,))
+
+    def started_fit(self, target: str) -> dict[str, Any] | None:
+        """The fit of ``target`` recorded as begun and never ended (the
+        process that began it did not outlive it), or None: ``model``,
+        ``key``, ``failures``, ``started_at`` (datetime), ``pid``."""
+        row = self.db.execute("SELECT model, key, failures, started_at, pid FROM fits_started WHERE target=?",
+                              (target,)).fetchone()
+        if row is None:
+            return None
+        model, key, failures, started, pid = tuple(row)
+        return {"model": model, "key": key, "failures": int(failures), "started_at": from_epoch(int(started)),
+                "pid": int(pid)}
 
     # ---------------------------------------------------------------- decisions
     def record_decision(self, decision: Decision, mode: str, status: str, now: datetime,

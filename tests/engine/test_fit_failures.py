@@ -9,6 +9,10 @@ decisions``, and in ``forescale_model_fit_failures_total`` /
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,7 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from engine.cli import main
 from engine.daemon import Daemon
 from engine.metrics import EngineMetrics
+from engine.store import Store
 from engine.core.clock import ManualClock
+from tests.support import ROOT
 from tests.support.live import T0, Platform, target_dict, write_config, write_trace
 
 DAY = 86400
@@ -237,3 +243,62 @@ def test_a_restart_keeps_the_back_off_of_a_failing_fit_and_a_changed_forecaster_
     finally:
         third.d.shutdown(30)
     assert third.tried == [140]
+
+
+#: a daemon process on the hand-driven clock of :class:`Run`: the cycles of
+#: ``bob`` from minute ``start`` to ``end``, each announced before it runs
+#: and its result printed after (a process killed inside a cycle's fit
+#: leaves that cycle announced, with no result)
+DAEMON = """
+import json, sys
+from pathlib import Path
+from forecasters import registry
+from tests.support.fleet_models import FitProbe
+from tests.engine.test_fit_failures import Run
+
+registry.register("fit_probe", FitProbe)
+run = Run(Path(sys.argv[1]), "bob")
+for m in range(int(sys.argv[2]), int(sys.argv[3]), 5):
+    print(json.dumps({"begins": m}), flush=True)
+    r, tried = run.at(m)
+    d = r.decision
+    print(json.dumps({"m": m, "fallback": d.fallback, "current": d.current, "desired": d.desired,
+                      "error": r.details.get("forecast_error"), "fit": d.extra.get("fit")}), flush=True)
+run.d.shutdown(30)
+"""
+
+
+def test_a_fit_the_process_does_not_outlive_counts_as_failing_after_the_restart_and_backs_off(tmp_path):
+    """A model whose fit ends the daemon's process (the kernel's OOM killer
+    does this): the supervisor restarts it, and the restarted process does
+    not fit again at once (and die again, every cycle, with no decision
+    recorded for any target); it counts the fit it did not outlive as a
+    failure, backs off as for a fit that raised (the next at 5, 15, 35
+    minutes), and meanwhile decides reactively, never down."""
+    trace = daily_trace(tmp_path)
+    cfg = write_config(tmp_path / "c.yaml", [probe_target("bob", trace, tmp_path, exit_for="bob")])
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FORESCALE_TEST_MAY_EXIT": "1"}
+    start, deaths, seen = 0, [], {}
+    while start < 45 and len(deaths) < 10:
+        p = subprocess.run([sys.executable, "-c", DAEMON, str(cfg), str(start), "45"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=180)
+        lines = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
+        seen.update({x["m"]: x for x in lines if "m" in x})
+        if p.returncode == 0:
+            break
+        assert p.returncode == 137, p.stderr[-3000:]
+        died = lines[-1]["begins"]  # the cycle announced and never finished: its fit ended the process
+        deaths.append(died)
+        start = died + 5  # restarted in time for the next cycle
+    assert deaths == [0, 5, 15, 35]
+    assert (tmp_path / "fits.log").read_text().split() == ["bob"] * 4
+    assert sorted(seen) == [10, 20, 25, 30, 40]
+    for m, x in seen.items():  # no model: the reactive fallback, never down
+        assert x["fallback"] and x["desired"] >= x["current"], (m, x)
+    assert seen[10]["fit"]["failures"] == 2 and seen[20]["fit"]["failures"] == 3 and seen[30]["fit"]["failures"] == 3
+    assert "the process ended during this fit, begun at 2024-03-02T00:05:00Z" in seen[10]["error"], seen[10]
+    assert seen[10]["error"].endswith("the next fit at 2024-03-02T00:15:00Z"), seen[10]
+    assert seen[20]["error"].endswith("the next fit at 2024-03-02T00:35:00Z"), seen[20]
+    assert seen[40]["fit"]["failures"] == 4 and seen[40]["error"].endswith("the next fit at 2024-03-02T01:15:00Z")
+    with Store(tmp_path / "state.db") as s:  # taken up once: the decisions carry it on
+        assert s.started_fit("bob") is None

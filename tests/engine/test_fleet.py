@@ -760,6 +760,40 @@ def test_a_templates_refits_run_on_the_executor_and_a_lost_or_failed_one_falls_b
     np.testing.assert_allclose(a.forecast.point, alice.forecast.point)
 
 
+@pytest.mark.prometheus
+def test_a_templates_fit_made_in_the_daemon_is_on_disk_as_under_way_before_it_begins(
+        fleet_prometheus, tmp_path, fit_probe):
+    """A batched cycle writes many targets' records in one transaction; a
+    target whose model is fitted in the daemon decides outside it, so that
+    its fit's start is committed first (what a restart reads when the fit
+    ended the process: tests/engine/test_fit_failures.py). Each fit reads
+    the state file through a connection of its own: it sees its own fit
+    recorded as under way, and after the cycle none is left."""
+    state, log = tmp_path / "state.db", tmp_path / "started.log"
+    tp = template(fleet_prometheus.url, mode="dry-run", forecaster={
+        "name": "fit_probe", "history": "2h", "refit_every": "1h",
+        "params": {"who": "{user}", "state": str(state), "started_log": str(log)}})
+    cfg = write(tmp_path / "fleet.yaml", tp)
+    results = []
+    d = Daemon(cfg, clock=ManualClock(from_epoch(fleet_prometheus.end)), monotonic=lambda: 1000.0,
+               on_result=results.append, build_actuator=lambda t, c=None: Platform(capacity=3))
+    try:
+        d.tick()
+        assert d.templates["storage"].wait(180)
+        assert d.templates["storage"].last_report.refits == 0  # no executor: fitted in the daemon
+    finally:
+        d.shutdown(30)
+    seen = {x["who"]: x["started"] for x in map(json.loads, log.read_text().splitlines())}
+    assert sorted(seen) == ["alice", "bob", "carol"]
+    for who, rows in seen.items():
+        assert [r[0] for r in rows if r[0].startswith(f"storage-{who}-")] != [], (who, rows)
+        assert all(model == "fit_probe" and failures == 0 for _, model, failures in rows)
+    assert sorted(r.target for r in results) == ["storage-alice-g1", "storage-bob-g1", "storage-carol-g2"]
+    assert all(not r.decision.fallback for r in results)
+    with Store(state) as s:
+        assert all(s.started_fit(r.target) is None for r in results)
+
+
 def _static_probe_run(folder: Path, executor: dict | None, die_for: str = "bob") -> dict:
     """One cycle of three of the file's own targets on ``fit_probe`` in a
     real daemon (``die_for``'s fit kills its process, carol's raises), each

@@ -245,9 +245,10 @@ def test_a_version_4_database_gains_the_calibration_pairs_and_they_round_trip(pg
     with open_store(pg_url) as s:  # made current, then set back to what version 4 had
         s.db.execute("DROP TABLE calibration_pairs")
         s.db.execute("DROP TABLE notify_shard_cursors")  # (version 6)
+        s.db.execute("DROP TABLE fits_started")  # (version 7)
         s.db.execute("DELETE FROM schema_version WHERE version >= 5")
     with open_store(pg_url) as s:
-        assert s.schema_version == PG_SCHEMA_VERSION == 6
+        assert s.schema_version == PG_SCHEMA_VERSION == 7
         s.record_calibration("web", "mstl", [(300, 1000, 1300, {0.5: 1.0, 0.9: 2.0}),
                                              (600, 1000, 1600, {0.5: 1.5, 0.9: 2.5})])
         assert s.fill_calibration_actuals("web", Series(np.array([1300, 1600]), np.array([3.0, np.nan]), "web")) == 1
@@ -263,12 +264,30 @@ def test_a_version_5_database_gains_the_notifiers_shard_cursors_fenced_by_epoch(
         s.save_notify_cursors({"hook": 7}, NOW)
         s.db.execute("DROP TABLE notify_shard_cursors")
         s.db.execute("DROP INDEX plan_transitions_seq")
+        s.db.execute("DROP TABLE fits_started")  # (version 7)
         s.db.execute("DELETE FROM schema_version WHERE version >= 6")
         assert s.schema_version == 5
     with open_store(pg_url) as s:
-        assert s.schema_version == PG_SCHEMA_VERSION == 6
+        assert s.schema_version == PG_SCHEMA_VERSION == 7
         assert len(s.decisions()) == 1 and s.notify_cursors() == {"hook": 7} and s.notify_shard_cursors() == {}
         s.save_notify_shard_cursor("hook", 4, 1, 9, NOW, fence=lambda db: {"epoch": 3, "holder": "b"})
         s.save_notify_shard_cursor("hook", 4, 1, 8, NOW, fence=lambda db: {"epoch": 2, "holder": "a"})  # older
     with open_store(pg_url) as s:  # another process reads what was kept
         assert s.notify_shard_cursors() == {("hook", 4, 1): 9}
+
+
+def test_a_version_6_database_gains_the_fits_under_way_shared_by_the_replicas(pg_url):
+    with open_store(pg_url) as s:  # made current, then set back to what version 6 had
+        s.record_decision(make_decision(NOW), "dry-run", "dry-run", NOW)
+        s.db.execute("DROP TABLE fits_started")
+        s.db.execute("DELETE FROM schema_version WHERE version >= 7")
+        assert s.schema_version == 6
+    with open_store(pg_url) as s:
+        assert s.schema_version == PG_SCHEMA_VERSION == 7
+        assert len(s.decisions()) == 1 and s.started_fit("web") is None
+        s.fit_started("web", "lstm", "k1", 1, NOW)
+    with open_store(pg_url) as s:  # another replica reads the fit the first did not outlive
+        got = s.started_fit("web")
+        assert (got["model"], got["key"], got["failures"], got["started_at"]) == ("lstm", "k1", 1, NOW)
+        s.fit_ended("web")
+        assert s.started_fit("web") is None

@@ -401,6 +401,24 @@ def test_a_version_2_file_gains_the_version_3_tables_and_keeps_its_rows(db_path)
         assert verify(s).ok
 
 
+def test_a_version_5_file_gains_the_fits_under_way_and_another_process_reads_one_left_behind(db_path):
+    with Store(db_path) as s:  # as forescale of schema 5 left it
+        s.record_decision(make_decision(NOW), "observe", "observed", NOW)
+        s.db.execute("DROP TABLE fits_started")
+        s.db.execute("PRAGMA user_version=5")
+    with Store(db_path) as s:
+        assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert s.started_fit("web") is None and len(s.decisions("web")) == 1
+        s.fit_started("web", "lstm", "k1", 2, NOW)
+        s.fit_started("api", "lstm", "k2", 0, NOW)
+        s.fit_started("web", "lstm", "k1", 3, NOW + timedelta(minutes=5))  # the next try replaces it
+        s.fit_ended("api")
+    with Store(db_path) as s:  # another process: the fit of web was never seen to end
+        assert s.started_fit("web") == {"model": "lstm", "key": "k1", "failures": 3,
+                                        "started_at": NOW + timedelta(minutes=5), "pid": os.getpid()}
+        assert s.started_fit("api") is None
+
+
 # ------------------------------------------------------------- migration from 1
 def test_a_version_1_file_is_migrated_sealing_its_rows_as_found(db_path):
     db_path.parent.mkdir(parents=True)
@@ -417,7 +435,7 @@ def test_a_version_1_file_is_migrated_sealing_its_rows_as_found(db_path):
     raw.commit()
     raw.close()
     with Store(db_path) as s:
-        assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         rec = s.decision(d.id)
         assert rec["plan_id"] == "p1" and rec["approval"] is None
         assert rec["approvals"] == [{"decision": "rejected", "identity": None, "channel": None,

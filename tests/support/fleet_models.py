@@ -4,8 +4,12 @@ fit kills its worker process or raises for the target its parameters name
 (``hang_for``: it writes its pid to ``hang_marker`` and sleeps; a later
 fit, the marker there, fits at once), or that raises while the file
 ``raise_marker`` exists (a model that fitted, then stops fitting), or that
-needs ``need`` valid observations (``InsufficientHistory`` with fewer). Every
-fit appends its target's name to ``fit_log`` when that is set.
+needs ``need`` valid observations (``InsufficientHistory`` with fewer), or
+that ends the very process fitting it (``exit_for``, as the kernel's OOM
+killer would: only where ``FORESCALE_TEST_MAY_EXIT`` is set, a process a
+test started for it). Every fit appends its target's name to ``fit_log``
+when that is set, and with ``started_log`` also what another connection
+reads of the state file ``state`` meanwhile (the fits recorded as under way).
 Module-level, so a pool
 process or a Dask worker imports it by name when a task carries the class."""
 
@@ -27,6 +31,9 @@ class FitProbeParams(PersistenceParams):
     raise_marker: str = ""
     need: int = 0
     fit_log: str = ""
+    exit_for: str = ""
+    state: str = ""
+    started_log: str = ""
 
 
 class FitProbe(Persistence):
@@ -38,6 +45,21 @@ class FitProbe(Persistence):
         if p.fit_log:
             with open(p.fit_log, "a") as f:
                 f.write(f"{p.who}\n")
+        if p.started_log:
+            import json
+            import sqlite3
+
+            db = sqlite3.connect(p.state)  # another connection: sees only what was committed
+            try:
+                rows = db.execute("SELECT target, model, failures FROM fits_started ORDER BY target").fetchall()
+            finally:
+                db.close()
+            with open(p.started_log, "a") as f:
+                f.write(json.dumps({"who": p.who, "started": rows}) + "\n")
+        if p.who and p.who == p.exit_for:
+            if not os.environ.get("FORESCALE_TEST_MAY_EXIT"):
+                raise RuntimeError(f"would end the process fitting {p.who}")
+            os._exit(137)
         if history.n_valid < p.need:
             from engine.core.errors import InsufficientHistory
 
