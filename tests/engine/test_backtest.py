@@ -3,13 +3,14 @@ runs the same engine code as the live loop."""
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
 
-from engine.backtest import Scenario, oracle_need, run_backtest, score
+from engine.backtest import AWS_M5_LADDER, Scenario, oracle_need, run_backtest, score
 from engine.core.types import Series
 from engine.sources.csv import read_csv
 from pathlib import Path
@@ -459,6 +460,26 @@ def test_a_resize_downtime_is_stated_once_for_the_planner_and_the_scenario(tmp_p
     assert config.plan.resize_downtime == timedelta(minutes=5)
 
 
+def _isp_trace():
+    from tests.support import TRACES
+
+    return read_csv(TRACES / "internet_traffic_tsdl" / "isp_eu_transatlantic_bits_per_5min.csv")
+
+
+#: the frontier's vertical scenario: AWS m5 ladder, 30-minute lead, 5-minute downtime
+_VERTICAL = Scenario(ladder=AWS_M5_LADDER, min_replicas=None, max_replicas=None, lead_time=timedelta(minutes=30),
+                     resize_downtime=timedelta(minutes=5))
+
+
+@functools.lru_cache(maxsize=None)
+def _isp_on_the_ladder(budget: bool):
+    """The planner's ladder defaults on the ISP link in the vertical
+    scenario, with its daily change budget or without (``max_changes_per_day:
+    null``): replayed once for the tests below that read it (a minute each)."""
+    policy = {"kind": "plan"} if budget else {"kind": "plan", "plan": {"max_changes_per_day": None}}
+    return run_backtest(_isp_trace(), scenario=_VERTICAL, policy=policy, trace="isp")
+
+
 def test_a_planner_on_a_ladder_follows_the_daily_cycle_and_resizes_when_demand_is_low():
     """The frontier's vertical scenario (AWS m5 ladder, list prices, 5-minute
     downtime, 30-minute lead) on a real ISP link with a daily cycle: with the
@@ -469,13 +490,8 @@ def test_a_planner_on_a_ladder_follows_the_daily_cycle_and_resizes_when_demand_i
     Without the ladder's default change budget (two a day): with it, a
     scale-up the budget holds comes from the floor, later, when demand is
     high (the next test)."""
-    from engine.backtest import AWS_M5_LADDER
-    from tests.support import TRACES
-
-    raw = read_csv(TRACES / "internet_traffic_tsdl" / "isp_eu_transatlantic_bits_per_5min.csv")
-    sc = Scenario(ladder=AWS_M5_LADDER, min_replicas=None, max_replicas=None, lead_time=timedelta(minutes=30),
-                  resize_downtime=timedelta(minutes=5))
-    r = run_backtest(raw, scenario=sc, policy={"kind": "plan", "plan": {"max_changes_per_day": None}}, trace="isp")
+    r = _isp_on_the_ladder(budget=False)
+    raw, sc = _isp_trace(), _VERTICAL
     plan, th = r.runs[r.policy_name], r.runs["threshold"]
     cap = plan.in_service
     lands = np.flatnonzero(np.diff(cap) != 0) + 1
@@ -507,14 +523,9 @@ def test_a_planner_on_a_ladder_keeps_to_its_resizes_a_day_and_its_morning_scale_
     demand outgrows the rung it leaves (with the way back held, they came
     from the floor at saturation, and the planner left more demand unserved
     than the threshold resizer: 0.75 % against 0.64 % over 14 days)."""
-    from engine.backtest import AWS_M5_LADDER
     from policies.config import LADDER_RESIZES_PER_DAY as BUDGET
-    from tests.support import TRACES
 
-    raw = read_csv(TRACES / "internet_traffic_tsdl" / "isp_eu_transatlantic_bits_per_5min.csv")
-    sc = Scenario(ladder=AWS_M5_LADDER, min_replicas=None, max_replicas=None, lead_time=timedelta(minutes=30),
-                  resize_downtime=timedelta(minutes=5))
-    r = run_backtest(raw, scenario=sc, policy={"kind": "plan"}, trace="isp")
+    r = _isp_on_the_ladder(budget=True)
     plan, th = r.runs[r.policy_name], r.runs["threshold"]
     dec = plan.decided
     day = 288  # 5-minute intervals
@@ -542,8 +553,7 @@ def test_a_planner_on_a_ladder_keeps_to_its_resizes_a_day_and_its_morning_scale_
                                                                  for t in lands]
     assert plan.metrics["unserved_fraction"] < th.metrics["unserved_fraction"]
     # without the budget the same plan resizes more often
-    free = run_backtest(raw, scenario=sc, policy={"kind": "plan", "plan": {"max_changes_per_day": None}},
-                        trace="isp").runs["planner"]
+    free = _isp_on_the_ladder(budget=False).runs["planner"]
     assert np.count_nonzero(np.diff(free.decided)) > changes.size
 
 
