@@ -189,3 +189,28 @@ def test_forecasts_kept_from_the_longer_lead_time_give_the_same_run(settings):
     fresh = one_trace(raw, "t", settings, fcfg, 10)
     assert cached["policy"] == fresh["policy"]
     assert cached["fallback_reasons"] == fresh["fallback_reasons"]
+
+
+def test_the_vertical_resizes_are_listed_change_by_change(tmp_path, capsys):
+    """``benchmarks/vertical_resizes.py``: each policy's rung changes on the
+    vertical scenario, each from the rung the one before went to; the
+    threshold resizer moves one rung at a time."""
+    import re
+
+    from benchmarks.vertical_resizes import main as resizes_main
+
+    traces = tmp_path / "traces" / "nab"
+    traces.mkdir(parents=True)
+    shutil.copy(TRACES / "nab" / "rds_cpu_utilization_e47b3b.csv", traces / "r.csv")
+    assert resizes_main(["--traces", str(tmp_path / "traces"), "--only", "r.csv", "--policy", "default",
+                         "--max-days", "14"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("nab/r.csv\n")
+    blocks = re.split(r"\n  (?=\w+: \$)", out)[1:]
+    assert [b.split(":")[0] for b in blocks] == ["predictive", "threshold"]
+    for block in blocks:
+        start = int(re.search(r"from rung (\d+):", block).group(1))
+        moves = [(int(a), int(b)) for a, b in re.findall(r"interval +\d+ +\S+ +(\d) -> (\d)", block)]
+        assert [a for a, _ in moves] == ([start] + [b for _, b in moves])[:len(moves)]
+        if block.startswith("threshold"):
+            assert moves and all(abs(b - a) == 1 for a, b in moves)
