@@ -541,12 +541,12 @@ def run_batch(members: Sequence[LiveTarget], now: datetime, store: Any, fetch: T
             lap("refit")
         for part in _chunks(range(len(members))):
             # a fit made here records its start first, durably: not inside the batch
-            apart = [i for i in part if forecasts.get(i) is None and members[i].fits_here(ready[i])]
-            with _together(store, [ready[i] for i in part if i not in apart]):
-                for i in part:
-                    if i not in apart:
-                        members[i].decide(ready[i], forecasts.get(i))
-            for i in apart:
+            apart = {i for i in part if forecasts.get(i) is None and members[i].fits_here(ready[i])}
+            together = [i for i in part if i not in apart]
+            with _together(store, [ready[i] for i in together]):
+                for i in together:
+                    members[i].decide(ready[i], forecasts.get(i))
+            for i in sorted(apart):
                 members[i].decide(ready[i], forecasts.get(i))
         lap("decide")
         acting = set()

@@ -466,18 +466,15 @@ def _isp_trace():
     return read_csv(TRACES / "internet_traffic_tsdl" / "isp_eu_transatlantic_bits_per_5min.csv")
 
 
-#: the frontier's vertical scenario: AWS m5 ladder, 30-minute lead, 5-minute downtime
-_VERTICAL = Scenario(ladder=AWS_M5_LADDER, min_replicas=None, max_replicas=None, lead_time=timedelta(minutes=30),
-                     resize_downtime=timedelta(minutes=5))
-
-
 @functools.lru_cache(maxsize=None)
 def _isp_on_the_ladder(budget: bool):
     """The planner's ladder defaults on the ISP link in the vertical
     scenario, with its daily change budget or without (``max_changes_per_day:
     null``): replayed once for the tests below that read it (a minute each)."""
+    from benchmarks.frontier import VERTICAL
+
     policy = {"kind": "plan"} if budget else {"kind": "plan", "plan": {"max_changes_per_day": None}}
-    return run_backtest(_isp_trace(), scenario=_VERTICAL, policy=policy, trace="isp")
+    return run_backtest(_isp_trace(), scenario=VERTICAL, policy=policy, trace="isp")
 
 
 def test_a_planner_on_a_ladder_follows_the_daily_cycle_and_resizes_when_demand_is_low():
@@ -490,8 +487,10 @@ def test_a_planner_on_a_ladder_follows_the_daily_cycle_and_resizes_when_demand_i
     Without the ladder's default change budget (two a day): with it, a
     scale-up the budget holds comes from the floor, later, when demand is
     high (the next test)."""
+    from benchmarks.frontier import VERTICAL
+
     r = _isp_on_the_ladder(budget=False)
-    raw, sc = _isp_trace(), _VERTICAL
+    raw, sc = _isp_trace(), VERTICAL
     plan, th = r.runs[r.policy_name], r.runs["threshold"]
     cap = plan.in_service
     lands = np.flatnonzero(np.diff(cap) != 0) + 1
