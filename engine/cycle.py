@@ -262,9 +262,10 @@ class TargetRunner:
         nor starts its back-off again. A fit recorded as begun and never
         ended (:meth:`Store.fit_started`: the process did not outlive it,
         killed for memory, say) is a failure of its own, counted on top and
-        backed off from when it began. Only for the same forecaster section
-        and interval (the key a checkpoint must match): a changed one is
-        fitted at once."""
+        backed off from when it began; not one begun by another replica that
+        still runs (the lease moved during the fit). Only for the same
+        forecaster section and interval (the key a checkpoint must match): a
+        changed one is fitted at once."""
         if self._resumed:
             return
         self._resumed = True
@@ -304,7 +305,12 @@ class TargetRunner:
         if dead is None or dead["model"] != slot.name or dead["key"] != model_key(self.target):
             return False
         began = dead["started_at"]
-        self._fit_ends()  # taken up: from here the decisions' extra.fit carries it
+        if dead["alive"]:  # the lease moved while the replica fitting is running: its fit may yet end well
+            log.info("target %s: a fit of %s begun at %s by replica %s, which still runs, is not counted "
+                     "as failed (the lease moved during it)", self.target.name, slot.name, isoformat(began),
+                     dead["holder"], extra={"target": self.target.name})
+            return False
+        self._fit_ends(dead["holder"])  # taken up: from here the decisions' extra.fit carries it
         slot.fit_failures = dead["failures"]
         self.fit_failed(slot, began, f"the process ended during this fit, begun at {isoformat(began)} by "
                                      f"pid {dead['pid']} (killed? out of memory?)")
@@ -329,9 +335,9 @@ class TargetRunner:
             return False
         return True
 
-    def _fit_ends(self) -> None:
+    def _fit_ends(self, holder: str | None = None) -> None:
         try:
-            self.store.fit_ended(self.target.name)
+            self.store.fit_ended(self.target.name, holder)
         except Exception as exc:  # noqa: BLE001 - a record left is read as a fit the process did not outlive
             log.warning("target %s: the fit's end could not be recorded (%s)", self.target.name, exc,
                         extra={"target": self.target.name})

@@ -678,6 +678,7 @@ class Daemon:
         store = open_store(self.config)
         if self.leases is not None:
             store.fence = self.leases.check
+            store.replica, store.replica_ttl = self.leases.holder, self.leases.lease_s
         return store
 
     def _regroup(self) -> None:

@@ -197,6 +197,21 @@ class PgStore(Store):
                                      None if lease is None else lease["epoch"],
                                      None if lease is None else lease["holder"]))
 
+    # ------------------------------------------------------- fits under way
+    def replica_alive(self, holder: str) -> bool:
+        """Whether the replica ``holder`` still runs: its heartbeat in
+        ``replicas`` (:mod:`engine.leases`, written at every renewal, deleted
+        when it stops) is younger than :attr:`replica_ttl`, by the
+        database's clock. A replica that handed a target's lease to one
+        that joined is alive; one killed (or cut off from the database)
+        stops beating."""
+        if self.replica_ttl is None:
+            return False
+        row = self.db.execute("SELECT 1 FROM replicas WHERE holder=? AND "
+                              "seen_at > clock_timestamp() - ? * interval '1 second'",
+                              (holder, float(self.replica_ttl))).fetchone()
+        return row is not None
+
     def prune_models(self, before: datetime, keep: Collection[str] = ()) -> list[str]:
         """Delete the checkpoints of the targets that have not been seen
         since ``before``: no cycle recorded (its state, its newest decision)

@@ -49,6 +49,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -216,7 +217,10 @@ CREATE INDEX IF NOT EXISTS plan_transitions_seq ON plan_transitions(seq);
 #: ends, failed or not): a row left behind is a fit the process did not
 #: outlive (killed for memory, say), which a restart counts as a failure
 #: of that fit (engine.cycle.TargetRunner.resume_fits). ``failures``: the
-#: fits that had failed before it, ``key``: the forecaster section's key.
+#: fits that had failed before it, ``key``: the forecaster section's key,
+#: ``holder``: who began it (:attr:`Store.replica`, or host and pid), so
+#: that a fit's end deletes its own row only, and a replica that takes the
+#: target over while the one fitting is alive does not count it failed.
 _V6_TABLES = """
 CREATE TABLE IF NOT EXISTS fits_started (
     target TEXT PRIMARY KEY,
@@ -224,7 +228,8 @@ CREATE TABLE IF NOT EXISTS fits_started (
     key TEXT NOT NULL,
     failures INTEGER NOT NULL,
     started_at INTEGER NOT NULL,
-    pid INTEGER NOT NULL
+    pid INTEGER NOT NULL,
+    holder TEXT NOT NULL
 );
 """
 
@@ -368,6 +373,13 @@ class Store:
     #: shared by the replicas) rather than in files beside it
     #: (:mod:`engine.checkpoints`)
     keeps_models = False
+    #: on a shared store, the holder id of this replica's leases and how
+    #: long its heartbeat in ``replicas`` counts as alive (set by the
+    #: daemon with :attr:`fence`): the fits it begins are recorded under it
+    #: (:meth:`fit_started`) and :meth:`started_fit` can tell whether the
+    #: replica that began one is still running
+    replica: str | None = None
+    replica_ttl: float | None = None
 
     def __init__(self, path: str | Path, *, audit_key: bytes | None = None) -> None:
         """``audit_key``: the HMAC key of the audit chain (default: the
@@ -627,30 +639,49 @@ class Store:
         """Record, durably, that ``target``'s configured model (``model``,
         its forecaster section's ``key``) begins a fit at ``at`` in this
         process, ``failures`` fits having failed before it (replacing the
-        target's earlier record). Not inside :meth:`batch`: a fit a batch's
-        commit has not reached would leave no trace if the process died."""
+        target's earlier record, whoever wrote it). Not inside :meth:`batch`:
+        a fit a batch's commit has not reached would leave no trace if the
+        process died."""
         with self.tx() as db:
-            db.execute("INSERT INTO fits_started(target, model, key, failures, started_at, pid) "
-                       "VALUES (?,?,?,?,?,?) ON CONFLICT(target) DO UPDATE SET model=excluded.model, "
+            db.execute("INSERT INTO fits_started(target, model, key, failures, started_at, pid, holder) "
+                       "VALUES (?,?,?,?,?,?,?) ON CONFLICT(target) DO UPDATE SET model=excluded.model, "
                        "key=excluded.key, failures=excluded.failures, started_at=excluded.started_at, "
-                       "pid=excluded.pid", (target, model, key, int(failures), to_epoch(at), os.getpid()))
+                       "pid=excluded.pid, holder=excluded.holder",
+                       (target, model, key, int(failures), to_epoch(at), os.getpid(), self._fitter()))
 
-    def fit_ended(self, target: str) -> None:
-        """The fit recorded by :meth:`fit_started` ended (succeeded or raised)."""
+    def _fitter(self) -> str:
+        """Who this process is in ``fits_started.holder``."""
+        return self.replica or f"{socket.gethostname()}:{os.getpid()}"
+
+    def fit_ended(self, target: str, holder: str | None = None) -> None:
+        """The fit recorded by :meth:`fit_started` ended (succeeded or
+        raised): its row goes if this process wrote it (``holder``: the row
+        of that holder, one taken up); a row another replica wrote since,
+        having taken the target over and begun a fit of its own, stays."""
         with self.tx() as db:
-            db.execute("DELETE FROM fits_started WHERE target=?", (target,))
+            db.execute("DELETE FROM fits_started WHERE target=? AND holder=?",
+                       (target, holder or self._fitter()))
 
     def started_fit(self, target: str) -> dict[str, Any] | None:
-        """The fit of ``target`` recorded as begun and never ended (the
-        process that began it did not outlive it), or None: ``model``,
-        ``key``, ``failures``, ``started_at`` (datetime), ``pid``."""
-        row = self.db.execute("SELECT model, key, failures, started_at, pid FROM fits_started WHERE target=?",
-                              (target,)).fetchone()
+        """The fit of ``target`` recorded as begun and not ended, or None:
+        ``model``, ``key``, ``failures``, ``started_at`` (datetime), ``pid``,
+        ``holder`` and ``alive``: whether the replica that began it is
+        another one still running (:meth:`replica_alive`; if not, the
+        process that began it did not outlive it)."""
+        row = self.db.execute("SELECT model, key, failures, started_at, pid, holder FROM fits_started "
+                              "WHERE target=?", (target,)).fetchone()
         if row is None:
             return None
-        model, key, failures, started, pid = tuple(row)
+        model, key, failures, started, pid, holder = tuple(row)
+        alive = holder != self._fitter() and self.replica_alive(holder)
         return {"model": model, "key": key, "failures": int(failures), "started_at": from_epoch(int(started)),
-                "pid": int(pid)}
+                "pid": int(pid), "holder": holder, "alive": alive}
+
+    def replica_alive(self, holder: str) -> bool:
+        """Whether the replica ``holder`` still runs (its heartbeat is
+        younger than :attr:`replica_ttl`). A SQLite state has one process
+        (:meth:`lock`): never another."""
+        return False
 
     # ---------------------------------------------------------------- decisions
     def record_decision(self, decision: Decision, mode: str, status: str, now: datetime,

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from engine.store import Store
 from engine.core.clock import ManualClock
 from tests.support import ROOT
 from tests.support.live import T0, Platform, target_dict, write_config, write_trace
+from tests.support.postgres import pg_server, pg_url  # noqa: F401 - fixtures
 
 DAY = 86400
 START = T0 + timedelta(days=1)
@@ -302,3 +304,73 @@ def test_a_fit_the_process_does_not_outlive_counts_as_failing_after_the_restart_
     assert seen[40]["fit"]["failures"] == 4 and seen[40]["error"].endswith("the next fit at 2024-03-02T01:15:00Z")
     with Store(tmp_path / "state.db") as s:  # taken up once: the decisions carry it on
         assert s.started_fit("bob") is None
+
+
+def test_a_fit_under_way_when_its_lease_moves_to_a_replica_that_joined_is_not_counted_failed(tmp_path, fit_probe,
+                                                                                              pg_url):
+    """Two replicas on one PostgreSQL state. The first, alone, is fitting a
+    target's model when a second joins and the first hands it the target's
+    shard (its fair share): the fit the new leader finds under way was
+    begun by a replica that still runs, so it is no failure (no back-off, no
+    "the process ended during this fit"): the new leader fits at once. The
+    first replica's fit, ending after that, deletes its own record only, not
+    the new leader's fit under way; that one's end leaves none."""
+    from engine.leases import shard_of
+
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    name = next(n for n in (f"svc-{i}" for i in range(20)) if shard_of(n, 2) == 1)  # the shard handed back
+    cfg = write_config(tmp_path / "c.yaml", [probe_target(name, daily_trace(tmp_path), tmp_path, hold=str(hold))],
+                       state=pg_url, ha={"shards": 2, "lease": "30s"})
+    clock = ManualClock(START)
+
+    def replica(mono: list[float], results: list) -> Daemon:
+        return Daemon(cfg, clock=clock, monotonic=lambda: mono[0], on_result=results.append,
+                      build_actuator=lambda t, c=None: Platform(capacity=3))
+
+    def wait_for(path: Path) -> None:
+        for _ in range(500):
+            if path.exists():
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"{path.name} never appeared")
+
+    def under_way() -> tuple | None:
+        row = a.lock_store.db.execute("SELECT holder, failures FROM fits_started WHERE target=?", (name,)).fetchone()
+        return None if row is None else tuple(row)
+
+    mono_a, mono_b, res_a, res_b = [1000.0], [1000.0], [], []
+    a = replica(mono_a, res_a)
+    b = None
+    try:
+        assert len(a.leases.held()) == 2  # alone: every shard
+        a.tick()
+        wait_for(hold / "1.fitting")  # a's fit is under way, recorded under a
+        assert under_way() == (a.leases.holder, 0)
+        b = replica(mono_b, res_b)  # joins: a keeps its share and hands the rest back
+        a.leases.renew()
+        b.leases.renew()
+        assert b.leases.holds(name) and not a.leases.holds(name)
+        for _ in range(50):  # b's first cycle of the target (after its jitter)
+            b.tick()
+            if b.workers[name].busy or res_b:
+                break
+            mono_b[0] += 30
+        wait_for(hold / "2.fitting")  # not backed off: b fits at once
+        assert under_way() == (b.leases.holder, 0)
+        (hold / "1.go").touch()  # a's fit ends while b's is under way
+        assert a.workers[name].wait(30)
+        assert under_way() == (b.leases.holder, 0)  # a deleted its own record only
+        (hold / "2.go").touch()
+        assert b.workers[name].wait(30)
+        assert under_way() is None
+    finally:
+        for f in ("1.go", "2.go"):
+            (hold / f).touch()
+        a.shutdown(30)
+        if b is not None:
+            b.shutdown(30)
+    (r,) = res_b
+    assert r.ok and not r.decision.fallback and "fit" not in r.decision.extra, r.decision.extra
+    assert not r.details.get("forecast_error"), r.details
+    assert (tmp_path / "fits.log").read_text().split() == [name, name]

@@ -291,3 +291,28 @@ def test_a_version_6_database_gains_the_fits_under_way_shared_by_the_replicas(pg
         assert (got["model"], got["key"], got["failures"], got["started_at"]) == ("lstm", "k1", 1, NOW)
         s.fit_ended("web")
         assert s.started_fit("web") is None
+
+
+def test_a_fit_under_way_counts_as_alive_while_the_replica_that_began_it_beats(pg_url):
+    from engine.leases import Leases
+
+    with open_store(pg_url) as a, open_store(pg_url) as b:
+        a.replica, a.replica_ttl = "daemon:host-a:11:aa", 30.0
+        b.replica, b.replica_ttl = "daemon:host-b:12:bb", 30.0
+        a.fit_started("web", "lstm", "k1", 2, NOW)
+        got = b.started_fit("web")
+        assert (got["holder"], got["failures"], got["alive"]) == (a.replica, 2, False)  # a never beat: gone
+        leases = Leases(a, shards=2, lease_s=30.0, holder=a.replica)
+        leases.renew()  # a's heartbeat
+        assert b.started_fit("web")["alive"] and not a.started_fit("web")["alive"]  # a's own is not another's
+        a.db.execute("UPDATE replicas SET seen_at = clock_timestamp() - interval '31 seconds' WHERE holder=?",
+                     (a.replica,))
+        assert not b.started_fit("web")["alive"]  # silent for longer than the lease: killed
+        leases.renew()
+        assert b.started_fit("web")["alive"]
+        leases.release()  # stopped: its heartbeat goes with its leases
+        assert not b.started_fit("web")["alive"]
+        b.fit_ended("web")  # not b's fit: kept
+        assert b.started_fit("web")["holder"] == a.replica
+        b.fit_ended("web", a.replica)  # taken up
+        assert b.started_fit("web") is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -415,7 +416,8 @@ def test_a_version_5_file_gains_the_fits_under_way_and_another_process_reads_one
         s.fit_ended("api")
     with Store(db_path) as s:  # another process: the fit of web was never seen to end
         assert s.started_fit("web") == {"model": "lstm", "key": "k1", "failures": 3,
-                                        "started_at": NOW + timedelta(minutes=5), "pid": os.getpid()}
+                                        "started_at": NOW + timedelta(minutes=5), "pid": os.getpid(),
+                                        "holder": f"{socket.gethostname()}:{os.getpid()}", "alive": False}
         assert s.started_fit("api") is None
 
 

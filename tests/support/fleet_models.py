@@ -9,7 +9,9 @@ that ends the very process fitting it (``exit_for``, as the kernel's OOM
 killer would: only where ``FORESCALE_TEST_MAY_EXIT`` is set, a process a
 test started for it). Every fit appends its target's name to ``fit_log``
 when that is set, and with ``started_log`` also what another connection
-reads of the state file ``state`` meanwhile (the fits recorded as under way).
+reads of the state file ``state`` meanwhile (the fits recorded as under way);
+with ``hold`` (a folder) the n-th fit creates ``hold/n.fitting`` and waits
+for ``hold/n.go``, so a test acts while a fit is under way.
 Module-level, so a pool
 process or a Dask worker imports it by name when a task carries the class."""
 
@@ -34,6 +36,7 @@ class FitProbeParams(PersistenceParams):
     exit_for: str = ""
     state: str = ""
     started_log: str = ""
+    hold: str = ""
 
 
 class FitProbe(Persistence):
@@ -56,6 +59,14 @@ class FitProbe(Persistence):
                 db.close()
             with open(p.started_log, "a") as f:
                 f.write(json.dumps({"who": p.who, "started": rows}) + "\n")
+        if p.hold:  # the n-th fit announces itself as hold/n.fitting and waits for hold/n.go
+            n = 1 + sum(1 for f in os.listdir(p.hold) if f.endswith(".fitting"))
+            open(os.path.join(p.hold, f"{n}.fitting"), "w").close()
+            t0 = time.monotonic()
+            while not os.path.exists(os.path.join(p.hold, f"{n}.go")):
+                if time.monotonic() - t0 > 60:
+                    raise RuntimeError(f"fit {n} of {p.who} was held for 60 s")
+                time.sleep(0.02)
         if p.who and p.who == p.exit_for:
             if not os.environ.get("FORESCALE_TEST_MAY_EXIT"):
                 raise RuntimeError(f"would end the process fitting {p.who}")
