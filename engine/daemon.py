@@ -633,6 +633,7 @@ class Daemon:
                 ha = self.config.ha
                 self.leases = Leases(self.lock_store, shards=ha.shards, lease_s=ha.lease.total_seconds(),
                                      renew_s=ha.renew_every.total_seconds(), dedicated=True)
+                self.lock_store.replica, self.lock_store.replica_ttl = self.leases.holder, self.leases.lease_s
                 log.info("replica %s: %d shard(s), lease %s, renewed every %s", self.leases.holder, ha.shards,
                          ha.lease, ha.renew_every)
             else:
@@ -1042,6 +1043,13 @@ class Daemon:
                 self._executor.close()
             except Exception:  # noqa: BLE001 - shutting down regardless
                 log.exception("closing the executor failed")
+        try:  # a fit abandoned here did not end the process: a restart fits at once, no failure counted
+            cut = self.lock_store.fits_interrupted()
+            if cut:
+                log.warning("shutting down in the middle of the fit of %s: interrupted, not counted as failed",
+                            ", ".join(cut))
+        except Exception:  # noqa: BLE001 - shutting down regardless; a record left counts as a failure
+            log.exception("shutting down: the fits under way could not be marked interrupted")
         for hook in self.before_release:
             try:
                 hook()

@@ -662,6 +662,17 @@ class Store:
             db.execute("DELETE FROM fits_started WHERE target=? AND holder=?",
                        (target, holder or self._fitter()))
 
+    def fits_interrupted(self) -> list[str]:
+        """Forget the fits this process recorded as under way and has not
+        seen end (:meth:`fit_started`): at a clean stop, whose cycles were
+        abandoned in the middle of a fit. The process chose to stop, so
+        they are no failures (a restart fits at once). Returns their
+        targets."""
+        with self.tx() as db:
+            rows = db.execute("SELECT target FROM fits_started WHERE holder=?", (self._fitter(),)).fetchall()
+            db.execute("DELETE FROM fits_started WHERE holder=?", (self._fitter(),))
+        return sorted(str(r[0]) for r in rows)
+
     def started_fit(self, target: str) -> dict[str, Any] | None:
         """The fit of ``target`` recorded as begun and not ended, or None:
         ``model``, ``key``, ``failures``, ``started_at`` (datetime), ``pid``,

@@ -247,6 +247,43 @@ def test_a_restart_keeps_the_back_off_of_a_failing_fit_and_a_changed_forecaster_
     assert third.tried == [140]
 
 
+def test_a_fit_under_way_when_the_daemon_is_stopped_is_not_a_failure_and_the_restart_fits_at_once(tmp_path,
+                                                                                                   fit_probe, caplog):
+    """A daemon stopped (SIGTERM: a deploy, a restart) while a fit runs
+    longer than its grace abandons that cycle; it was not the fit that ended
+    the process, so the fit is marked interrupted, not left as one the
+    process did not outlive: the restarted daemon fits at once, counting no
+    failure and backing nothing off."""
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    cfg = write_config(tmp_path / "c.yaml", [probe_target("bob", daily_trace(tmp_path), tmp_path, hold=str(hold))])
+    first = Run(cfg, "bob")
+    second = None
+    try:
+        first.clock.set(START)
+        first.d.tick()
+        for _ in range(500):
+            if (hold / "1.fitting").exists():
+                break
+            time.sleep(0.02)
+        with Store(tmp_path / "state.db") as s:
+            assert s.started_fit("bob") is not None  # under way
+        first.d.shutdown(0.5)  # the fit outlasts the grace
+        with Store(tmp_path / "state.db") as s:
+            assert s.started_fit("bob") is None
+        assert "shutting down in the middle of the fit of bob: interrupted, not counted as failed" in caplog.text
+        (hold / "2.go").touch()
+        second = Run(cfg, "bob")
+        r, tried = second.at(5)
+    finally:
+        for f in ("1.go", "2.go"):
+            (hold / f).touch()
+        if second is not None:
+            second.d.shutdown(30)
+    assert tried and not r.decision.fallback and "fit" not in r.decision.extra, r.decision.extra
+    assert not r.details.get("forecast_error"), r.details
+
+
 #: a daemon process on the hand-driven clock of :class:`Run`: the cycles of
 #: ``bob`` from minute ``start`` to ``end``, each announced before it runs
 #: and its result printed after (a process killed inside a cycle's fit
