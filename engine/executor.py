@@ -30,10 +30,12 @@ Failures come back as data, never as an exception out of :meth:`run`:
 - a task whose worker process dies (killed, out of memory) is rescheduled on
   another worker; after ``allowed_failures`` such deaths (Dask's
   ``distributed.scheduler.allowed-failures``) it comes back with
-  ``kind="lost"``. The local pool restarts itself the same way: every task
-  unfinished when a pool process died counts one death (the pool cannot
-  tell which one killed it), and one past the limit runs once more alone,
-  where dying makes it lost and finishing clears it;
+  ``kind="lost"``. Dask charges a death to every task the dead worker held,
+  so a task it calls lost runs once more alone (below), where dying makes
+  it lost and finishing clears it. The local pool restarts itself the same
+  way: every task unfinished when a pool process died counts one death (the
+  pool cannot tell which one killed it), and one past the limit runs once
+  more alone;
 - a run given a ``deadline`` (seconds; the daemon's refits, see
   ``executor.deadline``) returns by then: a task still running (a fit stuck
   in a C extension, a scheduler that stopped answering) or not yet started
@@ -50,11 +52,10 @@ one executor at once: Dask's client is thread-safe, and the local pool's
 runs submit to one pool; a pool that breaks or is stopped is replaced by
 whichever run needs it next, and the tasks another run's deadline stopped
 run again on the fresh pool without counting a death. A task run alone
-after too many pool deaths is alone across runs too: its round waits for
-the others' rounds to end and holds off new ones (within its deadline).
-Dask charges a worker's death to the tasks that worker held (Dask's own
-accounting, ``allowed-failures``): a task placed on the same worker as one
-that kills it may be lost with it.
+(on either executor) is alone across runs too: its round waits for the
+others' rounds to end and holds off new ones (within its deadline), so a
+death then is its own. On a remote Dask cluster that means alone among
+this executor's runs; other clients' tasks are not held off.
 
 What a caller does with a failure is its own decision; where it feeds a
 decision the engine falls back to reactive for that target with the reason
@@ -143,6 +144,14 @@ def _late(key: str, deadline: float, running: bool, attempts: int, stopped: str 
     return TaskFailure(key, "timeout", f"{what} the run's deadline ({deadline:g} s){stopped}", attempts)
 
 
+#: an alone round that could not start before the run's deadline
+_NOT_RUN = object()
+
+
+def _is_lost(value: Any) -> bool:
+    return isinstance(value, TaskFailure) and value.kind == "lost"
+
+
 def _check_unique(tasks: Sequence[Task]) -> None:
     keys = [t.key for t in tasks]
     dup = repeated(keys)
@@ -184,6 +193,47 @@ def _spawn_env(env: dict[str, str]):
                     os.environ[k] = v
 
 
+class _Gate:
+    """The rounds of an executor's runs (from several threads): any number
+    at once, or one task *alone*, which waits for the others to end and
+    holds off new ones, so that a worker's death then is its own."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._rounds = 0
+        self._alone = 0  # alone rounds running (at most 1) or waiting
+        self._busy_alone = False  # one runs
+
+    def enter(self, alone: bool, end: float | None) -> bool:
+        """Wait until the round may start, at most until ``end``
+        (perf_counter); False when it could not start by then."""
+        with self._cond:
+            if alone:
+                self._alone += 1
+            while (self._rounds > 0 if alone else self._alone > 0) or (alone and self._busy_alone):
+                left = None if end is None else end - time.perf_counter()
+                if left is not None and left <= 0:
+                    if alone:
+                        self._alone -= 1
+                        self._cond.notify_all()
+                    return False
+                self._cond.wait(left)
+            if alone:
+                self._busy_alone = True
+            else:
+                self._rounds += 1
+            return True
+
+    def leave(self, alone: bool) -> None:
+        with self._cond:
+            if alone:
+                self._alone -= 1
+                self._busy_alone = False
+            else:
+                self._rounds -= 1
+            self._cond.notify_all()
+
+
 class LocalExecutor(_Closing):
     """A process pool on this machine (``workers`` processes, each with one
     BLAS thread; 1 runs the tasks in this process, which is what a test or a
@@ -201,13 +251,9 @@ class LocalExecutor(_Closing):
         #: templates and static targets) share it, and a broken or stopped
         #: pool is replaced by whichever run needs it next
         self._pool_lock = threading.Lock()
-        #: rounds on the pool: any number at once, or one task "alone"
-        #: (after too many pool deaths), which waits for the others to end
-        #: and holds off new ones, so that a death then is its own
-        self._gate = threading.Condition()
-        self._rounds = 0
-        self._alone = 0  # alone rounds running (at most 1) or waiting
-        self._busy_alone = False  # one runs
+        #: rounds on the pool: any number at once, or one task alone
+        #: (after too many pool deaths)
+        self._gate = _Gate()
 
     def share(self, value: Any) -> Any:
         return value  # pickled with each task; a process pool has no cache
@@ -326,41 +372,12 @@ class LocalExecutor(_Closing):
         passed before the round could start) and whether a pool process
         died. At the deadline the pool's processes are stopped (the pool is
         replaced at the next round): a task stuck in one never finishes."""
-        if not self._enter(alone, None if deadline is None else deadline[1]):
+        if not self._gate.enter(alone, None if deadline is None else deadline[1]):
             return {t.key: "late" for t in tasks}, False
         try:
             return self._round_in(fn, tasks, settle, deadline)
         finally:
-            self._leave(alone)
-
-    def _enter(self, alone: bool, end: float | None) -> bool:
-        """Wait for the gate (see ``_gate``) until ``end`` (perf_counter);
-        False when it did not open by then."""
-        with self._gate:
-            if alone:
-                self._alone += 1
-            while (self._rounds > 0 if alone else self._alone > 0) or (alone and self._busy_alone):
-                left = None if end is None else end - time.perf_counter()
-                if left is not None and left <= 0:
-                    if alone:
-                        self._alone -= 1
-                        self._gate.notify_all()
-                    return False
-                self._gate.wait(left)
-            if alone:
-                self._busy_alone = True
-            else:
-                self._rounds += 1
-            return True
-
-    def _leave(self, alone: bool) -> None:
-        with self._gate:
-            if alone:
-                self._alone -= 1
-                self._busy_alone = False
-            else:
-                self._rounds -= 1
-            self._gate.notify_all()
+            self._gate.leave(alone)
 
     def _round_in(self, fn: Callable[..., Any], tasks: Sequence[Task], settle: Callable[..., bool],
                   deadline: tuple[float, float] | None) -> tuple[dict[str, str], bool]:
@@ -483,6 +500,8 @@ class DaskExecutor(_Closing):
             raise PluginError(f"the dask executor needs distributed: pip install 'forescale[dask]' ({exc})") from None
         self.retries = retries
         self.stats = RunStats()
+        #: this executor's rounds: a task lost beside others is run alone
+        self._gate = _Gate()
         self.cluster = None
         if address is None:
             with dask.config.set({"distributed.scheduler.allowed-failures": allowed_failures}):
@@ -516,58 +535,96 @@ class DaskExecutor(_Closing):
             on_done: Callable[[], None] | None = None, deadline: float | None = None) -> list[Any]:
         """``fn`` on every task (see the module doc); ``deadline``: seconds
         from now after which the unfinished tasks' futures are cancelled and
-        each comes back as a ``timeout`` failure."""
-        from distributed import KilledWorker, as_completed
+        each comes back as a ``timeout`` failure.
 
+        Dask charges a worker's death to every task that worker held, so a
+        task lost in the run (``KilledWorker``) may only have sat beside the
+        one that killed it: each is run once more alone (no other round of
+        this executor's runs beside it, one at a time), where a death is its
+        own. Finishing there clears it; dying there makes it lost."""
         _check_unique(tasks)
         t0 = time.perf_counter()
         end = None if deadline is None else t0 + deadline
-        name = getattr(fn, "__name__", "task")
         stamp = f"{os.getpid()}-{time.monotonic_ns()}"
-        # one map call, not a submit per task: about 1 ms less per task on
-        # the client (benchmarks/executor.py measures what is left)
-        futures = self.client.map(_star, [t.args for t in tasks], fn=fn, retries=self.retries, pure=False,
-                                  key=[f"{name}-{t.key}-{stamp}" for t in tasks]) if tasks else []
-        by_key = {f.key: t for f, t in zip(futures, tasks)}
-        out: dict[str, Any] = {}
 
-        def left() -> float | None:
-            return None if end is None else max(0.0, end - time.perf_counter())
+        def settled(value: Any) -> None:
+            if on_done and not _is_lost(value):
+                on_done()
 
-        try:
-            for fut in as_completed(futures, timeout=left()):
-                task = by_key[fut.key]
-                # result(), not a look at fut.status: a finished task whose worker
-                # then died is "lost" for a moment, until the scheduler has run it
-                # again; result() waits for that instead of calling it a failure
-                try:
-                    out[task.key] = fut.result(timeout=left())
-                except KilledWorker as exc:
-                    # Dask's message is a paragraph; its first sentence is the reason
-                    first = str(exc).split(". ")[0]
-                    out[task.key] = TaskFailure(task.key, "lost", f"KilledWorker: {first}")
-                except TimeoutError:
-                    continue  # past the deadline: settled with the others below
-                except Exception as exc:  # noqa: BLE001 - the task's own error, after its retries
-                    out[task.key] = TaskFailure(task.key, "error", _reason(exc), self.retries + 1)
-                if on_done:
-                    on_done()
-                fut.release()
-        except TimeoutError:
-            pass
-        late = [f for f in futures if by_key[f.key].key not in out]
-        if late:
-            assert deadline is not None
-            stopped = self._cancel(late)
-            for fut in late:
-                key = by_key[fut.key].key
-                out[key] = _late(key, deadline, True, 1, stopped)
-                if on_done:
-                    on_done()
+        out = self._round(fn, tasks, stamp, deadline, end, alone=False, settled=settled)
+        for task in [t for t in tasks if _is_lost(out[t.key])]:
+            first = out[task.key]
+            again = self._round(fn, [task], f"{stamp}-alone", deadline, end, alone=True)[task.key]
+            if again is _NOT_RUN:
+                again = TaskFailure(task.key, "lost", f"{first.reason}; not run alone before the run's deadline",
+                                    first.attempts)
+            elif _is_lost(again):
+                again = TaskFailure(task.key, "lost", f"{again.reason}; the last time running it alone",
+                                    first.attempts + again.attempts)
+            out[task.key] = again
+            if on_done:
+                on_done()
         failures = [v for v in out.values() if isinstance(v, TaskFailure)]
         self.stats = RunStats(len(tasks), len(failures), time.perf_counter() - t0,
                               timed_out=sum(f.kind == "timeout" for f in failures))
         return [out[t.key] for t in tasks]
+
+    def _round(self, fn: Callable[..., Any], tasks: Sequence[Task], stamp: str, deadline: float | None,
+               end: float | None, alone: bool, settled: Callable[[Any], None] | None = None) -> dict[str, Any]:
+        """Submit ``tasks`` once and wait for them until ``end``: key -> the
+        result or a :class:`TaskFailure` (``_NOT_RUN`` for an alone round
+        that could not start before ``end``; a round beside others that
+        could not, ``timeout``). ``settled`` is called with each value."""
+        from distributed import KilledWorker, as_completed
+
+        if not self._gate.enter(alone, end):
+            assert deadline is not None
+            return {t.key: _NOT_RUN if alone else _late(t.key, deadline, False, 0) for t in tasks}
+        try:
+            name = getattr(fn, "__name__", "task")
+            # one map call, not a submit per task: about 1 ms less per task on
+            # the client (benchmarks/executor.py measures what is left)
+            futures = self.client.map(_star, [t.args for t in tasks], fn=fn, retries=self.retries, pure=False,
+                                      key=[f"{name}-{t.key}-{stamp}" for t in tasks]) if tasks else []
+            by_key = {f.key: t for f, t in zip(futures, tasks)}
+            out: dict[str, Any] = {}
+
+            def left() -> float | None:
+                return None if end is None else max(0.0, end - time.perf_counter())
+
+            try:
+                for fut in as_completed(futures, timeout=left()):
+                    task = by_key[fut.key]
+                    # result(), not a look at fut.status: a finished task whose worker
+                    # then died is "lost" for a moment, until the scheduler has run it
+                    # again; result() waits for that instead of calling it a failure
+                    try:
+                        out[task.key] = fut.result(timeout=left())
+                    except KilledWorker as exc:
+                        # Dask's message is a paragraph; its first sentence is the reason
+                        first = str(exc).split(". ")[0]
+                        out[task.key] = TaskFailure(task.key, "lost", f"KilledWorker: {first}")
+                    except TimeoutError:
+                        continue  # past the deadline: settled with the others below
+                    except Exception as exc:  # noqa: BLE001 - the task's own error, after its retries
+                        out[task.key] = TaskFailure(task.key, "error", _reason(exc), self.retries + 1)
+                    if settled:
+                        settled(out[task.key])
+                    fut.release()
+            except TimeoutError:
+                pass
+            late = [f for f in futures if by_key[f.key].key not in out]
+            if late:
+                assert deadline is not None
+                stopped = self._cancel(late)
+                for fut in late:
+                    key = by_key[fut.key].key
+                    out[key] = _late(key, deadline, True, 1, stopped)
+                    if settled:
+                        settled(out[key])
+            return out
+        finally:
+            self._gate.leave(alone)
 
     def _cancel(self, futures: list[Any]) -> str:
         """Cancel the futures of a run past its deadline; on this executor's

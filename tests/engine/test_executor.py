@@ -104,24 +104,34 @@ def test_a_task_past_the_deadline_is_a_timeout_and_its_worker_does_not_linger(ex
     assert executor.run(et.square, [Task("after", (3, 0.2))])[0].value == 9
 
 
+def _beside_a_stuck_run(ex, marker: Path, squares: list[Task]) -> tuple[dict[str, list], object]:
+    """Run a (one task stuck past its 4 s deadline) in a thread and, once
+    the stuck task runs, b (``squares``) beside it: both runs' results and
+    b's stats."""
+    import threading
+
+    got: dict[str, list] = {}
+    a = threading.Thread(target=lambda: got.setdefault("a", ex.run(
+        et.dispatch, [Task("stuck", ("hang", str(marker), 120))], deadline=4)))
+    a.start()
+    for _ in range(200):  # the stuck task is running
+        if marker.exists():
+            break
+        time.sleep(0.05)
+    got["b"] = ex.run(et.square, squares)
+    b_stats = ex.stats
+    a.join(60)
+    return got, b_stats
+
+
 def test_runs_from_two_threads_share_the_pool_and_one_stopped_at_its_deadline_costs_the_other_nothing(
         tmp_path: Path) -> None:
-    import threading
-    marker = tmp_path / "hung"
-    got: dict[str, list] = {}
     # no worker death allowed: were the other run's tasks, killed with the
     # stopped pool, counted as deaths, they would be run alone and blamed
     with LocalExecutor(workers=2, retries=0, allowed_failures=0) as ex:
-        a = threading.Thread(target=lambda: got.setdefault("a", ex.run(
-            et.dispatch, [Task("stuck", ("hang", str(marker), 120))], deadline=4)))
-        a.start()
-        for _ in range(200):  # the stuck task is running
-            if marker.exists():
-                break
-            time.sleep(0.05)
-        got["b"] = ex.run(et.square, [Task(f"sq{i}", (i, 1.5)) for i in range(4)])  # in flight at a's deadline
-        b_stats = ex.stats  # b ends after a: its tasks ran again on a fresh pool
-        a.join(60)
+        # b's tasks are in flight at a's deadline; b ends after a: its tasks
+        # ran again on a fresh pool
+        got, b_stats = _beside_a_stuck_run(ex, tmp_path / "hung", [Task(f"sq{i}", (i, 1.5)) for i in range(4)])
     assert got["a"][0].kind == "timeout"
     assert [r.value for r in got["b"]] == [0, 1, 4, 9]
     assert (b_stats.tasks, b_stats.failed, b_stats.lost_workers) == (4, 0, 0)
@@ -240,6 +250,45 @@ def test_the_pool_blames_only_the_task_that_dies_when_run_alone() -> None:
         results = ex.run(et.dispatch, [Task("doomed", ("always_die", 1)), Task("slow", ("square", 5, 0.5))])
     assert results[0].kind == "lost" and "running it alone" in results[0].reason
     assert results[1].value == 25
+
+
+def test_dask_blames_only_the_task_that_kills_its_worker_not_those_beside_it() -> None:
+    # Dask charges a death to every task the worker held: with one worker
+    # and no death allowed, the squares queued beside the killer come back
+    # KilledWorker too; run again alone, they finish and the killer is lost
+    with DaskExecutor(workers=1, memory_limit="300MiB", retries=0, allowed_failures=0) as ex:
+        results = ex.run(et.dispatch, [Task("doomed", ("always_die", 1))]
+                         + [Task(f"sq{i}", ("square", i, 0.3)) for i in range(3)])
+        assert [getattr(r, "value", r) for r in results[1:]] == [0, 1, 4]
+        assert results[0].kind == "lost" and "running it alone" in results[0].reason, results[0]
+        assert (ex.stats.tasks, ex.stats.failed) == (4, 1)
+
+
+def test_dask_runs_a_task_alone_with_no_other_runs_task_beside_it() -> None:
+    import threading
+
+    # the killer dies a second into each attempt, with the other run's
+    # square queued beside it: both are lost, and both are run alone next.
+    # Were the two alone at once, the square would sit beside the killer again
+    got: dict[str, list] = {}
+    with DaskExecutor(workers=1, memory_limit="300MiB", retries=0, allowed_failures=0) as ex:
+        killer = threading.Thread(target=lambda: got.setdefault("killer", ex.run(
+            et.dispatch, [Task("doomed", ("die_after", 1.0))])))
+        killer.start()
+        time.sleep(0.3)  # the killer is running
+        got["square"] = ex.run(et.square, [Task("sq", (3, 0.1))])
+        killer.join(120)
+    assert getattr(got["square"][0], "value", got["square"][0]) == 9
+    assert got["killer"][0].kind == "lost" and "running it alone" in got["killer"][0].reason
+
+
+def test_dask_a_task_beside_one_restarted_at_its_deadline_is_not_lost(tmp_path: Path) -> None:
+    # the worker running the stuck task is restarted at run a's deadline;
+    # run b's tasks queued on it are charged that death by Dask
+    with DaskExecutor(workers=1, memory_limit="300MiB", retries=0, allowed_failures=0) as ex:
+        got, _ = _beside_a_stuck_run(ex, tmp_path / "hung", [Task(f"sq{i}", (i, 0.2)) for i in range(3)])
+    assert got["a"][0].kind == "timeout"
+    assert [getattr(r, "value", r) for r in got["b"]] == [0, 1, 4]
 
 
 def test_a_scheduler_without_workers_is_one_clear_error_not_a_hang() -> None:

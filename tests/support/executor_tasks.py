@@ -39,6 +39,12 @@ def always_die(x: int) -> Squared:
     os._exit(1)
 
 
+def die_after(seconds: float) -> Squared:
+    """Kill this worker process ``seconds`` into the task, every time."""
+    time.sleep(seconds)
+    os._exit(1)
+
+
 def always_raise(x: int) -> Squared:
     raise ValueError(f"no square for {x} today")
 
