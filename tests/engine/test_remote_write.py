@@ -116,7 +116,7 @@ def test_a_slow_receiver_never_blocks_the_cycle_a_full_queue_drops(replay):
     for _ in range(4):
         w.submit(series)  # the first is in flight, one waits, the rest drop
         time.sleep(0.05)
-    assert time.perf_counter() - t0 < 1.0
+    assert time.perf_counter() - t0 < 5.0  # a blocking submit would wait out the 10 s gate
     gate.set()
     assert w.flush()
     w.close()
