@@ -1359,14 +1359,63 @@ def _may_echo(prefix: str, loc: tuple[Any, ...], model: type[BaseModel] | None, 
     return True
 
 
+#: a section says what it is with one of these two words: a source, an
+#: actuator, a channel ``type:``; a policy, its smoothing, the executor ``kind:``
+_NAMING_WORDS = {"type": "kind", "kind": "type"}
+
+
+def _model_at(root: type[BaseModel] | None, loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class of the section at ``loc`` under ``root``, or None
+    where the path leaves the models (a plugin's fields, a union's tag)."""
+    model = root
+    for part in loc:
+        if isinstance(part, int):
+            continue  # an item of a list: its model came with the field
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return None
+        model = _inner_model(field.annotation)
+    return model
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):  # Optional[X], list[X], tuple[X, ...], Annotated[X, ...]
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _naming_hint(err: dict[str, Any], loc: tuple[Any, ...], root: type[BaseModel] | None) -> str | None:
+    """The message for a section named with the other of ``type:`` and
+    ``kind:`` (``source: {kind: csv}``, ``policy: {type: plan}``), which
+    is right in spelling and wrong in word; None otherwise."""
+    if not loc or loc[-1] not in _NAMING_WORDS:
+        return None
+    word, other = loc[-1], _NAMING_WORDS[loc[-1]]
+    if err["type"] == "missing" and isinstance(err.get("input"), dict) and other in err["input"]:
+        return f"required field is missing (this section says what it is with `{word}:`, not `{other}:`)"
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(root, loc[:-1])
+        if parent is not None and other in parent.model_fields:
+            return f"unknown field (this section says what it is with `{other}:`, not `{word}:`)"
+    return None
+
+
 def format_validation_error(exc: ValidationError, prefix: str = "",
-                            model: type[BaseModel] | None = None, *, document: Any = None) -> list[str]:
+                            model: type[BaseModel] | None = None, *, document: Any = None,
+                            root: type[BaseModel] | None = None) -> list[str]:
     """One line per problem, ``path: message (got value)``. The value is
     left out (and scrubbed from the message) wherever it may be a secret: a
     field with a secret-like name, a ``SecretStr`` field of a plugin's
     model (``model``, or looked up from the raw ``document`` for a plugin
-    section), or any field of a plugin section its model does not declare."""
+    section), or any field of a plugin section its model does not declare.
+    ``root``: the model validated, for the hint at a section named with
+    ``kind:`` where it takes ``type:`` or the other way round."""
     lines = []
+    missing = {tuple(e["loc"]) for e in exc.errors() if e["type"] == "missing"}
     for err in exc.errors():
         loc = tuple(err["loc"])
         path = _loc(loc)
@@ -1379,7 +1428,12 @@ def format_validation_error(exc: ValidationError, prefix: str = "",
         inp = err.get("input")
         if not echo and isinstance(inp, (str, int, float)) and len(str(inp)) >= 4:
             msg = msg.replace(repr(inp), "<hidden>").replace(str(inp), "<hidden>")
-        if err["type"] == "extra_forbidden":
+        hint = _naming_hint(err, loc, root)
+        if hint and err["type"] == "extra_forbidden" and loc[:-1] + (_NAMING_WORDS[loc[-1]],) in missing:
+            continue  # said once, at the word missing
+        if hint:
+            msg = hint
+        elif err["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling)"
         elif err["type"] == "missing":
             msg = "required field is missing"
@@ -1433,10 +1487,10 @@ def parse_config(data: Any, *, base_dir: Path | None = None, source: str = "<con
             raise ConfigError("invalid configuration:\n  base_dir: unknown field (check the spelling)")
         cfg = Config.model_validate({**data, "base_dir": base_dir}, context={"base_dir": base_dir})
     except ValidationError as exc:
-        lines = format_validation_error(exc, document=data)
+        lines = format_validation_error(exc, document=data, root=Config)
         # pydantic also reports "too short" for a list whose items all failed
-        if any(ln.startswith("targets[") for ln in lines):
-            lines = [ln for ln in lines if not ln.startswith("targets: Tuple should have at least")]
+        lines = [ln for ln in lines if not (": Tuple should have at least" in ln and any(
+            other.startswith(ln.split(": ", 1)[0] + "[") for other in lines))]
         raise ConfigError(_join(lines)) from None
     errors: list[str] = []
     templates = []
@@ -1445,7 +1499,7 @@ def parse_config(data: Any, *, base_dir: Path | None = None, source: str = "<con
             proto = TargetConfig.model_validate(tp.raw_target(tp.sample()), context={"base_dir": base_dir})
         except ValidationError as exc:
             errors += [ln.replace(f"templates[{i}].name:", f"templates[{i}].target_name:")
-                       for ln in format_validation_error(exc, f"templates[{i}]")]
+                       for ln in format_validation_error(exc, f"templates[{i}]", root=TargetConfig)]
             continue
         except ConfigError as exc:
             errors.append(f"templates[{i}]: {exc}")

@@ -200,6 +200,27 @@ def test_plugin_sections_are_validated_by_the_plugin_at_load(tmp_path, text, exp
     assert expected in error_of(tmp_path, text)
 
 
+@pytest.mark.parametrize("text, expected", [
+    # a source or an actuator says what it is with type:, a policy or the executor with kind:
+    ("targets:\n  - name: web\n    source: {kind: csv, path: x.csv}\n    policy: {capacity_per_replica: 1}\n",
+     ["targets[0].source.type: required field is missing (this section says what it is with `type:`, not `kind:`)"]),
+    (target("{type: plan, capacity_per_replica: 1}"),
+     ["targets[0].policy.type: unknown field (this section says what it is with `kind:`, not `type:`)"]),
+    (target(extra="actuator: {kind: dry-run}") + "executor: {type: dask}\n",
+     ["executor.type: unknown field (this section says what it is with `kind:`, not `type:`)",
+      "targets[0].actuator.type: required field is missing (this section says what it is with `type:`, not `kind:`)"]),
+    # one line for the channel, not its missing type, its unknown kind and its empty list
+    (target() + "notify:\n  channels: [{kind: webhook, url: 'http://127.0.0.1:1/x'}]\n",
+     ["notify.channels[0].type: required field is missing (this section says what it is with `type:`, not `kind:`)"]),
+    # a section named by neither keeps the spelling hint
+    (target("{kind: plan, capacity_per_replica: 1, plan: {type: x}}"),
+     ["targets[0].policy.plan.type: unknown field (check the spelling)"]),
+])
+def test_a_section_named_with_the_other_of_type_and_kind_says_which_word_it_takes(tmp_path, text, expected):
+    msg = error_of(tmp_path, text).removeprefix("invalid configuration:")
+    assert [ln.strip() for ln in msg.splitlines() if ln.strip()] == expected
+
+
 def test_an_unknown_forecaster_lists_every_known_one(tmp_path):
     msg = error_of(tmp_path, target(extra="forecaster: {name: prohpet}"))
     for known in ("persistence", "seasonal_naive", "seasonal_persistence", "holt_winters", "prophet", "lstm"):
