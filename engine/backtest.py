@@ -239,15 +239,16 @@ DEFAULT_FORECASTER = default_forecaster(DEFAULT_POLICY.get("kind"))
 @dataclass(frozen=True)
 class ResourceTrace:
     """A further resource of a backtest (a target's ``resources``): its
-    demand, its capacity per replica (None: derived from its trace like the
-    target's), its target utilization (None: the scenario's) and its
-    forecaster (None: the target's)."""
+    demand, its capacity per replica or, on a ladder, on each rung (None:
+    derived from its trace like the target's), its target utilization
+    (None: the scenario's) and its forecaster (None: the target's)."""
 
     name: str
     series: Series
     capacity_per_replica: float | None = None
     target_utilization: float | None = None
     forecaster: ForecasterConfig | None = None
+    rung_capacity: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -645,9 +646,10 @@ def _target(name: str, interval: timedelta, policy: PolicyConfig, forecaster: Fo
             prep: Prepared | None = None, anomalies: AnomalyConfig | None = None) -> TargetConfig:
     resources: dict[str, Any] = {}
     for r, given in zip(prep.resources if prep is not None else (), prep.resource_traces if prep else ()):
-        resources[r.resource] = {"source": PluginSection(type="csv", path="-"),
-                                 "forecaster": given.forecaster, "capacity_per_replica": r.capacity_per_replica,
-                                 "target_utilization": given.target_utilization}
+        size = {"rung_capacity": [rung.capacity for rung in r.ladder]} if r.ladder is not None else \
+            {"capacity_per_replica": r.capacity_per_replica}
+        resources[r.resource] = {"source": PluginSection(type="csv", path="-"), "forecaster": given.forecaster,
+                                 "target_utilization": given.target_utilization, **size}
     return TargetConfig(name=name, interval=interval, mode="observe",
                         source=PluginSection(type="csv", path="-"), forecaster=forecaster, policy=policy,
                         resource=prep.resource if prep is not None and prep.resource else "demand",
@@ -741,10 +743,14 @@ def threshold_resizer(d: np.ndarray, prep: Prepared) -> PolicyRun:
     """The vertical baseline a VPS owner runs today: one rung up when the
     utilization of the rung in service has been above ``threshold_up`` for
     ``threshold_window``, one rung down when below ``threshold_down`` for as
-    long; it waits for a resize to land before it looks again."""
+    long; it waits for a resize to land before it looks again. With
+    several resources the utilization is the busiest one's (up when any is
+    above, down when all are below)."""
     sc = prep.scenario
     assert prep.ladder is not None
     caps = np.array([r.capacity for r in prep.ladder])
+    others = [(np.asarray(r.series.values, dtype=float), np.array([g.capacity for g in r.ladder]))
+              for r in prep.resources if r.ladder is not None]
     lo, hi = prep.bounds
     need_steps = max(1, int(round(sc.threshold_window / sc.interval)))
     n, k = d.size, prep.lead_steps
@@ -759,7 +765,7 @@ def threshold_resizer(d: np.ndarray, prep: Prepared) -> PolicyRun:
         if serving != cur:  # a resize is under way
             above = below = 0
         elif not math.isnan(d[t]):
-            util = d[t] / caps[serving]
+            util = max([d[t] / caps[serving]] + [v[t] / c[serving] for v, c in others if not math.isnan(v[t])])
             above = above + 1 if util > sc.threshold_up else 0
             below = below + 1 if util < sc.threshold_down else 0
             if above >= need_steps and cur < hi:
@@ -830,15 +836,14 @@ def prepare(raw: Series, scenario: Scenario = Scenario(), trace: str = "") -> Pr
 def with_resources(prep: Prepared, resources: Sequence[ResourceTrace], resource: str = "demand") -> Prepared:
     """``prep`` with further resources: each resampled onto its grid (a
     missing interval is a gap) and sized like the trace (its capacity per
-    replica given or derived from its own 99th percentile, at its target
-    utilization); the need is the largest over every resource (what the
-    HPA does with several metrics), scored where every resource has data."""
+    replica, or on a ladder its capacity on each rung, given or derived from
+    its own 99th percentile, at its target utilization); the need is the
+    largest over every resource (what the HPA does with several metrics;
+    on a ladder the highest rung any of them needs), scored where every
+    resource has data."""
     if not resources:
         return prep
     sc = prep.scenario
-    if prep.vertical:
-        raise ConfigError("backtest: several resources are replayed on a horizontal scenario "
-                          "(capacity per replica); this one has a ladder")
     names = [resource] + [r.name for r in resources]
     if len(set(names)) != len(names):
         raise ConfigError(f"backtest: resource names must be unique, got {', '.join(names)}")
@@ -852,8 +857,8 @@ def with_resources(prep: Prepared, resources: Sequence[ResourceTrace], resource:
         vals[pos[ok]] = reg.values[ok]
         if not np.isfinite(vals).any():
             raise DataError(f"resource {r.name}: no values in the trace's time range")
-        own = replace(sc, capacity_per_replica=r.capacity_per_replica,
-                      target_utilization=r.target_utilization or sc.target_utilization)
+        own = replace(sc, target_utilization=r.target_utilization or sc.target_utilization,
+                      **_resource_size(r, sc))
         part = prepare(Series(grid, vals, r.name), own, r.name)
         parts.append(replace(part, resource=r.name))
         notes += [f"{r.name}: {n}" for n in part.notes]
@@ -864,6 +869,28 @@ def with_resources(prep: Prepared, resources: Sequence[ResourceTrace], resource:
     first = int(np.flatnonzero(~np.isnan(prep.series.values))[0])
     return replace(prep, need=need, scored=scored, initial=int(need[first]), notes=tuple(notes),
                    resource=resource, resources=tuple(parts), resource_traces=tuple(resources))
+
+
+def _resource_size(r: ResourceTrace, sc: Scenario) -> dict[str, Any]:
+    """The scenario fields that size resource ``r``: its capacity per
+    replica, or on a ladder the same rungs (names, prices) with its
+    capacity on each (as given, or scaled from its own trace)."""
+    if sc.ladder is None:
+        if r.rung_capacity is not None:
+            raise ConfigError(f"resource {r.name}: rung_capacity is for a ladder; this scenario has replicas "
+                              "(give capacity_per_replica)")
+        return {"capacity_per_replica": r.capacity_per_replica}
+    if r.capacity_per_replica is not None:
+        raise ConfigError(f"resource {r.name}: the scenario has a ladder of {len(sc.ladder)} rungs: give "
+                          "rung_capacity (its capacity on each rung), not capacity_per_replica")
+    if r.rung_capacity is None:
+        return {"ladder_scale": None}  # the ladder scaled to this resource's own 99th percentile
+    caps = tuple(r.rung_capacity)
+    if len(caps) != len(sc.ladder) or any(b <= a for a, b in zip(caps, caps[1:])):
+        raise ConfigError(f"resource {r.name}: rung_capacity {list(caps)} must give one capacity per rung "
+                          f"({len(sc.ladder)}), increasing along the ladder")
+    return {"ladder": tuple(rung.model_copy(update={"capacity": c}) for rung, c in zip(sc.ladder, caps)),
+            "ladder_scale": 1.0}
 
 
 def build_forecaster(prep: Prepared, policy: PolicyConfig | Mapping[str, Any], forecaster: ForecasterConfig) -> Forecaster:

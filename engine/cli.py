@@ -227,7 +227,7 @@ def _backtest_resources(args: argparse.Namespace, target: Any) -> tuple[Any, lis
                               "for each)")
         res = target.resources
         return series, [ResourceTrace(n, data[n], res[n].capacity_per_replica, res[n].target_utilization,
-                                      res[n].forecaster) for n in res], own
+                                      res[n].forecaster, res[n].rung_capacity) for n in res], own
     return series, [ResourceTrace(n, v) for n, v in data.items()], own
 
 
