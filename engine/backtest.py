@@ -58,6 +58,7 @@ import numpy as np
 from actuators.base import ActuatorConfig
 from forecasters import Forecaster
 from policies.config import PolicyConfig, RateLimit, Reactive, Rung, Stabilization
+from policies.resources import check_rung_capacity
 
 from .anomaly import AnomalyConfig, flagged
 from .config import ForecasterConfig, PluginSection, TargetConfig, default_forecaster
@@ -885,11 +886,11 @@ def _resource_size(r: ResourceTrace, sc: Scenario) -> dict[str, Any]:
                           "rung_capacity (its capacity on each rung), not capacity_per_replica")
     if r.rung_capacity is None:
         return {"ladder_scale": None}  # the ladder scaled to this resource's own 99th percentile
-    caps = tuple(r.rung_capacity)
-    if len(caps) != len(sc.ladder) or any(b <= a for a, b in zip(caps, caps[1:])):
-        raise ConfigError(f"resource {r.name}: rung_capacity {list(caps)} must give one capacity per rung "
-                          f"({len(sc.ladder)}), increasing along the ladder")
-    return {"ladder": tuple(rung.model_copy(update={"capacity": c}) for rung, c in zip(sc.ladder, caps)),
+    try:
+        check_rung_capacity(r.rung_capacity, len(sc.ladder))
+    except ValueError as exc:
+        raise ConfigError(f"resource {r.name}: {exc}") from None
+    return {"ladder": tuple(rung.model_copy(update={"capacity": c}) for rung, c in zip(sc.ladder, r.rung_capacity)),
             "ladder_scale": 1.0}
 
 

@@ -53,6 +53,15 @@ class Signal:
     config: PolicyConfig | None = None
 
 
+def check_rung_capacity(rung_capacity: Sequence[float], rungs: int) -> None:
+    """A resource's capacity on each rung of a ladder of ``rungs``: one
+    value per rung, increasing strictly. Raises ValueError."""
+    if len(rung_capacity) != rungs:
+        raise ValueError(f"rung_capacity has {len(rung_capacity)} values; the ladder has {rungs} rungs")
+    if any(b <= a for a, b in zip(rung_capacity, rung_capacity[1:])):
+        raise ValueError(f"rung_capacity must increase strictly along the ladder, got {list(rung_capacity)}")
+
+
 def resource_policy(policy: PolicyConfig, *, capacity_per_replica: float | None = None,
                     rung_capacity: Sequence[float] | None = None,
                     target_utilization: float | None = None) -> PolicyConfig:
@@ -65,11 +74,7 @@ def resource_policy(policy: PolicyConfig, *, capacity_per_replica: float | None 
         if rung_capacity is None or capacity_per_replica is not None:
             raise ValueError(f"the policy has a ladder of {len(policy.ladder)} rungs: give rung_capacity "
                              "(this resource's capacity on each rung), not capacity_per_replica")
-        if len(rung_capacity) != len(policy.ladder):
-            raise ValueError(f"rung_capacity has {len(rung_capacity)} values; the ladder has "
-                             f"{len(policy.ladder)} rungs")
-        if any(b <= a for a, b in zip(rung_capacity, rung_capacity[1:])):
-            raise ValueError(f"rung_capacity must increase strictly along the ladder, got {list(rung_capacity)}")
+        check_rung_capacity(rung_capacity, len(policy.ladder))
         data["ladder"] = [{**r, "capacity": c} for r, c in zip(data["ladder"], rung_capacity)]
     else:
         if capacity_per_replica is None or rung_capacity is not None:

@@ -177,3 +177,20 @@ def test_a_ladder_with_two_resources_is_replayed_sizing_each_rung_for_both(tmp_p
     assert got < 0.5 * short_alone, (got, short_alone)
     assert pol["planner"]["cost_per_day"] > alone.runs["planner"].actuation["cost_per_day"]
     assert alone.runs["threshold"].metrics["actions"] <= 1 < pol["threshold"]["actions"]
+
+
+@pytest.mark.parametrize("size, message", [
+    ({"rung_capacity": (50, 100, 200)}, "resource requests: rung_capacity has 3 values; the ladder has 4 rungs"),
+    ({"rung_capacity": (50, 100, 100, 400)}, "resource requests: rung_capacity must increase strictly"),
+    ({"capacity_per_replica": 20.0}, "resource requests: the scenario has a ladder of 4 rungs: give rung_capacity"),
+])
+def test_a_resource_sized_wrong_for_the_ladder_is_one_clear_error(tmp_path, pair_csv, size, message):
+    from engine.backtest import scenario_for
+    from engine.config import load_config
+    from engine.core.errors import ConfigError
+
+    target = load_config(_ladder_config(tmp_path, pair_csv, requests=False)).targets[0]
+    with pytest.raises(ConfigError, match=message):
+        run_backtest(read_csv(pair_csv, value_column="cpu"), policy=target.policy, forecaster=target.forecaster,
+                     scenario=scenario_for(target), resource="cpu",
+                     resources=[ResourceTrace("requests", read_csv(pair_csv, value_column="requests"), **size)])
