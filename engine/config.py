@@ -1364,28 +1364,19 @@ def _may_echo(prefix: str, loc: tuple[Any, ...], model: type[BaseModel] | None, 
 _NAMING_WORDS = {"type": "kind", "kind": "type"}
 
 
-def _model_at(root: type[BaseModel] | None, loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The model class of the section at ``loc`` under ``root``, or None
-    where the path leaves the models (a plugin's fields, a union's tag)."""
-    model = root
+def _models_at(root: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[type[BaseModel]]:
+    """The model classes the section at ``loc`` under ``root`` may be
+    (several for a union), or none where the path leaves the models (a
+    plugin's fields, a union's tag)."""
+    current = [root] if root is not None else []
     for part in loc:
         if isinstance(part, int):
             continue  # an item of a list: its model came with the field
-        field = model.model_fields.get(part) if model is not None else None
+        field = next((m.model_fields[part] for m in current if part in m.model_fields), None)
         if field is None:
-            return None
-        model = _inner_model(field.annotation)
-    return model
-
-
-def _inner_model(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation):  # Optional[X], list[X], tuple[X, ...], Annotated[X, ...]
-        found = _inner_model(arg)
-        if found is not None:
-            return found
-    return None
+            return []
+        current = _models_in(field.annotation)
+    return current
 
 
 def _naming_hint(err: dict[str, Any], loc: tuple[Any, ...], root: type[BaseModel] | None) -> str | None:
@@ -1398,8 +1389,7 @@ def _naming_hint(err: dict[str, Any], loc: tuple[Any, ...], root: type[BaseModel
     if err["type"] == "missing" and isinstance(err.get("input"), dict) and other in err["input"]:
         return f"required field is missing (this section says what it is with `{word}:`, not `{other}:`)"
     if err["type"] == "extra_forbidden":
-        parent = _model_at(root, loc[:-1])
-        if parent is not None and other in parent.model_fields:
+        if any(other in m.model_fields for m in _models_at(root, loc[:-1])):
             return f"unknown field (this section says what it is with `{other}:`, not `{word}:`)"
     return None
 
