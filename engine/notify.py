@@ -240,7 +240,15 @@ class SlackChannel(_HttpChannel):
 
     def body(self, message: Message) -> dict[str, Any]:
         links = " ".join(f"<{url}|{action}>" for action, url in message.links.items())
-        return {"text": message.summary + (f" {links}" if links else "")}
+        return {"text": slack_escape(message.summary) + (f" {links}" if links else "")}
+
+
+def slack_escape(text: str) -> str:
+    """``text`` as Slack shows it literally: its control characters ``&``,
+    ``<`` and ``>`` escaped, as Slack's message formatting asks, so a
+    comment cannot add a link (``<https://...|Approve>``) or a mention
+    (``<!channel>``) of its own to the message."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def dingtalk_sign(secret: str, timestamp_ms: int) -> str:
@@ -298,7 +306,8 @@ class EmailChannel:
         msg = EmailMessage()
         msg["From"] = self.sender
         msg["To"] = ", ".join(self.to)
-        msg["Subject"] = f"[forescale] {message.summary}"[:200]
+        # one line: a comment's line breaks would be refused in a header
+        msg["Subject"] = f"[forescale] {' '.join(message.summary.split())}"[:200]
         body = [message.summary, ""]
         body += [f"{action}: {url}" for action, url in message.links.items()]
         msg.set_content("\n".join(body) + "\n")

@@ -91,7 +91,8 @@ def test_webhook_slack_and_dingtalk_get_their_exact_payloads():
     }
     (s,) = slack.requests
     assert s.path == "/services/T0/B0/KEY"
-    assert s.json == {"text": LINE + " <https://console.example/l/ab12cd34-approve-slack|approve> "
+    # Slack's control characters escaped (it shows "4 -> 8"), its link markup kept
+    assert s.json == {"text": LINE.replace(">", "&gt;") + " <https://console.example/l/ab12cd34-approve-slack|approve> "
                                      "<https://console.example/l/ab12cd34-reject-slack|reject>"}
     (d,) = ding.requests
     assert d.path == "/robot/send"
@@ -125,6 +126,36 @@ def test_email_goes_through_starttls_with_login(tmp_path):
     assert msg["Subject"] == f"[forescale] {LINE}"
     assert msg.get_content().replace("\r\n", "\n") == (f"{LINE}\n\napprove: https://console.example/l/ab12cd34-approve-mail\n"
                                  "reject: https://console.example/l/ab12cd34-reject-mail\n")
+
+
+def test_a_comment_can_add_no_link_mention_or_header_to_a_message(tmp_path):
+    """A comment comes from whoever approves (the console, the API, a signed
+    link's holder): on Slack its markup is shown literally, not as a link of
+    its own beside the real ones or a mention of the whole channel; in an
+    email its line break neither drops the message nor adds a header."""
+    comment = "<https://evil.example/steal|Approve> & <!channel>\nBcc: victim@example.com\n\ninjected"
+    payload = {"plan": PLAN, "identity": "alice", "channel": "link", "comment": comment}
+    with RecordingServer() as slack, SmtpServer(tmp_path, "forescale", "smtp-pass-9f8e") as smtp:
+        n = Notifier([SlackChannel("slack", slack.url + "/services/T0/B0/KEY", frozenset({"plan_approved"}), 5),
+                      EmailChannel("mail", frozenset({"plan_approved"}), host="127.0.0.1", port=smtp.port,
+                                   sender="forescale@example.com", to=["ops@example.com"], username="forescale",
+                                   password="smtp-pass-9f8e", starttls=True, timeout=5, ca_file=str(smtp.cert))],
+                     links=links, backoff=no_wait)
+        n.event("plan_approved", "web", payload, at=AT)
+        assert n.flush()
+        n.close()
+        assert n.sent == {"slack": 1, "mail": 1} and n.dropped == {"slack": 0, "mail": 0}
+    (s,) = slack.requests
+    text = s.json["text"]
+    assert "<https://evil" not in text and "<!channel>" not in text
+    assert text.startswith("web: plan ab12cd34 (4 -&gt; 8) approved by alice via link: "
+                           "&lt;https://evil.example/steal|Approve&gt; &amp; &lt;!channel&gt;")
+    (m,) = smtp.messages
+    assert m["to"] == ["ops@example.com"]
+    msg = m["message"]
+    assert msg["Bcc"] is None and "\n" not in msg["Subject"]
+    assert msg["Subject"].startswith("[forescale] web: plan ab12cd34 (4 -> 8) approved") and \
+        "Bcc: victim@example.com injected" in msg["Subject"]
 
 
 def test_email_refuses_a_server_whose_certificate_is_not_trusted(tmp_path):
