@@ -48,6 +48,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Iterable, Iterator, Mapping
 
+from .core.errors import ConfigError
 from .core.units import from_epoch, isoformat, to_epoch
 
 #: what a record can describe
@@ -140,7 +141,12 @@ def append(db: sqlite3.Connection, kind: str, payload: Mapping[str, Any], at: da
     record's ``seq``."""
     if kind not in KINDS:
         raise ValueError(f"unknown audit kind {kind!r}; known: {', '.join(KINDS)}")
-    head = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    head = db.execute("SELECT seq, hash, mac FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    if head is not None and not key and head[2] == "hmac-sha256":
+        # a record without the HMAC after one with it breaks the chain for
+        # good (every later verify fails there, hiding what follows): refused
+        raise ConfigError(f"the audit chain is HMAC-signed (record {head[0]} is): set {KEY_ENV} (or the variable "
+                         "the config's audit.hmac_key_env names) to the key to write to it; nothing was written")
     seq, prev = (1, GENESIS) if head is None else (head[0] + 1, head[1])
     body = dict(payload)
     if rows:
@@ -217,8 +223,10 @@ def _check_one(row: sqlite3.Row, expect_seq: int, prev_hash: str, key: bytes | N
     want = _digest(seq, row["at"], row["kind"], row["decision_id"], row["plan_id"], row["payload"],
                    row["prev"], key if keyed else None)
     if not hmac.compare_digest(want, row["hash"]):
+        # the first keyed record failing is also what a wrong key looks like
+        other_key = ", or signed with another key than the one set" if keyed and not seen_keyed else ""
         return f"its hash does not match its content ({row['kind']} {row['decision_id'] or row['plan_id'] or ''}" \
-               f"{' at ' + isoformat(from_epoch(row['at']))}): edited"
+               f"{' at ' + isoformat(from_epoch(row['at']))}): edited{other_key}"
     return None
 
 
@@ -247,9 +255,10 @@ def _walk(db: sqlite3.Connection, first: int, key: bytes | None) -> AuditStatus:
 
 def verify(store: Any) -> AuditStatus:
     """Check every record of ``store``'s chain (with the store's key), then
-    every decision and plan row against its latest record: a row edited with
-    ``sqlite3`` (desired 8 -> 60, a plan's status set to approved) fails
-    here even though the chain itself is intact."""
+    every decision, plan and plan history row against its latest record: a
+    row edited with ``sqlite3`` (desired 8 -> 60, a plan's status set to
+    approved, who approved it), or put back to an older version, fails here
+    even though the chain itself is intact."""
     status = _walk(store.db, 1, store.audit_key)
     if not status.ok:
         return status
@@ -258,25 +267,104 @@ def verify(store: Any) -> AuditStatus:
     return status
 
 
-def _row_problems(store: Any) -> Iterator[tuple[int | None, str]]:
-    """(seq of the record a row disagrees with, why) for each decision and
-    plan row that does not match the chain."""
+def _covering(db: Any) -> dict[str, tuple[int, str]]:
+    """Decision id -> (seq, row digest) of the newest record that wrote its
+    row, read from the chain itself (the ``rows`` of every record's
+    payload), not from the ``audit_rows`` index, which no hash covers."""
+    out: dict[str, tuple[int, str]] = {}
+    for seq, payload in db.execute("SELECT seq, payload FROM audit WHERE payload LIKE '%\"rows\":{%' ORDER BY seq"):
+        for did, digest in (json.loads(payload).get("rows") or {}).items():
+            out[did] = (int(seq), digest)
+    return out
+
+
+#: a plan's history row (``plan_transitions``) against its record's payload
+_HISTORY_FIELDS = (("from", "from_status"), ("to", "to_status"), ("identity", "identity"),
+                   ("channel", "channel"), ("comment", "comment"), ("reason", "reason"))
+
+
+def history_problems(store: Any, plan_ids: Iterable[str] | None = None) -> dict[int, str]:
+    """Record seq -> why, for each plan transition whose history row
+    (``plan_transitions``, what ``forescale plans --history`` shows) does not
+    match the audit record that wrote it: edited (who approved, when, why),
+    or deleted (the history is never pruned), or a row no record wrote.
+    ``plan_ids``: only those plans' (default every plan's)."""
+    db = store.db
+    where, args = "", []
+    if plan_ids is not None:
+        ids = list(dict.fromkeys(plan_ids))
+        if not ids:
+            return {}
+        where, args = f" AND plan_id IN ({','.join('?' * len(ids))})", ids
+    recs = {int(r[0]): r for r in db.execute(
+        "SELECT seq, at, plan_id, payload FROM audit WHERE kind IN ('plan_transition', 'approval')"
+        + where, args)}
+    rows = {int(r["seq"]): r for r in db.execute("SELECT * FROM plan_transitions WHERE 1=1" + where, args)}
+    out: dict[int, str] = {}
+    for seq in sorted(recs.keys() | rows.keys()):
+        rec, row = recs.get(seq), rows.get(seq)
+        if row is None:
+            out[seq] = (f"plan {rec['plan_id']}: the history row of audit record {seq} is missing "
+                        "(deleted outside forescale; the history is never pruned)")
+            continue
+        if rec is None:
+            out[seq] = f"plan {row['plan_id']}: history row {seq} was written by no audit record (inserted outside forescale)"
+            continue
+        body = json.loads(rec["payload"])
+        diff = [col for key, col in _HISTORY_FIELDS if key in body and (body[key] or None) != (row[col] or None)]
+        if row["plan_id"] != rec["plan_id"] or int(row["at"]) != int(rec["at"]):
+            diff.insert(0, "plan_id" if row["plan_id"] != rec["plan_id"] else "at")
+        if diff:
+            out[seq] = (f"plan {rec['plan_id']}: history row {seq} differs from its audit record in "
+                        f"{', '.join(diff)} (edited outside forescale)")
+    return out
+
+
+def plan_problems(store: Any, plan_ids: Iterable[str]) -> dict[str, tuple[int | None, str]]:
+    """Plan id -> (seq of the record it disagrees with, why), for each of
+    ``plan_ids`` whose row does not match its latest record (the plan's
+    newest transition, which carries the plan's SHA-256): a status set to
+    approved with ``sqlite3``, say."""
     from .store import plan_digest
 
-    ids = [r[0] for r in store.db.execute("SELECT id FROM decisions ORDER BY at, id")]
-    for did, why in check_rows(store, [{"id": i} for i in ids]).items():
-        if why is not None:
-            hit = store.db.execute("SELECT MAX(seq) FROM audit_rows WHERE decision_id=?", (did,)).fetchone()[0]
-            yield hit, f"decision {did}: {why}"
-    for row in store.db.execute("SELECT * FROM plans ORDER BY created_at, id").fetchall():
+    out: dict[str, tuple[int | None, str]] = {}
+    for plan_id in dict.fromkeys(plan_ids):
+        row = store.db.execute("SELECT * FROM plans WHERE id=?", (plan_id,)).fetchone()
+        if row is None:
+            continue
         rec = store.db.execute("SELECT seq, payload FROM audit WHERE plan_id=? AND kind IN "
-                               "('plan_transition', 'approval') ORDER BY seq DESC LIMIT 1",
-                               (row["id"],)).fetchone()
+                               "('plan_transition', 'approval') ORDER BY seq DESC LIMIT 1", (plan_id,)).fetchone()
         if rec is None:
-            yield None, f"plan {row['id']}: no audit record covers this row"
+            out[plan_id] = (None, "no audit record covers this row")
         elif json.loads(rec["payload"]).get("plan_sha256") != plan_digest(row):
-            yield rec["seq"], (f"plan {row['id']}: row (status {row['status']}) differs from audit record "
-                               f"{rec['seq']} (edited outside forescale)")
+            out[plan_id] = (rec["seq"], f"row (status {row['status']}) differs from audit record {rec['seq']} "
+                                        "(edited outside forescale)")
+    return out
+
+
+def _row_problems(store: Any) -> Iterator[tuple[int | None, str]]:
+    """(seq of the record a row disagrees with, why) for each decision row,
+    plan row and plan history row that does not match the chain."""
+    db = store.db
+    covering = _covering(db)
+    for row in db.execute("SELECT * FROM decisions ORDER BY at, id").fetchall():
+        did = row["id"]
+        hit = covering.get(did)
+        if hit is None:
+            yield None, f"decision {did}: no audit record covers this row"
+        elif hit[1] != row_digest(row):
+            yield hit[0], f"decision {did}: row differs from audit record {hit[0]} (edited outside forescale)"
+    indexed = {str(r[0]): int(r[1]) for r in db.execute(
+        "SELECT decision_id, MAX(seq) FROM audit_rows GROUP BY decision_id")}
+    for did, (seq, _) in covering.items():
+        if indexed.get(did) != seq:
+            yield seq, (f"decision {did}: the audit_rows index names record {indexed.get(did)} as its newest, "
+                        f"the chain record {seq} (the index was edited outside forescale)")
+    ids = [r[0] for r in db.execute("SELECT id FROM plans ORDER BY created_at, id")]
+    for plan_id, (seq, why) in plan_problems(store, ids).items():
+        yield seq, f"plan {plan_id}: {why}"
+    for seq, why in history_problems(store).items():
+        yield seq, why
 
 
 def verify_tail(store: Any, n: int) -> AuditStatus:
@@ -314,21 +402,31 @@ def record_ok(store: Any, seq: int, *, require_key: bool = True) -> str | None:
 def check_rows(store: Any, recs: list[dict[str, Any]]) -> dict[str, str | None]:
     """For each decision record (as returned by ``Store.decisions``) whether
     its row matches its latest audit record: ``None`` if it does, else why
-    not. A row that disagrees with the chain was edited outside forescale."""
+    not. A row that disagrees with the chain was edited outside forescale.
+
+    The latest record is the newest of those the ``audit_rows`` index names
+    *and* those the chain itself ties to the row (its decision id or its
+    plan in the hashed columns), so a row put back to an older version
+    with the index's newer entries deleted still disagrees with the record
+    that changed it since. :func:`verify` reads every record instead."""
     out: dict[str, str | None] = {}
     for rec in recs:
         did = rec["id"]
         row = store.db.execute("SELECT * FROM decisions WHERE id=?", (did,)).fetchone()
-        hit = store.db.execute(
-            "SELECT a.seq, a.payload FROM audit_rows r JOIN audit a ON a.seq=r.seq WHERE r.decision_id=? "
-            "ORDER BY r.seq DESC LIMIT 1", (did,)).fetchone()
         if row is None:
             out[did] = "no such row"
             continue
+        hit = None
+        for cand in store.db.execute(
+                "SELECT seq, payload FROM audit WHERE seq IN (SELECT seq FROM audit_rows WHERE decision_id=?) "
+                "OR decision_id=? OR plan_id=? ORDER BY seq DESC", (did, did, row["plan_id"])):
+            if did in (json.loads(cand["payload"]).get("rows") or {}):
+                hit = cand
+                break
         if hit is None:
             out[did] = "no audit record covers this row"
             continue
-        want = json.loads(hit["payload"]).get("rows", {}).get(did)
+        want = json.loads(hit["payload"])["rows"][did]
         if want != row_digest(row):
             out[did] = f"row differs from audit record {hit['seq']} (edited outside forescale)"
             continue
@@ -498,4 +596,4 @@ def _signal_context(history: Any | None, forecast: Any | None) -> dict[str, Any]
 
 __all__ = ["AuditStatus", "GENESIS", "KEY_ENV", "KINDS", "append", "canonical", "check_rows", "config_digest",
            "decision_context", "export", "key_for", "key_from_env", "reconstruct", "record_config", "record_ok",
-           "records", "row_digest", "seal_rows", "verify", "verify_tail"]
+           "history_problems", "plan_problems", "records", "row_digest", "seal_rows", "verify", "verify_tail"]

@@ -151,6 +151,17 @@ def _duration(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _count(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return n
+
+
 def cmd_backtest(args: argparse.Namespace) -> int:
     from .backtest import DEFAULT_FORECASTER, DEFAULT_POLICY, plot, run_backtest, scenario_for, write_json
     from .config import ForecasterConfig, load_config
@@ -614,14 +625,14 @@ def cmd_decisions(args: argparse.Namespace) -> int:
         marks = check_rows(store, recs)
     for rec in recs:
         rec["audit"] = marks.get(rec["id"])  # None: the row matches its audit record
+    bad = sum(1 for r in recs if r["audit"])
     if args.json:
         _print_json(recs)
-        return 0
+        return EXIT_FAILURE if bad else EXIT_OK
     if not recs:
         print("no decisions logged yet")
     for rec in reversed(recs):
         _print_decision(rec, verbose=args.verbose)
-    bad = sum(1 for r in recs if r["audit"])
     if bad:
         print(f"{bad} decision row(s) disagree with the audit chain; run: forescale audit verify", file=sys.stderr)
     return EXIT_FAILURE if bad else EXIT_OK
@@ -631,26 +642,32 @@ def cmd_plans(args: argparse.Namespace) -> int:
     """List plans. A listing writes nothing: a plan past its expiry shows as
     expired (left out of what waits), and the daemon's next cycle of its
     target records the transition (:mod:`engine.plans`, "querying")."""
+    from .audit import history_problems, plan_problems
     from .core.clock import SystemClock
     from .plans import as_of, past_expiry, pending
 
     now = SystemClock().now()
     with _store(args) as store:
         stored = store.plans(args.target) if args.all else [v.plan for v in pending(store, args.target, now=now)]
+        # each row shown is checked against the audit chain, as decisions does
+        forged = {pid: why for pid, (_, why) in plan_problems(store, [p.id for p in stored]).items()}
         if args.history:
             history = {p.id: store.plan_history(p.id) for p in stored}
+            edited = history_problems(store, [p.id for p in stored])
     unrecorded = {p.id for p in stored if past_expiry(p, now)}
     plans = [as_of(p, now) for p in stored]
+    bad = len(forged) + (len(edited) if args.history else 0)
     if args.json:
         out = [p.to_dict() for p in plans]
         for d in out:
             if d["id"] in unrecorded:
                 d["expiry_recorded"] = False
+            d["audit"] = forged.get(d["id"])  # None: the row matches its audit record
         if args.history:
             for d in out:
-                d["history"] = [t.to_dict() for t in history[d["id"]]]
+                d["history"] = [{**t.to_dict(), "audit": edited.get(t.seq)} for t in history[d["id"]]]
         _print_json(out)
-        return 0
+        return EXIT_FAILURE if bad else EXIT_OK
     if not plans:
         print("no plans waiting" if not args.all else "no plans")
     for p in plans:
@@ -658,10 +675,20 @@ def cmd_plans(args: argparse.Namespace) -> int:
         late = " (its expiry is recorded at the target's next cycle)" if p.id in unrecorded else ""
         print(f"{p.id}  {p.target:<14} {p.from_capacity} -> {p.to_capacity}  {p.status.value:<10}{who} "
               f"made {isoformat(p.created_at)} expires {isoformat(p.expires_at)}{late}  {p.description}")
+        if p.id in forged:
+            print(f"  !! NOT GENUINE: plan {p.id}: {forged[p.id]}")
         for t in history.get(p.id, []) if args.history else []:
             print(f"      {isoformat(t.at)}  {t.from_status.value if t.from_status else '-':>10} -> "
                   f"{t.to_status.value:<10} {t.identity or '':<22} {t.channel or '':<7} {t.comment or t.reason}")
-    return 0
+            if t.seq in edited:
+                print(f"      !! NOT GENUINE: {edited[t.seq]}")
+        if args.history:
+            for seq in sorted(k for k, why in edited.items() if k not in {t.seq for t in history[p.id]}
+                              and why.startswith(f"plan {p.id}:")):
+                print(f"      !! NOT GENUINE: {edited[seq]}")
+    if bad:
+        print(f"{bad} plan row(s) disagree with the audit chain; run: forescale audit verify", file=sys.stderr)
+    return EXIT_FAILURE if bad else EXIT_OK
 
 
 def _comment(args: argparse.Namespace) -> str:
@@ -692,6 +719,9 @@ def cmd_approve(args: argparse.Namespace) -> int:
     with _store(args) as store:
         now = SystemClock().now()
         who = cli_identity()
+        # what --apply needs is checked before the approval is recorded: a
+        # call that fails must not have approved anything
+        target, act = _target_for_plan(args, store, args.id) if args.apply else (None, None)
         p = approve(store, args.id, now, identity=who, channel="cli", comment=_comment(args))
         if not args.json:
             print(f"plan {p.id} approved by {p.actor}: {p.target} {p.from_capacity} -> {p.to_capacity}")
@@ -699,7 +729,6 @@ def cmd_approve(args: argparse.Namespace) -> int:
             if not args.json:
                 print("a daemon runs on this state file: it applies the plan at the target's next cycle")
         elif args.apply:
-            target, act = _target_for_plan(args, store, args.id)
             p = apply_plan(store, act, args.id, now, target, identity=who, channel="cli")
             if not args.json:
                 print(f"plan {p.id} applied")
@@ -760,7 +789,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     from .audit import verify, verify_tail
 
     with _store(args) as store:
-        status = verify_tail(store, args.tail) if args.tail else verify(store)
+        status = verify_tail(store, args.tail) if args.tail is not None else verify(store)
     if args.json:
         _print_json(status.to_dict())
     else:
@@ -781,7 +810,11 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     since, until = when("--since", args.since), when("--until", args.until)
     with _store(args) as store:
         if args.out:
-            with open(args.out, "w", encoding="utf-8", newline="") as f:
+            try:
+                f = open(args.out, "w", encoding="utf-8", newline="")
+            except OSError as exc:
+                raise DataError(f"--out {args.out}: cannot write it ({exc.strerror})") from None
+            with f:
                 n = export(store, f, args.format, since=since, until=until)
             print(f"{n} audit record(s) written to {args.out}", file=sys.stderr)
         else:
@@ -1167,10 +1200,11 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(o)
     o.set_defaults(func=cmd_once)
 
-    def state_args(sp: argparse.ArgumentParser) -> None:
+    def state_args(sp: argparse.ArgumentParser, target: bool = True) -> None:
         sp.add_argument("--config", help="config file (its state file is used)")
         sp.add_argument("--state", default="forescale.db", help="state file (default: forescale.db)")
-        sp.add_argument("--target", help="only this target (default: every target)")
+        if target:
+            sp.add_argument("--target", help="only this target (default: every target)")
 
     dl = sub.add_parser("decisions", help="list logged decisions with their steps and reasons")
     state_args(dl)
@@ -1203,13 +1237,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     au = sub.add_parser("audit", help="the tamper-evident audit log: verify, export, show")
     ausub = au.add_subparsers(dest="audit_command", required=True)
+    # the chain is one for the whole state: its commands take no --target
     av = ausub.add_parser("verify", help="check the hash chain; names the first bad record (exit 1)")
-    state_args(av)
-    av.add_argument("--tail", type=int, default=0, help="check only the newest N records")
+    state_args(av, target=False)
+    av.add_argument("--tail", type=_count, help="check only the newest N records (N >= 1)")
     json_flag(av)
     av.set_defaults(func=cmd_audit_verify)
     ae = ausub.add_parser("export", help="write the records for auditors")
-    state_args(ae)
+    state_args(ae, target=False)
     ae.add_argument("--since", help="from this time (ISO 8601, e.g. 2024-03-01T00:00:00Z)")
     ae.add_argument("--until", help="before this time")
     ae.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
@@ -1217,7 +1252,7 @@ def build_parser() -> argparse.ArgumentParser:
     ae.set_defaults(func=cmd_audit_export)
     ash = ausub.add_parser("show", help="one decision end to end: inputs, steps, plan history, approver, actuation")
     ash.add_argument("id", help="decision id (target@time, as forescale decisions shows)")
-    state_args(ash)
+    state_args(ash, target=False)
     json_flag(ash)
     ash.set_defaults(func=cmd_audit_show)
 

@@ -165,6 +165,44 @@ def test_a_wrong_key_fails_at_the_first_keyed_record(path):
     fill(path, key=b"right")
     st = status(path, b"wrong")
     assert not st.ok and st.first_bad == 1 and "hash does not match" in st.reason
+    assert "or signed with another key than the one set" in st.reason
+
+
+def test_nothing_without_the_key_is_written_to_a_keyed_chain(tmp_path, capsys, monkeypatch):
+    """Someone who approves without the key would append a record without
+    the HMAC, after which every verify fails there for good (hiding any
+    later edit): the approval is refused, nothing is written, and the chain
+    still verifies with the key."""
+    now = NOW
+    monkeypatch.setenv("FORESCALE_AUDIT_KEY", "k" * 32)
+    trace = write_trace(tmp_path / "load.csv", [100.0] * 30, start=now - 25 * STEP)
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="approve", plan_ttl="1h")])
+    store = Store(tmp_path / "state.db")
+    plan = build_live(cfg, store, Platform(capacity=5)).run(now).plan
+    store.close()
+    monkeypatch.delenv("FORESCALE_AUDIT_KEY")
+    rc, out, err = run_cli(capsys, "approve", plan.id, "--config", str(cfg))
+    assert rc == 2 and "the audit chain is HMAC-signed" in err and "set FORESCALE_AUDIT_KEY" in err
+    assert "k" * 32 not in err and "approved" not in out
+    monkeypatch.setenv("FORESCALE_AUDIT_KEY", "k" * 32)
+    with Store(tmp_path / "state.db") as s:
+        assert s.plan(plan.id).status.value == "pending"
+        st = verify(s)
+    assert st.ok and st.keyed and st.unkeyed == 0
+
+
+def test_audit_commands_refuse_a_bad_tail_or_output_path_in_one_line(live_db, capsys, tmp_path):
+    cfg, db, plan = live_db
+    for bad in ("-3", "0", "x"):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["audit", "verify", "--config", str(cfg), "--tail", bad])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"argument --tail: {bad!r} is not a whole number of at least 1" in err
+    rc, out, _ = run_cli(capsys, "audit", "verify", "--config", str(cfg), "--tail", "2")
+    assert rc == 0 and "2 of" in out
+    rc, _, err = run_cli(capsys, "audit", "export", "--config", str(cfg), "--out", str(tmp_path / "no" / "x.jsonl"))
+    assert rc == 2 and err.startswith("forescale: error: --out ") and "cannot write it" in err
+    assert "Traceback" not in err
 
 
 def test_verify_tail_checks_the_newest_records_and_their_link(path):
@@ -223,6 +261,69 @@ def test_a_decision_row_edited_with_sqlite_is_detected_by_verify_and_marked_by_d
     rc, out, _ = run_cli(capsys, "decisions", "--config", str(cfg), "--json")
     forged = next(r for r in json.loads(out) if r["id"] == plan.decision_id)
     assert forged["desired"] == 60 and "edited outside forescale" in forged["audit"]
+
+
+def test_a_decision_row_put_back_to_an_older_genuine_version_is_detected(tmp_path, capsys):
+    """The row of a decision that was approved and applied, copied back from
+    a backup taken while its plan was pending, with the newer entries of the
+    ``audit_rows`` index deleted: the row matches an older record exactly,
+    but the chain itself holds the newer ones that changed it since."""
+    now = NOW
+    trace = write_trace(tmp_path / "load.csv", [100.0] * 30, start=now - 25 * STEP)
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="approve", plan_ttl="1h")])
+    store = Store(tmp_path / "state.db")
+    live = build_live(cfg, store, Platform(capacity=5))
+    plan = live.run(now).plan
+    pending_row = dict(store.db.execute("SELECT * FROM decisions WHERE id=?", (plan.decision_id,)).fetchone())
+    approve(store, plan.id, now + timedelta(seconds=5), identity="unix:alice", channel="cli", comment="go")
+    assert live.run(now + STEP).details["plans_applied"] == [plan.id]
+    first = store.db.execute("SELECT MIN(seq) FROM audit_rows WHERE decision_id=?", (plan.decision_id,)).fetchone()[0]
+    store.close()
+    db = tmp_path / "state.db"
+    raw(db, "DELETE FROM decisions WHERE id=?", plan.decision_id)
+    cols = ", ".join(pending_row)
+    raw(db, f"INSERT INTO decisions({cols}) VALUES ({', '.join('?' * len(pending_row))})", *pending_row.values())
+    raw(db, "DELETE FROM audit_rows WHERE decision_id=? AND seq>?", plan.decision_id, first)
+    rc, out, _ = run_cli(capsys, "audit", "verify", "--config", str(cfg))
+    assert rc == 1 and f"decision {plan.decision_id}: row differs from audit record" in out, out
+    rc, out, _ = run_cli(capsys, "decisions", "--config", str(cfg), "--json")
+    forged = next(r for r in json.loads(out) if r["id"] == plan.decision_id)
+    assert rc == 1 and forged["status"] == "planned" and "edited outside forescale" in forged["audit"]
+    rc, out, _ = run_cli(capsys, "audit", "show", plan.decision_id, "--config", str(cfg))
+    assert rc == 1 and "edited outside forescale" in out
+    # the index alone edited (the row left as it is) is tampering too
+    raw(db, "DELETE FROM decisions WHERE id=?", plan.decision_id)
+    rc, out, _ = run_cli(capsys, "audit", "verify", "--config", str(cfg))
+    assert rc == 1 and "the audit_rows index names record" in out, out
+
+
+def test_an_edited_or_deleted_plan_history_row_is_detected_and_marked_by_plans(live_db, capsys):
+    """Who approved a plan, as ``forescale plans --history`` shows it, is
+    checked against the approval record; the history is never pruned, so a
+    deleted transition is tampering too; and a plan row whose status was set
+    with ``sqlite3`` is marked wherever it is listed."""
+    cfg, db, plan = live_db
+    rc, out, _ = run_cli(capsys, "plans", "--config", str(cfg), "--all", "--history")
+    assert rc == 0 and "NOT GENUINE" not in out and "unix:alice" in out
+    raw(db, "UPDATE plan_transitions SET identity='unix:mallory' WHERE to_status='approved'")
+    rc, out, _ = run_cli(capsys, "audit", "verify", "--config", str(cfg))
+    assert rc == 1 and f"plan {plan.id}: history row" in out and "differs from its audit record in identity" in out
+    rc, out, err = run_cli(capsys, "plans", "--config", str(cfg), "--all", "--history")
+    assert rc == 1 and "unix:mallory" in out and "!! NOT GENUINE" in out and "in identity" in out
+    assert "disagree with the audit chain" in err
+    rc, out, _ = run_cli(capsys, "plans", "--config", str(cfg), "--all", "--history", "--json")
+    (p,) = json.loads(out)
+    (appr,) = [t for t in p["history"] if t["to"] == "approved"]
+    assert rc == 1 and "in identity" in appr["audit"]
+    assert all(t["audit"] is None for t in p["history"] if t["to"] != "approved")
+    raw(db, "DELETE FROM plan_transitions WHERE to_status='approved'")
+    rc, out, _ = run_cli(capsys, "audit", "verify", "--config", str(cfg))
+    assert rc == 1 and "is missing (deleted outside forescale" in out
+    rc, out, _ = run_cli(capsys, "plans", "--config", str(cfg), "--all", "--history")
+    assert rc == 1 and "is missing (deleted outside forescale" in out
+    raw(db, "UPDATE plans SET status='approved'")
+    rc, out, _ = run_cli(capsys, "plans", "--config", str(cfg), "--all")
+    assert rc == 1 and f"!! NOT GENUINE: plan {plan.id}: row (status approved) differs from audit record" in out
 
 
 def test_audit_show_reconstructs_one_decision_end_to_end(live_db, capsys):
@@ -395,6 +496,27 @@ def test_records_after_a_seq_are_a_feed_of_what_happened(path):
         assert [r["seq"] for r in audit.records(s, after=3)] == [4, 5]
         assert [r["kind"] for r in audit.records(s, after=3, kind="actuation")] == ["actuation"]
         assert list(audit.records(s, after=5)) == []
+
+
+def test_the_documented_recipe_recomputes_every_exported_hash(live_db, capsys):
+    """docs/audit.md's snippet, run as printed (nothing from forescale), on
+    a real export: each record's hash and its link to the one before."""
+    import re
+
+    from tests.support import ROOT
+
+    doc = (ROOT / "docs" / "audit.md").read_text()
+    (snippet,) = re.findall(r"### Recomputing a hash.*?```python\n(.*?)```", doc, re.S)
+    space: dict = {}
+    exec(snippet, space)
+    cfg, db, plan = live_db
+    rc, out, _ = run_cli(capsys, "audit", "export", "--config", str(cfg))
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert rc == 0 and len(lines) >= 6
+    prev = audit.GENESIS
+    for r in lines:
+        assert space["record_hash"](r) == r["hash"] and r["prev"] == prev
+        prev = r["hash"]
 
 
 def test_audit_export_names_a_time_it_cannot_read(live_db, capsys):

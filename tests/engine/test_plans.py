@@ -87,6 +87,24 @@ def test_apply_refuses_an_unapproved_or_rejected_plan(planned, capsys):
     assert rc == 2 and "no plan 'nope'" in err
 
 
+def test_approve_with_apply_that_cannot_apply_approves_nothing(planned, capsys, tmp_path):
+    """`approve --apply` checks what applying needs (the config in force and
+    the plan's target in it) before it records the approval: a call that
+    exits 2 "to fix in the call" leaves the plan as it was, so that fixing the
+    call and running it again works and nothing was approved in between."""
+    cfg, store, live, plan = planned()
+    state = str(tmp_path / "state.db")
+    rc, out, err = run_cli(capsys, "approve", plan.id, "--state", state, "--apply")
+    assert rc == 2 and "applying a plan needs --config" in err and "approved" not in out
+    other = write_config(tmp_path / "other.yaml", [target_dict("api", tmp_path / "load.csv")])
+    rc, out, err = run_cli(capsys, "approve", plan.id, "--config", str(other), "--state", state, "--apply")
+    assert rc == 2 and "no target named 'web'" in err and "approved" not in out
+    assert store.plan(plan.id).status == PlanStatus.PENDING and store.plan_history(plan.id)[-1].to_status == \
+        PlanStatus.PENDING
+    rc, out, _ = run_cli(capsys, "approve", plan.id, "--config", str(cfg), "--apply")
+    assert rc == 0 and f"plan {plan.id} applied" in out and store.load_state("web").current == 20
+
+
 def test_apply_refuses_a_stale_plan(planned, capsys):
     # someone scaled the platform to 7 since the plan was made at 5
     cfg, store, live, plan = planned(initial_capacity=7)
