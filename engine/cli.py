@@ -272,8 +272,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         if args.json:  # the report on stdout, the one line on stderr as ever
             _print_json({"config": args.config, "valid": False, "error": str(exc)})
         raise
+    unset = cfg.unset_env()
     if args.json:
-        _print_json({"config": args.config, "valid": True, "state": cfg.state_shown, "targets": [
+        _print_json({"config": args.config, "valid": True, "state": cfg.state_shown,
+                     "unset_env": [{"field": f, "variable": v} for f, v in unset], "targets": [
             {"name": t.name, "mode": t.mode, "interval_s": t.interval.total_seconds(), "source": t.source.type,
              "forecaster": t.forecaster.name, "actuator": t.actuator.type, "capacity": list(t.policy.bounds),
              **({"actuator_check": checks[t.name]} if t.name in checks else {})}
@@ -292,6 +294,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for tp in cfg.templates:
         print(f"template {tp.name}: one target per series of {tp.source.query!r}, every {tp.prototype.interval}, "
               f"rediscovered every {tp.discover_every} (list them: forescale targets --config {args.config})")
+    for field, var in unset:
+        print(f"warning: {field}: environment variable {var} is not set here; forescale run (and console, "
+              "for its own settings) refuse to start without it")
     more = f", {len(cfg.templates)} template(s)" if cfg.templates else ""
     print(f"{args.config}: valid ({len(cfg.targets)} target(s){more}); state {cfg.state_shown}")
     return 0

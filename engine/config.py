@@ -1239,6 +1239,33 @@ class Config(_Model):
         such as retention must cover before discovery has run."""
         return self.targets + tuple(t.prototype for t in self.templates if t.prototype is not None)
 
+    def unset_env(self, environ: Any = None) -> list[tuple[str, str]]:
+        """(field path, variable) for each environment variable the file
+        names (every ``*_env`` field) that is unset or empty in ``environ``
+        (default: this process's): what ``forescale validate`` warns of,
+        since ``run`` and ``console`` refuse to start without them. Not the
+        audit key's: without it the chain is plain SHA-256, by choice."""
+        import os
+
+        env = os.environ if environ is None else environ
+        out: list[tuple[str, str]] = []
+
+        def walk(obj: Any, path: str) -> None:
+            if isinstance(obj, BaseModel):
+                for name in type(obj).model_fields:
+                    value, here = getattr(obj, name), f"{path}.{name}" if path else name
+                    if name.endswith("_env") and isinstance(value, str):
+                        if name != "hmac_key_env" and not env.get(value):
+                            out.append((here, value))
+                    else:
+                        walk(value, here)
+            elif isinstance(obj, (tuple, list)):
+                for i, item in enumerate(obj):
+                    walk(item, f"{path}[{i}]")
+
+        walk(self, "")
+        return out
+
     def target(self, name: str) -> TargetConfig:
         for t in self.targets:
             if t.name == name:

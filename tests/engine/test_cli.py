@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,10 @@ from tests.support import ROOT, TRACES
 
 
 
-def forescale(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def forescale(*args: str, cwd: Path | None = None, timeout: float = 300,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True,
-                          cwd=cwd or ROOT, timeout=timeout)
+                          cwd=cwd or ROOT, timeout=timeout, env=env)
 
 
 def test_demo_runs_the_full_loop_on_the_bundled_trace(tmp_path):
@@ -204,6 +206,30 @@ def test_validate_json_reports_the_targets_or_the_error(tmp_path):
     doc = json.loads(r.stdout)
     assert doc["valid"] is False and "targets[0].policy.max_replica" in doc["error"]
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_validate_warns_of_each_variable_the_file_names_that_is_not_set(tmp_path):
+    """`run` and `console` refuse to start without the variables the file
+    names (a webhook URL, a console secret, a user's token): `validate`
+    says so, naming the field and the variable, never a value; the audit
+    key is optional (unset: a plain SHA-256 chain) and is not warned of."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("targets:\n  - name: web\n    source: {type: csv, path: x.csv}\n"
+                   "    policy: {capacity_per_replica: 10}\n"
+                   "notify:\n  channels:\n    - {type: webhook, name: hook, url_env: FS_TEST_HOOK_URL}\n"
+                   "console:\n  secret_env: FS_TEST_CONSOLE_SECRET\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FS_TEST_") and k != "FORESCALE_AUDIT_KEY"}
+    r = forescale("validate", "--config", str(cfg), env=env)
+    assert r.returncode == 0, r.stderr
+    assert ("warning: notify.channels[0].url_env: environment variable FS_TEST_HOOK_URL is not set here"
+            in r.stdout)
+    assert "warning: console.secret_env: environment variable FS_TEST_CONSOLE_SECRET is not set here" in r.stdout
+    assert "FORESCALE_AUDIT_KEY" not in r.stdout and "valid (1 target(s))" in r.stdout
+    r = forescale("validate", "--config", str(cfg), "--json", env={**env, "FS_TEST_HOOK_URL": "https://h.example/x"})
+    doc = json.loads(r.stdout)
+    assert doc["valid"] is True and doc["unset_env"] == [
+        {"field": "console.secret_env", "variable": "FS_TEST_CONSOLE_SECRET"}]
+    assert "h.example" not in r.stdout
 
 
 def _commands():
