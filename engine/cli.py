@@ -840,7 +840,9 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
         _print_json({**story, "row_check": mark})
         return EXIT_OK if story["verified"] and not mark else EXIT_FAILURE
     d = story["decision"] or {}
-    print(f"decision {args.id}  ({'every record verifies' if story['verified'] else 'SOME RECORDS DO NOT VERIFY'})")
+    verdict = ("SOME RECORDS DO NOT VERIFY" if not story["verified"] else
+               "every record verifies; THE ROW DOES NOT" if mark else "every record verifies")
+    print(f"decision {args.id}  ({verdict})")
     if mark:
         print(f"  !! the decisions row disagrees with the chain: {mark}")
     if d:

@@ -838,7 +838,9 @@ class PlanNotices:
             if r["identity"]:
                 payload.update(identity=r["identity"], channel=r["channel"], comment=r["comment"])
             if r["reason"]:
-                payload["reason" if kind == "plan_expired" else "error"] = r["reason"]
+                # a failure's reason is its error; any other transition's
+                # ("planned", "superseded by ...") is no error
+                payload["error" if kind == "failed" else "reason"] = r["reason"]
             for name in due:
                 if kind in self._events[name]:
                     self._queued[name, seq] = self._gen[s]

@@ -315,7 +315,7 @@ def approve(store: "Store", plan_id: str, now: datetime, *, identity: str, chann
     _check_who(identity, channel)
     plan = store.plan(plan_id)
     if _expire_if_due(store, plan, now, "expired before approval"):
-        raise PlanStateError(f"plan {plan_id} expired at {plan.expires_at:%Y-%m-%d %H:%M:%S}Z; "
+        raise PlanStateError(f"plan {plan_id} expired at {isoformat(plan.expires_at)}; "
                              "wait for the next plan")
     return store.transition_plan(plan_id, PlanStatus.APPROVED, now, allowed_from=(PlanStatus.PENDING,),
                                  identity=identity, channel=channel, comment=comment)
@@ -387,7 +387,7 @@ def _claim_guard(store: Any, target: Any, observed: int, now: datetime):
     """The re-checks made inside the claiming transaction, in order."""
     def guard(db: Any, plan: Plan) -> tuple[PlanStatus, str] | None:
         if now >= plan.expires_at:
-            return PlanStatus.EXPIRED, f"expired at {plan.expires_at:%Y-%m-%d %H:%M:%S}Z before it was applied"
+            return PlanStatus.EXPIRED, f"expired at {isoformat(plan.expires_at)} before it was applied"
         if target.mode not in WRITING_MODES:
             return PlanStatus.REFUSED, (f"target {target.name} is in {target.mode} mode now, "
                                         "which never writes to the platform")
@@ -440,7 +440,7 @@ def apply_plan(store: "Store", actuator: Any, plan_id: str, now: datetime, targe
             raise PlanStateError(_BUSY.format(plan_id)) from None
         raise
     if claimed.status == PlanStatus.EXPIRED:
-        raise PlanStateError(f"plan {plan_id} expired at {plan.expires_at:%Y-%m-%d %H:%M:%S}Z")
+        raise PlanStateError(f"plan {plan_id} expired at {isoformat(plan.expires_at)}")
     if claimed.status == PlanStatus.REFUSED:
         if claimed.note.startswith("stale:"):
             raise StalePlan(f"plan {plan_id} is stale: capacity is now {observed}, it was "

@@ -41,7 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..auth import ACTIONS, AuthError, Security, Session, Sessions
 from ..core.clock import Clock, SystemClock
-from ..core.errors import ForescaleError
+from ..core.errors import ForescaleError, PlanNotFound
 from ..core.units import isoformat
 from . import chart, views
 
@@ -241,7 +241,9 @@ class Console:
         if t is None:
             return self.error(request, 404, f"no target named {name!r}")
         window_key = request.query_params.get("window", "1d")
-        window = views.WINDOWS.get(window_key, views.WINDOWS["1d"])
+        if window_key not in views.WINDOWS:
+            return self.error(request, 400, f"window: one of {', '.join(views.WINDOWS)} (got {window_key!r})")
+        window = views.WINDOWS[window_key]
         now = self.clock.now()
 
         def gather(store: Any) -> dict[str, Any]:
@@ -287,7 +289,7 @@ class Console:
             plan = await self.with_store(lambda st: self._decide(st, plan_id, action, f"user:{s.user}", "console",
                                                                  form.get("comment", "")))
         except ForescaleError as exc:
-            return self.error(request, 409, str(exc))
+            return self.error(request, 404 if isinstance(exc, PlanNotFound) else 409, str(exc))
         log.info("console: plan %s %s by user:%s", plan.id, plan.status.value, s.user)
         done = "approved" if action == "approve" else "rejected"
         return RedirectResponse(f"{self.root(request)}/?done={done}&plan={urllib.parse.quote(plan.id)}", 303)
@@ -328,8 +330,9 @@ class Console:
         log.info("console: plan %s %s through a signed link (%s)", plan.id, plan.status.value, identity)
         return self.page(request, "message.html", heading=f"Plan {plan.id} {plan.status.value}",
                          message=f"{plan.target}: {plan.from_capacity} -> {plan.to_capacity} is now "
-                                 f"{plan.status.value} ({identity}). The daemon applies an approved plan at "
-                                 "the target's next cycle.")
+                                 f"{plan.status.value} ({identity})." + (
+                                     " The daemon applies it at the target's next cycle."
+                                     if plan.status.value == "approved" else ""))
 
     # ------------------------------------------------------------------ API
     def _bearer(self, request: Request) -> str | None:
@@ -357,9 +360,11 @@ class Console:
             return _unauthorized()
         try:
             body = json.loads(await _body(request) or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError("not an object")
         except (ValueError, AuthError):
             return JSONResponse({"error": "the body must be a JSON object, e.g. {\"comment\": \"...\"}"}, 400)
-        comment = body.get("comment", "") if isinstance(body, dict) else ""
+        comment = body.get("comment", "")
         plan_id, action = request.path_params["plan_id"], request.path_params["action"]
         if action not in ACTIONS:
             return JSONResponse({"error": "the action is approve or reject"}, 404)
@@ -367,7 +372,8 @@ class Console:
             plan = await self.with_store(lambda st: self._decide(st, plan_id, action, f"user:{user}", "http",
                                                                  str(comment)))
         except ForescaleError as exc:
-            return JSONResponse({"error": self.security.redactor(str(exc))}, 409)
+            return JSONResponse({"error": self.security.redactor(str(exc))},
+                                404 if isinstance(exc, PlanNotFound) else 409)
         return JSONResponse({"plan": plan.to_dict()})
 
     # ------------------------------------------------------------------ app

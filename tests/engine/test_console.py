@@ -86,14 +86,22 @@ def test_a_rejection_is_recorded_with_who_and_withdraws_nothing_else(tmp_path, e
     client, _ = client_for(state)
     login(client, BOB_TOKEN)  # bob's token comes from the environment
     page = client.get("/")
-    r = client.post(f"/plans/{state.plan_id}/reject", data={"csrf": csrf_of(page.text)})
+    assert 'name="comment" placeholder="reason (optional)"' in page.text  # the reject form takes a reason
+    r = client.post(f"/plans/{state.plan_id}/reject", data={"csrf": csrf_of(page.text), "comment": "not real"})
     assert r.status_code == 303
     with Store(tmp_path / "state.db") as store:
         assert store.plan(state.plan_id).status.value == "rejected"
-        assert store.plan_history(state.plan_id)[-1].identity == "user:bob"
+        last = store.plan_history(state.plan_id)[-1]
+        assert (last.identity, last.comment) == ("user:bob", "not real")
     # a second decision on it is refused with the state machine's reason
     r = client.post(f"/plans/{state.plan_id}/approve", data={"csrf": csrf_of(page.text)})
     assert r.status_code == 409 and "rejected" in r.text
+    # a plan that does not exist is not a conflict
+    r = client.post("/plans/nosuch/approve", data={"csrf": csrf_of(page.text)})
+    assert r.status_code == 404 and "no plan" in r.text
+    # a window other than the two offered is refused, not shown as a day titled with it
+    r = client.get("/targets/web?window=bogus")
+    assert r.status_code == 400 and "window: one of 1d, 7d" in r.text
 
 
 def test_the_approval_api_takes_a_bearer_token(tmp_path, env):
@@ -104,6 +112,10 @@ def test_the_approval_api_takes_a_bearer_token(tmp_path, env):
     auth = {"authorization": f"Bearer {ALICE_TOKEN}"}
     (view,) = client.get("/api/plans", headers=auth).json()["plans"]
     assert view["plan"]["id"] == state.plan_id and view["decision"]["desired"] == 20
+    r = client.post("/api/plans/nosuch/approve", headers=auth, json={"comment": "x"})
+    assert r.status_code == 404 and "no plan 'nosuch'" in r.json()["error"]
+    r = client.post(f"/api/plans/{state.plan_id}/approve", headers=auth, json=[1, 2])
+    assert r.status_code == 400 and "JSON object" in r.json()["error"]
     r = client.post(f"/api/plans/{state.plan_id}/approve", headers=auth, json={"comment": "via api"})
     assert r.status_code == 200 and r.json()["plan"]["status"] == "approved"
     with Store(tmp_path / "state.db") as store:

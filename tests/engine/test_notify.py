@@ -291,6 +291,8 @@ def test_a_real_cycle_plan_approval_and_apply_are_each_told_once(tmp_path):
                                 "reject": f"https://console.example/l/{pid}-reject-hook"}
     assert approved["summary"] == f"web: plan {pid} (5 -> 20) approved by user:alice via console: looks right"
     assert applied["summary"] == f"web: scaled 5 -> 20 (plan {pid})"
+    # a transition's reason is no error: only a failure carries one
+    assert created["details"]["reason"] == "planned" and "error" not in created["details"]
 
 
 def _up_and_down(tmp_path, hook, *, catch_up: int = 20):
