@@ -346,6 +346,14 @@ def _row_problems(store: Any) -> Iterator[tuple[int | None, str]]:
     """(seq of the record a row disagrees with, why) for each decision row,
     plan row and plan history row that does not match the chain."""
     db = store.db
+    head = db.execute("SELECT MAX(seq) FROM audit").fetchone()[0] or 0
+    named = max(db.execute("SELECT MAX(seq) FROM audit_rows").fetchone()[0] or 0,
+                db.execute("SELECT MAX(seq) FROM plan_transitions").fetchone()[0] or 0)
+    if named > head:
+        # what a hash chain alone cannot show, its own indexes still do
+        gone = f"record {head + 1}" if named == head + 1 else f"records {head + 1}..{named}"
+        yield head + 1, (f"{gone} missing after the newest, {head}: the chain's tail was cut (the rows "
+                         f"index and the plans' history still name {'it' if named == head + 1 else 'them'})")
     covering = _covering(db)
     for row in db.execute("SELECT * FROM decisions ORDER BY at, id").fetchall():
         did = row["id"]

@@ -326,6 +326,19 @@ def test_an_edited_or_deleted_plan_history_row_is_detected_and_marked_by_plans(l
     assert rc == 1 and f"!! NOT GENUINE: plan {plan.id}: row (status approved) differs from audit record" in out
 
 
+def test_a_cut_tail_is_named_as_such_where_the_indexes_still_name_its_records(live_db, capsys):
+    """A hash chain alone cannot show its newest records deleted; the rows
+    index and the plans' history, written in the same transactions, still
+    name them, and verify says so instead of naming an older record."""
+    cfg, db, plan = live_db
+    with Store(db) as s:
+        head = s.db.execute("SELECT MAX(seq) FROM audit").fetchone()[0]
+    raw(db, "DELETE FROM audit WHERE seq>=?", head - 1)
+    rc, out, _ = run_cli(capsys, "audit", "verify", "--config", str(cfg))
+    assert rc == 1 and f"BROKEN at record {head - 1}: records {head - 1}..{head} missing after the newest, " \
+                       f"{head - 2}: the chain's tail was cut" in out, out
+
+
 def test_audit_show_reconstructs_one_decision_end_to_end(live_db, capsys):
     cfg, db, plan = live_db
     rc, out, _ = run_cli(capsys, "audit", "show", plan.decision_id, "--config", str(cfg), "--json")
