@@ -414,8 +414,18 @@ class PolicyConfig(_Model):
         # load the plan already sized for: without a reactive section of its
         # own it runs at PLAN_REACTIVE (tuned on the backtest's tuning traces,
         # docs/planner.md), not at the 0.7 utilization the HPA guesses
-        if isinstance(data, dict) and data.get("kind") == "plan" and "reactive" not in data:
-            data = {**data, "reactive": PLAN_LADDER_REACTIVE if data.get("ladder") is not None else PLAN_REACTIVE}
+        if isinstance(data, dict) and data.get("kind") == "plan":
+            # field by field: a section that states only its tolerance keeps
+            # the planner's utilization, not the HPA's 0.7
+            floor = PLAN_LADDER_REACTIVE if data.get("ladder") is not None else PLAN_REACTIVE
+            given = data.get("reactive")
+            if given is None and "reactive" not in data:
+                data = {**data, "reactive": floor}
+            elif isinstance(given, dict):
+                data = {**data, "reactive": {**floor.model_dump(exclude={"enabled"}), **given}}
+            elif isinstance(given, Reactive):
+                data = {**data, "reactive": floor.model_copy(update={k: getattr(given, k)
+                                                                     for k in given.model_fields_set})}
         if isinstance(data, dict) and data.get("kind") == "plan" and data.get("ladder") is None:
             # an SLO the policy states is a promise: unless it names its
             # calibration, the planner calibrates by the realized saturation

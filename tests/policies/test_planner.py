@@ -380,6 +380,29 @@ def test_the_reactive_floor_wins_when_the_observation_needs_more_than_the_plan()
     assert d.step("plan").value == 6
 
 
+def test_a_reactive_section_keeps_the_planners_floor_defaults_for_what_it_does_not_state():
+    """A `reactive:` section on a planner changes what it states, field by
+    field: `{tolerance: 0.0}` (the default, written out) kept the HPA's 0.7
+    utilization and sized 100 observed to 15 replicas instead of 13; a
+    ladder's floor stays at full capacity."""
+    plain = PolicyConfig(kind="plan", capacity_per_replica=10.0, lead_time="25m")
+    only_tolerance = config(reactive={"tolerance": 0.0})
+    assert plain.reactive == only_tolerance.reactive and plain.reactive.target_utilization == 0.8
+    assert config(reactive={"target_utilization": 0.95}).reactive.tolerance == 0.0
+    assert config(reactive={"enabled": True}).reactive == plain.reactive
+    # the user-visible effect: the floor on the same observation, ceil(100 / (10 x 0.8)) = 13
+    d = decide(forecast(np.full(72, 55.0)), state(observed=100.0), only_tolerance, NOW)
+    assert d.desired == 13 and d.step("reactive").reason == "ReactiveOverride"
+    ladder = [{"name": "s", "capacity": 10, "price": 1}, {"name": "m", "capacity": 20, "price": 2},
+              {"name": "l", "capacity": 40, "price": 4}]
+    lad = PolicyConfig(kind="plan", ladder=ladder, lead_time="25m", reactive={"tolerance": 0.05})
+    assert lad.reactive.target_utilization == 1.0 and lad.reactive.tolerance == 0.05
+    # in a config file too
+    cfg = parse_config({"targets": [{"name": "web", "source": {"type": "csv", "path": "x.csv"}, "policy": {
+        "kind": "plan", "capacity_per_replica": 10, "reactive": {"tolerance": 0.0}}}]})
+    assert cfg.targets[0].policy.reactive.target_utilization == 0.8
+
+
 def test_the_change_budget_holds_the_first_step():
     events = (ScaleEvent(NOW - timedelta(minutes=50), 5, 6), ScaleEvent(NOW - timedelta(minutes=40), 6, 5),
               ScaleEvent(NOW - timedelta(minutes=30), 5, 6))
