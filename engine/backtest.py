@@ -794,14 +794,33 @@ def prepare(raw: Series, scenario: Scenario = Scenario(), trace: str = "") -> Pr
     p99 = float(np.quantile(valid, 0.99))
     notes: list[str] = []
     step_s = int(scenario.interval.total_seconds())
-    k = max(1, int(round(scenario.lead_time.total_seconds() / step_s)))
+    # a change is in service from the first interval boundary at or after
+    # its lead time (REFERENCE.md section 3), and never in the interval
+    # already observed: 7m on 5m intervals is 10m, 0 is one interval
+    lead_s = scenario.lead_time.total_seconds()
+    k = max(1, -(-int(round(lead_s)) // step_s))
+    if k * step_s != lead_s:
+        notes.append(f"the lead time {format_duration(scenario.lead_time)} is replayed as "
+                     f"{format_duration(timedelta(seconds=k * step_s))}: a change is in service from the first "
+                     f"{format_duration(scenario.interval)} interval boundary at or after it"
+                     + (", never in the interval already observed" if lead_s < step_s else ""))
     warm = int(scenario.warmup.total_seconds() // step_s)
     idx = np.arange(d.size)
     scored = (idx >= warm) & ~np.isnan(d)
+    if not scored.any():
+        span = format_duration(timedelta(seconds=(d.size - 1) * step_s))
+        why = (f"the warm-up ({format_duration(scenario.warmup)}) is not shorter than the trace ({span} after "
+               f"resampling to {format_duration(scenario.interval)}); give a shorter --warmup or a longer trace"
+               if warm >= d.size else f"the trace has no value after its warm-up ({format_duration(scenario.warmup)})")
+        raise DataError(f"nothing to score: {why}")
     first = int(np.flatnonzero(~np.isnan(d))[0])
     cadence = sample_cadence(d)
-    if cadence > 1:
-        every = format_duration(timedelta(seconds=cadence * step_s))
+    seen = raw.timestamps[~np.isnan(raw.values)]
+    raw_step = float(np.median(np.diff(seen))) if seen.size >= 3 else 0.0
+    if cadence > 1 and raw_step > step_s:
+        # the raw samples' own step: on a finer grid the bins' spacing is
+        # rounded (5-minute samples on a 3-minute grid fall 1 and 2 bins apart)
+        every = format_duration(timedelta(seconds=round(raw_step)))
         lead = format_duration(timedelta(seconds=k * step_s))
         notes.append(f"the trace is sampled every {every}, coarser than the {format_duration(scenario.interval)} "
                      f"interval: a policy decides at each sample and holds between; "

@@ -74,6 +74,41 @@ def test_a_trace_sampled_coarser_than_the_interval_counts_its_changes_and_its_da
     assert any("sampled every 15m, coarser than the 5m interval" in n for n in r.notes)
 
 
+def test_a_lead_time_between_interval_boundaries_is_replayed_at_the_next_and_says_so():
+    """A change is in service from the first interval boundary at or after
+    its lead time: 7 minutes on 5-minute intervals replays as 10 (it was
+    rounded to 5, the optimistic side, with the note and the JSON saying 7),
+    and 0 as one interval, never the interval already observed."""
+    from dataclasses import replace
+
+    d = [1, 1, 1, 3, 3, 3, 3, 1, 1, 1, 1, 1]
+    at = {m: run_backtest(series(d), scenario=replace(SMALL, lead_time=timedelta(minutes=m))) for m in (0, 5, 7, 10)}
+    rx = {m: r.runs["reactive"].in_service.tolist() for m, r in at.items()}
+    assert rx[7] == rx[10] != rx[5] and rx[0] == rx[5]
+    assert any("the lead time 7m is replayed as 10m: a change is in service from the first 5m interval boundary "
+               "at or after it" in n for n in at[7].notes)
+    assert any("the lead time 0s is replayed as 5m" in n and "never in the interval already observed" in n
+               for n in at[0].notes)
+    assert not any("replayed as" in n for n in at[10].notes + at[5].notes)
+
+
+def test_a_warm_up_as_long_as_the_trace_is_one_error_not_a_table_of_nans():
+    from dataclasses import replace
+
+    from engine.core.errors import DataError
+
+    with pytest.raises(DataError, match=r"nothing to score: the warm-up \(1d\) is not shorter than the trace "
+                                        r"\(55m after resampling to 5m\); give a shorter --warmup"):
+        run_backtest(series([1.0] * 12), scenario=replace(SMALL, warmup=timedelta(days=1)))
+
+
+def test_the_coarser_sampling_note_names_the_traces_own_step_on_a_finer_grid():
+    from dataclasses import replace
+
+    r = run_backtest(series([1.0, 2.0, 3.0, 2.0] * 12), scenario=replace(SMALL, interval=timedelta(minutes=3)))
+    assert any("the trace is sampled every 5m, coarser than the 3m interval" in n for n in r.notes), r.notes
+
+
 def test_a_forecast_a_hundred_times_above_anything_seen_is_not_planned_on():
     """A broken model (Holt-Winters on a coarsely sampled metric once
     forecast 1e189) must not buy the maximum: the cycle falls back, says
