@@ -474,9 +474,12 @@ def _span(td: timedelta) -> str:
 
 
 def explain(schedule_steps: list[PlanStep], current: int, lead_time: timedelta, config: PolicyConfig,
-            shown: int | None = None) -> str:
+            shown: int | None = None, floor: np.ndarray | None = None,
+            events: tuple[E.Occurrence, ...] = ()) -> str:
     """The first planned step in words, e.g. ``hold 6: the 14:00 peak needs 8,
-    ordered at 13:35 given the 25 m lead time``."""
+    ordered at 13:35 given the 25 m lead time``. ``floor``: the events'
+    minimum capacity at each planned (not fixed) step; a scale-up to exactly
+    an event's minimum is credited to the event, not to the demand's peak."""
     tz = ZoneInfo(config.plan.timezone)
     planned = [s for s in schedule_steps if not s.fixed]
     first = planned[0]
@@ -495,6 +498,12 @@ def explain(schedule_steps: list[PlanStep], current: int, lead_time: timedelta, 
 
     if first.capacity > current:
         pk = peak(segment(0))
+        bound = _event_binding(planned, floor, events, len(segment(0)), first.capacity)
+        if bound is not None:
+            j, ev = bound
+            return (f"scale up to {name(first.capacity)}: event {ev.name!r} needs at least {name(first.capacity)} "
+                    f"from {_clock(planned[j].at, tz)}; serves from {_clock(first.at, tz)} given the "
+                    f"{_span(lead_time)} lead time")
         return (f"scale up to {name(first.capacity)}: the {_clock(pk.at, tz)} peak (median {pk.demand:.4g}) "
                 f"needs {name(first.capacity)}; serves from {_clock(first.at, tz)} given the "
                 f"{_span(lead_time)} lead time")
@@ -510,7 +519,11 @@ def explain(schedule_steps: list[PlanStep], current: int, lead_time: timedelta, 
     step = planned[nxt]
     if step.capacity > current:
         pk = peak(segment(nxt))
-        return (f"hold {name(current)}: the {_clock(pk.at, tz)} peak needs {name(step.capacity)}, "
+        bound = _event_binding(planned[nxt:], None if floor is None else floor[nxt:], events,
+                               len(segment(nxt)), step.capacity)
+        what = (f"event {bound[1].name!r} from {_clock(planned[nxt + bound[0]].at, tz)} needs"
+                if bound is not None else f"the {_clock(pk.at, tz)} peak needs")
+        return (f"hold {name(current)}: {what} {name(step.capacity)}, "
                 f"ordered at {_clock(step.order_at, tz)} given the {_span(lead_time)} lead time")
     why = ""
     if config.plan.scale_in_windows:
@@ -644,7 +657,7 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
                                   p_saturated=float(p_sat[x, k]), unserved=float(unserved[x, k]),
                                   cost=float(cost[x, j] + change), label=label(int(levels[x]))))
         prev = x
-    reason = explain(out_steps, current, lead_time, config)
+    reason = explain(out_steps, current, lead_time, config, floor=floor, events=events)
     schedule = Schedule(made_at=now, lead_time=lead_time, interval=interval, steps=tuple(out_steps),
                         capacity_cost=totals["capacity"], risk_cost=totals["risk"], change_cost=totals["change"],
                         changes=changes, risk=pc.risk, penalty=pen, reason=reason)
@@ -702,6 +715,19 @@ def plan(forecast: Forecast, state: ScalingState, config: PolicyConfig, now: dat
         schedule=schedule)
 
 
+def _event_binding(planned: list[PlanStep], floor: np.ndarray | None, events: tuple[E.Occurrence, ...],
+                   n: int, capacity: int) -> tuple[int, E.Occurrence] | None:
+    """(step, event) when an event's minimum within the first ``n`` planned
+    steps is exactly ``capacity``: what a first step scaling up to it orders
+    (the demand alone would have bought another number)."""
+    if floor is None or not floor[:n].any() or int(floor[:n].max()) != capacity:
+        return None
+    j = int(np.flatnonzero(floor[:n] == capacity)[0])
+    t = int(planned[j].at.timestamp())
+    top = E.strongest(tuple(o for o in events if o.start <= t < o.end), "min_capacity")
+    return None if top is None else (j, top)
+
+
 #: the cost of one level below an event's min_capacity at one step: far
 #: above any price or risk, so the plan meets every floor it can reach
 FLOOR_COST = 1e12
@@ -722,6 +748,13 @@ def _event_step(planned: list[PlanStep], floor: np.ndarray, events: tuple[E.Occu
             f"{cal.clock(step.order_at.timestamp())}")
     if j == 0 and current < first <= floor[0]:  # the floor is what the first step orders
         return Step("event", first, "EventMinCapacity", what, changed=True)
+    if j > 0 and current < first == floor[j] and all(s.capacity == first for s in planned[:j + 1]):
+        # the first step already orders the event's minimum (it must be in
+        # service before the event starts, and the plan holds it until then)
+        return Step("event", first, "EventMinCapacity",
+                    f"event {top.name!r} ({cal.clock(top.start)} .. {cal.clock(top.end)}) needs at least "
+                    f"{int(floor[j])} from {cal.clock(t)}: the first step orders it now (serving from "
+                    f"{cal.clock(planned[0].at.timestamp())})", changed=True)
     return Step("event", first, "EventMinCapacityMet", what + ("" if j == 0 else " (later in the plan)"))
 
 

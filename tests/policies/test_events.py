@@ -207,6 +207,7 @@ def test_the_planner_orders_an_event_floor_a_lead_time_ahead():
     assert d.desired == plain.desired  # nothing is ordered for it yet
     ev = next(s for s in d.steps if s.name == "event")
     assert ev.reason == "EventMinCapacityMet" and "'promo'" in ev.message and "ordered at 2026-11-27 07:35" in ev.message
+    assert d.step("plan").message.startswith("hold 7: event 'promo' from 08:00 UTC needs 15, ordered at 07:35 UTC")
     # at 07:35 the plan's first step serves at 08:00: it is ordered now, and says why
     t = start - timedelta(minutes=25)
     later = decide(flat(made=t), ScalingState(current=7, observation=Observation(50.0, t)),
@@ -214,6 +215,21 @@ def test_the_planner_orders_an_event_floor_a_lead_time_ahead():
     assert later.desired >= 15
     ev = next(s for s in later.steps if s.name == "event")
     assert ev.reason == "EventMinCapacity" and ev.changed
+    # at 07:30, with a burst forecast at 07:50-07:55 (70: more than 7 carry, less than 15), the plan
+    # buys the event's 15 from its first step, 07:55: the event is named as why ("now"), not
+    # "ordered at 07:35 (later in the plan)", nor the burst's median as what needs 15
+    t = start - timedelta(minutes=30)
+    pt = np.full(72, 50.0)
+    pt[4:6] = 70.0
+    burst = Forecast(t, int(t.timestamp()) + 300 * np.arange(1, 73), pt, {0.9: pt * 1.1}, "seasonal_naive")
+    early = decide(burst, ScalingState(current=7, observation=Observation(50.0, t)), plan_policy(calendar=c), t)
+    planned = [s for s in early.schedule.steps if not s.fixed]
+    assert early.desired == 15 and planned[0].at == start - timedelta(minutes=5) and planned[0].capacity == 15
+    ev = next(s for s in early.steps if s.name == "event")
+    assert ev.reason == "EventMinCapacity" and "needs at least 15 from 2026-11-27 08:00 UTC: the first step " \
+        "orders it now (serving from 2026-11-27 07:55 UTC)" in ev.message, ev.message
+    assert early.step("plan").message.startswith("scale up to 15: event 'promo' needs at least 15 from 08:00 UTC; "
+                                                 "serves from 07:55 UTC"), early.step("plan").message
     # the uplift reaches the plan's demand too
     up = decide(fc, state(current=7), plan_policy(calendar={"events": [{**SALE, "uplift": 2.0}]}), NOW)
     assert up.schedule is not None
