@@ -1398,12 +1398,26 @@ class LiveTarget:
         except Exception as exc:  # noqa: BLE001 - a broken source must not kill the loop
             return history, f"metric source: {type(exc).__name__}: {exc}"
         new = new.until(now)  # never let a sample from the future in
+        garbage = None
+        negative = new.values < 0  # NaN compares False: a missing sample is not garbage
+        if negative.any():
+            # demand cannot be negative (a delta, a difference of two series
+            # or a counter reset in the query): never sized on, cached or
+            # trained on; the fetch is an error, so the cycle falls back on
+            # the last good observation and never scales down
+            at = int(new.timestamps[negative][-1])
+            garbage = (f"metric source: {int(negative.sum())} negative sample(s), the newest "
+                       f"{float(new.values[negative][-1]):g} at {isoformat(from_epoch(at))}: demand cannot be "
+                       "negative (check the query: a delta, a difference, a counter reset); kept out")
+            new = Series(new.timestamps[~negative], new.values[~negative], new.name)
         if len(new):
             self.store.cache_samples(name, new)
             history = new if history is None else Series.concat(history, new)
             feedback.observe(name, new.regular(target.interval))
         if history is not None:
             history = history.since(to_epoch(now - window))
+        if garbage is not None:
+            return history, garbage
         last = history.last_valid() if history is not None else None
         if last is None:
             return history, "metric source: no samples in the history window"

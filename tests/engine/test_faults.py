@@ -360,7 +360,8 @@ class FakePrometheus:
     """``/api/v1/query_range`` over HTTP on 127.0.0.1, answering like
     Prometheus from ``VALUES`` (one series, 5-minute grid from T0), or
     failing as ``mode`` says: ``down`` (connection dropped), ``503``,
-    ``slow`` (answers after 2 s), ``garbage`` (an HTML page), ``empty``."""
+    ``slow`` (answers after 2 s), ``garbage`` (an HTML page), ``empty``,
+    ``negative`` (every sample -5: a delta or a difference in the query)."""
 
     def __init__(self) -> None:
         import json
@@ -405,8 +406,8 @@ class FakePrometheus:
                     return self._send(200, b"<html><body>502 Bad Gateway</body></html>", "text/html")
                 start, end, step = int(float(q["start"])), int(float(q["end"])), int(q["step"])
                 values = [] if fake.mode == "empty" else [
-                    [t, str(VALUES[(t - t0) // 300])] for t in range(start, end + 1, step)
-                    if 0 <= (t - t0) // 300 < len(VALUES)]
+                    [t, "-5" if fake.mode == "negative" else str(VALUES[(t - t0) // 300])]
+                    for t in range(start, end + 1, step) if 0 <= (t - t0) // 300 < len(VALUES)]
                 result = [{"metric": {"job": "web"}, "values": values}] if values else []
                 body = {"status": "success", "data": {"resultType": "matrix", "result": result}}
                 self._send(200, json.dumps(body).encode())
@@ -470,7 +471,8 @@ def test_prometheus_faults_through_the_daemon(prom):
         assert res.ok and platform.capacity == 20
         cycle()  # HIGH: the last high sample
         n = 1
-        for mode, words in (("503", "503"), ("slow", "timed out"), ("garbage", "not a Prometheus API answer"), ("down", "")):
+        for mode, words in (("503", "503"), ("slow", "timed out"), ("garbage", "not a Prometheus API answer"),
+                            ("negative", "negative sample(s), the newest -5 at"), ("down", "")):
             fake.mode = mode
             res = cycle()  # the demand has fallen to 20 (4 replicas) meanwhile
             n += 1
@@ -478,6 +480,9 @@ def test_prometheus_faults_through_the_daemon(prom):
             assert res.decision.fallback and res.decision.desired == 20 and errors() == n
             step = d.workers["web"].store.decision(res.decision.id)["steps"][0]
             assert step["reason"] in ("NoForecast", "StaleObservation") and "fallback" in step["message"]
+        # a negative sample (it once sized 13 -> 1 in one cycle) is neither cached nor trained on
+        assert (d.workers["web"].store.db.execute("SELECT COUNT(*) FROM samples WHERE value < 0").fetchone()[0]
+                == 0)
         fake.mode = "empty"
         res = cycle()  # answers, but nothing new: stale after max_staleness (15 m)
         assert res.fetch_error and "no new samples" in res.fetch_error and res.decision.desired == 20
