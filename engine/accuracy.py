@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .feedback import LIVE_ACCURACY_WINDOW, accuracy, seasonal_naive_scale
-from .core.units import from_epoch, to_epoch
+from .core.units import format_duration, from_epoch, to_epoch
 
 
 def accuracy_table(store: Any, target: str | None, *, window: timedelta = timedelta(days=7),
@@ -25,20 +25,30 @@ def accuracy_table(store: Any, target: str | None, *, window: timedelta = timede
         since = from_epoch(last) - window
         rows = store.forecast_records(t, since=since)
         samples = store.cached_samples(t, since=since - timedelta(days=1))
-        scale = seasonal_naive_scale(samples.regular(timedelta(seconds=_step(rows)))) if len(samples) > 2 else None
+        step = _step(rows)
+        scale = seasonal_naive_scale(samples.regular(timedelta(seconds=step))) if len(samples) > 2 else None
         by_h: dict[int, list] = {}
         for r in rows:
-            by_h.setdefault(r["horizon_s"], []).append(r)
+            # steps ahead, as configured: a cycle runs off the grid (at :08),
+            # so its points lie 52 s, 592 s ... after it, the 1st and 10th
+            # step of a 1-minute interval
+            by_h.setdefault(-(-int(r["horizon_s"]) // step) * step, []).append(r)
         for h, rs in sorted(by_h.items()):
             a = np.array([r["actual"] for r in rs], dtype=float)
             p = np.array([r["point"] for r in rs], dtype=float)
             up = np.array([_upper(r["quantiles"], upper_level, r["point"]) for r in rs], dtype=float)
             acc = accuracy(a, p, up, scale)
-            out.append({"target": t, "horizon": f"{h // 60}m", "horizon_s": h, **acc})
+            out.append({"target": t, "horizon": format_duration(timedelta(seconds=h)), "horizon_s": h, **acc})
     return out
 
 
 def _step(rows: list) -> int:
+    """The forecasts' grid step (seconds): the usual spacing of the times
+    they were made for (not the smallest horizon, which a cycle off the grid
+    makes a few seconds)."""
+    ts = np.unique([int(r["ts"]) for r in rows])
+    if ts.size >= 2:
+        return max(1, int(np.median(np.diff(ts))))
     hs = sorted({r["horizon_s"] for r in rows})
     return hs[0] if hs and hs[0] > 0 else 300
 

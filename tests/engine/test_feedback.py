@@ -56,6 +56,27 @@ def test_every_forecast_point_is_stored_and_its_actual_filled_in_later(tmp_path)
     store.close()
 
 
+def test_the_accuracy_table_groups_by_steps_ahead_when_cycles_run_off_the_grid(tmp_path):
+    """A daemon's cycle runs a few seconds past the grid (its first tick at
+    :08): its points lie 292 s and 592 s after it. They are the 1st and 2nd
+    step ahead, one row each, labelled as configured (5m, 10m), not split
+    into rows by the second and floored to 4m and 9m."""
+    from engine.accuracy import accuracy_table
+
+    trace = write_trace(tmp_path / "ramp.csv", RAMP)
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe")])
+    store = Store(tmp_path / "state.db")
+    live = build_live(cfg, store, Platform(capacity=5))
+    start = T0 + 30 * STEP
+    for k in range(20):
+        live.run(start + k * STEP + timedelta(seconds=8 + (k % 3)))  # :08, :09, :10 past the grid
+    assert {r["horizon_s"] for r in store.forecast_records("web")} >= {292, 591, 590}
+    rows = {r["horizon"]: r for r in accuracy_table(store, "web")}
+    store.close()
+    assert set(rows) == {"5m", "10m"} and rows["5m"]["horizon_s"] == 300 and rows["10m"]["horizon_s"] == 600
+    assert rows["5m"]["mae"] == pytest.approx(1.0) and rows["10m"]["mae"] == pytest.approx(2.0)
+
+
 def test_accuracy_table_and_plot(tmp_path, capsys):
     cfg, store, live, results, start = run_ramp(tmp_path, 20)
     store.close()
