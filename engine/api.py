@@ -183,8 +183,9 @@ def api_routes(view: TargetsView) -> list[BaseRoute]:
         raw = request.query_params.get("window", "7d")
         try:
             window = parse_duration(raw)
-        except (ValueError, TypeError):
-            raise _Error(400, f"window: not a duration (got {raw!r}; e.g. 1d, 6h)") from None
+        except (ValueError, TypeError) as exc:
+            # the parser's own words: not a duration, or longer than allowed
+            raise _Error(400, f"window: {exc}") from None
         if window <= timedelta(0):
             raise _Error(400, f"window: must be positive (got {raw!r})")
 

@@ -114,11 +114,19 @@ class _AuthMiddleware:
             headers = dict(scope.get("headers") or [])
             value = headers.get(b"authorization")
             if not self.auth.allows(value.decode("latin-1") if value else None):
-                resp = PlainTextResponse("unauthorized: send Authorization: Bearer <token>\n", 401,
-                                         headers={"WWW-Authenticate": 'Bearer realm="forescale"'})
+                why, challenge = "unauthorized: send Authorization: Bearer <token>", {
+                    "WWW-Authenticate": 'Bearer realm="forescale"'}
+                # the API answers its errors as JSON ({"error": ...}), the rest as text
+                resp = (JSONResponse({"error": why}, 401, headers=challenge) if _api(scope["path"])
+                        else PlainTextResponse(why + "\n", 401, headers=challenge))
                 await resp(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _api(path: str) -> bool:
+    """Whether ``path`` is the forecast API's (its errors are JSON)."""
+    return path == "/api" or path.startswith("/api/")
 
 
 def default_readiness(metrics: EngineMetrics) -> Readiness:
@@ -157,7 +165,8 @@ def create_app(metrics: EngineMetrics, *, readiness: Readiness | None = None, vi
         return JSONResponse({"ready": ok, "not_ready": waiting, "targets": sorted(state)}, 200 if ok else 503)
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return PlainTextResponse("not found: try /metrics, /healthz, /readyz, /api/v1/targets\n", 404)
+        why = "not found: try /metrics, /healthz, /readyz, /api/v1/targets"
+        return JSONResponse({"error": why}, 404) if _api(request.url.path) else PlainTextResponse(why + "\n", 404)
 
     table: list[BaseRoute] = [Route("/metrics", metrics_endpoint), Route("/healthz", healthz),
                               Route("/readyz", readyz)]

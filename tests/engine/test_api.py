@@ -83,7 +83,12 @@ def test_errors_are_json_with_the_documented_schema(api):
     body = check(url, "/api/v1/targets/nope/forecast", 404)
     assert "rds-demo" in body["error"]
     check(url, "/api/v1/targets/nope/decision", 404)
-    assert "window" in check(url, "/api/v1/targets/rds-demo/accuracy?window=soon", 400)["error"]
+    assert "window: not a duration: 'soon'" in check(url, "/api/v1/targets/rds-demo/accuracy?window=soon", 400)[
+        "error"]
+    assert "longer than 366d" in check(url, "/api/v1/targets/rds-demo/accuracy?window=99999d", 400)["error"]
+    # an unknown path under the API is a JSON error too, not the text the other paths get
+    r = HTTP.get(f"{url}/api/v1/nope")
+    assert r.status_code == 404 and "not found" in r.json()["error"]
 
 
 def test_a_state_file_not_there_yet_is_503_and_a_fresh_one_404(tmp_path):

@@ -88,6 +88,8 @@ def test_auth_needs_a_token_and_keeps_the_probes_open():
             assert ok.status_code == 200, path
         assert HTTP.get(f"{server.url}/healthz").status_code == 200
         assert HTTP.get(f"{server.url}/readyz").status_code == 503  # answered, not 401
+        api = HTTP.get(f"{server.url}/api/v1/targets")  # the API's 401 is JSON, as its other errors
+        assert api.status_code == 401 and api.json()["error"].startswith("unauthorized")
 
 
 def test_auth_from_the_config_hashes_the_env_token_and_binds_off_loopback(monkeypatch):
