@@ -421,6 +421,14 @@ class TargetConfig(_Model):
             if a.level is not None and a.level not in self.forecaster.quantiles:
                 raise ValueError(f"alerts[{i}].level ({a.level}) is not one of forecaster.quantiles "
                                  f"({', '.join(f'{q:g}' for q in self.forecaster.quantiles)})")
+        ladder = self.policy.ladder
+        initial = getattr(self.actuator, "initial_capacity", None)
+        if ladder is not None and initial is not None and initial > len(ladder) - 1:
+            # on a ladder capacity is a rung index: past the top rung there
+            # is no instance type to simulate (it would show as "7 -> 2")
+            raise ValueError(f"actuator.initial_capacity: {initial} is not a rung of policy.ladder "
+                             f"(capacity on a ladder is the rung index, 0-{len(ladder) - 1}: "
+                             f"{ladder[0].name} .. {ladder[-1].name})")
         if self.resources:
             self._check_resources()
         return self

@@ -78,6 +78,19 @@ def test_max_below_min_names_both_values(tmp_path):
     assert "targets[0].policy" in line and "max_replicas (3) is less than min_replicas (5)" in line
 
 
+def test_a_simulated_start_past_the_ladders_top_rung_is_one_clear_line(tmp_path):
+    """On a ladder capacity is a rung index: a dry-run ``initial_capacity``
+    of 7 on three rungs used to validate and then print "7 -> 2"."""
+    cfg = tmp_path / "c.yaml"
+    ladder = "[{name: a, capacity: 1}, {name: b, capacity: 2}, {name: c, capacity: 4}]"
+    cfg.write_text("targets:\n  - name: vps\n    source: {type: csv, path: x.csv}\n"
+                   f"    policy: {{ladder: {ladder}}}\n    actuator: {{type: dry-run, initial_capacity: 7}}\n")
+    line = _one_clean_line(forescale("validate", "--config", str(cfg)))
+    assert "targets[0]" in line and "actuator.initial_capacity: 7" in line and "0-2" in line
+    cfg.write_text(cfg.read_text().replace("initial_capacity: 7", "initial_capacity: 2"))
+    assert forescale("validate", "--config", str(cfg)).returncode == 0
+
+
 def test_malformed_csv_names_the_line(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("timestamp,value\n2024-01-01T00:00:00Z,1.0\n2024-01-01T00:05:00Z,abc\n")
