@@ -432,6 +432,13 @@ class BacktestResult:
                 lines.append(f"anomalies flagged and kept out of training: {p.anomalies}")
             if mark:
                 lines.append(f"note: MAPE is meaningless on this trace: {mape_warning()}; read sMAPE or MASE")
+        if p:
+            # a further resource's trace marked "(meaningless)" above says why too
+            # (the first is the target's own signal, noted above)
+            bad = [r for r, m in list(p.resource_metrics.items())[1:]
+                   if "mase" in m and not m.get("mape_meaningful", True)]
+            if bad:
+                lines.append(f"note: MAPE is meaningless on {', '.join(bad)}: {mape_warning()}; read sMAPE or MASE")
         return "\n".join(lines)
 
 

@@ -78,6 +78,12 @@ def test_two_csv_columns_report_each_resource_and_the_combined_decision(pair_csv
                  "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "predictive by resource: cpu violations" in out and "; requests violations" in out
+    # the load balancer's request count is near zero at times: its MAPE is
+    # marked, and a note says why, as for a target's own signal
+    assert pol["predictive"]["resources"]["requests"]["mape_meaningful"] is False
+    assert "mape" in out and "(meaningless)" in out
+    assert "note: MAPE is meaningless on requests:" in out
+    assert "note: MAPE is meaningless on this trace" not in out
     assert "sized for cpu" in out
 
 
