@@ -79,6 +79,23 @@ def _store(args: argparse.Namespace):
     return Store(path)
 
 
+def _known_target(args: argparse.Namespace, store: Any) -> None:
+    """``--target`` matched nothing: a ConfigError naming the targets there
+    are if neither the state nor ``--config`` has heard of it (a typo said
+    "no decisions logged yet" and exited 0); a known target with nothing
+    to list passes."""
+    known = set(store.targets())
+    if getattr(args, "config", None):
+        from .config import load_config
+
+        cfg = load_config(args.config)
+        known |= {t.name for t in cfg.targets}
+        known |= {t.resource_series(r) for t in cfg.targets for r in t.resources}
+    if args.target not in known:
+        where = f"in {args.config} or its state" if getattr(args, "config", None) else f"in {store.path}"
+        raise ConfigError(f"no target named {args.target!r} {where}; known: {', '.join(sorted(known)) or 'none'}")
+
+
 def _print_decision(rec: dict[str, Any], verbose: bool = True) -> None:
     arrow = {"scale_up": "↑", "scale_down": "↓", "hold": "="}.get(rec["action"], "?")
     label = f" [{rec['capacity_label']}]" if rec.get("capacity_label") else ""
@@ -627,6 +644,8 @@ def cmd_decisions(args: argparse.Namespace) -> int:
 
     with _store(args) as store:
         recs = store.decisions(args.target, limit=args.limit)
+        if args.target and not recs:
+            _known_target(args, store)
         marks = check_rows(store, recs)
     for rec in recs:
         rec["audit"] = marks.get(rec["id"])  # None: the row matches its audit record
@@ -654,6 +673,8 @@ def cmd_plans(args: argparse.Namespace) -> int:
     now = SystemClock().now()
     with _store(args) as store:
         stored = store.plans(args.target) if args.all else [v.plan for v in pending(store, args.target, now=now)]
+        if args.target and not stored:
+            _known_target(args, store)
         # each row shown is checked against the audit chain, as decisions does
         forged = {pid: why for pid, (_, why) in plan_problems(store, [p.id for p in stored]).items()}
         if args.history:
@@ -883,6 +904,8 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
         require_extra("matplotlib", "plot", "accuracy --plot")
     with _store(args) as store:
         rows = accuracy_table(store, args.target, window=parse_duration(args.window))
+        if args.target and not rows:
+            _known_target(args, store)
         if args.json:
             _print_json(rows)
         else:

@@ -831,6 +831,16 @@ class Store:
         args.append(limit)
         return [_decision_record(row) for row in self.db.execute(q, args)]
 
+    def targets(self) -> list[str]:
+        """Every target name this state holds a record of (its state, a
+        decision, a plan, a forecast: a further resource's series is
+        ``target/resource``), sorted. A full scan: for telling a typo from
+        a target with nothing to list, not for a cycle."""
+        rows = self.db.execute(
+            "SELECT target FROM target_state UNION SELECT target FROM decisions "
+            "UNION SELECT target FROM plans UNION SELECT target FROM forecasts").fetchall()
+        return sorted({r[0] for r in rows})
+
     def decision(self, decision_id: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM decisions WHERE id=?", (decision_id,)).fetchone()
         return None if row is None else _decision_record(row)

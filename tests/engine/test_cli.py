@@ -368,3 +368,23 @@ def test_a_decision_on_an_event_day_is_raised_and_says_why(tmp_path):
     assert "'sale'" in why["EventUplift"] and "x2" in why["EventUplift"]
     assert "'launch'" in why["EventMinCapacity"] and "needs at least 40" in why["EventMinCapacity"]
     assert "EventMinCapacity" in r.stdout  # once -v shows the step
+
+
+def test_a_target_nobody_has_heard_of_is_an_error_not_an_empty_listing(tmp_path):
+    """``--target`` with a typo said "no decisions logged yet" (and "no
+    plans waiting", an empty accuracy table) and exited 0; now it names the
+    targets the config and the state know. A known target with nothing to
+    list still lists nothing."""
+    from engine.store import Store
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("state: s.db\ntargets:\n  - name: web\n    source: {type: csv, path: x.csv}\n"
+                   "    policy: {capacity_per_replica: 10}\n")
+    Store(tmp_path / "s.db").close()
+    for cmd in ("decisions", "plans", "accuracy"):
+        line = _one_clean_line(forescale(cmd, "--config", str(cfg), "--target", "wbe"))
+        assert "no target named 'wbe'" in line and "known: web" in line
+        line = _one_clean_line(forescale(cmd, "--state", str(tmp_path / "s.db"), "--target", "wbe"))
+        assert "no target named 'wbe'" in line and "known: none" in line
+        ok = forescale(cmd, "--config", str(cfg), "--target", "web")
+        assert ok.returncode == 0, ok.stderr

@@ -158,6 +158,8 @@ def test_a_decision_round_trips_through_rows_read_by_name_and_index(pg_url):
         assert row[0] == row["id"] == d.id and row[1] == row["desired"] == d.desired
         assert s.unfinished_intents("web")[0]["id"] == d.id
         assert dict(zip(row.keys(), row)) == {"id": d.id, "desired": d.desired}
+        # what `--target` is checked against when a listing is empty
+        assert s.targets() == [d.target]
 
 
 def test_the_password_is_never_shown(pg_server, tmp_path, capsys):
