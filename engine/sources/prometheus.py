@@ -522,12 +522,14 @@ class PrometheusSource:
 
     def _client_error(self, code: int, body: Any) -> ConfigError:
         q = self.config.query
+        if code in (401, 403):
+            # before the body: a proxy's {"error": "unauthorized"} is about
+            # the credentials, not the query
+            return ConfigError(f"prometheus {self._safe_url} refused the credentials (HTTP {code}) "
+                               f"for query {q!r}", "source")
         if isinstance(body, dict) and body.get("error"):
             return ConfigError(f"prometheus rejected query {q!r} (HTTP {code}, "
                                f"{body.get('errorType', 'error')}): {body['error']}", "source.query")
-        if code in (401, 403):
-            return ConfigError(f"prometheus {self._safe_url} refused the credentials (HTTP {code}) "
-                               f"for query {q!r}", "source")
         return ConfigError(f"prometheus {self._safe_url} answered HTTP {code} for query {q!r}; "
                            f"check the url", "source.url")
 

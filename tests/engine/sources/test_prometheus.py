@@ -419,6 +419,21 @@ def test_refused_credentials_are_a_config_error_without_the_secret():
         with pytest.raises(ConfigError) as ei:
             src.fetch(NOW - timedelta(minutes=2), NOW)
     assert "HTTP 401" in str(ei.value) and SECRET not in str(ei.value) and sleeps == []
+    assert "refused the credentials" in str(ei.value)
+
+
+@pytest.mark.parametrize("code", [401, 403])
+def test_refused_credentials_with_a_json_error_body_blame_the_credentials_not_the_query(code):
+    """An auth proxy in front of Prometheus answers in Prometheus' error
+    shape; it used to be reported as "prometheus rejected query 'up'"."""
+    body = {"status": "error", "errorType": "unauthorized", "error": "authentication required"}
+    with FakePrometheus(Reply(code, body)) as fake:
+        src, _, sleeps = source(fake.url, "up", step="1m", bearer_token=SECRET)
+        with pytest.raises(ConfigError) as ei:
+            src.fetch(NOW - timedelta(minutes=2), NOW)
+    msg = str(ei.value)
+    assert f"refused the credentials (HTTP {code})" in msg and "rejected query" not in msg
+    assert SECRET not in msg and sleeps == []
 
 
 def test_tls_with_a_custom_ca(tmp_path):
