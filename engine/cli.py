@@ -582,10 +582,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .daemon import Daemon
     from .metrics import EngineMetrics
-    from .server import serve_config
+    from .server import check_listen, serve_config
 
     cfg = load_config(args.config)
     _logging(args.log_level, cfg.log_format)
+    if cfg.server.enabled:
+        check_listen(cfg.server)  # a port in use: one line before the state is opened or created
     metrics = EngineMetrics()
     from .remote_write import FollowingWriter
 

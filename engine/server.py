@@ -273,5 +273,26 @@ def serve_config(server_cfg: Any, metrics: EngineMetrics, *, readiness: Readines
         raise ForescaleError(f"server.listen {server_cfg.listen}: cannot listen: {exc.strerror}") from None
 
 
-__all__ = ["BearerAuth", "PUBLIC_PATHS", "Server", "create_app", "is_loopback", "serve", "serve_config",
-           "split_listen", "token_digest"]
+def check_listen(server_cfg: Any, environ: Mapping[str, str] | None = None) -> None:
+    """What :func:`serve_config` would refuse, found before anything else
+    starts (``forescale run`` checks it before it opens the state): a
+    non-loopback address without auth, auth whose variable is unset, an
+    address that cannot be bound (in use, not this host's). The probe socket
+    is closed again; the server binds its own."""
+    host, port = split_listen(server_cfg.listen)
+    auth = BearerAuth.from_config(server_cfg.auth, environ) if server_cfg.auth is not None else None
+    if not is_loopback(host) and auth is None:
+        raise ConfigError(f"server.listen {host}:{port}: not a loopback address; refusing to serve "
+                          "without server.auth (bearer tokens) configured")
+    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+    except OSError as exc:
+        raise ForescaleError(f"server.listen {server_cfg.listen}: cannot listen: {exc.strerror}") from None
+    finally:
+        probe.close()
+
+
+__all__ = ["BearerAuth", "PUBLIC_PATHS", "Server", "check_listen", "create_app", "is_loopback", "serve",
+           "serve_config", "split_listen", "token_digest"]

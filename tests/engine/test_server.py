@@ -48,6 +48,24 @@ def test_a_port_in_use_is_an_error_at_once():
             serve_config(cfg, EngineMetrics())
 
 
+def test_forescale_run_on_a_port_in_use_stops_before_it_creates_the_state(tmp_path):
+    """It opened (created, migrated, verified) the state, then failed on
+    the port; now one line, and no state file is made."""
+    import subprocess
+    import sys
+
+    with serve(EngineMetrics(), "127.0.0.1", 0) as running:
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(f"state: s.db\nserver: {{listen: '127.0.0.1:{running.port}'}}\ntargets:\n"
+                       "  - name: web\n    source: {type: csv, path: x.csv}\n    policy: {capacity_per_replica: 10}\n")
+        r = subprocess.run([sys.executable, "-m", "engine.cli", "run", "--config", str(cfg)],
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert [ln for ln in r.stderr.splitlines() if ln.strip()] == \
+        [f"forescale: error: server.listen 127.0.0.1:{running.port}: cannot listen: Address already in use"]
+    assert not (tmp_path / "s.db").exists()
+
+
 def test_other_apps_mount_on_the_same_server():
     m = EngineMetrics()
     app = create_app(m, routes=[Mount("/console", app=console())])
