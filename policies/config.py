@@ -490,8 +490,15 @@ class PolicyConfig(_Model):
 
     @property
     def forecast_quantiles(self) -> tuple[float, ...]:
-        """Extra quantile levels this policy needs from the forecaster."""
-        return self.plan.quantiles if self.kind == "plan" else ()
+        """Extra quantile levels this policy needs from the forecaster: the
+        planner's distribution, or the level the margin sizes from (a level
+        not asked for was read as the nearest one asked, the outermost: a
+        ``margin.quantile: 0.99`` sized from 0.9 and said q0.99)."""
+        if self.kind == "plan":
+            return self.plan.quantiles
+        if self.kind == "reactive" or self.margin.quantile is None:
+            return ()
+        return (self.margin.quantile,)
 
     @property
     def headroom_rate(self) -> float | None:

@@ -249,3 +249,28 @@ def test_an_approved_stepwise_resize_is_carried_to_its_end_and_verified_on_later
     live.run(clock.advance(STEP))
     assert platform.capacity == 20 and store.decision(res.decision.id)["status"] == "applied"
     assert platform.applies == [(res.decision.id, 20)] * 3
+
+
+@pytest.mark.parametrize("level", [0.95, 0.99])
+def test_the_margin_sizes_from_the_quantile_it_names_though_the_forecaster_was_not_asked_for_it(tmp_path, level):
+    """``margin.quantile`` outside ``forecaster.quantiles`` (default 0.5,
+    0.9): the engine asks the forecaster for it too. It used to read the
+    outermost level asked (0.9) and label it q0.95 / q0.99."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    trace = write_trace(tmp_path / "noisy.csv", list(60 + rng.normal(0, 8, 48)))
+    over = {"forecaster": {"name": "persistence", "history": "4h"}, "policy": {"margin": {"quantile": level}}}
+    cfg = write_config(tmp_path / "m.yaml", [target_dict("web", trace, mode="dry-run", **over)])
+    live = build_live(cfg, Store(tmp_path / "m.db"), Platform(capacity=5))
+    res = live.run(T0 + 47 * STEP)
+    assert res.ok, res
+    fc = res.forecast
+    assert level in fc.quantiles and fc.quantiles[level][0] > fc.quantiles[0.9][0] > fc.point[0]
+    margin = next(s for s in res.decision.steps if s.name == "margin")
+    # sized from the level it names: its maximum over the lead window, which
+    # the forecast spans (lead time and hold, one step each)
+    assert fc.horizon == 2
+    assert margin.value == pytest.approx(float(fc.quantiles[level].max()))
+    assert margin.value > float(fc.quantiles[0.9].max())
+    assert f"q{level:g}" in margin.message
