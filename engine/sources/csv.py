@@ -13,7 +13,9 @@ Handling, documented and tested:
 - empty value, ``NaN``: a missing sample (a gap), kept as NaN;
 - gaps (missing rows): left missing; the engine resamples onto its interval
   grid and the empty bins become NaN;
-- negative values, ``inf`` and unparsable cells: a :class:`DataError` that
+- negative values, ``inf``, unparsable cells, a cell beyond the header's
+  columns and an integer timestamp that cannot be seconds (negative, or
+  past the year 9999: epoch milliseconds): a :class:`DataError` that
   names the file, the line and the value (nothing is silently dropped).
 """
 
@@ -42,12 +44,23 @@ class CsvConfig(BaseModel):
     value_column: str = "value"
 
 
+#: 9999-12-31T23:59:59Z: the last second a timestamp can name
+_MAX_EPOCH_S = 253_402_300_799
+
+
 def _parse_timestamp(cell: str) -> int:
     c = cell.strip()
     if not c:
         raise ValueError("empty timestamp")
     if c.lstrip("-").isdigit():
-        return int(c)
+        t = int(c)
+        if t < 0:
+            raise ValueError(f"timestamp {c} is negative (integer timestamps are seconds since 1970 or "
+                             "since the trace's start)")
+        if t > _MAX_EPOCH_S:
+            raise ValueError(f"timestamp {c} is past the year 9999 read as seconds; integer timestamps are "
+                             "seconds (epoch milliseconds? divide by 1000)")
+        return t
     try:
         return to_epoch(parse_time(c))
     except ValueError as exc:
@@ -96,7 +109,9 @@ def read_csv(source: str | Path | io.TextIOBase, *, timestamp_column: str = "tim
             for lineno, row in enumerate(reader, start=2):
                 if not row or all(not c.strip() for c in row):
                     continue
-                if len(row) <= max(ti, vi):
+                if len(row) <= max(ti, vi) or (len(row) > len(header) and any(c.strip() for c in row[len(header):])):
+                    # too few to read, or a cell beyond the header's columns
+                    # (a value nothing would read: not dropped silently)
                     raise DataError(f"expected {len(header)} columns, got {len(row)}: {row}", f"{label}:{lineno}")
                 try:
                     t = _parse_timestamp(row[ti])
