@@ -168,6 +168,37 @@ def _duration(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+#: what matplotlib writes (``--plot``), by file suffix
+PLOT_FORMATS = ("png", "pdf", "svg", "svgz", "jpg", "jpeg", "webp", "tif", "tiff", "eps", "ps")
+
+
+def _output_path(path: str | None, flag: str, *, plot: bool = False) -> None:
+    """Check, before any work, that ``path`` can be written (its directory
+    exists and is writable; for a plot, a format matplotlib writes): a
+    long run that fails on its output loses what it computed."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{flag} {path}: is a directory; give a file name")
+    parent = p.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {path}: no directory {parent}")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"{flag} {path}: cannot write in {parent}")
+    if plot and p.suffix.lower().lstrip(".") not in PLOT_FORMATS:
+        raise ConfigError(f"{flag} {path}: not an image format; end it in "
+                          f"{', '.join('.' + f for f in PLOT_FORMATS[:4])}, ...")
+
+
+def _window(text: str):
+    """argparse type: a duration longer than zero (``--window``)."""
+    d = _duration(text)
+    if d.total_seconds() <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the window must be longer than zero")
+    return d
+
+
 def _count(text: str) -> int:
     """argparse type: a whole number of at least 1."""
     try:
@@ -198,7 +229,16 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     if args.forecaster:
         fcfg = fcfg.model_copy(update={"name": args.forecaster,
                                        "params": fcfg.params if args.forecaster == fcfg.name else {}})
-        ForecasterConfig.model_validate(fcfg.model_dump())
+        from pydantic import ValidationError
+
+        from .config import format_validation_error
+
+        try:
+            ForecasterConfig.model_validate(fcfg.model_dump())
+        except ValidationError as exc:
+            raise ConfigError("--forecaster: " + "; ".join(format_validation_error(exc))) from None
+    _output_path(args.json_out, "--json-out")
+    _output_path(args.plot, "--plot", plot=True)
     from .progress import progress
 
     # one count of replayed intervals over all the policies (quiet off a terminal)
@@ -269,7 +309,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise ConfigError(f"--resource {spec!r}: expected NAME=PATH (a timestamp,value CSV), each name once "
                               "and not 'cpu' (the demo trace's)")
         resources[name] = Path(path)
-    return run_demo(out=Path(args.out), days=args.days, verbose=not args.quiet,
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {args.out}: cannot make the directory ({exc.strerror})") from None
+    return run_demo(out=out, days=args.days, verbose=not args.quiet,
                     trace=Path(args.trace) if args.trace else None, resources=resources)
 
 
@@ -904,8 +949,9 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
 
     if args.plot:
         require_extra("matplotlib", "plot", "accuracy --plot")
+        _output_path(args.plot, "--plot", plot=True)
     with _store(args) as store:
-        rows = accuracy_table(store, args.target, window=parse_duration(args.window))
+        rows = accuracy_table(store, args.target, window=args.window)
         if args.target and not rows:
             _known_target(args, store)
         if args.json:
@@ -929,7 +975,7 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
                 print(f"~ MAPE is meaningless for {', '.join(meaningless)}: {mape_warning()}; "
                       "read sMAPE or MASE there", file=sys.stderr)
         if args.plot:
-            plot_accuracy(store, args.target, args.plot, window=parse_duration(args.window))
+            plot_accuracy(store, args.target, args.plot, window=args.window)
             print(f"plot written to {args.plot}")
     return 0
 
@@ -951,6 +997,7 @@ def cmd_train_global(args: argparse.Namespace) -> int:
         from forecasters.lstm import GlobalLSTM, LevelFreeLSTM
     except ImportError as exc:
         raise PluginError(f"train-global needs torch: pip install 'forescale[lstm]' ({exc})") from None
+    _output_path(args.out, "--out")  # before the training, not after it
     try:
         params = json.loads(args.params) if args.params else {}
     except json.JSONDecodeError as exc:
@@ -959,8 +1006,9 @@ def cmd_train_global(args: argparse.Namespace) -> int:
     try:
         model = cls(params)
     except ValidationError as exc:
-        raise ConfigError(f"--params for {args.model}: " + "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+        from .config import format_validation_error
+
+        raise ConfigError(f"--params for {args.model}: " + "; ".join(format_validation_error(exc))) from None
     cfg = load_config(args.config)
     targets = [cfg.target(n) for n in args.target] if args.target else list(cfg.targets)
     now = SystemClock().now()
@@ -1345,7 +1393,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("accuracy", help="rolling forecast accuracy per target and horizon")
     state_args(a)
-    a.add_argument("--window", default="7d", help="how far back to score forecasts (default: 7d)")
+    a.add_argument("--window", type=_window, default="7d", help="how far back to score forecasts (default: 7d)")
     json_flag(a)
     a.add_argument("--plot", help="draw predicted band vs actual to this PNG")
     a.set_defaults(func=cmd_accuracy)

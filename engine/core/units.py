@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BeforeValidator
 
 UTC = timezone.utc
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 #: ISO 8601, as pydantic writes a timedelta in JSON (``P1D``, ``PT12H30M``, ``PT0.5S``)
 _ISO_DURATION = re.compile(r"^\s*P(?:(\d+(?:\.\d+)?)W)?(?:(\d+(?:\.\d+)?)D)?"

@@ -388,3 +388,48 @@ def test_a_target_nobody_has_heard_of_is_an_error_not_an_empty_listing(tmp_path)
         assert "no target named 'wbe'" in line and "known: none" in line
         ok = forescale(cmd, "--config", str(cfg), "--target", "web")
         assert ok.returncode == 0, ok.stderr
+
+
+def test_an_output_that_cannot_be_written_is_one_line_before_any_work(tmp_path):
+    """``train-global --out`` in a missing directory trained for minutes,
+    then lost the model in a traceback; ``backtest --json-out`` / ``--plot``
+    and ``demo --out`` raised too, a plot in an unknown format after the
+    table was printed."""
+    from engine.store import Store
+
+    trace = TRACES / "nab" / "rds_cpu_utilization_e47b3b.csv"
+    missing = tmp_path / "no" / "such"
+    cases = [
+        (("backtest", str(trace), "--json-out", str(missing / "r.json")), "--json-out", "no directory"),
+        (("backtest", str(trace), "--plot", str(tmp_path / "r.txt")), "--plot", "not an image format"),
+        (("backtest", str(trace), "--plot", str(tmp_path)), "--plot", "is a directory"),
+        (("demo", "--out", "/proc/forescale-demo"), "--out /proc/forescale-demo", "cannot make the directory"),
+    ]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("state: s.db\ntargets:\n  - name: web\n    source: {type: csv, path: x.csv}\n"
+                   "    policy: {capacity_per_replica: 10}\n")
+    Store(tmp_path / "s.db").close()
+    cases += [
+        (("train-global", "--config", str(cfg), "--out", str(missing / "g.pt")), "--out", "no directory"),
+        (("accuracy", "--config", str(cfg), "--plot", str(tmp_path / "a.txt")), "--plot", "not an image format"),
+    ]
+    for args, flag, why in cases:
+        r = forescale(*args)
+        line = _one_clean_line(r)
+        assert flag in line and why in line, (args, line)
+        assert r.stdout == "", args  # nothing ran: no table, no progress
+    assert not (tmp_path / "no").exists()
+
+
+def test_a_bad_backtest_forecaster_or_accuracy_window_is_one_line(tmp_path):
+    trace = TRACES / "nab" / "rds_cpu_utilization_e47b3b.csv"
+    line = _one_clean_line(forescale("backtest", str(trace), "--forecaster", "nope"))
+    assert line.startswith("forescale: error: --forecaster:") and "unknown forecaster 'nope'; known:" in line
+    from engine.store import Store
+
+    Store(tmp_path / "s.db").close()
+    for window, why in (("1x", "not a duration"), ("-1d", "must not be negative"), ("400d", "longer than 366d"),
+                        ("0s", "longer than zero")):
+        r = forescale("accuracy", "--state", str(tmp_path / "s.db"), f"--window={window}")
+        assert "Traceback" not in r.stderr and why in r.stderr.splitlines()[-1], r.stderr
+        assert r.returncode == 2
