@@ -99,6 +99,8 @@ class Event(_Effect):
                                  "an offset")
         length = self.length
         if length <= timedelta(0):
+            if self.end is None:
+                raise ValueError(f"event {self.name!r}: duration must be longer than zero")
             raise ValueError(f"event {self.name!r}: end ({self.end}) is not after start ({self.start})")
         if self.weekdays and self.every is None:
             raise ValueError(f"event {self.name!r}: weekdays need a recurrence (every: 1d)")
@@ -241,6 +243,11 @@ def holiday_dates(country: str, subdivision: str | None, year: int) -> tuple[tup
     try:
         table = holidays.country_holidays(country, subdiv=subdivision, years=year)
     except NotImplementedError:
+        if subdivision is not None and country in holidays.list_supported_countries():
+            subs = holidays.list_supported_countries()[country]
+            shown = ", ".join(subs[:12]) + (", ..." if len(subs) > 12 else "")
+            raise ValueError(f"holidays: {country} has no subdivision {subdivision!r}"
+                             + (f" (its subdivisions: {shown})" if subs else " (it has none)")) from None
         raise ValueError(f"holidays: unknown country {country!r} (an ISO 3166 code such as US, DE, CN)") from None
     except Exception as exc:  # the package raises its own errors for a bad subdivision
         raise ValueError(f"holidays: {country}/{subdivision}: {exc}") from None

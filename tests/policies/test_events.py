@@ -110,6 +110,11 @@ def test_public_holidays_of_a_country_are_whole_local_days():
     ({"events": [{"name": "x", "start": "2026-01-01T00:00+01:00", "duration": "1h", "every": "1d",
                   "until": "2026-02-01", "uplift": 2}]}, "all with or all without an offset"),
     ({"holidays": {"country": "XX", "uplift": 1.2}}, "unknown country 'XX'"),
+    # a bad subdivision blamed the country
+    ({"holidays": {"country": "US", "subdivision": "ZZ", "uplift": 1.2}},
+     r"US has no subdivision 'ZZ' \(its subdivisions: AK, AL"),
+    ({"events": [{"name": "x", "start": "2026-01-01", "duration": "0s", "uplift": 2}]},
+     "'x': duration must be longer than zero"),
 ])
 def test_bad_calendars_are_one_clear_error(bad, match):
     with pytest.raises(ValidationError, match=match):
