@@ -145,6 +145,8 @@ def tag(step: Step, resource: str) -> Step:
     of steps shows it); unchanged for the one unnamed signal."""
     if not resource:
         return step
+    if step.resource == resource and step.message.startswith(f"{resource}: "):
+        return step  # tagged already (an event's step passes through twice): "cpu: cpu: event ..."
     return replace(step, resource=resource, message=f"{resource}: {step.message}")
 
 

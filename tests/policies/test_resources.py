@@ -168,3 +168,17 @@ def test_the_planner_plans_on_the_resource_that_needs_more_at_each_step():
     d = decide(plan_forecast(cpu), ScalingState(current=12, observation=Observation(40, NOW)), cpu_cfg, NOW,
                resource="cpu", resources=[Signal("memory", None, Observation(24, NOW), "boom", config=mem_cfg)])
     assert d.fallback and d.schedule is None and d.desired == 12
+
+
+def test_an_event_step_names_each_resource_once():
+    """A declared event raises every resource's window; its step read
+    "cpu: cpu: event 'promo' ..." (tagged twice on its way through)."""
+    promo = {"events": [{"name": "promo", "start": "2024-03-01T11:00:00Z", "duration": "3h", "uplift": 1.5}]}
+    cpu = CPU.model_copy(update={"calendar": PolicyConfig(capacity_per_replica=10.0, calendar=promo).calendar})
+    memory = resource_policy(cpu, capacity_per_replica=4.0)
+    d = decide(forecast([40, 60, 70, 30]), state(), cpu, NOW, target="web", resource="cpu",
+               resources=[Signal("memory", forecast([30, 35, 40, 20]), Observation(20.0, NOW), config=memory)])
+    events = [s for s in d.steps if s.name == "event"]
+    assert [(s.resource, s.reason) for s in events] == [("cpu", "EventUplift"), ("memory", "EventUplift")]
+    for s in events:
+        assert s.message.startswith(f"{s.resource}: event 'promo'"), s.message
