@@ -159,6 +159,9 @@ def run_demo(out: Path, days: float = 5.0, verbose: bool = True, trace: Path | N
         (target,) = build_targets(cfg, store)
         cycles = int(live / cfg.targets[0].interval)
         hour: _Hour | None = None
+        # --quiet on a terminal: one progress line in place; in a pipe or a
+        # log, nothing (docs/cli.md)
+        ticker = not verbose and sys.stderr.isatty()
         for i in range(cycles + 1):
             now = clock.now()
             res = target.run(now)
@@ -179,13 +182,13 @@ def run_demo(out: Path, days: float = 5.0, verbose: bool = True, trace: Path | N
                     why = "; ".join(f"{s.reason}: {s.message}" for s in d.steps if s.changed
                                     and s.name in ("data", "reactive", "partial_data"))
                     print(f"    {isoformat(now)}  {d.current} -> {d.desired}  {why}")
-            if not verbose and i % 288 == 0:
+            if ticker and i % 288 == 0:
                 print(f"\r  replaying... {100 * i / max(1, cycles):5.1f} %  ({isoformat(now)})", end="",
                       file=sys.stderr)
             clock.advance(cfg.targets[0].interval)
         if hour is not None and verbose:
             print(hour.line())
-        if not verbose:
+        if ticker:
             print(file=sys.stderr)
         applied = len(store.decisions("rds-demo", limit=100000, status="applied"))
     elapsed = time.perf_counter() - t0
