@@ -1126,6 +1126,13 @@ class LiveTarget:
             # issues the next step the platform allows, with the same
             # desired capacity and decision id (idempotent)
             try:
+                resume = getattr(self.actuator, "resume", None)
+                if resume is not None:
+                    # the change may have been begun by another process (a
+                    # cron `forescale once`, `forescale apply`, a daemon
+                    # since restarted): its record of the steps so far is
+                    # the actuator's memory of them (what it stopped)
+                    resume(newest["id"], dict(outcome.get("details") or {}))
                 step = self.actuator.apply(newest["desired"], decision_id=newest["id"])
             except Exception as exc:  # noqa: BLE001 - an actuator bug must not stop the loop
                 self.store.set_decision_status(newest["id"], "failed", now, outcome={
@@ -1135,6 +1142,7 @@ class LiveTarget:
             outcome["request_ids"] = [*outcome.get("request_ids", ()),
                                       *(r for r in step.request_ids if r not in outcome.get("request_ids", ()))]
             outcome["phase"] = (step.details or {}).get("phase")
+            outcome["details"] = {**(outcome.get("details") or {}), **(step.details or {})}
             if step.verified:
                 reading = CapacityReading(desired, step.observed)
             else:

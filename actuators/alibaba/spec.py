@@ -33,9 +33,12 @@ between states otherwise            TransientActuatorError: not changed while
 The engine calls ``apply`` again with the same capacity and decision id on
 each later cycle until verified. A step the instance has not finished
 ``verify_timeout`` after it was asked is an error saying what to do. What
-this actuator stopped is remembered by the actuator itself: after a daemon
-restart mid-change a stopped instance is treated as stopped by someone else
-(changed, and left stopped).
+this actuator stopped is remembered by the actuator itself and recorded in each result's details
+(``stopped_by_us``, ``started``); the engine hands that record to
+``resume()`` before it continues a change, so a change begun by another
+process (``forescale once`` from cron, ``forescale apply``, a daemon since
+restarted) is finished the same way: what forescale stopped, it starts
+again. An instance stopped by someone else is changed and left stopped.
 
 ``read`` reports ``count`` = the rung of the instance's type and ``ready`` =
 ``count`` while it is Running, else 0 (nothing of it serves while it stops,
@@ -165,6 +168,19 @@ class EcsInstanceSpecActuator(EcsActuator):
             f"resize ECS instance {inst.instance_id} ({inst.charge_type}, {inst.zone_id}) "
             f"{inst.instance_type} -> {new_type}: {how}",
             details, downtime)
+
+    def resume(self, decision_id: str, details: dict[str, Any]) -> None:
+        """Take up a change another process began (a cron ``forescale once``,
+        ``forescale apply``, a restarted daemon): ``details`` is the engine's
+        record of its results so far. What they say this actuator stopped,
+        it starts again; without them a stopped instance would be taken for
+        someone else's, changed and left STOPPED (and reported verified).
+        A change this object holds in memory is its own record."""
+        if self._change is not None or "old_type" not in details or details.get("phase") == "in-service":
+            return
+        self._change = _Change(str(details["old_type"]), self.monotonic(),
+                               stopped_by_us=bool(details.get("stopped_by_us")),
+                               started=bool(details.get("started")))
 
     def apply(self, desired: int, *, decision_id: str) -> ActuationResult:
         """Issue the next step of the change to rung ``desired`` that can be
@@ -315,7 +331,10 @@ class EcsInstanceSpecActuator(EcsActuator):
             details={"instance_id": inst.instance_id, "target": desired, "action": action, "phase": phase,
                      "old_type": change.old_type if change is not None else inst.instance_type,
                      "new_type": self.ladder[desired], "observed_type": inst.instance_type,
-                     "status": inst.status},
+                     "status": inst.status,
+                     # what resume() takes up in another process
+                     "stopped_by_us": change.stopped_by_us if change is not None else False,
+                     "started": change.started if change is not None else False},
         )
 
     # ------------------------------------------------------------- helpers

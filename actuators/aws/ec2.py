@@ -30,10 +30,13 @@ stopped, the instance is started again with its previous type and the
 original error is raised, saying so.
 
 forescale starts only an instance it stopped itself: that memory is the
-actuator's (one instance per actuator), so after a restart of the daemon in
-the middle of a resize a stopped instance is left stopped and reported (start
-it by hand, or let the next decision resize it once it runs). Only EBS-backed
-instances are resized.
+actuator's (one instance per actuator), recorded in each result's details
+(``stopped_by_us``, ``started``) and handed back by the engine to
+``resume()`` before it continues a resize, so a resize begun by another
+process (``forescale once`` from cron, ``forescale apply``, a daemon since
+restarted) is finished the same way. An instance someone else stopped is
+left stopped and reported (start it by hand, or let the next decision
+resize it once it runs). Only EBS-backed instances are resized.
 
 ``read`` reports ``count`` = the rung of the instance's current type and
 ``ready`` = ``count`` while it is running, else 0 (nothing of it serves while
@@ -210,11 +213,27 @@ class EC2InstanceTypeActuator(AwsActuator):
                     f"and never starts one it did not stop", request_ids=tuple(ids))
             inst = self._instance()
         phase = "stopping" if inst.state in ("running", "stopping", "stopped") else "starting"
+        r = self._resize
         return ActuationResult(
             requested=desired, observed=self._rung_of(inst.type), verified=False,
             elapsed=timedelta(seconds=max(0.0, self.elapsed_since(t0))), request_ids=tuple(ids),
-            details={**details, "phase": phase, "state": inst.state, "status_checks_ok": None},
+            details={**details, "phase": phase, "state": inst.state, "status_checks_ok": None,
+                     # what resume() takes up in another process
+                     "stopped_by_us": r is not None, "started": r is not None and r.started_at is not None},
         )
+
+    def resume(self, decision_id: str, details: dict[str, Any]) -> None:
+        """Take up a resize another process began (a cron ``forescale once``,
+        ``forescale apply``, a restarted daemon): ``details`` is the engine's
+        record of its results so far. An instance they say this actuator
+        stopped it modifies and starts; without them it would refuse to
+        start an instance "it did not stop" and leave it stopped. A resize
+        this object holds in memory is its own record."""
+        if self._resize is not None or not details.get("stopped_by_us") or "from_type" not in details:
+            return
+        now = self._monotonic()
+        self._resize = _Resize(old_type=str(details["from_type"]), stopped_at=now,
+                               started_at=now if details.get("started") else None)
 
     # -- steps
     def _in_place(self, desired: int, inst: _Instance, t0: float, ids: list[str],

@@ -498,3 +498,44 @@ def test_config_durations_accept_the_config_file_spelling():
     with pytest.raises(ValueError, match="poll_interval"):
         EcsInstanceGroupConfig(region_id=REGION, tag_key="k", tag_value="v",
                                launch_template_id="lt-1", poll_interval="soon")
+
+
+# ------------------------------------------------------------------ across processes
+def test_a_resize_each_cycle_of_which_runs_in_a_new_process_starts_the_instance_it_stopped(fake, clock, tmp_path):
+    """``forescale once`` from cron (or ``forescale apply``, or a daemon
+    restarted mid-change): every cycle builds a new actuator. The one that
+    found the instance stopped took it for someone else's: it changed the
+    type, left the instance STOPPED and recorded the change applied and
+    verified. The engine now hands each new actuator the change's record
+    (``resume``): stop, modify, start, and applied only once it runs."""
+    from engine.store import Store
+
+    from tests.support.live import STEP, T0, build_live, write_config, write_trace
+
+    inst = fake.add_instance(LADDER[0], zone_id=ZONE)  # PostPaid, Running
+    trace = write_trace(tmp_path / "load.csv", [500.0] * 24)  # 500 / 0.7 -> rung 2 (800)
+    target = {
+        "name": "db", "interval": "5m", "mode": "auto", "source": {"type": "csv", "path": str(trace)},
+        "forecaster": {"name": "persistence", "history": "2h"},
+        "policy": {"ladder": [{"name": n, "capacity": c} for n, c in zip(LADDER, (200, 400, 800, 1600))],
+                   "target_utilization": 0.7, "lead_time": "5m"},
+        "actuator": {"type": "alibaba-ecs", "instance_id": inst.instance_id, "region_id": REGION},
+    }
+    cfg = write_config(tmp_path / "db.yaml", [target])
+    store = Store(tmp_path / "db.db")
+    now = T0 + 23 * STEP
+    results = []
+    for cycle in range(4):
+        live = build_live(cfg, store, spec_actuator(fake, clock, inst.instance_id))  # a new process
+        results.append(live.run(now))
+        now += STEP
+        clock.advance(STEP)
+    assert mutating(fake) == ["StopInstance", "ModifyInstanceSpec", "StartInstance"]
+    assert (fake.instances[inst.instance_id].instance_type, fake.instances[inst.instance_id].status) == \
+        (LADDER[2], "Running")
+    (rec,) = [r for r in store.decisions("db") if r["desired"] == 2 and r["current"] == 0]
+    assert rec["status"] == "applied" and rec["outcome"]["verified"] is True
+    # it was not applied before the instance ran again
+    # cycle 2 (a new process) modified and started it; cycle 3 saw it run
+    assert results[1].details["resizing"].endswith("step starting toward 2")
+    assert results[2].details["verified"].endswith("2 in service after 0:10:00")

@@ -86,6 +86,33 @@ def test_a_slow_stop_is_resumed_by_the_next_apply(moto, proxy, clock):
     assert settled_at(a.read(), 3)
 
 
+def test_a_resize_begun_by_another_process_is_finished_from_its_record(moto, proxy, clock):
+    """Each ``forescale once`` (cron) builds a new actuator: the one that
+    found the instance stopped refused to start what "it did not stop" and
+    the resize failed with the instance left stopped. The engine hands it
+    the change's recorded details (``resume``), and it finishes the resize."""
+    iid = make_instance(moto.url, "t3.small")
+    a = ec2(clock, proxy.url, iid)
+    a.read()
+    proxy.rewrite("DescribeInstances", lambda b: b, times=1)
+    proxy.rewrite("DescribeInstances", stuck_stopping, times=1)
+    first = a.apply(3, decision_id="d1")
+    assert first.details["phase"] == "stopping" and first.details["stopped_by_us"] is True
+    clock.advance(timedelta(seconds=40))
+    # a new process without the record: refuses, the instance stays stopped
+    with pytest.raises(PermanentActuatorError, match="never starts one it did not stop"):
+        ec2(clock, proxy.url, iid).apply(3, decision_id="d1")
+    assert describe_instance(moto.url, iid)["State"]["Name"] == "stopped"
+    # with it: modified and started
+    b = ec2(clock, proxy.url, iid)
+    b.resume("d1", dict(first.details))
+    second = b.apply(3, decision_id="d1")
+    assert second.verified and second.details["phase"] == "in-service"
+    inst = describe_instance(moto.url, iid)
+    assert (inst["State"]["Name"], inst["InstanceType"]) == ("running", "t3.large")
+    assert second.details["from_type"] == "t3.small"
+
+
 def test_a_slow_start_reads_not_ready_until_running(moto, proxy, clock):
     iid = make_instance(moto.url, "t3.small")
     a = ec2(clock, proxy.url, iid)
