@@ -44,6 +44,14 @@ def model_key(target: TargetConfig) -> str:
     return hashlib.sha256((target.forecaster.model_dump_json() + str(target.interval)).encode()).hexdigest()[:16]
 
 
+def source_digest(target: TargetConfig) -> str:
+    """Which metric source a series' samples come from: a digest of the
+    target's (or resource view's) ``source:`` section. The sample cache
+    and the saved models record it, so that a changed query, path or
+    server is not answered from the old source's data."""
+    return hashlib.sha256(target.source.model_dump_json().encode()).hexdigest()[:16]
+
+
 class FileShelf:
     """Checkpoints as files in ``<state>.models/`` (a SQLite state)."""
 
@@ -179,6 +187,8 @@ class ModelCheckpoint:
             meta, blob = got
             if meta.get("key") != self.key:
                 return "saved model ignored: the forecaster config changed since it was saved"
+            if meta.get("source") not in (None, source_digest(self.target)):  # (None: saved before it was kept)
+                return "saved model ignored: the metric source changed since it was saved; refitting"
             fitted = from_epoch(meta["last_fit"])
             if runner.last_fit is not None and fitted <= runner.last_fit:
                 return None  # the model in memory is as new
@@ -211,7 +221,8 @@ class ModelCheckpoint:
         if self.shelf is None or f is None or fitted is None or fitted == self.saved_fit:
             return
         try:
-            meta = {"key": self.key, "name": self.target.forecaster.name, "version": getattr(f, "version", ""),
+            meta = {"key": self.key, "source": source_digest(self.target),
+                    "name": self.target.forecaster.name, "version": getattr(f, "version", ""),
                     "last_fit": to_epoch(fitted),
                     "history_end": None if history_end is None else to_epoch(history_end)}
             self.shelf.write(self.target.name, meta, _blob(f))
@@ -221,4 +232,5 @@ class ModelCheckpoint:
                         extra={"target": self.target.name})
 
 
-__all__ = ["FileShelf", "ModelCheckpoint", "StoreShelf", "model_key", "prune_checkpoints", "shelf_for"]
+__all__ = ["FileShelf", "ModelCheckpoint", "StoreShelf", "model_key", "prune_checkpoints", "shelf_for",
+           "source_digest"]

@@ -43,7 +43,7 @@ from policies.window import LeadWindow, lead_window
 from .anomaly import AnomalyDetector, with_anomaly
 from .audit import decision_context
 from .calibration import QuantileCalibrator, StoreCalibrator
-from .checkpoints import ModelCheckpoint, model_key, shelf_for
+from .checkpoints import ModelCheckpoint, model_key, shelf_for, source_digest
 from .config import TargetConfig
 from .core.plugins import capabilities_of
 from .core.errors import (
@@ -1028,6 +1028,10 @@ class LiveTarget:
         if recs and now <= (last := parse_time(recs[0]["at"])):
             # nothing is decided or changed until the clock passes the last
             # cycle again
+            if now == last:  # not backwards: two runs in one second (`once`, then `once --json`)
+                raise CycleRefused(
+                    f"clock: a cycle of {self.target.name} already ran at {isoformat(last)}, and a decision "
+                    "is named by its target and second; nothing decided: run it again a second later")
             raise CycleRefused(
                 f"clock: now {isoformat(now)} is not after the last cycle at {isoformat(last)} "
                 "(the clock moved backwards?); nothing decided until it passes that time")
@@ -1358,6 +1362,15 @@ class LiveTarget:
         at the start of the history window."""
         window = self._history_window(target)
         if history is None:
+            recorded = self.store.samples_source(target.name)
+            if recorded is not None and recorded != source_digest(target):
+                # the query, path or server changed since these were cached:
+                # they are another series (a fixed query was answered with
+                # the broken one's samples); fetch the window afresh
+                n = self.store.drop_samples(target.name)
+                log.info("target %s: metric source changed since its samples were cached; %d cached "
+                         "sample(s) dropped, the history is fetched again", target.name, n,
+                         extra={"target": target.name})
             cached = self.store.cached_samples(target.name, since=now - window)
             history = cached if len(cached) else None
         if history is not None and len(history):
@@ -1419,7 +1432,7 @@ class LiveTarget:
                        "negative (check the query: a delta, a difference, a counter reset); kept out")
             new = Series(new.timestamps[~negative], new.values[~negative], new.name)
         if len(new):
-            self.store.cache_samples(name, new)
+            self.store.cache_samples(name, new, source_digest(target), now)
             history = new if history is None else Series.concat(history, new)
             feedback.observe(name, new.regular(target.interval))
         if history is not None:

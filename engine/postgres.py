@@ -31,7 +31,7 @@ from .auth import _USED_LINKS
 from .core.errors import StateError, StateLocked
 from .core.units import to_epoch
 from .db import connect, redact_url
-from .store import _SCHEMA_V1, _V2_TABLES, _V3_TABLES, _V4_TABLES, _V5_TABLES, _V6_TABLES, Store, check_version
+from .store import _SCHEMA_V1, _V2_TABLES, _V3_TABLES, _V4_TABLES, _V5_TABLES, _V6_TABLES, _V7_TABLES, Store, check_version
 
 def dialect(sqlite_ddl: str) -> str:
     """SQLite DDL as PostgreSQL DDL, so each table is declared once (in
@@ -100,8 +100,12 @@ MIGRATIONS[6] = dialect(_V5_TABLES)
 #: did not outlive counts as a failure where the target runs next)
 MIGRATIONS[7] = dialect(_V6_TABLES)
 
+#: version 8 is SQLite's own step 7: the source of each series' cached
+#: samples (a changed query or path is not answered from the old cache)
+MIGRATIONS[8] = dialect(_V7_TABLES)
+
 #: the newest schema of a PostgreSQL state (a SQLite file's is SCHEMA_VERSION)
-PG_SCHEMA_VERSION = 7
+PG_SCHEMA_VERSION = 8
 
 assert max(MIGRATIONS) == PG_SCHEMA_VERSION and min(MIGRATIONS) == 2
 

@@ -73,7 +73,7 @@ from .core.units import from_epoch, isoformat, parse_time, to_epoch
 #: 3: anomaly_masks, notify_cursors; 4: calibration_pairs; 5:
 #: notify_shard_cursors and an index of plan_transitions by seq; 6:
 #: fits_started
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 #: the schema of version 1, frozen: a new file is created as version 1 and
 #: migrated, so a fresh file and an upgraded one take the same path
@@ -230,6 +230,17 @@ CREATE TABLE IF NOT EXISTS fits_started (
     started_at INTEGER NOT NULL,
     pid INTEGER NOT NULL,
     holder TEXT NOT NULL
+);
+"""
+
+#: version 7: which metric source the cached samples of a series came from
+#: (a digest of its ``source:`` section), so that a changed query or path
+#: is not answered from the old source's cache
+_V7_TABLES = """
+CREATE TABLE IF NOT EXISTS sample_sources (
+    target TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
 );
 """
 
@@ -421,6 +432,8 @@ class Store:
                         _execute(db, _V5_TABLES)
                     if version < 6:
                         _execute(db, _V6_TABLES)
+                    if version < 7:
+                        _execute(db, _V7_TABLES)
                     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             self._close_quietly()
@@ -1164,7 +1177,11 @@ class Store:
         return [r["elapsed_s"] for r in rows]
 
     # ------------------------------------------------------------------ samples
-    def cache_samples(self, target: str, series: Series) -> None:
+    def cache_samples(self, target: str, series: Series, source: str | None = None,
+                      now: datetime | None = None) -> None:
+        """Keep ``series`` as ``target``'s samples; ``source``: the digest
+        of the metric source they came from (:meth:`samples_source`),
+        recorded at ``now``."""
         if len(series) == 0:
             return
         vals = [None if np.isnan(v) else float(v) for v in series.values.tolist()]
@@ -1172,6 +1189,23 @@ class Store:
             db.executemany("INSERT INTO samples(target, ts, value) VALUES (?,?,?) "
                            "ON CONFLICT(target, ts) DO UPDATE SET value=excluded.value",
                            list(zip([target] * len(series), series.timestamps.tolist(), vals)))
+            if source is not None:
+                db.execute("INSERT INTO sample_sources(target, source, updated_at) VALUES (?,?,?) "
+                           "ON CONFLICT(target) DO UPDATE SET source=excluded.source, updated_at=excluded.updated_at",
+                           (target, source, 0 if now is None else to_epoch(now)))
+
+    def samples_source(self, target: str) -> str | None:
+        """The digest of the source ``target``'s cached samples came from
+        (None: none recorded, a cache older than schema 7)."""
+        row = self.db.execute("SELECT source FROM sample_sources WHERE target=?", (target,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def drop_samples(self, target: str) -> int:
+        """Forget ``target``'s cached samples (its source changed); how many."""
+        with self.tx() as db:
+            n = db.execute("DELETE FROM samples WHERE target=?", (target,)).rowcount
+            db.execute("DELETE FROM sample_sources WHERE target=?", (target,))
+        return int(n or 0)
 
     def cached_samples(self, target: str, since: datetime | None = None) -> Series:
         q, args = "SELECT ts, value FROM samples WHERE target=?", [target]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import numpy as np
 import pytest
 
 from engine.core.clock import ManualClock
@@ -129,7 +130,7 @@ def test_a_second_cycle_at_the_same_time_does_not_overwrite_the_first(setup):
     live, store, platform = setup("auto")
     live.run(NOW)
     res = live.run(NOW)
-    assert res.status == "error" and "not after the last cycle" in res.error
+    assert res.status == "error" and "already ran at" in res.error
     assert [r["status"] for r in store.decisions("web")] == ["applied"]
 
 
@@ -274,3 +275,43 @@ def test_the_margin_sizes_from_the_quantile_it_names_though_the_forecaster_was_n
     assert margin.value == pytest.approx(float(fc.quantiles[level].max()))
     assert margin.value > float(fc.quantiles[0.9].max())
     assert f"q{level:g}" in margin.message
+
+
+def test_a_changed_metric_source_is_not_answered_from_the_old_sources_cached_samples(tmp_path):
+    """A user fixes a wrong path (or query) and runs again on the same
+    state: the cache, keyed by target name only, kept serving the old
+    source's samples and fetched only what was newer (sized on 89.8 where
+    the new source said 898). The cache records its source now; a changed
+    one drops it and the history is fetched again."""
+    day = 288
+    wrong = write_trace(tmp_path / "wrong.csv", [10.0] * (3 * day))
+    right = write_trace(tmp_path / "right.csv", [100.0] * (3 * day))
+    store = Store(tmp_path / "s.db")
+    over = {"forecaster": {"name": "seasonal_naive", "params": {"season": "daily"}, "history": "2d"}}
+
+    def cycle(trace, k):
+        cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="dry-run", **over)])
+        res = build_live(cfg, store, Platform(capacity=5)).run(T0 + k * STEP)  # a new process: the cache is read
+        assert res.ok, res
+        return res.forecast.point.max()
+
+    k = 3 * day - 4
+    assert cycle(wrong, k) == pytest.approx(10.0)
+    # a day ago, by the new source, was 100: the old code forecast 10 from the cache
+    assert cycle(right, k + 1) == pytest.approx(100.0)
+    assert np.all(store.cached_samples("web").values == 100.0)
+    assert cycle(right, k + 2) == pytest.approx(100.0)  # the same source keeps its cache
+
+    # a cache written before its source was recorded is kept as it is
+    store.db.execute("DELETE FROM sample_sources")
+    assert cycle(wrong, k + 3) == pytest.approx(100.0)
+
+
+def test_two_cycles_in_one_second_say_so_not_that_the_clock_went_backwards(setup):
+    live, store, platform = setup("dry-run")
+    assert live.run(NOW).ok
+    again = live.run(NOW)
+    assert not again.ok and "already ran at 2024-03-01T01:40:00Z" in again.error
+    assert "backwards" not in again.error and len(store.decisions("web")) == 1
+    earlier = live.run(NOW - STEP)
+    assert not earlier.ok and "the clock moved backwards?" in earlier.error

@@ -531,7 +531,7 @@ def test_a_version_4_state_resumes_from_its_channel_cursor_after_the_upgrade(tmp
             s.db.execute("PRAGMA user_version=4")
             reject(s, first.id, now + timedelta(minutes=1), identity="user:bob", channel="cli")
         people, _ = _up_and_down(tmp_path, hook)
-        assert people.store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert people.store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
         assert people.notices.poll(people.store) == 1
         people.close()
     assert [r.json["kind"] for r in hook.requests] == ["plan_created", "plan_rejected"]

@@ -250,7 +250,7 @@ def test_a_version_4_database_gains_the_calibration_pairs_and_they_round_trip(pg
         s.db.execute("DROP TABLE fits_started")  # (version 7)
         s.db.execute("DELETE FROM schema_version WHERE version >= 5")
     with open_store(pg_url) as s:
-        assert s.schema_version == PG_SCHEMA_VERSION == 7
+        assert s.schema_version == PG_SCHEMA_VERSION == 8
         s.record_calibration("web", "mstl", [(300, 1000, 1300, {0.5: 1.0, 0.9: 2.0}),
                                              (600, 1000, 1600, {0.5: 1.5, 0.9: 2.5})])
         assert s.fill_calibration_actuals("web", Series(np.array([1300, 1600]), np.array([3.0, np.nan]), "web")) == 1
@@ -270,7 +270,7 @@ def test_a_version_5_database_gains_the_notifiers_shard_cursors_fenced_by_epoch(
         s.db.execute("DELETE FROM schema_version WHERE version >= 6")
         assert s.schema_version == 5
     with open_store(pg_url) as s:
-        assert s.schema_version == PG_SCHEMA_VERSION == 7
+        assert s.schema_version == PG_SCHEMA_VERSION == 8
         assert len(s.decisions()) == 1 and s.notify_cursors() == {"hook": 7} and s.notify_shard_cursors() == {}
         s.save_notify_shard_cursor("hook", 4, 1, 9, NOW, fence=lambda db: {"epoch": 3, "holder": "b"})
         s.save_notify_shard_cursor("hook", 4, 1, 8, NOW, fence=lambda db: {"epoch": 2, "holder": "a"})  # older
@@ -285,7 +285,7 @@ def test_a_version_6_database_gains_the_fits_under_way_shared_by_the_replicas(pg
         s.db.execute("DELETE FROM schema_version WHERE version >= 7")
         assert s.schema_version == 6
     with open_store(pg_url) as s:
-        assert s.schema_version == PG_SCHEMA_VERSION == 7
+        assert s.schema_version == PG_SCHEMA_VERSION == 8
         assert len(s.decisions()) == 1 and s.started_fit("web") is None
         s.fit_started("web", "lstm", "k1", 1, NOW)
     with open_store(pg_url) as s:  # another replica reads the fit the first did not outlive
@@ -293,6 +293,24 @@ def test_a_version_6_database_gains_the_fits_under_way_shared_by_the_replicas(pg
         assert (got["model"], got["key"], got["failures"], got["started_at"]) == ("lstm", "k1", 1, NOW)
         s.fit_ended("web")
         assert s.started_fit("web") is None
+
+
+def test_a_version_7_database_gains_the_sample_sources_keeping_its_cached_samples(pg_url):
+    from engine.core.types import Series
+    import numpy as np
+
+    with open_store(pg_url) as s:  # made current, then set back to what version 7 had
+        s.cache_samples("web", Series(np.array([60, 120]), np.array([1.0, 2.0]), "web"))
+        s.db.execute("DROP TABLE sample_sources")
+        s.db.execute("DELETE FROM schema_version WHERE version >= 8")
+        assert s.schema_version == 7
+    with open_store(pg_url) as s:
+        assert s.schema_version == PG_SCHEMA_VERSION == 8
+        assert s.cached_samples("web").values.tolist() == [1.0, 2.0] and s.samples_source("web") is None
+        s.cache_samples("web", Series(np.array([180]), np.array([3.0]), "web"), "abc", NOW)
+    with open_store(pg_url) as s:
+        assert s.samples_source("web") == "abc"
+        assert s.drop_samples("web") == 3 and len(s.cached_samples("web")) == 0 and s.samples_source("web") is None
 
 
 def test_a_fit_under_way_counts_as_alive_while_the_replica_that_began_it_beats(pg_url):

@@ -408,7 +408,7 @@ def test_a_version_5_file_gains_the_fits_under_way_and_another_process_reads_one
         s.db.execute("DROP TABLE fits_started")
         s.db.execute("PRAGMA user_version=5")
     with Store(db_path) as s:
-        assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
         assert s.started_fit("web") is None and len(s.decisions("web")) == 1
         s.fit_started("web", "lstm", "k1", 2, NOW)
         s.fit_started("api", "lstm", "k2", 0, NOW)
@@ -437,7 +437,7 @@ def test_a_version_1_file_is_migrated_sealing_its_rows_as_found(db_path):
     raw.commit()
     raw.close()
     with Store(db_path) as s:
-        assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
         rec = s.decision(d.id)
         assert rec["plan_id"] == "p1" and rec["approval"] is None
         assert rec["approvals"] == [{"decision": "rejected", "identity": None, "channel": None,
