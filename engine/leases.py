@@ -23,6 +23,13 @@ runs a target's cycles only while it holds the target's shard:
   the intent back and nothing is applied. A takeover cannot commit while
   that transaction holds the row, and the intent carries (shard, epoch,
   holder), so every action in the log names the lease it was taken under;
+- one layout at a time: each heartbeat records the replica's
+  ``ha.shards`` and when it started; the count of the live replica that
+  started first is the one in force. A replica with another count (a
+  rolling change of ``ha.shards``, one replica started with a different
+  file) leads nothing and says why (:meth:`Leases.trouble`, the log) until
+  the replicas of the other layout are gone: a target hashed under two
+  counts would have two leaders, and another none;
 - a replica killed with SIGKILL stops renewing: its leases expire after at
   most ``lease``, and the next renew pass of another replica takes them;
   the new leader's first cycle reconciles any intent the dead one left
@@ -93,6 +100,8 @@ class Leases:
         self._stop = threading.Event()
         self._renewed: float | None = None  # monotonic start of the last pass that succeeded
         self._thread: threading.Thread | None = None
+        #: why this replica leads nothing (another layout is in force), or None
+        self.mismatch: str | None = None
 
     # ---------------------------------------------------------------- asking
     def shard(self, target: str) -> int:
@@ -113,6 +122,8 @@ class Leases:
     def trouble(self) -> str | None:
         """Why this replica could not take over now (``None``: its renew
         passes succeed)."""
+        if self.mismatch is not None:
+            return self.mismatch
         if self._renewed is None:
             return "leases not renewed yet"
         late = self.monotonic() - self._renewed
@@ -142,13 +153,28 @@ class Leases:
         return {"shard": s, "epoch": int(row[0]), "holder": self.holder}
 
     # -------------------------------------------------------------- renewing
-    def _live_replicas(self) -> int:
+    def _live_replicas(self) -> tuple[int, str | None]:
+        """Heartbeat; the live replicas of the layout in force (the shard
+        count of the live replica that started first), and why this one
+        must lead nothing (``None``: its count is the one in force)."""
         db = self.db
-        db.execute("INSERT INTO replicas(holder, seen_at) VALUES (?, clock_timestamp()) "
-                   "ON CONFLICT (holder) DO UPDATE SET seen_at = excluded.seen_at", (self.holder,))
-        n = db.execute("SELECT COUNT(*) FROM replicas WHERE seen_at > clock_timestamp() - ? * interval '1 second'",
-                       (self.lease_s,)).fetchone()[0]
-        return max(1, int(n))
+        db.execute("INSERT INTO replicas(holder, seen_at, shards, started_at) "
+                   "VALUES (?, clock_timestamp(), ?, clock_timestamp()) "
+                   "ON CONFLICT (holder) DO UPDATE SET seen_at = excluded.seen_at, shards = excluded.shards",
+                   (self.holder, self.shards))
+        rows = db.execute("SELECT holder, shards FROM replicas "
+                          "WHERE seen_at > clock_timestamp() - ? * interval '1 second' "
+                          "ORDER BY started_at NULLS FIRST, holder", (self.lease_s,)).fetchall()
+        # a heartbeat written before the count was kept (NULL) is of an
+        # older forescale that runs the same file: taken as this count
+        counts = [int(r[1]) if r[1] is not None else self.shards for r in rows]
+        in_force = counts[0] if counts else self.shards
+        if in_force != self.shards:
+            first = rows[0][0]
+            return 0, (f"ha.shards is {self.shards} here but {in_force} on replica {first}, which started "
+                       f"first: this replica leads nothing until every live replica runs {self.shards} "
+                       "shards (a target hashed under two counts would have two leaders)")
+        return max(1, sum(1 for c in counts if c == in_force)), None
 
     def _take(self, shards: list[int], t0: float) -> dict[int, int]:
         if not shards:
@@ -173,7 +199,19 @@ class Leases:
         (gained, lost) since the previous pass."""
         t0 = self.monotonic()
         before = set(self.held())
-        share = math.ceil(self.shards / self._live_replicas())
+        live, mismatch = self._live_replicas()
+        if mismatch is not None:
+            if mismatch != self.mismatch:
+                log.error("leases of %s: %s", self.holder, mismatch)
+            self.mismatch = mismatch
+            self._give_back(sorted(before))
+            self._renewed = t0
+            return set(), before
+        if self.mismatch is not None:
+            log.info("leases of %s: every live replica runs %d shards now; taking leases", self.holder,
+                     self.shards)
+            self.mismatch = None
+        share = math.ceil(self.shards / live)
         mine = sorted(before)
         renewed = set(self._take(mine, t0))
         lost = set(mine) - renewed

@@ -102,7 +102,12 @@ MIGRATIONS[7] = dialect(_V6_TABLES)
 
 #: version 8 is SQLite's own step 7: the source of each series' cached
 #: samples (a changed query or path is not answered from the old cache)
-MIGRATIONS[8] = dialect(_V7_TABLES)
+#: ; and each replica's shard count and start in its heartbeat (replicas
+#: of two ``ha.shards`` would lead one target twice: the layout of the
+#: replica that started first is the one in force, :mod:`engine.leases`)
+MIGRATIONS[8] = ";".join((dialect(_V7_TABLES),
+                          "ALTER TABLE replicas ADD COLUMN IF NOT EXISTS shards INTEGER",
+                          "ALTER TABLE replicas ADD COLUMN IF NOT EXISTS started_at TIMESTAMPTZ"))
 
 #: the newest schema of a PostgreSQL state (a SQLite file's is SCHEMA_VERSION)
 PG_SCHEMA_VERSION = 8

@@ -166,3 +166,29 @@ def test_a_deposed_leader_cannot_overwrite_its_successors_model_checkpoint(store
     b.fence = None
     b.save_model("web", {"version": "fit"}, b"fitted by the CLI")
     assert a.load_model("web") == ({"version": "fit"}, b"fitted by the CLI")
+
+
+def test_replicas_of_two_shard_counts_never_lead_one_target_twice(stores):
+    """A rolling change of ``ha.shards`` (or one replica started from
+    another file): 4 shards here, 8 there. Both led: shard 0 of 4 and shard
+    4 of 8 hold the same targets, and shard 2 of 4 went unled. The count of
+    the replica that started first is in force; the other leads nothing,
+    says why, and takes over once the first is gone."""
+    a, b = stores
+    la, lb = Leases(a, shards=4, lease_s=30), Leases(b, shards=8, lease_s=30)
+    la.renew()
+    lb.renew()
+    la.renew()  # a counts only the replicas of its own layout: it keeps all 4
+    assert set(la.held()) == {0, 1, 2, 3} and lb.held() == {}
+    assert "ha.shards is 8 here but 4 on replica" in lb.trouble() and "leads nothing" in lb.trouble()
+    names = [f"storage-{i}" for i in range(40)]
+    assert all(la.holds(n) and not lb.holds(n) for n in names)  # one leader each, none unled
+    la.stop()  # a restarts with 8 shards: b's count is the one in force now
+    lb.renew()
+    assert set(lb.held()) == set(range(8)) and lb.trouble() is None
+    la2 = Leases(a, shards=8, lease_s=30)
+    la2.renew()
+    lb.renew()
+    la2.renew()
+    assert len(la2.held()) == 4 and len(lb.held()) == 4
+    assert all(la2.holds(n) != lb.holds(n) for n in names)
