@@ -369,7 +369,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
     returns (asked of the source now), with the labels it came from."""
     from .config import _secret_name, load_config
     from .core.clock import SystemClock
-    from .fleet import discover, template_source
+    from .fleet import claimed, discover, template_source
 
     cfg = load_config(args.config)
     chosen = [tp for tp in cfg.templates if not args.template or tp.name == args.template]
@@ -379,15 +379,23 @@ def cmd_targets(args: argparse.Namespace) -> int:
     now = SystemClock().now()
     doc: dict[str, Any] = {"config": args.config, "at": isoformat(now), "templates": []}
     failed = False
-    for tp in chosen:
+    static, taken = {t.name for t in cfg.targets}, {}
+    for tp in cfg.templates:
         found = discover(tp, template_source(tp, cfg), now, cfg.base_dir)
-        failed = failed or bool(found.errors)
-        doc["templates"].append({"name": tp.name, "query": tp.source.query, "errors": found.errors, "targets": [
-            {"name": n, "labels": dict(sorted(found.labels[n])), "mode": t.mode,
+        # a name the file or an earlier template has is not this template's
+        runs, clashes = claimed(tp.name, found.targets, static, taken)
+        taken.update({n: tp.name for n in runs})
+        if tp not in chosen:
+            continue
+        errors = found.errors + [c.split(": ", 1)[1] for c in clashes]
+        failed = failed or bool(errors)
+        doc["templates"].append({"name": tp.name, "query": tp.source.query, "errors": errors, "targets": [
+            {"name": n, "labels": dict(sorted(found.labels[n])), "mode": found.targets[n].mode,
              # (what the labels filled in; a field that may hold a secret is never printed)
-             "actuator": {k: v for k, v in t.actuator.model_dump(mode="json", exclude_defaults=True).items()
+             "actuator": {k: v for k, v in
+                          found.targets[n].actuator.model_dump(mode="json", exclude_defaults=True).items()
                           if not _secret_name(k)}}
-            for n, t in found.targets.items()]})
+            for n in runs]})
     if args.json:
         _print_json(doc)
         return EXIT_FAILURE if failed else EXIT_OK
@@ -417,7 +425,8 @@ def cmd_once(args: argparse.Namespace) -> int:
     def results(store: Any) -> Any:
         """Each static target's cycle, then each template's batched cycle."""
         nonlocal rc
-        from .fleet import TemplateFetch, discover, member_target, run_batch, shared_model_key, template_source
+        from .fleet import (TemplateFetch, claimed, discover, member_target, run_batch, shared_model_key,
+                            template_source)
 
         static = [t.name for t in cfg.targets]
         groups: dict[Any, list[Any]] = {}
@@ -435,15 +444,18 @@ def cmd_once(args: argparse.Namespace) -> int:
             return
 
         seen = False
+        taken: dict[str, str] = {}
         for tp in cfg.templates:
             now = clock.now()  # read once for the template's batched cycle
             source = template_source(tp, cfg)
             found = discover(tp, source, now, cfg.base_dir)
-            for err in found.errors:
-                print(f"template {tp.name}: {err}", file=sys.stderr)
+            runs, clashes = claimed(tp.name, found.targets, static, taken)
+            for err in [f"template {tp.name}: {e}" for e in found.errors] + clashes:
+                print(err, file=sys.stderr)
                 rc = EXIT_FAILURE
+            taken.update({n: tp.name for n in runs})
             fetch = TemplateFetch(source)
-            members = [member_target(t, found.labels[n], fetch, store, cfg) for n, t in found.targets.items()
+            members = [member_target(found.targets[n], found.labels[n], fetch, store, cfg) for n in runs
                        if not args.target or n == args.target]
             seen = seen or bool(members)
             yield from zip(members, run_batch(members, now, store, fetch).results)

@@ -71,7 +71,7 @@ from .build import build_resources
 from .core.clock import Clock, SystemClock
 from .config import Config, TargetConfig, TargetTemplate, load_config
 from .cycle import CycleResult, LiveTarget
-from .fleet import (BatchReport, Discovery, TemplateFetch, discover, member_target, run_batch,
+from .fleet import (BatchReport, Discovery, TemplateFetch, claimed, discover, member_target, run_batch,
                     run_refitting_elsewhere, shared_model_key)
 from .core.errors import ConfigError
 from .core.units import format_duration
@@ -427,6 +427,9 @@ class TemplateWorker(BatchWorker):
                                           daemon.config)
         self.fetch = TemplateFetch(self.source)
         self.members: dict[str, _Member] = {}
+        #: every name the last discovery found (a name another template has
+        #: too goes to the one earlier in the file: see rediscover)
+        self.claims: set[str] = set()
         self.discovered_at: float | None = None  # monotonic
         self.last_discovery: Discovery | None = None
         self.leading: set[str] = set()  # the members this replica led at the last cycle
@@ -450,15 +453,26 @@ class TemplateWorker(BatchWorker):
             return None
         for err in found.errors:
             log.error("template %s: %s", t.name, err)
-        for name in [n for n in self.members if n not in found.targets]:
+        self.claims = set(found.targets)
+        # a name two templates make is the one's earlier in the file: a
+        # later one hands it over at its next discovery and the earlier one
+        # takes it at its next; never run by both (each would decide and
+        # apply it every cycle, with its own policy)
+        others = list(d.templates.values())
+        earlier = others[:others.index(self)] if self in others else []
+        wanted = {n: o.template.name for o in earlier for n in o.claims}
+        for name in [n for n in self.members if n not in found.targets or n in wanted]:
             del self.members[name]
-            log.info("template %s: target %s retired (its series is gone; its state is kept)", t.name, name,
-                     extra={"target": name})
+            why = (f"template {wanted[name]}, earlier in the file, has it too; handed over" if name in wanted
+                   else "its series is gone; its state is kept")
+            log.info("template %s: target %s retired (%s)", t.name, name, why, extra={"target": name})
+        running = {n: o.template.name for o in others if o is not self for n in o.members}
         for name, target in found.targets.items():
             if name in self.members:
                 continue
-            if name in d.workers:
-                log.error("template %s: target %s is also a target of the file; the file's is kept", t.name, name)
+            _, clash = claimed(t.name, [name], d.workers, {**running, **wanted})
+            if clash:
+                log.error("%s", clash[0], extra={"target": name})
                 continue
             acting = threading.Lock()
             live = self._member(target, found.labels[name], acting)

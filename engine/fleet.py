@@ -58,7 +58,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -147,6 +147,25 @@ class FleetTargets:
         return source.fetch(now - target.forecaster.history, now).regular(target.interval)
 
 
+def claimed(template: str, names: Iterable[str], static: Collection[str],
+            taken: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """Which of ``template``'s discovered target ``names`` it runs: not a
+    target of the file (``static``: the file's is kept) nor of another
+    template (``taken``: name -> the template that has it, which keeps it);
+    and one error line per name it leaves out. Two runners of one name
+    would both decide and apply it every cycle, each with its own policy."""
+    runs, errors = [], []
+    for n in names:
+        if n in static:
+            errors.append(f"template {template}: target {n} is also a target of the file; the file's is kept")
+        elif n in taken and taken[n] != template:
+            errors.append(f"template {template}: target {n} is also a target of template {taken[n]}; "
+                          f"template {taken[n]}'s is kept")
+        else:
+            runs.append(n)
+    return runs, errors
+
+
 def fleet_targets(config: Config, now: datetime, names: Sequence[str] = ()) -> FleetTargets:
     """The file's targets and, discovered as the daemon discovers them (the
     template's query, asked now), each template's, under the same names; a
@@ -169,7 +188,9 @@ def fleet_targets(config: Config, now: datetime, names: Sequence[str] = ()) -> F
             out.errors.append(f"template {tp.name}: discovery failed: {type(exc).__name__}: {exc}")
             continue
         out.errors += [f"template {tp.name}: {e}" for e in found.errors]
-        members = [(n, t) for n, t in found.targets.items() if n not in static and (not wanted or n in wanted)]
+        runs, clashes = claimed(tp.name, found.targets, static, out.template_of)
+        out.errors += clashes
+        members = [(n, found.targets[n]) for n in runs if not wanted or n in wanted]
         fetch = TemplateFetch(source)
         if len(members) > 1:
             fetch.load(min(now - t.forecaster.history for _, t in members), now)

@@ -1104,3 +1104,51 @@ def test_forescale_once_forecasts_the_files_targets_on_one_global_model_in_one_c
     got = {r["target"]: r for r in json.loads(capsys.readouterr().out)}
     assert sorted(got) == ["alone", "t0", "t1", "t2"] and calls == [3]
     assert not any(r["decision"]["fallback"] for r in got.values())
+
+
+@pytest.mark.prometheus
+def test_two_templates_that_make_one_target_name_run_it_once_and_say_so(fleet_prometheus, tmp_path, capsys):
+    """``storage`` (every user) and ``g1`` (group g1 only) both name their
+    targets ``storage-{user}-{group}``: each decided and applied alice's and
+    bob's every cycle, each with its own policy. The template that has a
+    name keeps it; the other leaves it out and says so (the daemon's log,
+    ``forescale targets`` and ``forescale once``)."""
+    g1 = template(fleet_prometheus.url, name="g1",
+                  source={"type": "prometheus", "url": fleet_prometheus.url,
+                          "query": 'sum by (user, group) (storage_used_bytes{group="g1"})'},
+                  policy={**POLICY, "capacity_per_replica": 1})
+    cfg = write(tmp_path / "fleet.yaml", template(fleet_prometheus.url), g1)
+    applies: dict[str, int] = {}
+
+    class Counting(Platform):
+        def apply(self, desired, *, decision_id):
+            applies[decision_id.split("@")[0]] = applies.get(decision_id.split("@")[0], 0) + 1
+            return super().apply(desired, decision_id=decision_id)
+
+    clock, mono, results = ManualClock(from_epoch(fleet_prometheus.end - 3 * 300)), [1000.0], []
+    d = Daemon(cfg, clock=clock, monotonic=lambda: mono[0], on_result=results.append,
+               build_actuator=lambda t, c=None: Counting(capacity=1))
+    try:
+        applied = 0
+        for cycle in range(3):  # the two discover at once: the one earlier in the file has them by the second
+            results.clear()
+            applies.clear()
+            d.tick()
+            for tw in d.templates.values():
+                assert tw.wait(60)
+            # never both: each target decided and applied at most once a cycle
+            decided = [r.target for r in results]
+            assert len(decided) == len(set(decided)) and all(n == 1 for n in applies.values())
+            applied += len(applies)
+            clock.advance(timedelta(minutes=5))
+            mono[0] += 300
+        assert sorted(decided) == ["storage-alice-g1", "storage-bob-g1", "storage-carol-g2"] and applied >= 3
+        assert sorted(d.templates["storage"].members) == ["storage-alice-g1", "storage-bob-g1", "storage-carol-g2"]
+        assert d.templates["g1"].members == {}
+    finally:
+        d.shutdown(5)
+    assert main(["targets", "--config", str(cfg), "--json"]) == 1
+    doc = {t["name"]: t for t in json.loads(capsys.readouterr().out)["templates"]}
+    assert doc["g1"]["targets"] == [] and len(doc["storage"]["targets"]) == 3
+    assert "target storage-alice-g1 is also a target of template storage; template storage's is kept" \
+        in doc["g1"]["errors"]
