@@ -1172,12 +1172,22 @@ def _state_setting(v: Any) -> Any:
     if isinstance(v, str) and is_url(v):
         from urllib.parse import urlsplit
 
+        from urllib.parse import parse_qs
+
         try:
             parts = urlsplit(v)
             parts.port  # noqa: B018 - raises on a bad port
         except ValueError:
             raise ValueError(f"not a valid PostgreSQL URL: {redact_url(v)}") from None
-        if not parts.hostname or not parts.path.strip("/"):
+        if parts.netloc.count("@") > 1:
+            # libpq ends the user info at the first '@', this parser at the
+            # last: the rest of the password would be taken for the host
+            # (and shown in libpq's errors, and asked of the DNS)
+            raise ValueError("the PostgreSQL URL has more than one '@' before the host: write an '@' in the "
+                             "user name or password as %40, or give the password in state_password_env "
+                             "(the URL is not shown: it holds a password)")
+        socket_dir = parse_qs(parts.query).get("host")  # postgresql:///db?host=/run/postgresql
+        if not (parts.hostname or socket_dir) or not parts.path.strip("/"):
             raise ValueError(f"a PostgreSQL URL needs a host and a database name "
                              f"(postgresql://user@host:5432/dbname), got {redact_url(v)}")
     return v

@@ -64,6 +64,8 @@ def redact_url(url: str) -> str:
     if "@" in netloc:
         user, host = netloc.rsplit("@", 1)
         netloc = f"{user.split(':', 1)[0]}@{host}"
+    if not netloc:  # postgresql:///db?host=/run/postgresql (urlunsplit would drop the '//')
+        return f"{p.scheme}://{p.path}"
     return urlunsplit((p.scheme, netloc, p.path, "", ""))
 
 

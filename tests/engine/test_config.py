@@ -537,11 +537,17 @@ def test_state_is_a_file_next_to_the_config_or_a_postgresql_url(tmp_path):
     assert (cfg.ha.shards, cfg.ha.lease, cfg.ha.renew_every) == (8, timedelta(seconds=20), timedelta(seconds=20) / 3)
     with pytest.raises(ConfigError, match="state is a PostgreSQL database, not a file"):
         cfg.state_path  # noqa: B018
+    # a unix socket's directory as libpq takes it, in the query
+    cfg = parse_config({**ONE_TARGET, "state": "postgresql:///forescale?host=/run/postgresql"})
+    assert cfg.state_shown == "postgresql:///forescale"
 
 
 @pytest.mark.parametrize("extra, expected", [
     ({"state": "postgresql://fs:s3cret-pw-123@db.internal:notaport/x"}, "state: .*not a valid PostgreSQL URL"),
     ({"state": "postgresql://fs:s3cret-pw-123@db.internal:5432/"}, "state: .*needs a host and a database name"),
+    # libpq ends the user info at the first '@': 'pw-123@db.internal' was
+    # taken for the host, shown in its errors and asked of the DNS
+    ({"state": "postgresql://fs:s3cret@pw-123@db.internal:5432/x"}, "state: .*more than one '@'.*%40"),
     ({"ha": {"lease": "1s"}}, r"ha: .*lease: 0:00:01 is too short"),
     ({"ha": {"lease": "30s", "renew": "11s"}}, r"ha: .*renew: 0:00:11 must be positive and at most a third of the lease"),
     ({"ha": {"shards": 0}}, r"ha\.shards"),

@@ -162,6 +162,22 @@ def test_a_decision_round_trips_through_rows_read_by_name_and_index(pg_url):
         assert s.targets() == [d.target]
 
 
+def test_a_unix_socket_url_with_its_directory_in_the_query_opens_the_database(pg_server, tmp_path, monkeypatch):
+    """libpq's ``postgresql://user@/db?host=DIR`` (no host before the path)
+    was refused as having no host."""
+    from tests.support.postgres import PASSWORD, USER
+
+    db = pg_server.fresh_database().rsplit("/", 1)[1]
+    url = f"postgresql://{USER}@/{db}?host={pg_server.root}&port={pg_server.port}"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"state: '{url}'\ntargets:\n  - name: web\n    source: {{type: csv, path: x.csv}}\n"
+                   "    policy: {capacity_per_replica: 10}\nstate_password_env: FS_TEST_PG_PW\n")
+    monkeypatch.setenv("FS_TEST_PG_PW", PASSWORD)
+    with open_store(load_config(cfg)) as s:
+        s.record_decision(make_decision(NOW), "dry-run", "dry-run", NOW)
+        assert s.targets() == ["web"]
+
+
 def test_the_password_is_never_shown(pg_server, tmp_path, capsys):
     url = pg_server.fresh_database()
     wrong = url.replace(PASSWORD, "not-the-password-123")
