@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from engine.core.errors import PermanentActuatorError
 
@@ -31,6 +31,17 @@ class AwsConfig(ActuatorConfig):
     endpoint_url: str | None = Field(default=None, pattern=r"^https?://")
     #: a named profile of the shared config files; ``None``: the default chain
     profile: str | None = None
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _no_credentials(cls, v: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if v is not None and "@" in urlsplit(v).netloc:
+            # botocore puts the endpoint into its errors: they would show it
+            raise ValueError("endpoint_url must not carry credentials (user:password@); AWS credentials come "
+                             "from the standard chain (environment, profile, instance role)")
+        return v
 
 
 _loaders_lock = threading.Lock()

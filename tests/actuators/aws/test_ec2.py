@@ -288,6 +288,20 @@ def test_bad_instance_id_names_the_field():
         EC2InstanceTypeConfig(region=REGION, instance_id="web-1")
 
 
+def test_an_endpoint_url_with_credentials_is_refused_without_showing_them(tmp_path):
+    """botocore's errors carry the endpoint: ``user:SECRET@`` was printed by
+    ``validate --check-actuators`` and every failed call."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("targets:\n  - name: db\n    source: {type: csv, path: x.csv}\n"
+                   "    policy: {ladder: [{name: t3.micro, capacity: 1}]}\n"
+                   "    actuator: {type: aws-ec2, region: us-east-1, instance_id: i-0123456789abcdef0, "
+                   "endpoint_url: 'http://user:URLSECRET99@127.0.0.1:5999'}\n")
+    r = subprocess.run([sys.executable, "-m", "engine.cli", "validate", "--config", str(cfg)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and "URLSECRET99" not in r.stdout + r.stderr
+    assert "targets[0].actuator.endpoint_url: endpoint_url must not carry credentials" in r.stderr
+
+
 def test_config_file_targets_build_working_actuators(moto, proxy, clock, gname):
     """The YAML shapes of docs/actuators/aws.md, through the real loader."""
     import yaml
