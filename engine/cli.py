@@ -818,7 +818,8 @@ def cmd_approve(args: argparse.Namespace) -> int:
             if not args.json:
                 print(f"plan {p.id} applied")
         elif not args.json:
-            print("the daemon applies it at the target's next cycle (or run: forescale apply ID --config FILE)")
+            print(f"the daemon applies it at the target's next cycle (or run: forescale apply {p.id} "
+                  f"--config {args.config or 'FILE'})")
     if args.json:
         _print_json(p.to_dict())
     return 0

@@ -421,6 +421,13 @@ class TargetConfig(_Model):
             if a.level is not None and a.level not in self.forecaster.quantiles:
                 raise ValueError(f"alerts[{i}].level ({a.level}) is not one of forecaster.quantiles "
                                  f"({', '.join(f'{q:g}' for q in self.forecaster.quantiles)})")
+        from actuators.base import check_apply_bound
+
+        # an apply that blocks (terraform) must end before the daemon
+        # abandons the cycle: found at load (validate), not at the first cycle
+        bound = check_apply_bound(self.actuator_config, self.timeout)
+        if bound is not None:
+            raise ValueError(bound)
         ladder = self.policy.ladder
         initial = getattr(self.actuator, "initial_capacity", None)
         if ladder is not None and initial is not None and initial > len(ladder) - 1:

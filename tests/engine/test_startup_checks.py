@@ -70,7 +70,8 @@ def test_an_apply_that_could_outlive_the_cycle_is_refused_at_startup_naming_both
                        actuator={"type": "terraform", "workspace": str(tmp_path), "variable": "n",
                                  "apply_timeout": "3m"})
     cfg = write_config(tmp_path / "c.yaml", [slow])
-    with pytest.raises(ConfigError, match=r"target 'web': actuator\.apply_timeout \(3m\) must be "
+    # refused at load, before the daemon opens anything (so `validate` says it too)
+    with pytest.raises(ConfigError, match=r"targets\[0\]: actuator\.apply_timeout \(3m\) must be "
                                           r"shorter than timeout \(2m\)"):
         Daemon(cfg)
     Store(tmp_path / "state.db").lock()

@@ -581,6 +581,24 @@ def test_apply_timeout_must_be_shorter_than_the_cycle_timeout(tmp_path):
         TerraformConfig(workspace=tmp_path, variable="x", apply_timeout="0s")
 
 
+def test_validate_refuses_an_apply_timeout_the_cycle_would_abandon(tmp_path):
+    """Only ``validate --check-actuators``, ``once`` and ``run`` refused it
+    (at build); plain ``validate`` said valid."""
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("targets:\n  - name: web\n    source: {type: csv, path: x.csv}\n"
+                   "    policy: {capacity_per_replica: 10}\n"
+                   f"    actuator: {{type: terraform, workspace: {tmp_path}, variable: n, apply_timeout: 5m}}\n")
+    r = subprocess.run([sys.executable, "-m", "engine.cli", "validate", "--config", str(cfg)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "targets[0]: actuator.apply_timeout (5m) must be shorter than timeout (2m)" in r.stderr
+
+
 def test_a_relative_workspace_is_relative_to_base_dir(ws):
     a = TerraformActuator(
         TerraformConfig(workspace=Path(ws.name), variable="desired_capacity", binary=TERRAFORM),
