@@ -942,17 +942,23 @@ class Store:
                     gone["anomaly_masks"] += db.execute("DELETE FROM anomaly_masks WHERE target=? AND ts<?",
                                                         (t, to_epoch(samples_before))).rowcount
                 if decisions_before is not None:
+                    # each target's newest decision stays, whatever its age:
+                    # the clock check, the fit back-off (extra.fit) and the
+                    # restart read it (a retention shorter than the time a
+                    # daemon was down deleted every target's last one)
                     cut = to_epoch(decisions_before)
+                    newest = "(SELECT id FROM decisions WHERE target=? ORDER BY at DESC, id DESC LIMIT 1)"
                     gone["actuations"] += db.execute(
                         "DELETE FROM actuations WHERE target=? AND at<? AND decision_id NOT IN (SELECT id "
-                        "FROM decisions WHERE target=? AND status IN ('intent', 'accepted'))", (t, cut, t)).rowcount
+                        "FROM decisions WHERE target=? AND status IN ('intent', 'accepted')) "
+                        f"AND decision_id NOT IN {newest}", (t, cut, t, t)).rowcount
                     gone["plans"] += db.execute(
                         "DELETE FROM plans WHERE target=? AND created_at<? AND status NOT IN ('pending', 'approved', "
-                        "'applying')",
-                        (t, cut)).rowcount
+                        f"'applying') AND decision_id NOT IN {newest}",
+                        (t, cut, t)).rowcount
                     gone["decisions"] += db.execute(
-                        "DELETE FROM decisions WHERE target=? AND at<? AND status NOT IN ('intent', 'accepted')",
-                        (t, cut)).rowcount
+                        "DELETE FROM decisions WHERE target=? AND at<? AND status NOT IN ('intent', 'accepted') "
+                        f"AND id NOT IN {newest}", (t, cut, t)).rowcount
         return gone
 
     # ------------------------------------------------------- calibration pairs

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
+from engine.core.units import isoformat
 from engine.core.errors import PlanNotFound, PlanStateError, StateError, StateLocked
 from engine.store import _SCHEMA_V1, SCHEMA_VERSION, Store, open_store
 from tests.support.postgres import pg_server  # noqa: F401 - the session's server
@@ -477,3 +478,17 @@ def test_calibration_pairs_are_kept_filled_in_and_dropped_past_their_window(db_p
                                                                (300, 1300, 1600, {0.5: 4.0}, None)]
         assert s.calibration_pairs("web", "persistence", since=0) == [(300, 1000, 1300, {0.5: 9.0}, 3.0)]
         assert s.calibration_pairs("web", "mstl", since=1700) == []
+
+
+def test_pruning_decisions_keeps_each_targets_newest_whatever_its_age(store):
+    """``retention: {decisions: 1m}`` after a daemon was down a while: the
+    first pass deleted every target's last decision, which the clock check,
+    the fit back-off and a restart read."""
+    for k in range(3):
+        for t in ("web", "db"):
+            store.record_decision(make_decision(NOW + minutes(5 * k), target=t), "dry-run", "dry-run",
+                                  NOW + minutes(5 * k))
+    gone = store.prune(decisions_before=NOW + timedelta(days=30))
+    assert gone["decisions"] == 4
+    assert [r["at"] for r in store.decisions("web")] == [isoformat(NOW + minutes(10))]
+    assert [r["at"] for r in store.decisions("db")] == [isoformat(NOW + minutes(10))]
