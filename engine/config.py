@@ -414,6 +414,12 @@ class TargetConfig(_Model):
     def _check(self) -> "TargetConfig":
         if self.interval <= timedelta(0):
             raise ValueError(f"interval ({self.interval}) must be positive")
+        if self.forecaster.history < self.interval:
+            # every cycle would find no sample in its history window and fall back
+            raise ValueError(f"forecaster.history ({format_duration(self.forecaster.history)}) is shorter than "
+                             f"the interval ({format_duration(self.interval)}): no sample would be in it")
+        if self.policy.max_staleness <= timedelta(0):
+            raise ValueError("policy.max_staleness must be longer than zero (every observation would be stale)")
         names = [a.name for a in self.alerts]
         if len(set(names)) != len(names):
             raise ValueError(f"alerts: names must be unique; got {', '.join(names)}")

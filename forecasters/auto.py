@@ -130,6 +130,16 @@ class AutoParams(ForecasterParams):
             raise ValueError(f"candidates: duplicate names {dup} (give each a distinct label)")
         if any(c.name == "auto" for c in v):
             raise ValueError("candidates: 'auto' cannot be its own candidate")
+        from . import registry
+
+        known = registry.names()
+        for i, c in enumerate(v):
+            # (a known one whose package is missing is skipped with its
+            # reason at selection; a name no registry has is a typo, and
+            # every selection would fail on it)
+            if c.name not in known:
+                raise ValueError(f"candidates[{i}].name: unknown forecaster {c.name!r}; known: "
+                                 f"{', '.join(n for n in known if n != 'auto')}")
         return v
 
     @field_validator("levels")

@@ -150,6 +150,13 @@ def test_the_cli_validates_a_good_file(tmp_path, capsys):
     (target("{capacity_per_replica: 10, cooldown: {after_scale_down: -5m}}"),
      "targets[0].policy.cooldown.after_scale_down: duration must not be negative, got -5m"),
     (target(extra="interval: 0s"), "targets[0]: interval (0:00:00) must be positive"),
+    # settings that validated, then made every cycle fall back
+    (target(extra="forecaster: {history: 0s}"),
+     "targets[0]: forecaster.history (0s) is shorter than the interval (5m): no sample would be in it"),
+    (target("{capacity_per_replica: 10, max_staleness: 0s}"),
+     "targets[0]: policy.max_staleness must be longer than zero"),
+    (target(extra="forecaster: {name: auto, params: {candidates: [{name: seasonal_naive}, {name: holtwinters}]}}"),
+     "targets[0].forecaster.params.candidates: candidates[1].name: unknown forecaster 'holtwinters'; known: "),
     # wrong types, enumerations
     (target("{capacity_per_replica: 10, max_replicas: many}"),
      "targets[0].policy.max_replicas: Input should be a valid integer, unable to parse string as an integer (got 'many')"),
@@ -342,7 +349,7 @@ def test_a_forecaster_that_cannot_reach_the_policys_horizon_is_rejected_at_load(
 
 def test_the_largest_allowed_values_load(tmp_path):
     cfg = load_config(write(tmp_path, target("{capacity_per_replica: 1e12, max_replicas: 1000000}",
-                                            "interval: 366d")))
+                                            "interval: 366d\nforecaster: {history: 366d}")))
     assert cfg.targets[0].policy.bounds == (1, 1_000_000)
     assert cfg.targets[0].interval == timedelta(days=366)
 

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from engine.core.errors import ForecastError, InsufficientHistory
 from engine.core.types import Series
@@ -299,14 +300,20 @@ def test_a_backtest_of_a_planner_with_banded_auto_uses_the_bands_and_its_reactiv
 
 
 def test_failing_candidates_are_skipped_with_the_reason():
-    f = AutoForecaster(candidates=[{"name": "no_such_model"}, {"name": "seasonal_naive", "params": {"season": "weekly"}},
+    f = AutoForecaster(candidates=[{"name": "seasonal_naive", "params": {"season": "weekly"}},
                                    {"name": "persistence", "params": {"bogus": 1}}, {"name": "persistence", "label": "p"}],
                        eval_window=DAY)
     f.fit(seasonal(3))
     assert f.choice == "p"
-    assert "unknown forecaster" in f.skipped["no_such_model"]
     assert "InsufficientHistory" in f.skipped["seasonal_naive"]  # a weekly season in 3 days
     assert "bogus" in f.skipped["persistence"]
+
+
+def test_a_candidate_no_registry_knows_is_refused_at_load_naming_it():
+    """It validated, then every selection skipped it ("unknown forecaster"),
+    and with it the only candidate, every cycle fell back to reactive."""
+    with pytest.raises(ValidationError, match=r"candidates\[1\]\.name: unknown forecaster 'no_such_model'; known: "):
+        AutoForecaster(candidates=[{"name": "persistence"}, {"name": "no_such_model"}])
 
 
 def test_all_candidates_too_short_is_insufficient_history():
