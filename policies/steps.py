@@ -53,7 +53,14 @@ def capacity_of(units: int, config: PolicyConfig) -> float:
 def capacity_step(demand: float, config: PolicyConfig) -> Step:
     r = replicas_for(demand, config)
     if config.ladder is not None:
-        msg = f"demand {demand:.4g} fits rung {r} ({config.ladder[r].name}, capacity {config.ladder[r].capacity:g}) at utilization {config.target_utilization:g}"
+        top, u = config.ladder[r], config.target_utilization
+        if top.capacity * u < demand - 1e-9:
+            # no rung carries it: the top one, and the decision says it is short
+            return Step("capacity", r, "AboveTopRung",
+                        f"demand {demand:.4g} is more than the top rung {r} ({top.name}, capacity {top.capacity:g}) "
+                        f"carries at utilization {u:g} ({top.capacity * u:.4g}): sized at the top rung, "
+                        f"utilization {demand / top.capacity:.2f}", changed=True)
+        msg = f"demand {demand:.4g} fits rung {r} ({top.name}, capacity {top.capacity:g}) at utilization {u:g}"
     else:
         msg = (f"ceil({demand:.4g} / ({config.capacity_per_replica:g} x {config.target_utilization:g})) = {r}")
     return Step("capacity", r, "CapacityModel", msg, changed=True)

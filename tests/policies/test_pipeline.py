@@ -302,6 +302,18 @@ def test_vertical_ladder_decision_carries_the_rung_label():
     assert (d.desired, d.capacity_label) == (0, "s-1vcpu")
 
 
+def test_demand_no_rung_carries_is_sized_at_the_top_rung_and_says_it_is_short():
+    """It said "demand 12 fits rung 2 (capacity 8)", then WithinBounds: no
+    sign of the shortfall a horizontal policy shows as TooManyReplicas."""
+    cfg = PolicyConfig(ladder=LADDER, target_utilization=0.5)
+    d = decide(forecast([10.0, 10.0, 10.0]), state(current=2, observed=7.0), cfg, NOW)  # q0.9: 12
+    step = d.step("capacity")
+    assert (step.value, step.reason) == (2, "AboveTopRung") and d.desired == 2
+    assert "demand 12 is more than the top rung 2 (s-4vcpu, capacity 8) carries at utilization 0.5 (4)" \
+        in step.message and "utilization 1.50" in step.message
+    assert "AboveTopRung" in d.reasons
+
+
 def test_horizontal_decision_has_no_label():
     assert decide(forecast([10, 10, 10]), state(), config(), NOW).capacity_label is None
 
