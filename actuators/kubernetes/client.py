@@ -262,6 +262,10 @@ def build_api_client(cfg: KubernetesConnection) -> Any:
                     path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
                 kconfig.load_kube_config(config_file=path, context=cfg.context,
                                          client_configuration=configuration, persist_config=False)
+            # no retries inside urllib3: forescale's own (retry_attempts,
+            # backoff) are the only ones, so they bound the attempts and
+            # urllib3 logs no "Retrying (Retry(total=2 ..." per try
+            configuration.retries = 0
             return client.ApiClient(configuration)
         except kconfig.ConfigException as exc:
             failures.append(f"{source}: {exc}")

@@ -357,6 +357,41 @@ def test_credentials_come_from_a_kubeconfig_file_and_context(tmp_path, clock):
         assert act.read().count == 3
 
 
+def test_retry_attempts_bound_the_connections_and_urllib3_retries_nothing_itself(tmp_path, clock, caplog):
+    """urllib3's own three retries ran inside each of forescale's attempts
+    (5 x 4 connections) and logged a "Retrying (Retry(total=2 ..." warning
+    for each."""
+    import logging
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    accepted = []
+
+    def hang_up():  # an API server that accepts and closes at once
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    try:
+        path = _kubeconfig(tmp_path / "config", f"http://127.0.0.1:{server.getsockname()[1]}", "t0ken")
+        act = ScaleSubresourceActuator(
+            ScaleSubresourceConfig(name="web", namespace=NS, kubeconfig=str(path), retry_attempts=3),
+            target="t", sleep=clock.sleep, monotonic=clock.monotonic)
+        with caplog.at_level(logging.WARNING), pytest.raises(TransientActuatorError):
+            act.read()
+    finally:
+        server.close()
+    assert len(accepted) == 3
+    assert not [r for r in caplog.records if r.name.startswith("urllib3")]
+
+
 def test_auto_mode_falls_back_from_in_cluster_to_kubeconfig(tmp_path, clock, monkeypatch):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with FakeKube(token="t0ken") as fake:
