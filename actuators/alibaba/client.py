@@ -200,16 +200,36 @@ def _default_chain(config: EcsConnectionConfig, key_id: str, key_secret: str) ->
         raise PermanentActuatorError(
             f"no Alibaba Cloud credentials: {env_note}, and the default credential chain needs "
             f"the package alibabacloud-credentials (pip install alibabacloud-credentials)") from None
+    _quiet_sdk_loggers()
     credential = CredentialClient()
+    chain = logging.getLogger("credentials")
+    level = chain.level
+    chain.setLevel(logging.CRITICAL + 1)  # each provider's failure, traceback and all: said once below
     try:
         # resolve now, so a missing credential fails validate() and not a cycle
         credential.get_credential()
     except Exception as exc:  # noqa: BLE001 - any provider failure means "no credential"
-        reason = str(exc).splitlines()[0][:400] if str(exc) else type(exc).__name__
+        reason = str(exc).splitlines()[0][:1500] if str(exc) else type(exc).__name__
         raise PermanentActuatorError(
             f"no Alibaba Cloud credentials: {env_note}, and the default credential chain "
             f"found none ({reason})") from None
+    finally:
+        chain.setLevel(level)
     return credential
+
+
+def _quiet_sdk_loggers() -> None:
+    """The Alibaba SDKs put stream handlers of their own on their loggers
+    (``credentials`` three of them): every message printed raw, two or four
+    times, past forescale's log format and redaction. Theirs go; the
+    messages reach forescale's handlers as any library's do."""
+    for name in ("credentials", "alibabacloud-tea"):
+        lg = logging.getLogger(name)
+        for h in [h for h in lg.handlers if type(h) is logging.StreamHandler]:
+            lg.removeHandler(h)
+        lg.propagate = True
+        if lg.level < logging.WARNING:
+            lg.setLevel(logging.WARNING)
 
 
 def _client_token(*parts: object) -> str:

@@ -482,6 +482,26 @@ def test_default_chain_without_any_credential_fails_validate(fake, clock, isolat
     assert fake.calls == []
 
 
+def test_the_credential_chains_own_log_handlers_print_nothing_raw(fake, clock, isolated_chain, capfd, caplog):
+    """alibabacloud_credentials puts three stream handlers of its own on
+    its logger: every provider's failure was printed raw to stderr, twice or
+    more, traceback and all, before forescale's one line."""
+    import logging
+
+    config = EcsInstanceSpecConfig(instance_id="i-1", endpoint=fake.endpoint, protocol="http",
+                                   credential_source="default-chain", **common())
+    act = EcsInstanceSpecActuator(config, target="db", ladder=LADDER, sleep=clock.sleep,
+                                  monotonic=clock.monotonic)
+    capfd.readouterr()
+    with pytest.raises(PermanentActuatorError) as info:
+        act.validate()
+    # the chain's failure is in the one error, whole (it was cut at 400 characters)
+    assert str(info.value).endswith("])")
+    logging.getLogger("credentials").warning("Refresh credentials failed, cached value is None")
+    assert "Refresh credentials failed" not in capfd.readouterr().err
+    assert "Refresh credentials failed" in caplog.text  # through forescale's handlers, as any library's
+
+
 def test_fake_records_instance_ids_as_json(fake, clock):
     inst = fake.add_instance(LADDER[0], zone_id=ZONE)
     spec_actuator(fake, clock, inst.instance_id).read()
