@@ -503,6 +503,13 @@ class DaskExecutor(_Closing):
         #: this executor's rounds: a task lost beside others is run alone
         self._gate = _Gate()
         self.cluster = None
+        quiet = logging.getLogger("distributed")
+        if quiet.level < logging.WARNING and logging.getLogger().level != logging.DEBUG:
+            # its start-up chatter (scheduler at, worker registered, ...: two
+            # dozen INFO lines; distributed sets its loggers to INFO) is not
+            # forescale's to report; warnings pass, and --log-level DEBUG
+            # shows it all
+            quiet.setLevel(logging.WARNING)
         if address is None:
             with dask.config.set({"distributed.scheduler.allowed-failures": allowed_failures}):
                 self.cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1,

@@ -119,6 +119,8 @@ def test_select_on_a_local_cluster_writes_a_config_the_engine_then_uses(tmp_path
                         "--folds", "3", "--write-config", str(out), "--json"],
                        capture_output=True, text=True, cwd=ROOT, timeout=240)
     assert r.returncode == 1, r.stderr  # one target could not be evaluated
+    # the LocalCluster's two dozen INFO lines (scheduler at, worker registered) stay out of stderr
+    assert "INFO distributed" not in r.stderr, r.stderr
     doc = json.loads(r.stdout)
     assert doc["executor"]["kind"] == "dask" and doc["executor"]["workers"] == 2
     assert doc["executor"]["tasks"] == 2 * 2 * 3 and doc["executor"]["failed_tasks"] == 0
