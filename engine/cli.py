@@ -1176,9 +1176,12 @@ def cmd_select(args: argparse.Namespace) -> int:
     spread over the executor; print the choices, optionally write a config
     that uses them."""
     from .config import load_config
-    from .selection import jobs_for, select_models, write_config
+    from .selection import check_write_config, jobs_for, select_models, write_config
 
     cfg = load_config(args.config)
+    if args.write_config:
+        _output_path(args.write_config, "--write-config")
+        check_write_config(Path(args.config), Path(args.write_config))  # before the backtests, not after
     now = _when(args)
     fleet = _fleet(cfg, args, now)
     targets = fleet.targets

@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 from forecasters.auto import (SKIPPABLE, AutoParams, BacktestSums, Candidate, backtest_origins, backtest_sums,
                               create_candidate, ranked)
 
-from .core.errors import ForecastError
+from .core.errors import ConfigError, ForecastError
 from .core.types import Series
 from .executor import Task, TaskFailure
 
@@ -218,6 +218,49 @@ def jobs_for(config: Any, fleet: Any, now: datetime, *, folds: int,
     return jobs, failed
 
 
+#: the config fields that hold a path resolved against the config file's folder
+_PATH_FIELDS = frozenset({"state", "path", "workspace", "kubeconfig", "checkpoint", "ca_file", "init_from",
+                          "password_file", "token_file", "cert_file", "key_file"})
+
+
+def _relative_paths(doc: Any, where: str = "") -> list[str]:
+    """``field: value`` of each relative path in a config document."""
+    from .db import is_url
+
+    found: list[str] = []
+    if isinstance(doc, Mapping):
+        for k, v in doc.items():
+            here = f"{where}.{k}" if where else str(k)
+            if k in _PATH_FIELDS and isinstance(v, str) and v and not is_url(v) and not Path(v).is_absolute():
+                found.append(f"{here}: {v}")
+            else:
+                found += _relative_paths(v, here)
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            found += _relative_paths(v, f"{where}[{i}]")
+    return found
+
+
+def check_write_config(source: Path, out: Path, doc: Any = None) -> None:
+    """A ConfigError if the copy at ``out`` of the config at ``source``
+    would name other files: written into another folder, its relative paths
+    (``state`` above all, ``forescale.db`` when unstated) resolve against
+    that folder, and the daemon started on it would begin on a new, empty
+    state (no decisions, cooldowns, audit chain or models)."""
+    import yaml
+
+    if out.resolve().parent == source.resolve().parent:
+        return
+    doc = yaml.safe_load(source.read_text(encoding="utf-8")) if doc is None else doc
+    relative = _relative_paths(doc)
+    if isinstance(doc, Mapping) and "state" not in doc:
+        relative.insert(0, "state: forescale.db (the default)")
+    if relative:
+        raise ConfigError(f"--write-config {out}: in another folder than {source}, its relative paths "
+                          f"({', '.join(relative[:3])}{', ...' if len(relative) > 3 else ''}) would name "
+                          f"other files; write it in {source.resolve().parent} or make them absolute")
+
+
 def write_config(source: Path, out: Path, selections: Mapping[str, Selection],
                  template_of: Mapping[str, str] | None = None) -> list[str]:
     """Copy the config file at ``source`` to ``out`` with each chosen
@@ -255,6 +298,7 @@ def write_config(source: Path, out: Path, selections: Mapping[str, Selection],
         mine = overrides.setdefault(name, {})
         mine["forecaster"] = chosen(sel, mine.get("forecaster") or tp.get("forecaster"))
         changed.append(name)
+    check_write_config(source, out, doc)
     parse_config(doc, base_dir=out.resolve().parent, source=str(out))
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")

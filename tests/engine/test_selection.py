@@ -214,3 +214,22 @@ def test_an_auto_target_is_scored_over_its_own_candidates_and_a_plain_one_keeps_
     assert plain.candidates[0] == Candidate(name="seasonal_naive", params={"season": "weekly"})
     assert [c.name for c in plain.candidates[1:]] == ["seasonal_persistence", "persistence", "holt_winters"]
     assert plain.horizon_steps == cfg.target("p").horizon_steps == 5
+
+
+def test_write_config_into_another_folder_with_relative_paths_is_refused_before_any_backtest(tmp_path: Path):
+    """``state: state.db`` copied into another folder named a new, empty
+    state there: the daemon pointed at the written file started without its
+    decisions, cooldowns, audit chain and models, silently."""
+    end = 1_700_000_000
+    (tmp_path / "here").mkdir()
+    write_trace(tmp_path / "here" / "load.csv", end, np.ones(2000))
+    cfg = tmp_path / "here" / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"state": "state.db", "targets": [
+        {"name": "web", "source": {"type": "csv", "path": "load.csv"}, "policy": {"capacity_per_replica": 5}}]}))
+    (tmp_path / "other").mkdir()
+    r = subprocess.run([sys.executable, "-m", "engine.cli", "select", "--config", str(cfg), "--write-config",
+                        str(tmp_path / "other" / "chosen.yaml"), "--candidate", "persistence", "--folds", "1", "-q"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=240)
+    assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
+    assert "relative paths (state: state.db, targets[0].source.path: load.csv) would name other files" in r.stderr
+    assert not (tmp_path / "other" / "chosen.yaml").exists()
