@@ -1305,6 +1305,15 @@ class LiveTarget:
             if isinstance(exc, ActuatorError):
                 outcome["request_ids"] = list(exc.request_ids)
             return Act("failed", outcome, error=f"{type(exc).__name__}: {exc}")
+        set_to = (result.details or {}).get("target", d.desired)
+        if set_to != d.desired and inputs.reading is not None and set_to == inputs.reading.count:
+            # the platform's limits (clamp_to_group_limits at MaxSize) took
+            # the whole change away: nothing was changed, and the state
+            # takes no scale event (it recorded one every cycle, and
+            # "applied 10 -> 15" while the group stayed at 10)
+            why = f"the platform's limits hold it at {set_to} (asked {d.desired}); nothing changed"
+            return Act("clamped", {**result.to_dict(), "clamped": why}, applied=False,
+                       details={"result": result.to_dict(), "clamped": why})
         self.store.record_actuation(self.target.name, d.id, now, result)
         if result.verified:  # already in place (or a simulation)
             return Act("applied", result.to_dict(), applied=True, details={"result": result.to_dict()})

@@ -115,6 +115,28 @@ def test_clamp_to_group_limits_sets_the_nearest_limit_and_says_so(moto, proxy, c
     assert describe_group(moto.url, gname)["DesiredCapacity"] == 5
 
 
+def test_a_request_clamped_to_where_the_group_is_is_recorded_clamped_not_applied(moto, proxy, clock, gname,
+                                                                                  tmp_path):
+    """At MaxSize with clamp_to_group_limits, every cycle logged "10 -> 15
+    applied" with no call, and the state took a scale event each time."""
+    from engine.store import Store
+    from tests.support.live import STEP, T0, build_live, target_dict, write_config, write_trace
+
+    make_group(moto.url, gname, min_size=1, max_size=5, desired=5)
+    trace = write_trace(tmp_path / "load.csv", [45.0] * 30)  # 45 / (10 x 0.5) -> 9
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="auto")])
+    store = Store(tmp_path / "s.db")
+    for k in (24, 25):
+        res = build_live(cfg, store, asg(clock, proxy.url, gname, clamp_to_group_limits=True)).run(T0 + k * STEP)
+        assert (res.decision.current, res.decision.desired, res.status) == (5, 9, "clamped"), res
+        assert "the platform's limits hold it at 5 (asked 9); nothing changed" in res.details["clamped"]
+        assert "external_change" not in res.details
+    assert proxy.count("SetDesiredCapacity") == 0 and describe_group(moto.url, gname)["DesiredCapacity"] == 5
+    state = store.load_state("web")
+    assert state.current == 5 and state.events == ()
+    assert [r["status"] for r in store.decisions("web")] == ["clamped", "clamped"]
+
+
 def test_describe_names_the_api_call_and_changes_nothing(moto, proxy, clock, gname):
     make_group(moto.url, gname, desired=2)
     plan = asg(clock, proxy.url, gname).describe(4)
