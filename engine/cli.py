@@ -473,9 +473,12 @@ def cmd_once(args: argparse.Namespace) -> int:
             if res.decision is not None:
                 rec = res.decision.to_dict()
                 rec["status"] = res.status
+            # dry-run: what the actuator would do (its describe())
+            would = res.details.get("plan") if res.status == "dry-run" else None
             if args.json:
                 report.append({"target": lt.target.name, "status": res.status, "decision": rec,
                                "plan": res.plan.to_dict() if res.plan is not None else None,
+                               **({"would": would} if would else {}),
                                "reconciled": list(res.details.get("reconciled", [])),
                                "plans": list(res.details.get("plans", [])), **failed})
                 continue
@@ -485,6 +488,8 @@ def cmd_once(args: argparse.Namespace) -> int:
                 print(f"{lt.target.name}: {note}")
             if rec is not None:
                 _print_decision(rec, verbose=args.verbose)
+            if would and rec is not None and rec["desired"] != rec["current"]:
+                print(f"  would: {would.get('summary')}")
             for what, text in failed.items():
                 print(f"  {what.replace('_', ' ')}: {text}")
             if res.plan is not None:

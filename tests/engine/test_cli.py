@@ -114,10 +114,12 @@ def test_once_runs_a_cycle_and_logs_it(tmp_path):
     cfg.write_text(f"state: {tmp_path / 's.db'}\n"
                    "targets:\n  - name: web\n    mode: dry-run\n"
                    f"    source: {{type: csv, path: {trace}}}\n"
-                   "    policy: {capacity_per_replica: 2}\n")
+                   "    policy: {capacity_per_replica: 2}\n    actuator: {type: dry-run, initial_capacity: 1}\n")
     r = forescale("once", "--config", str(cfg), "-v")
     assert r.returncode == 0, r.stderr + r.stdout
     assert "web" in r.stdout and "bounds" in r.stdout
+    # what the actuator would do, as operations.md says dry-run logs it
+    assert "\n  would: dry-run: would set web capacity 1 -> " in r.stdout
     d = forescale("decisions", "--config", str(cfg), "--json")
     recs = json.loads(d.stdout)
     assert len(recs) == 1 and recs[0]["mode"] == "dry-run"
@@ -197,6 +199,7 @@ def test_once_json_prints_the_cycle_report_to_stdout(tmp_path):
     doc = json.loads(r.stdout)
     assert [d["target"] for d in doc] == ["web"] and doc[0]["status"] == "dry-run"
     assert doc[0]["decision"]["steps"][-1]["name"] == "bounds"
+    assert doc[0]["would"]["summary"].startswith("dry-run: would set web capacity")
     # a cycle that fails is still reported, and is a runtime failure (1)
     trace.unlink()
     time.sleep(1.1)  # decision ids are per second: the next cycle must come a second later
