@@ -1424,8 +1424,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _warning_line(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    """A warning as one line on stderr (``warning: ...``), as the CLI's own
+    warnings read; Python's form printed the file, line number and source
+    line of the warning call (pydantic's main.py for a config setting)."""
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; the exit status as the module docstring lists it."""
+    import warnings
+
+    warnings.showwarning = _warning_line
     args = build_parser().parse_args(argv)
     if args.command not in ("run", "console"):
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -1449,6 +1460,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"forescale: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
+        # (an action under way is in the decision log as its intent: the
+        # next cycle reconciles it with what the platform shows)
+        acts = args.command in ("once", "apply", "approve")
+        print(f"forescale: interrupted ({args.command})" + (
+            "; an action it had begun is in the decision log as its intent, and the target's next cycle "
+            "reconciles it with what the platform shows (forescale decisions)" if acts else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

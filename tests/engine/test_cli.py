@@ -436,3 +436,29 @@ def test_a_bad_backtest_forecaster_or_accuracy_window_is_one_line(tmp_path):
         r = forescale("accuracy", "--state", str(tmp_path / "s.db"), f"--window={window}")
         assert "Traceback" not in r.stderr and why in r.stderr.splitlines()[-1], r.stderr
         assert r.returncode == 2
+
+
+def test_a_config_warning_is_one_line_naming_the_field(tmp_path):
+    """``poll_interval`` came out as Python's FutureWarning: pydantic's
+    main.py, a line number and a source line."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("targets:\n  - name: web\n    source: {type: csv, path: x.csv}\n"
+                   "    policy: {capacity_per_replica: 10}\n    actuator: {type: dry-run, poll_interval: 10s}\n")
+    r = forescale("validate", "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == ["warning: actuator.poll_interval no longer applies: apply returns once the "
+                                     "platform accepted the change and the engine reads it again on later cycles"]
+
+
+def test_an_interrupted_command_says_so(tmp_path):
+    """Ctrl-C exited 130 with nothing on stdout or stderr."""
+    import signal
+    import time
+
+    trace = TRACES / "nab" / "rds_cpu_utilization_e47b3b.csv"
+    p = subprocess.Popen([sys.executable, "-m", "engine.cli", "backtest", str(trace), "--forecaster", "holt_winters"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and err.strip().splitlines()[-1] == "forescale: interrupted (backtest)"
