@@ -709,7 +709,9 @@ def simulate(runner: TargetRunner, series: Series, initial: int, k: int,
                         rforecasts[sig.resource], t + k)
         if dec.fallback:
             fallbacks += 1
-            data = dec.step("data")
+            # the data step that fell back: with several resources, the first
+            # data step is the target's own signal's, DataOK when another's failed
+            data = next((s for s in dec.steps if s.name == "data" and s.reason != "DataOK"), None)
             reasons[data.reason if data is not None else "unknown"] += 1
         anomalies += len(flagged(dec))
         state = out.state.after(dec, keep=runner.keep, applied=True)

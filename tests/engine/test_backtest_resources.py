@@ -200,3 +200,21 @@ def test_a_resource_sized_wrong_for_the_ladder_is_one_clear_error(tmp_path, pair
         run_backtest(read_csv(pair_csv, value_column="cpu"), policy=target.policy, forecaster=target.forecaster,
                      scenario=scenario_for(target), resource="cpu",
                      resources=[ResourceTrace("requests", read_csv(pair_csv, value_column="requests"), **size)])
+
+
+def test_a_further_resources_fallback_is_counted_under_its_own_reason(tmp_path, pair_csv, capsys):
+    """Its requests forecaster (a weekly seasonal naive, four days of data)
+    cannot forecast: every such cycle falls back. They were counted as
+    'DataOK' (the cpu signal's data step, the first), as if nothing failed."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"targets:\n  - name: db\n    source: {{type: csv, path: {pair_csv}}}\n    resource: cpu\n"
+                   "    forecaster: {name: seasonal_persistence}\n"
+                   "    policy: {capacity_per_replica: 10, lead_time: 10m}\n"
+                   "    resources:\n      requests:\n        source: {type: csv, path: requests.csv}\n"
+                   "        capacity_per_replica: 100\n"
+                   "        forecaster: {name: seasonal_naive, params: {season: weekly}}\n")
+    assert main(["backtest", str(pair_csv), "--config", str(cfg), "--column", "cpu", "--column", "requests",
+                 "--warmup", "1d", "--json", "--quiet"]) == 0
+    p = json.loads(capsys.readouterr().out)["policies"]["predictive"]
+    assert p["fallback_fraction"] > 0.9 and "DataOK" not in p["fallback_reasons"]
+    assert "NoForecast" in p["fallback_reasons"]
