@@ -1586,6 +1586,32 @@ def _join(lines: list[str]) -> str:
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML keeps
+    the last silently: ``interval: 5m`` then ``interval: 1m`` ran every
+    minute, and no one was told)."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        try:
+            hash(key)
+        except TypeError:
+            continue  # left to the constructor's own error
+        if key in seen and key != "<<":
+            first = seen[key]
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} given twice (first on line {first.line + 1}); the file would keep "
+                            "only the last", key_node.start_mark)
+        seen[key] = key_node.start_mark
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def load_config(path: str | Path) -> Config:
     """Read and validate a YAML config file."""
     p = Path(path)
@@ -1596,7 +1622,7 @@ def load_config(path: str | Path) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except ValueError as exc:  # e.g. an integer of more than 4,300 digits
         raise ConfigError(f"{p}: not valid YAML: {str(exc).splitlines()[0]}") from None
     except yaml.YAMLError as exc:

@@ -91,6 +91,16 @@ def test_a_simulated_start_past_the_ladders_top_rung_is_one_clear_line(tmp_path)
     assert forescale("validate", "--config", str(cfg)).returncode == 0
 
 
+def test_a_key_given_twice_is_one_line_naming_both_lines(tmp_path):
+    """YAML keeps the last silently: interval 5m then 1m validated and ran
+    every minute."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("targets:\n  - name: web\n    interval: 5m\n    source: {type: csv, path: x.csv}\n"
+                   "    interval: 1m\n    policy: {capacity_per_replica: 10}\n")
+    line = _one_clean_line(forescale("validate", "--config", str(cfg)))
+    assert f"{cfg}:5:5: not valid YAML: key 'interval' given twice (first on line 3)" in line
+
+
 def test_malformed_csv_names_the_line(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("timestamp,value\n2024-01-01T00:00:00Z,1.0\n2024-01-01T00:05:00Z,abc\n")
