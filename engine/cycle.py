@@ -22,6 +22,7 @@ and reconciled at the next cycle, never applied twice.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 import traceback
@@ -1006,6 +1007,10 @@ class LiveTarget:
             cycle.error = str(exc)
         except StateError as exc:
             cycle.error = f"state: {exc}"
+        except sqlite3.Error as exc:
+            # a read outside a transaction (a PostgreSQL server gone away:
+            # psycopg's error as sqlite3's): the same fault, no traceback
+            cycle.error = f"state: {self.store.kind} {self.store.path}: {exc}"
         except Exception as exc:  # noqa: BLE001 - one bad cycle must not end the target's loop
             log.exception("target %s: cycle failed", self.target.name, extra={"target": self.target.name})
             cycle.error = f"{type(exc).__name__}: {exc}"

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 import signal
 import threading
 import time
@@ -73,7 +74,7 @@ from .config import Config, TargetConfig, TargetTemplate, load_config
 from .cycle import CycleResult, LiveTarget
 from .fleet import (BatchReport, Discovery, TemplateFetch, claimed, discover, member_target, run_batch,
                     run_refitting_elsewhere, shared_model_key)
-from .core.errors import ConfigError
+from .core.errors import ConfigError, StateError
 from .core.units import format_duration
 from .store import Store, open_store
 
@@ -376,6 +377,10 @@ class BatchWorker:
     def _run(self, generation: int, *args: Any) -> None:
         try:
             self.cycle(generation, *args)
+        except (StateError, sqlite3.Error) as exc:
+            # the state went away (a PostgreSQL server restarting): a known
+            # fault, said in one line; the next cycle tries again
+            log.error("%s: batched cycle failed: state: %s", self.name, exc)
         except Exception:  # noqa: BLE001 - never let the batch thread die silently
             log.exception("%s: batched cycle crashed", self.name)
 

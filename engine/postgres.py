@@ -133,6 +133,7 @@ class PgStore(Store):
 
     shared = True
     keeps_models = True
+    kind = "state database"
 
     def __init__(self, url: str, *, audit_key: bytes | None = None, password: str | None = None,
                  read_only: bool = False, pool: int = 10) -> None:

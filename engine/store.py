@@ -373,6 +373,8 @@ class Store:
     #: several processes may act on this state at once (PostgreSQL): the
     #: daemon then elects a leader per shard instead of taking :meth:`lock`
     shared = False
+    #: what errors call it ("state file", a PostgreSQL store "state database")
+    kind = "state file"
     #: ``fence(db, target, lock=True) -> dict``, set by the daemon on a
     #: shared store: called inside the transaction that records an intent to
     #: act (or claims a plan; ``lock=False``: writes a model checkpoint) and
@@ -503,12 +505,12 @@ class Store:
         try:
             self._begin()
         except sqlite3.OperationalError as exc:
-            raise StateError(f"state file {self.path}: {exc}") from exc
+            raise StateError(f"{self.kind} {self.path}: {exc}") from exc
         try:
             yield self.db
         except sqlite3.Error as exc:
             self._rollback()
-            raise StateError(f"state file {self.path}: {exc}") from exc
+            raise StateError(f"{self.kind} {self.path}: {exc}") from exc
         except BaseException:
             self._rollback()
             raise
@@ -517,7 +519,7 @@ class Store:
                 self._commit()
             except sqlite3.Error as exc:
                 self._rollback()
-                raise StateError(f"state file {self.path}: {exc}") from exc
+                raise StateError(f"{self.kind} {self.path}: {exc}") from exc
 
     def _begin(self) -> None:
         mine = self._writer is not None and not self._writing
@@ -552,7 +554,7 @@ class Store:
             self.db.execute(f"ROLLBACK TO {name}")
             self.db.execute(f"RELEASE {name}")
             if isinstance(exc, sqlite3.Error):
-                raise StateError(f"state file {self.path}: {exc}") from exc
+                raise StateError(f"{self.kind} {self.path}: {exc}") from exc
             raise
         else:
             self.db.execute(f"RELEASE {name}")

@@ -315,3 +315,22 @@ def test_two_cycles_in_one_second_say_so_not_that_the_clock_went_backwards(setup
     assert "backwards" not in again.error and len(store.decisions("web")) == 1
     earlier = live.run(NOW - STEP)
     assert not earlier.ok and "the clock moved backwards?" in earlier.error
+
+
+def test_a_state_that_went_away_is_the_cycles_state_error_in_one_line(setup, monkeypatch, caplog):
+    """A PostgreSQL server restarting: a read outside a transaction raised
+    psycopg's error as sqlite3's and the log got 'cycle failed' with a whole
+    traceback, the error typed sqlite3.OperationalError."""
+    import logging
+    import sqlite3
+
+    live, store, platform = setup("auto")
+
+    def gone(*a, **k):
+        raise sqlite3.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(store, "decisions", gone)
+    with caplog.at_level(logging.ERROR):
+        res = live.run(NOW)
+    assert not res.ok and res.error.startswith(f"state: state file {store.path}: server closed the connection")
+    assert not [r for r in caplog.records if r.exc_info] and platform.applies == []
