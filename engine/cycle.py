@@ -48,7 +48,7 @@ from .checkpoints import ModelCheckpoint, model_key, shelf_for, source_digest
 from .config import TargetConfig
 from .core.plugins import capabilities_of
 from .core.errors import (
-    ActuatorError, ForecastError, InsufficientHistory, MetricSourceError, StateError,
+    ActuatorError, ForecastError, InsufficientHistory, LeaseLost, MetricSourceError, StateError,
 )
 from .logs import log_context, set_log_fields
 from .feedback import LIVE_ACCURACY_WINDOW, Feedback, MemoryFeedback, StoreFeedback, seasonal_naive_scale
@@ -689,7 +689,8 @@ class CycleResult:
     now: datetime
     decision: Decision | None = None
     forecast: Forecast | None = None
-    #: observed | hold | dry-run | planned | accepted | applied | failed | skipped | error
+    #: observed | hold | dry-run | planned | accepted | applied | clamped | failed | skipped | error |
+    #: handed-over (the lease went to another replica mid-cycle: nothing written)
     status: str = ""
     plan: Plan | None = None
     window: LeadWindow | None = None  # the cycle's lead window
@@ -1005,6 +1006,12 @@ class LiveTarget:
                 yield
         except CycleRefused as exc:
             cycle.error = str(exc)
+        except LeaseLost as exc:
+            # handed over mid-cycle (a replica joined, the shards were
+            # rebalanced): nothing was written or applied, and the target is
+            # another replica's now; not this replica's error
+            cycle.error = f"state: {exc}"
+            cycle.notes["handed_over"] = str(exc)
         except StateError as exc:
             cycle.error = f"state: {exc}"
         except sqlite3.Error as exc:
@@ -1020,6 +1027,8 @@ class LiveTarget:
         details = {**(inputs.notes if inputs else {}), **notes, **(act.details if act else {})}
         plan_errors = details.pop("plan_errors", None)
         actuation = [e for e in (plan_errors, inputs and inputs.read_error, act and act.error) if e]
+        if "handed_over" in details:
+            return CycleResult(self.target.name, now, status="handed-over", duration_s=duration_s, details=details)
         return CycleResult(
             self.target.name, now, decision=out and out.decision, forecast=out and out.forecast,
             status="error" if error is not None else (act.status if act else ""), plan=act and act.plan,

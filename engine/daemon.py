@@ -790,6 +790,10 @@ class Daemon:
         """Log, count and export one cycle's result."""
         extra = {"target": res.target, "decision_id": res.decision.id if res.decision else None,
                  "status": res.status}
+        if res.status == "handed-over":  # rebalanced mid-cycle: another replica's target now
+            log.info("target %s: handed over mid-cycle, nothing written: %s", res.target,
+                     res.details.get("handed_over"), extra=extra)
+            return
         for kind, msg in (("fetch", res.fetch_error), ("actuation", res.actuation_error),
                           ("forecast", res.details.get("forecast_error")),
                           ("timeout" if res.details.get("timeout") else "cycle", res.error)):

@@ -192,3 +192,24 @@ def test_replicas_of_two_shard_counts_never_lead_one_target_twice(stores):
     la2.renew()
     assert len(la2.held()) == 4 and len(lb.held()) == 4
     assert all(la2.holds(n) != lb.holds(n) for n in names)
+
+
+def test_a_cycle_whose_lease_went_to_another_replica_is_handed_over_not_an_error(stores, tmp_path):
+    """Shards rebalanced while a cycle ran (a replica joined): the fence
+    refused its intent, as it must, and the cycle was logged and counted as
+    an error of a target this replica no longer leads."""
+    from tests.support.live import STEP, T0, Platform, build_live, target_dict, write_config, write_trace
+
+    a, b = stores
+    la, lb = Leases(a, shards=1, lease_s=30), Leases(b, shards=1, lease_s=30)
+    a.fence = la.check
+    la.renew()
+    expire_all(a)
+    lb.renew()  # b leads it now; a's cycle is already under way
+    trace = write_trace(tmp_path / "load.csv", [100.0] * 30)
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="auto")])
+    platform = Platform(capacity=5)
+    res = build_live(cfg, a, platform).run(T0 + 25 * STEP)
+    assert res.status == "handed-over" and res.ok and res.error is None
+    assert "no longer holds the lease of shard 0" in res.details["handed_over"]
+    assert platform.applies == [] and a.decisions("web") == []
