@@ -191,6 +191,17 @@ def _output_path(path: str | None, flag: str, *, plot: bool = False) -> None:
                           f"{', '.join('.' + f for f in PLOT_FORMATS[:4])}, ...")
 
 
+def _folds(text: str) -> int:
+    """argparse type: 1 to 64 (``select --folds``; ``choices`` listed all 64)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 64")
+    return n
+
+
 def _window(text: str):
     """argparse type: a duration longer than zero (``--window``)."""
     d = _duration(text)
@@ -1148,7 +1159,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     rows: dict[str, dict[str, Any]] = {}
     with (open_store(cfg) if cfg.state_url is not None else nullcontext()) as store:
         if store is None:
-            state, shelf = str(cfg.state_path), FileShelf(str(cfg.state_path))
+            shelf = FileShelf(str(cfg.state_path))
+            state = str(shelf.folder)  # the folder beside the state file, where the daemon reads them
         else:
             state, shelf = f"{store.path} (its models table)", shelf_for(store)
         for t in targets:
@@ -1310,7 +1322,8 @@ def build_parser() -> argparse.ArgumentParser:
     dl = sub.add_parser("decisions", help="list logged decisions with their steps and reasons")
     state_args(dl)
     json_flag(dl)
-    dl.add_argument("--limit", type=int, default=50, help="the most recent decisions to list (default: 50)")
+    dl.add_argument("--limit", type=_count, default=50, help="the most recent decisions to list (N >= 1; "
+                                                            "default: 50)")
     dl.add_argument("-q", "--quiet", dest="verbose", action="store_false", help="one line per decision")
     dl.set_defaults(func=cmd_decisions)
 
@@ -1389,7 +1402,7 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--candidate", action="append", metavar="NAME",
                      help="a forecaster to try, with its default parameters (repeat; default: an auto target's "
                           "candidates, otherwise the configured forecaster and the auto defaults)")
-    sel.add_argument("--folds", type=int, default=4, choices=range(1, 65), metavar="N",
+    sel.add_argument("--folds", type=_folds, default=4, metavar="N",
                      help="blocks of backtest origins, each refitted and run as its own task (default 4; "
                           "1 scores exactly as the auto forecaster does)")
     sel.add_argument("--write-config", metavar="PATH",

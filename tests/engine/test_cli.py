@@ -472,3 +472,17 @@ def test_an_interrupted_command_says_so(tmp_path):
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130 and err.strip().splitlines()[-1] == "forescale: interrupted (backtest)"
+
+
+def test_bad_counts_are_one_line_saying_what_is_allowed(tmp_path):
+    """``decisions --limit 0`` said "no decisions logged yet" and ``-1``
+    listed everything; ``select --folds 0`` printed all 64 allowed choices."""
+    from engine.store import Store
+
+    Store(tmp_path / "s.db").close()
+    for n in ("0", "-1"):
+        r = forescale("decisions", "--state", str(tmp_path / "s.db"), "--limit", n)
+        assert r.returncode == 2 and f"argument --limit: '{n}' is not a whole number of at least 1" in r.stderr
+    r = forescale("select", "--config", str(tmp_path / "c.yaml"), "--folds", "0")
+    assert r.returncode == 2 and r.stderr.strip().endswith("argument --folds: '0' is not a whole number from 1 to 64")
+    assert "64" not in r.stderr.replace("from 1 to 64", "")
