@@ -652,6 +652,13 @@ class TargetTemplate(_Model):
             if fixed:
                 raise ValueError(f"overrides.{name}.{fixed[0]}: an override replaces a target field other than "
                                  "name and source")
+        for section, word in (("source", "type"), ("actuator", "type"), ("forecaster", "name"), ("policy", "kind")):
+            chosen = (self.fields.get(section) or {}).get(word) if isinstance(self.fields.get(section), Mapping) \
+                else None
+            if isinstance(chosen, str) and _PLACEHOLDER.search(chosen):
+                # (validated with every label "x", it said "unknown actuator 'x'")
+                raise ValueError(f"{section}.{word}: {chosen!r}: a placeholder cannot choose the {section}'s "
+                                 f"{'plugin' if word in ('type', 'name') else 'kind'}; name it")
         for part in (self.target_name or "", *_strings(self.fields), *_strings(self.overrides)):
             bad = _BAD_PLACEHOLDER.search(part)
             if bad:
@@ -1399,12 +1406,15 @@ def _known_not_secret(model: type[BaseModel], loc: tuple[Any, ...]) -> bool:
     return field is not None
 
 
-def _may_echo(prefix: str, loc: tuple[Any, ...], model: type[BaseModel] | None, document: Any) -> bool:
+def _may_echo(prefix: str, loc: tuple[Any, ...], model: type[BaseModel] | None, document: Any,
+              at: tuple[Any, ...] = ()) -> bool:
+    """``at``: where in ``document`` the validated object sits (a
+    template's target: ``("targets", 0)`` of a one-target document)."""
     if _secret_name(prefix) or any(_secret_name(part) for part in loc):
         return False
     if model is not None:
         return _known_not_secret(model, loc)
-    inside = _section_model(document, loc) if document is not None else None
+    inside = _section_model(document, at + loc) if document is not None else None
     if inside is not None:  # a plugin section: only what its model declares no secret
         section_model, rest = inside
         if rest == ("type",):
@@ -1454,7 +1464,7 @@ def _naming_hint(err: dict[str, Any], loc: tuple[Any, ...], root: type[BaseModel
 
 def format_validation_error(exc: ValidationError, prefix: str = "",
                             model: type[BaseModel] | None = None, *, document: Any = None,
-                            root: type[BaseModel] | None = None) -> list[str]:
+                            root: type[BaseModel] | None = None, at: tuple[Any, ...] = ()) -> list[str]:
     """One line per problem, ``path: message (got value)``. The value is
     left out (and scrubbed from the message) wherever it may be a secret: a
     field with a secret-like name, a ``SecretStr`` field of a plugin's
@@ -1472,7 +1482,7 @@ def format_validation_error(exc: ValidationError, prefix: str = "",
         msg = err["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
-        echo = _may_echo(prefix, loc, model, document)
+        echo = _may_echo(prefix, loc, model, document, at)
         inp = err.get("input")
         if not echo and isinstance(inp, (str, int, float)) and len(str(inp)) >= 4:
             msg = msg.replace(repr(inp), "<hidden>").replace(str(inp), "<hidden>")
@@ -1486,7 +1496,7 @@ def format_validation_error(exc: ValidationError, prefix: str = "",
         elif err["type"] == "missing":
             msg = "required field is missing"
         elif echo and "input" in err and err["type"] not in ("value_error", "assertion_error"):
-            if not isinstance(inp, (dict, list)):
+            if not isinstance(inp, (dict, list)) and repr(inp) not in msg:
                 msg = f"{msg} (got {inp!r})"
         lines.append(f"{path}: {msg}" if path else msg)
     return lines
@@ -1496,10 +1506,10 @@ def _section_model(document: Any, loc: tuple[Any, ...]) -> tuple[type[BaseModel]
     """For an error inside a plugin section of the raw ``document``: the
     plugin's model (None if it cannot be found) and the location inside it.
     None when ``loc`` is not inside a plugin section."""
-    if len(loc) < 3 or loc[0] != "targets" or not isinstance(loc[1], int):
+    if len(loc) < 3 or loc[0] not in ("targets", "templates") or not isinstance(loc[1], int):
         return None
     try:
-        target = document["targets"][loc[1]]
+        target = document[loc[0]][loc[1]]  # a template block holds a target's sections as they are
         part = loc[2]
         if part in ("source", "actuator"):
             kind, section, rest = part, target.get(part, {"type": "dry-run"}), loc[3:]
@@ -1544,10 +1554,14 @@ def parse_config(data: Any, *, base_dir: Path | None = None, source: str = "<con
     templates = []
     for i, tp in enumerate(cfg.templates):
         try:
-            proto = TargetConfig.model_validate(tp.raw_target(tp.sample()), context={"base_dir": base_dir})
+            raw = tp.raw_target(tp.sample())
+            proto = TargetConfig.model_validate(raw, context={"base_dir": base_dir})
         except ValidationError as exc:
+            # (the raw target as the document: a plugin's name and its
+            # declared non-secret fields are shown, as for a file's target)
             errors += [ln.replace(f"templates[{i}].name:", f"templates[{i}].target_name:")
-                       for ln in format_validation_error(exc, f"templates[{i}]", root=TargetConfig)]
+                       for ln in format_validation_error(exc, f"templates[{i}]", root=TargetConfig,
+                                                         document={"targets": [raw]}, at=("targets", 0))]
             continue
         except ConfigError as exc:
             errors.append(f"templates[{i}]: {exc}")

@@ -154,6 +154,12 @@ def test_a_series_without_a_label_the_template_names_is_reported_naming_the_fiel
      "templates[0]: placeholder {grp}: the query's result has only the labels group, user"),
     ({"policy": {**POLICY, "max_replicas": 0}}, "templates[0].policy"),
     ({"name": "has space"}, "templates[0].name"),
+    # a plugin's name is shown, as for a file's target (it said <hidden>), once
+    ({"actuator": {"type": "kubernets", "name": "q-{user}"}},
+     "templates[0].actuator.type: unknown actuator 'kubernets'; known: "),
+    # a placeholder cannot choose the plugin (it said "unknown actuator 'x'")
+    ({"actuator": {"type": "{user}", "name": "q"}},
+     "templates[0]: actuator.type: '{user}': a placeholder cannot choose the actuator's plugin"),
 ])
 def test_a_bad_template_is_one_error_naming_the_field(over, message):
     doc = {"server": {"enabled": False}, "templates": [template("http://127.0.0.1:9", **over)]}
