@@ -532,7 +532,7 @@ class TemplateWorker(BatchWorker):
                         m.live.rearm_checkpoints()
                 self.leading = {m.target.name for m in members}
             lives = [m.live for m in members]
-            report = run_batch(lives, now, store, fetch, executor=self.daemon.executor(),
+            report = run_batch(lives, now, store, fetch, executor=self.daemon.executor,  # opened when a refit is due
                                deadline=self.refit_deadline())
             self.report(report, len(members))
             late = generation != self.generation
@@ -593,7 +593,7 @@ class StaticBatch(BatchWorker):
               lives: list[LiveTarget]) -> None:
         try:
             now = self.daemon.clock.now()  # read once per cycle
-            report = run_batch(lives, now, None, executor=self.daemon.executor(), deadline=self.refit_deadline())
+            report = run_batch(lives, now, None, executor=self.daemon.executor, deadline=self.refit_deadline())
             self.report(report, len(lives))
             for w, live, res in zip(workers, lives, report.results):
                 w.done(live, res, now, generation != self.generation)

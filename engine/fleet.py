@@ -349,7 +349,8 @@ def refits_elsewhere(members: Sequence[LiveTarget], cycles: Sequence[PendingCycl
                      ) -> tuple[dict[int, tuple[Forecast | None, str | None]], int, int, int]:
     """Send the due refits of the members' per-series models (not a batched
     model, no quality gate, no ``init_from`` fine-tuning, no covariates) to
-    ``executor``, one task per target carrying only the history it fits on,
+    ``executor`` (or the one a zero-argument callable returns, asked only
+    when a refit is due), one task per target carrying only the history it fits on,
     the forecaster's class, name and parameters; each fitted model comes back
     as bytes and becomes that target's model, which then predicts in the
     decide step as always. A task that failed or whose worker was lost is
@@ -366,6 +367,12 @@ def refits_elsewhere(members: Sequence[LiveTarget], cycles: Sequence[PendingCycl
     jobs = refit_jobs(members, cycles)
     if not jobs:
         return {}, 0, 0, 0
+    if callable(executor) and not hasattr(executor, "run"):
+        # opened only now that a refit is due (a Dask LocalCluster started
+        # at every daemon start, models restored and nothing to fit)
+        executor = executor()
+        if executor is None:
+            return {}, 0, 0, 0  # none to be had: the refits run in the cycle, as without one
     return send_refits(members, cycles, jobs, executor, deadline)
 
 

@@ -643,7 +643,7 @@ def test_select_chooses_a_template_targets_model_and_the_daemons_member_then_for
 
 @pytest.mark.prometheus
 def test_fit_fits_a_template_targets_model_and_the_daemons_member_restores_it(fleet_prometheus, tmp_path,
-                                                                              capsys):
+                                                                              capsys, caplog):
     pytest.importorskip("statsmodels")
     end = fleet_prometheus.end
     cfg = write(tmp_path / "fleet.yaml", template(
@@ -654,11 +654,19 @@ def test_fit_fits_a_template_targets_model_and_the_daemons_member_restores_it(fl
     rows = json.loads(capsys.readouterr().out)["targets"]
     assert sorted(rows) == ["storage-alice-g1", "storage-bob-g1", "storage-carol-g2"]
     assert all(r["fitted"].startswith("holt_winters:") for r in rows.values()), rows
-    results = one_daemon_cycle(cfg, end)
+    # with an executor: section, opened only for a refit that is due (a
+    # Dask LocalCluster started at every start, to fit nothing)
+    doc = yaml.safe_load(cfg.read_text())
+    cfg.write_text(yaml.safe_dump({**doc, "executor": {"kind": "local", "workers": 1}}, sort_keys=False))
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="forescale"):
+        results = one_daemon_cycle(cfg, end)
     assert len(results) == 3
     for r in results:  # each member's first cycle restored its fitted model: no fit of its own
         assert r.details.get("model", "").startswith(f"model {rows[r.target]['fitted']} restored"), r.details
         assert r.forecast.model_version == rows[r.target]["fitted"]
+    assert not [m for m in caplog.messages if m.startswith("executor local:")], caplog.messages
 
 
 def test_a_templates_override_is_validated_at_load_naming_the_field(tmp_path):
