@@ -77,6 +77,31 @@ def test_the_accuracy_table_groups_by_steps_ahead_when_cycles_run_off_the_grid(t
     assert rows["5m"]["mae"] == pytest.approx(1.0) and rows["10m"]["mae"] == pytest.approx(2.0)
 
 
+def test_the_same_forecasts_score_the_same_mase_whatever_the_window(tmp_path):
+    """MASE's scale came from the cached samples of the window asked (plus a
+    day): with five days of history cached and one hour of forecasts,
+    ``--window 3d`` and ``7d`` scored the same pairs 0.336 and 0.523."""
+    from engine.accuracy import accuracy_table
+
+    rng = np.random.default_rng(3)
+    k = np.arange(6 * 288)
+    values = 100 + 40 * np.sin(2 * np.pi * k / 288) + rng.normal(0, 5, k.size) + 30 * (k > 3 * 288)
+    trace = write_trace(tmp_path / "daily.csv", list(values))
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe",
+                                                         forecaster={"name": "persistence", "history": "5d"})])
+    store = Store(tmp_path / "state.db")
+    live = build_live(cfg, store, Platform(capacity=5))
+    start = T0 + (6 * 288 - 14) * STEP
+    for i in range(12):
+        assert live.run(start + i * STEP).ok
+    tables = {w: {r["horizon"]: r for r in accuracy_table(store, "web", window=timedelta(days=w))} for w in (1, 3, 7)}
+    store.close()
+    for h in ("5m", "10m"):
+        one, three, seven = (tables[w][h] for w in (1, 3, 7))
+        assert one["n"] == three["n"] == seven["n"] and one["mae"] == three["mae"] == seven["mae"]
+        assert one["mase"] == pytest.approx(three["mase"]) == pytest.approx(seven["mase"])
+
+
 def test_accuracy_table_and_plot(tmp_path, capsys):
     cfg, store, live, results, start = run_ramp(tmp_path, 20)
     store.close()
