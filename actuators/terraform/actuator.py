@@ -326,11 +326,15 @@ class TerraformActuator:
                     self._capacity_in(plan.document, tfvars_before)
                 drift = self._drift(Path(tmp), plan, desired, current)
                 if drift:
+                    tainted = [c.address for c in drift if c.tainted]
+                    hint = (f"; {', '.join(tainted)} {'is' if len(tainted) == 1 else 'are'} tainted (an apply "
+                            "interrupted before it finished?): run terraform apply in the workspace, or "
+                            f"terraform untaint {tainted[0]}" if tainted else "")
                     raise PermanentActuatorError(
                         f"terraform workspace {self.workspace} has changes not driven by "
                         f"var.{self.config.variable}: {', '.join(map(str, drift))}; refusing to "
                         "apply them with the capacity change (apply or revert them yourself, "
-                        "or set allow_drift: true)"
+                        "or set allow_drift: true)" + hint
                     )
                 changes = plan.changes
                 digest = hashlib.sha256(plan.path.read_bytes()).hexdigest()[:16]

@@ -21,12 +21,19 @@ class Change:
 
     address: str
     actions: tuple[str, ...]
+    #: Terraform's ``action_reason`` (``replace_because_tainted``...), if any
+    reason: str | None = None
+
+    @property
+    def tainted(self) -> bool:
+        return self.reason == "replace_because_tainted"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"address": self.address, "actions": list(self.actions)}
+        return {"address": self.address, "actions": list(self.actions),
+                **({"reason": self.reason} if self.reason else {})}
 
     def __str__(self) -> str:
-        return f"{self.address} ({'+'.join(self.actions)})"
+        return f"{self.address} ({'+'.join(self.actions)}{', tainted' if self.tainted else ''})"
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,7 @@ def plan_changes(document: Mapping[str, Any]) -> list[Change]:
         if change.get("importing"):
             actions = tuple(a for a in actions if a != "no-op") + ("import",)
         if actions and not set(actions) <= _NOT_CHANGES:
-            changes.append(Change(rc.get("address", "?"), actions))
+            changes.append(Change(rc.get("address", "?"), actions, rc.get("action_reason")))
     for name, oc in sorted((document.get("output_changes") or {}).items()):
         actions = tuple(oc.get("actions") or ())
         if actions and not set(actions) <= _NOT_CHANGES:

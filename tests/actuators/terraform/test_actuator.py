@@ -275,6 +275,20 @@ def test_drift_is_refused_naming_the_drifting_addresses(ws):
     assert not (ws / TFVARS_FILE).exists()  # restored: there was none before
 
 
+def test_a_tainted_resource_is_named_with_what_to_do(ws):
+    """An apply interrupted mid-run (Ctrl-C) leaves its resource tainted,
+    and every later apply was refused as drift with nothing saying why."""
+    subprocess.run([TERRAFORM, "taint", "terraform_data.unrelated"], cwd=ws, check=True, capture_output=True,
+                   timeout=120)
+    with pytest.raises(PermanentActuatorError) as err:
+        make(ws).apply(4, decision_id="d1")
+    message = str(err.value)
+    assert "terraform_data.unrelated (delete+create, tainted)" in message
+    assert ("terraform_data.unrelated is tainted (an apply interrupted before it finished?): run terraform apply "
+            "in the workspace, or terraform untaint terraform_data.unrelated") in message
+    assert output(ws, "desired_capacity") == 2
+
+
 def test_drift_of_the_capacity_resource_itself_is_refused(ws):
     # the configuration changed under the capacity resource: max_size 10 -> 12
     main = ws / "main.tf"
