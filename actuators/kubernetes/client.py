@@ -271,11 +271,15 @@ def build_api_client(cfg: KubernetesConnection) -> Any:
             failures.append(f"{source}: {exc}")
         except Exception as exc:  # noqa: BLE001 - a broken file; its text may hold a token
             failures.append(f"{source}: unusable configuration ({type(exc).__name__})")
-    where = (f"kubeconfig {cfg.kubeconfig}" if cfg.kubeconfig else "the default kubeconfig")
+    if cfg.kubeconfig or cfg.context:
+        # the settings named already: say what to fix in them, not to set them
+        fix = ("check actuator.kubeconfig" if cfg.kubeconfig else "check actuator.context") + \
+            (" and actuator.context" if cfg.kubeconfig and cfg.context else "")
+    else:
+        fix = ("set actuator.kubeconfig (and actuator.context) to use a kubeconfig other than the default, "
+               "or run in a pod with a ServiceAccount (actuator.in_cluster: true)")
     raise PermanentActuatorError(
-        "no usable Kubernetes credentials: " + "; ".join(failures)
-        + f". Tried {' then '.join(sources)}; set actuator.kubeconfig/actuator.context to use "
-        f"{where}, or run in a pod with a ServiceAccount (actuator.in_cluster: true).")
+        "no usable Kubernetes credentials: " + "; ".join(failures) + f". Tried {' then '.join(sources)}; {fix}.")
 
 
 class _Kube:

@@ -406,8 +406,10 @@ def test_missing_credentials_are_one_permanent_error_from_validate(tmp_path, mon
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     missing = tmp_path / "nope"
     act = ScaleSubresourceActuator(ScaleSubresourceConfig(name="web", kubeconfig=str(missing)), target="t")
-    with pytest.raises(PermanentActuatorError, match=f"kubeconfig file {missing} does not exist"):
+    with pytest.raises(PermanentActuatorError, match=f"kubeconfig file {missing} does not exist") as err:
         act.validate()
+    # the setting in use is to be checked, not set (it said "set actuator.kubeconfig ... to use kubeconfig X")
+    assert str(err.value).endswith("; check actuator.kubeconfig.") and "set actuator" not in str(err.value)
     act = ScaleSubresourceActuator(ScaleSubresourceConfig(name="web", in_cluster=True), target="t")
     with pytest.raises(PermanentActuatorError, match="in-cluster"):
         act.validate()
