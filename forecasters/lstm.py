@@ -734,7 +734,12 @@ def _read_checkpoint(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise
     except Exception as exc:
-        raise ForecastError(f"{path}: not a readable lstm checkpoint ({exc})") from exc
+        # torch's own message is a dozen lines about weights_only; a file
+        # that is not a model needs only saying so
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        why = "not a model file forescale wrote" if "weights_only" in str(exc) or "Unpickler" in str(exc) else first[:200]
+        raise ForecastError(f"{path}: not a readable lstm checkpoint ({why}; write one with "
+                            "forescale train-global)") from exc
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise ForecastError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
     return ck
