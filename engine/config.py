@@ -523,11 +523,16 @@ class TargetConfig(_Model):
         reach = getattr(params, "max_steps", None) if self.forecaster.init_from is None else None
         if reach is not None and reach < self.horizon_steps:
             read = "plan.horizon and the lead window" if self.policy.kind == "plan" else "its lead window"
+            saved = getattr(params, "checkpoint", None)
+            fix = (f"shorten {read.split(' and ')[0]}, or use a model trained to {self.horizon_steps} steps "
+                   f"(forescale train-global --params with {params.max_steps_field} reaching it)" if saved else
+                   f"set {params.max_steps_field}: {self.horizon_steps} or more" if params.max_steps_field != "horizons"
+                   else f"add a step of {self.horizon_steps} or more to horizons")
+            field = "checkpoint" if saved else params.max_steps_field
             raise ValueError(
-                f"forecaster.params.{params.max_steps_field}: {self.forecaster.name} forecasts {reach} steps "
+                f"forecaster.params.{field}: {self.forecaster.name} forecasts {reach} steps "
                 f"({format_duration(self.interval * reach)}) ahead, but the policy reads {self.horizon_steps} "
-                f"({format_duration(self.interval * self.horizon_steps)}, {read}); set "
-                f"{params.max_steps_field}: {self.horizon_steps} or more")
+                f"({format_duration(self.interval * self.horizon_steps)}, {read}); {fix}")
         return self
 
     @property

@@ -66,7 +66,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -1320,6 +1320,26 @@ PLAN_LEVELS = (0.01, 0.05, 0.1, 0.2, 0.5, 0.8, 0.9, 0.95, 0.99)
 _PROFILE_BLOCKS = 24
 
 
+@functools.lru_cache(maxsize=64)
+def _reach_of(path: str, mtime_ns: int) -> int | None:
+    try:
+        ck = _read_checkpoint(path)
+        if ck.get("kind") != "levelfree":
+            return None
+        return int(json.loads(ck["params"]).get("horizons", PLAN_HORIZONS)[-1])
+    except Exception:  # noqa: BLE001 - unreadable: the fit reports it
+        return None
+
+
+def _checkpoint_reach(path: str) -> int | None:
+    """The furthest step a saved level-free model forecasts (read once per
+    file version)."""
+    try:
+        return _reach_of(str(path), Path(path).stat().st_mtime_ns)
+    except OSError:
+        return None
+
+
 class LevelFreeParams(ForecasterParams):
     """Settings of :class:`LevelFreeLSTM` (steps of the series: 5-minute
     data, lookback 48 = 4 hours)."""
@@ -1379,6 +1399,18 @@ class LevelFreeParams(ForecasterParams):
     #: networks trained from seeds ``seed, seed + 1, ...`` whose quantiles
     #: are averaged (each costs its training time and inference again)
     ensemble: int = Field(3, ge=1, le=16)
+
+    #: (for the load-time check of how far the policy reads ahead)
+    max_steps_field: ClassVar[str] = "horizons"
+
+    @property
+    def max_steps(self) -> int | None:
+        """The furthest head: the checkpoint's (what it was trained for),
+        else this one's; None when the checkpoint cannot be read (its
+        forecaster's fit says why)."""
+        if self.checkpoint is not None:
+            return _checkpoint_reach(self.checkpoint)
+        return self.horizons[-1]
 
     @field_validator("quantiles")
     @classmethod

@@ -755,3 +755,28 @@ def test_predict_batch_is_one_call_per_shared_model_equal_to_each_targets_own_fo
     for got, want in zip([*out[:2], *out[4:]], alone):
         np.testing.assert_allclose(got.quantiles[0.9], want.quantiles[0.9], rtol=1e-6)
         assert got.model_version == want.model_version
+
+
+def test_a_checkpoint_that_does_not_reach_the_planners_horizon_is_refused_at_load(tmp_path):
+    """A checkpoint trained to 24 h (288 steps) under a planner reading 30 h
+    validated, then every cycle fell back: "trained for 288 steps ahead,
+    asked for 362"."""
+    from engine.config import load_config
+    from engine.core.errors import ConfigError
+
+    path = tmp_path / "g.pt"
+    LevelFreeLSTM({"epochs": 0, "device": "cpu", "ensemble": 1, "horizons": (1, 6, 12)}).fit(
+        {"a": daily(5)}).save(path)
+    cfg = tmp_path / "c.yaml"
+    for horizon, ok in (("30m", True), ("2h", False)):
+        cfg.write_text("targets:\n  - name: web\n    source: {type: csv, path: x.csv}\n"
+                       f"    forecaster: {{name: lstm_global, params: {{checkpoint: {path}}}}}\n"
+                       f"    policy: {{kind: plan, capacity_per_replica: 10, plan: {{horizon: {horizon}}}}}\n")
+        if ok:
+            assert load_config(cfg).targets[0].forecaster.name == "lstm_global"
+            continue
+        with pytest.raises(ConfigError) as err:
+            load_config(cfg)
+        assert ("forecaster.params.checkpoint: lstm_global forecasts 12 steps (1h) ahead, but the policy reads 24 "
+                "(2h, plan.horizon and the lead window); shorten plan.horizon, or use a model trained to 24 steps"
+                ) in str(err.value)
