@@ -471,13 +471,18 @@ class TemplateWorker(BatchWorker):
             why = (f"template {wanted[name]}, earlier in the file, has it too; handed over" if name in wanted
                    else "its series is gone; its state is kept")
             log.info("template %s: target %s retired (%s)", t.name, name, why, extra={"target": name})
-        running = {n: o.template.name for o in others if o is not self for n in o.members}
+        after = others[others.index(self) + 1:] if self in others else []
+        later = {n: o.template.name for o in after for n in o.members}
         for name, target in found.targets.items():
             if name in self.members:
                 continue
-            _, clash = claimed(t.name, [name], d.workers, {**running, **wanted})
+            _, clash = claimed(t.name, [name], d.workers, wanted)
             if clash:
                 log.error("%s", clash[0], extra={"target": name})
+                continue
+            if name in later:  # this template is earlier in the file: it takes it once handed over
+                log.info("template %s: target %s waits for template %s to hand it over", t.name, name,
+                         later[name], extra={"target": name})
                 continue
             acting = threading.Lock()
             live = self._member(target, found.labels[name], acting)

@@ -72,7 +72,7 @@ from .core.units import from_epoch, isoformat, parse_time, to_epoch
 #: chain, decisions.approval a list of every decision on the plan;
 #: 3: anomaly_masks, notify_cursors; 4: calibration_pairs; 5:
 #: notify_shard_cursors and an index of plan_transitions by seq; 6:
-#: fits_started
+#: fits_started; 7: sample_sources
 SCHEMA_VERSION = 7
 
 #: the schema of version 1, frozen: a new file is created as version 1 and
