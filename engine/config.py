@@ -1195,9 +1195,7 @@ def _state_setting(v: Any) -> Any:
     if isinstance(v, Path):
         return str(v)
     if isinstance(v, str) and is_url(v):
-        from urllib.parse import urlsplit
-
-        from urllib.parse import parse_qs
+        from urllib.parse import parse_qs, urlsplit
 
         try:
             parts = urlsplit(v)
