@@ -471,6 +471,7 @@ class TemplateWorker(BatchWorker):
             why = (f"template {wanted[name]}, earlier in the file, has it too; handed over" if name in wanted
                    else "its series is gone; its state is kept")
             log.info("template %s: target %s retired (%s)", t.name, name, why, extra={"target": name})
+            d._forget(name)
         after = others[others.index(self) + 1:] if self in others else []
         later = {n: o.template.name for o in after for n in o.members}
         for name, target in found.targets.items():
@@ -774,6 +775,15 @@ class Daemon:
             except Exception:  # noqa: BLE001
                 log.exception("metrics registration failed for %s", t.name)
 
+    def _forget(self, name: str) -> None:
+        """A target no longer run: its metric series go (their frozen
+        values would keep its alerts firing)."""
+        if self.metrics is not None:
+            try:
+                self.metrics.forget_target(name)
+            except Exception:  # noqa: BLE001 - the metrics must not stop a reload
+                log.exception("metrics removal failed for %s", name)
+
     def _count(self, target: str, kind: str) -> None:
         with self._lock:
             per = self.errors.setdefault(target, {})
@@ -903,6 +913,7 @@ class Daemon:
         for name in list(self.workers):
             if name not in fresh:
                 self.workers.pop(name).close()
+                self._forget(name)
                 log.info("target %s removed", name)
         for t in new.targets:
             try:
@@ -918,7 +929,10 @@ class Daemon:
         fresh_templates = {tp.name: tp for tp in new.templates}
         for name in list(self.templates):
             if name not in fresh_templates or fresh_templates[name] != self.templates[name].template:
-                self.templates.pop(name).close()
+                gone = self.templates.pop(name)
+                gone.close()
+                for member in list(gone.members):  # (a changed template registers them again as it finds them)
+                    self._forget(member)
                 log.info("template %s %s", name, "removed" if name not in fresh_templates else "changed")
         for tp in new.templates:
             if tp.name not in self.templates:

@@ -339,6 +339,31 @@ class EngineMetrics:
         if interval is not None:
             self.interval.labels(target=target).set(interval.total_seconds())
 
+    def forget_target(self, target: str) -> None:
+        """Remove every series of ``target`` (a target removed from the
+        config, a template's target whose series went away): its frozen
+        values would keep alerts firing (ForescaleCycleStale,
+        ForescaleThresholdForecast) for a target that no longer exists.
+        Registered again when it comes back."""
+        with self._lock:
+            self._targets.discard(target)
+            for d in (self._last_success, self._horizons, self._steps, self._alerts, self._forecast_labels):
+                d.pop(target, None)
+            for key in [k for k in self._resource_labels if k[0] == target]:
+                del self._resource_labels[key]
+        for collector in list(self.registry._collector_to_names):
+            names = getattr(collector, "_labelnames", ())
+            if "target" not in names:
+                continue
+            i = names.index("target")
+            with collector._lock:  # (prometheus_client lists a family's children only here)
+                keys = [k for k in collector._metrics if k[i] == target]
+            for k in keys:
+                try:
+                    collector.remove(*k)
+                except KeyError:
+                    pass
+
     def horizons(self, target: str) -> tuple[timedelta, ...]:
         with self._lock:
             return self._horizons.get(target, DEFAULT_HORIZONS)

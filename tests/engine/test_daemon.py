@@ -190,6 +190,38 @@ def test_mode_change_by_editing_the_file_needs_no_restart_and_a_bad_file_is_reje
         d.shutdown(1)
 
 
+def test_a_target_removed_from_the_file_leaves_the_metrics(tmp_path, trace):
+    """Its series stayed, frozen: ForescaleCycleStale fired minutes later for
+    a target that no longer existed, and its mode series kept
+    ForescaleNeverSucceeded pending."""
+    from prometheus_client import generate_latest
+
+    from engine.metrics import EngineMetrics
+
+    path = tmp_path / "c.yaml"
+    write_config(path, [target_dict("web", trace, mode="observe"), target_dict("disk", trace, mode="observe")])
+    mono, clock, metrics = FakeMono(), ManualClock(NOW), EngineMetrics()
+    d, *_ = make_daemon(path, monotonic=mono, clock=clock, metrics=metrics)
+    try:
+        d.tick()
+        settle(d)
+        text = generate_latest(metrics.registry).decode()
+        assert 'target="disk"' in text and 'forescale_last_success_timestamp_seconds{target="disk"}' in text
+        doc = yaml.safe_load(path.read_text())
+        doc["targets"] = doc["targets"][:1]
+        path.write_text(yaml.safe_dump(doc))
+        os.utime(path, (time.time() + 5, time.time() + 5))
+        mono.t += 300
+        clock.advance(STEP)
+        d.tick()
+        settle(d)
+        assert list(d.workers) == ["web"]
+        text = generate_latest(metrics.registry).decode()
+        assert 'target="disk"' not in text and 'target="web"' in text
+    finally:
+        d.shutdown(1)
+
+
 def test_sighup_asks_for_a_reload(tmp_path, trace):
     path = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe")])
     d, *_ = make_daemon(path, monotonic=FakeMono())

@@ -188,7 +188,12 @@ def test_the_daemon_adds_and_retires_targets_as_series_come_and_go_and_a_series_
     clock = ManualClock(from_epoch(end - 5 * DAY))
     mono = [1000.0]
     results = []
-    d = Daemon(cfg, clock=clock, monotonic=lambda: mono[0], on_result=results.append,
+    from prometheus_client import generate_latest
+
+    from engine.metrics import EngineMetrics
+
+    metrics = EngineMetrics()
+    d = Daemon(cfg, clock=clock, monotonic=lambda: mono[0], on_result=results.append, metrics=metrics,
                build_actuator=lambda t, c=None: platforms.setdefault(t.name, Platform(capacity=1)))
     tw = d.templates["storage"]
 
@@ -204,8 +209,11 @@ def test_the_daemon_adds_and_retires_targets_as_series_come_and_go_and_a_series_
         assert cycle(end - 5 * DAY) == {"storage-alice-g1", "storage-bob-g1", "storage-carol-g2"}
         first = d.lock_store.load_state("storage-carol-g2")
         assert first is not None and first.current > 1 and first.events  # scaled up from 1: a scale event
+        assert 'target="storage-carol-g2"' in generate_latest(metrics.registry).decode()
         assert cycle(end - 3 * DAY) == {"storage-alice-g1", "storage-bob-g1"}  # carol's series is away
         assert "storage-carol-g2" not in tw.members
+        # and so are her metric series (frozen, they kept her alerts firing)
+        assert 'target="storage-carol-g2"' not in generate_latest(metrics.registry).decode()
         assert cycle(end) == {"storage-alice-g1", "storage-bob-g1", "storage-carol-g2"}
         carol = [r for r in results if r.target == "storage-carol-g2"][0].decision
         # the demand now asks for fewer, but the state kept the first cycle's recommendation
