@@ -355,8 +355,14 @@ class ResourceConfig(_Model):
     target_utilization: float | None = Field(None, gt=0.0, le=1.0)
 
 
+#: the longest target (and resource) name: it names the model checkpoint's
+#: file, and a file system takes 255 bytes per name (a 3,000-character name
+#: validated, then no model could ever be saved)
+MAX_NAME = 200
+
+
 class TargetConfig(_Model):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    name: str = Field(min_length=1, max_length=MAX_NAME, pattern=r"^[A-Za-z0-9_.:-]+$")
     #: cycle interval, also the step the history is resampled to
     interval: Duration = timedelta(minutes=5)
     mode: Mode = "dry-run"
@@ -369,11 +375,12 @@ class TargetConfig(_Model):
     policy: PolicyConfig
     #: the name of the demand signal ``source`` measures, when the target
     #: has further ``resources`` (it names the steps it sized)
-    resource: str = Field("demand", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    resource: str = Field("demand", min_length=1, max_length=MAX_NAME, pattern=r"^[A-Za-z0-9_.:-]+$")
     #: further demand signals (memory, request rate...), each with its own
     #: source, forecaster and capacity model; the decision sizes for the one
     #: that needs the most
-    resources: dict[Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")], ResourceConfig] = \
+    resources: dict[Annotated[str, Field(min_length=1, max_length=MAX_NAME, pattern=r"^[A-Za-z0-9_.:-]+$")],
+                    ResourceConfig] = \
         Field(default_factory=dict)
     _resource_targets: dict[str, "TargetConfig"] = PrivateAttr(default_factory=dict)
     #: the actuator's own Config (default: the dry-run actuator)
@@ -1500,7 +1507,8 @@ def format_validation_error(exc: ValidationError, prefix: str = "",
             msg = "required field is missing"
         elif echo and "input" in err and err["type"] not in ("value_error", "assertion_error"):
             if not isinstance(inp, (dict, list)) and repr(inp) not in msg:
-                msg = f"{msg} (got {inp!r})"
+                shown = repr(inp) if len(repr(inp)) <= 80 else f"{repr(inp)[:40]}... ({len(str(inp))} characters)"
+                msg = f"{msg} (got {shown})"
         lines.append(f"{path}: {msg}" if path else msg)
     return lines
 

@@ -150,6 +150,11 @@ def test_the_cli_validates_a_good_file(tmp_path, capsys):
     (target("{capacity_per_replica: 10, cooldown: {after_scale_down: -5m}}"),
      "targets[0].policy.cooldown.after_scale_down: duration must not be negative, got -5m"),
     (target(extra="interval: 0s"), "targets[0]: interval (0:00:00) must be positive"),
+    # it names the model checkpoint's file: 3,000 characters validated, and no model was ever saved
+    ("targets:\n  - name: " + "w" * 3000 + "\n    source: {type: csv, path: x.csv}\n"
+     "    policy: {capacity_per_replica: 10}\n",
+     "targets[0].name: String should have at most 200 characters (got 'wwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwww... "
+     "(3000 characters))"),
     # settings that validated, then made every cycle fall back
     (target(extra="forecaster: {history: 0s}"),
      "targets[0]: forecaster.history (0s) is shorter than the interval (5m): no sample would be in it"),
