@@ -145,9 +145,24 @@ def upper_band(forecast: Forecast, level: float) -> np.ndarray:
     return forecast.point
 
 
+def grid_horizon(h: int, step: int) -> int:
+    """A stored horizon ``h`` (seconds from the cycle's time) as steps ahead
+    on the forecast's grid: a cycle that runs 18 s past the grid forecasts
+    its 10th step 582 s ahead, which is the 10-minute horizon (as
+    ``forescale accuracy`` groups it), not below it."""
+    return -(-int(h) // max(1, int(step))) * max(1, int(step))
+
+
+def _grid_step(timestamps: np.ndarray) -> int | None:
+    """The spacing of a forecast's (or a set of points') grid, seconds."""
+    ts = np.unique(np.asarray(timestamps, dtype=np.int64))
+    return int(np.median(np.diff(ts))) if ts.size >= 2 else None
+
+
 class MemoryFeedback:
     """In-memory predicted-vs-actual at the horizons the policy sizes from
-    (``horizons_s``), in growable arrays (O(1) per record). The backtest's
+    (``horizons_s``, as steps ahead on the forecast's grid:
+    :func:`grid_horizon`), in growable arrays (O(1) per record). The backtest's
     feedback, and the live loop's working set under :class:`StoreFeedback`.
 
     ``upper_level``: also keep the forecast at this quantile (for coverage);
@@ -180,8 +195,9 @@ class MemoryFeedback:
         up = upper_band(forecast, self.upper_level).tolist() if self.upper_level is not None else None
         nan = np.full(forecast.point.shape, np.nan)
         qs = np.stack([forecast.quantiles.get(q, nan) for q in self.levels], axis=1) if self.levels else None
+        step = _grid_step(forecast.timestamps) or 1
         for i, (ts, p) in enumerate(zip(forecast.timestamps.tolist(), forecast.point.tolist())):
-            if lo <= ts - made <= hi:
+            if lo <= grid_horizon(ts - made, step) <= hi:
                 row = (p, p if up is None else up[i])
                 self.pending.setdefault(ts, []).append(row if qs is None else (*row, qs[i]))
 
@@ -266,8 +282,13 @@ class StoreFeedback:
         if m is None or (m.lo, m.hi) != tuple(horizons_s):
             m = self.memory = MemoryFeedback(horizons_s, upper_level=self.upper_level,
                                              keep_s=int(self.keep.total_seconds()))
-            rows = self.store.forecast_records(self.target, since=now - self.keep, horizon_s=tuple(horizons_s),
+            lo, hi = horizons_s
+            # steps ahead on the grid (a cycle off the grid stored its 10th
+            # step 582 s ahead): the rows from a step below the window on
+            rows = self.store.forecast_records(self.target, since=now - self.keep, horizon_s=(0, hi),
                                                with_actual=False)
+            step = _grid_step(np.array([r["ts"] for r in rows])) or 1
+            rows = [r for r in rows if lo <= grid_horizon(r["horizon_s"], step) <= hi]
             for r in rows:
                 u = _upper_of(r["quantiles"], self.upper_level, r["point"])
                 if r["actual"] is None:

@@ -77,6 +77,37 @@ def test_the_accuracy_table_groups_by_steps_ahead_when_cycles_run_off_the_grid(t
     assert rows["5m"]["mae"] == pytest.approx(1.0) and rows["10m"]["mae"] == pytest.approx(2.0)
 
 
+def test_the_live_gauges_score_the_lead_windows_steps_when_cycles_run_off_the_grid(tmp_path):
+    """Off the grid (a cycle at :08) the lead window's points lie 292 s and
+    592 s ahead. The gauges (and the conformal headroom) pooled raw seconds
+    in [300, 600]: only the 2nd step, MAE 2.0 where the window's two steps
+    score 1.5; with cycles at :18 and a 10-minute lead they missed step 10."""
+    from engine.accuracy import live_accuracy
+
+    trace = write_trace(tmp_path / "ramp.csv", RAMP)
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe")])
+    store = Store(tmp_path / "state.db")
+    live = build_live(cfg, store, Platform(capacity=5))
+    start = T0 + 30 * STEP
+    for k in range(20):
+        res = live.run(start + k * STEP + timedelta(seconds=8))
+    from engine.accuracy import accuracy_table
+
+    def both_steps() -> float:  # the table's two rows pooled: errors 1 and 2, by their counts
+        rows = {r["horizon"]: r for r in accuracy_table(store, "web")}
+        n1, n2 = rows["5m"]["n"], rows["10m"]["n"]
+        return (n1 * 1.0 + n2 * 2.0) / (n1 + n2)
+
+    acc = live_accuracy(live.runner.feedback, live.history, live.target, res.now, lead=res.window)
+    assert 1.4 < acc["mae"] < 1.6 and acc["mae"] == pytest.approx(both_steps())
+    # a restart loads the same pairs from the store
+    again = build_live(cfg, store, Platform(capacity=5))
+    res = again.run(start + 20 * STEP + timedelta(seconds=8))
+    acc = live_accuracy(again.runner.feedback, again.history, again.target, res.now, lead=res.window)
+    assert acc["mae"] == pytest.approx(both_steps())
+    store.close()
+
+
 def test_the_same_forecasts_score_the_same_mase_whatever_the_window(tmp_path):
     """MASE's scale came from the cached samples of the window asked (plus a
     day): with five days of history cached and one hour of forecasts,
