@@ -856,6 +856,7 @@ class Daemon:
                         m.push_forecasts(gateway, res.target, res.forecast, timeout=5.0)
                     except OSError as exc:  # the gateway being down must not touch the loop
                         self._count(res.target, "push")
+                        m.push_errors.labels(target=res.target).inc()
                         log.warning("target %s: pushing the forecast to %s failed: %s", res.target, gateway,
                                     exc, extra=extra)
                 if w is not None and res.forecast is not None and not res.details.get("timeout"):

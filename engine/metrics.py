@@ -33,6 +33,7 @@ reserved label names. Every one is labelled by ``target``.
 ``forescale_fetch_errors_total``              counter    metric source failures
 ``forescale_actuation_errors_total``          counter    actuator failures
 ``forescale_forecast_failures_total``         counter    forecasts that could not be made
+``forescale_push_errors_total``               counter    pushes to ``server.pushgateway`` that failed
 ``forescale_model_fit_failures_total``        counter    fits of the configured model that failed
                                                          (raised, timed out or lost on an executor);
                                                          the model fitted before forecasts meanwhile
@@ -253,6 +254,8 @@ class EngineMetrics:
         self.actuation_errors = Counter("forescale_actuation_errors", "Actuator failures", ["target"], registry=r)
         self.forecast_failures = Counter("forescale_forecast_failures", "Forecasts that could not be made",
                                          ["target"], registry=r)
+        self.push_errors = Counter("forescale_push_errors", "Pushes of the forecast to server.pushgateway "
+                                   "that failed", ["target"], registry=r)
         self.fit_failures = Counter("forescale_model_fit_failures", "Fits of the configured model that "
                                     "failed (the model fitted before forecasts meanwhile)", ["target"], registry=r)
         self.fit_time = Gauge("forescale_model_fit_timestamp_seconds", "Unix time the model the target "

@@ -566,7 +566,8 @@ def test_a_pushgateway_that_is_down_only_counts_an_error(tmp_path, trace):
 
     cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe")],
                        server={"enabled": False, "pushgateway": f"http://127.0.0.1:{free_port()}"})
-    d, sources, platforms, results = make_daemon(cfg, monotonic=FakeMono(), metrics=EngineMetrics())
+    metrics = EngineMetrics()
+    d, sources, platforms, results = make_daemon(cfg, monotonic=FakeMono(), metrics=metrics)
     try:
         d.tick()
         settle(d)
@@ -574,6 +575,10 @@ def test_a_pushgateway_that_is_down_only_counts_an_error(tmp_path, trace):
         d.shutdown(5)
     assert results[0].ok and results[0].decision is not None
     assert d.errors["web"] == {"push": 1}
+    # the error count the docs promise is on /metrics (it was only in memory)
+    from prometheus_client import generate_latest
+
+    assert 'forescale_push_errors_total{target="web"} 1.0' in generate_latest(metrics.registry).decode()
 
 
 def test_the_daemon_prunes_the_state_file_as_retention_says_and_keeps_every_decision(tmp_path):
