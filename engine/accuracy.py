@@ -32,7 +32,7 @@ def accuracy_table(store: Any, target: str | None, *, window: timedelta = timede
         # with 7d when the sample cache reached back further than they did
         first = min(int(r["ts"]) for r in rows)
         samples = store.cached_samples(t, since=from_epoch(first) - timedelta(days=1)).until(from_epoch(last))
-        step = _step(rows)
+        step = _step(rows, samples.timestamps)
         scale = seasonal_naive_scale(samples.regular(timedelta(seconds=step))) if len(samples) > 2 else None
         by_h: dict[int, list] = {}
         for r in rows:
@@ -49,13 +49,17 @@ def accuracy_table(store: Any, target: str | None, *, window: timedelta = timede
     return out
 
 
-def _step(rows: list) -> int:
+def _step(rows: list, sample_ts: Any = ()) -> int:
     """The forecasts' grid step (seconds): the usual spacing of the times
     they were made for (not the smallest horizon, which a cycle off the grid
-    makes a few seconds)."""
+    makes a few seconds); with one such time yet (right after a start), the
+    spacing of the cached samples (it printed a "42s" row)."""
     ts = np.unique([int(r["ts"]) for r in rows])
     if ts.size >= 2:
         return max(1, int(np.median(np.diff(ts))))
+    seen = np.unique(np.asarray(sample_ts, dtype=np.int64))
+    if seen.size >= 2:
+        return max(1, int(np.median(np.diff(seen))))
     hs = sorted({r["horizon_s"] for r in rows})
     return hs[0] if hs and hs[0] > 0 else 300
 

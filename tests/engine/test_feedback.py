@@ -77,6 +77,23 @@ def test_the_accuracy_table_groups_by_steps_ahead_when_cycles_run_off_the_grid(t
     assert rows["5m"]["mae"] == pytest.approx(1.0) and rows["10m"]["mae"] == pytest.approx(2.0)
 
 
+def test_right_after_a_start_the_one_actual_is_at_its_step_not_at_its_seconds(tmp_path):
+    """One scored time only (the second cycle after a start 42 s past the
+    grid): the table printed a '42s' row; it is the first step, 5m."""
+    from engine.accuracy import accuracy_table
+
+    trace = write_trace(tmp_path / "ramp.csv", RAMP)
+    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe")])
+    store = Store(tmp_path / "state.db")
+    live = build_live(cfg, store, Platform(capacity=5))
+    start = T0 + 30 * STEP + timedelta(seconds=258)  # 42 s before the next grid point
+    for k in range(2):
+        live.run(start + k * STEP)
+    rows = accuracy_table(store, "web")
+    store.close()
+    assert [r["horizon"] for r in rows] == ["5m"] and rows[0]["n"] == 1
+
+
 def test_the_live_gauges_score_the_lead_windows_steps_when_cycles_run_off_the_grid(tmp_path):
     """Off the grid (a cycle at :08) the lead window's points lie 292 s and
     592 s ahead. The gauges (and the conformal headroom) pooled raw seconds
