@@ -41,7 +41,16 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PIPE_CLOSED = 0, 1, 2,
 USAGE_ERRORS = (ConfigError, DataError, PluginError, StateLocked, PlanError)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: where ``pip install`` puts the deploy/ folder (pyproject's data-files)
-DEPLOY_DIR = Path(sys.prefix) / "share" / "forescale" / "deploy"
+def _deploy_dir() -> Path:
+    """Where the deployment files are: installed with the package
+    (``share/forescale/deploy``), or, in an editable install from a
+    checkout, the checkout's ``deploy/``."""
+    installed = Path(sys.prefix) / "share" / "forescale" / "deploy"
+    checkout = Path(__file__).resolve().parent.parent / "deploy"
+    return installed if installed.is_dir() or not checkout.is_dir() else checkout
+
+
+DEPLOY_DIR = _deploy_dir()
 
 EPILOG = """exit status: 0 done; 1 a runtime failure (a cycle, the platform, the state file);
 2 a usage or configuration error (arguments, config file, input data, missing extra,

@@ -76,6 +76,16 @@ def test_the_wheel_ships_the_deploy_files_where_pip_installs_them(tmp_path):
     assert (prefix / "share" / "forescale" / "deploy" / "grafana" / "forescale-dashboard.json").is_file()
 
 
+def test_help_names_a_deploy_folder_that_exists_in_a_checkout_too():
+    """In an editable install (a checkout) nothing is under
+    <prefix>/share/forescale: --help named a folder that did not exist."""
+    r = subprocess.run([sys.executable, "-m", "engine.cli", "--help"], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("deployment files"))
+    folder = Path(line.rsplit(": ", 1)[1])
+    assert (folder / "grafana" / "forescale-dashboard.json").is_file(), line
+
+
 def _without(module: str, *argv: str, cwd: Path) -> subprocess.CompletedProcess:
     """The CLI in a process where ``module`` cannot be imported."""
     code = (f"import sys; sys.modules[{module!r}] = None\n"
