@@ -870,6 +870,18 @@ class RemoteWriteConfig(_Model):
     #: cycles' batches waiting to be sent; beyond it they are dropped (counted)
     queue_size: int = Field(1000, ge=1)
     max_retries: int = Field(3, ge=0)
+    #: labels added to every series written (Prometheus' external_labels):
+    #: ``{job: forescale, instance: prod}`` tells two daemons' series apart,
+    #: and the written ones from those the same Prometheus scrapes
+    labels: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str] = Field(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _own_labels(cls, v: dict[str, str]) -> dict[str, str]:
+        taken = sorted(set(v) & {"target", "horizon", "level", "resource"} | {k for k in v if k.startswith("__")})
+        if taken:
+            raise ValueError(f"{', '.join(taken)}: forescale's own series labels (or reserved); name them otherwise")
+        return v
 
     @field_validator("url")
     @classmethod

@@ -107,20 +107,22 @@ def snappy_block(data: bytes) -> bytes:
 
 
 # ------------------------------------------------------------------- series
-def cycle_series(metrics: Any, result: Any) -> list[TimeSeries]:
+def cycle_series(metrics: Any, result: Any, extra: Mapping[str, str] | None = None) -> list[TimeSeries]:
     """A cycle's remote-write series: the forecast at each export horizon and
     level, and the target's accuracy gauges, every sample at the cycle's
-    ``now`` (see the module doc)."""
+    ``now`` (see the module doc); ``extra``: labels added to each
+    (``server.remote_write.labels``)."""
     t_ms = int(result.now.timestamp() * 1000)
     target = result.target
+    add = tuple(sorted((extra or {}).items()))
     out = []
     if result.forecast is not None:
         for horizon, level, v in metrics.forecast_series(target, result.forecast):
             out.append(TimeSeries((("__name__", "forescale_forecast_demand"), ("horizon", horizon),
-                                   ("level", level), ("target", target)), ((v, t_ms),)))
+                                   ("level", level), ("target", target), *add), ((v, t_ms),)))
     for name, labels, v in metrics.accuracy_series(target):
         if not math.isnan(v):
-            out.append(TimeSeries((("__name__", name), *sorted(labels.items())), ((v, t_ms),)))
+            out.append(TimeSeries((("__name__", name), *sorted(labels.items()), *add), ((v, t_ms),)))
     return out
 
 
@@ -191,7 +193,7 @@ class RemoteWriter:
         blocks (a full queue drops them, counted)."""
         if result.details.get("timeout"):
             return
-        series = cycle_series(self.metrics, result)
+        series = cycle_series(self.metrics, result, self.config.labels)
         if series:
             self.submit(series)
 

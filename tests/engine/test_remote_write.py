@@ -174,6 +174,35 @@ def test_written_series_are_queried_back_from_a_real_prometheus(tmp_path, replay
         server.stop()
 
 
+def test_the_configured_labels_tell_two_daemons_series_apart_in_a_real_prometheus(tmp_path, replay):
+    """Two daemons with a target of one name wrote into one series, their
+    values interleaved; the same Prometheus scraping forescale held each
+    series twice, with nothing to tell the written one apart."""
+    prom, _tool = require_binaries()
+    data = tmp_path / "data"
+    data.mkdir()
+    server = PrometheusServer(prom, data, tmp_path, port=free_port(),
+                              extra_args=("--web.enable-remote-write-receiver",)).start()
+    try:
+        last = replay.results[-1]
+        for instance in ("staging", "prod"):
+            w = writer(f"{server.url}/api/v1/write", replay.metrics,
+                       labels={"job": "forescale", "instance": instance})
+            w.on_result(last)
+            assert w.flush()
+            w.close()
+        r = httpx.get(f"{server.url}/api/v1/query", timeout=10, params={
+            "query": 'forescale_forecast_demand{target="rds-demo",level="point",horizon="600"}',
+            "time": last.now.timestamp()})
+        got = sorted((s["metric"]["job"], s["metric"]["instance"]) for s in r.json()["data"]["result"])
+        assert got == [("forescale", "prod"), ("forescale", "staging")]
+    finally:
+        server.stop()
+    # forescale's own labels cannot be overwritten
+    with pytest.raises(Exception, match="target: forescale's own series labels"):
+        RemoteWriteConfig(url="http://127.0.0.1:9/api/v1/write", labels={"target": "x"})
+
+
 def test_tls_with_a_configured_ca_and_basic_auth(tmp_path, replay):
     import base64
 
