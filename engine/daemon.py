@@ -56,6 +56,7 @@ per cycle for ``now``; tests drive both by hand (:meth:`Daemon.tick`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import sqlite3
@@ -671,6 +672,7 @@ class Daemon:
                 self.metrics.set_audit_status(self.audit_status.ok)
             audit.record_config(self.lock_store, None, self.config, self.clock.now(), source=str(self.config_path))
             self._mtime = self.config_path.stat().st_mtime
+            self._digest = self._file_digest()
             self.workers: dict[str, TargetWorker] = {}
             for t in self.config.targets:
                 self.workers[t.name] = TargetWorker(self, t)
@@ -944,14 +946,25 @@ class Daemon:
         log.info("config reloaded from %s", self.config_path)
         return True
 
+    def _file_digest(self) -> str | None:
+        try:
+            return hashlib.sha256(self.config_path.read_bytes()).hexdigest()
+        except OSError:
+            return None
+
     def _check_file(self) -> None:
+        """Reload when the file's contents change (a new mtime with the same
+        bytes, as an editor's save in two writes leaves it, reloaded twice)."""
         try:
             mtime = self.config_path.stat().st_mtime
         except OSError:
             return
         if mtime != self._mtime:
             self._mtime = mtime
-            self.reload_event.set()
+            digest = self._file_digest()
+            if digest != self._digest:
+                self._digest = digest
+                self.reload_event.set()
 
     # -------------------------------------------------------------------- run
     def install_signals(self) -> None:

@@ -222,6 +222,30 @@ def test_a_target_removed_from_the_file_leaves_the_metrics(tmp_path, trace):
         d.shutdown(1)
 
 
+def test_a_file_whose_bytes_did_not_change_is_not_reloaded(tmp_path, trace, caplog):
+    """A new mtime alone (an editor saving in two writes, a touch) reloaded
+    the config, logged it, and moved the next cycle off its schedule."""
+    import logging
+
+    path = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe")])
+    mono = FakeMono()
+    d, *_ = make_daemon(path, monotonic=mono)
+    try:
+        with caplog.at_level(logging.INFO, logger="forescale"):
+            os.utime(path, (time.time() + 5, time.time() + 5))
+            d.tick()
+            settle(d)
+            assert "config reloaded" not in caplog.text
+            path.write_text(path.read_text().replace("mode: observe", "mode: dry-run"))
+            os.utime(path, (time.time() + 10, time.time() + 10))
+            mono.t += 300
+            d.tick()
+            settle(d)
+        assert caplog.text.count("config reloaded") == 1 and d.workers["web"].target.mode == "dry-run"
+    finally:
+        d.shutdown(1)
+
+
 def test_sighup_asks_for_a_reload(tmp_path, trace):
     path = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe")])
     d, *_ = make_daemon(path, monotonic=FakeMono())
