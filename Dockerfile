@@ -3,7 +3,7 @@
 #
 #   docker build -t forescale .
 #   docker build -t forescale:lstm --build-arg EXTRAS=holt-winters,prophet,aws,alibaba,k8s,lstm .
-#   docker run -d --name forescale \
+#   docker run -d --name forescale -e FORESCALE_API_TOKEN \
 #       -v /etc/forescale:/etc/forescale:ro -v forescale-state:/var/lib/forescale \
 #       -p 9464:9464 forescale
 #   docker kill --signal HUP forescale          # reload the config
@@ -11,7 +11,8 @@
 #
 # The config must put the state under /var/lib/forescale and, to be scraped,
 # listen on 0.0.0.0:9464 (server.listen) with server.auth set (bearer tokens;
-# a non-loopback listen is refused without it; /healthz stays open).
+# a non-loopback listen is refused without it; /healthz stays open). On
+# another port, tell the health check: -e FORESCALE_HEALTHCHECK_URL=http://127.0.0.1:PORT/healthz
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -45,6 +46,6 @@ EXPOSE 9464
 # SIGTERM lets running cycles finish (up to 30 s) before the daemon exits
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9464/healthz', timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ.get('FORESCALE_HEALTHCHECK_URL', 'http://127.0.0.1:9464/healthz'), timeout=4)"]
 ENTRYPOINT ["forescale"]
 CMD ["run", "--config", "/etc/forescale/config.yaml"]

@@ -424,6 +424,10 @@ def test_dockerfile_healthcheck_command_runs(tmp_path):
         assert subprocess.run([sys.executable, "-c", code], timeout=10).returncode == 0
     code = cmd[2].replace("127.0.0.1:9464", f"127.0.0.1:{server.port}")
     assert subprocess.run([sys.executable, "-c", code], timeout=10, capture_output=True).returncode != 0
+    # a daemon listening elsewhere: the URL from the environment (it was fixed to 9464)
+    with serve(metrics, "127.0.0.1", 0) as server:
+        env = {**os.environ, "FORESCALE_HEALTHCHECK_URL": f"http://127.0.0.1:{server.port}/healthz"}
+        assert subprocess.run([sys.executable, "-c", cmd[2]], timeout=10, env=env).returncode == 0
 
 
 def _unit() -> dict[str, dict[str, list[str]]]:
