@@ -343,6 +343,10 @@ def test_dashboard_panels_use_only_metrics_the_engine_exports():
     # units: ratios as percent, metric units as plain numbers
     units = {p["title"]: p.get("fieldConfig", {}).get("defaults", {}).get("unit") for p in panels}
     assert units["MAPE and coverage"] == "percentunit" and units["MASE"] == units["Forecast error"] == "none"
+    # staleness in the target's own intervals, red where the alert fires (it was seconds, red at a fixed 900)
+    stale = next(p for p in panels if p["title"] == "Intervals since last successful cycle")
+    assert "forescale_cycle_interval_seconds" in stale["targets"][0]["expr"]
+    assert stale["fieldConfig"]["defaults"]["thresholds"]["steps"][1]["value"] == 3
     horizon = variables["horizon"]["definition"]
     assert "forescale_forecast_demand" in horizon and horizon.endswith("horizon)")
 
