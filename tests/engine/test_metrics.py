@@ -317,6 +317,16 @@ def dashboard_exprs() -> list[tuple[str, str]]:
     return [(p["title"], t["expr"]) for p in dash["panels"] if p["type"] != "row" for t in p["targets"]]
 
 
+def test_no_created_series_beside_the_documented_metrics():
+    """prometheus_client adds ``*_created`` to each counter and histogram:
+    ten metric names no doc lists, stored by every scrape."""
+    from prometheus_client import generate_latest
+
+    m = EngineMetrics()
+    m.register_target("t", "auto", interval=timedelta(minutes=1))
+    assert "_created" not in generate_latest(m.registry).decode()
+
+
 def test_dashboard_panels_use_only_metrics_the_engine_exports():
     dash = json.loads(DASHBOARD.read_text())
     assert dash["schemaVersion"] >= 39
