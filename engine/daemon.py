@@ -539,7 +539,7 @@ class TemplateWorker(BatchWorker):
                         m.live.rearm_checkpoints()
                 self.leading = {m.target.name for m in members}
             lives = [m.live for m in members]
-            report = run_batch(lives, now, store, fetch, executor=self.daemon.executor,  # opened when a refit is due
+            report = run_batch(lives, now, store, fetch, executor=self.daemon.lazy_executor(),
                                deadline=self.refit_deadline())
             self.report(report, len(members))
             late = generation != self.generation
@@ -600,7 +600,7 @@ class StaticBatch(BatchWorker):
               lives: list[LiveTarget]) -> None:
         try:
             now = self.daemon.clock.now()  # read once per cycle
-            report = run_batch(lives, now, None, executor=self.daemon.executor, deadline=self.refit_deadline())
+            report = run_batch(lives, now, None, executor=self.daemon.lazy_executor(), deadline=self.refit_deadline())
             self.report(report, len(lives))
             for w, live, res in zip(workers, lives, report.results):
                 w.done(live, res, now, generation != self.generation)
@@ -732,6 +732,12 @@ class Daemon:
         member = {n: b for b in self.batches.values() for n in b.names}
         for name, w in self.workers.items():
             w.batch = member.get(name)
+
+    def lazy_executor(self) -> Any:
+        """:meth:`executor` to be opened when a refit is due (a callable
+        :func:`engine.fleet.refits_elsewhere` calls only then), or None
+        without an ``executor:`` section (the refits run in the cycle)."""
+        return self.executor if self.config.cycle_executor is not None else None
 
     def executor(self) -> Any:
         """Where the per-series refits go (the templates' batched cycles',
