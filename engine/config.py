@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Mapping, get_args
 
@@ -499,6 +499,32 @@ class TargetConfig(_Model):
 
     @model_validator(mode="wrap")
     @classmethod
+    def _staleness_fits_the_interval(cls, data: Any, handler: Any) -> "TargetConfig":
+        """The observation is the newest bin of the history on the
+        interval's grid, labelled by the last grid point at or before the
+        newest sample: up to one interval older than that sample. With
+        ``interval: 1h`` the default ``max_staleness`` (15 min) called every
+        observation stale, and every cycle fell back for good. Unstated, it
+        is at least two intervals; stated shorter than one, an error."""
+        target = handler(data)
+        pol = target.policy
+        two = 2 * target.interval
+        if "max_staleness" in pol.model_fields_set:
+            if pol.max_staleness < target.interval:
+                raise ValueError(f"policy.max_staleness ({format_duration(pol.max_staleness)}) is shorter than "
+                                 f"the interval ({format_duration(target.interval)}): the newest observation "
+                                 "sits on the interval's grid, up to one interval back; every cycle would "
+                                 f"fall back (give {format_duration(two)} or more)")
+        elif pol.max_staleness < two:
+            policy = pol.model_copy(update={"max_staleness": two})
+            target = target.model_copy(update={"policy": policy})
+            if target.resources:  # each resource's view derives from the policy in force
+                target._resource_targets = {}
+                target._check_resources()
+        return target
+
+    @model_validator(mode="wrap")
+    @classmethod
     def _resize_downtime_from_the_actuator(cls, data: Any, handler: Any) -> "TargetConfig":
         """A planner on a ladder that states no ``plan.resize_downtime`` prices
         the one the target's actuator states (stated once, used by both)."""
@@ -588,15 +614,25 @@ class TargetConfig(_Model):
         """Forecast steps for the configured lead window (no learned delay)."""
         return self.forecast_steps(lead_window(self.policy, None))
 
-    def forecast_steps(self, window: LeadWindow) -> int:
+    def forecast_steps(self, window: LeadWindow, now: datetime | None = None) -> int:
         """How many interval steps a forecast made this cycle must reach:
         the end of the cycle's lead window, plus ``extra_horizon``. The one
         place the forecast horizon is derived (extend it here when something
-        else, such as a planning horizon, must be covered too)."""
+        else, such as a planning horizon, must be covered too). ``now``: the
+        cycle's time; a cycle that far past the grid that the last step
+        would still lie before the lead window (``interval: 1h``, a cycle at
+        :58, a 5-minute lead: the one step at the hour, 2 minutes ahead) gets
+        one step more. On the grid (every backtest) nothing changes."""
         span = window.end + self.forecaster.extra_horizon
         if self.policy.kind == "plan":  # the planner plans over its whole horizon
             span = max(span, self.policy.plan.horizon)
-        return max(1, -(-int(span.total_seconds()) // int(self.interval.total_seconds())))
+        step = int(self.interval.total_seconds())
+        steps = max(1, -(-int(span.total_seconds()) // step))
+        if now is not None:
+            past = int(now.timestamp()) % step  # how far the cycle is past the grid
+            if steps * step - past < window.lead_time.total_seconds():
+                steps += 1
+        return steps
 
 
 class TargetTemplate(_Model):

@@ -480,7 +480,7 @@ class TargetRunner:
         configured lead window when None). Never raises: a failure becomes
         the reason the policy falls back."""
         chosen = slot or self.primary
-        steps = self.target.forecast_steps(window or lead_window(self.policy, None))
+        steps = self.target.forecast_steps(window or lead_window(self.policy, None), now)
         if chosen.forecaster is None:
             return None, None
 

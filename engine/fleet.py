@@ -326,7 +326,8 @@ def batched_forecasts(members: Sequence[LiveTarget], cycles: Sequence[PendingCyc
             groups.setdefault(type(f), []).append(i)
     calls = 0
     for cls, idx in groups.items():
-        steps = {i: members[i].target.forecast_steps(cycles[i].inputs.window) for i in idx}  # type: ignore[union-attr]
+        steps = {i: members[i].target.forecast_steps(cycles[i].inputs.window, now)  # type: ignore[union-attr]
+                 for i in idx}
         levels = sorted({q for i in idx for q in members[i].target.forecast_quantiles})
         try:
             calls += 1

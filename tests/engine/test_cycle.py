@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import numpy as np
+import yaml
 import pytest
 
 from engine.core.clock import ManualClock
@@ -334,3 +335,26 @@ def test_a_state_that_went_away_is_the_cycles_state_error_in_one_line(setup, mon
         res = live.run(NOW)
     assert not res.ok and res.error.startswith(f"state: state file {store.path}: server closed the connection")
     assert not [r for r in caplog.records if r.exc_info] and platform.applies == []
+
+
+def test_an_hourly_target_on_fresh_data_is_not_stale(tmp_path):
+    """With ``interval: 1h`` the observation is the hour's bin, labelled by
+    the hour: at :48 it was 48 minutes old against the default 15 and every
+    cycle fell back (StaleObservation), for good. Unstated, max_staleness is
+    now at least two intervals; stated shorter than one, it is refused."""
+    from engine.core.errors import ConfigError
+    from engine.config import load_config
+
+    trace = write_trace(tmp_path / "five.csv", [40.0 + (i % 12) for i in range(12 * 30)])  # 30 h of 5-minute data
+    over = {"interval": "1h", "forecaster": {"name": "persistence", "history": "1d"}}
+    t = target_dict("web", trace, mode="dry-run", **over)
+    del t["policy"]["max_staleness"]  # the default
+    cfg = write_config(tmp_path / "h.yaml", [t])
+    live = build_live(cfg, Store(tmp_path / "h.db"), Platform(capacity=5))
+    res = live.run(T0 + (12 * 30 - 1) * STEP + timedelta(minutes=3))  # 3 minutes after the newest sample
+    assert res.ok and not res.decision.fallback, res.decision.step("data").message
+    doc = yaml.safe_load(cfg.read_text())
+    doc["targets"][0]["policy"]["max_staleness"] = "30m"
+    cfg.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match=r"policy\.max_staleness \(30m\) is shorter than the interval \(1h\)"):
+        load_config(cfg)
