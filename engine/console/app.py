@@ -24,6 +24,7 @@ file, so the app can run beside the daemon's cycles (or in another process).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import urllib.parse
@@ -42,7 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..auth import ACTIONS, AuthError, Security, Session, Sessions
 from ..core.clock import Clock, SystemClock
 from ..core.errors import ForescaleError, PlanNotFound
-from ..core.units import isoformat
+from ..core.units import isoformat, to_epoch
 from . import chart, views
 
 log = logging.getLogger("forescale.console")
@@ -85,6 +86,18 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+def _session_id(s: Session) -> str:
+    """A session's id in ``used_links`` once logged out (its CSRF token is
+    its own random value; only a digest of it is stored)."""
+    return "session:" + hashlib.sha256(s.csrf.encode()).hexdigest()[:32]
+
+
+def _ensure_used_links(store: Any) -> None:
+    from ..auth import _ensure_table
+
+    _ensure_table(store)
+
+
 async def _body(request: Request) -> bytes:
     raw = b""
     async for chunk in request.stream():
@@ -112,6 +125,7 @@ class Console:
         self.security = security
         self.clock = clock or SystemClock()
         self.open_store = open_store or _open_store
+        self._logged_out: set[str] | None = None
         self.env = Environment(loader=FileSystemLoader(HERE / "templates"),
                                autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
         self.env.filters["hhmm"] = lambda s: (s or "")[11:16]
@@ -125,8 +139,26 @@ class Console:
         return self.security.secure_cookies or request.url.scheme == "https"
 
     def session(self, request: Request) -> Session | None:
+        """The request's session: signed, unexpired, of a user still in
+        ``console.users`` and not logged out. A cookie copied before a
+        logout, or of a user since removed, approved plans for its 12 h."""
         s = self.security.sessions.read(request.cookies.get(Sessions.COOKIE), self.clock.now())
-        return s if s is not None and s.user else None
+        if s is None or not s.user or s.user not in {name for name, _ in self.security.users.entries}:
+            return None
+        return None if _session_id(s) in self._ended() else s
+
+    def _ended(self) -> set[str]:
+        """The sessions logged out (read once from the state, then kept)."""
+        if self._logged_out is None:
+            def read(store: Any) -> set[str]:
+                _ensure_used_links(store)
+                return {r[0] for r in store.db.execute("SELECT id FROM used_links WHERE action='logout'")}
+            store = self.open_store(self.config())
+            try:
+                self._logged_out = read(store)
+            finally:
+                store.close()
+        return self._logged_out
 
     def page(self, request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         ctx.setdefault("session", self.session(request))
@@ -205,6 +237,16 @@ class Console:
                 Sessions.check_csrf(s, form.get("csrf"))
             except AuthError as exc:
                 return self.error(request, 403, str(exc))
+        if s is not None:  # ended for good: a copy of the cookie is refused too, across restarts
+            sid, now = _session_id(s), self.clock.now()
+
+            def record(store: Any) -> None:
+                _ensure_used_links(store)
+                with store.tx() as db:
+                    db.execute("INSERT INTO used_links(id, plan_id, action, channel, used_at) VALUES (?,?,?,?,?) "
+                               "ON CONFLICT(id) DO NOTHING", (sid, "", "logout", "console", to_epoch(now)))
+            await self.with_store(record)
+            self._ended().add(sid)
         resp = RedirectResponse(f"{self.root(request)}/login", 303)
         resp.delete_cookie(Sessions.COOKIE, path=self.root(request) or "/")
         return resp
@@ -342,7 +384,12 @@ class Console:
         return self.security.users.authenticate(token.strip())
 
     async def api_plans(self, request: Request) -> Response:
+        addr = self.client(request)
+        if self.security.limiter.blocked(addr):  # token guesses are counted here too, as on every API call
+            return JSONResponse({"error": "too many failed attempts; wait a minute"}, 429,
+                                headers={"retry-after": "60"})
         if self._bearer(request) is None:
+            self.security.limiter.failed(addr)
             return _unauthorized()
         rows = await self.with_store(lambda st: views.plan_rows(st, self.targets(), self.clock.now()))
         for r in rows:

@@ -282,3 +282,44 @@ def test_the_daemon_notifies_and_serves_the_console(tmp_path, env):
             proc.terminate()
             out, err = proc.communicate(timeout=20)
     assert "Traceback" not in err, err
+
+
+def test_a_session_ends_at_logout_and_with_its_user_even_for_a_copied_cookie(tmp_path, env, monkeypatch):
+    """/logout only deleted the browser's cookie: a copy approved plans for
+    12 h, across a restart, and after the user was removed from
+    console.users."""
+    state = make_console_state(tmp_path, NOW)
+    client, clock = client_for(state)
+    login(client)
+    kept = client.cookies.get("forescale_session")
+    page = client.get("/")
+    assert client.post("/logout", data={"csrf": csrf_of(page.text)}).status_code == 303
+    # the copy, in a console started afresh (the same secret)
+    again, _ = client_for(state, clock)
+    again.cookies.set("forescale_session", kept, domain="console.test")
+    assert again.get("/").headers["location"] == "/login"
+    r = again.post(f"/plans/{state.plan_id}/approve", data={"csrf": "x", "comment": "ghost"})
+    assert r.status_code in (303, 403) and "done=approved" not in r.headers.get("location", "")
+    with Store(tmp_path / "state.db") as store:
+        assert store.plan(state.plan_id).status.value == "pending"
+    # a session of a user since removed from console.users
+    login(again)
+    live = again.cookies.get("forescale_session")
+    import yaml
+
+    doc = yaml.safe_load(state.cfg_path.read_text())
+    doc["console"]["users"] = [u for u in doc["console"]["users"] if u["name"] != "alice"]
+    state.cfg_path.write_text(yaml.safe_dump(doc))
+    third, _ = client_for(state, clock)
+    third.cookies.set("forescale_session", live, domain="console.test")
+    assert third.get("/").headers["location"] == "/login"
+
+
+def test_token_guesses_on_the_plan_list_are_rate_limited(tmp_path, env):
+    """GET /api/plans answered 401 to every guess, without limit (the login
+    form was blocked for the same address)."""
+    state = make_console_state(tmp_path, NOW)
+    client, _ = client_for(state)
+    codes = [client.get("/api/plans", headers={"authorization": f"Bearer bad{i}"}).status_code for i in range(12)]
+    assert codes[0] == 401 and codes[-1] == 429
+    assert client.get("/api/plans", headers={"authorization": f"Bearer {ALICE_TOKEN}"}).status_code == 429
