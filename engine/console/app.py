@@ -360,8 +360,11 @@ class Console:
         identity = f"user:{s.user}" if s is not None else f"link:{link.channel or 'notification'}"
 
         def act(store: Any) -> Any:
-            self.security.links.spend(store, link, now)
-            return self._decide(store, link.plan_id, link.action, identity, "link", form.get("comment", ""))
+            # one transaction: a decision refused (the plan expired,
+            # refused, superseded) leaves the link unspent, as it did nothing
+            with store.batch():
+                self.security.links.spend(store, link, now)
+                return self._decide(store, link.plan_id, link.action, identity, "link", form.get("comment", ""))
 
         try:
             plan = await self.with_store(act)

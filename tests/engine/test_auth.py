@@ -144,6 +144,27 @@ def test_a_signed_link_approves_once_and_a_preview_changes_nothing(tmp_path, mon
     assert client.post(bad, data={}).status_code == 403
 
 
+def test_a_link_whose_decision_is_refused_is_not_spent(tmp_path, monkeypatch):
+    """The plan had moved on (rejected): the click answered 409 and still
+    spent the link, so the next click said "already used" for a decision
+    never made."""
+    from engine.plans import reject
+
+    monkeypatch.setenv("FORESCALE_TEST_BOB", BOB_TOKEN)
+    state = make_console_state(tmp_path, NOW)
+    approve_path, _ = _link_from_notification(state, tmp_path)
+    with Store(tmp_path / "state.db") as store:
+        reject(store, state.plan_id, NOW + timedelta(minutes=1), identity="unix:bob", channel="cli", comment="no")
+    client, _ = _client(state, ManualClock(NOW + timedelta(minutes=2)))
+    for _ in range(2):
+        r = client.post(approve_path, data={})
+        assert r.status_code == 409 and "already used" not in r.text
+    with Store(tmp_path / "state.db") as store:
+        has = store.db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name='used_links'").fetchone()[0]
+        assert not has or store.db.execute("SELECT COUNT(*) FROM used_links").fetchone()[0] == 0
+        assert store.plan(state.plan_id).status.value == "rejected"
+
+
 def test_a_link_past_its_time_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("FORESCALE_TEST_BOB", BOB_TOKEN)
     state = make_console_state(tmp_path, NOW)
