@@ -415,6 +415,8 @@ class Console:
         except (ValueError, AuthError):
             return JSONResponse({"error": "the body must be a JSON object, e.g. {\"comment\": \"...\"}"}, 400)
         comment = body.get("comment", "")
+        if not isinstance(comment, str):  # (a list was recorded as its repr, "['x']")
+            return JSONResponse({"error": "comment must be a string"}, 400)
         plan_id, action = request.path_params["plan_id"], request.path_params["action"]
         if action not in ACTIONS:
             return JSONResponse({"error": "the action is approve or reject"}, 404)

@@ -116,6 +116,8 @@ def test_the_approval_api_takes_a_bearer_token(tmp_path, env):
     assert r.status_code == 404 and "no plan 'nosuch'" in r.json()["error"]
     r = client.post(f"/api/plans/{state.plan_id}/approve", headers=auth, json=[1, 2])
     assert r.status_code == 400 and "JSON object" in r.json()["error"]
+    r = client.post(f"/api/plans/{state.plan_id}/approve", headers=auth, json={"comment": ["x"]})
+    assert r.status_code == 400 and r.json()["error"] == "comment must be a string"
     r = client.post(f"/api/plans/{state.plan_id}/approve", headers=auth, json={"comment": "via api"})
     assert r.status_code == 200 and r.json()["plan"]["status"] == "approved"
     with Store(tmp_path / "state.db") as store:
