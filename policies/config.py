@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from engine.core.units import Duration, Timezone
+from engine.core.units import Duration, Timezone, format_duration
 
 from .events import Calendar
 
@@ -298,11 +298,11 @@ class PlanConfig(_Model):
     @model_validator(mode="after")
     def _check(self) -> "PlanConfig":
         if self.horizon <= timedelta(0) or self.horizon > timedelta(hours=48):
-            raise ValueError(f"horizon ({self.horizon}) must be positive and at most 48h")
+            raise ValueError(f"horizon ({format_duration(self.horizon)}) must be positive and at most 48h")
         if self.penalty is not None and self.slo is not None:
             raise ValueError("give either penalty or slo, not both")
         if self.calibration_window <= timedelta(0):
-            raise ValueError(f"calibration_window ({self.calibration_window}) must be positive")
+            raise ValueError(f"calibration_window ({format_duration(self.calibration_window)}) must be positive")
         return self
 
     def fixed_change_cost(self, vertical: bool) -> float:
@@ -478,8 +478,8 @@ class PolicyConfig(_Model):
             raise ValueError(f"max_replicas ({hi}) is less than min_replicas ({lo})")
         if self.kind == "plan":
             if self.plan.horizon <= self.lead_time:
-                raise ValueError(f"plan.horizon ({self.plan.horizon}) must be longer than lead_time "
-                                 f"({self.lead_time})")
+                raise ValueError(f"plan.horizon ({format_duration(self.plan.horizon)}) must be longer than "
+                                 f"lead_time ({format_duration(self.lead_time)})")
             if self.ladder is not None and len({r.price is None for r in self.ladder}) > 1:
                 raise ValueError("plan: give a price for every ladder rung or for none")
         return self

@@ -765,13 +765,13 @@ def _policy_error(policy: dict) -> str:
 @pytest.mark.parametrize("plan, field, words", [
     ({"scale_in_windows": ["1am-5am"]}, "targets[0].policy.plan.scale_in_windows", "HH:MM-HH:MM"),
     ({"timezone": "Mars/Olympus"}, "targets[0].policy.plan.timezone", "unknown timezone 'Mars/Olympus'"),
-    ({"horizon": "3d"}, "targets[0].policy.plan", "at most 48h"),
+    ({"horizon": "3d"}, "targets[0].policy.plan", "horizon (3d) must be positive and at most 48h"),
     ({"penalty": 5, "slo": {"saturated_fraction": 0.01}}, "targets[0].policy.plan", "either penalty or slo"),
     ({"slo": {"saturated_fraction": 0.7}}, "targets[0].policy.plan.slo.saturated_fraction", "0.5"),
     ({"risk": "vibes"}, "targets[0].policy.plan.risk", "'unserved' or 'saturation'"),
     ({"quantiles": [0.2, 0.4]}, "targets[0].policy.plan.quantiles", "one above 0.5"),
     ({"change_cots": 1}, "targets[0].policy.plan.change_cots", "unknown field"),
-    ({"calibration_window": "0s"}, "targets[0].policy.plan", "calibration_window (0:00:00) must be positive"),
+    ({"calibration_window": "0s"}, "targets[0].policy.plan", "calibration_window (0s) must be positive"),
     ({"floor_calibration": -1}, "targets[0].policy.plan.floor_calibration", "greater than or equal to 0"),
     ({"calibration": "both-ways"}, "targets[0].policy.plan.calibration", "'rate', 'spread' or 'both'"),
 ])
@@ -782,7 +782,7 @@ def test_malformed_planner_config_is_one_line_naming_the_field(plan, field, word
 
 def test_a_horizon_inside_the_lead_time_is_refused():
     text = _policy_error({"kind": "plan", "capacity_per_replica": 10, "lead_time": "30m", "plan": {"horizon": "20m"}})
-    assert "plan.horizon (0:20:00) must be longer than lead_time (0:30:00)" in text
+    assert "plan.horizon (20m) must be longer than lead_time (30m)" in text
 
 
 def test_the_tuned_defaults_hold_unless_the_policy_says_otherwise():
