@@ -92,11 +92,21 @@ def _why(decision: Mapping[str, Any] | None) -> str:
         return f"fallback: {data['message']}" if data else "fallback to reactive"
     parts = []
     demand = decision.get("forecast_demand")
-    need = decision.get("capacity_label") or decision.get("recommendation")
-    if demand is not None:
+    planned = next((s for s in steps if s.get("name") == "plan"), None)
+    sized = next((s for s in steps if s.get("name") == "capacity"), None)
+    if planned is not None:
+        # the planner says why in words (the peak it sizes for, when it
+        # orders it); its forecast_demand is only the first step's median
+        parts.append(str(planned.get("message", "")).split("; plan over", 1)[0])
+    elif demand is not None:
+        # what the forecast needs is the capacity step's, before the
+        # reactive rule, limits and bounds (named after it) moved it
+        need = decision.get("capacity_label") or (sized.get("value") if sized is not None
+                                                  else decision.get("recommendation"))
         parts.append(f"forecast peak {_amount(float(demand))} needs {need}")
     # the steps after sizing that moved the value (a reactive override, a rate limit, a bound)
-    overrides = [s["reason"] for s in steps if s.get("changed") and s.get("name") not in _SIZING]
+    overrides = [s["reason"] for s in steps if s.get("changed") and s.get("name") not in _SIZING
+                 and s.get("name") != "plan"]
     if overrides:
         parts.append(", ".join(overrides))
     return "; ".join(parts)

@@ -34,7 +34,7 @@ DECISION = {"id": "web@2024-03-01T13:35:00Z", "at": "2024-03-01T13:35:00Z", "cur
                       {"name": "capacity", "value": 7, "reason": "CapacityFromDemand", "message": "",
                        "changed": True},
                       {"name": "bounds", "value": 8, "reason": "TooFewReplicas", "message": "", "changed": True}]}
-LINE = "web: scale 4 -> 8 at 13:35 (forecast peak 1.9k needs 8; TooFewReplicas)"
+LINE = "web: scale 4 -> 8 at 13:35 (forecast peak 1.9k needs 7; TooFewReplicas)"
 
 
 def links(plan_id: str, action: str, channel: str) -> str:
@@ -581,3 +581,19 @@ def test_a_message_still_queued_when_its_shard_is_taken_over_is_told_by_the_new_
             a.close()
             b.close()
     assert [r.json["details"]["plan"]["id"] for r in hook.requests] == [first.id, first.id, second.id]
+
+
+def test_a_planners_reason_is_its_plan_steps_words_not_the_first_steps_median():
+    """It read "forecast peak 307 needs 5": 307 was only the first planned
+    step's median, and the 5 came from the reactive floor."""
+    from engine.notify import _why
+
+    decision = {**DECISION, "current": 3, "desired": 5, "recommendation": 5, "forecast_demand": 307.0,
+                "steps": [{"name": "data", "value": 3, "reason": "DataOK", "message": "ok", "changed": False},
+                          {"name": "plan", "value": 4, "reason": "PlannedScaleUp", "changed": True,
+                           "message": "scale up to 4: the 22:00 UTC peak (median 342.5) needs 4, ordered now "
+                                      "given the 10 m lead time; plan over 2 h: 1 change(s)"},
+                          {"name": "reactive", "value": 5, "reason": "ReactiveOverride", "message": "",
+                           "changed": True}]}
+    assert _why(decision) == ("scale up to 4: the 22:00 UTC peak (median 342.5) needs 4, ordered now given the "
+                              "10 m lead time; ReactiveOverride")
