@@ -504,6 +504,13 @@ def explain(schedule_steps: list[PlanStep], current: int, lead_time: timedelta, 
             return (f"scale up to {name(first.capacity)}: event {ev.name!r} needs at least {name(first.capacity)} "
                     f"from {_clock(planned[j].at, tz)}; serves from {_clock(first.at, tz)} given the "
                     f"{_span(lead_time)} lead time")
+        lo = config.bounds[0]
+        if first.capacity == lo and all(s.capacity == lo for s in planned):
+            # the bound, not the demand: every planned step sits at it
+            # (it said "the 22:00 peak needs 7" of a peak that needs 4)
+            word = "min_replicas" if config.ladder is None else "the lowest rung allowed"
+            return (f"scale up to {name(first.capacity)}: {word} is {name(lo)} (the {_clock(pk.at, tz)} peak, "
+                    f"median {pk.demand:.4g}, is within it); serves from {_clock(first.at, tz)}")
         return (f"scale up to {name(first.capacity)}: the {_clock(pk.at, tz)} peak (median {pk.demand:.4g}) "
                 f"needs {name(first.capacity)}; serves from {_clock(first.at, tz)} given the "
                 f"{_span(lead_time)} lead time")

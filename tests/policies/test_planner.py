@@ -224,6 +224,16 @@ def test_spread_calibration_widens_an_overconfident_forecast_to_the_measured_hea
 
 
 # ----------------------------------------------------------------- decisions and schedules
+def test_a_scale_up_to_min_replicas_says_the_bound_set_it_not_the_peak():
+    """min_replicas 12 over a horizon whose peak needs 8: it said "the 14:00
+    UTC peak needs 12"."""
+    d = decide(forecast(peak_at_14()), state(current=6), config(min_replicas=12), NOW, target="web")
+    assert (d.current, d.desired) == (6, 12)
+    msg = d.step("plan").message
+    assert msg.startswith("scale up to 12: min_replicas is 12 (the 14:00 UTC peak, median 75, is within it)")
+    assert "needs 12" not in msg
+
+
 def test_hold_now_and_order_the_peak_capacity_one_lead_time_ahead():
     # 6 replicas carry 55 (P(D > 60) = 0.01 x exp(-2 / beta) ~ 4e-4); the 14:00-15:00
     # peak of 75 needs 8 (7 would leave ~5 units unserved, 5 x 20 = 100 an hour)
