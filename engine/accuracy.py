@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .feedback import LIVE_ACCURACY_WINDOW, accuracy, seasonal_naive_scale
+from .feedback import LIVE_ACCURACY_WINDOW, accuracy, grid_horizon, grid_step, seasonal_naive_scale
 from .core.units import format_duration, from_epoch, to_epoch
 
 
@@ -39,7 +39,7 @@ def accuracy_table(store: Any, target: str | None, *, window: timedelta = timede
             # steps ahead, as configured: a cycle runs off the grid (at :08),
             # so its points lie 52 s, 592 s ... after it, the 1st and 10th
             # step of a 1-minute interval
-            by_h.setdefault(-(-int(r["horizon_s"]) // step) * step, []).append(r)
+            by_h.setdefault(grid_horizon(r["horizon_s"], step), []).append(r)
         for h, rs in sorted(by_h.items()):
             a = np.array([r["actual"] for r in rs], dtype=float)
             p = np.array([r["point"] for r in rs], dtype=float)
@@ -54,12 +54,9 @@ def _step(rows: list, sample_ts: Any = ()) -> int:
     they were made for (not the smallest horizon, which a cycle off the grid
     makes a few seconds); with one such time yet (right after a start), the
     spacing of the cached samples (it printed a "42s" row)."""
-    ts = np.unique([int(r["ts"]) for r in rows])
-    if ts.size >= 2:
-        return max(1, int(np.median(np.diff(ts))))
-    seen = np.unique(np.asarray(sample_ts, dtype=np.int64))
-    if seen.size >= 2:
-        return max(1, int(np.median(np.diff(seen))))
+    step = grid_step([int(r["ts"]) for r in rows]) or grid_step(sample_ts)
+    if step:
+        return max(1, step)
     hs = sorted({r["horizon_s"] for r in rows})
     return hs[0] if hs and hs[0] > 0 else 300
 

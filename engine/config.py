@@ -516,11 +516,17 @@ class TargetConfig(_Model):
                                  "sits on the interval's grid, up to one interval back; every cycle would "
                                  f"fall back (give {format_duration(two)} or more)")
         elif pol.max_staleness < two:
-            policy = pol.model_copy(update={"max_staleness": two})
-            target = target.model_copy(update={"policy": policy})
-            if target.resources:  # each resource's view derives from the policy in force
-                target._resource_targets = {}
-                target._check_resources()
+            target = target._with_policy(pol.model_copy(update={"max_staleness": two}))
+        return target
+
+    def _with_policy(self, policy: Any) -> "TargetConfig":
+        """This target with ``policy`` (a default derived at load): each
+        resource's view derives from the policy in force, so it is derived
+        again."""
+        target = self.model_copy(update={"policy": policy})
+        if target.resources:
+            target._resource_targets = {}
+            target._check_resources()
         return target
 
     @model_validator(mode="wrap")
@@ -535,10 +541,7 @@ class TargetConfig(_Model):
         if pol.kind == "plan" and pol.ladder is not None and pol.plan.resize_downtime is None \
                 and isinstance(target.actuator, ActuatorConfig) and target.actuator.resize_downtime is not None:
             plan = pol.plan.model_copy(update={"resize_downtime": target.actuator.resize_downtime})
-            target = target.model_copy(update={"policy": pol.model_copy(update={"plan": plan})})
-            if target.resources:  # each resource's view derives from the policy in force
-                target._resource_targets = {}
-                target._check_resources()
+            target = target._with_policy(pol.model_copy(update={"plan": plan}))
         return target
 
     @model_validator(mode="after")

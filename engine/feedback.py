@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -153,7 +153,7 @@ def grid_horizon(h: int, step: int) -> int:
     return -(-int(h) // max(1, int(step))) * max(1, int(step))
 
 
-def _grid_step(timestamps: np.ndarray) -> int | None:
+def grid_step(timestamps: Any) -> int | None:
     """The spacing of a forecast's (or a set of points') grid, seconds."""
     ts = np.unique(np.asarray(timestamps, dtype=np.int64))
     return int(np.median(np.diff(ts))) if ts.size >= 2 else None
@@ -195,7 +195,7 @@ class MemoryFeedback:
         up = upper_band(forecast, self.upper_level).tolist() if self.upper_level is not None else None
         nan = np.full(forecast.point.shape, np.nan)
         qs = np.stack([forecast.quantiles.get(q, nan) for q in self.levels], axis=1) if self.levels else None
-        step = _grid_step(forecast.timestamps) or 1
+        step = grid_step(forecast.timestamps) or 1
         for i, (ts, p) in enumerate(zip(forecast.timestamps.tolist(), forecast.point.tolist())):
             if lo <= grid_horizon(ts - made, step) <= hi:
                 row = (p, p if up is None else up[i])
@@ -287,7 +287,7 @@ class StoreFeedback:
             # step 582 s ahead): the rows from a step below the window on
             rows = self.store.forecast_records(self.target, since=now - self.keep, horizon_s=(0, hi),
                                                with_actual=False)
-            step = _grid_step(np.array([r["ts"] for r in rows])) or 1
+            step = grid_step(np.array([r["ts"] for r in rows])) or 1
             rows = [r for r in rows if lo <= grid_horizon(r["horizon_s"], step) <= hi]
             for r in rows:
                 u = _upper_of(r["quantiles"], self.upper_level, r["point"])

@@ -179,6 +179,13 @@ def create_app(metrics: EngineMetrics, *, readiness: Readiness | None = None, vi
     return Starlette(routes=table, middleware=middleware, exception_handlers={404: not_found})
 
 
+def refuse_open(host: str, port: int, auth: "BearerAuth | None") -> None:
+    """A non-loopback address is served only with bearer tokens."""
+    if not is_loopback(host) and auth is None:
+        raise ConfigError(f"server.listen {host}:{port}: not a loopback address; refusing to serve "
+                          "without server.auth (bearer tokens) configured")
+
+
 class Server:
     """uvicorn serving an app in a background thread.
 
@@ -190,9 +197,7 @@ class Server:
                  auth: BearerAuth | None = None) -> None:
         import uvicorn
 
-        if not is_loopback(host) and auth is None:
-            raise ConfigError(f"server.listen {host}:{port}: not a loopback address; refusing to serve "
-                              "without server.auth (bearer tokens) configured")
+        refuse_open(host, port, auth)
         self.app = app
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
@@ -280,10 +285,7 @@ def check_listen(server_cfg: Any, environ: Mapping[str, str] | None = None) -> N
     address that cannot be bound (in use, not this host's). The probe socket
     is closed again; the server binds its own."""
     host, port = split_listen(server_cfg.listen)
-    auth = BearerAuth.from_config(server_cfg.auth, environ) if server_cfg.auth is not None else None
-    if not is_loopback(host) and auth is None:
-        raise ConfigError(f"server.listen {host}:{port}: not a loopback address; refusing to serve "
-                          "without server.auth (bearer tokens) configured")
+    refuse_open(host, port, BearerAuth.from_config(server_cfg.auth, environ) if server_cfg.auth is not None else None)
     probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -1198,8 +1198,10 @@ class Store:
                            "ON CONFLICT(target, ts) DO UPDATE SET value=excluded.value",
                            list(zip([target] * len(series), series.timestamps.tolist(), vals)))
             if source is not None:
+                # (rewritten only when it changes: this runs with every cycle's samples)
                 db.execute("INSERT INTO sample_sources(target, source, updated_at) VALUES (?,?,?) "
-                           "ON CONFLICT(target) DO UPDATE SET source=excluded.source, updated_at=excluded.updated_at",
+                           "ON CONFLICT(target) DO UPDATE SET source=excluded.source, updated_at=excluded.updated_at "
+                           "WHERE sample_sources.source <> excluded.source",
                            (target, source, 0 if now is None else to_epoch(now)))
 
     def samples_source(self, target: str) -> str | None:
