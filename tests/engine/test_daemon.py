@@ -155,6 +155,19 @@ def test_starts_follow_the_interval_grid_plus_jitter(tmp_path, trace):
     assert len({round(o) for o in offsets[1:]}) > 1  # the jitter varies
 
 
+def edit_then_tick(d: Daemon, path: Path, doc: dict, mono: FakeMono, clock: ManualClock | None = None,
+                   later: float = 5) -> None:
+    """Write ``doc`` as the config file (its mtime ``later`` s ahead, so the
+    daemon sees the change), then run the next interval's tick to the end."""
+    path.write_text(yaml.safe_dump(doc))
+    os.utime(path, (time.time() + later, time.time() + later))
+    mono.t += 300
+    if clock is not None:
+        clock.advance(STEP)
+    d.tick()
+    settle(d)
+
+
 def test_mode_change_by_editing_the_file_needs_no_restart_and_a_bad_file_is_rejected(tmp_path, trace, caplog):
     path = tmp_path / "c.yaml"
     write_config(path, [target_dict("web", trace, mode="observe")])
@@ -167,23 +180,13 @@ def test_mode_change_by_editing_the_file_needs_no_restart_and_a_bad_file_is_reje
         # an invalid edit: rejected, the running config stays
         doc = yaml.safe_load(path.read_text())
         doc["targets"][0]["mode"] = "yolo"
-        path.write_text(yaml.safe_dump(doc))
-        os.utime(path, (time.time() + 5, time.time() + 5))
-        mono.t += 300
-        clock.advance(STEP)
-        d.tick()
-        settle(d)
+        edit_then_tick(d, path, doc, mono, clock)
         assert d.config.targets[0].mode == "observe"
         assert "config reload rejected" in caplog.text and "targets[0].mode" in caplog.text
         assert results[-1].status == "observed"
         # a valid edit: auto from the next cycle on
         doc["targets"][0]["mode"] = "auto"
-        path.write_text(yaml.safe_dump(doc))
-        os.utime(path, (time.time() + 10, time.time() + 10))
-        mono.t += 300
-        clock.advance(STEP)
-        d.tick()
-        settle(d)
+        edit_then_tick(d, path, doc, mono, clock, later=10)
         assert d.workers["web"].target.mode == "auto"
         assert results[-1].status == "applied" and platforms["web"].capacity == 20
     finally:
@@ -209,12 +212,7 @@ def test_a_target_removed_from_the_file_leaves_the_metrics(tmp_path, trace):
         assert 'target="disk"' in text and 'forescale_last_success_timestamp_seconds{target="disk"}' in text
         doc = yaml.safe_load(path.read_text())
         doc["targets"] = doc["targets"][:1]
-        path.write_text(yaml.safe_dump(doc))
-        os.utime(path, (time.time() + 5, time.time() + 5))
-        mono.t += 300
-        clock.advance(STEP)
-        d.tick()
-        settle(d)
+        edit_then_tick(d, path, doc, mono, clock)
         assert list(d.workers) == ["web"]
         text = generate_latest(metrics.registry).decode()
         assert 'target="disk"' not in text and 'target="web"' in text
@@ -236,11 +234,9 @@ def test_a_file_whose_bytes_did_not_change_is_not_reloaded(tmp_path, trace, capl
             d.tick()
             settle(d)
             assert "config reloaded" not in caplog.text
-            path.write_text(path.read_text().replace("mode: observe", "mode: dry-run"))
-            os.utime(path, (time.time() + 10, time.time() + 10))
-            mono.t += 300
-            d.tick()
-            settle(d)
+            doc = yaml.safe_load(path.read_text())
+            doc["targets"][0]["mode"] = "dry-run"
+            edit_then_tick(d, path, doc, mono, later=10)
         assert caplog.text.count("config reloaded") == 1 and d.workers["web"].target.mode == "dry-run"
     finally:
         d.shutdown(1)

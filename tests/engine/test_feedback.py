@@ -28,13 +28,16 @@ from tests.support import TRACES
 RAMP = [10.0 + i for i in range(80)]
 
 
-def run_ramp(tmp_path, cycles: int, **over):
+def run_ramp(tmp_path, cycles: int, *, past=lambda k: 0, **over):
+    """``cycles`` cycles of persistence on the ramp from T0 + 30 steps,
+    cycle ``k`` ``past(k)`` seconds past the grid (a daemon's cycles run a
+    few seconds late)."""
     trace = write_trace(tmp_path / "ramp.csv", RAMP)
     cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe", **over)])
     store = Store(tmp_path / "state.db")
     live = build_live(cfg, store, Platform(capacity=5))
     start = T0 + 30 * STEP
-    results = [live.run(start + k * STEP) for k in range(cycles)]
+    results = [live.run(start + k * STEP + timedelta(seconds=past(k))) for k in range(cycles)]
     return cfg, store, live, results, start
 
 
@@ -63,13 +66,7 @@ def test_the_accuracy_table_groups_by_steps_ahead_when_cycles_run_off_the_grid(t
     into rows by the second and floored to 4m and 9m."""
     from engine.accuracy import accuracy_table
 
-    trace = write_trace(tmp_path / "ramp.csv", RAMP)
-    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe")])
-    store = Store(tmp_path / "state.db")
-    live = build_live(cfg, store, Platform(capacity=5))
-    start = T0 + 30 * STEP
-    for k in range(20):
-        live.run(start + k * STEP + timedelta(seconds=8 + (k % 3)))  # :08, :09, :10 past the grid
+    _, store, *_ = run_ramp(tmp_path, 20, past=lambda k: 8 + k % 3)  # :08, :09, :10 past the grid
     assert {r["horizon_s"] for r in store.forecast_records("web")} >= {292, 591, 590}
     rows = {r["horizon"]: r for r in accuracy_table(store, "web")}
     store.close()
@@ -82,13 +79,7 @@ def test_right_after_a_start_the_one_actual_is_at_its_step_not_at_its_seconds(tm
     grid): the table printed a '42s' row; it is the first step, 5m."""
     from engine.accuracy import accuracy_table
 
-    trace = write_trace(tmp_path / "ramp.csv", RAMP)
-    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe")])
-    store = Store(tmp_path / "state.db")
-    live = build_live(cfg, store, Platform(capacity=5))
-    start = T0 + 30 * STEP + timedelta(seconds=258)  # 42 s before the next grid point
-    for k in range(2):
-        live.run(start + k * STEP)
+    _, store, *_ = run_ramp(tmp_path, 2, past=lambda k: 258)  # 42 s before the next grid point
     rows = accuracy_table(store, "web")
     store.close()
     assert [r["horizon"] for r in rows] == ["5m"] and rows[0]["n"] == 1
@@ -99,16 +90,10 @@ def test_the_live_gauges_score_the_lead_windows_steps_when_cycles_run_off_the_gr
     592 s ahead. The gauges (and the conformal headroom) pooled raw seconds
     in [300, 600]: only the 2nd step, MAE 2.0 where the window's two steps
     score 1.5; with cycles at :18 and a 10-minute lead they missed step 10."""
-    from engine.accuracy import live_accuracy
+    from engine.accuracy import accuracy_table, live_accuracy
 
-    trace = write_trace(tmp_path / "ramp.csv", RAMP)
-    cfg = write_config(tmp_path / "c.yaml", [target_dict("web", trace, mode="observe")])
-    store = Store(tmp_path / "state.db")
-    live = build_live(cfg, store, Platform(capacity=5))
-    start = T0 + 30 * STEP
-    for k in range(20):
-        res = live.run(start + k * STEP + timedelta(seconds=8))
-    from engine.accuracy import accuracy_table
+    cfg, store, live, results, start = run_ramp(tmp_path, 20, past=lambda k: 8)
+    res = results[-1]
 
     def both_steps() -> float:  # the table's two rows pooled: errors 1 and 2, by their counts
         rows = {r["horizon"]: r for r in accuracy_table(store, "web")}

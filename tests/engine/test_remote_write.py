@@ -135,13 +135,18 @@ def test_backoff():
     assert backoff(0, "3") == 3.0 and backoff(0, "soon") == 0.5
 
 
-@pytest.mark.prometheus
-def test_written_series_are_queried_back_from_a_real_prometheus(tmp_path, replay):
+def receiving_prometheus(tmp_path) -> PrometheusServer:
+    """A real Prometheus, started, taking remote writes."""
     prom, _tool = require_binaries()
     data = tmp_path / "data"
     data.mkdir()
-    server = PrometheusServer(prom, data, tmp_path, port=free_port(),
-                              extra_args=("--web.enable-remote-write-receiver",)).start()
+    return PrometheusServer(prom, data, tmp_path, port=free_port(),
+                            extra_args=("--web.enable-remote-write-receiver",)).start()
+
+
+@pytest.mark.prometheus
+def test_written_series_are_queried_back_from_a_real_prometheus(tmp_path, replay):
+    server = receiving_prometheus(tmp_path)
     try:
         w = writer(f"{server.url}/api/v1/write", replay.metrics)
         for res in replay.results[-3:]:
@@ -174,15 +179,12 @@ def test_written_series_are_queried_back_from_a_real_prometheus(tmp_path, replay
         server.stop()
 
 
+@pytest.mark.prometheus
 def test_the_configured_labels_tell_two_daemons_series_apart_in_a_real_prometheus(tmp_path, replay):
     """Two daemons with a target of one name wrote into one series, their
     values interleaved; the same Prometheus scraping forescale held each
     series twice, with nothing to tell the written one apart."""
-    prom, _tool = require_binaries()
-    data = tmp_path / "data"
-    data.mkdir()
-    server = PrometheusServer(prom, data, tmp_path, port=free_port(),
-                              extra_args=("--web.enable-remote-write-receiver",)).start()
+    server = receiving_prometheus(tmp_path)
     try:
         last = replay.results[-1]
         for instance in ("staging", "prod"):

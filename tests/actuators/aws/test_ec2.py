@@ -66,14 +66,20 @@ def test_resize_stops_modifies_starts_and_reports_downtime(moto, proxy, clock):
     assert len(result.request_ids) == 3
 
 
-def test_a_slow_stop_is_resumed_by_the_next_apply(moto, proxy, clock):
+def _slow_stop(moto, proxy, clock):
+    """A resize to t3.large whose first apply sees the instance still
+    stopping: (instance id, the actuator, that first result)."""
     iid = make_instance(moto.url, "t3.small")
     a = ec2(clock, proxy.url, iid)
     a.read()
     # the describe before the stop passes; the one after it shows it stopping
     proxy.rewrite("DescribeInstances", lambda b: b, times=1)
     proxy.rewrite("DescribeInstances", stuck_stopping, times=1)
-    first = a.apply(3, decision_id="d1")
+    return iid, a, a.apply(3, decision_id="d1")
+
+
+def test_a_slow_stop_is_resumed_by_the_next_apply(moto, proxy, clock):
+    iid, a, first = _slow_stop(moto, proxy, clock)
     assert first.verified is False and first.details["phase"] == "stopping"
     assert first.observed == 1  # still t3.small
     assert [proxy.count(x) for x in ("StopInstances", "ModifyInstanceAttribute", "StartInstances")] == [1, 0, 0]
@@ -91,12 +97,7 @@ def test_a_resize_begun_by_another_process_is_finished_from_its_record(moto, pro
     found the instance stopped refused to start what "it did not stop" and
     the resize failed with the instance left stopped. The engine hands it
     the change's recorded details (``resume``), and it finishes the resize."""
-    iid = make_instance(moto.url, "t3.small")
-    a = ec2(clock, proxy.url, iid)
-    a.read()
-    proxy.rewrite("DescribeInstances", lambda b: b, times=1)
-    proxy.rewrite("DescribeInstances", stuck_stopping, times=1)
-    first = a.apply(3, decision_id="d1")
+    iid, _, first = _slow_stop(moto, proxy, clock)
     assert first.details["phase"] == "stopping" and first.details["stopped_by_us"] is True
     clock.advance(timedelta(seconds=40))
     # a new process without the record: refuses, the instance stays stopped
